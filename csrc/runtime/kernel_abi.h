@@ -1,0 +1,44 @@
+// The C ABI between the Cortex execution provider (csrc/ep) and a generated kernel library.
+//
+// A kernel library is produced by `cortex-convert` (cortex/codegen) and loaded by the EP with dlopen.
+// It exports exactly the three functions below with C linkage. The EP never sees C++ types of the
+// kernel, so the two may be built by different compilers at different times.
+#pragma once
+#include <stddef.h>
+#include <stdint.h>
+
+#define CORTEX_KERNEL_ABI_VERSION 1
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// ONNX TensorProto.DataType values, the only ones a kernel exchanges.
+enum CortexDType { CORTEX_FLOAT = 1, CORTEX_INT32 = 6, CORTEX_INT64 = 7, CORTEX_BOOL = 9 };
+
+// One input tensor, borrowed for the duration of the call. Dense, row-major, CPU memory.
+typedef struct CortexTensor {
+  const void* data;
+  const int64_t* shape;
+  int32_t rank;
+  int32_t dtype;  // a CortexDType
+} CortexTensor;
+
+// Allocates output `index` with the given shape (dtype is fixed by the kernel's signature) and
+// returns its dense row-major buffer, or NULL on failure. Provided by the EP, backed by ORT.
+typedef void* (*CortexAllocOutput)(void* alloc_context, int32_t index, const int64_t* shape, int32_t rank);
+
+// Returns CORTEX_KERNEL_ABI_VERSION as compiled into the kernel.
+int32_t cortex_kernel_abi_version(void);
+
+// Human-readable identity of the kernel: model name and content hash.
+const char* cortex_kernel_identity(void);
+
+// Runs the kernel. Returns 0 on success; otherwise writes a NUL-terminated message of at most
+// error_size bytes into `error` and returns non-zero. Never throws across this boundary.
+int32_t cortex_kernel_run(const CortexTensor* inputs, int32_t num_inputs, CortexAllocOutput alloc_output,
+                          void* alloc_context, char* error, size_t error_size);
+
+#ifdef __cplusplus
+}
+#endif
