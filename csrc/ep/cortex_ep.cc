@@ -1,0 +1,346 @@
+#include "cortex_ep.h"
+
+#include <memory>
+#include <vector>
+
+#include "json_field.h"
+#include "kernel_library.h"
+
+namespace cortex_ep {
+namespace {
+
+// ---- graph queries, each an OrtStatus-returning helper over the C API ----------------------------------------
+
+OrtStatus* GetGraphNodes(const Api& api, const OrtGraph* graph, std::vector<const OrtNode*>* nodes) {
+  size_t count = 0;
+  CORTEX_RETURN_IF_ERROR(api.ort.Graph_GetNumNodes(graph, &count));
+  nodes->assign(count, nullptr);
+  if (count == 0) return nullptr;
+  return api.ort.Graph_GetNodes(graph, nodes->data(), count);
+}
+
+// Reads a STRING attribute; *present is false when the node has no such attribute.
+OrtStatus* ReadStringAttribute(const Api& api, const OrtNode* node, const char* name, std::string* value,
+                               bool* present) {
+  const OrtOpAttr* attribute = nullptr;
+  StatusPtr lookup(api.ort.Node_GetAttributeByName(node, name, &attribute), StatusDeleter{&api.ort});
+  *present = false;
+  if (lookup) {
+    if (api.ort.GetErrorCode(lookup.get()) == ORT_NOT_FOUND) return nullptr;
+    return lookup.release();
+  }
+  if (attribute == nullptr) return nullptr;
+  OrtOpAttrType type;
+  CORTEX_RETURN_IF_ERROR(api.ort.OpAttr_GetType(attribute, &type));
+  if (type != ORT_OP_ATTR_STRING) {
+    return MakeStatus(api, ORT_INVALID_ARGUMENT, std::string("attribute '") + name + "' is not a string");
+  }
+  size_t size = 0;
+  // A first call with no buffer reports the size (as an error status when the string is not empty).
+  StatusPtr sizing(api.ort.ReadOpAttr(attribute, ORT_OP_ATTR_STRING, nullptr, 0, &size), StatusDeleter{&api.ort});
+  value->assign(size, '\0');
+  if (size > 0) {
+    CORTEX_RETURN_IF_ERROR(api.ort.ReadOpAttr(attribute, ORT_OP_ATTR_STRING, &(*value)[0], size, &size));
+    value->resize(size);
+  }
+  *present = true;
+  return nullptr;
+}
+
+OrtStatus* ReadIntAttribute(const Api& api, const OrtNode* node, const char* name, int64_t* value, bool* present) {
+  const OrtOpAttr* attribute = nullptr;
+  StatusPtr lookup(api.ort.Node_GetAttributeByName(node, name, &attribute), StatusDeleter{&api.ort});
+  *present = false;
+  if (lookup) {
+    if (api.ort.GetErrorCode(lookup.get()) == ORT_NOT_FOUND) return nullptr;
+    return lookup.release();
+  }
+  if (attribute == nullptr) return nullptr;
+  size_t size = 0;
+  CORTEX_RETURN_IF_ERROR(api.ort.ReadOpAttr(attribute, ORT_OP_ATTR_INT, value, sizeof(*value), &size));
+  *present = true;
+  return nullptr;
+}
+
+// True for an EPContext node (domain com.microsoft) whose `source` names this EP.
+OrtStatus* IsCortexNode(const Api& api, const OrtNode* node, bool* is_cortex) {
+  *is_cortex = false;
+  const char* op_type = nullptr;
+  const char* domain = nullptr;
+  CORTEX_RETURN_IF_ERROR(api.ort.Node_GetOperatorType(node, &op_type));
+  CORTEX_RETURN_IF_ERROR(api.ort.Node_GetDomain(node, &domain));
+  if (std::string(op_type) != "EPContext" || std::string(domain) != "com.microsoft") return nullptr;
+  std::string source;
+  bool present = false;
+  CORTEX_RETURN_IF_ERROR(ReadStringAttribute(api, node, "source", &source, &present));
+  *is_cortex = present && source == kEpName;
+  return nullptr;
+}
+
+// `relative` against the directory of `model_path`; against the current directory when the model has no path.
+std::string ResolveArtifactPath(const std::string& model_path, const std::string& relative) {
+  if (!relative.empty() && relative[0] == '/') return relative;
+  const size_t slash = model_path.find_last_of('/');
+  if (slash == std::string::npos) return relative;
+  return model_path.substr(0, slash + 1) + relative;
+}
+
+// ---- per-run: ORT tensors in, kernel call, ORT tensors out ---------------------------------------------------
+
+bool IsKernelDType(ONNXTensorElementDataType type) {
+  return type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 ||
+         type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 || type == ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL;
+}
+
+// Backs the kernel's CortexAllocOutput with KernelContext_GetOutput; remembers the first failure.
+class OutputAllocator {
+ public:
+  OutputAllocator(const Api& api, OrtKernelContext* context, size_t num_outputs)
+      : api_(api), context_(context), allocated_(num_outputs, false), error_(nullptr, StatusDeleter{&api.ort}) {}
+
+  static void* Allocate(void* self, int32_t index, const int64_t* shape, int32_t rank) noexcept {
+    try {
+      return static_cast<OutputAllocator*>(self)->AllocateOutput(index, shape, rank);
+    } catch (...) {
+      return nullptr;
+    }
+  }
+
+  OrtStatus* TakeError() { return error_.release(); }
+
+  // Index of the first output the kernel did not create, or -1.
+  int64_t FirstMissingOutput() const {
+    for (size_t i = 0; i < allocated_.size(); ++i) {
+      if (!allocated_[i]) return static_cast<int64_t>(i);
+    }
+    return -1;
+  }
+
+ private:
+  void* AllocateOutput(int32_t index, const int64_t* shape, int32_t rank) {
+    if (index < 0 || static_cast<size_t>(index) >= allocated_.size() || rank < 0 || (rank > 0 && shape == nullptr)) {
+      Fail(MakeStatus(api_, ORT_FAIL, "kernel asked for output " + std::to_string(index) + " of rank " +
+                                          std::to_string(rank) + "; the node has " +
+                                          std::to_string(allocated_.size()) + " outputs"));
+      return nullptr;
+    }
+    OrtValue* value = nullptr;
+    if (OrtStatus* status = api_.ort.KernelContext_GetOutput(context_, index, shape, rank, &value)) {
+      Fail(status);
+      return nullptr;
+    }
+    void* data = nullptr;
+    if (OrtStatus* status = api_.ort.GetTensorMutableData(value, &data)) {
+      Fail(status);
+      return nullptr;
+    }
+    allocated_[index] = true;
+    static char empty_tensor;  // an empty output may have no buffer; the kernel must still see success
+    return data != nullptr ? data : &empty_tensor;
+  }
+
+  void Fail(OrtStatus* status) {
+    if (error_) {
+      api_.ort.ReleaseStatus(status);
+    } else {
+      error_.reset(status);
+    }
+  }
+
+  const Api& api_;
+  OrtKernelContext* context_;
+  std::vector<bool> allocated_;
+  StatusPtr error_;
+};
+
+// One compiled Cortex node. Owns its kernel library, so the library stays loaded while ORT can run the node
+// (ORT releases compute infos when the session's EP is destroyed).
+class KernelComputeInfo : public OrtNodeComputeInfo {
+ public:
+  KernelComputeInfo(const Api& api, std::string node_name, std::shared_ptr<const KernelLibrary> kernel)
+      : OrtNodeComputeInfo{}, api_(api), node_name_(std::move(node_name)), kernel_(std::move(kernel)) {
+    ort_version_supported = ORT_API_VERSION;
+    CreateState = CreateStateImpl;
+    Compute = ComputeImpl;
+    ReleaseState = ReleaseStateImpl;
+  }
+
+ private:
+  static OrtStatus* ORT_API_CALL CreateStateImpl(OrtNodeComputeInfo* this_ptr, OrtNodeComputeContext*,
+                                                 void** compute_state) noexcept {
+    *compute_state = this_ptr;  // all state lives in the compute info; runs share nothing mutable
+    return nullptr;
+  }
+
+  static OrtStatus* ORT_API_CALL ComputeImpl(OrtNodeComputeInfo* this_ptr, void*,
+                                             OrtKernelContext* kernel_context) noexcept {
+    auto* self = static_cast<KernelComputeInfo*>(this_ptr);
+    CORTEX_API_BEGIN
+    return self->Run(kernel_context);
+    CORTEX_API_END(self->api_)
+  }
+
+  static void ORT_API_CALL ReleaseStateImpl(OrtNodeComputeInfo*, void*) noexcept {}
+
+  OrtStatus* Run(OrtKernelContext* context) const {
+    size_t num_inputs = 0, num_outputs = 0;
+    CORTEX_RETURN_IF_ERROR(api_.ort.KernelContext_GetInputCount(context, &num_inputs));
+    CORTEX_RETURN_IF_ERROR(api_.ort.KernelContext_GetOutputCount(context, &num_outputs));
+
+    std::vector<CortexTensor> inputs(num_inputs);
+    for (size_t i = 0; i < num_inputs; ++i) {
+      const OrtValue* value = nullptr;
+      CORTEX_RETURN_IF_ERROR(api_.ort.KernelContext_GetInput(context, i, &value));
+      if (value == nullptr) {
+        return MakeStatus(api_, ORT_INVALID_ARGUMENT, Prefix() + "input " + std::to_string(i) + " is missing");
+      }
+      ONNXTensorElementDataType type;
+      const int64_t* shape = nullptr;
+      size_t rank = 0;
+      CORTEX_RETURN_IF_ERROR(api_.ort.GetTensorElementTypeAndShapeDataReference(value, &type, &shape, &rank));
+      if (!IsKernelDType(type)) {
+        return MakeStatus(api_, ORT_INVALID_ARGUMENT,
+                          Prefix() + "input " + std::to_string(i) + " has element type " + std::to_string(type) +
+                              "; kernels take float32, int32, int64 or bool");
+      }
+      const void* data = nullptr;
+      CORTEX_RETURN_IF_ERROR(api_.ort.GetTensorData(value, &data));
+      inputs[i] = CortexTensor{data, shape, static_cast<int32_t>(rank), static_cast<int32_t>(type)};
+    }
+
+    OutputAllocator allocator(api_, context, num_outputs);
+    char message[4096] = {0};
+    const int32_t rc = kernel_->Run(inputs.data(), static_cast<int32_t>(num_inputs), &OutputAllocator::Allocate,
+                                    &allocator, message, sizeof(message));
+    message[sizeof(message) - 1] = '\0';
+    if (OrtStatus* allocation_error = allocator.TakeError()) {
+      StatusPtr owned(allocation_error, StatusDeleter{&api_.ort});
+      return MakeStatus(api_, api_.ort.GetErrorCode(owned.get()),
+                        Prefix() + "creating an output failed: " + api_.ort.GetErrorMessage(owned.get()) +
+                            (rc != 0 ? std::string(" (kernel: ") + message + ")" : std::string()));
+    }
+    if (rc != 0) {
+      return MakeStatus(api_, ORT_FAIL, Prefix() + (message[0] ? message : "failed without a message"));
+    }
+    if (const int64_t missing = allocator.FirstMissingOutput(); missing >= 0) {
+      return MakeStatus(api_, ORT_FAIL, Prefix() + "the kernel returned without creating output " +
+                                            std::to_string(missing));
+    }
+    return nullptr;
+  }
+
+  std::string Prefix() const { return "Cortex kernel '" + kernel_->identity() + "' (node " + node_name_ + "): "; }
+
+  const Api& api_;
+  std::string node_name_;
+  std::shared_ptr<const KernelLibrary> kernel_;
+};
+
+}  // namespace
+
+CortexEp::CortexEp(const Api& api) : OrtEp{}, api_(api) {
+  ort_version_supported = ORT_API_VERSION;
+  GetName = GetNameImpl;
+  GetCapability = GetCapabilityImpl;
+  Compile = CompileImpl;
+  ReleaseNodeComputeInfos = ReleaseNodeComputeInfosImpl;
+}
+
+const char* ORT_API_CALL CortexEp::GetNameImpl(const OrtEp*) noexcept { return kEpName; }
+
+OrtStatus* ORT_API_CALL CortexEp::GetCapabilityImpl(OrtEp* this_ptr, const OrtGraph* graph,
+                                                    OrtEpGraphSupportInfo* graph_support_info) noexcept {
+  auto* ep = static_cast<CortexEp*>(this_ptr);
+  CORTEX_API_BEGIN
+  return ep->ClaimCortexNodes(graph, graph_support_info);
+  CORTEX_API_END(ep->api_)
+}
+
+OrtStatus* CortexEp::ClaimCortexNodes(const OrtGraph* graph, OrtEpGraphSupportInfo* graph_support_info) const {
+  std::vector<const OrtNode*> nodes;
+  CORTEX_RETURN_IF_ERROR(GetGraphNodes(api_, graph, &nodes));
+  OrtNodeFusionOptions fusion_options{};
+  fusion_options.ort_version_supported = ORT_API_VERSION;
+  fusion_options.drop_constant_initializers = false;  // the kernel receives its prepared constants as inputs
+  for (const OrtNode* node : nodes) {
+    bool is_cortex = false;
+    CORTEX_RETURN_IF_ERROR(IsCortexNode(api_, node, &is_cortex));
+    if (is_cortex) {
+      // One call per node: each Cortex node becomes its own fused node, compiled alone.
+      CORTEX_RETURN_IF_ERROR(api_.ep.EpGraphSupportInfo_AddNodesToFuse(graph_support_info, &node, 1,
+                                                                       &fusion_options));
+    }
+  }
+  return nullptr;
+}
+
+OrtStatus* ORT_API_CALL CortexEp::CompileImpl(OrtEp* this_ptr, const OrtGraph** graphs, const OrtNode** /*fused_nodes*/,
+                                              size_t count, OrtNodeComputeInfo** node_compute_infos,
+                                              OrtNode** /*ep_context_nodes*/) noexcept {
+  auto* ep = static_cast<CortexEp*>(this_ptr);
+  CORTEX_API_BEGIN
+  for (size_t i = 0; i < count; ++i) node_compute_infos[i] = nullptr;
+  for (size_t i = 0; i < count; ++i) {
+    CORTEX_RETURN_IF_ERROR(ep->CompileNode(graphs[i], &node_compute_infos[i]));
+  }
+  return nullptr;
+  CORTEX_API_END(ep->api_)
+}
+
+OrtStatus* CortexEp::CompileNode(const OrtGraph* graph, OrtNodeComputeInfo** compute_info) const {
+  std::vector<const OrtNode*> nodes;
+  CORTEX_RETURN_IF_ERROR(GetGraphNodes(api_, graph, &nodes));
+  bool is_cortex = false;
+  if (nodes.size() == 1) CORTEX_RETURN_IF_ERROR(IsCortexNode(api_, nodes[0], &is_cortex));
+  if (!is_cortex) {
+    return MakeStatus(api_, ORT_EP_FAIL, "Cortex EP: expected one Cortex EPContext node per fused node, got " +
+                                             std::to_string(nodes.size()) + " nodes");
+  }
+  const OrtNode* node = nodes[0];
+  const char* node_name = nullptr;
+  CORTEX_RETURN_IF_ERROR(api_.ort.Node_GetName(node, &node_name));
+  const std::string where = std::string("Cortex node '") + node_name + "': ";
+
+  std::string cache_context, notes;
+  int64_t embed_mode = 0;
+  bool has_cache_context = false, has_notes = false, has_embed_mode = false;
+  CORTEX_RETURN_IF_ERROR(ReadStringAttribute(api_, node, "ep_cache_context", &cache_context, &has_cache_context));
+  CORTEX_RETURN_IF_ERROR(ReadStringAttribute(api_, node, "notes", &notes, &has_notes));
+  CORTEX_RETURN_IF_ERROR(ReadIntAttribute(api_, node, "embed_mode", &embed_mode, &has_embed_mode));
+  if (!has_cache_context || cache_context.empty()) {
+    return MakeStatus(api_, ORT_INVALID_GRAPH, where + "no ep_cache_context (the kernel library path)");
+  }
+  if (has_embed_mode && embed_mode != 0) {
+    return MakeStatus(api_, ORT_INVALID_GRAPH, where + "embed_mode must be 0 (the kernel is a file beside the model)");
+  }
+  std::string expected_sha256, json_error;
+  if (!has_notes || !ReadJsonStringMember(notes, "kernel_sha256", &expected_sha256, &json_error)) {
+    return MakeStatus(api_, ORT_INVALID_GRAPH,
+                      where + "attribute notes must be JSON with \"kernel_sha256\"" +
+                          (has_notes ? " (" + json_error + ")" : std::string(" (missing)")));
+  }
+
+  const ORTCHAR_T* model_path = nullptr;
+  CORTEX_RETURN_IF_ERROR(api_.ort.Graph_GetModelPath(graph, &model_path));
+  const std::string artifact = ResolveArtifactPath(model_path ? model_path : "", cache_context);
+
+  KernelLibrary::LoadError load_error = KernelLibrary::LoadError::kNone;
+  std::string message;
+  std::shared_ptr<const KernelLibrary> kernel = KernelLibrary::Load(artifact, expected_sha256, &load_error, &message);
+  if (!kernel) {
+    const OrtErrorCode code = load_error == KernelLibrary::LoadError::kMissing ? ORT_NO_SUCHFILE : ORT_FAIL;
+    return MakeStatus(api_, code, message);
+  }
+
+  *compute_info = new KernelComputeInfo(api_, node_name, std::move(kernel));
+  return nullptr;
+}
+
+void ORT_API_CALL CortexEp::ReleaseNodeComputeInfosImpl(OrtEp*, OrtNodeComputeInfo** node_compute_infos,
+                                                        size_t num_node_compute_infos) noexcept {
+  for (size_t i = 0; i < num_node_compute_infos; ++i) {
+    delete static_cast<KernelComputeInfo*>(node_compute_infos[i]);
+  }
+}
+
+}  // namespace cortex_ep

@@ -1,0 +1,32 @@
+// The Cortex execution provider (an OrtEp): claims Cortex EPContext nodes, loads their kernels, runs them.
+#pragma once
+#include <string>
+
+#include "ort_api.h"
+
+namespace cortex_ep {
+
+inline constexpr const char* kEpName = "CortexExecutionProvider";
+
+class CortexEp : public OrtEp {
+ public:
+  explicit CortexEp(const Api& api);
+
+ private:
+  static const char* ORT_API_CALL GetNameImpl(const OrtEp* this_ptr) noexcept;
+  static OrtStatus* ORT_API_CALL GetCapabilityImpl(OrtEp* this_ptr, const OrtGraph* graph,
+                                                   OrtEpGraphSupportInfo* graph_support_info) noexcept;
+  static OrtStatus* ORT_API_CALL CompileImpl(OrtEp* this_ptr, const OrtGraph** graphs, const OrtNode** fused_nodes,
+                                             size_t count, OrtNodeComputeInfo** node_compute_infos,
+                                             OrtNode** ep_context_nodes) noexcept;
+  static void ORT_API_CALL ReleaseNodeComputeInfosImpl(OrtEp* this_ptr, OrtNodeComputeInfo** node_compute_infos,
+                                                       size_t num_node_compute_infos) noexcept;
+
+  OrtStatus* ClaimCortexNodes(const OrtGraph* graph, OrtEpGraphSupportInfo* graph_support_info) const;
+  // Loads the kernel of the one Cortex node in `graph` and wraps it as a compute info.
+  OrtStatus* CompileNode(const OrtGraph* graph, OrtNodeComputeInfo** compute_info) const;
+
+  Api api_;
+};
+
+}  // namespace cortex_ep

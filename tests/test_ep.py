@@ -1,0 +1,200 @@
+"""The Cortex execution provider end to end: a hand-written kernel library behind an EPContext node."""
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import cortex
+from cortex import _paths
+
+NODE_NAME = "cortex_recursion_0 [run with cortex.session_options() or cortex.InferenceSession]"
+BIAS = np.array([0.5, -4.0, 1.0, -0.25], dtype=np.float32)
+
+# y = 2 * x + b, elementwise; a shape mismatch is the kernel's error.
+KERNEL_SOURCE = r"""
+#include <stdio.h>
+#include "kernel_abi.h"
+
+#ifndef ABI_VERSION
+#define ABI_VERSION CORTEX_KERNEL_ABI_VERSION
+#endif
+
+extern "C" {
+int32_t cortex_kernel_abi_version(void) { return ABI_VERSION; }
+const char* cortex_kernel_identity(void) { return "test_axpy"; }
+
+int32_t cortex_kernel_run(const CortexTensor* inputs, int32_t num_inputs, CortexAllocOutput alloc_output,
+                          void* alloc_context, char* error, size_t error_size) {
+  if (num_inputs != 2) { snprintf(error, error_size, "expected 2 inputs, got %d", num_inputs); return 1; }
+  const CortexTensor& x = inputs[0];
+  const CortexTensor& b = inputs[1];
+  if (x.dtype != CORTEX_FLOAT || b.dtype != CORTEX_FLOAT || x.rank != 1 || b.rank != 1) {
+    snprintf(error, error_size, "expected two float32 vectors");
+    return 1;
+  }
+  if (x.shape[0] != b.shape[0]) {
+    snprintf(error, error_size, "shape mismatch: x has %lld elements, b has %lld",
+             (long long)x.shape[0], (long long)b.shape[0]);
+    return 1;
+  }
+  float* y = static_cast<float*>(alloc_output(alloc_context, 0, x.shape, 1));
+  if (y == nullptr) { snprintf(error, error_size, "could not allocate the output"); return 1; }
+  const float* xs = static_cast<const float*>(x.data);
+  const float* bs = static_cast<const float*>(b.data);
+  for (int64_t i = 0; i < x.shape[0]; ++i) y[i] = 2.0f * xs[i] + bs[i];
+  return 0;
+}
+}
+"""
+
+
+def build_kernel(directory: Path, name: str = "kernel.so", abi_version=None) -> Path:
+    source = directory / "kernel.cc"
+    source.write_text(KERNEL_SOURCE)
+    output = directory / name
+    command = ["g++", "-shared", "-fPIC", "-O2", "-std=c++17", f"-I{_paths.runtime_include_dir()}"]
+    if abi_version is not None:
+        command.append(f"-DABI_VERSION={abi_version}")
+    subprocess.run(command + [str(source), "-o", str(output)], check=True)
+    return output
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def write_model(path: Path, kernel_relative: str, kernel_sha256: str) -> Path:
+    """x -> EPContext(x, b) -> t -> Relu -> y, with b an initializer (a prepared constant)."""
+    notes = {"kernel_sha256": kernel_sha256, "model": "axpy", "inputs": [{"name": "x"}, {"name": "b"}], "n": 1.5e3}
+    ep_context = helper.make_node(
+        "EPContext", ["x", "b"], ["t"], name=NODE_NAME, domain="com.microsoft",
+        source="CortexExecutionProvider", embed_mode=0, main_context=1, ep_cache_context=kernel_relative,
+        ep_sdk_version="cortex-abi-1", notes=json.dumps(notes),
+    )
+    relu = helper.make_node("Relu", ["t"], ["y"], name="relu")
+    graph = helper.make_graph(
+        [ep_context, relu], "axpy_relu",
+        inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n"])],
+        outputs=[helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n"])],
+        initializer=[numpy_helper.from_array(BIAS, "b")],
+        value_info=[helper.make_tensor_value_info("t", TensorProto.FLOAT, ["n"])],
+    )
+    model = helper.make_model(
+        graph, ir_version=10,
+        opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)],
+    )
+    onnx.save(model, str(path))
+    return path
+
+
+@pytest.fixture
+def model(tmp_path):
+    """A converted model whose kernel lies in kernels/ beside it."""
+    kernel_dir = tmp_path / "kernels"
+    kernel_dir.mkdir()
+    kernel = build_kernel(kernel_dir)
+    return write_model(tmp_path / "model.cortex.onnx", "kernels/kernel.so", sha256_of(kernel))
+
+
+def expected(x):
+    return np.maximum(2.0 * x + BIAS, 0.0)
+
+
+def test_library_and_name():
+    assert Path(cortex.get_library_path()).is_file()
+    assert cortex.get_ep_name() == "CortexExecutionProvider"
+
+
+def test_runs_kernel_then_cpu_op(model, tmp_path, monkeypatch):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the artifact resolves against the model's directory, not the cwd
+    session = cortex.InferenceSession(str(model))
+    assert "CortexExecutionProvider" in session.get_providers()
+    x = np.array([1.0, 2.0, -3.0, 0.5], dtype=np.float32)
+    for scale in (1.0, -1.0, 3.0):  # several runs on one session
+        (y,) = session.run(None, {"x": scale * x})
+        np.testing.assert_allclose(y, expected(scale * x), rtol=0, atol=1e-6)
+
+
+def test_model_from_bytes_resolves_against_cwd(model, monkeypatch):
+    monkeypatch.chdir(model.parent)
+    session = cortex.InferenceSession(model.read_bytes())
+    x = np.arange(4, dtype=np.float32)
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], expected(x), atol=1e-6)
+
+
+def test_relative_model_path(model, monkeypatch):
+    monkeypatch.chdir(model.parent.parent)
+    session = cortex.InferenceSession(str(Path(model.parent.name) / model.name))
+    x = np.ones(4, dtype=np.float32)
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], expected(x), atol=1e-6)
+
+
+def test_kernel_error_becomes_exception(model):
+    session = cortex.InferenceSession(str(model))
+    with pytest.raises(Exception, match="shape mismatch: x has 3 elements, b has 4"):
+        session.run(None, {"x": np.zeros(3, dtype=np.float32)})
+    # the session stays usable after a failed run
+    x = np.ones(4, dtype=np.float32)
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], expected(x), atol=1e-6)
+
+
+def test_missing_artifact(model):
+    artifact = model.parent / "kernels" / "kernel.so"
+    artifact.unlink()
+    with pytest.raises(Exception, match="Cortex kernel artifact missing: .*kernels/kernel.so"):
+        cortex.InferenceSession(str(model))
+
+
+def test_corrupted_artifact(model):
+    artifact = model.parent / "kernels" / "kernel.so"
+    with open(artifact, "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(Exception, match=r"Cortex kernel artifact corrupted \(sha256 mismatch\): .*kernels/kernel.so"):
+        cortex.InferenceSession(str(model))
+
+
+def test_wrong_abi_version(tmp_path):
+    kernel = build_kernel(tmp_path, "old.so", abi_version=99)
+    model = write_model(tmp_path / "model.onnx", "old.so", sha256_of(kernel))
+    with pytest.raises(Exception, match="kernel ABI version 99, this Cortex EP expects 1"):
+        cortex.InferenceSession(str(model))
+
+
+def test_notes_without_sha256(tmp_path):
+    build_kernel(tmp_path)
+    model = onnx.load(str(write_model(tmp_path / "model.onnx", "kernel.so", "0" * 64)))
+    for attribute in model.graph.node[0].attribute:
+        if attribute.name == "notes":
+            attribute.s = b'{"model": "axpy"}'
+    with pytest.raises(Exception, match="kernel_sha256"):
+        cortex.InferenceSession(model.SerializeToString())
+
+
+def test_without_ep_says_what_to_do(model):
+    with pytest.raises(Exception) as error:
+        ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+    assert "cortex.session_options()" in str(error.value)
+
+
+def test_session_options_twice_and_merge(model):
+    first = cortex.session_options()
+    second = cortex.session_options()
+    user = ort.SessionOptions()
+    user.intra_op_num_threads = 1
+    merged = cortex.session_options(user)
+    assert merged is user and merged.intra_op_num_threads == 1
+    assert cortex.session_options(merged) is merged  # adding the EP again is a no-op
+    x = np.linspace(-2, 2, 4).astype(np.float32)
+    for options in (first, second, merged):
+        session = ort.InferenceSession(str(model), sess_options=options)
+        np.testing.assert_allclose(session.run(None, {"x": x})[0], expected(x), atol=1e-6)
+    session = cortex.InferenceSession(str(model), sess_options=user)
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], expected(x), atol=1e-6)
