@@ -1,0 +1,623 @@
+"""Abstract interpretation of ONNX graphs into Cortex IR values.
+
+Each ONNX value is given one abstract meaning; an op handler either proves what its output means from what its
+inputs mean, or raises `Refusal` with the reason. Meanings:
+
+- `Known`: a constant (weights, and the shape arithmetic exporters leave in loop bodies, folded here);
+- `ShapeVal`: an int vector with some entries unknown (the dynamic node count N);
+- `Array`: a runtime tensor from outside the recursion (structure arrays, node inputs);
+- `Index` / `Pred`: per-position int64 / bool scalars over the structure;
+- `Row`: a per-position float32 row (an IR row expression) with the shape the ONNX graph sees;
+- `Table`: a state table, with the rows written at this position;
+- `Choice`: the outputs of an `If`, one value per branch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ..ir import nodes as ir
+
+
+class Refusal(Exception):
+    """The frontend cannot prove what a node means; the message says which node and why."""
+
+
+@dataclass(frozen=True)
+class Known:
+    value: np.ndarray
+
+
+@dataclass(frozen=True)
+class ShapeVal:
+    dims: tuple  # ints or None (unknown)
+    scalar: bool = False
+
+
+@dataclass(frozen=True)
+class Array:
+    name: str
+    dtype: Optional[str]
+    shape: Optional[tuple]  # dims (int or None) or None if rank unknown
+
+
+@dataclass(frozen=True)
+class Index:
+    expr: ir.IExpr
+    shape: tuple = ()
+
+
+@dataclass(frozen=True)
+class Pred:
+    expr: ir.BExpr
+    shape: tuple = ()
+
+
+@dataclass(frozen=True)
+class Row:
+    expr: ir.RExpr
+    shape: tuple
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    width: int
+    writes: tuple = ()  # ((target IExpr, Row expr), ...)
+
+
+@dataclass(frozen=True)
+class Choice:
+    pred: ir.BExpr
+    then: object
+    other: object
+
+
+ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64", onnx.TensorProto.INT32: "int32",
+               onnx.TensorProto.BOOL: "bool", onnx.TensorProto.DOUBLE: "float64"}
+
+
+def _attr(node, name, default=None):
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _row_shape_ok(shape) -> bool:
+    return len(shape) >= 1 and all(d == 1 for d in shape[:-1])
+
+
+def _prod(shape):
+    return int(np.prod(shape)) if shape else 1
+
+
+@dataclass
+class Interpreter:
+    """Interprets a body graph. `outer` resolves names from enclosing scopes; `constants` collects the
+    constant tensors the IR refers to (name -> array); `node_name` is the node being interpreted (errors)."""
+    outer: object  # callable(name) -> value
+    constants: dict = field(default_factory=dict)
+    _const_ids: dict = field(default_factory=dict)
+    arrays: dict = field(default_factory=dict)  # runtime tensors the IR reads: name -> Array
+
+    # ---- scopes --------------------------------------------------------------------------------
+
+    def run_graph(self, graph: onnx.GraphProto, bindings: dict) -> list:
+        env = dict(bindings)
+        for init in graph.initializer:
+            env[init.name] = Known(numpy_helper.to_array(init))
+
+        def lookup(name):
+            if name in env:
+                return env[name]
+            return self.outer(name)
+
+        for node in graph.node:
+            args = [lookup(n) if n else None for n in node.input]
+            try:
+                outs = self.eval_node(node, args, lookup)
+            except Refusal as r:
+                msg = str(r)
+                if not msg.startswith("node "):
+                    msg = f"node {node.name or node.op_type} ({node.op_type}): {msg}"
+                raise Refusal(msg) from None
+            for name, value in zip(node.output, outs):
+                if name:
+                    env[name] = value
+        return [lookup(o.name) for o in graph.output]
+
+    # ---- constants -----------------------------------------------------------------------------
+
+    def const_name(self, value: np.ndarray, hint: str) -> str:
+        value = np.ascontiguousarray(value, dtype=np.float32)
+        key = (value.shape, value.tobytes())
+        if key not in self._const_ids:
+            name = f"{hint}_{len(self._const_ids)}"
+            self._const_ids[key] = name
+            self.constants[name] = value
+        return self._const_ids[key]
+
+    def as_row(self, v, width_hint: Optional[int] = None) -> Row:
+        """A float operand of elementwise math as a row: rows stay, constant vectors become ConstVec."""
+        if isinstance(v, Row):
+            return v
+        if isinstance(v, Known) and v.value.dtype.kind == "f":
+            arr = np.asarray(v.value, dtype=np.float32)
+            if arr.size == 1:
+                return Row(ir.Scalar(float(arr.reshape(-1)[0])), arr.shape)
+            if _row_shape_ok(arr.shape):
+                return Row(ir.ConstVec(self.const_name(arr.reshape(-1), "vec"), arr.size), arr.shape)
+        raise Refusal(f"operand is not a per-node row or a constant vector: {describe(v)}")
+
+    # ---- dispatch ------------------------------------------------------------------------------
+
+    def eval_node(self, node, args, lookup):
+        if node.domain not in ("", "ai.onnx"):
+            raise Refusal(f"op {node.domain}.{node.op_type} is not supported inside a recursion")
+        if node.op_type == "Constant":
+            return [Known(_constant_value(node))]
+        if node.op_type not in ("If", "Loop", "Scan") and args and all(isinstance(a, Known) or a is None for a in args):
+            return [Known(v) for v in fold_node(node, [a.value if a else None for a in args])]
+        handler = getattr(self, "op_" + node.op_type, None)
+        if handler is None:
+            raise Refusal(f"op {node.op_type} is not supported here")
+        out = handler(node, args, lookup) if node.op_type == "If" else handler(node, *args)
+        return out if isinstance(out, list) else [out]
+
+    # ---- shape arithmetic ----------------------------------------------------------------------
+
+    def op_Shape(self, node, x):
+        start, end = _attr(node, "start", 0), _attr(node, "end", None)
+        if isinstance(x, (Row, Index, Pred)):
+            dims = tuple(x.shape)
+        elif isinstance(x, Table):
+            dims = (None, x.width)
+        elif isinstance(x, Array) and x.shape is not None:
+            dims = tuple(x.shape)
+        else:
+            raise Refusal(f"shape of {describe(x)} is unknown")
+        dims = dims[start:end]
+        if all(d is not None for d in dims):
+            return Known(np.array(dims, dtype=np.int64))
+        return ShapeVal(dims)
+
+    def op_Size(self, node, x):
+        shape = self.op_Shape(node, x)
+        if isinstance(shape, Known):
+            return Known(np.array(int(np.prod(shape.value)), dtype=np.int64))
+        return ShapeVal((None,), scalar=True)
+
+    def op_ConstantOfShape(self, node, shape):
+        if isinstance(shape, ShapeVal) and not shape.scalar:
+            value = _attr(node, "value")
+            dtype = ONNX_DTYPES.get(value.data_type, None) if value is not None else "float32"
+            return Array(node.output[0], dtype, shape.dims)
+        raise Refusal("ConstantOfShape of an unknown shape")
+
+    # ---- indexing ------------------------------------------------------------------------------
+
+    def op_Gather(self, node, data, indices):
+        axis = _attr(node, "axis", 0)
+        if isinstance(data, ShapeVal) and isinstance(indices, Known) and indices.value.ndim <= 1:
+            picked = tuple(data.dims[int(i)] for i in np.atleast_1d(indices.value))
+            scalar = indices.value.ndim == 0
+            if all(d is not None for d in picked):
+                arr = np.array(picked, dtype=np.int64)
+                return Known(arr[0] if scalar else arr)
+            return ShapeVal(picked, scalar=scalar)
+        if axis != 0:
+            raise Refusal(f"Gather on axis {axis}")
+        if not isinstance(indices, Index) or _prod(indices.shape) != 1:
+            raise Refusal(f"Gather with indices {describe(indices)}: expected one structure index")
+        idx = indices.expr
+        if isinstance(data, Array):
+            self.arrays[data.name] = data
+            if data.shape is None:
+                raise Refusal(f"Gather from {data.name} of unknown rank")
+            if data.dtype == "int64" and len(data.shape) == 1:
+                return Index(ir.Load(data.name, idx), tuple(indices.shape))
+            if data.dtype == "float32" and len(data.shape) == 2 and data.shape[1] is not None:
+                width = data.shape[1]
+                return Row(ir.InputRow(data.name, idx, width), tuple(indices.shape) + (width,))
+            raise Refusal(f"Gather from {data.name} ({data.dtype}, shape {data.shape})")
+        if isinstance(data, Known) and data.value.ndim == 2 and data.value.dtype.kind == "f":
+            width = data.value.shape[1]
+            name = self.const_name(data.value, "table")
+            return Row(ir.ConstRow(name, idx, width), tuple(indices.shape) + (width,))
+        if isinstance(data, Table):
+            if data.writes:
+                raise Refusal(f"reads state {data.name} after writing it in the same step")
+            return Row(ir.ChildState(data.name, idx, False, data.width), tuple(indices.shape) + (data.width,))
+        raise Refusal(f"Gather from {describe(data)}")
+
+    def op_ScatterND(self, node, data, indices, updates):
+        if _attr(node, "reduction", "none") != "none":
+            raise Refusal("ScatterND with a reduction")
+        if not isinstance(data, Table):
+            raise Refusal(f"ScatterND into {describe(data)}, not a state table")
+        if not isinstance(indices, Index) or not indices.shape or indices.shape[-1] != 1 or _prod(indices.shape) != 1:
+            raise Refusal(f"ScatterND indices {describe(indices)}: expected one row index")
+        row = self.as_row(updates)
+        if _prod(row.shape) != data.width or len(row.shape) != len(indices.shape) - 1 + 1:
+            raise Refusal(f"ScatterND update of shape {row.shape} into rows of width {data.width}")
+        return Table(data.name, data.width, data.writes + ((indices.expr, row.expr),))
+
+    # ---- structure predicates ------------------------------------------------------------------
+
+    def _compare(self, op, a, b):
+        def as_index(v):
+            if isinstance(v, Index):
+                return v.expr, v.shape
+            if isinstance(v, Known) and v.value.size == 1 and v.value.dtype.kind in "iu":
+                return ir.IConst(int(v.value.reshape(-1)[0])), v.value.shape
+            raise Refusal(f"comparison of {describe(v)}")
+
+        (ea, sa), (eb, sb) = as_index(a), as_index(b)
+        return Pred(ir.Compare(op, ea, eb), sa if len(sa) >= len(sb) else sb)
+
+    def op_Less(self, node, a, b):
+        return self._compare("lt", a, b)
+
+    def op_LessOrEqual(self, node, a, b):
+        return self._compare("le", a, b)
+
+    def op_Greater(self, node, a, b):
+        return self._compare("gt", a, b)
+
+    def op_GreaterOrEqual(self, node, a, b):
+        return self._compare("ge", a, b)
+
+    def op_Equal(self, node, a, b):
+        return self._compare("eq", a, b)
+
+    def op_Not(self, node, a):
+        if isinstance(a, Pred):
+            return Pred(ir.BNot(a.expr), a.shape)
+        raise Refusal(f"Not of {describe(a)}")
+
+    def op_And(self, node, a, b):
+        return self._logic(ir.BAnd, a, b)
+
+    def op_Or(self, node, a, b):
+        return self._logic(ir.BOr, a, b)
+
+    def _logic(self, cls, a, b):
+        def as_pred(v):
+            if isinstance(v, Pred):
+                return v.expr
+            if isinstance(v, Known) and v.value.size == 1:
+                return ir.BConst(bool(v.value.reshape(-1)[0]))
+            raise Refusal(f"logic on {describe(v)}")
+
+        return Pred(cls(as_pred(a), as_pred(b)))
+
+    def op_Cast(self, node, x):
+        to = _attr(node, "to")
+        if isinstance(x, Pred) and to == onnx.TensorProto.BOOL:
+            return x
+        if isinstance(x, Index) and to == onnx.TensorProto.INT64:
+            return x
+        if isinstance(x, Row) and to == onnx.TensorProto.FLOAT:
+            return x
+        if isinstance(x, ShapeVal) and to == onnx.TensorProto.INT64:
+            return x
+        raise Refusal(f"Cast of {describe(x)} to {onnx.TensorProto.DataType.Name(to)}")
+
+    # ---- control flow --------------------------------------------------------------------------
+
+    def op_If(self, node, args, lookup):
+        cond = args[0]
+        then_g, else_g = _attr(node, "then_branch"), _attr(node, "else_branch")
+        if isinstance(cond, Known):
+            return self.run_graph(then_g if bool(cond.value.reshape(-1)[0]) else else_g, {})
+        if not isinstance(cond, Pred) or _prod(cond.shape) != 1:
+            raise Refusal(f"If on {describe(cond)}: expected a structure predicate")
+        sub = Interpreter(outer=lookup, constants=self.constants, _const_ids=self._const_ids, arrays=self.arrays)
+        then_out = sub.run_graph(then_g, {})
+        else_out = sub.run_graph(else_g, {})
+        return [t if t == e else Choice(cond.expr, t, e) for t, e in zip(then_out, else_out)]
+
+    # ---- row math ------------------------------------------------------------------------------
+
+    def _binary(self, op, a, b):
+        if isinstance(a, (Index, ShapeVal)) or isinstance(b, (Index, ShapeVal)):
+            return self._index_arith(op, a, b)
+        ra, rb = self.as_row(a), self.as_row(b)
+        shape = tuple(np.broadcast_shapes(ra.shape, rb.shape))
+        if not _row_shape_ok(shape) and shape != ():
+            raise Refusal(f"elementwise {op} gives shape {shape}, not a row")
+        try:
+            return Row(ir.binary(op, ra.expr, rb.expr), shape)
+        except ValueError as e:
+            raise Refusal(str(e)) from None
+
+    def _index_arith(self, op, a, b):
+        if op not in ("add", "sub", "mul"):
+            raise Refusal(f"{op} on structure indices")
+
+        def as_index(v):
+            if isinstance(v, Index):
+                return v.expr, v.shape
+            if isinstance(v, Known) and v.value.size == 1 and v.value.dtype.kind in "iu":
+                return ir.IConst(int(v.value.reshape(-1)[0])), v.value.shape
+            raise Refusal(f"index arithmetic on {describe(v)}")
+
+        (ea, sa), (eb, sb) = as_index(a), as_index(b)
+        return Index(ir.IBinary(op, ea, eb), sa if len(sa) >= len(sb) else sb)
+
+    def op_Add(self, node, a, b):
+        return self._binary("add", a, b)
+
+    def op_Sub(self, node, a, b):
+        return self._binary("sub", a, b)
+
+    def op_Mul(self, node, a, b):
+        return self._binary("mul", a, b)
+
+    def op_Div(self, node, a, b):
+        return self._binary("div", a, b)
+
+    def op_Max(self, node, *xs):
+        return self._reduce_variadic("max", xs)
+
+    def op_Min(self, node, *xs):
+        return self._reduce_variadic("min", xs)
+
+    def op_Sum(self, node, *xs):
+        return self._reduce_variadic("add", xs)
+
+    def _reduce_variadic(self, op, xs):
+        acc = xs[0]
+        for x in xs[1:]:
+            acc = self._binary(op, acc, x)
+        return acc if isinstance(acc, Row) else self.as_row(acc)
+
+    def _unary(self, op, x):
+        r = self.as_row(x)
+        return Row(ir.unary(op, r.expr), r.shape)
+
+    def op_Sigmoid(self, node, x):
+        return self._unary("sigmoid", x)
+
+    def op_Tanh(self, node, x):
+        return self._unary("tanh", x)
+
+    def op_Relu(self, node, x):
+        return self._unary("relu", x)
+
+    def op_Neg(self, node, x):
+        return self._unary("neg", x)
+
+    def op_Exp(self, node, x):
+        return self._unary("exp", x)
+
+    def op_Abs(self, node, x):
+        return self._unary("abs", x)
+
+    def op_Identity(self, node, x):
+        return x
+
+    def op_MatMul(self, node, a, b):
+        if isinstance(a, Row) and isinstance(b, Known) and b.value.ndim == 2:
+            w = np.asarray(b.value, dtype=np.float32)
+            if a.shape[-1] != w.shape[0]:
+                raise Refusal(f"MatMul of width {a.shape[-1]} by {w.shape}")
+            name = self.const_name(w, "weight")
+            return Row(ir.MatMul(a.expr, name, None, w.shape[1]), tuple(a.shape[:-1]) + (w.shape[1],))
+        raise Refusal(f"MatMul of {describe(a)} by {describe(b)}: expected a row times a constant matrix")
+
+    def op_Gemm(self, node, a, b, c=None):
+        alpha, beta = _attr(node, "alpha", 1.0), _attr(node, "beta", 1.0)
+        if _attr(node, "transA", 0):
+            raise Refusal("Gemm with transA")
+        if not isinstance(a, Row) or len(a.shape) != 2 or not isinstance(b, Known):
+            raise Refusal(f"Gemm of {describe(a)} by {describe(b)}: expected a [1, K] row times a constant")
+        w = np.asarray(b.value, dtype=np.float32)
+        w = w.T if _attr(node, "transB", 0) else w
+        out = self.op_MatMul(node, a, Known(w * np.float32(alpha)))
+        if c is None:
+            return out
+        return self._binary("add", out, Known(np.asarray(c.value, dtype=np.float32) * np.float32(beta)) if isinstance(c, Known) else c)
+
+    # ---- reshaping -----------------------------------------------------------------------------
+
+    def _reshaped(self, x, new_shape):
+        new_shape = tuple(int(d) for d in new_shape)
+        if isinstance(x, Row):
+            if _prod(new_shape) != x.expr.width or not _row_shape_ok(new_shape):
+                raise Refusal(f"reshape of a row of width {x.expr.width} to {new_shape}")
+            return Row(x.expr, new_shape)
+        if isinstance(x, (Index, Pred)):
+            if _prod(new_shape) != 1:
+                raise Refusal(f"reshape of a scalar to {new_shape}")
+            return type(x)(x.expr, new_shape)
+        if isinstance(x, ShapeVal) and len(new_shape) <= 1 and _prod(new_shape) == len(x.dims):
+            return ShapeVal(x.dims, scalar=len(new_shape) == 0)
+        raise Refusal(f"reshape of {describe(x)}")
+
+    def op_Reshape(self, node, x, shape):
+        if isinstance(shape, ShapeVal) and sum(d is None for d in shape.dims) == 0:
+            shape = Known(np.array(shape.dims, dtype=np.int64))
+        if not isinstance(shape, Known):
+            raise Refusal(f"Reshape to an unknown shape {describe(shape)}")
+        target = [int(d) for d in shape.value.reshape(-1)]
+        current = _visible_shape(x)
+        if current is None:
+            raise Refusal(f"Reshape of {describe(x)}")
+        allowzero = _attr(node, "allowzero", 0)
+        total = _prod(current)
+        for i, d in enumerate(target):
+            if d == 0 and not allowzero:
+                target[i] = current[i]
+        if -1 in target:
+            known = _prod([d for d in target if d != -1])
+            target[target.index(-1)] = total // known if known else 0
+        return self._reshaped(x, target)
+
+    def _axes(self, node, axes_input):
+        if axes_input is not None:
+            if not isinstance(axes_input, Known):
+                raise Refusal("axes are not constant")
+            return [int(a) for a in axes_input.value.reshape(-1)]
+        return list(_attr(node, "axes", []) or [])
+
+    def op_Unsqueeze(self, node, x, axes=None):
+        current = _visible_shape(x)
+        if current is None:
+            raise Refusal(f"Unsqueeze of {describe(x)}")
+        if isinstance(x, ShapeVal) and x.scalar:
+            return ShapeVal(x.dims, scalar=False)
+        out_rank = len(current) + len(self._axes(node, axes))
+        shape = list(current)
+        for a in sorted(ax % out_rank for ax in self._axes(node, axes)):
+            shape.insert(a, 1)
+        return self._reshaped(x, shape)
+
+    def op_Squeeze(self, node, x, axes=None):
+        current = _visible_shape(x)
+        if current is None:
+            raise Refusal(f"Squeeze of {describe(x)}")
+        axes = self._axes(node, axes)
+        axes = [a % len(current) for a in axes] if axes else [i for i, d in enumerate(current) if d == 1]
+        return self._reshaped(x, [d for i, d in enumerate(current) if i not in axes])
+
+    def op_Flatten(self, node, x):
+        current = _visible_shape(x)
+        axis = _attr(node, "axis", 1) % (len(current) + 1) if current is not None else 1
+        if current is None:
+            raise Refusal(f"Flatten of {describe(x)}")
+        return self._reshaped(x, [_prod(current[:axis]), _prod(current[axis:])])
+
+    # ---- slicing and joining -------------------------------------------------------------------
+
+    def op_Slice(self, node, x, starts, ends, axes=None, steps=None):
+        if isinstance(x, ShapeVal):
+            return self._slice_shape(x, starts, ends, axes, steps)
+        if not isinstance(x, Row):
+            raise Refusal(f"Slice of {describe(x)}")
+        parts = [starts, ends] + [p for p in (axes, steps) if p is not None]
+        if not all(isinstance(p, Known) for p in parts):
+            raise Refusal("Slice bounds are not constant")
+        rank = len(x.shape)
+        axes_v = [int(a) % rank for a in axes.value] if axes is not None else list(range(len(starts.value)))
+        steps_v = [int(s) for s in steps.value] if steps is not None else [1] * len(axes_v)
+        start, stop = 0, x.shape[-1]
+        for ax, s, e, st in zip(axes_v, starts.value, ends.value, steps_v):
+            dim = x.shape[ax]
+            s, e, _ = slice(int(s), int(e), st).indices(dim) if st == 1 else (None, None, None)
+            if st != 1:
+                raise Refusal("Slice with a step")
+            if ax != rank - 1:
+                if (s, e) != (0, dim):
+                    raise Refusal("Slice across rows")
+                continue
+            start, stop = s, max(s, e)
+        new_shape = tuple(x.shape[:-1]) + (stop - start,)
+        return Row(ir.slice_row(x.expr, start, stop), new_shape)
+
+    def _slice_shape(self, x, starts, ends, axes, steps):
+        if not all(isinstance(p, Known) for p in (starts, ends) + tuple(p for p in (axes, steps) if p is not None)):
+            raise Refusal("Slice of a shape with unknown bounds")
+        step = int(steps.value[0]) if steps is not None else 1
+        s, e = int(starts.value[0]), int(ends.value[0])
+        dims = x.dims[slice(s, e, step)]
+        if all(d is not None for d in dims):
+            return Known(np.array(dims, dtype=np.int64))
+        return ShapeVal(dims)
+
+    def op_Split(self, node, x, split=None):
+        if not isinstance(x, Row):
+            raise Refusal(f"Split of {describe(x)}")
+        axis = _attr(node, "axis", 0) % len(x.shape)
+        if axis != len(x.shape) - 1:
+            raise Refusal("Split across rows")
+        if split is not None:
+            sizes = [int(s) for s in split.value] if isinstance(split, Known) else None
+            if sizes is None:
+                raise Refusal("Split sizes are not constant")
+        elif _attr(node, "split") is not None:
+            sizes = list(_attr(node, "split"))
+        else:
+            n = _attr(node, "num_outputs", len(node.output))
+            width = x.shape[-1]
+            chunk = -(-width // n)
+            sizes = [min(chunk, width - i * chunk) for i in range(n)]
+        outs, start = [], 0
+        for size in sizes:
+            outs.append(Row(ir.slice_row(x.expr, start, start + size), tuple(x.shape[:-1]) + (size,)))
+            start += size
+        return outs
+
+    def op_Concat(self, node, *xs):
+        if all(isinstance(x, (Known, ShapeVal)) for x in xs):
+            dims = []
+            for x in xs:
+                dims.extend(x.dims if isinstance(x, ShapeVal) else [int(d) for d in x.value.reshape(-1)])
+            return ShapeVal(tuple(dims))
+        rows = [self.as_row(x) for x in xs]
+        rank = len(rows[0].shape)
+        axis = _attr(node, "axis") % rank
+        if axis != rank - 1 or any(len(r.shape) != rank for r in rows):
+            raise Refusal("Concat of rows along a non-feature axis")
+        width = sum(r.shape[-1] for r in rows)
+        return Row(ir.concat(r.expr for r in rows), tuple(rows[0].shape[:-1]) + (width,))
+
+
+def _visible_shape(x):
+    if isinstance(x, (Row, Index, Pred)):
+        return tuple(x.shape)
+    if isinstance(x, ShapeVal):
+        return () if x.scalar else (len(x.dims),)
+    return None
+
+
+def _constant_value(node) -> np.ndarray:
+    for a in node.attribute:
+        if a.name == "value":
+            return numpy_helper.to_array(a.t)
+        if a.name == "value_float":
+            return np.array(a.f, dtype=np.float32)
+        if a.name == "value_floats":
+            return np.array(list(a.floats), dtype=np.float32)
+        if a.name == "value_int":
+            return np.array(a.i, dtype=np.int64)
+        if a.name == "value_ints":
+            return np.array(list(a.ints), dtype=np.int64)
+    raise Refusal("Constant without a supported value attribute")
+
+
+def fold_node(node, values):
+    """Constant-folds one node with ONNX's reference implementation (one place for every op's semantics)."""
+    from onnx.reference import ReferenceEvaluator
+
+    feeds = {name: v for name, v in zip(node.input, values) if name}
+    try:
+        outs = ReferenceEvaluator(node).run(None, feeds)
+    except Exception as e:  # noqa: BLE001 - any failure means "cannot fold"
+        raise Refusal(f"cannot fold constant {node.op_type}: {e}") from None
+    return [np.asarray(o) for o in outs]
+
+
+def describe(v) -> str:
+    if isinstance(v, Known):
+        return f"constant {v.value.dtype}{list(v.value.shape)}"
+    if isinstance(v, Row):
+        return f"row{list(v.shape)}"
+    if isinstance(v, Index):
+        return "structure index"
+    if isinstance(v, Pred):
+        return "structure predicate"
+    if isinstance(v, Table):
+        return f"state table {v.name}"
+    if isinstance(v, Array):
+        return f"runtime tensor {v.name}"
+    if isinstance(v, ShapeVal):
+        return f"shape {v.dims}"
+    if isinstance(v, Choice):
+        return "value chosen by an If"
+    return type(v).__name__

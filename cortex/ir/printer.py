@@ -1,0 +1,89 @@
+"""Textual form of the Cortex IR (`cortex-convert --dump-ir`): one line per shared value, like SSA."""
+from __future__ import annotations
+
+from . import nodes as ir
+
+
+def format_index(e: ir.IExpr) -> str:
+    if isinstance(e, ir.Iter):
+        return "p"
+    if isinstance(e, ir.IConst):
+        return str(e.value)
+    if isinstance(e, ir.Load):
+        col = "" if e.column is None else f", {e.column}"
+        return f"{e.array}[{format_index(e.index)}{col}]"
+    if isinstance(e, ir.IBinary):
+        sym = {"add": "+", "sub": "-", "mul": "*"}[e.op]
+        return f"({format_index(e.a)} {sym} {format_index(e.b)})"
+    raise TypeError(e)
+
+
+def format_pred(e: ir.BExpr) -> str:
+    if isinstance(e, ir.BConst):
+        return "true" if e.value else "false"
+    if isinstance(e, ir.Compare):
+        sym = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}[e.op]
+        return f"{format_index(e.a)} {sym} {format_index(e.b)}"
+    if isinstance(e, ir.BNot):
+        return f"!({format_pred(e.a)})"
+    if isinstance(e, ir.BAnd):
+        return f"({format_pred(e.a)} && {format_pred(e.b)})"
+    if isinstance(e, ir.BOr):
+        return f"({format_pred(e.a)} || {format_pred(e.b)})"
+    raise TypeError(e)
+
+
+def _format_row(e: ir.RExpr, names: dict) -> str:
+    def ref(x):
+        return names[x]
+
+    if isinstance(e, ir.ChildState):
+        missing = ", missing=zero" if e.missing_zero else ""
+        return f"child_state {e.table}[{format_index(e.index)}{missing}]"
+    if isinstance(e, ir.ConstRow):
+        return f"const_row {e.const}[{format_index(e.index)}]"
+    if isinstance(e, ir.InputRow):
+        return f"input_row {e.array}[{format_index(e.index)}]"
+    if isinstance(e, ir.ConstVec):
+        return f"const {e.const}"
+    if isinstance(e, ir.Scalar):
+        return f"scalar {e.value!r}"
+    if isinstance(e, ir.MatMul):
+        bias = f" + {e.bias}" if e.bias else ""
+        return f"matmul {ref(e.x)} @ {e.weight}{bias}"
+    if isinstance(e, ir.Unary):
+        return f"{e.op} {ref(e.x)}"
+    if isinstance(e, ir.Binary):
+        return f"{e.op} {ref(e.a)}, {ref(e.b)}"
+    if isinstance(e, ir.Slice):
+        return f"slice {ref(e.x)}[{e.start}:{e.start + e.width}]"
+    if isinstance(e, ir.Concat):
+        return "concat " + ", ".join(ref(p) for p in e.parts)
+    raise TypeError(e)
+
+
+def format_program(program: ir.Program) -> str:
+    lines = [f"recursion {program.name} (mode={program.mode})"]
+    for decl in program.inputs:
+        inner = "x".join(str(d) for d in decl.inner)
+        shape = "[N" + (f"x{inner}" if inner else "") + "]" if decl.rank else "[]"
+        lines.append(f"  input {decl.name}: {decl.kind} {decl.dtype}{shape}")
+    for name, value in program.constants.items():
+        lines.append(f"  const {name}: float32{list(value.shape)}")
+    for table in program.tables:
+        init = table.init or "zeros"
+        lines.append(f"  state {table.name}: [N x {table.width}] init={init} -> output {table.output}")
+    if program.mode == "visit":
+        lines.append(f"  positions: p in [0, {program.trip})")
+    else:
+        lines.append(f"  positions: every node of {program.rows_from}, children first")
+    for case in program.cases:
+        lines.append(f"  case {case.name} when {format_pred(case.predicate)}:")
+        roots = [expr for _, expr in case.writes]
+        names = {}
+        for i, node in enumerate(ir.walk_rows(roots)):
+            names[node] = f"%{i}"
+            lines.append(f"    %{i} = {_format_row(node, names)}  : [{node.width}]")
+        for table, expr in case.writes:
+            lines.append(f"    {table}[{format_index(case.target)}] <- {names[expr]}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,4 @@
+"""IR -> IR passes."""
+from .pipeline import PIPELINE, optimize
+
+__all__ = ["PIPELINE", "optimize"]

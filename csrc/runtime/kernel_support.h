@@ -1,0 +1,96 @@
+// Helpers every generated kernel uses: input checking, ONNX index semantics, row-parallel loops.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "kernel_abi.h"
+#include "parallel.h"
+
+namespace cortex {
+
+struct KernelError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// ONNX Gather / ScatterND index semantics: i in [-len, len) with negative values counting from the end;
+// anything else is the error ONNX Runtime raises too.
+inline int64_t normalize_index(int64_t i, int64_t len, const char* what, int64_t position) {
+  if (i < -len || i >= len) {
+    throw KernelError("index " + std::to_string(i) + " out of range for " + what + " (size " + std::to_string(len) +
+                      ") at position " + std::to_string(position));
+  }
+  return i < 0 ? i + len : i;
+}
+
+// TreeRec child semantics: -1 means "no child" (returned as -1); other values must be rows in [0, len).
+inline int64_t child_index(int64_t i, int64_t len, const char* what, int64_t position) {
+  if (i < -1 || i >= len) {
+    throw KernelError("child index " + std::to_string(i) + " out of range for " + what + " (" + std::to_string(len) +
+                      " nodes) at node " + std::to_string(position));
+  }
+  return i;
+}
+
+inline const char* dtype_name(int32_t dtype) {
+  switch (dtype) {
+    case CORTEX_FLOAT: return "float32";
+    case CORTEX_INT64: return "int64";
+    case CORTEX_INT32: return "int32";
+    case CORTEX_BOOL: return "bool";
+    default: return "unsupported";
+  }
+}
+
+// Checks one input's dtype, rank and static trailing dims (-1: any); returns its data pointer.
+inline const void* check_input(const CortexTensor& t, const char* name, int32_t dtype, int32_t rank,
+                               const int64_t* inner_dims) {
+  if (t.dtype != dtype) {
+    throw KernelError(std::string("input '") + name + "' must be " + dtype_name(dtype) + ", got " + dtype_name(t.dtype));
+  }
+  if (t.rank != rank) {
+    throw KernelError(std::string("input '") + name + "' must have rank " + std::to_string(rank) + ", got " +
+                      std::to_string(t.rank));
+  }
+  for (int32_t d = 1; d < rank; ++d) {
+    if (inner_dims[d - 1] >= 0 && t.shape[d] != inner_dims[d - 1]) {
+      throw KernelError(std::string("input '") + name + "' dimension " + std::to_string(d) + " must be " +
+                        std::to_string(inner_dims[d - 1]) + ", got " + std::to_string(t.shape[d]));
+    }
+  }
+  return t.data;
+}
+
+// A scalar int64 input given as shape [] or [1] (ONNX Loop trip counts come as either).
+inline int64_t scalar_int64(const CortexTensor& t, const char* name) {
+  int64_t elements = 1;
+  for (int32_t d = 0; d < t.rank; ++d) elements *= t.shape[d];
+  if (t.dtype != CORTEX_INT64 || elements != 1) {
+    throw KernelError(std::string("input '") + name + "' must be one int64 value");
+  }
+  return *static_cast<const int64_t*>(t.data);
+}
+
+// Runs f(b) for rows b in [0, rows): across the thread pool when there is enough work to pay for it.
+template <class F>
+inline void for_rows(int64_t rows, int64_t work_per_row, F&& f) {
+  const int64_t threads = num_threads();
+  if (threads <= 1 || rows < 2 || rows * work_per_row < 8192) {
+    for (int64_t b = 0; b < rows; ++b) f(b);
+    return;
+  }
+  const int64_t chunks = std::min(rows, threads);
+  parallel_for(chunks, [&](int64_t c) {
+    const int64_t b0 = rows * c / chunks, b1 = rows * (c + 1) / chunks;
+    for (int64_t b = b0; b < b1; ++b) f(b);
+  });
+}
+
+inline void write_error(char* error, size_t error_size, const char* message) {
+  if (error != nullptr && error_size > 0) std::snprintf(error, error_size, "%s", message);
+}
+
+}  // namespace cortex
