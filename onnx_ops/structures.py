@@ -1,0 +1,291 @@
+"""Tree structures for recursive models: forests, the SST reader, random and SST-shaped trees.
+
+A :class:`Forest` holds one or more binary trees as flat node arrays (see docs/contracts.md, "Structure inputs of
+the TreeLSTM examples"): ``words`` (leaf token ids, 0 at internal nodes), ``left`` / ``right`` (child ids, -1 for
+none), ``order`` (a visit sequence with children before parents) and ``roots``.
+
+Token ids of :func:`read_sst`: with ``vocab_size=None`` a token's id is its index (starting at 1) in the list of
+distinct lowercased tokens of ``SOStr.txt`` in order of first appearance over the *whole* file (all splits), so
+ids do not depend on the split read; the vocabulary then has ``max(words) + 1`` entries (see :func:`sst_vocab`).
+With ``vocab_size=V`` the id is ``crc32(token.lower().encode("utf-8")) % V`` (stable across runs and machines).
+Internal nodes get word 0.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "Forest",
+    "batch",
+    "forest_from_parents",
+    "random_tree",
+    "read_sst",
+    "sst_dir_default",
+    "sst_like_trees",
+    "sst_vocab",
+    "heights",
+    "dag_heights",
+    "token_id",
+]
+
+SPLITS = {"train": 1, "test": 2, "dev": 3}
+
+
+@dataclass
+class Forest:
+    """Binary trees as node arrays. ``words``, ``left``, ``right``: int64 [N]; ``order``: int64 [L]
+    (children before parents); ``roots``: int64 [num_trees]."""
+
+    words: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+    order: np.ndarray
+    roots: np.ndarray
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.words.shape[0])
+
+    @property
+    def children(self) -> np.ndarray:
+        """int64 [N, 2]: (left, right) per node; the ``children`` input of ``cortex.TreeRec``."""
+        return np.stack([self.left, self.right], axis=1).astype(np.int64)
+
+    def height(self) -> int:
+        """Height of the tallest tree (a single leaf has height 0)."""
+        return int(heights(self.left, self.right).max(initial=-1))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The Loop-model feeds: ``words``, ``left``, ``right``, ``order``."""
+        return {"words": self.words, "left": self.left, "right": self.right, "order": self.order}
+
+
+def heights(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Height of every node of a binary forest (leaves 0, else 1 + max child height); see :func:`dag_heights`."""
+    return dag_heights(np.stack([np.asarray(left, dtype=np.int64), np.asarray(right, dtype=np.int64)], axis=1))
+
+
+def dag_heights(children: np.ndarray) -> np.ndarray:
+    """Height of every node given ``children`` int64 [N, K] (-1 = none): leaves (no child) 0, else 1 + max child
+    height; DAG sharing allowed. Raises ValueError on a child index outside [-1, N) or a cycle (naming a node on
+    it). O(N * K)."""
+    children = np.asarray(children, dtype=np.int64)
+    if children.ndim != 2:
+        raise ValueError(f"children must be [N, K], got shape {children.shape}")
+    n = int(children.shape[0])
+    if children.size and (children.min() < -1 or children.max() >= n):
+        bad = np.argwhere((children < -1) | (children >= n))[0]
+        raise ValueError(
+            f"child index {int(children[bad[0], bad[1]])} of node {int(bad[0])} is out of range [-1, {n})"
+        )
+    kids = [[c for c in row if c >= 0] for row in children.tolist()]
+    parents: list[list[int]] = [[] for _ in range(n)]
+    pending = [0] * n
+    for v, cs in enumerate(kids):
+        pending[v] = len(cs)
+        for c in cs:
+            parents[c].append(v)
+    h = [0] * n
+    ready = [v for v in range(n) if pending[v] == 0]
+    done = 0
+    while ready:
+        v = ready.pop()
+        done += 1
+        hv = h[v] + 1
+        for p in parents[v]:
+            if h[p] < hv:
+                h[p] = hv
+            pending[p] -= 1
+            if pending[p] == 0:
+                ready.append(p)
+    if done < n:
+        # Walk unfinished children from an unfinished node until a node repeats: it lies on a cycle.
+        v = next(v for v in range(n) if pending[v] > 0)
+        seen = set()
+        while v not in seen:
+            seen.add(v)
+            v = next(c for c in kids[v] if pending[c] > 0)
+        raise ValueError(f"cycle through node {v}")
+    return np.asarray(h, dtype=np.int64)
+
+
+def _order_by_height(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    return np.argsort(heights(left, right), kind="stable").astype(np.int64)
+
+
+def forest_from_parents(parents, words) -> Forest:
+    """One tree from 0-based parent pointers (-1 = root), the first ``len(words)`` nodes being the leaves in
+    sentence order. Every internal node must have exactly two children (ValueError otherwise); the left child is
+    the one whose span starts first."""
+    parents = np.asarray(parents, dtype=np.int64)
+    n = parents.shape[0]
+    num_leaves = len(words)
+    roots = np.flatnonzero(parents < 0)
+    if len(roots) != 1:
+        raise ValueError(f"expected one root, found {len(roots)}")
+    if parents.max() >= n:
+        raise ValueError("parent index out of range")
+    kids: list[list[int]] = [[] for _ in range(n)]
+    for v, p in enumerate(parents):
+        if p >= 0:
+            kids[p].append(v)
+    for v in range(n):
+        k = len(kids[v])
+        if v < num_leaves and k:
+            raise ValueError(f"leaf {v} has children")
+        if v >= num_leaves and k != 2:
+            raise ValueError(f"internal node {v} has {k} children; only binary trees are supported")
+    left = np.full(n, -1, dtype=np.int64)
+    right = np.full(n, -1, dtype=np.int64)
+    for v in range(num_leaves, n):
+        left[v], right[v] = kids[v]
+    order = _order_by_height(left, right)  # also rejects cycles
+    # Span starts (min leaf below), in children-before-parents order, to orient children.
+    start = np.arange(n, dtype=np.int64)
+    start[num_leaves:] = n
+    for v in order:
+        if left[v] >= 0:
+            start[v] = min(start[left[v]], start[right[v]])
+            if start[left[v]] > start[right[v]]:
+                left[v], right[v] = right[v], left[v]
+    w = np.zeros(n, dtype=np.int64)
+    w[:num_leaves] = np.asarray(words, dtype=np.int64)
+    return Forest(w, left, right, order, roots.astype(np.int64))
+
+
+def token_id(token: str, vocab_size: int) -> int:
+    """Hashed token id: ``crc32(token.lower()) % vocab_size``."""
+    return zlib.crc32(token.lower().encode("utf-8")) % vocab_size
+
+
+@lru_cache(maxsize=4)
+def _sst_vocab_cached(path: str) -> dict[str, int]:
+    vocab: dict[str, int] = {}
+    with open(Path(path) / "SOStr.txt", encoding="utf-8") as f:
+        for line in f:
+            if not line.strip():
+                continue
+            for tok in line.rstrip("\n").split("|"):
+                vocab.setdefault(tok.lower(), len(vocab) + 1)
+    return vocab
+
+
+def sst_vocab(path) -> dict[str, int]:
+    """Lowercased token -> id (from 1, in order of first appearance in SOStr.txt). Size of an embedding table
+    covering it: ``len(vocab) + 1``."""
+    return dict(_sst_vocab_cached(str(Path(path))))
+
+
+def read_sst(path=None, split: str = "test", vocab_size: int | None = None, limit: int | None = None) -> list[Forest]:
+    """Read SST parse trees of one split (``train``/``test``/``dev``/``all``) from the directory ``path``
+    (default :func:`sst_dir_default`). One Forest per sentence, in file order; ``limit`` keeps the first ones."""
+    if path is None:
+        path = sst_dir_default()
+        if path is None:
+            raise FileNotFoundError("no SST directory (set CORTEX_SST_DIR)")
+    path = Path(path)
+    if split != "all" and split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}")
+    with open(path / "datasetSplit.txt", encoding="utf-8") as f:
+        next(f)
+        label = {}
+        for line in f:
+            line = line.strip()
+            if line:
+                idx, s = line.split(",")
+                label[int(idx)] = int(s)
+    vocab = None if vocab_size is not None else _sst_vocab_cached(str(path))
+    out: list[Forest] = []
+    with open(path / "STree.txt", encoding="utf-8") as ft, open(path / "SOStr.txt", encoding="utf-8") as fs:
+        for i, (tline, sline) in enumerate(zip(ft, fs), start=1):
+            if not tline.strip():
+                continue
+            if split != "all" and label.get(i) != SPLITS[split]:
+                continue
+            toks = sline.rstrip("\n").split("|")
+            if vocab is None:
+                ids = [token_id(t, vocab_size) for t in toks]
+            else:
+                ids = [vocab[t.lower()] for t in toks]
+            parents = np.array([int(p) for p in tline.strip().split("|")], dtype=np.int64) - 1
+            try:
+                out.append(forest_from_parents(parents, ids))
+            except ValueError as e:
+                raise ValueError(f"{path / 'STree.txt'} line {i}: {e}") from None
+            if limit is not None and len(out) >= limit:
+                break
+    return out
+
+
+def sst_dir_default() -> Path | None:
+    """``$CORTEX_SST_DIR`` if set, else ``<repo root>/../shared/data/sst`` if it exists, else None."""
+    env = os.environ.get("CORTEX_SST_DIR")
+    if env:
+        p = Path(env)
+        return p if (p / "STree.txt").exists() else None
+    p = (Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "sst").resolve()
+    return p if (p / "STree.txt").exists() else None
+
+
+def _tree_from_merges(num_leaves: int, rng: np.random.Generator, vocab: int, right_bias: float) -> Forest:
+    """Merge adjacent spans until one is left; ``right_bias`` > 0 favours merging near the right end
+    (right-branching trees, like English parses)."""
+    n = 2 * num_leaves - 1
+    words = np.zeros(n, dtype=np.int64)
+    words[:num_leaves] = rng.integers(1 if vocab > 1 else 0, vocab, size=num_leaves)
+    left = np.full(n, -1, dtype=np.int64)
+    right = np.full(n, -1, dtype=np.int64)
+    spans = list(range(num_leaves))
+    nxt = num_leaves
+    while len(spans) > 1:
+        m = len(spans) - 1
+        if right_bias > 0:
+            w = np.exp(right_bias * np.arange(m) / max(m, 1))
+            k = int(rng.choice(m, p=w / w.sum()))
+        else:
+            k = int(rng.integers(0, m))
+        left[nxt], right[nxt] = spans[k], spans[k + 1]
+        spans[k : k + 2] = [nxt]
+        nxt += 1
+    order = _order_by_height(left, right)
+    return Forest(words, left, right, order, np.array([n - 1], dtype=np.int64))
+
+
+def random_tree(num_leaves: int, rng: np.random.Generator, vocab: int) -> Forest:
+    """A random binary tree with ``num_leaves`` leaves (ids 0..num_leaves-1, in sentence order) and
+    ``num_leaves - 1`` internal nodes (word 0); leaf words uniform in [1, vocab)."""
+    if num_leaves < 1:
+        raise ValueError("num_leaves must be >= 1")
+    return _tree_from_merges(num_leaves, rng, vocab, right_bias=0.0)
+
+
+def sst_like_trees(count: int, rng: np.random.Generator, vocab: int) -> list[Forest]:
+    """Synthetic trees shaped like SST's: sentence lengths with mean ~19 (37 nodes), right-leaning merges giving
+    mean height ~10 and a maximum near 29 over a test-set-sized sample."""
+    lengths = np.clip(np.round(rng.gamma(shape=3.5, scale=19.0 / 3.5, size=count)), 2, 56).astype(int)
+    return [_tree_from_merges(int(n), rng, vocab, right_bias=_SST_RIGHT_BIAS) for n in lengths]
+
+
+_SST_RIGHT_BIAS = 5.5
+
+
+def batch(forests: list[Forest]) -> Forest:
+    """Concatenate forests into one: node arrays concatenated, child ids, order and roots offset."""
+    words, left, right, order, roots = [], [], [], [], []
+    off = 0
+    for f in forests:
+        words.append(f.words)
+        left.append(np.where(f.left >= 0, f.left + off, f.left))
+        right.append(np.where(f.right >= 0, f.right + off, f.right))
+        order.append(f.order + off)
+        roots.append(f.roots + off)
+        off += f.num_nodes
+    cat = lambda xs: np.concatenate(xs).astype(np.int64) if xs else np.zeros(0, dtype=np.int64)  # noqa: E731
+    return Forest(cat(words), cat(left), cat(right), cat(order), cat(roots))
