@@ -161,6 +161,14 @@ class Interpreter:
             raise Refusal(f"op {node.domain}.{node.op_type} is not supported inside a recursion")
         if node.op_type == "Constant":
             return [Known(_constant_value(node))]
+        choice = next((a for a in args if isinstance(a, Choice)), None)
+        if choice is not None:
+            # A value chosen by an If flows on: evaluate the node once per branch (path splitting).
+            then_args = [a.then if isinstance(a, Choice) and a.pred == choice.pred else a for a in args]
+            other_args = [a.other if isinstance(a, Choice) and a.pred == choice.pred else a for a in args]
+            then_out = self.eval_node(node, then_args, lookup)
+            other_out = self.eval_node(node, other_args, lookup)
+            return [t if t == o else Choice(choice.pred, t, o) for t, o in zip(then_out, other_out)]
         if node.op_type not in ("If", "Loop", "Scan") and args and all(isinstance(a, Known) or a is None for a in args):
             return [Known(v) for v in fold_node(node, [a.value if a else None for a in args])]
         handler = getattr(self, "op_" + node.op_type, None)

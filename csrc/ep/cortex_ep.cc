@@ -1,5 +1,6 @@
 #include "cortex_ep.h"
 
+#include <algorithm>
 #include <memory>
 #include <vector>
 
@@ -17,6 +18,56 @@ OrtStatus* GetGraphNodes(const Api& api, const OrtGraph* graph, std::vector<cons
   nodes->assign(count, nullptr);
   if (count == 0) return nullptr;
   return api.ort.Graph_GetNodes(graph, nodes->data(), count);
+}
+
+// Names of an array of value infos (a missing optional input gives "").
+OrtStatus* ValueInfoNames(const Api& api, const std::vector<const OrtValueInfo*>& infos,
+                          std::vector<std::string>* names) {
+  names->clear();
+  for (const OrtValueInfo* info : infos) {
+    const char* name = nullptr;
+    if (info != nullptr) CORTEX_RETURN_IF_ERROR(api.ort.GetValueInfoName(info, &name));
+    names->emplace_back(name ? name : "");
+  }
+  return nullptr;
+}
+
+// For each input of the Cortex node, the index of the fused node's input that carries it. ORT passes a fused
+// node's inputs once per distinct value (after its CSE two node inputs may name the same value), in the
+// order of the fused graph's inputs; the kernel wants the node's own input list.
+OrtStatus* FusedInputMap(const Api& api, const OrtGraph* graph, const OrtNode* node, std::vector<size_t>* map,
+                         std::string* error) {
+  size_t node_count = 0, graph_count = 0;
+  CORTEX_RETURN_IF_ERROR(api.ort.Node_GetNumInputs(node, &node_count));
+  CORTEX_RETURN_IF_ERROR(api.ort.Graph_GetNumInputs(graph, &graph_count));
+  std::vector<const OrtValueInfo*> node_infos(node_count, nullptr), graph_infos(graph_count, nullptr);
+  if (node_count) CORTEX_RETURN_IF_ERROR(api.ort.Node_GetInputs(node, node_infos.data(), node_count));
+  if (graph_count) CORTEX_RETURN_IF_ERROR(api.ort.Graph_GetInputs(graph, graph_infos.data(), graph_count));
+  std::vector<std::string> node_names, graph_names;
+  CORTEX_RETURN_IF_ERROR(ValueInfoNames(api, node_infos, &node_names));
+  CORTEX_RETURN_IF_ERROR(ValueInfoNames(api, graph_infos, &graph_names));
+  // Prefer the fused graph's own input list; if it leaves some input out (initializers), fall back to the
+  // distinct node inputs in order of first appearance, which is how ORT builds a fused node's inputs.
+  std::vector<std::string> order = graph_names;
+  for (const std::string& name : node_names) {
+    if (std::find(order.begin(), order.end(), name) == order.end()) {
+      order.clear();
+      for (const std::string& n : node_names) {
+        if (std::find(order.begin(), order.end(), n) == order.end()) order.push_back(n);
+      }
+      break;
+    }
+  }
+  map->clear();
+  for (const std::string& name : node_names) {
+    const auto it = std::find(order.begin(), order.end(), name);
+    if (name.empty() || it == order.end()) {
+      *error = "input '" + name + "' of the node is not an input of the fused node";
+      return nullptr;
+    }
+    map->push_back(static_cast<size_t>(it - order.begin()));
+  }
+  return nullptr;
 }
 
 // Reads a STRING attribute; *present is false when the node has no such attribute.
@@ -157,8 +208,13 @@ class OutputAllocator {
 // (ORT releases compute infos when the session's EP is destroyed).
 class KernelComputeInfo : public OrtNodeComputeInfo {
  public:
-  KernelComputeInfo(const Api& api, std::string node_name, std::shared_ptr<const KernelLibrary> kernel)
-      : OrtNodeComputeInfo{}, api_(api), node_name_(std::move(node_name)), kernel_(std::move(kernel)) {
+  KernelComputeInfo(const Api& api, std::string node_name, std::shared_ptr<const KernelLibrary> kernel,
+                    std::vector<size_t> input_map)
+      : OrtNodeComputeInfo{},
+        api_(api),
+        node_name_(std::move(node_name)),
+        kernel_(std::move(kernel)),
+        input_map_(std::move(input_map)) {
     ort_version_supported = ORT_API_VERSION;
     CreateState = CreateStateImpl;
     Compute = ComputeImpl;
@@ -187,10 +243,14 @@ class KernelComputeInfo : public OrtNodeComputeInfo {
     CORTEX_RETURN_IF_ERROR(api_.ort.KernelContext_GetInputCount(context, &num_inputs));
     CORTEX_RETURN_IF_ERROR(api_.ort.KernelContext_GetOutputCount(context, &num_outputs));
 
-    std::vector<CortexTensor> inputs(num_inputs);
-    for (size_t i = 0; i < num_inputs; ++i) {
+    std::vector<CortexTensor> inputs(input_map_.size());
+    for (size_t i = 0; i < input_map_.size(); ++i) {
+      if (input_map_[i] >= num_inputs) {
+        return MakeStatus(api_, ORT_FAIL, Prefix() + "the fused node has " + std::to_string(num_inputs) +
+                                              " inputs; the node's input " + std::to_string(i) + " is missing");
+      }
       const OrtValue* value = nullptr;
-      CORTEX_RETURN_IF_ERROR(api_.ort.KernelContext_GetInput(context, i, &value));
+      CORTEX_RETURN_IF_ERROR(api_.ort.KernelContext_GetInput(context, input_map_[i], &value));
       if (value == nullptr) {
         return MakeStatus(api_, ORT_INVALID_ARGUMENT, Prefix() + "input " + std::to_string(i) + " is missing");
       }
@@ -210,7 +270,7 @@ class KernelComputeInfo : public OrtNodeComputeInfo {
 
     OutputAllocator allocator(api_, context, num_outputs);
     char message[4096] = {0};
-    const int32_t rc = kernel_->Run(inputs.data(), static_cast<int32_t>(num_inputs), &OutputAllocator::Allocate,
+    const int32_t rc = kernel_->Run(inputs.data(), static_cast<int32_t>(inputs.size()), &OutputAllocator::Allocate,
                                     &allocator, message, sizeof(message));
     message[sizeof(message) - 1] = '\0';
     if (OrtStatus* allocation_error = allocator.TakeError()) {
@@ -234,6 +294,7 @@ class KernelComputeInfo : public OrtNodeComputeInfo {
   const Api& api_;
   std::string node_name_;
   std::shared_ptr<const KernelLibrary> kernel_;
+  std::vector<size_t> input_map_;  // node input -> fused node input
 };
 
 }  // namespace
@@ -332,7 +393,12 @@ OrtStatus* CortexEp::CompileNode(const OrtGraph* graph, OrtNodeComputeInfo** com
     return MakeStatus(api_, code, message);
   }
 
-  *compute_info = new KernelComputeInfo(api_, node_name, std::move(kernel));
+  std::vector<size_t> input_map;
+  std::string map_error;
+  CORTEX_RETURN_IF_ERROR(FusedInputMap(api_, graph, node, &input_map, &map_error));
+  if (!map_error.empty()) return MakeStatus(api_, ORT_EP_FAIL, where + map_error);
+
+  *compute_info = new KernelComputeInfo(api_, node_name, std::move(kernel), std::move(input_map));
   return nullptr;
 }
 
