@@ -1,0 +1,206 @@
+"""Binary TreeLSTMs written the way people write them in PyTorch, scriptable with torch.jit.script and exported
+with the TorchScript ONNX exporter (``dynamo=False``): the real client Cortex's Loop/If recognizer must handle.
+
+Styles (same math as onnx_ops.zoo.treelstm.reference, leaf iff ``left[v] < 0``):
+
+- ``"row_assign"``: ``h[v] = ...`` row assignment, ``if bool(left[v] < 0):``, nn.Embedding, one nn.Linear per
+  cell (with bias) and ``torch.chunk``.
+- ``"index_put"``: one nn.Linear per leaf gate (W_i, W_o, W_u), embedding by indexing the weight, ``torch.cat`` of
+  the children and ``torch.split`` for the internal gates, rows written with ``h.index_put_((v.unsqueeze(0),),
+  row.unsqueeze(0))``, leaf test ``is_leaf = left[v] < 0; if bool(is_leaf):``.
+- ``"python_int"``: ``v = int(order[k])`` scalar indexing, leaf test ``if int(left[v]) < 0:``, nn.Embedding,
+  ``torch.stack`` rows written with ``h[v] = ...`` and F.linear on parameters.
+
+torch is optional: importing this module without torch works (``TORCH_AVAILABLE`` is False) and
+:func:`make_module` / :func:`export` then raise ImportError. ``import onnx_ops`` never imports this module.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+try:
+    import torch
+    import torch.nn.functional as F
+    from torch import Tensor, nn
+
+    TORCH_AVAILABLE = True
+except ImportError:  # pragma: no cover - exercised only without torch
+    torch = F = Tensor = nn = None
+    TORCH_AVAILABLE = False
+
+__all__ = ["STYLES", "TORCH_AVAILABLE", "make_module", "export"]
+
+STYLES = ("row_assign", "index_put", "python_int")
+
+
+def _require_torch() -> None:
+    if not TORCH_AVAILABLE:
+        raise ImportError("torch is not installed; onnx_ops.zoo.torch_treelstm needs it for make_module/export")
+
+
+if TORCH_AVAILABLE:
+
+    class TreeLSTMRowAssign(nn.Module):
+        def __init__(self, vocab: int, embed_dim: int, hidden: int):
+            super().__init__()
+            self.hidden_size = hidden
+            self.embedding = nn.Embedding(vocab, embed_dim)
+            self.W = nn.Linear(embed_dim, 3 * hidden)
+            self.U = nn.Linear(2 * hidden, 5 * hidden)
+
+        def forward(self, words: Tensor, left: Tensor, right: Tensor, order: Tensor) -> tuple[Tensor, Tensor]:
+            n = words.size(0)
+            h = torch.zeros(n, self.hidden_size)
+            c = torch.zeros(n, self.hidden_size)
+            for k in range(order.size(0)):
+                v = order[k]
+                if bool(left[v] < 0):
+                    x = self.embedding(words[v])
+                    i, o, u = torch.chunk(self.W(x), 3)
+                    cv = torch.sigmoid(i) * torch.tanh(u)
+                else:
+                    lv = left[v]
+                    rv = right[v]
+                    g = self.U(torch.cat([h[lv], h[rv]]))
+                    i, fl, fr, o, u = torch.chunk(g, 5)
+                    cv = torch.sigmoid(i) * torch.tanh(u) + torch.sigmoid(fl) * c[lv] + torch.sigmoid(fr) * c[rv]
+                h[v] = torch.sigmoid(o) * torch.tanh(cv)
+                c[v] = cv
+            return h, c
+
+        def load(self, p) -> "TreeLSTMRowAssign":
+            with torch.no_grad():
+                self.embedding.weight.copy_(torch.from_numpy(p.embedding))
+                self.W.weight.copy_(torch.from_numpy(np.ascontiguousarray(p.W.T)))
+                self.W.bias.copy_(torch.from_numpy(p.bW))
+                self.U.weight.copy_(torch.from_numpy(np.ascontiguousarray(p.U.T)))
+                self.U.bias.copy_(torch.from_numpy(p.bU))
+            return self
+
+
+    class TreeLSTMIndexPut(nn.Module):
+        def __init__(self, vocab: int, embed_dim: int, hidden: int):
+            super().__init__()
+            self.hidden_size = hidden
+            self.embedding = nn.Embedding(vocab, embed_dim)
+            self.W_i = nn.Linear(embed_dim, hidden)
+            self.W_o = nn.Linear(embed_dim, hidden)
+            self.W_u = nn.Linear(embed_dim, hidden)
+            self.U = nn.Linear(2 * hidden, 5 * hidden)
+
+        def forward(self, words: Tensor, left: Tensor, right: Tensor, order: Tensor) -> tuple[Tensor, Tensor]:
+            h = words.new_zeros((words.size(0), self.hidden_size), dtype=torch.float32)
+            c = torch.zeros_like(h)
+            for k in range(order.size(0)):
+                v = order[k]
+                is_leaf = left[v] < 0
+                if bool(is_leaf):
+                    x = self.embedding.weight[words[v]]
+                    c_row = torch.sigmoid(self.W_i(x)) * torch.tanh(self.W_u(x))
+                    h_row = torch.sigmoid(self.W_o(x)) * torch.tanh(c_row)
+                else:
+                    kids = torch.stack([left[v], right[v]])
+                    hs = h[kids]
+                    cs = c[kids]
+                    gates = torch.split(self.U(torch.cat([hs[0], hs[1]], dim=0)), self.hidden_size)
+                    c_row = (
+                        torch.sigmoid(gates[0]) * torch.tanh(gates[4])
+                        + torch.sigmoid(gates[1]) * cs[0]
+                        + torch.sigmoid(gates[2]) * cs[1]
+                    )
+                    h_row = torch.sigmoid(gates[3]) * torch.tanh(c_row)
+                h.index_put_((v.unsqueeze(0),), h_row.unsqueeze(0))
+                c.index_put_((v.unsqueeze(0),), c_row.unsqueeze(0))
+            return h, c
+
+        def load(self, p) -> "TreeLSTMIndexPut":
+            H = p.hidden
+            with torch.no_grad():
+                self.embedding.weight.copy_(torch.from_numpy(p.embedding))
+                for j, lin in enumerate((self.W_i, self.W_o, self.W_u)):
+                    lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(p.W[:, j * H : (j + 1) * H].T)))
+                    lin.bias.copy_(torch.from_numpy(p.bW[j * H : (j + 1) * H]))
+                self.U.weight.copy_(torch.from_numpy(np.ascontiguousarray(p.U.T)))
+                self.U.bias.copy_(torch.from_numpy(p.bU))
+            return self
+
+
+    class TreeLSTMPythonInt(nn.Module):
+        def __init__(self, vocab: int, embed_dim: int, hidden: int):
+            super().__init__()
+            self.hidden_size = hidden
+            self.embedding = nn.Embedding(vocab, embed_dim)
+            self.leaf_weight = nn.Parameter(torch.zeros(3 * hidden, embed_dim))
+            self.leaf_bias = nn.Parameter(torch.zeros(3 * hidden))
+            self.node_weight = nn.Parameter(torch.zeros(5 * hidden, 2 * hidden))
+            self.node_bias = nn.Parameter(torch.zeros(5 * hidden))
+
+        def forward(self, words: Tensor, left: Tensor, right: Tensor, order: Tensor) -> tuple[Tensor, Tensor]:
+            n = words.size(0)
+            H = self.hidden_size
+            h = torch.zeros(n, H)
+            c = torch.zeros(n, H)
+            for k in range(order.size(0)):
+                v = int(order[k])
+                lv = int(left[v])
+                if lv < 0:
+                    g = F.linear(self.embedding(words[v]), self.leaf_weight, self.leaf_bias)
+                    cv = torch.sigmoid(g[0:H]) * torch.tanh(g[2 * H : 3 * H])
+                    hv = torch.sigmoid(g[H : 2 * H]) * torch.tanh(cv)
+                else:
+                    rv = int(right[v])
+                    g = F.linear(torch.cat([h[lv], h[rv]]), self.node_weight, self.node_bias)
+                    cv = (
+                        torch.sigmoid(g[0:H]) * torch.tanh(g[4 * H : 5 * H])
+                        + torch.sigmoid(g[H : 2 * H]) * c[lv]
+                        + torch.sigmoid(g[2 * H : 3 * H]) * c[rv]
+                    )
+                    hv = torch.sigmoid(g[3 * H : 4 * H]) * torch.tanh(cv)
+                h[v] = hv
+                c[v] = cv
+            return h, c
+
+        def load(self, p) -> "TreeLSTMPythonInt":
+            with torch.no_grad():
+                self.embedding.weight.copy_(torch.from_numpy(p.embedding))
+                self.leaf_weight.copy_(torch.from_numpy(np.ascontiguousarray(p.W.T)))
+                self.leaf_bias.copy_(torch.from_numpy(p.bW))
+                self.node_weight.copy_(torch.from_numpy(np.ascontiguousarray(p.U.T)))
+                self.node_bias.copy_(torch.from_numpy(p.bU))
+            return self
+
+    _CLASSES = {"row_assign": TreeLSTMRowAssign, "index_put": TreeLSTMIndexPut, "python_int": TreeLSTMPythonInt}
+    __all__ += ["TreeLSTMRowAssign", "TreeLSTMIndexPut", "TreeLSTMPythonInt"]
+
+
+def make_module(style: str, params) -> nn.Module:
+    """The eager module of ``style`` with ``params`` (onnx_ops.zoo.treelstm.TreeLSTMParams) loaded."""
+    _require_torch()
+    return _CLASSES[style](params.vocab, params.embed_dim, params.hidden).load(params).eval()
+
+
+def export(style: str, params, path, example_forest) -> str:
+    """Script the ``style`` module and export it to ONNX at ``path`` (opset 17, dynamic N and L); returns path."""
+    _require_torch()
+    f = example_forest
+    args = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in (f.words, f.left, f.right, f.order))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        m = torch.jit.script(make_module(style, params))
+        torch.onnx.export(
+            m,
+            args,
+            str(path),
+            dynamo=False,
+            opset_version=17,
+            input_names=["words", "left", "right", "order"],
+            output_names=["h", "c"],
+            dynamic_axes={
+                "words": {0: "N"}, "left": {0: "N"}, "right": {0: "N"}, "order": {0: "L"},
+                "h": {0: "N"}, "c": {0: "N"},
+            },
+        )
+    return str(path)
