@@ -69,11 +69,11 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write_model(path: Path, kernel_relative: str, kernel_sha256: str) -> Path:
+def write_model(path: Path, kernel_relative: str, kernel_sha256: str, node_inputs=("x", "b")) -> Path:
     """x -> EPContext(x, b) -> t -> Relu -> y, with b an initializer (a prepared constant)."""
     notes = {"kernel_sha256": kernel_sha256, "model": "axpy", "inputs": [{"name": "x"}, {"name": "b"}], "n": 1.5e3}
     ep_context = helper.make_node(
-        "EPContext", ["x", "b"], ["t"], name=NODE_NAME, domain="com.microsoft",
+        "EPContext", list(node_inputs), ["t"], name=NODE_NAME, domain="com.microsoft",
         source="CortexExecutionProvider", embed_mode=0, main_context=1, ep_cache_context=kernel_relative,
         ep_sdk_version="cortex-abi-1", notes=json.dumps(notes),
     )
@@ -135,6 +135,15 @@ def test_relative_model_path(model, monkeypatch):
     session = cortex.InferenceSession(str(Path(model.parent.name) / model.name))
     x = np.ones(4, dtype=np.float32)
     np.testing.assert_allclose(session.run(None, {"x": x})[0], expected(x), atol=1e-6)
+
+
+def test_node_reading_one_value_twice(tmp_path):
+    # ORT passes a fused node each distinct value once; the kernel must still get the node's own input list.
+    kernel = build_kernel(tmp_path)
+    model = write_model(tmp_path / "model.onnx", "kernel.so", sha256_of(kernel), node_inputs=("x", "x"))
+    x = np.array([1.0, -2.0, 0.5], dtype=np.float32)
+    (y,) = cortex.InferenceSession(str(model)).run(None, {"x": x})
+    np.testing.assert_allclose(y, np.maximum(3.0 * x, 0.0), atol=1e-6)
 
 
 def test_kernel_error_becomes_exception(model):

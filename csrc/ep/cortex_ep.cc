@@ -20,9 +20,12 @@ OrtStatus* GetGraphNodes(const Api& api, const OrtGraph* graph, std::vector<cons
   return api.ort.Graph_GetNodes(graph, nodes->data(), count);
 }
 
-// Names of an array of value infos (a missing optional input gives "").
-OrtStatus* ValueInfoNames(const Api& api, const std::vector<const OrtValueInfo*>& infos,
-                          std::vector<std::string>* names) {
+// Names of a node's inputs (a missing optional input gives "").
+OrtStatus* InputNames(const Api& api, const OrtNode* node, std::vector<std::string>* names) {
+  size_t count = 0;
+  CORTEX_RETURN_IF_ERROR(api.ort.Node_GetNumInputs(node, &count));
+  std::vector<const OrtValueInfo*> infos(count, nullptr);
+  if (count > 0) CORTEX_RETURN_IF_ERROR(api.ort.Node_GetInputs(node, infos.data(), count));
   names->clear();
   for (const OrtValueInfo* info : infos) {
     const char* name = nullptr;
@@ -32,40 +35,22 @@ OrtStatus* ValueInfoNames(const Api& api, const std::vector<const OrtValueInfo*>
   return nullptr;
 }
 
-// For each input of the Cortex node, the index of the fused node's input that carries it. ORT passes a fused
-// node's inputs once per distinct value (after its CSE two node inputs may name the same value), in the
-// order of the fused graph's inputs; the kernel wants the node's own input list.
-OrtStatus* FusedInputMap(const Api& api, const OrtGraph* graph, const OrtNode* node, std::vector<size_t>* map,
-                         std::string* error) {
-  size_t node_count = 0, graph_count = 0;
-  CORTEX_RETURN_IF_ERROR(api.ort.Node_GetNumInputs(node, &node_count));
-  CORTEX_RETURN_IF_ERROR(api.ort.Graph_GetNumInputs(graph, &graph_count));
-  std::vector<const OrtValueInfo*> node_infos(node_count, nullptr), graph_infos(graph_count, nullptr);
-  if (node_count) CORTEX_RETURN_IF_ERROR(api.ort.Node_GetInputs(node, node_infos.data(), node_count));
-  if (graph_count) CORTEX_RETURN_IF_ERROR(api.ort.Graph_GetInputs(graph, graph_infos.data(), graph_count));
-  std::vector<std::string> node_names, graph_names;
-  CORTEX_RETURN_IF_ERROR(ValueInfoNames(api, node_infos, &node_names));
-  CORTEX_RETURN_IF_ERROR(ValueInfoNames(api, graph_infos, &graph_names));
-  // Prefer the fused graph's own input list; if it leaves some input out (initializers), fall back to the
-  // distinct node inputs in order of first appearance, which is how ORT builds a fused node's inputs.
-  std::vector<std::string> order = graph_names;
-  for (const std::string& name : node_names) {
-    if (std::find(order.begin(), order.end(), name) == order.end()) {
-      order.clear();
-      for (const std::string& n : node_names) {
-        if (std::find(order.begin(), order.end(), n) == order.end()) order.push_back(n);
-      }
-      break;
-    }
-  }
+// For each input of the Cortex node, the index of the fused node's input that carries the same value. ORT gives
+// a fused node each distinct value once, so a node that reads one value twice has fewer fused inputs; the kernel
+// wants the node's own input list. Sets *error (and returns no status) when an input cannot be mapped.
+OrtStatus* MapToFusedInputs(const Api& api, const OrtNode* node, const OrtNode* fused_node, std::vector<size_t>* map,
+                            std::string* error) {
+  std::vector<std::string> node_inputs, fused_inputs;
+  CORTEX_RETURN_IF_ERROR(InputNames(api, node, &node_inputs));
+  CORTEX_RETURN_IF_ERROR(InputNames(api, fused_node, &fused_inputs));
   map->clear();
-  for (const std::string& name : node_names) {
-    const auto it = std::find(order.begin(), order.end(), name);
-    if (name.empty() || it == order.end()) {
-      *error = "input '" + name + "' of the node is not an input of the fused node";
+  for (const std::string& name : node_inputs) {
+    const auto it = std::find(fused_inputs.begin(), fused_inputs.end(), name);
+    if (name.empty() || it == fused_inputs.end()) {
+      *error = "input '" + name + "' of the node is not an input of its fused node";
       return nullptr;
     }
-    map->push_back(static_cast<size_t>(it - order.begin()));
+    map->push_back(static_cast<size_t>(it - fused_inputs.begin()));
   }
   return nullptr;
 }
@@ -335,20 +320,21 @@ OrtStatus* CortexEp::ClaimCortexNodes(const OrtGraph* graph, OrtEpGraphSupportIn
   return nullptr;
 }
 
-OrtStatus* ORT_API_CALL CortexEp::CompileImpl(OrtEp* this_ptr, const OrtGraph** graphs, const OrtNode** /*fused_nodes*/,
+OrtStatus* ORT_API_CALL CortexEp::CompileImpl(OrtEp* this_ptr, const OrtGraph** graphs, const OrtNode** fused_nodes,
                                               size_t count, OrtNodeComputeInfo** node_compute_infos,
                                               OrtNode** /*ep_context_nodes*/) noexcept {
   auto* ep = static_cast<CortexEp*>(this_ptr);
   CORTEX_API_BEGIN
   for (size_t i = 0; i < count; ++i) node_compute_infos[i] = nullptr;
   for (size_t i = 0; i < count; ++i) {
-    CORTEX_RETURN_IF_ERROR(ep->CompileNode(graphs[i], &node_compute_infos[i]));
+    CORTEX_RETURN_IF_ERROR(ep->CompileNode(graphs[i], fused_nodes[i], &node_compute_infos[i]));
   }
   return nullptr;
   CORTEX_API_END(ep->api_)
 }
 
-OrtStatus* CortexEp::CompileNode(const OrtGraph* graph, OrtNodeComputeInfo** compute_info) const {
+OrtStatus* CortexEp::CompileNode(const OrtGraph* graph, const OrtNode* fused_node,
+                                 OrtNodeComputeInfo** compute_info) const {
   std::vector<const OrtNode*> nodes;
   CORTEX_RETURN_IF_ERROR(GetGraphNodes(api_, graph, &nodes));
   bool is_cortex = false;
@@ -395,7 +381,7 @@ OrtStatus* CortexEp::CompileNode(const OrtGraph* graph, OrtNodeComputeInfo** com
 
   std::vector<size_t> input_map;
   std::string map_error;
-  CORTEX_RETURN_IF_ERROR(FusedInputMap(api_, graph, node, &input_map, &map_error));
+  CORTEX_RETURN_IF_ERROR(MapToFusedInputs(api_, node, fused_node, &input_map, &map_error));
   if (!map_error.empty()) return MakeStatus(api_, ORT_EP_FAIL, where + map_error);
 
   *compute_info = new KernelComputeInfo(api_, node_name, std::move(kernel), std::move(input_map));

@@ -23,8 +23,8 @@ class CortexEp : public OrtEp {
                                                        size_t num_node_compute_infos) noexcept;
 
   OrtStatus* ClaimCortexNodes(const OrtGraph* graph, OrtEpGraphSupportInfo* graph_support_info) const;
-  // Loads the kernel of the one Cortex node in `graph` and wraps it as a compute info.
-  OrtStatus* CompileNode(const OrtGraph* graph, OrtNodeComputeInfo** compute_info) const;
+  // Loads the kernel of the one Cortex node in `graph` (fused as `fused_node`) and wraps it as a compute info.
+  OrtStatus* CompileNode(const OrtGraph* graph, const OrtNode* fused_node, OrtNodeComputeInfo** compute_info) const;
 
   Api api_;
 };
