@@ -71,6 +71,25 @@ class Table:
 
 
 @dataclass(frozen=True)
+class IndexVec:
+    """Several structure indices in a 1-D tensor, e.g. torch.stack([left[v], right[v]])."""
+    exprs: tuple
+
+
+@dataclass(frozen=True)
+class RowStack:
+    """Rows gathered at several indices: a [k, width] tensor, e.g. h[torch.stack([l, r])]."""
+    rows: tuple  # RExpr, one per gathered index
+    width: int
+
+
+@dataclass(frozen=True)
+class RowSeq:
+    """A sequence of rows (SplitToSequence)."""
+    rows: tuple  # Row
+
+
+@dataclass(frozen=True)
 class Choice:
     pred: ir.BExpr
     then: object
@@ -220,6 +239,13 @@ class Interpreter:
             return ShapeVal(picked, scalar=scalar)
         if axis != 0:
             raise Refusal(f"Gather on axis {axis}")
+        if isinstance(data, RowStack) and isinstance(indices, Known) and indices.value.ndim <= 1:
+            picked = [data.rows[int(i)] for i in np.atleast_1d(indices.value)]
+            if indices.value.ndim == 0:
+                return Row(picked[0], (data.width,))
+            return RowStack(tuple(picked), data.width)
+        if isinstance(indices, IndexVec):
+            return self._gather_many(data, indices)
         if not isinstance(indices, Index) or _prod(indices.shape) != 1:
             raise Refusal(f"Gather with indices {describe(indices)}: expected one structure index")
         idx = indices.expr
@@ -242,6 +268,18 @@ class Interpreter:
                 raise Refusal(f"reads state {data.name} after writing it in the same step")
             return Row(ir.ChildState(data.name, idx, False, data.width), tuple(indices.shape) + (data.width,))
         raise Refusal(f"Gather from {describe(data)}")
+
+    def _gather_many(self, data, indices: "IndexVec"):
+        """Gather at several structure indices: one gather per index, stacked."""
+        singles = [self.op_Gather_one(data, Index(e)) for e in indices.exprs]
+        if all(isinstance(x, Index) for x in singles):
+            return IndexVec(tuple(x.expr for x in singles))
+        if all(isinstance(x, Row) for x in singles):
+            return RowStack(tuple(x.expr for x in singles), singles[0].expr.width)
+        raise Refusal(f"Gather of {describe(data)} at several indices")
+
+    def op_Gather_one(self, data, index):
+        return self.op_Gather(_GATHER0, data, index)
 
     def op_ScatterND(self, node, data, indices, updates):
         if _attr(node, "reduction", "none") != "none":
@@ -436,6 +474,13 @@ class Interpreter:
 
     def _reshaped(self, x, new_shape):
         new_shape = tuple(int(d) for d in new_shape)
+        if isinstance(x, RowStack):
+            # [k, width] -> [k * width]: the children's rows side by side (torch.cat / view(-1))
+            if _prod(new_shape) == len(x.rows) * x.width and _row_shape_ok(new_shape):
+                return Row(ir.concat(x.rows), new_shape)
+            if new_shape == (len(x.rows), x.width):
+                return x
+            raise Refusal(f"reshape of {len(x.rows)} stacked rows to {new_shape}")
         if isinstance(x, Row):
             if _prod(new_shape) != x.expr.width or not _row_shape_ok(new_shape):
                 raise Refusal(f"reshape of a row of width {x.expr.width} to {new_shape}")
@@ -493,6 +538,38 @@ class Interpreter:
         axes = self._axes(node, axes)
         axes = [a % len(current) for a in axes] if axes else [i for i, d in enumerate(current) if d == 1]
         return self._reshaped(x, [d for i, d in enumerate(current) if i not in axes])
+
+    def op_Expand(self, node, x, shape):
+        if not isinstance(shape, Known):
+            raise Refusal("Expand to an unknown shape")
+        current = _visible_shape(x)
+        if current is None:
+            raise Refusal(f"Expand of {describe(x)}")
+        target = tuple(int(d) for d in np.broadcast_shapes(tuple(current), tuple(int(d) for d in shape.value)))
+        if _prod(target) != _prod(current):
+            raise Refusal(f"Expand broadcasts {current} to {target}")
+        return self._reshaped(x, target)
+
+    def op_SplitToSequence(self, node, x, split=None):
+        if not isinstance(x, Row) or split is None or not isinstance(split, Known):
+            raise Refusal(f"SplitToSequence of {describe(x)} without constant split sizes")
+        axis = _attr(node, "axis", 0) % len(x.shape)
+        if axis != len(x.shape) - 1:
+            raise Refusal("SplitToSequence across rows")
+        width = x.shape[-1]
+        sizes = ([int(split.value)] * (-(-width // int(split.value))) if split.value.ndim == 0
+                 else [int(v) for v in split.value])
+        rows, start = [], 0
+        for size in sizes:
+            stop = min(start + size, width)
+            rows.append(Row(ir.slice_row(x.expr, start, stop), tuple(x.shape[:-1]) + (stop - start,)))
+            start = stop
+        return RowSeq(tuple(rows))
+
+    def op_SequenceAt(self, node, seq, position):
+        if not isinstance(seq, RowSeq) or not isinstance(position, Known):
+            raise Refusal(f"SequenceAt of {describe(seq)}")
+        return seq.rows[int(position.value)]
 
     def op_Flatten(self, node, x):
         current = _visible_shape(x)
@@ -562,6 +639,18 @@ class Interpreter:
         return outs
 
     def op_Concat(self, node, *xs):
+        if any(isinstance(x, (Index, IndexVec)) for x in xs):
+            exprs = []
+            for x in xs:
+                if isinstance(x, Index) and x.shape == (1,):
+                    exprs.append(x.expr)
+                elif isinstance(x, IndexVec):
+                    exprs.extend(x.exprs)
+                elif isinstance(x, Known) and x.value.ndim == 1 and x.value.dtype.kind in "iu":
+                    exprs.extend(ir.IConst(int(v)) for v in x.value)
+                else:
+                    raise Refusal(f"Concat of structure indices with {describe(x)}")
+            return IndexVec(tuple(exprs))
         if all(isinstance(x, (Known, ShapeVal)) for x in xs):
             dims = []
             for x in xs:
@@ -579,9 +668,14 @@ class Interpreter:
 def _visible_shape(x):
     if isinstance(x, (Row, Index, Pred)):
         return tuple(x.shape)
+    if isinstance(x, RowStack):
+        return (len(x.rows), x.width)
     if isinstance(x, ShapeVal):
         return () if x.scalar else (len(x.dims),)
     return None
+
+
+_GATHER0 = helper.make_node("Gather", ["data", "indices"], ["output"], axis=0)
 
 
 def _constant_value(node) -> np.ndarray:

@@ -1,0 +1,247 @@
+"""End to end: ONNX model -> cortex.convert -> ORT session with the Cortex EP, against the original model in
+ONNX Runtime (and the numpy reference), on random and SST trees, batches of one and many, and odd
+structure inputs where exact semantics matter."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as hs
+
+import cortex
+from onnx_ops import structures as st
+from onnx_ops.treerec import TreeRecOp, lower_treerec
+from onnx_ops.zoo import treelstm as tl
+
+HIDDEN, EMBED, VOCAB = 16, 8, 60
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def params():
+    return tl.make_params(hidden=HIDDEN, embed_dim=EMBED, vocab=VOCAB, seed=3)
+
+
+@pytest.fixture(scope="module")
+def example_forest():
+    return st.batch(st.sst_like_trees(3, np.random.default_rng(0), VOCAB))
+
+
+def _convert(tmp_path_factory, name, model):
+    d = tmp_path_factory.mktemp(name)
+    src, out = d / f"{name}.onnx", d / f"{name}.cortex.onnx"
+    onnx.save(model, str(src))
+    report = cortex.convert(str(src), str(out), strict=True)
+    assert [r.converted for r in report.regions] == [True]
+    return src, out
+
+
+LOOP_FORMS = ["loop", "torch_row_assign", "torch_index_put", "torch_python_int"]
+
+
+def _loop_model(form, params, example_forest, tmp_path_factory):
+    if form == "loop":
+        return tl.build_loop(params)
+    torch_treelstm = pytest.importorskip("torch_treelstm", reason="torch is needed for TorchScript exports")
+    path = tmp_path_factory.mktemp("export") / f"{form}.onnx"
+    torch_treelstm.export(form[len("torch_"):], params, str(path), example_forest)
+    return onnx.load(str(path))
+
+
+class Pair:
+    """The original model in plain ONNX Runtime and the converted one with the Cortex EP."""
+
+    def __init__(self, src, out):
+        self.original = ort.InferenceSession(str(src))
+        self.converted = cortex.InferenceSession(str(out))
+        self.out = out
+
+    def both(self, feeds):
+        return self.original.run(None, feeds), self.converted.run(None, feeds)
+
+
+@pytest.fixture(scope="module", params=LOOP_FORMS)
+def loop_pair(request, params, example_forest, tmp_path_factory):
+    model = _loop_model(request.param, params, example_forest, tmp_path_factory)
+    src, out = _convert(tmp_path_factory, request.param, model)
+    return Pair(src, out)
+
+
+def _feeds(forest, order=None, **override):
+    feeds = dict(words=forest.words, left=forest.left, right=forest.right,
+                 order=forest.order if order is None else np.asarray(order, dtype=np.int64))
+    feeds.update(override)
+    return feeds
+
+
+def _assert_close(expected, got):
+    assert len(expected) == len(got)
+    for e, g in zip(expected, got):
+        assert e.shape == g.shape
+        assert np.abs(e - g).max(initial=0.0) <= TOL
+
+
+def _sst_or_synthetic(count, split="test"):
+    sst = st.sst_dir_default()
+    if sst is not None:
+        return st.read_sst(sst, split=split, vocab_size=VOCAB, limit=count)
+    return st.sst_like_trees(count, np.random.default_rng(7), VOCAB)
+
+
+# ---- conversion ------------------------------------------------------------------------------
+
+
+def test_converted_models_contain_no_loop(loop_pair):
+    model = onnx.load(str(loop_pair.out))
+    ops = [n.op_type for n in model.graph.node]
+    assert "Loop" not in ops and ops.count("EPContext") == 1
+
+
+def test_converted_model_keeps_inputs_and_outputs(loop_pair):
+    names = lambda s: ([i.name for i in s.get_inputs()], [o.name for o in s.get_outputs()])  # noqa: E731
+    assert names(loop_pair.original) == names(loop_pair.converted)
+
+
+# ---- agreement on real and random trees -----------------------------------------------------
+
+
+def test_single_sst_trees_match(loop_pair):
+    for tree in _sst_or_synthetic(25):
+        _assert_close(*loop_pair.both(_feeds(tree)))
+
+
+def test_sst_batches_match(loop_pair):
+    trees = _sst_or_synthetic(60, split="dev")
+    for i in range(0, 60, 20):
+        _assert_close(*loop_pair.both(_feeds(st.batch(trees[i:i + 20]))))
+
+
+def test_random_trees_match(loop_pair):
+    rng = np.random.default_rng(11)
+    for n in (1, 2, 5, 40):
+        _assert_close(*loop_pair.both(_feeds(st.random_tree(n, rng, VOCAB))))
+    _assert_close(*loop_pair.both(_feeds(st.batch([st.random_tree(n, rng, VOCAB) for n in range(1, 30)]))))
+
+
+def test_matches_numpy_reference(loop_pair, params):
+    forest = st.batch(st.sst_like_trees(5, np.random.default_rng(2), VOCAB))
+    expected = tl.reference(params, forest)
+    _assert_close(expected, loop_pair.converted.run(None, _feeds(forest)))
+
+
+# ---- exact semantics on odd structure inputs --------------------------------------------------
+
+
+ODD_ORDERS = {
+    "reversed": lambda o: o[::-1],
+    "node listed twice": lambda o: np.concatenate([o[:5], o[3:4], o[5:]]),
+    "whole order twice": lambda o: np.concatenate([o, o]),
+    "subset": lambda o: o[::2],
+    "empty": lambda o: o[:0],
+    "shuffled": lambda o: np.random.default_rng(0).permutation(o),
+    "negative ids": lambda o: o - len(o),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ODD_ORDERS))
+def test_odd_orders_match_original(loop_pair, case):
+    forest = st.batch(_sst_or_synthetic(3))
+    _assert_close(*loop_pair.both(_feeds(forest, order=ODD_ORDERS[case](forest.order))))
+
+
+def test_cycle_in_structure_matches_original(loop_pair):
+    forest = st.batch(_sst_or_synthetic(2))
+    left, right = forest.left.copy(), forest.right.copy()
+    internal = np.flatnonzero(left >= 0)
+    a, b = internal[0], internal[1]
+    left[a], left[b] = b, a  # a <-> b: a cycle through two internal nodes
+    _assert_close(*loop_pair.both(_feeds(forest, left=left, right=right)))
+
+
+def test_negative_child_wraps_like_gather(loop_pair):
+    forest = st.batch(_sst_or_synthetic(2))
+    right = forest.right.copy()
+    right[np.flatnonzero(forest.left >= 0)[-1]] = -2
+    _assert_close(*loop_pair.both(_feeds(forest, right=right)))
+
+
+@pytest.mark.parametrize("where", ["order", "left"])
+def test_index_out_of_range_raises_like_original(loop_pair, where):
+    forest = st.batch(_sst_or_synthetic(2))
+    n = len(forest.words)
+    if where == "order":
+        feeds = _feeds(forest, order=np.concatenate([forest.order, [n + 3]]))
+    else:
+        left = forest.left.copy()
+        left[np.flatnonzero(forest.left >= 0)[0]] = n + 3
+        feeds = _feeds(forest, left=left)
+    with pytest.raises(Exception):
+        loop_pair.original.run(None, feeds)
+    with pytest.raises(Exception, match="out of range"):
+        loop_pair.converted.run(None, feeds)
+
+
+def test_empty_forest(loop_pair):
+    empty = np.zeros(0, dtype=np.int64)
+    feeds = dict(words=empty, left=empty, right=empty, order=empty)
+    _assert_close(*loop_pair.both(feeds))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=hs.data())
+def test_any_visit_sequence_matches_original(loop_pair, data):
+    forest = st.batch(st.sst_like_trees(2, np.random.default_rng(data.draw(hs.integers(0, 50))), VOCAB))
+    n = len(forest.words)
+    order = data.draw(hs.lists(hs.integers(-n, n - 1), max_size=3 * n))
+    _assert_close(*loop_pair.both(_feeds(forest, order=order)))
+
+
+# ---- the TreeRec form -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def treerec(params, tmp_path_factory):
+    model = tl.build_treerec(params)
+    src, out = _convert(tmp_path_factory, "treerec", model)
+    lowered = tmp_path_factory.mktemp("lowered") / "lowered.onnx"
+    onnx.save(lower_treerec(model), str(lowered))
+    return model, ort.InferenceSession(str(lowered)), cortex.InferenceSession(str(out))
+
+
+def test_treerec_matches_reference_and_lowering(treerec):
+    model, lowered, converted = treerec
+    from onnx.reference import ReferenceEvaluator
+
+    evaluator = ReferenceEvaluator(model, new_ops=[TreeRecOp])
+    for trees in (_sst_or_synthetic(1), _sst_or_synthetic(12)):
+        forest = st.batch(trees)
+        feeds = dict(children=forest.children, words=forest.words)
+        got = converted.run(None, feeds)
+        _assert_close(evaluator.run(None, feeds), got)
+        _assert_close(lowered.run(None, feeds), got)
+
+
+def test_treerec_dag_sharing(treerec):
+    model, _, converted = treerec
+    from onnx.reference import ReferenceEvaluator
+
+    # node 2 has both children = node 0; node 3 reads node 2 twice: a DAG, not a tree
+    children = np.array([[-1, -1], [-1, -1], [0, 0], [2, 2], [1, 3]], dtype=np.int64)
+    feeds = dict(children=children, words=np.array([4, 5, 0, 0, 0], dtype=np.int64))
+    _assert_close(ReferenceEvaluator(model, new_ops=[TreeRecOp]).run(None, feeds), converted.run(None, feeds))
+
+
+def test_treerec_cycle_is_an_error(treerec):
+    _, _, converted = treerec
+    children = np.array([[-1, -1], [2, 0], [1, 0]], dtype=np.int64)
+    with pytest.raises(Exception, match="cycle"):
+        converted.run(None, dict(children=children, words=np.zeros(3, dtype=np.int64)))
+
+
+def test_treerec_child_out_of_range_is_an_error(treerec):
+    _, _, converted = treerec
+    children = np.array([[-1, -1], [0, 7]], dtype=np.int64)
+    with pytest.raises(Exception, match="out of range"):
+        converted.run(None, dict(children=children, words=np.zeros(2, dtype=np.int64)))
