@@ -140,7 +140,8 @@ def convert(source, output, target: str = "cpu", strict: bool = False) -> Report
         rel = os.path.relpath(kernel_file, output.parent)
         node = _kernel_node(model.graph.node[region.node_index], generator, program, rel, _sha256(kernel_file))
         inits = [numpy_helper.from_array(i.array, i.name) for i in generator.inputs if i.kind == "const"]
-        replacements[region.node_index] = (node, inits)
+        types = [(name, t.width) for name, t in zip(node.output, program.tables)]
+        replacements[region.node_index] = (node, inits, types)
         entry.converted, entry.reason, entry.kernel = True, None, rel
 
     _rewrite(model, replacements)
@@ -163,6 +164,18 @@ def _kernel_node(original: onnx.NodeProto, generator: CppGenerator, program, rel
         ep_sdk_version=ABI_TAG, notes=notes)
 
 
+def _declare_types(graph: onnx.GraphProto, tables):
+    """The kernel node's outputs get explicit types: ORT cannot infer an EPContext node's outputs, and the
+    nodes after the recursion need them. Each state table is float32 [N, width]."""
+    declared = {o.name for o in graph.output}
+    kept = [vi for vi in graph.value_info if vi.name not in {name for name, _ in tables}]
+    del graph.value_info[:]
+    graph.value_info.extend(kept)
+    for name, width in tables:
+        if name not in declared:
+            graph.value_info.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["cortex_N", width]))
+
+
 def _rewrite(model: onnx.ModelProto, replacements: dict):
     if not replacements:
         return
@@ -170,9 +183,10 @@ def _rewrite(model: onnx.ModelProto, replacements: dict):
     nodes = []
     for index, node in enumerate(graph.node):
         if index in replacements:
-            new_node, inits = replacements[index]
+            new_node, inits, types = replacements[index]
             nodes.append(new_node)
             graph.initializer.extend(inits)
+            _declare_types(graph, types)
         else:
             nodes.append(node)
     del graph.node[:]

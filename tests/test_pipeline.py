@@ -245,3 +245,33 @@ def test_treerec_child_out_of_range_is_an_error(treerec):
     children = np.array([[-1, -1], [0, 7]], dtype=np.int64)
     with pytest.raises(Exception, match="out of range"):
         converted.run(None, dict(children=children, words=np.zeros(2, dtype=np.int64)))
+
+
+# ---- the recursion inside a larger graph --------------------------------------------------------
+
+
+def _with_classifier(model: onnx.ModelProto, hidden: int, classes: int = 5) -> onnx.ModelProto:
+    """Adds a sentiment head after the recursion: root rows -> linear -> log-softmax (runs on the CPU EP)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    graph = model.graph
+    graph.initializer.extend([
+        numpy_helper.from_array(rng.standard_normal((hidden, classes)).astype(np.float32), "head_w"),
+        numpy_helper.from_array(rng.standard_normal(classes).astype(np.float32), "head_b")])
+    graph.input.append(helper.make_tensor_value_info("roots", TensorProto.INT64, ["R"]))
+    graph.node.extend([
+        helper.make_node("Gather", ["h", "roots"], ["root_h"], axis=0),
+        helper.make_node("MatMul", ["root_h", "head_w"], ["logits0"]),
+        helper.make_node("Add", ["logits0", "head_b"], ["logits"]),
+        helper.make_node("LogSoftmax", ["logits"], ["log_probs"], axis=-1)])
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info("log_probs", TensorProto.FLOAT, ["R", classes]))
+    return model
+
+
+def test_recursion_inside_a_larger_graph(params, tmp_path_factory):
+    src, out = _convert(tmp_path_factory, "classifier", _with_classifier(tl.build_loop(params), HIDDEN))
+    pair = Pair(src, out)
+    forest = st.batch(_sst_or_synthetic(8))
+    _assert_close(*pair.both(_feeds(forest, roots=forest.roots)))

@@ -20,12 +20,15 @@ OrtStatus* GetGraphNodes(const Api& api, const OrtGraph* graph, std::vector<cons
   return api.ort.Graph_GetNodes(graph, nodes->data(), count);
 }
 
-// Names of a node's inputs (a missing optional input gives "").
-OrtStatus* InputNames(const Api& api, const OrtNode* node, std::vector<std::string>* names) {
+// Names of a node's inputs or outputs (a missing optional value gives "").
+OrtStatus* ValueNames(const Api& api, const OrtNode* node, bool outputs, std::vector<std::string>* names) {
   size_t count = 0;
-  CORTEX_RETURN_IF_ERROR(api.ort.Node_GetNumInputs(node, &count));
+  CORTEX_RETURN_IF_ERROR(outputs ? api.ort.Node_GetNumOutputs(node, &count) : api.ort.Node_GetNumInputs(node, &count));
   std::vector<const OrtValueInfo*> infos(count, nullptr);
-  if (count > 0) CORTEX_RETURN_IF_ERROR(api.ort.Node_GetInputs(node, infos.data(), count));
+  if (count > 0) {
+    CORTEX_RETURN_IF_ERROR(outputs ? api.ort.Node_GetOutputs(node, infos.data(), count)
+                                   : api.ort.Node_GetInputs(node, infos.data(), count));
+  }
   names->clear();
   for (const OrtValueInfo* info : infos) {
     const char* name = nullptr;
@@ -41,8 +44,8 @@ OrtStatus* InputNames(const Api& api, const OrtNode* node, std::vector<std::stri
 OrtStatus* MapToFusedInputs(const Api& api, const OrtNode* node, const OrtNode* fused_node, std::vector<size_t>* map,
                             std::string* error) {
   std::vector<std::string> node_inputs, fused_inputs;
-  CORTEX_RETURN_IF_ERROR(InputNames(api, node, &node_inputs));
-  CORTEX_RETURN_IF_ERROR(InputNames(api, fused_node, &fused_inputs));
+  CORTEX_RETURN_IF_ERROR(ValueNames(api, node, false, &node_inputs));
+  CORTEX_RETURN_IF_ERROR(ValueNames(api, fused_node, false, &fused_inputs));
   map->clear();
   for (const std::string& name : node_inputs) {
     const auto it = std::find(fused_inputs.begin(), fused_inputs.end(), name);
@@ -51,6 +54,24 @@ OrtStatus* MapToFusedInputs(const Api& api, const OrtNode* node, const OrtNode* 
       return nullptr;
     }
     map->push_back(static_cast<size_t>(it - fused_inputs.begin()));
+  }
+  return nullptr;
+}
+
+constexpr size_t kScratchOutput = static_cast<size_t>(-1);
+
+// For each output of the Cortex node, the index of the fused node's output that carries it, or kScratchOutput
+// when ORT dropped it because nothing reads it: the kernel still needs the memory (a state table it reads back
+// while it runs), so it gets a scratch buffer instead.
+OrtStatus* MapToFusedOutputs(const Api& api, const OrtNode* node, const OrtNode* fused_node, std::vector<size_t>* map) {
+  std::vector<std::string> node_outputs, fused_outputs;
+  CORTEX_RETURN_IF_ERROR(ValueNames(api, node, true, &node_outputs));
+  CORTEX_RETURN_IF_ERROR(ValueNames(api, fused_node, true, &fused_outputs));
+  map->clear();
+  for (const std::string& name : node_outputs) {
+    const auto it = std::find(fused_outputs.begin(), fused_outputs.end(), name);
+    map->push_back(name.empty() || it == fused_outputs.end() ? kScratchOutput
+                                                             : static_cast<size_t>(it - fused_outputs.begin()));
   }
   return nullptr;
 }
@@ -131,8 +152,13 @@ bool IsKernelDType(ONNXTensorElementDataType type) {
 // Backs the kernel's CortexAllocOutput with KernelContext_GetOutput; remembers the first failure.
 class OutputAllocator {
  public:
-  OutputAllocator(const Api& api, OrtKernelContext* context, size_t num_outputs)
-      : api_(api), context_(context), allocated_(num_outputs, false), error_(nullptr, StatusDeleter{&api.ort}) {}
+  OutputAllocator(const Api& api, OrtKernelContext* context, const std::vector<size_t>& output_map)
+      : api_(api),
+        context_(context),
+        output_map_(output_map),
+        allocated_(output_map.size(), false),
+        scratch_(output_map.size()),
+        error_(nullptr, StatusDeleter{&api.ort}) {}
 
   static void* Allocate(void* self, int32_t index, const int64_t* shape, int32_t rank) noexcept {
     try {
@@ -160,8 +186,15 @@ class OutputAllocator {
                                           std::to_string(allocated_.size()) + " outputs"));
       return nullptr;
     }
+    if (output_map_[index] == kScratchOutput) {
+      size_t elements = 1;
+      for (int32_t d = 0; d < rank; ++d) elements *= static_cast<size_t>(shape[d] > 0 ? shape[d] : 0);
+      scratch_[index].resize(elements + 1);  // 8-byte elements hold any kernel dtype
+      allocated_[index] = true;
+      return scratch_[index].data();
+    }
     OrtValue* value = nullptr;
-    if (OrtStatus* status = api_.ort.KernelContext_GetOutput(context_, index, shape, rank, &value)) {
+    if (OrtStatus* status = api_.ort.KernelContext_GetOutput(context_, output_map_[index], shape, rank, &value)) {
       Fail(status);
       return nullptr;
     }
@@ -185,7 +218,9 @@ class OutputAllocator {
 
   const Api& api_;
   OrtKernelContext* context_;
+  const std::vector<size_t>& output_map_;
   std::vector<bool> allocated_;
+  std::vector<std::vector<int64_t>> scratch_;  // outputs no one reads
   StatusPtr error_;
 };
 
@@ -194,12 +229,13 @@ class OutputAllocator {
 class KernelComputeInfo : public OrtNodeComputeInfo {
  public:
   KernelComputeInfo(const Api& api, std::string node_name, std::shared_ptr<const KernelLibrary> kernel,
-                    std::vector<size_t> input_map)
+                    std::vector<size_t> input_map, std::vector<size_t> output_map)
       : OrtNodeComputeInfo{},
         api_(api),
         node_name_(std::move(node_name)),
         kernel_(std::move(kernel)),
-        input_map_(std::move(input_map)) {
+        input_map_(std::move(input_map)),
+        output_map_(std::move(output_map)) {
     ort_version_supported = ORT_API_VERSION;
     CreateState = CreateStateImpl;
     Compute = ComputeImpl;
@@ -253,7 +289,8 @@ class KernelComputeInfo : public OrtNodeComputeInfo {
       inputs[i] = CortexTensor{data, shape, static_cast<int32_t>(rank), static_cast<int32_t>(type)};
     }
 
-    OutputAllocator allocator(api_, context, num_outputs);
+    (void)num_outputs;
+    OutputAllocator allocator(api_, context, output_map_);
     char message[4096] = {0};
     const int32_t rc = kernel_->Run(inputs.data(), static_cast<int32_t>(inputs.size()), &OutputAllocator::Allocate,
                                     &allocator, message, sizeof(message));
@@ -279,7 +316,8 @@ class KernelComputeInfo : public OrtNodeComputeInfo {
   const Api& api_;
   std::string node_name_;
   std::shared_ptr<const KernelLibrary> kernel_;
-  std::vector<size_t> input_map_;  // node input -> fused node input
+  std::vector<size_t> input_map_;   // node input -> fused node input
+  std::vector<size_t> output_map_;  // node output -> fused node output, or kScratchOutput
 };
 
 }  // namespace
@@ -384,7 +422,11 @@ OrtStatus* CortexEp::CompileNode(const OrtGraph* graph, const OrtNode* fused_nod
   CORTEX_RETURN_IF_ERROR(MapToFusedInputs(api_, node, fused_node, &input_map, &map_error));
   if (!map_error.empty()) return MakeStatus(api_, ORT_EP_FAIL, where + map_error);
 
-  *compute_info = new KernelComputeInfo(api_, node_name, std::move(kernel), std::move(input_map));
+  std::vector<size_t> output_map;
+  CORTEX_RETURN_IF_ERROR(MapToFusedOutputs(api_, node, fused_node, &output_map));
+
+  *compute_info =
+      new KernelComputeInfo(api_, node_name, std::move(kernel), std::move(input_map), std::move(output_map));
   return nullptr;
 }
 
