@@ -242,6 +242,7 @@ class CppGenerator:
         lines = ["extern \"C\" CORTEX_EXPORT int32_t cortex_kernel_run(const CortexTensor* inputs, int32_t num_inputs,",
                  "    CortexAllocOutput alloc_output, void* alloc_context, char* error, size_t error_size) {",
                  "  try {",
+                 "    cortex::check_cpu_features();",
                  f"    if (num_inputs != {len(self.inputs)}) throw cortex::KernelError(\"expected {len(self.inputs)} inputs, got \" + std::to_string(num_inputs));",
                  "    Ctx cx;"]
         for i, d in enumerate(p.inputs):

@@ -89,6 +89,22 @@ inline void for_rows(int64_t rows, int64_t work_per_row, F&& f) {
   });
 }
 
+// The kernel was compiled for its converting host's ISA (-march=native). On a CPU without those
+// instructions it must fail with a message, not crash on an illegal instruction.
+inline void check_cpu_features() {
+#if defined(__x86_64__) || defined(__i386__)
+#if defined(__AVX512F__)
+  if (!__builtin_cpu_supports("avx512f")) throw KernelError("this kernel needs AVX-512; convert the model again on this machine");
+#endif
+#if defined(__AVX2__)
+  if (!__builtin_cpu_supports("avx2")) throw KernelError("this kernel needs AVX2; convert the model again on this machine");
+#endif
+#if defined(__FMA__)
+  if (!__builtin_cpu_supports("fma")) throw KernelError("this kernel needs FMA; convert the model again on this machine");
+#endif
+#endif
+}
+
 inline void write_error(char* error, size_t error_size, const char* message) {
   if (error != nullptr && error_size > 0) std::snprintf(error, error_size, "%s", message);
 }
