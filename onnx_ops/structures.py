@@ -289,3 +289,90 @@ def batch(forests: list[Forest]) -> Forest:
         off += f.num_nodes
     cat = lambda xs: np.concatenate(xs).astype(np.int64) if xs else np.zeros(0, dtype=np.int64)  # noqa: E731
     return Forest(cat(words), cat(left), cat(right), cat(order), cat(roots))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Variable-arity (n-ary) trees: ``children`` [N, K], -1 padded (the Child-Sum TreeLSTM's structure input).
+
+
+@dataclass
+class NaryForest:
+    """Trees of any arity as node arrays. ``words``: int64 [N] (leaf token ids, 0 at internal nodes);
+    ``children``: int64 [N, K] (child ids, -1 = no child, holes allowed anywhere in a row); ``order``: int64 [L]
+    (children before parents); ``roots``: int64 [num_trees]."""
+
+    words: np.ndarray
+    children: np.ndarray
+    order: np.ndarray
+    roots: np.ndarray
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.words.shape[0])
+
+    @property
+    def max_children(self) -> int:
+        return int(self.children.shape[1])
+
+    def height(self) -> int:
+        return int(dag_heights(self.children).max(initial=-1))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The Loop-model feeds: ``words``, ``children``, ``order``."""
+        return {"words": self.words, "children": self.children, "order": self.order}
+
+
+def random_nary_tree(
+    num_nodes: int, max_children: int, rng: np.random.Generator, vocab: int, *, holes: bool = False
+) -> NaryForest:
+    """A random tree of ``num_nodes`` nodes, each with at most ``max_children`` children (node ids shuffled;
+    leaves get words uniform in [1, vocab), internal nodes word 0). Children fill the first slots of their row
+    (-1 after them) unless ``holes``, which puts them in random slots (-1 anywhere in the row)."""
+    if num_nodes < 1 or max_children < 1:
+        raise ValueError("num_nodes and max_children must be >= 1")
+    n, k = num_nodes, max_children
+    perm = rng.permutation(n)  # perm[j]: id of the j-th created node; created node 0 is the root
+    kids: list[list[int]] = [[] for _ in range(n)]
+    for j in range(1, n):
+        open_ = [p for p in range(j) if len(kids[p]) < k]
+        p = open_[int(rng.integers(0, len(open_)))]
+        kids[p].append(j)
+    children = np.full((n, k), -1, dtype=np.int64)
+    words = np.zeros(n, dtype=np.int64)
+    for j in range(n):
+        v = int(perm[j])
+        ids = [int(perm[c]) for c in kids[j]]
+        slots = sorted(rng.choice(k, size=len(ids), replace=False).tolist()) if holes else list(range(len(ids)))
+        for s, c in zip(slots, ids):
+            children[v, s] = c
+        if not ids:
+            words[v] = int(rng.integers(1 if vocab > 1 else 0, vocab))
+    order = np.argsort(dag_heights(children), kind="stable").astype(np.int64)
+    return NaryForest(words, children, order, np.array([perm[0]], dtype=np.int64))
+
+
+def nary_from_forest(forest: Forest) -> NaryForest:
+    """A binary :class:`Forest` as a :class:`NaryForest` with K = 2."""
+    return NaryForest(forest.words.astype(np.int64), forest.children, forest.order.astype(np.int64),
+                      forest.roots.astype(np.int64))
+
+
+def batch_nary(forests: list[NaryForest]) -> NaryForest:
+    """Concatenate n-ary forests (K = the largest K among them; narrower rows padded with -1)."""
+    k = max((f.max_children for f in forests), default=1)
+    words, children, order, roots = [], [], [], []
+    off = 0
+    for f in forests:
+        ch = np.full((f.num_nodes, k), -1, dtype=np.int64)
+        ch[:, : f.max_children] = np.where(f.children >= 0, f.children + off, f.children)
+        words.append(f.words)
+        children.append(ch)
+        order.append(f.order + off)
+        roots.append(f.roots + off)
+        off += f.num_nodes
+    cat = lambda xs: np.concatenate(xs).astype(np.int64) if xs else np.zeros(0, dtype=np.int64)  # noqa: E731
+    ch = np.concatenate(children).astype(np.int64) if children else np.zeros((0, k), dtype=np.int64)
+    return NaryForest(cat(words), ch, cat(order), cat(roots))
+
+
+__all__ += ["NaryForest", "batch_nary", "nary_from_forest", "random_nary_tree"]
