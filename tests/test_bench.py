@@ -1,0 +1,106 @@
+"""tools/bench.py: the cross-system output check stops the run on a mismatch; a tiny run writes its outputs.
+
+Tiny configs (hidden 8, a few trees, sub-second budgets) so the module runs in well under a minute; the converted
+model is cached once for the module."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tools import bench  # noqa: E402
+from tools.peers import BenchMismatch, systems  # noqa: E402
+
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+HAS_DYNET = importlib.util.find_spec("dynet") is not None
+TINY = ["--hidden", "8", "--batch", "1,3", "--throughput", "0", "--trees", "3", "--max-forests", "1",
+        "--budget", "0.05", "--repeats", "1,2", "--no-progress", "--no-plots", "--peak-n", "128"]
+
+
+@pytest.fixture(scope="module")
+def out(tmp_path_factory):
+    return tmp_path_factory.mktemp("bench")
+
+
+def args_for(out, *extra):
+    return bench.parse_args(TINY + ["--out", str(out)] + list(extra))
+
+
+def bump(h, c):
+    h = h.copy()
+    h.flat[0] += 1e-3  # 10x the tolerance
+    return h, c
+
+
+def test_check_outputs_names_system_model_config():
+    from onnx_ops import structures as st
+    from onnx_ops.zoo import treelstm as tl
+
+    p = tl.make_params(hidden=4, embed_dim=5, vocab=20, seed=0)
+    f = st.random_tree(4, np.random.default_rng(0), 20)
+    ref = tl.reference(p, f)
+    good = lambda forest: tl.reference(p, forest)  # noqa: E731
+    err, _ = bench.check_outputs("Good", good, [f], [ref], "treelstm", "hidden=4, batch=1", 1e-4)
+    assert err == 0.0
+    with pytest.raises(BenchMismatch) as ei:
+        bench.check_outputs("Bad", good, [f], [ref], "treelstm", "hidden=4, batch=1", 1e-4, perturb=bump)
+    msg = str(ei.value)
+    assert "Bad" in msg and "treelstm" in msg and "hidden=4, batch=1" in msg and "1e-03" in msg.replace("0.001", "1e-03")
+    assert ei.value.error == pytest.approx(1e-3, rel=1e-3)
+    # a NaN or a wrong shape is a mismatch too
+    nan = lambda forest: (np.full_like(ref[0], np.nan), ref[1])  # noqa: E731
+    with pytest.raises(BenchMismatch):
+        bench.check_outputs("NaN", nan, [f], [ref], "treelstm", "c", 1e-4)
+    assert systems.max_abs_err(ref[0][:-1], ref[0]) == float("inf")
+
+
+def test_tiny_run_writes_results(out):
+    res = bench.run_bench(args_for(out), "test")
+    data = json.loads((out / "results.json").read_text())
+    assert (out / "results.md").read_text().startswith("# Cortex benchmark results")
+    assert [(r["hidden"], r["batch"]) for r in data["rows"]] == [(8, 1), (8, 3)]
+    for row in res["rows"]:
+        for name in systems.CPU_SYSTEMS:
+            r = row["results"][name]
+            if r["status"] == "ok":
+                assert r["ms_median"] > 0 and row["check_max_abs_err"][name] <= 1e-4
+            else:  # reported, not hidden
+                assert r["status"].startswith("not installed")
+        assert row["results"][systems.CUDA_GRAPH]["status"].startswith("not requested")
+    assert res["rows"][0]["results"][systems.ORT]["status"] == "ok"
+
+
+@pytest.mark.parametrize("key", ["ort", "pytorch", "dynet", "cortex"])
+def test_injected_peer_mismatch_stops_the_run(out, key):
+    if key == "pytorch" and not HAS_TORCH:
+        pytest.skip("torch is not installed")
+    if key == "dynet" and not HAS_DYNET:
+        pytest.skip("dynet (dynet38) is not installed")
+    name = next(n for n, k in systems.KEYS.items() if k == key)
+    with pytest.raises(BenchMismatch) as ei:
+        bench.run_bench(args_for(out), "test", perturb={key: bump})
+    assert ei.value.system == name and ei.value.model == "treelstm" and ei.value.config == "hidden=8, batch=1"
+    assert name in str(ei.value)
+
+
+def test_cli_exit_code_2_on_mismatch(out, capsys):
+    rc = bench.main(TINY + ["--out", str(out), "--systems", "ort", "--inject-mismatch", "ort"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "STOPPED" in err and "ONNX Runtime" in err and "hidden=8, batch=1" in err
+
+
+def test_cuda_target_without_gpu_runs_cpu_systems(out):
+    res = bench.run_bench(args_for(out, "--target", "cuda", "--systems", "ort"), "test")
+    assert res["rows"][0]["results"][systems.ORT]["status"] == "ok"
+    if not systems.torch_peer.cuda_status():
+        pytest.skip("a CUDA GPU is present")
+    assert any("no GPU" in n for n in res["notes"])
+    assert "not available on this machine" in res["rows"][0]["results"][systems.TORCH_GPU]["status"] or \
+        res["rows"][0]["results"][systems.TORCH_GPU]["status"].startswith("not installed")

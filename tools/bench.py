@@ -1,0 +1,623 @@
+#!/usr/bin/env python
+"""Benchmark Cortex against its peers on the model zoo over SST trees.
+
+    python tools/bench.py [--models treelstm] [--hidden 64,256,512] [--batch 1,10] [--throughput 100]
+                          [--target cpu|cuda] [--sst PATH] [--quick] [--out DIR] [--write-docs]
+
+Systems (same inputs, same process, same run): Cortex (the converted model in an ONNX Runtime session with the
+Cortex EP), ONNX Runtime on the original Loop/If model (CPU EP), PyTorch eager with the natural per-node module,
+DyNet with autobatching (one renew_cg per batch, all trees built, one forward). A system that cannot run is
+reported with the reason ("not installed", "not available on this machine"), never dropped.
+
+Per (model, hidden, batch): every system's h and c tables are first checked against the numpy reference on the
+same inputs (max abs error <= --tol); a disagreement raises :class:`BenchMismatch` (exit code 2). Then each
+system gets a warm-up and timed repeats; one repeat times every input of the config once (batch 1: many single
+trees; batch B: several different forests of B trees) and its value is the mean time per input. Reported: the
+median over repeats, p10/p90 over repeats, FLOPs (the model's matrix products, the same count for every system),
+GFLOP/s and its fraction of the matrix-product peak measured in the same run, trees/s.
+
+Outputs under --out: results.json (everything), results.md (tables), speedup_<model>.png and
+latency_<model>.png; converted models are cached in <out>/models per (model, hidden). --write-docs regenerates the
+benchmark section of docs/performance.md from this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tools.peers import BenchMismatch, flops as _flops, machine as _machine, models as _models  # noqa: E402
+from tools.peers import systems as S  # noqa: E402
+
+__all__ = ["BenchMismatch", "main", "run_bench", "parse_args"]
+
+DOCS_BEGIN = "<!-- BEGIN GENERATED: tools/bench.py --write-docs -->"
+DOCS_END = "<!-- END GENERATED: tools/bench.py --write-docs -->"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# progress
+
+
+class Progress:
+    """A text progress bar on stderr (a line per step when stderr is not a terminal)."""
+
+    def __init__(self, total: int, enabled: bool = True, width: int = 30):
+        self.total, self.done, self.width, self.enabled = max(total, 1), 0, width, enabled
+        self.tty = sys.stderr.isatty()
+        self.t0 = time.perf_counter()
+
+    def step(self, label: str, advance: int = 1) -> None:
+        self.done += advance
+        self.show(label)
+
+    def show(self, label: str) -> None:
+        if not self.enabled:
+            return
+        frac = min(self.done / self.total, 1.0)
+        bar = "#" * int(frac * self.width) + "." * (self.width - int(frac * self.width))
+        line = f"[{bar}] {self.done:3d}/{self.total} {time.perf_counter() - self.t0:6.0f}s  {label}"
+        if self.tty:
+            sys.stderr.write("\r" + line[:150].ljust(150))
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# inputs
+
+
+def load_trees(sst, count: int, vocab: int, seed: int):
+    """(trees, description): the first ``count`` SST test trees from ``sst`` (default: the repo's data), or
+    SST-shaped synthetic trees when there is no SST directory."""
+    from onnx_ops import structures as st
+
+    path = Path(sst) if sst else st.sst_dir_default()
+    if path is not None and (Path(path) / "STree.txt").exists():
+        trees = st.read_sst(path, split="test", vocab_size=vocab, limit=count)
+        src = f"SST test split ({path}), first {len(trees)} trees, hashed token ids mod {vocab}"
+    else:
+        if sst:
+            raise FileNotFoundError(f"--sst {sst}: no STree.txt there")
+        trees = st.sst_like_trees(count, np.random.default_rng(seed), vocab)
+        src = f"synthetic SST-shaped trees (no SST directory found), {len(trees)} trees, seed {seed}"
+    nodes = [t.num_nodes for t in trees]
+    hts = [t.height() for t in trees]
+    desc = {"source": src, "num_trees": len(trees), "mean_nodes": float(np.mean(nodes)),
+            "max_nodes": int(max(nodes)), "mean_height": float(np.mean(hts)), "max_height": int(max(hts))}
+    return trees, desc
+
+
+def config_inputs(trees, batch: int, max_inputs: int):
+    """Forests of ``batch`` consecutive trees (different trees per input), at most ``max_inputs`` of them."""
+    from onnx_ops import structures as st
+
+    k = min(len(trees) // batch, max_inputs)
+    if k < 1:
+        raise ValueError(f"batch {batch} needs at least {batch} trees, have {len(trees)}")
+    return [st.batch(trees[i * batch:(i + 1) * batch]) for i in range(k)]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# checking and timing
+
+
+def check_outputs(name, runner, inputs, refs, model, config, tol, perturb=None):
+    """Max abs error of ``runner`` against the reference over ``inputs`` (h and c, every node); raises
+    BenchMismatch above ``tol``. ``perturb`` (h, c) -> (h, c) is a test hook applied to the system's outputs."""
+    worst, elapsed = 0.0, 0.0
+    for f, (rh, rc) in zip(inputs, refs):
+        t0 = time.perf_counter()
+        h, c = runner(f)
+        elapsed += time.perf_counter() - t0
+        if perturb is not None:
+            h, c = perturb(np.array(h), np.array(c))
+        eh, ec = S.max_abs_err(h, rh), S.max_abs_err(c, rc)
+        err = max(eh, ec)
+        worst = max(worst, err)
+        if not err <= tol:
+            which = "h" if eh >= ec else "c"
+            raise BenchMismatch(name, model, config, err, tol,
+                                f"worst on {which}, input with {f.num_nodes} nodes; systems compared: {name} vs "
+                                "numpy reference")
+    return worst, elapsed / max(len(inputs), 1)
+
+
+def time_system(runner, inputs, budget_s: float, min_reps: int, max_reps: int, warmup: int,
+                est_pass_s: float | None = None):
+    """Times ``runner`` over ``inputs``: up to ``warmup`` untimed passes (fewer when a pass takes more than half
+    the budget; none when ``est_pass_s`` already does), then repeats, each one timed pass over all inputs:
+    as many as fit in ``budget_s``, clipped to [min_reps, max_reps], but at least 2 and at most ~3x the budget
+    when one pass is slow. Returns stats in ms per input."""
+
+    def one_pass():
+        ts = np.empty(len(inputs))
+        for i, f in enumerate(inputs):
+            t0 = time.perf_counter()
+            runner(f)
+            ts[i] = time.perf_counter() - t0
+        return ts
+
+    t_est = est_pass_s
+    done_warm = 0
+    while done_warm < warmup and not (t_est is not None and t_est > budget_s / 2):
+        t_est = float(one_pass().sum())
+        done_warm += 1
+    rows = []
+    if t_est is None:
+        rows.append(one_pass())
+        t_est = float(rows[0].sum())
+    reps = int(np.clip(np.floor(budget_s / max(t_est, 1e-9)), min_reps, max_reps))
+    if t_est * reps > 3 * budget_s:
+        reps = max(2, int(3 * budget_s / t_est))
+    while len(rows) < reps:
+        rows.append(one_pass())
+    per = np.array(rows)  # [reps, inputs] seconds
+    pass_mean = per.mean(axis=1) * 1e3  # ms per input, per repeat
+    return {
+        "ms_median": float(np.median(pass_mean)),
+        "ms_p10": float(np.percentile(pass_mean, 10)),
+        "ms_p90": float(np.percentile(pass_mean, 90)),
+        "ms_min": float(pass_mean.min()),
+        "repeats": int(per.shape[0]),
+        "warmup_passes": done_warm,
+        "per_input_ms_median": [round(float(x), 4) for x in np.median(per, axis=0) * 1e3],
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the run
+
+
+def parse_list(s: str) -> list[int]:
+    return [int(x) for x in str(s).split(",") if x.strip()]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--models", default="treelstm", help=f"comma list of zoo models ({', '.join(_models.names())})")
+    p.add_argument("--hidden", default=None, help="comma list of hidden sizes (default 64,256,512; quick 64,256)")
+    p.add_argument("--batch", default="1,10", help="comma list of batch sizes (trees per forest) (default 1,10)")
+    p.add_argument("--throughput", type=int, default=100,
+                   help="also time forests of this many trees and report trees/s (0: off) (default 100)")
+    p.add_argument("--target", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--sst", default=None, help="SST directory (default: onnx_ops.structures.sst_dir_default(); "
+                                               "synthetic SST-shaped trees when none)")
+    p.add_argument("--quick", action="store_true", help="fewer trees and repeats; finishes in a few minutes")
+    p.add_argument("--out", default=None, help="output directory (default: a new temp dir)")
+    p.add_argument("--trees", type=int, default=None, help="single trees timed at batch 1 (default 200; quick 50)")
+    p.add_argument("--max-forests", type=int, default=None,
+                   help="different forests timed per batch size > 1 (default 20; quick 5)")
+    p.add_argument("--budget", type=float, default=None,
+                   help="seconds of timed repeats per system and config (default 10; quick 4)")
+    p.add_argument("--repeats", default=None, help="min,max repeats (default 5,25; quick 3,10)")
+    p.add_argument("--peak-n", type=int, default=1024, help="size n of the n^3 matmul measuring the peak (1024)")
+    p.add_argument("--tol", type=float, default=1e-4, help="max abs error against the numpy reference (1e-4)")
+    p.add_argument("--seed", type=int, default=0, help="weights seed")
+    p.add_argument("--systems", default=None, help="comma list of system keys to run (cortex,ort,pytorch,dynet)")
+    p.add_argument("--write-docs", action="store_true", help="regenerate the benchmark section of "
+                                                             "docs/performance.md from this run")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--inject-mismatch", default=None, metavar="SYSTEM_KEY", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    q = a.quick
+    a.hidden_list = parse_list(a.hidden or ("64,256" if q else "64,256,512"))
+    a.batch_list = parse_list(a.batch)
+    a.model_list = [m.strip() for m in a.models.split(",") if m.strip()]
+    a.trees = a.trees or (50 if q else 200)
+    a.max_forests = a.max_forests or (5 if q else 20)
+    a.budget = a.budget if a.budget is not None else (4.0 if q else 10.0)
+    a.min_reps, a.max_reps = parse_list(a.repeats or ("3,10" if q else "5,25"))
+    a.warmup = 1 if q else 2
+    return a
+
+
+def _perturb_hook(key):
+    def perturb(h, c):
+        h = h.copy()
+        if h.size:
+            h.flat[h.size // 2] += 1e-2
+        return h, c
+
+    return {key: perturb} if key else {}
+
+
+def run_bench(args, argv_text: str = "", perturb: dict | None = None, log=None) -> dict:
+    """Runs the benchmark described by ``args`` (see :func:`parse_args`); returns the results dict (also written
+    to ``args.out``). ``perturb`` maps a system key (``cortex``, ``ort``, ``pytorch``, ``dynet``) to a hook applied
+    to that system's outputs in the check (tests use it to inject a mismatch)."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    perturb = dict(perturb or {})
+    t_start = time.perf_counter()
+    out = Path(args.out) if args.out else Path(__import__("tempfile").mkdtemp(prefix="cortex_bench_"))
+    out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+    res: dict = {
+        "command": argv_text or "python tools/bench.py",
+        "started": _dt.datetime.now().isoformat(timespec="seconds"),
+        "target": args.target,
+        "tolerance": args.tol,
+        "settings": {"hidden": args.hidden_list, "batch": args.batch_list, "throughput": args.throughput,
+                     "trees_batch1": args.trees, "max_forests": args.max_forests, "budget_s": args.budget,
+                     "repeats_min_max": [args.min_reps, args.max_reps], "warmup_passes": args.warmup,
+                     "quick": bool(args.quick), "seed": args.seed},
+        "notes": notes,
+    }
+    res["machine"] = _machine.describe()
+    log("machine: " + _machine.one_line(res["machine"]))
+
+    # systems
+    wanted = set(k.strip() for k in args.systems.split(",")) if args.systems else None
+    sys_status: dict[str, str] = {}
+    for name in S.CPU_SYSTEMS:
+        if wanted is not None and S.KEYS[name] not in wanted:
+            sys_status[name] = "not requested (--systems)"
+            continue
+        st_ = S.system_status(name)
+        sys_status[name] = st_ or "ok"
+    gpu = None
+    for name in S.GPU_SYSTEMS:
+        if args.target != "cuda":
+            sys_status[name] = "not requested (--target cpu)"
+        else:
+            sys_status[name] = S.system_status(name) or "ok"
+            gpu = gpu or sys_status[name]
+    if args.target == "cuda":
+        from tools.peers import torch_peer
+
+        why = torch_peer.cuda_status()
+        if why:
+            notes.append(f"--target cuda: no GPU is available on this machine ({why}); the CPU systems were run "
+                         "and GPU peers are listed as not available")
+            log("note: " + notes[-1])
+        notes.append("Cortex converts for target cpu only in this build; its rows are CPU runs")
+    runnable = [n for n in S.CPU_SYSTEMS if sys_status[n] == "ok"]
+    res["systems"] = {n: {"key": S.KEYS[n], "status": sys_status[n]} for n in S.CPU_SYSTEMS + S.GPU_SYSTEMS}
+    for n, s in sys_status.items():
+        if s != "ok":
+            log(f"system {n}: {s}")
+    try:
+        import torch
+
+        res["systems"][S.TORCH]["threads"] = torch.get_num_threads()
+        res["systems"][S.TORCH]["style"] = "row_assign (onnx_ops.zoo.torch_treelstm), inference_mode"
+    except ImportError:
+        pass
+    if sys_status[S.DYNET] == "ok":
+        from tools.peers import dynet_peer
+
+        res["systems"][S.DYNET]["autobatch"] = dynet_peer.autobatch_setting()
+    res["systems"][S.ORT]["note"] = "original Loop/If model, CPUExecutionProvider, default session options"
+    res["systems"][S.CORTEX]["note"] = ("converted model, cortex.InferenceSession (Cortex EP + CPU EP); kernel "
+                                        "threads: CORTEX_NUM_THREADS or all cores")
+
+    # peak
+    log("measuring the matrix-product peak ...")
+    res["peak"] = _flops.matmul_peak(args.peak_n)
+    log(f"peak: {res['peak']['peak_gflops']:.1f} GFLOP/s ({res['peak']['peak_source']})")
+
+    entries = [_models.get(m) for m in args.model_list]
+    vocab = entries[0].vocab if entries else 5000
+    pool = max([args.trees] + [b * (args.max_forests if b > 1 else 1) for b in args.batch_list]
+               + ([args.throughput] if args.throughput else []))
+    trees, tdesc = load_trees(args.sst, pool, vocab, args.seed)
+    res["structures"] = tdesc
+    log("structures: " + tdesc["source"])
+
+    configs = []  # (batch, kind)
+    for b in args.batch_list:
+        configs.append((b, "latency"))
+    if args.throughput and args.throughput not in args.batch_list:
+        configs.append((args.throughput, "throughput"))
+    inputs_by_batch = {}
+    for b, _ in configs:
+        if b == 1:
+            inputs_by_batch[b] = config_inputs(trees[:args.trees], 1, args.trees)
+        else:
+            inputs_by_batch[b] = config_inputs(trees, b, args.max_forests if b <= 10 else max(1, args.max_forests // 10))
+
+    res["models"] = {}
+    res["rows"] = []
+    cache = out / "models"
+    total = len(entries) * len(args.hidden_list) * (1 + len(configs) * len(runnable))
+    bar = Progress(total, enabled=not args.no_progress)
+    try:
+        for entry in entries:
+            minfo = res["models"].setdefault(entry.name, {"description": entry.description, "convert": {}})
+            for H in args.hidden_list:
+                params = entry.make_params(H, args.seed)
+                bar.show(f"{entry.name} h={H}: converting (cached per model, hidden)")
+                loop_path, cortex_path = None, None
+                if S.CORTEX in runnable or S.ORT in runnable:
+                    loop_path, cortex_path, cinfo = S.converted_model(entry, params, H, args.seed, cache)
+                    minfo["convert"][str(H)] = cinfo
+                bar.step(f"{entry.name} h={H}: model ready")
+                runners = {}
+                for name in runnable:
+                    runners[name] = S.build(name, entry, params, loop_path, cortex_path)
+                for b, kind in configs:
+                    inputs = inputs_by_batch[b]
+                    config = f"hidden={H}, batch={b}"
+                    row = {"model": entry.name, "hidden": H, "batch": b, "kind": kind, "n_inputs": len(inputs),
+                           "nodes_mean": float(np.mean([f.num_nodes for f in inputs])),
+                           "flops_mean": float(np.mean([entry.flops(params, f) for f in inputs])),
+                           "check_max_abs_err": {}, "results": {}}
+                    check_s: dict[str, float] = {}
+                    ncheck = min(len(inputs), 3 if b == 1 else 1)
+                    refs = [entry.reference(params, f) for f in inputs[:ncheck]]
+                    # check every system first (also the first warm-up of each)
+                    for name in S.CPU_SYSTEMS:
+                        if name not in runners:
+                            row["results"][name] = {"status": sys_status[name]}
+                            continue
+                        bar.show(f"{entry.name} h={H} b={b}: checking {name}")
+                        err, t_call = check_outputs(
+                            name, runners[name], inputs[:ncheck], refs, entry.name, config, args.tol,
+                            perturb.get(S.KEYS[name]))
+                        row["check_max_abs_err"][name] = err
+                        check_s[name] = t_call * len(inputs)
+                    for name in runners:
+                        bar.show(f"{entry.name} h={H} b={b}: timing {name}")
+                        # a first call far slower than the budget counts as the warm-up (ORT's Loop at batch 100)
+                        est = check_s[name] if check_s[name] > args.budget / 2 else None
+                        r = time_system(runners[name], inputs, args.budget, args.min_reps, args.max_reps,
+                                        args.warmup, est_pass_s=est)
+                        r["status"] = "ok"
+                        sec = r["ms_median"] / 1e3
+                        r["gflops"] = row["flops_mean"] / sec / 1e9 if sec > 0 else None
+                        r["peak_frac"] = r["gflops"] / res["peak"]["peak_gflops"] if r["gflops"] else None
+                        r["trees_per_s"] = b / sec if sec > 0 else None
+                        row["results"][name] = r
+                        bar.step(f"{entry.name} h={H} b={b}: {name} {r['ms_median']:.3f} ms")
+                    for name in S.GPU_SYSTEMS:
+                        row["results"][name] = {"status": sys_status[name]}
+                    cx = row["results"].get(S.CORTEX, {})
+                    row["speedup"] = {}
+                    for name in (S.ORT, S.TORCH, S.DYNET):
+                        o = row["results"].get(name, {})
+                        if cx.get("status") == "ok" and o.get("status") == "ok":
+                            row["speedup"][name] = o["ms_median"] / cx["ms_median"]
+                    res["rows"].append(row)
+                    _write_json(out / "results.json", res)  # partial results survive an interrupted run
+                del runners
+    finally:
+        bar.close()
+    res["elapsed_s"] = time.perf_counter() - t_start
+    _write_json(out / "results.json", res)
+    (out / "results.md").write_text(render_markdown(res))
+    res["plots"] = [] if args.no_plots else make_plots(res, out)
+    _write_json(out / "results.json", res)
+    (out / "results.md").write_text(render_markdown(res))
+    res["out"] = str(out)
+    return res
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# reporting
+
+
+def _ms(r) -> str:
+    if r.get("status") != "ok":
+        return r.get("status", "-").split(" (")[0]
+    m = r["ms_median"]
+    f = (lambda x: f"{x:.3g}") if m < 10 else (lambda x: f"{x:.0f}")
+    return f"{f(m)} ({f(r['ms_p10'])}–{f(r['ms_p90'])})"
+
+
+def render_table(res: dict) -> str:
+    """The main table: ms per forest (median, p10–p90 over repeats) per system, Cortex's speedups, GFLOP/s."""
+    sysn = [n for n in S.CPU_SYSTEMS]
+    lines = []
+    hdr = (["model", "hidden", "batch"] + [f"{n} ms" for n in sysn]
+           + ["Cortex vs ORT", "vs PyTorch", "vs DyNet", "GFLOP/s Cortex / ORT / PyTorch / DyNet", "Cortex % of peak",
+              "Cortex trees/s"])
+    lines.append("| " + " | ".join(hdr) + " |")
+    lines.append("|" + "|".join(["---"] * 3 + ["---:"] * (len(hdr) - 3)) + "|")
+    for row in res["rows"]:
+        R = row["results"]
+        sp = row.get("speedup", {})
+        gf = " / ".join(f"{R[n]['gflops']:.2f}" if R.get(n, {}).get("status") == "ok" else "–" for n in sysn)
+        cx = R.get(S.CORTEX, {})
+        cells = [row["model"], str(row["hidden"]), f"{row['batch']}" + (" (throughput)" if row["kind"] == "throughput"
+                                                                        else "")]
+        cells += [_ms(R.get(n, {})) for n in sysn]
+        cells += [f"{sp[n]:.1f}×" if n in sp else "–" for n in (S.ORT, S.TORCH, S.DYNET)]
+        cells += [gf, f"{100 * cx['peak_frac']:.1f}%" if cx.get("peak_frac") else "–",
+                  f"{cx['trees_per_s']:.0f}" if cx.get("trees_per_s") else "–"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_throughput(res: dict) -> str:
+    lines = ["| model | hidden | batch | " + " | ".join(f"{n} trees/s" for n in S.CPU_SYSTEMS) + " |",
+             "|---|---|---|" + "---:|" * len(S.CPU_SYSTEMS)]
+    for row in res["rows"]:
+        R = row["results"]
+        cells = [row["model"], str(row["hidden"]), str(row["batch"])]
+        cells += [f"{R[n]['trees_per_s']:.0f}" if R.get(n, {}).get("status") == "ok" else R.get(n, {}).get(
+            "status", "–").split(" (")[0] for n in S.CPU_SYSTEMS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def render_header(res: dict) -> str:
+    m, pk = res["machine"], res["peak"]
+    st_ = res["structures"]
+    s = res["settings"]
+    lines = [
+        f"- Command: `{res['command']}` ({res['started']}, {res.get('elapsed_s', 0) / 60:.1f} min)",
+        f"- Machine: {_machine.one_line(m)}",
+        f"- Matrix-product peak (measured in this run): {pk['peak_gflops']:.1f} GFLOP/s ({pk['peak_source']}; numpy "
+        f"{pk['numpy_matmul_gflops']:.1f}" + (f", cortex._C.gemm_packed {pk['cortex_gemm_packed_gflops']:.1f}"
+                                                if pk.get("cortex_gemm_packed_gflops") else "") + ")",
+        f"- Structures: {st_['source']}; mean {st_['mean_nodes']:.1f} nodes, mean height {st_['mean_height']:.1f}, "
+        f"max height {st_['max_height']}",
+        f"- Timing: per config and system, the outputs are first checked against the numpy reference (h and c of "
+        f"every node, max abs error <= {res['tolerance']:g}); then {s['warmup_passes']} warm-up pass(es) and "
+        f"{s['repeats_min_max'][0]}–{s['repeats_min_max'][1]} timed repeats (as many as fit in {s['budget_s']:g} s); "
+        "a repeat runs every input of the config once. ms = time per forest: median over repeats of the mean "
+        "over inputs (p10–p90 over repeats in brackets). Batch 1 = "
+        f"{s['trees_batch1']} different single trees; batch B = up to {s['max_forests']} different forests of B trees.",
+        "- FLOPs: the model's matrix products, the same for every system (leaf 2·D·3H, internal node 2·2H·5H; D = "
+        "300); GFLOP/s = FLOPs / median time; % of peak = Cortex GFLOP/s / the peak above.",
+    ]
+    for name, info in res["systems"].items():
+        extra = ""
+        if info.get("autobatch") is not None:
+            extra = f", autobatch={info['autobatch']}"
+        if info.get("threads"):
+            extra += f", {info['threads']} threads"
+        lines.append(f"- {name}: {info['status']}" + (f" ({info['note']}{extra})" if info.get("note") else
+                                                       (f" ({extra.lstrip(', ')})" if extra else "")))
+    for n in res.get("notes", []):
+        lines.append(f"- Note: {n}")
+    return "\n".join(lines)
+
+
+def render_markdown(res: dict) -> str:
+    parts = ["# Cortex benchmark results", "", render_header(res), "", "## Latency per forest (ms) and speedup of "
+             "Cortex", "", render_table(res), "", "## Throughput (trees/s)", "", render_throughput(res), ""]
+    if res.get("plots"):
+        parts += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in res["plots"]] + [""]
+    return "\n".join(parts)
+
+
+def make_plots(res: dict, out: Path) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        res["notes"].append(f"plots skipped: matplotlib not installed ({e})")
+        return []
+    paths = []
+    for model in sorted({r["model"] for r in res["rows"]}):
+        rows = [r for r in res["rows"] if r["model"] == model]
+        # speedup of Cortex over each peer, per configuration
+        labels = [f"h={r['hidden']}\nb={r['batch']}" for r in rows]
+        peers = [n for n in (S.ORT, S.TORCH, S.DYNET) if any(n in r.get("speedup", {}) for r in rows)]
+        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows) + 2), 4))
+        w = 0.8 / max(len(peers), 1)
+        x = np.arange(len(rows))
+        for j, n in enumerate(peers):
+            vals = [r.get("speedup", {}).get(n, np.nan) for r in rows]
+            ax.bar(x + (j - (len(peers) - 1) / 2) * w, vals, w, label=f"over {n}")
+        ax.axhline(1.0, color="k", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_xticks(x, labels, fontsize=8)
+        ax.set_ylabel("speedup of Cortex (×, log)")
+        ax.set_title(f"{model}: Cortex speedup (median ms ratio), {res['machine']['usable_cores']} CPU cores")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        p = out / f"speedup_{model}.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(str(p))
+        # latency against hidden size, one panel per batch size
+        batches = sorted({r["batch"] for r in rows})
+        fig, axes = plt.subplots(1, len(batches), figsize=(4.2 * len(batches), 3.8), squeeze=False)
+        for ax, b in zip(axes[0], batches):
+            rb = sorted((r for r in rows if r["batch"] == b), key=lambda r: r["hidden"])
+            for n in S.CPU_SYSTEMS:
+                pts = [(r["hidden"], r["results"][n]["ms_median"], r["results"][n]["ms_p10"],
+                        r["results"][n]["ms_p90"]) for r in rb if r["results"].get(n, {}).get("status") == "ok"]
+                if not pts:
+                    continue
+                hs, ms, lo, hi = map(np.array, zip(*pts))
+                ax.errorbar(hs, ms, yerr=[ms - lo, hi - ms], marker="o", capsize=3, label=n)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("hidden size")
+            ax.set_ylabel("ms per forest")
+            ax.set_title(f"batch {b}")
+            ax.legend(fontsize=7)
+        fig.suptitle(f"{model}: latency against hidden size")
+        fig.tight_layout()
+        p = out / f"latency_{model}.png"
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(str(p))
+    return paths
+
+
+def write_docs(res: dict, path: Path) -> None:
+    """Regenerates the section between the generated-section markers of docs/performance.md (created if
+    missing; text outside the markers is kept)."""
+    body = "\n".join([
+        DOCS_BEGIN,
+        "## Benchmark: Cortex against ONNX Runtime, PyTorch and DyNet",
+        "",
+        "Generated by `tools/bench.py --write-docs` from one run; regenerate with the command below (add "
+        "`--write-docs`). Every number here comes from that run.",
+        "",
+        render_header(res),
+        "",
+        "### Latency per forest (ms) and speedup of Cortex",
+        "",
+        render_table(res),
+        "",
+        "### Throughput (trees/s)",
+        "",
+        render_throughput(res),
+        "",
+        f"Plots (`speedup_<model>.png`, `latency_<model>.png`) and all raw numbers (`results.json`) are written to "
+        f"the run's `--out` directory.",
+        DOCS_END,
+    ])
+    text = path.read_text() if path.exists() else "# Performance\n\n"
+    if DOCS_BEGIN in text and DOCS_END in text:
+        pre, rest = text.split(DOCS_BEGIN, 1)
+        post = rest.split(DOCS_END, 1)[1]
+        text = pre + body + post
+    else:
+        text = text.rstrip("\n") + "\n\n" + body + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    cmd = "python tools/bench.py " + " ".join(shlex.quote(a) for a in argv if a != "--write-docs")
+    try:
+        res = run_bench(args, cmd.strip(), perturb=_perturb_hook(args.inject_mismatch))
+    except BenchMismatch as e:
+        print(f"\nbench.py: STOPPED: {e}", file=sys.stderr)
+        return 2
+    print(render_markdown(res))
+    print(f"\nwrote {res['out']}/results.json, results.md" + "".join(f", {Path(p).name}" for p in res["plots"])
+          + f" in {res['elapsed_s']:.0f} s", file=sys.stderr)
+    if args.write_docs:
+        write_docs(res, REPO / "docs" / "performance.md")
+        print(f"updated {REPO / 'docs' / 'performance.md'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Peers and models of ``tools/bench.py``: the systems a Cortex run is compared with, the model registry, FLOP
+counting, the matrix-product peak and the machine description.
+
+- :mod:`.models`: the model registry (``MODELS``); each entry brings a params maker, the ONNX Loop builder, the
+  numpy reference, the eager PyTorch module, the DyNet builder and the FLOP counter.
+- :mod:`.systems`: one class per system (Cortex, ONNX Runtime, PyTorch eager, DyNet, GPU placeholders); each
+  reports itself "not installed" / "not available on this machine" instead of disappearing.
+- :mod:`.flops`: the model FLOPs and the measured matmul peak.
+- :mod:`.machine`: CPU model, cores and package versions.
+"""
+
+from __future__ import annotations
+
+
+class BenchMismatch(RuntimeError):
+    """Systems disagree on the same inputs (max abs error against the numpy reference above tolerance)."""
+
+    def __init__(self, system: str, model: str, config: str, error: float, tol: float, detail: str = ""):
+        self.system, self.model, self.config, self.error, self.tol = system, model, config, error, tol
+        msg = (
+            f"output mismatch: system '{system}' disagrees with the numpy reference (and so with the other systems) "
+            f"on model '{model}', config {config}: max abs error {error:.3g} > {tol:g}"
+        )
+        if detail:
+            msg += f" ({detail})"
+        super().__init__(msg)
+
+
+__all__ = ["BenchMismatch"]

@@ -1,0 +1,60 @@
+"""Model FLOPs (2·M·K·N of the matrix products; the same count for every system) and the matrix-product peak
+measured in the same run."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+def treelstm_flops(params, forest) -> int:
+    """TreeLSTM FLOPs of one forward over ``forest``, counted per *visit*: a leaf's projection x[D] @ W[D, 3H] is
+    2·D·3H, an internal node's [h_l; h_r][2H] @ U[2H, 5H] is 2·2H·5H. Elementwise work is not counted. Every system
+    is charged the same count (Cortex folds the leaf projection into the embedding at conversion time, but the
+    model's FLOPs are what the rows report)."""
+    H, D = params.hidden, params.embed_dim
+    order = np.asarray(forest.order)
+    is_leaf = np.asarray(forest.left)[order] < 0
+    leaves = int(is_leaf.sum())
+    internal = int(order.shape[0]) - leaves
+    return leaves * 2 * D * 3 * H + internal * 2 * (2 * H) * (5 * H)
+
+
+def _time_best(fn, reps: int, trials: int = 5) -> float:
+    best = float("inf")
+    for _ in range(trials):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return best
+
+
+def matmul_peak(n: int = 1024) -> dict:
+    """Measured float32 matrix-product peak of this machine (GFLOP/s, best of several runs, all cores):
+    numpy (its BLAS) on n³, and cortex._C's packed GEMM (the kernel Cortex's generated code calls) when the
+    extension is built. ``peak_gflops`` is the larger; ``peak_source`` says which."""
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    a @ b  # warm-up (thread pool, pages)
+    t = _time_best(lambda: a @ b, reps=3)
+    out = {"numpy_matmul_gflops": 2.0 * n**3 / t / 1e9, "matmul_n": n}
+    try:
+        from cortex import _C  # type: ignore
+
+        packed = _C.pack_panels(b)
+        _C._bench_gemm(a, packed, n, 1)  # warm-up
+        tg = _C._bench_gemm(a, packed, n, 3)
+        out["cortex_gemm_packed_gflops"] = 2.0 * n**3 / tg / 1e9
+    except Exception as e:  # noqa: BLE001 - the extension is optional for the benchmark
+        out["cortex_gemm_packed_gflops"] = None
+        out["cortex_gemm_packed_note"] = f"not measured: {type(e).__name__}: {e}"
+    cands = {"numpy float32 matmul %d^3" % n: out["numpy_matmul_gflops"]}
+    if out.get("cortex_gemm_packed_gflops"):
+        cands["cortex._C.gemm_packed %d^3" % n] = out["cortex_gemm_packed_gflops"]
+    src = max(cands, key=cands.get)
+    out["peak_gflops"] = cands[src]
+    out["peak_source"] = src
+    return out

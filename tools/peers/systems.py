@@ -1,0 +1,153 @@
+"""The systems of the benchmark. Each is built for one (model, params) and runs a Forest to its (h, c) tables;
+``status`` is None when it can run, else the reason shown in the results ("not installed", "not available on this
+machine")."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import dynet_peer, torch_peer
+
+# display names, in table order
+CORTEX = "Cortex"
+ORT = "ONNX Runtime"
+TORCH = "PyTorch"
+DYNET = "DyNet"
+TORCH_GPU = "PyTorch level-batched (CUDA)"
+CUDA_GRAPH = "CUDA graph replay"
+CPU_SYSTEMS = (CORTEX, ORT, TORCH, DYNET)
+GPU_SYSTEMS = (TORCH_GPU, CUDA_GRAPH)
+KEYS = {CORTEX: "cortex", ORT: "ort", TORCH: "pytorch", DYNET: "dynet", TORCH_GPU: "pytorch_cuda",
+        CUDA_GRAPH: "cuda_graph"}
+
+
+def system_status(name: str) -> str | None:
+    if name in (CORTEX, ORT):
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError as e:
+            return f"not installed ({e})"
+        if name == CORTEX:
+            try:
+                import cortex
+
+                cortex.get_library_path()
+                if not Path(cortex.get_library_path()).is_file():
+                    return "not installed (Cortex EP library not built)"
+            except ImportError as e:
+                return f"not installed ({e})"
+        return None
+    if name == TORCH:
+        return torch_peer.status()
+    if name == DYNET:
+        return dynet_peer.status()
+    if name in GPU_SYSTEMS:
+        s = torch_peer.cuda_status()
+        return s if s else "not implemented in this build"
+    return "unknown system"
+
+
+_FINGERPRINT: str | None = None
+
+
+def _compiler_fingerprint() -> str:
+    """Hash (computed once per process, so a run uses one compiler) of the Cortex compiler's Python sources and runtime headers: a cached converted model is reused only
+    when the compiler that made it is unchanged."""
+    global _FINGERPRINT
+    if _FINGERPRINT is not None:
+        return _FINGERPRINT
+    import cortex
+
+    root = Path(cortex.__file__).resolve().parent
+    h = hashlib.sha256()
+    files = sorted(p for p in root.rglob("*.py"))
+    try:
+        from cortex.codegen import toolchain
+
+        inc = Path(toolchain.runtime_include_dir())
+        files += sorted(inc.rglob("*.h"))
+    except Exception:  # noqa: BLE001
+        pass
+    for p in files:
+        h.update(str(p.name).encode())
+        h.update(p.read_bytes())
+    _FINGERPRINT = h.hexdigest()[:16]
+    return _FINGERPRINT
+
+
+def converted_model(entry, params, hidden: int, seed: int, cache_dir: Path) -> tuple[Path, Path, dict]:
+    """(Loop model path, converted model path, info) for (model, hidden, seed), cached under ``cache_dir``; the
+    cache key (a hash of the Loop model and of the compiler's sources) names the directory, so a new conversion
+    never overwrites a kernel library that a live session has loaded."""
+    import cortex
+    import onnx
+
+    model = entry.build_loop(params)
+    raw = model.SerializeToString()
+    key = hashlib.sha256(raw).hexdigest()[:12] + "_" + _compiler_fingerprint()
+    d = Path(cache_dir) / f"{entry.name}_h{hidden}_s{seed}" / key
+    d.mkdir(parents=True, exist_ok=True)
+    src, dst, meta = d / "model.onnx", d / "model.cortex.onnx", d / "cache.json"
+    info = {"cache_dir": str(d), "key": key}
+    if meta.exists() and dst.exists():
+        try:
+            old = json.loads(meta.read_text())
+        except ValueError:
+            old = {}
+        if old.get("key") == key:
+            info.update(cached=True, convert_s=old.get("convert_s"))
+            return src, dst, info
+    onnx.save(model, str(src))
+    t0 = time.perf_counter()
+    cortex.convert(str(src), str(dst), strict=True)
+    convert_s = time.perf_counter() - t0
+    meta.write_text(json.dumps({"key": key, "convert_s": convert_s}))
+    info.update(cached=False, convert_s=convert_s)
+    return src, dst, info
+
+
+class OrtRunner:
+    def __init__(self, path, feeds_fn, cortex_ep: bool):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.log_severity_level = 3  # no "nodes not assigned to the preferred EP" warnings
+        if cortex_ep:
+            import cortex
+
+            self.sess = cortex.InferenceSession(str(path), sess_options=so)
+        else:
+            self.sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
+        self.feeds_fn = feeds_fn
+
+    def __call__(self, forest):
+        h, c = self.sess.run(None, self.feeds_fn(forest))
+        return h, c
+
+
+def build(name: str, entry, params, loop_path: Path, cortex_path: Path | None):
+    """A callable Forest -> (h, c) for system ``name``."""
+    if name == CORTEX:
+        return OrtRunner(cortex_path, entry.feeds, cortex_ep=True)
+    if name == ORT:
+        return OrtRunner(loop_path, entry.feeds, cortex_ep=False)
+    if name == TORCH:
+        return torch_peer.TorchEager(entry.torch_module(params))
+    if name == DYNET:
+        return entry.dynet_builder(params)
+    raise ValueError(f"system {name!r} cannot run here")
+
+
+def max_abs_err(a, b) -> float:
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        return float("inf")
+    if a.size == 0:
+        return 0.0
+    d = np.abs(a.astype(np.float64) - b.astype(np.float64))
+    return float(np.nanmax(d)) if not np.isnan(d).any() else float("inf")
