@@ -70,7 +70,14 @@ def _case_layout(case: ir.Case) -> _CaseLayout:
             key = (node.index, node.const if isinstance(node, ir.ConstRow) else node.array)
             if key not in layout.slots:
                 layout.slots.append(key)
+        elif isinstance(node, (ir.Mask, ir.Select)):
+            key = (node.pred, MASK)
+            if key not in layout.slots:
+                layout.slots.append(key)
     return layout
+
+
+MASK = "<mask>"  # the lookup slot of a per-position predicate holds 0 or 1
 
 
 class CppGenerator:
@@ -106,8 +113,14 @@ class CppGenerator:
                 return f"cx.{a}[{row}]"
             return f"cx.{a}[{row} * cx.{a}_cols + {e.column}]"
         if isinstance(e, ir.IBinary):
+            if e.op in ("max", "min"):
+                return f"std::{e.op}<int64_t>({self.index_expr(e.a)}, {self.index_expr(e.b)})"
             op = {"add": "+", "sub": "-", "mul": "*"}[e.op]
             return f"({self.index_expr(e.a)} {op} {self.index_expr(e.b)})"
+        if isinstance(e, ir.Length):
+            return f"cx.{self.aid[e.array]}_rows" if e.array else "cx.N"
+        if isinstance(e, ir.ISelect):
+            return f"({self.pred_expr(e.pred)} ? {self.index_expr(e.a)} : {self.index_expr(e.b)})"
         raise CodegenError(f"index expression {e!r}")
 
     def pred_expr(self, e: ir.BExpr) -> str:
@@ -187,6 +200,9 @@ class CppGenerator:
                 lines.append(f"        reads[{k}] = {fn}({self.index_expr(index)}, cx.N, \"a child state row\", p);"
                              f"  // {format_index(index)}")
             for s, (index, source) in enumerate(layout.slots):
+                if source == MASK:
+                    lines.append(f"        slots[{s}] = {self.pred_expr(index)} ? 1 : 0;  // {format_pred(index)}")
+                    continue
                 rows = (f"INT64_C({self.p.constants[source].shape[0]})" if source in self.p.constants
                         else f"cx.{self.aid[source]}_rows")
                 lines.append(f"        slots[{s}] = cortex::normalize_index({self.index_expr(index)}, {rows}, "
@@ -377,6 +393,11 @@ class _RowEnv:
             name = f"crow{len(pointers)}"
             decl = (f"const float* {name} = cx.{gen.cid[node.const]} + ws.slots[q * kSlots + {s}] * {node.width};"
                     f"  // {node.const}[{format_index(node.index)}]")
+        elif isinstance(node, ir.BExpr):
+            s = self.layout.slots.index((node, MASK))
+            name = f"mask{len(pointers)}"
+            decl = (f"const float {name} = static_cast<float>(ws.slots[q * kSlots + {s}]);"
+                    f"  // {format_pred(node)}")
         else:
             s = self.layout.slots.index((node.index, node.array))
             name = f"irow{len(pointers)}"
@@ -395,6 +416,8 @@ class _RowEnv:
             return f"cx.{self.gen.cid[e.const]}[{idx}]"
         if isinstance(e, ir.Scalar):
             return _cfloat(e.value)
+        if isinstance(e, ir.Mask):
+            return self.leaf_pointer(e.pred, pointers)
         if isinstance(e, ir.MatMul):
             return f"G{self.mm_id[e]}[b * {e.width} + {idx}]"
         if isinstance(e, ir.Slice):
@@ -416,6 +439,11 @@ class _RowEnv:
             a = self.expr(e.a, offset, access_width, temps, code, pointers)
             b = self.expr(e.b, offset, access_width, temps, code, pointers)
             value = BINARY_CPP[e.op].format(a=a, b=b)
+        elif isinstance(e, ir.Select):
+            m = self.leaf_pointer(e.pred, pointers)
+            a = self.expr(e.a, offset, access_width, temps, code, pointers)
+            b = self.expr(e.b, offset, access_width, temps, code, pointers)
+            value = f"({m} != 0.0f ? {a} : {b})"
         else:
             raise CodegenError(f"row expression {type(e).__name__}")
         name = f"v{len(temps)}"

@@ -77,10 +77,25 @@ class IndexVec:
 
 
 @dataclass(frozen=True)
+class PredVec:
+    """Several structure predicates in a 1-D tensor (a test on each child)."""
+    exprs: tuple
+
+
+@dataclass(frozen=True)
 class RowStack:
-    """Rows gathered at several indices: a [k, width] tensor, e.g. h[torch.stack([l, r])]."""
+    """Rows gathered at several indices: a [k, width] tensor, e.g. h[torch.stack([l, r])]. `shape` is the
+    visible shape ([k, width], or [k] for a stack of scalars)."""
     rows: tuple  # RExpr, one per gathered index
     width: int
+    shape: tuple = None
+
+    def __post_init__(self):
+        if self.shape is None:
+            object.__setattr__(self, "shape", (len(self.rows), self.width))
+
+    def element(self, i):
+        return Row(self.rows[i], tuple(self.shape[1:]))
 
 
 @dataclass(frozen=True)
@@ -188,6 +203,8 @@ class Interpreter:
             then_out = self.eval_node(node, then_args, lookup)
             other_out = self.eval_node(node, other_args, lookup)
             return [t if t == o else Choice(choice.pred, t, o) for t, o in zip(then_out, other_out)]
+        if node.op_type in STACK_SPLIT_OPS and any(isinstance(a, (IndexVec, PredVec, RowStack)) for a in args):
+            return self._split_stacks(node, args, lookup)
         if node.op_type not in ("If", "Loop", "Scan") and args and all(isinstance(a, Known) or a is None for a in args):
             return [Known(v) for v in fold_node(node, [a.value if a else None for a in args])]
         handler = getattr(self, "op_" + node.op_type, None)
@@ -196,6 +213,82 @@ class Interpreter:
         out = handler(node, args, lookup) if node.op_type == "If" else handler(node, *args)
         return out if isinstance(out, list) else [out]
 
+    def _split_stacks(self, node, args, lookup):
+        """An elementwise op over per-child stacks: evaluate it once per child, then stack the results."""
+        sizes = {len(_stack_items(a)) for a in args if isinstance(a, (IndexVec, PredVec, RowStack))}
+        if len(sizes) != 1:
+            raise Refusal("elementwise op over stacks of different lengths")
+        k = sizes.pop()
+        stack_rank = max(len(_visible_shape(a)) for a in args if isinstance(a, (IndexVec, PredVec, RowStack)))
+        for a in args:
+            if a is not None and not isinstance(a, (IndexVec, PredVec, RowStack)):
+                shape = _visible_shape(a) if not isinstance(a, Known) else a.value.shape
+                if shape is not None and len(shape) >= stack_rank and (shape[0] != 1 or k == 1):
+                    raise Refusal(f"{node.op_type} of a per-child stack with {describe(a)}")
+        if node.op_type in ("Unsqueeze", "Squeeze"):
+            axes = self._axes(node, args[1] if len(args) > 1 else None)
+            if any(ax % (stack_rank + (node.op_type == "Unsqueeze") * len(axes)) == 0 for ax in axes):
+                raise Refusal(f"{node.op_type} on the children axis")
+            inner = helper.make_node(node.op_type, ["x", "axes"], ["y"])
+            shifted = Known(np.array([ax - 1 if ax > 0 else ax for ax in axes], dtype=np.int64))
+            outs = [self.eval_node(inner, [_stack_items(args[0])[i], shifted], lookup)[0] for i in range(k)]
+            return [_restack(outs)]
+        per_child = []
+        for i in range(k):
+            child_args = [_stack_items(a)[i] if isinstance(a, (IndexVec, PredVec, RowStack)) else
+                          (Known(a.value.reshape(a.value.shape[1:])) if isinstance(a, Known) and a.value.ndim == stack_rank
+                           else a) for a in args]
+            per_child.append(self.eval_node(node, child_args, lookup))
+        return [_restack([outs[j] for outs in per_child]) for j in range(len(node.output))]
+
+    def op_ReduceSum(self, node, x, axes=None):
+        return self._reduce_children(node, x, axes, "add")
+
+    def op_ReduceMax(self, node, x, axes=None):
+        return self._reduce_children(node, x, axes, "max")
+
+    def _reduce_children(self, node, x, axes_input, op):
+        if not isinstance(x, RowStack):
+            raise Refusal(f"{node.op_type} of {describe(x)}")
+        axes = self._axes(node, axes_input) or list(range(len(x.shape)))
+        if [a % len(x.shape) for a in axes] != [0]:
+            raise Refusal(f"{node.op_type} over axes {axes}: only the children axis is supported")
+        acc = x.rows[0]
+        for r in x.rows[1:]:
+            acc = ir.binary(op, acc, r)
+        keep = _attr(node, "keepdims", 1)
+        return Row(acc, ((1,) if keep else ()) + tuple(x.shape[1:]))
+
+    def op_Where(self, node, cond, a, b):
+        if isinstance(cond, Known):
+            return a if bool(cond.value.reshape(-1)[0]) else b
+        if not isinstance(cond, Pred):
+            raise Refusal(f"Where on {describe(cond)}")
+        if any(isinstance(x, Index) for x in (a, b)):
+            ia, ib = self._as_index(a), self._as_index(b)
+            return Index(ir.ISelect(cond.expr, ia[0], ib[0]), max(ia[1], ib[1], cond.shape, key=len))
+        ra, rb = self.as_row(a), self.as_row(b)
+        shape = tuple(np.broadcast_shapes(ra.shape, rb.shape, cond.shape))
+        width = max(ra.expr.width, rb.expr.width)
+        return Row(ir.Select(cond.expr, ra.expr, rb.expr, width), shape)
+
+    def _as_index(self, v):
+        if isinstance(v, Index):
+            return v.expr, v.shape
+        if isinstance(v, Known) and v.value.size == 1 and v.value.dtype.kind in "iu":
+            return ir.IConst(int(v.value.reshape(-1)[0])), v.value.shape
+        raise Refusal(f"index arithmetic on {describe(v)}")
+
+    def op_Clip(self, node, x, low=None, high=None):
+        if not isinstance(x, Index):
+            raise Refusal(f"Clip of {describe(x)}")
+        out = x
+        if low is not None:
+            out = self._index_arith("max", out, low)
+        if high is not None:
+            out = self._index_arith("min", out, high)
+        return out
+
     # ---- shape arithmetic ----------------------------------------------------------------------
 
     def op_Shape(self, node, x):
@@ -203,13 +296,15 @@ class Interpreter:
         if isinstance(x, (Row, Index, Pred)):
             dims = tuple(x.shape)
         elif isinstance(x, Table):
-            dims = (None, x.width)
-        elif isinstance(x, Array) and x.shape is not None:
+            dims = (ir.Length(None), x.width)
+        elif isinstance(x, RowStack):
             dims = tuple(x.shape)
+        elif isinstance(x, Array) and x.shape is not None:
+            dims = (ir.Length(x.name),) + tuple(x.shape[1:]) if x.shape and x.shape[0] is None else tuple(x.shape)
         else:
             raise Refusal(f"shape of {describe(x)} is unknown")
         dims = dims[start:end]
-        if all(d is not None for d in dims):
+        if all(isinstance(d, int) for d in dims):
             return Known(np.array(dims, dtype=np.int64))
         return ShapeVal(dims)
 
@@ -223,7 +318,7 @@ class Interpreter:
         if isinstance(shape, ShapeVal) and not shape.scalar:
             value = _attr(node, "value")
             dtype = ONNX_DTYPES.get(value.data_type, None) if value is not None else "float32"
-            return Array(node.output[0], dtype, shape.dims)
+            return Array(node.output[0], dtype, tuple(d if isinstance(d, int) else None for d in shape.dims))
         raise Refusal("ConstantOfShape of an unknown shape")
 
     # ---- indexing ------------------------------------------------------------------------------
@@ -233,9 +328,11 @@ class Interpreter:
         if isinstance(data, ShapeVal) and isinstance(indices, Known) and indices.value.ndim <= 1:
             picked = tuple(data.dims[int(i)] for i in np.atleast_1d(indices.value))
             scalar = indices.value.ndim == 0
-            if all(d is not None for d in picked):
+            if all(isinstance(d, int) for d in picked):
                 arr = np.array(picked, dtype=np.int64)
                 return Known(arr[0] if scalar else arr)
+            if len(picked) == 1 and isinstance(picked[0], ir.IExpr):
+                return Index(picked[0], () if scalar else (1,))  # a runtime length, e.g. N
             return ShapeVal(picked, scalar=scalar)
         if axis != 0:
             raise Refusal(f"Gather on axis {axis}")
@@ -255,6 +352,8 @@ class Interpreter:
                 raise Refusal(f"Gather from {data.name} of unknown rank")
             if data.dtype == "int64" and len(data.shape) == 1:
                 return Index(ir.Load(data.name, idx), tuple(indices.shape))
+            if data.dtype == "int64" and len(data.shape) == 2 and data.shape[1] is not None and indices.shape == ():
+                return IndexVec(tuple(ir.Load(data.name, idx, column=k) for k in range(data.shape[1])))
             if data.dtype == "float32" and len(data.shape) == 2 and data.shape[1] is not None:
                 width = data.shape[1]
                 return Row(ir.InputRow(data.name, idx, width), tuple(indices.shape) + (width,))
@@ -267,6 +366,8 @@ class Interpreter:
             if data.writes:
                 raise Refusal(f"reads state {data.name} after writing it in the same step")
             return Row(ir.ChildState(data.name, idx, False, data.width), tuple(indices.shape) + (data.width,))
+        if isinstance(data, Row) and len(data.shape) == 2 and data.shape[0] == 1 and isinstance(indices, Index):
+            raise Refusal("Gather of a row by a structure index")
         raise Refusal(f"Gather from {describe(data)}")
 
     def _gather_many(self, data, indices: "IndexVec"):
@@ -346,6 +447,8 @@ class Interpreter:
         to = _attr(node, "to")
         if isinstance(x, Pred) and to == onnx.TensorProto.BOOL:
             return x
+        if isinstance(x, Pred) and to == onnx.TensorProto.FLOAT:
+            return Row(ir.Mask(x.expr), tuple(x.shape))
         if isinstance(x, Index) and to == onnx.TensorProto.INT64:
             return x
         if isinstance(x, Row) and to == onnx.TensorProto.FLOAT:
@@ -383,17 +486,9 @@ class Interpreter:
             raise Refusal(str(e)) from None
 
     def _index_arith(self, op, a, b):
-        if op not in ("add", "sub", "mul"):
+        if op not in ("add", "sub", "mul", "max", "min"):
             raise Refusal(f"{op} on structure indices")
-
-        def as_index(v):
-            if isinstance(v, Index):
-                return v.expr, v.shape
-            if isinstance(v, Known) and v.value.size == 1 and v.value.dtype.kind in "iu":
-                return ir.IConst(int(v.value.reshape(-1)[0])), v.value.shape
-            raise Refusal(f"index arithmetic on {describe(v)}")
-
-        (ea, sa), (eb, sb) = as_index(a), as_index(b)
+        (ea, sa), (eb, sb) = self._as_index(a), self._as_index(b)
         return Index(ir.IBinary(op, ea, eb), sa if len(sa) >= len(sb) else sb)
 
     def op_Add(self, node, a, b):
@@ -449,6 +544,9 @@ class Interpreter:
         return x
 
     def op_MatMul(self, node, a, b):
+        if isinstance(a, RowStack) and isinstance(b, Known) and b.value.ndim == 2:
+            rows = [self.op_MatMul(node, a.element(i), b) for i in range(len(a.rows))]
+            return _restack(rows)
         if isinstance(a, Row) and isinstance(b, Known) and b.value.ndim == 2:
             w = np.asarray(b.value, dtype=np.float32)
             if a.shape[-1] != w.shape[0]:
@@ -478,8 +576,8 @@ class Interpreter:
             # [k, width] -> [k * width]: the children's rows side by side (torch.cat / view(-1))
             if _prod(new_shape) == len(x.rows) * x.width and _row_shape_ok(new_shape):
                 return Row(ir.concat(x.rows), new_shape)
-            if new_shape == (len(x.rows), x.width):
-                return x
+            if _prod(new_shape) == len(x.rows) * x.width and new_shape and new_shape[0] == len(x.rows):
+                return RowStack(x.rows, x.width, new_shape)
             raise Refusal(f"reshape of {len(x.rows)} stacked rows to {new_shape}")
         if isinstance(x, Row):
             if _prod(new_shape) != x.expr.width or not _row_shape_ok(new_shape):
@@ -494,7 +592,7 @@ class Interpreter:
         raise Refusal(f"reshape of {describe(x)}")
 
     def op_Reshape(self, node, x, shape):
-        if isinstance(shape, ShapeVal) and sum(d is None for d in shape.dims) == 0:
+        if isinstance(shape, ShapeVal) and all(isinstance(d, int) for d in shape.dims):
             shape = Known(np.array(shape.dims, dtype=np.int64))
         if not isinstance(shape, Known):
             raise Refusal(f"Reshape to an unknown shape {describe(shape)}")
@@ -611,7 +709,7 @@ class Interpreter:
         step = int(steps.value[0]) if steps is not None else 1
         s, e = int(starts.value[0]), int(ends.value[0])
         dims = x.dims[slice(s, e, step)]
-        if all(d is not None for d in dims):
+        if all(isinstance(d, int) for d in dims):
             return Known(np.array(dims, dtype=np.int64))
         return ShapeVal(dims)
 
@@ -665,11 +763,36 @@ class Interpreter:
         return Row(ir.concat(r.expr for r in rows), tuple(rows[0].shape[:-1]) + (width,))
 
 
+STACK_SPLIT_OPS = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Sigmoid", "Tanh", "Relu", "Neg", "Exp", "Abs",
+                   "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Equal", "Not", "And", "Or", "Cast",
+                   "Where", "Clip", "Identity", "Unsqueeze", "Squeeze"}
+
+
+def _stack_items(x):
+    if isinstance(x, IndexVec):
+        return [Index(e) for e in x.exprs]
+    if isinstance(x, PredVec):
+        return [Pred(e) for e in x.exprs]
+    return [x.element(i) for i in range(len(x.rows))]
+
+
+def _restack(values):
+    if all(isinstance(v, Index) and _prod(v.shape) == 1 for v in values):
+        return IndexVec(tuple(v.expr for v in values))
+    if all(isinstance(v, Pred) and _prod(v.shape) == 1 for v in values):
+        return PredVec(tuple(v.expr for v in values))
+    if all(isinstance(v, Row) for v in values) and len({v.shape for v in values}) == 1:
+        return RowStack(tuple(v.expr for v in values), values[0].expr.width, (len(values),) + tuple(values[0].shape))
+    raise Refusal("per-child results of different kinds")
+
+
 def _visible_shape(x):
     if isinstance(x, (Row, Index, Pred)):
         return tuple(x.shape)
     if isinstance(x, RowStack):
-        return (len(x.rows), x.width)
+        return tuple(x.shape)
+    if isinstance(x, (IndexVec, PredVec)):
+        return (len(x.exprs),)
     if isinstance(x, ShapeVal):
         return () if x.scalar else (len(x.dims),)
     return None

@@ -138,10 +138,13 @@ def _cases_from_tables(case_outputs, table_names) -> tuple:
     return tuple(cases)
 
 
-def _array_inputs(interp: Interpreter, cases) -> list:
+def _array_inputs(lookup, cases) -> list:
     """InputDecls for the runtime arrays the cases read, in first-use order."""
     decls = []
-    for name, arr in interp.arrays.items():
+    for name in ir.referenced_arrays(cases):
+        arr = lookup(name)
+        if not isinstance(arr, Array):
+            raise Refusal(f"{name} is read as a runtime array but is {describe(arr)}")
         if arr.dtype not in ("int64", "float32") or arr.shape is None or len(arr.shape) not in (1, 2):
             raise Refusal(f"runtime tensor {name} ({arr.dtype}, shape {arr.shape}) is not a supported node array")
         inner = tuple(arr.shape[1:])
@@ -193,7 +196,7 @@ def recognize_loop(model: onnx.ModelProto, node: onnx.NodeProto, outer: OuterSco
         raise Refusal("the loop condition may become false (a data-dependent iteration)")
     cases = _cases_from_tables(_flatten_choices(outs[1:]), table_names)
 
-    arrays = _array_inputs(interp, cases)
+    arrays = _array_inputs(outer.lookup, cases)
     trip_inputs = [] if isinstance(trip_value, int) else [ir.InputDecl(trip_value, "trip", "int64", 0)]
     program = ir.Program(region_name, "visit", tuple(arrays + trip_inputs + inputs), tuple(tables), cases,
                          dict(interp.constants), trip=trip_value)
@@ -248,7 +251,7 @@ def recognize_treerec(model: onnx.ModelProto, node: onnx.NodeProto, outer: Outer
         ir.Case("internal", ir.BNot(is_leaf), ir.Iter(), tuple((t.name, r.expr) for t, r in zip(tables, internal_out))),
         ir.Case("leaf", is_leaf, ir.Iter(), tuple((t.name, r.expr) for t, r in zip(tables, leaf_out))),
     )
-    arrays = _array_inputs(interp, cases)
+    arrays = _array_inputs(lambda n: children if n == children_name else outer.lookup(n), cases)
     return ir.Program(region_name, "dag", tuple(arrays), tuple(tables), cases, dict(interp.constants),
                       rows_from=children_name)
 

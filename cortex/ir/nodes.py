@@ -67,8 +67,25 @@ class Load(IExpr):
 
 @_cached_hash
 @dataclass(frozen=True)
+class Length(IExpr):
+    """The number of rows of a runtime array (e.g. N from Shape(words)[0]), or of the state tables when
+    `array` is None."""
+    array: Optional[str]
+
+
+@_cached_hash
+@dataclass(frozen=True)
 class IBinary(IExpr):
-    op: str  # add | sub | mul
+    op: str  # add | sub | mul | max | min
+    a: IExpr
+    b: IExpr
+
+
+@_cached_hash
+@dataclass(frozen=True)
+class ISelect(IExpr):
+    """pred ? a : b over indices (torch.where on indices, e.g. -1 -> a zero row)."""
+    pred: "BExpr"
     a: IExpr
     b: IExpr
 
@@ -172,6 +189,24 @@ class MatMul(RExpr):
     x: RExpr
     weight: str
     bias: Optional[str]
+    width: int
+
+
+@_cached_hash
+@dataclass(frozen=True)
+class Mask(RExpr):
+    """1.0 where the predicate holds at this position, else 0.0 (a cast of a structure test to float)."""
+    pred: BExpr
+    width: int = 1
+
+
+@_cached_hash
+@dataclass(frozen=True)
+class Select(RExpr):
+    """pred ? a : b elementwise (torch.where with a per-node condition)."""
+    pred: BExpr
+    a: RExpr
+    b: RExpr
     width: int
 
 
@@ -303,6 +338,8 @@ def row_children(e: RExpr):
         return (e.x,)
     if isinstance(e, Concat):
         return e.parts
+    if isinstance(e, Select):
+        return (e.a, e.b)
     return ()
 
 
@@ -334,3 +371,48 @@ def row_index_exprs(e: RExpr):
 
 def const_array(program: Program, name: str) -> np.ndarray:
     return program.constants[name]
+
+
+def referenced_arrays(cases) -> list:
+    """Names of the runtime arrays the cases read (loads, lengths, input rows), in first-use order."""
+    names = []
+
+    def add(name):
+        if name is not None and name not in names:
+            names.append(name)
+
+    def index(e):
+        if isinstance(e, Load):
+            add(e.array)
+            index(e.index)
+        elif isinstance(e, Length):
+            add(e.array)
+        elif isinstance(e, IBinary):
+            index(e.a)
+            index(e.b)
+        elif isinstance(e, ISelect):
+            pred(e.pred)
+            index(e.a)
+            index(e.b)
+
+    def pred(e):
+        if isinstance(e, Compare):
+            index(e.a)
+            index(e.b)
+        elif isinstance(e, BNot):
+            pred(e.a)
+        elif isinstance(e, (BAnd, BOr)):
+            pred(e.a)
+            pred(e.b)
+
+    for case in cases:
+        pred(case.predicate)
+        index(case.target)
+        for node in walk_rows([x for _, x in case.writes]):
+            if isinstance(node, InputRow):
+                add(node.array)
+            if isinstance(node, (ChildState, ConstRow, InputRow)):
+                index(node.index)
+            if isinstance(node, (Mask, Select)):
+                pred(node.pred)
+    return names

@@ -13,8 +13,14 @@ def format_index(e: ir.IExpr) -> str:
         col = "" if e.column is None else f", {e.column}"
         return f"{e.array}[{format_index(e.index)}{col}]"
     if isinstance(e, ir.IBinary):
+        if e.op in ("max", "min"):
+            return f"{e.op}({format_index(e.a)}, {format_index(e.b)})"
         sym = {"add": "+", "sub": "-", "mul": "*"}[e.op]
         return f"({format_index(e.a)} {sym} {format_index(e.b)})"
+    if isinstance(e, ir.Length):
+        return f"len({e.array})" if e.array else "N"
+    if isinstance(e, ir.ISelect):
+        return f"({format_pred(e.pred)} ? {format_index(e.a)} : {format_index(e.b)})"
     raise TypeError(e)
 
 
@@ -59,6 +65,10 @@ def _format_row(e: ir.RExpr, names: dict) -> str:
         return f"slice {ref(e.x)}[{e.start}:{e.start + e.width}]"
     if isinstance(e, ir.Concat):
         return "concat " + ", ".join(ref(p) for p in e.parts)
+    if isinstance(e, ir.Mask):
+        return f"mask {format_pred(e.pred)}"
+    if isinstance(e, ir.Select):
+        return f"select {format_pred(e.pred)} ? {ref(e.a)} : {ref(e.b)}"
     raise TypeError(e)
 
 

@@ -25,7 +25,15 @@ def _verify_index(program: ir.Program, e: ir.IExpr):
         _verify_index(program, e.index)
         return
     if isinstance(e, ir.IBinary):
-        _check(e.op in ("add", "sub", "mul"), f"index op {e.op}")
+        _check(e.op in ("add", "sub", "mul", "max", "min"), f"index op {e.op}")
+        _verify_index(program, e.a)
+        _verify_index(program, e.b)
+        return
+    if isinstance(e, ir.Length):
+        _check(e.array is None or program.input(e.array).kind == "array", f"length of {e.array}")
+        return
+    if isinstance(e, ir.ISelect):
+        _verify_pred(program, e.pred)
         _verify_index(program, e.a)
         _verify_index(program, e.b)
         return
@@ -81,6 +89,12 @@ def _verify_row(program: ir.Program, e: ir.RExpr):
         _check(0 <= e.start and e.start + e.width <= e.x.width, f"slice [{e.start}:+{e.width}] of {e.x.width}")
     elif isinstance(e, ir.Concat):
         _check(e.width == sum(p.width for p in e.parts), "concat width")
+    elif isinstance(e, ir.Mask):
+        _check(e.width == 1, "mask width")
+        _verify_pred(program, e.pred)
+    elif isinstance(e, ir.Select):
+        _verify_pred(program, e.pred)
+        _check(e.width == max(e.a.width, e.b.width) and {e.a.width, e.b.width} <= {1, e.width}, "select widths")
     else:
         raise IRError(f"not a row expression: {e!r}")
 

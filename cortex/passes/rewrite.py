@@ -23,6 +23,8 @@ def _rebuild(e: ir.RExpr, new_children) -> ir.RExpr:
         return dataclasses.replace(e, x=new_children[0])
     if isinstance(e, ir.Concat):
         return dataclasses.replace(e, parts=tuple(new_children))
+    if isinstance(e, ir.Select):
+        return dataclasses.replace(e, a=new_children[0], b=new_children[1])
     return e
 
 
@@ -88,8 +90,8 @@ def _const_indexed(e: ir.RExpr):
             if index is not None and node.index != index:
                 return None
             index = node.index
-        elif isinstance(node, (ir.ChildState, ir.InputRow)):
-            return None
+        elif isinstance(node, (ir.ChildState, ir.InputRow, ir.Mask, ir.Select)):
+            return None  # varies with the position, not only with one table row
     return index
 
 
