@@ -64,7 +64,9 @@ def cell(p: DAGRNNParams, x, h_up, h_left) -> np.ndarray:
     return np.tanh(x @ p.W + h_up @ p.U_up + h_left @ p.U_left + p.b).astype(np.float32)
 
 
-def reference(params: DAGRNNParams, features, up=None, left=None, order=None, *, missing: str = "negative") -> np.ndarray:
+def reference(
+    params: DAGRNNParams, features, up=None, left=None, order=None, *, missing: str = "negative"
+) -> np.ndarray:
     """numpy h [N, H] with the exact visit semantics of an exported Loop: the table starts at zeros; for each v in
     ``order`` (repeats and subsets allowed) the neighbour rows ``up[v]``, ``left[v]`` are read as they are at that
     moment and row v is overwritten. A missing neighbour:

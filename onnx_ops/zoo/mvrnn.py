@@ -4,7 +4,7 @@ Every node carries a vector a [H] and a matrix A [H, H]; the matrix state is sto
 ``A.reshape(H*H)``) in an [N, H*H] table.
 
 Leaf:      a = E[word];  A = M[word].reshape(H, H)
-Internal:  a = tanh(W @ concat(A_r @ a_l, A_l @ a_r) + b);   A = W_M @ concat(A_l, A_r, axis=0)   (= W_M1 A_l + W_M2 A_r)
+Internal:  a = tanh(W @ concat(A_r @ a_l, A_l @ a_r) + b);  A = W_M @ concat(A_l, A_r, axis=0)  (= W_M1 A_l + W_M2 A_r)
 
 The point of the model: ``A_r @ a_l`` multiplies two *states* (no weight involved). Matrices are stored in the math
 orientation (left-multiplied): ``W`` [H, 2H], ``W_M`` [H, 2H]; ``embedding`` [V, H], ``matrices`` [V, H*H].
