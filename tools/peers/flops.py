@@ -31,6 +31,32 @@ def _time_best(fn, reps: int, trials: int = 5) -> float:
     return best
 
 
+def fma_peak(cores: int) -> float | None:
+    """Register-only FMA throughput of one thread (cortex._C) times ``cores``: the compute ceiling, GFLOP/s."""
+    try:
+        from cortex import _C  # type: ignore
+
+        return float(_C._bench_fma_peak_1thread(5_000_000)) * cores or None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def combine_peaks(first: dict, second: dict) -> dict:
+    """The larger of two peak measurements (start and end of a run): on a shared machine a single measurement
+    can be depressed by other load."""
+    out = dict(first)
+    for k in ("numpy_matmul_gflops", "cortex_gemm_packed_gflops"):
+        vals = [d.get(k) for d in (first, second) if d.get(k)]
+        out[k] = max(vals) if vals else None
+        out[k + "_runs"] = [d.get(k) for d in (first, second)]
+    cands = {"numpy float32 matmul %d^3" % out["matmul_n"]: out["numpy_matmul_gflops"]}
+    if out.get("cortex_gemm_packed_gflops"):
+        cands["cortex._C.gemm_packed %d^3" % out["matmul_n"]] = out["cortex_gemm_packed_gflops"]
+    src = max(cands, key=cands.get)
+    out["peak_gflops"], out["peak_source"] = cands[src], src + " (best of start and end of the run)"
+    return out
+
+
 def matmul_peak(n: int = 1024) -> dict:
     """Measured float32 matrix-product peak of this machine (GFLOP/s, best of several runs, all cores):
     numpy (its BLAS) on n³, and cortex._C's packed GEMM (the kernel Cortex's generated code calls) when the

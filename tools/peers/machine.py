@@ -58,6 +58,13 @@ def _git_rev() -> str:
         return "unknown"
 
 
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def describe() -> dict:
     try:
         affinity = len(os.sched_getaffinity(0))
@@ -79,6 +86,7 @@ def describe() -> dict:
         "cortex": _version("cortex"),
         "cortex_git": _git_rev(),
         "CORTEX_NUM_THREADS": os.environ.get("CORTEX_NUM_THREADS", "(unset: all cores)"),
+        "load_average_start": load_average(),
     }
     return d
 
