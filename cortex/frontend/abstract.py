@@ -223,7 +223,8 @@ class Interpreter:
         for a in args:
             if a is not None and not isinstance(a, (IndexVec, PredVec, RowStack)):
                 shape = _visible_shape(a) if not isinstance(a, Known) else a.value.shape
-                if shape is not None and len(shape) >= stack_rank and (shape[0] != 1 or k == 1):
+                per_child_const = isinstance(a, Known) and len(shape) == stack_rank and shape[0] in (1, k)
+                if shape is not None and len(shape) >= stack_rank and not per_child_const:
                     raise Refusal(f"{node.op_type} of a per-child stack with {describe(a)}")
         if node.op_type in ("Unsqueeze", "Squeeze"):
             axes = self._axes(node, args[1] if len(args) > 1 else None)
@@ -236,8 +237,8 @@ class Interpreter:
         per_child = []
         for i in range(k):
             child_args = [_stack_items(a)[i] if isinstance(a, (IndexVec, PredVec, RowStack)) else
-                          (Known(a.value.reshape(a.value.shape[1:])) if isinstance(a, Known) and a.value.ndim == stack_rank
-                           else a) for a in args]
+                          (Known(a.value[i if a.value.shape[0] == k else 0])
+                           if isinstance(a, Known) and a.value.ndim == stack_rank else a) for a in args]
             per_child.append(self.eval_node(node, child_args, lookup))
         return [_restack([outs[j] for outs in per_child]) for j in range(len(node.output))]
 
@@ -248,6 +249,11 @@ class Interpreter:
         return self._reduce_children(node, x, axes, "max")
 
     def _reduce_children(self, node, x, axes_input, op):
+        if isinstance(x, IndexVec):  # e.g. the number of present children
+            acc = x.exprs[0]
+            for e in x.exprs[1:]:
+                acc = ir.IBinary(op, acc, e)
+            return Index(acc, (1,) if _attr(node, "keepdims", 1) else ())
         if not isinstance(x, RowStack):
             raise Refusal(f"{node.op_type} of {describe(x)}")
         axes = self._axes(node, axes_input) or list(range(len(x.shape)))
@@ -297,8 +303,8 @@ class Interpreter:
             dims = tuple(x.shape)
         elif isinstance(x, Table):
             dims = (ir.Length(None), x.width)
-        elif isinstance(x, RowStack):
-            dims = tuple(x.shape)
+        elif isinstance(x, (RowStack, IndexVec, PredVec)):
+            dims = _visible_shape(x)
         elif isinstance(x, Array) and x.shape is not None:
             dims = (ir.Length(x.name),) + tuple(x.shape[1:]) if x.shape and x.shape[0] is None else tuple(x.shape)
         else:
@@ -343,6 +349,9 @@ class Interpreter:
             return RowStack(tuple(picked), data.width)
         if isinstance(indices, IndexVec):
             return self._gather_many(data, indices)
+        if (isinstance(data, Row) and len(data.shape) >= 2 and data.shape[0] == 1 and isinstance(indices, Known)
+                and indices.value.size == 1 and int(indices.value.reshape(-1)[0]) in (0, -1)):
+            return Row(data.expr, tuple(indices.value.shape) + tuple(data.shape[1:]))  # x[0] of a [1, ...] row
         if not isinstance(indices, Index) or _prod(indices.shape) != 1:
             raise Refusal(f"Gather with indices {describe(indices)}: expected one structure index")
         idx = indices.expr
@@ -382,11 +391,58 @@ class Interpreter:
     def op_Gather_one(self, data, index):
         return self.op_Gather(_GATHER0, data, index)
 
+    def op_ScatterElements(self, node, data, indices, updates):
+        """ScatterElements(table, indices, row) with axis 0 and every index the same structure index: a row
+        write (torch's scatter_ / index_copy_ style)."""
+        if _attr(node, "reduction", "none") != "none":
+            raise Refusal("ScatterElements with a reduction")
+        if not isinstance(data, Table):
+            raise Refusal(f"ScatterElements into {describe(data)}, not a state table")
+        if _attr(node, "axis", 0) != 0 or not isinstance(indices, Index):
+            raise Refusal("ScatterElements other than one row along axis 0")
+        row = self.as_row(updates)
+        if tuple(indices.shape) != tuple(row.shape) or len(row.shape) != 2 or row.shape != (1, data.width):
+            raise Refusal(f"ScatterElements of indices {indices.shape} and updates {row.shape}: not one whole row")
+        return Table(data.name, data.width, data.writes + ((indices.expr, row.expr),))
+
+    def op_LSTM(self, node, x, w, r, b=None, seq_lens=None, h0=None, c0=None, peepholes=None):
+        """One step of ONNX LSTM (seq_len 1, batch 1, forward, default activations) on per-node rows."""
+        attrs = {a.name for a in node.attribute} - {"hidden_size", "direction", "layout"}
+        if attrs or _attr(node, "direction", b"forward") not in (b"forward", "forward") or _attr(node, "layout", 0):
+            raise Refusal("LSTM with non-default activations, clip, direction or layout")
+        if peepholes is not None or seq_lens is not None:
+            raise Refusal("LSTM with peepholes or sequence lengths")
+        if not all(isinstance(t, Known) for t in (w, r)) or (b is not None and not isinstance(b, Known)):
+            raise Refusal("LSTM weights are not constant")
+        hidden = int(_attr(node, "hidden_size"))
+        xr = self.as_row(x)
+        if _prod(xr.shape) != xr.expr.width or xr.shape[:-1] != (1, 1):
+            raise Refusal(f"LSTM input of shape {xr.shape}: expected one step of one sequence")
+        gates = self.op_MatMul(node, Row(xr.expr, (xr.expr.width,)), Known(np.asarray(w.value[0]).T))
+        if h0 is not None:
+            gates = self._binary("add", gates, self.op_MatMul(node, self._flat(h0), Known(np.asarray(r.value[0]).T)))
+        if b is not None:
+            bias = np.asarray(b.value[0], dtype=np.float32)
+            gates = self._binary("add", gates, Known(bias[:4 * hidden] + bias[4 * hidden:]))
+        g = gates.expr
+        i, o, f, cand = (ir.slice_row(g, k * hidden, (k + 1) * hidden) for k in range(4))  # ONNX order: i o f c
+        c = ir.binary("mul", ir.unary("sigmoid", i), ir.unary("tanh", cand))
+        if c0 is not None:
+            c = ir.binary("add", ir.binary("mul", ir.unary("sigmoid", f), self._flat(c0).expr), c)
+        h = ir.binary("mul", ir.unary("sigmoid", o), ir.unary("tanh", c))
+        return [Row(h, (1, 1, 1, hidden)), Row(h, (1, 1, hidden)), Row(c, (1, 1, hidden))]
+
+    def _flat(self, v):
+        r = self.as_row(v)
+        return Row(r.expr, (r.expr.width,))
+
     def op_ScatterND(self, node, data, indices, updates):
         if _attr(node, "reduction", "none") != "none":
             raise Refusal("ScatterND with a reduction")
         if not isinstance(data, Table):
             raise Refusal(f"ScatterND into {describe(data)}, not a state table")
+        if isinstance(indices, IndexVec) and len(indices.exprs) == 1:
+            indices = Index(indices.exprs[0], (1,))
         if not isinstance(indices, Index) or not indices.shape or indices.shape[-1] != 1 or _prod(indices.shape) != 1:
             raise Refusal(f"ScatterND indices {describe(indices)}: expected one row index")
         row = self.as_row(updates)
@@ -400,8 +456,13 @@ class Interpreter:
         def as_index(v):
             if isinstance(v, Index):
                 return v.expr, v.shape
+            if isinstance(v, Row) and _prod(v.shape) == 1 and _mask_count(v.expr) is not None:
+                return _mask_count(v.expr), v.shape  # a float count of structure tests, compared exactly
             if isinstance(v, Known) and v.value.size == 1 and v.value.dtype.kind in "iu":
                 return ir.IConst(int(v.value.reshape(-1)[0])), v.value.shape
+            if (isinstance(v, Known) and v.value.size == 1 and v.value.dtype.kind == "f"
+                    and float(v.value.reshape(-1)[0]).is_integer()):
+                return ir.IConst(int(v.value.reshape(-1)[0])), v.value.shape  # against a count of tests
             raise Refusal(f"comparison of {describe(v)}")
 
         (ea, sa), (eb, sb) = as_index(a), as_index(b)
@@ -449,6 +510,8 @@ class Interpreter:
             return x
         if isinstance(x, Pred) and to == onnx.TensorProto.FLOAT:
             return Row(ir.Mask(x.expr), tuple(x.shape))
+        if isinstance(x, Pred) and to in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+            return Index(ir.ISelect(x.expr, ir.IConst(1), ir.IConst(0)), tuple(x.shape))
         if isinstance(x, Index) and to == onnx.TensorProto.INT64:
             return x
         if isinstance(x, Row) and to == onnx.TensorProto.FLOAT:
@@ -516,7 +579,7 @@ class Interpreter:
         acc = xs[0]
         for x in xs[1:]:
             acc = self._binary(op, acc, x)
-        return acc if isinstance(acc, Row) else self.as_row(acc)
+        return acc if isinstance(acc, (Row, Index)) else self.as_row(acc)
 
     def _unary(self, op, x):
         r = self.as_row(x)
@@ -559,6 +622,10 @@ class Interpreter:
         alpha, beta = _attr(node, "alpha", 1.0), _attr(node, "beta", 1.0)
         if _attr(node, "transA", 0):
             raise Refusal("Gemm with transA")
+        if isinstance(a, RowStack) and len(a.shape) == 2:
+            # [k, K] stacked child rows times a constant: one product per child
+            outs = [self.op_Gemm(node, Row(r, (1, a.width)), b, c) for r in a.rows]
+            return _restack([Row(o.expr, (o.expr.width,)) for o in outs])
         if not isinstance(a, Row) or len(a.shape) != 2 or not isinstance(b, Known):
             raise Refusal(f"Gemm of {describe(a)} by {describe(b)}: expected a [1, K] row times a constant")
         w = np.asarray(b.value, dtype=np.float32)
@@ -640,6 +707,10 @@ class Interpreter:
     def op_Expand(self, node, x, shape):
         if not isinstance(shape, Known):
             raise Refusal("Expand to an unknown shape")
+        if isinstance(x, Index) and _prod(x.shape) == 1:
+            # one structure index broadcast to a block (ScatterElements indices): every element is the same
+            target = tuple(int(d) for d in np.broadcast_shapes(tuple(x.shape), tuple(int(d) for d in shape.value)))
+            return Index(x.expr, target)
         current = _visible_shape(x)
         if current is None:
             raise Refusal(f"Expand of {describe(x)}")
@@ -763,6 +834,19 @@ class Interpreter:
         return Row(ir.concat(r.expr for r in rows), tuple(rows[0].shape[:-1]) + (width,))
 
 
+def _mask_count(e):
+    """A float row built only from 0/1 masks and integral constants by +, -, * is an integer count: its index
+    expression, or None."""
+    if isinstance(e, ir.Mask):
+        return ir.ISelect(e.pred, ir.IConst(1), ir.IConst(0))
+    if isinstance(e, ir.Scalar) and float(e.value).is_integer():
+        return ir.IConst(int(e.value))
+    if isinstance(e, ir.Binary) and e.op in ("add", "sub", "mul"):
+        a, b = _mask_count(e.a), _mask_count(e.b)
+        return ir.IBinary(e.op, a, b) if a is not None and b is not None else None
+    return None
+
+
 STACK_SPLIT_OPS = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Sigmoid", "Tanh", "Relu", "Neg", "Exp", "Abs",
                    "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Equal", "Not", "And", "Or", "Cast",
                    "Where", "Clip", "Identity", "Unsqueeze", "Squeeze"}
@@ -777,6 +861,8 @@ def _stack_items(x):
 
 
 def _restack(values):
+    if len(values) == 1 and isinstance(values[0], (Index, Pred)):
+        return type(values[0])(values[0].expr, (1,) + tuple(values[0].shape))  # keeps e.g. a [1, 1] index
     if all(isinstance(v, Index) and _prod(v.shape) == 1 for v in values):
         return IndexVec(tuple(v.expr for v in values))
     if all(isinstance(v, Pred) and _prod(v.shape) == 1 for v in values):

@@ -73,6 +73,19 @@ def simplify(program: ir.Program) -> ir.Program:
                 if offset <= e.start and e.start + e.width <= offset + part.width:
                     return ir.slice_row(part, e.start - offset, e.start - offset + e.width)
                 offset += part.width
+        # Elementwise math over a concatenation distributes over its parts (r * [h_l; h_r] in a GRU), so
+        # the concatenation only ever feeds a matrix product or a table write.
+        if isinstance(e, ir.Unary) and isinstance(e.x, ir.Concat):
+            return ir.concat(rewrite(ir.unary(e.op, p)) for p in e.x.parts)
+        if isinstance(e, ir.Binary) and (isinstance(e.a, ir.Concat) or isinstance(e.b, ir.Concat)):
+            parts = (e.a if isinstance(e.a, ir.Concat) else e.b).parts
+            out, start = [], 0
+            for part in parts:
+                a = e.a if e.a.width == 1 else ir.slice_row(e.a, start, start + part.width)
+                b = e.b if e.b.width == 1 else ir.slice_row(e.b, start, start + part.width)
+                out.append(rewrite(ir.binary(e.op, rewrite(a), rewrite(b))))
+                start += part.width
+            return ir.concat(out)
         return e
 
     return map_rows(program, rewrite)
