@@ -88,7 +88,7 @@ class CppGenerator:
         for name, value in program.constants.items():
             self.cid[name] = f"k_{name}"
         packed = {mm.weight for c in program.cases for mm in ir.walk_rows([x for _, x in c.writes])
-                  if isinstance(mm, ir.MatMul)}
+                  if isinstance(mm, (ir.MatMul, ir.LeftMatMul))}
         for name, value in program.constants.items():
             prepared = pack_panels(value) if name in packed else np.ascontiguousarray(value, dtype=np.float32)
             self.inputs.append(KernelInput(f"{program.name}_{name}", "const", prepared))
@@ -222,30 +222,58 @@ class CppGenerator:
         layout = self.layouts[c]
         roots = [x for _, x in case.writes]
         order = ir.walk_rows(roots)
-        matmuls = [n for n in order if isinstance(n, ir.MatMul)]
-        mm_id = {m: i for i, m in enumerate(matmuls)}
+        mats = [n for n in order if isinstance(n, ir.MATERIALIZED)]
+        mat_id = {m: i for i, m in enumerate(mats)}
         lines = [f"// case {case.name}: when {format_pred(case.predicate)}",
                  f"static void run_case_{c}(Ctx& cx, const int64_t* batch, int64_t B) {{",
                  "  Workspace& ws = *cx.ws;"]
-        for i, m in enumerate(matmuls):
-            lines.append(f"  float* A{i} = ws.buffer({2 * i}, B * {m.x.width});  // rows of the input of matmul {m.weight}")
-            lines.append(f"  float* G{i} = ws.buffer({2 * i + 1}, B * {m.width});  // matmul {m.weight} for the batch")
-        writes_by_width = {}
-        for table, expr in case.writes:
-            writes_by_width.setdefault(expr.width, []).append((table, expr))
+        env = _RowEnv(self, layout, mat_id)
+        buffers = 0
+
+        def buffer(name, size, comment):
+            nonlocal buffers
+            lines.append(f"  float* {name} = ws.buffer({buffers}, B * {size});  // {comment}")
+            buffers += 1
+
+        for i, m in enumerate(mats):
+            if isinstance(m, ir.MatMul):
+                k, n = m.x.width // m.rows, m.width // m.rows
+                buffer(f"A{i}", m.x.width, f"rows of the input of matmul {m.weight}")
+                buffer(f"G{i}", m.width, f"matmul {m.weight} for the batch")
+                lines += env.row_loop([(m.x, _dense(f"A{i}", m.x.width))], indent="  ")
+                bias = f"cx.{self.cid[m.bias]}" if m.bias else "nullptr"
+                lines.append(f"  cortex::gemm_packed(B * {m.rows}, {n}, {k}, A{i}, {k}, cx.{self.cid[m.weight]}, "
+                             f"G{i}, {n}, {bias}, false);")
+            elif isinstance(m, ir.LeftMatMul):
+                # W @ X = (X^T @ W^T)^T: X^T's rows for every node of the batch, one GEMM against W^T
+                k = m.x.width // m.cols
+                r = m.width // m.cols
+                buffer(f"A{i}", m.x.width, f"transposed rows of the input of left_matmul {m.weight}")
+                buffer(f"G{i}", m.width, f"left_matmul {m.weight} for the batch (transposed)")
+                lines += env.row_loop([(m.x, _transposed(f"A{i}", m.cols, k))], indent="  ")
+                lines.append(f"  cortex::gemm_packed(B * {m.cols}, {r}, {k}, A{i}, {k}, cx.{self.cid[m.weight]}, "
+                             f"G{i}, {r}, nullptr, false);")
+            else:  # MatVec
+                cols = m.vec.width
+                buffer(f"P{i}", m.mat.width, "per-node matrices of matvec")
+                buffer(f"Q{i}", cols, "per-node vectors of matvec")
+                buffer(f"G{i}", m.width, "matvec for the batch")
+                lines += env.row_loop([(m.mat, _dense(f"P{i}", m.mat.width)), (m.vec, _dense(f"Q{i}", cols))],
+                                      indent="  ")
+                lines += [f"  cortex::for_rows(B, {m.mat.width}, [&](int64_t b) {{",
+                          f"    const float* mat = P{i} + b * {m.mat.width};",
+                          f"    const float* vec = Q{i} + b * {cols};",
+                          f"    for (int64_t r = 0; r < {m.width}; ++r) {{",
+                          "      float acc = 0.0f;",
+                          f"      for (int64_t j = 0; j < {cols}; ++j) acc += mat[r * {cols} + j] * vec[j];",
+                          f"      G{i}[b * {m.width} + r] = acc;",
+                          "    }",
+                          "  });"]
         out_buf = {}
-        base = 2 * len(matmuls)
         for k, (table, expr) in enumerate(case.writes):
             out_buf[table] = f"O{k}"
-            lines.append(f"  float* O{k} = ws.buffer({base + k}, B * {expr.width});  // new rows of {table}")
-        env = _RowEnv(self, layout, mm_id)
-        for i, m in enumerate(matmuls):
-            lines += env.row_loop(f"A{i}", m.x.width, [(f"A{i}", m.x)], indent="  ")
-            bias = f"cx.{self.cid[m.bias]}" if m.bias else "nullptr"
-            lines.append(f"  cortex::gemm_packed(B, {m.width}, {m.x.width}, A{i}, {m.x.width}, cx.{self.cid[m.weight]}, "
-                         f"G{i}, {m.width}, {bias}, false);")
-        for width, writes in writes_by_width.items():
-            lines += env.row_loop(None, width, [(out_buf[t], e) for t, e in writes], indent="  ")
+            buffer(f"O{k}", expr.width, f"new rows of {table}")
+        lines += env.row_loop([(e, _dense(out_buf[t], e.width)) for t, e in case.writes], indent="  ")
         lines.append("  // commit: rows are written after the whole batch is computed")
         for table, expr in case.writes:
             lines.append(f"  for (int64_t b = 0; b < B; ++b) std::memcpy(cx.{self.tid[table]} + ws.node[batch[b]] * "
@@ -340,36 +368,35 @@ class CppGenerator:
 class _RowEnv:
     """Emits per-row loops that evaluate row expressions elementwise (the fused epilogue)."""
 
-    def __init__(self, gen: CppGenerator, layout: _CaseLayout, mm_id: dict):
-        self.gen, self.layout, self.mm_id = gen, layout, mm_id
+    def __init__(self, gen: CppGenerator, layout: _CaseLayout, mat_id: dict):
+        self.gen, self.layout, self.mat_id = gen, layout, mat_id
 
-    def row_loop(self, _label, width, targets, indent):
-        """for each row b: for j in [0, width): target[b*width + j] = expr(j) for each (target, expr).
-        A concat at the root splits into one loop per part."""
-        pieces = []  # (target, column offset, expr)
-        for target, expr in targets:
+    def row_loop(self, targets, indent):
+        """For each row b of the batch, stores every element of each expression: `targets` are (expr, dest)
+        with dest(i) the C++ lvalue for element i (a C++ expression over b and j). A concatenation at the
+        root splits into one loop per part."""
+        pieces = []  # (expr, dest, column offset)
+        for expr, dest in targets:
             if isinstance(expr, ir.Concat):
                 col = 0
                 for part in expr.parts:
-                    pieces.append((target, col, part, width))
+                    pieces.append((part, dest, col))
                     col += part.width
             else:
-                pieces.append((target, 0, expr, width))
-        pointers, body = {}, []
-        by_width = {}
-        for target, col, expr, stride in pieces:
-            by_width.setdefault(expr.width, []).append((target, col, expr, stride))
+                pieces.append((expr, dest, 0))
+        pointers, body, by_width = {}, [], {}
+        for piece in pieces:
+            by_width.setdefault(piece[0].width, []).append(piece)
         for w, group in by_width.items():
-            temps, code = {}, []
-            stores = []
-            for target, col, expr, stride in group:
+            temps, code, stores = {}, [], []
+            for expr, dest, col in group:
                 value = self.expr(expr, 0, w, temps, code, pointers)
-                stores.append(f"{target}[b * {stride} + {col} + j] = {value};")
+                stores.append(f"{dest(f'{col} + j' if col else 'j')} = {value};")
             body.append(f"    for (int64_t j = 0; j < {w}; ++j) {{")
             body += ["      " + line for line in code]
-            body += ["      " + s for s in stores]
+            body += ["      " + st for st in stores]
             body.append("    }")
-        work = sum(e.width for _, _, e, _ in pieces) * 8
+        work = sum(e.width for e, _, _ in pieces) * 8
         lines = [f"{indent}cortex::for_rows(B, {work}, [&](int64_t b) {{",
                  f"{indent}  const int64_t q = batch[b]; (void)q;"]
         for _, decl in pointers.values():
@@ -418,8 +445,11 @@ class _RowEnv:
             return _cfloat(e.value)
         if isinstance(e, ir.Mask):
             return self.leaf_pointer(e.pred, pointers)
-        if isinstance(e, ir.MatMul):
-            return f"G{self.mm_id[e]}[b * {e.width} + {idx}]"
+        if isinstance(e, (ir.MatMul, ir.MatVec)):
+            return f"G{self.mat_id[e]}[b * {e.width} + {idx}]"
+        if isinstance(e, ir.LeftMatMul):
+            rows = e.width // e.cols  # element (r, c) of W @ X sits at row (b, c), column r of the GEMM
+            return f"G{self.mat_id[e]}[(b * {e.cols} + ({idx}) % {e.cols}) * {rows} + ({idx}) / {e.cols}]"
         if isinstance(e, ir.Slice):
             return self.expr(e.x, offset + e.start, access_width, temps, code, pointers)
         if isinstance(e, ir.Concat):
@@ -450,6 +480,16 @@ class _RowEnv:
         code.append(f"const float {name} = {value};")
         temps[key] = name
         return name
+
+
+def _dense(buffer: str, width: int):
+    """Element i of row b of a [B, width] buffer."""
+    return lambda i: f"{buffer}[b * {width} + {i}]"
+
+
+def _transposed(buffer: str, cols: int, k: int):
+    """Element i = (kk, c) of a per-node [k, cols] matrix stored transposed: row (b, c), column kk."""
+    return lambda i: f"{buffer}[(b * {cols} + ({i}) % {cols}) * {k} + ({i}) / {cols}]"
 
 
 UNARY_CPP = {"sigmoid": "cortex::sigmoid({x})", "tanh": "cortex::tanh_f({x})", "relu": "cortex::relu({x})",

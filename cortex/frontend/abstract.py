@@ -541,8 +541,9 @@ class Interpreter:
             return self._index_arith(op, a, b)
         ra, rb = self.as_row(a), self.as_row(b)
         shape = tuple(np.broadcast_shapes(ra.shape, rb.shape))
-        if not _row_shape_ok(shape) and shape != ():
-            raise Refusal(f"elementwise {op} gives shape {shape}, not a row")
+        flat = ra.shape == rb.shape or 1 in (_prod(ra.shape), _prod(rb.shape)) or _row_shape_ok(shape)
+        if not flat or _prod(shape) != max(ra.expr.width, rb.expr.width):
+            raise Refusal(f"elementwise {op} of shapes {ra.shape} and {rb.shape} is not flat elementwise")
         try:
             return Row(ir.binary(op, ra.expr, rb.expr), shape)
         except ValueError as e:
@@ -615,7 +616,19 @@ class Interpreter:
             if a.shape[-1] != w.shape[0]:
                 raise Refusal(f"MatMul of width {a.shape[-1]} by {w.shape}")
             name = self.const_name(w, "weight")
-            return Row(ir.MatMul(a.expr, name, None, w.shape[1]), tuple(a.shape[:-1]) + (w.shape[1],))
+            rows = _prod(a.shape[:-1])  # > 1: a per-node matrix times a weight, one GEMM row per matrix row
+            return Row(ir.MatMul(a.expr, name, None, rows * w.shape[1], rows), tuple(a.shape[:-1]) + (w.shape[1],))
+        if isinstance(a, Known) and a.value.ndim == 2 and isinstance(b, Row):
+            w = np.asarray(a.value, dtype=np.float32)
+            if len(b.shape) == 1 and b.shape[0] == w.shape[1]:  # W @ x = x @ W^T
+                name = self.const_name(np.ascontiguousarray(w.T), "weight")
+                return Row(ir.MatMul(b.expr, name, None, w.shape[0]), (w.shape[0],))
+            if len(b.shape) == 2 and b.shape[0] == w.shape[1]:  # W @ X for a per-node matrix X
+                name = self.const_name(np.ascontiguousarray(w.T), "weight")
+                cols = b.shape[1]
+                return Row(ir.LeftMatMul(name, b.expr, cols, w.shape[0] * cols), (w.shape[0], cols))
+        if isinstance(a, Row) and isinstance(b, Row) and len(a.shape) == 2 and b.shape == (a.shape[1],):
+            return Row(ir.MatVec(a.expr, b.expr, a.shape[0]), (a.shape[0],))  # per-node matrix times vector
         raise Refusal(f"MatMul of {describe(a)} by {describe(b)}: expected a row times a constant matrix")
 
     def op_Gemm(self, node, a, b, c=None):
@@ -647,7 +660,8 @@ class Interpreter:
                 return RowStack(x.rows, x.width, new_shape)
             raise Refusal(f"reshape of {len(x.rows)} stacked rows to {new_shape}")
         if isinstance(x, Row):
-            if _prod(new_shape) != x.expr.width or not _row_shape_ok(new_shape):
+            # any shape of the same size: a per-node vector may be viewed as a matrix (MV-RNN) and back
+            if _prod(new_shape) != x.expr.width:
                 raise Refusal(f"reshape of a row of width {x.expr.width} to {new_shape}")
             return Row(x.expr, new_shape)
         if isinstance(x, (Index, Pred)):
@@ -828,7 +842,11 @@ class Interpreter:
         rows = [self.as_row(x) for x in xs]
         rank = len(rows[0].shape)
         axis = _attr(node, "axis") % rank
-        if axis != rank - 1 or any(len(r.shape) != rank for r in rows):
+        if axis == 0 and rank >= 2 and len({tuple(r.shape[1:]) for r in rows}) == 1:
+            # matrices stacked along their rows: row-major, so their flat vectors concatenate
+            height = sum(r.shape[0] for r in rows)
+            return Row(ir.concat(r.expr for r in rows), (height,) + tuple(rows[0].shape[1:]))
+        if axis != rank - 1 or any(len(r.shape) != rank for r in rows) or not all(_row_shape_ok(r.shape) for r in rows):
             raise Refusal("Concat of rows along a non-feature axis")
         width = sum(r.shape[-1] for r in rows)
         return Row(ir.concat(r.expr for r in rows), tuple(rows[0].shape[:-1]) + (width,))

@@ -185,10 +185,32 @@ class Scalar(RExpr):
 @_cached_hash
 @dataclass(frozen=True)
 class MatMul(RExpr):
-    """x @ W (+ bias): W a constant [K, N] matrix, bias an optional constant [N] vector."""
+    """x @ W (+ bias): W a constant [K, N] matrix, bias an optional constant [N] vector. x holds `rows`
+    rows of K (a per-node matrix times a weight), giving rows x N."""
     x: RExpr
     weight: str
     bias: Optional[str]
+    width: int
+    rows: int = 1
+
+
+@_cached_hash
+@dataclass(frozen=True)
+class LeftMatMul(RExpr):
+    """W @ X for a constant W [R, K] and a per-node matrix X [K, cols] (row-major in x): [R, cols]. `weight`
+    names W transposed ([K, R]), the layout the GEMM reads."""
+    weight: str
+    x: RExpr
+    cols: int
+    width: int
+
+
+@_cached_hash
+@dataclass(frozen=True)
+class MatVec(RExpr):
+    """A per-node matrix [rows, C] (row-major in `mat`) times a per-node vector [C]: [rows]."""
+    mat: RExpr
+    vec: RExpr
     width: int
 
 
@@ -327,9 +349,14 @@ class Program:
         raise KeyError(name)
 
 
+MATERIALIZED = (MatMul, LeftMatMul, MatVec)  # computed per batch into a buffer, not inside a fused loop
+
+
 def row_children(e: RExpr):
-    if isinstance(e, MatMul):
+    if isinstance(e, (MatMul, LeftMatMul)):
         return (e.x,)
+    if isinstance(e, MatVec):
+        return (e.mat, e.vec)
     if isinstance(e, Unary):
         return (e.x,)
     if isinstance(e, Binary):

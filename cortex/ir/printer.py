@@ -56,7 +56,12 @@ def _format_row(e: ir.RExpr, names: dict) -> str:
         return f"scalar {e.value!r}"
     if isinstance(e, ir.MatMul):
         bias = f" + {e.bias}" if e.bias else ""
-        return f"matmul {ref(e.x)} @ {e.weight}{bias}"
+        rows = f" ({e.rows} rows)" if e.rows != 1 else ""
+        return f"matmul {ref(e.x)}{rows} @ {e.weight}{bias}"
+    if isinstance(e, ir.LeftMatMul):
+        return f"left_matmul {e.weight}^T @ {ref(e.x)} ({e.cols} cols)"
+    if isinstance(e, ir.MatVec):
+        return f"matvec {ref(e.mat)} @ {ref(e.vec)}"
     if isinstance(e, ir.Unary):
         return f"{e.op} {ref(e.x)}"
     if isinstance(e, ir.Binary):

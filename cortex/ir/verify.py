@@ -76,10 +76,17 @@ def _verify_row(program: ir.Program, e: ir.RExpr):
         _check(e.width == 1, "scalar width")
     elif isinstance(e, ir.MatMul):
         w = consts.get(e.weight)
-        _check(w is not None and w.shape == (e.x.width, e.width), f"matmul {e.weight}: shape")
+        _check(e.rows >= 1 and e.x.width % e.rows == 0 and e.width % e.rows == 0, f"matmul {e.weight}: rows")
+        _check(w is not None and w.shape == (e.x.width // e.rows, e.width // e.rows), f"matmul {e.weight}: shape")
         if e.bias is not None:
             b = consts.get(e.bias)
             _check(b is not None and b.shape == (e.width,), f"matmul bias {e.bias}: shape")
+    elif isinstance(e, ir.LeftMatMul):
+        w = consts.get(e.weight)
+        _check(w is not None and w.ndim == 2 and w.shape[0] * e.cols == e.x.width and w.shape[1] * e.cols == e.width,
+               f"left_matmul {e.weight}: shape")
+    elif isinstance(e, ir.MatVec):
+        _check(e.vec.width > 0 and e.mat.width == e.width * e.vec.width, "matvec widths")
     elif isinstance(e, ir.Unary):
         _check(e.op in ir.UNARY_OPS and e.width == e.x.width, f"unary {e.op}")
     elif isinstance(e, ir.Binary):

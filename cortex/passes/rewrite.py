@@ -13,8 +13,10 @@ MAX_FOLDED_ELEMENTS = 1 << 26
 
 
 def _rebuild(e: ir.RExpr, new_children) -> ir.RExpr:
-    if isinstance(e, ir.MatMul):
+    if isinstance(e, (ir.MatMul, ir.LeftMatMul)):
         return dataclasses.replace(e, x=new_children[0])
+    if isinstance(e, ir.MatVec):
+        return dataclasses.replace(e, mat=new_children[0], vec=new_children[1])
     if isinstance(e, ir.Unary):
         return dataclasses.replace(e, x=new_children[0])
     if isinstance(e, ir.Binary):
@@ -123,9 +125,20 @@ def _evaluate_on_all_rows(program: ir.Program, e: ir.RExpr) -> np.ndarray:
         elif isinstance(x, ir.Scalar):
             out = np.full((1, 1), x.value, dtype=np.float32)
         elif isinstance(x, ir.MatMul):
-            out = ev(x.x) @ consts[x.weight]
+            xs = ev(x.x)
+            w = consts[x.weight]
+            out = (xs.reshape(xs.shape[0], x.rows, -1) @ w).reshape(xs.shape[0], -1)
             if x.bias:
-                out = out + consts[x.bias]
+                out = (out.reshape(out.shape[0], x.rows, -1) + consts[x.bias]).reshape(out.shape[0], -1)
+        elif isinstance(x, ir.LeftMatMul):
+            xs = ev(x.x)
+            w = consts[x.weight]  # W^T [K, R]
+            out = (w.T @ xs.reshape(xs.shape[0], -1, x.cols)).reshape(xs.shape[0], -1)
+        elif isinstance(x, ir.MatVec):
+            m, v = ev(x.mat), ev(x.vec)
+            rows = max(m.shape[0], v.shape[0])
+            out = np.einsum("brc,bc->br", np.broadcast_to(m, (rows, m.shape[1])).reshape(rows, x.width, -1),
+                            np.broadcast_to(v, (rows, v.shape[1])))
         elif isinstance(x, ir.Unary):
             out = NUMPY_UNARY[x.op](ev(x.x))
         elif isinstance(x, ir.Binary):
@@ -190,14 +203,14 @@ def fuse_bias(program: ir.Program) -> ir.Program:
     def rewrite(e):
         if isinstance(e, ir.Binary) and e.op == "add":
             for mm, vec in ((e.a, e.b), (e.b, e.a)):
-                if isinstance(mm, ir.MatMul) and isinstance(vec, (ir.ConstVec, ir.Scalar)):
+                if isinstance(mm, ir.MatMul) and mm.rows == 1 and isinstance(vec, (ir.ConstVec, ir.Scalar)):
                     bias = np.broadcast_to(constants[vec.const].reshape(-1) if isinstance(vec, ir.ConstVec)
                                            else np.float32(vec.value), (mm.width,)).astype(np.float32)
                     if mm.bias:
                         bias = bias + constants[mm.bias]
                     name = f"bias_{len(constants)}"
                     constants[name] = np.ascontiguousarray(bias)
-                    return ir.MatMul(mm.x, mm.weight, name, mm.width)
+                    return dataclasses.replace(mm, bias=name)
         return e
 
     program = dataclasses.replace(program, constants=constants)
