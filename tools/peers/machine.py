@@ -52,8 +52,12 @@ def _version(dist: str) -> str:
 def _git_rev() -> str:
     try:
         here = os.path.dirname(os.path.abspath(__file__))
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
-                              timeout=5).stdout.strip() or "unknown"
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=5).stdout.strip() or "unknown"
+        # uncommitted changes to the compiler or runtime make the numbers those of the working tree, not of rev
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "cortex", "csrc", "onnx_ops"], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
     except Exception:  # noqa: BLE001
         return "unknown"
 
