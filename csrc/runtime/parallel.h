@@ -6,8 +6,17 @@
 //   else std::thread::hardware_concurrency().
 // - After a region, workers spin for a short while (CORTEX_SPIN_US, default 50 us) waiting for the
 //   next one, then block on a condition variable.
+// - Indices are handed out dynamically (one atomic claim each); the caller takes part and returns
+//   once every index has run. It never waits for a worker that has not claimed anything, so a
+//   worker that wakes late (sleeping, or preempted on a busy machine) costs nothing; split work
+//   into a few pieces per thread to benefit from that.
+// - Measured dispatch cost of a trivial 2-way region: ~1 us with the worker spinning, ~3 us when
+//   it has to be woken (Xeon, quiet machine).
 // - parallel_for is safe to call from several threads and from inside f: a call that finds the
 //   pool busy runs inline on the calling thread (same results, just serial).
+// - The library holding the pool stays unloadable: do not let std::to_string & co. put
+//   STB_GNU_UNIQUE symbols into a kernel library, or dlclose() becomes a no-op (harmless, but the
+//   workers then live until exit).
 // - The pool lives in a function-local static, so its destructor (which stops and joins the
 //   workers) runs at process exit or at dlclose of the library that contains it.
 // - After fork(), the child never uses the parent's (vanished) workers: it runs regions inline.
@@ -33,6 +42,7 @@
 #define CORTEX_HAVE_GETPID 1
 #endif
 
+#ifndef CORTEX_CPU_RELAX
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
 #define CORTEX_CPU_RELAX() _mm_pause()
@@ -40,6 +50,7 @@
 #define CORTEX_CPU_RELAX() __asm__ __volatile__("yield")
 #else
 #define CORTEX_CPU_RELAX() ((void)0)
+#endif
 #endif
 
 namespace cortex {
