@@ -352,6 +352,11 @@ class Interpreter:
         if (isinstance(data, Row) and len(data.shape) >= 2 and data.shape[0] == 1 and isinstance(indices, Known)
                 and indices.value.size == 1 and int(indices.value.reshape(-1)[0]) in (0, -1)):
             return Row(data.expr, tuple(indices.value.shape) + tuple(data.shape[1:]))  # x[0] of a [1, ...] row
+        if (isinstance(indices, Known) and indices.value.size == 1 and indices.value.dtype.kind in "iu"
+                and isinstance(data, (Array, Table))):
+            indices = Index(ir.IConst(int(indices.value.reshape(-1)[0])), tuple(indices.value.shape))
+        if isinstance(indices, Row):
+            raise Refusal(f"Gather at an index computed from state values (data-dependent), not from the structure")
         if not isinstance(indices, Index) or _prod(indices.shape) != 1:
             raise Refusal(f"Gather with indices {describe(indices)}: expected one structure index")
         idx = indices.expr
