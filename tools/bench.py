@@ -88,53 +88,77 @@ class Progress:
 def load_trees(sst, count: int, vocab: int, seed: int):
     """(trees, description): the first ``count`` SST test trees from ``sst`` (default: the repo's data), or
     SST-shaped synthetic trees when there is no SST directory."""
-    from onnx_ops import structures as st
+    return load_structures("binary", sst, count, vocab, seed)
 
+
+def load_structures(kind: str, sst, count: int, vocab: int | None, seed: int):
+    """(structures, description) of a zoo structure kind, from ``onnx_ops.zoo.structures``: the first ``count``
+    SST test trees from ``sst`` (default: the repo's data) for trees, their sentences as chains for chains;
+    SST-shaped synthetic trees when there is no SST directory; synthetic grids for grids."""
+    from onnx_ops import structures as st
+    from onnx_ops import zoo
+
+    vocab = vocab or zoo.VOCAB
     path = Path(sst) if sst else st.sst_dir_default()
-    if path is not None and (Path(path) / "STree.txt").exists():
-        trees = st.read_sst(path, split="test", vocab_size=vocab, limit=count)
-        src = f"SST test split ({path}), first {len(trees)} trees, hashed token ids mod {vocab}"
+    have_sst = path is not None and (Path(path) / "STree.txt").exists()
+    if sst and not have_sst:
+        raise FileNotFoundError(f"--sst {sst}: no STree.txt there")
+    rng = np.random.default_rng(seed)
+    items = zoo.structures(kind, count, rng, sst_dir=path if have_sst else None, vocab=vocab)
+    if kind == "grid":
+        src = (f"synthetic grids about {zoo.GRID_SIDE}x{zoo.GRID_SIDE} (sides {zoo.GRID_SIDE}±1), "
+               f"{zoo.GRID_FEATURES} features, {len(items)} grids, seed {seed}")
+    elif have_sst:
+        what = {"binary": "trees", "nary": "trees as n-ary (padded children)", "chain": "sentences as chains"}[kind]
+        src = f"SST test split ({path}), first {len(items)} {what}, hashed token ids mod {vocab}"
     else:
-        if sst:
-            raise FileNotFoundError(f"--sst {sst}: no STree.txt there")
-        trees = st.sst_like_trees(count, np.random.default_rng(seed), vocab)
-        src = f"synthetic SST-shaped trees (no SST directory found), {len(trees)} trees, seed {seed}"
-    nodes = [t.num_nodes for t in trees]
-    hts = [t.height() for t in trees]
-    desc = {"source": src, "num_trees": len(trees), "mean_nodes": float(np.mean(nodes)),
-            "max_nodes": int(max(nodes)), "mean_height": float(np.mean(hts)), "max_height": int(max(hts))}
-    return trees, desc
+        src = f"synthetic SST-shaped {kind} structures (no SST directory found), {len(items)}, seed {seed}"
+    nodes = [x.num_nodes for x in items]
+    desc = {"kind": kind, "source": src, "num_trees": len(items), "mean_nodes": float(np.mean(nodes)),
+            "max_nodes": int(max(nodes))}
+    if all(hasattr(x, "height") for x in items):
+        hts = [x.height() for x in items]
+        desc.update(mean_height=float(np.mean(hts)), max_height=int(max(hts)))
+    return items, desc
 
 
-def config_inputs(trees, batch: int, max_inputs: int):
-    """Forests of ``batch`` consecutive trees (different trees per input), at most ``max_inputs`` of them."""
-    from onnx_ops import structures as st
+def config_inputs(trees, batch: int, max_inputs: int, kind: str = "binary"):
+    """Batches of ``batch`` consecutive structures (different ones per input), at most ``max_inputs`` of them."""
+    from onnx_ops import zoo
 
     k = min(len(trees) // batch, max_inputs)
     if k < 1:
-        raise ValueError(f"batch {batch} needs at least {batch} trees, have {len(trees)}")
-    return [st.batch(trees[i * batch:(i + 1) * batch]) for i in range(k)]
+        raise ValueError(f"batch {batch} needs at least {batch} structures, have {len(trees)}")
+    return [zoo.batch(kind, trees[i * batch:(i + 1) * batch]) for i in range(k)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # checking and timing
 
 
-def check_outputs(name, runner, inputs, refs, model, config, tol, perturb=None):
-    """Max abs error of ``runner`` against the reference over ``inputs`` (h and c, every node); raises
-    BenchMismatch above ``tol``. ``perturb`` (h, c) -> (h, c) is a test hook applied to the system's outputs."""
+def _outs(x) -> tuple:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def check_outputs(name, runner, inputs, refs, model, config, tol, perturb=None, out_names=None):
+    """Max abs error of ``runner`` against the reference over ``inputs`` (every output table, every node); raises
+    BenchMismatch above ``tol``. ``perturb`` (*outputs) -> outputs is a test hook applied to the system's
+    outputs."""
     worst, elapsed = 0.0, 0.0
-    for f, (rh, rc) in zip(inputs, refs):
+    for f, ref in zip(inputs, refs):
+        ref = _outs(ref)
         t0 = time.perf_counter()
-        h, c = runner(f)
+        got = _outs(runner(f))
         elapsed += time.perf_counter() - t0
         if perturb is not None:
-            h, c = perturb(np.array(h), np.array(c))
-        eh, ec = S.max_abs_err(h, rh), S.max_abs_err(c, rc)
-        err = max(eh, ec)
+            got = _outs(perturb(*[np.array(g) for g in got]))
+        errs = [S.max_abs_err(g, r) for g, r in zip(got, ref)] if len(got) == len(ref) else [float("inf")]
+        err = max(errs)
         worst = max(worst, err)
         if not err <= tol:
-            which = "h" if eh >= ec else "c"
+            k = int(np.argmax(errs))
+            names = out_names or (["h", "c"] if len(ref) == 2 else [f"output {i}" for i in range(len(ref))])
+            which = names[k] if len(got) == len(ref) else f"{len(got)} outputs, expected {len(ref)}"
             raise BenchMismatch(name, model, config, err, tol,
                                 f"worst on {which}, input with {f.num_nodes} nodes; systems compared: {name} vs "
                                 "numpy reference")
@@ -193,9 +217,19 @@ def parse_list(s: str) -> list[int]:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--models", default="treelstm", help=f"comma list of zoo models ({', '.join(_models.names())})")
+    p.add_argument("--models", default=None,
+                   help=f"comma list of zoo models ({', '.join(_models.names())}) or 'all' (default treelstm; "
+                        "--forms: all)")
+    p.add_argument("--forms", action="store_true",
+                   help="every form of every model (hand-built Loop/If, TreeRec, each TorchScript export style): "
+                        "convert (strict=False), max error against the original in ORT, ORT vs Cortex latency at "
+                        "one hidden size and batch (default --hidden 256 --batch 10)")
+    p.add_argument("--write-models-doc", action="store_true", help="with --forms: regenerate docs/models.md")
+    p.add_argument("--forms-batches", type=int, default=None,
+                   help="--forms: different batches timed per form (default 5; quick 3)")
     p.add_argument("--hidden", default=None, help="comma list of hidden sizes (default 64,256,512; quick 64,256)")
-    p.add_argument("--batch", default="1,10", help="comma list of batch sizes (trees per forest) (default 1,10)")
+    p.add_argument("--batch", default=None, help="comma list of batch sizes (structures per input) (default 1,10; "
+                                                  "--forms: 10)")
     p.add_argument("--throughput", type=int, default=100,
                    help="also time forests of this many trees and report trees/s (0: off) (default 100)")
     p.add_argument("--target", choices=("cpu", "cuda"), default="cpu")
@@ -220,9 +254,21 @@ def parse_args(argv=None):
     p.add_argument("--inject-mismatch", default=None, metavar="SYSTEM_KEY", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     q = a.quick
+    a.batch_set = a.batch is not None
+    a.batch = a.batch or "1,10"
+    if a.forms:
+        a.hidden_list = parse_list(a.hidden or "256")
+        a.batch_list = parse_list(a.batch if a.batch_set else "10")
+        a.model_list = _models.parse_models(a.models or "all")
+        a.forms_batches = a.forms_batches or (3 if q else 5)
+        if a.budget is None:
+            a.budget = 2.0 if q else 3.0
+        a.min_reps, a.max_reps = parse_list(a.repeats or "3,10")
+        a.warmup = 1
+        return a
     a.hidden_list = parse_list(a.hidden or ("64,256" if q else "64,256,512"))
     a.batch_list = parse_list(a.batch)
-    a.model_list = [m.strip() for m in a.models.split(",") if m.strip()]
+    a.model_list = _models.parse_models(a.models or "treelstm")
     a.trees = a.trees or (50 if q else 200)
     a.max_forests = a.max_forests or (5 if q else 20)
     a.budget = a.budget if a.budget is not None else (4.0 if q else 10.0)
@@ -232,11 +278,11 @@ def parse_args(argv=None):
 
 
 def _perturb_hook(key):
-    def perturb(h, c):
-        h = h.copy()
+    def perturb(*outs):
+        h = outs[0].copy()
         if h.size:
             h.flat[h.size // 2] += 1e-2
-        return h, c
+        return (h,) + tuple(outs[1:])
 
     return {key: perturb} if key else {}
 
@@ -299,7 +345,7 @@ def run_bench(args, argv_text: str = "", perturb: dict | None = None, log=None) 
         import torch
 
         res["systems"][S.TORCH]["threads"] = torch.get_num_threads()
-        res["systems"][S.TORCH]["style"] = "row_assign (onnx_ops.zoo.torch_treelstm), inference_mode"
+        res["systems"][S.TORCH]["style"] = "per model (see Models), inference_mode"
     except ImportError:
         pass
     if sys_status[S.DYNET] == "ok":
@@ -317,33 +363,47 @@ def run_bench(args, argv_text: str = "", perturb: dict | None = None, log=None) 
     log(f"peak: {res['peak']['peak_gflops']:.1f} GFLOP/s ({res['peak']['peak_source']})")
 
     entries = [_models.get(m) for m in args.model_list]
-    vocab = entries[0].vocab if entries else 5000
     pool = max([args.trees] + [b * (args.max_forests if b > 1 else 1) for b in args.batch_list]
                + ([args.throughput] if args.throughput else []))
-    trees, tdesc = load_trees(args.sst, pool, vocab, args.seed)
-    res["structures"] = tdesc
-    log("structures: " + tdesc["source"])
+    res["structures"] = {}
+    pools = {}  # (kind, vocab) -> structures
+    for entry in entries:
+        k = (entry.structure, entry.vocab)
+        if k not in pools:
+            pools[k], desc = load_structures(entry.structure, args.sst, pool, entry.vocab, args.seed)
+            res["structures"][f"{entry.structure}" + (f" (vocab {entry.vocab})" if entry.vocab else "")] = desc
+            log(f"structures ({entry.structure}): " + desc["source"])
 
     configs = []  # (batch, kind)
     for b in args.batch_list:
         configs.append((b, "latency"))
     if args.throughput and args.throughput not in args.batch_list:
         configs.append((args.throughput, "throughput"))
-    inputs_by_batch = {}
-    for b, _ in configs:
-        if b == 1:
-            inputs_by_batch[b] = config_inputs(trees[:args.trees], 1, args.trees)
-        else:
-            inputs_by_batch[b] = config_inputs(trees, b, args.max_forests if b <= 10 else max(1, args.max_forests // 10))
+
+    def inputs_for(entry):
+        items = pools[(entry.structure, entry.vocab)]
+        out_ = {}
+        for b, _ in configs:
+            if b == 1:
+                out_[b] = config_inputs(items[:args.trees], 1, args.trees, entry.structure)
+            else:
+                out_[b] = config_inputs(items, b, args.max_forests if b <= 10 else max(1, args.max_forests // 10),
+                                        entry.structure)
+        return out_
 
     res["models"] = {}
     res["rows"] = []
     cache = out / "models"
-    total = len(entries) * len(args.hidden_list) * (1 + len(configs) * len(runnable))
+    total = sum(len(args.hidden_list) * (1 + len(configs) * len([n for n in runnable if not (
+        n == S.DYNET and e.dynet_builder is None)])) for e in entries)
     bar = Progress(total, enabled=not args.no_progress)
     try:
         for entry in entries:
-            minfo = res["models"].setdefault(entry.name, {"description": entry.description, "convert": {}})
+            minfo = res["models"].setdefault(entry.name, {
+                "description": entry.description, "structure": entry.structure, "convert": {},
+                "pytorch_style": entry.torch_style, "dynet": entry.dynet_status or "ok", "flops": entry.flops_doc})
+            inputs_by_batch = inputs_for(entry)
+            model_runnable = [n for n in runnable if not (n == S.DYNET and entry.dynet_builder is None)]
             for H in args.hidden_list:
                 params = entry.make_params(H, args.seed)
                 bar.show(f"{entry.name} h={H}: converting (cached per model, hidden)")
@@ -353,7 +413,7 @@ def run_bench(args, argv_text: str = "", perturb: dict | None = None, log=None) 
                     minfo["convert"][str(H)] = cinfo
                 bar.step(f"{entry.name} h={H}: model ready")
                 runners = {}
-                for name in runnable:
+                for name in model_runnable:
                     runners[name] = S.build(name, entry, params, loop_path, cortex_path)
                 for b, kind in configs:
                     inputs = inputs_by_batch[b]
@@ -368,7 +428,8 @@ def run_bench(args, argv_text: str = "", perturb: dict | None = None, log=None) 
                     # check every system first (also the first warm-up of each)
                     for name in S.CPU_SYSTEMS:
                         if name not in runners:
-                            row["results"][name] = {"status": sys_status[name]}
+                            row["results"][name] = {"status": sys_status[name] if sys_status[name] != "ok"
+                                                    else entry.dynet_status}
                             continue
                         bar.show(f"{entry.name} h={H} b={b}: checking {name}")
                         err, t_call = check_outputs(
@@ -488,16 +549,20 @@ def render_header(res: dict) -> str:
         + (f"; register-only FMA ceiling {pk['fma_peak_gflops']:.0f}" if pk.get("fma_peak_gflops") else "") + ")",
         f"- Load average (1, 5, 15 min) at start / end: {m.get('load_average_start')} / "
         f"{m.get('load_average_end')} (the machine is shared; other load inflates times and spreads)",
-        f"- Structures: {st_['source']}; mean {st_['mean_nodes']:.1f} nodes, mean height {st_['mean_height']:.1f}, "
-        f"max height {st_['max_height']}",
-        f"- Timing: per config and system, the outputs are first checked against the numpy reference (h and c of "
-        f"every node, max abs error <= {res['tolerance']:g}); then {s['warmup_passes']} warm-up pass(es) and "
+    ]
+    for key, d in st_.items():
+        lines.append(f"- Structures ({key}): {d['source']}; mean {d['mean_nodes']:.1f} nodes"
+                     + (f", mean height {d['mean_height']:.1f}, max height {d['max_height']}" if "mean_height" in d
+                        else ""))
+    lines += [
+        f"- Timing: per config and system, the outputs are first checked against the numpy reference (every "
+        f"output table, every node, max abs error <= {res['tolerance']:g}); then {s['warmup_passes']} warm-up pass(es) and "
         f"{s['repeats_min_max'][0]}–{s['repeats_min_max'][1]} timed repeats (as many as fit in {s['budget_s']:g} s); "
         "a repeat runs every input of the config once. ms = time per forest: median over repeats of the mean "
         "over inputs (p10–p90 over repeats in brackets). Batch 1 = "
         f"{s['trees_batch1']} different single trees; batch B = up to {s['max_forests']} different forests of B trees.",
-        "- FLOPs: the model's matrix products, the same for every system (leaf 2·D·3H, internal node 2·2H·5H; D = "
-        "300); GFLOP/s = FLOPs / median time; % of peak = Cortex GFLOP/s / the peak above (can exceed 100%: Cortex "
+        "- FLOPs: the model's matrix products (2·M·K·N per node visit as the model defines them; per model below), "
+        "the same for every system; GFLOP/s = FLOPs / median time; % of peak = Cortex GFLOP/s / the peak above (can exceed 100%: Cortex "
         "folds the leaf projection into the embedding at conversion, so it does fewer FLOPs than the model's count, "
         "and a loaded machine depresses the measured peak).",
     ]
@@ -509,6 +574,9 @@ def render_header(res: dict) -> str:
             extra += f", {info['threads']} threads"
         lines.append(f"- {name}: {info['status']}" + (f" ({info['note']}{extra})" if info.get("note") else
                                                        (f" ({extra.lstrip(', ')})" if extra else "")))
+    for name, mi in res.get("models", {}).items():
+        lines.append(f"- Model {name} ({mi['structure']}): {mi['description']}; PyTorch style {mi['pytorch_style']}; "
+                     f"DyNet: {mi['dynet']}; FLOPs {mi['flops']} (D = 300 unless noted)")
     for n in res.get("notes", []):
         lines.append(f"- Note: {n}")
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""The systems of the benchmark. Each is built for one (model, params) and runs a Forest to its (h, c) tables;
+"""The systems of the benchmark. Each is built for one (model, params) and runs a structure to its output tables;
 ``status`` is None when it can run, else the reason shown in the results ("not installed", "not available on this
 machine")."""
 
@@ -84,30 +84,45 @@ def converted_model(entry, params, hidden: int, seed: int, cache_dir: Path) -> t
     """(Loop model path, converted model path, info) for (model, hidden, seed), cached under ``cache_dir``; the
     cache key (a hash of the Loop model and of the compiler's sources) names the directory, so a new conversion
     never overwrites a kernel library that a live session has loaded."""
+    src, dst, info = convert_cached(entry.build_loop(params), f"{entry.name}_h{hidden}_s{seed}", cache_dir,
+                                    strict=True)
+    return src, dst, info
+
+
+def convert_cached(model, tag: str, cache_dir: Path, strict: bool = True) -> tuple[Path, Path, dict]:
+    """Saves ``model`` (a ModelProto) and converts it with ``cortex.convert(strict=strict)``, cached under
+    ``cache_dir/tag/<hash of the model and of the compiler>``. Returns (source path, converted path, info);
+    info has ``converted`` (every recursive region converted, at least one), ``reason`` (why not, from the
+    report), ``convert_s`` and ``cached``."""
     import cortex
     import onnx
 
-    model = entry.build_loop(params)
     raw = model.SerializeToString()
     key = hashlib.sha256(raw).hexdigest()[:12] + "_" + _compiler_fingerprint()
-    d = Path(cache_dir) / f"{entry.name}_h{hidden}_s{seed}" / key
+    d = Path(cache_dir) / tag / key
     d.mkdir(parents=True, exist_ok=True)
     src, dst, meta = d / "model.onnx", d / "model.cortex.onnx", d / "cache.json"
     info = {"cache_dir": str(d), "key": key}
-    if meta.exists() and dst.exists():
+    if meta.exists() and dst.exists() and src.exists():
         try:
             old = json.loads(meta.read_text())
         except ValueError:
             old = {}
         if old.get("key") == key:
-            info.update(cached=True, convert_s=old.get("convert_s"))
+            info.update(old, cached=True)
             return src, dst, info
-    onnx.save(model, str(src))
+    src.write_bytes(raw)
     t0 = time.perf_counter()
-    cortex.convert(str(src), str(dst), strict=True)
+    report = cortex.convert(str(src), str(dst), strict=strict)
     convert_s = time.perf_counter() - t0
-    meta.write_text(json.dumps({"key": key, "convert_s": convert_s}))
-    info.update(cached=False, convert_s=convert_s)
+    regions = [{"kind": r.kind, "node": r.node_name, "converted": r.converted, "reason": r.reason}
+               for r in report.regions]
+    ok = bool(report.regions) and not report.left
+    reason = None if ok else ("no recursive region (Loop or cortex.TreeRec) found" if not report.regions else
+                              "; ".join(f"{r.kind} '{r.node_name}': {r.reason}" for r in report.left))
+    rec = {"key": key, "convert_s": convert_s, "converted": ok, "reason": reason, "regions": regions}
+    meta.write_text(json.dumps(rec))
+    info.update(rec, cached=False)
     return src, dst, info
 
 
@@ -125,20 +140,23 @@ class OrtRunner:
             self.sess = ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
         self.feeds_fn = feeds_fn
 
-    def __call__(self, forest):
-        h, c = self.sess.run(None, self.feeds_fn(forest))
-        return h, c
+        self.names = {i.name for i in self.sess.get_inputs()}
+
+    def __call__(self, structure):
+        return tuple(self.sess.run(None, {k: v for k, v in self.feeds_fn(structure).items() if k in self.names}))
 
 
 def build(name: str, entry, params, loop_path: Path, cortex_path: Path | None):
-    """A callable Forest -> (h, c) for system ``name``."""
+    """A callable structure -> outputs (a tuple, the Loop model's order) for system ``name``."""
     if name == CORTEX:
         return OrtRunner(cortex_path, entry.feeds, cortex_ep=True)
     if name == ORT:
         return OrtRunner(loop_path, entry.feeds, cortex_ep=False)
     if name == TORCH:
-        return torch_peer.TorchEager(entry.torch_module(params))
+        return torch_peer.TorchEager(entry.torch_module(params), entry.feeds)
     if name == DYNET:
+        if entry.dynet_builder is None:
+            raise ValueError(f"{entry.name}: {entry.dynet_status}")
         return entry.dynet_builder(params)
     raise ValueError(f"system {name!r} cannot run here")
 

@@ -1,5 +1,5 @@
-"""PyTorch peer: the natural per-node eager implementation (onnx_ops.zoo.torch_treelstm, "row_assign" style by
-default) run under ``torch.inference_mode()`` on CPU."""
+"""PyTorch peer: the natural per-node eager implementation of each model (the style named in
+tools/peers/models.py TORCH_STYLE, e.g. TreeLSTM "row_assign") run under ``torch.inference_mode()`` on CPU."""
 
 from __future__ import annotations
 
@@ -26,15 +26,21 @@ def cuda_status() -> str | None:
 
 
 class TorchEager:
-    def __init__(self, module):
+    """Calls ``module`` with the Loop model's feeds of a structure, as tensors in the feeds' order; returns the
+    outputs as a tuple of numpy arrays."""
+
+    def __init__(self, module, feeds_fn):
         import torch
 
         self.torch = torch
         self.module = module.eval()
+        self.feeds_fn = feeds_fn
 
-    def __call__(self, forest) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, structure) -> tuple:
         t = self.torch
-        args = [t.from_numpy(np.ascontiguousarray(a)) for a in (forest.words, forest.left, forest.right, forest.order)]
+        args = [t.from_numpy(np.ascontiguousarray(a)) for a in self.feeds_fn(structure).values()]
         with t.inference_mode():
-            h, c = self.module(*args)
-        return h.numpy(), c.numpy()
+            out = self.module(*args)
+        if not isinstance(out, (tuple, list)):
+            out = (out,)
+        return tuple(o.numpy() for o in out)
