@@ -45,6 +45,7 @@ __all__ = ["BenchMismatch", "main", "run_bench", "parse_args"]
 
 DOCS_BEGIN = "<!-- BEGIN GENERATED: tools/bench.py --write-docs -->"
 DOCS_END = "<!-- END GENERATED: tools/bench.py --write-docs -->"
+MODELS_DOC = REPO / "docs" / "models.md"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -166,7 +167,7 @@ def check_outputs(name, runner, inputs, refs, model, config, tol, perturb=None, 
 
 
 def time_system(runner, inputs, budget_s: float, min_reps: int, max_reps: int, warmup: int,
-                est_pass_s: float | None = None):
+                est_pass_s: float | None = None, floor_reps: int = 2):
     """Times ``runner`` over ``inputs``: up to ``warmup`` untimed passes (fewer when a pass takes more than half
     the budget; none when ``est_pass_s`` already does), then repeats, each one timed pass over all inputs:
     as many as fit in ``budget_s``, clipped to [min_reps, max_reps], but at least 2 and at most ~3x the budget
@@ -191,7 +192,7 @@ def time_system(runner, inputs, budget_s: float, min_reps: int, max_reps: int, w
         t_est = float(rows[0].sum())
     reps = int(np.clip(np.floor(budget_s / max(t_est, 1e-9)), min_reps, max_reps))
     if t_est * reps > 3 * budget_s:
-        reps = max(2, int(3 * budget_s / t_est))
+        reps = max(floor_reps, int(3 * budget_s / t_est))
     while len(rows) < reps:
         rows.append(one_pass())
     per = np.array(rows)  # [reps, inputs] seconds
@@ -226,7 +227,10 @@ def parse_args(argv=None):
                         "one hidden size and batch (default --hidden 256 --batch 10)")
     p.add_argument("--write-models-doc", action="store_true", help="with --forms: regenerate docs/models.md")
     p.add_argument("--forms-batches", type=int, default=None,
-                   help="--forms: different batches timed per form (default 5; quick 3)")
+                   help="--forms: different batches checked and timed per form (default 5; quick 3)")
+    p.add_argument("--forms-cap", type=float, default=None,
+                   help="--forms: seconds the min repeats of ORT may take per form; fewer batches are timed when "
+                        "ORT is slower (default 30; quick 10)")
     p.add_argument("--hidden", default=None, help="comma list of hidden sizes (default 64,256,512; quick 64,256)")
     p.add_argument("--batch", default=None, help="comma list of batch sizes (structures per input) (default 1,10; "
                                                   "--forms: 10)")
@@ -261,6 +265,7 @@ def parse_args(argv=None):
         a.batch_list = parse_list(a.batch if a.batch_set else "10")
         a.model_list = _models.parse_models(a.models or "all")
         a.forms_batches = a.forms_batches or (3 if q else 5)
+        a.forms_cap = a.forms_cap if a.forms_cap is not None else (10.0 if q else 30.0)
         if a.budget is None:
             a.budget = 2.0 if q else 3.0
         a.min_reps, a.max_reps = parse_list(a.repeats or "3,10")
@@ -489,6 +494,250 @@ def _write_json(path: Path, obj) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# --forms: every form of every model
+
+
+def _form_model(entry, form: str, export_module, params, example, tmp: Path):
+    """(ModelProto of ``form``, the ModelProto ORT runs as the original): the hand-built Loop/If, the TreeRec model
+    (ORT runs its lowering, ``onnx_ops.treerec.lower_treerec``) or a TorchScript export of a PyTorch style."""
+    import onnx
+
+    if form == "loop":
+        m = entry.build_loop(params)
+        return m, m
+    if form == "treerec":
+        from onnx_ops.treerec import lower_treerec
+
+        m = entry.build_treerec(params)
+        return m, lower_treerec(m)
+    path = tmp / f"{entry.name}_{form}.onnx"
+    export_module.export(form, params, str(path), example)
+    m = onnx.load(str(path))
+    return m, m
+
+
+def _max_err(a: tuple, b: tuple) -> float:
+    if len(a) != len(b):
+        return float("inf")
+    return max((S.max_abs_err(x, y) for x, y in zip(a, b)), default=0.0)
+
+
+def run_forms(args, argv_text: str = "", log=None) -> dict:
+    """Every form of every model in ``args.model_list``: convert with ``cortex.convert(strict=False)``, record
+    converted or not (and the report's reason), the max abs error of the converted model against the original
+    (ORT on the original form; TreeRec: on its lowering) over every input, and the median latency of ORT on the
+    original and of Cortex on the converted model over ``args.forms_batches`` different batches of
+    ``args.batch_list[0]`` structures. Returns the results (also written to ``args.out``/forms.json, forms.md)."""
+    import tempfile
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    t_start = time.perf_counter()
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="cortex_forms_"))
+    out.mkdir(parents=True, exist_ok=True)
+    H, B = args.hidden_list[0], args.batch_list[0]
+    res: dict = {
+        "command": argv_text or "python tools/bench.py --forms",
+        "started": _dt.datetime.now().isoformat(timespec="seconds"),
+        "machine": _machine.describe(),
+        "tolerance": args.tol,
+        "settings": {"hidden": H, "batch": B, "batches": args.forms_batches, "budget_s": args.budget,
+                     "repeats_min_max": [args.min_reps, args.max_reps], "warmup_passes": args.warmup,
+                     "form_cap_s": args.forms_cap, "seed": args.seed, "quick": bool(args.quick)},
+        "structures": {}, "rows": [], "notes": [],
+    }
+    log("machine: " + _machine.one_line(res["machine"]))
+    for n in (S.CORTEX, S.ORT):
+        why = S.system_status(n)
+        if why:
+            raise RuntimeError(f"--forms needs {n}: {why}")
+    entries = [_models.get(m) for m in args.model_list]
+    forms_of = {e.name: [("loop", None), ("treerec", None)] + _models.export_styles(e.name) for e in entries}
+    if not any(len(v) > 2 for v in forms_of.values()):
+        res["notes"].append("torch is not installed: no TorchScript export forms")
+    total = sum(len(v) for v in forms_of.values())
+    bar = Progress(total, enabled=not args.no_progress)
+    cache = out / "models"
+    tmp = Path(tempfile.mkdtemp(prefix="exports_", dir=out))
+    pools = {}
+    try:
+        for entry in entries:
+            k = (entry.structure, entry.vocab)
+            if k not in pools:
+                items, desc = load_structures(entry.structure, args.sst, B * args.forms_batches, entry.vocab,
+                                              args.seed)
+                pools[k] = config_inputs(items, B, args.forms_batches, entry.structure)
+                res["structures"][entry.structure + (f" (vocab {entry.vocab})" if entry.vocab else "")] = desc
+            inputs = pools[k]
+            params = entry.make_params(H, args.seed)
+            example = inputs[0]
+            for form, export_module in forms_of[entry.name]:
+                t_form = time.perf_counter()
+                row = {"model": entry.name, "form": form, "structure": entry.structure, "hidden": H, "batch": B,
+                       "n_inputs": len(inputs), "nodes_mean": float(np.mean([f.num_nodes for f in inputs]))}
+                res["rows"].append(row)
+                bar.show(f"{entry.name} {form}: building and converting")
+                try:
+                    model, original = _form_model(entry, form, export_module, params, example, tmp)
+                    src, dst, info = S.convert_cached(model, f"{entry.name}_{form}_h{H}_s{args.seed}", cache,
+                                                      strict=False)
+                except Exception as e:  # noqa: BLE001 - reported in the row, the run goes on
+                    row.update(status="error", converted=False, reason=f"{type(e).__name__}: {e}".splitlines()[0])
+                    log(f"{entry.name} {form}: {row['reason']}")
+                    bar.step(f"{entry.name} {form}: error")
+                    continue
+                row.update(converted=info["converted"], reason=info.get("reason"), convert_s=info.get("convert_s"),
+                           convert_cached=info.get("cached"), regions=info.get("regions"))
+                orig_path = src
+                if original is not model:
+                    import onnx
+
+                    orig_path = src.parent / "original_lowered.onnx"
+                    onnx.save(original, str(orig_path))
+                feeds = entry.treerec_feeds if form == "treerec" else entry.feeds
+                try:
+                    ort_run = S.OrtRunner(orig_path, feeds, cortex_ep=False)
+                    cx_run = S.OrtRunner(dst, feeds, cortex_ep=True) if info["converted"] else None
+                    # the check: every input through both (also the first warm-up pass of each)
+                    bar.show(f"{entry.name} {form}: checking")
+                    err, t_ort, t_cx = 0.0, [], []
+                    for f in inputs:
+                        t0 = time.perf_counter()
+                        want = _outs(ort_run(f))
+                        t_ort.append(time.perf_counter() - t0)
+                        if cx_run is not None:
+                            t0 = time.perf_counter()
+                            got = _outs(cx_run(f))
+                            t_cx.append(time.perf_counter() - t0)
+                            err = max(err, _max_err(got, want))
+                    row["max_abs_err"] = err if cx_run is not None else None
+                    row["mismatch"] = bool(cx_run is not None and not err <= args.tol)
+                    # time bounded: as many batches (>= 1) as fit min_reps repeats of ORT in the per-form cap
+                    per_in = float(np.mean(t_ort))
+                    k = int(np.clip(args.forms_cap / max(per_in * args.min_reps, 1e-9), 1, len(inputs)))
+                    timed = inputs[:k]
+                    row["n_timed"] = k
+                    bar.show(f"{entry.name} {form}: timing ONNX Runtime ({k} batches)")
+                    est = per_in * k if per_in * k > args.budget / 2 else None
+                    row["ort"] = time_system(ort_run, timed, args.budget, args.min_reps, args.max_reps,
+                                             args.warmup, est_pass_s=est, floor_reps=args.min_reps)
+                    if cx_run is not None:
+                        bar.show(f"{entry.name} {form}: timing Cortex")
+                        row["cortex"] = time_system(cx_run, timed, args.budget, args.min_reps, args.max_reps,
+                                                    args.warmup, floor_reps=args.min_reps)
+                        row["speedup"] = row["ort"]["ms_median"] / row["cortex"]["ms_median"]
+                    row["status"] = "ok"
+                    del ort_run, cx_run
+                except Exception as e:  # noqa: BLE001
+                    row.update(status="error", error=f"{type(e).__name__}: {e}".splitlines()[0])
+                    log(f"{entry.name} {form}: {row['error']}")
+                row["form_s"] = time.perf_counter() - t_form
+                msg = (f"{entry.name} {form}: converted={row['converted']}"
+                       + (f" err={row['max_abs_err']:.2g}" if row.get("max_abs_err") is not None else "")
+                       + (f" ORT {row['ort']['ms_median']:.3g} ms" if row.get("ort") else "")
+                       + (f" Cortex {row['cortex']['ms_median']:.3g} ms" if row.get("cortex") else "")
+                       + f" ({row['form_s']:.0f} s)")
+                bar.step(msg)
+                if args.no_progress:
+                    log(msg)
+                _write_json(out / "forms.json", res)
+    finally:
+        bar.close()
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    res["machine"]["load_average_end"] = _machine.load_average()
+    res["elapsed_s"] = time.perf_counter() - t_start
+    _write_json(out / "forms.json", res)
+    (out / "forms.md").write_text(render_forms_markdown(res))
+    res["out"] = str(out)
+    return res
+
+
+def _fmt_ms(r) -> str:
+    if not r:
+        return "–"
+    m = r["ms_median"]
+    return f"{m:.3g}" if m < 100 else f"{m:.0f}"
+
+
+def render_forms_table(res: dict) -> str:
+    lines = ["| model | form | converted | max abs error | ORT ms | Cortex ms | speedup |",
+             "|---|---|---|---:|---:|---:|---:|"]
+    for r in res["rows"]:
+        if r.get("converted"):
+            conv = "yes"
+        else:
+            why = (r.get("reason") or r.get("error") or "").replace("|", "\\|").replace("\n", " ")
+            conv = "no" + (f": {why}" if why else "")
+        if r.get("status") == "error" and r.get("error"):
+            conv += f" (run failed: {r['error']})".replace("|", "\\|")
+        err = r.get("max_abs_err")
+        errs = "–" if err is None else (f"{err:.1e}" + (" MISMATCH" if r.get("mismatch") else ""))
+        sp = f"{r['speedup']:.1f}×" if r.get("speedup") else "–"
+        lines.append(f"| {r['model']} | {r['form']} | {conv} | {errs} | {_fmt_ms(r.get('ort'))} | "
+                     f"{_fmt_ms(r.get('cortex'))} | {sp} |")
+    return "\n".join(lines)
+
+
+def render_forms_header(res: dict) -> str:
+    m, s = res["machine"], res["settings"]
+    lines = [
+        f"- Command: `{res['command']}` ({res['started']}, {res.get('elapsed_s', 0) / 60:.1f} min)",
+        f"- Git revision: {m.get('cortex_git')}",
+        f"- Machine: {_machine.one_line(m)}",
+        f"- Load average (1, 5, 15 min) at start / end: {m.get('load_average_start')} / "
+        f"{m.get('load_average_end')} (on a shared machine other load inflates times)",
+    ]
+    for key, d in res["structures"].items():
+        lines.append(f"- Structures ({key}): {d['source']}; batches of {s['batch']}, mean "
+                     f"{d['mean_nodes']:.1f} nodes per structure")
+    lines += [
+        f"- Each form is built at hidden {s['hidden']}, seed {s['seed']}, and converted with "
+        "`cortex.convert(..., strict=False)`; \"converted\" = every recursive region became a Cortex kernel (else "
+        "the report's reason). Forms: `loop` = the hand-built Loop/If model; `treerec` = the `cortex.TreeRec` model "
+        "(ONNX Runtime runs its lowering `onnx_ops.treerec.lower_treerec`); the others are TorchScript exports "
+        "(`torch.onnx.export(dynamo=False)`) of the PyTorch styles in `onnx_ops/zoo/torch_*.py`.",
+        f"- Max abs error: the converted model (Cortex EP) against the original form in ONNX Runtime (CPU EP), every "
+        f"output, every node, over {s['batches']} different batches (tolerance {res['tolerance']:g}).",
+        f"- Timing: ms per batch of {s['batch']} structures; median over repeats of the mean over batches; "
+        f"{s['warmup_passes']} warm-up pass, {s['repeats_min_max'][0]}–{s['repeats_min_max'][1]} repeats (as many as "
+        f"fit in {s['budget_s']:g} s, at least {s['repeats_min_max'][0]}); when ONNX Runtime is slow the number of "
+        f"batches timed is cut so that its repeats fit in about {s['form_cap_s']:g} s (both systems time the same "
+        "batches). Speedup = ORT ms / Cortex ms.",
+    ]
+    for n in res.get("notes", []):
+        lines.append(f"- Note: {n}")
+    return "\n".join(lines)
+
+
+def render_forms_markdown(res: dict) -> str:
+    return "\n".join(["# Cortex on every form of every zoo model", "", render_forms_header(res), "",
+                      render_forms_table(res), ""])
+
+
+def write_models_doc(res: dict, path: Path = MODELS_DOC) -> None:
+    """Writes docs/models.md from a --forms run (the whole file is generated)."""
+    text = "\n".join([
+        "# Models: every form, converted or not, error and speed",
+        "",
+        "<!-- GENERATED by `tools/bench.py --forms --write-models-doc`; do not edit by hand. -->",
+        "",
+        "Every model of the zoo (`onnx_ops.zoo.MODELS`) in every form Cortex reads. Regenerate with the command "
+        "below plus `--write-models-doc`; every number comes from that one run.",
+        "",
+        render_forms_header(res),
+        "",
+        render_forms_table(res),
+        "",
+        "Models: " + "; ".join(f"`{n}`: {_models.get(n).description}" for n in dict.fromkeys(
+            r["model"] for r in res["rows"])) + ".",
+        "",
+    ])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # reporting
 
 
@@ -687,7 +936,21 @@ def write_docs(res: dict, path: Path) -> None:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
-    cmd = "python tools/bench.py " + " ".join(shlex.quote(a) for a in argv if a != "--write-docs")
+    cmd = "python tools/bench.py " + " ".join(shlex.quote(a) for a in argv
+                                              if a not in ("--write-docs", "--write-models-doc"))
+    if args.forms:
+        res = run_forms(args, cmd.strip())
+        print(render_forms_markdown(res))
+        print(f"\nwrote {res['out']}/forms.json, forms.md in {res['elapsed_s']:.0f} s", file=sys.stderr)
+        if args.write_models_doc:
+            write_models_doc(res)
+            print(f"updated {MODELS_DOC}", file=sys.stderr)
+        bad = [f"{r['model']}/{r['form']}" for r in res["rows"] if r.get("mismatch")]
+        if bad:
+            print(f"bench.py: converted output differs from the original above --tol: {', '.join(bad)}",
+                  file=sys.stderr)
+            return 2
+        return 0
     try:
         res = run_bench(args, cmd.strip(), perturb=_perturb_hook(args.inject_mismatch))
     except BenchMismatch as e:
