@@ -104,3 +104,73 @@ def test_cuda_target_without_gpu_runs_cpu_systems(out):
     assert any("no GPU" in n for n in res["notes"])
     assert "not available on this machine" in res["rows"][0]["results"][systems.TORCH_GPU]["status"] or \
         res["rows"][0]["results"][systems.TORCH_GPU]["status"].startswith("not installed")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# every zoo model; every form
+
+
+def test_registry_covers_every_zoo_model():
+    from onnx_ops import zoo
+    from tools.peers import models
+
+    assert models.names() == list(zoo.MODELS)
+    assert models.parse_models("all") == list(zoo.MODELS)
+    rng = np.random.default_rng(0)
+    for name in models.names():
+        e = models.get(name)
+        assert e.zoo is zoo.MODELS[name] and e.structure == zoo.MODELS[name].structure
+        p = e.make_params(4, 0)
+        s = zoo.batch(e.structure, zoo.structures(e.structure, 2, rng, vocab=e.vocab or zoo.VOCAB))
+        assert e.flops(p, s) > 0
+        assert (e.dynet_builder is None) == (e.dynet_status == models.NO_DYNET)
+
+
+def test_all_models_path(tmp_path):
+    res = bench.run_bench(args_for(tmp_path, "--models", "treefc,chainlstm", "--batch", "2", "--systems",
+                                   "cortex,ort,pytorch,dynet"), "test")
+    assert [(r["model"], r["batch"]) for r in res["rows"]] == [("treefc", 2), ("chainlstm", 2)]
+    for row in res["rows"]:
+        assert row["flops_mean"] > 0
+        for name in (systems.CORTEX, systems.ORT):
+            assert row["results"][name]["status"] == "ok" and row["check_max_abs_err"][name] <= 1e-4
+        dy = row["results"][systems.DYNET]["status"]
+        assert dy == "no DyNet implementation of this model" or dy.startswith("not installed")
+    md = (tmp_path / "results.md").read_text()
+    assert "no DyNet implementation of this model" in md or not HAS_DYNET
+    assert "Structures (chain" in md and "Model chainlstm" in md
+
+
+def test_one_output_model_mismatch_is_caught(tmp_path):
+    with pytest.raises(BenchMismatch) as ei:
+        bench.run_bench(args_for(tmp_path, "--models", "treernn", "--systems", "ort"), "test",
+                        perturb={"ort": lambda h: (h + 1e-3,)})
+    assert ei.value.model == "treernn" and ei.value.system == systems.ORT
+
+
+def test_forms_mode_one_row_per_form(tmp_path):
+    from tools.peers import models
+
+    doc = tmp_path / "models.md"
+    args = bench.parse_args(["--forms", "--models", "treernn", "--hidden", "8", "--batch", "2", "--forms-batches",
+                             "2", "--budget", "0.02", "--repeats", "1,2", "--no-progress", "--out", str(tmp_path)])
+    res = bench.run_forms(args, "test")
+    forms = ["loop", "treerec"] + [s for s, _ in models.export_styles("treernn")]
+    assert [(r["model"], r["form"]) for r in res["rows"]] == [("treernn", f) for f in forms]
+    for r in res["rows"]:
+        assert r["status"] == "ok" and r["converted"] is True, r
+        assert r["max_abs_err"] <= 1e-4 and r["ort"]["ms_median"] > 0 and r["cortex"]["ms_median"] > 0
+        assert r["speedup"] > 0
+    bench.write_models_doc(res, doc)
+    text = doc.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| treernn |")]
+    assert [line.split(" | ")[1] for line in rows] == forms
+    assert "Git revision" in text and "Machine:" in text and "Command: `test`" in text
+    assert json.loads((tmp_path / "forms.json").read_text())["rows"][0]["form"] == "loop"
+
+
+def test_forms_table_reports_unconverted_forms():
+    res = {"rows": [{"model": "m", "form": "loop", "converted": False, "reason": "Loop 'x': unsupported op Foo | bar",
+                     "max_abs_err": None, "ort": {"ms_median": 12.0}, "status": "ok"}]}
+    line = bench.render_forms_table(res).splitlines()[-1]
+    assert line.startswith("| m | loop | no: Loop 'x': unsupported op Foo \\| bar | – | 12 | – | – |")

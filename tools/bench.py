@@ -1,24 +1,41 @@
 #!/usr/bin/env python
-"""Benchmark Cortex against its peers on the model zoo over SST trees.
+"""Benchmark Cortex against its peers on the model zoo (onnx_ops.zoo.MODELS) over SST trees, sentences and grids.
 
-    python tools/bench.py [--models treelstm] [--hidden 64,256,512] [--batch 1,10] [--throughput 100]
-                          [--target cpu|cuda] [--sst PATH] [--quick] [--out DIR] [--write-docs]
+    python tools/bench.py [--models treelstm|all|treefc,chainlstm,...] [--hidden 64,256,512] [--batch 1,10]
+                          [--throughput 100] [--target cpu|cuda] [--sst PATH] [--quick] [--out DIR] [--write-docs]
+    python tools/bench.py --forms [--models all] [--hidden 256] [--batch 10] [--out DIR] [--write-models-doc]
 
 Systems (same inputs, same process, same run): Cortex (the converted model in an ONNX Runtime session with the
-Cortex EP), ONNX Runtime on the original Loop/If model (CPU EP), PyTorch eager with the natural per-node module,
-DyNet with autobatching (one renew_cg per batch, all trees built, one forward). A system that cannot run is
-reported with the reason ("not installed", "not available on this machine"), never dropped.
+Cortex EP), ONNX Runtime on the original Loop/If model (CPU EP), PyTorch eager with the natural per-node module of
+each model (tools/peers/models.py TORCH_STYLE), DyNet with autobatching (one renew_cg per batch, all trees built,
+one forward; TreeLSTM only: the other models report "no DyNet implementation of this model"). A system that
+cannot run is reported with the reason ("not installed", "not available on this machine"), never dropped.
 
-Per (model, hidden, batch): every system's h and c tables are first checked against the numpy reference on the
+Models: ``--models`` takes zoo names or ``all``. The default is treelstm: all eight models at the default sizes
+(hidden up to 512, batch 100, where ONNX Runtime's Loop takes seconds per forest and MV-RNN keeps an H×H matrix per
+node) take far more than a few minutes; ``--quick --models all`` covers every model. Inputs per structure kind
+come from ``onnx_ops.zoo.structures``: SST test trees (binary; n-ary for Child-Sum), SST sentences as chains,
+synthetic grids for the DAG-RNN; ``onnx_ops.zoo.batch`` makes one input of B of them.
+
+Per (model, hidden, batch): every system's output tables are first checked against the numpy reference on the
 same inputs (max abs error <= --tol); a disagreement raises :class:`BenchMismatch` (exit code 2). Then each
 system gets a warm-up and timed repeats; one repeat times every input of the config once (batch 1: many single
-trees; batch B: several different forests of B trees) and its value is the mean time per input. Reported: the
+structures; batch B: several different batches of B) and its value is the mean time per input. Reported: the
 median over repeats, p10/p90 over repeats, FLOPs (the model's matrix products, the same count for every system),
 GFLOP/s and its fraction of the matrix-product peak measured in the same run, trees/s.
 
 Outputs under --out: results.json (everything), results.md (tables), speedup_<model>.png and
 latency_<model>.png; converted models are cached in <out>/models per (model, hidden). --write-docs regenerates the
 benchmark section of docs/performance.md from this run.
+
+--forms: every form of every model (``loop``: the hand-built Loop/If; ``treerec``: the cortex.TreeRec model, run
+by ORT as ``lower_treerec(model)``; each TorchScript export style of the model), built at one hidden size (256),
+converted with ``cortex.convert(strict=False)``: converted or not (and the report's reason), max abs error of the
+converted model against the original in ORT, median latency of ORT on the original and of Cortex on
+--forms-batches different batches of --batch (10) structures, and the speedup. Writes forms.json and forms.md
+under --out; --write-models-doc regenerates docs/models.md. Each form's time is bounded: at least 3 repeats,
+as many as fit in --budget, and fewer batches timed when ORT is slow (--forms-cap). Exit code 2 when a converted
+form disagrees with its original above --tol (the table still says MISMATCH).
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """Peers and models of ``tools/bench.py``: the systems a Cortex run is compared with, the model registry, FLOP
 counting, the matrix-product peak and the machine description.
 
-- :mod:`.models`: the model registry (``MODELS``); each entry brings a params maker, the ONNX Loop builder, the
-  numpy reference, the eager PyTorch module, the DyNet builder and the FLOP counter.
+- :mod:`.models`: the benchmark's view of ``onnx_ops.zoo.MODELS`` (the one model registry): per model it adds
+  the eager PyTorch module (one natural style), the DyNet builder (TreeLSTM only), the FLOP counter and the list
+  of TorchScript export styles.
 - :mod:`.systems`: one class per system (Cortex, ONNX Runtime, PyTorch eager, DyNet, GPU placeholders); each
   reports itself "not installed" / "not available on this machine" instead of disappearing.
 - :mod:`.flops`: the model FLOPs and the measured matmul peak.
