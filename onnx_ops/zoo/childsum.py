@@ -20,19 +20,17 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from ..structures import Forest, NaryForest, nary_from_forest
-from ..treerec import DOMAIN, VERSION, make_treerec_node, register_schema
+from ._common import (F32, I64, IR_VERSION, OPSET, EmbeddingSizes, branch, const, dense, embed_affine,  # noqa: F401
+                      embed_inits, embedded_leaf, loop_model, node, row_infos, sigmoid, treerec_internal, treerec_leaf,
+                      treerec_model, uniform, vi, visit, visit_body, zero_table)
 
 __all__ = ["ChildSumParams", "Params", "build_loop", "build_treerec", "make_params", "reference"]
 
-IR_VERSION = 10
-OPSET = 17
-
 
 @dataclass
-class ChildSumParams:
+class ChildSumParams(EmbeddingSizes):
     """float32 weights: ``embedding`` [V, D], ``W`` [D, 3H], ``bW`` [3H], ``U_iou`` [H, 3H], ``b_iou`` [3H],
     ``U_f`` [H, H], ``b_f`` [H]."""
 
@@ -48,48 +46,33 @@ class ChildSumParams:
     def hidden(self) -> int:
         return int(self.b_f.shape[0])
 
-    @property
-    def embed_dim(self) -> int:
-        return int(self.embedding.shape[1])
-
-    @property
-    def vocab(self) -> int:
-        return int(self.embedding.shape[0])
-
 
 Params = ChildSumParams
 
 
 def make_params(hidden: int, embed_dim: int, vocab: int, seed: int = 0) -> ChildSumParams:
     """Random weights: uniform ±1/sqrt(fan_in) (embedding ±1)."""
-    rng = np.random.default_rng(seed)
-    u = lambda shape, s: rng.uniform(-s, s, size=shape).astype(np.float32)  # noqa: E731
-    H, sd, sh = hidden, 1 / np.sqrt(embed_dim), 1 / np.sqrt(hidden)
-    return ChildSumParams(
-        embedding=u((vocab, embed_dim), 1.0),
-        W=u((embed_dim, 3 * H), sd), bW=u((3 * H,), sd),
-        U_iou=u((H, 3 * H), sh), b_iou=u((3 * H,), sh),
-        U_f=u((H, H), sh), b_f=u((H,), sh),
-    )
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
+    u = uniform(seed)
+    H = hidden
+    leaf = embedded_leaf(u, vocab, embed_dim, 3 * H)
+    U_iou, b_iou = dense(u, H, 3 * H)
+    U_f, b_f = dense(u, H, H)
+    return ChildSumParams(**leaf, U_iou=U_iou, b_iou=b_iou, U_f=U_f, b_f=b_f)
 
 
 def leaf_cell(p: ChildSumParams, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(h, c) rows of a leaf with embedded input ``x`` [D]."""
     i, o, u = np.split(x @ p.W + p.bW, 3, axis=-1)
-    c = _sigmoid(i) * np.tanh(u)
-    return (_sigmoid(o) * np.tanh(c)).astype(np.float32), c.astype(np.float32)
+    c = sigmoid(i) * np.tanh(u)
+    return (sigmoid(o) * np.tanh(c)).astype(np.float32), c.astype(np.float32)
 
 
 def internal_cell(p: ChildSumParams, hs: np.ndarray, cs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(h, c) rows of an internal node from its present children's rows ``hs``, ``cs`` [k, H] (k >= 1)."""
     i, o, u = np.split(hs.sum(axis=0) @ p.U_iou + p.b_iou, 3, axis=-1)
-    f = _sigmoid(hs @ p.U_f + p.b_f)
-    c = _sigmoid(i) * np.tanh(u) + (f * cs).sum(axis=0)
-    return (_sigmoid(o) * np.tanh(c)).astype(np.float32), c.astype(np.float32)
+    f = sigmoid(hs @ p.U_f + p.b_f)
+    c = sigmoid(i) * np.tanh(u) + (f * cs).sum(axis=0)
+    return (sigmoid(o) * np.tanh(c)).astype(np.float32), c.astype(np.float32)
 
 
 def reference(params: ChildSumParams, words, children=None, order=None) -> tuple[np.ndarray, np.ndarray]:
@@ -103,26 +86,17 @@ def reference(params: ChildSumParams, words, children=None, order=None) -> tuple
     if isinstance(words, NaryForest):
         words, children, order = words.words, words.children, words.order
     children = np.asarray(children)
-    n = int(np.shape(words)[0])
-    h = np.zeros((n, params.hidden), dtype=np.float32)
-    c = np.zeros((n, params.hidden), dtype=np.float32)
-    for v in np.asarray(order).tolist():
+
+    def step(v, tables):
+        h, c = tables
         kids = children[v]
         kids = kids[kids >= 0]
         if kids.size == 0:
-            h[v], c[v] = leaf_cell(params, params.embedding[words[v]])
-        else:
-            h[v], c[v] = internal_cell(params, h[kids], c[kids])
-    return h, c
+            return leaf_cell(params, params.embedding[words[v]])
+        return internal_cell(params, h[kids], c[kids])
 
-
-def _const(name: str, arr) -> onnx.TensorProto:
-    return numpy_helper.from_array(np.asarray(arr), name)
-
-
-def _model(graph: onnx.GraphProto, treerec: bool) -> onnx.ModelProto:
-    ops = [helper.make_opsetid("", OPSET)] + ([helper.make_opsetid(DOMAIN, VERSION)] if treerec else [])
-    return helper.make_model(graph, ir_version=IR_VERSION, opset_imports=ops, producer_name="cortex.onnx_ops.zoo")
+    H = params.hidden
+    return tuple(visit(int(np.shape(words)[0]), [H, H], order, step))
 
 
 def _hc_nodes(n, p: str, i: str, o: str, u: str, extra_c: str | None, h: str, c: str) -> list[onnx.NodeProto]:
@@ -152,23 +126,14 @@ def build_treerec(params: ChildSumParams, max_children: int = 2) -> onnx.ModelPr
     c_{K-1}, word) -> (h, c)`` ignores the word: Sum of the K child h rows, MatMul/Split for i, o, u, one forget
     gate per slot. Missing children are zero rows, which add nothing to h̃ and give f_k⊙0 = 0, so no mask is
     needed."""
-    register_schema()
     H, K = params.hidden, max_children
-    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
-    vi = helper.make_tensor_value_info
-    n = helper.make_node
-    split3 = _const("split3", np.array([H] * 3, np.int64))
-    leaf = helper.make_graph(
-        [
-            n("Gather", ["E", "word"], ["x"], axis=0),
-            n("MatMul", ["x", "W"], ["xW"]),
-            n("Add", ["xW", "bW"], ["g"]),
-            n("Split", ["g", "split3"], ["i", "o", "u"], axis=0),
-        ] + _hc_nodes(n, "", "i", "o", "u", None, "h", "c"),
-        "childsum_leaf",
-        [vi("word", i64, [])],
-        [vi("h", f32, [H]), vi("c", f32, [H])],
-        initializer=[_const("E", params.embedding), _const("W", params.W), _const("bW", params.bW), split3],
+    n = node
+    split3 = const("split3", np.array([H] * 3, np.int64))
+    leaf = treerec_leaf(
+        "childsum",
+        embed_affine("x", "g") + [n("Split", ["g", "split3"], ["i", "o", "u"], axis=0)]
+        + _hc_nodes(n, "", "i", "o", "u", None, "h", "c"),
+        [("h", H), ("c", H)], embed_inits(params) + [split3],
     )
     int_nodes = [
         n("Sum", [f"h_{k}" for k in range(K)], ["h_sum"]),
@@ -185,23 +150,13 @@ def build_treerec(params: ChildSumParams, max_children: int = 2) -> onnx.ModelPr
         ]
     int_nodes.append(n("Sum", [f"fc_{k}" for k in range(K)], ["fc"]))
     int_nodes += _hc_nodes(n, "", "i", "o", "u", "fc", "h", "c")
-    child_inputs = [vi(f"{s}_{k}", f32, [H]) for k in range(K) for s in ("h", "c")]
-    internal = helper.make_graph(
-        int_nodes,
-        "childsum_internal",
-        child_inputs + [vi("word", i64, [])],
-        [vi("h", f32, [H]), vi("c", f32, [H])],
-        initializer=[_const("U_iou", params.U_iou), _const("b_iou", params.b_iou), _const("U_f", params.U_f),
-                     _const("b_f", params.b_f), split3],
+    child_inputs = row_infos([f"{s}_{k}" for k in range(K) for s in ("h", "c")], H)
+    internal = treerec_internal(
+        "childsum", int_nodes, child_inputs, [("h", H), ("c", H)],
+        [const("U_iou", params.U_iou), const("b_iou", params.b_iou), const("U_f", params.U_f),
+         const("b_f", params.b_f), split3],
     )
-    node = make_treerec_node("children", ["words"], ["h", "c"], leaf, internal, name="childsum")
-    graph = helper.make_graph(
-        [node],
-        "childsum_treerec",
-        [vi("children", i64, ["N", K]), vi("words", i64, ["N"])],
-        [vi("h", f32, ["N", H]), vi("c", f32, ["N", H])],
-    )
-    return _model(graph, treerec=True)
+    return treerec_model("childsum", leaf, internal, [("h", H), ("c", H)], K)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -222,32 +177,27 @@ def build_loop(params: ChildSumParams, max_children: int | None = None) -> onnx.
     ReduceSum(f⊙c_k, axis 0); rows written with ScatterND(table, Unsqueeze(v) [1], row [H])."""
     H = params.hidden
     K = max_children if max_children is not None else "K"
-    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
-    vi = helper.make_tensor_value_info
-    n = helper.make_node
-    inits = [
-        _const("E", params.embedding), _const("W", params.W), _const("bW", params.bW),
-        _const("U_iou", params.U_iou), _const("b_iou", params.b_iou),
-        _const("U_f", params.U_f), _const("b_f", params.b_f),
-        _const("split3", np.array([H] * 3, np.int64)),
-        _const("zero_i", np.int64(0)), _const("zero_f", np.float32(0)),
-        _const("axis0", np.array([0], np.int64)), _const("axis1", np.array([1], np.int64)),
-        _const("H_vec", np.array([H], np.int64)),
+    n = node
+    inits = embed_inits(params) + [
+        const("U_iou", params.U_iou), const("b_iou", params.b_iou),
+        const("U_f", params.U_f), const("b_f", params.b_f),
+        const("split3", np.array([H] * 3, np.int64)),
+        const("zero_i", np.int64(0)), const("zero_f", np.float32(0)),
+        const("axis0", np.array([0], np.int64)), const("axis1", np.array([1], np.int64)),
+        const("H_vec", np.array([H], np.int64)),
     ]
-    then_g = helper.make_graph(
-        [
-            n("Gather", ["words", "v"], ["leaf_w"], axis=0),
-            n("Gather", ["E", "leaf_w"], ["leaf_x"], axis=0),
-            n("MatMul", ["leaf_x", "W"], ["leaf_xW"]),
-            n("Add", ["leaf_xW", "bW"], ["leaf_g"]),
-            n("Split", ["leaf_g", "split3"], ["leaf_i", "leaf_o", "leaf_u"], axis=0),
-        ] + _hc_nodes(n, "leaf_", "leaf_i", "leaf_o", "leaf_u", None, "leaf_h", "leaf_c"),
-        "leaf_branch", [], [vi("leaf_h", f32, [H]), vi("leaf_c", f32, [H])],
+    then_g = branch(
+        "leaf_branch",
+        [n("Gather", ["words", "v"], ["leaf_w"], axis=0)] + embed_affine("leaf_x", "leaf_g", word="leaf_w")
+        + [n("Split", ["leaf_g", "split3"], ["leaf_i", "leaf_o", "leaf_u"], axis=0)]
+        + _hc_nodes(n, "leaf_", "leaf_i", "leaf_o", "leaf_u", None, "leaf_h", "leaf_c"),
+        [("leaf_h", [H]), ("leaf_c", [H])],
     )
-    else_g = helper.make_graph(
+    else_g = branch(
+        "internal_branch",
         [
             n("Max", ["kids", "zero_i"], ["safe"]),
-            n("Cast", ["present"], ["int_mask"], to=f32),
+            n("Cast", ["present"], ["int_mask"], to=F32),
             n("Unsqueeze", ["int_mask", "axis1"], ["mask2"]),
             n("Unsqueeze", ["present", "axis1"], ["present2"]),
             n("Gather", ["h_in", "safe"], ["hk_raw"], axis=0),
@@ -264,40 +214,31 @@ def build_loop(params: ChildSumParams, max_children: int | None = None) -> onnx.
             n("Mul", ["f", "ck"], ["fck"]),
             n("ReduceSum", ["fck", "axis0"], ["fc"], keepdims=0),
         ] + _hc_nodes(n, "int_", "int_i", "int_o", "int_u", "fc", "int_h", "int_c"),
-        "internal_branch", [], [vi("int_h", f32, [H]), vi("int_c", f32, [H])],
+        [("int_h", [H]), ("int_c", [H])],
     )
-    body = helper.make_graph(
+    body = visit_body(
         [
             n("Gather", ["order", "i"], ["v"], axis=0),
             n("Gather", ["children", "v"], ["kids"], axis=0),
             n("GreaterOrEqual", ["kids", "zero_i"], ["present"]),
-            n("Cast", ["present"], ["mask"], to=f32),
+            n("Cast", ["present"], ["mask"], to=F32),
             n("ReduceSum", ["mask"], ["num_kids"], keepdims=0),
             n("Equal", ["num_kids", "zero_f"], ["is_leaf"]),
             n("If", ["is_leaf"], ["row_h", "row_c"], then_branch=then_g, else_branch=else_g),
             n("Unsqueeze", ["v", "axis0"], ["v1"]),
             n("ScatterND", ["h_in", "v1", "row_h"], ["h_out"]),
             n("ScatterND", ["c_in", "v1", "row_c"], ["c_out"]),
-            n("Identity", ["cond_in"], ["cond_out"]),
         ],
-        "visit_body",
-        [vi("i", i64, []), vi("cond_in", TensorProto.BOOL, []), vi("h_in", f32, ["N", H]), vi("c_in", f32, ["N", H])],
-        [vi("cond_out", TensorProto.BOOL, []), vi("h_out", f32, ["N", H]), vi("c_out", f32, ["N", H])],
+        [("h", H), ("c", H)],
     )
     main = [
         n("Shape", ["words"], ["N1"]),
         n("Concat", ["N1", "H_vec"], ["table_shape"], axis=0),
-        n("ConstantOfShape", ["table_shape"], ["h0"], value=numpy_helper.from_array(np.zeros(1, np.float32))),
-        n("ConstantOfShape", ["table_shape"], ["c0"], value=numpy_helper.from_array(np.zeros(1, np.float32))),
+        zero_table("table_shape", "h0"),
+        zero_table("table_shape", "c0"),
         n("Shape", ["order"], ["order_shape"]),
         n("Gather", ["order_shape", "zero_i"], ["trip_count"], axis=0),
         n("Loop", ["trip_count", "", "h0", "c0"], ["h", "c"], body=body),
     ]
-    graph = helper.make_graph(
-        main,
-        "childsum_loop",
-        [vi("words", i64, ["N"]), vi("children", i64, ["N", K]), vi("order", i64, ["L"])],
-        [vi("h", f32, ["N", H]), vi("c", f32, ["N", H])],
-        initializer=inits,
-    )
-    return _model(graph, treerec=False)
+    inputs = [vi("words", I64, ["N"]), vi("children", I64, ["N", K]), vi("order", I64, ["L"])]
+    return loop_model("childsum", main, inputs, [("h", H), ("c", H)], inits)

@@ -20,15 +20,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from ..grids import Grid
-from ..treerec import DOMAIN, VERSION, make_treerec_node, register_schema
+from ._common import (F32, I64, IR_VERSION, OPSET, const, loop_model, node, row_infos,  # noqa: F401
+                      treerec_internal, treerec_leaf, treerec_model, uniform, vi, visit, visit_body, zero_table)
 
 __all__ = ["DAGRNNParams", "build_loop", "build_treerec", "make_params", "reference"]
-
-IR_VERSION = 10
-OPSET = 17
 
 
 @dataclass
@@ -51,11 +48,10 @@ class DAGRNNParams:
 
 def make_params(hidden: int, feature_dim: int, seed: int = 0) -> DAGRNNParams:
     """Random weights, uniform ±1/sqrt(fan_in) (fan_in = D + 2H for all of them)."""
-    rng = np.random.default_rng(seed)
+    u = uniform(seed)
     s = 1 / np.sqrt(feature_dim + 2 * hidden)
-    u = lambda shape: rng.uniform(-s, s, size=shape).astype(np.float32)  # noqa: E731
     return DAGRNNParams(
-        W=u((feature_dim, hidden)), U_up=u((hidden, hidden)), U_left=u((hidden, hidden)), b=u((hidden,))
+        W=u((feature_dim, hidden), s), U_up=u((hidden, hidden), s), U_left=u((hidden, hidden), s), b=u((hidden,), s)
     )
 
 
@@ -84,11 +80,10 @@ def reference(
         raise ValueError(f"missing must be 'negative' or 'zero_row', not {missing!r}")
     features = np.asarray(features, dtype=np.float32)
     n, H = int(features.shape[0]), params.hidden
-    h = np.zeros((n + 1, H), dtype=np.float32)  # row n: the zero row (never written by a valid order)
     zero = np.zeros(H, dtype=np.float32)
     ext = missing == "zero_row"
 
-    def read(j: int) -> np.ndarray:
+    def read(h: np.ndarray, j: int) -> np.ndarray:
         if ext:
             if not -(n + 1) <= j < n + 1:
                 raise IndexError(f"index {j} out of range for {n + 1} rows")
@@ -97,10 +92,13 @@ def reference(
             raise IndexError(f"index {j} out of range for {n} rows")
         return zero if j < 0 else h[j]
 
-    for v in np.asarray(order).tolist():
+    def step(v: int, tables) -> np.ndarray:
         if not 0 <= v < n:  # forms differ on negative entries (the zero-row table wraps over N+1 rows)
             raise IndexError(f"order entry {v} out of range [0, {n})")
-        h[v] = cell(params, features[v], read(int(up[v])), read(int(left[v])))
+        h, = tables
+        return cell(params, features[v], read(h, int(up[v])), read(h, int(left[v])))
+
+    h, = visit(n + 1, [H], order, step)  # row n: the zero row (never written by a valid order)
     return h[:n].copy()
 
 
@@ -108,28 +106,19 @@ def reference(
 # cortex.TreeRec form
 
 
-def _const(name: str, arr) -> onnx.TensorProto:
-    return numpy_helper.from_array(np.asarray(arr), name)
-
-
 def build_treerec(params: DAGRNNParams) -> onnx.ModelProto:
     """A ``cortex.TreeRec`` model: inputs ``children`` int64 [N, 2] (= [up, left], -1 = missing), ``features``
     float32 [N, D]; output ``h`` float32 [N, H]. Leaf body ``x -> tanh(x @ W + b)``; internal body
     ``(h_up, h_left, x) -> tanh(x @ W + h_up @ U_up + h_left @ U_left + b)`` (a missing neighbour arrives as
     zeros)."""
-    register_schema()
     H, D = params.hidden, params.feature_dim
-    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
-    vi = helper.make_tensor_value_info
-    n = helper.make_node
-    leaf = helper.make_graph(
-        [n("MatMul", ["x", "W"], ["xW"]), n("Add", ["xW", "b"], ["pre"]), n("Tanh", ["pre"], ["h"])],
-        "dagrnn_leaf",
-        [vi("x", f32, [D])],
-        [vi("h", f32, [H])],
-        initializer=[_const("W", params.W), _const("b", params.b)],
+    n = node
+    leaf = treerec_leaf(
+        "dagrnn", [n("MatMul", ["x", "W"], ["xW"]), n("Add", ["xW", "b"], ["pre"]), n("Tanh", ["pre"], ["h"])],
+        [("h", H)], [const("W", params.W), const("b", params.b)], inputs=[vi("x", F32, [D])],
     )
-    internal = helper.make_graph(
+    internal = treerec_internal(
+        "dagrnn",
         [
             n("MatMul", ["x", "W"], ["xW"]),
             n("MatMul", ["h_up", "U_up"], ["uU"]),
@@ -139,25 +128,11 @@ def build_treerec(params: DAGRNNParams) -> onnx.ModelProto:
             n("Add", ["s2", "b"], ["pre"]),
             n("Tanh", ["pre"], ["h"]),
         ],
-        "dagrnn_internal",
-        [vi("h_up", f32, [H]), vi("h_left", f32, [H]), vi("x", f32, [D])],
-        [vi("h", f32, [H])],
-        initializer=[_const("W", params.W), _const("U_up", params.U_up), _const("U_left", params.U_left),
-                     _const("b", params.b)],
+        row_infos(["h_up", "h_left"], H) + [vi("x", F32, [D])], [("h", H)],
+        [const("W", params.W), const("U_up", params.U_up), const("U_left", params.U_left), const("b", params.b)],
+        word=False,
     )
-    node = make_treerec_node("children", ["features"], ["h"], leaf, internal, name="dagrnn")
-    graph = helper.make_graph(
-        [node],
-        "dagrnn_treerec",
-        [vi("children", i64, ["N", 2]), vi("features", f32, ["N", D])],
-        [vi("h", f32, ["N", H])],
-    )
-    return helper.make_model(
-        graph,
-        ir_version=IR_VERSION,
-        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, VERSION)],
-        producer_name="cortex.onnx_ops.zoo",
-    )
+    return treerec_model("dagrnn", leaf, internal, [("h", H)], 2, features=vi("features", F32, ["N", D]))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -175,17 +150,15 @@ def build_loop(params: DAGRNNParams) -> onnx.ModelProto:
     Concat(x, h_up, h_left) [D+2H] @ concat(W; U_up; U_left) [D+2H, H], Add b, Tanh; the row is written with
     ScatterElements(table, Expand(Reshape(v, [1, 1]), [1, H]), Unsqueeze(row, [0]), axis=0)."""
     H, D = params.hidden, params.feature_dim
-    f32, i64, b8 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
-    vi = helper.make_tensor_value_info
-    n = helper.make_node
+    n = node
     inits = [
-        _const("Wcat", np.concatenate([params.W, params.U_up, params.U_left], axis=0)), _const("b", params.b),
-        _const("zero", np.int64(0)), _const("axes0", np.array([0], np.int64)),
-        _const("one1", np.array([1], np.int64)), _const("start0", np.array([0], np.int64)),
-        _const("dim_h", np.array([H], np.int64)), _const("shape11", np.array([1, 1], np.int64)),
-        _const("shape1H", np.array([1, H], np.int64)),
+        const("Wcat", np.concatenate([params.W, params.U_up, params.U_left], axis=0)), const("b", params.b),
+        const("zero", np.int64(0)), const("axes0", np.array([0], np.int64)),
+        const("one1", np.array([1], np.int64)), const("start0", np.array([0], np.int64)),
+        const("dim_h", np.array([H], np.int64)), const("shape11", np.array([1, 1], np.int64)),
+        const("shape1H", np.array([1, H], np.int64)),
     ]
-    body = helper.make_graph(
+    body = visit_body(
         [
             n("Gather", ["order", "i"], ["v"], axis=0),
             n("Gather", ["features", "v"], ["x"], axis=0),
@@ -202,32 +175,18 @@ def build_loop(params: DAGRNNParams) -> onnx.ModelProto:
             n("Unsqueeze", ["row", "axes0"], ["row2"]),
             n("ScatterElements", ["h_in", "idx", "row2"], ["h_out"], axis=0),
         ],
-        "visit_body",
-        [vi("i", i64, []), vi("cond_in", b8, []), vi("h_in", f32, ["N1", H])],
-        [vi("h_out", f32, ["N1", H])],
+        [("h", H)], rows="N1",
     )
-    # The body's cond output must come first; pass the condition through.
-    body.node.append(n("Identity", ["cond_in"], ["cond_out"]))
-    body.output.insert(0, vi("cond_out", b8, []))
     main = [
         n("Shape", ["features"], ["fshape"]),
         n("Slice", ["fshape", "start0", "one1"], ["N"]),
         n("Add", ["N", "one1"], ["N_plus_1"]),
         n("Concat", ["N_plus_1", "dim_h"], ["table_shape"], axis=0),
-        n("ConstantOfShape", ["table_shape"], ["h0"], value=numpy_helper.from_array(np.zeros(1, np.float32))),
+        zero_table("table_shape", "h0"),
         n("Shape", ["order"], ["oshape"]),
         n("Gather", ["oshape", "zero"], ["trip_count"], axis=0),
         n("Loop", ["trip_count", "", "h0"], ["h_ext"], body=body),
         n("Slice", ["h_ext", "start0", "N", "axes0"], ["h"]),
     ]
-    graph = helper.make_graph(
-        main,
-        "dagrnn_loop",
-        [vi("features", f32, ["N", D]), vi("up", i64, ["N"]), vi("left", i64, ["N"]), vi("order", i64, ["L"])],
-        [vi("h", f32, ["N", H])],
-        initializer=inits,
-    )
-    return helper.make_model(
-        graph, ir_version=IR_VERSION, opset_imports=[helper.make_opsetid("", OPSET)],
-        producer_name="cortex.onnx_ops.zoo",
-    )
+    inputs = [vi("features", F32, ["N", D]), vi("up", I64, ["N"]), vi("left", I64, ["N"]), vi("order", I64, ["L"])]
+    return loop_model("dagrnn", main, inputs, [("h", H)], inits)

@@ -19,15 +19,13 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
 
 from ..structures import Forest
-from ..treerec import DOMAIN, VERSION, make_treerec_node, register_schema
+from ._common import (IR_VERSION, OPSET, binary_inputs, binary_visit, branch, const, gather_children,  # noqa: F401
+                      loop_model, node, row_infos, treerec_internal, treerec_leaf, treerec_model, uniform, visit_body,
+                      visit_head, zero_table)
 
 __all__ = ["MVRNNParams", "build_loop", "build_treerec", "make_params", "reference"]
-
-IR_VERSION = 10
-OPSET = 17
 
 
 @dataclass
@@ -53,8 +51,7 @@ class MVRNNParams:
 def make_params(hidden: int, vocab: int, seed: int = 0) -> MVRNNParams:
     """Random weights initialised like Socher et al.: word matrices = I + noise, W_M = [I I]/2 + noise (so matrix
     states stay O(1) on deep trees), W and b uniform ±1/sqrt(2H), embedding uniform ±1."""
-    rng = np.random.default_rng(seed)
-    u = lambda shape, s: rng.uniform(-s, s, size=shape).astype(np.float32)  # noqa: E731
+    u = uniform(seed)
     H = hidden
     eye = np.eye(H, dtype=np.float32)
     mats = (eye.reshape(1, H * H) + u((vocab, H * H), 0.3)).astype(np.float32)
@@ -98,27 +95,31 @@ def reference(
     like ONNX Gather); rows v are overwritten. ``words`` may be a :class:`Forest`."""
     if isinstance(words, Forest):
         words, left, right, order = words.words, words.left, words.right, words.order
-    if leaf_test not in ("negative", "minus_one"):
-        raise ValueError(f"leaf_test must be 'negative' or 'minus_one', not {leaf_test!r}")
-    n, H = int(np.shape(words)[0]), params.hidden
-    a = np.zeros((n, H), dtype=np.float32)
-    A = np.zeros((n, H * H), dtype=np.float32)
-    for v in np.asarray(order).tolist():
-        lv = int(left[v])
-        if (lv < 0) if leaf_test == "negative" else (lv == -1):
-            a[v], A[v] = leaf_cell(params, int(words[v]))
-        else:
-            r = int(right[v])
-            a[v], A[v] = internal_cell(params, a[lv], A[lv], a[r], A[r])
-    return a, A
+    H = params.hidden
+    return binary_visit(words, left, right, order, leaf_test, [H, H * H], lambda w: leaf_cell(params, int(w)),
+                        lambda a_l, A_l, a_r, A_r: internal_cell(params, a_l, A_l, a_r, A_r))
+
+
+def _internal_nodes(a: str, A: str, flat: str) -> list[onnx.NodeProto]:
+    """From child rows a_l, A_l, a_r, A_r: Reshape to [H, H], MatMul matrix-state × vector-state, Concat, MatMul by
+    W, Add, Tanh -> ``a``; Concat of the matrices, MatMul by W_M, Reshape(., ``flat``) -> ``A``."""
+    return [
+        node("Reshape", ["A_l", "HH"], ["Ml"]),
+        node("Reshape", ["A_r", "HH"], ["Mr"]),
+        node("MatMul", ["Mr", "a_l"], ["Mr_al"]),
+        node("MatMul", ["Ml", "a_r"], ["Ml_ar"]),
+        node("Concat", ["Mr_al", "Ml_ar"], ["x"], axis=0),
+        node("MatMul", ["W", "x"], ["Wx"]),
+        node("Add", ["Wx", "b"], ["pre"]),
+        node("Tanh", ["pre"], [a]),
+        node("Concat", ["Ml", "Mr"], ["Mlr"], axis=0),
+        node("MatMul", ["W_M", "Mlr"], ["Mnew"]),
+        node("Reshape", ["Mnew", flat], [A]),
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # cortex.TreeRec form
-
-
-def _const(name: str, arr) -> onnx.TensorProto:
-    return numpy_helper.from_array(np.asarray(arr), name)
 
 
 def build_treerec(params: MVRNNParams) -> onnx.ModelProto:
@@ -126,54 +127,23 @@ def build_treerec(params: MVRNNParams) -> onnx.ModelProto:
     [N, H], ``A`` float32 [N, H*H]. Leaf body ``word -> (a, A)`` (two Gathers); internal body
     ``(a_l, A_l, a_r, A_r, word) -> (a, A)`` (Reshape to [H, H], MatMul matrix-state × vector-state, Concat, MatMul
     by W, Add, Tanh; Concat of the matrices, MatMul by W_M, Reshape to [H*H])."""
-    register_schema()
     H = params.hidden
-    f32, i64 = TensorProto.FLOAT, TensorProto.INT64
-    vi = helper.make_tensor_value_info
-    n = helper.make_node
-    leaf = helper.make_graph(
-        [n("Gather", ["E", "word"], ["a"], axis=0), n("Gather", ["M", "word"], ["A"], axis=0)],
-        "mvrnn_leaf",
-        [vi("word", i64, [])],
-        [vi("a", f32, [H]), vi("A", f32, [H * H])],
-        initializer=[_const("E", params.embedding), _const("M", params.matrices)],
+    outputs = [("a", H), ("A", H * H)]
+    leaf = treerec_leaf(
+        "mvrnn", [node("Gather", ["E", "word"], ["a"], axis=0), node("Gather", ["M", "word"], ["A"], axis=0)],
+        outputs, [const("E", params.embedding), const("M", params.matrices)],
     )
-    internal = helper.make_graph(
+    internal = treerec_internal(
+        "mvrnn",
+        _internal_nodes("a", "A", "flat"),
+        row_infos(["a_l"], H) + row_infos(["A_l"], H * H) + row_infos(["a_r"], H) + row_infos(["A_r"], H * H),
+        outputs,
         [
-            n("Reshape", ["A_l", "HH"], ["Ml"]),
-            n("Reshape", ["A_r", "HH"], ["Mr"]),
-            n("MatMul", ["Mr", "a_l"], ["Mr_al"]),
-            n("MatMul", ["Ml", "a_r"], ["Ml_ar"]),
-            n("Concat", ["Mr_al", "Ml_ar"], ["x"], axis=0),
-            n("MatMul", ["W", "x"], ["Wx"]),
-            n("Add", ["Wx", "b"], ["pre"]),
-            n("Tanh", ["pre"], ["a"]),
-            n("Concat", ["Ml", "Mr"], ["Mlr"], axis=0),
-            n("MatMul", ["W_M", "Mlr"], ["Mnew"]),
-            n("Reshape", ["Mnew", "flat"], ["A"]),
-        ],
-        "mvrnn_internal",
-        [vi("a_l", f32, [H]), vi("A_l", f32, [H * H]), vi("a_r", f32, [H]), vi("A_r", f32, [H * H]),
-         vi("word", i64, [])],
-        [vi("a", f32, [H]), vi("A", f32, [H * H])],
-        initializer=[
-            _const("W", params.W), _const("b", params.b), _const("W_M", params.W_M),
-            _const("HH", np.array([H, H], np.int64)), _const("flat", np.array([H * H], np.int64)),
+            const("W", params.W), const("b", params.b), const("W_M", params.W_M),
+            const("HH", np.array([H, H], np.int64)), const("flat", np.array([H * H], np.int64)),
         ],
     )
-    node = make_treerec_node("children", ["words"], ["a", "A"], leaf, internal, name="mvrnn")
-    graph = helper.make_graph(
-        [node],
-        "mvrnn_treerec",
-        [vi("children", i64, ["N", 2]), vi("words", i64, ["N"])],
-        [vi("a", f32, ["N", H]), vi("A", f32, ["N", H * H])],
-    )
-    return helper.make_model(
-        graph,
-        ir_version=IR_VERSION,
-        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, VERSION)],
-        producer_name="cortex.onnx_ops.zoo",
-    )
+    return treerec_model("mvrnn", leaf, internal, outputs, 2)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -191,78 +161,40 @@ def build_loop(params: MVRNNParams) -> onnx.ModelProto:
     MatMul by W (weight on the left), Add, Tanh; W_M MatMul, Reshape [H*H]; rows written back with
     ScatterND(table, Unsqueeze(v, [0]) [1], row [D])."""
     H = params.hidden
-    f32, i64, b8 = TensorProto.FLOAT, TensorProto.INT64, TensorProto.BOOL
-    vi = helper.make_tensor_value_info
-    n = helper.make_node
+    n = node
     inits = [
-        _const("E", params.embedding), _const("M", params.matrices), _const("W", params.W), _const("b", params.b),
-        _const("W_M", params.W_M),
-        _const("zero", np.int64(0)), _const("axes0", np.array([0], np.int64)), _const("true", np.bool_(True)),
-        _const("dim_a", np.array([H], np.int64)), _const("dim_A", np.array([H * H], np.int64)),
-        _const("HH", np.array([H, H], np.int64)),
+        const("E", params.embedding), const("M", params.matrices), const("W", params.W), const("b", params.b),
+        const("W_M", params.W_M),
+        const("zero", np.int64(0)), const("axes0", np.array([0], np.int64)), const("true", np.bool_(True)),
+        const("dim_a", np.array([H], np.int64)), const("dim_A", np.array([H * H], np.int64)),
+        const("HH", np.array([H, H], np.int64)),
     ]
-    then_g = helper.make_graph(
+    then_g = branch(
+        "leaf_branch",
         [
             n("Gather", ["words", "v"], ["w"], axis=0),
             n("Gather", ["E", "w"], ["leaf_a"], axis=0),
             n("Gather", ["M", "w"], ["leaf_A"], axis=0),
         ],
-        "leaf_branch", [], [vi("leaf_a", f32, [H]), vi("leaf_A", f32, [H * H])],
+        [("leaf_a", [H]), ("leaf_A", [H * H])],
     )
-    else_g = helper.make_graph(
-        [
-            n("Gather", ["right", "v"], ["r"], axis=0),
-            n("Gather", ["a_in", "l"], ["a_l"], axis=0),
-            n("Gather", ["a_in", "r"], ["a_r"], axis=0),
-            n("Gather", ["A_in", "l"], ["A_l"], axis=0),
-            n("Gather", ["A_in", "r"], ["A_r"], axis=0),
-            n("Reshape", ["A_l", "HH"], ["Ml"]),
-            n("Reshape", ["A_r", "HH"], ["Mr"]),
-            n("MatMul", ["Mr", "a_l"], ["Mr_al"]),
-            n("MatMul", ["Ml", "a_r"], ["Ml_ar"]),
-            n("Concat", ["Mr_al", "Ml_ar"], ["x"], axis=0),
-            n("MatMul", ["W", "x"], ["Wx"]),
-            n("Add", ["Wx", "b"], ["pre"]),
-            n("Tanh", ["pre"], ["int_a"]),
-            n("Concat", ["Ml", "Mr"], ["Mlr"], axis=0),
-            n("MatMul", ["W_M", "Mlr"], ["Mnew"]),
-            n("Reshape", ["Mnew", "dim_A"], ["int_A"]),
-        ],
-        "internal_branch", [], [vi("int_a", f32, [H]), vi("int_A", f32, [H * H])],
-    )
-    body = helper.make_graph(
-        [
-            n("Gather", ["order", "i"], ["v"], axis=0),
-            n("Gather", ["left", "v"], ["l"], axis=0),
-            n("Less", ["l", "zero"], ["is_leaf"]),
-            n("If", ["is_leaf"], ["row_a", "row_A"], then_branch=then_g, else_branch=else_g),
+    else_g = branch("internal_branch", gather_children(["a", "A"]) + _internal_nodes("int_a", "int_A", "dim_A"),
+                    [("int_a", [H]), ("int_A", [H * H])])
+    body = visit_body(
+        visit_head("left", "Less", "zero", ["row_a", "row_A"], then_g, else_g) + [
             n("Unsqueeze", ["v", "axes0"], ["v1"]),
             n("ScatterND", ["a_in", "v1", "row_a"], ["a_out"]),
             n("ScatterND", ["A_in", "v1", "row_A"], ["A_out"]),
-            n("Identity", ["cond_in"], ["cond_out"]),
         ],
-        "visit_body",
-        [vi("i", i64, []), vi("cond_in", b8, []), vi("a_in", f32, ["N", H]), vi("A_in", f32, ["N", H * H])],
-        [vi("cond_out", b8, []), vi("a_out", f32, ["N", H]), vi("A_out", f32, ["N", H * H])],
+        [("a", H), ("A", H * H)],
     )
-    zero_f = numpy_helper.from_array(np.zeros(1, np.float32))
     main = [
         n("Shape", ["words"], ["N1"]),
         n("Concat", ["N1", "dim_a"], ["shape_a"], axis=0),
         n("Concat", ["N1", "dim_A"], ["shape_A"], axis=0),
-        n("ConstantOfShape", ["shape_a"], ["a0"], value=zero_f),
-        n("ConstantOfShape", ["shape_A"], ["A0"], value=zero_f),
+        zero_table("shape_a", "a0"),
+        zero_table("shape_A", "A0"),
         n("Size", ["order"], ["trip_count"]),
         n("Loop", ["trip_count", "true", "a0", "A0"], ["a", "A"], body=body),
     ]
-    graph = helper.make_graph(
-        main,
-        "mvrnn_loop",
-        [vi("words", i64, ["N"]), vi("left", i64, ["N"]), vi("right", i64, ["N"]), vi("order", i64, ["L"])],
-        [vi("a", f32, ["N", H]), vi("A", f32, ["N", H * H])],
-        initializer=inits,
-    )
-    return helper.make_model(
-        graph, ir_version=IR_VERSION, opset_imports=[helper.make_opsetid("", OPSET)],
-        producer_name="cortex.onnx_ops.zoo",
-    )
+    return loop_model("mvrnn", main, binary_inputs(), [("a", H), ("A", H * H)], inits)
