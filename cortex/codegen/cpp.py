@@ -66,7 +66,7 @@ def _case_layout(case: ir.Case) -> _CaseLayout:
             key = (node.index, node.missing_zero)
             if key not in layout.reads:
                 layout.reads.append(key)
-        elif isinstance(node, (ir.ConstRow, ir.InputRow)):
+        elif isinstance(node, (ir.ConstRow, ir.InputRow, ir.InputProjection)):
             key = (node.index, node.const if isinstance(node, ir.ConstRow) else node.array)
             if key not in layout.slots:
                 layout.slots.append(key)
@@ -87,8 +87,11 @@ class CppGenerator:
         self.cid = {}  # IR constant name -> C identifier
         for name, value in program.constants.items():
             self.cid[name] = f"k_{name}"
-        packed = {mm.weight for c in program.cases for mm in ir.walk_rows([x for _, x in c.writes])
-                  if isinstance(mm, (ir.MatMul, ir.LeftMatMul))}
+        nodes = [n for c in program.cases for n in ir.walk_rows([x for _, x in c.writes])]
+        packed = {n.weight for n in nodes if isinstance(n, (ir.MatMul, ir.LeftMatMul, ir.InputProjection))}
+        # X @ W (+ b) tables computed once per run, before the recursion
+        self.projections = list(dict.fromkeys((n.array, n.weight, n.bias) for n in nodes
+                                              if isinstance(n, ir.InputProjection)))
         for name, value in program.constants.items():
             prepared = pack_panels(value) if name in packed else np.ascontiguousarray(value, dtype=np.float32)
             self.inputs.append(KernelInput(f"{program.name}_{name}", "const", prepared))
@@ -162,6 +165,9 @@ class CppGenerator:
             lines.append(f"  const float* {self.cid[name]} = nullptr;  // {name} {list(self.p.constants[name].shape)}")
         for t in self.p.tables:
             lines.append(f"  float* {self.tid[t.name]} = nullptr;  // state {t.name} [N x {t.width}]")
+        for k, (array, weight, bias) in enumerate(self.projections):
+            plus = f" + {bias}" if bias else ""
+            lines.append(f"  const float* proj{k} = nullptr;  // {array} @ {weight}{plus}, every row")
         lines.append("  Workspace* ws = nullptr;")
         lines.append("};")
         return "\n".join(lines) + "\n"
@@ -334,6 +340,7 @@ class CppGenerator:
             "    thread_local Workspace ws;",
             "    cx.ws = &ws;",
             "    prepare(cx);",
+            *self.projection_lines(),
             f"    std::string failure = {'ws.linearizer.dag(cx.N, ws.case_id.data(), kNumCases, ws.reads.data(), kReads, ws.schedule)' if p.mode == 'dag' else 'ws.linearizer.visit(cx.N, ws.listed, ws.node.data(), ws.case_id.data(), kNumCases, ws.reads.data(), kReads, ws.schedule)'};",
             "    if (!failure.empty()) throw cortex::KernelError(failure);",
             "    if (ws.schedule.valid) {",
@@ -356,6 +363,22 @@ class CppGenerator:
             "}",
         ]
         return "\n".join(lines) + "\n"
+
+    def projection_lines(self) -> list:
+        """Hoisted node-input products: one GEMM over every row of the input, before the recursion."""
+        lines = []
+        for k, (array, weight, bias) in enumerate(self.projections):
+            a = self.aid[array]
+            width = self.p.constants[weight].shape[1]
+            depth = self.p.constants[weight].shape[0]
+            b = f"cx.{self.cid[bias]}" if bias else "nullptr"
+            lines += [f"    {{  // {array} @ {weight}",
+                      f"      float* table = ws.projection({k}, cx.{a}_rows * {width});",
+                      f"      cortex::gemm_packed(cx.{a}_rows, {width}, {depth}, cx.{a}, {depth}, cx.{self.cid[weight]}, "
+                      f"table, {width}, {b}, false);",
+                      f"      cx.proj{k} = table;",
+                      "    }"]
+        return lines
 
     def dispatch_fn(self) -> str:
         lines = ["static void run_case(Ctx& cx, int32_t c, const int64_t* batch, int64_t B) {", "  switch (c) {"]
@@ -420,6 +443,12 @@ class _RowEnv:
             name = f"crow{len(pointers)}"
             decl = (f"const float* {name} = cx.{gen.cid[node.const]} + ws.slots[q * kSlots + {s}] * {node.width};"
                     f"  // {node.const}[{format_index(node.index)}]")
+        elif isinstance(node, ir.InputProjection):
+            s = self.layout.slots.index((node.index, node.array))
+            k = gen.projections.index((node.array, node.weight, node.bias))
+            name = f"iproj{len(pointers)}"
+            decl = (f"const float* {name} = cx.proj{k} + ws.slots[q * kSlots + {s}] * {node.width};"
+                    f"  // ({node.array} @ {node.weight})[{format_index(node.index)}]")
         elif isinstance(node, ir.BExpr):
             s = self.layout.slots.index((node, MASK))
             name = f"mask{len(pointers)}"
@@ -436,7 +465,7 @@ class _RowEnv:
     def expr(self, e, offset, access_width, temps, code, pointers) -> str:
         """C++ for element (j + offset) of e, where j runs over [0, access_width)."""
         idx = "0" if e.width == 1 else (f"j + {offset}" if offset else "j")
-        if isinstance(e, (ir.ChildState, ir.ConstRow, ir.InputRow)):
+        if isinstance(e, (ir.ChildState, ir.ConstRow, ir.InputRow, ir.InputProjection)):
             name = self.leaf_pointer(e, pointers)
             return f"{name}[{idx}]"
         if isinstance(e, ir.ConstVec):
@@ -538,6 +567,7 @@ struct Workspace {{
   std::vector<int32_t> case_id;
   int64_t listed = 0;
   std::vector<std::vector<float>> buffers;
+  std::vector<std::vector<float>> projections;  // hoisted input products, one table per run
 
   void resize_positions(int64_t L) {{
     node.resize(L);
@@ -546,10 +576,13 @@ struct Workspace {{
     reads.resize(L * kReads);
     slots.resize(L * kSlots);
   }}
-  float* buffer(size_t i, int64_t size) {{
-    if (buffers.size() <= i) buffers.resize(i + 1);
-    if (static_cast<int64_t>(buffers[i].size()) < size) buffers[i].resize(size);
-    return buffers[i].data();
+  float* buffer(size_t i, int64_t size) {{ return grow(buffers, i, size); }}
+  float* projection(size_t i, int64_t size) {{ return grow(projections, i, size); }}
+
+  static float* grow(std::vector<std::vector<float>>& pool, size_t i, int64_t size) {{
+    if (pool.size() <= i) pool.resize(i + 1);
+    if (static_cast<int64_t>(pool[i].size()) < size) pool[i].resize(size);
+    return pool[i].data();
   }}
 }};
 """

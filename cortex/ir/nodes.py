@@ -169,6 +169,18 @@ class InputRow(RExpr):
 
 @_cached_hash
 @dataclass(frozen=True)
+class InputProjection(RExpr):
+    """Row `index` of X @ W (+ bias) for a runtime float matrix input X: the whole product is computed once per
+    run, before the recursion, as one large matrix product (hoisting node-input-only work)."""
+    array: str
+    weight: str
+    bias: Optional[str]
+    index: IExpr
+    width: int
+
+
+@_cached_hash
+@dataclass(frozen=True)
 class ConstVec(RExpr):
     """A constant vector (width 1 broadcasts)."""
     const: str
@@ -391,7 +403,7 @@ def walk_rows(roots):
 
 def row_index_exprs(e: RExpr):
     """The index expression a row leaf reads at, or None."""
-    if isinstance(e, (ChildState, ConstRow, InputRow)):
+    if isinstance(e, (ChildState, ConstRow, InputRow, InputProjection)):
         return e.index
     return None
 
@@ -436,9 +448,9 @@ def referenced_arrays(cases) -> list:
         pred(case.predicate)
         index(case.target)
         for node in walk_rows([x for _, x in case.writes]):
-            if isinstance(node, InputRow):
+            if isinstance(node, (InputRow, InputProjection)):
                 add(node.array)
-            if isinstance(node, (ChildState, ConstRow, InputRow)):
+            if isinstance(node, (ChildState, ConstRow, InputRow, InputProjection)):
                 index(node.index)
             if isinstance(node, (Mask, Select)):
                 pred(node.pred)

@@ -50,6 +50,9 @@ def _format_row(e: ir.RExpr, names: dict) -> str:
         return f"const_row {e.const}[{format_index(e.index)}]"
     if isinstance(e, ir.InputRow):
         return f"input_row {e.array}[{format_index(e.index)}]"
+    if isinstance(e, ir.InputProjection):
+        bias = f" + {e.bias}" if e.bias else ""
+        return f"input_projection ({e.array} @ {e.weight}{bias})[{format_index(e.index)}]"
     if isinstance(e, ir.ConstVec):
         return f"const {e.const}"
     if isinstance(e, ir.Scalar):

@@ -69,6 +69,14 @@ def _verify_row(program: ir.Program, e: ir.RExpr):
         decl = program.input(e.array)
         _check(decl.dtype == "float32" and decl.rank == 2 and decl.inner == (e.width,), f"input_row {e.array}")
         _verify_index(program, e.index)
+    elif isinstance(e, ir.InputProjection):
+        decl = program.input(e.array)
+        w = consts.get(e.weight)
+        _check(decl.dtype == "float32" and decl.rank == 2 and w is not None and w.shape == (decl.inner[0], e.width),
+               f"input_projection {e.array} @ {e.weight}: shapes")
+        if e.bias is not None:
+            _check(consts.get(e.bias) is not None and consts[e.bias].shape == (e.width,), "input_projection bias")
+        _verify_index(program, e.index)
     elif isinstance(e, ir.ConstVec):
         c = consts.get(e.const)
         _check(c is not None and c.size == e.width, f"const {e.const}: size {e.width}")

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 from ..ir import nodes as ir
 from ..ir.verify import verify
-from .rewrite import fold_constant_rows, fuse_bias, simplify
+from .rewrite import fold_constant_rows, fuse_bias, hoist_input_products, simplify, split_concat_matmul
 
-# Order matters: simplify exposes foldable subtrees; folding removes leaf matmuls before bias fusion
-# looks for the matmuls that remain (the ones over child states).
+# Order matters: simplify exposes foldable subtrees; folding removes the products over constant tables (embedding
+# lookups); splitting and hoisting then take the products over runtime node inputs out of the recursion; bias
+# fusion looks at the matrix products that remain (the ones over child states) and at the hoisted ones.
 PIPELINE = (
     ("simplify", simplify),
     ("fold-constant-rows", fold_constant_rows),
+    ("split-concat-matmul", split_concat_matmul),
+    ("hoist-input-products", hoist_input_products),
     ("fuse-bias", fuse_bias),
     ("simplify", simplify),
 )

@@ -105,7 +105,7 @@ def _const_indexed(e: ir.RExpr):
             if index is not None and node.index != index:
                 return None
             index = node.index
-        elif isinstance(node, (ir.ChildState, ir.InputRow, ir.Mask, ir.Select)):
+        elif isinstance(node, (ir.ChildState, ir.InputRow, ir.InputProjection, ir.Mask, ir.Select)):
             return None  # varies with the position, not only with one table row
     return index
 
@@ -197,21 +197,87 @@ def fold_constant_rows(program: ir.Program) -> ir.Program:
 
 
 def fuse_bias(program: ir.Program) -> ir.Program:
-    """add(matmul(x, W), b) -> matmul(x, W, bias=b): the bias is added in the GEMM's store."""
+    """add(matmul(x, W), b) -> matmul(x, W, bias=b): the bias is added in the GEMM's store. Also through one
+    addition: (matmul + y) + b -> matmul(bias=b) + y (the hoisted half of a split product takes it)."""
     constants = dict(program.constants)
 
+    def fusable(e):
+        return (isinstance(e, ir.MatMul) and e.rows == 1) or isinstance(e, ir.InputProjection)
+
+    def with_bias(mm, vec):
+        bias = np.broadcast_to(constants[vec.const].reshape(-1) if isinstance(vec, ir.ConstVec)
+                               else np.float32(vec.value), (mm.width,)).astype(np.float32)
+        if mm.bias:
+            bias = bias + constants[mm.bias]
+        name = f"bias_{len(constants)}"
+        constants[name] = np.ascontiguousarray(bias)
+        return dataclasses.replace(mm, bias=name)
+
     def rewrite(e):
-        if isinstance(e, ir.Binary) and e.op == "add":
-            for mm, vec in ((e.a, e.b), (e.b, e.a)):
-                if isinstance(mm, ir.MatMul) and mm.rows == 1 and isinstance(vec, (ir.ConstVec, ir.Scalar)):
-                    bias = np.broadcast_to(constants[vec.const].reshape(-1) if isinstance(vec, ir.ConstVec)
-                                           else np.float32(vec.value), (mm.width,)).astype(np.float32)
-                    if mm.bias:
-                        bias = bias + constants[mm.bias]
-                    name = f"bias_{len(constants)}"
-                    constants[name] = np.ascontiguousarray(bias)
-                    return dataclasses.replace(mm, bias=name)
+        if not (isinstance(e, ir.Binary) and e.op == "add"):
+            return e
+        for x, vec in ((e.a, e.b), (e.b, e.a)):
+            if not isinstance(vec, (ir.ConstVec, ir.Scalar)):
+                continue
+            if fusable(x):
+                return with_bias(x, vec)
+            if isinstance(x, ir.Binary) and x.op == "add":
+                for p, q in ((x.a, x.b), (x.b, x.a)):
+                    if fusable(p) and p.width == e.width:
+                        return ir.binary("add", with_bias(p, vec), q)
         return e
 
     program = dataclasses.replace(program, constants=constants)
+    return map_rows(program, rewrite)
+
+
+# ---- hoisting: node-input-only products out of the recursion ----------------------------------
+
+
+def split_concat_matmul(program: ir.Program) -> ir.Program:
+    """matmul(concat(x, h...), W) = x @ W_x + concat(h...) @ W_h when x is a runtime node input, so that x's
+    product can leave the recursion (DAG-RNN: concat(pixel, h_up, h_left) @ W)."""
+    constants = dict(program.constants)
+
+    def rewrite(e):
+        if not (isinstance(e, ir.MatMul) and e.rows == 1 and isinstance(e.x, ir.Concat)):
+            return e
+        if not any(isinstance(p, ir.InputRow) for p in e.x.parts):
+            return e
+        w = constants[e.weight]
+        hoisted, rest, rest_rows, start = [], [], [], 0
+        for part in e.x.parts:
+            block = w[start:start + part.width]
+            start += part.width
+            if isinstance(part, ir.InputRow):
+                hoisted.append((part, block))
+            else:
+                rest.append(part)
+                rest_rows.append(block)
+        terms = []
+        for k, (part, block) in enumerate(hoisted):
+            name = f"{e.weight}_in{k}"
+            constants[name] = np.ascontiguousarray(block)
+            terms.append(ir.MatMul(part, name, e.bias if k == 0 else None, e.width))
+        if rest:
+            name = f"{e.weight}_rest"
+            constants[name] = np.ascontiguousarray(np.concatenate(rest_rows, axis=0))
+            terms.append(ir.MatMul(ir.concat(rest), name, None, e.width))
+        out = terms[0]
+        for t in terms[1:]:
+            out = ir.binary("add", out, t)
+        return out
+
+    return map_rows(dataclasses.replace(program, constants=constants), rewrite)
+
+
+def hoist_input_products(program: ir.Program) -> ir.Program:
+    """matmul(input_row(X)[i], W, b) -> row i of X @ W + b, computed for all rows at once before the
+    recursion: one large, efficient GEMM instead of one per level batch."""
+
+    def rewrite(e):
+        if isinstance(e, ir.MatMul) and e.rows == 1 and isinstance(e.x, ir.InputRow):
+            return ir.InputProjection(e.x.array, e.weight, e.bias, e.x.index, e.width)
+        return e
+
     return map_rows(program, rewrite)
