@@ -35,22 +35,11 @@ torch is optional: importing this module without torch works (``TORCH_AVAILABLE`
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 from . import childsum, treefc, treegru, treernn
 from ..structures import Forest, NaryForest, nary_from_forest
-
-try:
-    import torch
-    import torch.nn.functional as F
-    from torch import Tensor, nn
-
-    TORCH_AVAILABLE = True
-except ImportError:  # pragma: no cover - exercised only without torch
-    torch = F = Tensor = nn = None
-    TORCH_AVAILABLE = False
+from ._torch import TORCH_AVAILABLE, F, Tensor, export_script, load_params, nn, require_torch, torch
 
 __all__ = ["MODELS", "STYLES", "TORCH_AVAILABLE", "export", "make_module"]
 
@@ -68,13 +57,8 @@ _STYLE_MODELS = {
 }
 
 
-def _t(a: np.ndarray) -> "Tensor":
-    return torch.from_numpy(np.ascontiguousarray(a))
-
-
 def _require_torch() -> None:
-    if not TORCH_AVAILABLE:
-        raise ImportError("torch is not installed; onnx_ops.zoo.torch_models_a needs it for make_module/export")
+    require_torch("onnx_ops.zoo.torch_models_a")
 
 
 if TORCH_AVAILABLE:
@@ -101,13 +85,8 @@ if TORCH_AVAILABLE:
             return h
 
         def load(self, p: treefc.TreeFCParams) -> "TreeFCRowAssign":
-            with torch.no_grad():
-                self.embedding.weight.copy_(_t(p.embedding))
-                self.W.weight.copy_(_t(p.W.T))
-                self.W.bias.copy_(_t(p.bW))
-                self.U.weight.copy_(_t(p.U.T))
-                self.U.bias.copy_(_t(p.bU))
-            return self
+            return load_params(self, {"embedding.weight": p.embedding, "W.weight": p.W.T, "W.bias": p.bW,
+                                      "U.weight": p.U.T, "U.bias": p.bU})
 
     class TreeFCWhere(nn.Module):
         def __init__(self, vocab: int, embed_dim: int, hidden: int):
@@ -128,13 +107,8 @@ if TORCH_AVAILABLE:
             return h
 
         def load(self, p: treefc.TreeFCParams) -> "TreeFCWhere":
-            with torch.no_grad():
-                self.embedding.weight.copy_(_t(p.embedding))
-                self.leaf.weight.copy_(_t(p.W.T))
-                self.leaf.bias.copy_(_t(p.bW))
-                self.node.weight.copy_(_t(p.U.T))
-                self.node.bias.copy_(_t(p.bU))
-            return self
+            return load_params(self, {"embedding.weight": p.embedding, "leaf.weight": p.W.T, "leaf.bias": p.bW,
+                                      "node.weight": p.U.T, "node.bias": p.bU})
 
     # ------------------------------------------------------------------------------------------------------------
     # TreeRNN
@@ -162,13 +136,8 @@ if TORCH_AVAILABLE:
             return h
 
         def load(self, p: treernn.TreeRNNParams) -> "TreeRNNIndexPut":
-            with torch.no_grad():
-                self.embedding.weight.copy_(_t(p.embedding))
-                self.W.weight.copy_(_t(p.W.T))
-                self.W.bias.copy_(_t(p.bW))
-                self.U.weight.copy_(_t(p.U.T))
-                self.U_bias.copy_(_t(p.bU))
-            return self
+            return load_params(self, {"embedding.weight": p.embedding, "W.weight": p.W.T, "W.bias": p.bW,
+                                      "U.weight": p.U.T, "U_bias": p.bU})
 
     # ------------------------------------------------------------------------------------------------------------
     # TreeGRU
@@ -205,15 +174,10 @@ if TORCH_AVAILABLE:
             return h
 
         def load(self, p: treegru.TreeGRUParams) -> "TreeGRUPythonInt":
-            with torch.no_grad():
-                self.embedding.weight.copy_(_t(p.embedding))
-                self.leaf_weight.copy_(_t(p.W.T))
-                self.leaf_bias.copy_(_t(p.bW))
-                self.gate_weight.copy_(_t(np.concatenate([p.Uz, p.Ur], axis=1).T))
-                self.gate_bias.copy_(_t(np.concatenate([p.bz, p.br])))
-                self.cand_weight.copy_(_t(p.Uh.T))
-                self.cand_bias.copy_(_t(p.bh))
-            return self
+            return load_params(self, {"embedding.weight": p.embedding, "leaf_weight": p.W.T, "leaf_bias": p.bW,
+                                      "gate_weight": np.concatenate([p.Uz, p.Ur], axis=1).T,
+                                      "gate_bias": np.concatenate([p.bz, p.br]), "cand_weight": p.Uh.T,
+                                      "cand_bias": p.bh})
 
     # ------------------------------------------------------------------------------------------------------------
     # Child-Sum TreeLSTM
@@ -249,15 +213,9 @@ if TORCH_AVAILABLE:
             return h, c
 
         def load(self, p: childsum.ChildSumParams) -> "ChildSumClampMask":
-            with torch.no_grad():
-                self.embedding.weight.copy_(_t(p.embedding))
-                self.W.weight.copy_(_t(p.W.T))
-                self.W.bias.copy_(_t(p.bW))
-                self.U_iou.weight.copy_(_t(p.U_iou.T))
-                self.U_iou.bias.copy_(_t(p.b_iou))
-                self.U_f.weight.copy_(_t(p.U_f.T))
-                self.U_f.bias.copy_(_t(p.b_f))
-            return self
+            return load_params(self, {"embedding.weight": p.embedding, "W.weight": p.W.T, "W.bias": p.bW,
+                                      "U_iou.weight": p.U_iou.T, "U_iou.bias": p.b_iou, "U_f.weight": p.U_f.T,
+                                      "U_f.bias": p.b_f})
 
     class ChildSumZeroRow(nn.Module):
         def __init__(self, vocab: int, embed_dim: int, hidden: int):
@@ -295,15 +253,9 @@ if TORCH_AVAILABLE:
             return h[:n], c[:n]
 
         def load(self, p: childsum.ChildSumParams) -> "ChildSumZeroRow":
-            with torch.no_grad():
-                self.embedding.weight.copy_(_t(p.embedding))
-                self.leaf_weight.copy_(_t(p.W.T))
-                self.leaf_bias.copy_(_t(p.bW))
-                self.iou_weight.copy_(_t(p.U_iou.T))
-                self.iou_bias.copy_(_t(p.b_iou))
-                self.f_weight.copy_(_t(p.U_f.T))
-                self.f_bias.copy_(_t(p.b_f))
-            return self
+            return load_params(self, {"embedding.weight": p.embedding, "leaf_weight": p.W.T, "leaf_bias": p.bW,
+                                      "iou_weight": p.U_iou.T, "iou_bias": p.b_iou, "f_weight": p.U_f.T,
+                                      "f_bias": p.b_f})
 
     class ChildSumWhere(nn.Module):
         def __init__(self, vocab: int, embed_dim: int, hidden: int):
@@ -341,15 +293,9 @@ if TORCH_AVAILABLE:
             return h, c
 
         def load(self, p: childsum.ChildSumParams) -> "ChildSumWhere":
-            with torch.no_grad():
-                self.embedding.weight.copy_(_t(p.embedding))
-                self.W.weight.copy_(_t(p.W.T))
-                self.W.bias.copy_(_t(p.bW))
-                self.U_iou.weight.copy_(_t(p.U_iou.T))
-                self.U_iou.bias.copy_(_t(p.b_iou))
-                self.U_f.weight.copy_(_t(p.U_f.T))
-                self.f_bias.copy_(_t(p.b_f))
-            return self
+            return load_params(self, {"embedding.weight": p.embedding, "W.weight": p.W.T, "W.bias": p.bW,
+                                      "U_iou.weight": p.U_iou.T, "U_iou.bias": p.b_iou, "U_f.weight": p.U_f.T,
+                                      "f_bias": p.b_f})
 
     _CLASSES = {
         "treefc_row_assign": TreeFCRowAssign,
@@ -392,24 +338,5 @@ def export(style: str, params, path, example) -> str:
     fixed by ``example``); returns ``str(path)``. ``example``: a Forest (binary models) or NaryForest/Forest
     (Child-Sum)."""
     _require_torch()
-    feeds = example_arrays(style, example)
-    names = list(feeds)
-    args = tuple(_t(a) for a in feeds.values())
     outputs = ["h", "c"] if STYLES[style][0] == "childsum" else ["h"]
-    dyn = {name: {0: "N"} for name in names if name != "order"}
-    dyn["order"] = {0: "L"}
-    dyn.update({o: {0: "N"} for o in outputs})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        m = torch.jit.script(make_module(style, params))
-        torch.onnx.export(
-            m,
-            args,
-            str(path),
-            dynamo=False,
-            opset_version=17,
-            input_names=names,
-            output_names=outputs,
-            dynamic_axes=dyn,
-        )
-    return str(path)
+    return export_script(lambda: make_module(style, params), example_arrays(style, example), path, outputs)

@@ -28,19 +28,9 @@ torch is optional: importing this module without torch works (``TORCH_AVAILABLE`
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
-try:
-    import torch
-    import torch.nn.functional as F
-    from torch import Tensor, nn
-
-    TORCH_AVAILABLE = True
-except ImportError:  # pragma: no cover - exercised only without torch
-    torch = F = Tensor = nn = None
-    TORCH_AVAILABLE = False
+from ._torch import TORCH_AVAILABLE, F, Tensor, export_script, load_params, nn, require_torch, torch
 
 __all__ = ["INPUT_NAMES", "OUTPUT_NAMES", "REFERENCE_KWARGS", "STYLES", "TORCH_AVAILABLE", "export", "make_module"]
 
@@ -64,12 +54,7 @@ REFERENCE_KWARGS = {
 
 
 def _require_torch() -> None:
-    if not TORCH_AVAILABLE:
-        raise ImportError("torch is not installed; onnx_ops.zoo.torch_models_b needs it for make_module/export")
-
-
-def _t(a: np.ndarray) -> "Tensor":
-    return torch.from_numpy(np.ascontiguousarray(a))
+    require_torch("onnx_ops.zoo.torch_models_b")
 
 
 STYLES: dict = {}
@@ -110,13 +95,8 @@ if TORCH_AVAILABLE:
             return a, A
 
         def load(self, p) -> "MVRNNRowAssign":
-            with torch.no_grad():
-                self.embedding.weight.copy_(_t(p.embedding))
-                self.word_matrix.weight.copy_(_t(p.matrices))
-                self.W.weight.copy_(_t(p.W))
-                self.W.bias.copy_(_t(p.b))
-                self.W_M.copy_(_t(p.W_M))
-            return self
+            return load_params(self, {"embedding.weight": p.embedding, "word_matrix.weight": p.matrices,
+                                      "W.weight": p.W, "W.bias": p.b, "W_M": p.W_M})
 
     class MVRNNIndexPut(nn.Module):
         def __init__(self, vocab: int, hidden: int):
@@ -152,13 +132,8 @@ if TORCH_AVAILABLE:
             return a, A
 
         def load(self, p) -> "MVRNNIndexPut":
-            with torch.no_grad():
-                self.embedding.weight.copy_(_t(p.embedding))
-                self.word_matrix.weight.copy_(_t(p.matrices))
-                self.weight.copy_(_t(p.W))
-                self.bias.copy_(_t(p.b))
-                self.W_M.weight.copy_(_t(p.W_M))
-            return self
+            return load_params(self, {"embedding.weight": p.embedding, "word_matrix.weight": p.matrices,
+                                      "weight": p.W, "bias": p.b, "W_M.weight": p.W_M})
 
     # ------------------------------------------------------------------------------------------------------------
     # DAG-RNN
@@ -185,12 +160,8 @@ if TORCH_AVAILABLE:
             return h
 
         def load(self, p) -> "DAGRNNWhereMask":
-            with torch.no_grad():
-                self.W.weight.copy_(_t(p.W.T))
-                self.W.bias.copy_(_t(p.b))
-                self.U_up.weight.copy_(_t(p.U_up.T))
-                self.U_left.weight.copy_(_t(p.U_left.T))
-            return self
+            return load_params(self, {"W.weight": p.W.T, "W.bias": p.b, "U_up.weight": p.U_up.T,
+                                      "U_left.weight": p.U_left.T})
 
     class DAGRNNZeroRow(nn.Module):
         def __init__(self, feature_dim: int, hidden: int):
@@ -210,10 +181,7 @@ if TORCH_AVAILABLE:
             return h[:n]
 
         def load(self, p) -> "DAGRNNZeroRow":
-            with torch.no_grad():
-                self.weight.copy_(_t(np.concatenate([p.W, p.U_up, p.U_left], axis=0).T))
-                self.bias.copy_(_t(p.b))
-            return self
+            return load_params(self, {"weight": np.concatenate([p.W, p.U_up, p.U_left], axis=0).T, "bias": p.b})
 
     # ------------------------------------------------------------------------------------------------------------
     # Chain LSTM
@@ -246,12 +214,8 @@ if TORCH_AVAILABLE:
             return h, c
 
         def load(self, p) -> "ChainLSTMIfFirst":
-            with torch.no_grad():
-                self.embedding.weight.copy_(_t(p.embedding))
-                self.W.weight.copy_(_t(p.W.T))
-                self.W.bias.copy_(_t(p.b))
-                self.U.weight.copy_(_t(p.U.T))
-            return self
+            return load_params(self, {"embedding.weight": p.embedding, "W.weight": p.W.T, "W.bias": p.b,
+                                      "U.weight": p.U.T})
 
     class ChainLSTMCell(nn.Module):
         def __init__(self, vocab: int, embed_dim: int, hidden: int):
@@ -280,13 +244,9 @@ if TORCH_AVAILABLE:
             return h, c
 
         def load(self, p) -> "ChainLSTMCell":
-            with torch.no_grad():
-                self.embedding.weight.copy_(_t(p.embedding))
-                self.cell.weight_ih.copy_(_t(p.W.T))
-                self.cell.weight_hh.copy_(_t(p.U.T))
-                self.cell.bias_ih.copy_(_t(p.b))
-                self.cell.bias_hh.zero_()
-            return self
+            return load_params(self, {"embedding.weight": p.embedding, "cell.weight_ih": p.W.T,
+                                      "cell.weight_hh": p.U.T, "cell.bias_ih": p.b,
+                                      "cell.bias_hh": np.zeros_like(p.b)})
 
     STYLES.update({
         "mvrnn_row_assign": ("mvrnn", MVRNNRowAssign),
@@ -321,22 +281,6 @@ def export(style: str, params, path, example) -> str:
     structure of the model's kind (Forest / Grid / Chains, anything with ``arrays()``). Returns ``str(path)``."""
     _require_torch()
     model, _ = STYLES[style]
-    feeds = example.arrays()
-    names = INPUT_NAMES[model]
-    args = tuple(_t(feeds[k]) for k in names)
-    dyn = {k: ({0: "L"} if k == "order" else {0: "N"}) for k in names}
-    dyn.update({k: {0: "N"} for k in OUTPUT_NAMES[model]})
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        m = torch.jit.script(make_module(style, params))
-        torch.onnx.export(
-            m,
-            args,
-            str(path),
-            dynamo=False,
-            opset_version=17,
-            input_names=names,
-            output_names=OUTPUT_NAMES[model],
-            dynamic_axes=dyn,
-        )
-    return str(path)
+    arrays = example.arrays()
+    feeds = {k: arrays[k] for k in INPUT_NAMES[model]}
+    return export_script(lambda: make_module(style, params), feeds, path, OUTPUT_NAMES[model])

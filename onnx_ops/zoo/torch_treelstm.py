@@ -17,19 +17,7 @@ torch is optional: importing this module without torch works (``TORCH_AVAILABLE`
 
 from __future__ import annotations
 
-import warnings
-
-import numpy as np
-
-try:
-    import torch
-    import torch.nn.functional as F
-    from torch import Tensor, nn
-
-    TORCH_AVAILABLE = True
-except ImportError:  # pragma: no cover - exercised only without torch
-    torch = F = Tensor = nn = None
-    TORCH_AVAILABLE = False
+from ._torch import TORCH_AVAILABLE, F, Tensor, export_script, load_params, nn, require_torch, torch
 
 __all__ = ["STYLES", "TORCH_AVAILABLE", "make_module", "export"]
 
@@ -37,8 +25,7 @@ STYLES = ("row_assign", "index_put", "python_int")
 
 
 def _require_torch() -> None:
-    if not TORCH_AVAILABLE:
-        raise ImportError("torch is not installed; onnx_ops.zoo.torch_treelstm needs it for make_module/export")
+    require_torch("onnx_ops.zoo.torch_treelstm")
 
 
 if TORCH_AVAILABLE:
@@ -72,13 +59,8 @@ if TORCH_AVAILABLE:
             return h, c
 
         def load(self, p) -> "TreeLSTMRowAssign":
-            with torch.no_grad():
-                self.embedding.weight.copy_(torch.from_numpy(p.embedding))
-                self.W.weight.copy_(torch.from_numpy(np.ascontiguousarray(p.W.T)))
-                self.W.bias.copy_(torch.from_numpy(p.bW))
-                self.U.weight.copy_(torch.from_numpy(np.ascontiguousarray(p.U.T)))
-                self.U.bias.copy_(torch.from_numpy(p.bU))
-            return self
+            return load_params(self, {"embedding.weight": p.embedding, "W.weight": p.W.T, "W.bias": p.bW,
+                                      "U.weight": p.U.T, "U.bias": p.bU})
 
 
     class TreeLSTMIndexPut(nn.Module):
@@ -118,14 +100,11 @@ if TORCH_AVAILABLE:
 
         def load(self, p) -> "TreeLSTMIndexPut":
             H = p.hidden
-            with torch.no_grad():
-                self.embedding.weight.copy_(torch.from_numpy(p.embedding))
-                for j, lin in enumerate((self.W_i, self.W_o, self.W_u)):
-                    lin.weight.copy_(torch.from_numpy(np.ascontiguousarray(p.W[:, j * H : (j + 1) * H].T)))
-                    lin.bias.copy_(torch.from_numpy(p.bW[j * H : (j + 1) * H]))
-                self.U.weight.copy_(torch.from_numpy(np.ascontiguousarray(p.U.T)))
-                self.U.bias.copy_(torch.from_numpy(p.bU))
-            return self
+            values = {"embedding.weight": p.embedding}
+            for j, gate in enumerate(("W_i", "W_o", "W_u")):
+                values[f"{gate}.weight"] = p.W[:, j * H : (j + 1) * H].T
+                values[f"{gate}.bias"] = p.bW[j * H : (j + 1) * H]
+            return load_params(self, {**values, "U.weight": p.U.T, "U.bias": p.bU})
 
 
     class TreeLSTMPythonInt(nn.Module):
@@ -164,13 +143,8 @@ if TORCH_AVAILABLE:
             return h, c
 
         def load(self, p) -> "TreeLSTMPythonInt":
-            with torch.no_grad():
-                self.embedding.weight.copy_(torch.from_numpy(p.embedding))
-                self.leaf_weight.copy_(torch.from_numpy(np.ascontiguousarray(p.W.T)))
-                self.leaf_bias.copy_(torch.from_numpy(p.bW))
-                self.node_weight.copy_(torch.from_numpy(np.ascontiguousarray(p.U.T)))
-                self.node_bias.copy_(torch.from_numpy(p.bU))
-            return self
+            return load_params(self, {"embedding.weight": p.embedding, "leaf_weight": p.W.T, "leaf_bias": p.bW,
+                                      "node_weight": p.U.T, "node_bias": p.bU})
 
     _CLASSES = {"row_assign": TreeLSTMRowAssign, "index_put": TreeLSTMIndexPut, "python_int": TreeLSTMPythonInt}
     __all__ += ["TreeLSTMRowAssign", "TreeLSTMIndexPut", "TreeLSTMPythonInt"]
@@ -186,21 +160,5 @@ def export(style: str, params, path, example_forest) -> str:
     """Script the ``style`` module and export it to ONNX at ``path`` (opset 17, dynamic N and L); returns path."""
     _require_torch()
     f = example_forest
-    args = tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in (f.words, f.left, f.right, f.order))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        m = torch.jit.script(make_module(style, params))
-        torch.onnx.export(
-            m,
-            args,
-            str(path),
-            dynamo=False,
-            opset_version=17,
-            input_names=["words", "left", "right", "order"],
-            output_names=["h", "c"],
-            dynamic_axes={
-                "words": {0: "N"}, "left": {0: "N"}, "right": {0: "N"}, "order": {0: "L"},
-                "h": {0: "N"}, "c": {0: "N"},
-            },
-        )
-    return str(path)
+    feeds = {"words": f.words, "left": f.left, "right": f.right, "order": f.order}
+    return export_script(lambda: make_module(style, params), feeds, path, ["h", "c"], ignore=DeprecationWarning)
