@@ -22,8 +22,8 @@ except ImportError:  # pragma: no cover - exercised only without torch
     torch = F = Tensor = nn = None
     TORCH_AVAILABLE = False
 
-__all__ = ["F", "TORCH_AVAILABLE", "Tensor", "dynamic_axes", "export_script", "load_params", "nn", "require_torch",
-           "to_tensor", "torch"]
+__all__ = ["F", "TORCH_AVAILABLE", "Tensor", "WordModule", "dynamic_axes", "export_script", "load_params", "nn",
+           "require_torch", "to_tensor", "torch"]
 
 OPSET = 17
 
@@ -45,6 +45,25 @@ def load_params(module: "nn.Module", values: Mapping[str, np.ndarray]) -> "nn.Mo
         for name, value in values.items():
             module.get_parameter(name).copy_(to_tensor(value))
     return module
+
+
+if TORCH_AVAILABLE:
+
+    class WordModule(nn.Module):
+        """Base of the word-embedding styles: ``hidden_size`` and ``embedding`` = nn.Embedding(vocab, embed_dim),
+        registered first; each style adds its own cells in its own ``__init__`` and writes its own ``forward``."""
+
+        def __init__(self, vocab: int, embed_dim: int, hidden: int):
+            super().__init__()
+            self.hidden_size = hidden
+            self.embedding = nn.Embedding(vocab, embed_dim)
+
+        @classmethod
+        def from_params(cls, params) -> "WordModule":
+            """The module sized by ``params`` (``vocab``, ``embed_dim``, ``hidden``), loaded, in eval mode."""
+            return cls(params.vocab, params.embed_dim, params.hidden).load(params).eval()
+else:  # pragma: no cover
+    WordModule = None
 
 
 def dynamic_axes(inputs: Sequence[str], outputs: Sequence[str]) -> dict[str, dict[int, str]]:

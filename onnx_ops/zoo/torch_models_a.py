@@ -39,7 +39,8 @@ import numpy as np
 
 from . import childsum, treefc, treegru, treernn
 from ..structures import Forest, NaryForest, nary_from_forest
-from ._torch import TORCH_AVAILABLE, F, Tensor, export_script, load_params, nn, require_torch, torch
+from ._torch import (TORCH_AVAILABLE, F, Tensor, WordModule, export_script, load_params, nn, require_torch,
+                     torch)
 
 __all__ = ["MODELS", "STYLES", "TORCH_AVAILABLE", "export", "make_module"]
 
@@ -66,11 +67,9 @@ if TORCH_AVAILABLE:
     # ------------------------------------------------------------------------------------------------------------
     # TreeFC
 
-    class TreeFCRowAssign(nn.Module):
+    class TreeFCRowAssign(WordModule):
         def __init__(self, vocab: int, embed_dim: int, hidden: int):
-            super().__init__()
-            self.hidden_size = hidden
-            self.embedding = nn.Embedding(vocab, embed_dim)
+            super().__init__(vocab, embed_dim, hidden)
             self.W = nn.Linear(embed_dim, hidden)
             self.U = nn.Linear(hidden, hidden)
 
@@ -88,11 +87,9 @@ if TORCH_AVAILABLE:
             return load_params(self, {"embedding.weight": p.embedding, "W.weight": p.W.T, "W.bias": p.bW,
                                       "U.weight": p.U.T, "U.bias": p.bU})
 
-    class TreeFCWhere(nn.Module):
+    class TreeFCWhere(WordModule):
         def __init__(self, vocab: int, embed_dim: int, hidden: int):
-            super().__init__()
-            self.hidden_size = hidden
-            self.embedding = nn.Embedding(vocab, embed_dim)
+            super().__init__(vocab, embed_dim, hidden)
             self.leaf = nn.Linear(embed_dim, hidden)
             self.node = nn.Linear(hidden, hidden)
 
@@ -113,11 +110,9 @@ if TORCH_AVAILABLE:
     # ------------------------------------------------------------------------------------------------------------
     # TreeRNN
 
-    class TreeRNNIndexPut(nn.Module):
+    class TreeRNNIndexPut(WordModule):
         def __init__(self, vocab: int, embed_dim: int, hidden: int):
-            super().__init__()
-            self.hidden_size = hidden
-            self.embedding = nn.Embedding(vocab, embed_dim)
+            super().__init__(vocab, embed_dim, hidden)
             self.W = nn.Linear(embed_dim, hidden)
             self.U = nn.Linear(2 * hidden, hidden, bias=False)
             self.U_bias = nn.Parameter(torch.zeros(hidden))
@@ -142,11 +137,9 @@ if TORCH_AVAILABLE:
     # ------------------------------------------------------------------------------------------------------------
     # TreeGRU
 
-    class TreeGRUPythonInt(nn.Module):
+    class TreeGRUPythonInt(WordModule):
         def __init__(self, vocab: int, embed_dim: int, hidden: int):
-            super().__init__()
-            self.hidden_size = hidden
-            self.embedding = nn.Embedding(vocab, embed_dim)
+            super().__init__(vocab, embed_dim, hidden)
             self.leaf_weight = nn.Parameter(torch.zeros(hidden, embed_dim))
             self.leaf_bias = nn.Parameter(torch.zeros(hidden))
             self.gate_weight = nn.Parameter(torch.zeros(3 * hidden, 2 * hidden))  # rows: z, r_l, r_r
@@ -182,11 +175,9 @@ if TORCH_AVAILABLE:
     # ------------------------------------------------------------------------------------------------------------
     # Child-Sum TreeLSTM
 
-    class ChildSumClampMask(nn.Module):
+    class ChildSumClampMask(WordModule):
         def __init__(self, vocab: int, embed_dim: int, hidden: int):
-            super().__init__()
-            self.hidden_size = hidden
-            self.embedding = nn.Embedding(vocab, embed_dim)
+            super().__init__(vocab, embed_dim, hidden)
             self.W = nn.Linear(embed_dim, 3 * hidden)
             self.U_iou = nn.Linear(hidden, 3 * hidden)
             self.U_f = nn.Linear(hidden, hidden)
@@ -217,11 +208,9 @@ if TORCH_AVAILABLE:
                                       "U_iou.weight": p.U_iou.T, "U_iou.bias": p.b_iou, "U_f.weight": p.U_f.T,
                                       "U_f.bias": p.b_f})
 
-    class ChildSumZeroRow(nn.Module):
+    class ChildSumZeroRow(WordModule):
         def __init__(self, vocab: int, embed_dim: int, hidden: int):
-            super().__init__()
-            self.hidden_size = hidden
-            self.embedding = nn.Embedding(vocab, embed_dim)
+            super().__init__(vocab, embed_dim, hidden)
             self.leaf_weight = nn.Parameter(torch.zeros(3 * hidden, embed_dim))
             self.leaf_bias = nn.Parameter(torch.zeros(3 * hidden))
             self.iou_weight = nn.Parameter(torch.zeros(3 * hidden, hidden))
@@ -257,11 +246,9 @@ if TORCH_AVAILABLE:
                                       "iou_weight": p.U_iou.T, "iou_bias": p.b_iou, "f_weight": p.U_f.T,
                                       "f_bias": p.b_f})
 
-    class ChildSumWhere(nn.Module):
+    class ChildSumWhere(WordModule):
         def __init__(self, vocab: int, embed_dim: int, hidden: int):
-            super().__init__()
-            self.hidden_size = hidden
-            self.embedding = nn.Embedding(vocab, embed_dim)
+            super().__init__(vocab, embed_dim, hidden)
             self.W = nn.Linear(embed_dim, 3 * hidden)
             self.U_iou = nn.Linear(hidden, 3 * hidden)
             self.U_f = nn.Linear(hidden, hidden, bias=False)
@@ -318,7 +305,7 @@ def make_module(style: str, params) -> "nn.Module":
     """The eager module of ``style`` with ``params`` (the Params of its model) loaded, in eval mode."""
     _require_torch()
     _, cls = STYLES[style]
-    return cls(params.vocab, params.embed_dim, params.hidden).load(params).eval()
+    return cls.from_params(params)
 
 
 def example_arrays(style: str, structure) -> dict[str, np.ndarray]:

@@ -30,7 +30,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._torch import TORCH_AVAILABLE, F, Tensor, export_script, load_params, nn, require_torch, torch
+from ._torch import (TORCH_AVAILABLE, F, Tensor, WordModule, export_script, load_params, nn, require_torch,
+                     torch)
 
 __all__ = ["INPUT_NAMES", "OUTPUT_NAMES", "REFERENCE_KWARGS", "STYLES", "TORCH_AVAILABLE", "export", "make_module"]
 
@@ -186,11 +187,9 @@ if TORCH_AVAILABLE:
     # ------------------------------------------------------------------------------------------------------------
     # Chain LSTM
 
-    class ChainLSTMIfFirst(nn.Module):
+    class ChainLSTMIfFirst(WordModule):
         def __init__(self, vocab: int, embed_dim: int, hidden: int):
-            super().__init__()
-            self.hidden_size = hidden
-            self.embedding = nn.Embedding(vocab, embed_dim)
+            super().__init__(vocab, embed_dim, hidden)
             self.W = nn.Linear(embed_dim, 4 * hidden)
             self.U = nn.Linear(hidden, 4 * hidden, bias=False)
 
@@ -217,11 +216,9 @@ if TORCH_AVAILABLE:
             return load_params(self, {"embedding.weight": p.embedding, "W.weight": p.W.T, "W.bias": p.b,
                                       "U.weight": p.U.T})
 
-    class ChainLSTMCell(nn.Module):
+    class ChainLSTMCell(WordModule):
         def __init__(self, vocab: int, embed_dim: int, hidden: int):
-            super().__init__()
-            self.hidden_size = hidden
-            self.embedding = nn.Embedding(vocab, embed_dim)
+            super().__init__(vocab, embed_dim, hidden)
             self.cell = nn.LSTMCell(embed_dim, hidden)
 
         def forward(self, words: Tensor, prev: Tensor, order: Tensor) -> tuple[Tensor, Tensor]:
@@ -272,7 +269,7 @@ def make_module(style: str, params) -> "nn.Module":
     elif model == "dagrnn":
         m = cls(params.feature_dim, params.hidden)
     else:
-        m = cls(params.vocab, params.embed_dim, params.hidden)
+        return cls.from_params(params)
     return m.load(params).eval()
 
 

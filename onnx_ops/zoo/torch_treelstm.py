@@ -17,7 +17,8 @@ torch is optional: importing this module without torch works (``TORCH_AVAILABLE`
 
 from __future__ import annotations
 
-from ._torch import TORCH_AVAILABLE, F, Tensor, export_script, load_params, nn, require_torch, torch
+from ._torch import (TORCH_AVAILABLE, F, Tensor, WordModule, export_script, load_params, nn, require_torch,
+                     torch)
 
 __all__ = ["STYLES", "TORCH_AVAILABLE", "make_module", "export"]
 
@@ -30,11 +31,9 @@ def _require_torch() -> None:
 
 if TORCH_AVAILABLE:
 
-    class TreeLSTMRowAssign(nn.Module):
+    class TreeLSTMRowAssign(WordModule):
         def __init__(self, vocab: int, embed_dim: int, hidden: int):
-            super().__init__()
-            self.hidden_size = hidden
-            self.embedding = nn.Embedding(vocab, embed_dim)
+            super().__init__(vocab, embed_dim, hidden)
             self.W = nn.Linear(embed_dim, 3 * hidden)
             self.U = nn.Linear(2 * hidden, 5 * hidden)
 
@@ -63,11 +62,9 @@ if TORCH_AVAILABLE:
                                       "U.weight": p.U.T, "U.bias": p.bU})
 
 
-    class TreeLSTMIndexPut(nn.Module):
+    class TreeLSTMIndexPut(WordModule):
         def __init__(self, vocab: int, embed_dim: int, hidden: int):
-            super().__init__()
-            self.hidden_size = hidden
-            self.embedding = nn.Embedding(vocab, embed_dim)
+            super().__init__(vocab, embed_dim, hidden)
             self.W_i = nn.Linear(embed_dim, hidden)
             self.W_o = nn.Linear(embed_dim, hidden)
             self.W_u = nn.Linear(embed_dim, hidden)
@@ -107,11 +104,9 @@ if TORCH_AVAILABLE:
             return load_params(self, {**values, "U.weight": p.U.T, "U.bias": p.bU})
 
 
-    class TreeLSTMPythonInt(nn.Module):
+    class TreeLSTMPythonInt(WordModule):
         def __init__(self, vocab: int, embed_dim: int, hidden: int):
-            super().__init__()
-            self.hidden_size = hidden
-            self.embedding = nn.Embedding(vocab, embed_dim)
+            super().__init__(vocab, embed_dim, hidden)
             self.leaf_weight = nn.Parameter(torch.zeros(3 * hidden, embed_dim))
             self.leaf_bias = nn.Parameter(torch.zeros(3 * hidden))
             self.node_weight = nn.Parameter(torch.zeros(5 * hidden, 2 * hidden))
@@ -153,7 +148,7 @@ if TORCH_AVAILABLE:
 def make_module(style: str, params) -> nn.Module:
     """The eager module of ``style`` with ``params`` (onnx_ops.zoo.treelstm.TreeLSTMParams) loaded."""
     _require_torch()
-    return _CLASSES[style](params.vocab, params.embed_dim, params.hidden).load(params).eval()
+    return _CLASSES[style].from_params(params)
 
 
 def export(style: str, params, path, example_forest) -> str:

@@ -19,8 +19,8 @@ import numpy as np
 import onnx
 
 from ..structures import Forest
-from ._common import (IR_VERSION, OPSET, EmbedAffineParams, binary_inputs, binary_visit, branch, const, dense,  # noqa: F401
-                      embed_affine, embed_inits, embedded_leaf, gather_children, loop_model, node, row_infos,
+from ._common import (IR_VERSION, OPSET, EmbedAffineParams, binary_inputs, binary_visit, branch, const,  # noqa: F401
+                      dense, embed_affine, embed_inits, embedded_leaf, gather_children, loop_model, node, row_infos,
                       treerec_internal, treerec_leaf, treerec_model, uniform, visit_body, visit_head, zero_table)
 
 __all__ = ["Params", "TreeFCParams", "build_loop", "build_treerec", "make_params", "reference"]
