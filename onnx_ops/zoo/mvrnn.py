@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ..structures import Forest
 from ._common import (IR_VERSION, OPSET, binary_inputs, binary_visit, branch, const, gather_children,  # noqa: F401
                       loop_model, node, row_infos, treerec_internal, treerec_leaf, treerec_model, uniform, visit_body,
                       visit_head, zero_table)
@@ -88,13 +87,10 @@ def reference(
     *,
     leaf_test: str = "negative",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """numpy (a [N, H], A [N, H*H]) with the exact visit semantics of an exported Loop: tables start at zeros;
-    for each v in ``order`` (repeats and subsets allowed) v is a leaf iff ``left[v] < 0`` (``"negative"``: the
-    PyTorch styles and :func:`build_loop`) or ``left[v] == -1`` (``"minus_one"``); an internal node reads rows
-    ``left[v]``, ``right[v]`` as they are at that moment (negative indices wrap, out of range raises IndexError,
-    like ONNX Gather); rows v are overwritten. ``words`` may be a :class:`Forest`."""
-    if isinstance(words, Forest):
-        words, left, right, order = words.words, words.left, words.right, words.order
+    """numpy (a [N, H], A [N, H*H]) with the exact visit semantics of an exported Loop
+    (:func:`._common.binary_visit`); leaf test ``leaf_test`` (``"negative"``: the PyTorch styles and
+    :func:`build_loop`; ``"minus_one"``).
+    ``words`` may be a :class:`~onnx_ops.structures.Forest`."""
     H = params.hidden
     return binary_visit(words, left, right, order, leaf_test, [H, H * H], lambda w: leaf_cell(params, int(w)),
                         lambda a_l, A_l, a_r, A_r: internal_cell(params, a_l, A_l, a_r, A_r))

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ..structures import Forest
 from ._common import (IR_VERSION, OPSET, EmbedAffineParams, binary_inputs, binary_visit, branch, const,  # noqa: F401
                       dense, embed_affine, embed_inits, embedded_leaf, gather_children, loop_model, node, row_infos,
                       treerec_internal, treerec_leaf, treerec_model, uniform, visit_body, visit_head, zero_table)
@@ -57,13 +56,9 @@ def internal_cell(p: TreeFCParams, h_sum: np.ndarray) -> np.ndarray:
 
 def reference(params: TreeFCParams, words, left=None, right=None, order=None, *, leaf_test: str = "negative"
               ) -> np.ndarray:
-    """numpy ``h`` [N, H] with the exact visit semantics of an exported Loop: the table starts at zeros; for each v
-    in ``order`` (repeats and subsets allowed), v is a leaf iff ``left[v] < 0`` (``leaf_test="negative"``: the
-    PyTorch styles and :func:`build_loop`) or ``left[v] == -1`` (``"minus_one"``); an internal node reads rows
-    ``left[v]`` and ``right[v]`` as they are at that moment; row v is overwritten. Indices wrap when negative and
-    raise IndexError when out of range, like ONNX Gather. ``words`` may be a :class:`Forest`."""
-    if isinstance(words, Forest):
-        words, left, right, order = words.words, words.left, words.right, words.order
+    """numpy ``h`` [N, H] with the exact visit semantics of an exported Loop (:func:`._common.binary_visit`); leaf
+    test ``leaf_test`` (``"negative"``: the PyTorch styles and :func:`build_loop`; ``"minus_one"``).
+    ``words`` may be a :class:`~onnx_ops.structures.Forest`."""
     return binary_visit(words, left, right, order, leaf_test, [params.hidden],
                         lambda w: leaf_cell(params, params.embedding[w]),
                         lambda h_l, h_r: internal_cell(params, h_l + h_r))

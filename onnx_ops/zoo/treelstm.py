@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ..structures import Forest
 from ._common import (IR_VERSION, OPSET, EmbedAffineParams, binary_inputs, binary_visit, branch, const,  # noqa: F401
                       dense, embed_affine, embed_inits, embedded_leaf, gather_children, loop_model, node, row_infos,
                       sigmoid, treerec_internal, treerec_leaf, treerec_model, uniform, visit_body, visit_head,
@@ -65,13 +64,9 @@ def reference(
     *,
     leaf_test: str = "negative",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """numpy (h, c) [N, H] with the exact visit semantics of an exported Loop: tables start at zeros; for each v
-    in ``order`` (repeats and subsets allowed), v is a leaf iff ``left[v] < 0`` (``leaf_test="negative"``, the
-    PyTorch styles) or ``left[v] == -1`` (``leaf_test="minus_one"``, :func:`build_loop`); an internal node reads
-    rows ``left[v]`` and ``right[v]`` as they are at that moment; rows v are overwritten. Indices wrap when
-    negative and raise IndexError when out of range, like ONNX Gather. ``words`` may be a :class:`Forest`."""
-    if isinstance(words, Forest):
-        words, left, right, order = words.words, words.left, words.right, words.order
+    """numpy (h, c) [N, H] with the exact visit semantics of an exported Loop (:func:`._common.binary_visit`); leaf
+    test ``leaf_test`` (``"negative"``: the PyTorch styles; ``"minus_one"``: :func:`build_loop`).
+    ``words`` may be a :class:`~onnx_ops.structures.Forest`."""
     H = params.hidden
     return binary_visit(words, left, right, order, leaf_test, [H, H],
                         lambda w: leaf_cell(params, params.embedding[w]),
