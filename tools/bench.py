@@ -268,7 +268,8 @@ def parse_args(argv=None):
     p.add_argument("--peak-n", type=int, default=1024, help="size n of the n^3 matmul measuring the peak (1024)")
     p.add_argument("--tol", type=float, default=1e-4, help="max abs error against the numpy reference (1e-4)")
     p.add_argument("--seed", type=int, default=0, help="weights seed")
-    p.add_argument("--systems", default=None, help="comma list of system keys to run (cortex,ort,pytorch,dynet)")
+    p.add_argument("--systems", default=None, help="comma list of system keys to run (cortex,ort,pytorch,dynet; "
+                        "with --target cuda also pytorch_cuda_node,pytorch_cuda,cuda_graph)")
     p.add_argument("--write-docs", action="store_true", help="regenerate the benchmark section of "
                                                              "docs/performance.md from this run")
     p.add_argument("--no-progress", action="store_true")
@@ -343,13 +344,13 @@ def run_bench(args, argv_text: str = "", perturb: dict | None = None, log=None) 
             continue
         st_ = S.system_status(name)
         sys_status[name] = st_ or "ok"
-    gpu = None
     for name in S.GPU_SYSTEMS:
         if args.target != "cuda":
             sys_status[name] = "not requested (--target cpu)"
         else:
             sys_status[name] = S.system_status(name) or "ok"
-            gpu = gpu or sys_status[name]
+            if sys_status[name] == "ok" and wanted is not None and S.KEYS[name] not in wanted:
+                sys_status[name] = "not requested (--systems)"
     if args.target == "cuda":
         from tools.peers import torch_peer
 
@@ -359,8 +360,9 @@ def run_bench(args, argv_text: str = "", perturb: dict | None = None, log=None) 
                          "and GPU peers are listed as not available")
             log("note: " + notes[-1])
         notes.append("Cortex converts for target cpu only in this build; its rows are CPU runs")
-    runnable = [n for n in S.CPU_SYSTEMS if sys_status[n] == "ok"]
-    res["systems"] = {n: {"key": S.KEYS[n], "status": sys_status[n]} for n in S.CPU_SYSTEMS + S.GPU_SYSTEMS}
+    runnable = [n for n in S.ALL_SYSTEMS if sys_status[n] == "ok"]
+    res["systems"] = {n: {"key": S.KEYS[n], "status": sys_status[n], "device": S.DEVICE[n]} for n in S.ALL_SYSTEMS}
+    _gpu_info(res, runnable)
     for n, s in sys_status.items():
         if s != "ok":
             log(f"system {n}: {s}")
@@ -417,8 +419,8 @@ def run_bench(args, argv_text: str = "", perturb: dict | None = None, log=None) 
     res["models"] = {}
     res["rows"] = []
     cache = out / "models"
-    total = sum(len(args.hidden_list) * (1 + len(configs) * len([n for n in runnable if not (
-        n == S.DYNET and e.dynet_builder is None)])) for e in entries)
+    total = sum(len(args.hidden_list) * (1 + len(configs) * len([n for n in runnable if not S.model_status(n, e)]))
+                for e in entries)
     bar = Progress(total, enabled=not args.no_progress)
     try:
         for entry in entries:
@@ -426,7 +428,7 @@ def run_bench(args, argv_text: str = "", perturb: dict | None = None, log=None) 
                 "description": entry.description, "structure": entry.structure, "convert": {},
                 "pytorch_style": entry.torch_style, "dynet": entry.dynet_status or "ok", "flops": entry.flops_doc})
             inputs_by_batch = inputs_for(entry)
-            model_runnable = [n for n in runnable if not (n == S.DYNET and entry.dynet_builder is None)]
+            model_runnable = [n for n in runnable if not S.model_status(n, entry)]
             for H in args.hidden_list:
                 params = entry.make_params(H, args.seed)
                 bar.show(f"{entry.name} h={H}: converting (cached per model, hidden)")
@@ -448,11 +450,16 @@ def run_bench(args, argv_text: str = "", perturb: dict | None = None, log=None) 
                     check_s: dict[str, float] = {}
                     ncheck = min(len(inputs), 3 if b == 1 else 1)
                     refs = [entry.reference(params, f) for f in inputs[:ncheck]]
+                    prepared = {}  # CUDA graphs: one capture per input, untimed
+                    for name in runners:
+                        if hasattr(runners[name], "prepare"):
+                            bar.show(f"{entry.name} h={H} b={b}: preparing {name}")
+                            prepared[name] = runners[name].prepare(inputs)
                     # check every system first (also the first warm-up of each)
-                    for name in S.CPU_SYSTEMS:
+                    for name in S.ALL_SYSTEMS:
                         if name not in runners:
                             row["results"][name] = {"status": sys_status[name] if sys_status[name] != "ok"
-                                                    else entry.dynet_status}
+                                                    else S.model_status(name, entry)}
                             continue
                         bar.show(f"{entry.name} h={H} b={b}: checking {name}")
                         err, t_call = check_outputs(
@@ -464,20 +471,23 @@ def run_bench(args, argv_text: str = "", perturb: dict | None = None, log=None) 
                         bar.show(f"{entry.name} h={H} b={b}: timing {name}")
                         # a first call far slower than the budget counts as the warm-up (ORT's Loop at batch 100)
                         est = check_s[name] if check_s[name] > args.budget / 2 else None
-                        r = time_system(runners[name], inputs, args.budget, args.min_reps, args.max_reps,
-                                        args.warmup, est_pass_s=est)
+                        # GPU runners: timed_call returns once the device is synchronized (outputs stay there)
+                        r = time_system(getattr(runners[name], "timed_call", runners[name]), inputs, args.budget,
+                                        args.min_reps, args.max_reps, args.warmup, est_pass_s=est)
                         r["status"] = "ok"
+                        r["device"] = S.DEVICE[name]
+                        if name in prepared:
+                            r["prepare"] = prepared[name]
                         sec = r["ms_median"] / 1e3
                         r["gflops"] = row["flops_mean"] / sec / 1e9 if sec > 0 else None
-                        r["peak_frac"] = r["gflops"] / res["peak"]["peak_gflops"] if r["gflops"] else None
+                        r["peak_frac"] = (r["gflops"] / res["peak"]["peak_gflops"]
+                                          if r["gflops"] and S.DEVICE[name] == "CPU" else None)
                         r["trees_per_s"] = b / sec if sec > 0 else None
                         row["results"][name] = r
                         bar.step(f"{entry.name} h={H} b={b}: {name} {r['ms_median']:.3f} ms")
-                    for name in S.GPU_SYSTEMS:
-                        row["results"][name] = {"status": sys_status[name]}
                     cx = row["results"].get(S.CORTEX, {})
                     row["speedup"] = {}
-                    for name in (S.ORT, S.TORCH, S.DYNET):
+                    for name in S.ALL_SYSTEMS[1:]:
                         o = row["results"].get(name, {})
                         if cx.get("status") == "ok" and o.get("status") == "ok":
                             row["speedup"][name] = o["ms_median"] / cx["ms_median"]
@@ -492,7 +502,7 @@ def run_bench(args, argv_text: str = "", perturb: dict | None = None, log=None) 
     res["peak"]["fma_peak_gflops"] = fma
     for row in res["rows"]:
         for r in row["results"].values():
-            if r.get("gflops"):
+            if r.get("gflops") and r.get("device", "CPU") == "CPU":
                 r["peak_frac"] = r["gflops"] / res["peak"]["peak_gflops"]
     res["machine"]["load_average_end"] = _machine.load_average()
     res["elapsed_s"] = time.perf_counter() - t_start
@@ -775,13 +785,49 @@ def _ms(r) -> str:
     return f"{f(m)} ({f(r['ms_p10'])}–{f(r['ms_p90'])})"
 
 
+def _table_systems(res: dict) -> list[str]:
+    """Columns of the tables: the CPU systems, plus the GPU systems on a --target cuda run."""
+    return list(S.CPU_SYSTEMS) + (list(S.GPU_SYSTEMS) if res.get("target") == "cuda" else [])
+
+
+def _label(res: dict, name: str) -> str:
+    """A system's name, with its device on a --target cuda run (the CPU systems still run on the CPU there)."""
+    if res.get("target") != "cuda":
+        return name
+    dev = S.DEVICE.get(name, "?")
+    return name if name.endswith(f"({dev})") else f"{name} ({dev})"
+
+
+def _gpu_info(res: dict, runnable: list) -> None:
+    """Records the GPU (name, CUDA version) and the GPU systems' notes when any of them runs."""
+    gpu = [n for n in S.GPU_SYSTEMS if n in runnable]
+    if not gpu:
+        return
+    import torch
+
+    desc = (f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, CUDA {torch.version.cuda}; "
+            "float32 (TF32 off)")
+    res["machine"]["gpu"] = desc
+    notes = {S.TORCH_GPU_NODE: "the natural per-node module (onnx_ops.zoo.torch_treelstm style index_put) on the "
+                               "GPU: inputs copied to the device per call",
+             S.TORCH_GPU: "level-batched eager PyTorch: host level schedule (O(N)) and one index copy per call, "
+                          "one gather + matmul + gates + index_copy_ per level",
+             S.CUDA_GRAPH: "the level-batched forward captured once per input structure (capture untimed, in "
+                           "results.json 'prepare'); timed: graph.replay() + synchronize"}
+    for n in gpu:
+        res["systems"][n]["note"] = notes[n] + f"; {desc}; timed until torch.cuda.synchronize(), outputs left " \
+                                               "on the device"
+
+
 def render_table(res: dict) -> str:
     """The main table: ms per forest (median, p10–p90 over repeats) per system, Cortex's speedups, GFLOP/s."""
-    sysn = [n for n in S.CPU_SYSTEMS]
+    sysn = _table_systems(res)
+    peers = sysn[1:]
+    short = {S.ORT: "ORT"}
     lines = []
-    hdr = (["model", "hidden", "batch"] + [f"{n} ms" for n in sysn]
-           + ["Cortex vs ORT", "vs PyTorch", "vs DyNet", "GFLOP/s Cortex / ORT / PyTorch / DyNet", "Cortex % of peak",
-              "Cortex trees/s"])
+    hdr = (["model", "hidden", "batch"] + [f"{_label(res, n)} ms" for n in sysn]
+           + [f"Cortex vs {short.get(peers[0], peers[0])}"] + [f"vs {n}" for n in peers[1:]]
+           + ["GFLOP/s " + " / ".join(short.get(n, n) for n in sysn), "Cortex % of peak", "Cortex trees/s"])
     lines.append("| " + " | ".join(hdr) + " |")
     lines.append("|" + "|".join(["---"] * 3 + ["---:"] * (len(hdr) - 3)) + "|")
     for row in res["rows"]:
@@ -792,7 +838,7 @@ def render_table(res: dict) -> str:
         cells = [row["model"], str(row["hidden"]), f"{row['batch']}" + (" (throughput)" if row["kind"] == "throughput"
                                                                         else "")]
         cells += [_ms(R.get(n, {})) for n in sysn]
-        cells += [f"{sp[n]:.1f}×" if n in sp else "–" for n in (S.ORT, S.TORCH, S.DYNET)]
+        cells += [f"{sp[n]:.1f}×" if n in sp else "–" for n in peers]
         cells += [gf, f"{100 * cx['peak_frac']:.1f}%" if cx.get("peak_frac") else "–",
                   f"{cx['trees_per_s']:.0f}" if cx.get("trees_per_s") else "–"]
         lines.append("| " + " | ".join(cells) + " |")
@@ -800,13 +846,14 @@ def render_table(res: dict) -> str:
 
 
 def render_throughput(res: dict) -> str:
-    lines = ["| model | hidden | batch | " + " | ".join(f"{n} trees/s" for n in S.CPU_SYSTEMS) + " |",
-             "|---|---|---|" + "---:|" * len(S.CPU_SYSTEMS)]
+    sysn = _table_systems(res)
+    lines = ["| model | hidden | batch | " + " | ".join(f"{_label(res, n)} trees/s" for n in sysn) + " |",
+             "|---|---|---|" + "---:|" * len(sysn)]
     for row in res["rows"]:
         R = row["results"]
         cells = [row["model"], str(row["hidden"]), str(row["batch"])]
         cells += [f"{R[n]['trees_per_s']:.0f}" if R.get(n, {}).get("status") == "ok" else R.get(n, {}).get(
-            "status", "–").split(" (")[0] for n in S.CPU_SYSTEMS]
+            "status", "–").split(" (")[0] for n in sysn]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -817,7 +864,7 @@ def render_header(res: dict) -> str:
     s = res["settings"]
     lines = [
         f"- Command: `{res['command']}` ({res['started']}, {res.get('elapsed_s', 0) / 60:.1f} min)",
-        f"- Machine: {_machine.one_line(m)}",
+        f"- Machine: {_machine.one_line(m)}" + (f"; GPU: {m['gpu']}" if m.get("gpu") else ""),
         f"- Matrix-product peak (measured in this run): {pk['peak_gflops']:.1f} GFLOP/s ({pk['peak_source']}; numpy "
         f"{pk['numpy_matmul_gflops']:.1f}" + (f", cortex._C.gemm_packed {pk['cortex_gemm_packed_gflops']:.1f}"
                                                 if pk.get("cortex_gemm_packed_gflops") else "")
@@ -847,8 +894,8 @@ def render_header(res: dict) -> str:
             extra = f", autobatch={info['autobatch']}"
         if info.get("threads"):
             extra += f", {info['threads']} threads"
-        lines.append(f"- {name}: {info['status']}" + (f" ({info['note']}{extra})" if info.get("note") else
-                                                       (f" ({extra.lstrip(', ')})" if extra else "")))
+        tail = f" ({info['note']}{extra})" if info.get("note") else (f" ({extra.lstrip(', ')})" if extra else "")
+        lines.append(f"- {_label(res, name)}: {info['status']}" + tail)
     for name, mi in res.get("models", {}).items():
         lines.append(f"- Model {name} ({mi['structure']}): {mi['description']}; PyTorch style {mi['pytorch_style']}; "
                      f"DyNet: {mi['dynet']}; FLOPs {mi['flops']} (D = 300 unless noted)")
@@ -879,7 +926,7 @@ def make_plots(res: dict, out: Path) -> list[str]:
         rows = [r for r in res["rows"] if r["model"] == model]
         # speedup of Cortex over each peer, per configuration
         labels = [f"h={r['hidden']}\nb={r['batch']}" for r in rows]
-        peers = [n for n in (S.ORT, S.TORCH, S.DYNET) if any(n in r.get("speedup", {}) for r in rows)]
+        peers = [n for n in _table_systems(res)[1:] if any(n in r.get("speedup", {}) for r in rows)]
         fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows) + 2), 4))
         w = 0.8 / max(len(peers), 1)
         x = np.arange(len(rows))
@@ -902,13 +949,13 @@ def make_plots(res: dict, out: Path) -> list[str]:
         fig, axes = plt.subplots(1, len(batches), figsize=(4.2 * len(batches), 3.8), squeeze=False)
         for ax, b in zip(axes[0], batches):
             rb = sorted((r for r in rows if r["batch"] == b), key=lambda r: r["hidden"])
-            for n in S.CPU_SYSTEMS:
+            for n in _table_systems(res):
                 pts = [(r["hidden"], r["results"][n]["ms_median"], r["results"][n]["ms_p10"],
                         r["results"][n]["ms_p90"]) for r in rb if r["results"].get(n, {}).get("status") == "ok"]
                 if not pts:
                     continue
                 hs, ms, lo, hi = map(np.array, zip(*pts))
-                ax.errorbar(hs, ms, yerr=[ms - lo, hi - ms], marker="o", capsize=3, label=n)
+                ax.errorbar(hs, ms, yerr=[ms - lo, hi - ms], marker="o", capsize=3, label=_label(res, n))
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_xlabel("hidden size")

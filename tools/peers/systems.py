@@ -18,12 +18,17 @@ CORTEX = "Cortex"
 ORT = "ONNX Runtime"
 TORCH = "PyTorch"
 DYNET = "DyNet"
+TORCH_GPU_NODE = "PyTorch per-node (CUDA)"
 TORCH_GPU = "PyTorch level-batched (CUDA)"
 CUDA_GRAPH = "CUDA graph replay"
 CPU_SYSTEMS = (CORTEX, ORT, TORCH, DYNET)
-GPU_SYSTEMS = (TORCH_GPU, CUDA_GRAPH)
-KEYS = {CORTEX: "cortex", ORT: "ort", TORCH: "pytorch", DYNET: "dynet", TORCH_GPU: "pytorch_cuda",
-        CUDA_GRAPH: "cuda_graph"}
+GPU_SYSTEMS = (TORCH_GPU_NODE, TORCH_GPU, CUDA_GRAPH)
+ALL_SYSTEMS = CPU_SYSTEMS + GPU_SYSTEMS
+KEYS = {CORTEX: "cortex", ORT: "ort", TORCH: "pytorch", DYNET: "dynet", TORCH_GPU_NODE: "pytorch_cuda_node",
+        TORCH_GPU: "pytorch_cuda", CUDA_GRAPH: "cuda_graph"}
+DEVICE = {**{n: "CPU" for n in CPU_SYSTEMS}, **{n: "CUDA" for n in GPU_SYSTEMS}}
+#: GPU system -> runner kind of tools/peers/torch_gpu_peer.py
+_GPU_KIND = {TORCH_GPU_NODE: "per_node", TORCH_GPU: "level_batched", CUDA_GRAPH: "cuda_graph"}
 
 
 def system_status(name: str) -> str | None:
@@ -48,8 +53,23 @@ def system_status(name: str) -> str | None:
         return dynet_peer.status()
     if name in GPU_SYSTEMS:
         s = torch_peer.cuda_status()
-        return s if s else "not implemented in this build"
+        if s is None and name == CUDA_GRAPH:
+            from . import torch_gpu_peer
+
+            s = torch_gpu_peer.cuda_graph_status()
+        return s
     return "unknown system"
+
+
+def model_status(name: str, entry) -> str | None:
+    """None when system ``name`` implements model ``entry`` (a tools.peers.models.ModelEntry), else why not."""
+    if name == DYNET:
+        return entry.dynet_status if entry.dynet_builder is None else None
+    if name in GPU_SYSTEMS:
+        from . import torch_gpu_peer
+
+        return torch_gpu_peer.model_status(entry.name)
+    return None
 
 
 _FINGERPRINT: str | None = None
@@ -158,6 +178,13 @@ def build(name: str, entry, params, loop_path: Path, cortex_path: Path | None):
         if entry.dynet_builder is None:
             raise ValueError(f"{entry.name}: {entry.dynet_status}")
         return entry.dynet_builder(params)
+    if name in GPU_SYSTEMS:
+        from . import torch_gpu_peer
+
+        why = torch_gpu_peer.model_status(entry.name)
+        if why:
+            raise ValueError(f"{entry.name}: {why}")
+        return torch_gpu_peer.build(_GPU_KIND[name], params, device="cuda")
     raise ValueError(f"system {name!r} cannot run here")
 
 
