@@ -136,3 +136,23 @@ def test_cuda_runners_match_reference(kind):
             _check(r, p, f, tol=1e-4)
     h, _ = r.timed_call(forests[-1])
     assert h.device.type == "cuda"
+
+
+def test_bench_wiring_devices_and_models():
+    from tools import bench
+    from tools.peers import models, systems as S
+
+    for n in S.GPU_SYSTEMS:
+        assert S.DEVICE[n] == "CUDA"
+        assert S.model_status(n, models.get("treelstm")) is None
+        assert S.model_status(n, models.get("treegru")) == "not implemented for this model"
+    assert S.model_status(S.DYNET, models.get("treegru")) == models.NO_DYNET
+    cpu, cuda = {"target": "cpu", "rows": []}, {"target": "cuda", "rows": []}
+    assert bench._table_systems(cpu) == list(S.CPU_SYSTEMS)
+    assert bench._table_systems(cuda) == list(S.ALL_SYSTEMS)
+    assert bench._label(cuda, S.CORTEX) == "Cortex (CPU)" and bench._label(cuda, S.TORCH_GPU) == S.TORCH_GPU
+    assert bench._label(cpu, S.CORTEX) == "Cortex"
+    hdr = bench.render_table(cuda).splitlines()[0]
+    assert "Cortex (CPU) ms" in hdr and "CUDA graph replay (CUDA) ms" in hdr
+    assert bench.render_table(cpu).splitlines()[0].startswith(
+        "| model | hidden | batch | Cortex ms | ONNX Runtime ms | PyTorch ms | DyNet ms | Cortex vs ORT |")
