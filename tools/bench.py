@@ -8,8 +8,12 @@
 Systems (same inputs, same process, same run): Cortex (the converted model in an ONNX Runtime session with the
 Cortex EP), ONNX Runtime on the original Loop/If model (CPU EP), PyTorch eager with the natural per-node module of
 each model (tools/peers/models.py TORCH_STYLE), DyNet with autobatching (one renew_cg per batch, all trees built,
-one forward; TreeLSTM only: the other models report "no DyNet implementation of this model"). A system that
-cannot run is reported with the reason ("not installed", "not available on this machine"), never dropped.
+one forward; TreeLSTM only: the other models report "no DyNet implementation of this model"). With --target cuda
+and a CUDA GPU, also PyTorch on the GPU (tools/peers/torch_gpu_peer.py; TreeLSTM only, the other models report
+"not implemented for this model"): the per-node module, level-batched eager, and CUDA-graph replay of the
+level-batched schedule (one graph per input, captured untimed); tables then label every system with its device
+(the CPU systems still run on the CPU). A system that cannot run is reported with the reason ("not installed",
+"not available on this machine"), never dropped.
 
 Models: ``--models`` takes zoo names or ``all``. The default is treelstm: all eight models at the default sizes
 (hidden up to 512, batch 100, where ONNX Runtime's Loop takes seconds per forest and MV-RNN keeps an H×H matrix per
