@@ -9,7 +9,8 @@ import pytest
 from cortex.frontend import find_regions
 from cortex.ir import IRError, format_program, nodes as ir, verify
 from cortex.passes import PIPELINE, optimize
-from cortex.passes.rewrite import fold_constant_rows, fuse_bias, hoist_input_products, simplify, split_concat_matmul
+from cortex.passes.rewrite import (fold_constant_rows, fuse_bias, hoist_input_products, merge_added_products,
+                                   simplify, split_concat_matmul)
 from onnx_ops.zoo import MODELS
 
 
@@ -29,7 +30,7 @@ def _nodes(program, case_index=None):
 
 def test_pipeline_is_listed_in_one_place():
     assert [name for name, _ in PIPELINE] == ["simplify", "fold-constant-rows", "split-concat-matmul",
-                                               "hoist-input-products", "fuse-bias", "simplify"]
+                                               "hoist-input-products", "merge-added-products", "fuse-bias", "simplify"]
 
 
 def test_fold_constant_rows_turns_treelstm_leaves_into_lookups():
@@ -82,3 +83,12 @@ def test_verifier_rejects_inconsistent_ir():
     broken[weight] = np.zeros((3, 3), dtype=np.float32)
     with pytest.raises(IRError, match="shape"):
         verify(dataclasses.replace(program, constants=broken))
+
+
+def test_merge_added_products_makes_one_deeper_gemm():
+    program = hoist_input_products(split_concat_matmul(fold_constant_rows(simplify(_program("dagrnn", "treerec")))))
+    internal = next(k for k, c in enumerate(program.cases) if any(isinstance(n, ir.ChildState) for n in _nodes(program, k)))
+    before = [n for n in _nodes(program, internal) if isinstance(n, ir.MatMul)]
+    merged = verify(merge_added_products(program))
+    after = [n for n in _nodes(merged, internal) if isinstance(n, ir.MatMul)]
+    assert len(before) >= 2 and len(after) == 1 and after[0].x.width == sum(m.x.width for m in before)

@@ -281,3 +281,36 @@ def hoist_input_products(program: ir.Program) -> ir.Program:
         return e
 
     return map_rows(program, rewrite)
+
+
+def merge_added_products(program: ir.Program) -> ir.Program:
+    """x @ W1 + y @ W2 (+ ...) -> concat(x, y) @ [W1; W2]: one GEMM with a deeper K per level batch instead of
+    several shallow ones (U_up h_up + U_left h_left; U_l h_l + U_r h_r)."""
+    constants = dict(program.constants)
+
+    def terms(e):
+        if isinstance(e, ir.Binary) and e.op == "add" and e.a.width == e.b.width == e.width:
+            return terms(e.a) + terms(e.b)
+        return [e]
+
+    def rewrite(e):
+        if not (isinstance(e, ir.Binary) and e.op == "add"):
+            return e
+        parts = terms(e)
+        products = [t for t in parts if isinstance(t, ir.MatMul) and t.rows == 1 and t.width == e.width]
+        if len(products) < 2:
+            return e
+        name = "merged_" + "_".join(p.weight for p in products)
+        constants[name] = np.ascontiguousarray(np.concatenate([constants[p.weight] for p in products], axis=0))
+        biases = [constants[p.bias] for p in products if p.bias]
+        bias = None
+        if biases:
+            bias = f"{name}_bias"
+            constants[bias] = np.ascontiguousarray(np.sum(biases, axis=0, dtype=np.float32))
+        out = ir.MatMul(ir.concat(p.x for p in products), name, bias, e.width)
+        for t in parts:
+            if t not in products:
+                out = ir.binary("add", out, t)
+        return out
+
+    return map_rows(dataclasses.replace(program, constants=constants), rewrite)
