@@ -4,7 +4,7 @@ counting, the matrix-product peak and the machine description.
 - :mod:`.models`: the benchmark's view of ``onnx_ops.zoo.MODELS`` (the one model registry): per model it adds
   the eager PyTorch module (one natural style), the DyNet builder (TreeLSTM only), the FLOP counter and the list
   of TorchScript export styles.
-- :mod:`.systems`: one class per system (Cortex, ONNX Runtime, PyTorch eager, DyNet, GPU placeholders); each
+- :mod:`.systems`: one class per system (Cortex, ONNX Runtime, PyTorch eager, DyNet, and the PyTorch GPU systems); each
   reports itself "not installed" / "not available on this machine" instead of disappearing.
 - :mod:`.flops`: the model FLOPs and the measured matmul peak.
 - :mod:`.machine`: CPU model, cores and package versions.
