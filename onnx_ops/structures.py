@@ -376,3 +376,23 @@ def batch_nary(forests: list[NaryForest]) -> NaryForest:
 
 
 __all__ += ["NaryForest", "batch_nary", "nary_from_forest", "random_nary_tree"]
+
+
+def odd_orders(order, num_nodes: int | None = None) -> dict[str, np.ndarray]:
+    """Visit sequences derived from a valid children-first `order` that are not one valid pass over the nodes
+    (plus `valid` itself): the inputs on which a converted Loop model must still keep the loop's exact
+    semantics. With `num_nodes`, also the same order written with negative ids (Gather wraps them)."""
+    o = np.asarray(order, dtype=np.int64)
+    n, mid = len(o), len(o) // 2
+    out = {
+        "valid": o.copy(),
+        "reversed": o[::-1].copy(),
+        "twice": np.concatenate([o[:mid], o[max(mid - 1, 0):mid], o[mid:]]),
+        "all_twice": np.concatenate([o, o]),
+        "subset": o[::2].copy(),
+        "empty": o[:0].copy(),
+        "shuffled": np.random.default_rng(n).permutation(o),
+    }
+    if num_nodes is not None:
+        out["negative_ids"] = o - num_nodes
+    return out

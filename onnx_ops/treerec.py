@@ -48,6 +48,13 @@ _ALL_TENSOR_TYPES = [
 # Schema
 
 
+def _variadic(name: str, type_str: str, description: str, min_arity: int):
+    """A variadic formal parameter whose members may have different types."""
+    return onnx.defs.OpSchema.FormalParameter(
+        name, type_str, description, param_option=onnx.defs.OpSchema.FormalParameterOption.Variadic,
+        is_homogeneous=False, min_arity=min_arity)
+
+
 def register_schema() -> None:
     """Register ``cortex.TreeRec`` v1 with onnx (idempotent), so ``onnx.checker.check_model(m, full_check=True)``
     accepts models that use it."""
@@ -60,25 +67,9 @@ def register_schema() -> None:
         "Tree / DAG recursion: every node's states computed once from its children's states (docs/treerec.md).",
         inputs=[
             onnx.defs.OpSchema.FormalParameter("children", "tensor(int64)", "[N, K] child ids, -1 = no child"),
-            onnx.defs.OpSchema.FormalParameter(
-                "node_inputs",
-                "V",
-                "per-node inputs, each with leading dimension N",
-                param_option=onnx.defs.OpSchema.FormalParameterOption.Variadic,
-                is_homogeneous=False,
-                min_arity=0,
-            ),
+            _variadic("node_inputs", "V", "per-node inputs, each with leading dimension N", min_arity=0),
         ],
-        outputs=[
-            onnx.defs.OpSchema.FormalParameter(
-                "states",
-                "T",
-                "num_states tables [N, D_s]",
-                param_option=onnx.defs.OpSchema.FormalParameterOption.Variadic,
-                is_homogeneous=False,
-                min_arity=1,
-            ),
-        ],
+        outputs=[_variadic("states", "T", "num_states tables [N, D_s]", min_arity=1)],
         type_constraints=[
             ("V", _ALL_TENSOR_TYPES, "node input types"),
             ("T", _ALL_TENSOR_TYPES, "state types"),

@@ -17,11 +17,6 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 
-try:
-    import onnx_ops  # noqa: F401
-except ImportError:  # plain `pytest` from a checkout without an install
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from onnx_ops import structures as S
 from onnx_ops.treerec import TreeRecOp, lower_treerec, make_treerec_node, register_schema, treerec_reference
 from onnx_ops.zoo import treelstm as T
@@ -84,20 +79,6 @@ def lowered_session(treerec_model):
 @pytest.fixture(scope="module")
 def loop_session(params):
     return session(T.build_loop(params))
-
-
-def odd_orders(f: S.Forest) -> dict[str, np.ndarray]:
-    n = f.num_nodes
-    o = f.order
-    return {
-        "valid": o,
-        "reversed": o[::-1].copy(),
-        "twice": np.concatenate([o[: n // 2], o[n // 2 - 1 : n // 2] if n > 1 else o[:0], o[n // 2 :]]),
-        "all_twice": np.concatenate([o, o]),
-        "subset": o[::2].copy(),
-        "empty": o[:0].copy(),
-        "shuffled": np.random.default_rng(n).permutation(o),
-    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -267,7 +248,7 @@ def test_build_loop_checker(params):
 @pytest.mark.parametrize("name", ["single_leaf", "batch", "sst_like"])
 def test_build_loop_odd_orders(params, loop_session, forests, name):
     f = forests[name]
-    for label, order in odd_orders(f).items():
+    for label, order in S.odd_orders(f.order).items():
         h, c = T.reference(params, f.words, f.left, f.right, order, leaf_test="minus_one")
         h2, c2 = loop_session.run(None, {**f.arrays(), "order": order})
         close(h2, h, label)
@@ -330,7 +311,7 @@ def test_torch_export_matches_reference(params, torch_export, forests):
     style, sess = torch_export
     for name in ("single_leaf", "batch", "sst_like"):
         f = forests[name]
-        for label, order in odd_orders(f).items():
+        for label, order in S.odd_orders(f.order).items():
             h, c = T.reference(params, f.words, f.left, f.right, order)
             h2, c2 = sess.run(None, {**f.arrays(), "order": order})
             close(h2, h, f"{style} {name} {label}")

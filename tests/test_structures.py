@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-
-try:
-    import onnx_ops  # noqa: F401
-except ImportError:  # plain `pytest` from a checkout without an install
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from onnx_ops import structures as S
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import sys
 import warnings
 from pathlib import Path
 
@@ -14,11 +13,6 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx.reference import ReferenceEvaluator
-
-try:
-    import onnx_ops  # noqa: F401
-except ImportError:  # plain `pytest` from a checkout without an install
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from onnx_ops import structures as S
 from onnx_ops.treerec import TreeRecOp, lower_treerec, register_schema
@@ -137,20 +131,6 @@ def sst_forests() -> list[S.Forest]:
 def sst_structure(model: str, k: int = 2):
     f = S.batch(sst_forests())
     return pad_children(S.nary_from_forest(f), k) if model == "childsum" else f
-
-
-def odd_orders(order: np.ndarray) -> dict[str, np.ndarray]:
-    n = len(order)
-    o = order
-    return {
-        "valid": o,
-        "reversed": o[::-1].copy(),
-        "twice": np.concatenate([o[: n // 2], o[n // 2 - 1 : n // 2] if n > 1 else o[:0], o[n // 2 :]]),
-        "all_twice": np.concatenate([o, o]),
-        "subset": o[::2].copy(),
-        "empty": o[:0].copy(),
-        "shuffled": np.random.default_rng(n).permutation(o),
-    }
 
 
 def ref_with_order(model: str, f, order, leaf_test: str = "negative"):
@@ -287,7 +267,7 @@ def loop_feeds(model, f, order):
 def test_build_loop_odd_orders(model, name):
     f = dict(structures(model))[name]
     sess = loop_session(model)
-    for label, order in odd_orders(f.order).items():
+    for label, order in S.odd_orders(f.order).items():
         want = ref_with_order(model, f, order, LOOP_LEAF_TEST.get(model, "negative"))
         close(sess.run(None, loop_feeds(model, f, order)), want, f"{model} {name} {label}")
 
@@ -403,7 +383,7 @@ def test_torch_export_matches_reference(style, export_dir):
     model = torch_models_a.STYLES[style][0]
     sess = _export(style, export_dir)
     for name, f in torch_structures(model):
-        for label, order in odd_orders(f.order).items():
+        for label, order in S.odd_orders(f.order).items():
             want = ref_with_order(model, f, order)
             close(sess.run(None, loop_feeds(model, f, order)), want, f"{style} {name} {label}")
 

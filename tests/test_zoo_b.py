@@ -5,8 +5,6 @@ natural PyTorch modules (with N and L unlike the export example)."""
 from __future__ import annotations
 
 import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -15,11 +13,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from onnx.reference import ReferenceEvaluator
-
-try:
-    import onnx_ops  # noqa: F401
-except ImportError:  # plain `pytest` from a checkout without an install
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from onnx_ops import grids as G
 from onnx_ops import structures as S
@@ -54,20 +47,6 @@ def close(got, want, what=""):
         assert a.shape == b.shape, f"{what}: shape {a.shape} != {b.shape}"
         err = float(np.abs(a - b).max(initial=0.0))
         assert err <= TOL, f"{what}: max abs error {err}"
-
-
-def odd_orders(order: np.ndarray) -> dict[str, np.ndarray]:
-    n = len(order)
-    o = order
-    return {
-        "valid": o,
-        "reversed": o[::-1].copy(),
-        "twice": np.concatenate([o[: n // 2], o[max(n // 2 - 1, 0) : n // 2], o[n // 2 :]]),
-        "all_twice": np.concatenate([o, o]),
-        "subset": o[::2].copy(),
-        "empty": o[:0].copy(),
-        "shuffled": np.random.default_rng(n).permutation(o),
-    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -244,7 +223,7 @@ def loop_sessions(params):
 @pytest.mark.parametrize("model,name", CASES)
 def test_build_loop_odd_orders(params, loop_sessions, model, name):
     s = STRUCTS[model][name]
-    for label, order in odd_orders(s.order).items():
+    for label, order in S.odd_orders(s.order).items():
         want = reference(model, params[model], s, order, **LOOP_KW[model])
         got = loop_sessions[model].run(None, {**s.arrays(), "order": order})
         close(got, want, f"{model} {name} {label}")
@@ -327,7 +306,7 @@ def test_torch_export_matches_reference(params, torch_export):
     kw = TB.REFERENCE_KWARGS[style]
     for name, s in STRUCTS[model].items():
         assert s.num_nodes != example.num_nodes, "test N must differ from the export example's"
-        for label, order in odd_orders(s.order).items():
+        for label, order in S.odd_orders(s.order).items():
             want = reference(model, params[model], s, order, **kw)
             got = sess.run(None, {**s.arrays(), "order": order})
             close(got, want, f"{style} {name} {label}")

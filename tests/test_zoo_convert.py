@@ -101,16 +101,14 @@ def test_matches_reference(converted):
         assert np.abs(e[: len(g)] - g).max(initial=0.0) <= TOL
 
 
-@pytest.mark.parametrize("odd", ["reversed", "twice", "subset"])
+@pytest.mark.parametrize("odd", ["reversed", "twice", "all_twice", "subset"])
 def test_odd_orders_match_original(converted, odd):
     entry, form, _, original, session = converted
     if form == "treerec":
         pytest.skip("TreeRec has no visit order")
     structure = _example(entry.structure, np.random.default_rng(6))
     feeds = _feeds(entry, form, structure, session)
-    order = feeds["order"]
-    feeds["order"] = {"reversed": order[::-1], "twice": np.concatenate([order, order[:5]]),
-                      "subset": order[1::2]}[odd].copy()
+    feeds["order"] = st.odd_orders(feeds["order"])[odd]
     _check(original, session, feeds)
 
 

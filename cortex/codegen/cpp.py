@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..ir import nodes as ir
-from ..ir.printer import format_index, format_pred
+from ..ir.printer import ScalarSyntax, format_index, format_pred, render_index, render_pred
 
 NR = 16  # GEMM panel width: the packed weight layout in docs/contracts.md
 
@@ -98,6 +98,7 @@ class CppGenerator:
         self.aid = {d.name: f"a{i}" for i, d in enumerate(program.inputs) if d.kind == "array"}
         self.tid = {t.name: f"t_{t.name}" for t in program.tables}
         self.layouts = [_case_layout(c) for c in program.cases]
+        self.syntax = _CppSyntax(self.aid)
         self.K = max([len(l.reads) for l in self.layouts] + [1])
         self.J = max([len(l.slots) for l in self.layouts] + [1])
         self.max_width = max(t.width for t in program.tables)
@@ -105,40 +106,10 @@ class CppGenerator:
     # ---- index expressions (host side) ------------------------------------------------------------
 
     def index_expr(self, e: ir.IExpr) -> str:
-        if isinstance(e, ir.Iter):
-            return "p"
-        if isinstance(e, ir.IConst):
-            return f"INT64_C({e.value})"
-        if isinstance(e, ir.Load):
-            a = self.aid[e.array]
-            row = f"cortex::normalize_index({self.index_expr(e.index)}, cx.{a}_rows, \"{_cstr(e.array)}\", p)"
-            if e.column is None:
-                return f"cx.{a}[{row}]"
-            return f"cx.{a}[{row} * cx.{a}_cols + {e.column}]"
-        if isinstance(e, ir.IBinary):
-            if e.op in ("max", "min"):
-                return f"std::{e.op}<int64_t>({self.index_expr(e.a)}, {self.index_expr(e.b)})"
-            op = {"add": "+", "sub": "-", "mul": "*"}[e.op]
-            return f"({self.index_expr(e.a)} {op} {self.index_expr(e.b)})"
-        if isinstance(e, ir.Length):
-            return f"cx.{self.aid[e.array]}_rows" if e.array else "cx.N"
-        if isinstance(e, ir.ISelect):
-            return f"({self.pred_expr(e.pred)} ? {self.index_expr(e.a)} : {self.index_expr(e.b)})"
-        raise CodegenError(f"index expression {e!r}")
+        return render_index(e, self.syntax)
 
     def pred_expr(self, e: ir.BExpr) -> str:
-        if isinstance(e, ir.BConst):
-            return "true" if e.value else "false"
-        if isinstance(e, ir.Compare):
-            op = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}[e.op]
-            return f"({self.index_expr(e.a)} {op} {self.index_expr(e.b)})"
-        if isinstance(e, ir.BNot):
-            return f"!{self.pred_expr(e.a)}"
-        if isinstance(e, ir.BAnd):
-            return f"({self.pred_expr(e.a)} && {self.pred_expr(e.b)})"
-        if isinstance(e, ir.BOr):
-            return f"({self.pred_expr(e.a)} || {self.pred_expr(e.b)})"
-        raise CodegenError(f"predicate {e!r}")
+        return render_pred(e, self.syntax)
 
     # ---- source ---------------------------------------------------------------------------------
 
@@ -386,6 +357,28 @@ class CppGenerator:
             lines.append(f"    case {c}: run_case_{c}(cx, batch, B); break;")
         lines += ["  }", "}"]
         return "\n".join(lines) + "\n"
+
+
+class _CppSyntax(ScalarSyntax):
+    """Index expressions as C++ over the kernel's Ctx: loads follow ONNX Gather semantics (negative ids wrap,
+    out of range throws a KernelError naming the array and the position)."""
+
+    def __init__(self, array_ids: dict):
+        self.aid = array_ids
+
+    def const(self, value: int) -> str:
+        return f"INT64_C({value})"
+
+    def load(self, e: ir.Load, index: str) -> str:
+        a = self.aid[e.array]
+        row = f"cortex::normalize_index({index}, cx.{a}_rows, \"{_cstr(e.array)}\", p)"
+        return f"cx.{a}[{row}]" if e.column is None else f"cx.{a}[{row} * cx.{a}_cols + {e.column}]"
+
+    def length(self, array) -> str:
+        return f"cx.{self.aid[array]}_rows" if array else "cx.N"
+
+    def min_max(self, op: str, a: str, b: str) -> str:
+        return f"std::{op}<int64_t>({a}, {b})"
 
 
 class _RowEnv:

@@ -4,39 +4,68 @@ from __future__ import annotations
 from . import nodes as ir
 
 
-def format_index(e: ir.IExpr) -> str:
+class ScalarSyntax:
+    """How index expressions and predicates are written: the IR's text form. The C++ code generator subclasses
+    it for the leaves that differ (constants, loads, lengths, min/max); the structure is rendered once, here."""
+
+    def const(self, value: int) -> str:
+        return str(value)
+
+    def load(self, e: ir.Load, index: str) -> str:
+        column = "" if e.column is None else f", {e.column}"
+        return f"{e.array}[{index}{column}]"
+
+    def length(self, array) -> str:
+        return f"len({array})" if array else "N"
+
+    def min_max(self, op: str, a: str, b: str) -> str:
+        return f"{op}({a}, {b})"
+
+
+INDEX_OPS = {"add": "+", "sub": "-", "mul": "*"}
+COMPARE_OPS = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
+
+
+def render_index(e: ir.IExpr, syntax: ScalarSyntax) -> str:
     if isinstance(e, ir.Iter):
         return "p"
     if isinstance(e, ir.IConst):
-        return str(e.value)
+        return syntax.const(e.value)
     if isinstance(e, ir.Load):
-        col = "" if e.column is None else f", {e.column}"
-        return f"{e.array}[{format_index(e.index)}{col}]"
+        return syntax.load(e, render_index(e.index, syntax))
     if isinstance(e, ir.IBinary):
-        if e.op in ("max", "min"):
-            return f"{e.op}({format_index(e.a)}, {format_index(e.b)})"
-        sym = {"add": "+", "sub": "-", "mul": "*"}[e.op]
-        return f"({format_index(e.a)} {sym} {format_index(e.b)})"
+        a, b = render_index(e.a, syntax), render_index(e.b, syntax)
+        return syntax.min_max(e.op, a, b) if e.op in ("max", "min") else f"({a} {INDEX_OPS[e.op]} {b})"
     if isinstance(e, ir.Length):
-        return f"len({e.array})" if e.array else "N"
+        return syntax.length(e.array)
     if isinstance(e, ir.ISelect):
-        return f"({format_pred(e.pred)} ? {format_index(e.a)} : {format_index(e.b)})"
-    raise TypeError(e)
+        return (f"({render_pred(e.pred, syntax)} ? {render_index(e.a, syntax)} : "
+                f"{render_index(e.b, syntax)})")
+    raise TypeError(f"not an index expression: {e!r}")
 
 
-def format_pred(e: ir.BExpr) -> str:
+def render_pred(e: ir.BExpr, syntax: ScalarSyntax) -> str:
     if isinstance(e, ir.BConst):
         return "true" if e.value else "false"
     if isinstance(e, ir.Compare):
-        sym = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}[e.op]
-        return f"{format_index(e.a)} {sym} {format_index(e.b)}"
+        return f"({render_index(e.a, syntax)} {COMPARE_OPS[e.op]} {render_index(e.b, syntax)})"
     if isinstance(e, ir.BNot):
-        return f"!({format_pred(e.a)})"
-    if isinstance(e, ir.BAnd):
-        return f"({format_pred(e.a)} && {format_pred(e.b)})"
-    if isinstance(e, ir.BOr):
-        return f"({format_pred(e.a)} || {format_pred(e.b)})"
-    raise TypeError(e)
+        return f"!{render_pred(e.a, syntax)}"
+    if isinstance(e, (ir.BAnd, ir.BOr)):
+        op = "&&" if isinstance(e, ir.BAnd) else "||"
+        return f"({render_pred(e.a, syntax)} {op} {render_pred(e.b, syntax)})"
+    raise TypeError(f"not a predicate: {e!r}")
+
+
+TEXT = ScalarSyntax()
+
+
+def format_index(e: ir.IExpr) -> str:
+    return render_index(e, TEXT)
+
+
+def format_pred(e: ir.BExpr) -> str:
+    return render_pred(e, TEXT)
 
 
 def _format_row(e: ir.RExpr, names: dict) -> str:

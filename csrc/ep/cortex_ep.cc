@@ -76,16 +76,21 @@ OrtStatus* MapToFusedOutputs(const Api& api, const OrtNode* node, const OrtNode*
   return nullptr;
 }
 
+// Looks up an attribute by name; *attribute stays null when the node has none of that name.
+OrtStatus* FindAttribute(const Api& api, const OrtNode* node, const char* name, const OrtOpAttr** attribute) {
+  *attribute = nullptr;
+  StatusPtr lookup(api.ort.Node_GetAttributeByName(node, name, attribute), StatusDeleter{&api.ort});
+  if (lookup && api.ort.GetErrorCode(lookup.get()) != ORT_NOT_FOUND) return lookup.release();
+  if (lookup) *attribute = nullptr;
+  return nullptr;
+}
+
 // Reads a STRING attribute; *present is false when the node has no such attribute.
 OrtStatus* ReadStringAttribute(const Api& api, const OrtNode* node, const char* name, std::string* value,
                                bool* present) {
   const OrtOpAttr* attribute = nullptr;
-  StatusPtr lookup(api.ort.Node_GetAttributeByName(node, name, &attribute), StatusDeleter{&api.ort});
   *present = false;
-  if (lookup) {
-    if (api.ort.GetErrorCode(lookup.get()) == ORT_NOT_FOUND) return nullptr;
-    return lookup.release();
-  }
+  CORTEX_RETURN_IF_ERROR(FindAttribute(api, node, name, &attribute));
   if (attribute == nullptr) return nullptr;
   OrtOpAttrType type;
   CORTEX_RETURN_IF_ERROR(api.ort.OpAttr_GetType(attribute, &type));
@@ -106,12 +111,8 @@ OrtStatus* ReadStringAttribute(const Api& api, const OrtNode* node, const char* 
 
 OrtStatus* ReadIntAttribute(const Api& api, const OrtNode* node, const char* name, int64_t* value, bool* present) {
   const OrtOpAttr* attribute = nullptr;
-  StatusPtr lookup(api.ort.Node_GetAttributeByName(node, name, &attribute), StatusDeleter{&api.ort});
   *present = false;
-  if (lookup) {
-    if (api.ort.GetErrorCode(lookup.get()) == ORT_NOT_FOUND) return nullptr;
-    return lookup.release();
-  }
+  CORTEX_RETURN_IF_ERROR(FindAttribute(api, node, name, &attribute));
   if (attribute == nullptr) return nullptr;
   size_t size = 0;
   CORTEX_RETURN_IF_ERROR(api.ort.ReadOpAttr(attribute, ORT_OP_ATTR_INT, value, sizeof(*value), &size));
