@@ -15,6 +15,22 @@ _EP_NAME = "CortexExecutionProvider"
 _MARKER_KEY = "cortex.ep_added"
 _registration_lock = threading.Lock()
 _registered = False
+# The EP library is built against ORT C API version 29 (the pinned headers): any ONNX Runtime package
+# (onnxruntime, onnxruntime-gpu) of that version or newer can host it.
+MIN_ORT_VERSION = (1, 29)
+
+
+def check_ort_version(version: str = None) -> None:
+    """Raises a clear error when the host ONNX Runtime is older than the EP library needs."""
+    version = version or ort.__version__
+    try:
+        major_minor = tuple(int(x) for x in version.split(".")[:2])
+    except ValueError:
+        return  # a development build: let registration decide
+    if major_minor < MIN_ORT_VERSION:
+        need = ".".join(map(str, MIN_ORT_VERSION))
+        raise RuntimeError(f"the Cortex EP needs ONNX Runtime >= {need} (C API {MIN_ORT_VERSION[1]}); this "
+                           f"process has onnxruntime {version}: pip install -U onnxruntime (or onnxruntime-gpu)")
 
 
 def get_library_path() -> str:
@@ -33,6 +49,7 @@ def _cortex_ep_devices():
 def _ep_devices():
     """The Cortex EP's devices, registering the EP library first if this process has not yet."""
     global _registered
+    check_ort_version()
     with _registration_lock:
         if not _registered:
             if not _cortex_ep_devices():  # someone may have registered the library already

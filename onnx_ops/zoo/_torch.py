@@ -31,7 +31,7 @@ OPSET = 17
 def require_torch(module: str) -> None:
     """ImportError naming ``module`` when torch is not installed."""
     if not TORCH_AVAILABLE:
-        raise ImportError(f"torch is not installed; {module} needs it for make_module/export")
+        raise ImportError(f"torch is not installed; {module} needs it for make_module/export", name="torch")
 
 
 def to_tensor(a: np.ndarray) -> "Tensor":
