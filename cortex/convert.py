@@ -15,6 +15,8 @@ from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
 from .codegen import CodegenError, CppGenerator, ToolchainError, compile_kernel
+from .ir.ops import MissingOp
+from .passes import PassError
 from .frontend import find_regions
 from .ir import format_program
 from .passes import optimize
@@ -36,6 +38,7 @@ class RegionReport:
     kernel: Optional[str] = None
     ir_before: Optional[str] = None
     ir_after: Optional[str] = None
+    hint: Optional[str] = None
 
 
 @dataclass
@@ -51,12 +54,14 @@ class Report:
     def format(self) -> str:
         lines = [f"cortex-convert: {self.source} -> {self.output}"]
         if not self.regions:
-            lines.append("  no recursive region (Loop or cortex.TreeRec) found")
+            lines.append("  no recursive region (Loop, Scan or cortex.TreeRec) found")
         for r in self.regions:
             if r.converted:
                 lines.append(f"  {r.kind} '{r.node_name}': converted -> {r.kernel}")
             else:
                 lines.append(f"  {r.kind} '{r.node_name}': left to ONNX Runtime: {r.reason}")
+                if r.hint:
+                    lines.append(f"    how to make it convert: {r.hint}")
         done = sum(r.converted for r in self.regions)
         lines.append(f"  {done} of {len(self.regions)} recursive regions converted")
         return "\n".join(lines)
@@ -117,9 +122,9 @@ def convert(source, output, target: str = "cpu", strict: bool = False) -> Report
     report = Report(str(source), str(output))
     artifacts = output.parent / (output.name.split(".")[0] + ".cortex")
 
-    replacements = {}  # node index -> (EPContext node, initializers)
+    replacements = {}  # node index -> (EPContext node, initializers, output types)
     for region in find_regions(model):
-        entry = RegionReport(region.kind, region.node_name, False, region.reason)
+        entry = RegionReport(region.kind, region.node_name, False, region.reason, hint=region.hint)
         report.regions.append(entry)
         if region.program is None:
             continue
@@ -130,26 +135,34 @@ def convert(source, output, target: str = "cpu", strict: bool = False) -> Report
             generator = CppGenerator(program)
             source_code = generator.generate(f"{program.name} of {Path(source).name}")
             library = compile_kernel(source_code)
-        except (CodegenError, ToolchainError) as e:
+        except (CodegenError, ToolchainError, MissingOp, PassError) as e:
             entry.reason = str(e)
             continue
+        except Exception as e:  # noqa: BLE001 - a bug in a pass or the code generator refuses the region
+            entry.reason = f"internal error in the passes or the code generator: {type(e).__name__}: {e}"
+            continue
+        entry.converted, entry.reason = True, None
+        replacements[region.node_index] = (entry, program, generator, source_code, library)
+
+    if strict and report.left:
+        raise ConvertError("--strict: recursive regions left to ONNX Runtime (no output written): " +
+                           "; ".join(f"{r.kind} '{r.node_name}': {r.reason}" for r in report.left))
+    nodes = {}
+    for index, (entry, program, generator, source_code, library) in replacements.items():
         artifacts.mkdir(parents=True, exist_ok=True)
         kernel_file = artifacts / f"{program.name}_{library.stem.split('_')[-1][:16]}.so"
         shutil.copyfile(library, kernel_file)
         (artifacts / (kernel_file.stem + ".cc")).write_text(source_code)
         rel = os.path.relpath(kernel_file, output.parent)
-        node = _kernel_node(model.graph.node[region.node_index], generator, program, rel, _sha256(kernel_file))
+        node = _kernel_node(model.graph.node[index], generator, program, rel, _sha256(kernel_file))
         inits = [numpy_helper.from_array(i.array, i.name) for i in generator.inputs if i.kind == "const"]
-        types = [(name, t.width) for name, t in zip(node.output, program.tables)]
-        replacements[region.node_index] = (node, inits, types)
-        entry.converted, entry.reason, entry.kernel = True, None, rel
+        types = [(name, t) for name, t in zip(node.output, program.tables)]
+        nodes[index] = (node, inits, types)
+        entry.kernel = rel
 
-    _rewrite(model, replacements)
+    _rewrite(model, nodes)
     output.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(output))
-    if strict and report.left:
-        raise ConvertError("--strict: recursive regions left to ONNX Runtime: " +
-                           "; ".join(f"{r.kind} '{r.node_name}': {r.reason}" for r in report.left))
     return report
 
 
@@ -166,14 +179,16 @@ def _kernel_node(original: onnx.NodeProto, generator: CppGenerator, program, rel
 
 def _declare_types(graph: onnx.GraphProto, tables):
     """The kernel node's outputs get explicit types: ORT cannot infer an EPContext node's outputs, and the
-    nodes after the recursion need them. Each state table is float32 [N, width]."""
+    nodes after the recursion need them. A state table is float32 [N, ...], a per-position table [L, ...]."""
     declared = {o.name for o in graph.output}
     kept = [vi for vi in graph.value_info if vi.name not in {name for name, _ in tables}]
     del graph.value_info[:]
     graph.value_info.extend(kept)
-    for name, width in tables:
+    for name, table in tables:
         if name not in declared:
-            graph.value_info.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["cortex_N", width]))
+            rows = "cortex_N" if table.kind == "state" else "cortex_L"
+            graph.value_info.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT,
+                                                                  [rows] + list(table.inner)))
 
 
 def _rewrite(model: onnx.ModelProto, replacements: dict):

@@ -32,6 +32,8 @@ def ref_visit(num_nodes, node, case_id, reads):
     L = len(node)
     first = {}
     for p, v in enumerate(node):
+        if v == -1:  # writes no state row
+            continue
         if v in first:
             return False, 0, []
         first[v] = p
@@ -42,7 +44,9 @@ def ref_visit(num_nodes, node, case_id, reads):
             if r < 0 or r not in first:
                 continue
             q = first[r]
-            if q >= p:
+            if q == p:  # its own row, before writing it: the initial state
+                continue
+            if q > p:
                 return False, 0, []
             lv = max(lv, levels[q] + 1)
         levels.append(lv)
@@ -243,7 +247,8 @@ def test_visit_reads_of_unlisted_nodes_are_level_zero():
 def test_visit_invalid_duplicate_and_forward_reads():
     assert not compare_visit(3, [0, 1, 0], [0, 0, 0], 1, [[], [], []])["valid"]
     assert not compare_visit(3, [0, 1], [0, 0], 1, [[1], []])["valid"]  # reads a node listed later
-    assert not compare_visit(3, [0, 1], [0, 0], 1, [[], [1]])["valid"]  # reads itself
+    assert compare_visit(3, [0, 1], [0, 0], 1, [[], [1]])["valid"]  # reads its own row first: the initial state
+    assert compare_visit(3, [0, -1, 1], [0, 0, 0], 1, [[], [0], [0]])["valid"]  # -1: a position writing no row
 
 
 def test_visit_empty_and_no_reads():
@@ -258,7 +263,7 @@ def test_visit_errors():
     with pytest.raises(ValueError, match="out of range"):
         _C.linearize_visit(2, np.array([0, 2]), np.zeros(2, np.int32), 1, R)
     with pytest.raises(ValueError, match="out of range"):
-        _C.linearize_visit(2, np.array([0, -1]), np.zeros(2, np.int32), 1, R)
+        _C.linearize_visit(2, np.array([0, -2]), np.zeros(2, np.int32), 1, R)
     with pytest.raises(ValueError, match="case_id"):
         _C.linearize_visit(2, np.array([0, 1]), np.array([0, 1], np.int32), 1, R)
     with pytest.raises(ValueError, match="reads"):

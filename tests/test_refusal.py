@@ -48,10 +48,10 @@ def test_unsupported_op_is_named_and_left_to_ort(tmp_path):
     if_node, _ = _loop_body_if(model)
     internal = next(a.g for a in if_node.attribute if a.name == "else_branch")
     sigmoid = next(n for n in internal.node if n.op_type == "Sigmoid")
-    sigmoid.op_type = "Softmax"  # softmax over a gate: valid ONNX, not in Cortex's op set
+    sigmoid.op_type = "Hardmax"  # hardmax over a gate: valid ONNX, not in Cortex's op set
     report, converted = _convert_and_compare(tmp_path, model, _feeds(_forest()))
     [region] = report.regions
-    assert not region.converted and "Softmax" in region.reason
+    assert not region.converted and "Hardmax" in region.reason
     assert any(n.op_type == "Loop" for n in converted.graph.node)
 
 
@@ -111,12 +111,12 @@ def test_data_dependent_read_is_refused(tmp_path):
 
 
 def test_regions_fall_back_one_by_one(tmp_path):
-    """One model, two recursions: the TreeLSTM converts, a Softmax variant of it stays with ORT."""
+    """One model, two recursions: the TreeLSTM converts, a Hardmax variant of it stays with ORT."""
     good = tl.build_loop(tl.make_params(hidden=HIDDEN, embed_dim=4, vocab=40, seed=1))
     bad = tl.build_loop(tl.make_params(hidden=HIDDEN, embed_dim=4, vocab=40, seed=2))
     if_node, _ = _loop_body_if(bad)
     internal = next(a.g for a in if_node.attribute if a.name == "else_branch")
-    next(n for n in internal.node if n.op_type == "Tanh").op_type = "Softsign"
+    next(n for n in internal.node if n.op_type == "Tanh").op_type = "Hardmax"
     bad = onnx.compose.add_prefix(bad, "b_", rename_inputs=False)
     graph = good.graph
     graph.node.extend(bad.graph.node)
@@ -124,5 +124,5 @@ def test_regions_fall_back_one_by_one(tmp_path):
     graph.output.extend(bad.graph.output)
     report, converted = _convert_and_compare(tmp_path, good, _feeds(_forest()))
     assert [r.converted for r in report.regions] == [True, False]
-    assert "Softsign" in report.regions[1].reason
+    assert "Hardmax" in report.regions[1].reason
     assert [n.op_type for n in converted.graph.node].count("Loop") == 1

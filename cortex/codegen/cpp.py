@@ -1,47 +1,29 @@
-"""Cortex IR -> C++ kernel source (CPU).
+"""Kernel plan -> C++ kernel source (CPU).
 
 The generated kernel implements csrc/runtime/kernel_abi.h. Per run it:
-1. checks its inputs, allocates the state tables (initial values or zeros);
+1. checks its inputs, allocates the tables (initial values or zeros);
 2. *prepares* every position on the host: evaluates the case predicates and every index the position uses
    (with ONNX's index semantics and errors), giving compact arrays: the row each position writes, the child
-   rows it reads, and the table rows it looks up;
+   rows it reads, the table rows it looks up and its masks and index values;
 3. linearizes (csrc/runtime/linearize.h): level batches when the visit is a valid topological order (or the
    structure is a DAG), otherwise the exact sequential semantics, one position at a time;
-4. runs each batch of one case: materializes each matrix product's input rows, one GEMM for the batch (bias in
-   the GEMM), then one fused elementwise loop that computes the rows the case writes, and commits them.
+4. runs each batch of one case through the plan's steps: per-batch buffers (matrix products with their input rows,
+   reductions, rearranged values), one GEMM per product for the batch (bias in the GEMM), then one fused
+   elementwise loop that computes the rows the case writes, and commits them.
 Model shapes are compile-time constants; generated code carries comments naming the IR values.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
 
 import numpy as np
 
 from ..ir import nodes as ir
+from ..ir import ops
 from ..ir.printer import ScalarSyntax, format_index, format_pred, render_index, render_pred
+from .plan import MASK, ROW, VALUE, CodegenError, KernelInput, KernelPlan, pack_panels, plan_kernel  # noqa: F401
 
-NR = 16  # GEMM panel width: the packed weight layout in docs/contracts.md
-
-
-class CodegenError(Exception):
-    """The IR uses something this code generator does not support; the region falls back."""
-
-
-def pack_panels(w: np.ndarray) -> np.ndarray:
-    """[K, N] weight -> [ceil(N/16), K, 16] panels (zero padded), the layout gemm_packed reads."""
-    k, n = w.shape
-    panels = -(-n // NR)
-    padded = np.zeros((k, panels * NR), dtype=np.float32)
-    padded[:, :n] = w
-    return np.ascontiguousarray(padded.reshape(k, panels, NR).transpose(1, 0, 2))
-
-
-@dataclass
-class KernelInput:
-    """One input of the kernel (and of the converted node), in order."""
-    name: str  # ONNX value name (runtime) or initializer name (constant)
-    kind: str  # array | trip | init | const
-    array: np.ndarray = None  # constants only: the prepared tensor to store as an initializer
+TARGET = "cpp"
 
 
 def _cfloat(x: float) -> str:
@@ -53,55 +35,104 @@ def _cfloat(x: float) -> str:
     return f"{x.hex()}f"
 
 
-@dataclass
-class _CaseLayout:
-    reads: list = field(default_factory=list)  # [(index IExpr, missing_zero)] -> read slot k
-    slots: list = field(default_factory=list)  # [(index IExpr, source name)] -> lookup slot s
+def _cstr(s: str) -> str:
+    """A C++ string literal body: printable ASCII only, quotes and backslashes escaped."""
+    out = []
+    for ch in str(s):
+        if ch in "\\\"":
+            out.append("\\" + ch)
+        elif " " <= ch <= "~" and ch != "?":
+            out.append(ch)
+        else:
+            out.append(f"\\x{ord(ch):02x}" if ord(ch) < 256 else "?")
+    return "".join(out)
 
 
-def _case_layout(case: ir.Case) -> _CaseLayout:
-    layout = _CaseLayout()
-    for node in ir.walk_rows([x for _, x in case.writes]):
-        if isinstance(node, ir.ChildState):
-            key = (node.index, node.missing_zero)
-            if key not in layout.reads:
-                layout.reads.append(key)
-        elif isinstance(node, (ir.ConstRow, ir.InputRow, ir.InputProjection)):
-            key = (node.index, node.const if isinstance(node, ir.ConstRow) else node.array)
-            if key not in layout.slots:
-                layout.slots.append(key)
-        elif isinstance(node, (ir.Mask, ir.Select)):
-            key = (node.pred, MASK)
-            if key not in layout.slots:
-                layout.slots.append(key)
-    return layout
+def comment(s: str) -> str:
+    """Text safe inside a // comment: one line, printable ASCII (no line splice at the end)."""
+    text = re.sub(r"[^ -~]", "?", str(s))
+    return text.rstrip("\\")[:300]
 
 
-MASK = "<mask>"  # the lookup slot of a per-position predicate holds 0 or 1
+_DTYPES = {"int64": ("int64_t", "CORTEX_INT64"), "int32": ("int32_t", "CORTEX_INT32"),
+           "bool": ("uint8_t", "CORTEX_BOOL"), "float32": ("float", "CORTEX_FLOAT")}
+
+
+class _CppSyntax(ScalarSyntax):
+    """Index expressions as C++ over the kernel's Ctx: loads follow ONNX Gather semantics (negative ids wrap,
+    out of range throws a KernelError naming the array and the position)."""
+
+    def __init__(self, plan: KernelPlan):
+        self.plan = plan
+
+    def const(self, value: int) -> str:
+        return f"INT64_C({value})"
+
+    def load(self, e: ir.Load, index: str) -> str:
+        a = self.plan.array_ids[e.array]
+        row = f"cortex::normalize_index({index}, cx.{a}_rows, \"{_cstr(e.array)}\", p)"
+        element = f"cx.{a}[{row}]" if e.column is None else f"cx.{a}[{row} * cx.{a}_cols + {e.column}]"
+        if self.plan.program.input(e.array).dtype == "bool":
+            return f"static_cast<int64_t>({element} != 0)"
+        return f"static_cast<int64_t>({element})"
+
+    def length(self, array) -> str:
+        return f"cx.{self.plan.array_ids[array]}_rows" if array else "cx.N"
+
+    def call(self, op: str, a: str, b: str) -> str:
+        if op in ("max", "min"):
+            return f"std::{op}<int64_t>({a}, {b})"
+        return f"cortex::i{op}({a}, {b}, p)"
+
+    def guard(self, pred: str, value: str, message: str) -> str:
+        return f"cortex::guard({pred}, {value}, \"{_cstr(message)}\", p)"
+
+
+class _Access:
+    """Which element of a value a fused loop over j in [0, width) reads: `j + offset`, `indices[j]`, or one fixed
+    element `const` (a width-1 value broadcast over the loop)."""
+
+    def __init__(self, offset=0, indices=None, const=None):
+        if indices is not None:
+            indices = tuple(int(i) for i in indices)
+            if all(b == a + 1 for a, b in zip(indices, indices[1:])):
+                offset, indices = indices[0], None
+        self.offset, self.indices, self.const = offset, indices, const
+
+    def key(self):
+        if self.const is not None:
+            return ("const", self.const)
+        return ("gather", self.indices) if self.indices is not None else ("affine", self.offset)
+
+    def shifted(self, start):
+        if self.const is not None:
+            return _Access(const=self.const + start)
+        if self.indices is None:
+            return _Access(self.offset + start)
+        return _Access(indices=[i + start for i in self.indices])
+
+    def through(self, indices, width):
+        if self.const is not None:
+            return _Access(const=indices[self.const])
+        if self.indices is None:
+            return _Access(indices=indices[self.offset:self.offset + width])
+        return _Access(indices=[indices[i] for i in self.indices])
+
+    def span(self, width):
+        if self.const is not None:
+            return self.const, self.const
+        if self.indices is None:
+            return self.offset, self.offset + width - 1
+        return min(self.indices), max(self.indices)
 
 
 class CppGenerator:
     def __init__(self, program: ir.Program):
+        self.plan = plan_kernel(program)
         self.p = program
-        self.inputs = [KernelInput(d.name, d.kind) for d in program.inputs]
-        self.cid = {}  # IR constant name -> C identifier
-        for name, value in program.constants.items():
-            self.cid[name] = f"k_{name}"
-        nodes = [n for c in program.cases for n in ir.walk_rows([x for _, x in c.writes])]
-        packed = {n.weight for n in nodes if isinstance(n, (ir.MatMul, ir.LeftMatMul, ir.InputProjection))}
-        # X @ W (+ b) tables computed once per run, before the recursion
-        self.projections = list(dict.fromkeys((n.array, n.weight, n.bias) for n in nodes
-                                              if isinstance(n, ir.InputProjection)))
-        for name, value in program.constants.items():
-            prepared = pack_panels(value) if name in packed else np.ascontiguousarray(value, dtype=np.float32)
-            self.inputs.append(KernelInput(f"{program.name}_{name}", "const", prepared))
-        self.aid = {d.name: f"a{i}" for i, d in enumerate(program.inputs) if d.kind == "array"}
-        self.tid = {t.name: f"t_{t.name}" for t in program.tables}
-        self.layouts = [_case_layout(c) for c in program.cases]
-        self.syntax = _CppSyntax(self.aid)
-        self.K = max([len(l.reads) for l in self.layouts] + [1])
-        self.J = max([len(l.slots) for l in self.layouts] + [1])
-        self.max_width = max(t.width for t in program.tables)
+        self.inputs = self.plan.inputs
+        self.syntax = _CppSyntax(self.plan)
+        self.index_tables = {}  # tuple of indices -> C identifier of a static table
 
     # ---- index expressions (host side) ------------------------------------------------------------
 
@@ -114,36 +145,44 @@ class CppGenerator:
     # ---- source ---------------------------------------------------------------------------------
 
     def generate(self, identity: str) -> str:
-        out = [HEADER.format(name=self.p.name, identity=_cstr(identity))]
-        out.append(WORKSPACE.format(cases=len(self.p.cases), reads=self.K, slots=self.J, width=self.max_width))
-        out.append(self.ctx_struct())
-        out.append(self.prepare_fn())
-        for c, case in enumerate(self.p.cases):
-            out.append(self.case_fn(c, case))
-        out.append(self.dispatch_fn())
+        plan = self.plan
+        body = [self.ctx_struct(), self.prepare_fn()]
+        body += [self.case_fn(c) for c in plan.cases]
+        body.append(self.dispatch_fn())
+        tables = [f"alignas(64) const int32_t {name}[] = {{{', '.join(map(str, idx))}}};"
+                  for idx, name in self.index_tables.items()]
+        out = [HEADER.format(name=comment(self.p.name), identity=_cstr(identity)),
+               WORKSPACE.format(cases=len(self.p.cases), reads=plan.max_reads, slots=plan.max_slots,
+                                width=plan.max_width)]
+        if tables:
+            out.append("// element positions of rearranged values\n" + "\n".join(tables) + "\n")
+        out += body
         out.append("}  // namespace\n")
         out.append(self.run_fn())
         return "\n".join(out)
 
     def ctx_struct(self) -> str:
+        plan = self.plan
         lines = ["struct Ctx {", "  int64_t N = 0, L = 0;"]
         for d in self.p.inputs:
             if d.kind == "array":
-                a = self.aid[d.name]
-                ctype = "int64_t" if d.dtype == "int64" else "float"
-                lines.append(f"  const {ctype}* {a} = nullptr; int64_t {a}_rows = 0, {a}_cols = 1;  // {d.name}")
-        for name in self.p.constants:
-            lines.append(f"  const float* {self.cid[name]} = nullptr;  // {name} {list(self.p.constants[name].shape)}")
+                a = plan.array_ids[d.name]
+                ctype = _DTYPES[d.dtype][0]
+                lines.append(f"  const {ctype}* {a} = nullptr; int64_t {a}_rows = 0, {a}_cols = 1;  // {comment(d.name)}")
+        for name, value in self.p.constants.items():
+            lines.append(f"  const float* {plan.const_ids[name]} = nullptr;  // {comment(name)} {list(value.shape)}")
         for t in self.p.tables:
-            lines.append(f"  float* {self.tid[t.name]} = nullptr;  // state {t.name} [N x {t.width}]")
-        for k, (array, weight, bias) in enumerate(self.projections):
+            rows = "N" if t.kind == "state" else "L"
+            lines.append(f"  float* {plan.table_ids[t.name]} = nullptr;  // {t.kind} {comment(t.name)} [{rows} x {t.width}]")
+        for k, (array, weight, bias) in enumerate(plan.projections):
             plus = f" + {bias}" if bias else ""
-            lines.append(f"  const float* proj{k} = nullptr;  // {array} @ {weight}{plus}, every row")
+            lines.append(f"  const float* proj{k} = nullptr;  // {comment(array)} @ {comment(weight)}{comment(plus)}, every row")
         lines.append("  Workspace* ws = nullptr;")
         lines.append("};")
         return "\n".join(lines) + "\n"
 
     def prepare_fn(self) -> str:
+        plan = self.plan
         lines = [
             "// Evaluates every position's case and indices on the host (ONNX index semantics and errors),",
             "// keeping the positions that write something, in order.",
@@ -156,7 +195,7 @@ class CppGenerator:
         ]
         for c, case in enumerate(self.p.cases):
             cond = "if" if c == 0 else "else if"
-            lines.append(f"    {cond} ({self.pred_expr(case.predicate)}) c = {c};  // {format_pred(case.predicate)}")
+            lines.append(f"    {cond} ({self.pred_expr(case.predicate)}) c = {c};  // {comment(format_pred(case.predicate))}")
         lines.append("    if (c < 0) continue;")
         lines.append("    ws.case_id[q] = c;")
         lines.append("    ws.position[q] = p;")
@@ -164,26 +203,30 @@ class CppGenerator:
         lines.append("    int64_t* slots = &ws.slots[q * kSlots];")
         lines.append("    std::fill(reads, reads + kReads, INT64_C(-1));")
         lines.append("    switch (c) {")
-        for c, (case, layout) in enumerate(zip(self.p.cases, self.layouts)):
-            lines.append(f"      case {c}: {{  // {case.name}")
-            target = self.index_expr(case.target)
-            if self.p.mode == "dag":
-                lines.append(f"        ws.node[q] = {target};")
+        for cp in plan.cases:
+            case, layout = cp.case, cp.layout
+            lines.append(f"      case {cp.index}: {{  // {comment(case.name)}")
+            if case.target is None:
+                lines.append("        ws.node[q] = -1;  // writes no state row")
+            elif self.p.mode == "dag":
+                lines.append(f"        ws.node[q] = {self.index_expr(case.target)};")
             else:
-                lines.append(f"        ws.node[q] = cortex::normalize_index({target}, cx.N, \"the state row written\", p);"
-                             f"  // {format_index(case.target)}")
+                lines.append(f"        ws.node[q] = cortex::normalize_index({self.index_expr(case.target)}, cx.N, "
+                             f"\"the state row written\", p);  // {comment(format_index(case.target))}")
             for k, (index, missing_zero) in enumerate(layout.reads):
                 fn = "cortex::child_index" if missing_zero else "cortex::normalize_index"
                 lines.append(f"        reads[{k}] = {fn}({self.index_expr(index)}, cx.N, \"a child state row\", p);"
-                             f"  // {format_index(index)}")
-            for s, (index, source) in enumerate(layout.slots):
-                if source == MASK:
-                    lines.append(f"        slots[{s}] = {self.pred_expr(index)} ? 1 : 0;  // {format_pred(index)}")
-                    continue
-                rows = (f"INT64_C({self.p.constants[source].shape[0]})" if source in self.p.constants
-                        else f"cx.{self.aid[source]}_rows")
-                lines.append(f"        slots[{s}] = cortex::normalize_index({self.index_expr(index)}, {rows}, "
-                             f"\"{_cstr(source)}\", p);  // {format_index(index)}")
+                             f"  // {comment(format_index(index))}")
+            for s, (key, kind, source) in enumerate(layout.slots):
+                if kind == MASK:
+                    lines.append(f"        slots[{s}] = {self.pred_expr(key)} ? 1 : 0;  // {comment(format_pred(key))}")
+                elif kind == VALUE:
+                    lines.append(f"        slots[{s}] = {self.index_expr(key)};  // {comment(format_index(key))}")
+                else:
+                    rows = (f"INT64_C({self.p.constants[source].shape[0]})" if source in self.p.constants
+                            else f"cx.{plan.array_ids[source]}_rows")
+                    lines.append(f"        slots[{s}] = cortex::normalize_index({self.index_expr(key)}, {rows}, "
+                                 f"\"{_cstr(source)}\", p);  // {comment(format_index(key))}")
             lines.append("        break;")
             lines.append("      }")
         lines.append("    }")
@@ -195,124 +238,134 @@ class CppGenerator:
 
     # ---- one case over a batch of positions -----------------------------------------------------
 
-    def case_fn(self, c: int, case: ir.Case) -> str:
-        layout = self.layouts[c]
-        roots = [x for _, x in case.writes]
-        order = ir.walk_rows(roots)
-        mats = [n for n in order if isinstance(n, ir.MATERIALIZED)]
-        mat_id = {m: i for i, m in enumerate(mats)}
-        lines = [f"// case {case.name}: when {format_pred(case.predicate)}",
-                 f"static void run_case_{c}(Ctx& cx, const int64_t* batch, int64_t B) {{",
+    def case_fn(self, cp) -> str:
+        plan, case = self.plan, cp.case
+        lines = [f"// case {comment(case.name)}: when {comment(format_pred(case.predicate))}",
+                 f"static void run_case_{cp.index}(Ctx& cx, const int64_t* batch, int64_t B) {{",
                  "  Workspace& ws = *cx.ws;"]
-        env = _RowEnv(self, layout, mat_id)
-        buffers = 0
-
-        def buffer(name, size, comment):
-            nonlocal buffers
-            lines.append(f"  float* {name} = ws.buffer({buffers}, B * {size});  // {comment}")
-            buffers += 1
-
-        for i, m in enumerate(mats):
-            if isinstance(m, ir.MatMul):
-                k, n = m.x.width // m.rows, m.width // m.rows
-                buffer(f"A{i}", m.x.width, f"rows of the input of matmul {m.weight}")
-                buffer(f"G{i}", m.width, f"matmul {m.weight} for the batch")
-                lines += env.row_loop([(m.x, _dense(f"A{i}", m.x.width))], indent="  ")
-                bias = f"cx.{self.cid[m.bias]}" if m.bias else "nullptr"
-                lines.append(f"  cortex::gemm_packed(B * {m.rows}, {n}, {k}, A{i}, {k}, cx.{self.cid[m.weight]}, "
-                             f"G{i}, {n}, {bias}, false);")
-            elif isinstance(m, ir.LeftMatMul):
-                # W @ X = (X^T @ W^T)^T: X^T's rows for every node of the batch, one GEMM against W^T
-                k = m.x.width // m.cols
-                r = m.width // m.cols
-                buffer(f"A{i}", m.x.width, f"transposed rows of the input of left_matmul {m.weight}")
-                buffer(f"G{i}", m.width, f"left_matmul {m.weight} for the batch (transposed)")
-                lines += env.row_loop([(m.x, _transposed(f"A{i}", m.cols, k))], indent="  ")
-                lines.append(f"  cortex::gemm_packed(B * {m.cols}, {r}, {k}, A{i}, {k}, cx.{self.cid[m.weight]}, "
-                             f"G{i}, {r}, nullptr, false);")
-            else:  # MatVec
-                cols = m.vec.width
-                buffer(f"P{i}", m.mat.width, "per-node matrices of matvec")
-                buffer(f"Q{i}", cols, "per-node vectors of matvec")
-                buffer(f"G{i}", m.width, "matvec for the batch")
-                lines += env.row_loop([(m.mat, _dense(f"P{i}", m.mat.width)), (m.vec, _dense(f"Q{i}", cols))],
-                                      indent="  ")
-                lines += [f"  cortex::for_rows(B, {m.mat.width}, [&](int64_t b) {{",
-                          f"    const float* mat = P{i} + b * {m.mat.width};",
-                          f"    const float* vec = Q{i} + b * {cols};",
-                          f"    for (int64_t r = 0; r < {m.width}; ++r) {{",
+        env = _RowEnv(self, cp)
+        for k, step in enumerate(cp.steps):
+            e = step.node
+            width = e.x.width if step.kind == "transpose" else e.width
+            lines.append(f"  float* {step.buffer} = ws.buffer({k}, B * {width});  // {step.kind}")
+            if step.kind == "compute":
+                lines += env.row_loop([(e, _dense(step.buffer, e.width))], "  ", computing=e)
+            elif step.kind == "transpose":
+                lines += env.row_loop([(e.x, _transposed(step.buffer, e.cols, e.x.width // e.cols))], "  ")
+            elif step.kind == "gemm":
+                k_dim, n_dim = e.x.width // e.rows, e.width // e.rows
+                bias = f"cx.{plan.const_ids[e.bias]}" if e.bias else "nullptr"
+                lines.append(f"  cortex::gemm_packed(B * {e.rows}, {n_dim}, {k_dim}, {step.inputs[0]}, {k_dim}, "
+                             f"cx.{plan.const_ids[e.weight]}, {step.buffer}, {n_dim}, {bias}, false);"
+                             f"  // {comment(e.weight)}")
+            elif step.kind == "left_gemm":
+                k_dim, r = e.x.width // e.cols, e.width // e.cols
+                lines.append(f"  cortex::gemm_packed(B * {e.cols}, {r}, {k_dim}, {step.inputs[0]}, {k_dim}, "
+                             f"cx.{plan.const_ids[e.weight]}, {step.buffer}, {r}, nullptr, false);  // {comment(e.weight)}")
+            elif step.kind == "matvec":
+                mat, vec = step.inputs
+                cols = e.vec.width
+                lines += [f"  cortex::for_rows(B, {e.mat.width}, [&](int64_t b) {{",
+                          f"    const float* mat = {mat} + b * {e.mat.width};",
+                          f"    const float* vec = {vec} + b * {cols};",
+                          f"    for (int64_t r = 0; r < {e.width}; ++r) {{",
                           "      float acc = 0.0f;",
                           f"      for (int64_t j = 0; j < {cols}; ++j) acc += mat[r * {cols} + j] * vec[j];",
-                          f"      G{i}[b * {m.width} + r] = acc;",
+                          f"      {step.buffer}[b * {e.width} + r] = acc;",
                           "    }",
                           "  });"]
-        out_buf = {}
-        for k, (table, expr) in enumerate(case.writes):
-            out_buf[table] = f"O{k}"
-            buffer(f"O{k}", expr.width, f"new rows of {table}")
-        lines += env.row_loop([(e, _dense(out_buf[t], e.width)) for t, e in case.writes], indent="  ")
+            elif step.kind == "reduce":
+                lines += [f"  cortex::for_rows(B, {e.x.width}, [&](int64_t b) {{",
+                          f"    const float* x = {step.inputs[0]} + b * {e.x.width};",
+                          f"    for (int64_t i = 0; i < {e.width}; ++i) {{",
+                          f"      float acc = x[i * {e.group}];",
+                          f"      for (int64_t g = 1; g < {e.group}; ++g) acc = {REDUCE_CPP[e.op].format(a='acc', b=f'x[i * {e.group} + g]')};",
+                          f"      {step.buffer}[b * {e.width} + i] = acc;",
+                          "    }",
+                          "  });"]
+            else:
+                raise CodegenError(f"step {step.kind}")
+        first = len(cp.steps)
+        for k, (table, expr, buf) in enumerate(cp.outputs):
+            lines.append(f"  float* {buf} = ws.buffer({first + k}, B * {expr.width});  // new rows of {comment(table)}")
+        lines += env.row_loop([(e, _dense(buf, e.width)) for _, e, buf in cp.outputs], "  ")
         lines.append("  // commit: rows are written after the whole batch is computed")
-        for table, expr in case.writes:
-            lines.append(f"  for (int64_t b = 0; b < B; ++b) std::memcpy(cx.{self.tid[table]} + ws.node[batch[b]] * "
-                         f"{expr.width}, {out_buf[table]} + b * {expr.width}, sizeof(float) * {expr.width});")
+        for table, expr, buf in cp.outputs:
+            t = self.p.table(table)
+            row = "ws.position[batch[b]]" if t.kind == "emit" else "ws.node[batch[b]]"
+            lines.append(f"  for (int64_t b = 0; b < B; ++b) std::memcpy(cx.{plan.table_ids[table]} + {row} * "
+                         f"{expr.width}, {buf} + b * {expr.width}, sizeof(float) * {expr.width});")
         lines.append("}")
         return "\n".join(lines) + "\n"
 
+    def index_table(self, indices) -> str:
+        key = tuple(indices)
+        if key not in self.index_tables:
+            self.index_tables[key] = f"kIdx{len(self.index_tables)}"
+        return self.index_tables[key]
+
+    # ---- the entry point ---------------------------------------------------------------------------
+
     def run_fn(self) -> str:
-        p = self.p
+        p, plan = self.p, self.plan
         lines = ["extern \"C\" CORTEX_EXPORT int32_t cortex_kernel_run(const CortexTensor* inputs, int32_t num_inputs,",
                  "    CortexAllocOutput alloc_output, void* alloc_context, char* error, size_t error_size) {",
                  "  try {",
                  "    cortex::check_cpu_features();",
                  f"    if (num_inputs != {len(self.inputs)}) throw cortex::KernelError(\"expected {len(self.inputs)} inputs, got \" + std::to_string(num_inputs));",
-                 "    Ctx cx;"]
+                 "    Ctx cx;",
+                 "    const int64_t p = -1;  // index errors before the recursion name no position"]
         for i, d in enumerate(p.inputs):
             if d.kind == "array":
-                a = self.aid[d.name]
-                ctype, dt = ("int64_t", "CORTEX_INT64") if d.dtype == "int64" else ("float", "CORTEX_FLOAT")
+                a = plan.array_ids[d.name]
+                ctype, dt = _DTYPES[d.dtype]
                 inner = ", ".join(str(x) for x in d.inner) or "0"
                 lines.append(f"    {{ static const int64_t inner[] = {{{inner}}};")
                 lines.append(f"      cx.{a} = static_cast<const {ctype}*>(cortex::check_input(inputs[{i}], \"{_cstr(d.name)}\", {dt}, {d.rank}, inner));")
-                lines.append(f"      cx.{a}_rows = inputs[{i}].shape[0];" + (f" cx.{a}_cols = {d.inner[0]};" if d.rank == 2 else "") + " }")
+                rows = f"inputs[{i}].shape[0]" if d.rank >= 1 else "1"
+                cols = f" cx.{a}_cols = {int(np.prod(d.inner, dtype=np.int64))};" if d.rank >= 2 else ""
+                lines.append(f"      cx.{a}_rows = {rows};{cols} }}")
+        for i, inp in enumerate(self.inputs):
+            if inp.kind == "const":
+                dims = ", ".join(str(x) for x in inp.array.shape[1:]) or "0"
+                lines.append(f"    {{ static const int64_t inner[] = {{{dims}}};")
+                lines.append(f"      cx.{plan.const_ids[inp.const]} = static_cast<const float*>(cortex::check_input(inputs[{i}], \"{_cstr(inp.name)}\", CORTEX_FLOAT, {inp.array.ndim}, inner));")
+                lines.append(f"      if (inputs[{i}].shape[0] != {inp.array.shape[0]}) throw cortex::KernelError(\"constant {_cstr(inp.name)} has the wrong shape\"); }}")
         if p.mode == "visit":
-            inits = [(i, d) for i, d in enumerate(p.inputs) if d.kind == "init"]
-            first = inits[0][0]
+            first = next(i for i, d in enumerate(p.inputs) if d.kind == "init")
             lines.append(f"    cx.N = inputs[{first}].rank >= 1 ? inputs[{first}].shape[0] : 0;")
-            if isinstance(p.trip, int):
-                lines.append(f"    cx.L = std::max<int64_t>(0, INT64_C({p.trip}));")
-            else:
-                ti = next(i for i, d in enumerate(p.inputs) if d.kind == "trip")
-                lines.append(f"    cx.L = std::max<int64_t>(0, cortex::scalar_int64(inputs[{ti}], \"{_cstr(p.trip)}\"));")
+            lines.append(f"    cx.L = std::max<int64_t>(0, {self.index_expr(p.trip)});  // {comment(format_index(p.trip))}")
         else:
-            a = self.aid[p.rows_from]
+            a = plan.array_ids[p.rows_from]
             lines.append(f"    cx.N = cx.{a}_rows;")
             lines.append("    cx.L = cx.N;")
             lines.append(f"    for (int64_t i = 0; i < cx.N * cx.{a}_cols; ++i) cortex::child_index(cx.{a}[i], cx.N, \"{_cstr(p.rows_from)}\", i / cx.{a}_cols);")
-        for i, inp in enumerate(self.inputs):
-            if inp.kind == "const":
-                name = list(p.constants)[i - len(p.inputs)]
-                dims = ", ".join(str(x) for x in inp.array.shape[1:]) or "0"
-                lines.append(f"    {{ static const int64_t inner[] = {{{dims}}};")
-                lines.append(f"      cx.{self.cid[name]} = static_cast<const float*>(cortex::check_input(inputs[{i}], \"{_cstr(inp.name)}\", CORTEX_FLOAT, {inp.array.ndim}, inner));")
-                lines.append(f"      if (inputs[{i}].shape[0] != {inp.array.shape[0]}) throw cortex::KernelError(\"constant {_cstr(inp.name)} has the wrong shape\"); }}")
         for k, t in enumerate(p.tables):
-            lines.append(f"    {{ const int64_t shape[2] = {{cx.N, {t.width}}};")
-            lines.append(f"      cx.{self.tid[t.name]} = static_cast<float*>(alloc_output(alloc_context, {k}, shape, 2));")
-            lines.append(f"      if (cx.{self.tid[t.name]} == nullptr) throw cortex::KernelError(\"could not allocate output {_cstr(t.output)}\");")
+            rows = "cx.N" if t.kind == "state" else "cx.L"
+            dims = ", ".join([rows] + [str(d) for d in t.inner])
+            tid = plan.table_ids[t.name]
+            lines.append(f"    {{ const int64_t shape[{1 + len(t.inner)}] = {{{dims}}};")
+            lines.append(f"      cx.{tid} = static_cast<float*>(alloc_output(alloc_context, {k}, shape, {1 + len(t.inner)}));")
+            lines.append(f"      if (cx.{tid} == nullptr) throw cortex::KernelError(\"could not allocate output {_cstr(t.output)}\");")
             if t.init is not None:
                 i = next(j for j, d in enumerate(p.inputs) if d.name == t.init)
-                lines.append(f"      static const int64_t inner[] = {{{t.width}}};")
-                lines.append(f"      const float* init = static_cast<const float*>(cortex::check_input(inputs[{i}], \"{_cstr(t.init)}\", CORTEX_FLOAT, 2, inner));")
+                inner = ", ".join(str(d) for d in t.inner)
+                lines.append(f"      static const int64_t inner[] = {{{inner}}};")
+                lines.append(f"      const float* init = static_cast<const float*>(cortex::check_input(inputs[{i}], \"{_cstr(t.init)}\", CORTEX_FLOAT, {1 + len(t.inner)}, inner));")
                 lines.append(f"      if (inputs[{i}].shape[0] != cx.N) throw cortex::KernelError(\"state tables must have the same number of rows (Cortex limitation): {_cstr(t.init)} has \" + std::to_string(inputs[{i}].shape[0]) + \", expected \" + std::to_string(cx.N));")
-                lines.append(f"      if (cx.N) std::memcpy(cx.{self.tid[t.name]}, init, sizeof(float) * cx.N * {t.width}); }}")
+                lines.append(f"      if (cx.N) std::memcpy(cx.{tid}, init, sizeof(float) * cx.N * {t.width}); }}")
             else:
-                lines.append(f"      std::memset(cx.{self.tid[t.name]}, 0, sizeof(float) * cx.N * {t.width}); }}")
+                lines.append(f"      if ({rows}) std::memset(cx.{tid}, 0, sizeof(float) * {rows} * {t.width}); }}")
+        linearize = ("ws.linearizer.dag(cx.N, ws.case_id.data(), kNumCases, ws.reads.data(), kReads, ws.schedule)"
+                     if p.mode == "dag" else
+                     "ws.linearizer.visit(cx.N, ws.listed, ws.node.data(), ws.case_id.data(), kNumCases, "
+                     "ws.reads.data(), kReads, ws.schedule)")
         lines += [
             "    thread_local Workspace ws;",
             "    cx.ws = &ws;",
             "    prepare(cx);",
             *self.projection_lines(),
-            f"    std::string failure = {'ws.linearizer.dag(cx.N, ws.case_id.data(), kNumCases, ws.reads.data(), kReads, ws.schedule)' if p.mode == 'dag' else 'ws.linearizer.visit(cx.N, ws.listed, ws.node.data(), ws.case_id.data(), kNumCases, ws.reads.data(), kReads, ws.schedule)'};",
+            f"    std::string failure = {linearize};",
             "    if (!failure.empty()) throw cortex::KernelError(failure);",
             "    if (ws.schedule.valid) {",
             "      for (int64_t b = 0; b < ws.schedule.num_batches(); ++b) {",
@@ -338,14 +391,15 @@ class CppGenerator:
     def projection_lines(self) -> list:
         """Hoisted node-input products: one GEMM over every row of the input, before the recursion."""
         lines = []
-        for k, (array, weight, bias) in enumerate(self.projections):
-            a = self.aid[array]
+        plan = self.plan
+        for k, (array, weight, bias) in enumerate(plan.projections):
+            a = plan.array_ids[array]
             width = self.p.constants[weight].shape[1]
             depth = self.p.constants[weight].shape[0]
-            b = f"cx.{self.cid[bias]}" if bias else "nullptr"
-            lines += [f"    {{  // {array} @ {weight}",
+            b = f"cx.{plan.const_ids[bias]}" if bias else "nullptr"
+            lines += [f"    {{  // {comment(array)} @ {comment(weight)}",
                       f"      float* table = ws.projection({k}, cx.{a}_rows * {width});",
-                      f"      cortex::gemm_packed(cx.{a}_rows, {width}, {depth}, cx.{a}, {depth}, cx.{self.cid[weight]}, "
+                      f"      cortex::gemm_packed(cx.{a}_rows, {width}, {depth}, cx.{a}, {depth}, cx.{plan.const_ids[weight]}, "
                       f"table, {width}, {b}, false);",
                       f"      cx.proj{k} = table;",
                       "    }"]
@@ -359,35 +413,13 @@ class CppGenerator:
         return "\n".join(lines) + "\n"
 
 
-class _CppSyntax(ScalarSyntax):
-    """Index expressions as C++ over the kernel's Ctx: loads follow ONNX Gather semantics (negative ids wrap,
-    out of range throws a KernelError naming the array and the position)."""
-
-    def __init__(self, array_ids: dict):
-        self.aid = array_ids
-
-    def const(self, value: int) -> str:
-        return f"INT64_C({value})"
-
-    def load(self, e: ir.Load, index: str) -> str:
-        a = self.aid[e.array]
-        row = f"cortex::normalize_index({index}, cx.{a}_rows, \"{_cstr(e.array)}\", p)"
-        return f"cx.{a}[{row}]" if e.column is None else f"cx.{a}[{row} * cx.{a}_cols + {e.column}]"
-
-    def length(self, array) -> str:
-        return f"cx.{self.aid[array]}_rows" if array else "cx.N"
-
-    def min_max(self, op: str, a: str, b: str) -> str:
-        return f"std::{op}<int64_t>({a}, {b})"
-
-
 class _RowEnv:
     """Emits per-row loops that evaluate row expressions elementwise (the fused epilogue)."""
 
-    def __init__(self, gen: CppGenerator, layout: _CaseLayout, mat_id: dict):
-        self.gen, self.layout, self.mat_id = gen, layout, mat_id
+    def __init__(self, gen: CppGenerator, cp):
+        self.gen, self.cp = gen, cp
 
-    def row_loop(self, targets, indent):
+    def row_loop(self, targets, indent, computing=None):
         """For each row b of the batch, stores every element of each expression: `targets` are (expr, dest)
         with dest(i) the C++ lvalue for element i (a C++ expression over b and j). A concatenation at the
         root splits into one loop per part."""
@@ -400,13 +432,14 @@ class _RowEnv:
                     col += part.width
             else:
                 pieces.append((expr, dest, 0))
+        self.computing = computing
         pointers, body, by_width = {}, [], {}
         for piece in pieces:
             by_width.setdefault(piece[0].width, []).append(piece)
         for w, group in by_width.items():
             temps, code, stores = {}, [], []
             for expr, dest, col in group:
-                value = self.expr(expr, 0, w, temps, code, pointers)
+                value = self.expr(expr, _Access(0), w, temps, code, pointers)
                 stores.append(f"{dest(f'{col} + j' if col else 'j')} = {value};")
             body.append(f"    for (int64_t j = 0; j < {w}; ++j) {{")
             body += ["      " + line for line in code]
@@ -422,80 +455,102 @@ class _RowEnv:
         return lines
 
     def leaf_pointer(self, node, pointers) -> str:
-        gen = self.gen
+        gen, layout, plan = self.gen, self.cp.layout, self.gen.plan
         if node in pointers:
             return pointers[node][0]
         if isinstance(node, ir.ChildState):
-            k = self.layout.reads.index((node.index, node.missing_zero))
+            k = layout.reads.index((node.index, node.missing_zero))
             name = f"child{len(pointers)}"
             row = f"ws.reads[q * kReads + {k}]"
-            decl = (f"const float* {name} = {row} >= 0 ? cx.{gen.tid[node.table]} + {row} * {node.width} : kZeros;"
-                    f"  // {node.table}[{format_index(node.index)}]")
+            decl = (f"const float* {name} = {row} >= 0 ? cx.{plan.table_ids[node.table]} + {row} * {node.width} : kZeros;"
+                    f"  // {comment(node.table)}[{comment(format_index(node.index))}]")
         elif isinstance(node, ir.ConstRow):
-            s = self.layout.slots.index((node.index, node.const))
+            s = layout.slots.index((node.index, ROW, node.const))
             name = f"crow{len(pointers)}"
-            decl = (f"const float* {name} = cx.{gen.cid[node.const]} + ws.slots[q * kSlots + {s}] * {node.width};"
-                    f"  // {node.const}[{format_index(node.index)}]")
+            decl = (f"const float* {name} = cx.{plan.const_ids[node.const]} + ws.slots[q * kSlots + {s}] * {node.width};"
+                    f"  // {comment(node.const)}[{comment(format_index(node.index))}]")
         elif isinstance(node, ir.InputProjection):
-            s = self.layout.slots.index((node.index, node.array))
-            k = gen.projections.index((node.array, node.weight, node.bias))
+            s = layout.slots.index((node.index, ROW, node.array))
+            k = plan.projections.index((node.array, node.weight, node.bias))
             name = f"iproj{len(pointers)}"
             decl = (f"const float* {name} = cx.proj{k} + ws.slots[q * kSlots + {s}] * {node.width};"
-                    f"  // ({node.array} @ {node.weight})[{format_index(node.index)}]")
-        elif isinstance(node, ir.BExpr):
-            s = self.layout.slots.index((node, MASK))
-            name = f"mask{len(pointers)}"
-            decl = (f"const float {name} = static_cast<float>(ws.slots[q * kSlots + {s}]);"
-                    f"  // {format_pred(node)}")
-        else:
-            s = self.layout.slots.index((node.index, node.array))
+                    f"  // ({comment(node.array)} @ {comment(node.weight)})[{comment(format_index(node.index))}]")
+        elif isinstance(node, ir.InputRow):
+            s = layout.slots.index((node.index, ROW, node.array))
             name = f"irow{len(pointers)}"
-            decl = (f"const float* {name} = cx.{gen.aid[node.array]} + ws.slots[q * kSlots + {s}] * {node.width};"
-                    f"  // {node.array}[{format_index(node.index)}]")
+            decl = (f"const float* {name} = cx.{plan.array_ids[node.array]} + ws.slots[q * kSlots + {s}] * {node.width};"
+                    f"  // {comment(node.array)}[{comment(format_index(node.index))}]")
+        elif isinstance(node, ir.BExpr):
+            s = layout.slots.index((node, MASK, None))
+            name = f"mask{len(pointers)}"
+            decl = f"const bool {name} = ws.slots[q * kSlots + {s}] != 0;  // {comment(format_pred(node))}"
+        elif isinstance(node, ir.IndexValue):
+            s = layout.slots.index((node.index, VALUE, None))
+            name = f"ival{len(pointers)}"
+            decl = f"const float {name} = static_cast<float>(ws.slots[q * kSlots + {s}]);  // {comment(format_index(node.index))}"
+        else:
+            raise CodegenError(f"no pointer for {type(node).__name__}")
         pointers[node] = (name, decl)
         return name
 
-    def expr(self, e, offset, access_width, temps, code, pointers) -> str:
-        """C++ for element (j + offset) of e, where j runs over [0, access_width)."""
-        idx = "0" if e.width == 1 else (f"j + {offset}" if offset else "j")
+    def _index(self, e, access: _Access) -> str:
+        if access.const is not None:
+            return str(access.const)
+        if access.indices is not None:
+            return f"{self.gen.index_table(access.indices)}[j]"
+        return f"j + {access.offset}" if access.offset else "j"
+
+    def expr(self, e, access: _Access, w, temps, code, pointers) -> str:
+        """C++ for the element of e that the loop's j reads through `access`."""
+        if e.width == 1 and access.const is None:
+            access = _Access(const=0)  # a width-1 value broadcasts over the loop
+        buffers = self.cp.buffers
+        if e in buffers and e != self.computing:
+            idx = self._index(e, access)
+            if isinstance(e, ir.LeftMatMul):  # element (r, c) sits at row (b, c), column r of the GEMM
+                rows = e.width // e.cols
+                return f"{buffers[e]}[(b * {e.cols} + ({idx}) % {e.cols}) * {rows} + ({idx}) / {e.cols}]"
+            return f"{buffers[e]}[b * {e.width} + {idx}]"
         if isinstance(e, (ir.ChildState, ir.ConstRow, ir.InputRow, ir.InputProjection)):
-            name = self.leaf_pointer(e, pointers)
-            return f"{name}[{idx}]"
+            return f"{self.leaf_pointer(e, pointers)}[{self._index(e, access)}]"
         if isinstance(e, ir.ConstVec):
-            return f"cx.{self.gen.cid[e.const]}[{idx}]"
+            return f"cx.{self.gen.plan.const_ids[e.const]}[{self._index(e, access)}]"
         if isinstance(e, ir.Scalar):
             return _cfloat(e.value)
-        if isinstance(e, ir.Mask):
-            return self.leaf_pointer(e.pred, pointers)
-        if isinstance(e, (ir.MatMul, ir.MatVec)):
-            return f"G{self.mat_id[e]}[b * {e.width} + {idx}]"
-        if isinstance(e, ir.LeftMatMul):
-            rows = e.width // e.cols  # element (r, c) of W @ X sits at row (b, c), column r of the GEMM
-            return f"G{self.mat_id[e]}[(b * {e.cols} + ({idx}) % {e.cols}) * {rows} + ({idx}) / {e.cols}]"
+        if isinstance(e, ir.IndexValue):
+            return self.leaf_pointer(e, pointers)
         if isinstance(e, ir.Slice):
-            return self.expr(e.x, offset + e.start, access_width, temps, code, pointers)
+            return self.expr(e.x, access.shifted(e.start), w, temps, code, pointers)
+        if isinstance(e, ir.Take):
+            return self.expr(e.x, access.through(e.indices, w), w, temps, code, pointers)
         if isinstance(e, ir.Concat):
+            lo, hi = access.span(w)
             col = 0
             for part in e.parts:
-                if col <= offset and offset + access_width <= col + part.width:
-                    return self.expr(part, offset - col, access_width, temps, code, pointers)
+                if col <= lo and hi < col + part.width:
+                    return self.expr(part, access.shifted(-col), w, temps, code, pointers)
                 col += part.width
-            raise CodegenError("a concatenation is used by elementwise math across its parts")
-        key = (e, offset if e.width != 1 else 0)
+            raise CodegenError("a concatenation is read across its parts inside elementwise math")
+        key = (e, access.key())
         if key in temps:
             return temps[key]
         if isinstance(e, ir.Unary):
-            x = self.expr(e.x, offset, access_width, temps, code, pointers)
-            value = UNARY_CPP[e.op].format(x=x)
+            x = self.expr(e.x, access, w, temps, code, pointers)
+            value = ops.render(e.op, TARGET, {"x": x}, e.params, _cfloat)
         elif isinstance(e, ir.Binary):
-            a = self.expr(e.a, offset, access_width, temps, code, pointers)
-            b = self.expr(e.b, offset, access_width, temps, code, pointers)
-            value = BINARY_CPP[e.op].format(a=a, b=b)
+            a = self.expr(e.a, access, w, temps, code, pointers)
+            b = self.expr(e.b, access, w, temps, code, pointers)
+            value = ops.render(e.op, TARGET, {"a": a, "b": b}, (), _cfloat)
         elif isinstance(e, ir.Select):
             m = self.leaf_pointer(e.pred, pointers)
-            a = self.expr(e.a, offset, access_width, temps, code, pointers)
-            b = self.expr(e.b, offset, access_width, temps, code, pointers)
-            value = f"({m} != 0.0f ? {a} : {b})"
+            a = self.expr(e.a, access, w, temps, code, pointers)
+            b = self.expr(e.b, access, w, temps, code, pointers)
+            value = f"({m} ? {a} : {b})"
+        elif isinstance(e, ir.Where):
+            c = self.expr(e.cond, access, w, temps, code, pointers)
+            a = self.expr(e.a, access, w, temps, code, pointers)
+            b = self.expr(e.b, access, w, temps, code, pointers)
+            value = f"({c} != 0.0f ? {a} : {b})"
         else:
             raise CodegenError(f"row expression {type(e).__name__}")
         name = f"v{len(temps)}"
@@ -514,14 +569,8 @@ def _transposed(buffer: str, cols: int, k: int):
     return lambda i: f"{buffer}[(b * {cols} + ({i}) % {cols}) * {k} + ({i}) / {cols}]"
 
 
-UNARY_CPP = {"sigmoid": "cortex::sigmoid({x})", "tanh": "cortex::tanh_f({x})", "relu": "cortex::relu({x})",
-             "neg": "(-{x})", "exp": "std::exp({x})", "abs": "std::fabs({x})", "identity": "{x}"}
-BINARY_CPP = {"add": "({a} + {b})", "sub": "({a} - {b})", "mul": "({a} * {b})", "div": "({a} / {b})",
-              "max": "std::max({a}, {b})", "min": "std::min({a}, {b})"}
-
-
-def _cstr(s: str) -> str:
-    return s.replace("\\", "\\\\").replace('"', '\\"')
+REDUCE_CPP = {"add": "({a} + {b})", "mul": "({a} * {b})", "max": "cortex::fmax_nan({a}, {b})",
+              "min": "cortex::fmin_nan({a}, {b})"}
 
 
 HEADER = """// Generated by Cortex for recursion {name}. Do not edit: regenerate with cortex-convert.
@@ -549,7 +598,7 @@ namespace {{
 
 WORKSPACE = """constexpr int32_t kNumCases = {cases};
 constexpr int64_t kReads = {reads};  // child-state rows a position reads, at most
-constexpr int64_t kSlots = {slots};  // table rows a position looks up, at most
+constexpr int64_t kSlots = {slots};  // host values a position looks up, at most
 alignas(64) const float kZeros[{width}] = {{}};  // the state of a missing child
 
 // Per-thread buffers, reused across runs: no allocation in steady state.

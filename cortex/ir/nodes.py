@@ -1,22 +1,27 @@
 """The Cortex IR: a recursion over a structure.
 
 A `Program` visits positions p = 0..L-1. At each position a *case* is chosen by its predicate (first true
-wins); the case computes new rows for some state tables from child states, node inputs and constants, and
-writes them at the case's `target` row. Everything per position is an expression tree of three sorts:
+wins); the case computes new rows for some tables from child states, node inputs and constants, and writes
+them: a state table at the case's `target` row, a per-position table ("emit", a Loop's or Scan's stacked
+per-iteration output) at row p. Everything per position is an expression tree of three sorts:
 
-- index expressions (`IExpr`): int64 scalars computed from the structure (the iteration number and loads
-  from integer input arrays). They never depend on state, which is what lets the host linearize the
+- index expressions (`IExpr`): int64 scalars computed from the structure (the position and loads from
+  integer or bool input arrays). They never depend on state, which is what lets the host linearize the
   structure before any float work runs.
 - predicates (`BExpr`): booleans over index expressions; they select the case.
-- row expressions (`RExpr`): float32 vectors of a static width: child states, constant-table rows, node
-  input rows, matrix products with constant weights, elementwise math, slices and concatenations.
+- row expressions (`RExpr`): float32 vectors of a static width (a per-position tensor of any static shape,
+  row-major): child states, constant-table rows, node input rows, matrix products with constant weights,
+  elementwise math (the ops of `ops.py`), element gathers, reductions, slices and concatenations.
 
-Nodes are small frozen dataclasses: equal subtrees compare (and hash) equal, which gives CSE for free.
+Every node is a small frozen dataclass that declares which of its fields hold sub-expressions (`OPERANDS`);
+`operands`, `with_operands`, `walk` and `transform` work from that declaration alone, so a new node kind is
+one class here plus its rendering, never an edit of every pass. Equal subtrees compare (and hash) equal,
+which gives CSE for free.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass, field, fields
+from typing import ClassVar, Optional
 
 import numpy as np
 
@@ -36,110 +41,202 @@ def _cached_hash(cls):
     return cls
 
 
+def node(cls):
+    return _cached_hash(dataclass(frozen=True)(cls))
+
+
+class Expr:
+    """Base of every IR expression. OPERANDS: the names of the fields that hold sub-expressions (a field may
+    hold one expression or a tuple of them), in evaluation order."""
+    OPERANDS: ClassVar[tuple] = ()
+
+
+def operands(e: Expr) -> tuple:
+    out = []
+    for name in type(e).OPERANDS:
+        value = getattr(e, name)
+        if isinstance(value, tuple):
+            out.extend(value)
+        else:
+            out.append(value)
+    return tuple(out)
+
+
+def with_operands(e: Expr, new) -> Expr:
+    """e with its operands replaced, in `operands(e)` order; e itself when nothing changed."""
+    new = list(new)
+    if list(operands(e)) == new:
+        return e
+    changes, k = {}, 0
+    for name in type(e).OPERANDS:
+        value = getattr(e, name)
+        if isinstance(value, tuple):
+            changes[name] = tuple(new[k:k + len(value)])
+            k += len(value)
+        else:
+            changes[name] = new[k]
+            k += 1
+    return type(e)(**{f.name: changes.get(f.name, getattr(e, f.name)) for f in fields(e)})
+
+
+def walk(roots, into=lambda e: True):
+    """Every expression reachable from roots (through operands, where `into(parent)` allows), children before
+    parents, each once."""
+    seen, out = set(), []
+    stack = [(r, False) for r in reversed(list(roots))]
+    while stack:
+        e, expanded = stack.pop()
+        if e in seen:
+            continue
+        if expanded:
+            seen.add(e)
+            out.append(e)
+            continue
+        stack.append((e, True))
+        if into(e):
+            for child in reversed(operands(e)):
+                if child not in seen:
+                    stack.append((child, False))
+    return out
+
+
+def transform(fn, memo=None):
+    """A bottom-up rewriter: `rewrite(e)` rebuilds e from its rewritten operands, then applies fn. Memoized,
+    so shared subtrees stay shared."""
+    memo = {} if memo is None else memo
+
+    def rewrite(e):
+        out = memo.get(e)
+        if out is None:
+            kids = operands(e)
+            rebuilt = with_operands(e, [rewrite(c) for c in kids]) if kids else e
+            out = fn(rebuilt)
+            memo[e] = out
+        return out
+
+    return rewrite
+
+
 # ---- index expressions -------------------------------------------------------------------------
 
 
-class IExpr:
+class IExpr(Expr):
     pass
 
 
-@_cached_hash
-@dataclass(frozen=True)
+@node
 class Iter(IExpr):
     """The position p being visited (the Loop's iteration number)."""
 
 
-@_cached_hash
-@dataclass(frozen=True)
+@node
 class IConst(IExpr):
     value: int
 
 
-@_cached_hash
-@dataclass(frozen=True)
+@node
 class Load(IExpr):
-    """Element of an integer runtime array, with ONNX Gather semantics on `index` (negative wraps, out of
-    range is an error). For a 2-D array, `column` picks the column of row `index`."""
+    """Element of an integer (or bool, read as 0/1) runtime array, with ONNX Gather semantics on `index`
+    (negative wraps, out of range is an error). For a 2-D array, `column` picks the column of row `index`;
+    a 0-D array (a scalar input) is read at index 0."""
     array: str
     index: IExpr
     column: Optional[int] = None
+    OPERANDS: ClassVar[tuple] = ("index",)
 
 
-@_cached_hash
-@dataclass(frozen=True)
+@node
 class Length(IExpr):
     """The number of rows of a runtime array (e.g. N from Shape(words)[0]), or of the state tables when
     `array` is None."""
     array: Optional[str]
 
 
-@_cached_hash
-@dataclass(frozen=True)
+INDEX_BINARY_OPS = ("add", "sub", "mul", "max", "min", "div", "floordiv", "mod", "fmod")
+
+
+@node
 class IBinary(IExpr):
-    op: str  # add | sub | mul | max | min
+    """Integer arithmetic: add | sub | mul | max | min | div (truncating, ONNX Div on integers) | floordiv |
+    mod (the sign of the divisor, ONNX Mod fmod=0) | fmod (the sign of the dividend). Division by zero is a
+    run-time error."""
+    op: str
     a: IExpr
     b: IExpr
+    OPERANDS: ClassVar[tuple] = ("a", "b")
 
 
-@_cached_hash
-@dataclass(frozen=True)
+@node
 class ISelect(IExpr):
     """pred ? a : b over indices (torch.where on indices, e.g. -1 -> a zero row)."""
     pred: "BExpr"
     a: IExpr
     b: IExpr
+    OPERANDS: ClassVar[tuple] = ("pred", "a", "b")
+
+
+@node
+class Guard(IExpr):
+    """value, after checking at run time that pred holds; otherwise the run fails with `message` (an input the
+    original model would treat differently from what Cortex can compute, e.g. a torch.cat write at a negative
+    row, which changes the table's size)."""
+    pred: "BExpr"
+    value: IExpr
+    message: str
+    OPERANDS: ClassVar[tuple] = ("pred", "value")
 
 
 # ---- predicates --------------------------------------------------------------------------------
 
 
-class BExpr:
+class BExpr(Expr):
     pass
 
 
-@_cached_hash
-@dataclass(frozen=True)
+@node
 class BConst(BExpr):
     value: bool
 
 
-@_cached_hash
-@dataclass(frozen=True)
+COMPARE_OPS = ("lt", "le", "gt", "ge", "eq", "ne")
+
+
+@node
 class Compare(BExpr):
     op: str  # lt | le | gt | ge | eq | ne
     a: IExpr
     b: IExpr
+    OPERANDS: ClassVar[tuple] = ("a", "b")
 
 
-@_cached_hash
-@dataclass(frozen=True)
+@node
 class BNot(BExpr):
     a: BExpr
+    OPERANDS: ClassVar[tuple] = ("a",)
 
 
-@_cached_hash
-@dataclass(frozen=True)
+@node
 class BAnd(BExpr):
     a: BExpr
     b: BExpr
+    OPERANDS: ClassVar[tuple] = ("a", "b")
 
 
-@_cached_hash
-@dataclass(frozen=True)
+@node
 class BOr(BExpr):
     a: BExpr
     b: BExpr
+    OPERANDS: ClassVar[tuple] = ("a", "b")
 
 
 # ---- row expressions ---------------------------------------------------------------------------
 
 
-class RExpr:
+class RExpr(Expr):
     width: int
 
 
-@_cached_hash
-@dataclass(frozen=True)
+@node
 class ChildState(RExpr):
     """Row `index` of state table `table` as it was before this position ran. `missing_zero`: an index of -1
     means "no child" and reads a zero row (TreeRec semantics); otherwise Gather semantics apply."""
@@ -147,28 +244,29 @@ class ChildState(RExpr):
     index: IExpr
     missing_zero: bool
     width: int
+    OPERANDS: ClassVar[tuple] = ("index",)
 
 
-@_cached_hash
-@dataclass(frozen=True)
+@node
 class ConstRow(RExpr):
     """Row `index` (Gather semantics) of a constant matrix, e.g. an embedding table."""
     const: str
     index: IExpr
     width: int
+    OPERANDS: ClassVar[tuple] = ("index",)
 
 
-@_cached_hash
-@dataclass(frozen=True)
+@node
 class InputRow(RExpr):
-    """Row `index` (Gather semantics) of a runtime float32 matrix input (per-node features)."""
+    """Row `index` (Gather semantics) of a runtime float32 input (per-node features; all dims but the first
+    flattened)."""
     array: str
     index: IExpr
     width: int
+    OPERANDS: ClassVar[tuple] = ("index",)
 
 
-@_cached_hash
-@dataclass(frozen=True)
+@node
 class InputProjection(RExpr):
     """Row `index` of X @ W (+ bias) for a runtime float matrix input X: the whole product is computed once per
     run, before the recursion, as one large matrix product (hoisting node-input-only work)."""
@@ -177,25 +275,32 @@ class InputProjection(RExpr):
     bias: Optional[str]
     index: IExpr
     width: int
+    OPERANDS: ClassVar[tuple] = ("index",)
 
 
-@_cached_hash
-@dataclass(frozen=True)
+@node
 class ConstVec(RExpr):
     """A constant vector (width 1 broadcasts)."""
     const: str
     width: int
 
 
-@_cached_hash
-@dataclass(frozen=True)
+@node
 class Scalar(RExpr):
     value: float
     width: int = 1
 
 
-@_cached_hash
-@dataclass(frozen=True)
+@node
+class IndexValue(RExpr):
+    """An index expression as a float (a cast of a structure value: 1.0 where a structure test holds, a child
+    count, a node id)."""
+    index: IExpr
+    width: int = 1
+    OPERANDS: ClassVar[tuple] = ("index",)
+
+
+@node
 class MatMul(RExpr):
     """x @ W (+ bias): W a constant [K, N] matrix, bias an optional constant [N] vector. x holds `rows`
     rows of K (a per-node matrix times a weight), giving rows x N."""
@@ -204,10 +309,10 @@ class MatMul(RExpr):
     bias: Optional[str]
     width: int
     rows: int = 1
+    OPERANDS: ClassVar[tuple] = ("x",)
 
 
-@_cached_hash
-@dataclass(frozen=True)
+@node
 class LeftMatMul(RExpr):
     """W @ X for a constant W [R, K] and a per-node matrix X [K, cols] (row-major in x): [R, cols]. `weight`
     names W transposed ([K, R]), the layout the GEMM reads."""
@@ -215,79 +320,112 @@ class LeftMatMul(RExpr):
     x: RExpr
     cols: int
     width: int
+    OPERANDS: ClassVar[tuple] = ("x",)
 
 
-@_cached_hash
-@dataclass(frozen=True)
+@node
 class MatVec(RExpr):
     """A per-node matrix [rows, C] (row-major in `mat`) times a per-node vector [C]: [rows]."""
     mat: RExpr
     vec: RExpr
     width: int
+    OPERANDS: ClassVar[tuple] = ("mat", "vec")
 
 
-@_cached_hash
-@dataclass(frozen=True)
-class Mask(RExpr):
-    """1.0 where the predicate holds at this position, else 0.0 (a cast of a structure test to float)."""
-    pred: BExpr
-    width: int = 1
-
-
-@_cached_hash
-@dataclass(frozen=True)
+@node
 class Select(RExpr):
-    """pred ? a : b elementwise (torch.where with a per-node condition)."""
+    """pred ? a : b elementwise, pred a structure predicate (torch.where with a per-node condition)."""
     pred: BExpr
     a: RExpr
     b: RExpr
     width: int
+    OPERANDS: ClassVar[tuple] = ("pred", "a", "b")
 
 
-UNARY_OPS = ("sigmoid", "tanh", "relu", "neg", "exp", "abs", "identity")
-BINARY_OPS = ("add", "sub", "mul", "div", "max", "min")
-
-
-@_cached_hash
-@dataclass(frozen=True)
+@node
 class Unary(RExpr):
+    """An elementwise op of `ops.UNARY` (params: its float attributes, e.g. LeakyRelu's alpha)."""
     op: str
     x: RExpr
     width: int
+    params: tuple = ()
+    OPERANDS: ClassVar[tuple] = ("x",)
 
 
-@_cached_hash
-@dataclass(frozen=True)
+@node
 class Binary(RExpr):
+    """An elementwise op of `ops.BINARY`; an operand of width 1 broadcasts."""
     op: str
     a: RExpr
     b: RExpr
     width: int
+    OPERANDS: ClassVar[tuple] = ("a", "b")
 
 
-@_cached_hash
-@dataclass(frozen=True)
+@node
+class Where(RExpr):
+    """cond != 0 ? a : b elementwise, cond a per-node float (0/1) row: torch.where on computed values.
+    Width-1 operands broadcast."""
+    cond: RExpr
+    a: RExpr
+    b: RExpr
+    width: int
+    OPERANDS: ClassVar[tuple] = ("cond", "a", "b")
+
+
+@node
 class Slice(RExpr):
     x: RExpr
     start: int
     width: int
+    OPERANDS: ClassVar[tuple] = ("x",)
 
 
-@_cached_hash
-@dataclass(frozen=True)
+@node
 class Concat(RExpr):
     parts: tuple
     width: int
+    OPERANDS: ClassVar[tuple] = ("parts",)
 
 
-def unary(op: str, x: RExpr) -> RExpr:
-    return Unary(op, x, x.width)
+@node
+class Take(RExpr):
+    """out[i] = x[indices[i]]: any static rearrangement of a row's elements (transpose, broadcast, gather at
+    constant indices, strided slices), computed once by running the ONNX op on element ids."""
+    x: RExpr
+    indices: tuple
+    width: int
+    OPERANDS: ClassVar[tuple] = ("x",)
+
+
+REDUCE_OPS = ("add", "mul", "max", "min")
+
+
+@node
+class Reduce(RExpr):
+    """out[i] = op over x[i * group : (i + 1) * group] (a reduction over the innermost `group` elements)."""
+    op: str
+    x: RExpr
+    group: int
+    width: int
+    OPERANDS: ClassVar[tuple] = ("x",)
+
+
+def unary(op: str, x: RExpr, params: tuple = ()) -> RExpr:
+    return Unary(op, x, x.width, tuple(float(p) for p in params))
 
 
 def binary(op: str, a: RExpr, b: RExpr) -> RExpr:
     if a.width != b.width and 1 not in (a.width, b.width):
         raise ValueError(f"elementwise {op} of widths {a.width} and {b.width}")
     return Binary(op, a, b, max(a.width, b.width))
+
+
+def where(cond: RExpr, a: RExpr, b: RExpr) -> RExpr:
+    widths = {cond.width, a.width, b.width} - {1}
+    if len(widths) > 1:
+        raise ValueError(f"where of widths {cond.width}, {a.width}, {b.width}")
+    return Where(cond, a, b, max(cond.width, a.width, b.width))
 
 
 def slice_row(x: RExpr, start: int, stop: int) -> RExpr:
@@ -303,49 +441,74 @@ def concat(parts) -> RExpr:
     return Concat(parts, sum(p.width for p in parts))
 
 
+def take(x: RExpr, indices) -> RExpr:
+    """x rearranged: contiguous runs become slices (and a concatenation of them), the identity disappears."""
+    indices = tuple(int(i) for i in np.asarray(indices).reshape(-1))
+    if indices == tuple(range(x.width)):
+        return x
+    if x.width == 1:
+        return x if len(indices) == 1 else Take(x, indices, len(indices))
+    runs, start = [], 0
+    for k in range(1, len(indices) + 1):
+        if k == len(indices) or indices[k] != indices[k - 1] + 1:
+            runs.append((indices[start], indices[k - 1] + 1))
+            start = k
+    if len(runs) <= 4 or len(runs) * 8 <= len(indices):
+        return concat(slice_row(x, a, b) for a, b in runs)
+    return Take(x, indices, len(indices))
+
+
 # ---- the program -------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class InputDecl:
-    """One runtime input of the converted node. kind: 'array' (int64 structure or float32 node-input
-    array, leading dim dynamic), 'trip' (int64 scalar: the number of positions), 'init' (initial state
-    table [N, width])."""
+    """One runtime input of the converted node. kind: 'array' (an integer, bool or float32 tensor: structure
+    arrays, node inputs, scalars such as a trip count; leading dim dynamic unless rank 0), 'init' (initial
+    state table [N, ...])."""
     name: str
     kind: str
-    dtype: str  # 'int64' | 'float32'
+    dtype: str  # 'int64' | 'int32' | 'bool' | 'float32'
     rank: int
     inner: tuple = ()  # static trailing dims (all but the first)
 
 
 @dataclass(frozen=True)
 class TableDecl:
+    """A float32 table the recursion writes. 'state': [N, *inner], rows written at a case's target and read
+    as child states. 'emit': [L, *inner], row p written at position p and never read (a Loop's scan output,
+    a Scan's per-iteration output)."""
     name: str
-    width: int
-    init: Optional[str]  # input holding the initial table, or None: starts at zeros
+    inner: tuple
+    init: Optional[str]  # input holding the initial table, or None: starts at zeros (state tables only)
     output: str  # ONNX name of the output holding the final table
+    kind: str = "state"
+
+    @property
+    def width(self) -> int:
+        return int(np.prod(self.inner, dtype=np.int64))
 
 
 @dataclass(frozen=True)
 class Case:
     name: str
     predicate: BExpr
-    target: IExpr  # the row every write of this case goes to
+    target: IExpr  # the state row every state write of this case goes to
     writes: tuple  # ((table name, RExpr), ...)
 
 
 @dataclass(frozen=True)
 class Program:
-    """mode 'visit': positions follow a Loop (p -> target row), trip count from `trip` (an input name or an
-    int); mode 'dag': every node once (TreeRec), p is the node, `rows_from` names the structure array whose
-    length is N, a cycle is an error."""
+    """mode 'visit': positions follow a Loop or Scan (p -> target row); `trip`, an index expression over the
+    inputs, is the number of positions. mode 'dag': every node once (TreeRec), p is the node, `rows_from`
+    names the structure array whose length is N, a cycle is an error."""
     name: str
     mode: str
     inputs: tuple  # InputDecl, in the converted node's input order (constants follow them)
     tables: tuple  # TableDecl
     cases: tuple  # Case
     constants: dict = field(default_factory=dict)  # name -> np.ndarray (float32)
-    trip: object = None
+    trip: Optional[IExpr] = None
     rows_from: Optional[str] = None
 
     def input(self, name: str) -> InputDecl:
@@ -361,97 +524,36 @@ class Program:
         raise KeyError(name)
 
 
-MATERIALIZED = (MatMul, LeftMatMul, MatVec)  # computed per batch into a buffer, not inside a fused loop
+MATERIALIZED = (MatMul, LeftMatMul, MatVec, Reduce)  # computed per batch into a buffer, not inside a fused loop
+ROW_LEAVES = (ChildState, ConstRow, InputRow, InputProjection)  # rows read at an index expression
 
 
-def row_children(e: RExpr):
-    if isinstance(e, (MatMul, LeftMatMul)):
-        return (e.x,)
-    if isinstance(e, MatVec):
-        return (e.mat, e.vec)
-    if isinstance(e, Unary):
-        return (e.x,)
-    if isinstance(e, Binary):
-        return (e.a, e.b)
-    if isinstance(e, Slice):
-        return (e.x,)
-    if isinstance(e, Concat):
-        return e.parts
-    if isinstance(e, Select):
-        return (e.a, e.b)
-    return ()
+def row_children(e: RExpr) -> tuple:
+    return tuple(c for c in operands(e) if isinstance(c, RExpr))
 
 
 def walk_rows(roots):
-    """Every row node reachable from roots, children before parents, each once."""
-    seen, out = set(), []
-    stack = [(r, False) for r in reversed(list(roots))]
-    while stack:
-        node, expanded = stack.pop()
-        if node in seen:
-            continue
-        if expanded:
-            seen.add(node)
-            out.append(node)
-            continue
-        stack.append((node, True))
-        for child in reversed(row_children(node)):
-            if child not in seen:
-                stack.append((child, False))
-    return out
+    """Every row node reachable from roots through row operands, children before parents, each once."""
+    return [e for e in walk(roots, into=lambda e: isinstance(e, RExpr)) if isinstance(e, RExpr)]
 
 
-def row_index_exprs(e: RExpr):
-    """The index expression a row leaf reads at, or None."""
-    if isinstance(e, (ChildState, ConstRow, InputRow, InputProjection)):
-        return e.index
-    return None
+def case_exprs(case: Case):
+    """Every expression of a case (all sorts), children first."""
+    return walk([case.predicate, case.target] + [x for _, x in case.writes])
 
 
 def const_array(program: Program, name: str) -> np.ndarray:
     return program.constants[name]
 
 
-def referenced_arrays(cases) -> list:
-    """Names of the runtime arrays the cases read (loads, lengths, input rows), in first-use order."""
+def referenced_arrays(cases, extra=()) -> list:
+    """Names of the runtime arrays the cases (and the extra expressions) read, in first-use order."""
     names = []
-
-    def add(name):
+    roots = list(extra)
+    for case in cases:
+        roots += [case.predicate, case.target] + [x for _, x in case.writes]
+    for e in walk(roots):
+        name = getattr(e, "array", None) if isinstance(e, (Load, Length, InputRow, InputProjection)) else None
         if name is not None and name not in names:
             names.append(name)
-
-    def index(e):
-        if isinstance(e, Load):
-            add(e.array)
-            index(e.index)
-        elif isinstance(e, Length):
-            add(e.array)
-        elif isinstance(e, IBinary):
-            index(e.a)
-            index(e.b)
-        elif isinstance(e, ISelect):
-            pred(e.pred)
-            index(e.a)
-            index(e.b)
-
-    def pred(e):
-        if isinstance(e, Compare):
-            index(e.a)
-            index(e.b)
-        elif isinstance(e, BNot):
-            pred(e.a)
-        elif isinstance(e, (BAnd, BOr)):
-            pred(e.a)
-            pred(e.b)
-
-    for case in cases:
-        pred(case.predicate)
-        index(case.target)
-        for node in walk_rows([x for _, x in case.writes]):
-            if isinstance(node, (InputRow, InputProjection)):
-                add(node.array)
-            if isinstance(node, (ChildState, ConstRow, InputRow, InputProjection)):
-                index(node.index)
-            if isinstance(node, (Mask, Select)):
-                pred(node.pred)
     return names

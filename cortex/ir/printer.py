@@ -18,8 +18,12 @@ class ScalarSyntax:
     def length(self, array) -> str:
         return f"len({array})" if array else "N"
 
-    def min_max(self, op: str, a: str, b: str) -> str:
+    def call(self, op: str, a: str, b: str) -> str:
+        """max, min, div (truncating), floordiv, mod, fmod of two integers."""
         return f"{op}({a}, {b})"
+
+    def guard(self, pred: str, value: str, message: str) -> str:
+        return f"guard({pred}, {value})"
 
 
 INDEX_OPS = {"add": "+", "sub": "-", "mul": "*"}
@@ -35,12 +39,16 @@ def render_index(e: ir.IExpr, syntax: ScalarSyntax) -> str:
         return syntax.load(e, render_index(e.index, syntax))
     if isinstance(e, ir.IBinary):
         a, b = render_index(e.a, syntax), render_index(e.b, syntax)
-        return syntax.min_max(e.op, a, b) if e.op in ("max", "min") else f"({a} {INDEX_OPS[e.op]} {b})"
+        if e.op in INDEX_OPS:
+            return f"({a} {INDEX_OPS[e.op]} {b})"
+        return syntax.call(e.op, a, b)
     if isinstance(e, ir.Length):
         return syntax.length(e.array)
     if isinstance(e, ir.ISelect):
         return (f"({render_pred(e.pred, syntax)} ? {render_index(e.a, syntax)} : "
                 f"{render_index(e.b, syntax)})")
+    if isinstance(e, ir.Guard):
+        return syntax.guard(render_pred(e.pred, syntax), render_index(e.value, syntax), e.message)
     raise TypeError(f"not an index expression: {e!r}")
 
 
@@ -86,6 +94,8 @@ def _format_row(e: ir.RExpr, names: dict) -> str:
         return f"const {e.const}"
     if isinstance(e, ir.Scalar):
         return f"scalar {e.value!r}"
+    if isinstance(e, ir.IndexValue):
+        return f"index_value {format_index(e.index)}"
     if isinstance(e, ir.MatMul):
         bias = f" + {e.bias}" if e.bias else ""
         rows = f" ({e.rows} rows)" if e.rows != 1 else ""
@@ -95,15 +105,21 @@ def _format_row(e: ir.RExpr, names: dict) -> str:
     if isinstance(e, ir.MatVec):
         return f"matvec {ref(e.mat)} @ {ref(e.vec)}"
     if isinstance(e, ir.Unary):
-        return f"{e.op} {ref(e.x)}"
+        params = "(" + ", ".join(f"{p:g}" for p in e.params) + ")" if e.params else ""
+        return f"{e.op}{params} {ref(e.x)}"
     if isinstance(e, ir.Binary):
         return f"{e.op} {ref(e.a)}, {ref(e.b)}"
+    if isinstance(e, ir.Where):
+        return f"where {ref(e.cond)} ? {ref(e.a)} : {ref(e.b)}"
     if isinstance(e, ir.Slice):
         return f"slice {ref(e.x)}[{e.start}:{e.start + e.width}]"
     if isinstance(e, ir.Concat):
         return "concat " + ", ".join(ref(p) for p in e.parts)
-    if isinstance(e, ir.Mask):
-        return f"mask {format_pred(e.pred)}"
+    if isinstance(e, ir.Take):
+        shown = ", ".join(str(i) for i in e.indices[:8]) + (", ..." if len(e.indices) > 8 else "")
+        return f"take {ref(e.x)}[{shown}]"
+    if isinstance(e, ir.Reduce):
+        return f"reduce_{e.op} {ref(e.x)} (groups of {e.group})"
     if isinstance(e, ir.Select):
         return f"select {format_pred(e.pred)} ? {ref(e.a)} : {ref(e.b)}"
     raise TypeError(e)
@@ -118,10 +134,12 @@ def format_program(program: ir.Program) -> str:
     for name, value in program.constants.items():
         lines.append(f"  const {name}: float32{list(value.shape)}")
     for table in program.tables:
-        init = table.init or "zeros"
-        lines.append(f"  state {table.name}: [N x {table.width}] init={init} -> output {table.output}")
+        rows = "N" if table.kind == "state" else "L"
+        shape = "x".join(str(d) for d in table.inner)
+        init = f" init={table.init or 'zeros'}" if table.kind == "state" else " (one row per position)"
+        lines.append(f"  {table.kind} {table.name}: [{rows} x {shape}]{init} -> output {table.output}")
     if program.mode == "visit":
-        lines.append(f"  positions: p in [0, {program.trip})")
+        lines.append(f"  positions: p in [0, L = {format_index(program.trip)})")
     else:
         lines.append(f"  positions: every node of {program.rows_from}, children first")
     for case in program.cases:
@@ -132,5 +150,6 @@ def format_program(program: ir.Program) -> str:
             names[node] = f"%{i}"
             lines.append(f"    %{i} = {_format_row(node, names)}  : [{node.width}]")
         for table, expr in case.writes:
-            lines.append(f"    {table}[{format_index(case.target)}] <- {names[expr]}")
+            row = "p" if program.table(table).kind == "emit" else format_index(case.target)
+            lines.append(f"    {table}[{row}] <- {names[expr]}")
     return "\n".join(lines) + "\n"

@@ -1,4 +1,4 @@
 """IR -> IR passes."""
-from .pipeline import PIPELINE, optimize
+from .pipeline import PIPELINE, PassError, optimize
 
-__all__ = ["PIPELINE", "optimize"]
+__all__ = ["PIPELINE", "PassError", "optimize"]

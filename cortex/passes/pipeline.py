@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..ir import nodes as ir
-from ..ir.verify import verify
+from ..ir.verify import IRError, verify
 from .rewrite import (fold_constant_rows, fuse_bias, hoist_input_products, merge_added_products, simplify,
                       split_concat_matmul)
 
@@ -21,7 +21,19 @@ PIPELINE = (
 )
 
 
-def optimize(program: ir.Program) -> ir.Program:
-    for _, run_pass in PIPELINE:
-        program = verify(run_pass(program))
+class PassError(Exception):
+    """A pass failed or produced IR the verifier rejects; the message names the pass."""
+
+
+def optimize(program: ir.Program, dump=None) -> ir.Program:
+    """Runs the pipeline, verifying after every pass. `dump(name, program)`, when given, sees each pass's output."""
+    for name, run_pass in PIPELINE:
+        try:
+            program = verify(run_pass(program))
+        except IRError as e:
+            raise PassError(f"pass {name} produced inconsistent IR: {e}") from None
+        except RecursionError:
+            raise PassError(f"pass {name}: the expressions are too deeply nested") from None
+        if dump is not None:
+            dump(name, program)
     return program

@@ -6,86 +6,91 @@ import dataclasses
 import numpy as np
 
 from ..ir import nodes as ir
+from ..ir import ops
 
 # Folding a constant-indexed subtree materializes one value per table row; beyond this many floats per
 # folded table the lookup table would cost more memory than the work it saves.
 MAX_FOLDED_ELEMENTS = 1 << 26
 
 
-def _rebuild(e: ir.RExpr, new_children) -> ir.RExpr:
-    if isinstance(e, (ir.MatMul, ir.LeftMatMul)):
-        return dataclasses.replace(e, x=new_children[0])
-    if isinstance(e, ir.MatVec):
-        return dataclasses.replace(e, mat=new_children[0], vec=new_children[1])
-    if isinstance(e, ir.Unary):
-        return dataclasses.replace(e, x=new_children[0])
-    if isinstance(e, ir.Binary):
-        return dataclasses.replace(e, a=new_children[0], b=new_children[1])
-    if isinstance(e, ir.Slice):
-        return dataclasses.replace(e, x=new_children[0])
-    if isinstance(e, ir.Concat):
-        return dataclasses.replace(e, parts=tuple(new_children))
-    if isinstance(e, ir.Select):
-        return dataclasses.replace(e, a=new_children[0], b=new_children[1])
-    return e
-
-
 def map_rows(program: ir.Program, rewrite) -> ir.Program:
-    """Applies `rewrite(node) -> node` bottom-up to every row expression of every case (memoized, so
-    shared subtrees stay shared)."""
-    memo = {}
-
-    def visit(e):
-        if e in memo:
-            return memo[e]
-        children = ir.row_children(e)
-        rebuilt = _rebuild(e, [visit(c) for c in children]) if children else e
-        out = rewrite(rebuilt)
-        memo[e] = out
-        return out
-
-    cases = tuple(dataclasses.replace(c, writes=tuple((t, visit(x)) for t, x in c.writes)) for c in program.cases)
+    """Applies `rewrite(node) -> node` bottom-up to every expression of every case (memoized, so shared subtrees
+    stay shared); `rewrite` sees each node rebuilt from its rewritten operands."""
+    visit = ir.transform(rewrite)
+    cases = tuple(dataclasses.replace(c, predicate=visit(c.predicate),
+                                      target=visit(c.target) if c.target is not None else None,
+                                      writes=tuple((t, visit(x)) for t, x in c.writes)) for c in program.cases)
     return _drop_unused_constants(dataclasses.replace(program, cases=cases))
+
+
+CONSTANT_FIELDS = ("const", "weight", "bias")
 
 
 def _drop_unused_constants(program: ir.Program) -> ir.Program:
     used = set()
     for case in program.cases:
         for node in ir.walk_rows([x for _, x in case.writes]):
-            for name in (getattr(node, "const", None), getattr(node, "weight", None), getattr(node, "bias", None)):
-                if name:
-                    used.add(name)
+            used.update(getattr(node, f) for f in CONSTANT_FIELDS if getattr(node, f, None))
     return dataclasses.replace(program, constants={k: v for k, v in program.constants.items() if k in used})
 
 
 # ---- simplification --------------------------------------------------------------------------
 
 
+ELEMENTWISE = (ir.Unary, ir.Binary, ir.Where)
+
+
+def _take_elementwise(e: ir.Take):
+    """take(f(a, b), I) = f(take(a, I), take(b, I)): rearrangements move to the leaves, where reading an element
+    at any index is a load (width-1 operands broadcast and stay)."""
+    x = e.x
+    kids = [k if k.width == 1 else ir.take(k, e.indices) for k in ir.operands(x)]
+    return dataclasses.replace(ir.with_operands(x, kids), width=e.width)
+
+
 def simplify(program: ir.Program) -> ir.Program:
-    """Removes identities, merges slices of slices and picks the part a slice of a concat lies in."""
+    """Removes identities, merges slices and takes of slices and takes, picks the part of a concat a slice lies in,
+    moves rearrangements below elementwise math, and distributes elementwise math over concatenations."""
 
     def rewrite(e):
         if isinstance(e, ir.Unary) and e.op == "identity":
             return e.x
         if isinstance(e, ir.Slice) and isinstance(e.x, ir.Slice):
             return ir.Slice(e.x.x, e.x.start + e.start, e.width)
+        if isinstance(e, ir.Slice) and isinstance(e.x, ir.Take):
+            return rewrite(ir.take(e.x.x, e.x.indices[e.start:e.start + e.width]))
+        if isinstance(e, ir.Take) and isinstance(e.x, ir.Take):
+            return rewrite(ir.take(e.x.x, [e.x.indices[i] for i in e.indices]))
+        if isinstance(e, ir.Take) and isinstance(e.x, ir.Slice):
+            return rewrite(ir.take(e.x.x, [e.x.start + i for i in e.indices]))
+        if isinstance(e, ir.Take) and isinstance(e.x, ir.Concat):
+            lo, hi, offset = min(e.indices), max(e.indices), 0
+            for part in e.x.parts:  # all the indices in one part
+                if offset <= lo and hi < offset + part.width:
+                    return rewrite(ir.take(part, [i - offset for i in e.indices]))
+                offset += part.width
+        if isinstance(e, ir.Take) and isinstance(e.x, ELEMENTWISE + (ir.Select,)) and len(set(e.indices)) == len(e.indices):
+            return rewrite(_take_elementwise(e))
         if isinstance(e, ir.Slice) and isinstance(e.x, ir.Concat):
             offset = 0
             for part in e.x.parts:
                 if offset <= e.start and e.start + e.width <= offset + part.width:
-                    return ir.slice_row(part, e.start - offset, e.start - offset + e.width)
+                    return rewrite(ir.slice_row(part, e.start - offset, e.start - offset + e.width))
                 offset += part.width
+        if isinstance(e, ir.Slice) and isinstance(e.x, ELEMENTWISE + (ir.Select,)):
+            kids = [k if k.width == 1 else ir.slice_row(k, e.start, e.start + e.width) for k in ir.operands(e.x)
+                    if isinstance(k, ir.RExpr)]
+            others = [k for k in ir.operands(e.x) if not isinstance(k, ir.RExpr)]
+            rebuilt = ir.with_operands(e.x, others + kids)
+            return rewrite(dataclasses.replace(rebuilt, width=e.width))
         # Elementwise math over a concatenation distributes over its parts (r * [h_l; h_r] in a GRU), so
         # the concatenation only ever feeds a matrix product or a table write.
-        if isinstance(e, ir.Unary) and isinstance(e.x, ir.Concat):
-            return ir.concat(rewrite(ir.unary(e.op, p)) for p in e.x.parts)
-        if isinstance(e, ir.Binary) and (isinstance(e.a, ir.Concat) or isinstance(e.b, ir.Concat)):
-            parts = (e.a if isinstance(e.a, ir.Concat) else e.b).parts
+        if isinstance(e, ELEMENTWISE + (ir.Select,)) and any(isinstance(k, ir.Concat) and k.width == e.width
+                                                              for k in ir.operands(e)):
+            concat = next(k for k in ir.operands(e) if isinstance(k, ir.Concat) and k.width == e.width)
             out, start = [], 0
-            for part in parts:
-                a = e.a if e.a.width == 1 else ir.slice_row(e.a, start, start + part.width)
-                b = e.b if e.b.width == 1 else ir.slice_row(e.b, start, start + part.width)
-                out.append(rewrite(ir.binary(e.op, rewrite(a), rewrite(b))))
+            for part in concat.parts:
+                out.append(rewrite(ir.Slice(e, start, part.width) if part.width != e.width else e))
                 start += part.width
             return ir.concat(out)
         return e
@@ -95,17 +100,19 @@ def simplify(program: ir.Program) -> ir.Program:
 
 # ---- hoisting: constant-indexed subtrees fold into lookup tables ------------------------------
 
+POSITION_VARYING = (ir.ChildState, ir.InputRow, ir.InputProjection, ir.IndexValue, ir.Select)
+
 
 def _const_indexed(e: ir.RExpr):
-    """(index, rows) if every leaf of e is a constant, and the row leaves are rows of constant tables that
-    share one index and one row count; else None."""
-    index, rows = None, None
+    """The index if every leaf of e is a constant, and the row leaves are rows of constant tables that share one
+    index; else None."""
+    index = None
     for node in ir.walk_rows([e]):
         if isinstance(node, ir.ConstRow):
             if index is not None and node.index != index:
                 return None
             index = node.index
-        elif isinstance(node, (ir.ChildState, ir.InputRow, ir.InputProjection, ir.Mask, ir.Select)):
+        elif isinstance(node, POSITION_VARYING):
             return None  # varies with the position, not only with one table row
     return index
 
@@ -129,7 +136,7 @@ def _evaluate_on_all_rows(program: ir.Program, e: ir.RExpr) -> np.ndarray:
             w = consts[x.weight]
             out = (xs.reshape(xs.shape[0], x.rows, -1) @ w).reshape(xs.shape[0], -1)
             if x.bias:
-                out = (out.reshape(out.shape[0], x.rows, -1) + consts[x.bias]).reshape(out.shape[0], -1)
+                out = out + consts[x.bias]
         elif isinstance(x, ir.LeftMatMul):
             xs = ev(x.x)
             w = consts[x.weight]  # W^T [K, R]
@@ -140,11 +147,18 @@ def _evaluate_on_all_rows(program: ir.Program, e: ir.RExpr) -> np.ndarray:
             out = np.einsum("brc,bc->br", np.broadcast_to(m, (rows, m.shape[1])).reshape(rows, x.width, -1),
                             np.broadcast_to(v, (rows, v.shape[1])))
         elif isinstance(x, ir.Unary):
-            out = NUMPY_UNARY[x.op](ev(x.x))
+            out = ops.evaluate(x.op, ev(x.x), params=x.params)
         elif isinstance(x, ir.Binary):
-            out = NUMPY_BINARY[x.op](ev(x.a), ev(x.b))
+            out = ops.evaluate(x.op, ev(x.a), ev(x.b))
+        elif isinstance(x, ir.Where):
+            out = np.where(ev(x.cond) != 0, ev(x.a), ev(x.b))
         elif isinstance(x, ir.Slice):
             out = ev(x.x)[:, x.start:x.start + x.width]
+        elif isinstance(x, ir.Take):
+            out = ev(x.x)[:, list(x.indices)] if x.x.width > 1 else np.repeat(ev(x.x), x.width, axis=1)
+        elif isinstance(x, ir.Reduce):
+            xs = ev(x.x)
+            out = ops.REDUCE_NUMPY[x.op](xs.reshape(xs.shape[0], x.width, x.group), axis=2)
         elif isinstance(x, ir.Concat):
             parts = [ev(p) for p in x.parts]
             rows = max(p.shape[0] for p in parts)
@@ -157,15 +171,6 @@ def _evaluate_on_all_rows(program: ir.Program, e: ir.RExpr) -> np.ndarray:
     return np.ascontiguousarray(ev(e), dtype=np.float32)
 
 
-NUMPY_UNARY = {
-    "sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
-    "tanh": np.tanh, "relu": lambda x: np.maximum(x, 0), "neg": np.negative, "exp": np.exp, "abs": np.abs,
-    "identity": lambda x: x,
-}
-NUMPY_BINARY = {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide, "max": np.maximum,
-                "min": np.minimum}
-
-
 def fold_constant_rows(program: ir.Program) -> ir.Program:
     """Constant . constant folds at conversion time: a subtree that depends only on one row of constant
     tables (an embedding lookup, its projection W.x + b, even a leaf's whole gate math) becomes one lookup
@@ -176,18 +181,21 @@ def fold_constant_rows(program: ir.Program) -> ir.Program:
     def fold(e):
         if e in folded:
             return folded[e]
-        index = _const_indexed(e) if not isinstance(e, (ir.ConstRow, ir.ConstVec, ir.Scalar)) else None
-        if index is not None:
-            rows = {program.constants[n.const].shape[0] for n in ir.walk_rows([e]) if isinstance(n, ir.ConstRow)}
-            if len(rows) == 1 and rows.pop() * e.width <= MAX_FOLDED_ELEMENTS:
-                table = _evaluate_on_all_rows(program, e)
-                name = f"folded_{len(constants)}"
-                constants[name] = table
-                folded[e] = ir.ConstRow(name, index, e.width)
-                return folded[e]
-        children = ir.row_children(e)
-        folded[e] = _rebuild(e, [fold(c) for c in children]) if children else e
-        return folded[e]
+        out = None
+        if isinstance(e, ir.RExpr) and not isinstance(e, (ir.ConstRow, ir.ConstVec, ir.Scalar)):
+            index = _const_indexed(e)
+            if index is not None:
+                rows = {program.constants[n.const].shape[0] for n in ir.walk_rows([e]) if isinstance(n, ir.ConstRow)}
+                if len(rows) == 1 and rows.pop() * e.width <= MAX_FOLDED_ELEMENTS:
+                    table = _evaluate_on_all_rows(program, e)
+                    name = f"folded_{len(constants)}"
+                    constants[name] = table
+                    out = ir.ConstRow(name, index, e.width)
+        if out is None:
+            kids = ir.operands(e) if isinstance(e, ir.RExpr) else ()
+            out = ir.with_operands(e, [fold(c) for c in kids]) if kids else e
+        folded[e] = out
+        return out
 
     cases = tuple(dataclasses.replace(c, writes=tuple((t, fold(x)) for t, x in c.writes)) for c in program.cases)
     return _drop_unused_constants(dataclasses.replace(program, cases=cases, constants=constants))

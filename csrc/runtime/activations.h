@@ -71,6 +71,32 @@ inline float relu(float x) { return x < 0.0f ? 0.0f : x; }
 
 inline float identity(float x) { return x; }
 
+// max / min that propagate a NaN from either side (numpy, PyTorch and ONNX Max/Min semantics).
+inline float fmax_nan(float a, float b) { return (a > b || a != a) ? a : b; }
+inline float fmin_nan(float a, float b) { return (a < b || a != a) ? a : b; }
+
+// log(1 + e^x) without overflow: x + log1p(e^-x) for x > 0.
+inline float softplus(float x) { return x > 0.0f ? x + std::log1p(std::exp(-x)) : std::log1p(std::exp(x)); }
+
+inline float elu(float x, float alpha) { return x > 0.0f ? x : alpha * std::expm1(x); }
+
+inline float celu(float x, float alpha) {
+  return (x > 0.0f ? x : 0.0f) + std::fmin(0.0f, alpha * std::expm1(x / alpha));
+}
+
+inline float hardsigmoid(float x, float alpha, float beta) {
+  const float y = alpha * x + beta;
+  return y < 0.0f ? 0.0f : (y > 1.0f ? 1.0f : y);
+}
+
+inline float gelu(float x) { return 0.5f * x * (1.0f + std::erf(x * 0.70710678118654752f)); }
+
+inline float gelu_tanh(float x) {
+  return 0.5f * x * (1.0f + tanh_f(0.79788456080286536f * (x + 0.044715f * x * x * x)));
+}
+
+inline float sign(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : x); }  // NaN and +-0 stay
+
 // In-place array helpers.
 inline void sigmoid_inplace(float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] = sigmoid(x[i]);

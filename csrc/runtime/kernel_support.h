@@ -18,12 +18,39 @@ struct KernelError : std::runtime_error {
 
 // ONNX Gather / ScatterND index semantics: i in [-len, len) with negative values counting from the end;
 // anything else is the error ONNX Runtime raises too.
+inline std::string at_position(int64_t position) {
+  return position < 0 ? std::string(" before the recursion") : " at position " + std::to_string(position);
+}
+
 inline int64_t normalize_index(int64_t i, int64_t len, const char* what, int64_t position) {
   if (i < -len || i >= len) {
     throw KernelError("index " + std::to_string(i) + " out of range for " + what + " (size " + std::to_string(len) +
-                      ") at position " + std::to_string(position));
+                      ")" + at_position(position));
   }
   return i < 0 ? i + len : i;
+}
+
+// Integer division and remainder as ONNX defines them on integers (Div truncates; Mod takes the divisor's sign,
+// fmod the dividend's); division by zero is an error, as in ONNX Runtime.
+inline int64_t check_divisor(int64_t b, int64_t position) {
+  if (b == 0) throw KernelError("integer division by zero" + at_position(position));
+  return b;
+}
+inline int64_t idiv(int64_t a, int64_t b, int64_t position) { return a / check_divisor(b, position); }
+inline int64_t ifloordiv(int64_t a, int64_t b, int64_t position) {
+  const int64_t q = a / check_divisor(b, position);
+  return (q * b != a && ((a < 0) != (b < 0))) ? q - 1 : q;
+}
+inline int64_t imod(int64_t a, int64_t b, int64_t position) {
+  const int64_t r = a % check_divisor(b, position);
+  return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
+}
+inline int64_t ifmod(int64_t a, int64_t b, int64_t position) { return a % check_divisor(b, position); }
+
+// A value Cortex computes only under a condition the model's inputs must meet (see ir.Guard).
+inline int64_t guard(bool ok, int64_t value, const char* message, int64_t position) {
+  if (!ok) throw KernelError(std::string(message) + at_position(position));
+  return value;
 }
 
 // TreeRec child semantics: -1 means "no child" (returned as -1); other values must be rows in [0, len).

@@ -1,12 +1,13 @@
 // cortex::Linearizer: turns a visit sequence (or a DAG) into level batches, exactly as
 // "Linearizer semantics" in docs/contracts.md says.
 //
-// Input: num_nodes N (rows of the state tables), L positions; for position p: node[p] in [0, N),
+// Input: num_nodes N (rows of the state tables), L positions; for position p: node[p] in [0, N) (or -1: the
+// position writes no state row),
 // case_id[p] in [0, C), reads[p*K + k] in [0, N) or -1 (no read).
 //
-// visit mode (Loop semantics): valid iff no node appears twice in node[] and every read r >= 0 at
-//   position p names a node never listed or listed at some q < p. level(p) = 0 if no read names a
-//   listed node, else 1 + max level of the listed nodes it reads. When not valid the schedule says
+// visit mode (Loop semantics): valid iff no node appears twice in node[] and every read r >= 0 at position p
+//   of a node listed at q != p has q < p (reading its own row, before writing it, reads the initial state).
+//   level(p) = 0 if no read names another listed node, else 1 + max level of the listed nodes it reads. When not valid the schedule says
 //   so (valid = false, no batches) and the kernel runs positions one at a time.
 // dag mode (TreeRec semantics): L == N and node[p] == p. level(p) = 0 without reads, else 1 + max
 //   level of the nodes read. A cycle is an error that names a node on it.
@@ -71,6 +72,7 @@ class Linearizer {
     bool valid = true;
     for (int64_t p = 0; p < L; ++p) {
       const int64_t v = node[p];
+      if (v == -1) continue;  // a position that writes no state row
       if (v < 0 || v >= num_nodes) {
         return "linearize(visit): node[" + lin_detail::str(p) + "] = " + lin_detail::str(v) + " is out of range [0, " +
                lin_detail::str(num_nodes) + ")";
@@ -91,8 +93,8 @@ class Linearizer {
         const int64_t r = rp[k];
         if (r < 0) continue;
         const int64_t q = pos_of_[static_cast<size_t>(r)];
-        if (q < 0) continue;              // never listed: reads the initial state
-        if (q >= p) return std::string();  // read before (or while) being written: not batchable
+        if (q < 0 || q == p) continue;    // never listed, or its own row: reads the initial state
+        if (q > p) return std::string();  // read before being written: not batchable
         lvl = std::max(lvl, level_[static_cast<size_t>(q)] + 1);
       }
       level_[static_cast<size_t>(p)] = lvl;

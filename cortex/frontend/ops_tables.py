@@ -1,0 +1,409 @@
+"""Reads and writes at structure indices: Gather / GatherND / GatherElements from state tables, runtime tensors and
+constant tables (embeddings), and the row writes of every form exporters emit (ScatterND, ScatterElements with any
+reduction, a partial-row write, a torch.cat of table slices around one new row). A table read after a write in the
+same step sees that write."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import index as ix
+from ..ir import nodes as ir
+from .interpreter import DATA_DEPENDENT_HINT, attr, handler
+from .layout import element_ids, rearrange_many
+from .ops_shape import gather_constant, known_ints, static_shape
+from .values import Array, INT_DTYPES, Known, Refusal, Row, Sym, Table, TableSlice, describe
+
+INT_READABLE = INT_DTYPES + ("bool",)
+
+
+def _norm(e):
+    """A table row index with Gather's negative wrap, for comparing two indices exactly."""
+    if isinstance(e, ir.IConst) and e.value >= 0:
+        return e
+    return ix.iselect(ix.cmp("lt", e, ix.const(0)), ix.ibin("add", e, ir.Length(None)), e)
+
+
+def same_row(a, b) -> ir.BExpr:
+    if a == b:
+        return ir.BConst(True)
+    return ix.cmp("eq", _norm(a), _norm(b))
+
+
+def read_table(table: Table, e) -> ir.RExpr:
+    """Row e of the table as this step sees it: the state before the step, unless this step wrote that row."""
+    out = ir.ChildState(table.name, e, False, table.width)
+    for target, row in table.writes:
+        same = same_row(e, target)
+        if same == ir.BConst(True):
+            out = row
+        elif same != ir.BConst(False):
+            out = ir.Select(same, row, out, table.width)
+    return out
+
+
+def write_table(table: Table, target, row: ir.RExpr) -> Table:
+    """The table after writing `row` at `target` (a later write to the same row replaces the earlier one: the new
+    row already includes what it kept of the old one)."""
+    writes = tuple(w for w in table.writes if w[0] != target) + ((target, row),)
+    return Table(table.name, table.inner, writes)
+
+
+def _elements(s: Sym):
+    return list(s.elems.reshape(-1))
+
+
+# ---- reads -------------------------------------------------------------------------------------
+
+
+def gather_rows(it, data, idx: Sym):
+    """data[idx] along axis 0 for runtime data: per-node rows (tables, float tensors, constant tables) or
+    structure values (integer and bool tensors)."""
+    elems = [ix.as_index(e) for e in _elements(idx)]
+    if isinstance(data, Table):
+        parts = [read_table(data, e) for e in elems]
+        return Row(ir.concat(parts), tuple(idx.shape) + tuple(data.inner))
+    if isinstance(data, Array):
+        if data.shape is None:
+            raise Refusal(f"runtime tensor {data.name} has an unknown rank")
+        inner = tuple(data.shape[1:])
+        if any(not isinstance(d, int) for d in inner):
+            raise Refusal(f"runtime tensor {data.name} has a dynamic inner dimension")
+        it.use_array(data)
+        if data.read_dtype in INT_READABLE:
+            if len(data.shape) == 0:
+                raise Refusal(f"Gather from the scalar {data.name}")
+            if len(data.shape) == 1:
+                loads = [ir.Load(data.name, e) for e in elems]
+            elif len(data.shape) == 2:
+                loads = [ir.Load(data.name, e, column=k) for e in elems for k in range(inner[0])]
+            else:
+                raise Refusal(f"runtime integer tensor {data.name} of rank {len(data.shape)}")
+            if data.read_dtype == "bool":
+                loads = [ix.as_pred(x) for x in loads]
+            out = np.empty(len(loads), dtype=object)
+            out[:] = loads
+            return Sym(out.reshape(tuple(idx.shape) + inner), data.read_dtype)
+        if data.dtype == "float32":
+            width = int(np.prod(inner, dtype=np.int64))
+            parts = [ir.InputRow(data.name, e, width) for e in elems]
+            return Row(ir.concat(parts), tuple(idx.shape) + inner)
+        raise Refusal(f"runtime tensor {data.name} is {data.dtype}")
+    if isinstance(data, Known) and data.value.dtype.kind == "f" and data.value.ndim >= 1:
+        table = np.asarray(data.value, dtype=np.float32)
+        flat = table.reshape(table.shape[0], -1)
+        name = it.const_name(flat, "table")
+        parts = [ir.ConstRow(name, e, flat.shape[1]) for e in elems]
+        return Row(ir.concat(parts), tuple(idx.shape) + tuple(table.shape[1:]))
+    if isinstance(data, (Row, Sym, Known)):
+        return _select_element(it, data, idx)
+    raise Refusal(f"Gather from {describe(data)} at a structure index")
+
+
+def _select_element(it, data, idx: Sym):
+    """data[idx] for a small per-node tensor and a structure index: a chain of selects over the rows of data
+    (index out of range is an error in the original, so it is checked at run time)."""
+    shape = static_shape(data)
+    n = shape[0]
+    if n > 16 or idx.elems.size != 1:
+        raise Refusal(f"Gather from {describe(data)} at a structure index", hint=DATA_DEPENDENT_HINT)
+    e = ix.as_index(idx.scalar())
+    k = ir.Guard(ix.band(ix.cmp("ge", e, ix.const(-n)), ix.cmp("lt", e, ix.const(n))),
+                 ix.iselect(ix.cmp("lt", e, ix.const(0)), ix.ibin("add", e, ix.const(n)), e),
+                 f"index out of range for a tensor of {n} rows")
+    if isinstance(data, Row) or (isinstance(data, Known) and data.value.dtype.kind == "f"):
+        r = it.row(data)
+        w = r.expr.width // n
+        out = ir.slice_row(r.expr, (n - 1) * w, n * w)
+        for j in range(n - 2, -1, -1):
+            out = ir.Select(ix.cmp("eq", k, ix.const(j)), ir.slice_row(r.expr, j * w, (j + 1) * w), out, w)
+        return Row(out, tuple(idx.shape) + tuple(shape[1:]), r.boolean)
+    s = it.sym(data)
+    rows = [s.elems[j] for j in range(n)]
+    out = np.empty(rows[0].shape if isinstance(rows[0], np.ndarray) else (), dtype=object)
+    flat = []
+    for pos in range(int(np.prod(shape[1:], dtype=np.int64))):
+        vals = [(np.asarray(r).reshape(-1)[pos] if isinstance(r, np.ndarray) else r) for r in rows]
+        acc = ix.as_index(vals[-1])
+        for j in range(n - 2, -1, -1):
+            acc = ix.iselect(ix.cmp("eq", k, ix.const(j)), ix.as_index(vals[j]), acc)
+        flat.append(acc if not s.is_bool else ix.as_pred(acc))
+    out = np.empty(len(flat), dtype=object)
+    out[:] = flat
+    return Sym(out.reshape(tuple(idx.shape) + tuple(shape[1:])), s.dtype)
+
+
+@handler("Gather")
+def op_gather(it, node, args, lookup):
+    data, indices = args
+    axis = attr(node, "axis", 0)
+    if isinstance(indices, Known) and isinstance(data, (Row, Sym, Known)):
+        return gather_constant(data, indices, axis)
+    idx = it.sym(indices, "the Gather index")
+    if axis != 0:
+        shape = static_shape(data) if isinstance(data, (Row, Sym, Known)) else None
+        if shape is not None:  # move the axis first, gather, move it back
+            from .layout import rearrange
+            rank = len(shape)
+            a = axis % rank
+            moved = rearrange(data, lambda x: np.moveaxis(x, a, 0))
+            got = gather_rows(it, moved, idx)
+            k = len(idx.shape)
+            return rearrange(got, lambda x: np.moveaxis(x, list(range(k)), list(range(a, a + k))))
+        raise Refusal(f"Gather on axis {axis} of {describe(data)} at a structure index")
+    return gather_rows(it, data, idx)
+
+
+def gather_nd_runtime(it, data, indices):
+    idx = it.sym(indices, "the GatherND index")
+    k = idx.shape[-1]
+    lead = idx.shape[:-1]
+    tuples = idx.elems.reshape(-1, k)
+    if isinstance(data, (Table, Array)) or (isinstance(data, Known) and k == 1):
+        first = Sym(tuples[:, 0].copy(), idx.dtype)
+        rows = gather_rows(it, data, first)  # [n, ...inner]
+        if k == 1:
+            return _reshape_lead(rows, lead)
+        rest = []
+        for t in tuples:
+            if not all(isinstance(x, ir.IConst) for x in t[1:]):
+                raise Refusal("GatherND inside a row at a structure index", hint=DATA_DEPENDENT_HINT)
+            rest.append([x.value for x in t[1:]])
+        rest = np.array(rest, dtype=np.int64)
+        from .layout import rearrange
+        return rearrange(rows, lambda a: np.stack([a[(j,) + tuple(r)] for j, r in enumerate(rest)])
+                         .reshape(tuple(lead) + a.shape[k:]))
+    raise Refusal(f"GatherND from {describe(data)} at a structure index")
+
+
+def _reshape_lead(v, lead):
+    from .layout import rearrange
+    shape = static_shape(v)
+    return rearrange(v, lambda a: a.reshape(tuple(lead) + tuple(shape[1:])))
+
+
+def gather_elements_runtime(it, data, indices, axis):
+    idx = it.sym(indices, "the GatherElements index")
+    if not isinstance(data, (Table, Array)) or axis != 0:
+        raise Refusal(f"GatherElements from {describe(data)} at a structure index")
+    inner = tuple(data.inner) if isinstance(data, Table) else tuple(data.shape[1:])
+    if len(idx.shape) != 1 + len(inner) or any(a > b for a, b in zip(idx.shape[1:], inner)):
+        raise Refusal(f"GatherElements indices of shape {list(idx.shape)}")
+    # element (i, j...) = data[idx[i, j...], j...]: one row read per distinct index, then the elements
+    parts, cache = [], {}
+    for pos in np.ndindex(*idx.shape):
+        e = ix.as_index(idx.elems[pos])
+        if e not in cache:
+            one = np.empty(1, dtype=object)
+            one[0] = e
+            cache[e] = gather_rows(it, data, Sym(one, "int64"))
+        row = cache[e]
+        col = int(np.ravel_multi_index(pos[1:], inner)) if inner else 0
+        parts.append((row, col))
+    if isinstance(parts[0][0], Row):
+        exprs = [ir.slice_row(r.expr, c, c + 1) for r, c in parts]
+        return Row(ir.concat(exprs), tuple(idx.shape))
+    elems = np.empty(len(parts), dtype=object)
+    elems[:] = [r.elems.reshape(-1)[c] for r, c in parts]
+    return Sym(elems.reshape(idx.shape), parts[0][0].dtype)
+
+
+# ---- writes ------------------------------------------------------------------------------------
+
+REDUCTIONS = {"add": "add", "mul": "mul", "max": "max", "min": "min"}
+
+
+def _combine(reduction, old, new):
+    if reduction == "none":
+        return new
+    if reduction not in REDUCTIONS:
+        raise Refusal(f"a write with reduction {reduction}")
+    return ir.binary(REDUCTIONS[reduction], old, new)
+
+
+def write_elements(table: Table, row_e, updates):
+    """Writes elements of one row: updates = [(column within the row, element RExpr of width 1, reduction)].
+    A write of every column in order is a whole-row write; anything else merges into the current row."""
+    width = table.width
+    cols = [c for c, _, _ in updates]
+    if cols == list(range(width)) and all(red == "none" for _, _, red in updates):
+        new = ir.concat(e for _, e, _ in updates)
+        return write_table(table, row_e, _simplify_concat(new))
+    old = read_table(table, row_e)
+    current = [ir.slice_row(old, c, c + 1) for c in range(width)]
+    for c, e, red in updates:
+        current[c] = _combine(red, current[c], e)
+    return write_table(table, row_e, _simplify_concat(ir.concat(current)))
+
+
+def _simplify_concat(e):
+    """Consecutive single elements of one row become that row's slice again."""
+    if not isinstance(e, ir.Concat):
+        return e
+    parts, run = [], []
+
+    def flush():
+        if not run:
+            return
+        src, start = run[0]
+        parts.append(ir.slice_row(src, start, start + len(run)))
+        run.clear()
+
+    for p in e.parts:
+        if isinstance(p, ir.Slice) and p.width == 1:
+            if run and run[-1][0] == p.x and run[-1][1] + 1 == p.start:
+                run.append((p.x, p.start))
+                continue
+            flush()
+            run.append((p.x, p.start))
+            continue
+        flush()
+        parts.append(p)
+    flush()
+    return ir.concat(parts)
+
+
+def _row_elements(it, updates, shape):
+    """The update as a row laid out in `shape`, and a function giving its element at a flat position."""
+    from .layout import broadcast_row
+    r = broadcast_row(it, updates, shape)
+    return r
+
+
+def _update_element(r: Row, pos):
+    return ir.slice_row(r.expr, pos, pos + 1) if r.expr.width > 1 else r.expr
+
+
+def scatter_nd_table(it, table: Table, indices, updates, reduction):
+    idx = it.sym(indices, "the ScatterND index")
+    k = idx.shape[-1]
+    if k < 1 or k > 1 + len(table.inner):
+        raise Refusal(f"ScatterND indices of shape {list(idx.shape)} into a table of rank {1 + len(table.inner)}")
+    lead = tuple(idx.shape[:-1])
+    block = tuple(table.inner[k - 1:])
+    upd = _row_elements(it, updates, lead + block)
+    block_size = int(np.prod(block, dtype=np.int64))
+    groups = {}
+    for j, t in enumerate(idx.elems.reshape(-1, k)):
+        row_e = ix.as_index(t[0])
+        sub = t[1:]
+        if not all(isinstance(x, ir.IConst) for x in sub):
+            raise Refusal("ScatterND into a row at a structure index", hint=DATA_DEPENDENT_HINT)
+        inner_pos = [x.value for x in sub]
+        inner_pos = [p + d if p < 0 else p for p, d in zip(inner_pos, table.inner)]
+        if any(not 0 <= p < d for p, d in zip(inner_pos, table.inner)):
+            raise Refusal("ScatterND column index out of range (the original fails on every input)")
+        base = int(np.ravel_multi_index(tuple(inner_pos) + (0,) * len(block), table.inner)) if table.inner else 0
+        elems = groups.setdefault(row_e, [])
+        for q in range(block_size):
+            elems.append((base + q, _update_element(upd, j * block_size + q), reduction))
+    for row_e, elems in groups.items():
+        table = write_elements(table, row_e, elems)
+    return table
+
+
+@handler("ScatterND")
+def op_scatter_nd(it, node, args, lookup):
+    data, indices, updates = args
+    reduction = attr(node, "reduction", "none")
+    if isinstance(data, Table):
+        return scatter_nd_table(it, data, indices, updates, reduction)
+    if isinstance(indices, Known) and isinstance(data, (Row, Sym, Known)):
+        if reduction != "none":
+            raise Refusal(f"ScatterND with reduction {reduction} into {describe(data)}")
+        idx = np.asarray(indices.value).astype(np.int64)
+        k = idx.shape[-1]
+
+        def fn(arrs):
+            out = arrs[0].copy()
+            upd = arrs[1].reshape(idx.shape[:-1] + out.shape[k:])
+            for pos in np.ndindex(*idx.shape[:-1]):
+                out[tuple(idx[pos])] = upd[pos]
+            return out
+        return rearrange_many(it, [data, updates], fn)
+    raise Refusal(f"ScatterND into {describe(data)}, not a state table")
+
+
+@handler("ScatterElements", "Scatter")
+def op_scatter_elements(it, node, args, lookup):
+    data, indices, updates = args
+    axis = attr(node, "axis", 0)
+    reduction = attr(node, "reduction", "none")
+    if isinstance(data, Table):
+        if axis % (1 + len(data.inner)) != 0:
+            raise Refusal(f"ScatterElements along axis {axis} of a state table")
+        idx = it.sym(indices, "the ScatterElements index")
+        if len(idx.shape) != 1 + len(data.inner):
+            raise Refusal(f"ScatterElements indices of shape {list(idx.shape)}")
+        upd = _row_elements(it, updates, tuple(idx.shape))
+        groups = {}
+        for flat, pos in enumerate(np.ndindex(*idx.shape)):
+            if any(p >= d for p, d in zip(pos[1:], data.inner)):
+                raise Refusal("ScatterElements update wider than the table")
+            row_e = ix.as_index(idx.elems[pos])
+            col = int(np.ravel_multi_index(pos[1:], data.inner)) if data.inner else 0
+            groups.setdefault(row_e, []).append((col, _update_element(upd, flat), reduction))
+        for row_e, elems in groups.items():
+            data = write_elements(data, row_e, elems)
+        return data
+    if isinstance(indices, Known) and isinstance(data, (Row, Sym, Known)):
+        if reduction != "none":
+            raise Refusal(f"ScatterElements with reduction {reduction} into {describe(data)}")
+        idx = np.asarray(indices.value).astype(np.int64)
+
+        def fn(arrs):
+            out = arrs[0].copy()
+            a = axis % out.ndim
+            np.put_along_axis(out, np.where(idx < 0, idx + out.shape[a], idx), arrs[1].reshape(idx.shape), axis=a)
+            return out
+        return rearrange_many(it, [data, updates], fn)
+    raise Refusal(f"ScatterElements into {describe(data)}, not a state table")
+
+
+# ---- torch.cat writes: table slices around one new row --------------------------------------------
+
+BIG = 1 << 62
+
+
+def slice_table(it, table: Table, starts, ends, axes, steps):
+    rank = 1 + len(table.inner)
+
+    def values(v, what):
+        if isinstance(v, list):
+            return [ix.const(x) for x in v]
+        return [ix.as_index(e) for e in it.sym(v, what).elems.reshape(-1)]
+
+    starts, ends = values(starts, "Slice starts"), values(ends, "Slice ends")
+    axes = list(range(len(starts))) if axes is None else [int(a) % rank for a in (
+        axes if isinstance(axes, list) else known_ints(it, axes, "Slice axes").reshape(-1))]
+    if steps is not None and not isinstance(steps, list):
+        steps = [int(s) for s in known_ints(it, steps, "Slice steps").reshape(-1)]
+    if steps is not None and any(s != 1 for s in steps):
+        raise Refusal("a strided slice of a state table")
+    start, stop = ix.const(0), ix.const(BIG)
+    for s, e, a in zip(starts, ends, axes):
+        if a == 0:
+            start, stop = s, e
+        elif not (s == ix.const(0) and isinstance(e, ir.IConst) and e.value >= table.inner[a - 1]):
+            raise Refusal("a slice of a state table's columns")
+    return TableSlice(table, start, stop)
+
+
+def concat_tables(it, values, axis):
+    """torch.cat([h[:v], new_row, h[v + 1:]]): the table with row v replaced, for 0 <= v < N (other v change the
+    table's size in the original: a run-time error here)."""
+    if axis != 0 or len(values) != 3:
+        raise Refusal("a Concat of state-table pieces other than [h[:v], row, h[v+1:]]")
+    head, mid, tail = values
+    if not (isinstance(head, TableSlice) and isinstance(tail, TableSlice) and head.table == tail.table):
+        raise Refusal("a Concat of state-table pieces other than [h[:v], row, h[v+1:]]")
+    table = head.table
+    v = head.stop
+    if head.start != ix.const(0) or ix.ibin("sub", tail.start, v) != ix.const(1) or \
+            not (isinstance(tail.stop, ir.Length) or (isinstance(tail.stop, ir.IConst) and tail.stop.value >= 1 << 31)):
+        raise Refusal("a Concat of state-table pieces other than [h[:v], row, h[v+1:]]")
+    shape = static_shape(mid)
+    if tuple(shape) != (1,) + tuple(table.inner):
+        raise Refusal(f"the new row of a torch.cat write has shape {list(shape)}")
+    target = ir.Guard(ix.band(ix.cmp("ge", v, ix.const(0)), ix.cmp("lt", v, ir.Length(None))), v,
+                      "row index out of range [0, N) in a torch.cat write (the original would change the table size)")
+    return write_table(table, target, it.row(mid).expr)

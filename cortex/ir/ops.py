@@ -1,0 +1,150 @@
+"""The elementwise op table: each op defined once, with its numpy semantics (constant folding, the evaluator of
+the passes) and its code per target. The frontend maps ONNX ops onto these names; a code generator renders an op
+with `render(op, target, ...)`, and an op with no rendering for a target is a `MissingOp` (the region is refused),
+never a KeyError.
+
+Row values are float32. Comparisons and logic produce 0.0 / 1.0 (a per-node boolean computed from float values,
+e.g. `x > 0` in a hand-written leaky ReLU); `where` and the logic ops read any nonzero as true.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+
+class MissingOp(Exception):
+    """An op has no rendering for a target."""
+
+
+@dataclass(frozen=True)
+class ElementOp:
+    name: str
+    arity: int
+    numpy: Callable  # (*operands, *params) -> array, float32 in, float32 out
+    code: dict = field(default_factory=dict)  # target -> format string over {x} / {a}, {b} and {p0}, {p1}
+
+
+def _f32(fn):
+    def wrapped(*args):
+        with np.errstate(all="ignore"):
+            return np.asarray(fn(*args), dtype=np.float32)
+    return wrapped
+
+
+def _bool(fn):
+    return _f32(lambda *args: fn(*args).astype(np.float32))
+
+
+def _u(name, fn, cpp):
+    return ElementOp(name, 1, _f32(fn), {"cpp": cpp})
+
+
+def _b(name, fn, cpp):
+    return ElementOp(name, 2, _f32(fn), {"cpp": cpp})
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _softplus(x):
+    return np.where(x > 0, x + np.log1p(np.exp(-x)), np.log1p(np.exp(x)))
+
+
+def _erf(x):
+    from math import erf
+    return np.vectorize(erf, otypes=[np.float64])(np.asarray(x, dtype=np.float64))
+
+
+_UNARY = [
+    _u("identity", lambda x: x, "{x}"),
+    _u("neg", lambda x: -x, "(-{x})"),
+    _u("abs", np.abs, "std::fabs({x})"),
+    _u("sigmoid", _sigmoid, "cortex::sigmoid({x})"),
+    _u("tanh", np.tanh, "cortex::tanh_f({x})"),
+    _u("relu", lambda x: np.maximum(x, 0), "cortex::relu({x})"),
+    _u("exp", np.exp, "std::exp({x})"),
+    _u("log", np.log, "std::log({x})"),
+    _u("sqrt", np.sqrt, "std::sqrt({x})"),
+    _u("reciprocal", lambda x: 1.0 / x, "(1.0f / {x})"),
+    _u("erf", _erf, "std::erf({x})"),
+    _u("softplus", _softplus, "cortex::softplus({x})"),
+    _u("softsign", lambda x: x / (1 + np.abs(x)), "({x} / (1.0f + std::fabs({x})))"),
+    _u("elu", lambda x, a: np.where(x > 0, x, a * np.expm1(x)), "cortex::elu({x}, {p0})"),
+    _u("selu", lambda x, a, g: g * np.where(x > 0, x, a * np.expm1(x)), "({p1} * cortex::elu({x}, {p0}))"),
+    _u("celu", lambda x, a: np.maximum(x, 0) + np.minimum(0, a * np.expm1(x / a)), "cortex::celu({x}, {p0})"),
+    _u("leakyrelu", lambda x, a: np.where(x < 0, a * x, x), "({x} < 0.0f ? {p0} * {x} : {x})"),
+    _u("thresholdedrelu", lambda x, a: np.where(x > a, x, 0), "({x} > {p0} ? {x} : 0.0f)"),
+    _u("hardsigmoid", lambda x, a, b: np.clip(a * x + b, 0, 1), "cortex::hardsigmoid({x}, {p0}, {p1})"),
+    _u("hardswish", lambda x: x * np.clip(x / 6 + 0.5, 0, 1), "({x} * cortex::hardsigmoid({x}, 1.0f / 6.0f, 0.5f))"),
+    _u("gelu", lambda x: 0.5 * x * (1 + _erf(x / np.sqrt(2))), "cortex::gelu({x})"),
+    _u("gelu_tanh", lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))),
+       "cortex::gelu_tanh({x})"),
+    _u("mish", lambda x: x * np.tanh(_softplus(x)), "({x} * cortex::tanh_f(cortex::softplus({x})))"),
+    _u("clip", lambda x, lo, hi: np.minimum(np.maximum(x, lo), hi), "std::min(std::max({x}, {p0}), {p1})"),
+    _u("shrink", lambda x, bias, lambd: np.where(x < -lambd, x + bias, np.where(x > lambd, x - bias, 0)),
+       "({x} < -{p1} ? {x} + {p0} : ({x} > {p1} ? {x} - {p0} : 0.0f))"),
+    _u("sin", np.sin, "std::sin({x})"),
+    _u("cos", np.cos, "std::cos({x})"),
+    _u("tan", np.tan, "std::tan({x})"),
+    _u("asin", np.arcsin, "std::asin({x})"),
+    _u("acos", np.arccos, "std::acos({x})"),
+    _u("atan", np.arctan, "std::atan({x})"),
+    _u("sinh", np.sinh, "std::sinh({x})"),
+    _u("cosh", np.cosh, "std::cosh({x})"),
+    _u("asinh", np.arcsinh, "std::asinh({x})"),
+    _u("acosh", np.arccosh, "std::acosh({x})"),
+    _u("atanh", np.arctanh, "std::atanh({x})"),
+    _u("floor", np.floor, "std::floor({x})"),
+    _u("ceil", np.ceil, "std::ceil({x})"),
+    _u("round", np.round, "std::nearbyint({x})"),  # half to even, as ONNX Round
+    _u("sign", np.sign, "cortex::sign({x})"),
+    ElementOp("not", 1, _bool(lambda x: x == 0), {"cpp": "({x} == 0.0f ? 1.0f : 0.0f)"}),
+    ElementOp("isnan", 1, _bool(np.isnan), {"cpp": "(std::isnan({x}) ? 1.0f : 0.0f)"}),
+    ElementOp("isinf", 1, _bool(np.isinf), {"cpp": "(std::isinf({x}) ? 1.0f : 0.0f)"}),
+]
+
+_BINARY = [
+    _b("add", np.add, "({a} + {b})"),
+    _b("sub", np.subtract, "({a} - {b})"),
+    _b("mul", np.multiply, "({a} * {b})"),
+    _b("div", np.divide, "({a} / {b})"),
+    _b("max", np.maximum, "cortex::fmax_nan({a}, {b})"),
+    _b("min", np.minimum, "cortex::fmin_nan({a}, {b})"),
+    _b("pow", np.power, "std::pow({a}, {b})"),
+    _b("fmod", np.fmod, "std::fmod({a}, {b})"),
+    _b("prelu", lambda x, s: np.where(x < 0, s * x, x), "({a} < 0.0f ? {b} * {a} : {a})"),
+    ElementOp("lt", 2, _bool(np.less), {"cpp": "({a} < {b} ? 1.0f : 0.0f)"}),
+    ElementOp("le", 2, _bool(np.less_equal), {"cpp": "({a} <= {b} ? 1.0f : 0.0f)"}),
+    ElementOp("gt", 2, _bool(np.greater), {"cpp": "({a} > {b} ? 1.0f : 0.0f)"}),
+    ElementOp("ge", 2, _bool(np.greater_equal), {"cpp": "({a} >= {b} ? 1.0f : 0.0f)"}),
+    ElementOp("eq", 2, _bool(np.equal), {"cpp": "({a} == {b} ? 1.0f : 0.0f)"}),
+    ElementOp("ne", 2, _bool(np.not_equal), {"cpp": "({a} != {b} ? 1.0f : 0.0f)"}),
+    ElementOp("and", 2, _bool(lambda a, b: (a != 0) & (b != 0)), {"cpp": "(({a} != 0.0f && {b} != 0.0f) ? 1.0f : 0.0f)"}),
+    ElementOp("or", 2, _bool(lambda a, b: (a != 0) | (b != 0)), {"cpp": "(({a} != 0.0f || {b} != 0.0f) ? 1.0f : 0.0f)"}),
+    ElementOp("xor", 2, _bool(lambda a, b: (a != 0) ^ (b != 0)), {"cpp": "((({a} != 0.0f) != ({b} != 0.0f)) ? 1.0f : 0.0f)"}),
+]
+
+UNARY = {op.name: op for op in _UNARY}
+BINARY = {op.name: op for op in _BINARY}
+
+REDUCE_NUMPY = {"add": np.sum, "mul": np.prod, "max": np.max, "min": np.min}
+
+
+def evaluate(op: str, *args, params=()):
+    """numpy semantics of op over float32 arrays (broadcasting)."""
+    table = UNARY if op in UNARY else BINARY
+    return table[op].numpy(*[np.asarray(a, dtype=np.float32) for a in args], *params)
+
+
+def render(op: str, target: str, operands: dict, params=(), literal=str) -> str:
+    """The code of op for a target, with operands ({x} or {a}, {b}) and params ({p0}, ...) filled in; `literal`
+    renders a float parameter."""
+    entry = UNARY.get(op) or BINARY.get(op)
+    if entry is None or target not in entry.code:
+        raise MissingOp(f"elementwise op '{op}' has no {target} code")
+    fill = dict(operands)
+    fill.update({f"p{i}": literal(p) for i, p in enumerate(params)})
+    return entry.code[target].format(**fill)
