@@ -6,6 +6,8 @@ per branch (path splitting), so rows computed under an `If` become cases of the 
 """
 from __future__ import annotations
 
+import traceback
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -84,7 +86,9 @@ class Interpreter:
             except RecursionError:
                 raise Refusal("the expressions are too deeply nested").at(node_label(node)) from None
             except Exception as e:  # noqa: BLE001 - never crash on a model: a bug here is a refusal, with the node
-                raise Refusal(f"internal error {type(e).__name__}: {e}").at(node_label(node)) from None
+                where = traceback.extract_tb(e.__traceback__)[-1]
+                raise Refusal(f"internal error {type(e).__name__}: {e} (at {where.filename.rsplit('/', 1)[-1]}:"
+                              f"{where.lineno})").at(node_label(node)) from None
             if len(outs) < len([o for o in node.output if o]):
                 raise Refusal(f"produced {len(outs)} of {len(node.output)} outputs").at(node_label(node))
             for name, value in zip(node.output, outs):
@@ -113,6 +117,7 @@ class Interpreter:
     def eval_node(self, node, args, lookup):
         if node.domain not in ("", "ai.onnx"):
             raise Refusal(f"op {node.domain}.{node.op_type} is not an ONNX op Cortex knows inside a recursion")
+        check_schema(node, self.opset)
         if node.op_type == "Constant":
             return [Known(constant_value(node))]
         choice = next((a for a in args if isinstance(a, Choice)), None)
@@ -174,6 +179,37 @@ class Interpreter:
 
 DATA_DEPENDENT_HINT = ("compute indices and branch conditions only from the structure inputs (child ids, node order, "
                        "leaf flags), never from hidden states")
+
+
+_SCHEMAS = {}
+
+
+def check_schema(node, opset: int):
+    """The node against its ONNX schema: input count and required attributes (a malformed node is refused with
+    what the spec expects, before any handler reads it)."""
+    key = (node.op_type, opset)
+    if key not in _SCHEMAS:
+        try:
+            _SCHEMAS[key] = onnx.defs.get_schema(node.op_type, opset, "")
+        except Exception:  # noqa: BLE001 - not an ONNX op at this opset
+            _SCHEMAS[key] = None
+    schema = _SCHEMAS[key]
+    if schema is None:
+        raise Refusal(f"{node.op_type} is not an ONNX op at opset {opset}")
+    present = len(node.input)
+    if present < schema.min_input or present > schema.max_input:
+        raise Refusal(f"{node.op_type} has {present} inputs; the ONNX spec allows {schema.min_input} to "
+                      f"{schema.max_input}")
+    if len(node.output) < schema.min_output or len(node.output) > schema.max_output:
+        raise Refusal(f"{node.op_type} has {len(node.output)} outputs; the ONNX spec allows {schema.min_output} to "
+                      f"{schema.max_output}")
+    given = {a.name for a in node.attribute}
+    for name, attribute in schema.attributes.items():
+        if attribute.required and name not in given:
+            raise Refusal(f"{node.op_type} lacks its required attribute {name}")
+    for a in node.attribute:
+        if a.name in schema.attributes and a.type != schema.attributes[a.name].type and a.type != 0:
+            raise Refusal(f"{node.op_type} attribute {a.name} has the wrong type")
 
 
 def choose(pred, then, other):

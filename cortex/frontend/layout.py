@@ -15,8 +15,18 @@ def element_ids(r: Row) -> np.ndarray:
     return np.arange(r.expr.width, dtype=np.int64).reshape(r.shape)
 
 
+def _numpy(fn, *args):
+    """numpy's rejection of a rearrangement (shapes that do not fit) is the ONNX op failing: a refusal."""
+    try:
+        return fn(*args)
+    except (ValueError, IndexError, TypeError) as e:
+        raise Refusal(f"the shapes do not fit: {e}") from None
+
+
 def rearrange(v, fn):
     """fn(array) -> array applied to one value of any kind."""
+    inner = fn
+    fn = lambda a: _numpy(inner, a)  # noqa: E731
     if isinstance(v, Known):
         return Known(np.asarray(fn(v.value)))
     if isinstance(v, Sym):
@@ -33,6 +43,8 @@ def rearrange(v, fn):
 def rearrange_many(it, values, fn, outputs=1):
     """fn(list of arrays) -> array (or a list of `outputs` arrays), for several inputs of one kind: rows (any row
     makes every input a row), else structure values, else constants."""
+    inner = fn
+    fn = lambda arrs: _numpy(inner, arrs)  # noqa: E731
     if all(isinstance(v, Known) for v in values):
         out = fn([v.value for v in values])
         return [Known(np.asarray(o)) for o in out] if outputs != 1 else Known(np.asarray(out))
@@ -86,5 +98,5 @@ def broadcast_row(it, v, shape) -> Row:
     if isinstance(r.expr, (ir.ConstVec, ir.Scalar)) and isinstance(v, Known):
         arr = np.broadcast_to(np.asarray(v.value, dtype=np.float32), shape)
         return it.row(Known(np.ascontiguousarray(arr)))
-    ids = np.broadcast_to(element_ids(r), shape)
+    ids = _numpy(np.broadcast_to, element_ids(r), shape)
     return Row(ir.take(r.expr, ids.reshape(-1)), tuple(shape), r.boolean)

@@ -66,6 +66,8 @@ def matmul(it, a, b):
     sa, sb = static_shape(a), static_shape(b)
     if isinstance(a, Sym) or isinstance(b, Sym):
         raise Refusal("MatMul of structure values")
+    if not sa or not sb:
+        raise Refusal("MatMul of a scalar")
     if len(sa) > 2 or len(sb) > 2:
         return _batched_matmul(it, a, b, sa, sb)
     if isinstance(b, Known) and not isinstance(a, Known):
@@ -157,9 +159,10 @@ REDUCE = {"ReduceSum": "add", "ReduceMean": "add", "ReduceMax": "max", "ReduceMi
 
 
 def reduce_row(it, r: Row, axes, keepdims: bool, op: str) -> Row:
+    from .ops_shape import norm_axis
     shape = tuple(r.shape)
     rank = len(shape)
-    axes = sorted({a % rank for a in axes}) if rank else []
+    axes = sorted({norm_axis(a, rank, "reduction axis") for a in axes}) if rank else []
     kept = [a for a in range(rank) if a not in axes]
     out_shape = tuple(1 if a in axes else shape[a] for a in range(rank)) if keepdims else tuple(shape[a] for a in kept)
     count = int(np.prod([shape[a] for a in axes], dtype=np.int64))
@@ -201,8 +204,9 @@ def reduce_value(it, node, x, axes, keepdims):
             out = out.reshape(tuple(1 if a in axes else d for a, d in enumerate(x.shape)))
         return Sym(out, "int64")
     r = it.row(x)
-    axes = list(range(len(r.shape))) if axes is None else axes
-    count = int(np.prod([r.shape[a % len(r.shape)] for a in axes], dtype=np.int64)) if r.shape else 1
+    from .ops_shape import norm_axis
+    axes = list(range(len(r.shape))) if axes is None else [norm_axis(a, max(len(r.shape), 1)) for a in axes]
+    count = int(np.prod([r.shape[a] for a in axes], dtype=np.int64)) if r.shape else 1
     if kind in ("ReduceL1",):
         r = Row(ir.unary("abs", r.expr), r.shape)
     elif kind in ("ReduceL2", "ReduceSumSquare"):
@@ -245,8 +249,9 @@ def op_data_dependent(it, node, args, lookup):
 def _softmax(it, node, x, log):
     r = it.row(x)
     rank = len(r.shape)
-    axis = attr(node, "axis", -1 if it.opset >= 13 else 1)
-    axes = [axis % rank] if it.opset >= 13 else list(range(axis % rank, rank))
+    from .ops_shape import norm_axis
+    axis = norm_axis(attr(node, "axis", -1 if it.opset >= 13 else 1), max(rank, 1), f"{node.op_type} axis")
+    axes = [axis] if it.opset >= 13 else list(range(axis, rank))
     m = reduce_row(it, r, axes, True, "max")
     shifted = row_binary(it, "sub", r, m)
     e = Row(ir.unary("exp", shifted.expr), shifted.shape)
@@ -272,7 +277,8 @@ def op_layer_norm(it, node, args, lookup):
     scale = args[1]
     bias = args[2] if len(args) > 2 else None
     rank = len(x.shape)
-    axis = attr(node, "axis", -1) % rank
+    from .ops_shape import norm_axis
+    axis = norm_axis(attr(node, "axis", -1), max(rank, 1), "LayerNormalization axis")
     axes = list(range(axis, rank))
     count = float(np.prod(x.shape[axis:], dtype=np.int64))
     eps = float(attr(node, "epsilon", 1e-5))

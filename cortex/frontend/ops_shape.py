@@ -25,6 +25,14 @@ def known_ints(it, v, what):
     raise Refusal(f"{what} is not constant ({describe(v)})")
 
 
+def norm_axis(axis, rank: int, what: str = "axis") -> int:
+    """An ONNX axis in [-rank, rank) as a non-negative axis, or a refusal (the original fails too)."""
+    axis = int(axis)
+    if not -rank <= axis < rank:
+        raise Refusal(f"{what} {axis} is out of range for rank {rank}")
+    return axis % rank
+
+
 def static_shape(v):
     s = shape_of(v)
     if s is None:
@@ -117,8 +125,7 @@ def op_reshape(it, node, args, lookup):
 @handler("Flatten")
 def op_flatten(it, node, args, lookup):
     current = static_shape(args[0])
-    axis = attr(node, "axis", 1)
-    axis = axis % (len(current) + 1) if axis < 0 else axis
+    axis = norm_axis(attr(node, "axis", 1), len(current) + 1, "Flatten axis")
     new = (int(np.prod(current[:axis], dtype=np.int64)), int(np.prod(current[axis:], dtype=np.int64)))
     return rearrange(args[0], lambda a: a.reshape(new))
 
@@ -127,7 +134,7 @@ def op_flatten(it, node, args, lookup):
 def op_squeeze(it, node, args, lookup):
     current = static_shape(args[0])
     axes = axes_of(it, node, args, 1)
-    axes = [a % len(current) for a in axes] if axes else [i for i, d in enumerate(current) if d == 1]
+    axes = [norm_axis(a, len(current)) for a in axes] if axes else [i for i, d in enumerate(current) if d == 1]
     if any(current[a] != 1 for a in axes):
         raise Refusal(f"Squeeze of a dimension that is not 1 in {list(current)}")
     new = tuple(d for i, d in enumerate(current) if i not in axes)
@@ -140,7 +147,7 @@ def op_unsqueeze(it, node, args, lookup):
     axes = axes_of(it, node, args, 1) or []
     rank = len(current) + len(axes)
     new = list(current)
-    for a in sorted(a % rank for a in axes):
+    for a in sorted(norm_axis(a, rank) for a in axes):
         new.insert(a, 1)
     return rearrange(args[0], lambda a: a.reshape(new))
 
@@ -149,6 +156,8 @@ def op_unsqueeze(it, node, args, lookup):
 def op_transpose(it, node, args, lookup):
     rank = len(static_shape(args[0]))
     perm = attr(node, "perm") or list(reversed(range(rank)))
+    if sorted(perm) != list(range(rank)):
+        raise Refusal(f"Transpose perm {list(perm)} for rank {rank}")
     return rearrange(args[0], lambda a: np.transpose(a, perm))
 
 
@@ -203,10 +212,12 @@ def op_slice(it, node, args, lookup):
     elif not isinstance(steps, list):
         steps = [int(s) for s in known_ints(it, steps, "Slice steps").reshape(-1)]
     index = [slice(None)] * rank
+    if not (len(starts) == len(ends) == len(axes) == len(steps)):
+        raise Refusal("Slice with parameters of different lengths")
     for s, e, a, st in zip(starts, ends, axes, steps):
         if st == 0:
             raise Refusal("Slice with step 0")
-        index[a % rank] = slice(s, e, st)
+        index[norm_axis(a, rank, "Slice axis")] = slice(s, e, st)
     return rearrange(x, lambda arr: arr[tuple(index)])
 
 
@@ -217,6 +228,11 @@ def op_slice(it, node, args, lookup):
 def op_concat(it, node, args, lookup):
     axis = attr(node, "axis")
     values = [a for a in args if a is not None]
+    ranks = {len(shape_of(v)) for v in values if shape_of(v) is not None}
+    if len(ranks) > 1 or 0 in ranks:
+        raise Refusal("Concat of tensors of different ranks (or scalars)")
+    if ranks:
+        axis = norm_axis(axis, ranks.pop(), "Concat axis")
     if any(isinstance(v, (Table, TableSlice)) for v in values):
         from .ops_tables import concat_tables
         return concat_tables(it, values, axis)
@@ -232,9 +248,11 @@ def split_sizes(it, node, args, length, num_outputs):
         sizes = [int(s) for s in attr(node, "split")]
     else:
         n = attr(node, "num_outputs", num_outputs)
+        if n < 1:
+            raise Refusal("Split into no outputs")
         chunk = -(-length // n)
         sizes = [min(chunk, length - i * chunk) for i in range(n)]
-    if sum(sizes) != length:
+    if sum(sizes) != length or any(s < 0 for s in sizes):
         raise Refusal(f"Split sizes {sizes} do not add up to {length}")
     return sizes
 
@@ -243,7 +261,7 @@ def split_sizes(it, node, args, length, num_outputs):
 def op_split(it, node, args, lookup):
     x = args[0]
     shape = static_shape(x)
-    axis = attr(node, "axis", 0) % len(shape)
+    axis = norm_axis(attr(node, "axis", 0), len(shape), "Split axis")
     sizes = split_sizes(it, node, args, shape[axis], len(node.output))
     cuts = np.cumsum(sizes)[:-1]
     return rearrange_many(it, [x], lambda arrs: np.split(arrs[0], cuts, axis=axis), outputs=len(sizes))
@@ -261,7 +279,9 @@ def op_pad(it, node, args, lookup):
         pads = [int(p) for p in known_ints(it, args[1], "Pad pads").reshape(-1)]
         value = args[2] if len(args) > 2 and args[2] is not None else Known(np.array(0, dtype=np.float32))
         axes = axes_of(it, node, args, 3)
-    axes = list(range(rank)) if axes is None else [a % rank for a in axes]
+    axes = list(range(rank)) if axes is None else [norm_axis(a, rank, "Pad axis") for a in axes]
+    if len(pads) != 2 * len(axes):
+        raise Refusal(f"Pad with {len(pads)} pads for {len(axes)} axes")
     width = [(0, 0)] * rank
     for k, a in enumerate(axes):
         width[a] = (pads[k], pads[k + len(axes)])
@@ -302,7 +322,9 @@ def _check_range(idx, dim, what):
 
 def gather_constant(x, indices, axis):
     shape = static_shape(x)
-    axis %= len(shape)
+    axis = norm_axis(axis, len(shape), "Gather axis")
+    if np.asarray(indices.value).dtype.kind not in "iu":
+        raise Refusal("Gather with non-integer indices")
     idx = _check_range(np.asarray(indices.value), shape[axis], "Gather")
     return rearrange(x, lambda a: np.take(a, idx, axis=axis))
 
@@ -313,7 +335,9 @@ def op_gather_elements(it, node, args, lookup):
     axis = attr(node, "axis", 0)
     if isinstance(indices, Known) and isinstance(data, (Row, Sym, Known)):
         shape = static_shape(data)
-        axis %= len(shape)
+        axis = norm_axis(axis, len(shape), "GatherElements axis")
+        if np.asarray(indices.value).ndim != len(shape):
+            raise Refusal("GatherElements indices of another rank")
         idx = _check_range(indices.value, shape[axis], "GatherElements")
         return rearrange(data, lambda a: np.take_along_axis(a, idx, axis=axis))
     from .ops_tables import gather_elements_runtime

@@ -103,6 +103,8 @@ def _select_element(it, data, idx: Sym):
     """data[idx] for a small per-node tensor and a structure index: a chain of selects over the rows of data
     (index out of range is an error in the original, so it is checked at run time)."""
     shape = static_shape(data)
+    if not shape:
+        raise Refusal("Gather from a scalar")
     n = shape[0]
     if n > 16 or idx.elems.size != 1:
         raise Refusal(f"Gather from {describe(data)} at a structure index", hint=DATA_DEPENDENT_HINT)
@@ -155,6 +157,8 @@ def op_gather(it, node, args, lookup):
 
 def gather_nd_runtime(it, data, indices):
     idx = it.sym(indices, "the GatherND index")
+    if not idx.shape or idx.shape[-1] < 1:
+        raise Refusal("GatherND indices of rank 0")
     k = idx.shape[-1]
     lead = idx.shape[:-1]
     tuples = idx.elems.reshape(-1, k)
@@ -275,6 +279,8 @@ def _update_element(r: Row, pos):
 
 def scatter_nd_table(it, table: Table, indices, updates, reduction):
     idx = it.sym(indices, "the ScatterND index")
+    if not idx.shape:
+        raise Refusal("ScatterND indices of rank 0")
     k = idx.shape[-1]
     if k < 1 or k > 1 + len(table.inner):
         raise Refusal(f"ScatterND indices of shape {list(idx.shape)} into a table of rank {1 + len(table.inner)}")
