@@ -29,7 +29,7 @@ def _nodes(program, case_index=None):
 
 
 def test_pipeline_is_listed_in_one_place():
-    assert [name for name, _ in PIPELINE] == ["simplify", "fold-constant-rows", "split-concat-matmul",
+    assert [name for name, _ in PIPELINE] == ["simplify", "split-select-cases", "fold-constant-rows", "split-concat-matmul",
                                                "hoist-input-products", "merge-added-products", "fuse-bias", "simplify"]
 
 

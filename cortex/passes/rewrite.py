@@ -5,6 +5,7 @@ import dataclasses
 
 import numpy as np
 
+from ..ir import index as ix
 from ..ir import nodes as ir
 from ..ir import ops
 
@@ -96,6 +97,62 @@ def simplify(program: ir.Program) -> ir.Program:
         return e
 
     return map_rows(program, rewrite)
+
+
+# ---- case splitting: branch-free choices become cases ------------------------------------------
+
+MAX_CASES = 16
+
+
+def _conjuncts(pred):
+    if isinstance(pred, ir.BAnd):
+        return _conjuncts(pred.a) + _conjuncts(pred.b)
+    return [pred]
+
+
+def _satisfiable(pred) -> bool:
+    """False when the conjunction holds a predicate and its negation (or a false constant)."""
+    parts = _conjuncts(pred)
+    return not any(p == ir.BConst(False) for p in parts) and not any(ix.bnot(p) in parts for p in parts)
+
+
+def _specialize(case: ir.Case, pred, value: bool) -> ir.Case:
+    def fn(e):
+        if isinstance(e, ir.Select) and e.pred == pred:
+            return e.a if value else e.b
+        if isinstance(e, ir.Select) and e.pred == ix.bnot(pred):
+            return e.b if value else e.a
+        return e
+
+    rewrite = ir.transform(fn)
+    return ir.Case(f"{case.name}{'t' if value else 'f'}", ix.band(case.predicate, pred if value else ix.bnot(pred)),
+                   case.target, tuple((t, rewrite(x)) for t, x in case.writes))
+
+
+def _heavy(case: ir.Case) -> int:
+    return sum(isinstance(n, ir.MATERIALIZED) for n in ir.walk_rows([x for _, x in case.writes]))
+
+
+def split_select_cases(program: ir.Program) -> ir.Program:
+    """A case whose rows choose between two computations on a structure predicate (the branch-free
+    torch.where(is_leaf, leaf_row, internal_row) of a dynamo export) splits into one case per side, each computing
+    only its own rows, when that removes a matrix product from one of them: leaf specialization for branch-free
+    models."""
+    done, work = [], list(program.cases)
+    while work:
+        case = work.pop(0)
+        chosen = None
+        for node in ir.walk_rows([x for _, x in case.writes]):
+            if isinstance(node, ir.Select) and len(done) + len(work) + 2 <= MAX_CASES:
+                sides = [_specialize(case, node.pred, v) for v in (True, False)]
+                if min(_heavy(s) for s in sides) < _heavy(case):
+                    chosen = sides
+                    break
+        if chosen is None:
+            done.append(case)
+        else:
+            work = [s for s in chosen if _satisfiable(s.predicate)] + work
+    return dataclasses.replace(program, cases=tuple(done))
 
 
 # ---- hoisting: constant-indexed subtrees fold into lookup tables ------------------------------
