@@ -79,7 +79,8 @@ def _torchscript(module, args, input_names, output_names, opset: int, dynamic: b
     axes = {n: {0: "N"} for n in [*input_names, *output_names]} if dynamic else None
     with _quiet():
         torch.onnx.export(module, tuple(args), buf, dynamo=False, opset_version=opset, input_names=list(input_names),
-                          output_names=list(output_names), dynamic_axes=axes)
+                          output_names=list(output_names), dynamic_axes=axes,
+                          do_constant_folding=False)  # keeps each parameter under its name (no folded W^T copy)
     return onnx.load_from_string(buf.getvalue())
 
 
