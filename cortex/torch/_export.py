@@ -51,7 +51,7 @@ class _Head(torch.nn.Module):
 def _quiet():
     """Silence the exporters' warnings and log lines (training-mode and deprecation warnings, the dynamo
     exporter's registry messages); errors still raise."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript")]
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir")]
     levels = [lg.level for lg in loggers]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -65,12 +65,24 @@ def _quiet():
 
 
 def _dynamo(module, args, input_names, output_names, opset: int, dynamic: bool) -> onnx.ModelProto:
+    """The dynamo exporter, with its graph optimizer run while the parameters are graph inputs: it then folds no
+    expression of a parameter into a new constant (a transposed copy of a weight would hide the parameter from the
+    identity dedupe, and only below the optimizer's size limit, so small models would export differently)."""
+    import onnxscript.optimizer
+
     kwargs = {}
-    if dynamic:
-        kwargs["dynamic_shapes"] = tuple({0: torch.export.Dim.DYNAMIC} for _ in args)
+    if dynamic:  # the wrapper modules' forward takes *args: one spec, a tuple with an entry per argument
+        kwargs["dynamic_shapes"] = (tuple({0: torch.export.Dim.DYNAMIC} for _ in args),)
     with _quiet():
         program = torch.onnx.export(module, tuple(args), dynamo=True, opset_version=opset, verbose=False,
-                                    input_names=list(input_names), output_names=list(output_names), **kwargs)
+                                    optimize=False, input_names=list(input_names), output_names=list(output_names),
+                                    **kwargs)
+        graph = program.model.graph
+        params = [v for name, v in graph.initializers.items() if name in _owners(module)]
+        graph.inputs.extend(params)
+        onnxscript.optimizer.optimize(program.model)
+        for _ in params:
+            graph.inputs.pop()
     return program.model_proto
 
 
