@@ -52,7 +52,7 @@ class CellModel:
     name: str
     description: str
     structure: str  # zoo structure kind: 'binary' | 'nary' | 'grid'
-    make: Callable[..., Cells]  # (hidden, seed=0) -> Cells
+    make: Callable[..., Cells]  # (hidden, seed=0, params=None) -> Cells; params: the zoo twin's (weights)
     feeds: Callable[[Any], dict]  # structure -> feeds {"children": ..., node inputs}
     zoo: str | None = None  # the zoo model with the same math, weights and feeds (its Loop form is the baseline)
     vocab: int | None = None  # token ids of the structures must be below this (None: the zoo's VOCAB or no tokens)
@@ -259,14 +259,14 @@ def _load(module, values: dict):
     return load_params(module, values).eval()
 
 
-def _make_treelstm(hidden: int, seed: int = 0) -> Cells:
-    p = treelstm.make_params(hidden, EMBED_DIM, VOCAB, seed=seed)
+def _make_treelstm(hidden: int, seed: int = 0, params=None) -> Cells:
+    p = params if params is not None else treelstm.make_params(hidden, EMBED_DIM, VOCAB, seed=seed)
     leaf = _load(TreeLSTMLeaf(p.vocab, p.embed_dim, hidden), {"embedding.weight": p.embedding, **_linear("W", p.W, p.bW)})
     internal = _load(TreeLSTMInternal(hidden), _linear("U", p.U, p.bU))
     return Cells(leaf, internal, dict(children="list", internal_inputs=False, state_names=["h", "c"]))
 
 
-def _make_childsum(hidden: int, seed: int = 0) -> Cells:
+def _make_childsum(hidden: int, seed: int = 0, params=None) -> Cells:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         emb, cell = nn.Embedding(VOCAB, EMBED_DIM), ChildSumTreeLSTM(EMBED_DIM, hidden)
@@ -274,29 +274,29 @@ def _make_childsum(hidden: int, seed: int = 0) -> Cells:
                  dict(children="stack", state_names=["c", "h"]))
 
 
-def _make_treegru(hidden: int, seed: int = 0) -> Cells:
-    p = treegru.make_params(hidden, EMBED_DIM, VOCAB, seed=seed)
+def _make_treegru(hidden: int, seed: int = 0, params=None) -> Cells:
+    p = params if params is not None else treegru.make_params(hidden, EMBED_DIM, VOCAB, seed=seed)
     leaf = _load(TreeGRULeaf(p.vocab, p.embed_dim, hidden), {"embedding.weight": p.embedding, **_linear("W", p.W, p.bW)})
     internal = _load(TreeGRUInternal(hidden), {**_linear("z", p.Uz, p.bz), **_linear("r", p.Ur, p.br),
                                                **_linear("h", p.Uh, p.bh)})
     return Cells(leaf, internal, dict(children="list", internal_inputs=False, state_names=["h"]))
 
 
-def _make_mvrnn(hidden: int, seed: int = 0) -> Cells:
-    p = mvrnn.make_params(hidden, MVRNN_VOCAB, seed=seed)
+def _make_mvrnn(hidden: int, seed: int = 0, params=None) -> Cells:
+    p = params if params is not None else mvrnn.make_params(hidden, MVRNN_VOCAB, seed=seed)
     leaf = _load(MVRNNLeaf(p.vocab, hidden), {"embedding.weight": p.embedding, "word_matrix.weight": p.matrices})
     internal = _load(MVRNNInternal(hidden), {"W.weight": p.W, "W.bias": p.b, "W_M": p.W_M})
     return Cells(leaf, internal, dict(children="list", internal_inputs=False, state_names=["a", "A"]))
 
 
-def _make_dagrnn(hidden: int, seed: int = 0) -> Cells:
-    p = dagrnn.make_params(hidden, GRID_FEATURES, seed=seed)
+def _make_dagrnn(hidden: int, seed: int = 0, params=None) -> Cells:
+    p = params if params is not None else dagrnn.make_params(hidden, GRID_FEATURES, seed=seed)
     internal = _load(DAGRNNInternal(p.feature_dim, hidden),
                      {**_linear("W", p.W, p.b), **_linear("U_up", p.U_up), **_linear("U_left", p.U_left)})
     return Cells(DAGRNNLeaf(internal.W).eval(), internal, dict(children="list", state_names=["h"]))
 
 
-def _make_ast(hidden: int, seed: int = 0) -> Cells:
+def _make_ast(hidden: int, seed: int = 0, params=None) -> Cells:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         leaf = ASTLeaf(AST_TYPES, EMBED_DIM, hidden)
@@ -330,9 +330,11 @@ MODELS: dict[str, CellModel] = {
 }
 
 
-def make_cells(name: str, hidden: int, seed: int = 0) -> Cells:
+def make_cells(name: str, hidden: int, seed: int = 0, params=None) -> Cells:
+    """Model ``name``'s cells at ``hidden``, weights drawn from ``seed``; for a model with a zoo twin, ``params``
+    (the twin's ``make_params``) gives the weights instead (Child-Sum and AST draw their own, sized by ``hidden``)."""
     require_torch("onnx_ops.zoo.cells")
-    return MODELS[name].make(hidden, seed=seed)
+    return MODELS[name].make(hidden, seed=seed, params=params)
 
 
 def ast_trees(count: int, rng: np.random.Generator, *, min_nodes: int = 8, max_nodes: int = 60) -> list:
@@ -346,12 +348,12 @@ def ast_trees(count: int, rng: np.random.Generator, *, min_nodes: int = 8, max_n
     return out
 
 
-def export(name: str, hidden: int, path, example: dict, seed: int = 0, **options):
-    """Export model ``name`` (weights from ``seed``) with ``cortex.torch.export`` to ``path``; returns the
-    ModelProto."""
+def export(name: str, hidden: int, path, example: dict, seed: int = 0, params=None, **options):
+    """Export model ``name`` (weights as :func:`make_cells` makes them) with ``cortex.torch.export`` to ``path``;
+    ``example``: the feeds the model takes. Returns the ModelProto."""
     import cortex.torch
 
-    cells = make_cells(name, hidden, seed)
+    cells = make_cells(name, hidden, seed, params)
     return cortex.torch.export(cells.leaf, cells.internal, example, path, **{**cells.options, **options})
 
 
