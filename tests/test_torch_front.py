@@ -31,15 +31,13 @@ CHILDSUM_ARITY = 3  # wider than SST's 2: every SST node gets a padded slot
 
 #: model -> why cortex.convert refuses it today (the frontend's report); the tests flip when it converts.
 REFUSED = {
-    "childsum": "frontend: Tile (torch .repeat) unsupported in the leaf body; ReduceSum over the children axis of "
-                "a Concat-of-Unsqueeze stack [K, H] refused in the internal body ('ReduceSum of row[K, H]')",
-    "ast": "frontend: elementwise Mul of a per-child column [K, 1] (mask.unsqueeze(1)) with the stack [K, H] "
-           "refused ('not flat elementwise'); then ReduceSum over the children axis of the stack",
+    "childsum": "frontend refuses (today): leaf body: Tile (torch .repeat) 'op Tile is not supported here', then "
+                "ReduceSum over axis 0 of a [1, H] row; internal body: ReduceSum over the children axis of the "
+                "[K, H] stack built by Concat of Unsqueeze(child row) ('ReduceSum of row[K, H]'), then Tile",
+    "ast": "frontend refuses (today): internal body: Mul of the per-child mask column [K, 1] with the [K, H] stack "
+           "('elementwise mul of shapes (4, 1) and (4, 8) is not flat elementwise'), Mul of that column with a "
+           "constant [K, H], ReduceSum over the children axis of the stack",
 }
-
-
-def _options(c: cells.Cells) -> dict:
-    return {k: v for k, v in c.options.items() if k != "state_names"}
 
 
 def _sst(count: int, vocab: int) -> list:
@@ -102,7 +100,7 @@ def test_lowering_in_ort_matches_eager(name, exports):
     session = ort.InferenceSession(lower_treerec(model).SerializeToString(), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == c.options["state_names"]
     for label, feeds in inputs.items():
-        want = ct.run_reference(c.leaf, c.internal, feeds, **_options(c))
+        want = ct.run_reference(c.leaf, c.internal, feeds, **c.options)
         _close(session.run(None, feeds), want, f"{name} {label}")
 
 
@@ -121,7 +119,7 @@ def test_converts_strict_and_matches_eager(name, exports, tmp_path):
     assert [r.converted for r in report.regions] == [True]
     session = cortex.InferenceSession(str(out))
     for label, feeds in inputs.items():
-        want = ct.run_reference(c.leaf, c.internal, feeds, **_options(c))
+        want = ct.run_reference(c.leaf, c.internal, feeds, **c.options)
         _close(session.run(None, feeds), want, f"{name} {label} converted")
 
 
@@ -134,7 +132,7 @@ def test_cells_compute_the_zoo_models_math(name):
     rng = np.random.default_rng(1)
     s = (grids.batch_grids([grids.grid(4, 5, zoo.GRID_FEATURES, rng)]) if cm.structure == "grid"
          else st.batch(_sst(4, cm.vocab or zoo.VOCAB)))
-    got = ct.run_reference(c.leaf, c.internal, cm.feeds(s), **_options(c))
+    got = ct.run_reference(c.leaf, c.internal, cm.feeds(s), **c.options)
     order = {"treelstm": ["h", "c"], "treegru": ["h"], "mvrnn": ["a", "A"], "dagrnn": ["h"]}[name]
     want = dict(zip(order, zm.reference(p, s)))
     _close(got, [want[n] for n in c.options["state_names"]], name)
@@ -182,7 +180,7 @@ def test_onnx_reference_evaluator_reads_outer_scope_weights(name, exports):
     s = grids.grid(2, 3, zoo.GRID_FEATURES, rng) if name == "dagrnn" else st.sst_like_trees(1, rng, 50)[0]
     feeds = cells.MODELS[name].feeds(s)
     got = ReferenceEvaluator(model, new_ops=[TreeRecOp]).run(None, feeds)
-    _close(got, ct.run_reference(c.leaf, c.internal, feeds, **_options(c)), f"{name} onnx.reference")
+    _close(got, ct.run_reference(c.leaf, c.internal, feeds, **c.options), f"{name} onnx.reference")
 
 
 def test_child_sum_padding_is_exact():
@@ -219,7 +217,7 @@ def test_head_and_one_call_convert(tmp_path):
     report = ct.convert(c.leaf, c.internal, feeds, out, head=Head().eval(), keep_states=True,
                         output_names=["logits"], **c.options)
     assert [r.converted for r in report.regions] == [True]
-    want = ct.run_reference(c.leaf, c.internal, feeds, head=Head().eval(), keep_states=True, **_options(c))
+    want = ct.run_reference(c.leaf, c.internal, feeds, head=Head().eval(), keep_states=True, **c.options)
     src = onnx.load(str(tmp_path / "sentiment.onnx"))
     assert [o.name for o in src.graph.output] == ["logits", "h", "c"]
     lowered = ort.InferenceSession(lower_treerec(src).SerializeToString(), providers=["CPUExecutionProvider"])
@@ -236,7 +234,7 @@ def test_torchscript_exporter_and_fallback(tmp_path):
     assert {p.key: p.value for p in model.metadata_props}["cortex.torch.internal_exporter"] == "torchscript"
     report = cortex.convert(str(tmp_path / "ts.onnx"), str(tmp_path / "ts.cortex.onnx"), strict=True)
     assert [r.converted for r in report.regions] == [True]
-    want = ct.run_reference(c.leaf, c.internal, feeds, **_options(c))
+    want = ct.run_reference(c.leaf, c.internal, feeds, **c.options)
     _close(cortex.InferenceSession(str(tmp_path / "ts.cortex.onnx")).run(None, feeds), want, "torchscript")
 
     class Branchy(torch.nn.Module):

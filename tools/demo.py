@@ -92,7 +92,7 @@ def cell_road(params, forest, expected, out: Path, options) -> int:
     feeds = {"children": forest.children, "words": forest.words}
     report = cortex.torch.convert(c.leaf, c.internal, feeds, out / "treelstm_cells.cortex.onnx", **c.options)
     print(f"cell road: cortex.torch.convert(leaf, internal, ...) -> {report.output}")
-    eager = cortex.torch.run_reference(c.leaf, c.internal, feeds, children="list", internal_inputs=False)
+    eager = cortex.torch.run_reference(c.leaf, c.internal, feeds, **c.options)
     got = cortex.InferenceSession(report.output, sess_options=options).run(None, feeds)
     error = max(max(float(np.abs(a - b).max()) for a, b in zip(got, ref)) for ref in (eager, expected))
     print(f"max abs difference, cell road converted vs eager PyTorch and vs the Loop model: {error:.2e}")

@@ -14,8 +14,7 @@ except ImportError as _e:  # pragma: no cover - exercised in a subprocess withou
     raise ImportError("cortex.torch needs PyTorch: pip install torch onnxscript (onnxscript for the dynamo "
                       "exporter)", name="torch") from _e
 
-from ._cells import Convention
 from ._export import convert, export
 from ._reference import run_reference
 
-__all__ = ["Convention", "convert", "export", "run_reference"]
+__all__ = ["convert", "export", "run_reference"]

@@ -315,7 +315,8 @@ def export(leaf, internal, example: Mapping, path=None, *, head=None, children: 
     outputs, value_info = tables, []
     if head is not None:
         head_module = _Head(head)
-        example_tables = [torch.rand(3, w) for w in widths]
+        gen = torch.Generator().manual_seed(0)
+        example_tables = [torch.rand(3, w, generator=gen) for w in widths]  # 3 rows: N stays dynamic
         with torch.no_grad():
             n_out = len(head_module(*example_tables))
         output_names = list(output_names) if output_names is not None else (

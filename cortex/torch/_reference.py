@@ -23,11 +23,15 @@ def outputs(states: tuple, head, keep_states: bool) -> tuple:
 
 
 def run_reference(leaf, internal, inputs: Mapping, *, head=None, children: str = "stack", mask: bool = False,
-                  internal_inputs: bool = True, keep_states: bool = False) -> tuple:
+                  internal_inputs: bool = True, keep_states: bool = False, state_names=None, output_names=None
+                  ) -> tuple:
     """Run ``leaf`` and ``internal`` (and ``head``) in eager PyTorch over the structure ``inputs`` (``children``
     int64 [N, K] and the node inputs by name, as for :func:`cortex.torch.export`): every node once, children
     before parents; a missing child is zero states. Returns numpy arrays in the exported model's output order.
-    ValueError on a cycle or a child index outside [-1, N), as TreeRec."""
+    ``state_names`` and ``output_names`` are accepted and unused, so that one dict of options serves
+    :func:`~cortex.torch.export` and this function. ValueError on a cycle or a child index outside [-1, N), as
+    TreeRec."""
+    del state_names, output_names
     conv = Convention(children, mask, internal_inputs)
     st = Structure.of(inputs)
     if st.num_nodes == 0:
