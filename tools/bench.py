@@ -742,8 +742,9 @@ def render_forms_header(res: dict) -> str:
         "`cortex.convert(..., strict=False)`; \"converted\" = every recursive region became a Cortex kernel (else "
         "the report's reason). Forms: `loop` = the hand-built Loop/If model; `treerec` = the `cortex.TreeRec` model "
         "(ONNX Runtime runs its lowering `onnx_ops.treerec.lower_treerec`); `cells` = the PyTorch cell road "
-        "(`cortex.torch.export` of `onnx_ops/zoo/cells.py`, a TreeRec model, run by ORT as its lowering); the others "
-        "are TorchScript exports (`torch.onnx.export(dynamo=False)`) of the PyTorch styles in `onnx_ops/zoo/torch_*.py`.",
+        "(`cortex.torch.export` of `onnx_ops/zoo/cells.py`, a TreeRec model, run by ORT as its lowering); the "
+        "others are TorchScript exports (`torch.onnx.export(dynamo=False)`) of the PyTorch styles in "
+        "`onnx_ops/zoo/torch_*.py`.",
         f"- Max abs error: the converted model (Cortex EP) against the original form in ONNX Runtime (CPU EP), every "
         f"output, every node, over {s['batches']} different batches (tolerance {res['tolerance']:g}).",
         f"- Timing: ms per batch of {s['batch']} structures; median over repeats of the mean over batches; "

@@ -228,6 +228,71 @@ def _example_node(st: Structure, internal: bool) -> int:
     return 0
 
 
+def _state_rows(leaf, internal, conv: Convention, st: Structure) -> tuple:
+    """The leaf cell's rows on an example leaf (the states' count and widths), checked against the internal cell's
+    on an example internal node."""
+    v_leaf, v_int = _example_node(st, False), _example_node(st, True)
+    with torch.no_grad():
+        leaf_rows = call_leaf(leaf, st.slices(v_leaf))
+        int_rows = call_internal(internal, conv, st.slices(v_int), [leaf_rows] * st.num_children, st.mask(v_int))
+    widths = [int(r.shape[0]) for r in leaf_rows]
+    if [int(r.shape[0]) for r in int_rows] != widths:
+        raise ValueError(f"the leaf cell returns states of widths {widths}, the internal cell "
+                         f"{[int(r.shape[0]) for r in int_rows]}")
+    return leaf_rows
+
+
+def _bodies(asm: _Assembly, leaf, internal, conv: Convention, st: Structure, leaf_rows, state_names,
+            mask_name, exporter: str, opset: int) -> tuple:
+    """(leaf body, internal body): each cell in its body module, exported, parameters moved out, typed."""
+    K, S, input_names = st.num_children, len(leaf_rows), list(st.node_inputs)
+    body_inputs = input_names + ([mask_name] if mask_name else [])
+    slice_types = [(_onnx_type(x), x.shape[1:]) for x in st.node_inputs.values()]
+    slice_types += [(TensorProto.FLOAT, (K,))] if mask_name else []
+    row_types = [(TensorProto.FLOAT, (int(r.shape[0]),)) for r in leaf_rows]
+
+    def slices(v):  # body inputs are X[v] (a scalar for an [N] input), then the mask slice
+        return [torch.from_numpy(np.array(x[v])) for x in st.node_inputs.values()] + ([st.mask(v)] if mask_name
+                                                                                       else [])
+
+    def body(module, args, names, role, input_types):
+        model, asm.exporters[role] = export_module(module, args, names, state_names, exporter=exporter,
+                                                   opset=opset, role=role)
+        graph = asm.take(model, module, role)
+        _with_inputs(graph, names, role)
+        _typed(graph.input, input_types)
+        _typed(graph.output, row_types)
+        return graph
+
+    leaf_body = body(LeafBody(leaf, len(input_names)), slices(_example_node(st, False)), body_inputs, "leaf",
+                     slice_types)
+    rows = [r.clone() for _ in range(K) for r in leaf_rows]
+    internal_body = body(InternalBody(internal, conv, K, S, len(input_names)), rows + slices(_example_node(st, True)),
+                         [f"{s}_{k}" for k in range(K) for s in state_names] + body_inputs, "internal",
+                         row_types * K + slice_types)
+    return leaf_body, internal_body
+
+
+def _head(asm: _Assembly, head, widths, state_names, output_names, exporter: str, opset: int) -> onnx.GraphProto:
+    """The head's graph: inputs the state tables (by name), outputs ``output_names``, other names ``head/``."""
+    module = _Head(head)
+    gen = torch.Generator().manual_seed(0)
+    tables = [torch.rand(3, w, generator=gen) for w in widths]  # 3 rows: N stays dynamic
+    with torch.no_grad():
+        n_out = len(module(*tables))
+    output_names = list(output_names) if output_names is not None else (
+        ["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)])
+    if len(output_names) != n_out:
+        raise ValueError(f"{len(output_names)} output names for the head's {n_out} outputs")
+    for n in output_names:
+        if n in asm.taken:
+            raise ValueError(f"output name {n!r} is already a name of the model")
+        asm.taken.add(n)
+    model, asm.exporters["head"] = export_module(module, tables, state_names, output_names, exporter=exporter,
+                                                 opset=opset, dynamic=True, role="head")
+    return asm.take(model, module, "head", keep=list(state_names) + output_names)
+
+
 def export(leaf, internal, example: Mapping, path=None, *, head=None, children: str = "stack", mask: bool = False,
            internal_inputs: bool = True, state_names: Sequence[str] | None = None,
            output_names: Sequence[str] | None = None, keep_states: bool = False, exporter: str = "auto",
@@ -246,96 +311,41 @@ def export(leaf, internal, example: Mapping, path=None, *, head=None, children: 
     for role, cell in (("leaf", leaf), ("internal", internal), ("head", head)):
         if cell is not None and not isinstance(cell, torch.nn.Module):
             raise TypeError(f"the {role} cell must be a torch.nn.Module, not {type(cell).__name__}")
+    if head is None and output_names is not None:
+        raise ValueError("output_names names a head's outputs; without a head the outputs are the state_names")
     st = Structure.of(example)
     if st.num_nodes == 0:
         raise ValueError("the example needs at least one node")
-    K, input_names = st.num_children, list(st.node_inputs)
-
-    # the states: count, widths (from the cells on the example's nodes)
-    v_leaf, v_int = _example_node(st, False), _example_node(st, True)
-    with torch.no_grad():
-        leaf_rows = call_leaf(leaf, st.slices(v_leaf))
-        int_rows = call_internal(internal, conv, st.slices(v_int), [leaf_rows] * K, st.mask(v_int))
+    leaf_rows = _state_rows(leaf, internal, conv, st)
     widths = [int(r.shape[0]) for r in leaf_rows]
-    if [int(r.shape[0]) for r in int_rows] != widths:
-        raise ValueError(f"the leaf cell returns states of widths {widths}, the internal cell "
-                         f"{[int(r.shape[0]) for r in int_rows]}")
-    S = len(widths)
-    state_names = list(state_names) if state_names is not None else [f"state{s}" for s in range(S)]
-    if len(state_names) != S:
-        raise ValueError(f"{len(state_names)} state names for {S} states")
-    mask_name = None
-    reserved = [CHILDREN, *input_names, *state_names]
-    if conv.mask:
-        mask_name = next(n for n in (f"{CHILDREN}_mask", f"{CHILDREN}_mask_") if n not in reserved)
-        reserved.append(mask_name)
-    asm = _Assembly(reserved)
+    state_names = list(state_names) if state_names is not None else [f"state{s}" for s in range(len(widths))]
+    if len(state_names) != len(widths):
+        raise ValueError(f"{len(state_names)} state names for {len(widths)} states")
+    asm = _Assembly([CHILDREN, *st.node_inputs, *state_names])
+    mask_name = asm.fresh(f"{CHILDREN}_mask") if conv.mask else None
+    leaf_body, internal_body = _bodies(asm, leaf, internal, conv, st, leaf_rows, state_names, mask_name, exporter,
+                                       opset)
 
-    # the bodies
-    slices = [torch.from_numpy(np.array(x[v_leaf])) for x in st.node_inputs.values()]
-    body_inputs = input_names + ([mask_name] if mask_name else [])
-    slice_types = [(_onnx_type(x), x.shape[1:]) for x in st.node_inputs.values()]
-    slice_types += [(TensorProto.FLOAT, (K,))] if mask_name else []
-    row_types = [(TensorProto.FLOAT, (w,)) for w in widths]
-    extra = [st.mask(v_leaf)] if mask_name else []
-    leaf_module = LeafBody(leaf, len(input_names))
-    model, asm.exporters["leaf"] = export_module(leaf_module, slices + extra, body_inputs, state_names,
-                                                 exporter=exporter, opset=opset, role="leaf")
-    leaf_body = asm.take(model, leaf_module, "leaf")
-    _with_inputs(leaf_body, body_inputs, "leaf")
-    _typed(leaf_body.input, slice_types)
-    _typed(leaf_body.output, row_types)
-
-    child_names = [f"{s}_{k}" for k in range(K) for s in state_names]
-    slices = [torch.from_numpy(np.array(x[v_int])) for x in st.node_inputs.values()]
-    extra = [st.mask(v_int)] if mask_name else []
-    int_module = InternalBody(internal, conv, K, S, len(input_names))
-    rows = [r.clone() for _ in range(K) for r in leaf_rows]
-    model, asm.exporters["internal"] = export_module(int_module, rows + slices + extra, child_names + body_inputs,
-                                                     state_names, exporter=exporter, opset=opset, role="internal")
-    internal_body = asm.take(model, int_module, "internal")
-    _with_inputs(internal_body, child_names + body_inputs, "internal")
-    _typed(internal_body.input, row_types * K + slice_types)
-    _typed(internal_body.output, row_types)
-
-    # the main graph
-    nodes = []
+    # the main graph: children and node inputs -> (mask) -> TreeRec -> tables (-> head)
+    K = st.num_children
     inputs = [helper.make_tensor_value_info(CHILDREN, TensorProto.INT64, ["N", K])]
-    inputs += [helper.make_tensor_value_info(n, et, ["N", *shape]) for n, (et, shape) in zip(input_names, slice_types)]
-    node_inputs = list(input_names)
+    inputs += [helper.make_tensor_value_info(n, _onnx_type(x), ["N", *x.shape[1:]]) for n, x in st.node_inputs.items()]
+    nodes, node_inputs = [], list(st.node_inputs)
     if mask_name:
-        zero = asm.fresh(f"{CHILDREN}_zero")
+        zero, present = asm.fresh(f"{CHILDREN}_zero"), asm.fresh(f"{CHILDREN}_present")
         asm.initializers.append(onnx.numpy_helper.from_array(np.array(0, np.int64), zero))
-        present = asm.fresh(f"{CHILDREN}_present")
         nodes += [helper.make_node("GreaterOrEqual", [CHILDREN, zero], [present], name=present),
                   helper.make_node("Cast", [present], [mask_name], name=mask_name, to=TensorProto.FLOAT)]
         node_inputs.append(mask_name)
     nodes.append(make_treerec_node(CHILDREN, node_inputs, state_names, leaf_body, internal_body, name=name))
-    tables = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", w]) for n, w in zip(state_names, widths)]
-    outputs, value_info = tables, []
+    outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", w]) for n, w in zip(state_names, widths)]
+    value_info = []
     if head is not None:
-        head_module = _Head(head)
-        gen = torch.Generator().manual_seed(0)
-        example_tables = [torch.rand(3, w, generator=gen) for w in widths]  # 3 rows: N stays dynamic
-        with torch.no_grad():
-            n_out = len(head_module(*example_tables))
-        output_names = list(output_names) if output_names is not None else (
-            ["output"] if n_out == 1 else [f"output{i}" for i in range(n_out)])
-        if len(output_names) != n_out:
-            raise ValueError(f"{len(output_names)} output names for the head's {n_out} outputs")
-        for n in output_names:
-            if n in asm.taken:
-                raise ValueError(f"output name {n!r} is already a name of the model")
-            asm.taken.add(n)
-        model, asm.exporters["head"] = export_module(head_module, example_tables, state_names, output_names,
-                                                     exporter=exporter, opset=opset, dynamic=True, role="head")
-        head_graph = asm.take(model, head_module, "head", keep=state_names + output_names)
+        head_graph = _head(asm, head, widths, state_names, output_names, exporter, opset)
         nodes += list(head_graph.node)
         asm.initializers += list(head_graph.initializer)
         value_info = list(head_graph.value_info)
-        outputs = list(head_graph.output) + (tables if keep_states else [])
-    elif output_names is not None:
-        raise ValueError("output_names names a head's outputs; without a head the outputs are the state_names")
+        outputs = list(head_graph.output) + (outputs if keep_states else [])
 
     register_schema()
     graph = helper.make_graph(nodes, name, inputs, outputs, initializer=asm.initializers, value_info=value_info)

@@ -47,8 +47,9 @@ def run_reference(leaf, internal, inputs: Mapping, *, head=None, children: str =
             child_rows = [rows[c] if c >= 0 else tuple(torch.zeros_like(r) for r in template) for c in kids]
             out = call_internal(internal, conv, st.slices(v), child_rows, st.mask(v))
             if [r.shape for r in out] != [r.shape for r in template]:
-                raise ValueError(f"node {v}: the internal cell returned states of shapes {[tuple(r.shape) for r in out]}"
-                                 f", its children have {[tuple(r.shape) for r in template]}")
+                raise ValueError(f"node {v}: the internal cell returned states of shapes "
+                                 f"{[tuple(r.shape) for r in out]}, its children have "
+                                 f"{[tuple(r.shape) for r in template]}")
             rows[v] = out
         widths = {tuple(r.shape[0] for r in node) for node in rows}
         if len(widths) != 1:

@@ -261,7 +261,8 @@ def _load(module, values: dict):
 
 def _make_treelstm(hidden: int, seed: int = 0, params=None) -> Cells:
     p = params if params is not None else treelstm.make_params(hidden, EMBED_DIM, VOCAB, seed=seed)
-    leaf = _load(TreeLSTMLeaf(p.vocab, p.embed_dim, hidden), {"embedding.weight": p.embedding, **_linear("W", p.W, p.bW)})
+    leaf = _load(TreeLSTMLeaf(p.vocab, p.embed_dim, hidden),
+                 {"embedding.weight": p.embedding, **_linear("W", p.W, p.bW)})
     internal = _load(TreeLSTMInternal(hidden), _linear("U", p.U, p.bU))
     return Cells(leaf, internal, dict(children="list", internal_inputs=False, state_names=["h", "c"]))
 
@@ -276,7 +277,8 @@ def _make_childsum(hidden: int, seed: int = 0, params=None) -> Cells:
 
 def _make_treegru(hidden: int, seed: int = 0, params=None) -> Cells:
     p = params if params is not None else treegru.make_params(hidden, EMBED_DIM, VOCAB, seed=seed)
-    leaf = _load(TreeGRULeaf(p.vocab, p.embed_dim, hidden), {"embedding.weight": p.embedding, **_linear("W", p.W, p.bW)})
+    leaf = _load(TreeGRULeaf(p.vocab, p.embed_dim, hidden),
+                 {"embedding.weight": p.embedding, **_linear("W", p.W, p.bW)})
     internal = _load(TreeGRUInternal(hidden), {**_linear("z", p.Uz, p.bz), **_linear("r", p.Ur, p.br),
                                                **_linear("h", p.Uh, p.bh)})
     return Cells(leaf, internal, dict(children="list", internal_inputs=False, state_names=["h"]))
