@@ -1,9 +1,10 @@
 """Six recursive models written as PyTorch cells for :mod:`cortex.torch` (the cell road: a leaf module, an internal
 module, no loop): each exports with one call to one ``cortex.TreeRec`` model.
 
-:data:`MODELS`: name -> :class:`CellModel`. Four have the math of a zoo model (same weights from the zoo's
-``make_params``, same feeds as its TreeRec form, the same outputs as its numpy reference), so the zoo's Loop form is
-their speed baseline; two are new:
+:data:`MODELS`: name -> :class:`CellModel`. Five have a zoo twin with the same structures and feeds as its TreeRec
+form, whose Loop form is their speed baseline (``tools/bench.py --forms``, form ``cells``); four of them compute
+exactly the twin (its ``make_params`` weights, its numpy reference's outputs); ``childsum`` computes
+treelstm.pytorch's function; ``ast`` is new (no twin, no Loop form):
 
 - ``treelstm``: binary TreeLSTM (:mod:`.treelstm`), ``children="list"``, the internal cell takes no node input.
 - ``childsum``: Child-Sum TreeLSTM, the cell of treelstm.pytorch (``ChildSumTreeLSTM.node_forward(inputs, child_c,
@@ -51,10 +52,10 @@ class Cells:
 class CellModel:
     name: str
     description: str
-    structure: str  # zoo structure kind: 'binary' | 'nary' | 'grid'
+    structure: str  # zoo structure kind: 'binary' | 'nary' | 'grid', or 'ast' (ast_trees)
     make: Callable[..., Cells]  # (hidden, seed=0, params=None) -> Cells; params: the zoo twin's (weights)
     feeds: Callable[[Any], dict]  # structure -> feeds {"children": ..., node inputs}
-    zoo: str | None = None  # the zoo model with the same math, weights and feeds (its Loop form is the baseline)
+    zoo: str | None = None  # the zoo twin: same structures and feeds (its Loop form is the speed baseline)
     vocab: int | None = None  # token ids of the structures must be below this (None: the zoo's VOCAB or no tokens)
 
 
