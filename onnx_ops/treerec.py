@@ -25,8 +25,11 @@ __all__ = [
     "VERSION",
     "TreeRecOp",
     "lower_treerec",
+    "defined_names",
     "make_treerec_node",
     "register_schema",
+    "rename_graph",
+    "rename_node",
     "treerec_reference",
     "treerec_visit_order",
 ]
@@ -174,11 +177,20 @@ def _empty_tables(leaf_body: onnx.GraphProto) -> list[np.ndarray]:
     return out
 
 
+def _feeds(evaluator, xs, outer) -> dict:
+    """The feeds of a body run: the outer-scope values it may read, then its own inputs (which shadow them)."""
+    feeds = dict(outer or {})
+    feeds.update(zip(evaluator.input_names, xs, strict=True))
+    return feeds
+
+
 def treerec_reference(
-    node: onnx.NodeProto, inputs: Sequence[np.ndarray], opsets: dict[str, int] | None = None
+    node: onnx.NodeProto, inputs: Sequence[np.ndarray], opsets: dict[str, int] | None = None,
+    outer: dict[str, np.ndarray] | None = None,
 ) -> list[np.ndarray]:
     """Evaluate one TreeRec node on ``inputs`` = [children, *node_inputs] (numpy); bodies run with
-    ``onnx.reference``. Returns the S state tables. ValueError on a cycle or a child index outside [-1, N)."""
+    ``onnx.reference``; ``outer`` holds the values of the enclosing graph the bodies read (e.g. its initializers).
+    Returns the S state tables. ValueError on a cycle or a child index outside [-1, N)."""
     opsets = dict(opsets or {"": 17})
     opsets.setdefault(DOMAIN, VERSION)
     leaf = ReferenceEvaluator(_attr(node, "leaf_body"), opsets=opsets, new_ops=[TreeRecOp])
@@ -186,8 +198,8 @@ def treerec_reference(
     return _run_treerec(
         inputs[0],
         list(inputs[1:]),
-        lambda xs: leaf.run(None, dict(zip(leaf.input_names, xs, strict=True))),
-        lambda xs: internal.run(None, dict(zip(internal.input_names, xs, strict=True))),
+        lambda xs: leaf.run(None, _feeds(leaf, xs, outer)),
+        lambda xs: internal.run(None, _feeds(internal, xs, outer)),
         int(_attr(node, "num_states")),
         lambda: _empty_tables(_attr(node, "leaf_body")),
     )
@@ -198,13 +210,16 @@ class TreeRec(OpRun):
 
     op_domain = DOMAIN
 
-    def _run(self, children, *node_inputs, **kwargs):  # noqa: ARG002 (attributes come from self)
+    def need_context(self) -> bool:
+        return True  # the bodies may read names of the enclosing graph (its initializers, its values)
+
+    def _run(self, children, *node_inputs, context=None, **kwargs):  # noqa: ARG002 (attributes come from self)
         leaf, internal = self.leaf_body, self.internal_body
         out = _run_treerec(
             children,
             list(node_inputs),
-            lambda xs: leaf.run(None, dict(zip(leaf.input_names, xs, strict=True))),
-            lambda xs: internal.run(None, dict(zip(internal.input_names, xs, strict=True))),
+            lambda xs: leaf.run(None, _feeds(leaf, xs, context)),
+            lambda xs: internal.run(None, _feeds(internal, xs, context)),
             int(self.num_states),
             lambda: _empty_tables(_attr(self.onnx_node, "leaf_body")),
         )
@@ -218,27 +233,39 @@ TreeRecOp = TreeRec
 # Lowering to standard ONNX (Loop / If / TopK / ScatterND)
 
 
-def _rename_graph(g: onnx.GraphProto, f: Callable[[str], str]) -> None:
+def rename_graph(g: onnx.GraphProto, f: Callable[[str], str]) -> None:
     """Rename every value name in ``g`` and its nested subgraphs with ``f`` (in place)."""
     for vi in list(g.input) + list(g.output) + list(g.value_info):
         vi.name = f(vi.name)
     for t in g.initializer:
         t.name = f(t.name)
     for n in g.node:
-        _rename_node(n, f)
+        rename_node(n, f)
 
 
-def _rename_node(n: onnx.NodeProto, f: Callable[[str], str]) -> None:
+def rename_node(n: onnx.NodeProto, f: Callable[[str], str]) -> None:
     n.input[:] = [f(x) if x else x for x in n.input]
     n.output[:] = [f(x) if x else x for x in n.output]
     if n.name:
         n.name = f(n.name)
     for a in n.attribute:
         if a.type == onnx.AttributeProto.GRAPH:
-            _rename_graph(a.g, f)
+            rename_graph(a.g, f)
         elif a.type == onnx.AttributeProto.GRAPHS:
             for sub in a.graphs:
-                _rename_graph(sub, f)
+                rename_graph(sub, f)
+
+
+def defined_names(g: onnx.GraphProto) -> set[str]:
+    """Every value name ``g`` or one of its nested subgraphs defines (inputs, initializers, node outputs); the names
+    it reads and does not define come from an enclosing scope."""
+    names = {vi.name for vi in g.input} | {t.name for t in g.initializer}
+    for n in g.node:
+        names.update(o for o in n.output if o)
+        for a in n.attribute:
+            for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                names |= defined_names(sub)
+    return names
 
 
 def _row_type(vi: onnx.ValueInfoProto, what: str) -> tuple[int, list[int]]:
@@ -290,17 +317,19 @@ class _Lowering:
     # pieces -------------------------------------------------------------------------------------------------
     def inline(self, body: onnx.GraphProto, feeds: list[str], nodes: list, tag: str) -> list[str]:
         """Append ``body``'s nodes to ``nodes`` with names prefixed; its inputs bound to ``feeds``, its
-        initializers hoisted to the main graph. Returns the names holding the body's outputs."""
+        initializers hoisted to the main graph; names it reads from the enclosing graph kept as they are (the Loop
+        and If bodies that replace TreeRec see them too). Returns the names holding the body's outputs."""
         body = copy.deepcopy(body)
         pre = f"{self.p}{tag}__"
         bound = {vi.name: feed for vi, feed in zip(body.input, feeds, strict=True)}
-        f = lambda x: bound.get(x, pre + x)  # noqa: E731
+        own = defined_names(body)
+        f = lambda x: bound.get(x, pre + x if x in own else x)  # noqa: E731
         for t in body.initializer:
             t2 = copy.deepcopy(t)
             t2.name = f(t.name)
             self.initializers.append(t2)
         for n in body.node:
-            _rename_node(n, f)
+            rename_node(n, f)
             nodes.append(n)
         outs = []
         for s, vi in enumerate(body.output):

@@ -542,6 +542,11 @@ def _form_model(entry, form: str, export_module, params, example, tmp: Path):
 
         m = entry.build_treerec(params)
         return m, lower_treerec(m)
+    if form == "cells":  # the PyTorch cell road (cortex.torch.export of onnx_ops.zoo.cells), the zoo model's weights
+        from onnx_ops.treerec import lower_treerec
+
+        m = export_module.export(entry.name, params.hidden, None, entry.treerec_feeds(example), params=params)
+        return m, lower_treerec(m)
     path = tmp / f"{entry.name}_{form}.onnx"
     export_module.export(form, params, str(path), example)
     m = onnx.load(str(path))
@@ -590,7 +595,8 @@ def run_forms(args, argv_text: str = "", log=None) -> dict:
         if why:
             raise RuntimeError(f"--forms needs {n}: {why}")
     entries = [_models.get(m) for m in args.model_list]
-    forms_of = {e.name: [("loop", None), ("treerec", None)] + _models.export_styles(e.name) for e in entries}
+    forms_of = {e.name: [("loop", None), ("treerec", None)] + _models.export_styles(e.name) + _models.cell_forms(e.name)
+                for e in entries}
     if not any(len(v) > 2 for v in forms_of.values()):
         res["notes"].append("torch is not installed: no TorchScript export forms")
     total = sum(len(v) for v in forms_of.values())
@@ -633,7 +639,7 @@ def run_forms(args, argv_text: str = "", log=None) -> dict:
 
                     orig_path = src.parent / "original_lowered.onnx"
                     onnx.save(original, str(orig_path))
-                feeds = entry.treerec_feeds if form == "treerec" else entry.feeds
+                feeds = entry.treerec_feeds if form in ("treerec", "cells") else entry.feeds
                 try:
                     ort_run = S.OrtRunner(orig_path, feeds, cortex_ep=False)
                     cx_run = S.OrtRunner(dst, feeds, cortex_ep=True) if info["converted"] else None
@@ -735,8 +741,10 @@ def render_forms_header(res: dict) -> str:
         f"- Each form is built at hidden {s['hidden']}, seed {s['seed']}, and converted with "
         "`cortex.convert(..., strict=False)`; \"converted\" = every recursive region became a Cortex kernel (else "
         "the report's reason). Forms: `loop` = the hand-built Loop/If model; `treerec` = the `cortex.TreeRec` model "
-        "(ONNX Runtime runs its lowering `onnx_ops.treerec.lower_treerec`); the others are TorchScript exports "
-        "(`torch.onnx.export(dynamo=False)`) of the PyTorch styles in `onnx_ops/zoo/torch_*.py`.",
+        "(ONNX Runtime runs its lowering `onnx_ops.treerec.lower_treerec`); `cells` = the PyTorch cell road "
+        "(`cortex.torch.export` of `onnx_ops/zoo/cells.py`, a TreeRec model, run by ORT as its lowering); the "
+        "others are TorchScript exports (`torch.onnx.export(dynamo=False)`) of the PyTorch styles in "
+        "`onnx_ops/zoo/torch_*.py`.",
         f"- Max abs error: the converted model (Cortex EP) against the original form in ONNX Runtime (CPU EP), every "
         f"output, every node, over {s['batches']} different batches (tolerance {res['tolerance']:g}).",
         f"- Timing: ms per batch of {s['batch']} structures; median over repeats of the mean over batches; "

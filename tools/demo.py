@@ -1,6 +1,7 @@
 """The main job on a bundled example: write a TreeLSTM ONNX model (Loop/If, as exporters write it), convert it
 with Cortex, run the original and the converted model through ONNX Runtime on the same trees, check that they
-agree, and print the speedup.
+agree, and print the speedup. When torch is installed, also the cell road: the same TreeLSTM as two PyTorch cells
+(onnx_ops.zoo.cells), exported and converted with one call (cortex.torch.convert), checked against eager PyTorch.
 
     python tools/demo.py [--hidden 256] [--trees 10] [--sst ../shared/data/sst] [--out DIR]
 """
@@ -76,6 +77,28 @@ def main(argv=None) -> int:
     cortex_ms = median_ms(converted, feeds, repeats=50)
     print(f"ONNX Runtime (original): {ort_ms:8.2f} ms   Cortex: {cortex_ms:8.3f} ms   "
           f"speedup {ort_ms / cortex_ms:.1f}x  (median, batch of {len(trees)})")
+    return cell_road(params, forest, expected, out, options)
+
+
+def cell_road(params, forest, expected, out: Path, options) -> int:
+    """The same TreeLSTM from its PyTorch cells, one call to a converted model (skipped without torch)."""
+    try:
+        import cortex.torch
+        from onnx_ops.zoo import cells
+    except ImportError as e:
+        print(f"cell road skipped: {e}")
+        return 0
+    c = cells.make_cells("treelstm", params.hidden, params=params)  # the same weights, as nn.Modules
+    feeds = {"children": forest.children, "words": forest.words}
+    report = cortex.torch.convert(c.leaf, c.internal, feeds, out / "treelstm_cells.cortex.onnx", **c.options)
+    print(f"cell road: cortex.torch.convert(leaf, internal, ...) -> {report.output}")
+    eager = cortex.torch.run_reference(c.leaf, c.internal, feeds, **c.options)
+    got = cortex.InferenceSession(report.output, sess_options=options).run(None, feeds)
+    error = max(max(float(np.abs(a - b).max()) for a, b in zip(got, ref)) for ref in (eager, expected))
+    print(f"max abs difference, cell road converted vs eager PyTorch and vs the Loop model: {error:.2e}")
+    if error > 1e-4:
+        print("FAIL: the cell road disagrees", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -5,7 +5,8 @@ on top of it:
 - the PyTorch eager module per model (one natural style per model, from the zoo's ``STYLES``),
 - the DyNet builder (TreeLSTM only; the other models report "no DyNet implementation of this model"),
 - the FLOP counter per model (matrix products 2·M·K·N as the model defines them, the same for every system),
-- the TorchScript export styles of each model (the ``--forms`` mode converts every one of them).
+- the TorchScript export styles of each model (the ``--forms`` mode converts every one of them), and its PyTorch
+  cell form (``cortex.torch``, :func:`cell_forms`).
 
 Adding a model to the zoo adds it here; a model without an entry in :data:`TORCH_STYLE` / :data:`_FLOPS` fails
 loudly at :func:`get` rather than being dropped."""
@@ -141,6 +142,19 @@ def export_styles(name: str) -> list[tuple[str, Any]]:
         else:
             out += [(s, mod) for s, (m, _) in styles.items() if m == name]
     return out
+
+
+def cell_forms(name: str) -> list[tuple[str, Any]]:
+    """[("cells", onnx_ops.zoo.cells)] when model ``name`` has a PyTorch cell form (cortex.torch) and torch and
+    onnxscript are installed, else []."""
+    try:
+        import onnxscript  # noqa: F401
+        import torch  # noqa: F401
+
+        from onnx_ops.zoo import cells
+    except ImportError:
+        return []
+    return [("cells", cells)] if name in cells.MODELS and cells.MODELS[name].zoo == name else []
 
 
 def _torch_module_fn(name: str):
