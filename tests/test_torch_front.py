@@ -1,8 +1,6 @@
 """The PyTorch cell road (cortex.torch): six recursive models go from their cells (onnx_ops.zoo.cells) to one
 cortex.TreeRec model, which runs in plain ONNX Runtime (its lowering) and through cortex.convert --strict, and
-returns what the cells return in eager PyTorch (run_reference), within 1e-4, on SST trees and random structures.
-
-Conversions the frontend refuses today are xfail(strict=True) with the refusal: they flip when it lands."""
+returns what the cells return in eager PyTorch (run_reference), within 1e-4, on SST trees and random structures."""
 from __future__ import annotations
 
 import subprocess
@@ -28,17 +26,6 @@ from onnx_ops.zoo import cells  # noqa: E402
 HIDDEN = 8
 TOL = 1e-4
 CHILDSUM_ARITY = 3  # wider than SST's 2: every SST node gets a padded slot
-
-#: model -> why cortex.convert refuses it today (the frontend's report); the tests flip when it converts.
-REFUSED = {
-    "childsum": "frontend refuses (today): leaf body: Tile (torch .repeat) 'op Tile is not supported here', then "
-                "ReduceSum over axis 0 of a [1, H] row; internal body: ReduceSum over the children axis of the "
-                "[K, H] stack built by Concat of Unsqueeze(child row) ('ReduceSum of row[K, H]'), then Tile",
-    "ast": "frontend refuses (today): internal body: Mul of the per-child mask column [K, 1] with the [K, H] stack "
-           "('elementwise mul of shapes (4, 1) and (4, 8) is not flat elementwise'), Mul of that column with a "
-           "constant [K, H], ReduceSum over the children axis of the stack",
-}
-
 
 def _sst(count: int, vocab: int) -> list:
     path = st.sst_dir_default()
@@ -104,14 +91,7 @@ def test_lowering_in_ort_matches_eager(name, exports):
         _close(session.run(None, feeds), want, f"{name} {label}")
 
 
-def _strict_case(name):
-    if name in REFUSED:
-        return pytest.param(name, marks=pytest.mark.xfail(strict=True, raises=cortex.ConvertError,
-                                                          reason=REFUSED[name]))
-    return name
-
-
-@pytest.mark.parametrize("name", [_strict_case(n) for n in cells.MODELS])
+@pytest.mark.parametrize("name", list(cells.MODELS))
 def test_converts_strict_and_matches_eager(name, exports, tmp_path):
     c, inputs, path, _ = exports(name)
     out = tmp_path / "model.cortex.onnx"

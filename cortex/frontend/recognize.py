@@ -531,8 +531,7 @@ def recognize_treerec(model, node, outer: OuterScope, region_name: str, used: se
         raise Refusal(f"TreeRec children are {children.dtype}, not int64")
     num_children = int(children.shape[1])
 
-    interp = Interpreter(outer=lambda name: (_ for _ in ()).throw(Refusal(f"TreeRec body reads outer value {name}")),
-                         opset=outer.interp.opset)
+    interp = Interpreter(outer=outer.lookup, opset=outer.interp.opset)  # bodies may read the main graph's names
     interp.use_array(children)
     from .ops_tables import gather_rows
 
