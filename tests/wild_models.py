@@ -237,3 +237,158 @@ def eager(module, names, feeds):
     with torch.no_grad():
         out = module(*(torch.from_numpy(feeds[n]) for n in names))
     return [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
+
+
+class Int32BoolTreeRNN(nn.Module):
+    """Structure arrays in int32 and a bool leaf flag (indices widened with .long(): the TorchScript exporter writes
+    an invalid ScatterND for int32 row indices)."""
+
+    def __init__(self, vocab=50, hidden=8):
+        super().__init__()
+        self.hidden = hidden
+        self.emb = nn.Embedding(vocab, hidden)
+        self.U = nn.Linear(2 * hidden, hidden)
+
+    def forward(self, words, left, right, is_leaf, order):
+        h = torch.zeros(words.size(0), self.hidden)
+        for i in range(order.size(0)):
+            v = order[i].long()
+            if bool(is_leaf[v]):
+                h[v] = torch.tanh(self.emb(words[v]))
+            else:
+                h[v] = torch.tanh(self.U(torch.cat([h[left[v].long()], h[right[v].long()]])))
+        return h
+
+
+class ReverseCounterTreeRNN(Int32BoolTreeRNN):
+    """A loop that walks a parents-first order backwards through index arithmetic, with a hand-carried counter."""
+
+    def forward(self, words, left, right, is_leaf, order):
+        h = torch.zeros(words.size(0), self.hidden)
+        L = order.size(0)
+        j = 0
+        for _ in range(L):
+            v = order[L - 1 - j].long()
+            j += 1
+            if bool(is_leaf[v]):
+                h[v] = torch.tanh(self.emb(words[v]))
+            else:
+                h[v] = torch.tanh(self.U(torch.cat([h[left[v].long()], h[right[v].long()]])))
+        return h
+
+
+class NestedLoopChildSum(nn.Module):
+    """Children summed by a nested loop over a fixed child count (unrolled), with -1 padding masked."""
+
+    def __init__(self, vocab=50, hidden=8, arity=3):
+        super().__init__()
+        self.hidden, self.arity = hidden, arity
+        self.emb = nn.Embedding(vocab, hidden)
+        self.U = nn.Linear(hidden, hidden)
+
+    def forward(self, words, children, order):
+        h = torch.zeros(words.size(0), self.hidden)
+        for i in range(order.size(0)):
+            v = order[i]
+            acc = torch.zeros(self.hidden)
+            for k in range(self.arity):
+                kid = children[v, k]
+                if bool(kid >= 0):
+                    acc = acc + h[kid]
+            h[v] = torch.relu(self.emb(words[v]) + self.U(acc))
+        return h
+
+
+class MatrixStateMVRNN(nn.Module):
+    """MV-RNN: a vector and a matrix per node, the matrices a rank-3 state table [N, d, d]."""
+
+    def __init__(self, vocab=50, d=4):
+        super().__init__()
+        self.d = d
+        self.emb = nn.Embedding(vocab, d)
+        self.mats = nn.Parameter(torch.randn(vocab, d, d) * 0.3)
+        self.W = nn.Linear(2 * d, d)
+        self.WM = nn.Parameter(torch.randn(d, 2 * d) * 0.3)
+
+    def forward(self, words, left, right, order):
+        N = words.size(0)
+        a = torch.zeros(N, self.d)
+        A = torch.zeros(N, self.d, self.d)
+        for i in range(order.size(0)):
+            v = order[i]
+            if bool(left[v] < 0):
+                a[v] = self.emb(words[v])
+                A[v] = self.mats[words[v]]
+            else:
+                l, r = left[v], right[v]
+                a[v] = torch.tanh(self.W(torch.cat([A[r] @ a[l], A[l] @ a[r]])))
+                A[v] = self.WM @ torch.cat([A[l], A[r]], dim=0)
+        return a, A
+
+
+class TwoPassTreeRNN(Int32BoolTreeRNN):
+    """Two recursions: bottom-up, then top-down (parents first, over the reversed order) reading the first pass's
+    table."""
+
+    def forward(self, words, left, right, is_leaf, order, parent):
+        left, right, order = left.long(), right.long(), order.long()
+        N, L = words.size(0), order.size(0)
+        up = torch.zeros(N, self.hidden)
+        for i in range(L):
+            v = order[i]
+            if bool(is_leaf[v]):
+                up[v] = torch.tanh(self.emb(words[v]))
+            else:
+                up[v] = torch.tanh(self.U(torch.cat([up[left[v]], up[right[v]]])))
+        down = torch.zeros(N, self.hidden)
+        for i in range(L):
+            v = order[L - 1 - i]
+            p = parent[v]
+            if bool(p < 0):
+                down[v] = up[v]
+            else:
+                down[v] = torch.tanh(down[p] + up[v])
+        return up, down
+
+
+def int32_feeds(trees):
+    f = st.batch(trees)
+    parent = np.full(len(f.words), -1, dtype=np.int64)
+    for v in range(len(f.words)):
+        for child in (f.left[v], f.right[v]):
+            if child >= 0:
+                parent[child] = v
+    return dict(words=f.words, left=f.left.astype(np.int32), right=f.right.astype(np.int32),
+                is_leaf=f.left < 0, order=f.order.astype(np.int32), parent=parent)
+
+
+MODELS.update({
+    "int32_bool": (Int32BoolTreeRNN, "torchscript", ["words", "left", "right", "is_leaf", "order"], ["h"], "binary32"),
+    "reverse_counter": (ReverseCounterTreeRNN, "torchscript", ["words", "left", "right", "is_leaf", "order"], ["h"],
+                        "binary32_reversed"),
+    "nested_loop": (NestedLoopChildSum, "torchscript", ["words", "children", "order"], ["h"], "nary3"),
+    "matrix_state": (MatrixStateMVRNN, "torchscript", BINARY, ["a", "A"], "binary"),
+    "two_pass": (TwoPassTreeRNN, "torchscript", ["words", "left", "right", "is_leaf", "order", "parent"], ["up", "down"],
+                 "binary32"),
+})
+
+
+_feeds_for_base = feeds_for
+
+
+def feeds_for(kind, rng, count, sst_dir=None):  # noqa: F811 - extends the kinds above
+    if kind.startswith("binary32"):
+        trees = (st.read_sst(sst_dir, split="test", vocab_size=50, limit=count) if sst_dir
+                 else st.sst_like_trees(count, rng, 50))
+        feeds = int32_feeds(trees)
+        if kind.endswith("reversed"):
+            feeds["order"] = np.ascontiguousarray(feeds["order"][::-1])
+        return feeds
+    if kind == "nary3":
+        trees = (st.read_sst(sst_dir, split="test", vocab_size=50, limit=count) if sst_dir
+                 else st.sst_like_trees(count, rng, 50))
+        f = st.batch_nary([st.nary_from_forest(t) for t in trees])
+        children = np.full((f.children.shape[0], 3), -1, dtype=np.int64)
+        children[:, :f.children.shape[1]] = f.children
+        return dict(words=f.words, children=children, order=f.order)
+    return _feeds_for_base(kind, rng, count, sst_dir)

@@ -62,6 +62,8 @@ def gather_rows(it, data, idx: Sym):
     if isinstance(data, Table):
         parts = [read_table(data, e) for e in elems]
         return Row(ir.concat(parts), tuple(idx.shape) + tuple(data.inner))
+    if isinstance(data, Array) and data.columns is not None:
+        return _gather_columns(it, data, idx, elems)
     if isinstance(data, Array):
         if data.shape is None:
             raise Refusal(f"runtime tensor {data.name} has an unknown rank")
@@ -97,6 +99,16 @@ def gather_rows(it, data, idx: Sym):
     if isinstance(data, (Row, Sym, Known)):
         return _select_element(it, data, idx)
     raise Refusal(f"Gather from {describe(data)} at a structure index")
+
+
+def _gather_columns(it, data: Array, idx: Sym, elems):
+    """Rows of array[:, columns] (a Gather on axis 1 at constant indices, then one at structure indices)."""
+    base = Array(data.name, data.dtype, data.base_shape, data.fill, data.view)
+    full = gather_rows(it, base, idx)  # [*idx, K] for the whole rows
+    cols = np.asarray(data.columns)
+    from .layout import rearrange
+    k = len(idx.shape)
+    return rearrange(full, lambda a: np.take(a, cols, axis=k))
 
 
 def _select_element(it, data, idx: Sym):
@@ -141,6 +153,14 @@ def op_gather(it, node, args, lookup):
     if isinstance(indices, Known) and isinstance(data, (Row, Sym, Known)):
         return gather_constant(data, indices, axis)
     idx = it.sym(indices, "the Gather index")
+    if axis != 0 and isinstance(data, Array) and isinstance(indices, Known) and data.columns is None and \
+            data.shape is not None and len(data.shape) == 2 and axis % 2 == 1 and isinstance(data.shape[1], int):
+        cols = np.asarray(indices.value).astype(np.int64)
+        cols = np.where(cols < 0, cols + data.shape[1], cols)
+        if cols.size and (cols.min() < 0 or cols.max() >= data.shape[1]):
+            raise Refusal("Gather index out of range (the original fails on every input)")
+        return Array(data.name, data.dtype, (data.shape[0],) + tuple(cols.shape), data.fill, data.view, cols,
+                     tuple(data.shape))
     if axis != 0:
         shape = static_shape(data) if isinstance(data, (Row, Sym, Known)) else None
         if shape is not None:  # move the axis first, gather, move it back

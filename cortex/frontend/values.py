@@ -142,6 +142,17 @@ class Array:
     shape: Optional[tuple]  # dims (int or None) or None if the rank is unknown
     fill: Optional[float] = None  # a ConstantOfShape: every element is this value
     view: Optional[str] = None  # read as this dtype (a Cast between integer and bool types inside the recursion)
+    columns: Optional[np.ndarray] = None  # a Gather on axis 1 at constant indices: the columns kept (shape = index)
+    base_shape: Optional[tuple] = None  # with columns: the shape of the whole array
+
+    def __eq__(self, other):
+        return (isinstance(other, Array) and (self.name, self.dtype, self.shape, self.fill, self.view) ==
+                (other.name, other.dtype, other.shape, other.fill, other.view) and
+                (self.columns is None) == (other.columns is None) and
+                (self.columns is None or np.array_equal(self.columns, other.columns)))
+
+    def __hash__(self):
+        return hash((self.name, self.view))
 
     @property
     def read_dtype(self) -> Optional[str]:
