@@ -23,7 +23,7 @@ class ElementOp:
     name: str
     arity: int
     numpy: Callable  # (*operands, *params) -> array, float32 in, float32 out
-    code: dict = field(default_factory=dict)  # target -> format string over {x} / {a}, {b} and {p0}, {p1}
+    code: dict = field(default_factory=dict)  # dialect -> format string over {x} / {a}, {b} and {p0}, {p1}
 
 
 def _f32(fn):
@@ -38,11 +38,11 @@ def _bool(fn):
 
 
 def _u(name, fn, cpp):
-    return ElementOp(name, 1, _f32(fn), {"cpp": cpp})
+    return ElementOp(name, 1, _f32(fn), {"c": cpp})
 
 
 def _b(name, fn, cpp):
-    return ElementOp(name, 2, _f32(fn), {"cpp": cpp})
+    return ElementOp(name, 2, _f32(fn), {"c": cpp})
 
 
 def _sigmoid(x):
@@ -101,9 +101,9 @@ _UNARY = [
     _u("ceil", np.ceil, "std::ceil({x})"),
     _u("round", np.round, "std::nearbyint({x})"),  # half to even, as ONNX Round
     _u("sign", np.sign, "cortex::sign({x})"),
-    ElementOp("not", 1, _bool(lambda x: x == 0), {"cpp": "({x} == 0.0f ? 1.0f : 0.0f)"}),
-    ElementOp("isnan", 1, _bool(np.isnan), {"cpp": "(std::isnan({x}) ? 1.0f : 0.0f)"}),
-    ElementOp("isinf", 1, _bool(np.isinf), {"cpp": "(std::isinf({x}) ? 1.0f : 0.0f)"}),
+    ElementOp("not", 1, _bool(lambda x: x == 0), {"c": "({x} == 0.0f ? 1.0f : 0.0f)"}),
+    ElementOp("isnan", 1, _bool(np.isnan), {"c": "(std::isnan({x}) ? 1.0f : 0.0f)"}),
+    ElementOp("isinf", 1, _bool(np.isinf), {"c": "(std::isinf({x}) ? 1.0f : 0.0f)"}),
 ]
 
 _BINARY = [
@@ -116,15 +116,15 @@ _BINARY = [
     _b("pow", np.power, "std::pow({a}, {b})"),
     _b("fmod", np.fmod, "std::fmod({a}, {b})"),
     _b("prelu", lambda x, s: np.where(x < 0, s * x, x), "({a} < 0.0f ? {b} * {a} : {a})"),
-    ElementOp("lt", 2, _bool(np.less), {"cpp": "({a} < {b} ? 1.0f : 0.0f)"}),
-    ElementOp("le", 2, _bool(np.less_equal), {"cpp": "({a} <= {b} ? 1.0f : 0.0f)"}),
-    ElementOp("gt", 2, _bool(np.greater), {"cpp": "({a} > {b} ? 1.0f : 0.0f)"}),
-    ElementOp("ge", 2, _bool(np.greater_equal), {"cpp": "({a} >= {b} ? 1.0f : 0.0f)"}),
-    ElementOp("eq", 2, _bool(np.equal), {"cpp": "({a} == {b} ? 1.0f : 0.0f)"}),
-    ElementOp("ne", 2, _bool(np.not_equal), {"cpp": "({a} != {b} ? 1.0f : 0.0f)"}),
-    ElementOp("and", 2, _bool(lambda a, b: (a != 0) & (b != 0)), {"cpp": "(({a} != 0.0f && {b} != 0.0f) ? 1.0f : 0.0f)"}),
-    ElementOp("or", 2, _bool(lambda a, b: (a != 0) | (b != 0)), {"cpp": "(({a} != 0.0f || {b} != 0.0f) ? 1.0f : 0.0f)"}),
-    ElementOp("xor", 2, _bool(lambda a, b: (a != 0) ^ (b != 0)), {"cpp": "((({a} != 0.0f) != ({b} != 0.0f)) ? 1.0f : 0.0f)"}),
+    ElementOp("lt", 2, _bool(np.less), {"c": "({a} < {b} ? 1.0f : 0.0f)"}),
+    ElementOp("le", 2, _bool(np.less_equal), {"c": "({a} <= {b} ? 1.0f : 0.0f)"}),
+    ElementOp("gt", 2, _bool(np.greater), {"c": "({a} > {b} ? 1.0f : 0.0f)"}),
+    ElementOp("ge", 2, _bool(np.greater_equal), {"c": "({a} >= {b} ? 1.0f : 0.0f)"}),
+    ElementOp("eq", 2, _bool(np.equal), {"c": "({a} == {b} ? 1.0f : 0.0f)"}),
+    ElementOp("ne", 2, _bool(np.not_equal), {"c": "({a} != {b} ? 1.0f : 0.0f)"}),
+    ElementOp("and", 2, _bool(lambda a, b: (a != 0) & (b != 0)), {"c": "(({a} != 0.0f && {b} != 0.0f) ? 1.0f : 0.0f)"}),
+    ElementOp("or", 2, _bool(lambda a, b: (a != 0) | (b != 0)), {"c": "(({a} != 0.0f || {b} != 0.0f) ? 1.0f : 0.0f)"}),
+    ElementOp("xor", 2, _bool(lambda a, b: (a != 0) ^ (b != 0)), {"c": "((({a} != 0.0f) != ({b} != 0.0f)) ? 1.0f : 0.0f)"}),
 ]
 
 UNARY = {op.name: op for op in _UNARY}
@@ -139,12 +139,18 @@ def evaluate(op: str, *args, params=()):
     return table[op].numpy(*[np.asarray(a, dtype=np.float32) for a in args], *params)
 
 
+# A target's code for an op is its own entry, else the C-style one both the C++ and the CUDA emitters compile (the
+# shared functions live in csrc/runtime/activations.h, host and device alike).
+DIALECTS = {"cpp": ("cpp", "c"), "cuda": ("cuda", "c")}
+
+
 def render(op: str, target: str, operands: dict, params=(), literal=str) -> str:
     """The code of op for a target, with operands ({x} or {a}, {b}) and params ({p0}, ...) filled in; `literal`
     renders a float parameter."""
     entry = UNARY.get(op) or BINARY.get(op)
-    if entry is None or target not in entry.code:
+    code = next((entry.code[d] for d in DIALECTS.get(target, (target,)) if entry and d in entry.code), None)
+    if code is None:
         raise MissingOp(f"elementwise op '{op}' has no {target} code")
     fill = dict(operands)
     fill.update({f"p{i}": literal(p) for i, p in enumerate(params)})
-    return entry.code[target].format(**fill)
+    return code.format(**fill)

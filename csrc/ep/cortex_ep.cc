@@ -287,14 +287,15 @@ class KernelComputeInfo : public OrtNodeComputeInfo {
       }
       const void* data = nullptr;
       CORTEX_RETURN_IF_ERROR(api_.ort.GetTensorData(value, &data));
-      inputs[i] = CortexTensor{data, shape, static_cast<int32_t>(rank), static_cast<int32_t>(type)};
+      inputs[i] = CortexTensor{data, shape, static_cast<int32_t>(rank), static_cast<int32_t>(type), CORTEX_DEVICE_CPU, 0};
     }
 
     (void)num_outputs;
     OutputAllocator allocator(api_, context, output_map_);
     char message[4096] = {0};
+    const CortexExecution execution{CORTEX_DEVICE_CPU, 0, nullptr};
     const int32_t rc = kernel_->Run(inputs.data(), static_cast<int32_t>(inputs.size()), &OutputAllocator::Allocate,
-                                    &allocator, message, sizeof(message));
+                                    &allocator, &execution, message, sizeof(message));
     message[sizeof(message) - 1] = '\0';
     if (OrtStatus* allocation_error = allocator.TakeError()) {
       StatusPtr owned(allocation_error, StatusDeleter{&api_.ort});

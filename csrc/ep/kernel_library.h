@@ -26,8 +26,8 @@ class KernelLibrary {
 
   // cortex_kernel_run; never throws.
   int32_t Run(const CortexTensor* inputs, int32_t num_inputs, CortexAllocOutput alloc_output, void* alloc_context,
-              char* error, size_t error_size) const {
-    return run_(inputs, num_inputs, alloc_output, alloc_context, error, error_size);
+              const CortexExecution* execution, char* error, size_t error_size) const {
+    return run_(inputs, num_inputs, alloc_output, alloc_context, execution, error, error_size);
   }
 
  private:

@@ -11,11 +11,18 @@
 #include <cstdint>
 #include <cstring>
 
+// The same functions on the host and, compiled by nvcc, on the device: CPU and GPU kernels compute identical math.
+#if defined(__CUDACC__)
+#define CORTEX_HD __host__ __device__
+#else
+#define CORTEX_HD
+#endif
+
 namespace cortex {
 
 namespace detail {
 
-inline float bits_to_float(int32_t i) {
+CORTEX_HD inline float bits_to_float(int32_t i) {
   float f;
   std::memcpy(&f, &i, sizeof f);
   return f;
@@ -28,7 +35,7 @@ inline float bits_to_float(int32_t i) {
 // polynomial, times 2^n built in the exponent bits. Written with plain comparisons and casts (no fmin, no
 // rint, no NaN test) because those are what GCC vectorizes; a NaN input flows through the arithmetic to a NaN.
 // The IR's own `exp` op uses std::exp (exact range); this one serves sigmoid and tanh.
-inline float exp_f(float x) {
+CORTEX_HD inline float exp_f(float x) {
   const float c = x < -87.3365447505531f ? -87.3365447505531f : (x > 88.3762626647949f ? 88.3762626647949f : x);
   const float t = c * 1.44269504088896341f;
   const float n = static_cast<float>(static_cast<int32_t>(t + (t >= 0.0f ? 0.5f : -0.5f)));
@@ -46,10 +53,10 @@ inline float exp_f(float x) {
 }
 
 // 1 / (1 + e^-x): 0 and 1 at the extremes, NaN propagates.
-inline float sigmoid(float x) { return 1.0f / (1.0f + exp_f(-x)); }
+CORTEX_HD inline float sigmoid(float x) { return 1.0f / (1.0f + exp_f(-x)); }
 
 // tanh: an odd polynomial near 0 (no cancellation), 1 - 2 / (e^2|x| + 1) with the sign elsewhere.
-inline float tanh_f(float x) {
+CORTEX_HD inline float tanh_f(float x) {
   const float ax = x < 0.0f ? -x : x;
   const float z = x * x;
   float small = -5.70498872745e-3f;
@@ -64,47 +71,47 @@ inline float tanh_f(float x) {
 }
 
 // Same as tanh_f (the contract names it `tanh`); float only.
-inline float tanh(float x) { return tanh_f(x); }
+CORTEX_HD inline float tanh(float x) { return tanh_f(x); }
 
 // max(x, 0); NaN propagates.
-inline float relu(float x) { return x < 0.0f ? 0.0f : x; }
+CORTEX_HD inline float relu(float x) { return x < 0.0f ? 0.0f : x; }
 
-inline float identity(float x) { return x; }
+CORTEX_HD inline float identity(float x) { return x; }
 
 // max / min that propagate a NaN from either side (numpy, PyTorch and ONNX Max/Min semantics).
-inline float fmax_nan(float a, float b) { return (a > b || a != a) ? a : b; }
-inline float fmin_nan(float a, float b) { return (a < b || a != a) ? a : b; }
+CORTEX_HD inline float fmax_nan(float a, float b) { return (a > b || a != a) ? a : b; }
+CORTEX_HD inline float fmin_nan(float a, float b) { return (a < b || a != a) ? a : b; }
 
 // log(1 + e^x) without overflow: x + log1p(e^-x) for x > 0.
-inline float softplus(float x) { return x > 0.0f ? x + std::log1p(std::exp(-x)) : std::log1p(std::exp(x)); }
+CORTEX_HD inline float softplus(float x) { return x > 0.0f ? x + std::log1p(std::exp(-x)) : std::log1p(std::exp(x)); }
 
-inline float elu(float x, float alpha) { return x > 0.0f ? x : alpha * std::expm1(x); }
+CORTEX_HD inline float elu(float x, float alpha) { return x > 0.0f ? x : alpha * std::expm1(x); }
 
-inline float celu(float x, float alpha) {
+CORTEX_HD inline float celu(float x, float alpha) {
   return (x > 0.0f ? x : 0.0f) + std::fmin(0.0f, alpha * std::expm1(x / alpha));
 }
 
-inline float hardsigmoid(float x, float alpha, float beta) {
+CORTEX_HD inline float hardsigmoid(float x, float alpha, float beta) {
   const float y = alpha * x + beta;
   return y < 0.0f ? 0.0f : (y > 1.0f ? 1.0f : y);
 }
 
-inline float gelu(float x) { return 0.5f * x * (1.0f + std::erf(x * 0.70710678118654752f)); }
+CORTEX_HD inline float gelu(float x) { return 0.5f * x * (1.0f + std::erf(x * 0.70710678118654752f)); }
 
-inline float gelu_tanh(float x) {
+CORTEX_HD inline float gelu_tanh(float x) {
   return 0.5f * x * (1.0f + tanh_f(0.79788456080286536f * (x + 0.044715f * x * x * x)));
 }
 
-inline float sign(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : x); }  // NaN and +-0 stay
+CORTEX_HD inline float sign(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : x); }  // NaN and +-0 stay
 
 // In-place array helpers.
-inline void sigmoid_inplace(float* x, int64_t n) {
+CORTEX_HD inline void sigmoid_inplace(float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] = sigmoid(x[i]);
 }
-inline void tanh_inplace(float* x, int64_t n) {
+CORTEX_HD inline void tanh_inplace(float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] = tanh_f(x[i]);
 }
-inline void relu_inplace(float* x, int64_t n) {
+CORTEX_HD inline void relu_inplace(float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] = relu(x[i]);
 }
 

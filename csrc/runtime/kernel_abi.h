@@ -7,7 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CORTEX_KERNEL_ABI_VERSION 1
+#define CORTEX_KERNEL_ABI_VERSION 2
 
 #ifdef __cplusplus
 extern "C" {
@@ -16,20 +16,35 @@ extern "C" {
 // ONNX TensorProto.DataType values, the only ones a kernel exchanges.
 enum CortexDType { CORTEX_FLOAT = 1, CORTEX_INT32 = 6, CORTEX_INT64 = 7, CORTEX_BOOL = 9 };
 
-// One input tensor, borrowed for the duration of the call. Dense, row-major, CPU memory.
+// Where memory lives and code runs.
+enum CortexDeviceType { CORTEX_DEVICE_CPU = 0, CORTEX_DEVICE_CUDA = 1 };
+
+// One input tensor, borrowed for the duration of the call. Dense, row-major.
 typedef struct CortexTensor {
   const void* data;
   const int64_t* shape;
   int32_t rank;
-  int32_t dtype;  // a CortexDType
+  int32_t dtype;   // a CortexDType
+  int32_t device;  // a CortexDeviceType: where `data` is
+  int32_t reserved;
 } CortexTensor;
 
+// Where the kernel runs: the device and, for CUDA, the stream (a cudaStream_t) its work goes on.
+typedef struct CortexExecution {
+  int32_t device_type;  // a CortexDeviceType
+  int32_t device_id;
+  void* stream;
+} CortexExecution;
+
 // Allocates output `index` with the given shape (dtype is fixed by the kernel's signature) and
-// returns its dense row-major buffer, or NULL on failure. Provided by the EP, backed by ORT.
+// returns its dense row-major buffer on the kernel's device, or NULL on failure. Provided by the EP, backed by ORT.
 typedef void* (*CortexAllocOutput)(void* alloc_context, int32_t index, const int64_t* shape, int32_t rank);
 
 // Returns CORTEX_KERNEL_ABI_VERSION as compiled into the kernel.
 int32_t cortex_kernel_abi_version(void);
+
+// The device the kernel runs on (a CortexDeviceType): its outputs live there.
+int32_t cortex_kernel_device(void);
 
 // Human-readable identity of the kernel: model name and content hash.
 const char* cortex_kernel_identity(void);
@@ -37,7 +52,7 @@ const char* cortex_kernel_identity(void);
 // Runs the kernel. Returns 0 on success; otherwise writes a NUL-terminated message of at most
 // error_size bytes into `error` and returns non-zero. Never throws across this boundary.
 int32_t cortex_kernel_run(const CortexTensor* inputs, int32_t num_inputs, CortexAllocOutput alloc_output,
-                          void* alloc_context, char* error, size_t error_size);
+                          void* alloc_context, const CortexExecution* execution, char* error, size_t error_size);
 
 #ifdef __cplusplus
 }

@@ -91,6 +91,14 @@ inline const void* check_input(const CortexTensor& t, const char* name, int32_t 
   return t.data;
 }
 
+// The data of an input a CPU kernel reads: it must be in host memory.
+inline const void* host_data(const CortexTensor& t, const char* name) {
+  if (t.device != CORTEX_DEVICE_CPU) {
+    throw KernelError(std::string("input '") + name + "' is in device memory; a CPU kernel reads host memory");
+  }
+  return t.data;
+}
+
 // A scalar int64 input given as shape [] or [1] (ONNX Loop trip counts come as either).
 inline int64_t scalar_int64(const CortexTensor& t, const char* name) {
   int64_t elements = 1;

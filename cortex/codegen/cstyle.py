@@ -1,0 +1,415 @@
+"""What the C++ (CPU) and CUDA emitters share: C literals, the host-side code every kernel runs before the
+recursion (input checks, the per-position `prepare` that evaluates predicates and indices with ONNX semantics), and
+the element renderer that turns a row expression into C code for one element (each op from the op table's code for
+the target; leaves read through per-position pointers; rearrangements become index arithmetic).
+
+A target differs only in its `Dialect`: where the per-position values live and how a buffer element is addressed.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from ..ir import nodes as ir
+from ..ir import ops
+from ..ir.printer import ScalarSyntax, format_index, format_pred, render_index, render_pred
+from .plan import MASK, ROW, VALUE, CodegenError, KernelPlan
+
+
+def cfloat(x: float) -> str:
+    x = float(np.float32(x))
+    if np.isnan(x):
+        return "std::numeric_limits<float>::quiet_NaN()"
+    if np.isinf(x):
+        return ("-" if x < 0 else "") + "std::numeric_limits<float>::infinity()"
+    return f"{x.hex()}f"
+
+
+def cstr(s: str) -> str:
+    """`s` as the inside of a C++ string literal: quotes, backslashes, '?' (trigraphs) and control characters are
+    escaped (octal: bounded, unlike \\x), so no name can end the literal or the line."""
+    out = []
+    for ch in str(s):
+        if ch in '"\\?':
+            out.append("\\" + ch)
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\{ord(ch):03o}")
+        elif ord(ch) > 0x7F:
+            out.append("?")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def comment(s: str) -> str:
+    """Text safe inside a // comment: one line, printable ASCII (no line splice at the end)."""
+    text = re.sub(r"[^ -~]", "?", str(s))
+    return text.rstrip("\\")[:300]
+
+
+DTYPES = {"int64": ("int64_t", "CORTEX_INT64"), "int32": ("int32_t", "CORTEX_INT32"),
+          "bool": ("uint8_t", "CORTEX_BOOL"), "float32": ("float", "CORTEX_FLOAT")}
+
+
+class HostSyntax(ScalarSyntax):
+    """Index expressions as host C++ over the kernel's context `cx`: loads follow ONNX Gather semantics (negative ids
+    wrap, out of range throws a KernelError naming the array and the position)."""
+
+    def __init__(self, plan: KernelPlan):
+        self.plan = plan
+
+    def const(self, value: int) -> str:
+        return f"INT64_C({value})"
+
+    def load(self, e: ir.Load, index: str) -> str:
+        a = self.plan.array_ids[e.array]
+        row = f"cortex::normalize_index({index}, cx.{a}_rows, \"{cstr(e.array)}\", p)"
+        element = f"cx.{a}[{row}]" if e.column is None else f"cx.{a}[{row} * cx.{a}_cols + {e.column}]"
+        if self.plan.program.input(e.array).dtype == "bool":
+            return f"static_cast<int64_t>({element} != 0)"
+        return f"static_cast<int64_t>({element})"
+
+    def length(self, array) -> str:
+        return f"cx.{self.plan.array_ids[array]}_rows" if array else "cx.N"
+
+    def call(self, op: str, a: str, b: str) -> str:
+        if op in ("max", "min"):
+            return f"std::{op}<int64_t>({a}, {b})"
+        return f"cortex::i{op}({a}, {b}, p)"
+
+    def guard(self, pred: str, value: str, message: str) -> str:
+        return f"cortex::guard({pred}, {value}, \"{cstr(message)}\", p)"
+
+
+# ---- host code shared by every target --------------------------------------------------------------------------
+
+
+def host_context_fields(plan: KernelPlan) -> list:
+    """Ctx members for the runtime arrays (host copies of the structure arrays are what `prepare` reads)."""
+    lines = ["  int64_t N = 0, L = 0;"]
+    for d in plan.program.inputs:
+        if d.kind == "array":
+            a = plan.array_ids[d.name]
+            ctype = DTYPES[d.dtype][0]
+            lines.append(f"  const {ctype}* {a} = nullptr; int64_t {a}_rows = 0, {a}_cols = 1;  // {comment(d.name)}")
+    return lines
+
+
+def check_array_inputs(plan: KernelPlan, host_data) -> list:
+    """Lines checking each runtime array (dtype, rank, static dims) and setting cx.aK (via host_data(i), the host
+    pointer of input i), cx.aK_rows, cx.aK_cols."""
+    lines = []
+    for i, d in enumerate(plan.program.inputs):
+        if d.kind != "array":
+            continue
+        a = plan.array_ids[d.name]
+        ctype, dt = DTYPES[d.dtype]
+        inner = ", ".join(str(x) for x in d.inner) or "0"
+        lines.append(f"    {{ static const int64_t inner[] = {{{inner}}};")
+        lines.append(f"      cortex::check_input(inputs[{i}], \"{cstr(d.name)}\", {dt}, {d.rank}, inner);")
+        lines.append(f"      cx.{a} = static_cast<const {ctype}*>({host_data(i, d)});")
+        rows = f"inputs[{i}].shape[0]" if d.rank >= 1 else "1"
+        cols = f" cx.{a}_cols = {int(np.prod(d.inner, dtype=np.int64))};" if d.rank >= 2 else ""
+        lines.append(f"      cx.{a}_rows = {rows};{cols} }}")
+    return lines
+
+
+def check_const_inputs(plan: KernelPlan, assign) -> list:
+    """Lines checking each prepared constant's shape; assign(input index, const id) stores its pointer."""
+    lines = []
+    for i, inp in enumerate(plan.inputs):
+        if inp.kind == "const":
+            dims = ", ".join(str(x) for x in inp.array.shape[1:]) or "0"
+            lines.append(f"    {{ static const int64_t inner[] = {{{dims}}};")
+            lines.append(f"      cortex::check_input(inputs[{i}], \"{cstr(inp.name)}\", CORTEX_FLOAT, {inp.array.ndim}, inner);")
+            lines.append(f"      if (inputs[{i}].shape[0] != {inp.array.shape[0]}) throw cortex::KernelError(\"constant {cstr(inp.name)} has the wrong shape\");")
+            lines.append(f"      {assign(i, plan.const_ids[inp.const])} }}")
+    return lines
+
+
+def rows_and_positions(plan: KernelPlan, syntax: HostSyntax) -> list:
+    """Lines setting cx.N (rows of the state tables) and cx.L (positions)."""
+    p = plan.program
+    if p.mode == "visit":
+        first = next(i for i, d in enumerate(p.inputs) if d.kind == "init")
+        return [f"    cx.N = inputs[{first}].rank >= 1 ? inputs[{first}].shape[0] : 0;",
+                f"    cx.L = std::max<int64_t>(0, {render_index(p.trip, syntax)});  // {comment(format_index(p.trip))}"]
+    a = plan.array_ids[p.rows_from]
+    return [f"    cx.N = cx.{a}_rows;",
+            "    cx.L = cx.N;",
+            f"    for (int64_t i = 0; i < cx.N * cx.{a}_cols; ++i) cortex::child_index(cx.{a}[i], cx.N, \"{cstr(p.rows_from)}\", i / cx.{a}_cols);"]
+
+
+def prepare_fn(plan: KernelPlan, syntax: HostSyntax) -> str:
+    """Evaluates every position's case and indices on the host (ONNX index semantics and errors), keeping the
+    positions that write something, in order: ws.case_id, ws.position, ws.node, ws.reads, ws.slots, ws.listed."""
+    p = plan.program
+    lines = [
+        "// Evaluates every position's case and indices on the host (ONNX index semantics and errors),",
+        "// keeping the positions that write something, in order.",
+        "static void prepare(Ctx& cx, Workspace& ws) {",
+        "  ws.resize_positions(cx.L);",
+        "  int64_t q = 0;",
+        "  for (int64_t p = 0; p < cx.L; ++p) {",
+        "    int32_t c = -1;",
+    ]
+    for c, case in enumerate(p.cases):
+        cond = "if" if c == 0 else "else if"
+        lines.append(f"    {cond} ({render_pred(case.predicate, syntax)}) c = {c};  // {comment(format_pred(case.predicate))}")
+    lines += ["    if (c < 0) continue;",
+              "    ws.case_id[q] = c;",
+              "    ws.position[q] = p;",
+              "    int64_t* reads = &ws.reads[q * kReads];",
+              "    int64_t* slots = &ws.slots[q * kSlots];",
+              "    std::fill(reads, reads + kReads, INT64_C(-1));",
+              "    switch (c) {"]
+    for cp in plan.cases:
+        case, layout = cp.case, cp.layout
+        lines.append(f"      case {cp.index}: {{  // {comment(case.name)}")
+        if case.target is None:
+            lines.append("        ws.node[q] = -1;  // writes no state row")
+        elif p.mode == "dag":
+            lines.append(f"        ws.node[q] = {render_index(case.target, syntax)};")
+        else:
+            lines.append(f"        ws.node[q] = cortex::normalize_index({render_index(case.target, syntax)}, cx.N, "
+                         f"\"the state row written\", p);  // {comment(format_index(case.target))}")
+        for k, (index, missing_zero) in enumerate(layout.reads):
+            fn = "cortex::child_index" if missing_zero else "cortex::normalize_index"
+            lines.append(f"        reads[{k}] = {fn}({render_index(index, syntax)}, cx.N, \"a child state row\", p);"
+                         f"  // {comment(format_index(index))}")
+        for s, (key, kind, source) in enumerate(layout.slots):
+            if kind == MASK:
+                lines.append(f"        slots[{s}] = {render_pred(key, syntax)} ? 1 : 0;  // {comment(format_pred(key))}")
+            elif kind == VALUE:
+                lines.append(f"        slots[{s}] = {render_index(key, syntax)};  // {comment(format_index(key))}")
+            else:
+                rows = (f"INT64_C({p.constants[source].shape[0]})" if source in p.constants
+                        else f"cx.{plan.array_ids[source]}_rows")
+                lines.append(f"        slots[{s}] = cortex::normalize_index({render_index(key, syntax)}, {rows}, "
+                             f"\"{cstr(source)}\", p);  // {comment(format_index(key))}")
+        lines += ["        break;", "      }"]
+    lines += ["    }", "    ++q;", "  }", "  ws.listed = q;", "}"]
+    return "\n".join(lines) + "\n"
+
+
+POSITION_ARRAYS = """  std::vector<int64_t> node, position, reads, slots;
+  std::vector<int32_t> case_id;
+  int64_t listed = 0;
+
+  void resize_positions(int64_t L) {
+    node.resize(L);
+    position.resize(L);
+    case_id.resize(L);
+    reads.resize(L * kReads);
+    slots.resize(L * kSlots);
+  }"""
+
+
+# ---- the element renderer ---------------------------------------------------------------------------------------
+
+
+class Access:
+    """Which element of a value a loop over j in [0, width) reads: `j + offset`, `indices[j]`, or one fixed element
+    `const` (a width-1 value broadcast over the loop)."""
+
+    def __init__(self, offset=0, indices=None, const=None):
+        if indices is not None:
+            indices = tuple(int(i) for i in indices)
+            if all(b == a + 1 for a, b in zip(indices, indices[1:])):
+                offset, indices = indices[0], None
+        self.offset, self.indices, self.const = offset, indices, const
+
+    def key(self):
+        if self.const is not None:
+            return ("const", self.const)
+        return ("gather", self.indices) if self.indices is not None else ("affine", self.offset)
+
+    def shifted(self, start):
+        if self.const is not None:
+            return Access(const=self.const + start)
+        if self.indices is None:
+            return Access(self.offset + start)
+        return Access(indices=[i + start for i in self.indices])
+
+    def through(self, indices, width):
+        if self.const is not None:
+            return Access(const=indices[self.const])
+        if self.indices is None:
+            return Access(indices=indices[self.offset:self.offset + width])
+        return Access(indices=[indices[i] for i in self.indices])
+
+    def span(self, width):
+        if self.const is not None:
+            return self.const, self.const
+        if self.indices is None:
+            return self.offset, self.offset + width - 1
+        return min(self.indices), max(self.indices)
+
+
+class Dialect:
+    """Where a target keeps per-position values; the CPU kernel's layout (the CUDA emitter overrides)."""
+    target = "cpp"
+    zeros = "kZeros"
+    index_table_decl = "alignas(64) const int32_t"
+
+    def read(self, k):
+        return f"ws.reads[q * kReads + {k}]"
+
+    def slot(self, s):
+        return f"ws.slots[q * kSlots + {s}]"
+
+    def table(self, tid):
+        return f"cx.{tid}"
+
+    def const(self, cid):
+        return f"cx.{cid}"
+
+    def array(self, aid):
+        return f"cx.{aid}"
+
+    def projection(self, k):
+        return f"cx.proj{k}"
+
+
+class ElementRenderer:
+    """C code for one element of row expressions of a case, over a loop variable j and a batch row b (position q):
+    `pointers` collects the per-position declarations the code needs, `code` the temporaries, in order."""
+
+    def __init__(self, plan: KernelPlan, cp, dialect: Dialect, index_table):
+        self.plan, self.cp, self.d, self.index_table = plan, cp, dialect, index_table
+        self.computing = None
+
+    def start(self, computing=None):
+        """A new loop: fresh temporaries (and the buffered value it fills, which it must compute, not read)."""
+        self.computing = computing
+        return {}, [], {}
+
+    def leaf_pointer(self, node, pointers) -> str:
+        plan, layout, d = self.plan, self.cp.layout, self.d
+        if node in pointers:
+            return pointers[node][0]
+        if isinstance(node, ir.ChildState):
+            k = layout.reads.index((node.index, node.missing_zero))
+            name = f"child{len(pointers)}"
+            row = d.read(k)
+            decl = (f"const float* {name} = {row} >= 0 ? {d.table(plan.table_ids[node.table])} + {row} * {node.width} "
+                    f": {d.zeros};  // {comment(node.table)}[{comment(format_index(node.index))}]")
+        elif isinstance(node, ir.ConstRow):
+            s = layout.slots.index((node.index, ROW, node.const))
+            name = f"crow{len(pointers)}"
+            decl = (f"const float* {name} = {d.const(plan.const_ids[node.const])} + {d.slot(s)} * {node.width};"
+                    f"  // {comment(node.const)}[{comment(format_index(node.index))}]")
+        elif isinstance(node, ir.InputProjection):
+            s = layout.slots.index((node.index, ROW, node.array))
+            k = plan.projections.index((node.array, node.weight, node.bias))
+            name = f"iproj{len(pointers)}"
+            decl = (f"const float* {name} = {d.projection(k)} + {d.slot(s)} * {node.width};"
+                    f"  // ({comment(node.array)} @ {comment(node.weight)})[{comment(format_index(node.index))}]")
+        elif isinstance(node, ir.InputRow):
+            s = layout.slots.index((node.index, ROW, node.array))
+            name = f"irow{len(pointers)}"
+            decl = (f"const float* {name} = {d.array(plan.array_ids[node.array])} + {d.slot(s)} * {node.width};"
+                    f"  // {comment(node.array)}[{comment(format_index(node.index))}]")
+        elif isinstance(node, ir.BExpr):
+            s = layout.slots.index((node, MASK, None))
+            name = f"mask{len(pointers)}"
+            decl = f"const bool {name} = {d.slot(s)} != 0;  // {comment(format_pred(node))}"
+        elif isinstance(node, ir.IndexValue):
+            s = layout.slots.index((node.index, VALUE, None))
+            name = f"ival{len(pointers)}"
+            decl = f"const float {name} = static_cast<float>({d.slot(s)});  // {comment(format_index(node.index))}"
+        else:
+            raise CodegenError(f"no pointer for {type(node).__name__}")
+        pointers[node] = (name, decl)
+        return name
+
+    def _index(self, access: Access) -> str:
+        if access.const is not None:
+            return str(access.const)
+        if access.indices is not None:
+            return f"{self.index_table(access.indices)}[j]"
+        return f"j + {access.offset}" if access.offset else "j"
+
+    def expr(self, e, access: Access, w, temps, code, pointers) -> str:
+        """C for the element of e that the loop's j reads through `access`."""
+        if e.width == 1 and access.const is None:
+            access = Access(const=0)  # a width-1 value broadcasts over the loop
+        buffers = self.cp.buffers
+        if e in buffers and e != self.computing:
+            idx = self._index(access)
+            if isinstance(e, ir.LeftMatMul):  # element (r, c) sits at row (b, c), column r of the GEMM
+                rows = e.width // e.cols
+                return f"{buffers[e]}[(b * {e.cols} + ({idx}) % {e.cols}) * {rows} + ({idx}) / {e.cols}]"
+            return f"{buffers[e]}[b * {e.width} + {idx}]"
+        if isinstance(e, (ir.ChildState, ir.ConstRow, ir.InputRow, ir.InputProjection)):
+            return f"{self.leaf_pointer(e, pointers)}[{self._index(access)}]"
+        if isinstance(e, ir.ConstVec):
+            return f"{self.d.const(self.plan.const_ids[e.const])}[{self._index(access)}]"
+        if isinstance(e, ir.Scalar):
+            return cfloat(e.value)
+        if isinstance(e, ir.IndexValue):
+            return self.leaf_pointer(e, pointers)
+        if isinstance(e, ir.Slice):
+            return self.expr(e.x, access.shifted(e.start), w, temps, code, pointers)
+        if isinstance(e, ir.Take):
+            return self.expr(e.x, access.through(e.indices, w), w, temps, code, pointers)
+        if isinstance(e, ir.Concat):
+            lo, hi = access.span(w)
+            col = 0
+            for part in e.parts:
+                if col <= lo and hi < col + part.width:
+                    return self.expr(part, access.shifted(-col), w, temps, code, pointers)
+                col += part.width
+            raise CodegenError("a concatenation is read across its parts inside elementwise math")
+        key = (e, access.key())
+        if key in temps:
+            return temps[key]
+        if isinstance(e, ir.Unary):
+            x = self.expr(e.x, access, w, temps, code, pointers)
+            value = ops.render(e.op, self.d.target, {"x": x}, e.params, cfloat)
+        elif isinstance(e, ir.Binary):
+            a = self.expr(e.a, access, w, temps, code, pointers)
+            b = self.expr(e.b, access, w, temps, code, pointers)
+            value = ops.render(e.op, self.d.target, {"a": a, "b": b}, (), cfloat)
+        elif isinstance(e, ir.Select):
+            m = self.leaf_pointer(e.pred, pointers)
+            a = self.expr(e.a, access, w, temps, code, pointers)
+            b = self.expr(e.b, access, w, temps, code, pointers)
+            value = f"({m} ? {a} : {b})"
+        elif isinstance(e, ir.Where):
+            c = self.expr(e.cond, access, w, temps, code, pointers)
+            a = self.expr(e.a, access, w, temps, code, pointers)
+            b = self.expr(e.b, access, w, temps, code, pointers)
+            value = f"({c} != 0.0f ? {a} : {b})"
+        else:
+            raise CodegenError(f"row expression {type(e).__name__}")
+        name = f"v{len(temps)}"
+        code.append(f"const float {name} = {value};")
+        temps[key] = name
+        return name
+
+    def pieces(self, targets):
+        """Root expressions split at a root concatenation: [(expr, dest, column offset)], grouped by width."""
+        out = {}
+        for expr, dest in targets:
+            parts = expr.parts if isinstance(expr, ir.Concat) else (expr,)
+            col = 0
+            for part in parts:
+                out.setdefault(part.width, []).append((part, dest, col))
+                col += part.width
+        return out
+
+
+def dense(buffer: str, width: int):
+    """Element i of row b of a [B, width] buffer."""
+    return lambda i: f"{buffer}[b * {width} + {i}]"
+
+
+def transposed(buffer: str, cols: int, k: int):
+    """Element i = (kk, c) of a per-node [k, cols] matrix stored transposed: row (b, c), column kk."""
+    return lambda i: f"{buffer}[(b * {cols} + ({i}) % {cols}) * {k} + ({i}) / {cols}]"
+
+
+REDUCE = {"add": "({a} + {b})", "mul": "({a} * {b})", "max": "cortex::fmax_nan({a}, {b})",
+          "min": "cortex::fmin_nan({a}, {b})"}

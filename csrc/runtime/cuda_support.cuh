@@ -1,0 +1,296 @@
+// What every generated CUDA kernel shares: error checks, pinned staging and device scratch that persist across runs,
+// the grid-cooperative GEMM with weight columns resident in shared memory, and the batch-row helpers.
+//
+// The persistent kernel runs on one block per SM (cooperative launch); every grid-wide step is a loop in which
+// block b owns a contiguous range of output columns (so its weight columns can stay in shared memory for the whole
+// run) and each warp computes dot products with its lanes striding over K.
+#pragma once
+
+#include <cooperative_groups.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "kernel_support.h"
+#include "linearize.h"
+#include <algorithm>
+#include <cstring>
+
+namespace cortex {
+namespace cuda {
+
+namespace cg = cooperative_groups;
+
+constexpr int kThreads = 256;  // threads per block of the persistent kernel
+constexpr int kWarps = kThreads / 32;
+
+inline void check(cudaError_t status, const char* what) {
+  if (status != cudaSuccess) {
+    throw KernelError(std::string("CUDA error in ") + what + ": " + cudaGetErrorString(status));
+  }
+}
+
+// A device allocation that grows and is reused across runs (one per kernel library and device).
+struct DeviceBuffer {
+  void* data = nullptr;
+  size_t size = 0;
+  int device = -1;
+  void* reserve(size_t bytes, int dev) {
+    if (bytes <= size && dev == device) return data;
+    if (data != nullptr) cudaFree(data);
+    data = nullptr;
+    size = 0;
+    check(cudaMalloc(&data, bytes < 256 ? 256 : bytes), "cudaMalloc");
+    size = bytes;
+    device = dev;
+    return data;
+  }
+};
+
+// Pinned host memory that grows and is reused across runs (the schedule's staging area).
+struct PinnedBuffer {
+  void* data = nullptr;
+  size_t size = 0;
+  void* reserve(size_t bytes) {
+    if (bytes <= size) return data;
+    if (data != nullptr) cudaFreeHost(data);
+    data = nullptr;
+    size = 0;
+    check(cudaMallocHost(&data, bytes < 256 ? 256 : bytes), "cudaMallocHost");
+    size = bytes;
+    return data;
+  }
+};
+
+// Output columns [c0, c1) of an N-column product that block `block` of `blocks` computes.
+__host__ __device__ inline void column_range(int64_t N, int64_t block, int64_t blocks, int64_t* c0, int64_t* c1) {
+  *c0 = N * block / blocks;
+  *c1 = N * (block + 1) / blocks;
+}
+
+__device__ inline float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_down_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// C[m][n] = A[m] . Wt[n] (+ bias[n]) for m < M, n in this block's columns. Wt is W transposed ([N, K], row n is
+// column n of W), in global memory or, when `resident` is not null, this block's columns of it in shared memory
+// ([c1 - c0, K] at `resident`).
+__device__ inline void gemm_columns(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* Wt,
+                                    const float* resident, const float* bias, float* C, int64_t ldc) {
+  int64_t c0, c1;
+  column_range(N, blockIdx.x, gridDim.x, &c0, &c1);
+  const int64_t cols = c1 - c0;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int64_t t = warp; t < M * cols; t += kWarps) {
+    const int64_t m = t / cols, c = c0 + t % cols;
+    const float* a = A + m * lda;
+    const float* w = resident != nullptr ? resident + (c - c0) * K : Wt + c * K;
+    float acc = 0.0f;
+    for (int64_t k = lane; k < K; k += 32) acc = fmaf(a[k], w[k], acc);
+    acc = warp_sum(acc);
+    if (lane == 0) C[m * ldc + c] = bias != nullptr ? acc + bias[c] : acc;
+  }
+}
+
+// Copies this block's columns of Wt ([N, K]) into shared memory at `resident`.
+__device__ inline void load_resident(int64_t N, int64_t K, const float* Wt, float* resident) {
+  int64_t c0, c1;
+  column_range(N, blockIdx.x, gridDim.x, &c0, &c1);
+  const float* src = Wt + c0 * K;
+  for (int64_t i = threadIdx.x; i < (c1 - c0) * K; i += blockDim.x) resident[i] = src[i];
+}
+
+// Floats of shared memory a block needs to hold its columns of an [N, K] weight.
+inline int64_t resident_floats(int64_t N, int64_t K, int64_t blocks) { return ((N + blocks - 1) / blocks + 1) * K; }
+
+// The schedule as the device reads it (all pointers into one device allocation).
+struct DeviceSchedule {
+  const int64_t* node = nullptr;
+  const int64_t* position = nullptr;
+  const int64_t* reads = nullptr;
+  const int64_t* slots = nullptr;
+  const int64_t* positions = nullptr;     // per batch entry: the listed position q
+  const int64_t* batch_offset = nullptr;  // num_batches + 1
+  const int32_t* batch_case = nullptr;
+  const int32_t* batch_hazard = nullptr;  // 1: a position of the batch reads its own row before writing it
+  int64_t num_batches = 0;
+  int64_t max_batch = 0;
+};
+
+// The host side every CUDA kernel shares, kept per thread across runs: copies between host and device, the
+// schedule's upload, the per-batch buffers and the cooperative launch with resident weights.
+class Runtime {
+ public:
+  // The host data of input i: itself when it is in host memory, else a copy (the structure is read on the host).
+  const void* host_copy(int i, const CortexTensor& t, cudaStream_t stream) {
+    if (t.device != CORTEX_DEVICE_CUDA) return t.data;
+    const size_t bytes = tensor_bytes(t);
+    if (host_.size() <= static_cast<size_t>(i)) host_.resize(i + 1);
+    host_[i].resize(bytes + 1);
+    check(cudaMemcpyAsync(host_[i].data(), t.data, bytes, cudaMemcpyDeviceToHost, stream), "copying an input to the host");
+    check(cudaStreamSynchronize(stream), "copying an input to the host");
+    return host_[i].data();
+  }
+
+  // The device data of input i: itself when it is on the device, else a copy.
+  const void* device_copy(int i, const CortexTensor& t, cudaStream_t stream) {
+    if (t.device == CORTEX_DEVICE_CUDA) return t.data;
+    const size_t bytes = tensor_bytes(t);
+    if (inputs_.size() <= static_cast<size_t>(i)) inputs_.resize(i + 1);
+    void* dst = inputs_[i].reserve(bytes, current_device());
+    check(cudaMemcpyAsync(dst, t.data, bytes, cudaMemcpyHostToDevice, stream), "copying an input to the device");
+    return dst;
+  }
+
+  // Sends the prepared positions and the batches to the device in one copy. An invalid visit (not a topological
+  // order) runs one position per batch, in order: the exact sequential semantics.
+  DeviceSchedule upload_schedule(const Schedule& sched, int64_t listed, const int32_t* case_id, const int64_t* node,
+                                 const int64_t* position, const int64_t* reads, int64_t K, const int64_t* slots,
+                                 int64_t J, cudaStream_t stream) {
+    std::vector<int64_t>& offsets = offsets_;
+    std::vector<int32_t>& cases = cases_;
+    offsets.clear();
+    cases.clear();
+    const int64_t* order = nullptr;
+    if (sched.valid) {
+      for (int64_t b = 0; b < sched.num_batches(); ++b) {
+        offsets.push_back(sched.batch_offsets[b]);
+        cases.push_back(sched.batch_case[b]);
+      }
+      offsets.push_back(sched.num_batches() ? sched.batch_offsets[sched.num_batches()] : 0);
+      order = sched.positions.data();
+    } else {
+      sequential_.resize(listed);
+      for (int64_t q = 0; q < listed; ++q) {
+        sequential_[q] = q;
+        offsets.push_back(q);
+        cases.push_back(case_id[q]);
+      }
+      offsets.push_back(listed);
+      order = sequential_.data();
+    }
+    const int64_t batches = static_cast<int64_t>(cases.size());
+    hazards_.assign(batches, 0);
+    for (int64_t b = 0; b < batches; ++b) {
+      for (int64_t i = offsets[b]; i < offsets[b + 1] && !hazards_[b]; ++i) {
+        const int64_t q = order[i];
+        for (int64_t k = 0; k < K; ++k) {
+          if (reads[q * K + k] >= 0 && reads[q * K + k] == node[q]) hazards_[b] = 1;
+        }
+      }
+    }
+    DeviceSchedule out;
+    out.num_batches = batches;
+    for (int64_t b = 0; b < batches; ++b) out.max_batch = std::max(out.max_batch, offsets[b + 1] - offsets[b]);
+    const int64_t n_int64 = 2 * listed + listed * K + listed * J + listed + (batches + 1);
+    const size_t bytes = sizeof(int64_t) * n_int64 + sizeof(int32_t) * 2 * (batches + 1);
+    int64_t* host = static_cast<int64_t*>(staging_.reserve(bytes));
+    int64_t* at = host;
+    auto put = [&](const int64_t* src, int64_t n) {
+      if (n > 0) std::memcpy(at, src, sizeof(int64_t) * n);
+      at += n;
+    };
+    put(node, listed);
+    put(position, listed);
+    put(reads, listed * K);
+    put(slots, listed * J);
+    put(order, listed);
+    put(offsets.data(), batches + 1);
+    if (batches > 0) std::memcpy(at, cases.data(), sizeof(int32_t) * batches);
+    if (batches > 0) std::memcpy(reinterpret_cast<int32_t*>(at) + batches + 1, hazards_.data(), sizeof(int32_t) * batches);
+    int64_t* device = static_cast<int64_t*>(schedule_.reserve(bytes, current_device()));
+    check(cudaMemcpyAsync(device, host, bytes, cudaMemcpyHostToDevice, stream), "uploading the schedule");
+    int64_t* d = device;
+    out.node = d; d += listed;
+    out.position = d; d += listed;
+    out.reads = d; d += listed * K;
+    out.slots = d; d += listed * J;
+    out.positions = d; d += listed;
+    out.batch_offset = d; d += batches + 1;
+    out.batch_case = reinterpret_cast<const int32_t*>(d);
+    out.batch_hazard = out.batch_case + batches + 1;
+    return out;
+  }
+
+  // One device allocation for the per-batch buffers: buffer k holds max_batch rows of widths[k] floats.
+  void buffers(const int64_t* widths, int n, int64_t max_batch, float** out) {
+    int64_t total = 0;
+    for (int k = 0; k < n; ++k) total += std::max<int64_t>(max_batch, 1) * widths[k];
+    float* base = static_cast<float*>(buffers_.reserve(sizeof(float) * std::max<int64_t>(total, 1), current_device()));
+    for (int k = 0; k < n; ++k) {
+      out[k] = base;
+      base += std::max<int64_t>(max_batch, 1) * widths[k];
+    }
+  }
+
+  float* projection(int k, int64_t floats) {
+    if (projections_.size() <= static_cast<size_t>(k)) projections_.resize(k + 1);
+    return static_cast<float*>(projections_[k].reserve(sizeof(float) * std::max<int64_t>(floats, 1), current_device()));
+  }
+
+  // Chooses which weights stay in shared memory (largest first, within the block's limit), then launches the
+  // persistent kernel on one block per SM. weight_shapes: n_weights (N, K) pairs; resident: out, float offsets.
+  void launch(const void* kernel, void* params, const int64_t* weight_shapes, int n_weights, int64_t* resident,
+              cudaStream_t stream) {
+    const int device = current_device();
+    int sms = 0, max_smem = 0, cooperative = 0;
+    check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+    check(cudaDeviceGetAttribute(&max_smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "cudaDeviceGetAttribute");
+    check(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device), "cudaDeviceGetAttribute");
+    if (!cooperative) throw KernelError("this GPU does not support cooperative launches");
+    const int64_t budget = (max_smem - 4096) / static_cast<int64_t>(sizeof(float));
+    std::vector<int> by_size(n_weights);
+    for (int w = 0; w < n_weights; ++w) by_size[w] = w;
+    std::sort(by_size.begin(), by_size.end(), [&](int a, int b) {
+      return weight_shapes[2 * a] * weight_shapes[2 * a + 1] > weight_shapes[2 * b] * weight_shapes[2 * b + 1];
+    });
+    int64_t used = 0;
+    for (int w : by_size) {
+      const int64_t need = resident_floats(weight_shapes[2 * w], weight_shapes[2 * w + 1], sms);
+      if (used + need <= budget) {
+        resident[w] = used;
+        used += need;
+      } else {
+        resident[w] = -1;
+      }
+    }
+    const size_t smem = sizeof(float) * used;
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+          "cudaFuncSetAttribute");
+    int per_sm = 0;
+    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem), "occupancy");
+    if (per_sm < 1) throw KernelError("the Cortex kernel does not fit on an SM");
+    void* args[] = {params};
+    check(cudaLaunchCooperativeKernel(kernel, dim3(sms), dim3(kThreads), args, smem, stream), "launching the kernel");
+  }
+
+  ~Runtime() = default;
+
+ private:
+  static int current_device() {
+    int device = 0;
+    check(cudaGetDevice(&device), "cudaGetDevice");
+    return device;
+  }
+
+  static size_t tensor_bytes(const CortexTensor& t) {
+    int64_t elements = 1;
+    for (int32_t d = 0; d < t.rank; ++d) elements *= t.shape[d];
+    const size_t item = t.dtype == CORTEX_FLOAT || t.dtype == CORTEX_INT32 ? 4 : t.dtype == CORTEX_BOOL ? 1 : 8;
+    return static_cast<size_t>(elements) * item;
+  }
+
+  std::vector<std::vector<unsigned char>> host_;
+  std::vector<DeviceBuffer> inputs_, projections_;
+  DeviceBuffer schedule_, buffers_;
+  PinnedBuffer staging_;
+  std::vector<int64_t> offsets_, sequential_;
+  std::vector<int32_t> cases_, hazards_;
+};
+
+}  // namespace cuda
+}  // namespace cortex

@@ -1,0 +1,192 @@
+"""Checks and times Cortex kernels through their C ABI alone (no ONNX Runtime session): every zoo model in both of
+its forms is converted to IR, compiled for the CPU and (where a GPU is present, or with --cuda) for CUDA, run on
+the same inputs, and compared with ONNX Runtime on the original model; then the TreeLSTM kernel is timed.
+
+    python tools/cuda_check.py [--cuda] [--models treelstm,...] [--hidden 8] [--time] [--out results.json]
+
+The kernel inputs that are intermediate values of the model (a zero table made by ConstantOfShape) are taken from
+ONNX Runtime running the original with those values as extra outputs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from cortex.codegen.cpp import CppGenerator  # noqa: E402
+from cortex.codegen.cuda import CudaGenerator  # noqa: E402
+from cortex.codegen import toolchain  # noqa: E402
+from cortex.frontend import find_regions  # noqa: E402
+from cortex.passes import optimize  # noqa: E402
+from kernel_harness import Kernel  # noqa: E402
+from onnx_ops import structures as st  # noqa: E402
+from onnx_ops.treerec import lower_treerec  # noqa: E402
+from onnx_ops.zoo import MODELS, batch, structures  # noqa: E402
+
+
+def compile_source(source: str, cuda: bool, out: Path) -> Path:
+    src = out.with_suffix(".cu" if cuda else ".cc")
+    src.write_text(source)
+    include = str(toolchain.runtime_include_dir())
+    if cuda:
+        cmd = ["nvcc", "-O3", "-std=c++17", f"-arch={os.environ.get('CORTEX_CUDA_ARCH', 'sm_90')}", "-Xcompiler",
+               "-fPIC,-fvisibility=hidden", "-shared", f"-I{include}", str(src), "-o", str(out)]
+    else:
+        cmd = ["g++", "-O3", "-march=native", "-std=c++17", "-fPIC", "-shared", "-fvisibility=hidden", "-pthread",
+               f"-I{include}", str(src), "-o", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"compiling {src} failed:\n{result.stderr[-4000:]}")
+    return out
+
+
+def model_values(model: onnx.ModelProto, names, feeds: dict) -> list:
+    """Values of any names of the model (graph outputs or intermediate values), from ONNX Runtime."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    outputs = {o.name for o in m.graph.output}
+    for n in names:
+        if n not in outputs:
+            m.graph.output.append(onnx.helper.make_empty_tensor_value_info(n))
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(list(names), {k: v for k, v in feeds.items() if k in {i.name for i in sess.get_inputs()}})
+
+
+def kernel_inputs(model: onnx.ModelProto, gen, feeds: dict) -> list:
+    """The kernel's inputs in order: feeds, intermediate values (from ORT on the original), then constants."""
+    names = [i.name for i in gen.inputs if i.kind != "const"]
+    missing = [n for n in names if n not in feeds]
+    values = dict(feeds)
+    if missing:
+        values.update(zip(missing, model_values(model, missing, feeds)))
+    out = [np.asarray(values[n]) for n in names]
+    out += [i.array for i in gen.inputs if i.kind == "const"]
+    return out
+
+
+def to_device(arrays, gen):
+    import torch
+    out = []
+    for arr, inp in zip(arrays, gen.inputs):
+        host = inp.kind == "array" and arr.dtype != np.float32
+        out.append(arr if host else torch.from_numpy(np.ascontiguousarray(arr)).cuda())
+    return out
+
+
+def check_model(name, form, hidden, cuda, tmp: Path, rng):
+    entry = MODELS[name]
+    params = entry.make_params(hidden, seed=1)
+    model = entry.build_loop(params) if form == "loop" else entry.build_treerec(params)
+    [region] = find_regions(model)
+    if region.program is None:
+        return {"model": name, "form": form, "status": f"refused: {region.reason}"}
+    program = optimize(region.program)
+    item = batch(entry.structure, structures(entry.structure, 6, rng, sst_dir=st.sst_dir_default(), vocab=50))
+    feeds = entry.treerec_feeds(item) if form == "treerec" else entry.loop_feeds(item)
+    original = lower_treerec(model) if form == "treerec" else model
+    sess = ort.InferenceSession(original.SerializeToString(), providers=["CPUExecutionProvider"])
+    feeds = {k: v for k, v in feeds.items() if k in {i.name for i in sess.get_inputs()}}
+    expected = model_values(original, [t.output for t in program.tables], feeds)
+    result = {"model": name, "form": form}
+    cpu = CppGenerator(program)
+    cpu_kernel = Kernel(compile_source(cpu.generate(name), False, tmp / f"{name}_{form}_cpu.so"))
+    got = cpu_kernel.run(kernel_inputs(original, cpu, feeds), len(program.tables))
+    result["cpu_error"] = max(float(np.abs(e - g).max(initial=0.0)) for e, g in zip(expected, got))
+    if cuda:
+        gpu = CudaGenerator(program)
+        gpu_kernel = Kernel(compile_source(gpu.generate(name), True, tmp / f"{name}_{form}_cuda.so"))
+        outs = gpu_kernel.run(to_device(kernel_inputs(original, gpu, feeds), gpu), len(program.tables))
+        got = [o.cpu().numpy() for o in outs]
+        result["cuda_error"] = max(float(np.abs(e - g).max(initial=0.0)) for e, g in zip(expected, got))
+    result["status"] = "ok" if all(v <= 1e-4 for k, v in result.items() if k.endswith("_error")) else "MISMATCH"
+    return result
+
+
+def time_treelstm(hidden, batches, cuda, tmp: Path, repeats=50):
+    """Kernel-alone latency of the binary TreeLSTM (Loop form) on SST test trees."""
+    entry = MODELS["treelstm"]
+    params = entry.make_params(hidden, seed=1)
+    model = entry.build_loop(params)
+    [region] = find_regions(model)
+    program = optimize(region.program)
+    gens = {"cpu": CppGenerator(program)}
+    if cuda:
+        gens["cuda"] = CudaGenerator(program)
+    out = []
+    trees = st.read_sst(st.sst_dir_default(), split="test", vocab_size=50, limit=200) if st.sst_dir_default() \
+        else st.sst_like_trees(200, np.random.default_rng(0), 50)
+    for target, gen in gens.items():
+        kernel = Kernel(compile_source(gen.generate("bench"), target == "cuda", tmp / f"bench_{target}_{hidden}.so"))
+        for size in batches:
+            groups = [trees[i:i + size] for i in range(0, min(len(trees), size * 20), size)][:20]
+            times = []
+            for group in groups:
+                feeds = entry.loop_feeds(st.batch(group))
+                args = kernel_inputs(model, gen, feeds)
+                if target == "cuda":
+                    import torch
+                    args = to_device(args, gen)
+                    kernel.run(args, 2)
+                    torch.cuda.synchronize()
+                    start = time.perf_counter()
+                    for _ in range(repeats):
+                        kernel.run(args, 2)
+                    torch.cuda.synchronize()
+                else:
+                    kernel.run(args, 2)
+                    start = time.perf_counter()
+                    for _ in range(repeats):
+                        kernel.run(args, 2)
+                times.append((time.perf_counter() - start) / repeats * 1e3)
+            out.append({"target": target, "hidden": hidden, "batch": size, "ms_median": float(np.median(times)),
+                        "nodes_mean": float(np.mean([sum(len(t.words) for t in g) for g in groups]))})
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cuda", action="store_true", help="also compile and run the CUDA kernels")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--forms", default="loop,treerec")
+    ap.add_argument("--hidden", type=int, default=8)
+    ap.add_argument("--time", action="store_true", help="time the TreeLSTM kernel (hidden 256, batch 1 and 10)")
+    ap.add_argument("--out")
+    args = ap.parse_args(argv)
+    rng = np.random.default_rng(0)
+    results = {"checks": [], "timings": []}
+    failed = False
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        for name in args.models.split(","):
+            for form in args.forms.split(","):
+                try:
+                    r = check_model(name, form, args.hidden, args.cuda, tmp, rng)
+                except Exception as e:  # noqa: BLE001 - report and go on
+                    r = {"model": name, "form": form, "status": f"ERROR {type(e).__name__}: {str(e)[:2000]}"}
+                failed |= r["status"] != "ok"
+                results["checks"].append(r)
+                print(json.dumps(r), flush=True)
+        if args.time:
+            for r in time_treelstm(256, [1, 10], args.cuda, tmp):
+                results["timings"].append(r)
+                print(json.dumps(r), flush=True)
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=1))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
