@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import cortex
-from cortex import _paths
+from cortex import _paths, trust
 
 NODE_NAME = "cortex_recursion_0 [run with cortex.session_options() or cortex.InferenceSession]"
 BIAS = np.array([0.5, -4.0, 1.0, -0.25], dtype=np.float32)
@@ -54,14 +54,18 @@ int32_t cortex_kernel_run(const CortexTensor* inputs, int32_t num_inputs, Cortex
 """
 
 
-def build_kernel(directory: Path, name: str = "kernel.so", abi_version=None) -> Path:
-    source = directory / "kernel.cc"
-    source.write_text(KERNEL_SOURCE)
+def build_kernel(directory: Path, name: str = "kernel.so", abi_version=None, trusted=True, extra_source="") -> Path:
+    """Compiles the hand-written kernel; `trusted` records it in the (test) trust store, as cortex-convert does for
+    the kernels it compiles."""
+    source = directory / (Path(name).stem + ".cc")
+    source.write_text(KERNEL_SOURCE + extra_source)
     output = directory / name
     command = ["g++", "-shared", "-fPIC", "-O2", "-std=c++17", f"-I{_paths.runtime_include_dir()}"]
     if abi_version is not None:
         command.append(f"-DABI_VERSION={abi_version}")
     subprocess.run(command + [str(source), "-o", str(output)], check=True)
+    if trusted:
+        trust.add(sha256_of(output), "test kernel")
     return output
 
 
@@ -69,9 +73,10 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write_model(path: Path, kernel_relative: str, kernel_sha256: str, node_inputs=("x", "b")) -> Path:
+def write_model(path: Path, kernel_relative: str, kernel_sha256: str, node_inputs=("x", "b"), **notes_extra) -> Path:
     """x -> EPContext(x, b) -> t -> Relu -> y, with b an initializer (a prepared constant)."""
-    notes = {"kernel_sha256": kernel_sha256, "model": "axpy", "inputs": [{"name": "x"}, {"name": "b"}], "n": 1.5e3}
+    notes = {"kernel_sha256": kernel_sha256, "model": "axpy", "inputs": [{"name": "x"}, {"name": "b"}], "n": 1.5e3,
+             **notes_extra}
     ep_context = helper.make_node(
         "EPContext", list(node_inputs), ["t"], name=NODE_NAME, domain="com.microsoft",
         source="CortexExecutionProvider", embed_mode=0, main_context=1, ep_cache_context=kernel_relative,
