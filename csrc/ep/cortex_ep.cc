@@ -426,6 +426,7 @@ OrtStatus* CortexEp::CompileNode(const OrtGraph* graph, const OrtNode* fused_nod
   if (has_embed_mode && embed_mode != 0) {
     return MakeStatus(api_, ORT_INVALID_GRAPH, where + "embed_mode must be 0 (the kernel is a file beside the model)");
   }
+  if (!trust_.config_error().empty()) return MakeStatus(api_, ORT_INVALID_ARGUMENT, "Cortex EP: " + trust_.config_error());
   if (!has_notes) return MakeStatus(api_, ORT_INVALID_GRAPH, where + "no attribute notes (JSON with \"kernel_sha256\")");
   KernelRequest request;
   std::string notes_error;

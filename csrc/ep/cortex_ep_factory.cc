@@ -25,7 +25,7 @@ OrtStatus* ReadConfigEntry(const Api& api, const OrtSessionOptions* options, con
   return nullptr;
 }
 
-// The sha256 digests this session trusts explicitly: the session config entry cortex.trusted_kernels and the EP
+// The sha256 digests this session trusts explicitly (or the reason they cannot be read): the session config entry cortex.trusted_kernels and the EP
 // option trusted_kernels (which ORT stores as ep.cortexexecutionprovider.trusted_kernels).
 OrtStatus* SessionTrust(const Api& api, const OrtSessionOptions* options, TrustPolicy* policy) {
   std::vector<std::string> trusted;
@@ -38,12 +38,15 @@ OrtStatus* SessionTrust(const Api& api, const OrtSessionOptions* options, TrustP
       std::vector<std::string> hashes;
       std::string error;
       if (!ParseHashList(value, &hashes, &error)) {
-        return MakeStatus(api, ORT_INVALID_ARGUMENT, std::string("Cortex EP: session option ") + key + ": " + error);
+        // Reported when a Cortex node is compiled: ORT's Python API would hide a failure here behind its fallback
+        // to the CPU EP.
+        *policy = TrustPolicy({}, std::string("session option ") + key + ": " + error);
+        return nullptr;
       }
       trusted.insert(trusted.end(), hashes.begin(), hashes.end());
     }
   }
-  *policy = TrustPolicy(std::move(trusted));
+  *policy = TrustPolicy(std::move(trusted), "");
   return nullptr;
 }
 

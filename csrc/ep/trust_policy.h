@@ -23,7 +23,11 @@ std::string TrustStoreDir();
 class TrustPolicy {
  public:
   TrustPolicy() = default;
-  explicit TrustPolicy(std::vector<std::string> session_hashes) : session_hashes_(std::move(session_hashes)) {}
+  TrustPolicy(std::vector<std::string> session_hashes, std::string config_error)
+      : session_hashes_(std::move(session_hashes)), config_error_(std::move(config_error)) {}
+
+  // Why the session's trust options could not be read ("" when they could): every kernel load then fails with it.
+  const std::string& config_error() const { return config_error_; }
 
   // True when `sha256` (lowercase hex) is trusted; *how says by what. When false, *note may say why the store
   // was not consulted (it is writable by others, say) or that the environment variable is malformed.
@@ -31,6 +35,7 @@ class TrustPolicy {
 
  private:
   std::vector<std::string> session_hashes_;
+  std::string config_error_;
 };
 
 }  // namespace cortex_ep
