@@ -393,3 +393,17 @@ def test_unknown_cpu_feature_and_other_arch_are_refused(converted, tmp_path):
     refused(model, "was compiled for riscv64 CPUs; this machine is x86_64")
     _edit_notes(model, cpu_arch="x86_64", cpu_features="avx2")
     refused(model, "cpu_features.* is not an array of strings")
+
+
+def test_each_model_loads_its_own_kernel(converted, tmp_path):
+    # kernels are mapped through /proc/self/fd/N, and glibc reuses a loaded library whose name matches: a descriptor
+    # number used again must never hand one model another model's kernel (the EP fuzz test found exactly that)
+    other = tmp_path / "other"
+    other.mkdir()
+    onnx.save(tl.build_loop(tl.make_params(hidden=6, embed_dim=4, vocab=PARAMS["vocab"], seed=3)),
+              str(other / "tl.onnx"))
+    cortex.convert(str(other / "tl.onnx"), str(other / "tl.cortex.onnx"), strict=True)
+    for folder in (converted, other, converted, other):
+        session = cortex.InferenceSession(str(folder / "tl.cortex.onnx"))
+        _check_against_original(session, folder)
+        del session

@@ -10,6 +10,9 @@
 #include <cctype>
 #include <cerrno>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <utility>
 
 #include "artifact_path.h"
 #include "cpu_check.h"
@@ -41,6 +44,11 @@ class Fd {
   Fd(const Fd&) = delete;
   Fd& operator=(const Fd&) = delete;
   int get() const { return fd_; }
+  int release() {
+    const int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
 
  private:
   int fd_;
@@ -54,6 +62,36 @@ std::string OpenFilePath(int fd) {
   if (size <= 0) return "";
   return std::string(target, static_cast<size_t>(size));
 }
+
+// dlopen of a checked file through its descriptor, so the library mapped is the file that was hashed (a rename in
+// the folder between the check and the load cannot substitute another). glibc reuses an already loaded library
+// whose name matches the string given, and descriptor numbers are reused after close: so the descriptor of each file
+// (device, inode) loaded this way stays open for the life of the process, and its name /proc/self/fd/N always means
+// that file. One descriptor per distinct kernel file loaded, never more.
+class FdLoader {
+ public:
+  static FdLoader& Instance() {
+    static FdLoader* loader = new FdLoader();  // never destroyed: kernels may outlive static destruction
+    return *loader;
+  }
+
+  // Takes ownership of `fd`; returns the dlopen handle (null: see dlerror) of the file it refers to.
+  void* Open(int fd, const struct stat& info) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const std::pair<dev_t, ino_t> key(info.st_dev, info.st_ino);
+    auto it = kept_.find(key);
+    if (it == kept_.end()) {
+      it = kept_.emplace(key, fd).first;
+    } else {
+      close(fd);  // the kept descriptor already names this very file
+    }
+    return dlopen(("/proc/self/fd/" + std::to_string(it->second)).c_str(), RTLD_NOW | RTLD_LOCAL);
+  }
+
+ private:
+  std::mutex mutex_;
+  std::map<std::pair<dev_t, ino_t>, int> kept_;
+};
 
 std::string ModelForMessages(const KernelRequest& request) {
   return request.model_path.empty() ? std::string("MODEL") : request.model_path;
@@ -147,9 +185,9 @@ std::shared_ptr<const KernelLibrary> KernelLibrary::Load(const KernelRequest& re
   }
 
   // 6. Load the very file that was checked: through its open descriptor where /proc is mounted.
-  const std::string load_path = opened.empty() ? path : "/proc/self/fd/" + std::to_string(fd.get());
   dlerror();
-  std::unique_ptr<void, DlCloser> handle(dlopen(load_path.c_str(), RTLD_NOW | RTLD_LOCAL));
+  std::unique_ptr<void, DlCloser> handle(opened.empty() ? dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL)
+                                                        : FdLoader::Instance().Open(fd.release(), info));
   if (!handle) {
     *error_kind = LoadError::kUnloadable;
     *error = "Cortex kernel artifact cannot be loaded: " + path + ": " + DlError();
