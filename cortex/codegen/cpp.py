@@ -523,16 +523,17 @@ BINARY_CPP = {"add": "({a} + {b})", "sub": "({a} - {b})", "mul": "({a} * {b})", 
 
 
 def _cstr(s: str) -> str:
-    """`s` as the inside of a C++ string literal: quotes, backslashes, '?' (trigraphs) and control characters are
-    escaped (octal: bounded, unlike \\x), so no name can end the literal or the line."""
+    """`s` as the inside of a C++ string literal, in plain printable ASCII: quotes, backslashes and '?' (trigraphs)
+    escaped, control characters and every non-ASCII byte of the UTF-8 as octal escapes (bounded, unlike \\x), so
+    no name can end the literal or the line, or hide text with bidirectional controls."""
     out = []
     for ch in s:
         if ch in '"\\?':
             out.append("\\" + ch)
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\{ord(ch):03o}")
-        else:
+        elif 0x20 <= ord(ch) < 0x7F:
             out.append(ch)
+        else:
+            out.extend(f"\\{byte:03o}" for byte in ch.encode("utf-8", errors="surrogatepass"))
     return "".join(out)
 
 
