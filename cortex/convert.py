@@ -211,7 +211,11 @@ def publish_kernel(built: BuiltKernel, output: Path, replaces: str, original_nod
     _write_file(kernel_file, built.library.read_bytes())
     _write_file(folder / (kernel_file.stem + ".cc"), built.source_code.encode())
     sha = sha256_file(kernel_file)
-    trust.add(sha, f"{reason} -> {kernel_file}")
+    try:
+        trust.add(sha, f"{reason} -> {kernel_file}")
+    except OSError as e:  # a kernel no store knows would be refused at load: say so now
+        raise ConvertError(f"cannot record the compiled kernel in the trust store {trust.store_dir()} ({e}); set "
+                           f"{trust.TRUST_DIR_ENV} to a directory you can write") from None
     notes = {"kernel_sha256": sha, "recursion": program.name, "replaces": replaces, "original_node": original_node,
              "cpu_arch": built.cpu.arch, "cpu_level": built.cpu.level, "cpu_features": list(built.cpu.features)}
     try:

@@ -108,9 +108,12 @@ def rebuild(model_path, output=None, cpu: Optional[str] = None) -> RebuildReport
         runtime_inputs = [d.name for d in program.inputs]
         if list(node.input[:len(runtime_inputs)]) != runtime_inputs:
             raise RebuildError(f"{where}: its inputs {list(node.input)[:8]} do not match its IR's {runtime_inputs}")
-        new_node, inits, _ = publish_kernel(built, output, str(notes.get("replaces", "")),
-                                            str(notes.get("original_node", "")),
-                                            f"rebuilt by cortex rebuild from the IR of {model_path.name}")
+        try:
+            new_node, inits, _ = publish_kernel(built, output, str(notes.get("replaces", "")),
+                                                str(notes.get("original_node", "")),
+                                                f"rebuilt by cortex rebuild from the IR of {model_path.name}")
+        except (ConvertError, OSError) as e:
+            raise RebuildError(f"{where}: cannot write the kernel beside {output}: {e}") from None
         if list(new_node.output) != list(node.output):
             raise RebuildError(f"{where}: its outputs {list(node.output)} do not match its IR's "
                                f"{list(new_node.output)}")
@@ -119,7 +122,10 @@ def rebuild(model_path, output=None, cpu: Optional[str] = None) -> RebuildReport
         report.kernels.append((node.name, context, _sha_of(new_node), built.cpu.level))
 
     _replace_nodes(model.graph, replacements)
-    save_model(model, output)
+    try:
+        save_model(model, output)
+    except OSError as e:
+        raise RebuildError(f"cannot write {output}: {e}") from None
     return report
 
 
