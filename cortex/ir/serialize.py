@@ -7,7 +7,8 @@ Generic over the frozen dataclasses of `cortex/ir/nodes.py`: an IR value is enco
   with every field checked against its annotation (int, float, str, bool, Optional[...], tuple, a node class);
 - nodes form a table in which a node refers only to nodes before it, so the document cannot be cyclic and shared
   subtrees stay shared;
-- no pickle, no eval, no attribute or module lookup from the document;
+- no pickle, no eval of anything from the document, no attribute or module lookup by a name from it (field types
+  come from the annotations of nodes.py, resolved by `typing.get_type_hints` over that module: our source);
 - constants (float arrays) are not embedded: the document records each one's name, shape and dtype, and the caller
   supplies the arrays (a converted model stores them as initializers);
 - the result must pass `validate_program`: identifiers the code generator writes into C++ match
@@ -131,9 +132,11 @@ def to_json(program: ir.Program) -> dict:
 def constant_specs(document) -> dict:
     """name -> (shape tuple, dtype) of the program's constants, read from a document without building it."""
     _check_document(document)
-    root = document["nodes"][document["root"]]
+    fields = document["nodes"][document["root"]].get("fields")
+    if not isinstance(fields, dict):
+        raise IRFormatError("the root entry has no fields")
     specs = {}
-    for value in root.get("fields", {}).values():
+    for value in fields.values():
         if isinstance(value, dict) and set(value) == {"$arrays"}:
             specs.update(_array_specs(value["$arrays"], "Program.constants"))
     return specs
