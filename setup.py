@@ -38,7 +38,7 @@ class CMakeBuild(build_ext):
         subprocess.check_call(configure)
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 2)
         subprocess.check_call([cmake, "--build", str(build_dir), "--parallel", jobs])
-        self._built = [p for p in package_dir.rglob("*") if p.is_file() and p.suffix in (".so", ".h")]
+        self._built = [p for p in package_dir.rglob("*") if p.is_file() and p.suffix in (".so", ".h", ".def")]
 
     def get_outputs(self):
         return [str(p) for p in getattr(self, "_built", [])]

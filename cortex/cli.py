@@ -1,27 +1,46 @@
-"""cortex-convert IN.onnx -o OUT.onnx [--target cpu] [--strict] [--dump-ir]"""
+"""Command lines.
+
+cortex-convert IN.onnx -o OUT.onnx [--target cpu|cuda] [--cuda-arch sm_90] [--cpu LEVEL] [--strict] [--dump-ir]
+cortex convert ...            (the same)
+cortex trust MODEL...         trust the kernel files a converted model ships (you trust its author)
+cortex trust --remove MODEL   take that trust back
+cortex rebuild MODEL [-o OUT] [--cpu LEVEL]
+                              compile the model's kernels here from the IR it carries (trusted, fit for this CPU)
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 
+from .codegen.toolchain import CPU_LEVELS
 from .convert import ConvertError, convert
 
+_CPU_HELP = ("CPU level the kernels are compiled for (default: x86-64-v3 where this host has AVX2/FMA, else "
+             "x86-64-v2; 'native' uses everything this host has, so the model runs only on CPUs like it)")
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="cortex-convert",
-        description="Compile the recursive regions of an ONNX model into Cortex kernels. The output model has "
-                    "the same inputs and outputs; run it with cortex.session_options().")
+
+def _convert_parser(prog: str, parser=None) -> argparse.ArgumentParser:
+    parser = parser or argparse.ArgumentParser(prog=prog)
+    parser.description = ("Compile the recursive regions of an ONNX model into Cortex kernels. The output model has "
+                          "the same inputs and outputs; run it with cortex.session_options().")
     parser.add_argument("model", help="input ONNX model")
     parser.add_argument("-o", "--output", required=True, help="converted model path (kernels go beside it)")
-    parser.add_argument("--target", default="cpu", choices=["cpu"], help="code generation target")
+    from .codegen.targets import TARGETS
+    parser.add_argument("--target", default="cpu", choices=list(TARGETS),
+                        help="code generation target: " + "; ".join(f"{t.name}: {t.description}" for t in TARGETS.values()))
+    parser.add_argument("--cuda-arch", default="sm_90", help="GPU architecture of CUDA kernels (default sm_90)")
+    parser.add_argument("--cpu", choices=CPU_LEVELS, default=None, help=_CPU_HELP)
     parser.add_argument("--strict", action="store_true", help="fail if any recursive region is left to ONNX Runtime")
     parser.add_argument("--dump-ir", action="store_true", help="print each region's IR before and after the passes")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _run_convert(args, prog: str) -> int:
     try:
-        report = convert(args.model, args.output, target=args.target, strict=args.strict)
+        report = convert(args.model, args.output, target=args.target, strict=args.strict, cpu=args.cpu,
+                         cuda_arch=args.cuda_arch)
     except ConvertError as e:
-        print(f"cortex-convert: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 1
     if args.dump_ir:
         for region in report.regions:
@@ -31,6 +50,82 @@ def main(argv=None) -> int:
                 print(f"# {region.kind} '{region.node_name}': IR after passes\n{region.ir_after}")
     print(report.format())
     return 0
+
+
+def main(argv=None) -> int:
+    """cortex-convert"""
+    return _run_convert(_convert_parser("cortex-convert").parse_args(argv), "cortex-convert")
+
+
+def _run_trust(args) -> int:
+    from . import trust
+    from .artifacts import ArtifactError, cortex_nodes, resolve_kernel, sha256_file
+    from .convert import load_model
+
+    status = 0
+    for model_path in args.models:
+        try:
+            nodes = cortex_nodes(load_model(model_path))
+            if not nodes:
+                raise ArtifactError(f"{model_path} has no Cortex node")
+            for node in nodes:
+                kernel = resolve_kernel(model_path, node.cache_context)
+                if not kernel.is_file():
+                    raise ArtifactError(f"kernel {kernel} is missing")
+                sha = sha256_file(kernel)
+                if sha != node.sha256:
+                    raise ArtifactError(f"kernel {kernel} does not match its node (sha256 {sha}, the node says "
+                                        f"{node.sha256}); it is corrupted or was swapped")
+                if args.remove:
+                    trust.remove(sha)
+                    print(f"cortex trust: no longer trusted: {kernel} (sha256 {sha})")
+                else:
+                    trust.add(sha, f"trusted by the user with `cortex trust {model_path}`")
+                    print(f"cortex trust: trusted {kernel} (sha256 {sha}) in {trust.store_dir()}")
+        except (ConvertError, ArtifactError, trust.TrustError, OSError) as e:
+            print(f"cortex trust: error: {e}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def _run_rebuild(args) -> int:
+    from .rebuild import RebuildError, rebuild
+
+    try:
+        report = rebuild(args.model, args.output, cpu=args.cpu)
+    except RebuildError as e:
+        print(f"cortex rebuild: error: {e}", file=sys.stderr)
+        return 1
+    print(report.format())
+    return 0
+
+
+def cortex_main(argv=None) -> int:
+    """cortex {convert,trust,rebuild}"""
+    parser = argparse.ArgumentParser(prog="cortex", description="Cortex: compile recursive models, manage kernels.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _convert_parser("cortex convert", commands.add_parser("convert", help="the same as cortex-convert"))
+    trust_parser = commands.add_parser(
+        "trust", help="trust the kernels a converted model ships",
+        description="Record the kernel files of converted models in this machine's trust store, so the Cortex EP "
+                    "loads them. Kernels are native code: trust only models whose author you trust; otherwise run "
+                    "`cortex rebuild MODEL`.")
+    trust_parser.add_argument("models", nargs="+", metavar="MODEL", help="converted model (.onnx)")
+    trust_parser.add_argument("--remove", action="store_true", help="take the trust back")
+    rebuild_parser = commands.add_parser(
+        "rebuild", help="compile a converted model's kernels here, from the IR it carries",
+        description="Regenerate and compile every Cortex kernel of a converted model on this machine from the IR the "
+                    "model carries (data, not code), for this CPU; the kernels are written into the model's artifact "
+                    "folder and trusted here. The model's old kernel files are never loaded.")
+    rebuild_parser.add_argument("model", help="converted model (.onnx)")
+    rebuild_parser.add_argument("-o", "--output", default=None, help="write the rebuilt model here (default: in place)")
+    rebuild_parser.add_argument("--cpu", choices=CPU_LEVELS, default=None, help=_CPU_HELP)
+    args = parser.parse_args(argv)
+    if args.command == "convert":
+        return _run_convert(args, "cortex convert")
+    if args.command == "trust":
+        return _run_trust(args)
+    return _run_rebuild(args)
 
 
 if __name__ == "__main__":

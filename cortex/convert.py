@@ -2,10 +2,9 @@
 execution provider runs with a kernel compiled for it; everything else stays as it was, for ONNX Runtime."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -14,15 +13,18 @@ import onnx
 from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
-from .codegen import CodegenError, CppGenerator, ToolchainError, compile_kernel
-from .ir.ops import MissingOp
-from .passes import PassError
+from . import trust
+from .artifacts import EP_NAME, artifacts_dir, sha256_file
+from .codegen import CodegenError, ToolchainError
+from .codegen.targets import TARGETS, BuildOptions, BuiltKernel, build_kernel  # noqa: F401 - rebuild uses them
+from .codegen.toolchain import cpu_target
 from .frontend import find_regions
 from .ir import format_program
-from .passes import optimize
+from .ir.ops import MissingOp
+from .ir.serialize import IRFormatError, to_json
+from .passes import PassError, optimize
 
-EP_NAME = "CortexExecutionProvider"
-ABI_TAG = "cortex-abi-1"
+ABI_TAG = "cortex-abi-2"
 
 
 class ConvertError(Exception):
@@ -77,14 +79,6 @@ def load_model(path) -> onnx.ModelProto:
         raise ConvertError(f"{path} is not an ONNX model ({type(e).__name__})") from None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _used_names(graph: onnx.GraphProto) -> set:
     """Every value name a node of this graph or any of its subgraphs reads."""
     used = set()
@@ -111,18 +105,25 @@ def _remove_dead_nodes(graph: onnx.GraphProto):
     graph.initializer.extend(inits)
 
 
-def convert(source, output, target: str = "cpu", strict: bool = False) -> Report:
+def convert(source, output, target: str = "cpu", strict: bool = False, cpu: Optional[str] = None,
+            cuda_arch: Optional[str] = None) -> Report:
     """Converts the model at `source`, writes the converted model to `output` and its kernels beside it
-    (in `<output stem>.cortex/`), and returns the report. With `strict`, raises ConvertError when a
-    recursive region is left to ONNX Runtime."""
-    if target != "cpu":
-        raise ConvertError(f"target '{target}' is not supported by this build (supported: cpu)")
+    (in `<output stem>.cortex/`), and returns the report. `target` picks the code generator (codegen.targets:
+    cpu, cuda); `cpu` is the CPU level CPU kernels are compiled for (toolchain.CPU_LEVELS; None: the portable
+    default), `cuda_arch` the GPU architecture CUDA kernels are compiled for (default sm_90). With `strict`, raises
+    ConvertError, writing nothing, when a recursive region is left to ONNX Runtime. Kernels compiled here are
+    recorded in the local trust store (cortex.trust)."""
+    if target not in TARGETS:
+        raise ConvertError(f"unknown target '{target}' (choose from {', '.join(TARGETS)})")
+    try:
+        options = BuildOptions(TARGETS[target], cpu_target(cpu), cuda_arch or "sm_90")
+    except ToolchainError as e:
+        raise ConvertError(str(e)) from None
     model = load_model(source)
     output = Path(output)
     report = Report(str(source), str(output))
-    artifacts = output.parent / (output.name.split(".")[0] + ".cortex")
 
-    replacements = {}  # node index -> (EPContext node, initializers, output types)
+    built = {}  # node index -> (report entry, BuiltKernel)
     for region in find_regions(model):
         entry = RegionReport(region.kind, region.node_name, False, region.reason, hint=region.hint)
         report.regions.append(entry)
@@ -132,9 +133,8 @@ def convert(source, output, target: str = "cpu", strict: bool = False) -> Report
         try:
             program = optimize(region.program)
             entry.ir_after = format_program(program)
-            generator = CppGenerator(program)
-            source_code = generator.generate(f"{program.name} of {Path(source).name}")
-            library = compile_kernel(source_code)
+            built[region.node_index] = (entry, build_kernel(program, f"{program.name} of {Path(source).name}",
+                                                            options))
         except (CodegenError, ToolchainError, MissingOp, PassError) as e:
             entry.reason = str(e)
             continue
@@ -142,39 +142,103 @@ def convert(source, output, target: str = "cpu", strict: bool = False) -> Report
             entry.reason = f"internal error in the passes or the code generator: {type(e).__name__}: {e}"
             continue
         entry.converted, entry.reason = True, None
-        replacements[region.node_index] = (entry, program, generator, source_code, library)
 
     if strict and report.left:
         raise ConvertError("--strict: recursive regions left to ONNX Runtime (no output written): " +
                            "; ".join(f"{r.kind} '{r.node_name}': {r.reason}" for r in report.left))
-    nodes = {}
-    for index, (entry, program, generator, source_code, library) in replacements.items():
-        artifacts.mkdir(parents=True, exist_ok=True)
-        kernel_file = artifacts / f"{program.name}_{library.stem.split('_')[-1][:16]}.so"
-        shutil.copyfile(library, kernel_file)
-        (artifacts / (kernel_file.stem + ".cc")).write_text(source_code)
-        rel = os.path.relpath(kernel_file, output.parent)
-        node = _kernel_node(model.graph.node[index], generator, program, rel, _sha256(kernel_file))
-        inits = [numpy_helper.from_array(i.array, i.name) for i in generator.inputs if i.kind == "const"]
-        types = [(name, t) for name, t in zip(node.output, program.tables)]
-        nodes[index] = (node, inits, types)
-        entry.kernel = rel
-
-    _rewrite(model, nodes)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(output))
+    replacements = {}  # node index -> (EPContext node, initializers, output tables)
+    for index, (entry, kernel) in built.items():
+        original = model.graph.node[index]
+        node, inits, types = publish_kernel(kernel, output, original.op_type, original.name,
+                                            f"compiled by cortex-convert from {Path(source).name}")
+        replacements[index] = (node, inits, types)
+        entry.kernel = _context_path(node)
+    _rewrite(model, replacements)
+    save_model(model, output)
     return report
 
 
-def _kernel_node(original: onnx.NodeProto, generator: CppGenerator, program, rel_path: str, sha: str):
+def _write_file(path: Path, data: bytes):
+    """Writes through a staged file and a rename: an existing entry (a symlink planted in an untrusted model's
+    folder, say) is replaced, never followed."""
+    fd, staged = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(staged, 0o644)
+        os.replace(staged, path)
+    except BaseException:
+        if os.path.exists(staged):
+            os.unlink(staged)
+        raise
+
+
+def save_model(model: onnx.ModelProto, output: Path):
+    output.parent.mkdir(parents=True, exist_ok=True)
+    _write_file(output, model.SerializeToString())
+
+
+def _artifact_folder(output: Path) -> Path:
+    """`<output stem>.cortex/`, created when absent; refused when it is a symlink or leads out of the model's
+    folder (the EP would refuse every kernel in it)."""
+    folder = artifacts_dir(output)
+    if folder.is_symlink():
+        raise ConvertError(f"{folder} is a symbolic link; remove it (kernels must live inside the model's folder)")
+    folder.mkdir(parents=True, exist_ok=True)
+    if Path(os.path.realpath(folder)).parent != Path(os.path.realpath(output.parent)):
+        raise ConvertError(f"{folder} resolves outside the model's folder")
+    return folder
+
+
+def _constant_layouts(built: BuiltKernel) -> dict:
+    """For each IR constant: the initializer that carries it in the converted model and how it is stored there
+    (`dense`: as is; `panels`: packed for the CPU GEMM, cortex.codegen.pack_panels; `transposed`: W^T for the CUDA
+    GEMM). Rebuild reads them back."""
+    return {k.const: {"initializer": k.name, "layout": k.layout} for k in built.generator.inputs if k.kind == "const"}
+
+
+def publish_kernel(built: BuiltKernel, output: Path, replaces: str, original_node: str, reason: str):
+    """Copies the kernel (and its source, for people) into the model's artifact folder, records it in the trust
+    store, and returns (the EPContext node, its initializers, the output table types)."""
+    program = built.program
+    folder = _artifact_folder(output)
+    kernel_file = folder / f"{program.name}_{built.library.stem.split('_')[-1][:16]}.so"
+    _write_file(kernel_file, built.library.read_bytes())
+    _write_file(folder / (kernel_file.stem + ".cc"), built.source_code.encode())
+    sha = sha256_file(kernel_file)
+    try:
+        trust.add(sha, f"{reason} -> {kernel_file}")
+    except OSError as e:  # a kernel no store knows would be refused at load: say so now
+        raise ConvertError(f"cannot record the compiled kernel in the trust store {trust.store_dir()} ({e}); set "
+                           f"{trust.TRUST_DIR_ENV} to a directory you can write") from None
+    notes = {"kernel_sha256": sha, "recursion": program.name, "replaces": replaces, "original_node": original_node,
+             "target": built.target.name, "cpu_arch": built.cpu.arch, "cpu_level": built.cpu.level,
+             "cpu_features": list(built.cpu.features)}
+    if built.target.name == "cuda":
+        notes["cuda_arch"] = built.cuda_arch
+    try:
+        notes["ir"] = to_json(program)
+        notes["constants"] = _constant_layouts(built)
+    except IRFormatError as e:  # the model still runs here; it cannot be rebuilt elsewhere
+        notes["ir_error"] = str(e)
+    rel = os.path.relpath(kernel_file, output.parent)
+    node = _kernel_node(built.generator, program, rel, notes)
+    inits = [numpy_helper.from_array(i.array, i.name) for i in built.generator.inputs if i.kind == "const"]
+    types = [(name, t) for name, t in zip(node.output, program.tables)]
+    return node, inits, types
+
+
+def _kernel_node(generator, program, rel_path: str, notes: dict):
     outputs = [t.output or f"{program.name}_unused_{k}" for k, t in enumerate(program.tables)]
-    notes = json.dumps({"kernel_sha256": sha, "recursion": program.name, "replaces": original.op_type,
-                        "original_node": original.name})
     return helper.make_node(
         "EPContext", [i.name for i in generator.inputs], outputs,
         name=f"{program.name} [run with cortex.session_options() or cortex.InferenceSession]",
         domain="com.microsoft", source=EP_NAME, embed_mode=0, main_context=1, ep_cache_context=rel_path,
-        ep_sdk_version=ABI_TAG, notes=notes)
+        ep_sdk_version=ABI_TAG, notes=json.dumps(notes, separators=(",", ":")))
+
+
+def _context_path(node: onnx.NodeProto) -> str:
+    return next(a.s.decode() for a in node.attribute if a.name == "ep_cache_context")
 
 
 def _declare_types(graph: onnx.GraphProto, tables):

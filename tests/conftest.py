@@ -26,3 +26,20 @@ def pytest_runtest_makereport(item, call):
     if name is not None:
         report.outcome = "skipped"
         report.longrepr = (str(item.path), item.location[1] or 0, f"Skipped: {name} is not installed")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_trust_store(tmp_path_factory):
+    """Every test (and every subprocess it starts) uses a fresh trust store, never the user's real one, and no
+    trust from the environment: kernels the tests compile are trusted there by cortex-convert, others are not."""
+    import os
+
+    saved = {key: os.environ.get(key) for key in ("CORTEX_TRUST_DIR", "CORTEX_TRUSTED_KERNELS")}
+    os.environ["CORTEX_TRUST_DIR"] = str(tmp_path_factory.mktemp("trust-store"))
+    os.environ.pop("CORTEX_TRUSTED_KERNELS", None)
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -11,7 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import cortex
-from cortex import _paths
+from cortex import _paths, trust
 
 NODE_NAME = "cortex_recursion_0 [run with cortex.session_options() or cortex.InferenceSession]"
 BIAS = np.array([0.5, -4.0, 1.0, -0.25], dtype=np.float32)
@@ -28,9 +28,11 @@ KERNEL_SOURCE = r"""
 extern "C" {
 int32_t cortex_kernel_abi_version(void) { return ABI_VERSION; }
 const char* cortex_kernel_identity(void) { return "test_axpy"; }
+int32_t cortex_kernel_device(void) { return CORTEX_DEVICE_CPU; }
 
 int32_t cortex_kernel_run(const CortexTensor* inputs, int32_t num_inputs, CortexAllocOutput alloc_output,
-                          void* alloc_context, char* error, size_t error_size) {
+                          void* alloc_context, const CortexExecution* execution, char* error, size_t error_size) {
+  (void)execution;
   if (num_inputs != 2) { snprintf(error, error_size, "expected 2 inputs, got %d", num_inputs); return 1; }
   const CortexTensor& x = inputs[0];
   const CortexTensor& b = inputs[1];
@@ -54,14 +56,18 @@ int32_t cortex_kernel_run(const CortexTensor* inputs, int32_t num_inputs, Cortex
 """
 
 
-def build_kernel(directory: Path, name: str = "kernel.so", abi_version=None) -> Path:
-    source = directory / "kernel.cc"
-    source.write_text(KERNEL_SOURCE)
+def build_kernel(directory: Path, name: str = "kernel.so", abi_version=None, trusted=True, extra_source="") -> Path:
+    """Compiles the hand-written kernel; `trusted` records it in the (test) trust store, as cortex-convert does for
+    the kernels it compiles."""
+    source = directory / (Path(name).stem + ".cc")
+    source.write_text(KERNEL_SOURCE + extra_source)
     output = directory / name
     command = ["g++", "-shared", "-fPIC", "-O2", "-std=c++17", f"-I{_paths.runtime_include_dir()}"]
     if abi_version is not None:
         command.append(f"-DABI_VERSION={abi_version}")
     subprocess.run(command + [str(source), "-o", str(output)], check=True)
+    if trusted:
+        trust.add(sha256_of(output), "test kernel")
     return output
 
 
@@ -69,9 +75,10 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def write_model(path: Path, kernel_relative: str, kernel_sha256: str, node_inputs=("x", "b")) -> Path:
+def write_model(path: Path, kernel_relative: str, kernel_sha256: str, node_inputs=("x", "b"), **notes_extra) -> Path:
     """x -> EPContext(x, b) -> t -> Relu -> y, with b an initializer (a prepared constant)."""
-    notes = {"kernel_sha256": kernel_sha256, "model": "axpy", "inputs": [{"name": "x"}, {"name": "b"}], "n": 1.5e3}
+    notes = {"kernel_sha256": kernel_sha256, "model": "axpy", "inputs": [{"name": "x"}, {"name": "b"}], "n": 1.5e3,
+             **notes_extra}
     ep_context = helper.make_node(
         "EPContext", list(node_inputs), ["t"], name=NODE_NAME, domain="com.microsoft",
         source="CortexExecutionProvider", embed_mode=0, main_context=1, ep_cache_context=kernel_relative,
@@ -173,7 +180,7 @@ def test_corrupted_artifact(model):
 def test_wrong_abi_version(tmp_path):
     kernel = build_kernel(tmp_path, "old.so", abi_version=99)
     model = write_model(tmp_path / "model.onnx", "old.so", sha256_of(kernel))
-    with pytest.raises(Exception, match="kernel ABI version 99, this Cortex EP expects 1"):
+    with pytest.raises(Exception, match="kernel ABI version 99, this Cortex EP expects 2"):
         cortex.InferenceSession(str(model))
 
 

@@ -35,8 +35,6 @@ def cstr(s: str) -> str:
             out.append("\\" + ch)
         elif ord(ch) < 0x20 or ord(ch) == 0x7F:
             out.append(f"\\{ord(ch):03o}")
-        elif ord(ch) > 0x7F:
-            out.append("?")
         else:
             out.append(ch)
     return "".join(out)

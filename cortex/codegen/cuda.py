@@ -35,6 +35,7 @@ def transpose_weights(plan: KernelPlan) -> None:
         if inp.kind == "const" and inp.const in plan.packed:
             w = plan.program.constants[inp.const]
             inp.array = np.ascontiguousarray(w.T, dtype=np.float32)
+            inp.layout = "transposed"
 
 
 class CudaDialect(cstyle.Dialect):

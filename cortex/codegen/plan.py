@@ -39,6 +39,7 @@ class KernelInput:
     kind: str  # array | init | const
     array: np.ndarray = None  # constants only: the prepared tensor to store as an initializer
     const: Optional[str] = None  # constants only: the IR constant it holds
+    layout: str = "dense"  # constants only: dense | panels (the CPU GEMM's) | transposed (the CUDA GEMM's)
 
 
 # Kinds of per-position host values ("slots")
@@ -188,7 +189,17 @@ def plan_case(index: int, case: ir.Case) -> CasePlan:
     return CasePlan(index, case, case_layout(case), steps, buffers, outputs)
 
 
+def check_source_safe(program: ir.Program):
+    """IR names reach generated source in comments and string literals: refuse any that could end a comment or a
+    line there (a newline, a backslash continuation, `*/`, bidirectional overrides; see ir.serialize.safe_text)."""
+    from ..ir.serialize import unsafe_strings
+    bad = unsafe_strings(program)
+    if bad:
+        raise CodegenError(f"the IR holds a name that cannot be written safely into generated code: {bad[0][:60]!r}")
+
+
 def plan_kernel(program: ir.Program) -> KernelPlan:
+    check_source_safe(program)
     inputs = [KernelInput(d.name, d.kind) for d in program.inputs]
     nodes = [n for c in program.cases for n in ir.walk_rows([x for _, x in c.writes])]
     packed = {n.weight for n in nodes if isinstance(n, (ir.MatMul, ir.LeftMatMul, ir.InputProjection))}
@@ -197,7 +208,8 @@ def plan_kernel(program: ir.Program) -> KernelPlan:
     for k, (name, value) in enumerate(program.constants.items()):
         const_ids[name] = f"k{k}"
         prepared = pack_panels(value) if name in packed else np.ascontiguousarray(value, dtype=np.float32)
-        inputs.append(KernelInput(f"{program.name}_{name}", "const", prepared, name))
+        inputs.append(KernelInput(f"{program.name}_{name}", "const", prepared, name,
+                                  "panels" if name in packed else "dense"))
     array_ids = {d.name: f"a{i}" for i, d in enumerate(program.inputs) if d.kind == "array"}
     table_ids = {t.name: f"t{i}" for i, t in enumerate(program.tables)}
     cases = [plan_case(i, c) for i, c in enumerate(program.cases)]

@@ -114,6 +114,11 @@ OrtStatus* ReadIntAttribute(const Api& api, const OrtNode* node, const char* nam
   *present = false;
   CORTEX_RETURN_IF_ERROR(FindAttribute(api, node, name, &attribute));
   if (attribute == nullptr) return nullptr;
+  OrtOpAttrType type;
+  CORTEX_RETURN_IF_ERROR(api.ort.OpAttr_GetType(attribute, &type));
+  if (type != ORT_OP_ATTR_INT) {
+    return MakeStatus(api, ORT_INVALID_ARGUMENT, std::string("attribute '") + name + "' is not an integer");
+  }
   size_t size = 0;
   CORTEX_RETURN_IF_ERROR(api.ort.ReadOpAttr(attribute, ORT_OP_ATTR_INT, value, sizeof(*value), &size));
   *present = true;
@@ -135,12 +140,39 @@ OrtStatus* IsCortexNode(const Api& api, const OrtNode* node, bool* is_cortex) {
   return nullptr;
 }
 
-// `relative` against the directory of `model_path`; against the current directory when the model has no path.
-std::string ResolveArtifactPath(const std::string& model_path, const std::string& relative) {
-  if (!relative.empty() && relative[0] == '/') return relative;
-  const size_t slash = model_path.find_last_of('/');
-  if (slash == std::string::npos) return relative;
-  return model_path.substr(0, slash + 1) + relative;
+// The node's notes (docs/contracts.md): kernel_sha256 (required), cpu_arch, cpu_level, cpu_features (optional).
+bool ReadNotes(const std::string& notes, KernelRequest* request, std::string* error) {
+  JsonObject members;
+  if (!ParseJsonObject(notes, &members, error)) return false;
+  auto string_member = [&](const char* key, std::string* value, bool required) {
+    const auto it = members.find(key);
+    if (it == members.end()) {
+      if (required) *error = std::string("no member \"") + key + "\"";
+      return !required;
+    }
+    if (it->second.kind != JsonMember::Kind::kString) {
+      *error = std::string("member \"") + key + "\" is not a string";
+      return false;
+    }
+    *value = it->second.string_value;
+    return true;
+  };
+  if (!string_member("kernel_sha256", &request->expected_sha256, true)) return false;
+  if (!string_member("cpu_arch", &request->cpu_arch, false)) return false;
+  if (!string_member("cpu_level", &request->cpu_level, false)) return false;
+  if (!string_member("target", &request->target, false)) return false;
+  if (DeviceOfTarget(request->target) < 0) {
+    *error = "member \"target\" names an unknown target '" + request->target + "'";
+    return false;
+  }
+  if (const auto it = members.find("cpu_features"); it != members.end()) {
+    if (it->second.kind != JsonMember::Kind::kStringArray) {
+      *error = "member \"cpu_features\" is not an array of strings";
+      return false;
+    }
+    request->cpu_features = it->second.items;
+  }
+  return true;
 }
 
 // ---- per-run: ORT tensors in, kernel call, ORT tensors out ---------------------------------------------------
@@ -324,7 +356,8 @@ class KernelComputeInfo : public OrtNodeComputeInfo {
 
 }  // namespace
 
-CortexEp::CortexEp(const Api& api) : OrtEp{}, api_(api) {
+CortexEp::CortexEp(const Api& api, TrustPolicy trust, std::string target)
+    : OrtEp{}, api_(api), trust_(std::move(trust)), target_(std::move(target)) {
   ort_version_supported = ORT_API_VERSION;
   GetName = GetNameImpl;
   GetCapability = GetCapabilityImpl;
@@ -352,6 +385,12 @@ OrtStatus* CortexEp::ClaimCortexNodes(const OrtGraph* graph, OrtEpGraphSupportIn
     bool is_cortex = false;
     CORTEX_RETURN_IF_ERROR(IsCortexNode(api_, node, &is_cortex));
     if (is_cortex) {
+      // Only nodes compiled for this EP's device: a CUDA node is left to a Cortex EP on the GPU.
+      std::string notes, error;
+      bool has_notes = false;
+      CORTEX_RETURN_IF_ERROR(ReadStringAttribute(api_, node, "notes", &notes, &has_notes));
+      KernelRequest request;
+      if (has_notes && ReadNotes(notes, &request, &error) && request.target != target_) continue;
       // One call per node: each Cortex node becomes its own fused node, compiled alone.
       CORTEX_RETURN_IF_ERROR(api_.ep.EpGraphSupportInfo_AddNodesToFuse(graph_support_info, &node, 1,
                                                                        &fusion_options));
@@ -400,22 +439,26 @@ OrtStatus* CortexEp::CompileNode(const OrtGraph* graph, const OrtNode* fused_nod
   if (has_embed_mode && embed_mode != 0) {
     return MakeStatus(api_, ORT_INVALID_GRAPH, where + "embed_mode must be 0 (the kernel is a file beside the model)");
   }
-  std::string expected_sha256, json_error;
-  if (!has_notes || !ReadJsonStringMember(notes, "kernel_sha256", &expected_sha256, &json_error)) {
-    return MakeStatus(api_, ORT_INVALID_GRAPH,
-                      where + "attribute notes must be JSON with \"kernel_sha256\"" +
-                          (has_notes ? " (" + json_error + ")" : std::string(" (missing)")));
+  if (!trust_.config_error().empty()) return MakeStatus(api_, ORT_INVALID_ARGUMENT, "Cortex EP: " + trust_.config_error());
+  if (!has_notes) return MakeStatus(api_, ORT_INVALID_GRAPH, where + "no attribute notes (JSON with \"kernel_sha256\")");
+  KernelRequest request;
+  std::string notes_error;
+  if (!ReadNotes(notes, &request, &notes_error)) {
+    return MakeStatus(api_, ORT_INVALID_GRAPH, where + "attribute notes: " + notes_error);
   }
+  request.relative_path = cache_context;
 
   const ORTCHAR_T* model_path = nullptr;
   CORTEX_RETURN_IF_ERROR(api_.ort.Graph_GetModelPath(graph, &model_path));
-  const std::string artifact = ResolveArtifactPath(model_path ? model_path : "", cache_context);
+  request.model_path = model_path ? model_path : "";
 
   KernelLibrary::LoadError load_error = KernelLibrary::LoadError::kNone;
   std::string message;
-  std::shared_ptr<const KernelLibrary> kernel = KernelLibrary::Load(artifact, expected_sha256, &load_error, &message);
+  std::shared_ptr<const KernelLibrary> kernel = KernelLibrary::Load(request, trust_, &load_error, &message);
   if (!kernel) {
-    const OrtErrorCode code = load_error == KernelLibrary::LoadError::kMissing ? ORT_NO_SUCHFILE : ORT_FAIL;
+    OrtErrorCode code = ORT_FAIL;
+    if (load_error == KernelLibrary::LoadError::kMissing) code = ORT_NO_SUCHFILE;
+    if (load_error == KernelLibrary::LoadError::kRefusedPath) code = ORT_INVALID_GRAPH;
     return MakeStatus(api_, code, message);
   }
 

@@ -3,6 +3,7 @@
 #include <string>
 
 #include "ort_api.h"
+#include "trust_policy.h"
 
 namespace cortex_ep {
 
@@ -10,7 +11,7 @@ inline constexpr const char* kEpName = "CortexExecutionProvider";
 
 class CortexEp : public OrtEp {
  public:
-  explicit CortexEp(const Api& api);
+  CortexEp(const Api& api, TrustPolicy trust, std::string target = "cpu");
 
  private:
   static const char* ORT_API_CALL GetNameImpl(const OrtEp* this_ptr) noexcept;
@@ -27,6 +28,8 @@ class CortexEp : public OrtEp {
   OrtStatus* CompileNode(const OrtGraph* graph, const OrtNode* fused_node, OrtNodeComputeInfo** compute_info) const;
 
   Api api_;
+  TrustPolicy trust_;  // the session's explicit trust, plus the environment and the store
+  std::string target_;  // the kernels this EP runs: "cpu" (CUDA kernels need a Cortex EP on the GPU)
 };
 
 }  // namespace cortex_ep

@@ -1,8 +1,56 @@
 #include "cortex_ep_factory.h"
 
+#include <vector>
+
 #include "cortex_ep.h"
+#include "trust_policy.h"
 
 namespace cortex_ep {
+namespace {
+
+// Reads a session config entry; *present is false when the options have none of that key.
+OrtStatus* ReadConfigEntry(const Api& api, const OrtSessionOptions* options, const char* key, std::string* value,
+                           bool* present) {
+  int has = 0;
+  *present = false;
+  CORTEX_RETURN_IF_ERROR(api.ort.HasSessionConfigEntry(options, key, &has));
+  if (!has) return nullptr;
+  size_t size = 0;
+  CORTEX_RETURN_IF_ERROR(api.ort.GetSessionConfigEntry(options, key, nullptr, &size));
+  std::vector<char> buffer(size + 1, '\0');
+  size = buffer.size();
+  CORTEX_RETURN_IF_ERROR(api.ort.GetSessionConfigEntry(options, key, buffer.data(), &size));
+  *value = buffer.data();
+  *present = true;
+  return nullptr;
+}
+
+// The sha256 digests this session trusts explicitly (or the reason they cannot be read): the session config entry cortex.trusted_kernels and the EP
+// option trusted_kernels (which ORT stores as ep.cortexexecutionprovider.trusted_kernels).
+OrtStatus* SessionTrust(const Api& api, const OrtSessionOptions* options, TrustPolicy* policy) {
+  std::vector<std::string> trusted;
+  if (options != nullptr) {
+    for (const char* key : {kTrustedKernelsConfigKey, kTrustedKernelsEpOption}) {
+      std::string value;
+      bool present = false;
+      CORTEX_RETURN_IF_ERROR(ReadConfigEntry(api, options, key, &value, &present));
+      if (!present) continue;
+      std::vector<std::string> hashes;
+      std::string error;
+      if (!ParseHashList(value, &hashes, &error)) {
+        // Reported when a Cortex node is compiled: ORT's Python API would hide a failure here behind its fallback
+        // to the CPU EP.
+        *policy = TrustPolicy({}, std::string("session option ") + key + ": " + error);
+        return nullptr;
+      }
+      trusted.insert(trusted.end(), hashes.begin(), hashes.end());
+    }
+  }
+  *policy = TrustPolicy(std::move(trusted), "");
+  return nullptr;
+}
+
+}  // namespace
 
 CortexEpFactory::CortexEpFactory(const Api& api) : OrtEpFactory{}, api_(api) {
   ort_version_supported = ORT_API_VERSION;
@@ -44,13 +92,15 @@ OrtStatus* ORT_API_CALL CortexEpFactory::GetSupportedDevicesImpl(OrtEpFactory* t
 
 OrtStatus* ORT_API_CALL CortexEpFactory::CreateEpImpl(OrtEpFactory* this_ptr, const OrtHardwareDevice* const*,
                                                       const OrtKeyValuePairs* const*, size_t num_devices,
-                                                      const OrtSessionOptions*, const OrtLogger*,
+                                                      const OrtSessionOptions* session_options, const OrtLogger*,
                                                       OrtEp** ep) noexcept {
   auto* factory = static_cast<CortexEpFactory*>(this_ptr);
   *ep = nullptr;
   CORTEX_API_BEGIN
   if (num_devices == 0) return MakeStatus(factory->api_, ORT_INVALID_ARGUMENT, "Cortex EP: no device selected");
-  *ep = new CortexEp(factory->api_);
+  TrustPolicy trust;
+  CORTEX_RETURN_IF_ERROR(SessionTrust(factory->api_, session_options, &trust));
+  *ep = new CortexEp(factory->api_, std::move(trust));
   return nullptr;
   CORTEX_API_END(factory->api_)
 }

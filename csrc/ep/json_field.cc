@@ -9,8 +9,10 @@ class JsonReader {
  public:
   explicit JsonReader(const std::string& text) : text_(text) {}
 
-  bool ReadObjectMember(const std::string& key, std::string* value, std::string* error) {
-    bool found = false;
+  // Parses the text as one JSON object; each top-level member becomes a JsonMember. A name given twice is an
+  // error: two readers of one document must never see different values.
+  bool ParseObject(JsonObject* members, std::string* error) {
+    members->clear();
     SkipSpace();
     if (!Consume('{')) return Fail("expected a JSON object", error);
     SkipSpace();
@@ -22,11 +24,10 @@ class JsonReader {
         SkipSpace();
         if (!Consume(':')) return Fail("expected ':'", error);
         SkipSpace();
-        if (name == key) {
-          if (!ReadString(value)) return Fail("member \"" + key + "\" is not a string", error);
-          found = true;
-        } else if (!SkipValue(0)) {
-          return Fail("malformed value of member \"" + name + "\"", error);
+        JsonMember member;
+        if (!ReadMemberValue(&member)) return Fail("malformed value of member \"" + name + "\"", error);
+        if (!members->emplace(name, std::move(member)).second) {
+          return Fail("member \"" + name + "\" appears twice", error);
         }
         SkipSpace();
         if (Consume('}')) break;
@@ -35,14 +36,41 @@ class JsonReader {
     }
     SkipSpace();
     if (pos_ != text_.size()) return Fail("trailing characters after the object", error);
-    if (!found) {
-      *error = "no member \"" + key + "\"";
-      return false;
-    }
     return true;
   }
 
  private:
+  // A string, an array of strings, or (kOther) any other well-formed value, skipped.
+  bool ReadMemberValue(JsonMember* member) {
+    if (Peek() == '"') {
+      member->kind = JsonMember::Kind::kString;
+      return ReadString(&member->string_value);
+    }
+    if (Peek() == '[') {
+      const size_t start = pos_;
+      ++pos_;
+      SkipSpace();
+      member->kind = JsonMember::Kind::kStringArray;
+      if (Consume(']')) return true;
+      for (;;) {
+        SkipSpace();
+        std::string item;
+        if (Peek() != '"' || !ReadString(&item)) {  // not an array of strings: skip it whole as another value
+          pos_ = start;
+          member->kind = JsonMember::Kind::kOther;
+          member->items.clear();
+          return SkipValue(0);
+        }
+        member->items.push_back(std::move(item));
+        SkipSpace();
+        if (Consume(']')) return true;
+        if (!Consume(',')) return false;
+      }
+    }
+    member->kind = JsonMember::Kind::kOther;
+    return SkipValue(0);
+  }
+
   bool Fail(const std::string& what, std::string* error) const {
     *error = what + " at offset " + std::to_string(pos_);
     return false;
@@ -188,8 +216,24 @@ class JsonReader {
 
 }  // namespace
 
+bool ParseJsonObject(const std::string& json, JsonObject* members, std::string* error) {
+  return JsonReader(json).ParseObject(members, error);
+}
+
 bool ReadJsonStringMember(const std::string& json, const std::string& key, std::string* value, std::string* error) {
-  return JsonReader(json).ReadObjectMember(key, value, error);
+  JsonObject members;
+  if (!ParseJsonObject(json, &members, error)) return false;
+  const auto it = members.find(key);
+  if (it == members.end()) {
+    *error = "no member \"" + key + "\"";
+    return false;
+  }
+  if (it->second.kind != JsonMember::Kind::kString) {
+    *error = "member \"" + key + "\" is not a string";
+    return false;
+  }
+  *value = it->second.string_value;
+  return true;
 }
 
 }  // namespace cortex_ep

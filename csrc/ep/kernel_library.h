@@ -1,20 +1,40 @@
-// A loaded Cortex kernel library (kernel_abi.h): verified against its recorded sha256, dlopen'ed, ABI-checked.
+// A loaded Cortex kernel library (kernel_abi.h). Loading checks, in this order and before the library is mapped:
+// the path policy (artifact_path.h), the file's sha256 against the node's record, the trust policy
+// (trust_policy.h), the CPU (cpu_check.h); then dlopen of the very file that was hashed, and the ABI version.
 // Plain C++, no ONNX Runtime types. dlclose happens when the last owner lets go.
 #pragma once
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "kernel_abi.h"
+#include "trust_policy.h"
 
 namespace cortex_ep {
 
+// What the converted node says about its kernel.
+struct KernelRequest {
+  std::string model_path;       // as ONNX Runtime reports it; "" for a model given as bytes
+  std::string relative_path;    // ep_cache_context
+  std::string expected_sha256;  // notes.kernel_sha256
+  std::string cpu_arch;         // notes.cpu_arch ("" when not recorded)
+  std::string cpu_level;        // notes.cpu_level (for messages)
+  std::vector<std::string> cpu_features;  // notes.cpu_features
+  std::string target = "cpu";   // notes.target: the device the kernel runs on ("cpu" or "cuda")
+};
+
+// CORTEX_DEVICE_CPU / CORTEX_DEVICE_CUDA for a target name, -1 for an unknown one.
+inline int32_t DeviceOfTarget(const std::string& target) {
+  return target == "cpu" ? CORTEX_DEVICE_CPU : target == "cuda" ? CORTEX_DEVICE_CUDA : -1;
+}
+
 class KernelLibrary {
  public:
-  enum class LoadError { kNone, kMissing, kCorrupted, kUnloadable, kAbiMismatch };
+  enum class LoadError { kNone, kRefusedPath, kMissing, kCorrupted, kUntrusted, kUnsupportedCpu, kUnloadable,
+                         kAbiMismatch };
 
-  // Loads `path` after checking that the file exists and hashes to `expected_sha256` (hex, any case).
-  // On failure returns null, sets *error_kind and a message naming the path in *error.
-  static std::shared_ptr<const KernelLibrary> Load(const std::string& path, const std::string& expected_sha256,
+  // On failure returns null, sets *error_kind and a message naming the path and what to do in *error.
+  static std::shared_ptr<const KernelLibrary> Load(const KernelRequest& request, const TrustPolicy& trust,
                                                    LoadError* error_kind, std::string* error);
 
   ~KernelLibrary();

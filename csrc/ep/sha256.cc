@@ -7,6 +7,8 @@
 #include <cstring>
 #include <memory>
 
+#include <unistd.h>
+
 namespace cortex_ep {
 namespace {
 
@@ -110,6 +112,27 @@ bool Sha256File(const std::string& path, std::string* hex_digest, std::string* e
   if (std::ferror(file.get())) {
     *error = "cannot read " + path;
     return false;
+  }
+  *hex_digest = hasher.HexDigest();
+  return true;
+}
+
+bool Sha256Fd(int fd, std::string* hex_digest, std::string* error) {
+  if (lseek(fd, 0, SEEK_SET) < 0) {
+    *error = std::string("cannot seek: ") + std::strerror(errno);
+    return false;
+  }
+  Sha256 hasher;
+  unsigned char buffer[1 << 16];
+  for (;;) {
+    const ssize_t got = read(fd, buffer, sizeof(buffer));
+    if (got == 0) break;
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      *error = std::string("cannot read: ") + std::strerror(errno);
+      return false;
+    }
+    hasher.Update(buffer, static_cast<size_t>(got));
   }
   *hex_digest = hasher.HexDigest();
   return true;

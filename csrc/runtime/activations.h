@@ -38,7 +38,10 @@ CORTEX_HD inline float bits_to_float(int32_t i) {
 CORTEX_HD inline float exp_f(float x) {
   const float c = x < -87.3365447505531f ? -87.3365447505531f : (x > 88.3762626647949f ? 88.3762626647949f : x);
   const float t = c * 1.44269504088896341f;
-  const float n = static_cast<float>(static_cast<int32_t>(t + (t >= 0.0f ? 0.5f : -0.5f)));
+  // A NaN must not reach the float->int conversion (undefined behaviour; UBSan found it): it becomes -127 here, and
+  // r below is still NaN, so the result stays NaN. Every other t is already in [-126, 128).
+  const float t_finite = t >= -127.0f ? t : -127.0f;
+  const float n = static_cast<float>(static_cast<int32_t>(t_finite + (t_finite >= 0.0f ? 0.5f : -0.5f)));
   float r = c - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
   const float r2 = r * r;
@@ -49,7 +52,7 @@ CORTEX_HD inline float exp_f(float x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * r2 + r + 1.0f;
-  return p * detail::bits_to_float((static_cast<int32_t>(n) + 127) << 23);
+  return p * detail::bits_to_float(static_cast<int32_t>(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23));
 }
 
 // 1 / (1 + e^-x): 0 and 1 at the extremes, NaN propagates.

@@ -124,19 +124,25 @@ inline void for_rows(int64_t rows, int64_t work_per_row, F&& f) {
   });
 }
 
-// The kernel was compiled for its converting host's ISA (-march=native). On a CPU without those
-// instructions it must fail with a message, not crash on an illegal instruction.
+// A kernel is compiled for one ISA level (cortex-convert --cpu). The EP checks the CPU features recorded in the
+// converted model before it loads the kernel; this is the kernel's own second check of every feature its compiler
+// flags enabled (cpu_features.def), so a kernel loaded by other means fails with a message, never SIGILL.
+// CORTEX_IS_ENABLED(M) is 1 when macro M is defined to 1 and 0 when M is not defined (the Linux kernel's trick).
+#define CORTEX_ENABLED_PLACEHOLDER_1 0,
+#define CORTEX_IS_ENABLED(macro) CORTEX_IS_ENABLED_1(macro)
+#define CORTEX_IS_ENABLED_1(value) CORTEX_IS_ENABLED_2(CORTEX_ENABLED_PLACEHOLDER_##value)
+#define CORTEX_IS_ENABLED_2(arg_or_junk) CORTEX_IS_ENABLED_3(arg_or_junk 1, 0)
+#define CORTEX_IS_ENABLED_3(ignored, value, ...) value
+
 inline void check_cpu_features() {
 #if defined(__x86_64__) || defined(__i386__)
-#if defined(__AVX512F__)
-  if (!__builtin_cpu_supports("avx512f")) throw KernelError("this kernel needs AVX-512; convert the model again on this machine");
-#endif
-#if defined(__AVX2__)
-  if (!__builtin_cpu_supports("avx2")) throw KernelError("this kernel needs AVX2; convert the model again on this machine");
-#endif
-#if defined(__FMA__)
-  if (!__builtin_cpu_supports("fma")) throw KernelError("this kernel needs FMA; convert the model again on this machine");
-#endif
+#define CORTEX_CPU_FEATURE(name, macro, cpuinfo_flag)                                                   \
+  if (CORTEX_IS_ENABLED(macro) && !__builtin_cpu_supports(name)) {                                     \
+    throw KernelError(std::string("this kernel was compiled for CPUs with ") + name +                  \
+                      ", which this CPU lacks; rebuild it here with `cortex rebuild MODEL`");            \
+  }
+#include "cpu_features.def"
+#undef CORTEX_CPU_FEATURE
 #endif
 }
 
