@@ -169,7 +169,8 @@ def export(spec: Spec, cache: Path | None = None) -> dict:
 _NORMALIZERS = [
     (re.compile(r"'[^']*'"), "'…'"),
     (re.compile(r'"[^"]*"'), '"…"'),
-    (re.compile(r"\b(node|val|_v|onnx::|/)[\w:./\[\]-]*"), "…"),
+    (re.compile(r"(?<![\w)])/[\w/.\[\]-]*"), "/…"),  # ONNX value and node names of the TorchScript exporter
+    (re.compile(r"\b(node|val|_val|state|row|tmp)_?[\w\[\]]*\d[\w\[\]]*"), r"\1…"),  # node_scan__1, val_20, row[14]
     (re.compile(r"\b0x[0-9a-f]+\b"), "0x…"),
     (re.compile(r"\d+"), "N"),
     (re.compile(r"\s+"), " "),

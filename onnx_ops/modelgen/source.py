@@ -458,7 +458,8 @@ class _Gen:
     def body(self, w: _W):
         """Lines of one visit of node v (v defined): new rows ``<S>_new`` of every state table."""
         fam = self.family
-        if fam != "mvrnn" or self.s.leaf_input != "features":
+        cond_form = self.s.dynamo and not self.uniform and self.s.leaf_test not in ("where", "mask")
+        if not cond_form and (fam != "mvrnn" or self.s.leaf_input != "features"):
             w(f"x = {self.x_expr()}")
         self.child_ids(w)
         if self.uniform:
@@ -481,12 +482,16 @@ class _Gen:
                     w(f"{S}_new = m * {leaf[S]} + (1 - m) * {node[S]}")
             return
         if self.s.dynamo:  # torch.cond(pred, leaf_fn, node_fn, operands)
-            ops = ", ".join(self.states + ["v", "x"])
-            ret = lambda d: ", ".join(f"{d[S]}" for S in self.states)  # noqa: E731
+            ops = ", ".join(self.states + ["v"])
+            # a branch may not return (an alias of) an input or parameter: clone those
+            ret = lambda d: ", ".join(  # noqa: E731
+                f"{d[S]}.clone()" if d[S] in ("x", "self.leaf_matrix", "self.leaf_x") else d[S] for S in self.states)
             w(f"def leaf_fn({ops}):")
             with w.indent():
-                leaf = self.rows(w, self.leaf_cell, "leaf")
-                w(f"return {ret(leaf)}")
+                w(f"x = {self.x_expr()}")
+                out: dict = {}
+                self.leaf_cell(w, out)
+                w(f"return {ret(out)}")
             w(f"def node_fn({ops}):")
             with w.indent():
                 self.child_ids(w)
@@ -511,6 +516,8 @@ class _Gen:
             new = f"{S}_new"
             new1 = new if mode == "slice" else f"{new}.unsqueeze(0)"
             v1 = {"slice": "v", "scalar": "v.view(1)", "int": "torch.tensor([v])"}[mode]
+            if self.s.dtype == "int32" and mode != "int" and st in ("index_copy_", "scatter"):
+                v1 += ".long()"  # index_copy_ and scatter take int64 indices only
             if dyn and st in ("assign", "assign_slice", "index_copy_", "index_put_"):
                 w(f"{S} = {S}.clone()")
             if st == "assign":
