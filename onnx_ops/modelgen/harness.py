@@ -256,6 +256,10 @@ def evaluate(spec: Spec, cache: Path | None = None, workdir: Path | None = None,
         return res
 
     progress("export")
+    import torch
+
+    if spec.dynamo:
+        torch._dynamo.reset()  # eager while_loop/scan compile their bodies: no state from an earlier spec
     try:
         ex = export(spec, cache)
     except Exception as e:  # noqa: BLE001 - building the module failed: a generator bug
@@ -266,8 +270,8 @@ def evaluate(spec: Spec, cache: Path | None = None, workdir: Path | None = None,
     src_path = ex["path"]
 
     progress("eager")
-    import torch
-
+    if spec.dynamo:
+        torch._dynamo.reset()
     try:
         model, _ = build(spec, Path(ex["source"]).parent)
     except Exception as e:  # noqa: BLE001

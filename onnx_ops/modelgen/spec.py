@@ -248,24 +248,29 @@ def _check(d: dict, explore: bool) -> str | None:
     return None
 
 
+#: drawn once per spec (uniform marginals); the other choices are drawn again until the combination is valid
+PRIMARY = ("family", "exporter")
+
+
 def draw(rng: np.random.Generator, seed: int = 0, explore: bool = False, **fixed) -> Spec:
     """One spec from ``rng``: every choice uniform and independent; ``fixed`` pins choices (e.g.
-    ``exporter="torchscript"``). Rejected combinations are drawn again (their reasons counted in
-    ``Spec.rejected``)."""
+    ``exporter="torchscript"``). The family and the exporter are drawn once (so both stay uniform); when the
+    combination is rejected the other choices are drawn again (the reasons are counted in ``Spec.rejected``)."""
     rejected: Counter = Counter()
+    primary = {k: fixed.get(k, CHOICES[k][int(rng.integers(len(CHOICES[k])))]) for k in PRIMARY}
+    why = None
     for _ in range(10_000):
         d = {k: (int(rng.integers(12)) if k == "structure" else v[int(rng.integers(len(v)))])
-             for k, v in CHOICES.items()}
+             for k, v in CHOICES.items() if k not in PRIMARY}
+        d.update(primary)
         d.update({k: v for k, v in fixed.items() if k != "structure"})
         d = _normalize(d)
         if "structure" in fixed and d["structure"] != fixed["structure"]:
-            why = "fixed: structure"
-            rejected[why] += 1
+            rejected["fixed: structure"] += 1
             continue
-        d.update({k: v for k, v in fixed.items() if k in d})
         why = _check(d, explore)
         if why is None:
-            d = {k: (v.item() if hasattr(v, "item") else v) for k, v in d.items()}
+            d = {k: d[k] for k in CHOICES}
             return Spec(**d, seed=seed, rejected=tuple(sorted(rejected.items())))
         rejected[why] += 1
     raise ValueError(f"no valid spec with {fixed}: last rejection {why}")
