@@ -1,7 +1,7 @@
 """Fuzz Cortex's import with generated recursive PyTorch models (onnx_ops.modelgen), exported by the real exporters.
 
     python tools/fuzz_import.py --n 1000 [--seed S] [--exporter torchscript|dynamo|both] [--jobs J]
-                                [--out results.json] [--explore] [--timeout SEC]
+                                [--out results.json] [--explore] [--timeout SEC] [--fix CHOICE=VALUE ...]
 
 Prints the conversion rate overall and by construct (every value of every choice: how many specs had it, what
 fraction converted), the refusal reasons ranked by count (names and numbers blanked so that they do not split
@@ -31,11 +31,27 @@ EXPORTERS = {"torchscript": ["torchscript"], "dynamo": ["dynamo_while", "dynamo_
 BAD = ("converted-MISMATCH", "crash", "gen-error")
 
 
-def specs_for(n: int, seed: int, exporter: str, explore: bool) -> list:
-    """n specs; with one exporter family, the exporter choice is restricted to it (drawn among its values)."""
+def parse_fix(items) -> dict:
+    """["missing=if_zeros", "hidden=8", "bias=False"] -> {"missing": "if_zeros", "hidden": 8, "bias": False}."""
+    fixed = {}
+    for item in items or []:
+        key, _, raw = item.partition("=")
+        if key not in CHOICES:
+            raise SystemExit(f"--fix: unknown choice {key!r} (choices: {', '.join(CHOICES)})")
+        match = [v for v in CHOICES[key] if str(v) == raw]
+        if not match:
+            raise SystemExit(f"--fix: {key} has no value {raw!r} (values: {', '.join(map(str, CHOICES[key]))})")
+        fixed[key] = match[0]
+    return fixed
+
+
+def specs_for(n: int, seed: int, exporter: str, explore: bool, fixed: dict | None = None) -> list:
+    """n specs; with one exporter family, the exporter choice is restricted to it (drawn among its values);
+    ``fixed`` pins choices."""
+    fixed = dict(fixed or {})
     allowed = EXPORTERS[exporter]
-    if exporter == "both":
-        return draw_many(n, seed=seed, explore=explore)
+    if exporter == "both" or "exporter" in fixed:
+        return draw_many(n, seed=seed, explore=explore, **fixed)
     out, k = [], 0
     import numpy as np
 
@@ -43,7 +59,7 @@ def specs_for(n: int, seed: int, exporter: str, explore: bool) -> list:
     rng = np.random.default_rng(seed)
     while len(out) < n:
         ex = allowed[int(rng.integers(len(allowed)))]
-        out.append(draw(rng, seed=seed * 1_000_003 + k, explore=explore, exporter=ex))
+        out.append(draw(rng, seed=seed * 1_000_003 + k, explore=explore, **{**fixed, "exporter": ex}))
         k += 1
     return out
 
@@ -141,9 +157,10 @@ def main(argv=None) -> int:
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per model before it counts as a hang")
     ap.add_argument("--cache", help=f"export cache directory (default {cache_dir()})")
     ap.add_argument("--quiet", action="store_true", help="no line per model")
+    ap.add_argument("--fix", nargs="*", metavar="CHOICE=VALUE", help="pin choices, e.g. --fix missing=if_zeros")
     args = ap.parse_args(argv)
 
-    specs = specs_for(args.n, args.seed, args.exporter, args.explore)
+    specs = specs_for(args.n, args.seed, args.exporter, args.explore, parse_fix(args.fix))
     t0 = time.time()
     done = [0]
 

@@ -255,8 +255,8 @@ class _Gen:
                 w(f"r_l = torch.sigmoid({pre[1]})", f"r_r = torch.sigmoid({pre[2]})")
                 kids = self.child_operands(scale=["r_l", "r_r"])
             else:
-                w(f"r = torch.sigmoid({pre[1]})")
-                kids = self.child_operands(scale="r")
+                w(f"reset = torch.sigmoid({pre[1]})")  # not `r`: that is the right child's id
+                kids = self.child_operands(scale="reset")
             xs_c = [("x", D, "W_c")] if xs else []
             kids = [(e, wd, n.replace("U", "U_c")) for e, wd, n in kids]
             cand = self.pre(w, "cand", xs_c + kids, ["n"], gated=False)[0]
@@ -411,9 +411,10 @@ class _Gen:
 
     def read_children(self, w: _W):
         """Child ids (after the leaf test) and the children's rows of every state table."""
-        if self.zero_row:
+        one_by_one_nary = self.struct == "nary" and self.s.gather == "one"
+        if self.zero_row and not one_by_one_nary:
             self.remap_zero_row(w, ["kids"] if self.stacked else self.slots)
-        if self.struct == "nary" and self.s.gather == "one":
+        if one_by_one_nary:
             for S in self.states:
                 w(f"{S}_rows: List[Tensor] = []")
             w("for j in range(self.arity):")

@@ -25,7 +25,7 @@ import numpy as np
 __all__ = ["CHOICES", "MEANINGLESS", "UNEXPORTABLE", "Spec", "draw", "draw_many", "irrelevant", "GENERATOR_VERSION"]
 
 #: bumped whenever the generated source for a given spec changes (part of the export cache key)
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 
 #: choice name -> its values (the first value of each is the "plain" one)
 CHOICES: dict[str, tuple] = {
@@ -259,14 +259,17 @@ def draw(rng: np.random.Generator, seed: int = 0, explore: bool = False, **fixed
     rejected: Counter = Counter()
     primary = {k: fixed.get(k, CHOICES[k][int(rng.integers(len(CHOICES[k])))]) for k in PRIMARY}
     why = None
-    for _ in range(10_000):
+    for attempt in range(20_000):
+        if attempt and attempt % 500 == 0:  # pinned choices that this family/exporter cannot have: draw them again
+            primary = {k: fixed.get(k, CHOICES[k][int(rng.integers(len(CHOICES[k])))]) for k in PRIMARY}
         d = {k: (int(rng.integers(12)) if k == "structure" else v[int(rng.integers(len(v)))])
              for k, v in CHOICES.items() if k not in PRIMARY}
         d.update(primary)
         d.update({k: v for k, v in fixed.items() if k != "structure"})
         d = _normalize(d)
-        if "structure" in fixed and d["structure"] != fixed["structure"]:
-            rejected["fixed: structure"] += 1
+        lost = [k for k, v in fixed.items() if d[k] != v]  # a pinned value made irrelevant ("-") or remapped
+        if lost:
+            rejected[f"fixed: {lost[0]}"] += 1
             continue
         why = _check(d, explore)
         if why is None:
@@ -277,6 +280,7 @@ def draw(rng: np.random.Generator, seed: int = 0, explore: bool = False, **fixed
 
 
 def draw_many(n: int, seed: int = 0, explore: bool = False, **fixed) -> list[Spec]:
-    """``n`` specs from one seeded stream; spec i gets ``seed * 1_000_003 + i`` as its own (parameter) seed."""
+    """``n`` specs from one seeded stream (``fixed`` pins choices); spec i gets ``seed * 1_000_003 + i`` as its own
+    (parameter) seed."""
     rng = np.random.default_rng(seed)
     return [draw(rng, seed=seed * 1_000_003 + i, explore=explore, **fixed) for i in range(n)]
