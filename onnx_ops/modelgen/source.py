@@ -391,6 +391,8 @@ class _Gen:
     def gather(self, w: _W, S):
         """``S_k``: the children's rows of S stacked on dim -2 (-3 for matrices)."""
         m = self.s.missing if self.missing_applies() else "none"
+        if m == "node_if_zeros":
+            m = "none"  # read only when the node has its children
         ids = "kids"
         if self.s.gather == "index_select" or m == "clamp_mask":
             if m != "zero_row":
@@ -426,6 +428,8 @@ class _Gen:
                     w(f"{S}_rows.append({self.read_one(S, 'cj')})")
             for S in self.states:
                 w(f"{S}_k = torch.stack({S}_rows, dim=-2)")
+        elif self.s.missing == "node_if_zeros":
+            self.node_if_zeros(w)
         elif self.stacked:
             for S in self.states:
                 self.gather(w, S)
@@ -435,6 +439,48 @@ class _Gen:
                     w(f"{S}_{c} = {self.read_one(S, c)}")
         if self.struct == "nary" and self.agg == "mean":
             w("cnt = (children[v] >= 0).sum(-1, keepdim=True).clamp(min=1)")
+
+    def node_if_zeros(self, w: _W):
+        """One `if` for the whole node: no children -> every child row is torch.zeros, else the rows are read (binary
+        trees and chains: a node has all its children or none)."""
+        names = [f"{S}_k" for S in self.states] if self.stacked else \
+            [f"{S}_{c}" for S in self.states for c in self.slots]
+        k = len(self.slots)
+
+        def zeros(name):
+            S = name.split("_")[0]
+            if not self.stacked:
+                return f"torch.zeros({self.row_shape(S)})"
+            return f"torch.zeros(1, {k}, self.hidden)" if self.mode == "slice" else f"torch.zeros({k}, self.hidden)"
+
+        def reads(w2: _W):
+            for S in self.states:
+                if self.stacked:
+                    self.gather(w2, S)
+                else:
+                    for c in self.slots:
+                        w2(f"{S}_{c} = {S}[{c}]")
+
+        first = self.slots[0] if (not self.stacked or self.s.layout == "lr" or self.struct == "chain") else "kids[..., 0]"
+        if self.s.dynamo:
+            ops = ", ".join(self.states + ["v"])
+            w(f"def no_children({ops}):")
+            with w.indent():
+                w(f"return {', '.join(zeros(nm) for nm in names)}")
+            w(f"def read_children({ops}):")
+            with w.indent():
+                self.child_ids(w)
+                reads(w)
+                w(f"return {', '.join(names)}")
+            w(f"{', '.join(names)} = torch.cond(({first} < 0).squeeze(0), no_children, read_children, ({ops}))")
+            return
+        w(f"if {first} < 0:" if self.mode == "int" else f"if bool({first} < 0):")
+        with w.indent():
+            for nm in names:
+                w(f"{nm} = {zeros(nm)}")
+        w("else:")
+        with w.indent():
+            reads(w)
 
     def x_expr(self):
         li = self.s.leaf_input

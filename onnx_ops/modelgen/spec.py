@@ -25,7 +25,7 @@ import numpy as np
 __all__ = ["CHOICES", "MEANINGLESS", "UNEXPORTABLE", "Spec", "draw", "draw_many", "irrelevant", "GENERATOR_VERSION"]
 
 #: bumped whenever the generated source for a given spec changes (part of the export cache key)
-GENERATOR_VERSION = 4
+GENERATOR_VERSION = 5
 
 #: choice name -> its values (the first value of each is the "plain" one)
 CHOICES: dict[str, tuple] = {
@@ -53,7 +53,8 @@ CHOICES: dict[str, tuple] = {
     "leaf_test": ("lt0", "eq_m1", "is_leaf", "num_children", "where", "mask", "none"),
     # how a missing child (-1: n-ary padding, grid border, first chain step, leaves without a leaf test) reads as
     # zeros: an extra zero row N, a float mask, torch.where, an `if` returning torch.zeros(H), clamp + mask
-    "missing": ("zero_row", "mask", "where", "if_zeros", "clamp_mask"),
+    # ...or one `if` for the whole node whose branch sets every child's rows to torch.zeros (binary, chain)
+    "missing": ("zero_row", "mask", "where", "if_zeros", "clamp_mask", "node_if_zeros"),
     "leaf_input": ("embedding", "features", "constant"),
     "act": ("tanh", "relu", "sigmoid", "gelu", "elu", "leaky_relu", "softplus", "silu", "hardtanh", "selu"),
     "act_form": ("functional", "module"),
@@ -200,6 +201,8 @@ MEANINGLESS = [
      "MV-RNN leaves carry word matrices that internal nodes do not: no uniform cell"),
     (lambda d: d["missing"] == "if_zeros" and d["gather"] in ("stacked", "index_select"),
      "an `if` per missing child needs children read one by one"),
+    (lambda d: d["missing"] == "node_if_zeros" and d["structure"] in ("nary", "grid"),
+     "one `if` for the whole node cannot zero some children only (n-ary padding, grid borders)"),
     (lambda d: d["read"] == "int" and d["leaf_test"] == "where",
      "with Python-int ids the leaf condition is a Python bool: torch.where has no tensor condition"),
     (lambda d: d["read"] == "int" and d["missing"] == "where",
@@ -214,7 +217,8 @@ UNEXPORTABLE = [
      "dynamo: indexing with a 0-d tensor or int() of a tensor inside torch.while_loop/scan is data-dependent "
      "(GuardOnDataDependentSymNode); ids must be read as one-element slices"),
     (lambda d: d["exporter"] == "dynamo_while" and (
-        d["leaf_test"] in ("lt0", "eq_m1", "is_leaf", "num_children") or d["missing"] == "if_zeros"),
+        d["leaf_test"] in ("lt0", "eq_m1", "is_leaf", "num_children") or d["missing"] in ("if_zeros",
+                                                                                          "node_if_zeros")),
      "dynamo: torch.cond inside torch.while_loop fails in the ONNX exporter (InlinePass: opset mismatch when "
      "inlining 'pkg.torch.__subgraph__::while_loop_body_graph_0')"),
     (lambda d: d["dtype"] == "int32",
