@@ -10,8 +10,8 @@ frontend refuses most of these models today; raise it as the frontend learns the
 Plus unit tests of the generator: every choice value reachable, deterministic for a seed, no meaningless or
 known-unexportable combination drawn, every source compiles.
 
-Exports are cached in $CORTEX_MODELGEN_CACHE when set, else in pytest's tmp dir (cold every run: about 2 minutes
-on 2 cores while few models convert; each converted model adds a kernel compile).
+Exports are cached in $CORTEX_MODELGEN_CACHE when set, else in pytest's tmp dir (cold every run: 1-4 minutes on
+2 cores while few models convert, depending on the machine's load; each converted model adds a kernel compile).
 """
 from __future__ import annotations
 
