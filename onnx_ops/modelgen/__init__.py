@@ -2,7 +2,8 @@
 exporters (TorchScript and dynamo), and the harness that converts each with Cortex and checks it.
 
 - :mod:`.spec`: the choices (:data:`CHOICES`), :class:`Spec`, :func:`draw` / :func:`draw_many`.
-- :mod:`.source`: :func:`write_source`, the ``nn.Module`` source of a spec.
+- :mod:`.source`: :func:`write_source`, the ``nn.Module`` source of a spec (loop, reads, leaf test, writes, head);
+  :mod:`.cells`: its cell math (gates, aggregation, the families).
 - :mod:`.inputs`: structures (SST parse trees, synthetic n-ary trees, grids, chains) and feeds.
 - :mod:`.harness`: :func:`evaluate` (one spec) and :func:`run_many` (worker processes), the export cache.
 
