@@ -1,0 +1,187 @@
+"""Fuzz Cortex's import with generated recursive PyTorch models (onnx_ops.modelgen), exported by the real exporters.
+
+    python tools/fuzz_import.py --n 1000 [--seed S] [--exporter torchscript|dynamo|both] [--jobs J]
+                                [--out results.json] [--explore] [--timeout SEC] [--fix CHOICE=VALUE ...]
+
+Prints the conversion rate overall and by construct (every value of every choice: how many specs had it, what
+fraction converted), the refusal reasons ranked by count (names and numbers blanked so that they do not split
+counts), the export failures, mismatches, crashes and ONNX Runtime defects. Exit code 1 on any mismatch, crash or
+generator error.
+
+``--explore`` keeps the combinations the real exporters are known not to export (onnx_ops.modelgen.UNEXPORTABLE)
+instead of drawing again, so that their export failures are measured. Exports are cached by spec under
+$CORTEX_MODELGEN_CACHE (default ~/.cache/cortex/modelgen).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from onnx_ops.modelgen import CHOICES, draw_many  # noqa: E402
+from onnx_ops.modelgen.harness import cache_dir, normalize_reason, run_many  # noqa: E402
+
+EXPORTERS = {"torchscript": ["torchscript"], "dynamo": ["dynamo_while", "dynamo_scan"],
+             "both": ["torchscript", "dynamo_while", "dynamo_scan"]}
+BAD = ("converted-MISMATCH", "crash", "gen-error")
+
+
+def parse_fix(items) -> dict:
+    """["missing=if_zeros", "hidden=8", "bias=False"] -> {"missing": "if_zeros", "hidden": 8, "bias": False}."""
+    fixed = {}
+    for item in items or []:
+        key, _, raw = item.partition("=")
+        if key not in CHOICES:
+            raise SystemExit(f"--fix: unknown choice {key!r} (choices: {', '.join(CHOICES)})")
+        match = [v for v in CHOICES[key] if str(v) == raw]
+        if not match:
+            raise SystemExit(f"--fix: {key} has no value {raw!r} (values: {', '.join(map(str, CHOICES[key]))})")
+        fixed[key] = match[0]
+    return fixed
+
+
+def specs_for(n: int, seed: int, exporter: str, explore: bool, fixed: dict | None = None) -> list:
+    """n specs; with one exporter family, the exporter choice is restricted to it (drawn among its values);
+    ``fixed`` pins choices."""
+    fixed = dict(fixed or {})
+    allowed = EXPORTERS[exporter]
+    if exporter == "both" or "exporter" in fixed:
+        return draw_many(n, seed=seed, explore=explore, **fixed)
+    out, k = [], 0
+    import numpy as np
+
+    from onnx_ops.modelgen.spec import draw
+    rng = np.random.default_rng(seed)
+    while len(out) < n:
+        ex = allowed[int(rng.integers(len(allowed)))]
+        out.append(draw(rng, seed=seed * 1_000_003 + k, explore=explore, **{**fixed, "exporter": ex}))
+        k += 1
+    return out
+
+
+def summarize(results: list, out=print) -> dict:
+    n = len(results)
+    outcomes = Counter(r["outcome"] for r in results)
+    conv = outcomes["converted-match"]
+    out(f"\n== {n} generated models ==")
+    for o in ("converted-match", "converted-MISMATCH", "refused", "export-failed", "crash", "gen-error"):
+        out(f"  {o:20s} {outcomes[o]:5d}  ({100.0 * outcomes[o] / max(n, 1):.1f}%)")
+    exported = n - outcomes["export-failed"] - outcomes["gen-error"]
+    out(f"  conversion rate: {conv}/{n} = {100.0 * conv / max(n, 1):.1f}% of all, "
+        f"{100.0 * conv / max(exported, 1):.1f}% of the {exported} exported")
+    unrep = sum(1 for r in results if r.get("unreported"))
+    if unrep:
+        out(f"  of the refused, {unrep} had no region in the report at all (harness reason 'unreported: ...')")
+
+    out("\n== conversion rate by construct (specs with the value: converted / exported, rate) ==")
+    by = defaultdict(lambda: [0, 0, 0])  # (choice, value) -> [specs, exported, converted]
+    for r in results:
+        for k, v in r["spec"].items():
+            if k not in CHOICES or v == "-":
+                continue
+            cell = by[(k, str(v))]
+            cell[0] += 1
+            if r["outcome"] not in ("export-failed", "gen-error"):
+                cell[1] += 1
+                cell[2] += r["outcome"] == "converted-match"
+    for k in CHOICES:
+        vals = [(v, c) for (kk, v), c in by.items() if kk == k]
+        if not vals:
+            continue
+        order = {str(x): i for i, x in enumerate(CHOICES[k])}
+        vals.sort(key=lambda t: order.get(t[0], 99))
+        parts = [f"{v}: {c[2]}/{c[1]}" + (f" ({100.0 * c[2] / c[1]:.0f}%)" if c[1] else "") +
+                 (f" [{c[0] - c[1]} not exported]" if c[0] - c[1] else "") for v, c in vals]
+        out(f"  {k:10s} " + "; ".join(parts))
+
+    reasons = Counter()
+    examples = {}
+    for r in results:
+        if r["outcome"] == "refused":
+            for part in (r["reason"] or "").split("; "):
+                key = normalize_reason(part)
+                reasons[key] += 1
+                examples.setdefault(key, (part, r["short"]))
+    out(f"\n== refusal reasons, ranked ({sum(reasons.values())} refused regions) ==")
+    for key, c in reasons.most_common():
+        out(f"  {c:5d}  {key}")
+        out(f"         e.g. {examples[key][0][:200]}")
+
+    ex_fail = Counter()
+    ex_examples = {}
+    for r in results:
+        if r["outcome"] == "export-failed":
+            key = normalize_reason(r["reason"])
+            ex_fail[key] += 1
+            ex_examples.setdefault(key, r["short"])
+    if ex_fail:
+        out(f"\n== export failures (the real exporter; not Cortex) ({sum(ex_fail.values())}) ==")
+        for key, c in ex_fail.most_common():
+            out(f"  {c:5d}  {key}")
+            out(f"         e.g. {ex_examples[key]}")
+
+    defects = [r for r in results if r.get("ort_defects")]
+    out(f"\n== ONNX Runtime defects (ORT on the original export disagrees with eager PyTorch): {len(defects)} ==")
+    for r in defects:
+        out(f"  {r['key']}  {r['short']}")
+        for d in r["ort_defects"]:
+            out(f"      {d[:300]}")
+
+    for o in BAD:
+        bad = [r for r in results if r["outcome"] == o]
+        out(f"\n== {o}: {len(bad)} ==")
+        for r in bad:
+            out(f"  {r['key']}  {r['short']}")
+            out(f"      {r['reason']}")
+            if r.get("source"):
+                out(f"      source: {r['source']}")
+            tb = (r.get("traceback") or "").strip().splitlines()
+            for line in tb[-4:]:
+                out(f"      | {line[:200]}")
+    return {"outcomes": dict(outcomes), "reasons": dict(reasons), "export_failures": dict(ex_fail)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=100, help="number of generated models (default 100)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--exporter", choices=sorted(EXPORTERS), default="both")
+    ap.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
+    ap.add_argument("--out", help="write every result (spec, outcome, reason, errors) to this JSON file")
+    ap.add_argument("--explore", action="store_true", help="keep known-unexportable combinations")
+    ap.add_argument("--timeout", type=float, default=600.0, help="seconds per model before it counts as a hang")
+    ap.add_argument("--cache", help=f"export cache directory (default {cache_dir()})")
+    ap.add_argument("--quiet", action="store_true", help="no line per model")
+    ap.add_argument("--fix", nargs="*", metavar="CHOICE=VALUE", help="pin choices, e.g. --fix missing=if_zeros")
+    args = ap.parse_args(argv)
+
+    specs = specs_for(args.n, args.seed, args.exporter, args.explore, parse_fix(args.fix))
+    t0 = time.time()
+    done = [0]
+
+    def on_result(i, r):
+        done[0] += 1
+        if not args.quiet:
+            reason = (r.get("reason") or "")[:110]
+            print(f"[{done[0]:4d}/{len(specs)}] {r['outcome']:18s} {r['key']}  {reason}", flush=True)
+
+    results = run_many(specs, jobs=args.jobs, cache=Path(args.cache) if args.cache else None,
+                       timeout=args.timeout, on_result=on_result)
+    summary = summarize(results)
+    print(f"\n{len(results)} models in {time.time() - t0:.0f} s (seed {args.seed}, exporter {args.exporter}"
+          f"{', explore' if args.explore else ''})")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"args": vars(args), "summary": summary, "results": results},
+                                             indent=1, default=str))
+        print(f"results: {args.out}")
+    bad = sum(1 for r in results if r["outcome"] in BAD)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
