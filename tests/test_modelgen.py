@@ -9,7 +9,7 @@ frontend refuses most of these models today; raise it as the frontend learns the
 
 Plus unit tests of the generator: every choice value reachable, deterministic for a seed, no meaningless or
 known-unexportable combination drawn, every source compiles. REGRESSIONS pins generated models that once broke the
-property (strict xfail while the bug is open: a fix makes them XPASS, which fails until the mark is removed).
+property (they must hold it now).
 
 Exports are cached in $CORTEX_MODELGEN_CACHE when set, else in pytest's tmp dir (cold every run: 1-4 minutes on
 2 cores while few models convert, depending on the machine's load; each converted model adds a kernel compile).
@@ -198,7 +198,6 @@ REGRESSIONS = [
 
 
 @pytest.mark.parametrize("spec_json, bug", REGRESSIONS, ids=[f"regression{i}" for i in range(len(REGRESSIONS))])
-@pytest.mark.xfail(strict=True, reason="known frontend bug (see the case's `bug`); remove the mark once fixed")
 def test_found_regressions(spec_json, bug, tmp_path_factory):
     import torch  # noqa: F401
 

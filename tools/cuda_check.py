@@ -151,9 +151,27 @@ def time_treelstm(hidden, batches, cuda, tmp: Path, repeats=50):
                     for _ in range(repeats):
                         kernel.run(args, 2)
                 times.append((time.perf_counter() - start) / repeats * 1e3)
-            out.append({"target": target, "hidden": hidden, "batch": size, "ms_median": float(np.median(times)),
-                        "nodes_mean": float(np.mean([sum(len(t.words) for t in g) for g in groups]))})
+            record = {"target": target, "hidden": hidden, "batch": size, "ms_median": float(np.median(times)),
+                      "nodes_mean": float(np.mean([sum(len(t.words) for t in g) for g in groups]))}
+            if target == "cuda":
+                record["phases_us"] = kernel_phases(kernel)
+            out.append(record)
     return out
+
+
+PHASES = ("inputs checked", "prepared+linearized", "schedule sent", "launched", "finished", "kernel (events)")
+
+
+def kernel_phases(kernel) -> dict:
+    """The last run's phases (CORTEX_PROFILE must be set before the kernel library loads), cumulative us."""
+    import ctypes
+    fn = getattr(kernel.lib, "cortex_kernel_profile", None)
+    if fn is None or not os.environ.get("CORTEX_PROFILE"):
+        return {}
+    out = (ctypes.c_double * len(PHASES))()
+    fn.argtypes = [ctypes.POINTER(ctypes.c_double), ctypes.c_int32]
+    fn(out, len(PHASES))
+    return {name: round(out[i], 2) for i, name in enumerate(PHASES)}
 
 
 def main(argv=None):
@@ -165,6 +183,8 @@ def main(argv=None):
     ap.add_argument("--time", action="store_true", help="time the TreeLSTM kernel (hidden 256, batch 1 and 10)")
     ap.add_argument("--out")
     args = ap.parse_args(argv)
+    if args.time:
+        os.environ.setdefault("CORTEX_PROFILE", "1")
     rng = np.random.default_rng(0)
     results = {"checks": [], "timings": []}
     failed = False

@@ -5,28 +5,27 @@ prepared and linearized exactly as on the CPU (the same `prepare` code, cstyle.p
 each position's rows, reads and slots) goes to the device in one copy. Then one cooperative launch, one block per
 SM, walks every batch:
 
-- weight columns are split over the blocks and held in shared memory for the whole run when they fit (each block
-  owns the same output columns of a product at every level), else read from global memory (L2);
-- per batch, each step of the plan runs grid-wide (the products as warp dot products, elementwise steps as
-  grid-stride loops over the batch's elements), with a grid barrier where the next step reads what other blocks
-  wrote; the rows a case writes are computed in one fused elementwise loop and stored straight into the tables;
-- hoisted input products (X @ W for every row) run once before the first batch.
-Constants and tables live on the device; the structure is never needed there except as the schedule.
+- a matrix product whose result only the case's new rows read is *fused* with them: the rows' elements j are split
+  over the blocks, each block computes exactly the product columns its elements read (Slice offsets + j) and then
+  those elements, so no grid barrier separates the product from its epilogue; the weight columns a block needs stay
+  in its shared memory for the whole run;
+- a product's input rows (child states, lookups, elementwise math over them) are read in place inside the dot
+  products, not copied first;
+- other steps of the plan (products other steps read, reductions, per-node matrices) run grid-wide with a barrier
+  after each;
+- batches of one level are independent: the barrier comes only where the level changes.
+Hoisted input products (X @ W for every row) run once before the first batch. Constants and tables live on the
+device; the structure is never needed there except as the schedule.
 """
 from __future__ import annotations
+
+import numpy as np
 
 from ..ir import nodes as ir
 from ..ir.printer import format_pred
 from . import cstyle
 from .cstyle import Access, cstr, comment, dense, transposed
 from .plan import CodegenError, KernelPlan, plan_kernel
-
-import numpy as np
-
-
-def _table_row(table: str, row: str, width: int):
-    """Element i of the table row a position writes."""
-    return lambda i: f"{table}[{row} * {width} + {i}]"
 
 
 def transpose_weights(plan: KernelPlan) -> None:
@@ -36,6 +35,11 @@ def transpose_weights(plan: KernelPlan) -> None:
             w = plan.program.constants[inp.const]
             inp.array = np.ascontiguousarray(w.T, dtype=np.float32)
             inp.layout = "transposed"
+
+
+def _table_row(table: str, row: str, width: int):
+    """Element i of the table row a position writes."""
+    return lambda i: f"{table}[{row} * {width} + {i}]"
 
 
 class CudaDialect(cstyle.Dialect):
@@ -62,6 +66,21 @@ class CudaDialect(cstyle.Dialect):
         return f"P.proj{k}"
 
 
+class _Recorder(cstyle.ElementRenderer):
+    """An element renderer that also records how each buffered value is read: {node: {access keys}}."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.reads = {}
+
+    def expr(self, e, access, w, temps, code, pointers):
+        if e.width == 1 and access.const is None:
+            access = Access(const=0)
+        if e in self.cp.buffers and e != self.computing:
+            self.reads.setdefault(e, set()).add(access.key())
+        return super().expr(e, access, w, temps, code, pointers)
+
+
 class CudaGenerator:
     target = "cuda"
 
@@ -73,7 +92,9 @@ class CudaGenerator:
         self.syntax = cstyle.HostSyntax(self.plan)
         self.dialect = CudaDialect()
         self.index_tables = {}
-        self.weights = self._gemm_weights()  # [(const id, N, K)] in resident-slot order
+        self.residency = []  # [(const id, N, K, column offsets or None, output width W)]: shared-memory slots
+        self.buffer_widths = []  # per global buffer index
+        self.buffer_base = {}  # case index -> first global buffer index
 
     def index_table(self, indices) -> str:
         key = tuple(indices)
@@ -81,35 +102,45 @@ class CudaGenerator:
             self.index_tables[key] = f"kIdx{len(self.index_tables)}"
         return self.index_tables[key]
 
-    def _gemm_weights(self):
-        seen = []
-        for name in self.p.constants:
-            if name in self.plan.packed:
-                k, n = self.p.constants[name].shape
-                seen.append((self.plan.const_ids[name], n, k))
-        return seen
+    def _resident_slot(self, weight: str, offsets=None, width=0) -> int:
+        """The shared-memory slot of a weight read in plain column ranges (offsets None) or as the columns
+        offsets + j of fused epilogue elements j < width."""
+        cid = self.plan.const_ids[weight]
+        k, n = self.p.constants[weight].shape
+        key = (cid, n, k, tuple(offsets) if offsets else None, width)
+        if key not in self.residency:
+            self.residency.append(key)
+        return self.residency.index(key)
 
-    def _slot(self, const_name) -> int:
-        cid = self.plan.const_ids[const_name]
-        return next(i for i, (c, _, _) in enumerate(self.weights) if c == cid)
+    def _buffer(self, cp, k, width) -> str:
+        index = self.buffer_base[cp.index] + k
+        while len(self.buffer_widths) <= index:
+            self.buffer_widths.append(1)
+        self.buffer_widths[index] = max(self.buffer_widths[index], width)
+        return f"P.buffer[{index}]"
 
     # ---- source ---------------------------------------------------------------------------------
 
     def generate(self, identity: str) -> str:
         plan = self.plan
+        base = 0
+        for cp in plan.cases:
+            self.buffer_base[cp.index] = base
+            base += len(cp.steps) + len(cp.outputs)
         cases = [self.case_fn(c) for c in plan.cases]
+        kernel = self.kernel_fn()
         tables = [f"{self.dialect.index_table_decl} {name}[] = {{{', '.join(map(str, idx))}}};"
                   for idx, name in self.index_tables.items()]
         out = [HEADER.format(name=comment(self.p.name), identity=cstr(identity)),
                CONSTANTS.format(cases=len(self.p.cases), reads=plan.max_reads, slots=plan.max_slots,
-                                width=plan.max_width, weights=max(len(self.weights), 1),
-                                buffers=plan.num_buffers)]
+                                width=plan.max_width, weights=max(len(self.residency), 1),
+                                buffers=max(len(self.buffer_widths), 1))]
         if tables:
             out.append("// element positions of rearranged values\n" + "\n".join(tables) + "\n")
         out += [WORKSPACE.format(positions=cstyle.POSITION_ARRAYS), self.ctx_struct(), self.params_struct(),
                 cstyle.prepare_fn(plan, self.syntax)]
         out += cases
-        out.append(self.kernel_fn())
+        out.append(kernel)
         out.append("}  // namespace\n")
         out.append(self.run_fn())
         return "\n".join(out)
@@ -133,7 +164,8 @@ class CudaGenerator:
         for k, _ in enumerate(plan.projections):
             lines.append(f"  float* proj{k};")
         lines += ["  const int64_t* node; const int64_t* position; const int64_t* reads; const int64_t* slots;",
-                  "  const int64_t* positions; const int64_t* batch_offset; const int32_t* batch_case; const int32_t* batch_hazard;",
+                  "  const int64_t* positions; const int64_t* batch_offset;",
+                  "  const int32_t* batch_case; const int32_t* batch_hazard; const int32_t* batch_level;",
                   "  float* buffer[kBuffers];",
                   "  int64_t resident[kWeights];  // offset of a weight's columns in shared memory, or -1",
                   "};"]
@@ -141,51 +173,149 @@ class CudaGenerator:
 
     # ---- device code per case -------------------------------------------------------------------
 
-    def element_loop(self, env, targets, computing=None, hazard=None):
-        """Grid-stride loops computing every element of the targets for the batch; targets are (expr, dest)."""
+    def element_loop(self, env, targets, computing=None, span=None):
+        """Loops computing every element of the targets for the batch; targets are (expr, dest). Grid-stride over
+        B x width, or, with span=(j0, nj) (fused), block-stride over B x this block's elements j0 .. j0+nj."""
         lines = []
-        _, _, pointers = env.start(computing)
+        env.start(computing)
         for w, group in env.pieces(targets).items():
             temps, code, pointers = {}, [], {}
             stores = []
             for expr, dest, col in group:
                 value = env.expr(expr, Access(0), w, temps, code, pointers)
                 stores.append(f"{dest(f'{col} + j' if col else 'j')} = {value};")
-            lines += [f"  for (int64_t e = blockIdx.x * blockDim.x + threadIdx.x; e < B * {w}; e += gridDim.x * blockDim.x) {{",
-                      f"    const int64_t b = e / {w}, j = e % {w};",
-                      "    const int64_t q = P.positions[off + b]; (void)q;"]
+            if span is None:
+                lines += [f"  for (int64_t e = blockIdx.x * blockDim.x + threadIdx.x; e < B * {w}; e += gridDim.x * blockDim.x) {{",
+                          f"    const int64_t b = e / {w}, j = e % {w};"]
+            else:
+                lines += ["  for (int64_t e = threadIdx.x; e < B * nj; e += blockDim.x) {",
+                          "    const int64_t b = e / nj, j = j0 + e % nj;"]
+            lines.append("    const int64_t q = P.positions[off + b]; (void)q;")
             lines += [f"    {decl}" for _, decl in pointers.values()]
             lines += [f"    {line}" for line in code + stores]
             lines.append("  }")
         return lines
 
+    def gemm_loop(self, env, e, source, out, slot, fused=None):
+        """out[b][c] = x[b] . W[:, c] (+ bias) for the batch; x read in place (source None: through the element
+        renderer, inside the dot products) or from a buffer. Columns: this block's range of N, or (fused) the
+        columns offsets[s] + j for its elements j."""
+        plan = self.plan
+        n, k = e.width, e.x.width
+        wid = plan.const_ids[e.weight]
+        bias = f"P.{plan.const_ids[e.bias]}[c]" if e.bias else None
+        lines = ["  {  // " + comment(f"matmul {e.weight}"),
+                 "    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;",
+                 f"    const float* resident = P.resident[{slot}] >= 0 ? smem + P.resident[{slot}] : nullptr;"]
+        if fused is None:
+            lines += [f"    int64_t c0, c1; cortex::cuda::column_range({n}, blockIdx.x, gridDim.x, &c0, &c1);",
+                      "    const int64_t cols = c1 - c0;",
+                      "    for (int64_t t = warp; t < B * cols; t += cortex::cuda::kWarps) {",
+                      "      const int64_t b = t / cols, c = c0 + t % cols, row = c - c0;"]
+        else:
+            offsets = ", ".join(str(o) for o in fused)
+            lines += [f"    const int64_t offsets[{len(fused)}] = {{{offsets}}};",
+                      f"    for (int64_t t = warp; t < B * {len(fused)} * nj; t += cortex::cuda::kWarps) {{",
+                      f"      const int64_t b = t / ({len(fused)} * nj), s = (t / nj) % {len(fused)}, jj = t % nj;",
+                      "      const int64_t c = offsets[s] + j0 + jj, row = s * nj + jj;"]
+        lines += ["      const int64_t q = P.positions[off + b]; (void)q;",
+                  f"      const float* w = resident != nullptr ? resident + row * {k} : P.{wid} + c * {k};",
+                  "      float acc = 0.0f;"]
+        if source is not None:
+            lines.append(f"      for (int64_t j = lane; j < {k}; j += 32) acc = fmaf({source}[b * {k} + j], w[j], acc);")
+        else:
+            env.start()
+            parts = e.x.parts if isinstance(e.x, ir.Concat) else (e.x,)
+            pointers, col = {}, 0
+            loops = []
+            for part in parts:
+                temps, code = {}, []
+                value = env.expr(part, Access(0), part.width, temps, code, pointers)
+                loops.append(f"      for (int64_t j = lane; j < {part.width}; j += 32) {{")
+                loops += [f"        {line}" for line in code]
+                loops.append(f"        acc = fmaf({value}, w[{col} + j], acc);")
+                loops.append("      }")
+                col += part.width
+            lines += [f"      {decl}" for _, decl in pointers.values()]
+            lines += loops
+        lines += ["      acc = cortex::cuda::warp_sum(acc);",
+                  f"      if (lane == 0) {out}[b * {n} + c] = {'acc + ' + bias if bias else 'acc'};",
+                  "    }", "  }"]
+        return lines
+
+    def _fusable(self, cp, env):
+        """The products whose results only the new rows read, each read at offsets + j (unit stride) by rows of one
+        width W: {node: sorted offsets}, W; or ({}, None)."""
+        widths = {expr.width for _, expr, _ in cp.outputs}
+        if len(widths) != 1:
+            return {}, None
+        w = widths.pop()
+        recorder = _Recorder(self.plan, cp, self.dialect, self.index_table)
+        recorder.start()
+        for expr in (e for _, e, _ in cp.outputs):
+            parts = expr.parts if isinstance(expr, ir.Concat) else (expr,)
+            if len(parts) != 1:
+                return {}, None
+            recorder.expr(expr, Access(0), w, {}, [], {})
+        read_by_steps = set()
+        for step in cp.steps:
+            for node in ir.walk_rows([step.node]):
+                if node is not step.node and node in cp.buffers:
+                    read_by_steps.add(node)
+        fused = {}
+        for step in cp.steps:
+            e = step.node
+            if step.kind != "gemm" or e.rows != 1 or e in read_by_steps or e not in recorder.reads:
+                continue
+            keys = recorder.reads[e]
+            if all(kind == "affine" and 0 <= o and o + w <= e.width for kind, o in keys):
+                fused[e] = sorted({o for _, o in keys})
+        return fused, w
+
     def case_fn(self, cp) -> str:
         plan, case = self.plan, cp.case
         env = cstyle.ElementRenderer(plan, cp, self.dialect, self.index_table)
+        fused, width = self._fusable(cp, env)
+        consumers = {}
+        for step in cp.steps:
+            for name in step.inputs:
+                consumers.setdefault(name, []).append(step)
+        inline = set()  # compute steps a product reads in place instead
+        for step in cp.steps:
+            users = consumers.get(step.buffer, [])
+            if step.kind == "compute" and step.node not in cp.buffers and users and \
+                    all(u.kind == "gemm" and u.node.rows == 1 for u in users):
+                inline.add(step.buffer)
         lines = [f"// case {comment(case.name)}: when {comment(format_pred(case.predicate))}",
                  f"__device__ void run_case_{cp.index}(const Params& P, int64_t off, int64_t B, bool hazard, "
                  "const float* smem, cg::grid_group& grid) {"]
-        buffers = {}
+        names = {}
         for k, step in enumerate(cp.steps):
             e = step.node
-            buf = f"P.buffer[{k}]"
-            buffers[step.buffer] = buf
-            lines.append(f"  float* {step.buffer} = {buf};  // {step.kind}")
+            if step.buffer in inline:
+                continue
+            width_k = e.x.width if step.kind == "transpose" else e.width
+            names[step.buffer] = step.buffer
+            lines.append(f"  float* {step.buffer} = {self._buffer(cp, k, width_k)};  // {step.kind}")
+            if e in fused:
+                continue  # computed with the new rows, below
             if step.kind == "compute":
                 lines += self.element_loop(env, [(e, dense(step.buffer, e.width))], computing=e)
             elif step.kind == "transpose":
                 lines += self.element_loop(env, [(e.x, transposed(step.buffer, e.cols, e.x.width // e.cols))])
+            elif step.kind == "gemm" and e.rows == 1:
+                source = None if step.inputs[0] in inline else step.inputs[0]
+                lines += self.gemm_loop(env, e, source, step.buffer, self._resident_slot(e.weight))
             elif step.kind in ("gemm", "left_gemm"):
                 if step.kind == "gemm":
                     m, k_dim, n_dim = f"B * {e.rows}", e.x.width // e.rows, e.width // e.rows
                 else:
                     m, k_dim, n_dim = f"B * {e.cols}", e.x.width // e.cols, e.width // e.cols
-                slot = self._slot(e.weight)
+                slot = self._resident_slot(e.weight)
                 bias = f"P.{plan.const_ids[e.bias]}" if getattr(e, "bias", None) else "nullptr"
-                wid = plan.const_ids[e.weight]
-                lines.append(f"  cortex::cuda::gemm_columns({m}, {n_dim}, {k_dim}, {step.inputs[0]}, {k_dim}, P.{wid}, "
-                             f"P.resident[{slot}] >= 0 ? smem + P.resident[{slot}] : nullptr, {bias}, {step.buffer}, "
-                             f"{n_dim});  // {comment(e.weight)}")
+                lines.append(f"  cortex::cuda::gemm_columns({m}, {n_dim}, {k_dim}, {step.inputs[0]}, {k_dim}, "
+                             f"P.{plan.const_ids[e.weight]}, P.resident[{slot}] >= 0 ? smem + P.resident[{slot}] : "
+                             f"nullptr, {bias}, {step.buffer}, {n_dim});  // {comment(e.weight)}")
             elif step.kind == "matvec":
                 mat, vec = step.inputs
                 cols = e.vec.width
@@ -198,7 +328,7 @@ class CudaGenerator:
                           f"    {step.buffer}[e] = acc;",
                           "  }"]
             elif step.kind == "reduce":
-                combine = cstyle.REDUCE[e.op].format(a="acc", b=f"x[g]")
+                combine = cstyle.REDUCE[e.op].format(a="acc", b="x[g]")
                 lines += [f"  for (int64_t e = blockIdx.x * blockDim.x + threadIdx.x; e < B * {e.width}; e += gridDim.x * blockDim.x) {{",
                           f"    const float* x = {step.inputs[0]} + e * {e.group};",
                           "    float acc = x[0];",
@@ -208,22 +338,32 @@ class CudaGenerator:
             else:
                 raise CodegenError(f"step {step.kind}")
             lines.append("  grid.sync();")
-        direct = []
-        for table, expr, _ in cp.outputs:
+        direct, outs = [], []
+        first = len(cp.steps)
+        for k, (table, expr, buf) in enumerate(cp.outputs):
             t = self.p.table(table)
             row = "P.position[q]" if t.kind == "emit" else "P.node[q]"
             direct.append((expr, _table_row(f"P.{plan.table_ids[table]}", row, expr.width)))
-        lines.append("  if (!hazard) {  // the new rows go straight into the tables")
-        lines += ["  " + line for line in self.element_loop(env, direct)]
-        lines.append("    return;")
-        lines.append("  }")
-        lines.append("  // a position reads its own row before writing it: compute every new row, then commit")
-        first = len(cp.steps)
-        outs = []
-        for k, (table, expr, buf) in enumerate(cp.outputs):
-            lines.append(f"  float* {buf} = P.buffer[{first + k}];  // new rows of {comment(table)}")
+            lines.append(f"  float* {buf} = {self._buffer(cp, first + k, expr.width)};  // new rows of {comment(table)}")
             outs.append((expr, dense(buf, expr.width)))
-        lines += self.element_loop(env, outs)
+        span = None
+        if fused:
+            span = True
+            lines += [f"  int64_t j0, j1; cortex::cuda::column_range({width}, blockIdx.x, gridDim.x, &j0, &j1);",
+                      "  const int64_t nj = j1 - j0;",
+                      "  // the products' columns this block's elements read, then those elements: no grid barrier"]
+            for step in cp.steps:
+                if step.node in fused:
+                    e = step.node
+                    source = None if step.inputs[0] in inline else step.inputs[0]
+                    slot = self._resident_slot(e.weight, fused[e], width)
+                    lines += self.gemm_loop(env, e, source, step.buffer, slot, fused=fused[e])
+            lines.append("  __syncthreads();")
+        lines.append("  if (!hazard) {  // the new rows go straight into the tables")
+        lines += ["  " + line for line in self.element_loop(env, direct, span=span)]
+        lines += ["    return;", "  }",
+                  "  // a position reads its own row before writing it: compute every new row, then commit"]
+        lines += self.element_loop(env, outs, span=span)
         lines.append("  grid.sync();")
         for table, expr, buf in cp.outputs:
             t = self.p.table(table)
@@ -239,17 +379,26 @@ class CudaGenerator:
 
     def kernel_fn(self) -> str:
         plan = self.plan
-        lines = ["// The persistent kernel: resident weights, hoisted products, then every batch with a grid barrier.",
+        projection_slots = [self._resident_slot(weight) for _, weight, _ in plan.projections]
+        lines = ["// The persistent kernel: resident weights, hoisted products, then every batch; a grid barrier where",
+                 "// the level changes.",
                  "__global__ void __launch_bounds__(cortex::cuda::kThreads) cortex_recursion(Params P) {",
                  "  cg::grid_group grid = cg::this_grid();",
                  "  extern __shared__ float smem[];"]
-        for slot, (cid, n, k) in enumerate(self.weights):
-            lines.append(f"  if (P.resident[{slot}] >= 0) cortex::cuda::load_resident({n}, {k}, P.{cid}, smem + P.resident[{slot}]);")
+        for slot, (cid, n, k, offsets, width) in enumerate(self.residency):
+            if offsets is None:
+                lines.append(f"  if (P.resident[{slot}] >= 0) cortex::cuda::load_resident({n}, {k}, P.{cid}, smem + P.resident[{slot}]);")
+            else:
+                offs = ", ".join(str(o) for o in offsets)
+                lines += [f"  if (P.resident[{slot}] >= 0) {{",
+                          f"    const int64_t offsets[{len(offsets)}] = {{{offs}}};",
+                          f"    cortex::cuda::load_resident_columns({len(offsets)}, offsets, {width}, {k}, P.{cid}, smem + P.resident[{slot}]);",
+                          "  }"]
         lines.append("  __syncthreads();")
         for k, (array, weight, bias) in enumerate(plan.projections):
             a = plan.array_ids[array]
             kk, n = self.p.constants[weight].shape
-            slot = self._slot(weight)
+            slot = projection_slots[k]
             b = f"P.{plan.const_ids[bias]}" if bias else "nullptr"
             lines.append(f"  cortex::cuda::gemm_columns(P.{a}_rows, {n}, {kk}, P.{a}, {kk}, P.{plan.const_ids[weight]}, "
                          f"P.resident[{slot}] >= 0 ? smem + P.resident[{slot}] : nullptr, {b}, P.proj{k}, {n});"
@@ -262,7 +411,10 @@ class CudaGenerator:
                   "    switch (P.batch_case[b]) {"]
         for c in range(len(self.p.cases)):
             lines.append(f"      case {c}: run_case_{c}(P, off, B, hazard, smem, grid); break;")
-        lines += ["    }", "    grid.sync();", "  }", "}"]
+        lines += ["    }",
+                  "    // batches of one level are independent (each case has its own buffers)",
+                  "    if (b + 1 == P.num_batches || P.batch_level[b + 1] != P.batch_level[b]) grid.sync();",
+                  "  }", "}"]
         return "\n".join(lines) + "\n"
 
     # ---- the host entry point ---------------------------------------------------------------------
@@ -274,6 +426,7 @@ class CudaGenerator:
                  "    CortexAllocOutput alloc_output, void* alloc_context, const CortexExecution* execution,",
                  "    char* error, size_t error_size) {",
                  "  try {",
+                 "    cortex::cuda::Phases phases;",
                  f"    if (num_inputs != {len(self.inputs)}) throw cortex::KernelError(\"expected {len(self.inputs)} inputs, got \" + std::to_string(num_inputs));",
                  "    if (execution == nullptr || execution->device_type != CORTEX_DEVICE_CUDA) throw cortex::KernelError(\"a CUDA kernel needs a CUDA execution (device and stream)\");",
                  "    cortex::cuda::check(cudaSetDevice(execution->device_id), \"cudaSetDevice\");",
@@ -281,7 +434,7 @@ class CudaGenerator:
                  "    thread_local Workspace ws;",
                  "    Ctx cx;",
                  "    Params P{};",
-                 "    const int64_t p = -1;  // index errors before the recursion name no position"]
+                 "    const int64_t p = -1; (void)p;  // index errors before the recursion name no position"]
         lines += cstyle.check_array_inputs(plan, lambda i, d: (
             f"ws.host_copy({i}, inputs[{i}], stream)" if d.dtype != "float32" else f"inputs[{i}].data"))
         for i, d in float_arrays:
@@ -311,17 +464,20 @@ class CudaGenerator:
                      if p.mode == "dag" else
                      "ws.linearizer.visit(cx.N, ws.listed, ws.node.data(), ws.case_id.data(), kNumCases, "
                      "ws.reads.data(), kReads, ws.schedule)")
-        widths = ", ".join(str(w) for w in self.buffer_widths())
-        shapes = ", ".join(f"{n}, {k}" for _, n, k in self.weights) or "0, 0"
+        widths = ", ".join(str(w) for w in self.buffer_widths) or "1"
+        shapes = ", ".join(f"{n}, {k}, {len(offs) if offs else 0}, {width}"
+                           for _, n, k, offs, width in self.residency) or "0, 0, 0, 0"
         lines += [
+            "    phases.mark(0);  // inputs checked, tables started",
             "    prepare(cx, ws);",
             f"    std::string failure = {linearize};",
             "    if (!failure.empty()) throw cortex::KernelError(failure);",
+            "    phases.mark(1);  // prepared and linearized",
             "    const cortex::cuda::DeviceSchedule s = ws.upload_schedule(ws.schedule, ws.listed, ws.case_id.data(), "
             "ws.node.data(), ws.position.data(), ws.reads.data(), kReads, ws.slots.data(), kSlots, stream);",
             "    P.node = s.node; P.position = s.position; P.reads = s.reads; P.slots = s.slots;",
             "    P.positions = s.positions; P.batch_offset = s.batch_offset; P.batch_case = s.batch_case;",
-            "    P.batch_hazard = s.batch_hazard;",
+            "    P.batch_hazard = s.batch_hazard; P.batch_level = s.batch_level;",
             "    P.num_batches = s.num_batches;",
             f"    static const int64_t widths[kBuffers] = {{{widths}}};",
             "    ws.buffers(widths, kBuffers, s.max_batch, P.buffer);",
@@ -332,9 +488,14 @@ class CudaGenerator:
             lines.append(f"    P.proj{k} = ws.projection({k}, cx.{a}_rows * {n});")
         work = "true" if plan.projections else "P.num_batches > 0"
         lines += [
+            "    phases.mark(2);  // schedule sent",
             f"    static const int64_t shapes[] = {{{shapes}}};",
-            f"    if ({work}) ws.launch(reinterpret_cast<const void*>(cortex_recursion), &P, shapes, {len(self.weights)}, P.resident, stream);",
+            f"    if ({work}) ws.launch(reinterpret_cast<const void*>(cortex_recursion), &P, shapes, {len(self.residency)}, "
+            "P.resident, stream, phases);",
+            "    phases.mark(3);  // launched",
             "    cortex::cuda::check(cudaStreamSynchronize(stream), \"the Cortex kernel\");",
+            "    phases.mark(4);  // done",
+            "    phases.publish();",
             "    return 0;",
             "  } catch (const std::exception& e) {",
             "    cortex::write_error(error, error_size, e.what());",
@@ -344,19 +505,14 @@ class CudaGenerator:
             "    return 1;",
             "  }",
             "}",
+            "",
+            "// The phases of this thread's last run, in microseconds, when CORTEX_PROFILE is set (tools/cuda_check.py):",
+            "// check inputs, prepare + linearize, send the schedule, launch, finish, and the kernel alone (events).",
+            "extern \"C\" CORTEX_EXPORT int32_t cortex_kernel_profile(double* out, int32_t n) {",
+            "  return cortex::cuda::Phases::last(out, n);",
+            "}",
         ]
         return "\n".join(lines) + "\n"
-
-    def buffer_widths(self):
-        """Widths of the per-batch buffers, by buffer index: the widest any case puts there."""
-        widths = [1] * self.plan.num_buffers
-        for cp in self.plan.cases:
-            for k, step in enumerate(cp.steps):
-                e = step.node
-                widths[k] = max(widths[k], e.x.width if step.kind == "transpose" else e.width)
-            for k, (_, expr, _) in enumerate(cp.outputs):
-                widths[len(cp.steps) + k] = max(widths[len(cp.steps) + k], expr.width)
-        return widths
 
 
 HEADER = """// Generated by Cortex for recursion {name} (CUDA). Do not edit: regenerate with cortex-convert --target cuda.
@@ -390,8 +546,8 @@ namespace cg = cooperative_groups;
 CONSTANTS = """constexpr int32_t kNumCases = {cases};
 constexpr int64_t kReads = {reads};  // child-state rows a position reads, at most
 constexpr int64_t kSlots = {slots};  // host values a position looks up, at most
-constexpr int kWeights = {weights};  // GEMM weights (each may be resident in shared memory)
-constexpr int kBuffers = {buffers};  // per-batch buffers
+constexpr int kWeights = {weights};  // weights a block may keep in shared memory
+constexpr int kBuffers = {buffers};  // per-batch buffers (each case its own)
 __device__ const float kZeros[{width}] = {{}};  // the state of a missing child
 """
 

@@ -128,7 +128,7 @@ def _needs_buffer(e: ir.RExpr, parent: ir.RExpr) -> bool:
         return True
     if isinstance(parent, ir.Take) and not isinstance(e, ADDRESSABLE):
         return True  # a rearrangement of a computed value reads it from a buffer
-    if isinstance(e, ir.Concat) and parent is not None and not isinstance(parent, (ir.Slice,)):
+    if isinstance(e, ir.Concat) and parent is not None and not isinstance(parent, (ir.Slice,) + ir.MATERIALIZED):
         return True  # a concatenation inside elementwise math (simplify distributes most of them)
     return False
 

@@ -125,9 +125,13 @@ class Interpreter:
             return self._per_branch(node, args, lookup, choice)
         if choice is not None:  # control flow reading a chosen value: run it per branch as well
             return self._per_branch(node, args, lookup, choice)
-        if node.op_type not in CONTROL_FLOW and args and all(isinstance(a, Known) or a is None for a in args):
-            return [Known(v) for v in fold_node(node, [a.value if a is not None else None for a in args])]
         fn = HANDLERS.get(node.op_type)
+        if node.op_type not in CONTROL_FLOW and args and all(isinstance(a, Known) or a is None for a in args):
+            try:
+                return [Known(v) for v in fold_node(node, [a.value if a is not None else None for a in args])]
+            except Refusal:
+                if fn is None:  # the reference implementation lacks it (Gelu at some opsets): the handler computes it
+                    raise
         if fn is None:
             raise Refusal(f"op {node.op_type} is not supported inside a recursion")
         out = fn(self, node, args, lookup)

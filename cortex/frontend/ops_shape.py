@@ -200,6 +200,9 @@ def op_slice(it, node, args, lookup):
     if isinstance(x, Table):
         from .ops_tables import slice_table
         return slice_table(it, x, starts, ends, axes, steps)
+    if isinstance(x, Array) and not all(isinstance(v, (list, Known)) or v is None for v in (starts, ends)):
+        from .ops_tables import slice_rows
+        return slice_rows(it, x, starts, ends, axes, steps)
     starts = [int(s) for s in known_ints(it, starts, "Slice starts").reshape(-1)] if not isinstance(starts, list) else starts
     ends = [int(s) for s in known_ints(it, ends, "Slice ends").reshape(-1)] if not isinstance(ends, list) else ends
     rank = len(static_shape(x))

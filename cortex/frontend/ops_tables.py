@@ -411,7 +411,57 @@ def slice_table(it, table: Table, starts, ends, axes, steps):
             start, stop = s, e
         elif not (s == ix.const(0) and isinstance(e, ir.IConst) and e.value >= table.inner[a - 1]):
             raise Refusal("a slice of a state table's columns")
+    k = ix.ibin("sub", stop, start)
+    if isinstance(k, ir.IConst) and 1 <= k.value <= 64 and not isinstance(stop, ir.IConst):
+        # h[i:i + k]: k rows read at a structure index, checked to lie inside the table
+        guarded = ir.Guard(ix.band(ix.cmp("ge", start, ix.const(0)),
+                                   ix.cmp("le", ix.ibin("add", start, k), ir.Length(None))),
+                           start, "a slice of a state table reaches past its rows (the original's would be shorter)")
+        rows = [read_table(table, guarded if j == 0 else ix.ibin("add", guarded, ix.const(j))) for j in range(k.value)]
+        return Row(ir.concat(rows), (k.value,) + tuple(table.inner))
     return TableSlice(table, start, stop)
+
+
+def _row_window(it, starts, ends, axes, steps, rank, what):
+    """(start, k) for a slice along axis 0 whose length k is a constant (x[i:i + k]), the other axes whole."""
+    def values(v, name):
+        if isinstance(v, list):
+            return [ix.const(x) for x in v]
+        return [ix.as_index(e) for e in it.sym(v, name).elems.reshape(-1)]
+
+    starts, ends = values(starts, "Slice starts"), values(ends, "Slice ends")
+    axes = list(range(len(starts))) if axes is None else [int(a) % rank for a in (
+        axes if isinstance(axes, list) else known_ints(it, axes, "Slice axes").reshape(-1))]
+    if steps is not None and not isinstance(steps, list):
+        steps = [int(s) for s in known_ints(it, steps, "Slice steps").reshape(-1)]
+    if steps is not None and any(s != 1 for s in steps):
+        raise Refusal(f"a strided slice of {what} at a structure index")
+    start, stop = None, None
+    for s, e, a in zip(starts, ends, axes):
+        if a == 0:
+            start, stop = s, e
+        elif not (s == ix.const(0) and isinstance(e, ir.IConst) and e.value >= 1 << 30):
+            raise Refusal(f"a slice of {what} at a structure index across its columns")
+    if start is None:
+        raise Refusal(f"a slice of {what} at a structure index")
+    k = ix.ibin("sub", stop, start)
+    if not isinstance(k, ir.IConst) or k.value < 1:
+        raise Refusal(f"a slice of {what} whose length depends on the node", hint=DATA_DEPENDENT_HINT)
+    return start, k.value
+
+
+def slice_rows(it, data, starts, ends, axes, steps):
+    """x[i:i + k] of a runtime tensor for a structure index i: rows i..i+k-1, checked at run time to lie inside
+    x (elsewhere the original's slice is shorter: a different shape, which Cortex cannot compute)."""
+    if data.shape is None:
+        raise Refusal(f"runtime tensor {data.name} has an unknown rank")
+    start, k = _row_window(it, starts, ends, axes, steps, len(data.shape), f"runtime tensor {data.name}")
+    rows = ir.Length(data.name)
+    guarded = ir.Guard(ix.band(ix.cmp("ge", start, ix.const(0)), ix.cmp("le", ix.ibin("add", start, ix.const(k)), rows)),
+                       start, f"a slice of {data.name} reaches past its rows (the original's slice would be shorter)")
+    elems = np.empty(k, dtype=object)
+    elems[:] = [guarded if j == 0 else ix.ibin("add", guarded, ix.const(j)) for j in range(k)]
+    return gather_rows(it, data, Sym(elems, "int64"))
 
 
 def concat_tables(it, values, axis):

@@ -107,8 +107,8 @@ class OuterScope:
                     value = outs[list(node.output).index(name)]
                 except Exception:  # noqa: BLE001 - outside a recursion, anything not understood is opaque
                     value = self.opaque(name)
-                if not _host_value(value):
-                    value = self.opaque(name)
+                if not _host_value(value) or (isinstance(value, Array) and value.name != name):
+                    value = self.opaque(name)  # computed by ONNX Runtime: the converted node takes it as an input
         else:
             value = self.opaque(name)  # a graph input
         self.values[name] = value

@@ -17,6 +17,8 @@
 #include "kernel_support.h"
 #include "linearize.h"
 #include <algorithm>
+#include <chrono>
+#include <cstdlib>
 #include <cstring>
 
 namespace cortex {
@@ -104,8 +106,82 @@ __device__ inline void load_resident(int64_t N, int64_t K, const float* Wt, floa
   for (int64_t i = threadIdx.x; i < (c1 - c0) * K; i += blockDim.x) resident[i] = src[i];
 }
 
+// Copies the weight columns offsets[s] + j (s < S, j in this block's share of [0, W)) of Wt ([N, K]) into shared
+// memory at `resident` ([S][nj][K]): the columns a fused epilogue's elements j read.
+__device__ inline void load_resident_columns(int64_t S, const int64_t* offsets, int64_t W, int64_t K, const float* Wt,
+                                             float* resident) {
+  int64_t j0, j1;
+  column_range(W, blockIdx.x, gridDim.x, &j0, &j1);
+  const int64_t nj = j1 - j0;
+  for (int64_t i = threadIdx.x; i < S * nj * K; i += blockDim.x) {
+    const int64_t row = i / K, k = i % K;
+    const int64_t s = row / nj, jj = row % nj;
+    resident[i] = Wt[(offsets[s] + j0 + jj) * K + k];
+  }
+}
+
 // Floats of shared memory a block needs to hold its columns of an [N, K] weight.
 inline int64_t resident_floats(int64_t N, int64_t K, int64_t blocks) { return ((N + blocks - 1) / blocks + 1) * K; }
+
+// The phases of one run, in microseconds, recorded only when CORTEX_PROFILE is set (the kernel alone by CUDA
+// events): how the end-to-end time splits (docs/performance-gpu.md).
+class Phases {
+ public:
+  static constexpr int kMarks = 5;
+  Phases() : on_(enabled()) {
+    if (on_) start_ = std::chrono::steady_clock::now();
+  }
+  void mark(int i) {
+    if (on_ && i < kMarks) marks_[i] = since_start();
+  }
+  void kernel_start(cudaStream_t stream) {
+    if (!on_) return;
+    check(cudaEventCreate(&begin_), "cudaEventCreate");
+    check(cudaEventCreate(&end_), "cudaEventCreate");
+    check(cudaEventRecord(begin_, stream), "cudaEventRecord");
+  }
+  void kernel_end(cudaStream_t stream) {
+    if (on_ && end_ != nullptr) check(cudaEventRecord(end_, stream), "cudaEventRecord");
+  }
+  void publish() {
+    if (!on_) return;
+    float ms = 0.0f;
+    if (begin_ != nullptr && end_ != nullptr && cudaEventElapsedTime(&ms, begin_, end_) == cudaSuccess) kernel_us_ = ms * 1e3;
+    Last& last = last_run();
+    for (int i = 0; i < kMarks; ++i) last.values[i] = marks_[i];
+    last.values[kMarks] = kernel_us_;
+  }
+  ~Phases() {
+    if (begin_ != nullptr) cudaEventDestroy(begin_);
+    if (end_ != nullptr) cudaEventDestroy(end_);
+  }
+  static int32_t last(double* out, int32_t n) {
+    const Last& last = last_run();
+    for (int32_t i = 0; i < n && i <= kMarks; ++i) out[i] = last.values[i];
+    return kMarks + 1;
+  }
+
+ private:
+  struct Last {
+    double values[kMarks + 1] = {};
+  };
+  static Last& last_run() {
+    thread_local Last last;
+    return last;
+  }
+  static bool enabled() {
+    static const bool on = std::getenv("CORTEX_PROFILE") != nullptr;
+    return on;
+  }
+  double since_start() const {
+    return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start_).count();
+  }
+  bool on_;
+  std::chrono::steady_clock::time_point start_;
+  double marks_[kMarks] = {};
+  double kernel_us_ = 0.0;
+  cudaEvent_t begin_ = nullptr, end_ = nullptr;
+};
 
 // The schedule as the device reads it (all pointers into one device allocation).
 struct DeviceSchedule {
@@ -117,6 +193,7 @@ struct DeviceSchedule {
   const int64_t* batch_offset = nullptr;  // num_batches + 1
   const int32_t* batch_case = nullptr;
   const int32_t* batch_hazard = nullptr;  // 1: a position of the batch reads its own row before writing it
+  const int32_t* batch_level = nullptr;
   int64_t num_batches = 0;
   int64_t max_batch = 0;
 };
@@ -155,11 +232,13 @@ class Runtime {
     std::vector<int32_t>& cases = cases_;
     offsets.clear();
     cases.clear();
+    levels_.clear();
     const int64_t* order = nullptr;
     if (sched.valid) {
       for (int64_t b = 0; b < sched.num_batches(); ++b) {
         offsets.push_back(sched.batch_offsets[b]);
         cases.push_back(sched.batch_case[b]);
+        levels_.push_back(sched.batch_level[b]);
       }
       offsets.push_back(sched.num_batches() ? sched.batch_offsets[sched.num_batches()] : 0);
       order = sched.positions.data();
@@ -169,6 +248,7 @@ class Runtime {
         sequential_[q] = q;
         offsets.push_back(q);
         cases.push_back(case_id[q]);
+        levels_.push_back(static_cast<int32_t>(q));  // one position a level: the exact sequential order
       }
       offsets.push_back(listed);
       order = sequential_.data();
@@ -187,7 +267,7 @@ class Runtime {
     out.num_batches = batches;
     for (int64_t b = 0; b < batches; ++b) out.max_batch = std::max(out.max_batch, offsets[b + 1] - offsets[b]);
     const int64_t n_int64 = 2 * listed + listed * K + listed * J + listed + (batches + 1);
-    const size_t bytes = sizeof(int64_t) * n_int64 + sizeof(int32_t) * 2 * (batches + 1);
+    const size_t bytes = sizeof(int64_t) * n_int64 + sizeof(int32_t) * 3 * (batches + 1);
     int64_t* host = static_cast<int64_t*>(staging_.reserve(bytes));
     int64_t* at = host;
     auto put = [&](const int64_t* src, int64_t n) {
@@ -202,6 +282,7 @@ class Runtime {
     put(offsets.data(), batches + 1);
     if (batches > 0) std::memcpy(at, cases.data(), sizeof(int32_t) * batches);
     if (batches > 0) std::memcpy(reinterpret_cast<int32_t*>(at) + batches + 1, hazards_.data(), sizeof(int32_t) * batches);
+    if (batches > 0) std::memcpy(reinterpret_cast<int32_t*>(at) + 2 * (batches + 1), levels_.data(), sizeof(int32_t) * batches);
     int64_t* device = static_cast<int64_t*>(schedule_.reserve(bytes, current_device()));
     check(cudaMemcpyAsync(device, host, bytes, cudaMemcpyHostToDevice, stream), "uploading the schedule");
     int64_t* d = device;
@@ -213,6 +294,7 @@ class Runtime {
     out.batch_offset = d; d += batches + 1;
     out.batch_case = reinterpret_cast<const int32_t*>(d);
     out.batch_hazard = out.batch_case + batches + 1;
+    out.batch_level = out.batch_case + 2 * (batches + 1);
     return out;
   }
 
@@ -233,9 +315,10 @@ class Runtime {
   }
 
   // Chooses which weights stay in shared memory (largest first, within the block's limit), then launches the
-  // persistent kernel on one block per SM. weight_shapes: n_weights (N, K) pairs; resident: out, float offsets.
-  void launch(const void* kernel, void* params, const int64_t* weight_shapes, int n_weights, int64_t* resident,
-              cudaStream_t stream) {
+  // persistent kernel on one block per SM. shapes: n_weights quads (N, K, S, W): S == 0, the block's range of N
+  // columns; else the S column offsets + j of a fused epilogue's elements j < W. resident: out, float offsets.
+  void launch(const void* kernel, void* params, const int64_t* shapes, int n_weights, int64_t* resident,
+              cudaStream_t stream, Phases& phases) {
     const int device = current_device();
     int sms = 0, max_smem = 0, cooperative = 0;
     check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
@@ -243,29 +326,36 @@ class Runtime {
     check(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device), "cudaDeviceGetAttribute");
     if (!cooperative) throw KernelError("this GPU does not support cooperative launches");
     const int64_t budget = (max_smem - 4096) / static_cast<int64_t>(sizeof(float));
+    auto need = [&](int w) {
+      const int64_t N = shapes[4 * w], K = shapes[4 * w + 1], S = shapes[4 * w + 2], W = shapes[4 * w + 3];
+      return S == 0 ? resident_floats(N, K, sms) : S * ((W + sms - 1) / sms) * K;
+    };
     std::vector<int> by_size(n_weights);
     for (int w = 0; w < n_weights; ++w) by_size[w] = w;
-    std::sort(by_size.begin(), by_size.end(), [&](int a, int b) {
-      return weight_shapes[2 * a] * weight_shapes[2 * a + 1] > weight_shapes[2 * b] * weight_shapes[2 * b + 1];
-    });
+    std::sort(by_size.begin(), by_size.end(), [&](int a, int b) { return need(a) > need(b); });
     int64_t used = 0;
     for (int w : by_size) {
-      const int64_t need = resident_floats(weight_shapes[2 * w], weight_shapes[2 * w + 1], sms);
-      if (used + need <= budget) {
+      if (used + need(w) <= budget) {
         resident[w] = used;
-        used += need;
+        used += need(w);
       } else {
         resident[w] = -1;
       }
     }
     const size_t smem = sizeof(float) * used;
-    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
-          "cudaFuncSetAttribute");
-    int per_sm = 0;
-    check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem), "occupancy");
-    if (per_sm < 1) throw KernelError("the Cortex kernel does not fit on an SM");
+    if (smem != configured_smem_ || kernel != configured_kernel_) {
+      check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+            "cudaFuncSetAttribute");
+      int per_sm = 0;
+      check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem), "occupancy");
+      if (per_sm < 1) throw KernelError("the Cortex kernel does not fit on an SM");
+      configured_smem_ = smem;
+      configured_kernel_ = kernel;
+    }
     void* args[] = {params};
+    phases.kernel_start(stream);
     check(cudaLaunchCooperativeKernel(kernel, dim3(sms), dim3(kThreads), args, smem, stream), "launching the kernel");
+    phases.kernel_end(stream);
   }
 
   ~Runtime() = default;
@@ -289,7 +379,9 @@ class Runtime {
   DeviceBuffer schedule_, buffers_;
   PinnedBuffer staging_;
   std::vector<int64_t> offsets_, sequential_;
-  std::vector<int32_t> cases_, hazards_;
+  size_t configured_smem_ = static_cast<size_t>(-1);
+  const void* configured_kernel_ = nullptr;
+  std::vector<int32_t> cases_, hazards_, levels_;
 };
 
 }  // namespace cuda
