@@ -197,50 +197,68 @@ class CudaGenerator:
         return lines
 
     def gemm_loop(self, env, e, source, out, slot, fused=None):
-        """out[b][c] = x[b] . W[:, c] (+ bias) for the batch; x read in place (source None: through the element
-        renderer, inside the dot products) or from a buffer. Columns: this block's range of N, or (fused) the
-        columns offsets[s] + j for its elements j."""
+        """out[b][c] = x[b] . W[:, c] (+ bias) for the batch: a warp per row of x, which it holds in registers (read
+        once: in place through the element renderer when source is None, else from a buffer), then a dot product
+        per column with the weight column from shared memory (or global). Columns: this block's range of N, or
+        (fused) the columns offsets[s] + j for its elements j."""
         plan = self.plan
         n, k = e.width, e.x.width
         wid = plan.const_ids[e.weight]
         bias = f"P.{plan.const_ids[e.bias]}[c]" if e.bias else None
+        parts = e.x.parts if isinstance(e.x, ir.Concat) and source is None else (e.x,)
+        if k > 2048:
+            raise CodegenError(f"a product of depth {k} (the CUDA kernel holds a row in registers, up to 2048)")
         lines = ["  {  // " + comment(f"matmul {e.weight}"),
                  "    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;",
                  f"    const float* resident = P.resident[{slot}] >= 0 ? smem + P.resident[{slot}] : nullptr;"]
         if fused is None:
             lines += [f"    int64_t c0, c1; cortex::cuda::column_range({n}, blockIdx.x, gridDim.x, &c0, &c1);",
-                      "    const int64_t cols = c1 - c0;",
-                      "    for (int64_t t = warp; t < B * cols; t += cortex::cuda::kWarps) {",
-                      "      const int64_t b = t / cols, c = c0 + t % cols, row = c - c0;"]
+                      "    const int64_t cols = c1 - c0;"]
         else:
             offsets = ", ".join(str(o) for o in fused)
             lines += [f"    const int64_t offsets[{len(fused)}] = {{{offsets}}};",
-                      f"    for (int64_t t = warp; t < B * {len(fused)} * nj; t += cortex::cuda::kWarps) {{",
-                      f"      const int64_t b = t / ({len(fused)} * nj), s = (t / nj) % {len(fused)}, jj = t % nj;",
-                      "      const int64_t c = offsets[s] + j0 + jj, row = s * nj + jj;"]
-        lines += ["      const int64_t q = P.positions[off + b]; (void)q;",
-                  f"      const float* w = resident != nullptr ? resident + row * {k} : P.{wid} + c * {k};",
-                  "      float acc = 0.0f;"]
-        if source is not None:
-            lines.append(f"      for (int64_t j = lane; j < {k}; j += 32) acc = fmaf({source}[b * {k} + j], w[j], acc);")
-        else:
-            env.start()
-            parts = e.x.parts if isinstance(e.x, ir.Concat) else (e.x,)
-            pointers, col = {}, 0
-            loops = []
-            for part in parts:
+                      f"    const int64_t cols = {len(fused)} * nj;"]
+        lines += ["    for (int64_t b = warp; b < B; b += cortex::cuda::kWarps) {",
+                  "      const int64_t q = P.positions[off + b]; (void)q;"]
+        env.start()
+        pointers, loads, col = {}, [], 0
+        regs = []
+        for pi, part in enumerate(parts):
+            r = -(-part.width // 32)
+            regs.append((f"x{pi}", r, part.width, col))
+            loads.append(f"      float x{pi}[{r}];")
+            loads.append("      #pragma unroll")
+            loads.append(f"      for (int i = 0; i < {r}; ++i) {{")
+            loads.append("        const int64_t j = lane + 32 * i;")
+            if source is not None:
+                loads.append(f"        x{pi}[i] = j < {part.width} ? {source}[b * {k} + j] : 0.0f;")
+            else:
                 temps, code = {}, []
                 value = env.expr(part, Access(0), part.width, temps, code, pointers)
-                loops.append(f"      for (int64_t j = lane; j < {part.width}; j += 32) {{")
-                loops += [f"        {line}" for line in code]
-                loops.append(f"        acc = fmaf({value}, w[{col} + j], acc);")
-                loops.append("      }")
-                col += part.width
-            lines += [f"      {decl}" for _, decl in pointers.values()]
-            lines += loops
-        lines += ["      acc = cortex::cuda::warp_sum(acc);",
-                  f"      if (lane == 0) {out}[b * {n} + c] = {'acc + ' + bias if bias else 'acc'};",
-                  "    }", "  }"]
+                loads.append(f"        if (j < {part.width}) {{")
+                loads += [f"          {line}" for line in code]
+                loads.append(f"          x{pi}[i] = {value};")
+                loads.append(f"        }} else {{ x{pi}[i] = 0.0f; }}")
+            loads.append("      }")
+            col += part.width
+        lines += [f"      {decl}" for _, decl in pointers.values()]
+        lines += loads
+        lines.append("      for (int64_t t = 0; t < cols; ++t) {")
+        if fused is None:
+            lines.append("        const int64_t c = c0 + t, row = t;")
+        else:
+            lines.append("        const int64_t c = offsets[t / nj] + j0 + t % nj, row = t;")
+        lines += [f"        const float* w = resident != nullptr ? resident + row * {k} : P.{wid} + c * {k};",
+                  "        float acc = 0.0f;"]
+        for name, r, width, offset in regs:
+            lines += ["        #pragma unroll",
+                      f"        for (int i = 0; i < {r}; ++i) {{",
+                      "          const int64_t j = lane + 32 * i;",
+                      f"          if (j < {width}) acc = fmaf({name}[i], w[{offset} + j], acc);",
+                      "        }"]
+        lines += ["        acc = cortex::cuda::warp_sum(acc);",
+                  f"        if (lane == 0) {out}[b * {n} + c] = {'acc + ' + bias if bias else 'acc'};",
+                  "      }", "    }", "  }"]
         return lines
 
     def _fusable(self, cp, env):
