@@ -444,7 +444,7 @@ class CudaGenerator:
                  "    CortexAllocOutput alloc_output, void* alloc_context, const CortexExecution* execution,",
                  "    char* error, size_t error_size) {",
                  "  try {",
-                 "    cortex::cuda::Phases phases;",
+                 "    cortex::Phases phases;",
                  f"    if (num_inputs != {len(self.inputs)}) throw cortex::KernelError(\"expected {len(self.inputs)} inputs, got \" + std::to_string(num_inputs));",
                  "    if (execution == nullptr || execution->device_type != CORTEX_DEVICE_CUDA) throw cortex::KernelError(\"a CUDA kernel needs a CUDA execution (device and stream)\");",
                  "    cortex::cuda::check(cudaSetDevice(execution->device_id), \"cudaSetDevice\");",
@@ -509,10 +509,11 @@ class CudaGenerator:
             "    phases.mark(2);  // schedule sent",
             f"    static const int64_t shapes[] = {{{shapes}}};",
             f"    if ({work}) ws.launch(reinterpret_cast<const void*>(cortex_recursion), &P, shapes, {len(self.residency)}, "
-            "P.resident, stream, phases);",
+            "P.resident, stream);",
             "    phases.mark(3);  // launched",
             "    cortex::cuda::check(cudaStreamSynchronize(stream), \"the Cortex kernel\");",
             "    phases.mark(4);  // done",
+            "    if (phases.on()) phases.set(5, ws.timer.elapsed_us());  // the kernel alone",
             "    phases.publish();",
             "    return 0;",
             "  } catch (const std::exception& e) {",
@@ -527,7 +528,7 @@ class CudaGenerator:
             "// The phases of this thread's last run, in microseconds, when CORTEX_PROFILE is set (tools/cuda_check.py):",
             "// check inputs, prepare + linearize, send the schedule, launch, finish, and the kernel alone (events).",
             "extern \"C\" CORTEX_EXPORT int32_t cortex_kernel_profile(double* out, int32_t n) {",
-            "  return cortex::cuda::Phases::last(out, n);",
+            "  return cortex::Phases::last(out, n);",
             "}",
         ]
         return "\n".join(lines) + "\n"

@@ -123,64 +123,34 @@ __device__ inline void load_resident_columns(int64_t S, const int64_t* offsets, 
 // Floats of shared memory a block needs to hold its columns of an [N, K] weight.
 inline int64_t resident_floats(int64_t N, int64_t K, int64_t blocks) { return ((N + blocks - 1) / blocks + 1) * K; }
 
-// The phases of one run, in microseconds, recorded only when CORTEX_PROFILE is set (the kernel alone by CUDA
-// events): how the end-to-end time splits (docs/performance-gpu.md).
-class Phases {
+// Times the kernel alone with CUDA events when profiling (Phases::enabled()).
+class KernelTimer {
  public:
-  static constexpr int kMarks = 5;
-  Phases() : on_(enabled()) {
-    if (on_) start_ = std::chrono::steady_clock::now();
-  }
-  void mark(int i) {
-    if (on_ && i < kMarks) marks_[i] = since_start();
-  }
-  void kernel_start(cudaStream_t stream) {
-    if (!on_) return;
-    check(cudaEventCreate(&begin_), "cudaEventCreate");
-    check(cudaEventCreate(&end_), "cudaEventCreate");
+  void start(cudaStream_t stream) {
+    if (!Phases::enabled()) return;
+    if (begin_ == nullptr) check(cudaEventCreate(&begin_), "cudaEventCreate");
+    if (end_ == nullptr) check(cudaEventCreate(&end_), "cudaEventCreate");
     check(cudaEventRecord(begin_, stream), "cudaEventRecord");
+    started_ = true;
   }
-  void kernel_end(cudaStream_t stream) {
-    if (on_ && end_ != nullptr) check(cudaEventRecord(end_, stream), "cudaEventRecord");
+  void stop(cudaStream_t stream) {
+    if (started_) check(cudaEventRecord(end_, stream), "cudaEventRecord");
   }
-  void publish() {
-    if (!on_) return;
-    float ms = 0.0f;
-    if (begin_ != nullptr && end_ != nullptr && cudaEventElapsedTime(&ms, begin_, end_) == cudaSuccess) kernel_us_ = ms * 1e3;
-    Last& last = last_run();
-    for (int i = 0; i < kMarks; ++i) last.values[i] = marks_[i];
-    last.values[kMarks] = kernel_us_;
+  // After the stream synchronized: the kernel's microseconds, or -1.
+  double elapsed_us() {
+    float ms = -1.0f;
+    if (!started_ || cudaEventElapsedTime(&ms, begin_, end_) != cudaSuccess) return -1.0;
+    started_ = false;
+    return ms * 1e3;
   }
-  ~Phases() {
+  ~KernelTimer() {
     if (begin_ != nullptr) cudaEventDestroy(begin_);
     if (end_ != nullptr) cudaEventDestroy(end_);
   }
-  static int32_t last(double* out, int32_t n) {
-    const Last& last = last_run();
-    for (int32_t i = 0; i < n && i <= kMarks; ++i) out[i] = last.values[i];
-    return kMarks + 1;
-  }
 
  private:
-  struct Last {
-    double values[kMarks + 1] = {};
-  };
-  static Last& last_run() {
-    thread_local Last last;
-    return last;
-  }
-  static bool enabled() {
-    static const bool on = std::getenv("CORTEX_PROFILE") != nullptr;
-    return on;
-  }
-  double since_start() const {
-    return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start_).count();
-  }
-  bool on_;
-  std::chrono::steady_clock::time_point start_;
-  double marks_[kMarks] = {};
-  double kernel_us_ = 0.0;
   cudaEvent_t begin_ = nullptr, end_ = nullptr;
+  bool started_ = false;
 };
 
 // The schedule as the device reads it (all pointers into one device allocation).
@@ -318,7 +288,7 @@ class Runtime {
   // persistent kernel on one block per SM. shapes: n_weights quads (N, K, S, W): S == 0, the block's range of N
   // columns; else the S column offsets + j of a fused epilogue's elements j < W. resident: out, float offsets.
   void launch(const void* kernel, void* params, const int64_t* shapes, int n_weights, int64_t* resident,
-              cudaStream_t stream, Phases& phases) {
+              cudaStream_t stream) {
     const int device = current_device();
     int sms = 0, max_smem = 0, cooperative = 0;
     check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
@@ -353,10 +323,12 @@ class Runtime {
       configured_kernel_ = kernel;
     }
     void* args[] = {params};
-    phases.kernel_start(stream);
+    timer.start(stream);
     check(cudaLaunchCooperativeKernel(kernel, dim3(sms), dim3(kThreads), args, smem, stream), "launching the kernel");
-    phases.kernel_end(stream);
+    timer.stop(stream);
   }
+
+  KernelTimer timer;  // the kernel alone, when profiling
 
   ~Runtime() = default;
 

@@ -1,6 +1,8 @@
 // Helpers every generated kernel uses: input checking, ONNX index semantics, row-parallel loops.
 #pragma once
 #include <algorithm>
+#include <chrono>
+#include <cstdlib>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -145,6 +147,46 @@ inline void check_cpu_features() {
 #undef CORTEX_CPU_FEATURE
 #endif
 }
+
+// The phases of one run, microseconds since its start (and values such as a GPU kernel's own time), recorded only
+// when CORTEX_PROFILE is set; `cortex_kernel_profile` returns the calling thread's last run (tools/cuda_check.py,
+// tools/bench.py --phases).
+class Phases {
+ public:
+  static constexpr int kSlots = 8;
+  Phases() : on_(enabled()) {
+    if (on_) start_ = std::chrono::steady_clock::now();
+  }
+  bool on() const { return on_; }
+  void mark(int i) {
+    if (on_ && i >= 0 && i < kSlots) values_[i] = std::chrono::duration<double, std::micro>(
+        std::chrono::steady_clock::now() - start_).count();
+  }
+  void set(int i, double value) {
+    if (on_ && i >= 0 && i < kSlots) values_[i] = value;
+  }
+  void publish() const {
+    if (!on_) return;
+    for (int i = 0; i < kSlots; ++i) last_run()[i] = values_[i];
+  }
+  static int32_t last(double* out, int32_t n) {
+    for (int32_t i = 0; i < n && i < kSlots; ++i) out[i] = last_run()[i];
+    return kSlots;
+  }
+  static bool enabled() {
+    static const bool on = std::getenv("CORTEX_PROFILE") != nullptr;
+    return on;
+  }
+
+ private:
+  static double* last_run() {
+    thread_local double last[kSlots] = {};
+    return last;
+  }
+  bool on_;
+  std::chrono::steady_clock::time_point start_;
+  double values_[kSlots] = {};
+};
 
 inline void write_error(char* error, size_t error_size, const char* message) {
   if (error != nullptr && error_size > 0) std::snprintf(error, error_size, "%s", message);
