@@ -94,15 +94,78 @@ class CppGenerator:
         lines.append(f"{indent}}});")
         return lines
 
+    def serial_rows(self, env, targets, indent, span=None, computing=None):
+        """Like row_loop, on the calling thread; with span=(j0, j1) only elements j0 <= j < j1 of each target."""
+        temps, code, pointers = env.start(computing)
+        body = []
+        for w, group in env.pieces(targets).items():
+            temps, code = {}, []
+            stores = []
+            for expr, dest, col in group:
+                value = env.expr(expr, Access(0), w, temps, code, pointers)
+                stores.append(f"{dest(f'{col} + j' if col else 'j')} = {value};")
+            bounds = f"int64_t j = {span[0]}; j < {span[1]}; ++j" if span else f"int64_t j = 0; j < {w}; ++j"
+            body.append(f"    for ({bounds}) {{")
+            body += ["      " + line for line in code + stores]
+            body.append("    }")
+        lines = [f"{indent}for (int64_t b = 0; b < B; ++b) {{",
+                 f"{indent}  const int64_t q = batch[b]; (void)q;"]
+        lines += [f"{indent}  {decl}" for _, decl in pointers.values()]
+        lines += [indent + line[2:] for line in body]
+        lines.append(f"{indent}}}")
+        return lines
+
+    def fused_section(self, env, cp, fused, width, inline):
+        """The fused products and the new rows, one dispatch: each worker takes a range of elements j (16-column
+        chunks), computes its own copy of each product's input rows, the product columns offsets + j of its range,
+        then its elements of the new rows."""
+        plan = self.plan
+        flops = sum(2 * e.x.width * len(offs) * width for e, offs in fused.items())
+        lines = [f"  const int64_t chunks = {-(-width // 16)};",
+                 f"  const int64_t tasks = {'cortex::fused_tasks(chunks, ' + str(flops) + '.0 * B)' if width % 16 == 0 else '1'};",
+                 "  ws.reserve_tasks(tasks);",
+                 "  cortex::run_tasks(tasks, [&](int64_t task) {",
+                 f"    const int64_t j0 = 16 * (chunks * task / tasks), j1 = std::min<int64_t>({width}, 16 * (chunks * (task + 1) / tasks));"]
+        for n, step in enumerate(cp.steps):
+            if step.node not in fused:
+                continue
+            e = step.node
+            k_dim, n_dim = e.x.width, e.width
+            source = step.inputs[0]
+            if source in inline:
+                lines.append(f"    float* {source} = ws.task_buffer(task, {n}, B * {k_dim});  // its input rows, this worker's copy")
+                lines += self.serial_rows(env, [(e.x, dense(source, k_dim))], "    ")
+            bias = f"cx.{plan.const_ids[e.bias]}" if e.bias else "nullptr"
+            for o in fused[e]:
+                lines.append(f"    cortex::gemm_packed_columns(B, {n_dim}, {k_dim}, {source}, {k_dim}, cx.{plan.const_ids[e.weight]}, "
+                             f"{step.buffer}, {n_dim}, {bias}, {o} + j0, {o} + j1);  // {comment(e.weight)}")
+        lines += self.serial_rows(env, [(e, dense(buf, e.width)) for _, e, buf in cp.outputs], "    ", span=("j0", "j1"))
+        lines.append("  });")
+        return lines
+
     def case_fn(self, cp) -> str:
         plan, case = self.plan, cp.case
         env = cstyle.ElementRenderer(plan, cp, self.dialect, self.index_table)
+        fused, width = cstyle.fusable_products(plan, cp, self.dialect, self.index_table, align=16)
+        consumers = {}
+        for step in cp.steps:
+            for name in step.inputs:
+                consumers.setdefault(name, []).append(step)
+        inline = set()  # operand copies only fused products read: each worker makes its own
+        for step in cp.steps:
+            users = consumers.get(step.buffer, [])
+            if step.kind == "compute" and step.node not in cp.buffers and users and all(u.node in fused for u in users):
+                inline.add(step.buffer)
         lines = [f"// case {comment(case.name)}: when {comment(format_pred(case.predicate))}",
                  f"static void run_case_{cp.index}(Ctx& cx, Workspace& ws, const int64_t* batch, int64_t B) {{"]
         for k, step in enumerate(cp.steps):
             e = step.node
-            width = e.x.width if step.kind == "transpose" else e.width
-            lines.append(f"  float* {step.buffer} = ws.buffer({k}, B * {width});  // {step.kind}")
+            if step.buffer in inline:
+                continue
+            width_k = e.x.width if step.kind == "transpose" else e.width
+            lines.append(f"  float* {step.buffer} = ws.buffer({k}, B * {width_k});  // {step.kind}")
+            if e in fused:
+                continue  # computed with the new rows, below
             if step.kind == "compute":
                 lines += self.row_loop(env, [(e, dense(step.buffer, e.width))], "  ", computing=e)
             elif step.kind == "transpose":
@@ -144,7 +207,10 @@ class CppGenerator:
         first = len(cp.steps)
         for k, (table, expr, buf) in enumerate(cp.outputs):
             lines.append(f"  float* {buf} = ws.buffer({first + k}, B * {expr.width});  // new rows of {comment(table)}")
-        lines += self.row_loop(env, [(e, dense(buf, e.width)) for _, e, buf in cp.outputs], "  ")
+        if fused:
+            lines += self.fused_section(env, cp, fused, width, inline)
+        else:
+            lines += self.row_loop(env, [(e, dense(buf, e.width)) for _, e, buf in cp.outputs], "  ")
         lines.append("  // commit: rows are written after the whole batch is computed")
         for table, expr, buf in cp.outputs:
             t = self.p.table(table)
@@ -293,8 +359,14 @@ struct Workspace {{
   std::vector<std::vector<float>> buffers;
   std::vector<std::vector<float>> projections;  // hoisted input products, one table per run
 
+  std::vector<std::vector<std::vector<float>>> task_buffers;  // per worker of a fused section
+
   float* buffer(size_t i, int64_t size) {{ return grow(buffers, i, size); }}
   float* projection(size_t i, int64_t size) {{ return grow(projections, i, size); }}
+  void reserve_tasks(int64_t tasks) {{
+    if (static_cast<int64_t>(task_buffers.size()) < tasks) task_buffers.resize(tasks);
+  }}
+  float* task_buffer(int64_t task, size_t i, int64_t size) {{ return grow(task_buffers[task], i, size); }}
 
   static float* grow(std::vector<std::vector<float>>& pool, size_t i, int64_t size) {{
     if (pool.size() <= i) pool.resize(i + 1);

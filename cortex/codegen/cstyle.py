@@ -399,6 +399,52 @@ class ElementRenderer:
         return out
 
 
+class _Recorder(ElementRenderer):
+    """An element renderer that also records how each buffered value is read: {node: {access keys}}."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.reads = {}
+
+    def expr(self, e, access, w, temps, code, pointers):
+        if e.width == 1 and access.const is None:
+            access = Access(const=0)
+        if e in self.cp.buffers and e != self.computing:
+            self.reads.setdefault(e, set()).add(access.key())
+        return super().expr(e, access, w, temps, code, pointers)
+
+
+def fusable_products(plan: KernelPlan, cp, dialect, index_table, align: int = 1):
+    """The matrix products of a case that only its new rows read, each read at column offsets + j (unit stride)
+    by rows of one width W, so that a worker can compute the columns of elements j0..j1 and then those elements
+    with no barrier in between: ({product node: sorted offsets}, W), or ({}, None). `align`: offsets must be
+    multiples of it (the CPU's packed panels)."""
+    widths = {expr.width for _, expr, _ in cp.outputs}
+    if len(widths) != 1:
+        return {}, None
+    w = widths.pop()
+    recorder = _Recorder(plan, cp, dialect, index_table)
+    recorder.start()
+    for expr in (e for _, e, _ in cp.outputs):
+        if isinstance(expr, ir.Concat):
+            return {}, None
+        recorder.expr(expr, Access(0), w, {}, [], {})
+    read_by_steps = set()
+    for step in cp.steps:
+        for node in ir.walk_rows([step.node]):
+            if node is not step.node and node in cp.buffers:
+                read_by_steps.add(node)
+    fused = {}
+    for step in cp.steps:
+        e = step.node
+        if step.kind != "gemm" or e.rows != 1 or e in read_by_steps or e not in recorder.reads:
+            continue
+        keys = recorder.reads[e]
+        if all(kind == "affine" and 0 <= o and o + w <= e.width and o % align == 0 for kind, o in keys):
+            fused[e] = sorted({o for _, o in keys})
+    return fused, w
+
+
 def dense(buffer: str, width: int):
     """Element i of row b of a [B, width] buffer."""
     return lambda i: f"{buffer}[b * {width} + {i}]"

@@ -66,21 +66,6 @@ class CudaDialect(cstyle.Dialect):
         return f"P.proj{k}"
 
 
-class _Recorder(cstyle.ElementRenderer):
-    """An element renderer that also records how each buffered value is read: {node: {access keys}}."""
-
-    def __init__(self, *args):
-        super().__init__(*args)
-        self.reads = {}
-
-    def expr(self, e, access, w, temps, code, pointers):
-        if e.width == 1 and access.const is None:
-            access = Access(const=0)
-        if e in self.cp.buffers and e != self.computing:
-            self.reads.setdefault(e, set()).add(access.key())
-        return super().expr(e, access, w, temps, code, pointers)
-
-
 class CudaGenerator:
     target = "cuda"
 
@@ -261,39 +246,10 @@ class CudaGenerator:
                   "      }", "    }", "  }"]
         return lines
 
-    def _fusable(self, cp, env):
-        """The products whose results only the new rows read, each read at offsets + j (unit stride) by rows of one
-        width W: {node: sorted offsets}, W; or ({}, None)."""
-        widths = {expr.width for _, expr, _ in cp.outputs}
-        if len(widths) != 1:
-            return {}, None
-        w = widths.pop()
-        recorder = _Recorder(self.plan, cp, self.dialect, self.index_table)
-        recorder.start()
-        for expr in (e for _, e, _ in cp.outputs):
-            parts = expr.parts if isinstance(expr, ir.Concat) else (expr,)
-            if len(parts) != 1:
-                return {}, None
-            recorder.expr(expr, Access(0), w, {}, [], {})
-        read_by_steps = set()
-        for step in cp.steps:
-            for node in ir.walk_rows([step.node]):
-                if node is not step.node and node in cp.buffers:
-                    read_by_steps.add(node)
-        fused = {}
-        for step in cp.steps:
-            e = step.node
-            if step.kind != "gemm" or e.rows != 1 or e in read_by_steps or e not in recorder.reads:
-                continue
-            keys = recorder.reads[e]
-            if all(kind == "affine" and 0 <= o and o + w <= e.width for kind, o in keys):
-                fused[e] = sorted({o for _, o in keys})
-        return fused, w
-
     def case_fn(self, cp) -> str:
         plan, case = self.plan, cp.case
         env = cstyle.ElementRenderer(plan, cp, self.dialect, self.index_table)
-        fused, width = self._fusable(cp, env)
+        fused, width = cstyle.fusable_products(self.plan, cp, self.dialect, self.index_table)
         consumers = {}
         for step in cp.steps:
             for name in step.inputs:

@@ -336,6 +336,15 @@ inline void gemm_packed_serial(int64_t M, int64_t N, int64_t K, const float* A, 
   gemm_detail::gemm_block(rb, 0, rb.nb, 0, gemm_num_panels(N), M, N, K, A, lda, Bpacked, C, ldc, bias, accumulate);
 }
 
+// Single-threaded, columns [n0, n1) only (n0 a multiple of 16; n1 one too, or N): a worker's share of a product.
+inline void gemm_packed_columns(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* Bpacked,
+                                float* C, int64_t ldc, const float* bias, int64_t n0, int64_t n1) {
+  if (M <= 0 || n1 <= n0) return;
+  const gemm_detail::RowBlocks rb(M);
+  gemm_detail::gemm_block(rb, 0, rb.nb, n0 / kGemmNR, (n1 + kGemmNR - 1) / kGemmNR, M, N, K, A, lda, Bpacked, C, ldc,
+                          bias, false);
+}
+
 // Parallel over column panels (and row blocks when panels are few) with cortex::parallel_for.
 // Called from inside another parallel_for region it runs serially (the pool is busy).
 inline void gemm_packed(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const float* Bpacked, float* C,

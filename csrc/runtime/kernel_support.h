@@ -126,6 +126,24 @@ inline void for_rows(int64_t rows, int64_t work_per_row, F&& f) {
   });
 }
 
+// Workers for a fused product + epilogue over `chunks` column chunks: one when the work is too small to pay for a
+// dispatch, else up to one chunk range per thread.
+inline int64_t fused_tasks(int64_t chunks, double flops) {
+  const int64_t threads = num_threads();
+  if (threads <= 1 || flops < 2.5e5) return 1;
+  return std::max<int64_t>(1, std::min(chunks, threads));
+}
+
+// f(task) for task in [0, tasks): on the pool, or inline for one task.
+template <class F>
+inline void run_tasks(int64_t tasks, F&& f) {
+  if (tasks <= 1) {
+    f(0);
+    return;
+  }
+  parallel_for(tasks, f);
+}
+
 // A kernel is compiled for one ISA level (cortex-convert --cpu). The EP checks the CPU features recorded in the
 // converted model before it loads the kernel; this is the kernel's own second check of every feature its compiler
 // flags enabled (cpu_features.def), so a kernel loaded by other means fails with a message, never SIGILL.
