@@ -11,7 +11,7 @@ pytest.importorskip("torch")
 
 import cortex  # noqa: E402
 from onnx_ops import structures as st  # noqa: E402
-from wild_models import MODELS, eager, export_model, feeds_for  # noqa: E402
+from onnx_ops.zoo.wild import MODELS, eager, export_model, feeds_for  # noqa: E402
 
 TOL = 1e-4
 

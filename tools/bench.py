@@ -548,6 +548,10 @@ def _form_model(entry, form: str, export_module, params, example, tmp: Path):
         m = export_module.export(entry.name, params.hidden, None, entry.treerec_feeds(example), params=params)
         return m, lower_treerec(m)
     path = tmp / f"{entry.name}_{form}.onnx"
+    if getattr(export_module, "BENCH_FORMS", None) is not None:  # onnx_ops.zoo.wild: its own weights and sizes
+        sizes = dict(export_module.BENCH_FORMS[entry.name])[form](params.hidden, entry)
+        export_module.export_model(form, path, entry.feeds(example), **sizes)
+        return onnx.load(str(path)), onnx.load(str(path))
     export_module.export(form, params, str(path), example)
     m = onnx.load(str(path))
     return m, m
@@ -596,7 +600,7 @@ def run_forms(args, argv_text: str = "", log=None) -> dict:
             raise RuntimeError(f"--forms needs {n}: {why}")
     entries = [_models.get(m) for m in args.model_list]
     forms_of = {e.name: [("loop", None), ("treerec", None)] + _models.export_styles(e.name) + _models.cell_forms(e.name)
-                for e in entries}
+                + _models.wild_forms(e.name) for e in entries}
     if not any(len(v) > 2 for v in forms_of.values()):
         res["notes"].append("torch is not installed: no TorchScript export forms")
     total = sum(len(v) for v in forms_of.values())

@@ -157,6 +157,19 @@ def cell_forms(name: str) -> list[tuple[str, Any]]:
     return [("cells", cells)] if name in cells.MODELS and cells.MODELS[name].zoo == name else []
 
 
+def wild_forms(name: str) -> list[tuple[str, Any]]:
+    """[(form, onnx_ops.zoo.wild)] for the models written as PyTorch users write them that compute zoo model
+    ``name`` (TorchScript and dynamo exports: the generality issue's newly converted forms); [] without torch."""
+    try:
+        import onnxscript  # noqa: F401
+        import torch  # noqa: F401
+
+        from onnx_ops.zoo import wild
+    except ImportError:
+        return []
+    return [(form, wild) for form, _ in wild.BENCH_FORMS.get(name, [])]
+
+
 def _torch_module_fn(name: str):
     module_name, style = TORCH_STYLE[name]
 

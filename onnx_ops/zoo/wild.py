@@ -217,10 +217,11 @@ def feeds_for(kind, rng, count, sst_dir=None):
     return binary_feeds(trees) if kind == "binary" else nary_feeds(trees)
 
 
-def export_model(name, path, example):
+def export_model(name, path, example, **sizes):
+    """Exports model `name` (built with `sizes`, e.g. hidden=256) to `path` with its exporter; returns the module."""
     cls, exporter, inputs, outputs, _ = MODELS[name]
     torch.manual_seed(0)
-    module = cls().eval()
+    module = cls(**sizes).eval()
     args = tuple(torch.from_numpy(example[n]) for n in inputs)
     if exporter == "torchscript":
         torch.onnx.export(torch.jit.script(module), args, str(path), dynamo=False, opset_version=17,
@@ -228,8 +229,9 @@ def export_model(name, path, example):
     else:
         n_dim, l_dim = torch.export.Dim("N"), torch.export.Dim("L")
         shapes = {n: {0: (l_dim if n == "order" else n_dim)} for n in inputs}
-        torch.onnx.export(module, args, str(path), dynamo=True, input_names=inputs, output_names=outputs,
-                          dynamic_shapes=shapes)
+        with torch.no_grad():
+            torch.onnx.export(module, args, str(path), dynamo=True, input_names=inputs, output_names=outputs,
+                              dynamic_shapes=shapes)
     return module
 
 
@@ -392,3 +394,19 @@ def feeds_for(kind, rng, count, sst_dir=None):  # noqa: F811 - extends the kinds
         children[:, :f.children.shape[1]] = f.children
         return dict(words=f.words, children=children, order=f.order)
     return _feeds_for_base(kind, rng, count, sst_dir)
+
+
+def _grid_features():
+    from onnx_ops.zoo import GRID_FEATURES
+    return GRID_FEATURES
+
+
+#: zoo model -> the models of this module that compute it (another way of writing it), with their sizes for a hidden
+#: size and a zoo entry: the benchmark's newly converted forms (tools/bench.py --forms).
+BENCH_FORMS = {
+    "treelstm": [(n, lambda h, e: dict(vocab=e.vocab, emb=h, hidden=h))
+                 for n in ("tai_treelstm", "while_loop", "scan_cond")],
+    "treernn": [("zero_branch", lambda h, e: dict(vocab=e.vocab, hidden=h))],
+    "childsum": [("childsum_forget", lambda h, e: dict(vocab=e.vocab, emb=h, hidden=h))],
+    "dagrnn": [("dagrnn_where", lambda h, e: dict(features=_grid_features(), hidden=h))],
+}
