@@ -155,7 +155,8 @@ def test_forms_mode_one_row_per_form(tmp_path):
     args = bench.parse_args(["--forms", "--models", "treernn", "--hidden", "8", "--batch", "2", "--forms-batches",
                              "2", "--budget", "0.02", "--repeats", "1,2", "--no-progress", "--out", str(tmp_path)])
     res = bench.run_forms(args, "test")
-    forms = ["loop", "treerec"] + [s for s, _ in models.export_styles("treernn")]
+    forms = ["loop", "treerec"] + [s for s, _ in models.export_styles("treernn") + models.cell_forms("treernn")
+                                   + models.wild_forms("treernn")]
     assert [(r["model"], r["form"]) for r in res["rows"]] == [("treernn", f) for f in forms]
     for r in res["rows"]:
         assert r["status"] == "ok" and r["converted"] is True, r

@@ -785,6 +785,9 @@ def write_models_doc(res: dict, path: Path = MODELS_DOC) -> None:
             r["model"] for r in res["rows"])) + ".",
         "",
     ])
+    generality = path.parent / "generality.md"  # tools/fuzz_import.py --write-doc: the generated-models section
+    if generality.is_file():
+        text += "\n" + generality.read_text()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
 

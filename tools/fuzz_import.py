@@ -146,6 +146,24 @@ def summarize(results: list, out=print) -> dict:
     return {"outcomes": dict(outcomes), "reasons": dict(reasons), "export_failures": dict(ex_fail)}
 
 
+def write_doc(path: Path, lines: list, elapsed: str, argv) -> None:
+    import datetime
+    import subprocess
+
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parent).stdout.strip()
+    command = "python tools/fuzz_import.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    text = ["## Generality: generated models through the real exporters", "",
+            "Recursive PyTorch models drawn from independent style choices (onnx_ops/modelgen, docs/modelgen.md), "
+            "exported with TorchScript (`dynamo=False`) and the dynamo exporter (`torch.while_loop`, `scan` + "
+            "`torch.cond`), converted with `cortex.convert` and compared with eager PyTorch. "
+            "A conversion counts only when it matches.", "",
+            f"Command: `{command}` ({datetime.date.today().isoformat()}, git {rev}); {elapsed}.", "", "```"]
+    text += [line.rstrip() for line in lines if line.strip() or True]
+    text += ["```", ""]
+    path.write_text("\n".join(text))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--n", type=int, default=100, help="number of generated models (default 100)")
@@ -158,6 +176,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cache", help=f"export cache directory (default {cache_dir()})")
     ap.add_argument("--quiet", action="store_true", help="no line per model")
     ap.add_argument("--fix", nargs="*", metavar="CHOICE=VALUE", help="pin choices, e.g. --fix missing=if_zeros")
+    ap.add_argument("--write-doc", metavar="FILE",
+                    help="write the summary as Markdown (docs/generality.md; tools/bench.py --write-models-doc "
+                         "includes it in docs/models.md)")
     args = ap.parse_args(argv)
 
     specs = specs_for(args.n, args.seed, args.exporter, args.explore, parse_fix(args.fix))
@@ -172,9 +193,13 @@ def main(argv=None) -> int:
 
     results = run_many(specs, jobs=args.jobs, cache=Path(args.cache) if args.cache else None,
                        timeout=args.timeout, on_result=on_result)
-    summary = summarize(results)
-    print(f"\n{len(results)} models in {time.time() - t0:.0f} s (seed {args.seed}, exporter {args.exporter}"
-          f"{', explore' if args.explore else ''})")
+    lines = []
+    summary = summarize(results, out=lambda s: (print(s), lines.append(s)))
+    elapsed = f"{len(results)} models in {time.time() - t0:.0f} s (seed {args.seed}, exporter {args.exporter}" \
+              f"{', explore' if args.explore else ''})"
+    print(f"\n{elapsed}")
+    if args.write_doc:
+        write_doc(Path(args.write_doc), lines, elapsed, argv)
     if args.out:
         Path(args.out).write_text(json.dumps({"args": vars(args), "summary": summary, "results": results},
                                              indent=1, default=str))

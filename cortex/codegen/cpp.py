@@ -72,7 +72,7 @@ class CppGenerator:
 
     # ---- one case over a batch of positions -----------------------------------------------------
 
-    def row_loop(self, env, targets, indent, computing=None):
+    def row_loop(self, env, targets, indent, computing=None, prelude=()):
         """For each row b of the batch, stores every element of each expression: `targets` are (expr, dest) with
         dest(i) the C++ lvalue for element i. One loop over j per width."""
         temps, code, pointers = env.start(computing)
@@ -89,12 +89,13 @@ class CppGenerator:
         work = sum(w * len(g) for w, g in env.pieces(targets).items()) * 8
         lines = [f"{indent}cortex::for_rows(B, {work}, [&](int64_t b) {{",
                  f"{indent}  const int64_t q = batch[b]; (void)q;"]
+        lines += [f"{indent}  {line}" for line in prelude]
         lines += [f"{indent}  {decl}" for _, decl in pointers.values()]
         lines += [indent + line[2:] for line in body]
         lines.append(f"{indent}}});")
         return lines
 
-    def serial_rows(self, env, targets, indent, span=None, computing=None):
+    def serial_rows(self, env, targets, indent, span=None, computing=None, prelude=()):
         """Like row_loop, on the calling thread; with span=(j0, j1) only elements j0 <= j < j1 of each target."""
         temps, code, pointers = env.start(computing)
         body = []
@@ -110,6 +111,7 @@ class CppGenerator:
             body.append("    }")
         lines = [f"{indent}for (int64_t b = 0; b < B; ++b) {{",
                  f"{indent}  const int64_t q = batch[b]; (void)q;"]
+        lines += [f"{indent}  {line}" for line in prelude]
         lines += [f"{indent}  {decl}" for _, decl in pointers.values()]
         lines += [indent + line[2:] for line in body]
         lines.append(f"{indent}}}")
@@ -139,9 +141,22 @@ class CppGenerator:
             for o in fused[e]:
                 lines.append(f"    cortex::gemm_packed_columns(B, {n_dim}, {k_dim}, {source}, {k_dim}, cx.{plan.const_ids[e.weight]}, "
                              f"{step.buffer}, {n_dim}, {bias}, {o} + j0, {o} + j1);  // {comment(e.weight)}")
-        lines += self.serial_rows(env, [(e, dense(buf, e.width)) for _, e, buf in cp.outputs], "    ", span=("j0", "j1"))
+        targets, prelude = self.output_rows(cp)
+        lines += self.serial_rows(env, targets, "    ", span=("j0", "j1"), prelude=prelude)
         lines.append("  });")
         return lines
+
+    def output_rows(self, cp):
+        """The new rows' destinations: straight into the table rows, or (a batch where a position reads its own row
+        before writing it) into per-batch buffers committed after the batch. (targets, per-row declarations)."""
+        targets, prelude = [], []
+        for k, (table, expr, buf) in enumerate(cp.outputs):
+            t = self.p.table(table)
+            row = "ws.position[q]" if t.kind == "emit" else "ws.node[q]"
+            w = expr.width
+            prelude.append(f"float* out{k} = hazard ? {buf} + b * {w} : cx.{self.plan.table_ids[table]} + {row} * {w};")
+            targets.append((expr, lambda i, k=k: f"out{k}[{i}]"))
+        return targets, prelude
 
     def case_fn(self, cp) -> str:
         plan, case = self.plan, cp.case
@@ -157,7 +172,7 @@ class CppGenerator:
             if step.kind == "compute" and step.node not in cp.buffers and users and all(u.node in fused for u in users):
                 inline.add(step.buffer)
         lines = [f"// case {comment(case.name)}: when {comment(format_pred(case.predicate))}",
-                 f"static void run_case_{cp.index}(Ctx& cx, Workspace& ws, const int64_t* batch, int64_t B) {{"]
+                 f"static void run_case_{cp.index}(Ctx& cx, Workspace& ws, const int64_t* batch, int64_t B, bool hazard) {{"]
         for k, step in enumerate(cp.steps):
             e = step.node
             if step.buffer in inline:
@@ -210,8 +225,10 @@ class CppGenerator:
         if fused:
             lines += self.fused_section(env, cp, fused, width, inline)
         else:
-            lines += self.row_loop(env, [(e, dense(buf, e.width)) for _, e, buf in cp.outputs], "  ")
-        lines.append("  // commit: rows are written after the whole batch is computed")
+            targets, prelude = self.output_rows(cp)
+            lines += self.row_loop(env, targets, "  ", prelude=prelude)
+        lines.append("  if (!hazard) return;")
+        lines.append("  // a position read its own row before writing it: the rows are committed after the whole batch")
         for table, expr, buf in cp.outputs:
             t = self.p.table(table)
             row = "ws.position[batch[b]]" if t.kind == "emit" else "ws.node[batch[b]]"
@@ -222,9 +239,10 @@ class CppGenerator:
 
     def dispatch_fn(self) -> str:
         lines = ["static void run_case(Ctx& cx, Workspace& ws, int32_t c, const int64_t* batch, int64_t B) {",
+                 "  const bool hazard = cortex::reads_own_row(ws.node.data(), ws.reads.data(), kReads, batch, B);",
                  "  switch (c) {"]
         for c in range(len(self.p.cases)):
-            lines.append(f"    case {c}: run_case_{c}(cx, ws, batch, B); break;")
+            lines.append(f"    case {c}: run_case_{c}(cx, ws, batch, B, hazard); break;")
         lines += ["  }", "}"]
         return "\n".join(lines) + "\n"
 

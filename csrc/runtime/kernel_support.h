@@ -126,6 +126,18 @@ inline void for_rows(int64_t rows, int64_t work_per_row, F&& f) {
   });
 }
 
+// True when a position of the batch reads its own row before writing it (the batch must compute every new row before
+// it writes any); reads are the prepared child-state rows, kReads a position.
+inline bool reads_own_row(const int64_t* node, const int64_t* reads, int64_t K, const int64_t* batch, int64_t B) {
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t q = batch[b];
+    for (int64_t k = 0; k < K; ++k) {
+      if (reads[q * K + k] >= 0 && reads[q * K + k] == node[q]) return true;
+    }
+  }
+  return false;
+}
+
 // Workers for a fused product + epilogue over `chunks` column chunks: one when the work is too small to pay for a
 // dispatch, else up to one chunk range per thread.
 inline int64_t fused_tasks(int64_t chunks, double flops) {
