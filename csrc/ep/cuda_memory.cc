@@ -218,8 +218,13 @@ OrtStatus* CudaDataTransfer::Copy(const OrtValue* src, OrtValue* dst, OrtSyncStr
                                                                    guard.error()));
   }
   void* handle = stream != nullptr ? api_.ort.SyncStream_GetHandle(stream) : nullptr;
-  const CudaApi::Error error = stream != nullptr ? cuda_.MemcpyAsync(dst_data, src_data, bytes, kind, handle)
-                                                 : cuda_.Memcpy(dst_data, src_data, bytes, kind);
+  CudaApi::Error error = stream != nullptr ? cuda_.MemcpyAsync(dst_data, src_data, bytes, kind, handle)
+                                           : cuda_.Memcpy(dst_data, src_data, bytes, kind);
+  if (error == 0 && stream == nullptr && kind != CudaApi::kDeviceToHost) {
+    // Without a stream the copy must be complete on return, but cudaMemcpy returns before the DMA from pageable
+    // memory (and device to device copies) finish: wait for the legacy default stream it ran on.
+    error = cuda_.StreamSynchronize(nullptr);
+  }
   if (error != 0) {
     return MakeStatus(api_, ORT_EP_FAIL,
                       "Cortex EP data transfer: " +

@@ -194,15 +194,25 @@ class KernelAlone:
 
     @staticmethod
     def _graph_before(model, cortex_index: int, names):
-        """An ORT CPU session computing `names` from the graph's nodes other than the Cortex node."""
+        """An ORT CPU session computing `names` with the nodes that lead to them (never the Cortex node)."""
         import onnx
         import onnxruntime as ort
 
+        from cortex.convert import _used_names
+
         m = onnx.ModelProto()
         m.CopyFrom(model)
-        kept = [n for i, n in enumerate(m.graph.node) if i != cortex_index]
+        needed, kept = set(names), []
+        for i in reversed(range(len(m.graph.node))):
+            node = m.graph.node[i]
+            if i != cortex_index and any(o in needed for o in node.output):
+                kept.append(node)
+                needed.update(n for n in node.input if n)
+                for attr in node.attribute:  # names a subgraph reads from the outer scope
+                    for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                        needed |= _used_names(sub)
         del m.graph.node[:]
-        m.graph.node.extend(kept)
+        m.graph.node.extend(reversed(kept))
         del m.graph.output[:]
         m.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
         return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
