@@ -72,6 +72,8 @@ fi
     # Python's own allocations are not ours to judge: no leak check; everything else aborts on the first report.
     export ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=1:detect_odr_violation=0"
     export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
+    # The CPU paths only: the EP does not load the CUDA runtime (which ASan's shadow memory layout can upset).
+    export CORTEX_DISABLE_CUDA=1
     export PYTHONPATH="$src${PYTHONPATH:+:$PYTHONPATH}"
     nice python -m pytest -q -rfE --capture=sys -p no:cacheprovider "${tests[@]}" 2>&1 | tee -a "$log" \
         | grep -v -E "onnxruntime:|VerifyEachNodeIsAssignedToAnEp"

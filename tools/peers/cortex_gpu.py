@@ -258,6 +258,7 @@ class CortexCudaRunner:
         self.outputs = DeviceOutputs(self.session, device_id)
         self.kernel = KernelAlone(converted_path)
         self.arguments: dict = {}
+        self.convert_info = None  # how the model was converted (set by tools/peers/systems.py)
 
     def feeds(self, structure) -> dict:
         return {k: v for k, v in self.feeds_fn(structure).items() if k in self.names}
@@ -267,7 +268,7 @@ class CortexCudaRunner:
         if self.outputs.how == "not prepared" and inputs:
             self.outputs.prepare(self.feeds(inputs[0]))
         self.arguments = {id(s): self.kernel.arguments(self.feeds_fn(s)) for s in inputs}
-        return {"outputs": self.outputs.how}
+        return {"outputs": self.outputs.how, "convert": self.convert_info}
 
     def __call__(self, structure):
         return tuple(self.session.run(None, self.feeds(structure)))
