@@ -1,20 +1,26 @@
 """Running converted models: ONNX Runtime sessions with the Cortex execution provider (csrc/ep) selected.
 
-The EP library is registered with ONNX Runtime once per process; ONNX Runtime's CPU EP stays in the session and
-runs every node the Cortex EP does not claim.
+The EP library is registered with ONNX Runtime once per process. It offers one device on the CPU and, where the
+CUDA runtime sees NVIDIA GPUs, one per GPU; `device` picks one ("cpu", the default, "cuda" or "cuda:N"). A Cortex
+EP runs the Cortex nodes converted for its device's target (`cortex-convert --target cpu|cuda`). ONNX Runtime's CPU
+EP stays in the session and runs every node the Cortex EP does not claim; on a GPU, ONNX Runtime's CUDA EP runs them
+first where this onnxruntime package has it (onnxruntime-gpu).
 """
 import os
 import threading
 from pathlib import Path
 from typing import Optional
 
+import onnx
 import onnxruntime as ort
 
 from . import _paths, trust as trust_store
 
 _EP_NAME = "CortexExecutionProvider"
-# A session config entry marking options that already carry the Cortex EP, so adding it twice is a no-op.
+# A session config entry marking options that already carry the Cortex EP (its value: the device), so adding it
+# twice is a no-op.
 _MARKER_KEY = "cortex.ep_added"
+_ORT_CUDA_EP = "CUDAExecutionProvider"
 _registration_lock = threading.Lock()
 _registered = False
 # The EP library is built against ORT C API version 29 (the pinned headers): any ONNX Runtime package
@@ -69,11 +75,62 @@ def _ep_devices():
     return devices
 
 
-def _has_cortex_ep(options: ort.SessionOptions) -> bool:
+def _cortex_ep_device(options: ort.SessionOptions) -> Optional[str]:
+    """The device the options already run the Cortex EP on ("cpu", "cuda:0", ...), or None."""
     try:
-        return options.get_session_config_entry(_MARKER_KEY) == "1"
+        value = options.get_session_config_entry(_MARKER_KEY)
     except RuntimeError:  # ORT raises for a key that was never set
-        return False
+        return None
+    return {"": None, "1": "cpu"}.get(value, value)
+
+
+def parse_device(device) -> str:
+    """"cpu", or "cuda:N" for "cuda" (N = 0), "cuda:N" and "gpu"; ValueError for anything else."""
+    text = str(device or "cpu").strip().lower()
+    if text == "cpu":
+        return "cpu"
+    kind, _, index = text.partition(":")
+    if kind in ("cuda", "gpu") and (index == "" or index.isdigit()):
+        return f"cuda:{int(index or 0)}"
+    raise ValueError(f"device {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
+
+
+def _cuda_unavailable(devices) -> str:
+    """Why the Cortex EP offers no GPU, as its CPU device reports it."""
+    for d in devices:
+        reason = dict(d.ep_metadata).get("cuda_unavailable")
+        if reason:
+            return reason
+    return "the CUDA runtime sees no NVIDIA GPU here"
+
+
+def _select(device: str, devices) -> list:
+    """The Cortex EP's OrtEpDevice for `device` (parse_device form), in a list; a clear error when there is none."""
+    if device == "cpu":
+        chosen = [d for d in devices if d.device.type == ort.OrtHardwareDeviceType.CPU]
+        if not chosen:
+            raise RuntimeError(f"ONNX Runtime lists no CPU device for {_EP_NAME}")
+        return chosen
+    ordinal = int(device.split(":")[1])
+    gpus = [d for d in devices if d.device.type == ort.OrtHardwareDeviceType.GPU]
+    chosen = [d for d in gpus if dict(d.ep_metadata).get("cuda_device_id") == str(ordinal)]
+    if not chosen:
+        if not gpus:
+            raise RuntimeError(f"device={device!r}: the Cortex EP lists no NVIDIA GPU in this process "
+                               f"({_cuda_unavailable(devices)}). Run on a machine with an NVIDIA GPU, its driver and "
+                               "the CUDA runtime (libcudart, or set CORTEX_CUDART), or use device='cpu' with a model "
+                               "converted for the CPU (cortex-convert --target cpu).")
+        raise RuntimeError(f"device={device!r}: the Cortex EP lists CUDA devices "
+                           f"{sorted(dict(d.ep_metadata).get('cuda_device_id') for d in gpus)} only")
+    return chosen[:1]
+
+
+def _ort_cuda_devices(cortex_gpu) -> list:
+    """ONNX Runtime's own CUDA EP device for the same GPU, when this onnxruntime has one (onnxruntime-gpu)."""
+    ordinal = int(dict(cortex_gpu.ep_metadata).get("cuda_device_id", 0))
+    cuda = [d for d in ort.get_ep_devices()
+            if d.ep_name == _ORT_CUDA_EP and d.device.type == ort.OrtHardwareDeviceType.GPU]
+    return cuda[ordinal:ordinal + 1]
 
 
 def _trusted_digests(trust) -> list:
@@ -105,19 +162,34 @@ def _add_trust(options: ort.SessionOptions, digests: list):
     options.add_session_config_entry(key, ",".join(merged))
 
 
-def session_options(base: Optional[ort.SessionOptions] = None, trust=None) -> ort.SessionOptions:
+def session_options(base: Optional[ort.SessionOptions] = None, trust=None, device: str = "cpu") -> ort.SessionOptions:
     """SessionOptions that run Cortex nodes on the Cortex EP (and everything else on ORT's CPU EP).
 
     With `base`, the Cortex EP is added to those options (in place) and they are returned.
     `trust`: kernels to trust in these sessions beyond the local trust store (cortex.trust): sha256 digests and/or
     paths of converted models whose kernel files you trust (a str, a path, or a list of them).
+    `device`: "cpu" (models converted with --target cpu), or "cuda" / "cuda:N" (models converted with --target
+    cuda; the Cortex EP then runs on that NVIDIA GPU, and ONNX Runtime's CUDA EP, where this onnxruntime package has
+    it, runs the other nodes before ORT's CPU EP does). A clear error when the Cortex EP lists no such device.
     """
+    device = parse_device(device)
     options = base if base is not None else ort.SessionOptions()
     if trust is not None:
         _add_trust(options, _trusted_digests(trust))
-    if not _has_cortex_ep(options):
-        options.add_provider_for_devices(_ep_devices(), {})
-        options.add_session_config_entry(_MARKER_KEY, "1")
+    present = _cortex_ep_device(options)
+    if present is not None:
+        if present != device:
+            raise ValueError(f"these session options already run the Cortex EP on {present!r}, not {device!r}")
+        return options
+    chosen = _select(device, _ep_devices())
+    if device != "cpu":
+        # ORT's CUDA EP first: ORT keeps one stream factory per device type and the first EP to register wins, and
+        # ORT's CUDA kernels need their own streams (Cortex kernels take any CUDA stream). It claims no Cortex node.
+        cuda = _ort_cuda_devices(chosen[0])
+        if cuda:
+            options.add_provider_for_devices(cuda, {})
+    options.add_provider_for_devices(chosen, {})
+    options.add_session_config_entry(_MARKER_KEY, device)
     return options
 
 
@@ -134,18 +206,56 @@ def _rebuilt_path(path: Path) -> Path:
     return cache_dir().parent / "rebuilt" / sha256_file(path)[:32] / path.name
 
 
+def _target_mismatch(path_or_bytes, device: str) -> Optional[str]:
+    """When the model's Cortex nodes were converted for another target than `device` runs: what to do."""
+    from .artifacts import cortex_nodes
+
+    try:
+        model = onnx.load_model_from_string(bytes(path_or_bytes)) if isinstance(path_or_bytes, (bytes, bytearray)) \
+            else onnx.load(os.fspath(path_or_bytes), load_external_data=False)
+        targets = {n.node.name: n.notes.get("target", "cpu") for n in cortex_nodes(model)}
+    except Exception:  # noqa: BLE001 - only a better message is at stake; ORT's own error follows otherwise
+        return None
+    wanted = "cpu" if device == "cpu" else "cuda"
+    other = {name: t for name, t in targets.items() if t != wanted}
+    if not other:
+        return None
+    name, target = next(iter(other.items()))
+    if target == "cuda":
+        advice = ("open it with cortex.InferenceSession(path, device='cuda') on a machine with an NVIDIA GPU, or "
+                  "convert the original model for the CPU (cortex-convert --target cpu)")
+    else:
+        advice = ("open it with cortex.InferenceSession(path) (device='cpu'), or convert the original model for the "
+                  "GPU (cortex-convert --target cuda)")
+    return (f"Cortex node '{name}' holds a kernel for target '{target}', but this session runs the Cortex EP on "
+            f"{device!r}: {advice}")
+
+
+def _create(path_or_bytes, options, device, kwargs) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(path_or_bytes, sess_options=options, **kwargs)
+    except Exception as e:  # onnxruntime raises its own exception types
+        if "EPContext" in str(e):  # no EP claimed a Cortex node: say why when it is the target
+            why = _target_mismatch(path_or_bytes, device)
+            if why:
+                raise RuntimeError(why) from e
+        raise
+
+
 def InferenceSession(path_or_bytes, sess_options: Optional[ort.SessionOptions] = None, *, trust=None,
-                     rebuild: bool = False, **kwargs) -> ort.InferenceSession:
+                     rebuild: bool = False, device: str = "cpu", **kwargs) -> ort.InferenceSession:
     """An onnxruntime.InferenceSession for a converted model, with the Cortex EP selected.
 
-    `sess_options`, when given, is extended with the Cortex EP (see `session_options`); `trust` as there. With
-    `rebuild=True`, a model whose kernels the EP refuses (not trusted here, built for another CPU, missing) is
-    rebuilt from the IR it carries (see `cortex.rebuild`) into a copy in Cortex's cache, and that copy runs; the
-    model file given is never changed. Other keyword arguments go to onnxruntime.InferenceSession unchanged.
+    `sess_options`, when given, is extended with the Cortex EP (see `session_options`); `trust` and `device` as
+    there (a model converted with --target cuda runs with device="cuda"). With `rebuild=True`, a model whose kernels
+    the EP refuses (not trusted here, built for another CPU, missing) is rebuilt from the IR it carries (see
+    `cortex.rebuild`) into a copy in Cortex's cache, and that copy runs; the model file given is never changed.
+    Other keyword arguments go to onnxruntime.InferenceSession unchanged.
     """
-    options = session_options(sess_options, trust=trust)
+    device = parse_device(device)
+    options = session_options(sess_options, trust=trust, device=device)
     if not rebuild:
-        return ort.InferenceSession(path_or_bytes, sess_options=options, **kwargs)
+        return _create(path_or_bytes, options, device, kwargs)
     if isinstance(path_or_bytes, (bytes, bytearray)):
         raise ValueError("rebuild=True needs the model's path (the rebuilt copy is written beside Cortex's cache)")
     try:

@@ -145,7 +145,10 @@ def test_bench_wiring_devices_and_models():
     for n in S.GPU_SYSTEMS:
         assert S.DEVICE[n] == "CUDA"
         assert S.model_status(n, models.get("treelstm")) is None
+    for n in S.TORCH_GPU_SYSTEMS:  # the PyTorch GPU peers: TreeLSTM only; Cortex and ORT on the GPU: every model
         assert S.model_status(n, models.get("treegru")) == "not implemented for this model"
+    assert S.model_status(S.CORTEX_CUDA, models.get("treegru")) is None
+    assert S.model_status(S.ORT_CUDA, models.get("treegru")) is None
     assert S.model_status(S.DYNET, models.get("treegru")) == models.NO_DYNET
     cpu, cuda = {"target": "cpu", "rows": []}, {"target": "cuda", "rows": []}
     assert bench._table_systems(cpu) == list(S.CPU_SYSTEMS)
@@ -153,6 +156,28 @@ def test_bench_wiring_devices_and_models():
     assert bench._label(cuda, S.CORTEX) == "Cortex (CPU)" and bench._label(cuda, S.TORCH_GPU) == S.TORCH_GPU
     assert bench._label(cpu, S.CORTEX) == "Cortex"
     hdr = bench.render_table(cuda).splitlines()[0]
-    assert "Cortex (CPU) ms" in hdr and "CUDA graph replay (CUDA) ms" in hdr
+    assert "Cortex (CPU) ms" in hdr and "CUDA graph replay (CUDA) ms" in hdr and "Cortex (CUDA) ms" in hdr
     assert bench.render_table(cpu).splitlines()[0].startswith(
         "| model | hidden | batch | Cortex ms | ONNX Runtime ms | PyTorch ms | DyNet ms | Cortex vs ORT |")
+
+
+def test_gpu_report_puts_kernel_and_end_to_end_apart(tmp_path):
+    """The GPU section of a --target cuda run: Cortex (CUDA) kernel alone, end to end, the session overhead between
+    them, and speedups over the GPU peers (a peer that could not run shows its status)."""
+    from tools.peers import gpu_report, systems as S
+
+    def ok(ms):
+        return {"status": "ok", "ms_median": ms, "ms_p10": ms * 0.9, "ms_p90": ms * 1.1}
+
+    cortex_cuda = dict(ok(0.5), kernel=ok(0.2), prepare={"outputs": "outputs left in GPU memory (test)"})
+    res = {"target": "cuda", "systems": {S.CORTEX_CUDA: {"status": "ok"},
+                                         S.ORT_CUDA: {"status": "not available (a CPU build)"}},
+           "rows": [{"model": "treelstm", "hidden": 64, "batch": 10, "kind": "latency",
+                     "results": {S.CORTEX_CUDA: cortex_cuda, S.ORT_CUDA: {"status": "not available (a CPU build)"},
+                                 S.TORCH_GPU_NODE: ok(100.0), S.TORCH_GPU: ok(5.0), S.CUDA_GRAPH: ok(0.6)}}]}
+    text = gpu_report.render_section(res)
+    line = [line for line in text.splitlines() if line.startswith("| treelstm")][0]
+    row = [cell.strip() for cell in line.strip().strip("|").split("|")]
+    assert row[3].startswith("0.2 ") and row[4].startswith("0.5 ") and row[5] == "0.3"
+    assert row[6] == "not available" and row[10:] == ["–", "200.0×", "10.0×", "1.2×", "3.0×"]
+    assert "outputs left in GPU memory (test)" in text

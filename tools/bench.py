@@ -273,7 +273,7 @@ def parse_args(argv=None):
     p.add_argument("--tol", type=float, default=1e-4, help="max abs error against the numpy reference (1e-4)")
     p.add_argument("--seed", type=int, default=0, help="weights seed")
     p.add_argument("--systems", default=None, help="comma list of system keys to run (cortex,ort,pytorch,dynet; "
-                        "with --target cuda also pytorch_cuda_node,pytorch_cuda,cuda_graph)")
+                        "with --target cuda also cortex_cuda,ort_cuda,pytorch_cuda_node,pytorch_cuda,cuda_graph)")
     p.add_argument("--write-docs", action="store_true", help="regenerate the benchmark section of "
                                                              "docs/performance.md from this run")
     p.add_argument("--no-progress", action="store_true")
@@ -363,7 +363,8 @@ def run_bench(args, argv_text: str = "", perturb: dict | None = None, log=None) 
             notes.append(f"--target cuda: no GPU is available on this machine ({why}); the CPU systems were run "
                          "and GPU peers are listed as not available")
             log("note: " + notes[-1])
-        notes.append("Cortex converts for target cpu only in this build; its rows are CPU runs")
+        notes.append("Cortex (CPU) is the CPU kernel on this host's cores; Cortex (CUDA) is the same model converted "
+                     "with --target cuda (end to end here; the kernel alone in the GPU table)")
     runnable = [n for n in S.ALL_SYSTEMS if sys_status[n] == "ok"]
     res["systems"] = {n: {"key": S.KEYS[n], "status": sys_status[n], "device": S.DEVICE[n]} for n in S.ALL_SYSTEMS}
     _gpu_info(res, runnable)
@@ -437,7 +438,7 @@ def run_bench(args, argv_text: str = "", perturb: dict | None = None, log=None) 
                 params = entry.make_params(H, args.seed)
                 bar.show(f"{entry.name} h={H}: converting (cached per model, hidden)")
                 loop_path, cortex_path = None, None
-                if S.CORTEX in runnable or S.ORT in runnable:
+                if any(n in runnable for n in S.MODEL_FILE_SYSTEMS):
                     loop_path, cortex_path, cinfo = S.converted_model(entry, params, H, args.seed, cache)
                     minfo["convert"][str(H)] = cinfo
                 bar.step(f"{entry.name} h={H}: model ready")
@@ -482,6 +483,9 @@ def run_bench(args, argv_text: str = "", perturb: dict | None = None, log=None) 
                         r["device"] = S.DEVICE[name]
                         if name in prepared:
                             r["prepare"] = prepared[name]
+                        if hasattr(runners[name], "kernel_call"):  # Cortex (CUDA): the kernel alone, too
+                            r["kernel"] = time_system(runners[name].kernel_call, inputs, args.budget, args.min_reps,
+                                                      args.max_reps, args.warmup)
                         sec = r["ms_median"] / 1e3
                         r["gflops"] = row["flops_mean"] / sec / 1e9 if sec > 0 else None
                         r["peak_frac"] = (r["gflops"] / res["peak"]["peak_gflops"]
@@ -834,6 +838,11 @@ def _gpu_info(res: dict, runnable: list) -> None:
              S.CUDA_GRAPH: "the level-batched forward captured once per input structure (capture untimed, in "
                            "results.json 'prepare'); timed: graph.replay() + synchronize"}
     for n in gpu:
+        if n not in notes:  # the systems that run through ONNX Runtime (tools/peers/cortex_gpu.py)
+            from tools.peers import cortex_gpu
+
+            res["systems"][n]["note"] = cortex_gpu.NOTES[S.KEYS[n]] + f"; {desc}"
+            continue
         res["systems"][n]["note"] = notes[n] + f"; {desc}; timed until torch.cuda.synchronize(), outputs left " \
                                                "on the device"
 
@@ -926,6 +935,10 @@ def render_header(res: dict) -> str:
 def render_markdown(res: dict) -> str:
     parts = ["# Cortex benchmark results", "", render_header(res), "", "## Latency per forest (ms) and speedup of "
              "Cortex", "", render_table(res), "", "## Throughput (trees/s)", "", render_throughput(res), ""]
+    if res.get("target") == "cuda":  # Cortex (CUDA): kernel alone and end to end against the GPU peers
+        from tools.peers import gpu_report
+
+        parts += [gpu_report.render_section(res), ""]
     if res.get("plots"):
         parts += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in res["plots"]] + [""]
     return "\n".join(parts)
@@ -1052,7 +1065,12 @@ def main(argv=None) -> int:
     print(render_markdown(res))
     print(f"\nwrote {res['out']}/results.json, results.md" + "".join(f", {Path(p).name}" for p in res["plots"])
           + f" in {res['elapsed_s']:.0f} s", file=sys.stderr)
-    if args.write_docs:
+    if args.write_docs and args.target == "cuda":  # the GPU run has its own page
+        from tools.peers import gpu_report
+
+        gpu_report.write_doc(res, REPO / "docs" / "performance-gpu.md")
+        print(f"updated {REPO / 'docs' / 'performance-gpu.md'}", file=sys.stderr)
+    elif args.write_docs:
         write_docs(res, REPO / "docs" / "performance.md")
         print(f"updated {REPO / 'docs' / 'performance.md'}", file=sys.stderr)
     return 0

@@ -2,7 +2,7 @@
 its forms is converted to IR, compiled for the CPU and (where a GPU is present, or with --cuda) for CUDA, run on
 the same inputs, and compared with ONNX Runtime on the original model; then the TreeLSTM kernel is timed.
 
-    python tools/cuda_check.py [--cuda] [--models treelstm,...] [--hidden 8] [--time] [--out results.json]
+    python tools/cuda_check.py [--cuda] [--models treelstm,...] [--hidden 8] [--time] [--out results.json] [--jobs N]
 
 The kernel inputs that are intermediate values of the model (a zero table made by ConstantOfShape) are taken from
 ONNX Runtime running the original with those values as extra outputs.
@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -86,14 +87,49 @@ def to_device(arrays, gen):
     return out
 
 
-def check_model(name, form, hidden, cuda, tmp: Path, rng):
+def build_kernels(names, forms, hidden, cuda, tmp: Path, jobs: int) -> dict:
+    """Every (model, form)'s generators and compiled kernel libraries, compiled in parallel:
+    {(name, form): (model, program, {target: (generator, path or the exception)}) or the refusal reason}."""
+    plans, work = {}, []
+    for name in names:
+        entry = MODELS[name]
+        params = entry.make_params(hidden, seed=1)
+        for form in forms:
+            model = entry.build_loop(params) if form == "loop" else entry.build_treerec(params)
+            [region] = find_regions(model)
+            if region.program is None:
+                plans[(name, form)] = f"refused: {region.reason}"
+                continue
+            program = optimize(region.program)
+            gens = {"cpu": CppGenerator(program)}
+            if cuda:
+                gens["cuda"] = CudaGenerator(program)
+            plans[(name, form)] = (model, program, gens)
+            work += [((name, form), target, gen) for target, gen in gens.items()]
+
+    def compile_one(job):
+        key, target, gen = job
+        try:
+            return key, target, gen, compile_source(gen.generate(key[0]), target == "cuda",
+                                                    tmp / f"{key[0]}_{key[1]}_{target}.so")
+        except Exception as e:  # noqa: BLE001 - reported by that model's check
+            return key, target, gen, e
+
+    out = {key: plan for key, plan in plans.items() if isinstance(plan, str)}
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for key, target, gen, result in pool.map(compile_one, work):
+            out.setdefault(key, (plans[key][0], plans[key][1], {}))[2][target] = (gen, result)
+    return out
+
+
+def check_model(name, form, built, cuda, rng):
     entry = MODELS[name]
-    params = entry.make_params(hidden, seed=1)
-    model = entry.build_loop(params) if form == "loop" else entry.build_treerec(params)
-    [region] = find_regions(model)
-    if region.program is None:
-        return {"model": name, "form": form, "status": f"refused: {region.reason}"}
-    program = optimize(region.program)
+    if isinstance(built, str):
+        return {"model": name, "form": form, "status": built}
+    model, program, kernels = built
+    for target, (_, result) in kernels.items():
+        if isinstance(result, Exception):
+            raise result
     item = batch(entry.structure, structures(entry.structure, 6, rng, sst_dir=st.sst_dir_default(), vocab=50))
     feeds = entry.treerec_feeds(item) if form == "treerec" else entry.loop_feeds(item)
     original = lower_treerec(model) if form == "treerec" else model
@@ -101,13 +137,13 @@ def check_model(name, form, hidden, cuda, tmp: Path, rng):
     feeds = {k: v for k, v in feeds.items() if k in {i.name for i in sess.get_inputs()}}
     expected = model_values(original, [t.output for t in program.tables], feeds)
     result = {"model": name, "form": form}
-    cpu = CppGenerator(program)
-    cpu_kernel = Kernel(compile_source(cpu.generate(name), False, tmp / f"{name}_{form}_cpu.so"))
+    cpu, cpu_path = kernels["cpu"]
+    cpu_kernel = Kernel(cpu_path)
     got = cpu_kernel.run(kernel_inputs(original, cpu, feeds), len(program.tables))
     result["cpu_error"] = max(float(np.abs(e - g).max(initial=0.0)) for e, g in zip(expected, got))
     if cuda:
-        gpu = CudaGenerator(program)
-        gpu_kernel = Kernel(compile_source(gpu.generate(name), True, tmp / f"{name}_{form}_cuda.so"))
+        gpu, gpu_path = kernels["cuda"]
+        gpu_kernel = Kernel(gpu_path)
         outs = gpu_kernel.run(to_device(kernel_inputs(original, gpu, feeds), gpu), len(program.tables))
         got = [o.cpu().numpy() for o in outs]
         result["cuda_error"] = max(float(np.abs(e - g).max(initial=0.0)) for e, g in zip(expected, got))
@@ -185,6 +221,7 @@ def main(argv=None):
     ap.add_argument("--hidden", type=int, default=8)
     ap.add_argument("--time", action="store_true", help="time the TreeLSTM kernel (hidden 256, batch 1 and 10)")
     ap.add_argument("--out")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compiles (default: all cores)")
     args = ap.parse_args(argv)
     if args.time:
         os.environ.setdefault("CORTEX_PROFILE", "1")
@@ -193,10 +230,12 @@ def main(argv=None):
     failed = False
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        for name in args.models.split(","):
-            for form in args.forms.split(","):
+        names, forms = args.models.split(","), args.forms.split(",")
+        built = build_kernels(names, forms, args.hidden, args.cuda, tmp, args.jobs)
+        for name in names:
+            for form in forms:
                 try:
-                    r = check_model(name, form, args.hidden, args.cuda, tmp, rng)
+                    r = check_model(name, form, built[(name, form)], args.cuda, rng)
                 except Exception as e:  # noqa: BLE001 - report and go on
                     r = {"model": name, "form": form, "status": f"ERROR {type(e).__name__}: {str(e)[:2000]}"}
                 failed |= r["status"] != "ok"

@@ -185,13 +185,26 @@ bool IsKernelDType(ONNXTensorElementDataType type) {
 // Backs the kernel's CortexAllocOutput with KernelContext_GetOutput; remembers the first failure.
 class OutputAllocator {
  public:
-  OutputAllocator(const Api& api, OrtKernelContext* context, const std::vector<size_t>& output_map)
+  // `device_memory`: where the kernel's outputs live when it runs on a GPU (scratch outputs are allocated there), or
+  // null for a CPU kernel.
+  OutputAllocator(const Api& api, OrtKernelContext* context, const std::vector<size_t>& output_map,
+                  const OrtMemoryInfo* device_memory)
       : api_(api),
         context_(context),
         output_map_(output_map),
+        device_memory_(device_memory),
         allocated_(output_map.size(), false),
         scratch_(output_map.size()),
         error_(nullptr, StatusDeleter{&api.ort}) {}
+
+  // Device scratch goes back when the run is over (a CUDA kernel has synchronized its stream before it returns).
+  ~OutputAllocator() {
+    if (device_allocator_ == nullptr) return;
+    for (void* block : device_scratch_) device_allocator_->Free(device_allocator_, block);
+    api_.ort.ReleaseAllocator(device_allocator_);
+  }
+  OutputAllocator(const OutputAllocator&) = delete;
+  OutputAllocator& operator=(const OutputAllocator&) = delete;
 
   static void* Allocate(void* self, int32_t index, const int64_t* shape, int32_t rank) noexcept {
     try {
@@ -222,6 +235,7 @@ class OutputAllocator {
     if (output_map_[index] == kScratchOutput) {
       size_t elements = 1;
       for (int32_t d = 0; d < rank; ++d) elements *= static_cast<size_t>(shape[d] > 0 ? shape[d] : 0);
+      if (device_memory_ != nullptr) return DeviceScratch(index, 8 * (elements + 1));
       scratch_[index].resize(elements + 1);  // 8-byte elements hold any kernel dtype
       allocated_[index] = true;
       return scratch_[index].data();
@@ -241,6 +255,26 @@ class OutputAllocator {
     return data != nullptr ? data : &empty_tensor;
   }
 
+  // Scratch for an output no one reads, in the kernel's device memory (the session's allocator for it).
+  void* DeviceScratch(int32_t index, size_t bytes) {
+    if (device_allocator_ == nullptr) {
+      if (OrtStatus* status = api_.ort.KernelContext_GetAllocator(context_, device_memory_, &device_allocator_)) {
+        device_allocator_ = nullptr;
+        Fail(status);
+        return nullptr;
+      }
+    }
+    void* block = device_allocator_->Alloc(device_allocator_, bytes);
+    if (block == nullptr) {
+      Fail(MakeStatus(api_, ORT_FAIL, "out of device memory for a scratch output of " + std::to_string(bytes) +
+                                          " bytes"));
+      return nullptr;
+    }
+    device_scratch_.push_back(block);
+    allocated_[index] = true;
+    return block;
+  }
+
   void Fail(OrtStatus* status) {
     if (error_) {
       api_.ort.ReleaseStatus(status);
@@ -252,8 +286,11 @@ class OutputAllocator {
   const Api& api_;
   OrtKernelContext* context_;
   const std::vector<size_t>& output_map_;
+  const OrtMemoryInfo* device_memory_;
   std::vector<bool> allocated_;
-  std::vector<std::vector<int64_t>> scratch_;  // outputs no one reads
+  std::vector<std::vector<int64_t>> scratch_;  // outputs no one reads (host kernels)
+  OrtAllocator* device_allocator_ = nullptr;   // released with ReleaseAllocator
+  std::vector<void*> device_scratch_;          // outputs no one reads (device kernels)
   StatusPtr error_;
 };
 
@@ -262,13 +299,14 @@ class OutputAllocator {
 class KernelComputeInfo : public OrtNodeComputeInfo {
  public:
   KernelComputeInfo(const Api& api, std::string node_name, std::shared_ptr<const KernelLibrary> kernel,
-                    std::vector<size_t> input_map, std::vector<size_t> output_map)
+                    std::vector<size_t> input_map, std::vector<size_t> output_map, EpPlacement placement)
       : OrtNodeComputeInfo{},
         api_(api),
         node_name_(std::move(node_name)),
         kernel_(std::move(kernel)),
         input_map_(std::move(input_map)),
-        output_map_(std::move(output_map)) {
+        output_map_(std::move(output_map)),
+        placement_(std::move(placement)) {
     ort_version_supported = ORT_API_VERSION;
     CreateState = CreateStateImpl;
     Compute = ComputeImpl;
@@ -297,6 +335,7 @@ class KernelComputeInfo : public OrtNodeComputeInfo {
     CORTEX_RETURN_IF_ERROR(api_.ort.KernelContext_GetInputCount(context, &num_inputs));
     CORTEX_RETURN_IF_ERROR(api_.ort.KernelContext_GetOutputCount(context, &num_outputs));
 
+    const bool on_gpu = placement_.target == "cuda";
     std::vector<CortexTensor> inputs(input_map_.size());
     for (size_t i = 0; i < input_map_.size(); ++i) {
       if (input_map_[i] >= num_inputs) {
@@ -319,13 +358,25 @@ class KernelComputeInfo : public OrtNodeComputeInfo {
       }
       const void* data = nullptr;
       CORTEX_RETURN_IF_ERROR(api_.ort.GetTensorData(value, &data));
-      inputs[i] = CortexTensor{data, shape, static_cast<int32_t>(rank), static_cast<int32_t>(type), CORTEX_DEVICE_CPU, 0};
+      const int32_t device = DeviceOf(value);
+      if (device != CORTEX_DEVICE_CPU && !on_gpu) {
+        return MakeStatus(api_, ORT_FAIL, Prefix() + "input " + std::to_string(i) +
+                                              " is in GPU memory; a CPU kernel reads host memory");
+      }
+      inputs[i] = CortexTensor{data, shape, static_cast<int32_t>(rank), static_cast<int32_t>(type), device, 0};
     }
 
     (void)num_outputs;
-    OutputAllocator allocator(api_, context, output_map_);
+    CortexExecution execution{CORTEX_DEVICE_CPU, 0, nullptr};
+    if (on_gpu) {
+      // The stream ORT runs this node on (our sync stream, or the one of the EP whose stream handlers the session
+      // uses for GPUs); null: the legacy default stream. The kernel synchronizes it before returning.
+      void* stream = nullptr;
+      CORTEX_RETURN_IF_ERROR(api_.ort.KernelContext_GetGPUComputeStream(context, &stream));
+      execution = CortexExecution{CORTEX_DEVICE_CUDA, placement_.device_id, stream};
+    }
+    OutputAllocator allocator(api_, context, output_map_, on_gpu ? placement_.device_memory : nullptr);
     char message[4096] = {0};
-    const CortexExecution execution{CORTEX_DEVICE_CPU, 0, nullptr};
     const int32_t rc = kernel_->Run(inputs.data(), static_cast<int32_t>(inputs.size()), &OutputAllocator::Allocate,
                                     &allocator, &execution, message, sizeof(message));
     message[sizeof(message) - 1] = '\0';
@@ -347,17 +398,29 @@ class KernelComputeInfo : public OrtNodeComputeInfo {
 
   std::string Prefix() const { return "Cortex kernel '" + kernel_->identity() + "' (node " + node_name_ + "): "; }
 
+  // Where a tensor is: CORTEX_DEVICE_CUDA for GPU device memory, else CORTEX_DEVICE_CPU (CPU memory, and pinned
+  // host memory, which the host reads directly).
+  int32_t DeviceOf(const OrtValue* value) const {
+    const OrtMemoryDevice* memory = api_.ep.Value_GetMemoryDevice(value);
+    if (memory != nullptr && api_.ep.MemoryDevice_GetDeviceType(memory) == OrtMemoryInfoDeviceType_GPU &&
+        api_.ep.MemoryDevice_GetMemoryType(memory) == OrtDeviceMemoryType_DEFAULT) {
+      return CORTEX_DEVICE_CUDA;
+    }
+    return CORTEX_DEVICE_CPU;
+  }
+
   const Api& api_;
   std::string node_name_;
   std::shared_ptr<const KernelLibrary> kernel_;
   std::vector<size_t> input_map_;   // node input -> fused node input
   std::vector<size_t> output_map_;  // node output -> fused node output, or kScratchOutput
+  EpPlacement placement_;
 };
 
 }  // namespace
 
-CortexEp::CortexEp(const Api& api, TrustPolicy trust, std::string target)
-    : OrtEp{}, api_(api), trust_(std::move(trust)), target_(std::move(target)) {
+CortexEp::CortexEp(const Api& api, TrustPolicy trust, EpPlacement placement, const OrtLogger* logger)
+    : OrtEp{}, api_(api), trust_(std::move(trust)), placement_(std::move(placement)), logger_(logger) {
   ort_version_supported = ORT_API_VERSION;
   GetName = GetNameImpl;
   GetCapability = GetCapabilityImpl;
@@ -390,7 +453,19 @@ OrtStatus* CortexEp::ClaimCortexNodes(const OrtGraph* graph, OrtEpGraphSupportIn
       bool has_notes = false;
       CORTEX_RETURN_IF_ERROR(ReadStringAttribute(api_, node, "notes", &notes, &has_notes));
       KernelRequest request;
-      if (has_notes && ReadNotes(notes, &request, &error) && request.target != target_) continue;
+      if (has_notes && ReadNotes(notes, &request, &error) && request.target != placement_.target) {
+        const char* name = nullptr;
+        CORTEX_RETURN_IF_ERROR(api_.ort.Node_GetName(node, &name));
+        Log(ORT_LOGGING_LEVEL_WARNING,
+            std::string("Cortex EP (") + placement_.target + "): not claiming node '" + (name ? name : "") +
+                "': its kernel is for target '" + request.target + "'. " +
+                (request.target == "cuda"
+                     ? "Run it with cortex.InferenceSession(path, device=\"cuda\") on a machine with an NVIDIA GPU, "
+                       "or convert the model with --target cpu."
+                     : "Run it with cortex.InferenceSession(path) (device=\"cpu\"), or convert the model with "
+                       "--target cuda."));
+        continue;
+      }
       // One call per node: each Cortex node becomes its own fused node, compiled alone.
       CORTEX_RETURN_IF_ERROR(api_.ep.EpGraphSupportInfo_AddNodesToFuse(graph_support_info, &node, 1,
                                                                        &fusion_options));
@@ -470,9 +545,15 @@ OrtStatus* CortexEp::CompileNode(const OrtGraph* graph, const OrtNode* fused_nod
   std::vector<size_t> output_map;
   CORTEX_RETURN_IF_ERROR(MapToFusedOutputs(api_, node, fused_node, &output_map));
 
-  *compute_info =
-      new KernelComputeInfo(api_, node_name, std::move(kernel), std::move(input_map), std::move(output_map));
+  *compute_info = new KernelComputeInfo(api_, node_name, std::move(kernel), std::move(input_map),
+                                        std::move(output_map), placement_);
   return nullptr;
+}
+
+void CortexEp::Log(OrtLoggingLevel level, const std::string& message) const {
+  if (logger_ == nullptr) return;
+  StatusPtr ignored(api_.ort.Logger_LogMessage(logger_, level, message.c_str(), ORT_FILE, __LINE__, "CortexEp"),
+                    StatusDeleter{&api_.ort});
 }
 
 void ORT_API_CALL CortexEp::ReleaseNodeComputeInfosImpl(OrtEp*, OrtNodeComputeInfo** node_compute_infos,

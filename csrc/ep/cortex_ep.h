@@ -9,9 +9,17 @@ namespace cortex_ep {
 
 inline constexpr const char* kEpName = "CortexExecutionProvider";
 
+// Where an EP instance runs its kernels: the CPU (target "cpu"), or one CUDA device (target "cuda", the device's
+// ordinal and its memory info, owned by the factory).
+struct EpPlacement {
+  std::string target = "cpu";
+  int device_id = 0;
+  const OrtMemoryInfo* device_memory = nullptr;
+};
+
 class CortexEp : public OrtEp {
  public:
-  CortexEp(const Api& api, TrustPolicy trust, std::string target = "cpu");
+  CortexEp(const Api& api, TrustPolicy trust, EpPlacement placement = {}, const OrtLogger* logger = nullptr);
 
  private:
   static const char* ORT_API_CALL GetNameImpl(const OrtEp* this_ptr) noexcept;
@@ -27,9 +35,13 @@ class CortexEp : public OrtEp {
   // Loads the kernel of the one Cortex node in `graph` (fused as `fused_node`) and wraps it as a compute info.
   OrtStatus* CompileNode(const OrtGraph* graph, const OrtNode* fused_node, OrtNodeComputeInfo** compute_info) const;
 
+  // Logs through the session's logger (when ORT gave one); logging failures are ignored.
+  void Log(OrtLoggingLevel level, const std::string& message) const;
+
   Api api_;
   TrustPolicy trust_;  // the session's explicit trust, plus the environment and the store
-  std::string target_;  // the kernels this EP runs: "cpu" (CUDA kernels need a Cortex EP on the GPU)
+  EpPlacement placement_;  // placement_.target: the kernels this EP runs and the only nodes it claims
+  const OrtLogger* logger_;  // the session's, valid for the EP's life
 };
 
 }  // namespace cortex_ep

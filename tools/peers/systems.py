@@ -18,14 +18,20 @@ CORTEX = "Cortex"
 ORT = "ONNX Runtime"
 TORCH = "PyTorch"
 DYNET = "DyNet"
+CORTEX_CUDA = "Cortex (CUDA)"
+ORT_CUDA = "ONNX Runtime (CUDA)"
 TORCH_GPU_NODE = "PyTorch per-node (CUDA)"
 TORCH_GPU = "PyTorch level-batched (CUDA)"
 CUDA_GRAPH = "CUDA graph replay"
 CPU_SYSTEMS = (CORTEX, ORT, TORCH, DYNET)
-GPU_SYSTEMS = (TORCH_GPU_NODE, TORCH_GPU, CUDA_GRAPH)
+TORCH_GPU_SYSTEMS = (TORCH_GPU_NODE, TORCH_GPU, CUDA_GRAPH)  # tools/peers/torch_gpu_peer.py (TreeLSTM only)
+GPU_SYSTEMS = (CORTEX_CUDA, ORT_CUDA) + TORCH_GPU_SYSTEMS
 ALL_SYSTEMS = CPU_SYSTEMS + GPU_SYSTEMS
-KEYS = {CORTEX: "cortex", ORT: "ort", TORCH: "pytorch", DYNET: "dynet", TORCH_GPU_NODE: "pytorch_cuda_node",
-        TORCH_GPU: "pytorch_cuda", CUDA_GRAPH: "cuda_graph"}
+KEYS = {CORTEX: "cortex", ORT: "ort", TORCH: "pytorch", DYNET: "dynet", CORTEX_CUDA: "cortex_cuda",
+        ORT_CUDA: "ort_cuda", TORCH_GPU_NODE: "pytorch_cuda_node", TORCH_GPU: "pytorch_cuda",
+        CUDA_GRAPH: "cuda_graph"}
+#: systems that run a model file (the Loop model, or its conversion), which the benchmark writes first
+MODEL_FILE_SYSTEMS = (CORTEX, ORT, CORTEX_CUDA, ORT_CUDA)
 DEVICE = {**{n: "CPU" for n in CPU_SYSTEMS}, **{n: "CUDA" for n in GPU_SYSTEMS}}
 #: GPU system -> runner kind of tools/peers/torch_gpu_peer.py
 _GPU_KIND = {TORCH_GPU_NODE: "per_node", TORCH_GPU: "level_batched", CUDA_GRAPH: "cuda_graph"}
@@ -51,6 +57,10 @@ def system_status(name: str) -> str | None:
         return torch_peer.status()
     if name == DYNET:
         return dynet_peer.status()
+    if name in (CORTEX_CUDA, ORT_CUDA):
+        from . import cortex_gpu
+
+        return cortex_gpu.cortex_cuda_status() if name == CORTEX_CUDA else cortex_gpu.ort_cuda_status()
     if name in GPU_SYSTEMS:
         s = torch_peer.cuda_status()
         if s is None and name == CUDA_GRAPH:
@@ -65,7 +75,7 @@ def model_status(name: str, entry) -> str | None:
     """None when system ``name`` implements model ``entry`` (a tools.peers.models.ModelEntry), else why not."""
     if name == DYNET:
         return entry.dynet_status if entry.dynet_builder is None else None
-    if name in GPU_SYSTEMS:
+    if name in TORCH_GPU_SYSTEMS:
         from . import torch_gpu_peer
 
         return torch_gpu_peer.model_status(entry.name)
@@ -109,16 +119,16 @@ def converted_model(entry, params, hidden: int, seed: int, cache_dir: Path) -> t
     return src, dst, info
 
 
-def convert_cached(model, tag: str, cache_dir: Path, strict: bool = True) -> tuple[Path, Path, dict]:
-    """Saves ``model`` (a ModelProto) and converts it with ``cortex.convert(strict=strict)``, cached under
-    ``cache_dir/tag/<hash of the model and of the compiler>``. Returns (source path, converted path, info);
+def convert_cached(model, tag: str, cache_dir: Path, strict: bool = True, target: str = "cpu") -> tuple[Path, Path, dict]:
+    """Saves ``model`` (a ModelProto) and converts it with ``cortex.convert(strict=strict, target=target)``, cached
+    under ``cache_dir/tag/<hash of the model and of the compiler>``. Returns (source path, converted path, info);
     info has ``converted`` (every recursive region converted, at least one), ``reason`` (why not, from the
     report), ``convert_s`` and ``cached``."""
     import cortex
     import onnx
 
     raw = model.SerializeToString()
-    key = hashlib.sha256(raw).hexdigest()[:12] + "_" + _compiler_fingerprint()
+    key = hashlib.sha256(raw).hexdigest()[:12] + "_" + _compiler_fingerprint() + ("" if target == "cpu" else f"_{target}")
     d = Path(cache_dir) / tag / key
     d.mkdir(parents=True, exist_ok=True)
     src, dst, meta = d / "model.onnx", d / "model.cortex.onnx", d / "cache.json"
@@ -133,7 +143,7 @@ def convert_cached(model, tag: str, cache_dir: Path, strict: bool = True) -> tup
             return src, dst, info
     src.write_bytes(raw)
     t0 = time.perf_counter()
-    report = cortex.convert(str(src), str(dst), strict=strict)
+    report = cortex.convert(str(src), str(dst), strict=strict, target=target)
     convert_s = time.perf_counter() - t0
     regions = [{"kind": r.kind, "node": r.node_name, "converted": r.converted, "reason": r.reason}
                for r in report.regions]
@@ -178,6 +188,19 @@ def build(name: str, entry, params, loop_path: Path, cortex_path: Path | None):
         if entry.dynet_builder is None:
             raise ValueError(f"{entry.name}: {entry.dynet_status}")
         return entry.dynet_builder(params)
+    if name == CORTEX_CUDA:
+        from . import cortex_gpu
+
+        # converted for the GPU beside the CPU conversion's cache entry (cache/<tag>/<key>/model.onnx)
+        _, cuda_path, info = convert_cached(entry.build_loop(params), Path(loop_path).parents[1].name,
+                                            Path(loop_path).parents[2], strict=True, target="cuda")
+        runner = cortex_gpu.CortexCudaRunner(cuda_path, entry.feeds)
+        runner.convert_info = info
+        return runner
+    if name == ORT_CUDA:
+        from . import cortex_gpu
+
+        return cortex_gpu.OrtCudaRunner(loop_path, entry.feeds)
     if name in GPU_SYSTEMS:
         from . import torch_gpu_peer
 

@@ -1,0 +1,313 @@
+"""GPU systems of the benchmark that run through ONNX Runtime: Cortex CUDA and ONNX Runtime's CUDA EP.
+
+- :class:`CortexCudaRunner`: the model converted with ``target="cuda"``, run by ``cortex.InferenceSession(device=
+  "cuda")``. Timed end to end through the session (:meth:`timed_call`): inputs bound from host memory (ORT copies
+  them to the device; the kernel copies the structure arrays back to linearize them on the host), outputs left in
+  the GPU memory of the Cortex device through IO binding (:class:`DeviceOutputs`; where this onnxruntime cannot bind
+  outputs to that memory, outputs come back to the host and the note says so). And the kernel alone
+  (:meth:`kernel_call`): the kernel library called through its C ABI (tests/kernel_harness.py), structure arrays on
+  the host and everything else already on the device, timed until the kernel returns (it synchronizes its stream).
+- :class:`OrtCudaRunner`: ONNX Runtime's CUDA EP on the original Loop model, outputs on the device the same way;
+  "not available" where this onnxruntime package has no CUDAExecutionProvider (a CPU build).
+
+Both work for every zoo model (the PyTorch GPU peers implement the TreeLSTM only).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+ORT_CUDA_EP = "CUDAExecutionProvider"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# status
+
+
+def cortex_cuda_status() -> str | None:
+    """None when the Cortex EP offers an NVIDIA GPU here and nvcc can compile for it, else why not."""
+    try:
+        import onnxruntime as ort
+
+        import cortex
+        from cortex.codegen import toolchain
+    except ImportError as e:
+        return f"not installed ({e})"
+    if not Path(cortex.get_library_path()).is_file():
+        return "not installed (Cortex EP library not built)"
+    try:
+        toolchain.nvcc()
+    except toolchain.ToolchainError as e:
+        return f"not available on this machine ({e})"
+    try:
+        cortex.session._select("cuda:0", cortex.session._ep_devices())
+    except RuntimeError as e:
+        return f"not available on this machine ({e})"
+    del ort
+    return None
+
+
+def ort_cuda_status() -> str | None:
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        return f"not installed ({e})"
+    if ORT_CUDA_EP not in ort.get_available_providers():
+        return (f"not available (onnxruntime {ort.__version__} here is a CPU build: no {ORT_CUDA_EP}; "
+                "install onnxruntime-gpu)")
+    return None
+
+
+NOTES = {
+    "cortex_cuda": "the model converted with --target cuda in cortex.InferenceSession(device='cuda'): end to end "
+                   "through the ORT session per call (inputs bound from the host, the structure linearized on the "
+                   "host by the kernel, one persistent cooperative kernel); the kernel alone is in the GPU table",
+    "ort_cuda": "the original Loop/If model in ONNX Runtime with its CUDAExecutionProvider",
+}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# outputs left on the device
+
+
+class DeviceOutputs:
+    """Runs an ORT session with its inputs bound from host memory and its outputs left in GPU memory (IO binding).
+
+    ONNX Runtime versions differ in how Python names a plugin EP's GPU memory, so :meth:`prepare` tries, in order:
+    ``bind_output(name, "cuda", id)`` (ORT >= 1.31 maps it to the NVIDIA GPU memory a plugin EP registers), an
+    explicit OrtDevice (GPU, default memory, NVIDIA vendor id, id), and keeps the first that runs, leaves every
+    output in GPU memory and matches ``session.run``. ``how`` says which, or why none did."""
+
+    NVIDIA = 0x10DE
+
+    def __init__(self, session, device_id: int = 0):
+        self.session, self.device_id = session, device_id
+        self.output_names = [o.name for o in session.get_outputs()]
+        self.binding = None
+        self.how = "not prepared"
+
+    def _variants(self):
+        import onnxruntime as ort
+        from onnxruntime.capi import _pybind_state as C
+
+        yield "bind_output(name, 'cuda', id)", lambda b, name: b.bind_output(name, "cuda", self.device_id)
+
+        def explicit(b, name):
+            device = C.OrtDevice(C.OrtDevice.gpu() if hasattr(C.OrtDevice, "gpu") else C.OrtDevice.cuda(),
+                                 C.OrtDevice.default_memory(), self.NVIDIA, self.device_id)
+            b._iobinding.bind_output(name, device)
+
+        yield "bind_output to OrtDevice(GPU, default memory, NVIDIA, id)", explicit
+        del ort
+
+    def prepare(self, feeds: dict) -> bool:
+        expected = self.session.run(None, feeds)
+        failures = []
+        for label, bind in self._variants():
+            try:
+                binding = self.session.io_binding()
+                for name in self.output_names:
+                    bind(binding, name)
+                self._bind_inputs(binding, feeds)
+                self.session.run_with_iobinding(binding)
+                where = {o.device_name().lower() for o in binding.get_outputs()}
+                if "cpu" in where:
+                    failures.append(f"{label}: outputs in {sorted(where)}")
+                    continue
+                got = binding.copy_outputs_to_cpu()
+                if len(got) != len(expected) or any(not np.array_equal(g, e) for g, e in zip(got, expected)):
+                    failures.append(f"{label}: outputs differ from session.run")
+                    continue
+            except Exception as e:  # noqa: BLE001 - the next variant may work on this ORT version
+                failures.append(f"{label}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
+                continue
+            self.binding, self.how = binding, f"outputs left in GPU memory ({label})"
+            return True
+        self.binding = None
+        self.how = "outputs copied to the host (IO binding to GPU memory failed here: " + "; ".join(failures) + ")"
+        return False
+
+    @staticmethod
+    def _bind_inputs(binding, feeds):
+        binding.clear_binding_inputs()
+        for name, value in feeds.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+
+    def run(self, feeds: dict):
+        """One run; returns the bound outputs (OrtValues in GPU memory), or host arrays without a binding."""
+        if self.binding is None:
+            return self.session.run(None, feeds)
+        self._bind_inputs(self.binding, feeds)
+        self.session.run_with_iobinding(self.binding)
+        return self.binding.get_outputs()
+
+
+def bind_outputs_on_device(session, feeds: dict, device_id: int = 0):
+    """(an IOBinding with `feeds` bound and every output bound to GPU memory, how) or (None, why not)."""
+    outputs = DeviceOutputs(session, device_id)
+    if not outputs.prepare(feeds):
+        return None, outputs.how
+    DeviceOutputs._bind_inputs(outputs.binding, feeds)
+    return outputs.binding, outputs.how
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the kernel alone
+
+
+class KernelAlone:
+    """A converted model's Cortex kernel called through its C ABI (tests/kernel_harness.py), without ONNX Runtime.
+
+    ``arguments(feeds)`` builds the kernel's inputs in its order (outside any timing): feeds and initializers of the
+    converted model, and values the graph computes before the Cortex node (a zero table made by ConstantOfShape)
+    from ORT on the rest of the graph; structure arrays (integers) stay on the host, float tensors go to the device.
+    ``run(arguments)`` calls the kernel; it returns once the kernel has synchronized its stream."""
+
+    def __init__(self, converted_path):
+        import onnx
+        import torch
+        from onnx import numpy_helper
+
+        from cortex.artifacts import cortex_nodes
+
+        if str(REPO / "tests") not in sys.path:
+            sys.path.insert(0, str(REPO / "tests"))
+        from kernel_harness import Kernel
+
+        self.torch = torch
+        path = Path(converted_path)
+        model = onnx.load(str(path))
+        [node] = cortex_nodes(model)
+        self.kernel = Kernel(path.parent / node.cache_context)
+        self.input_names = list(node.node.input)
+        self.num_outputs = len(node.node.output)
+        initializers = {i.name: i for i in model.graph.initializer}
+        self.constants = {name: self._to_device(numpy_helper.to_array(initializers[name]))
+                          for name in self.input_names if name in initializers}
+        graph_inputs = {i.name for i in model.graph.input}
+        self.computed = [n for n in self.input_names if n not in initializers and n not in graph_inputs]
+        self.before = self._graph_before(model, node.index, self.computed) if self.computed else None
+
+    @staticmethod
+    def _graph_before(model, cortex_index: int, names):
+        """An ORT CPU session computing `names` with the nodes that lead to them (never the Cortex node)."""
+        import onnx
+        import onnxruntime as ort
+
+        from cortex.convert import _used_names
+
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        needed, kept = set(names), []
+        for i in reversed(range(len(m.graph.node))):
+            node = m.graph.node[i]
+            if i != cortex_index and any(o in needed for o in node.output):
+                kept.append(node)
+                needed.update(n for n in node.input if n)
+                for attr in node.attribute:  # names a subgraph reads from the outer scope
+                    for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                        needed |= _used_names(sub)
+        del m.graph.node[:]
+        m.graph.node.extend(reversed(kept))
+        del m.graph.output[:]
+        m.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+
+    def _to_device(self, array: np.ndarray):
+        if array.dtype == np.float32:
+            return self.torch.from_numpy(np.ascontiguousarray(array)).cuda()
+        return np.ascontiguousarray(array)
+
+    def arguments(self, feeds: dict) -> list:
+        values = {k: np.asarray(v) for k, v in feeds.items()}
+        if self.before is not None:
+            wanted = {i.name for i in self.before.get_inputs()}
+            values.update(zip(self.computed, self.before.run(self.computed,
+                                                             {k: v for k, v in values.items() if k in wanted})))
+        args = [self.constants[n] if n in self.constants else self._to_device(values[n]) for n in self.input_names]
+        self.torch.cuda.synchronize()
+        return args
+
+    def run(self, arguments: list):
+        return self.kernel.run(arguments, self.num_outputs)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# runners
+
+
+class CortexCudaRunner:
+    """Cortex on the GPU (see the module doc). ``__call__`` returns host outputs (the benchmark's check);
+    ``timed_call`` is the end-to-end run with outputs left on the device; ``kernel_call`` the kernel alone on the
+    arguments :meth:`prepare` made for each input."""
+
+    def __init__(self, converted_path, feeds_fn, device_id: int = 0):
+        import onnxruntime as ort
+
+        import cortex
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.session = cortex.InferenceSession(str(converted_path), sess_options=options, device=f"cuda:{device_id}")
+        self.feeds_fn = feeds_fn
+        self.names = {i.name for i in self.session.get_inputs()}
+        self.outputs = DeviceOutputs(self.session, device_id)
+        self.kernel = KernelAlone(converted_path)
+        self.arguments: dict = {}
+        self.convert_info = None  # how the model was converted (set by tools/peers/systems.py)
+
+    def feeds(self, structure) -> dict:
+        return {k: v for k, v in self.feeds_fn(structure).items() if k in self.names}
+
+    def prepare(self, inputs) -> dict:
+        """IO binding (once) and the kernel's arguments for each input (untimed)."""
+        if self.outputs.how == "not prepared" and inputs:
+            self.outputs.prepare(self.feeds(inputs[0]))
+        self.arguments = {id(s): self.kernel.arguments(self.feeds_fn(s)) for s in inputs}
+        return {"outputs": self.outputs.how, "convert": self.convert_info}
+
+    def __call__(self, structure):
+        return tuple(self.session.run(None, self.feeds(structure)))
+
+    def timed_call(self, structure):
+        return self.outputs.run(self.feeds(structure))
+
+    def kernel_call(self, structure):
+        args = self.arguments.get(id(structure))
+        if args is None:  # not prepared: build now (then the first timing includes it)
+            args = self.arguments[id(structure)] = self.kernel.arguments(self.feeds_fn(structure))
+        return self.kernel.run(args)
+
+
+class OrtCudaRunner:
+    """ONNX Runtime's CUDA EP (then its CPU EP) on the original model; outputs on the device like Cortex CUDA's."""
+
+    def __init__(self, loop_path, feeds_fn, device_id: int = 0):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(loop_path), sess_options=options,
+                                            providers=[(ORT_CUDA_EP, {"device_id": device_id}),
+                                                       "CPUExecutionProvider"])
+        self.feeds_fn = feeds_fn
+        self.names = {i.name for i in self.session.get_inputs()}
+        self.outputs = DeviceOutputs(self.session, device_id)
+
+    def feeds(self, structure) -> dict:
+        return {k: v for k, v in self.feeds_fn(structure).items() if k in self.names}
+
+    def prepare(self, inputs) -> dict:
+        if self.outputs.how == "not prepared" and inputs:
+            self.outputs.prepare(self.feeds(inputs[0]))
+        return {"outputs": self.outputs.how}
+
+    def __call__(self, structure):
+        return tuple(self.session.run(None, self.feeds(structure)))
+
+    def timed_call(self, structure):
+        return self.outputs.run(self.feeds(structure))
