@@ -76,19 +76,23 @@ class DynetTreeLSTM:
         hs: list = [None] * n
         cs: list = [None] * n
         logistic, tanh, cmult, pick = dy.logistic, dy.tanh, dy.cmult, dy.pick_range
+        # Fewest expressions per node (each one an autobatched op): one affine transform, one logistic over every
+        # sigmoid gate at once, one tanh for the candidate, then the products.
         for v in forest.order.tolist():
             lv = left[v]
             if lv < 0:
                 g = dy.affine_transform([bW, W, dy.lookup(self.E, words[v])])
-                i, o, u = pick(g, 0, H), pick(g, H, 2 * H), pick(g, 2 * H, 3 * H)
-                c = cmult(logistic(i), tanh(u))
+                s = logistic(pick(g, 0, 2 * H))  # i, o
+                c = cmult(pick(s, 0, H), tanh(pick(g, 2 * H, 3 * H)))
+                o = pick(s, H, 2 * H)
             else:
                 rv = right[v]
                 g = dy.affine_transform([bU, U, dy.concatenate([hs[lv], hs[rv]])])
-                i, fl, fr = pick(g, 0, H), pick(g, H, 2 * H), pick(g, 2 * H, 3 * H)
-                o, u = pick(g, 3 * H, 4 * H), pick(g, 4 * H, 5 * H)
-                c = cmult(logistic(i), tanh(u)) + cmult(logistic(fl), cs[lv]) + cmult(logistic(fr), cs[rv])
-            hs[v] = cmult(logistic(o), tanh(c))
+                s = logistic(pick(g, 0, 4 * H))  # i, fl, fr, o
+                c = (cmult(pick(s, 0, H), tanh(pick(g, 4 * H, 5 * H))) + cmult(pick(s, H, 2 * H), cs[lv])
+                     + cmult(pick(s, 2 * H, 3 * H), cs[rv]))
+                o = pick(s, 3 * H, 4 * H)
+            hs[v] = cmult(o, tanh(c))
             cs[v] = c
         if n == 0:
             z = np.zeros((0, H), np.float32)
