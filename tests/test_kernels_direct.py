@@ -30,5 +30,7 @@ def _has_cuda() -> bool:
 @pytest.mark.parametrize("form", ["loop", "treerec"])
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_kernel_matches_onnx_runtime(name, form, tmp_path):
-    result = cuda_check.check_model(name, form, 32, _has_cuda(), tmp_path, np.random.default_rng(7))
+    cuda = _has_cuda()
+    built = cuda_check.build_kernels([name], [form], 32, cuda, tmp_path, jobs=1)[(name, form)]
+    result = cuda_check.check_model(name, form, built, cuda, np.random.default_rng(7))
     assert result["status"] == "ok", result
