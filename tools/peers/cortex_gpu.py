@@ -88,6 +88,7 @@ class DeviceOutputs:
         self.session, self.device_id = session, device_id
         self.output_names = [o.name for o in session.get_outputs()]
         self.binding = None
+        self.bind = None
         self.how = "not prepared"
 
     def _variants(self):
@@ -125,7 +126,7 @@ class DeviceOutputs:
             except Exception as e:  # noqa: BLE001 - the next variant may work on this ORT version
                 failures.append(f"{label}: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}")
                 continue
-            self.binding, self.how = binding, f"outputs left in GPU memory ({label})"
+            self.binding, self.how, self.bind = binding, f"outputs left in GPU memory ({label})", bind
             return True
         self.binding = None
         self.how = "outputs copied to the host (IO binding to GPU memory failed here: " + "; ".join(failures) + ")"
@@ -142,6 +143,10 @@ class DeviceOutputs:
         if self.binding is None:
             return self.session.run(None, feeds)
         self._bind_inputs(self.binding, feeds)
+        # outputs bound afresh every run: ORT allocates them for this run's shapes (a bound OrtValue keeps its shape)
+        self.binding.clear_binding_outputs()
+        for name in self.output_names:
+            self.bind(self.binding, name)
         self.session.run_with_iobinding(self.binding)
         return self.binding.get_outputs()
 
@@ -152,6 +157,9 @@ def bind_outputs_on_device(session, feeds: dict, device_id: int = 0):
     if not outputs.prepare(feeds):
         return None, outputs.how
     DeviceOutputs._bind_inputs(outputs.binding, feeds)
+    outputs.binding.clear_binding_outputs()
+    for name in outputs.output_names:
+        outputs.bind(outputs.binding, name)
     return outputs.binding, outputs.how
 
 
