@@ -175,7 +175,7 @@ class CudaGenerator:
             else:
                 lines += ["  for (int64_t e = threadIdx.x; e < B * nj; e += blockDim.x) {",
                           "    const int64_t b = e / nj, j = j0 + e % nj;"]
-            lines.append("    const int64_t q = P.positions[off + b]; (void)q;")
+            lines.append("    const int64_t q = off + b; (void)q;  // the schedule is in batch order")
             lines += [f"    {decl}" for _, decl in pointers.values()]
             lines += [f"    {line}" for line in code + stores]
             lines.append("  }")
@@ -204,7 +204,7 @@ class CudaGenerator:
             lines += [f"    const int64_t offsets[{len(fused)}] = {{{offsets}}};",
                       f"    const int64_t cols = {len(fused)} * nj;"]
         lines += ["    for (int64_t b = warp; b < B; b += cortex::cuda::kWarps) {",
-                  "      const int64_t q = P.positions[off + b]; (void)q;"]
+                  "      const int64_t q = off + b; (void)q;  // the schedule is in batch order"]
         env.start()
         pointers, loads, col = {}, [], 0
         regs = []
@@ -345,7 +345,7 @@ class CudaGenerator:
             w = expr.width
             lines += [f"  for (int64_t e = blockIdx.x * blockDim.x + threadIdx.x; e < B * {w}; e += gridDim.x * blockDim.x) {{",
                       f"    const int64_t b = e / {w}, j = e % {w};",
-                      "    const int64_t q = P.positions[off + b];",
+                      "    const int64_t q = off + b;",
                       f"    P.{plan.table_ids[table]}[{row} * {w} + j] = {buf}[e];",
                       "  }"]
         lines.append("}")
