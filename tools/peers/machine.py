@@ -87,7 +87,7 @@ def describe() -> dict:
         "onnxruntime": _version("onnxruntime"),
         "torch": _version("torch"),
         "dynet": _version("dyNET38") if _version("dyNET38") != "not installed" else _version("dyNET"),
-        "cortex": _version("cortex"),
+        "cortex": _version("onnxruntime-ep-cortex"),
         "cortex_git": _git_rev(),
         "CORTEX_NUM_THREADS": os.environ.get("CORTEX_NUM_THREADS", "(unset: all cores)"),
         "load_average_start": load_average(),
