@@ -181,3 +181,15 @@ def test_gpu_report_puts_kernel_and_end_to_end_apart(tmp_path):
     assert row[3].startswith("0.2 ") and row[4].startswith("0.5 ") and row[5] == "0.3"
     assert row[6] == "not available" and row[10:] == ["–", "200.0×", "10.0×", "1.2×", "3.0×"]
     assert "outputs left in GPU memory (test)" in text
+
+
+def test_regenerating_a_page_keeps_its_hand_written_text(tmp_path):
+    from tools import bench
+
+    page = tmp_path / "page.md"
+    bench.replace_generated(page, f"{bench.DOCS_BEGIN}\nrun 1\n{bench.DOCS_END}", "# Title\n\n")
+    page.write_text(page.read_text() + "\n## Analysis by hand\n")
+    bench.replace_generated(page, f"{bench.DOCS_BEGIN}\nrun 2\n{bench.DOCS_END}", "# Title\n\n")
+    text = page.read_text()
+    assert text.startswith("# Title") and "run 2" in text and "run 1" not in text
+    assert text.rstrip().endswith("## Analysis by hand")
