@@ -26,8 +26,12 @@ ALLOC = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int32, ctype
 
 
 class Kernel:
-    def __init__(self, path):
+    def __init__(self, path, reuse_outputs: bool = False):
+        """reuse_outputs: a CPU kernel's outputs of a shape are the same arrays on every run (as an arena gives
+        ONNX Runtime's kernels; fresh large arrays would cost page faults inside the kernel), so a run overwrites
+        the last run's outputs (for timing)."""
         self.lib = ctypes.CDLL(str(path))
+        self.reused: dict | None = {} if reuse_outputs else None
         self.lib.cortex_kernel_run.restype = ctypes.c_int32
         self.lib.cortex_kernel_run.argtypes = [ctypes.POINTER(Tensor), ctypes.c_int32, ALLOC, ctypes.c_void_p,
                                                ctypes.POINTER(Execution), ctypes.c_char_p, ctypes.c_size_t]
@@ -59,7 +63,10 @@ class Kernel:
                 out = torch.empty(dims, dtype=torch.float32, device="cuda")
                 outputs[index] = out
                 return out.data_ptr() or 1
-            out = np.empty(dims, dtype=np.float32)
+            if self.reused is not None:
+                out = self.reused.setdefault((index, dims), np.empty(dims, dtype=np.float32))
+            else:
+                out = np.empty(dims, dtype=np.float32)
             outputs[index] = out
             return out.ctypes.data or 1
 
@@ -75,3 +82,34 @@ class Kernel:
         if rc != 0:
             raise RuntimeError(error.value.decode())
         return outputs
+
+    #: cortex_kernel_profile's slots: cumulative microseconds since the run's start (kernel_support.h, cuda.py); the
+    #: CUDA kernel's last slot is the device time between events around the kernel, not a point in time
+    PROFILE_SLOTS = {
+        CPU: ("inputs checked", "prepared", "hoisted products", "linearized", "leaves done", "levels done"),
+        CUDA: ("inputs checked", "prepared+linearized", "schedule sent", "launched", "finished", "kernel alone"),
+    }
+    #: the steps between those slots, in order
+    STEPS = {
+        CPU: ("input checks", "prepare", "hoisted products", "linearize", "leaves", "levels"),
+        CUDA: ("input checks", "prepare+linearize", "schedule upload", "launch call", "until finished",
+               "GPU kernel (events)"),
+    }
+
+    def steps(self) -> tuple[dict, float] | None:
+        """This thread's last run: microseconds per step and in all (the kernel's own clocks, from its entry to
+        its end), or None when the library was loaded without CORTEX_PROFILE set (the kernel records nothing)."""
+        fn = getattr(self.lib, "cortex_kernel_profile", None)
+        slots = self.PROFILE_SLOTS[self.device]
+        if fn is None:
+            return None
+        out = (ctypes.c_double * len(slots))()
+        fn.argtypes = [ctypes.POINTER(ctypes.c_double), ctypes.c_int32]
+        if fn(out, len(slots)) <= 0 or not any(out):
+            return None
+        points = list(out)
+        cumulative = points[:-1] if self.device == CUDA else points
+        steps = [b - a for a, b in zip([0.0] + cumulative[:-1], cumulative)]
+        if self.device == CUDA:
+            steps.append(points[-1])
+        return dict(zip(self.STEPS[self.device], steps)), cumulative[-1]

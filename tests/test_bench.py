@@ -175,3 +175,21 @@ def test_forms_table_reports_unconverted_forms():
                      "max_abs_err": None, "ort": {"ms_median": 12.0}, "status": "ok"}]}
     line = bench.render_forms_table(res).splitlines()[-1]
     assert line.startswith("| m | loop | no: Loop 'x': unsupported op Foo \\| bar | – | 12 | – | – |")
+
+
+def test_phases_break_cortex_time_down(tmp_path):
+    """--phases: the kernel's own clocks read after each session run (a fresh process: CORTEX_PROFILE is read when a
+    kernel library first runs); the steps are the kernel's, and they add up to about its time."""
+    import subprocess
+
+    run = subprocess.run([sys.executable, str(REPO / "tools" / "bench.py"), *TINY, "--systems", "cortex", "--phases",
+                          "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = json.loads((tmp_path / "results.json").read_text())["rows"]
+    for row in rows:
+        phases = row["results"][systems.CORTEX]["phases"]
+        steps = phases["steps_us"]
+        assert list(steps) == ["input checks", "prepare", "hoisted products", "linearize", "leaves", "levels"]
+        assert phases["kernel_us"] > 0 and all(v >= 0 for v in steps.values())
+        assert sum(steps.values()) <= 2 * phases["kernel_us"]
+    assert "## Where Cortex's time goes" in (tmp_path / "results.md").read_text()

@@ -276,6 +276,8 @@ def parse_args(argv=None):
                         "with --target cuda also cortex_cuda,ort_cuda,pytorch_cuda_node,pytorch_cuda,cuda_graph)")
     p.add_argument("--write-docs", action="store_true", help="regenerate the benchmark section of "
                                                              "docs/performance.md from this run")
+    p.add_argument("--phases", action="store_true", help="also time Cortex's kernel alone per step (checks, "
+                   "linearize, leaves, levels; the kernel's own clocks, CORTEX_PROFILE=1)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--inject-mismatch", default=None, metavar="SYSTEM_KEY", help=argparse.SUPPRESS)
@@ -483,9 +485,12 @@ def run_bench(args, argv_text: str = "", perturb: dict | None = None, log=None) 
                         r["device"] = S.DEVICE[name]
                         if name in prepared:
                             r["prepare"] = prepared[name]
-                        if hasattr(runners[name], "kernel_call"):  # Cortex (CUDA): the kernel alone, too
+                        if hasattr(runners[name], "kernel_call") and S.DEVICE[name] != "CPU":
+                            # Cortex (CUDA): the kernel alone through its C ABI, too
                             r["kernel"] = time_system(runners[name].kernel_call, inputs, args.budget, args.min_reps,
                                                       args.max_reps, args.warmup)
+                        if args.phases and hasattr(runners[name], "session_steps"):
+                            r["phases"] = runners[name].session_steps(inputs)
                         sec = r["ms_median"] / 1e3
                         r["gflops"] = row["flops_mean"] / sec / 1e9 if sec > 0 else None
                         r["peak_frac"] = (r["gflops"] / res["peak"]["peak_gflops"]
@@ -886,6 +891,34 @@ def render_throughput(res: dict) -> str:
     return "\n".join(lines)
 
 
+def render_steps(res: dict, system: str) -> str | None:
+    """Where ``system``'s time goes per config (--phases): end to end, in the kernel, outside it, and the kernel's
+    steps; None without --phases."""
+    rows = [r for r in res["rows"] if r["results"].get(system, {}).get("phases")]
+    if not rows:
+        return None
+    steps = list(rows[0]["results"][system]["phases"]["steps_us"])
+    hdr = ["model", "hidden", "batch", "end to end µs", "outside the kernel µs", "kernel µs"] + [f"{k} µs"
+                                                                                               for k in steps]
+    lines = ["| " + " | ".join(hdr) + " |", "|---|---|---|" + "---:|" * (len(hdr) - 3)]
+    for row in rows:
+        r = row["results"][system]
+        ph = r["phases"]
+        cells = [row["model"], str(row["hidden"]), str(row["batch"]), f"{1e3 * r['ms_median']:.1f}",
+                 f"{ph['outside_us']:.1f}", f"{ph['kernel_us']:.1f}"]
+        cells += [f"{ph['steps_us'][k]:.1f}" if k in ph["steps_us"] else "–" for k in steps]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+STEPS_NOTE = ("End to end: the median of the timed repeats above, through the ORT session. The rest comes from 3 "
+              "untimed passes over the same inputs through the same session (--phases sets CORTEX_PROFILE=1, which "
+              "turns on the kernel's own clocks), medians over the runs: kernel = its clocks from its entry to its "
+              "end; outside the kernel = that run's end to end less its kernel time (ORT's run, input and output "
+              "handling, the EP's call, Python); then the kernel's steps, which add up to about the kernel's time "
+              "(on the GPU 'until finished' holds the GPU kernel (events) and the wait for it).")
+
+
 def render_header(res: dict) -> str:
     m, pk = res["machine"], res["peak"]
     st_ = res["structures"]
@@ -935,6 +968,8 @@ def render_header(res: dict) -> str:
 def render_markdown(res: dict) -> str:
     parts = ["# Cortex benchmark results", "", render_header(res), "", "## Latency per forest (ms) and speedup of "
              "Cortex", "", render_table(res), "", "## Throughput (trees/s)", "", render_throughput(res), ""]
+    if render_steps(res, S.CORTEX):
+        parts += ["## Where Cortex's time goes (µs per forest)", "", STEPS_NOTE, "", render_steps(res, S.CORTEX), ""]
     if res.get("target") == "cuda":  # Cortex (CUDA): kernel alone and end to end against the GPU peers
         from tools.peers import gpu_report
 
@@ -1023,6 +1058,14 @@ def write_docs(res: dict, path: Path) -> None:
         "",
         render_throughput(res),
         "",
+    ] + ([
+        "### Where Cortex's time goes (µs per forest)",
+        "",
+        STEPS_NOTE,
+        "",
+        render_steps(res, S.CORTEX),
+        "",
+    ] if render_steps(res, S.CORTEX) else []) + [
         f"Plots (`speedup_<model>.png`, `latency_<model>.png`) and all raw numbers (`results.json`) are written to "
         f"the run's `--out` directory. Every form of every zoo model (converted or not, error, ORT vs Cortex at "
         "hidden 256, batch 10): [models.md](models.md), generated by `tools/bench.py --forms --write-models-doc`.",
@@ -1048,6 +1091,8 @@ def replace_generated(path: Path, body: str, new_page: str) -> None:
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
+    if args.phases:  # read once, when a kernel library first runs
+        os.environ["CORTEX_PROFILE"] = "1"
     cmd = "python tools/bench.py " + " ".join(shlex.quote(a) for a in argv
                                               if a not in ("--write-docs", "--write-models-doc"))
     if args.forms:

@@ -189,28 +189,11 @@ def time_treelstm(hidden, batches, cuda, tmp: Path, repeats=50):
                 times.append((time.perf_counter() - start) / repeats * 1e3)
             record = {"target": target, "hidden": hidden, "batch": size, "ms_median": float(np.median(times)),
                       "nodes_mean": float(np.mean([sum(len(t.words) for t in g) for g in groups]))}
-            record["phases_us"] = kernel_phases(kernel, target)
+            steps, total = kernel.steps() or ({}, None)
+            record["steps_us"] = {k: round(v, 2) for k, v in steps.items()}
+            record["kernel_total_us"] = total
             out.append(record)
     return out
-
-
-PHASES = {  # cortex_kernel_profile's slots: cumulative microseconds since the run's start (the CUDA kernel's own time)
-    "cpu": ("inputs checked", "prepared", "hoisted products", "linearized", "leaves done", "levels done"),
-    "cuda": ("inputs checked", "prepared+linearized", "schedule sent", "launched", "finished", "kernel alone"),
-}
-
-
-def kernel_phases(kernel, target) -> dict:
-    """The last run's phases (CORTEX_PROFILE must be set before the kernel library loads)."""
-    import ctypes
-    fn = getattr(kernel.lib, "cortex_kernel_profile", None)
-    names = PHASES[target]
-    if fn is None or not os.environ.get("CORTEX_PROFILE"):
-        return {}
-    out = (ctypes.c_double * len(names))()
-    fn.argtypes = [ctypes.POINTER(ctypes.c_double), ctypes.c_int32]
-    fn(out, len(names))
-    return {name: round(out[i], 2) for i, name in enumerate(names)}
 
 
 def main(argv=None):

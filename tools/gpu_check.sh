@@ -106,7 +106,7 @@ EOF
 step tests 240 python3 -m pytest -q -rs -p no:cacheprovider --junitxml="$OUT/tests.xml" tests/test_cuda.py \
   tests/test_gpu_peers.py
 step cuda_check 150 python3 tools/cuda_check.py --cuda --time --out "$OUT/cuda_check.json"
-step bench 330 python3 tools/bench.py --target cuda --quick --no-progress --out "$OUT/bench"
+step bench 330 python3 tools/bench.py --target cuda --quick --phases --no-progress --out "$OUT/bench"
 if [ -f "$OUT/bench/results.json" ]; then
   step gpu_doc 30 python3 -m tools.peers.gpu_report "$OUT/bench/results.json" --doc "$OUT/performance-gpu.md"
 fi

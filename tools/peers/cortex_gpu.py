@@ -15,12 +15,12 @@ Both work for every zoo model (the PyTorch GPU peers implement the TreeLSTM only
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[2]
+from .kernel_alone import KernelAlone, KernelCalls
+
 ORT_CUDA_EP = "CUDAExecutionProvider"
 
 
@@ -164,91 +164,10 @@ def bind_outputs_on_device(session, feeds: dict, device_id: int = 0):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# the kernel alone
-
-
-class KernelAlone:
-    """A converted model's Cortex kernel called through its C ABI (tests/kernel_harness.py), without ONNX Runtime.
-
-    ``arguments(feeds)`` builds the kernel's inputs in its order (outside any timing): feeds and initializers of the
-    converted model, and values the graph computes before the Cortex node (a zero table made by ConstantOfShape)
-    from ORT on the rest of the graph; structure arrays (integers) stay on the host, float tensors go to the device.
-    ``run(arguments)`` calls the kernel; it returns once the kernel has synchronized its stream."""
-
-    def __init__(self, converted_path):
-        import onnx
-        import torch
-        from onnx import numpy_helper
-
-        from cortex.artifacts import cortex_nodes
-
-        if str(REPO / "tests") not in sys.path:
-            sys.path.insert(0, str(REPO / "tests"))
-        from kernel_harness import Kernel
-
-        self.torch = torch
-        path = Path(converted_path)
-        model = onnx.load(str(path))
-        [node] = cortex_nodes(model)
-        self.kernel = Kernel(path.parent / node.cache_context)
-        self.input_names = list(node.node.input)
-        self.num_outputs = len(node.node.output)
-        initializers = {i.name: i for i in model.graph.initializer}
-        self.constants = {name: self._to_device(numpy_helper.to_array(initializers[name]))
-                          for name in self.input_names if name in initializers}
-        graph_inputs = {i.name for i in model.graph.input}
-        self.computed = [n for n in self.input_names if n not in initializers and n not in graph_inputs]
-        self.before = self._graph_before(model, node.index, self.computed) if self.computed else None
-
-    @staticmethod
-    def _graph_before(model, cortex_index: int, names):
-        """An ORT CPU session computing `names` with the nodes that lead to them (never the Cortex node)."""
-        import onnx
-        import onnxruntime as ort
-
-        from cortex.convert import _used_names
-
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
-        needed, kept = set(names), []
-        for i in reversed(range(len(m.graph.node))):
-            node = m.graph.node[i]
-            if i != cortex_index and any(o in needed for o in node.output):
-                kept.append(node)
-                needed.update(n for n in node.input if n)
-                for attr in node.attribute:  # names a subgraph reads from the outer scope
-                    for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
-                        needed |= _used_names(sub)
-        del m.graph.node[:]
-        m.graph.node.extend(reversed(kept))
-        del m.graph.output[:]
-        m.graph.output.extend(onnx.helper.make_empty_tensor_value_info(n) for n in names)
-        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-
-    def _to_device(self, array: np.ndarray):
-        if array.dtype == np.float32:
-            return self.torch.from_numpy(np.ascontiguousarray(array)).cuda()
-        return np.ascontiguousarray(array)
-
-    def arguments(self, feeds: dict) -> list:
-        values = {k: np.asarray(v) for k, v in feeds.items()}
-        if self.before is not None:
-            wanted = {i.name for i in self.before.get_inputs()}
-            values.update(zip(self.computed, self.before.run(self.computed,
-                                                             {k: v for k, v in values.items() if k in wanted})))
-        args = [self.constants[n] if n in self.constants else self._to_device(values[n]) for n in self.input_names]
-        self.torch.cuda.synchronize()
-        return args
-
-    def run(self, arguments: list):
-        return self.kernel.run(arguments, self.num_outputs)
-
-
-# ----------------------------------------------------------------------------------------------------------------
 # runners
 
 
-class CortexCudaRunner:
+class CortexCudaRunner(KernelCalls):
     """Cortex on the GPU (see the module doc). ``__call__`` returns host outputs (the benchmark's check);
     ``timed_call`` is the end-to-end run with outputs left on the device; ``kernel_call`` the kernel alone on the
     arguments :meth:`prepare` made for each input."""
@@ -275,7 +194,7 @@ class CortexCudaRunner:
         """IO binding (once) and the kernel's arguments for each input (untimed)."""
         if self.outputs.how == "not prepared" and inputs:
             self.outputs.prepare(self.feeds(inputs[0]))
-        self.arguments = {id(s): self.kernel.arguments(self.feeds_fn(s)) for s in inputs}
+        self.prepare_kernel(inputs)
         return {"outputs": self.outputs.how, "convert": self.convert_info}
 
     def __call__(self, structure):
@@ -284,11 +203,6 @@ class CortexCudaRunner:
     def timed_call(self, structure):
         return self.outputs.run(self.feeds(structure))
 
-    def kernel_call(self, structure):
-        args = self.arguments.get(id(structure))
-        if args is None:  # not prepared: build now (then the first timing includes it)
-            args = self.arguments[id(structure)] = self.kernel.arguments(self.feeds_fn(structure))
-        return self.kernel.run(args)
 
 
 class OrtCudaRunner:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from . import dynet_peer, torch_peer
+from .kernel_alone import KernelAlone, KernelCalls
 
 # display names, in table order
 CORTEX = "Cortex"
@@ -176,10 +177,18 @@ class OrtRunner:
         return tuple(self.sess.run(None, {k: v for k, v in self.feeds_fn(structure).items() if k in self.names}))
 
 
+class CortexRunner(OrtRunner, KernelCalls):
+    """Cortex on the CPU through the session; ``session_steps`` where its time goes (tools/peers/kernel_alone.py)."""
+
+    def __init__(self, path, feeds_fn):
+        super().__init__(path, feeds_fn, cortex_ep=True)
+        self.kernel = KernelAlone(path)
+
+
 def build(name: str, entry, params, loop_path: Path, cortex_path: Path | None):
     """A callable structure -> outputs (a tuple, the Loop model's order) for system ``name``."""
     if name == CORTEX:
-        return OrtRunner(cortex_path, entry.feeds, cortex_ep=True)
+        return CortexRunner(cortex_path, entry.feeds)
     if name == ORT:
         return OrtRunner(loop_path, entry.feeds, cortex_ep=False)
     if name == TORCH:
