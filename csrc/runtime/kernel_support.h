@@ -139,11 +139,15 @@ inline bool reads_own_row(const int64_t* node, const int64_t* reads, int64_t K, 
 }
 
 // Workers for a fused product + epilogue over `chunks` column chunks: one when the work is too small to pay for a
-// dispatch, else up to one chunk range per thread.
+// dispatch, else one per kTaskFlops of work (a few microseconds of one core, so that waking a worker and the
+// level's barrier stay small beside its share), at most one chunk range per thread. On many cores a small level
+// then runs on a few threads instead of paying a barrier across all of them.
 inline int64_t fused_tasks(int64_t chunks, double flops) {
+  constexpr double kTaskFlops = 2.5e5;
   const int64_t threads = num_threads();
-  if (threads <= 1 || flops < 2.5e5) return 1;
-  return std::max<int64_t>(1, std::min(chunks, threads));
+  if (threads <= 1 || flops < kTaskFlops) return 1;
+  const int64_t by_work = static_cast<int64_t>(flops / kTaskFlops);
+  return std::max<int64_t>(1, std::min({chunks, threads, by_work}));
 }
 
 // f(task) for task in [0, tasks): on the pool, or inline for one task.
