@@ -263,27 +263,12 @@ class CppGenerator:
         lines += cstyle.check_array_inputs(plan, lambda i, d: f"cortex::host_data(inputs[{i}], \"{cstr(d.name)}\")")
         lines += cstyle.check_const_inputs(plan, lambda i, cid: f"cx.{cid} = static_cast<const float*>(inputs[{i}].data);")
         lines += cstyle.rows_and_positions(plan, self.syntax)
-        for k, t in enumerate(p.tables):
-            rows = "cx.N" if t.kind == "state" else "cx.L"
-            dims = ", ".join([rows] + [str(d) for d in t.inner])
-            tid = plan.table_ids[t.name]
-            lines.append(f"    {{ const int64_t shape[{1 + len(t.inner)}] = {{{dims}}};")
-            lines.append(f"      cx.{tid} = static_cast<float*>(alloc_output(alloc_context, {k}, shape, {1 + len(t.inner)}));")
-            lines.append(f"      if (cx.{tid} == nullptr) throw cortex::KernelError(\"could not allocate output {cstr(t.output)}\");")
-            if t.init is not None:
-                i = next(j for j, d in enumerate(p.inputs) if d.name == t.init)
-                inner = ", ".join(str(d) for d in t.inner)
-                lines.append(f"      static const int64_t inner[] = {{{inner}}};")
-                lines.append(f"      cortex::check_input(inputs[{i}], \"{cstr(t.init)}\", CORTEX_FLOAT, {1 + len(t.inner)}, inner);")
-                lines.append(f"      const float* init = static_cast<const float*>(cortex::host_data(inputs[{i}], \"{cstr(t.init)}\"));")
-                lines.append(f"      if (inputs[{i}].shape[0] != cx.N) throw cortex::KernelError(\"state tables must have the same number of rows (Cortex limitation): {cstr(t.init)} has \" + std::to_string(inputs[{i}].shape[0]) + \", expected \" + std::to_string(cx.N));")
-                lines.append(f"      if (cx.N) std::memcpy(cx.{tid}, init, sizeof(float) * cx.N * {t.width}); }}")
-            else:
-                lines.append(f"      if ({rows}) std::memset(cx.{tid}, 0, sizeof(float) * {rows} * {t.width}); }}")
-        linearize = ("ws.linearizer.dag(cx.N, ws.case_id.data(), kNumCases, ws.reads.data(), kReads, ws.schedule)"
-                     if p.mode == "dag" else
-                     "ws.linearizer.visit(cx.N, ws.listed, ws.node.data(), ws.case_id.data(), kNumCases, "
-                     "ws.reads.data(), kReads, ws.schedule)")
+        lines += cstyle.allocate_tables(
+            plan, "cx",
+            lambda i, tid, t: (f"if (cx.N) std::memcpy(cx.{tid}, cortex::host_data(inputs[{i}], \"{cstr(t.init)}\"), "
+                               f"sizeof(float) * cx.N * {t.width});"),
+            lambda tid, rows, t: f"if ({rows}) std::memset(cx.{tid}, 0, sizeof(float) * {rows} * {t.width});")
+        linearize = cstyle.linearize_call(plan)
         lines += [
             "    thread_local Workspace ws;",
             "    phases.mark(0);  // inputs checked, tables started",

@@ -139,6 +139,39 @@ def rows_and_positions(plan: KernelPlan, syntax: HostSyntax) -> list:
             f"    for (int64_t i = 0; i < cx.N * cx.{a}_cols; ++i) cortex::child_index(cx.{a}[i], cx.N, \"{cstr(p.rows_from)}\", i / cx.{a}_cols);"]
 
 
+def allocate_tables(plan: KernelPlan, pointer: str, init_copy, zero_fill) -> list:
+    """Lines allocating each state or output table as the kernel's output and giving it its first value: the
+    checked initial table (init_copy(input index, table id, table) copies it in) or zeros (zero_fill(table id,
+    rows expression, table)). `pointer` is where the table pointers live ("cx" on the CPU, "P" on the GPU)."""
+    p = plan.program
+    lines = []
+    for k, t in enumerate(p.tables):
+        rows = "cx.N" if t.kind == "state" else "cx.L"
+        dims = ", ".join([rows] + [str(d) for d in t.inner])
+        tid = plan.table_ids[t.name]
+        lines.append(f"    {{ const int64_t shape[{1 + len(t.inner)}] = {{{dims}}};")
+        lines.append(f"      {pointer}.{tid} = static_cast<float*>(alloc_output(alloc_context, {k}, shape, {1 + len(t.inner)}));")
+        lines.append(f"      if ({pointer}.{tid} == nullptr && {rows} > 0) throw cortex::KernelError(\"could not allocate output {cstr(t.output)}\");")
+        if t.init is not None:
+            i = next(j for j, d in enumerate(p.inputs) if d.name == t.init)
+            inner = ", ".join(str(d) for d in t.inner)
+            lines.append(f"      static const int64_t inner[] = {{{inner}}};")
+            lines.append(f"      cortex::check_input(inputs[{i}], \"{cstr(t.init)}\", CORTEX_FLOAT, {1 + len(t.inner)}, inner);")
+            lines.append(f"      if (inputs[{i}].shape[0] != cx.N) throw cortex::KernelError(\"state tables must have the same number of rows (Cortex limitation): {cstr(t.init)} has \" + std::to_string(inputs[{i}].shape[0]) + \", expected \" + std::to_string(cx.N));")
+            lines.append(f"      {init_copy(i, tid, t)} }}")
+        else:
+            lines.append(f"      {zero_fill(tid, rows, t)} }}")
+    return lines
+
+
+def linearize_call(plan: KernelPlan) -> str:
+    """The host linearizer's call for this recursion (a DAG's own order, or the visit order of a Loop)."""
+    if plan.program.mode == "dag":
+        return "ws.linearizer.dag(cx.N, ws.case_id.data(), kNumCases, ws.reads.data(), kReads, ws.schedule)"
+    return ("ws.linearizer.visit(cx.N, ws.listed, ws.node.data(), ws.case_id.data(), kNumCases, ws.reads.data(), "
+            "kReads, ws.schedule)")
+
+
 def prepare_fn(plan: KernelPlan, syntax: HostSyntax) -> str:
     """Evaluates every position's case and indices on the host (ONNX index semantics and errors), keeping the
     positions that write something, in order: ws.case_id, ws.position, ws.node, ws.reads, ws.slots, ws.listed."""

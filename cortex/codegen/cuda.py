@@ -417,27 +417,14 @@ class CudaGenerator:
         lines += cstyle.check_const_inputs(plan, lambda i, cid: f"P.{cid} = static_cast<const float*>(ws.device_copy({i}, inputs[{i}], stream));")
         lines += cstyle.rows_and_positions(plan, self.syntax)
         lines += ["    P.N = cx.N;", "    P.L = cx.L;"]
-        for k, t in enumerate(p.tables):
-            rows = "cx.N" if t.kind == "state" else "cx.L"
-            dims = ", ".join([rows] + [str(d) for d in t.inner])
-            tid = plan.table_ids[t.name]
-            lines.append(f"    {{ const int64_t shape[{1 + len(t.inner)}] = {{{dims}}};")
-            lines.append(f"      P.{tid} = static_cast<float*>(alloc_output(alloc_context, {k}, shape, {1 + len(t.inner)}));")
-            lines.append(f"      if (P.{tid} == nullptr && {rows} > 0) throw cortex::KernelError(\"could not allocate output {cstr(t.output)}\");")
-            if t.init is not None:
-                i = next(j for j, d in enumerate(p.inputs) if d.name == t.init)
-                inner = ", ".join(str(d) for d in t.inner)
-                lines.append(f"      static const int64_t inner[] = {{{inner}}};")
-                lines.append(f"      cortex::check_input(inputs[{i}], \"{cstr(t.init)}\", CORTEX_FLOAT, {1 + len(t.inner)}, inner);")
-                lines.append(f"      if (inputs[{i}].shape[0] != cx.N) throw cortex::KernelError(\"state tables must have the same number of rows (Cortex limitation): {cstr(t.init)} has \" + std::to_string(inputs[{i}].shape[0]) + \", expected \" + std::to_string(cx.N));")
-                lines.append(f"      if (cx.N) cortex::cuda::check(cudaMemcpyAsync(P.{tid}, inputs[{i}].data, sizeof(float) * cx.N * {t.width}, "
-                             f"inputs[{i}].device == CORTEX_DEVICE_CUDA ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice, stream), \"copying {cstr(t.init)}\"); }}")
-            else:
-                lines.append(f"      if ({rows}) cortex::cuda::check(cudaMemsetAsync(P.{tid}, 0, sizeof(float) * {rows} * {t.width}, stream), \"cudaMemsetAsync\"); }}")
-        linearize = ("ws.linearizer.dag(cx.N, ws.case_id.data(), kNumCases, ws.reads.data(), kReads, ws.schedule)"
-                     if p.mode == "dag" else
-                     "ws.linearizer.visit(cx.N, ws.listed, ws.node.data(), ws.case_id.data(), kNumCases, "
-                     "ws.reads.data(), kReads, ws.schedule)")
+        lines += cstyle.allocate_tables(
+            plan, "P",
+            lambda i, tid, t: (f"if (cx.N) cortex::cuda::check(cudaMemcpyAsync(P.{tid}, inputs[{i}].data, sizeof(float) * "
+                               f"cx.N * {t.width}, inputs[{i}].device == CORTEX_DEVICE_CUDA ? cudaMemcpyDeviceToDevice : "
+                               f"cudaMemcpyHostToDevice, stream), \"copying {cstr(t.init)}\");"),
+            lambda tid, rows, t: (f"if ({rows}) cortex::cuda::check(cudaMemsetAsync(P.{tid}, 0, sizeof(float) * {rows} * "
+                                  f"{t.width}, stream), \"cudaMemsetAsync\");"))
+        linearize = cstyle.linearize_call(plan)
         widths = ", ".join(str(w) for w in self.buffer_widths) or "1"
         shapes = ", ".join(f"{n}, {k}, {len(offs) if offs else 0}, {width}"
                            for _, n, k, offs, width in self.residency) or "0, 0, 0, 0"
