@@ -558,12 +558,29 @@ def _form_model(entry, form: str, export_module, params, example, tmp: Path):
         return m, lower_treerec(m)
     path = tmp / f"{entry.name}_{form}.onnx"
     if getattr(export_module, "BENCH_FORMS", None) is not None:  # onnx_ops.zoo.wild: its own weights and sizes
-        sizes = dict(export_module.BENCH_FORMS[entry.name])[form](params.hidden, entry)
-        export_module.export_model(form, path, entry.feeds(example), **sizes)
+        sizes = _wild_form(entry, form, export_module)[0](params.hidden, entry)
+        export_module.export_model(form, path, _form_feeds(entry, form, export_module)(example), **sizes)
         return onnx.load(str(path)), onnx.load(str(path))
     export_module.export(form, params, str(path), example)
     m = onnx.load(str(path))
     return m, m
+
+
+def _wild_form(entry, form: str, export_module):
+    """(sizes for a hidden size and entry, inputs for a structure or None) of a form of onnx_ops.zoo.wild."""
+    return next((sizes, feeds) for name, sizes, feeds in export_module.BENCH_FORMS[entry.name] if name == form)
+
+
+def _form_feeds(entry, form: str, export_module):
+    """The inputs of ``form`` for one of the entry's structures (the TreeRec inputs, a wild model's own, or the
+    Loop model's)."""
+    if form in ("treerec", "cells"):
+        return entry.treerec_feeds
+    if getattr(export_module, "BENCH_FORMS", None) is not None:
+        own = _wild_form(entry, form, export_module)[1]
+        if own is not None:
+            return own
+    return entry.feeds
 
 
 def _one_line(e: BaseException, limit: int = 300) -> str:
@@ -652,7 +669,7 @@ def run_forms(args, argv_text: str = "", log=None) -> dict:
 
                     orig_path = src.parent / "original_lowered.onnx"
                     onnx.save(original, str(orig_path))
-                feeds = entry.treerec_feeds if form in ("treerec", "cells") else entry.feeds
+                feeds = _form_feeds(entry, form, export_module)
                 try:
                     ort_run = S.OrtRunner(orig_path, feeds, cortex_ep=False)
                     cx_run = S.OrtRunner(dst, feeds, cortex_ep=True) if info["converted"] else None

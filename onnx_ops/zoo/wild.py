@@ -354,7 +354,11 @@ class TwoPassTreeRNN(Int32BoolTreeRNN):
 
 
 def int32_feeds(trees):
-    f = st.batch(trees)
+    return int32_forest_feeds(st.batch(trees))
+
+
+def int32_forest_feeds(f):
+    """The int32/bool models' inputs for a binary forest (one tree or a batch)."""
     parent = np.full(len(f.words), -1, dtype=np.int64)
     for v in range(len(f.words)):
         for child in (f.left[v], f.right[v]):
@@ -389,11 +393,23 @@ def feeds_for(kind, rng, count, sst_dir=None):  # noqa: F811 - extends the kinds
     if kind == "nary3":
         trees = (st.read_sst(sst_dir, split="test", vocab_size=50, limit=count) if sst_dir
                  else st.sst_like_trees(count, rng, 50))
-        f = st.batch_nary([st.nary_from_forest(t) for t in trees])
-        children = np.full((f.children.shape[0], 3), -1, dtype=np.int64)
-        children[:, :f.children.shape[1]] = f.children
-        return dict(words=f.words, children=children, order=f.order)
+        return nary3_forest_feeds(st.batch_nary([st.nary_from_forest(t) for t in trees]))
     return _feeds_for_base(kind, rng, count, sst_dir)
+
+
+def reversed_int32_forest_feeds(f):
+    feeds = int32_forest_feeds(f)
+    feeds["order"] = np.ascontiguousarray(feeds["order"][::-1])
+    return feeds
+
+
+def nary3_forest_feeds(f):
+    """The nested-loop model's inputs for an N-ary forest of at most 3 children a node (-1 padded to 3)."""
+    if f.children.shape[1] > 3:
+        raise ValueError(f"nested_loop takes at most 3 children a node, got {f.children.shape[1]}")
+    children = np.full((f.children.shape[0], 3), -1, dtype=np.int64)
+    children[:, :f.children.shape[1]] = f.children
+    return dict(words=f.words, children=children, order=f.order)
 
 
 def _grid_features():
@@ -401,12 +417,19 @@ def _grid_features():
     return GRID_FEATURES
 
 
-#: zoo model -> the models of this module that compute it (another way of writing it), with their sizes for a hidden
-#: size and a zoo entry: the benchmark's newly converted forms (tools/bench.py --forms).
+#: zoo model -> the models of this module written for its structure, with their sizes for a hidden size and a zoo
+#: entry and their inputs for one of that entry's structures (None: the zoo entry's own Loop inputs): the benchmark's
+#: newly converted forms (tools/bench.py --forms). The int32/bool, reverse-counter, two-pass and nested-loop models
+#: compute RNNs of their own over the same structures; MatrixStateMVRNN is left out (its random matrices of a bench
+#: size overflow float32 within a few levels).
 BENCH_FORMS = {
-    "treelstm": [(n, lambda h, e: dict(vocab=e.vocab, emb=h, hidden=h))
+    "treelstm": [(n, lambda h, e: dict(vocab=e.vocab, emb=h, hidden=h), None)
                  for n in ("tai_treelstm", "while_loop", "scan_cond")],
-    "treernn": [("zero_branch", lambda h, e: dict(vocab=e.vocab, hidden=h))],
-    "childsum": [("childsum_forget", lambda h, e: dict(vocab=e.vocab, emb=h, hidden=h))],
-    "dagrnn": [("dagrnn_where", lambda h, e: dict(features=_grid_features(), hidden=h))],
+    "treernn": [("zero_branch", lambda h, e: dict(vocab=e.vocab, hidden=h), None),
+                ("int32_bool", lambda h, e: dict(vocab=e.vocab, hidden=h), int32_forest_feeds),
+                ("reverse_counter", lambda h, e: dict(vocab=e.vocab, hidden=h), reversed_int32_forest_feeds),
+                ("two_pass", lambda h, e: dict(vocab=e.vocab, hidden=h), int32_forest_feeds)],
+    "childsum": [("childsum_forget", lambda h, e: dict(vocab=e.vocab, emb=h, hidden=h), None),
+                 ("nested_loop", lambda h, e: dict(vocab=e.vocab, hidden=h), nary3_forest_feeds)],
+    "dagrnn": [("dagrnn_where", lambda h, e: dict(features=_grid_features(), hidden=h), None)],
 }

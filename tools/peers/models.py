@@ -167,7 +167,7 @@ def wild_forms(name: str) -> list[tuple[str, Any]]:
         from onnx_ops.zoo import wild
     except ImportError:
         return []
-    return [(form, wild) for form, _ in wild.BENCH_FORMS.get(name, [])]
+    return [(form, wild) for form, _, _ in wild.BENCH_FORMS.get(name, [])]
 
 
 def _torch_module_fn(name: str):
