@@ -4,8 +4,8 @@ dynamo), converted by Cortex.
 Property, on a fixed-seed sample of SAMPLE_SIZE models (about a third per exporter form): nothing crashes, every
 converted model matches eager PyTorch (scaled max abs error <= 1e-4) on a single structure, a forest and a
 shuffled visit order, every refusal has a reason naming the node and op, the generator itself never fails, and the
-real exporters fail on few specs. The conversion rate is not asserted yet (MIN_CONVERSION_RATE), since the
-frontend refuses most of these models today; raise it as the frontend learns them.
+real exporters fail on few specs, and at least MIN_CONVERSION_RATE of the sample converts and matches
+(`tools/fuzz_import.py --n 1000` measures the rate on more: docs/generality.md).
 
 Plus unit tests of the generator: every choice value reachable, deterministic for a seed, no meaningless or
 known-unexportable combination drawn, every source compiles. REGRESSIONS pins generated models that once broke the
@@ -27,8 +27,9 @@ from onnx_ops.modelgen.harness import normalize_reason
 
 SEED = 20261201
 SAMPLE_SIZE = 54
-#: the fraction of the sample that must convert and match; 0.0 until the frontend handles these models
-MIN_CONVERSION_RATE = 0.0
+#: the fraction of the exported sample that must convert and match (the issue's bar for 1000 models is 95%; a fixed
+#: 54-model sample gets a little slack)
+MIN_CONVERSION_RATE = 0.9
 #: the generator writes exportable code: at most this fraction may fail in the real exporters
 MAX_EXPORT_FAILED_RATE = 0.15
 
@@ -167,8 +168,9 @@ def test_every_refusal_names_node_and_op(sample_results):
 
 def test_conversion_rate(sample_results):
     _, results = sample_results
-    rate = sum(r["outcome"] == "converted-match" for r in results) / len(results)
-    assert rate >= MIN_CONVERSION_RATE
+    exported = [r for r in results if r["outcome"] != "export-failed"]  # the exporters' failures are counted below
+    rate = sum(r["outcome"] == "converted-match" for r in exported) / max(len(exported), 1)
+    assert rate >= MIN_CONVERSION_RATE, "\n".join(_describe(r) for r in exported if r["outcome"] != "converted-match")
 
 
 def test_exporters_export_most_specs(sample_results):
