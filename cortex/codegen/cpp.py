@@ -128,13 +128,15 @@ class CppGenerator:
                  "  ws.reserve_tasks(tasks);",
                  "  cortex::run_tasks(tasks, [&](int64_t task) {",
                  f"    const int64_t j0 = 16 * (chunks * task / tasks), j1 = std::min<int64_t>({width}, 16 * (chunks * (task + 1) / tasks));"]
+        copied = set()  # several products may read the same input rows (e.g. one Linear per gate): one copy
         for n, step in enumerate(cp.steps):
             if step.node not in fused:
                 continue
             e = step.node
             k_dim, n_dim = e.x.width, e.width
             source = step.inputs[0]
-            if source in inline:
+            if source in inline and source not in copied:
+                copied.add(source)
                 lines.append(f"    float* {source} = ws.task_buffer(task, {n}, B * {k_dim});  // its input rows, this worker's copy")
                 lines += self.serial_rows(env, [(e.x, dense(source, k_dim))], "    ")
             bias = f"cx.{plan.const_ids[e.bias]}" if e.bias else "nullptr"
