@@ -19,6 +19,7 @@ from .codegen import CodegenError, ToolchainError
 from .codegen.targets import TARGETS, BuildOptions, BuiltKernel, build_kernel  # noqa: F401 - rebuild uses them
 from .codegen.toolchain import cpu_target
 from .frontend import find_regions
+from .frontend.ort_hazards import merged_branch_constants
 from .ir import format_program
 from .ir.ops import MissingOp
 from .ir.serialize import IRFormatError, to_json
@@ -41,6 +42,7 @@ class RegionReport:
     ir_before: Optional[str] = None
     ir_after: Optional[str] = None
     hint: Optional[str] = None
+    warnings: list = field(default_factory=list)  # about the original model (frontend.ort_hazards)
 
 
 @dataclass
@@ -64,6 +66,9 @@ class Report:
                 lines.append(f"  {r.kind} '{r.node_name}': left to ONNX Runtime: {r.reason}")
                 if r.hint:
                     lines.append(f"    how to make it convert: {r.hint}")
+            for w in r.warnings:
+                lines.append(f"    warning: {w}" + ("; the converted kernel computes it as PyTorch does" if r.converted
+                                                   else "; this region is left to ONNX Runtime"))
         done = sum(r.converted for r in self.regions)
         lines.append(f"  {done} of {len(self.regions)} recursive regions converted")
         return "\n".join(lines)
@@ -125,7 +130,8 @@ def convert(source, output, target: str = "cpu", strict: bool = False, cpu: Opti
 
     built = {}  # node index -> (report entry, BuiltKernel)
     for region in find_regions(model):
-        entry = RegionReport(region.kind, region.node_name, False, region.reason, hint=region.hint)
+        entry = RegionReport(region.kind, region.node_name, False, region.reason, hint=region.hint,
+                             warnings=merged_branch_constants(model.graph, model.graph.node[region.node_index]))
         report.regions.append(entry)
         if region.program is None:
             continue

@@ -27,9 +27,9 @@ from onnx_ops.modelgen.harness import normalize_reason
 
 SEED = 20261201
 SAMPLE_SIZE = 54
-#: the fraction of the exported sample that must convert and match (the issue's bar for 1000 models is 95%; a fixed
-#: 54-model sample gets a little slack)
-MIN_CONVERSION_RATE = 0.9
+#: the fraction of the exported sample that must convert and match (the issue's bar for 1000 models; 99.5% measured
+#: on 1000, docs/generality.md)
+MIN_CONVERSION_RATE = 0.95
 #: the generator writes exportable code: at most this fraction may fail in the real exporters
 MAX_EXPORT_FAILED_RATE = 0.15
 
@@ -219,3 +219,31 @@ def test_found_regressions(i, tmp_path_factory):
     assert r["outcome"] not in ("crash", "gen-error", "converted-MISMATCH"), f"{bug}\n{_describe(r)}"
     if i in MUST_CONVERT:
         assert r["outcome"] == "converted-match", f"{bug}\n{_describe(r)}"
+
+
+#: a TorchScript TreeLSTM whose `if` returns torch.zeros for a leaf's children (the exporter hoists the zeros out of
+#: the If); ONNX Runtime 1.31 gives NaN for the original, PyTorch and Cortex agree (docs/modelgen.md)
+ORT_NAN_SPEC = {"family": "treelstm", "gates": "fused_chunk", "mix": "sum", "bias": True, "agg": "cat",
+                "gather": "index_select", "write": "assign_slice", "read": "slice", "leaf_test": "none",
+                "missing": "node_if_zeros", "leaf_input": "constant", "act": "tanh", "act_form": "functional",
+                "head": "log_softmax", "layout": "children", "dtype": "int64", "loop": "counter",
+                "exporter": "torchscript", "hidden": 10, "embed": 3, "arity": "-", "structure": "binary",
+                "seed": 1000294}
+
+
+def test_zeros_from_a_branch_matches_pytorch_where_onnx_runtime_gives_nan(tmp_path_factory):
+    import cortex
+    from onnx_ops.modelgen.harness import export, run_many
+
+    spec = Spec.from_json(ORT_NAN_SPEC)
+    cache = Path(os.environ.get("CORTEX_MODELGEN_CACHE") or tmp_path_factory.mktemp("modelgen-ort-nan"))
+    (r,) = run_many([spec], jobs=1, cache=cache, timeout=420)
+    assert r["outcome"] == "converted-match", _describe(r)
+    assert any("nan" in d for d in r["ort_defects"]), (
+        "ONNX Runtime no longer gives NaN on this export: the defect is fixed upstream; update docs/modelgen.md "
+        f"and this test\n{_describe(r)}")
+    out = tmp_path_factory.mktemp("ort-nan-report") / "m.cortex.onnx"
+    report = cortex.convert(export(spec, cache)["path"], out, strict=True)
+    (region,) = report.regions
+    assert region.warnings and "hoisted" in region.warnings[0] and "NaN" in region.warnings[0], report.format()
+    assert "the converted kernel computes it as PyTorch does" in report.format()
