@@ -95,8 +95,9 @@ class CppGenerator:
         lines.append(f"{indent}}});")
         return lines
 
-    def serial_rows(self, env, targets, indent, span=None, computing=None, prelude=()):
-        """Like row_loop, on the calling thread; with span=(j0, j1) only elements j0 <= j < j1 of each target."""
+    def serial_rows(self, env, targets, indent, span=None, computing=None, prelude=(), rows=("0", "B")):
+        """Like row_loop, on the calling thread, for rows[0] <= b < rows[1]; with span=(j0, j1) only elements
+        j0 <= j < j1 of each target."""
         temps, code, pointers = env.start(computing)
         body = []
         for w, group in env.pieces(targets).items():
@@ -109,7 +110,7 @@ class CppGenerator:
             body.append(f"    for ({bounds}) {{")
             body += ["      " + line for line in code + stores]
             body.append("    }")
-        lines = [f"{indent}for (int64_t b = 0; b < B; ++b) {{",
+        lines = [f"{indent}for (int64_t b = {rows[0]}; b < {rows[1]}; ++b) {{",
                  f"{indent}  const int64_t q = batch[b]; (void)q;"]
         lines += [f"{indent}  {line}" for line in prelude]
         lines += [f"{indent}  {decl}" for _, decl in pointers.values()]
@@ -119,15 +120,19 @@ class CppGenerator:
 
     def fused_section(self, env, cp, fused, width, inline):
         """The fused products and the new rows, one dispatch: each worker takes a range of elements j (16-column
-        chunks), computes its own copy of each product's input rows, the product columns offsets + j of its range,
-        then its elements of the new rows."""
+        chunks) and a range of rows b (when the chunks are fewer than the workers the work can use), computes its
+        own copy of its rows of each product's input, the product columns offsets + j of its range, then its
+        elements of the new rows."""
         plan = self.plan
         flops = sum(2 * e.x.width * len(offs) * width for e, offs in fused.items())
         lines = [f"  const int64_t chunks = {-(-width // 16)};",
-                 f"  const int64_t tasks = {'cortex::fused_tasks(chunks, ' + str(flops) + '.0 * B)' if width % 16 == 0 else '1'};",
-                 "  ws.reserve_tasks(tasks);",
-                 "  cortex::run_tasks(tasks, [&](int64_t task) {",
-                 f"    const int64_t j0 = 16 * (chunks * task / tasks), j1 = std::min<int64_t>({width}, 16 * (chunks * (task + 1) / tasks));"]
+                 f"  const cortex::FusedTasks split = {'cortex::fused_tasks(chunks, B, ' + str(flops) + '.0 * B)' if width % 16 == 0 else 'cortex::FusedTasks{}'};",
+                 "  ws.reserve_tasks(split.tasks());",
+                 "  cortex::run_tasks(split.tasks(), [&](int64_t task) {",
+                 "    const int64_t ct = task % split.columns, rt = task / split.columns;",
+                 f"    const int64_t j0 = 16 * (chunks * ct / split.columns), j1 = std::min<int64_t>({width}, 16 * (chunks * (ct + 1) / split.columns));",
+                 "    const int64_t b0 = B * rt / split.rows, b1 = B * (rt + 1) / split.rows;"]
+        rows = ("b0", "b1")
         copied = set()  # several products may read the same input rows (e.g. one Linear per gate): one copy
         for n, step in enumerate(cp.steps):
             if step.node not in fused:
@@ -138,13 +143,14 @@ class CppGenerator:
             if source in inline and source not in copied:
                 copied.add(source)
                 lines.append(f"    float* {source} = ws.task_buffer(task, {n}, B * {k_dim});  // its input rows, this worker's copy")
-                lines += self.serial_rows(env, [(e.x, dense(source, k_dim))], "    ")
+                lines += self.serial_rows(env, [(e.x, dense(source, k_dim))], "    ", rows=rows)
             bias = f"cx.{plan.const_ids[e.bias]}" if e.bias else "nullptr"
             for o in fused[e]:
-                lines.append(f"    cortex::gemm_packed_columns(B, {n_dim}, {k_dim}, {source}, {k_dim}, cx.{plan.const_ids[e.weight]}, "
-                             f"{step.buffer}, {n_dim}, {bias}, {o} + j0, {o} + j1);  // {comment(e.weight)}")
+                lines.append(f"    cortex::gemm_packed_columns(b1 - b0, {n_dim}, {k_dim}, {source} + b0 * {k_dim}, {k_dim}, "
+                             f"cx.{plan.const_ids[e.weight]}, {step.buffer} + b0 * {n_dim}, {n_dim}, {bias}, {o} + j0, {o} + j1);"
+                             f"  // {comment(e.weight)}")
         targets, prelude = self.output_rows(cp)
-        lines += self.serial_rows(env, targets, "    ", span=("j0", "j1"), prelude=prelude)
+        lines += self.serial_rows(env, targets, "    ", span=("j0", "j1"), prelude=prelude, rows=rows)
         lines.append("  });")
         return lines
 

@@ -138,16 +138,28 @@ inline bool reads_own_row(const int64_t* node, const int64_t* reads, int64_t K, 
   return false;
 }
 
-// Workers for a fused product + epilogue over `chunks` column chunks: one when the work is too small to pay for a
-// dispatch, else one per kTaskFlops of work (a few microseconds of one core, so that waking a worker and the
-// level's barrier stay small beside its share), at most one chunk range per thread. On many cores a small level
-// then runs on a few threads instead of paying a barrier across all of them.
-inline int64_t fused_tasks(int64_t chunks, double flops) {
+// How a fused product + epilogue is split: `columns` ranges of column chunks times `rows` ranges of the level's
+// rows; task t takes column range t % columns and row range t / columns.
+struct FusedTasks {
+  int64_t columns = 1, rows = 1;
+  int64_t tasks() const { return columns * rows; }
+};
+
+// One worker when the work is too small to pay for a dispatch, else one per kTaskFlops of work (a few microseconds
+// of one core, so that waking a worker and the level's barrier stay small beside its share), at most one per thread:
+// on many cores a small level runs on a few threads instead of paying a barrier across all of them. Column chunks
+// first (each worker then reads only its slice of the weights); when they are fewer than the workers, the rows are
+// split too, in ranges of at least kTaskRows rows (a wide level of a large batch on many cores).
+inline FusedTasks fused_tasks(int64_t chunks, int64_t rows, double flops) {
   constexpr double kTaskFlops = 2.5e5;
+  constexpr int64_t kTaskRows = 12;  // two of the GEMM micro-kernel's 6-row blocks
   const int64_t threads = num_threads();
-  if (threads <= 1 || flops < kTaskFlops) return 1;
-  const int64_t by_work = static_cast<int64_t>(flops / kTaskFlops);
-  return std::max<int64_t>(1, std::min({chunks, threads, by_work}));
+  if (threads <= 1 || flops < kTaskFlops) return {};
+  const int64_t workers = std::max<int64_t>(1, std::min(threads, static_cast<int64_t>(flops / kTaskFlops)));
+  FusedTasks split;
+  split.columns = std::min(chunks, workers);
+  split.rows = std::max<int64_t>(1, std::min(workers / split.columns, rows / kTaskRows));
+  return split;
 }
 
 // f(task) for task in [0, tasks): on the pool, or inline for one task.

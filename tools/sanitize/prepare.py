@@ -69,7 +69,7 @@ def main(out_dir: str):
         cortex.convert(str(out / f"{name}.onnx"), str(converted), strict=True)
         kernel = next((out / f"{name}.cortex").glob("*.so"))
         shutil.copyfile(kernel, out / f"{name}.so")
-        feeds = zoo.loop_feeds(batch(zoo.structure, structures(zoo.structure, 24, rng)))
+        feeds = zoo.loop_feeds(batch(zoo.structure, structures(zoo.structure, 48, rng)))
         write_inputs(out / f"{name}.good.bin", node_inputs(converted, feeds))
         broken = dict(feeds)
         children = broken[child_input].copy()
