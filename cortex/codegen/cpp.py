@@ -72,32 +72,11 @@ class CppGenerator:
 
     # ---- one case over a batch of positions -----------------------------------------------------
 
-    def row_loop(self, env, targets, indent, computing=None, prelude=()):
-        """For each row b of the batch, stores every element of each expression: `targets` are (expr, dest) with
-        dest(i) the C++ lvalue for element i. One loop over j per width."""
-        temps, code, pointers = env.start(computing)
-        body = []
-        for w, group in env.pieces(targets).items():
-            temps, code = {}, []
-            stores = []
-            for expr, dest, col in group:
-                value = env.expr(expr, Access(0), w, temps, code, pointers)
-                stores.append(f"{dest(f'{col} + j' if col else 'j')} = {value};")
-            body.append(f"    for (int64_t j = 0; j < {w}; ++j) {{")
-            body += ["      " + line for line in code + stores]
-            body.append("    }")
-        work = sum(w * len(g) for w, g in env.pieces(targets).items()) * 8
-        lines = [f"{indent}cortex::for_rows(B, {work}, [&](int64_t b) {{",
-                 f"{indent}  const int64_t q = batch[b]; (void)q;"]
-        lines += [f"{indent}  {line}" for line in prelude]
-        lines += [f"{indent}  {decl}" for _, decl in pointers.values()]
-        lines += [indent + line[2:] for line in body]
-        lines.append(f"{indent}}});")
-        return lines
-
-    def serial_rows(self, env, targets, indent, span=None, computing=None, prelude=(), rows=("0", "B")):
-        """Like row_loop, on the calling thread, for rows[0] <= b < rows[1]; with span=(j0, j1) only elements
-        j0 <= j < j1 of each target."""
+    @staticmethod
+    def _row_body(env, targets, indent, head, tail, computing=None, prelude=(), span=None):
+        """One row b of the batch, inside the loop header `head` (which binds b) and `tail`: stores every element of
+        each expression (`targets` are (expr, dest) with dest(i) the C++ lvalue for element i), one loop over j per
+        width; with span=(j0, j1) only elements j0 <= j < j1."""
         temps, code, pointers = env.start(computing)
         body = []
         for w, group in env.pieces(targets).items():
@@ -110,13 +89,24 @@ class CppGenerator:
             body.append(f"    for ({bounds}) {{")
             body += ["      " + line for line in code + stores]
             body.append("    }")
-        lines = [f"{indent}for (int64_t b = {rows[0]}; b < {rows[1]}; ++b) {{",
-                 f"{indent}  const int64_t q = batch[b]; (void)q;"]
+        lines = [f"{indent}{head}", f"{indent}  const int64_t q = batch[b]; (void)q;"]
         lines += [f"{indent}  {line}" for line in prelude]
         lines += [f"{indent}  {decl}" for _, decl in pointers.values()]
         lines += [indent + line[2:] for line in body]
-        lines.append(f"{indent}}}")
+        lines.append(f"{indent}{tail}")
         return lines
+
+    def row_loop(self, env, targets, indent, computing=None, prelude=()):
+        """Every element of each target for each row b of the batch, rows split over the pool (`_row_body`)."""
+        work = sum(w * len(g) for w, g in env.pieces(targets).items()) * 8
+        return self._row_body(env, targets, indent, f"cortex::for_rows(B, {work}, [&](int64_t b) {{", "});",
+                              computing, prelude)
+
+    def serial_rows(self, env, targets, indent, span=None, computing=None, prelude=(), rows=("0", "B")):
+        """Like row_loop, on the calling thread, for rows[0] <= b < rows[1]; with span=(j0, j1) only elements
+        j0 <= j < j1 of each target."""
+        return self._row_body(env, targets, indent, f"for (int64_t b = {rows[0]}; b < {rows[1]}; ++b) {{", "}",
+                              computing, prelude, span)
 
     def fused_section(self, env, cp, fused, width, inline):
         """The fused products and the new rows, one dispatch: each worker takes a range of elements j (16-column

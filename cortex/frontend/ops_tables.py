@@ -390,9 +390,8 @@ def op_scatter_elements(it, node, args, lookup):
 BIG = 1 << 62
 
 
-def slice_table(it, table: Table, starts, ends, axes, steps):
-    rank = 1 + len(table.inner)
-
+def _unit_slice(it, starts, ends, axes, steps, rank, strided):
+    """A Slice's (starts, ends, axes) as index expressions, for unit steps only (else Refusal(strided))."""
     def values(v, what):
         if isinstance(v, list):
             return [ix.const(x) for x in v]
@@ -404,7 +403,13 @@ def slice_table(it, table: Table, starts, ends, axes, steps):
     if steps is not None and not isinstance(steps, list):
         steps = [int(s) for s in known_ints(it, steps, "Slice steps").reshape(-1)]
     if steps is not None and any(s != 1 for s in steps):
-        raise Refusal("a strided slice of a state table")
+        raise Refusal(strided)
+    return starts, ends, axes
+
+
+def slice_table(it, table: Table, starts, ends, axes, steps):
+    starts, ends, axes = _unit_slice(it, starts, ends, axes, steps, 1 + len(table.inner),
+                                     "a strided slice of a state table")
     start, stop = ix.const(0), ix.const(BIG)
     for s, e, a in zip(starts, ends, axes):
         if a == 0:
@@ -424,18 +429,8 @@ def slice_table(it, table: Table, starts, ends, axes, steps):
 
 def _row_window(it, starts, ends, axes, steps, rank, what):
     """(start, k) for a slice along axis 0 whose length k is a constant (x[i:i + k]), the other axes whole."""
-    def values(v, name):
-        if isinstance(v, list):
-            return [ix.const(x) for x in v]
-        return [ix.as_index(e) for e in it.sym(v, name).elems.reshape(-1)]
-
-    starts, ends = values(starts, "Slice starts"), values(ends, "Slice ends")
-    axes = list(range(len(starts))) if axes is None else [int(a) % rank for a in (
-        axes if isinstance(axes, list) else known_ints(it, axes, "Slice axes").reshape(-1))]
-    if steps is not None and not isinstance(steps, list):
-        steps = [int(s) for s in known_ints(it, steps, "Slice steps").reshape(-1)]
-    if steps is not None and any(s != 1 for s in steps):
-        raise Refusal(f"a strided slice of {what} at a structure index")
+    starts, ends, axes = _unit_slice(it, starts, ends, axes, steps, rank,
+                                     f"a strided slice of {what} at a structure index")
     start, stop = None, None
     for s, e, a in zip(starts, ends, axes):
         if a == 0:
