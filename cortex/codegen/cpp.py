@@ -44,7 +44,7 @@ class CppGenerator:
         body = [self.ctx_struct(), cstyle.prepare_fn(plan, self.syntax)]
         body += [self.case_fn(c) for c in plan.cases]
         body.append(self.dispatch_fn())
-        tables = [f"{self.dialect.index_table_decl} {name}[] = {{{', '.join(map(str, idx))}}};"
+        tables = [f"{self.dialect.index_table_decl} {name}[] = {{{cstyle.cints(idx)}}};"
                   for idx, name in self.index_tables.items()]
         out = [HEADER.format(name=comment(self.p.name), identity=cstr(identity)),
                WORKSPACE.format(cases=len(self.p.cases), reads=plan.max_reads, slots=plan.max_slots,

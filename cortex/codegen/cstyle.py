@@ -26,6 +26,18 @@ def cfloat(x: float) -> str:
     return f"{x.hex()}f"
 
 
+def cint(value) -> str:
+    """An integer as C++ source: only an integer (never a bool, a float or a string) is written."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise CodegenError(f"an integer was expected in generated code, got {type(value).__name__} {str(value)[:40]!r}")
+    return str(int(value))
+
+
+def cints(values, empty: str = "") -> str:
+    """Integers as a C++ initializer list body ("1, 2, 3"), `empty` when there are none."""
+    return ", ".join(cint(v) for v in values) or empty
+
+
 def cstr(s: str) -> str:
     """`s` as the inside of a C++ string literal: quotes, backslashes, '?' (trigraphs) and control characters are
     escaped (octal: bounded, unlike \\x), so no name can end the literal or the line."""
@@ -58,7 +70,7 @@ class HostSyntax(ScalarSyntax):
         self.plan = plan
 
     def const(self, value: int) -> str:
-        return f"INT64_C({value})"
+        return f"INT64_C({cint(value)})"
 
     def load(self, e: ir.Load, index: str) -> str:
         a = self.plan.array_ids[e.array]
@@ -103,7 +115,7 @@ def check_array_inputs(plan: KernelPlan, host_data) -> list:
             continue
         a = plan.array_ids[d.name]
         ctype, dt = DTYPES[d.dtype]
-        inner = ", ".join(str(x) for x in d.inner) or "0"
+        inner = cints(d.inner, "0")
         lines.append(f"    {{ static const int64_t inner[] = {{{inner}}};")
         lines.append(f"      cortex::check_input(inputs[{i}], \"{cstr(d.name)}\", {dt}, {d.rank}, inner);")
         lines.append(f"      cx.{a} = static_cast<const {ctype}*>({host_data(i, d)});")
@@ -118,7 +130,7 @@ def check_const_inputs(plan: KernelPlan, assign) -> list:
     lines = []
     for i, inp in enumerate(plan.inputs):
         if inp.kind == "const":
-            dims = ", ".join(str(x) for x in inp.array.shape[1:]) or "0"
+            dims = cints(inp.array.shape[1:], "0")
             lines.append(f"    {{ static const int64_t inner[] = {{{dims}}};")
             lines.append(f"      cortex::check_input(inputs[{i}], \"{cstr(inp.name)}\", CORTEX_FLOAT, {inp.array.ndim}, inner);")
             lines.append(f"      if (inputs[{i}].shape[0] != {inp.array.shape[0]}) throw cortex::KernelError(\"constant {cstr(inp.name)} has the wrong shape\");")
@@ -147,14 +159,14 @@ def allocate_tables(plan: KernelPlan, pointer: str, init_copy, zero_fill) -> lis
     lines = []
     for k, t in enumerate(p.tables):
         rows = "cx.N" if t.kind == "state" else "cx.L"
-        dims = ", ".join([rows] + [str(d) for d in t.inner])
+        dims = ", ".join([rows] + [cint(d) for d in t.inner])
         tid = plan.table_ids[t.name]
         lines.append(f"    {{ const int64_t shape[{1 + len(t.inner)}] = {{{dims}}};")
         lines.append(f"      {pointer}.{tid} = static_cast<float*>(alloc_output(alloc_context, {k}, shape, {1 + len(t.inner)}));")
         lines.append(f"      if ({pointer}.{tid} == nullptr && {rows} > 0) throw cortex::KernelError(\"could not allocate output {cstr(t.output)}\");")
         if t.init is not None:
             i = next(j for j, d in enumerate(p.inputs) if d.name == t.init)
-            inner = ", ".join(str(d) for d in t.inner)
+            inner = cints(t.inner)
             lines.append(f"      static const int64_t inner[] = {{{inner}}};")
             lines.append(f"      cortex::check_input(inputs[{i}], \"{cstr(t.init)}\", CORTEX_FLOAT, {1 + len(t.inner)}, inner);")
             lines.append(f"      if (inputs[{i}].shape[0] != cx.N) throw cortex::KernelError(\"state tables must have the same number of rows (Cortex limitation): {cstr(t.init)} has \" + std::to_string(inputs[{i}].shape[0]) + \", expected \" + std::to_string(cx.N));")
@@ -357,7 +369,7 @@ class ElementRenderer:
 
     def _index(self, access: Access) -> str:
         if access.const is not None:
-            return str(access.const)
+            return cint(access.const)
         if access.indices is not None:
             return f"{self.index_table(access.indices)}[j]"
         return f"j + {access.offset}" if access.offset else "j"

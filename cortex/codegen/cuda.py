@@ -114,7 +114,7 @@ class CudaGenerator:
             base += len(cp.steps) + len(cp.outputs)
         cases = [self.case_fn(c) for c in plan.cases]
         kernel = self.kernel_fn()
-        tables = [f"{self.dialect.index_table_decl} {name}[] = {{{', '.join(map(str, idx))}}};"
+        tables = [f"{self.dialect.index_table_decl} {name}[] = {{{cstyle.cints(idx)}}};"
                   for idx, name in self.index_tables.items()]
         out = [HEADER.format(name=comment(self.p.name), identity=cstr(identity)),
                CONSTANTS.format(cases=len(self.p.cases), reads=plan.max_reads, slots=plan.max_slots,
@@ -200,7 +200,7 @@ class CudaGenerator:
             lines += [f"    int64_t c0, c1; cortex::cuda::column_range({n}, blockIdx.x, gridDim.x, &c0, &c1);",
                       "    const int64_t cols = c1 - c0;"]
         else:
-            offsets = ", ".join(str(o) for o in fused)
+            offsets = cstyle.cints(fused)
             lines += [f"    const int64_t offsets[{len(fused)}] = {{{offsets}}};",
                       f"    const int64_t cols = {len(fused)} * nj;"]
         lines += ["    for (int64_t b = warp; b < B; b += cortex::cuda::kWarps) {",
@@ -363,7 +363,7 @@ class CudaGenerator:
             if offsets is None:
                 lines.append(f"  if (P.resident[{slot}] >= 0) cortex::cuda::load_resident({n}, {k}, P.{cid}, smem + P.resident[{slot}]);")
             else:
-                offs = ", ".join(str(o) for o in offsets)
+                offs = cstyle.cints(offsets)
                 lines += [f"  if (P.resident[{slot}] >= 0) {{",
                           f"    const int64_t offsets[{len(offsets)}] = {{{offs}}};",
                           f"    cortex::cuda::load_resident_columns({len(offsets)}, offsets, {width}, {k}, P.{cid}, smem + P.resident[{slot}]);",
@@ -425,7 +425,7 @@ class CudaGenerator:
             lambda tid, rows, t: (f"if ({rows}) cortex::cuda::check(cudaMemsetAsync(P.{tid}, 0, sizeof(float) * {rows} * "
                                   f"{t.width}, stream), \"cudaMemsetAsync\");"))
         linearize = cstyle.linearize_call(plan)
-        widths = ", ".join(str(w) for w in self.buffer_widths) or "1"
+        widths = cstyle.cints(self.buffer_widths, "1")
         shapes = ", ".join(f"{n}, {k}, {len(offs) if offs else 0}, {width}"
                            for _, n, k, offs, width in self.residency) or "0, 0, 0, 0"
         lines += [

@@ -189,17 +189,21 @@ def plan_case(index: int, case: ir.Case) -> CasePlan:
     return CasePlan(index, case, case_layout(case), steps, buffers, outputs)
 
 
-def check_source_safe(program: ir.Program):
-    """IR names reach generated source in comments and string literals: refuse any that could end a comment or a
-    line there (a newline, a backslash continuation, `*/`, bidirectional overrides; see ir.serialize.safe_text)."""
-    from ..ir.serialize import unsafe_strings
-    bad = unsafe_strings(program)
-    if bad:
-        raise CodegenError(f"the IR holds a name that cannot be written safely into generated code: {bad[0][:60]!r}")
+def check_program(program: ir.Program):
+    """Code is generated only from checked values: every field of the IR has its declared type (ir/schema.py: names
+    that cannot break out of a comment or string literal, integers that are integers) and the IR is within the limits
+    on work (ir/limits.py)."""
+    from ..ir.limits import check_limits
+    from ..ir.schema import IRFormatError, check_program as check_types
+    try:
+        check_types(program)
+        check_limits(program)
+    except IRFormatError as e:
+        raise CodegenError(str(e)) from None
 
 
 def plan_kernel(program: ir.Program) -> KernelPlan:
-    check_source_safe(program)
+    check_program(program)
     inputs = [KernelInput(d.name, d.kind) for d in program.inputs]
     nodes = [n for c in program.cases for n in ir.walk_rows([x for _, x in c.writes])]
     packed = {n.weight for n in nodes if isinstance(n, (ir.MatMul, ir.LeftMatMul, ir.InputProjection))}

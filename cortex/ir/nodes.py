@@ -21,9 +21,28 @@ which gives CSE for free.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import ClassVar, Optional
+from typing import Annotated, ClassVar, Literal, Optional
 
 import numpy as np
+
+from . import ops
+
+# ---- field types ---------------------------------------------------------------------------------------------
+# Every field of every IR class has one of these declared types; `cortex.ir.schema` enforces them on every IR that
+# reaches the code generator (built here or loaded from a model), so generated code is written only from checked
+# values. The markers say what a plain int or str must also satisfy.
+
+IDENT = "identifier"  # [A-Za-z_][A-Za-z0-9_]{0,127}: program, table, constant names (parts of C++ identifiers)
+NAME = "onnx name"  # an ONNX value name: safe text (may be empty: an unused output)
+TEXT = "text"  # a message or label: safe text (never ends a C++ comment or string literal)
+DIM = "dimension"  # a size or offset: 0 <= d < 2**31
+
+Ident = Annotated[str, IDENT]
+Name = Annotated[str, NAME]
+Text = Annotated[str, TEXT]
+Dim = Annotated[int, DIM]
+Int64 = int  # any int64
+Constants = Annotated[dict, "constants"]  # Ident -> float32 ndarray
 
 
 def _cached_hash(cls):
@@ -41,8 +60,55 @@ def _cached_hash(cls):
     return cls
 
 
+def _plain_equal(u, v) -> bool:
+    return u is v or u == v
+
+
+def structurally_equal(a, b) -> bool:
+    """Equality of two IR nodes in time linear in their size: hashes (cached) decide most pairs at once, and each pair
+    of equal-but-distinct subtrees is compared once (the dataclass `==` compares them again at every path that reaches
+    them: exponential time on a chain of x = x + x)."""
+    if a is b:
+        return True
+    proven, stack = set(), [(a, b)]
+    while stack:
+        x, y = stack.pop()
+        if x is y or (id(x), id(y)) in proven:
+            continue
+        if not isinstance(x, Expr):
+            if not _plain_equal(x, y):
+                return False
+            continue
+        if type(x) is not type(y) or hash(x) != hash(y):
+            return False
+        proven.add((id(x), id(y)))  # every pair pushed must hold, so a later failure fails the whole comparison
+        for f in fields(x):
+            u, v = getattr(x, f.name), getattr(y, f.name)
+            if isinstance(u, Expr):
+                stack.append((u, v))
+            elif isinstance(u, tuple) and any(isinstance(item, (Expr, tuple)) for item in u):
+                if not isinstance(v, tuple) or len(u) != len(v):
+                    return False
+                stack.extend(zip(u, v))
+            elif not _plain_equal(u, v):
+                return False
+    return True
+
+
+def _structural_eq(cls):
+    def __eq__(self, other):
+        if self is other:
+            return True
+        if type(other) is not type(self):
+            return NotImplemented
+        return structurally_equal(self, other)
+
+    cls.__eq__ = __eq__
+    return cls
+
+
 def node(cls):
-    return _cached_hash(dataclass(frozen=True)(cls))
+    return _cached_hash(_structural_eq(dataclass(frozen=True)(cls)))
 
 
 class Expr:
@@ -131,7 +197,7 @@ class Iter(IExpr):
 
 @node
 class IConst(IExpr):
-    value: int
+    value: Int64
 
 
 @node
@@ -139,9 +205,9 @@ class Load(IExpr):
     """Element of an integer (or bool, read as 0/1) runtime array, with ONNX Gather semantics on `index`
     (negative wraps, out of range is an error). For a 2-D array, `column` picks the column of row `index`;
     a 0-D array (a scalar input) is read at index 0."""
-    array: str
+    array: Name
     index: IExpr
-    column: Optional[int] = None
+    column: Optional[Dim] = None
     OPERANDS: ClassVar[tuple] = ("index",)
 
 
@@ -149,7 +215,7 @@ class Load(IExpr):
 class Length(IExpr):
     """The number of rows of a runtime array (e.g. N from Shape(words)[0]), or of the state tables when
     `array` is None."""
-    array: Optional[str]
+    array: Optional[Name]
 
 
 INDEX_BINARY_OPS = ("add", "sub", "mul", "max", "min", "div", "floordiv", "mod", "fmod")
@@ -160,7 +226,7 @@ class IBinary(IExpr):
     """Integer arithmetic: add | sub | mul | max | min | div (truncating, ONNX Div on integers) | floordiv |
     mod (the sign of the divisor, ONNX Mod fmod=0) | fmod (the sign of the dividend). Division by zero is a
     run-time error."""
-    op: str
+    op: Literal[INDEX_BINARY_OPS]
     a: IExpr
     b: IExpr
     OPERANDS: ClassVar[tuple] = ("a", "b")
@@ -182,7 +248,7 @@ class Guard(IExpr):
     row, which changes the table's size)."""
     pred: "BExpr"
     value: IExpr
-    message: str
+    message: Text
     OPERANDS: ClassVar[tuple] = ("pred", "value")
 
 
@@ -203,7 +269,7 @@ COMPARE_OPS = ("lt", "le", "gt", "ge", "eq", "ne")
 
 @node
 class Compare(BExpr):
-    op: str  # lt | le | gt | ge | eq | ne
+    op: Literal[COMPARE_OPS]
     a: IExpr
     b: IExpr
     OPERANDS: ClassVar[tuple] = ("a", "b")
@@ -240,19 +306,19 @@ class RExpr(Expr):
 class ChildState(RExpr):
     """Row `index` of state table `table` as it was before this position ran. `missing_zero`: an index of -1
     means "no child" and reads a zero row (TreeRec semantics); otherwise Gather semantics apply."""
-    table: str
+    table: Ident
     index: IExpr
     missing_zero: bool
-    width: int
+    width: Dim
     OPERANDS: ClassVar[tuple] = ("index",)
 
 
 @node
 class ConstRow(RExpr):
     """Row `index` (Gather semantics) of a constant matrix, e.g. an embedding table."""
-    const: str
+    const: Ident
     index: IExpr
-    width: int
+    width: Dim
     OPERANDS: ClassVar[tuple] = ("index",)
 
 
@@ -260,9 +326,9 @@ class ConstRow(RExpr):
 class InputRow(RExpr):
     """Row `index` (Gather semantics) of a runtime float32 input (per-node features; all dims but the first
     flattened)."""
-    array: str
+    array: Name
     index: IExpr
-    width: int
+    width: Dim
     OPERANDS: ClassVar[tuple] = ("index",)
 
 
@@ -270,25 +336,25 @@ class InputRow(RExpr):
 class InputProjection(RExpr):
     """Row `index` of X @ W (+ bias) for a runtime float matrix input X: the whole product is computed once per
     run, before the recursion, as one large matrix product (hoisting node-input-only work)."""
-    array: str
-    weight: str
-    bias: Optional[str]
+    array: Name
+    weight: Ident
+    bias: Optional[Ident]
     index: IExpr
-    width: int
+    width: Dim
     OPERANDS: ClassVar[tuple] = ("index",)
 
 
 @node
 class ConstVec(RExpr):
     """A constant vector (width 1 broadcasts)."""
-    const: str
-    width: int
+    const: Ident
+    width: Dim
 
 
 @node
 class Scalar(RExpr):
     value: float
-    width: int = 1
+    width: Dim = 1
 
 
 @node
@@ -296,7 +362,7 @@ class IndexValue(RExpr):
     """An index expression as a float (a cast of a structure value: 1.0 where a structure test holds, a child
     count, a node id)."""
     index: IExpr
-    width: int = 1
+    width: Dim = 1
     OPERANDS: ClassVar[tuple] = ("index",)
 
 
@@ -305,10 +371,10 @@ class MatMul(RExpr):
     """x @ W (+ bias): W a constant [K, N] matrix, bias an optional constant [N] vector. x holds `rows`
     rows of K (a per-node matrix times a weight), giving rows x N."""
     x: RExpr
-    weight: str
-    bias: Optional[str]
-    width: int
-    rows: int = 1
+    weight: Ident
+    bias: Optional[Ident]
+    width: Dim
+    rows: Dim = 1
     OPERANDS: ClassVar[tuple] = ("x",)
 
 
@@ -316,10 +382,10 @@ class MatMul(RExpr):
 class LeftMatMul(RExpr):
     """W @ X for a constant W [R, K] and a per-node matrix X [K, cols] (row-major in x): [R, cols]. `weight`
     names W transposed ([K, R]), the layout the GEMM reads."""
-    weight: str
+    weight: Ident
     x: RExpr
-    cols: int
-    width: int
+    cols: Dim
+    width: Dim
     OPERANDS: ClassVar[tuple] = ("x",)
 
 
@@ -328,7 +394,7 @@ class MatVec(RExpr):
     """A per-node matrix [rows, C] (row-major in `mat`) times a per-node vector [C]: [rows]."""
     mat: RExpr
     vec: RExpr
-    width: int
+    width: Dim
     OPERANDS: ClassVar[tuple] = ("mat", "vec")
 
 
@@ -338,27 +404,27 @@ class Select(RExpr):
     pred: BExpr
     a: RExpr
     b: RExpr
-    width: int
+    width: Dim
     OPERANDS: ClassVar[tuple] = ("pred", "a", "b")
 
 
 @node
 class Unary(RExpr):
     """An elementwise op of `ops.UNARY` (params: its float attributes, e.g. LeakyRelu's alpha)."""
-    op: str
+    op: Literal[tuple(ops.UNARY)]
     x: RExpr
-    width: int
-    params: tuple = ()
+    width: Dim
+    params: tuple[float, ...] = ()
     OPERANDS: ClassVar[tuple] = ("x",)
 
 
 @node
 class Binary(RExpr):
     """An elementwise op of `ops.BINARY`; an operand of width 1 broadcasts."""
-    op: str
+    op: Literal[tuple(ops.BINARY)]
     a: RExpr
     b: RExpr
-    width: int
+    width: Dim
     OPERANDS: ClassVar[tuple] = ("a", "b")
 
 
@@ -369,22 +435,22 @@ class Where(RExpr):
     cond: RExpr
     a: RExpr
     b: RExpr
-    width: int
+    width: Dim
     OPERANDS: ClassVar[tuple] = ("cond", "a", "b")
 
 
 @node
 class Slice(RExpr):
     x: RExpr
-    start: int
-    width: int
+    start: Dim
+    width: Dim
     OPERANDS: ClassVar[tuple] = ("x",)
 
 
 @node
 class Concat(RExpr):
-    parts: tuple
-    width: int
+    parts: tuple[RExpr, ...]
+    width: Dim
     OPERANDS: ClassVar[tuple] = ("parts",)
 
 
@@ -393,8 +459,8 @@ class Take(RExpr):
     """out[i] = x[indices[i]]: any static rearrangement of a row's elements (transpose, broadcast, gather at
     constant indices, strided slices), computed once by running the ONNX op on element ids."""
     x: RExpr
-    indices: tuple
-    width: int
+    indices: tuple[Dim, ...]
+    width: Dim
     OPERANDS: ClassVar[tuple] = ("x",)
 
 
@@ -404,10 +470,10 @@ REDUCE_OPS = ("add", "mul", "max", "min")
 @node
 class Reduce(RExpr):
     """out[i] = op over x[i * group : (i + 1) * group] (a reduction over the innermost `group` elements)."""
-    op: str
+    op: Literal[REDUCE_OPS]
     x: RExpr
-    group: int
-    width: int
+    group: Dim
+    width: Dim
     OPERANDS: ClassVar[tuple] = ("x",)
 
 
@@ -465,12 +531,14 @@ def take(x: RExpr, indices) -> RExpr:
 class InputDecl:
     """One runtime input of the converted node. kind: 'array' (an integer, bool or float32 tensor: structure
     arrays, node inputs, scalars such as a trip count; leading dim dynamic unless rank 0), 'init' (initial
-    state table [N, ...])."""
-    name: str
-    kind: str
-    dtype: str  # 'int64' | 'int32' | 'bool' | 'float32'
-    rank: int
-    inner: tuple = ()  # static trailing dims (all but the first)
+    state table [N, ...]). `per_node`: its leading dimension must equal the node count N (a TreeRec node input:
+    the op's spec makes any other length an error, even where no node reads the missing rows)."""
+    name: Name
+    kind: Literal["array", "init"]
+    dtype: Literal["int64", "int32", "bool", "float32"]
+    rank: Dim
+    inner: tuple[Dim, ...] = ()  # static trailing dims (all but the first)
+    per_node: bool = False
 
 
 @dataclass(frozen=True)
@@ -478,11 +546,11 @@ class TableDecl:
     """A float32 table the recursion writes. 'state': [N, *inner], rows written at a case's target and read
     as child states. 'emit': [L, *inner], row p written at position p and never read (a Loop's scan output,
     a Scan's per-iteration output)."""
-    name: str
-    inner: tuple
-    init: Optional[str]  # input holding the initial table, or None: starts at zeros (state tables only)
-    output: str  # ONNX name of the output holding the final table
-    kind: str = "state"
+    name: Ident
+    inner: tuple[Dim, ...]
+    init: Optional[Name]  # input holding the initial table, or None: starts at zeros (state tables only)
+    output: Name  # ONNX name of the output holding the final table ("" when nothing reads it)
+    kind: Literal["state", "emit"] = "state"
 
     @property
     def width(self) -> int:
@@ -491,10 +559,10 @@ class TableDecl:
 
 @dataclass(frozen=True)
 class Case:
-    name: str
+    name: Text
     predicate: BExpr
-    target: IExpr  # the state row every state write of this case goes to
-    writes: tuple  # ((table name, RExpr), ...)
+    target: Optional[IExpr]  # the state row every state write of this case goes to (None: it writes no state)
+    writes: tuple[tuple[Ident, RExpr], ...]
 
 
 @dataclass(frozen=True)
@@ -502,14 +570,14 @@ class Program:
     """mode 'visit': positions follow a Loop or Scan (p -> target row); `trip`, an index expression over the
     inputs, is the number of positions. mode 'dag': every node once (TreeRec), p is the node, `rows_from`
     names the structure array whose length is N, a cycle is an error."""
-    name: str
-    mode: str
-    inputs: tuple  # InputDecl, in the converted node's input order (constants follow them)
-    tables: tuple  # TableDecl
-    cases: tuple  # Case
-    constants: dict = field(default_factory=dict)  # name -> np.ndarray (float32)
+    name: Ident
+    mode: Literal["visit", "dag"]
+    inputs: tuple[InputDecl, ...]  # in the converted node's input order (constants follow them)
+    tables: tuple[TableDecl, ...]
+    cases: tuple[Case, ...]
+    constants: Constants = field(default_factory=dict)  # name -> np.ndarray (float32)
     trip: Optional[IExpr] = None
-    rows_from: Optional[str] = None
+    rows_from: Optional[Name] = None
 
     def input(self, name: str) -> InputDecl:
         for decl in self.inputs:

@@ -22,67 +22,25 @@ program's constants, {"$arrays": {name: {"shape": [...], "dtype": "float32"}}}.
 from __future__ import annotations
 
 import dataclasses
-import re
 import typing
-import unicodedata
 
 import numpy as np
 
 from . import nodes as ir
+from .limits import MAX_DEPTH, MAX_IR_NODES, check_limits
+from .schema import (IDENTIFIER, MAX_TEXT, IRFormatError, check_program, check_scalar, ir_classes, is_leaf_type,
+                     optional_of, safe_text)
 from .verify import verify
 
+__all__ = ["FORMAT", "IRFormatError", "to_json", "from_json", "constant_specs", "validate_program", "safe_text",
+           "IDENTIFIER", "MAX_TEXT"]
+
 FORMAT = "cortex-ir-1"
-IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}\Z")
-MAX_NODES = 1 << 20
-MAX_TEXT = 1024
-INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
-# Fields that size arrays or loops in generated code: non-negative and below 2**31.
-SIZE_FIELDS = frozenset({"width", "rows", "cols", "start", "column", "rank", "inner", "group", "indices"})
-SIZE_LIMIT = 1 << 31
-
-
-class IRFormatError(ValueError):
-    """The document is not a valid Cortex IR; the message says where."""
 
 
 def node_classes() -> dict:
     """The whitelist: class name -> dataclass, for every dataclass defined in cortex.ir.nodes."""
-    return {name: cls for name, cls in vars(ir).items()
-            if isinstance(cls, type) and dataclasses.is_dataclass(cls) and cls.__module__ == ir.__name__}
-
-
-# ---- safe text ---------------------------------------------------------------------------------------------------
-
-_UNSAFE_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
-
-
-def safe_text(text: str) -> bool:
-    """True when `text` can sit in a generated C++ `//` comment or string literal without ending or altering it: no
-    control or format characters (newlines, bidirectional overrides), no line separators, no backslash (a line
-    continuation), no `*/`, at most MAX_TEXT characters."""
-    if len(text) > MAX_TEXT or "\\" in text or "*/" in text:
-        return False
-    return all(unicodedata.category(ch) not in _UNSAFE_CATEGORIES for ch in text)
-
-
-def unsafe_strings(value) -> list:
-    """Every string reachable from an IR value (dataclass fields, tuples, dict keys) that is not safe_text."""
-    found, seen, stack = [], set(), [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, str):
-            if not safe_text(item):
-                found.append(item)
-        elif isinstance(item, (tuple, list)):
-            stack.extend(item)
-        elif isinstance(item, dict):
-            stack.extend(item.keys())
-        elif dataclasses.is_dataclass(item) and not isinstance(item, type):
-            if id(item) in seen:
-                continue
-            seen.add(id(item))
-            stack.extend(getattr(item, f.name) for f in dataclasses.fields(item))
-    return found
+    return ir_classes()
 
 
 # ---- encode ------------------------------------------------------------------------------------------------------
@@ -149,8 +107,8 @@ def _check_document(document):
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise IRFormatError(f"not a Cortex IR document (format {FORMAT} expected)")
     nodes, root = document.get("nodes"), document.get("root")
-    if not isinstance(nodes, list) or not 0 < len(nodes) <= MAX_NODES:
-        raise IRFormatError("'nodes' must be a non-empty list")
+    if not isinstance(nodes, list) or not 0 < len(nodes) <= MAX_IR_NODES:
+        raise IRFormatError(f"'nodes' must be a list of 1 to {MAX_IR_NODES} entries")
     if type(root) is not int or not 0 <= root < len(nodes):
         raise IRFormatError("'root' must index 'nodes'")
     if not isinstance(nodes[root], dict):
@@ -162,59 +120,40 @@ def _array_specs(value, where) -> dict:
         raise IRFormatError(f"{where}: $arrays must map names to specs")
     specs = {}
     for name, spec in value.items():
+        check_scalar(name, ir.Ident, f"{where} name")
         if not isinstance(spec, dict) or set(spec) != {"shape", "dtype"}:
             raise IRFormatError(f"{where}: constant {name!r} needs exactly shape and dtype")
         shape, dtype = spec["shape"], spec["dtype"]
-        if (not isinstance(shape, list) or len(shape) > 4
-                or not all(type(d) is int and 0 <= d < SIZE_LIMIT for d in shape)):
+        if not isinstance(shape, list) or len(shape) > 4:
             raise IRFormatError(f"{where}: constant {name!r} has a bad shape")
+        for d in shape:
+            check_scalar(d, ir.Dim, f"{where}: constant {name!r} dimension")
         if dtype != "float32":
-            raise IRFormatError(f"{where}: constant {name!r} has dtype {dtype!r}; constants are float32")
+            raise IRFormatError(f"{where}: constant {name!r} has dtype {str(dtype)[:20]!r}; constants are float32")
         specs[name] = (tuple(shape), dtype)
     return specs
 
 
 class _Decoder:
+    """Builds the nodes of a document in order, each field decoded by its declared type (schema.py): a JSON value
+    becomes the Python value of that type or the document is refused."""
+
     def __init__(self, document, constants):
         self.document = document
         self.constants = constants
-        self.classes = node_classes()
+        self.classes = ir_classes()
         self.built = []
-        self.hints = {}
-
-    def hints_of(self, cls):
-        if cls not in self.hints:
-            self.hints[cls] = typing.get_type_hints(cls, vars(ir))
-        return self.hints[cls]
+        self.depth = []  # of each built node: refused past the limit before anything recursive touches it
+        self.refs = []  # the nodes the entry being built refers to
 
     def node_ref(self, value, where):
         if not (isinstance(value, dict) and set(value) == {"$node"}):
             raise IRFormatError(f"{where}: expected a node reference")
         k = value["$node"]
         if type(k) is not int or not 0 <= k < len(self.built):
-            raise IRFormatError(f"{where}: node reference {k!r} does not name an earlier node")
+            raise IRFormatError(f"{where}: node reference {str(k)[:40]!r} does not name an earlier node")
+        self.refs.append(k)
         return self.built[k]
-
-    def any_value(self, value, where):
-        """A value of an unconstrained field (`object`, elements of a bare `tuple`)."""
-        if value is None or isinstance(value, (bool, str)):
-            return value
-        if type(value) is int:
-            return self.integer(value, where)
-        if isinstance(value, list):
-            return tuple(self.any_value(v, f"{where}[{i}]") for i, v in enumerate(value))
-        if isinstance(value, dict) and set(value) == {"$float"}:
-            return self.floating(value, where)
-        if isinstance(value, dict) and set(value) == {"$node"}:
-            return self.node_ref(value, where)
-        raise IRFormatError(f"{where}: unexpected value {str(value)[:80]!r}")
-
-    def integer(self, value, where):
-        if type(value) is not int or not INT64_MIN <= value <= INT64_MAX:
-            raise IRFormatError(f"{where}: expected an int64")
-        if where.rsplit(".", 1)[-1].split("[")[0] in SIZE_FIELDS and not 0 <= value < SIZE_LIMIT:
-            raise IRFormatError(f"{where}: size {value} out of range")
-        return value
 
     def floating(self, value, where):
         if type(value) is int:
@@ -228,44 +167,24 @@ class _Decoder:
             raise IRFormatError(f"{where}: bad float {value['$float']!r}") from None
 
     def typed(self, value, annotation, where):
+        inner = optional_of(annotation)
+        if inner is not None:
+            return None if value is None else self.typed(value, inner, where)
         origin, args = typing.get_origin(annotation), typing.get_args(annotation)
-        if annotation is typing.Any or annotation is object:
-            return self.any_value(value, where)
-        if origin is typing.Union:
-            if value is None:
-                if type(None) in args:
-                    return None
-                raise IRFormatError(f"{where}: may not be null")
-            options = [a for a in args if a is not type(None)]
-            if len(options) == 1:
-                return self.typed(value, options[0], where)
-            return self.any_value(value, where)
-        if annotation is bool:
-            if not isinstance(value, bool):
-                raise IRFormatError(f"{where}: expected a bool")
-            return value
-        if annotation is int:
-            return self.integer(value, where)
-        if annotation is float:
-            return self.floating(value, where)
-        if annotation is str:
-            if not isinstance(value, str):
-                raise IRFormatError(f"{where}: expected a string")
-            return value
-        if annotation is tuple or origin is tuple:
+        if origin is tuple:
             if not isinstance(value, list):
                 raise IRFormatError(f"{where}: expected a list")
-            if args and (len(args) == 2 and args[1] is Ellipsis):
-                return tuple(self.typed(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
-            if args:
-                if len(args) != len(value):
-                    raise IRFormatError(f"{where}: expected {len(args)} elements")
-                return tuple(self.typed(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-            return tuple(self.any_value(v, f"{where}[{i}]") for i, v in enumerate(value))
-        if annotation is dict:
+            items = args[:1] * len(value) if len(args) == 2 and args[1] is Ellipsis else args
+            if len(items) != len(value):
+                raise IRFormatError(f"{where}: expected {len(items)} elements")
+            return tuple(self.typed(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, items)))
+        if origin is typing.Annotated and args[1] == "constants":
             if not (isinstance(value, dict) and set(value) == {"$arrays"}):
                 raise IRFormatError(f"{where}: expected $arrays")
             return self.arrays(_array_specs(value["$arrays"], where), where)
+        if is_leaf_type(annotation):
+            base = args[0] if origin is typing.Annotated else annotation
+            return check_scalar(self.floating(value, where) if base is float else value, annotation, where)
         if isinstance(annotation, type):
             node = self.node_ref(value, where)
             if not isinstance(node, annotation):
@@ -289,6 +208,7 @@ class _Decoder:
         return out
 
     def build(self):
+        from .schema import field_types
         _check_document(self.document)
         for i, entry in enumerate(self.document["nodes"]):
             where = f"nodes[{i}]"
@@ -300,22 +220,27 @@ class _Decoder:
                 raise IRFormatError(f"{where}: {str(kind)[:60]!r} is not an IR class of cortex.ir.nodes")
             if not isinstance(fields, dict):
                 raise IRFormatError(f"{where}: fields must be an object")
-            declared = {f.name: f for f in dataclasses.fields(cls) if f.init}
+            declared = dict(field_types(cls))
             unknown = set(fields) - set(declared)
             if unknown:
-                raise IRFormatError(f"{where}: {kind} has no field {sorted(unknown)[0][:60]!r}")
-            hints = self.hints_of(cls)
-            kwargs = {}
-            for name, f in declared.items():
+                raise IRFormatError(f"{where}: {kind} has no field {str(sorted(unknown)[0])[:60]!r}")
+            defaults = {f.name: f for f in dataclasses.fields(cls) if f.init}
+            kwargs, self.refs = {}, []
+            for name, annotation in declared.items():
                 if name not in fields:
+                    f = defaults[name]
                     if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                         raise IRFormatError(f"{where}: {kind} lacks field {name!r}")
                     continue
-                kwargs[name] = self.typed(fields[name], hints[name], f"{kind}.{name}")
+                kwargs[name] = self.typed(fields[name], annotation, f"{where}: {kind}.{name}")
+            depth = 1 + max((self.depth[k] for k in self.refs), default=0)
+            if depth > MAX_DEPTH + 4:  # a program holds its cases, which hold their expressions
+                raise IRFormatError(f"{where}: the IR nests more than {MAX_DEPTH} deep")
+            self.depth.append(depth)
             try:
                 self.built.append(cls(**kwargs))
-            except Exception as e:  # a node's own checks (__post_init__)
-                raise IRFormatError(f"{where}: {kind}: {e}") from None
+            except Exception as e:  # a node's own checks
+                raise IRFormatError(f"{where}: {kind}: {str(e)[:200]}") from None
         root = self.built[self.document["root"]]
         if not isinstance(root, ir.Program):
             raise IRFormatError("the root is not a Program")
@@ -330,16 +255,10 @@ def from_json(document, constants: dict) -> ir.Program:
 
 
 def validate_program(program: ir.Program) -> ir.Program:
-    """Raises IRFormatError unless `program` is safe to hand to the code generator (see the module doc)."""
-    identifiers = [("program name", program.name)]
-    identifiers += [("state table", t.name) for t in program.tables]
-    identifiers += [("constant", name) for name in program.constants]
-    for what, name in identifiers:
-        if not isinstance(name, str) or not IDENTIFIER.match(name):
-            raise IRFormatError(f"{what} name {str(name)[:60]!r} is not an identifier ([A-Za-z_][A-Za-z0-9_]*)")
-    bad = unsafe_strings(program)
-    if bad:
-        raise IRFormatError(f"the IR holds a name that cannot be written safely into generated code: {bad[0][:60]!r}")
+    """Raises IRFormatError unless `program` is safe to hand to the code generator: every field of its declared type
+    (schema.py), within the limits on work (limits.py), and accepted by the IR verifier."""
+    check_program(program)
+    check_limits(program)
     try:
         verify(program)
     except Exception as e:  # IRError, KeyError of an unknown name, ...
