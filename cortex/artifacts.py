@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,11 +22,66 @@ class ArtifactError(ValueError):
     """A Cortex node or its kernel path breaks the contract (docs/contracts.md); the message is one clear line."""
 
 
-def sha256_file(path) -> str:
+MAX_FILE_BYTES = 1 << 40  # what Cortex hashes: ONNX external data may be large, never a sparse terabyte
+MAX_KERNEL_BYTES = 256 << 20  # a kernel library (the EP's limit too)
+
+
+def open_regular(path, limit: int = MAX_FILE_BYTES):
+    """`path` opened for reading, after checking (before a byte is read, and without blocking on a FIFO) that it is a
+    regular file of at most `limit` bytes; ArtifactError otherwise."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise ArtifactError(f"{path} cannot be opened ({e.strerror})") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_size > limit:
+        os.close(fd)
+        what = "is not a regular file" if not stat.S_ISREG(info.st_mode) else f"is larger than {limit} bytes"
+        raise ArtifactError(f"{path} {what}")
+    return os.fdopen(fd, "rb")
+
+
+def sha256_file(path, limit: int = MAX_FILE_BYTES) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path, limit) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
+    return digest.hexdigest()
+
+
+def external_data_files(model: onnx.ModelProto, model_path) -> list:
+    """The external data files a model's tensors name (main graph and subgraphs), resolved in the model's folder,
+    each once, sorted; ArtifactError for a location outside the folder (ONNX refuses those too)."""
+    folder = model_folder(model_path)
+    names = set()
+
+    def tensors(graph):
+        yield from graph.initializer
+        for node in graph.node:
+            for attribute in node.attribute:
+                if attribute.HasField("t"):
+                    yield attribute.t
+                yield from attribute.tensors
+                for sub in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                    yield from tensors(sub)
+
+    for tensor in tensors(model.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            resolved = Path(os.path.realpath(folder / location))
+            if not location or os.path.isabs(location) or folder not in resolved.parents:
+                raise ArtifactError(f"tensor {tensor.name!r} names external data {location!r} outside the model's "
+                                    f"folder {folder}")
+            names.add(resolved)
+    return sorted(names)
+
+
+def model_digest(model_path) -> str:
+    """sha256 over a model file and every external data file it names: what a rebuilt copy is keyed by."""
+    digest = hashlib.sha256(sha256_file(model_path).encode())
+    model = onnx.load(os.fspath(model_path), load_external_data=False)
+    for path in external_data_files(model, model_path):
+        digest.update(f"{os.path.relpath(path, model_folder(model_path))}\0{sha256_file(path)}\0".encode())
     return digest.hexdigest()
 
 
@@ -46,12 +102,14 @@ def _no_duplicates(pairs):
 
 def parse_notes(text) -> dict:
     """The node's notes JSON: one object, no member twice (the EP refuses duplicates too)."""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", errors="strict")
     try:
+        if isinstance(text, bytes):
+            text = text.decode("utf-8", errors="strict")
         notes = json.loads(text, object_pairs_hook=_no_duplicates)
     except ValueError as e:
-        raise ArtifactError(f"notes are not JSON ({e})") from None
+        raise ArtifactError(f"notes are not JSON ({str(e)[:200]})") from None
+    except RecursionError:
+        raise ArtifactError("notes nest JSON values too deeply") from None
     if not isinstance(notes, dict):
         raise ArtifactError("notes are not a JSON object")
     return notes
@@ -79,14 +137,37 @@ def _attribute(node: onnx.NodeProto, name: str):
     return None
 
 
+def _is_cortex(node: onnx.NodeProto) -> bool:
+    return (node.op_type == "EPContext" and node.domain == "com.microsoft"
+            and _attribute(node, "source") in (EP_NAME, EP_NAME.encode()))
+
+
+def nested_node_message(node_name: str, parent_name: str) -> str:
+    """The EP's words for a Cortex node found inside a subgraph (csrc/ep says the same)."""
+    return (f"Cortex node '{node_name}' is inside the subgraph of node '{parent_name}': Cortex writes its nodes only "
+            "into the main graph, so this model was edited; convert the original model again")
+
+
+def _refuse_nested(graph: onnx.GraphProto, parent=None):
+    """ArtifactError for a Cortex node in any subgraph (If, Loop, Scan bodies, at any depth)."""
+    stack = [(graph, parent)]
+    while stack:
+        current, owner = stack.pop()
+        for node in current.node:
+            if owner is not None and _is_cortex(node):
+                raise ArtifactError(nested_node_message(node.name, owner.name or owner.op_type))
+            for attribute in node.attribute:
+                stack += [(sub, node) for sub in ([attribute.g] if attribute.HasField("g") else [])
+                          + list(attribute.graphs)]
+
+
 def cortex_nodes(model: onnx.ModelProto) -> list:
-    """Every EPContext node of the main graph whose source is the Cortex EP, with its parsed notes."""
+    """Every EPContext node of the main graph whose source is the Cortex EP, with its parsed notes; ArtifactError
+    when a subgraph holds one (the EP refuses those too)."""
+    _refuse_nested(model.graph)
     found = []
     for index, node in enumerate(model.graph.node):
-        if node.op_type != "EPContext" or node.domain != "com.microsoft":
-            continue
-        source = _attribute(node, "source")
-        if source not in (EP_NAME, EP_NAME.encode()):
+        if not _is_cortex(node):
             continue
         context, notes = _attribute(node, "ep_cache_context"), _attribute(node, "notes")
         if not isinstance(context, bytes) or not isinstance(notes, bytes):

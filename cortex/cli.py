@@ -10,6 +10,7 @@ cortex rebuild MODEL [-o OUT] [--cpu LEVEL]
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .codegen.toolchain import CPU_LEVELS
@@ -52,14 +53,31 @@ def _run_convert(args, prog: str) -> int:
     return 0
 
 
+def _one_line(prog: str, command):
+    """Runs a command; whatever escapes it is one line on stderr (exit 1), never a traceback (CORTEX_DEBUG=1 shows
+    the traceback of an unexpected error)."""
+    try:
+        return command()
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - the CLI's promise: one clear line
+        if os.environ.get("CORTEX_DEBUG"):
+            raise
+        text = " ".join(str(e).split())[:500]
+        print(f"{prog}: error: {text or type(e).__name__}", file=sys.stderr)
+        return 1
+
+
 def main(argv=None) -> int:
     """cortex-convert"""
-    return _run_convert(_convert_parser("cortex-convert").parse_args(argv), "cortex-convert")
+    args = _convert_parser("cortex-convert").parse_args(argv)
+    return _one_line("cortex-convert", lambda: _run_convert(args, "cortex-convert"))
 
 
 def _run_trust(args) -> int:
     from . import trust
-    from .artifacts import ArtifactError, cortex_nodes, resolve_kernel, sha256_file
+    from .artifacts import MAX_KERNEL_BYTES, ArtifactError, cortex_nodes, resolve_kernel, sha256_file
     from .convert import load_model
 
     status = 0
@@ -72,7 +90,7 @@ def _run_trust(args) -> int:
                 kernel = resolve_kernel(model_path, node.cache_context)
                 if not kernel.is_file():
                     raise ArtifactError(f"kernel {kernel} is missing")
-                sha = sha256_file(kernel)
+                sha = sha256_file(kernel, MAX_KERNEL_BYTES)
                 if sha != node.sha256:
                     raise ArtifactError(f"kernel {kernel} does not match its node (sha256 {sha}, the node says "
                                         f"{node.sha256}); it is corrupted or was swapped")
@@ -122,10 +140,10 @@ def cortex_main(argv=None) -> int:
     rebuild_parser.add_argument("--cpu", choices=CPU_LEVELS, default=None, help=_CPU_HELP)
     args = parser.parse_args(argv)
     if args.command == "convert":
-        return _run_convert(args, "cortex convert")
+        return _one_line("cortex convert", lambda: _run_convert(args, "cortex convert"))
     if args.command == "trust":
-        return _run_trust(args)
-    return _run_rebuild(args)
+        return _one_line("cortex trust", lambda: _run_trust(args))
+    return _one_line("cortex rebuild", lambda: _run_rebuild(args))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 import onnx
+import onnx.checker
 from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
@@ -75,13 +76,39 @@ class Report:
 
 
 def load_model(path) -> onnx.ModelProto:
+    """The model at `path` with its external data; ConvertError (one line) for anything that is not an ONNX model."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConvertError(f"no such file: {path}")
+    if not path.is_file():
+        raise ConvertError(f"{path} is not a file")
+    if path.stat().st_size == 0:
+        raise ConvertError(f"{path} is not an ONNX model (the file is empty)")
     try:
-        return onnx.load(str(path))
+        model = onnx.load(str(path))
+    except onnx.checker.ValidationError as e:  # external data outside the model's folder, or missing
+        raise ConvertError(f"{path}: its external data cannot be read safely ({' '.join(str(e).split())[:300]})") \
+            from None
     except (DecodeError, ValueError, RuntimeError, OSError) as e:
         raise ConvertError(f"{path} is not an ONNX model ({type(e).__name__})") from None
+    if not model.HasField("graph") or model.ir_version <= 0:
+        raise ConvertError(f"{path} is not an ONNX model (it has no {'graph' if model.ir_version > 0 else 'IR version'})")
+    return model
+
+
+def check_output(output: Path) -> Path:
+    """Refuses (one line) an output path the converted model and its kernel folder cannot both be written to."""
+    output = Path(output)
+    if output.is_dir():
+        raise ConvertError(f"{output} is a folder; give the converted model's file name (e.g. model.cortex.onnx)")
+    folder = artifacts_dir(output)
+    if Path(os.path.abspath(folder)) == Path(os.path.abspath(output)):
+        raise ConvertError(f"{output}: its kernels would go into {folder}, the output itself; name the output like "
+                           "model.cortex.onnx")
+    if folder.exists() and not folder.is_dir():
+        raise ConvertError(f"{folder} exists and is not a folder: the converted model's kernels go there (move it, or "
+                           "name the output differently)")
+    return output
 
 
 def _used_names(graph: onnx.GraphProto) -> set:
@@ -125,7 +152,7 @@ def convert(source, output, target: str = "cpu", strict: bool = False, cpu: Opti
     except ToolchainError as e:
         raise ConvertError(str(e)) from None
     model = load_model(source)
-    output = Path(output)
+    output = check_output(output)
     report = Report(str(source), str(output))
 
     built = {}  # node index -> (report entry, BuiltKernel)
@@ -153,14 +180,17 @@ def convert(source, output, target: str = "cpu", strict: bool = False, cpu: Opti
         raise ConvertError("--strict: recursive regions left to ONNX Runtime (no output written): " +
                            "; ".join(f"{r.kind} '{r.node_name}': {r.reason}" for r in report.left))
     replacements = {}  # node index -> (EPContext node, initializers, output tables)
-    for index, (entry, kernel) in built.items():
-        original = model.graph.node[index]
-        node, inits, types = publish_kernel(kernel, output, original.op_type, original.name,
-                                            f"compiled by cortex-convert from {Path(source).name}")
-        replacements[index] = (node, inits, types)
-        entry.kernel = _context_path(node)
-    _rewrite(model, replacements)
-    save_model(model, output)
+    try:
+        for index, (entry, kernel) in built.items():
+            original = model.graph.node[index]
+            node, inits, types = publish_kernel(kernel, output, original.op_type, original.name,
+                                                f"compiled by cortex-convert from {Path(source).name}")
+            replacements[index] = (node, inits, types)
+            entry.kernel = _context_path(node)
+        _rewrite(model, replacements)
+        save_model(model, output)
+    except OSError as e:
+        raise ConvertError(f"cannot write {e.filename or output}: {e.strerror or e}") from None
     return report
 
 
@@ -214,7 +244,7 @@ def publish_kernel(built: BuiltKernel, output: Path, replaces: str, original_nod
     sha = sha256_file(kernel_file)
     try:
         trust.add(sha, f"{reason} -> {kernel_file}")
-    except OSError as e:  # a kernel no store knows would be refused at load: say so now
+    except (OSError, trust.TrustError) as e:  # a kernel no store knows would be refused at load: say so now
         raise ConvertError(f"cannot record the compiled kernel in the trust store {trust.store_dir()} ({e}); set "
                            f"{trust.TRUST_DIR_ENV} to a directory you can write") from None
     notes = {"kernel_sha256": sha, "recursion": program.name, "replaces": replaces, "original_node": original_node,

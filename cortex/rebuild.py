@@ -20,7 +20,7 @@ from .artifacts import ArtifactError, cortex_nodes, parse_notes
 from .codegen.plan import NR
 from .codegen.targets import TARGETS, BuildOptions
 from .codegen.toolchain import ToolchainError, cpu_target
-from .convert import ConvertError, _used_names, build_kernel, load_model, publish_kernel, save_model
+from .convert import ConvertError, _used_names, build_kernel, check_output, load_model, publish_kernel, save_model
 from .ir.serialize import IRFormatError, constant_specs, from_json
 
 
@@ -87,6 +87,7 @@ def rebuild(model_path, output=None, cpu: Optional[str] = None) -> RebuildReport
     try:
         target = cpu_target(cpu)
         model = load_model(model_path)
+        check_output(output)
         nodes = cortex_nodes(model)
     except (ConvertError, ToolchainError, ArtifactError) as e:
         raise RebuildError(str(e)) from None

@@ -135,7 +135,7 @@ def _ort_cuda_devices(cortex_gpu) -> list:
 
 def _trusted_digests(trust) -> list:
     """sha256 digests from `trust`: digests, and paths of converted models (meaning: their kernel files)."""
-    from .artifacts import cortex_nodes, resolve_kernel, sha256_file
+    from .artifacts import MAX_KERNEL_BYTES, cortex_nodes, resolve_kernel, sha256_file
     from .convert import load_model
 
     items = [trust] if isinstance(trust, (str, bytes, os.PathLike)) else list(trust)
@@ -148,7 +148,7 @@ def _trusted_digests(trust) -> list:
         if not path.is_file():
             raise trust_store.TrustError(f"trust: {item!r} is neither a sha256 digest nor a model file")
         for node in cortex_nodes(load_model(path)):
-            digests.append(sha256_file(resolve_kernel(path, node.cache_context)))
+            digests.append(sha256_file(resolve_kernel(path, node.cache_context), MAX_KERNEL_BYTES))
     return digests
 
 
@@ -198,12 +198,12 @@ _REBUILDABLE = ("Cortex kernel refused", "Cortex kernel artifact")
 
 
 def _rebuilt_path(path: Path) -> Path:
-    """Where a rebuilt copy of the model at `path` lives: the kernel cache's `rebuilt/<model sha256>/`, leaving the
-    user's model and its folder untouched."""
-    from .artifacts import sha256_file
-    from .codegen.toolchain import cache_dir
+    """Where a rebuilt copy of the model at `path` lives: the (private) cache's `rebuilt/<digest>/`, keyed by the
+    model file and all its external data, leaving the user's model and its folder untouched."""
+    from .artifacts import model_digest
+    from .codegen.toolchain import cache_root
 
-    return cache_dir().parent / "rebuilt" / sha256_file(path)[:32] / path.name
+    return cache_root() / "rebuilt" / model_digest(path)[:32] / path.name
 
 
 def _target_mismatch(path_or_bytes, device: str) -> Optional[str]:

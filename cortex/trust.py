@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -58,12 +59,35 @@ def parse_list(text: str) -> list:
     return [check_sha256(entry) for entry in _SEPARATORS.split(text or "") if entry]
 
 
+def not_private(directory) -> str | None:
+    """Why `directory` is not under this user's sole control, or None when it is: it (after symlinks) must belong to
+    the user (or root) and be writable by no one else, and so must every folder above it, except that a folder others
+    may write into is fine when its sticky bit keeps them from renaming what is not theirs (/tmp). The rule for
+    everything Cortex trusts: the trust store (the EP's own check), the kernel cache, rebuilt copies."""
+    path = Path(os.path.realpath(directory))
+    uid = os.getuid()
+    for i, folder in enumerate([path, *path.parents]):
+        try:
+            info = os.stat(folder)
+        except OSError as e:
+            return f"{folder} cannot be read ({e.strerror})"
+        if info.st_uid not in (uid, 0):
+            return f"{folder} belongs to another user (uid {info.st_uid})"
+        writable_by_others = info.st_mode & 0o022
+        if writable_by_others and (i == 0 or not info.st_mode & stat.S_ISVTX):
+            return f"{folder} is writable by other users"
+    return None
+
+
 def _ensure_store() -> Path:
+    """The store, created private when absent; an existing store others could write into is not repaired (entries
+    may already have been planted): the user must look at it."""
     directory = store_dir()
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    mode = directory.stat().st_mode
-    if mode & 0o022:  # the EP ignores a store that others can write into
-        os.chmod(directory, mode & ~0o022 & 0o7777)
+    why = not_private(directory)
+    if why:
+        raise TrustError(f"the trust store {directory} is not private ({why}), so the Cortex EP ignores it; check its "
+                         f"entries, then make it yours alone (chmod go-w), or set {TRUST_DIR_ENV}")
     return directory
 
 

@@ -146,9 +146,14 @@ def rows_and_positions(plan: KernelPlan, syntax: HostSyntax) -> list:
         return [f"    cx.N = inputs[{first}].rank >= 1 ? inputs[{first}].shape[0] : 0;",
                 f"    cx.L = std::max<int64_t>(0, {render_index(p.trip, syntax)});  // {comment(format_index(p.trip))}"]
     a = plan.array_ids[p.rows_from]
-    return [f"    cx.N = cx.{a}_rows;",
-            "    cx.L = cx.N;",
-            f"    for (int64_t i = 0; i < cx.N * cx.{a}_cols; ++i) cortex::child_index(cx.{a}[i], cx.N, \"{cstr(p.rows_from)}\", i / cx.{a}_cols);"]
+    lines = [f"    cx.N = cx.{a}_rows;",
+             "    cx.L = cx.N;",
+             f"    for (int64_t i = 0; i < cx.N * cx.{a}_cols; ++i) cortex::child_index(cx.{a}[i], cx.N, \"{cstr(p.rows_from)}\", i / cx.{a}_cols);"]
+    for d in p.inputs:  # a node input shorter or longer than the structure is an error, read or not
+        if d.per_node:
+            lines.append(f"    cortex::check_node_rows(cx.{plan.array_ids[d.name]}_rows, cx.N, \"{cstr(d.name)}\", "
+                         f"\"{cstr(p.rows_from)}\");")
+    return lines
 
 
 def allocate_tables(plan: KernelPlan, pointer: str, init_copy, zero_fill) -> list:

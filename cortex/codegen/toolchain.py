@@ -15,13 +15,17 @@ import platform
 import re
 import shlex
 import shutil
+import signal
+import stat
 import subprocess
 import tempfile
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from .._paths import runtime_include_dir
+from ..artifacts import MAX_KERNEL_BYTES
 
 # Neither -fno-math-errno nor -fno-trapping-math changes a result; both let loops vectorize.
 BASE_FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-fvisibility=hidden", "-pthread",
@@ -31,16 +35,62 @@ CPU_LEVELS = X86_LEVELS + ("native",)
 # Extra flags for every kernel compile (the sanitizer build sets -fsanitize=...); part of the cache key.
 EXTRA_FLAGS_ENV = "CORTEX_KERNEL_CXXFLAGS"
 
+# The compile budget: generated source larger than this is refused before the compiler starts (the largest zoo
+# kernel is about 50 KB); a compiler still running after the time limit is killed, with its children; a library
+# larger than the size limit is refused (the EP refuses larger files too).
+MAX_SOURCE_BYTES = 1 << 20
+COMPILE_TIMEOUT_S = 600
+COMPILE_TIMEOUT_ENV = "CORTEX_COMPILE_TIMEOUT"
+
 
 class ToolchainError(RuntimeError):
     pass
 
 
+CACHE_DIR_ENV = "CORTEX_CACHE_DIR"
+_private_fallback = None
+
+
+def cache_root() -> Path:
+    """Cortex's cache (compiled kernels, rebuilt models): $CORTEX_CACHE_DIR, else ~/.cache/cortex. What it holds is
+    reused as trusted code, so it must be private (cortex.trust.not_private: the trust store's rule); a cache others
+    could write into is not used at all: this process compiles into a private temporary folder instead, and says so
+    once."""
+    global _private_fallback
+    from ..trust import not_private
+
+    root = Path(os.environ.get(CACHE_DIR_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "cortex"))
+    try:
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        why = not_private(root)
+    except OSError as e:
+        why = f"it cannot be created ({e.strerror})"
+    if why is None:
+        return root
+    if _private_fallback is None:
+        _private_fallback = Path(tempfile.mkdtemp(prefix="cortex-cache-"))
+        warnings.warn(f"Cortex does not use the cache {root}: {why}. Kernels are compiled into {_private_fallback} "
+                      f"for this process; make the cache yours alone (chmod go-w) or set {CACHE_DIR_ENV}.",
+                      stacklevel=2)
+    return _private_fallback
+
+
 def cache_dir() -> Path:
-    root = os.environ.get("CORTEX_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "cortex")
-    path = Path(root) / "kernels"
-    path.mkdir(parents=True, exist_ok=True)
+    """The compiled kernels' folder in the cache."""
+    path = cache_root() / "kernels"
+    path.mkdir(exist_ok=True, mode=0o700)
     return path
+
+
+def cached_file(path: Path) -> bool:
+    """True when `path` is a cache entry this user made: a regular file (not a link, not a FIFO) of the user's, which
+    no one else may write, of a kernel's size at most. Anything else is compiled again and replaced."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return (stat.S_ISREG(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o022
+            and info.st_size <= MAX_KERNEL_BYTES)
 
 
 def compiler() -> str:
@@ -160,29 +210,62 @@ def source_hash(source: str, target: CpuTarget | None = None) -> str:
     return digest.hexdigest()
 
 
+def compile_timeout() -> float:
+    try:
+        return max(1.0, float(os.environ.get(COMPILE_TIMEOUT_ENV) or COMPILE_TIMEOUT_S))
+    except ValueError:
+        return float(COMPILE_TIMEOUT_S)
+
+
+def _run_compiler(cmd: list, what: str) -> None:
+    """Runs a compiler in its own process group, killed with every child (cc1plus, ptxas) past the time limit."""
+    limit = compile_timeout()
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        _, stderr = process.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise ToolchainError(f"compiling the {what} took more than {limit:g} s, the compile budget "
+                             f"({COMPILE_TIMEOUT_ENV} raises it); the compiler was stopped") from None
+    if process.returncode != 0:
+        raise ToolchainError(f"compiling the {what} failed:\n{stderr[-4000:]}")
+
+
+def _build(source: str, suffix: str, cmd_for, out: Path, what: str) -> Path:
+    """Compiles `source` (within the compile budget) into the cache entry `out`, published atomically."""
+    if len(source.encode()) > MAX_SOURCE_BYTES:
+        raise ToolchainError(f"the generated {what} is {len(source.encode())} bytes of source, over the compile "
+                             f"budget of {MAX_SOURCE_BYTES} bytes; Cortex does not compile it")
+    with tempfile.TemporaryDirectory(prefix="cortex_build_") as tmp:
+        src = Path(tmp) / f"kernel{suffix}"
+        src.write_text(source)
+        tmp_out = Path(tmp) / "kernel.so"
+        _run_compiler(cmd_for(src, tmp_out), what)
+        size = tmp_out.stat().st_size
+        if size > MAX_KERNEL_BYTES:
+            raise ToolchainError(f"the compiled {what} is {size} bytes, over the limit of {MAX_KERNEL_BYTES}")
+        # Atomic publish: concurrent converters never see a half-written library.
+        staged = out.parent / f".{out.name}.{os.getpid()}"
+        shutil.copyfile(tmp_out, staged)
+        os.chmod(staged, 0o644)
+        os.replace(staged, out)
+    return out
+
+
 def compile_kernel(source: str, target: CpuTarget | None = None) -> Path:
     """Returns the path of the compiled kernel library for `source` and `target` (default: the default CPU level),
     compiling it unless cached."""
     target = target or cpu_target()
     key = source_hash(source, target)
     out = cache_dir() / f"kernel_{key[:32]}.so"
-    if out.is_file():
+    if cached_file(out):
         return out
     cxx = compiler()
-    with tempfile.TemporaryDirectory(prefix="cortex_build_") as tmp:
-        src = Path(tmp) / "kernel.cc"
-        src.write_text(source)
-        tmp_out = Path(tmp) / "kernel.so"
-        cmd = [cxx, *BASE_FLAGS, *target.flags, *extra_flags(), f"-I{runtime_include_dir()}", str(src),
-               "-o", str(tmp_out)]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise ToolchainError(f"compiling the Cortex kernel failed:\n{result.stderr[-4000:]}")
-        # Atomic publish: concurrent converters never see a half-written library.
-        staged = cache_dir() / f".{out.name}.{os.getpid()}"
-        shutil.copyfile(tmp_out, staged)
-        os.replace(staged, out)
-    return out
+    return _build(source, ".cc", lambda src, dst: [cxx, *BASE_FLAGS, *target.flags, *extra_flags(),
+                                                   f"-I{runtime_include_dir()}", str(src), "-o", str(dst)],
+                  out, "Cortex kernel")
 
 
 # ---- CUDA ------------------------------------------------------------------------------------------------------
@@ -220,17 +303,8 @@ def compile_cuda_kernel(source: str, arch: str = "sm_90") -> Path:
     digest.update(_nvcc_fingerprint(path).encode())
     digest.update(" ".join((*CUDA_FLAGS, arch)).encode())
     out = cache_dir() / f"kernel_cuda_{digest.hexdigest()[:32]}.so"
-    if out.is_file():
+    if cached_file(out):
         return out
-    with tempfile.TemporaryDirectory(prefix="cortex_build_") as tmp:
-        src = Path(tmp) / "kernel.cu"
-        src.write_text(source)
-        tmp_out = Path(tmp) / "kernel.so"
-        cmd = [path, *CUDA_FLAGS, f"-arch={arch}", f"-I{runtime_include_dir()}", str(src), "-o", str(tmp_out)]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise ToolchainError(f"compiling the Cortex CUDA kernel failed:\n{result.stderr[-4000:]}")
-        staged = cache_dir() / f".{out.name}.{os.getpid()}"
-        shutil.copyfile(tmp_out, staged)
-        os.replace(staged, out)
-    return out
+    return _build(source, ".cu", lambda src, dst: [path, *CUDA_FLAGS, f"-arch={arch}", f"-I{runtime_include_dir()}",
+                                                   str(src), "-o", str(dst)],
+                  out, "Cortex CUDA kernel")

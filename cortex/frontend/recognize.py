@@ -11,6 +11,8 @@ The abstract interpreter must prove every step; anything else stays with ONNX Ru
 """
 from __future__ import annotations
 
+import dataclasses
+
 import traceback
 from dataclasses import dataclass
 from typing import ClassVar, Optional
@@ -214,10 +216,10 @@ def _row_of(interp, value, what) -> tuple:
     raise Refusal(f"{what} is {describe(value)}")
 
 
-def _input_decls(interp, cases, extra, outer_lookup, first=()) -> list:
-    """InputDecls for the runtime arrays the program reads, in first-use order."""
+def _input_decls(interp, cases, extra, outer_lookup, first=(), also=()) -> list:
+    """InputDecls for the runtime arrays the program reads, in first-use order, then those named in `also`."""
     decls = list(first)
-    for name in ir.referenced_arrays(cases, extra):
+    for name in ir.referenced_arrays(cases, extra) + list(also):
         if any(d.name == name for d in decls):
             continue
         arr = interp.arrays.get(name) or outer_lookup(name)
@@ -570,7 +572,9 @@ def recognize_treerec(model, node, outer: OuterScope, region_name: str, used: se
         cases.append(ir.Case(f"internal{k}", _conjunction((ix.bnot(is_leaf),) + tuple(preds)), ir.Iter(),
                              tuple((t.name, r.expr) for t, r in zip(tables, rows))))
     cases.append(ir.Case("leaf", is_leaf, ir.Iter(), tuple((t.name, r.expr) for t, r in zip(tables, leaf_out))))
-    arrays = _input_decls(interp, cases, [], outer.lookup)
+    # every node input is a kernel input, checked to have N rows, even one no node reads
+    arrays = _input_decls(interp, cases, [], outer.lookup, also=node_input_names)
+    arrays = [dataclasses.replace(d, per_node=True) if d.name in node_input_names else d for d in arrays]
     return ir.Program(region_name, "dag", tuple(arrays), tuple(tables), tuple(cases), dict(interp.constants),
                       rows_from=children_name)
 

@@ -8,6 +8,7 @@ e.g. `x > 0` in a hand-written leaky ReLU); `where` and the logic ops read any n
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -131,6 +132,12 @@ UNARY = {op.name: op for op in _UNARY}
 BINARY = {op.name: op for op in _BINARY}
 
 REDUCE_NUMPY = {"add": np.sum, "mul": np.prod, "max": np.max, "min": np.min}
+
+
+def param_count(op: str) -> int:
+    """How many float parameters an elementwise op takes ({p0}, {p1}, ... in its code)."""
+    entry = UNARY.get(op) or BINARY.get(op)
+    return len({m for code in entry.code.values() for m in re.findall(r"\{p\d+\}", code)}) if entry else 0
 
 
 def evaluate(op: str, *args, params=()):

@@ -64,6 +64,14 @@ inline int64_t child_index(int64_t i, int64_t len, const char* what, int64_t pos
   return i;
 }
 
+// A TreeRec node input has one row per node of the structure (the op's spec), whether or not a node reads it.
+inline void check_node_rows(int64_t rows, int64_t nodes, const char* input, const char* structure) {
+  if (rows != nodes) {
+    throw KernelError(std::string("node input '") + input + "' has " + std::to_string(rows) + " rows; the structure '" +
+                      structure + "' has " + std::to_string(nodes) + " nodes (a TreeRec node input has one row per node)");
+  }
+}
+
 inline const char* dtype_name(int32_t dtype) {
   switch (dtype) {
     case CORTEX_FLOAT: return "float32";
