@@ -305,3 +305,39 @@ def test_thread_counts_give_identical_results(tmp_path):
     for threads in ("2", "16"):
         for a, b in zip(results["1"], results[threads]):
             np.testing.assert_array_equal(a, b, err_msg=f"{threads} threads differ from 1")
+
+
+# ---- TreeRec node inputs of the wrong length ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("change", [-3, +2, -1])
+def test_treerec_node_input_of_the_wrong_length_is_an_error(params, tmp_path_factory, change):
+    # the op's spec: a node input whose leading dimension is not N is an error, whether or not a node reads the rows
+    # it lacks (here the last nodes are internal: no node reads their words); the CUDA kernel makes the same check
+    model = tl.build_treerec(params)
+    src, out = _convert(tmp_path_factory, f"treerec_len{change}", model)
+    forest = st.batch(st.sst_like_trees(2, np.random.default_rng(5), VOCAB))
+    n = forest.children.shape[0]
+    words = np.resize(forest.words, n + change)
+    session = cortex.InferenceSession(str(out))
+    with pytest.raises(Exception, match=f"node input 'words' has {n + change} rows; the structure 'children' has "
+                                        f"{n} nodes"):
+        session.run(None, {"children": forest.children, "words": words})
+    with pytest.raises(ValueError, match="leading dimension"):
+        _reference(model, forest.children, words)
+    got = session.run(None, {"children": forest.children, "words": forest.words})
+    want = _reference(model, forest.children, forest.words)
+    for g, w in zip(got, want):
+        assert np.abs(g - w).max() <= TOL
+    from cortex.codegen.cuda import CudaGenerator
+    from cortex.frontend import find_regions
+    from cortex.passes import optimize
+
+    [region] = find_regions(model)
+    assert "cortex::check_node_rows(" in CudaGenerator(optimize(region.program)).generate("treerec")
+
+
+def _reference(model, children, words):
+    from onnx.reference import ReferenceEvaluator
+
+    return ReferenceEvaluator(model, new_ops=[TreeRecOp]).run(None, {"children": children, "words": words})

@@ -407,3 +407,60 @@ def test_each_model_loads_its_own_kernel(converted, tmp_path):
         session = cortex.InferenceSession(str(folder / "tl.cortex.onnx"))
         _check_against_original(session, folder)
         del session
+
+
+# ---- what Cortex reuses as trusted: the kernel cache and rebuilt copies ------------------------------------------
+
+
+def test_a_kernel_planted_in_a_shared_cache_never_runs(tmp_path, marker, monkeypatch):
+    # builds are deterministic, so the cache key of a model's kernel is predictable: plant a kernel under it
+    from cortex.codegen import toolchain
+
+    onnx.save(tl.build_loop(tl.make_params(**PARAMS, seed=11)), str(tmp_path / "tl.onnx"))
+    monkeypatch.setenv("CORTEX_CACHE_DIR", str(tmp_path / "private"))
+    cortex.convert(str(tmp_path / "tl.onnx"), str(tmp_path / "probe" / "tl.cortex.onnx"), strict=True)
+    [source] = (tmp_path / "probe" / "tl.cortex").glob("*.cc")
+    key = toolchain.source_hash(source.read_text(), toolchain.cpu_target())
+    shared = mkdir(tmp_path / "shared")
+    os.chmod(shared, 0o777)
+    planted = evil_kernel(mkdir(shared / "kernels"), f"kernel_{key[:32]}.so")
+    monkeypatch.setenv("CORTEX_CACHE_DIR", str(shared))
+    monkeypatch.setattr(toolchain, "_private_fallback", None)
+    with pytest.warns(UserWarning, match="does not use the cache"):
+        cortex.convert(str(tmp_path / "tl.onnx"), str(tmp_path / "out" / "tl.cortex.onnx"), strict=True)
+    [kernel] = (tmp_path / "out" / "tl.cortex").glob("*.so")
+    assert sha256_of(kernel) != sha256_of(planted) and not trust.in_store(sha256_of(planted))
+    (tmp_path / "out" / "tl.onnx").write_bytes((tmp_path / "tl.onnx").read_bytes())
+    _check_against_original(cortex.InferenceSession(str(tmp_path / "out" / "tl.cortex.onnx")), tmp_path / "out")
+    assert not marker.exists()
+
+
+def test_a_rebuilt_copy_is_keyed_by_the_external_data_too(converted, deployment, monkeypatch):
+    # rebuild=True caches the rebuilt copy; new weights in the external data file must not get the old copy back
+    monkeypatch.setenv("CORTEX_CACHE_DIR", str(deployment / "cache"))
+    folder = deployment / "ext"
+    model = _copy_model(converted, folder)
+    proto = onnx.load(str(model))
+    onnx.save(proto, str(model), save_as_external_data=True, all_tensors_to_one_file=True, location="weights.bin")
+    feeds = _feeds()
+    first = cortex.InferenceSession(str(model), rebuild=True).run(None, feeds)
+    _check_against_original(cortex.InferenceSession(str(model), rebuild=True), folder)
+    # new weights, same .onnx file: every externally stored weight doubled, saved with the same layout
+    proto = onnx.load(str(model))
+    from onnx import numpy_helper
+    for tensor in proto.graph.initializer:
+        array = numpy_helper.to_array(tensor)
+        if array.dtype == np.float32 and array.nbytes >= 1024:  # onnx's threshold for external data
+            tensor.CopyFrom(numpy_helper.from_array(array * 2, tensor.name))
+    scratch = mkdir(deployment / "scratch")
+    onnx.save(proto, str(scratch / "tl.cortex.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="weights.bin")
+    assert (scratch / "tl.cortex.onnx").read_bytes() == model.read_bytes()  # only the external data differs
+    (folder / "weights.bin").write_bytes((scratch / "weights.bin").read_bytes())
+    second = cortex.InferenceSession(str(model), rebuild=True).run(None, feeds)
+    fresh_cache = deployment / "fresh"
+    monkeypatch.setenv("CORTEX_CACHE_DIR", str(fresh_cache))
+    want = cortex.InferenceSession(str(model), rebuild=True).run(None, feeds)
+    assert any(np.abs(a - b).max() > 1e-3 for a, b in zip(first, second))
+    for w, g in zip(want, second):
+        np.testing.assert_array_equal(w, g)
