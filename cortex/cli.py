@@ -88,7 +88,7 @@ def _run_trust(args) -> int:
                 raise ArtifactError(f"{model_path} has no Cortex node")
             for node in nodes:
                 kernel = resolve_kernel(model_path, node.cache_context)
-                if not kernel.is_file():
+                if not kernel.exists():
                     raise ArtifactError(f"kernel {kernel} is missing")
                 sha = sha256_file(kernel, MAX_KERNEL_BYTES)
                 if sha != node.sha256:

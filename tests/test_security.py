@@ -464,3 +464,24 @@ def test_a_rebuilt_copy_is_keyed_by_the_external_data_too(converted, deployment,
     assert any(np.abs(a - b).max() > 1e-3 for a, b in zip(first, second))
     for w, g in zip(want, second):
         np.testing.assert_array_equal(w, g)
+
+
+def test_trusting_a_model_whose_kernel_is_a_fifo_or_huge_fails_at_once(foreign_model, tmp_path):
+    model, _ = foreign_model
+    kernel = model.parent / "kernel.so"
+    kernel.unlink()
+    os.mkfifo(kernel)  # opening it for reading would wait for a writer forever
+    script = ("import cortex, sys\n"
+              "try:\n    cortex.session_options(trust=sys.argv[1])\n"
+              "except Exception as e:\n    print(type(e).__name__, e)\n")
+    result = subprocess.run([sys.executable, "-c", script, str(model)], capture_output=True, text=True, timeout=60)
+    assert "is not a regular file" in result.stdout, result.stdout + result.stderr
+    result = subprocess.run([sys.executable, "-m", "cortex", "trust", str(model)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 1 and "is not a regular file" in result.stderr
+    kernel.unlink()
+    with open(kernel, "wb") as f:
+        f.truncate(1 << 40)  # a sparse terabyte: refused by its size, never read
+    result = subprocess.run([sys.executable, "-m", "cortex", "trust", str(model)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 1 and "is larger than" in result.stderr
