@@ -1,6 +1,6 @@
 """Builds Cortex's native parts with CMake (see CMakeLists.txt) into the `cortex` package.
 
-Regular builds fill <build_lib>/cortex: `_C*.so`, `lib/libcortex_ep.so`, `include/cortex/*.h`.
+Regular builds fill <build_lib>/cortex: `_C*.so`, `lib/libcortex_ep.so`, `include/cortex/*.{h,cuh,def}`.
 Editable builds put `_C*.so` and `lib/` into the source tree's cortex/ (the headers are read from csrc/runtime).
 """
 import os
@@ -38,7 +38,9 @@ class CMakeBuild(build_ext):
         subprocess.check_call(configure)
         jobs = os.environ.get("CMAKE_BUILD_PARALLEL_LEVEL") or str(os.cpu_count() or 2)
         subprocess.check_call([cmake, "--build", str(build_dir), "--parallel", jobs])
-        self._built = [p for p in package_dir.rglob("*") if p.is_file() and p.suffix in (".so", ".h", ".def")]
+        # Everything both targets need at conversion and at run time: the EP, cortex._C, the runtime headers that
+        # generated C++ and CUDA kernels include.
+        self._built = [p for p in package_dir.rglob("*") if p.is_file() and p.suffix in (".so", ".h", ".cuh", ".def")]
 
     def get_outputs(self):
         return [str(p) for p in getattr(self, "_built", [])]
@@ -48,7 +50,7 @@ class CMakeBuild(build_ext):
 
 
 setup(
-    packages=find_packages(include=["cortex", "cortex.*", "onnx_ops", "onnx_ops.*"]),
+    packages=find_packages(include=["cortex", "cortex.*"]),  # the repository's onnx_ops (zoo, generator) is not installed
     ext_modules=[Extension("cortex._native", sources=[])],
     cmdclass={"build_ext": CMakeBuild},
     zip_safe=False,

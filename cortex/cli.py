@@ -6,6 +6,8 @@ cortex trust MODEL...         trust the kernel files a converted model ships (yo
 cortex trust --remove MODEL   take that trust back
 cortex rebuild MODEL [-o OUT] [--cpu LEVEL]
                               compile the model's kernels here from the IR it carries (trusted, fit for this CPU)
+cortex demo [--hidden H] [--trees T] [--sst DIR] [--out DIR]
+                              the main job on a bundled TreeLSTM: convert, check against ONNX Runtime, time
 """
 from __future__ import annotations
 
@@ -119,7 +121,7 @@ def _run_rebuild(args) -> int:
 
 
 def cortex_main(argv=None) -> int:
-    """cortex {convert,trust,rebuild}"""
+    """cortex {convert,trust,rebuild,demo}"""
     parser = argparse.ArgumentParser(prog="cortex", description="Cortex: compile recursive models, manage kernels.")
     commands = parser.add_subparsers(dest="command", required=True)
     _convert_parser("cortex convert", commands.add_parser("convert", help="the same as cortex-convert"))
@@ -138,6 +140,12 @@ def cortex_main(argv=None) -> int:
     rebuild_parser.add_argument("model", help="converted model (.onnx)")
     rebuild_parser.add_argument("-o", "--output", default=None, help="write the rebuilt model here (default: in place)")
     rebuild_parser.add_argument("--cpu", choices=CPU_LEVELS, default=None, help=_CPU_HELP)
+    commands.add_parser("demo", help="convert and run a bundled TreeLSTM, against ONNX Runtime", add_help=False)
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["demo"]:  # its own options (cortex demo --help)
+        from .demo import main as demo
+        return _one_line("cortex demo", lambda: demo(argv[1:]))
     args = parser.parse_args(argv)
     if args.command == "convert":
         return _one_line("cortex convert", lambda: _run_convert(args, "cortex convert"))

@@ -25,6 +25,8 @@ from .ir import format_program
 from .ir.ops import MissingOp
 from .ir.serialize import IRFormatError, to_json
 from .passes import PassError, optimize
+from .treerec import DOMAIN as TREEREC_DOMAIN
+from .treerec.portable import has_treerec, raise_treerec, to_portable
 
 ABI_TAG = "cortex-abi-2"
 
@@ -51,6 +53,7 @@ class Report:
     source: str
     output: str
     regions: list = field(default_factory=list)
+    notes: list = field(default_factory=list)  # about the model as a whole (its TreeRec record, its lowering)
 
     @property
     def left(self):
@@ -70,6 +73,7 @@ class Report:
             for w in r.warnings:
                 lines.append(f"    warning: {w}" + ("; the converted kernel computes it as PyTorch does" if r.converted
                                                    else "; this region is left to ONNX Runtime"))
+        lines += [f"  note: {n}" for n in self.notes]
         done = sum(r.converted for r in self.regions)
         lines.append(f"  {done} of {len(self.regions)} recursive regions converted")
         return "\n".join(lines)
@@ -151,9 +155,11 @@ def convert(source, output, target: str = "cpu", strict: bool = False, cpu: Opti
         options = BuildOptions(TARGETS[target], cpu_target(cpu), cuda_arch or "sm_90")
     except ToolchainError as e:
         raise ConvertError(str(e)) from None
-    model = load_model(source)
+    model, record_problem = raise_treerec(load_model(source))
     output = check_output(output)
     report = Report(str(source), str(output))
+    if record_problem:
+        report.notes.append(f"{record_problem}; its graph is converted as it is")
 
     built = {}  # node index -> (report entry, BuiltKernel)
     for region in find_regions(model):
@@ -188,10 +194,25 @@ def convert(source, output, target: str = "cpu", strict: bool = False, cpu: Opti
             replacements[index] = (node, inits, types)
             entry.kernel = _context_path(node)
         _rewrite(model, replacements)
-        save_model(model, output)
+        save_model(_runnable(model, report), output)
     except OSError as e:
         raise ConvertError(f"cannot write {e.filename or output}: {e.strerror or e}") from None
     return report
+
+
+def _runnable(model: onnx.ModelProto, report: Report) -> onnx.ModelProto:
+    """The model as ONNX Runtime can run it: a TreeRec region left unconverted is written in its portable form (its
+    standard-ONNX lowering, recorded so that a later conversion finds the recursion again)."""
+    if not has_treerec(model):
+        return model
+    try:
+        portable = to_portable(model)
+    except ValueError as e:
+        report.notes.append(f"the TreeRec regions left unconverted cannot be lowered to standard ONNX ({e}): the "
+                            "written model runs only with cortex.InferenceSession")
+        return model
+    report.notes.append("TreeRec regions left to ONNX Runtime are written as their standard-ONNX lowering")
+    return portable
 
 
 def _write_file(path: Path, data: bytes):
@@ -310,7 +331,7 @@ def _rewrite(model: onnx.ModelProto, replacements: dict):
     domains = {op.domain for op in model.opset_import}
     if "com.microsoft" not in domains:
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    if not any(n.domain == "cortex" for n in graph.node):
-        kept = [op for op in model.opset_import if op.domain != "cortex"]
+    if not any(n.domain == TREEREC_DOMAIN for n in graph.node):
+        kept = [op for op in model.opset_import if op.domain != TREEREC_DOMAIN]
         del model.opset_import[:]
         model.opset_import.extend(kept)

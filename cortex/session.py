@@ -21,6 +21,7 @@ _EP_NAME = "CortexExecutionProvider"
 # twice is a no-op.
 _MARKER_KEY = "cortex.ep_added"
 _ORT_CUDA_EP = "CUDAExecutionProvider"
+QUIET_LOG_LEVEL = 4  # FATAL (SessionOptions start at -1: "not set", ORT's WARNING)
 _registration_lock = threading.Lock()
 _registered = False
 # The EP library is built against ORT C API version 29 (the pinned headers): any ONNX Runtime package
@@ -166,6 +167,8 @@ def session_options(base: Optional[ort.SessionOptions] = None, trust=None, devic
     """SessionOptions that run Cortex nodes on the Cortex EP (and everything else on ORT's CPU EP).
 
     With `base`, the Cortex EP is added to those options (in place) and they are returned.
+    ONNX Runtime's log level is set to FATAL unless the options set one: errors still raise, once; set
+    `log_severity_level` to see ORT's log.
     `trust`: kernels to trust in these sessions beyond the local trust store (cortex.trust): sha256 digests and/or
     paths of converted models whose kernel files you trust (a str, a path, or a list of them).
     `device`: "cpu" (models converted with --target cpu), or "cuda" / "cuda:N" (models converted with --target
@@ -174,6 +177,10 @@ def session_options(base: Optional[ort.SessionOptions] = None, trust=None, devic
     """
     device = parse_device(device)
     options = base if base is not None else ort.SessionOptions()
+    if options.log_severity_level < 0:
+        # Quiet unless asked: every error reaches the caller as an exception (an ORT log line would say it twice),
+        # and nodes run by ORT's CPU EP beside the Cortex EP are by design, not worth a warning.
+        options.log_severity_level = QUIET_LOG_LEVEL
     if trust is not None:
         _add_trust(options, _trusted_digests(trust))
     present = _cortex_ep_device(options)
@@ -231,7 +238,28 @@ def _target_mismatch(path_or_bytes, device: str) -> Optional[str]:
             f"{device!r}: {advice}")
 
 
+def _portable(path_or_bytes):
+    """A model holding ``cortex.TreeRec`` nodes (not converted, or partly) as ONNX Runtime can run it: their lowering,
+    in memory; any other model as it was given."""
+    from .treerec.portable import has_treerec, to_portable
+
+    try:
+        model = onnx.load_model_from_string(bytes(path_or_bytes)) if isinstance(path_or_bytes, (bytes, bytearray)) \
+            else onnx.load(os.fspath(path_or_bytes), load_external_data=False)
+    except Exception:  # noqa: BLE001 - not ours to judge: ONNX Runtime says what is wrong with the file
+        return path_or_bytes
+    if not has_treerec(model):
+        return path_or_bytes
+    if not isinstance(path_or_bytes, (bytes, bytearray)):
+        if any(n.op_type == "EPContext" for n in model.graph.node):
+            raise RuntimeError(f"{os.fspath(path_or_bytes)} holds Cortex kernels and cortex.TreeRec nodes: convert the "
+                               "original model again (cortex-convert writes no such mix)")
+        model = onnx.load(os.fspath(path_or_bytes))
+    return to_portable(model).SerializeToString()
+
+
 def _create(path_or_bytes, options, device, kwargs) -> ort.InferenceSession:
+    path_or_bytes = _portable(path_or_bytes)
     try:
         return ort.InferenceSession(path_or_bytes, sess_options=options, **kwargs)
     except Exception as e:  # onnxruntime raises its own exception types

@@ -1,17 +1,6 @@
-"""The ``cortex`` ONNX domain (TreeRec: schema, reference, lowering), the model zoo, and structure helpers."""
+"""The repository's development models (not installed with Cortex): the model zoo (``onnx_ops.zoo``), image grids
+and chains (``onnx_ops.grids``), and the generator of natural PyTorch recursive models (``onnx_ops.modelgen``).
 
-from .structures import Forest, batch, random_tree, read_sst, sst_dir_default, sst_like_trees
-from .treerec import TreeRecOp, lower_treerec, register_schema, treerec_reference
-
-__all__ = [
-    "Forest",
-    "TreeRecOp",
-    "batch",
-    "lower_treerec",
-    "random_tree",
-    "read_sst",
-    "register_schema",
-    "sst_dir_default",
-    "sst_like_trees",
-    "treerec_reference",
-]
+The ``cortex`` ONNX domain (the TreeRec op) is part of the product: ``cortex.treerec``; trees and the TreeLSTM
+example are ``cortex.examples``.
+"""

@@ -1,4 +1,4 @@
-"""Grid and chain structures for the DAG-RNN and chain-LSTM zoo models (trees live in :mod:`onnx_ops.structures`).
+"""Grid and chain structures for the DAG-RNN and chain-LSTM zoo models (trees live in :mod:`cortex.examples.structures`).
 
 A :class:`Grid` holds one or more image grids of R×C cells as flat node arrays: cell (r, c) of a grid starting at
 node ``off`` has id ``off + r*C + c``; ``up`` / ``left`` are the ids of cells (r-1, c) / (r, c-1), -1 where missing;

@@ -39,8 +39,8 @@ def bump(h, c):
 
 
 def test_check_outputs_names_system_model_config():
-    from onnx_ops import structures as st
-    from onnx_ops.zoo import treelstm as tl
+    from cortex.examples import structures as st
+    from cortex.examples import treelstm as tl
 
     p = tl.make_params(hidden=4, embed_dim=5, vocab=20, seed=0)
     f = st.random_tree(4, np.random.default_rng(0), 20)

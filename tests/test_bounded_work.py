@@ -20,7 +20,7 @@ import cortex
 from cortex.codegen import toolchain
 from cortex.ir import nodes as ir
 from cortex.ir.serialize import IRFormatError, from_json, to_json
-from onnx_ops.zoo import treelstm as tl
+from cortex.examples import treelstm as tl
 
 
 @pytest.fixture(scope="module")
@@ -214,9 +214,12 @@ def test_a_compiler_past_the_time_limit_is_killed_with_its_children(tmp_path, mo
     monkeypatch.setenv("CORTEX_CACHE_DIR", str(tmp_path / "cache"))
     with pytest.raises(toolchain.ToolchainError, match="took more than 2 s, the compile budget"):
         toolchain.compile_kernel("int cortex_slow_compile;\n")
-    for pid in map(int, pids.read_text().split()):
-        with pytest.raises(ProcessLookupError):  # the compiler and its child are gone
-            os.kill(pid, 0)
+    for pid in map(int, pids.read_text().split()):  # the compiler and its child are gone (or dead, not yet reaped)
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            continue
+        assert state in ("Z", "X"), f"process {pid} still runs (state {state})"
 
 
 def test_the_cache_of_another_user_or_of_everyone_is_not_used(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ import pytest
 import onnx
 from onnx import TensorProto, helper
 
-from onnx_ops.zoo import treelstm as tl
+from cortex.examples import treelstm as tl
 
 
 def run_cli(*args):

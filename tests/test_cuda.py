@@ -26,8 +26,8 @@ from cortex.codegen import toolchain
 from cortex.codegen.cuda import CudaGenerator
 from cortex.frontend import find_regions
 from cortex.passes import optimize
-from onnx_ops import structures as st
-from onnx_ops.treerec import lower_treerec
+from cortex.examples import structures as st
+from cortex.treerec import lower_treerec
 from onnx_ops.zoo import MODELS, batch, structures
 
 HIDDEN = 8

@@ -21,9 +21,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 import cortex
 from onnx_ops import grids
-from onnx_ops import structures as st
+from cortex.examples import structures as st
 from onnx_ops.zoo import MODELS
-from onnx_ops.zoo import treelstm as tl
+from cortex.examples import treelstm as tl
 
 WORKER = Path(__file__).with_name("_fuzz_worker.py")
 VOCAB = 12

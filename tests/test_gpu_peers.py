@@ -1,5 +1,5 @@
 """tools/peers/torch_gpu_peer.py: the level schedule, the level-batched and per-node PyTorch TreeLSTMs (run on the
-CPU here: the device is a parameter) against onnx_ops.zoo.treelstm.reference; the CUDA-graph runner only where a
+CPU here: the device is a parameter) against cortex.examples.treelstm.reference; the CUDA-graph runner only where a
 CUDA GPU is present."""
 
 import sys
@@ -13,8 +13,8 @@ sys.path.insert(0, str(REPO))
 
 torch = pytest.importorskip("torch")
 
-from onnx_ops import structures as st  # noqa: E402
-from onnx_ops.zoo import treelstm as tl  # noqa: E402
+from cortex.examples import structures as st  # noqa: E402
+from cortex.examples import treelstm as tl  # noqa: E402
 from tools.peers import torch_gpu_peer as gp  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()

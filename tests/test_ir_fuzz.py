@@ -162,7 +162,7 @@ def test_random_mutations_are_refused_or_harmless(data):
 
 def test_code_in_the_ir_is_refused_by_rebuild(tmp_path, monkeypatch):
     import cortex
-    from onnx_ops.zoo import treelstm as tl
+    from cortex.examples import treelstm as tl
 
     monkeypatch.undo()  # this test runs the real toolchain in a subprocess
     marker = tmp_path / "MARKER"

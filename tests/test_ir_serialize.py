@@ -21,7 +21,7 @@ from cortex.ir import serialize
 from cortex.ir.serialize import IRFormatError, from_json, safe_text, to_json
 from cortex.passes import optimize
 from onnx_ops.zoo import MODELS
-from onnx_ops.zoo import treelstm as tl
+from cortex.examples import treelstm as tl
 
 
 def _programs(model):

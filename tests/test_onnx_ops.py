@@ -17,9 +17,9 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 
-from onnx_ops import structures as S
-from onnx_ops.treerec import TreeRecOp, lower_treerec, make_treerec_node, register_schema, treerec_reference
-from onnx_ops.zoo import treelstm as T
+from cortex.examples import structures as S
+from cortex.treerec import TreeRecOp, lower_treerec, make_treerec_node, register_schema, treerec_reference
+from cortex.examples import treelstm as T
 
 SST = S.sst_dir_default()
 needs_sst = pytest.mark.skipif(SST is None, reason="SST directory not found (../shared/data/sst or CORTEX_SST_DIR)")

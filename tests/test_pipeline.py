@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 
 import cortex
-from onnx_ops import structures as st
-from onnx_ops.treerec import TreeRecOp, lower_treerec
-from onnx_ops.zoo import treelstm as tl
+from cortex.examples import structures as st
+from cortex.treerec import TreeRecOp, lower_treerec
+from cortex.examples import treelstm as tl
 
 HIDDEN, EMBED, VOCAB = 16, 8, 60
 TOL = 1e-4

@@ -10,8 +10,8 @@ import pytest
 from onnx import helper
 
 import cortex
-from onnx_ops import structures as st
-from onnx_ops.zoo import treelstm as tl
+from cortex.examples import structures as st
+from cortex.examples import treelstm as tl
 
 HIDDEN = 8
 

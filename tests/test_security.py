@@ -22,8 +22,8 @@ import pytest
 import cortex
 from cortex import trust
 from cortex.codegen import toolchain
-from onnx_ops import structures as st
-from onnx_ops.zoo import treelstm as tl
+from cortex.examples import structures as st
+from cortex.examples import treelstm as tl
 from test_ep import build_kernel, expected, sha256_of, write_model
 
 CONSTRUCTOR = r"""

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 
-from onnx_ops import structures as S
+from cortex.examples import structures as S
 
 SST = S.sst_dir_default()
 needs_sst = pytest.mark.skipif(SST is None, reason="SST directory not found (../shared/data/sst or CORTEX_SST_DIR)")

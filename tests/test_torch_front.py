@@ -1,6 +1,7 @@
 """The PyTorch cell road (cortex.torch): six recursive models go from their cells (onnx_ops.zoo.cells) to one
-cortex.TreeRec model, which runs in plain ONNX Runtime (its lowering) and through cortex.convert --strict, and
-returns what the cells return in eager PyTorch (run_reference), within 1e-4, on SST trees and random structures."""
+cortex.TreeRec model, written in its portable form, which runs in plain ONNX Runtime and through cortex.convert
+--strict, and returns what the cells return in eager PyTorch (run_reference), within 1e-4, on SST trees and random
+structures."""
 from __future__ import annotations
 
 import subprocess
@@ -18,9 +19,10 @@ pytest.importorskip("onnxscript")
 import cortex  # noqa: E402
 import cortex.torch as ct  # noqa: E402
 from onnx_ops import grids  # noqa: E402
-from onnx_ops import structures as st  # noqa: E402
+from cortex.examples import structures as st  # noqa: E402
 from onnx_ops import zoo  # noqa: E402
-from onnx_ops.treerec import TreeRecOp, defined_names, lower_treerec  # noqa: E402
+from cortex.treerec import TreeRecOp, defined_names, lower_treerec  # noqa: E402
+from cortex.treerec.portable import raise_treerec  # noqa: E402
 from onnx_ops.zoo import cells  # noqa: E402
 
 HIDDEN = 8
@@ -82,9 +84,9 @@ def _close(got, want, what):
 
 
 @pytest.mark.parametrize("name", list(cells.MODELS))
-def test_lowering_in_ort_matches_eager(name, exports):
+def test_the_exported_file_runs_in_plain_ort_and_matches_eager(name, exports):
     c, inputs, path, model = exports(name)
-    session = ort.InferenceSession(lower_treerec(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # nothing of Cortex involved
     assert [o.name for o in session.get_outputs()] == c.options["state_names"]
     for label, feeds in inputs.items():
         want = ct.run_reference(c.leaf, c.internal, feeds, **c.options)
@@ -127,6 +129,8 @@ def test_parameters_stored_once_and_names_unique(name, exports):
     """Every parameter is one main-graph initializer however many cells use it (DAG-RNN's W, the AST's embedding
     and input projection, Child-Sum's whole cell); no body value name collides with another scope's."""
     c, _, _, model = exports(name)
+    model, problem = raise_treerec(model)  # the TreeRec node the portable file records
+    assert problem is None
     params = {}
     for cell in (c.leaf, c.internal):
         for t in list(cell.parameters()) + list(cell.buffers()):
@@ -156,6 +160,7 @@ def test_onnx_reference_evaluator_reads_outer_scope_weights(name, exports):
     from onnx.reference import ReferenceEvaluator
 
     c, _, _, model = exports(name)
+    model, _ = raise_treerec(model)  # the TreeRec node the portable file records, run by TreeRecOp
     rng = np.random.default_rng(0)
     s = grids.grid(2, 3, zoo.GRID_FEATURES, rng) if name == "dagrnn" else st.sst_like_trees(1, rng, 50)[0]
     feeds = cells.MODELS[name].feeds(s)

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("torch")
 
 import cortex  # noqa: E402
-from onnx_ops import structures as st  # noqa: E402
+from cortex.examples import structures as st  # noqa: E402
 from onnx_ops.zoo.wild import MODELS, eager, export_model, feeds_for  # noqa: E402
 
 TOL = 1e-4

@@ -14,8 +14,8 @@ import onnxruntime as ort
 import pytest
 from onnx.reference import ReferenceEvaluator
 
-from onnx_ops import structures as S
-from onnx_ops.treerec import TreeRecOp, lower_treerec, register_schema
+from cortex.examples import structures as S
+from cortex.treerec import TreeRecOp, lower_treerec, register_schema
 from onnx_ops.zoo import childsum, torch_models_a, treefc, treegru, treernn
 
 SST = S.sst_dir_default()

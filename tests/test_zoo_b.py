@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from onnx.reference import ReferenceEvaluator
 
 from onnx_ops import grids as G
-from onnx_ops import structures as S
-from onnx_ops.treerec import TreeRecOp, lower_treerec, register_schema
+from cortex.examples import structures as S
+from cortex.treerec import TreeRecOp, lower_treerec, register_schema
 from onnx_ops.zoo import chainlstm, dagrnn, mvrnn
 from onnx_ops.zoo import torch_models_b as TB
 

@@ -11,8 +11,8 @@ import onnxruntime as ort
 import pytest
 
 import cortex
-from onnx_ops import structures as st
-from onnx_ops.treerec import lower_treerec
+from cortex.examples import structures as st
+from cortex.treerec import lower_treerec
 from onnx_ops.zoo import MODELS, batch, structures
 
 HIDDEN = 8

@@ -118,7 +118,7 @@ def load_structures(kind: str, sst, count: int, vocab: int | None, seed: int):
     """(structures, description) of a zoo structure kind, from ``onnx_ops.zoo.structures``: the first ``count``
     SST test trees from ``sst`` (default: the repo's data) for trees, their sentences as chains for chains;
     SST-shaped synthetic trees when there is no SST directory; synthetic grids for grids."""
-    from onnx_ops import structures as st
+    from cortex.examples import structures as st
     from onnx_ops import zoo
 
     vocab = vocab or zoo.VOCAB
@@ -259,7 +259,7 @@ def parse_args(argv=None):
     p.add_argument("--throughput", type=int, default=100,
                    help="also time forests of this many trees and report trees/s (0: off) (default 100)")
     p.add_argument("--target", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--sst", default=None, help="SST directory (default: onnx_ops.structures.sst_dir_default(); "
+    p.add_argument("--sst", default=None, help="SST directory (default: cortex.examples.structures.sst_dir_default(); "
                                                "synthetic SST-shaped trees when none)")
     p.add_argument("--quick", action="store_true", help="fewer trees and repeats; finishes in a few minutes")
     p.add_argument("--out", default=None, help="output directory (default: a new temp dir)")
@@ -540,19 +540,19 @@ def _write_json(path: Path, obj) -> None:
 
 def _form_model(entry, form: str, export_module, params, example, tmp: Path):
     """(ModelProto of ``form``, the ModelProto ORT runs as the original): the hand-built Loop/If, the TreeRec model
-    (ORT runs its lowering, ``onnx_ops.treerec.lower_treerec``) or a TorchScript export of a PyTorch style."""
+    (ORT runs its lowering, ``cortex.treerec.lower_treerec``) or a TorchScript export of a PyTorch style."""
     import onnx
 
     if form == "loop":
         m = entry.build_loop(params)
         return m, m
     if form == "treerec":
-        from onnx_ops.treerec import lower_treerec
+        from cortex.treerec import lower_treerec
 
         m = entry.build_treerec(params)
         return m, lower_treerec(m)
     if form == "cells":  # the PyTorch cell road (cortex.torch.export of onnx_ops.zoo.cells), the zoo model's weights
-        from onnx_ops.treerec import lower_treerec
+        from cortex.treerec import lower_treerec
 
         m = export_module.export(entry.name, params.hidden, None, entry.treerec_feeds(example), params=params)
         return m, lower_treerec(m)
@@ -771,7 +771,7 @@ def render_forms_header(res: dict) -> str:
         f"- Each form is built at hidden {s['hidden']}, seed {s['seed']}, and converted with "
         "`cortex.convert(..., strict=False)`; \"converted\" = every recursive region became a Cortex kernel (else "
         "the report's reason). Forms: `loop` = the hand-built Loop/If model; `treerec` = the `cortex.TreeRec` model "
-        "(ONNX Runtime runs its lowering `onnx_ops.treerec.lower_treerec`); `cells` = the PyTorch cell road "
+        "(ONNX Runtime runs its lowering `cortex.treerec.lower_treerec`); `cells` = the PyTorch cell road "
         "(`cortex.torch.export` of `onnx_ops/zoo/cells.py`, a TreeRec model, run by ORT as its lowering); the "
         "others are TorchScript exports (`torch.onnx.export(dynamo=False)`) of the PyTorch styles in "
         "`onnx_ops/zoo/torch_*.py`.",

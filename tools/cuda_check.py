@@ -33,8 +33,8 @@ from cortex.codegen import toolchain  # noqa: E402
 from cortex.frontend import find_regions  # noqa: E402
 from cortex.passes import optimize  # noqa: E402
 from kernel_harness import Kernel  # noqa: E402
-from onnx_ops import structures as st  # noqa: E402
-from onnx_ops.treerec import lower_treerec  # noqa: E402
+from cortex.examples import structures as st  # noqa: E402
+from cortex.treerec import lower_treerec  # noqa: E402
 from onnx_ops.zoo import MODELS, batch, structures  # noqa: E402
 
 

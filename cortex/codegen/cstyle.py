@@ -234,8 +234,10 @@ def prepare_fn(plan: KernelPlan, syntax: HostSyntax) -> str:
             else:
                 rows = (f"INT64_C({p.constants[source].shape[0]})" if source in p.constants
                         else f"cx.{plan.array_ids[source]}_rows")
+                what = (f"the rows of {p.label(source)}, indexed by {format_index(key)}" if source in p.constants
+                        else source)
                 lines.append(f"        slots[{s}] = cortex::normalize_index({render_index(key, syntax)}, {rows}, "
-                             f"\"{cstr(source)}\", p);  // {comment(format_index(key))}")
+                             f"\"{cstr(what)}\", p);  // {comment(format_index(key))}")
         lines += ["        break;", "      }"]
     lines += ["    }", "    ++q;", "  }", "  ws.listed = q;", "}"]
     return "\n".join(lines) + "\n"

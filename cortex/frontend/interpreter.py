@@ -56,9 +56,10 @@ class Interpreter:
         self.outer = outer
         self.opset = opset
         if shared is None:
-            shared = {"constants": {}, "const_ids": {}, "arrays": {}}
+            shared = {"constants": {}, "const_ids": {}, "arrays": {}, "labels": {}}
         self.shared = shared
         self.constants = shared["constants"]
+        self.labels = shared["labels"]  # constant name -> what the user calls it (an initializer's name)
         self.arrays = shared["arrays"]
 
     def nested(self, outer) -> "Interpreter":
@@ -70,7 +71,7 @@ class Interpreter:
     def run_graph(self, graph: onnx.GraphProto, bindings: dict) -> list:
         env = dict(bindings)
         for init in graph.initializer:
-            env[init.name] = Known(numpy_helper.to_array(init))
+            env[init.name] = Known(numpy_helper.to_array(init), source=init.name)
 
         def lookup(name):
             if name in env:
@@ -98,7 +99,8 @@ class Interpreter:
 
     # ---- constants -----------------------------------------------------------------------------
 
-    def const_name(self, value: np.ndarray, hint: str) -> str:
+    def const_name(self, value: np.ndarray, hint: str, source=None) -> str:
+        """The IR constant holding `value` (one per distinct value); `source`: the ONNX name it came from."""
         value = np.ascontiguousarray(value, dtype=np.float32)
         key = (value.shape, value.tobytes())
         ids = self.shared["const_ids"]
@@ -106,6 +108,8 @@ class Interpreter:
             name = f"{hint}_{len(ids)}"
             ids[key] = name
             self.constants[name] = value
+        if source is not None:
+            self.labels.setdefault(ids[key], source)
         return ids[key]
 
     def use_array(self, array: Array) -> Array:
@@ -133,7 +137,7 @@ class Interpreter:
                 if fn is None:  # the reference implementation lacks it (Gelu at some opsets): the handler computes it
                     raise
         if fn is None:
-            raise Refusal(f"op {node.op_type} is not supported inside a recursion")
+            raise Refusal(f"op {node.op_type} is not supported inside a recursion", hint=REWRITES.get(node.op_type))
         out = fn(self, node, args, lookup)
         return out if isinstance(out, list) else [out]
 
@@ -179,6 +183,19 @@ class Interpreter:
             raise Refusal(f"{what} is computed from state values (data-dependent); Cortex needs it to come from the "
                           f"structure arrays", hint=DATA_DEPENDENT_HINT)
         raise Refusal(f"{what} is {describe(v)}, expected a structure value")
+
+
+# PyTorch rewrites that convert, for ops Cortex does not follow inside a recursion (docs/ops.md lists them).
+REWRITES = {
+    "Einsum": "write the contraction with matmul and sums: torch.einsum('bi,ijk,bk->bj', x, T, y) is "
+              "((x @ T.reshape(I, J * K)).reshape(-1, J, K) * y[:, None, :]).sum(-1) (nn.Bilinear is this "
+              "contraction with its weight)",
+    "CumSum": "write the running sum over a fixed-size dimension as a product with a constant triangular matrix "
+              "(x @ torch.triu(torch.ones(n, n))) or as explicit additions",
+    "Conv": "write a convolution over a node's fixed-size rows as a matmul with an unfolded (im2col) weight",
+    "Trilu": "multiply by a constant triangular mask instead",
+    "Resize": "resize outside the recursion, or index the rows with constant indices",
+}
 
 
 DATA_DEPENDENT_HINT = ("compute indices and branch conditions only from the structure inputs (child ids, node order, "

@@ -93,7 +93,7 @@ def gather_rows(it, data, idx: Sym):
     if isinstance(data, Known) and data.value.dtype.kind == "f" and data.value.ndim >= 1:
         table = np.asarray(data.value, dtype=np.float32)
         flat = table.reshape(table.shape[0], -1)
-        name = it.const_name(flat, "table")
+        name = it.const_name(flat, "table", data.source)
         parts = [ir.ConstRow(name, e, flat.shape[1]) for e in elems]
         return Row(ir.concat(parts), tuple(idx.shape) + tuple(table.shape[1:]))
     if isinstance(data, (Row, Sym, Known)):

@@ -96,7 +96,7 @@ class OuterScope:
             return self.values[name]
         self.values[name] = self.opaque(name)  # breaks cycles; replaced below
         if name in self.initializers:
-            value = Known(numpy_helper.to_array(self.initializers[name]))
+            value = Known(numpy_helper.to_array(self.initializers[name]), source=name)
         elif name in self.producer:
             node = self.producer[name]
             value = self.opaque(name)
@@ -390,7 +390,8 @@ def recognize_loop(model, node, outer: OuterScope, region_name: str, used: set) 
     init_decls = [_init_decl(name, outer) for name in inits]
     arrays = _input_decls(interp, cases, [trip], outer.lookup)
     return ir.Program(region_name, "visit", tuple(arrays + init_decls), tuple(tables), cases,
-                      dict(interp.constants), trip=trip)
+                      dict(interp.constants), trip=trip,
+                      labels=_labels(interp))
 
 
 def _init_decl(name, outer) -> ir.InputDecl:
@@ -514,7 +515,8 @@ def recognize_scan(model, node, outer: OuterScope, region_name: str, used: set) 
     init_decls = [_init_decl(name, outer) for name in inits]
     arrays = _input_decls(interp, cases, [trip], outer.lookup)
     return ir.Program(region_name, "visit", tuple(arrays + init_decls), tuple(tables), cases,
-                      dict(interp.constants), trip=trip)
+                      dict(interp.constants), trip=trip,
+                      labels=_labels(interp))
 
 
 # ---- TreeRec -----------------------------------------------------------------------------------------
@@ -576,7 +578,15 @@ def recognize_treerec(model, node, outer: OuterScope, region_name: str, used: se
     arrays = _input_decls(interp, cases, [], outer.lookup, also=node_input_names)
     arrays = [dataclasses.replace(d, per_node=True) if d.name in node_input_names else d for d in arrays]
     return ir.Program(region_name, "dag", tuple(arrays), tuple(tables), tuple(cases), dict(interp.constants),
-                      rows_from=children_name)
+                      rows_from=children_name, labels=_labels(interp))
+
+
+def _labels(interp) -> tuple:
+    """(constant, the ONNX name it came from) for the IR's messages; names that cannot be written safely are left
+    out (the message then names the constant)."""
+    from ..ir.schema import safe_text
+    return tuple((name, source) for name, source in sorted(interp.labels.items())
+                 if name in interp.constants and isinstance(source, str) and safe_text(source))
 
 
 def _row(interp, v, what) -> Row:

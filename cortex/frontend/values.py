@@ -38,10 +38,12 @@ class Refusal(Exception):
 
 
 class Known:
-    __slots__ = ("value",)
+    """A constant. `source`: the ONNX name it was read from (an initializer), for messages in the user's terms."""
+    __slots__ = ("value", "source")
 
-    def __init__(self, value):
+    def __init__(self, value, source=None):
         self.value = np.asarray(value)
+        self.source = source
 
     def __eq__(self, other):
         return (isinstance(other, Known) and self.value.dtype == other.value.dtype

@@ -578,6 +578,12 @@ class Program:
     constants: Constants = field(default_factory=dict)  # name -> np.ndarray (float32)
     trip: Optional[IExpr] = None
     rows_from: Optional[Name] = None
+    labels: tuple[tuple[Ident, Name], ...] = ()  # (constant, the ONNX name it came from): messages in user terms
+
+    def label(self, const: str) -> str:
+        """What run-time messages call a constant: the initializer it came from, else its IR name."""
+        source = next((s for c, s in self.labels if c == const), None)
+        return f"initializer '{source}'" if source else f"constant {const}"
 
     def input(self, name: str) -> InputDecl:
         for decl in self.inputs:

@@ -32,7 +32,8 @@ def _drop_unused_constants(program: ir.Program) -> ir.Program:
     for case in program.cases:
         for node in ir.walk_rows([x for _, x in case.writes]):
             used.update(getattr(node, f) for f in CONSTANT_FIELDS if getattr(node, f, None))
-    return dataclasses.replace(program, constants={k: v for k, v in program.constants.items() if k in used})
+    return dataclasses.replace(program, constants={k: v for k, v in program.constants.items() if k in used},
+                               labels=tuple((c, s) for c, s in program.labels if c in used))
 
 
 # ---- simplification --------------------------------------------------------------------------
@@ -233,6 +234,7 @@ def fold_constant_rows(program: ir.Program) -> ir.Program:
     tables (an embedding lookup, its projection W.x + b, even a leaf's whole gate math) becomes one lookup
     into a precomputed table. Largest foldable subtrees first."""
     constants = dict(program.constants)
+    labels = dict(program.labels)
     folded = {}
 
     def fold(e):
@@ -247,6 +249,11 @@ def fold_constant_rows(program: ir.Program) -> ir.Program:
                     table = _evaluate_on_all_rows(program, e)
                     name = f"folded_{len(constants)}"
                     constants[name] = table
+                    # indexed as the table it folds: a bad index is reported against that table's name
+                    source = next((labels[n.const] for n in ir.walk_rows([e])
+                                   if isinstance(n, ir.ConstRow) and n.const in labels), None)
+                    if source is not None:
+                        labels[name] = source
                     out = ir.ConstRow(name, index, e.width)
         if out is None:
             kids = ir.operands(e) if isinstance(e, ir.RExpr) else ()
@@ -255,7 +262,8 @@ def fold_constant_rows(program: ir.Program) -> ir.Program:
         return out
 
     cases = tuple(dataclasses.replace(c, writes=tuple((t, fold(x)) for t, x in c.writes)) for c in program.cases)
-    return _drop_unused_constants(dataclasses.replace(program, cases=cases, constants=constants))
+    return _drop_unused_constants(dataclasses.replace(program, cases=cases, constants=constants,
+                                                      labels=tuple(labels.items())))
 
 
 # ---- fusion: bias into the matrix product -----------------------------------------------------

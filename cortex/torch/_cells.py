@@ -17,6 +17,7 @@ A node is a leaf iff all its child slots are -1 (TreeRec's rule).
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -39,6 +40,82 @@ class Convention:
     def __post_init__(self):
         if self.children not in CHILD_LAYOUTS:
             raise ValueError(f"children must be one of {CHILD_LAYOUTS}, not {self.children!r}")
+
+
+def _positional_arity(cell) -> int | None:
+    """How many positional arguments the cell's forward takes (None: any number, *args)."""
+    try:
+        signature = inspect.signature(cell.forward if isinstance(cell, nn.Module) else cell)
+    except (TypeError, ValueError):
+        return None
+    count = 0
+    for p in signature.parameters.values():
+        if p.kind == p.VAR_POSITIONAL:
+            return None
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is p.empty:
+            count += 1
+    return count
+
+
+def _last_parameter(cell) -> str | None:
+    try:
+        names = list(inspect.signature(cell.forward if isinstance(cell, nn.Module) else cell).parameters)
+    except (TypeError, ValueError):
+        return None
+    return names[-1] if names else None
+
+
+def internal_arity(conv: Convention, num_inputs: int, num_states: int, num_children: int) -> int:
+    """The positional arguments an internal cell takes under `conv`."""
+    kids = num_states if conv.children == "stack" else num_children * num_states
+    return (num_inputs if conv.internal_inputs else 0) + kids + (1 if conv.mask else 0)
+
+
+def describe_convention(conv: Convention) -> str:
+    return f"children={conv.children!r}, internal_inputs={conv.internal_inputs}, mask={conv.mask}"
+
+
+def resolve_convention(internal, children, mask, internal_inputs, num_inputs: int, num_states: int,
+                       num_children: int) -> Convention:
+    """The calling convention of the internal cell: the options given, the rest inferred from the cell's signature
+    (the one combination whose argument count it takes; the defaults stack / True / False where several fit or the
+    signature says nothing). A convention the cell cannot take is a ValueError that names the options that fit."""
+    given = {"children": children, "mask": mask, "internal_inputs": internal_inputs}
+    candidates = [Convention(c, m, i) for c in CHILD_LAYOUTS for i in (True, False) for m in (False, True)
+                  if all(v is None or v == getattr(Convention(c, m, i), k) for k, v in given.items())]
+    arity = _positional_arity(internal)
+    default = Convention(children or "stack", bool(mask), True if internal_inputs is None else internal_inputs)
+    if arity is None:
+        return default
+    fitting = [c for c in candidates if internal_arity(c, num_inputs, num_states, num_children) == arity]
+    if default in fitting:
+        return default
+    if mask is None:  # a mask is the last argument, named so; otherwise there is none
+        wants_mask = "mask" in (_last_parameter(internal) or "").lower()
+        fitting = [c for c in fitting if c.mask == wants_mask]
+    if len(fitting) == 1:
+        return fitting[0]
+    every = [c for c in (Convention(c, m, i) for c in CHILD_LAYOUTS for i in (True, False) for m in (False, True))
+             if internal_arity(c, num_inputs, num_states, num_children) == arity]
+    what = (f"the internal cell takes {arity} positional arguments, but with {describe_convention(default)} Cortex "
+            f"passes {internal_arity(default, num_inputs, num_states, num_children)} ({num_inputs} node input(s), "
+            f"{num_states} state(s), {num_children} child slots)")
+    if fitting:
+        raise ValueError(f"{what}; several conventions fit its signature, say which: "
+                         + " or ".join(describe_convention(c) for c in fitting) + " (docs/bring-your-pytorch-model.md)")
+    if every:
+        raise ValueError(f"{what}; these options fit its signature: "
+                         + " or ".join(describe_convention(c) for c in every) + " (docs/bring-your-pytorch-model.md)")
+    raise ValueError(f"{what}, and no combination of children=, internal_inputs=, mask= fits it "
+                     "(docs/bring-your-pytorch-model.md: the calling convention of the cells)")
+
+
+def check_leaf_arity(leaf, num_inputs: int, names) -> None:
+    arity = _positional_arity(leaf)
+    if arity is not None and arity != num_inputs:
+        raise ValueError(f"the leaf cell takes {arity} positional arguments; Cortex calls it with the {num_inputs} node "
+                         f"input(s) of the example ({', '.join(names) or 'none'}), in that order: give the example "
+                         "those node inputs, or change the cell")
 
 
 def as_numpy(x) -> np.ndarray:

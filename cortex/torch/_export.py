@@ -22,9 +22,11 @@ import onnx
 import torch
 from onnx import TensorProto, helper
 
-from onnx_ops.treerec import DOMAIN, VERSION, make_treerec_node, register_schema, rename_graph
+from ..treerec import DOMAIN, VERSION, make_treerec_node, register_schema, rename_graph
+from ..treerec.portable import to_portable
 
-from ._cells import CHILDREN, Convention, InternalBody, LeafBody, Structure, call_internal, call_leaf
+from ._cells import (CHILDREN, Convention, InternalBody, LeafBody, Structure, call_internal, call_leaf,
+                     check_leaf_arity, describe_convention, resolve_convention)
 from ._reference import run_reference
 
 OPSET = 18  # the dynamo exporter's lowest; the TorchScript fallback exports at the same opset
@@ -48,20 +50,76 @@ class _Head(torch.nn.Module):
 
 
 @contextlib.contextmanager
-def _quiet():
-    """Silence the exporters' warnings and log lines (training-mode and deprecation warnings, the dynamo
-    exporter's registry messages); errors still raise."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir")]
+def _quiet(verbose: bool = False):
+    """Silence the exporters (warnings, log lines, the graphs and progress they print) unless `verbose`; what they
+    printed is kept (yielded buffer) so that a failure can carry it. Errors still raise."""
+    if verbose:
+        yield io.StringIO()
+        return
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir",
+                                              "torch._dynamo", "torch.fx")]
     levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings():
+    captured = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(captured), contextlib.redirect_stderr(captured):
         warnings.simplefilter("ignore")
         for lg in loggers:
-            lg.setLevel(logging.ERROR)
+            lg.setLevel(logging.CRITICAL)
         try:
-            yield
+            yield captured
         finally:
             for lg, level in zip(loggers, levels):
                 lg.setLevel(level)
+
+
+def _with_output(error: BaseException, captured: io.StringIO) -> BaseException:
+    """The exporter's own output, attached to its error (shown with the traceback, not printed as it ran)."""
+    text = captured.getvalue().strip()
+    if text and hasattr(error, "add_note"):
+        error.add_note("exporter output (cortex.torch captured it; export(..., verbose=True) prints it as it runs):\n"
+                       + text[-4000:])
+    return error
+
+
+@contextlib.contextmanager
+def _kept_as_they_were(*modules):
+    """The user's modules come back exactly as they were: every submodule's training flag, every parameter's
+    requires_grad, every hook (the exporters switch modes, and the TorchScript exporter restores the wrapper's mode,
+    training by default, onto the cells inside it)."""
+    roots = [m for m in modules if m is not None]
+    subs = list({id(m): m for root in roots for m in root.modules()}.values())
+    training = [(m, m.training) for m in subs]
+    grads = [(p, p.requires_grad) for root in roots for p in root.parameters()]
+    hooks = [(m, name, dict(getattr(m, name))) for m in subs
+             for name in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+             if isinstance(getattr(m, name, None), dict)]
+    try:
+        yield
+    finally:
+        for m, flag in training:
+            m.training = flag
+        for p, flag in grads:
+            p.requires_grad_(flag)
+        for m, name, saved in hooks:
+            current = getattr(m, name)
+            current.clear()
+            current.update(saved)
+
+
+TRAINING_SENSITIVE = (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._BatchNorm,
+                      torch.nn.modules.instancenorm._InstanceNorm)
+
+
+def _refuse_training_mode(cells: dict) -> None:
+    """Cortex exports inference: a cell in training mode whose dropout or batch statistics would change what it
+    computes is a mistake to say, not to export."""
+    for role, cell in cells.items():
+        if cell is None:
+            continue
+        for name, m in cell.named_modules():
+            if m.training and isinstance(m, TRAINING_SENSITIVE):
+                raise ValueError(f"the {role} cell is in training mode and has {type(m).__name__} "
+                                 f"({role + ('.' + name if name else '')}), which computes differently in training: "
+                                 f"call .eval() on your cells before exporting (Cortex exports the inference model)")
 
 
 def _dynamo(module, args, input_names, output_names, opset: int, dynamic: bool) -> onnx.ModelProto:
@@ -73,26 +131,24 @@ def _dynamo(module, args, input_names, output_names, opset: int, dynamic: bool) 
     kwargs = {}
     if dynamic:  # the wrapper modules' forward takes *args: one spec, a tuple with an entry per argument
         kwargs["dynamic_shapes"] = (tuple({0: torch.export.Dim.DYNAMIC} for _ in args),)
-    with _quiet():
-        program = torch.onnx.export(module, tuple(args), dynamo=True, opset_version=opset, verbose=False,
-                                    optimize=False, input_names=list(input_names), output_names=list(output_names),
-                                    **kwargs)
-        graph = program.model.graph
-        params = [v for name, v in graph.initializers.items() if name in _owners(module)]
-        graph.inputs.extend(params)
-        onnxscript.optimizer.optimize(program.model)
-        for _ in params:
-            graph.inputs.pop()
+    program = torch.onnx.export(module, tuple(args), dynamo=True, opset_version=opset, verbose=False,
+                                optimize=False, input_names=list(input_names), output_names=list(output_names),
+                                **kwargs)
+    graph = program.model.graph
+    params = [v for name, v in graph.initializers.items() if name in _owners(module)]
+    graph.inputs.extend(params)
+    onnxscript.optimizer.optimize(program.model)
+    for _ in params:
+        graph.inputs.pop()
     return program.model_proto
 
 
 def _torchscript(module, args, input_names, output_names, opset: int, dynamic: bool) -> onnx.ModelProto:
     buf = io.BytesIO()
     axes = {n: {0: "N"} for n in [*input_names, *output_names]} if dynamic else None
-    with _quiet():
-        torch.onnx.export(module, tuple(args), buf, dynamo=False, opset_version=opset, input_names=list(input_names),
-                          output_names=list(output_names), dynamic_axes=axes,
-                          do_constant_folding=False)  # keeps each parameter under its name (no folded W^T copy)
+    torch.onnx.export(module, tuple(args), buf, dynamo=False, opset_version=opset, input_names=list(input_names),
+                      output_names=list(output_names), dynamic_axes=axes,
+                      do_constant_folding=False)  # keeps each parameter under its name (no folded W^T copy)
     return onnx.load_from_string(buf.getvalue())
 
 
@@ -102,29 +158,44 @@ def _one_line(e: BaseException) -> str:
 
 
 def export_module(module, args, input_names, output_names, *, exporter: str = "auto", opset: int = OPSET,
-                  dynamic: bool = False, role: str = "module") -> tuple[onnx.ModelProto, str]:
+                  dynamic: bool = False, role: str = "module", verbose: bool = False) -> tuple[onnx.ModelProto, str]:
     """(ONNX model of ``module`` called on ``args``, the exporter that made it). ``exporter="auto"``: dynamo, and
     the TorchScript trace when dynamo fails (with a warning: a trace records the branches this example takes).
     ``dynamic``: dimension 0 of every input and output is dynamic. Local functions are inlined."""
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter must be one of {EXPORTERS}, not {exporter!r}")
     used = exporter
-    if exporter in ("auto", "dynamo"):
-        try:
-            model, used = _dynamo(module, args, input_names, output_names, opset, dynamic), "dynamo"
-        except Exception as e:  # noqa: BLE001 - any exporter failure: fall back, or re-raise when asked for dynamo
-            if exporter == "dynamo":
-                raise
-            warnings.warn(f"cortex.torch: the dynamo exporter failed on the {role} cell ({_one_line(e)}); using the "
-                          "TorchScript trace, which records only the branches the example takes", stacklevel=3)
-            used = "torchscript"
-    if used == "torchscript":
-        model = _torchscript(module, args, input_names, output_names, opset, dynamic)
+    with _kept_as_they_were(module):
+        model, used = _export_with(module, args, input_names, output_names, exporter, opset, dynamic, role, verbose)
     if model.functions:
         model = onnx.inliner.inline_local_functions(model)
     got = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if got != opset:
         raise ValueError(f"the {used} exporter wrote the {role} cell at opset {got}, not {opset}")
+    return model, used
+
+
+def _export_with(module, args, input_names, output_names, exporter, opset, dynamic, role, verbose) -> tuple:
+    """(model, exporter used): dynamo, then the TorchScript trace when asked for or when dynamo fails ("auto")."""
+    used = exporter
+    if exporter in ("auto", "dynamo"):
+        with _quiet(verbose) as captured:
+            try:
+                model, used = _dynamo(module, args, input_names, output_names, opset, dynamic), "dynamo"
+            except Exception as e:  # noqa: BLE001 - any exporter failure: fall back, or re-raise when asked for dynamo
+                failure = e
+                used = "torchscript"
+        if used == "torchscript":
+            if exporter == "dynamo":
+                raise _with_output(failure, captured)
+            warnings.warn(f"cortex.torch: the dynamo exporter failed on the {role} cell ({_one_line(failure)}); using "
+                          "the TorchScript trace, which records only the branches the example takes", stacklevel=3)
+    if used == "torchscript":
+        with _quiet(verbose) as captured:
+            try:
+                model = _torchscript(module, args, input_names, output_names, opset, dynamic)
+            except Exception as e:
+                raise _with_output(e, captured)
     return model, used
 
 
@@ -228,22 +299,34 @@ def _example_node(st: Structure, internal: bool) -> int:
     return 0
 
 
-def _state_rows(leaf, internal, conv: Convention, st: Structure) -> tuple:
-    """The leaf cell's rows on an example leaf (the states' count and widths), checked against the internal cell's
-    on an example internal node."""
+def _state_rows(leaf, internal, options: dict, st: Structure) -> tuple:
+    """(the leaf cell's rows on an example leaf: the states' count and widths, the internal cell's calling
+    convention): `options` (children, mask, internal_inputs; None: infer) resolved against the cells' signatures,
+    then the internal cell called on an example internal node and its rows checked against the leaf's."""
+    check_leaf_arity(leaf, len(st.node_inputs), list(st.node_inputs))
     v_leaf, v_int = _example_node(st, False), _example_node(st, True)
     with torch.no_grad():
         leaf_rows = call_leaf(leaf, st.slices(v_leaf))
-        int_rows = call_internal(internal, conv, st.slices(v_int), [leaf_rows] * st.num_children, st.mask(v_int))
+        conv = resolve_convention(internal, options.get("children"), options.get("mask"),
+                                  options.get("internal_inputs"), len(st.node_inputs), len(leaf_rows),
+                                  st.num_children)
+        try:
+            int_rows = call_internal(internal, conv, st.slices(v_int), [leaf_rows] * st.num_children,
+                                     st.mask(v_int))
+        except Exception as e:  # noqa: BLE001 - the cell did not take what Cortex passed it: say what that was
+            raise ValueError(f"calling the internal cell with {describe_convention(conv)} (its children "
+                             f"{'stacked, one [K, D] tensor per state' if conv.children == 'stack' else 'one [1, D] row per child and state'}) "
+                             f"failed: {type(e).__name__}: {e}; docs/bring-your-pytorch-model.md: the calling "
+                             "convention of the cells") from e
     widths = [int(r.shape[0]) for r in leaf_rows]
     if [int(r.shape[0]) for r in int_rows] != widths:
         raise ValueError(f"the leaf cell returns states of widths {widths}, the internal cell "
                          f"{[int(r.shape[0]) for r in int_rows]}")
-    return leaf_rows
+    return leaf_rows, conv
 
 
 def _bodies(asm: _Assembly, leaf, internal, conv: Convention, st: Structure, leaf_rows, state_names,
-            mask_name, exporter: str, opset: int) -> tuple:
+            mask_name, exporter: str, opset: int, verbose: bool) -> tuple:
     """(leaf body, internal body): each cell in its body module, exported, parameters moved out, typed."""
     K, S, input_names = st.num_children, len(leaf_rows), list(st.node_inputs)
     body_inputs = input_names + ([mask_name] if mask_name else [])
@@ -257,7 +340,7 @@ def _bodies(asm: _Assembly, leaf, internal, conv: Convention, st: Structure, lea
 
     def body(module, args, names, role, input_types):
         model, asm.exporters[role] = export_module(module, args, names, state_names, exporter=exporter,
-                                                   opset=opset, role=role)
+                                                   opset=opset, role=role, verbose=verbose)
         graph = asm.take(model, module, role)
         _with_inputs(graph, names, role)
         _typed(graph.input, input_types)
@@ -273,7 +356,8 @@ def _bodies(asm: _Assembly, leaf, internal, conv: Convention, st: Structure, lea
     return leaf_body, internal_body
 
 
-def _head(asm: _Assembly, head, widths, state_names, output_names, exporter: str, opset: int) -> onnx.GraphProto:
+def _head(asm: _Assembly, head, widths, state_names, output_names, exporter: str, opset: int,
+          verbose: bool) -> onnx.GraphProto:
     """The head's graph: inputs the state tables (by name), outputs ``output_names``, other names ``head/``."""
     module = _Head(head)
     gen = torch.Generator().manual_seed(0)
@@ -289,14 +373,15 @@ def _head(asm: _Assembly, head, widths, state_names, output_names, exporter: str
             raise ValueError(f"output name {n!r} is already a name of the model")
         asm.taken.add(n)
     model, asm.exporters["head"] = export_module(module, tables, state_names, output_names, exporter=exporter,
-                                                 opset=opset, dynamic=True, role="head")
+                                                 opset=opset, dynamic=True, role="head", verbose=verbose)
     return asm.take(model, module, "head", keep=list(state_names) + output_names)
 
 
-def export(leaf, internal, example: Mapping, path=None, *, head=None, children: str = "stack", mask: bool = False,
-           internal_inputs: bool = True, state_names: Sequence[str] | None = None,
+def export(leaf, internal, example: Mapping, path=None, *, head=None, children: str | None = None,
+           mask: bool | None = None, internal_inputs: bool | None = None, state_names: Sequence[str] | None = None,
            output_names: Sequence[str] | None = None, keep_states: bool = False, exporter: str = "auto",
-           opset: int = OPSET, name: str = "treerec", check: bool = True) -> onnx.ModelProto:
+           opset: int = OPSET, name: str = "treerec", check: bool = True, portable: bool = True,
+           verbose: bool = False) -> onnx.ModelProto:
     """Export a recursive model given by its cells as one ``cortex.TreeRec`` model (saved at ``path`` if given).
 
     ``leaf``, ``internal`` (and ``head``): ``nn.Module``; how they are called: :mod:`cortex.torch._cells`
@@ -305,18 +390,34 @@ def export(leaf, internal, example: Mapping, path=None, *, head=None, children: 
     shapes (N stays dynamic). Outputs: the state tables ``state_names`` (default ``state0``, ...) float32 [N, D_s];
     with a ``head`` (called on the tables, dimension 0 dynamic), its outputs ``output_names`` instead (then the
     tables too with ``keep_states``). ``exporter``: ``"auto"`` (dynamo, TorchScript trace as the fallback),
-    ``"dynamo"`` or ``"torchscript"``. ``check``: run the model (its TreeRec lowering, in ONNX Runtime) on the example
-    and compare with :func:`run_reference` (ValueError above 1e-4, relative to the outputs' magnitude)."""
-    conv = Convention(children, mask, internal_inputs)
-    for role, cell in (("leaf", leaf), ("internal", internal), ("head", head)):
+    ``"dynamo"`` or ``"torchscript"``. ``check``: run the model in ONNX Runtime on the example and compare with
+    :func:`run_reference` (ValueError above 1e-4, relative to the outputs' magnitude). ``portable`` (default): the
+    model written is standard ONNX that any ONNX Runtime runs (the TreeRec node lowered, and recorded so that
+    cortex-convert still converts the recursion, cortex.treerec.portable); ``portable=False`` keeps the
+    ``cortex.TreeRec`` node (which only Cortex runs)."""
+    cells = {"leaf": leaf, "internal": internal, "head": head}
+    for role, cell in cells.items():
         if cell is not None and not isinstance(cell, torch.nn.Module):
             raise TypeError(f"the {role} cell must be a torch.nn.Module, not {type(cell).__name__}")
+    _refuse_training_mode(cells)
+    with _kept_as_they_were(leaf, internal, head):
+        model = _export(leaf, internal, example, head, dict(children=children, mask=mask,
+                                                             internal_inputs=internal_inputs),
+                        state_names, output_names, keep_states, exporter, opset, name, check, portable, verbose)
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        onnx.save(model, str(path))
+    return model
+
+
+def _export(leaf, internal, example, head, options, state_names, output_names, keep_states, exporter, opset, name,
+            check, portable, verbose) -> onnx.ModelProto:
     if head is None and output_names is not None:
         raise ValueError("output_names names a head's outputs; without a head the outputs are the state_names")
     st = Structure.of(example)
     if st.num_nodes == 0:
         raise ValueError("the example needs at least one node")
-    leaf_rows = _state_rows(leaf, internal, conv, st)
+    leaf_rows, conv = _state_rows(leaf, internal, options, st)
     widths = [int(r.shape[0]) for r in leaf_rows]
     state_names = list(state_names) if state_names is not None else [f"state{s}" for s in range(len(widths))]
     if len(state_names) != len(widths):
@@ -324,7 +425,7 @@ def export(leaf, internal, example: Mapping, path=None, *, head=None, children: 
     asm = _Assembly([CHILDREN, *st.node_inputs, *state_names])
     mask_name = asm.fresh(f"{CHILDREN}_mask") if conv.mask else None
     leaf_body, internal_body = _bodies(asm, leaf, internal, conv, st, leaf_rows, state_names, mask_name, exporter,
-                                       opset)
+                                       opset, verbose)
 
     # the main graph: children and node inputs -> (mask) -> TreeRec -> tables (-> head)
     K = st.num_children
@@ -341,7 +442,7 @@ def export(leaf, internal, example: Mapping, path=None, *, head=None, children: 
     outputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", w]) for n, w in zip(state_names, widths)]
     value_info = []
     if head is not None:
-        head_graph = _head(asm, head, widths, state_names, output_names, exporter, opset)
+        head_graph = _head(asm, head, widths, state_names, output_names, exporter, opset, verbose)
         nodes += list(head_graph.node)
         asm.initializers += list(head_graph.initializer)
         value_info = list(head_graph.value_info)
@@ -353,34 +454,38 @@ def export(leaf, internal, example: Mapping, path=None, *, head=None, children: 
     model = helper.make_model(graph, ir_version=IR_VERSION, opset_imports=opsets, producer_name="cortex.torch")
     helper.set_model_props(model, {f"cortex.torch.{role}_exporter": used for role, used in asm.exporters.items()})
     onnx.checker.check_model(model)
+    if portable:  # standard ONNX that any ONNX Runtime runs, the TreeRec recorded for cortex-convert
+        model = to_portable(model)
+        onnx.checker.check_model(model)
     if check:
         _check(model, leaf, internal, head, example, conv, keep_states)
-    if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(model, str(path))
     return model
 
 
 def _check(model, leaf, internal, head, example, conv: Convention, keep_states: bool) -> None:
-    """The exported model (its lowering, in ONNX Runtime) against the eager cells on the example."""
+    """The exported model (in ONNX Runtime: its portable form) against the eager cells on the example."""
     try:
         import onnxruntime as ort
     except ImportError:  # pragma: no cover - onnxruntime is the `cpu` extra
         return
-    from onnx_ops.treerec import lower_treerec
 
     want = run_reference(leaf, internal, example, head=head, children=conv.children, mask=conv.mask,
                          internal_inputs=conv.internal_inputs, keep_states=keep_states)
     st = Structure.of(example)
     feeds = {CHILDREN: st.children, **st.node_inputs}
-    session = ort.InferenceSession(lower_treerec(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(to_portable(model).SerializeToString(), providers=["CPUExecutionProvider"])
     got = session.run(None, feeds)
     for out, g, w in zip(session.get_outputs(), got, want, strict=True):
         err = float(np.max(np.abs(g - w))) if g.size else 0.0
         scale = max(1.0, float(np.max(np.abs(w))) if w.size else 0.0)
         if g.shape != w.shape or not err <= CHECK_TOL * scale:
+            training = [role for role, cell in (("leaf", leaf), ("internal", internal), ("head", head))
+                        if cell is not None and any(m.training for m in cell.modules())]
+            hint = (f"; the {' and '.join(training)} cell{'s are' if len(training) > 1 else ' is'} in training mode: "
+                    "if a cell computes differently in training (dropout, batch statistics), call .eval() on it"
+                    if training else "")
             raise ValueError(f"the exported model disagrees with the eager cells on the example: output "
-                             f"{out.name!r} shape {g.shape} vs {w.shape}, max abs error {err:.3g}")
+                             f"{out.name!r} shape {g.shape} vs {w.shape}, max abs error {err:.3g}{hint}")
 
 
 def convert(leaf, internal, example: Mapping, path, *, strict: bool = True, target: str = "cpu", source=None,

@@ -7,9 +7,9 @@ from typing import Mapping
 import numpy as np
 import torch
 
-from onnx_ops.treerec import treerec_visit_order
+from ..treerec import treerec_visit_order
 
-from ._cells import Convention, Structure, as_numpy, call_internal, call_leaf
+from ._cells import Structure, as_numpy, call_internal, call_leaf, resolve_convention
 
 
 def outputs(states: tuple, head, keep_states: bool) -> tuple:
@@ -22,21 +22,21 @@ def outputs(states: tuple, head, keep_states: bool) -> tuple:
     return out + (states if keep_states else ())
 
 
-def run_reference(leaf, internal, inputs: Mapping, *, head=None, children: str = "stack", mask: bool = False,
-                  internal_inputs: bool = True, keep_states: bool = False, state_names=None, output_names=None
-                  ) -> tuple:
+def run_reference(leaf, internal, inputs: Mapping, *, head=None, children: str | None = None, mask: bool | None = None,
+                  internal_inputs: bool | None = None, keep_states: bool = False, state_names=None, output_names=None,
+                  **export_only) -> tuple:
     """Run ``leaf`` and ``internal`` (and ``head``) in eager PyTorch over the structure ``inputs`` (``children``
     int64 [N, K] and the node inputs by name, as for :func:`cortex.torch.export`): every node once, children
     before parents; a missing child is zero states. Returns numpy arrays in the exported model's output order.
     ``state_names`` and ``output_names`` are accepted and unused, so that one dict of options serves
     :func:`~cortex.torch.export` and this function. ValueError on a cycle or a child index outside [-1, N), as
     TreeRec."""
-    del state_names, output_names
-    conv = Convention(children, mask, internal_inputs)
+    del state_names, output_names, export_only
     st = Structure.of(inputs)
     if st.num_nodes == 0:
         raise ValueError("run_reference needs at least one node")
     rows: list = [None] * st.num_nodes
+    conv = None
     with torch.no_grad():
         for v in treerec_visit_order(st.children).tolist():
             kids = st.children[v].tolist()
@@ -44,6 +44,9 @@ def run_reference(leaf, internal, inputs: Mapping, *, head=None, children: str =
                 rows[v] = call_leaf(leaf, st.slices(v))
                 continue
             template = rows[next(c for c in kids if c >= 0)]
+            if conv is None:  # the options given, the rest inferred from the cell's signature (as export does)
+                conv = resolve_convention(internal, children, mask, internal_inputs, len(st.node_inputs),
+                                          len(template), st.num_children)
             child_rows = [rows[c] if c >= 0 else tuple(torch.zeros_like(r) for r in template) for c in kids]
             out = call_internal(internal, conv, st.slices(v), child_rows, st.mask(v))
             if [r.shape for r in out] != [r.shape for r in template]:

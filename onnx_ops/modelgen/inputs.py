@@ -14,7 +14,7 @@ from functools import lru_cache
 import numpy as np
 
 from .. import grids as G
-from .. import structures as S
+from cortex.examples import structures as S
 from .source import VOCAB
 from .spec import Spec
 

@@ -15,8 +15,10 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import grids
-from .. import structures as st
-from . import chainlstm, childsum, dagrnn, mvrnn, treefc, treegru, treelstm, treernn
+from cortex.examples import structures as st
+from cortex.examples import treelstm
+
+from . import chainlstm, childsum, dagrnn, mvrnn, treefc, treegru, treernn
 
 VOCAB = 5000  # token ids of SST are hashed into this many rows (structures.token_id)
 EMBED_DIM = 300

@@ -30,8 +30,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import structures as st
-from . import EMBED_DIM, GRID_FEATURES, MVRNN_VOCAB, VOCAB, dagrnn, mvrnn, treegru, treelstm
+from cortex.examples import structures as st
+from cortex.examples import treelstm
+
+from . import EMBED_DIM, GRID_FEATURES, MVRNN_VOCAB, VOCAB, dagrnn, mvrnn, treegru
 from ._torch import TORCH_AVAILABLE, load_params, nn, require_torch, torch
 
 AST_ARITY = 4  # child slots of the AST model
@@ -72,23 +74,7 @@ if TORCH_AVAILABLE:
     # ------------------------------------------------------------------------------------------------------------
     # binary TreeLSTM (the zoo's treelstm)
 
-    class TreeLSTMLeaf(nn.Module):
-        def __init__(self, vocab: int, embed_dim: int, hidden: int):
-            super().__init__()
-            self.embedding = nn.Embedding(vocab, embed_dim)
-            self.W = nn.Linear(embed_dim, 3 * hidden)
-
-        def forward(self, word):
-            return _sigmoid_tanh_cell(self.W(self.embedding(word)).chunk(3, dim=1))
-
-    class TreeLSTMInternal(nn.Module):
-        def __init__(self, hidden: int):
-            super().__init__()
-            self.U = nn.Linear(2 * hidden, 5 * hidden)
-
-        def forward(self, h_l, c_l, h_r, c_r):
-            i, f_l, f_r, o, u = self.U(torch.cat([h_l, h_r], dim=1)).chunk(5, dim=1)
-            return _sigmoid_tanh_cell((i, o, u), torch.sigmoid(f_l) * c_l + torch.sigmoid(f_r) * c_r)
+    from cortex.examples.treelstm_cells import TreeLSTMInternal, TreeLSTMLeaf  # noqa: F401 - the zoo's cells
 
     # ------------------------------------------------------------------------------------------------------------
     # Child-Sum TreeLSTM: the cell of treelstm.pytorch
@@ -342,7 +328,7 @@ def make_cells(name: str, hidden: int, seed: int = 0, params=None) -> Cells:
 
 def ast_trees(count: int, rng: np.random.Generator, *, min_nodes: int = 8, max_nodes: int = 60) -> list:
     """Random AST-shaped trees: up to AST_ARITY children per node in random slots (holes), a node type at every
-    node (:class:`~onnx_ops.structures.NaryForest`, ``words`` = types)."""
+    node (:class:`~cortex.examples.structures.NaryForest`, ``words`` = types)."""
     out = []
     for _ in range(count):
         f = st.random_nary_tree(int(rng.integers(min_nodes, max_nodes + 1)), AST_ARITY, rng, AST_TYPES, holes=True)

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 
 from ..grids import Chains
-from ._common import (I64, IR_VERSION, OPSET, EmbeddingSizes, branch, const, embed_affine, leaf_test,  # noqa: F401
+from cortex.examples._build import (I64, IR_VERSION, OPSET, EmbeddingSizes, branch, const, embed_affine, leaf_test,  # noqa: F401
                       loop_model, node, row_infos, sigmoid, treerec_internal, treerec_leaf, treerec_model, uniform, vi,
                       visit, visit_body, visit_head, zero_table)
 

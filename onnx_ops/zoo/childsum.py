@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ..structures import Forest, NaryForest, nary_from_forest
-from ._common import (F32, I64, IR_VERSION, OPSET, EmbeddingSizes, branch, const, dense, embed_affine,  # noqa: F401
+from cortex.examples.structures import Forest, NaryForest, nary_from_forest
+from cortex.examples._build import (F32, I64, IR_VERSION, OPSET, EmbeddingSizes, branch, const, dense, embed_affine,  # noqa: F401
                       embed_inits, embedded_leaf, loop_model, node, row_infos, sigmoid, treerec_internal, treerec_leaf,
                       treerec_model, uniform, vi, visit, visit_body, zero_table)
 

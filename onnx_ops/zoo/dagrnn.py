@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from ..grids import Grid
-from ._common import (F32, I64, IR_VERSION, OPSET, const, loop_model, node, row_infos,  # noqa: F401
+from cortex.examples._build import (F32, I64, IR_VERSION, OPSET, const, loop_model, node, row_infos,  # noqa: F401
                       treerec_internal, treerec_leaf, treerec_model, uniform, vi, visit, visit_body, zero_table)
 
 __all__ = ["DAGRNNParams", "build_loop", "build_treerec", "make_params", "reference"]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ._common import (IR_VERSION, OPSET, binary_inputs, binary_visit, branch, const, gather_children,  # noqa: F401
+from cortex.examples._build import (IR_VERSION, OPSET, binary_inputs, binary_visit, branch, const, gather_children,  # noqa: F401
                       loop_model, node, row_infos, treerec_internal, treerec_leaf, treerec_model, uniform, visit_body,
                       visit_head, zero_table)
 
@@ -90,7 +90,7 @@ def reference(
     """numpy (a [N, H], A [N, H*H]) with the exact visit semantics of an exported Loop
     (:func:`._common.binary_visit`); leaf test ``leaf_test`` (``"negative"``: the PyTorch styles and
     :func:`build_loop`; ``"minus_one"``).
-    ``words`` may be a :class:`~onnx_ops.structures.Forest`."""
+    ``words`` may be a :class:`~cortex.examples.structures.Forest`."""
     H = params.hidden
     return binary_visit(words, left, right, order, leaf_test, [H, H * H], lambda w: leaf_cell(params, int(w)),
                         lambda a_l, A_l, a_r, A_r: internal_cell(params, a_l, A_l, a_r, A_r))

@@ -38,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import childsum, treefc, treegru, treernn
-from ..structures import Forest, NaryForest, nary_from_forest
+from cortex.examples.structures import Forest, NaryForest, nary_from_forest
 from ._torch import (TORCH_AVAILABLE, F, Tensor, WordModule, export_script, load_params, nn, require_torch,
                      torch)
 

@@ -1,7 +1,7 @@
 """Binary TreeLSTMs written the way people write them in PyTorch, scriptable with torch.jit.script and exported
 with the TorchScript ONNX exporter (``dynamo=False``): the real client Cortex's Loop/If recognizer must handle.
 
-Styles (same math as onnx_ops.zoo.treelstm.reference, leaf iff ``left[v] < 0``):
+Styles (same math as cortex.examples.treelstm.reference, leaf iff ``left[v] < 0``):
 
 - ``"row_assign"``: ``h[v] = ...`` row assignment, ``if bool(left[v] < 0):``, nn.Embedding, one nn.Linear per
   cell (with bias) and ``torch.chunk``.
@@ -146,7 +146,7 @@ if TORCH_AVAILABLE:
 
 
 def make_module(style: str, params) -> nn.Module:
-    """The eager module of ``style`` with ``params`` (onnx_ops.zoo.treelstm.TreeLSTMParams) loaded."""
+    """The eager module of ``style`` with ``params`` (cortex.examples.treelstm.TreeLSTMParams) loaded."""
     _require_torch()
     return _CLASSES[style].from_params(params)
 

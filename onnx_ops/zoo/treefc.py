@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ._common import (IR_VERSION, OPSET, EmbedAffineParams, binary_inputs, binary_visit, branch, const,  # noqa: F401
+from cortex.examples._build import (IR_VERSION, OPSET, EmbedAffineParams, binary_inputs, binary_visit, branch, const,  # noqa: F401
                       dense, embed_affine, embed_inits, embedded_leaf, gather_children, loop_model, node, row_infos,
                       treerec_internal, treerec_leaf, treerec_model, uniform, visit_body, visit_head, zero_table)
 
@@ -58,7 +58,7 @@ def reference(params: TreeFCParams, words, left=None, right=None, order=None, *,
               ) -> np.ndarray:
     """numpy ``h`` [N, H] with the exact visit semantics of an exported Loop (:func:`._common.binary_visit`); leaf
     test ``leaf_test`` (``"negative"``: the PyTorch styles and :func:`build_loop`; ``"minus_one"``).
-    ``words`` may be a :class:`~onnx_ops.structures.Forest`."""
+    ``words`` may be a :class:`~cortex.examples.structures.Forest`."""
     return binary_visit(words, left, right, order, leaf_test, [params.hidden],
                         lambda w: leaf_cell(params, params.embedding[w]),
                         lambda h_l, h_r: internal_cell(params, h_l + h_r))

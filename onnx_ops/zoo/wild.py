@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from onnx_ops import grids
-from onnx_ops import structures as st
+from cortex.examples import structures as st
 
 
 class TaiTreeLSTM(nn.Module):

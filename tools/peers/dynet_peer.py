@@ -51,7 +51,7 @@ def autobatch_setting() -> int | None:
 
 
 class DynetTreeLSTM:
-    """Binary TreeLSTM in DyNet from :class:`onnx_ops.zoo.treelstm.TreeLSTMParams` (DyNet multiplies ``W x``, so
+    """Binary TreeLSTM in DyNet from :class:`cortex.examples.treelstm.TreeLSTMParams` (DyNet multiplies ``W x``, so
     the stored ``x @ W`` matrices are transposed)."""
 
     def __init__(self, params):

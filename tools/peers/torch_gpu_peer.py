@@ -82,7 +82,7 @@ class LevelSchedule:
 
 
 def level_schedule(forest) -> LevelSchedule:
-    """The level schedule of a binary :class:`onnx_ops.structures.Forest` (words, left, right, order): one pass
+    """The level schedule of a binary :class:`cortex.examples.structures.Forest` (words, left, right, order): one pass
     over ``order`` (O(N)): a leaf (``left < 0``) gets level 0, an internal node 1 + max(level of its children).
     Raises ValueError when ``order`` visits a node twice or a parent before one of its children."""
     words = np.asarray(forest.words, dtype=np.int64)
@@ -154,7 +154,7 @@ class DeviceSchedule:
 
 
 class LevelBatchedTreeLSTM:
-    """The binary TreeLSTM of :mod:`onnx_ops.zoo.treelstm` (same weights: ``embedding``, ``W``, ``bW``, ``U``,
+    """The binary TreeLSTM of :mod:`cortex.examples.treelstm` (same weights: ``embedding``, ``W``, ``bW``, ``U``,
     ``bU`` of TreeLSTMParams), evaluated one level at a time on ``device``."""
 
     def __init__(self, params, device="cuda"):

@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..structures import Forest
+from .structures import Forest
 from ..treerec import DOMAIN, VERSION, make_treerec_node, register_schema
 
 IR_VERSION = 10
@@ -119,7 +119,7 @@ def visit(rows: int, widths: Sequence[int], order, step: Callable) -> list[np.nd
 
 def binary_visit(words, left, right, order, leaf_test_name: str, widths: Sequence[int], leaf: Callable,
                  internal: Callable):
-    """:func:`visit` over a binary forest (``words`` may be a :class:`~onnx_ops.structures.Forest`): for each v in
+    """:func:`visit` over a binary forest (``words`` may be a :class:`~cortex.examples.structures.Forest`): for each v in
     ``order`` (repeats and subsets allowed), v is a leaf iff ``left[v]`` passes :func:`leaf_test` (``"negative"``:
     ``left[v] < 0``; ``"minus_one"``: ``left[v] == -1``); a leaf's rows are ``leaf(words[v])``, an internal node's
     ``internal(t0[l], t1[l], ..., t0[r], t1[r], ...)`` (child-major) for l, r = left[v], right[v], read as they are

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from ._common import (IR_VERSION, OPSET, EmbedAffineParams, binary_inputs, binary_visit, branch, const,  # noqa: F401
+from ._build import (IR_VERSION, OPSET, EmbedAffineParams, binary_inputs, binary_visit, branch, const,  # noqa: F401
                       dense, embed_affine, embed_inits, embedded_leaf, gather_children, loop_model, node, row_infos,
                       sigmoid, treerec_internal, treerec_leaf, treerec_model, uniform, visit_body, visit_head,
                       zero_table)
@@ -66,7 +66,7 @@ def reference(
 ) -> tuple[np.ndarray, np.ndarray]:
     """numpy (h, c) [N, H] with the exact visit semantics of an exported Loop (:func:`._common.binary_visit`); leaf
     test ``leaf_test`` (``"negative"``: the PyTorch styles; ``"minus_one"``: :func:`build_loop`).
-    ``words`` may be a :class:`~onnx_ops.structures.Forest`."""
+    ``words`` may be a :class:`~cortex.examples.structures.Forest`."""
     H = params.hidden
     return binary_visit(words, left, right, order, leaf_test, [H, H],
                         lambda w: leaf_cell(params, params.embedding[w]),

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..treerec.reference import dag_heights
+
 __all__ = [
     "Forest",
     "batch",
@@ -70,50 +72,6 @@ class Forest:
 def heights(left: np.ndarray, right: np.ndarray) -> np.ndarray:
     """Height of every node of a binary forest (leaves 0, else 1 + max child height); see :func:`dag_heights`."""
     return dag_heights(np.stack([np.asarray(left, dtype=np.int64), np.asarray(right, dtype=np.int64)], axis=1))
-
-
-def dag_heights(children: np.ndarray) -> np.ndarray:
-    """Height of every node given ``children`` int64 [N, K] (-1 = none): leaves (no child) 0, else 1 + max child
-    height; DAG sharing allowed. Raises ValueError on a child index outside [-1, N) or a cycle (naming a node on
-    it). O(N * K)."""
-    children = np.asarray(children, dtype=np.int64)
-    if children.ndim != 2:
-        raise ValueError(f"children must be [N, K], got shape {children.shape}")
-    n = int(children.shape[0])
-    if children.size and (children.min() < -1 or children.max() >= n):
-        bad = np.argwhere((children < -1) | (children >= n))[0]
-        raise ValueError(
-            f"child index {int(children[bad[0], bad[1]])} of node {int(bad[0])} is out of range [-1, {n})"
-        )
-    kids = [[c for c in row if c >= 0] for row in children.tolist()]
-    parents: list[list[int]] = [[] for _ in range(n)]
-    pending = [0] * n
-    for v, cs in enumerate(kids):
-        pending[v] = len(cs)
-        for c in cs:
-            parents[c].append(v)
-    h = [0] * n
-    ready = [v for v in range(n) if pending[v] == 0]
-    done = 0
-    while ready:
-        v = ready.pop()
-        done += 1
-        hv = h[v] + 1
-        for p in parents[v]:
-            if h[p] < hv:
-                h[p] = hv
-            pending[p] -= 1
-            if pending[p] == 0:
-                ready.append(p)
-    if done < n:
-        # Walk unfinished children from an unfinished node until a node repeats: it lies on a cycle.
-        v = next(v for v in range(n) if pending[v] > 0)
-        seen = set()
-        while v not in seen:
-            seen.add(v)
-            v = next(c for c in kids[v] if pending[c] > 0)
-        raise ValueError(f"cycle through node {v}")
-    return np.asarray(h, dtype=np.int64)
 
 
 def _order_by_height(left: np.ndarray, right: np.ndarray) -> np.ndarray:
@@ -225,13 +183,17 @@ def read_sst(path=None, split: str = "test", vocab_size: int | None = None, limi
 
 
 def sst_dir_default() -> Path | None:
-    """``$CORTEX_SST_DIR`` if set, else ``<repo root>/../shared/data/sst`` if it exists, else None."""
+    """``$CORTEX_SST_DIR`` if set, else ``../shared/data/sst`` beside the source tree Cortex runs from or beside the
+    current directory (a checkout), if either exists; else None."""
     env = os.environ.get("CORTEX_SST_DIR")
     if env:
         p = Path(env)
         return p if (p / "STree.txt").exists() else None
-    p = (Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "sst").resolve()
-    return p if (p / "STree.txt").exists() else None
+    for root in (Path(__file__).resolve().parents[2], Path.cwd()):
+        p = (root.parent / "shared" / "data" / "sst").resolve()
+        if (p / "STree.txt").exists():
+            return p
+    return None
 
 
 def _tree_from_merges(num_leaves: int, rng: np.random.Generator, vocab: int, right_bias: float) -> Forest:

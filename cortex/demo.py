@@ -1,9 +1,10 @@
-"""The main job on a bundled example: write a TreeLSTM ONNX model (Loop/If, as exporters write it), convert it
-with Cortex, run the original and the converted model through ONNX Runtime on the same trees, check that they
-agree, and print the speedup. When torch is installed, also the cell road: the same TreeLSTM as two PyTorch cells
-(onnx_ops.zoo.cells), exported and converted with one call (cortex.torch.convert), checked against eager PyTorch.
+"""`cortex demo`: the main job on a bundled example. Write a TreeLSTM ONNX model (Loop/If, as exporters write it),
+convert it with Cortex, run the original and the converted model through ONNX Runtime on the same trees, check that
+they agree, and print the speedup. When torch is installed, also the cell road: the same TreeLSTM as two PyTorch
+cells (cortex.examples.treelstm_cells), exported and converted with one call (cortex.torch.convert), checked against
+eager PyTorch.
 
-    python tools/demo.py [--hidden 256] [--trees 10] [--sst ../shared/data/sst] [--out DIR]
+    cortex demo [--hidden 256] [--trees 10] [--sst ../shared/data/sst] [--out DIR]
 """
 from __future__ import annotations
 
@@ -17,9 +18,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-import cortex
-from onnx_ops import structures as st
-from onnx_ops.zoo import treelstm as tl
+from . import InferenceSession, convert
+from .examples import structures as st
+from .examples import treelstm as tl
 
 
 def median_ms(session, feeds, repeats):
@@ -33,7 +34,8 @@ def median_ms(session, feeds, repeats):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="cortex demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--trees", type=int, default=10, help="trees per batch")
     parser.add_argument("--sst", default=None, help="SST directory (default: ../shared/data/sst if present)")
@@ -48,7 +50,7 @@ def main(argv=None) -> int:
     onnx.save(tl.build_loop(params), str(original))
     print(f"wrote {original} (TreeLSTM, hidden {args.hidden}, Loop/If form)")
 
-    report = cortex.convert(str(original), str(out / "treelstm.cortex.onnx"), strict=True)
+    report = convert(str(original), str(out / "treelstm.cortex.onnx"), strict=True)
     print(report.format())
 
     sst = args.sst or st.sst_dir_default()
@@ -65,7 +67,7 @@ def main(argv=None) -> int:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     baseline = ort.InferenceSession(str(original), sess_options=options)
-    converted = cortex.InferenceSession(str(out / "treelstm.cortex.onnx"), sess_options=options)
+    converted = InferenceSession(str(out / "treelstm.cortex.onnx"), sess_options=options)
     expected, got = baseline.run(None, feeds), converted.run(None, feeds)
     error = max(float(np.abs(e - g).max()) for e, g in zip(expected, got))
     print(f"max abs difference, converted vs original (h and c of every node): {error:.2e}")
@@ -84,16 +86,16 @@ def cell_road(params, forest, expected, out: Path, options) -> int:
     """The same TreeLSTM from its PyTorch cells, one call to a converted model (skipped without torch)."""
     try:
         import cortex.torch
-        from onnx_ops.zoo import cells
+        from .examples.treelstm_cells import CELL_OPTIONS, make_cells
     except ImportError as e:
         print(f"cell road skipped: {e}")
         return 0
-    c = cells.make_cells("treelstm", params.hidden, params=params)  # the same weights, as nn.Modules
+    leaf, internal = make_cells(params)  # the same weights, as nn.Modules
     feeds = {"children": forest.children, "words": forest.words}
-    report = cortex.torch.convert(c.leaf, c.internal, feeds, out / "treelstm_cells.cortex.onnx", **c.options)
+    report = cortex.torch.convert(leaf, internal, feeds, out / "treelstm_cells.cortex.onnx", **CELL_OPTIONS)
     print(f"cell road: cortex.torch.convert(leaf, internal, ...) -> {report.output}")
-    eager = cortex.torch.run_reference(c.leaf, c.internal, feeds, **c.options)
-    got = cortex.InferenceSession(report.output, sess_options=options).run(None, feeds)
+    eager = cortex.torch.run_reference(leaf, internal, feeds, **CELL_OPTIONS)
+    got = InferenceSession(report.output, sess_options=options).run(None, feeds)
     error = max(max(float(np.abs(a - b).max()) for a, b in zip(got, ref)) for ref in (eager, expected))
     print(f"max abs difference, cell road converted vs eager PyTorch and vs the Loop model: {error:.2e}")
     if error > 1e-4:

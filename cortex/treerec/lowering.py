@@ -1,10 +1,5 @@
-"""The ``cortex`` ONNX domain: the ``TreeRec`` op (version 1).
-
-Spec: docs/treerec.md. This module holds the schema (:func:`register_schema`), the reference implementation
-(:func:`treerec_reference`, and :class:`TreeRecOp` for ``onnx.reference.ReferenceEvaluator``) and the lowering
-to standard ONNX (:func:`lower_treerec`) that ONNX Runtime runs.
-"""
-
+"""``cortex.TreeRec`` lowered to standard ONNX (Loop / If / TopK / ScatterND) that any ONNX Runtime runs, and the
+graph-renaming helpers the lowering and ``cortex.torch`` share."""
 from __future__ import annotations
 
 import copy
@@ -14,223 +9,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-from onnx.reference import ReferenceEvaluator
-from onnx.reference.op_run import OpRun
 
-from .structures import dag_heights
-
-__all__ = [
-    "DOMAIN",
-    "OP_TYPE",
-    "VERSION",
-    "TreeRecOp",
-    "lower_treerec",
-    "defined_names",
-    "make_treerec_node",
-    "register_schema",
-    "rename_graph",
-    "rename_node",
-    "treerec_reference",
-    "treerec_visit_order",
-]
-
-DOMAIN = "cortex"
-OP_TYPE = "TreeRec"
-VERSION = 1
-
-_ALL_TENSOR_TYPES = [
-    f"tensor({t})"
-    for t in (
-        "float", "double", "float16", "bfloat16", "int8", "int16", "int32", "int64",
-        "uint8", "uint16", "uint32", "uint64", "bool", "string",
-    )
-]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Schema
-
-
-def _variadic(name: str, type_str: str, description: str, min_arity: int):
-    """A variadic formal parameter whose members may have different types."""
-    return onnx.defs.OpSchema.FormalParameter(
-        name, type_str, description, param_option=onnx.defs.OpSchema.FormalParameterOption.Variadic,
-        is_homogeneous=False, min_arity=min_arity)
-
-
-def register_schema() -> None:
-    """Register ``cortex.TreeRec`` v1 with onnx (idempotent), so ``onnx.checker.check_model(m, full_check=True)``
-    accepts models that use it."""
-    if onnx.defs.has(OP_TYPE, VERSION, DOMAIN):
-        return
-    schema = onnx.defs.OpSchema(
-        OP_TYPE,
-        DOMAIN,
-        VERSION,
-        "Tree / DAG recursion: every node's states computed once from its children's states (docs/treerec.md).",
-        inputs=[
-            onnx.defs.OpSchema.FormalParameter("children", "tensor(int64)", "[N, K] child ids, -1 = no child"),
-            _variadic("node_inputs", "V", "per-node inputs, each with leading dimension N", min_arity=0),
-        ],
-        outputs=[_variadic("states", "T", "num_states tables [N, D_s]", min_arity=1)],
-        type_constraints=[
-            ("V", _ALL_TENSOR_TYPES, "node input types"),
-            ("T", _ALL_TENSOR_TYPES, "state types"),
-        ],
-        attributes=[
-            onnx.defs.OpSchema.Attribute("leaf_body", onnx.defs.OpSchema.AttrType.GRAPH, "node slices -> S rows"),
-            onnx.defs.OpSchema.Attribute(
-                "internal_body", onnx.defs.OpSchema.AttrType.GRAPH, "K*S child rows, node slices -> S rows"
-            ),
-            onnx.defs.OpSchema.Attribute("num_states", onnx.defs.OpSchema.AttrType.INT, "S"),
-        ],
-    )
-    onnx.defs.register_schema(schema)
-
-
-def make_treerec_node(
-    children: str,
-    node_inputs: Sequence[str],
-    outputs: Sequence[str],
-    leaf_body: onnx.GraphProto,
-    internal_body: onnx.GraphProto,
-    name: str = "",
-) -> onnx.NodeProto:
-    """A ``cortex.TreeRec`` node; ``num_states`` = ``len(outputs)``."""
-    return helper.make_node(
-        OP_TYPE,
-        [children, *node_inputs],
-        list(outputs),
-        name=name,
-        domain=DOMAIN,
-        leaf_body=leaf_body,
-        internal_body=internal_body,
-        num_states=len(outputs),
-    )
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Reference implementation
-
-
-def treerec_visit_order(children: np.ndarray) -> np.ndarray:
-    """A children-before-parents order of all N nodes (by height, stable). ValueError on a cycle or an index
-    outside [-1, N)."""
-    try:
-        h = dag_heights(children)
-    except ValueError as e:
-        raise ValueError(f"TreeRec: {e}") from None
-    return np.argsort(h, kind="stable").astype(np.int64)
-
-
-def _run_treerec(
-    children: np.ndarray,
-    node_inputs: Sequence[np.ndarray],
-    run_leaf: Callable[[list[np.ndarray]], list[np.ndarray]],
-    run_internal: Callable[[list[np.ndarray]], list[np.ndarray]],
-    num_states: int,
-    empty_tables: Callable[[], list[np.ndarray]] | None = None,
-) -> list[np.ndarray]:
-    children = np.asarray(children)
-    if children.ndim != 2:
-        raise ValueError(f"TreeRec: children must be [N, K], got shape {children.shape}")
-    n, k = children.shape
-    for j, x in enumerate(node_inputs):
-        if x.ndim < 1 or x.shape[0] != n:
-            raise ValueError(f"TreeRec: node input {j} has shape {x.shape}, expected leading dimension {n}")
-    order = treerec_visit_order(children)
-    rows: list[list[np.ndarray] | None] = [None] * n
-    for v in order.tolist():
-        slices = [x[v] for x in node_inputs]
-        kids = children[v].tolist()
-        if all(c < 0 for c in kids):
-            out = run_leaf(slices)
-        else:
-            template = rows[next(c for c in kids if c >= 0)]
-            child_rows: list[np.ndarray] = []
-            for c in kids:
-                child_rows.extend(rows[c] if c >= 0 else [np.zeros_like(r) for r in template])
-            out = run_internal(child_rows + slices)
-        if len(out) != num_states:
-            raise ValueError(f"TreeRec: a body returned {len(out)} outputs, num_states is {num_states}")
-        rows[v] = [np.asarray(r) for r in out]
-    if n == 0:
-        return empty_tables() if empty_tables else [np.zeros((0, 0), np.float32) for _ in range(num_states)]
-    return [np.stack([rows[v][s] for v in range(n)]) for s in range(num_states)]
-
-
-def _attr(node: onnx.NodeProto, name: str):
-    for a in node.attribute:
-        if a.name == name:
-            return helper.get_attribute_value(a)
-    raise ValueError(f"TreeRec node {node.name!r} lacks attribute {name!r}")
-
-
-def _empty_tables(leaf_body: onnx.GraphProto) -> list[np.ndarray]:
-    """[0, D_s] tables from the leaf body's declared output types ([0, 0] float32 where unknown)."""
-    out = []
-    for vi in leaf_body.output:
-        tt = vi.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in tt.shape.dim] if tt.HasField("shape") else [0]
-        dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type) if tt.elem_type else np.float32
-        out.append(np.zeros((0, *dims), dtype=dtype))
-    return out
-
-
-def _feeds(evaluator, xs, outer) -> dict:
-    """The feeds of a body run: the outer-scope values it may read, then its own inputs (which shadow them)."""
-    feeds = dict(outer or {})
-    feeds.update(zip(evaluator.input_names, xs, strict=True))
-    return feeds
-
-
-def treerec_reference(
-    node: onnx.NodeProto, inputs: Sequence[np.ndarray], opsets: dict[str, int] | None = None,
-    outer: dict[str, np.ndarray] | None = None,
-) -> list[np.ndarray]:
-    """Evaluate one TreeRec node on ``inputs`` = [children, *node_inputs] (numpy); bodies run with
-    ``onnx.reference``; ``outer`` holds the values of the enclosing graph the bodies read (e.g. its initializers).
-    Returns the S state tables. ValueError on a cycle or a child index outside [-1, N)."""
-    opsets = dict(opsets or {"": 17})
-    opsets.setdefault(DOMAIN, VERSION)
-    leaf = ReferenceEvaluator(_attr(node, "leaf_body"), opsets=opsets, new_ops=[TreeRecOp])
-    internal = ReferenceEvaluator(_attr(node, "internal_body"), opsets=opsets, new_ops=[TreeRecOp])
-    return _run_treerec(
-        inputs[0],
-        list(inputs[1:]),
-        lambda xs: leaf.run(None, _feeds(leaf, xs, outer)),
-        lambda xs: internal.run(None, _feeds(internal, xs, outer)),
-        int(_attr(node, "num_states")),
-        lambda: _empty_tables(_attr(node, "leaf_body")),
-    )
-
-
-class TreeRec(OpRun):
-    """``cortex.TreeRec`` for ``onnx.reference.ReferenceEvaluator(model, new_ops=[TreeRecOp])``."""
-
-    op_domain = DOMAIN
-
-    def need_context(self) -> bool:
-        return True  # the bodies may read names of the enclosing graph (its initializers, its values)
-
-    def _run(self, children, *node_inputs, context=None, **kwargs):  # noqa: ARG002 (attributes come from self)
-        leaf, internal = self.leaf_body, self.internal_body
-        out = _run_treerec(
-            children,
-            list(node_inputs),
-            lambda xs: leaf.run(None, _feeds(leaf, xs, context)),
-            lambda xs: internal.run(None, _feeds(internal, xs, context)),
-            int(self.num_states),
-            lambda: _empty_tables(_attr(self.onnx_node, "leaf_body")),
-        )
-        return tuple(out)
-
-
-TreeRecOp = TreeRec
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Lowering to standard ONNX (Loop / If / TopK / ScatterND)
+from .schema import DOMAIN, OP_TYPE, node_attribute
 
 
 def rename_graph(g: onnx.GraphProto, f: Callable[[str], str]) -> None:
@@ -282,9 +62,9 @@ class _Lowering:
         self.node = node
         self.initializers: list[onnx.TensorProto] = []
         self.nodes: list[onnx.NodeProto] = []
-        self.leaf = _attr(node, "leaf_body")
-        self.internal = _attr(node, "internal_body")
-        self.S = int(_attr(node, "num_states"))
+        self.leaf = node_attribute(node, "leaf_body")
+        self.internal = node_attribute(node, "internal_body")
+        self.S = int(node_attribute(node, "num_states"))
         self.M = len(node.input) - 1  # node inputs
         n_int = len(self.internal.input) - self.M
         if len(self.leaf.input) != self.M or n_int <= 0 or n_int % self.S:
@@ -463,20 +243,27 @@ def lower_treerec(model: onnx.ModelProto) -> onnx.ModelProto:
     (opset >= 13 forms; heights Loop, TopK visit order, visit Loop with If and ScatterND) that ONNX Runtime runs.
     State rows must have static shapes in the leaf body's outputs. Behaviour on inputs TreeRec rejects (cycles,
     bad indices) is unspecified."""
+    return lower_with_spans(model)[0]
+
+
+def lower_with_spans(model: onnx.ModelProto) -> tuple:
+    """(the lowered model, [(first node index, node count, names of the initializers it added, the TreeRec node)] of
+    each lowered node, in order)."""
     model = copy.deepcopy(model)
     g = model.graph
     default_opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if default_opset is None or default_opset < 13:
         raise ValueError("lower_treerec needs a default-domain opset import >= 13")
     new_nodes: list[onnx.NodeProto] = []
-    count = 0
+    spans = []
     for node in g.node:
         if node.domain == DOMAIN and node.op_type == OP_TYPE:
-            prefix = re.sub(r"[^A-Za-z0-9_]", "_", node.name or "treerec") + f"_{count}__"
+            prefix = re.sub(r"[^A-Za-z0-9_]", "_", node.name or "treerec") + f"_{len(spans)}__"
             lw = _Lowering(model, node, prefix)
-            new_nodes.extend(lw.lower())
+            lowered = lw.lower()
+            spans.append((len(new_nodes), len(lowered), [t.name for t in lw.initializers], copy.deepcopy(node)))
+            new_nodes.extend(lowered)
             g.initializer.extend(lw.initializers)
-            count += 1
         else:
             new_nodes.append(node)
     del g.node[:]
@@ -485,4 +272,4 @@ def lower_treerec(model: onnx.ModelProto) -> onnx.ModelProto:
         keep = [o for o in model.opset_import if o.domain != DOMAIN]
         del model.opset_import[:]
         model.opset_import.extend(keep)
-    return model
+    return model, spans
