@@ -533,7 +533,9 @@ OrtStatus* CortexEp::CompileNode(const OrtGraph* graph, const OrtNode* fused_nod
   if (!kernel) {
     OrtErrorCode code = ORT_FAIL;
     if (load_error == KernelLibrary::LoadError::kMissing) code = ORT_NO_SUCHFILE;
-    if (load_error == KernelLibrary::LoadError::kRefusedPath) code = ORT_INVALID_GRAPH;
+    if (load_error == KernelLibrary::LoadError::kRefusedPath || load_error == KernelLibrary::LoadError::kRefusedFile) {
+      code = ORT_INVALID_GRAPH;
+    }
     return MakeStatus(api_, code, message);
   }
 

@@ -63,6 +63,14 @@ std::string OpenFilePath(int fd) {
   return std::string(target, static_cast<size_t>(size));
 }
 
+const char* FileKind(mode_t mode) {
+  if (S_ISDIR(mode)) return "a directory";
+  if (S_ISFIFO(mode)) return "a FIFO";
+  if (S_ISSOCK(mode)) return "a socket";
+  if (S_ISCHR(mode) || S_ISBLK(mode)) return "a device";
+  return "not a regular file";
+}
+
 // dlopen of a checked file through its descriptor, so the library mapped is the file that was hashed (a rename in
 // the folder between the check and the load cannot substitute another). glibc reuses an already loaded library
 // whose name matches the string given, and descriptor numbers are reused after close: so the descriptor of each file
@@ -124,18 +132,32 @@ std::shared_ptr<const KernelLibrary> KernelLibrary::Load(const KernelRequest& re
   }
   const std::string& path = location.path;
 
-  // 2. Open the resolved file itself (no symlink at the last step) and check where the open file really is: a
-  // folder swapped for a symlink since realpath cannot redirect us.
-  Fd fd(open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+  // 2. Open the resolved file itself (no symlink at the last step; O_NONBLOCK: opening a FIFO must not wait for a
+  // writer) and look at what it is before reading a byte: a regular file of a bounded size. Then check where the
+  // open file really is: a folder swapped for a symlink since realpath cannot redirect us.
+  Fd fd(open(path.c_str(), O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC));
   if (fd.get() < 0) {
     *error_kind = LoadError::kMissing;
     *error = "Cortex kernel artifact unreadable: " + path + " (" + std::strerror(errno) + ")";
     return nullptr;
   }
   struct stat info;
-  if (fstat(fd.get(), &info) != 0 || !S_ISREG(info.st_mode)) {
+  if (fstat(fd.get(), &info) != 0) {
     *error_kind = LoadError::kMissing;
-    *error = "Cortex kernel artifact missing: " + path + " is not a regular file";
+    *error = "Cortex kernel artifact unreadable: " + path + " (" + std::strerror(errno) + ")";
+    return nullptr;
+  }
+  if (!S_ISREG(info.st_mode)) {
+    *error_kind = LoadError::kRefusedFile;
+    *error = "Cortex kernel refused: " + path + " is " + FileKind(info.st_mode) + ", not a regular file. " +
+             RebuildAdvice(request) + ".";
+    return nullptr;
+  }
+  if (info.st_size > kMaxKernelBytes) {
+    *error_kind = LoadError::kRefusedFile;
+    *error = "Cortex kernel refused: " + path + " is " + std::to_string(static_cast<int64_t>(info.st_size)) +
+             " bytes, more than a kernel may be (" + std::to_string(kMaxKernelBytes) + "). " +
+             RebuildAdvice(request) + ".";
     return nullptr;
   }
   const std::string opened = OpenFilePath(fd.get());
@@ -148,7 +170,7 @@ std::shared_ptr<const KernelLibrary> KernelLibrary::Load(const KernelRequest& re
 
   // 3. Integrity: the file is the one the node was written for.
   std::string digest, read_error;
-  if (!Sha256Fd(fd.get(), &digest, &read_error)) {
+  if (!Sha256Fd(fd.get(), kMaxKernelBytes, &digest, &read_error)) {
     *error_kind = LoadError::kMissing;
     *error = "Cortex kernel artifact unreadable: " + path + " (" + read_error + ")";
     return nullptr;

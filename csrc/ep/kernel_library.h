@@ -1,8 +1,10 @@
 // A loaded Cortex kernel library (kernel_abi.h). Loading checks, in this order and before the library is mapped:
-// the path policy (artifact_path.h), the file's sha256 against the node's record, the trust policy
-// (trust_policy.h), the CPU (cpu_check.h); then dlopen of the very file that was hashed, and the ABI version.
+// the path policy (artifact_path.h), the file itself (a regular file of at most kMaxKernelBytes), the file's sha256
+// against the node's record, the trust policy (trust_policy.h), the CPU (cpu_check.h); then dlopen of the very file
+// that was hashed, and the ABI version.
 // Plain C++, no ONNX Runtime types. dlclose happens when the last owner lets go.
 #pragma once
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -28,10 +30,14 @@ inline int32_t DeviceOfTarget(const std::string& target) {
   return target == "cpu" ? CORTEX_DEVICE_CPU : target == "cuda" ? CORTEX_DEVICE_CUDA : -1;
 }
 
+// The largest kernel file the EP reads: a generated kernel is a few hundred KiB; 512 MiB leaves room for any model
+// while a hostile path (a 1 TiB sparse file) is refused before a byte is read.
+inline constexpr int64_t kMaxKernelBytes = int64_t{512} << 20;
+
 class KernelLibrary {
  public:
-  enum class LoadError { kNone, kRefusedPath, kMissing, kCorrupted, kUntrusted, kUnsupportedCpu, kUnloadable,
-                         kAbiMismatch };
+  enum class LoadError { kNone, kRefusedPath, kRefusedFile, kMissing, kCorrupted, kUntrusted, kUnsupportedCpu,
+                         kUnloadable, kAbiMismatch };
 
   // On failure returns null, sets *error_kind and a message naming the path and what to do in *error.
   static std::shared_ptr<const KernelLibrary> Load(const KernelRequest& request, const TrustPolicy& trust,
