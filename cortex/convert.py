@@ -25,7 +25,7 @@ from .ir.ops import MissingOp
 from .ir.serialize import IRFormatError, to_json
 from .passes import PassError, optimize
 
-ABI_TAG = "cortex-abi-2"
+ABI_TAG = "cortex-abi-3"
 
 
 class ConvertError(Exception):

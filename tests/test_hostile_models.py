@@ -1,16 +1,21 @@
 """Data-only edits of an honest converted model must never corrupt memory, hang or leak (docs/reliability.md,
 "Kernels are code"; docs/contracts.md, "The converted node").
 
-Every case starts from a TreeLSTM converted here (so its kernel is trusted on this machine) and edits only data: what
-lies at the kernel's path. Each session is created in a child process, so a crash or a hang counts as a failure of
-the test, never of pytest:
+Every case starts from a TreeLSTM converted here (so its kernel is trusted on this machine) and edits only data: the
+types and shapes the graph declares around the Cortex node, what lies at the kernel's path. Each session is created
+in a child process, so a crash or a hang counts as a failure of the test, never of pytest:
 
+- outputs re-declared uint8, string, float64, int64, a wrong static width, another rank; an input re-declared
+  int32: refused at session creation, naming the node, the value, what the model declares and what the kernel
+  needs (the kernel's own signature, kernel ABI 3);
 - a FIFO, a 2 GiB sparse file and a directory at the kernel's path: refused at once, before a byte is read.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -20,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto
 
 import cortex
 from onnx_ops import structures as st
@@ -86,6 +92,61 @@ def _kernel_of(model: onnx.ModelProto) -> str:
     return next(a.s.decode() for a in node.attribute if a.name == "ep_cache_context")
 
 
+def _edited(converted: Path, name: str, edit) -> Path:
+    """A copy of the converted model beside it (its kernel path resolves the same), edited by edit(model)."""
+    model = copy.deepcopy(onnx.load(str(converted / "tl.cortex.onnx")))
+    edit(model)
+    path = converted / f"{name}.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def _graph_value(model, name):
+    return next(v for v in list(model.graph.output) + list(model.graph.input) + list(model.graph.value_info)
+                if v.name == name)
+
+
+def declare(name, elem_type=None, dims=None):
+    """Re-declares graph value `name` (an output or input of the Cortex node): its element type and/or its dims. (An
+    output with no type at all never reaches the EP: ONNX Runtime refuses the model, as EPContext infers none.)"""
+    def edit(model):
+        value = _graph_value(model, name)
+        if elem_type is not None:
+            value.type.tensor_type.elem_type = elem_type
+        if dims is not None:
+            value.type.tensor_type.ClearField("shape")
+            value.type.tensor_type.shape.dim.extend(
+                [onnx.TensorShapeProto.Dimension(dim_param=d) if isinstance(d, str)
+                 else onnx.TensorShapeProto.Dimension(dim_value=d) for d in dims])
+    return edit
+
+
+NODE = "Cortex node 'recursion0 [run with cortex.session_options() or cortex.InferenceSession]': "
+EDITED = "; the model no longer matches its kernel, so it was edited after conversion: convert the original model again"
+TABLE = "writes float32 [?, 8]"  # what the kernel writes: the state tables h and c
+# (case, edit, the value as the message names it, what the model now declares, what the kernel needs)
+DECLARATIONS = [
+    ("output uint8", declare("h", TensorProto.UINT8), "output 0 'h'", "uint8 [?, 8]", TABLE),
+    ("output string", declare("c", TensorProto.STRING), "output 1 'c'", "string [?, 8]", TABLE),
+    ("output float64", declare("h", TensorProto.DOUBLE), "output 0 'h'", "float64 [?, 8]", TABLE),
+    ("output int64", declare("h", TensorProto.INT64), "output 0 'h'", "int64 [?, 8]", TABLE),
+    ("output width 7", declare("h", dims=["N", 7]), "output 0 'h'", "float32 [?, 7]", TABLE),
+    ("output rank 3", declare("c", dims=["N", 8, 1]), "output 1 'c'", "float32 [?, 8, 1]", TABLE),
+    ("output rank 1", declare("h", dims=["N8"]), "output 0 'h'", "float32 [?]", TABLE),
+    ("input int32", declare("order", TensorProto.INT32), "input 0 'order'", "int32 [?]", "reads int64 [?]"),
+]
+
+
+@pytest.mark.parametrize("name,edit,value,declared,needed", DECLARATIONS, ids=[case[0] for case in DECLARATIONS])
+def test_declarations_that_disagree_with_the_kernel_are_refused(converted, name, edit, value, declared, needed):
+    model = _edited(converted, name.replace(" ", "_"), edit)
+    result = _child(CHILD, model, converted / "feeds.npz", timeout=120)
+    assert result["phase"] == "create", result  # before: it ran, and wrote float32 rows into these buffers
+    pattern = re.escape(f"{NODE}{value} is declared {declared}, but its kernel {needed} (") + r"[^)]*\)" + \
+        re.escape(EDITED)
+    assert re.search(pattern, result["message"]), result["message"]
+
+
 def test_the_honest_model_still_runs(converted):
     result = _child(CHILD, converted / "tl.cortex.onnx", converted / "feeds.npz", timeout=120)
     assert result == {**result, "phase": "ran", "dtypes": ["float32", "float32"]}
@@ -126,3 +187,44 @@ def test_a_directory_as_the_kernel_is_refused(converted, tmp_path):
     result = _child(CHILD, model, converted / "feeds.npz", timeout=60)
     assert result["phase"] == "create", result
     assert "is a directory, not a regular file" in result["message"], result["message"]
+
+
+# ---- the signature is written from typed integers only ---------------------------------------------------------
+
+
+class _Sneaky(int):
+    """An int that prints itself as code."""
+
+    def __repr__(self):
+        return '8}; int pwned = system("x"); //'
+
+    __str__ = __repr__
+
+    def __format__(self, spec):
+        return repr(self)
+
+
+def test_integers_reach_generated_code_only_through_the_checked_formatter():
+    from cortex.codegen import CodegenError
+    from cortex.codegen.cstyle import cint
+    assert (cint(8), cint(-1, lo=-1), cint(0, lo=0, hi=32)) == ("8", "-1", "0")
+    for bad in (True, np.int64(8), 8.0, "8", _Sneaky(8), None, 1 << 63, -2, 33):
+        with pytest.raises(CodegenError):
+            cint(bad, lo=-1, hi=32)
+
+
+def test_a_program_with_a_sneaky_size_is_refused_by_the_generator():
+    import dataclasses
+
+    from cortex.codegen import CodegenError, CppGenerator
+    from cortex.frontend import find_regions
+    from cortex.passes import optimize
+    (program,) = [optimize(r.program) for r in find_regions(tl.build_loop(tl.make_params(**PARAMS)))]
+    assert "cortex_kernel_signature" in CppGenerator(program).generate("k")
+    sneaky_table = dataclasses.replace(program, tables=tuple(
+        dataclasses.replace(t, inner=(_Sneaky(8),)) for t in program.tables))
+    sneaky_rank = dataclasses.replace(program, inputs=tuple(
+        dataclasses.replace(d, rank=True) if d.rank == 1 else d for d in program.inputs))
+    for evil in (sneaky_table, sneaky_rank):
+        with pytest.raises(CodegenError, match="not an integer"):
+            CppGenerator(evil).generate("k")

@@ -53,6 +53,7 @@ class CppGenerator:
             out.append("// element positions of rearranged values\n" + "\n".join(tables) + "\n")
         out += body
         out.append("}  // namespace\n")
+        out.append(cstyle.signature_source(plan))
         out.append(self.run_fn())
         return "\n".join(out)
 

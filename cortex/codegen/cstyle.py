@@ -40,6 +40,17 @@ def cstr(s: str) -> str:
     return "".join(out)
 
 
+INT64_MAX = (1 << 63) - 1
+
+
+def cint(value, lo: int = -INT64_MAX, hi: int = INT64_MAX) -> str:
+    """An integer for generated C++, in decimal: only a Python int (not a bool, not a subclass that could print
+    itself as anything) within [lo, hi]; anything else is a CodegenError, never text in the kernel."""
+    if type(value) is not int or not lo <= value <= hi:
+        raise CodegenError(f"not an integer in [{lo}, {hi}] for generated code: {type(value).__name__} {value!r:.40}")
+    return int.__repr__(value)
+
+
 def comment(s: str) -> str:
     """Text safe inside a // comment: one line, printable ASCII (no line splice at the end)."""
     text = re.sub(r"[^ -~]", "?", str(s))
@@ -83,6 +94,49 @@ class HostSyntax(ScalarSyntax):
 # ---- host code shared by every target --------------------------------------------------------------------------
 
 
+def signature_source(plan: KernelPlan) -> str:
+    """The kernel's signature (kernel_abi.h's cortex_kernel_signature): element type, rank and every dimension (-1:
+    dynamic) of each input, in the kernel's order (runtime arrays and initial tables as the program declares them,
+    then the prepared constants with their full static shape), and of each output (the program's tables, float32
+    [rows, *inner]). The EP refuses a model that declares anything else and checks every run against it."""
+    def tensor(kind: str, k: int, dtype: str, dims, leading_dynamic: bool) -> tuple:
+        if dtype not in DTYPES:
+            raise CodegenError(f"{kind} {k} has element type {dtype!r}, which kernels do not exchange")
+        name = f"k{kind.capitalize()}{k}Dims"
+        values = ["-1"] * leading_dynamic + [cint(d, lo=0) for d in dims]
+        array = f"const int64_t {name}[] = {{{', '.join(values)}}};" if values else None
+        entry = f"{{{DTYPES[dtype][1]}, {cint(len(values), lo=0, hi=32)}, {name if values else 'nullptr'}}}"
+        return array, entry
+
+    inputs, outputs = [], []
+    for k, inp in enumerate(plan.inputs):
+        if inp.kind == "const":
+            inputs.append(tensor("input", k, "float32", inp.array.shape, False))
+            continue
+        d = plan.program.input(inp.name)
+        cint(d.rank, lo=0, hi=32)  # an int before it is compared
+        if len(d.inner) != max(d.rank - 1, 0):
+            raise CodegenError(f"input {comment(d.name)} of rank {d.rank} declares {len(d.inner)} inner dimensions")
+        inputs.append(tensor("input", k, d.dtype, d.inner, d.rank >= 1))
+    for k, t in enumerate(plan.program.tables):
+        outputs.append(tensor("output", k, "float32", t.inner, True))
+    lines = ["// The kernel's signature: the EP holds the model's declarations and every run to it (kernel_abi.h).",
+             "namespace {"]
+    lines += [array for array, _ in inputs + outputs if array]
+    for kind, entries in (("Inputs", inputs), ("Outputs", outputs)):
+        if entries:
+            lines.append(f"const CortexTensorSignature kSignature{kind}[] = {{")
+            lines += [f"    {entry}," for _, entry in entries]
+            lines.append("};")
+    pointer = {kind: f"kSignature{kind}" if entries else "nullptr" for kind, entries in
+               (("Inputs", inputs), ("Outputs", outputs))}
+    lines += [f"const CortexSignature kSignature = {{{cint(len(inputs))}, {cint(len(outputs))}, {pointer['Inputs']}, "
+              f"{pointer['Outputs']}}};",
+              "}  // namespace",
+              'extern "C" CORTEX_EXPORT const CortexSignature* cortex_kernel_signature(void) { return &kSignature; }']
+    return "\n".join(lines) + "\n"
+
+
 def host_context_fields(plan: KernelPlan) -> list:
     """Ctx members for the runtime arrays (host copies of the structure arrays are what `prepare` reads)."""
     lines = ["  int64_t N = 0, L = 0;"]
@@ -103,9 +157,9 @@ def check_array_inputs(plan: KernelPlan, host_data) -> list:
             continue
         a = plan.array_ids[d.name]
         ctype, dt = DTYPES[d.dtype]
-        inner = ", ".join(str(x) for x in d.inner) or "0"
+        inner = ", ".join(cint(x, lo=0) for x in d.inner) or "0"
         lines.append(f"    {{ static const int64_t inner[] = {{{inner}}};")
-        lines.append(f"      cortex::check_input(inputs[{i}], \"{cstr(d.name)}\", {dt}, {d.rank}, inner);")
+        lines.append(f"      cortex::check_input(inputs[{i}], \"{cstr(d.name)}\", {dt}, {cint(d.rank, lo=0, hi=32)}, inner);")
         lines.append(f"      cx.{a} = static_cast<const {ctype}*>({host_data(i, d)});")
         rows = f"inputs[{i}].shape[0]" if d.rank >= 1 else "1"
         cols = f" cx.{a}_cols = {int(np.prod(d.inner, dtype=np.int64))};" if d.rank >= 2 else ""
@@ -118,10 +172,10 @@ def check_const_inputs(plan: KernelPlan, assign) -> list:
     lines = []
     for i, inp in enumerate(plan.inputs):
         if inp.kind == "const":
-            dims = ", ".join(str(x) for x in inp.array.shape[1:]) or "0"
+            dims = ", ".join(cint(x, lo=0) for x in inp.array.shape[1:]) or "0"
             lines.append(f"    {{ static const int64_t inner[] = {{{dims}}};")
-            lines.append(f"      cortex::check_input(inputs[{i}], \"{cstr(inp.name)}\", CORTEX_FLOAT, {inp.array.ndim}, inner);")
-            lines.append(f"      if (inputs[{i}].shape[0] != {inp.array.shape[0]}) throw cortex::KernelError(\"constant {cstr(inp.name)} has the wrong shape\");")
+            lines.append(f"      cortex::check_input(inputs[{i}], \"{cstr(inp.name)}\", CORTEX_FLOAT, {cint(inp.array.ndim)}, inner);")
+            lines.append(f"      if (inputs[{i}].shape[0] != {cint(inp.array.shape[0])}) throw cortex::KernelError(\"constant {cstr(inp.name)} has the wrong shape\");")
             lines.append(f"      {assign(i, plan.const_ids[inp.const])} }}")
     return lines
 
@@ -147,14 +201,14 @@ def allocate_tables(plan: KernelPlan, pointer: str, init_copy, zero_fill) -> lis
     lines = []
     for k, t in enumerate(p.tables):
         rows = "cx.N" if t.kind == "state" else "cx.L"
-        dims = ", ".join([rows] + [str(d) for d in t.inner])
+        dims = ", ".join([rows] + [cint(d, lo=0) for d in t.inner])
         tid = plan.table_ids[t.name]
         lines.append(f"    {{ const int64_t shape[{1 + len(t.inner)}] = {{{dims}}};")
         lines.append(f"      {pointer}.{tid} = static_cast<float*>(alloc_output(alloc_context, {k}, shape, {1 + len(t.inner)}));")
         lines.append(f"      if ({pointer}.{tid} == nullptr && {rows} > 0) throw cortex::KernelError(\"could not allocate output {cstr(t.output)}\");")
         if t.init is not None:
             i = next(j for j, d in enumerate(p.inputs) if d.name == t.init)
-            inner = ", ".join(str(d) for d in t.inner)
+            inner = ", ".join(cint(d, lo=0) for d in t.inner)
             lines.append(f"      static const int64_t inner[] = {{{inner}}};")
             lines.append(f"      cortex::check_input(inputs[{i}], \"{cstr(t.init)}\", CORTEX_FLOAT, {1 + len(t.inner)}, inner);")
             lines.append(f"      if (inputs[{i}].shape[0] != cx.N) throw cortex::KernelError(\"state tables must have the same number of rows (Cortex limitation): {cstr(t.init)} has \" + std::to_string(inputs[{i}].shape[0]) + \", expected \" + std::to_string(cx.N));")

@@ -127,6 +127,7 @@ class CudaGenerator:
         out += cases
         out.append(kernel)
         out.append("}  // namespace\n")
+        out.append(cstyle.signature_source(plan))
         out.append(self.run_fn())
         return "\n".join(out)
 

@@ -215,6 +215,7 @@ std::shared_ptr<const KernelLibrary> KernelLibrary::Load(const KernelRequest& re
     *error = "Cortex kernel artifact cannot be loaded: " + path + ": " + DlError();
     return nullptr;
   }
+  // 7. The kernel ABI: the version first (an older kernel lacks what follows), the device, the signature.
   auto abi_version = reinterpret_cast<decltype(&cortex_kernel_abi_version)>(
       dlsym(handle.get(), "cortex_kernel_abi_version"));
   auto identity = reinterpret_cast<decltype(&cortex_kernel_identity)>(dlsym(handle.get(), "cortex_kernel_identity"));
@@ -240,8 +241,20 @@ std::shared_ptr<const KernelLibrary> KernelLibrary::Load(const KernelRequest& re
     *error = "Cortex kernel artifact " + path + " is not a kernel for the node's target '" + request.target + "'";
     return nullptr;
   }
+  auto signature_fn =
+      reinterpret_cast<decltype(&cortex_kernel_signature)>(dlsym(handle.get(), "cortex_kernel_signature"));
+  KernelSignature signature;
+  std::string signature_error = "it does not export cortex_kernel_signature";
+  if (!signature_fn || !CopySignature(signature_fn(), &signature, &signature_error)) {
+    *error_kind = LoadError::kAbiMismatch;
+    *error = "Cortex kernel artifact " + path + " has no valid signature: " + signature_error +
+             "; convert the model again with this version of Cortex, or run `cortex rebuild " +
+             ModelForMessages(request) + "`";
+    return nullptr;
+  }
   const char* name = identity();
-  std::shared_ptr<const KernelLibrary> library(new KernelLibrary(handle.get(), path, name ? name : "", run));
+  std::shared_ptr<const KernelLibrary> library(
+      new KernelLibrary(handle.get(), path, name ? name : "", run, std::move(signature)));
   handle.release();
   *error_kind = LoadError::kNone;
   return library;

@@ -1,7 +1,7 @@
 // A loaded Cortex kernel library (kernel_abi.h). Loading checks, in this order and before the library is mapped:
 // the path policy (artifact_path.h), the file itself (a regular file of at most kMaxKernelBytes), the file's sha256
 // against the node's record, the trust policy (trust_policy.h), the CPU (cpu_check.h); then dlopen of the very file
-// that was hashed, and the ABI version.
+// that was hashed, the ABI version, the device and the kernel's signature (kernel_signature.h).
 // Plain C++, no ONNX Runtime types. dlclose happens when the last owner lets go.
 #pragma once
 #include <cstdint>
@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kernel_abi.h"
+#include "kernel_signature.h"
 #include "trust_policy.h"
 
 namespace cortex_ep {
@@ -49,6 +50,8 @@ class KernelLibrary {
 
   const std::string& path() const { return path_; }
   const std::string& identity() const { return identity_; }
+  // What the kernel reads and writes; the EP checks the model and every run against it.
+  const KernelSignature& signature() const { return signature_; }
 
   // cortex_kernel_run; never throws.
   int32_t Run(const CortexTensor* inputs, int32_t num_inputs, CortexAllocOutput alloc_output, void* alloc_context,
@@ -58,13 +61,18 @@ class KernelLibrary {
 
  private:
   using RunFn = decltype(&cortex_kernel_run);
-  KernelLibrary(void* handle, std::string path, std::string identity, RunFn run)
-      : handle_(handle), path_(std::move(path)), identity_(std::move(identity)), run_(run) {}
+  KernelLibrary(void* handle, std::string path, std::string identity, RunFn run, KernelSignature signature)
+      : handle_(handle),
+        path_(std::move(path)),
+        identity_(std::move(identity)),
+        run_(run),
+        signature_(std::move(signature)) {}
 
   void* handle_;
   std::string path_;
   std::string identity_;
   RunFn run_;
+  KernelSignature signature_;
 };
 
 }  // namespace cortex_ep
