@@ -1,7 +1,10 @@
 """The Cortex execution provider end to end: a hand-written kernel library behind an EPContext node."""
+import gc
 import hashlib
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -275,3 +278,89 @@ def test_an_input_against_the_signature_never_reaches_the_kernel(tmp_path):
     np.testing.assert_allclose(session.run(None, {"x": np.ones(4, np.float32)})[0], expected(np.ones(4)), atol=1e-6)
     with pytest.raises(Exception, match=r"input 0 'x' is float32 \[2, 2\], but the kernel reads float32 \[\?\]"):
         session.run(None, {"x": np.ones((2, 2), np.float32)})
+
+
+# A function-local static of an inline function with default visibility: g++ makes it an STB_GNU_UNIQUE symbol, and
+# glibc then never unloads the library.
+PINNED = r"""
+inline int& cortex_test_pinned_count() { static int count = 0; return count; }
+extern "C" int cortex_test_pinned(void) { return ++cortex_test_pinned_count(); }
+"""
+
+
+def _descriptors_of(path: Path) -> list:
+    """This process's descriptors open on the file at `path` (same device and inode)."""
+    want = (path.stat().st_dev, path.stat().st_ino)
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            info = os.stat(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if (info.st_dev, info.st_ino) == want:
+            found.append(int(name))
+    return found
+
+
+def test_an_unused_kernel_is_unloaded_and_one_glibc_keeps_keeps_its_descriptor(tmp_path):
+    x = np.array([1.0, 2.0, -3.0, 0.5], dtype=np.float32)
+    plain = build_kernel(tmp_path, "plain.so")
+    pinned = build_kernel(tmp_path, "pinned.so", extra_source=PINNED)
+    triple = build_kernel(tmp_path, "triple.so", defines=("SCALE=3.0f",))
+    models = {k.stem: write_model(tmp_path / f"{k.stem}.onnx", k.name, sha256_of(k)) for k in (plain, pinned, triple)}
+
+    session = cortex.InferenceSession(str(models["plain"]))
+    assert len(_descriptors_of(plain)) == 1 and session.run(None, {"x": x})
+    del session
+    gc.collect()
+    assert _descriptors_of(plain) == []  # unloaded: nothing kept
+
+    session = cortex.InferenceSession(str(models["pinned"]))
+    (kept,) = _descriptors_of(pinned)
+    del session
+    gc.collect()
+    # glibc keeps it loaded under the name /proc/self/fd/N: the EP keeps N open, so N can never name another file
+    assert _descriptors_of(pinned) == [kept]
+    session = cortex.InferenceSession(str(models["triple"]))
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], np.maximum(3.0 * x + BIAS, 0.0), atol=1e-6)
+    again = cortex.InferenceSession(str(models["pinned"]))  # loaded again through the kept descriptor
+    np.testing.assert_allclose(again.run(None, {"x": x})[0], expected(x), atol=1e-6)
+    assert _descriptors_of(pinned) == [kept]
+
+
+# Session A maps kernel.so; kernel.so is then rewritten in place (same inode) with another trusted kernel, and model B
+# names it with the new digest. The mapped library is the old content: B is refused, never handed A's kernel. In a
+# child, which leaves with os._exit: A's library was overwritten under it and must not run its destructors.
+REWRITE_IN_PLACE = r"""
+import json, os, sys
+import cortex
+model_a, model_b, kernel, replacement = sys.argv[1:5]
+session = cortex.InferenceSession(model_a)
+with open(replacement, "rb") as f:
+    data = f.read()
+with open(kernel, "r+b") as f:
+    f.write(data)
+    f.truncate(len(data))
+try:
+    cortex.InferenceSession(model_b)
+    out = {"error": None}
+except Exception as e:
+    out = {"error": str(e)}
+print("RESULT " + json.dumps(out), flush=True)
+os._exit(0)
+"""
+
+
+def test_a_kernel_rewritten_in_place_while_loaded_is_refused(tmp_path):
+    kernel = build_kernel(tmp_path, "kernel.so")
+    replacement = build_kernel(tmp_path, "triple.so", defines=("SCALE=3.0f",))
+    model_a = write_model(tmp_path / "a.onnx", "kernel.so", sha256_of(kernel))
+    model_b = write_model(tmp_path / "b.onnx", "kernel.so", sha256_of(replacement))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(cortex.__file__).resolve().parent.parent)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    result = subprocess.run([sys.executable, "-c", REWRITE_IN_PLACE, str(model_a), str(model_b), str(kernel),
+                             str(replacement)], capture_output=True, text=True, timeout=120, env=env)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    assert result.returncode == 0 and lines, result.stdout[-2000:] + result.stderr[-2000:]
+    error = json.loads(lines[-1][len("RESULT "):])["error"]
+    assert error and "was rewritten in place while its earlier content is loaded" in error, error

@@ -5,10 +5,12 @@ Every case starts from a TreeLSTM converted here (so its kernel is trusted on th
 types and shapes the graph declares around the Cortex node, what lies at the kernel's path. Each session is created
 in a child process, so a crash or a hang counts as a failure of the test, never of pytest:
 
-- outputs re-declared uint8, string, float64, int64, a wrong static width, another rank; an input re-declared
-  int32: refused at session creation, naming the node, the value, what the model declares and what the kernel
-  needs (the kernel's own signature, kernel ABI 3);
-- a FIFO, a 2 GiB sparse file and a directory at the kernel's path: refused at once, before a byte is read.
+- outputs re-declared uint8, string, float64, int64, a wrong static width, another rank; an input
+  re-declared int32: refused at session creation, naming the node, the value, what the model declares and what the
+  kernel needs (the kernel's own signature, kernel ABI 3);
+- a FIFO, a 2 GiB sparse file and a directory at the kernel's path: refused at once, before a byte is read;
+- a kernel file replaced (same bytes, new inode) and its model reloaded 600 times under a 256-descriptor limit: every
+  run succeeds, descriptors and mapped kernels stay bounded (an unused kernel is unloaded).
 """
 from __future__ import annotations
 
@@ -187,6 +189,58 @@ def test_a_directory_as_the_kernel_is_refused(converted, tmp_path):
     result = _child(CHILD, model, converted / "feeds.npz", timeout=60)
     assert result["phase"] == "create", result
     assert "is a directory, not a regular file" in result["message"], result["message"]
+
+
+# ---- no descriptor or mapping kept for a kernel no session uses -----------------------------------------------
+
+RELOADS = textwrap.dedent(r"""
+    import gc, json, os, resource, sys
+    import numpy as np
+    import cortex
+    model, kernel, feeds, limit, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+    feeds = dict(np.load(feeds))
+    data = open(kernel, "rb").read()
+    name = os.path.basename(kernel)
+
+    def mapped_kernels():
+        return len({line.split(None, 5)[5] for line in open("/proc/self/maps") if name in line})
+
+    descriptors, mapped, failures = [], [], []
+    for i in range(rounds):
+        staged = kernel + ".staged"
+        with open(staged, "wb") as f:  # the same bytes through a new inode, as a re-conversion writes it
+            f.write(data)
+        os.replace(staged, kernel)
+        try:
+            session = cortex.InferenceSession(model)
+            session.run(None, feeds)
+        except Exception as e:
+            failures.append(f"round {i}: {str(e)[:300]}")
+            if len(failures) > 3:
+                break
+        session = None
+        gc.collect()
+        descriptors.append(len(os.listdir("/proc/self/fd")))
+        mapped.append(mapped_kernels())
+    print("RESULT " + json.dumps({"failures": failures, "descriptors": descriptors, "mapped": mapped}), flush=True)
+""")
+
+
+def test_reloading_a_replaced_kernel_leaks_nothing(converted, tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(converted, folder)
+    model = folder / "tl.cortex.onnx"
+    kernel = folder / _kernel_of(onnx.load(str(model)))
+    forest = st.batch(st.sst_like_trees(2, np.random.default_rng(3), PARAMS["vocab"]))
+    np.savez(tmp_path / "small.npz", words=forest.words, left=forest.left, right=forest.right, order=forest.order)
+    result = _child(RELOADS, model, kernel, tmp_path / "small.npz", 256, 600, timeout=540)
+    assert not result["failures"], result["failures"]
+    descriptors, mapped = result["descriptors"], result["mapped"]
+    assert len(descriptors) == 600
+    # before: one more descriptor and one more mapped (deleted) kernel per round, until the limit ended the runs
+    assert max(descriptors) <= descriptors[0] + 4, descriptors[::50]
+    assert max(mapped) <= 1, mapped[::50]
 
 
 # ---- the signature is written from typed integers only ---------------------------------------------------------

@@ -278,6 +278,11 @@ def prepare_fn(plan: KernelPlan, syntax: HostSyntax) -> str:
     return "\n".join(lines) + "\n"
 
 
+# A kernel's workspaces (kernel_support.h's WorkspacePool): declared after `struct Workspace`, leased by each run.
+WORKSPACE_POOL = "cortex::WorkspacePool<Workspace> workspaces;  // one workspace per concurrent run, reused\n"
+LEASE_WORKSPACE = ["    cortex::WorkspacePool<Workspace>::Lease lease(workspaces);",
+                   "    Workspace& ws = *lease;"]
+
 POSITION_ARRAYS = """  std::vector<int64_t> node, position, reads, slots;
   std::vector<int32_t> case_id;
   int64_t listed = 0;

@@ -2,7 +2,7 @@
 // the path policy (artifact_path.h), the file itself (a regular file of at most kMaxKernelBytes), the file's sha256
 // against the node's record, the trust policy (trust_policy.h), the CPU (cpu_check.h); then dlopen of the very file
 // that was hashed, the ABI version, the device and the kernel's signature (kernel_signature.h).
-// Plain C++, no ONNX Runtime types. dlclose happens when the last owner lets go.
+// Plain C++, no ONNX Runtime types. The library is unloaded when the last owner lets go.
 #pragma once
 #include <cstdint>
 #include <memory>
@@ -35,6 +35,8 @@ inline int32_t DeviceOfTarget(const std::string& target) {
 // while a hostile path (a 1 TiB sparse file) is refused before a byte is read.
 inline constexpr int64_t kMaxKernelBytes = int64_t{512} << 20;
 
+class KernelMapping;  // one reference to a mapped kernel file (kernel_library.cc)
+
 class KernelLibrary {
  public:
   enum class LoadError { kNone, kRefusedPath, kRefusedFile, kMissing, kCorrupted, kUntrusted, kUnsupportedCpu,
@@ -61,14 +63,10 @@ class KernelLibrary {
 
  private:
   using RunFn = decltype(&cortex_kernel_run);
-  KernelLibrary(void* handle, std::string path, std::string identity, RunFn run, KernelSignature signature)
-      : handle_(handle),
-        path_(std::move(path)),
-        identity_(std::move(identity)),
-        run_(run),
-        signature_(std::move(signature)) {}
+  KernelLibrary(std::unique_ptr<KernelMapping> mapping, std::string path, std::string identity, RunFn run,
+                KernelSignature signature);
 
-  void* handle_;
+  std::unique_ptr<KernelMapping> mapping_;  // keeps the library mapped while run_ may be called
   std::string path_;
   std::string identity_;
   RunFn run_;
