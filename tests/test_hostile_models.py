@@ -2,15 +2,17 @@
 "Kernels are code"; docs/contracts.md, "The converted node").
 
 Every case starts from a TreeLSTM converted here (so its kernel is trusted on this machine) and edits only data: the
-types and shapes the graph declares around the Cortex node, what lies at the kernel's path. Each session is created
-in a child process, so a crash or a hang counts as a failure of the test, never of pytest:
+types and shapes the graph declares around the Cortex node, what lies at the kernel's path, where the node sits. Each
+session is created in a child process, so a crash or a hang counts as a failure of the test, never of pytest:
 
 - outputs re-declared uint8, string, float64, int64, a wrong static width, another rank; an input
   re-declared int32: refused at session creation, naming the node, the value, what the model declares and what the
   kernel needs (the kernel's own signature, kernel ABI 3);
 - a FIFO, a 2 GiB sparse file and a directory at the kernel's path: refused at once, before a byte is read;
 - a kernel file replaced (same bytes, new inode) and its model reloaded 600 times under a 256-descriptor limit: every
-  run succeeds, descriptors and mapped kernels stay bounded (an unused kernel is unloaded).
+  run succeeds, descriptors and mapped kernels stay bounded (an unused kernel is unloaded);
+- the Cortex node moved into an If's branch: refused with one message (Cortex writes its nodes only into the main
+  graph).
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto
+from onnx import TensorProto, helper, numpy_helper
 
 import cortex
 from onnx_ops import structures as st
@@ -241,6 +243,48 @@ def test_reloading_a_replaced_kernel_leaks_nothing(converted, tmp_path):
     # before: one more descriptor and one more mapped (deleted) kernel per round, until the limit ended the runs
     assert max(descriptors) <= descriptors[0] + 4, descriptors[::50]
     assert max(mapped) <= 1, mapped[::50]
+
+
+# ---- a Cortex node where Cortex never writes one ----------------------------------------------------------------
+
+
+def _into_if_branch(model):
+    """Moves the Cortex node into the then-branch of an If whose condition is known only at run time (so ONNX Runtime
+    cannot inline the branch); the else-branch passes the initial tables through."""
+    graph = model.graph
+    node = next(n for n in graph.node if n.op_type == "EPContext")
+    rest = [n for n in graph.node if n is not node]
+    outputs = {o.name: o for o in graph.output}
+
+    def like(name, new_name):
+        value = copy.deepcopy(outputs[name])
+        value.name = new_name
+        return value
+
+    inner = copy.deepcopy(node)
+    del inner.output[:]
+    inner.output.extend(["h_then", "c_then"])
+    then_branch = helper.make_graph([inner], "then", [], [like("h", "h_then"), like("c", "c_then")])
+    else_branch = helper.make_graph(
+        [helper.make_node("Identity", [node.input[4]], ["h_else"]),
+         helper.make_node("Identity", [node.input[5]], ["c_else"])],
+        "else", [], [like("h", "h_else"), like("c", "c_else")])
+    graph.initializer.append(numpy_helper.from_array(np.array(0, np.int64), "hostile_zero"))
+    condition = [helper.make_node("Size", ["order"], ["hostile_size"]),
+                 helper.make_node("GreaterOrEqual", ["hostile_size", "hostile_zero"], ["hostile_cond"])]
+    branch = helper.make_node("If", ["hostile_cond"], [node.output[0], node.output[1]], name="edited_if",
+                              then_branch=then_branch, else_branch=else_branch)
+    del graph.node[:]
+    graph.node.extend(rest + condition + [branch])
+
+
+def test_a_cortex_node_inside_a_subgraph_is_refused(converted):
+    model = _edited(converted, "in_if", _into_if_branch)
+    result = _child(CHILD, model, converted / "feeds.npz", timeout=120)
+    assert result["phase"] == "create", result
+    assert ("Cortex node 'recursion0 [run with cortex.session_options() or cortex.InferenceSession]' is inside the "
+            "subgraph of node 'edited_if': Cortex writes its nodes only into the main graph, so this model was "
+            "edited; convert the original model again") in result["message"], result["message"]
 
 
 # ---- the signature is written from typed integers only ---------------------------------------------------------

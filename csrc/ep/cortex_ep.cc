@@ -111,6 +111,32 @@ OrtStatus* CheckAgainstSignature(const Api& api, const OrtNode* node, const Kern
   return nullptr;
 }
 
+// The one message for a Cortex node that is not in the main graph (the Python tools say the same).
+std::string InsideSubgraphMessage(const std::string& node_name, const std::string& parent_name) {
+  return "Cortex node '" + node_name + "' is inside the subgraph of node '" + parent_name +
+         "': Cortex writes its nodes only into the main graph, so this model was edited; convert the original "
+         "model again";
+}
+
+// The node whose subgraph `graph` is, or "" with *inside false for the main graph.
+OrtStatus* ParentNodeName(const Api& api, const OrtGraph* graph, bool* inside, std::string* parent_name) {
+  const OrtNode* parent = nullptr;
+  CORTEX_RETURN_IF_ERROR(api.ort.Graph_GetParentNode(graph, &parent));
+  *inside = parent != nullptr;
+  parent_name->clear();
+  if (parent == nullptr) return nullptr;
+  const char* name = nullptr;
+  CORTEX_RETURN_IF_ERROR(api.ort.Node_GetName(parent, &name));
+  if (name != nullptr && name[0] != '\0') {
+    *parent_name = name;
+    return nullptr;
+  }
+  const char* op_type = nullptr;
+  CORTEX_RETURN_IF_ERROR(api.ort.Node_GetOperatorType(parent, &op_type));
+  *parent_name = std::string("(unnamed ") + (op_type ? op_type : "") + ")";
+  return nullptr;
+}
+
 // For each input of the Cortex node, the index of the fused node's input that carries the same value. ORT gives
 // a fused node each distinct value once, so a node that reads one value twice has fewer fused inputs; the kernel
 // wants the node's own input list. Sets *error (and returns no status) when an input cannot be mapped.
@@ -551,15 +577,30 @@ OrtStatus* ORT_API_CALL CortexEp::GetCapabilityImpl(OrtEp* this_ptr, const OrtGr
   CORTEX_API_END(ep->api_)
 }
 
-OrtStatus* CortexEp::ClaimCortexNodes(const OrtGraph* graph, OrtEpGraphSupportInfo* graph_support_info) const {
+OrtStatus* CortexEp::ClaimCortexNodes(const OrtGraph* graph, OrtEpGraphSupportInfo* graph_support_info) {
   std::vector<const OrtNode*> nodes;
   CORTEX_RETURN_IF_ERROR(GetGraphNodes(api_, graph, &nodes));
+  bool in_subgraph = false;
+  std::string parent_name;
+  CORTEX_RETURN_IF_ERROR(ParentNodeName(api_, graph, &in_subgraph, &parent_name));
   OrtNodeFusionOptions fusion_options{};
   fusion_options.ort_version_supported = ORT_API_VERSION;
   fusion_options.drop_constant_initializers = false;  // the kernel receives its prepared constants as inputs
   for (const OrtNode* node : nodes) {
     bool is_cortex = false;
     CORTEX_RETURN_IF_ERROR(IsCortexNode(api_, node, &is_cortex));
+    if (is_cortex && in_subgraph) {
+      const char* name = nullptr;
+      CORTEX_RETURN_IF_ERROR(api_.ort.Node_GetName(node, &name));
+      {
+        std::lock_guard<std::mutex> lock(subgraph_nodes_mutex_);
+        subgraph_nodes_[name ? name : ""] = parent_name;
+      }
+      Log(ORT_LOGGING_LEVEL_WARNING, InsideSubgraphMessage(name ? name : "", parent_name));
+      CORTEX_RETURN_IF_ERROR(api_.ep.EpGraphSupportInfo_AddNodesToFuse(graph_support_info, &node, 1,
+                                                                       &fusion_options));
+      continue;
+    }
     if (is_cortex) {
       // Only nodes compiled for this EP's device: a CUDA node is left to a Cortex EP on the GPU.
       std::string notes, error;
@@ -601,7 +642,7 @@ OrtStatus* ORT_API_CALL CortexEp::CompileImpl(OrtEp* this_ptr, const OrtGraph** 
 }
 
 OrtStatus* CortexEp::CompileNode(const OrtGraph* graph, const OrtNode* fused_node,
-                                 OrtNodeComputeInfo** compute_info) const {
+                                 OrtNodeComputeInfo** compute_info) {
   std::vector<const OrtNode*> nodes;
   CORTEX_RETURN_IF_ERROR(GetGraphNodes(api_, graph, &nodes));
   bool is_cortex = false;
@@ -614,6 +655,15 @@ OrtStatus* CortexEp::CompileNode(const OrtGraph* graph, const OrtNode* fused_nod
   const char* node_name = nullptr;
   CORTEX_RETURN_IF_ERROR(api_.ort.Node_GetName(node, &node_name));
   const std::string where = std::string("Cortex node '") + node_name + "': ";
+
+  // Cortex writes its nodes only into the main graph; one in a subgraph was put there by someone else.
+  {
+    std::lock_guard<std::mutex> lock(subgraph_nodes_mutex_);
+    const auto it = subgraph_nodes_.find(node_name);
+    if (it != subgraph_nodes_.end()) {
+      return MakeStatus(api_, ORT_INVALID_GRAPH, InsideSubgraphMessage(node_name, it->second));
+    }
+  }
 
   std::string cache_context, notes;
   int64_t embed_mode = 0;
