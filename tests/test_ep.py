@@ -288,7 +288,7 @@ extern "C" int cortex_test_pinned(void) { return ++cortex_test_pinned_count(); }
 """
 
 
-def _descriptors_of(path: Path) -> list:
+def descriptors_of(path: Path) -> list:
     """This process's descriptors open on the file at `path` (same device and inode)."""
     want = (path.stat().st_dev, path.stat().st_ino)
     found = []
@@ -310,22 +310,22 @@ def test_an_unused_kernel_is_unloaded_and_one_glibc_keeps_keeps_its_descriptor(t
     models = {k.stem: write_model(tmp_path / f"{k.stem}.onnx", k.name, sha256_of(k)) for k in (plain, pinned, triple)}
 
     session = cortex.InferenceSession(str(models["plain"]))
-    assert len(_descriptors_of(plain)) == 1 and session.run(None, {"x": x})
+    assert len(descriptors_of(plain)) == 1 and session.run(None, {"x": x})
     del session
     gc.collect()
-    assert _descriptors_of(plain) == []  # unloaded: nothing kept
+    assert descriptors_of(plain) == []  # unloaded: nothing kept
 
     session = cortex.InferenceSession(str(models["pinned"]))
-    (kept,) = _descriptors_of(pinned)
+    (kept,) = descriptors_of(pinned)
     del session
     gc.collect()
     # glibc keeps it loaded under the name /proc/self/fd/N: the EP keeps N open, so N can never name another file
-    assert _descriptors_of(pinned) == [kept]
+    assert descriptors_of(pinned) == [kept]
     session = cortex.InferenceSession(str(models["triple"]))
     np.testing.assert_allclose(session.run(None, {"x": x})[0], np.maximum(3.0 * x + BIAS, 0.0), atol=1e-6)
     again = cortex.InferenceSession(str(models["pinned"]))  # loaded again through the kept descriptor
     np.testing.assert_allclose(again.run(None, {"x": x})[0], expected(x), atol=1e-6)
-    assert _descriptors_of(pinned) == [kept]
+    assert descriptors_of(pinned) == [kept]
 
 
 # Session A maps kernel.so; kernel.so is then rewritten in place (same inode) with another trusted kernel, and model B

@@ -32,6 +32,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import cortex
+from cortex.artifacts import cortex_nodes
 from onnx_ops import structures as st
 from onnx_ops.zoo import treelstm as tl
 
@@ -92,8 +93,7 @@ def converted(tmp_path_factory):
 
 
 def _kernel_of(model: onnx.ModelProto) -> str:
-    node = next(n for n in model.graph.node if n.op_type == "EPContext")
-    return next(a.s.decode() for a in node.attribute if a.name == "ep_cache_context")
+    return cortex_nodes(model)[0].cache_context
 
 
 def _edited(converted: Path, name: str, edit) -> Path:

@@ -8,6 +8,7 @@ IR a model carries, and the CPU check before loading.
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -21,10 +22,11 @@ import pytest
 
 import cortex
 from cortex import trust
+from cortex.artifacts import cortex_nodes
 from cortex.codegen import toolchain
 from onnx_ops import structures as st
 from onnx_ops.zoo import treelstm as tl
-from test_ep import build_kernel, expected, sha256_of, write_model
+from test_ep import build_kernel, descriptors_of, expected, sha256_of, write_model
 
 CONSTRUCTOR = r"""
 #include <stdio.h>
@@ -416,37 +418,21 @@ def test_each_model_loads_its_own_kernel(converted, tmp_path):
 
 
 def _kernel_file(folder: Path) -> Path:
-    model = onnx.load(str(folder / "tl.cortex.onnx"))
-    node = next(n for n in model.graph.node if n.op_type == "EPContext")
-    return folder / next(a.s.decode() for a in node.attribute if a.name == "ep_cache_context")
-
-
-def _descriptors_of(path: Path) -> list:
-    want = (path.stat().st_dev, path.stat().st_ino)
-    found = []
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            info = os.stat(f"/proc/self/fd/{name}")
-        except OSError:
-            continue
-        if (info.st_dev, info.st_ino) == want:
-            found.append(int(name))
-    return found
+    return folder / cortex_nodes(onnx.load(str(folder / "tl.cortex.onnx")))[0].cache_context
 
 
 def test_a_reused_descriptor_number_loads_the_new_kernel(converted, tmp_path):
     # the EP unloads a kernel no session uses and closes its descriptor; here the next kernel is made to get that very
     # number, so it is loaded as the same name /proc/self/fd/N: it must be itself, never the unloaded one
-    import gc
     other = _other_model(tmp_path)
     first, second = _kernel_file(converted), _kernel_file(other)
     gc.collect()
     session = cortex.InferenceSession(str(converted / "tl.cortex.onnx"))
-    (number,) = _descriptors_of(first)
+    (number,) = descriptors_of(first)
     _check_against_original(session, converted)
     del session
     gc.collect()
-    assert _descriptors_of(first) == [], "the unused kernel's descriptor is still open"
+    assert descriptors_of(first) == [], "the unused kernel's descriptor is still open"
     held = []  # every free descriptor below `number`, so the next open gets `number` itself
     try:
         while True:
@@ -456,7 +442,7 @@ def test_a_reused_descriptor_number_loads_the_new_kernel(converted, tmp_path):
                 break
             held.append(fd)
         session = cortex.InferenceSession(str(other / "tl.cortex.onnx"))
-        assert _descriptors_of(second) == [number]
+        assert descriptors_of(second) == [number]
     finally:
         for fd in held:
             os.close(fd)
