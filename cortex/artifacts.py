@@ -23,7 +23,7 @@ class ArtifactError(ValueError):
 
 
 MAX_FILE_BYTES = 1 << 40  # what Cortex hashes: ONNX external data may be large, never a sparse terabyte
-MAX_KERNEL_BYTES = 256 << 20  # a kernel library (the EP's limit too)
+MAX_KERNEL_BYTES = 512 << 20  # a kernel library (the EP's kMaxKernelBytes too)
 
 
 def open_regular(path, limit: int = MAX_FILE_BYTES):

@@ -28,7 +28,7 @@ from .passes import PassError, optimize
 from .treerec import DOMAIN as TREEREC_DOMAIN
 from .treerec.portable import has_treerec, raise_treerec, to_portable
 
-ABI_TAG = "cortex-abi-2"
+ABI_TAG = "cortex-abi-3"
 
 
 class ConvertError(Exception):

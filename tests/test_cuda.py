@@ -34,7 +34,7 @@ HIDDEN = 8
 TOL = 1e-4
 FORMS = [(name, form) for name in MODELS for form in ("loop", "treerec")]
 IDS = [f"{name}-{form}" for name, form in FORMS]
-CORTEX_DEVICE_CUDA, ABI_VERSION = 1, 2
+CORTEX_DEVICE_CUDA, ABI_VERSION = 1, 3
 
 
 def _model(name: str, form: str) -> onnx.ModelProto:
@@ -98,6 +98,22 @@ def test_cuda_source_compiles(compiled, name, form):
     library = ctypes.CDLL(str(result))
     assert library.cortex_kernel_device() == CORTEX_DEVICE_CUDA
     assert library.cortex_kernel_abi_version() == ABI_VERSION
+    library.cortex_kernel_signature.restype = ctypes.POINTER(_Signature)
+    signature = library.cortex_kernel_signature().contents  # what the EP holds the model to
+    tensors = [signature.inputs[i] for i in range(signature.num_inputs)]
+    tensors += [signature.outputs[i] for i in range(signature.num_outputs)]
+    assert signature.num_inputs >= 1 and signature.num_outputs >= 1
+    assert all(t.dtype in (1, 6, 7, 9) and 0 <= t.rank <= 32 for t in tensors)
+    assert all(t.dtype == 1 and t.dims[0] == -1 for t in tensors[signature.num_inputs:])  # float32 [rows, ...]
+
+
+class _TensorSignature(ctypes.Structure):
+    _fields_ = [("dtype", ctypes.c_int32), ("rank", ctypes.c_int32), ("dims", ctypes.POINTER(ctypes.c_int64))]
+
+
+class _Signature(ctypes.Structure):
+    _fields_ = [("num_inputs", ctypes.c_int32), ("num_outputs", ctypes.c_int32),
+                ("inputs", ctypes.POINTER(_TensorSignature)), ("outputs", ctypes.POINTER(_TensorSignature))]
 
 
 @pytest.fixture(scope="module")

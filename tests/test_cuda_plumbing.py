@@ -60,8 +60,13 @@ CUDA_KERNEL = r"""
 #include <string.h>
 #include "kernel_abi.h"
 static char seen[512];
+static const int64_t kVector[] = {-1};
+static const CortexTensorSignature kInputs[] = {{CORTEX_FLOAT, 1, kVector}, {CORTEX_FLOAT, 1, kVector}};
+static const CortexTensorSignature kOutputs[] = {{CORTEX_FLOAT, 1, kVector}};
+static const CortexSignature kSignature = {2, 1, kInputs, kOutputs};
 extern "C" {
 const char* seen_by_kernel(void) { return seen; }
+const CortexSignature* cortex_kernel_signature(void) { return &kSignature; }
 int32_t cortex_kernel_abi_version(void) { return CORTEX_KERNEL_ABI_VERSION; }
 const char* cortex_kernel_identity(void) { return "stand_in_cuda_axpy"; }
 int32_t cortex_kernel_device(void) { return CORTEX_DEVICE_CUDA; }
@@ -142,7 +147,7 @@ def stand_in(tmp_path_factory):
         nodes += [
             helper.make_node("EPContext", [first, "b"], ["t"], name="cortex_recursion_0", domain="com.microsoft",
                              source="CortexExecutionProvider", embed_mode=0, main_context=1,
-                             ep_cache_context="kernels/kernel.so", ep_sdk_version="cortex-abi-2",
+                             ep_cache_context="kernels/kernel.so", ep_sdk_version="cortex-abi-3",
                              notes=json.dumps(notes)),
             helper.make_node("Relu", ["t"], ["y"], name="relu"),
         ]

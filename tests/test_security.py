@@ -8,6 +8,7 @@ IR a model carries, and the CPU check before loading.
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -21,10 +22,11 @@ import pytest
 
 import cortex
 from cortex import trust
+from cortex.artifacts import cortex_nodes
 from cortex.codegen import toolchain
 from cortex.examples import structures as st
 from cortex.examples import treelstm as tl
-from test_ep import build_kernel, expected, sha256_of, write_model
+from test_ep import build_kernel, descriptors_of, expected, sha256_of, write_model
 
 CONSTRUCTOR = r"""
 #include <stdio.h>
@@ -395,14 +397,20 @@ def test_unknown_cpu_feature_and_other_arch_are_refused(converted, tmp_path):
     refused(model, "cpu_features.* is not an array of strings")
 
 
-def test_each_model_loads_its_own_kernel(converted, tmp_path):
-    # kernels are mapped through /proc/self/fd/N, and glibc reuses a loaded library whose name matches: a descriptor
-    # number used again must never hand one model another model's kernel (the EP fuzz test found exactly that)
+def _other_model(tmp_path: Path) -> Path:
+    """A second converted TreeLSTM (another width, so another kernel) in a folder of its own."""
     other = tmp_path / "other"
     other.mkdir()
     onnx.save(tl.build_loop(tl.make_params(hidden=6, embed_dim=4, vocab=PARAMS["vocab"], seed=3)),
               str(other / "tl.onnx"))
     cortex.convert(str(other / "tl.onnx"), str(other / "tl.cortex.onnx"), strict=True)
+    return other
+
+
+def test_each_model_loads_its_own_kernel(converted, tmp_path):
+    # kernels are mapped through /proc/self/fd/N, and glibc reuses a loaded library whose name matches: a descriptor
+    # number used again must never hand one model another model's kernel (the EP fuzz test found exactly that)
+    other = _other_model(tmp_path)
     for folder in (converted, other, converted, other):
         session = cortex.InferenceSession(str(folder / "tl.cortex.onnx"))
         _check_against_original(session, folder)
@@ -485,3 +493,35 @@ def test_trusting_a_model_whose_kernel_is_a_fifo_or_huge_fails_at_once(foreign_m
     result = subprocess.run([sys.executable, "-m", "cortex", "trust", str(model)], capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 1 and "is larger than" in result.stderr
+
+
+def _kernel_file(folder: Path) -> Path:
+    return folder / cortex_nodes(onnx.load(str(folder / "tl.cortex.onnx")))[0].cache_context
+
+
+def test_a_reused_descriptor_number_loads_the_new_kernel(converted, tmp_path):
+    # the EP unloads a kernel no session uses and closes its descriptor; here the next kernel is made to get that very
+    # number, so it is loaded as the same name /proc/self/fd/N: it must be itself, never the unloaded one
+    other = _other_model(tmp_path)
+    first, second = _kernel_file(converted), _kernel_file(other)
+    gc.collect()
+    session = cortex.InferenceSession(str(converted / "tl.cortex.onnx"))
+    (number,) = descriptors_of(first)
+    _check_against_original(session, converted)
+    del session
+    gc.collect()
+    assert descriptors_of(first) == [], "the unused kernel's descriptor is still open"
+    held = []  # every free descriptor below `number`, so the next open gets `number` itself
+    try:
+        while True:
+            fd = os.open(os.devnull, os.O_RDONLY)
+            if fd >= number:
+                os.close(fd)
+                break
+            held.append(fd)
+        session = cortex.InferenceSession(str(other / "tl.cortex.onnx"))
+        assert descriptors_of(second) == [number]
+    finally:
+        for fd in held:
+            os.close(fd)
+    _check_against_original(session, other)

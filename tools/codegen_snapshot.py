@@ -22,6 +22,7 @@ from peers import models as _models  # noqa: E402
 from cortex.codegen.targets import TARGETS  # noqa: E402
 from cortex.frontend import find_regions  # noqa: E402
 from cortex.passes import optimize  # noqa: E402
+from cortex.treerec.portable import raise_treerec  # noqa: E402
 
 
 def forms_of(name: str) -> list:
@@ -45,7 +46,7 @@ def snapshot(out: Path, hidden: int, seed: int, log=print) -> dict:
             except Exception as e:  # noqa: BLE001 - an export that fails is listed, not fatal
                 log(f"{name} {form}: not built ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})")
                 continue
-            for k, region in enumerate(find_regions(model)):
+            for k, region in enumerate(find_regions(raise_treerec(model)[0])):  # a portable file: its TreeRec
                 if region.program is None:
                     log(f"{name} {form} region {k}: refused ({region.reason})")
                     continue

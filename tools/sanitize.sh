@@ -7,7 +7,7 @@
 #    runtime preloaded into Python. Any report aborts the process (-fno-sanitize-recover, halt_on_error), so a
 #    finding is a failed test.
 # 2. ThreadSanitizer: kernels compiled with -fsanitize=thread run from several threads at once in a small C++
-#    driver (tools/sanitize/kernel_driver.cc), which exercises the thread pool, the thread-local workspaces and the
+#    driver (tools/sanitize/kernel_driver.cc), which exercises the thread pool, the workspace pool and the
 #    linearizer; a Python process cannot host TSan.
 #
 # Usage: tools/sanitize.sh [pytest args...]   (default: the test files below). Needs g++ with libasan, libubsan

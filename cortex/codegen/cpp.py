@@ -48,11 +48,12 @@ class CppGenerator:
                   for idx, name in self.index_tables.items()]
         out = [HEADER.format(name=comment(self.p.name), identity=cstr(identity)),
                WORKSPACE.format(cases=len(self.p.cases), reads=plan.max_reads, slots=plan.max_slots,
-                                width=plan.max_width, positions=cstyle.POSITION_ARRAYS)]
+                                width=plan.max_width, positions=cstyle.POSITION_ARRAYS), cstyle.WORKSPACE_POOL]
         if tables:
             out.append("// element positions of rearranged values\n" + "\n".join(tables) + "\n")
         out += body
         out.append("}  // namespace\n")
+        out.append(cstyle.signature_source(plan))
         out.append(self.run_fn())
         return "\n".join(out)
 
@@ -267,8 +268,8 @@ class CppGenerator:
                                f"sizeof(float) * cx.N * {t.width});"),
             lambda tid, rows, t: f"if ({rows}) std::memset(cx.{tid}, 0, sizeof(float) * {rows} * {t.width});")
         linearize = cstyle.linearize_call(plan)
+        lines += cstyle.LEASE_WORKSPACE
         lines += [
-            "    thread_local Workspace ws;",
             "    phases.mark(0);  // inputs checked, tables started",
             "    prepare(cx, ws);",
             "    phases.mark(1);  // prepared",
@@ -352,7 +353,7 @@ constexpr int64_t kReads = {reads};  // child-state rows a position reads, at mo
 constexpr int64_t kSlots = {slots};  // host values a position looks up, at most
 alignas(64) const float kZeros[{width}] = {{}};  // the state of a missing child
 
-// Per-thread buffers, reused across runs: no allocation in steady state.
+// One run's buffers, reused across runs (WorkspacePool): no allocation in steady state.
 struct Workspace {{
   cortex::Linearizer linearizer;
   cortex::Schedule schedule;

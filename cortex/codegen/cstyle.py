@@ -26,18 +26,6 @@ def cfloat(x: float) -> str:
     return f"{x.hex()}f"
 
 
-def cint(value) -> str:
-    """An integer as C++ source: only an integer (never a bool, a float or a string) is written."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise CodegenError(f"an integer was expected in generated code, got {type(value).__name__} {str(value)[:40]!r}")
-    return str(int(value))
-
-
-def cints(values, empty: str = "") -> str:
-    """Integers as a C++ initializer list body ("1, 2, 3"), `empty` when there are none."""
-    return ", ".join(cint(v) for v in values) or empty
-
-
 def cstr(s: str) -> str:
     """`s` as the inside of a C++ string literal: quotes, backslashes, '?' (trigraphs) and control characters are
     escaped (octal: bounded, unlike \\x), so no name can end the literal or the line."""
@@ -50,6 +38,23 @@ def cstr(s: str) -> str:
         else:
             out.append(ch)
     return "".join(out)
+
+
+INT64_MAX = (1 << 63) - 1
+
+
+def cint(value, lo: int = -INT64_MAX, hi: int = INT64_MAX) -> str:
+    """An integer for generated C++, in decimal: only a Python int (not a bool, not a numpy scalar, not a subclass
+    that could print itself as anything) within [lo, hi]; anything else is a CodegenError, never text in the
+    kernel."""
+    if type(value) is not int or not lo <= value <= hi:
+        raise CodegenError(f"not an integer in [{lo}, {hi}] for generated code: {type(value).__name__} {value!r:.40}")
+    return int.__repr__(value)
+
+
+def cints(values, empty: str = "", lo: int = -INT64_MAX) -> str:
+    """Integers as a C++ initializer list body ("1, 2, 3"), `empty` when there are none."""
+    return ", ".join(cint(v, lo=lo) for v in values) or empty
 
 
 def comment(s: str) -> str:
@@ -95,6 +100,49 @@ class HostSyntax(ScalarSyntax):
 # ---- host code shared by every target --------------------------------------------------------------------------
 
 
+def signature_source(plan: KernelPlan) -> str:
+    """The kernel's signature (kernel_abi.h's cortex_kernel_signature): element type, rank and every dimension (-1:
+    dynamic) of each input, in the kernel's order (runtime arrays and initial tables as the program declares them,
+    then the prepared constants with their full static shape), and of each output (the program's tables, float32
+    [rows, *inner]). The EP refuses a model that declares anything else and checks every run against it."""
+    def tensor(kind: str, k: int, dtype: str, dims, leading_dynamic: bool) -> tuple:
+        if dtype not in DTYPES:
+            raise CodegenError(f"{kind} {k} has element type {dtype!r}, which kernels do not exchange")
+        name = f"k{kind.capitalize()}{k}Dims"
+        values = ["-1"] * leading_dynamic + [cint(d, lo=0) for d in dims]
+        array = f"const int64_t {name}[] = {{{', '.join(values)}}};" if values else None
+        entry = f"{{{DTYPES[dtype][1]}, {cint(len(values), lo=0, hi=32)}, {name if values else 'nullptr'}}}"
+        return array, entry
+
+    inputs, outputs = [], []
+    for k, inp in enumerate(plan.inputs):
+        if inp.kind == "const":
+            inputs.append(tensor("input", k, "float32", inp.array.shape, False))
+            continue
+        d = plan.program.input(inp.name)
+        cint(d.rank, lo=0, hi=32)  # an int before it is compared
+        if len(d.inner) != max(d.rank - 1, 0):
+            raise CodegenError(f"input {comment(d.name)} of rank {d.rank} declares {len(d.inner)} inner dimensions")
+        inputs.append(tensor("input", k, d.dtype, d.inner, d.rank >= 1))
+    for k, t in enumerate(plan.program.tables):
+        outputs.append(tensor("output", k, "float32", t.inner, True))
+    lines = ["// The kernel's signature: the EP holds the model's declarations and every run to it (kernel_abi.h).",
+             "namespace {"]
+    lines += [array for array, _ in inputs + outputs if array]
+    for kind, entries in (("Inputs", inputs), ("Outputs", outputs)):
+        if entries:
+            lines.append(f"const CortexTensorSignature kSignature{kind}[] = {{")
+            lines += [f"    {entry}," for _, entry in entries]
+            lines.append("};")
+    pointer = {kind: f"kSignature{kind}" if entries else "nullptr" for kind, entries in
+               (("Inputs", inputs), ("Outputs", outputs))}
+    lines += [f"const CortexSignature kSignature = {{{cint(len(inputs))}, {cint(len(outputs))}, {pointer['Inputs']}, "
+              f"{pointer['Outputs']}}};",
+              "}  // namespace",
+              'extern "C" CORTEX_EXPORT const CortexSignature* cortex_kernel_signature(void) { return &kSignature; }']
+    return "\n".join(lines) + "\n"
+
+
 def host_context_fields(plan: KernelPlan) -> list:
     """Ctx members for the runtime arrays (host copies of the structure arrays are what `prepare` reads)."""
     lines = ["  int64_t N = 0, L = 0;"]
@@ -115,9 +163,9 @@ def check_array_inputs(plan: KernelPlan, host_data) -> list:
             continue
         a = plan.array_ids[d.name]
         ctype, dt = DTYPES[d.dtype]
-        inner = cints(d.inner, "0")
+        inner = cints(d.inner, "0", lo=0)
         lines.append(f"    {{ static const int64_t inner[] = {{{inner}}};")
-        lines.append(f"      cortex::check_input(inputs[{i}], \"{cstr(d.name)}\", {dt}, {d.rank}, inner);")
+        lines.append(f"      cortex::check_input(inputs[{i}], \"{cstr(d.name)}\", {dt}, {cint(d.rank, lo=0, hi=32)}, inner);")
         lines.append(f"      cx.{a} = static_cast<const {ctype}*>({host_data(i, d)});")
         rows = f"inputs[{i}].shape[0]" if d.rank >= 1 else "1"
         cols = f" cx.{a}_cols = {int(np.prod(d.inner, dtype=np.int64))};" if d.rank >= 2 else ""
@@ -130,10 +178,10 @@ def check_const_inputs(plan: KernelPlan, assign) -> list:
     lines = []
     for i, inp in enumerate(plan.inputs):
         if inp.kind == "const":
-            dims = cints(inp.array.shape[1:], "0")
+            dims = cints(inp.array.shape[1:], "0", lo=0)
             lines.append(f"    {{ static const int64_t inner[] = {{{dims}}};")
-            lines.append(f"      cortex::check_input(inputs[{i}], \"{cstr(inp.name)}\", CORTEX_FLOAT, {inp.array.ndim}, inner);")
-            lines.append(f"      if (inputs[{i}].shape[0] != {inp.array.shape[0]}) throw cortex::KernelError(\"constant {cstr(inp.name)} has the wrong shape\");")
+            lines.append(f"      cortex::check_input(inputs[{i}], \"{cstr(inp.name)}\", CORTEX_FLOAT, {cint(inp.array.ndim)}, inner);")
+            lines.append(f"      if (inputs[{i}].shape[0] != {cint(inp.array.shape[0])}) throw cortex::KernelError(\"constant {cstr(inp.name)} has the wrong shape\");")
             lines.append(f"      {assign(i, plan.const_ids[inp.const])} }}")
     return lines
 
@@ -164,14 +212,14 @@ def allocate_tables(plan: KernelPlan, pointer: str, init_copy, zero_fill) -> lis
     lines = []
     for k, t in enumerate(p.tables):
         rows = "cx.N" if t.kind == "state" else "cx.L"
-        dims = ", ".join([rows] + [cint(d) for d in t.inner])
+        dims = ", ".join([rows] + [cint(d, lo=0) for d in t.inner])
         tid = plan.table_ids[t.name]
         lines.append(f"    {{ const int64_t shape[{1 + len(t.inner)}] = {{{dims}}};")
         lines.append(f"      {pointer}.{tid} = static_cast<float*>(alloc_output(alloc_context, {k}, shape, {1 + len(t.inner)}));")
         lines.append(f"      if ({pointer}.{tid} == nullptr && {rows} > 0) throw cortex::KernelError(\"could not allocate output {cstr(t.output)}\");")
         if t.init is not None:
             i = next(j for j, d in enumerate(p.inputs) if d.name == t.init)
-            inner = cints(t.inner)
+            inner = cints(t.inner, lo=0)
             lines.append(f"      static const int64_t inner[] = {{{inner}}};")
             lines.append(f"      cortex::check_input(inputs[{i}], \"{cstr(t.init)}\", CORTEX_FLOAT, {1 + len(t.inner)}, inner);")
             lines.append(f"      if (inputs[{i}].shape[0] != cx.N) throw cortex::KernelError(\"state tables must have the same number of rows (Cortex limitation): {cstr(t.init)} has \" + std::to_string(inputs[{i}].shape[0]) + \", expected \" + std::to_string(cx.N));")
@@ -242,6 +290,11 @@ def prepare_fn(plan: KernelPlan, syntax: HostSyntax) -> str:
     lines += ["    }", "    ++q;", "  }", "  ws.listed = q;", "}"]
     return "\n".join(lines) + "\n"
 
+
+# A kernel's workspaces (kernel_support.h's WorkspacePool): declared after `struct Workspace`, leased by each run.
+WORKSPACE_POOL = "cortex::WorkspacePool<Workspace> workspaces;  // one workspace per concurrent run, reused\n"
+LEASE_WORKSPACE = ["    cortex::WorkspacePool<Workspace>::Lease lease(workspaces);",
+                   "    Workspace& ws = *lease;"]
 
 POSITION_ARRAYS = """  std::vector<int64_t> node, position, reads, slots;
   std::vector<int32_t> case_id;

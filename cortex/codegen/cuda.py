@@ -122,11 +122,13 @@ class CudaGenerator:
                                 buffers=max(len(self.buffer_widths), 1))]
         if tables:
             out.append("// element positions of rearranged values\n" + "\n".join(tables) + "\n")
-        out += [WORKSPACE.format(positions=cstyle.POSITION_ARRAYS), self.ctx_struct(), self.params_struct(),
+        out += [WORKSPACE.format(positions=cstyle.POSITION_ARRAYS), cstyle.WORKSPACE_POOL, self.ctx_struct(),
+                self.params_struct(),
                 cstyle.prepare_fn(plan, self.syntax)]
         out += cases
         out.append(kernel)
         out.append("}  // namespace\n")
+        out.append(cstyle.signature_source(plan))
         out.append(self.run_fn())
         return "\n".join(out)
 
@@ -405,7 +407,7 @@ class CudaGenerator:
                  "    if (execution == nullptr || execution->device_type != CORTEX_DEVICE_CUDA) throw cortex::KernelError(\"a CUDA kernel needs a CUDA execution (device and stream)\");",
                  "    cortex::cuda::check(cudaSetDevice(execution->device_id), \"cudaSetDevice\");",
                  "    cudaStream_t stream = static_cast<cudaStream_t>(execution->stream);",
-                 "    thread_local Workspace ws;",
+                 *cstyle.LEASE_WORKSPACE,
                  "    Ctx cx;",
                  "    Params P{};",
                  "    const int64_t p = -1; (void)p;  // index errors before the recursion name no position"]
@@ -513,7 +515,7 @@ constexpr int kBuffers = {buffers};  // per-batch buffers (each case its own)
 __device__ const float kZeros[{width}] = {{}};  // the state of a missing child
 """
 
-WORKSPACE = """// Per-thread host state, reused across runs: the positions, the linearizer and the device buffers.
+WORKSPACE = """// One run's host state, reused across runs (WorkspacePool): the positions, the linearizer and the device buffers.
 struct Workspace : cortex::cuda::Runtime {{
   cortex::Linearizer linearizer;
   cortex::Schedule schedule;

@@ -27,8 +27,10 @@ from pathlib import Path
 from .._paths import runtime_include_dir
 from ..artifacts import MAX_KERNEL_BYTES
 
-# Neither -fno-math-errno nor -fno-trapping-math changes a result; both let loops vectorize.
-BASE_FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-fvisibility=hidden", "-pthread",
+# Neither -fno-math-errno nor -fno-trapping-math changes a result; both let loops vectorize. -fno-gnu-unique: the
+# static locals of std:: templates (std::to_string's digit table) would be STB_GNU_UNIQUE symbols, and glibc never
+# unloads a library that has one; the EP unloads a kernel when no session uses it.
+BASE_FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-fvisibility=hidden", "-fno-gnu-unique", "-pthread",
               "-fno-math-errno", "-fno-trapping-math")
 X86_LEVELS = ("x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4")
 CPU_LEVELS = X86_LEVELS + ("native",)
@@ -270,7 +272,7 @@ def compile_kernel(source: str, target: CpuTarget | None = None) -> Path:
 
 # ---- CUDA ------------------------------------------------------------------------------------------------------
 
-CUDA_FLAGS = ("-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC,-fvisibility=hidden", "-lineinfo")
+CUDA_FLAGS = ("-O3", "-std=c++17", "-shared", "-Xcompiler", "-fPIC,-fvisibility=hidden,-fno-gnu-unique", "-lineinfo")
 _CUDA_ARCH = re.compile(r"^sm_[0-9]{2,3}a?$")
 
 

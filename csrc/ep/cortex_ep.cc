@@ -38,6 +38,105 @@ OrtStatus* ValueNames(const Api& api, const OrtNode* node, bool outputs, std::ve
   return nullptr;
 }
 
+// The value infos of a node's inputs or outputs (null for a missing optional value).
+OrtStatus* ValueInfos(const Api& api, const OrtNode* node, bool outputs, std::vector<const OrtValueInfo*>* infos) {
+  size_t count = 0;
+  CORTEX_RETURN_IF_ERROR(outputs ? api.ort.Node_GetNumOutputs(node, &count) : api.ort.Node_GetNumInputs(node, &count));
+  infos->assign(count, nullptr);
+  if (count == 0) return nullptr;
+  return outputs ? api.ort.Node_GetOutputs(node, infos->data(), count)
+                 : api.ort.Node_GetInputs(node, infos->data(), count);
+}
+
+// What the model declares about a value (its type and shape after ORT's inference).
+OrtStatus* ReadDeclared(const Api& api, const OrtValueInfo* info, DeclaredTensor* declared) {
+  *declared = DeclaredTensor{};
+  if (info == nullptr) return nullptr;
+  const OrtTypeInfo* type_info = nullptr;
+  CORTEX_RETURN_IF_ERROR(api.ort.GetValueInfoTypeInfo(info, &type_info));
+  if (type_info == nullptr) return nullptr;
+  ONNXType onnx_type = ONNX_TYPE_UNKNOWN;
+  CORTEX_RETURN_IF_ERROR(api.ort.GetOnnxTypeFromTypeInfo(type_info, &onnx_type));
+  declared->typed = onnx_type != ONNX_TYPE_UNKNOWN;
+  const OrtTensorTypeAndShapeInfo* tensor = nullptr;
+  if (onnx_type == ONNX_TYPE_TENSOR) CORTEX_RETURN_IF_ERROR(api.ort.CastTypeInfoToTensorInfo(type_info, &tensor));
+  if (tensor == nullptr) return nullptr;
+  declared->tensor = true;
+  ONNXTensorElementDataType element_type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  CORTEX_RETURN_IF_ERROR(api.ort.GetTensorElementType(tensor, &element_type));
+  declared->dtype = static_cast<int32_t>(element_type);
+  declared->typed = element_type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  declared->shaped = api.ort.TensorTypeAndShape_HasShape(tensor);
+  if (!declared->shaped) return nullptr;
+  size_t rank = 0;
+  CORTEX_RETURN_IF_ERROR(api.ort.GetDimensionsCount(tensor, &rank));
+  declared->dims.assign(rank, -1);
+  if (rank > 0) CORTEX_RETURN_IF_ERROR(api.ort.GetDimensions(tensor, declared->dims.data(), rank));
+  return nullptr;
+}
+
+// Checks the node's inputs and outputs as the model declares them against the kernel's signature; sets *error (and
+// returns no status) at the first disagreement. The kernel trusts its signature: a model that declares its outputs
+// narrower than the float32 rows the kernel writes would have it write past ORT's buffers.
+OrtStatus* CheckAgainstSignature(const Api& api, const OrtNode* node, const KernelSignature& signature,
+                                 std::string* error) {
+  for (const bool outputs : {false, true}) {
+    std::vector<const OrtValueInfo*> infos;
+    CORTEX_RETURN_IF_ERROR(ValueInfos(api, node, outputs, &infos));
+    const std::vector<TensorSignature>& tensors = outputs ? signature.outputs : signature.inputs;
+    const char* what = outputs ? "outputs" : "inputs";
+    if (infos.size() != tensors.size()) {
+      *error = "the node has " + std::to_string(infos.size()) + " " + what + ", but its kernel " +
+               (outputs ? "writes " : "reads ") + std::to_string(tensors.size());
+      return nullptr;
+    }
+    for (size_t i = 0; i < infos.size(); ++i) {
+      const char* name = nullptr;
+      if (infos[i] != nullptr) CORTEX_RETURN_IF_ERROR(api.ort.GetValueInfoName(infos[i], &name));
+      const std::string which = std::string(outputs ? "output " : "input ") + std::to_string(i) + " '" +
+                                (name ? name : "") + "' ";
+      if (infos[i] == nullptr || name == nullptr || name[0] == '\0') {
+        *error = which + "is not given, but its kernel needs it";
+        return nullptr;
+      }
+      DeclaredTensor declared;
+      CORTEX_RETURN_IF_ERROR(ReadDeclared(api, infos[i], &declared));
+      const std::string disagreement = CompareDeclared(declared, tensors[i], outputs);
+      if (!disagreement.empty()) {
+        *error = which + disagreement;
+        return nullptr;
+      }
+    }
+  }
+  return nullptr;
+}
+
+// The one message for a Cortex node that is not in the main graph (the Python tools say the same).
+std::string InsideSubgraphMessage(const std::string& node_name, const std::string& parent_name) {
+  return "Cortex node '" + node_name + "' is inside the subgraph of node '" + parent_name +
+         "': Cortex writes its nodes only into the main graph, so this model was edited; convert the original "
+         "model again";
+}
+
+// The node whose subgraph `graph` is, or "" with *inside false for the main graph.
+OrtStatus* ParentNodeName(const Api& api, const OrtGraph* graph, bool* inside, std::string* parent_name) {
+  const OrtNode* parent = nullptr;
+  CORTEX_RETURN_IF_ERROR(api.ort.Graph_GetParentNode(graph, &parent));
+  *inside = parent != nullptr;
+  parent_name->clear();
+  if (parent == nullptr) return nullptr;
+  const char* name = nullptr;
+  CORTEX_RETURN_IF_ERROR(api.ort.Node_GetName(parent, &name));
+  if (name != nullptr && name[0] != '\0') {
+    *parent_name = name;
+    return nullptr;
+  }
+  const char* op_type = nullptr;
+  CORTEX_RETURN_IF_ERROR(api.ort.Node_GetOperatorType(parent, &op_type));
+  *parent_name = std::string("(unnamed ") + (op_type ? op_type : "") + ")";
+  return nullptr;
+}
+
 // For each input of the Cortex node, the index of the fused node's input that carries the same value. ORT gives
 // a fused node each distinct value once, so a node that reads one value twice has fewer fused inputs; the kernel
 // wants the node's own input list. Sets *error (and returns no status) when an input cannot be mapped.
@@ -177,21 +276,27 @@ bool ReadNotes(const std::string& notes, KernelRequest* request, std::string* er
 
 // ---- per-run: ORT tensors in, kernel call, ORT tensors out ---------------------------------------------------
 
-bool IsKernelDType(ONNXTensorElementDataType type) {
-  return type == ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT || type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 ||
-         type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 || type == ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL;
+// "input 2 'left' " / "output 0 'h' ": a value of the node, for messages.
+std::string ValueLabel(bool output, size_t index, const std::vector<std::string>& names) {
+  return std::string(output ? "output " : "input ") + std::to_string(index) + " '" +
+         (index < names.size() ? names[index] : std::string()) + "' ";
 }
 
-// Backs the kernel's CortexAllocOutput with KernelContext_GetOutput; remembers the first failure.
+// Backs the kernel's CortexAllocOutput with KernelContext_GetOutput; remembers the first failure. Every output is
+// held to the kernel's signature: the shape the kernel asks for, and the type of the tensor ORT creates (the kernel
+// writes its signature's element type, whatever ORT allocated).
 class OutputAllocator {
  public:
   // `device_memory`: where the kernel's outputs live when it runs on a GPU (scratch outputs are allocated there), or
   // null for a CPU kernel.
   OutputAllocator(const Api& api, OrtKernelContext* context, const std::vector<size_t>& output_map,
+                  const std::vector<TensorSignature>& signature, const std::vector<std::string>& names,
                   const OrtMemoryInfo* device_memory)
       : api_(api),
         context_(context),
         output_map_(output_map),
+        signature_(signature),
+        names_(names),
         device_memory_(device_memory),
         allocated_(output_map.size(), false),
         scratch_(output_map.size()),
@@ -226,10 +331,19 @@ class OutputAllocator {
 
  private:
   void* AllocateOutput(int32_t index, const int64_t* shape, int32_t rank) {
-    if (index < 0 || static_cast<size_t>(index) >= allocated_.size() || rank < 0 || (rank > 0 && shape == nullptr)) {
+    if (index < 0 || static_cast<size_t>(index) >= allocated_.size() ||
+        static_cast<size_t>(index) >= signature_.size() || rank < 0 || (rank > 0 && shape == nullptr)) {
       Fail(MakeStatus(api_, ORT_FAIL, "kernel asked for output " + std::to_string(index) + " of rank " +
                                           std::to_string(rank) + "; the node has " +
                                           std::to_string(allocated_.size()) + " outputs"));
+      return nullptr;
+    }
+    const TensorSignature& expected = signature_[index];
+    const std::string label = ValueLabel(true, static_cast<size_t>(index), names_);
+    if (!CompareTensor(expected.dtype, shape, static_cast<size_t>(rank), expected, true).empty()) {
+      const std::vector<int64_t> asked(shape, shape + rank);
+      Fail(MakeStatus(api_, ORT_FAIL, "the kernel asked for " + label + "as " + Describe(expected.dtype, asked) +
+                                          ", against its own signature " + Describe(expected.dtype, expected.dims)));
       return nullptr;
     }
     if (output_map_[index] == kScratchOutput) {
@@ -243,6 +357,20 @@ class OutputAllocator {
     OrtValue* value = nullptr;
     if (OrtStatus* status = api_.ort.KernelContext_GetOutput(context_, output_map_[index], shape, rank, &value)) {
       Fail(status);
+      return nullptr;
+    }
+    ONNXTensorElementDataType created_type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+    const int64_t* created_shape = nullptr;
+    size_t created_rank = 0;
+    if (OrtStatus* status = api_.ort.GetTensorElementTypeAndShapeDataReference(value, &created_type, &created_shape,
+                                                                               &created_rank)) {
+      Fail(status);
+      return nullptr;
+    }
+    const std::string disagreement =
+        CompareTensor(static_cast<int32_t>(created_type), created_shape, created_rank, expected, true);
+    if (!disagreement.empty()) {
+      Fail(MakeStatus(api_, ORT_FAIL, "ONNX Runtime created " + label + "that " + disagreement));
       return nullptr;
     }
     void* data = nullptr;
@@ -286,6 +414,8 @@ class OutputAllocator {
   const Api& api_;
   OrtKernelContext* context_;
   const std::vector<size_t>& output_map_;
+  const std::vector<TensorSignature>& signature_;
+  const std::vector<std::string>& names_;
   const OrtMemoryInfo* device_memory_;
   std::vector<bool> allocated_;
   std::vector<std::vector<int64_t>> scratch_;  // outputs no one reads (host kernels)
@@ -299,13 +429,16 @@ class OutputAllocator {
 class KernelComputeInfo : public OrtNodeComputeInfo {
  public:
   KernelComputeInfo(const Api& api, std::string node_name, std::shared_ptr<const KernelLibrary> kernel,
-                    std::vector<size_t> input_map, std::vector<size_t> output_map, EpPlacement placement)
+                    std::vector<size_t> input_map, std::vector<size_t> output_map, std::vector<std::string> input_names,
+                    std::vector<std::string> output_names, EpPlacement placement)
       : OrtNodeComputeInfo{},
         api_(api),
         node_name_(std::move(node_name)),
         kernel_(std::move(kernel)),
         input_map_(std::move(input_map)),
         output_map_(std::move(output_map)),
+        input_names_(std::move(input_names)),
+        output_names_(std::move(output_names)),
         placement_(std::move(placement)) {
     ort_version_supported = ORT_API_VERSION;
     CreateState = CreateStateImpl;
@@ -336,6 +469,7 @@ class KernelComputeInfo : public OrtNodeComputeInfo {
     CORTEX_RETURN_IF_ERROR(api_.ort.KernelContext_GetOutputCount(context, &num_outputs));
 
     const bool on_gpu = placement_.target == "cuda";
+    const KernelSignature& signature = kernel_->signature();
     std::vector<CortexTensor> inputs(input_map_.size());
     for (size_t i = 0; i < input_map_.size(); ++i) {
       if (input_map_[i] >= num_inputs) {
@@ -351,10 +485,13 @@ class KernelComputeInfo : public OrtNodeComputeInfo {
       const int64_t* shape = nullptr;
       size_t rank = 0;
       CORTEX_RETURN_IF_ERROR(api_.ort.GetTensorElementTypeAndShapeDataReference(value, &type, &shape, &rank));
-      if (!IsKernelDType(type)) {
-        return MakeStatus(api_, ORT_INVALID_ARGUMENT,
-                          Prefix() + "input " + std::to_string(i) + " has element type " + std::to_string(type) +
-                              "; kernels take float32, int32, int64 or bool");
+      // The kernel reads what its signature says: a tensor of another type or shape never reaches it.
+      const std::string disagreement =
+          i < signature.inputs.size()
+              ? CompareTensor(static_cast<int32_t>(type), shape, rank, signature.inputs[i], false)
+              : std::string("is not in the kernel's signature");
+      if (!disagreement.empty()) {
+        return MakeStatus(api_, ORT_INVALID_ARGUMENT, Prefix() + ValueLabel(false, i, input_names_) + disagreement);
       }
       const void* data = nullptr;
       CORTEX_RETURN_IF_ERROR(api_.ort.GetTensorData(value, &data));
@@ -375,7 +512,8 @@ class KernelComputeInfo : public OrtNodeComputeInfo {
       CORTEX_RETURN_IF_ERROR(api_.ort.KernelContext_GetGPUComputeStream(context, &stream));
       execution = CortexExecution{CORTEX_DEVICE_CUDA, placement_.device_id, stream};
     }
-    OutputAllocator allocator(api_, context, output_map_, on_gpu ? placement_.device_memory : nullptr);
+    OutputAllocator allocator(api_, context, output_map_, signature.outputs, output_names_,
+                              on_gpu ? placement_.device_memory : nullptr);
     char message[4096] = {0};
     const int32_t rc = kernel_->Run(inputs.data(), static_cast<int32_t>(inputs.size()), &OutputAllocator::Allocate,
                                     &allocator, &execution, message, sizeof(message));
@@ -414,6 +552,7 @@ class KernelComputeInfo : public OrtNodeComputeInfo {
   std::shared_ptr<const KernelLibrary> kernel_;
   std::vector<size_t> input_map_;   // node input -> fused node input
   std::vector<size_t> output_map_;  // node output -> fused node output, or kScratchOutput
+  std::vector<std::string> input_names_, output_names_;  // the node's, for messages
   EpPlacement placement_;
 };
 
@@ -438,15 +577,30 @@ OrtStatus* ORT_API_CALL CortexEp::GetCapabilityImpl(OrtEp* this_ptr, const OrtGr
   CORTEX_API_END(ep->api_)
 }
 
-OrtStatus* CortexEp::ClaimCortexNodes(const OrtGraph* graph, OrtEpGraphSupportInfo* graph_support_info) const {
+OrtStatus* CortexEp::ClaimCortexNodes(const OrtGraph* graph, OrtEpGraphSupportInfo* graph_support_info) {
   std::vector<const OrtNode*> nodes;
   CORTEX_RETURN_IF_ERROR(GetGraphNodes(api_, graph, &nodes));
+  bool in_subgraph = false;
+  std::string parent_name;
+  CORTEX_RETURN_IF_ERROR(ParentNodeName(api_, graph, &in_subgraph, &parent_name));
   OrtNodeFusionOptions fusion_options{};
   fusion_options.ort_version_supported = ORT_API_VERSION;
   fusion_options.drop_constant_initializers = false;  // the kernel receives its prepared constants as inputs
   for (const OrtNode* node : nodes) {
     bool is_cortex = false;
     CORTEX_RETURN_IF_ERROR(IsCortexNode(api_, node, &is_cortex));
+    if (is_cortex && in_subgraph) {
+      const char* name = nullptr;
+      CORTEX_RETURN_IF_ERROR(api_.ort.Node_GetName(node, &name));
+      {
+        std::lock_guard<std::mutex> lock(subgraph_nodes_mutex_);
+        subgraph_nodes_[name ? name : ""] = parent_name;
+      }
+      Log(ORT_LOGGING_LEVEL_WARNING, InsideSubgraphMessage(name ? name : "", parent_name));
+      CORTEX_RETURN_IF_ERROR(api_.ep.EpGraphSupportInfo_AddNodesToFuse(graph_support_info, &node, 1,
+                                                                       &fusion_options));
+      continue;
+    }
     if (is_cortex) {
       // Only nodes compiled for this EP's device: a CUDA node is left to a Cortex EP on the GPU.
       std::string notes, error;
@@ -488,7 +642,7 @@ OrtStatus* ORT_API_CALL CortexEp::CompileImpl(OrtEp* this_ptr, const OrtGraph** 
 }
 
 OrtStatus* CortexEp::CompileNode(const OrtGraph* graph, const OrtNode* fused_node,
-                                 OrtNodeComputeInfo** compute_info) const {
+                                 OrtNodeComputeInfo** compute_info) {
   std::vector<const OrtNode*> nodes;
   CORTEX_RETURN_IF_ERROR(GetGraphNodes(api_, graph, &nodes));
   bool is_cortex = false;
@@ -501,6 +655,15 @@ OrtStatus* CortexEp::CompileNode(const OrtGraph* graph, const OrtNode* fused_nod
   const char* node_name = nullptr;
   CORTEX_RETURN_IF_ERROR(api_.ort.Node_GetName(node, &node_name));
   const std::string where = std::string("Cortex node '") + node_name + "': ";
+
+  // Cortex writes its nodes only into the main graph; one in a subgraph was put there by someone else.
+  {
+    std::lock_guard<std::mutex> lock(subgraph_nodes_mutex_);
+    const auto it = subgraph_nodes_.find(node_name);
+    if (it != subgraph_nodes_.end()) {
+      return MakeStatus(api_, ORT_INVALID_GRAPH, InsideSubgraphMessage(node_name, it->second));
+    }
+  }
 
   std::string cache_context, notes;
   int64_t embed_mode = 0;
@@ -533,9 +696,24 @@ OrtStatus* CortexEp::CompileNode(const OrtGraph* graph, const OrtNode* fused_nod
   if (!kernel) {
     OrtErrorCode code = ORT_FAIL;
     if (load_error == KernelLibrary::LoadError::kMissing) code = ORT_NO_SUCHFILE;
-    if (load_error == KernelLibrary::LoadError::kRefusedPath) code = ORT_INVALID_GRAPH;
+    if (load_error == KernelLibrary::LoadError::kRefusedPath || load_error == KernelLibrary::LoadError::kRefusedFile) {
+      code = ORT_INVALID_GRAPH;
+    }
     return MakeStatus(api_, code, message);
   }
+
+  // The model must declare what the kernel reads and writes (types and ranks, and every dimension static in both).
+  std::string signature_error;
+  CORTEX_RETURN_IF_ERROR(CheckAgainstSignature(api_, node, kernel->signature(), &signature_error));
+  if (!signature_error.empty()) {
+    return MakeStatus(api_, ORT_INVALID_GRAPH,
+                      where + signature_error + " (" + kernel->path() +
+                          "); the model no longer matches its kernel, so it was edited after conversion: convert the "
+                          "original model again");
+  }
+  std::vector<std::string> input_names, output_names;
+  CORTEX_RETURN_IF_ERROR(ValueNames(api_, node, false, &input_names));
+  CORTEX_RETURN_IF_ERROR(ValueNames(api_, node, true, &output_names));
 
   std::vector<size_t> input_map;
   std::string map_error;
@@ -546,7 +724,8 @@ OrtStatus* CortexEp::CompileNode(const OrtGraph* graph, const OrtNode* fused_nod
   CORTEX_RETURN_IF_ERROR(MapToFusedOutputs(api_, node, fused_node, &output_map));
 
   *compute_info = new KernelComputeInfo(api_, node_name, std::move(kernel), std::move(input_map),
-                                        std::move(output_map), placement_);
+                                        std::move(output_map), std::move(input_names), std::move(output_names),
+                                        placement_);
   return nullptr;
 }
 

@@ -1,5 +1,7 @@
 // The Cortex execution provider (an OrtEp): claims Cortex EPContext nodes, loads their kernels, runs them.
 #pragma once
+#include <map>
+#include <mutex>
 #include <string>
 
 #include "ort_api.h"
@@ -31,9 +33,9 @@ class CortexEp : public OrtEp {
   static void ORT_API_CALL ReleaseNodeComputeInfosImpl(OrtEp* this_ptr, OrtNodeComputeInfo** node_compute_infos,
                                                        size_t num_node_compute_infos) noexcept;
 
-  OrtStatus* ClaimCortexNodes(const OrtGraph* graph, OrtEpGraphSupportInfo* graph_support_info) const;
+  OrtStatus* ClaimCortexNodes(const OrtGraph* graph, OrtEpGraphSupportInfo* graph_support_info);
   // Loads the kernel of the one Cortex node in `graph` (fused as `fused_node`) and wraps it as a compute info.
-  OrtStatus* CompileNode(const OrtGraph* graph, const OrtNode* fused_node, OrtNodeComputeInfo** compute_info) const;
+  OrtStatus* CompileNode(const OrtGraph* graph, const OrtNode* fused_node, OrtNodeComputeInfo** compute_info);
 
   // Logs through the session's logger (when ORT gave one); logging failures are ignored.
   void Log(OrtLoggingLevel level, const std::string& message) const;
@@ -42,6 +44,12 @@ class CortexEp : public OrtEp {
   TrustPolicy trust_;  // the session's explicit trust, plus the environment and the store
   EpPlacement placement_;  // placement_.target: the kernels this EP runs and the only nodes it claims
   const OrtLogger* logger_;  // the session's, valid for the EP's life
+
+  // Cortex nodes GetCapability found inside a subgraph (node name -> the node whose subgraph holds it). They are
+  // claimed so that Compile refuses them with a clear message: the graph Compile gets does not tell a subgraph, and
+  // ORT reports an error of Compile, while one of GetCapability only leaves the node unclaimed.
+  std::mutex subgraph_nodes_mutex_;
+  std::map<std::string, std::string> subgraph_nodes_;
 };
 
 }  // namespace cortex_ep

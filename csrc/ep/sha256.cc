@@ -117,19 +117,25 @@ bool Sha256File(const std::string& path, std::string* hex_digest, std::string* e
   return true;
 }
 
-bool Sha256Fd(int fd, std::string* hex_digest, std::string* error) {
+bool Sha256Fd(int fd, int64_t max_bytes, std::string* hex_digest, std::string* error) {
   if (lseek(fd, 0, SEEK_SET) < 0) {
     *error = std::string("cannot seek: ") + std::strerror(errno);
     return false;
   }
   Sha256 hasher;
   unsigned char buffer[1 << 16];
+  int64_t total = 0;
   for (;;) {
     const ssize_t got = read(fd, buffer, sizeof(buffer));
     if (got == 0) break;
     if (got < 0) {
       if (errno == EINTR) continue;
       *error = std::string("cannot read: ") + std::strerror(errno);
+      return false;
+    }
+    total += got;
+    if (total > max_bytes) {
+      *error = "more than " + std::to_string(max_bytes) + " bytes";
       return false;
     }
     hasher.Update(buffer, static_cast<size_t>(got));

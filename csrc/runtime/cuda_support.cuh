@@ -35,11 +35,23 @@ inline void check(cudaError_t status, const char* what) {
   }
 }
 
-// A device allocation that grows and is reused across runs (one per kernel library and device).
+// A device allocation that grows and is reused across runs (one per workspace and device), freed with its workspace:
+// the EP unloads a kernel no session uses. Freeing at process exit, after the CUDA runtime shut down, only returns an
+// error, which is ignored.
 struct DeviceBuffer {
   void* data = nullptr;
   size_t size = 0;
   int device = -1;
+  DeviceBuffer() = default;
+  DeviceBuffer(DeviceBuffer&& other) noexcept : data(other.data), size(other.size), device(other.device) {
+    other.data = nullptr;
+    other.size = 0;
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() {
+    if (data != nullptr) cudaFree(data);
+  }
   void* reserve(size_t bytes, int dev) {
     if (bytes <= size && dev == device) return data;
     if (data != nullptr) cudaFree(data);
@@ -52,10 +64,16 @@ struct DeviceBuffer {
   }
 };
 
-// Pinned host memory that grows and is reused across runs (the schedule's staging area).
+// Pinned host memory that grows and is reused across runs (the schedule's staging area), freed like DeviceBuffer.
 struct PinnedBuffer {
   void* data = nullptr;
   size_t size = 0;
+  PinnedBuffer() = default;
+  PinnedBuffer(const PinnedBuffer&) = delete;
+  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
+  ~PinnedBuffer() {
+    if (data != nullptr) cudaFreeHost(data);
+  }
   void* reserve(size_t bytes) {
     if (bytes <= size) return data;
     if (data != nullptr) cudaFreeHost(data);
@@ -168,7 +186,7 @@ struct DeviceSchedule {
   int64_t max_batch = 0;
 };
 
-// The host side every CUDA kernel shares, kept per thread across runs: copies between host and device, the
+// The host side every CUDA kernel shares, kept in a workspace across runs: copies between host and device, the
 // schedule's upload, the per-batch buffers and the cooperative launch with resident weights.
 class Runtime {
  public:

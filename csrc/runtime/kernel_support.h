@@ -6,8 +6,12 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "kernel_abi.h"
 #include "parallel.h"
@@ -240,6 +244,52 @@ class Phases {
   bool on_;
   std::chrono::steady_clock::time_point start_;
   double values_[kSlots] = {};
+};
+
+// The workspaces of one kernel (buffers, linearizer, schedule), reused across runs: a run leases one, a new one when
+// every workspace is in use by a concurrent run, and gives it back when it ends, even by an exception. Not
+// thread_local: glibc keeps a library loaded for good once a thread_local object with a destructor was created in
+// it, and the EP unloads a kernel when no session uses it. The pool is a static of the kernel, destroyed with it.
+template <class Workspace>
+class WorkspacePool {
+ public:
+  class Lease {
+   public:
+    explicit Lease(WorkspacePool& pool) : pool_(pool), workspace_(pool.take()) {}
+    ~Lease() { pool_.give_back(std::move(workspace_)); }
+    Lease(const Lease&) = delete;
+    Lease& operator=(const Lease&) = delete;
+    Workspace& operator*() const { return *workspace_; }
+
+   private:
+    WorkspacePool& pool_;
+    std::unique_ptr<Workspace> workspace_;
+  };
+
+ private:
+  std::unique_ptr<Workspace> take() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!free_.empty()) {
+        std::unique_ptr<Workspace> workspace = std::move(free_.back());
+        free_.pop_back();
+        return workspace;
+      }
+    }
+    return std::unique_ptr<Workspace>(new Workspace());
+  }
+
+  void give_back(std::unique_ptr<Workspace> workspace) noexcept {
+    std::lock_guard<std::mutex> lock(mutex_);
+    try {
+      free_.push_back(std::move(workspace));
+    } catch (...) {
+      // no memory to keep it: it is freed, and a later run makes a new one
+    }
+  }
+
+  std::mutex mutex_;
+  std::vector<std::unique_ptr<Workspace>> free_;
 };
 
 inline void write_error(char* error, size_t error_size, const char* message) {

@@ -14,11 +14,12 @@
 //   it has to be woken (Xeon, quiet machine).
 // - parallel_for is safe to call from several threads and from inside f: a call that finds the
 //   pool busy runs inline on the calling thread (same results, just serial).
-// - The library holding the pool stays unloadable: do not let std::to_string & co. put
-//   STB_GNU_UNIQUE symbols into a kernel library, or dlclose() becomes a no-op (harmless, but the
-//   workers then live until exit).
+// - The library holding the pool stays unloadable: kernels are compiled with -fno-gnu-unique
+//   (std::to_string & co. would otherwise put STB_GNU_UNIQUE symbols into them, and glibc never
+//   unloads such a library) and hold no thread_local objects with destructors.
 // - The pool lives in a function-local static, so its destructor (which stops and joins the
-//   workers) runs at process exit or at dlclose of the library that contains it.
+//   workers) runs at process exit or at dlclose of the library that contains it: the EP's
+//   dlclose of a kernel no session uses returns only once the workers are gone.
 // - After fork(), the child never uses the parent's (vanished) workers: it runs regions inline.
 // - An exception thrown by f is caught, the region is cut short, and the first exception is
 //   rethrown on the calling thread once every participant has stopped.

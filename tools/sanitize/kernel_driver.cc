@@ -4,7 +4,7 @@
 //
 // GOOD.bin / BAD.bin hold the kernel's inputs (tools/sanitize/prepare.py writes them): a run on GOOD must succeed
 // and give, bit for bit, what the first single-threaded run gave; a run on BAD must fail with a message. Each of
-// THREADS threads makes RUNS runs, every third one on BAD, so the kernel's thread-local workspaces, the shared
+// THREADS threads makes RUNS runs, every third one on BAD, so the kernel's workspace pool, the shared
 // thread pool (parallel.h: regions, nested and concurrent callers, exceptions cut short) and the linearizer all run
 // concurrently. Exit status 0 when every run behaved.
 #include <dlfcn.h>
