@@ -86,7 +86,7 @@ def check_scalar(value, annotation, where: str):
     elif base is float:
         ok = isinstance(value, (float, np.floating))  # finite, nan and inf alike: each has a C++ literal
     elif base is int:
-        ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+        ok = type(value) is int or isinstance(value, np.integer)  # not a bool, not an int subclass
         if ok:
             low, high = (0, DIM_LIMIT - 1) if marker == ir.DIM else (INT64_MIN, INT64_MAX)
             ok = low <= int(value) <= high
