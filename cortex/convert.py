@@ -17,8 +17,7 @@ from onnx import helper, numpy_helper
 from . import trust
 from .artifacts import EP_NAME, artifacts_dir, sha256_file
 from .codegen import CodegenError, ToolchainError
-from .codegen.targets import TARGETS, BuildOptions, BuiltKernel, build_kernel  # noqa: F401 - rebuild uses them
-from .codegen.toolchain import cpu_target
+from .codegen.targets import TARGETS, BuiltKernel, build_kernel
 from .frontend import find_regions
 from .frontend.ort_hazards import merged_branch_constants
 from .ir import format_program
@@ -152,7 +151,7 @@ def convert(source, output, target: str = "cpu", strict: bool = False, cpu: Opti
     if target not in TARGETS:
         raise ConvertError(f"unknown target '{target}' (choose from {', '.join(TARGETS)})")
     try:
-        options = BuildOptions(TARGETS[target], cpu_target(cpu), cuda_arch or "sm_90")
+        backend = TARGETS[target].configure(cpu=cpu, cuda_arch=cuda_arch)
     except ToolchainError as e:
         raise ConvertError(str(e)) from None
     model, record_problem = raise_treerec(load_model(source))
@@ -173,7 +172,7 @@ def convert(source, output, target: str = "cpu", strict: bool = False, cpu: Opti
             program = optimize(region.program)
             entry.ir_after = format_program(program)
             built[region.node_index] = (entry, build_kernel(program, f"{program.name} of {Path(source).name}",
-                                                            options))
+                                                            backend))
         except (CodegenError, ToolchainError, MissingOp, PassError) as e:
             entry.reason = str(e)
             continue
@@ -248,9 +247,9 @@ def _artifact_folder(output: Path) -> Path:
 
 
 def _constant_layouts(built: BuiltKernel) -> dict:
-    """For each IR constant: the initializer that carries it in the converted model and how it is stored there
-    (`dense`: as is; `panels`: packed for the CPU GEMM, cortex.codegen.pack_panels; `transposed`: W^T for the CUDA
-    GEMM). Rebuild reads them back."""
+    """For each IR constant: the initializer that carries it in the converted model and how it is stored there (a
+    layout of cortex.codegen.layouts: `dense`, `panels` for the CPU's products, `transposed` for the GPU's). Rebuild
+    reads them back."""
     return {k.const: {"initializer": k.name, "layout": k.layout} for k in built.generator.inputs if k.kind == "const"}
 
 
@@ -269,10 +268,7 @@ def publish_kernel(built: BuiltKernel, output: Path, replaces: str, original_nod
         raise ConvertError(f"cannot record the compiled kernel in the trust store {trust.store_dir()} ({e}); set "
                            f"{trust.TRUST_DIR_ENV} to a directory you can write") from None
     notes = {"kernel_sha256": sha, "recursion": program.name, "replaces": replaces, "original_node": original_node,
-             "target": built.target.name, "cpu_arch": built.cpu.arch, "cpu_level": built.cpu.level,
-             "cpu_features": list(built.cpu.features)}
-    if built.target.name == "cuda":
-        notes["cuda_arch"] = built.cuda_arch
+             **built.backend.notes()}
     try:
         notes["ir"] = to_json(program)
         notes["constants"] = _constant_layouts(built)

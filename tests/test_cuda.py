@@ -23,7 +23,7 @@ import pytest
 import cortex
 from cortex.artifacts import cortex_nodes
 from cortex.codegen import toolchain
-from cortex.codegen.cuda import CudaGenerator
+from cortex.codegen import generator
 from cortex.frontend import find_regions
 from cortex.passes import optimize
 from cortex.examples import structures as st
@@ -49,7 +49,7 @@ def _cuda_source(name: str, form: str) -> str:
     assert region.program is not None, region.reason
     program = optimize(region.program)
     # the identity cortex.convert gives a model saved as model.onnx: the GPU tests' conversions reuse these compiles
-    return CudaGenerator(program).generate(f"{program.name} of model.onnx")
+    return generator("cuda", program).generate(f"{program.name} of model.onnx")
 
 
 def _nvcc_missing() -> str | None:

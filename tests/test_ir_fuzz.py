@@ -190,13 +190,13 @@ def test_code_in_the_ir_is_refused_by_rebuild(tmp_path, monkeypatch):
 
 def test_a_program_built_in_process_is_checked_before_code_generation():
     # the code generator checks types too: IR from any source, not only the loader
-    from cortex.codegen.cpp import CppGenerator
+    from cortex.codegen import generator
     from cortex.codegen.plan import CodegenError
 
     program = PROGRAMS["treelstm-loop"]
     decl = program.inputs[0]
     evil = ir.InputDecl(decl.name, decl.kind, decl.dtype, 2, (INJECTION,))
     with pytest.raises(CodegenError, match="not a valid dimension"):
-        CppGenerator(ir.Program(program.name, program.mode, (evil,) + program.inputs[1:], program.tables,
+        generator("cpu", ir.Program(program.name, program.mode, (evil,) + program.inputs[1:], program.tables,
                                 program.cases, program.constants, program.trip, program.rows_from))
     np.testing.assert_equal(len(program.inputs), len(PROGRAMS["treelstm-loop"].inputs))

@@ -53,7 +53,7 @@ def snapshot(out: Path, hidden: int, seed: int, log=print) -> dict:
                 program = optimize(region.program)
                 for target in TARGETS.values():
                     try:
-                        text = target.generator(program).generate(f"{program.name} of model.onnx")
+                        text = target.configure().generator(program).generate(f"{program.name} of model.onnx")
                     except Exception as e:  # noqa: BLE001
                         text = f"// not generated: {type(e).__name__}: {e}\n"
                     file = f"{name}-{form}-{k}.{target.name}.txt"

@@ -14,7 +14,7 @@ import numpy as np
 from ..ir import nodes as ir
 from ..ir import ops
 from ..ir.printer import ScalarSyntax, format_index, format_pred, render_index, render_pred
-from .plan import MASK, ROW, VALUE, CodegenError, KernelPlan
+from .plan import MASK, ROW, VALUE, Access, CodegenError, KernelPlan
 
 
 def cfloat(x: float) -> str:
@@ -312,44 +312,6 @@ POSITION_ARRAYS = """  std::vector<int64_t> node, position, reads, slots;
 # ---- the element renderer ---------------------------------------------------------------------------------------
 
 
-class Access:
-    """Which element of a value a loop over j in [0, width) reads: `j + offset`, `indices[j]`, or one fixed element
-    `const` (a width-1 value broadcast over the loop)."""
-
-    def __init__(self, offset=0, indices=None, const=None):
-        if indices is not None:
-            indices = tuple(int(i) for i in indices)
-            if all(b == a + 1 for a, b in zip(indices, indices[1:])):
-                offset, indices = indices[0], None
-        self.offset, self.indices, self.const = offset, indices, const
-
-    def key(self):
-        if self.const is not None:
-            return ("const", self.const)
-        return ("gather", self.indices) if self.indices is not None else ("affine", self.offset)
-
-    def shifted(self, start):
-        if self.const is not None:
-            return Access(const=self.const + start)
-        if self.indices is None:
-            return Access(self.offset + start)
-        return Access(indices=[i + start for i in self.indices])
-
-    def through(self, indices, width):
-        if self.const is not None:
-            return Access(const=indices[self.const])
-        if self.indices is None:
-            return Access(indices=indices[self.offset:self.offset + width])
-        return Access(indices=[indices[i] for i in self.indices])
-
-    def span(self, width):
-        if self.const is not None:
-            return self.const, self.const
-        if self.indices is None:
-            return self.offset, self.offset + width - 1
-        return min(self.indices), max(self.indices)
-
-
 class Dialect:
     """Where a target keeps per-position values; the CPU kernel's layout (the CUDA emitter overrides)."""
     target = "cpp"
@@ -375,6 +337,117 @@ class Dialect:
         return f"cx.proj{k}"
 
 
+# ---- the element renderer: a row expression as C code for one element j of a loop ---------------------------
+# One table entry per node kind (a new kind adds its entry here): leaves declare a per-position pointer or value
+# (POINTERS), rearrangements move the access (ADDRESSING), computed values become temporaries (VALUES).
+
+
+def _child_state(r, node, name):
+    k = r.cp.layout.reads.index((node.index, node.missing_zero))
+    row = r.d.read(k)
+    return (f"const float* {name} = {row} >= 0 ? {r.d.table(r.plan.table_ids[node.table])} + {row} * {node.width} "
+            f": {r.d.zeros};  // {comment(node.table)}[{comment(format_index(node.index))}]")
+
+
+def _const_row(r, node, name):
+    s = r.cp.layout.slots.index((node.index, ROW, node.const))
+    return (f"const float* {name} = {r.d.const(r.plan.const_ids[node.const])} + {r.d.slot(s)} * {node.width};"
+            f"  // {comment(node.const)}[{comment(format_index(node.index))}]")
+
+
+def _input_projection(r, node, name):
+    s = r.cp.layout.slots.index((node.index, ROW, node.array))
+    k = r.plan.projections.index((node.array, node.weight, node.bias))
+    return (f"const float* {name} = {r.d.projection(k)} + {r.d.slot(s)} * {node.width};"
+            f"  // ({comment(node.array)} @ {comment(node.weight)})[{comment(format_index(node.index))}]")
+
+
+def _input_row(r, node, name):
+    s = r.cp.layout.slots.index((node.index, ROW, node.array))
+    return (f"const float* {name} = {r.d.array(r.plan.array_ids[node.array])} + {r.d.slot(s)} * {node.width};"
+            f"  // {comment(node.array)}[{comment(format_index(node.index))}]")
+
+
+def _mask(r, node, name):
+    s = r.cp.layout.slots.index((node, MASK, None))
+    return f"const bool {name} = {r.d.slot(s)} != 0;  // {comment(format_pred(node))}"
+
+
+def _index_value(r, node, name):
+    s = r.cp.layout.slots.index((node.index, VALUE, None))
+    return f"const float {name} = static_cast<float>({r.d.slot(s)});  // {comment(format_index(node.index))}"
+
+
+# kind -> (name prefix, declaration): what a leaf needs per position
+POINTERS = {ir.ChildState: ("child", _child_state), ir.ConstRow: ("crow", _const_row),
+            ir.InputProjection: ("iproj", _input_projection), ir.InputRow: ("irow", _input_row),
+            ir.BExpr: ("mask", _mask), ir.IndexValue: ("ival", _index_value)}
+
+
+def _leaf_element(r, e, access, *walk):
+    return f"{r.leaf_pointer(e, walk[-1])}[{r.index(access)}]"
+
+
+def _const_vec(r, e, access, *walk):
+    return f"{r.d.const(r.plan.const_ids[e.const])}[{r.index(access)}]"
+
+
+def _scalar(r, e, access, *walk):
+    return cfloat(e.value)
+
+
+def _index_value_element(r, e, access, *walk):
+    return r.leaf_pointer(e, walk[-1])
+
+
+def _slice(r, e, access, w, *walk):
+    return r.expr(e.x, access.shifted(e.start), w, *walk)
+
+
+def _take(r, e, access, w, *walk):
+    return r.expr(e.x, access.through(e.indices, w), w, *walk)
+
+
+def _concat(r, e, access, w, *walk):
+    lo, hi = access.span(w)
+    col = 0
+    for part in e.parts:
+        if col <= lo and hi < col + part.width:
+            return r.expr(part, access.shifted(-col), w, *walk)
+        col += part.width
+    raise CodegenError("a concatenation is read across its parts inside elementwise math")
+
+
+# kind -> render(renderer, node, access, w, temps, code, pointers): elements read where they are
+ADDRESSING = {ir.ChildState: _leaf_element, ir.ConstRow: _leaf_element, ir.InputRow: _leaf_element,
+              ir.InputProjection: _leaf_element, ir.ConstVec: _const_vec, ir.Scalar: _scalar,
+              ir.IndexValue: _index_value_element, ir.Slice: _slice, ir.Take: _take, ir.Concat: _concat}
+
+
+def _unary(r, e, access, *walk):
+    return ops.render(e.op, r.d.target, {"x": r.expr(e.x, access, *walk)}, e.params, cfloat)
+
+
+def _binary(r, e, access, *walk):
+    a, b = r.expr(e.a, access, *walk), r.expr(e.b, access, *walk)
+    return ops.render(e.op, r.d.target, {"a": a, "b": b}, (), cfloat)
+
+
+def _select(r, e, access, *walk):
+    m = r.leaf_pointer(e.pred, walk[-1])
+    a, b = r.expr(e.a, access, *walk), r.expr(e.b, access, *walk)
+    return f"({m} ? {a} : {b})"
+
+
+def _where(r, e, access, *walk):
+    c, a, b = (r.expr(x, access, *walk) for x in (e.cond, e.a, e.b))
+    return f"({c} != 0.0f ? {a} : {b})"
+
+
+# kind -> C expression of one element, kept in a temporary (computed once per element and access)
+VALUES = {ir.Unary: _unary, ir.Binary: _binary, ir.Select: _select, ir.Where: _where}
+
+
 class ElementRenderer:
     """C code for one element of row expressions of a case, over a loop variable j and a batch row b (position q):
     `pointers` collects the per-position declarations the code needs, `code` the temporaries, in order."""
@@ -389,45 +462,17 @@ class ElementRenderer:
         return {}, [], {}
 
     def leaf_pointer(self, node, pointers) -> str:
-        plan, layout, d = self.plan, self.cp.layout, self.d
         if node in pointers:
             return pointers[node][0]
-        if isinstance(node, ir.ChildState):
-            k = layout.reads.index((node.index, node.missing_zero))
-            name = f"child{len(pointers)}"
-            row = d.read(k)
-            decl = (f"const float* {name} = {row} >= 0 ? {d.table(plan.table_ids[node.table])} + {row} * {node.width} "
-                    f": {d.zeros};  // {comment(node.table)}[{comment(format_index(node.index))}]")
-        elif isinstance(node, ir.ConstRow):
-            s = layout.slots.index((node.index, ROW, node.const))
-            name = f"crow{len(pointers)}"
-            decl = (f"const float* {name} = {d.const(plan.const_ids[node.const])} + {d.slot(s)} * {node.width};"
-                    f"  // {comment(node.const)}[{comment(format_index(node.index))}]")
-        elif isinstance(node, ir.InputProjection):
-            s = layout.slots.index((node.index, ROW, node.array))
-            k = plan.projections.index((node.array, node.weight, node.bias))
-            name = f"iproj{len(pointers)}"
-            decl = (f"const float* {name} = {d.projection(k)} + {d.slot(s)} * {node.width};"
-                    f"  // ({comment(node.array)} @ {comment(node.weight)})[{comment(format_index(node.index))}]")
-        elif isinstance(node, ir.InputRow):
-            s = layout.slots.index((node.index, ROW, node.array))
-            name = f"irow{len(pointers)}"
-            decl = (f"const float* {name} = {d.array(plan.array_ids[node.array])} + {d.slot(s)} * {node.width};"
-                    f"  // {comment(node.array)}[{comment(format_index(node.index))}]")
-        elif isinstance(node, ir.BExpr):
-            s = layout.slots.index((node, MASK, None))
-            name = f"mask{len(pointers)}"
-            decl = f"const bool {name} = {d.slot(s)} != 0;  // {comment(format_pred(node))}"
-        elif isinstance(node, ir.IndexValue):
-            s = layout.slots.index((node.index, VALUE, None))
-            name = f"ival{len(pointers)}"
-            decl = f"const float {name} = static_cast<float>({d.slot(s)});  // {comment(format_index(node.index))}"
-        else:
+        kind = next((k for k in type(node).__mro__ if k in POINTERS), None)
+        if kind is None:
             raise CodegenError(f"no pointer for {type(node).__name__}")
-        pointers[node] = (name, decl)
+        prefix, declare = POINTERS[kind]
+        name = f"{prefix}{len(pointers)}"
+        pointers[node] = (name, declare(self, node, name))
         return name
 
-    def _index(self, access: Access) -> str:
+    def index(self, access: Access) -> str:
         if access.const is not None:
             return cint(access.const)
         if access.indices is not None:
@@ -436,57 +481,24 @@ class ElementRenderer:
 
     def expr(self, e, access: Access, w, temps, code, pointers) -> str:
         """C for the element of e that the loop's j reads through `access`."""
-        if e.width == 1 and access.const is None:
-            access = Access(const=0)  # a width-1 value broadcasts over the loop
+        access = access.normalized(e)
         buffers = self.cp.buffers
         if e in buffers and e != self.computing:
-            idx = self._index(access)
+            idx = self.index(access)
             if isinstance(e, ir.LeftMatMul):  # element (r, c) sits at row (b, c), column r of the GEMM
                 rows = e.width // e.cols
                 return f"{buffers[e]}[(b * {e.cols} + ({idx}) % {e.cols}) * {rows} + ({idx}) / {e.cols}]"
             return f"{buffers[e]}[b * {e.width} + {idx}]"
-        if isinstance(e, (ir.ChildState, ir.ConstRow, ir.InputRow, ir.InputProjection)):
-            return f"{self.leaf_pointer(e, pointers)}[{self._index(access)}]"
-        if isinstance(e, ir.ConstVec):
-            return f"{self.d.const(self.plan.const_ids[e.const])}[{self._index(access)}]"
-        if isinstance(e, ir.Scalar):
-            return cfloat(e.value)
-        if isinstance(e, ir.IndexValue):
-            return self.leaf_pointer(e, pointers)
-        if isinstance(e, ir.Slice):
-            return self.expr(e.x, access.shifted(e.start), w, temps, code, pointers)
-        if isinstance(e, ir.Take):
-            return self.expr(e.x, access.through(e.indices, w), w, temps, code, pointers)
-        if isinstance(e, ir.Concat):
-            lo, hi = access.span(w)
-            col = 0
-            for part in e.parts:
-                if col <= lo and hi < col + part.width:
-                    return self.expr(part, access.shifted(-col), w, temps, code, pointers)
-                col += part.width
-            raise CodegenError("a concatenation is read across its parts inside elementwise math")
+        render = ADDRESSING.get(type(e))
+        if render is not None:
+            return render(self, e, access, w, temps, code, pointers)
         key = (e, access.key())
         if key in temps:
             return temps[key]
-        if isinstance(e, ir.Unary):
-            x = self.expr(e.x, access, w, temps, code, pointers)
-            value = ops.render(e.op, self.d.target, {"x": x}, e.params, cfloat)
-        elif isinstance(e, ir.Binary):
-            a = self.expr(e.a, access, w, temps, code, pointers)
-            b = self.expr(e.b, access, w, temps, code, pointers)
-            value = ops.render(e.op, self.d.target, {"a": a, "b": b}, (), cfloat)
-        elif isinstance(e, ir.Select):
-            m = self.leaf_pointer(e.pred, pointers)
-            a = self.expr(e.a, access, w, temps, code, pointers)
-            b = self.expr(e.b, access, w, temps, code, pointers)
-            value = f"({m} ? {a} : {b})"
-        elif isinstance(e, ir.Where):
-            c = self.expr(e.cond, access, w, temps, code, pointers)
-            a = self.expr(e.a, access, w, temps, code, pointers)
-            b = self.expr(e.b, access, w, temps, code, pointers)
-            value = f"({c} != 0.0f ? {a} : {b})"
-        else:
+        render = VALUES.get(type(e))
+        if render is None:
             raise CodegenError(f"row expression {type(e).__name__}")
+        value = render(self, e, access, w, temps, code, pointers)
         name = f"v{len(temps)}"
         code.append(f"const float {name} = {value};")
         temps[key] = name
@@ -502,52 +514,6 @@ class ElementRenderer:
                 out.setdefault(part.width, []).append((part, dest, col))
                 col += part.width
         return out
-
-
-class _Recorder(ElementRenderer):
-    """An element renderer that also records how each buffered value is read: {node: {access keys}}."""
-
-    def __init__(self, *args):
-        super().__init__(*args)
-        self.reads = {}
-
-    def expr(self, e, access, w, temps, code, pointers):
-        if e.width == 1 and access.const is None:
-            access = Access(const=0)
-        if e in self.cp.buffers and e != self.computing:
-            self.reads.setdefault(e, set()).add(access.key())
-        return super().expr(e, access, w, temps, code, pointers)
-
-
-def fusable_products(plan: KernelPlan, cp, dialect, index_table, align: int = 1):
-    """The matrix products of a case that only its new rows read, each read at column offsets + j (unit stride)
-    by rows of one width W, so that a worker can compute the columns of elements j0..j1 and then those elements
-    with no barrier in between: ({product node: sorted offsets}, W), or ({}, None). `align`: offsets must be
-    multiples of it (the CPU's packed panels)."""
-    widths = {expr.width for _, expr, _ in cp.outputs}
-    if len(widths) != 1:
-        return {}, None
-    w = widths.pop()
-    recorder = _Recorder(plan, cp, dialect, index_table)
-    recorder.start()
-    for expr in (e for _, e, _ in cp.outputs):
-        if isinstance(expr, ir.Concat):
-            return {}, None
-        recorder.expr(expr, Access(0), w, {}, [], {})
-    read_by_steps = set()
-    for step in cp.steps:
-        for node in ir.walk_rows([step.node]):
-            if node is not step.node and node in cp.buffers:
-                read_by_steps.add(node)
-    fused = {}
-    for step in cp.steps:
-        e = step.node
-        if step.kind != "gemm" or e.rows != 1 or e in read_by_steps or e not in recorder.reads:
-            continue
-        keys = recorder.reads[e]
-        if all(kind == "affine" and 0 <= o and o + w <= e.width and o % align == 0 for kind, o in keys):
-            fused[e] = sorted({o for _, o in keys})
-    return fused, w
 
 
 def dense(buffer: str, width: int):

@@ -111,10 +111,44 @@ def node(cls):
     return _cached_hash(_structural_eq(dataclass(frozen=True)(cls)))
 
 
+class IRError(ValueError):
+    """An IR that breaks one of its invariants (the verifier, `cortex.ir.verify`, names the node)."""
+
+
+def check(cond, message):
+    if not cond:
+        raise IRError(message)
+
+
 class Expr:
-    """Base of every IR expression. OPERANDS: the names of the fields that hold sub-expressions (a field may
-    hold one expression or a tuple of them), in evaluation order."""
+    """Base of every IR expression. A node kind knows itself: its fields (declared types, cortex.ir.schema), which
+    of them hold sub-expressions (OPERANDS, in evaluation order; a field may hold one expression or a tuple of
+    them), and what the generic walkers ask of it:
+
+    - `verify(program)`: its own invariants (cortex.ir.verify runs the rest);
+    - index expressions and predicates: `render(syntax)`, the expression as text or host code (the syntax decides
+      the leaves: constants, loads, lengths, calls);
+    - row expressions: `text(show)` for the printer (show renders an operand), `evaluate(ev, constants)`: its value
+      for every row of its constant tables ([rows, width], the passes' folding; ev evaluates an operand),
+      `host_value()`: the per-position value the host prepares for a leaf (a child row read, a table row, a mask,
+      an index value), and two facts the kernel plan reads: MATERIALIZED (computed per batch into a buffer, not
+      element by element; STEP names the kernel step that computes it, STEP_INPUT the one that lays its operand out
+      first) and ADDRESSABLE (a leaf whose any element can be read in place).
+
+    A new kind is its class here plus its rendering in the code generator (cortex/codegen/cstyle.py)."""
     OPERANDS: ClassVar[tuple] = ()
+    MATERIALIZED: ClassVar[bool] = False
+    ADDRESSABLE: ClassVar[bool] = False
+    STEP: ClassVar[str] = ""  # a materialized node: the kernel step that computes it over a batch
+    STEP_INPUT: ClassVar[str] = ""  # a step that lays its operand out first (else each row operand is materialized)
+
+    def verify(self, program):
+        raise IRError(f"not an IR expression: {type(self).__name__}")
+
+    def host_value(self):
+        """(HOST_READ, (index, missing_zero)) or (HOST_SLOT, (key, kind, source)) for a leaf the host prepares;
+        None for every other node."""
+        return None
 
 
 def operands(e: Expr) -> tuple:
@@ -183,6 +217,33 @@ def transform(fn, memo=None):
     return rewrite
 
 
+# ---- what the nodes' own checks and renderings share ------------------------------------------
+
+INT_INPUT_DTYPES = ("int64", "int32", "bool")
+INDEX_INFIX = {"add": "+", "sub": "-", "mul": "*"}
+COMPARE_INFIX = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
+# What the host prepares per position for a leaf: a child-state row it reads, or a slot holding a table row
+# (HOST_ROW), a predicate (HOST_MASK) or an index value (HOST_VALUE).
+HOST_READ, HOST_SLOT = "read", "slot"
+HOST_ROW, HOST_MASK, HOST_VALUE = "row", "mask", "value"
+
+
+def constant(program, name, what):
+    c = program.constants.get(name)
+    check(c is not None, f"{what}: no constant {name}")
+    return c
+
+
+def float_rows(program, array, width, what):
+    decl = program.input(array)
+    check(decl.kind == "array" and decl.dtype == "float32" and decl.rank >= 1, f"{what} {array}: not a float array")
+    check(int(np.prod(decl.inner, dtype=np.int64)) == width, f"{what} {array}: width {width}")
+
+
+def same_or_one(e, *widths):
+    check(set(widths) <= {1, e.width} and e.width == max(widths), f"{type(e).__name__}: widths {widths}")
+
+
 # ---- index expressions -------------------------------------------------------------------------
 
 
@@ -195,11 +256,23 @@ class Iter(IExpr):
     """The position p being visited (the Loop's iteration number)."""
 
 
+
+    def render(self, syntax) -> str:
+        return "p"
+
+    def verify(self, program):
+        pass
 @node
 class IConst(IExpr):
     value: Int64
 
 
+
+    def render(self, syntax) -> str:
+        return syntax.const(self.value)
+
+    def verify(self, program):
+        pass
 @node
 class Load(IExpr):
     """Element of an integer (or bool, read as 0/1) runtime array, with ONNX Gather semantics on `index`
@@ -211,6 +284,17 @@ class Load(IExpr):
     OPERANDS: ClassVar[tuple] = ("index",)
 
 
+
+    def render(self, syntax) -> str:
+        return syntax.load(self, self.index.render(syntax))
+
+    def verify(self, program):
+        decl = program.input(self.array)
+        check(decl.kind == "array" and decl.dtype in INT_INPUT_DTYPES, f"load from non-integer array {self.array}")
+        check(decl.rank <= 2, f"load from {self.array} of rank {decl.rank}")
+        check((decl.rank == 2) == (self.column is not None), f"load from {self.array}: column does not match rank")
+        if self.column is not None:
+            check(0 <= self.column < decl.inner[0], f"load column {self.column} of {self.array}")
 @node
 class Length(IExpr):
     """The number of rows of a runtime array (e.g. N from Shape(words)[0]), or of the state tables when
@@ -218,6 +302,12 @@ class Length(IExpr):
     array: Optional[Name]
 
 
+
+    def render(self, syntax) -> str:
+        return syntax.length(self.array)
+
+    def verify(self, program):
+        check(self.array is None or program.input(self.array).kind == "array", f"length of {self.array}")
 INDEX_BINARY_OPS = ("add", "sub", "mul", "max", "min", "div", "floordiv", "mod", "fmod")
 
 
@@ -232,6 +322,15 @@ class IBinary(IExpr):
     OPERANDS: ClassVar[tuple] = ("a", "b")
 
 
+
+    def render(self, syntax) -> str:
+        a, b = self.a.render(syntax), self.b.render(syntax)
+        if self.op in INDEX_INFIX:
+            return f"({a} {INDEX_INFIX[self.op]} {b})"
+        return syntax.call(self.op, a, b)
+
+    def verify(self, program):
+        pass
 @node
 class ISelect(IExpr):
     """pred ? a : b over indices (torch.where on indices, e.g. -1 -> a zero row)."""
@@ -241,6 +340,12 @@ class ISelect(IExpr):
     OPERANDS: ClassVar[tuple] = ("pred", "a", "b")
 
 
+
+    def render(self, syntax) -> str:
+        return f"({self.pred.render(syntax)} ? {self.a.render(syntax)} : {self.b.render(syntax)})"
+
+    def verify(self, program):
+        pass
 @node
 class Guard(IExpr):
     """value, after checking at run time that pred holds; otherwise the run fails with `message` (an input the
@@ -252,6 +357,12 @@ class Guard(IExpr):
     OPERANDS: ClassVar[tuple] = ("pred", "value")
 
 
+
+    def render(self, syntax) -> str:
+        return syntax.guard(self.pred.render(syntax), self.value.render(syntax), self.message)
+
+    def verify(self, program):
+        pass
 # ---- predicates --------------------------------------------------------------------------------
 
 
@@ -264,6 +375,12 @@ class BConst(BExpr):
     value: bool
 
 
+
+    def render(self, syntax) -> str:
+        return "true" if self.value else "false"
+
+    def verify(self, program):
+        pass
 COMPARE_OPS = ("lt", "le", "gt", "ge", "eq", "ne")
 
 
@@ -275,12 +392,24 @@ class Compare(BExpr):
     OPERANDS: ClassVar[tuple] = ("a", "b")
 
 
+
+    def render(self, syntax) -> str:
+        return f"({self.a.render(syntax)} {COMPARE_INFIX[self.op]} {self.b.render(syntax)})"
+
+    def verify(self, program):
+        pass
 @node
 class BNot(BExpr):
     a: BExpr
     OPERANDS: ClassVar[tuple] = ("a",)
 
 
+
+    def render(self, syntax) -> str:
+        return f"!{self.a.render(syntax)}"
+
+    def verify(self, program):
+        pass
 @node
 class BAnd(BExpr):
     a: BExpr
@@ -288,6 +417,12 @@ class BAnd(BExpr):
     OPERANDS: ClassVar[tuple] = ("a", "b")
 
 
+
+    def render(self, syntax) -> str:
+        return f"({self.a.render(syntax)} && {self.b.render(syntax)})"
+
+    def verify(self, program):
+        pass
 @node
 class BOr(BExpr):
     a: BExpr
@@ -295,11 +430,24 @@ class BOr(BExpr):
     OPERANDS: ClassVar[tuple] = ("a", "b")
 
 
+
+    def render(self, syntax) -> str:
+        return f"({self.a.render(syntax)} || {self.b.render(syntax)})"
+
+    def verify(self, program):
+        pass
 # ---- row expressions ---------------------------------------------------------------------------
 
 
 class RExpr(Expr):
     width: int
+
+    def text(self, show) -> str:
+        raise TypeError(f"{type(self).__name__} has no text form")
+
+    def evaluate(self, ev, constants):
+        """Only nodes that depend on nothing but rows of constant tables can be folded; the others say so."""
+        raise TypeError(f"{type(self).__name__} varies with the position")
 
 
 @node
@@ -313,6 +461,19 @@ class ChildState(RExpr):
     OPERANDS: ClassVar[tuple] = ("index",)
 
 
+
+    ADDRESSABLE: ClassVar[bool] = True
+
+    def text(self, show) -> str:
+        missing = ", missing=zero" if self.missing_zero else ""
+        return f"child_state {self.table}[{show(self.index)}{missing}]"
+
+    def verify(self, program):
+        table = program.table(self.table)
+        check(table.kind == "state" and table.width == self.width, f"child_state {self.table}: width {self.width}")
+
+    def host_value(self):
+        return HOST_READ, (self.index, self.missing_zero)
 @node
 class ConstRow(RExpr):
     """Row `index` (Gather semantics) of a constant matrix, e.g. an embedding table."""
@@ -322,6 +483,21 @@ class ConstRow(RExpr):
     OPERANDS: ClassVar[tuple] = ("index",)
 
 
+
+    ADDRESSABLE: ClassVar[bool] = True
+
+    def text(self, show) -> str:
+        return f"const_row {self.const}[{show(self.index)}]"
+
+    def evaluate(self, ev, constants):
+        return constants[self.const]
+
+    def verify(self, program):
+        table = constant(program, self.const, "const_row")
+        check(table.ndim == 2 and table.shape[1] == self.width, f"const_row {self.const}: shape")
+
+    def host_value(self):
+        return HOST_SLOT, (self.index, HOST_ROW, self.const)
 @node
 class InputRow(RExpr):
     """Row `index` (Gather semantics) of a runtime float32 input (per-node features; all dims but the first
@@ -332,6 +508,17 @@ class InputRow(RExpr):
     OPERANDS: ClassVar[tuple] = ("index",)
 
 
+
+    ADDRESSABLE: ClassVar[bool] = True
+
+    def text(self, show) -> str:
+        return f"input_row {self.array}[{show(self.index)}]"
+
+    def verify(self, program):
+        float_rows(program, self.array, self.width, "input_row")
+
+    def host_value(self):
+        return HOST_SLOT, (self.index, HOST_ROW, self.array)
 @node
 class InputProjection(RExpr):
     """Row `index` of X @ W (+ bias) for a runtime float matrix input X: the whole product is computed once per
@@ -344,6 +531,24 @@ class InputProjection(RExpr):
     OPERANDS: ClassVar[tuple] = ("index",)
 
 
+
+    ADDRESSABLE: ClassVar[bool] = True
+
+    def text(self, show) -> str:
+        bias = f" + {self.bias}" if self.bias else ""
+        return f"input_projection ({self.array} @ {self.weight}{bias})[{show(self.index)}]"
+
+    def verify(self, program):
+        width = int(np.prod(program.input(self.array).inner, dtype=np.int64))
+        float_rows(program, self.array, width, "input_projection")
+        w = constant(program, self.weight, "input_projection")
+        check(w.shape == (width, self.width), f"input_projection {self.array} @ {self.weight}: shapes")
+        if self.bias is not None:
+            check(constant(program, self.bias, "input_projection bias").shape == (self.width,),
+                  "input_projection bias")
+
+    def host_value(self):
+        return HOST_SLOT, (self.index, HOST_ROW, self.array)
 @node
 class ConstVec(RExpr):
     """A constant vector (width 1 broadcasts)."""
@@ -351,12 +556,34 @@ class ConstVec(RExpr):
     width: Dim
 
 
+
+    ADDRESSABLE: ClassVar[bool] = True
+
+    def text(self, show) -> str:
+        return f"const {self.const}"
+
+    def evaluate(self, ev, constants):
+        return constants[self.const].reshape(1, -1)
+
+    def verify(self, program):
+        check(constant(program, self.const, "const").size == self.width, f"const {self.const}: size {self.width}")
 @node
 class Scalar(RExpr):
     value: float
     width: Dim = 1
 
 
+
+    ADDRESSABLE: ClassVar[bool] = True
+
+    def text(self, show) -> str:
+        return f"scalar {self.value!r}"
+
+    def evaluate(self, ev, constants):
+        return np.full((1, 1), self.value, dtype=np.float32)
+
+    def verify(self, program):
+        check(self.width == 1, "scalar width")
 @node
 class IndexValue(RExpr):
     """An index expression as a float (a cast of a structure value: 1.0 where a structure test holds, a child
@@ -366,6 +593,17 @@ class IndexValue(RExpr):
     OPERANDS: ClassVar[tuple] = ("index",)
 
 
+
+    ADDRESSABLE: ClassVar[bool] = True
+
+    def text(self, show) -> str:
+        return f"index_value {show(self.index)}"
+
+    def verify(self, program):
+        check(self.width == 1, "index_value width")
+
+    def host_value(self):
+        return HOST_SLOT, (self.index, HOST_VALUE, None)
 @node
 class MatMul(RExpr):
     """x @ W (+ bias): W a constant [K, N] matrix, bias an optional constant [N] vector. x holds `rows`
@@ -378,6 +616,27 @@ class MatMul(RExpr):
     OPERANDS: ClassVar[tuple] = ("x",)
 
 
+
+    MATERIALIZED: ClassVar[bool] = True
+    STEP: ClassVar[str] = "gemm"
+
+    def text(self, show) -> str:
+        bias = f" + {self.bias}" if self.bias else ""
+        rows = f" ({self.rows} rows)" if self.rows != 1 else ""
+        return f"matmul {show(self.x)}{rows} @ {self.weight}{bias}"
+
+    def evaluate(self, ev, constants):
+        xs = ev(self.x)
+        out = (xs.reshape(xs.shape[0], self.rows, -1) @ constants[self.weight]).reshape(xs.shape[0], -1)
+        return out + constants[self.bias] if self.bias else out
+
+    def verify(self, program):
+        w = constant(program, self.weight, "matmul")
+        check(self.rows >= 1 and self.x.width % self.rows == 0 and self.width % self.rows == 0,
+              f"matmul {self.weight}: rows")
+        check(w.shape == (self.x.width // self.rows, self.width // self.rows), f"matmul {self.weight}: shape")
+        if self.bias is not None:
+            check(constant(program, self.bias, "matmul bias").shape == (self.width,), f"matmul bias {self.bias}: shape")
 @node
 class LeftMatMul(RExpr):
     """W @ X for a constant W [R, K] and a per-node matrix X [K, cols] (row-major in x): [R, cols]. `weight`
@@ -389,6 +648,23 @@ class LeftMatMul(RExpr):
     OPERANDS: ClassVar[tuple] = ("x",)
 
 
+
+    MATERIALIZED: ClassVar[bool] = True
+    STEP: ClassVar[str] = "left_gemm"
+    STEP_INPUT: ClassVar[str] = "transpose"  # X^T's rows, the GEMM's left operand
+
+    def text(self, show) -> str:
+        return f"left_matmul {self.weight}^T @ {show(self.x)} ({self.cols} cols)"
+
+    def evaluate(self, ev, constants):
+        xs = ev(self.x)
+        w = constants[self.weight]  # W^T [K, R]
+        return (w.T @ xs.reshape(xs.shape[0], -1, self.cols)).reshape(xs.shape[0], -1)
+
+    def verify(self, program):
+        w = constant(program, self.weight, "left_matmul")
+        check(w.ndim == 2 and w.shape[0] * self.cols == self.x.width and w.shape[1] * self.cols == self.width,
+              f"left_matmul {self.weight}: shape")
 @node
 class MatVec(RExpr):
     """A per-node matrix [rows, C] (row-major in `mat`) times a per-node vector [C]: [rows]."""
@@ -398,6 +674,21 @@ class MatVec(RExpr):
     OPERANDS: ClassVar[tuple] = ("mat", "vec")
 
 
+
+    MATERIALIZED: ClassVar[bool] = True
+    STEP: ClassVar[str] = "matvec"
+
+    def text(self, show) -> str:
+        return f"matvec {show(self.mat)} @ {show(self.vec)}"
+
+    def evaluate(self, ev, constants):
+        m, v = ev(self.mat), ev(self.vec)
+        rows = max(m.shape[0], v.shape[0])
+        return np.einsum("brc,bc->br", np.broadcast_to(m, (rows, m.shape[1])).reshape(rows, self.width, -1),
+                         np.broadcast_to(v, (rows, v.shape[1])))
+
+    def verify(self, program):
+        check(self.vec.width > 0 and self.mat.width == self.width * self.vec.width, "matvec widths")
 @node
 class Select(RExpr):
     """pred ? a : b elementwise, pred a structure predicate (torch.where with a per-node condition)."""
@@ -408,6 +699,15 @@ class Select(RExpr):
     OPERANDS: ClassVar[tuple] = ("pred", "a", "b")
 
 
+
+    def text(self, show) -> str:
+        return f"select {show(self.pred)} ? {show(self.a)} : {show(self.b)}"
+
+    def verify(self, program):
+        same_or_one(self, self.a.width, self.b.width)
+
+    def host_value(self):
+        return HOST_SLOT, (self.pred, HOST_MASK, None)
 @node
 class Unary(RExpr):
     """An elementwise op of `ops.UNARY` (params: its float attributes, e.g. LeakyRelu's alpha)."""
@@ -418,6 +718,17 @@ class Unary(RExpr):
     OPERANDS: ClassVar[tuple] = ("x",)
 
 
+
+    def text(self, show) -> str:
+        params = "(" + ", ".join(f"{p:g}" for p in self.params) + ")" if self.params else ""
+        return f"{self.op}{params} {show(self.x)}"
+
+    def evaluate(self, ev, constants):
+        return ops.evaluate(self.op, ev(self.x), params=self.params)
+
+    def verify(self, program):
+        check(self.width == self.x.width and len(self.params) == ops.param_count(self.op),
+              f"unary {self.op} with {len(self.params)} parameters")
 @node
 class Binary(RExpr):
     """An elementwise op of `ops.BINARY`; an operand of width 1 broadcasts."""
@@ -428,6 +739,15 @@ class Binary(RExpr):
     OPERANDS: ClassVar[tuple] = ("a", "b")
 
 
+
+    def text(self, show) -> str:
+        return f"{self.op} {show(self.a)}, {show(self.b)}"
+
+    def evaluate(self, ev, constants):
+        return ops.evaluate(self.op, ev(self.a), ev(self.b))
+
+    def verify(self, program):
+        same_or_one(self, self.a.width, self.b.width)
 @node
 class Where(RExpr):
     """cond != 0 ? a : b elementwise, cond a per-node float (0/1) row: torch.where on computed values.
@@ -439,6 +759,15 @@ class Where(RExpr):
     OPERANDS: ClassVar[tuple] = ("cond", "a", "b")
 
 
+
+    def text(self, show) -> str:
+        return f"where {show(self.cond)} ? {show(self.a)} : {show(self.b)}"
+
+    def evaluate(self, ev, constants):
+        return np.where(ev(self.cond) != 0, ev(self.a), ev(self.b))
+
+    def verify(self, program):
+        same_or_one(self, self.cond.width, self.a.width, self.b.width)
 @node
 class Slice(RExpr):
     x: RExpr
@@ -447,6 +776,16 @@ class Slice(RExpr):
     OPERANDS: ClassVar[tuple] = ("x",)
 
 
+
+    def text(self, show) -> str:
+        return f"slice {show(self.x)}[{self.start}:{self.start + self.width}]"
+
+    def evaluate(self, ev, constants):
+        return ev(self.x)[:, self.start:self.start + self.width]
+
+    def verify(self, program):
+        check(0 <= self.start and self.width >= 1 and self.start + self.width <= self.x.width,
+              f"slice [{self.start}:+{self.width}] of {self.x.width}")
 @node
 class Concat(RExpr):
     parts: tuple[RExpr, ...]
@@ -454,6 +793,17 @@ class Concat(RExpr):
     OPERANDS: ClassVar[tuple] = ("parts",)
 
 
+
+    def text(self, show) -> str:
+        return "concat " + ", ".join(show(p) for p in self.parts)
+
+    def evaluate(self, ev, constants):
+        parts = [ev(p) for p in self.parts]
+        rows = max(p.shape[0] for p in parts)
+        return np.concatenate([np.broadcast_to(p, (rows, p.shape[1])) for p in parts], axis=1)
+
+    def verify(self, program):
+        check(self.width == sum(x.width for x in self.parts) and len(self.parts) >= 1, "concat width")
 @node
 class Take(RExpr):
     """out[i] = x[indices[i]]: any static rearrangement of a row's elements (transpose, broadcast, gather at
@@ -464,6 +814,17 @@ class Take(RExpr):
     OPERANDS: ClassVar[tuple] = ("x",)
 
 
+
+    def text(self, show) -> str:
+        shown = ", ".join(str(i) for i in self.indices[:8]) + (", ..." if len(self.indices) > 8 else "")
+        return f"take {show(self.x)}[{shown}]"
+
+    def evaluate(self, ev, constants):
+        xs = ev(self.x)
+        return xs[:, list(self.indices)] if self.x.width > 1 else np.repeat(xs, self.width, axis=1)
+
+    def verify(self, program):
+        check(self.width == len(self.indices) and all(0 <= i < self.x.width for i in self.indices), "take indices")
 REDUCE_OPS = ("add", "mul", "max", "min")
 
 
@@ -477,6 +838,19 @@ class Reduce(RExpr):
     OPERANDS: ClassVar[tuple] = ("x",)
 
 
+
+    MATERIALIZED: ClassVar[bool] = True
+    STEP: ClassVar[str] = "reduce"
+
+    def text(self, show) -> str:
+        return f"reduce_{self.op} {show(self.x)} (groups of {self.group})"
+
+    def evaluate(self, ev, constants):
+        xs = ev(self.x)
+        return ops.REDUCE_NUMPY[self.op](xs.reshape(xs.shape[0], self.width, self.group), axis=2)
+
+    def verify(self, program):
+        check(self.group >= 1 and self.x.width == self.group * self.width, f"reduce {self.op} groups")
 def unary(op: str, x: RExpr, params: tuple = ()) -> RExpr:
     return Unary(op, x, x.width, tuple(float(p) for p in params))
 
@@ -598,8 +972,6 @@ class Program:
         raise KeyError(name)
 
 
-MATERIALIZED = (MatMul, LeftMatMul, MatVec, Reduce)  # computed per batch into a buffer, not inside a fused loop
-ROW_LEAVES = (ChildState, ConstRow, InputRow, InputProjection)  # rows read at an index expression
 
 
 def row_children(e: RExpr) -> tuple:

@@ -8,6 +8,7 @@ import numpy as np
 from ..ir import index as ix
 from ..ir import nodes as ir
 from ..ir import ops
+from .rules import SIMPLIFY, apply_rules
 
 # Folding a constant-indexed subtree materializes one value per table row; beyond this many floats per
 # folded table the lookup table would cost more memory than the work it saves.
@@ -36,68 +37,13 @@ def _drop_unused_constants(program: ir.Program) -> ir.Program:
                                labels=tuple((c, s) for c, s in program.labels if c in used))
 
 
-# ---- simplification --------------------------------------------------------------------------
-
-
-ELEMENTWISE = (ir.Unary, ir.Binary, ir.Where)
-
-
-def _take_elementwise(e: ir.Take):
-    """take(f(a, b), I) = f(take(a, I), take(b, I)): rearrangements move to the leaves, where reading an element
-    at any index is a load (width-1 operands broadcast and stay)."""
-    x = e.x
-    kids = [k if k.width == 1 else ir.take(k, e.indices) for k in ir.operands(x)]
-    return dataclasses.replace(ir.with_operands(x, kids), width=e.width)
-
+# ---- simplification: named rules, one driver ----------------------------------------------------
 
 def simplify(program: ir.Program) -> ir.Program:
-    """Removes identities, merges slices and takes of slices and takes, picks the part of a concat a slice lies in,
-    moves rearrangements below elementwise math, and distributes elementwise math over concatenations."""
-
-    def rewrite(e):
-        if isinstance(e, ir.Unary) and e.op == "identity":
-            return e.x
-        if isinstance(e, ir.Slice) and isinstance(e.x, ir.Slice):
-            return ir.Slice(e.x.x, e.x.start + e.start, e.width)
-        if isinstance(e, ir.Slice) and isinstance(e.x, ir.Take):
-            return rewrite(ir.take(e.x.x, e.x.indices[e.start:e.start + e.width]))
-        if isinstance(e, ir.Take) and isinstance(e.x, ir.Take):
-            return rewrite(ir.take(e.x.x, [e.x.indices[i] for i in e.indices]))
-        if isinstance(e, ir.Take) and isinstance(e.x, ir.Slice):
-            return rewrite(ir.take(e.x.x, [e.x.start + i for i in e.indices]))
-        if isinstance(e, ir.Take) and isinstance(e.x, ir.Concat):
-            lo, hi, offset = min(e.indices), max(e.indices), 0
-            for part in e.x.parts:  # all the indices in one part
-                if offset <= lo and hi < offset + part.width:
-                    return rewrite(ir.take(part, [i - offset for i in e.indices]))
-                offset += part.width
-        if isinstance(e, ir.Take) and isinstance(e.x, ELEMENTWISE + (ir.Select,)) and len(set(e.indices)) == len(e.indices):
-            return rewrite(_take_elementwise(e))
-        if isinstance(e, ir.Slice) and isinstance(e.x, ir.Concat):
-            offset = 0
-            for part in e.x.parts:
-                if offset <= e.start and e.start + e.width <= offset + part.width:
-                    return rewrite(ir.slice_row(part, e.start - offset, e.start - offset + e.width))
-                offset += part.width
-        if isinstance(e, ir.Slice) and isinstance(e.x, ELEMENTWISE + (ir.Select,)):
-            kids = [k if k.width == 1 else ir.slice_row(k, e.start, e.start + e.width) for k in ir.operands(e.x)
-                    if isinstance(k, ir.RExpr)]
-            others = [k for k in ir.operands(e.x) if not isinstance(k, ir.RExpr)]
-            rebuilt = ir.with_operands(e.x, others + kids)
-            return rewrite(dataclasses.replace(rebuilt, width=e.width))
-        # Elementwise math over a concatenation distributes over its parts (r * [h_l; h_r] in a GRU), so
-        # the concatenation only ever feeds a matrix product or a table write.
-        if isinstance(e, ELEMENTWISE + (ir.Select,)) and any(isinstance(k, ir.Concat) and k.width == e.width
-                                                              for k in ir.operands(e)):
-            concat = next(k for k in ir.operands(e) if isinstance(k, ir.Concat) and k.width == e.width)
-            out, start = [], 0
-            for part in concat.parts:
-                out.append(rewrite(ir.Slice(e, start, part.width) if part.width != e.width else e))
-                start += part.width
-            return ir.concat(out)
-        return e
-
-    return map_rows(program, rewrite)
+    """Applies the simplification rules (rules.SIMPLIFY, in order) bottom-up: identities go, slices and takes
+    merge, a slice or take picks the part of a concat it lies in, rearrangements move below elementwise math, and
+    elementwise math distributes over concatenations."""
+    return map_rows(program, apply_rules(SIMPLIFY))
 
 
 # ---- case splitting: branch-free choices become cases ------------------------------------------
@@ -131,7 +77,7 @@ def _specialize(case: ir.Case, pred, value: bool) -> ir.Case:
 
 
 def _heavy(case: ir.Case) -> int:
-    return sum(isinstance(n, ir.MATERIALIZED) for n in ir.walk_rows([x for _, x in case.writes]))
+    return sum(n.MATERIALIZED for n in ir.walk_rows([x for _, x in case.writes]))
 
 
 def split_select_cases(program: ir.Program) -> ir.Program:
@@ -176,54 +122,13 @@ def _const_indexed(e: ir.RExpr):
 
 
 def _evaluate_on_all_rows(program: ir.Program, e: ir.RExpr) -> np.ndarray:
-    """Evaluates e for every row of its constant tables at once: [rows, e.width] float32."""
-    consts = program.constants
+    """Evaluates e for every row of its constant tables at once: [rows, e.width] float32 (each node's own
+    `evaluate`)."""
     memo = {}
 
     def ev(x):
-        if x in memo:
-            return memo[x]
-        if isinstance(x, ir.ConstRow):
-            out = consts[x.const]
-        elif isinstance(x, ir.ConstVec):
-            out = consts[x.const].reshape(1, -1)
-        elif isinstance(x, ir.Scalar):
-            out = np.full((1, 1), x.value, dtype=np.float32)
-        elif isinstance(x, ir.MatMul):
-            xs = ev(x.x)
-            w = consts[x.weight]
-            out = (xs.reshape(xs.shape[0], x.rows, -1) @ w).reshape(xs.shape[0], -1)
-            if x.bias:
-                out = out + consts[x.bias]
-        elif isinstance(x, ir.LeftMatMul):
-            xs = ev(x.x)
-            w = consts[x.weight]  # W^T [K, R]
-            out = (w.T @ xs.reshape(xs.shape[0], -1, x.cols)).reshape(xs.shape[0], -1)
-        elif isinstance(x, ir.MatVec):
-            m, v = ev(x.mat), ev(x.vec)
-            rows = max(m.shape[0], v.shape[0])
-            out = np.einsum("brc,bc->br", np.broadcast_to(m, (rows, m.shape[1])).reshape(rows, x.width, -1),
-                            np.broadcast_to(v, (rows, v.shape[1])))
-        elif isinstance(x, ir.Unary):
-            out = ops.evaluate(x.op, ev(x.x), params=x.params)
-        elif isinstance(x, ir.Binary):
-            out = ops.evaluate(x.op, ev(x.a), ev(x.b))
-        elif isinstance(x, ir.Where):
-            out = np.where(ev(x.cond) != 0, ev(x.a), ev(x.b))
-        elif isinstance(x, ir.Slice):
-            out = ev(x.x)[:, x.start:x.start + x.width]
-        elif isinstance(x, ir.Take):
-            out = ev(x.x)[:, list(x.indices)] if x.x.width > 1 else np.repeat(ev(x.x), x.width, axis=1)
-        elif isinstance(x, ir.Reduce):
-            xs = ev(x.x)
-            out = ops.REDUCE_NUMPY[x.op](xs.reshape(xs.shape[0], x.width, x.group), axis=2)
-        elif isinstance(x, ir.Concat):
-            parts = [ev(p) for p in x.parts]
-            rows = max(p.shape[0] for p in parts)
-            out = np.concatenate([np.broadcast_to(p, (rows, p.shape[1])) for p in parts], axis=1)
-        else:
-            raise TypeError(x)
-        memo[x] = np.asarray(out, dtype=np.float32)
+        if x not in memo:
+            memo[x] = np.asarray(x.evaluate(ev, program.constants), dtype=np.float32)
         return memo[x]
 
     return np.ascontiguousarray(ev(e), dtype=np.float32)
