@@ -92,3 +92,91 @@ def test_merge_added_products_makes_one_deeper_gemm():
     merged = verify(merge_added_products(program))
     after = [n for n in _nodes(merged, internal) if isinstance(n, ir.MatMul)]
     assert len(before) >= 2 and len(after) == 1 and after[0].x.width == sum(m.x.width for m in before)
+
+
+# ---- each simplification rule alone (cortex/passes/rules.py) -----------------------------------------------------
+
+from cortex.passes.rules import SIMPLIFY, apply_rules  # noqa: E402
+
+H = ir.ChildState("state0", ir.Load("left", ir.Iter()), False, 8)
+G = ir.ChildState("state1", ir.Load("right", ir.Iter()), False, 4)
+
+
+def _rule(name):
+    return next(r for r in SIMPLIFY if r.name == name)
+
+
+def _fires(name, e):
+    """What one rule alone makes of e (`again` is the identity: the rule's own step only)."""
+    rule = _rule(name)
+    assert type(e) in rule.kinds
+    return rule.apply(e, lambda x: x)
+
+
+@pytest.mark.parametrize("name, before, after", [
+    ("drop-identity", ir.unary("identity", H), H),
+    ("slice-of-slice", ir.Slice(ir.Slice(H, 2, 5), 1, 3), ir.Slice(H, 3, 3)),
+    ("slice-of-take", ir.Slice(ir.Take(H, (7, 6, 5, 4), 4), 1, 2), ir.take(H, (6, 5))),
+    ("take-of-take", ir.Take(ir.Take(H, (7, 6, 5, 4), 4), (3, 0), 2), ir.take(H, (4, 7))),
+    ("take-of-slice", ir.Take(ir.Slice(H, 2, 5), (4, 0, 2), 3), ir.take(H, (6, 2, 4))),
+    ("take-of-concat", ir.Take(ir.Concat((H, G), 12), (11, 8), 2), ir.take(G, (3, 0))),
+    ("take-below-elementwise", ir.Take(ir.unary("tanh", H), (1, 0), 2), ir.unary("tanh", ir.take(H, (1, 0)))),
+    ("slice-of-concat", ir.Slice(ir.Concat((H, G), 12), 9, 2), ir.Slice(G, 1, 2)),
+    ("slice-below-elementwise", ir.Slice(ir.binary("mul", H, ir.Scalar(2.0)), 2, 3),
+     ir.binary("mul", ir.Slice(H, 2, 3), ir.Scalar(2.0))),
+    ("elementwise-over-concat", ir.unary("tanh", ir.Concat((H, G), 12)),
+     ir.concat([ir.Slice(ir.unary("tanh", ir.Concat((H, G), 12)), 0, 8),
+                ir.Slice(ir.unary("tanh", ir.Concat((H, G), 12)), 8, 4)])),
+])
+def test_each_simplification_rule_alone(name, before, after):
+    assert _fires(name, before) == after
+
+
+@pytest.mark.parametrize("name, untouched", [
+    ("drop-identity", ir.unary("tanh", H)),
+    ("slice-of-slice", ir.Slice(H, 1, 3)),
+    ("take-of-concat", ir.Take(ir.Concat((H, G), 12), (7, 8), 2)),  # across two parts: no single part to take from
+    ("take-below-elementwise", ir.Take(ir.unary("tanh", H), (1, 1), 2)),  # a repeated index: math would repeat
+    ("slice-of-concat", ir.Slice(ir.Concat((H, G), 12), 7, 2)),
+    ("elementwise-over-concat", ir.unary("tanh", H)),
+])
+def test_each_rule_leaves_what_it_does_not_match(name, untouched):
+    assert _fires(name, untouched) is None
+
+
+def test_the_driver_applies_the_first_rule_of_the_kind_and_simplifies_again():
+    again = apply_rules(SIMPLIFY)
+    table = ir.ConstRow("t", ir.IConst(0), 8)
+    constants = {"t": np.arange(16, dtype=np.float32).reshape(2, 8)}
+
+    def values(e):
+        return e.evaluate(values, constants)
+
+    nested = ir.Slice(ir.Take(ir.Slice(table, 1, 6), (5, 4, 3, 2), 4), 1, 2)  # slice of take of slice
+    out = ir.transform(again)(nested)  # bottom-up, as simplify runs it
+    assert not any(isinstance(n, (ir.Take, ir.Slice)) and isinstance(n.x, (ir.Take, ir.Slice))
+                   for n in ir.walk_rows([out]))  # no rearrangement of a rearrangement is left
+    np.testing.assert_array_equal(values(out), values(nested))
+    np.testing.assert_array_equal(values(out)[0], [5, 4])
+    assert again(H) is H
+
+
+# ---- every node kind knows itself ---------------------------------------------------------------------------------
+
+def test_every_row_node_kind_prints_verifies_and_says_what_the_plan_needs():
+    from cortex.codegen import cstyle
+    from cortex.ir import schema
+
+    kinds = [c for c in schema.ir_classes().values() if issubclass(c, ir.RExpr)]
+    for kind in kinds:
+        assert kind.text is not ir.RExpr.text, f"{kind.__name__} has no text form (printer)"
+        assert kind.verify is not ir.Expr.verify, f"{kind.__name__} has no verify"
+        rendered = kind in cstyle.ADDRESSING or kind in cstyle.VALUES
+        assert rendered or kind.MATERIALIZED, f"{kind.__name__} has no rendering and no step"
+        if kind.MATERIALIZED:
+            from cortex.codegen.cpp import CpuEmitter
+            from cortex.codegen.cuda import CudaEmitter
+            for emitter in (CpuEmitter, CudaEmitter):
+                assert hasattr(emitter, f"emit_{kind.STEP}"), f"{emitter.__name__} cannot emit {kind.STEP}"
+    for kind in [c for c in schema.ir_classes().values() if issubclass(c, (ir.IExpr, ir.BExpr))]:
+        assert "render" in vars(kind) and "verify" in vars(kind), kind.__name__
