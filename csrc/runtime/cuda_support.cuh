@@ -216,40 +216,21 @@ class Runtime {
   DeviceSchedule upload_schedule(const Schedule& sched, int64_t listed, const int32_t* case_id, const int64_t* node,
                                  const int64_t* position, const int64_t* reads, int64_t K, const int64_t* slots,
                                  int64_t J, cudaStream_t stream) {
-    std::vector<int64_t>& offsets = offsets_;
-    std::vector<int32_t>& cases = cases_;
-    offsets.clear();
-    cases.clear();
-    levels_.clear();
-    const int64_t* order = nullptr;
-    if (sched.valid) {
-      for (int64_t b = 0; b < sched.num_batches(); ++b) {
-        offsets.push_back(sched.batch_offsets[b]);
-        cases.push_back(sched.batch_case[b]);
-        levels_.push_back(sched.batch_level[b]);
-      }
-      offsets.push_back(sched.num_batches() ? sched.batch_offsets[sched.num_batches()] : 0);
-      order = sched.positions.data();
-    } else {
-      sequential_.resize(listed);
-      for (int64_t q = 0; q < listed; ++q) {
-        sequential_[q] = q;
-        offsets.push_back(q);
-        cases.push_back(case_id[q]);
-        levels_.push_back(static_cast<int32_t>(q));  // one position a level: the exact sequential order
-      }
-      offsets.push_back(listed);
-      order = sequential_.data();
+    // Not a topological visit: the exact sequential semantics, one position a batch and a level (linearize.h).
+    const Schedule* batches_of = &sched;
+    if (!sched.valid) {
+      sequential_.make_sequential(listed, case_id);
+      batches_of = &sequential_;
     }
-    const int64_t batches = static_cast<int64_t>(cases.size());
+    const int64_t batches = batches_of->num_batches();
+    std::vector<int64_t>& offsets = offsets_;
+    offsets.assign(batches_of->batch_offsets.begin(), batches_of->batch_offsets.end());
+    const std::vector<int32_t>& cases = batches_of->batch_case;
+    const std::vector<int32_t>& levels = batches_of->batch_level;
+    const int64_t* order = batches_of->positions.data();
     hazards_.assign(batches, 0);
-    for (int64_t b = 0; b < batches; ++b) {
-      for (int64_t i = offsets[b]; i < offsets[b + 1] && !hazards_[b]; ++i) {
-        const int64_t q = order[i];
-        for (int64_t k = 0; k < K; ++k) {
-          if (reads[q * K + k] >= 0 && reads[q * K + k] == node[q]) hazards_[b] = 1;
-        }
-      }
+    for (int64_t b = 0; b < batches; ++b) {  // the hazard test the CPU kernels run too (kernel_support.h)
+      hazards_[b] = reads_own_row(node, reads, K, order + offsets[b], offsets[b + 1] - offsets[b]) ? 1 : 0;
     }
     DeviceSchedule out;
     out.num_batches = batches;
@@ -276,7 +257,7 @@ class Runtime {
     put(offsets.data(), batches + 1);
     if (batches > 0) std::memcpy(at, cases.data(), sizeof(int32_t) * batches);
     if (batches > 0) std::memcpy(reinterpret_cast<int32_t*>(at) + batches + 1, hazards_.data(), sizeof(int32_t) * batches);
-    if (batches > 0) std::memcpy(reinterpret_cast<int32_t*>(at) + 2 * (batches + 1), levels_.data(), sizeof(int32_t) * batches);
+    if (batches > 0) std::memcpy(reinterpret_cast<int32_t*>(at) + 2 * (batches + 1), levels.data(), sizeof(int32_t) * batches);
     int64_t* device = static_cast<int64_t*>(schedule_.reserve(bytes, current_device()));
     check(cudaMemcpyAsync(device, host, bytes, cudaMemcpyHostToDevice, stream), "uploading the schedule");
     int64_t* d = device;
@@ -374,10 +355,11 @@ class Runtime {
   std::vector<DeviceBuffer> inputs_, projections_;
   DeviceBuffer schedule_, buffers_;
   PinnedBuffer staging_;
-  std::vector<int64_t> offsets_, sequential_;
+  std::vector<int64_t> offsets_;
+  Schedule sequential_;  // the schedule of a visit that is not a topological order
   size_t configured_smem_ = static_cast<size_t>(-1);
   const void* configured_kernel_ = nullptr;
-  std::vector<int32_t> cases_, hazards_, levels_;
+  std::vector<int32_t> hazards_;
 };
 
 }  // namespace cuda

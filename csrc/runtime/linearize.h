@@ -48,6 +48,20 @@ struct Schedule {
 
   int64_t num_batches() const { return static_cast<int64_t>(batch_level.size()); }
 
+  // The exact sequential semantics as batches: one position a batch, one batch a level, in the listed order (what a
+  // visit that is not a topological order runs). `valid` stays false: a schedule of this shape says so.
+  void make_sequential(int64_t listed, const int32_t* case_id) {
+    clear();
+    positions.resize(listed);
+    for (int64_t q = 0; q < listed; ++q) {
+      positions[q] = q;
+      batch_offsets.push_back(q + 1);
+      batch_level.push_back(static_cast<int32_t>(q));
+      batch_case.push_back(case_id[q]);
+    }
+    num_levels = static_cast<int32_t>(listed);
+  }
+
   void clear() {
     valid = false;
     num_levels = 0;
