@@ -255,24 +255,24 @@ class IExpr(Expr):
 class Iter(IExpr):
     """The position p being visited (the Loop's iteration number)."""
 
-
-
     def render(self, syntax) -> str:
         return "p"
 
     def verify(self, program):
         pass
+
+
 @node
 class IConst(IExpr):
     value: Int64
-
-
 
     def render(self, syntax) -> str:
         return syntax.const(self.value)
 
     def verify(self, program):
         pass
+
+
 @node
 class Load(IExpr):
     """Element of an integer (or bool, read as 0/1) runtime array, with ONNX Gather semantics on `index`
@@ -282,8 +282,6 @@ class Load(IExpr):
     index: IExpr
     column: Optional[Dim] = None
     OPERANDS: ClassVar[tuple] = ("index",)
-
-
 
     def render(self, syntax) -> str:
         return syntax.load(self, self.index.render(syntax))
@@ -295,19 +293,21 @@ class Load(IExpr):
         check((decl.rank == 2) == (self.column is not None), f"load from {self.array}: column does not match rank")
         if self.column is not None:
             check(0 <= self.column < decl.inner[0], f"load column {self.column} of {self.array}")
+
+
 @node
 class Length(IExpr):
     """The number of rows of a runtime array (e.g. N from Shape(words)[0]), or of the state tables when
     `array` is None."""
     array: Optional[Name]
 
-
-
     def render(self, syntax) -> str:
         return syntax.length(self.array)
 
     def verify(self, program):
         check(self.array is None or program.input(self.array).kind == "array", f"length of {self.array}")
+
+
 INDEX_BINARY_OPS = ("add", "sub", "mul", "max", "min", "div", "floordiv", "mod", "fmod")
 
 
@@ -321,8 +321,6 @@ class IBinary(IExpr):
     b: IExpr
     OPERANDS: ClassVar[tuple] = ("a", "b")
 
-
-
     def render(self, syntax) -> str:
         a, b = self.a.render(syntax), self.b.render(syntax)
         if self.op in INDEX_INFIX:
@@ -331,6 +329,8 @@ class IBinary(IExpr):
 
     def verify(self, program):
         pass
+
+
 @node
 class ISelect(IExpr):
     """pred ? a : b over indices (torch.where on indices, e.g. -1 -> a zero row)."""
@@ -339,13 +339,13 @@ class ISelect(IExpr):
     b: IExpr
     OPERANDS: ClassVar[tuple] = ("pred", "a", "b")
 
-
-
     def render(self, syntax) -> str:
         return f"({self.pred.render(syntax)} ? {self.a.render(syntax)} : {self.b.render(syntax)})"
 
     def verify(self, program):
         pass
+
+
 @node
 class Guard(IExpr):
     """value, after checking at run time that pred holds; otherwise the run fails with `message` (an input the
@@ -356,13 +356,13 @@ class Guard(IExpr):
     message: Text
     OPERANDS: ClassVar[tuple] = ("pred", "value")
 
-
-
     def render(self, syntax) -> str:
         return syntax.guard(self.pred.render(syntax), self.value.render(syntax), self.message)
 
     def verify(self, program):
         pass
+
+
 # ---- predicates --------------------------------------------------------------------------------
 
 
@@ -374,13 +374,13 @@ class BExpr(Expr):
 class BConst(BExpr):
     value: bool
 
-
-
     def render(self, syntax) -> str:
         return "true" if self.value else "false"
 
     def verify(self, program):
         pass
+
+
 COMPARE_OPS = ("lt", "le", "gt", "ge", "eq", "ne")
 
 
@@ -391,51 +391,51 @@ class Compare(BExpr):
     b: IExpr
     OPERANDS: ClassVar[tuple] = ("a", "b")
 
-
-
     def render(self, syntax) -> str:
         return f"({self.a.render(syntax)} {COMPARE_INFIX[self.op]} {self.b.render(syntax)})"
 
     def verify(self, program):
         pass
+
+
 @node
 class BNot(BExpr):
     a: BExpr
     OPERANDS: ClassVar[tuple] = ("a",)
-
-
 
     def render(self, syntax) -> str:
         return f"!{self.a.render(syntax)}"
 
     def verify(self, program):
         pass
+
+
 @node
 class BAnd(BExpr):
     a: BExpr
     b: BExpr
     OPERANDS: ClassVar[tuple] = ("a", "b")
 
-
-
     def render(self, syntax) -> str:
         return f"({self.a.render(syntax)} && {self.b.render(syntax)})"
 
     def verify(self, program):
         pass
+
+
 @node
 class BOr(BExpr):
     a: BExpr
     b: BExpr
     OPERANDS: ClassVar[tuple] = ("a", "b")
 
-
-
     def render(self, syntax) -> str:
         return f"({self.a.render(syntax)} || {self.b.render(syntax)})"
 
     def verify(self, program):
         pass
+
+
 # ---- row expressions ---------------------------------------------------------------------------
 
 
@@ -460,8 +460,6 @@ class ChildState(RExpr):
     width: Dim
     OPERANDS: ClassVar[tuple] = ("index",)
 
-
-
     ADDRESSABLE: ClassVar[bool] = True
 
     def text(self, show) -> str:
@@ -474,6 +472,8 @@ class ChildState(RExpr):
 
     def host_value(self):
         return HOST_READ, (self.index, self.missing_zero)
+
+
 @node
 class ConstRow(RExpr):
     """Row `index` (Gather semantics) of a constant matrix, e.g. an embedding table."""
@@ -481,8 +481,6 @@ class ConstRow(RExpr):
     index: IExpr
     width: Dim
     OPERANDS: ClassVar[tuple] = ("index",)
-
-
 
     ADDRESSABLE: ClassVar[bool] = True
 
@@ -498,6 +496,8 @@ class ConstRow(RExpr):
 
     def host_value(self):
         return HOST_SLOT, (self.index, HOST_ROW, self.const)
+
+
 @node
 class InputRow(RExpr):
     """Row `index` (Gather semantics) of a runtime float32 input (per-node features; all dims but the first
@@ -506,8 +506,6 @@ class InputRow(RExpr):
     index: IExpr
     width: Dim
     OPERANDS: ClassVar[tuple] = ("index",)
-
-
 
     ADDRESSABLE: ClassVar[bool] = True
 
@@ -519,6 +517,8 @@ class InputRow(RExpr):
 
     def host_value(self):
         return HOST_SLOT, (self.index, HOST_ROW, self.array)
+
+
 @node
 class InputProjection(RExpr):
     """Row `index` of X @ W (+ bias) for a runtime float matrix input X: the whole product is computed once per
@@ -529,8 +529,6 @@ class InputProjection(RExpr):
     index: IExpr
     width: Dim
     OPERANDS: ClassVar[tuple] = ("index",)
-
-
 
     ADDRESSABLE: ClassVar[bool] = True
 
@@ -549,13 +547,13 @@ class InputProjection(RExpr):
 
     def host_value(self):
         return HOST_SLOT, (self.index, HOST_ROW, self.array)
+
+
 @node
 class ConstVec(RExpr):
     """A constant vector (width 1 broadcasts)."""
     const: Ident
     width: Dim
-
-
 
     ADDRESSABLE: ClassVar[bool] = True
 
@@ -567,12 +565,12 @@ class ConstVec(RExpr):
 
     def verify(self, program):
         check(constant(program, self.const, "const").size == self.width, f"const {self.const}: size {self.width}")
+
+
 @node
 class Scalar(RExpr):
     value: float
     width: Dim = 1
-
-
 
     ADDRESSABLE: ClassVar[bool] = True
 
@@ -584,6 +582,8 @@ class Scalar(RExpr):
 
     def verify(self, program):
         check(self.width == 1, "scalar width")
+
+
 @node
 class IndexValue(RExpr):
     """An index expression as a float (a cast of a structure value: 1.0 where a structure test holds, a child
@@ -591,8 +591,6 @@ class IndexValue(RExpr):
     index: IExpr
     width: Dim = 1
     OPERANDS: ClassVar[tuple] = ("index",)
-
-
 
     ADDRESSABLE: ClassVar[bool] = True
 
@@ -604,6 +602,8 @@ class IndexValue(RExpr):
 
     def host_value(self):
         return HOST_SLOT, (self.index, HOST_VALUE, None)
+
+
 @node
 class MatMul(RExpr):
     """x @ W (+ bias): W a constant [K, N] matrix, bias an optional constant [N] vector. x holds `rows`
@@ -614,8 +614,6 @@ class MatMul(RExpr):
     width: Dim
     rows: Dim = 1
     OPERANDS: ClassVar[tuple] = ("x",)
-
-
 
     MATERIALIZED: ClassVar[bool] = True
     STEP: ClassVar[str] = "gemm"
@@ -637,6 +635,8 @@ class MatMul(RExpr):
         check(w.shape == (self.x.width // self.rows, self.width // self.rows), f"matmul {self.weight}: shape")
         if self.bias is not None:
             check(constant(program, self.bias, "matmul bias").shape == (self.width,), f"matmul bias {self.bias}: shape")
+
+
 @node
 class LeftMatMul(RExpr):
     """W @ X for a constant W [R, K] and a per-node matrix X [K, cols] (row-major in x): [R, cols]. `weight`
@@ -646,8 +646,6 @@ class LeftMatMul(RExpr):
     cols: Dim
     width: Dim
     OPERANDS: ClassVar[tuple] = ("x",)
-
-
 
     MATERIALIZED: ClassVar[bool] = True
     STEP: ClassVar[str] = "left_gemm"
@@ -665,6 +663,8 @@ class LeftMatMul(RExpr):
         w = constant(program, self.weight, "left_matmul")
         check(w.ndim == 2 and w.shape[0] * self.cols == self.x.width and w.shape[1] * self.cols == self.width,
               f"left_matmul {self.weight}: shape")
+
+
 @node
 class MatVec(RExpr):
     """A per-node matrix [rows, C] (row-major in `mat`) times a per-node vector [C]: [rows]."""
@@ -672,8 +672,6 @@ class MatVec(RExpr):
     vec: RExpr
     width: Dim
     OPERANDS: ClassVar[tuple] = ("mat", "vec")
-
-
 
     MATERIALIZED: ClassVar[bool] = True
     STEP: ClassVar[str] = "matvec"
@@ -689,6 +687,8 @@ class MatVec(RExpr):
 
     def verify(self, program):
         check(self.vec.width > 0 and self.mat.width == self.width * self.vec.width, "matvec widths")
+
+
 @node
 class Select(RExpr):
     """pred ? a : b elementwise, pred a structure predicate (torch.where with a per-node condition)."""
@@ -698,8 +698,6 @@ class Select(RExpr):
     width: Dim
     OPERANDS: ClassVar[tuple] = ("pred", "a", "b")
 
-
-
     def text(self, show) -> str:
         return f"select {show(self.pred)} ? {show(self.a)} : {show(self.b)}"
 
@@ -708,6 +706,8 @@ class Select(RExpr):
 
     def host_value(self):
         return HOST_SLOT, (self.pred, HOST_MASK, None)
+
+
 @node
 class Unary(RExpr):
     """An elementwise op of `ops.UNARY` (params: its float attributes, e.g. LeakyRelu's alpha)."""
@@ -716,8 +716,6 @@ class Unary(RExpr):
     width: Dim
     params: tuple[float, ...] = ()
     OPERANDS: ClassVar[tuple] = ("x",)
-
-
 
     def text(self, show) -> str:
         params = "(" + ", ".join(f"{p:g}" for p in self.params) + ")" if self.params else ""
@@ -729,6 +727,8 @@ class Unary(RExpr):
     def verify(self, program):
         check(self.width == self.x.width and len(self.params) == ops.param_count(self.op),
               f"unary {self.op} with {len(self.params)} parameters")
+
+
 @node
 class Binary(RExpr):
     """An elementwise op of `ops.BINARY`; an operand of width 1 broadcasts."""
@@ -738,8 +738,6 @@ class Binary(RExpr):
     width: Dim
     OPERANDS: ClassVar[tuple] = ("a", "b")
 
-
-
     def text(self, show) -> str:
         return f"{self.op} {show(self.a)}, {show(self.b)}"
 
@@ -748,6 +746,8 @@ class Binary(RExpr):
 
     def verify(self, program):
         same_or_one(self, self.a.width, self.b.width)
+
+
 @node
 class Where(RExpr):
     """cond != 0 ? a : b elementwise, cond a per-node float (0/1) row: torch.where on computed values.
@@ -758,8 +758,6 @@ class Where(RExpr):
     width: Dim
     OPERANDS: ClassVar[tuple] = ("cond", "a", "b")
 
-
-
     def text(self, show) -> str:
         return f"where {show(self.cond)} ? {show(self.a)} : {show(self.b)}"
 
@@ -768,14 +766,14 @@ class Where(RExpr):
 
     def verify(self, program):
         same_or_one(self, self.cond.width, self.a.width, self.b.width)
+
+
 @node
 class Slice(RExpr):
     x: RExpr
     start: Dim
     width: Dim
     OPERANDS: ClassVar[tuple] = ("x",)
-
-
 
     def text(self, show) -> str:
         return f"slice {show(self.x)}[{self.start}:{self.start + self.width}]"
@@ -786,13 +784,13 @@ class Slice(RExpr):
     def verify(self, program):
         check(0 <= self.start and self.width >= 1 and self.start + self.width <= self.x.width,
               f"slice [{self.start}:+{self.width}] of {self.x.width}")
+
+
 @node
 class Concat(RExpr):
     parts: tuple[RExpr, ...]
     width: Dim
     OPERANDS: ClassVar[tuple] = ("parts",)
-
-
 
     def text(self, show) -> str:
         return "concat " + ", ".join(show(p) for p in self.parts)
@@ -804,6 +802,8 @@ class Concat(RExpr):
 
     def verify(self, program):
         check(self.width == sum(x.width for x in self.parts) and len(self.parts) >= 1, "concat width")
+
+
 @node
 class Take(RExpr):
     """out[i] = x[indices[i]]: any static rearrangement of a row's elements (transpose, broadcast, gather at
@@ -812,8 +812,6 @@ class Take(RExpr):
     indices: tuple[Dim, ...]
     width: Dim
     OPERANDS: ClassVar[tuple] = ("x",)
-
-
 
     def text(self, show) -> str:
         shown = ", ".join(str(i) for i in self.indices[:8]) + (", ..." if len(self.indices) > 8 else "")
@@ -825,6 +823,8 @@ class Take(RExpr):
 
     def verify(self, program):
         check(self.width == len(self.indices) and all(0 <= i < self.x.width for i in self.indices), "take indices")
+
+
 REDUCE_OPS = ("add", "mul", "max", "min")
 
 
@@ -836,8 +836,6 @@ class Reduce(RExpr):
     group: Dim
     width: Dim
     OPERANDS: ClassVar[tuple] = ("x",)
-
-
 
     MATERIALIZED: ClassVar[bool] = True
     STEP: ClassVar[str] = "reduce"
@@ -851,6 +849,8 @@ class Reduce(RExpr):
 
     def verify(self, program):
         check(self.group >= 1 and self.x.width == self.group * self.width, f"reduce {self.op} groups")
+
+
 def unary(op: str, x: RExpr, params: tuple = ()) -> RExpr:
     return Unary(op, x, x.width, tuple(float(p) for p in params))
 
@@ -970,8 +970,6 @@ class Program:
             if decl.name == name:
                 return decl
         raise KeyError(name)
-
-
 
 
 def row_children(e: RExpr) -> tuple:
