@@ -8,10 +8,10 @@ import numpy as np
 from ..ir import index as ix
 from ..ir import nodes as ir
 from .interpreter import attr, handler
-from .layout import broadcast_row, element_ids, rearrange
+from .layout import element_ids, rearrange
+from .operands import axes_of, norm_axis, static_shape
 from .ops_elementwise import row_binary
-from .ops_shape import axes_of, static_shape
-from .values import Known, Refusal, Row, Sym, describe
+from .values import Known, Refusal, Row, Sym
 
 # ---- matrix products ---------------------------------------------------------------------------
 
@@ -159,7 +159,6 @@ REDUCE = {"ReduceSum": "add", "ReduceMean": "add", "ReduceMax": "max", "ReduceMi
 
 
 def reduce_row(it, r: Row, axes, keepdims: bool, op: str) -> Row:
-    from .ops_shape import norm_axis
     shape = tuple(r.shape)
     rank = len(shape)
     axes = sorted({norm_axis(a, rank, "reduction axis") for a in axes}) if rank else []
@@ -204,7 +203,6 @@ def reduce_value(it, node, x, axes, keepdims):
             out = out.reshape(tuple(1 if a in axes else d for a, d in enumerate(x.shape)))
         return Sym(out, "int64")
     r = it.row(x)
-    from .ops_shape import norm_axis
     axes = list(range(len(r.shape))) if axes is None else [norm_axis(a, max(len(r.shape), 1)) for a in axes]
     count = int(np.prod([r.shape[a] for a in axes], dtype=np.int64)) if r.shape else 1
     if kind in ("ReduceL1",):
@@ -249,7 +247,6 @@ def op_data_dependent(it, node, args, lookup):
 def _softmax(it, node, x, log):
     r = it.row(x)
     rank = len(r.shape)
-    from .ops_shape import norm_axis
     axis = norm_axis(attr(node, "axis", -1 if it.opset >= 13 else 1), max(rank, 1), f"{node.op_type} axis")
     axes = [axis] if it.opset >= 13 else list(range(axis, rank))
     m = reduce_row(it, r, axes, True, "max")
@@ -277,7 +274,6 @@ def op_layer_norm(it, node, args, lookup):
     scale = args[1]
     bias = args[2] if len(args) > 2 else None
     rank = len(x.shape)
-    from .ops_shape import norm_axis
     axis = norm_axis(attr(node, "axis", -1), max(rank, 1), "LayerNormalization axis")
     axes = list(range(axis, rank))
     count = float(np.prod(x.shape[axis:], dtype=np.int64))
