@@ -94,7 +94,11 @@ def op_reshape(it, node, args, lookup):
 @handler("Flatten")
 def op_flatten(it, node, args, lookup):
     current = static_shape(args[0])
-    axis = norm_axis(attr(node, "axis", 1), len(current) + 1, "Flatten axis")
+    rank = len(current)
+    axis = int(attr(node, "axis", 1))
+    if not -rank <= axis <= rank:  # Flatten's axis is in [-r, r]: a negative one counts from r, not r + 1
+        raise Refusal(f"Flatten axis {axis} is out of range for rank {rank}")
+    axis = axis + rank if axis < 0 else axis
     new = (int(np.prod(current[:axis], dtype=np.int64)), int(np.prod(current[axis:], dtype=np.int64)))
     return rearrange(args[0], lambda a: a.reshape(new))
 
