@@ -205,20 +205,30 @@ def build_cases(paths, state_slots, emit_slots, interp) -> tuple:
                 if target not in targets:
                     targets.append(target)
                 writes.append((table_name, row))
-        if len(targets) > 1:
-            raise Refusal("the state is written at two rows in one step (" +
-                          ", ".join(format_index(t) for t in targets[:3]) + ")",
-                          hint="write one node's rows per iteration")
+        target = _step_target(targets)
         for slot, table_name, width in emit_slots:
             expr, shape = row_of(interp, outs[slot], f"the per-iteration output {table_name}")
             if expr.width != width:
                 raise Refusal(f"the per-iteration output {table_name} changes shape between branches")
             writes.append((table_name, expr))
         if writes:
-            cases.append(ir.Case(f"case{k}", conjunction(preds), targets[0] if targets else None, tuple(writes)))
+            cases.append(ir.Case(f"case{k}", conjunction(preds), target, tuple(writes)))
     if not any(c.target is not None for c in cases) and state_slots:
         raise Refusal("the loop never writes its state")
     return tuple(cases)
+
+
+def _step_target(targets):
+    """The one row a step writes (None when it writes none). Tables written at one row, some through a Guard (a
+    torch.cat write checks its row) and some not, write that row, checked."""
+    if len(targets) <= 1:
+        return targets[0] if targets else None
+    rows = {t.value if isinstance(t, ir.Guard) else t for t in targets}
+    guards = {t for t in targets if isinstance(t, ir.Guard)}
+    if len(rows) == 1 and len(guards) == 1:
+        return guards.pop()
+    raise Refusal("the state is written at two rows in one step (" + ", ".join(format_index(t) for t in targets[:3])
+                  + ")", hint="write one node's rows per iteration")
 
 
 def check_outputs_unused(node, slots, used, what):
