@@ -209,14 +209,17 @@ def reduce_value(it, node, x, axes, keepdims):
         r = Row(ir.unary("abs", r.expr), r.shape)
     elif kind in ("ReduceL2", "ReduceSumSquare"):
         r = Row(ir.binary("mul", r.expr, r.expr), r.shape)
-    elif kind == "ReduceLogSumExp":
-        r = Row(ir.unary("exp", r.expr), r.shape)
+    elif kind == "ReduceLogSumExp":  # log(sum(exp(x - max))) + max, as ONNX Runtime computes it (no overflow)
+        m = reduce_row(it, r, axes, True, "max")
+        shifted = row_binary(it, "sub", r, m)
+        s = reduce_row(it, Row(ir.unary("exp", shifted.expr), shifted.shape), axes, keepdims, "add")
+        return row_binary(it, "add", Row(ir.unary("log", s.expr), s.shape), Row(m.expr, s.shape))
     out = reduce_row(it, r, axes, keepdims, REDUCE[kind])
     if kind == "ReduceMean":
         out = Row(ir.binary("div", out.expr, ir.Scalar(float(count))), out.shape)
     elif kind == "ReduceL2":
         out = Row(ir.unary("sqrt", out.expr), out.shape)
-    elif kind in ("ReduceLogSum", "ReduceLogSumExp"):
+    elif kind == "ReduceLogSum":
         out = Row(ir.unary("log", out.expr), out.shape)
     return out
 
