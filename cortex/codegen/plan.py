@@ -133,6 +133,17 @@ def _needs_buffer(e: ir.RExpr, parent: ir.RExpr) -> bool:
         return True  # a rearrangement of a computed value reads it from a buffer
     if isinstance(e, ir.Concat) and parent is not None and not (isinstance(parent, ir.Slice) or parent.MATERIALIZED):
         return True  # a concatenation inside elementwise math (simplify distributes most of them)
+    if isinstance(e, ir.Concat) and isinstance(parent, ir.Slice) and not _within_one_part(e, parent):
+        return True  # a slice across the parts: read from the concatenation's buffer
+    return False
+
+
+def _within_one_part(concat: ir.Concat, piece: ir.Slice) -> bool:
+    col = 0
+    for part in concat.parts:
+        if col <= piece.start and piece.start + piece.width <= col + part.width:
+            return True
+        col += part.width
     return False
 
 
