@@ -367,7 +367,7 @@ class KernelComputeInfo : public OrtNodeComputeInfo {
     CORTEX_RETURN_IF_ERROR(api_.ort.KernelContext_GetInputCount(context, &num_inputs));
     CORTEX_RETURN_IF_ERROR(api_.ort.KernelContext_GetOutputCount(context, &num_outputs));
 
-    const bool on_gpu = placement_.target == "cuda";
+    const bool on_gpu = DeviceOfTarget(placement_.target) == CORTEX_DEVICE_CUDA;
     const KernelSignature& signature = kernel_->signature();
     std::vector<CortexTensor> inputs(input_map_.size());
     for (size_t i = 0; i < input_map_.size(); ++i) {
@@ -503,12 +503,7 @@ OrtStatus* CortexEp::ClaimCortexNodes(const OrtGraph* graph, OrtEpGraphSupportIn
         request.target != placement_.target) {
       Log(ORT_LOGGING_LEVEL_WARNING,
           std::string("Cortex EP (") + placement_.target + "): not claiming node '" + node.GetName() +
-              "': its kernel is for target '" + request.target + "'. " +
-              (request.target == "cuda"
-                   ? "Run it with cortex.InferenceSession(path, device=\"cuda\") on a machine with an NVIDIA GPU, "
-                     "or convert the model with --target cpu."
-                   : "Run it with cortex.InferenceSession(path) (device=\"cpu\"), or convert the model with "
-                     "--target cuda."));
+              "': its kernel is for target '" + request.target + "'. " + FindTarget(request.target)->advice);
       continue;
     }
     // One call per node: each Cortex node becomes its own fused node, compiled alone.
