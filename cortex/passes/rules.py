@@ -1,7 +1,7 @@
 """Rewrite rules as data: each rule is named, says which node kinds it looks at, and returns a replacement or None
 (no change). `apply_rules(rules)` is the one driver: for a node, the first rule of its kind that fires wins; a rule
 calls `again` on what it builds when that may simplify further. Each rule can be tested alone
-(tests/test_passes.py)."""
+(tests/passes/test_passes.py)."""
 from __future__ import annotations
 
 import dataclasses

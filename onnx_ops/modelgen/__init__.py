@@ -7,7 +7,7 @@ exporters (TorchScript and dynamo), and the harness that converts each with Cort
 - :mod:`.inputs`: structures (SST parse trees, synthetic n-ary trees, grids, chains) and feeds.
 - :mod:`.harness`: :func:`evaluate` (one spec) and :func:`run_many` (worker processes), the export cache.
 
-``python tools/fuzz_import.py --n 1000`` runs a sample and prints the rates; tests/test_modelgen.py is the CI
+``python tools/fuzz_import.py --n 1000`` runs a sample and prints the rates; tests/frontend/test_modelgen.py is the CI
 property test.
 """
 from .spec import CHOICES, GENERATOR_VERSION, MEANINGLESS, UNEXPORTABLE, Spec, draw, draw_many, irrelevant
