@@ -167,8 +167,8 @@ def convert(source, output, target: str = "cpu", strict: bool = False, cpu: Opti
         report.regions.append(entry)
         if region.program is None:
             continue
-        entry.ir_before = format_program(region.program)
         try:
+            entry.ir_before = format_program(region.program)
             program = optimize(region.program)
             entry.ir_after = format_program(program)
             built[region.node_index] = (entry, build_kernel(program, f"{program.name} of {Path(source).name}",

@@ -109,7 +109,7 @@ def signature_source(plan: KernelPlan) -> str:
         if dtype not in DTYPES:
             raise CodegenError(f"{kind} {k} has element type {dtype!r}, which kernels do not exchange")
         name = f"k{kind.capitalize()}{k}Dims"
-        values = ["-1"] * leading_dynamic + [cint(d, lo=0) for d in dims]
+        values = ["-1"] * leading_dynamic + ["-1" if d is None else cint(d, lo=0) for d in dims]
         array = f"const int64_t {name}[] = {{{', '.join(values)}}};" if values else None
         entry = f"{{{DTYPES[dtype][1]}, {cint(len(values), lo=0, hi=32)}, {name if values else 'nullptr'}}}"
         return array, entry
@@ -121,6 +121,9 @@ def signature_source(plan: KernelPlan) -> str:
             continue
         d = plan.program.input(inp.name)
         cint(d.rank, lo=0, hi=32)  # an int before it is compared
+        if d.dynamic_inner:  # an edge list [K, E]: every dimension dynamic
+            inputs.append(tensor("input", k, d.dtype, (None,) * (d.rank - 1), True))
+            continue
         if len(d.inner) != max(d.rank - 1, 0):
             raise CodegenError(f"input {comment(d.name)} of rank {d.rank} declares {len(d.inner)} inner dimensions")
         inputs.append(tensor("input", k, d.dtype, d.inner, d.rank >= 1))
@@ -163,12 +166,14 @@ def check_array_inputs(plan: KernelPlan, host_data) -> list:
             continue
         a = plan.array_ids[d.name]
         ctype, dt = DTYPES[d.dtype]
-        inner = cints(d.inner, "0", lo=0)
+        inner = "-1" if d.dynamic_inner else cints(d.inner, "0", lo=0)
         lines.append(f"    {{ static const int64_t inner[] = {{{inner}}};")
         lines.append(f"      cortex::check_input(inputs[{i}], \"{cstr(d.name)}\", {dt}, {cint(d.rank, lo=0, hi=32)}, inner);")
         lines.append(f"      cx.{a} = static_cast<const {ctype}*>({host_data(i, d)});")
         rows = f"inputs[{i}].shape[0]" if d.rank >= 1 else "1"
         cols = f" cx.{a}_cols = {int(np.prod(d.inner, dtype=np.int64))};" if d.rank >= 2 else ""
+        if d.dynamic_inner:
+            cols = f" cx.{a}_cols = inputs[{i}].shape[1];"
         lines.append(f"      cx.{a}_rows = {rows};{cols} }}")
     return lines
 
@@ -230,11 +235,98 @@ def allocate_tables(plan: KernelPlan, pointer: str, init_copy, zero_fill) -> lis
 
 
 def linearize_call(plan: KernelPlan) -> str:
-    """The host linearizer's call for this recursion (a DAG's own order, or the visit order of a Loop)."""
+    """The host linearizer's call for this recursion (a DAG's own order, or the visit order of a Loop; the members of
+    child sets are reads too)."""
     if plan.program.mode == "dag":
         return "ws.linearizer.dag(cx.N, ws.case_id.data(), kNumCases, ws.reads.data(), kReads, ws.schedule)"
+    members = ", ws.read_offsets.data(), ws.members.data()" if plan.max_sets else ""
     return ("ws.linearizer.visit(cx.N, ws.listed, ws.node.data(), ws.case_id.data(), kNumCases, ws.reads.data(), "
-            "kReads, ws.schedule)")
+            f"kReads, ws.schedule{members})")
+
+
+def hazard_call(plan: KernelPlan) -> str:
+    """True when a position of the batch reads its own row (then the batch's rows are committed after it)."""
+    members = ", ws.read_offsets.data(), ws.members.data()" if plan.max_sets else ""
+    return f"cortex::reads_own_row(ws.node.data(), ws.reads.data(), kReads, batch, B{members})"
+
+
+def set_arrays(plan: KernelPlan) -> str:
+    """Workspace members for child sets (none when the program has no set)."""
+    if not plan.max_sets:
+        return ""
+    buckets = max(len(_bucket_arrays(plan)), 1)
+    return f"""
+  // child sets: every position's members (CSR over positions: read_offsets), each set's [begin, end)
+  static constexpr int64_t kSets = {cint(plan.max_sets)};
+  std::vector<int64_t> members, read_offsets, set_begin, set_end;
+  cortex::KeyBuckets buckets[{cint(buckets)}];
+
+  void resize_sets(int64_t L) {{
+    members.clear();
+    read_offsets.assign(L + 1, 0);
+    set_begin.resize(L * kSets);
+    set_end.resize(L * kSets);
+  }}"""
+
+
+def _bucket_key(encoding: str, arrays: tuple, bounds: tuple):
+    """(array, row or None): the integer vector whose values key a set's members (a parent array, an edge list's
+    targets: a vector, or a row of an edge list [2, E]); None for a CSR range."""
+    if encoding == "parent":
+        return arrays[0], None
+    if encoding == "edges":
+        return arrays[1], None
+    if encoding == "edge_index":
+        return arrays[0], int(bounds[1].value)
+    return None
+
+
+def _bucket_arrays(plan: KernelPlan) -> list:
+    """The key vectors of the program's child sets, each once, in order."""
+    keys = []
+    for cp in plan.cases:
+        for members in cp.layout.sets:
+            key = _bucket_key(*members)
+            if key is not None and key not in keys:
+                keys.append(key)
+    return keys
+
+
+def _key_vector(plan: KernelPlan, key) -> tuple:
+    """(pointer, count) of a key vector in the kernel's host context."""
+    name, row = key
+    a = plan.array_ids[name]
+    if row is None:
+        return f"cx.{a}", f"cx.{a}_rows"
+    return f"cx.{a} + {cint(row)} * cx.{a}_cols", f"cx.{a}_cols"
+
+
+def _set_lines(plan: KernelPlan, syntax, s: int, members) -> list:
+    """Lines appending set s's members for position q to ws.members."""
+    encoding, arrays, bounds = members
+    ids = plan.array_ids
+    dtype = {d.name: DTYPES[d.dtype][0] for d in plan.program.inputs if d.kind == "array"}
+    lines = [f"        ws.set_begin[q * Workspace::kSets + {s}] = static_cast<int64_t>(ws.members.size());"]
+    if encoding == "range":
+        a = ids[arrays[0]]
+        lines += [f"        {{ int64_t i0, i1; cortex::slice_bounds({render_index(bounds[0], syntax)}, "
+                  f"{render_index(bounds[1], syntax)}, cx.{a}_rows, &i0, &i1);",
+                  f"          for (int64_t i = i0; i < i1; ++i) ws.members.push_back(cortex::normalize_index("
+                  f"static_cast<int64_t>(cx.{a}[i]), cx.N, \"a member listed by {cstr(arrays[0])}\", p)); }}"]
+    else:
+        key = _bucket_key(encoding, arrays, bounds)
+        b = _bucket_arrays(plan).index(key)
+        if encoding == "parent":
+            push = "ws.members.push_back(cortex::normalize_index(u, cx.N, \"a member of a parent array\", p));"
+        else:
+            source = (f"cx.{ids[arrays[0]]}" if encoding == "edges" else
+                      f"(cx.{ids[arrays[0]]} + {cint(bounds[2].value)} * cx.{ids[arrays[0]]}_cols)")
+            push = (f"ws.members.push_back(cortex::normalize_index(static_cast<int64_t>({source}[u]), cx.N, "
+                    f"\"a member listed by {cstr(arrays[0])}\", p));")
+        lines.append(f"        ws.buckets[{b}].each<{dtype[key[0]]}>({render_index(bounds[0], syntax)}, "
+                     f"[&](int64_t u) {{ {push} }});  // {comment(encoding)} {comment(', '.join(arrays))}")
+    lines.append(f"        ws.set_end[q * Workspace::kSets + {s}] = static_cast<int64_t>(ws.members.size());")
+    return lines
 
 
 def prepare_fn(plan: KernelPlan, syntax: HostSyntax) -> str:
@@ -246,6 +338,25 @@ def prepare_fn(plan: KernelPlan, syntax: HostSyntax) -> str:
         "// keeping the positions that write something, in order.",
         "static void prepare(Ctx& cx, Workspace& ws) {",
         "  ws.resize_positions(cx.L);",
+    ]
+    if plan.max_sets:
+        dtype = {d.name: DTYPES[d.dtype][0] for d in p.inputs if d.kind == "array"}
+        lines.append("  ws.resize_sets(cx.L);")
+        parents = {a for cp in plan.cases for enc, arrays, _ in cp.layout.sets if enc == "parent" for a in arrays}
+        for cp in plan.cases:
+            for encoding, arrays, bounds in cp.layout.sets:
+                if encoding == "edge_index":  # the rows an edge list must have
+                    rows = 1 + max(int(bounds[1].value), int(bounds[2].value))
+                    lines.append(f"  cortex::check_edge_rows(cx.{plan.array_ids[arrays[0]]}_rows, {cint(rows)}, "
+                                 f"\"{cstr(arrays[0])}\");")
+        for b, key in enumerate(_bucket_arrays(plan)):
+            a = plan.array_ids[key[0]]
+            if key[0] in parents:  # one parent per state row
+                lines.append(f"  cortex::check_parent_rows(cx.{a}_rows, cx.N, \"{cstr(key[0])}\");")
+            pointer, count = _key_vector(plan, key)
+            lines.append(f"  ws.buckets[{b}].build<{dtype[key[0]]}>({pointer}, {count}, cx.N);  // members by "
+                         f"{comment(key[0])}" + (f" row {key[1]}" if key[1] is not None else ""))
+    lines += [
         "  int64_t q = 0;",
         "  for (int64_t p = 0; p < cx.L; ++p) {",
         "    int32_t c = -1;",
@@ -258,8 +369,10 @@ def prepare_fn(plan: KernelPlan, syntax: HostSyntax) -> str:
               "    ws.position[q] = p;",
               "    int64_t* reads = &ws.reads[q * kReads];",
               "    int64_t* slots = &ws.slots[q * kSlots];",
-              "    std::fill(reads, reads + kReads, INT64_C(-1));",
-              "    switch (c) {"]
+              "    std::fill(reads, reads + kReads, INT64_C(-1));"]
+    if plan.max_sets:
+        lines.append("    ws.read_offsets[q] = static_cast<int64_t>(ws.members.size());")
+    lines += ["    switch (c) {"]
     for cp in plan.cases:
         case, layout = cp.case, cp.layout
         lines.append(f"      case {cp.index}: {{  // {comment(case.name)}")
@@ -286,8 +399,13 @@ def prepare_fn(plan: KernelPlan, syntax: HostSyntax) -> str:
                         else source)
                 lines.append(f"        slots[{s}] = cortex::normalize_index({render_index(key, syntax)}, {rows}, "
                              f"\"{cstr(what)}\", p);  // {comment(format_index(key))}")
+        for s, members in enumerate(layout.sets):
+            lines += _set_lines(plan, syntax, s, members)
         lines += ["        break;", "      }"]
-    lines += ["    }", "    ++q;", "  }", "  ws.listed = q;", "}"]
+    lines += ["    }", "    ++q;", "  }", "  ws.listed = q;"]
+    if plan.max_sets:
+        lines.append("  ws.read_offsets[q] = static_cast<int64_t>(ws.members.size());")
+    lines.append("}")
     return "\n".join(lines) + "\n"
 
 
@@ -464,6 +582,12 @@ class ElementRenderer:
     def leaf_pointer(self, node, pointers) -> str:
         if node in pointers:
             return pointers[node][0]
+        if isinstance(getattr(node, "index", None), ir.Member):  # a set member's row: declared per member
+            name = f"mrow{len(pointers)}"
+            base = (self.d.table(self.plan.table_ids[node.table]) if isinstance(node, ir.ChildState)
+                    else self.d.array(self.plan.array_ids[node.array]))
+            pointers[node] = (name, f"const float* {name} = {base} + u * {node.width};  // a member's row")
+            return name
         kind = next((k for k in type(node).__mro__ if k in POINTERS), None)
         if kind is None:
             raise CodegenError(f"no pointer for {type(node).__name__}")

@@ -184,7 +184,11 @@ def input_decls(interp, cases, extra, outer_lookup, first=(), also=()) -> list:
             raise Refusal(f"runtime tensor {name} ({arr.dtype}, shape {arr.shape}) is not a supported node input")
         inner = tuple(arr.shape[1:])
         if any(not isinstance(d, int) for d in inner):
-            raise Refusal(f"runtime tensor {name} has a dynamic inner dimension")
+            if len(arr.shape) != 2 or arr.dtype not in ("int64", "int32"):
+                raise Refusal(f"runtime tensor {name} has a dynamic inner dimension")
+            # an edge list [2, E]: only a child set may read it (verify refuses any other read)
+            decls.append(ir.InputDecl(name, "array", arr.dtype, 2, (), dynamic_inner=True))
+            continue
         decls.append(ir.InputDecl(name, "array", arr.dtype, len(arr.shape), inner))
     return decls
 

@@ -45,4 +45,19 @@ def verify(program: ir.Program) -> ir.Program:
             check(case.target == ir.Iter(), "dag cases write their own node")
     for e in ir.walk(roots):
         e.verify(program)
+    check(not any(isinstance(e, ir.Member) for e in _outside_sets(roots)), "a set member outside a SetReduce body")
+    check(program.mode == "visit" or not any(isinstance(e, ir.SetReduce) for e in ir.walk(roots)),
+          "a SetReduce in a TreeRec (its children are slots)")
     return program
+
+
+def _outside_sets(roots):
+    """Every expression reachable from roots except through a SetReduce's body."""
+    seen, stack = set(), list(roots)
+    while stack:
+        e = stack.pop()
+        if e in seen:
+            continue
+        seen.add(e)
+        yield e
+        stack.extend(e.bounds if isinstance(e, ir.SetReduce) else ir.operands(e))

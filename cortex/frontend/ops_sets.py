@@ -1,0 +1,429 @@
+"""Child sets the structure computes at run time: a node's children (or a DAG node's predecessors) whose number varies
+per node, found the way models find them: a mask over a parent array (`parent == v`), a mask over an edge list
+(`edge_index[1] == v`), a CSR slice (`indices[offsets[v]:offsets[v + 1]]`). The values over such a set (the mask
+itself, the member positions after NonZero, the member ids, the members' rows) are `SetField`s; a reduction over the
+set's axis (a sum, a max, a mean, a mask matmul, a count) becomes one `SetReduce` of the IR, whose members the kernel
+prepares on the host per position (csrc/runtime/sets.h) and whose reads the linearizer orders.
+
+What is proved: the members are exactly the rows the reduction reads (a mask and the table it selects from span the
+same axis; a NonZero's positions index the array they came from; a CSR slice's values are row ids); any other use of
+a set value (a reduction over another axis, elementwise math that mixes members with non-members, a position used as
+data) is refused with the reason. The interpreter asks `dispatch` before the op's own handler.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from ..ir import index as ix
+from ..ir import nodes as ir
+from .interpreter import attr
+from .operands import known_ints
+from .values import INT_DTYPES, Array, Known, Refusal, Row, Sym, Table, describe
+
+NEG_INF, POS_INF = float("-inf"), float("inf")
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    """Row `row` of a 2-D runtime integer array (an edge list's sources or targets, `edge_index[1]`)."""
+    array: str
+    row: int
+
+
+@dataclass(frozen=True)
+class Members:
+    """The set, as SetReduce reads it: (encoding, arrays, bounds), plus how a position of the set's axis maps to a
+    node id: `rows_are_ids` when the axis is the state rows themselves (a parent array)."""
+    encoding: str
+    arrays: tuple
+    bounds: tuple
+    axis: str  # the array whose length the set's axis has (for a mask's shape and a mean over it)
+
+    @property
+    def rows_are_ids(self) -> bool:
+        return self.encoding == "parent"
+
+
+@dataclass(frozen=True)
+class SetField:
+    """A value over a set. layout 'mask': spans the whole axis (a mask's shape): members hold `body`, the others
+    `fill`; layout 'list': the members only, in order. kind: 'pred' (a mask: true at members), 'positions' (the
+    members' positions on the axis, after NonZero), 'ids' (their node ids), 'rows' (per-member values: `body`, an IR
+    row expression whose leaves may read a member's rows through ir.Member()). `inner`: each element's shape;
+    `index_rank`: NonZero's [1, M] / Transpose's [M, 1] layouts of positions."""
+    members: Members
+    layout: str
+    kind: str
+    body: object = None
+    fill: float = None
+    inner: tuple = ()
+    shape_tag: str = ""  # positions: "nonzero" [1, M] or "column" [M, 1] or "" [M]
+
+
+@dataclass(frozen=True)
+class Filled:
+    """A tensor of one constant value whose leading dimension is dynamic (torch.zeros_like of a state table)."""
+    value: float
+    inner: tuple
+
+
+def _key_array(v):
+    """(name, row or None) for a dynamic-length integer vector of the structure: a 1-D runtime array or a row of a
+    2-D one; else None."""
+    if isinstance(v, KeyRow):
+        return v.array, v.row
+    if isinstance(v, Array) and v.read_dtype in INT_DTYPES and v.shape is not None and len(v.shape) == 1 \
+            and v.columns is None and v.fill is None:
+        return v.name, None
+    return None
+
+
+def _key_scalar(v):
+    if isinstance(v, Sym) and v.elems.size == 1 and not v.is_bool:
+        return ix.as_index(v.scalar())
+    if isinstance(v, Known) and v.value.size == 1 and v.value.dtype.kind in "iu":
+        return ix.const(int(v.value.reshape(-1)[0]))
+    return None
+
+
+def _mask_members(it, key_ref, key) -> Members:
+    name, row = key_ref
+    it.use_array(it.arrays.get(name) or Array(name, "int64", (None,)))
+    if row is None:
+        return Members("parent", (name,), (key,), name)
+    return Members("edge_index", (name,), (key, ix.const(row)), name)  # the member row: set by _ids_from
+
+
+# ---- the ops ---------------------------------------------------------------------------------------------------
+
+
+def _equal(it, node, args):
+    for a, b in ((args[0], args[1]), (args[1], args[0])):
+        ref, key = _key_array(a), _key_scalar(b)
+        if ref is not None and key is not None:
+            return SetField(_mask_members(it, ref, key), "mask", "pred")
+    return None
+
+
+def _gather(it, node, args):
+    data, idx = args[0], args[1]
+    axis = int(attr(node, "axis", 0))
+    if isinstance(data, Array) and data.read_dtype in INT_DTYPES and data.shape is not None and len(data.shape) == 2 \
+            and axis == 0 and isinstance(idx, Known) and idx.value.size == 1 and idx.value.ndim == 0:
+        if isinstance(data.shape[1], int):
+            return None  # a fixed [K, C] array: the existing handlers read it
+        row = int(idx.value)
+        if row < 0 and isinstance(data.shape[0], int):
+            row += data.shape[0]
+        if row < 0:
+            raise Refusal(f"row {int(idx.value)} of edge list {data.name}, whose row count is dynamic")
+        it.use_array(data)
+        return KeyRow(data.name, row)
+    if isinstance(idx, SetField) and axis == 0:
+        return _at_members(it, data, idx)
+    if isinstance(data, SetField):
+        raise Refusal("a Gather from a child set's values (index them by position instead)")
+    return None
+
+
+def _at_members(it, data, idx: SetField):
+    """data at the members: a table's or a node input's rows at member ids, or an edge list's other row at member
+    positions."""
+    m = idx.members
+    if idx.kind == "ids" or (idx.kind == "positions" and m.rows_are_ids):
+        if idx.shape_tag == "column":
+            raise Refusal("a Gather at [M, 1] member positions (GatherND reads those)")
+        return SetField(m, "list", "rows", _member_row(it, data), inner=_row_inner(data))
+    if idx.kind == "positions":
+        ref = _key_array(data)
+        if ref is None:
+            raise Refusal(f"member positions of an edge list index {describe(data)}, not the edge list's other row")
+        return _ids_from(m, ref)
+    raise Refusal(f"a Gather at child-set {idx.kind}")
+
+
+def _ids_from(m: Members, ref) -> SetField:
+    """The node ids at the member positions of an edge list: its other row (or a source array of the same edges)."""
+    name, row = ref
+    if m.encoding == "edge_index":
+        key_row = int(m.bounds[1].value)
+        if name != m.arrays[0] or row is None or row == key_row or len(m.bounds) != 2:
+            raise Refusal(f"member positions of {m.arrays[0]} read {name}, not the edge list's other row")
+        return SetField(replace(m, bounds=m.bounds + (ix.const(row),)), "list", "ids")
+    if m.encoding == "parent" and row is None:  # a mask over a target array, positions into the source array
+        return SetField(Members("edges", (name, m.arrays[0]), m.bounds, m.axis), "list", "ids")
+    raise Refusal(f"member positions of {m.arrays[0]} read {name}")
+
+
+def _member_row(it, data) -> ir.RExpr:
+    if isinstance(data, Table):
+        if data.writes:
+            raise Refusal(f"a child set of state table {data.name} read after this step wrote it")
+        return ir.ChildState(data.name, ir.Member(), False, data.width)
+    if isinstance(data, Array) and data.read_dtype == "float32" and data.shape is not None and \
+            all(isinstance(d, int) for d in data.shape[1:]):
+        it.use_array(data)
+        return ir.InputRow(data.name, ir.Member(), int(np.prod(data.shape[1:], dtype=np.int64)))
+    raise Refusal(f"the rows of a child set are read from {describe(data)}, not a state table or a node input")
+
+
+def _row_inner(data) -> tuple:
+    return tuple(data.inner) if isinstance(data, Table) else tuple(data.shape[1:])
+
+
+def _gather_nd(it, node, args):
+    data, idx = args[0], args[1]
+    if not isinstance(idx, SetField):
+        return None
+    if idx.kind != "positions" or idx.shape_tag != "column" or int(attr(node, "batch_dims", 0)) != 0:
+        raise Refusal("GatherND at child-set values other than [M, 1] member positions")
+    return _at_members(it, data, replace(idx, shape_tag=""))
+
+
+def _nonzero(it, node, args):
+    x = args[0]
+    if not isinstance(x, SetField):
+        return None
+    if x.kind != "pred" or x.layout != "mask" or x.inner not in ((), (1,)):
+        raise Refusal("NonZero of a child-set value other than its mask")
+    return SetField(x.members, "list", "positions", shape_tag="nonzero")
+
+
+def _transpose(it, node, args):
+    x = args[0]
+    if not isinstance(x, SetField):
+        return None
+    if x.kind == "positions" and x.shape_tag == "nonzero":
+        return replace(x, shape_tag="column")
+    raise Refusal("a Transpose of a child-set value other than NonZero's positions")
+
+
+def _squeeze(it, node, args):
+    x = args[0]
+    if not isinstance(x, SetField):
+        return None
+    axes = known_ints(it, args[1], "Squeeze axes").reshape(-1).tolist() if len(args) > 1 and args[1] is not None \
+        else attr(node, "axes")
+    if x.kind == "positions" and x.shape_tag in ("nonzero", "column"):
+        axis = 0 if x.shape_tag == "nonzero" else 1
+        if axes is None or [a % 2 for a in axes] == [axis]:
+            return replace(x, shape_tag="")
+    if x.inner == (1,) and axes is not None and [a % 2 for a in axes] == [1]:
+        return replace(x, inner=())
+    raise Refusal("a Squeeze of a child-set value along its set axis")
+
+
+def _unsqueeze(it, node, args):
+    x = args[0]
+    if not isinstance(x, SetField):
+        return None
+    axes = known_ints(it, args[1], "Unsqueeze axes").reshape(-1).tolist() if len(args) > 1 and args[1] is not None \
+        else attr(node, "axes")
+    rank = 1 + len(x.inner)
+    if x.kind in ("pred", "rows") and axes is not None and len(axes) == 1 and axes[0] % (rank + 1) == rank \
+            and x.shape_tag == "":
+        return replace(x, inner=x.inner + (1,))
+    raise Refusal("an Unsqueeze of a child-set value other than a trailing axis")
+
+
+def _cast(it, node, args):
+    x = args[0]
+    if not isinstance(x, SetField):
+        return None
+    to = int(attr(node, "to"))
+    import onnx
+    if x.kind == "pred" and to in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+        return replace(x, kind="rows", body=ir.Scalar(1.0), fill=0.0)
+    if x.kind in ("ids", "positions") and to in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+        return x
+    raise Refusal(f"a Cast of child-set {x.kind} to type {to}")
+
+
+def _slice(it, node, args):
+    """indices[start:stop] with bounds computed from the structure: a CSR child list."""
+    data = args[0]
+    ref = _key_array(data)
+    if ref is None or ref[1] is not None or len(args) < 3:
+        return None
+    starts, ends = args[1], args[2]
+    if not (isinstance(starts, Sym) and isinstance(ends, Sym)) or starts.elems.size != 1 or ends.elems.size != 1:
+        return None
+    axes = known_ints(it, args[3], "Slice axes").reshape(-1).tolist() if len(args) > 3 and args[3] is not None \
+        else [0]
+    steps = known_ints(it, args[4], "Slice steps").reshape(-1).tolist() if len(args) > 4 and args[4] is not None \
+        else [1]
+    if [a % 1 for a in axes] != [0] or steps != [1]:
+        raise Refusal("a slice of a structure array with steps other than 1")
+    it.use_array(data)
+    members = Members("range", (ref[0],), (ix.as_index(starts.scalar()), ix.as_index(ends.scalar())), ref[0])
+    return SetField(members, "list", "ids")
+
+
+def _constant_of_shape(it, node, args):
+    shape = args[0]
+    if isinstance(shape, Known) or not isinstance(shape, Sym):
+        return None
+    from onnx import numpy_helper
+    value = attr(node, "value")
+    fill = float(numpy_helper.to_array(value).reshape(-1)[0]) if value is not None else 0.0
+    dims = list(shape.elems.reshape(-1))
+    inner = []
+    for d in dims[1:]:
+        if not isinstance(d, ir.IConst):
+            return None
+        inner.append(int(d.value))
+    return Filled(fill, tuple(inner))
+
+
+def _fill_value(v):
+    if isinstance(v, Filled):
+        return v.value
+    if isinstance(v, Known) and v.value.size >= 1 and np.all(v.value == v.value.reshape(-1)[0]) \
+            and v.value.dtype.kind == "f":
+        return float(v.value.reshape(-1)[0])
+    if isinstance(v, Known) and v.value.size >= 1 and np.all(np.isnan(v.value)):
+        return float("nan")
+    return None
+
+
+def _where(it, node, args):
+    cond, a, b = args
+    if not isinstance(cond, SetField):
+        if any(isinstance(x, SetField) for x in (a, b)):
+            raise Refusal("a Where on a child set's values under a condition that is not its mask")
+        return None
+    if cond.kind != "pred" or cond.layout != "mask":
+        raise Refusal("a Where on a child-set value other than its mask")
+    if not cond.members.rows_are_ids:
+        raise Refusal("a Where over an edge list's mask (select the members with NonZero first)")
+    fill = _fill_value(b)
+    if fill is None:
+        raise Refusal(f"a Where over a child set whose other side is {describe(b)}, not one constant")
+    row = _member_row(it, a)
+    return SetField(cond.members, "mask", "rows", row, fill, _row_inner(a))
+
+
+def _arith(it, node, args):
+    """Elementwise math on per-member rows (the node's own values broadcast over the members)."""
+    fields = [a for a in args if isinstance(a, SetField)]
+    if not fields:
+        return None
+    if node.op_type == "Mul" and len(fields) == 1 and fields[0].kind == "rows" and fields[0].layout == "mask" \
+            and fields[0].body == ir.Scalar(1.0) and isinstance(args[1 - args.index(fields[0])], Table):
+        # mask[:, None] * h: the members' rows (0 * a non-member's row is 0 unless that row is not finite)
+        mask = fields[0]
+        table = args[1 - args.index(mask)]
+        return SetField(mask.members, "mask", "rows", _member_row(it, table), 0.0, tuple(table.inner))
+    if len(fields) != 1 or fields[0].kind != "rows" or fields[0].layout != "list":
+        raise Refusal(f"{node.op_type} of child-set values (only a list of member rows with the node's own values)")
+    f = fields[0]
+    others = [a for a in args if a is not f]
+    rows = [it.row(o, f"{node.op_type} operand") for o in others]
+    op = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div"}.get(node.op_type)
+    if op is None:
+        raise Refusal(f"{node.op_type} on child-set rows")
+    a, b = (f.body, rows[0].expr) if args[0] is f else (rows[0].expr, f.body)
+    return replace(f, body=ir.binary(op, a, b))
+
+
+def _unary_rows(it, node, args):
+    x = args[0]
+    if not isinstance(x, SetField):
+        return None
+    op = {"Tanh": "tanh", "Sigmoid": "sigmoid", "Relu": "relu", "Exp": "exp", "Neg": "neg", "Abs": "abs"}.get(
+        node.op_type)
+    if op is None or x.kind != "rows" or x.layout != "list":
+        raise Refusal(f"{node.op_type} of child-set values")
+    return replace(x, body=ir.unary(op, x.body))
+
+
+REDUCTIONS = {"ReduceSum": "add", "ReduceMax": "max", "ReduceMin": "min", "ReduceMean": "mean", "ReduceProd": "mul"}
+IDENTITY = {"add": 0.0, "mul": 1.0, "max": NEG_INF, "min": POS_INF}
+
+
+def _reduce(it, node, args):
+    x = args[0]
+    if not isinstance(x, SetField):
+        return None
+    axes = known_ints(it, args[1], "reduce axes").reshape(-1).tolist() if len(args) > 1 and args[1] is not None \
+        else attr(node, "axes")
+    keepdims = int(attr(node, "keepdims", 1))
+    if axes is None and not x.inner:
+        axes = [0]
+    if axes is None or [a % (1 + len(x.inner)) for a in axes] != [0]:
+        raise Refusal(f"{node.op_type} of a child set over an axis other than the set's")
+    if x.kind != "rows":
+        raise Refusal(f"{node.op_type} of child-set {x.kind}")
+    op = REDUCTIONS[node.op_type]
+    row = _set_reduce(x, "add" if op == "mean" else op)
+    if op == "mean":
+        row = ir.binary("div", row, _count(x))
+    shape = ((1,) if keepdims else ()) + tuple(x.inner)
+    return Row(row, shape)
+
+
+def _count(x: SetField) -> ir.RExpr:
+    """How many elements a mean divides by: the members of a list, the whole axis of a mask."""
+    if x.layout == "list":
+        return _reduction(x.members, "add", ir.Scalar(1.0), 1)
+    return ir.IndexValue(ir.Length(x.members.axis))
+
+
+def _set_reduce(x: SetField, op: str) -> ir.RExpr:
+    width = int(np.prod(x.inner, dtype=np.int64)) if x.inner else 1
+    body = x.body if x.body.width == width else ir.Take(x.body, (0,) * width, width)
+    if x.layout == "mask":
+        # the non-members hold `fill`: exact when the fill is the op's identity (0 for a sum, -inf for a max)
+        if x.fill is None or x.fill != IDENTITY[op]:
+            raise Refusal(f"a {op} over a child set's mask whose other rows hold {x.fill} (the identity of {op}, "
+                          f"{IDENTITY[op]}, converts)")
+    return _reduction(x.members, op, body, width)
+
+
+def _reduction(m: Members, op: str, body: ir.RExpr, width: int) -> ir.RExpr:
+    encoding, arrays, bounds = m.encoding, m.arrays, m.bounds
+    if encoding == "edge_index" and len(bounds) != 3:
+        raise Refusal(f"a reduction over a mask of edge list {arrays[0]} (select its other row at the mask's "
+                      "NonZero positions)")
+    return ir.SetReduce(op, encoding, tuple(arrays), tuple(bounds), body, IDENTITY[op], width)
+
+
+def _matmul(it, node, args):
+    a, b = args
+    if isinstance(b, SetField) and not isinstance(a, SetField):
+        raise Refusal("a product with a child set on the right")
+    if not isinstance(a, SetField):
+        return None
+    if not (a.kind == "rows" and a.layout == "mask" and a.body == ir.Scalar(1.0) and a.inner == ()):
+        raise Refusal("a product of child-set values other than its 0/1 mask")
+    if not a.members.rows_are_ids:
+        raise Refusal("a product of an edge list's mask (select the members with NonZero first)")
+    if not isinstance(b, Table) or len(b.inner) != 1:
+        raise Refusal(f"the mask of a child set multiplies {describe(b)}, not a state table of rows")
+    # sum over u of mask[u] * h[u]: the members' rows (0 * a non-member's row is 0 unless that row is not finite)
+    row = _reduction(a.members, "add", _member_row(it, b), b.width)
+    return Row(row, tuple(b.inner))
+
+
+HANDLERS = {"Equal": _equal, "Gather": _gather, "GatherND": _gather_nd, "NonZero": _nonzero,
+            "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _unsqueeze, "Cast": _cast, "Slice": _slice,
+            "ConstantOfShape": _constant_of_shape, "Where": _where, "Add": _arith, "Sub": _arith, "Mul": _arith,
+            "Div": _arith, "Tanh": _unary_rows, "Sigmoid": _unary_rows, "Relu": _unary_rows, "Exp": _unary_rows,
+            "Neg": _unary_rows, "Abs": _unary_rows, "MatMul": _matmul,
+            **{op: _reduce for op in REDUCTIONS}}
+
+
+def dispatch(it, node, args):
+    """The outputs when `node` builds or consumes a child set, else None (the op's own handler runs)."""
+    fn = HANDLERS.get(node.op_type)
+    if fn is not None:
+        out = fn(it, node, args)
+        if out is not None:
+            return [out]
+    if any(isinstance(a, (SetField, KeyRow, Filled)) for a in args):
+        kinds = ", ".join(sorted({a.kind if isinstance(a, SetField) else type(a).__name__
+                                  for a in args if isinstance(a, (SetField, KeyRow, Filled))}))
+        raise Refusal(f"op {node.op_type} on a child set's values ({kinds}) is not supported")
+    return None
