@@ -63,6 +63,26 @@ class SetField:
 
 
 @dataclass(frozen=True)
+class AxisIndex:
+    """arange(len(array)): the positions along a runtime vector's axis (a range mask compares them with bounds)."""
+    array: str
+
+
+@dataclass(frozen=True)
+class Interval:
+    """The mask lo <= arange(len(array)) < hi (either bound may be absent): a CSR child list as a mask."""
+    array: str
+    lo: object = None  # IExpr or None
+    hi: object = None
+
+
+@dataclass(frozen=True)
+class SetShape:
+    """Shape(x) of a set value x: only for an Expand of x to its own shape (the dynamo exporter's index broadcast)."""
+    field: "SetField"
+
+
+@dataclass(frozen=True)
 class Filled:
     """A tensor of one constant value whose leading dimension is dynamic (torch.zeros_like of a state table)."""
     value: float
@@ -132,6 +152,8 @@ def _at_members(it, data, idx: SetField):
     """data at the members: a table's or a node input's rows at member ids, or an edge list's other row at member
     positions."""
     m = idx.members
+    if idx.kind == "positions" and _key_array(data) is not None:  # an integer vector along the set's axis
+        return _ids_from(m, _key_array(data))
     if idx.kind == "ids" or (idx.kind == "positions" and m.rows_are_ids):
         if idx.shape_tag == "column":
             raise Refusal("a Gather at [M, 1] member positions (GatherND reads those)")
@@ -152,6 +174,8 @@ def _ids_from(m: Members, ref) -> SetField:
         if name != m.arrays[0] or row is None or row == key_row or len(m.bounds) != 2:
             raise Refusal(f"member positions of {m.arrays[0]} read {name}, not the edge list's other row")
         return SetField(replace(m, bounds=m.bounds + (ix.const(row),)), "list", "ids")
+    if m.encoding == "range" and (name, row) == (m.arrays[0], None):  # a range mask's positions read its values
+        return SetField(m, "list", "ids")
     if m.encoding == "parent" and row is None:  # a mask over a target array, positions into the source array
         return SetField(Members("edges", (name, m.arrays[0]), m.bounds, m.axis), "list", "ids")
     raise Refusal(f"member positions of {m.arrays[0]} read {name}")
@@ -177,13 +201,15 @@ def _gather_nd(it, node, args):
     data, idx = args[0], args[1]
     if not isinstance(idx, SetField):
         return None
-    if idx.kind != "positions" or idx.shape_tag != "column" or int(attr(node, "batch_dims", 0)) != 0:
-        raise Refusal("GatherND at child-set values other than [M, 1] member positions")
+    if idx.kind not in ("positions", "ids") or idx.shape_tag != "column" or int(attr(node, "batch_dims", 0)) != 0:
+        raise Refusal("GatherND at child-set values other than [M, 1] member positions or ids")
     return _at_members(it, data, replace(idx, shape_tag=""))
 
 
 def _nonzero(it, node, args):
     x = args[0]
+    if isinstance(x, Interval):
+        x = _interval_mask(it, x)
     if not isinstance(x, SetField):
         return None
     if x.kind != "pred" or x.layout != "mask" or x.inner not in ((), (1,)):
@@ -215,6 +241,17 @@ def _squeeze(it, node, args):
     raise Refusal("a Squeeze of a child-set value along its set axis")
 
 
+def _reshape(it, node, args):
+    """A Reshape of member positions or ids to a vector [M] (`nonzero().view(-1)`)."""
+    x = args[0]
+    if not isinstance(x, SetField):
+        return None
+    shape = known_ints(it, args[1], "the Reshape shape").reshape(-1).tolist()
+    if x.kind in ("positions", "ids") and shape == [-1] and not x.inner:
+        return replace(x, shape_tag="")
+    raise Refusal("a Reshape of a child set's values other than its member positions to a vector")
+
+
 def _unsqueeze(it, node, args):
     x = args[0]
     if not isinstance(x, SetField):
@@ -222,9 +259,11 @@ def _unsqueeze(it, node, args):
     axes = known_ints(it, args[1], "Unsqueeze axes").reshape(-1).tolist() if len(args) > 1 and args[1] is not None \
         else attr(node, "axes")
     rank = 1 + len(x.inner)
-    if x.kind in ("pred", "rows") and axes is not None and len(axes) == 1 and axes[0] % (rank + 1) == rank \
-            and x.shape_tag == "":
+    trailing = axes is not None and len(axes) == 1 and axes[0] % (rank + 1) == rank and x.shape_tag == ""
+    if x.kind in ("pred", "rows") and trailing:
         return replace(x, inner=x.inner + (1,))
+    if x.kind in ("positions", "ids") and trailing and not x.inner:
+        return replace(x, shape_tag="column")
     raise Refusal("an Unsqueeze of a child-set value other than a trailing axis")
 
 
@@ -275,6 +314,100 @@ def _constant_of_shape(it, node, args):
             return None
         inner.append(int(d.value))
     return Filled(fill, tuple(inner))
+
+
+def _expand(it, node, args):
+    """Expand(constant, Shape(a state table)) is zeros_like / full_like of the table (the dynamo exporter's form);
+    Expand(x, Shape(x)) of a set value is x."""
+    x, shape = args[0], args[1]
+    if isinstance(shape, SetShape):
+        if x != shape.field:
+            raise Refusal("an Expand of a child-set value to another value's shape")
+        return x
+    if isinstance(x, SetField):
+        raise Refusal("an Expand of a child-set value")
+    fill = _fill_value(x) if isinstance(x, Known) and x.value.size == 1 else None
+    if fill is None or not isinstance(shape, Sym) or isinstance(shape, Known):
+        return None
+    dims = list(shape.elems.reshape(-1))
+    if not dims or isinstance(dims[0], ir.IConst) or not all(isinstance(d, ir.IConst) for d in dims[1:]):
+        return None
+    return Filled(fill, tuple(int(d.value) for d in dims[1:]))
+
+
+def _shape(it, node, args):
+    x = args[0]
+    if isinstance(x, SetField):
+        if int(attr(node, "start", 0)) != 0 or attr(node, "end") is not None:
+            raise Refusal("a part of a child-set value's shape")
+        return SetShape(x)
+    return None
+
+
+def _variadic(it, node, args):
+    """Max / Min / Sum / Mean of one input (the dynamo exporter's broadcast of index tensors) is that input."""
+    if any(isinstance(a, SetField) for a in args):
+        if len(args) == 1:
+            return args[0]
+        raise Refusal(f"{node.op_type} of several child-set values")
+    return None
+
+
+def _range(it, node, args):
+    """Range(0, len(array), 1) over a runtime integer vector."""
+    start, limit, delta = args
+    if not isinstance(limit, Sym) or limit.elems.size != 1:
+        return None
+    length = limit.scalar()
+    if not (isinstance(length, ir.Length) and length.array is not None) or known_ints(it, start, "Range start") != 0 \
+            or known_ints(it, delta, "Range step") != 1:
+        return None
+    arr = it.arrays.get(length.array) or it.outer(length.array)  # a runtime input of an enclosing scope
+    if _key_array(arr) is None:
+        return None
+    it.use_array(arr)
+    return AxisIndex(length.array)
+
+
+COMPARISONS = {"GreaterOrEqual": ("lo", 0), "Greater": ("lo", 1), "Less": ("hi", 0), "LessOrEqual": ("hi", 1)}
+MIRRORED = {"GreaterOrEqual": "LessOrEqual", "Greater": "Less", "Less": "Greater", "LessOrEqual": "GreaterOrEqual"}
+
+
+def _compare(it, node, args):
+    """arange(len(a)) >= lo, > lo, < hi, <= hi (either side): an Interval."""
+    op, (a, b) = node.op_type, args
+    if isinstance(b, AxisIndex) and not isinstance(a, AxisIndex):
+        op, a, b = MIRRORED[op], b, a
+    if not isinstance(a, AxisIndex):
+        if any(isinstance(x, SET_VALUES) for x in args):
+            raise Refusal(f"a {node.op_type} of a child set's values")
+        return None
+    bound = _key_scalar(b)
+    if bound is None:
+        raise Refusal(f"arange over {a.array} compared with {describe(b)}, not one structure value")
+    side, shift = COMPARISONS[op]
+    bound = ix.ibin("add", bound, ix.const(shift)) if shift else bound
+    return Interval(a.array, **{side: bound})
+
+
+def _and(it, node, args):
+    a, b = args
+    if not any(isinstance(x, (Interval, AxisIndex, SetField)) for x in args):
+        return None
+    if not (isinstance(a, Interval) and isinstance(b, Interval) and a.array == b.array) or \
+            (a.lo is not None and b.lo is not None) or (a.hi is not None and b.hi is not None):
+        raise Refusal("an And of child-set masks other than a lower and an upper bound of one arange")
+    return _interval_mask(it, Interval(a.array, a.lo if a.lo is not None else b.lo,
+                                       a.hi if a.hi is not None else b.hi))
+
+
+def _interval_mask(it, iv: Interval) -> SetField:
+    """The mask lo <= i < hi over the vector's positions: a 'range' set whose members are the vector's values there
+    (bounds clamped at 0: a mask does not wrap negative bounds as a slice does)."""
+    lo = ix.ibin("max", iv.lo if iv.lo is not None else ix.const(0), ix.const(0))
+    hi = ix.ibin("max", iv.hi if iv.hi is not None else ir.Length(iv.array), ix.const(0))
+    it.use_array(it.arrays[iv.array])
+    return SetField(Members("range", (iv.array,), (lo, hi), iv.array), "mask", "pred")
 
 
 def _fill_value(v):
@@ -408,11 +541,17 @@ def _matmul(it, node, args):
 
 
 HANDLERS = {"Equal": _equal, "Gather": _gather, "GatherND": _gather_nd, "NonZero": _nonzero,
-            "Transpose": _transpose, "Squeeze": _squeeze, "Unsqueeze": _unsqueeze, "Cast": _cast, "Slice": _slice,
-            "ConstantOfShape": _constant_of_shape, "Where": _where, "Add": _arith, "Sub": _arith, "Mul": _arith,
+            "Transpose": _transpose, "Squeeze": _squeeze, "Reshape": _reshape,
+            "Unsqueeze": _unsqueeze, "Cast": _cast, "Slice": _slice,
+            "Range": _range, **{op: _compare for op in COMPARISONS}, "And": _and,
+            "ConstantOfShape": _constant_of_shape, "Expand": _expand, "Shape": _shape, "Max": _variadic,
+            "Min": _variadic, "Sum": _variadic, "Mean": _variadic, "Where": _where, "Add": _arith, "Sub": _arith, "Mul": _arith,
             "Div": _arith, "Tanh": _unary_rows, "Sigmoid": _unary_rows, "Relu": _unary_rows, "Exp": _unary_rows,
             "Neg": _unary_rows, "Abs": _unary_rows, "MatMul": _matmul,
             **{op: _reduce for op in REDUCTIONS}}
+
+
+SET_VALUES = (SetField, KeyRow, Filled, SetShape, AxisIndex, Interval)
 
 
 def dispatch(it, node, args):
@@ -422,8 +561,8 @@ def dispatch(it, node, args):
         out = fn(it, node, args)
         if out is not None:
             return [out]
-    if any(isinstance(a, (SetField, KeyRow, Filled)) for a in args):
+    if any(isinstance(a, SET_VALUES) for a in args):
         kinds = ", ".join(sorted({a.kind if isinstance(a, SetField) else type(a).__name__
-                                  for a in args if isinstance(a, (SetField, KeyRow, Filled))}))
+                                  for a in args if isinstance(a, SET_VALUES)}))
         raise Refusal(f"op {node.op_type} on a child set's values ({kinds}) is not supported")
     return None
