@@ -258,7 +258,9 @@ class CpuEmitter(KernelEmitter):
             plan, "cx",
             lambda i, tid, t: (f"if (cx.N) std::memcpy(cx.{tid}, cortex::host_data(inputs[{i}], \"{cstr(t.init)}\"), "
                                f"sizeof(float) * cx.N * {t.width});"),
-            lambda tid, rows, t: f"if ({rows}) std::memset(cx.{tid}, 0, sizeof(float) * {rows} * {t.width});")
+            lambda tid, rows, t: f"if ({rows}) std::memset(cx.{tid}, 0, sizeof(float) * {rows} * {t.width});",
+            lambda i, tid, t: (f"cortex::check_zeros(static_cast<const float*>(cortex::host_data(inputs[{i}], "
+                               f"\"{cstr(t.init)}\")), cx.N * {t.width}, \"{cstr(t.init)}\");"))
         linearize = cstyle.linearize_call(plan)
         lines += cstyle.LEASE_WORKSPACE
         lines += [

@@ -209,10 +209,18 @@ def rows_and_positions(plan: KernelPlan, syntax: HostSyntax) -> list:
     return lines
 
 
-def allocate_tables(plan: KernelPlan, pointer: str, init_copy, zero_fill) -> list:
+def relies_on_zero_inits(program: ir.Program) -> bool:
+    """True when a table derived from another starts at zeros because that one does (lift_member_products): the
+    initial tables the model fills with zeros must then be zeros."""
+    return program.mode == "visit" and any(t.kind == "state" and t.init is None for t in program.tables)
+
+
+def allocate_tables(plan: KernelPlan, pointer: str, init_copy, zero_fill, zero_check=None) -> list:
     """Lines allocating each state or output table as the kernel's output and giving it its first value: the
     checked initial table (init_copy(input index, table id, table) copies it in) or zeros (zero_fill(table id,
-    rows expression, table)). `pointer` is where the table pointers live ("cx" on the CPU, "P" on the GPU)."""
+    rows expression, table)). `pointer` is where the table pointers live ("cx" on the CPU, "P" on the GPU).
+    zero_check(input index, table id, table): a line checking that an initial table is zeros, where
+    relies_on_zero_inits (the GPU trusts the frontend's proof)."""
     p = plan.program
     lines = []
     for k, t in enumerate(p.tables):
@@ -228,6 +236,8 @@ def allocate_tables(plan: KernelPlan, pointer: str, init_copy, zero_fill) -> lis
             lines.append(f"      static const int64_t inner[] = {{{inner}}};")
             lines.append(f"      cortex::check_input(inputs[{i}], \"{cstr(t.init)}\", CORTEX_FLOAT, {1 + len(t.inner)}, inner);")
             lines.append(f"      if (inputs[{i}].shape[0] != cx.N) throw cortex::KernelError(\"state tables must have the same number of rows (Cortex limitation): {cstr(t.init)} has \" + std::to_string(inputs[{i}].shape[0]) + \", expected \" + std::to_string(cx.N));")
+            if zero_check is not None and p.inputs[i].zeros and relies_on_zero_inits(p):
+                lines.append(f"      {zero_check(i, tid, t)}")
             lines.append(f"      {init_copy(i, tid, t)} }}")
         else:
             lines.append(f"      {zero_fill(tid, rows, t)} }}")

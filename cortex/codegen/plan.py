@@ -153,6 +153,11 @@ def plan_case(index: int, case: ir.Case) -> CasePlan:
     roots = [x for _, x in case.writes]
     order = ir.walk_rows(roots)
     per_member = {n for n in order if ir.member_dependent(n)}  # computed inside their set's step, per member
+    for node in per_member:
+        if node.MATERIALIZED:  # lift_member_products moves these to the writer where it can
+            raise CodegenError(f"a {type(node).__name__} of each member of a child set whose rows do not start at "
+                               "zeros (Cortex computes such a product where the member's row is written, which "
+                               "needs the table to start from torch.zeros)")
     buffered = set()
     for node in order:
         for child in ir.row_children(node):

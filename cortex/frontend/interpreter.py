@@ -130,7 +130,7 @@ class Interpreter:
         if choice is not None:  # control flow reading a chosen value: run it per branch as well
             return self._per_branch(node, args, lookup, choice)
         from . import ops_sets  # imports this module's attr
-        sets = ops_sets.dispatch(self, node, args)  # a child set the structure computes (ops_sets.py)
+        sets = ops_sets.dispatch(self, node, args, lookup)  # a child set the structure computes (ops_sets.py)
         if sets is not None:
             return sets
         fn = HANDLERS.get(node.op_type)

@@ -18,7 +18,9 @@ import numpy as np
 
 from ..ir import index as ix
 from ..ir import nodes as ir
+from . import interpreter
 from .interpreter import attr
+from .ops_elementwise import ROW_ARITH, UNARY
 from .operands import known_ints
 from .values import INT_DTYPES, Array, Known, Refusal, Row, Sym, Table, describe
 
@@ -77,6 +79,20 @@ class Interval:
 
 
 @dataclass(frozen=True)
+class SetCount:
+    """The number of members of a set value's set (`len(child_h)`), as a scalar (rank 0) or a [1] vector."""
+    field: "SetField"
+    rank: int = 0
+
+
+@dataclass(frozen=True)
+class SetDims:
+    """A shape whose dims are ints and one member count ("M"): the repeats of `x.repeat(len(child_h), 1)`."""
+    field: "SetField"
+    dims: tuple
+
+
+@dataclass(frozen=True)
 class SetShape:
     """Shape(x) of a set value x: only for an Expand of x to its own shape (the dynamo exporter's index broadcast)."""
     field: "SetField"
@@ -129,6 +145,8 @@ def _equal(it, node, args):
 
 def _gather(it, node, args):
     data, idx = args[0], args[1]
+    if isinstance(data, SetShape):
+        return _count_of(it, node, args)
     axis = int(attr(node, "axis", 0))
     if isinstance(data, Array) and data.read_dtype in INT_DTYPES and data.shape is not None and len(data.shape) == 2 \
             and axis == 0 and isinstance(idx, Known) and idx.value.size == 1 and idx.value.ndim == 0:
@@ -228,6 +246,8 @@ def _transpose(it, node, args):
 
 def _squeeze(it, node, args):
     x = args[0]
+    if isinstance(x, SetCount):
+        return replace(x, rank=0)
     if not isinstance(x, SetField):
         return None
     axes = known_ints(it, args[1], "Squeeze axes").reshape(-1).tolist() if len(args) > 1 and args[1] is not None \
@@ -254,6 +274,8 @@ def _reshape(it, node, args):
 
 def _unsqueeze(it, node, args):
     x = args[0]
+    if isinstance(x, SetCount) and x.rank == 0:
+        return replace(x, rank=1)
     if not isinstance(x, SetField):
         return None
     axes = known_ints(it, args[1], "Unsqueeze axes").reshape(-1).tolist() if len(args) > 1 and args[1] is not None \
@@ -337,6 +359,8 @@ def _expand(it, node, args):
 
 def _shape(it, node, args):
     x = args[0]
+    if isinstance(x, SetDims):
+        return Known(np.array([len(x.dims)], dtype=np.int64))
     if isinstance(x, SetField):
         if int(attr(node, "start", 0)) != 0 or attr(node, "end") is not None:
             raise Refusal("a part of a child-set value's shape")
@@ -346,10 +370,8 @@ def _shape(it, node, args):
 
 def _variadic(it, node, args):
     """Max / Min / Sum / Mean of one input (the dynamo exporter's broadcast of index tensors) is that input."""
-    if any(isinstance(a, SetField) for a in args):
-        if len(args) == 1:
-            return args[0]
-        raise Refusal(f"{node.op_type} of several child-set values")
+    if len(args) == 1 and isinstance(args[0], SetField):
+        return args[0]
     return None
 
 
@@ -410,6 +432,61 @@ def _interval_mask(it, iv: Interval) -> SetField:
     return SetField(Members("range", (iv.array,), (lo, hi), iv.array), "mask", "pred")
 
 
+def _count_of(it, node, args):
+    """Gather(Shape(x), 0) of a set value x: its member count."""
+    data, idx = args[0], args[1]
+    if isinstance(data, SetShape) and isinstance(idx, Known) and idx.value.size == 1 and \
+            int(idx.value.reshape(-1)[0]) == 0 and int(attr(node, "axis", 0)) == 0:
+        if data.field.layout != "list":
+            return None  # a mask's length is its axis's
+        return SetCount(data.field, idx.value.ndim)
+    if isinstance(data, SetShape):
+        raise Refusal("a dimension of a child-set value's shape other than its member count")
+    return None
+
+
+def _concat_dims(it, node, args):
+    """Concat of a member count and constants: a shape (the repeats of `x.repeat(len(child_h), 1)`)."""
+    counts = [a for a in args if isinstance(a, SetCount)]
+    if not counts:
+        return None
+    if len(counts) > 1 or counts[0].rank != 1 or not all(isinstance(a, (SetCount, Known)) for a in args):
+        raise Refusal("a shape built from child-set counts other than one count and constants")
+    dims = []
+    for a in args:
+        dims += ["M"] if isinstance(a, SetCount) else [int(d) for d in a.value.reshape(-1)]
+    return SetDims(counts[0].field, tuple(dims))
+
+
+def _repeat(it, node, args):
+    """Tile / Expand of a node value [1, ...] to [M, ...] rows of a set: each member sees the node's value."""
+    x, dims = args[0], args[1]
+    if isinstance(x, SetField) and node.op_type == "Expand" and isinstance(dims, SetDims) and \
+            dims.dims == ("M",) + tuple(x.inner):
+        return x
+    if not isinstance(dims, SetDims):
+        return None
+    if dims.dims.count("M") != 1 or dims.dims[0] != "M":
+        raise Refusal(f"a {node.op_type} along a member count other than the first axis")
+    shape = getattr(x, "shape", None)
+    rest = dims.dims[1:]
+    if node.op_type == "Tile":
+        if shape is None or len(shape) != len(dims.dims) or shape[0] != 1 or any(r != 1 for r in rest):
+            raise Refusal(f"a Tile of {describe(x)} by a member count")
+        inner = tuple(shape[1:])
+    else:  # Expand: broadcast [1, ...] against [M, *rest]
+        if shape is None or len(shape) > len(dims.dims) or (len(shape) == len(dims.dims) and shape[0] != 1):
+            raise Refusal(f"an Expand of {describe(x)} to a member count")
+        tail = tuple(shape[1:]) if len(shape) == len(dims.dims) else tuple(shape)
+        inner = tuple(np.broadcast_shapes(tail, tuple(rest)))
+    row = it.row(x, f"{node.op_type} operand")
+    width = int(np.prod(inner, dtype=np.int64))
+    body = row.expr if row.expr.width == width else ir.Take(row.expr, tuple(
+        int(i) for i in np.broadcast_to(np.arange(row.expr.width).reshape(
+            tuple(shape[1:]) if len(shape) == len(dims.dims) else tuple(shape)), inner).reshape(-1)), width)
+    return SetField(dims.field.members, "list", "rows", body, inner=inner)
+
+
 def _fill_value(v):
     if isinstance(v, Filled):
         return v.value
@@ -438,38 +515,56 @@ def _where(it, node, args):
     return SetField(cond.members, "mask", "rows", row, fill, _row_inner(a))
 
 
-def _arith(it, node, args):
-    """Elementwise math on per-member rows (the node's own values broadcast over the members)."""
+def _mask_multiply(it, node, args):
+    """mask[:, None] * h: the members' rows (0 * a non-member's row is 0 unless that row is not finite)."""
     fields = [a for a in args if isinstance(a, SetField)]
-    if not fields:
-        return None
     if node.op_type == "Mul" and len(fields) == 1 and fields[0].kind == "rows" and fields[0].layout == "mask" \
             and fields[0].body == ir.Scalar(1.0) and isinstance(args[1 - args.index(fields[0])], Table):
-        # mask[:, None] * h: the members' rows (0 * a non-member's row is 0 unless that row is not finite)
         mask = fields[0]
+        if not mask.members.rows_are_ids:
+            raise Refusal("a product with an edge list's mask (select the members with NonZero first)")
         table = args[1 - args.index(mask)]
         return SetField(mask.members, "mask", "rows", _member_row(it, table), 0.0, tuple(table.inner))
-    if len(fields) != 1 or fields[0].kind != "rows" or fields[0].layout != "list":
-        raise Refusal(f"{node.op_type} of child-set values (only a list of member rows with the node's own values)")
-    f = fields[0]
-    others = [a for a in args if a is not f]
-    rows = [it.row(o, f"{node.op_type} operand") for o in others]
-    op = {"Add": "add", "Sub": "sub", "Mul": "mul", "Div": "div"}.get(node.op_type)
-    if op is None:
-        raise Refusal(f"{node.op_type} on child-set rows")
-    a, b = (f.body, rows[0].expr) if args[0] is f else (rows[0].expr, f.body)
-    return replace(f, body=ir.binary(op, a, b))
+    return None
 
 
-def _unary_rows(it, node, args):
-    x = args[0]
-    if not isinstance(x, SetField):
+PER_MEMBER_OPS = set(ROW_ARITH) | set(UNARY) | {"Gelu", "Clip", "Identity", "Sum", "Mean", "Max", "Min", "MatMul",
+                                                 "Gemm", "PRelu"}
+
+
+def _per_member(it, node, args, lookup):
+    """An op that keeps the set's axis apart (elementwise math, a product by a weight): the regular handler on one
+    member's values (the set value's body, with the node's own values broadcast to it) gives the body of the
+    result."""
+    fields = [a for a in args if isinstance(a, SetField)]
+    if not fields or node.op_type not in PER_MEMBER_OPS:
         return None
-    op = {"Tanh": "tanh", "Sigmoid": "sigmoid", "Relu": "relu", "Exp": "exp", "Neg": "neg", "Abs": "abs"}.get(
-        node.op_type)
-    if op is None or x.kind != "rows" or x.layout != "list":
-        raise Refusal(f"{node.op_type} of child-set values")
-    return replace(x, body=ir.unary(op, x.body))
+    first = fields[0]
+    if any(f.kind != "rows" or f.layout != "list" or f.members != first.members for f in fields):
+        raise Refusal(f"{node.op_type} of child-set values other than per-member rows of one set")
+    if node.op_type in ("MatMul", "Gemm") and (args[0] is not first or len(fields) > 1 or not first.inner
+                                                 or int(attr(node, "transA", 0))):
+        raise Refusal(f"a {node.op_type} that multiplies along a child set's axis")
+    rank = 1 + len(first.inner)
+    member_args = []
+    for a in args:
+        if isinstance(a, SetField):
+            if len(a.inner) != len(first.inner):
+                raise Refusal(f"{node.op_type} of child-set values of different ranks")
+            member_args.append(Row(a.body, tuple(a.inner)))
+            continue
+        shape = getattr(a, "shape", None)
+        if shape is not None and len(shape) >= rank:
+            if len(shape) > rank or shape[0] != 1:
+                raise Refusal(f"{node.op_type} of a child set's values with {describe(a)} along the set's axis")
+            a = Row(a.expr, tuple(shape[1:])) if isinstance(a, Row) else \
+                Known(a.value.reshape(shape[1:])) if isinstance(a, Known) else a
+        member_args.append(a)
+    out = interpreter.HANDLERS[node.op_type](it, node, member_args, lookup)
+    out = out[0] if isinstance(out, list) else out
+    if not isinstance(out, Row):
+        raise Refusal(f"{node.op_type} of a child set's values gives {describe(out)}")
+    return SetField(first.members, "list", "rows", out.expr, inner=tuple(out.shape))
 
 
 REDUCTIONS = {"ReduceSum": "add", "ReduceMax": "max", "ReduceMin": "min", "ReduceMean": "mean", "ReduceProd": "mul"}
@@ -527,8 +622,8 @@ def _matmul(it, node, args):
     a, b = args
     if isinstance(b, SetField) and not isinstance(a, SetField):
         raise Refusal("a product with a child set on the right")
-    if not isinstance(a, SetField):
-        return None
+    if not isinstance(a, SetField) or a.layout == "list":
+        return None  # a product of each member's rows: _per_member
     if not (a.kind == "rows" and a.layout == "mask" and a.body == ir.Scalar(1.0) and a.inner == ()):
         raise Refusal("a product of child-set values other than its 0/1 mask")
     if not a.members.rows_are_ids:
@@ -545,22 +640,22 @@ HANDLERS = {"Equal": _equal, "Gather": _gather, "GatherND": _gather_nd, "NonZero
             "Unsqueeze": _unsqueeze, "Cast": _cast, "Slice": _slice,
             "Range": _range, **{op: _compare for op in COMPARISONS}, "And": _and,
             "ConstantOfShape": _constant_of_shape, "Expand": _expand, "Shape": _shape, "Max": _variadic,
-            "Min": _variadic, "Sum": _variadic, "Mean": _variadic, "Where": _where, "Add": _arith, "Sub": _arith, "Mul": _arith,
-            "Div": _arith, "Tanh": _unary_rows, "Sigmoid": _unary_rows, "Relu": _unary_rows, "Exp": _unary_rows,
-            "Neg": _unary_rows, "Abs": _unary_rows, "MatMul": _matmul,
+            "Min": _variadic, "Sum": _variadic, "Mean": _variadic, "Where": _where, "Mul": _mask_multiply,
+            "MatMul": _matmul, "Concat": _concat_dims, "Tile": _repeat,
             **{op: _reduce for op in REDUCTIONS}}
 
 
-SET_VALUES = (SetField, KeyRow, Filled, SetShape, AxisIndex, Interval)
+SET_VALUES = (SetField, KeyRow, Filled, SetShape, AxisIndex, Interval, SetCount, SetDims)
 
 
-def dispatch(it, node, args):
+def dispatch(it, node, args, lookup):
     """The outputs when `node` builds or consumes a child set, else None (the op's own handler runs)."""
     fn = HANDLERS.get(node.op_type)
-    if fn is not None:
-        out = fn(it, node, args)
-        if out is not None:
-            return [out]
+    out = fn(it, node, args) if fn is not None else None
+    if out is None:
+        out = _per_member(it, node, args, lookup)
+    if out is not None:
+        return [out]
     if any(isinstance(a, SET_VALUES) for a in args):
         kinds = ", ".join(sorted({a.kind if isinstance(a, SetField) else type(a).__name__
                                   for a in args if isinstance(a, SET_VALUES)}))

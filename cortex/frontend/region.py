@@ -242,8 +242,10 @@ def check_outputs_unused(node, slots, used, what):
 
 
 def init_decl(name, outer) -> ir.InputDecl:
-    inner = table_inner(outer.lookup(name), name)
-    return ir.InputDecl(name, "init", "float32", 1 + len(inner), inner)
+    value = outer.lookup(name)
+    inner = table_inner(value, name)
+    zeros = isinstance(value, Array) and value.fill is not None and float(value.fill) == 0.0  # torch.zeros(N, H)
+    return ir.InputDecl(name, "init", "float32", 1 + len(inner), inner, zeros=zeros)
 
 
 

@@ -921,8 +921,9 @@ class SetReduce(RExpr):
                   f"set_{self.op}: the rows of edge list {self.arrays[0]} are not constants")
         check(self.width == self.body.width, f"set_{self.op}: width {self.width}, body {self.body.width}")
         for e in walk([self.body], into=lambda e: isinstance(e, RExpr)):
-            if isinstance(e, RExpr) and member_dependent(e):
-                check(not e.MATERIALIZED, f"set_{self.op}: a {type(e).__name__} of each member")
+            if isinstance(e, RExpr) and member_dependent(e):  # a product of each member: lifted by the passes
+                check(not e.MATERIALIZED or (isinstance(e, MatMul) and e.rows == 1),
+                      f"set_{self.op}: a {type(e).__name__} of each member")
             if isinstance(e, (ChildState, InputRow)) and isinstance(e.index, Member):
                 continue
             if isinstance(e, RExpr):
@@ -1009,6 +1010,7 @@ class InputDecl:
     inner: tuple[Dim, ...] = ()  # static trailing dims (all but the first)
     per_node: bool = False
     dynamic_inner: bool = False  # a rank-2 integer array whose columns are dynamic too (an edge list [2, E]): inner ()
+    zeros: bool = False  # an 'init' the model's own graph fills with zeros (torch.zeros): the kernel checks it
 
 
 @dataclass(frozen=True)

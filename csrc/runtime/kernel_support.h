@@ -85,6 +85,16 @@ inline void check_parent_rows(int64_t entries, int64_t rows, const char* array) 
   }
 }
 
+// An initial table the model's graph fills with zeros, which a table derived from it relies on (a product lifted
+// from a child set starts at 0 @ W).
+inline void check_zeros(const float* data, int64_t count, const char* input) {
+  for (int64_t i = 0; i < count; ++i) {
+    if (data[i] != 0.0f) {
+      throw KernelError(std::string("the initial table '") + input + "' is not zeros, as the model's graph makes it");
+    }
+  }
+}
+
 // An edge list [K, E] read at rows up to `rows` - 1 (ONNX Gather of a missing row is an error).
 inline void check_edge_rows(int64_t have, int64_t rows, const char* array) {
   if (have < rows) {
