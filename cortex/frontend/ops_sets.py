@@ -315,6 +315,9 @@ def _slice(it, node, args):
         else [0]
     steps = known_ints(it, args[4], "Slice steps").reshape(-1).tolist() if len(args) > 4 and args[4] is not None \
         else [1]
+    lo, hi = ix.as_index(starts.scalar()), ix.as_index(ends.scalar())
+    if isinstance(ix.ibin("sub", hi, lo), ir.IConst):
+        return None  # a window of constant length (order[i:i + 1]): the regular Slice reads it
     if [a % 1 for a in axes] != [0] or steps != [1]:
         raise Refusal("a slice of a structure array with steps other than 1")
     it.use_array(data)
@@ -330,6 +333,8 @@ def _constant_of_shape(it, node, args):
     value = attr(node, "value")
     fill = float(numpy_helper.to_array(value).reshape(-1)[0]) if value is not None else 0.0
     dims = list(shape.elems.reshape(-1))
+    if not dims or isinstance(dims[0], ir.IConst):
+        return None  # a static shape: the regular handler
     inner = []
     for d in dims[1:]:
         if not isinstance(d, ir.IConst):

@@ -156,7 +156,7 @@ def table_inner(value, name) -> tuple:
         dtype, shape = value.dtype, value.shape
     else:
         raise Refusal(f"loop-carried {name} is {describe(value)}, not a state table")
-    if shape is None or len(shape) < 2 or any(not isinstance(d, int) for d in shape[1:]):
+    if shape is None or len(shape) < 1 or any(not isinstance(d, int) for d in shape[1:]):
         raise Refusal(f"loop-carried {name} is not an [N, ...] state table of static row shape (shape {shape})")
     if dtype != "float32":
         raise Refusal(f"loop-carried {name} is {dtype}, not a float32 state table")
