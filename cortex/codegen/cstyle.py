@@ -174,6 +174,9 @@ def check_array_inputs(plan: KernelPlan, host_data) -> list:
         cols = f" cx.{a}_cols = {int(np.prod(d.inner, dtype=np.int64))};" if d.rank >= 2 else ""
         if d.dynamic_inner:
             cols = f" cx.{a}_cols = inputs[{i}].shape[1];"
+        if d.rows is not None:
+            cols += (f" if (cx.{a}_rows != {cint(d.rows)}) throw cortex::KernelError(\"input '{cstr(d.name)}' must "
+                     f"have {cint(d.rows)} rows, got \" + std::to_string(cx.{a}_rows));")
         lines.append(f"      cx.{a}_rows = {rows};{cols} }}")
     return lines
 
@@ -195,7 +198,10 @@ def rows_and_positions(plan: KernelPlan, syntax: HostSyntax) -> list:
     """Lines setting cx.N (rows of the state tables) and cx.L (positions)."""
     p = plan.program
     if p.mode == "visit":
-        first = next(i for i, d in enumerate(p.inputs) if d.kind == "init")
+        first = next((i for i, d in enumerate(p.inputs) if d.kind == "init"), None)
+        if first is None:  # no state table (a chain carrying a vector)
+            return ["    cx.N = 0;",
+                    f"    cx.L = std::max<int64_t>(0, {render_index(p.trip, syntax)});  // {comment(format_index(p.trip))}"]
         return [f"    cx.N = inputs[{first}].rank >= 1 ? inputs[{first}].shape[0] : 0;",
                 f"    cx.L = std::max<int64_t>(0, {render_index(p.trip, syntax)});  // {comment(format_index(p.trip))}"]
     a = plan.array_ids[p.rows_from]
@@ -249,6 +255,8 @@ def linearize_call(plan: KernelPlan) -> str:
     child sets are reads too)."""
     if plan.program.mode == "dag":
         return "ws.linearizer.dag(cx.N, ws.case_id.data(), kNumCases, ws.reads.data(), kReads, ws.schedule)"
+    if ir.is_sequential(plan.program):  # each position reads what the one before computed: in order, one by one
+        return "(ws.schedule.clear(), std::string())"
     members = ", ws.read_offsets.data(), ws.members.data()" if plan.max_sets else ""
     return ("ws.linearizer.visit(cx.N, ws.listed, ws.node.data(), ws.case_id.data(), kNumCases, ws.reads.data(), "
             f"kReads, ws.schedule{members})")
@@ -506,8 +514,16 @@ def _index_value(r, node, name):
     return f"const float {name} = static_cast<float>({r.d.slot(s)});  // {comment(format_index(node.index))}"
 
 
+def _previous_row(r, node, name):
+    s = r.cp.layout.slots.index(node.host_value()[1])
+    table = r.d.table(r.plan.table_ids[node.table])
+    return (f"const float* {name} = {r.d.slot(s)} >= 0 ? {table} + {r.d.slot(s)} * {node.width} : "
+            f"{r.d.array(r.plan.array_ids[node.init])};  // the carried value: {comment(node.table)}[p - 1] or "
+            f"{comment(node.init)}")
+
+
 # kind -> (name prefix, declaration): what a leaf needs per position
-POINTERS = {ir.ChildState: ("child", _child_state), ir.ConstRow: ("crow", _const_row),
+POINTERS = {ir.ChildState: ("child", _child_state), ir.ConstRow: ("crow", _const_row), ir.PreviousRow: ("prev", _previous_row),
             ir.InputProjection: ("iproj", _input_projection), ir.InputRow: ("irow", _input_row),
             ir.BExpr: ("mask", _mask), ir.IndexValue: ("ival", _index_value)}
 
@@ -548,6 +564,7 @@ def _concat(r, e, access, w, *walk):
 
 # kind -> render(renderer, node, access, w, temps, code, pointers): elements read where they are
 ADDRESSING = {ir.ChildState: _leaf_element, ir.ConstRow: _leaf_element, ir.InputRow: _leaf_element,
+              ir.PreviousRow: _leaf_element,
               ir.InputProjection: _leaf_element, ir.ConstVec: _const_vec, ir.Scalar: _scalar,
               ir.IndexValue: _index_value_element, ir.Slice: _slice, ir.Take: _take, ir.Concat: _concat}
 
