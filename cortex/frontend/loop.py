@@ -4,14 +4,13 @@ node's rows back; carried counters become closed forms of the iteration number."
 from __future__ import annotations
 
 import numpy as np
-import onnx
 from onnx import helper
 
 from ..ir import index as ix
 from ..ir import nodes as ir
 from .interpreter import Interpreter
-from .region import (Carried, OuterScope, build_cases, check_outputs_unused, constant_labels, flatten_choices,
-                     init_decl, input_decls, row_of, table_inner)
+from .region import (Carried, OuterScope, build_cases, carried_decls, carried_tables, carried_value, check_outputs_unused,
+                     constant_labels, flatten_choices, init_decl, input_decls, row_of, table_inner)
 from .values import Array, Known, Refusal, Row, Sym, Table, describe, sym_scalar
 
 
@@ -33,7 +32,7 @@ def recognize_loop(model, node, outer: OuterScope, region_name: str, used: set) 
     if len(body.input) > 1:
         bindings[body.input[1].name] = Known(np.array(True))
     state_slots, tables, inits, counters, invariants = [], [], [], {}, {}
-    carried, carried_inits = {}, {}  # k -> (emit table, value shape, reduction op or ""); init name -> shape
+    carried = {}  # k -> CarriedValue
     for k, (init_name, body_in) in enumerate(zip(carried_names, body.input[2:])):
         init = outer.lookup(init_name)
         if _is_integer_scalar(init):
@@ -45,26 +44,8 @@ def recognize_loop(model, node, outer: OuterScope, region_name: str, used: set) 
         elif isinstance(init, (Known, Sym)) and not (isinstance(init, Known) and init.value.dtype.kind == "f"):
             invariants[k] = init
             bindings[body_in.name] = init
-        elif _produced_by(outer, init_name) == "SequenceEmpty":  # a Python list the loop appends to
-            appended = _fold_of(body, k, APPENDS)
-            if appended is None:
-                raise Refusal(f"loop-carried list {init_name} is used other than by appending one value per "
-                              "iteration", hint="append one tensor per iteration and stack the list after the loop")
-            body = appended[0]
-            bindings[body_in.name] = Known(np.zeros(0, dtype=np.float32))  # no longer read
-            carried[k] = (f"carry{k}", None, "append")
-        elif _carried_value_shape(init) is not None:  # a vector the loop carries (no node dimension)
-            shape = _carried_value_shape(init)
-            name = f"carry{k}"
-            reduction = _fold_of(body, k, REDUCERS)
-            if reduction is not None:  # c = op(c, x): an emit table of the x, reduced after the kernel
-                body = reduction[0]
-                bindings[body_in.name] = Known(np.zeros(shape, dtype=np.float32))  # no longer read
-            else:  # read and rewritten each iteration: the previous iteration's row
-                width = int(np.prod(shape, dtype=np.int64))
-                bindings[body_in.name] = Row(ir.PreviousRow(name, init_name, width), shape)
-                carried_inits[init_name] = shape
-            carried[k] = (name, shape, reduction[1] if reduction else "")
+        elif (value := carried_value(outer, body, body_in.name, body.output[1 + k].name, init_name, k)) is not None:
+            body, bindings[body_in.name], carried[k] = value  # a vector, a running reduction or a list
         else:
             inner = table_inner(init, init_name)
             table = f"state{len(tables)}"
@@ -85,24 +66,15 @@ def recognize_loop(model, node, outer: OuterScope, region_name: str, used: set) 
     closed = {Carried(k): ix.ibin("add", _host_index(init, host_arrays), ix.ibin("mul", ix.const(steps[k]), ir.Iter()))
               for k, (init, _) in counters.items()}
 
-    emit_slots, finals = [], []
-    for k, (name, shape, op) in carried.items():
-        _, got = row_of(interp, paths[0][1][1 + k], f"loop-carried {carried_names[k]}")
-        if shape is not None and tuple(got) != tuple(shape):
-            raise Refusal(f"loop-carried {carried_names[k]} changes shape from {list(shape)} to {list(got)}")
-        shape = tuple(got)
-        emit_slots.append((1 + k, name, int(np.prod(shape, dtype=np.int64))))
-        tables.append(ir.TableDecl(name, shape, None, "", kind="emit"))
-        if k < len(node.output) and node.output[k]:
-            kind = {"append": "sequence", "": "last"}.get(op, "reduce")
-            finals.append(ir.Final(node.output[k], kind, name, carried_names[k], op if kind == "reduce" else ""))
+    emit_slots, finals = carried_tables(interp, paths, {1 + k: (v, node.output[k] if k < len(node.output) else "")
+                                                       for k, v in carried.items()}, tables)
     for j in range(n_scan):
         slot = 1 + n_carried + j
         _, shape = row_of(interp, paths[0][1][slot], f"scan output {j}")
         name = f"emit{j}"
         emit_slots.append((slot, name, int(np.prod(shape, dtype=np.int64))))
         tables.append(ir.TableDecl(name, tuple(shape), None, node.output[n_carried + j], kind="emit"))
-    if not state_slots and not carried_inits:
+    if not state_slots and not any(v.recurrent for v in carried.values()):
         raise Refusal("the loop carries no state table (nothing recursive to compute)")
 
     cond_outs = {_subst(closed, path_outs[0], interp) for _, path_outs in paths}
@@ -114,76 +86,10 @@ def recognize_loop(model, node, outer: OuterScope, region_name: str, used: set) 
     trip = _loop_trip(trip_m, cond0, cond_out, host_arrays)
     interp.arrays.update(host_arrays)
     init_decls = [init_decl(name, outer) for name in inits]
-    carried_decls = [ir.InputDecl(name, "array", "float32", len(shape), tuple(shape[1:]),
-                                  rows=int(shape[0]) if shape else 1) for name, shape in carried_inits.items()]
-    arrays = input_decls(interp, cases, [trip], outer.lookup, first=carried_decls)
+    arrays = input_decls(interp, cases, [trip], outer.lookup, first=carried_decls(carried.values()))
     return ir.Program(region_name, "visit", tuple(arrays + init_decls), tuple(tables), cases,
                       dict(interp.constants), trip=trip,
                       labels=constant_labels(interp), finals=tuple(finals))
-
-
-def _carried_value_shape(init):
-    """The static shape of a float value a loop carries that is not a state table (no node dimension: a chain's
-    state vector, a running max), else None."""
-    if isinstance(init, Known) and init.value.dtype == np.float32 and init.value.ndim <= 1:
-        return tuple(init.value.shape)
-    if isinstance(init, Array) and init.dtype == "float32" and init.shape is not None and len(init.shape) <= 1 \
-            and all(isinstance(d, int) for d in init.shape):
-        return tuple(init.shape)
-    return None  # a state table [N, ...] (or refused as one)
-
-
-REDUCERS = {"Max": "max", "Min": "min", "Add": "add", "Mul": "mul", "Sum": "add"}
-APPENDS = {"SequenceInsert": "append"}
-
-
-def _produced_by(outer, name) -> str:
-    node = outer.producer.get(name)
-    return node.op_type if node is not None and node.domain in ("", "ai.onnx") else ""
-
-
-def _fold_of(body, k, ops: dict):
-    """When the loop body only folds its carried value k with one op of `ops` (c = max(c, x), c = c + x, a list's
-    append c.append(x)), and nothing else reads it: (the body with that op replaced by x, the op's name in `ops`);
-    else None. Then every iteration's x is a row of a table, reduced or stacked after the loop."""
-    name, out = body.input[2 + k].name, body.output[1 + k].name
-    used_inside = {i for n in body.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH
-                   for i in _names_read(a.g)}
-    consumers = lambda x: [n for n in body.node if x in n.input]  # noqa: E731
-    if name in used_inside or name == out:
-        return None
-    fold = consumers(name)
-    if len(fold) != 1 or fold[0].op_type not in ops or len(fold[0].input) != 2 or \
-            list(fold[0].input).count(name) != 1 or fold[0].domain not in ("", "ai.onnx"):
-        return None
-    if fold[0].op_type == "SequenceInsert" and fold[0].input[0] != name:
-        return None
-    result = fold[0].output[0]
-    while result != out:  # identities between the fold and the output
-        users = consumers(result)
-        if result in used_inside or len(users) != 1 or users[0].op_type != "Identity":
-            return None
-        result = users[0].output[0]
-    if consumers(result) or result in used_inside:
-        return None
-    other = next(i for i in fold[0].input if i != name)
-    rewritten = onnx.GraphProto()
-    rewritten.CopyFrom(body)
-    index = list(body.node).index(fold[0])
-    rewritten.node[index].CopyFrom(helper.make_node("Identity", [other], [fold[0].output[0]]))
-    return rewritten, ops[fold[0].op_type]
-
-
-def _names_read(graph) -> set:
-    """Every name a graph's nodes read, subgraphs included."""
-    names = set()
-    for n in graph.node:
-        names.update(n.input)
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                names |= _names_read(a.g)
-    return names
-
 
 
 def _scalar_shape(init):
