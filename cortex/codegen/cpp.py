@@ -32,7 +32,8 @@ class CpuEmitter(KernelEmitter):
     def before_tables(self) -> list:
         plan = self.plan
         return [WORKSPACE.format(cases=len(self.p.cases), reads=plan.max_reads, slots=plan.max_slots,
-                                 width=plan.max_width, positions=cstyle.POSITION_ARRAYS), cstyle.WORKSPACE_POOL]
+                                 width=plan.max_width, positions=cstyle.POSITION_ARRAYS + cstyle.set_arrays(plan)),
+                cstyle.WORKSPACE_POOL]
 
     def ctx_struct(self) -> str:
         plan = self.plan
@@ -196,6 +197,29 @@ class CpuEmitter(KernelEmitter):
                 "    }",
                 "  });"]
 
+    def emit_set_reduce(self, env, cp, step):
+        """Per position of the batch: the op over its set's members of the body, element by element (a member's rows
+        declared per member, the node's own values per position)."""
+        e = step.node
+        s = cp.layout.sets.index(e.members())
+        temps, code, pointers = env.start()
+        value = env.expr(e.body, Access(0), e.width, temps, code, pointers)
+        node_decls = [d for n, (name, d) in pointers.items() if not name.startswith("mrow")]
+        member_decls = [d for n, (name, d) in pointers.items() if name.startswith("mrow")]
+        combine = cstyle.REDUCE[e.op].format(a="acc[j]", b=value)
+        return ([f"  cortex::for_rows(B, {e.width * 16}, [&](int64_t b) {{",
+                 "    const int64_t q = batch[b]; (void)q;"]
+                + [f"    {d}" for d in node_decls]
+                + [f"    float* acc = {step.buffer} + b * {e.width};  // {comment(e.op)} over the set",
+                   f"    for (int64_t j = 0; j < {e.width}; ++j) acc[j] = {cstyle.cfloat(e.empty)};",
+                   f"    for (int64_t m = ws.set_begin[q * Workspace::kSets + {s}]; "
+                   f"m < ws.set_end[q * Workspace::kSets + {s}]; ++m) {{",
+                   "      const int64_t u = ws.members[m];"]
+                + [f"      {d}" for d in member_decls]
+                + [f"      for (int64_t j = 0; j < {e.width}; ++j) {{"]
+                + [f"        {line}" for line in code]
+                + [f"        acc[j] = {combine};", "      }", "    }", "  });"])
+
     def emit_reduce(self, env, cp, step):
         e = step.node
         combine = cstyle.REDUCE[e.op].format(a="acc", b=f"x[i * {e.group} + g]")
@@ -210,7 +234,7 @@ class CpuEmitter(KernelEmitter):
 
     def dispatch_fn(self) -> str:
         lines = ["static void run_case(Ctx& cx, Workspace& ws, int32_t c, const int64_t* batch, int64_t B) {",
-                 "  const bool hazard = cortex::reads_own_row(ws.node.data(), ws.reads.data(), kReads, batch, B);",
+                 f"  const bool hazard = {cstyle.hazard_call(self.plan)};",
                  "  switch (c) {"]
         for c in range(len(self.p.cases)):
             lines.append(f"    case {c}: run_case_{c}(cx, ws, batch, B, hazard); break;")
@@ -234,7 +258,9 @@ class CpuEmitter(KernelEmitter):
             plan, "cx",
             lambda i, tid, t: (f"if (cx.N) std::memcpy(cx.{tid}, cortex::host_data(inputs[{i}], \"{cstr(t.init)}\"), "
                                f"sizeof(float) * cx.N * {t.width});"),
-            lambda tid, rows, t: f"if ({rows}) std::memset(cx.{tid}, 0, sizeof(float) * {rows} * {t.width});")
+            lambda tid, rows, t: f"if ({rows}) std::memset(cx.{tid}, 0, sizeof(float) * {rows} * {t.width});",
+            lambda i, tid, t: (f"cortex::check_zeros(static_cast<const float*>(cortex::host_data(inputs[{i}], "
+                               f"\"{cstr(t.init)}\")), cx.N * {t.width}, \"{cstr(t.init)}\");"))
         linearize = cstyle.linearize_call(plan)
         lines += cstyle.LEASE_WORKSPACE
         lines += [

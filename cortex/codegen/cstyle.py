@@ -109,7 +109,7 @@ def signature_source(plan: KernelPlan) -> str:
         if dtype not in DTYPES:
             raise CodegenError(f"{kind} {k} has element type {dtype!r}, which kernels do not exchange")
         name = f"k{kind.capitalize()}{k}Dims"
-        values = ["-1"] * leading_dynamic + [cint(d, lo=0) for d in dims]
+        values = ["-1"] * leading_dynamic + ["-1" if d is None else cint(d, lo=0) for d in dims]
         array = f"const int64_t {name}[] = {{{', '.join(values)}}};" if values else None
         entry = f"{{{DTYPES[dtype][1]}, {cint(len(values), lo=0, hi=32)}, {name if values else 'nullptr'}}}"
         return array, entry
@@ -121,6 +121,9 @@ def signature_source(plan: KernelPlan) -> str:
             continue
         d = plan.program.input(inp.name)
         cint(d.rank, lo=0, hi=32)  # an int before it is compared
+        if d.dynamic_inner:  # an edge list [K, E]: every dimension dynamic
+            inputs.append(tensor("input", k, d.dtype, (None,) * (d.rank - 1), True))
+            continue
         if len(d.inner) != max(d.rank - 1, 0):
             raise CodegenError(f"input {comment(d.name)} of rank {d.rank} declares {len(d.inner)} inner dimensions")
         inputs.append(tensor("input", k, d.dtype, d.inner, d.rank >= 1))
@@ -163,12 +166,17 @@ def check_array_inputs(plan: KernelPlan, host_data) -> list:
             continue
         a = plan.array_ids[d.name]
         ctype, dt = DTYPES[d.dtype]
-        inner = cints(d.inner, "0", lo=0)
+        inner = "-1" if d.dynamic_inner else cints(d.inner, "0", lo=0)
         lines.append(f"    {{ static const int64_t inner[] = {{{inner}}};")
         lines.append(f"      cortex::check_input(inputs[{i}], \"{cstr(d.name)}\", {dt}, {cint(d.rank, lo=0, hi=32)}, inner);")
         lines.append(f"      cx.{a} = static_cast<const {ctype}*>({host_data(i, d)});")
         rows = f"inputs[{i}].shape[0]" if d.rank >= 1 else "1"
         cols = f" cx.{a}_cols = {int(np.prod(d.inner, dtype=np.int64))};" if d.rank >= 2 else ""
+        if d.dynamic_inner:
+            cols = f" cx.{a}_cols = inputs[{i}].shape[1];"
+        if d.rows is not None:
+            cols += (f" if (cx.{a}_rows != {cint(d.rows)}) throw cortex::KernelError(\"input '{cstr(d.name)}' must "
+                     f"have {cint(d.rows)} rows, got \" + std::to_string(cx.{a}_rows));")
         lines.append(f"      cx.{a}_rows = {rows};{cols} }}")
     return lines
 
@@ -190,7 +198,10 @@ def rows_and_positions(plan: KernelPlan, syntax: HostSyntax) -> list:
     """Lines setting cx.N (rows of the state tables) and cx.L (positions)."""
     p = plan.program
     if p.mode == "visit":
-        first = next(i for i, d in enumerate(p.inputs) if d.kind == "init")
+        first = next((i for i, d in enumerate(p.inputs) if d.kind == "init"), None)
+        if first is None:  # no state table (a chain carrying a vector)
+            return ["    cx.N = 0;",
+                    f"    cx.L = std::max<int64_t>(0, {render_index(p.trip, syntax)});  // {comment(format_index(p.trip))}"]
         return [f"    cx.N = inputs[{first}].rank >= 1 ? inputs[{first}].shape[0] : 0;",
                 f"    cx.L = std::max<int64_t>(0, {render_index(p.trip, syntax)});  // {comment(format_index(p.trip))}"]
     a = plan.array_ids[p.rows_from]
@@ -204,10 +215,18 @@ def rows_and_positions(plan: KernelPlan, syntax: HostSyntax) -> list:
     return lines
 
 
-def allocate_tables(plan: KernelPlan, pointer: str, init_copy, zero_fill) -> list:
+def relies_on_zero_inits(program: ir.Program) -> bool:
+    """True when a table derived from another starts at zeros because that one does (lift_member_products): the
+    initial tables the model fills with zeros must then be zeros."""
+    return program.mode == "visit" and any(t.kind == "state" and t.init is None for t in program.tables)
+
+
+def allocate_tables(plan: KernelPlan, pointer: str, init_copy, zero_fill, zero_check=None) -> list:
     """Lines allocating each state or output table as the kernel's output and giving it its first value: the
     checked initial table (init_copy(input index, table id, table) copies it in) or zeros (zero_fill(table id,
-    rows expression, table)). `pointer` is where the table pointers live ("cx" on the CPU, "P" on the GPU)."""
+    rows expression, table)). `pointer` is where the table pointers live ("cx" on the CPU, "P" on the GPU).
+    zero_check(input index, table id, table): a line checking that an initial table is zeros, where
+    relies_on_zero_inits (the GPU trusts the frontend's proof)."""
     p = plan.program
     lines = []
     for k, t in enumerate(p.tables):
@@ -223,6 +242,8 @@ def allocate_tables(plan: KernelPlan, pointer: str, init_copy, zero_fill) -> lis
             lines.append(f"      static const int64_t inner[] = {{{inner}}};")
             lines.append(f"      cortex::check_input(inputs[{i}], \"{cstr(t.init)}\", CORTEX_FLOAT, {1 + len(t.inner)}, inner);")
             lines.append(f"      if (inputs[{i}].shape[0] != cx.N) throw cortex::KernelError(\"state tables must have the same number of rows (Cortex limitation): {cstr(t.init)} has \" + std::to_string(inputs[{i}].shape[0]) + \", expected \" + std::to_string(cx.N));")
+            if zero_check is not None and p.inputs[i].zeros and relies_on_zero_inits(p):
+                lines.append(f"      {zero_check(i, tid, t)}")
             lines.append(f"      {init_copy(i, tid, t)} }}")
         else:
             lines.append(f"      {zero_fill(tid, rows, t)} }}")
@@ -230,11 +251,100 @@ def allocate_tables(plan: KernelPlan, pointer: str, init_copy, zero_fill) -> lis
 
 
 def linearize_call(plan: KernelPlan) -> str:
-    """The host linearizer's call for this recursion (a DAG's own order, or the visit order of a Loop)."""
+    """The host linearizer's call for this recursion (a DAG's own order, or the visit order of a Loop; the members of
+    child sets are reads too)."""
     if plan.program.mode == "dag":
         return "ws.linearizer.dag(cx.N, ws.case_id.data(), kNumCases, ws.reads.data(), kReads, ws.schedule)"
+    if ir.is_sequential(plan.program):  # each position reads what the one before computed: in order, one by one
+        return "(ws.schedule.clear(), std::string())"
+    members = ", ws.read_offsets.data(), ws.members.data()" if plan.max_sets else ""
     return ("ws.linearizer.visit(cx.N, ws.listed, ws.node.data(), ws.case_id.data(), kNumCases, ws.reads.data(), "
-            "kReads, ws.schedule)")
+            f"kReads, ws.schedule{members})")
+
+
+def hazard_call(plan: KernelPlan) -> str:
+    """True when a position of the batch reads its own row (then the batch's rows are committed after it)."""
+    members = ", ws.read_offsets.data(), ws.members.data()" if plan.max_sets else ""
+    return f"cortex::reads_own_row(ws.node.data(), ws.reads.data(), kReads, batch, B{members})"
+
+
+def set_arrays(plan: KernelPlan) -> str:
+    """Workspace members for child sets (none when the program has no set)."""
+    if not plan.max_sets:
+        return ""
+    buckets = max(len(_bucket_arrays(plan)), 1)
+    return f"""
+  // child sets: every position's members (CSR over positions: read_offsets), each set's [begin, end)
+  static constexpr int64_t kSets = {cint(plan.max_sets)};
+  std::vector<int64_t> members, read_offsets, set_begin, set_end;
+  cortex::KeyBuckets buckets[{cint(buckets)}];
+
+  void resize_sets(int64_t L) {{
+    members.clear();
+    read_offsets.assign(L + 1, 0);
+    set_begin.resize(L * kSets);
+    set_end.resize(L * kSets);
+  }}"""
+
+
+def _bucket_key(encoding: str, arrays: tuple, bounds: tuple):
+    """(array, row or None): the integer vector whose values key a set's members (a parent array, an edge list's
+    targets: a vector, or a row of an edge list [2, E]); None for a CSR range."""
+    if encoding == "parent":
+        return arrays[0], None
+    if encoding == "edges":
+        return arrays[1], None
+    if encoding == "edge_index":
+        return arrays[0], int(bounds[1].value)
+    return None
+
+
+def _bucket_arrays(plan: KernelPlan) -> list:
+    """The key vectors of the program's child sets, each once, in order."""
+    keys = []
+    for cp in plan.cases:
+        for members in cp.layout.sets:
+            key = _bucket_key(*members)
+            if key is not None and key not in keys:
+                keys.append(key)
+    return keys
+
+
+def _key_vector(plan: KernelPlan, key) -> tuple:
+    """(pointer, count) of a key vector in the kernel's host context."""
+    name, row = key
+    a = plan.array_ids[name]
+    if row is None:
+        return f"cx.{a}", f"cx.{a}_rows"
+    return f"cx.{a} + {cint(row)} * cx.{a}_cols", f"cx.{a}_cols"
+
+
+def _set_lines(plan: KernelPlan, syntax, s: int, members) -> list:
+    """Lines appending set s's members for position q to ws.members."""
+    encoding, arrays, bounds = members
+    ids = plan.array_ids
+    dtype = {d.name: DTYPES[d.dtype][0] for d in plan.program.inputs if d.kind == "array"}
+    lines = [f"        ws.set_begin[q * Workspace::kSets + {s}] = static_cast<int64_t>(ws.members.size());"]
+    if encoding == "range":
+        a = ids[arrays[0]]
+        lines += [f"        {{ int64_t i0, i1; cortex::slice_bounds({render_index(bounds[0], syntax)}, "
+                  f"{render_index(bounds[1], syntax)}, cx.{a}_rows, &i0, &i1);",
+                  f"          for (int64_t i = i0; i < i1; ++i) ws.members.push_back(cortex::normalize_index("
+                  f"static_cast<int64_t>(cx.{a}[i]), cx.N, \"a member listed by {cstr(arrays[0])}\", p)); }}"]
+    else:
+        key = _bucket_key(encoding, arrays, bounds)
+        b = _bucket_arrays(plan).index(key)
+        if encoding == "parent":
+            push = "ws.members.push_back(cortex::normalize_index(u, cx.N, \"a member of a parent array\", p));"
+        else:
+            source = (f"cx.{ids[arrays[0]]}" if encoding == "edges" else
+                      f"(cx.{ids[arrays[0]]} + {cint(bounds[2].value)} * cx.{ids[arrays[0]]}_cols)")
+            push = (f"ws.members.push_back(cortex::normalize_index(static_cast<int64_t>({source}[u]), cx.N, "
+                    f"\"a member listed by {cstr(arrays[0])}\", p));")
+        lines.append(f"        ws.buckets[{b}].each<{dtype[key[0]]}>({render_index(bounds[0], syntax)}, "
+                     f"[&](int64_t u) {{ {push} }});  // {comment(encoding)} {comment(', '.join(arrays))}")
+    lines.append(f"        ws.set_end[q * Workspace::kSets + {s}] = static_cast<int64_t>(ws.members.size());")
+    return lines
 
 
 def prepare_fn(plan: KernelPlan, syntax: HostSyntax) -> str:
@@ -246,6 +356,25 @@ def prepare_fn(plan: KernelPlan, syntax: HostSyntax) -> str:
         "// keeping the positions that write something, in order.",
         "static void prepare(Ctx& cx, Workspace& ws) {",
         "  ws.resize_positions(cx.L);",
+    ]
+    if plan.max_sets:
+        dtype = {d.name: DTYPES[d.dtype][0] for d in p.inputs if d.kind == "array"}
+        lines.append("  ws.resize_sets(cx.L);")
+        parents = {a for cp in plan.cases for enc, arrays, _ in cp.layout.sets if enc == "parent" for a in arrays}
+        for cp in plan.cases:
+            for encoding, arrays, bounds in cp.layout.sets:
+                if encoding == "edge_index":  # the rows an edge list must have
+                    rows = 1 + max(int(bounds[1].value), int(bounds[2].value))
+                    lines.append(f"  cortex::check_edge_rows(cx.{plan.array_ids[arrays[0]]}_rows, {cint(rows)}, "
+                                 f"\"{cstr(arrays[0])}\");")
+        for b, key in enumerate(_bucket_arrays(plan)):
+            a = plan.array_ids[key[0]]
+            if key[0] in parents:  # one parent per state row
+                lines.append(f"  cortex::check_parent_rows(cx.{a}_rows, cx.N, \"{cstr(key[0])}\");")
+            pointer, count = _key_vector(plan, key)
+            lines.append(f"  ws.buckets[{b}].build<{dtype[key[0]]}>({pointer}, {count}, cx.N);  // members by "
+                         f"{comment(key[0])}" + (f" row {key[1]}" if key[1] is not None else ""))
+    lines += [
         "  int64_t q = 0;",
         "  for (int64_t p = 0; p < cx.L; ++p) {",
         "    int32_t c = -1;",
@@ -258,8 +387,10 @@ def prepare_fn(plan: KernelPlan, syntax: HostSyntax) -> str:
               "    ws.position[q] = p;",
               "    int64_t* reads = &ws.reads[q * kReads];",
               "    int64_t* slots = &ws.slots[q * kSlots];",
-              "    std::fill(reads, reads + kReads, INT64_C(-1));",
-              "    switch (c) {"]
+              "    std::fill(reads, reads + kReads, INT64_C(-1));"]
+    if plan.max_sets:
+        lines.append("    ws.read_offsets[q] = static_cast<int64_t>(ws.members.size());")
+    lines += ["    switch (c) {"]
     for cp in plan.cases:
         case, layout = cp.case, cp.layout
         lines.append(f"      case {cp.index}: {{  // {comment(case.name)}")
@@ -286,8 +417,13 @@ def prepare_fn(plan: KernelPlan, syntax: HostSyntax) -> str:
                         else source)
                 lines.append(f"        slots[{s}] = cortex::normalize_index({render_index(key, syntax)}, {rows}, "
                              f"\"{cstr(what)}\", p);  // {comment(format_index(key))}")
+        for s, members in enumerate(layout.sets):
+            lines += _set_lines(plan, syntax, s, members)
         lines += ["        break;", "      }"]
-    lines += ["    }", "    ++q;", "  }", "  ws.listed = q;", "}"]
+    lines += ["    }", "    ++q;", "  }", "  ws.listed = q;"]
+    if plan.max_sets:
+        lines.append("  ws.read_offsets[q] = static_cast<int64_t>(ws.members.size());")
+    lines.append("}")
     return "\n".join(lines) + "\n"
 
 
@@ -378,8 +514,16 @@ def _index_value(r, node, name):
     return f"const float {name} = static_cast<float>({r.d.slot(s)});  // {comment(format_index(node.index))}"
 
 
+def _previous_row(r, node, name):
+    s = r.cp.layout.slots.index(node.host_value()[1])
+    table = r.d.table(r.plan.table_ids[node.table])
+    return (f"const float* {name} = {r.d.slot(s)} >= 0 ? {table} + {r.d.slot(s)} * {node.width} : "
+            f"{r.d.array(r.plan.array_ids[node.init])};  // the carried value: {comment(node.table)}[p - 1] or "
+            f"{comment(node.init)}")
+
+
 # kind -> (name prefix, declaration): what a leaf needs per position
-POINTERS = {ir.ChildState: ("child", _child_state), ir.ConstRow: ("crow", _const_row),
+POINTERS = {ir.ChildState: ("child", _child_state), ir.ConstRow: ("crow", _const_row), ir.PreviousRow: ("prev", _previous_row),
             ir.InputProjection: ("iproj", _input_projection), ir.InputRow: ("irow", _input_row),
             ir.BExpr: ("mask", _mask), ir.IndexValue: ("ival", _index_value)}
 
@@ -420,6 +564,7 @@ def _concat(r, e, access, w, *walk):
 
 # kind -> render(renderer, node, access, w, temps, code, pointers): elements read where they are
 ADDRESSING = {ir.ChildState: _leaf_element, ir.ConstRow: _leaf_element, ir.InputRow: _leaf_element,
+              ir.PreviousRow: _leaf_element,
               ir.InputProjection: _leaf_element, ir.ConstVec: _const_vec, ir.Scalar: _scalar,
               ir.IndexValue: _index_value_element, ir.Slice: _slice, ir.Take: _take, ir.Concat: _concat}
 
@@ -464,6 +609,12 @@ class ElementRenderer:
     def leaf_pointer(self, node, pointers) -> str:
         if node in pointers:
             return pointers[node][0]
+        if isinstance(getattr(node, "index", None), ir.Member):  # a set member's row: declared per member
+            name = f"mrow{len(pointers)}"
+            base = (self.d.table(self.plan.table_ids[node.table]) if isinstance(node, ir.ChildState)
+                    else self.d.array(self.plan.array_ids[node.array]))
+            pointers[node] = (name, f"const float* {name} = {base} + u * {node.width};  // a member's row")
+            return name
         kind = next((k for k in type(node).__mro__ if k in POINTERS), None)
         if kind is None:
             raise CodegenError(f"no pointer for {type(node).__name__}")

@@ -72,7 +72,8 @@ class CudaEmitter(KernelEmitter):
                                  buffers=max(len(plan.buffer_widths), 1))]
 
     def after_tables(self) -> list:
-        return [WORKSPACE.format(positions=cstyle.POSITION_ARRAYS), cstyle.WORKSPACE_POOL, self.ctx_struct(),
+        return [WORKSPACE.format(positions=cstyle.POSITION_ARRAYS + cstyle.set_arrays(self.plan)),
+                cstyle.WORKSPACE_POOL, self.ctx_struct(),
                 self.params_struct(), cstyle.prepare_fn(self.plan, self.syntax)]
 
     def _resident(self, weight, offsets=None, width=0) -> int:
@@ -104,7 +105,11 @@ class CudaEmitter(KernelEmitter):
             lines.append(f"  float* proj{k};")
         lines += ["  const int64_t* node; const int64_t* position; const int64_t* reads; const int64_t* slots;",
                   "  const int64_t* positions; const int64_t* batch_offset;",
-                  "  const int32_t* batch_case; const int32_t* batch_hazard; const int32_t* batch_level;",
+                  "  const int32_t* batch_case; const int32_t* batch_hazard; const int32_t* batch_level;"]
+        if plan.max_sets:
+            lines.append("  const int64_t* members; const int64_t* set_begin; const int64_t* set_end;  // child sets, "
+                         "per position in schedule order")
+        lines += [
                   "  float* buffer[kBuffers];",
                   "  int64_t resident[kWeights];  // offset of a weight's columns in shared memory, or -1",
                   "};"]
@@ -290,6 +295,27 @@ class CudaEmitter(KernelEmitter):
                 f"    {step.buffer}[e] = acc;",
                 "  }"]
 
+    def emit_set_reduce(self, env, cp, step):
+        """A thread per element of the batch's rows: the op over the position's set members of the body."""
+        e = step.node
+        s = cp.layout.sets.index(e.members())
+        temps, code, pointers = env.start()
+        value = env.expr(e.body, Access(0), e.width, temps, code, pointers)
+        node_decls = [d for n, (name, d) in pointers.items() if not name.startswith("mrow")]
+        member_decls = [d for n, (name, d) in pointers.items() if name.startswith("mrow")]
+        combine = cstyle.REDUCE[e.op].format(a="acc", b=value)
+        return ([f"  for (int64_t e = blockIdx.x * blockDim.x + threadIdx.x; e < B * {e.width}; e += gridDim.x * blockDim.x) {{",
+                 f"    const int64_t b = e / {e.width}, j = e % {e.width};",
+                 "    const int64_t q = off + b; (void)q;  // the schedule is in batch order"]
+                + [f"    {d}" for d in node_decls]
+                + [f"    float acc = {cstyle.cfloat(e.empty)};  // {comment(e.op)} over the set",
+                   f"    for (int64_t m = P.set_begin[q * Workspace::kSets + {s}]; "
+                   f"m < P.set_end[q * Workspace::kSets + {s}]; ++m) {{",
+                   "      const int64_t u = P.members[m];"]
+                + [f"      {d}" for d in member_decls]
+                + [f"      {line}" for line in code]
+                + [f"      acc = {combine};", "    }", f"    {step.buffer}[e] = acc;", "  }"])
+
     def emit_reduce(self, env, cp, step):
         e = step.node
         combine = cstyle.REDUCE[e.op].format(a="acc", b="x[g]")
@@ -380,11 +406,14 @@ class CudaEmitter(KernelEmitter):
             "    if (!failure.empty()) throw cortex::KernelError(failure);",
             "    phases.mark(1);  // prepared and linearized",
             "    const cortex::cuda::DeviceSchedule s = ws.upload_schedule(ws.schedule, ws.listed, ws.case_id.data(), "
-            "ws.node.data(), ws.position.data(), ws.reads.data(), kReads, ws.slots.data(), kSlots, stream);",
+            "ws.node.data(), ws.position.data(), ws.reads.data(), kReads, ws.slots.data(), kSlots, stream"
+            + (", ws.read_offsets.data(), ws.members.data());" if plan.max_sets else ");"),
             "    P.node = s.node; P.position = s.position; P.reads = s.reads; P.slots = s.slots;",
             "    P.positions = s.positions; P.batch_offset = s.batch_offset; P.batch_case = s.batch_case;",
             "    P.batch_hazard = s.batch_hazard; P.batch_level = s.batch_level;",
             "    P.num_batches = s.num_batches;",
+            *(["    ws.upload_sets(ws.set_begin.data(), ws.set_end.data(), Workspace::kSets, ws.members, &P.set_begin, "
+               "&P.set_end, &P.members, stream);"] if plan.max_sets else []),
             f"    static const int64_t widths[kBuffers] = {{{widths}}};",
             "    ws.buffers(widths, kBuffers, s.max_batch, P.buffer);",
         ]

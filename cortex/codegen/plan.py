@@ -55,6 +55,7 @@ IN_PLACE = "in-place"  # a product reads the operand's elements where they are (
 class CaseLayout:
     reads: list = field(default_factory=list)  # [(index IExpr, missing_zero)]: child-state rows read
     slots: list = field(default_factory=list)  # [(key, kind, source)]: host values per position
+    sets: list = field(default_factory=list)  # [(encoding, arrays, bounds)]: member lists per position
 
 
 @dataclass
@@ -98,6 +99,7 @@ class KernelPlan:
     max_reads: int
     max_slots: int
     max_width: int
+    max_sets: int = 0  # member lists a position has, at most (0: the program has no set)
     buffer_widths: list = field(default_factory=list)  # per global buffer slot: the widest row it holds
     product_columns: list = field(default_factory=list)  # [(weight, offsets or None, width)]: column sets read
 
@@ -119,7 +121,7 @@ def case_layout(case: ir.Case) -> CaseLayout:
         if need is None:
             continue
         kind, key = need
-        into = layout.reads if kind == ir.HOST_READ else layout.slots
+        into = {ir.HOST_READ: layout.reads, ir.HOST_SLOT: layout.slots, ir.HOST_SET: layout.sets}[kind]
         if key not in into:
             into.append(key)
     return layout
@@ -150,10 +152,16 @@ def _within_one_part(concat: ir.Concat, piece: ir.Slice) -> bool:
 def plan_case(index: int, case: ir.Case) -> CasePlan:
     roots = [x for _, x in case.writes]
     order = ir.walk_rows(roots)
+    per_member = {n for n in order if ir.member_dependent(n)}  # computed inside their set's step, per member
+    for node in per_member:
+        if node.MATERIALIZED:  # lift_member_products moves these to the writer where it can
+            raise CodegenError(f"a {type(node).__name__} of each member of a child set whose rows do not start at "
+                               "zeros (Cortex computes such a product where the member's row is written, which "
+                               "needs the table to start from torch.zeros)")
     buffered = set()
     for node in order:
         for child in ir.row_children(node):
-            if _needs_buffer(child, node):
+            if _needs_buffer(child, node) and child not in per_member:
                 buffered.add(child)
     for node in order:
         if node.MATERIALIZED:
@@ -187,8 +195,10 @@ def plan_case(index: int, case: ir.Case) -> CasePlan:
                 source = new_buffer("T")
                 steps.append(Step(node.STEP_INPUT, node, source))
                 sources = (source,)
-            else:
+            elif node.MATERIALIZE_OPERANDS:
                 sources = tuple(materialize(child) for child in ir.row_children(node))
+            else:
+                sources = ()
             name = new_buffer("G")
             steps.append(Step(node.STEP, node, name, sources))
             buffers[node] = name
@@ -396,7 +406,8 @@ def plan_kernel(program: ir.Program, backend) -> KernelPlan:
     plan = KernelPlan(program, inputs, array_ids, const_ids, table_ids, packed, projections, cases,
                       max([len(c.layout.reads) for c in cases] + [1]),
                       max([len(c.layout.slots) for c in cases] + [1]),
-                      max(t.width for t in program.tables))
+                      max(t.width for t in program.tables),
+                      max([len(c.layout.sets) for c in cases] + [0]))
     _buffer_slots(plan)
     _product_columns(plan)
     return plan

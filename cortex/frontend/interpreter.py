@@ -129,6 +129,10 @@ class Interpreter:
             return self._per_branch(node, args, lookup, choice)
         if choice is not None:  # control flow reading a chosen value: run it per branch as well
             return self._per_branch(node, args, lookup, choice)
+        from . import ops_sets  # imports this module's attr
+        sets = ops_sets.dispatch(self, node, args, lookup)  # a child set the structure computes (ops_sets.py)
+        if sets is not None:
+            return sets
         fn = HANDLERS.get(node.op_type)
         if node.op_type not in CONTROL_FLOW and args and all(isinstance(a, Known) or a is None for a in args):
             try:

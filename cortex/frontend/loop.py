@@ -9,8 +9,8 @@ from onnx import helper
 from ..ir import index as ix
 from ..ir import nodes as ir
 from .interpreter import Interpreter
-from .region import (Carried, OuterScope, build_cases, check_outputs_unused, constant_labels, flatten_choices,
-                     init_decl, input_decls, row_of, table_inner)
+from .region import (Carried, OuterScope, build_cases, carried_decls, carried_tables, carried_value, check_outputs_unused,
+                     constant_labels, flatten_choices, init_decl, input_decls, row_of, table_inner)
 from .values import Array, Known, Refusal, Row, Sym, Table, describe, sym_scalar
 
 
@@ -32,6 +32,7 @@ def recognize_loop(model, node, outer: OuterScope, region_name: str, used: set) 
     if len(body.input) > 1:
         bindings[body.input[1].name] = Known(np.array(True))
     state_slots, tables, inits, counters, invariants = [], [], [], {}, {}
+    carried = {}  # k -> CarriedValue
     for k, (init_name, body_in) in enumerate(zip(carried_names, body.input[2:])):
         init = outer.lookup(init_name)
         if _is_integer_scalar(init):
@@ -43,6 +44,8 @@ def recognize_loop(model, node, outer: OuterScope, region_name: str, used: set) 
         elif isinstance(init, (Known, Sym)) and not (isinstance(init, Known) and init.value.dtype.kind == "f"):
             invariants[k] = init
             bindings[body_in.name] = init
+        elif (value := carried_value(outer, body, body_in.name, body.output[1 + k].name, init_name, k)) is not None:
+            body, bindings[body_in.name], carried[k] = value  # a vector, a running reduction or a list
         else:
             inner = table_inner(init, init_name)
             table = f"state{len(tables)}"
@@ -63,14 +66,15 @@ def recognize_loop(model, node, outer: OuterScope, region_name: str, used: set) 
     closed = {Carried(k): ix.ibin("add", _host_index(init, host_arrays), ix.ibin("mul", ix.const(steps[k]), ir.Iter()))
               for k, (init, _) in counters.items()}
 
-    emit_slots = []
+    emit_slots, finals = carried_tables(interp, paths, {1 + k: (v, node.output[k] if k < len(node.output) else "")
+                                                       for k, v in carried.items()}, tables)
     for j in range(n_scan):
         slot = 1 + n_carried + j
         _, shape = row_of(interp, paths[0][1][slot], f"scan output {j}")
         name = f"emit{j}"
         emit_slots.append((slot, name, int(np.prod(shape, dtype=np.int64))))
         tables.append(ir.TableDecl(name, tuple(shape), None, node.output[n_carried + j], kind="emit"))
-    if not state_slots:
+    if not state_slots and not any(v.recurrent for v in carried.values()):
         raise Refusal("the loop carries no state table (nothing recursive to compute)")
 
     cond_outs = {_subst(closed, path_outs[0], interp) for _, path_outs in paths}
@@ -82,11 +86,10 @@ def recognize_loop(model, node, outer: OuterScope, region_name: str, used: set) 
     trip = _loop_trip(trip_m, cond0, cond_out, host_arrays)
     interp.arrays.update(host_arrays)
     init_decls = [init_decl(name, outer) for name in inits]
-    arrays = input_decls(interp, cases, [trip], outer.lookup)
+    arrays = input_decls(interp, cases, [trip], outer.lookup, first=carried_decls(carried.values()))
     return ir.Program(region_name, "visit", tuple(arrays + init_decls), tuple(tables), cases,
                       dict(interp.constants), trip=trip,
-                      labels=constant_labels(interp))
-
+                      labels=constant_labels(interp), finals=tuple(finals))
 
 
 def _scalar_shape(init):

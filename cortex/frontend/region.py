@@ -156,7 +156,7 @@ def table_inner(value, name) -> tuple:
         dtype, shape = value.dtype, value.shape
     else:
         raise Refusal(f"loop-carried {name} is {describe(value)}, not a state table")
-    if shape is None or len(shape) < 2 or any(not isinstance(d, int) for d in shape[1:]):
+    if shape is None or len(shape) < 1 or any(not isinstance(d, int) for d in shape[1:]):
         raise Refusal(f"loop-carried {name} is not an [N, ...] state table of static row shape (shape {shape})")
     if dtype != "float32":
         raise Refusal(f"loop-carried {name} is {dtype}, not a float32 state table")
@@ -184,7 +184,11 @@ def input_decls(interp, cases, extra, outer_lookup, first=(), also=()) -> list:
             raise Refusal(f"runtime tensor {name} ({arr.dtype}, shape {arr.shape}) is not a supported node input")
         inner = tuple(arr.shape[1:])
         if any(not isinstance(d, int) for d in inner):
-            raise Refusal(f"runtime tensor {name} has a dynamic inner dimension")
+            if len(arr.shape) != 2 or arr.dtype not in ("int64", "int32"):
+                raise Refusal(f"runtime tensor {name} has a dynamic inner dimension")
+            # an edge list [2, E]: only a child set may read it (verify refuses any other read)
+            decls.append(ir.InputDecl(name, "array", arr.dtype, 2, (), dynamic_inner=True))
+            continue
         decls.append(ir.InputDecl(name, "array", arr.dtype, len(arr.shape), inner))
     return decls
 
@@ -238,8 +242,10 @@ def check_outputs_unused(node, slots, used, what):
 
 
 def init_decl(name, outer) -> ir.InputDecl:
-    inner = table_inner(outer.lookup(name), name)
-    return ir.InputDecl(name, "init", "float32", 1 + len(inner), inner)
+    value = outer.lookup(name)
+    inner = table_inner(value, name)
+    zeros = isinstance(value, Array) and value.fill is not None and float(value.fill) == 0.0  # torch.zeros(N, H)
+    return ir.InputDecl(name, "init", "float32", 1 + len(inner), inner, zeros=zeros)
 
 
 
@@ -248,3 +254,124 @@ def constant_labels(interp) -> tuple:
     out (the message then names the constant)."""
     return tuple((name, source) for name, source in sorted(interp.labels.items())
                  if name in interp.constants and isinstance(source, str) and safe_text(source))
+
+
+# ---- values a loop carries that are not state tables --------------------------------------------------------------
+# A chain's state vector (read and rewritten each iteration), a running reduction (c = max(c, x)), a list appended
+# to: each becomes an emit table with one row per iteration (ir.PreviousRow reads the previous one), and the loop's
+# output is computed from it after the kernel (ir.Final).
+
+
+@dataclass
+class CarriedValue:
+    table: str  # the emit table of per-iteration rows
+    init: str  # the ONNX name of the initial value
+    shape: Optional[tuple]  # the value's shape (None for a list: its element's, found from the body)
+    fold: str  # "": read and rewritten (recurrent); "append": a list; else the reduction op (max, min, add, mul)
+
+    @property
+    def recurrent(self) -> bool:
+        return self.fold == ""
+
+
+REDUCERS = {"Max": "max", "Min": "min", "Add": "add", "Mul": "mul", "Sum": "add"}
+APPENDS = {"SequenceInsert": "append"}
+
+
+def carried_value(outer, body, in_name: str, out_name: str, init_name: str, k: int):
+    """(body, binding of the body's input, CarriedValue) for a float value of static shape with no node dimension or
+    an empty list that a loop carries; None for anything else (a state table, or refused as one). The body returned
+    has the fold op replaced by its operand when the value is only folded (c = max(c, x), c.append(x))."""
+    init = outer.lookup(init_name)
+    producer = outer.producer.get(init_name)
+    if producer is not None and producer.op_type == "SequenceEmpty" and producer.domain in ("", "ai.onnx"):
+        appended = _fold_of(body, in_name, out_name, APPENDS)
+        if appended is None:
+            raise Refusal(f"loop-carried list {init_name} is used other than by appending one value per iteration",
+                          hint="append one tensor per iteration and stack the list after the loop")
+        return appended[0], Known(np.zeros(0, dtype=np.float32)), CarriedValue(f"carry{k}", init_name, None,
+                                                                               "append")
+    shape = _carried_value_shape(init)
+    if shape is None:
+        return None
+    folded = _fold_of(body, in_name, out_name, REDUCERS)
+    if folded is not None:  # the input is no longer read
+        return folded[0], Known(np.zeros(shape, dtype=np.float32)), CarriedValue(f"carry{k}", init_name, shape,
+                                                                                folded[1])
+    width = int(np.prod(shape, dtype=np.int64))
+    return body, Row(ir.PreviousRow(f"carry{k}", init_name, width), shape), CarriedValue(f"carry{k}", init_name,
+                                                                                          shape, "")
+
+
+def carried_tables(interp, paths, carried: dict, tables: list) -> tuple:
+    """For carried values {body output slot: (CarriedValue, the region's output name)}: appends their emit tables to
+    `tables`; returns (emit slots, finals)."""
+    slots, finals = [], []
+    for slot, (value, output) in carried.items():
+        _, got = row_of(interp, paths[0][1][slot], f"loop-carried {value.init}")
+        if value.shape is not None and tuple(got) != tuple(value.shape):
+            raise Refusal(f"loop-carried {value.init} changes shape from {list(value.shape)} to {list(got)}")
+        slots.append((slot, value.table, int(np.prod(got, dtype=np.int64))))
+        tables.append(ir.TableDecl(value.table, tuple(got), None, "", kind="emit"))
+        if output:
+            kind = {"": "last", "append": "sequence"}.get(value.fold, "reduce")
+            finals.append(ir.Final(output, kind, value.table, value.init, value.fold if kind == "reduce" else ""))
+    return slots, finals
+
+
+def carried_decls(values) -> list:
+    """Kernel inputs for the initial values of recurrent carried values (read at the first position)."""
+    return [ir.InputDecl(v.init, "array", "float32", len(v.shape), tuple(v.shape[1:]),
+                         rows=int(v.shape[0]) if v.shape else 1) for v in values if v.recurrent]
+
+
+def _carried_value_shape(init):
+    """The static shape of a float value a loop carries that has no node dimension (rank 0 or 1), else None."""
+    if isinstance(init, Known) and init.value.dtype == np.float32 and init.value.ndim <= 1:
+        return tuple(init.value.shape)
+    if isinstance(init, Array) and init.dtype == "float32" and init.shape is not None and len(init.shape) <= 1 \
+            and all(isinstance(d, int) for d in init.shape):
+        return tuple(init.shape)
+    return None  # a state table [N, ...] (or refused as one)
+
+
+def _fold_of(body, name: str, out: str, ops: dict):
+    """When the body only folds its carried input `name` into its output `out` with one op of `ops` (c = max(c, x),
+    c.append(x)) and nothing else reads it: (the body with that op replaced by x, the op's name in `ops`); else
+    None."""
+    used_inside = {i for n in body.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH
+                   for i in _names_read(a.g)}
+    consumers = lambda x: [n for n in body.node if x in n.input]  # noqa: E731
+    if name in used_inside or name == out:
+        return None
+    fold = consumers(name)
+    if len(fold) != 1 or fold[0].op_type not in ops or len(fold[0].input) != 2 or \
+            list(fold[0].input).count(name) != 1 or fold[0].domain not in ("", "ai.onnx"):
+        return None
+    if fold[0].op_type == "SequenceInsert" and fold[0].input[0] != name:
+        return None
+    result = fold[0].output[0]
+    while result != out:  # identities between the fold and the output
+        users = consumers(result)
+        if result in used_inside or len(users) != 1 or users[0].op_type != "Identity":
+            return None
+        result = users[0].output[0]
+    if consumers(result) or result in used_inside:
+        return None
+    other = next(i for i in fold[0].input if i != name)
+    rewritten = onnx.GraphProto()
+    rewritten.CopyFrom(body)
+    index = list(body.node).index(fold[0])
+    rewritten.node[index].CopyFrom(onnx.helper.make_node("Identity", [other], [fold[0].output[0]]))
+    return rewritten, ops[fold[0].op_type]
+
+
+def _names_read(graph) -> set:
+    """Every name a graph's nodes read, subgraphs included."""
+    names = set()
+    for n in graph.node:
+        names.update(n.input)
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                names |= _names_read(a.g)
+    return names

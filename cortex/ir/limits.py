@@ -49,7 +49,9 @@ def check_limits(program: ir.Program) -> None:
     if len(program.inputs) > MAX_DECLS or len(program.tables) > MAX_DECLS:
         raise IRFormatError(f"the IR declares more than {MAX_DECLS} inputs or tables")
     for decl in program.inputs:
-        if decl.rank > MAX_RANK or len(decl.inner) != max(decl.rank - 1, 0):
+        inner = 0 if decl.dynamic_inner else max(decl.rank - 1, 0)
+        if decl.rank > MAX_RANK or len(decl.inner) != inner or \
+                (decl.dynamic_inner and (decl.rank != 2 or decl.dtype not in ("int64", "int32"))):
             raise IRFormatError(f"input {decl.name!r}: rank {decl.rank} with inner dimensions {list(decl.inner)[:8]}")
     budget = row_width_budget(program)
     for table in program.tables:

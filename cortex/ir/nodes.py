@@ -141,6 +141,7 @@ class Expr:
     ADDRESSABLE: ClassVar[bool] = False
     STEP: ClassVar[str] = ""  # a materialized node: the kernel step that computes it over a batch
     STEP_INPUT: ClassVar[str] = ""  # a step that lays its operand out first (else each row operand is materialized)
+    MATERIALIZE_OPERANDS: ClassVar[bool] = True  # a step reads its row operands from buffers
 
     def verify(self, program):
         raise IRError(f"not an IR expression: {type(self).__name__}")
@@ -290,6 +291,7 @@ class Load(IExpr):
         decl = program.input(self.array)
         check(decl.kind == "array" and decl.dtype in INT_INPUT_DTYPES, f"load from non-integer array {self.array}")
         check(decl.rank <= 2, f"load from {self.array} of rank {decl.rank}")
+        check(not decl.dynamic_inner, f"load from {self.array}: its columns are dynamic")
         check((decl.rank == 2) == (self.column is not None), f"load from {self.array}: column does not match rank")
         if self.column is not None:
             check(0 <= self.column < decl.inner[0], f"load column {self.column} of {self.array}")
@@ -358,6 +360,17 @@ class Guard(IExpr):
 
     def render(self, syntax) -> str:
         return syntax.guard(self.pred.render(syntax), self.value.render(syntax), self.message)
+
+    def verify(self, program):
+        pass
+
+
+@node
+class Member(IExpr):
+    """The member of the set a SetReduce runs over: only as the row index of a ChildState or InputRow in its body."""
+
+    def render(self, syntax) -> str:
+        return "u"  # the member's row in a SetReduce step (verify keeps it there)
 
     def verify(self, program):
         pass
@@ -441,6 +454,7 @@ class BOr(BExpr):
 
 class RExpr(Expr):
     width: int
+    VARIES: ClassVar[bool] = False  # a leaf whose value depends on the position (not only on constant table rows)
 
     def text(self, show) -> str:
         raise TypeError(f"{type(self).__name__} has no text form")
@@ -454,6 +468,7 @@ class RExpr(Expr):
 class ChildState(RExpr):
     """Row `index` of state table `table` as it was before this position ran. `missing_zero`: an index of -1
     means "no child" and reads a zero row (TreeRec semantics); otherwise Gather semantics apply."""
+    VARIES: ClassVar[bool] = True
     table: Ident
     index: IExpr
     missing_zero: bool
@@ -471,6 +486,8 @@ class ChildState(RExpr):
         check(table.kind == "state" and table.width == self.width, f"child_state {self.table}: width {self.width}")
 
     def host_value(self):
+        if isinstance(self.index, Member):
+            return None  # a set member's row: the set's step reads it
         return HOST_READ, (self.index, self.missing_zero)
 
 
@@ -502,6 +519,7 @@ class ConstRow(RExpr):
 class InputRow(RExpr):
     """Row `index` (Gather semantics) of a runtime float32 input (per-node features; all dims but the first
     flattened)."""
+    VARIES: ClassVar[bool] = True
     array: Name
     index: IExpr
     width: Dim
@@ -516,6 +534,8 @@ class InputRow(RExpr):
         float_rows(program, self.array, self.width, "input_row")
 
     def host_value(self):
+        if isinstance(self.index, Member):
+            return None  # a set member's row: the set's step reads it
         return HOST_SLOT, (self.index, HOST_ROW, self.array)
 
 
@@ -523,6 +543,7 @@ class InputRow(RExpr):
 class InputProjection(RExpr):
     """Row `index` of X @ W (+ bias) for a runtime float matrix input X: the whole product is computed once per
     run, before the recursion, as one large matrix product (hoisting node-input-only work)."""
+    VARIES: ClassVar[bool] = True
     array: Name
     weight: Ident
     bias: Optional[Ident]
@@ -547,6 +568,35 @@ class InputProjection(RExpr):
 
     def host_value(self):
         return HOST_SLOT, (self.index, HOST_ROW, self.array)
+
+
+@node
+class PreviousRow(RExpr):
+    """A value the loop carries from one iteration to the next (a chain's state vector): row p - 1 of the emit table
+    `table`, which holds each iteration's new value, or the float input `init` (the loop's initial value, `width`
+    elements) at p = 0. A program that reads one runs its positions in order."""
+    VARIES: ClassVar[bool] = True
+    table: Ident
+    init: Name
+    width: Dim
+    OPERANDS: ClassVar[tuple] = ()
+
+    ADDRESSABLE: ClassVar[bool] = True
+
+    def text(self, show) -> str:
+        return f"previous {self.table}[p - 1] (at p = 0: {self.init})"
+
+    def verify(self, program):
+        table = program.table(self.table)
+        check(table.kind == "emit" and table.width == self.width, f"previous {self.table}: not an emit table of "
+                                                                    f"width {self.width}")
+        decl = program.input(self.init)
+        check(decl.kind == "array" and decl.dtype == "float32" and decl.rows is not None and
+              decl.rows * int(np.prod(decl.inner, dtype=np.int64)) == self.width,
+              f"previous {self.table}: initial value {self.init} has not {self.width} elements")
+
+    def host_value(self):
+        return HOST_SLOT, (IBinary("sub", Iter(), IConst(1)), HOST_VALUE, None)
 
 
 @node
@@ -588,6 +638,7 @@ class Scalar(RExpr):
 class IndexValue(RExpr):
     """An index expression as a float (a cast of a structure value: 1.0 where a structure test holds, a child
     count, a node id)."""
+    VARIES: ClassVar[bool] = True
     index: IExpr
     width: Dim = 1
     OPERANDS: ClassVar[tuple] = ("index",)
@@ -692,6 +743,7 @@ class MatVec(RExpr):
 @node
 class Select(RExpr):
     """pred ? a : b elementwise, pred a structure predicate (torch.where with a per-node condition)."""
+    VARIES: ClassVar[bool] = True
     pred: BExpr
     a: RExpr
     b: RExpr
@@ -851,6 +903,90 @@ class Reduce(RExpr):
         check(self.group >= 1 and self.x.width == self.group * self.width, f"reduce {self.op} groups")
 
 
+SET_ENCODINGS = ("parent", "edges", "range", "edge_index")
+HOST_SET = "set"
+
+
+@node
+class SetReduce(RExpr):
+    """op, elementwise, of body(u) over the members u of a set the structure defines (a node's children or a DAG
+    node's predecessors, however the model encodes them), `empty` where the set is empty. The body is elementwise math
+    whose leaves read a member's rows (ChildState(table, Member()), InputRow(array, Member())) and values of the node
+    itself. Members, in order:
+    - 'parent': every u in [0, len(arrays[0])) with arrays[0][u] == bounds[0] (children from a parent array);
+    - 'edges': arrays[0][e] for every e with arrays[1][e] == bounds[0] (predecessors from an edge list src, dst);
+    - 'range': arrays[0][i] for i in the slice [bounds[0], bounds[1]) (ONNX Slice clamping: CSR child lists);
+    - 'edge_index': arrays[0][bounds[2]][e] for every e with arrays[0][bounds[1]][e] == bounds[0] (an edge list
+      [2, E], the PyTorch Geometric convention; bounds[1] and bounds[2] are constant rows).
+    Sums count a member as often as it is listed, as the model's own sum does."""
+    VARIES: ClassVar[bool] = True
+    op: Literal[REDUCE_OPS]
+    encoding: Literal[SET_ENCODINGS]
+    arrays: tuple[Name, ...]
+    bounds: tuple[IExpr, ...]
+    body: RExpr
+    empty: float
+    width: Dim
+    OPERANDS: ClassVar[tuple] = ("bounds", "body")
+
+    MATERIALIZED: ClassVar[bool] = True
+    STEP: ClassVar[str] = "set_reduce"
+    MATERIALIZE_OPERANDS: ClassVar[bool] = False  # the body is computed per member inside the step
+
+    def text(self, show) -> str:
+        a, b = self.arrays, [show(x) for x in self.bounds]
+        members = {"parent": lambda: f"u in 0..len({a[0]}) where {a[0]}[u] == {b[0]}",
+                   "edges": lambda: f"u = {a[0]}[e] where {a[1]}[e] == {b[0]}",
+                   "range": lambda: f"u in {a[0]}[{b[0]} : {b[1]}]",
+                   "edge_index": lambda: f"u = {a[0]}[{b[2]}][e] where {a[0]}[{b[1]}][e] == {b[0]}"}
+        where = members[self.encoding]() if (len(a), len(b)) == {"parent": (1, 1), "edges": (2, 1), "range": (1, 2),
+                                                                   "edge_index": (1, 3)}[self.encoding] else "?"
+        return f"set_{self.op} {{{where}}} of {show(self.body)} (empty: {self.empty!r})"
+
+    def verify(self, program):
+        arity = {"parent": (1, 1), "edges": (2, 1), "range": (1, 2), "edge_index": (1, 3)}[self.encoding]
+        check((len(self.arrays), len(self.bounds)) == arity, f"set_{self.op}: {self.encoding} takes {arity[0]} "
+                                                            f"arrays and {arity[1]} bounds")
+        rank = 2 if self.encoding == "edge_index" else 1
+        for name in self.arrays:
+            decl = program.input(name)
+            check(decl.kind == "array" and decl.dtype in INT_INPUT_DTYPES and decl.rank == rank,
+                  f"set_{self.op}: {name} is not an integer array of rank {rank}")
+        if self.encoding == "edge_index":
+            check(all(isinstance(b, IConst) and 0 <= b.value < 2 ** 31 for b in self.bounds[1:]),
+                  f"set_{self.op}: the rows of edge list {self.arrays[0]} are not constants")
+        check(self.width == self.body.width, f"set_{self.op}: width {self.width}, body {self.body.width}")
+        for e in walk([self.body], into=lambda e: isinstance(e, RExpr)):
+            if isinstance(e, RExpr) and member_dependent(e):  # a product of each member: lifted by the passes
+                check(not e.MATERIALIZED or (isinstance(e, MatMul) and e.rows == 1),
+                      f"set_{self.op}: a {type(e).__name__} of each member")
+            if isinstance(e, (ChildState, InputRow)) and isinstance(e.index, Member):
+                continue
+            if isinstance(e, RExpr):
+                for k in operands(e):
+                    if not isinstance(k, RExpr):
+                        check(not any(isinstance(x, Member) for x in walk([k])),
+                              f"set_{self.op}: a member used other than as a row index")
+
+    def host_value(self):
+        return HOST_SET, self.members()
+
+    def members(self) -> tuple:
+        """What the host prepares for each position: the set's encoding, arrays and bounds."""
+        return (self.encoding, self.arrays, self.bounds)
+
+
+def is_sequential(program) -> bool:
+    """True when a position reads what the previous one computed (a carried vector): positions run in order."""
+    return any(isinstance(e, PreviousRow) for case in program.cases for e in walk([x for _, x in case.writes]))
+
+
+def member_dependent(e) -> bool:
+    """True when e reads a set member's rows."""
+    return any(isinstance(x, (ChildState, InputRow)) and isinstance(x.index, Member)
+               for x in walk([e], into=lambda n: not isinstance(n, SetReduce)))
+
+
 def unary(op: str, x: RExpr, params: tuple = ()) -> RExpr:
     return Unary(op, x, x.width, tuple(float(p) for p in params))
 
@@ -906,13 +1042,17 @@ class InputDecl:
     """One runtime input of the converted node. kind: 'array' (an integer, bool or float32 tensor: structure
     arrays, node inputs, scalars such as a trip count; leading dim dynamic unless rank 0), 'init' (initial
     state table [N, ...]). `per_node`: its leading dimension must equal the node count N (a TreeRec node input:
-    the op's spec makes any other length an error, even where no node reads the missing rows)."""
+    the op's spec makes any other length an error, even where no node reads the missing rows). `dynamic_inner`:
+    only a SetReduce reads it (its rows as vectors of the run's column count)."""
     name: Name
     kind: Literal["array", "init"]
     dtype: Literal["int64", "int32", "bool", "float32"]
     rank: Dim
     inner: tuple[Dim, ...] = ()  # static trailing dims (all but the first)
     per_node: bool = False
+    dynamic_inner: bool = False  # a rank-2 integer array whose columns are dynamic too (an edge list [2, E]): inner ()
+    zeros: bool = False  # an 'init' the model's own graph fills with zeros (torch.zeros): the kernel checks it
+    rows: Optional[Dim] = None  # a static leading dimension the kernel checks (a carried value's initial value)
 
 
 @dataclass(frozen=True)
@@ -939,6 +1079,24 @@ class Case:
     writes: tuple[tuple[Ident, RExpr], ...]
 
 
+FINAL_KINDS = ("last", "reduce", "sequence")
+FINAL_OPS = ("", "add", "mul", "max", "min")
+
+
+@dataclass(frozen=True)
+class Final:
+    """An output of the converted region computed after the kernel from an emit table: 'last', the loop's final
+    value of a carried vector (the table's last row, or `init` when the loop ran no iteration); 'reduce', a value the
+    loop reduces into (a running max or sum): `op` over `init` and every row of the table; 'sequence', a list the
+    loop appends one row to per iteration (from an empty list: `init` is unused). The converted graph computes it
+    with standard ONNX ops."""
+    output: Name
+    kind: Literal[FINAL_KINDS]
+    table: Ident
+    init: Name
+    op: Literal[FINAL_OPS] = ""
+
+
 @dataclass(frozen=True)
 class Program:
     """mode 'visit': positions follow a Loop or Scan (p -> target row); `trip`, an index expression over the
@@ -953,6 +1111,7 @@ class Program:
     trip: Optional[IExpr] = None
     rows_from: Optional[Name] = None
     labels: tuple[tuple[Ident, Name], ...] = ()  # (constant, the ONNX name it came from): messages in user terms
+    finals: tuple[Final, ...] = ()
 
     def label(self, const: str) -> str:
         """What run-time messages call a constant: the initializer it came from, else its IR name."""
@@ -995,9 +1154,11 @@ def referenced_arrays(cases, extra=()) -> list:
     names = []
     roots = list(extra)
     for case in cases:
-        roots += [case.predicate, case.target] + [x for _, x in case.writes]
+        roots += [case.predicate] + ([case.target] if case.target is not None else []) + [x for _, x in case.writes]
     for e in walk(roots):
-        name = getattr(e, "array", None) if isinstance(e, (Load, Length, InputRow, InputProjection)) else None
-        if name is not None and name not in names:
-            names.append(name)
+        found = e.arrays if isinstance(e, SetReduce) else (e.init,) if isinstance(e, PreviousRow) else \
+            (getattr(e, "array", None),) if isinstance(e, (Load, Length, InputRow, InputProjection)) else ()
+        for name in found:
+            if name is not None and name not in names:
+                names.append(name)
     return names

@@ -15,7 +15,7 @@ def verify(program: ir.Program) -> ir.Program:
         check_program(program)
     except IRFormatError as e:
         raise IRError(str(e)) from None
-    check(any(t.kind == "state" for t in program.tables), "no state tables")
+    check(any(t.kind == "state" for t in program.tables) or ir.is_sequential(program), "no state tables")
     names = [d.name for d in program.inputs]
     check(len(names) == len(set(names)), "duplicate input names")
     roots = []
@@ -45,4 +45,22 @@ def verify(program: ir.Program) -> ir.Program:
             check(case.target == ir.Iter(), "dag cases write their own node")
     for e in ir.walk(roots):
         e.verify(program)
+    for final in program.finals:
+        table = program.table(final.table)
+        check(table.kind == "emit" and (final.kind == "reduce") == (final.op != ""), f"final {final.output}")
+    check(not any(isinstance(e, ir.Member) for e in _outside_sets(roots)), "a set member outside a SetReduce body")
+    check(program.mode == "visit" or not any(isinstance(e, ir.SetReduce) for e in ir.walk(roots)),
+          "a SetReduce in a TreeRec (its children are slots)")
     return program
+
+
+def _outside_sets(roots):
+    """Every expression reachable from roots except through a SetReduce's body."""
+    seen, stack = set(), list(roots)
+    while stack:
+        e = stack.pop()
+        if e in seen:
+            continue
+        seen.add(e)
+        yield e
+        stack.extend(e.bounds if isinstance(e, ir.SetReduce) else ir.operands(e))

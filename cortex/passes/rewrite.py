@@ -104,7 +104,6 @@ def split_select_cases(program: ir.Program) -> ir.Program:
 
 # ---- hoisting: constant-indexed subtrees fold into lookup tables ------------------------------
 
-POSITION_VARYING = (ir.ChildState, ir.InputRow, ir.InputProjection, ir.IndexValue, ir.Select)
 
 
 def _const_indexed(e: ir.RExpr):
@@ -116,7 +115,7 @@ def _const_indexed(e: ir.RExpr):
             if index is not None and node.index != index:
                 return None
             index = node.index
-        elif isinstance(node, POSITION_VARYING):
+        elif node.VARIES:
             return None  # varies with the position, not only with one table row
     return index
 
@@ -292,3 +291,60 @@ def merge_added_products(program: ir.Program) -> ir.Program:
         return out
 
     return map_rows(dataclasses.replace(program, constants=constants), rewrite)
+
+
+# ---- products of each member of a child set: computed once where the member's row is written ----------------
+
+def lift_member_products(program: ir.Program) -> ir.Program:
+    """A product of each member's row of a child set (the Child-Sum TreeLSTM's U_f h_k) moves to where that row is
+    written: a new state table holds row @ W for every row of the source table, each case that writes the source
+    writes it too, and the set reads it as a member row. A node's product is then computed once (as a padded form
+    computes it once per child slot) in the batch that writes the node. Exact when the new table's first rows are
+    the products of the source's first rows: the source starts at zeros (0 @ W = 0); otherwise the product stays
+    and the plan refuses it with the reason."""
+    lifted = {}  # (source table, weight) -> lifted table
+
+    def liftable(e) -> bool:
+        x = e.x if isinstance(e, ir.MatMul) else None
+        if x is None or e.rows != 1 or not (isinstance(x, ir.ChildState) and isinstance(x.index, ir.Member)):
+            return False
+        init = program.table(x.table).init
+        return init is None or program.input(init).zeros
+
+    def rewrite(e):
+        if not (isinstance(e, ir.MatMul) and ir.member_dependent(e) and liftable(e)):
+            return e
+        key = (e.x.table, e.weight)
+        if key not in lifted:
+            lifted[key] = _fresh_table_name(program, f"{e.x.table}_by_{e.weight}", lifted.values())
+        width = program.constants[e.weight].shape[1]
+        row = ir.ChildState(lifted[key], ir.Member(), False, width)
+        return ir.binary("add", row, ir.ConstVec(e.bias, width)) if e.bias else row
+
+    constants, labels = program.constants, program.labels
+    program = map_rows(program, rewrite)
+    if not lifted:
+        return program
+    program = dataclasses.replace(program, constants=constants, labels=labels)  # the writers use the weights now
+    tables = list(program.tables)
+    for (source, weight), name in lifted.items():
+        width = program.constants[weight].shape[1]
+        tables.append(ir.TableDecl(name, (width,), None, "", "state"))
+    cases = []
+    for case in program.cases:
+        writes = list(case.writes)
+        for table, row in case.writes:
+            for (source, weight), name in lifted.items():
+                if table == source:
+                    width = program.constants[weight].shape[1]
+                    writes.append((name, ir.MatMul(row, weight, None, width)))
+        cases.append(dataclasses.replace(case, writes=tuple(writes)))
+    return dataclasses.replace(program, tables=tuple(tables), cases=tuple(cases))
+
+
+def _fresh_table_name(program: ir.Program, base: str, taken) -> str:
+    names = {t.name for t in program.tables} | set(taken)
+    name, k = base, 1
+    while name in names:
+        name, k = f"{base}_{k}", k + 1
+    return name

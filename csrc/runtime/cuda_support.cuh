@@ -215,7 +215,8 @@ class Runtime {
   // order) runs one position per batch, in order: the exact sequential semantics.
   DeviceSchedule upload_schedule(const Schedule& sched, int64_t listed, const int32_t* case_id, const int64_t* node,
                                  const int64_t* position, const int64_t* reads, int64_t K, const int64_t* slots,
-                                 int64_t J, cudaStream_t stream) {
+                                 int64_t J, cudaStream_t stream, const int64_t* member_offsets = nullptr,
+                                 const int64_t* members = nullptr) {
     // Not a topological visit: the exact sequential semantics, one position a batch and a level (linearize.h).
     const Schedule* batches_of = &sched;
     if (!sched.valid) {
@@ -230,7 +231,8 @@ class Runtime {
     const int64_t* order = batches_of->positions.data();
     hazards_.assign(batches, 0);
     for (int64_t b = 0; b < batches; ++b) {  // the hazard test the CPU kernels run too (kernel_support.h)
-      hazards_[b] = reads_own_row(node, reads, K, order + offsets[b], offsets[b + 1] - offsets[b]) ? 1 : 0;
+      hazards_[b] = reads_own_row(node, reads, K, order + offsets[b], offsets[b + 1] - offsets[b], member_offsets,
+                                  members) ? 1 : 0;
     }
     DeviceSchedule out;
     out.num_batches = batches;
@@ -270,7 +272,30 @@ class Runtime {
     out.batch_case = reinterpret_cast<const int32_t*>(d);
     out.batch_hazard = out.batch_case + batches + 1;
     out.batch_level = out.batch_case + 2 * (batches + 1);
+    order_ = order;
+    listed_ = listed;
     return out;
+  }
+
+  // Sends the child sets' members and each position's [begin, end) per set (S a position), in the order of the
+  // schedule upload_schedule sent last.
+  void upload_sets(const int64_t* begin, const int64_t* end, int64_t S, const std::vector<int64_t>& members,
+                   const int64_t** out_begin, const int64_t** out_end, const int64_t** out_members,
+                   cudaStream_t stream) {
+    const int64_t listed = listed_;
+    const int64_t M = static_cast<int64_t>(members.size());
+    const size_t bytes = sizeof(int64_t) * (2 * listed * S + M + 1);
+    int64_t* host = static_cast<int64_t*>(set_staging_.reserve(bytes));
+    for (int64_t i = 0; i < listed; ++i) {
+      std::memcpy(host + i * S, begin + order_[i] * S, sizeof(int64_t) * S);
+      std::memcpy(host + (listed + i) * S, end + order_[i] * S, sizeof(int64_t) * S);
+    }
+    if (M > 0) std::memcpy(host + 2 * listed * S, members.data(), sizeof(int64_t) * M);
+    int64_t* device = static_cast<int64_t*>(sets_.reserve(bytes, current_device()));
+    check(cudaMemcpyAsync(device, host, bytes, cudaMemcpyHostToDevice, stream), "uploading the child sets");
+    *out_begin = device;
+    *out_end = device + listed * S;
+    *out_members = device + 2 * listed * S;
   }
 
   // One device allocation for the per-batch buffers: buffer k holds max_batch rows of widths[k] floats.
@@ -353,8 +378,10 @@ class Runtime {
 
   std::vector<std::vector<unsigned char>> host_;
   std::vector<DeviceBuffer> inputs_, projections_;
-  DeviceBuffer schedule_, buffers_;
-  PinnedBuffer staging_;
+  DeviceBuffer schedule_, buffers_, sets_;
+  PinnedBuffer staging_, set_staging_;
+  const int64_t* order_ = nullptr;  // the schedule's positions in batch order (upload_schedule), for upload_sets
+  int64_t listed_ = 0;
   std::vector<int64_t> offsets_;
   Schedule sequential_;  // the schedule of a visit that is not a topological order
   size_t configured_smem_ = static_cast<size_t>(-1);
