@@ -157,9 +157,16 @@ def table_inner(value, name) -> tuple:
     else:
         raise Refusal(f"loop-carried {name} is {describe(value)}, not a state table")
     if shape is None or len(shape) < 1 or any(not isinstance(d, int) for d in shape[1:]):
-        raise Refusal(f"loop-carried {name} is not an [N, ...] state table of static row shape (shape {shape})")
+        hint = ("a padded forest [B, N, ...] advanced B trees at a time: batch the trees into one forest "
+                "(node ids offset per tree, cortex.examples.structures.batch) and visit its nodes one per iteration"
+                if shape is not None and len(shape) >= 3 else None)
+        raise Refusal(f"loop-carried {name} is not an [N, ...] state table of static row shape (shape {shape})",
+                      hint=hint)
     if dtype != "float32":
-        raise Refusal(f"loop-carried {name} is {dtype}, not a float32 state table")
+        hint = ("Cortex computes in float32: export the model in float32 (model.float())" if dtype == "float64" else
+                "keep integer bookkeeping (stack pointers, back-pointers) in the structure inputs, computed before "
+                "the loop" if dtype and dtype.startswith(("int", "uint")) else None)
+        raise Refusal(f"loop-carried {name} is {dtype}, not a float32 state table", hint=hint)
     return tuple(int(d) for d in shape[1:])
 
 
