@@ -82,3 +82,25 @@ def test_carried_values_convert_and_match_eager(tmp_path, name):
         for g, e in zip(got, expected):
             assert g.shape == e.shape, case
             np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5, err_msg=case)
+
+
+@pytest.mark.parametrize("name", ["Chain", "RunningMax"])
+def test_carried_values_on_cuda(tmp_path, name):
+    """Compiles for CUDA everywhere nvcc is; runs and matches eager PyTorch where a GPU is."""
+    from gpu import gpu_skip_reason, nvcc_missing
+
+    if nvcc_missing():
+        pytest.skip(nvcc_missing())
+    module = _export(name, tmp_path / "m.onnx")
+    report = cortex.convert(tmp_path / "m.onnx", tmp_path / "m.cortex.onnx", target="cuda", strict=True)
+    assert all(r.converted for r in report.regions), report.format()
+    if gpu_skip_reason():
+        pytest.skip(f"compiled for CUDA; not run: {gpu_skip_reason()}")
+    session = cortex.InferenceSession(str(tmp_path / "m.cortex.onnx"), device="cuda")
+    inputs = MODELS[name][0]
+    for case, feeds in _cases(name):
+        with torch.no_grad():
+            out = module(*[torch.from_numpy(feeds[n]) for n in inputs])
+        expected = [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
+        for g, e in zip(session.run(None, {n: feeds[n] for n in inputs}), expected):
+            np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5, err_msg=case)
