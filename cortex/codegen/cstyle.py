@@ -96,6 +96,13 @@ class HostSyntax(ScalarSyntax):
     def guard(self, pred: str, value: str, message: str) -> str:
         return f"cortex::guard({pred}, {value}, \"{cstr(message)}\", p)"
 
+    def host_value(self, var: str) -> str:
+        return f"hv_{var}"  # prepare's local (host_state_lines)
+
+    def host_element(self, var: str, index: str) -> str:
+        return (f"ht_{var}[cortex::normalize_index({index}, static_cast<int64_t>(ht_{var}.size()), "
+                f"\"{cstr(var)}\", p)]")
+
 
 # ---- host code shared by every target --------------------------------------------------------------------------
 
@@ -374,6 +381,7 @@ def prepare_fn(plan: KernelPlan, syntax: HostSyntax) -> str:
             pointer, count = _key_vector(plan, key)
             lines.append(f"  ws.buckets[{b}].build<{dtype[key[0]]}>({pointer}, {count}, cx.N);  // members by "
                          f"{comment(key[0])}" + (f" row {key[1]}" if key[1] is not None else ""))
+    lines += _host_state_lines(plan, syntax)
     lines += [
         "  int64_t q = 0;",
         "  for (int64_t p = 0; p < cx.L; ++p) {",
@@ -419,12 +427,45 @@ def prepare_fn(plan: KernelPlan, syntax: HostSyntax) -> str:
                              f"\"{cstr(what)}\", p);  // {comment(format_index(key))}")
         for s, members in enumerate(layout.sets):
             lines += _set_lines(plan, syntax, s, members)
+        lines += _update_lines(case, syntax)
+        if not case.writes:
+            lines.append("        continue;  // only host state changes: nothing for the kernel to run")
         lines += ["        break;", "      }"]
     lines += ["    }", "    ++q;", "  }", "  ws.listed = q;"]
     if plan.max_sets:
         lines.append("  ws.read_offsets[q] = static_cast<int64_t>(ws.members.size());")
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _host_state_lines(plan: KernelPlan, syntax) -> list:
+    """Declarations of the integer state the loop carries (ir.HostVar), as prepare's locals at their first values."""
+    lines = []
+    for var in plan.program.host_vars:
+        init = render_index(var.init, syntax)
+        if var.size is None:
+            lines.append(f"  int64_t hv_{var.name} = {init};  // {comment(format_index(var.init))}")
+        else:
+            size = render_index(var.size, syntax)
+            lines.append(f"  std::vector<int64_t> ht_{var.name}(static_cast<size_t>(cortex::host_table_size({size}, "
+                         f"\"{cstr(var.name)}\")), {init});  // [{comment(format_index(var.size))}]")
+    return lines
+
+
+def _update_lines(case: ir.Case, syntax) -> list:
+    """A case's host updates: every index and value from the state before the position, then assigned in order."""
+    if not case.updates:
+        return []
+    lines, assigns = ["        {  // host state"], []
+    for k, u in enumerate(case.updates):
+        lines.append(f"          const int64_t u{k} = {render_index(u.value, syntax)};  // {comment(format_index(u.value))}")
+        if u.index is None:
+            assigns.append(f"          hv_{u.var} = u{k};")
+        else:
+            lines.append(f"          const int64_t i{k} = cortex::normalize_index({render_index(u.index, syntax)}, "
+                         f"static_cast<int64_t>(ht_{u.var}.size()), \"{cstr(u.var)}\", p);")
+            assigns.append(f"          ht_{u.var}[i{k}] = u{k};")
+    return lines + assigns + ["        }"]
 
 
 # A kernel's workspaces (kernel_support.h's WorkspacePool): declared after `struct Workspace`, leased by each run.

@@ -11,6 +11,7 @@ from ..ir import nodes as ir
 from .interpreter import Interpreter
 from .region import (Carried, OuterScope, build_cases, carried_decls, carried_tables, carried_value, check_outputs_unused,
                      constant_labels, flatten_choices, init_decl, input_decls, row_of, table_inner)
+from .ops_host import HostTable
 from .values import Array, Known, Refusal, Row, Sym, Table, describe, sym_scalar
 
 
@@ -33,6 +34,7 @@ def recognize_loop(model, node, outer: OuterScope, region_name: str, used: set) 
         bindings[body.input[1].name] = Known(np.array(True))
     state_slots, tables, inits, counters, invariants = [], [], [], {}, {}
     carried = {}  # k -> CarriedValue
+    host_tables = {}  # k -> ir.HostVar of an integer table the loop carries
     for k, (init_name, body_in) in enumerate(zip(carried_names, body.input[2:])):
         init = outer.lookup(init_name)
         if _is_integer_scalar(init):
@@ -46,6 +48,9 @@ def recognize_loop(model, node, outer: OuterScope, region_name: str, used: set) 
             bindings[body_in.name] = init
         elif (value := carried_value(outer, body, body_in.name, body.output[1 + k].name, init_name, k)) is not None:
             body, bindings[body_in.name], carried[k] = value  # a vector, a running reduction or a list
+        elif (table := _host_table(outer, init_name, k)) is not None:  # integer bookkeeping: the host runs it
+            host_tables[k] = table
+            bindings[body_in.name] = HostTable(table.name, table.size)
         else:
             inner = table_inner(init, init_name)
             table = f"state{len(tables)}"
@@ -54,7 +59,7 @@ def recognize_loop(model, node, outer: OuterScope, region_name: str, used: set) 
             if init_name not in inits:
                 inits.append(init_name)
             tables.append(ir.TableDecl(table, inner, init_name, node.output[k] if k < len(node.output) else ""))
-    check_outputs_unused(node, list(counters) + list(invariants), used, "counter")
+    check_outputs_unused(node, list(counters) + list(invariants) + list(host_tables), used, "counter")
 
     outs = interp.run_graph(body, bindings)
     paths = flatten_choices(outs)
@@ -63,8 +68,14 @@ def recognize_loop(model, node, outer: OuterScope, region_name: str, used: set) 
         for _, path_outs in paths:
             if path_outs[1 + k] != init:
                 raise Refusal(f"loop-carried {carried_names[k]} changes in a way Cortex does not follow")
+    # a counter with a constant step is a closed form of the iteration; any other is host state (ir.HostVar)
     closed = {Carried(k): ix.ibin("add", _host_index(init, host_arrays), ix.ibin("mul", ix.const(steps[k]), ir.Iter()))
-              for k, (init, _) in counters.items()}
+              for k, (init, _) in counters.items() if k in steps}
+    host_vars = [ir.HostVar(f"hv{k}", _host_index(init, host_arrays)) for k, (init, _) in counters.items()
+                 if k not in steps] + list(host_tables.values())
+    closed.update({Carried(k): ir.HostValue(f"hv{k}") for k in counters if k not in steps})
+    host_slots = [(1 + k, f"hv{k}") for k in counters if k not in steps] + [(1 + k, t.name) for k, t in
+                                                                           host_tables.items()]
 
     emit_slots, finals = carried_tables(interp, paths, {1 + k: (v, node.output[k] if k < len(node.output) else "")
                                                        for k, v in carried.items()}, tables)
@@ -81,7 +92,7 @@ def recognize_loop(model, node, outer: OuterScope, region_name: str, used: set) 
     if len(cond_outs) != 1:
         raise Refusal("the loop condition differs between branches")
     cond_out = cond_outs.pop()
-    cases = build_cases(paths, state_slots, emit_slots, interp)
+    cases = build_cases(paths, state_slots, emit_slots, interp, host_slots)
     cases = tuple(_substitute_case(c, closed) for c in cases)
     trip = _loop_trip(trip_m, cond0, cond_out, host_arrays)
     interp.arrays.update(host_arrays)
@@ -89,7 +100,24 @@ def recognize_loop(model, node, outer: OuterScope, region_name: str, used: set) 
     arrays = input_decls(interp, cases, [trip], outer.lookup, first=carried_decls(carried.values()))
     return ir.Program(region_name, "visit", tuple(arrays + init_decls), tuple(tables), cases,
                       dict(interp.constants), trip=trip,
-                      labels=constant_labels(interp), finals=tuple(finals))
+                      labels=constant_labels(interp), finals=tuple(finals), host_vars=tuple(host_vars))
+
+
+def _host_table(outer, init_name: str, k: int):
+    """An ir.HostVar for a 1-D integer tensor the loop carries that starts filled with one value (torch.zeros(T,
+    dtype=torch.long): a ConstantOfShape of a structure length, or a constant), else None."""
+    init = outer.lookup(init_name)
+    if isinstance(init, Known) and init.value.dtype.kind in "iu" and init.value.ndim == 1 and init.value.size and \
+            np.all(init.value == init.value[0]):
+        return ir.HostVar(f"ht{k}", ix.const(int(init.value[0])), ix.const(init.value.size))
+    producer = outer.producer.get(init_name)
+    if not (isinstance(init, Array) and init.dtype in ("int64", "int32") and init.fill is not None and
+            producer is not None and producer.op_type == "ConstantOfShape"):
+        return None
+    shape = outer.lookup(producer.input[0])
+    if not isinstance(shape, Sym) or shape.elems.size != 1:
+        return None
+    return ir.HostVar(f"ht{k}", ix.const(int(init.fill)), ix.as_index(shape.elems.reshape(-1)[0]))
 
 
 def _scalar_shape(init):
@@ -101,6 +129,7 @@ def _scalar_shape(init):
 
 
 def _counter_steps(paths, counters) -> dict:
+    """{k: step} for the counters that move by one constant step in every branch; the others are host state."""
     steps = {}
     for k in counters:
         found = set()
@@ -109,13 +138,9 @@ def _counter_steps(paths, counters) -> dict:
             if not isinstance(out, Sym) or out.elems.size != 1:
                 raise Refusal(f"loop-carried counter {k} becomes {describe(out)}")
             terms, c = ix.affine(ix.ibin("sub", ix.as_index(out.scalar()), Carried(k)))
-            if terms:
-                raise Refusal("a loop-carried integer changes by something other than a constant step",
-                              hint="derive node positions from the loop's iteration number")
-            found.add(c)
-        if len(found) != 1:
-            raise Refusal("a loop-carried counter moves by different steps in different branches")
-        steps[k] = found.pop()
+            found.add(None if terms else c)
+        if len(found) == 1 and None not in found:
+            steps[k] = found.pop()
     return steps
 
 
@@ -133,13 +158,7 @@ def _subst(closed, value, interp):
 def _substitute_case(case: ir.Case, closed: dict) -> ir.Case:
     if not closed:
         return case
-    roots = [case.predicate] + ([case.target] if case.target is not None else []) + [x for _, x in case.writes]
-    new = ix.substitute(roots, closed)
-    pred, rest = new[0], new[1:]
-    target = None
-    if case.target is not None:
-        target, rest = rest[0], rest[1:]
-    return ir.Case(case.name, pred, target, tuple((t, x) for (t, _), x in zip(case.writes, rest)))
+    return case.with_roots(ix.substitute(case.roots(), closed))
 
 
 

@@ -200,8 +200,9 @@ def input_decls(interp, cases, extra, outer_lookup, first=(), also=()) -> list:
     return decls
 
 
-def build_cases(paths, state_slots, emit_slots, interp) -> tuple:
-    """Cases from the flattened paths: each path's table writes (one target row) and per-iteration rows."""
+def build_cases(paths, state_slots, emit_slots, interp, host_slots=()) -> tuple:
+    """Cases from the flattened paths: each path's table writes (one target row), per-iteration rows, and updates of
+    the integer state the host carries (host_slots: [(output slot, host variable)])."""
     if len(paths) > MAX_PATHS:
         raise Refusal(f"the step splits into {len(paths)} branch combinations (more than {MAX_PATHS})")
     cases = []
@@ -222,11 +223,27 @@ def build_cases(paths, state_slots, emit_slots, interp) -> tuple:
             if expr.width != width:
                 raise Refusal(f"the per-iteration output {table_name} changes shape between branches")
             writes.append((table_name, expr))
-        if writes:
-            cases.append(ir.Case(f"case{k}", conjunction(preds), target, tuple(writes)))
+        updates = _host_updates(outs, host_slots)
+        if writes or updates:
+            cases.append(ir.Case(f"case{k}", conjunction(preds), target, tuple(writes), updates))
     if not any(c.target is not None for c in cases) and state_slots:
         raise Refusal("the loop never writes its state")
     return tuple(cases)
+
+
+def _host_updates(outs, host_slots) -> tuple:
+    from .ops_host import HostTable  # ops_host imports the interpreter, which imports this module
+
+    updates = []
+    for slot, var in host_slots:
+        out = outs[slot]
+        if isinstance(out, HostTable) and out.var == var:
+            updates += [ir.HostUpdate(var, at, value) for at, value in out.writes]
+        elif isinstance(out, Sym) and out.elems.size == 1 and not out.is_bool:
+            updates.append(ir.HostUpdate(var, None, ix.as_index(out.scalar())))
+        else:
+            raise Refusal(f"the loop's integer state {var} becomes {describe(out)}")
+    return tuple(updates)
 
 
 def _step_target(targets):
@@ -322,7 +339,7 @@ def carried_tables(interp, paths, carried: dict, tables: list) -> tuple:
         tables.append(ir.TableDecl(value.table, tuple(got), None, "", kind="emit"))
         if output:
             kind = {"": "last", "append": "sequence"}.get(value.fold, "reduce")
-            finals.append(ir.Final(output, kind, value.table, value.init, value.fold if kind == "reduce" else ""))
+            finals.append(ir.Final(output, kind, value.table, value.init, value.fold if kind == "reduce" else "none"))
     return slots, finals
 
 

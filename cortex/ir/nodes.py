@@ -376,6 +376,35 @@ class Member(IExpr):
         pass
 
 
+@node
+class HostValue(IExpr):
+    """The current value of the host scalar `var` (Program.host_vars): integer state the loop carries."""
+    var: Ident
+
+    def render(self, syntax) -> str:
+        return syntax.host_value(self.var)
+
+    def verify(self, program):
+        var = next((v for v in program.host_vars if v.name == self.var), None)
+        check(var is not None and var.size is None, f"host value {self.var}: not a declared host scalar")
+
+
+@node
+class HostElement(IExpr):
+    """Element `index` of the host table `var` (Program.host_vars), with ONNX Gather semantics (a negative index
+    counts from the end, out of range is a run-time error)."""
+    var: Ident
+    index: IExpr
+    OPERANDS: ClassVar[tuple] = ("index",)
+
+    def render(self, syntax) -> str:
+        return syntax.host_element(self.var, self.index.render(syntax))
+
+    def verify(self, program):
+        var = next((v for v in program.host_vars if v.name == self.var), None)
+        check(var is not None and var.size is not None, f"host element of {self.var}: not a declared host table")
+
+
 # ---- predicates --------------------------------------------------------------------------------
 
 
@@ -1072,15 +1101,52 @@ class TableDecl:
 
 
 @dataclass(frozen=True)
+class HostVar:
+    """Integer state a loop carries that the host evaluates position by position, before any float work (a stack
+    pointer moved by a data-dependent step, a queue of back-pointers): a scalar starting at `init`, or a table of
+    `size` elements that all start at `init`. HostValue and HostElement read it; the cases' updates change it."""
+    name: Ident
+    init: IExpr
+    size: Optional[IExpr] = None
+
+
+@dataclass(frozen=True)
+class HostUpdate:
+    """A case's change to a host variable: the scalar `var` (index None) or its element `index` (ONNX ScatterND
+    semantics: a negative index counts from the end, out of range is an error) becomes `value`. A case's updates are
+    computed from the state before its position, then applied in order."""
+    var: Ident
+    index: Optional[IExpr]
+    value: IExpr
+
+
+@dataclass(frozen=True)
 class Case:
     name: Text
     predicate: BExpr
     target: Optional[IExpr]  # the state row every state write of this case goes to (None: it writes no state)
     writes: tuple[tuple[Ident, RExpr], ...]
+    updates: tuple[HostUpdate, ...] = ()
+
+    def roots(self) -> list:
+        """Every expression of the case: predicate, target, rows written, and its host updates' indices and values."""
+        out = [self.predicate] + ([self.target] if self.target is not None else []) + [x for _, x in self.writes]
+        for u in self.updates:
+            out += ([u.index] if u.index is not None else []) + [u.value]
+        return out
+
+    def with_roots(self, roots) -> "Case":
+        """The case with its expressions replaced, in `roots()` order."""
+        it = iter(roots)
+        predicate = next(it)
+        target = next(it) if self.target is not None else None
+        writes = tuple((t, next(it)) for t, _ in self.writes)
+        updates = tuple(HostUpdate(u.var, next(it) if u.index is not None else None, next(it)) for u in self.updates)
+        return Case(self.name, predicate, target, writes, updates)
 
 
 FINAL_KINDS = ("last", "reduce", "sequence")
-FINAL_OPS = ("", "add", "mul", "max", "min")
+FINAL_OPS = ("none", "add", "mul", "max", "min")
 
 
 @dataclass(frozen=True)
@@ -1094,7 +1160,7 @@ class Final:
     kind: Literal[FINAL_KINDS]
     table: Ident
     init: Name
-    op: Literal[FINAL_OPS] = ""
+    op: Literal[FINAL_OPS] = "none"
 
 
 @dataclass(frozen=True)
@@ -1112,6 +1178,13 @@ class Program:
     rows_from: Optional[Name] = None
     labels: tuple[tuple[Ident, Name], ...] = ()  # (constant, the ONNX name it came from): messages in user terms
     finals: tuple[Final, ...] = ()
+    host_vars: tuple[HostVar, ...] = ()
+
+    def host_var(self, name: str) -> HostVar:
+        for var in self.host_vars:
+            if var.name == name:
+                return var
+        raise KeyError(name)
 
     def label(self, const: str) -> str:
         """What run-time messages call a constant: the initializer it came from, else its IR name."""
@@ -1154,7 +1227,7 @@ def referenced_arrays(cases, extra=()) -> list:
     names = []
     roots = list(extra)
     for case in cases:
-        roots += [case.predicate] + ([case.target] if case.target is not None else []) + [x for _, x in case.writes]
+        roots += case.roots()
     for e in walk(roots):
         found = e.arrays if isinstance(e, SetReduce) else (e.init,) if isinstance(e, PreviousRow) else \
             (getattr(e, "array", None),) if isinstance(e, (Load, Length, InputRow, InputProjection)) else ()

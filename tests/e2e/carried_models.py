@@ -149,3 +149,34 @@ class RunningMaxWhileLoop(nn.Module):
         init = (torch.zeros((), dtype=torch.int64), torch.zeros(words.size(0), H), torch.full((H,), -1e9))
         _, h, best = torch.while_loop(cond_fn, body_fn, init)
         return h, best
+
+
+class ThinStackSPINN(nn.Module):
+    """SPINN's thin stack (Bowman et al., 2016): every shifted or composed vector in a [T, H] stack, an integer queue of
+    back-pointers into it, a queue pointer and a buffer pointer moved by data-dependent steps; transitions 0 = shift,
+    1 = reduce."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(V, H)
+        self.compose = nn.Linear(2 * H, H)
+
+    def forward(self, tokens, transitions):
+        T = transitions.size(0)
+        stack = torch.zeros(T, 8)
+        queue = torch.zeros(T, dtype=torch.long)
+        qp = torch.zeros((), dtype=torch.long)
+        bp = torch.zeros((), dtype=torch.long)
+        for t in range(T):
+            if bool(transitions[t] == 0):
+                stack[t] = self.emb(tokens[bp])
+                bp = bp + 1
+                queue[qp] = t
+                qp = qp + 1
+            else:
+                right = stack[queue[qp - 1]]
+                left = stack[queue[qp - 2]]
+                stack[t] = torch.tanh(self.compose(torch.cat([left, right])))
+                queue[qp - 2] = t
+                qp = qp - 1
+        return stack

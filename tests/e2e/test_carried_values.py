@@ -16,10 +16,11 @@ from cortex.examples import structures as S  # noqa: E402
 
 TREE = ["words", "left", "right", "order"]
 CHAIN = ["words"]
+SHIFT_REDUCE = ["tokens", "transitions"]
 MODELS = {  # name -> (inputs, exporter)
     "Depth1D": (TREE, "script"), "Chain": (CHAIN, "script"), "ChainList": (CHAIN, "script"),
     "RunningMax": (TREE, "script"), "ChainWhileLoop": (CHAIN, "dynamo"), "ChainScan": (CHAIN, "dynamo"),
-    "RunningMaxWhileLoop": (TREE, "dynamo"),
+    "RunningMaxWhileLoop": (TREE, "dynamo"), "ThinStackSPINN": (SHIFT_REDUCE, "script"),
 }
 
 
@@ -31,8 +32,12 @@ def _export(name, path):
     inputs, exporter = MODELS[name]
     torch.manual_seed(0)
     module = getattr(M, name)().eval()
-    example = _tree_feeds(S.random_tree(3, np.random.default_rng(0), M.V)) if inputs == TREE else \
-        {"words": np.array([1, 2, 3], dtype=np.int64)}
+    if inputs == TREE:
+        example = _tree_feeds(S.random_tree(3, np.random.default_rng(0), M.V))
+    elif inputs == CHAIN:
+        example = {"words": np.array([1, 2, 3], dtype=np.int64)}
+    else:
+        example = _shift_reduce(3, np.random.default_rng(0))
     args = tuple(torch.from_numpy(example[n]) for n in inputs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -47,8 +52,27 @@ def _export(name, path):
     return module
 
 
+def _shift_reduce(n, rng):
+    """Tokens and the shift (0) / reduce (1) transitions of a random binary parse of n tokens."""
+    transitions, depth, shifted = [], 0, 0
+    while shifted < n or depth > 1:
+        if shifted < n and (depth < 2 or rng.random() < 0.5):
+            transitions.append(0)
+            shifted, depth = shifted + 1, depth + 1
+        else:
+            transitions.append(1)
+            depth -= 1
+    return {"tokens": rng.integers(0, M.V, n).astype(np.int64), "transitions": np.array(transitions, np.int64)}
+
+
 def _cases(name):
     rng = np.random.default_rng(5)
+    if MODELS[name][0] == SHIFT_REDUCE:
+        for n in (1, 2, 5, 19, 50):
+            yield f"parse{n}", _shift_reduce(n, rng)
+        # not a parse: a reduce first pops an empty queue, whose negative indices wrap as in PyTorch
+        yield "reduce-first", {"tokens": np.array([3, 4], np.int64), "transitions": np.array([1, 0], np.int64)}
+        return
     if MODELS[name][0] == CHAIN:
         for n in (0, 1, 2, 7, 40):
             yield f"chain{n}", {"words": rng.integers(0, M.V, n).astype(np.int64)}
@@ -104,3 +128,13 @@ def test_carried_values_on_cuda(tmp_path, name):
         expected = [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
         for g, e in zip(session.run(None, {n: feeds[n] for n in inputs}), expected):
             np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5, err_msg=case)
+
+
+def test_thin_stack_out_of_range_is_an_error(tmp_path):
+    """Three reduces on three positions pop past the queue's start: PyTorch and ONNX Runtime fail, so does Cortex."""
+    _export("ThinStackSPINN", tmp_path / "m.onnx")
+    cortex.convert(tmp_path / "m.onnx", tmp_path / "m.cortex.onnx", strict=True)
+    session = cortex.InferenceSession(str(tmp_path / "m.cortex.onnx"))
+    feeds = {"tokens": np.array([1, 2, 3], np.int64), "transitions": np.array([1, 1, 1], np.int64)}
+    with pytest.raises(Exception, match="out of range"):
+        session.run(None, feeds)

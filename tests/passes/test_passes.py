@@ -11,6 +11,7 @@ from cortex.ir import IRError, format_program, nodes as ir, verify
 from cortex.passes import PIPELINE, optimize
 from cortex.passes.rewrite import (fold_constant_rows, fuse_bias, hoist_input_products, lift_member_products,
                                    merge_added_products, simplify, split_concat_matmul)
+import ir_programs
 from onnx_ops.zoo import MODELS
 
 
@@ -183,27 +184,8 @@ def test_every_row_node_kind_prints_verifies_and_says_what_the_plan_needs():
         assert "render" in vars(kind) and "verify" in vars(kind), kind.__name__
 
 
-def _child_sum_program(zeros: bool) -> ir.Program:
-    """h[v] = tanh(sum over children u (parent[u] == v) of sigmoid(h[u] @ Wf + bf) * h[u]): a product of each
-    member of a child set, over a table that starts from `zeros` (torch.zeros) or from a user's input."""
-    width = 4
-    member = ir.ChildState("state0", ir.Member(), False, width)
-    gate = ir.unary("sigmoid", ir.binary("add", ir.MatMul(member, "wf", None, width), ir.ConstVec("bf", width)))
-    body = ir.binary("mul", gate, member)
-    v = ir.Load("order", ir.Iter())
-    total = ir.SetReduce("add", "parent", ("parent",), (v,), body, 0.0, width)
-    case = ir.Case("node", ir.BConst(True), v, (("state0", ir.unary("tanh", total)),))
-    inputs = (ir.InputDecl("order", "array", "int64", 1), ir.InputDecl("parent", "array", "int64", 1),
-              ir.InputDecl("h0", "init", "float32", 2, (width,), zeros=zeros))
-    rng = np.random.default_rng(0)
-    constants = {"wf": rng.standard_normal((width, width)).astype(np.float32),
-                 "bf": rng.standard_normal(width).astype(np.float32)}
-    return verify(ir.Program("childsum", "visit", inputs, (ir.TableDecl("state0", (width,), "h0", "h"),), (case,),
-                             constants, trip=ir.Length("order")))
-
-
 def test_lift_member_products_moves_a_members_product_to_its_writer():
-    lifted = verify(lift_member_products(_child_sum_program(zeros=True)))
+    lifted = verify(lift_member_products(ir_programs.child_sum(zeros=True)))
     [extra] = [t for t in lifted.tables if t.name != "state0"]
     assert extra.init is None and extra.kind == "state" and extra.width == 4
     [case] = lifted.cases
@@ -216,7 +198,7 @@ def test_lift_member_products_moves_a_members_product_to_its_writer():
 
 
 def test_a_members_product_over_a_table_from_an_input_stays_and_is_refused():
-    program = _child_sum_program(zeros=False)
+    program = ir_programs.child_sum(zeros=False)
     assert lift_member_products(program) == program
     from cortex.codegen import CodegenError
     from cortex.codegen.plan import plan_kernel
