@@ -174,7 +174,9 @@ class CellWriter:
             if agg == "max" and form == "mask":
                 return f"{S}_max"  # written by the reader (masked with -inf, guarded for empty sets)
             if form == "exact" and agg == "mean":  # the rows of the set itself: a leaf's set may be empty
-                return f"{k}.sum(-2) / max({k}.size(-2), 1)" if self.node_at_leaves else f"{k}.mean(-2)"
+                # (counted from the structure: the dynamo exporter drops max(u, 1) of an unbacked size, so an
+                # empty set's mean exported as 0 / 0)
+                return f"{k}.sum(-2) / cnt" if self.node_at_leaves else f"{k}.mean(-2)"
             if form == "exact" and agg == "max":
                 return f"{k}.amax(-2)"
             total = self.set_sum(k)

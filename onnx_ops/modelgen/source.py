@@ -104,9 +104,9 @@ class _Gen(CellWriter):
         return e + (".unsqueeze(-1)" if self.vector else "")
 
     def mask_to_row(self, e, T):
-        """A per-id mask ``e`` broadcast over the rows of T (one more trailing dim per row dim beyond the first,
-        written only where broadcasting needs it: batched tables of rank-3 rows)."""
-        extra = len(self.row_dims(T)) - 1 if self.batched else 0
+        """A per-id mask ``e`` broadcast over the rows of T (one more trailing dim per row dim beyond the first:
+        rank-3 rows)."""
+        extra = len(self.row_dims(T)) - 1
         return e + ".unsqueeze(-1)" + ".unsqueeze(-1)" * extra
 
     def mm(self, a, e):
@@ -330,6 +330,8 @@ class _Gen(CellWriter):
             if self.agg == "mean":
                 w("cnt = a.sum(-1, keepdim=True).clamp(min=1)")
             self.attn_mask = "sel"
+        elif self.agg == "mean" and self.node_at_leaves:  # exact rows; a leaf's set is empty
+            w(f"cnt = {self.set_count()}.clamp(min=1).{f}()")
 
     def read_children(self, w: _W):
         """Child ids (after the leaf test) and the children's rows of every state table."""
@@ -720,6 +722,7 @@ class _Gen(CellWriter):
                 # with a one-element tensor instead
                 w({"scalar": "v = order[k]", "int": "v = int(order[k])",
                    "slice": "v = order[k.unsqueeze(0)]"}[self.mode])
+                self.batch_size(w, carried)
                 step(w)
                 w(f"return k {'-' if rev else '+'} 1, {carried}")
             w("k0 = torch.full((), order.size(0) - 1, dtype=torch.int64)" if rev else
@@ -732,6 +735,7 @@ class _Gen(CellWriter):
                 if multi:
                     w(f"{carried} = carry")
                 w({"scalar": "v = v", "int": "v = int(v)", "slice": "v = v.unsqueeze(0)"}[self.mode])
+                self.batch_size(w, carried)
                 step(w)
                 # a carried state is returned as the carry too: the stacked output must not alias it
                 y = f"{first}_new.reshape(-1)" + (".clone()" if self.carry else "")
@@ -740,6 +744,13 @@ class _Gen(CellWriter):
             out = ys or "_"
             w(f"({carried}), {out} = scan(step, ({carried}), order{rev})" if multi else
               f"{carried}, {out} = scan(step, {carried}, order{rev})")
+
+    def batch_size(self, w: _W, carried: str):
+        """In a torch.while_loop / scan body of a batched table: the batch size read from the carried table (the
+        dynamo exporter fails on some uses of the outer symbolic size B inside the body: 'argument of type
+        LazyProxy')."""
+        if self.batched:
+            w(f"B = {carried.split(',')[0].strip()}.size(0)")
 
     def forward_carried(self, w: _W):
         """A chain whose state is carried from step to step: one vector, a list of vectors, or a running

@@ -355,6 +355,10 @@ UNEXPORTABLE = [
                                                 (d["act"] == "leaky_relu" and d["exporter"] != "torchscript")),
      "float64: ONNX Runtime (CPU) has no double kernel for Erf (gelu), Elu, Softplus, Selu, or LeakyRelu-16 (the "
      "dynamo exporter's leaky_relu): NOT_IMPLEMENTED, the exported model does not load"),
+    (lambda d: d["table"] == "batched" and d["exporter"] == "torchscript" and d["read"] == "scalar",
+     "TorchScript exporter: a batched read arr[:, v] with a 0-d tensor v is exported as an index that keeps a "
+     "broadcast dim; the model loads but ONNX Runtime fails on batches of more than one tree (Reshape: 'The input "
+     "tensor cannot be reshaped to the requested shape', input {B, B, H}, requested {B, 1, H})"),
     (lambda d: d["precision"] == "float64" and d["gates"] == "torch_cell" and d["exporter"] == "torchscript",
      "float64: the TorchScript exporter writes nn.LSTMCell as an ONNX LSTM, which ONNX Runtime runs in float32 "
      "only ('LSTM operator does not support double yet')"),
