@@ -344,9 +344,11 @@ def carried_tables(interp, paths, carried: dict, tables: list) -> tuple:
 
 
 def carried_decls(values) -> list:
-    """Kernel inputs for the initial values of recurrent carried values (read at the first position)."""
-    return [ir.InputDecl(v.init, "array", "float32", len(v.shape), tuple(v.shape[1:]),
-                         rows=int(v.shape[0]) if v.shape else 1) for v in values if v.recurrent]
+    """Kernel inputs for the initial values of recurrent carried values (read at the first position); values that
+    start from one ONNX value (h and c from one merged zeros) share its input."""
+    decls = {v.init: ir.InputDecl(v.init, "array", "float32", len(v.shape), tuple(v.shape[1:]),
+                                  rows=int(v.shape[0]) if v.shape else 1) for v in values if v.recurrent}
+    return list(decls.values())
 
 
 def _carried_value_shape(init):

@@ -64,6 +64,27 @@ class ChainList(nn.Module):
         return torch.stack(outs)
 
 
+class ChainLSTMList(nn.Module):
+    """An LSTM chain whose h and c start from zeros (TorchScript merges the two into one constant, read twice) and
+    whose states are collected in a list."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(V, H)
+        self.gates = nn.Linear(2 * H, 4 * H)
+
+    def forward(self, words):
+        h = torch.zeros(8)
+        c = torch.zeros(8)
+        outs: List[torch.Tensor] = []
+        for i in range(words.size(0)):
+            i_g, f_g, o_g, u_g = self.gates(torch.cat([self.emb(words[i]), h], -1)).chunk(4, -1)
+            c = torch.sigmoid(f_g) * c + torch.sigmoid(i_g) * torch.tanh(u_g)
+            h = torch.sigmoid(o_g) * torch.tanh(c)
+            outs.append(h)
+        return torch.stack(outs)
+
+
 class RunningMax(nn.Module):
     """A tree RNN that also carries a running max and a running sum over the rows it computes."""
 
