@@ -352,12 +352,16 @@ def carried_decls(values) -> list:
 
 
 def _carried_value_shape(init):
-    """The static shape of a float value a loop carries that has no node dimension (rank 0 or 1), else None."""
-    if isinstance(init, Known) and init.value.dtype == np.float32 and init.value.ndim <= 1:
-        return tuple(init.value.shape)
-    if isinstance(init, Array) and init.dtype == "float32" and init.shape is not None and len(init.shape) <= 1 \
+    """The static shape of a float value a loop carries that has no node dimension (rank 0 or 1, or a leading unit
+    dimension: PyTorch's `torch.zeros(1, H)`), else None."""
+    shape = None
+    if isinstance(init, Known) and init.value.dtype == np.float32:
+        shape = tuple(init.value.shape)
+    elif isinstance(init, Array) and init.dtype == "float32" and init.shape is not None \
             and all(isinstance(d, int) for d in init.shape):
-        return tuple(init.shape)
+        shape = tuple(init.shape)
+    if shape is not None and (len(shape) <= 1 or shape[0] == 1):
+        return shape
     return None  # a state table [N, ...] (or refused as one)
 
 

@@ -85,6 +85,23 @@ class ChainLSTMList(nn.Module):
         return torch.stack(outs)
 
 
+class ChainRowPool(nn.Module):
+    """A chain over the words in reverse whose state and running max are [1, H] rows (`torch.zeros(1, H)`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(V, H)
+        self.W = nn.Linear(H, H)
+
+    def forward(self, words):
+        h = torch.zeros(1, 8)
+        pool = torch.full((1, 8), float("-inf"))
+        for k in range(words.size(0) - 1, -1, -1):
+            h = torch.tanh(self.emb(words[k:k + 1]) + self.W(h))
+            pool = torch.maximum(pool, h)
+        return pool, h
+
+
 class RunningMax(nn.Module):
     """A tree RNN that also carries a running max and a running sum over the rows it computes."""
 

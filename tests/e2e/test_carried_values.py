@@ -19,7 +19,7 @@ CHAIN = ["words"]
 SHIFT_REDUCE = ["tokens", "transitions"]
 MODELS = {  # name -> (inputs, exporter)
     "Depth1D": (TREE, "script"), "Chain": (CHAIN, "script"), "ChainList": (CHAIN, "script"),
-    "ChainLSTMList": (CHAIN, "script"),
+    "ChainLSTMList": (CHAIN, "script"), "ChainRowPool": (CHAIN, "script"),
     "RunningMax": (TREE, "script"), "ChainWhileLoop": (CHAIN, "dynamo"), "ChainScan": (CHAIN, "dynamo"),
     "RunningMaxWhileLoop": (TREE, "dynamo"), "ThinStackSPINN": (SHIFT_REDUCE, "script"),
 }
