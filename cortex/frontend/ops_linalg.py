@@ -251,7 +251,11 @@ def _softmax(it, node, x, log):
     r = it.row(x)
     rank = len(r.shape)
     axis = norm_axis(attr(node, "axis", -1 if it.opset >= 13 else 1), max(rank, 1), f"{node.op_type} axis")
-    axes = [axis] if it.opset >= 13 else list(range(axis, rank))
+    return softmax_row(it, r, [axis] if it.opset >= 13 else list(range(axis, rank)), log)
+
+
+def softmax_row(it, r: Row, axes, log: bool) -> Row:
+    """Softmax (or LogSoftmax) of a row over `axes` (normalized), max-shifted as ONNX Runtime computes it."""
     m = reduce_row(it, r, axes, True, "max")
     shifted = row_binary(it, "sub", r, m)
     e = Row(ir.unary("exp", shifted.expr), shifted.shape)

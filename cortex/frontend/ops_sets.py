@@ -21,8 +21,8 @@ from ..ir import nodes as ir
 from . import interpreter
 from .interpreter import attr
 from .ops_elementwise import ROW_ARITH, UNARY
-from .operands import known_ints
-from .values import INT_DTYPES, Array, Known, Refusal, Row, Sym, Table, describe
+from .operands import known_ints, norm_axis
+from .values import INT_DTYPES, Array, Known, Refusal, Row, Sym, Table, describe, shape_of
 
 NEG_INF, POS_INF = float("-inf"), float("inf")
 
@@ -54,7 +54,8 @@ class SetField:
     `fill`; layout 'list': the members only, in order. kind: 'pred' (a mask: true at members), 'positions' (the
     members' positions on the axis, after NonZero), 'ids' (their node ids), 'rows' (per-member values: `body`, an IR
     row expression whose leaves may read a member's rows through ir.Member()). `inner`: each element's shape;
-    `index_rank`: NonZero's [1, M] / Transpose's [M, 1] layouts of positions."""
+    `index_rank`: NonZero's [1, M] / Transpose's [M, 1] layouts of positions. `lead`: unit dimensions before the
+    set's axis (`h[kids].unsqueeze(0)`: [1, M, ...]); the set's axis is axis `lead` of the value."""
     members: Members
     layout: str
     kind: str
@@ -62,6 +63,20 @@ class SetField:
     fill: float = None
     inner: tuple = ()
     shape_tag: str = ""  # positions: "nonzero" [1, M] or "column" [M, 1] or "" [M]
+    lead: int = 0
+
+    @property
+    def rank(self) -> int:
+        return self.lead + 1 + len(self.inner)
+
+    def member(self) -> Row:
+        """One member's value (rows and masks of rows), its body broadcast to its element shape."""
+        width = int(np.prod(self.inner, dtype=np.int64))
+        body = self.body if self.body.width == width else ir.Take(self.body, (0,) * width, width)
+        return Row(body, tuple(self.inner))
+
+    def with_member(self, row: Row) -> "SetField":
+        return replace(self, body=row.expr, inner=tuple(row.shape))
 
 
 @dataclass(frozen=True)
@@ -162,8 +177,23 @@ def _gather(it, node, args):
     if isinstance(idx, SetField) and axis == 0:
         return _at_members(it, data, idx)
     if isinstance(data, SetField):
-        raise Refusal("a Gather from a child set's values (index them by position instead)")
+        return _gather_within(data, idx, norm_axis(axis, data.rank, "Gather axis"))
     return None
+
+
+def _gather_within(x: SetField, idx, axis: int) -> SetField:
+    """A Gather at constant indices on an axis of a set value other than the set's: an element of each member, or
+    the one element of a unit dimension before the set's axis."""
+    from .ops_tables import gather_constant
+    if axis == x.lead or not isinstance(idx, Known) or x.kind not in ("rows", "pred"):
+        raise Refusal("a Gather from a child set's values (index them by position instead)")
+    if axis < x.lead:
+        if np.asarray(idx.value).reshape(-1).tolist() not in ([0], [-1]):
+            raise Refusal("Gather index out of range (the original fails on every input)")
+        return replace(x, lead=x.lead - 1 + np.asarray(idx.value).ndim)
+    if x.kind == "pred":
+        raise Refusal("a Gather within a child set's mask")
+    return x.with_member(gather_constant(x.member(), idx, axis - x.lead - 1))
 
 
 def _at_members(it, data, idx: SetField):
@@ -256,8 +286,12 @@ def _squeeze(it, node, args):
         axis = 0 if x.shape_tag == "nonzero" else 1
         if axes is None or [a % 2 for a in axes] == [axis]:
             return replace(x, shape_tag="")
-    if x.inner == (1,) and axes is not None and [a % 2 for a in axes] == [1]:
-        return replace(x, inner=())
+    if x.kind in ("rows", "pred") and axes is not None:
+        axes = sorted({norm_axis(a, x.rank, "Squeeze axes") for a in axes})
+        shape = (1,) * x.lead + ("M",) + tuple(x.inner)
+        if x.lead not in axes and all(shape[a] == 1 for a in axes):
+            inner = tuple(d for a, d in enumerate(x.inner, x.lead + 1) if a not in axes)
+            return replace(x, lead=x.lead - sum(a < x.lead for a in axes), inner=inner)
     raise Refusal("a Squeeze of a child-set value along its set axis")
 
 
@@ -280,11 +314,15 @@ def _unsqueeze(it, node, args):
         return None
     axes = known_ints(it, args[1], "Unsqueeze axes").reshape(-1).tolist() if len(args) > 1 and args[1] is not None \
         else attr(node, "axes")
-    rank = 1 + len(x.inner)
-    trailing = axes is not None and len(axes) == 1 and axes[0] % (rank + 1) == rank and x.shape_tag == ""
-    if x.kind in ("pred", "rows") and trailing:
-        return replace(x, inner=x.inner + (1,))
-    if x.kind in ("positions", "ids") and trailing and not x.inner:
+    if x.kind in ("pred", "rows") and axes is not None and x.shape_tag == "":
+        out_rank = x.rank + len(axes)
+        shape = [1] * x.lead + ["M"] + list(x.inner)
+        for a in sorted({norm_axis(a, out_rank, "Unsqueeze axes") for a in axes}):
+            shape.insert(a, 1)
+        lead = shape.index("M")
+        return replace(x, lead=lead, inner=tuple(shape[lead + 1:]))
+    trailing = axes is not None and len(axes) == 1 and axes[0] % (x.rank + 1) == x.rank and x.shape_tag == ""
+    if x.kind in ("positions", "ids") and trailing and not x.inner and not x.lead:
         return replace(x, shape_tag="column")
     raise Refusal("an Unsqueeze of a child-set value other than a trailing axis")
 
@@ -550,26 +588,30 @@ def _per_member(it, node, args, lookup):
     if node.op_type in ("MatMul", "Gemm") and (args[0] is not first or len(fields) > 1 or not first.inner
                                                  or int(attr(node, "transA", 0))):
         raise Refusal(f"a {node.op_type} that multiplies along a child set's axis")
-    rank = 1 + len(first.inner)
+    inner_rank = len(first.inner)
+    lead = max(f.lead for f in fields)
     member_args = []
     for a in args:
         if isinstance(a, SetField):
-            if len(a.inner) != len(first.inner):
+            if len(a.inner) != inner_rank:
                 raise Refusal(f"{node.op_type} of child-set values of different ranks")
             member_args.append(Row(a.body, tuple(a.inner)))
             continue
-        shape = getattr(a, "shape", None)
-        if shape is not None and len(shape) >= rank:
-            if len(shape) > rank or shape[0] != 1:
+        shape = shape_of(a) if isinstance(a, (Row, Known, Sym)) else None
+        if shape is not None and len(shape) > inner_rank and node.op_type not in ("MatMul", "Gemm"):
+            # dims before the members' own broadcast against the set's axis and its unit dims: all must be 1
+            extra = len(shape) - inner_rank
+            if any(d != 1 for d in shape[:extra]):
                 raise Refusal(f"{node.op_type} of a child set's values with {describe(a)} along the set's axis")
-            a = Row(a.expr, tuple(shape[1:])) if isinstance(a, Row) else \
-                Known(a.value.reshape(shape[1:])) if isinstance(a, Known) else a
+            lead = max(lead, extra - 1)
+            a = Row(a.expr, tuple(shape[extra:])) if isinstance(a, Row) else \
+                Known(a.value.reshape(shape[extra:])) if isinstance(a, Known) else a
         member_args.append(a)
     out = interpreter.HANDLERS[node.op_type](it, node, member_args, lookup)
     out = out[0] if isinstance(out, list) else out
     if not isinstance(out, Row):
         raise Refusal(f"{node.op_type} of a child set's values gives {describe(out)}")
-    return SetField(first.members, "list", "rows", out.expr, inner=tuple(out.shape))
+    return SetField(first.members, "list", "rows", out.expr, inner=tuple(out.shape), lead=lead)
 
 
 REDUCTIONS = {"ReduceSum": "add", "ReduceMax": "max", "ReduceMin": "min", "ReduceMean": "mean", "ReduceProd": "mul"}
@@ -583,18 +625,60 @@ def _reduce(it, node, args):
     axes = known_ints(it, args[1], "reduce axes").reshape(-1).tolist() if len(args) > 1 and args[1] is not None \
         else attr(node, "axes")
     keepdims = int(attr(node, "keepdims", 1))
-    if axes is None and not x.inner:
+    if axes is None and not x.inner and not x.lead:
         axes = [0]
-    if axes is None or [a % (1 + len(x.inner)) for a in axes] != [0]:
-        raise Refusal(f"{node.op_type} of a child set over an axis other than the set's")
+    if axes is None:
+        raise Refusal(f"{node.op_type} of a child set over all its axes")
+    axes = sorted({norm_axis(a, x.rank, "reduce axes") for a in axes})
     if x.kind != "rows":
         raise Refusal(f"{node.op_type} of child-set {x.kind}")
     op = REDUCTIONS[node.op_type]
+    if all(a > x.lead for a in axes):
+        return _reduce_within(it, x, [a - x.lead - 1 for a in axes], bool(keepdims), op)
+    if axes != [x.lead]:
+        raise Refusal(f"{node.op_type} of a child set over the set's axis and others at once")
     row = _set_reduce(x, "add" if op == "mean" else op)
     if op == "mean":
         row = ir.binary("div", row, _count(x))
-    shape = ((1,) if keepdims else ()) + tuple(x.inner)
+    shape = (1,) * x.lead + ((1,) if keepdims else ()) + tuple(x.inner)
     return Row(row, shape)
+
+
+def _reduce_within(it, x: SetField, axes, keepdims: bool, op: str) -> SetField:
+    """A reduction within each member (over its own elements). A mask's other rows hold the fill: reduced, a fill
+    stays itself for max, min and mean, and for a sum of 0 or an infinity."""
+    from .ops_linalg import reduce_row
+    if x.layout == "mask" and not (op in ("max", "min", "mean") or (op == "add" and x.fill in (0.0, NEG_INF, POS_INF))):
+        raise Refusal(f"a {op} within the rows of a child set's mask whose other rows hold {x.fill}")
+    if op == "mean":
+        total = reduce_row(it, x.member(), axes, keepdims, "add")
+        count = float(np.prod([x.inner[a] for a in axes], dtype=np.int64))
+        return x.with_member(Row(ir.binary("div", total.expr, ir.Scalar(count)), total.shape))
+    return x.with_member(reduce_row(it, x.member(), axes, keepdims, op))
+
+
+def _softmax(it, node, args):
+    """Softmax / LogSoftmax over a child set's axis (attention over the members) or within each member."""
+    x = args[0]
+    if not isinstance(x, SetField):
+        return None
+    if x.kind != "rows" or x.layout != "list" or it.opset < 13:
+        raise Refusal(f"a {node.op_type} of a child set's {x.layout} {x.kind} (select the members first)")
+    axis = norm_axis(attr(node, "axis", -1), x.rank, f"{node.op_type} axis")
+    member = x.member()
+    if axis < x.lead:  # over a unit dimension: every element is its own softmax
+        one = ir.Scalar(0.0 if node.op_type == "LogSoftmax" else 1.0)
+        return x.with_member(Row(ir.Take(one, (0,) * member.expr.width, member.expr.width), member.shape))
+    if axis > x.lead:  # within each member
+        from .ops_linalg import softmax_row
+        return x.with_member(softmax_row(it, member, [axis - x.lead - 1], node.op_type == "LogSoftmax"))
+    width = member.expr.width
+    top = _reduction(x.members, "max", member.expr, width)
+    shifted = ir.binary("sub", member.expr, top)
+    total = _reduction(x.members, "add", ir.unary("exp", shifted), width)
+    out = ir.binary("sub", shifted, ir.unary("log", total)) if node.op_type == "LogSoftmax" else \
+        ir.binary("div", ir.unary("exp", shifted), total)
+    return x.with_member(Row(out, member.shape))
 
 
 def _count(x: SetField) -> ir.RExpr:
@@ -646,7 +730,7 @@ HANDLERS = {"Equal": _equal, "Gather": _gather, "GatherND": _gather_nd, "NonZero
             "Range": _range, **{op: _compare for op in COMPARISONS}, "And": _and,
             "ConstantOfShape": _constant_of_shape, "Expand": _expand, "Shape": _shape, "Max": _variadic,
             "Min": _variadic, "Sum": _variadic, "Mean": _variadic, "Where": _where, "Mul": _mask_multiply,
-            "MatMul": _matmul, "Concat": _concat_dims, "Tile": _repeat,
+            "MatMul": _matmul, "Concat": _concat_dims, "Tile": _repeat, "Softmax": _softmax, "LogSoftmax": _softmax,
             **{op: _reduce for op in REDUCTIONS}}
 
 

@@ -90,6 +90,9 @@ class OuterScope:
             value = self.opaque(name)
             if node.op_type == "ConstantOfShape" and node.domain in ("", "ai.onnx"):
                 value = self._constant_of_shape(node, name)
+            elif node.op_type == "Expand" and node.domain in ("", "ai.onnx") and self._one_value(node.input[0]):
+                value = self.opaque(name, float(self.lookup(node.input[0]).value.reshape(-1)[0]))  # the dynamo
+                # exporter's torch.zeros(n, H): a scalar expanded to a shape ONNX Runtime computes
             elif node.op_type not in ("Loop", "If", "Scan") and node.domain in ("", "ai.onnx"):
                 try:
                     args = [self.lookup(n) if n else None for n in node.input]
@@ -103,6 +106,10 @@ class OuterScope:
             value = self.opaque(name)  # a graph input
         self.values[name] = value
         return value
+
+    def _one_value(self, name) -> bool:
+        v = self.lookup(name)
+        return isinstance(v, Known) and v.value.size == 1 and v.value.dtype.kind == "f"
 
     def _constant_of_shape(self, node, name):
         attr = next((a for a in node.attribute if a.name == "value"), None)

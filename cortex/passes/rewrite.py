@@ -296,30 +296,52 @@ def merge_added_products(program: ir.Program) -> ir.Program:
 # ---- products of each member of a child set: computed once where the member's row is written ----------------
 
 def lift_member_products(program: ir.Program) -> ir.Program:
-    """A product of each member's row of a child set (the Child-Sum TreeLSTM's U_f h_k) moves to where that row is
-    written: a new state table holds row @ W for every row of the source table, each case that writes the source
-    writes it too, and the set reads it as a member row. A node's product is then computed once (as a padded form
-    computes it once per child slot) in the batch that writes the node. Exact when the new table's first rows are
-    the products of the source's first rows: the source starts at zeros (0 @ W = 0); otherwise the product stays
-    and the plan refuses it with the reason."""
-    lifted = {}  # (source table, weight) -> lifted table
+    """A product of each member's row of a child set (the Child-Sum TreeLSTM's U_f h_k; attention's scores
+    f(h_k) @ q) moves to where that row is written: a new state table holds f(row) @ W for every row of the source
+    table, each case that writes the source writes it too, and the set reads it as a member row. A node's product is
+    then computed once (as a padded form computes it once per child slot) in the batch that writes the node. Exact
+    when f reads nothing but the member's row and constants (the writer has no other member to read) and the new
+    table's first rows are the products of the source's first rows: the source starts at zeros and f(0) @ W = 0;
+    otherwise the product stays and the plan refuses it with the reason."""
+    lifted = {}  # (operand f(member row), weight) -> (source table, lifted table)
 
-    def liftable(e) -> bool:
-        x = e.x if isinstance(e, ir.MatMul) else None
-        if x is None or e.rows != 1 or not (isinstance(x, ir.ChildState) and isinstance(x.index, ir.Member)):
-            return False
-        init = program.table(x.table).init
-        return init is None or program.input(init).zeros
+    def source_of(x) -> str | None:
+        tables = set()
+        for node in ir.walk_rows([x]):
+            if isinstance(node, ir.ChildState) and isinstance(node.index, ir.Member):
+                tables.add(node.table)
+            elif node.VARIES:
+                return None  # a value of the node reading the set, not of the member
+        if len(tables) != 1:
+            return None
+        table = next(iter(tables))
+        init = program.table(table).init
+        return table if init is None or program.input(init).zeros else None
+
+    def zero_at_zero(e) -> bool:
+        memo = {}
+
+        def ev(x):
+            if x not in memo:
+                memo[x] = np.zeros((1, x.width), np.float32) if isinstance(x, ir.ChildState) else \
+                    np.asarray(x.evaluate(ev, program.constants), dtype=np.float32)
+            return memo[x]
+
+        with np.errstate(all="ignore"):
+            return bool(np.all(ev(ir.MatMul(e.x, e.weight, None, e.width)) == 0.0))
 
     def rewrite(e):
-        if not (isinstance(e, ir.MatMul) and ir.member_dependent(e) and liftable(e)):
+        if not (isinstance(e, ir.MatMul) and e.rows == 1 and ir.member_dependent(e)):
             return e
-        key = (e.x.table, e.weight)
+        key = (e.x, e.weight)
         if key not in lifted:
-            lifted[key] = _fresh_table_name(program, f"{e.x.table}_by_{e.weight}", lifted.values())
-        width = program.constants[e.weight].shape[1]
-        row = ir.ChildState(lifted[key], ir.Member(), False, width)
-        return ir.binary("add", row, ir.ConstVec(e.bias, width)) if e.bias else row
+            source = source_of(e.x)
+            if source is None or not zero_at_zero(e):
+                return e
+            taken = [name for _, name in lifted.values()]
+            lifted[key] = (source, _fresh_table_name(program, f"{source}_by_{e.weight}", taken))
+        row = ir.ChildState(lifted[key][1], ir.Member(), False, e.width)
+        return ir.binary("add", row, ir.ConstVec(e.bias, e.width)) if e.bias else row
 
     constants, labels = program.constants, program.labels
     program = map_rows(program, rewrite)
@@ -327,17 +349,18 @@ def lift_member_products(program: ir.Program) -> ir.Program:
         return program
     program = dataclasses.replace(program, constants=constants, labels=labels)  # the writers use the weights now
     tables = list(program.tables)
-    for (source, weight), name in lifted.items():
-        width = program.constants[weight].shape[1]
-        tables.append(ir.TableDecl(name, (width,), None, "", "state"))
+    for (x, weight), (source, name) in lifted.items():
+        tables.append(ir.TableDecl(name, (program.constants[weight].shape[1],), None, "", "state"))
     cases = []
     for case in program.cases:
         writes = list(case.writes)
         for table, row in case.writes:
-            for (source, weight), name in lifted.items():
+            for (x, weight), (source, name) in lifted.items():
                 if table == source:
+                    at_row = ir.transform(lambda n, row=row, source=source: row if isinstance(n, ir.ChildState) and
+                                          n.table == source and isinstance(n.index, ir.Member) else n)
                     width = program.constants[weight].shape[1]
-                    writes.append((name, ir.MatMul(row, weight, None, width)))
+                    writes.append((name, ir.MatMul(at_row(x), weight, None, width)))
         cases.append(dataclasses.replace(case, writes=tuple(writes)))
     return dataclasses.replace(program, tables=tuple(tables), cases=tuple(cases))
 

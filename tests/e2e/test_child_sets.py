@@ -103,13 +103,47 @@ class EdgeIndexMean(nn.Module):
         return torch.where(torch.isnan(mean), torch.zeros_like(mean), mean)
 
 
+class _Attention(nn.Module):
+    """Softmax attention over a set's rows [1, M, H] (a batch of one, as a model written for batches holds them):
+    scores against a learned query, scaled within each row by its largest magnitude; an empty set gives zeros."""
+
+    def __init__(self):
+        super().__init__()
+        self.q = nn.Parameter(torch.linspace(-1.0, 1.0, H))
+
+    def attend(self, rows):
+        rows = rows.unsqueeze(0)
+        scale = rows.abs().amax(-1, keepdim=True) + 1.0
+        alpha = torch.softmax((rows / scale) @ self.q, dim=-1)
+        return (alpha.unsqueeze(-1) * rows).sum(-2)
+
+
+class CsrAttention(_Attention):
+    EXPORTERS = ("script",)
+
+    def forward(self, h, offsets, indices, v):
+        return self.attend(h[indices[offsets[v]:offsets[v + 1]]])
+
+
+class BoolIndexAttention(_Attention):
+    def forward(self, h, parent, v):
+        return self.attend(h[parent == v])
+
+
+class EdgeIndexAttention(_Attention):
+    EXPORTERS = ("script",)
+
+    def forward(self, h, edge_index, v):
+        return self.attend(h.index_select(0, edge_index[0][edge_index[1] == v]))
+
+
 # encoding -> structure inputs (after words) and the aggregators written for it
 ENCODINGS = {
     "parent": (("parent",), [MaskMatmul, WhereSum, BoolIndexSum, NonzeroSum, MaskMultiplySum, BoolIndexMean,
-                             WhereMax]),
-    "csr": (("offsets", "indices"), [CsrSlice, CsrItemSlice, CsrRangeMask]),
+                             WhereMax, BoolIndexAttention]),
+    "csr": (("offsets", "indices"), [CsrSlice, CsrItemSlice, CsrRangeMask, CsrAttention]),
     "edges": (("src", "dst"), [EdgesSum]),
-    "edge_index": (("edge_index",), [EdgeIndexSum, EdgeIndexMean]),
+    "edge_index": (("edge_index",), [EdgeIndexSum, EdgeIndexMean, EdgeIndexAttention]),
 }
 
 
