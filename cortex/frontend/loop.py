@@ -10,7 +10,7 @@ from ..ir import index as ix
 from ..ir import nodes as ir
 from .interpreter import Interpreter
 from .region import (Carried, OuterScope, build_cases, check_outputs_unused, constant_labels, flatten_choices,
-                     init_decl, input_decls, row_of, table_inner)
+                     init_decl, input_decls, row_of, table_layout)
 from .values import Array, Known, Refusal, Row, Sym, Table, describe, sym_scalar
 
 
@@ -44,13 +44,14 @@ def recognize_loop(model, node, outer: OuterScope, region_name: str, used: set) 
             invariants[k] = init
             bindings[body_in.name] = init
         else:
-            inner = table_inner(init, init_name)
+            lead, inner = table_layout(init, init_name)
             table = f"state{len(tables)}"
-            bindings[body_in.name] = Table(table, inner)
+            bindings[body_in.name] = Table(table, inner, lead=lead)
             state_slots.append((1 + k, table))
             if init_name not in inits:
                 inits.append(init_name)
-            tables.append(ir.TableDecl(table, inner, init_name, node.output[k] if k < len(node.output) else ""))
+            tables.append(ir.TableDecl(table, inner, init_name, node.output[k] if k < len(node.output) else "",
+                                       lead=lead))
     check_outputs_unused(node, list(counters) + list(invariants), used, "counter")
 
     outs = interp.run_graph(body, bindings)

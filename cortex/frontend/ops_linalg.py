@@ -11,7 +11,8 @@ from .interpreter import attr, handler
 from .layout import element_ids, rearrange
 from .operands import axes_of, norm_axis, static_shape
 from .ops_elementwise import row_binary
-from .values import Known, Refusal, Row, Sym
+from .ops_tables import resolve_part
+from .values import Known, Partial, Refusal, Row, Sym
 
 # ---- matrix products ---------------------------------------------------------------------------
 
@@ -62,7 +63,12 @@ def row_matmul_row(it, a: Row, b: Row) -> Row:
 
 
 def matmul(it, a, b):
-    """numpy.matmul semantics over per-node and constant operands."""
+    """numpy.matmul semantics over per-node and constant operands. A row whose size only the run knows (a Partial),
+    multiplied by a constant, has the size the product needs (else the original fails): checked where it is read."""
+    if isinstance(a, Partial) and isinstance(b, Known) and np.ndim(b.value) >= 1:
+        a = resolve_part(it, a, np.shape(b.value)[0 if np.ndim(b.value) == 1 else -2], "the MatMul's left operand")
+    if isinstance(b, Partial) and isinstance(a, Known) and np.ndim(a.value) >= 1:
+        b = resolve_part(it, b, np.shape(a.value)[-1], "the MatMul's right operand")
     sa, sb = static_shape(a), static_shape(b)
     if isinstance(a, Sym) or isinstance(b, Sym):
         raise Refusal("MatMul of structure values")

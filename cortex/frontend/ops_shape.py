@@ -14,28 +14,26 @@ from .interpreter import attr, handler
 from .layout import onnx_reshape, rearrange, rearrange_many
 from .operands import axes_of, known_ints, norm_axis, static_shape
 from .ops_tables import concat_tables, slice_rows, slice_table
-from .values import Array, Known, Refusal, Row, Seq, Sym, Table, TableSlice, describe, shape_of
+from .values import Array, Known, Partial, Refusal, Row, Seq, Sym, Table, TableSlice, describe, shape_of
 
 
 # ---- Shape, Size -------------------------------------------------------------------------------
 
 
 def symbolic_shape(v):
-    """The shape as a list of index expressions (a runtime length where it is dynamic)."""
+    """The shape as a list of index expressions (a size the run gives where it is dynamic: a runtime tensor's
+    dimension, the state tables' rows)."""
     if isinstance(v, (Known, Row, Sym)):
         return [ix.const(d) for d in static_shape(v)]
     if isinstance(v, Table):
-        return [ir.Length(None)] + [ix.const(d) for d in v.inner]
-    if isinstance(v, Array) and v.shape is not None:
-        dims = []
-        for k, d in enumerate(v.shape):
-            if isinstance(d, int):
-                dims.append(ix.const(d))
-            elif k == 0:
-                dims.append(ir.Length(v.name))
-            else:
-                raise Refusal(f"runtime tensor {v.name} has a dynamic inner dimension")
-        return dims
+        return [ir.Length(None, k) for k in range(v.lead)] + [ix.const(d) for d in v.inner]
+    if isinstance(v, Array) and v.shape is not None and v.columns is None:
+        return [ix.const(d) if isinstance(d, int) and k not in v.checked else ir.Length(v.name, k)
+                for k, d in enumerate(v.shape)]
+    if isinstance(v, Partial):
+        full = symbolic_shape(v.base)
+        left = full[len(v.prefix):]
+        return [ix.const(d) for d in v.shape[:len(v.shape) - len(left)]] + left
     raise Refusal(f"the shape of {describe(v)} is unknown")
 
 

@@ -122,8 +122,9 @@ def _host_value(v) -> bool:
     do not depend on the position."""
     if isinstance(v, (Known, Array)):
         return True
-    if isinstance(v, Sym):
-        return not any(isinstance(x, (ir.Iter, Carried)) for e in v.elems.flat for x in ir.walk([e]))
+    if isinstance(v, Sym):  # a size other than the rows (Length on another axis) ONNX Runtime computes: an input
+        return not any(isinstance(x, (ir.Iter, Carried)) or (isinstance(x, ir.Length) and x.axis)
+                       for e in v.elems.flat for x in ir.walk([e]))
     return False
 
 
@@ -149,18 +150,27 @@ def conjunction(preds) -> ir.BExpr:
     return out
 
 
-def table_inner(value, name) -> tuple:
+MAX_LEAD = 4  # leading dimensions of a state table (a grid [R, C, ...]: 2)
+
+
+def table_layout(value, name) -> tuple:
+    """(lead, inner) of a state table from its initial value: the leading dimensions up to the last dynamic one make
+    its rows ([N, ...]: 1; a grid [R, C, H]: 2, cell (i, j) at row i * C + j), the static row shape follows."""
     if isinstance(value, Known):
         dtype, shape = str(value.value.dtype), tuple(value.value.shape)
     elif isinstance(value, Array):
         dtype, shape = value.dtype, value.shape
     else:
         raise Refusal(f"loop-carried {name} is {describe(value)}, not a state table")
-    if shape is None or len(shape) < 1 or any(not isinstance(d, int) for d in shape[1:]):
+    if shape is None or len(shape) < 1:
         raise Refusal(f"loop-carried {name} is not an [N, ...] state table of static row shape (shape {shape})")
+    lead = 1 + max((k for k, d in enumerate(shape) if not isinstance(d, int)), default=0)
+    if lead > MAX_LEAD:
+        raise Refusal(f"loop-carried {name} has {lead} dynamic leading dimensions (shape {shape}); Cortex follows "
+                      f"tables of at most {MAX_LEAD}")
     if dtype != "float32":
         raise Refusal(f"loop-carried {name} is {dtype}, not a float32 state table")
-    return tuple(int(d) for d in shape[1:])
+    return lead, tuple(int(d) for d in shape[lead:])
 
 
 def row_of(interp, value, what) -> tuple:
@@ -182,15 +192,22 @@ def input_decls(interp, cases, extra, outer_lookup, first=(), also=()) -> list:
             raise Refusal(f"{name} is read as a runtime tensor but is {describe(arr)}")
         if arr.dtype not in KERNEL_DTYPES or arr.shape is None:
             raise Refusal(f"runtime tensor {name} ({arr.dtype}, shape {arr.shape}) is not a supported node input")
-        inner = tuple(arr.shape[1:])
+        lead = min(arr.lead, max(len(arr.shape), 1))
+        inner = tuple(arr.shape[lead:])
         if any(not isinstance(d, int) for d in inner):
-            if len(arr.shape) != 2 or arr.dtype not in ("int64", "int32"):
-                raise Refusal(f"runtime tensor {name} has a dynamic inner dimension")
+            if len(arr.shape) != 2 or arr.dtype not in ("int64", "int32") or lead != 1:
+                raise Refusal(f"runtime tensor {name} has a dynamic inner dimension (shape "
+                              f"{[d if isinstance(d, int) else '?' for d in arr.shape]})", hint=DYNAMIC_DIM_HINT)
             # an edge list [2, E]: only a child set may read it (verify refuses any other read)
             decls.append(ir.InputDecl(name, "array", arr.dtype, 2, (), dynamic_inner=True))
             continue
-        decls.append(ir.InputDecl(name, "array", arr.dtype, len(arr.shape), inner))
+        decls.append(ir.InputDecl(name, "array", arr.dtype, len(arr.shape), inner, lead=lead,
+                                  checked=tuple(arr.checked)))
     return decls
+
+
+DYNAMIC_DIM_HINT = ("export the feature dimensions as static (dynamic_axes / dynamic_shapes only on the node or grid "
+                    "dimensions), or multiply each row read by a weight, which proves its size")
 
 
 def build_cases(paths, state_slots, emit_slots, interp) -> tuple:
@@ -243,9 +260,9 @@ def check_outputs_unused(node, slots, used, what):
 
 def init_decl(name, outer) -> ir.InputDecl:
     value = outer.lookup(name)
-    inner = table_inner(value, name)
+    lead, inner = table_layout(value, name)
     zeros = isinstance(value, Array) and value.fill is not None and float(value.fill) == 0.0  # torch.zeros(N, H)
-    return ir.InputDecl(name, "init", "float32", 1 + len(inner), inner, zeros=zeros)
+    return ir.InputDecl(name, "init", "float32", lead + len(inner), inner, zeros=zeros, lead=lead)
 
 
 
