@@ -216,11 +216,6 @@ class Interpreter:
 
 # PyTorch rewrites that convert, for ops Cortex does not follow inside a recursion (docs/ops.md lists them).
 REWRITES = {
-    "Einsum": "write the contraction with matmul and sums: torch.einsum('bi,ijk,bk->bj', x, T, y) is "
-              "((x @ T.reshape(I, J * K)).reshape(-1, J, K) * y[:, None, :]).sum(-1) (nn.Bilinear is this "
-              "contraction with its weight)",
-    "CumSum": "write the running sum over a fixed-size dimension as a product with a constant triangular matrix "
-              "(x @ torch.triu(torch.ones(n, n))) or as explicit additions",
     "Conv": "write a convolution over a node's fixed-size rows as a matmul with an unfolded (im2col) weight",
     "Trilu": "multiply by a constant triangular mask instead",
     "Resize": "resize outside the recursion, or index the rows with constant indices",
