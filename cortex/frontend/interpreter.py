@@ -202,6 +202,12 @@ class Interpreter:
             s = row_to_sym(v, self.constants)
             if s is not None:
                 return Sym(np.vectorize(ix.as_pred, otypes=[object])(s.elems), "bool") if v.boolean else s
+            if all(isinstance(x, (ir.IndexValue, ir.Scalar, ir.ConstVec)) for x in ir.walk_rows([v.expr])
+                   if not ir.row_children(x)):
+                raise Refusal(f"{what} is computed from structure values through float arithmetic (a division, a "
+                              f"floor), which Cortex does not follow exactly",
+                              hint="compute indices with integer ops (k // C, k % C), not torch.div(..., "
+                                   "rounding_mode='floor') or float casts")
             raise Refusal(f"{what} is computed from state values (data-dependent); Cortex needs it to come from the "
                           f"structure arrays", hint=DATA_DEPENDENT_HINT)
         if isinstance(v, Array) and v.read_dtype in INT_DTYPES + ("bool",) and v.shape is not None and \

@@ -9,7 +9,8 @@ from onnx import helper
 from ..ir import index as ix
 from ..ir import nodes as ir
 from .interpreter import Interpreter
-from .region import (Carried, OuterScope, build_cases, check_outputs_unused, constant_labels, flatten_choices,
+from .ops_control import NESTED_HINT
+from .region import (Carried, InnerIter, OuterScope, build_cases, check_outputs_unused, constant_labels, flatten_choices,
                      init_decl, input_decls, row_of, table_layout)
 from .values import Array, Known, Refusal, Row, Sym, Table, describe, sym_scalar
 
@@ -79,8 +80,10 @@ def recognize_loop(model, node, outer: OuterScope, region_name: str, used: set) 
         raise Refusal("the loop condition differs between branches")
     cond_out = cond_outs.pop()
     cases = build_cases(paths, state_slots, emit_slots, interp)
-    cases = tuple(_substitute_case(c, closed) for c in cases)
     trip = _loop_trip(trip_m, cond0, cond_out, host_arrays)
+    if "inner_loop" in interp.shared:  # for i: for j: one position per (i, j)
+        closed, trip = _flatten_inner_loop(interp.shared["inner_loop"], outs, state_slots, emit_slots, closed, trip)
+    cases = tuple(_substitute_case(c, closed) for c in cases)
     interp.arrays.update(host_arrays)
     init_decls = [init_decl(name, outer) for name in inits]
     arrays = input_decls(interp, cases, [trip], outer.lookup)
@@ -88,6 +91,23 @@ def recognize_loop(model, node, outer: OuterScope, region_name: str, used: set) 
                       dict(interp.constants), trip=trip,
                       labels=constant_labels(interp))
 
+
+
+def _flatten_inner_loop(inner, outs, state_slots, emit_slots, closed, trip):
+    """A loop over j in [0, C) nested in this one over i, carrying the state tables (a grid's rows and columns): one
+    position p per (i, j), i = p // C and j = p % C, R * C positions. The outer body must pass the inner loop's tables
+    on unchanged (no other write per i) and emit nothing per i."""
+    count, inner_outs = inner
+    if emit_slots:
+        raise Refusal("a loop nested in the recursion's loop, with per-iteration outputs of the outer one",
+                      hint=NESTED_HINT)
+    for slot, _ in state_slots:
+        if not any(outs[slot] == v for v in inner_outs):
+            raise Refusal("the state is written outside the inner loop over it", hint=NESTED_HINT)
+    count = ix.ibin("max", count, ix.const(0))
+    flat = {ir.Iter(): ix.ibin("floordiv", ir.Iter(), count), InnerIter(): ix.ibin("mod", ir.Iter(), count)}
+    closed = {k: ix.substitute([v], flat)[0] for k, v in closed.items()}
+    return {**closed, **flat}, ix.ibin("mul", trip, count)
 
 
 def _scalar_shape(init):

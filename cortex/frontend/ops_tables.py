@@ -18,31 +18,42 @@ from .interpreter import DATA_DEPENDENT_HINT, attr, handler
 from .layout import broadcast_row, rearrange, rearrange_many
 from .operands import known_ints, norm_axis, static_shape
 from ..ir.schema import safe_text
-from .values import Array, INT_DTYPES, Known, Partial, Refusal, Row, Sym, Table, TableSlice, describe
+from .values import Array, Flat, INT_DTYPES, Known, Partial, Refusal, Row, Sym, Table, TableSlice, describe
 
 INT_READABLE = INT_DTYPES + ("bool",)
 
 
-def _norm(e):
+def table_rows(table: Table) -> ir.IExpr:
+    """The number of rows of the state tables (a grid's R * C)."""
+    rows = ir.Length(None)
+    for axis in range(1, table.lead):
+        rows = ix.ibin("mul", rows, ir.Length(None, axis))
+    return rows
+
+
+def _norm(e, rows):
     """A table row index with Gather's negative wrap, for comparing two indices exactly."""
     if isinstance(e, ir.IConst) and e.value >= 0:
         return e
-    return ix.iselect(ix.cmp("lt", e, ix.const(0)), ix.ibin("add", e, ir.Length(None)), e)
+    return ix.iselect(ix.cmp("lt", e, ix.const(0)), ix.ibin("add", e, rows), e)
 
 
-def same_row(a, b, table: Table = None) -> ir.BExpr:
+def same_row(a, b, table: Table = None, flat: bool = False) -> ir.BExpr:
+    """True when row indices a and b name the same row; `flat`: a is an index over a grid's flattened rows."""
     if a == b:
         return ir.BConst(True)
-    if table is not None and table.lead > 1:  # a grid's rows are flat and already wrapped
+    if table is not None and table.lead > 1 and not flat:  # a grid's rows, each already wrapped
         return ix.cmp("eq", a, b)
-    return ix.cmp("eq", _norm(a), _norm(b))
+    rows = table_rows(table) if table is not None else ir.Length(None)
+    return ix.cmp("eq", _norm(a, rows), _norm(b, rows))
 
 
-def read_table(table: Table, e) -> ir.RExpr:
-    """Row e of the table as this step sees it: the state before the step, unless this step wrote that row."""
+def read_table(table: Table, e, flat: bool = False) -> ir.RExpr:
+    """Row e of the table as this step sees it: the state before the step, unless this step wrote that row. `flat`:
+    e indexes a grid's rows flattened (Gather semantics over all of them), not its already wrapped cells."""
     out = ir.ChildState(table.name, e, False, table.width)
     for target, row in table.writes:
-        same = same_row(e, target, table)
+        same = same_row(e, target, table, flat)
         if same == ir.BConst(True):
             out = row
         elif same != ir.BConst(False):
@@ -130,6 +141,8 @@ def _leading_size(base, axis) -> ir.IExpr:
 
 
 def _what(base) -> str:
+    if isinstance(base, Flat):
+        base = base.base
     if isinstance(base, Table):
         return "a state table"
     return f"runtime tensor {base.name}" if safe_text(base.name) and len(base.name) < 200 else "a runtime tensor"
@@ -147,7 +160,7 @@ def flat_row(base, prefix) -> ir.IExpr:
     """The row of a grid (or of a runtime tensor with several leading dimensions) at one index per leading dimension:
     row-major, each index wrapped within its own dimension. With one leading dimension, the index itself (the kernel
     wraps it over the rows)."""
-    if len(prefix) == 1:
+    if len(prefix) == 1:  # one leading dimension, or a grid's rows flattened: the kernel wraps over all rows
         return ix.as_index(prefix[0])
     row = ix.const(0)
     for axis, e in enumerate(prefix):
@@ -167,6 +180,8 @@ def index_leading(it, data, e):
 
 
 def _base_shape(base) -> tuple:
+    if isinstance(base, Flat):
+        return (None,) + tuple(base.shape)
     return (None,) * base.lead + tuple(base.inner) if isinstance(base, Table) else tuple(base.shape)
 
 
@@ -179,7 +194,11 @@ def part(it, base, prefix, lead_shape=()):
         if len(prefix) > base.lead:
             raise Refusal("an element of a state table's row at a structure index", hint=DATA_DEPENDENT_HINT)
         return Row(read_table(base, flat_row(base, prefix)), tuple(lead_shape) + tuple(base.inner))
-    rest = tuple(base.shape[len(prefix):])
+    if isinstance(base, Flat) and len(prefix) > 1:
+        raise Refusal(f"an element of a row of {describe(base)} at a structure index", hint=DATA_DEPENDENT_HINT)
+    if isinstance(base, Flat) and isinstance(base.base, Table):
+        return Row(read_table(base.base, ix.as_index(prefix[0]), flat=True), tuple(lead_shape) + tuple(base.shape))
+    rest = tuple(_base_shape(base)[len(prefix):])
     if any(not isinstance(d, int) for d in rest):
         return Partial(base, tuple(prefix), tuple(lead_shape) + rest)
     return array_row(it, base, prefix, lead_shape, {})
@@ -188,7 +207,12 @@ def part(it, base, prefix, lead_shape=()):
 def array_row(it, base: Array, prefix, lead_shape, proved: dict):
     """Row base[prefix] of a runtime tensor whose rows are its first len(prefix) dimensions; `proved`: {axis: size}
     for dimensions the model declares dynamic whose size a product proves (each read checks it first)."""
-    data = it.use_array(base, lead=len(prefix), proved=proved)
+    if isinstance(base, Flat):
+        data = it.use_array(base.base, lead=base.lead, proved=proved)
+        if len(data.shape) != base.lead + len(base.shape):
+            raise Refusal(f"{_what(data)} flattened to rows of several dimensions", hint=DYNAMIC_ROW_HINT)
+    else:
+        data = it.use_array(base, lead=len(prefix), proved=proved)
     row = flat_row(data, prefix)
     if data.checked:
         same = ir.BConst(True)
@@ -205,12 +229,25 @@ def resolve_part(it, v, size: int, what: str):
     the original fails unless that dimension is `size`, so that is its size (checked where the row is read)."""
     if not isinstance(v, Partial):
         return v
-    base, n_left = v.base, len(_base_shape(v.base)) - len(v.prefix)
-    if isinstance(base, Table) or v.shape[-1] is not None or any(d is None for d in v.shape[:-1]):
+    base = v.base
+    array = base.base if isinstance(base, Flat) else base
+    left = _base_shape(base)[len(v.prefix):]
+    if isinstance(array, Table) or v.shape[-1] is not None or any(d is None for d in v.shape[:-1]) or \
+            any(d is None for d in left[:-1]) or left[-1] is not None:
         raise Refusal(f"{what} is {describe(v)}", hint=DYNAMIC_ROW_HINT)
-    axis = len(base.shape) - 1
-    lead_shape = tuple(v.shape[:len(v.shape) - n_left])
-    return array_row(it, base, v.prefix, lead_shape, {axis: int(size)})
+    row = array_row(it, base, v.prefix, (), {len(array.shape) - 1: int(size)})
+    return Row(row.expr, tuple(size if d is None else d for d in v.shape))
+
+
+def reshape_part(v: Partial, dims, target) -> Partial:
+    """A Reshape of a Partial (dims: its shape as index expressions) to `target` (index expressions; -1 for the
+    rest) that only adds or removes dimensions of 1 (x[i, j].reshape(1, -1), .view(1, F) with F = x.size(2))."""
+    one, rest = ix.const(1), ix.const(-1)
+    if [d for d in dims if d != one] != [t for t in target if t not in (one, rest)] or \
+            sum(t == rest for t in target) > 1:
+        raise Refusal(f"a Reshape of {describe(v)} to {len(target)} dimensions", hint=DYNAMIC_ROW_HINT)
+    return Partial(v.base, v.prefix, tuple(1 if t in (one, rest) else t.value if isinstance(t, ir.IConst) else None
+                                           for t in target))
 
 
 def _gather_columns(it, data: Array, idx: Sym, elems):
@@ -276,7 +313,7 @@ def gather_constant(x, indices, axis):
 def _by_parts(data) -> bool:
     """True when data is read one leading index at a time: a grid table, a part of one, a runtime tensor whose rows
     have a size only the run knows."""
-    return isinstance(data, Partial) or (isinstance(data, Table) and data.lead > 1) or \
+    return isinstance(data, (Partial, Flat)) or (isinstance(data, Table) and data.lead > 1) or \
         (isinstance(data, Array) and data.shape is not None and data.columns is None and
          any(not isinstance(d, int) for d in data.shape[1:]))
 
@@ -289,6 +326,12 @@ def op_gather(it, node, args, lookup):
         return gather_constant(data, indices, axis)
     idx = it.sym(indices, "the Gather index")
     if _by_parts(data):
+        if axis == 0 and isinstance(data, Flat) and idx.shape:  # rows of the flattened grid
+            rows = [index_leading(it, data, ix.as_index(e)) for e in idx.elems.reshape(-1)]
+            if all(isinstance(r, Row) for r in rows):
+                return Row(ir.concat(r.expr for r in rows), tuple(idx.shape) + tuple(rows[0].shape))
+            if len(rows) == 1:  # one row whose size only the run knows
+                return Partial(data, rows[0].prefix, tuple(idx.shape) + tuple(rows[0].shape))
         if axis != 0 or idx.shape:
             raise Refusal(f"Gather on axis {axis} at {list(idx.shape)} indices from {describe(data)}",
                           hint=DYNAMIC_ROW_HINT)
@@ -377,12 +420,26 @@ def gather_elements_runtime(it, data, indices, axis):
     return Sym(elems.reshape(idx.shape), parts[0][0].dtype)
 
 
+def flatten_rows(base, axis: int):
+    """ONNX Flatten at `axis` of a grid table or a runtime tensor whose leading dimensions are dynamic: its rows, one
+    index over the first `axis` dimensions (a table: exactly its leading ones)."""
+    if isinstance(base, Table):
+        if axis != base.lead:
+            raise Refusal(f"Flatten at axis {axis} of a state table with {base.lead} leading dimensions",
+                          hint=DYNAMIC_ROW_HINT)
+        return Flat(base, axis, (base.width,))
+    if base.shape is None or base.columns is not None or not 1 <= axis < len(base.shape):
+        raise Refusal(f"Flatten at axis {axis} of {describe(base)}", hint=DYNAMIC_ROW_HINT)
+    rest = base.shape[axis:]
+    return Flat(base, axis, (int(np.prod(rest, dtype=np.int64)) if all(isinstance(d, int) for d in rest) else None,))
+
+
 def _gather_tuple(it, data, index, lead_shape):
     """data[index...] for a grid (one structure index per dimension, as GatherND gives them)."""
     rest = list(index)
     base = data
     prefix = []
-    depth = base.lead if isinstance(base, Table) else len(base.shape)
+    depth = 1 if isinstance(base, Flat) else base.lead if isinstance(base, Table) else len(base.shape)
     while rest and len(prefix) < depth:
         prefix.append(rest.pop(0))
         got = part(it, base, tuple(prefix), lead_shape)

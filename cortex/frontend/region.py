@@ -36,6 +36,12 @@ class Carried(ir.IExpr):
     slot: int
 
 
+@ir.node
+class InnerIter(ir.IExpr):
+    """The iteration number of a loop nested in the recursion's loop (`for i: for j:` over a grid) while the body is
+    interpreted; the recognizer flattens the two into one position p: i = p // C, j = p % C."""
+
+
 def _opset(model) -> int:
     for op in model.opset_import:
         if op.domain in ("", "ai.onnx"):

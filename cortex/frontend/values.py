@@ -11,6 +11,8 @@
 - `Array`: a runtime tensor from outside the recursion (structure arrays, node inputs, scalars).
 - `Partial`: a table or runtime tensor indexed at some of its leading dimensions, or at a row whose size is only
   known at run time (h[i] of a grid; x[v] of an input whose feature dimension the model declares dynamic).
+- `Flat`: a grid table or runtime tensor with its leading dimensions flattened into one (TorchScript's form of
+  h[i, j] with tensor indices: Flatten, then row i * C + j).
 - `Choice`: the outputs of an `If` on a structure predicate, one value per branch (becomes cases).
 - `Seq`: an ONNX sequence of values.
 """
@@ -179,6 +181,16 @@ class Partial:
 
 
 @dataclass(frozen=True)
+class Flat:
+    """`base` (a grid table or runtime tensor) with its first `lead` dimensions flattened into one (ONNX Flatten):
+    row e is the base's row at e with Gather semantics over all its rows; `shape`: the dimensions after it (None
+    where only the run knows them)."""
+    base: object
+    lead: int
+    shape: tuple
+
+
+@dataclass(frozen=True)
 class Choice:
     pred: ir.BExpr
     then: object
@@ -203,6 +215,8 @@ def describe(v) -> str:
         return f"a slice of state table {v.table.name}"
     if isinstance(v, Array):
         return f"runtime tensor {v.name}"
+    if isinstance(v, Flat):
+        return f"the rows of {describe(v.base)}, its first {v.lead} dimensions flattened"
     if isinstance(v, Partial):
         dims = ", ".join("?" if d is None else str(d) for d in v.shape)
         return f"a part [{dims}] of {describe(v.base)} (? known only at run time)"
