@@ -11,7 +11,6 @@ from .interpreter import Interpreter, attr, choose, handler, sym_known
 from .layout import rearrange, rearrange_many
 from .operands import known_ints, static_shape
 from .ops_elementwise import op_where
-from .region import Carried, InnerIter
 from .values import Known, Refusal, Row, Seq, Sym, Table, describe
 
 MAX_UNROLL = 256
@@ -79,8 +78,8 @@ def op_loop(it: Interpreter, node, args, lookup):
     that carries the state tables with a count the run gives (`for j in range(C)` inside `for i in range(R)`) is
     the inner loop of a grid: its body is one position (see nested_loop)."""
     body = attr(node, "body")
-    if args and args[0] is not None and any(isinstance(a, Table) for a in args[2:]) and \
-            not isinstance(args[0], Known) and not (isinstance(args[0], Sym) and sym_known(args[0]) is not None):
+    if any(isinstance(a, Table) for a in args[2:]) and not _constant_count(args):
+        from .loop import nested_loop  # the recognizer flattens it (loop.py imports this module)
         return nested_loop(it, node, body, args, lookup)
     trip = _trip_count(it, args[0] if args else None)
     cond = args[1] if len(args) > 1 else None
@@ -107,41 +106,10 @@ def op_loop(it: Interpreter, node, args, lookup):
     return carried + [stack(it, s) for s in scans]
 
 
-NESTED_HINT = "write the grid's loops as one: for k in range(R * C): i, j = k // C, k % C"
-
-
-def nested_loop(it: Interpreter, node, body, args, lookup):
-    """`for j in range(C)` inside the recursion's loop, carrying the state tables: interpreted once with j an
-    `InnerIter`; the recognizer makes each (i, j) one position. C must not depend on the outer iteration, the tables
-    must enter unwritten and the loop must run all C iterations (no other exit, no per-iteration outputs)."""
-    if "inner_loop" in it.shared:
-        raise Refusal("two loops over the state inside the recursion's loop", hint=NESTED_HINT)
-    count = ix.as_index(it.sym(args[0], "the inner loop's count").scalar())
-    if any(isinstance(x, (ir.Iter, Carried, InnerIter)) for x in ir.walk([count])):
-        raise Refusal("a loop inside the recursion whose count changes with the outer iteration", hint=NESTED_HINT)
-    if len(args) > 1 and args[1] is not None and _known_bool(args[1], "the inner loop's condition") is not True:
-        raise Refusal("an inner loop that may not start", hint=NESTED_HINT)
-    carried = list(args[2:])
-    if len(body.output) != 1 + len(carried):
-        raise Refusal("an inner loop over the state with per-iteration outputs", hint=NESTED_HINT)
-    for v in carried:
-        if isinstance(v, Table) and v.writes:
-            raise Refusal("the state is written before the inner loop over it", hint=NESTED_HINT)
-        if not isinstance(v, (Table, Known, Sym)):
-            raise Refusal(f"an inner loop carrying {describe(v)}", hint=NESTED_HINT)
-    bindings = {body.input[0].name: Sym(np.array(InnerIter(), dtype=object).reshape(()), "int64")}
-    if len(body.input) > 1:
-        bindings[body.input[1].name] = Known(np.array(True))
-    for b, v in zip(body.input[2:], carried):
-        bindings[b.name] = v
-    outs = it.nested(lookup).run_graph(body, bindings)
-    if _known_bool(outs[0], "the inner loop's condition") is not True:
-        raise Refusal("an inner loop that may stop early", hint=NESTED_HINT)
-    for before, after in zip(carried, outs[1:]):
-        if not isinstance(before, Table) and after != before:
-            raise Refusal("an inner loop carries a value that changes (only the state tables may)", hint=NESTED_HINT)
-    it.shared["inner_loop"] = (count, tuple(outs[1:]))
-    return list(outs[1:])
+def _constant_count(args) -> bool:
+    """True when a Loop's trip count is a constant (it unrolls)."""
+    m = args[0] if args else None
+    return isinstance(m, Known) or (isinstance(m, Sym) and sym_known(m) is not None)
 
 
 def _known_bool(v, what):

@@ -32,8 +32,10 @@ class Region:
 
 @ir.node
 class Carried(ir.IExpr):
-    """A loop-carried integer (a counter) while the body is interpreted; replaced by its closed form after."""
+    """A loop-carried integer (a counter) while the body is interpreted; replaced by its closed form after. `depth`: 1
+    for a counter of a loop nested in the recursion's loop."""
     slot: int
+    depth: int = 0
 
 
 @ir.node
@@ -136,6 +138,17 @@ def _host_value(v) -> bool:
 
 
 # ---- helpers shared by the recognizers ----------------------------------------------------------------
+
+
+def used_names(graph) -> set:
+    """Every name a graph reads (its outputs, its nodes' inputs, its subgraphs' reads)."""
+    used = {o.name for o in graph.output}
+    for n in graph.node:
+        used.update(x for x in n.input if x)
+        for a in n.attribute:
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                used |= used_names(sub)
+    return used
 
 
 def flatten_choices(outputs, path=()):
