@@ -101,6 +101,13 @@ class HostSyntax(ScalarSyntax):
     def guard(self, pred: str, value: str, message: str) -> str:
         return f"cortex::guard({pred}, {value}, \"{cstr(message)}\", p)"
 
+    def host_value(self, var: str) -> str:
+        return f"hv_{var}"  # prepare's local (host_state_lines)
+
+    def host_element(self, var: str, index: str) -> str:
+        return (f"ht_{var}[cortex::normalize_index({index}, static_cast<int64_t>(ht_{var}.size()), "
+                f"\"{cstr(var)}\", p)]")
+
 
 # ---- host code shared by every target --------------------------------------------------------------------------
 
@@ -226,6 +233,9 @@ def check_array_inputs(plan: KernelPlan, host_data) -> list:
             cols = f" cx.{a}_cols = inputs[{i}].shape[1];"
         if d.name in shaped:
             cols += f" cx.{a}_shape = inputs[{i}].shape;"
+        if d.rows is not None:
+            cols += (f" if (cx.{a}_rows != {cint(d.rows)}) throw cortex::KernelError(\"input '{cstr(d.name)}' must "
+                     f"have {cint(d.rows)} rows, got \" + std::to_string(cx.{a}_rows));")
         lines.append(f"      cx.{a}_rows = {_rows(d, i)};{cols} }}")
     return lines
 
@@ -247,8 +257,10 @@ def rows_and_positions(plan: KernelPlan, syntax: HostSyntax) -> list:
     """Lines setting cx.N (rows of the state tables) and cx.L (positions)."""
     p = plan.program
     if p.mode == "visit":
-        first = next(i for i, d in enumerate(p.inputs) if d.kind == "init")
+        first = next((i for i, d in enumerate(p.inputs) if d.kind == "init"), None)
         positions = f"    cx.L = std::max<int64_t>(0, {render_index(p.trip, syntax)});  // {comment(format_index(p.trip))}"
+        if first is None:  # no state table (a chain carrying a vector)
+            return ["    cx.N = 0;", positions]
         lead = table_lead(p)
         if lead == 1:
             return [f"    cx.N = inputs[{first}].rank >= 1 ? inputs[{first}].shape[0] : 0;", positions]
@@ -314,6 +326,8 @@ def linearize_call(plan: KernelPlan) -> str:
     child sets are reads too)."""
     if plan.program.mode == "dag":
         return "ws.linearizer.dag(cx.N, ws.case_id.data(), kNumCases, ws.reads.data(), kReads, ws.schedule)"
+    if ir.is_sequential(plan.program):  # each position reads what the one before computed: in order, one by one
+        return "(ws.schedule.clear(), std::string())"
     members = ", ws.read_offsets.data(), ws.members.data()" if plan.max_sets else ""
     return ("ws.linearizer.visit(cx.N, ws.listed, ws.node.data(), ws.case_id.data(), kNumCases, ws.reads.data(), "
             f"kReads, ws.schedule{members})")
@@ -431,6 +445,7 @@ def prepare_fn(plan: KernelPlan, syntax: HostSyntax) -> str:
             pointer, count = _key_vector(plan, key)
             lines.append(f"  ws.buckets[{b}].build<{dtype[key[0]]}>({pointer}, {count}, cx.N);  // members by "
                          f"{comment(key[0])}" + (f" row {key[1]}" if key[1] is not None else ""))
+    lines += _host_state_lines(plan, syntax)
     lines += [
         "  int64_t q = 0;",
         "  for (int64_t p = 0; p < cx.L; ++p) {",
@@ -476,12 +491,45 @@ def prepare_fn(plan: KernelPlan, syntax: HostSyntax) -> str:
                              f"\"{cstr(what)}\", p);  // {comment(format_index(key))}")
         for s, members in enumerate(layout.sets):
             lines += _set_lines(plan, syntax, s, members)
+        lines += _update_lines(case, syntax)
+        if not case.writes:
+            lines.append("        continue;  // only host state changes: nothing for the kernel to run")
         lines += ["        break;", "      }"]
     lines += ["    }", "    ++q;", "  }", "  ws.listed = q;"]
     if plan.max_sets:
         lines.append("  ws.read_offsets[q] = static_cast<int64_t>(ws.members.size());")
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _host_state_lines(plan: KernelPlan, syntax) -> list:
+    """Declarations of the integer state the loop carries (ir.HostVar), as prepare's locals at their first values."""
+    lines = []
+    for var in plan.program.host_vars:
+        init = render_index(var.init, syntax)
+        if var.size is None:
+            lines.append(f"  int64_t hv_{var.name} = {init};  // {comment(format_index(var.init))}")
+        else:
+            size = render_index(var.size, syntax)
+            lines.append(f"  std::vector<int64_t> ht_{var.name}(static_cast<size_t>(cortex::host_table_size({size}, "
+                         f"\"{cstr(var.name)}\")), {init});  // [{comment(format_index(var.size))}]")
+    return lines
+
+
+def _update_lines(case: ir.Case, syntax) -> list:
+    """A case's host updates: every index and value from the state before the position, then assigned in order."""
+    if not case.updates:
+        return []
+    lines, assigns = ["        {  // host state"], []
+    for k, u in enumerate(case.updates):
+        lines.append(f"          const int64_t u{k} = {render_index(u.value, syntax)};  // {comment(format_index(u.value))}")
+        if u.index is None:
+            assigns.append(f"          hv_{u.var} = u{k};")
+        else:
+            lines.append(f"          const int64_t i{k} = cortex::normalize_index({render_index(u.index, syntax)}, "
+                         f"static_cast<int64_t>(ht_{u.var}.size()), \"{cstr(u.var)}\", p);")
+            assigns.append(f"          ht_{u.var}[i{k}] = u{k};")
+    return lines + assigns + ["        }"]
 
 
 # A kernel's workspaces (kernel_support.h's WorkspacePool): declared after `struct Workspace`, leased by each run.
@@ -571,8 +619,16 @@ def _index_value(r, node, name):
     return f"const float {name} = static_cast<float>({r.d.slot(s)});  // {comment(format_index(node.index))}"
 
 
+def _previous_row(r, node, name):
+    s = r.cp.layout.slots.index(node.host_value()[1])
+    table = r.d.table(r.plan.table_ids[node.table])
+    return (f"const float* {name} = {r.d.slot(s)} >= 0 ? {table} + {r.d.slot(s)} * {node.width} : "
+            f"{r.d.array(r.plan.array_ids[node.init])};  // the carried value: {comment(node.table)}[p - 1] or "
+            f"{comment(node.init)}")
+
+
 # kind -> (name prefix, declaration): what a leaf needs per position
-POINTERS = {ir.ChildState: ("child", _child_state), ir.ConstRow: ("crow", _const_row),
+POINTERS = {ir.ChildState: ("child", _child_state), ir.ConstRow: ("crow", _const_row), ir.PreviousRow: ("prev", _previous_row),
             ir.InputProjection: ("iproj", _input_projection), ir.InputRow: ("irow", _input_row),
             ir.BExpr: ("mask", _mask), ir.IndexValue: ("ival", _index_value)}
 
@@ -613,6 +669,7 @@ def _concat(r, e, access, w, *walk):
 
 # kind -> render(renderer, node, access, w, temps, code, pointers): elements read where they are
 ADDRESSING = {ir.ChildState: _leaf_element, ir.ConstRow: _leaf_element, ir.InputRow: _leaf_element,
+              ir.PreviousRow: _leaf_element,
               ir.InputProjection: _leaf_element, ir.ConstVec: _const_vec, ir.Scalar: _scalar,
               ir.IndexValue: _index_value_element, ir.Slice: _slice, ir.Take: _take, ir.Concat: _concat}
 

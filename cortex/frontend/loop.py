@@ -9,8 +9,10 @@ from onnx import helper
 from ..ir import index as ix
 from ..ir import nodes as ir
 from .interpreter import Interpreter, node_label
-from .region import (Carried, InnerIter, OuterScope, used_names, build_cases, check_outputs_unused, constant_labels, flatten_choices,
-                     init_decl, input_decls, row_of, table_layout)
+from .ops_host import HostTable
+from .region import (Carried, InnerIter, OuterScope, build_cases, carried_decls, carried_tables, carried_value,
+                     check_outputs_unused, constant_labels, flatten_choices, init_decl, input_decls, row_of,
+                     table_layout, used_names)
 from .values import Array, Known, Refusal, Row, Sym, Table, describe, sym_scalar
 
 
@@ -32,6 +34,8 @@ def recognize_loop(model, node, outer: OuterScope, region_name: str, used: set) 
     if len(body.input) > 1:
         bindings[body.input[1].name] = Known(np.array(True))
     state_slots, tables, inits, counters, invariants = [], [], [], {}, {}
+    carried = {}  # k -> CarriedValue
+    host_tables = {}  # k -> ir.HostVar of an integer table the loop carries
     for k, (init_name, body_in) in enumerate(zip(carried_names, body.input[2:])):
         init = outer.lookup(init_name)
         if _is_integer_scalar(init):
@@ -43,6 +47,11 @@ def recognize_loop(model, node, outer: OuterScope, region_name: str, used: set) 
         elif isinstance(init, (Known, Sym)) and not (isinstance(init, Known) and init.value.dtype.kind == "f"):
             invariants[k] = init
             bindings[body_in.name] = init
+        elif (value := carried_value(outer, body, body_in.name, body.output[1 + k].name, init_name, k)) is not None:
+            body, bindings[body_in.name], carried[k] = value  # a vector, a running reduction or a list
+        elif (table := _host_table(outer, init_name, k)) is not None:  # integer bookkeeping: the host runs it
+            host_tables[k] = table
+            bindings[body_in.name] = HostTable(table.name, table.size)
         else:
             lead, inner = table_layout(init, init_name)
             table = f"state{len(tables)}"
@@ -52,7 +61,7 @@ def recognize_loop(model, node, outer: OuterScope, region_name: str, used: set) 
                 inits.append(init_name)
             tables.append(ir.TableDecl(table, inner, init_name, node.output[k] if k < len(node.output) else "",
                                        lead=lead))
-    check_outputs_unused(node, list(counters) + list(invariants), used, "counter")
+    check_outputs_unused(node, list(counters) + list(invariants) + list(host_tables), used, "counter")
 
     outs = interp.run_graph(body, bindings)
     paths = flatten_choices(outs)
@@ -61,36 +70,59 @@ def recognize_loop(model, node, outer: OuterScope, region_name: str, used: set) 
         for _, path_outs in paths:
             if path_outs[1 + k] != init:
                 raise Refusal(f"loop-carried {carried_names[k]} changes in a way Cortex does not follow")
+    # a counter with a constant step is a closed form of the iteration; any other is host state (ir.HostVar)
     closed = {Carried(k): ix.ibin("add", _host_index(init, host_arrays), ix.ibin("mul", ix.const(steps[k]), ir.Iter()))
-              for k, (init, _) in counters.items()}
+              for k, (init, _) in counters.items() if k in steps}
+    host_vars = [ir.HostVar(f"hv{k}", _host_index(init, host_arrays)) for k, (init, _) in counters.items()
+                 if k not in steps] + list(host_tables.values())
+    closed.update({Carried(k): ir.HostValue(f"hv{k}") for k in counters if k not in steps})
+    host_slots = [(1 + k, f"hv{k}") for k in counters if k not in steps] + [(1 + k, t.name) for k, t in
+                                                                           host_tables.items()]
 
-    emit_slots = []
+    emit_slots, finals = carried_tables(interp, paths, {1 + k: (v, node.output[k] if k < len(node.output) else "")
+                                                       for k, v in carried.items()}, tables)
     for j in range(n_scan):
         slot = 1 + n_carried + j
         _, shape = row_of(interp, paths[0][1][slot], f"scan output {j}")
         name = f"emit{j}"
         emit_slots.append((slot, name, int(np.prod(shape, dtype=np.int64))))
         tables.append(ir.TableDecl(name, tuple(shape), None, node.output[n_carried + j], kind="emit"))
-    if not state_slots:
+    if not state_slots and not any(v.recurrent for v in carried.values()):
         raise Refusal("the loop carries no state table (nothing recursive to compute)")
 
     cond_outs = {_subst(closed, path_outs[0], interp) for _, path_outs in paths}
     if len(cond_outs) != 1:
         raise Refusal("the loop condition differs between branches")
     cond_out = cond_outs.pop()
-    cases = build_cases(paths, state_slots, emit_slots, interp)
+    cases = build_cases(paths, state_slots, emit_slots, interp, host_slots)
     trip = _loop_trip(trip_m, cond0, cond_out, host_arrays)
     if "inner_loop" in interp.shared:  # for i: for j: one position per (i, j)
-        closed, trip = _flatten_inner_loop(interp.shared["inner_loop"], body, outs, state_slots, emit_slots, closed,
-                                           trip, host_arrays)
+        closed, trip = _flatten_inner_loop(interp.shared["inner_loop"], body, outs, state_slots,
+                                           emit_slots + host_slots, closed, trip, host_arrays)
     cases = tuple(_substitute_case(c, closed) for c in cases)
     interp.arrays.update(host_arrays)
     init_decls = [init_decl(name, outer) for name in inits]
-    arrays = input_decls(interp, cases, [trip], outer.lookup)
+    arrays = input_decls(interp, cases, [trip], outer.lookup, first=carried_decls(carried.values()))
     return ir.Program(region_name, "visit", tuple(arrays + init_decls), tuple(tables), cases,
                       dict(interp.constants), trip=trip,
-                      labels=constant_labels(interp))
+                      labels=constant_labels(interp), finals=tuple(finals), host_vars=tuple(host_vars))
 
+
+def _host_table(outer, init_name: str, k: int):
+    """An ir.HostVar for a 1-D integer tensor the loop carries that starts filled with one value (torch.zeros(T,
+    dtype=torch.long): a ConstantOfShape of a structure length, or a constant), else None."""
+    init = outer.lookup(init_name)
+    if isinstance(init, Known) and init.value.dtype.kind in "iu" and init.value.ndim == 1 and init.value.size and \
+            np.all(init.value == init.value[0]):
+        return ir.HostVar(f"ht{k}", ix.const(int(init.value[0])), ix.const(init.value.size))
+    producer = outer.producer.get(init_name)
+    if not (isinstance(init, Array) and init.dtype in ("int64", "int32") and init.fill is not None and
+            producer is not None and producer.op_type == "ConstantOfShape"):
+        return None
+    shape = outer.lookup(producer.input[0])
+    if not isinstance(shape, Sym) or shape.elems.size != 1:
+        return None
+    return ir.HostVar(f"ht{k}", ix.const(int(init.fill)), ix.as_index(shape.elems.reshape(-1)[0]))
 
 
 NESTED_HINT = "write the grid's loops as one: for k in range(R * C): i, j = k // C, k % C"
@@ -152,15 +184,15 @@ def nested_loop(it, node, body, args, lookup):
     return list(outs[1:])
 
 
-def _flatten_inner_loop(inner, body, outs, state_slots, emit_slots, closed, trip, host_arrays):
+def _flatten_inner_loop(inner, body, outs, state_slots, per_outer, closed, trip, host_arrays):
     """A loop over j in [0, C) nested in this one over i, carrying the state tables (a grid's rows and columns): one
     position p per (i, j), i = p // C and j = p % C, R * C positions. C must not change with i; the outer body must
-    pass the inner loop's tables on unchanged (no other write per i), emit nothing per i and not read the inner
-    loop's counters after it."""
+    pass the inner loop's tables on unchanged (no other write per i), emit, carry or step on the host nothing per i
+    (`per_outer`: its emit and host slots) and not read the inner loop's counters after it."""
     inner_trip, cond0, cond, inner_closed, tables_out, counter_outputs, label = inner
-    if emit_slots:
-        raise Refusal("a loop nested in the recursion's loop, with per-iteration outputs of the outer one",
-                      hint=NESTED_HINT)
+    if per_outer:
+        raise Refusal("a loop nested in the recursion's loop, with per-iteration outputs, carried values or host "
+                      "state of the outer one", hint=NESTED_HINT)
     for slot, _ in state_slots:
         if not any(outs[slot] == v for v in tables_out):
             raise Refusal("the state is written outside the inner loop over it", hint=NESTED_HINT)
@@ -189,6 +221,7 @@ def _scalar_shape(init):
 
 
 def _counter_steps(paths, counters) -> dict:
+    """{k: step} for the counters that move by one constant step in every branch; the others are host state."""
     steps = {}
     for k in counters:
         found = set()
@@ -197,13 +230,9 @@ def _counter_steps(paths, counters) -> dict:
             if not isinstance(out, Sym) or out.elems.size != 1:
                 raise Refusal(f"loop-carried counter {k} becomes {describe(out)}")
             terms, c = ix.affine(ix.ibin("sub", ix.as_index(out.scalar()), Carried(k)))
-            if terms:
-                raise Refusal("a loop-carried integer changes by something other than a constant step",
-                              hint="derive node positions from the loop's iteration number")
-            found.add(c)
-        if len(found) != 1:
-            raise Refusal("a loop-carried counter moves by different steps in different branches")
-        steps[k] = found.pop()
+            found.add(None if terms else c)
+        if len(found) == 1 and None not in found:
+            steps[k] = found.pop()
     return steps
 
 
@@ -221,13 +250,7 @@ def _subst(closed, value, interp):
 def _substitute_case(case: ir.Case, closed: dict) -> ir.Case:
     if not closed:
         return case
-    roots = [case.predicate] + ([case.target] if case.target is not None else []) + [x for _, x in case.writes]
-    new = ix.substitute(roots, closed)
-    pred, rest = new[0], new[1:]
-    target = None
-    if case.target is not None:
-        target, rest = rest[0], rest[1:]
-    return ir.Case(case.name, pred, target, tuple((t, x) for (t, _), x in zip(case.writes, rest)))
+    return case.with_roots(ix.substitute(case.roots(), closed))
 
 
 

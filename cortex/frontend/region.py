@@ -186,9 +186,15 @@ def table_layout(value, name) -> tuple:
     lead = 1 + max((k for k, d in enumerate(shape) if not isinstance(d, int)), default=0)
     if lead > MAX_LEAD:
         raise Refusal(f"loop-carried {name} has {lead} dynamic leading dimensions (shape {shape}); Cortex follows "
-                      f"tables of at most {MAX_LEAD}")
+                      f"tables of at most {MAX_LEAD}",
+                      hint="a padded forest [B, N, ...] advanced B trees at a time: batch the trees into one forest "
+                           "(node ids offset per tree, cortex.examples.structures.batch) and visit its nodes one per "
+                           "iteration")
     if dtype != "float32":
-        raise Refusal(f"loop-carried {name} is {dtype}, not a float32 state table")
+        hint = ("Cortex computes in float32: export the model in float32 (model.float())" if dtype == "float64" else
+                "keep integer bookkeeping (stack pointers, back-pointers) in the structure inputs, computed before "
+                "the loop" if dtype and dtype.startswith(("int", "uint")) else None)
+        raise Refusal(f"loop-carried {name} is {dtype}, not a float32 state table", hint=hint)
     return lead, tuple(int(d) for d in shape[lead:])
 
 
@@ -229,8 +235,9 @@ DYNAMIC_DIM_HINT = ("export the feature dimensions as static (dynamic_axes / dyn
                     "dimensions), or multiply each row read by a weight, which proves its size")
 
 
-def build_cases(paths, state_slots, emit_slots, interp) -> tuple:
-    """Cases from the flattened paths: each path's table writes (one target row) and per-iteration rows."""
+def build_cases(paths, state_slots, emit_slots, interp, host_slots=()) -> tuple:
+    """Cases from the flattened paths: each path's table writes (one target row), per-iteration rows, and updates of
+    the integer state the host carries (host_slots: [(output slot, host variable)])."""
     if len(paths) > MAX_PATHS:
         raise Refusal(f"the step splits into {len(paths)} branch combinations (more than {MAX_PATHS})")
     cases = []
@@ -251,11 +258,27 @@ def build_cases(paths, state_slots, emit_slots, interp) -> tuple:
             if expr.width != width:
                 raise Refusal(f"the per-iteration output {table_name} changes shape between branches")
             writes.append((table_name, expr))
-        if writes:
-            cases.append(ir.Case(f"case{k}", conjunction(preds), target, tuple(writes)))
+        updates = _host_updates(outs, host_slots)
+        if writes or updates:
+            cases.append(ir.Case(f"case{k}", conjunction(preds), target, tuple(writes), updates))
     if not any(c.target is not None for c in cases) and state_slots:
         raise Refusal("the loop never writes its state")
     return tuple(cases)
+
+
+def _host_updates(outs, host_slots) -> tuple:
+    from .ops_host import HostTable  # ops_host imports the interpreter, which imports this module
+
+    updates = []
+    for slot, var in host_slots:
+        out = outs[slot]
+        if isinstance(out, HostTable) and out.var == var:
+            updates += [ir.HostUpdate(var, at, value) for at, value in out.writes]
+        elif isinstance(out, Sym) and out.elems.size == 1 and not out.is_bool:
+            updates.append(ir.HostUpdate(var, None, ix.as_index(out.scalar())))
+        else:
+            raise Refusal(f"the loop's integer state {var} becomes {describe(out)}")
+    return tuple(updates)
 
 
 def _step_target(targets):
@@ -290,3 +313,124 @@ def constant_labels(interp) -> tuple:
     out (the message then names the constant)."""
     return tuple((name, source) for name, source in sorted(interp.labels.items())
                  if name in interp.constants and isinstance(source, str) and safe_text(source))
+
+
+# ---- values a loop carries that are not state tables --------------------------------------------------------------
+# A chain's state vector (read and rewritten each iteration), a running reduction (c = max(c, x)), a list appended
+# to: each becomes an emit table with one row per iteration (ir.PreviousRow reads the previous one), and the loop's
+# output is computed from it after the kernel (ir.Final).
+
+
+@dataclass
+class CarriedValue:
+    table: str  # the emit table of per-iteration rows
+    init: str  # the ONNX name of the initial value
+    shape: Optional[tuple]  # the value's shape (None for a list: its element's, found from the body)
+    fold: str  # "": read and rewritten (recurrent); "append": a list; else the reduction op (max, min, add, mul)
+
+    @property
+    def recurrent(self) -> bool:
+        return self.fold == ""
+
+
+REDUCERS = {"Max": "max", "Min": "min", "Add": "add", "Mul": "mul", "Sum": "add"}
+APPENDS = {"SequenceInsert": "append"}
+
+
+def carried_value(outer, body, in_name: str, out_name: str, init_name: str, k: int):
+    """(body, binding of the body's input, CarriedValue) for a float value of static shape with no node dimension or
+    an empty list that a loop carries; None for anything else (a state table, or refused as one). The body returned
+    has the fold op replaced by its operand when the value is only folded (c = max(c, x), c.append(x))."""
+    init = outer.lookup(init_name)
+    producer = outer.producer.get(init_name)
+    if producer is not None and producer.op_type == "SequenceEmpty" and producer.domain in ("", "ai.onnx"):
+        appended = _fold_of(body, in_name, out_name, APPENDS)
+        if appended is None:
+            raise Refusal(f"loop-carried list {init_name} is used other than by appending one value per iteration",
+                          hint="append one tensor per iteration and stack the list after the loop")
+        return appended[0], Known(np.zeros(0, dtype=np.float32)), CarriedValue(f"carry{k}", init_name, None,
+                                                                               "append")
+    shape = _carried_value_shape(init)
+    if shape is None:
+        return None
+    folded = _fold_of(body, in_name, out_name, REDUCERS)
+    if folded is not None:  # the input is no longer read
+        return folded[0], Known(np.zeros(shape, dtype=np.float32)), CarriedValue(f"carry{k}", init_name, shape,
+                                                                                folded[1])
+    width = int(np.prod(shape, dtype=np.int64))
+    return body, Row(ir.PreviousRow(f"carry{k}", init_name, width), shape), CarriedValue(f"carry{k}", init_name,
+                                                                                          shape, "")
+
+
+def carried_tables(interp, paths, carried: dict, tables: list) -> tuple:
+    """For carried values {body output slot: (CarriedValue, the region's output name)}: appends their emit tables to
+    `tables`; returns (emit slots, finals)."""
+    slots, finals = [], []
+    for slot, (value, output) in carried.items():
+        _, got = row_of(interp, paths[0][1][slot], f"loop-carried {value.init}")
+        if value.shape is not None and tuple(got) != tuple(value.shape):
+            raise Refusal(f"loop-carried {value.init} changes shape from {list(value.shape)} to {list(got)}")
+        slots.append((slot, value.table, int(np.prod(got, dtype=np.int64))))
+        tables.append(ir.TableDecl(value.table, tuple(got), None, "", kind="emit"))
+        if output:
+            kind = {"": "last", "append": "sequence"}.get(value.fold, "reduce")
+            finals.append(ir.Final(output, kind, value.table, value.init, value.fold if kind == "reduce" else "none"))
+    return slots, finals
+
+
+def carried_decls(values) -> list:
+    """Kernel inputs for the initial values of recurrent carried values (read at the first position)."""
+    return [ir.InputDecl(v.init, "array", "float32", len(v.shape), tuple(v.shape[1:]),
+                         rows=int(v.shape[0]) if v.shape else 1) for v in values if v.recurrent]
+
+
+def _carried_value_shape(init):
+    """The static shape of a float value a loop carries that has no node dimension (rank 0 or 1), else None."""
+    if isinstance(init, Known) and init.value.dtype == np.float32 and init.value.ndim <= 1:
+        return tuple(init.value.shape)
+    if isinstance(init, Array) and init.dtype == "float32" and init.shape is not None and len(init.shape) <= 1 \
+            and all(isinstance(d, int) for d in init.shape):
+        return tuple(init.shape)
+    return None  # a state table [N, ...] (or refused as one)
+
+
+def _fold_of(body, name: str, out: str, ops: dict):
+    """When the body only folds its carried input `name` into its output `out` with one op of `ops` (c = max(c, x),
+    c.append(x)) and nothing else reads it: (the body with that op replaced by x, the op's name in `ops`); else
+    None."""
+    used_inside = {i for n in body.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH
+                   for i in _names_read(a.g)}
+    consumers = lambda x: [n for n in body.node if x in n.input]  # noqa: E731
+    if name in used_inside or name == out:
+        return None
+    fold = consumers(name)
+    if len(fold) != 1 or fold[0].op_type not in ops or len(fold[0].input) != 2 or \
+            list(fold[0].input).count(name) != 1 or fold[0].domain not in ("", "ai.onnx"):
+        return None
+    if fold[0].op_type == "SequenceInsert" and fold[0].input[0] != name:
+        return None
+    result = fold[0].output[0]
+    while result != out:  # identities between the fold and the output
+        users = consumers(result)
+        if result in used_inside or len(users) != 1 or users[0].op_type != "Identity":
+            return None
+        result = users[0].output[0]
+    if consumers(result) or result in used_inside:
+        return None
+    other = next(i for i in fold[0].input if i != name)
+    rewritten = onnx.GraphProto()
+    rewritten.CopyFrom(body)
+    index = list(body.node).index(fold[0])
+    rewritten.node[index].CopyFrom(onnx.helper.make_node("Identity", [other], [fold[0].output[0]]))
+    return rewritten, ops[fold[0].op_type]
+
+
+def _names_read(graph) -> set:
+    """Every name a graph's nodes read, subgraphs included."""
+    names = set()
+    for n in graph.node:
+        names.update(n.input)
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                names |= _names_read(a.g)
+    return names

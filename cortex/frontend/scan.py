@@ -9,8 +9,8 @@ from ..ir import index as ix
 from ..ir import nodes as ir
 from .interpreter import Interpreter
 from .ops_tables import gather_rows
-from .region import (OuterScope, build_cases, check_outputs_unused, constant_labels, flatten_choices, init_decl,
-                     input_decls, row_of, table_layout)
+from .region import (OuterScope, build_cases, carried_decls, carried_tables, carried_value, check_outputs_unused,
+                     constant_labels, flatten_choices, init_decl, input_decls, row_of, table_layout)
 from .values import Array, Known, Refusal, Sym, Table, describe
 
 
@@ -26,13 +26,17 @@ def recognize_scan(model, node, outer: OuterScope, region_name: str, used: set) 
         raise Refusal("a Scan output in reverse order")
     directions = list(attrs.get("scan_input_directions", [0] * m))
     interp = Interpreter(outer=outer.lookup, opset=outer.interp.opset)
-    bindings, state_slots, tables, inits, invariants = {}, [], [], [], {}
+    bindings, state_slots, tables, inits, invariants, carried = {}, [], [], [], {}, {}
     for k in range(n_state):
         name, body_in = node.input[k], body.input[k]
         init = outer.lookup(name)
         if isinstance(init, (Known, Sym)) and not (isinstance(init, Known) and init.value.dtype.kind == "f"):
             invariants[k] = init
             bindings[body_in.name] = init
+            continue
+        value = carried_value(outer, body, body_in.name, body.output[k].name, name, k)
+        if value is not None:  # a vector, a running reduction or a list
+            body, bindings[body_in.name], carried[k] = value
             continue
         lead, inner = table_layout(init, name)
         table = f"state{len(tables)}"
@@ -54,7 +58,7 @@ def recognize_scan(model, node, outer: OuterScope, region_name: str, used: set) 
         one = np.empty((), dtype=object)
         one[()] = position
         bindings[body_in.name] = gather_rows(interp, arr, Sym(one, "int64"))
-    if not state_slots:
+    if not state_slots and not any(v.recurrent for v in carried.values()):
         raise Refusal("the Scan carries no state table (nothing recursive to compute)")
     outs = interp.run_graph(body, bindings)
     paths = flatten_choices(outs)
@@ -62,7 +66,8 @@ def recognize_scan(model, node, outer: OuterScope, region_name: str, used: set) 
         for _, path_outs in paths:
             if path_outs[k] != init:
                 raise Refusal(f"Scan state {node.input[k]} changes in a way Cortex does not follow")
-    emit_slots = []
+    emit_slots, finals = carried_tables(interp, paths, {k: (v, node.output[k] if k < len(node.output) else "")
+                                                       for k, v in carried.items()}, tables)
     for j in range(n_out):
         slot = n_state + j
         _, shape = row_of(interp, paths[0][1][slot], f"scan output {j}")
@@ -74,7 +79,7 @@ def recognize_scan(model, node, outer: OuterScope, region_name: str, used: set) 
     for other in lengths[1:]:  # ONNX Runtime fails on scan inputs of different lengths: so does the kernel
         trip = ir.Guard(ix.cmp("eq", other, lengths[0]), trip, "Scan inputs of different lengths")
     init_decls = [init_decl(name, outer) for name in inits]
-    arrays = input_decls(interp, cases, [trip], outer.lookup)
+    arrays = input_decls(interp, cases, [trip], outer.lookup, first=carried_decls(carried.values()))
     return ir.Program(region_name, "visit", tuple(arrays + init_decls), tuple(tables), cases,
                       dict(interp.constants), trip=trip,
-                      labels=constant_labels(interp))
+                      labels=constant_labels(interp), finals=tuple(finals))

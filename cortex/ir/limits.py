@@ -38,7 +38,7 @@ def row_width_budget(program: ir.Program) -> int:
 def _roots(program: ir.Program) -> list:
     roots = [program.trip] if program.trip is not None else []
     for case in program.cases:
-        roots += [case.predicate] + ([case.target] if case.target is not None else []) + [x for _, x in case.writes]
+        roots += case.roots()
     return roots
 
 

@@ -386,6 +386,35 @@ class Member(IExpr):
         pass
 
 
+@node
+class HostValue(IExpr):
+    """The current value of the host scalar `var` (Program.host_vars): integer state the loop carries."""
+    var: Ident
+
+    def render(self, syntax) -> str:
+        return syntax.host_value(self.var)
+
+    def verify(self, program):
+        var = next((v for v in program.host_vars if v.name == self.var), None)
+        check(var is not None and var.size is None, f"host value {self.var}: not a declared host scalar")
+
+
+@node
+class HostElement(IExpr):
+    """Element `index` of the host table `var` (Program.host_vars), with ONNX Gather semantics (a negative index
+    counts from the end, out of range is a run-time error)."""
+    var: Ident
+    index: IExpr
+    OPERANDS: ClassVar[tuple] = ("index",)
+
+    def render(self, syntax) -> str:
+        return syntax.host_element(self.var, self.index.render(syntax))
+
+    def verify(self, program):
+        var = next((v for v in program.host_vars if v.name == self.var), None)
+        check(var is not None and var.size is not None, f"host element of {self.var}: not a declared host table")
+
+
 # ---- predicates --------------------------------------------------------------------------------
 
 
@@ -464,6 +493,7 @@ class BOr(BExpr):
 
 class RExpr(Expr):
     width: int
+    VARIES: ClassVar[bool] = False  # a leaf whose value depends on the position (not only on constant table rows)
 
     def text(self, show) -> str:
         raise TypeError(f"{type(self).__name__} has no text form")
@@ -477,6 +507,7 @@ class RExpr(Expr):
 class ChildState(RExpr):
     """Row `index` of state table `table` as it was before this position ran. `missing_zero`: an index of -1
     means "no child" and reads a zero row (TreeRec semantics); otherwise Gather semantics apply."""
+    VARIES: ClassVar[bool] = True
     table: Ident
     index: IExpr
     missing_zero: bool
@@ -527,6 +558,7 @@ class ConstRow(RExpr):
 class InputRow(RExpr):
     """Row `index` (Gather semantics) of a runtime float32 input (per-node features; all dims but the first
     flattened)."""
+    VARIES: ClassVar[bool] = True
     array: Name
     index: IExpr
     width: Dim
@@ -550,6 +582,7 @@ class InputRow(RExpr):
 class InputProjection(RExpr):
     """Row `index` of X @ W (+ bias) for a runtime float matrix input X: the whole product is computed once per
     run, before the recursion, as one large matrix product (hoisting node-input-only work)."""
+    VARIES: ClassVar[bool] = True
     array: Name
     weight: Ident
     bias: Optional[Ident]
@@ -574,6 +607,35 @@ class InputProjection(RExpr):
 
     def host_value(self):
         return HOST_SLOT, (self.index, HOST_ROW, self.array)
+
+
+@node
+class PreviousRow(RExpr):
+    """A value the loop carries from one iteration to the next (a chain's state vector): row p - 1 of the emit table
+    `table`, which holds each iteration's new value, or the float input `init` (the loop's initial value, `width`
+    elements) at p = 0. A program that reads one runs its positions in order."""
+    VARIES: ClassVar[bool] = True
+    table: Ident
+    init: Name
+    width: Dim
+    OPERANDS: ClassVar[tuple] = ()
+
+    ADDRESSABLE: ClassVar[bool] = True
+
+    def text(self, show) -> str:
+        return f"previous {self.table}[p - 1] (at p = 0: {self.init})"
+
+    def verify(self, program):
+        table = program.table(self.table)
+        check(table.kind == "emit" and table.width == self.width, f"previous {self.table}: not an emit table of "
+                                                                    f"width {self.width}")
+        decl = program.input(self.init)
+        check(decl.kind == "array" and decl.dtype == "float32" and decl.rows is not None and
+              decl.rows * int(np.prod(decl.inner, dtype=np.int64)) == self.width,
+              f"previous {self.table}: initial value {self.init} has not {self.width} elements")
+
+    def host_value(self):
+        return HOST_SLOT, (IBinary("sub", Iter(), IConst(1)), HOST_VALUE, None)
 
 
 @node
@@ -615,6 +677,7 @@ class Scalar(RExpr):
 class IndexValue(RExpr):
     """An index expression as a float (a cast of a structure value: 1.0 where a structure test holds, a child
     count, a node id)."""
+    VARIES: ClassVar[bool] = True
     index: IExpr
     width: Dim = 1
     OPERANDS: ClassVar[tuple] = ("index",)
@@ -719,6 +782,7 @@ class MatVec(RExpr):
 @node
 class Select(RExpr):
     """pred ? a : b elementwise, pred a structure predicate (torch.where with a per-node condition)."""
+    VARIES: ClassVar[bool] = True
     pred: BExpr
     a: RExpr
     b: RExpr
@@ -894,6 +958,7 @@ class SetReduce(RExpr):
     - 'edge_index': arrays[0][bounds[2]][e] for every e with arrays[0][bounds[1]][e] == bounds[0] (an edge list
       [2, E], the PyTorch Geometric convention; bounds[1] and bounds[2] are constant rows).
     Sums count a member as often as it is listed, as the model's own sum does."""
+    VARIES: ClassVar[bool] = True
     op: Literal[REDUCE_OPS]
     encoding: Literal[SET_ENCODINGS]
     arrays: tuple[Name, ...]
@@ -948,6 +1013,11 @@ class SetReduce(RExpr):
     def members(self) -> tuple:
         """What the host prepares for each position: the set's encoding, arrays and bounds."""
         return (self.encoding, self.arrays, self.bounds)
+
+
+def is_sequential(program) -> bool:
+    """True when a position reads what the previous one computed (a carried vector): positions run in order."""
+    return any(isinstance(e, PreviousRow) for case in program.cases for e in walk([x for _, x in case.writes]))
 
 
 def member_dependent(e) -> bool:
@@ -1027,6 +1097,7 @@ class InputDecl:
     zeros: bool = False  # an 'init' the model's own graph fills with zeros (torch.zeros): the kernel checks it
     lead: Dim = 1
     checked: tuple[Dim, ...] = ()
+    rows: Optional[Dim] = None  # a static leading dimension the kernel checks (a carried value's initial value)
 
 
 @dataclass(frozen=True)
@@ -1047,11 +1118,66 @@ class TableDecl:
 
 
 @dataclass(frozen=True)
+class HostVar:
+    """Integer state a loop carries that the host evaluates position by position, before any float work (a stack
+    pointer moved by a data-dependent step, a queue of back-pointers): a scalar starting at `init`, or a table of
+    `size` elements that all start at `init`. HostValue and HostElement read it; the cases' updates change it."""
+    name: Ident
+    init: IExpr
+    size: Optional[IExpr] = None
+
+
+@dataclass(frozen=True)
+class HostUpdate:
+    """A case's change to a host variable: the scalar `var` (index None) or its element `index` (ONNX ScatterND
+    semantics: a negative index counts from the end, out of range is an error) becomes `value`. A case's updates are
+    computed from the state before its position, then applied in order."""
+    var: Ident
+    index: Optional[IExpr]
+    value: IExpr
+
+
+@dataclass(frozen=True)
 class Case:
     name: Text
     predicate: BExpr
     target: Optional[IExpr]  # the state row every state write of this case goes to (None: it writes no state)
     writes: tuple[tuple[Ident, RExpr], ...]
+    updates: tuple[HostUpdate, ...] = ()
+
+    def roots(self) -> list:
+        """Every expression of the case: predicate, target, rows written, and its host updates' indices and values."""
+        out = [self.predicate] + ([self.target] if self.target is not None else []) + [x for _, x in self.writes]
+        for u in self.updates:
+            out += ([u.index] if u.index is not None else []) + [u.value]
+        return out
+
+    def with_roots(self, roots) -> "Case":
+        """The case with its expressions replaced, in `roots()` order."""
+        it = iter(roots)
+        predicate = next(it)
+        target = next(it) if self.target is not None else None
+        writes = tuple((t, next(it)) for t, _ in self.writes)
+        updates = tuple(HostUpdate(u.var, next(it) if u.index is not None else None, next(it)) for u in self.updates)
+        return Case(self.name, predicate, target, writes, updates)
+
+
+FINAL_KINDS = ("last", "reduce", "sequence")
+FINAL_OPS = ("none", "add", "mul", "max", "min")
+
+
+@dataclass(frozen=True)
+class Final:
+    """An output of the converted region computed after the kernel from an emit table: 'last', the loop's final
+    value of a carried vector (the table's last row, or `init` when the loop ran no iteration); 'reduce', a value the
+    loop reduces into (a running max or sum): `op` over `init` and every row of the table; 'sequence', a list the
+    loop appends one row to per iteration (from an empty list: `init` is unused). The converted graph computes it
+    with standard ONNX ops."""
+    output: Name
+    kind: Literal[FINAL_KINDS]
+    table: Ident
+    init: Name
+    op: Literal[FINAL_OPS] = "none"
 
 
 @dataclass(frozen=True)
@@ -1068,6 +1194,14 @@ class Program:
     trip: Optional[IExpr] = None
     rows_from: Optional[Name] = None
     labels: tuple[tuple[Ident, Name], ...] = ()  # (constant, the ONNX name it came from): messages in user terms
+    finals: tuple[Final, ...] = ()
+    host_vars: tuple[HostVar, ...] = ()
+
+    def host_var(self, name: str) -> HostVar:
+        for var in self.host_vars:
+            if var.name == name:
+                return var
+        raise KeyError(name)
 
     def label(self, const: str) -> str:
         """What run-time messages call a constant: the initializer it came from, else its IR name."""
@@ -1110,9 +1244,9 @@ def referenced_arrays(cases, extra=()) -> list:
     names = []
     roots = list(extra)
     for case in cases:
-        roots += [case.predicate, case.target] + [x for _, x in case.writes]
+        roots += case.roots()
     for e in walk(roots):
-        found = e.arrays if isinstance(e, SetReduce) else \
+        found = e.arrays if isinstance(e, SetReduce) else (e.init,) if isinstance(e, PreviousRow) else \
             (getattr(e, "array", None),) if isinstance(e, (Load, Length, InputRow, InputProjection)) else ()
         for name in found:
             if name is not None and name not in names:

@@ -27,6 +27,12 @@ class ScalarSyntax:
     def guard(self, pred: str, value: str, message: str) -> str:
         return f"guard({pred}, {value})"
 
+    def host_value(self, var: str) -> str:
+        return f"${var}"
+
+    def host_element(self, var: str, index: str) -> str:
+        return f"${var}[{index}]"
+
 
 def render_index(e: ir.IExpr, syntax: ScalarSyntax) -> str:
     if not isinstance(e, ir.IExpr):
@@ -70,6 +76,12 @@ def format_program(program: ir.Program) -> str:
         shape = "x".join(str(d) for d in table.inner)
         init = f" init={table.init or 'zeros'}" if table.kind == "state" else " (one row per position)"
         lines.append(f"  {table.kind} {table.name}: [{rows} x {shape}]{init} -> output {table.output}")
+    for var in program.host_vars:
+        size = f"[{format_index(var.size)}]" if var.size is not None else ""
+        lines.append(f"  host ${var.name}{size} = {format_index(var.init)}")
+    for final in program.finals:
+        op = f" {final.op}" if final.kind == "reduce" else ""
+        lines.append(f"  output {final.output} = {final.kind}{op} of {final.table} from {final.init}")
     if program.mode == "visit":
         lines.append(f"  positions: p in [0, L = {format_index(program.trip)})")
     else:
@@ -84,4 +96,7 @@ def format_program(program: ir.Program) -> str:
         for table, expr in case.writes:
             row = "p" if program.table(table).kind == "emit" else format_index(case.target)
             lines.append(f"    {table}[{row}] <- {names[expr]}")
+        for u in case.updates:
+            at = f"[{format_index(u.index)}]" if u.index is not None else ""
+            lines.append(f"    ${u.var}{at} <- {format_index(u.value)}")
     return "\n".join(lines) + "\n"

@@ -15,7 +15,7 @@ def verify(program: ir.Program) -> ir.Program:
         check_program(program)
     except IRFormatError as e:
         raise IRError(str(e)) from None
-    check(any(t.kind == "state" for t in program.tables), "no state tables")
+    check(any(t.kind == "state" for t in program.tables) or ir.is_sequential(program), "no state tables")
     names = [d.name for d in program.inputs]
     check(len(names) == len(set(names)), "duplicate input names")
     roots = []
@@ -44,7 +44,7 @@ def verify(program: ir.Program) -> ir.Program:
     check(all(d.kind != "init" or d.name in inits for d in program.inputs), "an init input no table uses")
     check(len(program.cases) > 0, "no cases")
     for case in program.cases:
-        roots += [case.predicate] + ([case.target] if case.target is not None else []) + [x for _, x in case.writes]
+        roots += case.roots()
         written = [t for t, _ in case.writes]
         check(len(written) == len(set(written)), f"case {case.name} writes a table twice")
         for table, expr in case.writes:
@@ -55,6 +55,19 @@ def verify(program: ir.Program) -> ir.Program:
             check(case.target == ir.Iter(), "dag cases write their own node")
     for e in ir.walk(roots):
         e.verify(program)
+    host = [v.name for v in program.host_vars]
+    check(len(host) == len(set(host)), "host variables named twice")
+    before = ([program.trip] if program.trip is not None else []) + \
+        [e for v in program.host_vars for e in ([v.init] + ([v.size] if v.size is not None else []))]
+    check(not any(isinstance(e, (ir.HostValue, ir.HostElement)) for e in ir.walk(before)),
+          "host state read before the loop (in the trip count or a host variable's first value)")
+    for case in program.cases:
+        for u in case.updates:
+            check(u.var in host and (u.index is None) == (program.host_var(u.var).size is None),
+                  f"case {case.name}: an update of host variable {u.var}")
+    for final in program.finals:
+        table = program.table(final.table)
+        check(table.kind == "emit" and (final.kind == "reduce") == (final.op != "none"), f"final {final.output}")
     check(not any(isinstance(e, ir.Member) for e in _outside_sets(roots)), "a set member outside a SetReduce body")
     check(program.mode == "visit" or not any(isinstance(e, ir.SetReduce) for e in ir.walk(roots)),
           "a SetReduce in a TreeRec (its children are slots)")

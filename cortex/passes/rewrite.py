@@ -104,7 +104,6 @@ def split_select_cases(program: ir.Program) -> ir.Program:
 
 # ---- hoisting: constant-indexed subtrees fold into lookup tables ------------------------------
 
-POSITION_VARYING = (ir.ChildState, ir.InputRow, ir.InputProjection, ir.IndexValue, ir.Select)
 
 
 def _const_indexed(e: ir.RExpr):
@@ -116,7 +115,7 @@ def _const_indexed(e: ir.RExpr):
             if index is not None and node.index != index:
                 return None
             index = node.index
-        elif isinstance(node, POSITION_VARYING):
+        elif node.VARIES:
             return None  # varies with the position, not only with one table row
     return index
 

@@ -95,6 +95,15 @@ inline void check_zeros(const float* data, int64_t count, const char* input) {
   }
 }
 
+// The element count of an integer table the loop carries (its ConstantOfShape): at most 2^31 elements.
+inline int64_t host_table_size(int64_t size, const char* name) {
+  if (size < 0 || size > (INT64_C(1) << 31)) {
+    throw KernelError(std::string("the integer table '") + name + "' would have " + std::to_string(size) +
+                      " elements");
+  }
+  return size;
+}
+
 // An edge list [K, E] read at rows up to `rows` - 1 (ONNX Gather of a missing row is an error).
 inline void check_edge_rows(int64_t have, int64_t rows, const char* array) {
   if (have < rows) {

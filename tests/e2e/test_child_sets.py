@@ -243,3 +243,38 @@ def test_child_set_model_converts_and_matches_eager(tmp_path, encoding, agg, dyn
             got = session.run(None, {n: feeds[n] for n in names})[0]
             np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5,
                                        err_msg=f"{name}, order {order_name}")
+
+
+# ---- the CUDA target: compiles everywhere nvcc is; runs and matches where a GPU is (tools/gpu_check.sh) ----------
+
+CUDA_CASES = [("parent", MaskMatmul, False), ("csr", CsrSlice, False), ("edge_index", EdgeIndexMean, False),
+              ("parent", BoolIndexSum, True)]
+
+
+@pytest.mark.parametrize("encoding,agg,dynamo", CUDA_CASES,
+                         ids=[f"{e}-{a.__name__}-{'dynamo' if d else 'script'}" for e, a, d in CUDA_CASES])
+def test_child_set_models_on_cuda(tmp_path, encoding, agg, dynamo):
+    from gpu import gpu_skip_reason, nvcc_missing
+
+    if nvcc_missing():
+        pytest.skip(nvcc_missing())
+    if dynamo:
+        pytest.importorskip("onnxscript")
+        torch._dynamo.reset()
+    torch.manual_seed(0)
+    sys.path.insert(0, str(Path(__file__).parent))
+    module = _module(encoding, agg, dynamo, tmp_path).eval()
+    _export(module, encoding, dynamo, tmp_path / "model.onnx")
+    report = cortex.convert(tmp_path / "model.onnx", tmp_path / "model.cortex.onnx", target="cuda")
+    assert [r.converted for r in report.regions] == [True], report.regions[0].reason
+    if gpu_skip_reason():
+        pytest.skip(f"compiled for CUDA; not run: {gpu_skip_reason()}")
+    session = cortex.InferenceSession(str(tmp_path / "model.cortex.onnx"), device="cuda")
+    names = [i.name for i in session.get_inputs()]
+    for name, tree, orders in _structures(encoding):
+        for order_name, order in orders.items():
+            feeds = _feeds(encoding, tree, order)
+            with torch.no_grad():
+                expected = module(*[torch.from_numpy(feeds[n]) for n in names]).numpy()
+            got = session.run(None, {n: feeds[n] for n in names})[0]
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5, err_msg=f"{name}, order {order_name}")

@@ -27,6 +27,7 @@ from cortex.ir import nodes as ir
 from cortex.ir import schema
 from cortex.ir.serialize import IRFormatError, from_json, to_json
 from cortex.passes import optimize
+import ir_programs
 from onnx_ops.zoo import MODELS
 
 INJECTION = '0}; std::FILE* f = std::fopen("/tmp/cortex_fuzz_marker","w"); std::fclose(f); {0'
@@ -42,6 +43,8 @@ def _program(name, form):
 
 PROGRAMS = {f"{name}-{form}": _program(name, form) for name in ("treelstm", "dagrnn", "mvrnn", "childsum")
             for form in ("loop", "treerec")}
+PROGRAMS.update({"child-sets": optimize(ir_programs.child_sum()), "edge-list": ir_programs.child_sum(
+    encoding="edge_index"), "chain": optimize(ir_programs.chain()), "thin-stack": optimize(ir_programs.thin_stack())})
 
 
 @pytest.fixture(autouse=True)

@@ -9,8 +9,9 @@ import pytest
 from cortex.frontend import find_regions
 from cortex.ir import IRError, format_program, nodes as ir, verify
 from cortex.passes import PIPELINE, optimize
-from cortex.passes.rewrite import (fold_constant_rows, fuse_bias, hoist_input_products, merge_added_products,
-                                   simplify, split_concat_matmul)
+from cortex.passes.rewrite import (fold_constant_rows, fuse_bias, hoist_input_products, lift_member_products,
+                                   merge_added_products, simplify, split_concat_matmul)
+import ir_programs
 from onnx_ops.zoo import MODELS
 
 
@@ -29,8 +30,9 @@ def _nodes(program, case_index=None):
 
 
 def test_pipeline_is_listed_in_one_place():
-    assert [name for name, _ in PIPELINE] == ["simplify", "split-select-cases", "fold-constant-rows", "split-concat-matmul",
-                                               "hoist-input-products", "merge-added-products", "fuse-bias", "simplify"]
+    assert [name for name, _ in PIPELINE] == ["simplify", "lift-member-products", "split-select-cases",
+                                               "fold-constant-rows", "split-concat-matmul", "hoist-input-products",
+                                               "merge-added-products", "fuse-bias", "simplify"]
 
 
 def test_fold_constant_rows_turns_treelstm_leaves_into_lookups():
@@ -180,3 +182,26 @@ def test_every_row_node_kind_prints_verifies_and_says_what_the_plan_needs():
                 assert hasattr(emitter, f"emit_{kind.STEP}"), f"{emitter.__name__} cannot emit {kind.STEP}"
     for kind in [c for c in schema.ir_classes().values() if issubclass(c, (ir.IExpr, ir.BExpr))]:
         assert "render" in vars(kind) and "verify" in vars(kind), kind.__name__
+
+
+def test_lift_member_products_moves_a_members_product_to_its_writer():
+    lifted = verify(lift_member_products(ir_programs.child_sum(zeros=True)))
+    [extra] = [t for t in lifted.tables if t.name != "state0"]
+    assert extra.init is None and extra.kind == "state" and extra.width == 4
+    [case] = lifted.cases
+    written = dict(case.writes)
+    assert isinstance(written[extra.name], ir.MatMul) and written[extra.name].weight == "wf"
+    assert written[extra.name].x == written["state0"], "the writer multiplies the row it writes"
+    members = [n for n in ir.walk_rows([written["state0"]]) if isinstance(getattr(n, "index", None), ir.Member)]
+    assert {n.table for n in members} == {"state0", extra.name}
+    assert not any(isinstance(n, ir.MatMul) and ir.member_dependent(n) for n in ir.walk_rows([written["state0"]]))
+
+
+def test_a_members_product_over_a_table_from_an_input_stays_and_is_refused():
+    program = ir_programs.child_sum(zeros=False)
+    assert lift_member_products(program) == program
+    from cortex.codegen import CodegenError
+    from cortex.codegen.plan import plan_kernel
+    from cortex.codegen.targets import TARGETS
+    with pytest.raises(CodegenError, match="do not start at zeros"):
+        plan_kernel(optimize(program), TARGETS["cpu"])
