@@ -63,12 +63,23 @@ def row_matmul_row(it, a: Row, b: Row) -> Row:
 
 
 def matmul(it, a, b):
-    """numpy.matmul semantics over per-node and constant operands. A row whose size only the run knows (a Partial),
-    multiplied by a constant, has the size the product needs (else the original fails): checked where it is read."""
-    if isinstance(a, Partial) and isinstance(b, Known) and np.ndim(b.value) >= 1:
-        a = resolve_part(it, a, np.shape(b.value)[0 if np.ndim(b.value) == 1 else -2], "the MatMul's left operand")
-    if isinstance(b, Partial) and isinstance(a, Known) and np.ndim(a.value) >= 1:
-        b = resolve_part(it, b, np.shape(a.value)[-1], "the MatMul's right operand")
+    """numpy.matmul semantics over per-node and constant operands. A row whose size only the run knows (a Partial)
+    contracted with an operand of static shape (a weight or a row) has the size the product needs (else the original
+    fails): checked where it is read. Only the contracted dimension is proved: the last of the left operand, the only
+    one of a 1-D right operand (a right operand's other dimensions stay unknown: refused)."""
+    if isinstance(a, Partial) and not isinstance(b, Partial):
+        sb = static_shape(b)
+        if len(sb) >= 1:
+            a = resolve_part(it, a, sb[0] if len(sb) == 1 else sb[-2], "the MatMul's left operand")
+    if isinstance(b, Partial) and not isinstance(a, Partial) and len(b.shape) == 1:
+        sa = static_shape(a)
+        if len(sa) >= 1:
+            b = resolve_part(it, b, sa[-1], "the MatMul's right operand")
+    for v in (a, b):
+        if isinstance(v, Partial):
+            raise Refusal(f"MatMul of {describe(v)}: a product proves only the size it contracts",
+                          hint="export the dimensions of a per-node input other than its node dimensions as static "
+                               "(dynamic_axes / dynamic_shapes on the node dimension only)")
     sa, sb = static_shape(a), static_shape(b)
     if isinstance(a, Sym) or isinstance(b, Sym):
         raise Refusal("MatMul of structure values")
@@ -638,10 +649,18 @@ def _scan_blocks(e: ir.RExpr, n: int, block: int) -> ir.RExpr:
 
 @handler("CumSum")
 def op_cumsum(it, node, args, lookup):
+    if len(args) != 2 or args[1] is None:
+        raise Refusal("CumSum needs its input and an axis")
     x, axis_value = args
     if not isinstance(axis_value, Known):
         raise Refusal("CumSum over an axis that is not a constant")
-    exclusive, reverse = bool(attr(node, "exclusive", 0)), bool(attr(node, "reverse", 0))
+    axis_array = np.asarray(axis_value.value)
+    if axis_array.dtype.kind not in "iu" or axis_array.ndim > 1 or axis_array.size != 1:
+        raise Refusal(f"CumSum's axis is {describe(axis_value)}, not one integer")
+    flags = {name: attr(node, name, 0) for name in ("exclusive", "reverse")}
+    if any(v not in (0, 1) for v in flags.values()):
+        raise Refusal(f"CumSum with {flags} (ONNX Runtime takes 0 or 1)")
+    exclusive, reverse = bool(flags["exclusive"]), bool(flags["reverse"])
     if not isinstance(x, (Row, Sym, Known)):
         raise Refusal(f"CumSum over {describe(x)}: Cortex computes running sums over a node's own values (a row, "
                       f"a per-node tensor of static shape)", hint=CUMSUM_HINT)
