@@ -399,7 +399,7 @@ def _fold_of(body, name: str, out: str, ops: dict):
     c.append(x)) and nothing else reads it: (the body with that op replaced by x, the op's name in `ops`); else
     None."""
     used_inside = {i for n in body.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH
-                   for i in _names_read(a.g)}
+                   for i in used_names(a.g)}  # a branch returning it reads it too
     consumers = lambda x: [n for n in body.node if x in n.input]  # noqa: E731
     if name in used_inside or name == out:
         return None
@@ -423,14 +423,3 @@ def _fold_of(body, name: str, out: str, ops: dict):
     index = list(body.node).index(fold[0])
     rewritten.node[index].CopyFrom(onnx.helper.make_node("Identity", [other], [fold[0].output[0]]))
     return rewritten, ops[fold[0].op_type]
-
-
-def _names_read(graph) -> set:
-    """Every name a graph's nodes read, subgraphs included."""
-    names = set()
-    for n in graph.node:
-        names.update(n.input)
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                names |= _names_read(a.g)
-    return names
