@@ -342,16 +342,18 @@ def _context_path(node: onnx.NodeProto) -> str:
 
 def _declare_types(graph: onnx.GraphProto, tables):
     """The kernel node's outputs get explicit types: ORT cannot infer an EPContext node's outputs, and the
-    nodes after the recursion need them. A state table is float32 [N, ...], a per-position table [L, ...]."""
+    nodes after the recursion need them. A state table is float32 [N, ...] (a grid [R, C, ...]), a per-position table
+    [L, ...]."""
     declared = {o.name for o in graph.output}
     kept = [vi for vi in graph.value_info if vi.name not in {name for name, _ in tables}]
     del graph.value_info[:]
     graph.value_info.extend(kept)
     for name, table in tables:
         if name not in declared:
-            rows = "cortex_N" if table.kind == "state" else "cortex_L"
+            rows = ["cortex_L"] if table.kind == "emit" else ["cortex_N"] if table.lead == 1 else \
+                [f"cortex_N{d}" for d in range(table.lead)]
             graph.value_info.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT,
-                                                                  [rows] + list(table.inner)))
+                                                                  rows + list(table.inner)))
 
 
 def _rewrite(model: onnx.ModelProto, replacements: dict):

@@ -85,8 +85,13 @@ class HostSyntax(ScalarSyntax):
             return f"static_cast<int64_t>({element} != 0)"
         return f"static_cast<int64_t>({element})"
 
-    def length(self, array) -> str:
-        return f"cx.{self.plan.array_ids[array]}_rows" if array else "cx.N"
+    def length(self, e: ir.Length) -> str:
+        if e.array is None:
+            return "cx.N" if table_lead(self.plan.program) == 1 else f"cx.table_dims[{cint(e.axis, lo=0)}]"
+        a = self.plan.array_ids[e.array]
+        if e.axis == 0 and self.plan.program.input(e.array).lead == 1:
+            return f"cx.{a}_rows"
+        return f"cx.{a}_shape[{cint(e.axis, lo=0)}]"
 
     def call(self, op: str, a: str, b: str) -> str:
         if op in ("max", "min"):
@@ -131,11 +136,11 @@ def signature_source(plan: KernelPlan) -> str:
         if d.dynamic_inner:  # an edge list [K, E]: every dimension dynamic
             inputs.append(tensor("input", k, d.dtype, (None,) * (d.rank - 1), True))
             continue
-        if len(d.inner) != max(d.rank - 1, 0):
+        if d.rank and len(d.inner) != d.rank - d.lead:
             raise CodegenError(f"input {comment(d.name)} of rank {d.rank} declares {len(d.inner)} inner dimensions")
-        inputs.append(tensor("input", k, d.dtype, d.inner, d.rank >= 1))
+        inputs.append(tensor("input", k, d.dtype, _declared_dims(d)[1:], d.rank >= 1))
     for k, t in enumerate(plan.program.tables):
-        outputs.append(tensor("output", k, "float32", t.inner, True))
+        outputs.append(tensor("output", k, "float32", (None,) * (t.lead - 1) + tuple(t.inner), True))
     lines = ["// The kernel's signature: the EP holds the model's declarations and every run to it (kernel_abi.h).",
              "namespace {"]
     lines += [array for array, _ in inputs + outputs if array]
@@ -154,37 +159,84 @@ def signature_source(plan: KernelPlan) -> str:
 
 
 def host_context_fields(plan: KernelPlan) -> list:
-    """Ctx members for the runtime arrays (host copies of the structure arrays are what `prepare` reads)."""
+    """Ctx members for the runtime arrays (host copies of the structure arrays are what `prepare` reads), the shape of
+    the arrays whose dimensions the host reads, and a grid's table dimensions."""
     lines = ["  int64_t N = 0, L = 0;"]
+    lead = table_lead(plan.program)
+    if lead > 1:
+        lines.append(f"  int64_t table_dims[{cint(lead, lo=2, hi=8)}] = {{}};  // the state tables' leading dimensions")
+    shaped = shaped_arrays(plan.program)
     for d in plan.program.inputs:
         if d.kind == "array":
             a = plan.array_ids[d.name]
             ctype = DTYPES[d.dtype][0]
             lines.append(f"  const {ctype}* {a} = nullptr; int64_t {a}_rows = 0, {a}_cols = 1;  // {comment(d.name)}")
+            if d.name in shaped:
+                lines.append(f"  const int64_t* {a}_shape = nullptr;  // its dimensions")
     return lines
+
+
+def table_lead(program: ir.Program) -> int:
+    """The state tables' leading dimensions (1: [N, ...]; 2: a grid [R, C, ...])."""
+    return max((t.lead for t in program.tables if t.kind == "state"), default=1)
+
+
+def shaped_arrays(program: ir.Program) -> set:
+    """The runtime arrays whose dimensions the host reads: several leading dimensions, checked sizes, or a size the
+    recursion reads (Length of another axis)."""
+    roots = [program.trip] if program.trip is not None else []
+    for case in program.cases:
+        roots += [case.predicate] + ([case.target] if case.target is not None else []) + [x for _, x in case.writes]
+    read = {e.array for e in ir.walk(roots) if isinstance(e, ir.Length) and e.array is not None and e.axis}
+    return read | {d.name for d in program.inputs if d.kind == "array" and (d.lead > 1 or d.checked)}
+
+
+def _declared_dims(d: ir.InputDecl) -> list:
+    """Every dimension of an input as the kernel checks it: None where dynamic (the leading ones, checked ones)."""
+    if d.rank == 0:
+        return []
+    return [None if a < d.lead or a in d.checked else x for a, x in enumerate([None] * d.lead + list(d.inner))]
+
+
+def _inner_dims(d: ir.InputDecl) -> str:
+    """check_input's dimensions after the first: -1 where dynamic."""
+    return cints([-1 if x is None else x for x in _declared_dims(d)[1:]], "0", lo=-1)
+
+
+def _rows(d: ir.InputDecl, i: int) -> str:
+    """An input's rows: the product of its leading dimensions; none where a checked size differs."""
+    if d.rank == 0:
+        return "1"
+    rows = " * ".join(f"inputs[{i}].shape[{k}]" for k in range(d.lead))
+    if d.checked:
+        same = " && ".join(f"inputs[{i}].shape[{a}] == {cint(d.inner[a - d.lead], lo=0)}" for a in d.checked)
+        rows = f"({same}) ? {rows} : INT64_C(0)"
+    return rows
 
 
 def check_array_inputs(plan: KernelPlan, host_data) -> list:
     """Lines checking each runtime array (dtype, rank, static dims) and setting cx.aK (via host_data(i), the host
     pointer of input i), cx.aK_rows, cx.aK_cols."""
     lines = []
+    shaped = shaped_arrays(plan.program)
     for i, d in enumerate(plan.program.inputs):
         if d.kind != "array":
             continue
         a = plan.array_ids[d.name]
         ctype, dt = DTYPES[d.dtype]
-        inner = "-1" if d.dynamic_inner else cints(d.inner, "0", lo=0)
+        inner = "-1" if d.dynamic_inner else _inner_dims(d)
         lines.append(f"    {{ static const int64_t inner[] = {{{inner}}};")
         lines.append(f"      cortex::check_input(inputs[{i}], \"{cstr(d.name)}\", {dt}, {cint(d.rank, lo=0, hi=32)}, inner);")
         lines.append(f"      cx.{a} = static_cast<const {ctype}*>({host_data(i, d)});")
-        rows = f"inputs[{i}].shape[0]" if d.rank >= 1 else "1"
         cols = f" cx.{a}_cols = {int(np.prod(d.inner, dtype=np.int64))};" if d.rank >= 2 else ""
         if d.dynamic_inner:
             cols = f" cx.{a}_cols = inputs[{i}].shape[1];"
+        if d.name in shaped:
+            cols += f" cx.{a}_shape = inputs[{i}].shape;"
         if d.rows is not None:
             cols += (f" if (cx.{a}_rows != {cint(d.rows)}) throw cortex::KernelError(\"input '{cstr(d.name)}' must "
                      f"have {cint(d.rows)} rows, got \" + std::to_string(cx.{a}_rows));")
-        lines.append(f"      cx.{a}_rows = {rows};{cols} }}")
+        lines.append(f"      cx.{a}_rows = {_rows(d, i)};{cols} }}")
     return lines
 
 
@@ -206,11 +258,18 @@ def rows_and_positions(plan: KernelPlan, syntax: HostSyntax) -> list:
     p = plan.program
     if p.mode == "visit":
         first = next((i for i, d in enumerate(p.inputs) if d.kind == "init"), None)
+        positions = f"    cx.L = std::max<int64_t>(0, {render_index(p.trip, syntax)});  // {comment(format_index(p.trip))}"
         if first is None:  # no state table (a chain carrying a vector)
-            return ["    cx.N = 0;",
-                    f"    cx.L = std::max<int64_t>(0, {render_index(p.trip, syntax)});  // {comment(format_index(p.trip))}"]
-        return [f"    cx.N = inputs[{first}].rank >= 1 ? inputs[{first}].shape[0] : 0;",
-                f"    cx.L = std::max<int64_t>(0, {render_index(p.trip, syntax)});  // {comment(format_index(p.trip))}"]
+            return ["    cx.N = 0;", positions]
+        lead = table_lead(p)
+        if lead == 1:
+            return [f"    cx.N = inputs[{first}].rank >= 1 ? inputs[{first}].shape[0] : 0;", positions]
+        d = p.inputs[first]  # a grid: N = R * C rows, cell (i, j) at row i * C + j
+        return [f"    {{ static const int64_t inner[] = {{{_inner_dims(d)}}};",
+                f"      cortex::check_input(inputs[{first}], \"{cstr(d.name)}\", CORTEX_FLOAT, {cint(d.rank, lo=0, hi=32)}, inner); }}",
+                "    cx.N = 1;",
+                f"    for (int k = 0; k < {cint(lead)}; ++k) {{ cx.table_dims[k] = inputs[{first}].shape[k]; cx.N *= cx.table_dims[k]; }}",
+                positions]
     a = plan.array_ids[p.rows_from]
     lines = [f"    cx.N = cx.{a}_rows;",
              "    cx.L = cx.N;",
@@ -238,17 +297,22 @@ def allocate_tables(plan: KernelPlan, pointer: str, init_copy, zero_fill, zero_c
     lines = []
     for k, t in enumerate(p.tables):
         rows = "cx.N" if t.kind == "state" else "cx.L"
-        dims = ", ".join([rows] + [cint(d, lo=0) for d in t.inner])
+        leading = [rows] if t.lead == 1 else [f"cx.table_dims[{d}]" for d in range(t.lead)]
+        dims = ", ".join(leading + [cint(d, lo=0) for d in t.inner])
+        rank = cint(t.lead + len(t.inner), lo=1, hi=32)
         tid = plan.table_ids[t.name]
-        lines.append(f"    {{ const int64_t shape[{1 + len(t.inner)}] = {{{dims}}};")
-        lines.append(f"      {pointer}.{tid} = static_cast<float*>(alloc_output(alloc_context, {k}, shape, {1 + len(t.inner)}));")
+        lines.append(f"    {{ const int64_t shape[{rank}] = {{{dims}}};")
+        lines.append(f"      {pointer}.{tid} = static_cast<float*>(alloc_output(alloc_context, {k}, shape, {rank}));")
         lines.append(f"      if ({pointer}.{tid} == nullptr && {rows} > 0) throw cortex::KernelError(\"could not allocate output {cstr(t.output)}\");")
         if t.init is not None:
             i = next(j for j, d in enumerate(p.inputs) if d.name == t.init)
-            inner = cints(t.inner, lo=0)
+            inner = cints([-1] * (t.lead - 1) + list(t.inner), lo=-1)
             lines.append(f"      static const int64_t inner[] = {{{inner}}};")
-            lines.append(f"      cortex::check_input(inputs[{i}], \"{cstr(t.init)}\", CORTEX_FLOAT, {1 + len(t.inner)}, inner);")
-            lines.append(f"      if (inputs[{i}].shape[0] != cx.N) throw cortex::KernelError(\"state tables must have the same number of rows (Cortex limitation): {cstr(t.init)} has \" + std::to_string(inputs[{i}].shape[0]) + \", expected \" + std::to_string(cx.N));")
+            lines.append(f"      cortex::check_input(inputs[{i}], \"{cstr(t.init)}\", CORTEX_FLOAT, {rank}, inner);")
+            if t.lead == 1:
+                lines.append(f"      if (inputs[{i}].shape[0] != cx.N) throw cortex::KernelError(\"state tables must have the same number of rows (Cortex limitation): {cstr(t.init)} has \" + std::to_string(inputs[{i}].shape[0]) + \", expected \" + std::to_string(cx.N));")
+            else:
+                lines.append(f"      for (int d = 0; d < {cint(t.lead)}; ++d) if (inputs[{i}].shape[d] != cx.table_dims[d]) throw cortex::KernelError(\"state tables must have the same leading dimensions (Cortex limitation): {cstr(t.init)} has \" + std::to_string(inputs[{i}].shape[d]) + \" in dimension \" + std::to_string(d) + \", expected \" + std::to_string(cx.table_dims[d]));")
             if zero_check is not None and p.inputs[i].zeros and relies_on_zero_inits(p):
                 lines.append(f"      {zero_check(i, tid, t)}")
             lines.append(f"      {init_copy(i, tid, t)} }}")

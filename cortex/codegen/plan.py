@@ -249,8 +249,9 @@ class Access:
         return min(self.indices), max(self.indices)
 
     def normalized(self, e):
-        """A width-1 value broadcasts over the loop: its one element."""
-        return Access(const=0) if e.width == 1 and self.const is None else self
+        """A width-1 value broadcasts over the loop: its one element (also where the loop reads one fixed element of
+        a wider value that it broadcasts: an elementwise op's width-1 operand)."""
+        return Access(const=0) if e.width == 1 and self.const != 0 else self
 
 
 def buffer_reads(cp: CasePlan, roots, width: int) -> dict:

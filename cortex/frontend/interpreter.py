@@ -7,6 +7,7 @@ per branch (path splitting), so rows computed under an `If` become cases of the 
 from __future__ import annotations
 
 import traceback
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -14,7 +15,7 @@ from onnx import helper, numpy_helper
 
 from ..ir import index as ix
 from ..ir import nodes as ir
-from .values import Array, Choice, Known, Refusal, Row, Seq, Sym, Table, TableSlice, describe
+from .values import INT_DTYPES, Array, Choice, Known, Refusal, Row, Seq, Sym, Table, TableSlice, describe
 
 HANDLERS = {}
 CONTROL_FLOW = ("If", "Loop", "Scan")
@@ -112,7 +113,24 @@ class Interpreter:
             self.labels.setdefault(ids[key], source)
         return ids[key]
 
-    def use_array(self, array: Array) -> Array:
+    def use_array(self, array: Array, lead: int = None, proved: dict = None) -> Array:
+        """Records that the recursion reads a runtime tensor: `lead`, how many leading dimensions make its rows
+        (default: as recorded before, else 1); `proved`, {axis: size} of dimensions the model declares dynamic whose
+        size a product proves. Returns the tensor as the kernel takes it; reads that disagree are refused."""
+        known = self.arrays.get(array.name)
+        if lead is None:
+            lead = known.lead if known is not None else array.lead
+        if known is not None and known.lead != lead:
+            raise Refusal(f"runtime tensor {array.name} is read with {known.lead} and with {lead} leading indices",
+                          hint="read every row of a tensor the same way")
+        sizes = dict(proved or {})
+        for axis in (known.checked if known is not None else ()):
+            if sizes.get(axis, known.shape[axis]) != known.shape[axis]:
+                raise Refusal(f"runtime tensor {array.name} dimension {axis} is multiplied by weights of "
+                              f"{known.shape[axis]} and of {sizes[axis]} rows (the original fails on every input)")
+            sizes[axis] = known.shape[axis]
+        shape = None if array.shape is None else tuple(sizes.get(a, d) for a, d in enumerate(array.shape))
+        array = replace(array, shape=shape, lead=lead, checked=tuple(sorted(set(array.checked) | set(sizes))))
         self.arrays[array.name] = array
         return array
 
@@ -185,18 +203,26 @@ class Interpreter:
             s = row_to_sym(v, self.constants)
             if s is not None:
                 return Sym(np.vectorize(ix.as_pred, otypes=[object])(s.elems), "bool") if v.boolean else s
+            if all(isinstance(x, (ir.IndexValue, ir.Scalar, ir.ConstVec)) for x in ir.walk_rows([v.expr])
+                   if not ir.row_children(x)):
+                raise Refusal(f"{what} is computed from structure values through float arithmetic (a division, a "
+                              f"floor), which Cortex does not follow exactly",
+                              hint="compute indices with integer ops (k // C, k % C), not torch.div(..., "
+                                   "rounding_mode='floor') or float casts")
             raise Refusal(f"{what} is computed from state values (data-dependent); Cortex needs it to come from the "
                           f"structure arrays", hint=DATA_DEPENDENT_HINT)
+        if isinstance(v, Array) and v.read_dtype in INT_DTYPES + ("bool",) and v.shape is not None and \
+                all(d == 1 for d in v.shape) and v.columns is None:
+            # a scalar ONNX Runtime computes before the recursion (a grid's width from Shape): the kernel reads it
+            load = ir.Load(self.use_array(v).name, ix.const(0), column=0 if len(v.shape) == 2 else None)
+            elems = np.empty(v.shape, dtype=object)
+            elems[...] = ix.as_pred(load) if v.read_dtype == "bool" else load
+            return Sym(elems, v.read_dtype)
         raise Refusal(f"{what} is {describe(v)}, expected a structure value")
 
 
 # PyTorch rewrites that convert, for ops Cortex does not follow inside a recursion (docs/ops.md lists them).
 REWRITES = {
-    "Einsum": "write the contraction with matmul and sums: torch.einsum('bi,ijk,bk->bj', x, T, y) is "
-              "((x @ T.reshape(I, J * K)).reshape(-1, J, K) * y[:, None, :]).sum(-1) (nn.Bilinear is this "
-              "contraction with its weight)",
-    "CumSum": "write the running sum over a fixed-size dimension as a product with a constant triangular matrix "
-              "(x @ torch.triu(torch.ones(n, n))) or as explicit additions",
     "Conv": "write a convolution over a node's fixed-size rows as a matmul with an unfolded (im2col) weight",
     "Trilu": "multiply by a constant triangular mask instead",
     "Resize": "resize outside the recursion, or index the rows with constant indices",

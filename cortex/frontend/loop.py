@@ -8,10 +8,11 @@ from onnx import helper
 
 from ..ir import index as ix
 from ..ir import nodes as ir
-from .interpreter import Interpreter
-from .region import (Carried, OuterScope, build_cases, carried_decls, carried_tables, carried_value, check_outputs_unused,
-                     constant_labels, flatten_choices, init_decl, input_decls, row_of, table_inner)
+from .interpreter import Interpreter, node_label
 from .ops_host import HostTable
+from .region import (Carried, InnerIter, OuterScope, build_cases, carried_decls, carried_tables, carried_value,
+                     check_outputs_unused, constant_labels, flatten_choices, init_decl, input_decls, row_of,
+                     table_layout, used_names)
 from .values import Array, Known, Refusal, Row, Sym, Table, describe, sym_scalar
 
 
@@ -52,13 +53,14 @@ def recognize_loop(model, node, outer: OuterScope, region_name: str, used: set) 
             host_tables[k] = table
             bindings[body_in.name] = HostTable(table.name, table.size)
         else:
-            inner = table_inner(init, init_name)
+            lead, inner = table_layout(init, init_name)
             table = f"state{len(tables)}"
-            bindings[body_in.name] = Table(table, inner)
+            bindings[body_in.name] = Table(table, inner, lead=lead)
             state_slots.append((1 + k, table))
             if init_name not in inits:
                 inits.append(init_name)
-            tables.append(ir.TableDecl(table, inner, init_name, node.output[k] if k < len(node.output) else ""))
+            tables.append(ir.TableDecl(table, inner, init_name, node.output[k] if k < len(node.output) else "",
+                                       lead=lead))
     check_outputs_unused(node, list(counters) + list(invariants) + list(host_tables), used, "counter")
 
     outs = interp.run_graph(body, bindings)
@@ -93,8 +95,11 @@ def recognize_loop(model, node, outer: OuterScope, region_name: str, used: set) 
         raise Refusal("the loop condition differs between branches")
     cond_out = cond_outs.pop()
     cases = build_cases(paths, state_slots, emit_slots, interp, host_slots)
-    cases = tuple(_substitute_case(c, closed) for c in cases)
     trip = _loop_trip(trip_m, cond0, cond_out, host_arrays)
+    if "inner_loop" in interp.shared:  # for i: for j: one position per (i, j)
+        closed, trip = _flatten_inner_loop(interp.shared["inner_loop"], body, outs, state_slots,
+                                           emit_slots + host_slots, closed, trip, host_arrays)
+    cases = tuple(_substitute_case(c, closed) for c in cases)
     interp.arrays.update(host_arrays)
     init_decls = [init_decl(name, outer) for name in inits]
     arrays = input_decls(interp, cases, [trip], outer.lookup, first=carried_decls(carried.values()))
@@ -118,6 +123,93 @@ def _host_table(outer, init_name: str, k: int):
     if not isinstance(shape, Sym) or shape.elems.size != 1:
         return None
     return ir.HostVar(f"ht{k}", ix.const(int(init.fill)), ix.as_index(shape.elems.reshape(-1)[0]))
+
+
+NESTED_HINT = "write the grid's loops as one: for k in range(R * C): i, j = k // C, k % C"
+
+
+def nested_loop(it, node, body, args, lookup):
+    """A Loop nested in the recursion's loop that carries the state tables (`for j in range(C)` inside `for i in
+    range(R)`, or a nested torch.while_loop): its body is interpreted once with j an `InnerIter` (its counters
+    Carried(k, 1)); `_flatten_inner_loop` then makes each (i, j) one position. The tables must enter unwritten; no
+    per-iteration outputs."""
+    if "inner_loop" in it.shared:
+        raise Refusal("two loops over the state inside the recursion's loop", hint=NESTED_HINT)
+    trip = ix.as_index(it.sym(args[0], "the inner loop's count").scalar()) if args and args[0] is not None else None
+    cond0 = ix.as_pred(it.sym(args[1], "the inner loop's condition").scalar()) \
+        if len(args) > 1 and args[1] is not None else ir.BConst(True)
+    carried = list(args[2:])
+    if len(body.output) != 1 + len(carried):
+        raise Refusal("an inner loop over the state with per-iteration outputs", hint=NESTED_HINT)
+    bindings = {body.input[0].name: sym_scalar(InnerIter())}
+    if len(body.input) > 1:
+        bindings[body.input[1].name] = Known(np.array(True))
+    counters = {}
+    for k, (b, v) in enumerate(zip(body.input[2:], carried)):
+        if isinstance(v, Table) and v.writes:
+            raise Refusal("the state is written before the inner loop over it", hint=NESTED_HINT)
+        if _is_integer_scalar(v) and not isinstance(v, Array):  # a counter (torch.while_loop carries its own)
+            counters[k] = ix.as_index(it.sym(v).scalar())
+            elems = np.empty(_scalar_shape(v), dtype=object)
+            elems[...] = Carried(k, 1)
+            bindings[b.name] = Sym(elems, "int64")
+        elif isinstance(v, (Table, Known, Sym)):
+            bindings[b.name] = v
+        else:
+            raise Refusal(f"an inner loop carrying {describe(v)}", hint=NESTED_HINT)
+    outs = it.nested(lookup).run_graph(body, bindings)
+    steps = {}
+    for k, v in enumerate(carried):
+        out = outs[1 + k]
+        if k in counters:
+            if not isinstance(out, Sym) or out.elems.size != 1:
+                raise Refusal(f"an inner loop's counter becomes {describe(out)}", hint=NESTED_HINT)
+            terms, steps[k] = ix.affine(ix.ibin("sub", ix.as_index(out.scalar()), Carried(k, 1)))
+            if terms:
+                raise Refusal("an inner loop's counter changes by something other than a constant step",
+                              hint=NESTED_HINT)
+        elif not isinstance(v, Table) and out != v:
+            raise Refusal("an inner loop carries a value that changes (only the state tables and counters may)",
+                          hint=NESTED_HINT)
+    if not isinstance(outs[0], (Known, Sym)):
+        raise Refusal(f"an inner loop's condition is {describe(outs[0])}", hint=NESTED_HINT)
+    cond = ir.BConst(bool(np.asarray(outs[0].value).reshape(-1)[0])) if isinstance(outs[0], Known) else \
+        ix.as_pred(outs[0].scalar())
+    closed = {Carried(k, 1): ix.ibin("add", init, ix.ibin("mul", ix.const(steps[k]), InnerIter()))
+              for k, init in counters.items()}
+    it.shared["inner_loop"] = (trip, cond0, ix.substitute([cond], closed)[0], closed,
+                               tuple(o for k, o in enumerate(outs[1:]) if isinstance(carried[k], Table)),
+                               {node.output[k] for k in counters if k < len(node.output) and node.output[k]},
+                               node_label(node))
+    return list(outs[1:])
+
+
+def _flatten_inner_loop(inner, body, outs, state_slots, per_outer, closed, trip, host_arrays):
+    """A loop over j in [0, C) nested in this one over i, carrying the state tables (a grid's rows and columns): one
+    position p per (i, j), i = p // C and j = p % C, R * C positions. C must not change with i; the outer body must
+    pass the inner loop's tables on unchanged (no other write per i), emit, carry or step on the host nothing per i
+    (`per_outer`: its emit and host slots) and not read the inner loop's counters after it."""
+    inner_trip, cond0, cond, inner_closed, tables_out, counter_outputs, label = inner
+    if per_outer:
+        raise Refusal("a loop nested in the recursion's loop, with per-iteration outputs, carried values or host "
+                      "state of the outer one", hint=NESTED_HINT)
+    for slot, _ in state_slots:
+        if not any(outs[slot] == v for v in tables_out):
+            raise Refusal("the state is written outside the inner loop over it", hint=NESTED_HINT)
+    if counter_outputs & used_names(body):
+        raise Refusal("the outer loop reads an inner loop's counter after it", hint=NESTED_HINT).at(label)
+    try:
+        count = _loop_trip(inner_trip, cond0, cond, host_arrays, var=InnerIter())
+    except Refusal as r:
+        raise r.at(label) from None
+    if any(isinstance(x, (ir.Iter, Carried, InnerIter)) for x in ir.walk([count])):
+        raise Refusal("a loop inside the recursion whose count changes with the outer iteration",
+                      hint=NESTED_HINT).at(label)
+    count = ix.ibin("max", count, ix.const(0))
+    flat = {ir.Iter(): ix.ibin("floordiv", ir.Iter(), count), InnerIter(): ix.ibin("mod", ir.Iter(), count)}
+    inner_closed = {k: ix.substitute([v], closed)[0] for k, v in inner_closed.items()}  # an init may read i's counters
+    closed = {k: ix.substitute([v], flat)[0] for k, v in {**closed, **inner_closed}.items()}
+    return {**closed, **flat}, ix.ibin("mul", trip, count)
 
 
 def _scalar_shape(init):
@@ -197,9 +289,9 @@ def _host_pred(value, lookup_arrays) -> ir.BExpr:
 
 
 
-def _loop_trip(trip_m, cond0, cond_out, lookup_arrays) -> ir.IExpr:
+def _loop_trip(trip_m, cond0, cond_out, lookup_arrays, var=ir.Iter()) -> ir.IExpr:
     """The number of iterations: M (if any), capped by the condition, which must be constant true or bound a
-    counter: after iteration p the loop goes on iff d(p) = a*p + b compares with 0."""
+    counter: after iteration p (`var`) the loop goes on iff d(p) = a*p + b compares with 0."""
     if isinstance(cond_out, ir.BConst):
         if not cond_out.value:
             count = ix.const(1)
@@ -208,7 +300,7 @@ def _loop_trip(trip_m, cond0, cond_out, lookup_arrays) -> ir.IExpr:
         else:
             count = None
     else:
-        count = _counted_iterations(cond_out)
+        count = _counted_iterations(cond_out, var)
     if count is None:
         total = trip_m
     else:
@@ -218,14 +310,15 @@ def _loop_trip(trip_m, cond0, cond_out, lookup_arrays) -> ir.IExpr:
     return ix.iselect(cond0, total, ix.const(0))
 
 
-def _counted_iterations(cond: ir.BExpr) -> ir.IExpr:
-    """1 + the number of p >= 0 with cond(p) true before the first false, for cond affine in p and monotone."""
+def _counted_iterations(cond: ir.BExpr, var=ir.Iter()) -> ir.IExpr:
+    """1 + the number of p >= 0 with cond(p) true before the first false, for cond affine in p (`var`) and
+    monotone."""
     if not isinstance(cond, ir.Compare):
         raise Refusal("the loop condition is not a bound on the iteration count (data-dependent iteration)",
                       hint="iterate over a node order of known length (for i in range(L)) or bound a counter")
     terms, const = ix.affine(ix.ibin("sub", cond.a, cond.b))
-    a = terms.pop(ir.Iter(), 0)
-    if any(ix.mentions(atom, ir.Iter()) for atom in terms):
+    a = terms.pop(var, 0)
+    if any(ix.mentions(atom, var) for atom in terms):
         raise Refusal("the loop condition is not affine in the iteration number")
     op = cond.op
     if a < 0:

@@ -11,7 +11,7 @@ from .interpreter import Interpreter, attr, choose, handler, sym_known
 from .layout import rearrange, rearrange_many
 from .operands import known_ints, static_shape
 from .ops_elementwise import op_where
-from .values import Known, Refusal, Row, Seq, Sym, describe
+from .values import Known, Refusal, Row, Seq, Sym, Table, describe
 
 MAX_UNROLL = 256
 
@@ -74,8 +74,13 @@ def _trip_count(it, m):
 
 @handler("Loop")
 def op_loop(it: Interpreter, node, args, lookup):
-    """A Loop inside the recursion with a constant trip count (e.g. over a fixed number of children): unrolled."""
+    """A Loop inside the recursion with a constant trip count (e.g. over a fixed number of children): unrolled. One
+    that carries the state tables with a count the run gives (`for j in range(C)` inside `for i in range(R)`) is
+    the inner loop of a grid: its body is one position (see nested_loop)."""
     body = attr(node, "body")
+    if any(isinstance(a, Table) for a in args[2:]) and not _constant_count(args):
+        from .loop import nested_loop  # the recognizer flattens it (loop.py imports this module)
+        return nested_loop(it, node, body, args, lookup)
     trip = _trip_count(it, args[0] if args else None)
     cond = args[1] if len(args) > 1 else None
     carried = list(args[2:])
@@ -99,6 +104,12 @@ def op_loop(it: Interpreter, node, args, lookup):
             scans[k].append(outs[1 + n_carried + k])
         i += 1
     return carried + [stack(it, s) for s in scans]
+
+
+def _constant_count(args) -> bool:
+    """True when a Loop's trip count is a constant (it unrolls)."""
+    m = args[0] if args else None
+    return isinstance(m, Known) or (isinstance(m, Sym) and sym_known(m) is not None)
 
 
 def _known_bool(v, what):

@@ -364,6 +364,9 @@ def cast(it, x, to: str):
     if isinstance(x, Array):
         if to == x.dtype or (to in INT_DTYPES + ("bool",) and x.dtype in INT_DTYPES + ("bool",)):
             return Array(x.name, x.dtype, x.shape, x.fill, view=to)
+        if to == "float32" and x.read_dtype in INT_DTYPES + ("bool",) and x.shape is not None and \
+                all(d == 1 for d in x.shape):  # a scalar ONNX Runtime computes (a size), as a float
+            return cast(it, it.sym(x), to)
         raise Refusal(f"Cast of runtime tensor {x.name} ({x.dtype}) to {to}")
     if isinstance(x, Seq):
         return Seq(tuple(cast(it, v, to) for v in x.items))

@@ -11,7 +11,8 @@ from .interpreter import attr, handler
 from .layout import element_ids, rearrange
 from .operands import axes_of, norm_axis, static_shape
 from .ops_elementwise import row_binary
-from .values import Known, Refusal, Row, Sym
+from .ops_tables import resolve_part
+from .values import Known, Partial, Refusal, Row, Sym, describe
 
 # ---- matrix products ---------------------------------------------------------------------------
 
@@ -62,7 +63,23 @@ def row_matmul_row(it, a: Row, b: Row) -> Row:
 
 
 def matmul(it, a, b):
-    """numpy.matmul semantics over per-node and constant operands."""
+    """numpy.matmul semantics over per-node and constant operands. A row whose size only the run knows (a Partial)
+    contracted with an operand of static shape (a weight or a row) has the size the product needs (else the original
+    fails): checked where it is read. Only the contracted dimension is proved: the last of the left operand, the only
+    one of a 1-D right operand (a right operand's other dimensions stay unknown: refused)."""
+    if isinstance(a, Partial) and not isinstance(b, Partial):
+        sb = static_shape(b)
+        if len(sb) >= 1:
+            a = resolve_part(it, a, sb[0] if len(sb) == 1 else sb[-2], "the MatMul's left operand")
+    if isinstance(b, Partial) and not isinstance(a, Partial) and len(b.shape) == 1:
+        sa = static_shape(a)
+        if len(sa) >= 1:
+            b = resolve_part(it, b, sa[-1], "the MatMul's right operand")
+    for v in (a, b):
+        if isinstance(v, Partial):
+            raise Refusal(f"MatMul of {describe(v)}: a product proves only the size it contracts",
+                          hint="export the dimensions of a per-node input other than its node dimensions as static "
+                               "(dynamic_axes / dynamic_shapes on the node dimension only)")
     sa, sb = static_shape(a), static_shape(b)
     if isinstance(a, Sym) or isinstance(b, Sym):
         raise Refusal("MatMul of structure values")
@@ -487,3 +504,197 @@ def op_rnn(it, node, args, lookup):
         return ir.unary(f, _clip(pre, clip)), None
 
     return _recurrent(it, node, args, 1, ["tanh"], step)
+
+
+# ---- Einsum: products and sums of the operands, two at a time -----------------------------------------
+
+
+def einsum_subscripts(equation: str, ranks) -> tuple:
+    """([subscripts of each operand], output subscripts): one letter per dimension; an ellipsis becomes letters the
+    equation does not use (numpy's convention, which ONNX follows: its dimensions align at the right and broadcast;
+    in implicit mode the output is the ellipsis, then the letters used once, in alphabetical order)."""
+    eq = equation.replace(" ", "")
+    lhs, arrow, rhs = eq.partition("->")
+    terms = lhs.split(",")
+    if len(terms) != len(ranks):
+        raise Refusal(f"Einsum equation {equation!r} names {len(terms)} operands, the node has {len(ranks)}")
+    spare = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz" if c not in eq]
+    ellipsis = max((rank - len(t.replace("...", "")) for t, rank in zip(terms, ranks) if "..." in t), default=0)
+    if ellipsis > len(spare):
+        raise Refusal(f"Einsum equation {equation!r} has too many dimensions")
+    dots = "".join(spare[:max(ellipsis, 0)])
+    out_terms = []
+    for t, rank in zip(terms, ranks):
+        if "..." in t:
+            k = rank - len(t.replace("...", ""))
+            if k < 0:
+                raise Refusal(f"Einsum term {t!r} has more subscripts than its operand's rank {rank}")
+            t = t.replace("...", dots[len(dots) - k:] if k else "")
+        if len(t) != rank or not t.isalpha():
+            raise Refusal(f"Einsum term {t!r} does not match its operand's rank {rank}")
+        out_terms.append(t)
+    if arrow:
+        out = rhs.replace("...", dots)
+        if (out and not out.isalpha()) or len(set(out)) != len(out) or any(c not in "".join(out_terms) for c in out):
+            raise Refusal(f"Einsum output {rhs!r} of {equation!r}")
+    else:
+        used = "".join(out_terms)
+        out = dots + "".join(sorted(c for c in set(used) if used.count(c) == 1 and c not in dots))
+    return out_terms, out
+
+
+def _shaped(v, fn):
+    """fn (a numpy function) applied to a constant or a per-node row."""
+    return Known(np.asarray(fn(np.asarray(v.value)))) if isinstance(v, Known) else rearrange(v, fn)
+
+
+def _einsum_diagonals(v, t):
+    """An operand whose subscripts repeat a letter (ii->i): its diagonal, once per repeated letter."""
+    while len(set(t)) < len(t):
+        c = next(c for c in t if t.count(c) > 1)
+        p, q = t.index(c), t.index(c, t.index(c) + 1)
+        shape = static_shape(v)
+        if shape[p] != shape[q]:
+            raise Refusal(f"Einsum diagonal of dimensions {shape[p]} and {shape[q]}")
+        v = _shaped(v, lambda a, p=p, q=q: np.diagonal(a, axis1=p, axis2=q))
+        t = "".join(x for k, x in enumerate(t) if k not in (p, q)) + c
+    return v, t
+
+
+def _einsum_sum(it, v, t, keep):
+    """The operand summed over the letters no other operand or the output keeps."""
+    axes = [k for k, c in enumerate(t) if c not in keep]
+    if not axes:
+        return v, t
+    left = "".join(c for c in t if c in keep)
+    if isinstance(v, Known):
+        return Known(np.asarray(np.sum(np.asarray(v.value, np.float32), axis=tuple(axes)), np.float32)), left
+    out = reduce_row(it, it.row(v), axes, False, "add")
+    return out, left
+
+
+def _einsum_pair(it, a, ta, b, tb, keep):
+    """a, b contracted over the letters both have and nothing after them keeps; a numpy matmul over [batch, a's own,
+    summed] x [batch, summed, b's own], so a constant operand makes one matrix product per node (a GEMM)."""
+    batch = [c for c in ta if c in tb and c in keep]
+    summed = [c for c in ta if c in tb and c not in keep]
+    own_a = [c for c in ta if c not in tb]
+    own_b = [c for c in tb if c not in ta]
+    size = dict(zip(ta, static_shape(a)))
+    size.update(zip(tb, static_shape(b)))
+    dims = lambda letters: [size[c] for c in letters]  # noqa: E731
+    count = lambda letters: int(np.prod(dims(letters), dtype=np.int64))  # noqa: E731
+    pa = [ta.index(c) for c in batch + own_a + summed]
+    pb = [tb.index(c) for c in batch + summed + own_b]
+    a2 = _shaped(a, lambda x: np.transpose(x, pa).reshape(dims(batch) + [count(own_a), count(summed)]))
+    b2 = _shaped(b, lambda x: np.transpose(x, pb).reshape(dims(batch) + [count(summed), count(own_b)]))
+    if isinstance(a2, Known) and isinstance(b2, Known):
+        out = Known(np.matmul(np.asarray(a2.value, np.float32), np.asarray(b2.value, np.float32)))
+    else:
+        out = matmul(it, a2, b2)
+    return _shaped(out, lambda x: x.reshape(dims(batch) + dims(own_a) + dims(own_b))), "".join(batch + own_a + own_b)
+
+
+def einsum(it, equation: str, values):
+    """ONNX Einsum over per-node rows and constants: each operand's diagonals, then sums over letters only it has,
+    then products two at a time from the left (each a numpy matmul: a constant operand is a GEMM, two rows are
+    products and a reduction), then the output's order."""
+    if any(isinstance(v, Sym) or (isinstance(v, Known) and v.value.dtype.kind != "f") or
+           (isinstance(v, Row) and v.boolean) for v in values):
+        raise Refusal("Einsum of structure values or integers: Cortex computes it over float rows and constants")
+    shapes = [static_shape(v) for v in values]
+    terms, out = einsum_subscripts(equation, [len(s) for s in shapes])
+    size = {}
+    for t, shape in zip(terms, shapes):
+        for c, d in zip(t, shape):
+            if d != 1 and size.get(c, 1) not in (1, d):
+                raise Refusal(f"Einsum {equation!r}: subscript {c} is {size[c]} and {d} (the original fails)")
+            size[c] = max(size.get(c, 1), d)
+    ops = []
+    for v, t in zip(values, terms):
+        v, t = _einsum_diagonals(v, t)
+        target = [size[c] for c in t]
+        if list(static_shape(v)) != target:  # a dimension of 1 broadcasts
+            v = _shaped(v, lambda x, target=target: np.broadcast_to(x, target).copy())
+        ops.append((v, t))
+    while True:
+        ops = [_einsum_sum(it, v, t, set(out).union(*[u for j, (_, u) in enumerate(ops) if j != k]))
+               for k, (v, t) in enumerate(ops)]
+        if len(ops) == 1:
+            break
+        (a, ta), (b, tb), rest = ops[0], ops[1], ops[2:]
+        ops = [_einsum_pair(it, a, ta, b, tb, set(out).union(*[u for _, u in rest]))] + rest
+    v, t = ops[0]
+    perm = [t.index(c) for c in out]
+    return _shaped(v, lambda x: np.transpose(x, perm)) if perm != list(range(len(perm))) else v
+
+
+@handler("Einsum")
+def op_einsum(it, node, args, lookup):
+    return einsum(it, attr(node, "equation"), [a for a in args])
+
+
+# ---- CumSum: a running sum over one dimension of a node's row ----------------------------------------
+
+CUMSUM_HINT = ("take cumulative sums of runtime tensors before the loop (they do not depend on the recursion), and "
+               "inside it over a node's own row")
+
+
+def _scan_blocks(e: ir.RExpr, n: int, block: int) -> ir.RExpr:
+    """Inclusive running sums over n consecutive blocks of `block` elements: log2(n) rounds of shifted additions
+    (each element adds the one `s` blocks before it: Hillis and Steele)."""
+    s = 1
+    while s < n:
+        e = ir.concat([ir.slice_row(e, 0, s * block),
+                       ir.binary("add", ir.slice_row(e, s * block, n * block), ir.slice_row(e, 0, (n - s) * block))])
+        s *= 2
+    return e
+
+
+@handler("CumSum")
+def op_cumsum(it, node, args, lookup):
+    if len(args) != 2 or args[1] is None:
+        raise Refusal("CumSum needs its input and an axis")
+    x, axis_value = args
+    if not isinstance(axis_value, Known):
+        raise Refusal("CumSum over an axis that is not a constant")
+    axis_array = np.asarray(axis_value.value)
+    if axis_array.dtype.kind not in "iu" or axis_array.ndim > 1 or axis_array.size != 1:
+        raise Refusal(f"CumSum's axis is {describe(axis_value)}, not one integer")
+    flags = {name: attr(node, name, 0) for name in ("exclusive", "reverse")}
+    if any(v not in (0, 1) for v in flags.values()):
+        raise Refusal(f"CumSum with {flags} (ONNX Runtime takes 0 or 1)")
+    exclusive, reverse = bool(flags["exclusive"]), bool(flags["reverse"])
+    if not isinstance(x, (Row, Sym, Known)):
+        raise Refusal(f"CumSum over {describe(x)}: Cortex computes running sums over a node's own values (a row, "
+                      f"a per-node tensor of static shape)", hint=CUMSUM_HINT)
+    shape = static_shape(x)
+    if not shape:
+        raise Refusal("CumSum of a scalar")
+    axis = norm_axis(int(np.asarray(axis_value.value).reshape(-1)[0]), len(shape), "CumSum axis")
+    n = shape[axis]
+
+    def first(a):  # the summed axis first (reversed for a reverse sum)
+        a = np.moveaxis(a, axis, 0)
+        return a[::-1] if reverse else a
+
+    def back(a):
+        return np.moveaxis(a[::-1] if reverse else a, 0, axis)
+
+    moved = _shaped(x, first) if not isinstance(x, Sym) else rearrange(x, first)
+    if isinstance(moved, Sym):  # structure values: exact integer sums
+        flat = np.array(moved.elems, dtype=object).reshape(n, -1)
+        out = np.empty(flat.shape, dtype=object)
+        acc = [ix.const(0)] * flat.shape[1]
+        for k in range(n):
+            step = [ix.ibin("add", a, ix.as_index(e)) for a, e in zip(acc, flat[k])]
+            out[k, :] = acc if exclusive else step
+            acc = step
+        return rearrange(Sym(out.reshape(moved.shape), "int64"), back)
+    r = it.row(moved)
+    block = r.expr.width // n
+    out = _scan_blocks(r.expr, n, block)
+    if exclusive:
+        zeros = ir.take(ir.Scalar(0.0), [0] * block)
+        out = ir.concat([zeros] + ([ir.slice_row(out, 0, (n - 1) * block)] if n > 1 else []))
+    return rearrange(Row(out, r.shape), back)

@@ -13,30 +13,41 @@ from ..ir import nodes as ir
 from .interpreter import attr, handler
 from .layout import onnx_reshape, rearrange, rearrange_many
 from .operands import axes_of, known_ints, norm_axis, static_shape
-from .ops_tables import concat_tables, slice_rows, slice_table
-from .values import Array, Known, Refusal, Row, Seq, Sym, Table, TableSlice, describe, shape_of
+from .ops_tables import concat_tables, flatten_rows, reshape_part, slice_rows, slice_table
+from .values import Array, Flat, Known, Partial, Refusal, Row, Seq, Sym, Table, TableSlice, describe, shape_of
 
 
 # ---- Shape, Size -------------------------------------------------------------------------------
 
 
 def symbolic_shape(v):
-    """The shape as a list of index expressions (a runtime length where it is dynamic)."""
+    """The shape as a list of index expressions (a size the run gives where it is dynamic: a runtime tensor's
+    dimension, the state tables' rows)."""
     if isinstance(v, (Known, Row, Sym)):
         return [ix.const(d) for d in static_shape(v)]
     if isinstance(v, Table):
-        return [ir.Length(None)] + [ix.const(d) for d in v.inner]
-    if isinstance(v, Array) and v.shape is not None:
-        dims = []
-        for k, d in enumerate(v.shape):
-            if isinstance(d, int):
-                dims.append(ix.const(d))
-            elif k == 0:
-                dims.append(ir.Length(v.name))
-            else:
-                raise Refusal(f"runtime tensor {v.name} has a dynamic inner dimension")
-        return dims
+        return [ir.Length(None, k) for k in range(v.lead)] + [ix.const(d) for d in v.inner]
+    if isinstance(v, Array) and v.shape is not None and v.columns is None:
+        return [ix.const(d) if isinstance(d, int) and k not in v.checked else ir.Length(v.name, k)
+                for k, d in enumerate(v.shape)]
+    if isinstance(v, Flat):
+        rows = ix.const(1)
+        for d in symbolic_shape(v.base)[:v.lead]:
+            rows = ix.ibin("mul", rows, d)
+        return [rows] + [ix.const(d) if d is not None else _flat_rest(v) for d in v.shape]
+    if isinstance(v, Partial):
+        full = symbolic_shape(v.base)
+        left = full[len(v.prefix):]
+        return [ix.const(d) for d in v.shape[:len(v.shape) - len(left)]] + left
     raise Refusal(f"the shape of {describe(v)} is unknown")
+
+
+def _flat_rest(v: Flat):
+    """The size of the merged dimensions after a Flatten, where only the run knows it."""
+    size = ix.const(1)
+    for d in symbolic_shape(v.base)[v.lead:]:
+        size = ix.ibin("mul", size, d)
+    return size
 
 
 def _ints_sym(exprs):
@@ -84,7 +95,13 @@ def op_reshape(it, node, args, lookup):
         return x
     if isinstance(x, Table) and isinstance(shape, Known) and \
             [int(d) for d in shape.value.reshape(-1)][1:] == list(x.inner) and int(shape.value.reshape(-1)[0]) in (-1, 0):
-        return x
+        return x if x.lead == 1 or int(shape.value.reshape(-1)[0]) == 0 else flatten_rows(x, x.lead)
+    if isinstance(x, Partial):
+        dims = symbolic_shape(x)
+        allowzero = bool(attr(node, "allowzero", 0))
+        target = [dims[k] if not allowzero and t == ix.const(0) else t for k, t in
+                  enumerate(ix.as_index(e) for e in it.sym(shape, "the Reshape target").elems.reshape(-1))]
+        return reshape_part(x, dims, target)
     target = known_ints(it, shape, "the Reshape target")
     current = static_shape(x)
     new = onnx_reshape(current, target.reshape(-1), bool(attr(node, "allowzero", 0)))
@@ -93,6 +110,11 @@ def op_reshape(it, node, args, lookup):
 
 @handler("Flatten")
 def op_flatten(it, node, args, lookup):
+    x = args[0]
+    if (isinstance(x, Table) and x.lead > 1) or (isinstance(x, Array) and shape_of(x) is None):
+        rank = x.lead + len(x.inner) if isinstance(x, Table) else len(x.shape or ())
+        axis = int(attr(node, "axis", 1))
+        return flatten_rows(x, axis + rank if axis < 0 else axis)
     current = static_shape(args[0])
     rank = len(current)
     axis = int(attr(node, "axis", 1))
@@ -105,6 +127,11 @@ def op_flatten(it, node, args, lookup):
 
 @handler("Squeeze")
 def op_squeeze(it, node, args, lookup):
+    if isinstance(args[0], Partial):
+        dims = symbolic_shape(args[0])
+        axes = {norm_axis(a, len(dims)) for a in axes_of(it, node, args, 1) or
+                [k for k, d in enumerate(dims) if d == ix.const(1)]}
+        return reshape_part(args[0], dims, [d for k, d in enumerate(dims) if k not in axes])
     current = static_shape(args[0])
     axes = axes_of(it, node, args, 1)
     axes = [norm_axis(a, len(current)) for a in axes] if axes else [i for i, d in enumerate(current) if d == 1]
@@ -116,6 +143,12 @@ def op_squeeze(it, node, args, lookup):
 
 @handler("Unsqueeze")
 def op_unsqueeze(it, node, args, lookup):
+    if isinstance(args[0], Partial):
+        dims = symbolic_shape(args[0])
+        axes = axes_of(it, node, args, 1) or []
+        for a in sorted(norm_axis(a, len(dims) + len(axes)) for a in axes):
+            dims.insert(a, ix.const(1))
+        return reshape_part(args[0], symbolic_shape(args[0]), dims)
     current = static_shape(args[0])
     axes = axes_of(it, node, args, 1) or []
     rank = len(current) + len(axes)

@@ -2,7 +2,12 @@
 kind) and at structure indices (from state tables, runtime tensors and constant tables such as embeddings), and the
 row writes of every form exporters emit (ScatterND, ScatterElements with any reduction, a partial-row write, a
 torch.cat of table slices around one new row, a slice of a table). A table read after a write in the same step sees
-that write."""
+that write.
+
+Tables and runtime tensors with several dynamic leading dimensions (a grid [R, C, H]) are read and written one
+index per dimension, each with ONNX Gather semantics in its own dimension (negative wraps, out of range is an
+error, checked at run time): cell (i, j) is row i * C + j of the kernel's table. A runtime tensor whose row size the
+model declares dynamic is read as a `Partial` until a product by a weight proves that size."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,29 +17,43 @@ from ..ir import nodes as ir
 from .interpreter import DATA_DEPENDENT_HINT, attr, handler
 from .layout import broadcast_row, rearrange, rearrange_many
 from .operands import known_ints, norm_axis, static_shape
-from .values import Array, INT_DTYPES, Known, Refusal, Row, Sym, Table, TableSlice, describe
+from ..ir.schema import safe_text
+from .values import Array, Flat, INT_DTYPES, Known, Partial, Refusal, Row, Sym, Table, TableSlice, describe
 
 INT_READABLE = INT_DTYPES + ("bool",)
 
 
-def _norm(e):
+def table_rows(table: Table) -> ir.IExpr:
+    """The number of rows of the state tables (a grid's R * C)."""
+    rows = ir.Length(None)
+    for axis in range(1, table.lead):
+        rows = ix.ibin("mul", rows, ir.Length(None, axis))
+    return rows
+
+
+def _norm(e, rows):
     """A table row index with Gather's negative wrap, for comparing two indices exactly."""
     if isinstance(e, ir.IConst) and e.value >= 0:
         return e
-    return ix.iselect(ix.cmp("lt", e, ix.const(0)), ix.ibin("add", e, ir.Length(None)), e)
+    return ix.iselect(ix.cmp("lt", e, ix.const(0)), ix.ibin("add", e, rows), e)
 
 
-def same_row(a, b) -> ir.BExpr:
+def same_row(a, b, table: Table = None, flat: bool = False) -> ir.BExpr:
+    """True when row indices a and b name the same row; `flat`: a is an index over a grid's flattened rows."""
     if a == b:
         return ir.BConst(True)
-    return ix.cmp("eq", _norm(a), _norm(b))
+    if table is not None and table.lead > 1 and not flat:  # a grid's rows, each already wrapped
+        return ix.cmp("eq", a, b)
+    rows = table_rows(table) if table is not None else ir.Length(None)
+    return ix.cmp("eq", _norm(a, rows), _norm(b, rows))
 
 
-def read_table(table: Table, e) -> ir.RExpr:
-    """Row e of the table as this step sees it: the state before the step, unless this step wrote that row."""
+def read_table(table: Table, e, flat: bool = False) -> ir.RExpr:
+    """Row e of the table as this step sees it: the state before the step, unless this step wrote that row. `flat`:
+    e indexes a grid's rows flattened (Gather semantics over all of them), not its already wrapped cells."""
     out = ir.ChildState(table.name, e, False, table.width)
     for target, row in table.writes:
-        same = same_row(e, target)
+        same = same_row(e, target, table, flat)
         if same == ir.BConst(True):
             out = row
         elif same != ir.BConst(False):
@@ -46,7 +65,7 @@ def write_table(table: Table, target, row: ir.RExpr) -> Table:
     """The table after writing `row` at `target` (a later write to the same row replaces the earlier one: the new
     row already includes what it kept of the old one)."""
     writes = tuple(w for w in table.writes if w[0] != target) + ((target, row),)
-    return Table(table.name, table.inner, writes)
+    return Table(table.name, table.inner, writes, table.lead)
 
 
 def _elements(s: Sym):
@@ -68,29 +87,14 @@ def gather_rows(it, data, idx: Sym):
     if isinstance(data, Array):
         if data.shape is None:
             raise Refusal(f"runtime tensor {data.name} has an unknown rank")
-        inner = tuple(data.shape[1:])
-        if any(not isinstance(d, int) for d in inner):
-            raise Refusal(f"runtime tensor {data.name} has a dynamic inner dimension")
-        it.use_array(data)
-        if data.read_dtype in INT_READABLE:
-            if len(data.shape) == 0:
-                raise Refusal(f"Gather from the scalar {data.name}")
-            if len(data.shape) == 1:
-                loads = [ir.Load(data.name, e) for e in elems]
-            elif len(data.shape) == 2:
-                loads = [ir.Load(data.name, e, column=k) for e in elems for k in range(inner[0])]
-            else:
-                raise Refusal(f"runtime integer tensor {data.name} of rank {len(data.shape)}")
-            if data.read_dtype == "bool":
-                loads = [ix.as_pred(x) for x in loads]
-            out = np.empty(len(loads), dtype=object)
-            out[:] = loads
-            return Sym(out.reshape(tuple(idx.shape) + inner), data.read_dtype)
-        if data.dtype == "float32":
-            width = int(np.prod(inner, dtype=np.int64))
-            parts = [ir.InputRow(data.name, e, width) for e in elems]
-            return Row(ir.concat(parts), tuple(idx.shape) + inner)
-        raise Refusal(f"runtime tensor {data.name} is {data.dtype}")
+        if len(data.shape) == 0:
+            raise Refusal(f"Gather from the scalar {data.name}")
+        if any(not isinstance(d, int) for d in data.shape[1:]):
+            if idx.elems.size != 1 or idx.shape:
+                raise Refusal(f"rows of runtime tensor {data.name}, whose rows have a size only the run knows, at "
+                              f"{list(idx.shape)} structure indices", hint=DYNAMIC_ROW_HINT)
+            return index_leading(it, data, elems[0])
+        return array_rows(it, it.use_array(data), elems, tuple(idx.shape))
     if isinstance(data, Known) and data.value.dtype.kind == "f" and data.value.ndim >= 1:
         table = np.asarray(data.value, dtype=np.float32)
         flat = table.reshape(table.shape[0], -1)
@@ -100,6 +104,150 @@ def gather_rows(it, data, idx: Sym):
     if isinstance(data, (Row, Sym, Known)):
         return _select_element(it, data, idx)
     raise Refusal(f"Gather from {describe(data)} at a structure index")
+
+
+def array_rows(it, data: Array, rows, lead_shape) -> object:
+    """The rows (index expressions, Gather semantics over the array's rows) of a runtime tensor whose row shape is
+    static, laid out in lead_shape: structure values of an integer or bool tensor, a float row otherwise."""
+    inner = tuple(data.shape[data.lead:])
+    if data.read_dtype in INT_READABLE:
+        if len(inner) == 0:
+            loads = [ir.Load(data.name, e) for e in rows]
+        elif len(inner) == 1:
+            loads = [ir.Load(data.name, e, column=k) for e in rows for k in range(inner[0])]
+        else:
+            raise Refusal(f"runtime integer tensor {data.name} of rank {len(data.shape)}")
+        if data.read_dtype == "bool":
+            loads = [ix.as_pred(x) for x in loads]
+        out = np.empty(len(loads), dtype=object)
+        out[:] = loads
+        return Sym(out.reshape(tuple(lead_shape) + inner), data.read_dtype)
+    if data.dtype == "float32":
+        width = int(np.prod(inner, dtype=np.int64))
+        parts = [ir.InputRow(data.name, e, width) for e in rows]
+        return Row(ir.concat(parts), tuple(lead_shape) + inner)
+    raise Refusal(f"runtime tensor {data.name} is {data.dtype}")
+
+
+# ---- grids: several leading dimensions, one index each --------------------------------------------
+
+
+DYNAMIC_ROW_HINT = ("index a grid one cell at a time (h[i, j] with scalar i, j), and give each row a static size (or "
+                    "multiply it by a weight, which proves its size)")
+
+
+def _leading_size(base, axis) -> ir.IExpr:
+    return ir.Length(None, axis) if isinstance(base, Table) else ir.Length(base.name, axis)
+
+
+def _what(base) -> str:
+    if isinstance(base, Flat):
+        base = base.base
+    if isinstance(base, Table):
+        return "a state table"
+    return f"runtime tensor {base.name}" if safe_text(base.name) and len(base.name) < 200 else "a runtime tensor"
+
+
+def _within(e, size, axis, what) -> ir.IExpr:
+    """e as an index into a dimension of `size` with ONNX Gather semantics: a negative index counts from the end,
+    one out of range is an error (checked at run time)."""
+    ok = ix.band(ix.cmp("ge", e, ix.ibin("sub", ix.const(0), size)), ix.cmp("lt", e, size))
+    wrapped = ix.iselect(ix.cmp("lt", e, ix.const(0)), ix.ibin("add", e, size), e)
+    return ir.Guard(ok, wrapped, f"index out of range in dimension {axis} of {what}")
+
+
+def flat_row(base, prefix) -> ir.IExpr:
+    """The row of a grid (or of a runtime tensor with several leading dimensions) at one index per leading dimension:
+    row-major, each index wrapped within its own dimension. With one leading dimension, the index itself (the kernel
+    wraps it over the rows)."""
+    if len(prefix) == 1:  # one leading dimension, or a grid's rows flattened: the kernel wraps over all rows
+        return ix.as_index(prefix[0])
+    row = ix.const(0)
+    for axis, e in enumerate(prefix):
+        size = _leading_size(base, axis)
+        row = ix.ibin("add", ix.ibin("mul", row, size), _within(ix.as_index(e), size, axis, _what(base)))
+    return row
+
+
+def index_leading(it, data, e):
+    """data[e] (a scalar structure index on axis 0) for a grid table, a part of one, or a runtime tensor whose rows
+    have a size only the run knows: a row once every dynamic leading dimension is indexed, else a Partial."""
+    if isinstance(data, Partial):
+        if len(data.shape) != len(_base_shape(data.base)) - len(data.prefix):
+            raise Refusal(f"Gather from {describe(data)}", hint=DYNAMIC_ROW_HINT)
+        return part(it, data.base, data.prefix + (e,))
+    return part(it, data, (e,))
+
+
+def _base_shape(base) -> tuple:
+    if isinstance(base, Flat):
+        return (None,) + tuple(base.shape)
+    return (None,) * base.lead + tuple(base.inner) if isinstance(base, Table) else tuple(base.shape)
+
+
+def part(it, base, prefix, lead_shape=()):
+    """base[prefix]: a table's row once prefix indexes its leading dimensions; a runtime tensor's row once what is
+    left has a static size (then its rows are the first len(prefix) dimensions); else a Partial."""
+    if isinstance(base, Table):
+        if len(prefix) < base.lead:
+            return Partial(base, tuple(prefix), tuple(lead_shape) + _base_shape(base)[len(prefix):])
+        if len(prefix) > base.lead:
+            raise Refusal("an element of a state table's row at a structure index", hint=DATA_DEPENDENT_HINT)
+        return Row(read_table(base, flat_row(base, prefix)), tuple(lead_shape) + tuple(base.inner))
+    if isinstance(base, Flat) and len(prefix) > 1:
+        raise Refusal(f"an element of a row of {describe(base)} at a structure index", hint=DATA_DEPENDENT_HINT)
+    if isinstance(base, Flat) and isinstance(base.base, Table):
+        return Row(read_table(base.base, ix.as_index(prefix[0]), flat=True), tuple(lead_shape) + tuple(base.shape))
+    rest = tuple(_base_shape(base)[len(prefix):])
+    if any(not isinstance(d, int) for d in rest):
+        return Partial(base, tuple(prefix), tuple(lead_shape) + rest)
+    return array_row(it, base, prefix, lead_shape, {})
+
+
+def array_row(it, base: Array, prefix, lead_shape, proved: dict):
+    """Row base[prefix] of a runtime tensor whose rows are its first len(prefix) dimensions; `proved`: {axis: size}
+    for dimensions the model declares dynamic whose size a product proves (each read checks it first)."""
+    if isinstance(base, Flat):
+        data = it.use_array(base.base, lead=base.lead, proved=proved)
+        if len(data.shape) != base.lead + len(base.shape):
+            raise Refusal(f"{_what(data)} flattened to rows of several dimensions", hint=DYNAMIC_ROW_HINT)
+    else:
+        data = it.use_array(base, lead=len(prefix), proved=proved)
+    row = flat_row(data, prefix)
+    if data.checked:
+        same = ir.BConst(True)
+        for a in data.checked:
+            same = ix.band(same, ix.cmp("eq", ir.Length(data.name, a), ix.const(data.shape[a])))
+        sizes = ", ".join(f"dimension {a} must be {data.shape[a]}" for a in data.checked)
+        row = ir.Guard(same, row, f"{_what(data)}: {sizes} where the model reads a row (a product by a weight "
+                                  f"needs that size)")
+    return array_rows(it, data, [row], tuple(lead_shape))
+
+
+def resolve_part(it, v, size: int, what: str):
+    """A Partial whose last dimension only the run knows, contracted with `size` elements (a product by a weight):
+    the original fails unless that dimension is `size`, so that is its size (checked where the row is read)."""
+    if not isinstance(v, Partial):
+        return v
+    base = v.base
+    array = base.base if isinstance(base, Flat) else base
+    left = _base_shape(base)[len(v.prefix):]
+    if isinstance(array, Table) or v.shape[-1] is not None or any(d is None for d in v.shape[:-1]) or \
+            any(d is None for d in left[:-1]) or left[-1] is not None:
+        raise Refusal(f"{what} is {describe(v)}", hint=DYNAMIC_ROW_HINT)
+    row = array_row(it, base, v.prefix, (), {len(array.shape) - 1: int(size)})
+    return Row(row.expr, tuple(size if d is None else d for d in v.shape))
+
+
+def reshape_part(v: Partial, dims, target) -> Partial:
+    """A Reshape of a Partial (dims: its shape as index expressions) to `target` (index expressions; -1 for the
+    rest) that only adds or removes dimensions of 1 (x[i, j].reshape(1, -1), .view(1, F) with F = x.size(2))."""
+    one, rest = ix.const(1), ix.const(-1)
+    if [d for d in dims if d != one] != [t for t in target if t not in (one, rest)] or \
+            sum(t == rest for t in target) > 1:
+        raise Refusal(f"a Reshape of {describe(v)} to {len(target)} dimensions", hint=DYNAMIC_ROW_HINT)
+    return Partial(v.base, v.prefix, tuple(1 if t in (one, rest) else t.value if isinstance(t, ir.IConst) else None
+                                           for t in target))
 
 
 def _gather_columns(it, data: Array, idx: Sym, elems):
@@ -162,6 +310,14 @@ def gather_constant(x, indices, axis):
     return rearrange(x, lambda a: np.take(a, idx, axis=axis))
 
 
+def _by_parts(data) -> bool:
+    """True when data is read one leading index at a time: a grid table, a part of one, a runtime tensor whose rows
+    have a size only the run knows."""
+    return isinstance(data, (Partial, Flat)) or (isinstance(data, Table) and data.lead > 1) or \
+        (isinstance(data, Array) and data.shape is not None and data.columns is None and
+         any(not isinstance(d, int) for d in data.shape[1:]))
+
+
 @handler("Gather")
 def op_gather(it, node, args, lookup):
     data, indices = args
@@ -169,6 +325,17 @@ def op_gather(it, node, args, lookup):
     if isinstance(indices, Known) and isinstance(data, (Row, Sym, Known)):
         return gather_constant(data, indices, axis)
     idx = it.sym(indices, "the Gather index")
+    if _by_parts(data):
+        if axis == 0 and isinstance(data, Flat) and idx.shape:  # rows of the flattened grid
+            rows = [index_leading(it, data, ix.as_index(e)) for e in idx.elems.reshape(-1)]
+            if all(isinstance(r, Row) for r in rows):
+                return Row(ir.concat(r.expr for r in rows), tuple(idx.shape) + tuple(rows[0].shape))
+            if len(rows) == 1:  # one row whose size only the run knows
+                return Partial(data, rows[0].prefix, tuple(idx.shape) + tuple(rows[0].shape))
+        if axis != 0 or idx.shape:
+            raise Refusal(f"Gather on axis {axis} at {list(idx.shape)} indices from {describe(data)}",
+                          hint=DYNAMIC_ROW_HINT)
+        return index_leading(it, data, ix.as_index(idx.scalar()))
     if axis != 0 and isinstance(data, Array) and isinstance(indices, Known) and data.columns is None and \
             data.shape is not None and len(data.shape) == 2 and axis % 2 == 1 and isinstance(data.shape[1], int):
         cols = np.asarray(indices.value).astype(np.int64)
@@ -197,6 +364,15 @@ def gather_nd_runtime(it, data, indices):
     k = idx.shape[-1]
     lead = idx.shape[:-1]
     tuples = idx.elems.reshape(-1, k)
+    if _by_parts(data) and not isinstance(data, Partial):  # a grid: one index per leading dimension
+        got = [_gather_tuple(it, data, [ix.as_index(e) for e in t], lead if len(tuples) == 1 else ())
+               for t in tuples]
+        if len(got) == 1 and isinstance(got[0], Partial):
+            return got[0]
+        if all(isinstance(g, Row) for g in got):
+            return Row(ir.concat(g.expr for g in got), tuple(lead) + tuple(got[0].shape[len(lead) if len(got) == 1
+                                                                                          else 0:]))
+        raise Refusal(f"GatherND from {describe(data)} at {list(idx.shape)} indices", hint=DYNAMIC_ROW_HINT)
     if isinstance(data, (Table, Array)) or (isinstance(data, Known) and k == 1):
         first = Sym(tuples[:, 0].copy(), idx.dtype)
         rows = gather_rows(it, data, first)  # [n, ...inner]
@@ -220,7 +396,7 @@ def _reshape_lead(v, lead):
 
 def gather_elements_runtime(it, data, indices, axis):
     idx = it.sym(indices, "the GatherElements index")
-    if not isinstance(data, (Table, Array)) or axis != 0:
+    if not isinstance(data, (Table, Array)) or axis != 0 or _by_parts(data):
         raise Refusal(f"GatherElements from {describe(data)} at a structure index")
     inner = tuple(data.inner) if isinstance(data, Table) else tuple(data.shape[1:])
     if len(idx.shape) != 1 + len(inner) or any(a > b for a, b in zip(idx.shape[1:], inner)):
@@ -242,6 +418,38 @@ def gather_elements_runtime(it, data, indices, axis):
     elems = np.empty(len(parts), dtype=object)
     elems[:] = [r.elems.reshape(-1)[c] for r, c in parts]
     return Sym(elems.reshape(idx.shape), parts[0][0].dtype)
+
+
+def flatten_rows(base, axis: int):
+    """ONNX Flatten at `axis` of a grid table or a runtime tensor whose leading dimensions are dynamic: its rows, one
+    index over the first `axis` dimensions (a table: exactly its leading ones)."""
+    if isinstance(base, Table):
+        if axis != base.lead:
+            raise Refusal(f"Flatten at axis {axis} of a state table with {base.lead} leading dimensions",
+                          hint=DYNAMIC_ROW_HINT)
+        return Flat(base, axis, (base.width,))
+    if base.shape is None or base.columns is not None or not 1 <= axis < len(base.shape):
+        raise Refusal(f"Flatten at axis {axis} of {describe(base)}", hint=DYNAMIC_ROW_HINT)
+    rest = base.shape[axis:]
+    return Flat(base, axis, (int(np.prod(rest, dtype=np.int64)) if all(isinstance(d, int) for d in rest) else None,))
+
+
+def _gather_tuple(it, data, index, lead_shape):
+    """data[index...] for a grid (one structure index per dimension, as GatherND gives them)."""
+    rest = list(index)
+    base = data
+    prefix = []
+    depth = 1 if isinstance(base, Flat) else base.lead if isinstance(base, Table) else len(base.shape)
+    while rest and len(prefix) < depth:
+        prefix.append(rest.pop(0))
+        got = part(it, base, tuple(prefix), lead_shape)
+        if not isinstance(got, Partial):
+            break
+    for e in rest:  # components within the row: constants
+        if not isinstance(e, ir.IConst):
+            raise Refusal("GatherND inside a row at a structure index", hint=DATA_DEPENDENT_HINT)
+        got = gather_constant(got, Known(np.array(e.value)), len(lead_shape))
+    return got
 
 
 @handler("GatherElements")
@@ -349,16 +557,19 @@ def scatter_nd_table(it, table: Table, indices, updates, reduction):
     if not idx.shape:
         raise Refusal("ScatterND indices of rank 0")
     k = idx.shape[-1]
-    if k < 1 or k > 1 + len(table.inner):
-        raise Refusal(f"ScatterND indices of shape {list(idx.shape)} into a table of rank {1 + len(table.inner)}")
+    rank = table.lead + len(table.inner)
+    if k < table.lead or k > rank:
+        raise Refusal(f"ScatterND indices of shape {list(idx.shape)} into a table of rank {rank}"
+                      + (" (a write of several rows of a grid)" if k < table.lead else ""),
+                      hint="write one cell h[i, j] per iteration" if k < table.lead else None)
     lead = tuple(idx.shape[:-1])
-    block = tuple(table.inner[k - 1:])
+    block = tuple(table.inner[k - table.lead:])
     upd = _row_elements(it, updates, lead + block)
     block_size = int(np.prod(block, dtype=np.int64))
     groups = {}
     for j, t in enumerate(idx.elems.reshape(-1, k)):
-        row_e = ix.as_index(t[0])
-        sub = t[1:]
+        row_e = flat_row(table, t[:table.lead])
+        sub = t[table.lead:]
         if not all(isinstance(x, ir.IConst) for x in sub):
             raise Refusal("ScatterND into a row at a structure index", hint=DATA_DEPENDENT_HINT)
         inner_pos = [x.value for x in sub]
@@ -402,6 +613,8 @@ def op_scatter_elements(it, node, args, lookup):
     axis = attr(node, "axis", 0)
     reduction = attr(node, "reduction", "none")
     if isinstance(data, Table):
+        if data.lead > 1:
+            raise Refusal("ScatterElements into a grid state table", hint="write one cell h[i, j] per iteration")
         if axis % (1 + len(data.inner)) != 0:
             raise Refusal(f"ScatterElements along axis {axis} of a state table")
         idx = it.sym(indices, "the ScatterElements index")
@@ -455,6 +668,8 @@ def _unit_slice(it, starts, ends, axes, steps, rank, strided):
 
 
 def slice_table(it, table: Table, starts, ends, axes, steps):
+    if table.lead > 1:
+        raise Refusal("a slice of a grid state table", hint="read one cell h[i, j] at a time")
     starts, ends, axes = _unit_slice(it, starts, ends, axes, steps, 1 + len(table.inner),
                                      "a strided slice of a state table")
     start, stop = ix.const(0), ix.const(BIG)
@@ -515,6 +730,8 @@ def concat_tables(it, values, axis):
     if not (isinstance(head, TableSlice) and isinstance(tail, TableSlice) and head.table == tail.table):
         raise Refusal("a Concat of state-table pieces other than [h[:v], row, h[v+1:]]")
     table = head.table
+    if table.lead > 1:
+        raise Refusal("a torch.cat write into a grid state table", hint="write one cell h[i, j] per iteration")
     v = head.stop
     if head.start != ix.const(0) or ix.ibin("sub", tail.start, v) != ix.const(1) or \
             not (isinstance(tail.stop, ir.Length) or (isinstance(tail.stop, ir.IConst) and tail.stop.value >= 1 << 31)):

@@ -19,7 +19,7 @@ from ..ir.verify import IRError, verify
 from . import ops_control, ops_elementwise, ops_linalg, ops_shape, ops_tables  # noqa: F401 - register handlers
 from .interpreter import node_label
 from .loop import recognize_loop
-from .region import OuterScope, Region
+from .region import OuterScope, Region, used_names
 from .scan import recognize_scan
 from .treerec import recognize_treerec
 from .values import Refusal
@@ -32,21 +32,11 @@ RECOGNIZERS = {("", "Loop"): ("Loop", recognize_loop), ("ai.onnx", "Loop"): ("Lo
                ("cortex", "TreeRec"): ("TreeRec", recognize_treerec)}
 
 
-def _used_names(graph) -> set:
-    used = {o.name for o in graph.output}
-    for n in graph.node:
-        used.update(x for x in n.input if x)
-        for a in n.attribute:
-            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
-                used |= _used_names(sub)
-    return used
-
-
 def find_regions(model: onnx.ModelProto) -> list:
     """Every Loop, Scan and TreeRec in the main graph, each raised to IR or refused with a reason. Never raises
     for a model: an internal error is a refusal of that region, naming the node."""
     outer = OuterScope(model)
-    used = _used_names(model.graph)
+    used = used_names(model.graph)
     regions = []
     for index, node in enumerate(model.graph.node):
         found = RECOGNIZERS.get((node.domain, node.op_type))
@@ -70,7 +60,7 @@ def find_regions(model: onnx.ModelProto) -> list:
         if region.program is not None:
             for table in region.program.tables:  # later regions may read these tables
                 if table.output:
-                    outer.types[table.output] = ("float32", (None,) + tuple(table.inner))
+                    outer.types[table.output] = ("float32", (None,) * table.lead + tuple(table.inner))
                     outer.values.pop(table.output, None)
         regions.append(region)
     return regions

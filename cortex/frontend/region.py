@@ -32,8 +32,16 @@ class Region:
 
 @ir.node
 class Carried(ir.IExpr):
-    """A loop-carried integer (a counter) while the body is interpreted; replaced by its closed form after."""
+    """A loop-carried integer (a counter) while the body is interpreted; replaced by its closed form after. `depth`: 1
+    for a counter of a loop nested in the recursion's loop."""
     slot: int
+    depth: int = 0
+
+
+@ir.node
+class InnerIter(ir.IExpr):
+    """The iteration number of a loop nested in the recursion's loop (`for i: for j:` over a grid) while the body is
+    interpreted; the recognizer flattens the two into one position p: i = p // C, j = p % C."""
 
 
 def _opset(model) -> int:
@@ -129,13 +137,25 @@ def _host_value(v) -> bool:
     do not depend on the position."""
     if isinstance(v, (Known, Array)):
         return True
-    if isinstance(v, Sym):
-        return not any(isinstance(x, (ir.Iter, Carried)) for e in v.elems.flat for x in ir.walk([e]))
+    if isinstance(v, Sym):  # a size other than the rows (Length on another axis) ONNX Runtime computes: an input
+        return not any(isinstance(x, (ir.Iter, Carried)) or (isinstance(x, ir.Length) and x.axis)
+                       for e in v.elems.flat for x in ir.walk([e]))
     return False
 
 
 
 # ---- helpers shared by the recognizers ----------------------------------------------------------------
+
+
+def used_names(graph) -> set:
+    """Every name a graph reads (its outputs, its nodes' inputs, its subgraphs' reads)."""
+    used = {o.name for o in graph.output}
+    for n in graph.node:
+        used.update(x for x in n.input if x)
+        for a in n.attribute:
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                used |= used_names(sub)
+    return used
 
 
 def flatten_choices(outputs, path=()):
@@ -156,25 +176,33 @@ def conjunction(preds) -> ir.BExpr:
     return out
 
 
-def table_inner(value, name) -> tuple:
+MAX_LEAD = 4  # leading dimensions of a state table (a grid [R, C, ...]: 2)
+
+
+def table_layout(value, name) -> tuple:
+    """(lead, inner) of a state table from its initial value: the leading dimensions up to the last dynamic one make
+    its rows ([N, ...]: 1; a grid [R, C, H]: 2, cell (i, j) at row i * C + j), the static row shape follows."""
     if isinstance(value, Known):
         dtype, shape = str(value.value.dtype), tuple(value.value.shape)
     elif isinstance(value, Array):
         dtype, shape = value.dtype, value.shape
     else:
         raise Refusal(f"loop-carried {name} is {describe(value)}, not a state table")
-    if shape is None or len(shape) < 1 or any(not isinstance(d, int) for d in shape[1:]):
-        hint = ("a padded forest [B, N, ...] advanced B trees at a time: batch the trees into one forest "
-                "(node ids offset per tree, cortex.examples.structures.batch) and visit its nodes one per iteration"
-                if shape is not None and len(shape) >= 3 else None)
-        raise Refusal(f"loop-carried {name} is not an [N, ...] state table of static row shape (shape {shape})",
-                      hint=hint)
+    if shape is None or len(shape) < 1:
+        raise Refusal(f"loop-carried {name} is not an [N, ...] state table of static row shape (shape {shape})")
+    lead = 1 + max((k for k, d in enumerate(shape) if not isinstance(d, int)), default=0)
+    if lead > MAX_LEAD:
+        raise Refusal(f"loop-carried {name} has {lead} dynamic leading dimensions (shape {shape}); Cortex follows "
+                      f"tables of at most {MAX_LEAD}",
+                      hint="a padded forest [B, N, ...] advanced B trees at a time: batch the trees into one forest "
+                           "(node ids offset per tree, cortex.examples.structures.batch) and visit its nodes one per "
+                           "iteration")
     if dtype != "float32":
         hint = ("Cortex computes in float32: export the model in float32 (model.float())" if dtype == "float64" else
                 "keep integer bookkeeping (stack pointers, back-pointers) in the structure inputs, computed before "
                 "the loop" if dtype and dtype.startswith(("int", "uint")) else None)
         raise Refusal(f"loop-carried {name} is {dtype}, not a float32 state table", hint=hint)
-    return tuple(int(d) for d in shape[1:])
+    return lead, tuple(int(d) for d in shape[lead:])
 
 
 def row_of(interp, value, what) -> tuple:
@@ -196,15 +224,22 @@ def input_decls(interp, cases, extra, outer_lookup, first=(), also=()) -> list:
             raise Refusal(f"{name} is read as a runtime tensor but is {describe(arr)}")
         if arr.dtype not in KERNEL_DTYPES or arr.shape is None:
             raise Refusal(f"runtime tensor {name} ({arr.dtype}, shape {arr.shape}) is not a supported node input")
-        inner = tuple(arr.shape[1:])
+        lead = min(arr.lead, max(len(arr.shape), 1))
+        inner = tuple(arr.shape[lead:])
         if any(not isinstance(d, int) for d in inner):
-            if len(arr.shape) != 2 or arr.dtype not in ("int64", "int32"):
-                raise Refusal(f"runtime tensor {name} has a dynamic inner dimension")
+            if len(arr.shape) != 2 or arr.dtype not in ("int64", "int32") or lead != 1:
+                raise Refusal(f"runtime tensor {name} has a dynamic inner dimension (shape "
+                              f"{[d if isinstance(d, int) else '?' for d in arr.shape]})", hint=DYNAMIC_DIM_HINT)
             # an edge list [2, E]: only a child set may read it (verify refuses any other read)
             decls.append(ir.InputDecl(name, "array", arr.dtype, 2, (), dynamic_inner=True))
             continue
-        decls.append(ir.InputDecl(name, "array", arr.dtype, len(arr.shape), inner))
+        decls.append(ir.InputDecl(name, "array", arr.dtype, len(arr.shape), inner, lead=lead,
+                                  checked=tuple(arr.checked)))
     return decls
+
+
+DYNAMIC_DIM_HINT = ("export the feature dimensions as static (dynamic_axes / dynamic_shapes only on the node or grid "
+                    "dimensions), or multiply each row read by a weight, which proves its size")
 
 
 def build_cases(paths, state_slots, emit_slots, interp, host_slots=()) -> tuple:
@@ -274,9 +309,9 @@ def check_outputs_unused(node, slots, used, what):
 
 def init_decl(name, outer) -> ir.InputDecl:
     value = outer.lookup(name)
-    inner = table_inner(value, name)
+    lead, inner = table_layout(value, name)
     zeros = isinstance(value, Array) and value.fill is not None and float(value.fill) == 0.0  # torch.zeros(N, H)
-    return ir.InputDecl(name, "init", "float32", 1 + len(inner), inner, zeros=zeros)
+    return ir.InputDecl(name, "init", "float32", lead + len(inner), inner, zeros=zeros, lead=lead)
 
 
 
@@ -377,7 +412,7 @@ def _fold_of(body, name: str, out: str, ops: dict):
     c.append(x)) and nothing else reads it: (the body with that op replaced by x, the op's name in `ops`); else
     None."""
     used_inside = {i for n in body.node for a in n.attribute if a.type == onnx.AttributeProto.GRAPH
-                   for i in _names_read(a.g)}
+                   for i in used_names(a.g)}  # a branch returning it reads it too
     consumers = lambda x: [n for n in body.node if x in n.input]  # noqa: E731
     if name in used_inside or name == out:
         return None
@@ -401,14 +436,3 @@ def _fold_of(body, name: str, out: str, ops: dict):
     index = list(body.node).index(fold[0])
     rewritten.node[index].CopyFrom(onnx.helper.make_node("Identity", [other], [fold[0].output[0]]))
     return rewritten, ops[fold[0].op_type]
-
-
-def _names_read(graph) -> set:
-    """Every name a graph's nodes read, subgraphs included."""
-    names = set()
-    for n in graph.node:
-        names.update(n.input)
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                names |= _names_read(a.g)
-    return names

@@ -10,7 +10,7 @@ from ..ir import nodes as ir
 from .interpreter import Interpreter
 from .ops_tables import gather_rows
 from .region import (OuterScope, build_cases, carried_decls, carried_tables, carried_value, check_outputs_unused,
-                     constant_labels, flatten_choices, init_decl, input_decls, row_of, table_inner)
+                     constant_labels, flatten_choices, init_decl, input_decls, row_of, table_layout)
 from .values import Array, Known, Refusal, Sym, Table, describe
 
 
@@ -38,13 +38,13 @@ def recognize_scan(model, node, outer: OuterScope, region_name: str, used: set) 
         if value is not None:  # a vector, a running reduction or a list
             body, bindings[body_in.name], carried[k] = value
             continue
-        inner = table_inner(init, name)
+        lead, inner = table_layout(init, name)
         table = f"state{len(tables)}"
-        bindings[body_in.name] = Table(table, inner)
+        bindings[body_in.name] = Table(table, inner, lead=lead)
         state_slots.append((k, table))
         if name not in inits:
             inits.append(name)
-        tables.append(ir.TableDecl(table, inner, name, node.output[k]))
+        tables.append(ir.TableDecl(table, inner, name, node.output[k], lead=lead))
     check_outputs_unused(node, list(invariants), used, "carried value")
     lengths = []
     for j in range(m):

@@ -5,9 +5,14 @@
   or predicate (bools). Node ids, child ids, leaf tests, lengths such as N, the loop counter.
 - `Row`: a per-position float32 tensor of static shape (an IR row expression, row-major); `boolean` marks a 0/1
   row computed from float values (a comparison of rows).
-- `Table`: a state table (a loop-carried [N, ...] float tensor), with the rows written so far at this position.
+- `Table`: a state table (a loop-carried [N, ...] float tensor, or a grid [R, C, ...]), with the rows written so far
+  at this position.
 - `TableSlice`: rows [start, stop) of a table (the pieces of a `torch.cat` write).
 - `Array`: a runtime tensor from outside the recursion (structure arrays, node inputs, scalars).
+- `Partial`: a table or runtime tensor indexed at some of its leading dimensions, or at a row whose size is only
+  known at run time (h[i] of a grid; x[v] of an input whose feature dimension the model declares dynamic).
+- `Flat`: a grid table or runtime tensor with its leading dimensions flattened into one (TorchScript's form of
+  h[i, j] with tensor indices: Flatten, then row i * C + j).
 - `Choice`: the outputs of an `If` on a structure predicate, one value per branch (becomes cases).
 - `Seq`: an ONNX sequence of values.
 """
@@ -124,6 +129,7 @@ class Table:
     name: str
     inner: tuple
     writes: tuple = ()  # ((target IExpr, RExpr), ...) in program order
+    lead: int = 1  # leading dimensions (a grid [R, C, ...]: 2); its rows are then flat, already wrapped: i * C + j
 
     @property
     def width(self) -> int:
@@ -146,10 +152,13 @@ class Array:
     view: Optional[str] = None  # read as this dtype (a Cast between integer and bool types inside the recursion)
     columns: Optional[np.ndarray] = None  # a Gather on axis 1 at constant indices: the columns kept (shape = index)
     base_shape: Optional[tuple] = None  # with columns: the shape of the whole array
+    lead: int = 1  # how many leading dimensions the recursion indexes to read a row (a grid [R, C, F]: 2)
+    checked: tuple = ()  # axes declared dynamic whose size a product proves where a row is read (checked there)
 
     def __eq__(self, other):
-        return (isinstance(other, Array) and (self.name, self.dtype, self.shape, self.fill, self.view) ==
-                (other.name, other.dtype, other.shape, other.fill, other.view) and
+        return (isinstance(other, Array) and (self.name, self.dtype, self.shape, self.fill, self.view, self.lead,
+                                              self.checked) ==
+                (other.name, other.dtype, other.shape, other.fill, other.view, other.lead, other.checked) and
                 (self.columns is None) == (other.columns is None) and
                 (self.columns is None or np.array_equal(self.columns, other.columns)))
 
@@ -159,6 +168,26 @@ class Array:
     @property
     def read_dtype(self) -> Optional[str]:
         return self.view or self.dtype
+
+
+@dataclass(frozen=True)
+class Partial:
+    """base[prefix...]: a state table or runtime tensor (`base`) indexed at `prefix` (structure indices, as the
+    model wrote them) along its leading dimensions; `shape`: the dimensions left (None where only the run knows
+    them). It becomes a row once every dynamic dimension is indexed or proved (a product by a weight)."""
+    base: object
+    prefix: tuple
+    shape: tuple
+
+
+@dataclass(frozen=True)
+class Flat:
+    """`base` (a grid table or runtime tensor) with its first `lead` dimensions flattened into one (ONNX Flatten):
+    row e is the base's row at e with Gather semantics over all its rows; `shape`: the dimensions after it (None
+    where only the run knows them)."""
+    base: object
+    lead: int
+    shape: tuple
 
 
 @dataclass(frozen=True)
@@ -186,6 +215,11 @@ def describe(v) -> str:
         return f"a slice of state table {v.table.name}"
     if isinstance(v, Array):
         return f"runtime tensor {v.name}"
+    if isinstance(v, Flat):
+        return f"the rows of {describe(v.base)}, its first {v.lead} dimensions flattened"
+    if isinstance(v, Partial):
+        dims = ", ".join("?" if d is None else str(d) for d in v.shape)
+        return f"a part [{dims}] of {describe(v.base)} (? known only at run time)"
     if isinstance(v, Choice):
         return "a value chosen by an If"
     if isinstance(v, Seq):

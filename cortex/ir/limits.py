@@ -49,8 +49,8 @@ def check_limits(program: ir.Program) -> None:
     if len(program.inputs) > MAX_DECLS or len(program.tables) > MAX_DECLS:
         raise IRFormatError(f"the IR declares more than {MAX_DECLS} inputs or tables")
     for decl in program.inputs:
-        inner = 0 if decl.dynamic_inner else max(decl.rank - 1, 0)
-        if decl.rank > MAX_RANK or len(decl.inner) != inner or \
+        inner = 0 if decl.dynamic_inner else max(decl.rank - decl.lead, 0)
+        if decl.rank > MAX_RANK or len(decl.inner) != inner or decl.lead > MAX_RANK or \
                 (decl.dynamic_inner and (decl.rank != 2 or decl.dtype not in ("int64", "int32"))):
             raise IRFormatError(f"input {decl.name!r}: rank {decl.rank} with inner dimensions {list(decl.inner)[:8]}")
     budget = row_width_budget(program)

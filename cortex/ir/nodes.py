@@ -277,8 +277,9 @@ class IConst(IExpr):
 @node
 class Load(IExpr):
     """Element of an integer (or bool, read as 0/1) runtime array, with ONNX Gather semantics on `index`
-    (negative wraps, out of range is an error). For a 2-D array, `column` picks the column of row `index`;
-    a 0-D array (a scalar input) is read at index 0."""
+    (negative wraps, out of range is an error) over its rows (the product of its `lead` dimensions). For an
+    array with one more dimension, `column` picks the column of row `index`; a 0-D array (a scalar input) is
+    read at index 0."""
     array: Name
     index: IExpr
     column: Optional[Dim] = None
@@ -290,24 +291,33 @@ class Load(IExpr):
     def verify(self, program):
         decl = program.input(self.array)
         check(decl.kind == "array" and decl.dtype in INT_INPUT_DTYPES, f"load from non-integer array {self.array}")
-        check(decl.rank <= 2, f"load from {self.array} of rank {decl.rank}")
+        check(len(decl.inner) <= 1, f"load from {self.array} of rank {decl.rank}")
         check(not decl.dynamic_inner, f"load from {self.array}: its columns are dynamic")
-        check((decl.rank == 2) == (self.column is not None), f"load from {self.array}: column does not match rank")
+        check((len(decl.inner) == 1) == (self.column is not None), f"load from {self.array}: column does not match "
+                                                                   f"rank")
         if self.column is not None:
             check(0 <= self.column < decl.inner[0], f"load column {self.column} of {self.array}")
 
 
 @node
 class Length(IExpr):
-    """The number of rows of a runtime array (e.g. N from Shape(words)[0]), or of the state tables when
-    `array` is None."""
+    """The size of dimension `axis` of a runtime array (e.g. N from Shape(words)[0], a grid's width from
+    x.size(1)), or of the state tables when `array` is None (their leading dimensions: the rows N, or a grid's
+    R and C)."""
     array: Optional[Name]
+    axis: Dim = 0
 
     def render(self, syntax) -> str:
-        return syntax.length(self.array)
+        return syntax.length(self)
 
     def verify(self, program):
-        check(self.array is None or program.input(self.array).kind == "array", f"length of {self.array}")
+        if self.array is None:
+            lead = max((t.lead for t in program.tables if t.kind == "state"), default=1)
+            check(self.axis < lead, f"length of the state tables' dimension {self.axis}")
+            return
+        decl = program.input(self.array)
+        check(decl.kind == "array" and (self.axis < decl.rank or self.axis == 0), f"length of {self.array} "
+                                                                                  f"dimension {self.axis}")
 
 
 INDEX_BINARY_OPS = ("add", "sub", "mul", "max", "min", "div", "floordiv", "mod", "fmod")
@@ -1072,28 +1082,35 @@ class InputDecl:
     arrays, node inputs, scalars such as a trip count; leading dim dynamic unless rank 0), 'init' (initial
     state table [N, ...]). `per_node`: its leading dimension must equal the node count N (a TreeRec node input:
     the op's spec makes any other length an error, even where no node reads the missing rows). `dynamic_inner`:
-    only a SetReduce reads it (its rows as vectors of the run's column count)."""
+    only a SetReduce reads it (its rows as vectors of the run's column count). `lead`: how many leading
+    dimensions are dynamic and make its rows (a grid [R, C, F] has R * C rows of F; rank = lead + len(inner) for
+    rank >= 1). `checked`: inner axes the model declares dynamic whose size the recursion proves where it reads
+    a row (a product by a weight of that many rows): every such read checks the size first (a Guard), and a run
+    whose size differs holds no rows of the array, so nothing reads it with the wrong stride."""
     name: Name
     kind: Literal["array", "init"]
     dtype: Literal["int64", "int32", "bool", "float32"]
     rank: Dim
-    inner: tuple[Dim, ...] = ()  # static trailing dims (all but the first)
+    inner: tuple[Dim, ...] = ()  # static trailing dims (all but the first `lead`)
     per_node: bool = False
     dynamic_inner: bool = False  # a rank-2 integer array whose columns are dynamic too (an edge list [2, E]): inner ()
     zeros: bool = False  # an 'init' the model's own graph fills with zeros (torch.zeros): the kernel checks it
+    lead: Dim = 1
+    checked: tuple[Dim, ...] = ()
     rows: Optional[Dim] = None  # a static leading dimension the kernel checks (a carried value's initial value)
 
 
 @dataclass(frozen=True)
 class TableDecl:
-    """A float32 table the recursion writes. 'state': [N, *inner], rows written at a case's target and read
-    as child states. 'emit': [L, *inner], row p written at position p and never read (a Loop's scan output,
-    a Scan's per-iteration output)."""
+    """A float32 table the recursion writes. 'state': [N, *inner] (or [R, C, *inner] with `lead` 2: row i * C + j
+    is cell (i, j)), rows written at a case's target and read as child states. 'emit': [L, *inner], row p written
+    at position p and never read (a Loop's scan output, a Scan's per-iteration output)."""
     name: Ident
     inner: tuple[Dim, ...]
     init: Optional[Name]  # input holding the initial table, or None: starts at zeros (state tables only)
     output: Name  # ONNX name of the output holding the final table ("" when nothing reads it)
     kind: Literal["state", "emit"] = "state"
+    lead: Dim = 1  # a state table's leading dimensions, its init's (a grid [R, C, ...]: 2; its N = R * C rows)
 
     @property
     def width(self) -> int:

@@ -15,8 +15,10 @@ class ScalarSyntax:
         column = "" if e.column is None else f", {e.column}"
         return f"{e.array}[{index}{column}]"
 
-    def length(self, array) -> str:
-        return f"len({array})" if array else "N"
+    def length(self, e: ir.Length) -> str:
+        if e.axis:
+            return f"len({e.array or 'tables'}, {e.axis})"
+        return f"len({e.array})" if e.array else "N"
 
     def call(self, op: str, a: str, b: str) -> str:
         """max, min, div (truncating), floordiv, mod, fmod of two integers."""
@@ -64,12 +66,13 @@ def format_program(program: ir.Program) -> str:
     lines = [f"recursion {program.name} (mode={program.mode})"]
     for decl in program.inputs:
         inner = "x".join(str(d) for d in decl.inner)
-        shape = "[N" + (f"x{inner}" if inner else "") + "]" if decl.rank else "[]"
+        rows = "x".join(["N"] * decl.lead)
+        shape = f"[{rows}" + (f"x{inner}" if inner else "") + "]" if decl.rank else "[]"
         lines.append(f"  input {decl.name}: {decl.kind} {decl.dtype}{shape}")
     for name, value in program.constants.items():
         lines.append(f"  const {name}: float32{list(value.shape)}")
     for table in program.tables:
-        rows = "N" if table.kind == "state" else "L"
+        rows = "x".join(["N"] * table.lead) if table.kind == "state" else "L"
         shape = "x".join(str(d) for d in table.inner)
         init = f" init={table.init or 'zeros'}" if table.kind == "state" else " (one row per position)"
         lines.append(f"  {table.kind} {table.name}: [{rows} x {shape}]{init} -> output {table.output}")

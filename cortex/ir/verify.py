@@ -30,7 +30,17 @@ def verify(program: ir.Program) -> ir.Program:
     for table in program.tables:
         if table.init is not None:
             decl = program.input(table.init)
-            check(decl.kind == "init" and decl.inner == tuple(table.inner), f"init of {table.name}")
+            check(decl.kind == "init" and decl.inner == tuple(table.inner) and decl.lead == table.lead,
+                  f"init of {table.name}")
+    leads = {t.lead for t in program.tables if t.kind == "state"}
+    check(len(leads) <= 1, "state tables with different leading dimensions")
+    check(all(t.lead == 1 for t in program.tables if t.kind == "emit" or t.init is None) and
+          (program.mode == "visit" or leads <= {1}), "leading dimensions of a table without an initial value")
+    for decl in program.inputs:
+        check(decl.lead >= 1 and (decl.rank == 0 or decl.dynamic_inner or decl.rank == decl.lead + len(decl.inner)),
+              f"input {decl.name}: rank {decl.rank}, {decl.lead} leading and {len(decl.inner)} inner dimensions")
+        check(all(decl.lead <= a < decl.rank for a in decl.checked) and len(set(decl.checked)) == len(decl.checked),
+              f"input {decl.name}: checked axes {decl.checked}")
     check(all(d.kind != "init" or d.name in inits for d in program.inputs), "an init input no table uses")
     check(len(program.cases) > 0, "no cases")
     for case in program.cases:

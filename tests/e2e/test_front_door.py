@@ -57,11 +57,11 @@ class Node(nn.Module):
         return o.sigmoid() * c.tanh(), c
 
 
-class CumSumNode(nn.Module):
-    """A node cell using an op Cortex refuses inside a recursion (CumSum)."""
+class TriuNode(nn.Module):
+    """A node cell using an op Cortex refuses inside a recursion (Trilu: torch.triu)."""
 
     def forward(self, h_l, c_l, h_r, c_r):
-        s = torch.cumsum(torch.stack((h_l, h_r), 0), 0)[-1]
+        s = torch.triu(h_l.reshape(-1, 1) * h_r.reshape(1, -1)).sum(0)
         return s.tanh(), c_l + c_r
 
 
@@ -140,16 +140,16 @@ def test_an_edited_portable_model_is_converted_as_its_graph_says(cells, tmp_path
 def test_a_refused_region_is_written_so_that_ort_runs_it(tmp_path):
     leaf = Leaf().eval()
     feeds = _feeds()
-    path = tmp_path / "cumsum.onnx"
-    ct.export(leaf, CumSumNode(), feeds, path)
-    report = cortex.convert(str(path), str(tmp_path / "cumsum.cortex.onnx"))  # not --strict
+    path = tmp_path / "triu.onnx"
+    ct.export(leaf, TriuNode(), feeds, path)
+    report = cortex.convert(str(path), str(tmp_path / "triu.cortex.onnx"))  # not --strict
     [region] = report.regions
-    assert not region.converted and "CumSum" in region.reason
-    assert "torch.triu" in (region.hint or "")  # the rewrite that converts
+    assert not region.converted and "Trilu" in region.reason
+    assert "triangular mask" in (region.hint or "")  # the rewrite that converts
     assert any("standard-ONNX lowering" in n for n in report.notes)
-    want = ct.run_reference(leaf, CumSumNode(), feeds)
-    _close(ort.InferenceSession(str(tmp_path / "cumsum.cortex.onnx")).run(None, feeds), want)
-    _close(cortex.InferenceSession(str(tmp_path / "cumsum.cortex.onnx")).run(None, feeds), want)
+    want = ct.run_reference(leaf, TriuNode(), feeds)
+    _close(ort.InferenceSession(str(tmp_path / "triu.cortex.onnx")).run(None, feeds), want)
+    _close(cortex.InferenceSession(str(tmp_path / "triu.cortex.onnx")).run(None, feeds), want)
 
 
 def test_a_raw_treerec_model_runs_in_cortex_inference_session(cells, tmp_path):

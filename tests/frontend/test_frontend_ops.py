@@ -798,6 +798,39 @@ form("MatMul", "row [6] by a constant [6,4]", lambda f, a, b, x, w: f(
     "MatMul", x, F(np.linspace(-1, 1, 24).reshape(6, 4))))
 form("MatMul", "batched row [2,1,3] by a constant [3,4]", lambda f, a, b, x, w: f(
     "MatMul", f("Reshape", a, I([2, 1, 3])), W34))
+
+T233 = F(np.linspace(-1, 1, 18).reshape(2, 3, 3))
+form("Einsum", "RNTN's tensor product i,kij,j->k", lambda f, a, b, x, w: f(
+    "Einsum", head(f, a, 3), T233, head(f, b, 3), equation="i,kij,j->k"), opset=12)
+form("Einsum", "batched bilinear bi,kij,bj->bk", lambda f, a, b, x, w: f(
+    "Einsum", f("Reshape", head(f, a, 3), I([1, 3])), T233, f("Reshape", head(f, x, 3), I([1, 3])),
+    equation="bi,kij,bj->bk"), opset=12)
+form("Einsum", "outer product and a diagonal", lambda f, a, b, x, w: f(
+    "Einsum", f("Einsum", a, b, equation="i,j->ij"), equation="ii->i"), opset=12)
+form("Einsum", "row-wise dot with a constant, implicit output", lambda f, a, b, x, w: f(
+    "Einsum", m23(f, a), F(np.linspace(0, 1, 6).reshape(2, 3)), equation="ij,ij"), opset=12)
+form("Einsum", "full contraction of two rows", lambda f, a, b, x, w: f(
+    "Einsum", m23(f, a), m32(f, b), equation="ij,ji->"), opset=12)
+form("Einsum", "ellipsis and broadcasting", lambda f, a, b, x, w: f(
+    "Einsum", f("Reshape", a, I([2, 1, 3])), W34, equation="...i,ij->...j"), opset=12)
+form("Einsum", "a transpose and a sum over a row's own axis", lambda f, a, b, x, w: f(
+    "Einsum", m23(f, a), m23(f, b), equation="ij,kj->jk"), opset=12)
+form("Einsum", "a constant times a row", lambda f, a, b, x, w: f(
+    "Einsum", W42, m23(f, x), equation="ab,bc->ca"), opset=12)
+form("Einsum", "structure values", lambda f, a, b, x, w: f(
+    "Einsum", wvec(f, w, 1, 2), wvec(f, w, 3, 1), equation="i,i->"), opset=12, refused="structure values")
+form("CumSum", "over a row", lambda f, a, b, x, w: f("CumSum", x, I(0)))
+form("CumSum", "over a [2,3] row's axis 1, reversed", lambda f, a, b, x, w: f("CumSum", m23(f, a), I(1), reverse=1))
+form("CumSum", "over axis 0 of [3,2], exclusive", lambda f, a, b, x, w: f("CumSum", m32(f, b), I(-2), exclusive=1))
+form("CumSum", "exclusive and reversed over a row of 5", lambda f, a, b, x, w: f(
+    "CumSum", head(f, a, 5), I(0), exclusive=1, reverse=1))
+form("CumSum", "of a softmax, plus a reversed running sum (a width-1 operand read at fixed elements)",
+     lambda f, a, b, x, w: f("Tanh", f("Add", f("CumSum", f("Softmax", a, axis=0), I(0)), f(
+         "Slice", f("CumSum", f("Slice", b, I([-1]), I([-(1 << 62)]), I([0]), I([-1])), I(0)), I([-1]),
+         I([-(1 << 62)]), I([0]), I([-1])))))
+form("CumSum", "structure values", lambda f, a, b, x, w: f("CumSum", wvec(f, w, 1, -2, 3), I(0), exclusive=1))
+form("CumSum", "axis from a structure value", lambda f, a, b, x, w: f(
+    "CumSum", x, f("Sub", w, w)), refused="axis")
 form("MatMul", "constant [2,3] by a batched row [2,3,1]", lambda f, a, b, x, w: f(
     "MatMul", F([[1, 2, 3], [-1, 0.5, 0]]), f("Reshape", f("Concat", a, b, axis=0), I([2, 3, 2]))))
 form("MatMul", "structure values", lambda f, a, b, x, w: f("MatMul", wvec(f, w, 1, 2), I([[1, 2], [3, 4]])),
