@@ -25,6 +25,7 @@ from .ir import format_program
 from .ir.ops import MissingOp
 from .ir.serialize import IRFormatError, to_json
 from .passes import PassError, optimize
+from .serving.kernel import merge_notes
 from .treerec import DOMAIN as TREEREC_DOMAIN
 from .treerec.portable import has_treerec, raise_treerec, to_portable
 
@@ -273,6 +274,7 @@ def publish_kernel(built: BuiltKernel, output: Path, replaces: str, original_nod
              "cpu_features": list(built.cpu.features)}
     if built.target.name == "cuda":
         notes["cuda_arch"] = built.cuda_arch
+    notes["merge"] = merge_notes(program)  # may concurrent requests run as one forest (cortex.serving)
     try:
         notes["ir"] = to_json(program)
         notes["constants"] = _constant_layouts(built)

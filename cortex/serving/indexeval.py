@@ -1,0 +1,186 @@
+"""The run-time half of the merge proof: which requests of a batch read outside their own rows.
+
+`kernel.analyze` proves that merging shifts every node index by the request's base (T(x) in its docstring). What it
+cannot know is whether a request's indices lie in its own rows: a child id past the end of its tree, a missing child
+read through a Gather that wraps (-1 is the last row: merged, another request's), `max(child, 0)` of a missing child.
+This module evaluates a recursion's index expressions over all positions of the merged arrays at once (numpy, one
+vector operation per expression) and names the requests that read a row outside [base, base + nodes): those run
+alone, with their own results or their own errors. Reads of a TreeRec's missing child (-1 with zero rows) are in
+bounds. The evaluation follows ONNX's integer semantics; where it meets an error (division by zero, a failed guard)
+the position's request runs alone too.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import nodes as ir
+
+_COMPARE = {"lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal, "eq": np.equal,
+            "ne": np.not_equal}
+
+
+class _Evaluator:
+    """Index expressions and predicates over `count` positions: each value is (int64 or bool array [count],
+    trouble bool array [count]: positions where evaluating it would raise in the kernel)."""
+
+    def __init__(self, arrays: dict, count: int, length):
+        self.arrays = arrays
+        self.count = count
+        self.length = length
+        self.memo = {}
+        self.none = np.zeros(count, dtype=bool)
+
+    def __call__(self, e):
+        out = self.memo.get(e)
+        if out is None:
+            out = self._eval(e)
+            self.memo[e] = out
+        return out
+
+    def _full(self, value):
+        return np.full(self.count, value, dtype=np.int64)
+
+    def _eval(self, e):
+        if isinstance(e, ir.Iter):
+            return np.arange(self.count, dtype=np.int64), self.none
+        if isinstance(e, ir.IConst):
+            return self._full(e.value), self.none
+        if isinstance(e, ir.Length):
+            return self._full(self.length(e.array)), self.none
+        if isinstance(e, ir.Load):
+            return self._load(e)
+        if isinstance(e, ir.IBinary):
+            return self._binary(e)
+        if isinstance(e, ir.ISelect):
+            (p, tp), (a, ta), (b, tb) = self(e.pred), self(e.a), self(e.b)
+            return np.where(p, a, b), tp | np.where(p, ta, tb)
+        if isinstance(e, ir.Guard):
+            (p, tp), (v, tv) = self(e.pred), self(e.value)
+            return v, tp | tv | ~p
+        if isinstance(e, ir.BConst):
+            return np.full(self.count, e.value), self.none
+        if isinstance(e, ir.Compare):
+            (a, ta), (b, tb) = self(e.a), self(e.b)
+            return _COMPARE[e.op](a, b), ta | tb
+        if isinstance(e, ir.BNot):
+            a, ta = self(e.a)
+            return ~a, ta
+        if isinstance(e, (ir.BAnd, ir.BOr)):
+            (a, ta), (b, tb) = self(e.a), self(e.b)
+            if isinstance(e, ir.BAnd):  # the kernel's && does not evaluate b where a is false
+                return a & b, ta | (a & tb)
+            return a | b, ta | (~a & tb)
+        raise TypeError(f"not an index expression or predicate: {type(e).__name__}")
+
+    def _load(self, e: ir.Load):
+        array = self.arrays[e.array]
+        index, trouble = self(e.index)
+        if array.ndim == 0:
+            return self._full(int(array)), trouble
+        rows = array.shape[0]
+        flat = array.reshape(rows, -1) if array.ndim > 1 else array.reshape(rows, 1)
+        outside = (index < -rows) | (index >= rows)
+        safe = np.where(outside, 0, np.where(index < 0, index + rows, index)) if rows else np.zeros_like(index)
+        column = e.column or 0
+        if rows == 0 or column >= flat.shape[1]:
+            return self._full(0), trouble | True
+        return flat[safe, column].astype(np.int64), trouble | outside
+
+    def _binary(self, e: ir.IBinary):
+        (a, ta), (b, tb) = self(e.a), self(e.b)
+        trouble = ta | tb
+        if e.op == "add":
+            return a + b, trouble
+        if e.op == "sub":
+            return a - b, trouble
+        if e.op == "mul":
+            return a * b, trouble
+        if e.op == "max":
+            return np.maximum(a, b), trouble
+        if e.op == "min":
+            return np.minimum(a, b), trouble
+        zero = b == 0
+        d = np.where(zero, 1, b)
+        if e.op == "div":  # ONNX Div on integers truncates
+            q = np.abs(a) // np.abs(d)
+            value = np.where((a >= 0) == (d >= 0), q, -q)
+        elif e.op == "floordiv":
+            value = np.floor_divide(a, d)
+        elif e.op == "mod":
+            value = np.mod(a, d)
+        else:
+            value = np.fmod(a, d)
+        return value, trouble | zero
+
+
+def scalar_value(e: ir.IExpr, length):
+    """The value of an index expression that reads no array (a trip count) for the given lengths; None where
+    evaluating it would fail."""
+    value, trouble = _Evaluator({}, 1, length)(e)
+    return None if trouble[0] else int(value[0])
+
+
+def out_of_bounds(program: ir.Program, arrays: dict, node_counts, position_counts, positions_are_nodes: bool) -> set:
+    """Indices of the requests of a merged batch that read outside their own rows (or would fail) in `program`.
+
+    `arrays`: the recursion's runtime arrays as merged (name -> array); `node_counts[r]`, `position_counts[r]`: the
+    nodes and positions of request r, in batch order."""
+    node_counts = np.asarray(node_counts, dtype=np.int64)
+    position_counts = node_counts if positions_are_nodes or program.mode == "dag" else \
+        np.asarray(position_counts, dtype=np.int64)
+    requests = np.arange(len(node_counts))
+    owner = np.repeat(requests, position_counts)
+    base = np.repeat(np.cumsum(node_counts) - node_counts, position_counts)
+    stop = base + np.repeat(node_counts, position_counts)
+    count = int(position_counts.sum())
+    merged_length = {name: (a.shape[0] if a.ndim else 1) for name, a in arrays.items()}
+    evaluate = _Evaluator(arrays, count, lambda name: merged_length[name] if name else int(node_counts.sum()))
+    bad = np.zeros(count, dtype=bool)
+    selected = np.zeros(count, dtype=bool)  # positions an earlier case took
+    for case in program.cases:
+        tested = ~selected  # where the kernel evaluates this case's predicate
+        taken, trouble = evaluate(case.predicate)
+        bad |= tested & (trouble | _outside(evaluate, _loads(case.predicate), base, stop))
+        here = tested & taken
+        selected |= taken
+        bad |= here & _outside(evaluate, _row_indices(case), base, stop)
+    flagged = set(owner[bad].tolist())
+    if program.mode == "dag":  # the kernel checks every child id of the structure, read or not
+        children = arrays[program.rows_from]
+        flat = children.reshape(children.shape[0], -1) if children.ndim > 1 else children.reshape(-1, 1)
+        node_base = np.repeat(np.cumsum(node_counts) - node_counts, node_counts)[:, None]
+        node_stop = node_base + np.repeat(node_counts, node_counts)[:, None]
+        wrong = ~((flat == -1) | ((flat >= node_base) & (flat < node_stop)))
+        flagged |= set(np.repeat(requests, node_counts)[wrong.any(axis=1)].tolist())
+    return flagged
+
+
+def _outside(evaluate, indices, base, stop):
+    """Positions where one of the (index, missing_zero) reads falls outside [base, stop) or fails."""
+    out = np.zeros(base.shape[0], dtype=bool)
+    for index, missing_zero in indices:
+        if isinstance(index, ir.Iter):  # a position, or the node itself: always the request's own row
+            continue
+        value, trouble = evaluate(index)
+        inside = (value >= base) & (value < stop)
+        if missing_zero:
+            inside |= value == -1
+        out |= trouble | ~inside
+    return out
+
+
+def _loads(expr):
+    return [(e.index, False) for e in ir.walk([expr]) if isinstance(e, ir.Load)]
+
+
+def _row_indices(case: ir.Case):
+    """(index, missing_zero) of every row a case selects by node id: its target, child-state reads, node-input reads
+    and array loads."""
+    roots = [x for _, x in case.writes] + ([case.target] if case.target is not None else [])
+    out = [(case.target, False)] if case.target is not None else []
+    for e in ir.walk(roots):
+        if isinstance(e, ir.ChildState):
+            out.append((e.index, e.missing_zero))
+        elif isinstance(e, (ir.InputRow, ir.InputProjection, ir.Load)):
+            out.append((e.index, False))
+    return out
