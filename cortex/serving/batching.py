@@ -1,0 +1,215 @@
+"""BatchingSession: concurrent single-tree requests, one forest per kernel call.
+
+Callers on any thread (`run`, blocking) or event loop (`await run_async`) hand in one request each. A worker
+thread takes the oldest waiting request, waits at most `max_delay_ms` from its arrival for more (up to
+`max_trees`), merges them into one forest (merge.py: proven safe from the IR at conversion), runs it through an
+ordinary Cortex session and answers every caller with its own rows. While a forest runs, new requests queue up and
+form the next one, so under load batches fill without waiting.
+
+A request that cannot join (its inputs disagree with the model's declarations, or its indices leave its own rows)
+runs alone and gets exactly what a plain session gives it: its results or its own error. When a merged run fails
+(a cycle, a token id past the embedding), every request of it runs again alone, so one bad tree never fails or
+changes its neighbours.
+
+Backpressure: at most `max_queue` requests wait. A request that arrives when the queue is full is refused at once
+with `QueueFull` (nothing is queued; shed the load or retry later); requests already queued are served.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..session import InferenceSession
+from .kernel import NotMergeable
+from .merge import check_request, merge, out_of_bounds, plan_for, split
+
+
+class QueueFull(RuntimeError):
+    """The session's queue holds `max_queue` requests; this one was not queued."""
+
+
+class SessionClosed(RuntimeError):
+    """The session is closed (or closing) and takes no new requests."""
+
+
+@dataclass
+class _Request:
+    feeds: dict
+    future: Future
+    arrival: float
+    alone: Optional[str]  # why it cannot join a merged run, or None
+
+
+@dataclass
+class BatchingStats:
+    requests: int = 0  # answered (results or errors)
+    batches: int = 0  # kernel calls for merged forests
+    merged_requests: int = 0  # requests answered from a merged forest
+    alone: int = 0  # requests run by themselves (could not merge, or a batch of one)
+    fallbacks: int = 0  # merged runs that failed and were rerun request by request
+    largest_batch: int = 0
+    sizes: collections.Counter = field(default_factory=collections.Counter, repr=False)  # requests per call -> calls
+
+    @property
+    def mean_batch(self) -> float:
+        """Mean number of requests a kernel call answered (merged forests and single runs)."""
+        calls = self.batches + self.alone
+        return self.requests / calls if calls else 0.0
+
+
+class BatchingSession:
+    """Serves one converted model to many concurrent callers, merging their trees into forests.
+
+    `path`: a converted model (cortex-convert). `max_trees`: most requests in one forest. `max_delay_ms`: longest a
+    request waits for others before its forest runs. `device`: as `cortex.InferenceSession` ("cpu", "cuda",
+    "cuda:N"). `max_queue`: most requests waiting (then `QueueFull`). A model whose merge is not proven raises
+    `NotMergeable` with the reason, unless `allow_unmerged=True` (then every request runs alone, in order).
+    `sess_options` and `trust` go to `cortex.InferenceSession`."""
+
+    def __init__(self, path, max_trees: int = 32, max_delay_ms: float = 2.0, device: str = "cpu", *,
+                 max_queue: int = 1024, allow_unmerged: bool = False, sess_options=None, trust=None):
+        if not isinstance(max_trees, int) or max_trees < 1:
+            raise ValueError(f"max_trees must be an integer >= 1, got {max_trees!r}")
+        if not max_delay_ms >= 0:
+            raise ValueError(f"max_delay_ms must be >= 0, got {max_delay_ms!r}")
+        if not isinstance(max_queue, int) or max_queue < 1:
+            raise ValueError(f"max_queue must be an integer >= 1, got {max_queue!r}")
+        self.plan = plan_for(path)
+        if not self.plan.mergeable and not allow_unmerged:
+            raise NotMergeable(f"{path}: requests cannot be merged: {self.plan.reason} (BatchingSession(..., "
+                               "allow_unmerged=True) serves it one request at a time)")
+        self.session = InferenceSession(path, sess_options, trust=trust, device=device)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.max_trees, self.max_delay = max_trees, max_delay_ms / 1000.0
+        self.max_queue = max_queue
+        self.stats = BatchingStats()
+        self._queue = collections.deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._worker = threading.Thread(target=self._serve_forever, name="cortex-batching", daemon=True)
+        self._worker.start()
+
+    # ---- callers ------------------------------------------------------------------------------------------
+    def submit(self, feeds: dict) -> Future:
+        """Queues one request; its Future resolves to the outputs (a list, in the model's output order) or to the
+        request's own error. Raises at once: FeedError (inputs missing or unknown), QueueFull, SessionClosed. The
+        arrays are read when the forest runs: leave them unchanged until the result arrives."""
+        if not isinstance(feeds, dict):
+            raise TypeError(f"feeds must be a dict of input name -> numpy array, got {type(feeds).__name__}")
+        alone = check_request(self.plan, feeds) if self.plan.mergeable else "the model is not mergeable"
+        request = _Request(dict(feeds), Future(), time.monotonic(), alone)
+        with self._cond:
+            if self._closing:
+                raise SessionClosed("this BatchingSession is closed")
+            if len(self._queue) >= self.max_queue:
+                raise QueueFull(f"{len(self._queue)} requests are waiting (max_queue={self.max_queue}); this one was "
+                                "not queued: retry later or shed load")
+            self._queue.append(request)
+            self._cond.notify()
+        return request.future
+
+    def run(self, feeds: dict, timeout: Optional[float] = None) -> list:
+        """The outputs of one request (blocking); its own error if it fails."""
+        return self.submit(feeds).result(timeout)
+
+    async def run_async(self, feeds: dict) -> list:
+        """`run` for asyncio: waits without blocking the event loop (cancelling it drops a request not yet run)."""
+        return await asyncio.wrap_future(self.submit(feeds))
+
+    def close(self, cancel_pending: bool = False):
+        """Takes no new requests; serves those queued (or, with `cancel_pending`, fails them with SessionClosed);
+        returns when the worker has stopped."""
+        with self._cond:
+            self._closing = True
+            dropped = list(self._queue) if cancel_pending else []
+            if cancel_pending:
+                self._queue.clear()
+            self._cond.notify_all()
+        for request in dropped:
+            if request.future.set_running_or_notify_cancel():
+                request.future.set_exception(SessionClosed("the BatchingSession was closed before this request ran"))
+        if self._worker is not threading.current_thread():
+            self._worker.join()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- the worker ---------------------------------------------------------------------------------------
+    def _next_batch(self) -> list:
+        with self._cond:
+            while not self._queue and not self._closing:
+                self._cond.wait()
+            if not self._queue:
+                return []
+            deadline = self._queue[0].arrival + self.max_delay
+            while len(self._queue) < self.max_trees and not self._closing:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            count = min(self.max_trees, len(self._queue))
+            return [self._queue.popleft() for _ in range(count)]
+
+    def _serve_forever(self):
+        while True:
+            batch = self._next_batch()
+            if not batch:
+                return
+            batch = [r for r in batch if r.future.set_running_or_notify_cancel()]  # callers may have given up
+            try:
+                self._serve(batch)
+            except BaseException as e:  # noqa: BLE001 - a bug here must not leave callers waiting forever
+                for r in batch:
+                    if not r.future.done():
+                        r.future.set_exception(RuntimeError(f"internal error in the batching session: "
+                                                            f"{type(e).__name__}: {e}"))
+
+    def _serve(self, batch: list):
+        together = [r for r in batch if r.alone is None]
+        alone = [r for r in batch if r.alone is not None]
+        if len(together) > 1:
+            merged = merge(self.plan, [r.feeds for r in together])
+            outside = out_of_bounds(self.plan, merged)
+            if outside:
+                alone += [r for k, r in enumerate(together) if k in outside]
+                together = [r for k, r in enumerate(together) if k not in outside]
+                merged = merge(self.plan, [r.feeds for r in together]) if len(together) > 1 else None
+            if merged is not None:
+                self._run_merged(together, merged)
+                together = []
+        for r in together + alone:
+            self._run_alone(r)
+
+    def _run_merged(self, requests: list, merged):
+        try:
+            outputs = self.session.run(None, merged.feeds)
+            parts = split(self.plan, outputs, merged)
+        except Exception:  # noqa: BLE001 - whichever request caused it gets its own error when it runs alone
+            self.stats.fallbacks += 1
+            for r in requests:
+                self._run_alone(r)
+            return
+        self.stats.batches += 1
+        self.stats.merged_requests += len(requests)
+        self.stats.requests += len(requests)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(requests))
+        self.stats.sizes[len(requests)] += 1
+        for r, outs in zip(requests, parts):
+            r.future.set_result(outs)
+
+    def _run_alone(self, request: _Request):
+        self.stats.alone += 1
+        self.stats.requests += 1
+        self.stats.sizes[1] += 1
+        try:
+            request.future.set_result(self.session.run(None, request.feeds))
+        except Exception as e:  # noqa: BLE001 - the request's own error, as a plain session raises it
+            request.future.set_exception(e)
