@@ -21,12 +21,13 @@ import collections
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 from ..session import InferenceSession
+from .forest import ForestStats, run_forest
 from .kernel import NotMergeable
-from .merge import check_request, merge, out_of_bounds, plan_for, split
+from .merge import check_request, plan_for
 
 
 class QueueFull(RuntimeError):
@@ -45,21 +46,7 @@ class _Request:
     alone: Optional[str]  # why it cannot join a merged run, or None
 
 
-@dataclass
-class BatchingStats:
-    requests: int = 0  # answered (results or errors)
-    batches: int = 0  # kernel calls for merged forests
-    merged_requests: int = 0  # requests answered from a merged forest
-    alone: int = 0  # requests run by themselves (could not merge, or a batch of one)
-    fallbacks: int = 0  # merged runs that failed and were rerun request by request
-    largest_batch: int = 0
-    sizes: collections.Counter = field(default_factory=collections.Counter, repr=False)  # requests per call -> calls
-
-    @property
-    def mean_batch(self) -> float:
-        """Mean number of requests a kernel call answered (merged forests and single runs)."""
-        calls = self.batches + self.alone
-        return self.requests / calls if calls else 0.0
+BatchingStats = ForestStats  # what `BatchingSession.stats` holds
 
 
 class BatchingSession:
@@ -173,43 +160,9 @@ class BatchingSession:
                                                             f"{type(e).__name__}: {e}"))
 
     def _serve(self, batch: list):
-        together = [r for r in batch if r.alone is None]
-        alone = [r for r in batch if r.alone is not None]
-        if len(together) > 1:
-            merged = merge(self.plan, [r.feeds for r in together])
-            outside = out_of_bounds(self.plan, merged)
-            if outside:
-                alone += [r for k, r in enumerate(together) if k in outside]
-                together = [r for k, r in enumerate(together) if k not in outside]
-                merged = merge(self.plan, [r.feeds for r in together]) if len(together) > 1 else None
-            if merged is not None:
-                self._run_merged(together, merged)
-                together = []
-        for r in together + alone:
-            self._run_alone(r)
-
-    def _run_merged(self, requests: list, merged):
-        try:
-            outputs = self.session.run(None, merged.feeds)
-            parts = split(self.plan, outputs, merged)
-        except Exception:  # noqa: BLE001 - whichever request caused it gets its own error when it runs alone
-            self.stats.fallbacks += 1
-            for r in requests:
-                self._run_alone(r)
-            return
-        self.stats.batches += 1
-        self.stats.merged_requests += len(requests)
-        self.stats.requests += len(requests)
-        self.stats.largest_batch = max(self.stats.largest_batch, len(requests))
-        self.stats.sizes[len(requests)] += 1
-        for r, outs in zip(requests, parts):
-            r.future.set_result(outs)
-
-    def _run_alone(self, request: _Request):
-        self.stats.alone += 1
-        self.stats.requests += 1
-        self.stats.sizes[1] += 1
-        try:
-            request.future.set_result(self.session.run(None, request.feeds))
-        except Exception as e:  # noqa: BLE001 - the request's own error, as a plain session raises it
-            request.future.set_exception(e)
+        results = run_forest(self.plan, self.session, [r.feeds for r in batch], [r.alone for r in batch], self.stats)
+        for request, result in zip(batch, results):
+            if isinstance(result, BaseException):
+                request.future.set_exception(result)
+            else:
+                request.future.set_result(result)
