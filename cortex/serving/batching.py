@@ -1,8 +1,9 @@
 """BatchingSession: concurrent single-tree requests, one forest per kernel call.
 
 Callers on any thread (`run`, blocking) or event loop (`await run_async`) hand in one request each. A worker
-thread takes the oldest waiting request, waits at most `max_delay_ms` from its arrival for more (up to
-`max_trees`), merges them into one forest (merge.py: proven safe from the IR at conversion), runs it through an
+thread takes the waiting requests (up to `max_trees`); it waits for more only while fewer wait than its last batch
+held (callers answered together tend to come back together; a lone caller waits only the first time), and never
+longer than `max_delay_ms` from the oldest request's arrival. It merges them into one forest (merge.py: proven safe from the IR at conversion), runs it through an
 ordinary Cortex session and answers every caller with its own rows. While a forest runs, new requests queue up and
 form the next one, so under load batches fill without waiting.
 
@@ -78,6 +79,7 @@ class BatchingSession:
         self._queue = collections.deque()
         self._cond = threading.Condition()
         self._closing = False
+        self._last_batch = max_trees  # requests the last batch took: how many to expect (the first: a full one)
         self._worker = threading.Thread(target=self._serve_forever, name="cortex-batching", daemon=True)
         self._worker.start()
 
@@ -131,18 +133,23 @@ class BatchingSession:
 
     # ---- the worker ---------------------------------------------------------------------------------------
     def _next_batch(self) -> list:
+        """The next requests to run together. It goes when `max_trees` wait, when as many wait as the last batch
+        answered (in a closed loop those callers come back at once; a single caller never waits), or when the
+        oldest has waited `max_delay_ms`."""
         with self._cond:
             while not self._queue and not self._closing:
                 self._cond.wait()
             if not self._queue:
                 return []
             deadline = self._queue[0].arrival + self.max_delay
-            while len(self._queue) < self.max_trees and not self._closing:
+            expected = min(self.max_trees, self._last_batch)
+            while len(self._queue) < expected and not self._closing:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self._cond.wait(remaining)
             count = min(self.max_trees, len(self._queue))
+            self._last_batch = count
             return [self._queue.popleft() for _ in range(count)]
 
     def _serve_forever(self):

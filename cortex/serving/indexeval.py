@@ -120,39 +120,70 @@ def scalar_value(e: ir.IExpr, length):
     return None if trouble[0] else int(value[0])
 
 
+class BoundsCheck:
+    """The run-time check of one recursion, prepared once: for each case, the row indices its predicate and its
+    writes use (each distinct index once). In a TreeRec the kernel checks every child id against the structure, so
+    reads of a node's own child slots with "no child" zero rows are covered by the per-request check of the whole
+    children array and are not evaluated again."""
+
+    def __init__(self, program: ir.Program):
+        self.program = program
+        self.cases = []
+        for case in program.cases:
+            tested = _distinct(_loads(case.predicate))
+            used = [u for u in _distinct(_row_indices(case)) if not self._covered(u)]
+            self.cases.append((case.predicate, tested, used))
+
+    def _covered(self, use) -> bool:
+        index, missing_zero = use
+        p = self.program
+        return (p.mode == "dag" and missing_zero and isinstance(index, ir.Load) and index.array == p.rows_from
+                and isinstance(index.index, ir.Iter))
+
+    def __call__(self, arrays: dict, node_counts, position_counts, positions_are_nodes: bool) -> set:
+        program = self.program
+        node_counts = np.asarray(node_counts, dtype=np.int64)
+        position_counts = node_counts if positions_are_nodes or program.mode == "dag" else \
+            np.asarray(position_counts, dtype=np.int64)
+        requests = np.arange(len(node_counts))
+        owner = np.repeat(requests, position_counts)
+        starts = np.cumsum(node_counts) - node_counts
+        base = starts[owner]
+        stop = base + node_counts[owner]
+        count = int(position_counts.sum())
+        merged_length = {name: (a.shape[0] if a.ndim else 1) for name, a in arrays.items()}
+        evaluate = _Evaluator(arrays, count, lambda name: merged_length[name] if name else int(node_counts.sum()))
+        bad = np.zeros(count, dtype=bool)
+        selected = np.zeros(count, dtype=bool)  # positions an earlier case took
+        for predicate, tested_indices, used_indices in self.cases:
+            tested = ~selected  # where the kernel evaluates this case's predicate
+            taken, trouble = evaluate(predicate)
+            bad |= tested & (trouble | _outside(evaluate, tested_indices, base, stop))
+            if used_indices:
+                bad |= tested & taken & _outside(evaluate, used_indices, base, stop)
+            selected |= taken
+        flagged = set(np.unique(owner[bad]).tolist()) if bad.any() else set()
+        if program.mode == "dag":  # the kernel checks every child id of the structure, read or not
+            children = arrays[program.rows_from]
+            flat = children.reshape(children.shape[0], -1)
+            node_owner = np.repeat(requests, node_counts)
+            lo = starts[node_owner][:, None]
+            wrong = (flat != -1) & ((flat < lo) | (flat >= lo + node_counts[node_owner][:, None]))
+            if wrong.any():
+                flagged |= set(np.unique(node_owner[wrong.any(axis=1)]).tolist())
+        return flagged
+
+
+def _distinct(uses):
+    return list(dict.fromkeys(uses))
+
+
 def out_of_bounds(program: ir.Program, arrays: dict, node_counts, position_counts, positions_are_nodes: bool) -> set:
     """Indices of the requests of a merged batch that read outside their own rows (or would fail) in `program`.
 
     `arrays`: the recursion's runtime arrays as merged (name -> array); `node_counts[r]`, `position_counts[r]`: the
-    nodes and positions of request r, in batch order."""
-    node_counts = np.asarray(node_counts, dtype=np.int64)
-    position_counts = node_counts if positions_are_nodes or program.mode == "dag" else \
-        np.asarray(position_counts, dtype=np.int64)
-    requests = np.arange(len(node_counts))
-    owner = np.repeat(requests, position_counts)
-    base = np.repeat(np.cumsum(node_counts) - node_counts, position_counts)
-    stop = base + np.repeat(node_counts, position_counts)
-    count = int(position_counts.sum())
-    merged_length = {name: (a.shape[0] if a.ndim else 1) for name, a in arrays.items()}
-    evaluate = _Evaluator(arrays, count, lambda name: merged_length[name] if name else int(node_counts.sum()))
-    bad = np.zeros(count, dtype=bool)
-    selected = np.zeros(count, dtype=bool)  # positions an earlier case took
-    for case in program.cases:
-        tested = ~selected  # where the kernel evaluates this case's predicate
-        taken, trouble = evaluate(case.predicate)
-        bad |= tested & (trouble | _outside(evaluate, _loads(case.predicate), base, stop))
-        here = tested & taken
-        selected |= taken
-        bad |= here & _outside(evaluate, _row_indices(case), base, stop)
-    flagged = set(owner[bad].tolist())
-    if program.mode == "dag":  # the kernel checks every child id of the structure, read or not
-        children = arrays[program.rows_from]
-        flat = children.reshape(children.shape[0], -1) if children.ndim > 1 else children.reshape(-1, 1)
-        node_base = np.repeat(np.cumsum(node_counts) - node_counts, node_counts)[:, None]
-        node_stop = node_base + np.repeat(node_counts, node_counts)[:, None]
-        wrong = ~((flat == -1) | ((flat >= node_base) & (flat < node_stop)))
-        flagged |= set(np.repeat(requests, node_counts)[wrong.any(axis=1)].tolist())
-    return flagged
+    nodes and positions of request r, in batch order. (BoundsCheck prepares this once per program.)"""
+    return BoundsCheck(program)(arrays, node_counts, position_counts, positions_are_nodes)
 
 
 def _outside(evaluate, indices, base, stop):

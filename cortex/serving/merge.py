@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 
 from .graph import Const, GraphAnalysis, Opaque, Rows
-from .indexeval import out_of_bounds as kernel_out_of_bounds
+from .indexeval import BoundsCheck
 from .kernel import NotMergeable, trip_count
 
 _NUMPY_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
@@ -63,6 +63,7 @@ class KernelCheck:
     positions: str
     positions_are_nodes: bool
     lengths: dict  # kernel input -> the unit its rows count (what a trip count's len() reads)
+    bounds: BoundsCheck = field(compare=False, repr=False)  # prepared once: the per-batch index check
 
 
 @dataclass(frozen=True)
@@ -178,7 +179,7 @@ def _plan(analysis: GraphAnalysis) -> MergePlan:
         lengths = {name: nodes if role.rows == "nodes" else positions
                    for name, role in site.merge.inputs.items() if role.rows != "unused"}
         kernels.append(KernelCheck(site.name, site.merge.program, dict(site.arrays), nodes, positions,
-                                   site.merge.positions == "nodes", lengths))
+                                   site.merge.positions == "nodes", lengths, BoundsCheck(site.merge.program)))
     return MergePlan(True, None, tuple(inputs), tuple(outputs), measures, tuple(kernels), "nodes")
 
 
@@ -262,8 +263,7 @@ def out_of_bounds(plan: MergePlan, batch: MergedBatch) -> set:
         if k.program.mode == "visit" and _positions(k, totals) != totals[k.positions]:
             return set(range(len(batch.counts[k.positions])))  # the trip count does not add up: nobody merges
         arrays = {name: batch.feeds[source] for name, source in k.arrays.items()}
-        flagged |= kernel_out_of_bounds(k.program, arrays, batch.counts[k.nodes], batch.counts[k.positions],
-                                        k.positions_are_nodes)
+        flagged |= k.bounds(arrays, batch.counts[k.nodes], batch.counts[k.positions], k.positions_are_nodes)
     return flagged
 
 
