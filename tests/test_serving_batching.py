@@ -66,14 +66,14 @@ def _answer(future):
         return "error", str(e)
 
 
-@pytest.mark.parametrize("form", ["treerec", "loop"])
-def test_threads_get_their_own_bits(models, form):
+@pytest.mark.parametrize("form,workers", [("treerec", 1), ("loop", 1), ("treerec", 2)])
+def test_threads_get_their_own_bits(models, form, workers):
     path = models[form]
     plain = cortex.InferenceSession(path)
     feeds = [_feeds(form, t) for t in _trees(48)]
     want = [plain.run(None, f) for f in feeds]
     got = [None] * len(feeds)
-    with cortex.BatchingSession(path, max_trees=16, max_delay_ms=20) as session:
+    with cortex.BatchingSession(path, max_trees=16, max_delay_ms=20, workers=workers) as session:
         barrier = threading.Barrier(len(feeds))
 
         def client(k):
@@ -206,10 +206,18 @@ def test_a_model_that_mixes_trees_is_refused_unless_asked(models):
 
 
 @pytest.mark.parametrize("kwargs,message", [({"max_trees": 0}, "max_trees"), ({"max_delay_ms": -1}, "max_delay_ms"),
-                                            ({"max_queue": 0}, "max_queue")])
+                                            ({"max_queue": 0}, "max_queue"), ({"workers": 0}, "workers")])
 def test_bad_settings_are_clear(models, kwargs, message):
     with pytest.raises(ValueError, match=message):
         cortex.BatchingSession(models["treerec"], **kwargs)
+
+
+def test_run_times_out_clearly(models):
+    feeds = _feeds("treerec", _trees(1)[0])
+    session = cortex.BatchingSession(models["treerec"], max_trees=8, max_delay_ms=60_000)
+    with pytest.raises(TimeoutError, match="no answer within 0.2 s"):
+        session.run(feeds, timeout=0.2)  # the worker waits for a full first batch
+    session.close()
 
 
 def test_a_request_alone_waits_at_most_about_the_delay(models):

@@ -39,10 +39,37 @@ class SessionClosed(RuntimeError):
     """The session is closed (or closing) and takes no new requests."""
 
 
+class _Waiter:
+    """The answer slot of a blocking `run`: a lock held until the answer is in (lighter than a Future)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._value = self._error = None
+
+    def set_running_or_notify_cancel(self) -> bool:
+        return True
+
+    def set_result(self, value):
+        self._value = value
+        self._lock.release()
+
+    def set_exception(self, error):
+        self._error = error
+        self._lock.release()
+
+    def result(self, timeout: Optional[float] = None):
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError(f"no answer within {timeout} s (the request stays queued)")
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 @dataclass
 class _Request:
     feeds: dict
-    future: Future
+    future: object  # a Future (submit, run_async) or a _Waiter (run)
     arrival: float
     alone: Optional[str]  # why it cannot join a merged run, or None
 
@@ -55,16 +82,20 @@ class BatchingSession:
 
     `path`: a converted model (cortex-convert). `max_trees`: most requests in one forest. `max_delay_ms`: longest a
     request waits for others before its forest runs. `device`: as `cortex.InferenceSession` ("cpu", "cuda",
-    "cuda:N"). `max_queue`: most requests waiting (then `QueueFull`). A model whose merge is not proven raises
+    "cuda:N"). `max_queue`: most requests waiting (then `QueueFull`). `workers`: threads running forests (2 lets
+    one forest's merging and answering overlap another's kernel call). A model whose merge is not proven raises
     `NotMergeable` with the reason, unless `allow_unmerged=True` (then every request runs alone, in order).
     `sess_options` and `trust` go to `cortex.InferenceSession`."""
 
     def __init__(self, path, max_trees: int = 32, max_delay_ms: float = 2.0, device: str = "cpu", *,
-                 max_queue: int = 1024, allow_unmerged: bool = False, sess_options=None, trust=None):
+                 max_queue: int = 1024, workers: int = 1, allow_unmerged: bool = False, sess_options=None,
+                 trust=None):
         if not isinstance(max_trees, int) or max_trees < 1:
             raise ValueError(f"max_trees must be an integer >= 1, got {max_trees!r}")
         if not max_delay_ms >= 0:
             raise ValueError(f"max_delay_ms must be >= 0, got {max_delay_ms!r}")
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
         if not isinstance(max_queue, int) or max_queue < 1:
             raise ValueError(f"max_queue must be an integer >= 1, got {max_queue!r}")
         self.plan = plan_for(path)
@@ -76,22 +107,28 @@ class BatchingSession:
         self.max_trees, self.max_delay = max_trees, max_delay_ms / 1000.0
         self.max_queue = max_queue
         self.stats = BatchingStats()
+        self._stats_lock = threading.Lock()
         self._queue = collections.deque()
         self._cond = threading.Condition()
         self._closing = False
         self._last_batch = max_trees  # requests the last batch took: how many to expect (the first: a full one)
-        self._worker = threading.Thread(target=self._serve_forever, name="cortex-batching", daemon=True)
-        self._worker.start()
+        self._workers = [threading.Thread(target=self._serve_forever, name=f"cortex-batching-{k}", daemon=True)
+                         for k in range(workers)]
+        for worker in self._workers:
+            worker.start()
 
     # ---- callers ------------------------------------------------------------------------------------------
     def submit(self, feeds: dict) -> Future:
         """Queues one request; its Future resolves to the outputs (a list, in the model's output order) or to the
         request's own error. Raises at once: FeedError (inputs missing or unknown), QueueFull, SessionClosed. The
         arrays are read when the forest runs: leave them unchanged until the result arrives."""
+        return self._enqueue(feeds, Future())
+
+    def _enqueue(self, feeds, answer):
         if not isinstance(feeds, dict):
             raise TypeError(f"feeds must be a dict of input name -> numpy array, got {type(feeds).__name__}")
         alone = check_request(self.plan, feeds) if self.plan.mergeable else "the model is not mergeable"
-        request = _Request(dict(feeds), Future(), time.monotonic(), alone)
+        request = _Request(dict(feeds), answer, time.monotonic(), alone)
         with self._cond:
             if self._closing:
                 raise SessionClosed("this BatchingSession is closed")
@@ -103,8 +140,8 @@ class BatchingSession:
         return request.future
 
     def run(self, feeds: dict, timeout: Optional[float] = None) -> list:
-        """The outputs of one request (blocking); its own error if it fails."""
-        return self.submit(feeds).result(timeout)
+        """The outputs of one request (blocking); its own error if it fails; TimeoutError after `timeout` s."""
+        return self._enqueue(feeds, _Waiter()).result(timeout)
 
     async def run_async(self, feeds: dict) -> list:
         """`run` for asyncio: waits without blocking the event loop (cancelling it drops a request not yet run)."""
@@ -122,8 +159,9 @@ class BatchingSession:
         for request in dropped:
             if request.future.set_running_or_notify_cancel():
                 request.future.set_exception(SessionClosed("the BatchingSession was closed before this request ran"))
-        if self._worker is not threading.current_thread():
-            self._worker.join()
+        for worker in self._workers:
+            if worker is not threading.current_thread():
+                worker.join()
 
     def __enter__(self):
         return self
@@ -167,7 +205,10 @@ class BatchingSession:
                                                             f"{type(e).__name__}: {e}"))
 
     def _serve(self, batch: list):
-        results = run_forest(self.plan, self.session, [r.feeds for r in batch], [r.alone for r in batch], self.stats)
+        counts = BatchingStats()
+        results = run_forest(self.plan, self.session, [r.feeds for r in batch], [r.alone for r in batch], counts)
+        with self._stats_lock:
+            self.stats.add(counts)
         for request, result in zip(batch, results):
             if isinstance(result, BaseException):
                 request.future.set_exception(result)

@@ -20,6 +20,12 @@ class ForestStats:
     largest_batch: int = 0
     sizes: collections.Counter = field(default_factory=collections.Counter, repr=False)  # requests per call -> calls
 
+    def add(self, other: "ForestStats"):
+        for name in ("requests", "batches", "merged_requests", "alone", "fallbacks"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.largest_batch = max(self.largest_batch, other.largest_batch)
+        self.sizes.update(other.sizes)
+
     @property
     def mean_batch(self) -> float:
         """Mean number of requests a kernel call answered (merged forests and single runs)."""

@@ -133,6 +133,13 @@ class BoundsCheck:
             tested = _distinct(_loads(case.predicate))
             used = [u for u in _distinct(_row_indices(case)) if not self._covered(u)]
             self.cases.append((case.predicate, tested, used))
+        # Nothing to evaluate when no case reads a row by a computed index and no predicate can fail (a TreeRec:
+        # its child slots are checked as a whole below).
+        fallible = any(isinstance(e, ir.Guard) or (isinstance(e, ir.IBinary) and e.op in ("div", "floordiv", "mod",
+                                                                                          "fmod"))
+                       for case in program.cases for e in ir.walk([case.predicate]))
+        self.evaluate_cases = fallible or any(
+            any(not isinstance(i, ir.Iter) for i, _ in tested + used) for _, tested, used in self.cases)
 
     def _covered(self, use) -> bool:
         index, missing_zero = use
@@ -146,11 +153,24 @@ class BoundsCheck:
         position_counts = node_counts if positions_are_nodes or program.mode == "dag" else \
             np.asarray(position_counts, dtype=np.int64)
         requests = np.arange(len(node_counts))
-        owner = np.repeat(requests, position_counts)
         starts = np.cumsum(node_counts) - node_counts
-        base = starts[owner]
-        stop = base + node_counts[owner]
-        count = int(position_counts.sum())
+        flagged = set()
+        if self.evaluate_cases:
+            owner = np.repeat(requests, position_counts)
+            base = starts[owner]
+            flagged = self._cases(arrays, node_counts, owner, base, base + node_counts[owner])
+        if program.mode == "dag":  # the kernel checks every child id of the structure, read or not
+            children = arrays[program.rows_from]
+            flat = children.reshape(children.shape[0], -1)
+            node_owner = np.repeat(requests, node_counts)
+            lo = starts[node_owner][:, None]
+            wrong = (flat != -1) & ((flat < lo) | (flat >= lo + node_counts[node_owner][:, None]))
+            if wrong.any():
+                flagged |= set(np.unique(node_owner[wrong.any(axis=1)]).tolist())
+        return flagged
+
+    def _cases(self, arrays, node_counts, owner, base, stop) -> set:
+        count = owner.shape[0]
         merged_length = {name: (a.shape[0] if a.ndim else 1) for name, a in arrays.items()}
         evaluate = _Evaluator(arrays, count, lambda name: merged_length[name] if name else int(node_counts.sum()))
         bad = np.zeros(count, dtype=bool)
@@ -162,16 +182,7 @@ class BoundsCheck:
             if used_indices:
                 bad |= tested & taken & _outside(evaluate, used_indices, base, stop)
             selected |= taken
-        flagged = set(np.unique(owner[bad]).tolist()) if bad.any() else set()
-        if program.mode == "dag":  # the kernel checks every child id of the structure, read or not
-            children = arrays[program.rows_from]
-            flat = children.reshape(children.shape[0], -1)
-            node_owner = np.repeat(requests, node_counts)
-            lo = starts[node_owner][:, None]
-            wrong = (flat != -1) & ((flat < lo) | (flat >= lo + node_counts[node_owner][:, None]))
-            if wrong.any():
-                flagged |= set(np.unique(node_owner[wrong.any(axis=1)]).tolist())
-        return flagged
+        return set(np.unique(owner[bad]).tolist()) if bad.any() else set()
 
 
 def _distinct(uses):

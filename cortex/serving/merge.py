@@ -17,6 +17,7 @@ ids; per output, which unit its rows count. Then, for a batch:
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Optional
@@ -64,6 +65,7 @@ class KernelCheck:
     positions_are_nodes: bool
     lengths: dict  # kernel input -> the unit its rows count (what a trip count's len() reads)
     bounds: BoundsCheck = field(compare=False, repr=False)  # prepared once: the per-batch index check
+    trips: dict = field(default_factory=dict, compare=False, repr=False)  # unit counts -> trip count (a cache)
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,10 @@ class MergePlan:
     measures: dict = field(default_factory=dict)  # unit -> the input whose rows count it
     kernels: tuple = ()
     node_unit: Optional[str] = None  # the unit node ids count
+
+    @functools.cached_property
+    def request_spec(self) -> "RequestSpec":
+        return _request_spec(self)
 
     def describe(self) -> str:
         """Two or three lines for people: merged how, or why not."""
@@ -188,43 +194,72 @@ def _plan(analysis: GraphAnalysis) -> MergePlan:
 def check_request(plan: MergePlan, feeds: dict) -> Optional[str]:
     """None when the request can join a merged batch; else why it must run alone. FeedError for a request that
     misses an input or names one the model does not have (it would fail anyway: the caller hears it at once)."""
-    expected = {i.name for i in plan.inputs}
-    missing = sorted(expected - set(feeds))
-    extra = sorted(set(feeds) - expected)
-    if missing or extra:
+    spec = plan.request_spec
+    if feeds.keys() != spec.names:
+        missing, extra = sorted(spec.names - set(feeds)), sorted(set(feeds) - spec.names)
         parts = ([f"missing input(s) {', '.join(map(repr, missing))}"] if missing else []) + \
                 ([f"unknown input(s) {', '.join(map(repr, extra))}"] if extra else [])
-        raise FeedError(f"{'; '.join(parts)} (the model takes {', '.join(map(repr, sorted(expected)))})")
+        raise FeedError(f"{'; '.join(parts)} (the model takes {', '.join(map(repr, sorted(spec.names)))})")
     counts = {}
-    for i in plan.inputs:
-        value = feeds[i.name]
-        if not isinstance(value, np.ndarray):
-            return f"input '{i.name}' is not a numpy array"
-        if i.dtype is not None and value.dtype != i.dtype:
-            return f"input '{i.name}' is {value.dtype}, the model declares {np.dtype(i.dtype)}"
-        if value.ndim == 0 or (i.inner is not None and (value.ndim != 1 + len(i.inner) or any(
-                d is not None and d != s for d, s in zip(i.inner, value.shape[1:])))):
-            return f"input '{i.name}' has shape {list(value.shape)}, not what the model declares"
-        rows = counts.setdefault(i.unit, value.shape[0])
-        if rows != value.shape[0]:
-            return (f"input '{i.name}' has {value.shape[0]} rows, '{plan.measures[i.unit]}' {rows}: inputs of one "
-                    f"unit ({i.unit}) must agree to be merged")
-    for k in plan.kernels:
-        if k.program.mode == "visit" and _positions(k, counts) != counts[k.positions]:
-            return (f"{k.name} visits {_positions(k, counts)} positions but '{plan.measures[k.positions]}' has "
-                    f"{counts[k.positions]} rows")
-    for i in plan.inputs:
-        if i.node_ids and not any(i.name in k.arrays.values() for k in plan.kernels):
-            ids = feeds[i.name]  # node ids a Gather of rows reads (a head): in the request's own rows
-            if ids.size and (ids.min() < 0 or ids.max() >= counts[plan.node_unit]):
-                return f"input '{i.name}' holds node ids outside [0, {counts[plan.node_unit]})"
+    for name, dtype, ndim, fixed, unit in spec.inputs:
+        value = feeds[name]
+        if type(value) is not np.ndarray:
+            return f"input '{name}' is not a numpy array"
+        if dtype is not None and value.dtype != dtype:
+            return f"input '{name}' is {value.dtype}, the model declares {dtype}"
+        shape = value.shape
+        if not shape or (ndim is not None and (len(shape) != ndim or any(shape[a] != d for a, d in fixed))):
+            return f"input '{name}' has shape {list(shape)}, not what the model declares"
+        rows = counts.setdefault(unit, shape[0])
+        if rows != shape[0]:
+            return (f"input '{name}' has {shape[0]} rows, '{plan.measures[unit]}' {rows}: inputs of one unit "
+                    f"({unit}) must agree to be merged")
+    for k in spec.loops:
+        positions = _positions(k, counts)
+        if positions != counts[k.positions]:
+            return f"{k.name} visits {positions} positions but '{plan.measures[k.positions]}' has {counts[k.positions]} rows"
+    for name in spec.head_ids:
+        ids = feeds[name]  # node ids a Gather of rows reads (a head): in the request's own rows
+        if ids.size and (ids.min() < 0 or ids.max() >= counts[plan.node_unit]):
+            return f"input '{name}' holds node ids outside [0, {counts[plan.node_unit]})"
     return None
 
 
+@dataclass(frozen=True)
+class RequestSpec:
+    """What check_request looks at, prepared once per plan."""
+    names: frozenset
+    inputs: tuple  # (name, numpy dtype or None, rank or None, ((axis, size), ...) fixed sizes, unit)
+    loops: tuple  # KernelChecks of Loop recursions (their trip count must be the request's positions)
+    head_ids: tuple  # inputs of node ids only graph nodes (not a recursion) read
+
+
+def _request_spec(plan: MergePlan) -> RequestSpec:
+    inputs = []
+    for i in plan.inputs:
+        ndim = None if i.inner is None else 1 + len(i.inner)
+        fixed = () if i.inner is None else tuple((a + 1, d) for a, d in enumerate(i.inner) if d is not None)
+        inputs.append((i.name, None if i.dtype is None else np.dtype(i.dtype), ndim, fixed, i.unit))
+    kernel_arrays = {source for k in plan.kernels for source in k.arrays.values()}
+    return RequestSpec(frozenset(i.name for i in plan.inputs), tuple(inputs),
+                       tuple(k for k in plan.kernels if k.program.mode == "visit"),
+                       tuple(i.name for i in plan.inputs if i.node_ids and i.name not in kernel_arrays))
+
+
 def _positions(kernel: KernelCheck, counts: dict) -> Optional[int]:
-    """A Loop's trip count for a request (or a batch) whose units have these row counts."""
-    return trip_count(kernel.program.trip,
-                      lambda name: counts[kernel.lengths[name]] if name else counts[kernel.nodes])
+    """A Loop's trip count for a request (or a batch) whose units have these row counts (cached: it depends on the
+    counts alone)."""
+    key = tuple(sorted(counts.items()))
+    value = kernel.trips.get(key, _MISSING)
+    if value is _MISSING:
+        value = trip_count(kernel.program.trip,
+                           lambda name: counts[kernel.lengths[name]] if name else counts[kernel.nodes])
+        if len(kernel.trips) < 4096:
+            kernel.trips[key] = value
+    return value
+
+
+_MISSING = object()
 
 
 @dataclass
@@ -268,17 +303,20 @@ def out_of_bounds(plan: MergePlan, batch: MergedBatch) -> set:
 
 
 def split(plan: MergePlan, outputs: list, batch: MergedBatch) -> list:
-    """Per request, its outputs (in the model's output order) cut from the forest's."""
+    """Per request, its outputs (in the model's output order) cut from the forest's (views, no copies)."""
     size = len(next(iter(batch.counts.values()))) if batch.counts else 0
     per_request = [[] for _ in range(size)]
+    edges = {}
     for o, value in zip(plan.outputs, outputs):
         if o.unit is None:
             for r in per_request:
                 r.append(value.copy())
             continue
-        counts = batch.counts[o.unit]
-        if value.shape[0] != int(counts.sum()):
-            raise RuntimeError(f"output '{o.name}' has {value.shape[0]} rows, the batch {int(counts.sum())} {o.unit}")
-        for r, part in zip(per_request, np.split(value, np.cumsum(counts)[:-1], axis=0)):
-            r.append(part)
+        if o.unit not in edges:
+            edges[o.unit] = np.concatenate([[0], np.cumsum(batch.counts[o.unit])]).tolist()
+        cuts = edges[o.unit]
+        if value.shape[0] != cuts[-1]:
+            raise RuntimeError(f"output '{o.name}' has {value.shape[0]} rows, the batch {cuts[-1]} {o.unit}")
+        for k, r in enumerate(per_request):
+            r.append(value[cuts[k]:cuts[k + 1]])
     return per_request
