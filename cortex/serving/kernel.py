@@ -53,6 +53,7 @@ class KernelMerge:
     outputs: dict  # ONNX output name -> 'nodes' | 'positions'
     positions: str  # what the visited positions are counted in: 'positions', or 'nodes' (a TreeRec, range(N))
     program: ir.Program = field(compare=False, repr=False)
+    clamped: tuple = field(default=(), compare=False)  # rows read at max(node id, 0): where a request runs alone
 
     def to_notes(self) -> dict:
         """The node's notes member `merge` (JSON)."""
@@ -241,7 +242,9 @@ class _Analysis:
                 raise NotMergeable(f"the scalar input '{decl.name}': requests may differ in it")
             roles[decl.name] = ArrayRole(next(iter(rows)) if rows else "unused", decl.name in self.node_ids)
         outputs = {t.output: NODES if t.kind == "state" else self.position_rows for t in program.tables if t.output}
-        return KernelMerge(roles, outputs, self.position_rows, program)
+        clamped = tuple(dict.fromkeys(format_index(i) for i, _, _ in node_uses(program)
+                                      if not self.is_position(i) and self.kind(i) == CLAMPED))
+        return KernelMerge(roles, outputs, self.position_rows, program, clamped)
 
     def _row(self, e: ir.RExpr):
         if isinstance(e, ir.ChildState):

@@ -77,6 +77,7 @@ class MergePlan:
     measures: dict = field(default_factory=dict)  # unit -> the input whose rows count it
     kernels: tuple = ()
     node_unit: Optional[str] = None  # the unit node ids count
+    warnings: tuple = ()  # what merges less than it seems (reads that send some requests to run alone)
 
     @functools.cached_property
     def request_spec(self) -> "RequestSpec":
@@ -88,7 +89,7 @@ class MergePlan:
             return f"not mergeable: {self.reason}"
         ins = ", ".join(f"{i.name} ({i.unit}{', node ids' if i.node_ids else ''})" for i in self.inputs)
         outs = ", ".join(f"{o.name} ({o.unit or 'shared'})" for o in self.outputs)
-        return f"mergeable: inputs {ins}; outputs {outs}"
+        return f"mergeable: inputs {ins}; outputs {outs}" + "".join(f"; note: {w}" for w in self.warnings)
 
 
 def refused(reason: str) -> MergePlan:
@@ -186,7 +187,10 @@ def _plan(analysis: GraphAnalysis) -> MergePlan:
                    for name, role in site.merge.inputs.items() if role.rows != "unused"}
         kernels.append(KernelCheck(site.name, site.merge.program, dict(site.arrays), nodes, positions,
                                    site.merge.positions == "nodes", lengths, BoundsCheck(site.merge.program)))
-    return MergePlan(True, None, tuple(inputs), tuple(outputs), measures, tuple(kernels), "nodes")
+    warnings = tuple(f"{site.name} reads rows at {', '.join(site.merge.clamped)}: a request that reaches one with a "
+                     "missing child (a negative id) runs alone (merged, it would read the first request's row 0)"
+                     for site in analysis.kernels if site.merge.clamped)
+    return MergePlan(True, None, tuple(inputs), tuple(outputs), measures, tuple(kernels), "nodes", warnings)
 
 
 # ---- per request -----------------------------------------------------------------------------------------------
