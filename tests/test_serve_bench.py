@@ -25,10 +25,10 @@ def results(tmp_path_factory):
 def test_points_for_every_mode_and_client_count(results):
     _, data = results
     seen = {(p["mode"], p["clients"]) for p in data["points"]}
-    assert seen == {(m, c) for m in ("run", "batching", "bound") for c in (1, 2, 32)}  # 1: the single-request latency
+    assert seen == {(m, c) for m in ("run", "batching", "bound", "merge") for c in (1, 2, 32)}  # 1: single latency
     for p in data["points"]:
         assert p["throughput"] > 0
-        if p["mode"] != "bound":
+        if p["mode"] not in ("bound", "merge"):
             assert 0 < p["requests"] <= 300 and p["p50_ms"] <= p["p99_ms"]
     batching = next(p for p in data["points"] if p["mode"] == "batching" and p["clients"] == 32)
     assert batching["mean_batch"] > 1  # 32 clients share forests

@@ -15,11 +15,13 @@ the next (closed loop), for --seconds or until --max-requests answers, whichever
 - `ray`: the Ray Serve deployment of cortex/serving/ray_app.py (`@serve.batch` with the same max_trees and delay),
   one replica, called through its handle (needs the `serve` extra; reported as skipped without it);
 - `bound`: the same trees run back to back as prebuilt forests of the mean batch size the batching session reached
-  at that client count (one caller, no merging cost): what merging is measured against.
+  at that client count (one caller, no merging cost): what merging is measured against;
+- `merge`: the same groups of single-tree requests through `cortex.serving.run_forest` by one caller: the bound
+  plus merging, the bounds check and splitting, without the queue and the callers' threads.
 
 Reported per (hidden, mode, clients): throughput (trees/s), p50 and p99 latency (ms) from send to answer, the mean
 requests per kernel call. Before timing, every mode's answers for the first trees are checked against a plain run
-of each tree (bitwise on the CPU, 1e-6 on CUDA). Writes results.json, results.md and throughput.png (matplotlib, the
+of each tree (bitwise on the CPU, within 1e-6 on CUDA). Writes results.json, results.md and throughput.png (matplotlib, the
 `bench` extra) under --out; prints the table and the issue's targets (>= 80% of the bound, p99 <= 2 x the
 single-request latency + the delay, the speedup over per-request runs at 32 clients on the CPU, 64 on CUDA).
 
@@ -115,18 +117,27 @@ def closed_loop(call, requests: list, clients: int, seconds: float, max_requests
             "p99_ms": float(np.percentile(lat, 99) * 1e3)}
 
 
-def forest_bound(session, requests: list, batch: int, seconds: float, form: str, trees) -> float:
-    """Trees/s of prebuilt forests of `batch` consecutive trees, run back to back by one caller."""
+def forest_bound(session, plan, requests: list, batch: int, seconds: float, form: str, trees) -> tuple:
+    """Trees/s by one caller, back to back, over the same trees in groups of `batch`: (prebuilt forests: the bound;
+    run_forest over the single-tree requests: the bound plus merging, checking and splitting, without the queue and
+    the callers' threads)."""
     from cortex.examples import structures as st
+    from cortex.serving import run_forest
 
     batch = max(1, batch)
-    forests = [feeds_of(st.batch(trees[i:i + batch]), form) for i in range(0, len(trees) - batch + 1, batch)]
-    session.run(None, forests[0])
-    done, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        session.run(None, forests[done % len(forests)])
-        done += 1
-    return done * batch / (time.perf_counter() - start)
+    starts = range(0, len(trees) - batch + 1, batch)
+    forests = [feeds_of(st.batch(trees[i:i + batch]), form) for i in starts]
+    groups = [requests[i:i + batch] for i in starts]
+
+    def rate(step, items):
+        step(items[0])
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / 2:
+            step(items[done % len(items)])
+            done += 1
+        return done * batch / (time.perf_counter() - start)
+
+    return rate(lambda f: session.run(None, f), forests), rate(lambda g: run_forest(plan, session, g), groups)
 
 
 # ---- modes -------------------------------------------------------------------------------------------------------
@@ -188,7 +199,7 @@ class Modes:
         for feeds in requests[:8]:
             got, want = call(feeds), self.plain.run(None, feeds)
             for a, b in zip(got, want):
-                same = np.array_equal(a, b) if self.args.device == "cpu" else np.allclose(a, b, rtol=0, atol=1e-6)
+                same = np.array_equal(a, b) if self.args.device == "cpu" else np.allclose(a, b, rtol=1e-6, atol=1e-6)
                 if not same:
                     raise SystemExit(f"serve_bench: mode {mode} answers differently from a plain run "
                                      f"(max abs diff {float(np.abs(a - b).max())})")
@@ -243,11 +254,12 @@ def run(args) -> dict:
                     if "batching" in active else float(clients)
                 batch = max(1, int(round(reached)))
                 if batch not in bounds:
-                    bounds[batch] = forest_bound(modes.plain, requests, batch, args.seconds, args.form, trees)
-                point = {"hidden": hidden, "mode": "bound", "clients": clients, "batch": batch,
-                         "throughput": bounds[batch]}
-                results["points"].append(point)
-                print(_line(point), flush=True)
+                    bounds[batch] = forest_bound(modes.plain, modes.batching.plan, requests, batch, args.seconds,
+                                                 args.form, trees)
+                for mode, value in zip(("bound", "merge"), bounds[batch]):
+                    point = {"hidden": hidden, "mode": mode, "clients": clients, "batch": batch, "throughput": value}
+                    results["points"].append(point)
+                    print(_line(point), flush=True)
         finally:
             modes.close()
     info["load_average_end"] = machine.load_average()
@@ -278,6 +290,8 @@ def targets(results: dict) -> list:
         row = {"hidden": hidden, "clients": clients, "speedup_over_run": b["throughput"] / r["throughput"],
                "of_bound": b["throughput"] / bound["throughput"] if bound else None,
                "p99_ms": b["p99_ms"], "p99_limit_ms": 2 * single["p50_ms"] + delay if single else None}
+        if bound and ("merge", clients) in pts:
+            row["merge_of_bound"] = pts[("merge", clients)]["throughput"] / bound["throughput"]
         if ("ray", clients) in pts:
             row["ray_speedup_over_run"] = pts[("ray", clients)]["throughput"] / r["throughput"]
             row["ray_of_bound"] = pts[("ray", clients)]["throughput"] / bound["throughput"] if bound else None
@@ -304,14 +318,15 @@ def markdown(results: dict) -> str:
         lines.append(f"| {p['hidden']} | {p['clients']} | {p['mode']} | {p['throughput']:.0f} | {lat} | {per_call} |")
     rows = targets(results)
     if rows:
-        lines += ["", "| hidden | clients | batching / run | batching / bound | p99 ms (limit: 2 x single p50 + delay) |"
-                  " Ray / run | Ray / bound |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        lines += ["", "| hidden | clients | batching / run | batching / bound | run_forest / bound | p99 ms (limit: 2 x "
+                  "single p50 + delay) | Ray / run | Ray / bound |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in rows:
             of_bound = f"{r['of_bound']:.0%}" if r["of_bound"] is not None else ""
             limit = f" ({r['p99_limit_ms']:.3f})" if r["p99_limit_ms"] is not None else ""
             ray_run = f"{r['ray_speedup_over_run']:.2f}x" if "ray_speedup_over_run" in r else ""
             ray_bound = f"{r['ray_of_bound']:.0%}" if r.get("ray_of_bound") is not None else ""
-            lines.append(f"| {r['hidden']} | {r['clients']} | {r['speedup_over_run']:.2f}x | {of_bound} | "
+            merged = f"{r['merge_of_bound']:.0%}" if "merge_of_bound" in r else ""
+            lines.append(f"| {r['hidden']} | {r['clients']} | {r['speedup_over_run']:.2f}x | {of_bound} | {merged} | "
                          f"{r['p99_ms']:.3f}{limit} | {ray_run} | {ray_bound} |")
     return "\n".join(lines) + "\n"
 
@@ -325,9 +340,9 @@ def plot(results: dict, path: Path):
     hiddens = results["settings"]["hidden"]
     fig, axes = plt.subplots(1, len(hiddens), figsize=(5.5 * len(hiddens), 4), squeeze=False)
     labels = {"run": "session.run per request", "batching": "BatchingSession", "ray": "Ray Serve (@serve.batch)",
-              "bound": "bound: prebuilt forests"}
+              "bound": "bound: prebuilt forests", "merge": "run_forest, one caller"}
     for ax, hidden in zip(axes[0], hiddens):
-        for mode, style in (("bound", "k--"), ("batching", "o-"), ("ray", "s-"), ("run", "^-")):
+        for mode, style in (("bound", "k--"), ("merge", "k:"), ("batching", "o-"), ("ray", "s-"), ("run", "^-")):
             pts = sorted((p["clients"], p["throughput"]) for p in results["points"]
                          if p["hidden"] == hidden and p["mode"] == mode)
             if pts:
@@ -355,7 +370,8 @@ def parse_args(argv=None):
                                                                   "quick 5000)")
     p.add_argument("--max-trees", type=int, default=32, help="BatchingSession max_trees / @serve.batch size (32)")
     p.add_argument("--delay-ms", type=float, default=2.0, help="max_delay_ms / batch_wait_timeout_s (2 ms)")
-    p.add_argument("--modes", default="run,batching,ray,bound", help="comma list of run,batching,ray (bound always)")
+    p.add_argument("--modes", default="run,batching,ray", help="comma list of run,batching,ray (bound and merge "
+                                                                "always)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (models converted for that target)")
     p.add_argument("--form", choices=("treerec", "loop"), default="treerec")
     p.add_argument("--trees", type=int, default=500, help="SST test trees cycled through (500)")
@@ -369,7 +385,7 @@ def parse_args(argv=None):
     args.clients = ints(args.clients or ("1,8,32,64" if args.quick else "1,2,4,8,16,32,64"))
     args.seconds = args.seconds or (1.5 if args.quick else 4.0)
     args.max_requests = args.max_requests or (5000 if args.quick else 20000)
-    args.modes = [m for m in args.modes.split(",") if m and m != "bound"]
+    args.modes = [m for m in args.modes.split(",") if m and m not in ("bound", "merge")]
     unknown = set(args.modes) - {"run", "batching", "ray"}
     if unknown:
         p.error(f"unknown modes {sorted(unknown)} (choose from run, batching, ray)")

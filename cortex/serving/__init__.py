@@ -3,14 +3,17 @@
 - `plan_for(model)`: the merge plan of a converted model (`MergePlan.mergeable`, `.reason`, `.describe()`).
 - `BatchingSession(path, max_trees=..., max_delay_ms=..., device=...)`: collects concurrent requests and runs them
   as one forest (thread-safe; `run` blocks, `run_async` awaits).
-- `merge`, `split`, `check_request`, `out_of_bounds`: the pieces, for other engines (Ray Serve, Triton's Python
-  backend; docs/serving.md).
+- `run_forest(plan, session, requests)`: one batch through one session (merged where safe, alone where not; each
+  request its outputs or its own error): what the BatchingSession and the Ray Serve deployment (`ray_app`) run,
+  and what Triton's Python backend can call (docs/serving.md).
+- `check_request`, `merge`, `out_of_bounds`, `split`: its pieces.
 """
+from .forest import ForestStats, run_forest
 from .kernel import NotMergeable, merge_notes
 from .merge import FeedError, MergePlan, check_request, merge, out_of_bounds, plan_for, split
 
 __all__ = ["plan_for", "MergePlan", "NotMergeable", "FeedError", "merge_notes", "check_request", "merge",
-           "out_of_bounds", "split", "BatchingSession", "QueueFull", "SessionClosed"]
+           "out_of_bounds", "split", "run_forest", "ForestStats", "BatchingSession", "QueueFull", "SessionClosed"]
 
 
 def __getattr__(name):  # the session pulls in onnxruntime: only when asked for
