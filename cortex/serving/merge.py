@@ -25,7 +25,8 @@ from typing import Optional
 import numpy as np
 import onnx
 
-from .graph import Const, GraphAnalysis, Opaque, Rows
+from .graph import GraphAnalysis
+from .values import Const, Opaque, Rows
 from .indexeval import BoundsCheck
 from .kernel import NotMergeable, trip_count
 
