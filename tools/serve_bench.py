@@ -238,10 +238,9 @@ def run(args) -> dict:
             active = [m for m in args.modes if m != "ray" or modes.ray_handle is not None]
             for mode in active:
                 modes.check(mode, requests)
-            bounds = {}
             for clients in args.clients:
-                runs = {mode: [] for mode in active}
-                for repeat in range(args.repeats):  # modes interleaved: a neighbour's burst hits one repeat
+                runs = {mode: [] for mode in active + ["bound", "merge"]}
+                for repeat in range(args.repeats):  # everything interleaved: a neighbour's burst hits one repeat
                     for mode in active:
                         closed_loop(modes.call(mode), requests, clients, min(0.3, args.seconds), 10 ** 9)  # warm
                         before = modes.served(mode)
@@ -252,21 +251,17 @@ def run(args) -> dict:
                             calls = after[1] - before[1]
                             point["mean_batch"] = (after[0] - before[0]) / calls if calls else 0.0
                         runs[mode].append(point)
-                for mode in active:  # the repeat of median throughput, with its latencies
-                    ranked = sorted(runs[mode], key=lambda p: p["throughput"])
-                    point = dict(ranked[len(ranked) // 2], repeats=[round(p["throughput"]) for p in runs[mode]])
-                    results["points"].append(point)
-                    print(_line(point), flush=True)
-                reached = next(p for p in results["points"] if p["hidden"] == hidden and p["mode"] ==
-                               "batching" and p["clients"] == clients).get("mean_batch", 1.0) \
-                    if "batching" in active else float(clients)
-                batch = max(1, int(round(reached)))
-                if batch not in bounds:
-                    repeats = [forest_bound(modes.plain, modes.batching.plan, requests, batch, args.seconds,
-                                            args.form, trees) for _ in range(args.repeats)]
-                    bounds[batch] = tuple(float(np.median(column)) for column in zip(*repeats))
-                for mode, value in zip(("bound", "merge"), bounds[batch]):
-                    point = {"hidden": hidden, "mode": mode, "clients": clients, "batch": batch, "throughput": value}
+                    # the bound at the batch size the BatchingSession reached in this repeat
+                    reached = runs["batching"][-1].get("mean_batch", 1.0) if "batching" in active else clients
+                    batch = max(1, int(round(reached)))
+                    bound, merged = forest_bound(modes.plain, modes.batching.plan, requests, batch, args.seconds,
+                                                 args.form, trees)
+                    for mode, value in (("bound", bound), ("merge", merged)):
+                        runs[mode].append({"hidden": hidden, "mode": mode, "clients": clients, "batch": batch,
+                                           "throughput": value})
+                for mode, repeats in runs.items():  # the repeat of median throughput, with its latencies
+                    ranked = sorted(repeats, key=lambda p: p["throughput"])
+                    point = dict(ranked[len(ranked) // 2], repeats=[round(p["throughput"]) for p in repeats])
                     results["points"].append(point)
                     print(_line(point), flush=True)
         finally:
