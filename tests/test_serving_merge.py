@@ -343,6 +343,27 @@ def test_random_nary_trees_with_holes_merge_exactly(tmp_path):
     _assert_merged_equals_separate(path, [dict(children=t.children, words=t.words) for t in trees])
 
 
+def test_requests_that_must_run_alone_say_why(tmp_path, params):
+    path = _convert(treelstm.build_loop(params), tmp_path, "tl_loop")
+    plan = plan_for(path)
+    tree = st.random_tree(6, np.random.default_rng(0), 50)
+    good = tree.arrays()
+    assert check_request(plan, good) is None
+    order = good["order"]
+    cases = {"a repeated node": dict(good, order=np.concatenate([order[:-1], order[:1]])),
+             "a node left out": dict(good, order=order[:-1]),
+             "an id past the tree": dict(good, order=np.where(order == order[0], 11, order)),
+             "int32 ids": dict(good, left=good["left"].astype(np.int32)),
+             "a short input": dict(good, words=good["words"][:-1])}
+    reasons = {what: check_request(plan, feeds) for what, feeds in cases.items()}
+    # an order that is not a permutation would be exact merged too, but would cost the whole forest its schedule
+    for what in ("a repeated node", "a node left out", "an id past the tree"):
+        assert reasons[what] == "the visit order 'order' is not a permutation of the request's 11 nodes"
+    assert reasons["int32 ids"] == "input 'left' is int32, the model declares int64"
+    assert reasons["a short input"] == ("input 'left' has 11 rows, 'words' 10: inputs of one unit (nodes) must "
+                                        "agree to be merged")
+
+
 def test_single_node_and_empty_trees_merge(tmp_path, params):
     path = _convert(treelstm.build_loop(params), tmp_path, "tl_loop")
     rng = np.random.default_rng(0)

@@ -223,6 +223,12 @@ def check_request(plan: MergePlan, feeds: dict) -> Optional[str]:
         positions = _positions(k, counts)
         if positions != counts[k.positions]:
             return f"{k.name} visits {positions} positions but '{plan.measures[k.positions]}' has {counts[k.positions]} rows"
+    for name in spec.orders:
+        order, nodes = feeds[name], counts[plan.node_unit]
+        if order.shape[0] != nodes or (nodes and (order.min() < 0 or order.max() >= nodes
+                                                  or np.bincount(order, minlength=nodes).max() > 1)):
+            # exact merged too, but the forest would lose its batched schedule for every request in it
+            return f"the visit order '{name}' is not a permutation of the request's {nodes} nodes"
     for name in spec.head_ids:
         ids = feeds[name]  # node ids a Gather of rows reads (a head): in the request's own rows
         if ids.size and (ids.min() < 0 or ids.max() >= counts[plan.node_unit]):
@@ -237,6 +243,7 @@ class RequestSpec:
     inputs: tuple  # (name, numpy dtype or None, rank or None, ((axis, size), ...) fixed sizes, unit)
     loops: tuple  # KernelChecks of Loop recursions (their trip count must be the request's positions)
     head_ids: tuple  # inputs of node ids only graph nodes (not a recursion) read
+    orders: tuple  # visit orders (node ids, one per position): each request's must be a permutation of its nodes
 
 
 def _request_spec(plan: MergePlan) -> RequestSpec:
@@ -246,9 +253,11 @@ def _request_spec(plan: MergePlan) -> RequestSpec:
         fixed = () if i.inner is None else tuple((a + 1, d) for a, d in enumerate(i.inner) if d is not None)
         inputs.append((i.name, None if i.dtype is None else np.dtype(i.dtype), ndim, fixed, i.unit))
     kernel_arrays = {source for k in plan.kernels for source in k.arrays.values()}
+    position_units = {k.positions for k in plan.kernels if k.positions != k.nodes}
     return RequestSpec(frozenset(i.name for i in plan.inputs), tuple(inputs),
                        tuple(k for k in plan.kernels if k.program.mode == "visit"),
-                       tuple(i.name for i in plan.inputs if i.node_ids and i.name not in kernel_arrays))
+                       tuple(i.name for i in plan.inputs if i.node_ids and i.name not in kernel_arrays),
+                       tuple(i.name for i in plan.inputs if i.node_ids and i.unit in position_units))
 
 
 def _positions(kernel: KernelCheck, counts: dict) -> Optional[int]:
