@@ -29,7 +29,7 @@ from onnx import helper, numpy_helper
 
 from ..artifacts import cortex_nodes
 from .graph_ops import ELEMENTWISE, REDUCTIONS, OpSemantics
-from .kernel import NODES, POSITIONS, KernelMerge, NotMergeable, analyze
+from .kernel import EDGES, NODES, POSITIONS, KernelMerge, NotMergeable, analyze
 from .values import Const, Opaque, Rows
 
 
@@ -63,6 +63,19 @@ class KernelSite:
     nodes: int
     positions: int
     arrays: dict  # kernel input name -> model input whose values it carries
+    edges: dict = None  # 'edges:<dst>' -> the unit of that edge list's rows
+
+    def unit_of(self, units, rows: str) -> int:
+        """The unit of a row kind of this recursion ('nodes', 'positions', 'edges:<dst>')."""
+        if rows == NODES:
+            return self.nodes
+        if rows == POSITIONS:
+            return self.positions
+        if rows.startswith(EDGES):
+            if rows not in self.edges:
+                self.edges[rows] = units.new()
+            return self.edges[rows]
+        raise NotMergeable(f"{self.name}: unknown row kind '{rows}'")
 
 
 class GraphAnalysis(OpSemantics):
@@ -189,7 +202,7 @@ class GraphAnalysis(OpSemantics):
     def _recursion(self, cortex_node, node, args):
         where = f"recursion '{cortex_node.notes.get('recursion', node.name)}'"
         merge = _kernel_merge(cortex_node)
-        site = KernelSite(where, merge, self.units.new(), self.units.new(), {})
+        site = KernelSite(where, merge, self.units.new(), self.units.new(), {}, {})
         if merge.positions == NODES:
             self.units.union(site.positions, site.nodes)
         self.kernels.append(site)
@@ -202,7 +215,7 @@ class GraphAnalysis(OpSemantics):
                 raise NotMergeable(f"{where} input '{decl.name}' is the same for every request (a constant or a "
                                    "count), not one row per node or position")
             if role.rows != "unused":
-                self.units.union(value.unit, site.nodes if role.rows == NODES else site.positions)
+                self.units.union(value.unit, site.unit_of(self.units, role.rows))
             if decl.name in read_by_index or role.node_ids:
                 if not value.carries:
                     raise NotMergeable(f"{where} reads indices from '{decl.name}', which the graph computes: the "

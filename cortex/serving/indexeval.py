@@ -140,6 +140,10 @@ class BoundsCheck:
                        for case in program.cases for e in ir.walk([case.predicate]))
         self.evaluate_cases = fallible or any(
             any(not isinstance(i, ir.Iter) for i, _ in tested + used) for _, tested, used in self.cases)
+        # child sets: (encoding, arrays), each once
+        self.sets = list(dict.fromkeys((e.encoding, e.arrays) for case in program.cases
+                                       for e in ir.walk_rows([x for _, x in case.writes])
+                                       if isinstance(e, ir.SetReduce)))
 
     def _covered(self, use) -> bool:
         index, missing_zero = use
@@ -147,7 +151,9 @@ class BoundsCheck:
         return (p.mode == "dag" and missing_zero and isinstance(index, ir.Load) and index.array == p.rows_from
                 and isinstance(index.index, ir.Iter))
 
-    def __call__(self, arrays: dict, node_counts, position_counts, positions_are_nodes: bool) -> set:
+    def __call__(self, arrays: dict, node_counts, position_counts, positions_are_nodes: bool,
+                 row_counts=None) -> set:
+        """`row_counts`: kernel array -> each request's row count of it (needed for edge lists: their own unit)."""
         program = self.program
         node_counts = np.asarray(node_counts, dtype=np.int64)
         position_counts = node_counts if positions_are_nodes or program.mode == "dag" else \
@@ -159,6 +165,8 @@ class BoundsCheck:
             owner = np.repeat(requests, position_counts)
             base = starts[owner]
             flagged = self._cases(arrays, node_counts, owner, base, base + node_counts[owner])
+        if self.sets:
+            flagged |= self._sets(arrays, node_counts, starts, row_counts or {})
         if program.mode == "dag":  # the kernel checks every child id of the structure, read or not
             children = arrays[program.rows_from]
             flat = children.reshape(children.shape[0], -1)
@@ -167,6 +175,29 @@ class BoundsCheck:
             wrong = (flat != -1) & ((flat < lo) | (flat >= lo + node_counts[node_owner][:, None]))
             if wrong.any():
                 flagged |= set(np.unique(node_owner[wrong.any(axis=1)]).tolist())
+        return flagged
+
+    def _sets(self, arrays, node_counts, starts, row_counts) -> set:
+        """Requests whose child-set arrays could select or read another request's nodes once merged: a parent or
+        dst value past the request's last node (shifted, it would name another request's node; negative values
+        never match a node and stay), a src value outside the request's nodes. Arrays whose rows per request are
+        unknown flag every request (they run alone)."""
+        requests = np.arange(len(node_counts))
+        flagged = set()
+        for encoding, names in self.sets:
+            counts = node_counts if encoding == "parent" else row_counts.get(names[-1])
+            if counts is None or encoding not in ("parent", "edges"):
+                return set(requests.tolist())
+            owner = np.repeat(requests, np.asarray(counts, dtype=np.int64))
+            lo, hi = starts[owner], starts[owner] + node_counts[owner]
+            for k, name in enumerate(names):
+                values = arrays[name].reshape(-1).astype(np.int64)
+                if values.shape[0] != owner.shape[0]:
+                    return set(requests.tolist())
+                member = encoding == "edges" and k == 0  # src: read as a row, must be one of the request's
+                wrong = ((values < lo) | (values >= hi)) if member else (values >= hi)
+                if wrong.any():
+                    flagged |= set(np.unique(owner[wrong]).tolist())
         return flagged
 
     def _cases(self, arrays, node_counts, owner, base, stop) -> set:
@@ -221,8 +252,12 @@ def _row_indices(case: ir.Case):
     roots = [x for _, x in case.writes] + ([case.target] if case.target is not None else [])
     out = [(case.target, False)] if case.target is not None else []
     for e in ir.walk(roots):
+        if isinstance(getattr(e, "index", None), ir.Member):
+            continue  # a set's member: _sets checks the set's arrays
         if isinstance(e, ir.ChildState):
             out.append((e.index, e.missing_zero))
         elif isinstance(e, (ir.InputRow, ir.InputProjection, ir.Load)):
             out.append((e.index, False))
+        elif isinstance(e, ir.SetReduce):
+            out.append((e.bounds[0], False))  # the node whose set it is: one of the request's own
     return out

@@ -16,7 +16,21 @@ kept. Writing T(x) for that map (x < 0: x; else x + base), the analysis proves, 
   a length) could change a case;
 - rows are read only at node or position indices of arrays of that kind, and node ids never become data (a
   constant-table row, a float value, arithmetic);
-- a `Length` appears only in the trip count, and the trip count of a request is its number of positions.
+- a `Length` appears only in the trip count, and the trip count of a request is its number of positions;
+- a child set (`SetReduce`) is selected from a parent array (one row per node) or an edge list `src`, `dst` (one
+  row per edge, its own unit, the rows of both counted together): their values are node ids, shifted like any other,
+  and the node whose set it is must be a node id the run-time check finds in the request's own rows. Members then
+  stay in the request (the run-time check sends a request whose parent / dst / src values leave its nodes to run
+  alone), in the same order, so a sum over them adds the same numbers in the same order. CSR slices and [2, E]
+  edge lists are refused (their offsets count edges, not nodes; their edges run along the second axis);
+- row expressions are the known, row-local kinds only (elementwise math, products with constant weights, slices,
+  reductions inside a row); anything else is refused, never guessed.
+
+Refused outright, with the reason: host integer state (a stack, a counter: it runs on from one position to the next,
+so a merged request would start from its predecessor's final state), a value carried from one position to the next
+(a chain's vector: the first position of a merged request would read its predecessor's last row), values reduced or
+collected over every position after the kernel (`Final`: a running max or sum, a list, the last value: merged, over
+the forest's positions), and inputs of a fixed row count.
 
 What the IR cannot prove (the value of a node id depends on the base) makes the recursion "not mergeable" with the
 reason. The static proof covers every request; the bounds of the indices a request actually uses are checked per
@@ -31,6 +45,14 @@ from ..ir.printer import format_index, format_pred
 
 NODE, CLAMPED, POSITION, DATA = "node", "clamped node", "position", "data"
 NODES, POSITIONS = "nodes", "positions"  # the two row kinds of a recursion's arrays and tables
+EDGES = "edges:"  # + the dst array's name: the rows of one edge list (src, dst), a unit of their own
+
+# Row expressions whose value at a position depends only on their operands at that position (elementwise math,
+# products with constant weights, static rearrangements and reductions inside the row) or on rows the analysis
+# checks (_row). Any other kind is refused: a new node kind must be judged here before it can merge.
+_ROW_LOCAL = (ir.ConstVec, ir.Scalar, ir.MatMul, ir.LeftMatMul, ir.MatVec, ir.Unary, ir.Binary, ir.Where, ir.Slice,
+              ir.Concat, ir.Take, ir.Reduce)
+_ROW_CHECKED = (ir.ChildState, ir.InputRow, ir.InputProjection, ir.ConstRow, ir.IndexValue, ir.Select, ir.SetReduce)
 NOTES_VERSION = 1
 
 
@@ -90,7 +112,8 @@ def node_uses(program: ir.Program):
     uses = []
 
     def add(index, missing_zero, where):
-        uses.append((index, missing_zero, where))
+        if not isinstance(index, ir.Member):  # a set's member: the set's arrays are checked instead
+            uses.append((index, missing_zero, where))
 
     for case in program.cases:
         if case.target is not None:
@@ -102,6 +125,8 @@ def node_uses(program: ir.Program):
                 add(e.index, e.missing_zero, f"a read of table {e.table}")
             elif isinstance(e, (ir.InputRow, ir.InputProjection)):
                 add(e.index, False, f"a read of node input '{e.array}'")
+            elif isinstance(e, ir.SetReduce):
+                add(e.bounds[0], False, f"the node whose child set {e.encoding} '{', '.join(e.arrays)}' selects")
     return uses
 
 
@@ -128,6 +153,10 @@ class _Analysis:
             for source in _strip(index):
                 if isinstance(source, ir.Load):
                     self.node_ids.add(source.array)
+        for case in self.program.cases:  # a child set's arrays hold node ids, before any kind is memoized
+            for e in ir.walk_rows([x for _, x in case.writes]):
+                if isinstance(e, ir.SetReduce) and e.encoding in ("parent", "edges"):
+                    self.node_ids.update(e.arrays)
 
     # ---- kinds of index expressions ------------------------------------------------------------------------
     def kind(self, e: ir.IExpr) -> str:
@@ -140,6 +169,11 @@ class _Analysis:
     def _kind(self, e: ir.IExpr) -> str:
         if isinstance(e, ir.Iter):
             return self.iter_kind
+        if isinstance(e, ir.Member):
+            return NODE  # a member of a child set: a row of the request's own nodes (see _set)
+        if isinstance(e, (ir.HostValue, ir.HostElement)):
+            raise NotMergeable(f"host integer state '{e.var}' is read as an index: it carries from one position to "
+                               "the next, so merged, a request would start from the previous request's final state")
         if isinstance(e, ir.IConst):
             return DATA
         if isinstance(e, ir.Length):
@@ -221,6 +255,7 @@ class _Analysis:
     # ---- the program ------------------------------------------------------------------------------------------
     def run(self) -> KernelMerge:
         program = self.program
+        self._refuse_state_across_positions()
         self.mark_node_id_arrays()
         for case in program.cases:
             self.check_pred(case.predicate)
@@ -246,8 +281,52 @@ class _Analysis:
                                       if not self.is_position(i) and self.kind(i) == CLAMPED))
         return KernelMerge(roles, outputs, self.position_rows, program, clamped)
 
+    def _refuse_state_across_positions(self):
+        program = self.program
+        if program.host_vars:
+            names = ", ".join(v.name for v in program.host_vars)
+            raise NotMergeable(f"the recursion carries host integer state ({names}: a stack, a counter) from one "
+                               "position to the next: merged, a request would start from the previous request's "
+                               "final state")
+        if program.finals:
+            f = program.finals[0]
+            what = {"last": "the last value of a carried vector", "reduce": f"a running {f.op} over every position",
+                    "sequence": "a list appended to at every position"}.get(f.kind, f.kind)
+            raise NotMergeable(f"output '{f.output}' is {what}, computed over the whole visit after the kernel: "
+                               "merged, it would cover the forest's positions, not the request's")
+        if ir.is_sequential(program):
+            raise NotMergeable("a value is carried from one position to the next (a chain's vector): merged, a "
+                               "request's first position would read the previous request's last one")
+        for decl in program.inputs:
+            if decl.rows is not None:
+                raise NotMergeable(f"input '{decl.name}' has a fixed number of rows ({decl.rows}): a forest of "
+                                   "several requests cannot have it")
+
+    def _set(self, e: ir.SetReduce):
+        """A child set: its arrays hold node ids (shifted); the node it selects for must be a node id."""
+        if e.encoding == "range":
+            raise NotMergeable(f"a CSR child list ({e.arrays[0]} sliced by offsets): the offsets count edges, not "
+                               "nodes, and the N + 1 offsets of a request do not concatenate row by row, so merging "
+                               "it is not supported")
+        if e.encoding == "edge_index":
+            raise NotMergeable(f"an edge list [2, E] ('{e.arrays[0]}'): its edges run along the second axis, and the "
+                               "merge concatenates first axes, so merging it is not supported")
+        if e.encoding not in ("parent", "edges"):
+            raise NotMergeable(f"a child set of encoding '{e.encoding}' the merge analysis does not know")
+        if self.kind(e.bounds[0]) not in (NODE, CLAMPED):
+            raise NotMergeable(f"a child set selects the members of {format_index(e.bounds[0])}, which is not a node "
+                               "id")
+        rows = NODES if e.encoding == "parent" else EDGES + e.arrays[1]
+        for name in e.arrays:
+            self.node_ids.add(name)
+            self.rows.setdefault(name, set()).add(rows)
+
     def _row(self, e: ir.RExpr):
-        if isinstance(e, ir.ChildState):
+        if not isinstance(e, _ROW_LOCAL + _ROW_CHECKED):
+            raise NotMergeable(f"a row expression of kind {type(e).__name__} the merge analysis does not know")
+        if isinstance(e, ir.SetReduce):
+            self._set(e)
+        elif isinstance(e, ir.ChildState):
             if self.kind(e.index) not in (NODE, CLAMPED):
                 raise NotMergeable(f"table {e.table} is read at row {format_index(e.index)}, which is not a node id")
         elif isinstance(e, (ir.InputRow, ir.InputProjection)):

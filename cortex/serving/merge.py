@@ -184,7 +184,7 @@ def _plan(analysis: GraphAnalysis) -> MergePlan:
         for needed in (nodes, positions):
             if needed not in measures:
                 raise NotMergeable(f"{site.name}: its {needed} are counted by no input")
-        lengths = {name: nodes if role.rows == "nodes" else positions
+        lengths = {name: unit_name(site.unit_of(units, role.rows))
                    for name, role in site.merge.inputs.items() if role.rows != "unused"}
         kernels.append(KernelCheck(site.name, site.merge.program, dict(site.arrays), nodes, positions,
                                    site.merge.positions == "nodes", lengths, BoundsCheck(site.merge.program)))
@@ -312,7 +312,8 @@ def out_of_bounds(plan: MergePlan, batch: MergedBatch) -> set:
         if k.program.mode == "visit" and _positions(k, totals) != totals[k.positions]:
             return set(range(len(batch.counts[k.positions])))  # the trip count does not add up: nobody merges
         arrays = {name: batch.feeds[source] for name, source in k.arrays.items()}
-        flagged |= k.bounds(arrays, batch.counts[k.nodes], batch.counts[k.positions], k.positions_are_nodes)
+        rows = {name: batch.counts[unit] for name, unit in k.lengths.items() if unit in batch.counts}
+        flagged |= k.bounds(arrays, batch.counts[k.nodes], batch.counts[k.positions], k.positions_are_nodes, rows)
     return flagged
 
 
