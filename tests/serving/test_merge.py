@@ -379,15 +379,18 @@ def _wild_feeds(kind):
     from onnx_ops.zoo import wild
     return {"binary": lambda t: wild.binary_feeds([t]), "nary": lambda t: wild.nary_feeds([t]),
             "binary32": lambda t: wild.int32_feeds([t]),
-            "nary3": lambda t: wild.nary3_forest_feeds(st.batch_nary([st.nary_from_forest(t)]))}[kind]
+            "nary3": lambda t: wild.nary3_forest_feeds(st.batch_nary([st.nary_from_forest(t)])),
+            "parent": lambda t: wild.parent_feeds(st.batch_nary([st.nary_from_forest(t)]))}[kind]
 
 
 @pytest.mark.parametrize("name", ["tai_treelstm", "while_loop", "scan_cond", "childsum_forget", "zero_branch",
-                                  "int32_bool", "nested_loop", "matrix_state"])
+                                  "int32_bool", "nested_loop", "matrix_state",
+                                  "childsum_parent"])
 def test_real_exports_merge_exactly(name, tmp_path):
     """TorchScript and dynamo exports of natural PyTorch code: torch's clamp(min=0) of child ids (while_loop,
     childsum_forget), a per-step output split by positions (scan_cond), int32 and bool structure arrays, an
-    unrolled loop over child slots, a matrix per node (whose random weights overflow: NaN compares equal here)."""
+    unrolled loop over child slots, a matrix per node (whose random weights overflow: NaN compares equal here), a
+    Child-Sum TreeLSTM whose children are a parent array (parent ids shifted too)."""
     pytest.importorskip("torch")
     from onnx_ops.zoo import wild
     kind = wild.MODELS[name][4]
@@ -407,9 +410,10 @@ def test_real_exports_merge_exactly(name, tmp_path):
 
 @pytest.mark.parametrize("name,reason", [("reverse_counter", "computes with a position"),
                                          ("two_pass", "computes with a position"),
-                                         ("dagrnn_where", "len(features) is used inside the recursion")])
+                                         ("dagrnn_where", "len(features) is used inside the recursion"),
+                                         ("childsum_csr", "a CSR child list")])
 def test_real_exports_that_mix_trees_are_refused(name, reason, tmp_path):
-    """Walking the order backwards (order[L - 1 - i]); a missing neighbour sent to an extra row N."""
+    """Walking the order backwards (order[L - 1 - i]); a missing neighbour sent to an extra row N; CSR offsets."""
     pytest.importorskip("torch")
     from onnx_ops.zoo import wild
     kind = wild.MODELS[name][4]

@@ -153,14 +153,19 @@ def test_unshifted_ids_would_cross_trees(tmp_path):
 
 
 def test_child_set_arrays_of_one_request_must_agree(tmp_path):
-    """src and dst count the same edges: a request whose two arrays differ in length runs alone (merged, its edges
-    would pair with a neighbour's)."""
+    """src and dst count the same edges, a parent array the nodes: a request whose arrays disagree runs alone (merged,
+    its edges would pair with a neighbour's, its parents name another request's nodes)."""
     path = _convert_child_set(tmp_path, "edges", sets.EdgesSum)
     plan = plan_for(path)
     from cortex.serving import check_request
     tree = sets._feeds("edges", S.random_nary_tree(8, 3, np.random.default_rng(3), sets.V))
     assert check_request(plan, tree) is None
     assert "rows" in check_request(plan, dict(tree, dst=tree["dst"][:-1]))
+    (tmp_path / "parent").mkdir()
+    parent_path = _convert_child_set(tmp_path / "parent", "parent", sets.MaskMatmul)
+    tree = sets._feeds("parent", S.random_nary_tree(8, 3, np.random.default_rng(3), sets.V))
+    longer = dict(tree, parent=np.concatenate([tree["parent"], [0]]))  # one row per node: a ninth parent is not
+    assert "rows" in check_request(plan_for(parent_path), longer)
 
 
 # ---- refused, with the reason -------------------------------------------------------------------------------------
