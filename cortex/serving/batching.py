@@ -147,9 +147,10 @@ class BatchingSession:
         """`run` for asyncio: waits without blocking the event loop (cancelling it drops a request not yet run)."""
         return await asyncio.wrap_future(self.submit(feeds))
 
-    def close(self, cancel_pending: bool = False):
+    def close(self, cancel_pending: bool = False, timeout: Optional[float] = None) -> bool:
         """Takes no new requests; serves those queued (or, with `cancel_pending`, fails them with SessionClosed);
-        returns when the worker has stopped."""
+        returns when the workers have stopped (True), or after `timeout` s with a forest still running (False: the
+        workers finish it and its callers get their answers; call close again to wait for them)."""
         with self._cond:
             self._closing = True
             dropped = list(self._queue) if cancel_pending else []
@@ -159,9 +160,11 @@ class BatchingSession:
         for request in dropped:
             if request.future.set_running_or_notify_cancel():
                 request.future.set_exception(SessionClosed("the BatchingSession was closed before this request ran"))
+        deadline = None if timeout is None else time.monotonic() + timeout
         for worker in self._workers:
             if worker is not threading.current_thread():
-                worker.join()
+                worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(w.is_alive() for w in self._workers if w is not threading.current_thread())
 
     def __enter__(self):
         return self

@@ -227,3 +227,72 @@ def test_a_request_alone_waits_at_most_about_the_delay(models):
         started = time.monotonic()
         session.run(feeds, timeout=10)
         assert time.monotonic() - started < 5  # the delay, not max_trees, ends the wait
+
+
+class _Stalled:
+    """A session whose runs wait for `release` (a kernel call that takes long), for bounded-wait tests."""
+
+    def __init__(self, session):
+        self.session, self.release, self.started = session, threading.Event(), threading.Event()
+
+    def run(self, names, feeds):
+        self.started.set()
+        assert self.release.wait(60), "never released"
+        return self.session.run(names, feeds)
+
+
+def test_close_with_a_forest_running_is_bounded(models):
+    """close(timeout) returns within its bound while a forest runs; the running requests still get their answers,
+    the queued ones too, and nothing waits forever."""
+    path = models["treerec"]
+    plain = cortex.InferenceSession(path)
+    feeds = [_feeds("treerec", t) for t in _trees(4)]
+    session = cortex.BatchingSession(path, max_trees=2, max_delay_ms=0)
+    stalled = _Stalled(session.session)
+    session.session = stalled
+    first = session.submit(feeds[0])
+    assert stalled.started.wait(30)
+    queued = [session.submit(f) for f in feeds[1:]]
+    started = time.monotonic()
+    assert session.close(timeout=0.2) is False
+    assert time.monotonic() - started < 5
+    with pytest.raises(SessionClosed):
+        session.submit(feeds[0])
+    stalled.release.set()
+    assert session.close(timeout=60) is True
+    for f, future in zip(feeds, [first] + queued):
+        assert _same(future.result(1), plain.run(None, f))
+
+
+def test_asyncio_cancel_timeout_and_close(models):
+    """An awaiting caller that gives up (wait_for) or is cancelled drops only its own request; close with
+    cancel_pending fails the awaiting callers with SessionClosed instead of leaving them waiting."""
+    path = models["treerec"]
+    plain = cortex.InferenceSession(path)
+    feeds = [_feeds("treerec", t) for t in _trees(6)]
+
+    async def scenario(session):
+        with pytest.raises(asyncio.TimeoutError):  # the worker waits for a full first batch (60 s delay)
+            await asyncio.wait_for(session.run_async(feeds[0]), 0.2)
+        doomed = asyncio.ensure_future(session.run_async(feeds[1]))
+        await asyncio.sleep(0.05)
+        doomed.cancel()
+        waiting = [asyncio.ensure_future(session.run_async(f)) for f in feeds[2:4]]
+        await asyncio.sleep(0.05)
+        await asyncio.get_running_loop().run_in_executor(None, lambda: session.close(cancel_pending=True, timeout=30))
+        outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+        assert all(isinstance(o, SessionClosed) for o in outcomes), outcomes
+        assert doomed.cancelled()
+
+    session = cortex.BatchingSession(path, max_trees=16, max_delay_ms=60_000)
+    asyncio.run(asyncio.wait_for(scenario(session), 60))
+
+    async def bad_and_good(session):
+        bad = dict(feeds[0], words=feeds[0]["words"][:-1])  # fails in its own run
+        return await asyncio.gather(*(session.run_async(f) for f in [feeds[4], bad, feeds[5]]),
+                                    return_exceptions=True)
+
+    with cortex.BatchingSession(path, max_trees=3, max_delay_ms=200) as session:
+        good_a, bad, good_b = asyncio.run(asyncio.wait_for(bad_and_good(session), 60))
+    assert isinstance(bad, Exception)
+    assert _same(good_a, plain.run(None, feeds[4])) and _same(good_b, plain.run(None, feeds[5]))

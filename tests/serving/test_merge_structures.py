@@ -248,3 +248,46 @@ def test_ir_forms_that_are_refused(tmp_path):
     as_data = ir.transform(lambda e: dataclasses.replace(e, array="parent") if e == words_load else e)(row)
     p = dataclasses.replace(program, cases=(dataclasses.replace(case, writes=((table, as_data),)),))
     assert "used as data" in refused(p)
+
+
+def test_batching_session_serves_child_sets_with_attacks_among_them(tmp_path):
+    """Concurrent callers, good trees and requests whose edges leave their tree mixed: each caller gets the bits (or
+    the error) of its own run, within a bounded wait."""
+    import threading
+
+    path = _convert_child_set(tmp_path, "edges", sets.EdgesSum)
+    plain = cortex.InferenceSession(path)
+    rng = np.random.default_rng(5)
+    requests = _trees("edges", count=6)
+    for k in range(3):
+        requests += [feeds for _, feeds, _ in _attacks("edges", sets._feeds("edges", S.random_nary_tree(
+            int(rng.integers(2, 20)), 3, rng, sets.V)))]
+    rng.shuffle(requests)
+    answers = [None] * len(requests)
+    with cortex.BatchingSession(path, max_trees=8, max_delay_ms=20) as session:
+        barrier = threading.Barrier(len(requests))
+
+        def client(k):
+            barrier.wait(30)
+            try:
+                answers[k] = ("ok", session.run(requests[k], timeout=60))
+            except Exception as e:  # noqa: BLE001
+                answers[k] = ("error", str(e))
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(len(requests))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(90)
+        assert not any(t.is_alive() for t in threads)
+        assert session.stats.merged_requests > 0
+    for k, request in enumerate(requests):
+        try:
+            want = ("ok", plain.run(None, request))
+        except Exception as e:  # noqa: BLE001
+            want = ("error", str(e))
+        assert answers[k][0] == want[0], (k, answers[k])
+        if want[0] == "ok":
+            assert all(np.array_equal(a, b) for a, b in zip(answers[k][1], want[1])), k
+        else:
+            assert answers[k][1] == want[1]
