@@ -26,6 +26,7 @@ from .ir import nodes as ir
 from .ir.ops import MissingOp
 from .ir.serialize import IRFormatError, to_json
 from .passes import PassError, optimize
+from .serving.kernel import merge_notes
 from .treerec import DOMAIN as TREEREC_DOMAIN
 from .treerec.portable import has_treerec, raise_treerec, to_portable
 
@@ -271,6 +272,7 @@ def publish_kernel(built: BuiltKernel, output: Path, replaces: str, original_nod
                            f"{trust.TRUST_DIR_ENV} to a directory you can write") from None
     notes = {"kernel_sha256": sha, "recursion": program.name, "replaces": replaces, "original_node": original_node,
              **built.backend.notes()}
+    notes["merge"] = merge_notes(program)  # may concurrent requests run as one forest (cortex.serving)
     try:
         notes["ir"] = to_json(program)
         notes["constants"] = _constant_layouts(built)

@@ -5,8 +5,10 @@
 //   C[m][n] = (accumulate ? C[m][n] : 0) + bias[n] (if bias) + sum_k A[m][k] * W[k][n]
 //
 // AVX2+FMA path: 6x16 register-blocked micro-kernel (12 ymm accumulators), K blocked so one panel
-// slice stays in L1 while all row blocks stream over it; a streaming kernel with split
-// accumulators for M <= 4 (bandwidth-bound). gemm_packed splits column panels (and row blocks when
+// slice stays in L1 while all row blocks stream over it; a streaming kernel for M <= 4
+// (bandwidth-bound). Batch-invariant: every element is one sequential FMA chain over k, whatever M
+// and the tile size, so a row's bits do not depend on the other rows of its product (a request
+// gives the same bits alone and merged into a forest: cortex.serving). gemm_packed splits column panels (and row blocks when
 // there are few panels) over cortex::parallel_for; gemm_packed_serial runs on the calling thread.
 // No allocation. A and C may have any leading dimension; no alignment is required.
 #pragma once
@@ -236,15 +238,17 @@ inline void kern(int64_t kc, const float* A, int64_t lda, const float* B, float*
 #undef CX_MERGE
 #undef CX_STORE
 
+// U = 1 for every tile size: split accumulators (U = 2 or 4 for 1-3 rows) hid FMA latency but summed k in
+// another order than the 4-6 row tiles, so a row's result depended on how many rows shared its product.
 inline void kern_dispatch(int64_t mr, int64_t kc, const float* A, int64_t lda, const float* B, float* C,
                           int64_t ldc, const float* bias16, bool load_c) {
   switch (mr) {
     case 6: kern<6, 1>(kc, A, lda, B, C, ldc, bias16, load_c); break;
     case 5: kern<5, 1>(kc, A, lda, B, C, ldc, bias16, load_c); break;
     case 4: kern<4, 1>(kc, A, lda, B, C, ldc, bias16, load_c); break;
-    case 3: kern<3, 2>(kc, A, lda, B, C, ldc, bias16, load_c); break;
-    case 2: kern<2, 2>(kc, A, lda, B, C, ldc, bias16, load_c); break;
-    default: kern<1, 4>(kc, A, lda, B, C, ldc, bias16, load_c); break;
+    case 3: kern<3, 1>(kc, A, lda, B, C, ldc, bias16, load_c); break;
+    case 2: kern<2, 1>(kc, A, lda, B, C, ldc, bias16, load_c); break;
+    default: kern<1, 1>(kc, A, lda, B, C, ldc, bias16, load_c); break;
   }
 }
 

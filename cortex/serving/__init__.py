@@ -1,0 +1,23 @@
+"""Serving many single-tree requests: merging them into one forest per kernel call, proven safe from the IR.
+
+- `plan_for(model)`: the merge plan of a converted model (`MergePlan.mergeable`, `.reason`, `.describe()`).
+- `BatchingSession(path, max_trees=..., max_delay_ms=..., device=...)`: collects concurrent requests and runs them
+  as one forest (thread-safe; `run` blocks, `run_async` awaits).
+- `run_forest(plan, session, requests)`: one batch through one session (merged where safe, alone where not; each
+  request its outputs or its own error): what the BatchingSession and the Ray Serve deployment (`ray_app`) run,
+  and what Triton's Python backend can call (docs/serving.md).
+- `check_request`, `merge`, `out_of_bounds`, `split`: its pieces.
+"""
+from .forest import ForestStats, run_forest
+from .kernel import NotMergeable, merge_notes
+from .merge import FeedError, MergePlan, check_request, merge, out_of_bounds, plan_for, split
+
+__all__ = ["plan_for", "MergePlan", "NotMergeable", "FeedError", "merge_notes", "check_request", "merge",
+           "out_of_bounds", "split", "run_forest", "ForestStats", "BatchingSession", "QueueFull", "SessionClosed"]
+
+
+def __getattr__(name):  # the session pulls in onnxruntime: only when asked for
+    if name in ("BatchingSession", "QueueFull", "SessionClosed"):
+        from . import batching
+        return getattr(batching, name)
+    raise AttributeError(name)

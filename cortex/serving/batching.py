@@ -1,0 +1,219 @@
+"""BatchingSession: concurrent single-tree requests, one forest per kernel call.
+
+Callers on any thread (`run`, blocking) or event loop (`await run_async`) hand in one request each. A worker
+thread takes the waiting requests (up to `max_trees`); it waits for more only while fewer wait than its last batch
+held (callers answered together tend to come back together; a lone caller waits only the first time), and never
+longer than `max_delay_ms` from the oldest request's arrival. It merges them into one forest (merge.py: proven safe from the IR at conversion), runs it through an
+ordinary Cortex session and answers every caller with its own rows. While a forest runs, new requests queue up and
+form the next one, so under load batches fill without waiting.
+
+A request that cannot join (its inputs disagree with the model's declarations, or its indices leave its own rows)
+runs alone and gets exactly what a plain session gives it: its results or its own error. When a merged run fails
+(a cycle, a token id past the embedding), every request of it runs again alone, so one bad tree never fails or
+changes its neighbours.
+
+Backpressure: at most `max_queue` requests wait. A request that arrives when the queue is full is refused at once
+with `QueueFull` (nothing is queued; shed the load or retry later); requests already queued are served.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Optional
+
+from ..session import InferenceSession
+from .forest import ForestStats, run_forest
+from .kernel import NotMergeable
+from .merge import check_request, plan_for
+
+
+class QueueFull(RuntimeError):
+    """The session's queue holds `max_queue` requests; this one was not queued."""
+
+
+class SessionClosed(RuntimeError):
+    """The session is closed (or closing) and takes no new requests."""
+
+
+class _Waiter:
+    """The answer slot of a blocking `run`: a lock held until the answer is in (lighter than a Future)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self._value = self._error = None
+
+    def set_running_or_notify_cancel(self) -> bool:
+        return True
+
+    def set_result(self, value):
+        self._value = value
+        self._lock.release()
+
+    def set_exception(self, error):
+        self._error = error
+        self._lock.release()
+
+    def result(self, timeout: Optional[float] = None):
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError(f"no answer within {timeout} s (the request stays queued)")
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+@dataclass
+class _Request:
+    feeds: dict
+    future: object  # a Future (submit, run_async) or a _Waiter (run)
+    arrival: float
+    alone: Optional[str]  # why it cannot join a merged run, or None
+
+
+BatchingStats = ForestStats  # what `BatchingSession.stats` holds
+
+
+class BatchingSession:
+    """Serves one converted model to many concurrent callers, merging their trees into forests.
+
+    `path`: a converted model (cortex-convert). `max_trees`: most requests in one forest. `max_delay_ms`: longest a
+    request waits for others before its forest runs. `device`: as `cortex.InferenceSession` ("cpu", "cuda",
+    "cuda:N"). `max_queue`: most requests waiting (then `QueueFull`). `workers`: threads running forests (2 lets
+    one forest's merging and answering overlap another's kernel call). A model whose merge is not proven raises
+    `NotMergeable` with the reason, unless `allow_unmerged=True` (then every request runs alone, in order).
+    `sess_options` and `trust` go to `cortex.InferenceSession`."""
+
+    def __init__(self, path, max_trees: int = 32, max_delay_ms: float = 2.0, device: str = "cpu", *,
+                 max_queue: int = 1024, workers: int = 1, allow_unmerged: bool = False, sess_options=None,
+                 trust=None):
+        if not isinstance(max_trees, int) or max_trees < 1:
+            raise ValueError(f"max_trees must be an integer >= 1, got {max_trees!r}")
+        if not max_delay_ms >= 0:
+            raise ValueError(f"max_delay_ms must be >= 0, got {max_delay_ms!r}")
+        if not isinstance(workers, int) or workers < 1:
+            raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+        if not isinstance(max_queue, int) or max_queue < 1:
+            raise ValueError(f"max_queue must be an integer >= 1, got {max_queue!r}")
+        self.plan = plan_for(path)
+        if not self.plan.mergeable and not allow_unmerged:
+            raise NotMergeable(f"{path}: requests cannot be merged: {self.plan.reason} (BatchingSession(..., "
+                               "allow_unmerged=True) serves it one request at a time)")
+        self.session = InferenceSession(path, sess_options, trust=trust, device=device)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.max_trees, self.max_delay = max_trees, max_delay_ms / 1000.0
+        self.max_queue = max_queue
+        self.stats = BatchingStats()
+        self._stats_lock = threading.Lock()
+        self._queue = collections.deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._last_batch = max_trees  # requests the last batch took: how many to expect (the first: a full one)
+        self._workers = [threading.Thread(target=self._serve_forever, name=f"cortex-batching-{k}", daemon=True)
+                         for k in range(workers)]
+        for worker in self._workers:
+            worker.start()
+
+    # ---- callers ------------------------------------------------------------------------------------------
+    def submit(self, feeds: dict) -> Future:
+        """Queues one request; its Future resolves to the outputs (a list, in the model's output order) or to the
+        request's own error. Raises at once: FeedError (inputs missing or unknown), QueueFull, SessionClosed. The
+        arrays are read when the forest runs: leave them unchanged until the result arrives."""
+        return self._enqueue(feeds, Future())
+
+    def _enqueue(self, feeds, answer):
+        if not isinstance(feeds, dict):
+            raise TypeError(f"feeds must be a dict of input name -> numpy array, got {type(feeds).__name__}")
+        alone = check_request(self.plan, feeds) if self.plan.mergeable else "the model is not mergeable"
+        request = _Request(dict(feeds), answer, time.monotonic(), alone)
+        with self._cond:
+            if self._closing:
+                raise SessionClosed("this BatchingSession is closed")
+            if len(self._queue) >= self.max_queue:
+                raise QueueFull(f"{len(self._queue)} requests are waiting (max_queue={self.max_queue}); this one was "
+                                "not queued: retry later or shed load")
+            self._queue.append(request)
+            self._cond.notify()
+        return request.future
+
+    def run(self, feeds: dict, timeout: Optional[float] = None) -> list:
+        """The outputs of one request (blocking); its own error if it fails; TimeoutError after `timeout` s."""
+        return self._enqueue(feeds, _Waiter()).result(timeout)
+
+    async def run_async(self, feeds: dict) -> list:
+        """`run` for asyncio: waits without blocking the event loop (cancelling it drops a request not yet run)."""
+        return await asyncio.wrap_future(self.submit(feeds))
+
+    def close(self, cancel_pending: bool = False, timeout: Optional[float] = None) -> bool:
+        """Takes no new requests; serves those queued (or, with `cancel_pending`, fails them with SessionClosed);
+        returns when the workers have stopped (True), or after `timeout` s with a forest still running (False: the
+        workers finish it and its callers get their answers; call close again to wait for them)."""
+        with self._cond:
+            self._closing = True
+            dropped = list(self._queue) if cancel_pending else []
+            if cancel_pending:
+                self._queue.clear()
+            self._cond.notify_all()
+        for request in dropped:
+            if request.future.set_running_or_notify_cancel():
+                request.future.set_exception(SessionClosed("the BatchingSession was closed before this request ran"))
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for worker in self._workers:
+            if worker is not threading.current_thread():
+                worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(w.is_alive() for w in self._workers if w is not threading.current_thread())
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- the worker ---------------------------------------------------------------------------------------
+    def _next_batch(self) -> list:
+        """The next requests to run together. It goes when `max_trees` wait, when as many wait as the last batch
+        answered (in a closed loop those callers come back at once; a single caller never waits), or when the
+        oldest has waited `max_delay_ms`."""
+        with self._cond:
+            while not self._queue and not self._closing:
+                self._cond.wait()
+            if not self._queue:
+                return []
+            deadline = self._queue[0].arrival + self.max_delay
+            expected = min(self.max_trees, self._last_batch)
+            while len(self._queue) < expected and not self._closing:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(remaining)
+            count = min(self.max_trees, len(self._queue))
+            self._last_batch = count
+            return [self._queue.popleft() for _ in range(count)]
+
+    def _serve_forever(self):
+        while True:
+            batch = self._next_batch()
+            if not batch:
+                return
+            batch = [r for r in batch if r.future.set_running_or_notify_cancel()]  # callers may have given up
+            try:
+                self._serve(batch)
+            except BaseException as e:  # noqa: BLE001 - a bug here must not leave callers waiting forever
+                for r in batch:
+                    if not r.future.done():
+                        r.future.set_exception(RuntimeError(f"internal error in the batching session: "
+                                                            f"{type(e).__name__}: {e}"))
+
+    def _serve(self, batch: list):
+        counts = BatchingStats()
+        results = run_forest(self.plan, self.session, [r.feeds for r in batch], [r.alone for r in batch], counts)
+        with self._stats_lock:
+            self.stats.add(counts)
+        for request, result in zip(batch, results):
+            if isinstance(result, BaseException):
+                request.future.set_exception(result)
+            else:
+                request.future.set_result(result)

@@ -1,0 +1,82 @@
+"""One batch of requests through one session: merged into a forest where that is safe, each request alone where
+not; every request gets its own outputs or its own error. The BatchingSession and the Ray Serve deployment both
+serve through `run_forest`."""
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .merge import FeedError, MergePlan, check_request, merge, out_of_bounds, split
+
+
+@dataclass
+class ForestStats:
+    requests: int = 0  # answered (results or errors)
+    batches: int = 0  # kernel calls for merged forests
+    merged_requests: int = 0  # requests answered from a merged forest
+    alone: int = 0  # requests run by themselves (could not merge, or a batch of one)
+    fallbacks: int = 0  # merged runs that failed and were rerun request by request
+    largest_batch: int = 0
+    sizes: collections.Counter = field(default_factory=collections.Counter, repr=False)  # requests per call -> calls
+
+    def add(self, other: "ForestStats"):
+        for name in ("requests", "batches", "merged_requests", "alone", "fallbacks"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.largest_batch = max(self.largest_batch, other.largest_batch)
+        self.sizes.update(other.sizes)
+
+    @property
+    def mean_batch(self) -> float:
+        """Mean number of requests a kernel call answered (merged forests and single runs)."""
+        calls = self.batches + self.alone
+        return self.requests / calls if calls else 0.0
+
+
+def run_forest(plan: MergePlan, session, requests: list, reasons: Optional[list] = None,
+               stats: Optional[ForestStats] = None) -> list:
+    """Per request (a dict of input arrays), in order: its outputs (a list, the model's output order) or the
+    exception a plain `session.run` of it raises. `reasons`: check_request's answers when the caller has them."""
+    stats = stats if stats is not None else ForestStats()
+    results = [None] * len(requests)
+    if reasons is None:
+        reasons = []
+        for k, feeds in enumerate(requests):
+            try:
+                reasons.append(check_request(plan, feeds) if plan.mergeable else "not mergeable")
+            except FeedError as e:
+                reasons.append(str(e))
+                results[k] = e
+    together = [k for k, why in enumerate(reasons) if why is None]
+    alone = [k for k, why in enumerate(reasons) if why is not None and results[k] is None]
+    if len(together) > 1:
+        merged = merge(plan, [requests[k] for k in together])
+        outside = out_of_bounds(plan, merged)
+        if outside:
+            alone += [k for j, k in enumerate(together) if j in outside]
+            together = [k for j, k in enumerate(together) if j not in outside]
+            merged = merge(plan, [requests[k] for k in together]) if len(together) > 1 else None
+        if merged is not None:
+            try:
+                parts = split(plan, session.run(None, merged.feeds), merged)
+            except Exception:  # noqa: BLE001 - whichever request caused it gets its own error when it runs alone
+                stats.fallbacks += 1
+                alone += together
+            else:
+                stats.batches += 1
+                stats.merged_requests += len(together)
+                stats.requests += len(together)
+                stats.largest_batch = max(stats.largest_batch, len(together))
+                stats.sizes[len(together)] += 1
+                for k, outputs in zip(together, parts):
+                    results[k] = outputs
+            together = []
+    for k in sorted(together + alone):
+        stats.alone += 1
+        stats.requests += 1
+        stats.sizes[1] += 1
+        try:
+            results[k] = session.run(None, requests[k])
+        except Exception as e:  # noqa: BLE001 - the request's own error, as a plain session raises it
+            results[k] = e
+    return results

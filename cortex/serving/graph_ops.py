@@ -1,0 +1,304 @@
+"""What each ONNX op outside the recursions does to the merge's abstract values (graph.py): rows stay rows where
+the op works row by row (elementwise math with constants that do not vary along the rows, products with constant
+weights, reductions and softmax over other axes, reshapes that keep the rows); shapes and counts become rows again
+through ConstantOfShape and Expand; anything that mixes rows is opaque, with the reason. An op not handled here is
+opaque (graph.py says so); constants fold in graph.py."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from .values import Const, Dims, Opaque, Rows, UnitDim
+
+ELEMENTWISE = {
+    "Abs", "Acos", "Acosh", "Add", "And", "Asin", "Asinh", "Atan", "Atanh", "BitwiseAnd", "BitwiseNot", "BitwiseOr",
+    "BitwiseXor", "Ceil", "Celu", "Clip", "Cos", "Cosh", "Div", "Dropout", "Elu", "Equal", "Erf", "Exp", "Floor",
+    "Gelu", "Greater", "GreaterOrEqual", "HardSigmoid", "HardSwish", "Identity", "IsInf", "IsNaN", "LeakyRelu",
+    "Less", "LessOrEqual", "Log", "Max", "Mean", "Min", "Mish", "Mod", "Mul", "Neg", "Not", "Or", "PRelu", "Pow",
+    "Reciprocal", "Relu", "Round", "Selu", "Shrink", "Sigmoid", "Sign", "Sin", "Sinh", "Softplus", "Softsign", "Sqrt",
+    "Sub", "Sum", "Tan", "Tanh", "ThresholdedRelu", "Where", "Xor",
+}
+REDUCTIONS = {"ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
+              "ReduceProd", "ReduceSum", "ReduceSumSquare"}
+_WIDENING = {onnx.TensorProto.INT32: {onnx.TensorProto.INT32, onnx.TensorProto.INT64},
+             onnx.TensorProto.INT64: {onnx.TensorProto.INT64}}
+
+
+class OpSemantics:
+    """The op handlers of GraphAnalysis (`_op_<OpType>`, elementwise ops, reductions)."""
+
+    def _elementwise(self, node, args):
+        rows = [a for a in args if isinstance(a, Rows)]
+        where = f"node '{node.name or node.op_type}' ({node.op_type})"
+        if any(isinstance(a, Dims) for a in args if a is not None):
+            return Opaque(f"{where} computes with a count (e.g. N + 1 rows): merged, the count would be the forest's")
+        if not rows:
+            return None
+        units = {self.units.find(r.unit) for r in rows}
+        if len(units) > 1:
+            return Opaque(f"{where} combines rows of different sizes")
+        ranks = {1 + len(r.inner) for r in rows if r.inner is not None}
+        rank = max(ranks) if ranks else None
+        for a in args:
+            if isinstance(a, Const) and a.value.ndim:
+                if rank is None or a.value.ndim > rank or (a.value.ndim == rank and a.value.shape[0] != 1):
+                    return Opaque(f"{where} combines the rows with a constant that varies along them")
+        inner = None
+        if all(r.inner is not None for r in rows) and len({r.inner for r in rows}) == 1:
+            inner = rows[0].inner
+        carries = rows[0].carries if node.op_type == "Identity" else None
+        return Rows(rows[0].unit, inner, carries)
+
+    def _reduce(self, node, args, attrs):
+        x = args[0]
+        if not isinstance(x, Rows):
+            return None
+        axes = attrs.get("axes")
+        if axes is None and len(args) > 1 and isinstance(args[1], Const):
+            axes = [int(v) for v in args[1].value.reshape(-1)]
+        if not axes:
+            if attrs.get("noop_with_empty_axes", 0):
+                return Rows(x.unit, x.inner)
+            return Opaque(f"node '{node.name or node.op_type}' ({node.op_type}) reduces over all rows: merged, "
+                          "it would mix the requests' trees")
+        rank = None if x.inner is None else 1 + len(x.inner)
+        if rank is None and any(a < 0 for a in axes):
+            return None
+        axes = [a % rank if rank else a for a in axes]
+        if 0 in axes:
+            return Opaque(f"node '{node.name or node.op_type}' ({node.op_type}) reduces over the rows (axis 0): "
+                          "merged, it would mix the requests' trees")
+        keep = attrs.get("keepdims", 1)
+        inner = None if x.inner is None else tuple(
+            (1 if keep else None) if k + 1 in axes else d for k, d in enumerate(x.inner))
+        inner = None if inner is None else tuple(d for d in inner if d is not None)
+        return Rows(x.unit, inner)
+
+    # shapes and counts
+    def _op_Shape(self, args, attrs):
+        x = args[0]
+        if isinstance(x, Rows):
+            if x.inner is None:
+                return None
+            items = (UnitDim(x.unit),) + tuple(x.inner)
+            start, end = attrs.get("start", 0), attrs.get("end", None)
+            return Dims(items[slice(start, end)])
+        return None
+
+    def _op_Gather(self, args, attrs):
+        data, indices = args[0], args[1]
+        axis = attrs.get("axis", 0)
+        if isinstance(data, Dims) and isinstance(indices, Const):
+            picked = [data.items[int(i)] for i in indices.value.reshape(-1)]
+            return Dims(tuple(picked), scalar=indices.value.ndim == 0)
+        if isinstance(data, Const) and isinstance(indices, Rows) and axis in (0, -data.value.ndim) \
+                and indices.inner is not None:  # an embedding lookup of each row's token
+            return Rows(indices.unit, tuple(indices.inner) + tuple(data.value.shape[1:]))
+        if isinstance(data, Rows):
+            rank = None if data.inner is None else 1 + len(data.inner)
+            if rank is not None:
+                axis %= rank
+            if axis == 0 and isinstance(indices, Rows) and indices.carries:  # rows by node id: the roots' states
+                if indices.inner != ():
+                    return None
+                self._use(indices, "node ids", "a Gather of rows by node id", data.unit)
+                return Rows(indices.unit, data.inner)
+            if axis == 0:
+                return Opaque("a row picked at a fixed index (row k of a forest belongs to another request)")
+            if isinstance(indices, Const) and data.inner is not None:
+                inner = list(data.inner)
+                inner[axis - 1:axis] = list(indices.value.shape)
+                return Rows(data.unit, tuple(inner))
+        return None
+
+    def _op_Unsqueeze(self, args, attrs):
+        return self._squeeze(args, attrs, add=True)
+
+    def _op_Squeeze(self, args, attrs):
+        return self._squeeze(args, attrs, add=False)
+
+    def _squeeze(self, args, attrs, add):
+        x = args[0]
+        axes = attrs.get("axes")
+        if axes is None and len(args) > 1 and isinstance(args[1], Const):
+            axes = [int(v) for v in args[1].value.reshape(-1)]
+        if isinstance(x, Dims):
+            if add and x.scalar and axes in ([0], [-1]):
+                return Dims(x.items)
+            if not add and not x.scalar and len(x.items) == 1 and axes in (None, [0], [-1]):
+                return Dims(x.items, scalar=True)
+            return None
+        if isinstance(x, Rows) and axes is not None and x.inner is not None:
+            rank = 1 + len(x.inner) + (len(axes) if add else 0)
+            axes = sorted(a % rank for a in axes)
+            if 0 in axes:
+                return Opaque("a reshape that moves the rows off the first axis")
+            shape = list(x.inner)
+            if add:
+                for a in axes:
+                    shape.insert(a - 1, 1)
+            else:
+                shape = [d for k, d in enumerate(shape) if k + 1 not in axes]
+            return Rows(x.unit, tuple(shape), x.carries)
+        return None
+
+    def _op_Concat(self, args, attrs):
+        axis = attrs.get("axis", 0)
+        if all(isinstance(a, (Dims, Const)) for a in args):
+            items = []
+            for a in args:
+                if isinstance(a, Dims) and not a.scalar:
+                    items += a.items
+                elif isinstance(a, Const) and a.value.ndim == 1:
+                    items += [int(v) for v in a.value]
+                else:
+                    return None
+            return Dims(tuple(items))
+        rows = [a for a in args if isinstance(a, Rows)]
+        if len(rows) == len(args) and len({self.units.find(r.unit) for r in rows}) == 1 \
+                and all(r.inner is not None for r in rows):
+            rank = 1 + len(rows[0].inner)
+            if axis % rank == 0:
+                return Opaque("a concatenation along the rows")
+            inner = list(rows[0].inner)
+            inner[axis % rank - 1] = sum(r.inner[axis % rank - 1] for r in rows)
+            return Rows(rows[0].unit, tuple(inner))
+        return None
+
+    def _op_Slice(self, args, attrs):
+        x = args[0]
+        consts = [a.value.reshape(-1).tolist() if isinstance(a, Const) else None for a in args[1:]]
+        if any(c is None for c, a in zip(consts, args[1:]) if a is not None):
+            return None
+        starts, ends = consts[0], consts[1]
+        axes = consts[2] if len(consts) > 2 and consts[2] is not None else list(range(len(starts)))
+        steps = consts[3] if len(consts) > 3 and consts[3] is not None else [1] * len(starts)
+        if isinstance(x, Dims) and axes in ([0], [-1]):
+            return Dims(x.items[slice(starts[0], ends[0], steps[0])])
+        if isinstance(x, Rows) and x.inner is not None:
+            rank = 1 + len(x.inner)
+            if 0 in [a % rank for a in axes]:
+                return Opaque("a slice along the rows (e.g. h[:N] of a table with extra rows): merged, the bounds "
+                              "would be the forest's")
+            inner = list(x.inner)
+            for a, s, e, t in zip(axes, starts, ends, steps):
+                inner[a % rank - 1] = len(range(*slice(s, e, t).indices(inner[a % rank - 1])))
+            return Rows(x.unit, tuple(inner))
+        return None
+
+    def _op_ConstantOfShape(self, args, attrs):
+        shape = args[0]
+        if isinstance(shape, Dims) and not shape.scalar and shape.items and isinstance(shape.items[0], UnitDim) \
+                and all(isinstance(d, int) for d in shape.items[1:]):
+            return Rows(shape.items[0].unit, tuple(shape.items[1:]))
+        return None
+
+    def _op_Expand(self, args, attrs):
+        value, shape = args
+        if isinstance(value, Const) and isinstance(shape, Dims) and not shape.scalar and shape.items \
+                and isinstance(shape.items[0], UnitDim) and all(isinstance(d, int) for d in shape.items[1:]):
+            rank = len(shape.items)
+            if value.value.ndim > rank or (value.value.ndim == rank and value.value.shape[0] != 1):
+                return None
+            inner = np.broadcast_shapes(value.value.shape, (1,) + tuple(shape.items[1:]))[1:] \
+                if value.value.ndim else tuple(shape.items[1:])
+            return Rows(shape.items[0].unit, tuple(int(d) for d in inner))
+        return None
+
+    def _op_Cast(self, args, attrs):
+        x = args[0]
+        to = attrs.get("to")
+        if isinstance(x, Dims) and to in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+            return x
+        if isinstance(x, Rows):
+            carries = x.carries if x.carries and to in _WIDENING.get(self._input_type(x.carries), ()) else None
+            return Rows(x.unit, x.inner, carries)
+        return None
+
+    def _op_Reshape(self, args, attrs):
+        x, shape = args
+        if not isinstance(x, Rows) or x.inner is None:
+            return None
+        if isinstance(shape, Dims) and shape.items and isinstance(shape.items[0], UnitDim) \
+                and self.units.find(shape.items[0].unit) == self.units.find(x.unit):
+            rest = shape.items[1:]
+        elif isinstance(shape, Const) and shape.value.ndim == 1 and shape.value.size and \
+                int(shape.value[0]) in (0, -1) and not attrs.get("allowzero", 0):
+            rest = [int(d) for d in shape.value[1:]]
+        else:
+            return None
+        if not all(isinstance(d, int) for d in rest) or -1 in rest or 0 in rest:
+            return None
+        if int(np.prod(rest, dtype=np.int64)) != int(np.prod(x.inner, dtype=np.int64)):
+            return None
+        return Rows(x.unit, tuple(rest), x.carries)
+
+    def _op_Flatten(self, args, attrs):
+        x = args[0]
+        axis = attrs.get("axis", 1)
+        if isinstance(x, Rows) and x.inner is not None and axis % (1 + len(x.inner)) == 1:
+            return Rows(x.unit, (int(np.prod(x.inner, dtype=np.int64)),))
+        return None
+
+    def _op_Transpose(self, args, attrs):
+        x = args[0]
+        if isinstance(x, Rows) and x.inner is not None:
+            perm = attrs.get("perm") or list(range(len(x.inner), -1, -1))
+            if perm[0] != 0:
+                return Opaque("a transpose that moves the rows off the first axis")
+            return Rows(x.unit, tuple(x.inner[p - 1] for p in perm[1:]))
+        return None
+
+    def _op_MatMul(self, args, attrs):
+        a, b = args
+        if isinstance(a, Rows) and isinstance(b, Const) and a.inner is not None and len(a.inner) >= 1 \
+                and b.value.ndim == 2:
+            return Rows(a.unit, a.inner[:-1] + (b.value.shape[1],))
+        return None
+
+    def _op_Gemm(self, args, attrs):
+        a, b = args[0], args[1]
+        c = args[2] if len(args) > 2 else None
+        if isinstance(a, Rows) and not attrs.get("transA", 0) and isinstance(b, Const) and \
+                (c is None or isinstance(c, Const)) and a.inner is not None and len(a.inner) == 1:
+            if c is not None and c.value.ndim == 2 and c.value.shape[0] != 1:
+                return Opaque("a Gemm whose bias varies along the rows")
+            n = b.value.shape[0 if attrs.get("transB", 0) else 1]
+            return Rows(a.unit, (int(n),))
+        return None
+
+    def _axis_op(self, args, attrs, default):
+        x = args[0]
+        if isinstance(x, Rows) and x.inner is not None:
+            axis = attrs.get("axis", default)
+            if axis % (1 + len(x.inner)) == 0:
+                return Opaque("a normalization over the rows: merged, it would mix the requests' trees")
+            return Rows(x.unit, x.inner)
+        return None
+
+    def _op_Softmax(self, args, attrs):
+        return self._axis_op(args, attrs, -1 if self.opset >= 13 else 1)
+
+    def _op_LogSoftmax(self, args, attrs):
+        return self._axis_op(args, attrs, -1 if self.opset >= 13 else 1)
+
+    def _op_ArgMax(self, args, attrs):
+        x = self._axis_op(args, attrs, 0)
+        if isinstance(x, Rows):
+            rank = 1 + len(x.inner)
+            axis = attrs.get("axis", 0) % rank
+            inner = list(x.inner)
+            if attrs.get("keepdims", 1):
+                inner[axis - 1] = 1
+            else:
+                del inner[axis - 1]
+            return Rows(x.unit, tuple(inner))
+        return x
+
+    _op_ArgMin = _op_ArgMax
+
+    def _op_LayerNormalization(self, args, attrs):
+        x = self._axis_op(args, attrs, -1)
+        if isinstance(x, Rows) and all(a is None or isinstance(a, Const) for a in args[1:]):
+            return [x, Opaque("a statistics output"), Opaque("a statistics output")]
+        return None

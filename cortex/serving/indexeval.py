@@ -1,0 +1,263 @@
+"""The run-time half of the merge proof: which requests of a batch read outside their own rows.
+
+`kernel.analyze` proves that merging shifts every node index by the request's base (T(x) in its docstring). What it
+cannot know is whether a request's indices lie in its own rows: a child id past the end of its tree, a missing child
+read through a Gather that wraps (-1 is the last row: merged, another request's), `max(child, 0)` of a missing child.
+This module evaluates a recursion's index expressions over all positions of the merged arrays at once (numpy, one
+vector operation per expression) and names the requests that read a row outside [base, base + nodes): those run
+alone, with their own results or their own errors. Reads of a TreeRec's missing child (-1 with zero rows) are in
+bounds. The evaluation follows ONNX's integer semantics; where it meets an error (division by zero, a failed guard)
+the position's request runs alone too.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir import nodes as ir
+
+_COMPARE = {"lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal, "eq": np.equal,
+            "ne": np.not_equal}
+
+
+class _Evaluator:
+    """Index expressions and predicates over `count` positions: each value is (int64 or bool array [count],
+    trouble bool array [count]: positions where evaluating it would raise in the kernel)."""
+
+    def __init__(self, arrays: dict, count: int, length):
+        self.arrays = arrays
+        self.count = count
+        self.length = length
+        self.memo = {}
+        self.none = np.zeros(count, dtype=bool)
+
+    def __call__(self, e):
+        out = self.memo.get(e)
+        if out is None:
+            out = self._eval(e)
+            self.memo[e] = out
+        return out
+
+    def _full(self, value):
+        return np.full(self.count, value, dtype=np.int64)
+
+    def _eval(self, e):
+        if isinstance(e, ir.Iter):
+            return np.arange(self.count, dtype=np.int64), self.none
+        if isinstance(e, ir.IConst):
+            return self._full(e.value), self.none
+        if isinstance(e, ir.Length):
+            return self._full(self.length(e.array)), self.none
+        if isinstance(e, ir.Load):
+            return self._load(e)
+        if isinstance(e, ir.IBinary):
+            return self._binary(e)
+        if isinstance(e, ir.ISelect):
+            (p, tp), (a, ta), (b, tb) = self(e.pred), self(e.a), self(e.b)
+            return np.where(p, a, b), tp | np.where(p, ta, tb)
+        if isinstance(e, ir.Guard):
+            (p, tp), (v, tv) = self(e.pred), self(e.value)
+            return v, tp | tv | ~p
+        if isinstance(e, ir.BConst):
+            return np.full(self.count, e.value), self.none
+        if isinstance(e, ir.Compare):
+            (a, ta), (b, tb) = self(e.a), self(e.b)
+            return _COMPARE[e.op](a, b), ta | tb
+        if isinstance(e, ir.BNot):
+            a, ta = self(e.a)
+            return ~a, ta
+        if isinstance(e, (ir.BAnd, ir.BOr)):
+            (a, ta), (b, tb) = self(e.a), self(e.b)
+            if isinstance(e, ir.BAnd):  # the kernel's && does not evaluate b where a is false
+                return a & b, ta | (a & tb)
+            return a | b, ta | (~a & tb)
+        raise TypeError(f"not an index expression or predicate: {type(e).__name__}")
+
+    def _load(self, e: ir.Load):
+        array = self.arrays[e.array]
+        index, trouble = self(e.index)
+        if array.ndim == 0:
+            return self._full(int(array)), trouble
+        rows = array.shape[0]
+        flat = array.reshape(rows, -1) if array.ndim > 1 else array.reshape(rows, 1)
+        outside = (index < -rows) | (index >= rows)
+        safe = np.where(outside, 0, np.where(index < 0, index + rows, index)) if rows else np.zeros_like(index)
+        column = e.column or 0
+        if rows == 0 or column >= flat.shape[1]:
+            return self._full(0), trouble | True
+        return flat[safe, column].astype(np.int64), trouble | outside
+
+    def _binary(self, e: ir.IBinary):
+        (a, ta), (b, tb) = self(e.a), self(e.b)
+        trouble = ta | tb
+        if e.op == "add":
+            return a + b, trouble
+        if e.op == "sub":
+            return a - b, trouble
+        if e.op == "mul":
+            return a * b, trouble
+        if e.op == "max":
+            return np.maximum(a, b), trouble
+        if e.op == "min":
+            return np.minimum(a, b), trouble
+        zero = b == 0
+        d = np.where(zero, 1, b)
+        if e.op == "div":  # ONNX Div on integers truncates
+            q = np.abs(a) // np.abs(d)
+            value = np.where((a >= 0) == (d >= 0), q, -q)
+        elif e.op == "floordiv":
+            value = np.floor_divide(a, d)
+        elif e.op == "mod":
+            value = np.mod(a, d)
+        else:
+            value = np.fmod(a, d)
+        return value, trouble | zero
+
+
+def scalar_value(e: ir.IExpr, length):
+    """The value of an index expression that reads no array (a trip count) for the given lengths; None where
+    evaluating it would fail."""
+    value, trouble = _Evaluator({}, 1, length)(e)
+    return None if trouble[0] else int(value[0])
+
+
+class BoundsCheck:
+    """The run-time check of one recursion, prepared once: for each case, the row indices its predicate and its
+    writes use (each distinct index once). In a TreeRec the kernel checks every child id against the structure, so
+    reads of a node's own child slots with "no child" zero rows are covered by the per-request check of the whole
+    children array and are not evaluated again."""
+
+    def __init__(self, program: ir.Program):
+        self.program = program
+        self.cases = []
+        for case in program.cases:
+            tested = _distinct(_loads(case.predicate))
+            used = [u for u in _distinct(_row_indices(case)) if not self._covered(u)]
+            self.cases.append((case.predicate, tested, used))
+        # Nothing to evaluate when no case reads a row by a computed index and no predicate can fail (a TreeRec:
+        # its child slots are checked as a whole below).
+        fallible = any(isinstance(e, ir.Guard) or (isinstance(e, ir.IBinary) and e.op in ("div", "floordiv", "mod",
+                                                                                          "fmod"))
+                       for case in program.cases for e in ir.walk([case.predicate]))
+        self.evaluate_cases = fallible or any(
+            any(not isinstance(i, ir.Iter) for i, _ in tested + used) for _, tested, used in self.cases)
+        # child sets: (encoding, arrays), each once
+        self.sets = list(dict.fromkeys((e.encoding, e.arrays) for case in program.cases
+                                       for e in ir.walk_rows([x for _, x in case.writes])
+                                       if isinstance(e, ir.SetReduce)))
+
+    def _covered(self, use) -> bool:
+        index, missing_zero = use
+        p = self.program
+        return (p.mode == "dag" and missing_zero and isinstance(index, ir.Load) and index.array == p.rows_from
+                and isinstance(index.index, ir.Iter))
+
+    def __call__(self, arrays: dict, node_counts, position_counts, positions_are_nodes: bool,
+                 row_counts=None) -> set:
+        """`row_counts`: kernel array -> each request's row count of it (needed for edge lists: their own unit)."""
+        program = self.program
+        node_counts = np.asarray(node_counts, dtype=np.int64)
+        position_counts = node_counts if positions_are_nodes or program.mode == "dag" else \
+            np.asarray(position_counts, dtype=np.int64)
+        requests = np.arange(len(node_counts))
+        starts = np.cumsum(node_counts) - node_counts
+        flagged = set()
+        if self.evaluate_cases:
+            owner = np.repeat(requests, position_counts)
+            base = starts[owner]
+            flagged = self._cases(arrays, node_counts, owner, base, base + node_counts[owner])
+        if self.sets:
+            flagged |= self._sets(arrays, node_counts, starts, row_counts or {})
+        if program.mode == "dag":  # the kernel checks every child id of the structure, read or not
+            children = arrays[program.rows_from]
+            flat = children.reshape(children.shape[0], -1)
+            node_owner = np.repeat(requests, node_counts)
+            lo = starts[node_owner][:, None]
+            wrong = (flat != -1) & ((flat < lo) | (flat >= lo + node_counts[node_owner][:, None]))
+            if wrong.any():
+                flagged |= set(np.unique(node_owner[wrong.any(axis=1)]).tolist())
+        return flagged
+
+    def _sets(self, arrays, node_counts, starts, row_counts) -> set:
+        """Requests whose child-set arrays could select or read another request's nodes once merged: a parent or
+        dst value past the request's last node (shifted, it would name another request's node; negative values
+        never match a node and stay), a src value outside the request's nodes. Arrays whose rows per request are
+        unknown flag every request (they run alone)."""
+        requests = np.arange(len(node_counts))
+        flagged = set()
+        for encoding, names in self.sets:
+            counts = node_counts if encoding == "parent" else row_counts.get(names[-1])
+            if counts is None or encoding not in ("parent", "edges"):
+                return set(requests.tolist())
+            owner = np.repeat(requests, np.asarray(counts, dtype=np.int64))
+            lo, hi = starts[owner], starts[owner] + node_counts[owner]
+            for k, name in enumerate(names):
+                values = arrays[name].reshape(-1).astype(np.int64)
+                if values.shape[0] != owner.shape[0]:
+                    return set(requests.tolist())
+                member = encoding == "edges" and k == 0  # src: read as a row, must be one of the request's
+                wrong = ((values < lo) | (values >= hi)) if member else (values >= hi)
+                if wrong.any():
+                    flagged |= set(np.unique(owner[wrong]).tolist())
+        return flagged
+
+    def _cases(self, arrays, node_counts, owner, base, stop) -> set:
+        count = owner.shape[0]
+        merged_length = {name: (a.shape[0] if a.ndim else 1) for name, a in arrays.items()}
+        evaluate = _Evaluator(arrays, count, lambda name: merged_length[name] if name else int(node_counts.sum()))
+        bad = np.zeros(count, dtype=bool)
+        selected = np.zeros(count, dtype=bool)  # positions an earlier case took
+        for predicate, tested_indices, used_indices in self.cases:
+            tested = ~selected  # where the kernel evaluates this case's predicate
+            taken, trouble = evaluate(predicate)
+            bad |= tested & (trouble | _outside(evaluate, tested_indices, base, stop))
+            if used_indices:
+                bad |= tested & taken & _outside(evaluate, used_indices, base, stop)
+            selected |= taken
+        return set(np.unique(owner[bad]).tolist()) if bad.any() else set()
+
+
+def _distinct(uses):
+    return list(dict.fromkeys(uses))
+
+
+def out_of_bounds(program: ir.Program, arrays: dict, node_counts, position_counts, positions_are_nodes: bool) -> set:
+    """Indices of the requests of a merged batch that read outside their own rows (or would fail) in `program`.
+
+    `arrays`: the recursion's runtime arrays as merged (name -> array); `node_counts[r]`, `position_counts[r]`: the
+    nodes and positions of request r, in batch order. (BoundsCheck prepares this once per program.)"""
+    return BoundsCheck(program)(arrays, node_counts, position_counts, positions_are_nodes)
+
+
+def _outside(evaluate, indices, base, stop):
+    """Positions where one of the (index, missing_zero) reads falls outside [base, stop) or fails."""
+    out = np.zeros(base.shape[0], dtype=bool)
+    for index, missing_zero in indices:
+        if isinstance(index, ir.Iter):  # a position, or the node itself: always the request's own row
+            continue
+        value, trouble = evaluate(index)
+        inside = (value >= base) & (value < stop)
+        if missing_zero:
+            inside |= value == -1
+        out |= trouble | ~inside
+    return out
+
+
+def _loads(expr):
+    return [(e.index, False) for e in ir.walk([expr]) if isinstance(e, ir.Load)]
+
+
+def _row_indices(case: ir.Case):
+    """(index, missing_zero) of every row a case selects by node id: its target, child-state reads, node-input reads
+    and array loads."""
+    roots = [x for _, x in case.writes] + ([case.target] if case.target is not None else [])
+    out = [(case.target, False)] if case.target is not None else []
+    for e in ir.walk(roots):
+        if isinstance(getattr(e, "index", None), ir.Member):
+            continue  # a set's member: _sets checks the set's arrays
+        if isinstance(e, ir.ChildState):
+            out.append((e.index, e.missing_zero))
+        elif isinstance(e, (ir.InputRow, ir.InputProjection, ir.Load)):
+            out.append((e.index, False))
+        elif isinstance(e, ir.SetReduce):
+            out.append((e.bounds[0], False))  # the node whose set it is: one of the request's own
+    return out

@@ -1,0 +1,385 @@
+"""Merge safety of one recursion, decided from its IR.
+
+Several requests can run as one forest when every output row of a request depends only on that request's inputs.
+Merging concatenates each runtime array along its rows and adds the request's *node base* (the nodes of the requests
+before it) to every non-negative value of an array that holds node ids; negative values ("no child" sentinels) are
+kept. Writing T(x) for that map (x < 0: x; else x + base), the analysis proves, expression by expression:
+
+- a *node* index expression evaluates in the merged run to T of its value in the request's own run
+  (`Load` of a node-id array, the node `p` of a TreeRec, `max(node, c)` for a constant c < 0, choices between
+  them); `max(node, 0)` is *clamped*: T of its own value, or 0, which lies outside every request's rows but the
+  first (whose base is 0), so a run-time bounds check catches it (see `indexeval`);
+- a *position* is `p` of a Loop or Scan: position blocks are concatenated in request order;
+- *data* (token ids, 0/1 flags, constants and arithmetic on them) is the same in both runs;
+- every predicate has the same outcome in both runs: data against data, node against node (T is increasing), node
+  against a constant c < 0, or `node >= 0` / `node < 0`; anything else (a node id against 5, a position against 0,
+  a length) could change a case;
+- rows are read only at node or position indices of arrays of that kind, and node ids never become data (a
+  constant-table row, a float value, arithmetic);
+- a `Length` appears only in the trip count, and the trip count of a request is its number of positions;
+- a child set (`SetReduce`) is selected from a parent array (one row per node) or an edge list `src`, `dst` (one
+  row per edge, its own unit, the rows of both counted together): their values are node ids, shifted like any other,
+  and the node whose set it is must be a node id the run-time check finds in the request's own rows. Members then
+  stay in the request (the run-time check sends a request whose parent / dst / src values leave its nodes to run
+  alone), in the same order, so a sum over them adds the same numbers in the same order. CSR slices and [2, E]
+  edge lists are refused (their offsets count edges, not nodes; their edges run along the second axis);
+- row expressions are the known, row-local kinds only (elementwise math, products with constant weights, slices,
+  reductions inside a row); anything else is refused, never guessed.
+
+Refused outright, with the reason: host integer state (a stack, a counter: it runs on from one position to the next,
+so a merged request would start from its predecessor's final state), a value carried from one position to the next
+(a chain's vector: the first position of a merged request would read its predecessor's last row), values reduced or
+collected over every position after the kernel (`Final`: a running max or sum, a list, the last value: merged, over
+the forest's positions), and inputs of a fixed row count.
+
+What the IR cannot prove (the value of a node id depends on the base) makes the recursion "not mergeable" with the
+reason. The static proof covers every request; the bounds of the indices a request actually uses are checked per
+batch, on the merged arrays (`indexeval.out_of_bounds`): a request that reads outside its own rows runs alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..ir import nodes as ir
+from ..ir.printer import format_index, format_pred
+
+NODE, CLAMPED, POSITION, DATA = "node", "clamped node", "position", "data"
+NODES, POSITIONS = "nodes", "positions"  # the two row kinds of a recursion's arrays and tables
+EDGES = "edges:"  # + the dst array's name: the rows of one edge list (src, dst), a unit of their own
+
+# Row expressions whose value at a position depends only on their operands at that position (elementwise math,
+# products with constant weights, static rearrangements and reductions inside the row) or on rows the analysis
+# checks (_row). Any other kind is refused: a new node kind must be judged here before it can merge.
+_ROW_LOCAL = (ir.ConstVec, ir.Scalar, ir.MatMul, ir.LeftMatMul, ir.MatVec, ir.Unary, ir.Binary, ir.Where, ir.Slice,
+              ir.Concat, ir.Take, ir.Reduce)
+_ROW_CHECKED = (ir.ChildState, ir.InputRow, ir.InputProjection, ir.ConstRow, ir.IndexValue, ir.Select, ir.SetReduce)
+NOTES_VERSION = 1
+
+
+class NotMergeable(Exception):
+    """The analysis cannot prove that a request's outputs depend only on its own tree; str() is the reason."""
+
+
+@dataclass(frozen=True)
+class ArrayRole:
+    """How merging treats one runtime input of a recursion: `rows` is 'nodes' (one row per node), 'positions' (one
+    row per visited position) or 'unused'; `node_ids`: its values are node ids (offset by the node base)."""
+    rows: str
+    node_ids: bool = False
+
+
+@dataclass(frozen=True)
+class KernelMerge:
+    """A recursion proven per-tree: the role of each runtime input and the row kind of each output."""
+    inputs: dict  # input name -> ArrayRole
+    outputs: dict  # ONNX output name -> 'nodes' | 'positions'
+    positions: str  # what the visited positions are counted in: 'positions', or 'nodes' (a TreeRec, range(N))
+    program: ir.Program = field(compare=False, repr=False)
+    clamped: tuple = field(default=(), compare=False)  # rows read at max(node id, 0): where a request runs alone
+
+    def to_notes(self) -> dict:
+        """The node's notes member `merge` (JSON)."""
+        return {"version": NOTES_VERSION, "per_tree": True, "positions": self.positions,
+                "inputs": {name: {"rows": r.rows, "node_ids": r.node_ids} for name, r in self.inputs.items()},
+                "outputs": dict(self.outputs)}
+
+
+def merge_notes(program: ir.Program) -> dict:
+    """The `merge` member convert.publish_kernel records for a recursion: its roles, or why it is not mergeable."""
+    try:
+        return analyze(program).to_notes()
+    except NotMergeable as e:
+        return {"version": NOTES_VERSION, "per_tree": False, "reason": str(e)}
+    except Exception as e:  # noqa: BLE001 - an analysis bug must never fail a conversion: the model is just not merged
+        return {"version": NOTES_VERSION, "per_tree": False,
+                "reason": f"internal error in the merge analysis: {type(e).__name__}: {e}"}
+
+
+def _strip(e: ir.IExpr):
+    """The expressions whose value an index may take: through guards, choices and max() with a constant."""
+    if isinstance(e, ir.Guard):
+        return _strip(e.value)
+    if isinstance(e, ir.ISelect):
+        return _strip(e.a) + _strip(e.b)
+    if isinstance(e, ir.IBinary) and e.op == "max":
+        return _strip(e.a) + _strip(e.b)
+    return [e]
+
+
+def node_uses(program: ir.Program):
+    """(index expression, missing_zero, where) for every place an index selects a row by node id or position: loads,
+    child states, node inputs, the cases' targets. A position is `p` of a Loop; everything else must be a node id."""
+    uses = []
+
+    def add(index, missing_zero, where):
+        if not isinstance(index, ir.Member):  # a set's member: the set's arrays are checked instead
+            uses.append((index, missing_zero, where))
+
+    for case in program.cases:
+        if case.target is not None:
+            add(case.target, False, f"the row case '{case.name}' writes")
+        for e in ir.case_exprs(case):
+            if isinstance(e, ir.Load):
+                add(e.index, False, f"a read of '{e.array}'")
+            elif isinstance(e, ir.ChildState):
+                add(e.index, e.missing_zero, f"a read of table {e.table}")
+            elif isinstance(e, (ir.InputRow, ir.InputProjection)):
+                add(e.index, False, f"a read of node input '{e.array}'")
+            elif isinstance(e, ir.SetReduce):
+                add(e.bounds[0], False, f"the node whose child set {e.encoding} '{', '.join(e.arrays)}' selects")
+    return uses
+
+
+class _Analysis:
+    """One attempt at the proof; `iter_kind` is what `p` of a Loop is: a position (it indexes the visit order), or a
+    node (a loop over range(N) that writes row p: positions and nodes are then the same rows)."""
+
+    def __init__(self, program: ir.Program, iter_kind: str = POSITION):
+        self.program = program
+        self.visit = program.mode == "visit"
+        self.iter_kind = iter_kind if self.visit else NODE
+        self.position_rows = POSITIONS if self.iter_kind == POSITION else NODES
+        self.node_ids = set()  # arrays whose values are used as node ids
+        self.rows = {}  # array -> set of row kinds it is read at
+        self.kinds = {}  # memo: IExpr -> kind
+
+    def is_position(self, e) -> bool:
+        return self.iter_kind == POSITION and isinstance(e, ir.Iter)
+
+    def mark_node_id_arrays(self):
+        for index, _, _ in node_uses(self.program):
+            if self.is_position(index):
+                continue
+            for source in _strip(index):
+                if isinstance(source, ir.Load):
+                    self.node_ids.add(source.array)
+        for case in self.program.cases:  # a child set's arrays hold node ids, before any kind is memoized
+            for e in ir.walk_rows([x for _, x in case.writes]):
+                if isinstance(e, ir.SetReduce) and e.encoding in ("parent", "edges"):
+                    self.node_ids.update(e.arrays)
+
+    # ---- kinds of index expressions ------------------------------------------------------------------------
+    def kind(self, e: ir.IExpr) -> str:
+        k = self.kinds.get(e)
+        if k is None:
+            k = self._kind(e)
+            self.kinds[e] = k
+        return k
+
+    def _kind(self, e: ir.IExpr) -> str:
+        if isinstance(e, ir.Iter):
+            return self.iter_kind
+        if isinstance(e, ir.Member):
+            return NODE  # a member of a child set: a row of the request's own nodes (see _set)
+        if isinstance(e, (ir.HostValue, ir.HostElement)):
+            raise NotMergeable(f"host integer state '{e.var}' is read as an index: it carries from one position to "
+                               "the next, so merged, a request would start from the previous request's final state")
+        if isinstance(e, ir.IConst):
+            return DATA
+        if isinstance(e, ir.Length):
+            what = f"len({e.array})" if e.array else "the number of nodes N"
+            raise NotMergeable(f"{what} is used inside the recursion: merged, it would be the forest's, not the "
+                               "request's")
+        if isinstance(e, ir.Load):
+            return self._load(e)
+        if isinstance(e, ir.Guard):
+            self.check_pred(e.pred)
+            return self.kind(e.value)
+        if isinstance(e, ir.ISelect):
+            self.check_pred(e.pred)
+            return self._choice(e, self.kind(e.a), self.kind(e.b))
+        if isinstance(e, ir.IBinary):
+            return self._binary(e)
+        raise NotMergeable(f"unknown index expression {type(e).__name__}")
+
+    def _load(self, e: ir.Load) -> str:
+        decl = self.program.input(e.array)
+        if decl.rank == 0:
+            raise NotMergeable(f"the scalar input '{e.array}' is read inside the recursion: requests may differ in it")
+        k = self.kind(e.index)
+        if k == POSITION:
+            self.rows.setdefault(e.array, set()).add(POSITIONS)
+        elif k in (NODE, CLAMPED):
+            self.rows.setdefault(e.array, set()).add(NODES)
+        else:
+            raise NotMergeable(f"'{e.array}' is read at row {format_index(e.index)}, which is not a node or a "
+                               "position (merged, that row belongs to another request)")
+        return NODE if e.array in self.node_ids else DATA
+
+    def _choice(self, e, ka, kb) -> str:
+        if ka == kb:
+            return ka
+        kinds = {ka, kb}
+        if kinds == {NODE, CLAMPED}:
+            return CLAMPED
+        other = e.b if ka in (NODE, CLAMPED) else e.a
+        if kinds & {NODE, CLAMPED} and DATA in kinds and isinstance(other, ir.IConst) and other.value < 0:
+            return ka if ka != DATA else kb  # a negative sentinel is the same in both runs
+        raise NotMergeable(f"{format_index(e)} chooses between a {ka} and a {kb}")
+
+    def _binary(self, e: ir.IBinary) -> str:
+        ka, kb = self.kind(e.a), self.kind(e.b)
+        if ka == DATA and kb == DATA:
+            return DATA
+        if e.op == "max":
+            node_side, other = (e.a, e.b) if ka in (NODE, CLAMPED) else (e.b, e.a)
+            k = self.kind(node_side)
+            if k in (NODE, CLAMPED) and isinstance(other, ir.IConst) and other.value <= 0:
+                return CLAMPED if other.value == 0 or k == CLAMPED else NODE
+        what = POSITION if POSITION in (ka, kb) else "node id"
+        raise NotMergeable(f"{format_index(e)} computes with a {what}: merged, its value would depend on the "
+                           "requests before it")
+
+    # ---- predicates ------------------------------------------------------------------------------------------
+    def check_pred(self, p: ir.BExpr):
+        if isinstance(p, ir.BConst):
+            return
+        if isinstance(p, (ir.BNot,)):
+            return self.check_pred(p.a)
+        if isinstance(p, (ir.BAnd, ir.BOr)):
+            self.check_pred(p.a)
+            return self.check_pred(p.b)
+        if not isinstance(p, ir.Compare):
+            raise NotMergeable(f"unknown predicate {type(p).__name__}")
+        ka, kb = self.kind(p.a), self.kind(p.b)
+        if ka == DATA and kb == DATA:
+            return
+        if ka == NODE and kb == NODE:
+            return  # both shifted by the same base, negatives kept: T is increasing, so the order is the same
+        op, node_side, other = (p.op, ka, p.b) if ka != DATA else (_SWAPPED[p.op], kb, p.a)
+        if node_side in (NODE, CLAMPED) and isinstance(other, ir.IConst):
+            if other.value < 0 or (other.value == 0 and op in ("ge", "lt")):
+                return  # a valid node id (>= 0) and its shifted value compare alike with these
+        raise NotMergeable(f"the test {format_pred(p)} may change when node ids are shifted by a request's base")
+
+    # ---- the program ------------------------------------------------------------------------------------------
+    def run(self) -> KernelMerge:
+        program = self.program
+        self._refuse_state_across_positions()
+        self.mark_node_id_arrays()
+        for case in program.cases:
+            self.check_pred(case.predicate)
+            if case.target is not None and self.kind(case.target) not in (NODE, CLAMPED):
+                raise NotMergeable(f"case '{case.name}' writes row {format_index(case.target)}, which is not a "
+                                   "node id")
+            for e in ir.walk_rows([x for _, x in case.writes]):
+                self._row(e)
+        if self.visit:
+            self._trip()
+        roles = {}
+        for decl in program.inputs:
+            rows = self.rows.get(decl.name, set())
+            if decl.kind == "init" or (not self.visit and (decl.per_node or decl.name == program.rows_from)):
+                rows = rows | {NODES}
+            if len(rows) > 1:
+                raise NotMergeable(f"'{decl.name}' is read both at positions and at node ids")
+            if decl.rank == 0:
+                raise NotMergeable(f"the scalar input '{decl.name}': requests may differ in it")
+            roles[decl.name] = ArrayRole(next(iter(rows)) if rows else "unused", decl.name in self.node_ids)
+        outputs = {t.output: NODES if t.kind == "state" else self.position_rows for t in program.tables if t.output}
+        clamped = tuple(dict.fromkeys(format_index(i) for i, _, _ in node_uses(program)
+                                      if not self.is_position(i) and self.kind(i) == CLAMPED))
+        return KernelMerge(roles, outputs, self.position_rows, program, clamped)
+
+    def _refuse_state_across_positions(self):
+        program = self.program
+        if program.host_vars:
+            names = ", ".join(v.name for v in program.host_vars)
+            raise NotMergeable(f"the recursion carries host integer state ({names}: a stack, a counter) from one "
+                               "position to the next: merged, a request would start from the previous request's "
+                               "final state")
+        if program.finals:
+            f = program.finals[0]
+            what = {"last": "the last value of a carried vector", "reduce": f"a running {f.op} over every position",
+                    "sequence": "a list appended to at every position"}.get(f.kind, f.kind)
+            raise NotMergeable(f"output '{f.output}' is {what}, computed over the whole visit after the kernel: "
+                               "merged, it would cover the forest's positions, not the request's")
+        if ir.is_sequential(program):
+            raise NotMergeable("a value is carried from one position to the next (a chain's vector): merged, a "
+                               "request's first position would read the previous request's last one")
+        for decl in program.inputs:
+            if decl.rows is not None:
+                raise NotMergeable(f"input '{decl.name}' has a fixed number of rows ({decl.rows}): a forest of "
+                                   "several requests cannot have it")
+
+    def _set(self, e: ir.SetReduce):
+        """A child set: its arrays hold node ids (shifted); the node it selects for must be a node id."""
+        if e.encoding == "range":
+            raise NotMergeable(f"a CSR child list ({e.arrays[0]} sliced by offsets): the offsets count edges, not "
+                               "nodes, and the N + 1 offsets of a request do not concatenate row by row, so merging "
+                               "it is not supported")
+        if e.encoding == "edge_index":
+            raise NotMergeable(f"an edge list [2, E] ('{e.arrays[0]}'): its edges run along the second axis, and the "
+                               "merge concatenates first axes, so merging it is not supported")
+        if e.encoding not in ("parent", "edges"):
+            raise NotMergeable(f"a child set of encoding '{e.encoding}' the merge analysis does not know")
+        if self.kind(e.bounds[0]) not in (NODE, CLAMPED):
+            raise NotMergeable(f"a child set selects the members of {format_index(e.bounds[0])}, which is not a node "
+                               "id")
+        rows = NODES if e.encoding == "parent" else EDGES + e.arrays[1]
+        for name in e.arrays:
+            self.node_ids.add(name)
+            self.rows.setdefault(name, set()).add(rows)
+
+    def _row(self, e: ir.RExpr):
+        if not isinstance(e, _ROW_LOCAL + _ROW_CHECKED):
+            raise NotMergeable(f"a row expression of kind {type(e).__name__} the merge analysis does not know")
+        if isinstance(e, ir.SetReduce):
+            self._set(e)
+        elif isinstance(e, ir.ChildState):
+            if self.kind(e.index) not in (NODE, CLAMPED):
+                raise NotMergeable(f"table {e.table} is read at row {format_index(e.index)}, which is not a node id")
+        elif isinstance(e, (ir.InputRow, ir.InputProjection)):
+            k = self.kind(e.index)
+            if k == DATA:
+                raise NotMergeable(f"node input '{e.array}' is read at row {format_index(e.index)}, which is not a "
+                                   "node or a position")
+            self.rows.setdefault(e.array, set()).add(POSITIONS if k == POSITION else NODES)
+        elif isinstance(e, ir.ConstRow):
+            if self.kind(e.index) != DATA:
+                raise NotMergeable(f"constant {e.const} is read at row {format_index(e.index)}: a node id or position "
+                                   "used as data")
+        elif isinstance(e, ir.IndexValue):
+            if self.kind(e.index) != DATA:
+                raise NotMergeable(f"{format_index(e.index)} (a node id or position) is used as a value")
+        elif isinstance(e, ir.Select):
+            self.check_pred(e.pred)
+
+    def _trip(self):
+        trip = self.program.trip
+        for e in ir.walk([trip]):
+            if isinstance(e, (ir.Load, ir.Iter, ir.Guard)):
+                raise NotMergeable(f"the trip count {format_index(trip)} reads the structure: only lengths can be "
+                                   "summed over requests")
+        for length in {e for e in ir.walk([trip]) if isinstance(e, ir.Length)}:
+            rows = self.rows.get(length.array, set()) if length.array else {NODES}
+            if rows - {self.position_rows}:
+                raise NotMergeable(f"the trip count {format_index(trip)} depends on len({length.array or 'N'}), which "
+                                   "is not the number of positions")
+        for count in (0, 1, 2, 3, 7, 37, 100, 4096):  # the number of positions of a request is its trip count
+            if trip_count(trip, lambda _: count) != count:
+                raise NotMergeable(f"the trip count {format_index(trip)} is not the length of the visit order "
+                                   f"(it is {trip_count(trip, lambda _: count)} for {count} positions)")
+
+
+_SWAPPED = {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le", "eq": "eq", "ne": "ne"}
+
+
+def analyze(program: ir.Program) -> KernelMerge:
+    """The merge roles of `program`, or NotMergeable with the reason. A Loop's `p` is tried as a position first, then
+    as a node (a loop over range(N)); the reason given is the first attempt's."""
+    try:
+        return _Analysis(program, POSITION).run()
+    except NotMergeable as first:
+        if program.mode != "visit":
+            raise
+        try:
+            return _Analysis(program, NODE).run()
+        except NotMergeable:
+            raise first from None
+
+
+def trip_count(trip: ir.IExpr, length) -> int:
+    """The trip count for the given lengths (`length(array name or None)`); None where it is undefined."""
+    from .indexeval import scalar_value
+    return scalar_value(trip, length)

@@ -1,0 +1,337 @@
+"""Running several requests as one forest: the plan (what each model input and output is), merging the requests'
+inputs, checking the merged batch, and splitting the outputs back.
+
+`plan_for(model)` reads the decision a converted model's Cortex nodes carry (`notes.merge`, recorded at conversion
+from the IR and derived again here) and the ONNX nodes around them (graph.py). A mergeable plan says, per model
+input, which unit its rows count (the nodes, the positions, the rows of some input) and whether its values are node
+ids; per output, which unit its rows count. Then, for a batch:
+
+1. `check_request` (per request, before it is queued): names, element types, ranks and static dimensions as the
+   model declares them, and every input of a unit with the same number of rows; a request that fails runs alone
+   (ONNX Runtime or the kernel gives it its own error).
+2. `merge`: inputs concatenated along their rows, node ids shifted by the request's node base (values >= 0 only:
+   negative values are "no child" sentinels and stay as they are).
+3. `out_of_bounds`: the requests whose indices leave their own rows in the merged arrays (indexeval.py); they are
+   taken out of the batch and run alone.
+4. `split`: each output cut back into the requests' rows.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import onnx
+
+from .graph import GraphAnalysis
+from .values import Const, Opaque, Rows
+from .indexeval import BoundsCheck
+from .kernel import NotMergeable, trip_count
+
+_NUMPY_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
+                onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32, onnx.TensorProto.BOOL: np.bool_,
+                onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.INT8: np.int8, onnx.TensorProto.UINT8: np.uint8,
+                onnx.TensorProto.INT16: np.int16}
+
+
+class FeedError(ValueError):
+    """A request that names inputs the model does not have, or lacks one it needs; the message is one line."""
+
+
+@dataclass(frozen=True)
+class InputPlan:
+    name: str
+    unit: str  # the unit its rows count
+    node_ids: bool  # its values are node ids: shifted by the request's node base
+    dtype: Optional[np.dtype]  # as the model declares it (None: not declared)
+    inner: Optional[tuple]  # declared dimensions after the first (None entries: symbolic)
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    name: str
+    unit: Optional[str]  # the unit its rows count; None: the same value for every request
+
+
+@dataclass(frozen=True)
+class KernelCheck:
+    """What the per-batch bounds check needs of one recursion."""
+    name: str
+    program: object  # cortex.ir.nodes.Program
+    arrays: dict  # kernel array -> model input whose values it holds
+    nodes: str
+    positions: str
+    positions_are_nodes: bool
+    lengths: dict  # kernel input -> the unit its rows count (what a trip count's len() reads)
+    bounds: BoundsCheck = field(compare=False, repr=False)  # prepared once: the per-batch index check
+    trips: dict = field(default_factory=dict, compare=False, repr=False)  # unit counts -> trip count (a cache)
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    mergeable: bool
+    reason: Optional[str] = None  # why not, when not
+    inputs: tuple = ()
+    outputs: tuple = ()
+    measures: dict = field(default_factory=dict)  # unit -> the input whose rows count it
+    kernels: tuple = ()
+    node_unit: Optional[str] = None  # the unit node ids count
+    warnings: tuple = ()  # what merges less than it seems (reads that send some requests to run alone)
+
+    @functools.cached_property
+    def request_spec(self) -> "RequestSpec":
+        return _request_spec(self)
+
+    def describe(self) -> str:
+        """Two or three lines for people: merged how, or why not."""
+        if not self.mergeable:
+            return f"not mergeable: {self.reason}"
+        ins = ", ".join(f"{i.name} ({i.unit}{', node ids' if i.node_ids else ''})" for i in self.inputs)
+        outs = ", ".join(f"{o.name} ({o.unit or 'shared'})" for o in self.outputs)
+        return f"mergeable: inputs {ins}; outputs {outs}" + "".join(f"; note: {w}" for w in self.warnings)
+
+
+def refused(reason: str) -> MergePlan:
+    return MergePlan(False, reason)
+
+
+def plan_for(model) -> MergePlan:
+    """The merge plan of a converted model (a path or a ModelProto); never raises for a model it cannot merge: the
+    plan then says why."""
+    if not isinstance(model, onnx.ModelProto):
+        model = onnx.load(os.fspath(model))
+    try:
+        analysis = GraphAnalysis(model)
+        if not analysis.recursions:
+            return refused("the model has no Cortex node (convert it first: cortex-convert)")
+        analysis.run()
+        return _plan(analysis)
+    except NotMergeable as e:
+        return refused(str(e))
+    except Exception as e:  # noqa: BLE001 - an analysis bug means "do not merge", never a broken session
+        return refused(f"internal error in the merge analysis: {type(e).__name__}: {e}")
+
+
+def _plan(analysis: GraphAnalysis) -> MergePlan:
+    units, env = analysis.units, analysis.env
+    # node ids: which inputs, and which unit they count
+    node_id_units = {}
+    for name, uses in analysis.uses.items():
+        id_uses = [u for u in uses if u[0] == "node ids"]
+        if not id_uses:
+            continue
+        data = [where for how, where, _ in uses if how == "data"]
+        if data:
+            raise NotMergeable(f"input '{name}' holds node ids ({id_uses[0][1]} reads them) but {data[0]} uses its "
+                               "values as data: merged, they would be shifted")
+        node_id_units[name] = {units.find(u) for _, _, u in id_uses}
+    id_units = set().union(*node_id_units.values()) if node_id_units else set()
+    kernel_nodes = {units.find(k.nodes) for k in analysis.kernels}
+    if len(id_units | kernel_nodes) > 1:
+        raise NotMergeable("the model's node ids count the rows of more than one structure")
+    node_unit = next(iter(id_units | kernel_nodes))
+
+    names = {}  # unit root -> its name in the plan
+
+    def unit_name(u: int) -> str:
+        root = units.find(u)
+        if root not in names:
+            if root == node_unit:
+                names[root] = "nodes"
+            elif any(units.find(k.positions) == root for k in analysis.kernels):
+                names[root] = "positions"
+            else:
+                first = next((n for n, v in analysis.input_units.items() if units.find(v) == root), None)
+                names[root] = f"rows of '{first}'" if first else f"unit {root}"
+        return names[root]
+
+    inputs = []
+    for value in analysis.inputs:
+        abstract = env[value.name]
+        if isinstance(abstract, Opaque):
+            raise NotMergeable(abstract.reason)
+        t = value.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim] if t.HasField("shape") else None
+        inputs.append(InputPlan(value.name, unit_name(abstract.unit), value.name in node_id_units,
+                                _NUMPY_TYPES.get(t.elem_type), tuple(dims[1:]) if dims is not None else None))
+    measures = {}
+    for i in inputs:
+        measures.setdefault(i.unit, i.name)
+
+    outputs = []
+    for value in analysis.graph.output:
+        abstract = env.get(value.name, Opaque(f"output '{value.name}' has no value"))
+        if isinstance(abstract, Opaque):
+            raise NotMergeable(f"output '{value.name}': {abstract.reason}")
+        if isinstance(abstract, Const):
+            outputs.append(OutputPlan(value.name, None))
+            continue
+        if not isinstance(abstract, Rows):
+            raise NotMergeable(f"output '{value.name}' is a count or a shape: merged, it would be the forest's")
+        if abstract.carries:
+            raise NotMergeable(f"output '{value.name}' returns the values of input '{abstract.carries}' (merged, node "
+                               "ids would come back shifted)")
+        unit = unit_name(abstract.unit)
+        if unit not in measures:
+            raise NotMergeable(f"output '{value.name}' has one row per {unit}, which no input's rows count")
+        outputs.append(OutputPlan(value.name, unit))
+
+    kernels = []
+    for site in analysis.kernels:
+        nodes, positions = unit_name(site.nodes), unit_name(site.positions)
+        for needed in (nodes, positions):
+            if needed not in measures:
+                raise NotMergeable(f"{site.name}: its {needed} are counted by no input")
+        lengths = {name: unit_name(site.unit_of(units, role.rows))
+                   for name, role in site.merge.inputs.items() if role.rows != "unused"}
+        kernels.append(KernelCheck(site.name, site.merge.program, dict(site.arrays), nodes, positions,
+                                   site.merge.positions == "nodes", lengths, BoundsCheck(site.merge.program)))
+    warnings = tuple(f"{site.name} reads rows at {', '.join(site.merge.clamped)}: a request that reaches one with a "
+                     "missing child (a negative id) runs alone (merged, it would read the first request's row 0)"
+                     for site in analysis.kernels if site.merge.clamped)
+    return MergePlan(True, None, tuple(inputs), tuple(outputs), measures, tuple(kernels), "nodes", warnings)
+
+
+# ---- per request -----------------------------------------------------------------------------------------------
+
+def check_request(plan: MergePlan, feeds: dict) -> Optional[str]:
+    """None when the request can join a merged batch; else why it must run alone. FeedError for a request that
+    misses an input or names one the model does not have (it would fail anyway: the caller hears it at once)."""
+    spec = plan.request_spec
+    if feeds.keys() != spec.names:
+        missing, extra = sorted(spec.names - set(feeds)), sorted(set(feeds) - spec.names)
+        parts = ([f"missing input(s) {', '.join(map(repr, missing))}"] if missing else []) + \
+                ([f"unknown input(s) {', '.join(map(repr, extra))}"] if extra else [])
+        raise FeedError(f"{'; '.join(parts)} (the model takes {', '.join(map(repr, sorted(spec.names)))})")
+    counts = {}
+    for name, dtype, ndim, fixed, unit in spec.inputs:
+        value = feeds[name]
+        if type(value) is not np.ndarray:
+            return f"input '{name}' is not a numpy array"
+        if dtype is not None and value.dtype != dtype:
+            return f"input '{name}' is {value.dtype}, the model declares {dtype}"
+        shape = value.shape
+        if not shape or (ndim is not None and (len(shape) != ndim or any(shape[a] != d for a, d in fixed))):
+            return f"input '{name}' has shape {list(shape)}, not what the model declares"
+        rows = counts.setdefault(unit, shape[0])
+        if rows != shape[0]:
+            return (f"input '{name}' has {shape[0]} rows, '{plan.measures[unit]}' {rows}: inputs of one unit "
+                    f"({unit}) must agree to be merged")
+    for k in spec.loops:
+        positions = _positions(k, counts)
+        if positions != counts[k.positions]:
+            return f"{k.name} visits {positions} positions but '{plan.measures[k.positions]}' has {counts[k.positions]} rows"
+    for name in spec.orders:
+        order, nodes = feeds[name], counts[plan.node_unit]
+        if order.shape[0] != nodes or (nodes and (order.min() < 0 or order.max() >= nodes
+                                                  or np.bincount(order, minlength=nodes).max() > 1)):
+            # exact merged too, but the forest would lose its batched schedule for every request in it
+            return f"the visit order '{name}' is not a permutation of the request's {nodes} nodes"
+    for name in spec.head_ids:
+        ids = feeds[name]  # node ids a Gather of rows reads (a head): in the request's own rows
+        if ids.size and (ids.min() < 0 or ids.max() >= counts[plan.node_unit]):
+            return f"input '{name}' holds node ids outside [0, {counts[plan.node_unit]})"
+    return None
+
+
+@dataclass(frozen=True)
+class RequestSpec:
+    """What check_request looks at, prepared once per plan."""
+    names: frozenset
+    inputs: tuple  # (name, numpy dtype or None, rank or None, ((axis, size), ...) fixed sizes, unit)
+    loops: tuple  # KernelChecks of Loop recursions (their trip count must be the request's positions)
+    head_ids: tuple  # inputs of node ids only graph nodes (not a recursion) read
+    orders: tuple  # visit orders (node ids, one per position): each request's must be a permutation of its nodes
+
+
+def _request_spec(plan: MergePlan) -> RequestSpec:
+    inputs = []
+    for i in plan.inputs:
+        ndim = None if i.inner is None else 1 + len(i.inner)
+        fixed = () if i.inner is None else tuple((a + 1, d) for a, d in enumerate(i.inner) if d is not None)
+        inputs.append((i.name, None if i.dtype is None else np.dtype(i.dtype), ndim, fixed, i.unit))
+    kernel_arrays = {source for k in plan.kernels for source in k.arrays.values()}
+    position_units = {k.positions for k in plan.kernels if k.positions != k.nodes}
+    return RequestSpec(frozenset(i.name for i in plan.inputs), tuple(inputs),
+                       tuple(k for k in plan.kernels if k.program.mode == "visit"),
+                       tuple(i.name for i in plan.inputs if i.node_ids and i.name not in kernel_arrays),
+                       tuple(i.name for i in plan.inputs if i.node_ids and i.unit in position_units))
+
+
+def _positions(kernel: KernelCheck, counts: dict) -> Optional[int]:
+    """A Loop's trip count for a request (or a batch) whose units have these row counts (cached: it depends on the
+    counts alone)."""
+    key = tuple(sorted(counts.items()))
+    value = kernel.trips.get(key, _MISSING)
+    if value is _MISSING:
+        value = trip_count(kernel.program.trip,
+                           lambda name: counts[kernel.lengths[name]] if name else counts[kernel.nodes])
+        if len(kernel.trips) < 4096:
+            kernel.trips[key] = value
+    return value
+
+
+_MISSING = object()
+
+
+@dataclass
+class MergedBatch:
+    feeds: dict  # the forest's inputs
+    counts: dict  # unit -> np.ndarray of each request's row count, in batch order
+
+
+def unit_counts(plan: MergePlan, requests: list) -> dict:
+    return {unit: np.array([r[name].shape[0] for r in requests], dtype=np.int64) for unit, name in plan.measures.items()}
+
+
+def merge(plan: MergePlan, requests: list) -> MergedBatch:
+    """One forest from requests that passed check_request."""
+    counts = unit_counts(plan, requests)
+    nodes = counts[plan.node_unit]
+    feeds = {}
+    for i in plan.inputs:
+        merged = np.concatenate([r[i.name] for r in requests], axis=0)
+        if i.node_ids and len(requests) > 1:
+            base = np.cumsum(nodes) - nodes
+            shift = np.repeat(base, counts[i.unit]).reshape((-1,) + (1,) * (merged.ndim - 1))
+            total = int(nodes.sum())
+            if total > np.iinfo(merged.dtype).max:
+                raise OverflowError(f"{total} nodes do not fit input '{i.name}' ({merged.dtype})")
+            merged = np.where(merged >= 0, merged + shift.astype(merged.dtype), merged)
+        feeds[i.name] = merged
+    return MergedBatch(feeds, counts)
+
+
+def out_of_bounds(plan: MergePlan, batch: MergedBatch) -> set:
+    """Requests (indices in the batch) whose reads leave their own rows, or whose trip count does not add up."""
+    flagged = set()
+    totals = {unit: int(c.sum()) for unit, c in batch.counts.items()}
+    for k in plan.kernels:
+        if k.program.mode == "visit" and _positions(k, totals) != totals[k.positions]:
+            return set(range(len(batch.counts[k.positions])))  # the trip count does not add up: nobody merges
+        arrays = {name: batch.feeds[source] for name, source in k.arrays.items()}
+        rows = {name: batch.counts[unit] for name, unit in k.lengths.items() if unit in batch.counts}
+        flagged |= k.bounds(arrays, batch.counts[k.nodes], batch.counts[k.positions], k.positions_are_nodes, rows)
+    return flagged
+
+
+def split(plan: MergePlan, outputs: list, batch: MergedBatch) -> list:
+    """Per request, its outputs (in the model's output order) cut from the forest's (views, no copies)."""
+    size = len(next(iter(batch.counts.values()))) if batch.counts else 0
+    per_request = [[] for _ in range(size)]
+    edges = {}
+    for o, value in zip(plan.outputs, outputs):
+        if o.unit is None:
+            for r in per_request:
+                r.append(value.copy())
+            continue
+        if o.unit not in edges:
+            edges[o.unit] = np.concatenate([[0], np.cumsum(batch.counts[o.unit])]).tolist()
+        cuts = edges[o.unit]
+        if value.shape[0] != cuts[-1]:
+            raise RuntimeError(f"output '{o.name}' has {value.shape[0]} rows, the batch {cuts[-1]} {o.unit}")
+        for k, r in enumerate(per_request):
+            r.append(value[cuts[k]:cuts[k + 1]])
+    return per_request

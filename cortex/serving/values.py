@@ -1,0 +1,35 @@
+"""The abstract values of the graph analysis (graph.py): what a tensor of the main graph is to the merge."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Rows:
+    unit: int
+    inner: Optional[tuple]  # the static dimensions after the rows, None where unknown
+    carries: Optional[str] = None  # the model input whose values this holds unchanged (node ids travel so)
+
+
+@dataclass(frozen=True)
+class UnitDim:
+    unit: int
+
+
+@dataclass(frozen=True)
+class Dims:
+    items: tuple  # ints and UnitDims
+    scalar: bool = False  # a 0-D count rather than a [k] shape vector
+
+
+@dataclass(frozen=True)
+class Const:
+    value: np.ndarray
+
+
+@dataclass(frozen=True)
+class Opaque:
+    reason: str

@@ -1,0 +1,298 @@
+"""cortex.BatchingSession: concurrent callers (threads, asyncio) get their own results, bit for bit what a plain
+session gives them; a bad request fails alone (never a neighbour's wrong answer); backpressure, closing and
+errors are clear."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import onnx
+import pytest
+
+import cortex
+from cortex.examples import structures as st
+from cortex.examples import treelstm
+from cortex.serving import FeedError, NotMergeable, QueueFull, SessionClosed
+from onnx_ops.zoo import MODELS
+
+HIDDEN = 8
+VOCAB = 50
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """The TreeLSTM converted in its TreeRec and Loop forms, and DAG-RNN's Loop form (not mergeable)."""
+    folder = tmp_path_factory.mktemp("batching")
+    params = treelstm.make_params(hidden=HIDDEN, embed_dim=6, vocab=VOCAB)
+    dagrnn = MODELS["dagrnn"]
+    paths = {}
+    for name, model in [("treerec", treelstm.build_treerec(params)), ("loop", treelstm.build_loop(params)),
+                        ("dagrnn", dagrnn.build_loop(dagrnn.make_params(HIDDEN)))]:
+        onnx.save(model, str(folder / f"{name}.onnx"))
+        cortex.convert(str(folder / f"{name}.onnx"), str(folder / f"{name}.cortex.onnx"), strict=True)
+        paths[name] = str(folder / f"{name}.cortex.onnx")
+    return paths
+
+
+def _trees(count, seed=0):
+    sst = st.sst_dir_default()
+    if sst:
+        return st.read_sst(sst, split="test", vocab_size=VOCAB, limit=count)
+    return st.sst_like_trees(count, np.random.default_rng(seed), VOCAB)
+
+
+def _feeds(form, tree):
+    return dict(children=tree.children, words=tree.words) if form == "treerec" else tree.arrays()
+
+
+def _same(got, want):
+    return len(got) == len(want) and all(a.shape == b.shape and np.array_equal(a, b) for a, b in zip(got, want))
+
+
+def _outcome(session, feeds):
+    """What a plain session gives: ('ok', outputs) or ('error', message)."""
+    try:
+        return "ok", session.run(None, feeds)
+    except Exception as e:  # noqa: BLE001
+        return "error", str(e)
+
+
+def _answer(future):
+    try:
+        return "ok", future.result(timeout=60)
+    except Exception as e:  # noqa: BLE001
+        return "error", str(e)
+
+
+@pytest.mark.parametrize("form,workers", [("treerec", 1), ("loop", 1), ("treerec", 2)])
+def test_threads_get_their_own_bits(models, form, workers):
+    path = models[form]
+    plain = cortex.InferenceSession(path)
+    feeds = [_feeds(form, t) for t in _trees(48)]
+    want = [plain.run(None, f) for f in feeds]
+    got = [None] * len(feeds)
+    with cortex.BatchingSession(path, max_trees=16, max_delay_ms=20, workers=workers) as session:
+        barrier = threading.Barrier(len(feeds))
+
+        def client(k):
+            barrier.wait()
+            got[k] = session.run(feeds[k], timeout=60)
+
+        threads = [threading.Thread(target=client, args=(k,)) for k in range(len(feeds))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        stats = session.stats
+    assert all(_same(g, w) for g, w in zip(got, want))
+    assert stats.requests == len(feeds) and stats.merged_requests > 0 and stats.largest_batch > 1
+    assert stats.largest_batch <= 16 and stats.fallbacks == 0
+
+
+def test_asyncio_callers(models):
+    path = models["treerec"]
+    plain = cortex.InferenceSession(path)
+    feeds = [_feeds("treerec", t) for t in _trees(20)]
+
+    async def main(session):
+        return await asyncio.gather(*(session.run_async(f) for f in feeds))
+
+    with cortex.BatchingSession(path, max_trees=8, max_delay_ms=20) as session:
+        got = asyncio.run(main(session))
+        assert session.stats.batches >= 1
+    assert all(_same(g, plain.run(None, f)) for g, f in zip(got, feeds))
+
+
+def _bad_treerec(good):
+    """Requests a plain session refuses or answers oddly, each next to good neighbours."""
+    n = len(good["words"])
+    children = good["children"]
+    out_of_range = children.copy()
+    out_of_range[np.flatnonzero(children[:, 0] >= 0)[0], 0] = n + 3  # a child past the tree: a neighbour's node
+    cycle = dict(children=np.array([[1, -1], [0, -1]], np.int64), words=np.array([1, 2], np.int64))
+    below = children.copy()
+    below[np.flatnonzero(children[:, 1] >= 0)[0], 1] = -2  # not a sentinel
+    big_word = dict(good, words=np.where(good["words"] > 0, VOCAB + 7, 0).astype(np.int64))  # past the embedding
+    return {"out_of_range": dict(good, children=out_of_range), "cycle": cycle, "minus_two": dict(good, children=below),
+            "word": big_word, "int32": dict(good, children=children.astype(np.int32)),
+            "short_words": dict(good, words=good["words"][:-1])}
+
+
+def _bad_loop(good):
+    n = len(good["words"])
+    internal = np.flatnonzero(good["left"] >= 0)
+    wrapped = good["left"].copy()
+    wrapped[internal[0]] = -1 - n + int(good["left"][internal[0]])  # a negative id Gather wraps to a real child
+    past = good["right"].copy()
+    past[internal[-1]] = n  # one past the end
+    order = good["order"]
+    return {"wrap": dict(good, left=wrapped), "past_end": dict(good, right=past),
+            "negative_order": dict(good, order=order - n),  # Gather wraps every position: valid, not mergeable
+            "repeated": dict(good, order=np.concatenate([order, order[:3]])),  # exact sequential semantics
+            "short_order": dict(good, order=order[:-2])}
+
+
+@pytest.mark.parametrize("form", ["treerec", "loop"])
+def test_a_bad_request_fails_alone(models, form):
+    """Each odd request gets exactly what a plain session gives it (results or its own error); its neighbours in
+    the same batch get their own bits."""
+    path = models[form]
+    plain = cortex.InferenceSession(path)
+    trees = _trees(16)
+    good = [_feeds(form, t) for t in trees]
+    bad = (_bad_treerec if form == "treerec" else _bad_loop)(good[0])
+    errors = []
+    with cortex.BatchingSession(path, max_trees=3, max_delay_ms=500) as session:
+        for k, (name, feeds) in enumerate(bad.items()):  # one batch each: the bad request between two good ones
+            group = [("good", good[(2 * k + 1) % len(good)]), (name, feeds), ("good", good[(2 * k + 2) % len(good)])]
+            answers = [_answer(f) for f in [session.submit(f) for _, f in group]]
+            for (who, f), (kind, value) in zip(group, answers):
+                want_kind, want = _outcome(plain, f)
+                assert kind == want_kind, f"{who} next to {name}: {value}"
+                assert _same(value, want) if kind == "ok" else value == want, f"{who} next to {name}"
+                if kind == "error":
+                    errors.append(who)
+        assert session.stats.batches >= 1
+    assert "good" not in errors and len(errors) >= (3 if form == "treerec" else 1)
+
+
+def test_missing_or_unknown_inputs_are_refused_at_once(models):
+    feeds = _feeds("treerec", _trees(1)[0])
+    with cortex.BatchingSession(models["treerec"]) as session:
+        with pytest.raises(FeedError, match="missing input.*'words'"):
+            session.submit({"children": feeds["children"]})
+        with pytest.raises(FeedError, match="unknown input.*'extra'"):
+            session.submit(dict(feeds, extra=np.zeros(1)))
+        with pytest.raises(TypeError, match="feeds must be a dict"):
+            session.submit([feeds])
+
+
+def test_a_full_queue_refuses_and_close_serves_what_is_queued(models):
+    feeds = _feeds("treerec", _trees(1)[0])
+    session = cortex.BatchingSession(models["treerec"], max_trees=8, max_delay_ms=60_000, max_queue=2)
+    first, second = session.submit(feeds), session.submit(feeds)  # the worker waits for more (or the delay)
+    with pytest.raises(QueueFull, match="max_queue=2"):
+        session.submit(feeds)
+    started = time.monotonic()
+    session.close()  # closing ends the wait: the two queued requests are served
+    assert time.monotonic() - started < 30
+    assert _same(first.result(1), second.result(1))
+    with pytest.raises(SessionClosed):
+        session.submit(feeds)
+
+
+def test_close_can_cancel_what_is_queued(models):
+    feeds = _feeds("treerec", _trees(1)[0])
+    session = cortex.BatchingSession(models["treerec"], max_trees=8, max_delay_ms=60_000)
+    pending = session.submit(feeds)
+    session.close(cancel_pending=True)
+    with pytest.raises(SessionClosed, match="closed before this request ran"):
+        pending.result(5)
+
+
+def test_a_model_that_mixes_trees_is_refused_unless_asked(models):
+    path = models["dagrnn"]
+    with pytest.raises(NotMergeable, match="N \\+ 1 rows.*allow_unmerged=True"):
+        cortex.BatchingSession(path)
+    grid = MODELS["dagrnn"].loop_feeds(__import__("onnx_ops.grids", fromlist=["grid"]).grid(
+        3, 4, 64, np.random.default_rng(0)))
+    plain = cortex.InferenceSession(path)
+    with cortex.BatchingSession(path, allow_unmerged=True) as session:
+        futures = [session.submit(grid) for _ in range(4)]
+        assert all(_same(f.result(30), plain.run(None, grid)) for f in futures)
+        assert session.stats.batches == 0 and session.stats.alone == 4
+
+
+@pytest.mark.parametrize("kwargs,message", [({"max_trees": 0}, "max_trees"), ({"max_delay_ms": -1}, "max_delay_ms"),
+                                            ({"max_queue": 0}, "max_queue"), ({"workers": 0}, "workers")])
+def test_bad_settings_are_clear(models, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        cortex.BatchingSession(models["treerec"], **kwargs)
+
+
+def test_run_times_out_clearly(models):
+    feeds = _feeds("treerec", _trees(1)[0])
+    session = cortex.BatchingSession(models["treerec"], max_trees=8, max_delay_ms=60_000)
+    with pytest.raises(TimeoutError, match="no answer within 0.2 s"):
+        session.run(feeds, timeout=0.2)  # the worker waits for a full first batch
+    session.close()
+
+
+def test_a_request_alone_waits_at_most_about_the_delay(models):
+    feeds = _feeds("treerec", _trees(1)[0])
+    with cortex.BatchingSession(models["treerec"], max_trees=64, max_delay_ms=30) as session:
+        session.run(feeds)  # warm
+        started = time.monotonic()
+        session.run(feeds, timeout=10)
+        assert time.monotonic() - started < 5  # the delay, not max_trees, ends the wait
+
+
+class _Stalled:
+    """A session whose runs wait for `release` (a kernel call that takes long), for bounded-wait tests."""
+
+    def __init__(self, session):
+        self.session, self.release, self.started = session, threading.Event(), threading.Event()
+
+    def run(self, names, feeds):
+        self.started.set()
+        assert self.release.wait(60), "never released"
+        return self.session.run(names, feeds)
+
+
+def test_close_with_a_forest_running_is_bounded(models):
+    """close(timeout) returns within its bound while a forest runs; the running requests still get their answers,
+    the queued ones too, and nothing waits forever."""
+    path = models["treerec"]
+    plain = cortex.InferenceSession(path)
+    feeds = [_feeds("treerec", t) for t in _trees(4)]
+    session = cortex.BatchingSession(path, max_trees=2, max_delay_ms=0)
+    stalled = _Stalled(session.session)
+    session.session = stalled
+    first = session.submit(feeds[0])
+    assert stalled.started.wait(30)
+    queued = [session.submit(f) for f in feeds[1:]]
+    started = time.monotonic()
+    assert session.close(timeout=0.2) is False
+    assert time.monotonic() - started < 5
+    with pytest.raises(SessionClosed):
+        session.submit(feeds[0])
+    stalled.release.set()
+    assert session.close(timeout=60) is True
+    for f, future in zip(feeds, [first] + queued):
+        assert _same(future.result(1), plain.run(None, f))
+
+
+def test_asyncio_cancel_timeout_and_close(models):
+    """An awaiting caller that gives up (wait_for) or is cancelled drops only its own request; close with
+    cancel_pending fails the awaiting callers with SessionClosed instead of leaving them waiting."""
+    path = models["treerec"]
+    plain = cortex.InferenceSession(path)
+    feeds = [_feeds("treerec", t) for t in _trees(6)]
+
+    async def scenario(session):
+        with pytest.raises(asyncio.TimeoutError):  # the worker waits for a full first batch (60 s delay)
+            await asyncio.wait_for(session.run_async(feeds[0]), 0.2)
+        doomed = asyncio.ensure_future(session.run_async(feeds[1]))
+        await asyncio.sleep(0.05)
+        doomed.cancel()
+        waiting = [asyncio.ensure_future(session.run_async(f)) for f in feeds[2:4]]
+        await asyncio.sleep(0.05)
+        await asyncio.get_running_loop().run_in_executor(None, lambda: session.close(cancel_pending=True, timeout=30))
+        outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+        assert all(isinstance(o, SessionClosed) for o in outcomes), outcomes
+        assert doomed.cancelled()
+
+    session = cortex.BatchingSession(path, max_trees=16, max_delay_ms=60_000)
+    asyncio.run(asyncio.wait_for(scenario(session), 60))
+
+    async def bad_and_good(session):
+        bad = dict(feeds[0], words=feeds[0]["words"][:-1])  # fails in its own run
+        return await asyncio.gather(*(session.run_async(f) for f in [feeds[4], bad, feeds[5]]),
+                                    return_exceptions=True)
+
+    with cortex.BatchingSession(path, max_trees=3, max_delay_ms=200) as session:
+        good_a, bad, good_b = asyncio.run(asyncio.wait_for(bad_and_good(session), 60))
+    assert isinstance(bad, Exception)
+    assert _same(good_a, plain.run(None, feeds[4])) and _same(good_b, plain.run(None, feeds[5]))

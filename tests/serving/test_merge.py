@@ -1,0 +1,424 @@
+"""Merging single-tree requests into one forest (cortex/serving): the proof from the IR, both ways (per-tree
+recursions merge, recursions and heads that mix trees are refused with the reason), and exactness: a merged run
+gives every request the bits of its separate run, over the zoo (Loop and TreeRec forms), SST trees and random
+trees, and the real exporters' forms."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import onnx
+import pytest
+from onnx import helper, numpy_helper
+
+import cortex
+from cortex.artifacts import cortex_nodes
+from cortex.examples import structures as st
+from cortex.examples import treelstm
+from cortex.frontend import find_regions
+from cortex.ir import nodes as ir
+from cortex.passes import optimize
+from cortex.serving import check_request, plan_for
+from cortex.serving.forest import ForestStats, run_forest
+from cortex.serving.kernel import NotMergeable, analyze
+from onnx_ops.zoo import MODELS, MVRNN_VOCAB, VOCAB, structures
+
+HIDDEN = 8
+SST = st.sst_dir_default()
+
+
+# ---- helpers -----------------------------------------------------------------------------------------------------
+
+def _program(model: onnx.ModelProto) -> ir.Program:
+    (region,) = [r for r in find_regions(model) if r.program is not None]
+    return optimize(region.program)
+
+
+@pytest.fixture(scope="module")
+def params():
+    return treelstm.make_params(hidden=HIDDEN, embed_dim=6, vocab=50)
+
+
+@pytest.fixture(scope="module")
+def loop_program(params):
+    return _program(treelstm.build_loop(params))
+
+
+@pytest.fixture(scope="module")
+def treerec_program(params):
+    from cortex.treerec.portable import raise_treerec
+    model, _ = raise_treerec(treelstm.build_treerec(params))
+    return _program(model)
+
+
+def _rewrite(program: ir.Program, mapping: dict, trip=None) -> ir.Program:
+    """The program with index expressions replaced (every occurrence, all sorts)."""
+    rewrite = ir.transform(lambda e: mapping.get(e, e))
+    cases = tuple(dataclasses.replace(c, predicate=rewrite(c.predicate),
+                                      target=None if c.target is None else rewrite(c.target),
+                                      writes=tuple((t, rewrite(x)) for t, x in c.writes)) for c in program.cases)
+    return dataclasses.replace(program, cases=cases, trip=trip if trip is not None else program.trip)
+
+
+def _add_term(program: ir.Program, case_index: int, term: ir.RExpr) -> ir.Program:
+    """The program with `term` (width 1 or the table's) added to the first write of one case."""
+    cases = list(program.cases)
+    case = cases[case_index]
+    (table, expr), *rest = case.writes
+    cases[case_index] = dataclasses.replace(case, writes=((table, ir.binary("add", expr, term)), *rest))
+    return dataclasses.replace(program, cases=tuple(cases))
+
+
+def _with_predicate(program: ir.Program, case_index: int, extra: ir.BExpr) -> ir.Program:
+    cases = list(program.cases)
+    cases[case_index] = dataclasses.replace(cases[case_index], predicate=ir.BAnd(cases[case_index].predicate, extra))
+    return dataclasses.replace(program, cases=tuple(cases))
+
+
+def _refused(program) -> str:
+    with pytest.raises(NotMergeable) as info:
+        analyze(program)
+    return str(info.value)
+
+
+NODE = ir.Load("order", ir.Iter())  # the node a Loop position visits
+LEFT = ir.Load("left", NODE)
+
+
+# ---- the proof, on the IR ----------------------------------------------------------------------------------------
+
+def test_loop_treelstm_is_per_tree(loop_program):
+    merge_ = analyze(loop_program)
+    roles = {name: (r.rows, r.node_ids) for name, r in merge_.inputs.items()}
+    assert roles["order"] == ("positions", True)  # rows per position, values node ids
+    assert roles["left"] == ("nodes", True) and roles["right"] == ("nodes", True)
+    assert roles["words"] == ("nodes", False)  # token ids: data, concatenated as they are
+    assert merge_.outputs == {"h": "nodes", "c": "nodes"} and merge_.positions == "positions"
+
+
+def test_treerec_treelstm_is_per_tree(treerec_program):
+    merge_ = analyze(treerec_program)
+    assert merge_.inputs["children"].node_ids and merge_.inputs["children"].rows == "nodes"
+    assert not merge_.inputs["words"].node_ids
+    assert merge_.positions == "nodes"
+
+
+def test_length_inside_the_recursion_is_refused(loop_program):
+    program = _add_term(loop_program, 1, ir.IndexValue(ir.Length("words")))
+    assert "len(words) is used inside the recursion" in _refused(program)
+
+
+def test_node_id_used_as_a_value_is_refused(loop_program):
+    assert "used as a value" in _refused(_add_term(loop_program, 1, ir.IndexValue(LEFT)))
+
+
+def test_node_id_picking_a_constant_row_is_refused(loop_program):
+    const = next(c for c, v in loop_program.constants.items() if v.ndim == 2 and v.shape[1] == HIDDEN)
+    program = _add_term(loop_program, 1, ir.ConstRow(const, NODE, HIDDEN))
+    assert f"constant {const} is read at row order[p]" in _refused(program)
+
+
+def test_constant_node_id_is_refused(loop_program):
+    program = _add_term(loop_program, 1, ir.ChildState("state0", ir.IConst(0), False, HIDDEN))
+    assert "read at row 0, which is not a node id" in _refused(program)
+
+
+def test_node_id_arithmetic_is_refused(loop_program):
+    shifted = ir.IBinary("add", LEFT, ir.IConst(1))
+    program = _add_term(loop_program, 1, ir.ChildState("state0", shifted, False, HIDDEN))
+    assert "computes with a node id" in _refused(program)
+
+
+@pytest.mark.parametrize("test,ok", [(ir.Compare("ne", LEFT, ir.IConst(-1)), True),
+                                     (ir.Compare("ge", LEFT, ir.IConst(0)), True),
+                                     (ir.Compare("lt", ir.IConst(0), LEFT), False),  # 0 < left: left == 0 differs
+                                     (ir.Compare("ne", LEFT, ir.IConst(5)), False),
+                                     (ir.Compare("eq", ir.Iter(), ir.IConst(0)), False),
+                                     (ir.Compare("lt", LEFT, ir.Load("right", NODE)), True),
+                                     (ir.Compare("lt", LEFT, ir.Load("words", NODE)), False)])
+def test_tests_that_shifting_may_change_are_refused(loop_program, test, ok):
+    program = _with_predicate(loop_program, 1, test)
+    if ok:
+        analyze(program)
+    else:
+        assert "may change" in _refused(program) or "computes with" in _refused(program)
+
+
+def test_reversed_visit_order_is_refused(loop_program):
+    count = ir.Length("order")
+    backwards = ir.IBinary("sub", ir.IBinary("sub", count, ir.IConst(1)), ir.Iter())
+    program = _rewrite(loop_program, {NODE: ir.Load("order", backwards)})
+    assert "len(order) is used inside the recursion" in _refused(program)
+
+
+def test_trip_count_other_than_the_order_length_is_refused(loop_program):
+    program = dataclasses.replace(loop_program, trip=ir.IBinary("sub", ir.Length("order"), ir.IConst(1)))
+    reason = _refused(program)
+    assert "is not the length of the visit order" in reason and "it is -1 for 0 positions" in reason
+
+
+def test_trip_count_over_the_nodes_makes_the_order_a_node_array(loop_program):
+    """for i in range(N): v = order[i]: the order then has one row per node (and merges as such)."""
+    merge_ = analyze(dataclasses.replace(loop_program, trip=ir.Length("words")))
+    assert merge_.positions == "nodes" and merge_.inputs["order"] == merge_.inputs["left"]
+
+
+def test_loop_over_range_n_writing_row_p_merges_with_positions_as_nodes(loop_program):
+    program = _rewrite(loop_program, {NODE: ir.Iter()}, trip=ir.Length("words"))
+    merge_ = analyze(program)
+    assert merge_.positions == "nodes" and merge_.inputs["order"].rows == "unused"
+    assert merge_.inputs["left"].node_ids and not merge_.inputs["words"].node_ids
+
+
+def test_clamped_child_id_merges(loop_program):
+    """max(child, 0) (torch's clamp(min=0) of a missing child) is a node id that bounds checks catch at run time."""
+    clamped = ir.IBinary("max", LEFT, ir.IConst(0))
+    merge_ = analyze(_rewrite(loop_program, {ir.ChildState("state0", LEFT, False, HIDDEN):
+                                             ir.ChildState("state0", clamped, False, HIDDEN)}))
+    assert merge_.inputs["left"].node_ids
+    assert merge_.clamped == ("max(left[order[p]], 0)",)  # plan.describe() notes where requests run alone
+    assert analyze(loop_program).clamped == ()
+
+
+def test_scalar_input_read_in_the_recursion_is_refused(loop_program):
+    scalar = ir.InputDecl("k", "array", "int64", 0)
+    program = dataclasses.replace(loop_program, inputs=loop_program.inputs + (scalar,))
+    program = _with_predicate(program, 1, ir.Compare("ne", ir.Load("k", ir.IConst(0)), ir.IConst(0)))
+    assert "scalar input 'k'" in _refused(program)
+
+
+# ---- the converted model: recorded decision, graph around the kernel --------------------------------------------
+
+def _convert(model: onnx.ModelProto, tmp_path, name: str) -> str:
+    src, out = tmp_path / f"{name}.onnx", tmp_path / f"{name}.cortex.onnx"
+    onnx.save(model, str(src))
+    report = cortex.convert(str(src), str(out), strict=True)
+    assert all(r.converted for r in report.regions)
+    return str(out)
+
+
+def _with_head(model: onnx.ModelProto, nodes, outputs, inputs=(), inits=()) -> onnx.ModelProto:
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model.graph.node.extend(nodes)
+    model.graph.input.extend(inputs)
+    model.graph.initializer.extend(inits)
+    model.graph.output.extend(outputs)
+    return model
+
+
+def _vi(name, elem, shape):
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+@pytest.fixture(scope="module")
+def treerec_model(params):
+    return treelstm.build_treerec(params)
+
+
+def test_conversion_records_the_decision(treerec_model, tmp_path):
+    path = _convert(treerec_model, tmp_path, "tl")
+    (node,) = cortex_nodes(onnx.load(path))
+    recorded = node.notes["merge"]
+    assert recorded["per_tree"] is True and recorded["outputs"] == {"h": "nodes", "c": "nodes"}
+    assert recorded["inputs"]["children"] == {"rows": "nodes", "node_ids": True}
+
+
+def test_an_edited_decision_is_not_believed(treerec_model, tmp_path):
+    path = _convert(treerec_model, tmp_path, "tl")
+    model = onnx.load(path)
+    (cortex_node,) = cortex_nodes(model)
+    notes = dict(cortex_node.notes)
+    notes["merge"] = dict(notes["merge"], inputs={**notes["merge"]["inputs"],
+                                                  "children": {"rows": "nodes", "node_ids": False}})
+    attribute = next(a for a in model.graph.node[cortex_node.index].attribute if a.name == "notes")
+    attribute.s = json.dumps(notes).encode()
+    plan = plan_for(model)
+    assert not plan.mergeable and "differs from the one its IR proves" in plan.reason
+    notes["merge"] = {"version": 1, "per_tree": False, "reason": "someone said so"}
+    attribute.s = json.dumps(notes).encode()
+    assert plan_for(model).reason == "someone said so"
+
+
+def test_mean_over_all_nodes_is_refused(treerec_model, tmp_path):
+    model = _with_head(treerec_model, [helper.make_node("ReduceMean", ["h"], ["mean"], axes=[0], keepdims=0)],
+                       [_vi("mean", onnx.TensorProto.FLOAT, [HIDDEN])])
+    plan = plan_for(_convert(model, tmp_path, "mean"))
+    assert not plan.mergeable
+    assert "output 'mean'" in plan.reason and "reduces over the rows" in plan.reason and "mix" in plan.reason
+
+
+def test_a_fixed_row_of_the_forest_is_refused(treerec_model, tmp_path):
+    zero = numpy_helper.from_array(np.array(0, np.int64), "zero")
+    model = _with_head(treerec_model, [helper.make_node("Gather", ["h", "zero"], ["first"], axis=0)],
+                       [_vi("first", onnx.TensorProto.FLOAT, [HIDDEN])], inits=[zero])
+    plan = plan_for(_convert(model, tmp_path, "first"))
+    assert not plan.mergeable and "a row picked at a fixed index" in plan.reason
+
+
+def test_extra_table_rows_are_refused(tmp_path):
+    """DAG-RNN's Loop form keeps a zero row past the nodes (a table of N + 1 rows, then h[:N])."""
+    m = MODELS["dagrnn"]
+    plan = plan_for(_convert(m.build_loop(m.make_params(HIDDEN)), tmp_path, "dagrnn"))
+    assert not plan.mergeable and "N + 1 rows" in plan.reason
+
+
+def _classifier_head(model, classes=3, roots=False):
+    rng = np.random.default_rng(1)
+    W = numpy_helper.from_array(rng.standard_normal((HIDDEN, classes)).astype(np.float32), "Wc")
+    b = numpy_helper.from_array(rng.standard_normal(classes).astype(np.float32), "bc")
+    nodes = [helper.make_node("MatMul", ["h", "Wc"], ["logits0"]), helper.make_node("Add", ["logits0", "bc"], ["z"]),
+             helper.make_node("Softmax", ["z"], ["probs"], axis=-1)]
+    outputs = [_vi("probs", onnx.TensorProto.FLOAT, ["N", classes])]
+    inputs = []
+    if roots:
+        nodes.append(helper.make_node("Gather", ["probs", "roots"], ["root_probs"], axis=0))
+        outputs.append(_vi("root_probs", onnx.TensorProto.FLOAT, ["R", classes]))
+        inputs.append(_vi("roots", onnx.TensorProto.INT64, ["R"]))
+    return _with_head(model, nodes, outputs, inputs, [W, b])
+
+
+def test_per_node_and_per_root_heads_merge_exactly(treerec_model, tmp_path):
+    path = _convert(_classifier_head(treerec_model, roots=True), tmp_path, "head")
+    plan = plan_for(path)
+    assert plan.mergeable, plan.reason
+    units = {o.name: o.unit for o in plan.outputs}
+    assert units == {"h": "nodes", "c": "nodes", "probs": "nodes", "root_probs": "rows of 'roots'"}
+    assert next(i for i in plan.inputs if i.name == "roots").node_ids
+    trees = _trees("binary", 10, vocab=50)
+    requests = [dict(children=t.children, words=t.words, roots=t.roots) for t in trees]
+    _assert_merged_equals_separate(path, requests)
+    bad = dict(requests[0], roots=np.array([trees[0].num_nodes], np.int64))  # a root past the tree's nodes
+    assert "outside" in check_request(plan, bad)
+
+
+# ---- exactness ---------------------------------------------------------------------------------------------------
+
+def _trees(kind, count, vocab=VOCAB, seed=0, sst=True):
+    rng = np.random.default_rng(seed)
+    return structures(kind, count, rng, sst_dir=SST if sst and kind != "grid" else None, vocab=vocab)
+
+
+def _assert_merged_equals_separate(path, requests, merged=None):
+    """run_forest answers every request with the bits of its separate run; all of them from one merged forest,
+    unless `merged` names how many could be (the others ran alone)."""
+    plan = plan_for(path)
+    assert plan.mergeable, plan.reason
+    session = cortex.InferenceSession(path)
+    stats = ForestStats()
+    results = run_forest(plan, session, requests, stats=stats)
+    for k, (request, got) in enumerate(zip(requests, results)):
+        assert not isinstance(got, Exception), f"request {k}: {got}"
+        want = session.run(None, request)
+        for name, a, b in zip(session.get_outputs(), got, want):
+            assert a.shape == b.shape and np.array_equal(a, b, equal_nan=True), f"request {k}, output {name.name}"
+    assert stats.merged_requests == (len(requests) if merged is None else merged), stats
+    assert stats.fallbacks == 0
+
+
+@pytest.mark.parametrize("form", ["loop", "treerec"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_zoo_merged_equals_separate(name, form, tmp_path):
+    m = MODELS[name]
+    params = m.make_params(HIDDEN)
+    model = m.build_loop(params) if form == "loop" else m.build_treerec(params)
+    path = _convert(model, tmp_path, f"{name}_{form}")
+    if name == "dagrnn" and form == "loop":
+        assert not plan_for(path).mergeable  # the N + 1 row table (test_extra_table_rows_are_refused)
+        return
+    vocab = MVRNN_VOCAB if name == "mvrnn" else VOCAB
+    feeds = m.loop_feeds if form == "loop" else m.treerec_feeds
+    real = _trees(m.structure, 9, vocab=vocab)  # SST trees where the kind has them
+    synthetic = _trees(m.structure, 7, vocab=vocab, seed=5, sst=False)  # random SST-shaped trees
+    _assert_merged_equals_separate(path, [feeds(s) for s in real + synthetic])
+
+
+def test_random_nary_trees_with_holes_merge_exactly(tmp_path):
+    """Child-Sum over random trees of up to 4 children, -1 anywhere in a row: missing children are sentinels."""
+    from onnx_ops.zoo import childsum
+    params = childsum.make_params(hidden=HIDDEN, embed_dim=6, vocab=50)
+    rng = np.random.default_rng(3)
+    trees = [st.random_nary_tree(int(rng.integers(1, 30)), 4, rng, 50, holes=True) for _ in range(12)]
+    path = _convert(childsum.build_treerec(params, max_children=4), tmp_path, "childsum4")
+    _assert_merged_equals_separate(path, [dict(children=t.children, words=t.words) for t in trees])
+
+
+def test_requests_that_must_run_alone_say_why(tmp_path, params):
+    path = _convert(treelstm.build_loop(params), tmp_path, "tl_loop")
+    plan = plan_for(path)
+    tree = st.random_tree(6, np.random.default_rng(0), 50)
+    good = tree.arrays()
+    assert check_request(plan, good) is None
+    order = good["order"]
+    cases = {"a repeated node": dict(good, order=np.concatenate([order[:-1], order[:1]])),
+             "a node left out": dict(good, order=order[:-1]),
+             "an id past the tree": dict(good, order=np.where(order == order[0], 11, order)),
+             "int32 ids": dict(good, left=good["left"].astype(np.int32)),
+             "a short input": dict(good, words=good["words"][:-1])}
+    reasons = {what: check_request(plan, feeds) for what, feeds in cases.items()}
+    # an order that is not a permutation would be exact merged too, but would cost the whole forest its schedule
+    for what in ("a repeated node", "a node left out", "an id past the tree"):
+        assert reasons[what] == "the visit order 'order' is not a permutation of the request's 11 nodes"
+    assert reasons["int32 ids"] == "input 'left' is int32, the model declares int64"
+    assert reasons["a short input"] == ("input 'left' has 11 rows, 'words' 10: inputs of one unit (nodes) must "
+                                        "agree to be merged")
+
+
+def test_single_node_and_empty_trees_merge(tmp_path, params):
+    path = _convert(treelstm.build_loop(params), tmp_path, "tl_loop")
+    rng = np.random.default_rng(0)
+    one = st.random_tree(1, rng, 50)
+    empty = dict(words=np.zeros(0, np.int64), left=np.zeros(0, np.int64), right=np.zeros(0, np.int64),
+                 order=np.zeros(0, np.int64))
+    trees = [one, st.random_tree(5, rng, 50), one]
+    _assert_merged_equals_separate(path, [t.arrays() for t in trees] + [empty])
+
+
+def _wild_feeds(kind):
+    """One tree's inputs for a model of onnx_ops.zoo.wild of this structure kind."""
+    from onnx_ops.zoo import wild
+    return {"binary": lambda t: wild.binary_feeds([t]), "nary": lambda t: wild.nary_feeds([t]),
+            "binary32": lambda t: wild.int32_feeds([t]),
+            "nary3": lambda t: wild.nary3_forest_feeds(st.batch_nary([st.nary_from_forest(t)])),
+            "parent": lambda t: wild.parent_feeds(st.batch_nary([st.nary_from_forest(t)]))}[kind]
+
+
+@pytest.mark.parametrize("name", ["tai_treelstm", "while_loop", "scan_cond", "childsum_forget", "zero_branch",
+                                  "int32_bool", "nested_loop", "matrix_state",
+                                  "childsum_parent"])
+def test_real_exports_merge_exactly(name, tmp_path):
+    """TorchScript and dynamo exports of natural PyTorch code: torch's clamp(min=0) of child ids (while_loop,
+    childsum_forget), a per-step output split by positions (scan_cond), int32 and bool structure arrays, an
+    unrolled loop over child slots, a matrix per node (whose random weights overflow: NaN compares equal here), a
+    Child-Sum TreeLSTM whose children are a parent array (parent ids shifted too)."""
+    pytest.importorskip("torch")
+    from onnx_ops.zoo import wild
+    kind = wild.MODELS[name][4]
+    example = wild.feeds_for(kind, np.random.default_rng(0), 2)
+    src = tmp_path / f"{name}.onnx"
+    wild.export_model(name, src, example)
+    out = tmp_path / f"{name}.cortex.onnx"
+    cortex.convert(str(src), str(out), strict=True)
+    trees = st.read_sst(SST, split="test", vocab_size=50, limit=8) if SST else \
+        st.sst_like_trees(8, np.random.default_rng(1), 50)
+    names = {i.name for i in plan_for(out).inputs}
+    requests = [{k: v for k, v in _wild_feeds(kind)(t).items() if k in names} for t in trees]
+    # childsum_forget reads h[clamp(child, 0)] at every node, leaves too: merged, a missing child would read the
+    # first request's row 0, so every request runs alone (exact, not merged)
+    _assert_merged_equals_separate(str(out), requests, merged=0 if name == "childsum_forget" else None)
+
+
+@pytest.mark.parametrize("name,reason", [("reverse_counter", "computes with a position"),
+                                         ("two_pass", "computes with a position"),
+                                         ("dagrnn_where", "len(features) is used inside the recursion"),
+                                         ("childsum_csr", "a CSR child list")])
+def test_real_exports_that_mix_trees_are_refused(name, reason, tmp_path):
+    """Walking the order backwards (order[L - 1 - i]); a missing neighbour sent to an extra row N; CSR offsets."""
+    pytest.importorskip("torch")
+    from onnx_ops.zoo import wild
+    kind = wild.MODELS[name][4]
+    src = tmp_path / f"{name}.onnx"
+    wild.export_model(name, src, wild.feeds_for(kind, np.random.default_rng(0), 2))
+    cortex.convert(str(src), str(tmp_path / f"{name}.cortex.onnx"), strict=True)
+    plan = plan_for(tmp_path / f"{name}.cortex.onnx")
+    assert not plan.mergeable and reason in plan.reason

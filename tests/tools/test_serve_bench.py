@@ -1,0 +1,55 @@
+"""tools/serve_bench.py: a tiny closed-loop run (hidden 8, two client counts, a fraction of a second a point) writes
+its table with every mode, the bound and the targets; the plot where matplotlib is installed."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from tools import serve_bench  # noqa: E402
+
+TINY = ["--hidden", "8", "--clients", "2,32", "--seconds", "0.2", "--max-requests", "300", "--trees", "40",
+        "--modes", "run,batching"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    out = tmp_path_factory.mktemp("serve_bench")
+    assert serve_bench.main(TINY + ["--out", str(out), "--no-plot"]) == 0
+    return out, json.loads((out / "results.json").read_text())
+
+
+def test_points_for_every_mode_and_client_count(results):
+    _, data = results
+    seen = {(p["mode"], p["clients"]) for p in data["points"]}
+    assert seen == {(m, c) for m in ("run", "batching", "bound", "merge") for c in (1, 2, 32)}  # 1: single latency
+    for p in data["points"]:
+        assert p["throughput"] > 0
+        if p["mode"] not in ("bound", "merge"):
+            assert 0 < p["requests"] <= 300 and p["p50_ms"] <= p["p99_ms"]
+    batching = next(p for p in data["points"] if p["mode"] == "batching" and p["clients"] == 32)
+    assert batching["mean_batch"] > 1  # 32 clients share forests
+
+
+def test_table_and_targets(results):
+    out, data = results
+    text = (out / "results.md").read_text()
+    assert "python tools/serve_bench.py --hidden 8" in text and "load average" in text
+    assert "| 8 | 32 | batching |" in text and "batching / bound" in text
+    (row,) = serve_bench.targets(data)
+    assert row["clients"] == 32 and row["speedup_over_run"] > 0 and row["of_bound"] > 0
+
+
+def test_plot(results):
+    pytest.importorskip("matplotlib")
+    out, data = results
+    serve_bench.plot(data, out / "throughput.png")
+    assert (out / "throughput.png").stat().st_size > 1000
+
+
+def test_unknown_mode_is_refused():
+    with pytest.raises(SystemExit):
+        serve_bench.parse_args(["--modes", "run,http"])

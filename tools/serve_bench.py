@@ -1,0 +1,424 @@
+#!/usr/bin/env python
+"""Closed-loop load generator for serving a converted TreeLSTM: many clients, one SST tree per request.
+
+    python tools/serve_bench.py [--hidden 64,256] [--clients 1,2,4,8,16,32,64] [--seconds 2] [--repeats 3]
+                                [--max-requests 20000]
+                                [--max-trees 32] [--delay-ms 2] [--modes run,batching,ray] [--device cpu|cuda]
+                                [--form treerec|loop] [--quick] [--out DIR]
+
+Each of N client threads sends one single-tree request (SST test trees, in turn), waits for its answer, and sends
+the next (closed loop), for --seconds or until --max-requests answers, whichever comes first (--repeats times, the
+modes interleaved, the median reported: a neighbour's burst on a shared machine hits one repeat), on this machine only
+(in-process sessions; Ray Serve through its handles on a local Ray). Modes, the same trees and weights:
+
+- `run`: a plain Cortex session, `session.run` per request from every client thread (what a server without
+  batching does);
+- `batching`: `cortex.BatchingSession(max_trees, max_delay_ms)`, `run` per request;
+- `ray`: the Ray Serve deployment of cortex/serving/ray_app.py (`@serve.batch` with the same max_trees and delay),
+  one replica, called through its handle (needs the `serve` extra; reported as skipped without it);
+- `bound`: the same trees run back to back as prebuilt forests of the mean batch size the batching session reached
+  at that client count (one caller, no merging cost): what merging is measured against;
+- `merge`: the same groups of single-tree requests through `cortex.serving.run_forest` by one caller: the bound
+  plus merging, the bounds check and splitting, without the queue and the callers' threads.
+
+Reported per (hidden, mode, clients): throughput (trees/s), p50 and p99 latency (ms) from send to answer, the mean
+requests per kernel call. Before timing, every mode's answers for the first trees are checked against a plain run
+of each tree (bitwise on the CPU, within 1e-6 on CUDA). Writes results.json, results.md and throughput.png (matplotlib, the
+`bench` extra) under --out; prints the table and the issue's targets (>= 80% of the bound, p99 <= 2 x the
+single-request latency + the delay, the speedup over per-request runs at 32 clients on the CPU, 64 on CUDA).
+
+--quick: hidden 256, clients 1,8,32,64, 1.5 s a point, at most 5,000 requests a point: under 2 minutes on the GPU
+host (kernel compiles included), a few minutes on 2 CPU cores.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import shlex
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+VOCAB = 5000  # SST tokens hashed into this many embedding rows, as tools/bench.py does
+EMBED = 300
+
+
+# ---- inputs and models -------------------------------------------------------------------------------------------
+
+def sst_trees(limit: int):
+    from cortex.examples import structures as st
+
+    sst = st.sst_dir_default()
+    if sst is None:
+        print("serve_bench: no SST directory (set CORTEX_SST_DIR); using SST-shaped random trees", file=sys.stderr)
+        return st.sst_like_trees(limit, np.random.default_rng(0), VOCAB)
+    return st.read_sst(sst, split="test", vocab_size=VOCAB, limit=limit)
+
+
+def feeds_of(tree, form: str) -> dict:
+    return dict(children=tree.children, words=tree.words) if form == "treerec" else tree.arrays()
+
+
+def convert_model(hidden: int, form: str, device: str, folder: Path) -> str:
+    import onnx
+
+    import cortex
+    from cortex.examples import treelstm
+
+    params = treelstm.make_params(hidden=hidden, embed_dim=EMBED, vocab=VOCAB)
+    source = folder / f"treelstm_{form}_h{hidden}.onnx"
+    onnx.save(treelstm.build_treerec(params) if form == "treerec" else treelstm.build_loop(params), str(source))
+    out = folder / f"treelstm_{form}_h{hidden}_{device.split(':')[0]}.cortex.onnx"
+    cortex.convert(str(source), str(out), target="cpu" if device == "cpu" else "cuda", strict=True)
+    return str(out)
+
+
+# ---- the closed loop ---------------------------------------------------------------------------------------------
+
+def closed_loop(call, requests: list, clients: int, seconds: float, max_requests: int) -> dict:
+    """`clients` threads, each calling `call(feeds)` on the next request in turn until the time or the count is
+    reached; latencies (s) of the answers that arrived in the window."""
+    latencies, lock = [], threading.Lock()
+    taken = [0]
+    start = time.perf_counter()
+    deadline = start + seconds
+
+    def client():
+        mine = []
+        while time.perf_counter() < deadline:
+            with lock:
+                if taken[0] >= max_requests:
+                    break
+                k = taken[0]
+                taken[0] += 1
+            sent = time.perf_counter()
+            call(requests[k % len(requests)])
+            mine.append(time.perf_counter() - sent)
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 120)
+    elapsed = time.perf_counter() - start
+    lat = np.array(latencies) if latencies else np.array([np.nan])
+    return {"clients": clients, "requests": len(latencies), "seconds": round(elapsed, 3),
+            "throughput": len(latencies) / elapsed, "p50_ms": float(np.percentile(lat, 50) * 1e3),
+            "p99_ms": float(np.percentile(lat, 99) * 1e3)}
+
+
+def forest_bound(session, plan, requests: list, batch: int, seconds: float, form: str, trees) -> tuple:
+    """Trees/s by one caller, back to back, over the same trees in groups of `batch`: (prebuilt forests: the bound;
+    run_forest over the single-tree requests: the bound plus merging, checking and splitting, without the queue and
+    the callers' threads)."""
+    from cortex.examples import structures as st
+    from cortex.serving import run_forest
+
+    batch = max(1, batch)
+    starts = range(0, len(trees) - batch + 1, batch)
+    forests = [feeds_of(st.batch(trees[i:i + batch]), form) for i in starts]
+    groups = [requests[i:i + batch] for i in starts]
+
+    def rate(step, items):
+        step(items[0])
+        done, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds / 2:
+            step(items[done % len(items)])
+            done += 1
+        return done * batch / (time.perf_counter() - start)
+
+    return rate(lambda f: session.run(None, f), forests), rate(lambda g: run_forest(plan, session, g), groups)
+
+
+# ---- modes -------------------------------------------------------------------------------------------------------
+
+class Modes:
+    """The systems under load for one converted model: a plain session, a BatchingSession, a Ray Serve app."""
+
+    def __init__(self, path: str, args, trees):
+        import cortex
+
+        self.path, self.args, self.trees = path, args, trees
+        self.plain = cortex.InferenceSession(path, device=args.device)
+        self.batching = cortex.BatchingSession(path, max_trees=args.max_trees, max_delay_ms=args.delay_ms,
+                                               device=args.device, max_queue=4096)
+        self.ray_handle, self.ray_error = None, None
+
+    def start_ray(self):
+        try:
+            import ray
+            from ray import serve
+
+            from cortex.serving.ray_app import cortex_app
+        except ImportError as e:
+            self.ray_error = f"not installed ({e.name}): pip install -e '.[serve]'"
+            return
+        env = {k: os.environ[k] for k in ("CORTEX_TRUST_DIR", "CORTEX_CACHE_DIR", "CORTEX_NUM_THREADS")
+               if k in os.environ}
+        if not ray.is_initialized():
+            ray.init(include_dashboard=False, log_to_driver=False, object_store_memory=256 * 1024 * 1024,
+                     runtime_env={"env_vars": env})
+            serve.start(proxy_location="Disabled")  # handles only: no HTTP port opened
+        actor = {"num_gpus": 1} if self.args.device != "cpu" else {}
+        app = cortex_app(self.path, max_batch_size=self.args.max_trees, batch_wait_timeout_s=self.args.delay_ms / 1e3,
+                         device=self.args.device, ray_actor_options=actor)
+        self.ray_handle = serve.run(app, name=Path(self.path).stem.replace(".", "_"), route_prefix=None)
+
+    def call(self, mode: str):
+        if mode == "run":
+            return lambda feeds: self.plain.run(None, feeds)
+        if mode == "batching":
+            return lambda feeds: self.batching.run(feeds, timeout=120)
+        if mode == "ray":
+            return lambda feeds: self.ray_handle.infer.remote(feeds).result(timeout_s=120)
+        raise ValueError(mode)
+
+    def served(self, mode: str):
+        """(requests answered, kernel calls) so far by a batching mode; None for the others."""
+        if mode == "batching":
+            stats = self.batching.stats
+            return stats.requests, stats.batches + stats.alone
+        if mode == "ray":
+            stats = self.ray_handle.statistics.remote().result(timeout_s=60)
+            return stats["requests"], stats["batches"] + stats["alone"]
+        return None
+
+    def check(self, mode: str, requests: list):
+        """Every mode answers the first trees as a plain run does (bitwise on the CPU)."""
+        call = self.call(mode)
+        for feeds in requests[:8]:
+            got, want = call(feeds), self.plain.run(None, feeds)
+            for a, b in zip(got, want):
+                same = np.array_equal(a, b) if self.args.device == "cpu" else np.allclose(a, b, rtol=1e-6, atol=1e-6)
+                if not same:
+                    raise SystemExit(f"serve_bench: mode {mode} answers differently from a plain run "
+                                     f"(max abs diff {float(np.abs(a - b).max())})")
+
+    def close(self):
+        self.batching.close()
+        if self.ray_handle is not None:
+            import ray
+            from ray import serve
+            serve.shutdown()
+            ray.shutdown()
+
+
+def run(args) -> dict:
+    from tools.peers import machine
+
+    info = machine.describe()
+    trees = sst_trees(args.trees)
+    requests = [feeds_of(t, args.form) for t in trees]
+    folder = Path(args.out) / "models"
+    folder.mkdir(parents=True, exist_ok=True)
+    results = {"command": "python tools/serve_bench.py " + " ".join(shlex.quote(a) for a in args.argv),
+               "date": _dt.datetime.now().isoformat(timespec="seconds"), "machine": info,
+               "settings": {k: v for k, v in vars(args).items() if k != "argv"}, "points": [], "skipped": {}}
+    for hidden in args.hidden:
+        path = convert_model(hidden, args.form, args.device, folder)
+        modes = Modes(path, args, trees)
+        try:
+            if "ray" in args.modes:
+                modes.start_ray()
+                if modes.ray_error:
+                    results["skipped"]["ray"] = modes.ray_error
+                    print(f"serve_bench: Ray Serve skipped: {modes.ray_error}", file=sys.stderr)
+            active = [m for m in args.modes if m != "ray" or modes.ray_handle is not None]
+            for mode in active:
+                modes.check(mode, requests)
+            for clients in args.clients:
+                runs = {mode: [] for mode in active + ["bound", "merge"]}
+                for repeat in range(args.repeats):  # everything interleaved: a neighbour's burst hits one repeat
+                    for mode in active:
+                        closed_loop(modes.call(mode), requests, clients, min(0.3, args.seconds), 10 ** 9)  # warm
+                        before = modes.served(mode)
+                        point = closed_loop(modes.call(mode), requests, clients, args.seconds, args.max_requests)
+                        point.update(hidden=hidden, mode=mode)
+                        after = modes.served(mode)
+                        if after is not None:
+                            calls = after[1] - before[1]
+                            point["mean_batch"] = (after[0] - before[0]) / calls if calls else 0.0
+                        runs[mode].append(point)
+                    # the bound at the batch size the BatchingSession reached in this repeat
+                    reached = runs["batching"][-1].get("mean_batch", 1.0) if "batching" in active else clients
+                    batch = max(1, int(round(reached)))
+                    bound, merged = forest_bound(modes.plain, modes.batching.plan, requests, batch, args.seconds,
+                                                 args.form, trees)
+                    for mode, value in (("bound", bound), ("merge", merged)):
+                        runs[mode].append({"hidden": hidden, "mode": mode, "clients": clients, "batch": batch,
+                                           "throughput": value})
+                for mode, repeats in runs.items():  # the repeat of median throughput, with its latencies
+                    ranked = sorted(repeats, key=lambda p: p["throughput"])
+                    point = dict(ranked[len(ranked) // 2], repeats=[round(p["throughput"]) for p in repeats])
+                    results["points"].append(point)
+                    print(_line(point), flush=True)
+        finally:
+            modes.close()
+    info["load_average_end"] = machine.load_average()
+    return results
+
+
+def _line(p: dict) -> str:
+    extra = f", p50 {p['p50_ms']:.3f} ms, p99 {p['p99_ms']:.3f} ms" if "p50_ms" in p else f" (forests of {p['batch']})"
+    batch = f", {p['mean_batch']:.1f} trees per call" if "mean_batch" in p else ""
+    return f"h{p['hidden']} {p['mode']:>8} clients {p['clients']:3d}: {p['throughput']:9.0f} trees/s{extra}{batch}"
+
+
+# ---- report ------------------------------------------------------------------------------------------------------
+
+def targets(results: dict) -> list:
+    """The issue's targets, per hidden size, at the reference client count (32 on the CPU, 64 on CUDA)."""
+    device = results["settings"]["device"]
+    ref = 32 if device == "cpu" else 64
+    delay = results["settings"]["delay_ms"]
+    rows = []
+    for hidden in results["settings"]["hidden"]:
+        pts = {(p["mode"], p["clients"]): p for p in results["points"] if p["hidden"] == hidden}
+        clients = max((c for m, c in pts if m == "batching" and c <= ref), default=None)
+        if clients is None or ("run", clients) not in pts:
+            continue
+        b, r, bound = pts[("batching", clients)], pts[("run", clients)], pts.get(("bound", clients))
+        single = pts.get(("run", 1))
+        row = {"hidden": hidden, "clients": clients, "speedup_over_run": b["throughput"] / r["throughput"],
+               "of_bound": b["throughput"] / bound["throughput"] if bound else None,
+               "p99_ms": b["p99_ms"], "p99_limit_ms": 2 * single["p50_ms"] + delay if single else None}
+        if bound and ("merge", clients) in pts:
+            row["merge_of_bound"] = pts[("merge", clients)]["throughput"] / bound["throughput"]
+        if ("ray", clients) in pts:
+            row["ray_speedup_over_run"] = pts[("ray", clients)]["throughput"] / r["throughput"]
+            row["ray_of_bound"] = pts[("ray", clients)]["throughput"] / bound["throughput"] if bound else None
+        rows.append(row)
+    return rows
+
+
+def markdown(results: dict) -> str:
+    s, m = results["settings"], results["machine"]
+    lines = [f"Command: `{results['command']}` ({results['date']})", "",
+             f"Machine: {m['cpu']}, {m['usable_cores']} cores, load average {m.get('load_average_start')} at the "
+             f"start, {m.get('load_average_end')} at the end; onnxruntime {m['onnxruntime']}, cortex git "
+             f"{m['cortex_git']}; device {s['device']}, TreeLSTM ({s['form']} form), SST test trees, max_trees "
+             f"{s['max_trees']}, max_delay_ms {s['delay_ms']}, {s['seconds']} s or {s['max_requests']} requests a "
+             "point.", ""]
+    for name, why in results["skipped"].items():
+        lines += [f"Skipped: {name}: {why}", ""]
+    lines += ["| hidden | clients | mode | trees/s | p50 ms | p99 ms | trees per call |",
+              "| ---: | ---: | --- | ---: | ---: | ---: | ---: |"]
+    for p in results["points"]:
+        per_call = f"{p['mean_batch']:.1f}" if "mean_batch" in p else (str(p["batch"]) if "batch" in p else "1" if
+                                                                        p["mode"] == "run" else "")
+        lat = (f"{p['p50_ms']:.3f} | {p['p99_ms']:.3f}") if "p50_ms" in p else " | "
+        lines.append(f"| {p['hidden']} | {p['clients']} | {p['mode']} | {p['throughput']:.0f} | {lat} | {per_call} |")
+    rows = targets(results)
+    if rows:
+        lines += ["", "| hidden | clients | batching / run | batching / bound | run_forest / bound | p99 ms (limit: 2 x "
+                  "single p50 + delay) | Ray / run | Ray / bound |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for r in rows:
+            of_bound = f"{r['of_bound']:.0%}" if r["of_bound"] is not None else ""
+            limit = f" ({r['p99_limit_ms']:.3f})" if r["p99_limit_ms"] is not None else ""
+            ray_run = f"{r['ray_speedup_over_run']:.2f}x" if "ray_speedup_over_run" in r else ""
+            ray_bound = f"{r['ray_of_bound']:.0%}" if r.get("ray_of_bound") is not None else ""
+            merged = f"{r['merge_of_bound']:.0%}" if "merge_of_bound" in r else ""
+            lines.append(f"| {r['hidden']} | {r['clients']} | {r['speedup_over_run']:.2f}x | {of_bound} | {merged} | "
+                         f"{r['p99_ms']:.3f}{limit} | {ray_run} | {ray_bound} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    hiddens = results["settings"]["hidden"]
+    fig, axes = plt.subplots(1, len(hiddens), figsize=(5.5 * len(hiddens), 4), squeeze=False)
+    labels = {"run": "session.run per request", "batching": "BatchingSession", "ray": "Ray Serve (@serve.batch)",
+              "bound": "bound: prebuilt forests", "merge": "run_forest, one caller"}
+    for ax, hidden in zip(axes[0], hiddens):
+        for mode, style in (("bound", "k--"), ("merge", "k:"), ("batching", "o-"), ("ray", "s-"), ("run", "^-")):
+            pts = sorted((p["clients"], p["throughput"]) for p in results["points"]
+                         if p["hidden"] == hidden and p["mode"] == mode)
+            if pts:
+                ax.plot(*zip(*pts), style, label=labels[mode])
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")  # Ray Serve's rate is an order of magnitude below the others on a small CPU
+        ax.set_xlabel("concurrent clients (closed loop)")
+        ax.set_ylabel("trees / s (log scale)")
+        ax.set_title(f"TreeLSTM h{hidden}, {results['settings']['device']}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+# ---- command line ------------------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--hidden", default=None, help="comma list of hidden sizes (default 64,256; quick 256)")
+    p.add_argument("--clients", default=None, help="comma list of client counts (default 1,2,4,8,16,32,64; quick "
+                                                   "1,8,32,64)")
+    p.add_argument("--seconds", type=float, default=None, help="time per point and repeat (default 2; quick 1.5)")
+    p.add_argument("--max-requests", type=int, default=None, help="answers per point at most (default 20000; "
+                                                                  "quick 5000)")
+    p.add_argument("--repeats", type=int, default=None, help="repeats of each point, modes interleaved; the median "
+                                                             "is reported (default 3; quick 1)")
+    p.add_argument("--max-trees", type=int, default=32, help="BatchingSession max_trees / @serve.batch size (32)")
+    p.add_argument("--delay-ms", type=float, default=2.0, help="max_delay_ms / batch_wait_timeout_s (2 ms)")
+    p.add_argument("--modes", default="run,batching,ray", help="comma list of run,batching,ray (bound and merge "
+                                                                "always)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (models converted for that target)")
+    p.add_argument("--form", choices=("treerec", "loop"), default="treerec")
+    p.add_argument("--trees", type=int, default=500, help="SST test trees cycled through (500)")
+    p.add_argument("--quick", action="store_true", help="a short run (under 2 minutes on the GPU host)")
+    p.add_argument("--out", default=None, help="output folder (default: a new temporary folder)")
+    p.add_argument("--no-plot", action="store_true")
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
+    args.hidden = ints(args.hidden or ("256" if args.quick else "64,256"))
+    args.clients = ints(args.clients or ("1,8,32,64" if args.quick else "1,2,4,8,16,32,64"))
+    args.seconds = args.seconds or (1.5 if args.quick else 2.0)
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    args.max_requests = args.max_requests or (5000 if args.quick else 20000)
+    args.modes = [m for m in args.modes.split(",") if m and m not in ("bound", "merge")]
+    unknown = set(args.modes) - {"run", "batching", "ray"}
+    if unknown:
+        p.error(f"unknown modes {sorted(unknown)} (choose from run, batching, ray)")
+    if 1 not in args.clients:
+        args.clients = [1] + args.clients  # the single-request latency the p99 target refers to
+    args.out = args.out or tempfile.mkdtemp(prefix="serve_bench_")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = run(args)
+    (out / "results.json").write_text(json.dumps(results, indent=1))
+    (out / "results.md").write_text(markdown(results))
+    if not args.no_plot:
+        try:
+            plot(results, out / "throughput.png")
+        except ImportError:
+            print("serve_bench: matplotlib is not installed (the bench extra): no plot", file=sys.stderr)
+    print(markdown(results))
+    print(f"serve_bench: wrote {out}/results.json, results.md" + ("" if args.no_plot else ", throughput.png"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
