@@ -22,7 +22,7 @@ from ._build import (IR_VERSION, OPSET, EmbedAffineParams, binary_inputs, binary
                       sigmoid, treerec_internal, treerec_leaf, treerec_model, uniform, visit_body, visit_head,
                       zero_table)
 
-__all__ = ["TreeLSTMParams", "build_loop", "build_treerec", "make_params", "reference"]
+__all__ = ["TreeLSTMParams", "build_loop", "build_treerec", "internal_product_inputs", "make_params", "reference"]
 
 
 @dataclass
@@ -71,6 +71,15 @@ def reference(
     return binary_visit(words, left, right, order, leaf_test, [H, H],
                         lambda w: leaf_cell(params, params.embedding[w]),
                         lambda h_l, c_l, h_r, c_r: internal_cell(params, h_l, c_l, h_r, c_r))
+
+
+def internal_product_inputs(params: TreeLSTMParams, forest) -> np.ndarray:
+    """The rows ``[h_l; h_r]`` [internal nodes, 2H] that the internal nodes of ``forest`` multiply by ``U``, from
+    :func:`reference`: the realistic activations to measure a product's precision on."""
+    h, _ = reference(params, forest)
+    internal = np.asarray(forest.order)[np.asarray(forest.left)[forest.order] >= 0]
+    return np.ascontiguousarray(np.concatenate([h[forest.left[internal]], h[forest.right[internal]]], axis=1),
+                                dtype=np.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------------
