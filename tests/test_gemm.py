@@ -390,21 +390,14 @@ def test_gemm_bf16_edge_cases(isa):
         _C.gemm_packed_bf16(A, np.zeros((3, 70, 16, 2), np.uint16), N, isa=isa)
 
 
-def treelstm_operands(hidden, trees=10, seed=0):
-    """[h_l; h_r] rows of SST-shaped forests and U [2H, 5H] of a TreeLSTM with trained-scale weights."""
-    from cortex.examples import structures, treelstm
-
-    params = treelstm.make_params(hidden, 300, 2000, seed=seed)
-    forest = structures.batch(structures.sst_like_trees(trees, np.random.default_rng(seed), 2000))
-    return treelstm.internal_product_inputs(params, forest), params.U
-
-
 @pytest.mark.parametrize("hidden", [64, 256])
 @pytest.mark.parametrize("isa", BF16_ISAS)
 def test_gemm_bf16_error_bound_on_treelstm_operands(hidden, isa):
     # Each operand is rounded to 8 significant bits (relative error <= u = 2^-8), so an element's error is at most
     # (2u + u^2) sum_k |a_k w_k|, plus float32 summation; measured errors are far below (tools/gemm_peak.py --bf16).
-    A, U = treelstm_operands(hidden)
+    from cortex.examples.treelstm import level_product_operands
+
+    A, U = level_product_operands(hidden)
     exact = ref_gemm(A, U)
     out = _C.gemm_packed_bf16(A, _C.pack_panels_bf16(U), U.shape[1], isa=isa)
     err = np.abs(out - exact)

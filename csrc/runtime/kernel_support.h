@@ -164,7 +164,7 @@ struct FusedTasks {
 // split too, in ranges of at least kTaskRows rows (a wide level of a large batch on many cores).
 inline FusedTasks fused_tasks(int64_t chunks, int64_t rows, double flops) {
   constexpr double kTaskFlops = 2.5e5;
-  constexpr int64_t kTaskRows = 12;  // two of the GEMM micro-kernel's 6-row blocks
+  constexpr int64_t kTaskRows = 12;  // whole GEMM row blocks: two of AVX2's (6 rows), one of AVX-512's (12)
   const int64_t threads = num_threads();
   if (threads <= 1 || flops < kTaskFlops) return {};
   const int64_t workers = std::max<int64_t>(1, std::min(threads, static_cast<int64_t>(flops / kTaskFlops)));
