@@ -228,6 +228,13 @@ def test_parallel_for_many_regions():
             assert _C._parallel_sum_test(n) == n * (n + 1) // 2
 
 
+def test_run_affine_runs_every_task_once():
+    for n in [0, 1, 2, 3, 7, 64, 1000, 4096, 5000]:
+        for _ in range(20):
+            hits = _C._run_affine_test(n)
+            assert hits.shape == (n,) and np.all(hits == 1)
+
+
 def test_gemm_from_python_threads():
     # concurrent callers share one pool: a busy pool runs the caller's region inline
     import threading

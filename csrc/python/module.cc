@@ -2,6 +2,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstring>
 #include <stdexcept>
@@ -467,6 +468,17 @@ PYBIND11_MODULE(_C, m) {
 #else
   m.attr("_has_avx2_fma") = false;
 #endif
+  m.def("_run_affine_test", [](int64_t n) {
+    // exercises run_affine: how many times each task ran
+    std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+    {
+      py::gil_scoped_release nogil;
+      cortex::run_affine(n, [&](int64_t t) { hits[static_cast<size_t>(t)].fetch_add(1); });
+    }
+    std::vector<int64_t> out;
+    for (auto& h : hits) out.push_back(h.load());
+    return to_numpy(out);
+  });
   m.def("_parallel_sum_test", [](int64_t n) {
     // exercises parallel_for: sum of f(i) = i over [0, n) via per-index slots
     std::vector<int64_t> slots(static_cast<size_t>(n), 0);

@@ -74,6 +74,7 @@ struct RowBlocks {
 //   kPanels  panels (16 columns each) a tile covers at most
 //   kKC      K block for M > kSmallM: kPanels panel slices of kKC rows stay in L1
 //   kSmallM  at most this many rows: one pass over the whole K (bandwidth-bound)
+//   kGflops  one core's speed at level shapes (the parallel threshold)
 //   tile(mr, np, kc, A, lda, B, panel_stride, C, ldc, nvalid, bias, load_c):
 //     C[0:mr, 0:nvalid] = (load_c ? C : 0) + (bias ? bias : 0) + A[0:mr, 0:kc] * W, where W's 16*np columns are
 //     panel j's rows B + j*panel_stride + k*16 (j < np), and nvalid in (16*(np-1), 16*np] columns are real.
@@ -84,6 +85,7 @@ constexpr int64_t kSmallM = 4;
 // arm64). Two rows at a time share the B loads.
 struct PortableF32 {
   static constexpr int64_t kMR = 6, kPanels = 1, kKC = 256;
+  static constexpr double kGflops = 20;
   static constexpr const char* name = "portable";
 
 #if defined(__GNUC__)
@@ -274,6 +276,7 @@ inline void avx2_kern(int64_t kc, const float* A, int64_t lda, const float* B, f
 
 struct Avx2F32 {
   static constexpr int64_t kMR = 6, kPanels = 1, kKC = 256;
+  static constexpr double kGflops = 110;
   static constexpr const char* name = "avx2";
 
   static void full(int64_t mr, int64_t kc, const float* A, int64_t lda, const float* B, float* C, int64_t ldc,
@@ -400,6 +403,7 @@ inline void avx512_tile(int64_t mr, int64_t np, int64_t kc, const typename Op::A
 struct Avx512F32 {
   // 12 x 32: 24 FMAs per 14 loads each k step; the two panel slices of a 256-deep K block take 32 KiB of L1.
   static constexpr int64_t kMR = 12, kPanels = 2, kKC = 256;
+  static constexpr double kGflops = 175;
   static constexpr const char* name = "avx512";
 
   struct Fma {
@@ -479,28 +483,38 @@ inline void gemm_block(const RowBlocks& rb, int64_t b0, int64_t b1, int64_t p0, 
 }
 
 // Splits a product of P panels (in groups of `group`, a tile's width) and nb row blocks into tasks on the pool:
-// contiguous panel ranges, plus row-block ranges when the panels are few. A few tasks per thread so the calling
-// thread can take over the work of a worker that starts late (a busy machine); the pool hands tasks out
-// dynamically. Below ~0.25 MFLOP (a few microseconds) the dispatch costs more than it saves: one serial call.
-// Called from inside another parallel_for region it runs serially (the pool is busy).
+// contiguous panel ranges, times row-block ranges when the panels are few. A few tasks per thread so that the others
+// can take over the share of a thread that starts late (a busy machine); each thread takes its own share first
+// (run_affine), so in a loop of products (a level loop) a core multiplies the same weight columns every time and
+// finds them in its L2. Below kMinParallelSeconds of one core's work (`seconds`) the dispatch and the barrier cost
+// more than they save: one serial call. Called from inside another parallel_for region it runs serially.
 // block(b0, b1, p0, p1) computes row blocks [b0, b1) x panels [p0, p1).
+constexpr double kMinParallelSeconds = 5e-6;
+
 template <class Block>
-inline void gemm_tasks(int64_t M, int64_t P, int64_t group, int64_t nb, double flops, Block&& block) {
+inline void gemm_tasks(int64_t M, int64_t P, int64_t group, int64_t nb, double seconds, Block&& block) {
   const int64_t T = num_threads();
   const int64_t G = (P + group - 1) / group;
   const int64_t want = 4 * T;
   const int64_t tp = std::min(G, want);
   int64_t tm = 1;
   if (G < 2 * T && M > kSmallM) tm = std::min(nb, (want + tp - 1) / tp);
-  if (T <= 1 || flops < 2.5e5 || tp * tm <= 1) {
+  if (T <= 1 || seconds < kMinParallelSeconds || tp * tm <= 1) {
     block(0, nb, 0, P);
     return;
   }
-  parallel_for(tp * tm, [&](int64_t t) {
-    const int64_t ip = t % tp, im = t / tp;
+  run_affine(tp * tm, [&](int64_t t) {  // consecutive tasks share a panel range
+    const int64_t ip = t / tm, im = t % tm;
     const int64_t p0 = std::min(P, group * (G * ip / tp)), p1 = std::min(P, group * (G * (ip + 1) / tp));
     block(nb * im / tm, nb * (im + 1) / tm, p0, p1);
   });
+}
+
+// One core's time for a product of `flops` at a policy's speed (Kern::kGflops: what one core of a Xeon with
+// AVX-512 and AMX reaches at level shapes; only the parallel threshold reads it).
+template <class Kern>
+inline double core_seconds(int64_t M, int64_t N, int64_t K) {
+  return 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K) / (Kern::kGflops * 1e9);
 }
 
 }  // namespace gemm_detail
@@ -532,8 +546,7 @@ inline void gemm_packed_with(int64_t M, int64_t N, int64_t K, const float* A, in
                              float* C, int64_t ldc, const float* bias, bool accumulate) {
   if (M <= 0 || N <= 0) return;
   const gemm_detail::RowBlocks rb(M, Kern::kMR);
-  const double flops = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K);
-  gemm_detail::gemm_tasks(M, gemm_num_panels(N), Kern::kPanels, rb.nb, flops,
+  gemm_detail::gemm_tasks(M, gemm_num_panels(N), Kern::kPanels, rb.nb, gemm_detail::core_seconds<Kern>(M, N, K),
                           [&](int64_t b0, int64_t b1, int64_t p0, int64_t p1) {
                             gemm_detail::gemm_block<Kern>(rb, b0, b1, p0, p1, M, N, K, A, lda, Bpacked, C, ldc, bias,
                                                           accumulate);

@@ -115,6 +115,7 @@ inline void add_sums(const float* S, int64_t lds, int64_t rows, int64_t cols, fl
 // Portable: each row, each panel, the pairs in order; float32 sums.
 struct PortableBf16 {
   static constexpr int64_t kMR = 1, kPanels = 1;
+  static constexpr double kGflops = 5;
   static constexpr const char* name = "portable";
 
   static void block(const RowBlocks& rb, int64_t b0, int64_t b1, int64_t p0, int64_t p1, int64_t, int64_t N,
@@ -145,6 +146,7 @@ struct Avx512Bf16 {
   static constexpr int64_t kMR = 12, kPanels = 2;
   static constexpr int64_t kKC = 256;        // k per block: 2 panel slices = 16 KiB of bf16
   static constexpr int64_t kMacroRows = 48;  // rows rounded at once: 24 KiB on the stack
+  static constexpr double kGflops = 115;     // vdpbf16ps issues every other cycle on Intel: below float32 FMAs
   static constexpr const char* name = "avx512bf16";
 
   struct DpBf16 {
@@ -211,6 +213,7 @@ inline bool amx_ready() {
 struct AmxBf16 {
   static constexpr int64_t kMR = 32, kPanels = 2;
   static constexpr int64_t kKC = 512;  // k per block: 32 rows x 512 bf16 = 32 KiB on the stack
+  static constexpr double kGflops = 600;
   static constexpr const char* name = "amx";
 
   struct alignas(64) TileConfig {
@@ -308,9 +311,10 @@ using BestRegisterBf16 = Avx512Bf16;
 using BestRegisterBf16 = PortableBf16;
 #endif
 
-// AMX pays from this many rows up (below it the B tiles' loads, not the tile multiplies, set the time, and the
-// register kernel does as well). Measured: tools/gemm_peak.py --bf16.
-constexpr int64_t kAmxMinRows = 5;
+// AMX pays from this many rows up: with one or two rows the time is streaming the weights, which both paths do at
+// about the same speed (tools/gemm_peak.py, one thread: M = 1 vdpbf16ps 75-93 GFLOP/s, AMX 54-67; M = 2 about
+// even, and AMX the slower on two threads), from three rows AMX is 1.5-4x ahead.
+constexpr int64_t kAmxMinRows = 3;
 
 }  // namespace gemm_detail
 
@@ -346,8 +350,7 @@ inline void gemm_packed_bf16_with(int64_t M, int64_t N, int64_t K, const float* 
     return;
   }
   const gemm_detail::RowBlocks rb(M, Kern::kMR);
-  const double flops = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K);
-  gemm_detail::gemm_tasks(M, gemm_num_panels(N), Kern::kPanels, rb.nb, flops,
+  gemm_detail::gemm_tasks(M, gemm_num_panels(N), Kern::kPanels, rb.nb, gemm_detail::core_seconds<Kern>(M, N, K),
                           [&](int64_t b0, int64_t b1, int64_t p0, int64_t p1) {
                             Kern::block(rb, b0, b1, p0, p1, M, N, K, A, lda, Bp, C, ldc, bias, accumulate);
                           });
