@@ -174,14 +174,15 @@ inline FusedTasks fused_tasks(int64_t chunks, int64_t rows, double flops) {
   return split;
 }
 
-// f(task) for task in [0, tasks): on the pool, or inline for one task.
+// f(task) for task in [0, tasks): on the pool, or inline for one task. Each thread takes the same tasks level after
+// level when it can (run_affine): its columns of the weights stay in its L2.
 template <class F>
 inline void run_tasks(int64_t tasks, F&& f) {
   if (tasks <= 1) {
     f(0);
     return;
   }
-  parallel_for(tasks, f);
+  run_affine(tasks, f);
 }
 
 // A kernel is compiled for one ISA level (cortex-convert --cpu). The EP checks the CPU features recorded in the
