@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import onnx
 import onnx.checker
 from google.protobuf.message import DecodeError
@@ -17,11 +18,11 @@ from onnx import helper, numpy_helper
 from . import trust
 from .artifacts import EP_NAME, artifacts_dir, sha256_file
 from .codegen import CodegenError, ToolchainError
-from .codegen.targets import TARGETS, BuildOptions, BuiltKernel, build_kernel  # noqa: F401 - rebuild uses them
-from .codegen.toolchain import cpu_target
+from .codegen.targets import TARGETS, BuiltKernel, build_kernel
 from .frontend import find_regions
 from .frontend.ort_hazards import merged_branch_constants
 from .ir import format_program
+from .ir import nodes as ir
 from .ir.ops import MissingOp
 from .ir.serialize import IRFormatError, to_json
 from .passes import PassError, optimize
@@ -152,7 +153,7 @@ def convert(source, output, target: str = "cpu", strict: bool = False, cpu: Opti
     if target not in TARGETS:
         raise ConvertError(f"unknown target '{target}' (choose from {', '.join(TARGETS)})")
     try:
-        options = BuildOptions(TARGETS[target], cpu_target(cpu), cuda_arch or "sm_90")
+        backend = TARGETS[target].configure(cpu=cpu, cuda_arch=cuda_arch)
     except ToolchainError as e:
         raise ConvertError(str(e)) from None
     model, record_problem = raise_treerec(load_model(source))
@@ -168,12 +169,12 @@ def convert(source, output, target: str = "cpu", strict: bool = False, cpu: Opti
         report.regions.append(entry)
         if region.program is None:
             continue
-        entry.ir_before = format_program(region.program)
         try:
+            entry.ir_before = format_program(region.program)
             program = optimize(region.program)
             entry.ir_after = format_program(program)
             built[region.node_index] = (entry, build_kernel(program, f"{program.name} of {Path(source).name}",
-                                                            options))
+                                                            backend))
         except (CodegenError, ToolchainError, MissingOp, PassError) as e:
             entry.reason = str(e)
             continue
@@ -191,7 +192,7 @@ def convert(source, output, target: str = "cpu", strict: bool = False, cpu: Opti
             original = model.graph.node[index]
             node, inits, types = publish_kernel(kernel, output, original.op_type, original.name,
                                                 f"compiled by cortex-convert from {Path(source).name}")
-            replacements[index] = (node, inits, types)
+            replacements[index] = (node, inits, types, final_nodes(kernel.program, node, _opset(model)))
             entry.kernel = _context_path(node)
         _rewrite(model, replacements)
         save_model(_runnable(model, report), output)
@@ -248,9 +249,9 @@ def _artifact_folder(output: Path) -> Path:
 
 
 def _constant_layouts(built: BuiltKernel) -> dict:
-    """For each IR constant: the initializer that carries it in the converted model and how it is stored there
-    (`dense`: as is; `panels`: packed for the CPU GEMM, cortex.codegen.pack_panels; `transposed`: W^T for the CUDA
-    GEMM). Rebuild reads them back."""
+    """For each IR constant: the initializer that carries it in the converted model and how it is stored there (a
+    layout of cortex.codegen.layouts: `dense`, `panels` for the CPU's products, `transposed` for the GPU's). Rebuild
+    reads them back."""
     return {k.const: {"initializer": k.name, "layout": k.layout} for k in built.generator.inputs if k.kind == "const"}
 
 
@@ -269,10 +270,7 @@ def publish_kernel(built: BuiltKernel, output: Path, replaces: str, original_nod
         raise ConvertError(f"cannot record the compiled kernel in the trust store {trust.store_dir()} ({e}); set "
                            f"{trust.TRUST_DIR_ENV} to a directory you can write") from None
     notes = {"kernel_sha256": sha, "recursion": program.name, "replaces": replaces, "original_node": original_node,
-             "target": built.target.name, "cpu_arch": built.cpu.arch, "cpu_level": built.cpu.level,
-             "cpu_features": list(built.cpu.features)}
-    if built.target.name == "cuda":
-        notes["cuda_arch"] = built.cuda_arch
+             **built.backend.notes()}
     try:
         notes["ir"] = to_json(program)
         notes["constants"] = _constant_layouts(built)
@@ -286,12 +284,56 @@ def publish_kernel(built: BuiltKernel, output: Path, replaces: str, original_nod
 
 
 def _kernel_node(generator, program, rel_path: str, notes: dict):
-    outputs = [t.output or f"{program.name}_unused_{k}" for k, t in enumerate(program.tables)]
+    outputs = [t.output or f"{program.name}_{'rows_of' if t.kind == 'emit' else 'unused'}_{k}"
+               for k, t in enumerate(program.tables)]
     return helper.make_node(
         "EPContext", [i.name for i in generator.inputs], outputs,
         name=f"{program.name} [run with cortex.session_options() or cortex.InferenceSession]",
         domain="com.microsoft", source=EP_NAME, embed_mode=0, main_context=1, ep_cache_context=rel_path,
         ep_sdk_version=ABI_TAG, notes=json.dumps(notes, separators=(",", ":")))
+
+
+REDUCE_OPS = {"add": ("ReduceSum", 13), "mul": ("ReduceProd", 18), "max": ("ReduceMax", 18),
+              "min": ("ReduceMin", 18)}  # (op, the opset from which its axes are an input)
+
+
+def final_nodes(program: ir.Program, kernel_node: onnx.NodeProto, opset: int) -> list:
+    """Standard ONNX nodes computing the program's finals from the kernel's emit tables (ir.Final): the initial
+    value stacked on the table's rows, then its last row (a carried vector's final value) or its reduction (a running
+    max or sum: op over the initial value and every iteration's operand; never an empty reduction)."""
+    nodes = []
+    table_output = {t.name: name for name, t in zip(kernel_node.output, program.tables)}
+    for k, final in enumerate(program.finals):
+        tag = f"{program.name}_final{k}"
+        rows = table_output[final.table]
+        if final.kind == "sequence":
+            nodes.append(helper.make_node("SplitToSequence", [rows], [final.output], axis=0, keepdims=0))
+            continue
+
+        def constant(name, value):
+            return helper.make_node("Constant", [], [f"{tag}_{name}"],
+                                    value=numpy_helper.from_array(np.array(value, dtype=np.int64)))
+        nodes += [constant("axis0", [0]),
+                  helper.make_node("Unsqueeze", [final.init, f"{tag}_axis0"], [f"{tag}_init"]) if opset >= 13 else
+                  helper.make_node("Unsqueeze", [final.init], [f"{tag}_init"], axes=[0]),
+                  helper.make_node("Concat", [f"{tag}_init", rows], [f"{tag}_stacked"], axis=0)]
+        if final.kind == "last":
+            nodes += [helper.make_node("Shape", [f"{tag}_stacked"], [f"{tag}_shape"]), constant("zero", 0),
+                      constant("one", 1),
+                      helper.make_node("Gather", [f"{tag}_shape", f"{tag}_zero"], [f"{tag}_count"], axis=0),
+                      helper.make_node("Sub", [f"{tag}_count", f"{tag}_one"], [f"{tag}_index"]),
+                      helper.make_node("Gather", [f"{tag}_stacked", f"{tag}_index"], [final.output], axis=0)]
+        else:
+            op, axes_input_from = REDUCE_OPS[final.op]
+            if opset >= axes_input_from:
+                nodes.append(helper.make_node(op, [f"{tag}_stacked", f"{tag}_axis0"], [final.output], keepdims=0))
+            else:
+                nodes.append(helper.make_node(op, [f"{tag}_stacked"], [final.output], axes=[0], keepdims=0))
+    return nodes
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((op.version for op in model.opset_import if op.domain in ("", "ai.onnx")), 1)
 
 
 def _context_path(node: onnx.NodeProto) -> str:
@@ -319,8 +361,9 @@ def _rewrite(model: onnx.ModelProto, replacements: dict):
     nodes = []
     for index, node in enumerate(graph.node):
         if index in replacements:
-            new_node, inits, types = replacements[index]
+            new_node, inits, types, after = replacements[index]
             nodes.append(new_node)
+            nodes.extend(after)
             graph.initializer.extend(inits)
             _declare_types(graph, types)
         else:

@@ -17,8 +17,8 @@ import onnx
 from onnx import numpy_helper
 
 from .artifacts import ArtifactError, cortex_nodes, parse_notes
-from .codegen.plan import NR
-from .codegen.targets import TARGETS, BuildOptions
+from .codegen.layouts import LAYOUTS, LayoutError
+from .codegen.targets import TARGETS
 from .codegen.toolchain import ToolchainError, cpu_target
 from .convert import ConvertError, _used_names, build_kernel, check_output, load_model, publish_kernel, save_model
 from .ir.serialize import IRFormatError, constant_specs, from_json
@@ -41,17 +41,6 @@ class RebuildReport:
         return "\n".join(lines)
 
 
-def unpack_panels(packed: np.ndarray, shape) -> np.ndarray:
-    """The inverse of cortex.codegen.pack_panels: [ceil(N/16), K, 16] panels -> the [K, N] weight."""
-    if len(shape) != 2:
-        raise RebuildError(f"a packed constant must be a matrix, the IR says shape {list(shape)}")
-    k, n = shape
-    panels = -(-n // NR)
-    if packed.shape != (panels, k, NR):
-        raise RebuildError(f"packed constant has shape {list(packed.shape)}, expected {[panels, k, NR]}")
-    return np.ascontiguousarray(packed.transpose(1, 0, 2).reshape(k, panels * NR)[:, :n])
-
-
 def _constants(model: onnx.ModelProto, node, notes: dict, document) -> dict:
     """The IR's constants, read back from the converted model's initializers."""
     layouts = notes.get("constants")
@@ -62,7 +51,7 @@ def _constants(model: onnx.ModelProto, node, notes: dict, document) -> dict:
     for name, (shape, _) in constant_specs(document).items():
         info = layouts.get(name)
         if not isinstance(info, dict) or not isinstance(info.get("initializer"), str) \
-                or info.get("layout") not in ("dense", "panels", "transposed"):
+                or info.get("layout") not in LAYOUTS:
             raise RebuildError(f"notes do not say where constant {name!r} is stored")
         init = info["initializer"]
         if init not in node.input or init not in initializers:
@@ -70,12 +59,10 @@ def _constants(model: onnx.ModelProto, node, notes: dict, document) -> dict:
         array = numpy_helper.to_array(initializers[init])
         if array.dtype != np.float32:
             raise RebuildError(f"constant {name!r}: initializer {init!r} is {array.dtype}, not float32")
-        if info["layout"] == "transposed":
-            if array.ndim != 2 or tuple(array.shape[::-1]) != tuple(shape):
-                raise RebuildError(f"constant {name!r}: a transposed initializer of shape {list(array.shape)}")
-            arrays[name] = np.ascontiguousarray(array.T)
-        else:
-            arrays[name] = array if info["layout"] == "dense" else unpack_panels(array, shape)
+        try:
+            arrays[name] = LAYOUTS[info["layout"]].unpack(array, shape)
+        except LayoutError as e:
+            raise RebuildError(f"constant {name!r}: {e}") from None
     return arrays
 
 
@@ -85,7 +72,7 @@ def rebuild(model_path, output=None, cpu: Optional[str] = None) -> RebuildReport
     model_path = Path(model_path)
     output = Path(output) if output is not None else model_path
     try:
-        target = cpu_target(cpu)
+        cpu_target(cpu)  # an unknown level is an error before anything is read
         model = load_model(model_path)
         check_output(output)
         nodes = cortex_nodes(model)
@@ -107,9 +94,9 @@ def rebuild(model_path, output=None, cpu: Optional[str] = None) -> RebuildReport
             program = from_json(document, _constants(model, node, notes, document))
             kind = notes.get("target", "cpu")
             if kind not in TARGETS:
-                raise RebuildError(f"unknown target {kind!r}")
-            options = BuildOptions(TARGETS[kind], target, str(notes.get("cuda_arch", "sm_90")))
-            built = build_kernel(program, f"{program.name} of {output.name}", options)
+                raise RebuildError(f"unknown target {str(kind)[:40]!r}")
+            backend = TARGETS[kind].from_notes(notes, cpu=cpu)
+            built = build_kernel(program, f"{program.name} of {output.name}", backend)
         except RebuildError as e:
             raise RebuildError(f"{where}: {e}") from None
         except IRFormatError as e:
@@ -130,7 +117,7 @@ def rebuild(model_path, output=None, cpu: Optional[str] = None) -> RebuildReport
                                f"{list(new_node.output)}")
         replacements.append((cortex_node.index, new_node, inits))
         context = next(a.s.decode() for a in new_node.attribute if a.name == "ep_cache_context")
-        report.kernels.append((node.name, context, _sha_of(new_node), built.cpu.level))
+        report.kernels.append((node.name, context, _sha_of(new_node), built.backend.built_for()))
 
     _replace_nodes(model.graph, replacements)
     try:

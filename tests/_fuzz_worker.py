@@ -1,4 +1,4 @@
-"""Runs EP fuzz cases (tests/test_ep_fuzz.py) in a process of its own, so a crash shows as a crash.
+"""Runs EP fuzz cases (tests/ep/test_ep_fuzz.py) in a process of its own, so a crash shows as a crash.
 
 Usage: python _fuzz_worker.py JOBS.jsonl FIRST
 Each job: {"name", "model", "original", "feeds" (an .npz path), "expect"}. For each job from index FIRST the worker

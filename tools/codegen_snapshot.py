@@ -14,10 +14,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import bench  # noqa: E402  (tools/bench.py: the forms of each model)
-from peers import models as _models  # noqa: E402
+from tools.benchlib.forms import form_model  # noqa: E402  (the forms of each model, as tools/bench.py --forms)
+from tools.benchlib.measure import config_inputs, load_structures  # noqa: E402
+from tools.peers import models as _models  # noqa: E402
 
 from cortex.codegen.targets import TARGETS  # noqa: E402
 from cortex.frontend import find_regions  # noqa: E402
@@ -37,12 +38,12 @@ def snapshot(out: Path, hidden: int, seed: int, log=print) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="cortex_snapshot_"))
     for name in _models.names():
         entry = _models.get(name)
-        structures, _ = bench.load_structures(entry.structure, None, 4, entry.vocab, seed)
-        example = bench.config_inputs(structures, 2, 1, entry.structure)[0]
+        structures, _ = load_structures(entry.structure, None, 4, entry.vocab, seed)
+        example = config_inputs(structures, 2, 1, entry.structure)[0]
         params = entry.make_params(hidden, seed)
         for form, module in forms_of(name):
             try:
-                model = bench._form_model(entry, form, module, params, example, tmp)[0]
+                model = form_model(entry, form, module, params, example, tmp)[0]
             except Exception as e:  # noqa: BLE001 - an export that fails is listed, not fatal
                 log(f"{name} {form}: not built ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})")
                 continue
@@ -53,7 +54,7 @@ def snapshot(out: Path, hidden: int, seed: int, log=print) -> dict:
                 program = optimize(region.program)
                 for target in TARGETS.values():
                     try:
-                        text = target.generator(program).generate(f"{program.name} of model.onnx")
+                        text = target.configure().generator(program).generate(f"{program.name} of model.onnx")
                     except Exception as e:  # noqa: BLE001
                         text = f"// not generated: {type(e).__name__}: {e}\n"
                     file = f"{name}-{form}-{k}.{target.name}.txt"

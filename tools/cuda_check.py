@@ -27,8 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from cortex.codegen.cpp import CppGenerator  # noqa: E402
-from cortex.codegen.cuda import CudaGenerator  # noqa: E402
+from cortex.codegen import generator  # noqa: E402
 from cortex.codegen import toolchain  # noqa: E402
 from cortex.frontend import find_regions  # noqa: E402
 from cortex.passes import optimize  # noqa: E402
@@ -101,9 +100,9 @@ def build_kernels(names, forms, hidden, cuda, tmp: Path, jobs: int) -> dict:
                 plans[(name, form)] = f"refused: {region.reason}"
                 continue
             program = optimize(region.program)
-            gens = {"cpu": CppGenerator(program)}
+            gens = {"cpu": generator("cpu", program)}
             if cuda:
-                gens["cuda"] = CudaGenerator(program)
+                gens["cuda"] = generator("cuda", program)
             plans[(name, form)] = (model, program, gens)
             work += [((name, form), target, gen) for target, gen in gens.items()]
 
@@ -158,9 +157,9 @@ def time_treelstm(hidden, batches, cuda, tmp: Path, repeats=50):
     model = entry.build_loop(params)
     [region] = find_regions(model)
     program = optimize(region.program)
-    gens = {"cpu": CppGenerator(program)}
+    gens = {"cpu": generator("cpu", program)}
     if cuda:
-        gens["cuda"] = CudaGenerator(program)
+        gens["cuda"] = generator("cuda", program)
     out = []
     trees = st.read_sst(st.sst_dir_default(), split="test", vocab_size=50, limit=200) if st.sst_dir_default() \
         else st.sst_like_trees(200, np.random.default_rng(0), 50)

@@ -1,7 +1,8 @@
 """Fuzz Cortex's import with generated recursive PyTorch models (onnx_ops.modelgen), exported by the real exporters.
 
     python tools/fuzz_import.py --n 1000 [--seed S] [--exporter torchscript|dynamo|both] [--jobs J]
-                                [--out results.json] [--explore] [--timeout SEC] [--fix CHOICE=VALUE ...]
+                                [--out results.json] [--explore] [--explore-new] [--timeout SEC]
+                                [--fix CHOICE=VALUE ...]
 
 Prints the conversion rate overall and by construct (every value of every choice: how many specs had it, what
 fraction converted), the refusal reasons ranked by count (names and numbers blanked so that they do not split
@@ -9,8 +10,11 @@ counts), the export failures, mismatches, crashes and ONNX Runtime defects. Exit
 generator error.
 
 ``--explore`` keeps the combinations the real exporters are known not to export (onnx_ops.modelgen.UNEXPORTABLE)
-instead of drawing again, so that their export failures are measured. Exports are cached by spec under
-$CORTEX_MODELGEN_CACHE (default ~/.cache/cortex/modelgen).
+instead of drawing again, so that their export failures are measured. ``--explore-new`` draws the encodings of
+issue 19 too (onnx_ops.modelgen.NEW_VALUES: child sets from a parent array, CSR lists or an edge list; softmax
+attention; batched, 1-D and rank-3 tables; float64; carried chain states), which the CI sample leaves out while
+the frontend has no handlers for them; the rates by construct then show which encodings convert. Exports are
+cached by spec under $CORTEX_MODELGEN_CACHE (default ~/.cache/cortex/modelgen).
 """
 from __future__ import annotations
 
@@ -45,13 +49,13 @@ def parse_fix(items) -> dict:
     return fixed
 
 
-def specs_for(n: int, seed: int, exporter: str, explore: bool, fixed: dict | None = None) -> list:
+def specs_for(n: int, seed: int, exporter: str, explore: bool, fixed: dict | None = None, new: bool = False) -> list:
     """n specs; with one exporter family, the exporter choice is restricted to it (drawn among its values);
-    ``fixed`` pins choices."""
+    ``fixed`` pins choices; ``new`` draws issue 19's encodings too."""
     fixed = dict(fixed or {})
     allowed = EXPORTERS[exporter]
     if exporter == "both" or "exporter" in fixed:
-        return draw_many(n, seed=seed, explore=explore, **fixed)
+        return draw_many(n, seed=seed, explore=explore, new=new, **fixed)
     out, k = [], 0
     import numpy as np
 
@@ -59,7 +63,7 @@ def specs_for(n: int, seed: int, exporter: str, explore: bool, fixed: dict | Non
     rng = np.random.default_rng(seed)
     while len(out) < n:
         ex = allowed[int(rng.integers(len(allowed)))]
-        out.append(draw(rng, seed=seed * 1_000_003 + k, explore=explore, **{**fixed, "exporter": ex}))
+        out.append(draw(rng, seed=seed * 1_000_003 + k, explore=explore, new=new, **{**fixed, "exporter": ex}))
         k += 1
     return out
 
@@ -172,6 +176,9 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=2, help="worker processes (default 2)")
     ap.add_argument("--out", help="write every result (spec, outcome, reason, errors) to this JSON file")
     ap.add_argument("--explore", action="store_true", help="keep known-unexportable combinations")
+    ap.add_argument("--explore-new", action="store_true",
+                    help="draw issue 19's encodings too (child-set encodings, attention, table layouts, float64, "
+                         "carried chain states); the CI sample does not")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per model before it counts as a hang")
     ap.add_argument("--cache", help=f"export cache directory (default {cache_dir()})")
     ap.add_argument("--quiet", action="store_true", help="no line per model")
@@ -181,7 +188,7 @@ def main(argv=None) -> int:
                          "includes it in docs/models.md)")
     args = ap.parse_args(argv)
 
-    specs = specs_for(args.n, args.seed, args.exporter, args.explore, parse_fix(args.fix))
+    specs = specs_for(args.n, args.seed, args.exporter, args.explore, parse_fix(args.fix), new=args.explore_new)
     t0 = time.time()
     done = [0]
 
@@ -196,7 +203,7 @@ def main(argv=None) -> int:
     lines = []
     summary = summarize(results, out=lambda s: (print(s), lines.append(s)))
     elapsed = f"{len(results)} models in {time.time() - t0:.0f} s (seed {args.seed}, exporter {args.exporter}" \
-              f"{', explore' if args.explore else ''})"
+              f"{', explore' if args.explore else ''}{', explore-new' if args.explore_new else ''})"
     print(f"\n{elapsed}")
     if args.write_doc:
         write_doc(Path(args.write_doc), lines, elapsed, argv)

@@ -103,8 +103,8 @@ for d in ort.get_ep_devices():
 print("cortex device='cuda':", session._select("cuda:0", session._ep_devices()))
 EOF
 
-step tests 240 python3 -m pytest -q -rs -p no:cacheprovider --junitxml="$OUT/tests.xml" tests/test_cuda.py \
-  tests/test_gpu_peers.py
+step tests 240 python3 -m pytest -q -rs -p no:cacheprovider --junitxml="$OUT/tests.xml" tests/codegen/test_cuda.py \
+  tests/tools/test_gpu_peers.py
 step cuda_check 150 python3 tools/cuda_check.py --cuda --time --out "$OUT/cuda_check.json"
 step bench 330 python3 tools/bench.py --target cuda --quick --phases --no-progress --out "$OUT/bench"
 if [ -f "$OUT/bench/results.json" ]; then

@@ -59,8 +59,8 @@ echo "sanitize: ASan/UBSan build done ($(( $(date +%s) - start )) s; cortex._C: 
 
 tests=("$@")
 if [ ${#tests[@]} -eq 0 ]; then
-    tests=(tests/test_ep.py tests/test_security.py tests/test_ep_fuzz.py tests/test_ir_serialize.py
-           tests/test_linearizer.py tests/test_gemm.py tests/test_pipeline.py tests/test_cuda_plumbing.py)
+    tests=(tests/ep/test_ep.py tests/ep/test_security.py tests/ep/test_ep_fuzz.py tests/ir/test_ir_serialize.py
+           tests/runtime/test_linearizer.py tests/runtime/test_gemm.py tests/e2e/test_pipeline.py tests/ep/test_cuda_plumbing.py)
 fi
 (
     cd "$src"

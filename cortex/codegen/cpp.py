@@ -13,49 +13,27 @@ Model shapes are compile-time constants; generated code carries comments naming 
 """
 from __future__ import annotations
 
-from ..ir import nodes as ir
 from ..ir.printer import format_pred
 from . import cstyle
 from .cstyle import Access, cstr, comment, dense, transposed
-from .plan import CodegenError, KernelInput, KernelPlan, pack_panels, plan_kernel  # noqa: F401
+from .emitter import KernelEmitter
+from .plan import CodegenError
 
 
-class CppGenerator:
-    target = "cpu"
+class CpuEmitter(KernelEmitter):
+    """C++ for the CPU backend (targets.CPU): host functions per case over level batches, products on the runtime's
+    packed-panel GEMM (csrc/runtime/gemm.h), one parallel region per fused level."""
 
-    def __init__(self, program: ir.Program):
-        self.plan = plan_kernel(program)
-        self.p = program
-        self.inputs = self.plan.inputs
-        self.syntax = cstyle.HostSyntax(self.plan)
-        self.dialect = cstyle.Dialect()
-        self.index_tables = {}  # tuple of indices -> C identifier of a static table
-
-    def index_table(self, indices) -> str:
-        key = tuple(indices)
-        if key not in self.index_tables:
-            self.index_tables[key] = f"kIdx{len(self.index_tables)}"
-        return self.index_tables[key]
-
-    # ---- source ---------------------------------------------------------------------------------
-
-    def generate(self, identity: str) -> str:
+    def body(self) -> list:
         plan = self.plan
-        body = [self.ctx_struct(), cstyle.prepare_fn(plan, self.syntax)]
-        body += [self.case_fn(c) for c in plan.cases]
-        body.append(self.dispatch_fn())
-        tables = [f"{self.dialect.index_table_decl} {name}[] = {{{cstyle.cints(idx)}}};"
-                  for idx, name in self.index_tables.items()]
-        out = [HEADER.format(name=comment(self.p.name), identity=cstr(identity)),
-               WORKSPACE.format(cases=len(self.p.cases), reads=plan.max_reads, slots=plan.max_slots,
-                                width=plan.max_width, positions=cstyle.POSITION_ARRAYS), cstyle.WORKSPACE_POOL]
-        if tables:
-            out.append("// element positions of rearranged values\n" + "\n".join(tables) + "\n")
-        out += body
-        out.append("}  // namespace\n")
-        out.append(cstyle.signature_source(plan))
-        out.append(self.run_fn())
-        return "\n".join(out)
+        return ([self.ctx_struct(), cstyle.prepare_fn(plan, self.syntax)] + [self.case_fn(c) for c in plan.cases]
+                + [self.dispatch_fn()])
+
+    def before_tables(self) -> list:
+        plan = self.plan
+        return [WORKSPACE.format(cases=len(self.p.cases), reads=plan.max_reads, slots=plan.max_slots,
+                                 width=plan.max_width, positions=cstyle.POSITION_ARRAYS + cstyle.set_arrays(plan)),
+                cstyle.WORKSPACE_POOL]
 
     def ctx_struct(self) -> str:
         plan = self.plan
@@ -109,19 +87,20 @@ class CppGenerator:
         return self._row_body(env, targets, indent, f"for (int64_t b = {rows[0]}; b < {rows[1]}; ++b) {{", "}",
                               computing, prelude, span)
 
-    def fused_section(self, env, cp, fused, width, inline):
-        """The fused products and the new rows, one dispatch: each worker takes a range of elements j (16-column
-        chunks) and a range of rows b (when the chunks are fewer than the workers the work can use), computes its
-        own copy of its rows of each product's input, the product columns offsets + j of its range, then its
-        elements of the new rows."""
-        plan = self.plan
+    def fused_section(self, env, cp):
+        """The fused products and the new rows, one dispatch: each worker takes a range of elements j (chunks of
+        the panel width) and a range of rows b (when the chunks are fewer than the workers the work can use),
+        computes its own copy of its rows of each product's input, the product columns offsets + j of its range,
+        then its elements of the new rows."""
+        plan, fused, width, inline = self.plan, cp.fused, cp.fused_width, cp.inline
+        nr = self.backend.panel_width
         flops = sum(2 * e.x.width * len(offs) * width for e, offs in fused.items())
-        lines = [f"  const int64_t chunks = {-(-width // 16)};",
-                 f"  const cortex::FusedTasks split = {'cortex::fused_tasks(chunks, B, ' + str(flops) + '.0 * B)' if width % 16 == 0 else 'cortex::FusedTasks{}'};",
+        lines = [f"  const int64_t chunks = {-(-width // nr)};",
+                 f"  const cortex::FusedTasks split = {'cortex::fused_tasks(chunks, B, ' + str(flops) + '.0 * B)' if width % nr == 0 else 'cortex::FusedTasks{}'};",
                  "  ws.reserve_tasks(split.tasks());",
                  "  cortex::run_tasks(split.tasks(), [&](int64_t task) {",
                  "    const int64_t ct = task % split.columns, rt = task / split.columns;",
-                 f"    const int64_t j0 = 16 * (chunks * ct / split.columns), j1 = std::min<int64_t>({width}, 16 * (chunks * (ct + 1) / split.columns));",
+                 f"    const int64_t j0 = {nr} * (chunks * ct / split.columns), j1 = std::min<int64_t>({width}, {nr} * (chunks * (ct + 1) / split.columns));",
                  "    const int64_t b0 = B * rt / split.rows, b1 = B * (rt + 1) / split.rows;"]
         rows = ("b0", "b1")
         copied = set()  # several products may read the same input rows (e.g. one Linear per gate): one copy
@@ -160,69 +139,15 @@ class CppGenerator:
     def case_fn(self, cp) -> str:
         plan, case = self.plan, cp.case
         env = cstyle.ElementRenderer(plan, cp, self.dialect, self.index_table)
-        fused, width = cstyle.fusable_products(plan, cp, self.dialect, self.index_table, align=16)
-        consumers = {}
-        for step in cp.steps:
-            for name in step.inputs:
-                consumers.setdefault(name, []).append(step)
-        inline = set()  # operand copies only fused products read: each worker makes its own
-        for step in cp.steps:
-            users = consumers.get(step.buffer, [])
-            if step.kind == "compute" and step.node not in cp.buffers and users and all(u.node in fused for u in users):
-                inline.add(step.buffer)
         lines = [f"// case {comment(case.name)}: when {comment(format_pred(case.predicate))}",
                  f"static void run_case_{cp.index}(Ctx& cx, Workspace& ws, const int64_t* batch, int64_t B, bool hazard) {{"]
-        for k, step in enumerate(cp.steps):
-            e = step.node
-            if step.buffer in inline:
-                continue
-            width_k = e.x.width if step.kind == "transpose" else e.width
-            lines.append(f"  float* {step.buffer} = ws.buffer({k}, B * {width_k});  // {step.kind}")
-            if e in fused:
-                continue  # computed with the new rows, below
-            if step.kind == "compute":
-                lines += self.row_loop(env, [(e, dense(step.buffer, e.width))], "  ", computing=e)
-            elif step.kind == "transpose":
-                lines += self.row_loop(env, [(e.x, transposed(step.buffer, e.cols, e.x.width // e.cols))], "  ")
-            elif step.kind == "gemm":
-                k_dim, n_dim = e.x.width // e.rows, e.width // e.rows
-                bias = f"cx.{plan.const_ids[e.bias]}" if e.bias else "nullptr"
-                lines.append(f"  cortex::gemm_packed(B * {e.rows}, {n_dim}, {k_dim}, {step.inputs[0]}, {k_dim}, "
-                             f"cx.{plan.const_ids[e.weight]}, {step.buffer}, {n_dim}, {bias}, false);"
-                             f"  // {comment(e.weight)}")
-            elif step.kind == "left_gemm":
-                k_dim, r = e.x.width // e.cols, e.width // e.cols
-                lines.append(f"  cortex::gemm_packed(B * {e.cols}, {r}, {k_dim}, {step.inputs[0]}, {k_dim}, "
-                             f"cx.{plan.const_ids[e.weight]}, {step.buffer}, {r}, nullptr, false);  // {comment(e.weight)}")
-            elif step.kind == "matvec":
-                mat, vec = step.inputs
-                cols = e.vec.width
-                lines += [f"  cortex::for_rows(B, {e.mat.width}, [&](int64_t b) {{",
-                          f"    const float* mat = {mat} + b * {e.mat.width};",
-                          f"    const float* vec = {vec} + b * {cols};",
-                          f"    for (int64_t r = 0; r < {e.width}; ++r) {{",
-                          "      float acc = 0.0f;",
-                          f"      for (int64_t j = 0; j < {cols}; ++j) acc += mat[r * {cols} + j] * vec[j];",
-                          f"      {step.buffer}[b * {e.width} + r] = acc;",
-                          "    }",
-                          "  });"]
-            elif step.kind == "reduce":
-                combine = cstyle.REDUCE[e.op].format(a="acc", b=f"x[i * {e.group} + g]")
-                lines += [f"  cortex::for_rows(B, {e.x.width}, [&](int64_t b) {{",
-                          f"    const float* x = {step.inputs[0]} + b * {e.x.width};",
-                          f"    for (int64_t i = 0; i < {e.width}; ++i) {{",
-                          f"      float acc = x[i * {e.group}];",
-                          f"      for (int64_t g = 1; g < {e.group}; ++g) acc = {combine};",
-                          f"      {step.buffer}[b * {e.width} + i] = acc;",
-                          "    }",
-                          "  });"]
-            else:
-                raise CodegenError(f"step {step.kind}")
+        self.emit_steps(env, cp, lines,
+                        lambda k, step, width: f"  float* {step.buffer} = ws.buffer({k}, B * {width});  // {step.kind}")
         first = len(cp.steps)
         for k, (table, expr, buf) in enumerate(cp.outputs):
             lines.append(f"  float* {buf} = ws.buffer({first + k}, B * {expr.width});  // new rows of {comment(table)}")
-        if fused:
-            lines += self.fused_section(env, cp, fused, width, inline)
+        if cp.fused:
+            lines += self.fused_section(env, cp)
         else:
             targets, prelude = self.output_rows(cp)
             lines += self.row_loop(env, targets, "  ", prelude=prelude)
@@ -236,9 +161,80 @@ class CppGenerator:
         lines.append("}")
         return "\n".join(lines) + "\n"
 
+    # ---- one emit function per step kind (plan.Step) --------------------------------------------------------
+
+    def emit_compute(self, env, cp, step):
+        return self.row_loop(env, [(step.node, dense(step.buffer, step.node.width))], "  ", computing=step.node)
+
+    def emit_transpose(self, env, cp, step):
+        e = step.node
+        return self.row_loop(env, [(e.x, transposed(step.buffer, e.cols, e.x.width // e.cols))], "  ")
+
+    def emit_gemm(self, env, cp, step):
+        e = step.node
+        k_dim, n_dim = e.x.width // e.rows, e.width // e.rows
+        bias = f"cx.{self.plan.const_ids[e.bias]}" if e.bias else "nullptr"
+        return [f"  cortex::gemm_packed(B * {e.rows}, {n_dim}, {k_dim}, {step.inputs[0]}, {k_dim}, "
+                f"cx.{self.plan.const_ids[e.weight]}, {step.buffer}, {n_dim}, {bias}, false);  // {comment(e.weight)}"]
+
+    def emit_left_gemm(self, env, cp, step):
+        e = step.node
+        k_dim, r = e.x.width // e.cols, e.width // e.cols
+        return [f"  cortex::gemm_packed(B * {e.cols}, {r}, {k_dim}, {step.inputs[0]}, {k_dim}, "
+                f"cx.{self.plan.const_ids[e.weight]}, {step.buffer}, {r}, nullptr, false);  // {comment(e.weight)}"]
+
+    def emit_matvec(self, env, cp, step):
+        e = step.node
+        mat, vec = step.inputs
+        cols = e.vec.width
+        return [f"  cortex::for_rows(B, {e.mat.width}, [&](int64_t b) {{",
+                f"    const float* mat = {mat} + b * {e.mat.width};",
+                f"    const float* vec = {vec} + b * {cols};",
+                f"    for (int64_t r = 0; r < {e.width}; ++r) {{",
+                "      float acc = 0.0f;",
+                f"      for (int64_t j = 0; j < {cols}; ++j) acc += mat[r * {cols} + j] * vec[j];",
+                f"      {step.buffer}[b * {e.width} + r] = acc;",
+                "    }",
+                "  });"]
+
+    def emit_set_reduce(self, env, cp, step):
+        """Per position of the batch: the op over its set's members of the body, element by element (a member's rows
+        declared per member, the node's own values per position)."""
+        e = step.node
+        s = cp.layout.sets.index(e.members())
+        temps, code, pointers = env.start()
+        value = env.expr(e.body, Access(0), e.width, temps, code, pointers)
+        node_decls = [d for n, (name, d) in pointers.items() if not name.startswith("mrow")]
+        member_decls = [d for n, (name, d) in pointers.items() if name.startswith("mrow")]
+        combine = cstyle.REDUCE[e.op].format(a="acc[j]", b=value)
+        return ([f"  cortex::for_rows(B, {e.width * 16}, [&](int64_t b) {{",
+                 "    const int64_t q = batch[b]; (void)q;"]
+                + [f"    {d}" for d in node_decls]
+                + [f"    float* acc = {step.buffer} + b * {e.width};  // {comment(e.op)} over the set",
+                   f"    for (int64_t j = 0; j < {e.width}; ++j) acc[j] = {cstyle.cfloat(e.empty)};",
+                   f"    for (int64_t m = ws.set_begin[q * Workspace::kSets + {s}]; "
+                   f"m < ws.set_end[q * Workspace::kSets + {s}]; ++m) {{",
+                   "      const int64_t u = ws.members[m];"]
+                + [f"      {d}" for d in member_decls]
+                + [f"      for (int64_t j = 0; j < {e.width}; ++j) {{"]
+                + [f"        {line}" for line in code]
+                + [f"        acc[j] = {combine};", "      }", "    }", "  });"])
+
+    def emit_reduce(self, env, cp, step):
+        e = step.node
+        combine = cstyle.REDUCE[e.op].format(a="acc", b=f"x[i * {e.group} + g]")
+        return [f"  cortex::for_rows(B, {e.x.width}, [&](int64_t b) {{",
+                f"    const float* x = {step.inputs[0]} + b * {e.x.width};",
+                f"    for (int64_t i = 0; i < {e.width}; ++i) {{",
+                f"      float acc = x[i * {e.group}];",
+                f"      for (int64_t g = 1; g < {e.group}; ++g) acc = {combine};",
+                f"      {step.buffer}[b * {e.width} + i] = acc;",
+                "    }",
+                "  });"]
+
     def dispatch_fn(self) -> str:
         lines = ["static void run_case(Ctx& cx, Workspace& ws, int32_t c, const int64_t* batch, int64_t B) {",
-                 "  const bool hazard = cortex::reads_own_row(ws.node.data(), ws.reads.data(), kReads, batch, B);",
+                 f"  const bool hazard = {cstyle.hazard_call(self.plan)};",
                  "  switch (c) {"]
         for c in range(len(self.p.cases)):
             lines.append(f"    case {c}: run_case_{c}(cx, ws, batch, B, hazard); break;")
@@ -247,13 +243,9 @@ class CppGenerator:
 
     # ---- the entry point ---------------------------------------------------------------------------
 
-    def run_fn(self) -> str:
-        p, plan = self.p, self.plan
-        lines = ["extern \"C\" CORTEX_EXPORT int32_t cortex_kernel_run(const CortexTensor* inputs, int32_t num_inputs,",
-                 "    CortexAllocOutput alloc_output, void* alloc_context, const CortexExecution* execution,",
-                 "    char* error, size_t error_size) {",
-                 "  try {",
-                 "    (void)execution;  // a CPU kernel runs on the calling thread and its pool",
+    def run_body(self) -> list:
+        plan = self.plan
+        lines = ["    (void)execution;  // a CPU kernel runs on the calling thread and its pool",
                  "    cortex::check_cpu_features();",
                  f"    if (num_inputs != {len(self.inputs)}) throw cortex::KernelError(\"expected {len(self.inputs)} inputs, got \" + std::to_string(num_inputs));",
                  "    cortex::Phases phases;",
@@ -266,7 +258,9 @@ class CppGenerator:
             plan, "cx",
             lambda i, tid, t: (f"if (cx.N) std::memcpy(cx.{tid}, cortex::host_data(inputs[{i}], \"{cstr(t.init)}\"), "
                                f"sizeof(float) * cx.N * {t.width});"),
-            lambda tid, rows, t: f"if ({rows}) std::memset(cx.{tid}, 0, sizeof(float) * {rows} * {t.width});")
+            lambda tid, rows, t: f"if ({rows}) std::memset(cx.{tid}, 0, sizeof(float) * {rows} * {t.width});",
+            lambda i, tid, t: (f"cortex::check_zeros(static_cast<const float*>(cortex::host_data(inputs[{i}], "
+                               f"\"{cstr(t.init)}\")), cx.N * {t.width}, \"{cstr(t.init)}\");"))
         linearize = cstyle.linearize_call(plan)
         lines += cstyle.LEASE_WORKSPACE
         lines += [
@@ -292,16 +286,8 @@ class CppGenerator:
             "    phases.mark(5);  // every level",
             "    phases.publish();",
             "    return 0;",
-            "  } catch (const std::exception& e) {",
-            "    cortex::write_error(error, error_size, e.what());",
-            "    return 1;",
-            "  } catch (...) {",
-            "    cortex::write_error(error, error_size, \"unknown error in Cortex kernel\");",
-            "    return 1;",
-            "  }",
-            "}",
         ]
-        return "\n".join(lines) + "\n"
+        return lines
 
     def projection_lines(self) -> list:
         """Hoisted node-input products: one GEMM over every row of the input, before the recursion."""
@@ -377,3 +363,6 @@ struct Workspace {{
   }}
 }};
 """
+
+
+CpuEmitter.header = HEADER

@@ -14,7 +14,7 @@ import numpy as np
 from ..ir import nodes as ir
 from ..ir import ops
 from ..ir.printer import ScalarSyntax, format_index, format_pred, render_index, render_pred
-from .plan import MASK, ROW, VALUE, CodegenError, KernelPlan
+from .plan import MASK, ROW, VALUE, Access, CodegenError, KernelPlan
 
 
 def cfloat(x: float) -> str:
@@ -96,6 +96,13 @@ class HostSyntax(ScalarSyntax):
     def guard(self, pred: str, value: str, message: str) -> str:
         return f"cortex::guard({pred}, {value}, \"{cstr(message)}\", p)"
 
+    def host_value(self, var: str) -> str:
+        return f"hv_{var}"  # prepare's local (host_state_lines)
+
+    def host_element(self, var: str, index: str) -> str:
+        return (f"ht_{var}[cortex::normalize_index({index}, static_cast<int64_t>(ht_{var}.size()), "
+                f"\"{cstr(var)}\", p)]")
+
 
 # ---- host code shared by every target --------------------------------------------------------------------------
 
@@ -109,7 +116,7 @@ def signature_source(plan: KernelPlan) -> str:
         if dtype not in DTYPES:
             raise CodegenError(f"{kind} {k} has element type {dtype!r}, which kernels do not exchange")
         name = f"k{kind.capitalize()}{k}Dims"
-        values = ["-1"] * leading_dynamic + [cint(d, lo=0) for d in dims]
+        values = ["-1"] * leading_dynamic + ["-1" if d is None else cint(d, lo=0) for d in dims]
         array = f"const int64_t {name}[] = {{{', '.join(values)}}};" if values else None
         entry = f"{{{DTYPES[dtype][1]}, {cint(len(values), lo=0, hi=32)}, {name if values else 'nullptr'}}}"
         return array, entry
@@ -121,6 +128,9 @@ def signature_source(plan: KernelPlan) -> str:
             continue
         d = plan.program.input(inp.name)
         cint(d.rank, lo=0, hi=32)  # an int before it is compared
+        if d.dynamic_inner:  # an edge list [K, E]: every dimension dynamic
+            inputs.append(tensor("input", k, d.dtype, (None,) * (d.rank - 1), True))
+            continue
         if len(d.inner) != max(d.rank - 1, 0):
             raise CodegenError(f"input {comment(d.name)} of rank {d.rank} declares {len(d.inner)} inner dimensions")
         inputs.append(tensor("input", k, d.dtype, d.inner, d.rank >= 1))
@@ -163,12 +173,17 @@ def check_array_inputs(plan: KernelPlan, host_data) -> list:
             continue
         a = plan.array_ids[d.name]
         ctype, dt = DTYPES[d.dtype]
-        inner = cints(d.inner, "0", lo=0)
+        inner = "-1" if d.dynamic_inner else cints(d.inner, "0", lo=0)
         lines.append(f"    {{ static const int64_t inner[] = {{{inner}}};")
         lines.append(f"      cortex::check_input(inputs[{i}], \"{cstr(d.name)}\", {dt}, {cint(d.rank, lo=0, hi=32)}, inner);")
         lines.append(f"      cx.{a} = static_cast<const {ctype}*>({host_data(i, d)});")
         rows = f"inputs[{i}].shape[0]" if d.rank >= 1 else "1"
         cols = f" cx.{a}_cols = {int(np.prod(d.inner, dtype=np.int64))};" if d.rank >= 2 else ""
+        if d.dynamic_inner:
+            cols = f" cx.{a}_cols = inputs[{i}].shape[1];"
+        if d.rows is not None:
+            cols += (f" if (cx.{a}_rows != {cint(d.rows)}) throw cortex::KernelError(\"input '{cstr(d.name)}' must "
+                     f"have {cint(d.rows)} rows, got \" + std::to_string(cx.{a}_rows));")
         lines.append(f"      cx.{a}_rows = {rows};{cols} }}")
     return lines
 
@@ -190,7 +205,10 @@ def rows_and_positions(plan: KernelPlan, syntax: HostSyntax) -> list:
     """Lines setting cx.N (rows of the state tables) and cx.L (positions)."""
     p = plan.program
     if p.mode == "visit":
-        first = next(i for i, d in enumerate(p.inputs) if d.kind == "init")
+        first = next((i for i, d in enumerate(p.inputs) if d.kind == "init"), None)
+        if first is None:  # no state table (a chain carrying a vector)
+            return ["    cx.N = 0;",
+                    f"    cx.L = std::max<int64_t>(0, {render_index(p.trip, syntax)});  // {comment(format_index(p.trip))}"]
         return [f"    cx.N = inputs[{first}].rank >= 1 ? inputs[{first}].shape[0] : 0;",
                 f"    cx.L = std::max<int64_t>(0, {render_index(p.trip, syntax)});  // {comment(format_index(p.trip))}"]
     a = plan.array_ids[p.rows_from]
@@ -204,10 +222,18 @@ def rows_and_positions(plan: KernelPlan, syntax: HostSyntax) -> list:
     return lines
 
 
-def allocate_tables(plan: KernelPlan, pointer: str, init_copy, zero_fill) -> list:
+def relies_on_zero_inits(program: ir.Program) -> bool:
+    """True when a table derived from another starts at zeros because that one does (lift_member_products): the
+    initial tables the model fills with zeros must then be zeros."""
+    return program.mode == "visit" and any(t.kind == "state" and t.init is None for t in program.tables)
+
+
+def allocate_tables(plan: KernelPlan, pointer: str, init_copy, zero_fill, zero_check=None) -> list:
     """Lines allocating each state or output table as the kernel's output and giving it its first value: the
     checked initial table (init_copy(input index, table id, table) copies it in) or zeros (zero_fill(table id,
-    rows expression, table)). `pointer` is where the table pointers live ("cx" on the CPU, "P" on the GPU)."""
+    rows expression, table)). `pointer` is where the table pointers live ("cx" on the CPU, "P" on the GPU).
+    zero_check(input index, table id, table): a line checking that an initial table is zeros, where
+    relies_on_zero_inits (the GPU trusts the frontend's proof)."""
     p = plan.program
     lines = []
     for k, t in enumerate(p.tables):
@@ -223,6 +249,8 @@ def allocate_tables(plan: KernelPlan, pointer: str, init_copy, zero_fill) -> lis
             lines.append(f"      static const int64_t inner[] = {{{inner}}};")
             lines.append(f"      cortex::check_input(inputs[{i}], \"{cstr(t.init)}\", CORTEX_FLOAT, {1 + len(t.inner)}, inner);")
             lines.append(f"      if (inputs[{i}].shape[0] != cx.N) throw cortex::KernelError(\"state tables must have the same number of rows (Cortex limitation): {cstr(t.init)} has \" + std::to_string(inputs[{i}].shape[0]) + \", expected \" + std::to_string(cx.N));")
+            if zero_check is not None and p.inputs[i].zeros and relies_on_zero_inits(p):
+                lines.append(f"      {zero_check(i, tid, t)}")
             lines.append(f"      {init_copy(i, tid, t)} }}")
         else:
             lines.append(f"      {zero_fill(tid, rows, t)} }}")
@@ -230,11 +258,100 @@ def allocate_tables(plan: KernelPlan, pointer: str, init_copy, zero_fill) -> lis
 
 
 def linearize_call(plan: KernelPlan) -> str:
-    """The host linearizer's call for this recursion (a DAG's own order, or the visit order of a Loop)."""
+    """The host linearizer's call for this recursion (a DAG's own order, or the visit order of a Loop; the members of
+    child sets are reads too)."""
     if plan.program.mode == "dag":
         return "ws.linearizer.dag(cx.N, ws.case_id.data(), kNumCases, ws.reads.data(), kReads, ws.schedule)"
+    if ir.is_sequential(plan.program):  # each position reads what the one before computed: in order, one by one
+        return "(ws.schedule.clear(), std::string())"
+    members = ", ws.read_offsets.data(), ws.members.data()" if plan.max_sets else ""
     return ("ws.linearizer.visit(cx.N, ws.listed, ws.node.data(), ws.case_id.data(), kNumCases, ws.reads.data(), "
-            "kReads, ws.schedule)")
+            f"kReads, ws.schedule{members})")
+
+
+def hazard_call(plan: KernelPlan) -> str:
+    """True when a position of the batch reads its own row (then the batch's rows are committed after it)."""
+    members = ", ws.read_offsets.data(), ws.members.data()" if plan.max_sets else ""
+    return f"cortex::reads_own_row(ws.node.data(), ws.reads.data(), kReads, batch, B{members})"
+
+
+def set_arrays(plan: KernelPlan) -> str:
+    """Workspace members for child sets (none when the program has no set)."""
+    if not plan.max_sets:
+        return ""
+    buckets = max(len(_bucket_arrays(plan)), 1)
+    return f"""
+  // child sets: every position's members (CSR over positions: read_offsets), each set's [begin, end)
+  static constexpr int64_t kSets = {cint(plan.max_sets)};
+  std::vector<int64_t> members, read_offsets, set_begin, set_end;
+  cortex::KeyBuckets buckets[{cint(buckets)}];
+
+  void resize_sets(int64_t L) {{
+    members.clear();
+    read_offsets.assign(L + 1, 0);
+    set_begin.resize(L * kSets);
+    set_end.resize(L * kSets);
+  }}"""
+
+
+def _bucket_key(encoding: str, arrays: tuple, bounds: tuple):
+    """(array, row or None): the integer vector whose values key a set's members (a parent array, an edge list's
+    targets: a vector, or a row of an edge list [2, E]); None for a CSR range."""
+    if encoding == "parent":
+        return arrays[0], None
+    if encoding == "edges":
+        return arrays[1], None
+    if encoding == "edge_index":
+        return arrays[0], int(bounds[1].value)
+    return None
+
+
+def _bucket_arrays(plan: KernelPlan) -> list:
+    """The key vectors of the program's child sets, each once, in order."""
+    keys = []
+    for cp in plan.cases:
+        for members in cp.layout.sets:
+            key = _bucket_key(*members)
+            if key is not None and key not in keys:
+                keys.append(key)
+    return keys
+
+
+def _key_vector(plan: KernelPlan, key) -> tuple:
+    """(pointer, count) of a key vector in the kernel's host context."""
+    name, row = key
+    a = plan.array_ids[name]
+    if row is None:
+        return f"cx.{a}", f"cx.{a}_rows"
+    return f"cx.{a} + {cint(row)} * cx.{a}_cols", f"cx.{a}_cols"
+
+
+def _set_lines(plan: KernelPlan, syntax, s: int, members) -> list:
+    """Lines appending set s's members for position q to ws.members."""
+    encoding, arrays, bounds = members
+    ids = plan.array_ids
+    dtype = {d.name: DTYPES[d.dtype][0] for d in plan.program.inputs if d.kind == "array"}
+    lines = [f"        ws.set_begin[q * Workspace::kSets + {s}] = static_cast<int64_t>(ws.members.size());"]
+    if encoding == "range":
+        a = ids[arrays[0]]
+        lines += [f"        {{ int64_t i0, i1; cortex::slice_bounds({render_index(bounds[0], syntax)}, "
+                  f"{render_index(bounds[1], syntax)}, cx.{a}_rows, &i0, &i1);",
+                  f"          for (int64_t i = i0; i < i1; ++i) ws.members.push_back(cortex::normalize_index("
+                  f"static_cast<int64_t>(cx.{a}[i]), cx.N, \"a member listed by {cstr(arrays[0])}\", p)); }}"]
+    else:
+        key = _bucket_key(encoding, arrays, bounds)
+        b = _bucket_arrays(plan).index(key)
+        if encoding == "parent":
+            push = "ws.members.push_back(cortex::normalize_index(u, cx.N, \"a member of a parent array\", p));"
+        else:
+            source = (f"cx.{ids[arrays[0]]}" if encoding == "edges" else
+                      f"(cx.{ids[arrays[0]]} + {cint(bounds[2].value)} * cx.{ids[arrays[0]]}_cols)")
+            push = (f"ws.members.push_back(cortex::normalize_index(static_cast<int64_t>({source}[u]), cx.N, "
+                    f"\"a member listed by {cstr(arrays[0])}\", p));")
+        lines.append(f"        ws.buckets[{b}].each<{dtype[key[0]]}>({render_index(bounds[0], syntax)}, "
+                     f"[&](int64_t u) {{ {push} }});  // {comment(encoding)} {comment(', '.join(arrays))}")
+    lines.append(f"        ws.set_end[q * Workspace::kSets + {s}] = static_cast<int64_t>(ws.members.size());")
+    return lines
 
 
 def prepare_fn(plan: KernelPlan, syntax: HostSyntax) -> str:
@@ -246,6 +363,26 @@ def prepare_fn(plan: KernelPlan, syntax: HostSyntax) -> str:
         "// keeping the positions that write something, in order.",
         "static void prepare(Ctx& cx, Workspace& ws) {",
         "  ws.resize_positions(cx.L);",
+    ]
+    if plan.max_sets:
+        dtype = {d.name: DTYPES[d.dtype][0] for d in p.inputs if d.kind == "array"}
+        lines.append("  ws.resize_sets(cx.L);")
+        parents = {a for cp in plan.cases for enc, arrays, _ in cp.layout.sets if enc == "parent" for a in arrays}
+        for cp in plan.cases:
+            for encoding, arrays, bounds in cp.layout.sets:
+                if encoding == "edge_index":  # the rows an edge list must have
+                    rows = 1 + max(int(bounds[1].value), int(bounds[2].value))
+                    lines.append(f"  cortex::check_edge_rows(cx.{plan.array_ids[arrays[0]]}_rows, {cint(rows)}, "
+                                 f"\"{cstr(arrays[0])}\");")
+        for b, key in enumerate(_bucket_arrays(plan)):
+            a = plan.array_ids[key[0]]
+            if key[0] in parents:  # one parent per state row
+                lines.append(f"  cortex::check_parent_rows(cx.{a}_rows, cx.N, \"{cstr(key[0])}\");")
+            pointer, count = _key_vector(plan, key)
+            lines.append(f"  ws.buckets[{b}].build<{dtype[key[0]]}>({pointer}, {count}, cx.N);  // members by "
+                         f"{comment(key[0])}" + (f" row {key[1]}" if key[1] is not None else ""))
+    lines += _host_state_lines(plan, syntax)
+    lines += [
         "  int64_t q = 0;",
         "  for (int64_t p = 0; p < cx.L; ++p) {",
         "    int32_t c = -1;",
@@ -258,8 +395,10 @@ def prepare_fn(plan: KernelPlan, syntax: HostSyntax) -> str:
               "    ws.position[q] = p;",
               "    int64_t* reads = &ws.reads[q * kReads];",
               "    int64_t* slots = &ws.slots[q * kSlots];",
-              "    std::fill(reads, reads + kReads, INT64_C(-1));",
-              "    switch (c) {"]
+              "    std::fill(reads, reads + kReads, INT64_C(-1));"]
+    if plan.max_sets:
+        lines.append("    ws.read_offsets[q] = static_cast<int64_t>(ws.members.size());")
+    lines += ["    switch (c) {"]
     for cp in plan.cases:
         case, layout = cp.case, cp.layout
         lines.append(f"      case {cp.index}: {{  // {comment(case.name)}")
@@ -286,9 +425,47 @@ def prepare_fn(plan: KernelPlan, syntax: HostSyntax) -> str:
                         else source)
                 lines.append(f"        slots[{s}] = cortex::normalize_index({render_index(key, syntax)}, {rows}, "
                              f"\"{cstr(what)}\", p);  // {comment(format_index(key))}")
+        for s, members in enumerate(layout.sets):
+            lines += _set_lines(plan, syntax, s, members)
+        lines += _update_lines(case, syntax)
+        if not case.writes:
+            lines.append("        continue;  // only host state changes: nothing for the kernel to run")
         lines += ["        break;", "      }"]
-    lines += ["    }", "    ++q;", "  }", "  ws.listed = q;", "}"]
+    lines += ["    }", "    ++q;", "  }", "  ws.listed = q;"]
+    if plan.max_sets:
+        lines.append("  ws.read_offsets[q] = static_cast<int64_t>(ws.members.size());")
+    lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def _host_state_lines(plan: KernelPlan, syntax) -> list:
+    """Declarations of the integer state the loop carries (ir.HostVar), as prepare's locals at their first values."""
+    lines = []
+    for var in plan.program.host_vars:
+        init = render_index(var.init, syntax)
+        if var.size is None:
+            lines.append(f"  int64_t hv_{var.name} = {init};  // {comment(format_index(var.init))}")
+        else:
+            size = render_index(var.size, syntax)
+            lines.append(f"  std::vector<int64_t> ht_{var.name}(static_cast<size_t>(cortex::host_table_size({size}, "
+                         f"\"{cstr(var.name)}\")), {init});  // [{comment(format_index(var.size))}]")
+    return lines
+
+
+def _update_lines(case: ir.Case, syntax) -> list:
+    """A case's host updates: every index and value from the state before the position, then assigned in order."""
+    if not case.updates:
+        return []
+    lines, assigns = ["        {  // host state"], []
+    for k, u in enumerate(case.updates):
+        lines.append(f"          const int64_t u{k} = {render_index(u.value, syntax)};  // {comment(format_index(u.value))}")
+        if u.index is None:
+            assigns.append(f"          hv_{u.var} = u{k};")
+        else:
+            lines.append(f"          const int64_t i{k} = cortex::normalize_index({render_index(u.index, syntax)}, "
+                         f"static_cast<int64_t>(ht_{u.var}.size()), \"{cstr(u.var)}\", p);")
+            assigns.append(f"          ht_{u.var}[i{k}] = u{k};")
+    return lines + assigns + ["        }"]
 
 
 # A kernel's workspaces (kernel_support.h's WorkspacePool): declared after `struct Workspace`, leased by each run.
@@ -310,44 +487,6 @@ POSITION_ARRAYS = """  std::vector<int64_t> node, position, reads, slots;
 
 
 # ---- the element renderer ---------------------------------------------------------------------------------------
-
-
-class Access:
-    """Which element of a value a loop over j in [0, width) reads: `j + offset`, `indices[j]`, or one fixed element
-    `const` (a width-1 value broadcast over the loop)."""
-
-    def __init__(self, offset=0, indices=None, const=None):
-        if indices is not None:
-            indices = tuple(int(i) for i in indices)
-            if all(b == a + 1 for a, b in zip(indices, indices[1:])):
-                offset, indices = indices[0], None
-        self.offset, self.indices, self.const = offset, indices, const
-
-    def key(self):
-        if self.const is not None:
-            return ("const", self.const)
-        return ("gather", self.indices) if self.indices is not None else ("affine", self.offset)
-
-    def shifted(self, start):
-        if self.const is not None:
-            return Access(const=self.const + start)
-        if self.indices is None:
-            return Access(self.offset + start)
-        return Access(indices=[i + start for i in self.indices])
-
-    def through(self, indices, width):
-        if self.const is not None:
-            return Access(const=indices[self.const])
-        if self.indices is None:
-            return Access(indices=indices[self.offset:self.offset + width])
-        return Access(indices=[indices[i] for i in self.indices])
-
-    def span(self, width):
-        if self.const is not None:
-            return self.const, self.const
-        if self.indices is None:
-            return self.offset, self.offset + width - 1
-        return min(self.indices), max(self.indices)
 
 
 class Dialect:
@@ -375,6 +514,126 @@ class Dialect:
         return f"cx.proj{k}"
 
 
+# ---- the element renderer: a row expression as C code for one element j of a loop ---------------------------
+# One table entry per node kind (a new kind adds its entry here): leaves declare a per-position pointer or value
+# (POINTERS), rearrangements move the access (ADDRESSING), computed values become temporaries (VALUES).
+
+
+def _child_state(r, node, name):
+    k = r.cp.layout.reads.index((node.index, node.missing_zero))
+    row = r.d.read(k)
+    return (f"const float* {name} = {row} >= 0 ? {r.d.table(r.plan.table_ids[node.table])} + {row} * {node.width} "
+            f": {r.d.zeros};  // {comment(node.table)}[{comment(format_index(node.index))}]")
+
+
+def _const_row(r, node, name):
+    s = r.cp.layout.slots.index((node.index, ROW, node.const))
+    return (f"const float* {name} = {r.d.const(r.plan.const_ids[node.const])} + {r.d.slot(s)} * {node.width};"
+            f"  // {comment(node.const)}[{comment(format_index(node.index))}]")
+
+
+def _input_projection(r, node, name):
+    s = r.cp.layout.slots.index((node.index, ROW, node.array))
+    k = r.plan.projections.index((node.array, node.weight, node.bias))
+    return (f"const float* {name} = {r.d.projection(k)} + {r.d.slot(s)} * {node.width};"
+            f"  // ({comment(node.array)} @ {comment(node.weight)})[{comment(format_index(node.index))}]")
+
+
+def _input_row(r, node, name):
+    s = r.cp.layout.slots.index((node.index, ROW, node.array))
+    return (f"const float* {name} = {r.d.array(r.plan.array_ids[node.array])} + {r.d.slot(s)} * {node.width};"
+            f"  // {comment(node.array)}[{comment(format_index(node.index))}]")
+
+
+def _mask(r, node, name):
+    s = r.cp.layout.slots.index((node, MASK, None))
+    return f"const bool {name} = {r.d.slot(s)} != 0;  // {comment(format_pred(node))}"
+
+
+def _index_value(r, node, name):
+    s = r.cp.layout.slots.index((node.index, VALUE, None))
+    return f"const float {name} = static_cast<float>({r.d.slot(s)});  // {comment(format_index(node.index))}"
+
+
+def _previous_row(r, node, name):
+    s = r.cp.layout.slots.index(node.host_value()[1])
+    table = r.d.table(r.plan.table_ids[node.table])
+    return (f"const float* {name} = {r.d.slot(s)} >= 0 ? {table} + {r.d.slot(s)} * {node.width} : "
+            f"{r.d.array(r.plan.array_ids[node.init])};  // the carried value: {comment(node.table)}[p - 1] or "
+            f"{comment(node.init)}")
+
+
+# kind -> (name prefix, declaration): what a leaf needs per position
+POINTERS = {ir.ChildState: ("child", _child_state), ir.ConstRow: ("crow", _const_row), ir.PreviousRow: ("prev", _previous_row),
+            ir.InputProjection: ("iproj", _input_projection), ir.InputRow: ("irow", _input_row),
+            ir.BExpr: ("mask", _mask), ir.IndexValue: ("ival", _index_value)}
+
+
+def _leaf_element(r, e, access, *walk):
+    return f"{r.leaf_pointer(e, walk[-1])}[{r.index(access)}]"
+
+
+def _const_vec(r, e, access, *walk):
+    return f"{r.d.const(r.plan.const_ids[e.const])}[{r.index(access)}]"
+
+
+def _scalar(r, e, access, *walk):
+    return cfloat(e.value)
+
+
+def _index_value_element(r, e, access, *walk):
+    return r.leaf_pointer(e, walk[-1])
+
+
+def _slice(r, e, access, w, *walk):
+    return r.expr(e.x, access.shifted(e.start), w, *walk)
+
+
+def _take(r, e, access, w, *walk):
+    return r.expr(e.x, access.through(e.indices, w), w, *walk)
+
+
+def _concat(r, e, access, w, *walk):
+    lo, hi = access.span(w)
+    col = 0
+    for part in e.parts:
+        if col <= lo and hi < col + part.width:
+            return r.expr(part, access.shifted(-col), w, *walk)
+        col += part.width
+    raise CodegenError("a concatenation is read across its parts inside elementwise math")
+
+
+# kind -> render(renderer, node, access, w, temps, code, pointers): elements read where they are
+ADDRESSING = {ir.ChildState: _leaf_element, ir.ConstRow: _leaf_element, ir.InputRow: _leaf_element,
+              ir.PreviousRow: _leaf_element,
+              ir.InputProjection: _leaf_element, ir.ConstVec: _const_vec, ir.Scalar: _scalar,
+              ir.IndexValue: _index_value_element, ir.Slice: _slice, ir.Take: _take, ir.Concat: _concat}
+
+
+def _unary(r, e, access, *walk):
+    return ops.render(e.op, r.d.target, {"x": r.expr(e.x, access, *walk)}, e.params, cfloat)
+
+
+def _binary(r, e, access, *walk):
+    a, b = r.expr(e.a, access, *walk), r.expr(e.b, access, *walk)
+    return ops.render(e.op, r.d.target, {"a": a, "b": b}, (), cfloat)
+
+
+def _select(r, e, access, *walk):
+    m = r.leaf_pointer(e.pred, walk[-1])
+    a, b = r.expr(e.a, access, *walk), r.expr(e.b, access, *walk)
+    return f"({m} ? {a} : {b})"
+
+
+def _where(r, e, access, *walk):
+    c, a, b = (r.expr(x, access, *walk) for x in (e.cond, e.a, e.b))
+    return f"({c} != 0.0f ? {a} : {b})"
+
+
+# kind -> C expression of one element, kept in a temporary (computed once per element and access)
+VALUES = {ir.Unary: _unary, ir.Binary: _binary, ir.Select: _select, ir.Where: _where}
+
+
 class ElementRenderer:
     """C code for one element of row expressions of a case, over a loop variable j and a batch row b (position q):
     `pointers` collects the per-position declarations the code needs, `code` the temporaries, in order."""
@@ -389,45 +648,23 @@ class ElementRenderer:
         return {}, [], {}
 
     def leaf_pointer(self, node, pointers) -> str:
-        plan, layout, d = self.plan, self.cp.layout, self.d
         if node in pointers:
             return pointers[node][0]
-        if isinstance(node, ir.ChildState):
-            k = layout.reads.index((node.index, node.missing_zero))
-            name = f"child{len(pointers)}"
-            row = d.read(k)
-            decl = (f"const float* {name} = {row} >= 0 ? {d.table(plan.table_ids[node.table])} + {row} * {node.width} "
-                    f": {d.zeros};  // {comment(node.table)}[{comment(format_index(node.index))}]")
-        elif isinstance(node, ir.ConstRow):
-            s = layout.slots.index((node.index, ROW, node.const))
-            name = f"crow{len(pointers)}"
-            decl = (f"const float* {name} = {d.const(plan.const_ids[node.const])} + {d.slot(s)} * {node.width};"
-                    f"  // {comment(node.const)}[{comment(format_index(node.index))}]")
-        elif isinstance(node, ir.InputProjection):
-            s = layout.slots.index((node.index, ROW, node.array))
-            k = plan.projections.index((node.array, node.weight, node.bias))
-            name = f"iproj{len(pointers)}"
-            decl = (f"const float* {name} = {d.projection(k)} + {d.slot(s)} * {node.width};"
-                    f"  // ({comment(node.array)} @ {comment(node.weight)})[{comment(format_index(node.index))}]")
-        elif isinstance(node, ir.InputRow):
-            s = layout.slots.index((node.index, ROW, node.array))
-            name = f"irow{len(pointers)}"
-            decl = (f"const float* {name} = {d.array(plan.array_ids[node.array])} + {d.slot(s)} * {node.width};"
-                    f"  // {comment(node.array)}[{comment(format_index(node.index))}]")
-        elif isinstance(node, ir.BExpr):
-            s = layout.slots.index((node, MASK, None))
-            name = f"mask{len(pointers)}"
-            decl = f"const bool {name} = {d.slot(s)} != 0;  // {comment(format_pred(node))}"
-        elif isinstance(node, ir.IndexValue):
-            s = layout.slots.index((node.index, VALUE, None))
-            name = f"ival{len(pointers)}"
-            decl = f"const float {name} = static_cast<float>({d.slot(s)});  // {comment(format_index(node.index))}"
-        else:
+        if isinstance(getattr(node, "index", None), ir.Member):  # a set member's row: declared per member
+            name = f"mrow{len(pointers)}"
+            base = (self.d.table(self.plan.table_ids[node.table]) if isinstance(node, ir.ChildState)
+                    else self.d.array(self.plan.array_ids[node.array]))
+            pointers[node] = (name, f"const float* {name} = {base} + u * {node.width};  // a member's row")
+            return name
+        kind = next((k for k in type(node).__mro__ if k in POINTERS), None)
+        if kind is None:
             raise CodegenError(f"no pointer for {type(node).__name__}")
-        pointers[node] = (name, decl)
+        prefix, declare = POINTERS[kind]
+        name = f"{prefix}{len(pointers)}"
+        pointers[node] = (name, declare(self, node, name))
         return name
 
-    def _index(self, access: Access) -> str:
+    def index(self, access: Access) -> str:
         if access.const is not None:
             return cint(access.const)
         if access.indices is not None:
@@ -436,57 +673,24 @@ class ElementRenderer:
 
     def expr(self, e, access: Access, w, temps, code, pointers) -> str:
         """C for the element of e that the loop's j reads through `access`."""
-        if e.width == 1 and access.const is None:
-            access = Access(const=0)  # a width-1 value broadcasts over the loop
+        access = access.normalized(e)
         buffers = self.cp.buffers
         if e in buffers and e != self.computing:
-            idx = self._index(access)
+            idx = self.index(access)
             if isinstance(e, ir.LeftMatMul):  # element (r, c) sits at row (b, c), column r of the GEMM
                 rows = e.width // e.cols
                 return f"{buffers[e]}[(b * {e.cols} + ({idx}) % {e.cols}) * {rows} + ({idx}) / {e.cols}]"
             return f"{buffers[e]}[b * {e.width} + {idx}]"
-        if isinstance(e, (ir.ChildState, ir.ConstRow, ir.InputRow, ir.InputProjection)):
-            return f"{self.leaf_pointer(e, pointers)}[{self._index(access)}]"
-        if isinstance(e, ir.ConstVec):
-            return f"{self.d.const(self.plan.const_ids[e.const])}[{self._index(access)}]"
-        if isinstance(e, ir.Scalar):
-            return cfloat(e.value)
-        if isinstance(e, ir.IndexValue):
-            return self.leaf_pointer(e, pointers)
-        if isinstance(e, ir.Slice):
-            return self.expr(e.x, access.shifted(e.start), w, temps, code, pointers)
-        if isinstance(e, ir.Take):
-            return self.expr(e.x, access.through(e.indices, w), w, temps, code, pointers)
-        if isinstance(e, ir.Concat):
-            lo, hi = access.span(w)
-            col = 0
-            for part in e.parts:
-                if col <= lo and hi < col + part.width:
-                    return self.expr(part, access.shifted(-col), w, temps, code, pointers)
-                col += part.width
-            raise CodegenError("a concatenation is read across its parts inside elementwise math")
+        render = ADDRESSING.get(type(e))
+        if render is not None:
+            return render(self, e, access, w, temps, code, pointers)
         key = (e, access.key())
         if key in temps:
             return temps[key]
-        if isinstance(e, ir.Unary):
-            x = self.expr(e.x, access, w, temps, code, pointers)
-            value = ops.render(e.op, self.d.target, {"x": x}, e.params, cfloat)
-        elif isinstance(e, ir.Binary):
-            a = self.expr(e.a, access, w, temps, code, pointers)
-            b = self.expr(e.b, access, w, temps, code, pointers)
-            value = ops.render(e.op, self.d.target, {"a": a, "b": b}, (), cfloat)
-        elif isinstance(e, ir.Select):
-            m = self.leaf_pointer(e.pred, pointers)
-            a = self.expr(e.a, access, w, temps, code, pointers)
-            b = self.expr(e.b, access, w, temps, code, pointers)
-            value = f"({m} ? {a} : {b})"
-        elif isinstance(e, ir.Where):
-            c = self.expr(e.cond, access, w, temps, code, pointers)
-            a = self.expr(e.a, access, w, temps, code, pointers)
-            b = self.expr(e.b, access, w, temps, code, pointers)
-            value = f"({c} != 0.0f ? {a} : {b})"
-        else:
+        render = VALUES.get(type(e))
+        if render is None:
             raise CodegenError(f"row expression {type(e).__name__}")
+        value = render(self, e, access, w, temps, code, pointers)
         name = f"v{len(temps)}"
         code.append(f"const float {name} = {value};")
         temps[key] = name
@@ -502,52 +706,6 @@ class ElementRenderer:
                 out.setdefault(part.width, []).append((part, dest, col))
                 col += part.width
         return out
-
-
-class _Recorder(ElementRenderer):
-    """An element renderer that also records how each buffered value is read: {node: {access keys}}."""
-
-    def __init__(self, *args):
-        super().__init__(*args)
-        self.reads = {}
-
-    def expr(self, e, access, w, temps, code, pointers):
-        if e.width == 1 and access.const is None:
-            access = Access(const=0)
-        if e in self.cp.buffers and e != self.computing:
-            self.reads.setdefault(e, set()).add(access.key())
-        return super().expr(e, access, w, temps, code, pointers)
-
-
-def fusable_products(plan: KernelPlan, cp, dialect, index_table, align: int = 1):
-    """The matrix products of a case that only its new rows read, each read at column offsets + j (unit stride)
-    by rows of one width W, so that a worker can compute the columns of elements j0..j1 and then those elements
-    with no barrier in between: ({product node: sorted offsets}, W), or ({}, None). `align`: offsets must be
-    multiples of it (the CPU's packed panels)."""
-    widths = {expr.width for _, expr, _ in cp.outputs}
-    if len(widths) != 1:
-        return {}, None
-    w = widths.pop()
-    recorder = _Recorder(plan, cp, dialect, index_table)
-    recorder.start()
-    for expr in (e for _, e, _ in cp.outputs):
-        if isinstance(expr, ir.Concat):
-            return {}, None
-        recorder.expr(expr, Access(0), w, {}, [], {})
-    read_by_steps = set()
-    for step in cp.steps:
-        for node in ir.walk_rows([step.node]):
-            if node is not step.node and node in cp.buffers:
-                read_by_steps.add(node)
-    fused = {}
-    for step in cp.steps:
-        e = step.node
-        if step.kind != "gemm" or e.rows != 1 or e in read_by_steps or e not in recorder.reads:
-            continue
-        keys = recorder.reads[e]
-        if all(kind == "affine" and 0 <= o and o + w <= e.width and o % align == 0 for kind, o in keys):
-            fused[e] = sorted({o for _, o in keys})
-    return fused, w
 
 
 def dense(buffer: str, width: int):

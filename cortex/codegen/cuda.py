@@ -24,17 +24,9 @@ import numpy as np
 from ..ir import nodes as ir
 from ..ir.printer import format_pred
 from . import cstyle
-from .cstyle import Access, cstr, comment, dense, transposed
-from .plan import CodegenError, KernelPlan, plan_kernel
-
-
-def transpose_weights(plan: KernelPlan) -> None:
-    """GEMM weights are stored as W^T ([N, K]) for the device: a warp reads one column's K values contiguously."""
-    for inp in plan.inputs:
-        if inp.kind == "const" and inp.const in plan.packed:
-            w = plan.program.constants[inp.const]
-            inp.array = np.ascontiguousarray(w.T, dtype=np.float32)
-            inp.layout = "transposed"
+from .cstyle import Access, comment, cstr, dense, transposed
+from .emitter import KernelEmitter
+from .plan import CodegenError
 
 
 def _table_row(table: str, row: str, width: int):
@@ -66,71 +58,32 @@ class CudaDialect(cstyle.Dialect):
         return f"P.proj{k}"
 
 
-class CudaGenerator:
-    target = "cuda"
+class CudaEmitter(KernelEmitter):
+    """CUDA for the GPU backend (targets.CUDA): one persistent cooperative kernel walking every batch, products read
+    their operands in place (a warp per row) against weight columns kept in shared memory (plan.product_columns)."""
 
-    def __init__(self, program: ir.Program):
-        self.plan = plan_kernel(program)
-        transpose_weights(self.plan)
-        self.p = program
-        self.inputs = self.plan.inputs
-        self.syntax = cstyle.HostSyntax(self.plan)
-        self.dialect = CudaDialect()
-        self.index_tables = {}
-        self.residency = []  # [(const id, N, K, column offsets or None, output width W)]: shared-memory slots
-        self.buffer_widths = []  # per global buffer index
-        self.buffer_base = {}  # case index -> first global buffer index
+    def body(self) -> list:
+        return [self.case_fn(c) for c in self.plan.cases] + [self.kernel_fn()]
 
-    def index_table(self, indices) -> str:
-        key = tuple(indices)
-        if key not in self.index_tables:
-            self.index_tables[key] = f"kIdx{len(self.index_tables)}"
-        return self.index_tables[key]
-
-    def _resident_slot(self, weight: str, offsets=None, width=0) -> int:
-        """The shared-memory slot of a weight read in plain column ranges (offsets None) or as the columns
-        offsets + j of fused epilogue elements j < width."""
-        cid = self.plan.const_ids[weight]
-        k, n = self.p.constants[weight].shape
-        key = (cid, n, k, tuple(offsets) if offsets else None, width)
-        if key not in self.residency:
-            self.residency.append(key)
-        return self.residency.index(key)
-
-    def _buffer(self, cp, k, width) -> str:
-        index = self.buffer_base[cp.index] + k
-        while len(self.buffer_widths) <= index:
-            self.buffer_widths.append(1)
-        self.buffer_widths[index] = max(self.buffer_widths[index], width)
-        return f"P.buffer[{index}]"
-
-    # ---- source ---------------------------------------------------------------------------------
-
-    def generate(self, identity: str) -> str:
+    def before_tables(self) -> list:
         plan = self.plan
-        base = 0
-        for cp in plan.cases:
-            self.buffer_base[cp.index] = base
-            base += len(cp.steps) + len(cp.outputs)
-        cases = [self.case_fn(c) for c in plan.cases]
-        kernel = self.kernel_fn()
-        tables = [f"{self.dialect.index_table_decl} {name}[] = {{{cstyle.cints(idx)}}};"
-                  for idx, name in self.index_tables.items()]
-        out = [HEADER.format(name=comment(self.p.name), identity=cstr(identity)),
-               CONSTANTS.format(cases=len(self.p.cases), reads=plan.max_reads, slots=plan.max_slots,
-                                width=plan.max_width, weights=max(len(self.residency), 1),
-                                buffers=max(len(self.buffer_widths), 1))]
-        if tables:
-            out.append("// element positions of rearranged values\n" + "\n".join(tables) + "\n")
-        out += [WORKSPACE.format(positions=cstyle.POSITION_ARRAYS), cstyle.WORKSPACE_POOL, self.ctx_struct(),
-                self.params_struct(),
-                cstyle.prepare_fn(plan, self.syntax)]
-        out += cases
-        out.append(kernel)
-        out.append("}  // namespace\n")
-        out.append(cstyle.signature_source(plan))
-        out.append(self.run_fn())
-        return "\n".join(out)
+        return [CONSTANTS.format(cases=len(self.p.cases), reads=plan.max_reads, slots=plan.max_slots,
+                                 width=plan.max_width, weights=max(len(plan.product_columns), 1),
+                                 buffers=max(len(plan.buffer_widths), 1))]
+
+    def after_tables(self) -> list:
+        return [WORKSPACE.format(positions=cstyle.POSITION_ARRAYS + cstyle.set_arrays(self.plan)),
+                cstyle.WORKSPACE_POOL, self.ctx_struct(),
+                self.params_struct(), cstyle.prepare_fn(self.plan, self.syntax)]
+
+    def _resident(self, weight, offsets=None, width=0) -> int:
+        """The shared-memory slot of the weight columns a product reads (plan.product_columns)."""
+        return self.plan.product_slot(weight, offsets, width)
+
+    def residency(self) -> list:
+        """[(const id, N, K, column offsets or None, output width)] per shared-memory slot."""
+        return [(self.plan.const_ids[w], self.p.constants[w].shape[1], self.p.constants[w].shape[0], offsets, width)
+                for w, offsets, width in self.plan.product_columns]
 
     def ctx_struct(self) -> str:
         lines = ["struct Ctx {"] + cstyle.host_context_fields(self.plan) + ["};"]
@@ -152,7 +105,11 @@ class CudaGenerator:
             lines.append(f"  float* proj{k};")
         lines += ["  const int64_t* node; const int64_t* position; const int64_t* reads; const int64_t* slots;",
                   "  const int64_t* positions; const int64_t* batch_offset;",
-                  "  const int32_t* batch_case; const int32_t* batch_hazard; const int32_t* batch_level;",
+                  "  const int32_t* batch_case; const int32_t* batch_hazard; const int32_t* batch_level;"]
+        if plan.max_sets:
+            lines.append("  const int64_t* members; const int64_t* set_begin; const int64_t* set_end;  // child sets, "
+                         "per position in schedule order")
+        lines += [
                   "  float* buffer[kBuffers];",
                   "  int64_t resident[kWeights];  // offset of a weight's columns in shared memory, or -1",
                   "};"]
@@ -251,89 +208,30 @@ class CudaGenerator:
     def case_fn(self, cp) -> str:
         plan, case = self.plan, cp.case
         env = cstyle.ElementRenderer(plan, cp, self.dialect, self.index_table)
-        fused, width = cstyle.fusable_products(self.plan, cp, self.dialect, self.index_table)
-        consumers = {}
-        for step in cp.steps:
-            for name in step.inputs:
-                consumers.setdefault(name, []).append(step)
-        inline = set()  # compute steps a product reads in place instead
-        for step in cp.steps:
-            users = consumers.get(step.buffer, [])
-            if step.kind == "compute" and step.node not in cp.buffers and users and \
-                    all(u.kind == "gemm" and u.node.rows == 1 for u in users):
-                inline.add(step.buffer)
         lines = [f"// case {comment(case.name)}: when {comment(format_pred(case.predicate))}",
                  f"__device__ void run_case_{cp.index}(const Params& P, int64_t off, int64_t B, bool hazard, "
                  "const float* smem, cg::grid_group& grid) {"]
-        names = {}
-        for k, step in enumerate(cp.steps):
-            e = step.node
-            if step.buffer in inline:
-                continue
-            width_k = e.x.width if step.kind == "transpose" else e.width
-            names[step.buffer] = step.buffer
-            lines.append(f"  float* {step.buffer} = {self._buffer(cp, k, width_k)};  // {step.kind}")
-            if e in fused:
-                continue  # computed with the new rows, below
-            if step.kind == "compute":
-                lines += self.element_loop(env, [(e, dense(step.buffer, e.width))], computing=e)
-            elif step.kind == "transpose":
-                lines += self.element_loop(env, [(e.x, transposed(step.buffer, e.cols, e.x.width // e.cols))])
-            elif step.kind == "gemm" and e.rows == 1:
-                source = None if step.inputs[0] in inline else step.inputs[0]
-                lines += self.gemm_loop(env, e, source, step.buffer, self._resident_slot(e.weight))
-            elif step.kind in ("gemm", "left_gemm"):
-                if step.kind == "gemm":
-                    m, k_dim, n_dim = f"B * {e.rows}", e.x.width // e.rows, e.width // e.rows
-                else:
-                    m, k_dim, n_dim = f"B * {e.cols}", e.x.width // e.cols, e.width // e.cols
-                slot = self._resident_slot(e.weight)
-                bias = f"P.{plan.const_ids[e.bias]}" if getattr(e, "bias", None) else "nullptr"
-                lines.append(f"  cortex::cuda::gemm_columns({m}, {n_dim}, {k_dim}, {step.inputs[0]}, {k_dim}, "
-                             f"P.{plan.const_ids[e.weight]}, P.resident[{slot}] >= 0 ? smem + P.resident[{slot}] : "
-                             f"nullptr, {bias}, {step.buffer}, {n_dim});  // {comment(e.weight)}")
-            elif step.kind == "matvec":
-                mat, vec = step.inputs
-                cols = e.vec.width
-                lines += [f"  for (int64_t e = blockIdx.x * blockDim.x + threadIdx.x; e < B * {e.width}; e += gridDim.x * blockDim.x) {{",
-                          f"    const int64_t b = e / {e.width}, r = e % {e.width};",
-                          f"    const float* mat = {mat} + b * {e.mat.width} + r * {cols};",
-                          f"    const float* vec = {vec} + b * {cols};",
-                          "    float acc = 0.0f;",
-                          f"    for (int64_t j = 0; j < {cols}; ++j) acc = fmaf(mat[j], vec[j], acc);",
-                          f"    {step.buffer}[e] = acc;",
-                          "  }"]
-            elif step.kind == "reduce":
-                combine = cstyle.REDUCE[e.op].format(a="acc", b="x[g]")
-                lines += [f"  for (int64_t e = blockIdx.x * blockDim.x + threadIdx.x; e < B * {e.width}; e += gridDim.x * blockDim.x) {{",
-                          f"    const float* x = {step.inputs[0]} + e * {e.group};",
-                          "    float acc = x[0];",
-                          f"    for (int64_t g = 1; g < {e.group}; ++g) acc = {combine};",
-                          f"    {step.buffer}[e] = acc;",
-                          "  }"]
-            else:
-                raise CodegenError(f"step {step.kind}")
-            lines.append("  grid.sync();")
+        self.emit_steps(env, cp, lines, lambda k, step, width: f"  float* {step.buffer} = P.buffer[{step.slot}];  "
+                                                              f"// {step.kind}")
         direct, outs = [], []
-        first = len(cp.steps)
         for k, (table, expr, buf) in enumerate(cp.outputs):
             t = self.p.table(table)
             row = "P.position[q]" if t.kind == "emit" else "P.node[q]"
             direct.append((expr, _table_row(f"P.{plan.table_ids[table]}", row, expr.width)))
-            lines.append(f"  float* {buf} = {self._buffer(cp, first + k, expr.width)};  // new rows of {comment(table)}")
+            lines.append(f"  float* {buf} = P.buffer[{cp.output_slots[k]}];  // new rows of {comment(table)}")
             outs.append((expr, dense(buf, expr.width)))
         span = None
-        if fused:
+        if cp.fused:
             span = True
-            lines += [f"  int64_t j0, j1; cortex::cuda::column_range({width}, blockIdx.x, gridDim.x, &j0, &j1);",
+            lines += [f"  int64_t j0, j1; cortex::cuda::column_range({cp.fused_width}, blockIdx.x, gridDim.x, &j0, &j1);",
                       "  const int64_t nj = j1 - j0;",
                       "  // the products' columns this block's elements read, then those elements: no grid barrier"]
             for step in cp.steps:
-                if step.node in fused:
+                if step.node in cp.fused:
                     e = step.node
-                    source = None if step.inputs[0] in inline else step.inputs[0]
-                    slot = self._resident_slot(e.weight, fused[e], width)
-                    lines += self.gemm_loop(env, e, source, step.buffer, slot, fused=fused[e])
+                    source = None if step.inputs[0] in cp.inline else step.inputs[0]
+                    slot = self._resident(e.weight, cp.fused[e], cp.fused_width)
+                    lines += self.gemm_loop(env, e, source, step.buffer, slot, fused=cp.fused[e])
             lines.append("  __syncthreads();")
         lines.append("  if (!hazard) {  // the new rows go straight into the tables")
         lines += ["  " + line for line in self.element_loop(env, direct, span=span)]
@@ -353,15 +251,90 @@ class CudaGenerator:
         lines.append("}")
         return "\n".join(lines) + "\n"
 
+    def after_step(self) -> list:
+        return ["  grid.sync();"]
+
+    # ---- one emit function per step kind (plan.Step) --------------------------------------------------------
+
+    def emit_compute(self, env, cp, step):
+        return self.element_loop(env, [(step.node, dense(step.buffer, step.node.width))], computing=step.node)
+
+    def emit_transpose(self, env, cp, step):
+        e = step.node
+        return self.element_loop(env, [(e.x, transposed(step.buffer, e.cols, e.x.width // e.cols))])
+
+    def emit_gemm(self, env, cp, step):
+        e = step.node
+        if e.rows == 1:
+            source = None if step.inputs[0] in cp.inline else step.inputs[0]
+            return self.gemm_loop(env, e, source, step.buffer, self._resident(e.weight))
+        return self._gemm_columns(step, f"B * {e.rows}", e.x.width // e.rows, e.width // e.rows)
+
+    def emit_left_gemm(self, env, cp, step):
+        e = step.node
+        return self._gemm_columns(step, f"B * {e.cols}", e.x.width // e.cols, e.width // e.cols)
+
+    def _gemm_columns(self, step, m, k_dim, n_dim):
+        e, plan = step.node, self.plan
+        slot = self._resident(e.weight)
+        bias = f"P.{plan.const_ids[e.bias]}" if getattr(e, "bias", None) else "nullptr"
+        return [f"  cortex::cuda::gemm_columns({m}, {n_dim}, {k_dim}, {step.inputs[0]}, {k_dim}, "
+                f"P.{plan.const_ids[e.weight]}, P.resident[{slot}] >= 0 ? smem + P.resident[{slot}] : "
+                f"nullptr, {bias}, {step.buffer}, {n_dim});  // {comment(e.weight)}"]
+
+    def emit_matvec(self, env, cp, step):
+        e = step.node
+        mat, vec = step.inputs
+        cols = e.vec.width
+        return [f"  for (int64_t e = blockIdx.x * blockDim.x + threadIdx.x; e < B * {e.width}; e += gridDim.x * blockDim.x) {{",
+                f"    const int64_t b = e / {e.width}, r = e % {e.width};",
+                f"    const float* mat = {mat} + b * {e.mat.width} + r * {cols};",
+                f"    const float* vec = {vec} + b * {cols};",
+                "    float acc = 0.0f;",
+                f"    for (int64_t j = 0; j < {cols}; ++j) acc = fmaf(mat[j], vec[j], acc);",
+                f"    {step.buffer}[e] = acc;",
+                "  }"]
+
+    def emit_set_reduce(self, env, cp, step):
+        """A thread per element of the batch's rows: the op over the position's set members of the body."""
+        e = step.node
+        s = cp.layout.sets.index(e.members())
+        temps, code, pointers = env.start()
+        value = env.expr(e.body, Access(0), e.width, temps, code, pointers)
+        node_decls = [d for n, (name, d) in pointers.items() if not name.startswith("mrow")]
+        member_decls = [d for n, (name, d) in pointers.items() if name.startswith("mrow")]
+        combine = cstyle.REDUCE[e.op].format(a="acc", b=value)
+        return ([f"  for (int64_t e = blockIdx.x * blockDim.x + threadIdx.x; e < B * {e.width}; e += gridDim.x * blockDim.x) {{",
+                 f"    const int64_t b = e / {e.width}, j = e % {e.width};",
+                 "    const int64_t q = off + b; (void)q;  // the schedule is in batch order"]
+                + [f"    {d}" for d in node_decls]
+                + [f"    float acc = {cstyle.cfloat(e.empty)};  // {comment(e.op)} over the set",
+                   f"    for (int64_t m = P.set_begin[q * Workspace::kSets + {s}]; "
+                   f"m < P.set_end[q * Workspace::kSets + {s}]; ++m) {{",
+                   "      const int64_t u = P.members[m];"]
+                + [f"      {d}" for d in member_decls]
+                + [f"      {line}" for line in code]
+                + [f"      acc = {combine};", "    }", f"    {step.buffer}[e] = acc;", "  }"])
+
+    def emit_reduce(self, env, cp, step):
+        e = step.node
+        combine = cstyle.REDUCE[e.op].format(a="acc", b="x[g]")
+        return [f"  for (int64_t e = blockIdx.x * blockDim.x + threadIdx.x; e < B * {e.width}; e += gridDim.x * blockDim.x) {{",
+                f"    const float* x = {step.inputs[0]} + e * {e.group};",
+                "    float acc = x[0];",
+                f"    for (int64_t g = 1; g < {e.group}; ++g) acc = {combine};",
+                f"    {step.buffer}[e] = acc;",
+                "  }"]
+
     def kernel_fn(self) -> str:
         plan = self.plan
-        projection_slots = [self._resident_slot(weight) for _, weight, _ in plan.projections]
+        projection_slots = [self._resident(weight) for _, weight, _ in plan.projections]
         lines = ["// The persistent kernel: resident weights, hoisted products, then every batch; a grid barrier where",
                  "// the level changes.",
                  "__global__ void __launch_bounds__(cortex::cuda::kThreads) cortex_recursion(Params P) {",
                  "  cg::grid_group grid = cg::this_grid();",
                  "  extern __shared__ float smem[];"]
-        for slot, (cid, n, k, offsets, width) in enumerate(self.residency):
+        for slot, (cid, n, k, offsets, width) in enumerate(self.residency()):
             if offsets is None:
                 lines.append(f"  if (P.resident[{slot}] >= 0) cortex::cuda::load_resident({n}, {k}, P.{cid}, smem + P.resident[{slot}]);")
             else:
@@ -395,14 +368,10 @@ class CudaGenerator:
 
     # ---- the host entry point ---------------------------------------------------------------------
 
-    def run_fn(self) -> str:
+    def run_body(self) -> list:
         p, plan = self.p, self.plan
         float_arrays = [(i, d) for i, d in enumerate(p.inputs) if d.kind == "array" and d.dtype == "float32"]
-        lines = ["extern \"C\" CORTEX_EXPORT int32_t cortex_kernel_run(const CortexTensor* inputs, int32_t num_inputs,",
-                 "    CortexAllocOutput alloc_output, void* alloc_context, const CortexExecution* execution,",
-                 "    char* error, size_t error_size) {",
-                 "  try {",
-                 "    cortex::Phases phases;",
+        lines = ["    cortex::Phases phases;",
                  f"    if (num_inputs != {len(self.inputs)}) throw cortex::KernelError(\"expected {len(self.inputs)} inputs, got \" + std::to_string(num_inputs));",
                  "    if (execution == nullptr || execution->device_type != CORTEX_DEVICE_CUDA) throw cortex::KernelError(\"a CUDA kernel needs a CUDA execution (device and stream)\");",
                  "    cortex::cuda::check(cudaSetDevice(execution->device_id), \"cudaSetDevice\");",
@@ -427,9 +396,9 @@ class CudaGenerator:
             lambda tid, rows, t: (f"if ({rows}) cortex::cuda::check(cudaMemsetAsync(P.{tid}, 0, sizeof(float) * {rows} * "
                                   f"{t.width}, stream), \"cudaMemsetAsync\");"))
         linearize = cstyle.linearize_call(plan)
-        widths = cstyle.cints(self.buffer_widths, "1")
+        widths = cstyle.cints(plan.buffer_widths, "1")
         shapes = ", ".join(f"{n}, {k}, {len(offs) if offs else 0}, {width}"
-                           for _, n, k, offs, width in self.residency) or "0, 0, 0, 0"
+                           for _, n, k, offs, width in self.residency()) or "0, 0, 0, 0"
         lines += [
             "    phases.mark(0);  // inputs checked, tables started",
             "    prepare(cx, ws);",
@@ -437,11 +406,14 @@ class CudaGenerator:
             "    if (!failure.empty()) throw cortex::KernelError(failure);",
             "    phases.mark(1);  // prepared and linearized",
             "    const cortex::cuda::DeviceSchedule s = ws.upload_schedule(ws.schedule, ws.listed, ws.case_id.data(), "
-            "ws.node.data(), ws.position.data(), ws.reads.data(), kReads, ws.slots.data(), kSlots, stream);",
+            "ws.node.data(), ws.position.data(), ws.reads.data(), kReads, ws.slots.data(), kSlots, stream"
+            + (", ws.read_offsets.data(), ws.members.data());" if plan.max_sets else ");"),
             "    P.node = s.node; P.position = s.position; P.reads = s.reads; P.slots = s.slots;",
             "    P.positions = s.positions; P.batch_offset = s.batch_offset; P.batch_case = s.batch_case;",
             "    P.batch_hazard = s.batch_hazard; P.batch_level = s.batch_level;",
             "    P.num_batches = s.num_batches;",
+            *(["    ws.upload_sets(ws.set_begin.data(), ws.set_end.data(), Workspace::kSets, ws.members, &P.set_begin, "
+               "&P.set_end, &P.members, stream);"] if plan.max_sets else []),
             f"    static const int64_t widths[kBuffers] = {{{widths}}};",
             "    ws.buffers(widths, kBuffers, s.max_batch, P.buffer);",
         ]
@@ -453,7 +425,7 @@ class CudaGenerator:
         lines += [
             "    phases.mark(2);  // schedule sent",
             f"    static const int64_t shapes[] = {{{shapes}}};",
-            f"    if ({work}) ws.launch(reinterpret_cast<const void*>(cortex_recursion), &P, shapes, {len(self.residency)}, "
+            f"    if ({work}) ws.launch(reinterpret_cast<const void*>(cortex_recursion), &P, shapes, {len(plan.product_columns)}, "
             "P.resident, stream);",
             "    phases.mark(3);  // launched",
             "    cortex::cuda::check(cudaStreamSynchronize(stream), \"the Cortex kernel\");",
@@ -461,22 +433,16 @@ class CudaGenerator:
             "    if (phases.on()) phases.set(5, ws.timer.elapsed_us());  // the kernel alone",
             "    phases.publish();",
             "    return 0;",
-            "  } catch (const std::exception& e) {",
-            "    cortex::write_error(error, error_size, e.what());",
-            "    return 1;",
-            "  } catch (...) {",
-            "    cortex::write_error(error, error_size, \"unknown error in Cortex kernel\");",
-            "    return 1;",
-            "  }",
-            "}",
-            "",
-            "// The phases of this thread's last run, in microseconds, when CORTEX_PROFILE is set (tools/cuda_check.py):",
-            "// check inputs, prepare + linearize, send the schedule, launch, finish, and the kernel alone (events).",
-            "extern \"C\" CORTEX_EXPORT int32_t cortex_kernel_profile(double* out, int32_t n) {",
-            "  return cortex::Phases::last(out, n);",
-            "}",
         ]
-        return "\n".join(lines) + "\n"
+        return lines
+
+    def after_run(self) -> list:
+        return ["",
+                "// The phases of this thread's last run, in microseconds, when CORTEX_PROFILE is set (tools/cuda_check.py):",
+                "// check inputs, prepare + linearize, send the schedule, launch, finish, and the kernel alone (events).",
+                "extern \"C\" CORTEX_EXPORT int32_t cortex_kernel_profile(double* out, int32_t n) {",
+                "  return cortex::Phases::last(out, n);",
+                "}"]
 
 
 HEADER = """// Generated by Cortex for recursion {name} (CUDA). Do not edit: regenerate with cortex-convert --target cuda.
@@ -522,3 +488,6 @@ struct Workspace : cortex::cuda::Runtime {{
 {positions}
 }};
 """
+
+
+CudaEmitter.header = HEADER

@@ -358,3 +358,86 @@ def odd_orders(order, num_nodes: int | None = None) -> dict[str, np.ndarray]:
     if num_nodes is not None:
         out["negative_ids"] = o - num_nodes
     return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The other ways models receive a node's children (each node's child set, whatever the encoding; docs/ir.md,
+# "Child sets"): a parent array, CSR offsets + indices, an edge list [2, E]. Each is computed from `children`
+# [N, K] (-1 = no child); children are listed in slot order.
+
+
+def parents_of(children: np.ndarray) -> np.ndarray:
+    """int64 [N]: each node's parent, -1 for a root. Trees only (a node listed by two parents is a DAG)."""
+    children = np.asarray(children, dtype=np.int64)
+    parent = np.full(children.shape[0], -1, dtype=np.int64)
+    for v, row in enumerate(children):
+        for c in row[row >= 0]:
+            if parent[c] >= 0:
+                raise ValueError(f"node {int(c)} has two parents ({int(parent[c])} and {v}): not a tree")
+            parent[c] = v
+    return parent
+
+
+def csr_of(children: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets int64 [N + 1], indices int64 [E]): node v's children are indices[offsets[v]:offsets[v + 1]]."""
+    children = np.asarray(children, dtype=np.int64)
+    lists = [row[row >= 0] for row in children]
+    offsets = np.concatenate([[0], np.cumsum([len(x) for x in lists])]).astype(np.int64)
+    indices = np.concatenate(lists).astype(np.int64) if lists else np.zeros(0, dtype=np.int64)
+    return offsets, indices
+
+
+def edge_index_of(children: np.ndarray) -> np.ndarray:
+    """int64 [2, E]: one column (child, parent) per child link, the PyTorch Geometric convention (messages flow from
+    row 0 to row 1: a node's predecessors are edge_index[0][edge_index[1] == v])."""
+    children = np.asarray(children, dtype=np.int64)
+    src = [int(c) for v, row in enumerate(children) for c in row if c >= 0]
+    dst = [v for v, row in enumerate(children) for c in row if c >= 0]
+    return np.array([src, dst], dtype=np.int64).reshape(2, len(src))
+
+
+def random_dag(num_nodes: int, max_preds: int, rng: np.random.Generator, vocab: int) -> NaryForest:
+    """A random DAG as a :class:`NaryForest`: node j (in a shuffled id order) lists up to `max_preds` distinct
+    earlier nodes as its children (a node may be listed by several), sources get words in [1, vocab)."""
+    if num_nodes < 1 or max_preds < 1:
+        raise ValueError("num_nodes and max_preds must be >= 1")
+    perm = rng.permutation(num_nodes)
+    children = np.full((num_nodes, max_preds), -1, dtype=np.int64)
+    words = np.zeros(num_nodes, dtype=np.int64)
+    for j in range(num_nodes):
+        k = int(rng.integers(0, min(j, max_preds) + 1)) if j else 0
+        preds = rng.choice(j, size=k, replace=False) if k else []
+        children[perm[j], :k] = perm[np.asarray(preds, dtype=np.int64)]
+        if k == 0:
+            words[perm[j]] = int(rng.integers(1 if vocab > 1 else 0, vocab))
+    order = np.argsort(dag_heights(children), kind="stable").astype(np.int64)
+    has_parent = np.zeros(num_nodes, dtype=bool)
+    has_parent[children[children >= 0]] = True
+    return NaryForest(words, children, order, np.flatnonzero(~has_parent).astype(np.int64))
+
+
+def topological_orders(children: np.ndarray, count: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """`count` random visit orders with every node after its children (Kahn's algorithm, random ready node)."""
+    children = np.asarray(children, dtype=np.int64)
+    n = children.shape[0]
+    parents = [[] for _ in range(n)]
+    for v, row in enumerate(children):
+        for c in set(int(c) for c in row if c >= 0):
+            parents[c].append(v)
+    out = []
+    for _ in range(count):
+        pending = np.array([len(set(int(c) for c in row if c >= 0)) for row in children])
+        ready = [v for v in range(n) if pending[v] == 0]
+        order = []
+        while ready:
+            v = ready.pop(int(rng.integers(0, len(ready))))
+            order.append(v)
+            for p in parents[v]:
+                pending[p] -= 1
+                if pending[p] == 0:
+                    ready.append(p)
+        out.append(np.array(order, dtype=np.int64))
+    return out
+
+
+__all__ += ["csr_of", "edge_index_of", "parents_of", "random_dag", "topological_orders"]

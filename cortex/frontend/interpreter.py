@@ -129,6 +129,11 @@ class Interpreter:
             return self._per_branch(node, args, lookup, choice)
         if choice is not None:  # control flow reading a chosen value: run it per branch as well
             return self._per_branch(node, args, lookup, choice)
+        from . import ops_host, ops_sets  # they import this module's attr
+        for values in (ops_sets, ops_host):  # child sets the structure computes; integer tables the loop carries
+            out = values.dispatch(self, node, args, lookup)
+            if out is not None:
+                return out
         fn = HANDLERS.get(node.op_type)
         if node.op_type not in CONTROL_FLOW and args and all(isinstance(a, Known) or a is None for a in args):
             try:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..ir import index as ix
 from ..ir import nodes as ir
-from .interpreter import Interpreter, attr, choose, handler
+from .interpreter import Interpreter, attr, choose, handler, sym_known
 from .layout import rearrange, rearrange_many
-from .ops_shape import known_ints, split_sizes, static_shape
-from .values import Array, Choice, Known, Refusal, Row, Seq, Sym, Table, describe
+from .operands import known_ints, static_shape
+from .ops_elementwise import op_where
+from .values import Known, Refusal, Row, Seq, Sym, describe
 
 MAX_UNROLL = 256
 
@@ -33,7 +35,6 @@ def op_if(it: Interpreter, node, args, lookup):
     if pred is not None:
         if pred.elems.size != 1:
             raise Refusal(f"If on a condition of shape {list(pred.shape)}")
-        from ..ir import index as ix
         p = ix.as_pred(pred.scalar())
         if isinstance(p, ir.BConst):
             return it.nested(lookup).run_graph(then_g if p.value else else_g, {})
@@ -44,7 +45,6 @@ def op_if(it: Interpreter, node, args, lookup):
         # a condition computed from state values: both branches are pure, so select elementwise
         then_out = it.nested(lookup).run_graph(then_g, {})
         else_out = it.nested(lookup).run_graph(else_g, {})
-        from .ops_elementwise import op_where
         outs = []
         for t, e in zip(then_out, else_out):
             if not all(isinstance(v, (Row, Known)) for v in (t, e)):
@@ -105,7 +105,6 @@ def _known_bool(v, what):
     if isinstance(v, Known):
         return bool(np.asarray(v.value).reshape(-1)[0])
     if isinstance(v, Sym):
-        from .interpreter import sym_known
         k = sym_known(v)
         if k is not None:
             return bool(np.asarray(k).reshape(-1)[0])

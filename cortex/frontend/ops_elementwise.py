@@ -9,8 +9,8 @@ import onnx
 from ..ir import index as ix
 from ..ir import nodes as ir
 from ..ir import ops as irops
-from .interpreter import Interpreter, attr, handler, ONNX_DTYPES
-from .layout import broadcast_row
+from .interpreter import Interpreter, ONNX_DTYPES, attr, handler, sym_to_row
+from .layout import broadcast_row, rearrange_many
 from .values import Array, INT_DTYPES, Known, Refusal, Row, Seq, Sym, Table, describe, shape_of
 
 
@@ -280,7 +280,6 @@ def op_clip(it, node, args, lookup):
 def op_where(it, node, args, lookup):
     cond, a, b = args
     if isinstance(cond, Known):
-        from .layout import rearrange_many
         c = np.asarray(cond.value, dtype=bool)
         return rearrange_many(it, [a, b], lambda ids: np.where(c, ids[0], ids[1]))
     if isinstance(cond, Row) and row_to_pred(it, cond) is None:
@@ -346,7 +345,6 @@ def cast(it, x, to: str):
         if to in INT_DTYPES:
             return smap(ix.as_index, [x], to)
         if to == "float32":
-            from .interpreter import sym_to_row
             r = sym_to_row(x)
             return Row(r.expr, r.shape)
         raise Refusal(f"Cast of a structure value to {to}")

@@ -8,10 +8,10 @@ import numpy as np
 from ..ir import index as ix
 from ..ir import nodes as ir
 from .interpreter import attr, handler
-from .layout import broadcast_row, element_ids, rearrange
+from .layout import element_ids, rearrange
+from .operands import axes_of, norm_axis, static_shape
 from .ops_elementwise import row_binary
-from .ops_shape import axes_of, static_shape
-from .values import Known, Refusal, Row, Sym, describe
+from .values import Known, Refusal, Row, Sym
 
 # ---- matrix products ---------------------------------------------------------------------------
 
@@ -159,7 +159,6 @@ REDUCE = {"ReduceSum": "add", "ReduceMean": "add", "ReduceMax": "max", "ReduceMi
 
 
 def reduce_row(it, r: Row, axes, keepdims: bool, op: str) -> Row:
-    from .ops_shape import norm_axis
     shape = tuple(r.shape)
     rank = len(shape)
     axes = sorted({norm_axis(a, rank, "reduction axis") for a in axes}) if rank else []
@@ -204,21 +203,23 @@ def reduce_value(it, node, x, axes, keepdims):
             out = out.reshape(tuple(1 if a in axes else d for a, d in enumerate(x.shape)))
         return Sym(out, "int64")
     r = it.row(x)
-    from .ops_shape import norm_axis
     axes = list(range(len(r.shape))) if axes is None else [norm_axis(a, max(len(r.shape), 1)) for a in axes]
     count = int(np.prod([r.shape[a] for a in axes], dtype=np.int64)) if r.shape else 1
     if kind in ("ReduceL1",):
         r = Row(ir.unary("abs", r.expr), r.shape)
     elif kind in ("ReduceL2", "ReduceSumSquare"):
         r = Row(ir.binary("mul", r.expr, r.expr), r.shape)
-    elif kind == "ReduceLogSumExp":
-        r = Row(ir.unary("exp", r.expr), r.shape)
+    elif kind == "ReduceLogSumExp":  # log(sum(exp(x - max))) + max, as ONNX Runtime computes it (no overflow)
+        m = reduce_row(it, r, axes, True, "max")
+        shifted = row_binary(it, "sub", r, m)
+        s = reduce_row(it, Row(ir.unary("exp", shifted.expr), shifted.shape), axes, keepdims, "add")
+        return row_binary(it, "add", Row(ir.unary("log", s.expr), s.shape), Row(m.expr, s.shape))
     out = reduce_row(it, r, axes, keepdims, REDUCE[kind])
     if kind == "ReduceMean":
         out = Row(ir.binary("div", out.expr, ir.Scalar(float(count))), out.shape)
     elif kind == "ReduceL2":
         out = Row(ir.unary("sqrt", out.expr), out.shape)
-    elif kind in ("ReduceLogSum", "ReduceLogSumExp"):
+    elif kind == "ReduceLogSum":
         out = Row(ir.unary("log", out.expr), out.shape)
     return out
 
@@ -249,7 +250,6 @@ def op_data_dependent(it, node, args, lookup):
 def _softmax(it, node, x, log):
     r = it.row(x)
     rank = len(r.shape)
-    from .ops_shape import norm_axis
     axis = norm_axis(attr(node, "axis", -1 if it.opset >= 13 else 1), max(rank, 1), f"{node.op_type} axis")
     axes = [axis] if it.opset >= 13 else list(range(axis, rank))
     m = reduce_row(it, r, axes, True, "max")
@@ -277,7 +277,6 @@ def op_layer_norm(it, node, args, lookup):
     scale = args[1]
     bias = args[2] if len(args) > 2 else None
     rank = len(x.shape)
-    from .ops_shape import norm_axis
     axis = norm_axis(attr(node, "axis", -1), max(rank, 1), "LayerNormalization axis")
     axes = list(range(axis, rank))
     count = float(np.prod(x.shape[axis:], dtype=np.int64))
@@ -315,10 +314,12 @@ def op_batch_norm(it, node, args, lookup):
 ACTIVATIONS = {"Sigmoid": "sigmoid", "Tanh": "tanh", "Relu": "relu"}
 
 
-def _activation_ops(node, defaults):
+def _activation_ops(node, defaults, dirs):
+    """The activation functions of each direction: `activations` lists them direction after direction (the same
+    for every direction when it lists one direction's)."""
     names = attr(node, "activations")
     if names is None:
-        return defaults
+        return [list(defaults)] * dirs
     if attr(node, "activation_alpha") or attr(node, "activation_beta"):
         raise Refusal(f"{node.op_type} with activation parameters")
     out = []
@@ -327,7 +328,12 @@ def _activation_ops(node, defaults):
         if n not in ACTIVATIONS:
             raise Refusal(f"{node.op_type} activation {n}")
         out.append(ACTIVATIONS[n])
-    return out
+    count = len(defaults)
+    if len(out) == count:
+        return [out] * dirs
+    if len(out) != count * dirs:
+        raise Refusal(f"{node.op_type} with {len(out)} activations for {dirs} direction(s) of {count}")
+    return [out[d * count:(d + 1) * count] for d in range(dirs)]
 
 
 def _rnn_inputs(it, node, args, gates):
@@ -356,8 +362,11 @@ def _initial(it, v, d, batch, hidden):
     return [_sub(Row(r.expr, tuple(r.shape)), (d, j)).expr for j in range(batch)]
 
 
-def _recurrent(it, node, args, gates, step):
+def _recurrent(it, node, args, gates, activations, step):
+    """Unrolls the recurrence; `step(it, xw, hr, h, c, bias, hidden, clip, node, ri, acts)` computes one step with
+    its direction's activation functions `acts` (the op's defaults: `activations`)."""
     xr, w, r, b, hidden, direction, dirs = _rnn_inputs(it, node, args, gates)
+    acts_per_dir = _activation_ops(node, activations, dirs)
     seq, batch, _ = xr.shape
     clip = attr(node, "clip")
     outs_y, outs_h, outs_c = [], [], []
@@ -373,7 +382,8 @@ def _recurrent(it, node, args, gates, step):
                 xt = _sub(xr, (t, j))
                 xw = row_matmul_const(it, Row(xt.expr, (1, xt.shape[0])), wi).expr
                 hr = None if h[j] is None else row_matmul_const(it, Row(h[j], (1, hidden)), ri).expr
-                h[j], cj = step(it, xw, hr, h[j], None if c is None else c[j], bi, hidden, clip, node, ri)
+                h[j], cj = step(it, xw, hr, h[j], None if c is None else c[j], bi, hidden, clip, node, ri,
+                                acts_per_dir[d])
                 if c is not None:
                     c[j] = cj
             ys[t] = list(h)
@@ -403,13 +413,13 @@ def _const(it, v):
 
 @handler("LSTM")
 def op_lstm(it, node, args, lookup):
-    f, g, h_act = _activation_ops(node, ["sigmoid", "tanh", "tanh"])[:3]
     if len(args) > 7 and args[7] is not None:
         raise Refusal("LSTM with peepholes")
     if attr(node, "input_forget", 0):
         raise Refusal("LSTM with input_forget")
 
-    def step(it, xw, hr, h, c, bias, hidden, clip, node, ri):
+    def step(it, xw, hr, h, c, bias, hidden, clip, node, ri, acts):
+        f, g, h_act = acts
         gates = _add_opt(xw, hr)
         if bias is not None:
             gates = ir.binary("add", gates, _const(it, bias[0] + bias[1]))
@@ -420,15 +430,15 @@ def op_lstm(it, node, args, lookup):
         new_h = ir.binary("mul", ir.unary(f, _clip(o, clip)), ir.unary(h_act, new_c))
         return new_h, new_c
 
-    return _recurrent(it, node, args, 4, step)
+    return _recurrent(it, node, args, 4, ["sigmoid", "tanh", "tanh"], step)
 
 
 @handler("GRU")
 def op_gru(it, node, args, lookup):
-    f, g = _activation_ops(node, ["sigmoid", "tanh"])[:2]
     before_reset = attr(node, "linear_before_reset", 0)
 
-    def step(it, xw, hr, h, c, bias, hidden, clip, node, ri):
+    def step(it, xw, hr, h, c, bias, hidden, clip, node, ri, acts):
+        f, g = acts
         wb = None if bias is None else bias[0]
         rb = None if bias is None else bias[1]
         xz, xr_, xh = (ir.slice_row(xw, k * hidden, (k + 1) * hidden) for k in range(3))  # ONNX: z r h
@@ -460,17 +470,16 @@ def op_gru(it, node, args, lookup):
             new_h = ir.binary("add", new_h, ir.binary("mul", z, h))
         return new_h, None
 
-    return _recurrent(it, node, args, 3, step)
+    return _recurrent(it, node, args, 3, ["sigmoid", "tanh"], step)
 
 
 @handler("RNN")
 def op_rnn(it, node, args, lookup):
-    (f,) = _activation_ops(node, ["tanh"])[:1]
-
-    def step(it, xw, hr, h, c, bias, hidden, clip, node, ri):
+    def step(it, xw, hr, h, c, bias, hidden, clip, node, ri, acts):
+        (f,) = acts
         pre = _add_opt(xw, hr)
         if bias is not None:
             pre = ir.binary("add", pre, _const(it, bias[0] + bias[1]))
         return ir.unary(f, _clip(pre, clip)), None
 
-    return _recurrent(it, node, args, 1, step)
+    return _recurrent(it, node, args, 1, ["tanh"], step)

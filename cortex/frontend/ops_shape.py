@@ -1,51 +1,20 @@
 """Shape and layout ONNX ops: Shape, Size, Reshape, Transpose, (Un)Squeeze, Flatten, Expand, Tile, Slice, Concat,
-Split, Pad, and gathers at constant indices. Each is one numpy function applied by `layout.rearrange` to a value of
-any kind; state tables and runtime tensors only take part where a recursion reads or writes them (ops_tables.py)."""
+Split, Pad, and the constant makers (ConstantOfShape, Range, EyeLike, SequenceConstruct). Each is one numpy function
+applied by `layout.rearrange` to a value of any kind; state tables and runtime tensors only take part where a
+recursion reads or writes them (ops_tables.py: the Slice and Concat of a table, every Gather and Scatter)."""
 from __future__ import annotations
 
 import numpy as np
 
+from onnx import numpy_helper
+
 from ..ir import index as ix
 from ..ir import nodes as ir
-from .interpreter import attr, handler, sym_known
+from .interpreter import attr, handler
 from .layout import onnx_reshape, rearrange, rearrange_many
+from .operands import axes_of, known_ints, norm_axis, static_shape
+from .ops_tables import concat_tables, slice_rows, slice_table
 from .values import Array, Known, Refusal, Row, Seq, Sym, Table, TableSlice, describe, shape_of
-
-
-def known_ints(it, v, what):
-    """A constant integer vector (shapes, axes, bounds), from a constant or a structure value that folds."""
-    if v is None:
-        return None
-    if isinstance(v, Known):
-        return np.asarray(v.value).astype(np.int64)
-    if isinstance(v, Sym):
-        k = sym_known(v)
-        if k is not None:
-            return np.asarray(k).astype(np.int64)
-    raise Refusal(f"{what} is not constant ({describe(v)})")
-
-
-def norm_axis(axis, rank: int, what: str = "axis") -> int:
-    """An ONNX axis in [-rank, rank) as a non-negative axis, or a refusal (the original fails too)."""
-    axis = int(axis)
-    if not -rank <= axis < rank:
-        raise Refusal(f"{what} {axis} is out of range for rank {rank}")
-    return axis % rank
-
-
-def static_shape(v):
-    s = shape_of(v)
-    if s is None:
-        raise Refusal(f"the shape of {describe(v)} is not static")
-    return s
-
-
-def axes_of(it, node, args, position):
-    """Axes from the input at `position` (newer opsets) or the `axes` attribute."""
-    if len(args) > position and args[position] is not None:
-        return [int(a) for a in known_ints(it, args[position], "axes").reshape(-1)]
-    value = attr(node, "axes")
-    return None if value is None else [int(a) for a in value]
 
 
 # ---- Shape, Size -------------------------------------------------------------------------------
@@ -125,7 +94,11 @@ def op_reshape(it, node, args, lookup):
 @handler("Flatten")
 def op_flatten(it, node, args, lookup):
     current = static_shape(args[0])
-    axis = norm_axis(attr(node, "axis", 1), len(current) + 1, "Flatten axis")
+    rank = len(current)
+    axis = int(attr(node, "axis", 1))
+    if not -rank <= axis <= rank:  # Flatten's axis is in [-r, r]: a negative one counts from r, not r + 1
+        raise Refusal(f"Flatten axis {axis} is out of range for rank {rank}")
+    axis = axis + rank if axis < 0 else axis
     new = (int(np.prod(current[:axis], dtype=np.int64)), int(np.prod(current[axis:], dtype=np.int64)))
     return rearrange(args[0], lambda a: a.reshape(new))
 
@@ -198,10 +171,8 @@ def op_slice(it, node, args, lookup):
     x = args[0]
     starts, ends, axes, steps = _slice_params(it, node, args)
     if isinstance(x, Table):
-        from .ops_tables import slice_table
         return slice_table(it, x, starts, ends, axes, steps)
     if isinstance(x, Array) and not all(isinstance(v, (list, Known)) or v is None for v in (starts, ends)):
-        from .ops_tables import slice_rows
         return slice_rows(it, x, starts, ends, axes, steps)
     starts = [int(s) for s in known_ints(it, starts, "Slice starts").reshape(-1)] if not isinstance(starts, list) else starts
     ends = [int(s) for s in known_ints(it, ends, "Slice ends").reshape(-1)] if not isinstance(ends, list) else ends
@@ -237,7 +208,6 @@ def op_concat(it, node, args, lookup):
     if ranks:
         axis = norm_axis(axis, ranks.pop(), "Concat axis")
     if any(isinstance(v, (Table, TableSlice)) for v in values):
-        from .ops_tables import concat_tables
         return concat_tables(it, values, axis)
     if all(isinstance(v, (Known, Sym)) for v in values) and any(isinstance(v, Sym) for v in values):
         return rearrange_many(it, values, lambda arrs: np.concatenate(arrs, axis=axis))
@@ -313,67 +283,13 @@ def op_pad(it, node, args, lookup):
     raise Refusal(f"Pad of {describe(x)}")
 
 
-# ---- gathers at constant indices ----------------------------------------------------------------
-
-
-def _check_range(idx, dim, what):
-    idx = np.asarray(idx)
-    if idx.size and (idx.min() < -dim or idx.max() >= dim):
-        raise Refusal(f"{what} index out of range (the original fails on every input)")
-    return np.where(idx < 0, idx + dim, idx)
-
-
-def gather_constant(x, indices, axis):
-    shape = static_shape(x)
-    axis = norm_axis(axis, len(shape), "Gather axis")
-    if np.asarray(indices.value).dtype.kind not in "iu":
-        raise Refusal("Gather with non-integer indices")
-    idx = _check_range(np.asarray(indices.value), shape[axis], "Gather")
-    return rearrange(x, lambda a: np.take(a, idx, axis=axis))
-
-
-@handler("GatherElements")
-def op_gather_elements(it, node, args, lookup):
-    data, indices = args
-    axis = attr(node, "axis", 0)
-    if isinstance(indices, Known) and isinstance(data, (Row, Sym, Known)):
-        shape = static_shape(data)
-        axis = norm_axis(axis, len(shape), "GatherElements axis")
-        if np.asarray(indices.value).ndim != len(shape):
-            raise Refusal("GatherElements indices of another rank")
-        idx = _check_range(indices.value, shape[axis], "GatherElements")
-        return rearrange(data, lambda a: np.take_along_axis(a, idx, axis=axis))
-    from .ops_tables import gather_elements_runtime
-    return gather_elements_runtime(it, data, indices, axis)
-
-
-def gather_nd_numpy(a, idx, batch_dims):
-    if batch_dims:
-        raise Refusal("GatherND with batch_dims")
-    k = idx.shape[-1]
-    flat = idx.reshape(-1, k)
-    parts = [a[tuple(np.where(i < 0, i + np.array(a.shape[:k]), i))] for i in flat]
-    return np.stack(parts).reshape(idx.shape[:-1] + a.shape[k:]) if parts else np.empty(idx.shape[:-1] + a.shape[k:], a.dtype)
-
-
-@handler("GatherND")
-def op_gather_nd(it, node, args, lookup):
-    data, indices = args
-    batch_dims = attr(node, "batch_dims", 0)
-    if isinstance(indices, Known) and isinstance(data, (Row, Sym, Known)):
-        idx = np.asarray(indices.value).astype(np.int64)
-        return rearrange(data, lambda a: gather_nd_numpy(a, idx, batch_dims))
-    from .ops_tables import gather_nd_runtime
-    if batch_dims:
-        raise Refusal("GatherND with batch_dims")
-    return gather_nd_runtime(it, data, indices)
+# ---- constants and sequences ------------------------------------------------------------------
 
 
 @handler("ConstantOfShape")
 def op_constant_of_shape(it, node, args, lookup):
     shape = known_ints(it, args[0], "the ConstantOfShape shape").reshape(-1)
     value = attr(node, "value")
-    from onnx import numpy_helper
     fill = numpy_helper.to_array(value).reshape(-1)[0] if value is not None else np.float32(0)
     return Known(np.full(tuple(int(d) for d in shape), fill, dtype=np.asarray(fill).dtype))
 

@@ -1,7 +1,8 @@
-"""Reads and writes at structure indices: Gather / GatherND / GatherElements from state tables, runtime tensors and
-constant tables (embeddings), and the row writes of every form exporters emit (ScatterND, ScatterElements with any
-reduction, a partial-row write, a torch.cat of table slices around one new row). A table read after a write in the
-same step sees that write."""
+"""Reads and writes: Gather / GatherND / GatherElements at constant indices (a numpy function on a value of any
+kind) and at structure indices (from state tables, runtime tensors and constant tables such as embeddings), and the
+row writes of every form exporters emit (ScatterND, ScatterElements with any reduction, a partial-row write, a
+torch.cat of table slices around one new row, a slice of a table). A table read after a write in the same step sees
+that write."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,8 +10,8 @@ import numpy as np
 from ..ir import index as ix
 from ..ir import nodes as ir
 from .interpreter import DATA_DEPENDENT_HINT, attr, handler
-from .layout import element_ids, rearrange_many
-from .ops_shape import gather_constant, known_ints, static_shape
+from .layout import broadcast_row, rearrange, rearrange_many
+from .operands import known_ints, norm_axis, static_shape
 from .values import Array, INT_DTYPES, Known, Refusal, Row, Sym, Table, TableSlice, describe
 
 INT_READABLE = INT_DTYPES + ("bool",)
@@ -106,7 +107,6 @@ def _gather_columns(it, data: Array, idx: Sym, elems):
     base = Array(data.name, data.dtype, data.base_shape, data.fill, data.view)
     full = gather_rows(it, base, idx)  # [*idx, K] for the whole rows
     cols = np.asarray(data.columns)
-    from .layout import rearrange
     k = len(idx.shape)
     return rearrange(full, lambda a: np.take(a, cols, axis=k))
 
@@ -146,6 +146,22 @@ def _select_element(it, data, idx: Sym):
     return Sym(out.reshape(tuple(idx.shape) + tuple(shape[1:])), s.dtype)
 
 
+def _check_range(idx, dim, what):
+    idx = np.asarray(idx)
+    if idx.size and (idx.min() < -dim or idx.max() >= dim):
+        raise Refusal(f"{what} index out of range (the original fails on every input)")
+    return np.where(idx < 0, idx + dim, idx)
+
+
+def gather_constant(x, indices, axis):
+    shape = static_shape(x)
+    axis = norm_axis(axis, len(shape), "Gather axis")
+    if np.asarray(indices.value).dtype.kind not in "iu":
+        raise Refusal("Gather with non-integer indices")
+    idx = _check_range(np.asarray(indices.value), shape[axis], "Gather")
+    return rearrange(x, lambda a: np.take(a, idx, axis=axis))
+
+
 @handler("Gather")
 def op_gather(it, node, args, lookup):
     data, indices = args
@@ -164,7 +180,6 @@ def op_gather(it, node, args, lookup):
     if axis != 0:
         shape = static_shape(data) if isinstance(data, (Row, Sym, Known)) else None
         if shape is not None:  # move the axis first, gather, move it back
-            from .layout import rearrange
             rank = len(shape)
             a = axis % rank
             moved = rearrange(data, lambda x: np.moveaxis(x, a, 0))
@@ -193,14 +208,12 @@ def gather_nd_runtime(it, data, indices):
                 raise Refusal("GatherND inside a row at a structure index", hint=DATA_DEPENDENT_HINT)
             rest.append([x.value for x in t[1:]])
         rest = np.array(rest, dtype=np.int64)
-        from .layout import rearrange
         return rearrange(rows, lambda a: np.stack([a[(j,) + tuple(r)] for j, r in enumerate(rest)])
                          .reshape(tuple(lead) + a.shape[k:]))
     raise Refusal(f"GatherND from {describe(data)} at a structure index")
 
 
 def _reshape_lead(v, lead):
-    from .layout import rearrange
     shape = static_shape(v)
     return rearrange(v, lambda a: a.reshape(tuple(lead) + tuple(shape[1:])))
 
@@ -229,6 +242,41 @@ def gather_elements_runtime(it, data, indices, axis):
     elems = np.empty(len(parts), dtype=object)
     elems[:] = [r.elems.reshape(-1)[c] for r, c in parts]
     return Sym(elems.reshape(idx.shape), parts[0][0].dtype)
+
+
+@handler("GatherElements")
+def op_gather_elements(it, node, args, lookup):
+    data, indices = args
+    axis = attr(node, "axis", 0)
+    if isinstance(indices, Known) and isinstance(data, (Row, Sym, Known)):
+        shape = static_shape(data)
+        axis = norm_axis(axis, len(shape), "GatherElements axis")
+        if np.asarray(indices.value).ndim != len(shape):
+            raise Refusal("GatherElements indices of another rank")
+        idx = _check_range(indices.value, shape[axis], "GatherElements")
+        return rearrange(data, lambda a: np.take_along_axis(a, idx, axis=axis))
+    return gather_elements_runtime(it, data, indices, axis)
+
+
+def gather_nd_numpy(a, idx, batch_dims):
+    if batch_dims:
+        raise Refusal("GatherND with batch_dims")
+    k = idx.shape[-1]
+    flat = idx.reshape(-1, k)
+    parts = [a[tuple(np.where(i < 0, i + np.array(a.shape[:k]), i))] for i in flat]
+    return np.stack(parts).reshape(idx.shape[:-1] + a.shape[k:]) if parts else np.empty(idx.shape[:-1] + a.shape[k:], a.dtype)
+
+
+@handler("GatherND")
+def op_gather_nd(it, node, args, lookup):
+    data, indices = args
+    batch_dims = attr(node, "batch_dims", 0)
+    if isinstance(indices, Known) and isinstance(data, (Row, Sym, Known)):
+        idx = np.asarray(indices.value).astype(np.int64)
+        return rearrange(data, lambda a: gather_nd_numpy(a, idx, batch_dims))
+    if batch_dims:
+        raise Refusal("GatherND with batch_dims")
+    return gather_nd_runtime(it, data, indices)
 
 
 # ---- writes ------------------------------------------------------------------------------------
@@ -288,7 +336,6 @@ def _simplify_concat(e):
 
 def _row_elements(it, updates, shape):
     """The update as a row laid out in `shape`, and a function giving its element at a flat position."""
-    from .layout import broadcast_row
     r = broadcast_row(it, updates, shape)
     return r
 

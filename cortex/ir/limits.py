@@ -38,7 +38,7 @@ def row_width_budget(program: ir.Program) -> int:
 def _roots(program: ir.Program) -> list:
     roots = [program.trip] if program.trip is not None else []
     for case in program.cases:
-        roots += [case.predicate] + ([case.target] if case.target is not None else []) + [x for _, x in case.writes]
+        roots += case.roots()
     return roots
 
 
@@ -49,7 +49,9 @@ def check_limits(program: ir.Program) -> None:
     if len(program.inputs) > MAX_DECLS or len(program.tables) > MAX_DECLS:
         raise IRFormatError(f"the IR declares more than {MAX_DECLS} inputs or tables")
     for decl in program.inputs:
-        if decl.rank > MAX_RANK or len(decl.inner) != max(decl.rank - 1, 0):
+        inner = 0 if decl.dynamic_inner else max(decl.rank - 1, 0)
+        if decl.rank > MAX_RANK or len(decl.inner) != inner or \
+                (decl.dynamic_inner and (decl.rank != 2 or decl.dtype not in ("int64", "int32"))):
             raise IRFormatError(f"input {decl.name!r}: rank {decl.rank} with inner dimensions {list(decl.inner)[:8]}")
     budget = row_width_budget(program)
     for table in program.tables:

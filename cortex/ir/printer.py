@@ -25,44 +25,23 @@ class ScalarSyntax:
     def guard(self, pred: str, value: str, message: str) -> str:
         return f"guard({pred}, {value})"
 
+    def host_value(self, var: str) -> str:
+        return f"${var}"
 
-INDEX_OPS = {"add": "+", "sub": "-", "mul": "*"}
-COMPARE_OPS = {"lt": "<", "le": "<=", "gt": ">", "ge": ">=", "eq": "==", "ne": "!="}
+    def host_element(self, var: str, index: str) -> str:
+        return f"${var}[{index}]"
 
 
 def render_index(e: ir.IExpr, syntax: ScalarSyntax) -> str:
-    if isinstance(e, ir.Iter):
-        return "p"
-    if isinstance(e, ir.IConst):
-        return syntax.const(e.value)
-    if isinstance(e, ir.Load):
-        return syntax.load(e, render_index(e.index, syntax))
-    if isinstance(e, ir.IBinary):
-        a, b = render_index(e.a, syntax), render_index(e.b, syntax)
-        if e.op in INDEX_OPS:
-            return f"({a} {INDEX_OPS[e.op]} {b})"
-        return syntax.call(e.op, a, b)
-    if isinstance(e, ir.Length):
-        return syntax.length(e.array)
-    if isinstance(e, ir.ISelect):
-        return (f"({render_pred(e.pred, syntax)} ? {render_index(e.a, syntax)} : "
-                f"{render_index(e.b, syntax)})")
-    if isinstance(e, ir.Guard):
-        return syntax.guard(render_pred(e.pred, syntax), render_index(e.value, syntax), e.message)
-    raise TypeError(f"not an index expression: {e!r}")
+    if not isinstance(e, ir.IExpr):
+        raise TypeError(f"not an index expression: {e!r}")
+    return e.render(syntax)
 
 
 def render_pred(e: ir.BExpr, syntax: ScalarSyntax) -> str:
-    if isinstance(e, ir.BConst):
-        return "true" if e.value else "false"
-    if isinstance(e, ir.Compare):
-        return f"({render_index(e.a, syntax)} {COMPARE_OPS[e.op]} {render_index(e.b, syntax)})"
-    if isinstance(e, ir.BNot):
-        return f"!{render_pred(e.a, syntax)}"
-    if isinstance(e, (ir.BAnd, ir.BOr)):
-        op = "&&" if isinstance(e, ir.BAnd) else "||"
-        return f"({render_pred(e.a, syntax)} {op} {render_pred(e.b, syntax)})"
-    raise TypeError(f"not a predicate: {e!r}")
+    if not isinstance(e, ir.BExpr):
+        raise TypeError(f"not a predicate: {e!r}")
+    return e.render(syntax)
 
 
 TEXT = ScalarSyntax()
@@ -77,52 +56,8 @@ def format_pred(e: ir.BExpr) -> str:
 
 
 def _format_row(e: ir.RExpr, names: dict) -> str:
-    def ref(x):
-        return names[x]
-
-    if isinstance(e, ir.ChildState):
-        missing = ", missing=zero" if e.missing_zero else ""
-        return f"child_state {e.table}[{format_index(e.index)}{missing}]"
-    if isinstance(e, ir.ConstRow):
-        return f"const_row {e.const}[{format_index(e.index)}]"
-    if isinstance(e, ir.InputRow):
-        return f"input_row {e.array}[{format_index(e.index)}]"
-    if isinstance(e, ir.InputProjection):
-        bias = f" + {e.bias}" if e.bias else ""
-        return f"input_projection ({e.array} @ {e.weight}{bias})[{format_index(e.index)}]"
-    if isinstance(e, ir.ConstVec):
-        return f"const {e.const}"
-    if isinstance(e, ir.Scalar):
-        return f"scalar {e.value!r}"
-    if isinstance(e, ir.IndexValue):
-        return f"index_value {format_index(e.index)}"
-    if isinstance(e, ir.MatMul):
-        bias = f" + {e.bias}" if e.bias else ""
-        rows = f" ({e.rows} rows)" if e.rows != 1 else ""
-        return f"matmul {ref(e.x)}{rows} @ {e.weight}{bias}"
-    if isinstance(e, ir.LeftMatMul):
-        return f"left_matmul {e.weight}^T @ {ref(e.x)} ({e.cols} cols)"
-    if isinstance(e, ir.MatVec):
-        return f"matvec {ref(e.mat)} @ {ref(e.vec)}"
-    if isinstance(e, ir.Unary):
-        params = "(" + ", ".join(f"{p:g}" for p in e.params) + ")" if e.params else ""
-        return f"{e.op}{params} {ref(e.x)}"
-    if isinstance(e, ir.Binary):
-        return f"{e.op} {ref(e.a)}, {ref(e.b)}"
-    if isinstance(e, ir.Where):
-        return f"where {ref(e.cond)} ? {ref(e.a)} : {ref(e.b)}"
-    if isinstance(e, ir.Slice):
-        return f"slice {ref(e.x)}[{e.start}:{e.start + e.width}]"
-    if isinstance(e, ir.Concat):
-        return "concat " + ", ".join(ref(p) for p in e.parts)
-    if isinstance(e, ir.Take):
-        shown = ", ".join(str(i) for i in e.indices[:8]) + (", ..." if len(e.indices) > 8 else "")
-        return f"take {ref(e.x)}[{shown}]"
-    if isinstance(e, ir.Reduce):
-        return f"reduce_{e.op} {ref(e.x)} (groups of {e.group})"
-    if isinstance(e, ir.Select):
-        return f"select {format_pred(e.pred)} ? {ref(e.a)} : {ref(e.b)}"
-    raise TypeError(e)
+    """One line of a case: the node's own text, its row operands by their SSA names, index operands as text."""
+    return e.text(lambda x: names[x] if isinstance(x, ir.RExpr) else x.render(TEXT))
 
 
 def format_program(program: ir.Program) -> str:
@@ -138,6 +73,12 @@ def format_program(program: ir.Program) -> str:
         shape = "x".join(str(d) for d in table.inner)
         init = f" init={table.init or 'zeros'}" if table.kind == "state" else " (one row per position)"
         lines.append(f"  {table.kind} {table.name}: [{rows} x {shape}]{init} -> output {table.output}")
+    for var in program.host_vars:
+        size = f"[{format_index(var.size)}]" if var.size is not None else ""
+        lines.append(f"  host ${var.name}{size} = {format_index(var.init)}")
+    for final in program.finals:
+        op = f" {final.op}" if final.kind == "reduce" else ""
+        lines.append(f"  output {final.output} = {final.kind}{op} of {final.table} from {final.init}")
     if program.mode == "visit":
         lines.append(f"  positions: p in [0, L = {format_index(program.trip)})")
     else:
@@ -152,4 +93,7 @@ def format_program(program: ir.Program) -> str:
         for table, expr in case.writes:
             row = "p" if program.table(table).kind == "emit" else format_index(case.target)
             lines.append(f"    {table}[{row}] <- {names[expr]}")
+        for u in case.updates:
+            at = f"[{format_index(u.index)}]" if u.index is not None else ""
+            lines.append(f"    ${u.var}{at} <- {format_index(u.value)}")
     return "\n".join(lines) + "\n"

@@ -8,6 +8,7 @@ import numpy as np
 from ..ir import index as ix
 from ..ir import nodes as ir
 from ..ir import ops
+from .rules import SIMPLIFY, apply_rules
 
 # Folding a constant-indexed subtree materializes one value per table row; beyond this many floats per
 # folded table the lookup table would cost more memory than the work it saves.
@@ -36,68 +37,13 @@ def _drop_unused_constants(program: ir.Program) -> ir.Program:
                                labels=tuple((c, s) for c, s in program.labels if c in used))
 
 
-# ---- simplification --------------------------------------------------------------------------
-
-
-ELEMENTWISE = (ir.Unary, ir.Binary, ir.Where)
-
-
-def _take_elementwise(e: ir.Take):
-    """take(f(a, b), I) = f(take(a, I), take(b, I)): rearrangements move to the leaves, where reading an element
-    at any index is a load (width-1 operands broadcast and stay)."""
-    x = e.x
-    kids = [k if k.width == 1 else ir.take(k, e.indices) for k in ir.operands(x)]
-    return dataclasses.replace(ir.with_operands(x, kids), width=e.width)
-
+# ---- simplification: named rules, one driver ----------------------------------------------------
 
 def simplify(program: ir.Program) -> ir.Program:
-    """Removes identities, merges slices and takes of slices and takes, picks the part of a concat a slice lies in,
-    moves rearrangements below elementwise math, and distributes elementwise math over concatenations."""
-
-    def rewrite(e):
-        if isinstance(e, ir.Unary) and e.op == "identity":
-            return e.x
-        if isinstance(e, ir.Slice) and isinstance(e.x, ir.Slice):
-            return ir.Slice(e.x.x, e.x.start + e.start, e.width)
-        if isinstance(e, ir.Slice) and isinstance(e.x, ir.Take):
-            return rewrite(ir.take(e.x.x, e.x.indices[e.start:e.start + e.width]))
-        if isinstance(e, ir.Take) and isinstance(e.x, ir.Take):
-            return rewrite(ir.take(e.x.x, [e.x.indices[i] for i in e.indices]))
-        if isinstance(e, ir.Take) and isinstance(e.x, ir.Slice):
-            return rewrite(ir.take(e.x.x, [e.x.start + i for i in e.indices]))
-        if isinstance(e, ir.Take) and isinstance(e.x, ir.Concat):
-            lo, hi, offset = min(e.indices), max(e.indices), 0
-            for part in e.x.parts:  # all the indices in one part
-                if offset <= lo and hi < offset + part.width:
-                    return rewrite(ir.take(part, [i - offset for i in e.indices]))
-                offset += part.width
-        if isinstance(e, ir.Take) and isinstance(e.x, ELEMENTWISE + (ir.Select,)) and len(set(e.indices)) == len(e.indices):
-            return rewrite(_take_elementwise(e))
-        if isinstance(e, ir.Slice) and isinstance(e.x, ir.Concat):
-            offset = 0
-            for part in e.x.parts:
-                if offset <= e.start and e.start + e.width <= offset + part.width:
-                    return rewrite(ir.slice_row(part, e.start - offset, e.start - offset + e.width))
-                offset += part.width
-        if isinstance(e, ir.Slice) and isinstance(e.x, ELEMENTWISE + (ir.Select,)):
-            kids = [k if k.width == 1 else ir.slice_row(k, e.start, e.start + e.width) for k in ir.operands(e.x)
-                    if isinstance(k, ir.RExpr)]
-            others = [k for k in ir.operands(e.x) if not isinstance(k, ir.RExpr)]
-            rebuilt = ir.with_operands(e.x, others + kids)
-            return rewrite(dataclasses.replace(rebuilt, width=e.width))
-        # Elementwise math over a concatenation distributes over its parts (r * [h_l; h_r] in a GRU), so
-        # the concatenation only ever feeds a matrix product or a table write.
-        if isinstance(e, ELEMENTWISE + (ir.Select,)) and any(isinstance(k, ir.Concat) and k.width == e.width
-                                                              for k in ir.operands(e)):
-            concat = next(k for k in ir.operands(e) if isinstance(k, ir.Concat) and k.width == e.width)
-            out, start = [], 0
-            for part in concat.parts:
-                out.append(rewrite(ir.Slice(e, start, part.width) if part.width != e.width else e))
-                start += part.width
-            return ir.concat(out)
-        return e
-
-    return map_rows(program, rewrite)
+    """Applies the simplification rules (rules.SIMPLIFY, in order) bottom-up: identities go, slices and takes
+    merge, a slice or take picks the part of a concat it lies in, rearrangements move below elementwise math, and
+    elementwise math distributes over concatenations."""
+    return map_rows(program, apply_rules(SIMPLIFY))
 
 
 # ---- case splitting: branch-free choices become cases ------------------------------------------
@@ -131,7 +77,7 @@ def _specialize(case: ir.Case, pred, value: bool) -> ir.Case:
 
 
 def _heavy(case: ir.Case) -> int:
-    return sum(isinstance(n, ir.MATERIALIZED) for n in ir.walk_rows([x for _, x in case.writes]))
+    return sum(n.MATERIALIZED for n in ir.walk_rows([x for _, x in case.writes]))
 
 
 def split_select_cases(program: ir.Program) -> ir.Program:
@@ -158,7 +104,6 @@ def split_select_cases(program: ir.Program) -> ir.Program:
 
 # ---- hoisting: constant-indexed subtrees fold into lookup tables ------------------------------
 
-POSITION_VARYING = (ir.ChildState, ir.InputRow, ir.InputProjection, ir.IndexValue, ir.Select)
 
 
 def _const_indexed(e: ir.RExpr):
@@ -170,60 +115,19 @@ def _const_indexed(e: ir.RExpr):
             if index is not None and node.index != index:
                 return None
             index = node.index
-        elif isinstance(node, POSITION_VARYING):
+        elif node.VARIES:
             return None  # varies with the position, not only with one table row
     return index
 
 
 def _evaluate_on_all_rows(program: ir.Program, e: ir.RExpr) -> np.ndarray:
-    """Evaluates e for every row of its constant tables at once: [rows, e.width] float32."""
-    consts = program.constants
+    """Evaluates e for every row of its constant tables at once: [rows, e.width] float32 (each node's own
+    `evaluate`)."""
     memo = {}
 
     def ev(x):
-        if x in memo:
-            return memo[x]
-        if isinstance(x, ir.ConstRow):
-            out = consts[x.const]
-        elif isinstance(x, ir.ConstVec):
-            out = consts[x.const].reshape(1, -1)
-        elif isinstance(x, ir.Scalar):
-            out = np.full((1, 1), x.value, dtype=np.float32)
-        elif isinstance(x, ir.MatMul):
-            xs = ev(x.x)
-            w = consts[x.weight]
-            out = (xs.reshape(xs.shape[0], x.rows, -1) @ w).reshape(xs.shape[0], -1)
-            if x.bias:
-                out = out + consts[x.bias]
-        elif isinstance(x, ir.LeftMatMul):
-            xs = ev(x.x)
-            w = consts[x.weight]  # W^T [K, R]
-            out = (w.T @ xs.reshape(xs.shape[0], -1, x.cols)).reshape(xs.shape[0], -1)
-        elif isinstance(x, ir.MatVec):
-            m, v = ev(x.mat), ev(x.vec)
-            rows = max(m.shape[0], v.shape[0])
-            out = np.einsum("brc,bc->br", np.broadcast_to(m, (rows, m.shape[1])).reshape(rows, x.width, -1),
-                            np.broadcast_to(v, (rows, v.shape[1])))
-        elif isinstance(x, ir.Unary):
-            out = ops.evaluate(x.op, ev(x.x), params=x.params)
-        elif isinstance(x, ir.Binary):
-            out = ops.evaluate(x.op, ev(x.a), ev(x.b))
-        elif isinstance(x, ir.Where):
-            out = np.where(ev(x.cond) != 0, ev(x.a), ev(x.b))
-        elif isinstance(x, ir.Slice):
-            out = ev(x.x)[:, x.start:x.start + x.width]
-        elif isinstance(x, ir.Take):
-            out = ev(x.x)[:, list(x.indices)] if x.x.width > 1 else np.repeat(ev(x.x), x.width, axis=1)
-        elif isinstance(x, ir.Reduce):
-            xs = ev(x.x)
-            out = ops.REDUCE_NUMPY[x.op](xs.reshape(xs.shape[0], x.width, x.group), axis=2)
-        elif isinstance(x, ir.Concat):
-            parts = [ev(p) for p in x.parts]
-            rows = max(p.shape[0] for p in parts)
-            out = np.concatenate([np.broadcast_to(p, (rows, p.shape[1])) for p in parts], axis=1)
-        else:
-            raise TypeError(x)
-        memo[x] = np.asarray(out, dtype=np.float32)
+        if x not in memo:
+            memo[x] = np.asarray(x.evaluate(ev, program.constants), dtype=np.float32)
         return memo[x]
 
     return np.ascontiguousarray(ev(e), dtype=np.float32)
@@ -387,3 +291,60 @@ def merge_added_products(program: ir.Program) -> ir.Program:
         return out
 
     return map_rows(dataclasses.replace(program, constants=constants), rewrite)
+
+
+# ---- products of each member of a child set: computed once where the member's row is written ----------------
+
+def lift_member_products(program: ir.Program) -> ir.Program:
+    """A product of each member's row of a child set (the Child-Sum TreeLSTM's U_f h_k) moves to where that row is
+    written: a new state table holds row @ W for every row of the source table, each case that writes the source
+    writes it too, and the set reads it as a member row. A node's product is then computed once (as a padded form
+    computes it once per child slot) in the batch that writes the node. Exact when the new table's first rows are
+    the products of the source's first rows: the source starts at zeros (0 @ W = 0); otherwise the product stays
+    and the plan refuses it with the reason."""
+    lifted = {}  # (source table, weight) -> lifted table
+
+    def liftable(e) -> bool:
+        x = e.x if isinstance(e, ir.MatMul) else None
+        if x is None or e.rows != 1 or not (isinstance(x, ir.ChildState) and isinstance(x.index, ir.Member)):
+            return False
+        init = program.table(x.table).init
+        return init is None or program.input(init).zeros
+
+    def rewrite(e):
+        if not (isinstance(e, ir.MatMul) and ir.member_dependent(e) and liftable(e)):
+            return e
+        key = (e.x.table, e.weight)
+        if key not in lifted:
+            lifted[key] = _fresh_table_name(program, f"{e.x.table}_by_{e.weight}", lifted.values())
+        width = program.constants[e.weight].shape[1]
+        row = ir.ChildState(lifted[key], ir.Member(), False, width)
+        return ir.binary("add", row, ir.ConstVec(e.bias, width)) if e.bias else row
+
+    constants, labels = program.constants, program.labels
+    program = map_rows(program, rewrite)
+    if not lifted:
+        return program
+    program = dataclasses.replace(program, constants=constants, labels=labels)  # the writers use the weights now
+    tables = list(program.tables)
+    for (source, weight), name in lifted.items():
+        width = program.constants[weight].shape[1]
+        tables.append(ir.TableDecl(name, (width,), None, "", "state"))
+    cases = []
+    for case in program.cases:
+        writes = list(case.writes)
+        for table, row in case.writes:
+            for (source, weight), name in lifted.items():
+                if table == source:
+                    width = program.constants[weight].shape[1]
+                    writes.append((name, ir.MatMul(row, weight, None, width)))
+        cases.append(dataclasses.replace(case, writes=tuple(writes)))
+    return dataclasses.replace(program, tables=tuple(tables), cases=tuple(cases))
+
+
+def _fresh_table_name(program: ir.Program, base: str, taken) -> str:
+    names = {t.name for t in program.tables} | set(taken)
+    name, k = base, 1
+    while name in names:
+        name, k = f"{base}_{k}", k + 1
+    return name

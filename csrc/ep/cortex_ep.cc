@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <memory>
+#include <type_traits>
 #include <vector>
 
 #include "json_field.h"
@@ -10,105 +11,59 @@
 namespace cortex_ep {
 namespace {
 
-// ---- graph queries, each an OrtStatus-returning helper over the C API ----------------------------------------
-
-OrtStatus* GetGraphNodes(const Api& api, const OrtGraph* graph, std::vector<const OrtNode*>* nodes) {
-  size_t count = 0;
-  CORTEX_RETURN_IF_ERROR(api.ort.Graph_GetNumNodes(graph, &count));
-  nodes->assign(count, nullptr);
-  if (count == 0) return nullptr;
-  return api.ort.Graph_GetNodes(graph, nodes->data(), count);
-}
+// ---- graph queries through ORT's C++ wrapper (Ort::ConstGraph, Ort::ConstNode, Ort::ConstOpAttr): a failed call
+// throws Ort::Exception, which the entry points (CORTEX_API_END) return as ORT's own status ----------------------
 
 // Names of a node's inputs or outputs (a missing optional value gives "").
-OrtStatus* ValueNames(const Api& api, const OrtNode* node, bool outputs, std::vector<std::string>* names) {
-  size_t count = 0;
-  CORTEX_RETURN_IF_ERROR(outputs ? api.ort.Node_GetNumOutputs(node, &count) : api.ort.Node_GetNumInputs(node, &count));
-  std::vector<const OrtValueInfo*> infos(count, nullptr);
-  if (count > 0) {
-    CORTEX_RETURN_IF_ERROR(outputs ? api.ort.Node_GetOutputs(node, infos.data(), count)
-                                   : api.ort.Node_GetInputs(node, infos.data(), count));
+std::vector<std::string> ValueNames(Ort::ConstNode node, bool outputs) {
+  std::vector<std::string> names;
+  for (const Ort::ConstValueInfo& info : outputs ? node.GetOutputs() : node.GetInputs()) {
+    names.push_back(info ? info.GetName() : std::string());
   }
-  names->clear();
-  for (const OrtValueInfo* info : infos) {
-    const char* name = nullptr;
-    if (info != nullptr) CORTEX_RETURN_IF_ERROR(api.ort.GetValueInfoName(info, &name));
-    names->emplace_back(name ? name : "");
-  }
-  return nullptr;
-}
-
-// The value infos of a node's inputs or outputs (null for a missing optional value).
-OrtStatus* ValueInfos(const Api& api, const OrtNode* node, bool outputs, std::vector<const OrtValueInfo*>* infos) {
-  size_t count = 0;
-  CORTEX_RETURN_IF_ERROR(outputs ? api.ort.Node_GetNumOutputs(node, &count) : api.ort.Node_GetNumInputs(node, &count));
-  infos->assign(count, nullptr);
-  if (count == 0) return nullptr;
-  return outputs ? api.ort.Node_GetOutputs(node, infos->data(), count)
-                 : api.ort.Node_GetInputs(node, infos->data(), count);
+  return names;
 }
 
 // What the model declares about a value (its type and shape after ORT's inference).
-OrtStatus* ReadDeclared(const Api& api, const OrtValueInfo* info, DeclaredTensor* declared) {
-  *declared = DeclaredTensor{};
-  if (info == nullptr) return nullptr;
-  const OrtTypeInfo* type_info = nullptr;
-  CORTEX_RETURN_IF_ERROR(api.ort.GetValueInfoTypeInfo(info, &type_info));
-  if (type_info == nullptr) return nullptr;
-  ONNXType onnx_type = ONNX_TYPE_UNKNOWN;
-  CORTEX_RETURN_IF_ERROR(api.ort.GetOnnxTypeFromTypeInfo(type_info, &onnx_type));
-  declared->typed = onnx_type != ONNX_TYPE_UNKNOWN;
-  const OrtTensorTypeAndShapeInfo* tensor = nullptr;
-  if (onnx_type == ONNX_TYPE_TENSOR) CORTEX_RETURN_IF_ERROR(api.ort.CastTypeInfoToTensorInfo(type_info, &tensor));
-  if (tensor == nullptr) return nullptr;
-  declared->tensor = true;
-  ONNXTensorElementDataType element_type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
-  CORTEX_RETURN_IF_ERROR(api.ort.GetTensorElementType(tensor, &element_type));
-  declared->dtype = static_cast<int32_t>(element_type);
-  declared->typed = element_type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
-  declared->shaped = api.ort.TensorTypeAndShape_HasShape(tensor);
-  if (!declared->shaped) return nullptr;
-  size_t rank = 0;
-  CORTEX_RETURN_IF_ERROR(api.ort.GetDimensionsCount(tensor, &rank));
-  declared->dims.assign(rank, -1);
-  if (rank > 0) CORTEX_RETURN_IF_ERROR(api.ort.GetDimensions(tensor, declared->dims.data(), rank));
-  return nullptr;
+DeclaredTensor ReadDeclared(Ort::ConstValueInfo info) {
+  DeclaredTensor declared;
+  if (!info) return declared;
+  const Ort::ConstTypeInfo type_info = info.TypeInfo();
+  if (!type_info) return declared;
+  const ONNXType onnx_type = type_info.GetONNXType();
+  declared.typed = onnx_type != ONNX_TYPE_UNKNOWN;
+  if (onnx_type != ONNX_TYPE_TENSOR) return declared;
+  const Ort::ConstTensorTypeAndShapeInfo tensor = type_info.GetTensorTypeAndShapeInfo();
+  if (!tensor) return declared;
+  declared.tensor = true;
+  const ONNXTensorElementDataType element_type = tensor.GetElementType();
+  declared.dtype = static_cast<int32_t>(element_type);
+  declared.typed = element_type != ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  declared.shaped = tensor.HasShape();
+  if (declared.shaped) declared.dims = tensor.GetShape();
+  return declared;
 }
 
-// Checks the node's inputs and outputs as the model declares them against the kernel's signature; sets *error (and
-// returns no status) at the first disagreement. The kernel trusts its signature: a model that declares its outputs
-// narrower than the float32 rows the kernel writes would have it write past ORT's buffers.
-OrtStatus* CheckAgainstSignature(const Api& api, const OrtNode* node, const KernelSignature& signature,
-                                 std::string* error) {
+// The node's inputs and outputs as the model declares them against the kernel's signature: "" when they agree, else
+// the first disagreement. The kernel trusts its signature: a model that declares its outputs narrower than the
+// float32 rows the kernel writes would have it write past ORT's buffers.
+std::string SignatureDisagreement(Ort::ConstNode node, const KernelSignature& signature) {
   for (const bool outputs : {false, true}) {
-    std::vector<const OrtValueInfo*> infos;
-    CORTEX_RETURN_IF_ERROR(ValueInfos(api, node, outputs, &infos));
+    const std::vector<Ort::ConstValueInfo> infos = outputs ? node.GetOutputs() : node.GetInputs();
     const std::vector<TensorSignature>& tensors = outputs ? signature.outputs : signature.inputs;
     const char* what = outputs ? "outputs" : "inputs";
     if (infos.size() != tensors.size()) {
-      *error = "the node has " + std::to_string(infos.size()) + " " + what + ", but its kernel " +
-               (outputs ? "writes " : "reads ") + std::to_string(tensors.size());
-      return nullptr;
+      return "the node has " + std::to_string(infos.size()) + " " + what + ", but its kernel " +
+             (outputs ? "writes " : "reads ") + std::to_string(tensors.size());
     }
     for (size_t i = 0; i < infos.size(); ++i) {
-      const char* name = nullptr;
-      if (infos[i] != nullptr) CORTEX_RETURN_IF_ERROR(api.ort.GetValueInfoName(infos[i], &name));
-      const std::string which = std::string(outputs ? "output " : "input ") + std::to_string(i) + " '" +
-                                (name ? name : "") + "' ";
-      if (infos[i] == nullptr || name == nullptr || name[0] == '\0') {
-        *error = which + "is not given, but its kernel needs it";
-        return nullptr;
-      }
-      DeclaredTensor declared;
-      CORTEX_RETURN_IF_ERROR(ReadDeclared(api, infos[i], &declared));
-      const std::string disagreement = CompareDeclared(declared, tensors[i], outputs);
-      if (!disagreement.empty()) {
-        *error = which + disagreement;
-        return nullptr;
-      }
+      const std::string name = infos[i] ? infos[i].GetName() : std::string();
+      const std::string which = std::string(outputs ? "output " : "input ") + std::to_string(i) + " '" + name + "' ";
+      if (name.empty()) return which + "is not given, but its kernel needs it";
+      const std::string disagreement = CompareDeclared(ReadDeclared(infos[i]), tensors[i], outputs);
+      if (!disagreement.empty()) return which + disagreement;
     }
   }
-  return nullptr;
+  return "";
 }
 
 // The one message for a Cortex node that is not in the main graph (the Python tools say the same).
@@ -118,43 +73,28 @@ std::string InsideSubgraphMessage(const std::string& node_name, const std::strin
          "model again";
 }
 
-// The node whose subgraph `graph` is, or "" with *inside false for the main graph.
-OrtStatus* ParentNodeName(const Api& api, const OrtGraph* graph, bool* inside, std::string* parent_name) {
-  const OrtNode* parent = nullptr;
-  CORTEX_RETURN_IF_ERROR(api.ort.Graph_GetParentNode(graph, &parent));
-  *inside = parent != nullptr;
-  parent_name->clear();
-  if (parent == nullptr) return nullptr;
-  const char* name = nullptr;
-  CORTEX_RETURN_IF_ERROR(api.ort.Node_GetName(parent, &name));
-  if (name != nullptr && name[0] != '\0') {
-    *parent_name = name;
-    return nullptr;
-  }
-  const char* op_type = nullptr;
-  CORTEX_RETURN_IF_ERROR(api.ort.Node_GetOperatorType(parent, &op_type));
-  *parent_name = std::string("(unnamed ") + (op_type ? op_type : "") + ")";
-  return nullptr;
+// The node whose subgraph `graph` is ("(unnamed <op>)" when it has no name), or "" for the main graph.
+std::string ParentNodeName(Ort::ConstGraph graph) {
+  const Ort::ConstNode parent = graph.GetParentNode();
+  if (!parent) return "";
+  const std::string name = parent.GetName();
+  return name.empty() ? "(unnamed " + parent.GetOperatorType() + ")" : name;
 }
 
 // For each input of the Cortex node, the index of the fused node's input that carries the same value. ORT gives
 // a fused node each distinct value once, so a node that reads one value twice has fewer fused inputs; the kernel
-// wants the node's own input list. Sets *error (and returns no status) when an input cannot be mapped.
-OrtStatus* MapToFusedInputs(const Api& api, const OrtNode* node, const OrtNode* fused_node, std::vector<size_t>* map,
-                            std::string* error) {
-  std::vector<std::string> node_inputs, fused_inputs;
-  CORTEX_RETURN_IF_ERROR(ValueNames(api, node, false, &node_inputs));
-  CORTEX_RETURN_IF_ERROR(ValueNames(api, fused_node, false, &fused_inputs));
+// wants the node's own input list. Returns "" or why an input cannot be mapped.
+std::string MapToFusedInputs(Ort::ConstNode node, Ort::ConstNode fused_node, std::vector<size_t>* map) {
+  const std::vector<std::string> fused_inputs = ValueNames(fused_node, false);
   map->clear();
-  for (const std::string& name : node_inputs) {
+  for (const std::string& name : ValueNames(node, false)) {
     const auto it = std::find(fused_inputs.begin(), fused_inputs.end(), name);
     if (name.empty() || it == fused_inputs.end()) {
-      *error = "input '" + name + "' of the node is not an input of its fused node";
-      return nullptr;
+      return "input '" + name + "' of the node is not an input of its fused node";
     }
     map->push_back(static_cast<size_t>(it - fused_inputs.begin()));
   }
-  return nullptr;
+  return "";
 }
 
 constexpr size_t kScratchOutput = static_cast<size_t>(-1);
@@ -162,81 +102,40 @@ constexpr size_t kScratchOutput = static_cast<size_t>(-1);
 // For each output of the Cortex node, the index of the fused node's output that carries it, or kScratchOutput
 // when ORT dropped it because nothing reads it: the kernel still needs the memory (a state table it reads back
 // while it runs), so it gets a scratch buffer instead.
-OrtStatus* MapToFusedOutputs(const Api& api, const OrtNode* node, const OrtNode* fused_node, std::vector<size_t>* map) {
-  std::vector<std::string> node_outputs, fused_outputs;
-  CORTEX_RETURN_IF_ERROR(ValueNames(api, node, true, &node_outputs));
-  CORTEX_RETURN_IF_ERROR(ValueNames(api, fused_node, true, &fused_outputs));
-  map->clear();
-  for (const std::string& name : node_outputs) {
+std::vector<size_t> MapToFusedOutputs(Ort::ConstNode node, Ort::ConstNode fused_node) {
+  const std::vector<std::string> fused_outputs = ValueNames(fused_node, true);
+  std::vector<size_t> map;
+  for (const std::string& name : ValueNames(node, true)) {
     const auto it = std::find(fused_outputs.begin(), fused_outputs.end(), name);
-    map->push_back(name.empty() || it == fused_outputs.end() ? kScratchOutput
-                                                             : static_cast<size_t>(it - fused_outputs.begin()));
+    map.push_back(name.empty() || it == fused_outputs.end() ? kScratchOutput
+                                                            : static_cast<size_t>(it - fused_outputs.begin()));
   }
-  return nullptr;
+  return map;
 }
 
-// Looks up an attribute by name; *attribute stays null when the node has none of that name.
-OrtStatus* FindAttribute(const Api& api, const OrtNode* node, const char* name, const OrtOpAttr** attribute) {
-  *attribute = nullptr;
-  StatusPtr lookup(api.ort.Node_GetAttributeByName(node, name, attribute), StatusDeleter{&api.ort});
-  if (lookup && api.ort.GetErrorCode(lookup.get()) != ORT_NOT_FOUND) return lookup.release();
-  if (lookup) *attribute = nullptr;
-  return nullptr;
-}
-
-// Reads a STRING attribute; *present is false when the node has no such attribute.
-OrtStatus* ReadStringAttribute(const Api& api, const OrtNode* node, const char* name, std::string* value,
-                               bool* present) {
-  const OrtOpAttr* attribute = nullptr;
-  *present = false;
-  CORTEX_RETURN_IF_ERROR(FindAttribute(api, node, name, &attribute));
-  if (attribute == nullptr) return nullptr;
-  OrtOpAttrType type;
-  CORTEX_RETURN_IF_ERROR(api.ort.OpAttr_GetType(attribute, &type));
-  if (type != ORT_OP_ATTR_STRING) {
-    return MakeStatus(api, ORT_INVALID_ARGUMENT, std::string("attribute '") + name + "' is not a string");
+// Reads the STRING (T = std::string) or INT (T = int64_t) attribute `name`; false when the node has none of that
+// name. An attribute of another type is an error (thrown as ORT_INVALID_ARGUMENT).
+template <typename T>
+bool ReadAttribute(Ort::ConstNode node, const char* name, T* value) {
+  constexpr bool kString = std::is_same_v<T, std::string>;
+  Ort::ConstOpAttr attribute{nullptr};
+  Ort::Status lookup = node.GetAttributeByName(name, attribute);
+  if (!lookup.IsOK() && lookup.GetErrorCode() == ORT_NOT_FOUND) return false;
+  Ort::ThrowOnError(lookup);
+  if (!attribute) return false;
+  if (attribute.GetType() != (kString ? ORT_OP_ATTR_STRING : ORT_OP_ATTR_INT)) {
+    throw Ort::Exception(std::string("attribute '") + name + (kString ? "' is not a string" : "' is not an integer"),
+                         ORT_INVALID_ARGUMENT);
   }
-  size_t size = 0;
-  // A first call with no buffer reports the size (as an error status when the string is not empty).
-  StatusPtr sizing(api.ort.ReadOpAttr(attribute, ORT_OP_ATTR_STRING, nullptr, 0, &size), StatusDeleter{&api.ort});
-  value->assign(size, '\0');
-  if (size > 0) {
-    CORTEX_RETURN_IF_ERROR(api.ort.ReadOpAttr(attribute, ORT_OP_ATTR_STRING, &(*value)[0], size, &size));
-    value->resize(size);
-  }
-  *present = true;
-  return nullptr;
-}
-
-OrtStatus* ReadIntAttribute(const Api& api, const OrtNode* node, const char* name, int64_t* value, bool* present) {
-  const OrtOpAttr* attribute = nullptr;
-  *present = false;
-  CORTEX_RETURN_IF_ERROR(FindAttribute(api, node, name, &attribute));
-  if (attribute == nullptr) return nullptr;
-  OrtOpAttrType type;
-  CORTEX_RETURN_IF_ERROR(api.ort.OpAttr_GetType(attribute, &type));
-  if (type != ORT_OP_ATTR_INT) {
-    return MakeStatus(api, ORT_INVALID_ARGUMENT, std::string("attribute '") + name + "' is not an integer");
-  }
-  size_t size = 0;
-  CORTEX_RETURN_IF_ERROR(api.ort.ReadOpAttr(attribute, ORT_OP_ATTR_INT, value, sizeof(*value), &size));
-  *present = true;
-  return nullptr;
+  Ort::ThrowOnError(attribute.GetValue(*value));
+  return true;
 }
 
 // True for an EPContext node (domain com.microsoft) whose `source` names this EP.
-OrtStatus* IsCortexNode(const Api& api, const OrtNode* node, bool* is_cortex) {
-  *is_cortex = false;
-  const char* op_type = nullptr;
-  const char* domain = nullptr;
-  CORTEX_RETURN_IF_ERROR(api.ort.Node_GetOperatorType(node, &op_type));
-  CORTEX_RETURN_IF_ERROR(api.ort.Node_GetDomain(node, &domain));
-  if (std::string(op_type) != "EPContext" || std::string(domain) != "com.microsoft") return nullptr;
+bool IsCortexNode(Ort::ConstNode node) {
+  if (node.GetOperatorType() != "EPContext" || node.GetDomain() != "com.microsoft") return false;
   std::string source;
-  bool present = false;
-  CORTEX_RETURN_IF_ERROR(ReadStringAttribute(api, node, "source", &source, &present));
-  *is_cortex = present && source == kEpName;
-  return nullptr;
+  return ReadAttribute(node, "source", &source) && source == kEpName;
 }
 
 // The node's notes (docs/contracts.md): kernel_sha256 (required), cpu_arch, cpu_level, cpu_features (optional).
@@ -468,7 +367,7 @@ class KernelComputeInfo : public OrtNodeComputeInfo {
     CORTEX_RETURN_IF_ERROR(api_.ort.KernelContext_GetInputCount(context, &num_inputs));
     CORTEX_RETURN_IF_ERROR(api_.ort.KernelContext_GetOutputCount(context, &num_outputs));
 
-    const bool on_gpu = placement_.target == "cuda";
+    const bool on_gpu = DeviceOfTarget(placement_.target) == CORTEX_DEVICE_CUDA;
     const KernelSignature& signature = kernel_->signature();
     std::vector<CortexTensor> inputs(input_map_.size());
     for (size_t i = 0; i < input_map_.size(); ++i) {
@@ -578,52 +477,38 @@ OrtStatus* ORT_API_CALL CortexEp::GetCapabilityImpl(OrtEp* this_ptr, const OrtGr
 }
 
 OrtStatus* CortexEp::ClaimCortexNodes(const OrtGraph* graph, OrtEpGraphSupportInfo* graph_support_info) {
-  std::vector<const OrtNode*> nodes;
-  CORTEX_RETURN_IF_ERROR(GetGraphNodes(api_, graph, &nodes));
-  bool in_subgraph = false;
-  std::string parent_name;
-  CORTEX_RETURN_IF_ERROR(ParentNodeName(api_, graph, &in_subgraph, &parent_name));
+  const Ort::ConstGraph ort_graph{graph};
+  const std::string parent_name = ParentNodeName(ort_graph);
   OrtNodeFusionOptions fusion_options{};
   fusion_options.ort_version_supported = ORT_API_VERSION;
   fusion_options.drop_constant_initializers = false;  // the kernel receives its prepared constants as inputs
-  for (const OrtNode* node : nodes) {
-    bool is_cortex = false;
-    CORTEX_RETURN_IF_ERROR(IsCortexNode(api_, node, &is_cortex));
-    if (is_cortex && in_subgraph) {
-      const char* name = nullptr;
-      CORTEX_RETURN_IF_ERROR(api_.ort.Node_GetName(node, &name));
+  for (const Ort::ConstNode& node : ort_graph.GetNodes()) {
+    if (!IsCortexNode(node)) continue;
+    const OrtNode* claimed = node;
+    if (!parent_name.empty()) {
+      const std::string name = node.GetName();
       {
         std::lock_guard<std::mutex> lock(subgraph_nodes_mutex_);
-        subgraph_nodes_[name ? name : ""] = parent_name;
+        subgraph_nodes_[name] = parent_name;
       }
-      Log(ORT_LOGGING_LEVEL_WARNING, InsideSubgraphMessage(name ? name : "", parent_name));
-      CORTEX_RETURN_IF_ERROR(api_.ep.EpGraphSupportInfo_AddNodesToFuse(graph_support_info, &node, 1,
+      Log(ORT_LOGGING_LEVEL_WARNING, InsideSubgraphMessage(name, parent_name));
+      CORTEX_RETURN_IF_ERROR(api_.ep.EpGraphSupportInfo_AddNodesToFuse(graph_support_info, &claimed, 1,
                                                                        &fusion_options));
       continue;
     }
-    if (is_cortex) {
-      // Only nodes compiled for this EP's device: a CUDA node is left to a Cortex EP on the GPU.
-      std::string notes, error;
-      bool has_notes = false;
-      CORTEX_RETURN_IF_ERROR(ReadStringAttribute(api_, node, "notes", &notes, &has_notes));
-      KernelRequest request;
-      if (has_notes && ReadNotes(notes, &request, &error) && request.target != placement_.target) {
-        const char* name = nullptr;
-        CORTEX_RETURN_IF_ERROR(api_.ort.Node_GetName(node, &name));
-        Log(ORT_LOGGING_LEVEL_WARNING,
-            std::string("Cortex EP (") + placement_.target + "): not claiming node '" + (name ? name : "") +
-                "': its kernel is for target '" + request.target + "'. " +
-                (request.target == "cuda"
-                     ? "Run it with cortex.InferenceSession(path, device=\"cuda\") on a machine with an NVIDIA GPU, "
-                       "or convert the model with --target cpu."
-                     : "Run it with cortex.InferenceSession(path) (device=\"cpu\"), or convert the model with "
-                       "--target cuda."));
-        continue;
-      }
-      // One call per node: each Cortex node becomes its own fused node, compiled alone.
-      CORTEX_RETURN_IF_ERROR(api_.ep.EpGraphSupportInfo_AddNodesToFuse(graph_support_info, &node, 1,
-                                                                       &fusion_options));
+    // Only nodes compiled for this EP's device: a CUDA node is left to a Cortex EP on the GPU.
+    std::string notes, error;
+    KernelRequest request;
+    if (ReadAttribute(node, "notes", &notes) && ReadNotes(notes, &request, &error) &&
+        request.target != placement_.target) {
+      Log(ORT_LOGGING_LEVEL_WARNING,
+          std::string("Cortex EP (") + placement_.target + "): not claiming node '" + node.GetName() +
+              "': its kernel is for target '" + request.target + "'. " + FindTarget(request.target)->advice);
+      continue;
     }
+    // One call per node: each Cortex node becomes its own fused node, compiled alone.
+    CORTEX_RETURN_IF_ERROR(api_.ep.EpGraphSupportInfo_AddNodesToFuse(graph_support_info, &claimed, 1,
+                                                                     &fusion_options));
   }
   return nullptr;
 }
@@ -643,18 +528,15 @@ OrtStatus* ORT_API_CALL CortexEp::CompileImpl(OrtEp* this_ptr, const OrtGraph** 
 
 OrtStatus* CortexEp::CompileNode(const OrtGraph* graph, const OrtNode* fused_node,
                                  OrtNodeComputeInfo** compute_info) {
-  std::vector<const OrtNode*> nodes;
-  CORTEX_RETURN_IF_ERROR(GetGraphNodes(api_, graph, &nodes));
-  bool is_cortex = false;
-  if (nodes.size() == 1) CORTEX_RETURN_IF_ERROR(IsCortexNode(api_, nodes[0], &is_cortex));
-  if (!is_cortex) {
+  const Ort::ConstGraph ort_graph{graph};
+  const std::vector<Ort::ConstNode> nodes = ort_graph.GetNodes();
+  if (nodes.size() != 1 || !IsCortexNode(nodes[0])) {
     return MakeStatus(api_, ORT_EP_FAIL, "Cortex EP: expected one Cortex EPContext node per fused node, got " +
                                              std::to_string(nodes.size()) + " nodes");
   }
-  const OrtNode* node = nodes[0];
-  const char* node_name = nullptr;
-  CORTEX_RETURN_IF_ERROR(api_.ort.Node_GetName(node, &node_name));
-  const std::string where = std::string("Cortex node '") + node_name + "': ";
+  const Ort::ConstNode node = nodes[0];
+  const std::string node_name = node.GetName();
+  const std::string where = "Cortex node '" + node_name + "': ";
 
   // Cortex writes its nodes only into the main graph; one in a subgraph was put there by someone else.
   {
@@ -667,10 +549,9 @@ OrtStatus* CortexEp::CompileNode(const OrtGraph* graph, const OrtNode* fused_nod
 
   std::string cache_context, notes;
   int64_t embed_mode = 0;
-  bool has_cache_context = false, has_notes = false, has_embed_mode = false;
-  CORTEX_RETURN_IF_ERROR(ReadStringAttribute(api_, node, "ep_cache_context", &cache_context, &has_cache_context));
-  CORTEX_RETURN_IF_ERROR(ReadStringAttribute(api_, node, "notes", &notes, &has_notes));
-  CORTEX_RETURN_IF_ERROR(ReadIntAttribute(api_, node, "embed_mode", &embed_mode, &has_embed_mode));
+  const bool has_cache_context = ReadAttribute(node, "ep_cache_context", &cache_context);
+  const bool has_notes = ReadAttribute(node, "notes", &notes);
+  const bool has_embed_mode = ReadAttribute(node, "embed_mode", &embed_mode);
   if (!has_cache_context || cache_context.empty()) {
     return MakeStatus(api_, ORT_INVALID_GRAPH, where + "no ep_cache_context (the kernel library path)");
   }
@@ -685,10 +566,7 @@ OrtStatus* CortexEp::CompileNode(const OrtGraph* graph, const OrtNode* fused_nod
     return MakeStatus(api_, ORT_INVALID_GRAPH, where + "attribute notes: " + notes_error);
   }
   request.relative_path = cache_context;
-
-  const ORTCHAR_T* model_path = nullptr;
-  CORTEX_RETURN_IF_ERROR(api_.ort.Graph_GetModelPath(graph, &model_path));
-  request.model_path = model_path ? model_path : "";
+  request.model_path = ort_graph.GetModelPath();
 
   KernelLibrary::LoadError load_error = KernelLibrary::LoadError::kNone;
   std::string message;
@@ -703,29 +581,20 @@ OrtStatus* CortexEp::CompileNode(const OrtGraph* graph, const OrtNode* fused_nod
   }
 
   // The model must declare what the kernel reads and writes (types and ranks, and every dimension static in both).
-  std::string signature_error;
-  CORTEX_RETURN_IF_ERROR(CheckAgainstSignature(api_, node, kernel->signature(), &signature_error));
+  const std::string signature_error = SignatureDisagreement(node, kernel->signature());
   if (!signature_error.empty()) {
     return MakeStatus(api_, ORT_INVALID_GRAPH,
                       where + signature_error + " (" + kernel->path() +
                           "); the model no longer matches its kernel, so it was edited after conversion: convert the "
                           "original model again");
   }
-  std::vector<std::string> input_names, output_names;
-  CORTEX_RETURN_IF_ERROR(ValueNames(api_, node, false, &input_names));
-  CORTEX_RETURN_IF_ERROR(ValueNames(api_, node, true, &output_names));
-
   std::vector<size_t> input_map;
-  std::string map_error;
-  CORTEX_RETURN_IF_ERROR(MapToFusedInputs(api_, node, fused_node, &input_map, &map_error));
+  const std::string map_error = MapToFusedInputs(node, Ort::ConstNode{fused_node}, &input_map);
   if (!map_error.empty()) return MakeStatus(api_, ORT_EP_FAIL, where + map_error);
 
-  std::vector<size_t> output_map;
-  CORTEX_RETURN_IF_ERROR(MapToFusedOutputs(api_, node, fused_node, &output_map));
-
   *compute_info = new KernelComputeInfo(api_, node_name, std::move(kernel), std::move(input_map),
-                                        std::move(output_map), std::move(input_names), std::move(output_names),
-                                        placement_);
+                                        MapToFusedOutputs(node, Ort::ConstNode{fused_node}), ValueNames(node, false),
+                                        ValueNames(node, true), placement_);
   return nullptr;
 }
 

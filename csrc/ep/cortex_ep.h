@@ -5,16 +5,17 @@
 #include <string>
 
 #include "ort_api.h"
+#include "targets.h"
 #include "trust_policy.h"
 
 namespace cortex_ep {
 
 inline constexpr const char* kEpName = "CortexExecutionProvider";
 
-// Where an EP instance runs its kernels: the CPU (target "cpu"), or one CUDA device (target "cuda", the device's
-// ordinal and its memory info, owned by the factory).
+// Where an EP instance runs its kernels: the CPU, or one CUDA device (its ordinal and its memory info, owned by the
+// factory); `target` names the kernels it claims (targets.h).
 struct EpPlacement {
-  std::string target = "cpu";
+  std::string target = TargetOfDevice(CORTEX_DEVICE_CPU);
   int device_id = 0;
   const OrtMemoryInfo* device_memory = nullptr;
 };

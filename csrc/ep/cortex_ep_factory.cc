@@ -146,7 +146,7 @@ OrtStatus* CortexEpFactory::SupportedDevices(const OrtHardwareDevice* const* dev
     if (api_.ort.HardwareDevice_Type(devices[i]) != OrtHardwareDeviceType_CPU) continue;
     // The CPU device says why no GPU is offered (for cortex.session_options(device="cuda")'s message).
     KeyValuePairsPtr metadata = NewKeyValuePairs(api_);
-    api_.ort.AddKeyValuePair(metadata.get(), "target", "cpu");
+    api_.ort.AddKeyValuePair(metadata.get(), "target", TargetOfDevice(CORTEX_DEVICE_CPU));
     if (cuda_ == nullptr) api_.ort.AddKeyValuePair(metadata.get(), kCudaUnavailableKey, CudaApi::WhyUnavailable().c_str());
     OrtEpDevice* ep_device = nullptr;
     CORTEX_RETURN_IF_ERROR(api_.ep.CreateEpDevice(this, devices[i], metadata.get(), nullptr, &ep_device));
@@ -204,7 +204,7 @@ OrtStatus* CortexEpFactory::CreateGpuEpDevice(const OrtHardwareDevice* hardware,
   }
   KeyValuePairsPtr metadata = NewKeyValuePairs(api_);
   api_.ort.AddKeyValuePair(metadata.get(), kCudaDeviceIdKey, std::to_string(ordinal).c_str());
-  api_.ort.AddKeyValuePair(metadata.get(), "target", "cuda");
+  api_.ort.AddKeyValuePair(metadata.get(), "target", TargetOfDevice(CORTEX_DEVICE_CUDA));
   int major = 0, minor = 0;
   if (cuda_->DeviceGetAttribute(&major, CudaApi::kAttrComputeCapabilityMajor, ordinal) == 0 &&
       cuda_->DeviceGetAttribute(&minor, CudaApi::kAttrComputeCapabilityMinor, ordinal) == 0) {
@@ -293,7 +293,7 @@ OrtStatus* CortexEpFactory::NewEp(const OrtHardwareDevice* const* devices, const
                           (cuda_ == nullptr ? " (" + CudaApi::WhyUnavailable() + ")" : std::string()));
   }
   EpPlacement placement;
-  placement.target = "cuda";
+  placement.target = TargetOfDevice(CORTEX_DEVICE_CUDA);
   placement.device_id = ordinal;
   placement.device_memory = gpu->device_memory.get();
   *ep = new CortexEp(api_, std::move(trust), placement, logger);

@@ -13,6 +13,7 @@ CORTEX_EXPORT OrtStatus* CreateEpFactories(const char* /*registration_name*/, co
   *num_factories = 0;
   const OrtApi* ort = ort_api_base->GetApi(ORT_API_VERSION);
   if (ort == nullptr) return nullptr;  // an ONNX Runtime older than our headers: offer nothing
+  Ort::InitApi(ort);  // the C++ wrapper's table (ort_api.h)
   const OrtEpApi* ep = ort->GetEpApi();
   if (max_factories < 1) return ort->CreateStatus(ORT_INVALID_ARGUMENT, "Cortex EP needs room for one factory");
   const cortex_ep::Api api{*ort, *ep};

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kernel_abi.h"
+#include "targets.h"
 #include "kernel_signature.h"
 #include "trust_policy.h"
 
@@ -23,13 +24,8 @@ struct KernelRequest {
   std::string cpu_arch;         // notes.cpu_arch ("" when not recorded)
   std::string cpu_level;        // notes.cpu_level (for messages)
   std::vector<std::string> cpu_features;  // notes.cpu_features
-  std::string target = "cpu";   // notes.target: the device the kernel runs on ("cpu" or "cuda")
+  std::string target = TargetOfDevice(CORTEX_DEVICE_CPU);  // notes.target: the device the kernel runs on (targets.h)
 };
-
-// CORTEX_DEVICE_CPU / CORTEX_DEVICE_CUDA for a target name, -1 for an unknown one.
-inline int32_t DeviceOfTarget(const std::string& target) {
-  return target == "cpu" ? CORTEX_DEVICE_CPU : target == "cuda" ? CORTEX_DEVICE_CUDA : -1;
-}
 
 // The largest kernel file the EP reads: a generated kernel is a few hundred KiB; 512 MiB leaves room for any model
 // while a hostile path (a 1 TiB sparse file) is refused before a byte is read.

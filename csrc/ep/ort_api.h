@@ -1,9 +1,14 @@
-// The ONNX Runtime C API as the Cortex EP uses it: the API tables, and small RAII helpers for OrtStatus.
+// The ONNX Runtime C API as the Cortex EP uses it: the API tables, ORT's C++ wrapper over them for the graph
+// queries, and small RAII helpers for OrtStatus.
 #pragma once
 #include <memory>
 #include <string>
 
-#include "onnxruntime_c_api.h"  // also declares the EP API (onnxruntime_ep_c_api.h)
+// The EP does not link ONNX Runtime: the wrapper gets the API table CreateEpFactories is given (Ort::InitApi), never
+// OrtGetApiBase. Every file of the EP includes the wrapper through this header, so all agree on the macro.
+#define ORT_API_MANUAL_INIT
+#include "onnxruntime_cxx_api.h"  // the C API, the EP API (onnxruntime_ep_c_api.h) and the C++ wrapper
+#undef ORT_API_MANUAL_INIT
 
 namespace cortex_ep {
 
@@ -32,9 +37,13 @@ inline OrtStatus* MakeStatus(const Api& api, OrtErrorCode code, const std::strin
     if (cortex_status_ != nullptr) return cortex_status_; \
   } while (0)
 
-// Wraps the body of a C-ABI entry point so no C++ exception crosses into ONNX Runtime.
+// Wraps the body of a C-ABI entry point so no C++ exception crosses into ONNX Runtime. A failed call through ORT's
+// C++ wrapper (Ort::Exception) returns ORT's own error code and message, as the C call's status would have.
 #define CORTEX_API_BEGIN try {
 #define CORTEX_API_END(api)                                                         \
+  }                                                                                 \
+  catch (const Ort::Exception& ex) {                                                \
+    return ::cortex_ep::MakeStatus(api, ex.GetOrtErrorCode(), ex.what());           \
   }                                                                                 \
   catch (const std::exception& ex) {                                                \
     return ::cortex_ep::MakeStatus(api, ORT_EP_FAIL, std::string("Cortex EP: ") + ex.what()); \

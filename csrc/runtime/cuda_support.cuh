@@ -215,41 +215,24 @@ class Runtime {
   // order) runs one position per batch, in order: the exact sequential semantics.
   DeviceSchedule upload_schedule(const Schedule& sched, int64_t listed, const int32_t* case_id, const int64_t* node,
                                  const int64_t* position, const int64_t* reads, int64_t K, const int64_t* slots,
-                                 int64_t J, cudaStream_t stream) {
-    std::vector<int64_t>& offsets = offsets_;
-    std::vector<int32_t>& cases = cases_;
-    offsets.clear();
-    cases.clear();
-    levels_.clear();
-    const int64_t* order = nullptr;
-    if (sched.valid) {
-      for (int64_t b = 0; b < sched.num_batches(); ++b) {
-        offsets.push_back(sched.batch_offsets[b]);
-        cases.push_back(sched.batch_case[b]);
-        levels_.push_back(sched.batch_level[b]);
-      }
-      offsets.push_back(sched.num_batches() ? sched.batch_offsets[sched.num_batches()] : 0);
-      order = sched.positions.data();
-    } else {
-      sequential_.resize(listed);
-      for (int64_t q = 0; q < listed; ++q) {
-        sequential_[q] = q;
-        offsets.push_back(q);
-        cases.push_back(case_id[q]);
-        levels_.push_back(static_cast<int32_t>(q));  // one position a level: the exact sequential order
-      }
-      offsets.push_back(listed);
-      order = sequential_.data();
+                                 int64_t J, cudaStream_t stream, const int64_t* member_offsets = nullptr,
+                                 const int64_t* members = nullptr) {
+    // Not a topological visit: the exact sequential semantics, one position a batch and a level (linearize.h).
+    const Schedule* batches_of = &sched;
+    if (!sched.valid) {
+      sequential_.make_sequential(listed, case_id);
+      batches_of = &sequential_;
     }
-    const int64_t batches = static_cast<int64_t>(cases.size());
+    const int64_t batches = batches_of->num_batches();
+    std::vector<int64_t>& offsets = offsets_;
+    offsets.assign(batches_of->batch_offsets.begin(), batches_of->batch_offsets.end());
+    const std::vector<int32_t>& cases = batches_of->batch_case;
+    const std::vector<int32_t>& levels = batches_of->batch_level;
+    const int64_t* order = batches_of->positions.data();
     hazards_.assign(batches, 0);
-    for (int64_t b = 0; b < batches; ++b) {
-      for (int64_t i = offsets[b]; i < offsets[b + 1] && !hazards_[b]; ++i) {
-        const int64_t q = order[i];
-        for (int64_t k = 0; k < K; ++k) {
-          if (reads[q * K + k] >= 0 && reads[q * K + k] == node[q]) hazards_[b] = 1;
-        }
-      }
+    for (int64_t b = 0; b < batches; ++b) {  // the hazard test the CPU kernels run too (kernel_support.h)
+      hazards_[b] = reads_own_row(node, reads, K, order + offsets[b], offsets[b + 1] - offsets[b], member_offsets,
+                                  members) ? 1 : 0;
     }
     DeviceSchedule out;
     out.num_batches = batches;
@@ -276,7 +259,7 @@ class Runtime {
     put(offsets.data(), batches + 1);
     if (batches > 0) std::memcpy(at, cases.data(), sizeof(int32_t) * batches);
     if (batches > 0) std::memcpy(reinterpret_cast<int32_t*>(at) + batches + 1, hazards_.data(), sizeof(int32_t) * batches);
-    if (batches > 0) std::memcpy(reinterpret_cast<int32_t*>(at) + 2 * (batches + 1), levels_.data(), sizeof(int32_t) * batches);
+    if (batches > 0) std::memcpy(reinterpret_cast<int32_t*>(at) + 2 * (batches + 1), levels.data(), sizeof(int32_t) * batches);
     int64_t* device = static_cast<int64_t*>(schedule_.reserve(bytes, current_device()));
     check(cudaMemcpyAsync(device, host, bytes, cudaMemcpyHostToDevice, stream), "uploading the schedule");
     int64_t* d = device;
@@ -289,7 +272,30 @@ class Runtime {
     out.batch_case = reinterpret_cast<const int32_t*>(d);
     out.batch_hazard = out.batch_case + batches + 1;
     out.batch_level = out.batch_case + 2 * (batches + 1);
+    order_ = order;
+    listed_ = listed;
     return out;
+  }
+
+  // Sends the child sets' members and each position's [begin, end) per set (S a position), in the order of the
+  // schedule upload_schedule sent last.
+  void upload_sets(const int64_t* begin, const int64_t* end, int64_t S, const std::vector<int64_t>& members,
+                   const int64_t** out_begin, const int64_t** out_end, const int64_t** out_members,
+                   cudaStream_t stream) {
+    const int64_t listed = listed_;
+    const int64_t M = static_cast<int64_t>(members.size());
+    const size_t bytes = sizeof(int64_t) * (2 * listed * S + M + 1);
+    int64_t* host = static_cast<int64_t*>(set_staging_.reserve(bytes));
+    for (int64_t i = 0; i < listed; ++i) {
+      std::memcpy(host + i * S, begin + order_[i] * S, sizeof(int64_t) * S);
+      std::memcpy(host + (listed + i) * S, end + order_[i] * S, sizeof(int64_t) * S);
+    }
+    if (M > 0) std::memcpy(host + 2 * listed * S, members.data(), sizeof(int64_t) * M);
+    int64_t* device = static_cast<int64_t*>(sets_.reserve(bytes, current_device()));
+    check(cudaMemcpyAsync(device, host, bytes, cudaMemcpyHostToDevice, stream), "uploading the child sets");
+    *out_begin = device;
+    *out_end = device + listed * S;
+    *out_members = device + 2 * listed * S;
   }
 
   // One device allocation for the per-batch buffers: buffer k holds max_batch rows of widths[k] floats.
@@ -372,12 +378,15 @@ class Runtime {
 
   std::vector<std::vector<unsigned char>> host_;
   std::vector<DeviceBuffer> inputs_, projections_;
-  DeviceBuffer schedule_, buffers_;
-  PinnedBuffer staging_;
-  std::vector<int64_t> offsets_, sequential_;
+  DeviceBuffer schedule_, buffers_, sets_;
+  PinnedBuffer staging_, set_staging_;
+  const int64_t* order_ = nullptr;  // the schedule's positions in batch order (upload_schedule), for upload_sets
+  int64_t listed_ = 0;
+  std::vector<int64_t> offsets_;
+  Schedule sequential_;  // the schedule of a visit that is not a topological order
   size_t configured_smem_ = static_cast<size_t>(-1);
   const void* configured_kernel_ = nullptr;
-  std::vector<int32_t> cases_, hazards_, levels_;
+  std::vector<int32_t> hazards_;
 };
 
 }  // namespace cuda

@@ -15,6 +15,7 @@
 
 #include "kernel_abi.h"
 #include "parallel.h"
+#include "sets.h"
 
 namespace cortex {
 
@@ -73,6 +74,41 @@ inline void check_node_rows(int64_t rows, int64_t nodes, const char* input, cons
   if (rows != nodes) {
     throw KernelError(std::string("node input '") + input + "' has " + std::to_string(rows) + " rows; the structure '" +
                       structure + "' has " + std::to_string(nodes) + " nodes (a TreeRec node input has one row per node)");
+  }
+}
+
+// A parent array names the state rows' parents: one entry per row (the model's mask over rows has their length).
+inline void check_parent_rows(int64_t entries, int64_t rows, const char* array) {
+  if (entries != rows) {
+    throw KernelError(std::string("the parent array '") + array + "' has " + std::to_string(entries) +
+                      " entries; the state tables have " + std::to_string(rows) + " rows");
+  }
+}
+
+// An initial table the model's graph fills with zeros, which a table derived from it relies on (a product lifted
+// from a child set starts at 0 @ W).
+inline void check_zeros(const float* data, int64_t count, const char* input) {
+  for (int64_t i = 0; i < count; ++i) {
+    if (data[i] != 0.0f) {
+      throw KernelError(std::string("the initial table '") + input + "' is not zeros, as the model's graph makes it");
+    }
+  }
+}
+
+// The element count of an integer table the loop carries (its ConstantOfShape): at most 2^31 elements.
+inline int64_t host_table_size(int64_t size, const char* name) {
+  if (size < 0 || size > (INT64_C(1) << 31)) {
+    throw KernelError(std::string("the integer table '") + name + "' would have " + std::to_string(size) +
+                      " elements");
+  }
+  return size;
+}
+
+// An edge list [K, E] read at rows up to `rows` - 1 (ONNX Gather of a missing row is an error).
+inline void check_edge_rows(int64_t have, int64_t rows, const char* array) {
+  if (have < rows) {
+    throw KernelError(std::string("the edge list '") + array + "' has " + std::to_string(have) + " rows; the model "
+                      "reads row " + std::to_string(rows - 1));
   }
 }
 
@@ -140,11 +176,18 @@ inline void for_rows(int64_t rows, int64_t work_per_row, F&& f) {
 
 // True when a position of the batch reads its own row before writing it (the batch must compute every new row before
 // it writes any); reads are the prepared child-state rows, kReads a position.
-inline bool reads_own_row(const int64_t* node, const int64_t* reads, int64_t K, const int64_t* batch, int64_t B) {
+// `extra_offsets`, `extra_rows` (optional): the members of each position's child sets, as CSR (linearize.h).
+inline bool reads_own_row(const int64_t* node, const int64_t* reads, int64_t K, const int64_t* batch, int64_t B,
+                          const int64_t* extra_offsets = nullptr, const int64_t* extra_rows = nullptr) {
   for (int64_t b = 0; b < B; ++b) {
     const int64_t q = batch[b];
     for (int64_t k = 0; k < K; ++k) {
       if (reads[q * K + k] >= 0 && reads[q * K + k] == node[q]) return true;
+    }
+    if (extra_offsets != nullptr) {
+      for (int64_t e = extra_offsets[q]; e < extra_offsets[q + 1]; ++e) {
+        if (extra_rows[e] == node[q]) return true;
+      }
     }
   }
   return false;

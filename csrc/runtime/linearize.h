@@ -48,6 +48,20 @@ struct Schedule {
 
   int64_t num_batches() const { return static_cast<int64_t>(batch_level.size()); }
 
+  // The exact sequential semantics as batches: one position a batch, one batch a level, in the listed order (what a
+  // visit that is not a topological order runs). `valid` stays false: a schedule of this shape says so.
+  void make_sequential(int64_t listed, const int32_t* case_id) {
+    clear();
+    positions.resize(listed);
+    for (int64_t q = 0; q < listed; ++q) {
+      positions[q] = q;
+      batch_offsets.push_back(q + 1);
+      batch_level.push_back(static_cast<int32_t>(q));
+      batch_case.push_back(case_id[q]);
+    }
+    num_levels = static_cast<int32_t>(listed);
+  }
+
   void clear() {
     valid = false;
     num_levels = 0;
@@ -63,11 +77,22 @@ class Linearizer {
  public:
   // visit mode. Returns "" on success (out.valid tells whether the batched schedule is valid),
   // or an error message for malformed input (out is then cleared and invalid).
+  // `extra_offsets`, `extra_rows` (optional): more rows each position reads, as CSR (position p reads
+  // extra_rows[extra_offsets[p] .. extra_offsets[p + 1]]): the members of its child sets.
   std::string visit(int64_t num_nodes, int64_t L, const int64_t* node, const int32_t* case_id, int32_t num_cases,
-                    const int64_t* reads, int32_t K, Schedule& out) {
+                    const int64_t* reads, int32_t K, Schedule& out, const int64_t* extra_offsets = nullptr,
+                    const int64_t* extra_rows = nullptr) {
     out.clear();
     std::string err = check_common(num_nodes, L, case_id, num_cases, reads, K);
     if (!err.empty()) return err;
+    if (extra_offsets != nullptr) {
+      for (int64_t i = 0; i < extra_offsets[L]; ++i) {
+        if (extra_rows[i] < 0 || extra_rows[i] >= num_nodes) {
+          return "linearize: a set member " + lin_detail::str(extra_rows[i]) + " is out of range [0, " +
+                 lin_detail::str(num_nodes) + ")";
+        }
+      }
+    }
     pos_of_.assign(static_cast<size_t>(num_nodes), -1);
     bool valid = true;
     for (int64_t p = 0; p < L; ++p) {
@@ -89,13 +114,21 @@ class Linearizer {
     for (int64_t p = 0; p < L; ++p) {
       int32_t lvl = 0;
       const int64_t* rp = reads + p * K;
-      for (int32_t k = 0; k < K; ++k) {
-        const int64_t r = rp[k];
-        if (r < 0) continue;
+      auto read = [&](int64_t r) {  // false: read before being written, not batchable
+        if (r < 0) return true;
         const int64_t q = pos_of_[static_cast<size_t>(r)];
-        if (q < 0 || q == p) continue;    // never listed, or its own row: reads the initial state
-        if (q > p) return std::string();  // read before being written: not batchable
+        if (q < 0 || q == p) return true;  // never listed, or its own row: reads the initial state
+        if (q > p) return false;
         lvl = std::max(lvl, level_[static_cast<size_t>(q)] + 1);
+        return true;
+      };
+      for (int32_t k = 0; k < K; ++k) {
+        if (!read(rp[k])) return std::string();
+      }
+      if (extra_offsets != nullptr) {
+        for (int64_t e = extra_offsets[p]; e < extra_offsets[p + 1]; ++e) {
+          if (!read(extra_rows[e])) return std::string();
+        }
       }
       level_[static_cast<size_t>(p)] = lvl;
       max_level = std::max(max_level, lvl);

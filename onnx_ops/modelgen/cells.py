@@ -57,13 +57,34 @@ class CellWriter:
     ``slots`` and ``stacked``."""
 
     # ---------------------------------------------------------------------------------------------- small helpers
+    def row_dims(self, S) -> list:
+        """Dims of one row of table (or state) S as the cell sees it: [H], [H, H] (MV-RNN's matrices), [2, H] (an
+        LSTM's h and c in one rank-3 table); a 1-D table's rows are seen as [1] (``self.hidden`` is 1)."""
+        if S == "A":
+            return ["self.hidden", "self.hidden"]
+        if S == "hc":
+            return ["2", "self.hidden"]
+        return ["self.hidden"]
+
     def rank(self, S):
-        return 3 if S == "A" else 2
+        return 1 + len(self.row_dims(S))
 
     def row_shape(self, S):
         """Shape of one row of table S, as the source writes it."""
-        core = "self.hidden, self.hidden" if S == "A" else "self.hidden"
+        core = ", ".join(self.row_dims(S))
         return ("1, " + core) if self.mode == "slice" else core
+
+    def fl(self):
+        """The float cast of the model's dtype: ``float`` or ``double``."""
+        return "double" if getattr(self, "f64", False) else "float"
+
+    def cell_squeeze(self):
+        """nn.LSTMCell / nn.GRUCell take rows [B, H]: a batched table read with one-element slices has [B, 1, H]."""
+        return getattr(self, "batched", False) and self.mode == "slice"
+
+    def kid(self, S, c):
+        """The row of state S of the child in slot c (named children)."""
+        return f"{S}_{c}"
 
     def act(self, e):
         if self.family == "treefc":
@@ -128,11 +149,38 @@ class CellWriter:
 
     def kid_rows(self, S):
         """Expressions of the children's rows of S (named children)."""
-        return [f"{S}_{c}" for c in self.slots]
+        return [self.kid(S, c) for c in self.slots]
+
+    def set_sum(self, e):
+        """Sum over the child set of ``e`` (rows of the set stacked on dim -2): weighted by the set's mask or a mask
+        matmul where the set is selected from the whole table."""
+        form = getattr(self, "set_form", None)
+        if form == "mask":
+            return f"({e} * selw).sum(-2)"
+        if form == "matmul":
+            return self.mm("a", e)
+        return f"({e}).sum(-2)" if not e.isidentifier() else f"{e}.sum(-2)"
 
     def agg_rows(self, S):
-        """The children's aggregate row of table S (agg sum / mean / max; cat -> mean, for GRU's hbar)."""
+        """The children's aggregate row of table S (agg sum / mean / max / attn; cat -> mean, for GRU's hbar)."""
         agg = "mean" if self.agg == "cat" else self.agg
+        if agg == "attn":
+            k = f"{S}_k"
+            return self.mm("alpha", k) if getattr(self, "set_form", None) == "matmul" else \
+                f"(alpha.unsqueeze(-1) * {k}).sum(-2)"
+        form = getattr(self, "set_form", None)
+        if form is not None:
+            k = f"{S}_k"
+            if agg == "max" and form == "mask":
+                return f"{S}_max"  # written by the reader (masked with -inf, guarded for empty sets)
+            if form == "exact" and agg == "mean":  # the rows of the set itself: a leaf's set may be empty
+                # (counted from the structure: the dynamo exporter drops max(u, 1) of an unbacked size, so an
+                # empty set's mean exported as 0 / 0)
+                return f"{k}.sum(-2) / cnt" if self.node_at_leaves else f"{k}.mean(-2)"
+            if form == "exact" and agg == "max":
+                return f"{k}.amax(-2)"
+            total = self.set_sum(k)
+            return total if agg == "sum" else f"{total} / cnt"
         if self.named_children():
             rows = self.kid_rows(S)
             if len(rows) == 1:
@@ -172,7 +220,9 @@ class CellWriter:
     def per_child_sum(self, fn):
         """Sum over children of fn(row dict) (named) or of the stacked expression summed over dim -2."""
         if self.named_children():
-            return " + ".join(f"{fn({S: f'{S}_{c}' for S in self.states}, c)}" for c in self.slots)
+            return " + ".join(f"{fn({S: self.kid(S, c) for S in self.states}, c)}" for c in self.slots)
+        if getattr(self, "set_form", None) is not None:
+            return self.set_sum(fn({S: f"{S}_k" for S in self.states}, None))
         return f"({fn({S: f'{S}_k' for S in self.states}, None)}).sum(-2)"
 
     # ---------------------------------------------------------------------------------------------- cells
@@ -191,9 +241,10 @@ class CellWriter:
             if li == "embedding":
                 out["a"] = "x"
                 self.init(f"self.word_matrix = nn.Embedding({VOCAB}, {self.H * self.H})")
-                out["A"] = f"self.word_matrix(words[v]).view({self.row_shape('A')})"
+                shape = ("-1, " if self.batched else "") + self.row_shape("A")
+                out["A"] = f"self.word_matrix({self.at('words')}).view({shape})"
             elif li == "features":
-                out["a"] = f"{self.lin('W_in', self.s.embed, self.H)}(features[v])"
+                out["a"] = f"{self.lin('W_in', self.s.embed, self.H)}({self.at('features')})"
                 out["A"] = "self.leaf_matrix"
             else:
                 out["a"] = "x"
@@ -259,22 +310,29 @@ class CellWriter:
                           f"self.W_M_r = nn.Linear({H}, {H}, bias=False)")
                 out["A"] = f"torch.matmul(self.W_M_l.weight, {Al}) + torch.matmul(self.W_M_r.weight, {Ar})"
         elif f == "chainlstm":
-            if self.gates_layout == "torch_cell":
+            hp, cp = self.kid("h", "p"), self.kid("c", "p")
+            if self.gates_layout == "torch_cell" and self.cell_squeeze():  # the cell takes [B, H] rows
                 self.init(f"self.cell = nn.LSTMCell({D}, {H})")
-                w("h_new, c_new = self.cell(x, (h_p, c_p))")
+                w(f"h_new, c_new = self.cell(x.squeeze(1), ({hp}.squeeze(1), {cp}.squeeze(1)))",
+                  "h_new, c_new = h_new.unsqueeze(1), c_new.unsqueeze(1)")
+            elif self.gates_layout == "torch_cell":
+                self.init(f"self.cell = nn.LSTMCell({D}, {H})")
+                w(f"h_new, c_new = self.cell(x, ({hp}, {cp}))")
             else:
-                i, f_, o, u = self.pre(w, "gates", [("x", D, "W"), ("h_p", H, "U")], ["i", "f", "o", "u"])
-                w(f"c_new = torch.sigmoid({f_}) * c_p + torch.sigmoid({i}) * {self.act(u)}",
+                i, f_, o, u = self.pre(w, "gates", [("x", D, "W"), (hp, H, "U")], ["i", "f", "o", "u"])
+                w(f"c_new = torch.sigmoid({f_}) * {cp} + torch.sigmoid({i}) * {self.act(u)}",
                   f"h_new = torch.sigmoid({o}) * {self.act('c_new')}")
             out["h"], out["c"] = "h_new", "c_new"
         elif f == "chaingru":
+            hp = self.kid("h", "p")
             if self.gates_layout == "torch_cell":
                 self.init(f"self.cell = nn.GRUCell({D}, {H})")
-                out["h"] = "self.cell(x, h_p)"
+                out["h"] = f"self.cell(x.squeeze(1), {hp}.squeeze(1)).unsqueeze(1)" if self.cell_squeeze() else \
+                    f"self.cell(x, {hp})"
             else:
-                z, r = self.pre(w, "gates", [("x", D, "W"), ("h_p", H, "U")], ["z", "r"])
+                z, r = self.pre(w, "gates", [("x", D, "W"), (hp, H, "U")], ["z", "r"])
                 w(f"z = torch.sigmoid({z})", f"r = torch.sigmoid({r})")
-                n = self.pre(w, "cand", [("x", D, "W_n"), ("r * h_p", H, "U_n")], ["n"], gated=False)[0]
-                out["h"] = f"(1 - z) * {self.act(n)} + z * h_p"
+                n = self.pre(w, "cand", [("x", D, "W_n"), (f"r * {hp}", H, "U_n")], ["n"], gated=False)[0]
+                out["h"] = f"(1 - z) * {self.act(n)} + z * {hp}"
         else:
             raise AssertionError(f)

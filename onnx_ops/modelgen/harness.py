@@ -87,24 +87,24 @@ def build(spec: Spec, where: Path):
         path.write_text(src.text)
     mod = _load_module(path, f"modelgen_{spec.key()}")
     torch.manual_seed(spec.seed % (2**31))
-    return mod.Model().eval(), src
+    model = mod.Model().eval()
+    if spec.precision == "float64":
+        model = model.double()  # as a user runs a model in double: its parameters, inputs and state in float64
+    return model, src
 
 
 def _dynamic_axes(src) -> dict:
-    axes = {}
-    for name, kind in src.inputs:
-        axes[name] = {0: {"order": "L", "roots": "R"}.get(kind, "N")}
-    for name, kind in src.outputs:
-        if kind != "whole":
-            axes[name] = {0: "R" if kind == "root" else "N"}
-    return axes
+    """TorchScript exporter: every input's and output's dynamic axes by name (``Source.dims``)."""
+    return {name: dict(axes) for name, axes in src.dims.items() if axes}
 
 
 def _dynamic_shapes(src) -> dict:
+    """Dynamo exporter: a ``torch.export.Dim`` per dynamic size of the inputs. CSR offsets (N + 1 entries) get a
+    dim of their own: a derived ``Dim("N") + 1`` fails in torch 2.13 ('function' + 'int')."""
     import torch
 
-    dims = {k: torch.export.Dim(k) for k in ("N", "L", "R")}
-    return {name: {0: dims[{"order": "L", "roots": "R"}.get(kind, "N")]} for name, kind in src.inputs}
+    dims = {k: torch.export.Dim(k) for k in ("N", "L", "R", "B", "E", "N1")}
+    return {name: {axis: dims[d] for axis, d in src.dims[name].items()} for name, _ in src.inputs}
 
 
 def _tensors(feeds: dict) -> tuple:

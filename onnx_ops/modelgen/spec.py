@@ -9,7 +9,15 @@ A :class:`Spec` holds one value per choice of :data:`CHOICES`. :func:`draw` draw
   spec drawn again from the same RNG stream;
 - a combination that the real exporter is known not to export (:data:`UNEXPORTABLE`, found by trying, each with
   the exporter's error) is rejected likewise, unless ``explore=True``: then it is kept, so that a fuzz run can
-  measure it (its outcome is ``export-failed``).
+  measure it (its outcome is ``export-failed``);
+- a combination that makes sense but that the generator does not write yet (:data:`UNWRITTEN`, each with its
+  reason) is rejected likewise (an open item, listed so that it is never mistaken for meaningless).
+
+The encodings of issue 19 (:data:`NEW_VALUES`: how the structure encodes a child set, the table's layout, the
+float dtype, a chain's carried state, softmax attention) are drawn only with ``new=True``
+(``tools/fuzz_import.py --explore-new``); otherwise every new choice keeps its plain value and the draw consumes
+the random stream exactly as before they existed, so the CI sample stays what it was while the frontend has no
+handlers for them.
 
 The per-reason rejection counts of a draw are kept in :attr:`Spec.rejected` (not part of the spec's identity).
 """
@@ -22,10 +30,11 @@ from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
-__all__ = ["CHOICES", "MEANINGLESS", "UNEXPORTABLE", "Spec", "draw", "draw_many", "irrelevant", "GENERATOR_VERSION"]
+__all__ = ["CHOICES", "MEANINGLESS", "NEW_CHOICES", "NEW_VALUES", "UNEXPORTABLE", "UNWRITTEN", "Spec", "draw", "draw_many",
+           "irrelevant", "GENERATOR_VERSION"]
 
 #: bumped whenever the generated source for a given spec changes (part of the export cache key)
-GENERATOR_VERSION = 5
+GENERATOR_VERSION = 6
 
 #: choice name -> its values (the first value of each is the "plain" one)
 CHOICES: dict[str, tuple] = {
@@ -37,8 +46,9 @@ CHOICES: dict[str, tuple] = {
     # several operands into one pre-activation: W(x) + U(h) (a Linear each) or Linear(torch.cat([x, h]))
     "mix": ("sum", "cat"),
     "bias": (True, False),
-    # children combined: sum / mean / max with shared weights, or cat (per-child weights; binary only)
-    "agg": ("sum", "mean", "max", "cat"),
+    # children combined: sum / mean / max with shared weights, cat (per-child weights; binary only), or softmax
+    # attention (scores = child rows @ a learned query, -inf where no child, softmax over the set, weighted sum)
+    "agg": ("sum", "mean", "max", "cat", "attn"),
     # children read one by one (h[left[v]]; n-ary: a `for k in range(K)` loop building a list) or as one
     # stacked [K, H] tensor (h[kids], h.index_select(0, kids))
     "gather": ("one", "stacked", "index_select"),
@@ -72,7 +82,34 @@ CHOICES: dict[str, tuple] = {
     "hidden": tuple(range(4, 17)),
     "embed": tuple(range(3, 11)),
     "arity": (2, 3, 4),  # K of the n-ary families' children [N, K]
+    # ---- issue 19: how the structure and the state are encoded (drawn only with new=True)
+    # the child sets: padded children [N, K] / left, right (-1 = none); a parent (head) array [N] (children of v:
+    # parent == v); CSR offsets [N + 1] + indices [E] (children of v: indices[offsets[v]:offsets[v + 1]]); an
+    # edge list edge_index [2, E] (PyG: source -> target, child -> parent; predecessors: edge_index[1] == v)
+    "encoding": ("padded", "parent", "csr", "edges"),
+    # how a parent array / edge list selects the set: a boolean mask over nodes or edges (rows weighted by it;
+    # -inf where it is false for max and attention), a mask matmul ((parent == v).float() @ h), or the selected
+    # rows themselves (h[parent == v], or nonzero + index_select)
+    "select": ("mask", "matmul", "index"),
+    # the state tables: flat [N, H]; batched [B, N, H] (a padded forest: the loop over positions advances all B
+    # trees at once, h[:, v] = ...); vector [N] (one number per node); rank3 (an LSTM's h and c in one
+    # [N, 2, H] table; MV-RNN's matrices are rank-3 rows in every layout)
+    "table": ("flat", "batched", "vector", "rank3"),
+    # the float dtype of the model, its inputs and its state: float32, or float64 (model.double())
+    "precision": ("float32", "float64"),
+    # what a chain carries from step to step: a state table written at each step; one carried vector
+    # (h = cell(x, h)); a Python list of vectors (hs.append(h); torch.stack(hs)); a running max / sum of the
+    # visited states (with the carried vector)
+    "carry": ("table", "vector", "list", "running_max", "running_sum"),
 }
+
+#: the choices added for issue 19 (their first value is the one every spec had before)
+NEW_CHOICES = ("encoding", "select", "table", "precision", "carry")
+#: choice -> the values added for issue 19; drawn only with ``new=True``
+NEW_VALUES: dict[str, tuple] = {"agg": ("attn",), **{k: CHOICES[k][1:] for k in NEW_CHOICES}}
+NEW_VALUES["select"] = CHOICES["select"]  # only relevant to the new encodings
+#: set encodings: a child set read from a parent array, CSR lists or an edge list (no -1 padding)
+SET_ENCODINGS = ("parent", "csr", "edges")
 
 #: family -> the structure kinds it runs on (``structure`` is drawn uniformly among them)
 STRUCTURES = {
@@ -113,6 +150,11 @@ class Spec:
     embed: int
     arity: int
     structure: str
+    encoding: str = "padded"
+    select: str = "-"
+    table: str = "flat"
+    precision: str = "float32"
+    carry: str = "-"
     seed: int = 0
     rejected: tuple = field(default=(), compare=False, hash=False, repr=False)
 
@@ -131,8 +173,16 @@ class Spec:
 
     @classmethod
     def from_json(cls, d: dict) -> "Spec":
+        """A spec from its JSON; a spec written before a choice existed gets that choice's plain value (or "-"
+        where it is irrelevant)."""
         names = {f.name for f in fields(cls)} - {"rejected"}
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names})
+        d = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items() if k in names}
+        missing = [k for k in NEW_CHOICES if k not in d]
+        if missing:
+            full = {**{k: CHOICES[k][0] for k in missing}, **d}
+            gone = irrelevant(full)
+            d.update({k: ("-" if k in gone else full[k]) for k in missing})
+        return cls(**d)
 
     def key(self) -> str:
         """Stable hash of the spec (and of the generator version): the export cache key."""
@@ -186,6 +236,25 @@ def irrelevant(d: dict) -> dict[str, str]:
         out["act_form"] = "TreeFC is relu by definition"
     if s != "nary":
         out["arity"] = "fixed arity"
+    # ---- issue 19
+    enc = d.get("encoding", "padded")
+    if s == "chain":
+        out["encoding"] = "a chain has one predecessor per step"
+    elif enc in SET_ENCODINGS:
+        out["missing"] = "a child set has no -1 slots: no missing child to read as zeros"
+        out["layout"] = "the child set's encoding replaces the left/right or [N, 2] arrays"
+        if enc != "csr" and d.get("select") in ("mask", "matmul"):
+            out["gather"] = "a mask weights rows of the whole table: nothing is gathered"
+    if s == "chain" or enc not in ("parent", "edges"):
+        out["select"] = "only a parent array or an edge list is selected by a mask"
+    if s != "chain":
+        out["carry"] = "only a chain's step-to-step state can be carried instead of tabled"
+    elif d.get("carry", "table") != "table":
+        out["table"] = "a carried state has no node table"
+        out["missing"] = "a carried state has no missing predecessor"
+        out["write"] = "a carried state is not written into a table"
+    if d.get("table") == "vector" and "table" not in out:
+        out["hidden"] = "one number per node"
     return out
 
 
@@ -209,6 +278,58 @@ MEANINGLESS = [
      "with Python-int ids the missing-child condition is a Python bool: torch.where has no tensor condition"),
     (lambda d: d["exporter"] != "torchscript" and d["loop"] == "counter",
      "torch.while_loop always carries its counter and scan has none: a hand-carried counter is the plain form"),
+    # ---- issue 19 (every rule names a new value, so that plain specs are never rejected by one)
+    (lambda d: d["encoding"] in SET_ENCODINGS and d["agg"] == "cat",
+     "a child set has no order: per-child weights (cat) need fixed child slots"),
+    (lambda d: d["encoding"] in SET_ENCODINGS and d["family"] == "mvrnn",
+     "MV-RNN multiplies the left child's vector by the right child's matrix: it needs ordered child slots"),
+    (lambda d: d["encoding"] == "parent" and d["structure"] == "grid",
+     "a parent array names one parent per node: a grid cell is the predecessor of two cells (a DAG needs CSR or "
+     "an edge list)"),
+    (lambda d: d["encoding"] in SET_ENCODINGS and d["leaf_test"] in ("lt0", "eq_m1"),
+     "a child set has no -1 sentinel to test: its leaf test is its size (num_children, is_leaf, or the count in "
+     "torch.where / a mask)"),
+    (lambda d: d["encoding"] == "edges" and d["leaf_input"] == "constant",
+     "an edge list does not give the node count: PyG takes it from the node inputs (x [N, F]), and a learned "
+     "constant input has none"),
+    (lambda d: d["select"] == "matmul" and d["agg"] == "max",
+     "a mask matmul sums the selected rows: it cannot take their max"),
+    (lambda d: (d["select"] == "index" or d["encoding"] == "csr") and d["agg"] in ("max", "attn") and
+     _node_at_leaves(d),
+     "the exact child set of a leaf is empty: its max or softmax has no value, and this cell computes it at leaves "
+     "too (a uniform cell, or a branch-free leaf test); exact sets (nonzero, a CSR slice) take an if/cond leaf "
+     "test"),
+    (lambda d: d["table"] == "batched" and (d["encoding"] in ("csr", "edges") or d["select"] == "index"),
+     "a batched step reads all B trees with one op: CSR slices and selected rows have a per-tree length, and "
+     "PyG batches edge lists by concatenation into one graph (the flat table)"),
+    (lambda d: d["table"] == "batched" and (d["leaf_test"] in ("lt0", "eq_m1", "is_leaf", "num_children") or
+                                            d["missing"] in ("if_zeros", "node_if_zeros")),
+     "a batched step cannot branch per tree: it tests leaves and missing children with torch.where or a mask"),
+    (lambda d: d["table"] == "vector" and d["family"] not in ("treefc", "treernn", "dagrnn"),
+     "one number per node is a scalar recursion (a score, a depth): gated cells and MV-RNN's matrices have "
+     "vector states"),
+    (lambda d: d["table"] == "vector" and d["write"] == "assign_slice",
+     "a 1-D table's row is one number: there is no slice h[v, :] to assign"),
+    (lambda d: d["table"] == "rank3" and d["family"] not in ("treelstm", "childsum", "chainlstm"),
+     "a rank-3 state table stacks an LSTM's h and c ([N, 2, H]); one-state families have nothing to stack and "
+     "MV-RNN's matrices are rank-3 rows already"),
+    (lambda d: d["carry"] == "list" and d["exporter"] == "dynamo_while",
+     "torch.while_loop carries tensors only, not a Python list; scan's stacked outputs are the list form"),
+    (lambda d: d["carry"] in ("vector", "running_max", "running_sum") and d["head"] == "mean",
+     "a carried vector or reduction keeps no per-step rows to average"),
+]
+
+
+def _node_at_leaves(d: dict) -> bool:
+    """The internal-node cell runs at leaves too, reading their empty child sets: one cell for every node (no leaf
+    test), or a branch-free leaf test (torch.where / a mask blend of both cells)."""
+    return d["structure"] in ("grid", "chain") or d["leaf_test"] in ("none", "-", "where", "mask")
+
+
+#: (predicate, reason): meaningful combinations that the generator does not write yet (drawn again; open items)
+UNWRITTEN = [
+    (lambda d: d["encoding"] in SET_ENCODINGS and d["gather"] == "one",
+     "a child set read child by child (a Python loop over a CSR slice or over nonzero(parent == v))"),
 ]
 
 #: (predicate, reason): combinations the real exporter cannot export (found by trying; see docs in the report)
@@ -229,6 +350,18 @@ UNEXPORTABLE = [
      "prim::ListConstruct, got onnx::Constant)"),
     (lambda d: d["exporter"] != "torchscript" and d["write"] == "cat",
      "dynamo: h[:v] with a tensor v inside torch.while_loop/scan is a data-dependent slice"),
+    # ---- issue 19
+    (lambda d: d["precision"] == "float64" and (d["act"] in ("gelu", "elu", "softplus", "selu") or
+                                                (d["act"] == "leaky_relu" and d["exporter"] != "torchscript")),
+     "float64: ONNX Runtime (CPU) has no double kernel for Erf (gelu), Elu, Softplus, Selu, or LeakyRelu-16 (the "
+     "dynamo exporter's leaky_relu): NOT_IMPLEMENTED, the exported model does not load"),
+    (lambda d: d["table"] == "batched" and d["exporter"] == "torchscript" and d["read"] == "scalar",
+     "TorchScript exporter: a batched read arr[:, v] with a 0-d tensor v is exported as an index that keeps a "
+     "broadcast dim; the model loads but ONNX Runtime fails on batches of more than one tree (Reshape: 'The input "
+     "tensor cannot be reshaped to the requested shape', input {B, B, H}, requested {B, 1, H})"),
+    (lambda d: d["precision"] == "float64" and d["gates"] == "torch_cell" and d["exporter"] == "torchscript",
+     "float64: the TorchScript exporter writes nn.LSTMCell as an ONNX LSTM, which ONNX Runtime runs in float32 "
+     "only ('LSTM operator does not support double yet')"),
 ]
 
 
@@ -245,6 +378,9 @@ def _check(d: dict, explore: bool) -> str | None:
     for pred, reason in MEANINGLESS:
         if pred(d):
             return "meaningless: " + reason
+    for pred, reason in UNWRITTEN:
+        if pred(d):
+            return "unwritten: " + reason
     if not explore:
         for pred, reason in UNEXPORTABLE:
             if pred(d):
@@ -256,18 +392,30 @@ def _check(d: dict, explore: bool) -> str | None:
 PRIMARY = ("family", "exporter")
 
 
-def draw(rng: np.random.Generator, seed: int = 0, explore: bool = False, **fixed) -> Spec:
+def _values(new: bool) -> dict:
+    """choice -> the values a draw picks among: all of them with ``new``, else those that existed before issue 19
+    (the new choices keep their plain value and consume no random numbers)."""
+    if new:
+        return CHOICES
+    return {k: tuple(v for v in vals if v not in NEW_VALUES.get(k, ())) for k, vals in CHOICES.items()
+            if k not in NEW_CHOICES}
+
+
+def draw(rng: np.random.Generator, seed: int = 0, explore: bool = False, new: bool = False, **fixed) -> Spec:
     """One spec from ``rng``: every choice uniform and independent; ``fixed`` pins choices (e.g.
     ``exporter="torchscript"``). The family and the exporter are drawn once (so both stay uniform); when the
-    combination is rejected the other choices are drawn again (the reasons are counted in ``Spec.rejected``)."""
+    combination is rejected the other choices are drawn again (the reasons are counted in ``Spec.rejected``).
+    ``new`` draws the encodings of issue 19 too (:data:`NEW_VALUES`); without it they keep their plain values."""
     rejected: Counter = Counter()
-    primary = {k: fixed.get(k, CHOICES[k][int(rng.integers(len(CHOICES[k])))]) for k in PRIMARY}
+    values = _values(new)
+    primary = {k: fixed.get(k, values[k][int(rng.integers(len(values[k])))]) for k in PRIMARY}
     why = None
     for attempt in range(20_000):
         if attempt and attempt % 500 == 0:  # pinned choices that this family/exporter cannot have: draw them again
-            primary = {k: fixed.get(k, CHOICES[k][int(rng.integers(len(CHOICES[k])))]) for k in PRIMARY}
+            primary = {k: fixed.get(k, values[k][int(rng.integers(len(values[k])))]) for k in PRIMARY}
         d = {k: (int(rng.integers(12)) if k == "structure" else v[int(rng.integers(len(v)))])
-             for k, v in CHOICES.items() if k not in PRIMARY}
+             for k, v in values.items() if k not in PRIMARY}
+        d.update({k: CHOICES[k][0] for k in CHOICES if k not in d})  # the new choices, plain, without new
         d.update(primary)
         d.update({k: v for k, v in fixed.items() if k != "structure"})
         d = _normalize(d)
@@ -283,8 +431,8 @@ def draw(rng: np.random.Generator, seed: int = 0, explore: bool = False, **fixed
     raise ValueError(f"no valid spec with {fixed}: last rejection {why}")
 
 
-def draw_many(n: int, seed: int = 0, explore: bool = False, **fixed) -> list[Spec]:
-    """``n`` specs from one seeded stream (``fixed`` pins choices); spec i gets ``seed * 1_000_003 + i`` as its own
-    (parameter) seed."""
+def draw_many(n: int, seed: int = 0, explore: bool = False, new: bool = False, **fixed) -> list[Spec]:
+    """``n`` specs from one seeded stream (``fixed`` pins choices; ``new`` draws the encodings of issue 19 too);
+    spec i gets ``seed * 1_000_003 + i`` as its own (parameter) seed."""
     rng = np.random.default_rng(seed)
-    return [draw(rng, seed=seed * 1_000_003 + i, explore=explore, **fixed) for i in range(n)]
+    return [draw(rng, seed=seed * 1_000_003 + i, explore=explore, new=new, **fixed) for i in range(n)]

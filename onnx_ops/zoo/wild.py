@@ -74,6 +74,49 @@ class ChildSumForget(nn.Module):
         return h, c
 
 
+class ChildSumParent(ChildSumForget):
+    """ChildSumForget with each node's children found in a parent array (`parent == v`, boolean indexing), as
+    dependency-tree models receive them: only the present children are read."""
+
+    def forward(self, words, parent, order):
+        N = words.size(0)
+        h = torch.zeros(N, self.hidden)
+        c = torch.zeros(N, self.hidden)
+        for i in range(order.size(0)):
+            v = order[i]
+            x = self.emb(words[v])
+            kids = parent == v
+            h_children = h[kids]
+            iou = self.ioux(x) + self.iouh(h_children.sum(0))
+            i_, o, u = torch.split(iou, self.hidden)
+            f = torch.sigmoid(self.fx(x).unsqueeze(0) + self.fh(h_children))
+            c_new = torch.sigmoid(i_) * torch.tanh(u) + (f * c[kids]).sum(0)
+            h[v] = torch.sigmoid(o) * torch.tanh(c_new)
+            c[v] = c_new
+        return h, c
+
+
+class ChildSumCSR(ChildSumForget):
+    """ChildSumForget with each node's children as a CSR list: indices[offsets[v]:offsets[v + 1]]."""
+
+    def forward(self, words, offsets, indices, order):
+        N = words.size(0)
+        h = torch.zeros(N, self.hidden)
+        c = torch.zeros(N, self.hidden)
+        for i in range(order.size(0)):
+            v = order[i]
+            x = self.emb(words[v])
+            kids = indices[offsets[v]:offsets[v + 1]]
+            h_children = h[kids]
+            iou = self.ioux(x) + self.iouh(h_children.sum(0))
+            i_, o, u = torch.split(iou, self.hidden)
+            f = torch.sigmoid(self.fx(x).unsqueeze(0) + self.fh(h_children))
+            c_new = torch.sigmoid(i_) * torch.tanh(u) + (f * c[kids]).sum(0)
+            h[v] = torch.sigmoid(o) * torch.tanh(c_new)
+            c[v] = c_new
+        return h, c
+
+
 class DagRNNWhere(nn.Module):
     """DAG-RNN over a grid whose missing neighbour reads an extra zero row: torch.where(up[v] < 0,
     torch.tensor(N), up[v])."""
@@ -369,6 +412,10 @@ def int32_forest_feeds(f):
 
 
 MODELS.update({
+    "childsum_parent": (ChildSumParent, "torchscript", ["words", "parent", "order"], ["h", "c"], "parent"),
+    "childsum_csr": (ChildSumCSR, "torchscript", ["words", "offsets", "indices", "order"], ["h", "c"], "csr"),
+})
+MODELS.update({
     "int32_bool": (Int32BoolTreeRNN, "torchscript", ["words", "left", "right", "is_leaf", "order"], ["h"], "binary32"),
     "reverse_counter": (ReverseCounterTreeRNN, "torchscript", ["words", "left", "right", "is_leaf", "order"], ["h"],
                         "binary32_reversed"),
@@ -390,10 +437,11 @@ def feeds_for(kind, rng, count, sst_dir=None):  # noqa: F811 - extends the kinds
         if kind.endswith("reversed"):
             feeds["order"] = np.ascontiguousarray(feeds["order"][::-1])
         return feeds
-    if kind == "nary3":
+    if kind in ("nary3", "parent", "csr"):
         trees = (st.read_sst(sst_dir, split="test", vocab_size=50, limit=count) if sst_dir
                  else st.sst_like_trees(count, rng, 50))
-        return nary3_forest_feeds(st.batch_nary([st.nary_from_forest(t) for t in trees]))
+        forest = st.batch_nary([st.nary_from_forest(t) for t in trees])
+        return {"nary3": nary3_forest_feeds, "parent": parent_feeds, "csr": csr_feeds}[kind](forest)
     return _feeds_for_base(kind, rng, count, sst_dir)
 
 
@@ -410,6 +458,17 @@ def nary3_forest_feeds(f):
     children = np.full((f.children.shape[0], 3), -1, dtype=np.int64)
     children[:, :f.children.shape[1]] = f.children
     return dict(words=f.words, children=children, order=f.order)
+
+
+def parent_feeds(f):
+    """The parent-array model's inputs for an N-ary forest."""
+    return dict(words=f.words, parent=st.parents_of(f.children), order=f.order)
+
+
+def csr_feeds(f):
+    """The CSR model's inputs for an N-ary forest."""
+    offsets, indices = st.csr_of(f.children)
+    return dict(words=f.words, offsets=offsets, indices=indices, order=f.order)
 
 
 def _grid_features():
@@ -430,6 +489,8 @@ BENCH_FORMS = {
                 ("reverse_counter", lambda h, e: dict(vocab=e.vocab, hidden=h), reversed_int32_forest_feeds),
                 ("two_pass", lambda h, e: dict(vocab=e.vocab, hidden=h), int32_forest_feeds)],
     "childsum": [("childsum_forget", lambda h, e: dict(vocab=e.vocab, emb=h, hidden=h), None),
+                 ("childsum_parent", lambda h, e: dict(vocab=e.vocab, emb=h, hidden=h), parent_feeds),
+                 ("childsum_csr", lambda h, e: dict(vocab=e.vocab, emb=h, hidden=h), csr_feeds),
                  ("nested_loop", lambda h, e: dict(vocab=e.vocab, hidden=h), nary3_forest_feeds)],
     "dagrnn": [("dagrnn_where", lambda h, e: dict(features=_grid_features(), hidden=h), None)],
 }

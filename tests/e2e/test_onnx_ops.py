@@ -288,7 +288,7 @@ def test_reference_leaf_tests_differ_only_below_minus_one(params, forests):
 # TorchScript exports of natural PyTorch models
 
 if HAS_TORCH:
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import torch_treelstm
 
     STYLES = torch_treelstm.STYLES

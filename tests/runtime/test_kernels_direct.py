@@ -12,7 +12,7 @@ import pytest
 
 from onnx_ops.zoo import MODELS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("cuda_check", ROOT / "tools" / "cuda_check.py")
 cuda_check = importlib.util.module_from_spec(_spec)
 sys.modules["cuda_check"] = cuda_check

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 torch = pytest.importorskip("torch")
@@ -139,7 +139,7 @@ def test_cuda_runners_match_reference(kind):
 
 
 def test_bench_wiring_devices_and_models():
-    from tools import bench
+    from tools.benchlib import report
     from tools.peers import models, systems as S
 
     for n in S.GPU_SYSTEMS:
@@ -151,13 +151,14 @@ def test_bench_wiring_devices_and_models():
     assert S.model_status(S.ORT_CUDA, models.get("treegru")) is None
     assert S.model_status(S.DYNET, models.get("treegru")) == models.NO_DYNET
     cpu, cuda = {"target": "cpu", "rows": []}, {"target": "cuda", "rows": []}
-    assert bench._table_systems(cpu) == list(S.CPU_SYSTEMS)
-    assert bench._table_systems(cuda) == list(S.ALL_SYSTEMS)
-    assert bench._label(cuda, S.CORTEX) == "Cortex (CPU)" and bench._label(cuda, S.TORCH_GPU) == S.TORCH_GPU
-    assert bench._label(cpu, S.CORTEX) == "Cortex"
-    hdr = bench.render_table(cuda).splitlines()[0]
+    assert report.table_systems(cpu) == list(S.CPU_SYSTEMS)
+    assert report.table_systems(cuda) == list(S.ALL_SYSTEMS)
+    assert report.system_label(cuda, S.CORTEX) == "Cortex (CPU)"
+    assert report.system_label(cuda, S.TORCH_GPU) == S.TORCH_GPU
+    assert report.system_label(cpu, S.CORTEX) == "Cortex"
+    hdr = report.render_table(cuda).splitlines()[0]
     assert "Cortex (CPU) ms" in hdr and "CUDA graph replay (CUDA) ms" in hdr and "Cortex (CUDA) ms" in hdr
-    assert bench.render_table(cpu).splitlines()[0].startswith(
+    assert report.render_table(cpu).splitlines()[0].startswith(
         "| model | hidden | batch | Cortex ms | ONNX Runtime ms | PyTorch ms | DyNet ms | Cortex vs ORT |")
 
 
@@ -184,12 +185,12 @@ def test_gpu_report_puts_kernel_and_end_to_end_apart(tmp_path):
 
 
 def test_regenerating_a_page_keeps_its_hand_written_text(tmp_path):
-    from tools import bench
+    from tools.benchlib import report
 
     page = tmp_path / "page.md"
-    bench.replace_generated(page, f"{bench.DOCS_BEGIN}\nrun 1\n{bench.DOCS_END}", "# Title\n\n")
+    report.replace_generated(page, f"{report.DOCS_BEGIN}\nrun 1\n{report.DOCS_END}", "# Title\n\n")
     page.write_text(page.read_text() + "\n## Analysis by hand\n")
-    bench.replace_generated(page, f"{bench.DOCS_BEGIN}\nrun 2\n{bench.DOCS_END}", "# Title\n\n")
+    report.replace_generated(page, f"{report.DOCS_BEGIN}\nrun 2\n{report.DOCS_END}", "# Title\n\n")
     text = page.read_text()
     assert text.startswith("# Title") and "run 2" in text and "run 1" not in text
     assert text.rstrip().endswith("## Analysis by hand")

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from _build_c import REPO, load_C  # noqa: E402
 
 _C = load_C()
@@ -215,7 +215,7 @@ def test_gemm_threads_agree_bitwise_with_serial_for_large_shapes(isa):
 def test_num_threads_and_env_override():
     assert _C.num_threads() >= 1
     code = "import sys; sys.path.insert(0, %r); from _build_c import load_C; print(load_C().num_threads())" % (
-        os.path.dirname(os.path.abspath(__file__)))
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     for n in ("1", "3"):
         env = dict(os.environ, CORTEX_NUM_THREADS=n)
         out = subprocess.check_output([sys.executable, "-c", code], env=env, cwd=REPO, text=True)

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
 from onnx import TensorProto, helper
 
-from cortex.codegen import CppGenerator
+from cortex.codegen import generator
 from cortex.frontend import find_regions
 from cortex.passes import optimize
 from onnx_ops.zoo import MODELS
@@ -85,7 +85,7 @@ def _never_crashes(model):
             assert region.reason, "a refusal without a reason"
             continue
         program = optimize(region.program)
-        CppGenerator(program).generate("fuzz")
+        generator("cpu", program).generate("fuzz")
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)

@@ -23,11 +23,12 @@ import pytest
 import cortex
 from cortex.artifacts import cortex_nodes
 from cortex.codegen import toolchain
-from cortex.codegen.cuda import CudaGenerator
+from cortex.codegen import generator
 from cortex.frontend import find_regions
 from cortex.passes import optimize
 from cortex.examples import structures as st
 from cortex.treerec import lower_treerec
+from gpu import cortex_gpus, gpu_skip_reason, nvcc_missing
 from onnx_ops.zoo import MODELS, batch, structures
 
 HIDDEN = 8
@@ -49,15 +50,7 @@ def _cuda_source(name: str, form: str) -> str:
     assert region.program is not None, region.reason
     program = optimize(region.program)
     # the identity cortex.convert gives a model saved as model.onnx: the GPU tests' conversions reuse these compiles
-    return CudaGenerator(program).generate(f"{program.name} of model.onnx")
-
-
-def _nvcc_missing() -> str | None:
-    try:
-        toolchain.nvcc()
-    except toolchain.ToolchainError as e:
-        return str(e)
-    return None
+    return generator("cuda", program).generate(f"{program.name} of model.onnx")
 
 
 # ---- everywhere: generation, compilation, conversion, messages ---------------------------------------------------
@@ -74,7 +67,7 @@ def test_cuda_source_is_generated(name, form):
 @pytest.fixture(scope="module")
 def compiled():
     """Every form's kernel library, compiled in parallel: {(name, form): path or the exception}."""
-    missing = _nvcc_missing()
+    missing = nvcc_missing()
     if missing:
         pytest.skip(f"nvcc not found, CUDA kernels cannot be compiled here: {missing}")
     sources = {key: _cuda_source(*key) for key in FORMS}
@@ -119,7 +112,7 @@ class _Signature(ctypes.Structure):
 @pytest.fixture(scope="module")
 def cuda_model(tmp_path_factory):
     """The binary TreeLSTM (Loop form) converted with target cuda: (original path, converted path)."""
-    missing = _nvcc_missing()
+    missing = nvcc_missing()
     if missing:
         pytest.skip(f"nvcc not found, CUDA kernels cannot be compiled here: {missing}")
     d = tmp_path_factory.mktemp("cuda_model")
@@ -166,14 +159,8 @@ def test_cpu_and_cuda_options_do_not_mix():
         cortex.session_options(options, device="cuda")
 
 
-def _cortex_gpus() -> list:
-    cortex.session._ep_devices()
-    return [d for d in ort.get_ep_devices()
-            if d.ep_name == cortex.get_ep_name() and d.device.type == ort.OrtHardwareDeviceType.GPU]
-
-
 def test_cuda_device_without_gpu_says_why():
-    if _cortex_gpus():
+    if cortex_gpus():
         pytest.skip("this machine has a GPU the Cortex EP offers")
     with pytest.raises(RuntimeError, match="lists no NVIDIA GPU"):
         cortex.session_options(device="cuda")
@@ -182,21 +169,9 @@ def test_cuda_device_without_gpu_says_why():
 # ---- with an NVIDIA GPU ----------------------------------------------------------------------------------------
 
 
-def _gpu_skip_reason() -> str | None:
-    try:
-        import torch
-    except ImportError:
-        return "no CUDA GPU (torch, used to look for one, is not importable)"
-    if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
-        return "no CUDA GPU"
-    if not _cortex_gpus():
-        return "no CUDA GPU offered by the Cortex EP (see cortex.session_options(device='cuda')'s error)"
-    return _nvcc_missing()
-
-
 @pytest.fixture(scope="module")
 def gpu():
-    reason = _gpu_skip_reason()
+    reason = gpu_skip_reason()
     if reason:
         pytest.skip(reason)
 

@@ -27,6 +27,7 @@ from cortex.ir import nodes as ir
 from cortex.ir import schema
 from cortex.ir.serialize import IRFormatError, from_json, to_json
 from cortex.passes import optimize
+import ir_programs
 from onnx_ops.zoo import MODELS
 
 INJECTION = '0}; std::FILE* f = std::fopen("/tmp/cortex_fuzz_marker","w"); std::fclose(f); {0'
@@ -42,6 +43,8 @@ def _program(name, form):
 
 PROGRAMS = {f"{name}-{form}": _program(name, form) for name in ("treelstm", "dagrnn", "mvrnn", "childsum")
             for form in ("loop", "treerec")}
+PROGRAMS.update({"child-sets": optimize(ir_programs.child_sum()), "edge-list": ir_programs.child_sum(
+    encoding="edge_index"), "chain": optimize(ir_programs.chain()), "thin-stack": optimize(ir_programs.thin_stack())})
 
 
 @pytest.fixture(autouse=True)
@@ -190,13 +193,13 @@ def test_code_in_the_ir_is_refused_by_rebuild(tmp_path, monkeypatch):
 
 def test_a_program_built_in_process_is_checked_before_code_generation():
     # the code generator checks types too: IR from any source, not only the loader
-    from cortex.codegen.cpp import CppGenerator
+    from cortex.codegen import generator
     from cortex.codegen.plan import CodegenError
 
     program = PROGRAMS["treelstm-loop"]
     decl = program.inputs[0]
     evil = ir.InputDecl(decl.name, decl.kind, decl.dtype, 2, (INJECTION,))
     with pytest.raises(CodegenError, match="not a valid dimension"):
-        CppGenerator(ir.Program(program.name, program.mode, (evil,) + program.inputs[1:], program.tables,
+        generator("cpu", ir.Program(program.name, program.mode, (evil,) + program.inputs[1:], program.tables,
                                 program.cases, program.constants, program.trip, program.rows_from))
     np.testing.assert_equal(len(program.inputs), len(PROGRAMS["treelstm-loop"].inputs))

@@ -21,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from cortex import _paths
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 BIAS = np.array([0.5, -4.0, 1.0, -0.25], dtype=np.float32)
 
 FAKE_CUDART = r"""

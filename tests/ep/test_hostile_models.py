@@ -314,15 +314,15 @@ def test_integers_reach_generated_code_only_through_the_checked_formatter():
 def test_a_program_with_a_sneaky_size_is_refused_by_the_generator():
     import dataclasses
 
-    from cortex.codegen import CodegenError, CppGenerator
+    from cortex.codegen import CodegenError, generator
     from cortex.frontend import find_regions
     from cortex.passes import optimize
     (program,) = [optimize(r.program) for r in find_regions(tl.build_loop(tl.make_params(**PARAMS)))]
-    assert "cortex_kernel_signature" in CppGenerator(program).generate("k")
+    assert "cortex_kernel_signature" in generator("cpu", program).generate("k")
     sneaky_table = dataclasses.replace(program, tables=tuple(
         dataclasses.replace(t, inner=(_Sneaky(8),)) for t in program.tables))
     sneaky_rank = dataclasses.replace(program, inputs=tuple(
         dataclasses.replace(d, rank=True) if d.rank == 1 else d for d in program.inputs))
     for evil in (sneaky_table, sneaky_rank):
         with pytest.raises(CodegenError, match="not a valid dimension|not an integer"):
-            CppGenerator(evil).generate("k")
+            generator("cpu", evil).generate("k")

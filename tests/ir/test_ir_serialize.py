@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 import cortex
-from cortex.codegen import CodegenError, CppGenerator
+from cortex.codegen import CodegenError, generator
 from cortex.codegen.cstyle import cstr as _cstr
 from cortex.frontend import find_regions
 from cortex.ir import format_program
@@ -44,7 +44,7 @@ def test_round_trip_regenerates_the_same_kernel(name, form):
     for program in programs:
         loaded = _round_trip(program)
         assert loaded == program and format_program(loaded) == format_program(program)
-        assert CppGenerator(loaded).generate("k") == CppGenerator(program).generate("k")
+        assert generator("cpu", loaded).generate("k") == generator("cpu", program).generate("k")
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_unsafe_names_are_refused_at_load_and_by_the_generator(treelstm_program,
     evil = dataclasses.replace(treelstm_program, inputs=tuple(
         dataclasses.replace(d, name=name) if d.name == "left" else d for d in treelstm_program.inputs))
     with pytest.raises(CodegenError, match="cannot be written safely"):
-        CppGenerator(evil)
+        generator("cpu", evil)
 
 
 def _set_first(document, kind, field, value):

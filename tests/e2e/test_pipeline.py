@@ -329,12 +329,12 @@ def test_treerec_node_input_of_the_wrong_length_is_an_error(params, tmp_path_fac
     want = _reference(model, forest.children, forest.words)
     for g, w in zip(got, want):
         assert np.abs(g - w).max() <= TOL
-    from cortex.codegen.cuda import CudaGenerator
+    from cortex.codegen import generator
     from cortex.frontend import find_regions
     from cortex.passes import optimize
 
     [region] = find_regions(model)
-    assert "cortex::check_node_rows(" in CudaGenerator(optimize(region.program)).generate("treerec")
+    assert "cortex::check_node_rows(" in generator("cuda", optimize(region.program)).generate("treerec")
 
 
 def _reference(model, children, words):

@@ -25,7 +25,7 @@ from cortex.examples import structures as st
 from onnx_ops.zoo import MODELS
 from cortex.examples import treelstm as tl
 
-WORKER = Path(__file__).with_name("_fuzz_worker.py")
+WORKER = Path(__file__).resolve().parents[1] / "_fuzz_worker.py"
 VOCAB = 12
 
 

@@ -1,0 +1,668 @@
+"""Child sets the structure computes at run time: a node's children (or a DAG node's predecessors) whose number varies
+per node, found the way models find them: a mask over a parent array (`parent == v`), a mask over an edge list
+(`edge_index[1] == v`), a CSR slice (`indices[offsets[v]:offsets[v + 1]]`). The values over such a set (the mask
+itself, the member positions after NonZero, the member ids, the members' rows) are `SetField`s; a reduction over the
+set's axis (a sum, a max, a mean, a mask matmul, a count) becomes one `SetReduce` of the IR, whose members the kernel
+prepares on the host per position (csrc/runtime/sets.h) and whose reads the linearizer orders.
+
+What is proved: the members are exactly the rows the reduction reads (a mask and the table it selects from span the
+same axis; a NonZero's positions index the array they came from; a CSR slice's values are row ids); any other use of
+a set value (a reduction over another axis, elementwise math that mixes members with non-members, a position used as
+data) is refused with the reason. The interpreter asks `dispatch` before the op's own handler.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from ..ir import index as ix
+from ..ir import nodes as ir
+from . import interpreter
+from .interpreter import attr
+from .ops_elementwise import ROW_ARITH, UNARY
+from .operands import known_ints
+from .values import INT_DTYPES, Array, Known, Refusal, Row, Sym, Table, describe
+
+NEG_INF, POS_INF = float("-inf"), float("inf")
+
+
+@dataclass(frozen=True)
+class KeyRow:
+    """Row `row` of a 2-D runtime integer array (an edge list's sources or targets, `edge_index[1]`)."""
+    array: str
+    row: int
+
+
+@dataclass(frozen=True)
+class Members:
+    """The set, as SetReduce reads it: (encoding, arrays, bounds), plus how a position of the set's axis maps to a
+    node id: `rows_are_ids` when the axis is the state rows themselves (a parent array)."""
+    encoding: str
+    arrays: tuple
+    bounds: tuple
+    axis: str  # the array whose length the set's axis has (for a mask's shape and a mean over it)
+
+    @property
+    def rows_are_ids(self) -> bool:
+        return self.encoding == "parent"
+
+
+@dataclass(frozen=True)
+class SetField:
+    """A value over a set. layout 'mask': spans the whole axis (a mask's shape): members hold `body`, the others
+    `fill`; layout 'list': the members only, in order. kind: 'pred' (a mask: true at members), 'positions' (the
+    members' positions on the axis, after NonZero), 'ids' (their node ids), 'rows' (per-member values: `body`, an IR
+    row expression whose leaves may read a member's rows through ir.Member()). `inner`: each element's shape;
+    `index_rank`: NonZero's [1, M] / Transpose's [M, 1] layouts of positions."""
+    members: Members
+    layout: str
+    kind: str
+    body: object = None
+    fill: float = None
+    inner: tuple = ()
+    shape_tag: str = ""  # positions: "nonzero" [1, M] or "column" [M, 1] or "" [M]
+
+
+@dataclass(frozen=True)
+class AxisIndex:
+    """arange(len(array)): the positions along a runtime vector's axis (a range mask compares them with bounds)."""
+    array: str
+
+
+@dataclass(frozen=True)
+class Interval:
+    """The mask lo <= arange(len(array)) < hi (either bound may be absent): a CSR child list as a mask."""
+    array: str
+    lo: object = None  # IExpr or None
+    hi: object = None
+
+
+@dataclass(frozen=True)
+class SetCount:
+    """The number of members of a set value's set (`len(child_h)`), as a scalar (rank 0) or a [1] vector."""
+    field: "SetField"
+    rank: int = 0
+
+
+@dataclass(frozen=True)
+class SetDims:
+    """A shape whose dims are ints and one member count ("M"): the repeats of `x.repeat(len(child_h), 1)`."""
+    field: "SetField"
+    dims: tuple
+
+
+@dataclass(frozen=True)
+class SetShape:
+    """Shape(x) of a set value x: only for an Expand of x to its own shape (the dynamo exporter's index broadcast)."""
+    field: "SetField"
+
+
+@dataclass(frozen=True)
+class Filled:
+    """A tensor of one constant value whose leading dimension is dynamic (torch.zeros_like of a state table)."""
+    value: float
+    inner: tuple
+
+
+def _key_array(v):
+    """(name, row or None) for a dynamic-length integer vector of the structure: a 1-D runtime array or a row of a
+    2-D one; else None."""
+    if isinstance(v, KeyRow):
+        return v.array, v.row
+    if isinstance(v, Array) and v.read_dtype in INT_DTYPES and v.shape is not None and len(v.shape) == 1 \
+            and v.columns is None and v.fill is None:
+        return v.name, None
+    return None
+
+
+def _key_scalar(v):
+    if isinstance(v, Sym) and v.elems.size == 1 and not v.is_bool:
+        return ix.as_index(v.scalar())
+    if isinstance(v, Known) and v.value.size == 1 and v.value.dtype.kind in "iu":
+        return ix.const(int(v.value.reshape(-1)[0]))
+    return None
+
+
+def _mask_members(it, key_ref, key) -> Members:
+    name, row = key_ref
+    it.use_array(it.arrays.get(name) or Array(name, "int64", (None,)))
+    if row is None:
+        return Members("parent", (name,), (key,), name)
+    return Members("edge_index", (name,), (key, ix.const(row)), name)  # the member row: set by _ids_from
+
+
+# ---- the ops ---------------------------------------------------------------------------------------------------
+
+
+def _equal(it, node, args):
+    for a, b in ((args[0], args[1]), (args[1], args[0])):
+        ref, key = _key_array(a), _key_scalar(b)
+        if ref is not None and key is not None:
+            return SetField(_mask_members(it, ref, key), "mask", "pred")
+    return None
+
+
+def _gather(it, node, args):
+    data, idx = args[0], args[1]
+    if isinstance(data, SetShape):
+        return _count_of(it, node, args)
+    axis = int(attr(node, "axis", 0))
+    if isinstance(data, Array) and data.read_dtype in INT_DTYPES and data.shape is not None and len(data.shape) == 2 \
+            and axis == 0 and isinstance(idx, Known) and idx.value.size == 1 and idx.value.ndim == 0:
+        if isinstance(data.shape[1], int):
+            return None  # a fixed [K, C] array: the existing handlers read it
+        row = int(idx.value)
+        if row < 0 and isinstance(data.shape[0], int):
+            row += data.shape[0]
+        if row < 0:
+            raise Refusal(f"row {int(idx.value)} of edge list {data.name}, whose row count is dynamic")
+        it.use_array(data)
+        return KeyRow(data.name, row)
+    if isinstance(idx, SetField) and axis == 0:
+        return _at_members(it, data, idx)
+    if isinstance(data, SetField):
+        raise Refusal("a Gather from a child set's values (index them by position instead)")
+    return None
+
+
+def _at_members(it, data, idx: SetField):
+    """data at the members: a table's or a node input's rows at member ids, or an edge list's other row at member
+    positions."""
+    m = idx.members
+    if idx.kind == "positions" and _key_array(data) is not None:  # an integer vector along the set's axis
+        return _ids_from(m, _key_array(data))
+    if idx.kind == "ids" or (idx.kind == "positions" and m.rows_are_ids):
+        if idx.shape_tag == "column":
+            raise Refusal("a Gather at [M, 1] member positions (GatherND reads those)")
+        return SetField(m, "list", "rows", _member_row(it, data), inner=_row_inner(data))
+    if idx.kind == "positions":
+        ref = _key_array(data)
+        if ref is None:
+            raise Refusal(f"member positions of an edge list index {describe(data)}, not the edge list's other row")
+        return _ids_from(m, ref)
+    raise Refusal(f"a Gather at child-set {idx.kind}")
+
+
+def _ids_from(m: Members, ref) -> SetField:
+    """The node ids at the member positions of an edge list: its other row (or a source array of the same edges)."""
+    name, row = ref
+    if m.encoding == "edge_index":
+        key_row = int(m.bounds[1].value)
+        if name != m.arrays[0] or row is None or row == key_row or len(m.bounds) != 2:
+            raise Refusal(f"member positions of {m.arrays[0]} read {name}, not the edge list's other row")
+        return SetField(replace(m, bounds=m.bounds + (ix.const(row),)), "list", "ids")
+    if m.encoding == "range" and (name, row) == (m.arrays[0], None):  # a range mask's positions read its values
+        return SetField(m, "list", "ids")
+    if m.encoding == "parent" and row is None:  # a mask over a target array, positions into the source array
+        return SetField(Members("edges", (name, m.arrays[0]), m.bounds, m.axis), "list", "ids")
+    raise Refusal(f"member positions of {m.arrays[0]} read {name}")
+
+
+def _member_row(it, data) -> ir.RExpr:
+    if isinstance(data, Table):
+        if data.writes:
+            raise Refusal(f"a child set of state table {data.name} read after this step wrote it")
+        return ir.ChildState(data.name, ir.Member(), False, data.width)
+    if isinstance(data, Array) and data.read_dtype == "float32" and data.shape is not None and \
+            all(isinstance(d, int) for d in data.shape[1:]):
+        it.use_array(data)
+        return ir.InputRow(data.name, ir.Member(), int(np.prod(data.shape[1:], dtype=np.int64)))
+    raise Refusal(f"the rows of a child set are read from {describe(data)}, not a state table or a node input")
+
+
+def _row_inner(data) -> tuple:
+    return tuple(data.inner) if isinstance(data, Table) else tuple(data.shape[1:])
+
+
+def _gather_nd(it, node, args):
+    data, idx = args[0], args[1]
+    if not isinstance(idx, SetField):
+        return None
+    if idx.kind not in ("positions", "ids") or idx.shape_tag != "column" or int(attr(node, "batch_dims", 0)) != 0:
+        raise Refusal("GatherND at child-set values other than [M, 1] member positions or ids")
+    return _at_members(it, data, replace(idx, shape_tag=""))
+
+
+def _nonzero(it, node, args):
+    x = args[0]
+    if isinstance(x, Interval):
+        x = _interval_mask(it, x)
+    if not isinstance(x, SetField):
+        return None
+    if x.kind != "pred" or x.layout != "mask" or x.inner not in ((), (1,)):
+        raise Refusal("NonZero of a child-set value other than its mask")
+    return SetField(x.members, "list", "positions", shape_tag="nonzero")
+
+
+def _transpose(it, node, args):
+    x = args[0]
+    if not isinstance(x, SetField):
+        return None
+    if x.kind == "positions" and x.shape_tag == "nonzero":
+        return replace(x, shape_tag="column")
+    raise Refusal("a Transpose of a child-set value other than NonZero's positions")
+
+
+def _squeeze(it, node, args):
+    x = args[0]
+    if isinstance(x, SetCount):
+        return replace(x, rank=0)
+    if not isinstance(x, SetField):
+        return None
+    axes = known_ints(it, args[1], "Squeeze axes").reshape(-1).tolist() if len(args) > 1 and args[1] is not None \
+        else attr(node, "axes")
+    if x.kind == "positions" and x.shape_tag in ("nonzero", "column"):
+        axis = 0 if x.shape_tag == "nonzero" else 1
+        if axes is None or [a % 2 for a in axes] == [axis]:
+            return replace(x, shape_tag="")
+    if x.inner == (1,) and axes is not None and [a % 2 for a in axes] == [1]:
+        return replace(x, inner=())
+    raise Refusal("a Squeeze of a child-set value along its set axis")
+
+
+def _reshape(it, node, args):
+    """A Reshape of member positions or ids to a vector [M] (`nonzero().view(-1)`)."""
+    x = args[0]
+    if not isinstance(x, SetField):
+        return None
+    shape = known_ints(it, args[1], "the Reshape shape").reshape(-1).tolist()
+    if x.kind in ("positions", "ids") and shape == [-1] and not x.inner:
+        return replace(x, shape_tag="")
+    raise Refusal("a Reshape of a child set's values other than its member positions to a vector")
+
+
+def _unsqueeze(it, node, args):
+    x = args[0]
+    if isinstance(x, SetCount) and x.rank == 0:
+        return replace(x, rank=1)
+    if not isinstance(x, SetField):
+        return None
+    axes = known_ints(it, args[1], "Unsqueeze axes").reshape(-1).tolist() if len(args) > 1 and args[1] is not None \
+        else attr(node, "axes")
+    rank = 1 + len(x.inner)
+    trailing = axes is not None and len(axes) == 1 and axes[0] % (rank + 1) == rank and x.shape_tag == ""
+    if x.kind in ("pred", "rows") and trailing:
+        return replace(x, inner=x.inner + (1,))
+    if x.kind in ("positions", "ids") and trailing and not x.inner:
+        return replace(x, shape_tag="column")
+    raise Refusal("an Unsqueeze of a child-set value other than a trailing axis")
+
+
+def _cast(it, node, args):
+    x = args[0]
+    if not isinstance(x, SetField):
+        return None
+    to = int(attr(node, "to"))
+    import onnx
+    if x.kind == "pred" and to in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+        return replace(x, kind="rows", body=ir.Scalar(1.0), fill=0.0)
+    if x.kind in ("ids", "positions") and to in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+        return x
+    raise Refusal(f"a Cast of child-set {x.kind} to type {to}")
+
+
+def _slice(it, node, args):
+    """indices[start:stop] with bounds computed from the structure: a CSR child list."""
+    data = args[0]
+    ref = _key_array(data)
+    if ref is None or ref[1] is not None or len(args) < 3:
+        return None
+    starts, ends = args[1], args[2]
+    if not (isinstance(starts, Sym) and isinstance(ends, Sym)) or starts.elems.size != 1 or ends.elems.size != 1:
+        return None
+    axes = known_ints(it, args[3], "Slice axes").reshape(-1).tolist() if len(args) > 3 and args[3] is not None \
+        else [0]
+    steps = known_ints(it, args[4], "Slice steps").reshape(-1).tolist() if len(args) > 4 and args[4] is not None \
+        else [1]
+    lo, hi = ix.as_index(starts.scalar()), ix.as_index(ends.scalar())
+    if isinstance(ix.ibin("sub", hi, lo), ir.IConst):
+        return None  # a window of constant length (order[i:i + 1]): the regular Slice reads it
+    if [a % 1 for a in axes] != [0] or steps != [1]:
+        raise Refusal("a slice of a structure array with steps other than 1")
+    it.use_array(data)
+    members = Members("range", (ref[0],), (ix.as_index(starts.scalar()), ix.as_index(ends.scalar())), ref[0])
+    return SetField(members, "list", "ids")
+
+
+def _constant_of_shape(it, node, args):
+    shape = args[0]
+    if isinstance(shape, Known) or not isinstance(shape, Sym):
+        return None
+    from onnx import numpy_helper
+    value = attr(node, "value")
+    fill = float(numpy_helper.to_array(value).reshape(-1)[0]) if value is not None else 0.0
+    dims = list(shape.elems.reshape(-1))
+    if not dims or isinstance(dims[0], ir.IConst):
+        return None  # a static shape: the regular handler
+    inner = []
+    for d in dims[1:]:
+        if not isinstance(d, ir.IConst):
+            return None
+        inner.append(int(d.value))
+    return Filled(fill, tuple(inner))
+
+
+def _expand(it, node, args):
+    """Expand(constant, Shape(a state table)) is zeros_like / full_like of the table (the dynamo exporter's form);
+    Expand(x, Shape(x)) of a set value is x."""
+    x, shape = args[0], args[1]
+    if isinstance(shape, SetShape):
+        if x != shape.field:
+            raise Refusal("an Expand of a child-set value to another value's shape")
+        return x
+    if isinstance(x, SetField):
+        raise Refusal("an Expand of a child-set value")
+    fill = _fill_value(x) if isinstance(x, Known) and x.value.size == 1 else None
+    if fill is None or not isinstance(shape, Sym) or isinstance(shape, Known):
+        return None
+    dims = list(shape.elems.reshape(-1))
+    if not dims or isinstance(dims[0], ir.IConst) or not all(isinstance(d, ir.IConst) for d in dims[1:]):
+        return None
+    return Filled(fill, tuple(int(d.value) for d in dims[1:]))
+
+
+def _shape(it, node, args):
+    x = args[0]
+    if isinstance(x, SetDims):
+        return Known(np.array([len(x.dims)], dtype=np.int64))
+    if isinstance(x, SetField):
+        if int(attr(node, "start", 0)) != 0 or attr(node, "end") is not None:
+            raise Refusal("a part of a child-set value's shape")
+        return SetShape(x)
+    return None
+
+
+def _variadic(it, node, args):
+    """Max / Min / Sum / Mean of one input (the dynamo exporter's broadcast of index tensors) is that input."""
+    if len(args) == 1 and isinstance(args[0], SetField):
+        return args[0]
+    return None
+
+
+def _range(it, node, args):
+    """Range(0, len(array), 1) over a runtime integer vector."""
+    start, limit, delta = args
+    if not isinstance(limit, Sym) or limit.elems.size != 1:
+        return None
+    length = limit.scalar()
+    if not (isinstance(length, ir.Length) and length.array is not None) or known_ints(it, start, "Range start") != 0 \
+            or known_ints(it, delta, "Range step") != 1:
+        return None
+    arr = it.arrays.get(length.array) or it.outer(length.array)  # a runtime input of an enclosing scope
+    if _key_array(arr) is None:
+        return None
+    it.use_array(arr)
+    return AxisIndex(length.array)
+
+
+COMPARISONS = {"GreaterOrEqual": ("lo", 0), "Greater": ("lo", 1), "Less": ("hi", 0), "LessOrEqual": ("hi", 1)}
+MIRRORED = {"GreaterOrEqual": "LessOrEqual", "Greater": "Less", "Less": "Greater", "LessOrEqual": "GreaterOrEqual"}
+
+
+def _compare(it, node, args):
+    """arange(len(a)) >= lo, > lo, < hi, <= hi (either side): an Interval."""
+    op, (a, b) = node.op_type, args
+    if isinstance(b, AxisIndex) and not isinstance(a, AxisIndex):
+        op, a, b = MIRRORED[op], b, a
+    if not isinstance(a, AxisIndex):
+        if any(isinstance(x, SET_VALUES) for x in args):
+            raise Refusal(f"a {node.op_type} of a child set's values")
+        return None
+    bound = _key_scalar(b)
+    if bound is None:
+        raise Refusal(f"arange over {a.array} compared with {describe(b)}, not one structure value")
+    side, shift = COMPARISONS[op]
+    bound = ix.ibin("add", bound, ix.const(shift)) if shift else bound
+    return Interval(a.array, **{side: bound})
+
+
+def _and(it, node, args):
+    a, b = args
+    if not any(isinstance(x, (Interval, AxisIndex, SetField)) for x in args):
+        return None
+    if not (isinstance(a, Interval) and isinstance(b, Interval) and a.array == b.array) or \
+            (a.lo is not None and b.lo is not None) or (a.hi is not None and b.hi is not None):
+        raise Refusal("an And of child-set masks other than a lower and an upper bound of one arange")
+    return _interval_mask(it, Interval(a.array, a.lo if a.lo is not None else b.lo,
+                                       a.hi if a.hi is not None else b.hi))
+
+
+def _interval_mask(it, iv: Interval) -> SetField:
+    """The mask lo <= i < hi over the vector's positions: a 'range' set whose members are the vector's values there
+    (bounds clamped at 0: a mask does not wrap negative bounds as a slice does)."""
+    lo = ix.ibin("max", iv.lo if iv.lo is not None else ix.const(0), ix.const(0))
+    hi = ix.ibin("max", iv.hi if iv.hi is not None else ir.Length(iv.array), ix.const(0))
+    it.use_array(it.arrays[iv.array])
+    return SetField(Members("range", (iv.array,), (lo, hi), iv.array), "mask", "pred")
+
+
+def _count_of(it, node, args):
+    """Gather(Shape(x), 0) of a set value x: its member count."""
+    data, idx = args[0], args[1]
+    if isinstance(data, SetShape) and isinstance(idx, Known) and idx.value.size == 1 and \
+            int(idx.value.reshape(-1)[0]) == 0 and int(attr(node, "axis", 0)) == 0:
+        if data.field.layout != "list":
+            return None  # a mask's length is its axis's
+        return SetCount(data.field, idx.value.ndim)
+    if isinstance(data, SetShape):
+        raise Refusal("a dimension of a child-set value's shape other than its member count")
+    return None
+
+
+def _concat_dims(it, node, args):
+    """Concat of a member count and constants: a shape (the repeats of `x.repeat(len(child_h), 1)`)."""
+    counts = [a for a in args if isinstance(a, SetCount)]
+    if not counts:
+        return None
+    if len(counts) > 1 or counts[0].rank != 1 or not all(isinstance(a, (SetCount, Known)) for a in args):
+        raise Refusal("a shape built from child-set counts other than one count and constants")
+    dims = []
+    for a in args:
+        dims += ["M"] if isinstance(a, SetCount) else [int(d) for d in a.value.reshape(-1)]
+    return SetDims(counts[0].field, tuple(dims))
+
+
+def _repeat(it, node, args):
+    """Tile / Expand of a node value [1, ...] to [M, ...] rows of a set: each member sees the node's value."""
+    x, dims = args[0], args[1]
+    if isinstance(x, SetField) and node.op_type == "Expand" and isinstance(dims, SetDims) and \
+            dims.dims == ("M",) + tuple(x.inner):
+        return x
+    if not isinstance(dims, SetDims):
+        return None
+    if dims.dims.count("M") != 1 or dims.dims[0] != "M":
+        raise Refusal(f"a {node.op_type} along a member count other than the first axis")
+    shape = getattr(x, "shape", None)
+    rest = dims.dims[1:]
+    if node.op_type == "Tile":
+        if shape is None or len(shape) != len(dims.dims) or shape[0] != 1 or any(r != 1 for r in rest):
+            raise Refusal(f"a Tile of {describe(x)} by a member count")
+        inner = tuple(shape[1:])
+    else:  # Expand: broadcast [1, ...] against [M, *rest]
+        if shape is None or len(shape) > len(dims.dims) or (len(shape) == len(dims.dims) and shape[0] != 1):
+            raise Refusal(f"an Expand of {describe(x)} to a member count")
+        tail = tuple(shape[1:]) if len(shape) == len(dims.dims) else tuple(shape)
+        inner = tuple(np.broadcast_shapes(tail, tuple(rest)))
+    row = it.row(x, f"{node.op_type} operand")
+    width = int(np.prod(inner, dtype=np.int64))
+    body = row.expr if row.expr.width == width else ir.Take(row.expr, tuple(
+        int(i) for i in np.broadcast_to(np.arange(row.expr.width).reshape(
+            tuple(shape[1:]) if len(shape) == len(dims.dims) else tuple(shape)), inner).reshape(-1)), width)
+    return SetField(dims.field.members, "list", "rows", body, inner=inner)
+
+
+def _fill_value(v):
+    if isinstance(v, Filled):
+        return v.value
+    if isinstance(v, Known) and v.value.size >= 1 and np.all(v.value == v.value.reshape(-1)[0]) \
+            and v.value.dtype.kind == "f":
+        return float(v.value.reshape(-1)[0])
+    if isinstance(v, Known) and v.value.size >= 1 and np.all(np.isnan(v.value)):
+        return float("nan")
+    return None
+
+
+def _where(it, node, args):
+    cond, a, b = args
+    if not isinstance(cond, SetField):
+        if any(isinstance(x, SetField) for x in (a, b)):
+            raise Refusal("a Where on a child set's values under a condition that is not its mask")
+        return None
+    if cond.kind != "pred" or cond.layout != "mask":
+        raise Refusal("a Where on a child-set value other than its mask")
+    if not cond.members.rows_are_ids:
+        raise Refusal("a Where over an edge list's mask (select the members with NonZero first)")
+    fill = _fill_value(b)
+    if fill is None:
+        raise Refusal(f"a Where over a child set whose other side is {describe(b)}, not one constant")
+    row = _member_row(it, a)
+    return SetField(cond.members, "mask", "rows", row, fill, _row_inner(a))
+
+
+def _mask_multiply(it, node, args):
+    """mask[:, None] * h: the members' rows (0 * a non-member's row is 0 unless that row is not finite)."""
+    fields = [a for a in args if isinstance(a, SetField)]
+    if node.op_type == "Mul" and len(fields) == 1 and fields[0].kind == "rows" and fields[0].layout == "mask" \
+            and fields[0].body == ir.Scalar(1.0) and isinstance(args[1 - args.index(fields[0])], Table):
+        mask = fields[0]
+        if not mask.members.rows_are_ids:
+            raise Refusal("a product with an edge list's mask (select the members with NonZero first)")
+        table = args[1 - args.index(mask)]
+        return SetField(mask.members, "mask", "rows", _member_row(it, table), 0.0, tuple(table.inner))
+    return None
+
+
+PER_MEMBER_OPS = set(ROW_ARITH) | set(UNARY) | {"Gelu", "Clip", "Identity", "Sum", "Mean", "Max", "Min", "MatMul",
+                                                 "Gemm", "PRelu"}
+
+
+def _per_member(it, node, args, lookup):
+    """An op that keeps the set's axis apart (elementwise math, a product by a weight): the regular handler on one
+    member's values (the set value's body, with the node's own values broadcast to it) gives the body of the
+    result."""
+    fields = [a for a in args if isinstance(a, SetField)]
+    if not fields or node.op_type not in PER_MEMBER_OPS:
+        return None
+    first = fields[0]
+    if any(f.kind != "rows" or f.layout != "list" or f.members != first.members for f in fields):
+        raise Refusal(f"{node.op_type} of child-set values other than per-member rows of one set")
+    if node.op_type in ("MatMul", "Gemm") and (args[0] is not first or len(fields) > 1 or not first.inner
+                                                 or int(attr(node, "transA", 0))):
+        raise Refusal(f"a {node.op_type} that multiplies along a child set's axis")
+    rank = 1 + len(first.inner)
+    member_args = []
+    for a in args:
+        if isinstance(a, SetField):
+            if len(a.inner) != len(first.inner):
+                raise Refusal(f"{node.op_type} of child-set values of different ranks")
+            member_args.append(Row(a.body, tuple(a.inner)))
+            continue
+        shape = getattr(a, "shape", None)
+        if shape is not None and len(shape) >= rank:
+            if len(shape) > rank or shape[0] != 1:
+                raise Refusal(f"{node.op_type} of a child set's values with {describe(a)} along the set's axis")
+            a = Row(a.expr, tuple(shape[1:])) if isinstance(a, Row) else \
+                Known(a.value.reshape(shape[1:])) if isinstance(a, Known) else a
+        member_args.append(a)
+    out = interpreter.HANDLERS[node.op_type](it, node, member_args, lookup)
+    out = out[0] if isinstance(out, list) else out
+    if not isinstance(out, Row):
+        raise Refusal(f"{node.op_type} of a child set's values gives {describe(out)}")
+    return SetField(first.members, "list", "rows", out.expr, inner=tuple(out.shape))
+
+
+REDUCTIONS = {"ReduceSum": "add", "ReduceMax": "max", "ReduceMin": "min", "ReduceMean": "mean", "ReduceProd": "mul"}
+IDENTITY = {"add": 0.0, "mul": 1.0, "max": NEG_INF, "min": POS_INF}
+
+
+def _reduce(it, node, args):
+    x = args[0]
+    if not isinstance(x, SetField):
+        return None
+    axes = known_ints(it, args[1], "reduce axes").reshape(-1).tolist() if len(args) > 1 and args[1] is not None \
+        else attr(node, "axes")
+    keepdims = int(attr(node, "keepdims", 1))
+    if axes is None and not x.inner:
+        axes = [0]
+    if axes is None or [a % (1 + len(x.inner)) for a in axes] != [0]:
+        raise Refusal(f"{node.op_type} of a child set over an axis other than the set's")
+    if x.kind != "rows":
+        raise Refusal(f"{node.op_type} of child-set {x.kind}")
+    op = REDUCTIONS[node.op_type]
+    row = _set_reduce(x, "add" if op == "mean" else op)
+    if op == "mean":
+        row = ir.binary("div", row, _count(x))
+    shape = ((1,) if keepdims else ()) + tuple(x.inner)
+    return Row(row, shape)
+
+
+def _count(x: SetField) -> ir.RExpr:
+    """How many elements a mean divides by: the members of a list, the whole axis of a mask."""
+    if x.layout == "list":
+        return _reduction(x.members, "add", ir.Scalar(1.0), 1)
+    return ir.IndexValue(ir.Length(x.members.axis))
+
+
+def _set_reduce(x: SetField, op: str) -> ir.RExpr:
+    width = int(np.prod(x.inner, dtype=np.int64)) if x.inner else 1
+    body = x.body if x.body.width == width else ir.Take(x.body, (0,) * width, width)
+    if x.layout == "mask":
+        # the non-members hold `fill`: exact when the fill is the op's identity (0 for a sum, -inf for a max)
+        if x.fill is None or x.fill != IDENTITY[op]:
+            raise Refusal(f"a {op} over a child set's mask whose other rows hold {x.fill} (the identity of {op}, "
+                          f"{IDENTITY[op]}, converts)")
+    return _reduction(x.members, op, body, width)
+
+
+def _reduction(m: Members, op: str, body: ir.RExpr, width: int) -> ir.RExpr:
+    encoding, arrays, bounds = m.encoding, m.arrays, m.bounds
+    if encoding == "edge_index" and len(bounds) != 3:
+        raise Refusal(f"a reduction over a mask of edge list {arrays[0]} (select its other row at the mask's "
+                      "NonZero positions)")
+    return ir.SetReduce(op, encoding, tuple(arrays), tuple(bounds), body, IDENTITY[op], width)
+
+
+def _matmul(it, node, args):
+    a, b = args
+    if isinstance(b, SetField) and not isinstance(a, SetField):
+        raise Refusal("a product with a child set on the right")
+    if not isinstance(a, SetField) or a.layout == "list":
+        return None  # a product of each member's rows: _per_member
+    if not (a.kind == "rows" and a.layout == "mask" and a.body == ir.Scalar(1.0) and a.inner == ()):
+        raise Refusal("a product of child-set values other than its 0/1 mask")
+    if not a.members.rows_are_ids:
+        raise Refusal("a product of an edge list's mask (select the members with NonZero first)")
+    if not isinstance(b, Table) or len(b.inner) != 1:
+        raise Refusal(f"the mask of a child set multiplies {describe(b)}, not a state table of rows")
+    # sum over u of mask[u] * h[u]: the members' rows (0 * a non-member's row is 0 unless that row is not finite)
+    row = _reduction(a.members, "add", _member_row(it, b), b.width)
+    return Row(row, tuple(b.inner))
+
+
+HANDLERS = {"Equal": _equal, "Gather": _gather, "GatherND": _gather_nd, "NonZero": _nonzero,
+            "Transpose": _transpose, "Squeeze": _squeeze, "Reshape": _reshape,
+            "Unsqueeze": _unsqueeze, "Cast": _cast, "Slice": _slice,
+            "Range": _range, **{op: _compare for op in COMPARISONS}, "And": _and,
+            "ConstantOfShape": _constant_of_shape, "Expand": _expand, "Shape": _shape, "Max": _variadic,
+            "Min": _variadic, "Sum": _variadic, "Mean": _variadic, "Where": _where, "Mul": _mask_multiply,
+            "MatMul": _matmul, "Concat": _concat_dims, "Tile": _repeat,
+            **{op: _reduce for op in REDUCTIONS}}
+
+
+SET_VALUES = (SetField, KeyRow, Filled, SetShape, AxisIndex, Interval, SetCount, SetDims)
+
+
+def dispatch(it, node, args, lookup):
+    """The outputs when `node` builds or consumes a child set, else None (the op's own handler runs)."""
+    fn = HANDLERS.get(node.op_type)
+    out = fn(it, node, args) if fn is not None else None
+    if out is None:
+        out = _per_member(it, node, args, lookup)
+    if out is not None:
+        return [out]
+    if any(isinstance(a, SET_VALUES) for a in args):
+        kinds = ", ".join(sorted({a.kind if isinstance(a, SetField) else type(a).__name__
+                                  for a in args if isinstance(a, SET_VALUES)}))
+        raise Refusal(f"op {node.op_type} on a child set's values ({kinds}) is not supported")
+    return None

@@ -1,0 +1,64 @@
+// Child sets the structure defines (a parent array, an edge list, CSR slices): the members of each position's set,
+// prepared on the host once per run in O(N + E), for the kernels' SetReduce steps and for the linearizer (a member
+// is a row the position reads).
+#pragma once
+#include <cstdint>
+#include <vector>
+
+namespace cortex {
+
+// For keys in [0, num_keys): the indices i with keys[i] == k, in increasing i (a counting sort); keys outside the
+// range are found by a scan when asked for (a key no node id can be: exact, rare).
+struct KeyBuckets {
+  std::vector<int64_t> offsets, items;
+  const void* keys = nullptr;
+  int64_t n = 0, num_keys = 0;
+
+  template <class T>
+  void build(const T* key_array, int64_t count, int64_t keys_in_range) {
+    keys = key_array;
+    n = count;
+    num_keys = keys_in_range;
+    offsets.assign(static_cast<size_t>(num_keys) + 1, 0);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t k = static_cast<int64_t>(key_array[i]);
+      if (k >= 0 && k < num_keys) ++offsets[static_cast<size_t>(k) + 1];
+    }
+    for (int64_t k = 0; k < num_keys; ++k) offsets[k + 1] += offsets[k];
+    items.resize(static_cast<size_t>(offsets[num_keys]));
+    std::vector<int64_t>& fill = scratch_;
+    fill.assign(offsets.begin(), offsets.end() - 1);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t k = static_cast<int64_t>(key_array[i]);
+      if (k >= 0 && k < num_keys) items[static_cast<size_t>(fill[static_cast<size_t>(k)]++)] = i;
+    }
+  }
+
+  // Appends f(i) for every i with keys[i] == key, in increasing i.
+  template <class T, class F>
+  void each(int64_t key, F&& f) const {
+    if (key >= 0 && key < num_keys) {
+      for (int64_t e = offsets[key]; e < offsets[key + 1]; ++e) f(items[static_cast<size_t>(e)]);
+      return;
+    }
+    const T* k = static_cast<const T*>(keys);
+    for (int64_t i = 0; i < n; ++i) {
+      if (static_cast<int64_t>(k[i]) == key) f(i);
+    }
+  }
+
+ private:
+  std::vector<int64_t> scratch_;
+};
+
+// ONNX Slice on one axis with step 1: [start, stop) clamped to the axis, negative values counting from its end.
+inline void slice_bounds(int64_t start, int64_t stop, int64_t len, int64_t* begin, int64_t* end) {
+  if (start < 0) start += len;
+  if (stop < 0) stop += len;
+  start = start < 0 ? 0 : (start > len ? len : start);
+  stop = stop < 0 ? 0 : (stop > len ? len : stop);
+  *begin = start;
+  *end = stop < start ? start : stop;
+}
+
+}  // namespace cortex

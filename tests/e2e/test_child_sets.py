@@ -1,0 +1,280 @@
+"""Child sets the structure computes at run time (issue: generality, part two): a node's children given by a parent
+array (a mask, a mask matmul, boolean indexing, NonZero), CSR offsets + indices, an edge list (two vectors or one
+[2, E] tensor); sums, means and maxima over them. Models written as people write them, exported with both real
+exporters, converted, and matched against eager PyTorch on SST trees, random n-ary trees, DAGs, random topological
+orders and visits that are not one pass over the nodes."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+import cortex  # noqa: E402
+from cortex.examples import structures as S  # noqa: E402
+
+V, H = 20, 8
+
+
+# ---- how models select and aggregate a node's children -----------------------------------------------------------
+# Each takes the state table h [N, H], the structure and the node v (a scalar, or a [1] tensor in the dynamo form)
+# and returns the aggregate, reshaped to [1, H] by the caller.
+
+class MaskMatmul(nn.Module):
+    def forward(self, h, parent, v):
+        return (parent == v).float() @ h
+
+
+class WhereSum(nn.Module):
+    def forward(self, h, parent, v):
+        return torch.where((parent == v).unsqueeze(1), h, torch.zeros_like(h)).sum(0)
+
+
+class BoolIndexSum(nn.Module):
+    def forward(self, h, parent, v):
+        return h[parent == v].sum(0)
+
+
+class NonzeroSum(nn.Module):
+    def forward(self, h, parent, v):
+        return h[torch.nonzero(parent == v).view(-1)].sum(0)
+
+
+class MaskMultiplySum(nn.Module):
+    def forward(self, h, parent, v):
+        return ((parent == v).float().unsqueeze(1) * h).sum(0)
+
+
+class BoolIndexMean(nn.Module):
+    def forward(self, h, parent, v):
+        mean = h[parent == v].mean(0)
+        return torch.where(torch.isnan(mean), torch.zeros_like(mean), mean)  # a leaf's mean is NaN
+
+
+class WhereMax(nn.Module):
+    def forward(self, h, parent, v):
+        m = (parent == v).unsqueeze(1)
+        return torch.where(m, h, torch.full_like(h, float("-inf"))).max(0).values.clamp(min=-5.0)
+
+
+class CsrSlice(nn.Module):
+    EXPORTERS = ("script",)  # dynamo cannot trace a slice with data-dependent bounds: CsrItemSlice is its form
+
+    def forward(self, h, offsets, indices, v):
+        return h[indices[offsets[v]:offsets[v + 1]]].sum(0)
+
+
+class CsrItemSlice(nn.Module):
+    EXPORTERS = ("dynamo",)  # the form torch.export documents for data-dependent sizes
+
+    def forward(self, h, offsets, indices, v):
+        a, b = offsets[v].item(), offsets[v + 1].item()
+        torch._check_is_size(a)
+        torch._check(b >= a)
+        torch._check(b <= indices.size(0))
+        return h[indices[a:b]].sum(0)
+
+
+class CsrRangeMask(nn.Module):
+    def forward(self, h, offsets, indices, v):
+        pos = torch.arange(indices.size(0))
+        return h[indices[(pos >= offsets[v]) & (pos < offsets[v + 1])]].sum(0)
+
+
+class EdgesSum(nn.Module):
+    def forward(self, h, src, dst, v):
+        return h[src[dst == v]].sum(0)
+
+
+class EdgeIndexSum(nn.Module):
+    def forward(self, h, edge_index, v):
+        return h[edge_index[0][edge_index[1] == v]].sum(0)
+
+
+class EdgeIndexMean(nn.Module):
+    def forward(self, h, edge_index, v):
+        mean = h[edge_index[0][edge_index[1] == v]].mean(0)
+        return torch.where(torch.isnan(mean), torch.zeros_like(mean), mean)
+
+
+# encoding -> structure inputs (after words) and the aggregators written for it
+ENCODINGS = {
+    "parent": (("parent",), [MaskMatmul, WhereSum, BoolIndexSum, NonzeroSum, MaskMultiplySum, BoolIndexMean,
+                             WhereMax]),
+    "csr": (("offsets", "indices"), [CsrSlice, CsrItemSlice, CsrRangeMask]),
+    "edges": (("src", "dst"), [EdgesSum]),
+    "edge_index": (("edge_index",), [EdgeIndexSum, EdgeIndexMean]),
+}
+
+
+class Scripted(nn.Module):
+    """for v in order: h[v] = tanh(W emb(words[v]) + U agg(children of v)) (TorchScript: a Loop with a trip count)."""
+
+    def __init__(self, agg: nn.Module):
+        super().__init__()
+        self.emb = nn.Embedding(V, H)
+        self.W = nn.Linear(H, H)
+        self.U = nn.Linear(H, H, bias=False)
+        self.agg = agg
+
+    def cell(self, words, v, hs):
+        return torch.tanh(self.W(self.emb(words[v])) + self.U(hs.reshape(-1)))
+
+
+def _module(encoding: str, agg_cls, dynamo: bool, folder) -> nn.Module:
+    """The model a user writes for this structure input, as a source file (TorchScript reads the source)."""
+    names = ENCODINGS[encoding][0]
+    args = ", ".join(names)
+    if dynamo:
+        body = f"""
+def forward(self, words, {args}, order):
+    h0 = torch.zeros(words.shape[0], 8)
+    def cond_fn(k, h):
+        return k < order.size(0)
+    def body_fn(k, h):
+        v = order[k.unsqueeze(0)]
+        hs = self.agg(h, {args}, v).reshape(1, 8)
+        h = h.clone()
+        h[v] = torch.tanh(self.W(self.emb(words[v])) + self.U(hs))
+        return k + 1, h
+    _, h = torch.while_loop(cond_fn, body_fn, (torch.zeros((), dtype=torch.int64), h0))
+    return h
+"""
+    else:
+        body = f"""
+def forward(self, words, {args}, order):
+    h = torch.zeros(words.shape[0], 8)
+    for i in range(order.shape[0]):
+        v = order[i]
+        h[v] = self.cell(words, v, self.agg(h, {args}, v))
+    return h
+"""
+    source = folder / f"user_{encoding}_{agg_cls.__name__}_{'dynamo' if dynamo else 'script'}.py"
+    source.write_text("import torch\nfrom test_child_sets import H, Scripted\n\n\nclass Model(Scripted):" +
+                      body.replace("\n", "\n    ") + "\n")
+    spec = importlib.util.spec_from_file_location(source.stem, source)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[source.stem] = module  # dynamo looks its globals up there
+    spec.loader.exec_module(module)
+    return module.Model(agg_cls())
+
+
+def _export(module: nn.Module, encoding: str, dynamo: bool, path) -> None:
+    names = ["words", *ENCODINGS[encoding][0], "order"]
+    example = _feeds(encoding, S.random_nary_tree(6, 3, np.random.default_rng(0), V))
+    args = tuple(torch.from_numpy(example[n]) for n in names)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            dims = {"words": {0: "N"}, "order": {0: "L"}, "parent": {0: "N"}, "offsets": {0: "N1"},
+                    "indices": {0: "E"}, "src": {0: "E"}, "dst": {0: "E"}, "edge_index": {1: "E"}}
+            torch.onnx.export(module, args, str(path), input_names=names, dynamo=True,
+                              dynamic_shapes={n: dims[n] for n in names})
+        else:
+            dyn = {"words": [0], "order": [0], "parent": [0], "offsets": [0], "indices": [0], "src": [0],
+                   "dst": [0], "edge_index": [1]}
+            torch.onnx.export(torch.jit.script(module), args, str(path), input_names=names, output_names=["h"],
+                              dynamic_axes={n: dyn[n] for n in names}, dynamo=False)
+
+
+def _feeds(encoding: str, tree: S.NaryForest, order=None) -> dict:
+    feeds = {"words": tree.words, "order": tree.order if order is None else np.asarray(order, dtype=np.int64)}
+    if encoding == "parent":
+        feeds["parent"] = S.parents_of(tree.children)
+    elif encoding == "csr":
+        feeds["offsets"], feeds["indices"] = S.csr_of(tree.children)
+    elif encoding == "edges":
+        feeds["src"], feeds["dst"] = S.edge_index_of(tree.children)
+    else:
+        feeds["edge_index"] = S.edge_index_of(tree.children)
+    return {k: np.ascontiguousarray(v) for k, v in feeds.items()}
+
+
+def _structures(encoding: str):
+    """(name, tree, orders) for the encoding: SST trees and random n-ary trees (DAGs where the encoding lists
+    predecessors), each with its height order, random topological orders and visits that are not one pass."""
+    rng = np.random.default_rng(7)
+    trees = []
+    sst = S.sst_dir_default()
+    if sst is not None:
+        forest = S.batch(S.read_sst(sst, split="test", vocab_size=V, limit=6))
+        trees.append(("sst", S.nary_from_forest(forest)))
+    trees += [(f"nary{n}", S.random_nary_tree(n, k, rng, V)) for n, k in ((1, 2), (9, 3), (40, 5))]
+    if encoding != "parent":
+        trees += [(f"dag{n}", S.random_dag(n, 3, rng, V)) for n in (7, 30)]
+    for name, tree in trees:
+        orders = {"height": tree.order}
+        orders.update({f"topo{k}": o for k, o in enumerate(S.topological_orders(tree.children, 2, rng))})
+        odd = S.odd_orders(tree.order)
+        orders.update({k: odd[k] for k in ("reversed", "twice", "subset", "empty", "shuffled")})
+        yield name, tree, orders
+
+
+CASES = [(enc, agg, dyn) for enc, (_, aggs) in ENCODINGS.items() for agg in aggs for dyn in (False, True)
+         if ("dynamo" if dyn else "script") in getattr(agg, "EXPORTERS", ("script", "dynamo"))]
+
+
+@pytest.mark.parametrize("encoding,agg,dynamo", CASES,
+                         ids=[f"{e}-{a.__name__}-{'dynamo' if d else 'script'}" for e, a, d in CASES])
+def test_child_set_model_converts_and_matches_eager(tmp_path, encoding, agg, dynamo):
+    if dynamo:
+        pytest.importorskip("onnxscript")
+        torch._dynamo.reset()
+    torch.manual_seed(0)
+    sys.path.insert(0, str(Path(__file__).parent))  # the user's file imports this one's cells
+    module = _module(encoding, agg, dynamo, tmp_path).eval()
+    src = tmp_path / "model.onnx"
+    _export(module, encoding, dynamo, src)
+    report = cortex.convert(src, tmp_path / "model.cortex.onnx")
+    assert [r.converted for r in report.regions] == [True], report.regions[0].reason
+    session = cortex.InferenceSession(str(tmp_path / "model.cortex.onnx"))
+    names = [i.name for i in session.get_inputs()]
+    for name, tree, orders in _structures(encoding):
+        for order_name, order in orders.items():
+            feeds = _feeds(encoding, tree, order)
+            with torch.no_grad():
+                expected = module(*[torch.from_numpy(feeds[n]) for n in names]).numpy()
+            got = session.run(None, {n: feeds[n] for n in names})[0]
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5,
+                                       err_msg=f"{name}, order {order_name}")
+
+
+# ---- the CUDA target: compiles everywhere nvcc is; runs and matches where a GPU is (tools/gpu_check.sh) ----------
+
+CUDA_CASES = [("parent", MaskMatmul, False), ("csr", CsrSlice, False), ("edge_index", EdgeIndexMean, False),
+              ("parent", BoolIndexSum, True)]
+
+
+@pytest.mark.parametrize("encoding,agg,dynamo", CUDA_CASES,
+                         ids=[f"{e}-{a.__name__}-{'dynamo' if d else 'script'}" for e, a, d in CUDA_CASES])
+def test_child_set_models_on_cuda(tmp_path, encoding, agg, dynamo):
+    from gpu import gpu_skip_reason, nvcc_missing
+
+    if nvcc_missing():
+        pytest.skip(nvcc_missing())
+    if dynamo:
+        pytest.importorskip("onnxscript")
+        torch._dynamo.reset()
+    torch.manual_seed(0)
+    sys.path.insert(0, str(Path(__file__).parent))
+    module = _module(encoding, agg, dynamo, tmp_path).eval()
+    _export(module, encoding, dynamo, tmp_path / "model.onnx")
+    report = cortex.convert(tmp_path / "model.onnx", tmp_path / "model.cortex.onnx", target="cuda")
+    assert [r.converted for r in report.regions] == [True], report.regions[0].reason
+    if gpu_skip_reason():
+        pytest.skip(f"compiled for CUDA; not run: {gpu_skip_reason()}")
+    session = cortex.InferenceSession(str(tmp_path / "model.cortex.onnx"), device="cuda")
+    names = [i.name for i in session.get_inputs()]
+    for name, tree, orders in _structures(encoding):
+        for order_name, order in orders.items():
+            feeds = _feeds(encoding, tree, order)
+            with torch.no_grad():
+                expected = module(*[torch.from_numpy(feeds[n]) for n in names]).numpy()
+            got = session.run(None, {n: feeds[n] for n in names})[0]
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5, err_msg=f"{name}, order {order_name}")
