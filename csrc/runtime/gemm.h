@@ -12,12 +12,16 @@
 //   __AVX512F__          Avx512F32: up to 12 rows x 32 columns (24 zmm accumulators), 16-wide FMAs
 //   __AVX2__ && __FMA__  Avx2F32:   up to 6 rows x 16 columns (12 ymm accumulators)
 //   otherwise            PortableF32: GCC vector extensions (SSE / NEON) or scalar C++
-// Each is exact float32 (fused multiply-adds, float32 accumulators); they differ in summation order (row block
-// sizes, split accumulators for small row counts), so levels agree to float32 rounding, not bitwise. Within one
-// level the order depends on M and K only: parallel, serial and column-range calls agree bitwise.
+// Each is exact float32 (fused multiply-adds, float32 accumulators) and batch-invariant: every element of C is
+// one sequential FMA chain over k = 0..K-1 from (accumulate ? C : 0) + bias, whatever M, the tile's row count, the
+// K blocking (a K block stores C and the next reloads it: exact) and the thread split. A row's bits do not depend
+// on the other rows of its product (cortex.serving merges requests into one forest and promises the bits of
+// separate runs); the AVX2 and AVX-512 kernels even agree bitwise with each other. No split accumulators: where
+// few rows give too few independent chains to hide the FMA latency, the AVX-512 streaming tile covers more
+// panels instead (more columns, each still one chain). The portable kernel fuses as the compiler contracts.
 //
 // K is blocked so one slice of the tile's panels stays in L1 while all row blocks stream over it; few rows
-// (M <= 4: bandwidth-bound) stream the whole K with split accumulators. gemm_packed splits column panels (and
+// (M <= 4: bandwidth-bound) stream the whole K. gemm_packed splits column panels (and
 // row blocks when there are few panels) over cortex::parallel_for; gemm_packed_serial runs on the calling
 // thread. No allocation. A and C may have any leading dimension; no alignment is required.
 #pragma once
@@ -72,6 +76,7 @@ struct RowBlocks {
 // A micro-kernel policy provides:
 //   kMR      most rows of a tile (row blocks are cut with it)
 //   kPanels  panels (16 columns each) a tile covers at most
+//   kStreamPanels  the same for M <= kSmallM
 //   kKC      K block for M > kSmallM: kPanels panel slices of kKC rows stay in L1
 //   kSmallM  at most this many rows: one pass over the whole K (bandwidth-bound)
 //   kGflops  one core's speed at level shapes (the parallel threshold)
@@ -84,7 +89,7 @@ constexpr int64_t kSmallM = 4;
 // Portable tile: plain C++ (GCC/Clang vector extensions when available, 4-wide: SSE on any x86-64, NEON on
 // arm64). Two rows at a time share the B loads.
 struct PortableF32 {
-  static constexpr int64_t kMR = 6, kPanels = 1, kKC = 256;
+  static constexpr int64_t kMR = 6, kPanels = 1, kStreamPanels = 1, kKC = 256;
   static constexpr double kGflops = 20;
   static constexpr const char* name = "portable";
 
@@ -275,19 +280,21 @@ inline void avx2_kern(int64_t kc, const float* A, int64_t lda, const float* B, f
 #undef CX_STORE
 
 struct Avx2F32 {
-  static constexpr int64_t kMR = 6, kPanels = 1, kKC = 256;
+  static constexpr int64_t kMR = 6, kPanels = 1, kStreamPanels = 1, kKC = 256;
   static constexpr double kGflops = 110;
   static constexpr const char* name = "avx2";
 
+  // U = 1 for every tile size (batch invariance): split accumulators (U = 2 or 4 for 1-3 rows) hid the FMA
+  // latency but summed k in another order than the 4-6 row tiles.
   static void full(int64_t mr, int64_t kc, const float* A, int64_t lda, const float* B, float* C, int64_t ldc,
                    const float* bias16, bool load_c) {
     switch (mr) {
       case 6: avx2_kern<6, 1>(kc, A, lda, B, C, ldc, bias16, load_c); break;
       case 5: avx2_kern<5, 1>(kc, A, lda, B, C, ldc, bias16, load_c); break;
       case 4: avx2_kern<4, 1>(kc, A, lda, B, C, ldc, bias16, load_c); break;
-      case 3: avx2_kern<3, 2>(kc, A, lda, B, C, ldc, bias16, load_c); break;
-      case 2: avx2_kern<2, 2>(kc, A, lda, B, C, ldc, bias16, load_c); break;
-      default: avx2_kern<1, 4>(kc, A, lda, B, C, ldc, bias16, load_c); break;
+      case 3: avx2_kern<3, 1>(kc, A, lda, B, C, ldc, bias16, load_c); break;
+      case 2: avx2_kern<2, 1>(kc, A, lda, B, C, ldc, bias16, load_c); break;
+      default: avx2_kern<1, 1>(kc, A, lda, B, C, ldc, bias16, load_c); break;
     }
   }
 
@@ -315,7 +322,8 @@ struct Avx2F32 {
 #ifdef CORTEX_GEMM_AVX512
 
 // Split accumulators over k for few rows (too few independent FMA chains to cover the FMA latency on two
-// ports otherwise). A function of the row count only: a column tail computed 16 wide rounds like 32 wide.
+// ports otherwise): only the opt-in bf16 products use them (Op::kSplitK); float32 keeps one chain per element
+// (batch invariance, see the top of this file) and widens the streaming tile instead (kStreamPanels).
 constexpr int avx512_ksplit(int MR) { return MR == 1 ? 4 : MR <= 3 ? 2 : 1; }
 
 // MR x 16*NV tile over a k-loop whose step multiplies one broadcast A element (4 bytes: a float, or a pair of
@@ -325,7 +333,7 @@ constexpr int avx512_ksplit(int MR) { return MR == 1 ? 4 : MR <= 3 ? 2 : 1; }
 template <class Op, int MR, int NV>
 inline void avx512_kern(int64_t kc, const typename Op::AT* A, int64_t lda, const typename Op::BT* B,
                         int64_t pstride, float* C, int64_t ldc, const float* bias, __mmask16 mlast, bool load_c) {
-  constexpr int U = avx512_ksplit(MR);
+  constexpr int U = Op::kSplitK ? avx512_ksplit(MR) : 1;
   static_assert(MR >= 1 && MR * NV * U <= 24, "bad micro-kernel shape");
   __m512 acc[U][MR][NV];
 #pragma GCC unroll 32
@@ -378,7 +386,7 @@ inline void avx512_kern(int64_t kc, const typename Op::AT* A, int64_t lda, const
   }
 }
 
-// mr (1..12) x np (1..2) panels, dispatched to the unrolled instantiations.
+// mr (1..12) x np (1..2; up to 4 for mr <= 4) panels, dispatched to the unrolled instantiations.
 template <class Op>
 inline void avx512_tile(int64_t mr, int64_t np, int64_t kc, const typename Op::AT* A, int64_t lda,
                         const typename Op::BT* B, int64_t pstride, float* C, int64_t ldc, int64_t nvalid,
@@ -387,7 +395,11 @@ inline void avx512_tile(int64_t mr, int64_t np, int64_t kc, const typename Op::A
   const __mmask16 mlast = static_cast<__mmask16>((1u << last) - 1u);
 #define CX_CASE(R)                                                                                  \
   case R:                                                                                           \
-    if (np == 2)                                                                                    \
+    if (R <= 4 && np == 4)                                                                          \
+      avx512_kern<Op, R, (R <= 4 ? 4 : 1)>(kc, A, lda, B, pstride, C, ldc, bias, mlast, load_c);    \
+    else if (R <= 4 && np == 3)                                                                     \
+      avx512_kern<Op, R, (R <= 4 ? 3 : 1)>(kc, A, lda, B, pstride, C, ldc, bias, mlast, load_c);    \
+    else if (np == 2)                                                                               \
       avx512_kern<Op, R, 2>(kc, A, lda, B, pstride, C, ldc, bias, mlast, load_c);                   \
     else                                                                                            \
       avx512_kern<Op, R, 1>(kc, A, lda, B, pstride, C, ldc, bias, mlast, load_c);                   \
@@ -402,11 +414,13 @@ inline void avx512_tile(int64_t mr, int64_t np, int64_t kc, const typename Op::A
 
 struct Avx512F32 {
   // 12 x 32: 24 FMAs per 14 loads each k step; the two panel slices of a 256-deep K block take 32 KiB of L1.
-  static constexpr int64_t kMR = 12, kPanels = 2, kKC = 256;
+  // Few rows (M <= kSmallM) stream 4 panels a tile: 4 independent chains a row instead of split accumulators.
+  static constexpr int64_t kMR = 12, kPanels = 2, kStreamPanels = 4, kKC = 256;
   static constexpr double kGflops = 175;
   static constexpr const char* name = "avx512";
 
   struct Fma {
+    static constexpr bool kSplitK = false;  // one FMA chain per element: batch-invariant
     using AT = float;
     using BT = float;
     static constexpr int64_t kBRow = kGemmNR;
@@ -455,8 +469,9 @@ inline void gemm_block(const RowBlocks& rb, int64_t b0, int64_t b1, int64_t p0, 
     return;
   }
   const int64_t pstride = K * kGemmNR;  // floats from one panel to the next
-  for (int64_t p = p0; p < p1; p += Kern::kPanels) {
-    const int64_t np = std::min(Kern::kPanels, p1 - p);
+  const int64_t step = M <= kSmallM ? Kern::kStreamPanels : Kern::kPanels;
+  for (int64_t p = p0; p < p1; p += step) {
+    const int64_t np = std::min(step, p1 - p);
     const int64_t n0 = p * kGemmNR;
     const int64_t nvalid = std::min(np * kGemmNR, N - n0);
     const float* panel = Bpacked + p * pstride;

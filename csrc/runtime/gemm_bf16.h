@@ -150,6 +150,7 @@ struct Avx512Bf16 {
   static constexpr const char* name = "avx512bf16";
 
   struct DpBf16 {
+    static constexpr bool kSplitK = true;  // few rows split k over accumulators: not batch-invariant (opt-in)
     using AT = uint32_t;  // a pair of bf16
     using BT = uint16_t;
     static constexpr int64_t kBRow = 2 * kGemmNR;
