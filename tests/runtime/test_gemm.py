@@ -305,17 +305,17 @@ def test_activations_match_libm():
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Panel layouts (cortex/codegen/panel_layouts.py is the reference) and the bf16 products.
+# Panel layouts (cortex/codegen/layouts.py is the reference) and the bf16 products.
 
-from cortex.codegen import panel_layouts as layouts  # noqa: E402
+from cortex.codegen import layouts  # noqa: E402
 
 
 def test_panel_layouts_reference_and_inverse():
     rng = np.random.default_rng(5)
     for K, N in [(1, 1), (3, 16), (5, 17), (33, 40), (64, 320), (31, 2), (300, 97)]:
         W = rand(rng, K, N)
-        np.testing.assert_array_equal(layouts.pack_panels(W), _C.pack_panels(W))
-        np.testing.assert_array_equal(layouts.unpack_panels(layouts.pack_panels(W), (K, N)), W)
+        np.testing.assert_array_equal(layouts.PANELS.pack(W), _C.pack_panels(W))
+        np.testing.assert_array_equal(layouts.PANELS.unpack(layouts.PANELS.pack(W), (K, N)), W)
         Pb = layouts.pack_panels_bf16(W)
         assert Pb.dtype == np.uint16 and Pb.shape == ((N + 15) // 16, -(-K // 32) * 16, 16, 2)
         np.testing.assert_array_equal(_C.pack_panels_bf16(W), Pb)
@@ -325,10 +325,17 @@ def test_panel_layouts_reference_and_inverse():
         for p, kk, r, t in [(0, 0, 0, 0), (Pb.shape[0] - 1, Pb.shape[1] - 1, 15, 1), (0, 0, 1, 1)]:
             k, n = 2 * kk + t, 16 * p + r
             assert Pb[p, kk, r, t] == (layouts.bf16_bits(W[k, n]) if k < K and n < N else 0)
+        # the stored form: int32 pairs, the even k in the low half
+        stored = layouts.PANELS_BF16.pack(W)
+        assert stored.dtype == np.int32 and stored.shape == Pb.shape[:3]
+        np.testing.assert_array_equal(stored.view(np.uint16).reshape(Pb.shape), Pb)
+        np.testing.assert_array_equal(layouts.PANELS_BF16.unpack(stored, (K, N)), Wb)
     for name in ("panels", "panels_bf16"):
-        assert layouts.layout(name).name == name
-    with pytest.raises(ValueError):
+        assert layouts.LAYOUTS[name].name == name
+    with pytest.raises(layouts.LayoutError):
         layouts.unpack_panels_bf16(np.zeros((1, 16, 16, 2), np.uint16), (33, 16))
+    with pytest.raises(layouts.LayoutError):
+        layouts.PANELS_BF16.unpack(np.zeros((1, 16, 16), np.float32), (32, 16))
 
 
 def bf16_special_values():
