@@ -30,7 +30,7 @@ BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"
 
 
 def _load_C():
-    sys.path.insert(0, os.path.join(REPO, "tests"))
+    sys.path[:0] = [REPO, os.path.join(REPO, "tests")]  # this checkout's cortex, not an installed one
     from _build_c import load_C
 
     C = load_C()

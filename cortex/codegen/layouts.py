@@ -31,6 +31,7 @@ class LayoutError(ValueError):
 @dataclass(frozen=True)
 class WeightLayout:
     name: str
+    stored_dtype = np.dtype(np.float32)  # the initializer's element type
 
     def pack(self, w: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(w, dtype=np.float32)
@@ -114,6 +115,7 @@ def unpack_panels_bf16(packed, shape) -> np.ndarray:
 @dataclass(frozen=True)
 class PanelsBf16(WeightLayout):
     """[K, N] -> bf16 panels as int32 pairs [ceil(N/16), Kp/2, 16], the layout gemm_packed_bf16 reads."""
+    stored_dtype = np.dtype(np.int32)
 
     def pack(self, w: np.ndarray) -> np.ndarray:
         bits = pack_panels_bf16(w)

@@ -121,3 +121,18 @@ def test_float32_default_records_its_micro_kernel(tmp_path):
     assert notes["cpu_level"] == level
     want = {"x86-64-v4": "avx512", "x86-64-v3": "avx2"}.get(level, "portable")
     assert notes["micro_kernel"] == want
+
+
+@needs_bf16
+def test_bf16_model_rebuilds_with_its_precision(tmp_path):
+    from cortex.rebuild import rebuild
+    src, feeds = _model_and_feeds(tmp_path, "treelstm")
+    out = tmp_path / "m.onnx"
+    cortex.convert(str(src), str(out), precision="bf16", example_inputs=feeds)
+    rebuilt = tmp_path / "rebuilt.onnx"
+    rebuild(str(out), str(rebuilt))
+    assert _notes(rebuilt)["precision"] == "bf16"
+    want = cortex.InferenceSession(str(out)).run(None, feeds)
+    got = cortex.InferenceSession(str(rebuilt)).run(None, feeds)
+    for w, g in zip(want, got):  # the panels_bf16 constants read back and packed again: the same bits
+        np.testing.assert_array_equal(w, g)
