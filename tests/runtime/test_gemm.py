@@ -256,6 +256,47 @@ def test_num_threads_and_env_override():
         assert out.strip() == n
 
 
+def _in_subprocess(code: str, threads: int) -> str:
+    prelude = "import sys; sys.path.insert(0, %r); from _build_c import load_C; C = load_C()\n" % (
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, CORTEX_NUM_THREADS=str(threads))
+    return subprocess.check_output([sys.executable, "-c", prelude + code], env=env, cwd=REPO, text=True,
+                                   timeout=120)  # a hang fails here
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3, 16])
+def test_held_pool_runs_every_level_and_lets_go(threads):
+    # a kernel run holds the pool (workers spin for the whole run): levels counts 0, 1 and many, twice in a row, and
+    # a plain region after the hold; any thread count, more threads than cores included (no hold there)
+    code = """
+import numpy as np
+for levels in (0, 1, 2, 50):
+    for n in (1, 2, 3, 17, 1000):
+        for _ in range(2):
+            got = C._run_region_test(levels, n)
+            want = [n * (n - 1) // 2 + n * level for level in range(levels)]
+            assert list(got) == want, (levels, n, list(got), want)
+import time; time.sleep(0.01)
+assert C._parallel_sum_test(1000) == 500500
+print("ok")
+"""
+    assert _in_subprocess(code, threads).strip() == "ok"
+
+
+def test_fused_level_split_prefers_rows_where_the_weights_stay_in_l2():
+    # what a fused level's workers take (kernel_support.h fused_tasks): at 16 threads, hidden 256 (weights 2.6 MB,
+    # 80 chunks) at 100 rows: 8 column ranges x 2 row ranges (slices of 328 KB, half the gathers of 16 x 1); hidden
+    # 64 (160 KB of weights) at 200 rows: the rows split 16 ways; at 24 rows the work pays for 7 workers, all on
+    # columns (3 x 2 would leave one idle); a small level: one worker; 2 threads at 10 rows: the columns, as before
+    code = """
+h256 = lambda rows: C._fused_tasks(80, rows, 2.0 * 512 * 1280 * rows)
+h64 = lambda rows: C._fused_tasks(20, rows, 2.0 * 128 * 320 * rows)
+print(h256(100), h256(10), h64(200), h64(24), h64(1))
+"""
+    assert _in_subprocess(code, 16).split() == ["(8,", "2)", "(16,", "1)", "(1,", "16)", "(7,", "1)", "(1,", "1)"]
+    assert _in_subprocess("print(C._fused_tasks(80, 10, 2.0 * 512 * 1280 * 10))", 2).strip() == "(2, 1)"
+
+
 def test_parallel_for_many_regions():
     for n in [0, 1, 2, 3, 7, 64, 1000]:
         for _ in range(50):
