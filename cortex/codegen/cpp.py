@@ -284,7 +284,6 @@ class CpuEmitter(KernelEmitter):
                  "    cortex::check_cpu_features();",
                  f"    if (num_inputs != {len(self.inputs)}) throw cortex::KernelError(\"expected {len(self.inputs)} inputs, got \" + std::to_string(num_inputs));",
                  "    cortex::Phases phases;",
-                 "    cortex::RunRegion region;  // the pool's workers spin until the run ends: no level waits for a wake-up",
                  "    Ctx cx;",
                  "    const int64_t p = -1;  // index errors before the recursion name no position"]
         lines += cstyle.check_array_inputs(plan, lambda i, d: f"cortex::host_data(inputs[{i}], \"{cstr(d.name)}\")")

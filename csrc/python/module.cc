@@ -473,22 +473,6 @@ PYBIND11_MODULE(_C, m) {
     const cortex::FusedTasks split = cortex::fused_tasks(chunks, rows, flops);
     return py::make_tuple(split.columns, split.rows);
   }, py::arg("chunks"), py::arg("rows"), py::arg("flops"), "(column ranges, row ranges) of a fused level's split");
-  m.def("_run_region_test", [](int64_t levels, int64_t n) {
-    // a kernel run's shape: the pool held (RunRegion), `levels` regions of n tasks; each level's sum of i
-    std::vector<int64_t> sums;
-    {
-      py::gil_scoped_release nogil;
-      cortex::RunRegion region;
-      for (int64_t level = 0; level < levels; ++level) {
-        std::vector<int64_t> slots(static_cast<size_t>(n), 0);
-        cortex::parallel_for(n, [&](int64_t i) { slots[static_cast<size_t>(i)] = i + level; });
-        int64_t s = 0;
-        for (int64_t v : slots) s += v;
-        sums.push_back(s);
-      }
-    }
-    return to_numpy(sums);
-  });
   m.def("_run_affine_test", [](int64_t n) {
     // exercises run_affine: how many times each task ran
     std::vector<std::atomic<int>> hits(static_cast<size_t>(n));

@@ -5,12 +5,7 @@
 // - Thread count (calling thread included) = CORTEX_NUM_THREADS if set to a positive integer,
 //   else std::thread::hardware_concurrency().
 // - After a region, workers spin for a short while (CORTEX_SPIN_US, default 50 us) waiting for the
-//   next one, then block on a condition variable. While a run holds the pool (RunRegion: a kernel's
-//   whole run), they keep spinning instead, and a hold wakes sleeping workers at once: every level's
-//   region of the run is one atomic publish and a spin join, never a wake-up (~3-10 us each), even
-//   after a long serial stretch (preparing, linearizing, a level run on one thread). Holds are only
-//   taken when the pool has no more threads than the machine has cores (spinning workers would take
-//   the caller's core otherwise), and held workers yield now and then.
+//   next one, then block on a condition variable.
 // - Indices are handed out dynamically (one atomic claim each); the caller takes part and returns
 //   once every index has run. It never waits for a worker that has not claimed anything, so a
 //   worker that wakes late (sleeping, or preempted on a busy machine) costs nothing; split work
@@ -118,16 +113,6 @@ class ThreadPool {
 
   // Threads used by a region, calling thread included.
   int num_threads() const { return num_threads_; }
-
-  // Keeps the workers spinning (and wakes sleeping ones now) until the matching release(). Nests; thread-safe.
-  void hold() noexcept {
-    holds_.fetch_add(1, std::memory_order_seq_cst);
-    if (sleepers_.load(std::memory_order_seq_cst) > 0) {
-      std::lock_guard<std::mutex> lk(mu_);
-      cv_.notify_all();
-    }
-  }
-  void release() noexcept { holds_.fetch_sub(1, std::memory_order_seq_cst); }
 
   // Runs f(i) for i in [0, n); returns when all calls are done.
   template <class F>
@@ -277,32 +262,21 @@ class ThreadPool {
       // Spin a little, then block.
       uint64_t tag = work_.load(std::memory_order_acquire) >> 32;
       if (tag == seen) {
-        auto t0 = std::chrono::steady_clock::now();
+        const auto t0 = std::chrono::steady_clock::now();
         const auto budget = std::chrono::microseconds(spin_us_);
         int k = 0;
         for (;;) {
           CORTEX_CPU_RELAX();
           tag = work_.load(std::memory_order_acquire) >> 32;
           if (tag != seen) break;
-          if ((++k & 63) != 0) continue;
-          if (holds_.load(std::memory_order_relaxed) > 0) {  // a run holds the pool: keep spinning
-            if ((k & 4095) == 0) {
-              std::this_thread::yield();
-              t0 = std::chrono::steady_clock::now();  // and the usual spin budget after the release
-            }
-            continue;
-          }
-          if (std::chrono::steady_clock::now() - t0 > budget) break;
+          if ((++k & 63) == 0 && std::chrono::steady_clock::now() - t0 > budget) break;
         }
       }
       if (tag == seen) {
         std::unique_lock<std::mutex> lk(mu_);
         sleepers_.fetch_add(1, std::memory_order_seq_cst);
-        while ((tag = work_.load(std::memory_order_seq_cst) >> 32) == seen &&
-               holds_.load(std::memory_order_seq_cst) == 0)
-          cv_.wait(lk);
+        while ((tag = work_.load(std::memory_order_seq_cst) >> 32) == seen) cv_.wait(lk);
         sleepers_.fetch_sub(1, std::memory_order_relaxed);
-        if (tag == seen) continue;  // woken by a hold, no region yet: spin
       }
       seen = tag;
       if (stop_.load(std::memory_order_acquire)) return;
@@ -349,7 +323,6 @@ class ThreadPool {
   alignas(64) std::atomic<uint64_t> work_{0};  // (region tag << 32) | next index
   alignas(64) std::atomic<int64_t> done_{0};   // indices finished in the current region
   alignas(64) std::atomic<int> sleepers_{0};
-  std::atomic<int> holds_{0};
   std::atomic<bool> stop_{false};
   std::mutex mu_;
   std::condition_variable cv_;
@@ -370,31 +343,6 @@ inline void parallel_for(int64_t n, F&& f) {
 
 // Threads a region uses (calling thread included).
 inline int num_threads() { return ThreadPool::instance().num_threads(); }
-
-// The pool held for one kernel run (RAII): its workers spin from the start of the run to its end, so each level's
-// region starts at once (see ThreadPool::hold). No hold where the pool has more threads than the machine has cores.
-class RunRegion {
- public:
-  RunRegion() : held_(worth_holding()) {
-    if (held_) ThreadPool::instance().hold();
-  }
-  ~RunRegion() {
-    if (held_) ThreadPool::instance().release();
-  }
-  RunRegion(const RunRegion&) = delete;
-  RunRegion& operator=(const RunRegion&) = delete;
-
- private:
-  static bool worth_holding() {
-    static const bool worth = [] {
-      const unsigned cores = std::thread::hardware_concurrency();
-      const int threads = ThreadPool::instance().num_threads();
-      return threads > 1 && cores > 0 && static_cast<unsigned>(threads) <= cores;
-    }();
-    return worth;
-  }
-  const bool held_;
-};
 
 // Runs f(t) for t in [0, tasks) across the pool, each participant first taking the tasks of its own share
 // (participant_index() p of T threads: tasks [p*tasks/T, (p+1)*tasks/T)), then any left, from the last one back.

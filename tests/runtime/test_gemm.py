@@ -264,25 +264,6 @@ def _in_subprocess(code: str, threads: int) -> str:
                                    timeout=120)  # a hang fails here
 
 
-@pytest.mark.parametrize("threads", [1, 2, 3, 16])
-def test_held_pool_runs_every_level_and_lets_go(threads):
-    # a kernel run holds the pool (workers spin for the whole run): levels counts 0, 1 and many, twice in a row, and
-    # a plain region after the hold; any thread count, more threads than cores included (no hold there)
-    code = """
-import numpy as np
-for levels in (0, 1, 2, 50):
-    for n in (1, 2, 3, 17, 1000):
-        for _ in range(2):
-            got = C._run_region_test(levels, n)
-            want = [n * (n - 1) // 2 + n * level for level in range(levels)]
-            assert list(got) == want, (levels, n, list(got), want)
-import time; time.sleep(0.01)
-assert C._parallel_sum_test(1000) == 500500
-print("ok")
-"""
-    assert _in_subprocess(code, threads).strip() == "ok"
-
-
 def test_fused_level_split_prefers_rows_where_the_weights_stay_in_l2():
     # what a fused level's workers take (kernel_support.h fused_tasks): at 16 threads, hidden 256 (weights 2.6 MB,
     # 80 chunks) at 100 rows: 8 column ranges x 2 row ranges (slices of 328 KB, half the gathers of 16 x 1); hidden
