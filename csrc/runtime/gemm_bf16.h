@@ -20,7 +20,10 @@
 //   AVX512-BF16 (__AVX512BF16__): vdpbf16ps in gemm.h's 12 x 32 register tile;
 //   otherwise a portable loop with the same rounding (correct, not fast).
 // The paths differ in summation order; the choice depends on M only, so parallel, serial and column-range calls
-// agree bitwise. No allocation (stack buffers for the rounded A rows).
+// agree bitwise. Unlike the float32 products, bf16 is NOT batch-invariant: the path (AMX from kAmxMinRows rows) and
+// the register tile's split accumulators for 1-3 rows depend on M, so a row's bits depend on how many rows share
+// its product (opt-in precision; cortex.serving's bitwise promise holds for float32 models). No allocation (stack
+// buffers for the rounded A rows).
 #pragma once
 
 #include <cstdint>
