@@ -1,6 +1,7 @@
 """Command lines.
 
-cortex-convert IN.onnx -o OUT.onnx [--target cpu|cuda] [--cuda-arch sm_90] [--cpu LEVEL] [--strict] [--dump-ir]
+cortex-convert IN.onnx -o OUT.onnx [--target cpu|cuda] [--cuda-arch sm_90] [--cpu LEVEL]
+               [--precision float32|bf16 --example-inputs NPZ] [--strict] [--dump-ir]
 cortex convert ...            (the same)
 cortex trust MODEL...         trust the kernel files a converted model ships (you trust its author)
 cortex trust --remove MODEL   take that trust back
@@ -18,8 +19,10 @@ import sys
 from .codegen.toolchain import CPU_LEVELS
 from .convert import ConvertError, convert
 
-_CPU_HELP = ("CPU level the kernels are compiled for (default: x86-64-v3 where this host has AVX2/FMA, else "
-             "x86-64-v2; 'native' uses everything this host has, so the model runs only on CPUs like it)")
+_CPU_HELP = ("CPU level the kernels are compiled for; it picks the matrix-product micro-kernel (default: the best "
+             "level this host runs: x86-64-v4 with AVX-512, else x86-64-v3 with AVX2/FMA, else x86-64-v2; a lower "
+             "level is portable to more CPUs; 'native' uses everything this host has, so the model runs only on CPUs "
+             "like it)")
 
 
 def _convert_parser(prog: str, parser=None) -> argparse.ArgumentParser:
@@ -33,6 +36,12 @@ def _convert_parser(prog: str, parser=None) -> argparse.ArgumentParser:
                         help="code generation target: " + "; ".join(f"{t.name}: {t.description}" for t in TARGETS.values()))
     parser.add_argument("--cuda-arch", default="sm_90", help="GPU architecture of CUDA kernels (default sm_90)")
     parser.add_argument("--cpu", choices=CPU_LEVELS, default=None, help=_CPU_HELP)
+    parser.add_argument("--precision", choices=["float32", "bf16"], default="float32",
+                        help="element type of the CPU kernels' matrix products: float32 (default, exact) or bf16 "
+                             "(opt-in: AMX tiles or AVX512-BF16, float32 sums and gates; needs --example-inputs, on "
+                             "which the report states the error against float32)")
+    parser.add_argument("--example-inputs", default=None, metavar="NPZ",
+                        help="the model's inputs by name (numpy .npz) on which --precision bf16 measures its error")
     parser.add_argument("--strict", action="store_true", help="fail if any recursive region is left to ONNX Runtime")
     parser.add_argument("--dump-ir", action="store_true", help="print each region's IR before and after the passes")
     return parser
@@ -41,7 +50,7 @@ def _convert_parser(prog: str, parser=None) -> argparse.ArgumentParser:
 def _run_convert(args, prog: str) -> int:
     try:
         report = convert(args.model, args.output, target=args.target, strict=args.strict, cpu=args.cpu,
-                         cuda_arch=args.cuda_arch)
+                         cuda_arch=args.cuda_arch, precision=args.precision, example_inputs=args.example_inputs)
     except ConvertError as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 1

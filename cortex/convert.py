@@ -51,11 +51,23 @@ class RegionReport:
 
 
 @dataclass
+class PrecisionError:
+    """The measured error of one output of a reduced-precision conversion against the float32 conversion of the
+    same model, on the example inputs: max and mean absolute difference, and the largest float32 magnitude."""
+    output: str
+    max_abs: float
+    mean_abs: float
+    max_ref: float
+
+
+@dataclass
 class Report:
     source: str
     output: str
     regions: list = field(default_factory=list)
     notes: list = field(default_factory=list)  # about the model as a whole (its TreeRec record, its lowering)
+    precision: str = "float32"
+    errors: list = field(default_factory=list)  # PrecisionError per output (precision other than float32)
 
     @property
     def left(self):
@@ -76,6 +88,11 @@ class Report:
                 lines.append(f"    warning: {w}" + ("; the converted kernel computes it as PyTorch does" if r.converted
                                                    else "; this region is left to ONNX Runtime"))
         lines += [f"  note: {n}" for n in self.notes]
+        if self.precision != "float32":
+            lines.append(f"  precision {self.precision}: products in {self.precision}, sums and gates in float32; measured "
+                         "against the float32 conversion on the example inputs:")
+            lines += [f"    {e.output}: max abs error {e.max_abs:.3g}, mean abs error {e.mean_abs:.3g} (float32 values "
+                      f"up to {e.max_ref:.3g})" for e in self.errors]
         done = sum(r.converted for r in self.regions)
         lines.append(f"  {done} of {len(self.regions)} recursive regions converted")
         return "\n".join(lines)
@@ -144,22 +161,71 @@ def _remove_dead_nodes(graph: onnx.GraphProto):
 
 
 def convert(source, output, target: str = "cpu", strict: bool = False, cpu: Optional[str] = None,
-            cuda_arch: Optional[str] = None) -> Report:
+            cuda_arch: Optional[str] = None, precision: str = "float32", example_inputs=None) -> Report:
     """Converts the model at `source`, writes the converted model to `output` and its kernels beside it
     (in `<output stem>.cortex/`), and returns the report. `target` picks the code generator (codegen.targets:
-    cpu, cuda); `cpu` is the CPU level CPU kernels are compiled for (toolchain.CPU_LEVELS; None: the portable
-    default), `cuda_arch` the GPU architecture CUDA kernels are compiled for (default sm_90). With `strict`, raises
-    ConvertError, writing nothing, when a recursive region is left to ONNX Runtime. Kernels compiled here are
-    recorded in the local trust store (cortex.trust)."""
+    cpu, cuda); `cpu` is the CPU level CPU kernels are compiled for (toolchain.CPU_LEVELS; None: the best level
+    this host runs), `cuda_arch` the GPU architecture CUDA kernels are compiled for (default sm_90). `precision`:
+    "float32" (the default, exact) or "bf16" (opt-in, CPU: matrix products on bf16 values, AMX tiles or
+    AVX512-BF16, float32 sums and gates); bf16 needs `example_inputs` ({input name: array}, or an .npz path), on
+    which the report states the error against the float32 conversion. With `strict`, raises ConvertError, writing
+    nothing, when a recursive region is left to ONNX Runtime. Kernels compiled here are recorded in the local trust
+    store (cortex.trust)."""
     if target not in TARGETS:
         raise ConvertError(f"unknown target '{target}' (choose from {', '.join(TARGETS)})")
     try:
-        backend = TARGETS[target].configure(cpu=cpu, cuda_arch=cuda_arch)
+        backend = TARGETS[target].configure(cpu=cpu, cuda_arch=cuda_arch, precision=precision)
     except ToolchainError as e:
         raise ConvertError(str(e)) from None
+    if precision != "float32":
+        if example_inputs is None:
+            raise ConvertError(f"--precision {precision} states its error against float32 on example inputs: give "
+                               "them (--example-inputs inputs.npz; convert(..., example_inputs={name: array}))")
+        example_inputs = _load_examples(example_inputs)
+        report = _convert_with(source, output, backend, strict)
+        with tempfile.TemporaryDirectory(prefix="cortex_float32_") as tmp:  # the reference: the float32 conversion
+            reference = Path(tmp) / Path(output).name
+            convert(source, reference, target, strict, backend.cpu.level)
+            report.errors = measure_error(reference, Path(output), example_inputs)
+        return report
+    return _convert_with(source, output, backend, strict)
+
+
+def _load_examples(example_inputs) -> dict:
+    """{input name: numpy array} from a dict or an .npz file."""
+    if isinstance(example_inputs, (str, os.PathLike)):
+        try:
+            with np.load(example_inputs) as data:
+                return {k: data[k] for k in data.files}
+        except (OSError, ValueError) as e:
+            raise ConvertError(f"cannot read the example inputs {example_inputs}: {e}") from None
+    if not isinstance(example_inputs, dict):
+        raise ConvertError("example inputs must be a dict of input name -> array, or an .npz file")
+    return {str(k): np.asarray(v) for k, v in example_inputs.items()}
+
+
+def measure_error(reference: Path, converted: Path, inputs: dict) -> list:
+    """PrecisionError per output: `converted` against `reference` (both converted models) on `inputs`."""
+    from .session import InferenceSession
+    try:
+        want_session, got_session = InferenceSession(str(reference)), InferenceSession(str(converted))
+        names = [o.name for o in got_session.get_outputs()]
+        want, got = want_session.run(names, inputs), got_session.run(names, inputs)
+    except Exception as e:  # noqa: BLE001 - onnxruntime's own exception types: one clear line
+        raise ConvertError(f"the example inputs do not run ({' '.join(str(e).split())[:300]})") from None
+    errors = []
+    for name, w, g in zip(names, want, got):
+        w, g = np.asarray(w, dtype=np.float64), np.asarray(g, dtype=np.float64)
+        diff = np.abs(w - g)
+        errors.append(PrecisionError(name, float(diff.max(initial=0.0)), float(diff.mean()) if diff.size else 0.0,
+                                     float(np.abs(w).max(initial=0.0))))
+    return errors
+
+
+def _convert_with(source, output, backend, strict: bool) -> Report:
     model, record_problem = raise_treerec(load_model(source))
     output = check_output(output)
-    report = Report(str(source), str(output))
+    report = Report(str(source), str(output), precision=getattr(backend, "precision", "float32"))
     if record_problem:
         report.notes.append(f"{record_problem}; its graph is converted as it is")
 

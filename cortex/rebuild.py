@@ -57,8 +57,10 @@ def _constants(model: onnx.ModelProto, node, notes: dict, document) -> dict:
         if init not in node.input or init not in initializers:
             raise RebuildError(f"constant {name!r}: initializer {init!r} is not an input of the node")
         array = numpy_helper.to_array(initializers[init])
-        if array.dtype != np.float32:
-            raise RebuildError(f"constant {name!r}: initializer {init!r} is {array.dtype}, not float32")
+        layout = LAYOUTS[info["layout"]]
+        if array.dtype != layout.stored_dtype:
+            raise RebuildError(f"constant {name!r}: initializer {init!r} is {array.dtype}, not {layout.stored_dtype} "
+                               f"({layout.name})")
         try:
             arrays[name] = LAYOUTS[info["layout"]].unpack(array, shape)
         except LayoutError as e:

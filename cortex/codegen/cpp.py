@@ -13,16 +13,51 @@ Model shapes are compile-time constants; generated code carries comments naming 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from ..ir.printer import format_pred
 from . import cstyle
 from .cstyle import Access, cstr, comment, dense, transposed
 from .emitter import KernelEmitter
+from .layouts import PANELS, PANELS_BF16, WeightLayout
 from .plan import CodegenError
+
+
+@dataclass(frozen=True)
+class Products:
+    """The matrix products of a CPU kernel in one precision: the weights' layout and C element type, the runtime's
+    entry points (all with gemm_packed's arguments), and the header that declares them."""
+    precision: str
+    layout: WeightLayout
+    weight_ctype: str
+    call: str
+    columns: str
+    header: str
+
+
+FLOAT32_PRODUCTS = Products("float32", PANELS, "float", "cortex::gemm_packed", "cortex::gemm_packed_columns", "gemm.h")
+# Opt-in (--precision bf16): weights and product inputs rounded to bf16, float32 sums (csrc/runtime/gemm_bf16.h).
+BF16_PRODUCTS = Products("bf16", PANELS_BF16, "uint16_t", "cortex::gemm_packed_bf16",
+                         "cortex::gemm_packed_bf16_columns", "gemm_bf16.h")
+PRODUCTS = {p.precision: p for p in (FLOAT32_PRODUCTS, BF16_PRODUCTS)}
 
 
 class CpuEmitter(KernelEmitter):
     """C++ for the CPU backend (targets.CPU): host functions per case over level batches, products on the runtime's
-    packed-panel GEMM (csrc/runtime/gemm.h), one parallel region per fused level."""
+    packed-panel GEMM (csrc/runtime/gemm.h; gemm_bf16.h for bf16 products), one parallel region per fused level."""
+
+    @property
+    def products(self) -> Products:
+        return self.backend.products
+
+    def weight_ctype(self, const: str) -> str:
+        return self.products.weight_ctype if const in self.plan.packed else "float"
+
+    @property
+    def header(self) -> str:
+        if self.products.header == "gemm.h":
+            return HEADER
+        return HEADER.replace('#include "gemm.h"\n', f'#include "gemm.h"\n#include "{self.products.header}"\n', 1)
 
     def body(self) -> list:
         plan = self.plan
@@ -39,7 +74,7 @@ class CpuEmitter(KernelEmitter):
         plan = self.plan
         lines = ["struct Ctx {"] + cstyle.host_context_fields(plan)
         for name, value in self.p.constants.items():
-            lines.append(f"  const float* {plan.const_ids[name]} = nullptr;  // {comment(name)} {list(value.shape)}")
+            lines.append(f"  const {self.weight_ctype(name)}* {plan.const_ids[name]} = nullptr;  // {comment(name)} {list(value.shape)}")
         for t in self.p.tables:
             rows = "N" if t.kind == "state" else "L"
             lines.append(f"  float* {plan.table_ids[t.name]} = nullptr;  // {t.kind} {comment(t.name)} [{rows} x {t.width}]")
@@ -116,7 +151,7 @@ class CpuEmitter(KernelEmitter):
                 lines += self.serial_rows(env, [(e.x, dense(source, k_dim))], "    ", rows=rows)
             bias = f"cx.{plan.const_ids[e.bias]}" if e.bias else "nullptr"
             for o in fused[e]:
-                lines.append(f"    cortex::gemm_packed_columns(b1 - b0, {n_dim}, {k_dim}, {source} + b0 * {k_dim}, {k_dim}, "
+                lines.append(f"    {self.products.columns}(b1 - b0, {n_dim}, {k_dim}, {source} + b0 * {k_dim}, {k_dim}, "
                              f"cx.{plan.const_ids[e.weight]}, {step.buffer} + b0 * {n_dim}, {n_dim}, {bias}, {o} + j0, {o} + j1);"
                              f"  // {comment(e.weight)}")
         targets, prelude = self.output_rows(cp)
@@ -174,13 +209,13 @@ class CpuEmitter(KernelEmitter):
         e = step.node
         k_dim, n_dim = e.x.width // e.rows, e.width // e.rows
         bias = f"cx.{self.plan.const_ids[e.bias]}" if e.bias else "nullptr"
-        return [f"  cortex::gemm_packed(B * {e.rows}, {n_dim}, {k_dim}, {step.inputs[0]}, {k_dim}, "
+        return [f"  {self.products.call}(B * {e.rows}, {n_dim}, {k_dim}, {step.inputs[0]}, {k_dim}, "
                 f"cx.{self.plan.const_ids[e.weight]}, {step.buffer}, {n_dim}, {bias}, false);  // {comment(e.weight)}"]
 
     def emit_left_gemm(self, env, cp, step):
         e = step.node
         k_dim, r = e.x.width // e.cols, e.width // e.cols
-        return [f"  cortex::gemm_packed(B * {e.cols}, {r}, {k_dim}, {step.inputs[0]}, {k_dim}, "
+        return [f"  {self.products.call}(B * {e.cols}, {r}, {k_dim}, {step.inputs[0]}, {k_dim}, "
                 f"cx.{self.plan.const_ids[e.weight]}, {step.buffer}, {r}, nullptr, false);  // {comment(e.weight)}"]
 
     def emit_matvec(self, env, cp, step):
@@ -252,7 +287,9 @@ class CpuEmitter(KernelEmitter):
                  "    Ctx cx;",
                  "    const int64_t p = -1;  // index errors before the recursion name no position"]
         lines += cstyle.check_array_inputs(plan, lambda i, d: f"cortex::host_data(inputs[{i}], \"{cstr(d.name)}\")")
-        lines += cstyle.check_const_inputs(plan, lambda i, cid: f"cx.{cid} = static_cast<const float*>(inputs[{i}].data);")
+        ctypes = {plan.const_ids[name]: self.weight_ctype(name) for name in self.p.constants}
+        lines += cstyle.check_const_inputs(
+            plan, lambda i, cid: f"cx.{cid} = static_cast<const {ctypes[cid]}*>(inputs[{i}].data);")
         lines += cstyle.rows_and_positions(plan, self.syntax)
         lines += cstyle.allocate_tables(
             plan, "cx",
@@ -300,7 +337,7 @@ class CpuEmitter(KernelEmitter):
             b = f"cx.{plan.const_ids[bias]}" if bias else "nullptr"
             lines += [f"    {{  // {comment(array)} @ {comment(weight)}",
                       f"      float* table = ws.projection({k}, cx.{a}_rows * {width});",
-                      f"      cortex::gemm_packed(cx.{a}_rows, {width}, {depth}, cx.{a}, {depth}, cx.{plan.const_ids[weight]}, "
+                      f"      {self.products.call}(cx.{a}_rows, {width}, {depth}, cx.{a}, {depth}, cx.{plan.const_ids[weight]}, "
                       f"table, {width}, {b}, false);",
                       f"      cx.proj{k} = table;",
                       "    }"]
@@ -365,4 +402,3 @@ struct Workspace {{
 """
 
 
-CpuEmitter.header = HEADER

@@ -129,7 +129,7 @@ def signature_source(plan: KernelPlan) -> str:
     inputs, outputs = [], []
     for k, inp in enumerate(plan.inputs):
         if inp.kind == "const":
-            inputs.append(tensor("input", k, "float32", inp.array.shape, False))
+            inputs.append(tensor("input", k, inp.array.dtype.name, inp.array.shape, False))
             continue
         d = plan.program.input(inp.name)
         cint(d.rank, lo=0, hi=32)  # an int before it is compared
@@ -247,7 +247,8 @@ def check_const_inputs(plan: KernelPlan, assign) -> list:
         if inp.kind == "const":
             dims = cints(inp.array.shape[1:], "0", lo=0)
             lines.append(f"    {{ static const int64_t inner[] = {{{dims}}};")
-            lines.append(f"      cortex::check_input(inputs[{i}], \"{cstr(inp.name)}\", CORTEX_FLOAT, {cint(inp.array.ndim)}, inner);")
+            lines.append(f"      cortex::check_input(inputs[{i}], \"{cstr(inp.name)}\", {DTYPES[inp.array.dtype.name][1]}, "
+                         f"{cint(inp.array.ndim)}, inner);")
             lines.append(f"      if (inputs[{i}].shape[0] != {cint(inp.array.shape[0])}) throw cortex::KernelError(\"constant {cstr(inp.name)} has the wrong shape\");")
             lines.append(f"      {assign(i, plan.const_ids[inp.const])} }}")
     return lines

@@ -13,13 +13,14 @@ from typing import ClassVar
 
 from ..ir import nodes as ir
 from . import cstyle
-from .cpp import CpuEmitter
+from .cpp import PRODUCTS, CpuEmitter, Products
 from .cuda import CudaDialect, CudaEmitter
-from .layouts import NR, PANELS, TRANSPOSED, WeightLayout
+from .layouts import NR, TRANSPOSED, WeightLayout
 from .plan import COPY_PER_WORKER, IN_PLACE
-from .toolchain import CpuTarget, compile_cuda_kernel, compile_kernel, cpu_target
+from .toolchain import CpuTarget, ToolchainError, compile_cuda_kernel, compile_kernel, cpu_target, host_cpu_features
 
 DEFAULT_CUDA_ARCH = "sm_90"
+PRECISIONS = ("float32", "bf16")  # of the matrix products (cortex-convert --precision); float32 is the default
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,8 @@ class Backend:
     emitter: ClassVar[type]  # emitter.KernelEmitter
 
     @classmethod
-    def configure(cls, cpu: str | None = None, cuda_arch: str | None = None) -> "Backend":
+    def configure(cls, cpu: str | None = None, cuda_arch: str | None = None,
+                  precision: str | None = None) -> "Backend":
         raise NotImplementedError
 
     @classmethod
@@ -61,26 +63,87 @@ class Backend:
         return self.cpu.level
 
 
+# bf16 products need AVX512-BF16 (vdpbf16ps) on top of AVX-512; AMX tiles are used where the CPU has them too.
+BF16_EXTENSIONS = ("-mavx512bf16",)
+AMX_EXTENSIONS = ("-mamx-tile", "-mamx-bf16")
+
+
+def bf16_cpu_target(level: str | None) -> CpuTarget:
+    """The CPU target of a kernel with bf16 products: the level plus AVX512-BF16 (and AMX where this host has it);
+    ToolchainError, one clear line, where the level or this CPU has neither."""
+    base = cpu_target(level)
+    host = host_cpu_features()
+    if base.level == "native":
+        if "avx512bf16" not in base.features:
+            raise ToolchainError("--precision bf16 needs AVX512-BF16 (AMX where present); this CPU has neither: "
+                                 "convert with the default --precision float32")
+        return base
+    if "avx512f" not in base.features:
+        raise ToolchainError(f"--precision bf16 needs AVX512-BF16 or AMX; CPU level {base.level} has neither (bf16 "
+                             f"products build on AVX-512: use --cpu x86-64-v4 or native on a CPU with AVX512-BF16, "
+                             f"or the default --precision float32)")
+    if host is not None and "avx512bf16" not in host:
+        raise ToolchainError("--precision bf16 needs AVX512-BF16 or AMX; this CPU has neither: convert with the "
+                             "default --precision float32")
+    amx = host is not None and {"amx-tile", "amx-bf16"} <= host
+    return cpu_target(base.level, BF16_EXTENSIONS + (AMX_EXTENSIONS if amx else ()))
+
+
 @dataclass(frozen=True)
 class CpuBackend(Backend):
+    """`cpu` picks the products' micro-kernel (csrc/runtime/gemm.h follows the level's -march: AVX-512, AVX2 or
+    portable), `precision` their element type and so the weights' layout (float32: `panels`; bf16: `panels_bf16`,
+    opt-in, AVX512-BF16 or AMX)."""
+    precision: str = "float32"
+
     name = "cpu"
     description = "C++ for this machine's CPU level (g++)"
-    weight_layout = PANELS
     panel_width = NR
     operand_reads = COPY_PER_WORKER
     dialect = cstyle.Dialect
     emitter = CpuEmitter
 
+    @property
+    def products(self) -> Products:
+        return PRODUCTS[self.precision]
+
+    @property
+    def weight_layout(self) -> WeightLayout:
+        return self.products.layout
+
+    @property
+    def micro_kernel(self) -> str:
+        """The product micro-kernel the level compiles (gemm.h's gemm_isa(), gemm_bf16.h's for bf16)."""
+        features = set(self.cpu.features)
+        if self.precision == "bf16":
+            return "amx" if {"amx-tile", "amx-bf16"} <= features else "avx512bf16"
+        if "avx512f" in features:
+            return "avx512"
+        return "avx2" if {"avx2", "fma"} <= features else "portable"
+
     @classmethod
-    def configure(cls, cpu=None, cuda_arch=None) -> "CpuBackend":
-        return cls(cpu_target(cpu))
+    def configure(cls, cpu=None, cuda_arch=None, precision=None) -> "CpuBackend":
+        precision = precision or "float32"
+        if precision not in PRECISIONS:
+            raise ToolchainError(f"unknown precision '{precision}' (choose from {', '.join(PRECISIONS)})")
+        return cls(bf16_cpu_target(cpu) if precision == "bf16" else cpu_target(cpu), precision)
 
     @classmethod
     def from_notes(cls, notes, cpu=None) -> "CpuBackend":
-        return cls.configure(cpu=cpu)  # this machine's level (or the one asked for), whatever it was built for
+        # this machine's level (or the one asked for), whatever it was built for; the precision it was converted with
+        return cls.configure(cpu=cpu, precision=str(notes.get("precision", "float32")))
 
     def compile(self, source: str) -> Path:
         return compile_kernel(source, self.cpu)
+
+    def notes(self) -> dict:
+        notes = {**super().notes(), "micro_kernel": self.micro_kernel}
+        if self.precision != "float32":
+            notes["precision"] = self.precision
+        return notes
+
+    def built_for(self) -> str:
+        return f"{self.cpu.level} ({self.micro_kernel} products{', bf16' if self.precision == 'bf16' else ''})"
 
 
 @dataclass(frozen=True)
@@ -96,7 +159,9 @@ class CudaBackend(Backend):
     emitter = CudaEmitter
 
     @classmethod
-    def configure(cls, cpu=None, cuda_arch=None) -> "CudaBackend":
+    def configure(cls, cpu=None, cuda_arch=None, precision=None) -> "CudaBackend":
+        if precision not in (None, "float32"):
+            raise ToolchainError(f"--precision {precision} is for the CPU target; CUDA kernels compute in float32")
         return cls(cpu_target(cpu), cuda_arch or DEFAULT_CUDA_ARCH)
 
     @classmethod

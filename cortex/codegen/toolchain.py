@@ -3,7 +3,8 @@ hash (source, compiler, flags, level).
 
 CPU levels (`cortex-convert --cpu`): the x86-64 micro-architecture levels `x86-64-v2`, `x86-64-v3` (AVX2, FMA,
 BMI2), `x86-64-v4` (AVX-512), plain `x86-64`, and `native` (everything the converting host has). The default is
-the portable `x86-64-v3` where the host has it (the runtime's AVX2/FMA GEMM path), else `x86-64-v2`. A kernel
+the best portable level the host runs: `x86-64-v4` where it has AVX-512 (the runtime's AVX-512 micro-kernel), else
+`x86-64-v3` (AVX2/FMA), else `x86-64-v2`. A kernel
 records the CPU features its level lets the compiler use (`CpuTarget.features`, names from
 csrc/runtime/cpu_features.def); the EP checks them before it loads the kernel.
 """
@@ -157,27 +158,29 @@ def _compiler_features(cxx: str, flags: tuple) -> tuple:
 
 
 def default_cpu_level() -> str:
-    """x86-64-v3 where the host has it (AVX2, FMA, BMI2, ...), else x86-64-v2 (else x86-64); native elsewhere."""
+    """The best x86-64 level this host runs: x86-64-v4 (AVX-512), x86-64-v3 (AVX2, FMA, BMI2, ...), x86-64-v2, else
+    x86-64; x86-64-v2 where the host's features are unknown; native off x86-64."""
     if machine() != "x86_64":
         return "native"
     host = host_cpu_features()
     if host is None:
         return "x86-64-v2"
-    for level in ("x86-64-v3", "x86-64-v2"):
+    for level in ("x86-64-v4", "x86-64-v3", "x86-64-v2"):
         if not cpu_target(level).missing_on(host):
             return level
     return "x86-64"
 
 
-def cpu_target(level: str | None = None) -> CpuTarget:
-    """The target for a level name (None: the default level)."""
+def cpu_target(level: str | None = None, extensions: tuple = ()) -> CpuTarget:
+    """The target for a level name (None: the default level), with optional ISA extensions on top of it (`-m` flags
+    such as `-mavx512bf16`; their features are recorded like the level's)."""
     level = level or default_cpu_level()
     if level not in CPU_LEVELS:
         raise ToolchainError(f"unknown CPU level '{level}' (choose from {', '.join(CPU_LEVELS)})")
     arch = machine()
     if level in X86_LEVELS and arch != "x86_64":
         raise ToolchainError(f"CPU level '{level}' is for x86-64; this host is {arch} (use --cpu native)")
-    flags = (f"-march={level}",)
+    flags = (f"-march={level}", *extensions)
     features = _compiler_features(compiler(), flags) if arch == "x86_64" else ()
     return CpuTarget(level, arch, flags, features)
 

@@ -22,7 +22,7 @@ from ._build import (IR_VERSION, OPSET, EmbedAffineParams, binary_inputs, binary
                       sigmoid, treerec_internal, treerec_leaf, treerec_model, uniform, visit_body, visit_head,
                       zero_table)
 
-__all__ = ["TreeLSTMParams", "build_loop", "build_treerec", "make_params", "reference"]
+__all__ = ["TreeLSTMParams", "build_loop", "build_treerec", "level_product_operands", "make_params", "reference"]
 
 
 @dataclass
@@ -71,6 +71,20 @@ def reference(
     return binary_visit(words, left, right, order, leaf_test, [H, H],
                         lambda w: leaf_cell(params, params.embedding[w]),
                         lambda h_l, c_l, h_r, c_r: internal_cell(params, h_l, c_l, h_r, c_r))
+
+
+def level_product_operands(hidden: int, trees: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(A, U): the rows ``[h_l; h_r]`` [internal nodes, 2H] that the internal nodes of ``trees`` SST-shaped trees
+    multiply by ``U`` [2H, 5H] (:func:`reference` with :func:`make_params` weights, embedding dim 300): realistic
+    operands to measure a product's precision on."""
+    from .structures import batch, sst_like_trees
+
+    params = make_params(hidden, 300, 2000, seed=seed)
+    forest = batch(sst_like_trees(trees, np.random.default_rng(seed), 2000))
+    h, _ = reference(params, forest)
+    internal = forest.order[forest.left[forest.order] >= 0]
+    a = np.concatenate([h[forest.left[internal]], h[forest.right[internal]]], axis=1)
+    return np.ascontiguousarray(a, dtype=np.float32), params.U
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -84,6 +84,14 @@ inline long current_pid() {
 
 }  // namespace parallel_detail
 
+// This thread's index among a region's participants: w + 1 for the pool's worker w, 0 for any other thread (the
+// one that runs parallel_for). Stable from region to region, so work a thread takes by this index finds its data in
+// that core's caches again (see run_affine).
+inline int& participant_index() {
+  static thread_local int index = 0;
+  return index;
+}
+
 class ThreadPool {
  public:
   using TaskFn = void (*)(void* ctx, int64_t i);
@@ -239,7 +247,10 @@ class ThreadPool {
     const uint64_t start_tag = work_.load(std::memory_order_relaxed) >> 32;
     for (int w = 0; w < workers; ++w) {
       try {
-        threads_.emplace_back([this, start_tag] { worker_main(start_tag); });
+        threads_.emplace_back([this, start_tag, w] {
+          participant_index() = w + 1;
+          worker_main(start_tag);
+        });
       } catch (...) {
         break;  // could not create more threads: run with what we have
       }
@@ -332,5 +343,30 @@ inline void parallel_for(int64_t n, F&& f) {
 
 // Threads a region uses (calling thread included).
 inline int num_threads() { return ThreadPool::instance().num_threads(); }
+
+// Runs f(t) for t in [0, tasks) across the pool, each participant first taking the tasks of its own share
+// (participant_index() p of T threads: tasks [p*tasks/T, (p+1)*tasks/T)), then any left, from the last one back.
+// A thread that handles the same part of the data in every call (a slice of a weight matrix) finds it in its own
+// L2; with plain parallel_for whichever thread claims first takes a task. A late or busy thread costs nothing:
+// the others take its share. At most kMaxAffineTasks tasks.
+constexpr int64_t kMaxAffineTasks = 4096;
+
+template <class F>
+inline void run_affine(int64_t tasks, F&& f) {
+  const int64_t T = std::min<int64_t>(num_threads(), tasks);
+  if (T <= 1 || tasks > kMaxAffineTasks) {
+    parallel_for(tasks, f);
+    return;
+  }
+  std::atomic<uint8_t> taken[kMaxAffineTasks];
+  for (int64_t t = 0; t < tasks; ++t) taken[t].store(0, std::memory_order_relaxed);
+  parallel_for(T, [&](int64_t) {
+    const int64_t p = participant_index() % T;
+    for (int64_t t = p * tasks / T; t < (p + 1) * tasks / T; ++t)
+      if (!taken[t].exchange(1, std::memory_order_relaxed)) f(t);
+    for (int64_t t = tasks - 1; t >= 0; --t)
+      if (!taken[t].exchange(1, std::memory_order_relaxed)) f(t);
+  });
+}
 
 }  // namespace cortex

@@ -204,4 +204,4 @@ def test_a_members_product_over_a_table_from_an_input_stays_and_is_refused():
     from cortex.codegen.plan import plan_kernel
     from cortex.codegen.targets import TARGETS
     with pytest.raises(CodegenError, match="do not start at zeros"):
-        plan_kernel(optimize(program), TARGETS["cpu"])
+        plan_kernel(optimize(program), TARGETS["cpu"].configure())
