@@ -246,26 +246,6 @@ def test_gemm_avx2_and_avx512_agree_bitwise():
                                       _C.gemm_packed(A, Bp, N, bias=bias, isa="avx512"))
 
 
-@pytest.mark.parametrize("K,N", [(1, 17), (7, 16), (300, 80), (512, 1280), (600, 33)])
-def test_gemm_rows_do_not_depend_on_the_other_rows(K, N):
-    # batch invariance (cortex.serving merges requests into one forest and promises the bits of separate runs): a
-    # row's result is the same whether its product has 1, 2, ..., 6 rows (each tile size, the streaming path for
-    # M <= 4) or many, serial or parallel, with a bias or accumulating
-    rng = np.random.default_rng(K + N)
-    A, W, bias, C0 = rand(rng, 40, K), rand(rng, K, N), rand(rng, N), rand(rng, 40, N)
-    Bp = pack_ref(W)
-    whole = _C.gemm_packed(A, Bp, N, bias=bias)
-    whole_acc = _C.gemm_packed(A, Bp, N, bias=bias, C=C0.copy(), accumulate=True)
-    for M in list(range(1, 14)) + [17, 25]:
-        for start in (0, 40 - M):
-            rows = slice(start, start + M)
-            for serial in (False, True):
-                part = _C.gemm_packed(np.ascontiguousarray(A[rows]), Bp, N, bias=bias, serial=serial)
-                np.testing.assert_array_equal(part, whole[rows], err_msg=f"M={M} rows from {start}")
-            acc = _C.gemm_packed(np.ascontiguousarray(A[rows]), Bp, N, bias=bias, C=C0[rows].copy(), accumulate=True)
-            np.testing.assert_array_equal(acc, whole_acc[rows], err_msg=f"accumulate, M={M} rows from {start}")
-
-
 def test_num_threads_and_env_override():
     assert _C.num_threads() >= 1
     code = "import sys; sys.path.insert(0, %r); from _build_c import load_C; print(load_C().num_threads())" % (
