@@ -327,8 +327,11 @@ def lift_member_products(program: ir.Program) -> ir.Program:
                     np.asarray(x.evaluate(ev, program.constants), dtype=np.float32)
             return memo[x]
 
-        with np.errstate(all="ignore"):
-            return bool(np.all(ev(ir.MatMul(e.x, e.weight, None, e.width)) == 0.0))
+        try:
+            with np.errstate(all="ignore"):
+                return bool(np.all(ev(ir.MatMul(e.x, e.weight, None, e.width)) == 0.0))
+        except (TypeError, ValueError):  # a node that cannot be evaluated alone: the product stays
+            return False
 
     def rewrite(e):
         if not (isinstance(e, ir.MatMul) and e.rows == 1 and ir.member_dependent(e)):
