@@ -588,6 +588,8 @@ def _per_member(it, node, args, lookup):
     if node.op_type in ("MatMul", "Gemm") and (args[0] is not first or len(fields) > 1 or not first.inner
                                                  or int(attr(node, "transA", 0))):
         raise Refusal(f"a {node.op_type} that multiplies along a child set's axis")
+    if node.op_type in ("MatMul", "Gemm") and any(len(shape_of(a) or ()) > 2 for a in args[1:2]):
+        raise Refusal(f"a {node.op_type} of a child set's rows by a batched operand")
     inner_rank = len(first.inner)
     lead = max(f.lead for f in fields)
     member_args = []
@@ -630,6 +632,8 @@ def _reduce(it, node, args):
     if axes is None:
         raise Refusal(f"{node.op_type} of a child set over all its axes")
     axes = sorted({norm_axis(a, x.rank, "reduce axes") for a in axes})
+    if not axes:
+        raise Refusal(f"{node.op_type} of a child set over an empty list of axes")
     if x.kind != "rows":
         raise Refusal(f"{node.op_type} of child-set {x.kind}")
     op = REDUCTIONS[node.op_type]

@@ -312,3 +312,33 @@ def test_child_set_models_on_cuda(tmp_path, encoding, agg, dynamo):
                 expected = module(*[torch.from_numpy(feeds[n]) for n in names]).numpy()
             got = session.run(None, {n: feeds[n] for n in names})[0]
             np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5, err_msg=f"{name}, order {order_name}")
+
+
+class BatchedWeightSum(nn.Module):
+    """The members' rows times a batched [1, H, H] weight: [1, M, H], whose layout a per-member product would lose."""
+
+    def __init__(self):
+        super().__init__()
+        self.W3 = nn.Parameter(torch.randn(1, H, H) * 0.1)
+
+    def forward(self, h, parent, v):
+        return (h[parent == v] @ self.W3).sum(-2)
+
+
+def test_a_product_of_set_rows_by_a_batched_weight_is_refused_or_exact(tmp_path):
+    torch.manual_seed(0)
+    sys.path.insert(0, str(Path(__file__).parent))
+    module = _module("parent", BatchedWeightSum, False, tmp_path).eval()
+    _export(module, "parent", False, tmp_path / "model.onnx")
+    report = cortex.convert(tmp_path / "model.onnx", tmp_path / "model.cortex.onnx")
+    if not report.regions[0].converted:
+        assert "batched operand" in report.regions[0].reason
+        return
+    session = cortex.InferenceSession(str(tmp_path / "model.cortex.onnx"))
+    names = [i.name for i in session.get_inputs()]
+    for name, tree, orders in _structures("parent"):
+        feeds = _feeds("parent", tree)
+        with torch.no_grad():
+            expected = module(*[torch.from_numpy(feeds[n]) for n in names]).numpy()
+        np.testing.assert_allclose(session.run(None, {n: feeds[n] for n in names})[0], expected, rtol=1e-4,
+                                   atol=1e-5, err_msg=name)
