@@ -236,12 +236,7 @@ class CpuEmitter(KernelEmitter):
         """Per position of the batch: the op over its set's members of the body, element by element (a member's rows
         declared per member, the node's own values per position)."""
         e = step.node
-        s = cp.layout.sets.index(e.members())
-        temps, code, pointers = env.start()
-        value = env.expr(e.body, Access(0), e.width, temps, code, pointers)
-        node_decls = [d for n, (name, d) in pointers.items() if not name.startswith("mrow")]
-        member_decls = [d for n, (name, d) in pointers.items() if name.startswith("mrow")]
-        combine = cstyle.REDUCE[e.op].format(a="acc[j]", b=value)
+        s, temps, code, node_decls, member_decls, combine = self.set_reduce_parts(env, cp, step, "acc[j]")
         return ([f"  cortex::for_rows(B, {e.width * 16}, [&](int64_t b) {{",
                  "    const int64_t q = batch[b]; (void)q;"]
                 + [f"    {d}" for d in node_decls]

@@ -298,12 +298,7 @@ class CudaEmitter(KernelEmitter):
     def emit_set_reduce(self, env, cp, step):
         """A thread per element of the batch's rows: the op over the position's set members of the body."""
         e = step.node
-        s = cp.layout.sets.index(e.members())
-        temps, code, pointers = env.start()
-        value = env.expr(e.body, Access(0), e.width, temps, code, pointers)
-        node_decls = [d for n, (name, d) in pointers.items() if not name.startswith("mrow")]
-        member_decls = [d for n, (name, d) in pointers.items() if name.startswith("mrow")]
-        combine = cstyle.REDUCE[e.op].format(a="acc", b=value)
+        s, temps, code, node_decls, member_decls, combine = self.set_reduce_parts(env, cp, step, "acc")
         return ([f"  for (int64_t e = blockIdx.x * blockDim.x + threadIdx.x; e < B * {e.width}; e += gridDim.x * blockDim.x) {{",
                  f"    const int64_t b = e / {e.width}, j = e % {e.width};",
                  "    const int64_t q = off + b; (void)q;  // the schedule is in batch order"]

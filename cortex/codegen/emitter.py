@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from . import cstyle
 from .cstyle import comment, cstr
-from .plan import CodegenError, plan_kernel
+from .plan import Access, CodegenError, plan_kernel
 
 RUN_SIGNATURE = ["extern \"C\" CORTEX_EXPORT int32_t cortex_kernel_run(const CortexTensor* inputs, int32_t num_inputs,",
                  "    CortexAllocOutput alloc_output, void* alloc_context, const CortexExecution* execution,",
@@ -88,6 +88,19 @@ class KernelEmitter:
 
     def after_step(self) -> list:
         return []
+
+    @staticmethod
+    def set_reduce_parts(env, cp, step, acc: str):
+        """What both targets' set steps render alike: the set's slot among the case's sets, the declarations of the
+        node's own values and of each member's rows (`mrow*`), and the combining statement of the body's value into
+        `acc`."""
+        e = step.node
+        temps, code, pointers = env.start()
+        value = env.expr(e.body, Access(0), e.width, temps, code, pointers)
+        node_decls = [d for n, (name, d) in pointers.items() if not name.startswith("mrow")]
+        member_decls = [d for n, (name, d) in pointers.items() if name.startswith("mrow")]
+        return (cp.layout.sets.index(e.members()), temps, code, node_decls, member_decls,
+                cstyle.REDUCE[e.op].format(a=acc, b=value))
 
     # ---- the entry point ---------------------------------------------------------------------------------------
 
