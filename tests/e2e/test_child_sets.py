@@ -254,6 +254,18 @@ CASES = [(enc, agg, dyn) for enc, (_, aggs) in ENCODINGS.items() for agg in aggs
          if ("dynamo" if dyn else "script") in getattr(agg, "EXPORTERS", ("script", "dynamo"))]
 
 
+def _assert_matches_eager(session, module, encoding: str) -> None:
+    """The converted session against eager PyTorch on every structure of the encoding, in every visit order."""
+    names = [i.name for i in session.get_inputs()]
+    for name, tree, orders in _structures(encoding):
+        for order_name, order in orders.items():
+            feeds = _feeds(encoding, tree, order)
+            with torch.no_grad():
+                expected = module(*[torch.from_numpy(feeds[n]) for n in names]).numpy()
+            got = session.run(None, {n: feeds[n] for n in names})[0]
+            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5, err_msg=f"{name}, order {order_name}")
+
+
 @pytest.mark.parametrize("encoding,agg,dynamo", CASES,
                          ids=[f"{e}-{a.__name__}-{'dynamo' if d else 'script'}" for e, a, d in CASES])
 def test_child_set_model_converts_and_matches_eager(tmp_path, encoding, agg, dynamo):
@@ -267,16 +279,7 @@ def test_child_set_model_converts_and_matches_eager(tmp_path, encoding, agg, dyn
     _export(module, encoding, dynamo, src)
     report = cortex.convert(src, tmp_path / "model.cortex.onnx")
     assert [r.converted for r in report.regions] == [True], report.regions[0].reason
-    session = cortex.InferenceSession(str(tmp_path / "model.cortex.onnx"))
-    names = [i.name for i in session.get_inputs()]
-    for name, tree, orders in _structures(encoding):
-        for order_name, order in orders.items():
-            feeds = _feeds(encoding, tree, order)
-            with torch.no_grad():
-                expected = module(*[torch.from_numpy(feeds[n]) for n in names]).numpy()
-            got = session.run(None, {n: feeds[n] for n in names})[0]
-            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5,
-                                       err_msg=f"{name}, order {order_name}")
+    _assert_matches_eager(cortex.InferenceSession(str(tmp_path / "model.cortex.onnx")), module, encoding)
 
 
 # ---- the CUDA target: compiles everywhere nvcc is; runs and matches where a GPU is (tools/gpu_check.sh) ----------
@@ -303,15 +306,8 @@ def test_child_set_models_on_cuda(tmp_path, encoding, agg, dynamo):
     assert [r.converted for r in report.regions] == [True], report.regions[0].reason
     if gpu_skip_reason():
         pytest.skip(f"compiled for CUDA; not run: {gpu_skip_reason()}")
-    session = cortex.InferenceSession(str(tmp_path / "model.cortex.onnx"), device="cuda")
-    names = [i.name for i in session.get_inputs()]
-    for name, tree, orders in _structures(encoding):
-        for order_name, order in orders.items():
-            feeds = _feeds(encoding, tree, order)
-            with torch.no_grad():
-                expected = module(*[torch.from_numpy(feeds[n]) for n in names]).numpy()
-            got = session.run(None, {n: feeds[n] for n in names})[0]
-            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5, err_msg=f"{name}, order {order_name}")
+    _assert_matches_eager(cortex.InferenceSession(str(tmp_path / "model.cortex.onnx"), device="cuda"), module,
+                          encoding)
 
 
 class BatchedWeightSum(nn.Module):
@@ -334,11 +330,4 @@ def test_a_product_of_set_rows_by_a_batched_weight_is_refused_or_exact(tmp_path)
     if not report.regions[0].converted:
         assert "batched operand" in report.regions[0].reason
         return
-    session = cortex.InferenceSession(str(tmp_path / "model.cortex.onnx"))
-    names = [i.name for i in session.get_inputs()]
-    for name, tree, orders in _structures("parent"):
-        feeds = _feeds("parent", tree)
-        with torch.no_grad():
-            expected = module(*[torch.from_numpy(feeds[n]) for n in names]).numpy()
-        np.testing.assert_allclose(session.run(None, {n: feeds[n] for n in names})[0], expected, rtol=1e-4,
-                                   atol=1e-5, err_msg=name)
+    _assert_matches_eager(cortex.InferenceSession(str(tmp_path / "model.cortex.onnx")), module, "parent")
