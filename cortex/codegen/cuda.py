@@ -375,8 +375,12 @@ class CudaEmitter(KernelEmitter):
                  "    Ctx cx;",
                  "    Params P{};",
                  "    const int64_t p = -1; (void)p;  // index errors before the recursion name no position"]
+        structure = [i for i, d in enumerate(p.inputs) if d.kind == "array" and d.dtype != "float32"]
+        if structure:
+            lines += [f"    static const int kStructure[] = {{{cstyle.cints(structure)}}};  // read on the host",
+                      f"    ws.host_copies(inputs, kStructure, {len(structure)}, stream);"]
         lines += cstyle.check_array_inputs(plan, lambda i, d: (
-            f"ws.host_copy({i}, inputs[{i}], stream)" if d.dtype != "float32" else f"inputs[{i}].data"))
+            f"ws.host_data({i})" if d.dtype != "float32" else f"inputs[{i}].data"))
         for i, d in float_arrays:
             a = plan.array_ids[d.name]
             lines.append(f"    P.{a} = static_cast<const float*>(ws.device_copy({i}, inputs[{i}], stream)); P.{a}_rows = cx.{a}_rows;")

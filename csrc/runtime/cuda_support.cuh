@@ -190,16 +190,36 @@ struct DeviceSchedule {
 // schedule's upload, the per-batch buffers and the cooperative launch with resident weights.
 class Runtime {
  public:
-  // The host data of input i: itself when it is in host memory, else a copy (the structure is read on the host).
-  const void* host_copy(int i, const CortexTensor& t, cudaStream_t stream) {
-    if (t.device != CORTEX_DEVICE_CUDA) return t.data;
-    const size_t bytes = tensor_bytes(t);
-    if (host_.size() <= static_cast<size_t>(i)) host_.resize(i + 1);
-    host_[i].resize(bytes + 1);
-    check(cudaMemcpyAsync(host_[i].data(), t.data, bytes, cudaMemcpyDeviceToHost, stream), "copying an input to the host");
-    check(cudaStreamSynchronize(stream), "copying an input to the host");
-    return host_[i].data();
+  // Makes the host data of the structure inputs `which` (n of them) available through host_data(i): an input in
+  // host memory is read in place; those in device memory are copied into one pinned buffer, all on the stream,
+  // with one synchronisation for all of them (the structure is read on the host).
+  void host_copies(const CortexTensor* inputs, const int* which, int n, cudaStream_t stream) {
+    size_t total = 0;
+    for (int k = 0; k < n; ++k) {
+      const CortexTensor& t = inputs[which[k]];
+      if (t.device == CORTEX_DEVICE_CUDA) total += aligned(tensor_bytes(t));
+      if (host_.size() <= static_cast<size_t>(which[k])) host_.resize(which[k] + 1, nullptr);
+    }
+    unsigned char* base = total > 0 ? static_cast<unsigned char*>(host_staging_.reserve(total)) : nullptr;
+    size_t at = 0;
+    for (int k = 0; k < n; ++k) {
+      const CortexTensor& t = inputs[which[k]];
+      if (t.device != CORTEX_DEVICE_CUDA) {
+        host_[which[k]] = t.data;
+        continue;
+      }
+      const size_t bytes = tensor_bytes(t);
+      if (bytes > 0) {
+        check(cudaMemcpyAsync(base + at, t.data, bytes, cudaMemcpyDeviceToHost, stream), "copying an input to the host");
+      }
+      host_[which[k]] = base + at;
+      at += aligned(bytes);
+    }
+    if (total > 0) check(cudaStreamSynchronize(stream), "copying the structure to the host");
   }
+
+  // The host data of input i (after host_copies named it).
+  const void* host_data(int i) const { return host_[i]; }
 
   // The device data of input i: itself when it is on the device, else a copy.
   const void* device_copy(int i, const CortexTensor& t, cudaStream_t stream) {
@@ -369,6 +389,8 @@ class Runtime {
     return device;
   }
 
+  static size_t aligned(size_t bytes) { return (bytes + 63) / 64 * 64; }
+
   static size_t tensor_bytes(const CortexTensor& t) {
     int64_t elements = 1;
     for (int32_t d = 0; d < t.rank; ++d) elements *= t.shape[d];
@@ -376,10 +398,10 @@ class Runtime {
     return static_cast<size_t>(elements) * item;
   }
 
-  std::vector<std::vector<unsigned char>> host_;
+  std::vector<const void*> host_;  // per input: its host data this run (host_copies)
   std::vector<DeviceBuffer> inputs_, projections_;
   DeviceBuffer schedule_, buffers_, sets_;
-  PinnedBuffer staging_, set_staging_;
+  PinnedBuffer staging_, set_staging_, host_staging_;
   const int64_t* order_ = nullptr;  // the schedule's positions in batch order (upload_schedule), for upload_sets
   int64_t listed_ = 0;
   std::vector<int64_t> offsets_;

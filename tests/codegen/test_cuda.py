@@ -61,7 +61,7 @@ def test_cuda_source_is_generated(name, form):
     source = _cuda_source(name, form)
     assert "__global__" in source and "cortex_kernel_run" in source and "return CORTEX_DEVICE_CUDA" in source
     assert "ws.launch(" in source  # the persistent kernel's cooperative launch (cuda_support.cuh)
-    assert "ws.host_copy(" in source  # structure arrays read on the host, wherever ORT put them
+    assert "ws.host_copies(" in source  # structure arrays read on the host (one copy, one sync), wherever ORT put them
 
 
 @pytest.fixture(scope="module")
@@ -277,3 +277,39 @@ def test_gpu_outputs_bound_to_device_memory(gpu, tmp_path):
     session.run_with_iobinding(binding)
     got = binding.copy_outputs_to_cpu()
     assert _max_error(session.run(None, feeds), got) <= TOL
+
+
+def _error(session, feeds) -> str | None:
+    """The kernel's message when the run fails (after ORT's prefix naming the node), else None."""
+    try:
+        session.run(None, feeds)
+    except Exception as e:  # noqa: BLE001 - compared between the devices
+        return str(e).split("]): ")[-1]
+    return None
+
+
+def test_gpu_bad_structure_gives_the_cpu_error(on_gpu):
+    """Issue 21: a bad structure input on the GPU path fails with the message the CPU path gives (an index out of
+    range either way in every integer input; a cycle in a TreeRec)."""
+    entry, form, _, cuda_session, cpu_session = on_gpu
+    structure = batch(entry.structure, structures(entry.structure, 3, np.random.default_rng(9), vocab=50))
+    feeds = _feeds(entry, form, structure, cuda_session)
+    bad = []
+    for name, value in feeds.items():
+        if value.dtype.kind in "iu":
+            for wrong in (10 ** 6, -(10 ** 6)):
+                changed = value.copy()
+                changed.flat[-1] = wrong
+                bad.append(dict(feeds, **{name: changed}))
+    if form == "treerec" and "children" in feeds:
+        children = feeds["children"].copy()
+        children[-1, 0] = children.shape[0] - 1  # the last node reads itself
+        bad.append(dict(feeds, children=children))
+    assert bad
+    failed = 0
+    for wrong in bad:
+        expected = _error(cpu_session, wrong)
+        assert _error(cuda_session, wrong) == expected
+        failed += expected is not None
+    assert failed > 0
+    assert _max_error(cpu_session.run(None, feeds), cuda_session.run(None, feeds)) <= TOL  # still fine afterwards
