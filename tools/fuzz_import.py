@@ -33,6 +33,7 @@ from onnx_ops.modelgen.harness import cache_dir, normalize_reason, run_many  # n
 EXPORTERS = {"torchscript": ["torchscript"], "dynamo": ["dynamo_while", "dynamo_scan"],
              "both": ["torchscript", "dynamo_while", "dynamo_scan"]}
 BAD = ("converted-MISMATCH", "crash", "gen-error")
+CONVERTED = ("converted-match", "converted-unrun")  # unrun: compiled for CUDA on a machine without a GPU
 
 
 def parse_fix(items) -> dict:
@@ -71,9 +72,11 @@ def specs_for(n: int, seed: int, exporter: str, explore: bool, fixed: dict | Non
 def summarize(results: list, out=print) -> dict:
     n = len(results)
     outcomes = Counter(r["outcome"] for r in results)
-    conv = outcomes["converted-match"]
+    conv = sum(outcomes[o] for o in CONVERTED)
     out(f"\n== {n} generated models ==")
-    for o in ("converted-match", "converted-MISMATCH", "refused", "export-failed", "crash", "gen-error"):
+    shown = ("converted-match",) + (("converted-unrun",) if outcomes["converted-unrun"] else ()) + \
+        ("converted-MISMATCH", "refused", "export-failed", "crash", "gen-error")
+    for o in shown:
         out(f"  {o:20s} {outcomes[o]:5d}  ({100.0 * outcomes[o] / max(n, 1):.1f}%)")
     exported = n - outcomes["export-failed"] - outcomes["gen-error"]
     out(f"  conversion rate: {conv}/{n} = {100.0 * conv / max(n, 1):.1f}% of all, "
@@ -92,7 +95,7 @@ def summarize(results: list, out=print) -> dict:
             cell[0] += 1
             if r["outcome"] not in ("export-failed", "gen-error"):
                 cell[1] += 1
-                cell[2] += r["outcome"] == "converted-match"
+                cell[2] += r["outcome"] in CONVERTED
     for k in CHOICES:
         vals = [(v, c) for (kk, v), c in by.items() if kk == k]
         if not vals:
@@ -179,6 +182,9 @@ def main(argv=None) -> int:
     ap.add_argument("--explore-new", action="store_true",
                     help="draw issue 19's encodings too (child-set encodings, attention, table layouts, float64, "
                          "carried chain states); the CI sample does not")
+    ap.add_argument("--target", choices=("cpu", "cuda"), default="cpu",
+                    help="convert for this target (cuda: compiled with nvcc; run and compared only where a GPU is "
+                         "usable, else counted as converted-unrun)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per model before it counts as a hang")
     ap.add_argument("--cache", help=f"export cache directory (default {cache_dir()})")
     ap.add_argument("--quiet", action="store_true", help="no line per model")
@@ -199,10 +205,11 @@ def main(argv=None) -> int:
             print(f"[{done[0]:4d}/{len(specs)}] {r['outcome']:18s} {r['key']}  {reason}", flush=True)
 
     results = run_many(specs, jobs=args.jobs, cache=Path(args.cache) if args.cache else None,
-                       timeout=args.timeout, on_result=on_result)
+                       timeout=args.timeout, on_result=on_result, target=args.target)
     lines = []
     summary = summarize(results, out=lambda s: (print(s), lines.append(s)))
-    elapsed = f"{len(results)} models in {time.time() - t0:.0f} s (seed {args.seed}, exporter {args.exporter}" \
+    elapsed = f"{len(results)} models in {time.time() - t0:.0f} s (seed {args.seed}, exporter {args.exporter}, " \
+              f"target {args.target}" \
               f"{', explore' if args.explore else ''}{', explore-new' if args.explore_new else ''})"
     print(f"\n{elapsed}")
     if args.write_doc:

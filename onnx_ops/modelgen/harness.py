@@ -233,7 +233,7 @@ def _ort_session(path: str):
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
-def _cortex_session(path: str):
+def _cortex_session(path: str, target: str = "cpu"):
     import cortex
     import onnxruntime as ort
 
@@ -241,12 +241,30 @@ def _cortex_session(path: str):
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
-    return cortex.InferenceSession(path, sess_options=so)
+    return cortex.InferenceSession(path, sess_options=so, device=target)
+
+
+def gpu_usable() -> bool:
+    """A CUDA GPU the Cortex EP offers: converted CUDA models run and are compared; else they are only compiled."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return False
+        import cortex
+        import onnxruntime as ort
+
+        cortex.session._ep_devices()
+        return any(d.ep_name == cortex.get_ep_name() and d.device.type == ort.OrtHardwareDeviceType.GPU
+                   for d in ort.get_ep_devices())
+    except Exception:  # noqa: BLE001 - no GPU to run on
+        return False
 
 
 def evaluate(spec: Spec, cache: Path | None = None, workdir: Path | None = None, progress=lambda stage: None,
-             keep: bool = False) -> dict:
-    """One spec, end to end; never raises (every failure is an outcome)."""
+             keep: bool = False, target: str = "cpu") -> dict:
+    """One spec, end to end; never raises (every failure is an outcome). target "cuda": converted for the GPU (the
+    kernel compiled with nvcc at conversion); run and compared where a GPU is usable, else ``converted-unrun``."""
     t0 = time.time()
     res = {"spec": spec.to_json(), "key": spec.key(), "short": spec.short(), "outcome": None, "reason": None,
            "regions": [], "cases": {}, "ort_defects": [], "unreported": False}
@@ -309,7 +327,7 @@ def evaluate(spec: Spec, cache: Path | None = None, workdir: Path | None = None,
     try:
         out = tmpdir / "model.cortex.onnx"
         try:
-            report = cortex.convert(src_path, str(out), strict=False)
+            report = cortex.convert(src_path, str(out), strict=False, target=target)
         except Exception as e:  # noqa: BLE001 - anything escaping convert is a crash
             return done("crash", f"cortex.convert raised {type(e).__name__}: {_first_line(e)}",
                         traceback=traceback.format_exc()[-4000:], stage="convert")
@@ -322,10 +340,14 @@ def evaluate(spec: Spec, cache: Path | None = None, workdir: Path | None = None,
             res["unreported"] = True
             what = ", ".join(f"{op} '{nm}'" for op, nm in rec) or "no Loop or Scan node either"
             refused = [f"unreported: {what} is not listed in the report (no recursive region found)"]
+        if converted and target == "cuda" and not gpu_usable():
+            if refused:
+                return done("refused", "; ".join(refused), partial=True)
+            return done("converted-unrun", "converted and compiled for CUDA; no GPU here to run it")
         if converted:
             progress("run")
             try:
-                sess = _cortex_session(str(out))
+                sess = _cortex_session(str(out), target)
             except Exception as e:  # noqa: BLE001
                 return done("crash", f"cortex.InferenceSession raised {type(e).__name__}: {_first_line(e)}",
                             traceback=traceback.format_exc()[-4000:], stage="session")
@@ -374,7 +396,7 @@ def _worker_main():
             proto.write(json.dumps({"stage": stage}) + "\n")
 
         res = evaluate(spec, Path(task["cache"]), Path(task["workdir"]) if task.get("workdir") else None,
-                       progress=progress, keep=task.get("keep", False))
+                       progress=progress, keep=task.get("keep", False), target=task.get("target", "cpu"))
         proto.write(json.dumps({"result": res}, default=float) + "\n")
 
 
@@ -416,7 +438,7 @@ def _died_result(spec: Spec, stage: str, why: str, tail: str) -> dict:
 
 
 def run_many(specs: list, jobs: int = 2, cache: Path | None = None, timeout: float = 600.0, on_result=None,
-             keep: bool = False) -> list:
+             keep: bool = False, target: str = "cpu") -> list:
     """Evaluate every spec in ``jobs`` worker processes; results in spec order. ``on_result(i, result)`` is called
     as each finishes. A worker that dies or exceeds ``timeout`` seconds on a spec gives that spec a ``crash``
     (``export-failed`` when it was exporting) outcome and is replaced."""
@@ -444,7 +466,7 @@ def run_many(specs: list, jobs: int = 2, cache: Path | None = None, timeout: flo
                 spec = specs[i]
                 if w is None:
                     w = _Worker(log_dir, env)
-                task = {"spec": spec.to_json(), "cache": str(cache), "keep": keep}
+                task = {"spec": spec.to_json(), "cache": str(cache), "keep": keep, "target": target}
                 try:
                     w.proc.stdin.write(json.dumps(task) + "\n")
                     w.proc.stdin.flush()

@@ -254,6 +254,24 @@ def test_found_regressions(i, tmp_path_factory):
         assert r["outcome"] == "converted-match", f"{bug}\n{_describe(r)}"
 
 
+def test_must_convert_regressions_convert_for_cuda_too(tmp_path_factory):
+    """Issue 21: a generated model that converts for the CPU converts for CUDA (compiled with nvcc; run and compared
+    with eager PyTorch where a GPU is usable: converted-match, else converted-unrun)."""
+    import torch  # noqa: F401
+
+    from onnx_ops.modelgen.harness import run_many
+    from onnx_ops.modelgen.harness import gpu_usable
+
+    from gpu import nvcc_missing
+
+    if nvcc_missing():
+        pytest.skip(nvcc_missing())
+    cache = Path(os.environ.get("CORTEX_MODELGEN_CACHE") or tmp_path_factory.mktemp("modelgen-cuda"))
+    specs = [Spec.from_json(REGRESSIONS[i][0]) for i in sorted(MUST_CONVERT)[:2]]
+    for r in run_many(specs, jobs=1, cache=cache, timeout=420, target="cuda"):
+        assert r["outcome"] == ("converted-match" if gpu_usable() else "converted-unrun"), _describe(r)
+
+
 #: a TorchScript TreeLSTM whose `if` returns torch.zeros for a leaf's children (the exporter hoists the zeros out of
 #: the If); ONNX Runtime 1.31 gives NaN for the original, PyTorch and Cortex agree (docs/modelgen.md)
 ORT_NAN_SPEC = {"family": "treelstm", "gates": "fused_chunk", "mix": "sum", "bias": True, "agg": "cat",
