@@ -19,10 +19,10 @@ from .plan import MASK, ROW, VALUE, Access, CodegenError, KernelPlan
 
 def cfloat(x: float) -> str:
     x = float(np.float32(x))
-    if np.isnan(x):
-        return "std::numeric_limits<float>::quiet_NaN()"
+    if np.isnan(x):  # <cmath>'s macros: constants in host and device code alike (numeric_limits is host-only)
+        return "NAN"
     if np.isinf(x):
-        return ("-" if x < 0 else "") + "std::numeric_limits<float>::infinity()"
+        return ("-" if x < 0 else "") + "INFINITY"
     return f"{x.hex()}f"
 
 
@@ -254,8 +254,9 @@ def check_const_inputs(plan: KernelPlan, assign) -> list:
     return lines
 
 
-def rows_and_positions(plan: KernelPlan, syntax: HostSyntax) -> list:
-    """Lines setting cx.N (rows of the state tables) and cx.L (positions)."""
+def rows_and_positions(plan: KernelPlan, syntax: HostSyntax, values: bool = True) -> list:
+    """Lines setting cx.N (rows of the state tables) and cx.L (positions); values=False leaves out the checks that
+    read the structure's values (structure_value_checks)."""
     p = plan.program
     if p.mode == "visit":
         first = next((i for i, d in enumerate(p.inputs) if d.kind == "init"), None)
@@ -272,14 +273,22 @@ def rows_and_positions(plan: KernelPlan, syntax: HostSyntax) -> list:
                 f"    for (int k = 0; k < {cint(lead)}; ++k) {{ cx.table_dims[k] = inputs[{first}].shape[k]; cx.N *= cx.table_dims[k]; }}",
                 positions]
     a = plan.array_ids[p.rows_from]
-    lines = [f"    cx.N = cx.{a}_rows;",
-             "    cx.L = cx.N;",
-             f"    for (int64_t i = 0; i < cx.N * cx.{a}_cols; ++i) cortex::child_index(cx.{a}[i], cx.N, \"{cstr(p.rows_from)}\", i / cx.{a}_cols);"]
+    lines = [f"    cx.N = cx.{a}_rows;", "    cx.L = cx.N;"] + (structure_value_checks(plan) if values else [])
     for d in p.inputs:  # a node input shorter or longer than the structure is an error, read or not
         if d.per_node:
             lines.append(f"    cortex::check_node_rows(cx.{plan.array_ids[d.name]}_rows, cx.N, \"{cstr(d.name)}\", "
                          f"\"{cstr(p.rows_from)}\");")
     return lines
+
+
+def structure_value_checks(plan: KernelPlan) -> list:
+    """Lines checking the structure's values before prepare (a TreeRec's children: -1 or a node)."""
+    p = plan.program
+    if p.mode != "dag":
+        return []
+    a = plan.array_ids[p.rows_from]
+    return [f"    for (int64_t i = 0; i < cx.N * cx.{a}_cols; ++i) cortex::child_index(cx.{a}[i], cx.N, "
+            f"\"{cstr(p.rows_from)}\", i / cx.{a}_cols);"]
 
 
 def relies_on_zero_inits(program: ir.Program) -> bool:

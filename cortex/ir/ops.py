@@ -84,7 +84,7 @@ _UNARY = [
     _u("gelu_tanh", lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))),
        "cortex::gelu_tanh({x})"),
     _u("mish", lambda x: x * np.tanh(_softplus(x)), "({x} * cortex::tanh_f(cortex::softplus({x})))"),
-    _u("clip", lambda x, lo, hi: np.minimum(np.maximum(x, lo), hi), "std::min(std::max({x}, {p0}), {p1})"),
+    _u("clip", lambda x, lo, hi: np.minimum(np.maximum(x, lo), hi), "cortex::clip({x}, {p0}, {p1})"),
     _u("shrink", lambda x, bias, lambd: np.where(x < -lambd, x + bias, np.where(x > lambd, x - bias, 0)),
        "({x} < -{p1} ? {x} + {p0} : ({x} > {p1} ? {x} - {p0} : 0.0f))"),
     _u("sin", np.sin, "std::sin({x})"),

@@ -85,6 +85,12 @@ CORTEX_HD inline float identity(float x) { return x; }
 CORTEX_HD inline float fmax_nan(float a, float b) { return (a > b || a != a) ? a : b; }
 CORTEX_HD inline float fmin_nan(float a, float b) { return (a < b || a != a) ? a : b; }
 
+// ONNX Clip as std::min(std::max(x, lo), hi) computes it (a NaN x stays NaN; lo > hi gives hi), on the device too.
+CORTEX_HD inline float clip(float x, float lo, float hi) {
+  const float m = x < lo ? lo : x;
+  return hi < m ? hi : m;
+}
+
 // log(1 + e^x) without overflow: x + log1p(e^-x) for x > 0.
 CORTEX_HD inline float softplus(float x) { return x > 0.0f ? x + std::log1p(std::exp(-x)) : std::log1p(std::exp(x)); }
 

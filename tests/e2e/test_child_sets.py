@@ -285,7 +285,7 @@ def test_child_set_model_converts_and_matches_eager(tmp_path, encoding, agg, dyn
 # ---- the CUDA target: compiles everywhere nvcc is; runs and matches where a GPU is (tools/gpu_check.sh) ----------
 
 CUDA_CASES = [("parent", MaskMatmul, False), ("csr", CsrSlice, False), ("edge_index", EdgeIndexMean, False),
-              ("parent", BoolIndexSum, True)]
+              ("parent", BoolIndexSum, True), ("parent", WhereMax, False), ("parent", BoolIndexAttention, False)]
 
 
 @pytest.mark.parametrize("encoding,agg,dynamo", CUDA_CASES,
