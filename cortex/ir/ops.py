@@ -3,7 +3,8 @@ the passes) and its code per target. The frontend maps ONNX ops onto these names
 with `render(op, target, ...)`, and an op with no rendering for a target is a `MissingOp` (the region is refused),
 never a KeyError.
 
-Row values are float32. Comparisons and logic produce 0.0 / 1.0 (a per-node boolean computed from float values,
+Row values are of the program's element type (float32, or float64): the numpy semantics compute in float64 when
+an operand is float64, else in float32. Comparisons and logic produce 0.0 / 1.0 (a per-node boolean computed from float values,
 e.g. `x > 0` in a hand-written leaky ReLU); `where` and the logic ops read any nonzero as true.
 """
 from __future__ import annotations
@@ -23,14 +24,21 @@ class MissingOp(Exception):
 class ElementOp:
     name: str
     arity: int
-    numpy: Callable  # (*operands, *params) -> array, float32 in, float32 out
+    numpy: Callable  # (*operands, *params) -> array: float32 in, float32 out (float64 when an operand is)
     code: dict = field(default_factory=dict)  # dialect -> format string over {x} / {a}, {b} and {p0}, {p1}
+
+
+def element_of(*args) -> type:
+    """The element type an op computes in: float64 when an operand (an array; parameters are Python floats) is
+    float64, else float32."""
+    return np.float64 if any(isinstance(a, np.ndarray) and a.dtype == np.float64 for a in args) else np.float32
 
 
 def _f32(fn):
     def wrapped(*args):
+        dtype = element_of(*args)
         with np.errstate(all="ignore"):
-            return np.asarray(fn(*args), dtype=np.float32)
+            return np.asarray(fn(*args), dtype=dtype)
     return wrapped
 
 
@@ -141,9 +149,10 @@ def param_count(op: str) -> int:
 
 
 def evaluate(op: str, *args, params=()):
-    """numpy semantics of op over float32 arrays (broadcasting)."""
+    """numpy semantics of op over float32 arrays (broadcasting); over float64 arrays when an operand is float64."""
     table = UNARY if op in UNARY else BINARY
-    return table[op].numpy(*[np.asarray(a, dtype=np.float32) for a in args], *params)
+    dtype = element_of(*[np.asarray(a) for a in args])
+    return table[op].numpy(*[np.asarray(a, dtype=dtype) for a in args], *params)
 
 
 # A target's code for an op is its own entry, else the C-style one both the C++ and the CUDA emitters compile (the
