@@ -7,12 +7,13 @@
 // A register tile of up to 4 rows x 16 columns of double accumulators, written as plain loops the compiler
 // vectorizes at the kernel's -march (8 doubles an AVX-512 register, 4 an AVX2 one); panels outer, rows inner, so
 // one panel (K x 128 bytes) stays in cache while the rows stream over it. Each element is one sequential
-// multiply-add chain over k = 0..K-1, whatever M, the tile's row count or the thread split: a row's bits do not
+// multiply-add chain over k = 0..K-1 (fused where the level has FMA), whatever M, the tile's row count or the thread split: a row's bits do not
 // depend on the other rows of its product (batch invariance, as gemm.h). The AVX-512 float micro-kernels of gemm.h
 // stay float-only. No allocation; A and C may have any leading dimension.
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
 #include "gemm.h"  // kGemmNR, gemm_num_panels
@@ -21,6 +22,16 @@
 namespace cortex {
 
 namespace gemm_f64_detail {
+
+// c + a * b as one rounding where the level has FMA (std::fma, which GCC vectorizes to vfmadd), else two: spelled
+// out so that the compiler's own contraction never makes one tile's chain differ from another's.
+inline double madd(double a, double b, double c) {
+#if defined(__FMA__)
+  return std::fma(a, b, c);
+#else
+  return c + a * b;  // no FMA instruction: nothing to contract
+#endif
+}
 
 // C[0:MR, 0:nvalid] = (load_c ? C : 0) + (bias ? bias : 0) + A[0:MR, 0:K] * panel[0:K, 0:nvalid].
 template <int MR>
@@ -37,7 +48,7 @@ inline void tile(int64_t K, const double* A, int64_t lda, const double* panel, d
     const double* w = panel + k * kGemmNR;
     for (int r = 0; r < MR; ++r) {
       const double a = A[r * lda + k];
-      for (int c = 0; c < kGemmNR; ++c) acc[r][c] += a * w[c];
+      for (int c = 0; c < kGemmNR; ++c) acc[r][c] = madd(a, w[c], acc[r][c]);
     }
   }
   for (int r = 0; r < MR; ++r) {
