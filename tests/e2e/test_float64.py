@@ -6,6 +6,7 @@ round-trips through the typed loader; the EP holds the kernel's declared DOUBLE 
 from __future__ import annotations
 
 import importlib.util
+import json
 import re
 import sys
 import warnings
@@ -233,3 +234,166 @@ def test_float64_model_converts_and_matches_eager_in_double(tmp_path, kind, dyna
             for g, e in zip(got, expected):
                 assert g.dtype == np.float64
                 np.testing.assert_allclose(g, e, **TOL, err_msg=f"{name}, order {order}")
+
+
+# ---- one region, one float type: a mix is refused with the reason --------------------------------------------------
+
+MIXED = """
+import torch
+from torch import nn
+
+
+class Model(nn.Module):
+    '''float64 state tables fed by float32 features and weights, cast up in the loop: the kind of mix a user writes
+    when only part of a model is made double.'''
+
+    def __init__(self):
+        super().__init__()
+        self.W = nn.Linear(6, 8)
+
+    def forward(self, x, left, right, order):
+        h = torch.zeros(x.shape[0], 8, dtype=torch.float64)
+        for k in range(order.shape[0]):
+            v = order[k]
+            if bool(left[v] < 0):
+                hv = torch.tanh(self.W(x[v])).double()
+            else:
+                hv = torch.tanh(h[left[v]] + h[right[v]])
+            h[v] = hv
+        return h
+"""
+
+
+def test_a_region_mixing_float32_and_float64_is_refused_with_the_reason(tmp_path):
+    source = tmp_path / "user_f64_mixed.py"
+    source.write_text(MIXED)
+    spec = importlib.util.spec_from_file_location(source.stem, source)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    model = module.Model().eval()  # float32 weights
+    tree = S.random_tree(5, np.random.default_rng(0), 5)
+    x = np.random.default_rng(1).standard_normal((len(tree.order), D)).astype(np.float32)
+    args = (torch.from_numpy(x), torch.from_numpy(tree.left), torch.from_numpy(tree.right),
+            torch.from_numpy(tree.order))
+    names = ["x", "left", "right", "order"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(torch.jit.script(model), args, str(tmp_path / "mixed.onnx"), input_names=names,
+                          output_names=["h"], dynamic_axes={n: [0] for n in names}, dynamo=False)
+    report = cortex.convert(tmp_path / "mixed.onnx", tmp_path / "mixed.cortex.onnx")
+    [region] = report.regions
+    assert not region.converted
+    assert "float32" in region.reason and "float64" in region.reason, region.reason
+    assert "one float type" in region.reason, region.reason
+    assert region.hint and "model.double()" in region.hint
+    # what is left to ONNX Runtime still runs, and returns what PyTorch returns
+    session = cortex.InferenceSession(str(tmp_path / "mixed.cortex.onnx"))
+    feeds = dict(zip(names, (a.numpy() for a in args)))
+    with torch.no_grad():
+        np.testing.assert_allclose(session.run(None, feeds)[0], model(*args).numpy(), rtol=1e-6, atol=1e-6)
+
+
+# ---- the IR carries its element type; the typed loader checks it ----------------------------------------------------
+
+@pytest.fixture(scope="module")
+def treelstm64(tmp_path_factory):
+    """The float64 TreeLSTM (TorchScript export), converted once: (folder, module, feeds)."""
+    folder = tmp_path_factory.mktemp("treelstm64")
+    rng = np.random.default_rng(3)
+    module = _module("treelstm", False, folder)
+    names = _export(module, "treelstm", False, folder / "model.onnx", rng)
+    report = cortex.convert(folder / "model.onnx", folder / "model.cortex.onnx")
+    assert report.regions[0].converted, report.regions[0].reason
+    tree = S.random_tree(7, rng, 5)
+    return folder, module, {n: v for n, v in _feeds("treelstm", tree, rng).items() if n in names}
+
+
+def _programs(path):
+    from cortex.frontend.recognize import find_regions
+    from cortex.passes.pipeline import optimize
+    [region] = find_regions(onnx.load(str(path)))
+    return region.program, optimize(region.program)
+
+
+def test_the_ir_element_type_round_trips_and_is_checked(treelstm64):
+    from cortex.ir import serialize
+    from cortex.ir.schema import IRFormatError
+
+    folder, _, _ = treelstm64
+    for program in _programs(folder / "model.onnx"):
+        assert program.element == "float64"
+        assert all(c.dtype == np.float64 for c in program.constants.values())
+        document = serialize.to_json(program)
+        root = document["nodes"][document["root"]]["fields"]
+        assert root["element"] == "float64"
+        assert {spec["dtype"] for spec in root["constants"]["$arrays"].values()} == {"float64"}
+        loaded = serialize.from_json(json.loads(json.dumps(document)), program.constants)
+        assert loaded == program and loaded.element == "float64"
+        with pytest.raises(IRFormatError, match="the IR says float64"):  # constants of another type
+            serialize.from_json(document, {k: v.astype(np.float32) for k, v in program.constants.items()})
+        bad = json.loads(json.dumps(document))
+        bad["nodes"][bad["root"]]["fields"]["element"] = "float16"
+        with pytest.raises(IRFormatError, match="element"):
+            serialize.from_json(bad, program.constants)
+        bad["nodes"][bad["root"]]["fields"]["element"] = "float32"  # float64 constants in a float32 program
+        with pytest.raises(IRFormatError, match="float32 array"):
+            serialize.from_json(bad, program.constants)
+
+
+def test_a_float32_program_serializes_as_before(tmp_path):
+    """No `element` field in a float32 program's document: old IRs load, and new float32 ones are byte-identical."""
+    from cortex.ir import serialize
+    from cortex.examples import treelstm as tl
+
+    path = tmp_path / "tl.onnx"
+    onnx.save(tl.build_loop(tl.make_params(hidden=8, embed_dim=4, vocab=12)), str(path))
+    program, _ = _programs(path)
+    document = serialize.to_json(program)
+    assert program.element == "float32" and "element" not in document["nodes"][document["root"]]["fields"]
+    assert serialize.from_json(document, program.constants).element == "float32"
+
+
+# ---- targets and precisions that cannot keep float64 refuse it ----------------------------------------------------
+
+def test_cuda_and_bf16_refuse_float64_with_the_reason(treelstm64, tmp_path):
+    from cortex.codegen.cpp import CpuEmitter
+    from cortex.codegen.plan import CodegenError
+    from cortex.codegen.targets import CpuBackend
+    from cortex.codegen.toolchain import cpu_target
+
+    folder, _, _ = treelstm64
+    report = cortex.convert(folder / "model.onnx", tmp_path / "cuda.cortex.onnx", target="cuda")
+    [region] = report.regions
+    assert not region.converted and "float64 on CUDA is not supported" in region.reason, region.reason
+    _, program = _programs(folder / "model.onnx")
+    with pytest.raises(CodegenError, match="--precision bf16 is not supported with float64"):
+        CpuEmitter(program, CpuBackend(cpu_target(), "bf16"))
+
+
+# ---- the EP holds the kernel's declared DOUBLE to the model's declarations ----------------------------------------
+
+@pytest.mark.parametrize("value,kind,index", [("h", "output", 0), ("x", "input", None)])
+def test_the_ep_refuses_a_declaration_that_differs_from_the_kernels_double(treelstm64, tmp_path, value, kind, index):
+    folder, _, feeds = treelstm64
+    model = onnx.load(str(folder / "model.cortex.onnx"))
+    declared = next(v for v in list(model.graph.output) + list(model.graph.input) if v.name == value)
+    assert declared.type.tensor_type.elem_type == onnx.TensorProto.DOUBLE
+    declared.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+    edited = folder / f"edited_{value}.onnx"  # beside the model: its kernel path resolves the same
+    edited.write_bytes(model.SerializeToString())
+    with pytest.raises(Exception) as refused:
+        cortex.InferenceSession(str(edited))
+    message = str(refused.value)
+    assert f"'{value}' is declared float32" in message and "float64" in message, message
+    assert "edited after conversion" in message, message
+
+
+def test_the_honest_float64_model_runs_with_double_tensors(treelstm64):
+    folder, module, feeds = treelstm64
+    session = cortex.InferenceSession(str(folder / "model.cortex.onnx"))
+    got = session.run(None, feeds)
+    with torch.no_grad():
+        expected = module(*[torch.from_numpy(feeds[n]) for n in ("x", "left", "right", "order")])
+    for g, e in zip(got, expected):
+        assert g.dtype == np.float64
+        np.testing.assert_allclose(g, e.numpy(), **TOL)
