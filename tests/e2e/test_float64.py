@@ -397,3 +397,17 @@ def test_the_honest_float64_model_runs_with_double_tensors(treelstm64):
     for g, e in zip(got, expected):
         assert g.dtype == np.float64
         np.testing.assert_allclose(g, e.numpy(), **TOL)
+
+
+def test_cortex_rebuild_keeps_a_float64_model(treelstm64, tmp_path):
+    """`cortex rebuild` reads the float64 constants back from their panels and rebuilds the double kernel."""
+    from cortex.rebuild import rebuild
+
+    folder, module, feeds = treelstm64
+    rebuild(str(folder / "model.cortex.onnx"), str(tmp_path / "rebuilt.onnx"))
+    got = cortex.InferenceSession(str(tmp_path / "rebuilt.onnx")).run(None, feeds)
+    with torch.no_grad():
+        expected = module(*[torch.from_numpy(feeds[n]) for n in ("x", "left", "right", "order")])
+    for g, e in zip(got, expected):
+        assert g.dtype == np.float64
+        np.testing.assert_allclose(g, e.numpy(), **TOL)
