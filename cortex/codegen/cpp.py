@@ -52,10 +52,10 @@ class CpuEmitter(KernelEmitter):
 
     def __init__(self, program, backend):
         if program.element == "float64" and backend.precision != "float32":
-            raise CodegenError(f"--precision {backend.precision} is not supported with float64: this recursion computes "
-                               f"in float64 (a model written with model.double()) and {backend.precision} products "
-                               "would round its values; convert it with the default --precision float32, which "
-                               "keeps its float64 math")
+            raise CodegenError(f"--precision {backend.precision} is not supported with float64: this recursion "
+                               f"computes in float64 (a model written with model.double()) and {backend.precision} "
+                               "products would round its values; convert it with the default --precision float32, "
+                               "which keeps its float64 math")
         super().__init__(program, backend)
         self.real = cstyle.creal(program)  # the C type of the kernel's float values
         self.literal = cstyle.REALS[program.element][1]

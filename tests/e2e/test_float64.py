@@ -411,3 +411,45 @@ def test_cortex_rebuild_keeps_a_float64_model(treelstm64, tmp_path):
     for g, e in zip(got, expected):
         assert g.dtype == np.float64
         np.testing.assert_allclose(g, e.numpy(), **TOL)
+
+
+# ---- cortex.TreeRec in double ------------------------------------------------------------------------------------
+
+def _to_double(graph: onnx.GraphProto) -> None:
+    """Every float32 of a graph (and its bodies) made float64: value types, initializers, Constant values, Casts."""
+    from onnx import numpy_helper
+    for value in list(graph.input) + list(graph.output) + list(graph.value_info):
+        if value.type.tensor_type.elem_type == onnx.TensorProto.FLOAT:
+            value.type.tensor_type.elem_type = onnx.TensorProto.DOUBLE
+    for k, init in enumerate(graph.initializer):
+        if init.data_type == onnx.TensorProto.FLOAT:
+            graph.initializer[k].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float64),
+                                                                  init.name))
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR and attr.t.data_type == onnx.TensorProto.FLOAT:
+                attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float64), attr.t.name))
+            elif attr.name == "to" and attr.i == onnx.TensorProto.FLOAT:
+                attr.i = onnx.TensorProto.DOUBLE
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                _to_double(attr.g)
+
+
+def test_a_float64_treerec_computes_in_double(tmp_path):
+    from cortex.examples import treelstm as tl
+    from cortex.treerec.reference import treerec_reference
+
+    model = tl.build_treerec(tl.make_params(hidden=8, embed_dim=4, vocab=12))
+    _to_double(model.graph)
+    onnx.save(model, str(tmp_path / "tr64.onnx"))
+    report = cortex.convert(tmp_path / "tr64.onnx", tmp_path / "tr64.cortex.onnx")
+    assert [r.converted for r in report.regions] == [True], report.regions[0].reason
+    session = cortex.InferenceSession(str(tmp_path / "tr64.cortex.onnx"))
+    node = next(n for n in model.graph.node if n.op_type == "TreeRec")
+    forest = S.batch([S.random_tree(n, np.random.default_rng(n), 12) for n in (1, 6, 17)])
+    feeds = {"children": forest.children, "words": forest.words}
+    got = session.run(None, {i.name: feeds[i.name] for i in session.get_inputs()})
+    want = treerec_reference(node, [forest.children, forest.words])
+    for g, w in zip(got, want):
+        assert g.dtype == np.float64 and w.dtype == np.float64
+        np.testing.assert_allclose(g, w, **TOL)
