@@ -347,7 +347,8 @@ def publish_kernel(built: BuiltKernel, output: Path, replaces: str, original_nod
     rel = os.path.relpath(kernel_file, output.parent)
     node = _kernel_node(built.generator, program, rel, notes)
     inits = [numpy_helper.from_array(i.array, i.name) for i in built.generator.inputs if i.kind == "const"]
-    types = [(name, t) for name, t in zip(node.output, program.tables)]
+    element = helper.np_dtype_to_tensor_dtype(np.dtype(program.element))
+    types = [(name, t, element) for name, t in zip(node.output, program.tables)]
     return node, inits, types
 
 
@@ -410,18 +411,17 @@ def _context_path(node: onnx.NodeProto) -> str:
 
 def _declare_types(graph: onnx.GraphProto, tables):
     """The kernel node's outputs get explicit types: ORT cannot infer an EPContext node's outputs, and the
-    nodes after the recursion need them. A state table is float32 [N, ...] (a grid [R, C, ...]), a per-position table
-    [L, ...]."""
+    nodes after the recursion need them. A state table is [N, ...] (a grid [R, C, ...]), a per-position table
+    [L, ...], of the program's element type (float32, or float64)."""
     declared = {o.name for o in graph.output}
-    kept = [vi for vi in graph.value_info if vi.name not in {name for name, _ in tables}]
+    kept = [vi for vi in graph.value_info if vi.name not in {name for name, _, _ in tables}]
     del graph.value_info[:]
     graph.value_info.extend(kept)
-    for name, table in tables:
+    for name, table, element in tables:
         if name not in declared:
             rows = ["cortex_L"] if table.kind == "emit" else ["cortex_N"] if table.lead == 1 else \
                 [f"cortex_N{d}" for d in range(table.lead)]
-            graph.value_info.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT,
-                                                                  rows + list(table.inner)))
+            graph.value_info.append(helper.make_tensor_value_info(name, element, rows + list(table.inner)))
 
 
 def _rewrite(model: onnx.ModelProto, replacements: dict):

@@ -48,7 +48,7 @@ def _constants(model: onnx.ModelProto, node, notes: dict, document) -> dict:
         raise RebuildError("notes have no constants map")
     initializers = {t.name: t for t in model.graph.initializer}
     arrays = {}
-    for name, (shape, _) in constant_specs(document).items():
+    for name, (shape, dtype) in constant_specs(document).items():
         info = layouts.get(name)
         if not isinstance(info, dict) or not isinstance(info.get("initializer"), str) \
                 or info.get("layout") not in LAYOUTS:
@@ -58,8 +58,8 @@ def _constants(model: onnx.ModelProto, node, notes: dict, document) -> dict:
             raise RebuildError(f"constant {name!r}: initializer {init!r} is not an input of the node")
         array = numpy_helper.to_array(initializers[init])
         layout = LAYOUTS[info["layout"]]
-        if array.dtype != layout.stored_dtype:
-            raise RebuildError(f"constant {name!r}: initializer {init!r} is {array.dtype}, not {layout.stored_dtype} "
+        if array.dtype != layout.stored(dtype):
+            raise RebuildError(f"constant {name!r}: initializer {init!r} is {array.dtype}, not {layout.stored(dtype)} "
                                f"({layout.name})")
         try:
             arrays[name] = LAYOUTS[info["layout"]].unpack(array, shape)

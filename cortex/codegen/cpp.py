@@ -40,18 +40,32 @@ FLOAT32_PRODUCTS = Products("float32", PANELS, "float", "cortex::gemm_packed", "
 BF16_PRODUCTS = Products("bf16", PANELS_BF16, "uint16_t", "cortex::gemm_packed_bf16",
                          "cortex::gemm_packed_bf16_columns", "gemm_bf16.h")
 PRODUCTS = {p.precision: p for p in (FLOAT32_PRODUCTS, BF16_PRODUCTS)}
+# A float64 program (a model written with `model.double()`): double weights in the same panels, double sums
+# (csrc/runtime/gemm_f64.h); whatever the backend's precision, which is refused with float64 unless float32.
+FLOAT64_PRODUCTS = Products("float64", PANELS, "double", "cortex::gemm_packed_f64", "cortex::gemm_packed_f64_columns",
+                            "gemm_f64.h")
 
 
 class CpuEmitter(KernelEmitter):
     """C++ for the CPU backend (targets.CPU): host functions per case over level batches, products on the runtime's
     packed-panel GEMM (csrc/runtime/gemm.h; gemm_bf16.h for bf16 products), one parallel region per fused level."""
 
+    def __init__(self, program, backend):
+        if program.element == "float64" and backend.precision != "float32":
+            raise CodegenError(f"--precision {backend.precision} is not supported with float64: this recursion "
+                               f"computes in float64 (a model written with model.double()) and {backend.precision} "
+                               "products would round its values; convert it with the default --precision float32, "
+                               "which keeps its float64 math")
+        super().__init__(program, backend)
+        self.real = cstyle.creal(program)  # the C type of the kernel's float values
+        self.literal = cstyle.REALS[program.element][1]
+
     @property
     def products(self) -> Products:
-        return self.backend.products
+        return FLOAT64_PRODUCTS if self.p.element == "float64" else self.backend.products
 
     def weight_ctype(self, const: str) -> str:
-        return self.products.weight_ctype if const in self.plan.packed else "float"
+        return self.products.weight_ctype if const in self.plan.packed else self.real
 
     @property
     def header(self) -> str:
@@ -67,7 +81,8 @@ class CpuEmitter(KernelEmitter):
     def before_tables(self) -> list:
         plan = self.plan
         return [WORKSPACE.format(cases=len(self.p.cases), reads=plan.max_reads, slots=plan.max_slots,
-                                 width=plan.max_width, positions=cstyle.POSITION_ARRAYS + cstyle.set_arrays(plan)),
+                                 width=plan.max_width, positions=cstyle.POSITION_ARRAYS + cstyle.set_arrays(plan),
+                                 real=self.real),
                 cstyle.WORKSPACE_POOL]
 
     def ctx_struct(self) -> str:
@@ -77,10 +92,10 @@ class CpuEmitter(KernelEmitter):
             lines.append(f"  const {self.weight_ctype(name)}* {plan.const_ids[name]} = nullptr;  // {comment(name)} {list(value.shape)}")
         for t in self.p.tables:
             rows = "N" if t.kind == "state" else "L"
-            lines.append(f"  float* {plan.table_ids[t.name]} = nullptr;  // {t.kind} {comment(t.name)} [{rows} x {t.width}]")
+            lines.append(f"  {self.real}* {plan.table_ids[t.name]} = nullptr;  // {t.kind} {comment(t.name)} [{rows} x {t.width}]")
         for k, (array, weight, bias) in enumerate(plan.projections):
             plus = f" + {bias}" if bias else ""
-            lines.append(f"  const float* proj{k} = nullptr;  // {comment(array)} @ {comment(weight)}{comment(plus)}, every row")
+            lines.append(f"  const {self.real}* proj{k} = nullptr;  // {comment(array)} @ {comment(weight)}{comment(plus)}, every row")
         lines.append("};")
         return "\n".join(lines) + "\n"
 
@@ -147,7 +162,7 @@ class CpuEmitter(KernelEmitter):
             source = step.inputs[0]
             if source in inline and source not in copied:
                 copied.add(source)
-                lines.append(f"    float* {source} = ws.task_buffer(task, {n}, B * {k_dim});  // its input rows, this worker's copy")
+                lines.append(f"    {self.real}* {source} = ws.task_buffer(task, {n}, B * {k_dim});  // its input rows, this worker's copy")
                 lines += self.serial_rows(env, [(e.x, dense(source, k_dim))], "    ", rows=rows)
             bias = f"cx.{plan.const_ids[e.bias]}" if e.bias else "nullptr"
             for o in fused[e]:
@@ -167,7 +182,7 @@ class CpuEmitter(KernelEmitter):
             t = self.p.table(table)
             row = "ws.position[q]" if t.kind == "emit" else "ws.node[q]"
             w = expr.width
-            prelude.append(f"float* out{k} = hazard ? {buf} + b * {w} : cx.{self.plan.table_ids[table]} + {row} * {w};")
+            prelude.append(f"{self.real}* out{k} = hazard ? {buf} + b * {w} : cx.{self.plan.table_ids[table]} + {row} * {w};")
             targets.append((expr, lambda i, k=k: f"out{k}[{i}]"))
         return targets, prelude
 
@@ -177,10 +192,10 @@ class CpuEmitter(KernelEmitter):
         lines = [f"// case {comment(case.name)}: when {comment(format_pred(case.predicate))}",
                  f"static void run_case_{cp.index}(Ctx& cx, Workspace& ws, const int64_t* batch, int64_t B, bool hazard) {{"]
         self.emit_steps(env, cp, lines,
-                        lambda k, step, width: f"  float* {step.buffer} = ws.buffer({k}, B * {width});  // {step.kind}")
+                        lambda k, step, width: f"  {self.real}* {step.buffer} = ws.buffer({k}, B * {width});  // {step.kind}")
         first = len(cp.steps)
         for k, (table, expr, buf) in enumerate(cp.outputs):
-            lines.append(f"  float* {buf} = ws.buffer({first + k}, B * {expr.width});  // new rows of {comment(table)}")
+            lines.append(f"  {self.real}* {buf} = ws.buffer({first + k}, B * {expr.width});  // new rows of {comment(table)}")
         if cp.fused:
             lines += self.fused_section(env, cp)
         else:
@@ -192,7 +207,7 @@ class CpuEmitter(KernelEmitter):
             t = self.p.table(table)
             row = "ws.position[batch[b]]" if t.kind == "emit" else "ws.node[batch[b]]"
             lines.append(f"  for (int64_t b = 0; b < B; ++b) std::memcpy(cx.{plan.table_ids[table]} + {row} * "
-                         f"{expr.width}, {buf} + b * {expr.width}, sizeof(float) * {expr.width});")
+                         f"{expr.width}, {buf} + b * {expr.width}, sizeof({self.real}) * {expr.width});")
         lines.append("}")
         return "\n".join(lines) + "\n"
 
@@ -223,10 +238,10 @@ class CpuEmitter(KernelEmitter):
         mat, vec = step.inputs
         cols = e.vec.width
         return [f"  cortex::for_rows(B, {e.mat.width}, [&](int64_t b) {{",
-                f"    const float* mat = {mat} + b * {e.mat.width};",
-                f"    const float* vec = {vec} + b * {cols};",
+                f"    const {self.real}* mat = {mat} + b * {e.mat.width};",
+                f"    const {self.real}* vec = {vec} + b * {cols};",
                 f"    for (int64_t r = 0; r < {e.width}; ++r) {{",
-                "      float acc = 0.0f;",
+                f"      {self.real} acc = 0.0f;",
                 f"      for (int64_t j = 0; j < {cols}; ++j) acc += mat[r * {cols} + j] * vec[j];",
                 f"      {step.buffer}[b * {e.width} + r] = acc;",
                 "    }",
@@ -240,8 +255,8 @@ class CpuEmitter(KernelEmitter):
         return ([f"  cortex::for_rows(B, {e.width * 16}, [&](int64_t b) {{",
                  "    const int64_t q = batch[b]; (void)q;"]
                 + [f"    {d}" for d in node_decls]
-                + [f"    float* acc = {step.buffer} + b * {e.width};  // {comment(e.op)} over the set",
-                   f"    for (int64_t j = 0; j < {e.width}; ++j) acc[j] = {cstyle.cfloat(e.empty)};",
+                + [f"    {self.real}* acc = {step.buffer} + b * {e.width};  // {comment(e.op)} over the set",
+                   f"    for (int64_t j = 0; j < {e.width}; ++j) acc[j] = {self.literal(e.empty)};",
                    f"    for (int64_t m = ws.set_begin[q * Workspace::kSets + {s}]; "
                    f"m < ws.set_end[q * Workspace::kSets + {s}]; ++m) {{",
                    "      const int64_t u = ws.members[m];"]
@@ -254,9 +269,9 @@ class CpuEmitter(KernelEmitter):
         e = step.node
         combine = cstyle.REDUCE[e.op].format(a="acc", b=f"x[i * {e.group} + g]")
         return [f"  cortex::for_rows(B, {e.x.width}, [&](int64_t b) {{",
-                f"    const float* x = {step.inputs[0]} + b * {e.x.width};",
+                f"    const {self.real}* x = {step.inputs[0]} + b * {e.x.width};",
                 f"    for (int64_t i = 0; i < {e.width}; ++i) {{",
-                f"      float acc = x[i * {e.group}];",
+                f"      {self.real} acc = x[i * {e.group}];",
                 f"      for (int64_t g = 1; g < {e.group}; ++g) acc = {combine};",
                 f"      {step.buffer}[b * {e.width} + i] = acc;",
                 "    }",
@@ -289,9 +304,9 @@ class CpuEmitter(KernelEmitter):
         lines += cstyle.allocate_tables(
             plan, "cx",
             lambda i, tid, t: (f"if (cx.N) std::memcpy(cx.{tid}, cortex::host_data(inputs[{i}], \"{cstr(t.init)}\"), "
-                               f"sizeof(float) * cx.N * {t.width});"),
-            lambda tid, rows, t: f"if ({rows}) std::memset(cx.{tid}, 0, sizeof(float) * {rows} * {t.width});",
-            lambda i, tid, t: (f"cortex::check_zeros(static_cast<const float*>(cortex::host_data(inputs[{i}], "
+                               f"sizeof({self.real}) * cx.N * {t.width});"),
+            lambda tid, rows, t: f"if ({rows}) std::memset(cx.{tid}, 0, sizeof({self.real}) * {rows} * {t.width});",
+            lambda i, tid, t: (f"cortex::check_zeros(static_cast<const {self.real}*>(cortex::host_data(inputs[{i}], "
                                f"\"{cstr(t.init)}\")), cx.N * {t.width}, \"{cstr(t.init)}\");"))
         linearize = cstyle.linearize_call(plan)
         lines += cstyle.LEASE_WORKSPACE
@@ -331,7 +346,7 @@ class CpuEmitter(KernelEmitter):
             depth = self.p.constants[weight].shape[0]
             b = f"cx.{plan.const_ids[bias]}" if bias else "nullptr"
             lines += [f"    {{  // {comment(array)} @ {comment(weight)}",
-                      f"      float* table = ws.projection({k}, cx.{a}_rows * {width});",
+                      f"      {self.real}* table = ws.projection({k}, cx.{a}_rows * {width});",
                       f"      {self.products.call}(cx.{a}_rows, {width}, {depth}, cx.{a}, {depth}, cx.{plan.const_ids[weight]}, "
                       f"table, {width}, {b}, false);",
                       f"      cx.proj{k} = table;",
@@ -369,26 +384,26 @@ namespace {{
 WORKSPACE = """constexpr int32_t kNumCases = {cases};
 constexpr int64_t kReads = {reads};  // child-state rows a position reads, at most
 constexpr int64_t kSlots = {slots};  // host values a position looks up, at most
-alignas(64) const float kZeros[{width}] = {{}};  // the state of a missing child
+alignas(64) const {real} kZeros[{width}] = {{}};  // the state of a missing child
 
 // One run's buffers, reused across runs (WorkspacePool): no allocation in steady state.
 struct Workspace {{
   cortex::Linearizer linearizer;
   cortex::Schedule schedule;
 {positions}
-  std::vector<std::vector<float>> buffers;
-  std::vector<std::vector<float>> projections;  // hoisted input products, one table per run
+  std::vector<std::vector<{real}>> buffers;
+  std::vector<std::vector<{real}>> projections;  // hoisted input products, one table per run
 
-  std::vector<std::vector<std::vector<float>>> task_buffers;  // per worker of a fused section
+  std::vector<std::vector<std::vector<{real}>>> task_buffers;  // per worker of a fused section
 
-  float* buffer(size_t i, int64_t size) {{ return grow(buffers, i, size); }}
-  float* projection(size_t i, int64_t size) {{ return grow(projections, i, size); }}
+  {real}* buffer(size_t i, int64_t size) {{ return grow(buffers, i, size); }}
+  {real}* projection(size_t i, int64_t size) {{ return grow(projections, i, size); }}
   void reserve_tasks(int64_t tasks) {{
     if (static_cast<int64_t>(task_buffers.size()) < tasks) task_buffers.resize(tasks);
   }}
-  float* task_buffer(int64_t task, size_t i, int64_t size) {{ return grow(task_buffers[task], i, size); }}
+  {real}* task_buffer(int64_t task, size_t i, int64_t size) {{ return grow(task_buffers[task], i, size); }}
 
-  static float* grow(std::vector<std::vector<float>>& pool, size_t i, int64_t size) {{
+  static {real}* grow(std::vector<std::vector<{real}>>& pool, size_t i, int64_t size) {{
     if (pool.size() <= i) pool.resize(i + 1);
     if (static_cast<int64_t>(pool[i].size()) < size) pool[i].resize(size);
     return pool[i].data();

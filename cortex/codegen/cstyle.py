@@ -26,6 +26,24 @@ def cfloat(x: float) -> str:
     return f"{x.hex()}f"
 
 
+def cdouble(x: float) -> str:
+    """A float64 literal (a float64 kernel's constants: the value exactly, no rounding to float32)."""
+    x = float(x)
+    if np.isnan(x):
+        return "std::numeric_limits<double>::quiet_NaN()"
+    if np.isinf(x):
+        return ("-" if x < 0 else "") + "std::numeric_limits<double>::infinity()"
+    return x.hex()
+
+
+REALS = {"float32": ("float", cfloat), "float64": ("double", cdouble)}  # element type -> (C type, literal)
+
+
+def creal(program: ir.Program) -> str:
+    """The C type of a program's float values: `float`, or `double` for a float64 program."""
+    return REALS[program.element][0]
+
+
 def cstr(s: str) -> str:
     """`s` as the inside of a C++ string literal: quotes, backslashes, '?' (trigraphs) and control characters are
     escaped (octal: bounded, unlike \\x), so no name can end the literal or the line."""
@@ -64,7 +82,8 @@ def comment(s: str) -> str:
 
 
 DTYPES = {"int64": ("int64_t", "CORTEX_INT64"), "int32": ("int32_t", "CORTEX_INT32"),
-          "bool": ("uint8_t", "CORTEX_BOOL"), "float32": ("float", "CORTEX_FLOAT")}
+          "bool": ("uint8_t", "CORTEX_BOOL"), "float32": ("float", "CORTEX_FLOAT"),
+          "float64": ("double", "CORTEX_DOUBLE")}
 
 
 class HostSyntax(ScalarSyntax):
@@ -115,8 +134,8 @@ class HostSyntax(ScalarSyntax):
 def signature_source(plan: KernelPlan) -> str:
     """The kernel's signature (kernel_abi.h's cortex_kernel_signature): element type, rank and every dimension (-1:
     dynamic) of each input, in the kernel's order (runtime arrays and initial tables as the program declares them,
-    then the prepared constants with their full static shape), and of each output (the program's tables, float32
-    [rows, *inner]). The EP refuses a model that declares anything else and checks every run against it."""
+    then the prepared constants with their full static shape), and of each output (the program's tables, of its
+    element type, [rows, *inner]). The EP refuses a model that declares anything else and checks every run against it."""
     def tensor(kind: str, k: int, dtype: str, dims, leading_dynamic: bool) -> tuple:
         if dtype not in DTYPES:
             raise CodegenError(f"{kind} {k} has element type {dtype!r}, which kernels do not exchange")
@@ -140,7 +159,7 @@ def signature_source(plan: KernelPlan) -> str:
             raise CodegenError(f"input {comment(d.name)} of rank {d.rank} declares {len(d.inner)} inner dimensions")
         inputs.append(tensor("input", k, d.dtype, _declared_dims(d)[1:], d.rank >= 1))
     for k, t in enumerate(plan.program.tables):
-        outputs.append(tensor("output", k, "float32", (None,) * (t.lead - 1) + tuple(t.inner), True))
+        outputs.append(tensor("output", k, plan.program.element, (None,) * (t.lead - 1) + tuple(t.inner), True))
     lines = ["// The kernel's signature: the EP holds the model's declarations and every run to it (kernel_abi.h).",
              "namespace {"]
     lines += [array for array, _ in inputs + outputs if array]
@@ -268,7 +287,7 @@ def rows_and_positions(plan: KernelPlan, syntax: HostSyntax, values: bool = True
             return [f"    cx.N = inputs[{first}].rank >= 1 ? inputs[{first}].shape[0] : 0;", positions]
         d = p.inputs[first]  # a grid: N = R * C rows, cell (i, j) at row i * C + j
         return [f"    {{ static const int64_t inner[] = {{{_inner_dims(d)}}};",
-                f"      cortex::check_input(inputs[{first}], \"{cstr(d.name)}\", CORTEX_FLOAT, {cint(d.rank, lo=0, hi=32)}, inner); }}",
+                f"      cortex::check_input(inputs[{first}], \"{cstr(d.name)}\", {DTYPES[p.element][1]}, {cint(d.rank, lo=0, hi=32)}, inner); }}",
                 "    cx.N = 1;",
                 f"    for (int k = 0; k < {cint(lead)}; ++k) {{ cx.table_dims[k] = inputs[{first}].shape[k]; cx.N *= cx.table_dims[k]; }}",
                 positions]
@@ -312,13 +331,13 @@ def allocate_tables(plan: KernelPlan, pointer: str, init_copy, zero_fill, zero_c
         rank = cint(t.lead + len(t.inner), lo=1, hi=32)
         tid = plan.table_ids[t.name]
         lines.append(f"    {{ const int64_t shape[{rank}] = {{{dims}}};")
-        lines.append(f"      {pointer}.{tid} = static_cast<float*>(alloc_output(alloc_context, {k}, shape, {rank}));")
+        lines.append(f"      {pointer}.{tid} = static_cast<{creal(p)}*>(alloc_output(alloc_context, {k}, shape, {rank}));")
         lines.append(f"      if ({pointer}.{tid} == nullptr && {rows} > 0) throw cortex::KernelError(\"could not allocate output {cstr(t.output)}\");")
         if t.init is not None:
             i = next(j for j, d in enumerate(p.inputs) if d.name == t.init)
             inner = cints([-1] * (t.lead - 1) + list(t.inner), lo=-1)
             lines.append(f"      static const int64_t inner[] = {{{inner}}};")
-            lines.append(f"      cortex::check_input(inputs[{i}], \"{cstr(t.init)}\", CORTEX_FLOAT, {rank}, inner);")
+            lines.append(f"      cortex::check_input(inputs[{i}], \"{cstr(t.init)}\", {DTYPES[p.element][1]}, {rank}, inner);")
             if t.lead == 1:
                 lines.append(f"      if (inputs[{i}].shape[0] != cx.N) throw cortex::KernelError(\"state tables must have the same number of rows (Cortex limitation): {cstr(t.init)} has \" + std::to_string(inputs[{i}].shape[0]) + \", expected \" + std::to_string(cx.N));")
             else:
@@ -596,26 +615,26 @@ class Dialect:
 def _child_state(r, node, name):
     k = r.cp.layout.reads.index((node.index, node.missing_zero))
     row = r.d.read(k)
-    return (f"const float* {name} = {row} >= 0 ? {r.d.table(r.plan.table_ids[node.table])} + {row} * {node.width} "
+    return (f"const {r.real}* {name} = {row} >= 0 ? {r.d.table(r.plan.table_ids[node.table])} + {row} * {node.width} "
             f": {r.d.zeros};  // {comment(node.table)}[{comment(format_index(node.index))}]")
 
 
 def _const_row(r, node, name):
     s = r.cp.layout.slots.index((node.index, ROW, node.const))
-    return (f"const float* {name} = {r.d.const(r.plan.const_ids[node.const])} + {r.d.slot(s)} * {node.width};"
+    return (f"const {r.real}* {name} = {r.d.const(r.plan.const_ids[node.const])} + {r.d.slot(s)} * {node.width};"
             f"  // {comment(node.const)}[{comment(format_index(node.index))}]")
 
 
 def _input_projection(r, node, name):
     s = r.cp.layout.slots.index((node.index, ROW, node.array))
     k = r.plan.projections.index((node.array, node.weight, node.bias))
-    return (f"const float* {name} = {r.d.projection(k)} + {r.d.slot(s)} * {node.width};"
+    return (f"const {r.real}* {name} = {r.d.projection(k)} + {r.d.slot(s)} * {node.width};"
             f"  // ({comment(node.array)} @ {comment(node.weight)})[{comment(format_index(node.index))}]")
 
 
 def _input_row(r, node, name):
     s = r.cp.layout.slots.index((node.index, ROW, node.array))
-    return (f"const float* {name} = {r.d.array(r.plan.array_ids[node.array])} + {r.d.slot(s)} * {node.width};"
+    return (f"const {r.real}* {name} = {r.d.array(r.plan.array_ids[node.array])} + {r.d.slot(s)} * {node.width};"
             f"  // {comment(node.array)}[{comment(format_index(node.index))}]")
 
 
@@ -626,13 +645,13 @@ def _mask(r, node, name):
 
 def _index_value(r, node, name):
     s = r.cp.layout.slots.index((node.index, VALUE, None))
-    return f"const float {name} = static_cast<float>({r.d.slot(s)});  // {comment(format_index(node.index))}"
+    return f"const {r.real} {name} = static_cast<{r.real}>({r.d.slot(s)});  // {comment(format_index(node.index))}"
 
 
 def _previous_row(r, node, name):
     s = r.cp.layout.slots.index(node.host_value()[1])
     table = r.d.table(r.plan.table_ids[node.table])
-    return (f"const float* {name} = {r.d.slot(s)} >= 0 ? {table} + {r.d.slot(s)} * {node.width} : "
+    return (f"const {r.real}* {name} = {r.d.slot(s)} >= 0 ? {table} + {r.d.slot(s)} * {node.width} : "
             f"{r.d.array(r.plan.array_ids[node.init])};  // the carried value: {comment(node.table)}[p - 1] or "
             f"{comment(node.init)}")
 
@@ -652,7 +671,7 @@ def _const_vec(r, e, access, *walk):
 
 
 def _scalar(r, e, access, *walk):
-    return cfloat(e.value)
+    return r.literal(e.value)
 
 
 def _index_value_element(r, e, access, *walk):
@@ -685,12 +704,12 @@ ADDRESSING = {ir.ChildState: _leaf_element, ir.ConstRow: _leaf_element, ir.Input
 
 
 def _unary(r, e, access, *walk):
-    return ops.render(e.op, r.d.target, {"x": r.expr(e.x, access, *walk)}, e.params, cfloat)
+    return ops.render(e.op, r.op_target, {"x": r.expr(e.x, access, *walk)}, e.params, r.literal)
 
 
 def _binary(r, e, access, *walk):
     a, b = r.expr(e.a, access, *walk), r.expr(e.b, access, *walk)
-    return ops.render(e.op, r.d.target, {"a": a, "b": b}, (), cfloat)
+    return ops.render(e.op, r.op_target, {"a": a, "b": b}, (), r.literal)
 
 
 def _select(r, e, access, *walk):
@@ -715,6 +734,9 @@ class ElementRenderer:
     def __init__(self, plan: KernelPlan, cp, dialect: Dialect, index_table):
         self.plan, self.cp, self.d, self.index_table = plan, cp, dialect, index_table
         self.computing = None
+        self.real, self.literal = REALS[plan.program.element]  # the C type of its values, their literals
+        # the op table's dialect: a float64 kernel's own entries first (where a float literal would round)
+        self.op_target = dialect.target + ("64" if plan.program.element == "float64" else "")
 
     def start(self, computing=None):
         """A new loop: fresh temporaries (and the buffered value it fills, which it must compute, not read)."""
@@ -728,7 +750,7 @@ class ElementRenderer:
             name = f"mrow{len(pointers)}"
             base = (self.d.table(self.plan.table_ids[node.table]) if isinstance(node, ir.ChildState)
                     else self.d.array(self.plan.array_ids[node.array]))
-            pointers[node] = (name, f"const float* {name} = {base} + u * {node.width};  // a member's row")
+            pointers[node] = (name, f"const {self.real}* {name} = {base} + u * {node.width};  // a member's row")
             return name
         kind = next((k for k in type(node).__mro__ if k in POINTERS), None)
         if kind is None:
@@ -766,7 +788,7 @@ class ElementRenderer:
             raise CodegenError(f"row expression {type(e).__name__}")
         value = render(self, e, access, w, temps, code, pointers)
         name = f"v{len(temps)}"
-        code.append(f"const float {name} = {value};")
+        code.append(f"const {self.real} {name} = {value};")
         temps[key] = name
         return name
 

@@ -60,7 +60,15 @@ class CudaDialect(cstyle.Dialect):
 
 class CudaEmitter(KernelEmitter):
     """CUDA for the GPU backend (targets.CUDA): one persistent cooperative kernel walking every batch, products read
-    their operands in place (a warp per row) against weight columns kept in shared memory (plan.product_columns)."""
+    their operands in place (a warp per row) against weight columns kept in shared memory (plan.product_columns).
+    float32 only: a float64 program (a model written with `model.double()`) is refused, and its region is left to
+    ONNX Runtime."""
+
+    def __init__(self, program, backend):
+        if program.element != "float32":
+            raise CodegenError(f"{program.element} on CUDA is not supported: the CUDA kernels compute in float32 (convert "
+                               "this model for the CPU target, which computes float64 in double)")
+        super().__init__(program, backend)
 
     def body(self) -> list:
         return [self.case_fn(c) for c in self.plan.cases] + [self.kernel_fn()]

@@ -28,13 +28,23 @@ class LayoutError(ValueError):
     """An initializer that does not hold what its layout says."""
 
 
+def _element(w) -> np.dtype:
+    """The element type a float layout keeps: float64 for a float64 program's constants, float32 otherwise."""
+    return np.dtype(np.float64) if np.asarray(w).dtype == np.float64 else np.dtype(np.float32)
+
+
 @dataclass(frozen=True)
 class WeightLayout:
+    """A float layout keeps its constant's element type (float32; float64 in a float64 program)."""
     name: str
-    stored_dtype = np.dtype(np.float32)  # the initializer's element type
+    stored_dtype = None  # the initializer's element type when fixed (bf16 bits), else the constant's own
+
+    def stored(self, dtype) -> np.dtype:
+        """The initializer's element type for a constant of `dtype` (the IR's)."""
+        return self.stored_dtype if self.stored_dtype is not None else np.dtype(dtype)
 
     def pack(self, w: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(w, dtype=np.float32)
+        return np.ascontiguousarray(w, dtype=_element(w))
 
     def unpack(self, stored: np.ndarray, shape) -> np.ndarray:
         if tuple(stored.shape) != tuple(shape):
@@ -51,7 +61,7 @@ class Panels(WeightLayout):
     def pack(self, w: np.ndarray) -> np.ndarray:
         k, n = w.shape
         panels = -(-n // self.nr)
-        padded = np.zeros((k, panels * self.nr), dtype=np.float32)
+        padded = np.zeros((k, panels * self.nr), dtype=_element(w))
         padded[:, :n] = w
         return np.ascontiguousarray(padded.reshape(k, panels, self.nr).transpose(1, 0, 2))
 
@@ -138,7 +148,7 @@ class Transposed(WeightLayout):
     """W^T ([N, K]): a GPU warp reads one column's K values contiguously."""
 
     def pack(self, w: np.ndarray) -> np.ndarray:
-        return np.ascontiguousarray(w.T, dtype=np.float32)
+        return np.ascontiguousarray(w.T, dtype=_element(w))
 
     def unpack(self, stored: np.ndarray, shape) -> np.ndarray:
         if stored.ndim != 2 or tuple(stored.shape[::-1]) != tuple(shape):

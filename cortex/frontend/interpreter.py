@@ -63,6 +63,26 @@ class Interpreter:
         self.labels = shared["labels"]  # constant name -> what the user calls it (an initializer's name)
         self.arrays = shared["arrays"]
 
+    @property
+    def element(self) -> str:
+        """The float element type the region computes in (its state tables'): float32, or float64 (a model written
+        with `model.double()`). The recognizer sets it before it interprets the body."""
+        return self.shared.get("element", "float32")
+
+    @property
+    def float_dtype(self) -> np.dtype:
+        return np.dtype(self.element)
+
+    def floats(self, value) -> np.ndarray:
+        """A float constant in the region's element type."""
+        return np.asarray(value, dtype=self.float_dtype)
+
+    def mixed_float(self, dtype: str, what: str) -> "Refusal":
+        """The refusal of a float value of the other float type (one region computes in one float type)."""
+        return Refusal(f"{what} is {dtype} in a region that computes in {self.element}: Cortex computes a region in "
+                       "one float type (a mix of float32 and float64 would change the rounding)",
+                       hint="write the whole recursion in one precision (model.double() or model.float())")
+
     def nested(self, outer) -> "Interpreter":
         """An interpreter for a subgraph: its own scope, the same constants and arrays."""
         return Interpreter(outer, self.opset, self.shared)
@@ -102,7 +122,7 @@ class Interpreter:
 
     def const_name(self, value: np.ndarray, hint: str, source=None) -> str:
         """The IR constant holding `value` (one per distinct value); `source`: the ONNX name it came from."""
-        value = np.ascontiguousarray(value, dtype=np.float32)
+        value = np.ascontiguousarray(value, dtype=self.float_dtype)
         key = (value.shape, value.tobytes())
         ids = self.shared["const_ids"]
         if key not in ids:
@@ -181,7 +201,7 @@ class Interpreter:
         if isinstance(v, Known):
             if v.value.dtype.kind not in "fiub":
                 raise Refusal(f"{what} is a constant of type {v.value.dtype}")
-            arr = np.asarray(v.value, dtype=np.float32)
+            arr = self.floats(v.value)
             if arr.size == 1:
                 return Row(ir.Scalar(float(arr.reshape(-1)[0])), arr.shape)
             return Row(ir.ConstVec(self.const_name(arr.reshape(-1), "vec"), arr.size), arr.shape)

@@ -96,7 +96,7 @@ def broadcast_row(it, v, shape) -> Row:
             tuple(d for d in r.shape if d != 1) == tuple(d for d in shape if d != 1):
         return Row(r.expr, tuple(shape), r.boolean)  # only size-1 axes differ: the same flat layout
     if isinstance(r.expr, (ir.ConstVec, ir.Scalar)) and isinstance(v, Known):
-        arr = np.broadcast_to(np.asarray(v.value, dtype=np.float32), shape)
+        arr = np.broadcast_to(it.floats(v.value), shape)
         return it.row(Known(np.ascontiguousarray(arr)))
     ids = _numpy(np.broadcast_to, element_ids(r), shape)
     return Row(ir.take(r.expr, ids.reshape(-1)), tuple(shape), r.boolean)

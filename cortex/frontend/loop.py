@@ -11,8 +11,8 @@ from ..ir import nodes as ir
 from .interpreter import Interpreter, node_label
 from .ops_host import HostTable
 from .region import (Carried, InnerIter, OuterScope, build_cases, carried_decls, carried_tables, carried_value,
-                     check_outputs_unused, constant_labels, flatten_choices, init_decl, input_decls, row_of,
-                     table_layout, used_names)
+                     check_outputs_unused, constant_labels, flatten_choices, float_element, init_decl, input_decls,
+                     row_of, table_layout, used_names)
 from .values import Array, Known, Refusal, Row, Sym, Table, describe, sym_scalar
 
 
@@ -30,6 +30,7 @@ def recognize_loop(model, node, outer: OuterScope, region_name: str, used: set) 
     cond0 = _host_pred(outer.lookup(cond_name), host_arrays) if cond_name else ir.BConst(True)
 
     interp = Interpreter(outer=outer.lookup, opset=outer.interp.opset)
+    interp.shared["element"] = element = float_element(outer, carried_names)
     bindings = {body.input[0].name: sym_scalar(ir.Iter())}
     if len(body.input) > 1:
         bindings[body.input[1].name] = Known(np.array(True))
@@ -47,7 +48,8 @@ def recognize_loop(model, node, outer: OuterScope, region_name: str, used: set) 
         elif isinstance(init, (Known, Sym)) and not (isinstance(init, Known) and init.value.dtype.kind == "f"):
             invariants[k] = init
             bindings[body_in.name] = init
-        elif (value := carried_value(outer, body, body_in.name, body.output[1 + k].name, init_name, k)) is not None:
+        elif (value := carried_value(outer, body, body_in.name, body.output[1 + k].name, init_name, k,
+                                     element)) is not None:
             body, bindings[body_in.name], carried[k] = value  # a vector, a running reduction or a list
         elif (table := _host_table(outer, init_name, k)) is not None:  # integer bookkeeping: the host runs it
             host_tables[k] = table
@@ -102,10 +104,11 @@ def recognize_loop(model, node, outer: OuterScope, region_name: str, used: set) 
     cases = tuple(_substitute_case(c, closed) for c in cases)
     interp.arrays.update(host_arrays)
     init_decls = [init_decl(name, outer) for name in inits]
-    arrays = input_decls(interp, cases, [trip], outer.lookup, first=carried_decls(carried.values()))
+    arrays = input_decls(interp, cases, [trip], outer.lookup, first=carried_decls(carried.values(), element))
     return ir.Program(region_name, "visit", tuple(arrays + init_decls), tuple(tables), cases,
                       dict(interp.constants), trip=trip,
-                      labels=constant_labels(interp), finals=tuple(finals), host_vars=tuple(host_vars))
+                      labels=constant_labels(interp), finals=tuple(finals), host_vars=tuple(host_vars),
+                      element=element)
 
 
 def _host_table(outer, init_name: str, k: int):

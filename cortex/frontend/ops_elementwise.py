@@ -109,7 +109,7 @@ def op_variadic(it, node, args, lookup):
     for x in args[1:]:
         acc = arith(it, op, acc, x)
     if node.op_type == "Mean" and len(args) > 1:
-        acc = row_binary(it, "div", acc, Known(np.float32(len(args))))
+        acc = row_binary(it, "div", acc, Known(it.float_dtype.type(len(args))))
     if isinstance(acc, Known):
         return acc
     return acc
@@ -344,13 +344,17 @@ def cast(it, x, to: str):
             return smap(ix.as_pred, [x], "bool")
         if to in INT_DTYPES:
             return smap(ix.as_index, [x], to)
-        if to == "float32":
+        if to == it.element:
             r = sym_to_row(x)
             return Row(r.expr, r.shape)
+        if to in ir.FLOAT_DTYPES:
+            raise it.mixed_float(to, "a Cast of a structure value")
         raise Refusal(f"Cast of a structure value to {to}")
     if isinstance(x, Row):
-        if to == "float32":
+        if to == it.element:
             return Row(x.expr, x.shape)
+        if to in ir.FLOAT_DTYPES:
+            raise it.mixed_float(to, f"a Cast of a per-node {it.element} row to {to}: the result")
         if to == "bool":
             if x.boolean:
                 return x
@@ -360,11 +364,11 @@ def cast(it, x, to: str):
             return Row(ir.binary("ne", x.expr, ir.Scalar(0.0)), x.shape, True)
         if to in INT_DTYPES:
             return it.sym(x, "the integer value")
-        raise Refusal(f"Cast of a per-node row to {to}: Cortex computes in float32")
+        raise Refusal(f"Cast of a per-node row to {to}: Cortex computes in {it.element}")
     if isinstance(x, Array):
         if to == x.dtype or (to in INT_DTYPES + ("bool",) and x.dtype in INT_DTYPES + ("bool",)):
             return Array(x.name, x.dtype, x.shape, x.fill, view=to)
-        if to == "float32" and x.read_dtype in INT_DTYPES + ("bool",) and x.shape is not None and \
+        if to == it.element and x.read_dtype in INT_DTYPES + ("bool",) and x.shape is not None and \
                 all(d == 1 for d in x.shape):  # a scalar ONNX Runtime computes (a size), as a float
             return cast(it, it.sym(x), to)
         raise Refusal(f"Cast of runtime tensor {x.name} ({x.dtype}) to {to}")
@@ -387,7 +391,7 @@ def op_cast_like(it, node, args, lookup):
     if isinstance(like, Known):
         to = str(like.value.dtype) if like.value.dtype != np.bool_ else "bool"
     elif isinstance(like, Row):
-        to = "bool" if like.boolean else "float32"
+        to = "bool" if like.boolean else it.element
     elif isinstance(like, Sym):
         to = like.dtype
     elif isinstance(like, Array) and like.dtype:

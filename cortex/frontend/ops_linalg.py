@@ -25,7 +25,7 @@ def _sub(r: Row, index) -> Row:
 
 def row_matmul_const(it, a: Row, w: np.ndarray) -> Row:
     """a @ W for a per-node a [..., K] and a constant 2-D W [K, N]: one GEMM row per row of a."""
-    w = np.asarray(w, dtype=np.float32)
+    w = it.floats(w)
     if a.shape[-1] != w.shape[0]:
         raise Refusal(f"MatMul of {list(a.shape)} by {list(w.shape)}")
     rows = int(np.prod(a.shape[:-1], dtype=np.int64))
@@ -35,7 +35,7 @@ def row_matmul_const(it, a: Row, w: np.ndarray) -> Row:
 
 def const_matmul_row(it, w: np.ndarray, b: Row) -> Row:
     """W @ b for a constant 2-D W [M, K] and a per-node b [K] or [K, C]."""
-    w = np.asarray(w, dtype=np.float32)
+    w = it.floats(w)
     if len(b.shape) == 1:
         out = row_matmul_const(it, Row(b.expr, (1, b.shape[0])), w.T)
         return Row(out.expr, (w.shape[0],))
@@ -151,20 +151,20 @@ def op_gemm(it, node, args, lookup):
     if attr(node, "transB", 0):
         b = rearrange(b, lambda x: x.T)
     if isinstance(b, Known) and alpha != 1.0:
-        b = Known(np.asarray(b.value, dtype=np.float32) * np.float32(alpha))
+        b = Known(it.floats(b.value) * it.float_dtype.type(alpha))
         alpha = 1.0
     elif isinstance(a, Known) and alpha != 1.0:
-        a = Known(np.asarray(a.value, dtype=np.float32) * np.float32(alpha))
+        a = Known(it.floats(a.value) * it.float_dtype.type(alpha))
         alpha = 1.0
     out = matmul(it, a, b)
     if alpha != 1.0:
-        out = row_binary(it, "mul", out, Known(np.float32(alpha)))
+        out = row_binary(it, "mul", out, Known(it.float_dtype.type(alpha)))
     if c is None:
         return out
     if isinstance(c, Known):
-        c = Known(np.asarray(c.value, dtype=np.float32) * np.float32(beta))
+        c = Known(it.floats(c.value) * it.float_dtype.type(beta))
     elif beta != 1.0:
-        c = row_binary(it, "mul", c, Known(np.float32(beta)))
+        c = row_binary(it, "mul", c, Known(it.float_dtype.type(beta)))
     return row_binary(it, "add", out, c)
 
 
@@ -322,9 +322,9 @@ def op_batch_norm(it, node, args, lookup):
     if not all(isinstance(v, Known) for v in (scale, bias, mean, var)):
         raise Refusal("BatchNormalization with computed statistics")
     shape = static_shape(x)
-    eps = np.float32(attr(node, "epsilon", 1e-5))
-    factor = np.asarray(scale.value, np.float32) / np.sqrt(np.asarray(var.value, np.float32) + eps)
-    shift = np.asarray(bias.value, np.float32) - np.asarray(mean.value, np.float32) * factor
+    eps = it.float_dtype.type(attr(node, "epsilon", 1e-5))
+    factor = it.floats(scale.value) / np.sqrt(it.floats(var.value) + eps)
+    shift = it.floats(bias.value) - it.floats(mean.value) * factor
     channel_shape = (shape[1],) + (1,) * (len(shape) - 2) if len(shape) > 1 else (shape[0],)
     y = row_binary(it, "mul", x, Known(factor.reshape(channel_shape)))
     return row_binary(it, "add", y, Known(shift.reshape(channel_shape)))
@@ -372,8 +372,8 @@ def _rnn_inputs(it, node, args, gates):
     hidden = int(attr(node, "hidden_size", np.asarray(r.value).shape[-1]))
     direction = attr(node, "direction", "forward")
     dirs = 2 if direction == "bidirectional" else 1
-    return xr, np.asarray(w.value, np.float32), np.asarray(r.value, np.float32), \
-        (None if b is None else np.asarray(b.value, np.float32)), hidden, direction, dirs
+    return xr, it.floats(w.value), it.floats(r.value), \
+        (None if b is None else it.floats(b.value)), hidden, direction, dirs
 
 
 def _initial(it, v, d, batch, hidden):
@@ -429,7 +429,7 @@ def _clip(e, clip):
 
 
 def _const(it, v):
-    return ir.ConstVec(it.const_name(np.asarray(v, np.float32), "vec"), int(np.asarray(v).size))
+    return ir.ConstVec(it.const_name(it.floats(v), "vec"), int(np.asarray(v).size))
 
 
 @handler("LSTM")
@@ -568,7 +568,7 @@ def _einsum_sum(it, v, t, keep):
         return v, t
     left = "".join(c for c in t if c in keep)
     if isinstance(v, Known):
-        return Known(np.asarray(np.sum(np.asarray(v.value, np.float32), axis=tuple(axes)), np.float32)), left
+        return Known(it.floats(np.sum(it.floats(v.value), axis=tuple(axes)))), left
     out = reduce_row(it, it.row(v), axes, False, "add")
     return out, left
 
@@ -589,7 +589,7 @@ def _einsum_pair(it, a, ta, b, tb, keep):
     a2 = _shaped(a, lambda x: np.transpose(x, pa).reshape(dims(batch) + [count(own_a), count(summed)]))
     b2 = _shaped(b, lambda x: np.transpose(x, pb).reshape(dims(batch) + [count(summed), count(own_b)]))
     if isinstance(a2, Known) and isinstance(b2, Known):
-        out = Known(np.matmul(np.asarray(a2.value, np.float32), np.asarray(b2.value, np.float32)))
+        out = Known(np.matmul(it.floats(a2.value), it.floats(b2.value)))
     else:
         out = matmul(it, a2, b2)
     return _shaped(out, lambda x: x.reshape(dims(batch) + dims(own_a) + dims(own_b))), "".join(batch + own_a + own_b)

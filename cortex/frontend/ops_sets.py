@@ -234,7 +234,7 @@ def _member_row(it, data) -> ir.RExpr:
         if data.writes:
             raise Refusal(f"a child set of state table {data.name} read after this step wrote it")
         return ir.ChildState(data.name, ir.Member(), False, data.width)
-    if isinstance(data, Array) and data.read_dtype == "float32" and data.shape is not None and \
+    if isinstance(data, Array) and data.read_dtype == it.element and data.shape is not None and \
             all(isinstance(d, int) for d in data.shape[1:]):
         it.use_array(data)
         return ir.InputRow(data.name, ir.Member(), int(np.prod(data.shape[1:], dtype=np.int64)))

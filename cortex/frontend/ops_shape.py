@@ -336,7 +336,7 @@ def op_range(it, node, args, lookup):
 @handler("EyeLike")
 def op_eye_like(it, node, args, lookup):
     shape = static_shape(args[0])
-    return Known(np.eye(shape[0], shape[1], k=attr(node, "k", 0), dtype=np.float32))
+    return Known(np.eye(shape[0], shape[1], k=attr(node, "k", 0), dtype=it.float_dtype))
 
 
 @handler("SequenceConstruct")

@@ -96,7 +96,7 @@ def gather_rows(it, data, idx: Sym):
             return index_leading(it, data, elems[0])
         return array_rows(it, it.use_array(data), elems, tuple(idx.shape))
     if isinstance(data, Known) and data.value.dtype.kind == "f" and data.value.ndim >= 1:
-        table = np.asarray(data.value, dtype=np.float32)
+        table = it.floats(data.value)
         flat = table.reshape(table.shape[0], -1)
         name = it.const_name(flat, "table", data.source)
         parts = [ir.ConstRow(name, e, flat.shape[1]) for e in elems]
@@ -122,10 +122,12 @@ def array_rows(it, data: Array, rows, lead_shape) -> object:
         out = np.empty(len(loads), dtype=object)
         out[:] = loads
         return Sym(out.reshape(tuple(lead_shape) + inner), data.read_dtype)
-    if data.dtype == "float32":
+    if data.dtype == it.element:
         width = int(np.prod(inner, dtype=np.int64))
         parts = [ir.InputRow(data.name, e, width) for e in rows]
         return Row(ir.concat(parts), tuple(lead_shape) + inner)
+    if data.dtype in ir.FLOAT_DTYPES:
+        raise it.mixed_float(data.dtype, f"runtime tensor {data.name}")
     raise Refusal(f"runtime tensor {data.name} is {data.dtype}")
 
 

@@ -60,7 +60,7 @@ def find_regions(model: onnx.ModelProto) -> list:
         if region.program is not None:
             for table in region.program.tables:  # later regions may read these tables
                 if table.output:
-                    outer.types[table.output] = ("float32", (None,) * table.lead + tuple(table.inner))
+                    outer.types[table.output] = (region.program.element, (None,) * table.lead + tuple(table.inner))
                     outer.values.pop(table.output, None)
         regions.append(region)
     return regions

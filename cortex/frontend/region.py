@@ -16,7 +16,7 @@ from ..ir.schema import safe_text
 from .interpreter import MAX_PATHS, ONNX_DTYPES, Interpreter
 from .values import Array, Choice, Known, Refusal, Row, Sym, Table, describe
 
-KERNEL_DTYPES = ("int64", "int32", "bool", "float32")
+KERNEL_DTYPES = ("int64", "int32", "bool", "float32", "float64")
 
 
 @dataclass
@@ -179,6 +179,24 @@ def conjunction(preds) -> ir.BExpr:
 MAX_LEAD = 4  # leading dimensions of a state table (a grid [R, C, ...]: 2)
 
 
+def float_element(outer, names) -> str:
+    """The float element type of a region from the values it carries (and, for a Scan, reads): float64 when they
+    are float64 (a model written with `model.double()`), float32 otherwise; a mix is refused, naming a value of
+    each type (computing one in the other's type would change the answers)."""
+    first = {}
+    for name in names:
+        value = outer.lookup(name) if name else None
+        dtype = str(value.value.dtype) if isinstance(value, Known) else value.dtype if isinstance(value, Array) \
+            else None
+        if dtype in ir.FLOAT_DTYPES:
+            first.setdefault(dtype, name)
+    if len(first) > 1:
+        raise Refusal(f"the recursion mixes float32 ({first['float32']}) and float64 ({first['float64']}) values: "
+                      "Cortex computes a region in one float type, and converting either would change the answers",
+                      hint="write the whole recursion in one precision (model.double() or model.float())")
+    return next(iter(first), "float32")
+
+
 def table_layout(value, name) -> tuple:
     """(lead, inner) of a state table from its initial value: the leading dimensions up to the last dynamic one make
     its rows ([N, ...]: 1; a grid [R, C, H]: 2, cell (i, j) at row i * C + j), the static row shape follows."""
@@ -197,11 +215,10 @@ def table_layout(value, name) -> tuple:
                       hint="a padded forest [B, N, ...] advanced B trees at a time: batch the trees into one forest "
                            "(node ids offset per tree, cortex.examples.structures.batch) and visit its nodes one per "
                            "iteration")
-    if dtype != "float32":
-        hint = ("Cortex computes in float32: export the model in float32 (model.float())" if dtype == "float64" else
-                "keep integer bookkeeping (stack pointers, back-pointers) in the structure inputs, computed before "
+    if dtype not in ir.FLOAT_DTYPES:
+        hint = ("keep integer bookkeeping (stack pointers, back-pointers) in the structure inputs, computed before "
                 "the loop" if dtype and dtype.startswith(("int", "uint")) else None)
-        raise Refusal(f"loop-carried {name} is {dtype}, not a float32 state table", hint=hint)
+        raise Refusal(f"loop-carried {name} is {dtype}, not a float32 or float64 state table", hint=hint)
     return lead, tuple(int(d) for d in shape[lead:])
 
 
@@ -224,6 +241,8 @@ def input_decls(interp, cases, extra, outer_lookup, first=(), also=()) -> list:
             raise Refusal(f"{name} is read as a runtime tensor but is {describe(arr)}")
         if arr.dtype not in KERNEL_DTYPES or arr.shape is None:
             raise Refusal(f"runtime tensor {name} ({arr.dtype}, shape {arr.shape}) is not a supported node input")
+        if arr.dtype in ir.FLOAT_DTYPES and arr.dtype != interp.element:
+            raise interp.mixed_float(arr.dtype, f"runtime tensor {name}")
         lead = min(arr.lead, max(len(arr.shape), 1))
         inner = tuple(arr.shape[lead:])
         if any(not isinstance(d, int) for d in inner):
@@ -311,7 +330,8 @@ def init_decl(name, outer) -> ir.InputDecl:
     value = outer.lookup(name)
     lead, inner = table_layout(value, name)
     zeros = isinstance(value, Array) and value.fill is not None and float(value.fill) == 0.0  # torch.zeros(N, H)
-    return ir.InputDecl(name, "init", "float32", lead + len(inner), inner, zeros=zeros, lead=lead)
+    dtype = str(value.value.dtype) if isinstance(value, Known) else value.dtype
+    return ir.InputDecl(name, "init", dtype, lead + len(inner), inner, zeros=zeros, lead=lead)
 
 
 
@@ -344,7 +364,7 @@ REDUCERS = {"Max": "max", "Min": "min", "Add": "add", "Mul": "mul", "Sum": "add"
 APPENDS = {"SequenceInsert": "append"}
 
 
-def carried_value(outer, body, in_name: str, out_name: str, init_name: str, k: int):
+def carried_value(outer, body, in_name: str, out_name: str, init_name: str, k: int, element: str = "float32"):
     """(body, binding of the body's input, CarriedValue) for a float value of static shape with no node dimension or
     an empty list that a loop carries; None for anything else (a state table, or refused as one). The body returned
     has the fold op replaced by its operand when the value is only folded (c = max(c, x), c.append(x))."""
@@ -355,15 +375,14 @@ def carried_value(outer, body, in_name: str, out_name: str, init_name: str, k: i
         if appended is None:
             raise Refusal(f"loop-carried list {init_name} is used other than by appending one value per iteration",
                           hint="append one tensor per iteration and stack the list after the loop")
-        return appended[0], Known(np.zeros(0, dtype=np.float32)), CarriedValue(f"carry{k}", init_name, None,
-                                                                               "append")
-    shape = _carried_value_shape(init)
+        return appended[0], Known(np.zeros(0, dtype=element)), CarriedValue(f"carry{k}", init_name, None, "append")
+    shape = _carried_value_shape(init, element)
     if shape is None:
         return None
     folded = _fold_of(body, in_name, out_name, REDUCERS)
     if folded is not None:  # the input is no longer read
-        return folded[0], Known(np.zeros(shape, dtype=np.float32)), CarriedValue(f"carry{k}", init_name, shape,
-                                                                                folded[1])
+        return folded[0], Known(np.zeros(shape, dtype=element)), CarriedValue(f"carry{k}", init_name, shape,
+                                                                              folded[1])
     width = int(np.prod(shape, dtype=np.int64))
     return body, Row(ir.PreviousRow(f"carry{k}", init_name, width), shape), CarriedValue(f"carry{k}", init_name,
                                                                                           shape, "")
@@ -385,21 +404,21 @@ def carried_tables(interp, paths, carried: dict, tables: list) -> tuple:
     return slots, finals
 
 
-def carried_decls(values) -> list:
+def carried_decls(values, element: str = "float32") -> list:
     """Kernel inputs for the initial values of recurrent carried values (read at the first position); values that
     start from one ONNX value (h and c from one merged zeros) share its input."""
-    decls = {v.init: ir.InputDecl(v.init, "array", "float32", len(v.shape), tuple(v.shape[1:]),
+    decls = {v.init: ir.InputDecl(v.init, "array", element, len(v.shape), tuple(v.shape[1:]),
                                   rows=int(v.shape[0]) if v.shape else 1) for v in values if v.recurrent}
     return list(decls.values())
 
 
-def _carried_value_shape(init):
-    """The static shape of a float value a loop carries that has no node dimension (rank 0 or 1, or a leading unit
-    dimension: PyTorch's `torch.zeros(1, H)`), else None."""
+def _carried_value_shape(init, element: str = "float32"):
+    """The static shape of a float value (of the region's element type) a loop carries that has no node dimension
+    (rank 0 or 1, or a leading unit dimension: PyTorch's `torch.zeros(1, H)`), else None."""
     shape = None
-    if isinstance(init, Known) and init.value.dtype == np.float32:
+    if isinstance(init, Known) and init.value.dtype == np.dtype(element):
         shape = tuple(init.value.shape)
-    elif isinstance(init, Array) and init.dtype == "float32" and init.shape is not None \
+    elif isinstance(init, Array) and init.dtype == element and init.shape is not None \
             and all(isinstance(d, int) for d in init.shape):
         shape = tuple(init.shape)
     if shape is not None and (len(shape) <= 1 or shape[0] == 1):

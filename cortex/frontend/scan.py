@@ -10,7 +10,7 @@ from ..ir import nodes as ir
 from .interpreter import Interpreter
 from .ops_tables import gather_rows
 from .region import (OuterScope, build_cases, carried_decls, carried_tables, carried_value, check_outputs_unused,
-                     constant_labels, flatten_choices, init_decl, input_decls, row_of, table_layout)
+                     constant_labels, flatten_choices, float_element, init_decl, input_decls, row_of, table_layout)
 from .values import Array, Known, Refusal, Sym, Table, describe
 
 
@@ -26,6 +26,7 @@ def recognize_scan(model, node, outer: OuterScope, region_name: str, used: set) 
         raise Refusal("a Scan output in reverse order")
     directions = list(attrs.get("scan_input_directions", [0] * m))
     interp = Interpreter(outer=outer.lookup, opset=outer.interp.opset)
+    interp.shared["element"] = element = float_element(outer, node.input)  # the states' and scanned inputs'
     bindings, state_slots, tables, inits, invariants, carried = {}, [], [], [], {}, {}
     for k in range(n_state):
         name, body_in = node.input[k], body.input[k]
@@ -34,7 +35,7 @@ def recognize_scan(model, node, outer: OuterScope, region_name: str, used: set) 
             invariants[k] = init
             bindings[body_in.name] = init
             continue
-        value = carried_value(outer, body, body_in.name, body.output[k].name, name, k)
+        value = carried_value(outer, body, body_in.name, body.output[k].name, name, k, element)
         if value is not None:  # a vector, a running reduction or a list
             body, bindings[body_in.name], carried[k] = value
             continue
@@ -79,7 +80,7 @@ def recognize_scan(model, node, outer: OuterScope, region_name: str, used: set) 
     for other in lengths[1:]:  # ONNX Runtime fails on scan inputs of different lengths: so does the kernel
         trip = ir.Guard(ix.cmp("eq", other, lengths[0]), trip, "Scan inputs of different lengths")
     init_decls = [init_decl(name, outer) for name in inits]
-    arrays = input_decls(interp, cases, [trip], outer.lookup, first=carried_decls(carried.values()))
+    arrays = input_decls(interp, cases, [trip], outer.lookup, first=carried_decls(carried.values(), element))
     return ir.Program(region_name, "visit", tuple(arrays + init_decls), tuple(tables), cases,
                       dict(interp.constants), trip=trip,
-                      labels=constant_labels(interp), finals=tuple(finals))
+                      labels=constant_labels(interp), finals=tuple(finals), element=element)

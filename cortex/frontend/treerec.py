@@ -9,7 +9,7 @@ from onnx import helper
 
 from ..ir import index as ix
 from ..ir import nodes as ir
-from .interpreter import Interpreter
+from .interpreter import ONNX_DTYPES, Interpreter
 from .ops_tables import gather_rows
 from .region import OuterScope, conjunction, constant_labels, flatten_choices, input_decls
 from .values import Array, Choice, Refusal, Row, Sym
@@ -29,6 +29,7 @@ def recognize_treerec(model, node, outer: OuterScope, region_name: str, used: se
     num_children = int(children.shape[1])
 
     interp = Interpreter(outer=outer.lookup, opset=outer.interp.opset)  # bodies may read the main graph's names
+    interp.shared["element"] = element = _element(outer, node_input_names, leaf_body, internal_body)
     interp.use_array(children)
     def node_input_bindings(graph, first):
         bindings = {}
@@ -69,7 +70,20 @@ def recognize_treerec(model, node, outer: OuterScope, region_name: str, used: se
     arrays = input_decls(interp, cases, [], outer.lookup, also=node_input_names)
     arrays = [dataclasses.replace(d, per_node=True) if d.name in node_input_names else d for d in arrays]
     return ir.Program(region_name, "dag", tuple(arrays), tuple(tables), tuple(cases), dict(interp.constants),
-                      rows_from=children_name, labels=constant_labels(interp))
+                      rows_from=children_name, labels=constant_labels(interp), element=element)
+
+
+def _element(outer, node_input_names, *bodies) -> str:
+    """The float type the TreeRec computes in: its float node inputs' and its bodies' declared state outputs' (a mix
+    is refused: converting either would change the answers)."""
+    found = {v.dtype for v in map(outer.lookup, node_input_names) if isinstance(v, Array)}
+    found |= {ONNX_DTYPES.get(o.type.tensor_type.elem_type) for body in bodies for o in body.output}
+    floats = sorted(found & set(ir.FLOAT_DTYPES))
+    if len(floats) > 1:
+        raise Refusal("the TreeRec mixes float32 and float64 node inputs or states: Cortex computes a region in one "
+                      "float type, and converting either would change the answers",
+                      hint="write the whole recursion in one precision")
+    return floats[0] if floats else "float32"
 
 
 def _row(interp, v, what) -> Row:

@@ -9,9 +9,9 @@ per-iteration output) at row p. Everything per position is an expression tree of
   integer or bool input arrays). They never depend on state, which is what lets the host linearize the
   structure before any float work runs.
 - predicates (`BExpr`): booleans over index expressions; they select the case.
-- row expressions (`RExpr`): float32 vectors of a static width (a per-position tensor of any static shape,
-  row-major): child states, constant-table rows, node input rows, matrix products with constant weights,
-  elementwise math (the ops of `ops.py`), element gathers, reductions, slices and concatenations.
+- row expressions (`RExpr`): vectors of a static width of the program's element type (float32; float64 where
+  `Program.element` says so), a per-position tensor of any static shape, row-major: child states, constant-table
+  rows, node input rows, matrix products with constant weights, elementwise math (the ops of `ops.py`), element gathers, reductions, slices and concatenations.
 
 Every node is a small frozen dataclass that declares which of its fields hold sub-expressions (`OPERANDS`);
 `operands`, `with_operands`, `walk` and `transform` work from that declaration alone, so a new node kind is
@@ -42,7 +42,9 @@ Name = Annotated[str, NAME]
 Text = Annotated[str, TEXT]
 Dim = Annotated[int, DIM]
 Int64 = int  # any int64
-Constants = Annotated[dict, "constants"]  # Ident -> float32 ndarray
+Constants = Annotated[dict, "constants"]  # Ident -> ndarray of the program's element type
+Element = Literal["float32", "float64"]  # a program's float element type: its tables, float inputs, constants, math
+FLOAT_DTYPES = ("float32", "float64")
 
 
 def _cached_hash(cls):
@@ -237,7 +239,8 @@ def constant(program, name, what):
 
 def float_rows(program, array, width, what):
     decl = program.input(array)
-    check(decl.kind == "array" and decl.dtype == "float32" and decl.rank >= 1, f"{what} {array}: not a float array")
+    check(decl.kind == "array" and decl.dtype == program.element and decl.rank >= 1,
+          f"{what} {array}: not a {program.element} array")
     check(int(np.prod(decl.inner, dtype=np.int64)) == width, f"{what} {array}: width {width}")
 
 
@@ -630,7 +633,7 @@ class PreviousRow(RExpr):
         check(table.kind == "emit" and table.width == self.width, f"previous {self.table}: not an emit table of "
                                                                     f"width {self.width}")
         decl = program.input(self.init)
-        check(decl.kind == "array" and decl.dtype == "float32" and decl.rows is not None and
+        check(decl.kind == "array" and decl.dtype == program.element and decl.rows is not None and
               decl.rows * int(np.prod(decl.inner, dtype=np.int64)) == self.width,
               f"previous {self.table}: initial value {self.init} has not {self.width} elements")
 
@@ -667,7 +670,7 @@ class Scalar(RExpr):
         return f"scalar {self.value!r}"
 
     def evaluate(self, ev, constants):
-        return np.full((1, 1), self.value, dtype=np.float32)
+        return np.full((1, 1), self.value, dtype=np.float64)  # the evaluator rounds it to the program's element type
 
     def verify(self, program):
         check(self.width == 1, "scalar width")
@@ -1089,7 +1092,7 @@ class InputDecl:
     whose size differs holds no rows of the array, so nothing reads it with the wrong stride."""
     name: Name
     kind: Literal["array", "init"]
-    dtype: Literal["int64", "int32", "bool", "float32"]
+    dtype: Literal["int64", "int32", "bool", "float32", "float64"]  # a float input is of the program's element type
     rank: Dim
     inner: tuple[Dim, ...] = ()  # static trailing dims (all but the first `lead`)
     per_node: bool = False
@@ -1190,12 +1193,15 @@ class Program:
     inputs: tuple[InputDecl, ...]  # in the converted node's input order (constants follow them)
     tables: tuple[TableDecl, ...]
     cases: tuple[Case, ...]
-    constants: Constants = field(default_factory=dict)  # name -> np.ndarray (float32)
+    constants: Constants = field(default_factory=dict)  # name -> np.ndarray (of `element`)
     trip: Optional[IExpr] = None
     rows_from: Optional[Name] = None
     labels: tuple[tuple[Ident, Name], ...] = ()  # (constant, the ONNX name it came from): messages in user terms
     finals: tuple[Final, ...] = ()
     host_vars: tuple[HostVar, ...] = ()
+    # The element type of its tables, float inputs, constants and math (a model written with `model.double()`:
+    # float64). Serialized only when not float32, so a float32 program's document is what it always was.
+    element: Element = field(default="float32", metadata={"omit_default": True})
 
     def host_var(self, name: str) -> HostVar:
         for var in self.host_vars:

@@ -3,7 +3,8 @@ the passes) and its code per target. The frontend maps ONNX ops onto these names
 with `render(op, target, ...)`, and an op with no rendering for a target is a `MissingOp` (the region is refused),
 never a KeyError.
 
-Row values are float32. Comparisons and logic produce 0.0 / 1.0 (a per-node boolean computed from float values,
+Row values are of the program's element type (float32, or float64): the numpy semantics compute in float64 when
+an operand is float64, else in float32. Comparisons and logic produce 0.0 / 1.0 (a per-node boolean computed from float values,
 e.g. `x > 0` in a hand-written leaky ReLU); `where` and the logic ops read any nonzero as true.
 """
 from __future__ import annotations
@@ -23,14 +24,21 @@ class MissingOp(Exception):
 class ElementOp:
     name: str
     arity: int
-    numpy: Callable  # (*operands, *params) -> array, float32 in, float32 out
+    numpy: Callable  # (*operands, *params) -> array: float32 in, float32 out (float64 when an operand is)
     code: dict = field(default_factory=dict)  # dialect -> format string over {x} / {a}, {b} and {p0}, {p1}
+
+
+def element_of(*args) -> type:
+    """The element type an op computes in: float64 when an operand (an array; parameters are Python floats) is
+    float64, else float32."""
+    return np.float64 if any(isinstance(a, np.ndarray) and a.dtype == np.float64 for a in args) else np.float32
 
 
 def _f32(fn):
     def wrapped(*args):
+        dtype = element_of(*args)
         with np.errstate(all="ignore"):
-            return np.asarray(fn(*args), dtype=np.float32)
+            return np.asarray(fn(*args), dtype=dtype)
     return wrapped
 
 
@@ -79,7 +87,9 @@ _UNARY = [
     _u("leakyrelu", lambda x, a: np.where(x < 0, a * x, x), "({x} < 0.0f ? {p0} * {x} : {x})"),
     _u("thresholdedrelu", lambda x, a: np.where(x > a, x, 0), "({x} > {p0} ? {x} : 0.0f)"),
     _u("hardsigmoid", lambda x, a, b: np.clip(a * x + b, 0, 1), "cortex::hardsigmoid({x}, {p0}, {p1})"),
-    _u("hardswish", lambda x: x * np.clip(x / 6 + 0.5, 0, 1), "({x} * cortex::hardsigmoid({x}, 1.0f / 6.0f, 0.5f))"),
+    ElementOp("hardswish", 1, _f32(lambda x: x * np.clip(x / 6 + 0.5, 0, 1)),
+              {"c": "({x} * cortex::hardsigmoid({x}, 1.0f / 6.0f, 0.5f))",
+               "c64": "({x} * cortex::hardsigmoid({x}, 1.0 / 6.0, 0.5))"}),
     _u("gelu", lambda x: 0.5 * x * (1 + _erf(x / np.sqrt(2))), "cortex::gelu({x})"),
     _u("gelu_tanh", lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))),
        "cortex::gelu_tanh({x})"),
@@ -141,14 +151,16 @@ def param_count(op: str) -> int:
 
 
 def evaluate(op: str, *args, params=()):
-    """numpy semantics of op over float32 arrays (broadcasting)."""
+    """numpy semantics of op over float32 arrays (broadcasting); over float64 arrays when an operand is float64."""
     table = UNARY if op in UNARY else BINARY
-    return table[op].numpy(*[np.asarray(a, dtype=np.float32) for a in args], *params)
+    dtype = element_of(*[np.asarray(a) for a in args])
+    return table[op].numpy(*[np.asarray(a, dtype=dtype) for a in args], *params)
 
 
 # A target's code for an op is its own entry, else the C-style one both the C++ and the CUDA emitters compile (the
 # shared functions live in csrc/runtime/activations.h, host and device alike).
-DIALECTS = {"cpp": ("cpp", "c"), "cuda": ("cuda", "c")}
+DIALECTS = {"cpp": ("cpp", "c"), "cuda": ("cuda", "c"),
+            "cpp64": ("c64", "cpp", "c")}  # a float64 kernel: its own entry where a float literal would round
 
 
 def render(op: str, target: str, operands: dict, params=(), literal=str) -> str:

@@ -63,14 +63,15 @@ def _format_row(e: ir.RExpr, names: dict) -> str:
 
 
 def format_program(program: ir.Program) -> str:
-    lines = [f"recursion {program.name} (mode={program.mode})"]
+    element = "" if program.element == "float32" else f", element={program.element}"
+    lines = [f"recursion {program.name} (mode={program.mode}{element})"]
     for decl in program.inputs:
         inner = "x".join(str(d) for d in decl.inner)
         rows = "x".join(["N"] * decl.lead)
         shape = f"[{rows}" + (f"x{inner}" if inner else "") + "]" if decl.rank else "[]"
         lines.append(f"  input {decl.name}: {decl.kind} {decl.dtype}{shape}")
     for name, value in program.constants.items():
-        lines.append(f"  const {name}: float32{list(value.shape)}")
+        lines.append(f"  const {name}: {program.element}{list(value.shape)}")
     for table in program.tables:
         rows = "x".join(["N"] * table.lead) if table.kind == "state" else "L"
         shape = "x".join(str(d) for d in table.inner)

@@ -60,6 +60,11 @@ def field_types(cls) -> tuple:
     return tuple((f.name, hints[f.name]) for f in dataclasses.fields(cls) if f.init)
 
 
+def field_type(cls, name: str):
+    """The declared type of one field of an IR class."""
+    return dict(field_types(cls))[name]
+
+
 def describe(annotation) -> str:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is typing.Annotated:
@@ -126,25 +131,27 @@ def optional_of(annotation):
     return None
 
 
-def check_constants(value, where: str) -> dict:
-    """The program's constants: identifiers to float32 arrays of rank <= 4 and bounded dimensions."""
+def check_constants(value, where: str, element: str = "float32") -> dict:
+    """The program's constants: identifiers to arrays of the program's element type (float32 or float64), of rank
+    <= 4 and bounded dimensions."""
     if not isinstance(value, dict):
         raise IRFormatError(f"{where}: constants must be a dict of named arrays")
     for name, array in value.items():
         check_scalar(name, ir.Ident, f"{where} name")
-        if not isinstance(array, np.ndarray) or array.dtype != np.float32:
-            raise IRFormatError(f"{where} {name}: a constant must be a float32 array")
+        if not isinstance(array, np.ndarray) or array.dtype != np.dtype(element):
+            raise IRFormatError(f"{where} {name}: a constant must be a {element} array (the program's element type)")
         if array.ndim > MAX_CONSTANT_RANK or any(d >= DIM_LIMIT for d in array.shape):
             raise IRFormatError(f"{where} {name}: shape {list(array.shape)[:8]} out of range")
     return value
 
 
-def check_value(value, annotation, where: str, visit):
-    """Checks `value` against `annotation`; `visit(node)` is called for each IR node it holds."""
+def check_value(value, annotation, where: str, visit, element: str = "float32"):
+    """Checks `value` against `annotation`; `visit(node)` is called for each IR node it holds; `element`: the
+    program's element type (what its constants hold)."""
     inner = optional_of(annotation)
     if inner is not None:
         if value is not None:
-            check_value(value, inner, where, visit)
+            check_value(value, inner, where, visit, element)
         return
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin is tuple:
@@ -154,10 +161,10 @@ def check_value(value, annotation, where: str, visit):
         if len(items) != len(value):
             raise IRFormatError(f"{where}: expected {len(items)} elements, got {len(value)}")
         for i, (item, item_type) in enumerate(zip(value, items)):
-            check_value(item, item_type, f"{where}[{i}]", visit)
+            check_value(item, item_type, f"{where}[{i}]", visit, element)
         return
     if origin is typing.Annotated and args[1] == "constants":
-        check_constants(value, where)
+        check_constants(value, where, element)
         return
     if is_leaf_type(annotation):
         check_scalar(value, annotation, where)
@@ -182,8 +189,13 @@ def check_program(program) -> None:
             stack.append(node)
 
     seen.add(id(program))
+    check_scalar(program.element, field_type(ir.Program, "element"), "Program.element")
     while stack:
         node = stack.pop()
         kind = type(node).__name__
         for name, annotation in field_types(type(node)):
-            check_value(getattr(node, name), annotation, f"{kind}.{name}", visit)
+            check_value(getattr(node, name), annotation, f"{kind}.{name}", visit, program.element)
+    floats = [d.name for d in program.inputs if d.dtype in ir.FLOAT_DTYPES and d.dtype != program.element]
+    if floats:
+        raise IRFormatError(f"Program.inputs: {floats[0]!r} is not {program.element}, the program's element type (one "
+                            "program computes in one float type)")

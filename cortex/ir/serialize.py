@@ -17,7 +17,8 @@ Generic over the frozen dataclasses of `cortex/ir/nodes.py`: an IR value is enco
 
 Format: {"format": "cortex-ir-1", "nodes": [{"kind": <class name>, "fields": {...}}, ...], "root": <index>}; a field
 value is null, a bool, an int, a string, a list (a tuple), {"$float": <float.hex()>}, {"$node": <index>}, or, for the
-program's constants, {"$arrays": {name: {"shape": [...], "dtype": "float32"}}}.
+program's constants, {"$arrays": {name: {"shape": [...], "dtype": "float32"}}} (the program's element type:
+"float64" in a float64 program, whose root also records `"element": "float64"`; a float32 program omits it).
 """
 from __future__ import annotations
 
@@ -78,13 +79,19 @@ def to_json(program: ir.Program) -> dict:
             return known
         name = type(node).__name__
         fields = {f.name: encode(getattr(node, f.name), f"{name}.{f.name}")
-                  for f in dataclasses.fields(node) if f.init}
+                  for f in dataclasses.fields(node) if f.init and not _omitted(f, getattr(node, f.name))}
         entries.append({"kind": name, "fields": fields})
         ids[id(node)] = len(entries) - 1
         return ids[id(node)]
 
     root = node_id(program)
     return {"format": FORMAT, "nodes": entries, "root": root}
+
+
+def _omitted(f, value) -> bool:
+    """A field written only when it differs from its default (`Program.element`: a float32 program's document is
+    the one it was before float64 programs existed; the loader fills the default back in)."""
+    return f.metadata.get("omit_default", False) and value == f.default
 
 
 def constant_specs(document) -> dict:
@@ -128,8 +135,9 @@ def _array_specs(value, where) -> dict:
             raise IRFormatError(f"{where}: constant {name!r} has a bad shape")
         for d in shape:
             check_scalar(d, ir.Dim, f"{where}: constant {name!r} dimension")
-        if dtype != "float32":
-            raise IRFormatError(f"{where}: constant {name!r} has dtype {str(dtype)[:20]!r}; constants are float32")
+        if dtype not in ir.FLOAT_DTYPES:
+            raise IRFormatError(f"{where}: constant {name!r} has dtype {str(dtype)[:20]!r}; constants are float32 or "
+                                "float64 (the program's element type)")
         specs[name] = (tuple(shape), dtype)
     return specs
 

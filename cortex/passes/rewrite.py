@@ -121,16 +121,17 @@ def _const_indexed(e: ir.RExpr):
 
 
 def _evaluate_on_all_rows(program: ir.Program, e: ir.RExpr) -> np.ndarray:
-    """Evaluates e for every row of its constant tables at once: [rows, e.width] float32 (each node's own
-    `evaluate`)."""
+    """Evaluates e for every row of its constant tables at once: [rows, e.width] of the program's element type
+    (each node's own `evaluate`)."""
     memo = {}
+    dtype = np.dtype(program.element)
 
     def ev(x):
         if x not in memo:
-            memo[x] = np.asarray(x.evaluate(ev, program.constants), dtype=np.float32)
+            memo[x] = np.asarray(x.evaluate(ev, program.constants), dtype=dtype)
         return memo[x]
 
-    return np.ascontiguousarray(ev(e), dtype=np.float32)
+    return np.ascontiguousarray(ev(e), dtype=dtype)
 
 
 def fold_constant_rows(program: ir.Program) -> ir.Program:
@@ -182,8 +183,9 @@ def fuse_bias(program: ir.Program) -> ir.Program:
         return (isinstance(e, ir.MatMul) and e.rows == 1) or isinstance(e, ir.InputProjection)
 
     def with_bias(mm, vec):
+        dtype = np.dtype(program.element)
         bias = np.broadcast_to(constants[vec.const].reshape(-1) if isinstance(vec, ir.ConstVec)
-                               else np.float32(vec.value), (mm.width,)).astype(np.float32)
+                               else dtype.type(vec.value), (mm.width,)).astype(dtype)
         if mm.bias:
             bias = bias + constants[mm.bias]
         name = f"bias_{len(constants)}"
@@ -283,7 +285,7 @@ def merge_added_products(program: ir.Program) -> ir.Program:
         bias = None
         if biases:
             bias = f"{name}_bias"
-            constants[bias] = np.ascontiguousarray(np.sum(biases, axis=0, dtype=np.float32))
+            constants[bias] = np.ascontiguousarray(np.sum(biases, axis=0, dtype=np.dtype(program.element)))
         out = ir.MatMul(ir.concat(p.x for p in products), name, bias, e.width)
         for t in parts:
             if t not in products:
@@ -323,8 +325,8 @@ def lift_member_products(program: ir.Program) -> ir.Program:
 
         def ev(x):
             if x not in memo:
-                memo[x] = np.zeros((1, x.width), np.float32) if isinstance(x, ir.ChildState) else \
-                    np.asarray(x.evaluate(ev, program.constants), dtype=np.float32)
+                memo[x] = np.zeros((1, x.width), program.element) if isinstance(x, ir.ChildState) else \
+                    np.asarray(x.evaluate(ev, program.constants), dtype=program.element)
             return memo[x]
 
         try:

@@ -260,7 +260,7 @@ def _kernel_merge(cortex_node) -> KernelMerge:
         raise NotMergeable("the converted model carries no IR for its recursion, so merging cannot be proven "
                            f"({notes.get('ir_error', 'converted by an older Cortex')}); convert the model again")
     try:
-        constants = {name: np.zeros(shape, np.float32) for name, (shape, _) in constant_specs(document).items()}
+        constants = {name: np.zeros(shape, dtype) for name, (shape, dtype) in constant_specs(document).items()}
         program = from_json(document, constants)
     except IRFormatError as e:
         raise NotMergeable(f"the recursion's IR cannot be read: {e}") from None

@@ -8,7 +8,8 @@ constexpr int32_t kMaxTensors = 4096;
 constexpr int32_t kMaxRank = 32;
 
 bool IsKernelDType(int32_t dtype) {
-  return dtype == CORTEX_FLOAT || dtype == CORTEX_INT32 || dtype == CORTEX_INT64 || dtype == CORTEX_BOOL;
+  return dtype == CORTEX_FLOAT || dtype == CORTEX_DOUBLE || dtype == CORTEX_INT32 || dtype == CORTEX_INT64 ||
+         dtype == CORTEX_BOOL;
 }
 
 bool CopyTensors(const CortexTensorSignature* raw, int32_t count, const char* what,

@@ -1,4 +1,4 @@
-// Elementwise activations used by generated kernels, float32.
+// Elementwise activations used by generated kernels, float32 (and float64 overloads, below).
 //
 // They are branch-free inline arithmetic (Cephes-style polynomials, exponent built with integer ops), so the
 // fused elementwise loops of a kernel auto-vectorize: a libm call per element would cost more than the whole
@@ -112,6 +112,31 @@ CORTEX_HD inline float gelu_tanh(float x) {
 }
 
 CORTEX_HD inline float sign(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : x); }  // NaN and +-0 stay
+
+// float64 kernels (a model written with `model.double()`): the same functions in double, through libm, accurate
+// to double rounding as PyTorch's own double math is (the float versions above are float-accurate only). Overloads:
+// a generated expression calls the same name for either element type.
+CORTEX_HD inline double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
+CORTEX_HD inline double tanh_f(double x) { return std::tanh(x); }
+CORTEX_HD inline double tanh(double x) { return std::tanh(x); }
+CORTEX_HD inline double relu(double x) { return x < 0.0 ? 0.0 : x; }
+CORTEX_HD inline double identity(double x) { return x; }
+CORTEX_HD inline double fmax_nan(double a, double b) { return (a > b || a != a) ? a : b; }
+CORTEX_HD inline double fmin_nan(double a, double b) { return (a < b || a != a) ? a : b; }
+CORTEX_HD inline double softplus(double x) { return x > 0.0 ? x + std::log1p(std::exp(-x)) : std::log1p(std::exp(x)); }
+CORTEX_HD inline double elu(double x, double alpha) { return x > 0.0 ? x : alpha * std::expm1(x); }
+CORTEX_HD inline double celu(double x, double alpha) {
+  return (x > 0.0 ? x : 0.0) + std::fmin(0.0, alpha * std::expm1(x / alpha));
+}
+CORTEX_HD inline double hardsigmoid(double x, double alpha, double beta) {
+  const double y = alpha * x + beta;
+  return y < 0.0 ? 0.0 : (y > 1.0 ? 1.0 : y);
+}
+CORTEX_HD inline double gelu(double x) { return 0.5 * x * (1.0 + std::erf(x * 0.70710678118654752440)); }
+CORTEX_HD inline double gelu_tanh(double x) {
+  return 0.5 * x * (1.0 + std::tanh(0.79788456080286535588 * (x + 0.044715 * x * x * x)));
+}
+CORTEX_HD inline double sign(double x) { return x > 0.0 ? 1.0 : (x < 0.0 ? -1.0 : x); }
 
 // In-place array helpers.
 CORTEX_HD inline void sigmoid_inplace(float* x, int64_t n) {

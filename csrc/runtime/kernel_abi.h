@@ -17,8 +17,10 @@
 extern "C" {
 #endif
 
-// ONNX TensorProto.DataType values, the only ones a kernel exchanges.
-enum CortexDType { CORTEX_FLOAT = 1, CORTEX_INT32 = 6, CORTEX_INT64 = 7, CORTEX_BOOL = 9 };
+// ONNX TensorProto.DataType values, the only ones a kernel exchanges. A kernel computes its float values in one
+// type: float32 (CORTEX_FLOAT), or float64 (CORTEX_DOUBLE: a model written with `model.double()`); its signature
+// says which.
+enum CortexDType { CORTEX_FLOAT = 1, CORTEX_INT32 = 6, CORTEX_INT64 = 7, CORTEX_BOOL = 9, CORTEX_DOUBLE = 11 };
 
 // Where memory lives and code runs.
 enum CortexDeviceType { CORTEX_DEVICE_CPU = 0, CORTEX_DEVICE_CUDA = 1 };

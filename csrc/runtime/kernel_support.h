@@ -87,9 +87,10 @@ inline void check_parent_rows(int64_t entries, int64_t rows, const char* array) 
 
 // An initial table the model's graph fills with zeros, which a table derived from it relies on (a product lifted
 // from a child set starts at 0 @ W).
-inline void check_zeros(const float* data, int64_t count, const char* input) {
+template <typename Real>  // float, or double in a float64 kernel
+inline void check_zeros(const Real* data, int64_t count, const char* input) {
   for (int64_t i = 0; i < count; ++i) {
-    if (data[i] != 0.0f) {
+    if (data[i] != Real(0)) {
       throw KernelError(std::string("the initial table '") + input + "' is not zeros, as the model's graph makes it");
     }
   }
@@ -115,6 +116,7 @@ inline void check_edge_rows(int64_t have, int64_t rows, const char* array) {
 inline const char* dtype_name(int32_t dtype) {
   switch (dtype) {
     case CORTEX_FLOAT: return "float32";
+    case CORTEX_DOUBLE: return "float64";
     case CORTEX_INT64: return "int64";
     case CORTEX_INT32: return "int32";
     case CORTEX_BOOL: return "bool";
