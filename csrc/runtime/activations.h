@@ -136,6 +136,10 @@ CORTEX_HD inline double gelu(double x) { return 0.5 * x * (1.0 + std::erf(x * 0.
 CORTEX_HD inline double gelu_tanh(double x) {
   return 0.5 * x * (1.0 + std::tanh(0.79788456080286535588 * (x + 0.044715 * x * x * x)));
 }
+CORTEX_HD inline double clip(double x, double lo, double hi) {
+  const double m = x < lo ? lo : x;
+  return hi < m ? hi : m;
+}
 CORTEX_HD inline double sign(double x) { return x > 0.0 ? 1.0 : (x < 0.0 ? -1.0 : x); }
 
 // In-place array helpers.

@@ -45,6 +45,7 @@ class Model(nn.Module):
     def internal(self, hl, hr, cl, cr):
         i, fl, fr, o, u = torch.chunk(self.U(torch.cat([hl, hr], dim=-1)), 5, dim=-1)
         c = torch.sigmoid(i) * torch.tanh(u) + torch.sigmoid(fl) * cl + torch.sigmoid(fr) * cr
+        c = c.clamp(-0.75, 0.75)  # Clip in double (its bounds and the clamped values: no float rounding)
         return torch.sigmoid(o) * torch.tanh(c), c
 %(forward)s
 """, """
