@@ -868,6 +868,9 @@ def flatten_lanes(interp, cases, tables, trip, extra_state=()):
     if checks != ir.BConst(True):
         lane = ir.Guard(checks, lane, "the forest's inputs and tables have different numbers of trees (their first "
                                       "dimension)")
+    own = _own_tree_guards(cases)  # the lane within B (every array's B is the tables', checked): the lane itself
+    if own:
+        cases = tuple(c.with_roots(ix.substitute(c.roots(), own)) for c in cases)
     crossed = interp.shared.get("crossed", set())
     if crossed:
         cases, tables = _resolve_crossed(cases, tables, crossed)
@@ -877,6 +880,20 @@ def flatten_lanes(interp, cases, tables, trip, extra_state=()):
         if any(isinstance(x, (Lane, Crossed)) for x in ir.walk(c.roots())):
             raise Refusal("a per-tree value outside the rows the forest's steps compute")
     return cases, tables, ix.ibin("mul", trip, trees)
+
+
+def _own_tree_guards(cases) -> dict:
+    """{Gather-semantics index of the lane in a dimension of B trees (ops_tables._within): Lane}."""
+    out = {}
+    for x in ir.walk([r for c in cases for r in c.roots()]):
+        if isinstance(x, ir.Guard) and isinstance(x.value, ir.ISelect) and x.value.b == Lane():
+            size = x.value.a.b if isinstance(x.value.a, ir.IBinary) else None
+            if isinstance(size, ir.Length) and size.axis == 0 and \
+                    x.value == ix.iselect(ix.cmp("lt", Lane(), ix.const(0)), ix.ibin("add", Lane(), size), Lane()) and \
+                    x.pred == ix.band(ix.cmp("ge", Lane(), ix.ibin("sub", ix.const(0), size)),
+                                      ix.cmp("lt", Lane(), size)):
+                out[x] = Lane()
+    return out
 
 
 def _resolve_crossed(cases, tables, crossed):
@@ -890,11 +907,18 @@ def _resolve_crossed(cases, tables, crossed):
     target = targets.pop()
     found = {x for c in cases for x in ir.walk(c.roots()) if isinstance(x, Crossed)}
     mapping = {}
+    n = ir.Length(None, 1)
+    terms, c0 = ix.affine(target)
+    column = ix.from_affine({a: k for a, k in terms.items() if a != ix.ibin("mul", Lane(), n)}, c0)
     for x in found:
-        n = ir.Length(None, 1)
         other = ix.ibin("floordiv", x.row, n)
-        [written] = ix.substitute([target], {Lane(): other})
-        mapping[x] = ix.band(ix.cmp("lt", other, Lane()), ix.cmp("eq", written, x.row))
+        if terms.get(ix.ibin("mul", Lane(), n)) == 1 and not ix.mentions(column, Lane()):
+            # every tree writes its row b * N + column: tree b' wrote this row iff its column is the row's
+            wrote = ix.cmp("eq", ix.ibin("mod", x.row, n), column)
+        else:
+            [written] = ix.substitute([target], {Lane(): other})
+            wrote = ix.cmp("eq", written, x.row)
+        mapping[x] = ix.band(ix.cmp("lt", other, Lane()), wrote)
     out = []
     for c in cases:
         [c] = [c.with_roots(ix.substitute(c.roots(), mapping))] if mapping else [c]
