@@ -52,14 +52,38 @@ class Laned:
     """A value with a batch (lane) axis: `value` is one tree's slice, of size 1 along `axis`."""
     value: object
     axis: int
+    major: bool = False  # the batch axis is merged, as the major part, into axis `axis` (a reshape to [B * K, H])
 
 
 @dataclass(frozen=True)
 class LaneRange:
-    """torch.arange(B) computed before the loop (B the first dimension of a [B, N, ...] input); outside a forest it
-    is the runtime tensor `array`."""
+    """torch.arange(B) computed before the loop (B the first dimension of a [B, N, ...] input), perhaps reshaped
+    there (`.view(-1, 1)`): `laned` is its one-tree slice; outside a forest it is the runtime tensor `array`."""
     count: ir.IExpr
     array: Array
+    laned: object = None
+
+
+def outer_lane_range(interp, node, args, array: Array):
+    """A layout op before the loop (Reshape, Unsqueeze, ...) of torch.arange(B): a LaneRange again, else None."""
+    if node.op_type not in ("Reshape", "Unsqueeze", "Squeeze", "Identity", "Cast", "Transpose", "Expand") or \
+            not isinstance(args[0], LaneRange) or any(isinstance(a, LaneRange) for a in args[1:]):
+        return None
+    saved = interp.shared.get("lane_tables")
+    interp.shared["lane_tables"] = True
+    try:
+        out = dispatch(interp, node, [_lane_of(args[0])] + list(args[1:]), None)
+    except Refusal:
+        return None
+    finally:
+        interp.shared["lane_tables"] = saved
+    if not out or not isinstance(out[0], Laned):
+        return None
+    return LaneRange(args[0].count, array, out[0])
+
+
+def _lane_of(r: LaneRange):
+    return r.laned if r.laned is not None else _range_slice()
 
 
 @dataclass(frozen=True)
@@ -167,6 +191,8 @@ def dispatch(it, node, args, lookup):
     refused = next((a for a in args if isinstance(a, LaneRefused)), None)
     if refused is not None:
         raise Refusal(refused.message)
+    if any(isinstance(a, LaneRange) for a in args):
+        args = [_lane_of(a) if isinstance(a, LaneRange) else a for a in args]
     fn = SOURCES.get(op)
     if fn is not None:
         try:
@@ -186,7 +212,10 @@ def dispatch(it, node, args, lookup):
         raise Refusal(f"op {op} on one tree's slice of runtime tensor "
                       f"{next(a for a in args if isinstance(a, ArrayLane)).array.name} is not supported")
     if any(isinstance(a, LaneRange) for a in args):
-        args = [_range_slice() if isinstance(a, LaneRange) else a for a in args]
+        args = [_lane_of(a) if isinstance(a, LaneRange) else a for a in args]
+    if op != "Reshape" and any(isinstance(a, Laned) and a.major for a in args):
+        return [LaneRefused(f"{op} of a per-tree value whose batch axis is merged with another (it would mix "
+                            f"trees)") for _ in node.output]
     fn = _broadcast if op in BROADCAST else LANE_OPS.get(op)
     if fn is None:
         raise Refusal(f"op {op} on a per-tree value of a padded forest (a batch axis) is not supported")
@@ -303,16 +332,20 @@ def _op_reshape(it, node, args, lookup):
         raise Refusal("a Reshape to two batch axes")
     view = [1 if d is None else d for d in target]
     new = list(_onnx_reshape(before, view))
+    major = False
     if lanes:
         q = lanes[0]
-    elif -1 in target and new[target.index(-1)] == 1:
-        q = target.index(-1)  # -1 takes the batch axis (times one)
+    elif -1 in target and (new[target.index(-1)] == 1 or not x.major):
+        q = target.index(-1)  # -1 takes the batch axis (times the dimensions merged with it, major first)
+        major = new[q] != 1
     else:
         raise Refusal("a Reshape that merges the batch axis of a per-tree value with others (it would mix trees)")
     if int(np.prod(before[:x.axis], dtype=np.int64)) != int(np.prod(new[:q], dtype=np.int64)):
         raise Refusal("a Reshape that moves the batch axis of a per-tree value across others (it would mix trees)")
+    if major and int(np.prod(before[x.axis:], dtype=np.int64)) % new[q] != 0:
+        raise Refusal("a Reshape that merges the batch axis of a per-tree value with others (it would mix trees)")
     out = _inner(it, node, [x.value, Known(np.array(new, dtype=np.int64))], lookup)
-    return [Laned(out[0], q)]
+    return [Laned(out[0], q, major)]
 
 
 def _onnx_reshape(before, target):
@@ -378,7 +411,9 @@ def _op_range(it, node, args, lookup):
 
 
 def _op_shape(it, node, args, lookup):
-    x = args[0]
+    x = _lane_of(args[0]) if isinstance(args[0], LaneRange) else args[0]
+    if isinstance(x, Laned) and x.major:
+        return None
     if isinstance(x, ArrayLane):
         dims = [ir.Length(x.array.name, 0) if d == "lane" else ir.Length(x.array.name, 1) if d == "node" else
                 ix.const(int(x.array.shape[d])) for d in x.dims]

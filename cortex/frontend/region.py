@@ -14,7 +14,7 @@ from ..ir import nodes as ir
 from ..ir.printer import format_index
 from ..ir.schema import safe_text
 from .interpreter import MAX_PATHS, ONNX_DTYPES, Interpreter
-from .ops_lanes import LaneRange, lane_array, shape_load
+from .ops_lanes import LaneRange, lane_array, outer_lane_range, shape_load
 from .values import Array, Choice, Known, Refusal, Row, Sym, Table, describe
 
 KERNEL_DTYPES = ("int64", "int32", "bool", "float32")
@@ -108,6 +108,10 @@ class OuterScope:
             elif node.op_type not in ("Loop", "If", "Scan") and node.domain in ("", "ai.onnx"):
                 try:
                     args = [self.lookup(n) if n else None for n in node.input]
+                    ranged = outer_lane_range(self.interp, node, args, value)
+                    if ranged is not None:  # torch.arange(B).view(-1, 1): still the trees' index
+                        self.values[name] = ranged
+                        return ranged
                     outs = self.interp.eval_node(node, args, self.lookup)
                     value = outs[list(node.output).index(name)]
                 except Exception:  # noqa: BLE001 - outside a recursion, anything not understood is opaque
