@@ -103,7 +103,14 @@ class LaneRefused:
     message: str
 
 
-LANE_VALUES = (Laned, ArrayLane, LaneRange)
+@dataclass(frozen=True)
+class Swapped:
+    """The forest's table with its two leading dimensions swapped ([N, B, ...]: dynamo's h[:, v] = r is a Transpose,
+    a ScatterND at [v], a Transpose back)."""
+    table: Table
+
+
+LANE_VALUES = (Laned, ArrayLane, LaneRange, Swapped)
 
 
 def lane_array(v) -> bool:
@@ -208,6 +215,9 @@ def dispatch(it, node, args, lookup):
     if not any(isinstance(a, LANE_VALUES) for a in args):
         return None
     _fire(it)
+    if any(isinstance(a, Swapped) for a in args):
+        return [_swapped_source(it, node, [next(a for a in args if isinstance(a, Swapped))], lookup)] \
+            if op == "Identity" else _swapped_source(it, node, args, lookup)
     if any(isinstance(a, ArrayLane) for a in args):
         raise Refusal(f"op {op} on one tree's slice of runtime tensor "
                       f"{next(a for a in args if isinstance(a, ArrayLane)).array.name} is not supported")
@@ -600,6 +610,8 @@ def _gather_source(it, node, args, lookup):
     tree's slice of an input or of a flattened table at per-tree rows."""
     data, indices = args
     axis = attr(node, "axis", 0)
+    if isinstance(data, Swapped):
+        return _swapped_source(it, node, args, lookup)
     if _lane_table(data) and not isinstance(indices, LANE_VALUES):
         if norm_axis(axis, 2 + len(data.inner)) != 1:
             return None
@@ -663,9 +675,20 @@ def _materialize(it, view: ArrayLane, idx: Sym, axis: int):
     return Laned(out, lane_pos)
 
 
+def _swap_perm(node, rank) -> bool:
+    perm = list(attr(node, "perm") or reversed(range(rank)))
+    return perm == [1, 0] + list(range(2, rank))
+
+
 def _view_source(it, node, args, lookup):
-    """Slice (whole along the batch axis) and Transpose of a [B, N, ...] input: one tree's slice of it."""
+    """Slice (whole along the batch axis) and Transpose of a [B, N, ...] input: one tree's slice of it; the
+    forest's table with its tree and node axes swapped, and back."""
     x = args[0]
+    if node.op_type == "Transpose" and (_lane_table(x) or isinstance(x, Swapped)):
+        table = x.table if isinstance(x, Swapped) else x
+        if not _swap_perm(node, 2 + len(table.inner)):
+            raise Refusal("a Transpose of the forest's table other than of its tree and node axes")
+        return table if isinstance(x, Swapped) else Swapped(x)
     if lane_array(x):
         x = ArrayLane(it.use_array(x, lead=2), ("lane", "node") + tuple(range(2, len(x.shape))))
     elif not isinstance(x, ArrayLane):
@@ -689,6 +712,8 @@ def _gather_nd_source(it, node, args, lookup):
     """GatherND from the forest's table at per-tree index tuples (b, u) (h[bidx, u]), or from one tree's slice of
     an input along its node axis (dynamo's left[:, v])."""
     data, indices = args
+    if isinstance(data, Swapped):
+        return _swapped_source(it, node, args, lookup)
     if attr(node, "batch_dims", 0):
         return None
     if isinstance(data, ArrayLane) or (lane_array(data) and isinstance(indices, (Known, Sym))):
@@ -739,9 +764,60 @@ def _gather_elements_source(it, node, args, lookup):
     return Laned(Row(ir.concat(parts), tuple(idx.shape)), 0)
 
 
+def _swapped_rows(it, x: Swapped, idx: Sym):
+    """h.transpose(0, 1)[idx]: [*idx, B, ...], each tree's own rows."""
+    from .ops_tables import part
+    rows = [part(it, x.table, (Lane(), ix.as_index(e))) for e in idx.elems.reshape(-1)]
+    return Laned(Row(ir.concat(r.expr for r in rows), tuple(idx.shape) + (1,) + tuple(x.table.inner)),
+                 len(idx.shape))
+
+
+def _swapped_source(it, node, args, lookup):
+    """Reads (Gather on axis 0, GatherND with one index) and writes (ScatterND with one index) of the forest's
+    table with its tree and node axes swapped: node v of every tree."""
+    x = args[0]
+    if not isinstance(x, Swapped):
+        return None
+    op = node.op_type
+    if op == "Gather" and norm_axis(attr(node, "axis", 0), 2 + len(x.table.inner)) == 0 and \
+            not isinstance(args[1], LANE_VALUES):
+        return _swapped_rows(it, x, it.sym(args[1], "the Gather index"))
+    if op in ("GatherND", "ScatterND") and not isinstance(args[1], LANE_VALUES) and not attr(node, "batch_dims", 0):
+        idx = it.sym(args[1], f"the {op} index")
+        if not idx.shape or idx.shape[-1] != 1:
+            raise Refusal(f"a {op} into the forest's table (tree and node axes swapped) with index tuples other than "
+                          f"one node")
+        nodes = Sym(idx.elems[..., 0].copy(), idx.dtype)
+        if op == "GatherND":
+            return _swapped_rows(it, x, nodes)
+        upd = args[2]
+        lead = len(nodes.shape)
+        if isinstance(upd, Laned):
+            if upd.axis != lead:
+                raise Refusal("a ScatterND whose rows and indices have their batch axes apart")
+            upd = upd.value
+        else:
+            shape = static_shape(upd)
+            if len(shape) > lead and shape[lead] != 1:
+                raise Refusal("a ScatterND of rows shared by the trees along the batch axis")
+        from .layout import rearrange
+        from .ops_tables import scatter_nd_table
+        upd = rearrange(upd, lambda a: np.broadcast_to(a, tuple(nodes.shape) + (1,) + tuple(x.table.inner))
+                        .reshape(tuple(nodes.shape) + tuple(x.table.inner)))
+        pairs = np.empty(tuple(nodes.shape) + (2,), dtype=object)
+        pairs[..., 0] = Lane()
+        pairs[..., 1] = nodes.elems
+        return Swapped(scatter_nd_table(it, x.table, Sym(pairs, "int64"), upd, attr(node, "reduction", "none")))
+    if op == "Identity":
+        return x
+    raise Refusal(f"op {op} on the forest's table with its tree and node axes swapped is not supported")
+
+
 def _scatter_nd_source(it, node, args, lookup):
     """h[:, v] = r as ScatterND at index tuples (b, v) with b = torch.arange(B)."""
     data, indices, updates = args
+    if isinstance(data, Swapped):
+        return _swapped_source(it, node, args, lookup)
     if not _lane_table(data):
         return None
     if not isinstance(indices, Laned):
