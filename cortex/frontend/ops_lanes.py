@@ -380,6 +380,8 @@ def _op_expand(it, node, args, lookup):
     target = _shape_entries(it, shape)
     if target is None or (None not in target and not isinstance(x, Laned)):
         return None
+    if isinstance(x, Array):  # a size ONNX Runtime computes before the loop (torch.full_like(kids, n))
+        x = it.sym(x, "the value expanded")
     xs = static_shape(_unwrap(x))
     rank = max(len(target), len(xs))
     lanes = [rank - len(target) + k for k, d in enumerate(target) if d is None]
@@ -559,8 +561,14 @@ def _op_cumsum(it, node, args, lookup):
 def _op_matmul(it, node, args, lookup):
     a, b = args
     ra, rb = _rank(a), _rank(b)
-    if ra < 2 or rb < 2:
+    if (ra < 2 and isinstance(a, Laned)) or (rb < 2 and isinstance(b, Laned)):
         raise Refusal("a MatMul of a one-dimensional per-tree value (it contracts the batch axis)")
+    if rb < 2 or ra < 2:  # a vector shared by the trees: a's last axis, or b's second to last, is contracted
+        x, r, contracted = (a, ra, ra - 1) if rb < 2 else (b, rb, rb - 2)
+        if x.axis == contracted:
+            raise Refusal("a MatMul that contracts the batch axis (it would mix trees)")
+        out = _inner(it, node, [_unwrap(a), _unwrap(b)], lookup)
+        return [Laned(out[0], x.axis if x.axis < contracted else x.axis - 1)]
     rank = max(ra, rb)
     lanes = set()
     if isinstance(a, Laned):
