@@ -110,7 +110,15 @@ class Swapped:
     table: Table
 
 
-LANE_VALUES = (Laned, ArrayLane, LaneRange, Swapped)
+@dataclass(frozen=True)
+class LaneSlice:
+    """h[:, start:stop] of the forest's table (the pieces of a torch.cat write along the node axis)."""
+    table: Table
+    start: ir.IExpr
+    stop: ir.IExpr
+
+
+LANE_VALUES = (Laned, ArrayLane, LaneRange, Swapped, LaneSlice)
 
 
 def lane_array(v) -> bool:
@@ -199,6 +207,9 @@ def dispatch(it, node, args, lookup):
     if refused is not None:
         raise Refusal(refused.message)
     if any(isinstance(a, LaneRange) for a in args):
+        for a in args:
+            if isinstance(a, LaneRange) and not lane_count(it, a.count):  # registers B's array (checked)
+                raise Refusal(f"torch.arange over {describe(a.array)} is not the forest's trees")
         args = [_lane_of(a) if isinstance(a, LaneRange) else a for a in args]
     fn = SOURCES.get(op)
     if fn is not None:
@@ -213,6 +224,11 @@ def dispatch(it, node, args, lookup):
             _fire(it)
             return out if isinstance(out, list) else [out]
     if not any(isinstance(a, LANE_VALUES) for a in args):
+        whole = next((a for a in args if lane_array(a)), None)
+        if whole is not None and op in BROADCAST:
+            raise Refusal(f"{op} of the whole of runtime tensor {whole.name} (every node of every tree: a child set "
+                          f"over a padded forest) is not supported", hint="read one node of every tree (x[:, v]), "
+                          "or batch the trees into one forest (node ids offset per tree)")
         return None
     _fire(it)
     if any(isinstance(a, Swapped) for a in args):
@@ -692,6 +708,8 @@ def _view_source(it, node, args, lookup):
     """Slice (whole along the batch axis) and Transpose of a [B, N, ...] input: one tree's slice of it; the
     forest's table with its tree and node axes swapped, and back."""
     x = args[0]
+    if node.op_type == "Slice" and _lane_table(x):
+        return _slice_table(it, x, args)
     if node.op_type == "Transpose" and (_lane_table(x) or isinstance(x, Swapped)):
         table = x.table if isinstance(x, Swapped) else x
         if not _swap_perm(node, 2 + len(table.inner)):
@@ -770,6 +788,54 @@ def _gather_elements_source(it, node, args, lookup):
         col = int(np.ravel_multi_index(pos[2:], data.inner)) if data.inner else 0
         parts.append(ir.slice_row(cache[e].expr, col, col + 1))
     return Laned(Row(ir.concat(parts), tuple(idx.shape)), 0)
+
+
+def _slice_table(it, table: Table, args):
+    """h[:, a:b] of the forest's table: whole along the tree axis, a unit-step window of the node axis."""
+    from .ops_tables import _unit_slice
+    rank = 2 + len(table.inner)
+    starts, ends, axes = _unit_slice(it, args[1], args[2], args[3] if len(args) > 3 else None,
+                                     args[4] if len(args) > 4 else None, rank, "a strided slice of the forest's table")
+    start, stop = ix.const(0), ix.const(BIG)
+    for s_, e_, a in zip(starts, ends, axes):
+        whole = s_ == ix.const(0) and isinstance(e_, ir.IConst) and e_.value >= 1 << 31
+        if a == 1:
+            start, stop = s_, e_
+        elif not whole:
+            raise Refusal("a slice of the forest's table other than along its node axis")
+    if start == ix.const(0) and isinstance(stop, ir.IConst) and stop.value >= 1 << 31:
+        return table
+    return LaneSlice(table, start, stop)
+
+
+def _concat_source(it, node, args, lookup):
+    """torch.cat([h[:, :v], new, h[:, v + 1:]], 1): every tree's row v replaced, for 0 <= v < N (other v change the
+    table's size in the original: a run-time error here)."""
+    if not any(isinstance(a, LaneSlice) for a in args):
+        return None
+    from .ops_tables import write_table
+    bad = Refusal("a Concat of pieces of the forest's table other than [h[:, :v], row, h[:, v + 1:]] along its node "
+                  "axis")
+    if len(args) != 3:
+        raise bad
+    head, mid, tail = args
+    if not (isinstance(head, LaneSlice) and isinstance(tail, LaneSlice) and head.table == tail.table and
+            isinstance(mid, Laned) and mid.axis == 0):
+        raise bad
+    table = head.table
+    if norm_axis(attr(node, "axis", 0), 2 + len(table.inner)) != 1:
+        raise bad
+    v = head.stop
+    n = ir.Length(None, 1)
+    if head.start != ix.const(0) or ix.ibin("sub", tail.start, v) != ix.const(1) or \
+            not (tail.stop == n or (isinstance(tail.stop, ir.IConst) and tail.stop.value >= 1 << 31)):
+        raise bad
+    if tuple(static_shape(mid.value)) != (1, 1) + tuple(table.inner):
+        raise Refusal(f"the new rows of a torch.cat write have shape {list(static_shape(mid.value))} per tree")
+    row = ir.Guard(ix.band(ix.cmp("ge", v, ix.const(0)), ix.cmp("lt", v, n)), v,
+                   "node index out of range [0, N) in a torch.cat write (the original would change the table size)")
+    it.shared.setdefault("table_access", set()).add("lane")
+    return [write_table(table, ix.ibin("add", ix.ibin("mul", Lane(), n), row), it.row(mid.value).expr)]
 
 
 def _swapped_rows(it, x: Swapped, idx: Sym):
@@ -927,7 +993,7 @@ SOURCES = {"Gather": _gather_source, "GatherND": _gather_nd_source, "GatherEleme
                _view_source(it, node, args, lookup) if not isinstance(args[0], Laned) else None),
            "Transpose": lambda it, node, args, lookup: (
                _view_source(it, node, args, lookup) if not isinstance(args[0], Laned) else None),
-           "Expand": _op_expand, "ConstantOfShape": _op_constant_of_shape, "Range": _op_range, "Shape": _op_shape,
+           "Concat": _concat_source, "Expand": _op_expand, "ConstantOfShape": _op_constant_of_shape, "Range": _op_range, "Shape": _op_shape,
            "Reshape": _op_reshape}
 
 LANE_OPS = {"Transpose": _op_transpose, "Unsqueeze": _op_unsqueeze, "Squeeze": _op_squeeze, "Reshape": _op_reshape,
