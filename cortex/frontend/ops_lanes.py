@@ -644,7 +644,7 @@ def _gather_source(it, node, args, lookup):
         rows = [part(it, data, (Lane(), ix.as_index(e))) for e in idx.elems.reshape(-1)]
         row = Row(ir.concat(r.expr for r in rows), (1,) + tuple(idx.shape) + tuple(data.inner))
         return Laned(row, 0)
-    if lane_array(data) and not isinstance(indices, LANE_VALUES):
+    if lane_array(data) and not isinstance(indices, LANE_VALUES) and norm_axis(axis, len(data.shape)) >= 1:
         view = ArrayLane(it.use_array(data, lead=2), ("lane", "node") + tuple(range(2, len(data.shape))))
         return _gather_view(it, view, indices, axis)
     if isinstance(data, ArrayLane):
@@ -716,6 +716,8 @@ def _view_source(it, node, args, lookup):
             raise Refusal("a Transpose of the forest's table other than of its tree and node axes")
         return table if isinstance(x, Swapped) else Swapped(x)
     if lane_array(x):
+        if node.op_type == "Slice" and not all(isinstance(a, Known) or a is None for a in args[1:]):
+            return None  # a window at structure indices (a grid's rows): not one tree's slice
         x = ArrayLane(it.use_array(x, lead=2), ("lane", "node") + tuple(range(2, len(x.shape))))
     elif not isinstance(x, ArrayLane):
         return None
@@ -742,9 +744,8 @@ def _gather_nd_source(it, node, args, lookup):
         return _swapped_source(it, node, args, lookup)
     if attr(node, "batch_dims", 0):
         return None
-    if isinstance(data, ArrayLane) or (lane_array(data) and isinstance(indices, (Known, Sym))):
-        view = data if isinstance(data, ArrayLane) else \
-            ArrayLane(it.use_array(data, lead=2), ("lane", "node") + tuple(range(2, len(data.shape))))
+    if isinstance(data, ArrayLane):  # (GatherND on a [B, N, ...] input itself reads whole trees: not a lane's)
+        view = data
         if isinstance(indices, LANE_VALUES):
             raise Refusal("a GatherND from one tree's slice of an input at per-tree indices")
         idx = it.sym(indices, "the GatherND index")

@@ -207,6 +207,10 @@ def _convert_and_check(tmp_path, module, names, dynamo, k, against_ort=False, ta
     _export(module, names, _feeds(example, names, example.order), src, dynamo)
     report = cortex.convert(src, tmp_path / "model.cortex.onnx", target=target)
     assert report.regions and all(r.converted for r in report.regions), report
+    if target == "cuda":
+        from gpu import gpu_skip_reason
+        if gpu_skip_reason():
+            pytest.skip(f"compiled for CUDA; not run: {gpu_skip_reason()}")
     session = cortex.InferenceSession(str(tmp_path / "model.cortex.onnx"), **({"device": "cuda"} if target == "cuda"
                                                                                else {}))
     original = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
@@ -236,6 +240,27 @@ def test_padded_forest_model_converts_and_matches_eager(tmp_path, which):
         pytest.importorskip("onnxscript")
     torch.manual_seed(0)
     _convert_and_check(tmp_path, cls().eval(), names, dynamo, k)
+
+
+@pytest.mark.parametrize("which", ["binary-script", "childsum-dynamo", "unmasked-script"])
+def test_padded_forest_models_on_cuda(tmp_path, which):
+    """The CUDA target: compiles everywhere nvcc is; runs and matches where a GPU is (tools/gpu_check.sh)."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent.parent))
+    from gpu import nvcc_missing
+
+    if nvcc_missing():
+        pytest.skip(nvcc_missing())
+    torch.manual_seed(0)
+    if which == "unmasked-script":
+        _convert_and_check(tmp_path, UnmaskedRNN().eval(), ["words", "left", "right", "order"], False, 2,
+                           against_ort=True, target="cuda")
+        return
+    cls, names, dynamo, k = MODELS[which]
+    if dynamo:
+        pytest.importorskip("onnxscript")
+    _convert_and_check(tmp_path, cls().eval(), names, dynamo, k, target="cuda")
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["script", "dynamo"])
