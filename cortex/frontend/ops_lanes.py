@@ -26,7 +26,7 @@ from ..ir import index as ix
 from ..ir import nodes as ir
 from .interpreter import attr
 from .operands import axes_of, known_ints, norm_axis, static_shape
-from .values import Array, Flat, Known, Partial, Refusal, Row, Sym, Table, describe
+from .values import Array, Choice, Flat, Known, Partial, Refusal, Row, Sym, Table, describe
 
 BIG = 1 << 62
 
@@ -184,6 +184,13 @@ def _inner(it, node, args, lookup):
         it.shared["lane_inner"] = saved
 
 
+def _wrap(v, axis: int, major: bool = False):
+    """One tree's slice as a per-tree value; a value an If chose is chosen per branch."""
+    if isinstance(v, Choice):
+        return Choice(v.pred, _wrap(v.then, axis, major), _wrap(v.other, axis, major))
+    return Laned(v, axis, major)
+
+
 def _unwrap(v):
     return v.value if isinstance(v, Laned) else v
 
@@ -287,7 +294,7 @@ def _broadcast(it, node, args, lookup):
                 raise Refusal(f"{node.op_type} of a per-tree value with a value of {shape[q]} rows along the batch "
                               f"axis (the trees' count is only known at run time)")
     outs = _inner(it, node, [_unwrap(a) for a in args], lookup)
-    return [Laned(o, lane) for o in outs]
+    return [_wrap(o, lane) for o in outs]
 
 
 # ---- layout ops -----------------------------------------------------------------------------------------------
@@ -298,7 +305,7 @@ def _op_transpose(it, node, args, lookup):
     rank = _rank(x)
     perm = list(attr(node, "perm") or reversed(range(rank)))
     out = _inner(it, node, [x.value], lookup)
-    return [Laned(out[0], perm.index(x.axis))]
+    return [_wrap(out[0], perm.index(x.axis))]
 
 
 def _op_unsqueeze(it, node, args, lookup):
@@ -308,7 +315,7 @@ def _op_unsqueeze(it, node, args, lookup):
     inserted = {norm_axis(a, out_rank) for a in axes}
     kept = [k for k in range(out_rank) if k not in inserted]
     out = _inner(it, node, [x.value] + list(args[1:]), lookup)
-    return [Laned(out[0], kept[x.axis])]
+    return [_wrap(out[0], kept[x.axis])]
 
 
 def _op_squeeze(it, node, args, lookup):
@@ -321,7 +328,7 @@ def _op_squeeze(it, node, args, lookup):
     if x.axis in axes:
         raise Refusal("Squeeze of the batch axis of a per-tree value")
     out = _inner(it, node, [x.value] + list(args[1:]), lookup)
-    return [Laned(out[0], x.axis - sum(a < x.axis for a in axes))]
+    return [_wrap(out[0], x.axis - sum(a < x.axis for a in axes))]
 
 
 def _shape_entries(it, v):
@@ -371,7 +378,7 @@ def _op_reshape(it, node, args, lookup):
     if major and int(np.prod(before[x.axis:], dtype=np.int64)) % new[q] != 0:
         raise Refusal("a Reshape that merges the batch axis of a per-tree value with others (it would mix trees)")
     out = _inner(it, node, [x.value, Known(np.array(new, dtype=np.int64))], lookup)
-    return [Laned(out[0], q, major)]
+    return [_wrap(out[0], q, major)]
 
 
 def _onnx_reshape(before, target):
@@ -388,7 +395,7 @@ def _op_flatten(it, node, args, lookup):
     if any(d != 1 for d in side):
         raise Refusal("a Flatten that merges the batch axis of a per-tree value with others (it would mix trees)")
     out = _inner(it, node, [x.value], lookup)
-    return [Laned(out[0], 0 if x.axis < axis else 1)]
+    return [_wrap(out[0], 0 if x.axis < axis else 1)]
 
 
 def _op_expand(it, node, args, lookup):
@@ -414,7 +421,7 @@ def _op_expand(it, node, args, lookup):
         raise Refusal(f"an Expand of a per-tree value to {target[qt]} along the batch axis")
     ints = [1 if d is None else d for d in target]
     out = _inner(it, node, [_unwrap(x), Known(np.array(ints, dtype=np.int64))], lookup)
-    return [Laned(out[0], q)]
+    return [_wrap(out[0], q)]
 
 
 def _op_constant_of_shape(it, node, args, lookup):
@@ -425,7 +432,7 @@ def _op_constant_of_shape(it, node, args, lookup):
         raise Refusal("a ConstantOfShape with two batch axes")
     q = target.index(None)
     out = _inner(it, node, [Known(np.array([1 if d is None else d for d in target], dtype=np.int64))], lookup)
-    return [Laned(out[0], q)]
+    return [_wrap(out[0], q)]
 
 
 def _op_range(it, node, args, lookup):
@@ -464,7 +471,7 @@ def _op_concat(it, node, args, lookup):
     if any(a.axis != laned[0].axis for a in laned) or axis == laned[0].axis:
         raise Refusal("a Concat along the batch axis (or of values whose batch axes differ)")
     out = _inner(it, node, [a.value for a in args], lookup)
-    return [Laned(out[0], laned[0].axis)]
+    return [_wrap(out[0], laned[0].axis)]
 
 
 def _op_split(it, node, args, lookup):
@@ -474,7 +481,7 @@ def _op_split(it, node, args, lookup):
     if norm_axis(attr(node, "axis", 0), _rank(x)) == x.axis:
         raise Refusal("a Split along the batch axis")
     outs = _inner(it, node, [x.value] + list(args[1:]), lookup)
-    return [Laned(o, x.axis) for o in outs]
+    return [_wrap(o, x.axis) for o in outs]
 
 
 def _op_slice(it, node, args, lookup):
@@ -492,7 +499,7 @@ def _op_slice(it, node, args, lookup):
         if norm_axis(a, rank) == x.axis and not (s == 0 and e >= 1 << 31 and st == 1):
             raise Refusal("a Slice of the batch axis of a per-tree value (a subset of the trees)")
     out = _inner(it, node, [x.value] + list(args[1:]), lookup)
-    return [Laned(out[0], x.axis)]
+    return [_wrap(out[0], x.axis)]
 
 
 def _op_tile(it, node, args, lookup):
@@ -503,7 +510,7 @@ def _op_tile(it, node, args, lookup):
     if int(repeats[x.axis]) != 1:
         raise Refusal("a Tile along the batch axis")
     out = _inner(it, node, [x.value, args[1]], lookup)
-    return [Laned(out[0], x.axis)]
+    return [_wrap(out[0], x.axis)]
 
 
 # ---- reductions and normalizations ------------------------------------------------------------------------------
@@ -528,7 +535,7 @@ def _op_reduce(it, node, args, lookup):
         raise Refusal(f"{node.op_type} over the batch axis (it would mix trees)")
     out = _inner(it, node, [x.value] + list(args[1:]), lookup)
     keep = attr(node, "keepdims", 1)
-    return [Laned(out[0], x.axis if keep else x.axis - sum(a < x.axis for a in axes))]
+    return [_wrap(out[0], x.axis if keep else x.axis - sum(a < x.axis for a in axes))]
 
 
 def _op_arg(it, node, args, lookup):
@@ -538,7 +545,7 @@ def _op_arg(it, node, args, lookup):
         raise Refusal(f"{node.op_type} over the batch axis (it would mix trees)")
     out = _inner(it, node, [x.value], lookup)
     keep = attr(node, "keepdims", 1)
-    return [Laned(out[0], x.axis if keep or axis > x.axis else x.axis - 1)]
+    return [_wrap(out[0], x.axis if keep or axis > x.axis else x.axis - 1)]
 
 
 def _op_softmax(it, node, args, lookup):
@@ -548,7 +555,7 @@ def _op_softmax(it, node, args, lookup):
     if (it.opset >= 13 and axis == x.axis) or (it.opset < 13 and x.axis >= axis):
         raise Refusal(f"{node.op_type} over the batch axis (it would mix trees)")
     out = _inner(it, node, [x.value], lookup)
-    return [Laned(out[0], x.axis)]
+    return [_wrap(out[0], x.axis)]
 
 
 def _op_layer_norm(it, node, args, lookup):
@@ -559,7 +566,7 @@ def _op_layer_norm(it, node, args, lookup):
     if x.axis >= axis:
         raise Refusal("a LayerNormalization over the batch axis (it would mix trees)")
     outs = _inner(it, node, [x.value] + list(args[1:]), lookup)
-    return [Laned(outs[0], x.axis)] + [Laned(o, x.axis) for o in outs[1:]]
+    return [_wrap(outs[0], x.axis)] + [_wrap(o, x.axis) for o in outs[1:]]
 
 
 def _op_cumsum(it, node, args, lookup):
@@ -568,7 +575,7 @@ def _op_cumsum(it, node, args, lookup):
     if axis == x.axis:
         raise Refusal("a CumSum over the batch axis (it would mix trees)")
     out = _inner(it, node, [x.value, args[1]], lookup)
-    return [Laned(out[0], x.axis)]
+    return [_wrap(out[0], x.axis)]
 
 
 # ---- products -----------------------------------------------------------------------------------------------
@@ -584,7 +591,7 @@ def _op_matmul(it, node, args, lookup):
         if x.axis == contracted:
             raise Refusal("a MatMul that contracts the batch axis (it would mix trees)")
         out = _inner(it, node, [_unwrap(a), _unwrap(b)], lookup)
-        return [Laned(out[0], x.axis if x.axis < contracted else x.axis - 1)]
+        return [_wrap(out[0], x.axis if x.axis < contracted else x.axis - 1)]
     rank = max(ra, rb)
     lanes = set()
     if isinstance(a, Laned):
@@ -604,7 +611,7 @@ def _op_matmul(it, node, args, lookup):
     if isinstance(a, Laned) and not isinstance(b, Laned) and q == rank - 1:
         raise Refusal("a MatMul of values whose batch axes do not line up")
     out = _inner(it, node, [_unwrap(a), _unwrap(b)], lookup)
-    return [Laned(out[0], q)]
+    return [_wrap(out[0], q)]
 
 
 def _op_gemm(it, node, args, lookup):
@@ -619,7 +626,7 @@ def _op_gemm(it, node, args, lookup):
         if len(cs) == 2 and cs[0] != 1:
             raise Refusal("a Gemm bias with several rows along the batch axis")
     out = _inner(it, node, [a.value, b] + ([_unwrap(c)] if len(args) > 2 else []), lookup)
-    return [Laned(out[0], 0)]
+    return [_wrap(out[0], 0)]
 
 
 # ---- reads and writes of the forest ------------------------------------------------------------------------------
@@ -763,10 +770,8 @@ def _gather_nd_source(it, node, args, lookup):
             raise Refusal("a GatherND from the forest's table at another tree's rows (the tree index is not "
                           "torch.arange(B))")
         out = _inner(it, node, [data, idx], lookup)
-        return [Laned(out[0], indices.axis)]
-    if _lane_table(data):
-        raise Refusal("a GatherND from the forest's table at indices that do not name the tree")
-    return None
+        return [_wrap(out[0], indices.axis)]
+    return None  # (a grid's cell, or refused with a forest when the step reads another tree's rows)
 
 
 def _gather_elements_source(it, node, args, lookup):
@@ -1016,13 +1021,13 @@ def _gather_laned(it, node, args, lookup):
             raise Refusal("a Gather along the batch axis (it would mix trees)")
         k = len(static_shape(indices)) if not isinstance(indices, Array) else 0
         out = _inner(it, node, [data.value, indices], lookup)
-        return [Laned(out[0], data.axis if data.axis < axis else data.axis - 1 + k)]
+        return [_wrap(out[0], data.axis if data.axis < axis else data.axis - 1 + k)]
     if isinstance(data, (Table, Flat, Partial)):
         raise Refusal(f"a Gather from {describe(data)} at per-tree indices other than the forest's own rows")
     axis = norm_axis(attr(node, "axis", 0), len(static_shape(data)) if not isinstance(data, Array) else
                      len(data.shape or (0,)))
     out = _inner(it, node, [data, indices.value], lookup)
-    return [Laned(out[0], axis + indices.axis)]
+    return [_wrap(out[0], axis + indices.axis)]
 
 
 LANE_OPS["Gather"] = _gather_laned
