@@ -10,7 +10,7 @@ from ..ir import index as ix
 from ..ir import nodes as ir
 from .interpreter import Interpreter, node_label
 from .ops_host import HostTable
-from .ops_lanes import flatten_lanes
+from .forest import flatten_lanes
 from .region import (Carried, InnerIter, OuterScope, build_cases, carried_decls, carried_tables, carried_value,
                      check_outputs_unused, constant_labels, flatten_choices, init_decl, input_decls, row_of,
                      table_layout, used_names)

@@ -8,7 +8,7 @@ from onnx import helper
 from ..ir import index as ix
 from ..ir import nodes as ir
 from .interpreter import Interpreter
-from .ops_lanes import flatten_lanes
+from .forest import flatten_lanes
 from .ops_tables import gather_rows
 from .region import (OuterScope, build_cases, carried_decls, carried_tables, carried_value, check_outputs_unused,
                      constant_labels, flatten_choices, init_decl, input_decls, row_of, table_layout)
