@@ -416,6 +416,8 @@ def flatten_lanes(interp, cases, tables, trip, extra_state=()):
     for name, arr in sorted(interp.arrays.items()):
         if arr.lead == 2 and lane_array(arr):
             checks = ix.band(checks, ix.cmp("eq", ir.Length(name, 0), trees))
+    for length in sorted(interp.shared.get("lane_lengths", ()), key=repr):  # torch.arange(roots.size(0))
+        checks = ix.band(checks, ix.cmp("eq", length, trees))
     lane = ix.ibin("mod", ir.Iter(), trees)
     if checks != ir.BConst(True):
         lane = ir.Guard(checks, lane, "the forest's inputs and tables have different numbers of trees (their first "

@@ -128,8 +128,10 @@ def lane_array(v) -> bool:
         not isinstance(v.shape[0], int) and not isinstance(v.shape[1], int)
 
 
-def lane_count(it, e) -> bool:
-    """True when e is B: the first dimension of the forest's tables or of a [B, N, ...] runtime tensor."""
+def lane_count(it, e, any_rank: bool = False) -> bool:
+    """True when e is B: the first dimension of the forest's tables or of a [B, N, ...] runtime tensor (with
+    `any_rank`, of any runtime tensor: the count of a torch.arange(B) such as roots.size(0)); the kernel checks that
+    it is the tables' (forest.flatten_lanes)."""
     e = _plain_dim(e)
     scope = it.shared.get("outer_scope")
     if isinstance(e, ir.Load) and scope is not None:
@@ -143,8 +145,11 @@ def lane_count(it, e) -> bool:
     except Exception:  # noqa: BLE001 - not a name in scope
         return False
     if not lane_array(array):
+        if any_rank and isinstance(array, Array) and array.shape and not isinstance(array.shape[0], int):
+            it.shared.setdefault("lane_lengths", set()).add(e)
+            return True
         return False
-    it.use_array(array, lead=2)  # the kernel checks that its trees are the tables' (ops_lanes.flatten_lanes)
+    it.use_array(array, lead=2)
     return True
 
 
@@ -217,7 +222,7 @@ def dispatch(it, node, args, lookup):
         raise Refusal(refused.message)
     if any(isinstance(a, LaneRange) for a in args):
         for a in args:
-            if isinstance(a, LaneRange) and not lane_count(it, a.count):  # registers B's array (checked)
+            if isinstance(a, LaneRange) and not lane_count(it, a.count, any_rank=True):  # registers B (checked)
                 raise Refusal(f"torch.arange over {describe(a.array)} is not the forest's trees")
         args = [_lane_of(a) if isinstance(a, LaneRange) else a for a in args]
     fn = SOURCES.get(op)

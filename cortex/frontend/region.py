@@ -135,9 +135,11 @@ class OuterScope:
             return None
         count = ix.as_index(limit.elems.reshape(-1)[0])
         count = shape_load(self, count) or count
-        if isinstance(count, ir.Length) and count.axis == 0 and count.array is not None and \
-                lane_array(self.lookup(count.array)):
-            return count
+        if isinstance(count, ir.Length) and count.axis == 0 and count.array is not None:
+            array = self.lookup(count.array)  # B of a [B, N, ...] input, or the length of a [B] one (roots)
+            if lane_array(array) or (isinstance(array, Array) and array.shape is not None and len(array.shape) == 1
+                                     and not isinstance(array.shape[0], int)):
+                return count
         return None
 
     def _one_value(self, name) -> bool:
