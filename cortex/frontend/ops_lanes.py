@@ -636,6 +636,28 @@ def _op_gemm(it, node, args, lookup):
     return [_wrap(out[0], 0)]
 
 
+def _op_recurrent(it, node, args, lookup):
+    """ONNX LSTM / GRU / RNN (nn.LSTMCell on a batch of trees' rows): the batch axis of X and of the initial states
+    is the op's own batch axis, each row computed alone."""
+    layout = int(attr(node, "layout", 0))
+    batch = 0 if layout else 1
+    for k, a in enumerate(args):
+        if not isinstance(a, Laned):
+            continue
+        if k == 0 and a.axis == batch or (k >= 5 and k != 7 and a.axis == (0 if layout else 1)):
+            continue
+        raise Refusal(f"a {node.op_type} whose input {k} is per tree along an axis other than its batch axis")
+    if not isinstance(args[0], Laned):
+        raise Refusal(f"a {node.op_type} over values shared by the trees with per-tree states")
+    for k, a in enumerate(args):
+        if k >= 5 and k != 7 and a is not None and not isinstance(a, Laned) and \
+                static_shape(a)[0 if layout else 1] != 1:
+            raise Refusal(f"a {node.op_type} whose initial state has several rows along the batch axis")
+    outs = _inner(it, node, [_unwrap(a) for a in args], lookup)
+    axes = [0, 0, 0] if layout else [2, 1, 1]
+    return [_wrap(o, q) for o, q in zip(outs, axes)]
+
+
 SOURCES = {"Expand": _op_expand, "ConstantOfShape": _op_constant_of_shape, "Range": _op_range, "Shape": _op_shape,
            "Reshape": _op_reshape}  # forest.py adds the reads and writes of the forest's tables and inputs
 
@@ -643,7 +665,7 @@ LANE_OPS = {"Transpose": _op_transpose, "Unsqueeze": _op_unsqueeze, "Squeeze": _
             "Flatten": _op_flatten, "Expand": _op_expand, "Concat": _op_concat, "Split": _op_split,
             "Slice": _op_slice, "Tile": _op_tile, "Softmax": _op_softmax, "LogSoftmax": _op_softmax,
             "LayerNormalization": _op_layer_norm, "CumSum": _op_cumsum, "MatMul": _op_matmul, "Gemm": _op_gemm,
-            "ArgMax": _op_arg, "ArgMin": _op_arg, **{op: _op_reduce for op in REDUCE_OPS}}
+            "ArgMax": _op_arg, "ArgMin": _op_arg, "LSTM": _op_recurrent, "GRU": _op_recurrent, "RNN": _op_recurrent, **{op: _op_reduce for op in REDUCE_OPS}}
 
 
 def _gather_laned(it, node, args, lookup):
