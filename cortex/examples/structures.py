@@ -441,3 +441,48 @@ def topological_orders(children: np.ndarray, count: int, rng: np.random.Generato
 
 
 __all__ += ["csr_of", "edge_index_of", "parents_of", "random_dag", "topological_orders"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Padded forests: B trees side by side, [B, N_max] per node array (a model that advances every tree at once).
+
+
+@dataclass
+class PaddedForest:
+    """B trees as [B, N_max] arrays, each tree's nodes renumbered in its visit order (position j of tree b is the
+    j-th node it visits), so that ``order`` = 0..N_max-1 is a children-first order of every tree. ``words``: int64
+    [B, N_max]; ``children``: int64 [B, N_max, K] (positions in the same tree, -1 = none); positions past a tree's
+    end are isolated leaves (word 0, no children); ``roots``: int64 [B] (positions)."""
+
+    words: np.ndarray
+    children: np.ndarray
+    order: np.ndarray
+    roots: np.ndarray
+
+    @property
+    def left(self) -> np.ndarray:
+        return np.ascontiguousarray(self.children[:, :, 0])
+
+    @property
+    def right(self) -> np.ndarray:
+        return np.ascontiguousarray(self.children[:, :, 1])
+
+
+def pad_forest(trees: list[NaryForest]) -> PaddedForest:
+    """Single-tree (or any) n-ary forests as one padded forest, one tree per row of the batch."""
+    width = max((t.num_nodes for t in trees), default=0)
+    k = max((t.max_children for t in trees), default=1)
+    words = np.zeros((len(trees), width), dtype=np.int64)
+    children = np.full((len(trees), width, k), -1, dtype=np.int64)
+    roots = np.zeros(len(trees), dtype=np.int64)
+    for b, t in enumerate(trees):
+        position = np.full(t.num_nodes, -1, dtype=np.int64)
+        position[t.order] = np.arange(len(t.order))
+        words[b, position] = t.words
+        kids = t.children
+        children[b, position, : kids.shape[1]] = np.where(kids >= 0, position[np.maximum(kids, 0)], -1)
+        roots[b] = position[t.roots[0]] if len(t.roots) else 0
+    return PaddedForest(words, children, np.arange(width, dtype=np.int64), roots)
+
+
+__all__ += ["PaddedForest", "pad_forest"]

@@ -167,8 +167,8 @@ class Interpreter:
             return self._per_branch(node, args, lookup, choice)
         if choice is not None:  # control flow reading a chosen value: run it per branch as well
             return self._per_branch(node, args, lookup, choice)
-        from . import ops_host, ops_sets  # they import this module's attr
-        for values in (ops_sets, ops_host):  # child sets the structure computes; integer tables the loop carries
+        from . import ops_host, ops_lanes, ops_sets  # they import this module's attr
+        for values in (ops_lanes, ops_sets, ops_host):  # a padded forest's per-tree values; child sets; host tables  # child sets the structure computes; integer tables the loop carries
             out = values.dispatch(self, node, args, lookup)
             if out is not None:
                 return out

@@ -10,6 +10,7 @@ from ..ir import index as ix
 from ..ir import nodes as ir
 from .interpreter import Interpreter, node_label
 from .ops_host import HostTable
+from .forest import flatten_lanes
 from .region import (Carried, InnerIter, OuterScope, build_cases, carried_decls, carried_tables, carried_value,
                      check_outputs_unused, constant_labels, flatten_choices, float_element, init_decl, input_decls,
                      row_of, table_layout, used_names)
@@ -65,6 +66,8 @@ def recognize_loop(model, node, outer: OuterScope, region_name: str, used: set) 
                                        lead=lead))
     check_outputs_unused(node, list(counters) + list(invariants) + list(host_tables), used, "counter")
 
+    interp.shared["outer_scope"] = outer
+    interp.shared["lane_tables"] = any(t.lead == 2 for t in tables if t.kind == "state")  # maybe a padded forest
     outs = interp.run_graph(body, bindings)
     paths = flatten_choices(outs)
     steps = _counter_steps(paths, counters)
@@ -102,6 +105,9 @@ def recognize_loop(model, node, outer: OuterScope, region_name: str, used: set) 
         closed, trip = _flatten_inner_loop(interp.shared["inner_loop"], body, outs, state_slots,
                                            emit_slots + host_slots, closed, trip, host_arrays)
     cases = tuple(_substitute_case(c, closed) for c in cases)
+    extra = (["host state"] if host_vars else []) + (["carried values"] if carried else []) + \
+        (["per-iteration outputs"] if n_scan else []) + (["a nested loop"] if "inner_loop" in interp.shared else [])
+    cases, tables, trip = flatten_lanes(interp, cases, tuple(tables), trip, extra)
     interp.arrays.update(host_arrays)
     init_decls = [init_decl(name, outer) for name in inits]
     arrays = input_decls(interp, cases, [trip], outer.lookup, first=carried_decls(carried.values(), element))

@@ -68,6 +68,16 @@ def write_table(table: Table, target, row: ir.RExpr) -> Table:
     return Table(table.name, table.inner, writes, table.lead)
 
 
+def note_access(it, table: Table, first):
+    """Records how a step reads or writes a table of several leading dimensions: at the tree a padded forest's
+    step computes (its first index is the lane), or at rows named otherwise (a grid's cells); a forest's steps
+    must do only the first (ops_lanes)."""
+    from .ops_lanes import Lane
+    if table.lead > 1:
+        lane = first is not None and ix.as_index(first) == Lane()
+        it.shared.setdefault("table_access", set()).add("lane" if lane else "grid")
+
+
 def _elements(s: Sym):
     return list(s.elems.reshape(-1))
 
@@ -191,6 +201,7 @@ def part(it, base, prefix, lead_shape=()):
     """base[prefix]: a table's row once prefix indexes its leading dimensions; a runtime tensor's row once what is
     left has a static size (then its rows are the first len(prefix) dimensions); else a Partial."""
     if isinstance(base, Table):
+        note_access(it, base, prefix[0] if prefix else None)
         if len(prefix) < base.lead:
             return Partial(base, tuple(prefix), tuple(lead_shape) + _base_shape(base)[len(prefix):])
         if len(prefix) > base.lead:
@@ -199,6 +210,7 @@ def part(it, base, prefix, lead_shape=()):
     if isinstance(base, Flat) and len(prefix) > 1:
         raise Refusal(f"an element of a row of {describe(base)} at a structure index", hint=DATA_DEPENDENT_HINT)
     if isinstance(base, Flat) and isinstance(base.base, Table):
+        note_access(it, base.base, None)
         return Row(read_table(base.base, ix.as_index(prefix[0]), flat=True), tuple(lead_shape) + tuple(base.shape))
     rest = tuple(_base_shape(base)[len(prefix):])
     if any(not isinstance(d, int) for d in rest):
@@ -570,6 +582,7 @@ def scatter_nd_table(it, table: Table, indices, updates, reduction):
     block_size = int(np.prod(block, dtype=np.int64))
     groups = {}
     for j, t in enumerate(idx.elems.reshape(-1, k)):
+        note_access(it, table, t[0])
         row_e = flat_row(table, t[:table.lead])
         sub = t[table.lead:]
         if not all(isinstance(x, ir.IConst) for x in sub):

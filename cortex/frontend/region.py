@@ -14,6 +14,7 @@ from ..ir import nodes as ir
 from ..ir.printer import format_index
 from ..ir.schema import safe_text
 from .interpreter import MAX_PATHS, ONNX_DTYPES, Interpreter
+from .ops_lanes import LaneRange, lane_array, outer_lane_range, shape_load
 from .values import Array, Choice, Known, Refusal, Row, Sym, Table, describe
 
 KERNEL_DTYPES = ("int64", "int32", "bool", "float32", "float64")
@@ -98,12 +99,19 @@ class OuterScope:
             value = self.opaque(name)
             if node.op_type == "ConstantOfShape" and node.domain in ("", "ai.onnx"):
                 value = self._constant_of_shape(node, name)
+            elif node.op_type == "Range" and node.domain in ("", "ai.onnx") and \
+                    (count := self._tree_count(node)) is not None:
+                value = LaneRange(count, self.opaque(name))  # torch.arange(B): a padded forest's tree index
             elif node.op_type == "Expand" and node.domain in ("", "ai.onnx") and self._one_value(node.input[0]):
                 value = self.opaque(name, float(self.lookup(node.input[0]).value.reshape(-1)[0]))  # the dynamo
                 # exporter's torch.zeros(n, H): a scalar expanded to a shape ONNX Runtime computes
             elif node.op_type not in ("Loop", "If", "Scan") and node.domain in ("", "ai.onnx"):
                 try:
                     args = [self.lookup(n) if n else None for n in node.input]
+                    ranged = outer_lane_range(self.interp, node, args, value)
+                    if ranged is not None:  # torch.arange(B).view(-1, 1): still the trees' index
+                        self.values[name] = ranged
+                        return ranged
                     outs = self.interp.eval_node(node, args, self.lookup)
                     value = outs[list(node.output).index(name)]
                 except Exception:  # noqa: BLE001 - outside a recursion, anything not understood is opaque
@@ -114,6 +122,25 @@ class OuterScope:
             value = self.opaque(name)  # a graph input
         self.values[name] = value
         return value
+
+    def _tree_count(self, node):
+        """B for a Range(0, B, 1) with B the first dimension of a [B, N, ...] runtime tensor, else None."""
+        try:
+            start, limit, delta = (self.lookup(n) for n in node.input)
+        except (ValueError, Refusal):
+            return None
+        if not (isinstance(start, Known) and isinstance(delta, Known) and isinstance(limit, Sym) and
+                limit.elems.size == 1 and start.value.size == 1 and delta.value.size == 1 and
+                int(start.value.reshape(-1)[0]) == 0 and int(delta.value.reshape(-1)[0]) == 1):
+            return None
+        count = ix.as_index(limit.elems.reshape(-1)[0])
+        count = shape_load(self, count) or count
+        if isinstance(count, ir.Length) and count.axis == 0 and count.array is not None:
+            array = self.lookup(count.array)  # B of a [B, N, ...] input, or the length of a [B] one (roots)
+            if lane_array(array) or (isinstance(array, Array) and array.shape is not None and len(array.shape) == 1
+                                     and not isinstance(array.shape[0], int)):
+                return count
+        return None
 
     def _one_value(self, name) -> bool:
         v = self.lookup(name)

@@ -8,6 +8,7 @@ from onnx import helper
 from ..ir import index as ix
 from ..ir import nodes as ir
 from .interpreter import Interpreter
+from .forest import flatten_lanes
 from .ops_tables import gather_rows
 from .region import (OuterScope, build_cases, carried_decls, carried_tables, carried_value, check_outputs_unused,
                      constant_labels, flatten_choices, float_element, init_decl, input_decls, row_of, table_layout)
@@ -61,6 +62,8 @@ def recognize_scan(model, node, outer: OuterScope, region_name: str, used: set) 
         bindings[body_in.name] = gather_rows(interp, arr, Sym(one, "int64"))
     if not state_slots and not any(v.recurrent for v in carried.values()):
         raise Refusal("the Scan carries no state table (nothing recursive to compute)")
+    interp.shared["outer_scope"] = outer
+    interp.shared["lane_tables"] = any(t.lead == 2 for t in tables if t.kind == "state")  # maybe a padded forest
     outs = interp.run_graph(body, bindings)
     paths = flatten_choices(outs)
     for k, init in invariants.items():
@@ -71,6 +74,8 @@ def recognize_scan(model, node, outer: OuterScope, region_name: str, used: set) 
                                                        for k, v in carried.items()}, tables)
     for j in range(n_out):
         slot = n_state + j
+        if interp.shared.get("lanes") and node.output[n_state + j] not in used:
+            continue  # a padded forest's unused per-iteration output (one row per tree): not computed
         _, shape = row_of(interp, paths[0][1][slot], f"scan output {j}")
         name = f"emit{j}"
         emit_slots.append((slot, name, int(np.prod(shape, dtype=np.int64))))
@@ -79,6 +84,8 @@ def recognize_scan(model, node, outer: OuterScope, region_name: str, used: set) 
     trip = lengths[0]
     for other in lengths[1:]:  # ONNX Runtime fails on scan inputs of different lengths: so does the kernel
         trip = ir.Guard(ix.cmp("eq", other, lengths[0]), trip, "Scan inputs of different lengths")
+    extra = (["carried values"] if carried else []) + (["per-iteration outputs"] if emit_slots else [])
+    cases, tables, trip = flatten_lanes(interp, cases, tuple(tables), trip, extra)
     init_decls = [init_decl(name, outer) for name in inits]
     arrays = input_decls(interp, cases, [trip], outer.lookup, first=carried_decls(carried.values(), element))
     return ir.Program(region_name, "visit", tuple(arrays + init_decls), tuple(tables), cases,
