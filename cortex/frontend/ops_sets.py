@@ -875,8 +875,8 @@ def _reduce(it, node, args):
         # mask.any(): 1 where the set has a member; over an empty axis ONNX's ReduceMax gives the type's lowest value
         shape = (1,) * x.lead + ((1,) if keepdims else ())
         count = _reduction(_counted(x.members), "add", ir.Scalar(1.0), 1)
-        lowest = ir.IndexValue(ix.iselect(ix.cmp("eq", x.members.length, ix.const(0)),
-                                          ix.const(int(np.iinfo(np.int64).min)), ix.const(0)))
+        empty_axis = ir.IndexValue(ix.iselect(ix.cmp("eq", x.members.length, ix.const(0)), ix.const(1), ix.const(0)))
+        lowest = ir.binary("mul", empty_axis, ir.Scalar(float(np.iinfo(np.int64).min)))
         return IntRow(Row(ir.binary("add", ir.binary("min", count, ir.Scalar(1.0)), lowest), shape))
     if x.kind != "rows":
         raise Refusal(f"{node.op_type} of child-set {x.kind}")
@@ -886,12 +886,11 @@ def _reduce(it, node, args):
         raise Refusal(f"{node.op_type} of a child set over the set's axis and others at once")
     if x.layout == "all":
         raise Refusal(f"{node.op_type} over every position of an axis: no mask selects a child set")
-    if x.nan_if_empty:
-        raise Refusal(f"{node.op_type} of a softmax over a child set's mask, whose value at an empty set is NaN "
-                      "in the original", hint="torch.where(mask, alpha, torch.zeros_like(alpha)) after the softmax")
     row = _set_reduce(x, "add" if op == "mean" else op)
     if op == "mean":
         row = ir.binary("div", row, _count(x))
+    if x.nan_if_empty:
+        row = _nan_where_empty(x.members, row)
     shape = (1,) * x.lead + ((1,) if keepdims else ()) + tuple(x.inner)
     return Row(row, shape)
 
@@ -994,12 +993,9 @@ def _matmul(it, node, args):
         return None  # a product of each member's rows: _per_member
     if a.kind != "rows" or a.layout != "mask" or a.fill != 0.0:
         raise Refusal("a product of child-set values other than its mask or weights that are 0 at non-members")
-    if a.nan_if_empty:
-        raise Refusal("a product of softmax weights over a child set's mask, which are NaN at an empty set",
-                      hint="torch.where(mask, alpha, torch.zeros_like(alpha)) after the softmax")
     b = _whole_table(it, b) if isinstance(b, Table) else b
     if not isinstance(b, SetField) or b.kind != "rows" or b.layout == "list" or len(b.inner) != 1 or \
-            (b.layout == "mask" and (b.fill != 0.0 or b.nan_if_empty)):
+            (b.layout == "mask" and b.fill != 0.0):
         raise Refusal(f"the mask of a child set multiplies {describe(b)}, not rows over the mask's axis")
     members = _combine([a, b])
     rows = b.member()
@@ -1009,7 +1005,19 @@ def _matmul(it, node, args):
     a_shape = (1,) * a.lead + (7,)
     b_shape = (1,) * b.lead + (7,) + tuple(b.inner)
     shape = tuple(np.matmul(np.zeros(a_shape, np.float32), np.zeros(b_shape, np.float32)).shape)
-    return Row(_reduction(members, "add", body, rows.expr.width), shape)
+    row = _reduction(members, "add", body, rows.expr.width)
+    if a.nan_if_empty or (b.layout == "mask" and b.nan_if_empty):
+        row = _nan_where_empty(members, row)
+    return Row(row, shape)
+
+
+def _nan_where_empty(m: Members, row: ir.RExpr) -> ir.RExpr:
+    """row, or NaN where the set is empty and its axis is not: a sum over softmax weights of a mask filled with
+    -inf, which are NaN at every position when no position is a member (as the original computes them)."""
+    count = _reduction(_counted(m), "add", ir.Scalar(1.0), 1)
+    axis_nonempty = ir.IndexValue(ix.iselect(ix.cmp("gt", m.length, ix.const(0)), ix.const(1), ix.const(0)))
+    empty = ir.binary("and", ir.binary("eq", count, ir.Scalar(0.0)), axis_nonempty)
+    return ir.Where(empty, ir.Scalar(float("nan")), row, row.width)
 
 
 class IntRow:
@@ -1093,6 +1101,19 @@ HANDLERS = {"Equal": _equal, "Gather": _gather, "GatherND": _gather_nd, "NonZero
 SET_VALUES = (SetField, KeyRow, Filled, SetShape, AxisIndex, Interval, SetCount, SetDims, IntRow)
 
 
+def _within_rows(it, node, args) -> bool:
+    """An op on a whole state table that computes each row from that row alone: elementwise math of one operand,
+    a reduction over the rows' own axes."""
+    if node.op_type in UNARY and node.op_type != "Identity" and len([a for a in args if a is not None]) == 1:
+        return True
+    if node.op_type in REDUCTIONS:
+        axes = known_ints(it, args[1], "reduce axes").reshape(-1).tolist() if len(args) > 1 and args[1] is not None \
+            else attr(node, "axes")
+        rank = 1 + len(args[0].inner)
+        return bool(axes) and all(a % rank != 0 for a in axes)
+    return False
+
+
 def dispatch(it, node, args, lookup):
     """The outputs when `node` builds or consumes a child set, else None (the op's own handler runs)."""
     out = _int_row_op(it, node, args, lookup)
@@ -1101,6 +1122,8 @@ def dispatch(it, node, args, lookup):
     if node.op_type in ("MatMul", "Gemm") and isinstance(args[0], Table) and args[0].lead == 1 and \
             isinstance(args[1], Known):
         args = [_whole_table(it, args[0])] + list(args[1:])  # h @ w of a whole table: each row's product
+    elif args and isinstance(args[0], Table) and args[0].lead == 1 and _within_rows(it, node, args):
+        args = [_whole_table(it, args[0])] + list(args[1:])  # tanh(h), h.sum(-1): each row's own
     fn = HANDLERS.get(node.op_type)
     out = fn(it, node, args) if fn is not None else None
     if out is None:

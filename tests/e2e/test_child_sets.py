@@ -137,13 +137,81 @@ class EdgeIndexAttention(_Attention):
         return self.attend(h.index_select(0, edge_index[0][edge_index[1] == v]))
 
 
+class EdgeIndexMaskSum(nn.Module):
+    """A mask over the edges weighs the rows gathered at their sources: h[src] * (dst == v)."""
+
+    def forward(self, h, edge_index, v):
+        return (h[edge_index[0]] * (edge_index[1] == v).unsqueeze(-1).float()).sum(0)
+
+
+class EdgeIndexMaskMeanOverEdges(nn.Module):
+    """A mean over the edge axis of masked rows: the members' sum over the number of edges."""
+
+    def forward(self, h, edge_index, v):
+        return (h[edge_index[0]] * (edge_index[1] == v).unsqueeze(-1).float()).mean(0)
+
+
+class EdgeIndexMaskMatmul(nn.Module):
+    def forward(self, h, edge_index, v):
+        return (edge_index[1] == v).float() @ h[edge_index[0]]
+
+
+class EdgeIndexWhereMean(nn.Module):
+    """torch.where over the edges, divided by the integer count of the mask (a leaf's count clamped to 1)."""
+
+    def forward(self, h, edge_index, v):
+        sel = edge_index[1] == v
+        total = torch.where(sel.unsqueeze(-1), h[edge_index[0]], torch.zeros(1, 8)).sum(0)
+        return total / sel.sum(-1).clamp(min=1).float()
+
+
+class EdgeIndexMaskAttention(nn.Module):
+    """Softmax attention over the edges into v: scores of every edge's source row, -inf off the mask, guarded
+    where the set is empty; a leading unit axis as a batched model holds it."""
+
+    def __init__(self):
+        super().__init__()
+        self.q = nn.Parameter(torch.linspace(-1.0, 1.0, H))
+
+    def forward(self, h, edge_index, v):
+        sel = (edge_index[1] == v).unsqueeze(0)
+        rows = h[edge_index[0]].unsqueeze(0)
+        scores = (rows @ self.q).masked_fill(~sel, float("-inf"))
+        alpha = torch.softmax(scores, dim=-1)
+        alpha = torch.where(sel, alpha, torch.zeros_like(alpha))
+        return (alpha.unsqueeze(-2) @ rows).squeeze(-2)
+
+
+class ParentUnitAxisMatmul(nn.Module):
+    """The whole table with a leading unit axis (hc.unsqueeze(0)) times the mask: [1, 1, N] @ [1, N, H]."""
+
+    def forward(self, h, parent, v):
+        a = (parent == v).unsqueeze(0).float()
+        return (a.unsqueeze(-2) @ h.unsqueeze(0)).squeeze(-2)
+
+
+class ParentMaskAttention(nn.Module):
+    """Attention over the whole table's rows, masked to the children: scores = h @ q, -inf off the mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.q = nn.Parameter(torch.linspace(-1.0, 1.0, H))
+
+    def forward(self, h, parent, v):
+        sel = parent == v
+        alpha = torch.softmax((h @ self.q).masked_fill(~sel, float("-inf")), dim=-1)
+        alpha = torch.where(sel, alpha, torch.zeros_like(alpha))
+        return (alpha.unsqueeze(-1) * h).sum(0)
+
+
 # encoding -> structure inputs (after words) and the aggregators written for it
 ENCODINGS = {
     "parent": (("parent",), [MaskMatmul, WhereSum, BoolIndexSum, NonzeroSum, MaskMultiplySum, BoolIndexMean,
-                             WhereMax, BoolIndexAttention]),
+                             WhereMax, BoolIndexAttention, ParentUnitAxisMatmul, ParentMaskAttention]),
     "csr": (("offsets", "indices"), [CsrSlice, CsrItemSlice, CsrRangeMask, CsrAttention]),
     "edges": (("src", "dst"), [EdgesSum]),
-    "edge_index": (("edge_index",), [EdgeIndexSum, EdgeIndexMean, EdgeIndexAttention]),
+    "edge_index": (("edge_index",), [EdgeIndexSum, EdgeIndexMean, EdgeIndexAttention, EdgeIndexMaskSum,
+                                     EdgeIndexMaskMeanOverEdges, EdgeIndexMaskMatmul, EdgeIndexWhereMean, EdgeIndexMaskAttention]),
 }
 
 
@@ -331,3 +399,37 @@ def test_a_product_of_set_rows_by_a_batched_weight_is_refused_or_exact(tmp_path)
         assert "batched operand" in report.regions[0].reason
         return
     _assert_matches_eager(cortex.InferenceSession(str(tmp_path / "model.cortex.onnx")), module, "parent")
+
+
+class EdgeIndexSameRowMask(nn.Module):
+    """A mask over the targets weighing rows gathered at the targets themselves: not the set of sources."""
+
+    def forward(self, h, edge_index, v):
+        return (h[edge_index[1]] * (edge_index[1] == v).unsqueeze(-1).float()).sum(0)
+
+
+class ParentZeroFilledSoftmax(nn.Module):
+    """A softmax over the whole table whose non-members hold 0, not -inf: every row weighs in."""
+
+    def forward(self, h, parent, v):
+        scores = torch.where(parent == v, h.sum(-1), torch.zeros(1))
+        return (torch.softmax(scores, dim=-1).unsqueeze(-1) * h).sum(0)
+
+
+REFUSED = [("edge_index", EdgeIndexSameRowMask, "do not span the same axis"),
+           ("parent", ParentZeroFilledSoftmax, "not -inf")]
+
+
+@pytest.mark.parametrize("encoding,agg,reason", REFUSED, ids=[a.__name__ for _, a, _ in REFUSED])
+@pytest.mark.parametrize("dynamo", [False, True], ids=["script", "dynamo"])
+def test_masks_that_do_not_select_the_set_are_refused(tmp_path, encoding, agg, reason, dynamo):
+    if dynamo:
+        pytest.importorskip("onnxscript")
+        torch._dynamo.reset()
+    torch.manual_seed(0)
+    sys.path.insert(0, str(Path(__file__).parent))
+    module = _module(encoding, agg, dynamo, tmp_path).eval()
+    _export(module, encoding, dynamo, tmp_path / "model.onnx")
+    report = cortex.convert(tmp_path / "model.onnx", tmp_path / "model.cortex.onnx")
+    assert not report.regions[0].converted
+    assert reason in report.regions[0].reason
