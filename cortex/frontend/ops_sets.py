@@ -191,28 +191,28 @@ def _key_of(m: Members) -> Members:
     """The mask part of a set: which positions are members (before what each member reads is known)."""
     if m.encoding == "edges":
         return Members("parent", (m.arrays[1],), m.bounds, m.arrays[1])
-    if m.encoding == "edge_index" and len(m.bounds) == 3:
+    if m.encoding == "edge_index" and len(m.bounds) >= 3:
         return replace(m, bounds=m.bounds[:2])
     return m
 
 
 def _resolve(key: Members, rows: Members) -> Members:
     """The set a mask (`key`) selects from values over an axis (`rows`, layout 'all'), proved to span the same axis:
-    a parent array's mask over the state rows; an edge list's mask over rows gathered at the edge list's other row;
-    a CSR range mask over rows gathered at the indices it ranges over. Anything else is refused."""
+    a parent array's mask over the state rows; an edge list's mask [2, E] over rows gathered at the edge list's
+    other row. Anything else is refused (a CSR range mask over rows gathered at every index: the original gathers
+    indices outside the range too, whose errors only a whole-row check would keep)."""
     if key.encoding == "parent" and rows.arrays == ():
         return key  # parent == v over the rows of the tables (its length must be theirs: checked at run time)
     if key.encoding == "edge_index" and len(key.bounds) == 2 and rows.arrays == key.arrays and \
             len(rows.bounds) == 1 and rows.bounds[0] != key.bounds[1]:
-        return replace(key, bounds=key.bounds + rows.bounds)
-    if key.encoding == "range" and rows.arrays == key.arrays and not rows.bounds:
-        return key
+        # the model gathers every edge's source row: a fourth bound asks the kernel to check them all
+        return replace(key, bounds=key.bounds + rows.bounds + (ix.const(1),))
     what = "the state table's rows" if not rows.arrays else \
         f"rows gathered at {rows.arrays[0]}" + (f"[{rows.bounds[0].value}]" if rows.bounds else "")
     mask = f"{key.arrays[0]}" + (f"[{key.bounds[1].value}]" if key.encoding == "edge_index" else "")
     raise Refusal(f"a mask over {mask} applied to {what}: they do not span the same axis (a parent array's mask "
                   f"selects the table's rows; an edge list's mask selects rows gathered at its other row)",
-                  hint="select the rows with the mask's NonZero positions (h[src[dst == v]])")
+                  hint="select the members first (h[src[dst == v]], h[indices[offsets[v]:offsets[v + 1]]])")
 
 
 def _combine(fields) -> Members:
@@ -355,8 +355,9 @@ def _nonzero(it, node, args):
         x = _interval_mask(it, x)
     if not isinstance(x, SetField):
         return None
-    if x.kind != "pred" or x.layout != "mask" or x.inner not in ((), (1,)):
-        raise Refusal("NonZero of a child-set value other than its mask")
+    if x.kind != "pred" or x.layout != "mask" or x.inner not in ((), (1,)) or x.negated:
+        raise Refusal("NonZero of a child-set value other than its mask" +
+                      (" (of its complement: the non-members)" if x.negated else ""))
     return SetField(x.members, "list", "positions", shape_tag="nonzero")
 
 
@@ -974,7 +975,7 @@ def _set_reduce(x: SetField, op: str) -> ir.RExpr:
 
 def _reduction(m: Members, op: str, body: ir.RExpr, width: int) -> ir.RExpr:
     encoding, arrays, bounds = m.encoding, m.arrays, m.bounds
-    if encoding == "edge_index" and len(bounds) != 3:
+    if encoding == "edge_index" and len(bounds) not in (3, 4):
         raise Refusal(f"a reduction over a mask of edge list {arrays[0]} (select its other row at the mask's "
                       "NonZero positions)")
     if encoding == "all":
@@ -994,7 +995,7 @@ def _matmul(it, node, args):
     if a.kind != "rows" or a.layout != "mask" or a.fill != 0.0:
         raise Refusal("a product of child-set values other than its mask or weights that are 0 at non-members")
     b = _whole_table(it, b) if isinstance(b, Table) else b
-    if not isinstance(b, SetField) or b.kind != "rows" or b.layout == "list" or len(b.inner) != 1 or \
+    if not isinstance(b, SetField) or b.kind != "rows" or b.layout == "list" or len(b.inner) > 1 or \
             (b.layout == "mask" and b.fill != 0.0):
         raise Refusal(f"the mask of a child set multiplies {describe(b)}, not rows over the mask's axis")
     members = _combine([a, b])
@@ -1004,6 +1005,8 @@ def _matmul(it, node, args):
                   rows.expr)
     a_shape = (1,) * a.lead + (7,)
     b_shape = (1,) * b.lead + (7,) + tuple(b.inner)
+    if not b.inner and b.lead:
+        raise Refusal("a mask times a vector over the set's axis with unit dimensions before it")
     shape = tuple(np.matmul(np.zeros(a_shape, np.float32), np.zeros(b_shape, np.float32)).shape)
     row = _reduction(members, "add", body, rows.expr.width)
     if a.nan_if_empty or (b.layout == "mask" and b.nan_if_empty):

@@ -433,3 +433,24 @@ def test_masks_that_do_not_select_the_set_are_refused(tmp_path, encoding, agg, r
     report = cortex.convert(tmp_path / "model.onnx", tmp_path / "model.cortex.onnx")
     assert not report.regions[0].converted
     assert reason in report.regions[0].reason
+
+
+def test_a_bad_source_outside_the_mask_is_the_originals_error(tmp_path):
+    """h[edge_index[0]] gathers every edge's source, inside the set or not: an out-of-range source is an error in
+    the original even on an edge into a node no one visits, and the converted model raises too."""
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    sys.path.insert(0, str(Path(__file__).parent))
+    module = _module("edge_index", EdgeIndexMaskSum, False, tmp_path).eval()
+    _export(module, "edge_index", False, tmp_path / "model.onnx")
+    report = cortex.convert(tmp_path / "model.onnx", tmp_path / "model.cortex.onnx")
+    assert [r.converted for r in report.regions] == [True], report.regions[0].reason
+    feeds = _feeds("edge_index", S.random_nary_tree(9, 3, np.random.default_rng(1), V))
+    n = feeds["words"].shape[0]
+    bad = np.array([[n + 5], [n + 7]], dtype=feeds["edge_index"].dtype)  # into a node that does not exist
+    feeds["edge_index"] = np.ascontiguousarray(np.concatenate([feeds["edge_index"], bad], axis=1))
+    with pytest.raises(Exception):
+        ort.InferenceSession(str(tmp_path / "model.onnx")).run(None, feeds)
+    with pytest.raises(Exception, match="out of range"):
+        cortex.InferenceSession(str(tmp_path / "model.cortex.onnx")).run(None, feeds)
