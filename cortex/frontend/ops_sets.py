@@ -268,9 +268,23 @@ def _gather(it, node, args):
         return _at_members(it, data, idx)
     if isinstance(data, Table) and data.lead == 1 and isinstance(idx, Known) and axis % (1 + len(data.inner)) != 0:
         data = _whole_table(it, data)  # hc[:, 0] of a whole table: within each row
+    if isinstance(data, SetField) and data.layout == "all" and not data.members.arrays and \
+            norm_axis(axis, data.rank, "Gather axis") == data.lead and isinstance(idx, (Sym, Known)):
+        return _rows_of_whole(it, data, idx)
     if isinstance(data, SetField):
         return _gather_within(data, idx, norm_axis(axis, data.rank, "Gather axis"))
     return None
+
+
+def _rows_of_whole(it, x: SetField, idx) -> Row:
+    """Rows at structure indices of a value over the whole state table (`h[:, cols][l]`): its body, at each index."""
+    elems = [ix.as_index(e) for e in it.sym(idx, "the Gather index").elems.reshape(-1)]
+    shape = np.asarray(idx.value).shape if isinstance(idx, Known) else idx.shape
+
+    def at(e):
+        return ir.transform(lambda n: replace(n, index=e) if isinstance(n, (ir.ChildState, ir.InputRow)) and
+                            isinstance(n.index, ir.Member) else n)(x.member().expr)
+    return Row(ir.concat([at(e) for e in elems]), (1,) * x.lead + tuple(shape) + tuple(x.inner))
 
 
 def _gather_within(x: SetField, idx, axis: int) -> SetField:
