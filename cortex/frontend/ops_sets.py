@@ -369,7 +369,7 @@ def _nonzero(it, node, args):
         x = _interval_mask(it, x)
     if not isinstance(x, SetField):
         return None
-    if x.kind != "pred" or x.layout != "mask" or x.inner not in ((), (1,)) or x.negated:
+    if x.kind != "pred" or x.layout != "mask" or x.inner or x.lead or x.negated:  # [1, M]: one row of positions
         raise Refusal("NonZero of a child-set value other than its mask" +
                       (" (of its complement: the non-members)" if x.negated else ""))
     return SetField(x.members, "list", "positions", shape_tag="nonzero")
@@ -622,6 +622,12 @@ def _count_of(it, node, args):
     """Gather(Shape(x), 0) of a set value x: its member count."""
     data, idx = args[0], args[1]
     if isinstance(data, SetShape) and isinstance(idx, Known) and idx.value.size == 1 and \
+            int(attr(node, "axis", 0)) == 0:
+        dims = _static_dims(data.field)
+        k = int(idx.value.reshape(-1)[0])
+        if -len(dims) <= k < len(dims) and dims[k] is not None:  # a dimension other than the set's: a constant
+            return Known(np.full(idx.value.shape, dims[k], dtype=np.int64))
+    if isinstance(data, SetShape) and isinstance(idx, Known) and idx.value.size == 1 and \
             int(idx.value.reshape(-1)[0]) == 0 and int(attr(node, "axis", 0)) == 0:
         if data.field.layout != "list":
             return None  # a mask's length is its axis's
@@ -629,6 +635,13 @@ def _count_of(it, node, args):
     if isinstance(data, SetShape):
         raise Refusal("a dimension of a child-set value's shape other than its member count")
     return None
+
+
+def _static_dims(x: SetField) -> list:
+    """The dimensions of a set value's shape, None at the set's axis."""
+    if x.kind in ("positions", "ids"):
+        return {"nonzero": [1, None], "column": [None, 1]}.get(x.shape_tag, [None])
+    return [1] * x.lead + [None] + list(x.inner)
 
 
 def _concat_dims(it, node, args):
