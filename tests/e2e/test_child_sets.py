@@ -46,6 +46,13 @@ class NonzeroSum(nn.Module):
         return h[torch.nonzero(parent == v).view(-1)].sum(0)
 
 
+class NonzeroSqueezeIndexSelect(nn.Module):
+    """nonzero().squeeze(-1): TorchScript tests the [M, 1] positions' last dimension before it squeezes."""
+
+    def forward(self, h, parent, v):
+        return h.index_select(0, (parent == v).nonzero().squeeze(-1)).sum(0)
+
+
 class MaskMultiplySum(nn.Module):
     def forward(self, h, parent, v):
         return ((parent == v).float().unsqueeze(1) * h).sum(0)
@@ -207,7 +214,8 @@ class ParentMaskAttention(nn.Module):
 # encoding -> structure inputs (after words) and the aggregators written for it
 ENCODINGS = {
     "parent": (("parent",), [MaskMatmul, WhereSum, BoolIndexSum, NonzeroSum, MaskMultiplySum, BoolIndexMean,
-                             WhereMax, BoolIndexAttention, ParentUnitAxisMatmul, ParentMaskAttention]),
+                             WhereMax, BoolIndexAttention, ParentUnitAxisMatmul, ParentMaskAttention,
+                             NonzeroSqueezeIndexSelect]),
     "csr": (("offsets", "indices"), [CsrSlice, CsrItemSlice, CsrRangeMask, CsrAttention]),
     "edges": (("src", "dst"), [EdgesSum]),
     "edge_index": (("edge_index",), [EdgeIndexSum, EdgeIndexMean, EdgeIndexAttention, EdgeIndexMaskSum,
@@ -454,3 +462,26 @@ def test_a_bad_source_outside_the_mask_is_the_originals_error(tmp_path):
         ort.InferenceSession(str(tmp_path / "model.onnx")).run(None, feeds)
     with pytest.raises(Exception, match="out of range"):
         cortex.InferenceSession(str(tmp_path / "model.cortex.onnx")).run(None, feeds)
+
+
+@pytest.mark.parametrize("encoding,agg,expected", [
+    ("edge_index", EdgeIndexMaskMatmul, ("edge_index", 4)), ("parent", ParentUnitAxisMatmul, ("parent", 1))],
+    ids=["edge_index-mask-matmul", "parent-unit-axis"])
+def test_a_mask_over_a_whole_axis_lowers_to_the_structures_set(tmp_path, encoding, agg, expected):
+    """The frontend proves what a mask product selects and lowers it to the set the structure defines: an edge
+    list's members are the sources of the edges into v (read whole: the fourth bound), a parent array's the rows
+    whose parent is v."""
+    import onnx
+
+    from cortex.frontend import find_regions
+    from cortex.ir import nodes as ir
+
+    torch.manual_seed(0)
+    sys.path.insert(0, str(Path(__file__).parent))
+    module = _module(encoding, agg, False, tmp_path).eval()
+    _export(module, encoding, False, tmp_path / "model.onnx")
+    (region,) = find_regions(onnx.load(str(tmp_path / "model.onnx")))
+    assert region.program is not None, region.reason
+    sets = {(e.encoding, len(e.bounds)) for e in ir.walk_rows([x for c in region.program.cases for _, x in c.writes])
+            if isinstance(e, ir.SetReduce)}
+    assert sets == {expected}
