@@ -756,11 +756,10 @@ def _where(it, node, args):
     if cond.negated:
         a, b = b, a
     a = _whole_table(it, a) if isinstance(a, Table) else a
-    fields = [cond] + [x for x in (a, b) if isinstance(x, SetField)]
-    if any(f.layout == "list" or f.kind not in ("rows", "pred") for f in fields):
-        raise Refusal("a Where mixing a child set's mask with its selected rows (select the members with NonZero "
-                      "first, or weigh the whole table by the mask)")
-    if isinstance(b, SetField):
+    if isinstance(b, SetField) and b.layout == "all" and isinstance(b.body, ir.Scalar):
+        fill, nan = b.body.value, False  # torch.zeros_like(h_k): one constant everywhere
+        b = Known(np.asarray(fill, dtype=np.float32))
+    elif isinstance(b, SetField):
         if b.layout != "mask" or b.kind != "rows":
             raise Refusal("a Where over a child set whose other side varies per position")
         fill, nan = b.fill, b.nan_if_empty
@@ -770,6 +769,10 @@ def _where(it, node, args):
             raise Refusal(f"a Where over a child set whose other side is {describe(b)}, not one constant")
     if isinstance(a, SetField) and a.kind != "rows":
         raise Refusal("a Where choosing a child set's mask itself")
+    fields = [cond] + [x for x in (a, b) if isinstance(x, SetField)]
+    if any(f.layout == "list" or f.kind not in ("rows", "pred") for f in fields):
+        raise Refusal("a Where mixing a child set's mask with its selected rows (select the members with NonZero "
+                      "first, or weigh the whole table by the mask)")
     members = _combine(fields)
     lead, inner = _result_layout(node, [cond, a, b])
     body = _member_value(it, a, inner)
@@ -854,6 +857,8 @@ def _nonmember_fill(node, args) -> float:
     for a in args:
         if isinstance(a, SetField) and a.layout == "mask":
             values.append(np.asarray(a.fill, dtype=np.float32))
+        elif isinstance(a, SetField) and isinstance(a.body, ir.Scalar):  # one constant at every position
+            values.append(np.asarray(a.body.value, dtype=np.float32))
         elif isinstance(a, Known):
             values.append(a.value)
         elif a is None:

@@ -172,6 +172,12 @@ class EdgeIndexWhereMean(nn.Module):
         return total / sel.sum(-1).clamp(min=1).float()
 
 
+class EdgeIndexWhereZerosLike(nn.Module):
+    def forward(self, h, edge_index, v):
+        rows = h[edge_index[0]]
+        return torch.where((edge_index[1] == v).unsqueeze(-1), rows, torch.zeros_like(rows)).sum(0)
+
+
 class EdgeIndexMaskAttention(nn.Module):
     """Softmax attention over the edges into v: scores of every edge's source row, -inf off the mask, guarded
     where the set is empty; a leading unit axis as a batched model holds it."""
@@ -219,7 +225,8 @@ ENCODINGS = {
     "csr": (("offsets", "indices"), [CsrSlice, CsrItemSlice, CsrRangeMask, CsrAttention]),
     "edges": (("src", "dst"), [EdgesSum]),
     "edge_index": (("edge_index",), [EdgeIndexSum, EdgeIndexMean, EdgeIndexAttention, EdgeIndexMaskSum,
-                                     EdgeIndexMaskMeanOverEdges, EdgeIndexMaskMatmul, EdgeIndexWhereMean, EdgeIndexMaskAttention]),
+                                     EdgeIndexMaskMeanOverEdges, EdgeIndexMaskMatmul, EdgeIndexWhereMean, EdgeIndexMaskAttention,
+                                     EdgeIndexWhereZerosLike]),
 }
 
 
