@@ -1102,7 +1102,13 @@ def _slice_within(it, node, args):
     if isinstance(x, Table) and x.lead == 1 and len(args) >= 4 and args[3] is not None and \
             all(isinstance(a, Known) for a in args[1:] if a is not None):
         axes = [a % (1 + len(x.inner)) for a in known_ints(it, args[3], "Slice axes").reshape(-1).tolist()]
-        if 0 not in axes:
+        starts = known_ints(it, args[1], "Slice starts").reshape(-1).tolist()
+        ends = known_ints(it, args[2], "Slice ends").reshape(-1).tolist()
+        steps = known_ints(it, args[4], "Slice steps").reshape(-1).tolist() if len(args) > 4 and \
+            args[4] is not None else [1] * len(axes)
+        narrowed = any(not (lo == 0 and hi >= x.inner[a - 1] and st == 1)
+                       for a, lo, hi, st in zip(axes, starts, ends, steps) if a)
+        if 0 not in axes and narrowed:  # hc[:, 0:1]: a part of every row (a whole-row slice stays the table's)
             x = _whole_table(it, x)
     if not isinstance(x, SetField):
         return None
