@@ -19,10 +19,11 @@ from .plan import MASK, ROW, VALUE, Access, CodegenError, KernelPlan
 
 def cfloat(x: float) -> str:
     x = float(np.float32(x))
+    # compiler builtins, not std::numeric_limits: nvcc refuses a constexpr host function in device code
     if np.isnan(x):
-        return "std::numeric_limits<float>::quiet_NaN()"
+        return "__builtin_nanf(\"\")"
     if np.isinf(x):
-        return ("-" if x < 0 else "") + "std::numeric_limits<float>::infinity()"
+        return ("-" if x < 0 else "") + "__builtin_huge_valf()"
     return f"{x.hex()}f"
 
 

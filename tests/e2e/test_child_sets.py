@@ -195,6 +195,22 @@ class EdgeIndexMaskAttention(nn.Module):
         return (alpha.unsqueeze(-2) @ rows).squeeze(-2)
 
 
+class EdgeIndexUnguardedAttention(nn.Module):
+    """Softmax weights over a -inf-filled mask summed without a guard: NaN where v has no edge in (a leaf), as the
+    original computes exp(-inf - -inf); the model then tells that NaN apart (3.0), so no NaN row reaches the table
+    (a non-member's NaN row would make the original's mask product NaN: the NaN caveat)."""
+
+    def __init__(self):
+        super().__init__()
+        self.q = nn.Parameter(torch.linspace(-1.0, 1.0, H))
+
+    def forward(self, h, edge_index, v):
+        rows = h[edge_index[0]]
+        alpha = torch.softmax((rows @ self.q).masked_fill(edge_index[1] != v, float("-inf")), dim=-1)
+        out = alpha @ rows
+        return torch.where(torch.isnan(out), torch.full_like(out, 3.0), out)
+
+
 class ParentUnitAxisMatmul(nn.Module):
     """The whole table with a leading unit axis (hc.unsqueeze(0)) times the mask: [1, 1, N] @ [1, N, H]."""
 
@@ -226,7 +242,7 @@ ENCODINGS = {
     "edges": (("src", "dst"), [EdgesSum]),
     "edge_index": (("edge_index",), [EdgeIndexSum, EdgeIndexMean, EdgeIndexAttention, EdgeIndexMaskSum,
                                      EdgeIndexMaskMeanOverEdges, EdgeIndexMaskMatmul, EdgeIndexWhereMean, EdgeIndexMaskAttention,
-                                     EdgeIndexWhereZerosLike]),
+                                     EdgeIndexWhereZerosLike, EdgeIndexUnguardedAttention]),
 }
 
 
@@ -368,7 +384,8 @@ def test_child_set_model_converts_and_matches_eager(tmp_path, encoding, agg, dyn
 # ---- the CUDA target: compiles everywhere nvcc is; runs and matches where a GPU is (tools/gpu_check.sh) ----------
 
 CUDA_CASES = [("parent", MaskMatmul, False), ("csr", CsrSlice, False), ("edge_index", EdgeIndexMean, False),
-              ("parent", BoolIndexSum, True)]
+              ("parent", BoolIndexSum, True), ("edge_index", EdgeIndexMaskAttention, True),
+              ("edge_index", EdgeIndexUnguardedAttention, False), ("parent", ParentMaskAttention, False)]
 
 
 @pytest.mark.parametrize("encoding,agg,dynamo", CUDA_CASES,
