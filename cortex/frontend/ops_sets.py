@@ -774,6 +774,8 @@ def _where(it, node, args):
         raise Refusal("a Where mixing a child set's mask with its selected rows (select the members with NonZero "
                       "first, or weigh the whole table by the mask)")
     members = _combine(fields)
+    if isinstance(b, Filled) and not members.rows_are_ids:  # zeros_like(h) spans the table's rows, not the edges
+        raise Refusal("a Where over an edge list's mask whose other side is shaped like the state table")
     lead, inner = _result_layout(node, [cond, a, b])
     body = _member_value(it, a, inner)
     return SetField(members, "mask", "rows", body.expr, fill, inner, lead=lead, nan_if_empty=nan)
