@@ -241,8 +241,8 @@ ENCODINGS = {
     "csr": (("offsets", "indices"), [CsrSlice, CsrItemSlice, CsrRangeMask, CsrAttention]),
     "edges": (("src", "dst"), [EdgesSum]),
     "edge_index": (("edge_index",), [EdgeIndexSum, EdgeIndexMean, EdgeIndexAttention, EdgeIndexMaskSum,
-                                     EdgeIndexMaskMeanOverEdges, EdgeIndexMaskMatmul, EdgeIndexWhereMean, EdgeIndexMaskAttention,
-                                     EdgeIndexWhereZerosLike, EdgeIndexUnguardedAttention]),
+                                     EdgeIndexMaskMeanOverEdges, EdgeIndexMaskMatmul, EdgeIndexWhereMean,
+                                     EdgeIndexMaskAttention, EdgeIndexWhereZerosLike, EdgeIndexUnguardedAttention]),
 }
 
 
