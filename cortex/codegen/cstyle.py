@@ -441,6 +441,10 @@ def _set_lines(plan: KernelPlan, syntax, s: int, members) -> list:
                       f"(cx.{ids[arrays[0]]} + {cint(bounds[2].value)} * cx.{ids[arrays[0]]}_cols)")
             push = (f"ws.members.push_back(cortex::normalize_index(static_cast<int64_t>({source}[u]), cx.N, "
                     f"\"a member listed by {cstr(arrays[0])}\", p));")
+        if encoding == "edge_index" and len(bounds) == 4:  # the model gathers the whole source row
+            a, row = ids[arrays[0]], cint(bounds[2].value)
+            lines.append(f"        if (!sources_checked) {{ cortex::check_row_ids(cx.{a} + {row} * cx.{a}_cols, "
+                         f"cx.{a}_cols, cx.N, \"{cstr(arrays[0])}\", p); sources_checked = true; }}")
         lines.append(f"        ws.buckets[{b}].each<{dtype[key[0]]}>({render_index(bounds[0], syntax)}, "
                      f"[&](int64_t u) {{ {push} }});  // {comment(encoding)} {comment(', '.join(arrays))}")
     lines.append(f"        ws.set_end[q * Workspace::kSets + {s}] = static_cast<int64_t>(ws.members.size());")
@@ -475,6 +479,8 @@ def prepare_fn(plan: KernelPlan, syntax: HostSyntax) -> str:
             lines.append(f"  ws.buckets[{b}].build<{dtype[key[0]]}>({pointer}, {count}, cx.N);  // members by "
                          f"{comment(key[0])}" + (f" row {key[1]}" if key[1] is not None else ""))
     lines += _host_state_lines(plan, syntax)
+    if any(enc == "edge_index" and len(bounds) == 4 for cp in plan.cases for enc, _, bounds in cp.layout.sets):
+        lines.append("  bool sources_checked = false;  // a whole source row of an edge list, once read")
     lines += [
         "  int64_t q = 0;",
         "  for (int64_t p = 0; p < cx.L; ++p) {",

@@ -29,9 +29,11 @@ NEG_INF, POS_INF = float("-inf"), float("inf")
 
 @dataclass(frozen=True)
 class KeyRow:
-    """Row `row` of a 2-D runtime integer array (an edge list's sources or targets, `edge_index[1]`)."""
+    """Row `row` of a 2-D runtime integer array (an edge list's sources or targets, `edge_index[1]`); `column`: as
+    an [E, 1] column (the dynamo exporter's GatherND index)."""
     array: str
     row: int
+    column: bool = False
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,11 @@ class Members:
     def rows_are_ids(self) -> bool:
         return self.encoding == "parent"
 
+    @property
+    def length(self) -> ir.IExpr:
+        """The length of the set's axis (a mask's length: what a mean over it divides by)."""
+        return ir.Length(self.axis, 1 if self.encoding == "edge_index" else 0)
+
 
 @dataclass(frozen=True)
 class SetField:
@@ -55,7 +62,16 @@ class SetField:
     members' positions on the axis, after NonZero), 'ids' (their node ids), 'rows' (per-member values: `body`, an IR
     row expression whose leaves may read a member's rows through ir.Member()). `inner`: each element's shape;
     `index_rank`: NonZero's [1, M] / Transpose's [M, 1] layouts of positions. `lead`: unit dimensions before the
-    set's axis (`h[kids].unsqueeze(0)`: [1, M, ...]); the set's axis is axis `lead` of the value."""
+    set's axis (`h[kids].unsqueeze(0)`: [1, M, ...]); the set's axis is axis `lead` of the value.
+
+    Layout 'all' (kind 'rows'): every position of an axis holds `body`, the rows of the position's node: the whole
+    state table (`h`, a position is a node id; members encoding 'all', no arrays) or a table's rows gathered at an
+    edge list's row (`h[edge_index[0]]`: position e holds row edge_index[0][e]; arrays (edge_index,), bounds (0,)).
+    It becomes a set only where a mask over the same axis selects its positions (`h_k * mask`, `where(mask, h_k,
+    c)`, `mask @ h_k`): the mask's members then read the rows the positions name ('resolved' members: `_resolve`).
+    `negated` (kind 'pred'): the complement of the mask (`~mask`: true at the non-members). `nan_if_empty` (layout
+    'mask'): the non-members hold `fill` while the set has members and NaN when it has none (a softmax over a
+    mask filled with -inf)."""
     members: Members
     layout: str
     kind: str
@@ -64,6 +80,8 @@ class SetField:
     inner: tuple = ()
     shape_tag: str = ""  # positions: "nonzero" [1, M] or "column" [M, 1] or "" [M]
     lead: int = 0
+    negated: bool = False
+    nan_if_empty: bool = False
 
     @property
     def rank(self) -> int:
@@ -147,6 +165,76 @@ def _mask_members(it, key_ref, key) -> Members:
     return Members("edge_index", (name,), (key, ix.const(row)), name)  # the member row: set by _ids_from
 
 
+def _all_members(array=None, row=None) -> Members:
+    """The positions of an axis before a mask selects some: the state rows (array None) or an edge list's axis, each
+    position naming the node whose rows it holds (row `row` of the edge list)."""
+    if array is None:
+        return Members("all", (), (), None)
+    return Members("all", (array,), () if row is None else (ix.const(row),), array)
+
+
+def _whole_table(it, t: Table) -> SetField:
+    """A state table used as a value over its rows (masked by a parent array's mask): row u at position u."""
+    if t.lead != 1:
+        raise Refusal(f"a child-set mask over the cells of grid state table {t.name}")
+    return SetField(_all_members(), "all", "rows", _member_row(it, t), inner=tuple(t.inner))
+
+
+def _rows_at(it, data, key: KeyRow) -> SetField:
+    """data[edge_index[r]]: position e of the edge list holds the row of node edge_index[r][e]."""
+    if isinstance(data, Table) and data.lead != 1:
+        raise Refusal(f"the cells of grid state table {data.name} gathered at an edge list")
+    return SetField(_all_members(key.array, key.row), "all", "rows", _member_row(it, data), inner=_row_inner(data))
+
+
+def _key_of(m: Members) -> Members:
+    """The mask part of a set: which positions are members (before what each member reads is known)."""
+    if m.encoding == "edges":
+        return Members("parent", (m.arrays[1],), m.bounds, m.arrays[1])
+    if m.encoding == "edge_index" and len(m.bounds) >= 3:
+        return replace(m, bounds=m.bounds[:2])
+    return m
+
+
+def _resolve(key: Members, rows: Members) -> Members:
+    """The set a mask (`key`) selects from values over an axis (`rows`, layout 'all'), proved to span the same axis:
+    a parent array's mask over the state rows; an edge list's mask [2, E] over rows gathered at the edge list's
+    other row. Anything else is refused (a CSR range mask over rows gathered at every index: the original gathers
+    indices outside the range too, whose errors only a whole-row check would keep)."""
+    if key.encoding == "parent" and rows.arrays == ():
+        return key  # parent == v over the rows of the tables (its length must be theirs: checked at run time)
+    if key.encoding == "edge_index" and len(key.bounds) == 2 and rows.arrays == key.arrays and \
+            len(rows.bounds) == 1 and rows.bounds[0] != key.bounds[1]:
+        # the model gathers every edge's source row: a fourth bound asks the kernel to check them all
+        return replace(key, bounds=key.bounds + rows.bounds + (ix.const(1),))
+    what = "the state table's rows" if not rows.arrays else \
+        f"rows gathered at {rows.arrays[0]}" + (f"[{rows.bounds[0].value}]" if rows.bounds else "")
+    mask = f"{key.arrays[0]}" + (f"[{key.bounds[1].value}]" if key.encoding == "edge_index" else "")
+    raise Refusal(f"a mask over {mask} applied to {what}: they do not span the same axis (a parent array's mask "
+                  f"selects the table's rows; an edge list's mask selects rows gathered at its other row)",
+                  hint="select the members first (h[src[dst == v]], h[indices[offsets[v]:offsets[v + 1]]])")
+
+
+def _combine(fields) -> Members:
+    """The one set of several values over masks and whole axes (layouts 'mask' and 'all'), or a refusal."""
+    alls = {f.members for f in fields if f.layout == "all"}
+    masks = {f.members for f in fields if f.layout == "mask"}
+    if len(alls) > 1:
+        raise Refusal("values over the rows of different index arrays combined position by position")
+    keys = {_key_of(m) for m in masks}
+    if len(keys) > 1:
+        raise Refusal("the masks of different child sets combined position by position")
+    if not masks:
+        return alls.pop()
+    key = keys.pop()
+    resolved = {m for m in masks if m != key}
+    if alls:
+        resolved.add(_resolve(key, next(iter(alls))))
+    if len(resolved) > 1:
+        raise Refusal("a child set's mask applied to rows gathered at different index arrays")
+    return resolved.pop() if resolved else key
+
+
 # ---- the ops ---------------------------------------------------------------------------------------------------
 
 
@@ -174,11 +262,29 @@ def _gather(it, node, args):
             raise Refusal(f"row {int(idx.value)} of edge list {data.name}, whose row count is dynamic")
         it.use_array(data)
         return KeyRow(data.name, row)
+    if isinstance(idx, KeyRow) and axis == 0 and not idx.column and isinstance(data, (Table, Array)):
+        return _rows_at(it, data, idx)
     if isinstance(idx, SetField) and axis == 0:
         return _at_members(it, data, idx)
+    if isinstance(data, Table) and data.lead == 1 and isinstance(idx, Known) and axis % (1 + len(data.inner)) != 0:
+        data = _whole_table(it, data)  # hc[:, 0] of a whole table: within each row
+    if isinstance(data, SetField) and data.layout == "all" and not data.members.arrays and \
+            norm_axis(axis, data.rank, "Gather axis") == data.lead and isinstance(idx, (Sym, Known)):
+        return _rows_of_whole(it, data, idx)
     if isinstance(data, SetField):
         return _gather_within(data, idx, norm_axis(axis, data.rank, "Gather axis"))
     return None
+
+
+def _rows_of_whole(it, x: SetField, idx) -> Row:
+    """Rows at structure indices of a value over the whole state table (`h[:, cols][l]`): its body, at each index."""
+    elems = [ix.as_index(e) for e in it.sym(idx, "the Gather index").elems.reshape(-1)]
+    shape = np.asarray(idx.value).shape if isinstance(idx, Known) else idx.shape
+
+    def at(e):
+        return ir.transform(lambda n: replace(n, index=e) if isinstance(n, (ir.ChildState, ir.InputRow)) and
+                            isinstance(n.index, ir.Member) else n)(x.member().expr)
+    return Row(ir.concat([at(e) for e in elems]), (1,) * x.lead + tuple(shape) + tuple(x.inner))
 
 
 def _gather_within(x: SetField, idx, axis: int) -> SetField:
@@ -247,6 +353,9 @@ def _row_inner(data) -> tuple:
 
 def _gather_nd(it, node, args):
     data, idx = args[0], args[1]
+    if isinstance(idx, KeyRow) and idx.column and int(attr(node, "batch_dims", 0)) == 0 and \
+            isinstance(data, (Table, Array)):
+        return _rows_at(it, data, replace(idx, column=False))
     if not isinstance(idx, SetField):
         return None
     if idx.kind not in ("positions", "ids") or idx.shape_tag != "column" or int(attr(node, "batch_dims", 0)) != 0:
@@ -260,8 +369,9 @@ def _nonzero(it, node, args):
         x = _interval_mask(it, x)
     if not isinstance(x, SetField):
         return None
-    if x.kind != "pred" or x.layout != "mask" or x.inner not in ((), (1,)):
-        raise Refusal("NonZero of a child-set value other than its mask")
+    if x.kind != "pred" or x.layout != "mask" or x.inner or x.lead or x.negated:  # [1, M]: one row of positions
+        raise Refusal("NonZero of a child-set value other than its mask" +
+                      (" (of its complement: the non-members)" if x.negated else ""))
     return SetField(x.members, "list", "positions", shape_tag="nonzero")
 
 
@@ -310,6 +420,12 @@ def _unsqueeze(it, node, args):
     x = args[0]
     if isinstance(x, SetCount) and x.rank == 0:
         return replace(x, rank=1)
+    axes = known_ints(it, args[1], "Unsqueeze axes").reshape(-1).tolist() if len(args) > 1 and args[1] is not None \
+        else attr(node, "axes")
+    if isinstance(x, KeyRow) and not x.column and axes is not None and [a % 2 for a in axes] == [1]:
+        return replace(x, column=True)  # edge_index[0].unsqueeze(-1): the [E, 1] index of a GatherND
+    if isinstance(x, Table) and x.lead == 1 and axes is not None:
+        x = _whole_table(it, x)  # h.unsqueeze(0): the whole table as a value over its rows
     if not isinstance(x, SetField):
         return None
     axes = known_ints(it, args[1], "Unsqueeze axes").reshape(-1).tolist() if len(args) > 1 and args[1] is not None \
@@ -334,7 +450,12 @@ def _cast(it, node, args):
     to = int(attr(node, "to"))
     import onnx
     if x.kind == "pred" and to in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
-        return replace(x, kind="rows", body=ir.Scalar(1.0), fill=0.0)
+        on, off = (0.0, 1.0) if x.negated else (1.0, 0.0)
+        return replace(x, kind="rows", body=ir.Scalar(on), fill=off, negated=False)
+    if x.kind == "pred" and to == onnx.TensorProto.BOOL:
+        return x
+    if x.kind == "pred" and not x.negated and to in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+        return replace(x, kind="int", body=ir.Scalar(1.0), fill=0.0)  # 0/1 integers: counted by a ReduceSum
     if x.kind in ("ids", "positions") and to in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
         return x
     raise Refusal(f"a Cast of child-set {x.kind} to type {to}")
@@ -363,8 +484,28 @@ def _slice(it, node, args):
     return SetField(members, "list", "ids")
 
 
+def _slice_or_within(it, node, args):
+    out = _slice(it, node, args)
+    return out if out is not None else _slice_within(it, node, args)
+
+
+def _constant_like(x: SetField, value: float) -> SetField:
+    """torch.full_like(x, value) of a set value x: value at every position (members and non-members alike)."""
+    if x.kind not in ("rows", "pred", "int"):
+        raise Refusal(f"a constant shaped like child-set {x.kind}")
+    return replace(x, kind="rows", body=ir.Scalar(value), fill=value if x.layout == "mask" else None,
+                   negated=False, nan_if_empty=False)
+
+
 def _constant_of_shape(it, node, args):
     shape = args[0]
+    if isinstance(shape, SetShape):
+        from onnx import numpy_helper
+        value = attr(node, "value")
+        arr = numpy_helper.to_array(value).reshape(-1) if value is not None else np.zeros(1, np.float32)
+        if arr.dtype.kind != "f":
+            raise Refusal("an integer tensor shaped like a child-set value")
+        return _constant_like(shape.field, float(arr[0]))
     if isinstance(shape, Known) or not isinstance(shape, Sym):
         return None
     from onnx import numpy_helper
@@ -386,6 +527,8 @@ def _expand(it, node, args):
     Expand(x, Shape(x)) of a set value is x."""
     x, shape = args[0], args[1]
     if isinstance(shape, SetShape):
+        if isinstance(x, Known) and x.value.size == 1 and x.value.dtype.kind == "f":
+            return _constant_like(shape.field, float(x.value.reshape(-1)[0]))
         if x != shape.field:
             raise Refusal("an Expand of a child-set value to another value's shape")
         return x
@@ -479,6 +622,12 @@ def _count_of(it, node, args):
     """Gather(Shape(x), 0) of a set value x: its member count."""
     data, idx = args[0], args[1]
     if isinstance(data, SetShape) and isinstance(idx, Known) and idx.value.size == 1 and \
+            int(attr(node, "axis", 0)) == 0:
+        dims = _static_dims(data.field)
+        k = int(idx.value.reshape(-1)[0])
+        if -len(dims) <= k < len(dims) and dims[k] is not None:  # a dimension other than the set's: a constant
+            return Known(np.full(idx.value.shape, dims[k], dtype=np.int64))
+    if isinstance(data, SetShape) and isinstance(idx, Known) and idx.value.size == 1 and \
             int(idx.value.reshape(-1)[0]) == 0 and int(attr(node, "axis", 0)) == 0:
         if data.field.layout != "list":
             return None  # a mask's length is its axis's
@@ -486,6 +635,13 @@ def _count_of(it, node, args):
     if isinstance(data, SetShape):
         raise Refusal("a dimension of a child-set value's shape other than its member count")
     return None
+
+
+def _static_dims(x: SetField) -> list:
+    """The dimensions of a set value's shape, None at the set's axis."""
+    if x.kind in ("positions", "ids"):
+        return {"nonzero": [1, None], "column": [None, 1]}.get(x.shape_tag, [None])
+    return [1] * x.lead + [None] + list(x.inner)
 
 
 def _concat_dims(it, node, args):
@@ -541,7 +697,55 @@ def _fill_value(v):
     return None
 
 
+BIG_M = 1_000_003  # the set's axis in a broadcast of static shapes (no model has a dimension this size)
+
+
+def _set_shape(v):
+    """The shape the graph sees, the set's axis as BIG_M (a whole table's rows, zeros_like(table)'s rows too)."""
+    if isinstance(v, SetField):
+        return (1,) * v.lead + (BIG_M,) + tuple(v.inner)
+    if isinstance(v, Table):
+        return (BIG_M,) + tuple(v.inner)
+    if isinstance(v, Filled):
+        return (BIG_M,) + tuple(v.inner)
+    return shape_of(v)
+
+
+def _result_layout(node, args):
+    """(lead, inner) of an elementwise result over a set: numpy broadcasting with the set's axis aligned."""
+    shapes = [_set_shape(a) for a in args if a is not None]
+    if any(sh is None for sh in shapes):
+        raise Refusal(f"{node.op_type} of a child set's values with an operand of unknown shape")
+    try:
+        out = np.broadcast_shapes(*shapes)
+    except ValueError:
+        raise Refusal(f"{node.op_type}: operands do not broadcast over the child set's axis") from None
+    if list(out).count(BIG_M) != 1 or any(d != 1 for d in out[:out.index(BIG_M)]):
+        raise Refusal(f"{node.op_type} of a child set's values along another axis than the set's")
+    lead = out.index(BIG_M)
+    return lead, tuple(out[lead + 1:])
+
+
+def _member_value(it, v, inner) -> Row:
+    """One member's value of v (a set value, or a node value broadcast to every member), shaped `inner`."""
+    from .layout import broadcast_row
+    if isinstance(v, SetField):
+        row = v.member()
+    elif isinstance(v, Known):
+        shape = tuple(v.value.shape)
+        extra = max(len(shape) - len(inner), 0)
+        row = it.row(Known(v.value.reshape(shape[extra:])), "operand")
+    else:
+        row = it.row(v, "operand")
+        if len(row.shape) > len(inner):
+            extra = len(row.shape) - len(inner)
+            row = Row(row.expr, tuple(row.shape[extra:]))
+    return broadcast_row(it, row, tuple(inner))
+
+
 def _where(it, node, args):
+    """Where(mask, a, b): the members hold a (a whole table's rows, rows gathered at an edge list, a set value or a
+    node value), the others b, which must be one constant (or a set value's constant fill)."""
     cond, a, b = args
     if not isinstance(cond, SetField):
         if any(isinstance(x, SetField) for x in (a, b)):
@@ -549,26 +753,41 @@ def _where(it, node, args):
         return None
     if cond.kind != "pred" or cond.layout != "mask":
         raise Refusal("a Where on a child-set value other than its mask")
-    if not cond.members.rows_are_ids:
-        raise Refusal("a Where over an edge list's mask (select the members with NonZero first)")
-    fill = _fill_value(b)
-    if fill is None:
-        raise Refusal(f"a Where over a child set whose other side is {describe(b)}, not one constant")
-    row = _member_row(it, a)
-    return SetField(cond.members, "mask", "rows", row, fill, _row_inner(a))
+    if cond.negated:
+        a, b = b, a
+    a = _whole_table(it, a) if isinstance(a, Table) else a
+    if isinstance(b, SetField) and b.layout == "all" and isinstance(b.body, ir.Scalar):
+        fill, nan = b.body.value, False  # torch.zeros_like(h_k): one constant everywhere
+        b = Known(np.asarray(fill, dtype=np.float32))
+    elif isinstance(b, SetField):
+        if b.layout != "mask" or b.kind != "rows":
+            raise Refusal("a Where over a child set whose other side varies per position")
+        fill, nan = b.fill, b.nan_if_empty
+    else:
+        fill, nan = _fill_value(b), False
+        if fill is None or (isinstance(b, Known) and b.value.dtype.kind != "f"):
+            raise Refusal(f"a Where over a child set whose other side is {describe(b)}, not one constant")
+    if isinstance(a, SetField) and a.kind != "rows":
+        raise Refusal("a Where choosing a child set's mask itself")
+    fields = [cond] + [x for x in (a, b) if isinstance(x, SetField)]
+    if any(f.layout == "list" or f.kind not in ("rows", "pred") for f in fields):
+        raise Refusal("a Where mixing a child set's mask with its selected rows (select the members with NonZero "
+                      "first, or weigh the whole table by the mask)")
+    members = _combine(fields)
+    if isinstance(b, Filled) and not members.rows_are_ids:  # zeros_like(h) spans the table's rows, not the edges
+        raise Refusal("a Where over an edge list's mask whose other side is shaped like the state table")
+    lead, inner = _result_layout(node, [cond, a, b])
+    body = _member_value(it, a, inner)
+    return SetField(members, "mask", "rows", body.expr, fill, inner, lead=lead, nan_if_empty=nan)
 
 
-def _mask_multiply(it, node, args):
-    """mask[:, None] * h: the members' rows (0 * a non-member's row is 0 unless that row is not finite)."""
-    fields = [a for a in args if isinstance(a, SetField)]
-    if node.op_type == "Mul" and len(fields) == 1 and fields[0].kind == "rows" and fields[0].layout == "mask" \
-            and fields[0].body == ir.Scalar(1.0) and isinstance(args[1 - args.index(fields[0])], Table):
-        mask = fields[0]
-        if not mask.members.rows_are_ids:
-            raise Refusal("a product with an edge list's mask (select the members with NonZero first)")
-        table = args[1 - args.index(mask)]
-        return SetField(mask.members, "mask", "rows", _member_row(it, table), 0.0, tuple(table.inner))
-    return None
+def _not(it, node, args):
+    x = args[0]
+    if not isinstance(x, SetField):
+        return None
+    if x.kind != "pred" or x.layout != "mask":
+        raise Refusal(f"a Not of child-set {x.kind}")
+    return replace(x, negated=not x.negated)
 
 
 PER_MEMBER_OPS = set(ROW_ARITH) | set(UNARY) | {"Gelu", "Clip", "Identity", "Sum", "Mean", "Max", "Min", "MatMul",
@@ -578,13 +797,24 @@ PER_MEMBER_OPS = set(ROW_ARITH) | set(UNARY) | {"Gelu", "Clip", "Identity", "Sum
 def _per_member(it, node, args, lookup):
     """An op that keeps the set's axis apart (elementwise math, a product by a weight): the regular handler on one
     member's values (the set value's body, with the node's own values broadcast to it) gives the body of the
-    result."""
+    result. Values over a whole axis and masks of it combine position by position (`h_k * mask`): the result is a
+    mask when one operand is, whose non-members hold one constant (`_nonmember_fill`)."""
     fields = [a for a in args if isinstance(a, SetField)]
     if not fields or node.op_type not in PER_MEMBER_OPS:
         return None
     first = fields[0]
-    if any(f.kind != "rows" or f.layout != "list" or f.members != first.members for f in fields):
+    layouts = {f.layout for f in fields}
+    if any(f.kind != "rows" for f in fields) or ("list" in layouts and len(layouts) > 1):
         raise Refusal(f"{node.op_type} of child-set values other than per-member rows of one set")
+    if "list" in layouts:
+        if any(f.members != first.members for f in fields):
+            raise Refusal(f"{node.op_type} of child-set values other than per-member rows of one set")
+        members, layout = first.members, "list"
+    else:
+        args = [_whole_table(it, a) if isinstance(a, Table) else a for a in args]
+        fields = [a for a in args if isinstance(a, SetField)]
+        first = fields[0]
+        members, layout = _combine(fields), ("mask" if "mask" in layouts else "all")
     if node.op_type in ("MatMul", "Gemm") and (args[0] is not first or len(fields) > 1 or not first.inner
                                                  or int(attr(node, "transA", 0))):
         raise Refusal(f"a {node.op_type} that multiplies along a child set's axis")
@@ -597,7 +827,8 @@ def _per_member(it, node, args, lookup):
         if isinstance(a, SetField):
             if len(a.inner) != inner_rank:
                 raise Refusal(f"{node.op_type} of child-set values of different ranks")
-            member_args.append(Row(a.body, tuple(a.inner)))
+            member_args.append(Row(a.body, tuple(a.inner)) if a.body.width == int(np.prod(a.inner, dtype=np.int64))
+                               else a.member())
             continue
         shape = shape_of(a) if isinstance(a, (Row, Known, Sym)) else None
         if shape is not None and len(shape) > inner_rank and node.op_type not in ("MatMul", "Gemm"):
@@ -613,7 +844,42 @@ def _per_member(it, node, args, lookup):
     out = out[0] if isinstance(out, list) else out
     if not isinstance(out, Row):
         raise Refusal(f"{node.op_type} of a child set's values gives {describe(out)}")
-    return SetField(first.members, "list", "rows", out.expr, inner=tuple(out.shape), lead=lead)
+    if layout != "mask":
+        return SetField(members, layout, "rows", out.expr, inner=tuple(out.shape), lead=lead)
+    fill = _nonmember_fill(node, args)
+    nan = any(f.nan_if_empty for f in fields if f.layout == "mask")
+    return SetField(members, "mask", "rows", out.expr, fill, tuple(out.shape), lead=lead, nan_if_empty=nan)
+
+
+def _nonmember_fill(node, args) -> float:
+    """What the op gives at a mask's non-members, which must be one constant: the op folded over the masks' fills
+    and the constants; or 0 for a product by a mask's 0 (0 * x; a non-member row holding inf or NaN would give NaN
+    in the original: the NaN caveat of docs/ir.md)."""
+    values, unknown = [], False
+    for a in args:
+        if isinstance(a, SetField) and a.layout == "mask":
+            values.append(np.asarray(a.fill, dtype=np.float32))
+        elif isinstance(a, SetField) and isinstance(a.body, ir.Scalar):  # one constant at every position
+            values.append(np.asarray(a.body.value, dtype=np.float32))
+        elif isinstance(a, Known):
+            values.append(a.value)
+        elif a is None:
+            values.append(None)
+        else:
+            values.append(None)
+            unknown = True
+    zero_mask = any(isinstance(a, SetField) and a.layout == "mask" and a.fill == 0.0 for a in args)
+    if node.op_type == "Mul" and zero_mask and unknown:
+        return 0.0
+    if node.op_type in ("MatMul", "Gemm") and isinstance(args[0], SetField) and args[0].fill == 0.0 and \
+            (node.op_type == "MatMul" or len(args) < 3 or args[2] is None):
+        return 0.0
+    if not unknown:
+        out = np.asarray(interpreter.fold_node(node, values)[0], dtype=np.float64).reshape(-1)
+        if out.size and (np.all(out == out[0]) or np.all(np.isnan(out))):
+            return float(out[0])
+    raise Refusal(f"{node.op_type} over a child set's mask whose non-members would hold values that vary (a mask "
+                  "selects rows by a product with it, a Where with a constant, or a mask matmul)")
 
 
 REDUCTIONS = {"ReduceSum": "add", "ReduceMax": "max", "ReduceMin": "min", "ReduceMean": "mean", "ReduceProd": "mul"}
@@ -634,18 +900,43 @@ def _reduce(it, node, args):
     axes = sorted({norm_axis(a, x.rank, "reduce axes") for a in axes})
     if not axes:
         raise Refusal(f"{node.op_type} of a child set over an empty list of axes")
+    op = REDUCTIONS[node.op_type]
+    if x.kind == "int" and axes == [x.lead] and op == "add":  # the number of members: an integer
+        shape = (1,) * x.lead + ((1,) if keepdims else ()) + tuple(x.inner)
+        count = _reduction(_counted(x.members), "add", ir.Scalar(1.0), 1)
+        return IntRow(Row(count if not x.inner else ir.Take(count, (0,) * len(np.zeros(x.inner).reshape(-1)),
+                                                            int(np.prod(x.inner))), shape))
+    if x.kind == "int" and axes == [x.lead] and op == "max" and x.layout == "mask" and not x.inner:
+        # mask.any(): 1 where the set has a member; over an empty axis ONNX's ReduceMax gives the type's lowest value
+        shape = (1,) * x.lead + ((1,) if keepdims else ())
+        count = _reduction(_counted(x.members), "add", ir.Scalar(1.0), 1)
+        empty_axis = ir.IndexValue(ix.iselect(ix.cmp("eq", x.members.length, ix.const(0)), ix.const(1), ix.const(0)))
+        lowest = ir.binary("mul", empty_axis, ir.Scalar(float(np.iinfo(np.int64).min)))
+        return IntRow(Row(ir.binary("add", ir.binary("min", count, ir.Scalar(1.0)), lowest), shape))
     if x.kind != "rows":
         raise Refusal(f"{node.op_type} of child-set {x.kind}")
-    op = REDUCTIONS[node.op_type]
     if all(a > x.lead for a in axes):
         return _reduce_within(it, x, [a - x.lead - 1 for a in axes], bool(keepdims), op)
     if axes != [x.lead]:
         raise Refusal(f"{node.op_type} of a child set over the set's axis and others at once")
+    if x.layout == "all":
+        raise Refusal(f"{node.op_type} over every position of an axis: no mask selects a child set")
     row = _set_reduce(x, "add" if op == "mean" else op)
     if op == "mean":
         row = ir.binary("div", row, _count(x))
+    if x.nan_if_empty:
+        row = _nan_where_empty(x.members, row)
     shape = (1,) * x.lead + ((1,) if keepdims else ()) + tuple(x.inner)
     return Row(row, shape)
+
+
+def _counted(m: Members) -> Members:
+    """A set whose members are only counted: an edge list's mask needs a member row to be a SetReduce (the other
+    row: its ids are checked as the model's own gather at the mask checks them)."""
+    if m.encoding == "edge_index" and len(m.bounds) == 2:
+        row = int(m.bounds[1].value)
+        return replace(m, bounds=m.bounds + (ix.const(0 if row else 1),))
+    return m
 
 
 def _reduce_within(it, x: SetField, axes, keepdims: bool, op: str) -> SetField:
@@ -662,14 +953,21 @@ def _reduce_within(it, x: SetField, axes, keepdims: bool, op: str) -> SetField:
 
 
 def _softmax(it, node, args):
-    """Softmax / LogSoftmax over a child set's axis (attention over the members) or within each member."""
+    """Softmax / LogSoftmax over a child set's axis (attention over the members) or within each member. Over a mask
+    whose non-members hold -inf (`scores.masked_fill(~mask, -inf)`): the members' softmax, 0 (or -inf) at the
+    non-members, NaN everywhere when the set is empty (as the original: exp(-inf - -inf))."""
     x = args[0]
     if not isinstance(x, SetField):
+        if isinstance(x, Table):
+            raise Refusal(f"a {node.op_type} of the whole state table {x.name}")
         return None
-    if x.kind != "rows" or x.layout != "list" or it.opset < 13:
+    if x.kind != "rows" or x.layout == "all" or it.opset < 13:
         raise Refusal(f"a {node.op_type} of a child set's {x.layout} {x.kind} (select the members first)")
     axis = norm_axis(attr(node, "axis", -1), x.rank, f"{node.op_type} axis")
     member = x.member()
+    if x.layout == "mask" and (axis != x.lead or x.fill != NEG_INF or x.nan_if_empty):
+        raise Refusal(f"a {node.op_type} over a child set's mask whose non-members hold {x.fill}, not -inf "
+                      "(scores.masked_fill(~mask, float('-inf')) converts)")
     if axis < x.lead:  # over a unit dimension: every element is its own softmax
         one = ir.Scalar(0.0 if node.op_type == "LogSoftmax" else 1.0)
         return x.with_member(Row(ir.Take(one, (0,) * member.expr.width, member.expr.width), member.shape))
@@ -682,6 +980,9 @@ def _softmax(it, node, args):
     total = _reduction(x.members, "add", ir.unary("exp", shifted), width)
     out = ir.binary("sub", shifted, ir.unary("log", total)) if node.op_type == "LogSoftmax" else \
         ir.binary("div", ir.unary("exp", shifted), total)
+    if x.layout == "mask":
+        return replace(x.with_member(Row(out, member.shape)), fill=NEG_INF if node.op_type == "LogSoftmax" else 0.0,
+                       nan_if_empty=True)
     return x.with_member(Row(out, member.shape))
 
 
@@ -689,7 +990,7 @@ def _count(x: SetField) -> ir.RExpr:
     """How many elements a mean divides by: the members of a list, the whole axis of a mask."""
     if x.layout == "list":
         return _reduction(x.members, "add", ir.Scalar(1.0), 1)
-    return ir.IndexValue(ir.Length(x.members.axis))
+    return ir.IndexValue(x.members.length)
 
 
 def _set_reduce(x: SetField, op: str) -> ir.RExpr:
@@ -700,49 +1001,172 @@ def _set_reduce(x: SetField, op: str) -> ir.RExpr:
         if x.fill is None or x.fill != IDENTITY[op]:
             raise Refusal(f"a {op} over a child set's mask whose other rows hold {x.fill} (the identity of {op}, "
                           f"{IDENTITY[op]}, converts)")
-    return _reduction(x.members, op, body, width)
+    members = x.members
+    if not any(isinstance(e, ir.Member) for e in ir.walk([body])):
+        members = _counted(members)  # a count or a sum of constants: the positions only
+    return _reduction(members, op, body, width)
 
 
 def _reduction(m: Members, op: str, body: ir.RExpr, width: int) -> ir.RExpr:
     encoding, arrays, bounds = m.encoding, m.arrays, m.bounds
-    if encoding == "edge_index" and len(bounds) != 3:
+    if encoding == "edge_index" and len(bounds) not in (3, 4):
         raise Refusal(f"a reduction over a mask of edge list {arrays[0]} (select its other row at the mask's "
                       "NonZero positions)")
+    if encoding == "all":
+        raise Refusal("a reduction over every position of an axis: no mask selects a child set")
     return ir.SetReduce(op, encoding, tuple(arrays), tuple(bounds), body, IDENTITY[op], width)
 
 
 def _matmul(it, node, args):
+    """mask @ rows: the sum over the positions of the mask's weights times the rows there (`(parent == v).float() @
+    h`, `(edge_index[1] == v).float() @ h[edge_index[0]]`, attention weights @ rows): a sum over the members (0 *
+    a non-member's row is 0 unless that row is not finite: the NaN caveat)."""
     a, b = args
     if isinstance(b, SetField) and not isinstance(a, SetField):
         raise Refusal("a product with a child set on the right")
-    if not isinstance(a, SetField) or a.layout == "list":
+    if not isinstance(a, SetField) or a.layout == "list" or a.inner:
         return None  # a product of each member's rows: _per_member
-    if not (a.kind == "rows" and a.layout == "mask" and a.body == ir.Scalar(1.0) and a.inner == ()):
-        raise Refusal("a product of child-set values other than its 0/1 mask")
-    if not a.members.rows_are_ids:
-        raise Refusal("a product of an edge list's mask (select the members with NonZero first)")
-    if not isinstance(b, Table) or len(b.inner) != 1:
-        raise Refusal(f"the mask of a child set multiplies {describe(b)}, not a state table of rows")
-    # sum over u of mask[u] * h[u]: the members' rows (0 * a non-member's row is 0 unless that row is not finite)
-    row = _reduction(a.members, "add", _member_row(it, b), b.width)
-    return Row(row, tuple(b.inner))
+    if a.kind != "rows" or a.layout != "mask" or a.fill != 0.0:
+        raise Refusal("a product of child-set values other than its mask or weights that are 0 at non-members")
+    b = _whole_table(it, b) if isinstance(b, Table) else b
+    if not isinstance(b, SetField) or b.kind != "rows" or b.layout == "list" or len(b.inner) > 1 or \
+            (b.layout == "mask" and b.fill != 0.0):
+        raise Refusal(f"the mask of a child set multiplies {describe(b)}, not rows over the mask's axis")
+    members = _combine([a, b])
+    rows = b.member()
+    body = rows.expr if a.body == ir.Scalar(1.0) else \
+        ir.binary("mul", ir.Take(a.body, (0,) * rows.expr.width, rows.expr.width) if a.body.width == 1 else a.body,
+                  rows.expr)
+    a_shape = (1,) * a.lead + (7,)
+    b_shape = (1,) * b.lead + (7,) + tuple(b.inner)
+    if not b.inner and b.lead:
+        raise Refusal("a mask times a vector over the set's axis with unit dimensions before it")
+    shape = tuple(np.matmul(np.zeros(a_shape, np.float32), np.zeros(b_shape, np.float32)).shape)
+    row = _reduction(members, "add", body, rows.expr.width)
+    if a.nan_if_empty or (b.layout == "mask" and b.nan_if_empty):
+        row = _nan_where_empty(members, row)
+    return Row(row, shape)
+
+
+def _nan_where_empty(m: Members, row: ir.RExpr) -> ir.RExpr:
+    """row, or NaN where the set is empty and its axis is not: a sum over softmax weights of a mask filled with
+    -inf, which are NaN at every position when no position is a member (as the original computes them)."""
+    count = _reduction(_counted(m), "add", ir.Scalar(1.0), 1)
+    axis_nonempty = ir.IndexValue(ix.iselect(ix.cmp("gt", m.length, ix.const(0)), ix.const(1), ix.const(0)))
+    empty = ir.binary("and", ir.binary("eq", count, ir.Scalar(0.0)), axis_nonempty)
+    return ir.Where(empty, ir.Scalar(float("nan")), row, row.width)
+
+
+class IntRow:
+    """An integer value computed from a child set (its member count, `(parent == v).sum()`), held as a float row
+    (exact for counts below 2**24). Ops that integers and floats compute alike keep it (comparisons give boolean
+    rows, a Cast to float gives the row); integer division and the like are refused."""
+    __slots__ = ("row",)
+
+    def __init__(self, row: Row):
+        self.row = row
+
+
+INT_ROW_KEEP = {"Add", "Sub", "Mul", "Max", "Min", "Clip", "Neg", "Abs", "Unsqueeze", "Squeeze", "Reshape",
+                "Identity", "Expand", "Flatten"}
+INT_ROW_BOOL = {"Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual"}
+
+
+def _int_row_op(it, node, args, lookup):
+    if not any(isinstance(a, IntRow) for a in args):
+        return None
+    import onnx
+    if node.op_type == "Cast" and int(attr(node, "to")) in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+        return args[0]
+    if any(isinstance(a, Known) and a.value.dtype.kind == "f" for a in args) and node.op_type in INT_ROW_KEEP:
+        raise Refusal(f"{node.op_type} of a child set's integer count with a float constant")
+    plain = [a.row if isinstance(a, IntRow) else a for a in args]
+    if node.op_type == "Cast" and int(attr(node, "to")) in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
+        return plain[0]
+    if node.op_type == "Cast" and int(attr(node, "to")) == onnx.TensorProto.BOOL:
+        row = plain[0]
+        return Row(ir.binary("ne", row.expr, ir.Scalar(0.0)), tuple(row.shape), True)
+    if node.op_type not in INT_ROW_KEEP | INT_ROW_BOOL:
+        raise Refusal(f"{node.op_type} of a child set's integer count (comparisons, sums, products, clamps and a "
+                      "Cast to float convert)")
+    if node.op_type in ("Unsqueeze", "Squeeze", "Reshape", "Expand") and not isinstance(args[0], IntRow):
+        raise Refusal(f"a {node.op_type} shaped by a child set's integer count")
+    out = interpreter.HANDLERS[node.op_type](it, node, plain, lookup)
+    out = out[0] if isinstance(out, list) else out
+    if node.op_type in INT_ROW_BOOL or not isinstance(out, Row):
+        return out
+    return IntRow(out)
+
+
+def _slice_within(it, node, args):
+    """A Slice of a set value (or of a whole table) on axes within each member (`hc_k[..., 0:1, :]`)."""
+    x = args[0]
+    if isinstance(x, Table) and x.lead == 1 and len(args) >= 4 and args[3] is not None and \
+            all(isinstance(a, Known) for a in args[1:] if a is not None):
+        axes = [a % (1 + len(x.inner)) for a in known_ints(it, args[3], "Slice axes").reshape(-1).tolist()]
+        starts = known_ints(it, args[1], "Slice starts").reshape(-1).tolist()
+        ends = known_ints(it, args[2], "Slice ends").reshape(-1).tolist()
+        steps = known_ints(it, args[4], "Slice steps").reshape(-1).tolist() if len(args) > 4 and \
+            args[4] is not None else [1] * len(axes)
+        narrowed = any(not (lo == 0 and hi >= x.inner[a - 1] and st == 1)
+                       for a, lo, hi, st in zip(axes, starts, ends, steps) if a)
+        if 0 not in axes and narrowed:  # hc[:, 0:1]: a part of every row (a whole-row slice stays the table's)
+            x = _whole_table(it, x)
+    if not isinstance(x, SetField):
+        return None
+    if len(args) < 4 or args[3] is None or not all(isinstance(a, Known) for a in args[1:] if a is not None):
+        raise Refusal("a Slice of a child set's values without constant axes and bounds")
+    if x.kind != "rows":
+        raise Refusal(f"a Slice of child-set {x.kind}")
+    axes = [norm_axis(a, x.rank, "Slice axes") for a in known_ints(it, args[3], "Slice axes").reshape(-1).tolist()]
+    if any(a <= x.lead for a in axes):
+        raise Refusal("a Slice of a child set's values along the set's axis or before it")
+    member = x.member()
+    member_args = [member, args[1], args[2], Known(np.asarray([a - x.lead - 1 for a in axes], dtype=np.int64))] + \
+        list(args[4:5])
+    out = interpreter.HANDLERS["Slice"](it, node, member_args, None)
+    out = out[0] if isinstance(out, list) else out
+    if not isinstance(out, Row):
+        raise Refusal(f"a Slice within a child set's values gives {describe(out)}")
+    return x.with_member(out)
 
 
 HANDLERS = {"Equal": _equal, "Gather": _gather, "GatherND": _gather_nd, "NonZero": _nonzero,
             "Transpose": _transpose, "Squeeze": _squeeze, "Reshape": _reshape,
-            "Unsqueeze": _unsqueeze, "Cast": _cast, "Slice": _slice,
+            "Unsqueeze": _unsqueeze, "Cast": _cast, "Slice": _slice_or_within,
             "Range": _range, **{op: _compare for op in COMPARISONS}, "And": _and,
             "ConstantOfShape": _constant_of_shape, "Expand": _expand, "Shape": _shape, "Max": _variadic,
-            "Min": _variadic, "Sum": _variadic, "Mean": _variadic, "Where": _where, "Mul": _mask_multiply,
+            "Min": _variadic, "Sum": _variadic, "Mean": _variadic, "Where": _where, "Not": _not,
             "MatMul": _matmul, "Concat": _concat_dims, "Tile": _repeat, "Softmax": _softmax, "LogSoftmax": _softmax,
             **{op: _reduce for op in REDUCTIONS}}
 
 
-SET_VALUES = (SetField, KeyRow, Filled, SetShape, AxisIndex, Interval, SetCount, SetDims)
+SET_VALUES = (SetField, KeyRow, Filled, SetShape, AxisIndex, Interval, SetCount, SetDims, IntRow)
+
+
+def _within_rows(it, node, args) -> bool:
+    """An op on a whole state table that computes each row from that row alone: elementwise math of one operand,
+    a reduction over the rows' own axes."""
+    if node.op_type in UNARY and node.op_type != "Identity" and len([a for a in args if a is not None]) == 1:
+        return True
+    if node.op_type in REDUCTIONS:
+        axes = known_ints(it, args[1], "reduce axes").reshape(-1).tolist() if len(args) > 1 and args[1] is not None \
+            else attr(node, "axes")
+        rank = 1 + len(args[0].inner)
+        return bool(axes) and all(a % rank != 0 for a in axes)
+    return False
 
 
 def dispatch(it, node, args, lookup):
     """The outputs when `node` builds or consumes a child set, else None (the op's own handler runs)."""
+    out = _int_row_op(it, node, args, lookup)
+    if out is not None:
+        return [out]
+    if node.op_type in ("MatMul", "Gemm") and isinstance(args[0], Table) and args[0].lead == 1 and \
+            isinstance(args[1], Known):
+        args = [_whole_table(it, args[0])] + list(args[1:])  # h @ w of a whole table: each row's product
+    elif args and isinstance(args[0], Table) and args[0].lead == 1 and _within_rows(it, node, args):
+        args = [_whole_table(it, args[0])] + list(args[1:])  # tanh(h), h.sum(-1): each row's own
     fn = HANDLERS.get(node.op_type)
     out = fn(it, node, args) if fn is not None else None
     if out is None:

@@ -959,7 +959,9 @@ class SetReduce(RExpr):
     - 'edges': arrays[0][e] for every e with arrays[1][e] == bounds[0] (predecessors from an edge list src, dst);
     - 'range': arrays[0][i] for i in the slice [bounds[0], bounds[1]) (ONNX Slice clamping: CSR child lists);
     - 'edge_index': arrays[0][bounds[2]][e] for every e with arrays[0][bounds[1]][e] == bounds[0] (an edge list
-      [2, E], the PyTorch Geometric convention; bounds[1] and bounds[2] are constant rows).
+      [2, E], the PyTorch Geometric convention; bounds[1] and bounds[2] are constant rows); a fourth bound 1 says
+      the model reads row bounds[2] whole (`h[edge_index[0]]`, masked after): every value of it is checked to be a
+      row index (ONNX Gather) once a position reads the set, not only the members'.
     Sums count a member as often as it is listed, as the model's own sum does."""
     VARIES: ClassVar[bool] = True
     op: Literal[REDUCE_OPS]
@@ -982,13 +984,16 @@ class SetReduce(RExpr):
                    "range": lambda: f"u in {a[0]}[{b[0]} : {b[1]}]",
                    "edge_index": lambda: f"u = {a[0]}[{b[2]}][e] where {a[0]}[{b[1]}][e] == {b[0]}"}
         where = members[self.encoding]() if (len(a), len(b)) == {"parent": (1, 1), "edges": (2, 1), "range": (1, 2),
-                                                                   "edge_index": (1, 3)}[self.encoding] else "?"
+                                                                   "edge_index": (1, len(b))}[self.encoding] \
+            and len(b) <= 4 else "?"
         return f"set_{self.op} {{{where}}} of {show(self.body)} (empty: {self.empty!r})"
 
     def verify(self, program):
         arity = {"parent": (1, 1), "edges": (2, 1), "range": (1, 2), "edge_index": (1, 3)}[self.encoding]
-        check((len(self.arrays), len(self.bounds)) == arity, f"set_{self.op}: {self.encoding} takes {arity[0]} "
-                                                            f"arrays and {arity[1]} bounds")
+        whole = self.encoding == "edge_index" and len(self.bounds) == 4
+        check((len(self.arrays), len(self.bounds) - whole) == arity, f"set_{self.op}: {self.encoding} takes "
+                                                                     f"{arity[0]} arrays and {arity[1]} bounds")
+        check(not whole or self.bounds[3] == IConst(1), f"set_{self.op}: the fourth bound of an edge list is 1")
         rank = 2 if self.encoding == "edge_index" else 1
         for name in self.arrays:
             decl = program.input(name)

@@ -113,6 +113,17 @@ inline void check_edge_rows(int64_t have, int64_t rows, const char* array) {
   }
 }
 
+// Every value of an index vector the model gathers rows at (h[edge_index[0]]) is a row index (ONNX Gather).
+template <class T>
+inline void check_row_ids(const T* ids, int64_t count, int64_t rows, const char* array, int64_t position) {
+  for (int64_t e = 0; e < count; ++e) {
+    const int64_t i = static_cast<int64_t>(ids[e]);
+    if (i < -rows || i >= rows) {
+      normalize_index(i, rows, (std::string("a row gathered at ") + array).c_str(), position);
+    }
+  }
+}
+
 inline const char* dtype_name(int32_t dtype) {
   switch (dtype) {
     case CORTEX_FLOAT: return "float32";

@@ -46,6 +46,13 @@ class NonzeroSum(nn.Module):
         return h[torch.nonzero(parent == v).view(-1)].sum(0)
 
 
+class NonzeroSqueezeIndexSelect(nn.Module):
+    """nonzero().squeeze(-1): TorchScript tests the [M, 1] positions' last dimension before it squeezes."""
+
+    def forward(self, h, parent, v):
+        return h.index_select(0, (parent == v).nonzero().squeeze(-1)).sum(0)
+
+
 class MaskMultiplySum(nn.Module):
     def forward(self, h, parent, v):
         return ((parent == v).float().unsqueeze(1) * h).sum(0)
@@ -137,13 +144,105 @@ class EdgeIndexAttention(_Attention):
         return self.attend(h.index_select(0, edge_index[0][edge_index[1] == v]))
 
 
+class EdgeIndexMaskSum(nn.Module):
+    """A mask over the edges weighs the rows gathered at their sources: h[src] * (dst == v)."""
+
+    def forward(self, h, edge_index, v):
+        return (h[edge_index[0]] * (edge_index[1] == v).unsqueeze(-1).float()).sum(0)
+
+
+class EdgeIndexMaskMeanOverEdges(nn.Module):
+    """A mean over the edge axis of masked rows: the members' sum over the number of edges."""
+
+    def forward(self, h, edge_index, v):
+        return (h[edge_index[0]] * (edge_index[1] == v).unsqueeze(-1).float()).mean(0)
+
+
+class EdgeIndexMaskMatmul(nn.Module):
+    def forward(self, h, edge_index, v):
+        return (edge_index[1] == v).float() @ h[edge_index[0]]
+
+
+class EdgeIndexWhereMean(nn.Module):
+    """torch.where over the edges, divided by the integer count of the mask (a leaf's count clamped to 1)."""
+
+    def forward(self, h, edge_index, v):
+        sel = edge_index[1] == v
+        total = torch.where(sel.unsqueeze(-1), h[edge_index[0]], torch.zeros(1, 8)).sum(0)
+        return total / sel.sum(-1).clamp(min=1).float()
+
+
+class EdgeIndexWhereZerosLike(nn.Module):
+    def forward(self, h, edge_index, v):
+        rows = h[edge_index[0]]
+        return torch.where((edge_index[1] == v).unsqueeze(-1), rows, torch.zeros_like(rows)).sum(0)
+
+
+class EdgeIndexMaskAttention(nn.Module):
+    """Softmax attention over the edges into v: scores of every edge's source row, -inf off the mask, guarded
+    where the set is empty; a leading unit axis as a batched model holds it."""
+
+    def __init__(self):
+        super().__init__()
+        self.q = nn.Parameter(torch.linspace(-1.0, 1.0, H))
+
+    def forward(self, h, edge_index, v):
+        sel = (edge_index[1] == v).unsqueeze(0)
+        rows = h[edge_index[0]].unsqueeze(0)
+        scores = (rows @ self.q).masked_fill(~sel, float("-inf"))
+        alpha = torch.softmax(scores, dim=-1)
+        alpha = torch.where(sel, alpha, torch.zeros_like(alpha))
+        return (alpha.unsqueeze(-2) @ rows).squeeze(-2)
+
+
+class EdgeIndexUnguardedAttention(nn.Module):
+    """Softmax weights over a -inf-filled mask summed without a guard: NaN where v has no edge in (a leaf), as the
+    original computes exp(-inf - -inf); the model then tells that NaN apart (3.0), so no NaN row reaches the table
+    (a non-member's NaN row would make the original's mask product NaN: the NaN caveat)."""
+
+    def __init__(self):
+        super().__init__()
+        self.q = nn.Parameter(torch.linspace(-1.0, 1.0, H))
+
+    def forward(self, h, edge_index, v):
+        rows = h[edge_index[0]]
+        alpha = torch.softmax((rows @ self.q).masked_fill(edge_index[1] != v, float("-inf")), dim=-1)
+        out = alpha @ rows
+        return torch.where(torch.isnan(out), torch.full_like(out, 3.0), out)
+
+
+class ParentUnitAxisMatmul(nn.Module):
+    """The whole table with a leading unit axis (hc.unsqueeze(0)) times the mask: [1, 1, N] @ [1, N, H]."""
+
+    def forward(self, h, parent, v):
+        a = (parent == v).unsqueeze(0).float()
+        return (a.unsqueeze(-2) @ h.unsqueeze(0)).squeeze(-2)
+
+
+class ParentMaskAttention(nn.Module):
+    """Attention over the whole table's rows, masked to the children: scores = h @ q, -inf off the mask."""
+
+    def __init__(self):
+        super().__init__()
+        self.q = nn.Parameter(torch.linspace(-1.0, 1.0, H))
+
+    def forward(self, h, parent, v):
+        sel = parent == v
+        alpha = torch.softmax((h @ self.q).masked_fill(~sel, float("-inf")), dim=-1)
+        alpha = torch.where(sel, alpha, torch.zeros_like(alpha))
+        return (alpha.unsqueeze(-1) * h).sum(0)
+
+
 # encoding -> structure inputs (after words) and the aggregators written for it
 ENCODINGS = {
     "parent": (("parent",), [MaskMatmul, WhereSum, BoolIndexSum, NonzeroSum, MaskMultiplySum, BoolIndexMean,
-                             WhereMax, BoolIndexAttention]),
+                             WhereMax, BoolIndexAttention, ParentUnitAxisMatmul, ParentMaskAttention,
+                             NonzeroSqueezeIndexSelect]),
     "csr": (("offsets", "indices"), [CsrSlice, CsrItemSlice, CsrRangeMask, CsrAttention]),
     "edges": (("src", "dst"), [EdgesSum]),
-    "edge_index": (("edge_index",), [EdgeIndexSum, EdgeIndexMean, EdgeIndexAttention]),
+    "edge_index": (("edge_index",), [EdgeIndexSum, EdgeIndexMean, EdgeIndexAttention, EdgeIndexMaskSum,
+                                     EdgeIndexMaskMeanOverEdges, EdgeIndexMaskMatmul, EdgeIndexWhereMean,
+                                     EdgeIndexMaskAttention, EdgeIndexWhereZerosLike, EdgeIndexUnguardedAttention]),
 }
 
 
@@ -285,7 +384,9 @@ def test_child_set_model_converts_and_matches_eager(tmp_path, encoding, agg, dyn
 # ---- the CUDA target: compiles everywhere nvcc is; runs and matches where a GPU is (tools/gpu_check.sh) ----------
 
 CUDA_CASES = [("parent", MaskMatmul, False), ("csr", CsrSlice, False), ("edge_index", EdgeIndexMean, False),
-              ("parent", BoolIndexSum, True), ("parent", WhereMax, False), ("parent", BoolIndexAttention, False)]
+              ("parent", BoolIndexSum, True), ("parent", WhereMax, False), ("parent", BoolIndexAttention, False),
+              ("edge_index", EdgeIndexMaskAttention, True), ("edge_index", EdgeIndexUnguardedAttention, False),
+              ("parent", ParentMaskAttention, False)]
 
 
 @pytest.mark.parametrize("encoding,agg,dynamo", CUDA_CASES,
@@ -331,3 +432,81 @@ def test_a_product_of_set_rows_by_a_batched_weight_is_refused_or_exact(tmp_path)
         assert "batched operand" in report.regions[0].reason
         return
     _assert_matches_eager(cortex.InferenceSession(str(tmp_path / "model.cortex.onnx")), module, "parent")
+
+
+class EdgeIndexSameRowMask(nn.Module):
+    """A mask over the targets weighing rows gathered at the targets themselves: not the set of sources."""
+
+    def forward(self, h, edge_index, v):
+        return (h[edge_index[1]] * (edge_index[1] == v).unsqueeze(-1).float()).sum(0)
+
+
+class ParentZeroFilledSoftmax(nn.Module):
+    """A softmax over the whole table whose non-members hold 0, not -inf: every row weighs in."""
+
+    def forward(self, h, parent, v):
+        scores = torch.where(parent == v, h.sum(-1), torch.zeros(1))
+        return (torch.softmax(scores, dim=-1).unsqueeze(-1) * h).sum(0)
+
+
+REFUSED = [("edge_index", EdgeIndexSameRowMask, "do not span the same axis"),
+           ("parent", ParentZeroFilledSoftmax, "not -inf")]
+
+
+@pytest.mark.parametrize("encoding,agg,reason", REFUSED, ids=[a.__name__ for _, a, _ in REFUSED])
+@pytest.mark.parametrize("dynamo", [False, True], ids=["script", "dynamo"])
+def test_masks_that_do_not_select_the_set_are_refused(tmp_path, encoding, agg, reason, dynamo):
+    if dynamo:
+        pytest.importorskip("onnxscript")
+        torch._dynamo.reset()
+    torch.manual_seed(0)
+    sys.path.insert(0, str(Path(__file__).parent))
+    module = _module(encoding, agg, dynamo, tmp_path).eval()
+    _export(module, encoding, dynamo, tmp_path / "model.onnx")
+    report = cortex.convert(tmp_path / "model.onnx", tmp_path / "model.cortex.onnx")
+    assert not report.regions[0].converted
+    assert reason in report.regions[0].reason
+
+
+def test_a_bad_source_outside_the_mask_is_the_originals_error(tmp_path):
+    """h[edge_index[0]] gathers every edge's source, inside the set or not: an out-of-range source is an error in
+    the original even on an edge into a node no one visits, and the converted model raises too."""
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    sys.path.insert(0, str(Path(__file__).parent))
+    module = _module("edge_index", EdgeIndexMaskSum, False, tmp_path).eval()
+    _export(module, "edge_index", False, tmp_path / "model.onnx")
+    report = cortex.convert(tmp_path / "model.onnx", tmp_path / "model.cortex.onnx")
+    assert [r.converted for r in report.regions] == [True], report.regions[0].reason
+    feeds = _feeds("edge_index", S.random_nary_tree(9, 3, np.random.default_rng(1), V))
+    n = feeds["words"].shape[0]
+    bad = np.array([[n + 5], [n + 7]], dtype=feeds["edge_index"].dtype)  # into a node that does not exist
+    feeds["edge_index"] = np.ascontiguousarray(np.concatenate([feeds["edge_index"], bad], axis=1))
+    with pytest.raises(Exception):
+        ort.InferenceSession(str(tmp_path / "model.onnx")).run(None, feeds)
+    with pytest.raises(Exception, match="out of range"):
+        cortex.InferenceSession(str(tmp_path / "model.cortex.onnx")).run(None, feeds)
+
+
+@pytest.mark.parametrize("encoding,agg,expected", [
+    ("edge_index", EdgeIndexMaskMatmul, ("edge_index", 4)), ("parent", ParentUnitAxisMatmul, ("parent", 1))],
+    ids=["edge_index-mask-matmul", "parent-unit-axis"])
+def test_a_mask_over_a_whole_axis_lowers_to_the_structures_set(tmp_path, encoding, agg, expected):
+    """The frontend proves what a mask product selects and lowers it to the set the structure defines: an edge
+    list's members are the sources of the edges into v (read whole: the fourth bound), a parent array's the rows
+    whose parent is v."""
+    import onnx
+
+    from cortex.frontend import find_regions
+    from cortex.ir import nodes as ir
+
+    torch.manual_seed(0)
+    sys.path.insert(0, str(Path(__file__).parent))
+    module = _module(encoding, agg, False, tmp_path).eval()
+    _export(module, encoding, False, tmp_path / "model.onnx")
+    (region,) = find_regions(onnx.load(str(tmp_path / "model.onnx")))
+    assert region.program is not None, region.reason
+    sets = {(e.encoding, len(e.bounds)) for e in ir.walk_rows([x for c in region.program.cases for _, x in c.writes])
+            if isinstance(e, ir.SetReduce)}
+    assert sets == {expected}

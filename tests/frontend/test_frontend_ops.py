@@ -1074,7 +1074,7 @@ loop_form("Gather", "a column (axis 1) of a runtime tensor, then a row", 1, lamb
     "Gather", f("Gather", n.pairs, I([1]), axis=1), n.l))
 loop_form("Gather", "a constant table at a child's word", H, lambda f, n: f("Gather", n.E, f("Gather", n.words, n.l)))
 loop_form("Gather", "columns (axis 1) of the table", 2, lambda f, n: f(
-    "Gather", f("Gather", n.h, I([0, 2]), axis=1), n.l), refused="Gather on axis 1")
+    "Gather", f("Gather", n.h, I([0, 2]), axis=1), n.l))  # the whole table's columns, then a row of them
 loop_form("GatherND", "the state table at the children", 2 * H, lambda f, n: f(
     "GatherND", n.h, f("Reshape", pair(f, n.l, n.r), I([2, 1]))))
 loop_form("GatherND", "elements of the table", 2, lambda f, n: f(
