@@ -365,17 +365,23 @@ def _assert_matches_eager(session, module, encoding: str) -> None:
             np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5, err_msg=f"{name}, order {order_name}")
 
 
-@pytest.mark.parametrize("encoding,agg,dynamo", CASES,
-                         ids=[f"{e}-{a.__name__}-{'dynamo' if d else 'script'}" for e, a, d in CASES])
-def test_child_set_model_converts_and_matches_eager(tmp_path, encoding, agg, dynamo):
+def _exported(tmp_path, encoding: str, agg, dynamo: bool):
+    """The user's module for (encoding, agg), exported with the chosen exporter to tmp_path / "model.onnx"."""
     if dynamo:
         pytest.importorskip("onnxscript")
         torch._dynamo.reset()
     torch.manual_seed(0)
     sys.path.insert(0, str(Path(__file__).parent))  # the user's file imports this one's cells
     module = _module(encoding, agg, dynamo, tmp_path).eval()
+    _export(module, encoding, dynamo, tmp_path / "model.onnx")
+    return module
+
+
+@pytest.mark.parametrize("encoding,agg,dynamo", CASES,
+                         ids=[f"{e}-{a.__name__}-{'dynamo' if d else 'script'}" for e, a, d in CASES])
+def test_child_set_model_converts_and_matches_eager(tmp_path, encoding, agg, dynamo):
+    module = _exported(tmp_path, encoding, agg, dynamo)
     src = tmp_path / "model.onnx"
-    _export(module, encoding, dynamo, src)
     report = cortex.convert(src, tmp_path / "model.cortex.onnx")
     assert [r.converted for r in report.regions] == [True], report.regions[0].reason
     _assert_matches_eager(cortex.InferenceSession(str(tmp_path / "model.cortex.onnx")), module, encoding)
@@ -396,13 +402,7 @@ def test_child_set_models_on_cuda(tmp_path, encoding, agg, dynamo):
 
     if nvcc_missing():
         pytest.skip(nvcc_missing())
-    if dynamo:
-        pytest.importorskip("onnxscript")
-        torch._dynamo.reset()
-    torch.manual_seed(0)
-    sys.path.insert(0, str(Path(__file__).parent))
-    module = _module(encoding, agg, dynamo, tmp_path).eval()
-    _export(module, encoding, dynamo, tmp_path / "model.onnx")
+    module = _exported(tmp_path, encoding, agg, dynamo)
     report = cortex.convert(tmp_path / "model.onnx", tmp_path / "model.cortex.onnx", target="cuda")
     assert [r.converted for r in report.regions] == [True], report.regions[0].reason
     if gpu_skip_reason():
@@ -456,13 +456,7 @@ REFUSED = [("edge_index", EdgeIndexSameRowMask, "do not span the same axis"),
 @pytest.mark.parametrize("encoding,agg,reason", REFUSED, ids=[a.__name__ for _, a, _ in REFUSED])
 @pytest.mark.parametrize("dynamo", [False, True], ids=["script", "dynamo"])
 def test_masks_that_do_not_select_the_set_are_refused(tmp_path, encoding, agg, reason, dynamo):
-    if dynamo:
-        pytest.importorskip("onnxscript")
-        torch._dynamo.reset()
-    torch.manual_seed(0)
-    sys.path.insert(0, str(Path(__file__).parent))
-    module = _module(encoding, agg, dynamo, tmp_path).eval()
-    _export(module, encoding, dynamo, tmp_path / "model.onnx")
+    module = _exported(tmp_path, encoding, agg, dynamo)
     report = cortex.convert(tmp_path / "model.onnx", tmp_path / "model.cortex.onnx")
     assert not report.regions[0].converted
     assert reason in report.regions[0].reason
