@@ -387,11 +387,17 @@ def set_arrays(plan: KernelPlan) -> str:
   }}"""
 
 
+TREES = "trees"  # the key row of a padded forest's parent arrays [B, N]: each tree's keys name its own rows
+
+
 def _bucket_key(encoding: str, arrays: tuple, bounds: tuple):
     """(array, row or None): the integer vector whose values key a set's members (a parent array, an edge list's
-    targets: a vector, or a row of an edge list [2, E]); None for a CSR range."""
+    targets: a vector, or a row of an edge list [2, E]; TREES: a padded forest's parent arrays); None for a CSR
+    range."""
     if encoding == "parent":
         return arrays[0], None
+    if encoding == "forest_parent":
+        return arrays[0], TREES
     if encoding == "edges":
         return arrays[1], None
     if encoding == "edge_index":
@@ -434,7 +440,7 @@ def _set_lines(plan: KernelPlan, syntax, s: int, members) -> list:
     else:
         key = _bucket_key(encoding, arrays, bounds)
         b = _bucket_arrays(plan).index(key)
-        if encoding == "parent":
+        if encoding in ("parent", "forest_parent"):
             push = "ws.members.push_back(cortex::normalize_index(u, cx.N, \"a member of a parent array\", p));"
         else:
             source = (f"cx.{ids[arrays[0]]}" if encoding == "edges" else
@@ -445,7 +451,9 @@ def _set_lines(plan: KernelPlan, syntax, s: int, members) -> list:
             a, row = ids[arrays[0]], cint(bounds[2].value)
             lines.append(f"        if (!sources_checked) {{ cortex::check_row_ids(cx.{a} + {row} * cx.{a}_cols, "
                          f"cx.{a}_cols, cx.N, \"{cstr(arrays[0])}\", p); sources_checked = true; }}")
-        lines.append(f"        ws.buckets[{b}].each<{dtype[key[0]]}>({render_index(bounds[0], syntax)}, "
+        each = f"each<{dtype[key[0]]}>(" if encoding != "forest_parent" else \
+            f"each_in_tree<{dtype[key[0]]}>({render_index(bounds[1], syntax)}, "
+        lines.append(f"        ws.buckets[{b}].{each}{render_index(bounds[0], syntax)}, "
                      f"[&](int64_t u) {{ {push} }});  // {comment(encoding)} {comment(', '.join(arrays))}")
     lines.append(f"        ws.set_end[q * Workspace::kSets + {s}] = static_cast<int64_t>(ws.members.size());")
     return lines
@@ -464,7 +472,8 @@ def prepare_fn(plan: KernelPlan, syntax: HostSyntax) -> str:
     if plan.max_sets:
         dtype = {d.name: DTYPES[d.dtype][0] for d in p.inputs if d.kind == "array"}
         lines.append("  ws.resize_sets(cx.L);")
-        parents = {a for cp in plan.cases for enc, arrays, _ in cp.layout.sets if enc == "parent" for a in arrays}
+        parents = {a for cp in plan.cases for enc, arrays, _ in cp.layout.sets if enc in ("parent", "forest_parent")
+                   for a in arrays}
         for cp in plan.cases:
             for encoding, arrays, bounds in cp.layout.sets:
                 if encoding == "edge_index":  # the rows an edge list must have
@@ -475,6 +484,10 @@ def prepare_fn(plan: KernelPlan, syntax: HostSyntax) -> str:
             a = plan.array_ids[key[0]]
             if key[0] in parents:  # one parent per state row
                 lines.append(f"  cortex::check_parent_rows(cx.{a}_rows, cx.N, \"{cstr(key[0])}\");")
+            if key[1] == TREES:  # [B, N], one tree per row (its entries are checked to be the tables' rows above)
+                lines.append(f"  ws.buckets[{b}].build_trees<{dtype[key[0]]}>(cx.{a}, cx.{a}_shape[0], cx.{a}_shape[1]);"
+                             f"  // members by {comment(key[0])}, tree by tree")
+                continue
             pointer, count = _key_vector(plan, key)
             lines.append(f"  ws.buckets[{b}].build<{dtype[key[0]]}>({pointer}, {count}, cx.N);  // members by "
                          f"{comment(key[0])}" + (f" row {key[1]}" if key[1] is not None else ""))

@@ -177,7 +177,11 @@ def _plain_dim(e):
 
 
 def _rank(v) -> int:
-    return len(static_shape(v.value if isinstance(v, Laned) else v))
+    from .ops_sets import IntRow, SetField
+    x = v.value if isinstance(v, Laned) else v
+    if isinstance(x, SetField):
+        return x.rank
+    return len(static_shape(x.row if isinstance(x, IntRow) else x))
 
 
 def _inner(it, node, args, lookup):
@@ -237,6 +241,11 @@ def dispatch(it, node, args, lookup):
         if out is not None:
             _fire(it)
             return out if isinstance(out, list) else [out]
+    mask = _forest_mask(it, node, args)
+    if mask is not None:
+        _fire(it)
+        return [mask]
+    args = _forest_rows(it, node, args)
     if not any(isinstance(a, LANE_VALUES) for a in args):
         whole = next((a for a in args if lane_array(a)), None)
         if whole is not None and op in BROADCAST:
@@ -264,6 +273,66 @@ def dispatch(it, node, args, lookup):
     except Refusal as r:  # refused when used: an unused output (a scan's per-iteration copy) does not matter
         return [LaneRefused(r.message) for _ in node.output]
     return out if isinstance(out, list) else [out]
+
+
+# ---- child sets of a padded forest ------------------------------------------------------------------------------
+
+
+def _forest_mask(it, node, args):
+    """parent == v over a padded forest's parent arrays [B, N], v one position (shared by the trees, or per tree
+    [B, 1]): one tree's mask over its own rows, a child set whose members are rows b * N + u of the flattened
+    tables (ops_sets follows it as any child set; a mask over the table's rows, `mask @ h`, `h * mask`)."""
+    if node.op_type != "Equal":
+        return None
+    from .ops_sets import Members, SetField, _key_scalar
+    from .values import INT_DTYPES
+    for a, k in ((args[0], args[1]), (args[1], args[0])):
+        if not (lane_array(a) and len(a.shape) == 2 and a.read_dtype in INT_DTYPES):
+            continue
+        if isinstance(k, Laned):  # a key per tree: [B, 1] lines up with the trees
+            if k.axis != 0 or _rank(k) != 2:
+                raise Refusal(f"Equal of {a.name} [B, N] with a per-tree value whose batch axis is not its first "
+                              f"of two")
+            k = k.value
+        elif isinstance(k, LANE_VALUES) or len(static_shape(k)) > 2:
+            return None
+        key = _key_scalar(k)
+        if key is None:
+            return None
+        it.use_array(a, lead=2)
+        return Laned(SetField(Members("forest_parent", (a.name,), (key, Lane()), a.name), "mask", "pred", lead=1), 0)
+    return None
+
+
+def _forest_rows(it, node, args):
+    """args with the forest's tables [B, N, ...] used whole (beside a tree's child-set mask, in a product with
+    weights, in math within each row) as one tree's value over its rows: row b * N + u at position u."""
+    from .ops_elementwise import UNARY
+    from .ops_sets import SetField, _all_members, _member_row
+    tables = [k for k, a in enumerate(args) if isinstance(a, Table) and a.lead == 2]
+    if not tables:
+        return args
+    with_set = any(isinstance(a, Laned) and isinstance(a.value, SetField) for a in args)
+    op = node.op_type
+    product = op in ("MatMul", "Gemm") and tables == [0] and len(args) > 1 and isinstance(args[1], Known)
+    present = [a for a in args if a is not None]
+    unary = op in UNARY and op != "Identity" and len(present) == 1
+    reduce = op in REDUCE_OPS and tables == [0] and _reduces_within_rows(it, node, args)
+    layout = op == "Unsqueeze" and tables == [0]  # h.unsqueeze(1): the rows beside a mask with a unit axis
+    if not (with_set or product or unary or reduce or layout):
+        return args
+    out = list(args)
+    for k in tables:
+        t = args[k]
+        out[k] = Laned(SetField(_all_members(), "all", "rows", _member_row(it, t), inner=tuple(t.inner), lead=1), 0)
+    return out
+
+
+def _reduces_within_rows(it, node, args) -> bool:
+    axes = known_ints(it, args[1], "reduce axes").reshape(-1).tolist() if len(args) > 1 and args[1] is not None \
+        else attr(node, "axes")
+    rank = 2 + len(args[0].inner)
+    return bool(axes) and all(a % rank >= 2 for a in axes)
 
 
 def _range_slice() -> Laned:
@@ -406,6 +475,9 @@ def _op_flatten(it, node, args, lookup):
 
 
 def _op_expand(it, node, args, lookup):
+    like = _shaped_like_set(it, node, args, lookup)
+    if like is not None:
+        return like
     x, shape = args[0], args[1]
     target = _shape_entries(it, shape)
     if target is None or (None not in target and not isinstance(x, Laned)):
@@ -432,6 +504,9 @@ def _op_expand(it, node, args, lookup):
 
 
 def _op_constant_of_shape(it, node, args, lookup):
+    like = _shaped_like_set(it, node, args, lookup)
+    if like is not None:
+        return like
     target = _shape_entries(it, args[0])
     if target is None or None not in target:
         return None
@@ -456,6 +531,9 @@ def _op_shape(it, node, args, lookup):
     x = _lane_of(args[0]) if isinstance(args[0], LaneRange) else args[0]
     if isinstance(x, Laned) and x.major:
         return None
+    shaped = _set_shape_of(it, node, x)
+    if shaped is not None:
+        return [shaped]
     if isinstance(x, ArrayLane):
         dims = [ir.Length(x.array.name, 0) if d == "lane" else ir.Length(x.array.name, 1) if d == "node" else
                 ix.const(int(x.array.shape[d])) for d in x.dims]
@@ -467,6 +545,27 @@ def _op_shape(it, node, args, lookup):
     elems = np.empty(len(dims), dtype=object)
     elems[:] = dims
     return [Sym(elems, "int64")]
+
+
+def _set_shape_of(it, node, x):
+    """Shape of one tree's child-set value (zeros_like(alpha)): the set's shape marker, per tree, which only an
+    Expand or a ConstantOfShape to that shape reads (ops_sets.SetShape)."""
+    from .ops_sets import SetField
+    if not (isinstance(x, Laned) and isinstance(x.value, SetField)):
+        return None
+    return Laned(_inner(it, node, [x.value], None)[0], x.axis)
+
+
+def _shaped_like_set(it, node, args, lookup):
+    """Expand(c, Shape(x)) or ConstantOfShape(Shape(x)) of one tree's child-set value x: a value like x, per tree."""
+    from .ops_sets import SetShape
+    k = 1 if node.op_type == "Expand" else 0
+    shape = args[k] if len(args) > k else None
+    if not (isinstance(shape, Laned) and isinstance(shape.value, SetShape)):
+        return None
+    rest = [_unwrap(a) for a in args]
+    out = _inner(it, node, rest, lookup)
+    return [_wrap(out[0], shape.axis)]
 
 
 def _op_concat(it, node, args, lookup):

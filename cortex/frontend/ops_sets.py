@@ -52,7 +52,7 @@ class Members:
     @property
     def length(self) -> ir.IExpr:
         """The length of the set's axis (a mask's length: what a mean over it divides by)."""
-        return ir.Length(self.axis, 1 if self.encoding == "edge_index" else 0)
+        return ir.Length(self.axis, 1 if self.encoding in ("edge_index", "forest_parent") else 0)
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,7 @@ def _resolve(key: Members, rows: Members) -> Members:
     a parent array's mask over the state rows; an edge list's mask [2, E] over rows gathered at the edge list's
     other row. Anything else is refused (a CSR range mask over rows gathered at every index: the original gathers
     indices outside the range too, whose errors only a whole-row check would keep)."""
-    if key.encoding == "parent" and rows.arrays == ():
+    if key.encoding in ("parent", "forest_parent") and rows.arrays == ():
         return key  # parent == v over the rows of the tables (its length must be theirs: checked at run time)
     if key.encoding == "edge_index" and len(key.bounds) == 2 and rows.arrays == key.arrays and \
             len(rows.bounds) == 1 and rows.bounds[0] != key.bounds[1]:
@@ -445,10 +445,13 @@ def _unsqueeze(it, node, args):
 
 def _cast(it, node, args):
     x = args[0]
-    if not isinstance(x, SetField):
-        return None
     to = int(attr(node, "to"))
     import onnx
+    if isinstance(x, Row) and x.boolean and to in (onnx.TensorProto.INT64, onnx.TensorProto.INT32) and \
+            any(isinstance(e, ir.SetReduce) for e in ir.walk_rows([x.expr])):
+        return IntRow(Row(x.expr, x.shape))  # a test of a set's count as 0/1 (`int(bool(count == 0))`)
+    if not isinstance(x, SetField):
+        return None
     if x.kind == "pred" and to in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE):
         on, off = (0.0, 1.0) if x.negated else (1.0, 0.0)
         return replace(x, kind="rows", body=ir.Scalar(on), fill=off, negated=False)

@@ -945,7 +945,7 @@ class Reduce(RExpr):
         check(self.group >= 1 and self.x.width == self.group * self.width, f"reduce {self.op} groups")
 
 
-SET_ENCODINGS = ("parent", "edges", "range", "edge_index")
+SET_ENCODINGS = ("parent", "edges", "range", "edge_index", "forest_parent")
 HOST_SET = "set"
 
 
@@ -962,6 +962,8 @@ class SetReduce(RExpr):
       [2, E], the PyTorch Geometric convention; bounds[1] and bounds[2] are constant rows); a fourth bound 1 says
       the model reads row bounds[2] whole (`h[edge_index[0]]`, masked after): every value of it is checked to be a
       row index (ONNX Gather) once a position reads the set, not only the members'.
+    - 'forest_parent': tree * N + u for every u in [0, N) with arrays[0][tree][u] == bounds[0], tree = bounds[1] (a
+      padded forest's parent arrays [B, N]: each tree's children among its own rows of the flattened table).
     Sums count a member as often as it is listed, as the model's own sum does."""
     VARIES: ClassVar[bool] = True
     op: Literal[REDUCE_OPS]
@@ -982,19 +984,22 @@ class SetReduce(RExpr):
         members = {"parent": lambda: f"u in 0..len({a[0]}) where {a[0]}[u] == {b[0]}",
                    "edges": lambda: f"u = {a[0]}[e] where {a[1]}[e] == {b[0]}",
                    "range": lambda: f"u in {a[0]}[{b[0]} : {b[1]}]",
-                   "edge_index": lambda: f"u = {a[0]}[{b[2]}][e] where {a[0]}[{b[1]}][e] == {b[0]}"}
+                   "edge_index": lambda: f"u = {a[0]}[{b[2]}][e] where {a[0]}[{b[1]}][e] == {b[0]}",
+                   "forest_parent": lambda: f"{b[1]} * len({a[0]}, 1) + u where {a[0]}[{b[1]}][u] == {b[0]}"}
         where = members[self.encoding]() if (len(a), len(b)) == {"parent": (1, 1), "edges": (2, 1), "range": (1, 2),
-                                                                   "edge_index": (1, len(b))}[self.encoding] \
+                                                                   "edge_index": (1, len(b)),
+                                                                   "forest_parent": (1, 2)}[self.encoding] \
             and len(b) <= 4 else "?"
         return f"set_{self.op} {{{where}}} of {show(self.body)} (empty: {self.empty!r})"
 
     def verify(self, program):
-        arity = {"parent": (1, 1), "edges": (2, 1), "range": (1, 2), "edge_index": (1, 3)}[self.encoding]
+        arity = {"parent": (1, 1), "edges": (2, 1), "range": (1, 2), "edge_index": (1, 3),
+                 "forest_parent": (1, 2)}[self.encoding]
         whole = self.encoding == "edge_index" and len(self.bounds) == 4
         check((len(self.arrays), len(self.bounds) - whole) == arity, f"set_{self.op}: {self.encoding} takes "
                                                                      f"{arity[0]} arrays and {arity[1]} bounds")
         check(not whole or self.bounds[3] == IConst(1), f"set_{self.op}: the fourth bound of an edge list is 1")
-        rank = 2 if self.encoding == "edge_index" else 1
+        rank = 2 if self.encoding in ("edge_index", "forest_parent") else 1
         for name in self.arrays:
             decl = program.input(name)
             check(decl.kind == "array" and decl.dtype in INT_INPUT_DTYPES and decl.rank == rank,

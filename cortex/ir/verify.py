@@ -34,7 +34,9 @@ def verify(program: ir.Program) -> ir.Program:
                   f"init of {table.name}")
     leads = {t.lead for t in program.tables if t.kind == "state"}
     check(len(leads) <= 1, "state tables with different leading dimensions")
-    check(all(t.lead == 1 for t in program.tables if t.kind == "emit" or t.init is None) and
+    # a state table without an initial value takes its leading dimensions from one that has one (a lifted table)
+    check(all(t.lead == 1 for t in program.tables if t.kind == "emit") and
+          (leads <= {1} or any(t.kind == "state" and t.init is not None for t in program.tables)) and
           (program.mode == "visit" or leads <= {1}), "leading dimensions of a table without an initial value")
     for decl in program.inputs:
         check(decl.lead >= 1 and (decl.rank == 0 or decl.dynamic_inner or decl.rank == decl.lead + len(decl.inner)),

@@ -355,7 +355,8 @@ def lift_member_products(program: ir.Program) -> ir.Program:
     program = dataclasses.replace(program, constants=constants, labels=labels)  # the writers use the weights now
     tables = list(program.tables)
     for (x, weight), (source, name) in lifted.items():
-        tables.append(ir.TableDecl(name, (program.constants[weight].shape[1],), None, "", "state"))
+        tables.append(ir.TableDecl(name, (program.constants[weight].shape[1],), None, "", "state",
+                                   program.table(source).lead))  # a forest's [B, N] rows as its source's
     cases = []
     for case in program.cases:
         writes = list(case.writes)

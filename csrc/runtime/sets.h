@@ -34,6 +34,43 @@ struct KeyBuckets {
     }
   }
 
+  // A padded forest's keys [trees, width] (parent arrays, one row per tree): element i of tree b = i / width is
+  // bucketed under b * width + keys[i] when keys[i] is in [0, width), so that each tree's keys name its own rows.
+  template <class T>
+  void build_trees(const T* key_array, int64_t trees, int64_t width) {
+    keys = key_array;
+    n = trees * width;
+    num_keys = n;
+    width_ = width;
+    offsets.assign(static_cast<size_t>(num_keys) + 1, 0);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t k = static_cast<int64_t>(key_array[i]);
+      if (k >= 0 && k < width) ++offsets[static_cast<size_t>(i - i % width + k) + 1];
+    }
+    for (int64_t k = 0; k < num_keys; ++k) offsets[k + 1] += offsets[k];
+    items.resize(static_cast<size_t>(offsets[num_keys]));
+    std::vector<int64_t>& fill = scratch_;
+    fill.assign(offsets.begin(), offsets.end() - 1);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t k = static_cast<int64_t>(key_array[i]);
+      if (k >= 0 && k < width) items[static_cast<size_t>(fill[static_cast<size_t>(i - i % width + k)]++)] = i;
+    }
+  }
+
+  // Appends f(i) for every element i of tree `tree` (built by build_trees) with keys[i] == key, in increasing i:
+  // i = tree * width + u, the member's row in the flattened table.
+  template <class T, class F>
+  void each_in_tree(int64_t tree, int64_t key, F&& f) const {
+    if (key >= 0 && key < width_) {
+      each<T>(tree * width_ + key, f);
+      return;
+    }
+    const T* k = static_cast<const T*>(keys);
+    for (int64_t i = tree * width_; i < (tree + 1) * width_; ++i) {
+      if (static_cast<int64_t>(k[i]) == key) f(i);
+    }
+  }
+
   // Appends f(i) for every i with keys[i] == key, in increasing i.
   template <class T, class F>
   void each(int64_t key, F&& f) const {
@@ -49,6 +86,7 @@ struct KeyBuckets {
 
  private:
   std::vector<int64_t> scratch_;
+  int64_t width_ = 0;
 };
 
 // ONNX Slice on one axis with step 1: [start, stop) clamped to the axis, negative values counting from its end.
