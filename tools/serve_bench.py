@@ -153,7 +153,7 @@ class Modes:
         self.path, self.args, self.trees = path, args, trees
         self.plain = cortex.InferenceSession(path, device=args.device)
         self.batching = cortex.BatchingSession(path, max_trees=args.max_trees, max_delay_ms=args.delay_ms,
-                                               device=args.device, max_queue=4096)
+                                               device=args.device, max_queue=4096, workers=args.workers)
         self.ray_handle, self.ray_error = None, None
 
     def start_ray(self):
@@ -377,6 +377,7 @@ def parse_args(argv=None):
                                                              "is reported (default 3; quick 1)")
     p.add_argument("--max-trees", type=int, default=32, help="BatchingSession max_trees / @serve.batch size (32)")
     p.add_argument("--delay-ms", type=float, default=2.0, help="max_delay_ms / batch_wait_timeout_s (2 ms)")
+    p.add_argument("--workers", type=int, default=1, help="BatchingSession workers: forests in flight at once (1)")
     p.add_argument("--modes", default="run,batching,ray", help="comma list of run,batching,ray (bound and merge "
                                                                 "always)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (models converted for that target)")

@@ -451,6 +451,11 @@ def _set_lines(plan: KernelPlan, syntax, s: int, members) -> list:
             a, row = ids[arrays[0]], cint(bounds[2].value)
             lines.append(f"        if (!sources_checked) {{ cortex::check_row_ids(cx.{a} + {row} * cx.{a}_cols, "
                          f"cx.{a}_cols, cx.N, \"{cstr(arrays[0])}\", p); sources_checked = true; }}")
+        if encoding == "edges" and len(bounds) == 2:  # the model gathers every source, beside the targets' mask
+            a, d = ids[arrays[0]], ids[arrays[1]]
+            lines.append(f"        if (!sources_checked) {{ cortex::check_same_length(cx.{a}_rows, cx.{d}_rows, "
+                         f"\"{cstr(arrays[0])}\", \"{cstr(arrays[1])}\"); cortex::check_row_ids(cx.{a}, cx.{a}_rows, "
+                         f"cx.N, \"{cstr(arrays[0])}\", p); sources_checked = true; }}")
         each = f"each<{dtype[key[0]]}>(" if encoding != "forest_parent" else \
             f"each_in_tree<{dtype[key[0]]}>({render_index(bounds[1], syntax)}, "
         lines.append(f"        ws.buckets[{b}].{each}{render_index(bounds[0], syntax)}, "
@@ -492,7 +497,8 @@ def prepare_fn(plan: KernelPlan, syntax: HostSyntax) -> str:
             lines.append(f"  ws.buckets[{b}].build<{dtype[key[0]]}>({pointer}, {count}, cx.N);  // members by "
                          f"{comment(key[0])}" + (f" row {key[1]}" if key[1] is not None else ""))
     lines += _host_state_lines(plan, syntax)
-    if any(enc == "edge_index" and len(bounds) == 4 for cp in plan.cases for enc, _, bounds in cp.layout.sets):
+    if any((enc, len(bounds)) in (("edge_index", 4), ("edges", 2)) for cp in plan.cases
+           for enc, _, bounds in cp.layout.sets):
         lines.append("  bool sources_checked = false;  // a whole source row of an edge list, once read")
     lines += [
         "  int64_t q = 0;",

@@ -433,7 +433,12 @@ def flatten_lanes(interp, cases, tables, trip, extra_state=()):
     for c in cases:
         if any(isinstance(x, (Lane, Crossed)) for x in ir.walk(c.roots())):
             raise Refusal("a per-tree value outside the rows the forest's steps compute")
-    return cases, tables, ix.ibin("mul", trip, trees)
+    positions = ix.ibin("mul", trip, trees)
+    if interp.shared.get("lanes_at_least_one"):  # shapes of max(B, 1) rows fail the original's first iteration at B = 0
+        positions = ir.Guard(ix.bor(ix.cmp("le", trip, ix.const(0)), ix.cmp("ge", trees, ix.const(1))), positions,
+                             "the forest has no tree (B = 0) while the loop runs: the exported model's index shapes "
+                             "take max(B, 1) trees and fail")
+    return cases, tables, positions
 
 
 def _own_tree_guards(cases) -> dict:

@@ -11,6 +11,7 @@ from ..ir import nodes as ir
 from .interpreter import Interpreter, node_label
 from .ops_host import HostTable
 from .forest import flatten_lanes
+from .ops_sets import count_edges
 from .region import (Carried, InnerIter, OuterScope, build_cases, carried_decls, carried_tables, carried_value,
                      check_outputs_unused, constant_labels, flatten_choices, float_element, init_decl, input_decls,
                      row_of, table_layout, used_names)
@@ -108,6 +109,7 @@ def recognize_loop(model, node, outer: OuterScope, region_name: str, used: set) 
     extra = (["host state"] if host_vars else []) + (["carried values"] if carried else []) + \
         (["per-iteration outputs"] if n_scan else []) + (["a nested loop"] if "inner_loop" in interp.shared else [])
     cases, tables, trip = flatten_lanes(interp, cases, tuple(tables), trip, extra)
+    cases = count_edges(cases)
     interp.arrays.update(host_arrays)
     init_decls = [init_decl(name, outer) for name in inits]
     arrays = input_decls(interp, cases, [trip], outer.lookup, first=carried_decls(carried.values(), element))

@@ -132,7 +132,10 @@ def lane_count(it, e, any_rank: bool = False) -> bool:
     """True when e is B: the first dimension of the forest's tables or of a [B, N, ...] runtime tensor (with
     `any_rank`, of any runtime tensor: the count of a torch.arange(B) such as roots.size(0)); the kernel checks that
     it is the tables' (forest.flatten_lanes)."""
-    e = _plain_dim(e)
+    plain = _plain_dim(e)
+    if plain is not e and isinstance(e, ir.IBinary) and e.op == "max":
+        it.shared["lanes_at_least_one"] = True  # max(B, 1): the original fails with no tree (forest.flatten_lanes)
+    e = plain
     scope = it.shared.get("outer_scope")
     if isinstance(e, ir.Load) and scope is not None:
         e = shape_load(scope, e) or e

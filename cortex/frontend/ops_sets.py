@@ -142,7 +142,7 @@ def _key_array(v):
     """(name, row or None) for a dynamic-length integer vector of the structure: a 1-D runtime array or a row of a
     2-D one; else None."""
     if isinstance(v, KeyRow):
-        return v.array, v.row
+        return None if v.column else (v.array, v.row)  # [E, 1]: a GatherND's index, not a vector of keys
     if isinstance(v, Array) and v.read_dtype in INT_DTYPES and v.shape is not None and len(v.shape) == 1 \
             and v.columns is None and v.fill is None:
         return v.name, None
@@ -181,7 +181,8 @@ def _whole_table(it, t: Table) -> SetField:
 
 
 def _rows_at(it, data, key: KeyRow) -> SetField:
-    """data[edge_index[r]]: position e of the edge list holds the row of node edge_index[r][e]."""
+    """data[edge_index[r]] (data[src] for a vector src, key.row None): position e of the edge list holds the row of
+    node edge_index[r][e]."""
     if isinstance(data, Table) and data.lead != 1:
         raise Refusal(f"the cells of grid state table {data.name} gathered at an edge list")
     return SetField(_all_members(key.array, key.row), "all", "rows", _member_row(it, data), inner=_row_inner(data))
@@ -203,6 +204,11 @@ def _resolve(key: Members, rows: Members) -> Members:
     indices outside the range too, whose errors only a whole-row check would keep)."""
     if key.encoding in ("parent", "forest_parent") and rows.arrays == ():
         return key  # parent == v over the rows of the tables (its length must be theirs: checked at run time)
+    if key.encoding == "parent" and len(rows.arrays) == 1 and not rows.bounds and rows.arrays != key.arrays:
+        # dst == v over rows gathered at a vector src (h[src]): the edges e with dst[e] == v read row src[e]; they
+        # span the same axis only where len(src) == len(dst), and the model gathers every src: a second bound 1
+        # asks the kernel to check both once a position reads the set
+        return Members("edges", (rows.arrays[0], key.arrays[0]), key.bounds + (ix.const(1),), key.axis)
     if key.encoding == "edge_index" and len(key.bounds) == 2 and rows.arrays == key.arrays and \
             len(rows.bounds) == 1 and rows.bounds[0] != key.bounds[1]:
         # the model gathers every edge's source row: a fourth bound asks the kernel to check them all
@@ -264,6 +270,9 @@ def _gather(it, node, args):
         return KeyRow(data.name, row)
     if isinstance(idx, KeyRow) and axis == 0 and not idx.column and isinstance(data, (Table, Array)):
         return _rows_at(it, data, idx)
+    if isinstance(data, Table) and data.lead == 1 and axis == 0 and isinstance(idx, Array) and \
+            _key_array(idx) is not None and not isinstance(idx.shape[0], int):
+        return _rows_at(it, data, KeyRow(idx.name, None))  # h[src]: the rows of every edge's source
     if isinstance(idx, SetField) and axis == 0:
         return _at_members(it, data, idx)
     if isinstance(data, Table) and data.lead == 1 and isinstance(idx, Known) and axis % (1 + len(data.inner)) != 0:
@@ -424,6 +433,9 @@ def _unsqueeze(it, node, args):
         else attr(node, "axes")
     if isinstance(x, KeyRow) and not x.column and axes is not None and [a % 2 for a in axes] == [1]:
         return replace(x, column=True)  # edge_index[0].unsqueeze(-1): the [E, 1] index of a GatherND
+    if isinstance(x, Array) and _key_array(x) is not None and not isinstance(x.shape[0], int) and axes is not None \
+            and [a % 2 for a in axes] == [1]:
+        return KeyRow(x.name, None, column=True)  # src.unsqueeze(-1): dynamo's GatherND index for h[src]
     if isinstance(x, Table) and x.lead == 1 and axes is not None:
         x = _whole_table(it, x)  # h.unsqueeze(0): the whole table as a value over its rows
     if not isinstance(x, SetField):
@@ -1158,6 +1170,22 @@ def _within_rows(it, node, args) -> bool:
         rank = 1 + len(args[0].inner)
         return bool(axes) and all(a % rank != 0 for a in axes)
     return False
+
+
+def count_edges(cases) -> tuple:
+    """A count over a mask of an edge list's targets (`(dst == v).any()`) in a model that also reads the edges'
+    sources whole beside that mask (`h[src]`): counted over the edge list (members src[e], whose values and length
+    the kernel checks as the model's own gather does) rather than as a parent array, whose length would have to be
+    the tables' number of rows."""
+    found = [e for c in cases for e in ir.walk(c.roots()) if isinstance(e, ir.SetReduce)]
+    sources = {e.arrays[1]: e.arrays[0] for e in found if e.encoding == "edges" and len(e.bounds) == 2}
+    mapping = {e: replace(e, encoding="edges", arrays=(sources[e.arrays[0]], e.arrays[0]),
+                          bounds=e.bounds + (ix.const(1),))
+               for e in found if e.encoding == "parent" and e.arrays[0] in sources and
+               not any(isinstance(x, ir.Member) for x in ir.walk([e.body]))}
+    if not mapping:
+        return cases
+    return tuple(c.with_roots(ix.substitute(c.roots(), mapping)) for c in cases)
 
 
 def dispatch(it, node, args, lookup):

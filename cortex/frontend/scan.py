@@ -9,6 +9,7 @@ from ..ir import index as ix
 from ..ir import nodes as ir
 from .interpreter import Interpreter
 from .forest import flatten_lanes
+from .ops_sets import count_edges
 from .ops_tables import gather_rows
 from .region import (OuterScope, build_cases, carried_decls, carried_tables, carried_value, check_outputs_unused,
                      constant_labels, flatten_choices, float_element, init_decl, input_decls, row_of, table_layout)
@@ -86,6 +87,7 @@ def recognize_scan(model, node, outer: OuterScope, region_name: str, used: set) 
         trip = ir.Guard(ix.cmp("eq", other, lengths[0]), trip, "Scan inputs of different lengths")
     extra = (["carried values"] if carried else []) + (["per-iteration outputs"] if emit_slots else [])
     cases, tables, trip = flatten_lanes(interp, cases, tuple(tables), trip, extra)
+    cases = count_edges(cases)
     init_decls = [init_decl(name, outer) for name in inits]
     arrays = input_decls(interp, cases, [trip], outer.lookup, first=carried_decls(carried.values(), element))
     return ir.Program(region_name, "visit", tuple(arrays + init_decls), tuple(tables), cases,

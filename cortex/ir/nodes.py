@@ -956,7 +956,9 @@ class SetReduce(RExpr):
     whose leaves read a member's rows (ChildState(table, Member()), InputRow(array, Member())) and values of the node
     itself. Members, in order:
     - 'parent': every u in [0, len(arrays[0])) with arrays[0][u] == bounds[0] (children from a parent array);
-    - 'edges': arrays[0][e] for every e with arrays[1][e] == bounds[0] (predecessors from an edge list src, dst);
+    - 'edges': arrays[0][e] for every e with arrays[1][e] == bounds[0] (predecessors from an edge list src, dst); a
+      second bound 1 says the model reads arrays[0] whole (`h[src]`, masked by `dst == v` after): it is checked to
+      hold row indices and to be as long as arrays[1] once a position reads the set;
     - 'range': arrays[0][i] for i in the slice [bounds[0], bounds[1]) (ONNX Slice clamping: CSR child lists);
     - 'edge_index': arrays[0][bounds[2]][e] for every e with arrays[0][bounds[1]][e] == bounds[0] (an edge list
       [2, E], the PyTorch Geometric convention; bounds[1] and bounds[2] are constant rows); a fourth bound 1 says
@@ -986,7 +988,8 @@ class SetReduce(RExpr):
                    "range": lambda: f"u in {a[0]}[{b[0]} : {b[1]}]",
                    "edge_index": lambda: f"u = {a[0]}[{b[2]}][e] where {a[0]}[{b[1]}][e] == {b[0]}",
                    "forest_parent": lambda: f"{b[1]} * len({a[0]}, 1) + u where {a[0]}[{b[1]}][u] == {b[0]}"}
-        where = members[self.encoding]() if (len(a), len(b)) == {"parent": (1, 1), "edges": (2, 1), "range": (1, 2),
+        where = members[self.encoding]() if (len(a), len(b)) == {"parent": (1, 1), "edges": (2, len(b)),
+                                                                   "range": (1, 2),
                                                                    "edge_index": (1, len(b)),
                                                                    "forest_parent": (1, 2)}[self.encoding] \
             and len(b) <= 4 else "?"
@@ -995,10 +998,11 @@ class SetReduce(RExpr):
     def verify(self, program):
         arity = {"parent": (1, 1), "edges": (2, 1), "range": (1, 2), "edge_index": (1, 3),
                  "forest_parent": (1, 2)}[self.encoding]
-        whole = self.encoding == "edge_index" and len(self.bounds) == 4
+        whole = (self.encoding, len(self.bounds)) in (("edge_index", 4), ("edges", 2))
         check((len(self.arrays), len(self.bounds) - whole) == arity, f"set_{self.op}: {self.encoding} takes "
                                                                      f"{arity[0]} arrays and {arity[1]} bounds")
-        check(not whole or self.bounds[3] == IConst(1), f"set_{self.op}: the fourth bound of an edge list is 1")
+        check(not whole or self.bounds[-1] == IConst(1), f"set_{self.op}: the last bound of an edge list read whole "
+                                                          "is 1")
         rank = 2 if self.encoding in ("edge_index", "forest_parent") else 1
         for name in self.arrays:
             decl = program.input(name)

@@ -124,6 +124,15 @@ inline void check_row_ids(const T* ids, int64_t count, int64_t rows, const char*
   }
 }
 
+// An edge list given as two vectors read element by element together (h[src] masked by dst == v): as long as
+// each other.
+inline void check_same_length(int64_t a, int64_t b, const char* first, const char* second) {
+  if (a != b) {
+    throw KernelError(std::string("edge arrays '") + first + "' (" + std::to_string(a) + " entries) and '" + second +
+                      "' (" + std::to_string(b) + " entries) must have the same length");
+  }
+}
+
 inline const char* dtype_name(int32_t dtype) {
   switch (dtype) {
     case CORTEX_FLOAT: return "float32";

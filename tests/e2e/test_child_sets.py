@@ -99,6 +99,26 @@ class EdgesSum(nn.Module):
         return h[src[dst == v]].sum(0)
 
 
+class EdgesMaskSum(nn.Module):
+    """Separate src and dst vectors: a mask over the targets weighs the rows gathered at every source."""
+
+    def forward(self, h, src, dst, v):
+        return (h[src] * (dst == v).unsqueeze(-1).float()).sum(0)
+
+
+class EdgesMaskMatmul(nn.Module):
+    def forward(self, h, src, dst, v):
+        return (dst == v).float() @ h[src]
+
+
+class EdgesMaskMean(nn.Module):
+    """The mean over the members: their sum over the count of the targets' mask (a count over dst, E entries)."""
+
+    def forward(self, h, src, dst, v):
+        m = (dst == v).unsqueeze(-1).float()
+        return (h[src] * m).sum(0) / m.sum(0).clamp(min=1)
+
+
 class EdgeIndexSum(nn.Module):
     def forward(self, h, edge_index, v):
         return h[edge_index[0][edge_index[1] == v]].sum(0)
@@ -239,7 +259,7 @@ ENCODINGS = {
                              WhereMax, BoolIndexAttention, ParentUnitAxisMatmul, ParentMaskAttention,
                              NonzeroSqueezeIndexSelect]),
     "csr": (("offsets", "indices"), [CsrSlice, CsrItemSlice, CsrRangeMask, CsrAttention]),
-    "edges": (("src", "dst"), [EdgesSum]),
+    "edges": (("src", "dst"), [EdgesSum, EdgesMaskSum, EdgesMaskMatmul, EdgesMaskMean]),
     "edge_index": (("edge_index",), [EdgeIndexSum, EdgeIndexMean, EdgeIndexAttention, EdgeIndexMaskSum,
                                      EdgeIndexMaskMeanOverEdges, EdgeIndexMaskMatmul, EdgeIndexWhereMean,
                                      EdgeIndexMaskAttention, EdgeIndexWhereZerosLike, EdgeIndexUnguardedAttention]),
@@ -480,6 +500,32 @@ def test_a_bad_source_outside_the_mask_is_the_originals_error(tmp_path):
     with pytest.raises(Exception):
         ort.InferenceSession(str(tmp_path / "model.onnx")).run(None, feeds)
     with pytest.raises(Exception, match="out of range"):
+        cortex.InferenceSession(str(tmp_path / "model.cortex.onnx")).run(None, feeds)
+
+
+@pytest.mark.parametrize("bad", ["source out of range", "lengths differ"])
+def test_separate_edge_vectors_read_whole_keep_the_originals_errors(tmp_path, bad):
+    """h[src] masked by dst == v gathers every source and pairs src[e] with dst[e]: an out-of-range source (on an
+    edge into a node no one visits) or vectors of different lengths fail the original, and the converted model
+    raises too, with the reason."""
+    import onnxruntime as ort
+
+    torch.manual_seed(0)
+    sys.path.insert(0, str(Path(__file__).parent))
+    module = _module("edges", EdgesMaskMatmul, False, tmp_path).eval()
+    _export(module, "edges", False, tmp_path / "model.onnx")
+    report = cortex.convert(tmp_path / "model.onnx", tmp_path / "model.cortex.onnx")
+    assert [r.converted for r in report.regions] == [True], report.regions[0].reason
+    feeds = _feeds("edges", S.random_nary_tree(9, 3, np.random.default_rng(1), V))
+    n = feeds["words"].shape[0]
+    if bad == "source out of range":
+        feeds["src"] = np.append(feeds["src"], n + 5).astype(feeds["src"].dtype)
+        feeds["dst"] = np.append(feeds["dst"], n + 7).astype(feeds["dst"].dtype)
+    else:
+        feeds["src"] = np.append(feeds["src"], 0).astype(feeds["src"].dtype)
+    with pytest.raises(Exception):
+        ort.InferenceSession(str(tmp_path / "model.onnx")).run(None, feeds)
+    with pytest.raises(Exception, match="out of range" if bad == "source out of range" else "same length"):
         cortex.InferenceSession(str(tmp_path / "model.cortex.onnx")).run(None, feeds)
 
 

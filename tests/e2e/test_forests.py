@@ -396,3 +396,27 @@ def test_a_forest_model_that_mixes_trees_is_refused(tmp_path, cls, why):
     report = cortex.convert(src, tmp_path / "model.cortex.onnx")
     assert report.regions and not any(r.converted for r in report.regions)
     assert why in report.regions[0].reason, report.regions[0].reason
+
+
+def test_no_tree_fails_where_the_dynamo_export_fails(tmp_path):
+    """dynamo's index_put shapes take max(B, 1) trees: with B = 0 and a loop that runs, the original fails, and so
+    does the converted model (with no iteration both return the empty tables)."""
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    names = ["words", "left", "right", "order"]
+    example = dict(_forests(2))["nary"]
+    src = tmp_path / "model.onnx"
+    _export(BinaryTreeLSTMWhile().eval(), names, _feeds(example, names, example.order), src, True)
+    report = cortex.convert(src, tmp_path / "model.cortex.onnx")
+    assert [r.converted for r in report.regions] == [True], report.regions[0].reason
+    session = cortex.InferenceSession(str(tmp_path / "model.cortex.onnx"))
+    original = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    n = 5
+    empty = {"words": np.zeros((0, n), np.int64), "left": np.zeros((0, n), np.int64),
+             "right": np.zeros((0, n), np.int64)}
+    with pytest.raises(Exception):
+        original.run(None, {**empty, "order": np.arange(n, dtype=np.int64)})
+    with pytest.raises(Exception, match="no tree"):
+        session.run(None, {**empty, "order": np.arange(n, dtype=np.int64)})
+    feeds = {**empty, "order": np.zeros(0, np.int64)}
+    np.testing.assert_array_equal(session.run(None, feeds)[0], original.run(None, feeds)[0])
