@@ -16,45 +16,18 @@ struct KeyBuckets {
 
   template <class T>
   void build(const T* key_array, int64_t count, int64_t keys_in_range) {
-    keys = key_array;
-    n = count;
-    num_keys = keys_in_range;
-    offsets.assign(static_cast<size_t>(num_keys) + 1, 0);
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t k = static_cast<int64_t>(key_array[i]);
-      if (k >= 0 && k < num_keys) ++offsets[static_cast<size_t>(k) + 1];
-    }
-    for (int64_t k = 0; k < num_keys; ++k) offsets[k + 1] += offsets[k];
-    items.resize(static_cast<size_t>(offsets[num_keys]));
-    std::vector<int64_t>& fill = scratch_;
-    fill.assign(offsets.begin(), offsets.end() - 1);
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t k = static_cast<int64_t>(key_array[i]);
-      if (k >= 0 && k < num_keys) items[static_cast<size_t>(fill[static_cast<size_t>(k)]++)] = i;
-    }
+    width_ = 0;
+    fill_buckets(key_array, count, keys_in_range,
+                 [keys_in_range](int64_t, int64_t k) { return k >= 0 && k < keys_in_range ? k : INT64_C(-1); });
   }
 
   // A padded forest's keys [trees, width] (parent arrays, one row per tree): element i of tree b = i / width is
   // bucketed under b * width + keys[i] when keys[i] is in [0, width), so that each tree's keys name its own rows.
   template <class T>
   void build_trees(const T* key_array, int64_t trees, int64_t width) {
-    keys = key_array;
-    n = trees * width;
-    num_keys = n;
     width_ = width;
-    offsets.assign(static_cast<size_t>(num_keys) + 1, 0);
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t k = static_cast<int64_t>(key_array[i]);
-      if (k >= 0 && k < width) ++offsets[static_cast<size_t>(i - i % width + k) + 1];
-    }
-    for (int64_t k = 0; k < num_keys; ++k) offsets[k + 1] += offsets[k];
-    items.resize(static_cast<size_t>(offsets[num_keys]));
-    std::vector<int64_t>& fill = scratch_;
-    fill.assign(offsets.begin(), offsets.end() - 1);
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t k = static_cast<int64_t>(key_array[i]);
-      if (k >= 0 && k < width) items[static_cast<size_t>(fill[static_cast<size_t>(i - i % width + k)]++)] = i;
-    }
+    fill_buckets(key_array, trees * width, trees * width,
+                 [width](int64_t i, int64_t k) { return k >= 0 && k < width ? i - i % width + k : INT64_C(-1); });
   }
 
   // Appends f(i) for every element i of tree `tree` (built by build_trees) with keys[i] == key, in increasing i:
@@ -85,6 +58,27 @@ struct KeyBuckets {
   }
 
  private:
+  // A counting sort of the elements by bucket_of(i, keys[i]) (-1: in no bucket).
+  template <class T, class B>
+  void fill_buckets(const T* key_array, int64_t count, int64_t buckets, B bucket_of) {
+    keys = key_array;
+    n = count;
+    num_keys = buckets;
+    offsets.assign(static_cast<size_t>(num_keys) + 1, 0);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t b = bucket_of(i, static_cast<int64_t>(key_array[i]));
+      if (b >= 0) ++offsets[static_cast<size_t>(b) + 1];
+    }
+    for (int64_t k = 0; k < num_keys; ++k) offsets[k + 1] += offsets[k];
+    items.resize(static_cast<size_t>(offsets[num_keys]));
+    std::vector<int64_t>& fill = scratch_;
+    fill.assign(offsets.begin(), offsets.end() - 1);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t b = bucket_of(i, static_cast<int64_t>(key_array[i]));
+      if (b >= 0) items[static_cast<size_t>(fill[static_cast<size_t>(b)]++)] = i;
+    }
+  }
+
   std::vector<int64_t> scratch_;
   int64_t width_ = 0;
 };
