@@ -99,6 +99,17 @@ class EdgesSum(nn.Module):
         return h[src[dst == v]].sum(0)
 
 
+class ParentCountTestBlend(nn.Module):
+    """A leaf test as TorchScript users write it, `float(bool(count == 0))`: an integer computed from the set's
+    count through bool and float casts (scripted only: dynamo cannot take bool() of a tensor in a loop)."""
+    EXPORTERS = ("script",)
+
+    def forward(self, h, parent, v):
+        s = (parent == v).float() @ h
+        m = float(bool((parent == v).sum(-1) == 0))
+        return m * torch.ones_like(s) + (1 - m) * s
+
+
 class EdgesMaskSum(nn.Module):
     """Separate src and dst vectors: a mask over the targets weighs the rows gathered at every source."""
 
@@ -257,7 +268,7 @@ class ParentMaskAttention(nn.Module):
 ENCODINGS = {
     "parent": (("parent",), [MaskMatmul, WhereSum, BoolIndexSum, NonzeroSum, MaskMultiplySum, BoolIndexMean,
                              WhereMax, BoolIndexAttention, ParentUnitAxisMatmul, ParentMaskAttention,
-                             NonzeroSqueezeIndexSelect]),
+                             NonzeroSqueezeIndexSelect, ParentCountTestBlend]),
     "csr": (("offsets", "indices"), [CsrSlice, CsrItemSlice, CsrRangeMask, CsrAttention]),
     "edges": (("src", "dst"), [EdgesSum, EdgesMaskSum, EdgesMaskMatmul, EdgesMaskMean]),
     "edge_index": (("edge_index",), [EdgeIndexSum, EdgeIndexMean, EdgeIndexAttention, EdgeIndexMaskSum,
