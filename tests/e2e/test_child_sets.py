@@ -493,25 +493,35 @@ def test_masks_that_do_not_select_the_set_are_refused(tmp_path, encoding, agg, r
     assert reason in report.regions[0].reason
 
 
+def _converted_feeds(tmp_path, encoding: str, agg) -> dict:
+    """The scripted model for (encoding, agg) exported and converted in tmp_path; feeds of a 9-node tree."""
+    torch.manual_seed(0)
+    sys.path.insert(0, str(Path(__file__).parent))
+    module = _module(encoding, agg, False, tmp_path).eval()
+    _export(module, encoding, False, tmp_path / "model.onnx")
+    report = cortex.convert(tmp_path / "model.onnx", tmp_path / "model.cortex.onnx")
+    assert [r.converted for r in report.regions] == [True], report.regions[0].reason
+    return _feeds(encoding, S.random_nary_tree(9, 3, np.random.default_rng(1), V))
+
+
+def _both_fail(tmp_path, feeds: dict, match: str) -> None:
+    """The original fails on feeds, and the converted model raises with `match` in its message."""
+    import onnxruntime as ort
+
+    with pytest.raises(Exception):
+        ort.InferenceSession(str(tmp_path / "model.onnx")).run(None, feeds)
+    with pytest.raises(Exception, match=match):
+        cortex.InferenceSession(str(tmp_path / "model.cortex.onnx")).run(None, feeds)
+
+
 def test_a_bad_source_outside_the_mask_is_the_originals_error(tmp_path):
     """h[edge_index[0]] gathers every edge's source, inside the set or not: an out-of-range source is an error in
     the original even on an edge into a node no one visits, and the converted model raises too."""
-    import onnxruntime as ort
-
-    torch.manual_seed(0)
-    sys.path.insert(0, str(Path(__file__).parent))
-    module = _module("edge_index", EdgeIndexMaskSum, False, tmp_path).eval()
-    _export(module, "edge_index", False, tmp_path / "model.onnx")
-    report = cortex.convert(tmp_path / "model.onnx", tmp_path / "model.cortex.onnx")
-    assert [r.converted for r in report.regions] == [True], report.regions[0].reason
-    feeds = _feeds("edge_index", S.random_nary_tree(9, 3, np.random.default_rng(1), V))
+    feeds = _converted_feeds(tmp_path, "edge_index", EdgeIndexMaskSum)
     n = feeds["words"].shape[0]
     bad = np.array([[n + 5], [n + 7]], dtype=feeds["edge_index"].dtype)  # into a node that does not exist
     feeds["edge_index"] = np.ascontiguousarray(np.concatenate([feeds["edge_index"], bad], axis=1))
-    with pytest.raises(Exception):
-        ort.InferenceSession(str(tmp_path / "model.onnx")).run(None, feeds)
-    with pytest.raises(Exception, match="out of range"):
-        cortex.InferenceSession(str(tmp_path / "model.cortex.onnx")).run(None, feeds)
+    _both_fail(tmp_path, feeds, "out of range")
 
 
 @pytest.mark.parametrize("bad", ["source out of range", "lengths differ"])
@@ -519,25 +529,14 @@ def test_separate_edge_vectors_read_whole_keep_the_originals_errors(tmp_path, ba
     """h[src] masked by dst == v gathers every source and pairs src[e] with dst[e]: an out-of-range source (on an
     edge into a node no one visits) or vectors of different lengths fail the original, and the converted model
     raises too, with the reason."""
-    import onnxruntime as ort
-
-    torch.manual_seed(0)
-    sys.path.insert(0, str(Path(__file__).parent))
-    module = _module("edges", EdgesMaskMatmul, False, tmp_path).eval()
-    _export(module, "edges", False, tmp_path / "model.onnx")
-    report = cortex.convert(tmp_path / "model.onnx", tmp_path / "model.cortex.onnx")
-    assert [r.converted for r in report.regions] == [True], report.regions[0].reason
-    feeds = _feeds("edges", S.random_nary_tree(9, 3, np.random.default_rng(1), V))
+    feeds = _converted_feeds(tmp_path, "edges", EdgesMaskMatmul)
     n = feeds["words"].shape[0]
     if bad == "source out of range":
         feeds["src"] = np.append(feeds["src"], n + 5).astype(feeds["src"].dtype)
         feeds["dst"] = np.append(feeds["dst"], n + 7).astype(feeds["dst"].dtype)
     else:
         feeds["src"] = np.append(feeds["src"], 0).astype(feeds["src"].dtype)
-    with pytest.raises(Exception):
-        ort.InferenceSession(str(tmp_path / "model.onnx")).run(None, feeds)
-    with pytest.raises(Exception, match="out of range" if bad == "source out of range" else "same length"):
-        cortex.InferenceSession(str(tmp_path / "model.cortex.onnx")).run(None, feeds)
+    _both_fail(tmp_path, feeds, "out of range" if bad == "source out of range" else "same length")
 
 
 @pytest.mark.parametrize("encoding,agg,expected", [

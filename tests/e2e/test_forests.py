@@ -97,16 +97,20 @@ class ChildSumTreeLSTM(nn.Module):
         c = torch.sigmoid(i) * torch.tanh(u) + (f * ck).sum(-2)
         return torch.sigmoid(o) * torch.tanh(c), c
 
-    def forward(self, words: Tensor, children: Tensor, order: Tensor) -> Tensor:
-        B, n = children.size(0), children.size(1)
+    def step(self, words: Tensor, children: Tensor, v: Tensor, bidx: Tensor, h: Tensor, c: Tensor):
+        """The new rows [B, 1, H] of every tree's node v (v [1]; h, c [B, N, H]; bidx [B, 1, 1])."""
+        kids = children[:, v]  # [B, 1, K]
+        mask = (kids >= 0).float().unsqueeze(-1)
+        return self.cell(self.emb(words[:, v]), h[bidx, kids], c[bidx, kids], mask)
+
+    def forward(self, words: Tensor, structure: Tensor, order: Tensor) -> Tensor:
+        B, n = structure.size(0), structure.size(1)
         bidx = torch.arange(B).view(-1, 1, 1)
         h = torch.zeros(B, n, self.hidden)
         c = torch.zeros(B, n, self.hidden)
         for k in range(order.size(0)):
             v = order[k:k + 1]
-            kids = children[:, v]  # [B, 1, K]
-            mask = (kids >= 0).float().unsqueeze(-1)
-            h_new, c_new = self.cell(self.emb(words[:, v]), h[bidx, kids], c[bidx, kids], mask)
+            h_new, c_new = self.step(words, structure, v, bidx, h, c)
             h[:, v] = h_new
             c[:, v] = c_new
         return h
@@ -122,9 +126,7 @@ class ChildSumWhile(ChildSumTreeLSTM):
 
         def body_fn(k, h, c):
             v = order[k.unsqueeze(0)]
-            kids = children[:, v]  # [B, 1, K]
-            mask = (kids >= 0).float().unsqueeze(-1)
-            h_new, c_new = self.cell(self.emb(words[:, v]), h[bidx, kids], c[bidx, kids], mask)
+            h_new, c_new = self.step(words, children, v, bidx, h, c)
             h, c = h.clone(), c.clone()
             h[:, v] = h_new
             c[:, v] = c_new
@@ -156,23 +158,17 @@ class UnmaskedRNN(nn.Module):
         return h
 
 
-class ParentChildSum(nn.Module):
-    """Child-Sum TreeLSTM over a padded forest given as parent arrays [B, N] (-1 at a root): each tree's children
-    found with `parent == v`, summed by a mask matmul or by masking the whole table (issue 19: a child set over a
-    padded forest)."""
+class ParentChildSum(ChildSumTreeLSTM):
+    """The same Child-Sum TreeLSTM over a padded forest given as parent arrays [B, N] (-1 at a root): each tree's
+    children found with `parent == v`, summed by a mask matmul or by masking the whole table (issue 19: a child set
+    over a padded forest)."""
 
     def __init__(self, form: str):
         super().__init__()
-        self.hidden = H
         self.matmul = form == "matmul"
-        self.emb = nn.Embedding(V, E)
-        self.W = nn.Linear(E, 3 * H)
-        self.U = nn.Linear(H, 3 * H, bias=False)
-        self.W_f = nn.Linear(E, H)
-        self.U_f = nn.Linear(H, H, bias=False)
 
-    def step(self, x: Tensor, parent: Tensor, v: Tensor, h: Tensor, c: Tensor):
-        """x [B, 1, E], v [1]; h, c [B, N, H]: the new rows [B, 1, H]."""
+    def step(self, words: Tensor, parent: Tensor, v: Tensor, bidx: Tensor, h: Tensor, c: Tensor):
+        x = self.emb(words[:, v])  # [B, 1, E]
         sel = (parent == v).float()  # [B, N]: tree b's children of its node v
         f = torch.sigmoid(self.W_f(x) + self.U_f(h))  # [B, N, H]
         if self.matmul:
@@ -184,30 +180,20 @@ class ParentChildSum(nn.Module):
         c_new = torch.sigmoid(i) * torch.tanh(u) + fc
         return torch.sigmoid(o) * torch.tanh(c_new), c_new
 
-    def forward(self, words: Tensor, parent: Tensor, order: Tensor) -> Tensor:
-        B, n = parent.size(0), parent.size(1)
-        h = torch.zeros(B, n, self.hidden)
-        c = torch.zeros(B, n, self.hidden)
-        for k in range(order.size(0)):
-            v = order[k:k + 1]
-            h_new, c_new = self.step(self.emb(words[:, v]), parent, v, h, c)
-            h[:, v] = h_new
-            c[:, v] = c_new
-        return h
-
 
 class ParentChildSumWhile(ParentChildSum):
     """The same for dynamo: torch.while_loop, functional scatter writes."""
 
     def forward(self, words, parent, order):
         B, n = parent.size(0), parent.size(1)
+        bidx = torch.arange(B).view(-1, 1, 1)  # (unused by the parent array's step)
 
         def cond_fn(k, h, c):
             return k < order.size(0)
 
         def body_fn(k, h, c):
             v = order[k.unsqueeze(0)]
-            h_new, c_new = self.step(self.emb(words[:, v]), parent, v, h, c)
+            h_new, c_new = self.step(words, parent, v, bidx, h, c)
             at = v.view(1, 1, 1).expand(h.size(0), 1, self.hidden)
             return k + 1, h.scatter(1, at, h_new), c.scatter(1, at, c_new)
 
