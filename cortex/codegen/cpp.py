@@ -115,6 +115,9 @@ class CpuEmitter(KernelEmitter):
                 value = env.expr(expr, Access(0), w, temps, code, pointers)
                 stores.append(f"{dest(f'{col} + j' if col else 'j')} = {value};")
             bounds = f"int64_t j = {span[0]}; j < {span[1]}; ++j" if span else f"int64_t j = 0; j < {w}; ++j"
+            # omp simd (with -fopenmp-simd): element loops must vectorize; GCC 13 gives up on the if-conversion of
+            # a TreeLSTM gate loop without it (scalar: 25x slower than GCC 12's vector loop)
+            body.append("    #pragma omp simd")
             body.append(f"    for ({bounds}) {{")
             body += ["      " + line for line in code + stores]
             body.append("    }")
@@ -261,7 +264,7 @@ class CpuEmitter(KernelEmitter):
                    f"m < ws.set_end[q * Workspace::kSets + {s}]; ++m) {{",
                    "      const int64_t u = ws.members[m];"]
                 + [f"      {d}" for d in member_decls]
-                + [f"      for (int64_t j = 0; j < {e.width}; ++j) {{"]
+                + ["      #pragma omp simd", f"      for (int64_t j = 0; j < {e.width}; ++j) {{"]
                 + [f"        {line}" for line in code]
                 + [f"        acc[j] = {combine};", "      }", "    }", "  });"])
 

@@ -30,9 +30,10 @@ from ..artifacts import MAX_KERNEL_BYTES
 
 # Neither -fno-math-errno nor -fno-trapping-math changes a result; both let loops vectorize. -fno-gnu-unique: the
 # static locals of std:: templates (std::to_string's digit table) would be STB_GNU_UNIQUE symbols, and glibc never
-# unloads a library that has one; the EP unloads a kernel when no session uses it.
+# unloads a library that has one; the EP unloads a kernel when no session uses it. -fopenmp-simd honours the
+# generated element loops' `#pragma omp simd` (no OpenMP runtime).
 BASE_FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-fvisibility=hidden", "-fno-gnu-unique", "-pthread",
-              "-fno-math-errno", "-fno-trapping-math")
+              "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd")
 X86_LEVELS = ("x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4")
 CPU_LEVELS = X86_LEVELS + ("native",)
 # Extra flags for every kernel compile (the sanitizer build sets -fsanitize=...); part of the cache key.
