@@ -57,6 +57,13 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+# numpy's BLAS only builds inputs and the reference here, and its idle threads spin for a while after each call,
+# on the cores the timed system needs (the 16-core GPU host: Cortex h256 b10 2.1 ms beside them, 0.93 ms without).
+# One BLAS thread in this process (set before numpy loads); the peak is measured in a child process with the
+# user's setting, or the BLAS default (every core) (tools/peers/flops.py).
+os.environ.setdefault("CORTEX_BENCH_PEAK_BLAS_THREADS", os.environ.get("OPENBLAS_NUM_THREADS", ""))
+os.environ["OPENBLAS_NUM_THREADS"] = "1"
+
 from tools.benchlib.compare import perturb_hook, run_bench  # noqa: E402
 from tools.benchlib.forms import MODELS_DOC, render_forms_markdown, render_forms_table, run_forms  # noqa: E402
 from tools.benchlib.forms import write_models_doc  # noqa: E402

@@ -306,7 +306,7 @@ class CpuEmitter(KernelEmitter):
         lines += cstyle.rows_and_positions(plan, self.syntax)
         lines += cstyle.allocate_tables(
             plan, "cx",
-            lambda i, tid, t: (f"if (cx.N) std::memcpy(cx.{tid}, cortex::host_data(inputs[{i}], \"{cstr(t.init)}\"), "
+            lambda i, tid, t: (f"if (cx.N) cortex::copy_table(cx.{tid}, cortex::host_data(inputs[{i}], \"{cstr(t.init)}\"), "
                                f"sizeof({self.real}) * cx.N * {t.width});"),
             lambda tid, rows, t: f"if ({rows}) std::memset(cx.{tid}, 0, sizeof({self.real}) * {rows} * {t.width});",
             lambda i, tid, t: (f"cortex::check_zeros(static_cast<const {self.real}*>(cortex::host_data(inputs[{i}], "
