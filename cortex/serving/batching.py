@@ -112,6 +112,7 @@ class BatchingSession:
         self._cond = threading.Condition()
         self._closing = False
         self._last_batch = max_trees  # requests the last batch took: how many to expect (the first: a full one)
+        self._wanted = 1  # queued requests that make a waiting worker's batch ready (enqueue notifies from there)
         self._workers = [threading.Thread(target=self._serve_forever, name=f"cortex-batching-{k}", daemon=True)
                          for k in range(workers)]
         for worker in self._workers:
@@ -136,7 +137,8 @@ class BatchingSession:
                 raise QueueFull(f"{len(self._queue)} requests are waiting (max_queue={self.max_queue}); this one was "
                                 "not queued: retry later or shed load")
             self._queue.append(request)
-            self._cond.notify()
+            if len(self._queue) >= self._wanted:  # wake a worker only when its batch is ready, not per request
+                self._cond.notify()
         return request.future
 
     def run(self, feeds: dict, timeout: Optional[float] = None) -> list:
@@ -178,19 +180,27 @@ class BatchingSession:
         answered (in a closed loop those callers come back at once; a single caller never waits), or when the
         oldest has waited `max_delay_ms`."""
         with self._cond:
-            while not self._queue and not self._closing:
-                self._cond.wait()
-            if not self._queue:
-                return []
-            deadline = self._queue[0].arrival + self.max_delay
-            expected = min(self.max_trees, self._last_batch)
-            while len(self._queue) < expected and not self._closing:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
+            while True:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return []  # closing, and nothing left to serve
+                deadline = self._queue[0].arrival + self.max_delay
+                expected = min(self.max_trees, self._last_batch)
+                while len(self._queue) < expected and not self._closing:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._wanted = expected
+                    self._cond.wait(remaining)
+                self._wanted = 1
+                if self._queue:  # else another worker took them while this one waited: wait again
                     break
-                self._cond.wait(remaining)
             count = min(self.max_trees, len(self._queue))
             self._last_batch = count
+            # more requests than one batch are waiting: another worker may start on them now
+            if len(self._queue) > count:
+                self._cond.notify()
             return [self._queue.popleft() for _ in range(count)]
 
     def _serve_forever(self):

@@ -296,3 +296,16 @@ def test_asyncio_cancel_timeout_and_close(models):
         good_a, bad, good_b = asyncio.run(asyncio.wait_for(bad_and_good(session), 60))
     assert isinstance(bad, Exception)
     assert _same(good_a, plain.run(None, feeds[4])) and _same(good_b, plain.run(None, feeds[5]))
+
+
+def test_every_worker_keeps_serving(models):
+    """Several workers: one may take the batch another was collecting; that one must go back to waiting, not stop
+    (a worker that stopped would leave fewer forests in flight, and none once all had)."""
+    trees = _trees(8)
+    with cortex.BatchingSession(models["treerec"], max_trees=2, max_delay_ms=1, workers=3) as session:
+        for burst in range(40):
+            futures = [session.submit(_feeds("treerec", t)) for t in trees[:1 + burst % 7]]
+            assert all(_answer(f)[0] == "ok" for f in futures)
+            time.sleep(0.003)  # past every worker's deadline: an emptied queue is what a worker then finds
+        alive = [w.is_alive() for w in session._workers]
+    assert all(alive), f"workers stopped while the session was open: {alive}"
