@@ -4,9 +4,9 @@
     python tools/serve_bench.py [--hidden 64,256] [--clients 1,2,4,8,16,32,64] [--seconds 2] [--repeats 3]
                                 [--max-requests 20000]
                                 [--max-trees 32] [--delay-ms 2] [--modes run,batching,ray] [--device cpu|cuda]
-                                [--form treerec|loop] [--quick] [--out DIR]
+                                [--form treerec|loop] [--clients-as threads|asyncio] [--quick] [--out DIR]
 
-Each of N client threads sends one single-tree request (SST test trees, in turn), waits for its answer, and sends
+Each of N clients sends one single-tree request (SST test trees, in turn), waits for its answer, and sends
 the next (closed loop), for --seconds or until --max-requests answers, whichever comes first (--repeats times, the
 modes interleaved, the median reported: a neighbour's burst on a shared machine hits one repeat), on this machine only
 (in-process sessions; Ray Serve through its handles on a local Ray). Modes, the same trees and weights:
@@ -20,6 +20,11 @@ modes interleaved, the median reported: a neighbour's burst on a shared machine 
   at that client count (one caller, no merging cost): what merging is measured against;
 - `merge`: the same groups of single-tree requests through `cortex.serving.run_forest` by one caller: the bound
   plus merging, the bounds check and splitting, without the queue and the callers' threads.
+
+Clients (--clients-as): `threads` (default), N Python threads each blocking on its call (a threaded server);
+`asyncio`, N coroutines on one event loop (an asyncio server, as a Ray Serve replica or an ASGI app is): `batching`
+awaits `run_async`, `run` awaits `session.run` on a pool of N threads (`loop.run_in_executor`), `ray` awaits the
+handle's response.
 
 Reported per (hidden, mode, clients): throughput (trees/s), p50 and p99 latency (ms) from send to answer, the mean
 requests per kernel call. Before timing, every mode's answers for the first trees are checked against a plain run
@@ -119,6 +124,33 @@ def closed_loop(call, requests: list, clients: int, seconds: float, max_requests
             "p99_ms": float(np.percentile(lat, 99) * 1e3)}
 
 
+def closed_loop_async(acall, requests: list, clients: int, seconds: float, max_requests: int) -> dict:
+    """`closed_loop` with `clients` coroutines on one event loop, each awaiting `acall(feeds)`."""
+    import asyncio
+
+    latencies = []
+    taken = [0]
+
+    async def client(deadline):
+        while time.perf_counter() < deadline and taken[0] < max_requests:
+            k = taken[0]
+            taken[0] += 1
+            sent = time.perf_counter()
+            await acall(requests[k % len(requests)])
+            latencies.append(time.perf_counter() - sent)
+
+    async def main():
+        await asyncio.gather(*(client(start + seconds) for _ in range(clients)))
+
+    start = time.perf_counter()
+    asyncio.run(main())
+    elapsed = time.perf_counter() - start
+    lat = np.array(latencies) if latencies else np.array([np.nan])
+    return {"clients": clients, "requests": len(latencies), "seconds": round(elapsed, 3),
+            "throughput": len(latencies) / elapsed, "p50_ms": float(np.percentile(lat, 50) * 1e3),
+            "p99_ms": float(np.percentile(lat, 99) * 1e3)}
+
+
 def forest_bound(session, plan, requests: list, batch: int, seconds: float, form: str, trees) -> tuple:
     """Trees/s by one caller, back to back, over the same trees in groups of `batch`: (prebuilt forests: the bound;
     run_forest over the single-tree requests: the bound plus merging, checking and splitting, without the queue and
@@ -185,6 +217,32 @@ class Modes:
             return lambda feeds: self.ray_handle.infer.remote(feeds).result(timeout_s=120)
         raise ValueError(mode)
 
+    def acall(self, mode: str):
+        """The coroutine function an asyncio client awaits per request."""
+        import asyncio
+
+        if mode == "run":
+            if getattr(self, "_executor", None) is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._executor = ThreadPoolExecutor(max_workers=max(self.args.clients))
+
+            async def run(feeds):
+                return await asyncio.get_running_loop().run_in_executor(self._executor, self.plain.run, None, feeds)
+            return run
+        if mode == "batching":
+            return self.batching.run_async
+        if mode == "ray":
+            async def ray(feeds):
+                return await self.ray_handle.infer.remote(feeds)
+            return ray
+        raise ValueError(mode)
+
+    def loop(self, mode: str, requests: list, clients: int, seconds: float, max_requests: int) -> dict:
+        if self.args.clients_as == "asyncio":
+            return closed_loop_async(self.acall(mode), requests, clients, seconds, max_requests)
+        return closed_loop(self.call(mode), requests, clients, seconds, max_requests)
+
     def served(self, mode: str):
         """(requests answered, kernel calls) so far by a batching mode; None for the others."""
         if mode == "batching":
@@ -208,6 +266,8 @@ class Modes:
 
     def close(self):
         self.batching.close()
+        if getattr(self, "_executor", None) is not None:
+            self._executor.shutdown()
         if self.ray_handle is not None:
             import ray
             from ray import serve
@@ -242,9 +302,9 @@ def run(args) -> dict:
                 runs = {mode: [] for mode in active + ["bound", "merge"]}
                 for repeat in range(args.repeats):  # everything interleaved: a neighbour's burst hits one repeat
                     for mode in active:
-                        closed_loop(modes.call(mode), requests, clients, min(0.3, args.seconds), 10 ** 9)  # warm
+                        modes.loop(mode, requests, clients, min(0.3, args.seconds), 10 ** 9)  # warm
                         before = modes.served(mode)
-                        point = closed_loop(modes.call(mode), requests, clients, args.seconds, args.max_requests)
+                        point = modes.loop(mode, requests, clients, args.seconds, args.max_requests)
                         point.update(hidden=hidden, mode=mode)
                         after = modes.served(mode)
                         if after is not None:
@@ -382,6 +442,8 @@ def parse_args(argv=None):
                                                                 "always)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (models converted for that target)")
     p.add_argument("--form", choices=("treerec", "loop"), default="treerec")
+    p.add_argument("--clients-as", choices=("threads", "asyncio"), default="threads",
+                   help="the clients: N threads (default) or N coroutines on one event loop")
     p.add_argument("--trees", type=int, default=500, help="SST test trees cycled through (500)")
     p.add_argument("--quick", action="store_true", help="a short run (under 2 minutes on the GPU host)")
     p.add_argument("--out", default=None, help="output folder (default: a new temporary folder)")

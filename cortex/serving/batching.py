@@ -66,10 +66,54 @@ class _Waiter:
         return self._value
 
 
+class _LoopAnswer:
+    """The answer slot of `run_async`: an asyncio future of the caller's event loop. The worker answers every such
+    request of a forest with one call into each loop (`_answer_loops`), not one wake-up of the loop per request."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.future = loop.create_future()
+
+    def set_running_or_notify_cancel(self) -> bool:
+        return not self.future.cancelled()  # a caller that gave up before its forest ran drops its request
+
+    def done(self) -> bool:
+        return self.future.done()
+
+    def set_result(self, value):
+        _answer_loops([(self, value)])
+
+    def set_exception(self, error):
+        _answer_loops([(self, error)])
+
+
+def _settle(pairs: list):
+    """In the caller's loop: each future gets its result or exception (unless its caller gave up meanwhile)."""
+    for future, outcome in pairs:
+        if future.done():
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+
+def _answer_loops(answers: list):
+    """(a _LoopAnswer, result or exception) pairs: one call_soon_threadsafe per event loop."""
+    by_loop = {}
+    for answer, outcome in answers:
+        by_loop.setdefault(answer.loop, []).append((answer.future, outcome))
+    for loop, pairs in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, pairs)
+        except RuntimeError:  # the caller's loop is closed: nobody is waiting for these answers
+            pass
+
+
 @dataclass
 class _Request:
     feeds: dict
-    future: object  # a Future (submit, run_async) or a _Waiter (run)
+    future: object  # a Future (submit), a _LoopAnswer (run_async) or a _Waiter (run)
     arrival: float
     alone: Optional[str]  # why it cannot join a merged run, or None
 
@@ -147,7 +191,8 @@ class BatchingSession:
 
     async def run_async(self, feeds: dict) -> list:
         """`run` for asyncio: waits without blocking the event loop (cancelling it drops a request not yet run)."""
-        return await asyncio.wrap_future(self.submit(feeds))
+        answer = self._enqueue(feeds, _LoopAnswer(asyncio.get_running_loop()))
+        return await answer.future
 
     def close(self, cancel_pending: bool = False, timeout: Optional[float] = None) -> bool:
         """Takes no new requests; serves those queued (or, with `cancel_pending`, fails them with SessionClosed);
@@ -222,8 +267,12 @@ class BatchingSession:
         results = run_forest(self.plan, self.session, [r.feeds for r in batch], [r.alone for r in batch], counts)
         with self._stats_lock:
             self.stats.add(counts)
+        in_loops = []
         for request, result in zip(batch, results):
-            if isinstance(result, BaseException):
+            if isinstance(request.future, _LoopAnswer):
+                in_loops.append((request.future, result))
+            elif isinstance(result, BaseException):
                 request.future.set_exception(result)
             else:
                 request.future.set_result(result)
+        _answer_loops(in_loops)

@@ -309,3 +309,28 @@ def test_every_worker_keeps_serving(models):
             time.sleep(0.003)  # past every worker's deadline: an emptied queue is what a worker then finds
         alive = [w.is_alive() for w in session._workers]
     assert all(alive), f"workers stopped while the session was open: {alive}"
+
+
+def test_callers_of_several_event_loops_share_forests(models):
+    """Coroutines of two event loops (two threads) and a blocking caller in one forest: each loop gets its own
+    answers (the worker settles a forest's asyncio callers with one call into each loop)."""
+    path = models["treerec"]
+    plain = cortex.InferenceSession(path)
+    feeds = [_feeds("treerec", t) for t in _trees(13)]
+    got = {}
+
+    def loop_thread(name, part):
+        async def main():
+            return await asyncio.gather(*(session.run_async(f) for f in part))
+        got[name] = asyncio.run(main())
+
+    with cortex.BatchingSession(path, max_trees=13, max_delay_ms=500) as session:
+        threads = [threading.Thread(target=loop_thread, args=(k, feeds[6 * k:6 * k + 6])) for k in range(2)]
+        for t in threads:
+            t.start()
+        alone = session.run(feeds[12], timeout=60)
+        for t in threads:
+            t.join(60)
+        assert session.stats.largest_batch > 6  # the loops' callers met in a forest
+    answers = got[0] + got[1] + [alone]
+    assert all(_same(a, plain.run(None, f)) for a, f in zip(answers, feeds))

@@ -53,3 +53,15 @@ def test_plot(results):
 def test_unknown_mode_is_refused():
     with pytest.raises(SystemExit):
         serve_bench.parse_args(["--modes", "run,http"])
+
+
+def test_asyncio_clients(tmp_path):
+    """--clients-as asyncio: the same points from coroutines on one event loop; 32 of them still share forests."""
+    assert serve_bench.main(TINY + ["--clients-as", "asyncio", "--out", str(tmp_path), "--no-plot"]) == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["settings"]["clients_as"] == "asyncio"
+    for p in data["points"]:
+        if p["mode"] in ("run", "batching"):
+            assert 0 < p["requests"] <= 300 and p["p50_ms"] <= p["p99_ms"]
+    batching = next(p for p in data["points"] if p["mode"] == "batching" and p["clients"] == 32)
+    assert batching["mean_batch"] > 1
