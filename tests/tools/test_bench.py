@@ -193,3 +193,18 @@ def test_phases_break_cortex_time_down(tmp_path):
         assert phases["kernel_us"] > 0 and all(v >= 0 for v in steps.values())
         assert sum(steps.values()) <= 2 * phases["kernel_us"]
     assert "## Where Cortex's time goes" in (tmp_path / "results.md").read_text()
+
+
+def test_timing_keeps_the_collector_off_and_restores_it():
+    """time_system: a collector pause must not land in one system's timed pass (as timeit: collected before, off
+    while timing), and the collector is on again afterwards."""
+    import gc
+
+    from tools.benchlib.measure import time_system
+
+    seen = []
+    assert gc.isenabled()
+    stats = time_system(lambda x: seen.append(gc.isenabled()), [1, 2, 3], budget_s=0.01, min_reps=3, max_reps=3,
+                        warmup=1)
+    assert stats["repeats"] == 3 and seen and not any(seen)
+    assert gc.isenabled()
