@@ -33,12 +33,13 @@ class Products:
     call: str
     columns: str
     header: str
+    blocks: str = ""  # one call for the same columns of equally spaced blocks (where the rows' rounding is shared)
 
 
 FLOAT32_PRODUCTS = Products("float32", PANELS, "float", "cortex::gemm_packed", "cortex::gemm_packed_columns", "gemm.h")
 # Opt-in (--precision bf16): weights and product inputs rounded to bf16, float32 sums (csrc/runtime/gemm_bf16.h).
 BF16_PRODUCTS = Products("bf16", PANELS_BF16, "uint16_t", "cortex::gemm_packed_bf16",
-                         "cortex::gemm_packed_bf16_columns", "gemm_bf16.h")
+                         "cortex::gemm_packed_bf16_columns", "gemm_bf16.h", "cortex::gemm_packed_bf16_blocks")
 PRODUCTS = {p.precision: p for p in (FLOAT32_PRODUCTS, BF16_PRODUCTS)}
 # A float64 program (a model written with `model.double()`): double weights in the same panels, double sums
 # (csrc/runtime/gemm_f64.h); whatever the backend's precision, which is refused with float64 unless float32.
@@ -168,10 +169,17 @@ class CpuEmitter(KernelEmitter):
                 lines.append(f"    {self.real}* {source} = ws.task_buffer(task, {n}, B * {k_dim});  // its input rows, this worker's copy")
                 lines += self.serial_rows(env, [(e.x, dense(source, k_dim))], "    ", rows=rows)
             bias = f"cx.{plan.const_ids[e.bias]}" if e.bias else "nullptr"
-            for o in fused[e]:
-                lines.append(f"    {self.products.columns}(b1 - b0, {n_dim}, {k_dim}, {source} + b0 * {k_dim}, {k_dim}, "
-                             f"cx.{plan.const_ids[e.weight]}, {step.buffer} + b0 * {n_dim}, {n_dim}, {bias}, {o} + j0, {o} + j1);"
-                             f"  // {comment(e.weight)}")
+            args = (f"b1 - b0, {n_dim}, {k_dim}, {source} + b0 * {k_dim}, {k_dim}, cx.{plan.const_ids[e.weight]}, "
+                    f"{step.buffer} + b0 * {n_dim}, {n_dim}, {bias}")
+            offs = list(fused[e])
+            stride = offs[1] - offs[0] if len(offs) > 1 else 0
+            if (self.products.blocks and len(offs) > 1 and width % nr == 0 and stride > 0 and stride % nr == 0
+                    and offs[0] % nr == 0 and offs == [offs[0] + g * stride for g in range(len(offs))]):
+                lines.append(f"    {self.products.blocks}({args}, j0, j1, {offs[0]}, {len(offs)}, {stride});"
+                             f"  // {comment(e.weight)}, columns j0..j1 of {len(offs)} blocks")
+                continue
+            for o in offs:
+                lines.append(f"    {self.products.columns}({args}, {o} + j0, {o} + j1);  // {comment(e.weight)}")
         targets, prelude = self.output_rows(cp)
         lines += self.serial_rows(env, targets, "    ", span=("j0", "j1"), prelude=prelude, rows=rows)
         lines.append("  });")
@@ -291,6 +299,34 @@ class CpuEmitter(KernelEmitter):
 
     # ---- the entry point ---------------------------------------------------------------------------
 
+    def first_values(self) -> list:
+        """Lines giving each state table its first value (its initial input, or zeros): with a valid schedule only in
+        the rows no position overwrites first (at batch 100, hidden 256: two 3.6 MB copies that every run overwrote);
+        otherwise (positions one at a time) in every row."""
+        plan, p = self.plan, self.p
+        members = ", ws.read_offsets.data(), ws.members.data()" if plan.max_sets else ""
+        valid, whole = [], []
+        for t in p.tables:
+            if t.kind != "state":
+                continue
+            tid = plan.table_ids[t.name]
+            row_bytes = f"sizeof({self.real}) * {t.width}"
+            if t.init is not None:
+                i = next(j for j, d in enumerate(p.inputs) if d.name == t.init)
+                src = f"cortex::host_data(inputs[{i}], \"{cstr(t.init)}\")"
+                whole.append(f"      if (cx.N) cortex::copy_table(cx.{tid}, {src}, {row_bytes} * cx.N);")
+            else:
+                src = "nullptr"
+                whole.append(f"      if (cx.N) std::memset(cx.{tid}, 0, {row_bytes} * cx.N);")
+            writes = ", ".join("true" if any(w == t.name for w, _ in case.writes) else "false" for case in p.cases)
+            valid += [f"      {{ static const bool writes[] = {{{writes}}};  // which cases write {comment(t.name)}",
+                      "        cortex::mark_overwritten_rows(cx.N, ws.listed, ws.node.data(), ws.case_id.data(), writes, "
+                      f"ws.reads.data(), kReads, ws.overwritten{members});",
+                      f"        cortex::fill_rows_not_overwritten(cx.{tid}, {src}, {row_bytes}, cx.N, ws.overwritten); }}"]
+        if not whole:
+            return []
+        return ["    if (ws.schedule.valid) {", *valid, "    } else {", *whole, "    }"]
+
     def run_body(self) -> list:
         plan = self.plan
         lines = ["    (void)execution;  // a CPU kernel runs on the calling thread and its pool",
@@ -304,11 +340,12 @@ class CpuEmitter(KernelEmitter):
         lines += cstyle.check_const_inputs(
             plan, lambda i, cid: f"cx.{cid} = static_cast<const {ctypes[cid]}*>(inputs[{i}].data);")
         lines += cstyle.rows_and_positions(plan, self.syntax)
+        # State tables get their first value once the schedule is known (first_values); emit tables here.
         lines += cstyle.allocate_tables(
             plan, "cx",
-            lambda i, tid, t: (f"if (cx.N) cortex::copy_table(cx.{tid}, cortex::host_data(inputs[{i}], \"{cstr(t.init)}\"), "
-                               f"sizeof({self.real}) * cx.N * {t.width});"),
-            lambda tid, rows, t: f"if ({rows}) std::memset(cx.{tid}, 0, sizeof({self.real}) * {rows} * {t.width});",
+            lambda i, tid, t: "/* its first value: after the schedule */",
+            lambda tid, rows, t: (f"if ({rows}) std::memset(cx.{tid}, 0, sizeof({self.real}) * {rows} * {t.width});"
+                                  if t.kind != "state" else "/* its first value: after the schedule */"),
             lambda i, tid, t: (f"cortex::check_zeros(static_cast<const {self.real}*>(cortex::host_data(inputs[{i}], "
                                f"\"{cstr(t.init)}\")), cx.N * {t.width}, \"{cstr(t.init)}\");"))
         linearize = cstyle.linearize_call(plan)
@@ -321,7 +358,8 @@ class CpuEmitter(KernelEmitter):
             "    phases.mark(2);  // hoisted input products",
             f"    std::string failure = {linearize};",
             "    if (!failure.empty()) throw cortex::KernelError(failure);",
-            "    phases.mark(3);  // linearized",
+            *self.first_values(),
+            "    phases.mark(3);  // linearized, state tables given their first values",
             "    if (ws.schedule.valid) {",
             "      const int64_t batches = ws.schedule.num_batches();",
             "      for (int64_t b = 0; b < batches; ++b) {",
@@ -393,6 +431,7 @@ alignas(64) const {real} kZeros[{width}] = {{}};  // the state of a missing chil
 struct Workspace {{
   cortex::Linearizer linearizer;
   cortex::Schedule schedule;
+  std::vector<uint8_t> overwritten;  // a state table's rows the positions overwrite before any read
 {positions}
   std::vector<std::vector<{real}>> buffers;
   std::vector<std::vector<{real}>> projections;  // hoisted input products, one table per run

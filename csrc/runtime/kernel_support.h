@@ -213,6 +213,46 @@ inline void for_rows(int64_t rows, int64_t work_per_row, F&& f) {
   });
 }
 
+// A state table's first value where the schedule is valid (linearize.h): every read of a listed position's row
+// then comes after that row's one write, so the initial value (or zeros) is needed only in the rows no position
+// overwrites first: rows that no listed position of a case writing this table targets, and rows a position reads
+// as its own (it reads the initial state, then writes). overwritten[r] = 1 for the others. writes[c]: case c writes
+// this table. `extra_offsets`, `extra_rows`: the child sets' members, as for reads_own_row.
+inline void mark_overwritten_rows(int64_t N, int64_t listed, const int64_t* node, const int32_t* case_id,
+                                  const bool* writes, const int64_t* reads, int64_t K, std::vector<uint8_t>& overwritten,
+                                  const int64_t* extra_offsets = nullptr, const int64_t* extra_rows = nullptr) {
+  overwritten.assign(static_cast<size_t>(N), 0);
+  for (int64_t q = 0; q < listed; ++q)
+    if (node[q] >= 0 && writes[case_id[q]]) overwritten[node[q]] = 1;
+  for (int64_t q = 0; q < listed; ++q) {
+    const int64_t r = node[q];
+    if (r < 0) continue;
+    for (int64_t k = 0; k < K; ++k)
+      if (reads[q * K + k] == r) overwritten[r] = 0;
+    if (extra_offsets != nullptr)
+      for (int64_t e = extra_offsets[q]; e < extra_offsets[q + 1]; ++e)
+        if (extra_rows[e] == r) overwritten[r] = 0;
+  }
+}
+
+// Gives the rows not overwritten (mark_overwritten_rows) their first value: src's rows, or zeros (src nullptr).
+inline void fill_rows_not_overwritten(void* dst, const void* src, size_t row_bytes, int64_t N,
+                                      const std::vector<uint8_t>& overwritten) {
+  for (int64_t r = 0; r < N;) {
+    if (overwritten[r]) {
+      ++r;
+      continue;
+    }
+    int64_t e = r + 1;
+    while (e < N && !overwritten[e]) ++e;
+    char* d = static_cast<char*>(dst) + r * row_bytes;
+    const size_t bytes = static_cast<size_t>(e - r) * row_bytes;
+    if (src != nullptr) copy_table(d, static_cast<const char*>(src) + r * row_bytes, bytes);
+    else std::memset(d, 0, bytes);
+    r = e;
+  }
+}
+
 // True when a position of the batch reads its own row before writing it (the batch must compute every new row before
 // it writes any); reads are the prepared child-state rows, kReads a position.
 // `extra_offsets`, `extra_rows` (optional): the members of each position's child sets, as CSR (linearize.h).
