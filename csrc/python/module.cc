@@ -304,6 +304,27 @@ py::object gemm_packed_bf16_columns(const F32Array& A, const U16Array& Bp, int64
   return o.C;
 }
 
+py::object gemm_packed_bf16_blocks(const F32Array& A, const U16Array& Bp, int64_t N, int64_t j0, int64_t j1,
+                                   int64_t first, int64_t count, int64_t stride, py::object C_obj,
+                                   py::object bias_obj, const std::string& isa) {
+  if (count < 1 || stride < 0 || stride % cortex::kGemmNR != 0 || first % cortex::kGemmNR != 0)
+    throw py::value_error("gemm_packed_bf16_blocks: count >= 1, first and stride multiples of 16");
+  for (int64_t g = 0; g < count; ++g)
+    check_columns("gemm_packed_bf16_blocks", N, first + g * stride + j0, first + g * stride + j1);
+  Operands o = operands("gemm_packed_bf16_blocks", A, Bp, N, cortex::packed_panels_bf16_size, bias_obj, C_obj, false);
+  with_bf16_isa(isa, [&](auto kern) {
+    using Kern = decltype(kern);
+    py::gil_scoped_release nogil;
+    if constexpr (std::is_same_v<Kern, AutoBf16>)
+      cortex::gemm_packed_bf16_blocks(o.M, N, o.K, A.data(), o.K, Bp.data(), o.c, o.ldc, o.bias, j0, j1, first,
+                                      count, stride);
+    else
+      cortex::gemm_packed_bf16_blocks_with<Kern>(o.M, N, o.K, A.data(), o.K, Bp.data(), o.c, o.ldc, o.bias, j0, j1,
+                                                 first, count, stride);
+  });
+  return o.C;
+}
+
 // Seconds per call of `call` (reps calls a loop, best of 3 loops), without the GIL.
 template <class F>
 double best_seconds(int64_t reps, F&& call) {
@@ -454,6 +475,10 @@ PYBIND11_MODULE(_C, m) {
   m.def("gemm_packed_bf16_columns", &gemm_packed_bf16_columns, py::arg("A"), py::arg("Bpacked"), py::arg("N"),
         py::arg("n0"), py::arg("n1"), py::arg("C"), py::arg("bias") = py::none(), py::arg("isa") = "auto",
         "Columns [n0, n1) of the bf16 product into C (serial).");
+  m.def("gemm_packed_bf16_blocks", &gemm_packed_bf16_blocks, py::arg("A"), py::arg("Bpacked"), py::arg("N"),
+        py::arg("j0"), py::arg("j1"), py::arg("first"), py::arg("count"), py::arg("stride"), py::arg("C"),
+        py::arg("bias") = py::none(), py::arg("isa") = "auto",
+        "Columns [first + g * stride + j0, first + g * stride + j1), g < count, of the bf16 product into C (serial).");
   m.def("num_threads", []() { return cortex::num_threads(); }, "Threads of the runtime pool (caller included)");
   m.def("sigmoid", [](float x) { return cortex::sigmoid(x); });
   m.def("tanh", [](float x) { return cortex::tanh_f(x); });

@@ -79,6 +79,14 @@ inline void pack_panels_bf16(const float* W, int64_t K, int64_t N, uint16_t* out
 
 namespace gemm_detail {
 
+// The panels a block computes: [p0, p1), and `count` such ranges `stride` panels apart (a fused level's worker
+// takes the same columns of each gate's block of the product: one call, its rows rounded once).
+struct PanelSet {
+  int64_t p0, p1, count = 1, stride = 0;
+  int64_t begin(int64_t g) const { return p0 + g * stride; }
+  int64_t end(int64_t g) const { return p1 + g * stride; }
+};
+
 // Rows [0, rows) of A[:, 0:kc] rounded to bf16, as k pairs (uint32: even k in the low half) in dst[i * ld + kk];
 // zero from kc up to the next multiple of 32. ld (pairs) >= round_up(kc, 32) / 2.
 inline void bf16_pairs(const float* A, int64_t lda, int64_t rows, int64_t kc, uint32_t* dst, int64_t ld) {
@@ -121,12 +129,13 @@ struct PortableBf16 {
   static constexpr double kGflops = 5;
   static constexpr const char* name = "portable";
 
-  static void block(const RowBlocks& rb, int64_t b0, int64_t b1, int64_t p0, int64_t p1, int64_t, int64_t N,
+  static void block(const RowBlocks& rb, int64_t b0, int64_t b1, const PanelSet& ps, int64_t, int64_t N,
                     int64_t K, const float* A, int64_t lda, const uint16_t* Bp, float* C, int64_t ldc,
                     const float* bias, bool accumulate) {
     const int64_t K2 = bf16_padded_k(K) / 2;
     for (int64_t m = rb.start(b0); m < rb.start(b1); ++m) {
-      for (int64_t p = p0; p < p1; ++p) {
+      for (int64_t g = 0; g < ps.count; ++g)
+      for (int64_t p = ps.begin(g); p < ps.end(g); ++p) {
         const int64_t n0 = p * kGemmNR, nvalid = std::min(kGemmNR, N - n0);
         float acc[kGemmNR] = {};
         const uint16_t* b = Bp + p * K2 * 2 * kGemmNR;
@@ -162,7 +171,7 @@ struct Avx512Bf16 {
     static __m512 mac(__m512 acc, __m512 a, __m512 b) { return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b); }
   };
 
-  static void block(const RowBlocks& rb, int64_t b0, int64_t b1, int64_t p0, int64_t p1, int64_t, int64_t N,
+  static void block(const RowBlocks& rb, int64_t b0, int64_t b1, const PanelSet& ps, int64_t, int64_t N,
                     int64_t K, const float* A, int64_t lda, const uint16_t* Bp, float* C, int64_t ldc,
                     const float* bias, bool accumulate) {
     alignas(64) uint32_t abuf[kMacroRows * kKC / 2];
@@ -175,7 +184,8 @@ struct Avx512Bf16 {
         const int64_t kc = std::min(kKC, K - k0);
         bf16_pairs(A + mm * lda + k0, lda, rows, kc, abuf, kKC / 2);
         const bool first = k0 == 0;
-        for (int64_t p = p0; p < p1; p += kPanels) {
+        for (int64_t g = 0; g < ps.count; ++g)
+        for (int64_t p = ps.begin(g), p1 = ps.end(g); p < p1; p += kPanels) {
           const int64_t np = std::min(kPanels, p1 - p), n0 = p * kGemmNR;
           const int64_t nvalid = std::min(np * kGemmNR, N - n0);
           const uint16_t* bk = Bp + p * pstride + k0 * kGemmNR;
@@ -226,7 +236,7 @@ struct AmxBf16 {
     uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
   };
 
-  static void block(const RowBlocks& rb, int64_t b0, int64_t b1, int64_t p0, int64_t p1, int64_t, int64_t N,
+  static void block(const RowBlocks& rb, int64_t b0, int64_t b1, const PanelSet& ps, int64_t, int64_t N,
                     int64_t K, const float* A, int64_t lda, const uint16_t* Bp, float* C, int64_t ldc,
                     const float* bias, bool accumulate) {
     static const TileConfig config;
@@ -243,7 +253,8 @@ struct AmxBf16 {
         bf16_pairs(A + m * lda + k0, lda, mr, kc, abuf, lda2);
         const int64_t pad_rows = two_row_tiles ? kMR : 16;
         for (int64_t i = mr; i < pad_rows; ++i) std::memset(abuf + i * lda2, 0, sizeof(uint32_t) * tiles * 16);
-        for (int64_t p = p0; p < p1; p += kPanels) {
+        for (int64_t g = 0; g < ps.count; ++g)
+        for (int64_t p = ps.begin(g), p1 = ps.end(g); p < p1; p += kPanels) {
           const bool two_panels = p + 1 < p1;
           const uint16_t* b0p = Bp + p * pstride + k0 * kGemmNR;
           const uint16_t* b1p = b0p + pstride;
@@ -335,7 +346,26 @@ inline void gemm_packed_bf16_columns_with(int64_t M, int64_t N, int64_t K, const
     return;
   }
   const gemm_detail::RowBlocks rb(M, Kern::kMR);
-  Kern::block(rb, 0, rb.nb, p0, p1, M, N, K, A, lda, Bp, C, ldc, bias, accumulate);
+  Kern::block(rb, 0, rb.nb, gemm_detail::PanelSet{p0, p1}, M, N, K, A, lda, Bp, C, ldc, bias, accumulate);
+}
+
+// Columns [first + g * stride + j0, first + g * stride + j1) for g in [0, count), in one call (first, stride and
+// j0 multiples of 16; j1 one too, or the end of the block): the same bits as one columns call per range.
+template <class Kern>
+inline void gemm_packed_bf16_blocks_with(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+                                         const uint16_t* Bp, float* C, int64_t ldc, const float* bias, int64_t j0,
+                                         int64_t j1, int64_t first, int64_t count, int64_t stride) {
+  if (M <= 0 || j1 <= j0 || count <= 0) return;
+  if (K <= 0) {
+    for (int64_t g = 0; g < count; ++g)
+      gemm_packed_bf16_columns_with<Kern>(M, N, K, A, lda, Bp, C, ldc, bias, first + g * stride + j0,
+                                          first + g * stride + j1);
+    return;
+  }
+  const gemm_detail::PanelSet ps{(first + j0) / kGemmNR, (first + j1 + kGemmNR - 1) / kGemmNR, count,
+                                 stride / kGemmNR};
+  const gemm_detail::RowBlocks rb(M, Kern::kMR);
+  Kern::block(rb, 0, rb.nb, ps, M, N, K, A, lda, Bp, C, ldc, bias, false);
 }
 
 template <class Kern>
@@ -356,7 +386,8 @@ inline void gemm_packed_bf16_with(int64_t M, int64_t N, int64_t K, const float* 
   const gemm_detail::RowBlocks rb(M, Kern::kMR);
   gemm_detail::gemm_tasks(M, gemm_num_panels(N), Kern::kPanels, rb.nb, gemm_detail::core_seconds<Kern>(M, N, K),
                           [&](int64_t b0, int64_t b1, int64_t p0, int64_t p1) {
-                            Kern::block(rb, b0, b1, p0, p1, M, N, K, A, lda, Bp, C, ldc, bias, accumulate);
+                            Kern::block(rb, b0, b1, gemm_detail::PanelSet{p0, p1}, M, N, K, A, lda, Bp, C, ldc,
+                                        bias, accumulate);
                           });
 }
 
@@ -400,6 +431,15 @@ inline void gemm_packed_bf16_columns(int64_t M, int64_t N, int64_t K, const floa
                                      int64_t n1) {
   with_bf16_kernel(M, [&](auto kern) {
     gemm_packed_bf16_columns_with<decltype(kern)>(M, N, K, A, lda, Bp, C, ldc, bias, n0, n1);
+  });
+}
+
+// Single-threaded, `count` column ranges `stride` apart (gemm_packed_bf16_blocks_with), C overwritten.
+inline void gemm_packed_bf16_blocks(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda, const uint16_t* Bp,
+                                    float* C, int64_t ldc, const float* bias, int64_t j0, int64_t j1, int64_t first,
+                                    int64_t count, int64_t stride) {
+  with_bf16_kernel(M, [&](auto kern) {
+    gemm_packed_bf16_blocks_with<decltype(kern)>(M, N, K, A, lda, Bp, C, ldc, bias, j0, j1, first, count, stride);
   });
 }
 

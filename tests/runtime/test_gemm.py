@@ -438,6 +438,26 @@ def test_gemm_bf16_columns(isa, M, K, N):
 
 
 @pytest.mark.parametrize("isa", BF16_ISAS)
+@pytest.mark.parametrize("M", [1, 2, 3, 11, 16, 17, 36])
+def test_gemm_bf16_blocks_equal_one_call_per_block(isa, M):
+    # a fused level's worker: the same columns of each of 5 gate blocks (hidden 64: 5 x 64 columns), one call
+    rng = np.random.default_rng(M)
+    K, N, width = 128, 320, 64
+    A, W, bias = rand(rng, M, K), rand(rng, K, N), rand(rng, N)
+    Bp = _C.pack_panels_bf16(W)
+    for j0, j1 in [(0, 64), (0, 32), (16, 48), (48, 64)]:
+        want = np.full((M, N), 7.0, np.float32)
+        for g in range(5):
+            _C.gemm_packed_bf16_columns(A, Bp, N, g * width + j0, g * width + j1, want, bias=bias, isa=isa)
+        got = np.full((M, N), 7.0, np.float32)
+        _C.gemm_packed_bf16_blocks(A, Bp, N, j0, j1, 0, 5, width, got, bias=bias, isa=isa)
+        np.testing.assert_array_equal(got, want, err_msg=f"[{j0}, {j1})")
+        assert np.all(got[:, :j0] == 7.0) and np.all(got[:, 4 * width + j1:] == 7.0)
+    with pytest.raises(ValueError):
+        _C.gemm_packed_bf16_blocks(A, Bp, N, 0, 64, 0, 6, width, got, isa=isa)  # past N
+
+
+@pytest.mark.parametrize("isa", BF16_ISAS)
 def test_gemm_bf16_edge_cases(isa):
     rng = np.random.default_rng(9)
     bias = np.arange(20, dtype=np.float32)
