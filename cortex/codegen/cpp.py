@@ -151,7 +151,7 @@ class CpuEmitter(KernelEmitter):
         flops = sum(2 * e.x.width * len(offs) * width for e, offs in fused.items())
         lines = [f"  const int64_t chunks = {-(-width // nr)};",
                  f"  const cortex::FusedTasks split = {'cortex::fused_tasks(chunks, B, ' + str(flops) + '.0 * B)' if width % nr == 0 else 'cortex::FusedTasks{}'};",
-                 "  ws.reserve_tasks(split.tasks());",
+                 "  sc.reserve_tasks(split.tasks());",
                  "  cortex::run_tasks(split.tasks(), [&](int64_t task) {",
                  "    const int64_t ct = task % split.columns, rt = task / split.columns;",
                  f"    const int64_t j0 = {nr} * (chunks * ct / split.columns), j1 = std::min<int64_t>({width}, {nr} * (chunks * (ct + 1) / split.columns));",
@@ -166,7 +166,7 @@ class CpuEmitter(KernelEmitter):
             source = step.inputs[0]
             if source in inline and source not in copied:
                 copied.add(source)
-                lines.append(f"    {self.real}* {source} = ws.task_buffer(task, {n}, B * {k_dim});  // its input rows, this worker's copy")
+                lines.append(f"    {self.real}* {source} = sc.task_buffer(task, {n}, B * {k_dim});  // its input rows, this worker's copy")
                 lines += self.serial_rows(env, [(e.x, dense(source, k_dim))], "    ", rows=rows)
             bias = f"cx.{plan.const_ids[e.bias]}" if e.bias else "nullptr"
             args = (f"b1 - b0, {n_dim}, {k_dim}, {source} + b0 * {k_dim}, {k_dim}, cx.{plan.const_ids[e.weight]}, "
@@ -201,12 +201,13 @@ class CpuEmitter(KernelEmitter):
         plan, case = self.plan, cp.case
         env = cstyle.ElementRenderer(plan, cp, self.dialect, self.index_table)
         lines = [f"// case {comment(case.name)}: when {comment(format_pred(case.predicate))}",
-                 f"static void run_case_{cp.index}(Ctx& cx, Workspace& ws, const int64_t* batch, int64_t B, bool hazard) {{"]
+                 f"static void run_case_{cp.index}(Ctx& cx, const Workspace& ws, Scratch& sc, const int64_t* batch, int64_t B, "
+                 "bool hazard) {"]
         self.emit_steps(env, cp, lines,
-                        lambda k, step, width: f"  {self.real}* {step.buffer} = ws.buffer({k}, B * {width});  // {step.kind}")
+                        lambda k, step, width: f"  {self.real}* {step.buffer} = sc.buffer({k}, B * {width});  // {step.kind}")
         first = len(cp.steps)
         for k, (table, expr, buf) in enumerate(cp.outputs):
-            lines.append(f"  {self.real}* {buf} = ws.buffer({first + k}, B * {expr.width});  // new rows of {comment(table)}")
+            lines.append(f"  {self.real}* {buf} = sc.buffer({first + k}, B * {expr.width});  // new rows of {comment(table)}")
         if cp.fused:
             lines += self.fused_section(env, cp)
         else:
@@ -289,15 +290,34 @@ class CpuEmitter(KernelEmitter):
                 "  });"]
 
     def dispatch_fn(self) -> str:
-        lines = ["static void run_case(Ctx& cx, Workspace& ws, int32_t c, const int64_t* batch, int64_t B) {",
+        lines = ["static void run_case(Ctx& cx, const Workspace& ws, Scratch& sc, int32_t c, const int64_t* batch, "
+                 "int64_t B) {",
                  f"  const bool hazard = {cstyle.hazard_call(self.plan)};",
                  "  switch (c) {"]
         for c in range(len(self.p.cases)):
-            lines.append(f"    case {c}: run_case_{c}(cx, ws, batch, B, hazard); break;")
+            lines.append(f"    case {c}: run_case_{c}(cx, ws, sc, batch, B, hazard); break;")
         lines += ["  }", "}"]
         return "\n".join(lines) + "\n"
 
     # ---- the entry point ---------------------------------------------------------------------------
+
+    # Weights (bytes) up to which a forest runs in lanes: each thread then reads all of them, level after level, from
+    # its own L2 (kernel_support.h's kWeightShare); larger ones are split by columns across the threads instead.
+    LANE_WEIGHT_BYTES = 512 * 1024
+
+    def lane_split(self) -> list:
+        """`lanes`: how many independent parts of the forest run side by side (0: the level-batched schedule over the
+        pool). Only where every thread can keep all the fused weights in its L2 (small hidden sizes: at hidden 64,
+        10 trees, the level barriers and gathers cost more than the products)."""
+        plan = self.plan
+        size = {"float32": 4, "bf16": 2, "float64": 8}[self.products.precision]
+        weights = {(e.weight) for cp in plan.cases for e in cp.fused}
+        nbytes = sum(int(self.p.constants[w].size) * size for w in weights)
+        if nbytes > self.LANE_WEIGHT_BYTES:
+            return [f"    const int64_t lanes = 0;  // fused weights of {nbytes} bytes: levels split by columns"]
+        members = ", ws.read_offsets.data(), ws.members.data()" if plan.max_sets else ""
+        return ["    const int64_t lanes = ws.lanes.split(ws.schedule, cx.N, ws.listed, ws.node.data(), ws.reads.data(), "
+                f"kReads, cortex::num_threads(){members});"]
 
     def first_values(self) -> list:
         """Lines giving each state table its first value (its initial input, or zeros): with a valid schedule only in
@@ -360,16 +380,27 @@ class CpuEmitter(KernelEmitter):
             "    if (!failure.empty()) throw cortex::KernelError(failure);",
             *self.first_values(),
             "    phases.mark(3);  // linearized, state tables given their first values",
-            "    if (ws.schedule.valid) {",
+            *self.lane_split(),
+            "    if (lanes > 1) {",
+            "      // independent parts (trees): one lane a thread, level by level, no barrier between them",
+            "      if (static_cast<int64_t>(ws.scratch.size()) < lanes) ws.scratch.resize(lanes);",
+            "      phases.mark(4);  // the leaves run inside the lanes: their time counts as levels",
+            "      cortex::parallel_for(lanes, [&](int64_t l) {",
+            "        cortex::SerialScope serial;",
+            "        const cortex::Schedule& s = ws.lanes.lane[l];",
+            "        for (int64_t b = 0; b < s.num_batches(); ++b)",
+            "          run_case(cx, ws, ws.scratch[l], s.batch_case[b], s.positions.data() + s.batch_offsets[b], s.batch_offsets[b + 1] - s.batch_offsets[b]);",
+            "      });",
+            "    } else if (ws.schedule.valid) {",
             "      const int64_t batches = ws.schedule.num_batches();",
             "      for (int64_t b = 0; b < batches; ++b) {",
             "        const int64_t* batch = ws.schedule.positions.data() + ws.schedule.batch_offsets[b];",
-            "        run_case(cx, ws, ws.schedule.batch_case[b], batch, ws.schedule.batch_offsets[b + 1] - ws.schedule.batch_offsets[b]);",
+            "        run_case(cx, ws, ws.scratch[0], ws.schedule.batch_case[b], batch, ws.schedule.batch_offsets[b + 1] - ws.schedule.batch_offsets[b]);",
             "        if (ws.schedule.batch_level[b] == 0 && (b + 1 == batches || ws.schedule.batch_level[b + 1] != 0)) phases.mark(4);  // level 0 (leaves)",
             "      }",
             "    } else {",
             "      // Not a topological visit: the exact sequential semantics, one position at a time.",
-            "      for (int64_t q = 0; q < ws.listed; ++q) run_case(cx, ws, ws.case_id[q], &q, 1);",
+            "      for (int64_t q = 0; q < ws.listed; ++q) run_case(cx, ws, ws.scratch[0], ws.case_id[q], &q, 1);",
             "    }",
             "    phases.mark(5);  // every level",
             "    phases.publish();",
@@ -427,29 +458,35 @@ constexpr int64_t kReads = {reads};  // child-state rows a position reads, at mo
 constexpr int64_t kSlots = {slots};  // host values a position looks up, at most
 alignas(64) const {real} kZeros[{width}] = {{}};  // the state of a missing child
 
-// One run's buffers, reused across runs (WorkspacePool): no allocation in steady state.
-struct Workspace {{
-  cortex::Linearizer linearizer;
-  cortex::Schedule schedule;
-  std::vector<uint8_t> overwritten;  // a state table's rows the positions overwrite before any read
-{positions}
-  std::vector<std::vector<{real}>> buffers;
-  std::vector<std::vector<{real}>> projections;  // hoisted input products, one table per run
+static {real}* grow(std::vector<std::vector<{real}>>& pool, size_t i, int64_t size) {{
+  if (pool.size() <= i) pool.resize(i + 1);
+  if (static_cast<int64_t>(pool[i].size()) < size) pool[i].resize(size);
+  return pool[i].data();
+}}
 
+// The batch buffers of one thread running levels (the run's, or one lane's), reused across runs.
+struct Scratch {{
+  std::vector<std::vector<{real}>> buffers;
   std::vector<std::vector<std::vector<{real}>>> task_buffers;  // per worker of a fused section
 
   {real}* buffer(size_t i, int64_t size) {{ return grow(buffers, i, size); }}
-  {real}* projection(size_t i, int64_t size) {{ return grow(projections, i, size); }}
   void reserve_tasks(int64_t tasks) {{
     if (static_cast<int64_t>(task_buffers.size()) < tasks) task_buffers.resize(tasks);
   }}
   {real}* task_buffer(int64_t task, size_t i, int64_t size) {{ return grow(task_buffers[task], i, size); }}
+}};
 
-  static {real}* grow(std::vector<std::vector<{real}>>& pool, size_t i, int64_t size) {{
-    if (pool.size() <= i) pool.resize(i + 1);
-    if (static_cast<int64_t>(pool[i].size()) < size) pool[i].resize(size);
-    return pool[i].data();
-  }}
+// One run's buffers, reused across runs (WorkspacePool): no allocation in steady state.
+struct Workspace {{
+  cortex::Linearizer linearizer;
+  cortex::Schedule schedule;
+  cortex::Lanes lanes;
+  std::vector<Scratch> scratch{{1}};  // [0]: the run's; one per lane
+  std::vector<uint8_t> overwritten;  // a state table's rows the positions overwrite before any read
+{positions}
+  std::vector<std::vector<{real}>> projections;  // hoisted input products, one table per run
+
+  {real}* projection(size_t i, int64_t size) {{ return grow(projections, i, size); }}
 }};
 """
 

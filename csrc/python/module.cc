@@ -83,6 +83,24 @@ py::dict linearize_visit(int64_t num_nodes, const I64Array& node, const I32Array
   return schedule_dict(t.sched);
 }
 
+// The visit's schedule cut into lanes (cortex::Lanes): a list of lane schedules, empty when it is not cut.
+py::list split_lanes(int64_t num_nodes, const I64Array& node, const I32Array& case_id, int32_t num_cases,
+                     const I64Array& reads, int64_t max_lanes) {
+  const int64_t L = node.ndim() == 1 ? node.shape(0) : -1;
+  if (L < 0 || case_id.ndim() != 1 || case_id.shape(0) != L)
+    throw py::value_error("split_lanes: node and case_id must be 1-D of one length");
+  const int32_t K = reads_k(reads, L, "split_lanes");
+  cortex::Linearizer lin;
+  cortex::Schedule sched;
+  cortex::Lanes lanes;
+  const std::string err = lin.visit(num_nodes, L, node.data(), case_id.data(), num_cases, reads.data(), K, sched);
+  if (!err.empty()) throw py::value_error(err);
+  const int64_t count = lanes.split(sched, num_nodes, L, node.data(), reads.data(), K, max_lanes);
+  py::list out;
+  for (int64_t l = 0; l < count; ++l) out.append(schedule_dict(lanes.lane[static_cast<size_t>(l)]));
+  return out;
+}
+
 py::dict linearize_dag(int64_t num_nodes, const I32Array& case_id, int32_t num_cases, const I64Array& reads) {
   if (case_id.ndim() != 1 || case_id.shape(0) != num_nodes)
     throw py::value_error("linearize_dag: case_id must be 1-D of length num_nodes");
@@ -452,6 +470,8 @@ PYBIND11_MODULE(_C, m) {
         py::arg("num_cases"), py::arg("reads"),
         "Level batches of a visit sequence (Loop semantics). Returns dict(valid, num_levels, batch_offsets, "
         "batch_level, batch_case, positions); raises ValueError on malformed input.");
+  m.def("split_lanes", &split_lanes, py::arg("num_nodes"), py::arg("node"), py::arg("case_id"), py::arg("num_cases"),
+        py::arg("reads"), py::arg("max_lanes"), "A visit's schedule cut into independent lanes (linearize.h's Lanes)");
   m.def("linearize_dag", &linearize_dag, py::arg("num_nodes"), py::arg("case_id"), py::arg("num_cases"),
         py::arg("reads"),
         "Level batches of a DAG (TreeRec semantics, node[p] == p). Raises ValueError on a cycle.");

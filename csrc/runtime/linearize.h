@@ -309,4 +309,101 @@ class Linearizer {
   std::vector<int64_t> count_;
 };
 
+// Lanes: a valid schedule cut into independent parts, one per thread, each run level by level on its own thread
+// with no barrier between the parts (a forest's trees share nothing). Positions are joined when one reads a row
+// another writes (its child, a member of its set); the joined groups go to the least loaded lane, largest first;
+// each lane keeps the schedule's batch order, restricted to its positions. Results are those of the whole schedule:
+// every position computes the same rows from the same rows (float32 products are batch-invariant, gemm.h).
+// split() returns the lanes in use: 0 when one part would hold most of the positions (a single tree: nothing to
+// gain), else 2..max_lanes, in lane[0..count). O(N + L*K) time; buffers reused across calls.
+class Lanes {
+ public:
+  std::vector<Schedule> lane;
+
+  int64_t split(const Schedule& s, int64_t N, int64_t listed, const int64_t* node, const int64_t* reads, int64_t K,
+                int64_t max_lanes, const int64_t* extra_offsets = nullptr, const int64_t* extra_rows = nullptr) {
+    if (!s.valid || max_lanes < 2 || listed < 2) return 0;
+    writer_.assign(static_cast<size_t>(N), -1);
+    for (int64_t q = 0; q < listed; ++q)
+      if (node[q] >= 0) writer_[static_cast<size_t>(node[q])] = q;
+    parent_.resize(static_cast<size_t>(listed));
+    for (int64_t q = 0; q < listed; ++q) parent_[static_cast<size_t>(q)] = q;
+    auto join = [&](int64_t q, int64_t r) {
+      if (r < 0 || r >= N) return;
+      const int64_t w = writer_[static_cast<size_t>(r)];
+      if (w >= 0) unite(q, w);
+    };
+    for (int64_t q = 0; q < listed; ++q) {
+      for (int64_t k = 0; k < K; ++k) join(q, reads[q * K + k]);
+      if (extra_offsets != nullptr)
+        for (int64_t e = extra_offsets[q]; e < extra_offsets[q + 1]; ++e) join(q, extra_rows[e]);
+    }
+    // the groups' sizes, largest first, each to the least loaded lane
+    size_.assign(static_cast<size_t>(listed), 0);
+    for (int64_t q = 0; q < listed; ++q) ++size_[static_cast<size_t>(find(q))];
+    groups_.clear();
+    for (int64_t q = 0; q < listed; ++q)
+      if (size_[static_cast<size_t>(q)] > 0) groups_.push_back(q);
+    if (groups_.size() < 2) return 0;
+    std::sort(groups_.begin(), groups_.end(), [&](int64_t a, int64_t b) {
+      return size_[static_cast<size_t>(a)] != size_[static_cast<size_t>(b)]
+                 ? size_[static_cast<size_t>(a)] > size_[static_cast<size_t>(b)] : a < b;
+    });
+    const int64_t count = std::min<int64_t>(max_lanes, static_cast<int64_t>(groups_.size()));
+    load_.assign(static_cast<size_t>(count), 0);
+    lane_of_.assign(static_cast<size_t>(listed), 0);  // by group root
+    for (int64_t g : groups_) {
+      const int64_t l = std::min_element(load_.begin(), load_.end()) - load_.begin();
+      lane_of_[static_cast<size_t>(g)] = l;
+      load_[static_cast<size_t>(l)] += size_[static_cast<size_t>(g)];
+    }
+    // no gain when the busiest lane holds most of the work
+    if (4 * *std::max_element(load_.begin(), load_.end()) > 3 * listed) return 0;
+    if (static_cast<int64_t>(lane.size()) < count) lane.resize(static_cast<size_t>(count));
+    for (int64_t l = 0; l < count; ++l) {
+      lane[static_cast<size_t>(l)].clear();
+      lane[static_cast<size_t>(l)].valid = true;
+    }
+    for (int64_t b = 0; b < s.num_batches(); ++b) {
+      for (int64_t i = s.batch_offsets[static_cast<size_t>(b)]; i < s.batch_offsets[static_cast<size_t>(b) + 1]; ++i) {
+        const int64_t q = s.positions[static_cast<size_t>(i)];
+        Schedule& t = lane[static_cast<size_t>(lane_of_[static_cast<size_t>(find(q))])];
+        const int64_t open = t.num_batches() - 1;  // this batch's part in lane t, if it has one yet
+        if (open < 0 || t.batch_offsets[static_cast<size_t>(open) + 1] != -b - 1) {
+          t.batch_level.push_back(s.batch_level[static_cast<size_t>(b)]);
+          t.batch_case.push_back(s.batch_case[static_cast<size_t>(b)]);
+          t.batch_offsets.push_back(-b - 1);  // marks the open batch; its end is written below
+        }
+        t.positions.push_back(q);
+      }
+      for (int64_t l = 0; l < count; ++l) {  // close the parts this batch opened
+        Schedule& t = lane[static_cast<size_t>(l)];
+        if (t.num_batches() > 0 && t.batch_offsets.back() == -b - 1)
+          t.batch_offsets.back() = static_cast<int64_t>(t.positions.size());
+      }
+    }
+    for (int64_t l = 0; l < count; ++l) {
+      Schedule& t = lane[static_cast<size_t>(l)];
+      t.num_levels = t.num_batches() ? t.batch_level.back() + 1 : 0;
+    }
+    return count;
+  }
+
+ private:
+  int64_t find(int64_t q) {
+    while (parent_[static_cast<size_t>(q)] != q) {
+      parent_[static_cast<size_t>(q)] = parent_[static_cast<size_t>(parent_[static_cast<size_t>(q)])];
+      q = parent_[static_cast<size_t>(q)];
+    }
+    return q;
+  }
+  void unite(int64_t a, int64_t b) {
+    a = find(a);
+    b = find(b);
+    if (a != b) parent_[static_cast<size_t>(std::max(a, b))] = std::min(a, b);
+  }
+
+  std::vector<int64_t> writer_, parent_, size_, groups_, load_, lane_of_;
+};
+
 }  // namespace cortex

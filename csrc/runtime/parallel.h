@@ -4,8 +4,10 @@
 // - Workers are std::threads created lazily by the first parallel_for that needs them.
 // - Thread count (calling thread included) = CORTEX_NUM_THREADS if set to a positive integer,
 //   else std::thread::hardware_concurrency().
-// - After a region, workers spin for a short while (CORTEX_SPIN_US, default 50 us) waiting for the
-//   next one, then block on a condition variable.
+// - After a region, workers spin for a short while (CORTEX_SPIN_US, default 300 us) waiting for the
+//   next one, then block on a condition variable. 300 us spans the gap between back-to-back runs of a kernel (ONNX
+//   Runtime's call and the run's serial steps before its first region): waking a sleeping worker costs the caller
+//   ~13 us and the worker ~30 us on a virtual machine (2-core Xeon VM, 2026-12-05), per run with a 50 us spin.
 // - Indices are handed out dynamically (one atomic claim each); the caller takes part and returns
 //   once every index has run. It never waits for a worker that has not claimed anything, so a
 //   worker that wakes late (sleeping, or preempted on a busy machine) costs nothing; split work
@@ -104,7 +106,7 @@ class ThreadPool {
 
   explicit ThreadPool(int num_threads)
       : num_threads_(num_threads < 1 ? 1 : num_threads),
-        spin_us_(parallel_detail::parse_positive_env("CORTEX_SPIN_US", 50, 100000)) {}
+        spin_us_(parallel_detail::parse_positive_env("CORTEX_SPIN_US", 300, 100000)) {}
 
   ThreadPool(const ThreadPool&) = delete;
   ThreadPool& operator=(const ThreadPool&) = delete;
@@ -341,8 +343,23 @@ inline void parallel_for(int64_t n, F&& f) {
   ThreadPool::instance().parallel_for(n, std::forward<F>(f));
 }
 
-// Threads a region uses (calling thread included).
-inline int num_threads() { return ThreadPool::instance().num_threads(); }
+// Inside a SerialScope this thread's work runs on it alone: num_threads() says 1, so the helpers that split work
+// (fused_tasks, for_rows, copy_table) keep it whole. A kernel's lanes run in one region, one lane a thread, each
+// in such a scope (splitting a lane's level further would only run its pieces one after another).
+inline int& serial_depth() {
+  static thread_local int depth = 0;
+  return depth;
+}
+
+struct SerialScope {
+  SerialScope() { ++serial_depth(); }
+  ~SerialScope() { --serial_depth(); }
+  SerialScope(const SerialScope&) = delete;
+  SerialScope& operator=(const SerialScope&) = delete;
+};
+
+// Threads a region uses (calling thread included); 1 inside a SerialScope.
+inline int num_threads() { return serial_depth() ? 1 : ThreadPool::instance().num_threads(); }
 
 // Runs f(t) for t in [0, tasks) across the pool, each participant first taking the tasks of its own share
 // (participant_index() p of T threads: tasks [p*tasks/T, (p+1)*tasks/T)), then any left, from the last one back.

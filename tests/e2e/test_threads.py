@@ -1,7 +1,9 @@
 """A converted kernel under any thread count (CORTEX_NUM_THREADS 1, 2, 3 and more threads than this machine has
 cores): the same bits as with one thread (every product element is one FMA chain, whatever the split of a level
 over the workers), ONNX Runtime's answer to 1e-4, and no hang, on forests with no node (no level), one leaf (one
-level), 10 SST-shaped trees and 100 (a level split by rows and columns over many workers)."""
+level), 10 SST-shaped trees and 100. At hidden 64 the weights fit a core's L2, so from 2 threads the forests run in
+lanes (independent trees on their own threads, csrc/runtime/linearize.h's Lanes) while one thread runs the shared
+level schedule: the bits agree across the two."""
 from __future__ import annotations
 
 import os
@@ -89,3 +91,15 @@ def test_any_thread_count_gives_the_same_bits(model):
                 assert g.shape == want.shape, (t, name, k)
                 assert np.abs(g - want).max(initial=0.0) <= 1e-4, (t, name, k)
                 np.testing.assert_array_equal(g, results[1][f"{name}/{k}"], err_msg=f"{t} threads, {name}, output {k}")
+
+
+def test_small_weights_run_in_lanes_large_ones_by_columns(model, tmp_path):
+    # the kernel above (hidden 64: 160 KiB of weights) cuts forests into lanes; hidden 256 (2.5 MiB) never does
+    d, out, _, _, _ = model
+    [source] = (d / "tl.cortex").glob("*.cc")
+    assert "ws.lanes.split(" in source.read_text()
+    entry = MODELS["treelstm"]
+    onnx.save(entry.build_loop(entry.make_params(256, seed=2)), str(tmp_path / "big.onnx"))
+    cortex.convert(str(tmp_path / "big.onnx"), str(tmp_path / "big.cortex.onnx"), strict=True)
+    [big] = (tmp_path / "big.cortex").glob("*.cc")
+    assert "const int64_t lanes = 0;" in big.read_text()

@@ -477,3 +477,63 @@ def test_dag_equals_visit_of_its_topological_order(dag):
     for lv, _, ps in as_batches(res_v):
         for p in ps:
             assert lv_dag[order[p]] == lv
+
+
+# ----------------------------------------------------------------------------- lanes
+
+
+@SETTINGS
+@given(st.lists(forests(max_nodes=15), min_size=1, max_size=6), st.integers(2, 4), st.data())
+def test_lanes_keep_trees_whole_and_the_batch_order(trees, max_lanes, data):
+    # a forest of independent trees (ids offset per tree), visited in one topological order: the lanes hold every
+    # position once, never split a tree (a read's writer is in the reader's lane), keep the schedule's batch order
+    N, children = 0, []
+    for n, _, ch in trees:
+        children += [[c + N for c in kids] for kids in ch]
+        N += n
+    order = topo_order(N, children)
+    if data.draw(st.booleans()):
+        order = sorted(order, key=lambda v: (ref_depth(v, children), data.draw(st.integers(0, 3))))
+    C = data.draw(st.integers(1, 3))
+    case = np.array([data.draw(st.integers(0, C - 1)) for _ in order], np.int32)
+    K = max([len(c) for c in children] + [1])
+    reads = np.full((len(order), K), -1, np.int64)
+    for q, v in enumerate(order):
+        reads[q, :len(children[v])] = children[v]
+    node = np.array(order, np.int64)
+    whole = _C.linearize_visit(N, node, case, C, reads)
+    lanes = _C.split_lanes(N, node, case, C, reads, max_lanes)
+    if not lanes:
+        return
+    assert 2 <= len(lanes) <= max_lanes
+    lane_of = {}
+    for k, lane in enumerate(lanes):
+        assert lane["valid"]
+        for q in lane["positions"]:
+            assert q not in lane_of
+            lane_of[int(q)] = k
+        levels = list(lane["batch_level"])
+        assert levels == sorted(levels)
+        for b in range(len(levels)):  # each lane batch is part of one whole batch: its level and case
+            ps = lane["positions"][lane["batch_offsets"][b]:lane["batch_offsets"][b + 1]]
+            assert len(ps) and list(ps) == sorted(ps)
+            assert {int(case[q]) for q in ps} == {int(lane["batch_case"][b])}
+    assert sorted(lane_of) == list(range(len(order)))
+    writer = {v: q for q, v in enumerate(order)}
+    for q, v in enumerate(order):
+        for c in children[v]:
+            assert lane_of[writer[c]] == lane_of[q]
+    loads = np.bincount(list(lane_of.values()))
+    assert 4 * loads.max() <= 3 * len(order)  # else not cut: one part would hold most of the work
+    assert whole["valid"]
+
+
+def test_lanes_leave_one_tree_whole():
+    # one tree: nothing to split; two equal trees: two lanes
+    node = np.array([0, 1, 2], np.int64)
+    reads = np.array([[-1, -1], [-1, -1], [0, 1]], np.int64)
+    assert _C.split_lanes(3, node, np.zeros(3, np.int32), 1, reads, 2) == []
+    node2 = np.array([0, 1, 2, 3, 4, 5], np.int64)
+    reads2 = np.array([[-1, -1], [-1, -1], [0, 1], [-1, -1], [-1, -1], [3, 4]], np.int64)
+    lanes = _C.split_lanes(6, node2, np.zeros(6, np.int32), 1, reads2, 2)
+    assert [sorted(lane["positions"].tolist()) for lane in lanes] == [[0, 1, 2], [3, 4, 5]]
