@@ -315,7 +315,7 @@ class Linearizer {
 // each lane keeps the schedule's batch order, restricted to its positions. Results are those of the whole schedule:
 // every position computes the same rows from the same rows (float32 products are batch-invariant, gemm.h).
 // split() returns the lanes in use: 0 when one part would hold most of the positions (a single tree: nothing to
-// gain), else 2..max_lanes, in lane[0..count). O(N + L*K) time; buffers reused across calls.
+// gain) or the levels are wide, else 2..max_lanes, in lane[0..count). O(N + L*K) time; buffers reused across calls.
 class Lanes {
  public:
   std::vector<Schedule> lane;
@@ -323,6 +323,12 @@ class Lanes {
   int64_t split(const Schedule& s, int64_t N, int64_t listed, const int64_t* node, const int64_t* reads, int64_t K,
                 int64_t max_lanes, const int64_t* extra_offsets = nullptr, const int64_t* extra_rows = nullptr) {
     if (!s.valid || max_lanes < 2 || listed < 2) return 0;
+    // Lanes save each level's dispatch and barrier (several microseconds), which matters where a level gives each
+    // thread a few rows (10 trees: 21 a level on average); with many rows a level (100 trees: 146) the shared
+    // schedule's barriers are a small part and the lanes' extra costs (this split, the threads' memory traffic at
+    // once) are not (hidden 64, 2 threads: 10 trees 0.16 -> 0.12 ms, 100 trees 1.05 -> 1.1-1.2 ms)
+    constexpr int64_t kRowsPerThread = 16;
+    if (listed > kRowsPerThread * max_lanes * std::max<int64_t>(s.num_levels, 1)) return 0;
     writer_.assign(static_cast<size_t>(N), -1);
     for (int64_t q = 0; q < listed; ++q)
       if (node[q] >= 0) writer_[static_cast<size_t>(node[q])] = q;
