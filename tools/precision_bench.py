@@ -7,8 +7,8 @@ original model in ONNX Runtime on the same inputs.
     python tools/precision_bench.py [--hidden 64,256] [--batch 1,10,100] [--reps 15] [--block 5] [--forests 5]
                                     [--ort]
 
-Each batch size is timed on `forests` different forests (at batch 1: that many single trees), drawn at random from
-the SST test split. Per session, a block is one untimed pass over them (the other session's pool workers stop
+Each batch size is timed on `forests` different forests (at batch 1: that many single trees): the SST test split's
+trees in order (forest f holds trees f*b .. f*b+b-1), or synthetic SST-shaped ones without the SST folder. Per session, a block is one untimed pass over them (the other session's pool workers stop
 spinning) and `block` timed passes; `reps` blocks per session, interleaved. Printed: the median ms per forest (the
 mean over the forests of a pass). The machine may be shared: compare the columns of one row.
 """
@@ -65,8 +65,8 @@ def main(argv=None):
         forests = {}
         for b in map(int, args.batch.split(",")):
             forests[b] = [{k: v for k, v in entry.loop_feeds(batch(entry.structure, structures(
-                entry.structure, b, rng, sst_dir=st.sst_dir_default(), vocab=50))).items() if k in INPUTS}
-                for _ in range(args.forests)]
+                entry.structure, b, rng, sst_dir=st.sst_dir_default(), vocab=50, offset=f * b))).items()
+                if k in INPUTS} for f in range(args.forests)]
         example = forests.get(10, next(iter(forests.values())))[0]
         report = cortex.convert(str(src), str(folder / f"bf16_{hidden}.onnx"), precision="bf16", example_inputs=example)
         print(report.format())
