@@ -176,6 +176,10 @@ def forest_bound(session, plan, requests: list, batch: int, seconds: float, form
 
 # ---- modes -------------------------------------------------------------------------------------------------------
 
+# The BatchingSession's steps (ForestStats' *_s): forests built and bounds-checked, the session's runs, outputs cut
+# back, callers answered; reported per kernel call beside the call's cycle (the point's time / its calls).
+STEPS = ("merging", "running", "splitting", "answering")
+
 class Modes:
     """The systems under load for one converted model: a plain session, a BatchingSession, a Ray Serve app."""
 
@@ -244,13 +248,13 @@ class Modes:
         return closed_loop(self.call(mode), requests, clients, seconds, max_requests)
 
     def served(self, mode: str):
-        """(requests answered, kernel calls) so far by a batching mode; None for the others."""
+        """(requests answered, kernel calls, {step: seconds}) so far by a batching mode; None for the others."""
         if mode == "batching":
             stats = self.batching.stats
-            return stats.requests, stats.batches + stats.alone
+            return stats.requests, stats.batches + stats.alone, {step: getattr(stats, f"{step}_s") for step in STEPS}
         if mode == "ray":
             stats = self.ray_handle.statistics.remote().result(timeout_s=60)
-            return stats["requests"], stats["batches"] + stats["alone"]
+            return stats["requests"], stats["batches"] + stats["alone"], {}
         return None
 
     def check(self, mode: str, requests: list):
@@ -310,6 +314,10 @@ def run(args) -> dict:
                         if after is not None:
                             calls = after[1] - before[1]
                             point["mean_batch"] = (after[0] - before[0]) / calls if calls else 0.0
+                            if calls and after[2]:  # the worker's steps per kernel call, and the call's cycle
+                                point["steps_us"] = {step: (after[2][step] - before[2][step]) / calls * 1e6
+                                                     for step in STEPS}
+                                point["steps_us"]["cycle"] = point["seconds"] / calls * 1e6
                         runs[mode].append(point)
                     # the bound at the batch size the BatchingSession reached in this repeat
                     reached = runs["batching"][-1].get("mean_batch", 1.0) if "batching" in active else clients
@@ -392,6 +400,18 @@ def markdown(results: dict) -> str:
             merged = f"{r['merge_of_bound']:.0%}" if "merge_of_bound" in r else ""
             lines.append(f"| {r['hidden']} | {r['clients']} | {r['speedup_over_run']:.2f}x | {of_bound} | {merged} | "
                          f"{r['p99_ms']:.3f}{limit} | {ray_run} | {ray_bound} |")
+    steps = [p for p in results["points"] if "steps_us" in p]
+    if steps:
+        lines += ["", "Where a batching call's time goes (the worker's clocks, microseconds per kernel call; the cycle is "
+                  "the point's time over its calls: with one worker, the rest of it is the worker waiting for "
+                  "requests, which is the callers' side: answers received, the next requests made and queued):", "",
+                  "| hidden | clients | trees per call | cycle | merging | running | splitting | answering | rest |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+        for p in steps:
+            u = p["steps_us"]
+            rest = u["cycle"] - sum(u[step] for step in STEPS)
+            lines.append(f"| {p['hidden']} | {p['clients']} | {p['mean_batch']:.1f} | {u['cycle']:.0f} | " +
+                         " | ".join(f"{u[step]:.0f}" for step in STEPS) + f" | {rest:.0f} |")
     return "\n".join(lines) + "\n"
 
 

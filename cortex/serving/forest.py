@@ -4,6 +4,7 @@ serve through `run_forest`."""
 from __future__ import annotations
 
 import collections
+import time
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -19,9 +20,19 @@ class ForestStats:
     fallbacks: int = 0  # merged runs that failed and were rerun request by request
     largest_batch: int = 0
     sizes: collections.Counter = field(default_factory=collections.Counter, repr=False)  # requests per call -> calls
+    # Where the time went, in seconds (time.perf_counter): building forests (merge and the bounds check), the
+    # session's runs (merged forests and requests run alone), cutting the outputs back (split); the
+    # BatchingSession adds answering its callers.
+    merging_s: float = 0.0
+    running_s: float = 0.0
+    splitting_s: float = 0.0
+    answering_s: float = 0.0
+
+    _SUMMED = ("requests", "batches", "merged_requests", "alone", "fallbacks", "merging_s", "running_s", "splitting_s",
+               "answering_s")
 
     def add(self, other: "ForestStats"):
-        for name in ("requests", "batches", "merged_requests", "alone", "fallbacks"):
+        for name in self._SUMMED:
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.largest_batch = max(self.largest_batch, other.largest_batch)
         self.sizes.update(other.sizes)
@@ -50,16 +61,24 @@ def run_forest(plan: MergePlan, session, requests: list, reasons: Optional[list]
     together = [k for k, why in enumerate(reasons) if why is None]
     alone = [k for k, why in enumerate(reasons) if why is not None and results[k] is None]
     if len(together) > 1:
+        started = time.perf_counter()
         merged = merge(plan, [requests[k] for k in together])
         outside = out_of_bounds(plan, merged)
         if outside:
             alone += [k for j, k in enumerate(together) if j in outside]
             together = [k for j, k in enumerate(together) if j not in outside]
             merged = merge(plan, [requests[k] for k in together]) if len(together) > 1 else None
+        ran = time.perf_counter()
+        stats.merging_s += ran - started
         if merged is not None:
             try:
-                parts = split(plan, session.run(None, merged.feeds), merged)
+                outputs = session.run(None, merged.feeds)
+                cut = time.perf_counter()
+                stats.running_s += cut - ran
+                parts = split(plan, outputs, merged)
+                stats.splitting_s += time.perf_counter() - cut
             except Exception:  # noqa: BLE001 - whichever request caused it gets its own error when it runs alone
+                stats.running_s += time.perf_counter() - ran
                 stats.fallbacks += 1
                 alone += together
             else:
@@ -75,8 +94,10 @@ def run_forest(plan: MergePlan, session, requests: list, reasons: Optional[list]
         stats.alone += 1
         stats.requests += 1
         stats.sizes[1] += 1
+        started = time.perf_counter()
         try:
             results[k] = session.run(None, requests[k])
         except Exception as e:  # noqa: BLE001 - the request's own error, as a plain session raises it
             results[k] = e
+        stats.running_s += time.perf_counter() - started
     return results

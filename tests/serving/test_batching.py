@@ -89,6 +89,8 @@ def test_threads_get_their_own_bits(models, form, workers):
     assert all(_same(g, w) for g, w in zip(got, want))
     assert stats.requests == len(feeds) and stats.merged_requests > 0 and stats.largest_batch > 1
     assert stats.largest_batch <= 16 and stats.fallbacks == 0
+    # where the worker's time went: forests built, the session's runs, outputs cut back, callers answered
+    assert stats.merging_s > 0 and stats.running_s > 0 and stats.splitting_s > 0 and stats.answering_s > 0
 
 
 def test_asyncio_callers(models):

@@ -32,6 +32,9 @@ def test_points_for_every_mode_and_client_count(results):
             assert 0 < p["requests"] <= 300 and p["p50_ms"] <= p["p99_ms"]
     batching = next(p for p in data["points"] if p["mode"] == "batching" and p["clients"] == 32)
     assert batching["mean_batch"] > 1  # 32 clients share forests
+    steps = batching["steps_us"]  # the worker's clocks per kernel call, within the call's cycle
+    assert steps["running"] > 0 and steps["merging"] > 0 and steps["splitting"] > 0
+    assert sum(steps[s] for s in serve_bench.STEPS) <= steps["cycle"] * 1.05
 
 
 def test_table_and_targets(results):
@@ -39,6 +42,7 @@ def test_table_and_targets(results):
     text = (out / "results.md").read_text()
     assert "python tools/serve_bench.py --hidden 8" in text and "load average" in text
     assert "| 8 | 32 | batching |" in text and "batching / bound" in text
+    assert "Where a batching call's time goes" in text and "| merging | running | splitting |" in text
     (row,) = serve_bench.targets(data)
     assert row["clients"] == 32 and row["speedup_over_run"] > 0 and row["of_bound"] > 0
 
