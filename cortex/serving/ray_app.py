@@ -77,7 +77,8 @@ class CortexForest:
     def statistics(self) -> dict:
         s = self.stats
         return {"requests": s.requests, "batches": s.batches, "merged_requests": s.merged_requests, "alone": s.alone,
-                "fallbacks": s.fallbacks, "largest_batch": s.largest_batch, "mean_batch": s.mean_batch}
+                "fallbacks": s.fallbacks, "largest_batch": s.largest_batch, "mean_batch": s.mean_batch,
+                "merging_s": s.merging_s, "running_s": s.running_s, "splitting_s": s.splitting_s}
 
 
 def cortex_app(model_path: str, *, max_batch_size: int = 32, batch_wait_timeout_s: float = 0.002,

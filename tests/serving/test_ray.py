@@ -79,6 +79,7 @@ def test_handle_requests_merge_and_match(app, model_path):
     assert all(_same(g, plain.run(None, f)) for g, f in zip(got, feeds))
     stats = handle.statistics.remote().result(timeout_s=TIMEOUT_S)
     assert stats["requests"] >= 40 and stats["largest_batch"] > 1 and stats["merged_requests"] > 1
+    assert stats["merging_s"] > 0 and stats["running_s"] > 0 and stats["splitting_s"] > 0  # the replica's clocks
 
 
 def test_a_bad_request_fails_alone(app, model_path):
