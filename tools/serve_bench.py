@@ -180,6 +180,7 @@ def forest_bound(session, plan, requests: list, batch: int, seconds: float, form
 # back, callers answered; reported per kernel call beside the call's cycle (the point's time / its calls).
 STEPS = ("merging", "running", "splitting", "answering")
 
+
 class Modes:
     """The systems under load for one converted model: a plain session, a BatchingSession, a Ray Serve app."""
 
