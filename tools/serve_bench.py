@@ -19,7 +19,9 @@ modes interleaved, the median reported: a neighbour's burst on a shared machine 
 - `bound`: the same trees run back to back as prebuilt forests of the mean batch size the batching session reached
   at that client count (one caller, no merging cost): what merging is measured against;
 - `merge`: the same groups of single-tree requests through `cortex.serving.run_forest` by one caller: the bound
-  plus merging, the bounds check and splitting, without the queue and the callers' threads.
+  plus merging, the bounds check and splitting, without the queue and the callers' threads;
+- `bound_on_device` (CUDA only): the bound's forests with their outputs left in GPU memory (IO binding): the
+  bound less copying the outputs to the host.
 
 Clients (--clients-as): `threads` (default), N Python threads each blocking on its call (a threaded server);
 `asyncio`, N coroutines on one event loop (an asyncio server, as a Ray Serve replica or an ASGI app is): `batching`
@@ -47,6 +49,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -151,10 +154,12 @@ def closed_loop_async(acall, requests: list, clients: int, seconds: float, max_r
             "p99_ms": float(np.percentile(lat, 99) * 1e3)}
 
 
-def forest_bound(session, plan, requests: list, batch: int, seconds: float, form: str, trees) -> tuple:
+def forest_bound(session, plan, requests: list, batch: int, seconds: float, form: str, trees,
+                 on_device: Optional[int] = None) -> tuple:
     """Trees/s by one caller, back to back, over the same trees in groups of `batch`: (prebuilt forests: the bound;
     run_forest over the single-tree requests: the bound plus merging, checking and splitting, without the queue and
-    the callers' threads)."""
+    the callers' threads; with `on_device` (a CUDA device id), prebuilt forests whose outputs stay in that GPU's
+    memory (IO binding), which shows what copying the outputs to the host costs, else None)."""
     from cortex.examples import structures as st
     from cortex.serving import run_forest
 
@@ -171,7 +176,19 @@ def forest_bound(session, plan, requests: list, batch: int, seconds: float, form
             done += 1
         return done * batch / (time.perf_counter() - start)
 
-    return rate(lambda f: session.run(None, f), forests), rate(lambda g: run_forest(plan, session, g), groups)
+    kept = None
+    if on_device is not None:
+        names = [o.name for o in session.get_outputs()]
+
+        def outputs_on_device(feeds):
+            binding = session.io_binding()
+            for name, value in feeds.items():
+                binding.bind_cpu_input(name, value)
+            for name in names:
+                binding.bind_output(name, "cuda", on_device)
+            session.run_with_iobinding(binding)
+        kept = rate(outputs_on_device, forests)
+    return rate(lambda f: session.run(None, f), forests), rate(lambda g: run_forest(plan, session, g), groups), kept
 
 
 # ---- modes -------------------------------------------------------------------------------------------------------
@@ -291,6 +308,7 @@ def run(args) -> dict:
     results = {"command": "python tools/serve_bench.py " + " ".join(shlex.quote(a) for a in args.argv),
                "date": _dt.datetime.now().isoformat(timespec="seconds"), "machine": info,
                "settings": {k: v for k, v in vars(args).items() if k != "argv"}, "points": [], "skipped": {}}
+    gpu = None if args.device == "cpu" else int(args.device.partition(":")[2] or 0)  # its CUDA device id
     for hidden in args.hidden:
         path = convert_model(hidden, args.form, args.device, folder)
         modes = Modes(path, args, trees)
@@ -304,7 +322,8 @@ def run(args) -> dict:
             for mode in active:
                 modes.check(mode, requests)
             for clients in args.clients:
-                runs = {mode: [] for mode in active + ["bound", "merge"]}
+                extra = ["bound", "merge"] + (["bound_on_device"] if gpu is not None else [])
+                runs = {mode: [] for mode in active + extra}
                 for repeat in range(args.repeats):  # everything interleaved: a neighbour's burst hits one repeat
                     for mode in active:
                         modes.loop(mode, requests, clients, min(0.3, args.seconds), 10 ** 9)  # warm
@@ -323,9 +342,11 @@ def run(args) -> dict:
                     # the bound at the batch size the BatchingSession reached in this repeat
                     reached = runs["batching"][-1].get("mean_batch", 1.0) if "batching" in active else clients
                     batch = max(1, int(round(reached)))
-                    bound, merged = forest_bound(modes.plain, modes.batching.plan, requests, batch, args.seconds,
-                                                 args.form, trees)
-                    for mode, value in (("bound", bound), ("merge", merged)):
+                    bound, merged, kept = forest_bound(modes.plain, modes.batching.plan, requests, batch,
+                                                       args.seconds, args.form, trees, on_device=gpu)
+                    for mode, value in (("bound", bound), ("merge", merged), ("bound_on_device", kept)):
+                        if value is None:
+                            continue
                         runs[mode].append({"hidden": hidden, "mode": mode, "clients": clients, "batch": batch,
                                            "throughput": value})
                 for mode, repeats in runs.items():  # the repeat of median throughput, with its latencies
