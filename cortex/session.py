@@ -126,6 +126,15 @@ def _select(device: str, devices) -> list:
     return chosen[:1]
 
 
+def pinned_memory_info(device) -> Optional["ort.OrtMemoryInfo"]:
+    """The Cortex EP's pinned (page-locked) host memory for GPU `device` ("cuda", "cuda:N"): outputs ONNX Runtime
+    copies there from the GPU move at the link's speed, not through a pageable staging copy. None for "cpu"."""
+    device = parse_device(device)
+    if device == "cpu":
+        return None
+    return _select(device, _ep_devices())[0].memory_info(ort.OrtDeviceMemoryType.HOST_ACCESSIBLE)
+
+
 def _ort_cuda_devices(cortex_gpu) -> list:
     """ONNX Runtime's own CUDA EP device for the same GPU, when this onnxruntime has one (onnxruntime-gpu)."""
     ordinal = int(dict(cortex_gpu.ep_metadata).get("cuda_device_id", 0))

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..session import InferenceSession
-from .forest import ForestStats, run_forest
+from .forest import ForestStats, PinnedOutputs, run_forest
 from .kernel import NotMergeable
 from .merge import check_request, plan_for
 
@@ -147,6 +147,7 @@ class BatchingSession:
             raise NotMergeable(f"{path}: requests cannot be merged: {self.plan.reason} (BatchingSession(..., "
                                "allow_unmerged=True) serves it one request at a time)")
         self.session = InferenceSession(path, sess_options, trust=trust, device=device)
+        self._pinned = PinnedOutputs.of(self.plan, self.session, device)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.max_trees, self.max_delay = max_trees, max_delay_ms / 1000.0
         self.max_queue = max_queue
@@ -264,7 +265,8 @@ class BatchingSession:
 
     def _serve(self, batch: list):
         counts = BatchingStats()
-        results = run_forest(self.plan, self.session, [r.feeds for r in batch], [r.alone for r in batch], counts)
+        results = run_forest(self.plan, self.session, [r.feeds for r in batch], [r.alone for r in batch], counts,
+                             self._pinned)
         with self._stats_lock:  # before the answers: a caller that reads the stats after its answer sees its batch
             self.stats.add(counts)
         answering = time.perf_counter()

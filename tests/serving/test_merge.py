@@ -20,7 +20,7 @@ from cortex.frontend import find_regions
 from cortex.ir import nodes as ir
 from cortex.passes import optimize
 from cortex.serving import check_request, plan_for
-from cortex.serving.forest import ForestStats, run_forest
+from cortex.serving.forest import ForestStats, PinnedOutputs, run_forest
 from cortex.serving.kernel import NotMergeable, analyze
 from onnx_ops.zoo import MODELS, MVRNN_VOCAB, VOCAB, structures
 
@@ -299,15 +299,17 @@ def _trees(kind, count, vocab=VOCAB, seed=0, sst=True):
     return structures(kind, count, rng, sst_dir=SST if sst and kind != "grid" else None, vocab=vocab)
 
 
-def _assert_merged_equals_separate(path, requests, merged=None, device="cpu", tol=0.0):
+def _assert_merged_equals_separate(path, requests, merged=None, device="cpu", tol=0.0, pinned=False):
     """run_forest answers every request with the bits of its separate run (within `tol` on the GPU, whose products
     may sum in another order in a larger forest); all of them from one merged forest, unless `merged` names how many
-    could be (the others ran alone)."""
+    could be (the others ran alone). `pinned`: the forest's outputs through pinned host memory (a GPU session)."""
     plan = plan_for(path)
     assert plan.mergeable, plan.reason
     session = cortex.InferenceSession(path, device=device)
     stats = ForestStats()
-    results = run_forest(plan, session, requests, stats=stats)
+    outputs = PinnedOutputs.of(plan, session, device) if pinned else None
+    assert outputs is not None or not pinned, "a GPU session of this model should take pinned outputs"
+    results = run_forest(plan, session, requests, stats=stats, pinned=outputs)
     for k, (request, got) in enumerate(zip(requests, results)):
         assert not isinstance(got, Exception), f"request {k}: {got}"
         want = session.run(None, request)
@@ -355,6 +357,13 @@ def test_zoo_merged_matches_separate_on_the_gpu(name, form, tmp_path):
     feeds = m.loop_feeds if form == "loop" else m.treerec_feeds
     trees = _trees(m.structure, 9, vocab=vocab) + _trees(m.structure, 7, vocab=vocab, seed=5, sst=False)
     _assert_merged_equals_separate(path, [feeds(s) for s in trees], device="cuda", tol=1e-6)
+    if name == "treelstm":  # the same forest with its outputs copied into pinned host memory
+        _assert_merged_equals_separate(path, [feeds(s) for s in trees], device="cuda", tol=1e-6, pinned=True)
+
+
+def test_pinned_outputs_only_on_a_gpu(tmp_path, params):
+    path = _convert(treelstm.build_treerec(params), tmp_path, "tl_treerec")
+    assert PinnedOutputs.of(plan_for(path), cortex.InferenceSession(path), "cpu") is None
 
 
 def test_random_nary_trees_with_holes_merge_exactly(tmp_path):
