@@ -17,7 +17,8 @@ modes interleaved, the median reported: a neighbour's burst on a shared machine 
 - `ray`: the Ray Serve deployment of cortex/serving/ray_app.py (`@serve.batch` with the same max_trees and delay),
   one replica, called through its handle (needs the `serve` extra; reported as skipped without it);
 - `bound`: the same trees run back to back as prebuilt forests of the mean batch size the batching session reached
-  at that client count (one caller, no merging cost): what merging is measured against;
+  at that client count (one caller, no merging cost): what merging is measured against. On a GPU the forests'
+  outputs go to pinned host memory, as the batching session's do (`cortex.serving.PinnedOutputs`);
 - `merge`: the same groups of single-tree requests through `cortex.serving.run_forest` by one caller: the bound
   plus merging, the bounds check and splitting, without the queue and the callers' threads;
 - `bound_on_device` (CUDA only): the bound's forests with their outputs left in GPU memory (IO binding): the
@@ -155,11 +156,12 @@ def closed_loop_async(acall, requests: list, clients: int, seconds: float, max_r
 
 
 def forest_bound(session, plan, requests: list, batch: int, seconds: float, form: str, trees,
-                 on_device: Optional[int] = None) -> tuple:
+                 on_device: Optional[int] = None, pinned=None) -> tuple:
     """Trees/s by one caller, back to back, over the same trees in groups of `batch`: (prebuilt forests: the bound;
     run_forest over the single-tree requests: the bound plus merging, checking and splitting, without the queue and
     the callers' threads; with `on_device` (a CUDA device id), prebuilt forests whose outputs stay in that GPU's
-    memory (IO binding), which shows what copying the outputs to the host costs, else None)."""
+    memory (IO binding), which shows what copying the outputs to the host costs, else None). `pinned`: a
+    PinnedOutputs of `session` (a GPU): the bound's and run_forest's forests write their outputs through it."""
     from cortex.examples import structures as st
     from cortex.serving import run_forest
 
@@ -188,7 +190,12 @@ def forest_bound(session, plan, requests: list, batch: int, seconds: float, form
                 binding.bind_output(name, "cuda", on_device)
             session.run_with_iobinding(binding)
         kept = rate(outputs_on_device, forests)
-    return rate(lambda f: session.run(None, f), forests), rate(lambda g: run_forest(plan, session, g), groups), kept
+    def prebuilt(feeds):
+        if pinned is None or pinned.run(feeds) is None:
+            session.run(None, feeds)
+
+    merged = rate(lambda g: run_forest(plan, session, g, pinned=pinned), groups)
+    return rate(prebuilt, forests), merged, kept
 
 
 # ---- modes -------------------------------------------------------------------------------------------------------
@@ -203,11 +210,14 @@ class Modes:
 
     def __init__(self, path: str, args, trees):
         import cortex
+        from cortex.serving import PinnedOutputs
 
         self.path, self.args, self.trees = path, args, trees
         self.plain = cortex.InferenceSession(path, device=args.device)
         self.batching = cortex.BatchingSession(path, max_trees=args.max_trees, max_delay_ms=args.delay_ms,
                                                device=args.device, max_queue=4096, workers=args.workers)
+        # on a GPU, the bound's forests write their outputs where the batching session's do (pinned host memory)
+        self.pinned = PinnedOutputs.of(self.batching.plan, self.plain, args.device)
         self.ray_handle, self.ray_error = None, None
 
     def start_ray(self):
@@ -343,7 +353,8 @@ def run(args) -> dict:
                     reached = runs["batching"][-1].get("mean_batch", 1.0) if "batching" in active else clients
                     batch = max(1, int(round(reached)))
                     bound, merged, kept = forest_bound(modes.plain, modes.batching.plan, requests, batch,
-                                                       args.seconds, args.form, trees, on_device=gpu)
+                                                       args.seconds, args.form, trees, on_device=gpu,
+                                                       pinned=modes.pinned)
                     for mode, value in (("bound", bound), ("merge", merged), ("bound_on_device", kept)):
                         if value is None:
                             continue

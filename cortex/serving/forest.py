@@ -10,7 +10,7 @@ from typing import Optional
 
 import numpy as np
 
-from .merge import FeedError, MergedBatch, MergePlan, check_request, merge, out_of_bounds, split
+from .merge import FeedError, MergePlan, check_request, merge, out_of_bounds, split
 
 
 @dataclass
@@ -75,23 +75,25 @@ class PinnedOutputs:
             specs.append((out.name, out.unit, inner, dtype))
         return cls(plan, session, memory_info, specs)
 
-    def run(self, merged: MergedBatch) -> Optional[list]:
+    def run(self, feeds: dict) -> Optional[list]:
+        """The forest `feeds` (merged requests, or any forest of the model's inputs) run once: its outputs, or None
+        when this run failed (the caller runs it plainly and gets its error, if it has one)."""
         import onnxruntime as ort
 
-        values = [ort.OrtValue.ortvalue_from_shape_and_type([int(merged.counts[unit].sum()), *inner], dtype,
-                                                            memory_info=self.memory_info)
-                  for _, unit, inner, dtype in self.specs]
-        binding = self.session.io_binding()
-        for name, value in merged.feeds.items():
-            binding.bind_cpu_input(name, value)
-        # bound as plain CPU memory at the pinned buffer's address: ONNX Runtime then copies the kernel's output
-        # there from the GPU (a DMA at the link's speed). Bound as the EP's host-accessible memory, the kernel would
-        # write its state tables straight into host memory across the link, row by row (several times slower).
-        for (name, _, _, dtype), value in zip(self.specs, values):
-            binding.bind_output(name, "cpu", 0, dtype, value.shape(), value.data_ptr())
         try:
+            values = [ort.OrtValue.ortvalue_from_shape_and_type([len(feeds[self.plan.measures[unit]]), *inner],
+                                                                dtype, memory_info=self.memory_info)
+                      for _, unit, inner, dtype in self.specs]
+            binding = self.session.io_binding()
+            for name, value in feeds.items():
+                binding.bind_cpu_input(name, value)
+            # bound as plain CPU memory at the pinned buffer's address: ONNX Runtime then copies the kernel's output
+            # there from the GPU (a DMA at the link's speed). Bound as the EP's host-accessible memory, the kernel
+            # would write its state tables straight into host memory across the link (several times slower).
+            for (name, _, _, dtype), value in zip(self.specs, values):
+                binding.bind_output(name, "cpu", 0, dtype, value.shape(), value.data_ptr())
             self.session.run_with_iobinding(binding)
-        except Exception:  # noqa: BLE001 - None: the caller runs the forest plainly (its error, if it has one)
+        except Exception:  # noqa: BLE001 - no pinned memory, or the forest's own error: the caller runs it plainly
             return None
         return [value.numpy() for value in values]
 
@@ -125,7 +127,7 @@ def run_forest(plan: MergePlan, session, requests: list, reasons: Optional[list]
         stats.merging_s += ran - started
         if merged is not None:
             try:
-                outputs = pinned.run(merged) if pinned is not None else None
+                outputs = pinned.run(merged.feeds) if pinned is not None else None
                 if outputs is None:
                     outputs = session.run(None, merged.feeds)
                 cut = time.perf_counter()

@@ -366,6 +366,29 @@ def test_pinned_outputs_only_on_a_gpu(tmp_path, params):
     assert PinnedOutputs.of(plan_for(path), cortex.InferenceSession(path), "cpu") is None
 
 
+@pytest.mark.parametrize("form", ["loop", "treerec"])
+def test_pinned_outputs_binding_with_cpu_memory(form, tmp_path, monkeypatch):
+    """The pinned path's binding (each output's rows from the plan's measures, outputs bound at the buffers'
+    addresses), run with plain CPU memory in place of the GPU's pinned memory: every request still gets the bits of
+    its separate run, from buffers the path allocated (zero-copy views that keep them alive)."""
+    import onnxruntime as ort
+    import cortex.session
+
+    allocate = ort.OrtValue.ortvalue_from_shape_and_type
+    monkeypatch.setattr(cortex.session, "pinned_memory_info", lambda device: "host memory")
+    monkeypatch.setattr(ort.OrtValue, "ortvalue_from_shape_and_type",
+                        staticmethod(lambda shape, dtype, memory_info: allocate(shape, dtype)))
+    ran, real_run = [], PinnedOutputs.run
+    monkeypatch.setattr(PinnedOutputs, "run", lambda self, feeds: ran.append(real_run(self, feeds)) or ran[-1])
+    m = MODELS["treelstm"]
+    params = m.make_params(HIDDEN)
+    path = _convert(m.build_loop(params) if form == "loop" else m.build_treerec(params), tmp_path, f"tl_{form}")
+    feeds = m.loop_feeds if form == "loop" else m.treerec_feeds
+    trees = _trees(m.structure, 9) + _trees(m.structure, 7, seed=5, sst=False)
+    _assert_merged_equals_separate(path, [feeds(s) for s in trees], pinned=True)
+    assert len(ran) == 1 and ran[0] is not None and all(type(a.base).__name__ == "PyCapsule" for a in ran[0])
+
+
 def test_random_nary_trees_with_holes_merge_exactly(tmp_path):
     """Child-Sum over random trees of up to 4 children, -1 anywhere in a row: missing children are sentinels."""
     from onnx_ops.zoo import childsum
