@@ -215,9 +215,10 @@ class Modes:
         self.path, self.args, self.trees = path, args, trees
         self.plain = cortex.InferenceSession(path, device=args.device)
         self.batching = cortex.BatchingSession(path, max_trees=args.max_trees, max_delay_ms=args.delay_ms,
-                                               device=args.device, max_queue=4096, workers=args.workers)
+                                               device=args.device, max_queue=4096, workers=args.workers,
+                                               pinned_outputs=not args.no_pinned)
         # on a GPU, the bound's forests write their outputs where the batching session's do (pinned host memory)
-        self.pinned = PinnedOutputs.of(self.batching.plan, self.plain, args.device)
+        self.pinned = None if args.no_pinned else PinnedOutputs.of(self.batching.plan, self.plain, args.device)
         self.ray_handle, self.ray_error = None, None
 
     def start_ray(self):
@@ -411,7 +412,9 @@ def markdown(results: dict) -> str:
              f"start, {m.get('load_average_end')} at the end; onnxruntime {m['onnxruntime']}, cortex git "
              f"{m['cortex_git']}; device {s['device']}, TreeLSTM ({s['form']} form), SST test trees, max_trees "
              f"{s['max_trees']}, max_delay_ms {s['delay_ms']}, {s['seconds']} s or {s['max_requests']} requests a "
-             "point.", ""]
+             "point" + ("" if s["device"] == "cpu" else
+                        f", forests' outputs into {'pageable' if s.get('no_pinned') else 'pinned'} host memory") + ".",
+             ""]
     for name, why in results["skipped"].items():
         lines += [f"Skipped: {name}: {why}", ""]
     lines += ["| hidden | clients | mode | trees/s | p50 ms | p99 ms | trees per call |",
@@ -501,6 +504,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="a short run (under 2 minutes on the GPU host)")
     p.add_argument("--out", default=None, help="output folder (default: a new temporary folder)")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--no-pinned", action="store_true", help="on a GPU, forests' outputs into ONNX Runtime's pageable "
+                   "buffers, not pinned host memory (BatchingSession(pinned_outputs=False), and so the bound)")
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731

@@ -129,11 +129,12 @@ class BatchingSession:
     "cuda:N"). `max_queue`: most requests waiting (then `QueueFull`). `workers`: threads running forests (2 lets
     one forest's merging and answering overlap another's kernel call). A model whose merge is not proven raises
     `NotMergeable` with the reason, unless `allow_unmerged=True` (then every request runs alone, in order).
-    `sess_options` and `trust` go to `cortex.InferenceSession`."""
+    `pinned_outputs`: on a GPU, forests' outputs copied into pinned (page-locked) host memory, a faster copy
+    (False: ONNX Runtime's own pageable buffers). `sess_options` and `trust` go to `cortex.InferenceSession`."""
 
     def __init__(self, path, max_trees: int = 32, max_delay_ms: float = 2.0, device: str = "cpu", *,
-                 max_queue: int = 1024, workers: int = 1, allow_unmerged: bool = False, sess_options=None,
-                 trust=None):
+                 max_queue: int = 1024, workers: int = 1, allow_unmerged: bool = False, pinned_outputs: bool = True,
+                 sess_options=None, trust=None):
         if not isinstance(max_trees, int) or max_trees < 1:
             raise ValueError(f"max_trees must be an integer >= 1, got {max_trees!r}")
         if not max_delay_ms >= 0:
@@ -147,7 +148,7 @@ class BatchingSession:
             raise NotMergeable(f"{path}: requests cannot be merged: {self.plan.reason} (BatchingSession(..., "
                                "allow_unmerged=True) serves it one request at a time)")
         self.session = InferenceSession(path, sess_options, trust=trust, device=device)
-        self._pinned = PinnedOutputs.of(self.plan, self.session, device)
+        self._pinned = PinnedOutputs.of(self.plan, self.session, device) if pinned_outputs else None
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.max_trees, self.max_delay = max_trees, max_delay_ms / 1000.0
         self.max_queue = max_queue

@@ -93,6 +93,31 @@ def test_threads_get_their_own_bits(models, form, workers):
     assert stats.merging_s > 0 and stats.running_s > 0 and stats.splitting_s > 0 and stats.answering_s > 0
 
 
+@pytest.mark.parametrize("pinned", [True, False])
+def test_threads_on_the_gpu(models, tmp_path, pinned):
+    """On a GPU: concurrent callers' answers within 1e-6 of plain runs, the forests' outputs through pinned host
+    memory (the default) or ONNX Runtime's own buffers (pinned_outputs=False)."""
+    from gpu import gpu_skip_reason
+    reason = gpu_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    params = treelstm.make_params(hidden=HIDDEN, embed_dim=6, vocab=VOCAB)
+    onnx.save(treelstm.build_treerec(params), str(tmp_path / "m.onnx"))
+    path = str(tmp_path / "m.cortex.onnx")
+    cortex.convert(str(tmp_path / "m.onnx"), path, strict=True, target="cuda")
+    plain = cortex.InferenceSession(path, device="cuda")
+    feeds = [_feeds("treerec", t) for t in _trees(40)]
+    want = [plain.run(None, f) for f in feeds]
+    with cortex.BatchingSession(path, max_trees=16, max_delay_ms=20, device="cuda", pinned_outputs=pinned) as session:
+        assert (session._pinned is not None) == pinned
+        futures = [session.submit(f) for f in feeds]
+        got = [f.result(timeout=60) for f in futures]
+        stats = session.stats
+    for g, w in zip(got, want):
+        assert all(a.shape == b.shape and np.allclose(a, b, rtol=0.0, atol=1e-6) for a, b in zip(g, w))
+    assert stats.merged_requests > 0 and stats.fallbacks == 0
+
+
 def test_asyncio_callers(models):
     path = models["treerec"]
     plain = cortex.InferenceSession(path)
