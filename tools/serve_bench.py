@@ -190,6 +190,7 @@ def forest_bound(session, plan, requests: list, batch: int, seconds: float, form
                 binding.bind_output(name, "cuda", on_device)
             session.run_with_iobinding(binding)
         kept = rate(outputs_on_device, forests)
+
     def prebuilt(feeds):
         if pinned is None or pinned.run(feeds) is None:
             session.run(None, feeds)

@@ -14,7 +14,8 @@ from .kernel import NotMergeable, merge_notes
 from .merge import FeedError, MergePlan, check_request, merge, out_of_bounds, plan_for, split
 
 __all__ = ["plan_for", "MergePlan", "NotMergeable", "FeedError", "merge_notes", "check_request", "merge",
-           "out_of_bounds", "split", "run_forest", "ForestStats", "PinnedOutputs", "BatchingSession", "QueueFull", "SessionClosed"]
+           "out_of_bounds", "split", "run_forest", "ForestStats", "PinnedOutputs", "BatchingSession", "QueueFull",
+           "SessionClosed"]
 
 
 def __getattr__(name):  # the session pulls in onnxruntime: only when asked for

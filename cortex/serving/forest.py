@@ -51,9 +51,9 @@ _NUMPY_OF_ORT = {"tensor(float)": np.float32, "tensor(double)": np.float64, "ten
 
 
 class PinnedOutputs:
-    """A GPU session's merged forests with their outputs written by ONNX Runtime straight into pinned host memory
-    (the Cortex EP's host-accessible allocator), not into pageable buffers through a staging copy. It needs every
-    output's shape before the run: rows that count a unit of the batch and other dimensions the model fixes; `of`
+    """A GPU session's forests with their outputs copied by ONNX Runtime into pinned host memory (buffers of the
+    Cortex EP's host-accessible allocator), not into pageable buffers through a staging copy. It needs every
+    output's shape before the run: rows that count a unit of the plan and other dimensions the model fixes; `of`
     returns None for a model whose outputs are not all such, or for a session on the CPU."""
 
     def __init__(self, plan: MergePlan, session, memory_info, specs: list):
