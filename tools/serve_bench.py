@@ -288,11 +288,21 @@ class Modes:
         return None
 
     def check(self, mode: str, requests: list):
-        """Every mode answers the first trees as a plain run does (bitwise on the CPU)."""
+        """Every mode answers the first trees as a plain run does (bitwise on the CPU); the batching session also
+        with the first max_trees * workers + 1 trees queued at once, so merged forests (several in flight, with
+        more than one worker) are what is checked."""
         call = self.call(mode)
-        for feeds in requests[:8]:
-            got, want = call(feeds), self.plain.run(None, feeds)
+        answers = [(feeds, call(feeds)) for feeds in requests[:8]]
+        if mode == "batching":
+            queued = requests[:self.args.max_trees * self.args.workers + 1]
+            futures = [self.batching.submit(feeds) for feeds in queued]
+            answers += [(feeds, future.result(timeout=120)) for feeds, future in zip(queued, futures)]
+        for feeds, got in answers:
+            want = self.plain.run(None, feeds)
             for a, b in zip(got, want):
+                if a.shape != b.shape:
+                    raise SystemExit(f"serve_bench: mode {mode} answers differently from a plain run (shape "
+                                     f"{a.shape} against {b.shape})")
                 same = np.array_equal(a, b) if self.args.device == "cpu" else np.allclose(a, b, rtol=1e-6, atol=1e-6)
                 if not same:
                     raise SystemExit(f"serve_bench: mode {mode} answers differently from a plain run "

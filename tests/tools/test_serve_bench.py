@@ -69,3 +69,20 @@ def test_asyncio_clients(tmp_path):
             assert 0 < p["requests"] <= 300 and p["p50_ms"] <= p["p99_ms"]
     batching = next(p for p in data["points"] if p["mode"] == "batching" and p["clients"] == 32)
     assert batching["mean_batch"] > 1
+
+
+def test_a_wrong_merge_is_caught_before_measuring(tmp_path, monkeypatch):
+    """The answers are checked on merged forests too: a split that gives a merged request its neighbour's rows
+    (single requests, run alone, stay right) stops the run before any point is measured."""
+    import cortex.serving.forest as forest
+
+    split = forest.split
+
+    def shifted(plan, outputs, merged):
+        parts = split(plan, outputs, merged)
+        return parts[1:] + parts[:1] if len(parts) > 1 else parts
+
+    monkeypatch.setattr(forest, "split", shifted)
+    with pytest.raises(SystemExit, match="mode batching answers differently"):
+        serve_bench.main(TINY + ["--out", str(tmp_path), "--no-plot"])
+    assert not (tmp_path / "results.json").exists()
