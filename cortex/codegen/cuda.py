@@ -152,7 +152,10 @@ class CudaEmitter(KernelEmitter):
         """out[b][c] = x[b] . W[:, c] (+ bias) for the batch: a warp per row of x, which it holds in registers (read
         once: in place through the element renderer when source is None, else from a buffer), then a dot product
         per column with the weight column from shared memory (or global). Columns: this block's range of N, or
-        (fused) the columns offsets[s] + j for its elements j."""
+        (fused) the columns offsets[s] + j for its elements j. A wide batch (more rows than the block has warps)
+        takes its rows GEMM_ROWS at a time per warp: each weight element read once for all of them, their dot
+        products interleaved (independent chains in flight); every dot product sums in the same order either way,
+        so the results are the same bits."""
         plan = self.plan
         n, k = e.width, e.x.width
         wid = plan.const_ids[e.weight]
@@ -169,48 +172,80 @@ class CudaEmitter(KernelEmitter):
         else:
             offsets = cstyle.cints(fused)
             lines += [f"    const int64_t offsets[{len(fused)}] = {{{offsets}}};",
-                      f"    const int64_t cols = {len(fused)} * nj;"]
-        lines += ["    for (int64_t b = warp; b < B; b += cortex::cuda::kWarps) {",
-                  "      const int64_t q = off + b; (void)q;  // the schedule is in batch order"]
+                      "    const int64_t cols = " + f"{len(fused)} * nj;"]
+        # the row's elements, rendered once: the code reads `b` and `q`, which each row's scope defines
         env.start()
-        pointers, loads, col = {}, [], 0
-        regs = []
+        pointers, regs, col = {}, [], 0
         for pi, part in enumerate(parts):
-            r = -(-part.width // 32)
-            regs.append((f"x{pi}", r, part.width, col))
-            loads.append(f"      float x{pi}[{r}];")
-            loads.append("      #pragma unroll")
-            loads.append(f"      for (int i = 0; i < {r}; ++i) {{")
-            loads.append("        const int64_t j = lane + 32 * i;")
             if source is not None:
-                loads.append(f"        x{pi}[i] = j < {part.width} ? {source}[b * {k} + j] : 0.0f;")
+                code, value = [], f"{source}[b * {k} + j]"
             else:
                 temps, code = {}, []
                 value = env.expr(part, Access(0), part.width, temps, code, pointers)
-                loads.append(f"        if (j < {part.width}) {{")
-                loads += [f"          {line}" for line in code]
-                loads.append(f"          x{pi}[i] = {value};")
-                loads.append(f"        }} else {{ x{pi}[i] = 0.0f; }}")
-            loads.append("      }")
+            regs.append((pi, -(-part.width // 32), part.width, col, code, value))
             col += part.width
-        lines += [f"      {decl}" for _, decl in pointers.values()]
-        lines += loads
+        rows = self.GEMM_ROWS if k * self.GEMM_ROWS <= 2048 else 1  # x in registers: at most 64 floats a lane
+        if rows > 1:
+            lines.append("    if (B > cortex::cuda::kWarps) {  // wide: rows " + f"{rows} at a time per warp")
+            lines += ["  " + line for line in self._gemm_rows(rows, regs, pointers, k, n, wid, bias, out, fused)]
+            lines.append("    } else {")
+            lines += ["  " + line for line in self._gemm_rows(1, regs, pointers, k, n, wid, bias, out, fused)]
+            lines.append("    }")
+        else:
+            lines += self._gemm_rows(1, regs, pointers, k, n, wid, bias, out, fused)
+        lines.append("  }")
+        return lines
+
+    GEMM_ROWS = 4  # rows a warp takes at once in a wide batch
+
+    @staticmethod
+    def _gemm_rows(rows, regs, pointers, k, n, wid, bias, out, fused):
+        """The product's loop with each warp taking `rows` rows at a time (rows b0 .. b0 + rows - 1)."""
+        lines = [f"    for (int64_t b0 = warp * {rows}; b0 < B; b0 += cortex::cuda::kWarps * {rows}) {{"]
+        for r in range(rows):
+            lines += [f"      float x{pi}_{r}[{count}];" for pi, count, *_ in regs]
+        for r in range(rows):
+            lines += ["      {", f"        const int64_t b = b0 + {r}, q = off + b; (void)q;  // the schedule is in batch order"]
+            guard = r > 0
+            pad = "  " if guard else ""
+            if guard:
+                lines.append("        if (b < B) {")
+            lines += [f"        {pad}{decl}" for _, decl in pointers.values()]
+            for pi, count, width, _, code, value in regs:
+                lines += [f"        {pad}#pragma unroll", f"        {pad}for (int i = 0; i < {count}; ++i) {{",
+                          f"        {pad}  const int64_t j = lane + 32 * i;",
+                          f"        {pad}  if (j < {width}) {{"]
+                lines += [f"        {pad}    {line}" for line in code]
+                lines += [f"        {pad}    x{pi}_{r}[i] = {value};",
+                          f"        {pad}  }} else {{ x{pi}_{r}[i] = 0.0f; }}", f"        {pad}}}"]
+            if guard:
+                lines.append("        } else {")
+                for pi, count, *_ in regs:
+                    lines.append(f"          for (int i = 0; i < {count}; ++i) x{pi}_{r}[i] = 0.0f;")
+                lines.append("        }")
+            lines.append("      }")
         lines.append("      for (int64_t t = 0; t < cols; ++t) {")
         if fused is None:
             lines.append("        const int64_t c = c0 + t, row = t;")
         else:
             lines.append("        const int64_t c = offsets[t / nj] + j0 + t % nj, row = t;")
         lines += [f"        const float* w = resident != nullptr ? resident + row * {k} : P.{wid} + c * {k};",
-                  "        float acc = 0.0f;"]
-        for name, r, width, offset in regs:
+                  "        " + " ".join(f"float acc{r} = 0.0f;" for r in range(rows))]
+        for pi, count, width, offset, _, _ in regs:
             lines += ["        #pragma unroll",
-                      f"        for (int i = 0; i < {r}; ++i) {{",
+                      f"        for (int i = 0; i < {count}; ++i) {{",
                       "          const int64_t j = lane + 32 * i;",
-                      f"          if (j < {width}) acc = fmaf({name}[i], w[{offset} + j], acc);",
-                      "        }"]
-        lines += ["        acc = cortex::cuda::warp_sum(acc);",
-                  f"        if (lane == 0) {out}[b * {n} + c] = {'acc + ' + bias if bias else 'acc'};",
-                  "      }", "    }", "  }"]
+                      f"          if (j < {width}) {{",
+                      f"            const float wj = w[{offset} + j];"]
+            lines += [f"            acc{r} = fmaf(x{pi}_{r}[i], wj, acc{r});" for r in range(rows)]
+            lines += ["          }", "        }"]
+        lines += [f"        acc{r} = cortex::cuda::warp_sum(acc{r});" for r in range(rows)]
+        lines.append("        if (lane == 0) {")
+        for r in range(rows):
+            value = f"acc{r} + {bias}" if bias else f"acc{r}"
+            store = f"{out}[(b0 + {r}) * {n} + c] = {value};"
+            lines.append(f"          {store}" if r == 0 else f"          if (b0 + {r} < B) {store}")
+        lines += ["        }", "      }", "    }"]
         return lines
 
     def case_fn(self, cp) -> str:
