@@ -243,6 +243,15 @@ def test_gpu_matches_original_on_sst_shaped_structures(on_gpu):
     assert _max_error(original.run(None, feeds), cuda_session.run(None, feeds)) <= TOL
 
 
+def test_gpu_wide_levels_match_original(on_gpu):
+    """A forest whose levels hold far more rows than a block has warps (16): the products take their rows four at a
+    time per warp, the last group holding one to three (61 trees)."""
+    entry, form, original, cuda_session, _ = on_gpu
+    items = structures(entry.structure, 61, np.random.default_rng(11), sst_dir=st.sst_dir_default(), vocab=50)
+    feeds = _feeds(entry, form, batch(entry.structure, items), cuda_session)
+    assert _max_error(original.run(None, feeds), cuda_session.run(None, feeds)) <= TOL
+
+
 @pytest.mark.parametrize("odd", ["reversed", "twice", "all_twice", "subset"])
 def test_gpu_odd_orders_match_original(on_gpu, odd):
     entry, form, original, cuda_session, _ = on_gpu
