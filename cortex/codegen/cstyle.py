@@ -464,6 +464,33 @@ def _set_lines(plan: KernelPlan, syntax, s: int, members) -> list:
     return lines
 
 
+class MemoLoads:
+    """A HostSyntax whose loads of input arrays are evaluated once per position: the first evaluation, wherever the
+    code reaches it first (so range errors are raised where and as they were), stores the value; later ones read it.
+    The compiler cannot do this itself (the workspace's stores might alias the inputs), and the case predicates and
+    a case's reads and slots repeat the same loads (`left[order[p]]`, `order[p]`...). Loads that read the host state
+    (hv_, ht_: updated as positions go) are left as they are; the caller renders per-position code only with it."""
+
+    def __init__(self, syntax: HostSyntax):
+        self._syntax = syntax
+        self._names = {}  # a load's text -> its slot's number, the load as IR text
+
+    def __getattr__(self, name):
+        return getattr(self._syntax, name)
+
+    def load(self, e: ir.Load, index: str) -> str:
+        text = self._syntax.load(e, index)
+        if "hv_" in text or "ht_" in text:
+            return text
+        k, _ = self._names.setdefault(text, (len(self._names), format_index(e)))
+        return f"(have{k} ? load{k} : (have{k} = true, load{k} = {text}))"
+
+    def declarations(self) -> list:
+        """The per-position slots, declared at the top of the position's loop body."""
+        return [f"    int64_t load{k} = 0; bool have{k} = false;  // {comment(label)}"
+                for k, label in self._names.values()]
+
+
 def prepare_fn(plan: KernelPlan, syntax: HostSyntax) -> str:
     """Evaluates every position's case and indices on the host (ONNX index semantics and errors), keeping the
     positions that write something, in order: ws.case_id, ws.position, ws.node, ws.reads, ws.slots, ws.listed."""
@@ -500,11 +527,13 @@ def prepare_fn(plan: KernelPlan, syntax: HostSyntax) -> str:
     if any((enc, len(bounds)) in (("edge_index", 4), ("edges", 2)) for cp in plan.cases
            for enc, _, bounds in cp.layout.sets):
         lines.append("  bool sources_checked = false;  // a whole source row of an edge list, once read")
+    plain, syntax = syntax, MemoLoads(syntax)
     lines += [
         "  int64_t q = 0;",
         "  for (int64_t p = 0; p < cx.L; ++p) {",
-        "    int32_t c = -1;",
     ]
+    memo_at = len(lines)
+    lines.append("    int32_t c = -1;")
     for c, case in enumerate(p.cases):
         cond = "if" if c == 0 else "else if"
         lines.append(f"    {cond} ({render_pred(case.predicate, syntax)}) c = {c};  // {comment(format_pred(case.predicate))}")
@@ -544,12 +573,13 @@ def prepare_fn(plan: KernelPlan, syntax: HostSyntax) -> str:
                 lines.append(f"        slots[{s}] = cortex::normalize_index({render_index(key, syntax)}, {rows}, "
                              f"\"{cstr(what)}\", p);  // {comment(format_index(key))}")
         for s, members in enumerate(layout.sets):
-            lines += _set_lines(plan, syntax, s, members)
-        lines += _update_lines(case, syntax)
+            lines += _set_lines(plan, plain, s, members)
+        lines += _update_lines(case, plain)
         if not case.writes:
             lines.append("        continue;  // only host state changes: nothing for the kernel to run")
         lines += ["        break;", "      }"]
     lines += ["    }", "    ++q;", "  }", "  ws.listed = q;"]
+    lines[memo_at:memo_at] = syntax.declarations()
     if plan.max_sets:
         lines.append("  ws.read_offsets[q] = static_cast<int64_t>(ws.members.size());")
     lines.append("}")
