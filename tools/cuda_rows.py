@@ -98,8 +98,8 @@ def main(argv=None) -> int:
                       "steps": {k: round(v, 1) for k, v in clocks.items()}}
             records.append(record)
             print(json.dumps(record), flush=True)
-    if args.out:
-        Path(args.out).write_text(json.dumps(records, indent=1))
+        if args.out:  # after every batch size: a run stopped by a time limit keeps what finished
+            Path(args.out).write_text(json.dumps(records, indent=1))
     return 0
 
 
