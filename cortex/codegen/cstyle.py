@@ -466,10 +466,12 @@ def _set_lines(plan: KernelPlan, syntax, s: int, members) -> list:
 
 class MemoLoads:
     """A HostSyntax whose loads of input arrays are evaluated once per position: the first evaluation, wherever the
-    code reaches it first (so range errors are raised where and as they were), stores the value; later ones read it.
-    The compiler cannot do this itself (the workspace's stores might alias the inputs), and the case predicates and
-    a case's reads and slots repeat the same loads (`left[order[p]]`, `order[p]`...). Loads that read the host state
-    (hv_, ht_: updated as positions go) are left as they are; the caller renders per-position code only with it."""
+    code reaches it first (so range errors are raised where and as they were), stores the value; later ones read it
+    (cortex::memo_load, a call so that two operands reaching one load stay sequenced). The compiler cannot do this
+    itself (the workspace's stores might alias the inputs), and the case predicates and a case's node, reads and
+    slots repeat the same loads (`left[order[p]]`, `order[p]`...). prepare_fn renders only those with it: set members
+    and host-state updates keep the plain syntax, and loads that read the host state (hv_, ht_: updated as positions
+    go) are left as they are."""
 
     def __init__(self, syntax: HostSyntax):
         self._syntax = syntax
@@ -483,7 +485,7 @@ class MemoLoads:
         if "hv_" in text or "ht_" in text:
             return text
         k, _ = self._names.setdefault(text, (len(self._names), format_index(e)))
-        return f"(have{k} ? load{k} : (have{k} = true, load{k} = {text}))"
+        return f"cortex::memo_load(have{k}, load{k}, [&] {{ return {text}; }})"
 
     def declarations(self) -> list:
         """The per-position slots, declared at the top of the position's loop body."""

@@ -37,6 +37,18 @@ inline int64_t normalize_index(int64_t i, int64_t len, const char* what, int64_t
   return i < 0 ? i + len : i;
 }
 
+// prepare's once-per-position input load (cstyle.MemoLoads): the first call evaluates `load`, later calls return its
+// value. A call, not an inline expression: two operands of one expression may both reach the same load, and the
+// evaluations of a function's body are sequenced where those of plain operands are not.
+template <class Load>
+inline int64_t memo_load(bool& have, int64_t& value, Load&& load) {
+  if (!have) {
+    value = load();
+    have = true;
+  }
+  return value;
+}
+
 // Integer division and remainder as ONNX defines them on integers (Div truncates; Mod takes the divisor's sign,
 // fmod the dividend's); division by zero is an error, as in ONNX Runtime.
 inline int64_t check_divisor(int64_t b, int64_t position) {
