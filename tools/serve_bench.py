@@ -22,7 +22,11 @@ modes interleaved, the median reported: a neighbour's burst on a shared machine 
 - `merge`: the same groups of single-tree requests through `cortex.serving.run_forest` by one caller: the bound
   plus merging, the bounds check and splitting, without the queue and the callers' threads;
 - `bound_on_device` (CUDA only): the bound's forests with their outputs left in GPU memory (IO binding): the
-  bound less copying the outputs to the host.
+  bound less copying the outputs to the host;
+- `ceiling` (asked for by name): a BatchingSession with the same settings whose forests are not built or run, every
+  request answered with no outputs: what the callers, the request checks, the queue and the answers cost by
+  themselves, so the most any server called from these clients in this process could serve (they all share one
+  GIL). Not a system; measured to tell the load generator's limit from the server's.
 
 Clients (--clients-as): `threads` (default), N Python threads each blocking on its call (a threaded server);
 `asyncio`, N coroutines on one event loop (an asyncio server, as a Ray Serve replica or an ASGI app is): `batching`
@@ -204,6 +208,22 @@ def forest_bound(session, plan, requests: list, batch: int, seconds: float, form
 # The BatchingSession's steps (ForestStats' *_s): forests built and bounds-checked, the session's runs, outputs cut
 # back, callers answered; reported per kernel call beside the call's cycle (the point's time / its calls).
 STEPS = ("merging", "running", "splitting", "answering")
+BATCHING_MODES = ("batching", "ceiling")  # modes served by a BatchingSession (its stats, its timeout)
+
+
+def unrun_session(path: str, args):
+    """The `ceiling` mode: a BatchingSession that answers each request with no outputs, without merging or running
+    (its requests are still checked and queued, its callers answered the same way)."""
+    from cortex.serving.batching import BatchingSession, BatchingStats
+
+    class Unrun(BatchingSession):
+        def _serve(self, batch: list):
+            with self._stats_lock:
+                self.stats.add(BatchingStats(requests=len(batch), batches=1, merged_requests=len(batch)))
+            self._answer(batch, [[] for _ in batch])
+
+    return Unrun(path, max_trees=args.max_trees, max_delay_ms=args.delay_ms, device=args.device, max_queue=4096,
+                 workers=args.workers, pinned_outputs=False)
 
 
 class Modes:
@@ -220,6 +240,7 @@ class Modes:
                                                pinned_outputs=not args.no_pinned)
         # on a GPU, the bound's forests write their outputs where the batching session's do (pinned host memory)
         self.pinned = None if args.no_pinned else PinnedOutputs.of(self.batching.plan, self.plain, args.device)
+        self.ceiling = unrun_session(path, args) if "ceiling" in args.modes else None
         self.ray_handle, self.ray_error = None, None
 
     def start_ray(self):
@@ -245,8 +266,8 @@ class Modes:
     def call(self, mode: str):
         if mode == "run":
             return lambda feeds: self.plain.run(None, feeds)
-        if mode == "batching":
-            return lambda feeds: self.batching.run(feeds, timeout=120)
+        if mode in BATCHING_MODES:
+            return lambda feeds: getattr(self, mode).run(feeds, timeout=120)
         if mode == "ray":
             return lambda feeds: self.ray_handle.infer.remote(feeds).result(timeout_s=120)
         raise ValueError(mode)
@@ -264,8 +285,8 @@ class Modes:
             async def run(feeds):
                 return await asyncio.get_running_loop().run_in_executor(self._executor, self.plain.run, None, feeds)
             return run
-        if mode == "batching":
-            return self.batching.run_async
+        if mode in BATCHING_MODES:
+            return getattr(self, mode).run_async
         if mode == "ray":
             async def ray(feeds):
                 return await self.ray_handle.infer.remote(feeds)
@@ -279,8 +300,8 @@ class Modes:
 
     def served(self, mode: str):
         """(requests answered, kernel calls, {step: seconds}) so far by a batching mode; None for the others."""
-        if mode == "batching":
-            stats = self.batching.stats
+        if mode in BATCHING_MODES:
+            stats = getattr(self, mode).stats
             return stats.requests, stats.batches + stats.alone, {step: getattr(stats, f"{step}_s") for step in STEPS}
         if mode == "ray":
             stats = self.ray_handle.statistics.remote().result(timeout_s=60)
@@ -292,6 +313,10 @@ class Modes:
         with the first max_trees * workers + 1 trees queued at once, so merged forests (several in flight, with
         more than one worker) are what is checked."""
         call = self.call(mode)
+        if mode == "ceiling":
+            if any(call(feeds) != [] for feeds in requests[:8]):
+                raise SystemExit("serve_bench: the ceiling mode's session answered with outputs")
+            return
         answers = [(feeds, call(feeds)) for feeds in requests[:8]]
         if mode == "batching":
             queued = requests[:self.args.max_trees * self.args.workers + 1]
@@ -310,6 +335,8 @@ class Modes:
 
     def close(self):
         self.batching.close()
+        if self.ceiling is not None:
+            self.ceiling.close()
         if getattr(self, "_executor", None) is not None:
             self._executor.shutdown()
         if self.ray_handle is not None:
@@ -409,6 +436,8 @@ def targets(results: dict) -> list:
                "p99_ms": b["p99_ms"], "p99_limit_ms": 2 * single["p50_ms"] + delay if single else None}
         if bound and ("merge", clients) in pts:
             row["merge_of_bound"] = pts[("merge", clients)]["throughput"] / bound["throughput"]
+        if ("ceiling", clients) in pts:  # the most a server called from these clients could reach, over run
+            row["ceiling_over_run"] = pts[("ceiling", clients)]["throughput"] / r["throughput"]
         if ("ray", clients) in pts:
             row["ray_speedup_over_run"] = pts[("ray", clients)]["throughput"] / r["throughput"]
             row["ray_of_bound"] = pts[("ray", clients)]["throughput"] / bound["throughput"] if bound else None
@@ -438,26 +467,28 @@ def markdown(results: dict) -> str:
     rows = targets(results)
     if rows:
         lines += ["", "| hidden | clients | batching / run | batching / bound | run_forest / bound | p99 ms (limit: 2 x "
-                  "single p50 + delay) | Ray / run | Ray / bound |", "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "single p50 + delay) | Ray / run | Ray / bound | ceiling / run |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in rows:
             of_bound = f"{r['of_bound']:.0%}" if r["of_bound"] is not None else ""
             limit = f" ({r['p99_limit_ms']:.3f})" if r["p99_limit_ms"] is not None else ""
             ray_run = f"{r['ray_speedup_over_run']:.2f}x" if "ray_speedup_over_run" in r else ""
             ray_bound = f"{r['ray_of_bound']:.0%}" if r.get("ray_of_bound") is not None else ""
             merged = f"{r['merge_of_bound']:.0%}" if "merge_of_bound" in r else ""
+            ceiling = f"{r['ceiling_over_run']:.2f}x" if "ceiling_over_run" in r else ""
             lines.append(f"| {r['hidden']} | {r['clients']} | {r['speedup_over_run']:.2f}x | {of_bound} | {merged} | "
-                         f"{r['p99_ms']:.3f}{limit} | {ray_run} | {ray_bound} |")
+                         f"{r['p99_ms']:.3f}{limit} | {ray_run} | {ray_bound} | {ceiling} |")
     steps = [p for p in results["points"] if "steps_us" in p]
     if steps:
         lines += ["", "Where a batching call's time goes (the worker's clocks, microseconds per kernel call; the cycle is "
                   "the point's time over its calls: with one worker, the rest of it is the worker waiting for "
                   "requests, which is the callers' side: answers received, the next requests made and queued):", "",
-                  "| hidden | clients | trees per call | cycle | merging | running | splitting | answering | rest |",
-                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "| hidden | mode | clients | trees per call | cycle | merging | running | splitting | answering | rest |",
+                  "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for p in steps:
             u = p["steps_us"]
             rest = u["cycle"] - sum(u[step] for step in STEPS)
-            lines.append(f"| {p['hidden']} | {p['clients']} | {p['mean_batch']:.1f} | {u['cycle']:.0f} | " +
+            lines.append(f"| {p['hidden']} | {p['mode']} | {p['clients']} | {p['mean_batch']:.1f} | {u['cycle']:.0f} | " +
                          " | ".join(f"{u[step]:.0f}" for step in STEPS) + f" | {rest:.0f} |")
     return "\n".join(lines) + "\n"
 
@@ -471,9 +502,11 @@ def plot(results: dict, path: Path):
     hiddens = results["settings"]["hidden"]
     fig, axes = plt.subplots(1, len(hiddens), figsize=(5.5 * len(hiddens), 4), squeeze=False)
     labels = {"run": "session.run per request", "batching": "BatchingSession", "ray": "Ray Serve (@serve.batch)",
-              "bound": "bound: prebuilt forests", "merge": "run_forest, one caller"}
+              "bound": "bound: prebuilt forests", "merge": "run_forest, one caller",
+              "ceiling": "ceiling: callers and queue, nothing run"}
     for ax, hidden in zip(axes[0], hiddens):
-        for mode, style in (("bound", "k--"), ("merge", "k:"), ("batching", "o-"), ("ray", "s-"), ("run", "^-")):
+        for mode, style in (("bound", "k--"), ("merge", "k:"), ("ceiling", "k-."), ("batching", "o-"), ("ray", "s-"),
+                            ("run", "^-")):
             pts = sorted((p["clients"], p["throughput"]) for p in results["points"]
                          if p["hidden"] == hidden and p["mode"] == mode)
             if pts:
@@ -505,8 +538,8 @@ def parse_args(argv=None):
     p.add_argument("--max-trees", type=int, default=32, help="BatchingSession max_trees / @serve.batch size (32)")
     p.add_argument("--delay-ms", type=float, default=2.0, help="max_delay_ms / batch_wait_timeout_s (2 ms)")
     p.add_argument("--workers", type=int, default=1, help="BatchingSession workers: forests in flight at once (1)")
-    p.add_argument("--modes", default="run,batching,ray", help="comma list of run,batching,ray (bound and merge "
-                                                                "always)")
+    p.add_argument("--modes", default="run,batching,ray", help="comma list of run,batching,ray,ceiling (bound and "
+                                                                "merge always)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (models converted for that target)")
     p.add_argument("--form", choices=("treerec", "loop"), default="treerec")
     p.add_argument("--clients-as", choices=("threads", "asyncio"), default="threads",
@@ -526,9 +559,9 @@ def parse_args(argv=None):
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.max_requests = args.max_requests or (5000 if args.quick else 20000)
     args.modes = [m for m in args.modes.split(",") if m and m not in ("bound", "merge")]
-    unknown = set(args.modes) - {"run", "batching", "ray"}
+    unknown = set(args.modes) - {"run", "batching", "ray", "ceiling"}
     if unknown:
-        p.error(f"unknown modes {sorted(unknown)} (choose from run, batching, ray)")
+        p.error(f"unknown modes {sorted(unknown)} (choose from run, batching, ray, ceiling)")
     if 1 not in args.clients:
         args.clients = [1] + args.clients  # the single-request latency the p99 target refers to
     args.out = args.out or tempfile.mkdtemp(prefix="serve_bench_")

@@ -270,6 +270,10 @@ class BatchingSession:
                              self._pinned)
         with self._stats_lock:  # before the answers: a caller that reads the stats after its answer sees its batch
             self.stats.add(counts)
+        self._answer(batch, results)
+
+    def _answer(self, batch: list, results: list):
+        """Each request of `batch` gets its result (a list of outputs) or its exception."""
         answering = time.perf_counter()
         in_loops = []
         for request, result in zip(batch, results):

@@ -59,16 +59,23 @@ def test_unknown_mode_is_refused():
         serve_bench.parse_args(["--modes", "run,http"])
 
 
-def test_asyncio_clients(tmp_path):
-    """--clients-as asyncio: the same points from coroutines on one event loop; 32 of them still share forests."""
-    assert serve_bench.main(TINY + ["--clients-as", "asyncio", "--out", str(tmp_path), "--no-plot"]) == 0
+def test_asyncio_clients_and_the_ceiling(tmp_path):
+    """--clients-as asyncio: the same points from coroutines on one event loop; 32 of them still share forests.
+    The ceiling mode (a BatchingSession that runs nothing) is measured the same way and reported against run."""
+    args = TINY[:-1] + ["run,batching,ceiling", "--clients-as", "asyncio", "--out", str(tmp_path), "--no-plot"]
+    assert serve_bench.main(args) == 0
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["settings"]["clients_as"] == "asyncio"
     for p in data["points"]:
-        if p["mode"] in ("run", "batching"):
+        if p["mode"] in ("run", "batching", "ceiling"):
             assert 0 < p["requests"] <= 300 and p["p50_ms"] <= p["p99_ms"]
     batching = next(p for p in data["points"] if p["mode"] == "batching" and p["clients"] == 32)
     assert batching["mean_batch"] > 1
+    ceiling = next(p for p in data["points"] if p["mode"] == "ceiling" and p["clients"] == 32)
+    assert ceiling["mean_batch"] > 1 and ceiling["steps_us"]["running"] == 0  # queued and answered, never run
+    (row,) = serve_bench.targets(data)
+    assert row["ceiling_over_run"] > 0
+    assert "| ceiling / run |" in (tmp_path / "results.md").read_text()
 
 
 def test_a_wrong_merge_is_caught_before_measuring(tmp_path, monkeypatch):
