@@ -319,7 +319,7 @@ class Modes:
             return
         answers = [(feeds, call(feeds)) for feeds in requests[:8]]
         if mode == "batching":
-            queued = requests[:self.args.max_trees * self.args.workers + 1]
+            queued = requests[:self.args.max_trees * self.batching.workers + 1]
             futures = [self.batching.submit(feeds) for feeds in queued]
             answers += [(feeds, future.result(timeout=120)) for feeds, future in zip(queued, futures)]
         for feeds, got in answers:
@@ -537,7 +537,8 @@ def parse_args(argv=None):
                                                              "is reported (default 3; quick 1)")
     p.add_argument("--max-trees", type=int, default=32, help="BatchingSession max_trees / @serve.batch size (32)")
     p.add_argument("--delay-ms", type=float, default=2.0, help="max_delay_ms / batch_wait_timeout_s (2 ms)")
-    p.add_argument("--workers", type=int, default=1, help="BatchingSession workers: forests in flight at once (1)")
+    p.add_argument("--workers", type=int, default=None, help="BatchingSession workers: forests in flight at once "
+                                                              "(the session's default: 1 on the CPU, 2 on a GPU)")
     p.add_argument("--modes", default="run,batching,ray", help="comma list of run,batching,ray,ceiling (bound and "
                                                                 "merge always)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (models converted for that target)")

@@ -25,7 +25,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Optional
 
-from ..session import InferenceSession
+from ..session import InferenceSession, parse_device
 from .forest import ForestStats, PinnedOutputs, run_forest
 from .kernel import NotMergeable
 from .merge import check_request, plan_for
@@ -126,19 +126,22 @@ class BatchingSession:
 
     `path`: a converted model (cortex-convert). `max_trees`: most requests in one forest. `max_delay_ms`: longest a
     request waits for others before its forest runs. `device`: as `cortex.InferenceSession` ("cpu", "cuda",
-    "cuda:N"). `max_queue`: most requests waiting (then `QueueFull`). `workers`: threads running forests (2 lets
-    one forest's merging and answering overlap another's kernel call). A model whose merge is not proven raises
+    "cuda:N"). `max_queue`: most requests waiting (then `QueueFull`). `workers`: threads running forests; by default 2
+    on a GPU (one forest's merging and answering overlap another's kernel call) and 1 on the CPU (its kernels use
+    every core already). A model whose merge is not proven raises
     `NotMergeable` with the reason, unless `allow_unmerged=True` (then every request runs alone, in order).
     `pinned_outputs`: on a GPU, forests' outputs copied into pinned (page-locked) host memory, a faster copy
     (False: ONNX Runtime's own pageable buffers). `sess_options` and `trust` go to `cortex.InferenceSession`."""
 
     def __init__(self, path, max_trees: int = 32, max_delay_ms: float = 2.0, device: str = "cpu", *,
-                 max_queue: int = 1024, workers: int = 1, allow_unmerged: bool = False, pinned_outputs: bool = True,
-                 sess_options=None, trust=None):
+                 max_queue: int = 1024, workers: Optional[int] = None, allow_unmerged: bool = False,
+                 pinned_outputs: bool = True, sess_options=None, trust=None):
         if not isinstance(max_trees, int) or max_trees < 1:
             raise ValueError(f"max_trees must be an integer >= 1, got {max_trees!r}")
         if not max_delay_ms >= 0:
             raise ValueError(f"max_delay_ms must be >= 0, got {max_delay_ms!r}")
+        if workers is None:
+            workers = 1 if parse_device(device) == "cpu" else 2
         if not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
         if not isinstance(max_queue, int) or max_queue < 1:
@@ -151,7 +154,7 @@ class BatchingSession:
         self._pinned = PinnedOutputs.of(self.plan, self.session, device) if pinned_outputs else None
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.max_trees, self.max_delay = max_trees, max_delay_ms / 1000.0
-        self.max_queue = max_queue
+        self.max_queue, self.workers = max_queue, workers
         self.stats = BatchingStats()
         self._stats_lock = threading.Lock()
         self._queue = collections.deque()

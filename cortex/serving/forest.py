@@ -117,12 +117,15 @@ def run_forest(plan: MergePlan, session, requests: list, reasons: Optional[list]
     alone = [k for k, why in enumerate(reasons) if why is not None and results[k] is None]
     if len(together) > 1:
         started = time.perf_counter()
-        merged = merge(plan, [requests[k] for k in together])
-        outside = out_of_bounds(plan, merged)
-        if outside:
-            alone += [k for j, k in enumerate(together) if j in outside]
-            together = [k for j, k in enumerate(together) if j not in outside]
-            merged = merge(plan, [requests[k] for k in together]) if len(together) > 1 else None
+        try:
+            merged = merge(plan, [requests[k] for k in together])
+            outside = out_of_bounds(plan, merged)
+            if outside:
+                alone += [k for j, k in enumerate(together) if j in outside]
+                together = [k for j, k in enumerate(together) if j not in outside]
+                merged = merge(plan, [requests[k] for k in together]) if len(together) > 1 else None
+        except (ValueError, OverflowError):  # shapes that do not concatenate, too many nodes: each runs alone
+            merged = None
         ran = time.perf_counter()
         stats.merging_s += ran - started
         if merged is not None:

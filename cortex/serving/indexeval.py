@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _C
 from ..ir import nodes as ir
 
 _COMPARE = {"lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal, "eq": np.equal,
@@ -168,13 +169,7 @@ class BoundsCheck:
         if self.sets:
             flagged |= self._sets(arrays, node_counts, starts, row_counts or {})
         if program.mode == "dag":  # the kernel checks every child id of the structure, read or not
-            children = arrays[program.rows_from]
-            flat = children.reshape(children.shape[0], -1)
-            node_owner = np.repeat(requests, node_counts)
-            lo = starts[node_owner][:, None]
-            wrong = (flat != -1) & ((flat < lo) | (flat >= lo + node_counts[node_owner][:, None]))
-            if wrong.any():
-                flagged |= set(np.unique(node_owner[wrong.any(axis=1)]).tolist())
+            flagged.update(_C.rows_outside(arrays[program.rows_from], node_counts, node_counts, -1))
         return flagged
 
     def _sets(self, arrays, node_counts, starts, row_counts) -> set:

@@ -25,6 +25,8 @@ from typing import Optional
 import numpy as np
 import onnx
 
+from .. import _C
+
 from .graph import GraphAnalysis
 from .values import Const, Opaque, Rows
 from .indexeval import BoundsCheck
@@ -287,21 +289,34 @@ def unit_counts(plan: MergePlan, requests: list) -> dict:
 
 
 def merge(plan: MergePlan, requests: list) -> MergedBatch:
-    """One forest from requests that passed check_request."""
+    """One forest from requests that passed check_request. The arrays are built by cortex._C.concat_rows, one call
+    each that keeps the GIL (numpy's ufuncs would release it several times a forest, see csrc/python/forest_rows.cc)."""
     counts = unit_counts(plan, requests)
     nodes = counts[plan.node_unit]
+    total = int(nodes.sum())
+    base = np.cumsum(nodes) - nodes  # each request's first node in the forest
     feeds = {}
     for i in plan.inputs:
-        merged = np.concatenate([r[i.name] for r in requests], axis=0)
-        if i.node_ids and len(requests) > 1:
-            base = np.cumsum(nodes) - nodes
-            shift = np.repeat(base, counts[i.unit]).reshape((-1,) + (1,) * (merged.ndim - 1))
-            total = int(nodes.sum())
-            if total > np.iinfo(merged.dtype).max:
-                raise OverflowError(f"{total} nodes do not fit input '{i.name}' ({merged.dtype})")
-            merged = np.where(merged >= 0, merged + shift.astype(merged.dtype), merged)
-        feeds[i.name] = merged
+        parts = [r[i.name] for r in requests]
+        dtype = parts[0].dtype
+        if any(p.dtype != dtype for p in parts):  # an input of no declared type: numpy's promotion, as before
+            dtype = np.result_type(*parts)
+            parts = [p.astype(dtype, copy=False) for p in parts]
+        shift = i.node_ids and len(requests) > 1
+        if shift and total > _largest(dtype):
+            raise OverflowError(f"{total} nodes do not fit input '{i.name}' ({dtype})")
+        feeds[i.name] = _C.concat_rows(parts, base if shift else None)
     return MergedBatch(feeds, counts)
+
+
+def _largest(dtype) -> int:
+    largest = _LARGEST.get(dtype)
+    if largest is None:
+        largest = _LARGEST[dtype] = int(np.iinfo(dtype).max)
+    return largest
+
+
+_LARGEST = {}
 
 
 def out_of_bounds(plan: MergePlan, batch: MergedBatch) -> set:

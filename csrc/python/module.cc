@@ -1,4 +1,5 @@
-// cortex._C: runtime pieces (csrc/runtime) exposed for tests and tools.
+// cortex._C: runtime pieces (csrc/runtime) exposed for tests and tools, and the serving path's forest rows
+// (forest_rows.cc).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -19,6 +20,8 @@
 #include "parallel.h"
 
 namespace py = pybind11;
+
+void register_forest_rows(py::module_& m);  // forest_rows.cc
 
 namespace {
 
@@ -464,7 +467,8 @@ double bench_fma_peak(int, int64_t) { return 0.0; }
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
-  m.doc() = "Cortex runtime pieces (csrc/runtime) for tests and tools";
+  m.doc() = "Cortex runtime pieces (csrc/runtime) for tests and tools; the serving path's forest rows";
+  register_forest_rows(m);
 
   m.def("linearize_visit", &linearize_visit, py::arg("num_nodes"), py::arg("node"), py::arg("case_id"),
         py::arg("num_cases"), py::arg("reads"),

@@ -1,0 +1,147 @@
+"""cortex._C.concat_rows and rows_outside (csrc/python/forest_rows.cc), the array work of merging requests: the same
+values as the numpy they replace, over random parts (dtypes, ranks, empty parts, non-contiguous views, sentinels),
+and clear errors for what cannot be concatenated. The merged runs themselves are checked in test_merge.py."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as hs
+
+from cortex import _C
+from cortex.serving.forest import ForestStats, run_forest
+
+INT_TYPES = [np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32, np.uint64]
+
+
+@hs.composite
+def node_id_parts(draw):
+    """Per request: an id array (rows, *inner) of values in [-3, nodes + 2), and the request's node count."""
+    dtype = draw(hs.sampled_from(INT_TYPES))
+    inner = draw(hs.sampled_from([(), (1,), (2,), (3, 2)]))
+    parts, nodes = [], []
+    for _ in range(draw(hs.integers(1, 6))):
+        n = draw(hs.integers(0, 9))
+        low = 0 if np.issubdtype(dtype, np.unsignedinteger) else -3
+        values = draw(hs.lists(hs.integers(low, n + 2), min_size=n * int(np.prod(inner, dtype=np.int64)),
+                               max_size=n * int(np.prod(inner, dtype=np.int64))))
+        part = np.array(values, dtype=dtype).reshape((n,) + inner)
+        if draw(hs.booleans()) and n > 1:  # a strided view: every other row of a longer array
+            part = np.repeat(part, 2, axis=0)[::2]
+        parts.append(part)
+        nodes.append(n)
+    return parts, np.array(nodes, dtype=np.int64)
+
+
+def _shifted(parts, bases):
+    """The numpy reference: concatenated, each non-negative value plus its request's base."""
+    out = []
+    for part, base in zip(parts, bases):
+        wide = part.astype(np.int64)
+        out.append(np.where(wide >= 0, wide + base, wide).astype(part.dtype))
+    return np.concatenate(out)
+
+
+@settings(max_examples=200, deadline=None)
+@given(node_id_parts())
+def test_concat_rows_is_numpy_concatenate_with_shifted_ids(case):
+    parts, nodes = case
+    plain = _C.concat_rows(parts)
+    assert plain.dtype == parts[0].dtype and plain.flags.c_contiguous
+    np.testing.assert_array_equal(plain, np.concatenate(parts))
+    bases = np.cumsum(nodes) - nodes
+    if int(nodes.sum()) <= np.iinfo(parts[0].dtype).max:  # merge refuses a forest whose ids would not fit
+        shifted = _C.concat_rows(parts, bases)
+        assert shifted.dtype == parts[0].dtype and shifted.shape == plain.shape
+        np.testing.assert_array_equal(shifted, _shifted(parts, bases))
+    for part, copy in zip(parts, [p.copy() for p in parts]):  # the inputs are never written
+        np.testing.assert_array_equal(part, copy)
+
+
+@settings(max_examples=200, deadline=None)
+@given(node_id_parts(), hs.sampled_from([-1, -2]))
+def test_rows_outside_flags_the_requests_numpy_flags(case, missing):
+    parts, nodes = case
+    if int(nodes.sum()) > np.iinfo(parts[0].dtype).max:
+        return
+    starts = np.cumsum(nodes) - nodes
+    merged = _C.concat_rows(parts, starts)
+    want = []
+    for r, part in enumerate(parts):  # shifted values outside [start, start + nodes), other than the sentinel
+        values = _shifted([part], [starts[r]]).astype(np.int64).reshape(-1)
+        if part.dtype == np.uint64:
+            values = part.reshape(-1).astype(np.uint64).astype(object) + int(starts[r])
+            values = np.array([v if v <= np.iinfo(np.int64).max else -(2 ** 62) for v in values], dtype=np.int64)
+        if np.any((values != missing) & ((values < starts[r]) | (values >= starts[r] + nodes[r]))):
+            want.append(r)
+    assert _C.rows_outside(merged, nodes, nodes, missing) == want
+
+
+def test_rows_outside_counts_rows_and_nodes_apart():
+    """An edge list: request r owns rows[r] rows (its edges) and nodes[r] nodes."""
+    values = np.array([0, 1, 2, 4, 3, 4], dtype=np.int64)  # request 0: 2 edges, nodes 0, 1; 1: 4 edges, nodes 2..4
+    assert _C.rows_outside(values, [2, 4], [2, 3], -1) == []
+    assert _C.rows_outside(values, [3, 3], [2, 3], -1) == [0]  # row 2 (node 2) now belongs to request 0
+    assert _C.rows_outside(values, [2, 4], [2, 2], -1) == [1]  # request 1 owns nodes 2, 3 only
+
+
+def test_uint64_ids_past_int64_are_outside():
+    values = np.array([0, np.iinfo(np.uint64).max], dtype=np.uint64)
+    assert _C.rows_outside(values, [2], [2], -1) == [0]
+
+
+@pytest.mark.parametrize("parts,message", [
+    ([], "no parts"),
+    ([np.zeros((2, 3)), np.zeros((2, 4))], "trailing shapes differ"),
+    ([np.zeros((2, 3)), np.zeros(2)], "ranks differ"),
+    ([np.zeros(2, np.int64), np.zeros(2, np.int32)], "dtypes differ"),
+    ([np.float32(1.0)], "not a numpy array"),
+    ([np.array(1.0)], "scalar"),
+])
+def test_concat_rows_refuses_what_does_not_concatenate(parts, message):
+    with pytest.raises(ValueError, match=message):
+        _C.concat_rows(parts)
+
+
+def test_concat_rows_refuses_bad_bases():
+    ids = [np.zeros(2, np.int64), np.zeros(1, np.int64)]
+    with pytest.raises(ValueError, match="one value per part"):
+        _C.concat_rows(ids, np.array([0]))
+    with pytest.raises(ValueError, match="integers"):
+        _C.concat_rows([np.zeros(2, np.float32)], np.array([0]))
+
+
+def test_rows_outside_refuses_counts_that_do_not_add_up():
+    with pytest.raises(ValueError, match="do not add up"):
+        _C.rows_outside(np.zeros(3, np.int64), [1, 1], [1, 1], -1)
+    with pytest.raises(ValueError, match="negative"):
+        _C.rows_outside(np.zeros(0, np.int64), [-1, 1], [1, 1], -1)
+    with pytest.raises(ValueError, match="integers"):
+        _C.rows_outside(np.zeros(2, np.float64), [2], [2], -1)
+
+
+def test_a_merge_that_cannot_concatenate_runs_each_request_alone(tmp_path):
+    """Requests whose arrays pass the checks but do not concatenate (a model input of no declared rank, one request
+    with a matrix where another has a vector) are each run alone: their own results or errors, nobody else's."""
+    from onnx import TensorProto, helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, None)  # no declared shape
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+    class Session:
+        def run(self, names, feeds):
+            import onnxruntime as ort
+            return ort.InferenceSession(model.SerializeToString()).run(names, feeds)
+
+    from cortex.serving.merge import InputPlan, MergePlan, OutputPlan
+
+    plan = MergePlan(True, None, (InputPlan("x", "nodes", False, None, None),), (OutputPlan("y", "nodes"),),
+                     {"nodes": "x"}, (), "nodes")
+    requests = [dict(x=np.ones((2, 3), np.float32)), dict(x=np.ones(2, np.float32))]
+    stats = ForestStats()
+    results = run_forest(plan, Session(), requests, [None, None], stats)
+    assert stats.alone == 2 and stats.batches == 0
+    np.testing.assert_array_equal(results[0][0], requests[0]["x"])
+    np.testing.assert_array_equal(results[1][0], requests[1]["x"])
