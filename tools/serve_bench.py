@@ -217,10 +217,13 @@ def unrun_session(path: str, args):
     from cortex.serving.batching import BatchingSession, BatchingStats
 
     class Unrun(BatchingSession):
-        def _serve(self, batch: list):
-            with self._stats_lock:
-                self.stats.add(BatchingStats(requests=len(batch), batches=1, merged_requests=len(batch)))
-            self._answer(batch, [[] for _ in batch])
+        def _prepare(self, batch: list):  # the "forest" is the number of requests whose callers still wait
+            batch = [r for r in batch if r.future.set_running_or_notify_cancel()]
+            return (batch, len(batch), BatchingStats(batches=1, requests=len(batch), merged_requests=len(batch))) \
+                if batch else None
+
+        def _run(self, forest, counts):
+            return [[] for _ in range(forest)]
 
     return Unrun(path, max_trees=args.max_trees, max_delay_ms=args.delay_ms, device=args.device, max_queue=4096,
                  workers=args.workers, pinned_outputs=False)

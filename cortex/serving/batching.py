@@ -3,9 +3,10 @@
 Callers on any thread (`run`, blocking) or event loop (`await run_async`) hand in one request each. A worker
 thread takes the waiting requests (up to `max_trees`); it waits for more only while fewer wait than its last batch
 held (callers answered together tend to come back together; a lone caller waits only the first time), and never
-longer than `max_delay_ms` from the oldest request's arrival. It merges them into one forest (merge.py: proven safe from the IR at conversion), runs it through an
-ordinary Cortex session and answers every caller with its own rows. While a forest runs, new requests queue up and
-form the next one, so under load batches fill without waiting.
+longer than `max_delay_ms` from the oldest request's arrival. It merges them into one forest (merge.py: proven safe
+from the IR at conversion), runs it through an ordinary Cortex session and answers every caller with its own rows.
+While a forest runs, new requests queue up and form the next one, so under load batches fill without waiting; a
+batch already waiting when a forest ends is merged before that forest's callers are answered (see _serve_forever).
 
 A request that cannot join (its inputs disagree with the model's declarations, or its indices leave its own rows)
 runs alone and gets exactly what a plain session gives it: its results or its own error. When a merged run fails
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..session import InferenceSession, parse_device
-from .forest import ForestStats, PinnedOutputs, run_forest
+from .forest import ForestStats, PinnedOutputs, prepare_forest, run_prepared
 from .kernel import NotMergeable
 from .merge import check_request, plan_for
 
@@ -46,16 +47,20 @@ class _Waiter:
         self._lock = threading.Lock()
         self._lock.acquire()
         self._value = self._error = None
+        self._done = False
 
     def set_running_or_notify_cancel(self) -> bool:
         return True
 
+    def done(self) -> bool:
+        return self._done
+
     def set_result(self, value):
-        self._value = value
+        self._value, self._done = value, True
         self._lock.release()
 
     def set_exception(self, error):
-        self._error = error
+        self._error, self._done = error, True
         self._lock.release()
 
     def result(self, timeout: Optional[float] = None):
@@ -245,35 +250,79 @@ class BatchingSession:
                     self._cond.wait(remaining)
                 self._wanted = 1
                 if self._queue:  # else another worker took them while this one waited: wait again
-                    break
-            count = min(self.max_trees, len(self._queue))
-            self._last_batch = count
-            # more requests than one batch are waiting: another worker may start on them now
-            if len(self._queue) > count:
-                self._cond.notify()
-            return [self._queue.popleft() for _ in range(count)]
+                    return self._take()
+
+    def _ready_batch(self) -> list:
+        """The next batch if `_next_batch` would take it now, without waiting; else []."""
+        with self._cond:
+            if not self._queue:
+                return []
+            if len(self._queue) < min(self.max_trees, self._last_batch) and not self._closing and \
+                    time.monotonic() < self._queue[0].arrival + self.max_delay:
+                return []
+            return self._take()
+
+    def _take(self) -> list:
+        """The first max_trees queued requests (the condition held)."""
+        count = min(self.max_trees, len(self._queue))
+        self._last_batch = count
+        # more requests than one batch are waiting: another worker may start on them now
+        if len(self._queue) > count:
+            self._cond.notify()
+        return [self._queue.popleft() for _ in range(count)]
 
     def _serve_forever(self):
+        """Forest after forest. The next batch, when it is already waiting, is taken and merged before the last
+        forest's callers are answered: answered, the callers' event loop takes the GIL for their next requests, and
+        merging meanwhile would wait for it; merged first, the next forest's run (the GIL released) overlaps them."""
+        ready = None  # (requests, their forest, its stats): taken and prepared, not yet run
         while True:
-            batch = self._next_batch()
-            if not batch:
-                return
-            batch = [r for r in batch if r.future.set_running_or_notify_cancel()]  # callers may have given up
+            if ready is None:
+                batch = self._next_batch()
+                if not batch:
+                    return
+                ready = self._prepare(batch)
+                if ready is None:
+                    continue
+            batch, forest, counts = ready
             try:
-                self._serve(batch)
+                results = self._run(forest, counts)
             except BaseException as e:  # noqa: BLE001 - a bug here must not leave callers waiting forever
-                for r in batch:
-                    if not r.future.done():
-                        r.future.set_exception(RuntimeError(f"internal error in the batching session: "
-                                                            f"{type(e).__name__}: {e}"))
+                self._fail(batch, e)
+                ready = None
+                continue
+            following = self._ready_batch()
+            ready = self._prepare(following) if following else None
+            with self._stats_lock:  # before the answers: a caller that reads the stats after its answer sees its batch
+                self.stats.add(counts)
+            try:
+                self._answer(batch, results)
+            except BaseException as e:  # noqa: BLE001
+                self._fail(batch, e)
 
-    def _serve(self, batch: list):
+    def _prepare(self, batch: list):
+        """(requests, prepared forest, its stats) for the requests of `batch` whose callers still wait; None when
+        none does (or preparing failed: its callers then have their error)."""
+        batch = [r for r in batch if r.future.set_running_or_notify_cancel()]  # callers may have given up
+        if not batch:
+            return None
         counts = BatchingStats()
-        results = run_forest(self.plan, self.session, [r.feeds for r in batch], [r.alone for r in batch], counts,
-                             self._pinned)
-        with self._stats_lock:  # before the answers: a caller that reads the stats after its answer sees its batch
-            self.stats.add(counts)
-        self._answer(batch, results)
+        try:
+            return batch, prepare_forest(self.plan, [r.feeds for r in batch], [r.alone for r in batch], counts), counts
+        except BaseException as e:  # noqa: BLE001
+            self._fail(batch, e)
+            return None
+
+    def _run(self, forest, counts: BatchingStats) -> list:
+        """Each request's outputs or error (the forest run, requests that cannot join run alone)."""
+        return run_prepared(self.plan, self.session, forest, counts, self._pinned)
+
+    @staticmethod
+    def _fail(batch: list, error: BaseException):
+        for r in batch:
+            if not r.future.done():
+                r.future.set_exception(RuntimeError(f"internal error in the batching session: "
+                                                    f"{type(error).__name__}: {error}"))
 
     def _answer(self, batch: list, results: list):
         """Each request of `batch` gets its result (a list of outputs) or its exception."""

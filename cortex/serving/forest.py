@@ -1,6 +1,7 @@
 """One batch of requests through one session: merged into a forest where that is safe, each request alone where
-not; every request gets its own outputs or its own error. The BatchingSession and the Ray Serve deployment both
-serve through `run_forest`."""
+not; every request gets its own outputs or its own error. The Ray Serve deployment serves through `run_forest`; the
+BatchingSession through its two steps, `prepare_forest` and `run_prepared` (it prepares the next forest before it
+answers the last one's callers)."""
 from __future__ import annotations
 
 import collections
@@ -10,7 +11,7 @@ from typing import Optional
 
 import numpy as np
 
-from .merge import FeedError, MergePlan, check_request, merge, out_of_bounds, split
+from .merge import FeedError, MergedBatch, MergePlan, check_request, merge, out_of_bounds, split
 
 
 @dataclass
@@ -98,11 +99,22 @@ class PinnedOutputs:
         return [value.numpy() for value in values]
 
 
-def run_forest(plan: MergePlan, session, requests: list, reasons: Optional[list] = None,
-               stats: Optional[ForestStats] = None, pinned: Optional[PinnedOutputs] = None) -> list:
-    """Per request (a dict of input arrays), in order: its outputs (a list, the model's output order) or the
-    exception a plain `session.run` of it raises. `reasons`: check_request's answers when the caller has them.
-    `pinned`: merged forests' outputs into pinned host memory (a session on a GPU)."""
+@dataclass
+class PreparedForest:
+    """A batch of requests ready to run: `merged`, the forest of the requests at `together` (or None), and the
+    requests that run alone; `results` already holds the answers known before running (a request's FeedError)."""
+    requests: list
+    results: list
+    together: list
+    alone: list
+    merged: Optional[MergedBatch]
+
+
+def prepare_forest(plan: MergePlan, requests: list, reasons: Optional[list] = None,
+                   stats: Optional[ForestStats] = None) -> PreparedForest:
+    """The requests (dicts of input arrays) merged where they can be: check_request's answers (`reasons`, when the
+    caller has them), the forest of those that may join, the bounds check that sends a request reading outside its
+    own rows to run alone."""
     stats = stats if stats is not None else ForestStats()
     results = [None] * len(requests)
     if reasons is None:
@@ -115,6 +127,7 @@ def run_forest(plan: MergePlan, session, requests: list, reasons: Optional[list]
                 results[k] = e
     together = [k for k, why in enumerate(reasons) if why is None]
     alone = [k for k, why in enumerate(reasons) if why is not None and results[k] is None]
+    merged = None
     if len(together) > 1:
         started = time.perf_counter()
         try:
@@ -126,38 +139,58 @@ def run_forest(plan: MergePlan, session, requests: list, reasons: Optional[list]
                 merged = merge(plan, [requests[k] for k in together]) if len(together) > 1 else None
         except (ValueError, OverflowError):  # shapes that do not concatenate, too many nodes: each runs alone
             merged = None
+        stats.merging_s += time.perf_counter() - started
+    if merged is None:
+        alone, together = alone + together, []
+    return PreparedForest(requests, results, together, alone, merged)
+
+
+def run_prepared(plan: MergePlan, session, forest: PreparedForest, stats: Optional[ForestStats] = None,
+                 pinned: Optional[PinnedOutputs] = None) -> list:
+    """Per request of `forest`, in order: its outputs (a list, the model's output order) or the exception a plain
+    `session.run` of it raises. `pinned`: the merged forest's outputs into pinned host memory (a session on a GPU).
+    A merged run that fails runs each of its requests alone: whichever caused it gets its own error."""
+    stats = stats if stats is not None else ForestStats()
+    results, alone = list(forest.results), list(forest.alone)
+    if forest.merged is not None:
         ran = time.perf_counter()
-        stats.merging_s += ran - started
-        if merged is not None:
-            try:
-                outputs = pinned.run(merged.feeds) if pinned is not None else None
-                if outputs is None:
-                    outputs = session.run(None, merged.feeds)
-                cut = time.perf_counter()
-                stats.running_s += cut - ran
-                parts = split(plan, outputs, merged)
-                stats.splitting_s += time.perf_counter() - cut
-            except Exception:  # noqa: BLE001 - whichever request caused it gets its own error when it runs alone
-                stats.running_s += time.perf_counter() - ran
-                stats.fallbacks += 1
-                alone += together
-            else:
-                stats.batches += 1
-                stats.merged_requests += len(together)
-                stats.requests += len(together)
-                stats.largest_batch = max(stats.largest_batch, len(together))
-                stats.sizes[len(together)] += 1
-                for k, outputs in zip(together, parts):
-                    results[k] = outputs
-            together = []
-    for k in sorted(together + alone):
+        try:
+            outputs = pinned.run(forest.merged.feeds) if pinned is not None else None
+            if outputs is None:
+                outputs = session.run(None, forest.merged.feeds)
+            cut = time.perf_counter()
+            stats.running_s += cut - ran
+            parts = split(plan, outputs, forest.merged)
+            stats.splitting_s += time.perf_counter() - cut
+        except Exception:  # noqa: BLE001 - whichever request caused it gets its own error when it runs alone
+            stats.running_s += time.perf_counter() - ran
+            stats.fallbacks += 1
+            alone += forest.together
+        else:
+            stats.batches += 1
+            stats.merged_requests += len(forest.together)
+            stats.requests += len(forest.together)
+            stats.largest_batch = max(stats.largest_batch, len(forest.together))
+            stats.sizes[len(forest.together)] += 1
+            for k, outputs in zip(forest.together, parts):
+                results[k] = outputs
+    for k in sorted(alone):
         stats.alone += 1
         stats.requests += 1
         stats.sizes[1] += 1
         started = time.perf_counter()
         try:
-            results[k] = session.run(None, requests[k])
+            results[k] = session.run(None, forest.requests[k])
         except Exception as e:  # noqa: BLE001 - the request's own error, as a plain session raises it
             results[k] = e
         stats.running_s += time.perf_counter() - started
     return results
+
+
+def run_forest(plan: MergePlan, session, requests: list, reasons: Optional[list] = None,
+               stats: Optional[ForestStats] = None, pinned: Optional[PinnedOutputs] = None) -> list:
+    """Per request (a dict of input arrays), in order: its outputs (a list, the model's output order) or the
+    exception a plain `session.run` of it raises. `reasons`: check_request's answers when the caller has them.
+    `pinned`: merged forests' outputs into pinned host memory (a session on a GPU)."""
+    stats = stats if stats is not None else ForestStats()
+    return run_prepared(plan, session, prepare_forest(plan, requests, reasons, stats), stats, pinned)

@@ -227,13 +227,12 @@ def check_request(plan: MergePlan, feeds: dict) -> Optional[str]:
             return f"{k.name} visits {positions} positions but '{plan.measures[k.positions]}' has {counts[k.positions]} rows"
     for name in spec.orders:
         order, nodes = feeds[name], counts[plan.node_unit]
-        if order.shape[0] != nodes or (nodes and (order.min() < 0 or order.max() >= nodes
-                                                  or np.bincount(order, minlength=nodes).max() > 1)):
+        if order.shape[0] != nodes or not _C.ids_within(order, nodes, distinct=True):
             # exact merged too, but the forest would lose its batched schedule for every request in it
             return f"the visit order '{name}' is not a permutation of the request's {nodes} nodes"
     for name in spec.head_ids:
-        ids = feeds[name]  # node ids a Gather of rows reads (a head): in the request's own rows
-        if ids.size and (ids.min() < 0 or ids.max() >= counts[plan.node_unit]):
+        # node ids a Gather of rows reads (a head): in the request's own rows
+        if not _C.ids_within(feeds[name], counts[plan.node_unit]):
             return f"input '{name}' holds node ids outside [0, {counts[plan.node_unit]})"
     return None
 

@@ -145,3 +145,22 @@ def test_a_merge_that_cannot_concatenate_runs_each_request_alone(tmp_path):
     assert stats.alone == 2 and stats.batches == 0
     np.testing.assert_array_equal(results[0][0], requests[0]["x"])
     np.testing.assert_array_equal(results[1][0], requests[1]["x"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(hs.sampled_from(INT_TYPES), hs.integers(0, 12), hs.lists(hs.integers(-3, 14), max_size=14))
+def test_ids_within_is_numpys_range_and_permutation_check(dtype, n, values):
+    if np.issubdtype(dtype, np.unsignedinteger):
+        values = [abs(v) for v in values]
+    ids = np.array(values, dtype=dtype)
+    inside = all(0 <= v < n for v in values)
+    assert _C.ids_within(ids, n) == inside
+    assert _C.ids_within(ids, n, distinct=True) == (inside and len(set(values)) == len(values))
+    if len(values) > 2:  # a strided view reads the same values as its copy
+        assert _C.ids_within(ids[::2], n) == _C.ids_within(ids[::2].copy(), n)
+
+
+def test_ids_within_takes_no_float_for_an_id():
+    assert not _C.ids_within(np.array([0.0, 1.0]), 2)
+    assert _C.ids_within(np.zeros(0, np.float32), 0) is False  # not integers, even when empty
+    assert _C.ids_within(np.zeros(0, np.int64), 0)
