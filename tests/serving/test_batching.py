@@ -364,3 +364,64 @@ def test_callers_of_several_event_loops_share_forests(models):
         assert session.stats.largest_batch > 6  # the loops' callers met in a forest
     answers = got[0] + got[1] + [alone]
     assert all(_same(a, plain.run(None, f)) for a, f in zip(answers, feeds))
+
+
+class _Recorded(cortex.BatchingSession):
+    """A BatchingSession that logs when each batch is prepared and answered; its first forest's run waits for
+    `release` (so that the batches after it are queued by then)."""
+
+    def __init__(self, *args, **kwargs):
+        self.events, self.release = [], threading.Event()
+        super().__init__(*args, **kwargs)
+
+    def _prepare(self, batch):
+        self.events.append(("prepare", len(batch)))
+        return super()._prepare(batch)
+
+    def _run(self, forest, counts):
+        self.release.wait(30)
+        return super()._run(forest, counts)
+
+    def _answer(self, batch, results):
+        self.events.append(("answer", len(batch)))
+        super()._answer(batch, results)
+
+
+def test_the_next_waiting_batch_is_merged_before_the_last_is_answered(models):
+    """Three full batches queued while the first runs: each following batch is prepared before the one before it is
+    answered (its callers' loop would otherwise hold the GIL while it merges), and every answer is still right."""
+    plain = cortex.InferenceSession(models["treerec"])
+    feeds = [_feeds("treerec", t) for t in _trees(12)]
+    with _Recorded(models["treerec"], max_trees=4, max_delay_ms=500) as session:
+        futures = [session.submit(f) for f in feeds]
+        session.release.set()
+        got = [f.result(timeout=60) for f in futures]
+        events = list(session.events)
+    assert events == [("prepare", 4), ("prepare", 4), ("answer", 4), ("prepare", 4), ("answer", 4), ("answer", 4)]
+    assert all(_same(g, plain.run(None, f)) for g, f in zip(got, feeds))
+
+
+@pytest.mark.parametrize("step", ["_run", "prepare_forest"])
+def test_an_internal_error_fails_its_batch_and_the_worker_goes_on(models, monkeypatch, step):
+    """A bug in preparing or running a forest fails that forest's callers with a clear error (never leaves them
+    waiting) and the next requests are served."""
+    import cortex.serving.batching as batching
+
+    feeds = [_feeds("treerec", t) for t in _trees(6)]
+    failed = []
+
+    def broken(*args, **kwargs):
+        failed.append(True)
+        raise KeyError("broken on purpose")
+
+    with cortex.BatchingSession(models["treerec"], max_trees=3, max_delay_ms=500) as session:
+        if step == "_run":
+            monkeypatch.setattr(session, "_run", broken)
+        else:
+            monkeypatch.setattr(batching, "prepare_forest", broken)
+        first = [_answer(f) for f in [session.submit(f) for f in feeds[:3]]]
+        monkeypatch.undo()
+        second = [_answer(f) for f in [session.submit(f) for f in feeds[3:]]]
+    assert failed and all(kind == "error" and "internal error in the batching session: KeyError" in message
+                          for kind, message in first)
+    assert all(kind == "ok" for kind, _ in second)
