@@ -540,8 +540,7 @@ def parse_args(argv=None):
                                                              "is reported (default 3; quick 1)")
     p.add_argument("--max-trees", type=int, default=32, help="BatchingSession max_trees / @serve.batch size (32)")
     p.add_argument("--delay-ms", type=float, default=2.0, help="max_delay_ms / batch_wait_timeout_s (2 ms)")
-    p.add_argument("--workers", type=int, default=None, help="BatchingSession workers: forests in flight at once "
-                                                              "(the session's default: 1 on the CPU, 2 on a GPU)")
+    p.add_argument("--workers", type=int, default=1, help="BatchingSession workers: forests in flight at once (1)")
     p.add_argument("--modes", default="run,batching,ray", help="comma list of run,batching,ray,ceiling (bound and "
                                                                 "merge always)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (models converted for that target)")

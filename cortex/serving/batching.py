@@ -26,7 +26,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Optional
 
-from ..session import InferenceSession, parse_device
+from ..session import InferenceSession
 from .forest import ForestStats, PinnedOutputs, prepare_forest, run_prepared
 from .kernel import NotMergeable
 from .merge import check_request, plan_for
@@ -131,22 +131,20 @@ class BatchingSession:
 
     `path`: a converted model (cortex-convert). `max_trees`: most requests in one forest. `max_delay_ms`: longest a
     request waits for others before its forest runs. `device`: as `cortex.InferenceSession` ("cpu", "cuda",
-    "cuda:N"). `max_queue`: most requests waiting (then `QueueFull`). `workers`: threads running forests; by default 2
-    on a GPU (one forest's merging and answering overlap another's kernel call) and 1 on the CPU (its kernels use
-    every core already). A model whose merge is not proven raises
+    "cuda:N"). `max_queue`: most requests waiting (then `QueueFull`). `workers`: threads running forests (one
+    already overlaps the next forest's run with the last one's callers; on the H100 a second only added contention
+    for the GIL: 34,168 against 47,417 trees/s at 64 clients). A model whose merge is not proven raises
     `NotMergeable` with the reason, unless `allow_unmerged=True` (then every request runs alone, in order).
     `pinned_outputs`: on a GPU, forests' outputs copied into pinned (page-locked) host memory, a faster copy
     (False: ONNX Runtime's own pageable buffers). `sess_options` and `trust` go to `cortex.InferenceSession`."""
 
     def __init__(self, path, max_trees: int = 32, max_delay_ms: float = 2.0, device: str = "cpu", *,
-                 max_queue: int = 1024, workers: Optional[int] = None, allow_unmerged: bool = False,
+                 max_queue: int = 1024, workers: int = 1, allow_unmerged: bool = False,
                  pinned_outputs: bool = True, sess_options=None, trust=None):
         if not isinstance(max_trees, int) or max_trees < 1:
             raise ValueError(f"max_trees must be an integer >= 1, got {max_trees!r}")
         if not max_delay_ms >= 0:
             raise ValueError(f"max_delay_ms must be >= 0, got {max_delay_ms!r}")
-        if workers is None:
-            workers = 1 if parse_device(device) == "cpu" else 2
         if not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
         if not isinstance(max_queue, int) or max_queue < 1:
