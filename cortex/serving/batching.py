@@ -132,8 +132,8 @@ class BatchingSession:
     `path`: a converted model (cortex-convert). `max_trees`: most requests in one forest. `max_delay_ms`: longest a
     request waits for others before its forest runs. `device`: as `cortex.InferenceSession` ("cpu", "cuda",
     "cuda:N"). `max_queue`: most requests waiting (then `QueueFull`). `workers`: threads running forests (one
-    already overlaps the next forest's run with the last one's callers; on the H100 a second only added contention
-    for the GIL: 34,168 against 47,417 trees/s at 64 clients). A model whose merge is not proven raises
+    already overlaps the next forest's run with the last one's callers; more add contention for the GIL:
+    docs/serving.md, seventh pass). A model whose merge is not proven raises
     `NotMergeable` with the reason, unless `allow_unmerged=True` (then every request runs alone, in order).
     `pinned_outputs`: on a GPU, forests' outputs copied into pinned (page-locked) host memory, a faster copy
     (False: ONNX Runtime's own pageable buffers). `sess_options` and `trust` go to `cortex.InferenceSession`."""
