@@ -42,7 +42,7 @@ bool with_int_type(const py::dtype& dt, F&& f) {
 }
 
 // parts[r] concatenated along the first axis; with `bases`, request r's non-negative values get bases[r] added.
-// Every part must have the first part's dtype and trailing shape (ValueError otherwise: the caller falls back to
+// Arrays of numbers only. Every part must have the first part's dtype and trailing shape (ValueError otherwise: the caller falls back to
 // numpy's promotion rules); parts that are not C-contiguous are copied first.
 py::array concat_rows(const py::list& parts, const py::object& bases_obj) {
   const size_t n = parts.size();
@@ -57,6 +57,10 @@ py::array concat_rows(const py::list& parts, const py::object& bases_obj) {
   const py::array& first = arrays[0];
   if (first.ndim() < 1) throw py::value_error("concat_rows: a part is a scalar");
   const py::dtype dtype = first.dtype();
+  // plain numbers only: an object array's elements are references, which a byte copy would not count
+  const char kind = dtype.kind();
+  if (kind != 'b' && kind != 'i' && kind != 'u' && kind != 'f' && kind != 'c')
+    throw py::value_error("concat_rows: only arrays of numbers (bool, int, float, complex)");
   std::vector<py::ssize_t> shape(first.shape(), first.shape() + first.ndim());
   int64_t rows = 0;
   for (const py::array& a : arrays) {

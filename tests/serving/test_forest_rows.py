@@ -97,6 +97,8 @@ def test_uint64_ids_past_int64_are_outside():
     ([np.zeros(2, np.int64), np.zeros(2, np.int32)], "dtypes differ"),
     ([np.float32(1.0)], "not a numpy array"),
     ([np.array(1.0)], "scalar"),
+    ([np.array([None, 1], dtype=object)], "only arrays of numbers"),  # references: a byte copy would not count them
+    ([np.array(["a", "b"])], "only arrays of numbers"),
 ])
 def test_concat_rows_refuses_what_does_not_concatenate(parts, message):
     with pytest.raises(ValueError, match=message):
