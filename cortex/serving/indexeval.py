@@ -13,11 +13,17 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _C
 from ..ir import nodes as ir
 
 _COMPARE = {"lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal, "eq": np.equal,
             "ne": np.not_equal}
+
+
+def native():
+    """cortex._C (csrc/python/forest_rows.cc: the merge path's array work), loaded on first use: importing cortex
+    alone loads no native module (a process that never merges need not load it)."""
+    from .. import _C
+    return _C
 
 
 class _Evaluator:
@@ -169,7 +175,7 @@ class BoundsCheck:
         if self.sets:
             flagged |= self._sets(arrays, node_counts, starts, row_counts or {})
         if program.mode == "dag":  # the kernel checks every child id of the structure, read or not
-            flagged.update(_C.rows_outside(arrays[program.rows_from], node_counts, node_counts, -1))
+            flagged.update(native().rows_outside(arrays[program.rows_from], node_counts, node_counts, -1))
         return flagged
 
     def _sets(self, arrays, node_counts, starts, row_counts) -> set:

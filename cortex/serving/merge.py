@@ -25,11 +25,10 @@ from typing import Optional
 import numpy as np
 import onnx
 
-from .. import _C
 
 from .graph import GraphAnalysis
 from .values import Const, Opaque, Rows
-from .indexeval import BoundsCheck
+from .indexeval import BoundsCheck, native
 from .kernel import NotMergeable, trip_count
 
 _NUMPY_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
@@ -227,12 +226,12 @@ def check_request(plan: MergePlan, feeds: dict) -> Optional[str]:
             return f"{k.name} visits {positions} positions but '{plan.measures[k.positions]}' has {counts[k.positions]} rows"
     for name in spec.orders:
         order, nodes = feeds[name], counts[plan.node_unit]
-        if order.shape[0] != nodes or not _C.ids_within(order, nodes, distinct=True):
+        if order.shape[0] != nodes or not native().ids_within(order, nodes, distinct=True):
             # exact merged too, but the forest would lose its batched schedule for every request in it
             return f"the visit order '{name}' is not a permutation of the request's {nodes} nodes"
     for name in spec.head_ids:
         # node ids a Gather of rows reads (a head): in the request's own rows
-        if not _C.ids_within(feeds[name], counts[plan.node_unit]):
+        if not native().ids_within(feeds[name], counts[plan.node_unit]):
             return f"input '{name}' holds node ids outside [0, {counts[plan.node_unit]})"
     return None
 
@@ -294,6 +293,7 @@ def merge(plan: MergePlan, requests: list) -> MergedBatch:
     nodes = counts[plan.node_unit]
     total = int(nodes.sum())
     base = np.cumsum(nodes) - nodes  # each request's first node in the forest
+    concat_rows = native().concat_rows
     feeds = {}
     for i in plan.inputs:
         parts = [r[i.name] for r in requests]
@@ -304,7 +304,7 @@ def merge(plan: MergePlan, requests: list) -> MergedBatch:
         shift = i.node_ids and len(requests) > 1
         if shift and total > _largest(dtype):
             raise OverflowError(f"{total} nodes do not fit input '{i.name}' ({dtype})")
-        feeds[i.name] = _C.concat_rows(parts, base if shift else None)
+        feeds[i.name] = concat_rows(parts, base if shift else None)
     return MergedBatch(feeds, counts)
 
 

@@ -166,3 +166,13 @@ def test_ids_within_takes_no_float_for_an_id():
     assert not _C.ids_within(np.array([0.0, 1.0]), 2)
     assert _C.ids_within(np.zeros(0, np.float32), 0) is False  # not integers, even when empty
     assert _C.ids_within(np.zeros(0, np.int64), 0)
+
+
+def test_importing_cortex_loads_no_native_module():
+    """The merge path loads cortex._C when it first merges: a process that only imports cortex (the sanitizers'
+    kernel preparation, a converter) loads no native module it does not use."""
+    import subprocess
+    import sys
+
+    code = "import sys, cortex, cortex.serving; assert 'cortex._C' not in sys.modules, 'cortex._C loaded'"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
