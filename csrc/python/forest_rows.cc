@@ -27,11 +27,12 @@ void add_to_nonnegative(T* values, int64_t count, int64_t base) {
   }
 }
 
-// f(T{}) with T the integer type of `dt`; false for a dtype that is not an integer.
+// f(T{}) with T the integer type of `dt`; false for a dtype that is not an integer in this machine's byte order.
 template <class F>
 bool with_int_type(const py::dtype& dt, F&& f) {
   const bool sign = dt.kind() == 'i';
   if (!sign && dt.kind() != 'u') return false;
+  if (!dt.attr("isnative").cast<bool>()) return false;  // byte-swapped: its bytes are not T's value
   switch (dt.itemsize()) {
     case 1: sign ? f(int8_t{}) : f(uint8_t{}); return true;
     case 2: sign ? f(int16_t{}) : f(uint16_t{}); return true;
@@ -77,7 +78,7 @@ py::array concat_rows(const py::list& parts, const py::object& bases_obj) {
     if (!bases_array) throw py::error_already_set();
     if (bases_array.ndim() != 1 || static_cast<size_t>(bases_array.shape(0)) != n)
       throw py::value_error("concat_rows: bases must hold one value per part");
-    if (!with_int_type(dtype, [](auto) {})) throw py::value_error("concat_rows: node ids must be integers");
+    if (!with_int_type(dtype, [](auto) {})) throw py::value_error("concat_rows: node ids must be integers (in native byte order)");
     bases = bases_array.data();
   }
   shape[0] = static_cast<py::ssize_t>(rows);
@@ -146,7 +147,7 @@ py::list rows_outside(const py::array& values_obj, const py::object& rows_obj,
     flag_outside(static_cast<const decltype(zero)*>(values.data()), width, rows.data(), nodes.data(), requests,
                  missing, flagged);
   });
-  if (!integers) throw py::value_error("rows_outside: node ids must be integers");
+  if (!integers) throw py::value_error("rows_outside: node ids must be integers (in native byte order)");
   py::list out;
   for (int64_t r : flagged) out.append(r);
   return out;

@@ -162,6 +162,16 @@ def test_ids_within_is_numpys_range_and_permutation_check(dtype, n, values):
         assert _C.ids_within(ids[::2], n) == _C.ids_within(ids[::2].copy(), n)
 
 
+def test_byte_swapped_ids_are_not_read_as_numbers():
+    swapped = np.array([0, 1, -1], dtype=np.dtype(np.int64).newbyteorder())
+    with pytest.raises(ValueError, match="integers"):
+        _C.concat_rows([swapped], np.array([5]))
+    np.testing.assert_array_equal(_C.concat_rows([swapped, swapped]), np.concatenate([swapped, swapped]))
+    assert not _C.ids_within(swapped[:2], 2)
+    with pytest.raises(ValueError, match="integers"):
+        _C.rows_outside(swapped, [3], [3], -1)
+
+
 def test_ids_within_takes_no_float_for_an_id():
     assert not _C.ids_within(np.array([0.0, 1.0]), 2)
     assert _C.ids_within(np.zeros(0, np.float32), 0) is False  # not integers, even when empty
