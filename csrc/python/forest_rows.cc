@@ -78,7 +78,8 @@ py::array concat_rows(const py::list& parts, const py::object& bases_obj) {
     if (!bases_array) throw py::error_already_set();
     if (bases_array.ndim() != 1 || static_cast<size_t>(bases_array.shape(0)) != n)
       throw py::value_error("concat_rows: bases must hold one value per part");
-    if (!with_int_type(dtype, [](auto) {})) throw py::value_error("concat_rows: node ids must be integers (in native byte order)");
+    if (!with_int_type(dtype, [](auto) {}))
+      throw py::value_error("concat_rows: node ids must be integers (in native byte order)");
     bases = bases_array.data();
   }
   shape[0] = static_cast<py::ssize_t>(rows);
