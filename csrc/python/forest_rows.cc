@@ -1,8 +1,8 @@
 // cortex._C.concat_rows, rows_outside and ids_within: the array work of checking and merging requests into one
-// forest (cortex/serving/merge.py, indexeval.py), each one call that keeps the GIL. The numpy equivalents are a few ufuncs
-// each, and numpy releases the GIL inside every ufunc over more than a few hundred elements: in a server, each
-// release hands the GIL to the callers' event loop, and the worker building a forest waits for the loop's whole
-// turn to get it back, several times a forest (measured: a forest's merge 5x slower under load than alone).
+// forest (cortex/serving/merge.py, indexeval.py), each one call that keeps the GIL. The numpy equivalents are a few
+// ufuncs each, and numpy releases the GIL inside every ufunc over a few hundred elements: in a server, each release
+// hands the GIL to the callers' event loop, and the worker building a forest waits for the loop's whole turn to get
+// it back, several times a forest (docs/serving.md, seventh pass).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -43,8 +43,8 @@ bool with_int_type(const py::dtype& dt, F&& f) {
 }
 
 // parts[r] concatenated along the first axis; with `bases`, request r's non-negative values get bases[r] added.
-// Arrays of numbers only. Every part must have the first part's dtype and trailing shape (ValueError otherwise: the caller falls back to
-// numpy's promotion rules); parts that are not C-contiguous are copied first.
+// Arrays of numbers only. Every part must have the first part's dtype and trailing shape (ValueError otherwise;
+// merge.py promotes mixed dtypes first); parts that are not C-contiguous are copied first.
 py::array concat_rows(const py::list& parts, const py::object& bases_obj) {
   const size_t n = parts.size();
   if (n == 0) throw py::value_error("concat_rows: no parts");
@@ -171,8 +171,9 @@ bool ids_in_range(const T* values, int64_t count, int64_t n, bool distinct) {
   return true;
 }
 
-// Every value of an integer array lies in [0, n), and with `distinct` none repeats; false for any other array (a request's visit order: a
-// permutation of its n nodes when it also has n values). One call in place of numpy's min, max and bincount.
+// Every value of an integer array lies in [0, n), and with `distinct` none repeats; false for any other array (a
+// request's visit order: a permutation of its n nodes when it also has n values). One call in place of numpy's min,
+// max and bincount.
 bool ids_within(const py::array& values_obj, int64_t n, bool distinct) {
   const py::array values = py::array::ensure(values_obj, py::array::c_style);
   if (!values) throw py::error_already_set();
