@@ -25,7 +25,6 @@ from typing import Optional
 import numpy as np
 import onnx
 
-
 from .graph import GraphAnalysis
 from .values import Const, Opaque, Rows
 from .indexeval import BoundsCheck, native
