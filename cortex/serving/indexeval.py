@@ -3,9 +3,11 @@
 `kernel.analyze` proves that merging shifts every node index by the request's base (T(x) in its docstring). What it
 cannot know is whether a request's indices lie in its own rows: a child id past the end of its tree, a missing child
 read through a Gather that wraps (-1 is the last row: merged, another request's), `max(child, 0)` of a missing child.
-This module evaluates a recursion's index expressions over all positions of the merged arrays at once (numpy, one
-vector operation per expression) and names the requests that read a row outside [base, base + nodes): those run
-alone, with their own results or their own errors. Reads of a TreeRec's missing child (-1 with zero rows) are in
+This module evaluates a recursion's index expressions over all positions of the merged arrays at once and names the
+requests that read a row outside [base, base + nodes): those run alone, with their own results or their own errors.
+The expressions are compiled once per recursion (`Compiled`) into instructions that `cortex._C.check_positions`
+(csrc/python/index_check.cc) runs in one call that keeps the GIL; `_Evaluator` (numpy) is their reference semantics,
+used for scalars (trip counts, also at conversion, where no native module is loaded) and by the tests as the oracle. Reads of a TreeRec's missing child (-1 with zero rows) are in
 bounds. The evaluation follows ONNX's integer semantics; where it meets an error (division by zero, a failed guard)
 the position's request runs alone too.
 """
@@ -28,7 +30,8 @@ def native():
 
 class _Evaluator:
     """Index expressions and predicates over `count` positions: each value is (int64 or bool array [count],
-    trouble bool array [count]: positions where evaluating it would raise in the kernel)."""
+    trouble bool array [count]: positions where evaluating it would raise in the kernel). The reference semantics
+    of `Compiled` (native); integer overflow wraps in both."""
 
     def __init__(self, arrays: dict, count: int, length):
         self.arrays = arrays
@@ -53,6 +56,9 @@ class _Evaluator:
         if isinstance(e, ir.IConst):
             return self._full(e.value), self.none
         if isinstance(e, ir.Length):
+            if e.axis and e.array in self.arrays:  # a dimension after the rows: as the array has it
+                a = self.arrays[e.array]
+                return self._full(a.shape[e.axis] if a.ndim > e.axis else 1), self.none
             return self._full(self.length(e.array)), self.none
         if isinstance(e, ir.Load):
             return self._load(e)
@@ -85,12 +91,12 @@ class _Evaluator:
         if array.ndim == 0:
             return self._full(int(array)), trouble
         rows = array.shape[0]
-        flat = array.reshape(rows, -1) if array.ndim > 1 else array.reshape(rows, 1)
-        outside = (index < -rows) | (index >= rows)
-        safe = np.where(outside, 0, np.where(index < 0, index + rows, index)) if rows else np.zeros_like(index)
         column = e.column or 0
-        if rows == 0 or column >= flat.shape[1]:
+        if rows == 0 or column >= array.size // rows:  # nothing to read: every read fails
             return self._full(0), trouble | True
+        flat = array.reshape(rows, -1)
+        outside = (index < -rows) | (index >= rows)
+        safe = np.where(outside, 0, np.where(index < 0, index + rows, index))
         return flat[safe, column].astype(np.int64), trouble | outside
 
     def _binary(self, e: ir.IBinary):
@@ -108,16 +114,94 @@ class _Evaluator:
             return np.minimum(a, b), trouble
         zero = b == 0
         d = np.where(zero, 1, b)
-        if e.op == "div":  # ONNX Div on integers truncates
-            q = np.abs(a) // np.abs(d)
-            value = np.where((a >= 0) == (d >= 0), q, -q)
-        elif e.op == "floordiv":
-            value = np.floor_divide(a, d)
-        elif e.op == "mod":
-            value = np.mod(a, d)
-        else:
-            value = np.fmod(a, d)
+        with np.errstate(all="ignore"):  # INT64_MIN // -1 wraps, as in the kernel
+            if e.op == "div":  # ONNX Div on integers truncates: the floor, plus one where it rounded a negative down
+                value = np.floor_divide(a, d) + ((np.mod(a, d) != 0) & ((a < 0) != (d < 0)))
+            elif e.op == "floordiv":
+                value = np.floor_divide(a, d)
+            elif e.op == "mod":
+                value = np.mod(a, d)
+            else:
+                value = np.fmod(a, d)
         return value, trouble | zero
+
+
+# Instruction codes of csrc/python/index_check.cc (its enum Op, in this order).
+_OPS = {name: code for code, name in enumerate(
+    ("iter", "const", "length", "load", "add", "sub", "mul", "max", "min", "div", "floordiv", "mod", "fmod", "select",
+     "guard", "lt", "le", "gt", "ge", "eq", "ne", "not", "and", "or"))}
+
+
+class Compiled:
+    """Index expressions as instructions for cortex._C (one per distinct expression, operands first): rows of (op,
+    operand, operand, operand, immediate, immediate). Loads read `arrays[k]` (immediate 0: k; immediate 1: the column
+    or -1), lengths read `lengths[k]` ((array name or None for the state tables, axis)); both are passed per call."""
+
+    def __init__(self):
+        self.code = []
+        self.registers = {}
+        self.arrays = []  # names, in slot order
+        self.lengths = []  # (array name or None, axis), in slot order
+        self._code = None  # self.code as an array (rebuilt when instructions were added)
+
+    def __call__(self, e) -> int:
+        """The register holding e's value (compiled on first use)."""
+        reg = self.registers.get(e)
+        if reg is None:
+            reg = self.registers[e] = self._emit(*self._instruction(e))
+        return reg
+
+    def _emit(self, op, a=0, b=0, c=0, imm0=0, imm1=0) -> int:
+        self.code.append((_OPS[op], a, b, c, imm0, imm1))
+        return len(self.code) - 1
+
+    @staticmethod
+    def _slot(items: list, item) -> int:
+        if item not in items:
+            items.append(item)
+        return items.index(item)
+
+    def _instruction(self, e) -> tuple:
+        if isinstance(e, ir.Iter):
+            return ("iter",)
+        if isinstance(e, (ir.IConst, ir.BConst)):
+            return ("const", 0, 0, 0, int(e.value))
+        if isinstance(e, ir.Length):
+            return ("length", 0, 0, 0, self._slot(self.lengths, (e.array, e.axis)))
+        if isinstance(e, ir.Load):
+            column = -1 if e.column is None else int(e.column)
+            return ("load", self(e.index), 0, 0, self._slot(self.arrays, e.array), column)
+        if isinstance(e, ir.IBinary):
+            return (e.op, self(e.a), self(e.b))
+        if isinstance(e, ir.ISelect):
+            return ("select", self(e.pred), self(e.a), self(e.b))
+        if isinstance(e, ir.Guard):
+            return ("guard", self(e.pred), self(e.value))
+        if isinstance(e, ir.Compare):
+            return (e.op, self(e.a), self(e.b))
+        if isinstance(e, ir.BNot):
+            return ("not", self(e.a))
+        if isinstance(e, (ir.BAnd, ir.BOr)):
+            return ("and" if isinstance(e, ir.BAnd) else "or", self(e.a), self(e.b))
+        raise TypeError(f"not an index expression or predicate: {type(e).__name__}")
+
+    def inputs(self, arrays: dict, node_total: int):
+        """(code, arrays, lengths) for one call: the merged arrays by slot, the lengths they give."""
+        def length(name, axis):
+            if name is None:
+                return node_total  # the state tables: one row per node of the forest
+            a = arrays[name]
+            return a.shape[axis] if a.ndim > axis else 1
+        if self._code is None or len(self._code) != len(self.code):
+            self._code = np.asarray(self.code, dtype=np.int64).reshape(-1, 6)
+        return (self._code, [arrays[name] for name in self.arrays],
+                np.asarray([length(*k) for k in self.lengths], dtype=np.int64))
+
+    def evaluate(self, exprs: list, arrays: dict, count: int, node_total: int) -> list:
+        """[(values, trouble)] of each expression over `count` positions (what the tests compare with _Evaluator)."""
+        registers = [self(e) for e in exprs]
+        values, trouble = native().eval_index(*self.inputs(arrays, node_total), count, registers)
+        return list(zip(values, trouble))
 
 
 def scalar_value(e: ir.IExpr, length):
@@ -125,6 +209,54 @@ def scalar_value(e: ir.IExpr, length):
     evaluating it would fail."""
     value, trouble = _Evaluator({}, 1, length)(e)
     return None if trouble[0] else int(value[0])
+
+
+class CaseCheck:
+    """The cases of a recursion, in order, as the bounds check reads them: (predicate, the reads that evaluating it
+    makes, the reads a position it selects makes), each read (row index, missing_zero: -1 reads a zero row)."""
+
+    def __init__(self, cases: list):
+        self.cases = cases
+        self.compiled = Compiled()
+        # as registers for cortex._C.check_positions; a read at the position itself (Iter) is always the request's
+        # own row
+        self.native_cases = [
+            (self.compiled(predicate),
+             [(self.compiled(i), z) for i, z in tested if not isinstance(i, ir.Iter)],
+             [(self.compiled(i), z) for i, z in used if not isinstance(i, ir.Iter)])
+            for predicate, tested, used in cases]
+
+    def __call__(self, arrays: dict, node_counts, position_counts) -> set:
+        """The requests (indices) of a merged forest with a position that, trying the cases in order as the kernel
+        does, evaluates a predicate that fails or reads outside the request's rows, or is selected by a case that
+        uses a row outside them. Request r owns position_counts[r] consecutive positions and node_counts[r]
+        consecutive node ids; `arrays`: the recursion's arrays as merged."""
+        node_counts = np.asarray(node_counts, dtype=np.int64)
+        code, loaded, lengths = self.compiled.inputs(arrays, int(node_counts.sum()))
+        return set(native().check_positions(code, loaded, lengths, self.native_cases, node_counts,
+                                            np.asarray(position_counts, dtype=np.int64)))
+
+    def reference(self, arrays: dict, node_counts, position_counts) -> set:
+        """The same answer in numpy with _Evaluator (the tests' oracle)."""
+        node_counts = np.asarray(node_counts, dtype=np.int64)
+        requests = np.arange(len(node_counts))
+        starts = np.cumsum(node_counts) - node_counts
+        owner = np.repeat(requests, np.asarray(position_counts, dtype=np.int64))
+        base = starts[owner]
+        stop = base + node_counts[owner]
+        count = owner.shape[0]
+        merged_length = {name: (a.shape[0] if a.ndim else 1) for name, a in arrays.items()}
+        evaluate = _Evaluator(arrays, count, lambda name: merged_length[name] if name else int(node_counts.sum()))
+        bad = np.zeros(count, dtype=bool)
+        selected = np.zeros(count, dtype=bool)  # positions an earlier case took
+        for predicate, tested_indices, used_indices in self.cases:
+            tested = ~selected  # where the kernel evaluates this case's predicate
+            taken, trouble = evaluate(predicate)
+            bad |= tested & (trouble | _outside(evaluate, tested_indices, base, stop))
+            if used_indices:
+                bad |= tested & taken & _outside(evaluate, used_indices, base, stop)
+            selected |= taken
+        return set(np.unique(owner[bad]).tolist()) if bad.any() else set()
 
 
 class BoundsCheck:
@@ -135,18 +267,19 @@ class BoundsCheck:
 
     def __init__(self, program: ir.Program):
         self.program = program
-        self.cases = []
+        cases = []
         for case in program.cases:
             tested = _distinct(_loads(case.predicate))
             used = [u for u in _distinct(_row_indices(case)) if not self._covered(u)]
-            self.cases.append((case.predicate, tested, used))
+            cases.append((case.predicate, tested, used))
         # Nothing to evaluate when no case reads a row by a computed index and no predicate can fail (a TreeRec:
         # its child slots are checked as a whole below).
         fallible = any(isinstance(e, ir.Guard) or (isinstance(e, ir.IBinary) and e.op in ("div", "floordiv", "mod",
                                                                                           "fmod"))
                        for case in program.cases for e in ir.walk([case.predicate]))
         self.evaluate_cases = fallible or any(
-            any(not isinstance(i, ir.Iter) for i, _ in tested + used) for _, tested, used in self.cases)
+            any(not isinstance(i, ir.Iter) for i, _ in tested + used) for _, tested, used in cases)
+        self.cases = CaseCheck(cases)
         # child sets: (encoding, arrays), each once
         self.sets = list(dict.fromkeys((e.encoding, e.arrays) for case in program.cases
                                        for e in ir.walk_rows([x for _, x in case.writes])
@@ -165,15 +298,11 @@ class BoundsCheck:
         node_counts = np.asarray(node_counts, dtype=np.int64)
         position_counts = node_counts if positions_are_nodes or program.mode == "dag" else \
             np.asarray(position_counts, dtype=np.int64)
-        requests = np.arange(len(node_counts))
-        starts = np.cumsum(node_counts) - node_counts
         flagged = set()
         if self.evaluate_cases:
-            owner = np.repeat(requests, position_counts)
-            base = starts[owner]
-            flagged = self._cases(arrays, node_counts, owner, base, base + node_counts[owner])
+            flagged = self.cases(arrays, node_counts, position_counts)
         if self.sets:
-            flagged |= self._sets(arrays, node_counts, starts, row_counts or {})
+            flagged |= self._sets(arrays, node_counts, np.cumsum(node_counts) - node_counts, row_counts or {})
         if program.mode == "dag":  # the kernel checks every child id of the structure, read or not
             flagged.update(native().rows_outside(arrays[program.rows_from], node_counts, node_counts, -1))
         return flagged
@@ -200,21 +329,6 @@ class BoundsCheck:
                 if wrong.any():
                     flagged |= set(np.unique(owner[wrong]).tolist())
         return flagged
-
-    def _cases(self, arrays, node_counts, owner, base, stop) -> set:
-        count = owner.shape[0]
-        merged_length = {name: (a.shape[0] if a.ndim else 1) for name, a in arrays.items()}
-        evaluate = _Evaluator(arrays, count, lambda name: merged_length[name] if name else int(node_counts.sum()))
-        bad = np.zeros(count, dtype=bool)
-        selected = np.zeros(count, dtype=bool)  # positions an earlier case took
-        for predicate, tested_indices, used_indices in self.cases:
-            tested = ~selected  # where the kernel evaluates this case's predicate
-            taken, trouble = evaluate(predicate)
-            bad |= tested & (trouble | _outside(evaluate, tested_indices, base, stop))
-            if used_indices:
-                bad |= tested & taken & _outside(evaluate, used_indices, base, stop)
-            selected |= taken
-        return set(np.unique(owner[bad]).tolist()) if bad.any() else set()
 
 
 def _distinct(uses):

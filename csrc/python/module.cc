@@ -1,5 +1,5 @@
 // cortex._C: runtime pieces (csrc/runtime) exposed for tests and tools, and the serving path's forest rows
-// (forest_rows.cc).
+// (forest_rows.cc) and bounds check (index_check.cc).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -22,6 +22,7 @@
 namespace py = pybind11;
 
 void register_forest_rows(py::module_& m);  // forest_rows.cc
+void register_index_check(py::module_& m);  // index_check.cc
 
 namespace {
 
@@ -469,6 +470,7 @@ double bench_fma_peak(int, int64_t) { return 0.0; }
 PYBIND11_MODULE(_C, m) {
   m.doc() = "Cortex runtime pieces (csrc/runtime) for tests and tools; the serving path's forest rows";
   register_forest_rows(m);
+  register_index_check(m);
 
   m.def("linearize_visit", &linearize_visit, py::arg("num_nodes"), py::arg("node"), py::arg("case_id"),
         py::arg("num_cases"), py::arg("reads"),

@@ -55,16 +55,24 @@ inline int64_t check_divisor(int64_t b, int64_t position) {
   if (b == 0) throw KernelError("integer division by zero" + at_position(position));
   return b;
 }
-inline int64_t idiv(int64_t a, int64_t b, int64_t position) { return a / check_divisor(b, position); }
+// A divisor of -1 is taken apart: INT64_MIN / -1 traps on x86 (the quotient wraps to INT64_MIN, the remainder is 0).
+inline int64_t negate_wrapping(int64_t a) { return static_cast<int64_t>(0 - static_cast<uint64_t>(a)); }
+inline int64_t idiv(int64_t a, int64_t b, int64_t position) {
+  return check_divisor(b, position) == -1 ? negate_wrapping(a) : a / b;
+}
 inline int64_t ifloordiv(int64_t a, int64_t b, int64_t position) {
-  const int64_t q = a / check_divisor(b, position);
-  return (q * b != a && ((a < 0) != (b < 0))) ? q - 1 : q;
+  if (check_divisor(b, position) == -1) return negate_wrapping(a);
+  const int64_t q = a / b;
+  return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
 }
 inline int64_t imod(int64_t a, int64_t b, int64_t position) {
-  const int64_t r = a % check_divisor(b, position);
+  if (check_divisor(b, position) == -1) return 0;
+  const int64_t r = a % b;
   return (r != 0 && ((r < 0) != (b < 0))) ? r + b : r;
 }
-inline int64_t ifmod(int64_t a, int64_t b, int64_t position) { return a % check_divisor(b, position); }
+inline int64_t ifmod(int64_t a, int64_t b, int64_t position) {
+  return check_divisor(b, position) == -1 ? 0 : a % b;
+}
 
 // A value Cortex computes only under a condition the model's inputs must meet (see ir.Guard).
 inline int64_t guard(bool ok, int64_t value, const char* message, int64_t position) {
