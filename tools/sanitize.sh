@@ -61,7 +61,7 @@ tests=("$@")
 if [ ${#tests[@]} -eq 0 ]; then
     tests=(tests/ep/test_ep.py tests/ep/test_security.py tests/ep/test_ep_fuzz.py tests/ir/test_ir_serialize.py
            tests/runtime/test_linearizer.py tests/runtime/test_gemm.py tests/e2e/test_pipeline.py tests/ep/test_cuda_plumbing.py
-           tests/serving/test_forest_rows.py)
+           tests/serving/test_forest_rows.py tests/serving/test_index_check.py)
 fi
 (
     cd "$src"

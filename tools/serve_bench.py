@@ -4,7 +4,7 @@
     python tools/serve_bench.py [--hidden 64,256] [--clients 1,2,4,8,16,32,64] [--seconds 2] [--repeats 3]
                                 [--max-requests 20000]
                                 [--max-trees 32] [--delay-ms 2] [--modes run,batching,ray] [--device cpu|cuda]
-                                [--form treerec|loop] [--clients-as threads|asyncio] [--quick] [--out DIR]
+                                [--form treerec|loop] [--clients-as threads|asyncio|uvloop] [--quick] [--out DIR]
 
 Each of N clients sends one single-tree request (SST test trees, in turn), waits for its answer, and sends
 the next (closed loop), for --seconds or until --max-requests answers, whichever comes first (--repeats times, the
@@ -31,7 +31,8 @@ modes interleaved, the median reported: a neighbour's burst on a shared machine 
 Clients (--clients-as): `threads` (default), N Python threads each blocking on its call (a threaded server);
 `asyncio`, N coroutines on one event loop (an asyncio server, as a Ray Serve replica or an ASGI app is): `batching`
 awaits `run_async`, `run` awaits `session.run` on a pool of N threads (`loop.run_in_executor`), `ray` awaits the
-handle's response.
+handle's response; `uvloop`, the same coroutines on uvloop's event loop (what Ray's actors, Serve's replicas among
+them, and uvicorn run when uvloop is installed, as the `serve` extra installs it).
 
 Reported per (hidden, mode, clients): throughput (trees/s), p50 and p99 latency (ms) from send to answer, the mean
 requests per kernel call. Before timing, every mode's answers for the first trees are checked against a plain run
@@ -132,8 +133,10 @@ def closed_loop(call, requests: list, clients: int, seconds: float, max_requests
             "p99_ms": float(np.percentile(lat, 99) * 1e3)}
 
 
-def closed_loop_async(acall, requests: list, clients: int, seconds: float, max_requests: int) -> dict:
-    """`closed_loop` with `clients` coroutines on one event loop, each awaiting `acall(feeds)`."""
+def closed_loop_async(acall, requests: list, clients: int, seconds: float, max_requests: int,
+                      loop_factory=None) -> dict:
+    """`closed_loop` with `clients` coroutines on one event loop (asyncio's, or `loop_factory()`'s), each awaiting
+    `acall(feeds)`."""
     import asyncio
 
     latencies = []
@@ -151,7 +154,8 @@ def closed_loop_async(acall, requests: list, clients: int, seconds: float, max_r
         await asyncio.gather(*(client(start + seconds) for _ in range(clients)))
 
     start = time.perf_counter()
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(main())
     elapsed = time.perf_counter() - start
     lat = np.array(latencies) if latencies else np.array([np.nan])
     return {"clients": clients, "requests": len(latencies), "seconds": round(elapsed, 3),
@@ -297,6 +301,10 @@ class Modes:
         raise ValueError(mode)
 
     def loop(self, mode: str, requests: list, clients: int, seconds: float, max_requests: int) -> dict:
+        if self.args.clients_as == "uvloop":
+            import uvloop
+
+            return closed_loop_async(self.acall(mode), requests, clients, seconds, max_requests, uvloop.new_event_loop)
         if self.args.clients_as == "asyncio":
             return closed_loop_async(self.acall(mode), requests, clients, seconds, max_requests)
         return closed_loop(self.call(mode), requests, clients, seconds, max_requests)
@@ -545,8 +553,8 @@ def parse_args(argv=None):
                                                                 "merge always)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (models converted for that target)")
     p.add_argument("--form", choices=("treerec", "loop"), default="treerec")
-    p.add_argument("--clients-as", choices=("threads", "asyncio"), default="threads",
-                   help="the clients: N threads (default) or N coroutines on one event loop")
+    p.add_argument("--clients-as", choices=("threads", "asyncio", "uvloop"), default="threads",
+                   help="the clients: N threads (default) or N coroutines on one event loop (asyncio's or uvloop's)")
     p.add_argument("--trees", type=int, default=500, help="SST test trees cycled through (500)")
     p.add_argument("--quick", action="store_true", help="a short run (under 2 minutes on the GPU host)")
     p.add_argument("--out", default=None, help="output folder (default: a new temporary folder)")

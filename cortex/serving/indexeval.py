@@ -7,9 +7,10 @@ This module evaluates a recursion's index expressions over all positions of the 
 requests that read a row outside [base, base + nodes): those run alone, with their own results or their own errors.
 The expressions are compiled once per recursion (`Compiled`) into instructions that `cortex._C.check_positions`
 (csrc/python/index_check.cc) runs in one call that keeps the GIL; `_Evaluator` (numpy) is their reference semantics,
-used for scalars (trip counts, also at conversion, where no native module is loaded) and by the tests as the oracle. Reads of a TreeRec's missing child (-1 with zero rows) are in
-bounds. The evaluation follows ONNX's integer semantics; where it meets an error (division by zero, a failed guard)
-the position's request runs alone too.
+used for scalars (trip counts, also at conversion, where no native module is loaded) and by the tests as the oracle.
+Reads of a TreeRec's missing child (-1 with zero rows) are in bounds. The evaluation follows ONNX's integer semantics
+as the kernel computes them (overflow wraps); where it meets an error (division by zero, a failed guard) the
+position's request runs alone too.
 """
 from __future__ import annotations
 
@@ -21,11 +22,18 @@ _COMPARE = {"lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.great
             "ne": np.not_equal}
 
 
+_native_module = None
+
+
 def native():
-    """cortex._C (csrc/python/forest_rows.cc: the merge path's array work), loaded on first use: importing cortex
-    alone loads no native module (a process that never merges need not load it)."""
-    from .. import _C
-    return _C
+    """cortex._C (csrc/python: the merge path's array work and bounds check), loaded on first use: importing cortex
+    alone loads no native module (a process that never merges need not load it). Kept once loaded: an import
+    statement per call costs more than the checks it serves."""
+    global _native_module
+    if _native_module is None:
+        from .. import _C
+        _native_module = _C
+    return _native_module
 
 
 class _Evaluator:

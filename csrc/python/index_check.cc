@@ -270,7 +270,8 @@ py::list check_positions(const I64& code, const py::list& arrays, const I64& len
       for (const Case& c : cases) {
         if (selected) break;
         const bool taken = m.value(c.predicate)[p] != 0;
-        if (m.trouble(c.predicate)[p] || outside(c.tested, p, base, stop) || (taken && outside(c.used, p, base, stop))) {
+        if (m.trouble(c.predicate)[p] || outside(c.tested, p, base, stop) ||
+            (taken && outside(c.used, p, base, stop))) {
           bad = true;
           break;
         }

@@ -4,6 +4,7 @@ and a converted model's merged forests with corrupted structure arrays; and inte
 it (csrc/runtime/kernel_support.h), a divisor of -1 included."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -116,9 +117,11 @@ def test_division_edges_native_reference_and_kernel_agree(tmp_path):
                         'p[1], 0), (long long)cortex::ifloordiv(p[0], p[1], 0), (long long)cortex::imod(p[0], p[1], 0),'
                         ' (long long)cortex::ifmod(p[0], p[1], 0));\n}\n')
     exe = tmp_path / "division"
+    plain = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}  # under tools/sanitize.sh: not the compiler
     subprocess.run([compiler, "-std=c++17", "-O1", f"-I{REPO / 'csrc' / 'runtime'}", str(driver), "-o", str(exe)],
-                   check=True, capture_output=True, timeout=120)
-    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True, timeout=30).stdout.split("\n")
+                   check=True, capture_output=True, timeout=120, env=plain)
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True, timeout=30, env=plain).stdout
+    out = out.split("\n")
     for k, line in enumerate(out[:len(pairs)]):
         assert [int(x) for x in line.split()] == [want[op][k] for op in ops], pairs[k]
 

@@ -93,3 +93,15 @@ def test_a_wrong_merge_is_caught_before_measuring(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="mode batching answers differently"):
         serve_bench.main(TINY + ["--out", str(tmp_path), "--no-plot"])
     assert not (tmp_path / "results.json").exists()
+
+
+def test_uvloop_clients(tmp_path):
+    """--clients-as uvloop: the coroutines on uvloop's event loop (Ray's actors and uvicorn run on it; the serve and
+    test extras bring it through ray[serve]); batching still merges their requests."""
+    pytest.importorskip("uvloop")
+    args = TINY[:-1] + ["batching", "--clients-as", "uvloop", "--out", str(tmp_path), "--no-plot"]
+    assert serve_bench.main(args) == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert data["settings"]["clients_as"] == "uvloop"
+    batching = next(p for p in data["points"] if p["mode"] == "batching" and p["clients"] == 32)
+    assert 0 < batching["requests"] <= 300 and batching["mean_batch"] > 1
