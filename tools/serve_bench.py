@@ -227,6 +227,9 @@ def unrun_session(path: str, args):
                 if batch else None
 
         def _run(self, forest, counts):
+            return None
+
+        def _results(self, forest, counts, ran):
             return [[] for _ in range(forest)]
 
     return Unrun(path, max_trees=args.max_trees, max_delay_ms=args.delay_ms, device=args.device, max_queue=4096,

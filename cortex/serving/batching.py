@@ -5,8 +5,10 @@ thread takes the waiting requests (up to `max_trees`); it waits for more only wh
 held (callers answered together tend to come back together; a lone caller waits only the first time), and never
 longer than `max_delay_ms` from the oldest request's arrival. It merges them into one forest (merge.py: proven safe
 from the IR at conversion), runs it through an ordinary Cortex session and answers every caller with its own rows.
-While a forest runs, new requests queue up and form the next one, so under load batches fill without waiting; a
-batch already waiting when a forest ends is merged before that forest's callers are answered (see _serve_forever).
+While a forest runs, new requests queue up and form the next one, so under load batches fill without waiting. Each
+worker hands its forests to a runner thread of its own: while one forest runs, the worker merges the next batch as
+soon as it fills and answers the last forest's callers, and the next forest starts the moment the last one ends (see
+_serve_forever).
 
 A request that cannot join (its inputs disagree with the model's declarations, or its indices leave its own rows)
 runs alone and gets exactly what a plain session gives it: its results or its own error. When a merged run fails
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import queue
 import threading
 import time
 from concurrent.futures import Future
@@ -27,7 +30,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..session import InferenceSession
-from .forest import ForestStats, PinnedOutputs, prepare_forest, run_prepared
+from .forest import ForestStats, PinnedOutputs, finish_prepared, prepare_forest, run_merged
 from .kernel import NotMergeable
 from .merge import check_request, plan_for
 
@@ -123,6 +126,17 @@ class _Request:
     alone: Optional[str]  # why it cannot join a merged run, or None
 
 
+class _Forest:
+    """A prepared forest handed to a worker's runner, and what its run gave (`done` set under the session's
+    condition)."""
+    __slots__ = ("batch", "forest", "counts", "results", "error", "done")
+
+    def __init__(self, batch: list, forest, counts):
+        self.batch, self.forest, self.counts = batch, forest, counts
+        self.results = self.error = None
+        self.done = False
+
+
 BatchingStats = ForestStats  # what `BatchingSession.stats` holds
 
 
@@ -131,9 +145,9 @@ class BatchingSession:
 
     `path`: a converted model (cortex-convert). `max_trees`: most requests in one forest. `max_delay_ms`: longest a
     request waits for others before its forest runs. `device`: as `cortex.InferenceSession` ("cpu", "cuda",
-    "cuda:N"). `max_queue`: most requests waiting (then `QueueFull`). `workers`: threads running forests (one
-    already overlaps the next forest's run with the last one's callers; more add contention for the GIL:
-    docs/serving.md, seventh pass). A model whose merge is not proven raises
+    "cuda:N"). `max_queue`: most requests waiting (then `QueueFull`). `workers`: forests in flight at once (each worker
+    merges and answers while its own runner thread runs a forest, so one already keeps the device busy; more add
+    contention for the GIL: docs/serving.md, seventh and eighth passes). A model whose merge is not proven raises
     `NotMergeable` with the reason, unless `allow_unmerged=True` (then every request runs alone, in order).
     `pinned_outputs`: on a GPU, forests' outputs copied into pinned (page-locked) host memory, a faster copy
     (False: ONNX Runtime's own pageable buffers). `sess_options` and `trust` go to `cortex.InferenceSession`."""
@@ -165,10 +179,13 @@ class BatchingSession:
         self._closing = False
         self._last_batch = max_trees  # requests the last batch took: how many to expect (the first: a full one)
         self._wanted = 1  # queued requests that make a waiting worker's batch ready (enqueue notifies from there)
-        self._workers = [threading.Thread(target=self._serve_forever, name=f"cortex-batching-{k}", daemon=True)
-                         for k in range(workers)]
-        for worker in self._workers:
-            worker.start()
+        inboxes = [queue.SimpleQueue() for _ in range(workers)]  # each worker's forests for its runner
+        self._runners = [threading.Thread(target=self._run_forever, args=(inbox,), name=f"cortex-runner-{k}",
+                                          daemon=True) for k, inbox in enumerate(inboxes)]
+        self._workers = [threading.Thread(target=self._serve_forever, args=(inbox,), name=f"cortex-batching-{k}",
+                                          daemon=True) for k, inbox in enumerate(inboxes)]
+        for thread in self._runners + self._workers:
+            thread.start()
 
     # ---- callers ------------------------------------------------------------------------------------------
     def submit(self, feeds: dict) -> Future:
@@ -216,10 +233,11 @@ class BatchingSession:
             if request.future.set_running_or_notify_cancel():
                 request.future.set_exception(SessionClosed("the BatchingSession was closed before this request ran"))
         deadline = None if timeout is None else time.monotonic() + timeout
-        for worker in self._workers:
-            if worker is not threading.current_thread():
-                worker.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        return not any(w.is_alive() for w in self._workers if w is not threading.current_thread())
+        threads = self._workers + self._runners  # a worker stops its runner when it stops
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in threads if t is not threading.current_thread())
 
     def __enter__(self):
         return self
@@ -269,34 +287,78 @@ class BatchingSession:
             self._cond.notify()
         return [self._queue.popleft() for _ in range(count)]
 
-    def _serve_forever(self):
-        """Forest after forest. The next batch, when it is already waiting, is taken and merged before the last
-        forest's callers are answered: answered, the callers' event loop takes the GIL for their next requests, and
-        merging meanwhile would wait for it; merged first, the next forest's run (the GIL released) overlaps them."""
-        ready = None  # (requests, their forest, its stats): taken and prepared, not yet run
-        while True:
-            if ready is None:
-                batch = self._next_batch()
-                if not batch:
-                    return
-                ready = self._prepare(batch)
-                if ready is None:
+    def _batch_while_running(self, running: _Forest) -> list:
+        """The next batch, taken while `running` runs: as soon as a full one waits (as many as the last batch took),
+        so it is merged before that forest ends; else, once it has ended, what `_ready_batch` would take."""
+        with self._cond:
+            expected = min(self.max_trees, self._last_batch)
+            while not running.done and len(self._queue) < expected and not self._closing:
+                self._wanted = expected
+                self._cond.wait()
+            self._wanted = 1
+            if len(self._queue) >= expected or (self._closing and self._queue):
+                return self._take()
+            return self._ready_batch()
+
+    def _serve_forever(self, inbox: queue.SimpleQueue):
+        """Forest after forest, with a runner thread (`_run_forever`) running them: while a forest runs, this thread
+        merges the next batch once it fills and hands it over at once, so the runner starts it the moment the last
+        one ends without waiting for this thread; then it splits and answers the last one's callers (their event
+        loop then takes the GIL for their next requests while the device works). One forest runs at a time per
+        worker, and at most one more waits merged."""
+        running = None  # the forest the runner has
+        try:
+            while True:
+                if running is None:
+                    batch = self._next_batch()
+                    if not batch:
+                        return
+                    running = self._hand_over(inbox, self._prepare(batch))
                     continue
-            batch, forest, counts = ready
+                following = self._batch_while_running(running)
+                # handed over at once: the runner takes it without waiting for this thread (or the GIL) again
+                following = self._hand_over(inbox, self._prepare(following)) if following else None
+                with self._cond:
+                    while not running.done:
+                        self._cond.wait()
+                self._finish(running)
+                running = following
+        finally:
+            inbox.put(None)  # the runner stops after the forests handed to it
+
+    def _hand_over(self, inbox: queue.SimpleQueue, prepared) -> Optional[_Forest]:
+        """The prepared forest (requests, forest, stats) queued for the worker's runner; None for none."""
+        if prepared is None:
+            return None
+        forest = _Forest(*prepared)
+        inbox.put(forest)
+        return forest
+
+    def _run_forever(self, inbox: queue.SimpleQueue):
+        """A worker's runner: its forests, one at a time, in order (the session's run releases the GIL)."""
+        while True:
+            forest = inbox.get()
+            if forest is None:
+                return
             try:
-                results = self._run(forest, counts)
+                forest.results = self._run(forest.forest, forest.counts)
             except BaseException as e:  # noqa: BLE001 - a bug here must not leave callers waiting forever
-                self._fail(batch, e)
-                ready = None
-                continue
-            following = self._ready_batch()
-            ready = self._prepare(following) if following else None
+                forest.error = e
+            with self._cond:
+                forest.done = True
+                self._cond.notify_all()
+
+    def _finish(self, forest: _Forest):
+        """A forest's callers get their answers (or the internal error that stopped it)."""
+        try:
+            if forest.error is not None:
+                raise forest.error
+            results = self._results(forest.forest, forest.counts, forest.results)
             with self._stats_lock:  # before the answers: a caller that reads the stats after its answer sees its batch
-                self.stats.add(counts)
-            try:
-                self._answer(batch, results)
-            except BaseException as e:  # noqa: BLE001
-                self._fail(batch, e)
+                self.stats.add(forest.counts)
+            self._answer(forest.batch, results)
+        except BaseException as e:  # noqa: BLE001 - a bug here must not leave callers waiting forever
+            self._fail(forest.batch, e)
 
     def _prepare(self, batch: list):
         """(requests, prepared forest, its stats) for the requests of `batch` whose callers still wait; None when
@@ -311,9 +373,14 @@ class BatchingSession:
             self._fail(batch, e)
             return None
 
-    def _run(self, forest, counts: BatchingStats) -> list:
-        """Each request's outputs or error (the forest run, requests that cannot join run alone)."""
-        return run_prepared(self.plan, self.session, forest, counts, self._pinned)
+    def _run(self, forest, counts: BatchingStats):
+        """In the runner thread: the merged forest's run (its outputs, or its exception)."""
+        return run_merged(self.session, forest, counts, self._pinned)
+
+    def _results(self, forest, counts: BatchingStats, ran) -> list:
+        """In the worker: each request's outputs or error (the merged outputs split, requests that cannot join run
+        alone)."""
+        return finish_prepared(self.plan, self.session, forest, ran, counts)
 
     @staticmethod
     def _fail(batch: list, error: BaseException):

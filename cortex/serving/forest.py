@@ -1,7 +1,7 @@
 """One batch of requests through one session: merged into a forest where that is safe, each request alone where
 not; every request gets its own outputs or its own error. The Ray Serve deployment serves through `run_forest`; the
-BatchingSession through its two steps, `prepare_forest` and `run_prepared` (it prepares the next forest before it
-answers the last one's callers)."""
+BatchingSession through its steps: `prepare_forest` and `finish_prepared` in its worker, `run_merged` in the
+worker's runner thread (the next forest is merged, and the last one split and answered, while one runs)."""
 from __future__ import annotations
 
 import collections
@@ -145,25 +145,38 @@ def prepare_forest(plan: MergePlan, requests: list, reasons: Optional[list] = No
     return PreparedForest(requests, results, together, alone, merged)
 
 
-def run_prepared(plan: MergePlan, session, forest: PreparedForest, stats: Optional[ForestStats] = None,
-                 pinned: Optional[PinnedOutputs] = None) -> list:
+def run_merged(session, forest: PreparedForest, stats: Optional[ForestStats] = None,
+               pinned: Optional[PinnedOutputs] = None):
+    """The merged forest of `forest` run once: its outputs, an exception when the run failed, or None when
+    `forest` has no merged forest. (The BatchingSession's runner thread does this; `finish_prepared` the rest.)"""
+    if forest.merged is None:
+        return None
+    stats = stats if stats is not None else ForestStats()
+    ran = time.perf_counter()
+    try:
+        outputs = pinned.run(forest.merged.feeds) if pinned is not None else None
+        if outputs is None:
+            outputs = session.run(None, forest.merged.feeds)
+    except Exception as e:  # noqa: BLE001 - whichever request caused it gets its own error when it runs alone
+        outputs = e
+    stats.running_s += time.perf_counter() - ran
+    return outputs
+
+
+def finish_prepared(plan: MergePlan, session, forest: PreparedForest, outputs, stats: Optional[ForestStats] = None) \
+        -> list:
     """Per request of `forest`, in order: its outputs (a list, the model's output order) or the exception a plain
-    `session.run` of it raises. `pinned`: the merged forest's outputs into pinned host memory (a session on a GPU).
-    A merged run that fails runs each of its requests alone: whichever caused it gets its own error."""
+    `session.run` of it raises. `outputs`: what `run_merged` gave. A merged run that failed (or whose outputs do
+    not split) runs each of its requests alone: whichever caused it gets its own error."""
     stats = stats if stats is not None else ForestStats()
     results, alone = list(forest.results), list(forest.alone)
     if forest.merged is not None:
-        ran = time.perf_counter()
+        cut = time.perf_counter()
         try:
-            outputs = pinned.run(forest.merged.feeds) if pinned is not None else None
-            if outputs is None:
-                outputs = session.run(None, forest.merged.feeds)
-            cut = time.perf_counter()
-            stats.running_s += cut - ran
+            if isinstance(outputs, BaseException):
+                raise outputs
             parts = split(plan, outputs, forest.merged)
-            stats.splitting_s += time.perf_counter() - cut
-        except Exception:  # noqa: BLE001 - whichever request caused it gets its own error when it runs alone
-            stats.running_s += time.perf_counter() - ran
+        except Exception:  # noqa: BLE001
             stats.fallbacks += 1
             alone += forest.together
         else:
@@ -172,8 +185,9 @@ def run_prepared(plan: MergePlan, session, forest: PreparedForest, stats: Option
             stats.requests += len(forest.together)
             stats.largest_batch = max(stats.largest_batch, len(forest.together))
             stats.sizes[len(forest.together)] += 1
-            for k, outputs in zip(forest.together, parts):
-                results[k] = outputs
+            for k, request_outputs in zip(forest.together, parts):
+                results[k] = request_outputs
+        stats.splitting_s += time.perf_counter() - cut
     for k in sorted(alone):
         stats.alone += 1
         stats.requests += 1
@@ -185,6 +199,14 @@ def run_prepared(plan: MergePlan, session, forest: PreparedForest, stats: Option
             results[k] = e
         stats.running_s += time.perf_counter() - started
     return results
+
+
+def run_prepared(plan: MergePlan, session, forest: PreparedForest, stats: Optional[ForestStats] = None,
+                 pinned: Optional[PinnedOutputs] = None) -> list:
+    """`run_merged` then `finish_prepared`: per request of `forest`, its outputs or its own error. `pinned`: the
+    merged forest's outputs into pinned host memory (a session on a GPU)."""
+    stats = stats if stats is not None else ForestStats()
+    return finish_prepared(plan, session, forest, run_merged(session, forest, stats, pinned), stats)
 
 
 def run_forest(plan: MergePlan, session, requests: list, reasons: Optional[list] = None,

@@ -366,8 +366,8 @@ def test_callers_of_several_event_loops_share_forests(models):
 
 
 class _Recorded(cortex.BatchingSession):
-    """A BatchingSession that logs when each batch is prepared and answered; its first forest's run waits for
-    `release` (so that the batches after it are queued by then)."""
+    """A BatchingSession that logs when each batch is prepared, handed to the runner and answered (all in the worker
+    thread); its forests' runs wait for `release` (so that the batches after the first are queued by then)."""
 
     def __init__(self, *args, **kwargs):
         self.events, self.release = [], threading.Event()
@@ -376,6 +376,11 @@ class _Recorded(cortex.BatchingSession):
     def _prepare(self, batch):
         self.events.append(("prepare", len(batch)))
         return super()._prepare(batch)
+
+    def _hand_over(self, inbox, prepared):
+        if prepared is not None:
+            self.events.append(("hand over", len(prepared[0])))
+        return super()._hand_over(inbox, prepared)
 
     def _run(self, forest, counts):
         self.release.wait(30)
@@ -387,8 +392,9 @@ class _Recorded(cortex.BatchingSession):
 
 
 def test_the_next_waiting_batch_is_merged_before_the_last_is_answered(models):
-    """Three full batches queued while the first runs: each following batch is prepared before the one before it is
-    answered (its callers' loop would otherwise hold the GIL while it merges), and every answer is still right."""
+    """Three full batches queued while the first runs: each following batch is prepared and handed to the runner
+    before the one before it is answered (the runner starts it as the last one ends, while the worker answers; its
+    callers' loop would otherwise hold the GIL while it merges), and every answer is still right."""
     plain = cortex.InferenceSession(models["treerec"])
     feeds = [_feeds("treerec", t) for t in _trees(12)]
     with _Recorded(models["treerec"], max_trees=4, max_delay_ms=500) as session:
@@ -396,7 +402,8 @@ def test_the_next_waiting_batch_is_merged_before_the_last_is_answered(models):
         session.release.set()
         got = [f.result(timeout=60) for f in futures]
         events = list(session.events)
-    assert events == [("prepare", 4), ("prepare", 4), ("answer", 4), ("prepare", 4), ("answer", 4), ("answer", 4)]
+    assert events == [("prepare", 4), ("hand over", 4), ("prepare", 4), ("hand over", 4), ("answer", 4),
+                      ("prepare", 4), ("hand over", 4), ("answer", 4), ("answer", 4)]
     assert all(_same(g, plain.run(None, f)) for g, f in zip(got, feeds))
 
 
