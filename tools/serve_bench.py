@@ -215,6 +215,11 @@ STEPS = ("merging", "running", "splitting", "answering")
 BATCHING_MODES = ("batching", "ceiling")  # modes served by a BatchingSession (its stats, its timeout)
 
 
+def run_thread(args):
+    """BatchingSession(run_thread=...) for --run-thread."""
+    return {"auto": None, "on": True, "off": False}[getattr(args, "run_thread", "auto")]
+
+
 def unrun_session(path: str, args):
     """The `ceiling` mode: a BatchingSession that answers each request with no outputs, without merging or running
     (its requests are still checked and queued, its callers answered the same way)."""
@@ -233,7 +238,7 @@ def unrun_session(path: str, args):
             return [[] for _ in range(forest)]
 
     return Unrun(path, max_trees=args.max_trees, max_delay_ms=args.delay_ms, device=args.device, max_queue=4096,
-                 workers=args.workers, pinned_outputs=False)
+                 workers=args.workers, run_thread=run_thread(args), pinned_outputs=False)
 
 
 class Modes:
@@ -247,7 +252,7 @@ class Modes:
         self.plain = cortex.InferenceSession(path, device=args.device)
         self.batching = cortex.BatchingSession(path, max_trees=args.max_trees, max_delay_ms=args.delay_ms,
                                                device=args.device, max_queue=4096, workers=args.workers,
-                                               pinned_outputs=not args.no_pinned)
+                                               run_thread=run_thread(args), pinned_outputs=not args.no_pinned)
         # on a GPU, the bound's forests write their outputs where the batching session's do (pinned host memory)
         self.pinned = None if args.no_pinned else PinnedOutputs.of(self.batching.plan, self.plain, args.device)
         self.ceiling = unrun_session(path, args) if "ceiling" in args.modes else None
@@ -552,6 +557,8 @@ def parse_args(argv=None):
     p.add_argument("--max-trees", type=int, default=32, help="BatchingSession max_trees / @serve.batch size (32)")
     p.add_argument("--delay-ms", type=float, default=2.0, help="max_delay_ms / batch_wait_timeout_s (2 ms)")
     p.add_argument("--workers", type=int, default=1, help="BatchingSession workers: forests in flight at once (1)")
+    p.add_argument("--run-thread", choices=("auto", "on", "off"), default="auto",
+                   help="BatchingSession run_thread: forests run on a thread apart from the worker's (auto: on a GPU)")
     p.add_argument("--modes", default="run,batching,ray", help="comma list of run,batching,ray,ceiling (bound and "
                                                                 "merge always)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (models converted for that target)")

@@ -5,10 +5,10 @@ thread takes the waiting requests (up to `max_trees`); it waits for more only wh
 held (callers answered together tend to come back together; a lone caller waits only the first time), and never
 longer than `max_delay_ms` from the oldest request's arrival. It merges them into one forest (merge.py: proven safe
 from the IR at conversion), runs it through an ordinary Cortex session and answers every caller with its own rows.
-While a forest runs, new requests queue up and form the next one, so under load batches fill without waiting. Each
-worker hands its forests to a runner thread of its own: while one forest runs, the worker merges the next batch as
-soon as it fills and answers the last forest's callers, and the next forest starts the moment the last one ends (see
-_serve_forever).
+While a forest runs, new requests queue up and form the next one, so under load batches fill without waiting. On a GPU
+each worker hands its forests to a runner thread of its own: while one forest runs, the worker merges the next batch
+as soon as it fills and answers the last forest's callers, and the next forest starts the moment the last one ends
+(see _serve_forever).
 
 A request that cannot join (its inputs disagree with the model's declarations, or its indices leave its own rows)
 runs alone and gets exactly what a plain session gives it: its results or its own error. When a merged run fails
@@ -145,16 +145,18 @@ class BatchingSession:
 
     `path`: a converted model (cortex-convert). `max_trees`: most requests in one forest. `max_delay_ms`: longest a
     request waits for others before its forest runs. `device`: as `cortex.InferenceSession` ("cpu", "cuda",
-    "cuda:N"). `max_queue`: most requests waiting (then `QueueFull`). `workers`: forests in flight at once (each worker
-    merges and answers while its own runner thread runs a forest, so one already keeps the device busy; more add
-    contention for the GIL: docs/serving.md, seventh and eighth passes). A model whose merge is not proven raises
+    "cuda:N"). `max_queue`: most requests waiting (then `QueueFull`). `workers`: forests in flight at once (more
+    add contention for the GIL: docs/serving.md, seventh and eighth passes). `run_thread`: each worker runs its
+    forests on a thread of its own, so that it merges the next batch and answers the last one's callers while a
+    forest runs; default: on a GPU (the run is device time), not on the CPU (the kernel already uses every core; a
+    second thread only adds hand-offs). A model whose merge is not proven raises
     `NotMergeable` with the reason, unless `allow_unmerged=True` (then every request runs alone, in order).
     `pinned_outputs`: on a GPU, forests' outputs copied into pinned (page-locked) host memory, a faster copy
     (False: ONNX Runtime's own pageable buffers). `sess_options` and `trust` go to `cortex.InferenceSession`."""
 
     def __init__(self, path, max_trees: int = 32, max_delay_ms: float = 2.0, device: str = "cpu", *,
-                 max_queue: int = 1024, workers: int = 1, allow_unmerged: bool = False,
-                 pinned_outputs: bool = True, sess_options=None, trust=None):
+                 max_queue: int = 1024, workers: int = 1, run_thread: Optional[bool] = None,
+                 allow_unmerged: bool = False, pinned_outputs: bool = True, sess_options=None, trust=None):
         if not isinstance(max_trees, int) or max_trees < 1:
             raise ValueError(f"max_trees must be an integer >= 1, got {max_trees!r}")
         if not max_delay_ms >= 0:
@@ -179,9 +181,11 @@ class BatchingSession:
         self._closing = False
         self._last_batch = max_trees  # requests the last batch took: how many to expect (the first: a full one)
         self._wanted = 1  # queued requests that make a waiting worker's batch ready (enqueue notifies from there)
-        inboxes = [queue.SimpleQueue() for _ in range(workers)]  # each worker's forests for its runner
+        self.run_thread = device != "cpu" if run_thread is None else bool(run_thread)
+        # each worker's forests for its runner (None: the worker runs them itself)
+        inboxes = [queue.SimpleQueue() if self.run_thread else None for _ in range(workers)]
         self._runners = [threading.Thread(target=self._run_forever, args=(inbox,), name=f"cortex-runner-{k}",
-                                          daemon=True) for k, inbox in enumerate(inboxes)]
+                                          daemon=True) for k, inbox in enumerate(inboxes) if inbox is not None]
         self._workers = [threading.Thread(target=self._serve_forever, args=(inbox,), name=f"cortex-batching-{k}",
                                           daemon=True) for k, inbox in enumerate(inboxes)]
         for thread in self._runners + self._workers:
@@ -300,13 +304,14 @@ class BatchingSession:
                 return self._take()
             return self._ready_batch()
 
-    def _serve_forever(self, inbox: queue.SimpleQueue):
-        """Forest after forest, with a runner thread (`_run_forever`) running them: while a forest runs, this thread
-        merges the next batch once it fills and hands it over at once, so the runner starts it the moment the last
-        one ends without waiting for this thread; then it splits and answers the last one's callers (their event
-        loop then takes the GIL for their next requests while the device works). One forest runs at a time per
-        worker, and at most one more waits merged."""
-        running = None  # the forest the runner has
+    def _serve_forever(self, inbox: Optional[queue.SimpleQueue]):
+        """Forest after forest. With a runner thread (`inbox`: its queue), while a forest runs this thread merges
+        the next batch once it fills and hands it over at once, so the runner starts it the moment the last one ends
+        without waiting for this thread; then it splits and answers the last one's callers (their event loop then
+        takes the GIL for their next requests while the device works). Without one, it runs each forest itself,
+        then merges the batch already waiting (if any) before answering, so that the next run overlaps the callers'
+        Python rather than the next merge. Per worker, one forest runs at a time and at most one more waits merged."""
+        running = None  # the forest being run (or, without a runner, about to be)
         try:
             while True:
                 if running is None:
@@ -315,8 +320,9 @@ class BatchingSession:
                         return
                     running = self._hand_over(inbox, self._prepare(batch))
                     continue
+                if inbox is None:
+                    self._execute(running)
                 following = self._batch_while_running(running)
-                # handed over at once: the runner takes it without waiting for this thread (or the GIL) again
                 following = self._hand_over(inbox, self._prepare(following)) if following else None
                 with self._cond:
                     while not running.done:
@@ -324,14 +330,17 @@ class BatchingSession:
                 self._finish(running)
                 running = following
         finally:
-            inbox.put(None)  # the runner stops after the forests handed to it
+            if inbox is not None:
+                inbox.put(None)  # the runner stops after the forests handed to it
 
-    def _hand_over(self, inbox: queue.SimpleQueue, prepared) -> Optional[_Forest]:
-        """The prepared forest (requests, forest, stats) queued for the worker's runner; None for none."""
+    def _hand_over(self, inbox: Optional[queue.SimpleQueue], prepared) -> Optional[_Forest]:
+        """The prepared forest (requests, forest, stats), queued for the worker's runner if it has one; None for
+        none."""
         if prepared is None:
             return None
         forest = _Forest(*prepared)
-        inbox.put(forest)
+        if inbox is not None:
+            inbox.put(forest)
         return forest
 
     def _run_forever(self, inbox: queue.SimpleQueue):
@@ -340,13 +349,16 @@ class BatchingSession:
             forest = inbox.get()
             if forest is None:
                 return
-            try:
-                forest.results = self._run(forest.forest, forest.counts)
-            except BaseException as e:  # noqa: BLE001 - a bug here must not leave callers waiting forever
-                forest.error = e
-            with self._cond:
-                forest.done = True
-                self._cond.notify_all()
+            self._execute(forest)
+
+    def _execute(self, forest: _Forest):
+        try:
+            forest.results = self._run(forest.forest, forest.counts)
+        except BaseException as e:  # noqa: BLE001 - a bug here must not leave callers waiting forever
+            forest.error = e
+        with self._cond:
+            forest.done = True
+            self._cond.notify_all()
 
     def _finish(self, forest: _Forest):
         """A forest's callers get their answers (or the internal error that stopped it)."""
@@ -374,7 +386,7 @@ class BatchingSession:
             return None
 
     def _run(self, forest, counts: BatchingStats):
-        """In the runner thread: the merged forest's run (its outputs, or its exception)."""
+        """The merged forest's run (its outputs, or its exception), in the runner thread if there is one."""
         return run_merged(self.session, forest, counts, self._pinned)
 
     def _results(self, forest, counts: BatchingStats, ran) -> list:

@@ -66,15 +66,18 @@ def _answer(future):
         return "error", str(e)
 
 
-@pytest.mark.parametrize("form,workers", [("treerec", 1), ("loop", 1), ("treerec", 2)])
-def test_threads_get_their_own_bits(models, form, workers):
+@pytest.mark.parametrize("form,workers,run_thread", [("treerec", 1, False), ("loop", 1, False), ("treerec", 2, False),
+                                                     ("treerec", 1, True), ("loop", 2, True)])
+def test_threads_get_their_own_bits(models, form, workers, run_thread):
     path = models[form]
     plain = cortex.InferenceSession(path)
     feeds = [_feeds(form, t) for t in _trees(48)]
     want = [plain.run(None, f) for f in feeds]
     got = [None] * len(feeds)
-    with cortex.BatchingSession(path, max_trees=16, max_delay_ms=20, workers=workers) as session:
+    with cortex.BatchingSession(path, max_trees=16, max_delay_ms=20, workers=workers, run_thread=run_thread) \
+            as session:
         assert session.workers == workers and len(session._workers) == workers
+        assert len(session._runners) == (workers if run_thread else 0)
         barrier = threading.Barrier(len(feeds))
 
         def client(k):
@@ -391,13 +394,15 @@ class _Recorded(cortex.BatchingSession):
         super()._answer(batch, results)
 
 
-def test_the_next_waiting_batch_is_merged_before_the_last_is_answered(models):
+@pytest.mark.parametrize("run_thread", [False, True])
+def test_the_next_waiting_batch_is_merged_before_the_last_is_answered(models, run_thread):
     """Three full batches queued while the first runs: each following batch is prepared and handed to the runner
     before the one before it is answered (the runner starts it as the last one ends, while the worker answers; its
     callers' loop would otherwise hold the GIL while it merges), and every answer is still right."""
     plain = cortex.InferenceSession(models["treerec"])
     feeds = [_feeds("treerec", t) for t in _trees(12)]
-    with _Recorded(models["treerec"], max_trees=4, max_delay_ms=500) as session:
+    with _Recorded(models["treerec"], max_trees=4, max_delay_ms=500, run_thread=run_thread) as session:
+        assert len(session._runners) == run_thread
         futures = [session.submit(f) for f in feeds]
         session.release.set()
         got = [f.result(timeout=60) for f in futures]
@@ -407,8 +412,9 @@ def test_the_next_waiting_batch_is_merged_before_the_last_is_answered(models):
     assert all(_same(g, plain.run(None, f)) for g, f in zip(got, feeds))
 
 
-@pytest.mark.parametrize("step", ["_run", "prepare_forest"])
-def test_an_internal_error_fails_its_batch_and_the_worker_goes_on(models, monkeypatch, step):
+@pytest.mark.parametrize("run_thread", [False, True])
+@pytest.mark.parametrize("step", ["_run", "prepare_forest", "_results"])
+def test_an_internal_error_fails_its_batch_and_the_worker_goes_on(models, monkeypatch, step, run_thread):
     """A bug in preparing or running a forest fails that forest's callers with a clear error (never leaves them
     waiting) and the next requests are served."""
     import cortex.serving.batching as batching
@@ -420,9 +426,9 @@ def test_an_internal_error_fails_its_batch_and_the_worker_goes_on(models, monkey
         failed.append(True)
         raise KeyError("broken on purpose")
 
-    with cortex.BatchingSession(models["treerec"], max_trees=3, max_delay_ms=500) as session:
-        if step == "_run":
-            monkeypatch.setattr(session, "_run", broken)
+    with cortex.BatchingSession(models["treerec"], max_trees=3, max_delay_ms=500, run_thread=run_thread) as session:
+        if step in ("_run", "_results"):
+            monkeypatch.setattr(session, step, broken)
         else:
             monkeypatch.setattr(batching, "prepare_forest", broken)
         first = [_answer(f) for f in [session.submit(f) for f in feeds[:3]]]
