@@ -4,7 +4,8 @@
     python tools/serve_bench.py [--hidden 64,256] [--clients 1,2,4,8,16,32,64] [--seconds 2] [--repeats 3]
                                 [--max-requests 20000]
                                 [--max-trees 32] [--delay-ms 2] [--modes run,batching,ray] [--device cpu|cuda]
-                                [--form treerec|loop] [--clients-as threads|asyncio|uvloop] [--quick] [--out DIR]
+                                [--form treerec|loop] [--clients-as threads|asyncio|uvloop] [--replicas 1]
+                                [--quick] [--out DIR]
 
 Each of N clients sends one single-tree request (SST test trees, in turn), waits for its answer, and sends
 the next (closed loop), for --seconds or until --max-requests answers, whichever comes first (--repeats times, the
@@ -33,6 +34,12 @@ Clients (--clients-as): `threads` (default), N Python threads each blocking on i
 awaits `run_async`, `run` awaits `session.run` on a pool of N threads (`loop.run_in_executor`), `ray` awaits the
 handle's response; `uvloop`, the same coroutines on uvloop's event loop (what Ray's actors, Serve's replicas among
 them, and uvicorn run when uvloop is installed, as the `serve` extra installs it).
+
+Replicas (--replicas P > 1): the modes are served by P processes at once on the same device, each with its own
+sessions and an even share of the clients, as a serving engine's replicas are (Ray Serve's replicas, Triton's
+Python backend instances), without the engine's front end between them and the clients; rates are added, latencies
+pooled, and the bound is P callers at once running prebuilt forests of the batch size the replicas reached. On a
+CPU each replica's kernels get the cores divided between the replicas (unless CORTEX_NUM_THREADS is set).
 
 Reported per (hidden, mode, clients): throughput (trees/s), p50 and p99 latency (ms) from send to answer, the mean
 requests per kernel call. Before timing, every mode's answers for the first trees are checked against a plain run
@@ -99,6 +106,16 @@ def convert_model(hidden: int, form: str, device: str, folder: Path) -> str:
 
 # ---- the closed loop ---------------------------------------------------------------------------------------------
 
+def loop_point(clients: int, latencies, elapsed: float) -> dict:
+    """A closed loop's point: its answers' rate and latency percentiles; the latencies (s) themselves under
+    "latencies", for points of several replicas to be combined (`combine`), then dropped."""
+    kept = np.asarray(latencies, dtype=float)
+    lat = kept if len(kept) else np.array([np.nan])
+    return {"clients": clients, "requests": len(kept), "seconds": round(elapsed, 3),
+            "throughput": len(kept) / elapsed, "p50_ms": float(np.percentile(lat, 50) * 1e3),
+            "p99_ms": float(np.percentile(lat, 99) * 1e3), "latencies": kept}
+
+
 def closed_loop(call, requests: list, clients: int, seconds: float, max_requests: int) -> dict:
     """`clients` threads, each calling `call(feeds)` on the next request in turn until the time or the count is
     reached; latencies (s) of the answers that arrived in the window."""
@@ -126,11 +143,7 @@ def closed_loop(call, requests: list, clients: int, seconds: float, max_requests
         t.start()
     for t in threads:
         t.join(seconds + 120)
-    elapsed = time.perf_counter() - start
-    lat = np.array(latencies) if latencies else np.array([np.nan])
-    return {"clients": clients, "requests": len(latencies), "seconds": round(elapsed, 3),
-            "throughput": len(latencies) / elapsed, "p50_ms": float(np.percentile(lat, 50) * 1e3),
-            "p99_ms": float(np.percentile(lat, 99) * 1e3)}
+    return loop_point(clients, latencies, time.perf_counter() - start)
 
 
 def closed_loop_async(acall, requests: list, clients: int, seconds: float, max_requests: int,
@@ -156,11 +169,7 @@ def closed_loop_async(acall, requests: list, clients: int, seconds: float, max_r
     start = time.perf_counter()
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(main())
-    elapsed = time.perf_counter() - start
-    lat = np.array(latencies) if latencies else np.array([np.nan])
-    return {"clients": clients, "requests": len(latencies), "seconds": round(elapsed, 3),
-            "throughput": len(latencies) / elapsed, "p50_ms": float(np.percentile(lat, 50) * 1e3),
-            "p99_ms": float(np.percentile(lat, 99) * 1e3)}
+    return loop_point(clients, latencies, time.perf_counter() - start)
 
 
 def forest_bound(session, plan, requests: list, batch: int, seconds: float, form: str, trees,
@@ -244,11 +253,11 @@ def unrun_session(path: str, args):
 class Modes:
     """The systems under load for one converted model: a plain session, a BatchingSession, a Ray Serve app."""
 
-    def __init__(self, path: str, args, trees):
+    def __init__(self, path: str, args, trees, requests: list):
         import cortex
         from cortex.serving import PinnedOutputs
 
-        self.path, self.args, self.trees = path, args, trees
+        self.path, self.args, self.trees, self.requests = path, args, trees, requests
         self.plain = cortex.InferenceSession(path, device=args.device)
         self.batching = cortex.BatchingSession(path, max_trees=args.max_trees, max_delay_ms=args.delay_ms,
                                                device=args.device, max_queue=4096, workers=args.workers,
@@ -327,10 +336,29 @@ class Modes:
             return stats["requests"], stats["batches"] + stats["alone"], {}
         return None
 
-    def check(self, mode: str, requests: list):
+    def point(self, mode: str, clients: int, seconds: float, max_requests: int) -> dict:
+        """One closed-loop point of `mode` after a short warm-up; a batching mode's point also holds what its
+        session served meanwhile: "served" = (requests, kernel calls, {step: seconds})."""
+        self.loop(mode, self.requests, clients, min(0.3, seconds), 10 ** 9)  # warm
+        before = self.served(mode)
+        point = self.loop(mode, self.requests, clients, seconds, max_requests)
+        after = self.served(mode)
+        if after is not None:
+            point["served"] = (after[0] - before[0], after[1] - before[1],
+                               {step: after[2][step] - before[2][step] for step in after[2]})
+        return point
+
+    def bound(self, batch: int, seconds: float) -> tuple:
+        """forest_bound's (bound, merged, outputs kept on the GPU) at forests of `batch`."""
+        gpu = None if self.args.device == "cpu" else int(self.args.device.partition(":")[2] or 0)
+        return forest_bound(self.plain, self.batching.plan, self.requests, batch, seconds, self.args.form, self.trees,
+                            on_device=gpu, pinned=self.pinned)
+
+    def check(self, mode: str, requests: Optional[list] = None):
         """Every mode answers the first trees as a plain run does (bitwise on the CPU); the batching session also
         with the first max_trees * workers + 1 trees queued at once, so merged forests (several in flight, with
         more than one worker) are what is checked."""
+        requests = self.requests if requests is None else requests
         call = self.call(mode)
         if mode == "ceiling":
             if any(call(feeds) != [] for feeds in requests[:8]):
@@ -365,6 +393,126 @@ class Modes:
             ray.shutdown()
 
 
+def combine(parts: list, hidden: int, mode: str, clients: int) -> dict:
+    """The point of `clients` clients from the points of the processes that served them (one, or each replica's):
+    rates added, latencies pooled; for a batching mode, the mean trees per kernel call and the worker's steps per
+    call beside the call's cycle (a replica's time over its calls, averaged over the calls)."""
+    latencies = np.concatenate([p.pop("latencies") for p in parts])
+    point = loop_point(clients, latencies, max(p["seconds"] for p in parts))
+    point.pop("latencies")
+    point.update(hidden=hidden, mode=mode, throughput=sum(p["throughput"] for p in parts))
+    served = [p["served"] for p in parts if "served" in p]
+    if served:
+        requests, calls = sum(s[0] for s in served), sum(s[1] for s in served)
+        point["mean_batch"] = requests / calls if calls else 0.0
+        if calls and served[0][2]:
+            point["steps_us"] = {step: sum(s[2][step] for s in served) / calls * 1e6 for step in STEPS}
+            point["steps_us"]["cycle"] = sum(p["seconds"] for p in parts) / calls * 1e6
+    if len(parts) > 1:
+        point["replicas"] = [{"clients": p["clients"], "throughput": round(p["throughput"])} for p in parts]
+    return point
+
+
+class Replicas:
+    """--replicas P: the modes served by P processes at once, each with its own sessions (a BatchingSession, a
+    plain session) on the same device and its share of the clients, as a serving engine's replicas or instances
+    are (Ray Serve's replicas, Triton's Python backend instances), without the engine's front end: each replica's
+    clients are its own threads or coroutines. A point's rate is the replicas' rates added; the bound is P
+    callers at once, one a replica, each running prebuilt forests of the batch size the replicas reached."""
+
+    def __init__(self, path: str, args):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter: no CUDA context or threads inherited
+        self.conns, self.processes = [], []
+        for _ in range(args.replicas):
+            mine, theirs = context.Pipe()
+            process = context.Process(target=replica_main, args=(theirs, path, args), daemon=True)
+            process.start()
+            self.conns.append(mine)
+            self.processes.append(process)
+        self._gather(self.conns)
+
+    def _gather(self, conns: list) -> list:
+        answers = []
+        for conn in conns:
+            if not conn.poll(600):
+                raise SystemExit("serve_bench: a replica did not answer in 600 s")
+            try:
+                kind, value = conn.recv()
+            except EOFError:  # it died: its traceback, if any, went to stderr
+                process = self.processes[self.conns.index(conn)]
+                process.join(5)
+                raise SystemExit(f"serve_bench: a replica exited (exit code {process.exitcode})") from None
+            if kind == "exit":
+                raise SystemExit(value)
+            if kind == "error":
+                raise RuntimeError(f"serve_bench: a replica failed: {value}")
+            answers.append(value)
+        return answers
+
+    def _at_once(self, method: str, kwargs: list) -> list:
+        """`method(**kwargs[i])` on replica i for each kwargs given, all starting at the same moment."""
+        start_at = time.time() + 0.1
+        conns = [conn for conn, kw in zip(self.conns, kwargs) if kw is not None]
+        for conn, kw in zip(self.conns, kwargs):
+            if kw is not None:
+                conn.send((method, dict(kw, start_at=start_at)))
+        return self._gather(conns)
+
+    def share(self, clients: int) -> list:
+        """Each replica's clients: `clients` spread as evenly as they go (replicas past the count get none)."""
+        n = len(self.conns)
+        return [clients // n + (1 if i < clients % n else 0) for i in range(n)]
+
+    def check(self, mode: str):
+        self._at_once("check", [{"mode": mode}] * len(self.conns))
+
+    def point(self, mode: str, clients: int, seconds: float, max_requests: int) -> list:
+        shares = self.share(clients)
+        return self._at_once("point", [{"mode": mode, "clients": c, "seconds": seconds,
+                                        "max_requests": max(1, max_requests * c // clients)} if c else None
+                                       for c in shares])
+
+    def bound(self, batch: int, seconds: float, clients: int) -> tuple:
+        kwargs = [{"batch": batch, "seconds": seconds} if c else None for c in self.share(clients)]
+        rates = list(zip(*self._at_once("bound", kwargs)))
+        return tuple(None if None in r else sum(r) for r in rates)
+
+    def close(self):
+        for conn in self.conns:
+            try:
+                conn.send(("close", {}))
+            except OSError:  # already gone
+                pass
+        for process in self.processes:
+            process.join(60)
+            if process.is_alive():
+                process.kill()
+
+
+def replica_main(conn, path: str, args):
+    """A replica process: its sessions on `path`, then the parent's commands (Modes' check, point and bound) until
+    "close". On a CPU its kernels get the cores divided between the replicas unless CORTEX_NUM_THREADS is set."""
+    if args.device == "cpu" and "CORTEX_NUM_THREADS" not in os.environ:
+        os.environ["CORTEX_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.replicas))
+    trees = sst_trees(args.trees)
+    modes = Modes(path, args, trees, [feeds_of(t, args.form) for t in trees])
+    conn.send(("ready", None))
+    while True:
+        method, kwargs = conn.recv()
+        if method == "close":
+            modes.close()
+            return
+        time.sleep(max(0.0, kwargs.pop("start_at") - time.time()))
+        try:
+            conn.send(("ok", getattr(modes, method)(**kwargs)))
+        except SystemExit as e:  # a wrong answer found by check
+            conn.send(("exit", str(e)))
+        except Exception as e:
+            conn.send(("error", f"{type(e).__name__}: {e}"))
+
+
 def run(args) -> dict:
     from tools.peers import machine
 
@@ -376,10 +524,9 @@ def run(args) -> dict:
     results = {"command": "python tools/serve_bench.py " + " ".join(shlex.quote(a) for a in args.argv),
                "date": _dt.datetime.now().isoformat(timespec="seconds"), "machine": info,
                "settings": {k: v for k, v in vars(args).items() if k != "argv"}, "points": [], "skipped": {}}
-    gpu = None if args.device == "cpu" else int(args.device.partition(":")[2] or 0)  # its CUDA device id
     for hidden in args.hidden:
         path = convert_model(hidden, args.form, args.device, folder)
-        modes = Modes(path, args, trees)
+        modes = Modes(path, args, trees, requests) if args.replicas == 1 else Replicas(path, args)
         try:
             if "ray" in args.modes:
                 modes.start_ray()
@@ -388,32 +535,25 @@ def run(args) -> dict:
                     print(f"serve_bench: Ray Serve skipped: {modes.ray_error}", file=sys.stderr)
             active = [m for m in args.modes if m != "ray" or modes.ray_handle is not None]
             for mode in active:
-                modes.check(mode, requests)
+                modes.check(mode)
             for clients in args.clients:
-                extra = ["bound", "merge"] + (["bound_on_device"] if gpu is not None else [])
+                extra = ["bound", "merge"] + (["bound_on_device"] if args.device != "cpu" else [])
                 runs = {mode: [] for mode in active + extra}
                 for repeat in range(args.repeats):  # everything interleaved: a neighbour's burst hits one repeat
                     for mode in active:
-                        modes.loop(mode, requests, clients, min(0.3, args.seconds), 10 ** 9)  # warm
-                        before = modes.served(mode)
-                        point = modes.loop(mode, requests, clients, args.seconds, args.max_requests)
-                        point.update(hidden=hidden, mode=mode)
-                        after = modes.served(mode)
-                        if after is not None:
-                            calls = after[1] - before[1]
-                            point["mean_batch"] = (after[0] - before[0]) / calls if calls else 0.0
-                            if calls and after[2]:  # the worker's steps per kernel call, and the call's cycle
-                                point["steps_us"] = {step: (after[2][step] - before[2][step]) / calls * 1e6
-                                                     for step in STEPS}
-                                point["steps_us"]["cycle"] = point["seconds"] / calls * 1e6
-                        runs[mode].append(point)
+                        if args.replicas == 1:
+                            parts = [modes.point(mode, clients, args.seconds, args.max_requests)]
+                        else:
+                            parts = modes.point(mode, clients, args.seconds, args.max_requests)
+                        runs[mode].append(combine(parts, hidden, mode, clients))
                     # the bound at the batch size the BatchingSession reached in this repeat
                     reached = runs["batching"][-1].get("mean_batch", 1.0) if "batching" in active else clients
                     batch = max(1, int(round(reached)))
-                    bound, merged, kept = forest_bound(modes.plain, modes.batching.plan, requests, batch,
-                                                       args.seconds, args.form, trees, on_device=gpu,
-                                                       pinned=modes.pinned)
-                    for mode, value in (("bound", bound), ("merge", merged), ("bound_on_device", kept)):
+                    if args.replicas == 1:
+                        rates = modes.bound(batch, args.seconds)
+                    else:
+                        rates = modes.bound(batch, args.seconds, clients)
+                    for mode, value in zip(("bound", "merge", "bound_on_device"), rates):
                         if value is None:
                             continue
                         runs[mode].append({"hidden": hidden, "mode": mode, "clients": clients, "batch": batch,
@@ -471,7 +611,7 @@ def markdown(results: dict) -> str:
              f"start, {m.get('load_average_end')} at the end; onnxruntime {m['onnxruntime']}, cortex git "
              f"{m['cortex_git']}; device {s['device']}, TreeLSTM ({s['form']} form), SST test trees, max_trees "
              f"{s['max_trees']}, max_delay_ms {s['delay_ms']}, {s['seconds']} s or {s['max_requests']} requests a "
-             "point" + ("" if s["device"] == "cpu" else
+             "point" + (f", {s['replicas']} replicas (processes)" if s.get("replicas", 1) > 1 else "") + ("" if s["device"] == "cpu" else
                         f", forests' outputs into {'pageable' if s.get('no_pinned') else 'pinned'} host memory") + ".",
              ""]
     for name, why in results["skipped"].items():
@@ -557,6 +697,8 @@ def parse_args(argv=None):
     p.add_argument("--max-trees", type=int, default=32, help="BatchingSession max_trees / @serve.batch size (32)")
     p.add_argument("--delay-ms", type=float, default=2.0, help="max_delay_ms / batch_wait_timeout_s (2 ms)")
     p.add_argument("--workers", type=int, default=1, help="BatchingSession workers: forests in flight at once (1)")
+    p.add_argument("--replicas", type=int, default=1, help="server processes, each with its own sessions and an even "
+                   "share of the clients (1: this process). Not with the ray mode (Ray Serve has its own replicas)")
     p.add_argument("--run-thread", choices=("auto", "on", "off"), default="auto",
                    help="BatchingSession run_thread: forests run on a thread apart from the worker's (auto: on a GPU)")
     p.add_argument("--modes", default="run,batching,ray", help="comma list of run,batching,ray,ceiling (bound and "
@@ -583,6 +725,12 @@ def parse_args(argv=None):
     unknown = set(args.modes) - {"run", "batching", "ray", "ceiling"}
     if unknown:
         p.error(f"unknown modes {sorted(unknown)} (choose from run, batching, ray, ceiling)")
+    if args.replicas < 1:
+        p.error("--replicas must be at least 1")
+    if args.replicas > 1 and "ray" in args.modes:
+        if "--modes" in args.argv:
+            p.error("the ray mode runs in this process: not with --replicas (ray_app has its own num_replicas)")
+        args.modes.remove("ray")  # the default list's
     if 1 not in args.clients:
         args.clients = [1] + args.clients  # the single-request latency the p99 target refers to
     args.out = args.out or tempfile.mkdtemp(prefix="serve_bench_")

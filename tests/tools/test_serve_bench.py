@@ -105,3 +105,37 @@ def test_uvloop_clients(tmp_path):
     assert data["settings"]["clients_as"] == "uvloop"
     batching = next(p for p in data["points"] if p["mode"] == "batching" and p["clients"] == 32)
     assert 0 < batching["requests"] <= 300 and batching["mean_batch"] > 1
+
+
+def test_replicas(tmp_path):
+    """--replicas 2: two server processes, each with its own sessions and half the clients, checked before they are
+    measured; a point's rate is the replicas' added, its latencies pooled, and 16 clients a replica still share
+    forests."""
+    args = TINY[:-1] + ["run,batching", "--clients-as", "asyncio", "--replicas", "2", "--out", str(tmp_path),
+                        "--no-plot"]
+    assert serve_bench.main(args) == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    points = {(p["mode"], p["clients"]): p for p in data["points"]}
+    assert set(points) == {(m, c) for m in ("run", "batching", "bound", "merge") for c in (1, 2, 32)}
+    batching = points[("batching", 32)]
+    assert [r["clients"] for r in batching["replicas"]] == [16, 16]
+    assert batching["throughput"] == pytest.approx(sum(r["throughput"] for r in batching["replicas"]), abs=2)
+    assert 0 < batching["requests"] <= 300 and batching["mean_batch"] > 1
+    assert "replicas" not in points[("run", 1)]  # one client: one replica serves it
+    assert "2 replicas (processes)" in (tmp_path / "results.md").read_text()
+
+
+def test_replicas_and_ray():
+    """Ray Serve has replicas of its own: named with --replicas it is refused; the default modes drop it."""
+    with pytest.raises(SystemExit):
+        serve_bench.parse_args(["--replicas", "2", "--modes", "run,ray"])
+    assert serve_bench.parse_args(["--replicas", "2"]).modes == ["run", "batching"]
+    with pytest.raises(SystemExit):
+        serve_bench.parse_args(["--replicas", "0"])
+
+
+def test_a_replica_that_cannot_start_stops_the_run(tmp_path):
+    """A replica that dies (here: no model where it was told) is reported, not waited for."""
+    args = serve_bench.parse_args(TINY + ["--replicas", "2", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="a replica exited"):
+        serve_bench.Replicas(str(tmp_path / "missing.cortex.onnx"), args)
