@@ -180,7 +180,10 @@ class BatchingSession:
         self._cond = threading.Condition()
         self._closing = False
         self._last_batch = max_trees  # requests the last batch took: how many to expect (the first: a full one)
-        self._wanted = 1  # queued requests that make a waiting worker's batch ready (enqueue notifies from there)
+        # each waiting worker's threshold: the queued requests that make its batch ready (None: it waits for its
+        # forest to end, not for requests); enqueue wakes the workers once the smallest is reached
+        self._waiting = {}
+        self._wanted = 1  # that smallest threshold (1 while none waits: an unseen worker may be on its way to wait)
         self.run_thread = device != "cpu" if run_thread is None else bool(run_thread)
         # each worker's forests for its runner (None: the worker runs them itself)
         inboxes = [queue.SimpleQueue() if self.run_thread else None for _ in range(workers)]
@@ -211,7 +214,7 @@ class BatchingSession:
                                 "not queued: retry later or shed load")
             self._queue.append(request)
             if len(self._queue) >= self._wanted:  # wake a worker only when its batch is ready, not per request
-                self._cond.notify()
+                self._wake()
         return request.future
 
     def run(self, feeds: dict, timeout: Optional[float] = None) -> list:
@@ -257,7 +260,7 @@ class BatchingSession:
         with self._cond:
             while True:
                 while not self._queue and not self._closing:
-                    self._cond.wait()
+                    self._wait_for(1)
                 if not self._queue:
                     return []  # closing, and nothing left to serve
                 deadline = self._queue[0].arrival + self.max_delay
@@ -266,9 +269,7 @@ class BatchingSession:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         break
-                    self._wanted = expected
-                    self._cond.wait(remaining)
-                self._wanted = 1
+                    self._wait_for(expected, remaining)
                 if self._queue:  # else another worker took them while this one waited: wait again
                     return self._take()
 
@@ -288,8 +289,28 @@ class BatchingSession:
         self._last_batch = count
         # more requests than one batch are waiting: another worker may start on them now
         if len(self._queue) > count:
-            self._cond.notify()
+            self._wake()
         return [self._queue.popleft() for _ in range(count)]
+
+    def _wait_for(self, threshold: int, timeout: Optional[float] = None):
+        """Waits (the condition held) until woken: by `threshold` requests queued (enqueue wakes the waiting workers
+        when the smallest threshold among them is reached), a forest's end, closing, or `timeout`."""
+        me = threading.get_ident()
+        self._waiting[me] = threshold
+        self._wanted = min(self._waiting.values())
+        try:
+            self._cond.wait(timeout)
+        finally:
+            del self._waiting[me]
+            self._wanted = min(self._waiting.values(), default=1)
+
+    def _wake(self):
+        """Wakes the waiting workers (the condition held): one if there is one worker; else all, since a plain
+        notify may wake one whose own threshold is not reached while another's is."""
+        if len(self._workers) > 1:
+            self._cond.notify_all()
+        else:
+            self._cond.notify()
 
     def _batch_while_running(self, running: _Forest) -> list:
         """The next batch, taken while `running` runs: as soon as a full one waits (as many as the last batch took),
@@ -297,9 +318,7 @@ class BatchingSession:
         with self._cond:
             expected = min(self.max_trees, self._last_batch)
             while not running.done and len(self._queue) < expected and not self._closing:
-                self._wanted = expected
-                self._cond.wait()
-            self._wanted = 1
+                self._wait_for(expected)
             if len(self._queue) >= expected or (self._closing and self._queue):
                 return self._take()
             return self._ready_batch()

@@ -343,6 +343,44 @@ def test_every_worker_keeps_serving(models):
     assert all(alive), f"workers stopped while the session was open: {alive}"
 
 
+class _StallFirst(_Stalled):
+    """A session whose first run waits for `release`; the runs after it go straight through."""
+
+    def __init__(self, session):
+        super().__init__(session)
+        self.calls, self.lock = 0, threading.Lock()
+
+    def run(self, names, feeds):
+        with self.lock:
+            self.calls += 1
+            first = self.calls == 1
+        return super().run(names, feeds) if first else self.session.run(names, feeds)
+
+
+@pytest.mark.parametrize("run_thread", [False, True])
+def test_an_idle_worker_serves_while_another_waits_for_a_full_batch(models, run_thread):
+    """Two workers: while one runs a long forest and waits for a full next batch, a request that arrives alone is
+    served by the idle one within about the delay; it must not wait for the busy worker's forest to end (each
+    waiting worker's own threshold wakes it, not the last one set)."""
+    path = models["treerec"]
+    plain = cortex.InferenceSession(path)
+    feeds = [_feeds("treerec", t) for t in _trees(5)]
+    session = cortex.BatchingSession(path, max_trees=4, max_delay_ms=100, workers=2, run_thread=run_thread)
+    stalled = _StallFirst(session.session)
+    session.session = stalled
+    try:
+        first = [session.submit(f) for f in feeds[:4]]  # a full batch: one worker takes it and stalls in its run
+        assert stalled.started.wait(30)
+        time.sleep(0.3)  # that worker now waits for a full next batch; the other for any request
+        alone = session.run(feeds[4], timeout=20)
+        assert not any(f.done() for f in first)  # served while the first forest still ran
+    finally:
+        stalled.release.set()
+        session.close()
+    assert _same(alone, plain.run(None, feeds[4]))
+    assert all(_same(f.result(1), plain.run(None, x)) for f, x in zip(first, feeds))
+
+
 def test_callers_of_several_event_loops_share_forests(models):
     """Coroutines of two event loops (two threads) and a blocking caller in one forest: each loop gets its own
     answers (the worker settles a forest's asyncio callers with one call into each loop)."""
