@@ -12,6 +12,7 @@ This module interprets the main graph abstractly, one value at a time:
 - `Dims`: a shape vector whose entries are constants or a unit's count (`Shape(words)[0]`); `ConstantOfShape` and
   `Expand` of such a shape make `Rows` again (merged: the summed count, the same zeros).
 - `Const`: a value every request shares (initializers, constants, what folds from them).
+- `Columns(unit)`: a model input [k, E] whose second axis counts a unit (an edge list); only a recursion reads it.
 - `Opaque(reason)`: anything else (a mean over all rows, row k of the forest, N + 1 rows). It may exist, but if it
   reaches a Cortex node or a graph output the model is not mergeable, for that reason.
 
@@ -29,8 +30,8 @@ from onnx import helper, numpy_helper
 
 from ..artifacts import cortex_nodes
 from .graph_ops import ELEMENTWISE, REDUCTIONS, OpSemantics
-from .kernel import EDGES, NODES, POSITIONS, KernelMerge, NotMergeable, analyze
-from .values import Const, Opaque, Rows
+from .kernel import EDGES, NODES, OFFSETS, POSITIONS, KernelMerge, NotMergeable, analyze
+from .values import Columns, Const, Opaque, Rows
 
 
 class _Units:
@@ -102,6 +103,11 @@ class GraphAnalysis(OpSemantics):
             if dims is not None and not dims:
                 self.env[value.name] = Opaque(f"input '{value.name}' is a scalar: requests may differ in it")
                 continue
+            if dims is not None and len(dims) == 2 and dims[0] is not None and dims[1] is None:
+                unit = self.units.new()  # an edge list [k, E], if a recursion reads it so (_recursion checks)
+                self.input_units[value.name] = unit
+                self.env[value.name] = Columns(unit, dims[0], value.name)
+                continue
             if dims is not None and dims[0] is not None:
                 self.env[value.name] = Opaque(f"input '{value.name}' has a fixed first dimension ({dims[0]}): "
                                               "a forest of several requests cannot have it")
@@ -112,7 +118,7 @@ class GraphAnalysis(OpSemantics):
             self.env[value.name] = Rows(unit, inner, value.name)
 
     def _use(self, value, how: str, where: str, unit=None):
-        if isinstance(value, Rows) and value.carries:
+        if isinstance(value, (Rows, Columns)) and value.carries:
             self.uses.setdefault(value.carries, []).append((how, where, unit))
 
     # ---- the walk ------------------------------------------------------------------------------------------
@@ -120,8 +126,14 @@ class GraphAnalysis(OpSemantics):
         self._start()
         for index, node in enumerate(self.graph.node):
             args = [self.env.get(name, Opaque(f"'{name}' has no value")) if name else None for name in node.input]
+            columns = next((a for a in args if isinstance(a, Columns)), None)
             if index in self.recursions:
                 outs = self._recursion(self.recursions[index], node, args)
+            elif columns is not None:
+                outs = [Opaque(f"input '{columns.carries}' has a fixed first dimension ({columns.rows}) and is read by "
+                               f"node '{node.name or node.op_type}' ({node.op_type}): only a recursion's child set "
+                               "may read such an input (an edge list [2, E], merged along its second axis)")] \
+                    * len(node.output)
             elif all(a is None or isinstance(a, Const) for a in args) and not _has_subgraph(node) \
                     and not node.op_type.startswith(("Random", "Bernoulli", "Multinomial")):
                 outs = self._fold(node, args)
@@ -211,9 +223,23 @@ class GraphAnalysis(OpSemantics):
             role = merge.inputs[decl.name]
             if isinstance(value, Opaque):
                 raise NotMergeable(f"{where} input '{decl.name}': {value.reason}")
-            if not isinstance(value, Rows):
+            if isinstance(value, Columns) != (role.axis == 1):
+                raise NotMergeable(f"{where} input '{decl.name}': " + (
+                    f"model input '{value.carries}' has a fixed first dimension ({value.rows}), and the recursion "
+                    "does not read it as an edge list [2, E]" if isinstance(value, Columns) else
+                    "the recursion reads it as an edge list [2, E], and the model does not declare it so (a fixed "
+                    "first dimension, a dynamic second): its edges could not be told from its rows"))
+            if not isinstance(value, (Rows, Columns)):
                 raise NotMergeable(f"{where} input '{decl.name}' is the same for every request (a constant or a "
                                    "count), not one row per node or position")
+            if role.rows.startswith(OFFSETS):  # N + 1 rows: no unit's count; values rows of the indices' edges
+                if not value.carries:
+                    raise NotMergeable(f"{where} reads CSR offsets '{decl.name}', which the graph computes: the "
+                                       "merge needs offsets that are a model input")
+                site.arrays[decl.name] = value.carries
+                edges = site.unit_of(self.units, EDGES + role.rows[len(OFFSETS):])
+                self._use(value, "offsets", where, edges)
+                continue
             if role.rows != "unused":
                 self.units.union(value.unit, site.unit_of(self.units, role.rows))
             if decl.name in read_by_index or role.node_ids:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import nodes as ir
+from .kernel import csr_ends, set_node
 
 _COMPARE = {"lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal, "eq": np.equal,
             "ne": np.not_equal}
@@ -288,8 +289,8 @@ class BoundsCheck:
         self.evaluate_cases = fallible or any(
             any(not isinstance(i, ir.Iter) for i, _ in tested + used) for _, tested, used in cases)
         self.cases = CaseCheck(cases)
-        # child sets: (encoding, arrays), each once
-        self.sets = list(dict.fromkeys((e.encoding, e.arrays) for case in program.cases
+        # child sets: (encoding, arrays, (target row, source row) of an edge list [k, E]), each once
+        self.sets = list(dict.fromkeys((e.encoding, e.arrays, _edge_rows(e)) for case in program.cases
                                        for e in ir.walk_rows([x for _, x in case.writes])
                                        if isinstance(e, ir.SetReduce)))
 
@@ -317,26 +318,38 @@ class BoundsCheck:
 
     def _sets(self, arrays, node_counts, starts, row_counts) -> set:
         """Requests whose child-set arrays could select or read another request's nodes once merged: a parent or
-        dst value past the request's last node (shifted, it would name another request's node; negative values
-        never match a node and stay), a src value outside the request's nodes. Arrays whose rows per request are
-        unknown flag every request (they run alone)."""
+        target (dst) value past the request's last node (shifted, it would name another request's node; negative
+        values never match a node and stay), a source (src) value outside the request's nodes. Arrays whose rows per
+        request are unknown flag every request (they run alone)."""
         requests = np.arange(len(node_counts))
         flagged = set()
-        for encoding, names in self.sets:
+        for encoding, names, edge_rows in self.sets:
             counts = node_counts if encoding == "parent" else row_counts.get(names[-1])
-            if counts is None or encoding not in ("parent", "edges"):
+            if counts is None or encoding not in ("parent", "edges", "edge_index", "range"):
                 return set(requests.tolist())
             owner = np.repeat(requests, np.asarray(counts, dtype=np.int64))
             lo, hi = starts[owner], starts[owner] + node_counts[owner]
-            for k, name in enumerate(names):
-                values = arrays[name].reshape(-1).astype(np.int64)
+            if encoding == "edge_index":  # [k, E]: its target and source rows
+                table = arrays[names[0]]
+                if table.ndim != 2 or table.shape[0] <= max(edge_rows):
+                    return set(requests.tolist())
+                columns = [(table[edge_rows[1]], True), (table[edge_rows[0]], False)]
+            else:  # src or a CSR slice's indices (read as rows: must be the request's), dst; or the parent array
+                columns = [(arrays[name], encoding == "range" or (encoding == "edges" and k == 0))
+                           for k, name in enumerate(names)]
+            for column, member in columns:
+                values = column.reshape(-1).astype(np.int64)
                 if values.shape[0] != owner.shape[0]:
                     return set(requests.tolist())
-                member = encoding == "edges" and k == 0  # src: read as a row, must be one of the request's
                 wrong = ((values < lo) | (values >= hi)) if member else (values >= hi)
                 if wrong.any():
                     flagged |= set(np.unique(owner[wrong]).tolist())
         return flagged
+
+
+def _edge_rows(e: ir.SetReduce):
+    """(target row, source row) of an edge list [k, E] (constants: SetReduce.verify); None for other encodings."""
+    return (int(e.bounds[1].value), int(e.bounds[2].value)) if e.encoding == "edge_index" else None
 
 
 def _distinct(uses):
@@ -374,13 +387,14 @@ def _row_indices(case: ir.Case):
     and array loads."""
     roots = [x for _, x in case.writes] + ([case.target] if case.target is not None else [])
     out = [(case.target, False)] if case.target is not None else []
+    ends = csr_ends(ir.walk(roots))
     for e in ir.walk(roots):
-        if isinstance(getattr(e, "index", None), ir.Member):
-            continue  # a set's member: _sets checks the set's arrays
+        if isinstance(getattr(e, "index", None), ir.Member) or e in ends:
+            continue  # a set's member: _sets checks the set's arrays; a CSR slice's end: merge.py its offsets
         if isinstance(e, ir.ChildState):
             out.append((e.index, e.missing_zero))
         elif isinstance(e, (ir.InputRow, ir.InputProjection, ir.Load)):
             out.append((e.index, False))
         elif isinstance(e, ir.SetReduce):
-            out.append((e.bounds[0], False))  # the node whose set it is: one of the request's own
+            out.append((set_node(e), False))  # the node whose set it is: one of the request's own
     return out

@@ -21,8 +21,13 @@ kept. Writing T(x) for that map (x < 0: x; else x + base), the analysis proves, 
   row per edge, its own unit, the rows of both counted together): their values are node ids, shifted like any other,
   and the node whose set it is must be a node id the run-time check finds in the request's own rows. Members then
   stay in the request (the run-time check sends a request whose parent / dst / src values leave its nodes to run
-  alone), in the same order, so a sum over them adds the same numbers in the same order. CSR slices and [2, E]
-  edge lists are refused (their offsets count edges, not nodes; their edges run along the second axis);
+  alone), in the same order, so a sum over them adds the same numbers in the same order. An edge list [2, E] (the
+  PyTorch Geometric convention) is the same list with its edges along the second axis: a unit of its own, merged
+  along that axis (`ArrayRole.axis`). A CSR child list `indices[offsets[v] : offsets[v + 1]]` merges too: the
+  indices are node ids on rows of their own unit (the edges), the offsets (one row per node, plus one) index those
+  rows and are shifted by the request's *edge* base, each request's last offset dropped but the last request's
+  (merge.py: only requests whose offsets run from 0 to their edge count, within, merge; `offsets[v + 1]` is the one
+  arithmetic on a node id that is allowed, and only as this slice's end);
 - row expressions are the known, row-local kinds only (elementwise math, products with constant weights, slices,
   reductions inside a row); anything else is refused, never guessed.
 
@@ -46,6 +51,7 @@ from ..ir.printer import format_index, format_pred
 NODE, CLAMPED, POSITION, DATA = "node", "clamped node", "position", "data"
 NODES, POSITIONS = "nodes", "positions"  # the two row kinds of a recursion's arrays and tables
 EDGES = "edges:"  # + the dst array's name: the rows of one edge list (src, dst), a unit of their own
+OFFSETS = "offsets:"  # + the indices' name: CSR offsets, one row per node plus one, values rows of those indices
 
 # Row expressions whose value at a position depends only on their operands at that position (elementwise math,
 # products with constant weights, static rearrangements and reductions inside the row) or on rows the analysis
@@ -63,9 +69,12 @@ class NotMergeable(Exception):
 @dataclass(frozen=True)
 class ArrayRole:
     """How merging treats one runtime input of a recursion: `rows` is 'nodes' (one row per node), 'positions' (one
-    row per visited position) or 'unused'; `node_ids`: its values are node ids (offset by the node base)."""
+    row per visited position), 'edges:<name>' (one per edge of an edge list), 'offsets:<indices>' (CSR offsets: one
+    per node plus one, values rows of the indices) or 'unused'; `node_ids`: its values are
+    node ids (offset by the node base); `axis`: the axis its rows run along (1: an edge list [2, E])."""
     rows: str
     node_ids: bool = False
+    axis: int = 0
 
 
 @dataclass(frozen=True)
@@ -80,7 +89,8 @@ class KernelMerge:
     def to_notes(self) -> dict:
         """The node's notes member `merge` (JSON)."""
         return {"version": NOTES_VERSION, "per_tree": True, "positions": self.positions,
-                "inputs": {name: {"rows": r.rows, "node_ids": r.node_ids} for name, r in self.inputs.items()},
+                "inputs": {name: {"rows": r.rows, "node_ids": r.node_ids, **({"axis": r.axis} if r.axis else {})}
+                           for name, r in self.inputs.items()},
                 "outputs": dict(self.outputs)}
 
 
@@ -118,16 +128,48 @@ def node_uses(program: ir.Program):
     for case in program.cases:
         if case.target is not None:
             add(case.target, False, f"the row case '{case.name}' writes")
+        ends = csr_ends(ir.case_exprs(case))
         for e in ir.case_exprs(case):
-            if isinstance(e, ir.Load):
+            if isinstance(e, ir.Load) and e not in ends:
                 add(e.index, False, f"a read of '{e.array}'")
             elif isinstance(e, ir.ChildState):
                 add(e.index, e.missing_zero, f"a read of table {e.table}")
             elif isinstance(e, (ir.InputRow, ir.InputProjection)):
                 add(e.index, False, f"a read of node input '{e.array}'")
             elif isinstance(e, ir.SetReduce):
-                add(e.bounds[0], False, f"the node whose child set {e.encoding} '{', '.join(e.arrays)}' selects")
+                add(set_node(e), False, f"the node whose child set {e.encoding} '{', '.join(e.arrays)}' selects")
     return uses
+
+
+def csr_slice(e: ir.SetReduce):
+    """(offsets array, node v, the read offsets[v + 1]) of a CSR child list `indices[offsets[v] : offsets[v + 1]]`
+    (either bound may be max(., 0): a range mask's form, the same for offsets >= 0); None for any other set."""
+    if e.encoding != "range" or len(e.bounds) != 2:
+        return None
+    lo, hi = (_unclamped(b) for b in e.bounds)
+    if not (isinstance(lo, ir.Load) and isinstance(hi, ir.Load) and lo.array == hi.array):
+        return None
+    if hi.index in (ir.IBinary("add", lo.index, ir.IConst(1)), ir.IBinary("add", ir.IConst(1), lo.index)):
+        return lo.array, lo.index, hi
+    return None
+
+
+def _unclamped(b: ir.IExpr) -> ir.IExpr:
+    if isinstance(b, ir.IBinary) and b.op == "max" and ir.IConst(0) in (b.a, b.b):
+        return b.b if b.a == ir.IConst(0) else b.a
+    return b
+
+
+def csr_ends(exprs) -> set:
+    """The reads `offsets[v + 1]` that end CSR slices among `exprs`: v + 1 is no node id, and merged, each request's
+    offsets are checked whole instead (merge.py)."""
+    return {csr[2] for e in exprs if isinstance(e, ir.SetReduce) for csr in [csr_slice(e)] if csr is not None}
+
+
+def set_node(e: ir.SetReduce) -> ir.IExpr:
+    """The node whose child set `e` selects: `bounds[0]`, or the node a CSR slice's offsets are read at."""
+    csr = csr_slice(e)
+    return csr[1] if csr is not None else e.bounds[0]
 
 
 class _Analysis:
@@ -141,6 +183,7 @@ class _Analysis:
         self.position_rows = POSITIONS if self.iter_kind == POSITION else NODES
         self.node_ids = set()  # arrays whose values are used as node ids
         self.rows = {}  # array -> set of row kinds it is read at
+        self.columns = set()  # arrays whose rows run along their second axis (edge lists [2, E])
         self.kinds = {}  # memo: IExpr -> kind
 
     def is_position(self, e) -> bool:
@@ -155,8 +198,8 @@ class _Analysis:
                     self.node_ids.add(source.array)
         for case in self.program.cases:  # a child set's arrays hold node ids, before any kind is memoized
             for e in ir.walk_rows([x for _, x in case.writes]):
-                if isinstance(e, ir.SetReduce) and e.encoding in ("parent", "edges"):
-                    self.node_ids.update(e.arrays)
+                if isinstance(e, ir.SetReduce) and e.encoding in ("parent", "edges", "edge_index", "range"):
+                    self.node_ids.update(e.arrays)  # a CSR slice's indices (its offsets are edge rows)
 
     # ---- kinds of index expressions ------------------------------------------------------------------------
     def kind(self, e: ir.IExpr) -> str:
@@ -275,7 +318,8 @@ class _Analysis:
                 raise NotMergeable(f"'{decl.name}' is read both at positions and at node ids")
             if decl.rank == 0:
                 raise NotMergeable(f"the scalar input '{decl.name}': requests may differ in it")
-            roles[decl.name] = ArrayRole(next(iter(rows)) if rows else "unused", decl.name in self.node_ids)
+            roles[decl.name] = ArrayRole(next(iter(rows)) if rows else "unused", decl.name in self.node_ids,
+                                         1 if decl.name in self.columns else 0)
         outputs = {t.output: NODES if t.kind == "state" else self.position_rows for t in program.tables if t.output}
         clamped = tuple(dict.fromkeys(format_index(i) for i, _, _ in node_uses(program)
                                       if not self.is_position(i) and self.kind(i) == CLAMPED))
@@ -305,18 +349,30 @@ class _Analysis:
     def _set(self, e: ir.SetReduce):
         """A child set: its arrays hold node ids (shifted); the node it selects for must be a node id."""
         if e.encoding == "range":
-            raise NotMergeable(f"a CSR child list ({e.arrays[0]} sliced by offsets): the offsets count edges, not "
-                               "nodes, and the N + 1 offsets of a request do not concatenate row by row, so merging "
-                               "it is not supported")
-        if e.encoding == "edge_index":
-            raise NotMergeable(f"an edge list [2, E] ('{e.arrays[0]}'): its edges run along the second axis, and the "
-                               "merge concatenates first axes, so merging it is not supported")
-        if e.encoding not in ("parent", "edges"):
+            csr = csr_slice(e)
+            if csr is None:
+                raise NotMergeable(f"a CSR child list ({e.arrays[0]} sliced at {format_index(e.bounds[0])} : "
+                                   f"{format_index(e.bounds[1])}): only slices offsets[v] : offsets[v + 1] of one "
+                                   "offsets array at a node v merge")
+            offsets, node, _ = csr
+            if self.kind(node) not in (NODE, CLAMPED):
+                raise NotMergeable(f"a CSR child list is read at offsets[{format_index(node)}], which is not a node id")
+            if offsets in self.node_ids or offsets == e.arrays[0]:
+                raise NotMergeable(f"the CSR offsets '{offsets}' are also read as node ids")
+            self.rows.setdefault(offsets, set()).add(OFFSETS + e.arrays[0])
+            self.rows.setdefault(e.arrays[0], set()).add(EDGES + e.arrays[0])
+            self.node_ids.add(e.arrays[0])
+            return
+        if e.encoding not in ("parent", "edges", "edge_index"):
             raise NotMergeable(f"a child set of encoding '{e.encoding}' the merge analysis does not know")
         if self.kind(e.bounds[0]) not in (NODE, CLAMPED):
             raise NotMergeable(f"a child set selects the members of {format_index(e.bounds[0])}, which is not a node "
                                "id")
-        rows = NODES if e.encoding == "parent" else EDGES + e.arrays[1]
+        if e.encoding == "edge_index":
+            # rows bounds[1] (targets) and bounds[2] (sources) of one array, its edges along the second axis
+            # (SetReduce.verify: constant rows); every row is shifted, only those two are read
+            self.columns.add(e.arrays[0])
+        rows = NODES if e.encoding == "parent" else EDGES + e.arrays[-1]
         for name in e.arrays:
             self.node_ids.add(name)
             self.rows.setdefault(name, set()).add(rows)

@@ -26,9 +26,9 @@ import numpy as np
 import onnx
 
 from .graph import GraphAnalysis
-from .values import Const, Opaque, Rows
+from .values import Columns, Const, Opaque, Rows
 from .indexeval import BoundsCheck, native
-from .kernel import NotMergeable, trip_count
+from .kernel import OFFSETS, NotMergeable, trip_count
 
 _NUMPY_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
                 onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32, onnx.TensorProto.BOOL: np.bool_,
@@ -46,7 +46,9 @@ class InputPlan:
     unit: str  # the unit its rows count
     node_ids: bool  # its values are node ids: shifted by the request's node base
     dtype: Optional[np.dtype]  # as the model declares it (None: not declared)
-    inner: Optional[tuple]  # declared dimensions after the first (None entries: symbolic)
+    inner: Optional[tuple]  # declared dimensions other than the rows' axis (None entries: symbolic)
+    axis: int = 0  # the axis its rows run along (1: an edge list [2, E])
+    offsets_into: Optional[str] = None  # CSR offsets: one row per node plus one, values rows of this unit (edges)
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,8 @@ class MergePlan:
         """Two or three lines for people: merged how, or why not."""
         if not self.mergeable:
             return f"not mergeable: {self.reason}"
-        ins = ", ".join(f"{i.name} ({i.unit}{', node ids' if i.node_ids else ''})" for i in self.inputs)
+        ins = ", ".join(f"{i.name} ({i.unit}{' along axis 1' if i.axis else ''}{', node ids' if i.node_ids else ''}"
+                        f"{f' + 1, offsets into the {i.offsets_into}' if i.offsets_into else ''})" for i in self.inputs)
         outs = ", ".join(f"{o.name} ({o.unit or 'shared'})" for o in self.outputs)
         return f"mergeable: inputs {ins}; outputs {outs}" + "".join(f"; note: {w}" for w in self.warnings)
 
@@ -147,18 +150,31 @@ def _plan(analysis: GraphAnalysis) -> MergePlan:
                 names[root] = f"rows of '{first}'" if first else f"unit {root}"
         return names[root]
 
+    offsets = _csr_offsets(analysis, node_unit)
     inputs = []
     for value in analysis.inputs:
         abstract = env[value.name]
         if isinstance(abstract, Opaque):
             raise NotMergeable(abstract.reason)
+        if value.name in offsets:
+            t = value.type.tensor_type
+            inputs.append(InputPlan(value.name, unit_name(node_unit), False, _NUMPY_TYPES.get(t.elem_type), (),
+                                    offsets_into=unit_name(offsets[value.name])))
+            continue
         t = value.type.tensor_type
         dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim] if t.HasField("shape") else None
+        axis = 1 if isinstance(abstract, Columns) else 0
         inputs.append(InputPlan(value.name, unit_name(abstract.unit), value.name in node_id_units,
-                                _NUMPY_TYPES.get(t.elem_type), tuple(dims[1:]) if dims is not None else None))
+                                _NUMPY_TYPES.get(t.elem_type),
+                                tuple(d for a, d in enumerate(dims) if a != axis) if dims is not None else None, axis))
     measures = {}
     for i in inputs:
-        measures.setdefault(i.unit, i.name)
+        if i.offsets_into is None:  # CSR offsets have a row more than the nodes they count
+            measures.setdefault(i.unit, i.name)
+    for i in inputs:
+        if i.offsets_into is not None and (i.unit not in measures or i.offsets_into not in measures):
+            raise NotMergeable(f"the CSR offsets '{i.name}': no other input counts the {i.unit} or the "
+                               f"{i.offsets_into}")
 
     outputs = []
     for value in analysis.graph.output:
@@ -168,6 +184,9 @@ def _plan(analysis: GraphAnalysis) -> MergePlan:
         if isinstance(abstract, Const):
             outputs.append(OutputPlan(value.name, None))
             continue
+        if isinstance(abstract, Columns):
+            raise NotMergeable(f"output '{value.name}' returns input '{abstract.carries}' (merged, it would be the "
+                               "forest's, its node ids shifted)")
         if not isinstance(abstract, Rows):
             raise NotMergeable(f"output '{value.name}' is a count or a shape: merged, it would be the forest's")
         if abstract.carries:
@@ -185,13 +204,38 @@ def _plan(analysis: GraphAnalysis) -> MergePlan:
             if needed not in measures:
                 raise NotMergeable(f"{site.name}: its {needed} are counted by no input")
         lengths = {name: unit_name(site.unit_of(units, role.rows))
-                   for name, role in site.merge.inputs.items() if role.rows != "unused"}
+                   for name, role in site.merge.inputs.items()
+                   if role.rows != "unused" and not role.rows.startswith(OFFSETS)}
         kernels.append(KernelCheck(site.name, site.merge.program, dict(site.arrays), nodes, positions,
                                    site.merge.positions == "nodes", lengths, BoundsCheck(site.merge.program)))
     warnings = tuple(f"{site.name} reads rows at {', '.join(site.merge.clamped)}: a request that reaches one with a "
                      "missing child (a negative id) runs alone (merged, it would read the first request's row 0)"
                      for site in analysis.kernels if site.merge.clamped)
     return MergePlan(True, None, tuple(inputs), tuple(outputs), measures, tuple(kernels), "nodes", warnings)
+
+
+def _csr_offsets(analysis: GraphAnalysis, node_unit: int) -> dict:
+    """Model inputs that are CSR offsets (a recursion slices its indices by them) -> the unit of those indices' rows
+    (the edges). Such an input is read as offsets and nothing else, and no other value counts its rows."""
+    units = analysis.units
+    out = {}
+    for name, uses in analysis.uses.items():
+        kinds = {how for how, _, _ in uses}
+        if "offsets" not in kinds:
+            continue
+        if kinds != {"offsets"}:
+            other = next(where for how, where, _ in uses if how != "offsets")
+            raise NotMergeable(f"input '{name}' holds CSR offsets and {other} also reads it")
+        edges = {units.find(u) for _, _, u in uses}
+        if len(edges) > 1:
+            raise NotMergeable(f"the CSR offsets '{name}' index the rows of more than one array")
+        own = units.find(analysis.input_units[name])
+        shared = [n for n, u in analysis.input_units.items() if n != name and units.find(u) == own]
+        if shared or own == units.find(node_unit) or any(units.find(k.positions) == own for k in analysis.kernels):
+            raise NotMergeable(f"the CSR offsets '{name}' have as many rows as another value: they must have one "
+                               "more than the nodes")
+        out[name] = next(iter(edges))
+    return out
 
 
 # ---- per request -----------------------------------------------------------------------------------------------
@@ -206,19 +250,25 @@ def check_request(plan: MergePlan, feeds: dict) -> Optional[str]:
                 ([f"unknown input(s) {', '.join(map(repr, extra))}"] if extra else [])
         raise FeedError(f"{'; '.join(parts)} (the model takes {', '.join(map(repr, sorted(spec.names)))})")
     counts = {}
-    for name, dtype, ndim, fixed, unit in spec.inputs:
+    for name, dtype, ndim, fixed, unit, axis, offsets_into in spec.inputs:
         value = feeds[name]
         if type(value) is not np.ndarray:
             return f"input '{name}' is not a numpy array"
         if dtype is not None and value.dtype != dtype:
             return f"input '{name}' is {value.dtype}, the model declares {dtype}"
         shape = value.shape
-        if not shape or (ndim is not None and (len(shape) != ndim or any(shape[a] != d for a, d in fixed))):
+        if len(shape) <= axis or (ndim is not None and (len(shape) != ndim or any(shape[a] != d for a, d in fixed))):
             return f"input '{name}' has shape {list(shape)}, not what the model declares"
-        rows = counts.setdefault(unit, shape[0])
-        if rows != shape[0]:
-            return (f"input '{name}' has {shape[0]} rows, '{plan.measures[unit]}' {rows}: inputs of one unit "
+        if offsets_into is not None:
+            continue  # below, once the counts are known
+        rows = counts.setdefault(unit, shape[axis])
+        if rows != shape[axis]:
+            return (f"input '{name}' has {shape[axis]} rows, '{plan.measures[unit]}' {rows}: inputs of one unit "
                     f"({unit}) must agree to be merged")
+    for name in spec.offsets:
+        reason = _csr_offsets_reason(plan, name, feeds[name], counts)
+        if reason is not None:
+            return reason
     for k in spec.loops:
         positions = _positions(k, counts)
         if positions != counts[k.positions]:
@@ -239,24 +289,46 @@ def check_request(plan: MergePlan, feeds: dict) -> Optional[str]:
 class RequestSpec:
     """What check_request looks at, prepared once per plan."""
     names: frozenset
-    inputs: tuple  # (name, numpy dtype or None, rank or None, ((axis, size), ...) fixed sizes, unit)
+    inputs: tuple  # (name, numpy dtype or None, rank or None, ((axis, size), ...) fixed sizes, unit, rows' axis)
     loops: tuple  # KernelChecks of Loop recursions (their trip count must be the request's positions)
     head_ids: tuple  # inputs of node ids only graph nodes (not a recursion) read
     orders: tuple  # visit orders (node ids, one per position): each request's must be a permutation of its nodes
+    axes: dict  # input -> the axis its rows run along
+    offsets: tuple  # CSR offsets inputs
 
 
 def _request_spec(plan: MergePlan) -> RequestSpec:
     inputs = []
     for i in plan.inputs:
         ndim = None if i.inner is None else 1 + len(i.inner)
-        fixed = () if i.inner is None else tuple((a + 1, d) for a, d in enumerate(i.inner) if d is not None)
-        inputs.append((i.name, None if i.dtype is None else np.dtype(i.dtype), ndim, fixed, i.unit))
+        others = [a for a in range(ndim) if a != i.axis] if ndim is not None else []
+        fixed = () if i.inner is None else tuple((a, d) for a, d in zip(others, i.inner) if d is not None)
+        inputs.append((i.name, None if i.dtype is None else np.dtype(i.dtype), ndim, fixed, i.unit, i.axis,
+                       i.offsets_into))
     kernel_arrays = {source for k in plan.kernels for source in k.arrays.values()}
     position_units = {k.positions for k in plan.kernels if k.positions != k.nodes}
     return RequestSpec(frozenset(i.name for i in plan.inputs), tuple(inputs),
                        tuple(k for k in plan.kernels if k.program.mode == "visit"),
                        tuple(i.name for i in plan.inputs if i.node_ids and i.name not in kernel_arrays),
-                       tuple(i.name for i in plan.inputs if i.node_ids and i.unit in position_units))
+                       tuple(i.name for i in plan.inputs if i.node_ids and i.unit in position_units),
+                       {i.name: i.axis for i in plan.inputs},
+                       tuple(i.name for i in plan.inputs if i.offsets_into is not None))
+
+
+def _csr_offsets_reason(plan: MergePlan, name: str, offsets: np.ndarray, counts: dict) -> Optional[str]:
+    """Why a request's CSR offsets cannot merge, or None. Merged, each request's offsets are shifted by the edges
+    before it and its last offset is the next request's first; that is the request's own slices exactly when its
+    offsets run from 0 to its edge count and stay within (no slice is clamped or counted from the end, as ONNX Slice
+    would do with offsets outside [0, E])."""
+    i = next(i for i in plan.inputs if i.name == name)
+    nodes, edges = counts[i.unit], counts[i.offsets_into]
+    if offsets.shape[0] != nodes + 1:
+        return f"the CSR offsets '{name}' have {offsets.shape[0]} rows, not the request's {nodes} nodes + 1"
+    if offsets.dtype.kind not in "iu" or int(offsets[0]) != 0 or int(offsets[-1]) != edges or \
+            not native().ids_within(offsets, edges + 1):
+        return (f"the CSR offsets '{name}' do not run from 0 to the request's {edges} edges within [0, {edges}] (its "
+                "own run clamps such slices to its edges; merged, they would reach a neighbour's)")
+    return None
 
 
 def _positions(kernel: KernelCheck, counts: dict) -> Optional[int]:
@@ -282,7 +354,9 @@ class MergedBatch:
 
 
 def unit_counts(plan: MergePlan, requests: list) -> dict:
-    return {unit: np.array([r[name].shape[0] for r in requests], dtype=np.int64) for unit, name in plan.measures.items()}
+    axes = plan.request_spec.axes
+    return {unit: np.array([r[name].shape[axes[name]] for r in requests], dtype=np.int64)
+            for unit, name in plan.measures.items()}
 
 
 def merge(plan: MergePlan, requests: list) -> MergedBatch:
@@ -303,7 +377,16 @@ def merge(plan: MergePlan, requests: list) -> MergedBatch:
         shift = i.node_ids and len(requests) > 1
         if shift and total > _largest(dtype):
             raise OverflowError(f"{total} nodes do not fit input '{i.name}' ({dtype})")
-        feeds[i.name] = concat_rows(parts, base if shift else None)
+        if i.offsets_into is not None:  # CSR offsets: shifted by the edges before, each last one but the last dropped
+            edges = counts[i.offsets_into]
+            if int(edges.sum()) > _largest(dtype):
+                raise OverflowError(f"{int(edges.sum())} edges do not fit input '{i.name}' ({dtype})")
+            feeds[i.name] = concat_rows([p[:-1] for p in parts[:-1]] + parts[-1:], np.cumsum(edges) - edges)
+        elif i.axis:  # an edge list [k, E]: each of its k rows concatenated (check_request: every part is [k, E_r])
+            feeds[i.name] = np.stack([concat_rows([p[j] for p in parts], base if shift else None)
+                                      for j in range(parts[0].shape[0])])
+        else:
+            feeds[i.name] = concat_rows(parts, base if shift else None)
     return MergedBatch(feeds, counts)
 
 

@@ -15,6 +15,15 @@ class Rows:
 
 
 @dataclass(frozen=True)
+class Columns:
+    """A model input [rows, n] whose second axis counts a unit (an edge list [2, E]); merged, the requests' arrays
+    are concatenated along that axis. Only a recursion's child set may read it: any other op makes it Opaque."""
+    unit: int
+    rows: int
+    carries: str
+
+
+@dataclass(frozen=True)
 class UnitDim:
     unit: int
 

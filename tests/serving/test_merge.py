@@ -436,17 +436,19 @@ def _wild_feeds(kind):
     return {"binary": lambda t: wild.binary_feeds([t]), "nary": lambda t: wild.nary_feeds([t]),
             "binary32": lambda t: wild.int32_feeds([t]),
             "nary3": lambda t: wild.nary3_forest_feeds(st.batch_nary([st.nary_from_forest(t)])),
-            "parent": lambda t: wild.parent_feeds(st.batch_nary([st.nary_from_forest(t)]))}[kind]
+            "parent": lambda t: wild.parent_feeds(st.batch_nary([st.nary_from_forest(t)])),
+            "csr": lambda t: wild.csr_feeds(st.batch_nary([st.nary_from_forest(t)]))}[kind]
 
 
 @pytest.mark.parametrize("name", ["tai_treelstm", "while_loop", "scan_cond", "childsum_forget", "zero_branch",
                                   "int32_bool", "nested_loop", "matrix_state",
-                                  "childsum_parent"])
+                                  "childsum_parent", "childsum_csr"])
 def test_real_exports_merge_exactly(name, tmp_path):
     """TorchScript and dynamo exports of natural PyTorch code: torch's clamp(min=0) of child ids (while_loop,
     childsum_forget), a per-step output split by positions (scan_cond), int32 and bool structure arrays, an
     unrolled loop over child slots, a matrix per node (whose random weights overflow: NaN compares equal here), a
-    Child-Sum TreeLSTM whose children are a parent array (parent ids shifted too)."""
+    Child-Sum TreeLSTM whose children are a parent array (parent ids shifted too) or CSR offsets + indices (the
+    offsets shifted by the edges before them)."""
     pytest.importorskip("torch")
     from onnx_ops.zoo import wild
     kind = wild.MODELS[name][4]
@@ -466,10 +468,9 @@ def test_real_exports_merge_exactly(name, tmp_path):
 
 @pytest.mark.parametrize("name,reason", [("reverse_counter", "computes with a position"),
                                          ("two_pass", "computes with a position"),
-                                         ("dagrnn_where", "len(features) is used inside the recursion"),
-                                         ("childsum_csr", "a CSR child list")])
+                                         ("dagrnn_where", "len(features) is used inside the recursion")])
 def test_real_exports_that_mix_trees_are_refused(name, reason, tmp_path):
-    """Walking the order backwards (order[L - 1 - i]); a missing neighbour sent to an extra row N; CSR offsets."""
+    """Walking the order backwards (order[L - 1 - i]); a missing neighbour sent to an extra row N."""
     pytest.importorskip("torch")
     from onnx_ops.zoo import wild
     kind = wild.MODELS[name][4]

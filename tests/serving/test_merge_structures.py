@@ -1,8 +1,9 @@
 """Merging the structures and state the frontend learned after the merge analysis was written (cortex/serving/kernel.py):
 child sets from a parent array or an edge list merge, with their ids shifted, and give every request the bits of its
-separate run, whatever the requests try (ids past their tree, negative ids, empty trees); CSR child lists and [2, E]
-edge lists, host integer state (SPINN's thin stack), carried vectors, running reductions and lists are refused with
-the reason. A 1-D table beside the state table merges."""
+separate run, whatever the requests try (ids past their tree, negative ids, empty trees), and so do edge lists [2, E]
+(merged along their second axis) and CSR child lists (offsets shifted by the edges before them); host integer state
+(SPINN's thin stack), carried vectors, running reductions and lists are refused with the reason. A 1-D table beside
+the state table merges."""
 from __future__ import annotations
 
 import sys
@@ -87,6 +88,10 @@ def _empty(encoding):
     feeds = {"words": np.zeros(0, np.int64), "order": np.zeros(0, np.int64)}
     if encoding == "parent":
         feeds["parent"] = np.zeros(0, np.int64)
+    elif encoding == "csr":
+        feeds["offsets"], feeds["indices"] = np.zeros(1, np.int64), np.zeros(0, np.int64)
+    elif encoding == "edge_index":
+        feeds["edge_index"] = np.zeros((2, 0), np.int64)
     else:
         feeds["src"], feeds["dst"] = np.zeros(0, np.int64), np.zeros(0, np.int64)
     return feeds
@@ -95,7 +100,12 @@ def _empty(encoding):
 # ---- child sets that merge ----------------------------------------------------------------------------------------
 
 MERGING = [("parent", sets.MaskMatmul, False), ("parent", sets.WhereMax, False), ("parent", sets.BoolIndexSum, True),
-           ("edges", sets.EdgesSum, False)]
+           ("edges", sets.EdgesSum, False), ("edge_index", sets.EdgeIndexSum, False),
+           ("edge_index", sets.EdgeIndexMaskAttention, True), ("edge_index", sets.EdgeIndexWhereMean, False),
+           ("csr", sets.CsrSlice, False), ("csr", sets.CsrItemSlice, True), ("csr", sets.CsrRangeMask, False),
+           ("csr", sets.CsrAttention, True)]
+SHIFTED = {"parent": {"parent", "order"}, "edges": {"src", "dst", "order"}, "edge_index": {"edge_index", "order"},
+           "csr": {"indices", "order"}}
 
 
 @pytest.mark.parametrize("encoding,agg,dynamo", MERGING,
@@ -104,7 +114,8 @@ def test_child_sets_merge_exactly(tmp_path, encoding, agg, dynamo):
     path = _convert_child_set(tmp_path, encoding, agg, dynamo)
     plan = plan_for(path)
     shifted = {i.name for i in plan.inputs if i.node_ids}
-    assert shifted == ({"parent", "order"} if encoding == "parent" else {"src", "dst", "order"}), plan.describe()
+    assert shifted == SHIFTED[encoding], plan.describe()
+    assert [i.name for i in plan.inputs if i.offsets_into] == (["offsets"] if encoding == "csr" else [])
     trees = _trees(encoding)
     _check(path, trees + [_empty(encoding)] + trees[:3])
 
@@ -120,6 +131,27 @@ def _attacks(encoding, tree):
             parent = tree["parent"].copy()
             parent[0] = value  # node 0 is a leaf somewhere in the tree: it leaves its parent's set
             out.append((name, dict(tree, parent=parent), alone))
+    elif encoding == "csr":
+        offsets, indices = tree["offsets"], tree["indices"]
+        inner = int(np.argmax(np.diff(offsets) > 0))  # a node with children
+        for name, column, value, alone in (
+                ("index past the tree", "indices", np.where(np.arange(len(indices)) == 0, n, indices), True),
+                ("index negative", "indices", np.where(np.arange(len(indices)) == 0, -1, indices), True),
+                ("offsets from 1", "offsets", np.maximum(offsets, 1), True),
+                ("last offset short", "offsets", np.concatenate([offsets[:-1], [offsets[-1] - 1]]), True),
+                ("last offset past", "offsets", np.concatenate([offsets[:-1], [offsets[-1] + 1]]), True),
+                ("an offset negative", "offsets", np.where(np.arange(n + 1) == inner, -1, offsets), True),
+                ("an offset past the edges", "offsets", np.where(np.arange(n + 1) == inner, 10 ** 6, offsets), True),
+                ("one offset fewer", "offsets", offsets[:-1], True),
+                ("offsets going back", "offsets", np.where(np.arange(n + 1) == inner + 1, 0, offsets), False)):
+            out.append((name, dict(tree, **{column: np.ascontiguousarray(value, dtype=np.int64)}), alone))
+    elif encoding == "edge_index":  # row 0 the sources (read as rows), row 1 the targets (selected by)
+        for name, row, value, alone in (("source past the tree", 0, n + 1, True), ("source negative", 0, -1, True),
+                                        ("target past the tree", 1, n, True), ("target negative", 1, -3, False),
+                                        ("target far past", 1, 2 ** 62, True)):
+            edges = tree["edge_index"].copy()
+            edges[row, 0] = value
+            out.append((name, dict(tree, edge_index=edges), alone))
     else:
         for name, column, value, alone in (("src past the tree", "src", n + 1, True), ("src negative", "src", -1, True),
                                            ("dst past the tree", "dst", n, True), ("dst negative", "dst", -3, False)):
@@ -129,7 +161,9 @@ def _attacks(encoding, tree):
     return out
 
 
-@pytest.mark.parametrize("encoding,agg", [("parent", sets.MaskMatmul), ("edges", sets.EdgesSum)])
+@pytest.mark.parametrize("encoding,agg", [("parent", sets.MaskMatmul), ("edges", sets.EdgesSum),
+                                          ("edge_index", sets.EdgeIndexMaskSum), ("csr", sets.CsrSlice),
+                                          ("csr", sets.CsrRangeMask)])
 def test_ids_outside_their_tree_run_alone(tmp_path, encoding, agg):
     """Each attack sits between good requests; those that could cross trees run alone (with their own result or
     their own error), the harmless ones merge; every answer is the bits of the request's own run."""
@@ -168,15 +202,88 @@ def test_child_set_arrays_of_one_request_must_agree(tmp_path):
     assert "rows" in check_request(plan_for(parent_path), longer)
 
 
+def test_an_edge_list_of_another_shape_runs_alone(tmp_path):
+    """An edge list [2, E] is merged along its second axis; a request whose list has another number of rows (a third,
+    or the edges along the first axis) runs alone, and its own run gives it ONNX Runtime's error."""
+    path = _convert_child_set(tmp_path, "edge_index", sets.EdgeIndexSum)
+    plan = plan_for(path)
+    assert [i.axis for i in plan.inputs if i.name == "edge_index"] == [1], plan.describe()
+    from cortex.serving import check_request
+    rng = np.random.default_rng(6)
+    tree = sets._feeds("edge_index", S.random_nary_tree(8, 3, rng, sets.V))
+    assert check_request(plan, tree) is None
+    three = dict(tree, edge_index=np.concatenate([tree["edge_index"], tree["edge_index"][:1]]))
+    flipped = dict(tree, edge_index=np.ascontiguousarray(tree["edge_index"].T))
+    for odd in (three, flipped):
+        assert "shape" in check_request(plan, odd)
+    good = [sets._feeds("edge_index", S.random_nary_tree(int(n), 3, rng, sets.V)) for n in (5, 12)]
+    _check(path, [good[0], three, good[1], flipped, good[0]], alone={1, 3})
+
+
+def _edited(path, edit) -> str:
+    import onnx
+    model = onnx.load(path)
+    edit(model.graph)
+    out = path.replace(".cortex.onnx", ".edited.cortex.onnx")
+    onnx.save(model, out)
+    return out
+
+
+def test_an_edge_list_read_outside_the_recursion_is_refused(tmp_path):
+    """Only a recursion's child set may read an edge list [2, E]: returned, reduced by an ONNX node, or declared with
+    a dynamic first dimension, the model is not merged, and the plan says why."""
+    import onnx
+    from onnx import helper
+    path = _convert_child_set(tmp_path, "edge_index", sets.EdgeIndexSum)
+
+    def returned(graph):
+        graph.output.append(helper.make_tensor_value_info("edge_index", onnx.TensorProto.INT64, [2, "E"]))
+
+    def reduced(graph):
+        graph.node.append(helper.make_node("ReduceMax", ["edge_index"], ["top"], keepdims=0))
+        graph.output.append(helper.make_tensor_value_info("top", onnx.TensorProto.INT64, []))
+
+    def undeclared(graph):
+        dim = next(i for i in graph.input if i.name == "edge_index").type.tensor_type.shape.dim[0]
+        dim.dim_param = "two"
+
+    for edit, reason in ((returned, "returns input 'edge_index'"), (reduced, "is read by node"),
+                         (undeclared, "does not declare it so")):
+        plan = plan_for(_edited(path, edit))
+        assert not plan.mergeable and reason in plan.reason, plan.reason
+
+
+def test_a_mean_over_every_edge_is_refused(tmp_path):
+    """A mean over all edges of the list (masked, divided by E) mixes trees: merged, E would be the forest's."""
+    plan = plan_for(_convert_child_set(tmp_path, "edge_index", sets.EdgeIndexMaskMeanOverEdges))
+    assert not plan.mergeable and "len(edge_index)" in plan.reason, plan.reason
+
+
 # ---- refused, with the reason -------------------------------------------------------------------------------------
 
-REFUSED_SETS = [("csr", sets.CsrSlice, "a CSR child list"), ("edge_index", sets.EdgeIndexSum, "an edge list [2, E]")]
+def test_csr_offsets_read_otherwise_are_refused(tmp_path):
+    """CSR offsets merge only as the bounds of slices offsets[v] : offsets[v + 1]; read by an ONNX node besides, or
+    returned, the model is not merged, and the plan says why."""
+    import onnx
+    from onnx import helper
+    path = _convert_child_set(tmp_path, "csr", sets.CsrSlice)
 
+    def returned(graph):
+        graph.output.append(helper.make_tensor_value_info("offsets", onnx.TensorProto.INT64, ["N1"]))
 
-@pytest.mark.parametrize("encoding,agg,reason", REFUSED_SETS, ids=[e for e, _, _ in REFUSED_SETS])
-def test_csr_and_edge_index_are_refused(tmp_path, encoding, agg, reason):
-    plan = plan_for(_convert_child_set(tmp_path, encoding, agg))
-    assert not plan.mergeable and reason in plan.reason, plan.reason
+    def reduced(graph):
+        graph.node.append(helper.make_node("ReduceMax", ["offsets"], ["top"], keepdims=0))
+        graph.output.append(helper.make_tensor_value_info("top", onnx.TensorProto.INT64, []))
+
+    def gathered(graph):  # the offsets read as node ids by a head: h[offsets]
+        graph.node.append(helper.make_node("Gather", ["h", "offsets"], ["picked"]))
+        graph.output.append(helper.make_tensor_value_info("picked", onnx.TensorProto.FLOAT, ["N1", 8]))
+
+    for edit, reason in ((returned, "returns the values of input 'offsets'"),
+                         (reduced, "holds CSR offsets and node 'ReduceMax'"),
+                         (gathered, "holds CSR offsets and a Gather of rows by node id")):
+        plan = plan_for(_edited(path, edit))
+        assert not plan.mergeable and reason in plan.reason, plan.reason
 
 
 def _convert_carried(tmp_path, name) -> str:
@@ -213,11 +320,11 @@ def test_a_1d_table_beside_the_state_merges(tmp_path):
 
 # ---- the IR alone: whatever the analysis does not know is refused ---------------------------------------------------
 
-def _program(tmp_path) -> ir.Program:
+def _program(tmp_path, encoding="parent", agg=sets.MaskMatmul) -> ir.Program:
     from cortex.artifacts import cortex_nodes
     from cortex.ir.serialize import constant_specs, from_json
     import onnx
-    node = cortex_nodes(onnx.load(_convert_child_set(tmp_path, "parent", sets.MaskMatmul)))[0]
+    node = cortex_nodes(onnx.load(_convert_child_set(tmp_path, encoding, agg)))[0]
     doc = node.notes["ir"]
     return from_json(doc, {n: np.zeros(s, np.float32) for n, (s, _) in constant_specs(doc).items()})
 
@@ -250,17 +357,53 @@ def test_ir_forms_that_are_refused(tmp_path):
     assert "used as data" in refused(p)
 
 
-def test_batching_session_serves_child_sets_with_attacks_among_them(tmp_path):
+def test_csr_slices_that_are_not_one_nodes_children_are_refused(tmp_path):
+    """A CSR slice merges only as offsets[v] : offsets[v + 1] of one offsets array at a node id v (max(., 0) around
+    either bound allowed); other bounds, or offsets also read as node ids, are refused with the reason."""
+    import dataclasses
+    program = _program(tmp_path, "csr", sets.CsrSlice)
+    assert analyze(program).inputs["offsets"].rows == "offsets:indices"
+    case = program.cases[0]
+    (table, row), = case.writes
+    set_reduce = next(e for e in ir.walk_rows([row]) if isinstance(e, ir.SetReduce))
+    lo, hi = set_reduce.bounds
+    v = lo.index
+
+    def with_bounds(a, b):
+        rewritten = dataclasses.replace(set_reduce, bounds=(a, b))
+        new_row = ir.transform(lambda e: rewritten if e == set_reduce else e)(row)
+        return dataclasses.replace(program, cases=(dataclasses.replace(case, writes=((table, new_row),)),))
+
+    def refused(p):
+        with pytest.raises(NotMergeable) as e:
+            analyze(p)
+        return str(e.value)
+
+    clamp = ir.IBinary("max", hi, ir.IConst(0))
+    assert analyze(with_bounds(ir.IBinary("max", ir.IConst(0), lo), clamp)).inputs["indices"].node_ids
+    two = ir.Load("offsets", ir.IBinary("add", v, ir.IConst(2)))
+    assert "only slices offsets[v] : offsets[v + 1]" in refused(with_bounds(lo, two))
+    assert "only slices offsets[v] : offsets[v + 1]" in refused(with_bounds(lo, ir.Load("order", hi.index)))
+    assert "not a node id" in refused(with_bounds(ir.Load("offsets", ir.IConst(3)),
+                                                  ir.Load("offsets", ir.IBinary("add", ir.IConst(3), ir.IConst(1)))))
+    # the offsets also read as a node id: the row the case writes
+    target = dataclasses.replace(with_bounds(lo, hi), cases=(dataclasses.replace(case, target=lo),))
+    assert "offsets" in refused(target)
+
+
+@pytest.mark.parametrize("encoding,agg", [("edges", sets.EdgesSum), ("edge_index", sets.EdgeIndexSum),
+                                          ("csr", sets.CsrSlice)])
+def test_batching_session_serves_child_sets_with_attacks_among_them(tmp_path, encoding, agg):
     """Concurrent callers, good trees and requests whose edges leave their tree mixed: each caller gets the bits (or
     the error) of its own run, within a bounded wait."""
     import threading
 
-    path = _convert_child_set(tmp_path, "edges", sets.EdgesSum)
+    path = _convert_child_set(tmp_path, encoding, agg)
     plain = cortex.InferenceSession(path)
     rng = np.random.default_rng(5)
-    requests = _trees("edges", count=6)
+    requests = _trees(encoding, count=6)
     for k in range(3):
-        requests += [feeds for _, feeds, _ in _attacks("edges", sets._feeds("edges", S.random_nary_tree(
+        requests += [feeds for _, feeds, _ in _attacks(encoding, sets._feeds(encoding, S.random_nary_tree(
             int(rng.integers(2, 20)), 3, rng, sets.V)))]
     rng.shuffle(requests)
     answers = [None] * len(requests)
