@@ -2,7 +2,7 @@
 
     python tools/fuzz_import.py --n 1000 [--seed S] [--exporter torchscript|dynamo|both] [--jobs J]
                                 [--out results.json] [--explore] [--explore-new] [--timeout SEC]
-                                [--fix CHOICE=VALUE ...]
+                                [--fix CHOICE=VALUE ...] [--merge]
 
 Prints the conversion rate overall and by construct (every value of every choice: how many specs had it, what
 fraction converted), the refusal reasons ranked by count (names and numbers blanked so that they do not split
@@ -15,6 +15,10 @@ issue 19 too (onnx_ops.modelgen.NEW_VALUES: child sets from a parent array, CSR 
 attention; batched, 1-D and rank-3 tables; float64; carried chain states), which the CI sample leaves out while
 the frontend has no handlers for them; the rates by construct then show which encodings convert. Exports are
 cached by spec under $CORTEX_MODELGEN_CACHE (default ~/.cache/cortex/modelgen).
+
+``--merge`` also serves every model that converts whole as a batching server would (cortex.serving): its cases
+merged into one forest, each answer held to the bits of its separate run (a difference is a ``merge-MISMATCH``), and
+prints how many merge and why the others are refused.
 """
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ from onnx_ops.modelgen.harness import cache_dir, normalize_reason, run_many  # n
 
 EXPORTERS = {"torchscript": ["torchscript"], "dynamo": ["dynamo_while", "dynamo_scan"],
              "both": ["torchscript", "dynamo_while", "dynamo_scan"]}
-BAD = ("converted-MISMATCH", "crash", "gen-error")
+BAD = ("converted-MISMATCH", "merge-MISMATCH", "crash", "gen-error")
 CONVERTED = ("converted-match", "converted-unrun")  # unrun: compiled for CUDA on a machine without a GPU
 
 
@@ -75,7 +79,8 @@ def summarize(results: list, out=print) -> dict:
     conv = sum(outcomes[o] for o in CONVERTED)
     out(f"\n== {n} generated models ==")
     shown = ("converted-match",) + (("converted-unrun",) if outcomes["converted-unrun"] else ()) + \
-        ("converted-MISMATCH", "refused", "export-failed", "crash", "gen-error")
+        ("converted-MISMATCH",) + (("merge-MISMATCH",) if outcomes["merge-MISMATCH"] else ()) + \
+        ("refused", "export-failed", "crash", "gen-error")
     for o in shown:
         out(f"  {o:20s} {outcomes[o]:5d}  ({100.0 * outcomes[o] / max(n, 1):.1f}%)")
     exported = n - outcomes["export-failed"] - outcomes["gen-error"]
@@ -132,6 +137,26 @@ def summarize(results: list, out=print) -> dict:
             out(f"  {c:5d}  {key}")
             out(f"         e.g. {ex_examples[key]}")
 
+    merged = [r for r in results if r.get("merge")]
+    if merged:
+        kinds = Counter(r["merge"]["outcome"] for r in merged)
+        out(f"\n== merging the {len(merged)} models that converted whole (their cases as one forest, bit for bit) ==")
+        out("  " + "; ".join(f"{k}: {kinds[k]}" for k in ("merged", "partly", "refused", "MISMATCH", "crash")))
+        by = defaultdict(lambda: [0, 0])  # (choice, value) -> [models, merged or partly]
+        for r in merged:
+            for k, v in r["spec"].items():
+                if k in CHOICES and v != "-":
+                    by[(k, str(v))][0] += 1
+                    by[(k, str(v))][1] += r["merge"]["outcome"] in ("merged", "partly")
+        for k in CHOICES:
+            vals = sorted(((v, c) for (kk, v), c in by.items() if kk == k),
+                          key=lambda t: {str(x): i for i, x in enumerate(CHOICES[k])}.get(t[0], 99))
+            if vals:
+                out(f"  {k:10s} " + "; ".join(f"{v}: {c[1]}/{c[0]}" for v, c in vals))
+        why = Counter(normalize_reason(r["merge"]["reason"] or "") for r in merged if r["merge"]["outcome"] == "refused")
+        for key, c in why.most_common():
+            out(f"  {c:5d}  not mergeable: {key[:200]}")
+
     defects = [r for r in results if r.get("ort_defects")]
     out(f"\n== ONNX Runtime defects (ORT on the original export disagrees with eager PyTorch): {len(defects)} ==")
     for r in defects:
@@ -185,6 +210,8 @@ def main(argv=None) -> int:
     ap.add_argument("--target", choices=("cpu", "cuda"), default="cpu",
                     help="convert for this target (cuda: compiled with nvcc; run and compared only where a GPU is "
                          "usable, else counted as converted-unrun)")
+    ap.add_argument("--merge", action="store_true",
+                    help="serve each model that converts whole with its cases merged into one forest, bit for bit")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds per model before it counts as a hang")
     ap.add_argument("--cache", help=f"export cache directory (default {cache_dir()})")
     ap.add_argument("--quiet", action="store_true", help="no line per model")
@@ -205,7 +232,7 @@ def main(argv=None) -> int:
             print(f"[{done[0]:4d}/{len(specs)}] {r['outcome']:18s} {r['key']}  {reason}", flush=True)
 
     results = run_many(specs, jobs=args.jobs, cache=Path(args.cache) if args.cache else None,
-                       timeout=args.timeout, on_result=on_result, target=args.target)
+                       timeout=args.timeout, on_result=on_result, target=args.target, merge=args.merge)
     lines = []
     summary = summarize(results, out=lambda s: (print(s), lines.append(s)))
     elapsed = f"{len(results)} models in {time.time() - t0:.0f} s (seed {args.seed}, exporter {args.exporter}, " \

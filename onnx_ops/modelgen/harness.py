@@ -50,9 +50,10 @@ from .inputs import cases, export_example
 from .source import write_source
 from .spec import Spec
 
-__all__ = ["OUTCOMES", "TOL", "cache_dir", "evaluate", "export", "normalize_reason", "run_many"]
+__all__ = ["OUTCOMES", "TOL", "cache_dir", "evaluate", "export", "merge_check", "normalize_reason", "run_many"]
 
-OUTCOMES = ("converted-match", "converted-MISMATCH", "refused", "export-failed", "crash", "gen-error")
+OUTCOMES = ("converted-match", "converted-MISMATCH", "merge-MISMATCH", "refused", "export-failed", "crash",
+            "gen-error")
 TOL = 1e-4
 OPSET = 17
 
@@ -262,9 +263,10 @@ def gpu_usable() -> bool:
 
 
 def evaluate(spec: Spec, cache: Path | None = None, workdir: Path | None = None, progress=lambda stage: None,
-             keep: bool = False, target: str = "cpu") -> dict:
+             keep: bool = False, target: str = "cpu", merge: bool = False) -> dict:
     """One spec, end to end; never raises (every failure is an outcome). target "cuda": converted for the GPU (the
-    kernel compiled with nvcc at conversion); run and compared where a GPU is usable, else ``converted-unrun``."""
+    kernel compiled with nvcc at conversion); run and compared where a GPU is usable, else ``converted-unrun``.
+    merge: a model that converts whole is also run with its cases merged into one forest (`merge_check`)."""
     t0 = time.time()
     res = {"spec": spec.to_json(), "key": spec.key(), "short": spec.short(), "outcome": None, "reason": None,
            "regions": [], "cases": {}, "ort_defects": [], "unreported": False}
@@ -368,6 +370,11 @@ def evaluate(spec: Spec, cache: Path | None = None, workdir: Path | None = None,
                                 f"{ort_e})" + (f"; still refused: {'; '.join(refused)}" if refused else ""))
             if refused:
                 return done("refused", "; ".join(refused), partial=True)
+            if merge:
+                progress("merge")
+                res["merge"] = merge_check(str(out), sess, feeds)
+                if res["merge"]["outcome"] in ("MISMATCH", "crash"):
+                    return done("merge-MISMATCH", res["merge"]["reason"], max_error=worst)
             return done("converted-match", None, max_error=worst)
         return done("refused", "; ".join(refused))
     finally:
@@ -375,6 +382,42 @@ def evaluate(spec: Spec, cache: Path | None = None, workdir: Path | None = None,
             shutil.rmtree(tmpdir, ignore_errors=True)
         else:
             res["workdir"] = str(tmpdir)
+
+
+def merge_check(path: str, session, feeds: dict) -> dict:
+    """The cases of a converted model served as one forest (cortex.serving: the plan, then `run_forest`), each twice,
+    against their separate runs: the same bits, or an error where the separate run fails. -> {"outcome": "merged"
+    (all merged) | "partly" (some ran alone) | "refused" (not mergeable) | "MISMATCH" | "crash", "reason", counts}."""
+    from cortex.serving import plan_for
+    from cortex.serving.forest import ForestStats, run_forest
+
+    plan = plan_for(path)
+    if not plan.mergeable:
+        return {"outcome": "refused", "reason": plan.reason}
+    names = [i.name for i in session.get_inputs()]
+    requests = [{n: f[n] for n in names} for f in list(feeds.values()) + list(feeds.values())[::-1]]
+    stats = ForestStats()
+    try:
+        merged = run_forest(plan, session, requests, stats=stats)
+    except Exception as e:  # noqa: BLE001 - the merge path must answer every request, never raise
+        return {"outcome": "crash", "reason": f"run_forest raised {type(e).__name__}: {_first_line(e)}"}
+    for k, (request, got) in enumerate(zip(requests, merged)):
+        try:
+            want = session.run(None, request)
+        except Exception as e:  # noqa: BLE001
+            if not isinstance(got, Exception):
+                return {"outcome": "MISMATCH", "reason": f"request {k}: its own run fails ({_first_line(e)}), "
+                                                         "merged it did not"}
+            continue
+        if isinstance(got, Exception):
+            return {"outcome": "MISMATCH", "reason": f"request {k}: merged it failed ({_first_line(got)}), its own "
+                                                     "run did not"}
+        for name, a, b in zip([o.name for o in session.get_outputs()], got, want):
+            if a.shape != b.shape or not np.array_equal(a, b, equal_nan=True):
+                return {"outcome": "MISMATCH", "reason": f"request {k}: output '{name}' merged differs from its own "
+                                                         "run"}
+    return {"outcome": "merged" if stats.alone == 0 and stats.fallbacks == 0 else "partly", "reason": None,
+            "merged": stats.merged_requests, "alone": stats.alone, "fallbacks": stats.fallbacks}
 
 
 # -------------------------------------------------------------------------------------------------------- workers
@@ -396,7 +439,8 @@ def _worker_main():
             proto.write(json.dumps({"stage": stage}) + "\n")
 
         res = evaluate(spec, Path(task["cache"]), Path(task["workdir"]) if task.get("workdir") else None,
-                       progress=progress, keep=task.get("keep", False), target=task.get("target", "cpu"))
+                       progress=progress, keep=task.get("keep", False), target=task.get("target", "cpu"),
+                       merge=task.get("merge", False))
         proto.write(json.dumps({"result": res}, default=float) + "\n")
 
 
@@ -438,7 +482,7 @@ def _died_result(spec: Spec, stage: str, why: str, tail: str) -> dict:
 
 
 def run_many(specs: list, jobs: int = 2, cache: Path | None = None, timeout: float = 600.0, on_result=None,
-             keep: bool = False, target: str = "cpu") -> list:
+             keep: bool = False, target: str = "cpu", merge: bool = False) -> list:
     """Evaluate every spec in ``jobs`` worker processes; results in spec order. ``on_result(i, result)`` is called
     as each finishes. A worker that dies or exceeds ``timeout`` seconds on a spec gives that spec a ``crash``
     (``export-failed`` when it was exporting) outcome and is replaced."""
@@ -466,7 +510,7 @@ def run_many(specs: list, jobs: int = 2, cache: Path | None = None, timeout: flo
                 spec = specs[i]
                 if w is None:
                     w = _Worker(log_dir, env)
-                task = {"spec": spec.to_json(), "cache": str(cache), "keep": keep, "target": target}
+                task = {"spec": spec.to_json(), "cache": str(cache), "keep": keep, "target": target, "merge": merge}
                 try:
                     w.proc.stdin.write(json.dumps(task) + "\n")
                     w.proc.stdin.flush()
