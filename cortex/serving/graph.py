@@ -22,7 +22,7 @@ are in values.py, what each op does to them in graph_ops.py.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -31,7 +31,7 @@ from onnx import helper, numpy_helper
 from ..artifacts import cortex_nodes
 from .graph_ops import ELEMENTWISE, REDUCTIONS, OpSemantics
 from .kernel import EDGES, NODES, OFFSETS, POSITIONS, KernelMerge, NotMergeable, analyze
-from .values import Columns, Const, Opaque, Rows
+from .values import Columns, Const, Flipped, Opaque, Rows
 
 
 class _Units:
@@ -65,6 +65,8 @@ class KernelSite:
     positions: int
     arrays: dict  # kernel input name -> model input whose values it carries
     edges: dict = None  # 'edges:<dst>' -> the unit of that edge list's rows
+    flipped: set = field(default_factory=set)  # kernel inputs that hold their model input's rows last first
+    measured: set = field(default_factory=set)  # kernel inputs whose length alone the recursion reads
 
     def unit_of(self, units, rows: str) -> int:
         """The unit of a row kind of this recursion ('nodes', 'positions', 'edges:<dst>')."""
@@ -118,7 +120,7 @@ class GraphAnalysis(OpSemantics):
             self.env[value.name] = Rows(unit, inner, value.name)
 
     def _use(self, value, how: str, where: str, unit=None):
-        if isinstance(value, (Rows, Columns)) and value.carries:
+        if isinstance(value, (Rows, Columns, Flipped)) and value.carries:
             self.uses.setdefault(value.carries, []).append((how, where, unit))
 
     # ---- the walk ------------------------------------------------------------------------------------------
@@ -126,14 +128,20 @@ class GraphAnalysis(OpSemantics):
         self._start()
         for index, node in enumerate(self.graph.node):
             args = [self.env.get(name, Opaque(f"'{name}' has no value")) if name else None for name in node.input]
-            columns = next((a for a in args if isinstance(a, Columns)), None)
+            special = next((a for a in args if isinstance(a, (Columns, Flipped))), None)
             if index in self.recursions:
                 outs = self._recursion(self.recursions[index], node, args)
-            elif columns is not None:
-                outs = [Opaque(f"input '{columns.carries}' has a fixed first dimension ({columns.rows}) and is read by "
+            elif special is not None and node.op_type == "Cast" and _widening_cast(self, special, node):
+                outs = [special]  # cast to a wider integer type: the same values in the same layout
+            elif isinstance(special, Columns):
+                outs = [Opaque(f"input '{special.carries}' has a fixed first dimension ({special.rows}) and is read by "
                                f"node '{node.name or node.op_type}' ({node.op_type}): only a recursion's child set "
                                "may read such an input (an edge list [2, E], merged along its second axis)")] \
                     * len(node.output)
+            elif special is not None:
+                outs = [Opaque(f"the rows of input '{special.carries}' in reverse order are read by node "
+                               f"'{node.name or node.op_type}' ({node.op_type}): only a recursion may read them "
+                               "(at its positions)")] * len(node.output)
             elif all(a is None or isinstance(a, Const) for a in args) and not _has_subgraph(node) \
                     and not node.op_type.startswith(("Random", "Bernoulli", "Multinomial")):
                 outs = self._fold(node, args)
@@ -161,9 +169,9 @@ class GraphAnalysis(OpSemantics):
         for k, value in enumerate(args):
             if not (isinstance(value, Rows) and value.carries):
                 continue
-            if any(isinstance(o, Rows) and o.carries == value.carries for o in outs):
+            if any(isinstance(o, (Rows, Flipped, Columns)) and o.carries == value.carries for o in outs):
                 continue
-            if node.op_type == "Gather" and k == 1 and isinstance(args[0], Rows):
+            if node.op_type in ("Gather", "GatherND") and k == 1 and isinstance(args[0], Rows):
                 continue
             self._use(value, "data", f"node '{node.name or node.op_type}' ({node.op_type})")
 
@@ -219,6 +227,7 @@ class GraphAnalysis(OpSemantics):
             self.units.union(site.positions, site.nodes)
         self.kernels.append(site)
         read_by_index = _arrays_read_by_index(merge.program)
+        values_read = _arrays_whose_values_are_read(merge.program)
         for decl, value in zip(merge.program.inputs, args):
             role = merge.inputs[decl.name]
             if isinstance(value, Opaque):
@@ -229,9 +238,14 @@ class GraphAnalysis(OpSemantics):
                     "does not read it as an edge list [2, E]" if isinstance(value, Columns) else
                     "the recursion reads it as an edge list [2, E], and the model does not declare it so (a fixed "
                     "first dimension, a dynamic second): its edges could not be told from its rows"))
-            if not isinstance(value, (Rows, Columns)):
+            if not isinstance(value, (Rows, Columns, Flipped)):
                 raise NotMergeable(f"{where} input '{decl.name}' is the same for every request (a constant or a "
                                    "count), not one row per node or position")
+            if isinstance(value, Flipped):
+                if role.rows != POSITIONS or merge.positions == NODES or merge.backward:
+                    raise NotMergeable(f"{where} input '{decl.name}' holds the rows of input '{value.carries}' in "
+                                       "reverse order, and the recursion reads it other than at its positions")
+                site.flipped.add(decl.name)
             if role.rows.startswith(OFFSETS):  # N + 1 rows: no unit's count; values rows of the indices' edges
                 if not value.carries:
                     raise NotMergeable(f"{where} reads CSR offsets '{decl.name}', which the graph computes: the "
@@ -247,7 +261,10 @@ class GraphAnalysis(OpSemantics):
                     raise NotMergeable(f"{where} reads indices from '{decl.name}', which the graph computes: the "
                                        "merge needs structure arrays that are model inputs")
                 site.arrays[decl.name] = value.carries
-            self._use(value, "node ids" if role.node_ids else "data", where, site.nodes if role.node_ids else None)
+            how = "node ids" if role.node_ids else "data" if decl.name in values_read else "measured"
+            if how == "measured":
+                site.measured.add(decl.name)
+            self._use(value, how, where, site.nodes if role.node_ids else None)
         outputs = []
         for name, table in zip(node.output, merge.program.tables):
             rows = merge.outputs.get(name, NODES if table.kind == "state" else POSITIONS)
@@ -274,6 +291,32 @@ def _arrays_read_by_index(program) -> set:
     if program.mode == "dag":
         names.add(program.rows_from)
     return names
+
+
+def _arrays_whose_values_are_read(program) -> set:
+    """Runtime inputs the recursion reads other than by their length (len(A) alone does not care what A holds)."""
+    from ..ir import nodes as ir
+
+    roots = [program.trip] if program.trip is not None else []
+    for case in program.cases:
+        roots += case.roots()
+    names = {d.name for d in program.inputs if d.kind != "array"}  # initial tables and the like: read whole
+    for e in ir.walk(roots):
+        if isinstance(e, ir.SetReduce):
+            names.update(e.arrays)
+        elif isinstance(e, (ir.Load, ir.InputRow, ir.InputProjection)):
+            names.add(e.array)
+        elif isinstance(e, ir.PreviousRow):
+            names.add(e.init)
+    if program.mode == "dag":
+        names.add(program.rows_from)
+    return names
+
+
+def _widening_cast(analysis, columns, node) -> bool:
+    from .graph_ops import _WIDENING
+    to = next((a.i for a in node.attribute if a.name == "to"), None)
+    return to in _WIDENING.get(analysis._input_type(columns.carries), ())
 
 
 def _kernel_merge(cortex_node) -> KernelMerge:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .values import Const, Dims, Opaque, Rows, UnitDim
+from .values import Const, Dims, Flipped, Opaque, Rows, UnitDim
 
 ELEMENTWISE = {
     "Abs", "Acos", "Acosh", "Add", "And", "Asin", "Asinh", "Atan", "Atanh", "BitwiseAnd", "BitwiseNot", "BitwiseOr",
@@ -111,6 +111,15 @@ class OpSemantics:
                 return Rows(data.unit, tuple(inner))
         return None
 
+    def _op_GatherND(self, args, attrs):
+        """GatherND of rows by node ids [k, 1] (dynamo's h[roots]): the Gather of rows above, one id per row."""
+        data, indices = args[0], args[1]
+        if attrs.get("batch_dims", 0) == 0 and isinstance(data, Rows) and data.inner is not None and \
+                isinstance(indices, Rows) and indices.carries and indices.inner == (1,):
+            self._use(indices, "node ids", "a GatherND of rows by node id", data.unit)
+            return Rows(indices.unit, data.inner)
+        return None
+
     def _op_Unsqueeze(self, args, attrs):
         return self._squeeze(args, attrs, add=True)
 
@@ -177,6 +186,9 @@ class OpSemantics:
             return Dims(x.items[slice(starts[0], ends[0], steps[0])])
         if isinstance(x, Rows) and x.inner is not None:
             rank = 1 + len(x.inner)
+            if [a % rank for a in axes] == [0] and steps == [-1] and starts[0] in (-1, 2 ** 63 - 1) and \
+                    ends[0] <= -2 ** 62 and x.carries:  # every row, last first: torch.flip of a model input
+                return Flipped(x.unit, x.inner, x.carries)
             if 0 in [a % rank for a in axes]:
                 return Opaque("a slice along the rows (e.g. h[:N] of a table with extra rows): merged, the bounds "
                               "would be the forest's")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import nodes as ir
-from .kernel import csr_ends, set_node
+from .kernel import csr_ends, set_node, walks_back
 
 _COMPARE = {"lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal, "eq": np.equal,
             "ne": np.not_equal}
@@ -278,8 +278,10 @@ class BoundsCheck:
         self.program = program
         cases = []
         for case in program.cases:
-            tested = _distinct(_loads(case.predicate))
-            used = [u for u in _distinct(_row_indices(case)) if not self._covered(u)]
+            # a read from the end of the positions (kernel.walks_back) is the request's own row, as p is: the
+            # merge lays positions out so (merge.py)
+            tested = [u for u in _distinct(_loads(case.predicate)) if walks_back(u[0]) is None]
+            used = [u for u in _distinct(_row_indices(case)) if not self._covered(u) and walks_back(u[0]) is None]
             cases.append((case.predicate, tested, used))
         # Nothing to evaluate when no case reads a row by a computed index and no predicate can fail (a TreeRec:
         # its child slots are checked as a whole below).
@@ -382,17 +384,61 @@ def _loads(expr):
     return [(e.index, False) for e in ir.walk([expr]) if isinstance(e, ir.Load)]
 
 
+def _read_only_where_not_negative(roots) -> dict:
+    """Child-state reads that every path reaches through a choice `select(i >= 0 ? read(i) : ...)` (or
+    `i < 0 ? ... : read(i)`), read at i or at max(i, 0) (torch's clamp of a missing child) -> i. Where i is -1
+    ("no child", kept by the merge) the choice drops the read in the request's own run and in the forest alike, so
+    the bounds check may accept -1 there (and, for max(i, 0), need not check the row 0 it reads)."""
+    guarded_reads, open_reads = {}, set()
+    seen = set()
+
+    def guard_of(pred):
+        if isinstance(pred, ir.Compare) and pred.b in (ir.IConst(0), ir.IConst(-1)):
+            if (pred.op, pred.b) in (("ge", ir.IConst(0)), ("gt", ir.IConst(-1))):
+                return pred.a, "a"
+            if (pred.op, pred.b) in (("lt", ir.IConst(0)), ("le", ir.IConst(-1))):
+                return pred.a, "b"
+        return None, None
+
+    def visit(e, guards):
+        key = (e, guards)
+        if key in seen or not isinstance(e, ir.RExpr):
+            return
+        seen.add(key)
+        if isinstance(e, ir.ChildState):
+            index = e.index
+            if isinstance(index, ir.IBinary) and index.op == "max" and ir.IConst(0) in (index.a, index.b):
+                index = index.b if index.a == ir.IConst(0) else index.a
+            if index in guards:
+                guarded_reads[e] = index
+            else:
+                open_reads.add(e)
+            return
+        if isinstance(e, ir.Select):
+            index, branch = guard_of(e.pred)
+            visit(e.a, guards | {index} if branch == "a" else guards)
+            visit(e.b, guards | {index} if branch == "b" else guards)
+            return
+        for x in ir.operands(e):
+            visit(x, guards)
+
+    for root in roots:
+        visit(root, frozenset())
+    return {e: i for e, i in guarded_reads.items() if e not in open_reads}
+
+
 def _row_indices(case: ir.Case):
     """(index, missing_zero) of every row a case selects by node id: its target, child-state reads, node-input reads
     and array loads."""
     roots = [x for _, x in case.writes] + ([case.target] if case.target is not None else [])
     out = [(case.target, False)] if case.target is not None else []
     ends = csr_ends(ir.walk(roots))
+    guarded = _read_only_where_not_negative([x for _, x in case.writes])
     for e in ir.walk(roots):
         if isinstance(getattr(e, "index", None), ir.Member) or e in ends:
             continue  # a set's member: _sets checks the set's arrays; a CSR slice's end: merge.py its offsets
         if isinstance(e, ir.ChildState):
-            out.append((e.index, e.missing_zero))
+            out.append((guarded[e], True) if e in guarded else (e.index, e.missing_zero))
         elif isinstance(e, (ir.InputRow, ir.InputProjection, ir.Load)):
             out.append((e.index, False))
         elif isinstance(e, ir.SetReduce):

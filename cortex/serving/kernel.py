@@ -49,6 +49,7 @@ from ..ir import nodes as ir
 from ..ir.printer import format_index, format_pred
 
 NODE, CLAMPED, POSITION, DATA = "node", "clamped node", "position", "data"
+BACKWARD = "position from the end"  # len(A) - 1 - p: the visit order walked from its last position
 NODES, POSITIONS = "nodes", "positions"  # the two row kinds of a recursion's arrays and tables
 EDGES = "edges:"  # + the dst array's name: the rows of one edge list (src, dst), a unit of their own
 OFFSETS = "offsets:"  # + the indices' name: CSR offsets, one row per node plus one, values rows of those indices
@@ -85,13 +86,14 @@ class KernelMerge:
     positions: str  # what the visited positions are counted in: 'positions', or 'nodes' (a TreeRec, range(N))
     program: ir.Program = field(compare=False, repr=False)
     clamped: tuple = field(default=(), compare=False)  # rows read at max(node id, 0): where a request runs alone
+    backward: bool = False  # positions read at len - 1 - p only (the visit walked from its end)
 
     def to_notes(self) -> dict:
         """The node's notes member `merge` (JSON)."""
         return {"version": NOTES_VERSION, "per_tree": True, "positions": self.positions,
                 "inputs": {name: {"rows": r.rows, "node_ids": r.node_ids, **({"axis": r.axis} if r.axis else {})}
                            for name, r in self.inputs.items()},
-                "outputs": dict(self.outputs)}
+                "outputs": dict(self.outputs), **({"backward": True} if self.backward else {})}
 
 
 def merge_notes(program: ir.Program) -> dict:
@@ -141,6 +143,43 @@ def node_uses(program: ir.Program):
     return uses
 
 
+def _affine(e: ir.IExpr, terms: dict, sign: int = 1) -> bool:
+    """Adds sign * e to `terms` (p, len(A) of a first axis, and "const" -> coefficient) when e is a sum of those
+    with coefficients +-1 (sums, differences, -1 * x); False for anything else."""
+    if isinstance(e, ir.IBinary) and e.op in ("add", "sub"):
+        return _affine(e.a, terms, sign) and _affine(e.b, terms, sign if e.op == "add" else -sign)
+    if isinstance(e, ir.IBinary) and e.op == "mul" and ir.IConst(-1) in (e.a, e.b):
+        return _affine(e.b if e.a == ir.IConst(-1) else e.a, terms, -sign)
+    if isinstance(e, ir.IConst):
+        terms["const"] = terms.get("const", 0) + sign * e.value
+        return True
+    if isinstance(e, ir.Iter) or (isinstance(e, ir.Length) and e.array is not None and e.axis == 0):
+        terms[e] = terms.get(e, 0) + sign
+        return True
+    return False
+
+
+def _position_terms(e: ir.IExpr):
+    """(c_p, the array A, c_len, c) with e = c_p * p + c_len * len(A) + c, at most one array; None otherwise."""
+    terms = {}
+    if not _affine(e, terms):
+        return None
+    lengths = [x for x, c in terms.items() if isinstance(x, ir.Length) and c]
+    if len(lengths) > 1:
+        return None
+    array = lengths[0].array if lengths else None
+    return terms.get(ir.Iter(), 0), array, terms[lengths[0]] if lengths else 0, terms.get("const", 0)
+
+
+def walks_back(e: ir.IExpr):
+    """The array A when `e` is len(A) - 1 - p (in any arrangement of sums, differences and -1 * p), else None."""
+    if not isinstance(e, ir.IBinary):
+        return None
+    terms = _position_terms(e)
+    return terms[1] if terms is not None and terms[1] is not None and terms[0::2] == (-1, 1) and \
+        terms[3] == -1 else None
+
+
 def csr_slice(e: ir.SetReduce):
     """(offsets array, node v, the read offsets[v + 1]) of a CSR child list `indices[offsets[v] : offsets[v + 1]]`
     (either bound may be max(., 0): a range mask's form, the same for offsets >= 0); None for any other set."""
@@ -184,6 +223,9 @@ class _Analysis:
         self.node_ids = set()  # arrays whose values are used as node ids
         self.rows = {}  # array -> set of row kinds it is read at
         self.columns = set()  # arrays whose rows run along their second axis (edge lists [2, E])
+        self.position_arrays = set()  # arrays whose length a position is compared with: one row per position
+        self.node_arrays = set()  # arrays whose length a guarded node id is compared with: one row per node
+        self.backward_arrays = set()  # arrays A of the positions read at len(A) - 1 - p
         self.kinds = {}  # memo: IExpr -> kind
 
     def is_position(self, e) -> bool:
@@ -226,12 +268,16 @@ class _Analysis:
         if isinstance(e, ir.Load):
             return self._load(e)
         if isinstance(e, ir.Guard):
-            self.check_pred(e.pred)
+            self._guard_pred(e.pred, e.value)
             return self.kind(e.value)
         if isinstance(e, ir.ISelect):
             self.check_pred(e.pred)
             return self._choice(e, self.kind(e.a), self.kind(e.b))
         if isinstance(e, ir.IBinary):
+            back = walks_back(e) if self.visit and self.iter_kind == POSITION else None
+            if back is not None:
+                self.backward_arrays.add(back)
+                return BACKWARD
             return self._binary(e)
         raise NotMergeable(f"unknown index expression {type(e).__name__}")
 
@@ -240,7 +286,7 @@ class _Analysis:
         if decl.rank == 0:
             raise NotMergeable(f"the scalar input '{e.array}' is read inside the recursion: requests may differ in it")
         k = self.kind(e.index)
-        if k == POSITION:
+        if k in (POSITION, BACKWARD):
             self.rows.setdefault(e.array, set()).add(POSITIONS)
         elif k in (NODE, CLAMPED):
             self.rows.setdefault(e.array, set()).add(NODES)
@@ -284,16 +330,60 @@ class _Analysis:
             return self.check_pred(p.b)
         if not isinstance(p, ir.Compare):
             raise NotMergeable(f"unknown predicate {type(p).__name__}")
+        if self._position_in_range(p):
+            return
         ka, kb = self.kind(p.a), self.kind(p.b)
         if ka == DATA and kb == DATA:
             return
         if ka == NODE and kb == NODE:
             return  # both shifted by the same base, negatives kept: T is increasing, so the order is the same
         op, node_side, other = (p.op, ka, p.b) if ka != DATA else (_SWAPPED[p.op], kb, p.a)
-        if node_side in (NODE, CLAMPED) and isinstance(other, ir.IConst):
+        if node_side in (NODE, CLAMPED, POSITION) and isinstance(other, ir.IConst):
             if other.value < 0 or (other.value == 0 and op in ("ge", "lt")):
                 return  # a valid node id (>= 0) and its shifted value compare alike with these
         raise NotMergeable(f"the test {format_pred(p)} may change when node ids are shifted by a request's base")
+
+    def _guard_pred(self, pred: ir.BExpr, value: ir.IExpr):
+        """A guard's test: what check_pred allows, and `value < N` (N the tables' rows or the length of a node
+        array) of the node id it guards (TorchScript's range check on an index). Merged, N is the forest's, so the
+        test passes for a node past the request's own rows; but such a node is a row the bounds check finds outside
+        the request (merge.py: it runs alone and fails as its own run does)."""
+        if isinstance(pred, ir.BAnd):
+            self._guard_pred(pred.a, value)
+            self._guard_pred(pred.b, value)
+            return
+        if isinstance(pred, ir.Compare):
+            a, op, b = (pred.a, pred.op, pred.b) if pred.op in ("lt", "le") else (pred.b, _SWAPPED[pred.op], pred.a)
+            if op == "lt" and a == value and isinstance(b, ir.Length) and b.axis == 0 and \
+                    self.kind(value) in (NODE, CLAMPED):
+                if b.array is not None:
+                    self.node_arrays.add(b.array)
+                return
+        self.check_pred(pred)
+
+    def _position_in_range(self, p: ir.Compare) -> bool:
+        """A test of the position p against the length of an array A of one row per position that holds at every
+        position of a visit (0 <= p < len(A)), in the request's own run and the forest's alike: `p < len(A)`,
+        `p + 1 <= len(A)` (the guards TorchScript puts on order[p]), `len(A) - 1 - p >= 0` (on a walk from the end).
+        A is checked to be read at positions once the analysis has seen every read (run)."""
+        if not self.visit or self.iter_kind != POSITION or p.op not in _SWAPPED or p.op in ("eq", "ne"):
+            return False
+        a, op, b = (p.a, p.op, p.b) if p.op in ("lt", "le") else (p.b, _SWAPPED[p.op], p.a)
+        terms = _position_terms(ir.IBinary("sub", a, b))
+        if terms is None or terms[0] == 0:
+            return False
+        c_p, array, c_len, c = terms
+        if c_len and array is None:
+            return False
+        # the largest value of a - b over 0 <= p <= len - 1, len >= 1: bounded iff it does not grow with len
+        if (c_p + c_len if c_p > 0 else c_len) > 0:
+            return False
+        at_one = c_len + c  # len = 1, p = 0: where the largest value is
+        if not (at_one <= 0 if op == "le" else at_one < 0):
+            return False
+        if array is not None:
+            self.position_arrays.add(array)
+        return True
 
     # ---- the program ------------------------------------------------------------------------------------------
     def run(self) -> KernelMerge:
@@ -309,6 +399,17 @@ class _Analysis:
                 self._row(e)
         if self.visit:
             self._trip()
+            # an array only measured (the trip count's len(A), a test of p against len(A), a walk from the end):
+            # what the proof used is that it has one row per position, which the merge then checks per request
+            measured = {e.array for e in ir.walk([program.trip]) if isinstance(e, ir.Length) and e.array}
+            for name in measured | self.position_arrays | self.backward_arrays:
+                self.rows.setdefault(name, {self.position_rows})
+        for names, rows, what in ((self.position_arrays, POSITIONS, "a position"), (self.node_arrays, NODES,
+                                                                                      "a node id")):
+            for name in names:
+                if self.rows.get(name) != {rows}:
+                    raise NotMergeable(f"{what} is compared with len({name}), and '{name}' does not have one row per "
+                                       f"{what.split()[-1]}")
         roles = {}
         for decl in program.inputs:
             rows = self.rows.get(decl.name, set())
@@ -323,7 +424,27 @@ class _Analysis:
         outputs = {t.output: NODES if t.kind == "state" else self.position_rows for t in program.tables if t.output}
         clamped = tuple(dict.fromkeys(format_index(i) for i, _, _ in node_uses(program)
                                       if not self.is_position(i) and self.kind(i) == CLAMPED))
-        return KernelMerge(roles, outputs, self.position_rows, program, clamped)
+        if self.backward_arrays:
+            self._check_backward(roles, outputs)
+        return KernelMerge(roles, outputs, self.position_rows, program, clamped, bool(self.backward_arrays))
+
+    def _check_backward(self, roles, outputs):
+        """A visit walked from its end (order[len(order) - 1 - p]) merges with the position arrays laid out in the
+        reverse order of the requests (merge.py): the forest's walk then takes the first request's positions first,
+        each request's from its own end, as in its own run. Every position read must be from the end, and no
+        output may be written by position (its rows would come in the walk's order)."""
+        for name in self.backward_arrays:
+            if roles.get(name) is None or roles[name].rows != POSITIONS:
+                raise NotMergeable(f"a position is read from the end of '{name}', which does not have one row per "
+                                   "position")
+        forward = [where for index, _, where in node_uses(self.program) if self.kind(index) == POSITION]
+        if forward:
+            raise NotMergeable(f"the visit is walked from its end, and {forward[0]} is at the position p itself: "
+                               "merged, the two would belong to different requests")
+        by_position = [name for name, rows in outputs.items() if rows == POSITIONS]
+        if by_position:
+            raise NotMergeable(f"the visit is walked from its end, and output '{by_position[0]}' has a row per step: "
+                               "merged, its rows would come in the forest's walk order")
 
     def _refuse_state_across_positions(self):
         program = self.program
@@ -390,7 +511,7 @@ class _Analysis:
             if k == DATA:
                 raise NotMergeable(f"node input '{e.array}' is read at row {format_index(e.index)}, which is not a "
                                    "node or a position")
-            self.rows.setdefault(e.array, set()).add(POSITIONS if k == POSITION else NODES)
+            self.rows.setdefault(e.array, set()).add(POSITIONS if k in (POSITION, BACKWARD) else NODES)
         elif isinstance(e, ir.ConstRow):
             if self.kind(e.index) != DATA:
                 raise NotMergeable(f"constant {e.const} is read at row {format_index(e.index)}: a node id or position "

@@ -26,9 +26,9 @@ import numpy as np
 import onnx
 
 from .graph import GraphAnalysis
-from .values import Columns, Const, Opaque, Rows
+from .values import Columns, Const, Flipped, Opaque, Rows
 from .indexeval import BoundsCheck, native
-from .kernel import OFFSETS, NotMergeable, trip_count
+from .kernel import OFFSETS, POSITIONS, NotMergeable, trip_count
 
 _NUMPY_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
                 onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32, onnx.TensorProto.BOOL: np.bool_,
@@ -49,6 +49,7 @@ class InputPlan:
     inner: Optional[tuple]  # declared dimensions other than the rows' axis (None entries: symbolic)
     axis: int = 0  # the axis its rows run along (1: an edge list [2, E])
     offsets_into: Optional[str] = None  # CSR offsets: one row per node plus one, values rows of this unit (edges)
+    backward: bool = False  # positions a recursion walks from the end: the requests' rows laid out last first
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class KernelCheck:
     lengths: dict  # kernel input -> the unit its rows count (what a trip count's len() reads)
     bounds: BoundsCheck = field(compare=False, repr=False)  # prepared once: the per-batch index check
     trips: dict = field(default_factory=dict, compare=False, repr=False)  # unit counts -> trip count (a cache)
+    flipped: frozenset = frozenset()  # arrays that hold their model input's rows last first (torch.flip)
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,8 @@ class MergePlan:
         if not self.mergeable:
             return f"not mergeable: {self.reason}"
         ins = ", ".join(f"{i.name} ({i.unit}{' along axis 1' if i.axis else ''}{', node ids' if i.node_ids else ''}"
-                        f"{f' + 1, offsets into the {i.offsets_into}' if i.offsets_into else ''})" for i in self.inputs)
+                        f"{f' + 1, offsets into the {i.offsets_into}' if i.offsets_into else ''}"
+                        f"{', the last request first' if i.backward else ''})" for i in self.inputs)
         outs = ", ".join(f"{o.name} ({o.unit or 'shared'})" for o in self.outputs)
         return f"mergeable: inputs {ins}; outputs {outs}" + "".join(f"; note: {w}" for w in self.warnings)
 
@@ -151,6 +154,7 @@ def _plan(analysis: GraphAnalysis) -> MergePlan:
         return names[root]
 
     offsets = _csr_offsets(analysis, node_unit)
+    backward = _backward_units(analysis, node_unit)
     inputs = []
     for value in analysis.inputs:
         abstract = env[value.name]
@@ -166,7 +170,8 @@ def _plan(analysis: GraphAnalysis) -> MergePlan:
         axis = 1 if isinstance(abstract, Columns) else 0
         inputs.append(InputPlan(value.name, unit_name(abstract.unit), value.name in node_id_units,
                                 _NUMPY_TYPES.get(t.elem_type),
-                                tuple(d for a, d in enumerate(dims) if a != axis) if dims is not None else None, axis))
+                                tuple(d for a, d in enumerate(dims) if a != axis) if dims is not None else None, axis,
+                                backward=units.find(abstract.unit) in backward))
     measures = {}
     for i in inputs:
         if i.offsets_into is None:  # CSR offsets have a row more than the nodes they count
@@ -184,7 +189,7 @@ def _plan(analysis: GraphAnalysis) -> MergePlan:
         if isinstance(abstract, Const):
             outputs.append(OutputPlan(value.name, None))
             continue
-        if isinstance(abstract, Columns):
+        if isinstance(abstract, (Columns, Flipped)):
             raise NotMergeable(f"output '{value.name}' returns input '{abstract.carries}' (merged, it would be the "
                                "forest's, its node ids shifted)")
         if not isinstance(abstract, Rows):
@@ -193,6 +198,9 @@ def _plan(analysis: GraphAnalysis) -> MergePlan:
             raise NotMergeable(f"output '{value.name}' returns the values of input '{abstract.carries}' (merged, node "
                                "ids would come back shifted)")
         unit = unit_name(abstract.unit)
+        if units.find(abstract.unit) in backward:
+            raise NotMergeable(f"output '{value.name}' has one row per position of a visit walked from its end: "
+                               "merged, its rows would come in the forest's walk order")
         if unit not in measures:
             raise NotMergeable(f"output '{value.name}' has one row per {unit}, which no input's rows count")
         outputs.append(OutputPlan(value.name, unit))
@@ -207,11 +215,34 @@ def _plan(analysis: GraphAnalysis) -> MergePlan:
                    for name, role in site.merge.inputs.items()
                    if role.rows != "unused" and not role.rows.startswith(OFFSETS)}
         kernels.append(KernelCheck(site.name, site.merge.program, dict(site.arrays), nodes, positions,
-                                   site.merge.positions == "nodes", lengths, BoundsCheck(site.merge.program)))
+                                   site.merge.positions == "nodes", lengths, BoundsCheck(site.merge.program),
+                                   flipped=frozenset(site.flipped)))
     warnings = tuple(f"{site.name} reads rows at {', '.join(site.merge.clamped)}: a request that reaches one with a "
                      "missing child (a negative id) runs alone (merged, it would read the first request's row 0)"
                      for site in analysis.kernels if site.merge.clamped)
     return MergePlan(True, None, tuple(inputs), tuple(outputs), measures, tuple(kernels), "nodes", warnings)
+
+
+def _backward_units(analysis: GraphAnalysis, node_unit: int) -> set:
+    """The position units of recursions that walk their visit from the end (kernel.py: KernelMerge.backward). Their
+    rows are merged with the requests in reverse order, so that the forest's walk from its end takes the first
+    request's positions first, each request's from its own end; no other recursion may read them forwards."""
+    units = analysis.units
+    backward = {units.find(k.positions) for k in analysis.kernels if k.merge.backward or k.flipped}
+    for k in analysis.kernels:
+        root = units.find(k.positions)
+        if root not in backward:
+            continue
+        if root == units.find(node_unit):
+            raise NotMergeable(f"{k.name} walks its positions from the end, and they are also its nodes: merged, "
+                               "their rows cannot be laid out for both")
+        forwards = [name for name, role in k.merge.inputs.items()
+                    if role.rows == POSITIONS and k.flipped and name not in k.flipped | k.measured]
+        if not (k.merge.backward or k.flipped) or forwards:
+            raise NotMergeable(f"{k.name} reads {forwards[0] if forwards else 'positions'} forwards, and the same "
+                               "positions are walked from the end elsewhere: merged, their rows cannot be laid out "
+                               "for both")
+    return backward
 
 
 def _csr_offsets(analysis: GraphAnalysis, node_unit: int) -> dict:
@@ -382,6 +413,8 @@ def merge(plan: MergePlan, requests: list) -> MergedBatch:
             if int(edges.sum()) > _largest(dtype):
                 raise OverflowError(f"{int(edges.sum())} edges do not fit input '{i.name}' ({dtype})")
             feeds[i.name] = concat_rows([p[:-1] for p in parts[:-1]] + parts[-1:], np.cumsum(edges) - edges)
+        elif i.backward:  # walked from the end: the last request's positions first
+            feeds[i.name] = concat_rows(parts[::-1], base[::-1] if shift else None)
         elif i.axis:  # an edge list [k, E]: each of its k rows concatenated (check_request: every part is [k, E_r])
             feeds[i.name] = np.stack([concat_rows([p[j] for p in parts], base if shift else None)
                                       for j in range(parts[0].shape[0])])
@@ -407,7 +440,11 @@ def out_of_bounds(plan: MergePlan, batch: MergedBatch) -> set:
     for k in plan.kernels:
         if k.program.mode == "visit" and _positions(k, totals) != totals[k.positions]:
             return set(range(len(batch.counts[k.positions])))  # the trip count does not add up: nobody merges
-        arrays = {name: batch.feeds[source] for name, source in k.arrays.items()}
+        arrays = {name: np.ascontiguousarray(batch.feeds[source][::-1]) if name in k.flipped else batch.feeds[source]
+                  for name, source in k.arrays.items()}
+        for name, unit in k.lengths.items():  # arrays the recursion only measures: their length is what counts
+            if name not in arrays and unit in totals:
+                arrays[name] = np.zeros(totals[unit], dtype=np.int64)
         rows = {name: batch.counts[unit] for name, unit in k.lengths.items() if unit in batch.counts}
         flagged |= k.bounds(arrays, batch.counts[k.nodes], batch.counts[k.positions], k.positions_are_nodes, rows)
     return flagged

@@ -24,6 +24,16 @@ class Columns:
 
 
 @dataclass(frozen=True)
+class Flipped:
+    """A model input's rows in reverse order (`torch.flip(order, [0])`, dynamo's scan over a reversed order). Merged,
+    the input's requests are laid out last first, so that the flipped forest holds each request's reversed rows in
+    request order. Only a recursion reading it at its positions may use it: any other op makes it Opaque."""
+    unit: int
+    inner: Optional[tuple]
+    carries: str
+
+
+@dataclass(frozen=True)
 class UnitDim:
     unit: int
 

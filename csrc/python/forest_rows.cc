@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -16,14 +17,18 @@ namespace py = pybind11;
 
 namespace {
 
+// Adds `base` (0 <= base <= T's largest value: the caller checked that the forest's node count fits T) to every
+// value >= 0. A value the shift would carry past T's largest stays at the largest: still past every request's nodes
+// (the bounds check flags it as it flags the value itself), where a wrapped sum would be negative, a "no child".
 template <class T>
 void add_to_nonnegative(T* values, int64_t count, int64_t base) {
-  const T shift = static_cast<T>(base);  // the caller checked that every shifted id fits T
+  const T shift = static_cast<T>(base);
+  const T last = std::numeric_limits<T>::max() - shift;  // the largest value that can take the shift
   for (int64_t k = 0; k < count; ++k) {
     if constexpr (std::is_signed_v<T>) {
       if (values[k] < 0) continue;  // "no child" sentinels stay
     }
-    values[k] = static_cast<T>(values[k] + shift);
+    values[k] = values[k] > last ? std::numeric_limits<T>::max() : static_cast<T>(values[k] + shift);
   }
 }
 

@@ -42,6 +42,18 @@ def _shifted(parts, bases):
     return np.concatenate(out)
 
 
+@pytest.mark.parametrize("dtype", INT_TYPES)
+def test_ids_the_shift_would_carry_past_the_largest_stay_at_the_largest(dtype):
+    """A request's id near its type's largest value, shifted by its base, stays at the largest (outside every
+    request's nodes, as the id was), never wraps to a negative "no child"; the bounds check flags that request."""
+    top = int(np.iinfo(dtype).max)
+    parts = [np.array([1, 0], dtype), np.array([top - 1, top, 2], dtype)]
+    nodes = np.array([2, 3], dtype=np.int64)
+    shifted = _C.concat_rows(parts, np.cumsum(nodes) - nodes)
+    np.testing.assert_array_equal(shifted, np.array([1, 0, top, top, 4], dtype))
+    assert _C.rows_outside(shifted, nodes, nodes, -1) == [1]
+
+
 @settings(max_examples=200, deadline=None)
 @given(node_id_parts())
 def test_concat_rows_is_numpy_concatenate_with_shifted_ids(case):

@@ -145,11 +145,23 @@ def test_tests_that_shifting_may_change_are_refused(loop_program, test, ok):
         assert "may change" in _refused(program) or "computes with" in _refused(program)
 
 
-def test_reversed_visit_order_is_refused(loop_program):
+def test_a_visit_walked_from_its_end_merges_backward(loop_program):
+    """order[len(order) - 1 - p], in any arrangement of the sum: merged with the positions laid out last request
+    first (merge.py); read at p as well, or with another offset, it is refused."""
     count = ir.Length("order")
-    backwards = ir.IBinary("sub", ir.IBinary("sub", count, ir.IConst(1)), ir.Iter())
-    program = _rewrite(loop_program, {NODE: ir.Load("order", backwards)})
-    assert "len(order) is used inside the recursion" in _refused(program)
+    for backwards in (ir.IBinary("sub", ir.IBinary("sub", count, ir.IConst(1)), ir.Iter()),
+                      ir.IBinary("add", ir.IBinary("add", ir.IBinary("mul", ir.IConst(-1), ir.Iter()), count),
+                                 ir.IConst(-1))):
+        merge_ = analyze(_rewrite(loop_program, {NODE: ir.Load("order", backwards)}))
+        assert merge_.backward and merge_.inputs["order"].rows == "positions"
+        assert merge_.to_notes()["backward"] is True
+    # the order also read at p itself: merged, the two reads would belong to different requests
+    both = _add_term(_rewrite(loop_program, {NODE: ir.Load("order", backwards)}), 1,
+                     ir.ChildState("state0", ir.Load("order", ir.Iter()), False, HIDDEN))
+    assert "at the position p itself" in _refused(both)
+    off_by_one = ir.IBinary("sub", count, ir.Iter())  # len - p: past the order at p = 0
+    reason = _refused(_rewrite(loop_program, {NODE: ir.Load("order", off_by_one)}))
+    assert "len(order) is used inside the recursion" in reason
 
 
 def test_trip_count_other_than_the_order_length_is_refused(loop_program):
@@ -437,18 +449,19 @@ def _wild_feeds(kind):
             "binary32": lambda t: wild.int32_feeds([t]),
             "nary3": lambda t: wild.nary3_forest_feeds(st.batch_nary([st.nary_from_forest(t)])),
             "parent": lambda t: wild.parent_feeds(st.batch_nary([st.nary_from_forest(t)])),
-            "csr": lambda t: wild.csr_feeds(st.batch_nary([st.nary_from_forest(t)]))}[kind]
+            "csr": lambda t: wild.csr_feeds(st.batch_nary([st.nary_from_forest(t)])),
+            "binary32_reversed": lambda t: wild.reversed_int32_forest_feeds(st.batch([t]))}[kind]
 
 
 @pytest.mark.parametrize("name", ["tai_treelstm", "while_loop", "scan_cond", "childsum_forget", "zero_branch",
                                   "int32_bool", "nested_loop", "matrix_state",
-                                  "childsum_parent", "childsum_csr"])
+                                  "childsum_parent", "childsum_csr", "reverse_counter"])
 def test_real_exports_merge_exactly(name, tmp_path):
     """TorchScript and dynamo exports of natural PyTorch code: torch's clamp(min=0) of child ids (while_loop,
     childsum_forget), a per-step output split by positions (scan_cond), int32 and bool structure arrays, an
     unrolled loop over child slots, a matrix per node (whose random weights overflow: NaN compares equal here), a
     Child-Sum TreeLSTM whose children are a parent array (parent ids shifted too) or CSR offsets + indices (the
-    offsets shifted by the edges before them)."""
+    offsets shifted by the edges before them), a loop walking the order from its end (order[L - 1 - i])."""
     pytest.importorskip("torch")
     from onnx_ops.zoo import wild
     kind = wild.MODELS[name][4]
@@ -466,11 +479,11 @@ def test_real_exports_merge_exactly(name, tmp_path):
     _assert_merged_equals_separate(str(out), requests, merged=0 if name == "childsum_forget" else None)
 
 
-@pytest.mark.parametrize("name,reason", [("reverse_counter", "computes with a position"),
-                                         ("two_pass", "computes with a position"),
+@pytest.mark.parametrize("name,reason", [("two_pass", "walked from the end elsewhere"),
                                          ("dagrnn_where", "len(features) is used inside the recursion")])
 def test_real_exports_that_mix_trees_are_refused(name, reason, tmp_path):
-    """Walking the order backwards (order[L - 1 - i]); a missing neighbour sent to an extra row N."""
+    """Two recursions over one order, one from its start, one from its end (merged, the order cannot be laid out
+    for both); a missing neighbour sent to an extra row N."""
     pytest.importorskip("torch")
     from onnx_ops.zoo import wild
     kind = wild.MODELS[name][4]

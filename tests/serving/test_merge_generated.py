@@ -1,0 +1,100 @@
+"""Merging models nobody wrote for the merge: recursive PyTorch models drawn by onnx_ops.modelgen, exported with the
+real exporters and converted. Each is served with its cases and with copies whose structure arrays were corrupted,
+all in one forest: every answer is the bits (or the error) of the request's own run, and the good requests merge.
+The forms here were refused (or ran every request alone) before the analysis learned them: a visit walked from its
+end (`order[L - 1 - p]`, over an edge list cast to int64), TorchScript's range guards on order[p] and on the node ids
+it writes, a scan over `torch.flip(order)` with the roots read by GatherND, and reads at clamp(child, 0) that a
+torch.where drops where the child is missing.
+(`python tools/fuzz_import.py --explore-new --merge` measures the rest.)"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cortex
+from cortex.serving import plan_for
+from cortex.serving.forest import ForestStats, run_forest
+
+pytest.importorskip("torch")
+
+SPECS = {
+    "backward walk, edge list cast (dynamo while_loop)": {
+        "family": "dagrnn", "gates": "-", "mix": "cat", "bias": False, "agg": "mean", "gather": "-",
+        "write": "index_put_", "read": "slice", "leaf_test": "-", "missing": "-", "leaf_input": "embedding",
+        "act": "sigmoid", "act_form": "module", "head": "none", "layout": "-", "dtype": "int32_long",
+        "loop": "reverse", "exporter": "dynamo_while", "hidden": 5, "embed": 8, "arity": "-", "structure": "grid",
+        "encoding": "edges", "select": "mask", "table": "flat", "precision": "float64", "carry": "-", "seed": 32},
+    "range guards (TorchScript counter loop)": {
+        "family": "treegru", "gates": "fused_split", "mix": "cat", "bias": True, "agg": "mean", "gather": "-",
+        "write": "cat", "read": "slice", "leaf_test": "none", "missing": "-", "leaf_input": "features",
+        "act": "relu", "act_form": "functional", "head": "log_softmax", "layout": "-", "dtype": "int32_long",
+        "loop": "counter", "exporter": "torchscript", "hidden": 12, "embed": 5, "arity": "-", "structure": "binary",
+        "encoding": "parent", "select": "matmul", "table": "flat", "precision": "float64", "carry": "-", "seed": 9},
+    "scan over the flipped order, roots read by GatherND (dynamo scan)": {
+        "family": "treefc", "gates": "-", "mix": "-", "bias": True, "agg": "attn", "gather": "index_select",
+        "write": "index_put", "read": "slice", "leaf_test": "is_leaf", "missing": "-", "leaf_input": "features",
+        "act": "-", "act_form": "-", "head": "root_linear", "layout": "children", "dtype": "int32_long",
+        "loop": "reverse", "exporter": "dynamo_scan", "hidden": 11, "embed": 7, "arity": "-", "structure": "binary",
+        "encoding": "padded", "select": "-", "table": "flat", "precision": "float32", "carry": "-", "seed": 27},
+    "clamped reads a torch.where drops (dynamo scan)": {
+        "family": "dagrnn", "gates": "-", "mix": "cat", "bias": False, "agg": "attn", "gather": "index_select",
+        "write": "index_put", "read": "slice", "leaf_test": "-", "missing": "where", "leaf_input": "constant",
+        "act": "relu", "act_form": "module", "head": "none", "layout": "children", "dtype": "int32_long",
+        "loop": "forward", "exporter": "dynamo_scan", "hidden": "-", "embed": 9, "arity": "-", "structure": "grid",
+        "encoding": "padded", "select": "-", "table": "vector", "precision": "float32", "carry": "-", "seed": 41},
+}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return Path(os.environ.get("CORTEX_MODELGEN_CACHE") or tmp_path_factory.mktemp("modelgen-cache"))
+
+
+def _corrupted(plan, request):
+    """Copies of `request` with one node id of a structure array moved past the request's nodes, or to -2."""
+    out = []
+    for i in plan.inputs:
+        if not i.node_ids or request[i.name].size == 0:
+            continue
+        nodes = max(request[j.name].shape[j.axis] for j in plan.inputs if j.unit == plan.node_unit)
+        for value in (nodes + 3, -2):
+            bad = request[i.name].copy()
+            bad.reshape(-1)[bad.size // 2] = value
+            out.append(dict(request, **{i.name: bad}))
+    return out
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_generated_models_merge_exactly(name, cache, tmp_path):
+    pytest.importorskip("onnxscript")
+    from onnx_ops.modelgen.harness import export
+    from onnx_ops.modelgen.inputs import cases
+    from onnx_ops.modelgen.spec import Spec
+
+    spec = Spec.from_json(SPECS[name])
+    exported = export(spec, cache)
+    assert "error" not in exported, exported["error"]
+    out = tmp_path / "model.cortex.onnx"
+    report = cortex.convert(exported["path"], str(out), strict=True)
+    assert all(r.converted for r in report.regions)
+    plan = plan_for(out)
+    assert plan.mergeable, plan.reason
+    session = cortex.InferenceSession(str(out))
+    names = [i.name for i in session.get_inputs()]
+    good = [{n: f[n] for n in names} for f in cases(spec).values()]
+    requests = good + [bad for r in good for bad in _corrupted(plan, r)] + good
+    stats = ForestStats()
+    answers = run_forest(plan, session, requests, stats=stats)
+    for k, (request, got) in enumerate(zip(requests, answers)):
+        try:
+            want = session.run(None, request)
+        except Exception:  # noqa: BLE001 - its own error, and only its own
+            assert isinstance(got, Exception), f"request {k}: its own run fails, merged it did not"
+            continue
+        assert not isinstance(got, Exception), f"request {k}: {got}"
+        for a, b in zip(got, want):
+            assert a.shape == b.shape and np.array_equal(a, b, equal_nan=True), f"request {k}"
+    assert stats.merged_requests >= 2 * len(good) and stats.alone >= 1, stats
