@@ -31,7 +31,7 @@ from onnx import helper, numpy_helper
 from ..artifacts import cortex_nodes
 from .graph_ops import ELEMENTWISE, REDUCTIONS, OpSemantics
 from .kernel import EDGES, NODES, OFFSETS, POSITIONS, KernelMerge, NotMergeable, analyze
-from .values import Columns, Const, Flipped, Opaque, Rows
+from .values import Columns, Const, Flipped, Opaque, Padded, Rows
 
 
 class _Units:
@@ -67,6 +67,7 @@ class KernelSite:
     edges: dict = None  # 'edges:<dst>' -> the unit of that edge list's rows
     flipped: set = field(default_factory=set)  # kernel inputs that hold their model input's rows last first
     measured: set = field(default_factory=set)  # kernel inputs whose length alone the recursion reads
+    padded: dict = field(default_factory=dict)  # init inputs with a padding row past the nodes -> their Padded value
 
     def unit_of(self, units, rows: str) -> int:
         """The unit of a row kind of this recursion ('nodes', 'positions', 'edges:<dst>')."""
@@ -129,7 +130,11 @@ class GraphAnalysis(OpSemantics):
         for index, node in enumerate(self.graph.node):
             args = [self.env.get(name, Opaque(f"'{name}' has no value")) if name else None for name in node.input]
             special = next((a for a in args if isinstance(a, (Columns, Flipped))), None)
-            if index in self.recursions:
+            padded = next((a for a in args if isinstance(a, Padded)), None)
+            if padded is not None and index not in self.recursions and node.op_type != "Slice":
+                outs = [Opaque(f"node '{node.name or node.op_type}' ({node.op_type}) reads a table with a padding "
+                               "row past the nodes: merged, the row would be the forest's")] * len(node.output)
+            elif index in self.recursions:
                 outs = self._recursion(self.recursions[index], node, args)
             elif special is not None and node.op_type == "Cast" and _widening_cast(self, special, node):
                 outs = [special]  # cast to a wider integer type: the same values in the same layout
@@ -238,6 +243,13 @@ class GraphAnalysis(OpSemantics):
                     "does not read it as an edge list [2, E]" if isinstance(value, Columns) else
                     "the recursion reads it as an edge list [2, E], and the model does not declare it so (a fixed "
                     "first dimension, a dynamic second): its edges could not be told from its rows"))
+            if isinstance(value, Padded):
+                if decl.kind != "init" or role.rows != NODES:
+                    raise NotMergeable(f"{where} input '{decl.name}' has a padding row past the nodes, and it is not "
+                                       "a table's initial value")
+                self.units.union(value.unit, site.nodes)
+                site.padded[decl.name] = value
+                continue
             if not isinstance(value, (Rows, Columns, Flipped)):
                 raise NotMergeable(f"{where} input '{decl.name}' is the same for every request (a constant or a "
                                    "count), not one row per node or position")
@@ -265,10 +277,18 @@ class GraphAnalysis(OpSemantics):
             if how == "measured":
                 site.measured.add(decl.name)
             self._use(value, how, where, site.nodes if role.node_ids else None)
+        for table in merge.program.tables:
+            if table.name in merge.padded and table.init not in site.padded:
+                raise NotMergeable(f"{where} reads table {table.name} at the row past the nodes, and its initial "
+                                   "value has no such row (the same constant for every request: zeros(N + 1, H))")
         outputs = []
         for name, table in zip(node.output, merge.program.tables):
             rows = merge.outputs.get(name, NODES if table.kind == "state" else POSITIONS)
-            outputs.append(Rows(site.nodes if rows == NODES else site.positions, tuple(table.inner)))
+            if table.init in site.padded:  # the padding row stays as it was: rows past a request's nodes are
+                init = site.padded[table.init]  # never written in a merged forest (the bounds check)
+                outputs.append(Padded(site.nodes, tuple(table.inner), init.fill))
+            else:
+                outputs.append(Rows(site.nodes if rows == NODES else site.positions, tuple(table.inner)))
         return outputs
 
     def _input_type(self, name):

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+from onnx import numpy_helper
 
-from .values import Const, Dims, Flipped, Opaque, Rows, UnitDim
+from .values import Const, Dims, Flipped, Opaque, Padded, Rows, UnitDim, UnitDimPlus
 
 ELEMENTWISE = {
     "Abs", "Acos", "Acosh", "Add", "And", "Asin", "Asinh", "Atan", "Atanh", "BitwiseAnd", "BitwiseNot", "BitwiseOr",
@@ -31,6 +32,9 @@ class OpSemantics:
         rows = [a for a in args if isinstance(a, Rows)]
         where = f"node '{node.name or node.op_type}' ({node.op_type})"
         if any(isinstance(a, Dims) for a in args if a is not None):
+            plus = _count_plus(node.op_type, args)
+            if plus is not None:
+                return plus
             return Opaque(f"{where} computes with a count (e.g. N + 1 rows): merged, the count would be the forest's")
         if not rows:
             return None
@@ -176,6 +180,8 @@ class OpSemantics:
 
     def _op_Slice(self, args, attrs):
         x = args[0]
+        if isinstance(x, Padded):
+            return _unpadded(self, x, args)
         consts = [a.value.reshape(-1).tolist() if isinstance(a, Const) else None for a in args[1:]]
         if any(c is None for c, a in zip(consts, args[1:]) if a is not None):
             return None
@@ -200,6 +206,9 @@ class OpSemantics:
 
     def _op_ConstantOfShape(self, args, attrs):
         shape = args[0]
+        padded = _padded(shape, attrs.get("value"))
+        if padded is not None:
+            return padded
         if isinstance(shape, Dims) and not shape.scalar and shape.items and isinstance(shape.items[0], UnitDim) \
                 and all(isinstance(d, int) for d in shape.items[1:]):
             return Rows(shape.items[0].unit, tuple(shape.items[1:]))
@@ -207,6 +216,10 @@ class OpSemantics:
 
     def _op_Expand(self, args, attrs):
         value, shape = args
+        if isinstance(value, Const) and value.value.size == 1:
+            padded = _padded(shape, value.value)
+            if padded is not None:
+                return padded
         if isinstance(value, Const) and isinstance(shape, Dims) and not shape.scalar and shape.items \
                 and isinstance(shape.items[0], UnitDim) and all(isinstance(d, int) for d in shape.items[1:]):
             rank = len(shape.items)
@@ -229,6 +242,9 @@ class OpSemantics:
 
     def _op_Reshape(self, args, attrs):
         x, shape = args
+        if isinstance(x, Dims) and len(x.items) == 1 and isinstance(shape, Const) and \
+                shape.value.reshape(-1).tolist() in ([-1], [1]):
+            return Dims(x.items)  # a count as a one-item shape
         if not isinstance(x, Rows) or x.inner is None:
             return None
         if isinstance(shape, Dims) and shape.items and isinstance(shape.items[0], UnitDim) \
@@ -314,3 +330,55 @@ class OpSemantics:
         if isinstance(x, Rows) and all(a is None or isinstance(a, Const) for a in args[1:]):
             return [x, Opaque("a statistics output"), Opaque("a statistics output")]
         return None
+
+
+def _count_plus(op, args):
+    """N + c or N - c of a count (a scalar or one-item shape of a unit's count) and an integer constant: the count
+    of a table with c rows past the nodes. None for anything else."""
+    if op not in ("Add", "Sub") or len(args) != 2 or not isinstance(args[0], Dims):
+        return None
+    dims, c = args
+    if not (isinstance(c, Const) and c.value.size == 1 and c.value.dtype.kind in "iu" and len(dims.items) == 1):
+        return None
+    item = dims.items[0]
+    base, plus = (item.unit, 0) if isinstance(item, UnitDim) else (item.unit, item.plus) \
+        if isinstance(item, UnitDimPlus) else (None, None)
+    if base is None:
+        return None
+    plus += int(c.value.reshape(-1)[0]) * (1 if op == "Add" else -1)
+    return Dims((UnitDim(base) if plus == 0 else UnitDimPlus(base, plus),), scalar=dims.scalar)
+
+
+def _padded(shape, value):
+    """zeros(N + 1, ...) (ConstantOfShape or Expand of a constant): a Padded table; Opaque for N + k rows otherwise;
+    None for other shapes."""
+    if not (isinstance(shape, Dims) and not shape.scalar and shape.items and isinstance(shape.items[0], UnitDimPlus)
+            and all(isinstance(d, int) for d in shape.items[1:])):
+        return None
+    if shape.items[0].plus != 1:
+        return Opaque(f"a table of N {'+' if shape.items[0].plus > 0 else '-'} {abs(shape.items[0].plus)} rows: merged, "
+                      "the rows past (or short of) each request's nodes would be the forest's; one padding row past "
+                      "the nodes merges")
+    fill = 0.0
+    if value is not None:
+        array = np.asarray(value if isinstance(value, np.ndarray) else numpy_helper.to_array(value))
+        if array.size != 1:
+            return None
+        fill = float(array.reshape(-1)[0])
+    return Padded(shape.items[0].unit, tuple(shape.items[1:]), fill)
+
+
+def _unpadded(analysis, x: Padded, args):
+    """h[:N] (or h[:-1]) of a padded table: its rows of the unit; any other slice is opaque."""
+    consts = [a.value.reshape(-1).tolist() if isinstance(a, Const) else a for a in args[1:]]
+    starts, ends = consts[0], consts[1]
+    axes = consts[2] if len(consts) > 2 and consts[2] is not None else [0]
+    steps = consts[3] if len(consts) > 3 and consts[3] is not None else [1]
+    rank = 1 + len(x.inner)
+    count = ends.items[0] if isinstance(ends, Dims) and len(ends.items) == 1 else None
+    to_unit = ends == [-1] or (isinstance(count, UnitDim) and analysis.units.find(count.unit) ==
+                                analysis.units.find(x.unit))
+    if starts == [0] and isinstance(axes, list) and [a % rank for a in axes] == [0] and steps == [1] and to_unit:
+        return Rows(x.unit, x.inner)
+    return Opaque("a slice of a table with a padding row other than back to its rows: merged, the bounds would be "
+                  "the forest's")

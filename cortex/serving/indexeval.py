@@ -384,6 +384,19 @@ def _loads(expr):
     return [(e.index, False) for e in ir.walk([expr]) if isinstance(e, ir.Load)]
 
 
+def _padding_read(index):
+    """(True, None) for a read at len(A), the row past the nodes; (True, i) for a choice between it and i (i is
+    then checked, -1 allowed: a choice that sends -1 to the padding row); (False, None) otherwise."""
+    if isinstance(index, ir.Length):
+        return True, None
+    if isinstance(index, ir.ISelect):
+        if isinstance(index.a, ir.Length):
+            return True, index.b
+        if isinstance(index.b, ir.Length):
+            return True, index.a
+    return False, None
+
+
 def _read_only_where_not_negative(roots) -> dict:
     """Child-state reads that every path reaches through a choice `select(i >= 0 ? read(i) : ...)` (or
     `i < 0 ? ... : read(i)`), read at i or at max(i, 0) (torch's clamp of a missing child) -> i. Where i is -1
@@ -438,7 +451,12 @@ def _row_indices(case: ir.Case):
         if isinstance(getattr(e, "index", None), ir.Member) or e in ends:
             continue  # a set's member: _sets checks the set's arrays; a CSR slice's end: merge.py its offsets
         if isinstance(e, ir.ChildState):
-            out.append((guarded[e], True) if e in guarded else (e.index, e.missing_zero))
+            pad, other = _padding_read(e.index)
+            if pad:  # the row past the nodes (kernel.py): the same constant row in both runs
+                if other is not None:
+                    out.append((other, True))
+            else:
+                out.append((guarded[e], True) if e in guarded else (e.index, e.missing_zero))
         elif isinstance(e, (ir.InputRow, ir.InputProjection, ir.Load)):
             out.append((e.index, False))
         elif isinstance(e, ir.SetReduce):

@@ -50,6 +50,7 @@ from ..ir.printer import format_index, format_pred
 
 NODE, CLAMPED, POSITION, DATA = "node", "clamped node", "position", "data"
 BACKWARD = "position from the end"  # len(A) - 1 - p: the visit order walked from its last position
+PAD = "padding row"  # len(A) of a node array: the row past the nodes (zeros(N + 1, H): a missing child's row)
 NODES, POSITIONS = "nodes", "positions"  # the two row kinds of a recursion's arrays and tables
 EDGES = "edges:"  # + the dst array's name: the rows of one edge list (src, dst), a unit of their own
 OFFSETS = "offsets:"  # + the indices' name: CSR offsets, one row per node plus one, values rows of those indices
@@ -87,13 +88,15 @@ class KernelMerge:
     program: ir.Program = field(compare=False, repr=False)
     clamped: tuple = field(default=(), compare=False)  # rows read at max(node id, 0): where a request runs alone
     backward: bool = False  # positions read at len - 1 - p only (the visit walked from its end)
+    padded: tuple = ()  # state tables read at the row past the nodes (their init must have it: graph.py)
 
     def to_notes(self) -> dict:
         """The node's notes member `merge` (JSON)."""
         return {"version": NOTES_VERSION, "per_tree": True, "positions": self.positions,
                 "inputs": {name: {"rows": r.rows, "node_ids": r.node_ids, **({"axis": r.axis} if r.axis else {})}
                            for name, r in self.inputs.items()},
-                "outputs": dict(self.outputs), **({"backward": True} if self.backward else {})}
+                "outputs": dict(self.outputs), **({"backward": True} if self.backward else {}),
+                **({"padded": list(self.padded)} if self.padded else {})}
 
 
 def merge_notes(program: ir.Program) -> dict:
@@ -226,6 +229,8 @@ class _Analysis:
         self.position_arrays = set()  # arrays whose length a position is compared with: one row per position
         self.node_arrays = set()  # arrays whose length a guarded node id is compared with: one row per node
         self.backward_arrays = set()  # arrays A of the positions read at len(A) - 1 - p
+        self.pad_arrays = set()  # arrays A whose len(A) a state table is read at: the row past the nodes
+        self.padded_tables = set()  # state tables read there
         self.kinds = {}  # memo: IExpr -> kind
 
     def is_position(self, e) -> bool:
@@ -361,6 +366,30 @@ class _Analysis:
                 return
         self.check_pred(pred)
 
+    def _pad_row(self, index: ir.IExpr) -> bool:
+        """Whether a table read at `index` reads the row past the nodes where it does not read a node: len(A) of a
+        node array A (N: in a request's own run its N, merged the forest's; the graph checks that the table's
+        initial value has that row, the same constant in both), or a choice between it and a node id
+        (`where(child < 0, N, child)`)."""
+        if isinstance(index, ir.Length):
+            if index.array is None or index.axis != 0:
+                return False
+            self.pad_arrays.add(index.array)  # checked to have one row per node (run)
+            return True
+        if isinstance(index, ir.ISelect):
+            for pad, other in ((index.a, index.b), (index.b, index.a)):
+                if isinstance(pad, ir.Length) and self._pad_row(pad):
+                    self.check_pred(index.pred)
+                    if self._pad_row(other) or self.kind(other) in (NODE, CLAMPED):
+                        return True
+                    raise NotMergeable(f"table rows are read at {format_index(index)}, a choice of the row past the "
+                                       f"nodes and {format_index(other)}, which is not a node id")
+        return False
+
+    def _use_kind(self, index: ir.IExpr) -> str:
+        """The kind of a row index (node_uses), the padding row included."""
+        return PAD if self._pad_row(index) else self.kind(index)
+
     def _position_in_range(self, p: ir.Compare) -> bool:
         """A test of the position p against the length of an array A of one row per position that holds at every
         position of a visit (0 <= p < len(A)), in the request's own run and the forest's alike: `p < len(A)`,
@@ -404,12 +433,15 @@ class _Analysis:
             measured = {e.array for e in ir.walk([program.trip]) if isinstance(e, ir.Length) and e.array}
             for name in measured | self.position_arrays | self.backward_arrays:
                 self.rows.setdefault(name, {self.position_rows})
-        for names, rows, what in ((self.position_arrays, POSITIONS, "a position"), (self.node_arrays, NODES,
-                                                                                      "a node id")):
+        for name in self.pad_arrays:  # only measured: its length is the node count, which the merge checks
+            self.rows.setdefault(name, {NODES})
+        for names, rows, what in ((self.position_arrays, POSITIONS, "a position is compared with len({})"),
+                                  (self.node_arrays, NODES, "a node id is compared with len({})"),
+                                  (self.pad_arrays, NODES, "a table is read at row len({})")):
             for name in names:
                 if self.rows.get(name) != {rows}:
-                    raise NotMergeable(f"{what} is compared with len({name}), and '{name}' does not have one row per "
-                                       f"{what.split()[-1]}")
+                    raise NotMergeable(f"{what.format(name)}, and '{name}' does not have one row per "
+                                       f"{'position' if rows == POSITIONS else 'node'}")
         roles = {}
         for decl in program.inputs:
             rows = self.rows.get(decl.name, set())
@@ -423,10 +455,11 @@ class _Analysis:
                                          1 if decl.name in self.columns else 0)
         outputs = {t.output: NODES if t.kind == "state" else self.position_rows for t in program.tables if t.output}
         clamped = tuple(dict.fromkeys(format_index(i) for i, _, _ in node_uses(program)
-                                      if not self.is_position(i) and self.kind(i) == CLAMPED))
+                                      if not self.is_position(i) and self._use_kind(i) == CLAMPED))
         if self.backward_arrays:
             self._check_backward(roles, outputs)
-        return KernelMerge(roles, outputs, self.position_rows, program, clamped, bool(self.backward_arrays))
+        return KernelMerge(roles, outputs, self.position_rows, program, clamped, bool(self.backward_arrays),
+                           tuple(sorted(self.padded_tables)))
 
     def _check_backward(self, roles, outputs):
         """A visit walked from its end (order[len(order) - 1 - p]) merges with the position arrays laid out in the
@@ -437,7 +470,7 @@ class _Analysis:
             if roles.get(name) is None or roles[name].rows != POSITIONS:
                 raise NotMergeable(f"a position is read from the end of '{name}', which does not have one row per "
                                    "position")
-        forward = [where for index, _, where in node_uses(self.program) if self.kind(index) == POSITION]
+        forward = [where for index, _, where in node_uses(self.program) if self._use_kind(index) == POSITION]
         if forward:
             raise NotMergeable(f"the visit is walked from its end, and {forward[0]} is at the position p itself: "
                                "merged, the two would belong to different requests")
@@ -504,7 +537,9 @@ class _Analysis:
         if isinstance(e, ir.SetReduce):
             self._set(e)
         elif isinstance(e, ir.ChildState):
-            if self.kind(e.index) not in (NODE, CLAMPED):
+            if self._pad_row(e.index):
+                self.padded_tables.add(e.table)  # the row past the nodes: the same constant row in both runs
+            elif self.kind(e.index) not in (NODE, CLAMPED):
                 raise NotMergeable(f"table {e.table} is read at row {format_index(e.index)}, which is not a node id")
         elif isinstance(e, (ir.InputRow, ir.InputProjection)):
             k = self.kind(e.index)

@@ -26,7 +26,7 @@ import numpy as np
 import onnx
 
 from .graph import GraphAnalysis
-from .values import Columns, Const, Flipped, Opaque, Rows
+from .values import Columns, Const, Flipped, Opaque, Padded, Rows
 from .indexeval import BoundsCheck, native
 from .kernel import OFFSETS, POSITIONS, NotMergeable, trip_count
 
@@ -189,6 +189,9 @@ def _plan(analysis: GraphAnalysis) -> MergePlan:
         if isinstance(abstract, Const):
             outputs.append(OutputPlan(value.name, None))
             continue
+        if isinstance(abstract, Padded):
+            raise NotMergeable(f"output '{value.name}' is a table with a padding row past the nodes: merged, the row "
+                               "would be the forest's (return h[:N])")
         if isinstance(abstract, (Columns, Flipped)):
             raise NotMergeable(f"output '{value.name}' returns input '{abstract.carries}' (merged, it would be the "
                                "forest's, its node ids shifted)")
@@ -220,6 +223,10 @@ def _plan(analysis: GraphAnalysis) -> MergePlan:
     warnings = tuple(f"{site.name} reads rows at {', '.join(site.merge.clamped)}: a request that reaches one with a "
                      "missing child (a negative id) runs alone (merged, it would read the first request's row 0)"
                      for site in analysis.kernels if site.merge.clamped)
+    warnings += tuple(f"{site.name} starts table {t.name} with a padding row past the nodes: a request whose node ids "
+                      "name that row (N, where its own run reads the padding) runs alone (merged, N would be the next "
+                      "request's first node)" for site in analysis.kernels for t in site.merge.program.tables
+                      if t.init in site.padded and t.name not in site.merge.padded)
     return MergePlan(True, None, tuple(inputs), tuple(outputs), measures, tuple(kernels), "nodes", warnings)
 
 

@@ -39,6 +39,23 @@ class UnitDim:
 
 
 @dataclass(frozen=True)
+class UnitDimPlus:
+    """A unit's count plus a constant (N + 1: a table with a padding row past the nodes)."""
+    unit: int
+    plus: int
+
+
+@dataclass(frozen=True)
+class Padded:
+    """A table of one row per unit and, past them, one row of a constant (zeros(N + 1, H): the row a missing child
+    reads). Merged, the forest has the same one row past all the nodes; only a recursion's init and a slice back to
+    the unit's rows may use it."""
+    unit: int
+    inner: tuple
+    fill: float
+
+
+@dataclass(frozen=True)
 class Dims:
     items: tuple  # ints and UnitDims
     scalar: bool = False  # a 0-D count rather than a [k] shape vector

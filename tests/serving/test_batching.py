@@ -23,13 +23,16 @@ VOCAB = 50
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """The TreeLSTM converted in its TreeRec and Loop forms, and DAG-RNN's Loop form (not mergeable)."""
+    """The TreeLSTM converted in its TreeRec and Loop forms, and its Loop form with a mean over every node's state
+    (mixes the trees: not mergeable)."""
     folder = tmp_path_factory.mktemp("batching")
     params = treelstm.make_params(hidden=HIDDEN, embed_dim=6, vocab=VOCAB)
-    dagrnn = MODELS["dagrnn"]
+    mixing = treelstm.build_loop(params)
+    mixing.graph.node.append(onnx.helper.make_node("ReduceMean", ["h"], ["mean"], axes=[0], keepdims=0))
+    mixing.graph.output.append(onnx.helper.make_tensor_value_info("mean", onnx.TensorProto.FLOAT, [HIDDEN]))
     paths = {}
     for name, model in [("treerec", treelstm.build_treerec(params)), ("loop", treelstm.build_loop(params)),
-                        ("dagrnn", dagrnn.build_loop(dagrnn.make_params(HIDDEN)))]:
+                        ("mixing", mixing)]:
         onnx.save(model, str(folder / f"{name}.onnx"))
         cortex.convert(str(folder / f"{name}.onnx"), str(folder / f"{name}.cortex.onnx"), strict=True)
         paths[name] = str(folder / f"{name}.cortex.onnx")
@@ -225,15 +228,14 @@ def test_close_can_cancel_what_is_queued(models):
 
 
 def test_a_model_that_mixes_trees_is_refused_unless_asked(models):
-    path = models["dagrnn"]
-    with pytest.raises(NotMergeable, match="N \\+ 1 rows.*allow_unmerged=True"):
+    path = models["mixing"]
+    with pytest.raises(NotMergeable, match="reduces over the rows.*allow_unmerged=True"):
         cortex.BatchingSession(path)
-    grid = MODELS["dagrnn"].loop_feeds(__import__("onnx_ops.grids", fromlist=["grid"]).grid(
-        3, 4, 64, np.random.default_rng(0)))
+    tree = _trees(1)[0].arrays()
     plain = cortex.InferenceSession(path)
     with cortex.BatchingSession(path, allow_unmerged=True) as session:
-        futures = [session.submit(grid) for _ in range(4)]
-        assert all(_same(f.result(30), plain.run(None, grid)) for f in futures)
+        futures = [session.submit(tree) for _ in range(4)]
+        assert all(_same(f.result(30), plain.run(None, tree)) for f in futures)
         assert session.stats.batches == 0 and session.stats.alone == 4
 
 

@@ -268,11 +268,29 @@ def test_a_fixed_row_of_the_forest_is_refused(treerec_model, tmp_path):
     assert not plan.mergeable and "a row picked at a fixed index" in plan.reason
 
 
-def test_extra_table_rows_are_refused(tmp_path):
-    """DAG-RNN's Loop form keeps a zero row past the nodes (a table of N + 1 rows, then h[:N])."""
+def test_a_padding_row_past_the_nodes_merges_and_other_extra_rows_do_not(tmp_path):
+    """DAG-RNN's Loop form keeps a zero row past the nodes (zeros(N + 1, H), missing neighbours read row N, then
+    h[:N]): merged, the forest has one such row past all its nodes, the same zeros (test_zoo_merged_equals_separate
+    runs it). Returning the padded table, or two padding rows, is refused."""
     m = MODELS["dagrnn"]
-    plan = plan_for(_convert(m.build_loop(m.make_params(HIDDEN)), tmp_path, "dagrnn"))
-    assert not plan.mergeable and "N + 1 rows" in plan.reason
+    path = _convert(m.build_loop(m.make_params(HIDDEN)), tmp_path, "dagrnn")
+    assert plan_for(path).mergeable
+    model = onnx.load(path)
+    whole = next(n for n in model.graph.node if n.op_type == "Slice" and n.output[0] == "h")
+    returned = onnx.ModelProto()
+    returned.CopyFrom(model)
+    returned.graph.output[0].name = whole.input[0]  # the table with its padding row
+    onnx.save(returned, str(tmp_path / "returned.cortex.onnx"))
+    plan = plan_for(tmp_path / "returned.cortex.onnx")
+    assert not plan.mergeable and "padding row" in plan.reason, plan.reason
+    two = onnx.ModelProto()
+    two.CopyFrom(model)
+    plus = next(n for n in two.graph.node if n.op_type == "Add" and n.output[0] == "N_plus_1")
+    two.graph.initializer.append(numpy_helper.from_array(np.array([2], np.int64), "two_rows"))
+    plus.input[1] = "two_rows"
+    onnx.save(two, str(tmp_path / "two.cortex.onnx"))
+    plan = plan_for(tmp_path / "two.cortex.onnx")
+    assert not plan.mergeable and "a table of N + 2 rows" in plan.reason, plan.reason
 
 
 def _classifier_head(model, classes=3, roots=False):
@@ -343,14 +361,15 @@ def test_zoo_merged_equals_separate(name, form, tmp_path):
     params = m.make_params(HIDDEN)
     model = m.build_loop(params) if form == "loop" else m.build_treerec(params)
     path = _convert(model, tmp_path, f"{name}_{form}")
-    if name == "dagrnn" and form == "loop":
-        assert not plan_for(path).mergeable  # the N + 1 row table (test_extra_table_rows_are_refused)
-        return
     vocab = MVRNN_VOCAB if name == "mvrnn" else VOCAB
     feeds = m.loop_feeds if form == "loop" else m.treerec_feeds
     real = _trees(m.structure, 9, vocab=vocab)  # SST trees where the kind has them
     synthetic = _trees(m.structure, 7, vocab=vocab, seed=5, sst=False)  # random SST-shaped trees
-    _assert_merged_equals_separate(path, [feeds(s) for s in real + synthetic])
+    # DAG-RNN's Loop form names its padding row N for a missing neighbour: merged, N would be the next request's
+    # first node, so such requests (every grid here) run alone, exact; the plan says so
+    alone = name == "dagrnn" and form == "loop"
+    assert ("padding row" in plan_for(path).describe()) == alone
+    _assert_merged_equals_separate(path, [feeds(s) for s in real + synthetic], merged=0 if alone else None)
 
 
 @pytest.mark.parametrize("form", ["loop", "treerec"])
@@ -479,11 +498,23 @@ def test_real_exports_merge_exactly(name, tmp_path):
     _assert_merged_equals_separate(str(out), requests, merged=0 if name == "childsum_forget" else None)
 
 
-@pytest.mark.parametrize("name,reason", [("two_pass", "walked from the end elsewhere"),
-                                         ("dagrnn_where", "len(features) is used inside the recursion")])
+def test_a_missing_neighbour_sent_to_the_padding_row_merges(tmp_path):
+    """DAG-RNN written as `h[torch.where(up[v] < 0, N, up[v])]` over zeros(N + 1, H): merged, N is the forest's
+    padding row, zeros as each grid's own."""
+    pytest.importorskip("torch")
+    from onnx_ops.zoo import wild
+    src, out = tmp_path / "dagrnn_where.onnx", tmp_path / "dagrnn_where.cortex.onnx"
+    wild.export_model("dagrnn_where", src, wild.feeds_for("grid", np.random.default_rng(0), 2))
+    cortex.convert(str(src), str(out), strict=True)
+    rng = np.random.default_rng(3)
+    sizes = [(1, 1), (2, 3), (4, 4), (3, 1), (5, 2)]
+    _assert_merged_equals_separate(str(out), [wild.grid_feeds([size], int(rng.integers(1 << 30))) for size in sizes])
+
+
+@pytest.mark.parametrize("name,reason", [("two_pass", "walked from the end elsewhere")])
 def test_real_exports_that_mix_trees_are_refused(name, reason, tmp_path):
-    """Two recursions over one order, one from its start, one from its end (merged, the order cannot be laid out
-    for both); a missing neighbour sent to an extra row N."""
+    """Two recursions over one order, one from its start, one from its end: merged, the order cannot be laid out
+    for both."""
     pytest.importorskip("torch")
     from onnx_ops.zoo import wild
     kind = wild.MODELS[name][4]
