@@ -14,6 +14,8 @@ Outcomes (:data:`OUTCOMES`):
 - ``crash``: an exception escaping ``cortex.convert``, a converted session that cannot be created or raises where
   eager PyTorch does not, a worker process that died, or a timeout after export.
 - ``gen-error``: eager PyTorch itself failed on the spec's inputs (a generator bug).
+- ``merge-MISMATCH`` (with ``merge=True`` only): the model converted and matched, and served as one merged forest
+  (:func:`merge_check`) a request got other bits than its own run, or the merge path raised.
 
 Independently of the outcome, ``ort_defects`` lists the cases where ONNX Runtime on the *original* export
 disagrees with eager PyTorch (or raises): the export is kept and the converted model is still compared with eager.
