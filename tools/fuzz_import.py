@@ -153,7 +153,8 @@ def summarize(results: list, out=print) -> dict:
                           key=lambda t: {str(x): i for i, x in enumerate(CHOICES[k])}.get(t[0], 99))
             if vals:
                 out(f"  {k:10s} " + "; ".join(f"{v}: {c[1]}/{c[0]}" for v, c in vals))
-        why = Counter(normalize_reason(r["merge"]["reason"] or "") for r in merged if r["merge"]["outcome"] == "refused")
+        why = Counter(normalize_reason(r["merge"]["reason"] or "") for r in merged
+                      if r["merge"]["outcome"] == "refused")
         for key, c in why.most_common():
             out(f"  {c:5d}  not mergeable: {key[:200]}")
 

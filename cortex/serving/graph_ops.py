@@ -356,9 +356,9 @@ def _padded(shape, value):
             and all(isinstance(d, int) for d in shape.items[1:])):
         return None
     if shape.items[0].plus != 1:
-        return Opaque(f"a table of N {'+' if shape.items[0].plus > 0 else '-'} {abs(shape.items[0].plus)} rows: merged, "
-                      "the rows past (or short of) each request's nodes would be the forest's; one padding row past "
-                      "the nodes merges")
+        plus = shape.items[0].plus
+        return Opaque(f"a table of N {'+' if plus > 0 else '-'} {abs(plus)} rows: merged, the rows past (or short of) "
+                      "each request's nodes would be the forest's; one padding row past the nodes merges")
     fill = 0.0
     if value is not None:
         array = np.asarray(value if isinstance(value, np.ndarray) else numpy_helper.to_array(value))
