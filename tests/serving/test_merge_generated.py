@@ -20,31 +20,37 @@ from cortex.serving.forest import ForestStats, run_forest
 
 pytest.importorskip("torch")
 
-SPECS = {
-    "backward walk, edge list cast (dynamo while_loop)": {
-        "family": "dagrnn", "gates": "-", "mix": "cat", "bias": False, "agg": "mean", "gather": "-",
-        "write": "index_put_", "read": "slice", "leaf_test": "-", "missing": "-", "leaf_input": "embedding",
-        "act": "sigmoid", "act_form": "module", "head": "none", "layout": "-", "dtype": "int32_long",
-        "loop": "reverse", "exporter": "dynamo_while", "hidden": 5, "embed": 8, "arity": "-", "structure": "grid",
-        "encoding": "edges", "select": "mask", "table": "flat", "precision": "float64", "carry": "-", "seed": 32},
-    "range guards (TorchScript counter loop)": {
-        "family": "treegru", "gates": "fused_split", "mix": "cat", "bias": True, "agg": "mean", "gather": "-",
-        "write": "cat", "read": "slice", "leaf_test": "none", "missing": "-", "leaf_input": "features",
-        "act": "relu", "act_form": "functional", "head": "log_softmax", "layout": "-", "dtype": "int32_long",
-        "loop": "counter", "exporter": "torchscript", "hidden": 12, "embed": 5, "arity": "-", "structure": "binary",
-        "encoding": "parent", "select": "matmul", "table": "flat", "precision": "float64", "carry": "-", "seed": 9},
-    "scan over the flipped order, roots read by GatherND (dynamo scan)": {
-        "family": "treefc", "gates": "-", "mix": "-", "bias": True, "agg": "attn", "gather": "index_select",
-        "write": "index_put", "read": "slice", "leaf_test": "is_leaf", "missing": "-", "leaf_input": "features",
-        "act": "-", "act_form": "-", "head": "root_linear", "layout": "children", "dtype": "int32_long",
-        "loop": "reverse", "exporter": "dynamo_scan", "hidden": 11, "embed": 7, "arity": "-", "structure": "binary",
-        "encoding": "padded", "select": "-", "table": "flat", "precision": "float32", "carry": "-", "seed": 27},
-    "clamped reads a torch.where drops (dynamo scan)": {
-        "family": "dagrnn", "gates": "-", "mix": "cat", "bias": False, "agg": "attn", "gather": "index_select",
-        "write": "index_put", "read": "slice", "leaf_test": "-", "missing": "where", "leaf_input": "constant",
-        "act": "relu", "act_form": "module", "head": "none", "layout": "children", "dtype": "int32_long",
-        "loop": "forward", "exporter": "dynamo_scan", "hidden": "-", "embed": 9, "arity": "-", "structure": "grid",
-        "encoding": "padded", "select": "-", "table": "vector", "precision": "float32", "carry": "-", "seed": 41},
+
+def _spec(choices: str) -> dict:
+    """A generated model's spec JSON from its choices other than "-" ("key=value ..."; the rest are "-")."""
+    from dataclasses import fields
+
+    from onnx_ops.modelgen.spec import Spec
+    values = {f.name: "-" for f in fields(Spec) if f.name != "rejected"}
+    for item in choices.split():
+        key, value = item.split("=")
+        values[key] = {"True": True, "False": False}.get(value, int(value) if value.isdigit() else value)
+    return values
+
+
+SPECS = {  # each spec's choices other than "-" (onnx_ops.modelgen: not relevant to the model)
+    "backward walk, edge list cast (dynamo while_loop)": _spec(
+        "family=dagrnn mix=cat bias=False agg=mean write=index_put_ read=slice leaf_input=embedding act=sigmoid "
+        "act_form=module head=none dtype=int32_long loop=reverse exporter=dynamo_while hidden=5 embed=8 "
+        "structure=grid encoding=edges select=mask table=flat precision=float64 seed=32"),
+    "range guards (TorchScript counter loop)": _spec(
+        "family=treegru gates=fused_split mix=cat bias=True agg=mean write=cat read=slice leaf_test=none "
+        "leaf_input=features act=relu act_form=functional head=log_softmax dtype=int32_long loop=counter "
+        "exporter=torchscript hidden=12 embed=5 structure=binary encoding=parent select=matmul table=flat "
+        "precision=float64 seed=9"),
+    "scan over the flipped order, roots read by GatherND (dynamo scan)": _spec(
+        "family=treefc bias=True agg=attn gather=index_select write=index_put read=slice leaf_test=is_leaf "
+        "leaf_input=features head=root_linear layout=children dtype=int32_long loop=reverse exporter=dynamo_scan "
+        "hidden=11 embed=7 structure=binary encoding=padded table=flat precision=float32 seed=27"),
+    "clamped reads a torch.where drops (dynamo scan)": _spec(
+        "family=dagrnn mix=cat bias=False agg=attn gather=index_select write=index_put read=slice missing=where "
+        "leaf_input=constant act=relu act_form=module head=none layout=children dtype=int32_long loop=forward "
+        "exporter=dynamo_scan embed=9 structure=grid encoding=padded table=vector precision=float32 seed=41"),
 }
 
 
