@@ -82,7 +82,7 @@ class PinnedOutputs:
         import onnxruntime as ort
 
         try:
-            values = [ort.OrtValue.ortvalue_from_shape_and_type([len(feeds[self.plan.measures[unit]]), *inner],
+            values = [ort.OrtValue.ortvalue_from_shape_and_type([self.plan.count(unit, feeds), *inner],
                                                                 dtype, memory_info=self.memory_info)
                       for _, unit, inner, dtype in self.specs]
             binding = self.session.io_binding()

@@ -94,6 +94,7 @@ class GraphAnalysis(OpSemantics):
         self.recursions = {c.index: c for c in cortex_nodes(model)}
         self.inputs = [i for i in self.graph.input if i.name not in {t.name for t in self.graph.initializer}]
         self.input_units = {}
+        self.less_ones = {}  # unit u -> the unit whose count is u's minus one (len(offsets) - 1: CSR offsets' nodes)
 
     # ---- values --------------------------------------------------------------------------------------------
     def _start(self):
@@ -119,6 +120,17 @@ class GraphAnalysis(OpSemantics):
             self.input_units[value.name] = unit
             inner = tuple(dims[1:]) if dims is not None and all(d is not None for d in dims[1:]) else None
             self.env[value.name] = Rows(unit, inner, value.name)
+
+    def less_one(self, unit: int) -> int:
+        """The unit of `unit`'s count minus one (one per unit). Its rows merge as any unit's only where `unit` is
+        the rows of CSR offsets, whose merge drops each request's last row but the last one's (merge.py checks)."""
+        root = self.units.find(unit)
+        for derived, of in self.less_ones.items():
+            if self.units.find(of) == root:
+                return derived
+        derived = self.units.new()
+        self.less_ones[derived] = root
+        return derived
 
     def _use(self, value, how: str, where: str, unit=None):
         if isinstance(value, (Rows, Columns, Flipped)) and value.carries:

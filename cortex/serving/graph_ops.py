@@ -206,7 +206,7 @@ class OpSemantics:
 
     def _op_ConstantOfShape(self, args, attrs):
         shape = args[0]
-        padded = _padded(shape, attrs.get("value"))
+        padded = _padded(self, shape, attrs.get("value"))
         if padded is not None:
             return padded
         if isinstance(shape, Dims) and not shape.scalar and shape.items and isinstance(shape.items[0], UnitDim) \
@@ -217,7 +217,7 @@ class OpSemantics:
     def _op_Expand(self, args, attrs):
         value, shape = args
         if isinstance(value, Const) and value.value.size == 1:
-            padded = _padded(shape, value.value)
+            padded = _padded(self, shape, value.value)
             if padded is not None:
                 return padded
         if isinstance(value, Const) and isinstance(shape, Dims) and not shape.scalar and shape.items \
@@ -334,7 +334,7 @@ class OpSemantics:
 
 def _count_plus(op, args):
     """N + c or N - c of a count (a scalar or one-item shape of a unit's count) and an integer constant: the count
-    of a table with c rows past the nodes. None for anything else."""
+    of a table with c rows past (or short of) the nodes. None for anything else."""
     if op not in ("Add", "Sub") or len(args) != 2 or not isinstance(args[0], Dims):
         return None
     dims, c = args
@@ -349,12 +349,19 @@ def _count_plus(op, args):
     return Dims((UnitDim(base) if plus == 0 else UnitDimPlus(base, plus),), scalar=dims.scalar)
 
 
-def _padded(shape, value):
-    """zeros(N + 1, ...) (ConstantOfShape or Expand of a constant): a Padded table; Opaque for N + k rows otherwise;
-    None for other shapes."""
+def _padded(analysis, shape, value):
+    """zeros(N + 1, ...) (ConstantOfShape or Expand of a constant): a Padded table; zeros(N - 1, ...): rows of a
+    unit of their own (`analysis.less_one`: mergeable where N counts CSR offsets, len(offsets) - 1); Opaque for
+    N + k rows otherwise; None for other shapes."""
     if not (isinstance(shape, Dims) and not shape.scalar and shape.items and isinstance(shape.items[0], UnitDimPlus)
             and all(isinstance(d, int) for d in shape.items[1:])):
         return None
+    if shape.items[0].plus == -1:
+        inner = tuple(shape.items[1:])
+        if value is not None and np.asarray(value if isinstance(value, np.ndarray) else
+                                            numpy_helper.to_array(value)).ndim > len(shape.items):
+            return None
+        return Rows(analysis.less_one(shape.items[0].unit), inner)
     if shape.items[0].plus != 1:
         plus = shape.items[0].plus
         return Opaque(f"a table of N {'+' if plus > 0 else '-'} {abs(plus)} rows: merged, the rows past (or short of) "

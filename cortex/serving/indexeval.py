@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..ir import nodes as ir
-from .kernel import csr_ends, set_node, walks_back
+from .kernel import csr_offsets, read_row, set_node, walks_back
 
 _COMPARE = {"lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal, "eq": np.equal,
             "ne": np.not_equal}
@@ -277,11 +277,13 @@ class BoundsCheck:
     def __init__(self, program: ir.Program):
         self.program = program
         cases = []
+        offsets = csr_offsets(program)
         for case in program.cases:
             # a read from the end of the positions (kernel.walks_back) is the request's own row, as p is: the
             # merge lays positions out so (merge.py)
-            tested = [u for u in _distinct(_loads(case.predicate)) if walks_back(u[0]) is None]
-            used = [u for u in _distinct(_row_indices(case)) if not self._covered(u) and walks_back(u[0]) is None]
+            tested = [u for u in _distinct(_loads(case.predicate, offsets)) if walks_back(u[0]) is None]
+            used = [u for u in _distinct(_row_indices(case, offsets))
+                    if not self._covered(u) and walks_back(u[0]) is None]
             cases.append((case.predicate, tested, used))
         # Nothing to evaluate when no case reads a row by a computed index and no predicate can fail (a TreeRec:
         # its child slots are checked as a whole below).
@@ -380,8 +382,8 @@ def _outside(evaluate, indices, base, stop):
     return out
 
 
-def _loads(expr):
-    return [(e.index, False) for e in ir.walk([expr]) if isinstance(e, ir.Load)]
+def _loads(expr, offsets: dict):
+    return [(read_row(e, offsets), False) for e in ir.walk([expr]) if isinstance(e, ir.Load)]
 
 
 def _padding_read(index):
@@ -440,16 +442,15 @@ def _read_only_where_not_negative(roots) -> dict:
     return {e: i for e, i in guarded_reads.items() if e not in open_reads}
 
 
-def _row_indices(case: ir.Case):
+def _row_indices(case: ir.Case, offsets: dict):
     """(index, missing_zero) of every row a case selects by node id: its target, child-state reads, node-input reads
-    and array loads."""
+    and array loads (CSR offsets at v + 1: v, kernel.read_row)."""
     roots = [x for _, x in case.writes] + ([case.target] if case.target is not None else [])
     out = [(case.target, False)] if case.target is not None else []
-    ends = csr_ends(ir.walk(roots))
     guarded = _read_only_where_not_negative([x for _, x in case.writes])
     for e in ir.walk(roots):
-        if isinstance(getattr(e, "index", None), ir.Member) or e in ends:
-            continue  # a set's member: _sets checks the set's arrays; a CSR slice's end: merge.py its offsets
+        if isinstance(getattr(e, "index", None), ir.Member):
+            continue  # a set's member: _sets checks the set's arrays
         if isinstance(e, ir.ChildState):
             pad, other = _padding_read(e.index)
             if pad:  # the row past the nodes (kernel.py): the same constant row in both runs
@@ -457,7 +458,9 @@ def _row_indices(case: ir.Case):
                     out.append((other, True))
             else:
                 out.append((guarded[e], True) if e in guarded else (e.index, e.missing_zero))
-        elif isinstance(e, (ir.InputRow, ir.InputProjection, ir.Load)):
+        elif isinstance(e, ir.Load):
+            out.append((read_row(e, offsets), False))
+        elif isinstance(e, (ir.InputRow, ir.InputProjection)):
             out.append((e.index, False))
         elif isinstance(e, ir.SetReduce):
             out.append((set_node(e), False))  # the node whose set it is: one of the request's own

@@ -26,8 +26,10 @@ kept. Writing T(x) for that map (x < 0: x; else x + base), the analysis proves, 
   along that axis (`ArrayRole.axis`). A CSR child list `indices[offsets[v] : offsets[v + 1]]` merges too: the
   indices are node ids on rows of their own unit (the edges), the offsets (one row per node, plus one) index those
   rows and are shifted by the request's *edge* base, each request's last offset dropped but the last request's
-  (merge.py: only requests whose offsets run from 0 to their edge count, within, merge; `offsets[v + 1]` is the one
-  arithmetic on a node id that is allowed, and only as this slice's end);
+  (merge.py: only requests whose offsets run from 0 to their edge count, within, merge). Offsets read at a node v
+  or at v + 1 (the end of v's slice, the one arithmetic on a node id that is allowed) are *edge positions*: merged,
+  each is its own run's value plus the request's edge base, so the difference of two (a child count,
+  `offsets[v + 1] - offsets[v]`) is data and two compare alike; any other use of one is refused;
 - row expressions are the known, row-local kinds only (elementwise math, products with constant weights, slices,
   reductions inside a row); anything else is refused, never guessed.
 
@@ -51,6 +53,19 @@ from ..ir.printer import format_index, format_pred
 NODE, CLAMPED, POSITION, DATA = "node", "clamped node", "position", "data"
 BACKWARD = "position from the end"  # len(A) - 1 - p: the visit order walked from its last position
 PAD = "padding row"  # len(A) of a node array: the row past the nodes (zeros(N + 1, H): a missing child's row)
+
+
+@dataclass(frozen=True)
+class EdgeShifted:
+    """The kind of `times` x a value of CSR offsets `array` (plus data): merged, it is its own run's value plus
+    times x the request's edge base. A sum whose shifts cancel is data; two of one kind compare alike."""
+    array: str
+    times: int
+
+    def __str__(self):
+        return f"CSR offset of '{self.array}'" + (f" (x{self.times})" if self.times != 1 else "")
+
+
 NODES, POSITIONS = "nodes", "positions"  # the two row kinds of a recursion's arrays and tables
 EDGES = "edges:"  # + the dst array's name: the rows of one edge list (src, dst), a unit of their own
 OFFSETS = "offsets:"  # + the indices' name: CSR offsets, one row per node plus one, values rows of those indices
@@ -130,13 +145,13 @@ def node_uses(program: ir.Program):
         if not isinstance(index, ir.Member):  # a set's member: the set's arrays are checked instead
             uses.append((index, missing_zero, where))
 
+    offsets = csr_offsets(program)
     for case in program.cases:
         if case.target is not None:
             add(case.target, False, f"the row case '{case.name}' writes")
-        ends = csr_ends(ir.case_exprs(case))
         for e in ir.case_exprs(case):
-            if isinstance(e, ir.Load) and e not in ends:
-                add(e.index, False, f"a read of '{e.array}'")
+            if isinstance(e, ir.Load):
+                add(read_row(e, offsets), False, f"a read of '{e.array}'")
             elif isinstance(e, ir.ChildState):
                 add(e.index, e.missing_zero, f"a read of table {e.table}")
             elif isinstance(e, (ir.InputRow, ir.InputProjection)):
@@ -202,10 +217,25 @@ def _unclamped(b: ir.IExpr) -> ir.IExpr:
     return b
 
 
-def csr_ends(exprs) -> set:
-    """The reads `offsets[v + 1]` that end CSR slices among `exprs`: v + 1 is no node id, and merged, each request's
-    offsets are checked whole instead (merge.py)."""
-    return {csr[2] for e in exprs if isinstance(e, ir.SetReduce) for csr in [csr_slice(e)] if csr is not None}
+def csr_offsets(program: ir.Program) -> dict:
+    """The CSR offsets arrays of a program's child sets -> the indices array each slices."""
+    out = {}
+    for case in program.cases:
+        for e in ir.walk_rows([x for _, x in case.writes]):
+            csr = csr_slice(e) if isinstance(e, ir.SetReduce) else None
+            if csr is not None:
+                out.setdefault(csr[0], e.arrays[0])
+    return out
+
+
+def read_row(e: ir.Load, offsets: dict) -> ir.IExpr:
+    """The row whose place a load reads: its index; for CSR offsets read at v + 1 (node v's slice end), v. Merged,
+    offsets[v + 1] of a request's last node is the next request's first offset, which the merge makes equal to it
+    (merge.py: canonical offsets), so what must lie in the request's rows is v."""
+    if e.array in offsets and isinstance(e.index, ir.IBinary) and e.index.op == "add" and \
+            ir.IConst(1) in (e.index.a, e.index.b):
+        return e.index.b if e.index.a == ir.IConst(1) else e.index.a
+    return e.index
 
 
 def set_node(e: ir.SetReduce) -> ir.IExpr:
@@ -232,6 +262,7 @@ class _Analysis:
         self.pad_arrays = set()  # arrays A whose len(A) a state table is read at: the row past the nodes
         self.padded_tables = set()  # state tables read there
         self.kinds = {}  # memo: IExpr -> kind
+        self.offsets = csr_offsets(program)  # CSR offsets arrays -> the indices they slice
 
     def is_position(self, e) -> bool:
         return self.iter_kind == POSITION and isinstance(e, ir.Iter)
@@ -283,6 +314,9 @@ class _Analysis:
             if back is not None:
                 self.backward_arrays.add(back)
                 return BACKWARD
+            shifted = self._edge_sum(e)
+            if shifted is not None:
+                return shifted
             return self._binary(e)
         raise NotMergeable(f"unknown index expression {type(e).__name__}")
 
@@ -290,6 +324,12 @@ class _Analysis:
         decl = self.program.input(e.array)
         if decl.rank == 0:
             raise NotMergeable(f"the scalar input '{e.array}' is read inside the recursion: requests may differ in it")
+        if e.array in self.offsets:  # an edge position: read at a node v or v + 1 (read_row)
+            if self.kind(read_row(e, self.offsets)) not in (NODE, CLAMPED):
+                raise NotMergeable(f"the CSR offsets '{e.array}' are read at {format_index(e.index)}, which is not a "
+                                   "node v or v + 1")
+            self.rows.setdefault(e.array, set()).add(OFFSETS + self.offsets[e.array])
+            return EdgeShifted(e.array, 1)
         k = self.kind(e.index)
         if k in (POSITION, BACKWARD):
             self.rows.setdefault(e.array, set()).add(POSITIONS)
@@ -311,6 +351,33 @@ class _Analysis:
             return ka if ka != DATA else kb  # a negative sentinel is the same in both runs
         raise NotMergeable(f"{format_index(e)} chooses between a {ka} and a {kb}")
 
+    def _edge_sum(self, e: ir.IBinary):
+        """The kind of a sum of CSR offsets and data (+, -, -1 x) with an offset among its terms: data where the
+        edge bases cancel (offsets[v + 1] - offsets[v]), else EdgeShifted; None for any other expression."""
+        times = {}
+
+        def terms(x, sign) -> bool:
+            if isinstance(x, ir.IBinary) and x.op in ("add", "sub"):
+                return terms(x.a, sign) and terms(x.b, sign if x.op == "add" else -sign)
+            if isinstance(x, ir.IBinary) and x.op == "mul" and ir.IConst(-1) in (x.a, x.b):
+                return terms(x.b if x.a == ir.IConst(-1) else x.a, -sign)
+            k = self.kind(x)
+            if isinstance(k, EdgeShifted):
+                times[k.array] = times.get(k.array, 0) + sign * k.times
+                return True
+            return k == DATA
+
+        negation = e.op == "mul" and ir.IConst(-1) in (e.a, e.b)
+        if not self.offsets or not (e.op in ("add", "sub") or negation) or not terms(e, 1) or not times:
+            return None
+        left = {a: t for a, t in times.items() if t}
+        if not left:
+            return DATA
+        if len(left) == 1:
+            return EdgeShifted(*next(iter(left.items())))
+        raise NotMergeable(f"{format_index(e)} adds offsets of different CSR arrays: merged, they shift by different "
+                           "bases")
+
     def _binary(self, e: ir.IBinary) -> str:
         ka, kb = self.kind(e.a), self.kind(e.b)
         if ka == DATA and kb == DATA:
@@ -320,7 +387,8 @@ class _Analysis:
             k = self.kind(node_side)
             if k in (NODE, CLAMPED) and isinstance(other, ir.IConst) and other.value <= 0:
                 return CLAMPED if other.value == 0 or k == CLAMPED else NODE
-        what = POSITION if POSITION in (ka, kb) else "node id"
+        what = POSITION if POSITION in (ka, kb) else next((str(k) for k in (ka, kb) if isinstance(k, EdgeShifted)),
+                                                           "node id")
         raise NotMergeable(f"{format_index(e)} computes with a {what}: merged, its value would depend on the "
                            "requests before it")
 
@@ -342,11 +410,15 @@ class _Analysis:
             return
         if ka == NODE and kb == NODE:
             return  # both shifted by the same base, negatives kept: T is increasing, so the order is the same
+        if ka == kb and isinstance(ka, EdgeShifted):
+            return  # both shifted by the same multiple of the edge base
         op, node_side, other = (p.op, ka, p.b) if ka != DATA else (_SWAPPED[p.op], kb, p.a)
         if node_side in (NODE, CLAMPED, POSITION) and isinstance(other, ir.IConst):
             if other.value < 0 or (other.value == 0 and op in ("ge", "lt")):
                 return  # a valid node id (>= 0) and its shifted value compare alike with these
-        raise NotMergeable(f"the test {format_pred(p)} may change when node ids are shifted by a request's base")
+        what = "CSR offsets are shifted by a request's edge base" if EdgeShifted in (type(ka), type(kb)) else \
+            "node ids are shifted by a request's base"
+        raise NotMergeable(f"the test {format_pred(p)} may change when {what}")
 
     def _guard_pred(self, pred: ir.BExpr, value: ir.IExpr):
         """A guard's test: what check_pred allows, and `value < N` (N the tables' rows or the length of a node

@@ -83,10 +83,16 @@ class MergePlan:
     kernels: tuple = ()
     node_unit: Optional[str] = None  # the unit node ids count
     warnings: tuple = ()  # what merges less than it seems (reads that send some requests to run alone)
+    less_one: frozenset = frozenset()  # units counted by CSR offsets: that input's rows minus one
 
     @functools.cached_property
     def request_spec(self) -> "RequestSpec":
         return _request_spec(self)
+
+    def count(self, unit: str, feeds: dict) -> int:
+        """The rows of `unit` in `feeds` (one request's inputs, or a forest's)."""
+        name = self.measures[unit]
+        return feeds[name].shape[self.request_spec.axes[name]] - (unit in self.less_one)
 
     def describe(self) -> str:
         """Two or three lines for people: merged how, or why not."""
@@ -176,10 +182,13 @@ def _plan(analysis: GraphAnalysis) -> MergePlan:
     for i in inputs:
         if i.offsets_into is None:  # CSR offsets have a row more than the nodes they count
             measures.setdefault(i.unit, i.name)
+    less_one = set()
     for i in inputs:
-        if i.offsets_into is not None and (i.unit not in measures or i.offsets_into not in measures):
-            raise NotMergeable(f"the CSR offsets '{i.name}': no other input counts the {i.unit} or the "
-                               f"{i.offsets_into}")
+        if i.offsets_into is not None and i.unit not in measures:  # the nodes only CSR offsets count
+            measures[i.unit] = i.name
+            less_one.add(i.unit)
+        if i.offsets_into is not None and i.offsets_into not in measures:
+            raise NotMergeable(f"the CSR offsets '{i.name}': no other input counts the {i.offsets_into}")
 
     outputs = []
     for value in analysis.graph.output:
@@ -227,7 +236,24 @@ def _plan(analysis: GraphAnalysis) -> MergePlan:
                       "name that row (N, where its own run reads the padding) runs alone (merged, N would be the next "
                       "request's first node)" for site in analysis.kernels for t in site.merge.program.tables
                       if t.init in site.padded and t.name not in site.merge.padded)
-    return MergePlan(True, None, tuple(inputs), tuple(outputs), measures, tuple(kernels), "nodes", warnings)
+    _check_less_ones(analysis, offsets, node_unit, set(names))  # the units the outputs and kernels named, too
+    return MergePlan(True, None, tuple(inputs), tuple(outputs), measures, tuple(kernels), "nodes", warnings,
+                     frozenset(less_one))
+
+
+def _check_less_ones(analysis: GraphAnalysis, offsets: dict, node_unit: int, named: set):
+    """A count minus one (len(A) - 1, graph.py) makes rows that merge only where A is CSR offsets and the count is
+    their nodes: merged, the offsets drop each request's last row but the last one's, so len - 1 adds up over the
+    requests (for any other array the forest's len - 1 is the requests' sum minus one less per request)."""
+    units = analysis.units
+    csr_units = {units.find(analysis.input_units[name]) for name in offsets}
+    for derived, of in analysis.less_ones.items():
+        root = units.find(derived)
+        if root not in named:
+            continue  # computed, never reaching a recursion, an output or a counted input
+        if units.find(of) not in csr_units or root != units.find(node_unit):
+            raise NotMergeable("a table of N - 1 rows (the length of an array minus one) other than the nodes of "
+                               "CSR offsets: merged, the rows short of each request's would be the forest's")
 
 
 def _backward_units(analysis: GraphAnalysis, node_unit: int) -> set:
@@ -303,6 +329,11 @@ def check_request(plan: MergePlan, feeds: dict) -> Optional[str]:
         if rows != shape[axis]:
             return (f"input '{name}' has {shape[axis]} rows, '{plan.measures[unit]}' {rows}: inputs of one unit "
                     f"({unit}) must agree to be merged")
+    for unit in plan.less_one:  # the nodes only CSR offsets count
+        name = plan.measures[unit]
+        if feeds[name].shape[0] == 0:
+            return f"the CSR offsets '{name}' have no rows (one per node, plus one)"
+        counts[unit] = feeds[name].shape[0] - 1
     for name in spec.offsets:
         reason = _csr_offsets_reason(plan, name, feeds[name], counts)
         if reason is not None:
@@ -392,9 +423,7 @@ class MergedBatch:
 
 
 def unit_counts(plan: MergePlan, requests: list) -> dict:
-    axes = plan.request_spec.axes
-    return {unit: np.array([r[name].shape[axes[name]] for r in requests], dtype=np.int64)
-            for unit, name in plan.measures.items()}
+    return {unit: np.array([plan.count(unit, r) for r in requests], dtype=np.int64) for unit in plan.measures}
 
 
 def merge(plan: MergePlan, requests: list) -> MergedBatch:

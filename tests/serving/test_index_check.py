@@ -136,7 +136,7 @@ uses = hs.lists(hs.tuples(indices, hs.booleans()), max_size=3)
        hs.lists(hs.tuples(hs.integers(0, 4), hs.integers(0, 4)), min_size=1, max_size=5))
 def test_case_check_is_the_reference(cases, rows, counts):
     arrays = _arrays(rows)
-    check = CaseCheck([(p, list(dict.fromkeys(_loads(p))), list(dict.fromkeys(u))) for p, u in cases])
+    check = CaseCheck([(p, list(dict.fromkeys(_loads(p, {}))), list(dict.fromkeys(u))) for p, u in cases])
     nodes = [n for n, _ in counts]
     positions = [p for _, p in counts]
     assert check(arrays, nodes, positions) == check.reference(arrays, nodes, positions)

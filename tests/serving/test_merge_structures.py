@@ -434,3 +434,166 @@ def test_batching_session_serves_child_sets_with_attacks_among_them(tmp_path, en
             assert all(np.array_equal(a, b) for a, b in zip(answers[k][1], want[1])), k
         else:
             assert answers[k][1] == want[1]
+
+
+# ---- CSR as people write it: the count from the offsets, the table sized by them ----------------------------------
+
+class CsrCountMean(torch.nn.Module):
+    """A Child-Sum cell over CSR children written without a per-node input: the table is zeros(len(offsets) - 1, H),
+    the mean divides by offsets[v + 1] - offsets[v], a leaf is a node whose count is 0 (the modelgen CSR forms)."""
+
+    def __init__(self):
+        super().__init__()
+        self.leaf = torch.nn.Parameter(0.5 * torch.randn(8))
+        self.U = torch.nn.Linear(8, 8)
+
+    def forward(self, offsets, indices, order):
+        h = torch.zeros(offsets.size(0) - 1, 8)
+        for k in range(order.size(0)):
+            v = order[k]
+            kids = indices[offsets[v]:offsets[v + 1]]
+            count = offsets[v + 1] - offsets[v]
+            mean = h[kids].sum(0) / count.clamp(min=1).float()
+            leaf = (count == 0).float()
+            h[v] = leaf * self.leaf + (1 - leaf) * torch.tanh(self.U(mean))
+        return h
+
+
+class CsrCountMeanWhile(CsrCountMean):
+    """The same cell as dynamo exports it: torch.while_loop over the order, from its end."""
+
+    def forward(self, offsets, indices, order):
+        h0 = torch.zeros(offsets.size(0) - 1, 8)
+
+        def cond_fn(k, h):
+            return k >= 0
+
+        def body_fn(k, h):
+            v = order[k.unsqueeze(0)]
+            kids = indices[offsets[v].item():offsets[v + 1].item()]
+            count = offsets[v + 1] - offsets[v]
+            mean = h[kids].sum(0, keepdim=True) / count.clamp(min=1).float().unsqueeze(-1)
+            leaf = (count == 0).float().unsqueeze(-1)
+            h = h.clone()
+            h[v] = leaf * self.leaf + (1 - leaf) * torch.tanh(self.U(mean))
+            return k - 1, h
+
+        _, h = torch.while_loop(cond_fn, body_fn, (torch.full((), order.size(0) - 1, dtype=torch.int64), h0))
+        return h
+
+
+def _convert_csr_count(tmp_path, dynamo: bool) -> str:
+    torch.manual_seed(0)
+    names = ["offsets", "indices", "order"]
+    example = _trees("csr", 1)[0]
+    args = tuple(torch.from_numpy(example[n]) for n in names)
+    src, out = tmp_path / "csr_count.onnx", tmp_path / "csr_count.cortex.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            pytest.importorskip("onnxscript")
+            torch._dynamo.reset()
+            order = torch.export.Dim("L", min=2)
+            torch.onnx.export(CsrCountMeanWhile().eval(), args, str(src), input_names=names, dynamo=True,
+                              dynamic_shapes={"offsets": {0: torch.export.Dim("N1", min=2)},
+                                              "indices": {0: torch.export.Dim("E", min=2)}, "order": {0: order}})
+        else:
+            torch.onnx.export(torch.jit.script(CsrCountMean().eval()), args, str(src), input_names=names,
+                              output_names=["h"], dynamic_axes={n: [0] for n in names}, dynamo=False)
+    report = cortex.convert(str(src), str(out))
+    assert [r.converted for r in report.regions] == [True], report.regions[0].reason
+    return str(out)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["script", "dynamo"])
+def test_csr_counts_and_a_table_sized_by_the_offsets_merge_exactly(tmp_path, dynamo):
+    """offsets[v + 1] - offsets[v] is data (the two reads shift by the same edge base), and zeros(len(offsets) - 1,
+    H) has one row per node: merged, the forest's offsets drop every request's last row but the last one's, so
+    len - 1 adds up. The offsets alone count the nodes here (no per-node input)."""
+    path = _convert_csr_count(tmp_path, dynamo)
+    plan = plan_for(path)
+    assert plan.mergeable, plan.reason
+    assert plan.measures["nodes"] == "offsets" and plan.less_one == {"nodes"}, plan.describe()
+    requests = _trees("csr", 8)
+    empty = {"offsets": np.zeros(1, np.int64), "indices": np.zeros(0, np.int64), "order": np.zeros(0, np.int64)}
+    if dynamo:
+        empty = None  # dynamo's export asks for at least two nodes (its symbolic shapes): no empty tree there
+    _check(path, requests + ([empty] if empty else []) + requests[:3])
+
+
+def test_csr_offsets_that_lie_about_the_nodes_run_alone(tmp_path):
+    """With the offsets counting the nodes, a request whose offsets are not canonical (not from 0, past the edges),
+    whose order names a node past len(offsets) - 1 or that has no offsets at all runs alone, with its own result or
+    error. Offsets that go back within [0, E] are harmless (an empty slice in both runs) and merge."""
+    path = _convert_csr_count(tmp_path, False)
+    good = _trees("csr", 2)
+    tree = good[-1]
+    bad = []
+    shifted = dict(tree, offsets=tree["offsets"] + 1)  # not from 0
+    bad.append(shifted)
+    past = dict(tree, offsets=np.concatenate([tree["offsets"][:-1], [tree["offsets"][-1] + 3]]))  # past the edges
+    bad.append(past)
+    beyond = dict(tree, order=np.concatenate([tree["order"], [len(tree["offsets"]) + 2]]))  # a node past the tree
+    bad.append(beyond)
+    no_rows = {"offsets": np.zeros(0, np.int64), "indices": np.zeros(0, np.int64), "order": np.zeros(0, np.int64)}
+    bad.append(no_rows)
+    back = tree["offsets"].copy()
+    back[1:-1] = back[1:-1][::-1]  # going back, within [0, E]
+    requests = good[:3] + bad + good[3:] + [dict(tree, offsets=back)]
+    _check(path, requests, alone=set(range(3, 3 + len(bad))))
+
+
+def test_a_table_of_another_count_minus_one_is_refused(tmp_path):
+    """zeros(len(A) - 1, H) merges only where A is the CSR offsets: of the indices (one row per edge) it would be
+    the forest's edges minus one, not each request's summed."""
+    import onnx
+    path = _convert_csr_count(tmp_path, False)
+
+    def measure_indices(graph):
+        shape = next(n for n in graph.node if n.op_type == "Shape" and n.input[0] == "offsets")
+        shape.input[0] = "indices"
+
+    plan = plan_for(_edited(path, measure_indices))
+    assert not plan.mergeable and "N - 1 rows" in plan.reason, plan.reason
+    assert onnx.load(path)  # the original is untouched
+
+
+def test_csr_offsets_other_than_differences_are_refused(tmp_path):
+    """An offset read is the request's value plus its edge base: used as data on its own, added to another, scaled,
+    compared with a constant or read at v + 2, the model is refused with the reason; the difference merges."""
+    import dataclasses
+    from cortex.artifacts import cortex_nodes
+    from cortex.ir.serialize import constant_specs, from_json
+    import onnx
+    node = cortex_nodes(onnx.load(_convert_csr_count(tmp_path, False)))[0]
+    doc = node.notes["ir"]
+    program = from_json(doc, {n: np.zeros(s, np.float32) for n, (s, _) in constant_specs(doc).items()})
+    analyze(program)
+    count = next(e for case in program.cases for e in ir.walk(list(case.roots()))
+                 if isinstance(e, ir.IBinary) and e.op in ("add", "sub") and
+                 any(isinstance(x, ir.Load) and x.array == "offsets" for x in (e.a, e.b)))
+    end = next(x for x in ir.walk([count]) if isinstance(x, ir.Load) and isinstance(x.index, ir.IBinary))
+    start = next(x for x in ir.walk([count]) if isinstance(x, ir.Load) and x != end and x.array == "offsets")
+
+    def replaced(new):
+        return ir.transform(lambda e: new if e == count else e)
+
+    def refused(new):
+        p = dataclasses.replace(program, cases=tuple(
+            dataclasses.replace(c, predicate=replaced(new)(c.predicate),
+                                writes=tuple((t, replaced(new)(x)) for t, x in c.writes)) for c in program.cases))
+        with pytest.raises(NotMergeable) as e:
+            analyze(p)
+        return str(e.value)
+
+    assert "CSR offset" in refused(end)  # offsets[v + 1] as a value
+    assert "CSR offset" in refused(ir.IBinary("add", end, start))  # twice the edge base
+    assert "CSR offset" in refused(ir.IBinary("mul", end, ir.IConst(2)))
+    v = start.index
+    two_on = ir.Load("offsets", ir.IBinary("add", v, ir.IConst(2)))
+    assert "computes with a node id" in refused(ir.IBinary("sub", two_on, start))
+    flag = ir.ISelect(ir.Compare("gt", end, ir.IConst(3)), ir.IConst(1), ir.IConst(0))
+    assert "may change when CSR offsets are shifted" in refused(flag)
+    same = ir.ISelect(ir.Compare("gt", end, start), ir.IConst(1), ir.IConst(0))  # both shifted alike: merges
+    analyze(dataclasses.replace(program, cases=tuple(
+        dataclasses.replace(c, writes=tuple((t, replaced(same)(x)) for t, x in c.writes)) for c in program.cases)))
