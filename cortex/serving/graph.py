@@ -29,8 +29,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from ..artifacts import cortex_nodes
-from .graph_ops import ELEMENTWISE, REDUCTIONS, OpSemantics
-from .kernel import EDGES, NODES, OFFSETS, POSITIONS, KernelMerge, NotMergeable, analyze
+from .graph_ops import ELEMENTWISE, REDUCTIONS, OpSemantics, as_count
+from .kernel import COUNT, EDGES, NODES, OFFSETS, POSITIONS, KernelMerge, NotMergeable, analyze
 from .values import Columns, Const, Flipped, Opaque, Padded, Rows
 
 
@@ -68,6 +68,7 @@ class KernelSite:
     flipped: set = field(default_factory=set)  # kernel inputs that hold their model input's rows last first
     measured: set = field(default_factory=set)  # kernel inputs whose length alone the recursion reads
     padded: dict = field(default_factory=dict)  # init inputs with a padding row past the nodes -> their Padded value
+    counts: dict = field(default_factory=dict)  # inputs only the trip count reads -> the Count the graph computes
 
     def unit_of(self, units, rows: str) -> int:
         """The unit of a row kind of this recursion ('nodes', 'positions', 'edges:<dst>')."""
@@ -249,6 +250,13 @@ class GraphAnalysis(OpSemantics):
             role = merge.inputs[decl.name]
             if isinstance(value, Opaque):
                 raise NotMergeable(f"{where} input '{decl.name}': {value.reason}")
+            if role.rows == COUNT:
+                count = as_count(value)
+                if count is None:
+                    raise NotMergeable(f"{where} reads its trip count from input '{decl.name}', which the graph does "
+                                       "not compute from one input's length and constants")
+                site.counts[decl.name] = count
+                continue
             if isinstance(value, Columns) != (role.axis == 1):
                 raise NotMergeable(f"{where} input '{decl.name}': " + (
                     f"model input '{value.carries}' has a fixed first dimension ({value.rows}), and the recursion "

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .values import Const, Dims, Flipped, Opaque, Padded, Rows, UnitDim, UnitDimPlus
+from .values import COUNT_OPS, Const, Count, Dims, Flipped, Opaque, Padded, Rows, UnitDim, UnitDimPlus
 
 ELEMENTWISE = {
     "Abs", "Acos", "Acosh", "Add", "And", "Asin", "Asinh", "Atan", "Atanh", "BitwiseAnd", "BitwiseNot", "BitwiseOr",
@@ -31,10 +31,13 @@ class OpSemantics:
     def _elementwise(self, node, args):
         rows = [a for a in args if isinstance(a, Rows)]
         where = f"node '{node.name or node.op_type}' ({node.op_type})"
-        if any(isinstance(a, Dims) for a in args if a is not None):
+        if any(isinstance(a, (Dims, Count)) for a in args if a is not None):
             plus = _count_plus(node.op_type, args)
             if plus is not None:
                 return plus
+            count = _count_step(node.op_type, args)
+            if count is not None:
+                return count
             return Opaque(f"{where} computes with a count (e.g. N + 1 rows): merged, the count would be the forest's")
         if not rows:
             return None
@@ -135,6 +138,8 @@ class OpSemantics:
         axes = attrs.get("axes")
         if axes is None and len(args) > 1 and isinstance(args[1], Const):
             axes = [int(v) for v in args[1].value.reshape(-1)]
+        if isinstance(x, Count):
+            return x  # one number, whatever its shape
         if isinstance(x, Dims):
             if add and x.scalar and axes in ([0], [-1]):
                 return Dims(x.items)
@@ -235,6 +240,9 @@ class OpSemantics:
         to = attrs.get("to")
         if isinstance(x, Dims) and to in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
             return x
+        count = as_count(x)
+        if count is not None and to in _COUNT_TYPES:
+            return Count(count.unit, count.steps + (("Cast", np.dtype(_COUNT_TYPES[to]), False),))
         if isinstance(x, Rows):
             carries = x.carries if x.carries and to in _WIDENING.get(self._input_type(x.carries), ()) else None
             return Rows(x.unit, x.inner, carries)
@@ -242,6 +250,8 @@ class OpSemantics:
 
     def _op_Reshape(self, args, attrs):
         x, shape = args
+        if isinstance(x, Count) and isinstance(shape, Const) and int(np.prod(shape.value)) in (1, -1):
+            return x  # one number, whatever its shape
         if isinstance(x, Dims) and len(x.items) == 1 and isinstance(shape, Const) and \
                 shape.value.reshape(-1).tolist() in ([-1], [1]):
             return Dims(x.items)  # a count as a one-item shape
@@ -347,6 +357,37 @@ def _count_plus(op, args):
         return None
     plus += int(c.value.reshape(-1)[0]) * (1 if op == "Add" else -1)
     return Dims((UnitDim(base) if plus == 0 else UnitDimPlus(base, plus),), scalar=dims.scalar)
+
+
+_COUNT_TYPES = {onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32,
+                onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64}
+
+
+def as_count(x):
+    """A one-item count (Dims of N or N + c) as a Count, a Count as itself; None for anything else."""
+    if isinstance(x, Count):
+        return x
+    if isinstance(x, Dims) and len(x.items) == 1 and isinstance(x.items[0], (UnitDim, UnitDimPlus)):
+        item = x.items[0]
+        plus = getattr(item, "plus", 0)
+        return Count(item.unit, (("Add", np.int64(plus), False),) if plus else ())
+    return None
+
+
+def _count_step(op, args):
+    """A count and a one-item constant through an op `count_value` computes (values.COUNT_OPS); None otherwise."""
+    if op not in COUNT_OPS:
+        return None
+    counts = [as_count(a) for a in args]
+    if len(args) == 1 and counts[0] is not None and op not in ("Add", "Sub", "Mul", "Div", "Max", "Min"):
+        return Count(counts[0].unit, counts[0].steps + ((op, None, False),))
+    if len(args) != 2 or op in ("Neg", "Ceil", "Floor", "Abs", "Identity"):
+        return None
+    k = 0 if counts[0] is not None else 1
+    other = args[1 - k]
+    if counts[k] is None or not isinstance(other, Const) or other.value.size != 1:
+        return None
+    return Count(counts[k].unit, counts[k].steps + ((op, other.value.reshape(()), k == 1),))
 
 
 def _padded(analysis, shape, value):

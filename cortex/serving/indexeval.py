@@ -213,10 +213,10 @@ class Compiled:
         return list(zip(values, trouble))
 
 
-def scalar_value(e: ir.IExpr, length):
-    """The value of an index expression that reads no array (a trip count) for the given lengths; None where
-    evaluating it would fail."""
-    value, trouble = _Evaluator({}, 1, length)(e)
+def scalar_value(e: ir.IExpr, length, arrays=None):
+    """The value of an index expression (a trip count) for the given lengths and the arrays it reads (none, or
+    0-D numbers); None where evaluating it would fail."""
+    value, trouble = _Evaluator(arrays or {}, 1, length)(e)
     return None if trouble[0] else int(value[0])
 
 

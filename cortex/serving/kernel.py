@@ -47,6 +47,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ..ir import nodes as ir
 from ..ir.printer import format_index, format_pred
 
@@ -69,6 +71,7 @@ class EdgeShifted:
 NODES, POSITIONS = "nodes", "positions"  # the two row kinds of a recursion's arrays and tables
 EDGES = "edges:"  # + the dst array's name: the rows of one edge list (src, dst), a unit of their own
 OFFSETS = "offsets:"  # + the indices' name: CSR offsets, one row per node plus one, values rows of those indices
+COUNT = "count"  # a number the trip count reads (a Loop's M the graph computes from a length): no rows
 
 # Row expressions whose value at a position depends only on their operands at that position (elementwise math,
 # products with constant weights, static rearrangements and reductions inside the row) or on rows the analysis
@@ -87,7 +90,8 @@ class NotMergeable(Exception):
 class ArrayRole:
     """How merging treats one runtime input of a recursion: `rows` is 'nodes' (one row per node), 'positions' (one
     row per visited position), 'edges:<name>' (one per edge of an edge list), 'offsets:<indices>' (CSR offsets: one
-    per node plus one, values rows of the indices) or 'unused'; `node_ids`: its values are
+    per node plus one, values rows of the indices), 'count' (a number only the trip count reads) or 'unused';
+    `node_ids`: its values are
     node ids (offset by the node base); `axis`: the axis its rows run along (1: an edge list [2, E])."""
     rows: str
     node_ids: bool = False
@@ -263,6 +267,7 @@ class _Analysis:
         self.padded_tables = set()  # state tables read there
         self.kinds = {}  # memo: IExpr -> kind
         self.offsets = csr_offsets(program)  # CSR offsets arrays -> the indices they slice
+        self.counts = set()  # inputs only the trip count reads (a number the graph computes: graph.py checks it)
 
     def is_position(self, e) -> bool:
         return self.iter_kind == POSITION and isinstance(e, ir.Iter)
@@ -521,8 +526,11 @@ class _Analysis:
                 rows = rows | {NODES}
             if len(rows) > 1:
                 raise NotMergeable(f"'{decl.name}' is read both at positions and at node ids")
-            if decl.rank == 0:
+            if decl.rank == 0 and decl.name not in self.counts:
                 raise NotMergeable(f"the scalar input '{decl.name}': requests may differ in it")
+            if decl.name in self.counts:
+                roles[decl.name] = ArrayRole(COUNT)
+                continue
             roles[decl.name] = ArrayRole(next(iter(rows)) if rows else "unused", decl.name in self.node_ids,
                                          1 if decl.name in self.columns else 0)
         outputs = {t.output: NODES if t.kind == "state" else self.position_rows for t in program.tables if t.output}
@@ -632,7 +640,10 @@ class _Analysis:
     def _trip(self):
         trip = self.program.trip
         for e in ir.walk([trip]):
-            if isinstance(e, (ir.Load, ir.Iter, ir.Guard)):
+            if isinstance(e, ir.Load) and e.index == ir.IConst(0) and self.program.input(e.array).rank in (0, 1) \
+                    and e.array not in self.rows and e.array not in self.node_ids:
+                self.counts.add(e.array)  # a number the graph computes (a Loop's M): graph.py proves it a count
+            elif isinstance(e, (ir.Load, ir.Iter, ir.Guard)):
                 raise NotMergeable(f"the trip count {format_index(trip)} reads the structure: only lengths can be "
                                    "summed over requests")
         for length in {e for e in ir.walk([trip]) if isinstance(e, ir.Length)}:
@@ -641,9 +652,10 @@ class _Analysis:
                 raise NotMergeable(f"the trip count {format_index(trip)} depends on len({length.array or 'N'}), which "
                                    "is not the number of positions")
         for count in (0, 1, 2, 3, 7, 37, 100, 4096):  # the number of positions of a request is its trip count
-            if trip_count(trip, lambda _: count) != count:
+            numbers = {name: count for name in self.counts}  # each read number, checked per batch (merge.py)
+            if trip_count(trip, lambda _: count, numbers) != count:
                 raise NotMergeable(f"the trip count {format_index(trip)} is not the length of the visit order "
-                                   f"(it is {trip_count(trip, lambda _: count)} for {count} positions)")
+                                   f"(it is {trip_count(trip, lambda _: count, numbers)} for {count} positions)")
 
 
 _SWAPPED = {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le", "eq": "eq", "ne": "ne"}
@@ -663,7 +675,9 @@ def analyze(program: ir.Program) -> KernelMerge:
             raise first from None
 
 
-def trip_count(trip: ir.IExpr, length) -> int:
-    """The trip count for the given lengths (`length(array name or None)`); None where it is undefined."""
+def trip_count(trip: ir.IExpr, length, numbers=None) -> int:
+    """The trip count for the given lengths (`length(array name or None)`) and the numbers it reads (`numbers`:
+    input name -> int, the COUNT inputs); None where it is undefined."""
     from .indexeval import scalar_value
-    return scalar_value(trip, length)
+    arrays = {name: np.asarray(value, dtype=np.int64) for name, value in (numbers or {}).items()}
+    return scalar_value(trip, length, arrays)

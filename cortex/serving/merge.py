@@ -26,9 +26,9 @@ import numpy as np
 import onnx
 
 from .graph import GraphAnalysis
-from .values import Columns, Const, Flipped, Opaque, Padded, Rows
+from .values import Columns, Const, Flipped, Opaque, Padded, Rows, count_value
 from .indexeval import BoundsCheck, native
-from .kernel import OFFSETS, POSITIONS, NotMergeable, trip_count
+from .kernel import COUNT, OFFSETS, POSITIONS, NotMergeable, trip_count
 
 _NUMPY_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
                 onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32, onnx.TensorProto.BOOL: np.bool_,
@@ -71,6 +71,7 @@ class KernelCheck:
     bounds: BoundsCheck = field(compare=False, repr=False)  # prepared once: the per-batch index check
     trips: dict = field(default_factory=dict, compare=False, repr=False)  # unit counts -> trip count (a cache)
     flipped: frozenset = frozenset()  # arrays that hold their model input's rows last first (torch.flip)
+    counts: dict = field(default_factory=dict)  # inputs the trip count reads -> (unit, values.Count) the graph computes
 
 
 @dataclass(frozen=True)
@@ -225,10 +226,21 @@ def _plan(analysis: GraphAnalysis) -> MergePlan:
                 raise NotMergeable(f"{site.name}: its {needed} are counted by no input")
         lengths = {name: unit_name(site.unit_of(units, role.rows))
                    for name, role in site.merge.inputs.items()
-                   if role.rows != "unused" and not role.rows.startswith(OFFSETS)}
+                   if role.rows not in ("unused", COUNT) and not role.rows.startswith(OFFSETS)}
+        counts = {name: (unit_name(count.unit), count) for name, count in site.counts.items()}
+        for name, (unit, _) in counts.items():
+            if unit not in measures:
+                raise NotMergeable(f"{site.name}: its trip count '{name}' is computed from the {unit}, which no "
+                                   "input's rows count")
+        for n in (0, 1, 2, 3, 7, 37, 100, 4096) if counts else ():  # as kernel.py checks a trip count of lengths
+            numbers = _numbers(counts, lambda _: n)
+            trip = None if numbers is None else trip_count(site.merge.program.trip, lambda _: n, numbers)
+            if trip != n:
+                raise NotMergeable(f"{site.name}: its trip count, computed in the graph from a length, is not the "
+                                   f"number of positions (it is {trip} for {n})")
         kernels.append(KernelCheck(site.name, site.merge.program, dict(site.arrays), nodes, positions,
                                    site.merge.positions == "nodes", lengths, BoundsCheck(site.merge.program),
-                                   flipped=frozenset(site.flipped)))
+                                   flipped=frozenset(site.flipped), counts=counts))
     warnings = tuple(f"{site.name} reads rows at {', '.join(site.merge.clamped)}: a request that reaches one with a "
                      "missing child (a negative id) runs alone (merged, it would read the first request's row 0)"
                      for site in analysis.kernels if site.merge.clamped)
@@ -406,14 +418,27 @@ def _positions(kernel: KernelCheck, counts: dict) -> Optional[int]:
     key = tuple(sorted(counts.items()))
     value = kernel.trips.get(key, _MISSING)
     if value is _MISSING:
-        value = trip_count(kernel.program.trip,
-                           lambda name: counts[kernel.lengths[name]] if name else counts[kernel.nodes])
+        numbers = _numbers(kernel.counts, counts.__getitem__)
+        value = None if numbers is None else trip_count(
+            kernel.program.trip, lambda name: counts[kernel.lengths[name]] if name else counts[kernel.nodes], numbers)
         if len(kernel.trips) < 4096:
             kernel.trips[key] = value
     return value
 
 
 _MISSING = object()
+
+
+def _numbers(counts: dict, count_of) -> Optional[dict]:
+    """The numbers a trip count reads (KernelCheck.counts: the graph computes them from a unit's count), as ONNX
+    Runtime computes them for the unit counts `count_of(unit)`; None where one is undefined or not an integer."""
+    out = {}
+    for name, (unit, count) in counts.items():
+        value = count_value(count, count_of(unit))
+        if value is None or value.dtype.kind not in "iu":
+            return None
+        out[name] = int(value)
+    return out
 
 
 @dataclass

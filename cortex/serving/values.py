@@ -69,3 +69,49 @@ class Const:
 @dataclass(frozen=True)
 class Opaque:
     reason: str
+
+
+@dataclass(frozen=True)
+class Count:
+    """A number computed from one unit's count n and constants: TorchScript's trip count of
+    `range(len(order) - 1, -1, -1)` is ceil(float(-1 - (n - 1)) / -1). `steps` are applied to n in order, each
+    (ONNX op, the constant operand or the type cast to, whether the constant comes first). Merged, the graph computes
+    it from the forest's count; the merge evaluates it as ONNX Runtime does (`count_value`), per request and for the
+    forest, and merges only where it is what the recursion needs (merge.py: a trip count equal to the positions)."""
+    unit: int
+    steps: tuple = ()
+
+
+_BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Max": np.maximum, "Min": np.minimum}
+_UNARY = {"Neg": np.negative, "Ceil": np.ceil, "Floor": np.floor, "Abs": np.abs, "Identity": np.asarray}
+COUNT_OPS = set(_BINARY) | set(_UNARY) | {"Div"}
+
+
+def count_value(count: Count, n: int):
+    """`count` for a unit of n rows, computed with numpy scalars of the ONNX types (the same IEEE operations, integer
+    division truncated toward zero as ONNX Runtime's); None where ONNX Runtime's result would not be defined (a
+    division by zero, a float cast to an integer out of its range)."""
+    value = np.asarray(n, dtype=np.int64)
+    with np.errstate(all="ignore"):
+        for op, const, const_first in count.steps:
+            if op == "Cast":
+                if const.kind in "iu" and value.dtype.kind == "f":
+                    info = np.iinfo(const)
+                    if not (np.isfinite(value) and info.min <= np.trunc(value) <= info.max):
+                        return None
+                value = value.astype(const)
+                continue
+            if op in _UNARY:
+                value = np.asarray(_UNARY[op](value))
+                continue
+            a, b = (const, value) if const_first else (value, const)
+            if op == "Div" and value.dtype.kind in "iu":
+                if b == 0:
+                    return None
+                q = np.abs(a) // np.abs(b)  # truncated toward zero, the sign then
+                value = np.asarray(np.where((a < 0) != (b < 0), -q, q), dtype=value.dtype)
+            elif op == "Div":
+                value = np.asarray(np.divide(a, b), dtype=value.dtype)
+            else:
+                value = np.asarray(_BINARY[op](a, b), dtype=value.dtype)
+    return value

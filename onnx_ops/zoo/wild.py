@@ -322,6 +322,21 @@ class ReverseCounterTreeRNN(Int32BoolTreeRNN):
         return h
 
 
+class ReverseRangeTreeRNN(Int32BoolTreeRNN):
+    """A loop over a parents-first order from its end, `for k in range(L - 1, -1, -1)`: TorchScript computes the
+    trip count in the graph (ceil(float(-1 - (L - 1)) / -1)) and the row as L - 1 - i."""
+
+    def forward(self, words, left, right, is_leaf, order):
+        h = torch.zeros(words.size(0), self.hidden)
+        for k in range(order.size(0) - 1, -1, -1):
+            v = order[k].long()
+            if bool(is_leaf[v]):
+                h[v] = torch.tanh(self.emb(words[v]))
+            else:
+                h[v] = torch.tanh(self.U(torch.cat([h[left[v].long()], h[right[v].long()]])))
+        return h
+
+
 class NestedLoopChildSum(nn.Module):
     """Children summed by a nested loop over a fixed child count (unrolled), with -1 padding masked."""
 
@@ -419,6 +434,8 @@ MODELS.update({
     "int32_bool": (Int32BoolTreeRNN, "torchscript", ["words", "left", "right", "is_leaf", "order"], ["h"], "binary32"),
     "reverse_counter": (ReverseCounterTreeRNN, "torchscript", ["words", "left", "right", "is_leaf", "order"], ["h"],
                         "binary32_reversed"),
+    "reverse_range": (ReverseRangeTreeRNN, "torchscript", ["words", "left", "right", "is_leaf", "order"], ["h"],
+                      "binary32_reversed"),
     "nested_loop": (NestedLoopChildSum, "torchscript", ["words", "children", "order"], ["h"], "nary3"),
     "matrix_state": (MatrixStateMVRNN, "torchscript", BINARY, ["a", "A"], "binary"),
     "two_pass": (TwoPassTreeRNN, "torchscript", ["words", "left", "right", "is_leaf", "order", "parent"], ["up", "down"],

@@ -474,13 +474,14 @@ def _wild_feeds(kind):
 
 @pytest.mark.parametrize("name", ["tai_treelstm", "while_loop", "scan_cond", "childsum_forget", "zero_branch",
                                   "int32_bool", "nested_loop", "matrix_state",
-                                  "childsum_parent", "childsum_csr", "reverse_counter"])
+                                  "childsum_parent", "childsum_csr", "reverse_counter", "reverse_range"])
 def test_real_exports_merge_exactly(name, tmp_path):
     """TorchScript and dynamo exports of natural PyTorch code: torch's clamp(min=0) of child ids (while_loop,
     childsum_forget), a per-step output split by positions (scan_cond), int32 and bool structure arrays, an
     unrolled loop over child slots, a matrix per node (whose random weights overflow: NaN compares equal here), a
     Child-Sum TreeLSTM whose children are a parent array (parent ids shifted too) or CSR offsets + indices (the
-    offsets shifted by the edges before them), a loop walking the order from its end (order[L - 1 - i])."""
+    offsets shifted by the edges before them), a loop walking the order from its end (order[L - 1 - i]), and one
+    over range(L - 1, -1, -1), whose trip count the graph computes from L through floats (values.Count)."""
     pytest.importorskip("torch")
     from onnx_ops.zoo import wild
     kind = wild.MODELS[name][4]
@@ -523,3 +524,44 @@ def test_real_exports_that_mix_trees_are_refused(name, reason, tmp_path):
     cortex.convert(str(src), str(tmp_path / f"{name}.cortex.onnx"), strict=True)
     plan = plan_for(tmp_path / f"{name}.cortex.onnx")
     assert not plan.mergeable and reason in plan.reason
+
+
+def _converted_wild(name, tmp_path) -> str:
+    from onnx_ops.zoo import wild
+    example = wild.feeds_for(wild.MODELS[name][4], np.random.default_rng(0), 2)
+    src, out = tmp_path / f"{name}.onnx", tmp_path / f"{name}.cortex.onnx"
+    wild.export_model(name, src, example)
+    cortex.convert(str(src), str(out), strict=True)
+    return str(out)
+
+
+def test_a_trip_count_the_graph_computes_merges_only_as_the_positions(tmp_path):
+    """range(L - 1, -1, -1) under TorchScript: the Loop's trip count is ceil(float(-1 - (L - 1)) / -1), computed by
+    ONNX nodes from L. It merges as that number (evaluated as ONNX Runtime does, values.count_value) is the positions;
+    one more step (edited into the graph), or a trip count read from the values of an input, is refused."""
+    pytest.importorskip("torch")
+    path = _converted_wild("reverse_range", tmp_path)
+    plan = plan_for(path)
+    assert plan.mergeable and [k.counts for k in plan.kernels] != [{}], plan.describe()
+    model = onnx.load(path)
+    kernel = next(n for n in model.graph.node if n.op_type == "EPContext")
+    trip = kernel.input[0]
+
+    def one_more(m):
+        m.graph.node.insert(list(m.graph.node).index(kernel), helper.make_node(
+            "Add", [trip, "one_more_c"], ["one_more"]))
+        m.graph.initializer.append(numpy_helper.from_array(np.array(1, np.int64), "one_more_c"))
+        next(n for n in m.graph.node if n.op_type == "EPContext").input[0] = "one_more"
+
+    def from_values(m):  # the largest node id + 1: a number of the request's values, not of its length
+        m.graph.node.insert(list(m.graph.node).index(kernel), helper.make_node(
+            "ReduceMax", ["order"], ["top"], keepdims=0))
+        next(n for n in m.graph.node if n.op_type == "EPContext").input[0] = "top"
+
+    for edit, reason in ((one_more, "is not the number of positions (it is 1 for 0)"),
+                         (from_values, "reduces over all rows")):
+        edited = onnx.load(path)
+        kernel = next(n for n in edited.graph.node if n.op_type == "EPContext")
+        edit(edited)
+        got = plan_for(edited)
+        assert not got.mergeable and reason in got.reason, got.reason
