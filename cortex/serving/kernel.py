@@ -108,6 +108,7 @@ class KernelMerge:
     clamped: tuple = field(default=(), compare=False)  # rows read at max(node id, 0): where a request runs alone
     backward: bool = False  # positions read at len - 1 - p only (the visit walked from its end)
     padded: tuple = ()  # state tables read at the row past the nodes (their init must have it: graph.py)
+    nonempty: tuple = ()  # arrays whose emptiness a case tests: a request visiting positions must have rows of them
 
     def to_notes(self) -> dict:
         """The node's notes member `merge` (JSON)."""
@@ -115,7 +116,8 @@ class KernelMerge:
                 "inputs": {name: {"rows": r.rows, "node_ids": r.node_ids, **({"axis": r.axis} if r.axis else {})}
                            for name, r in self.inputs.items()},
                 "outputs": dict(self.outputs), **({"backward": True} if self.backward else {}),
-                **({"padded": list(self.padded)} if self.padded else {})}
+                **({"padded": list(self.padded)} if self.padded else {}),
+                **({"nonempty": list(self.nonempty)} if self.nonempty else {})}
 
 
 def merge_notes(program: ir.Program) -> dict:
@@ -265,6 +267,7 @@ class _Analysis:
         self.backward_arrays = set()  # arrays A of the positions read at len(A) - 1 - p
         self.pad_arrays = set()  # arrays A whose len(A) a state table is read at: the row past the nodes
         self.padded_tables = set()  # state tables read there
+        self.nonempty_arrays = set()  # arrays A of an emptiness test len(A) == 0
         self.kinds = {}  # memo: IExpr -> kind
         self.offsets = csr_offsets(program)  # CSR offsets arrays -> the indices they slice
         self.counts = set()  # inputs only the trip count reads (a number the graph computes: graph.py checks it)
@@ -408,7 +411,7 @@ class _Analysis:
             return self.check_pred(p.b)
         if not isinstance(p, ir.Compare):
             raise NotMergeable(f"unknown predicate {type(p).__name__}")
-        if self._position_in_range(p):
+        if self._position_in_range(p) or self._emptiness(p):
             return
         ka, kb = self.kind(p.a), self.kind(p.b)
         if ka == DATA and kb == DATA:
@@ -442,6 +445,21 @@ class _Analysis:
                     self.node_arrays.add(b.array)
                 return
         self.check_pred(pred)
+
+    def _emptiness(self, p: ir.Compare) -> bool:
+        """A test whether an array is empty (`len(A) == 0`, `len(A) > 0`: how dynamo guards `.any()` over a set
+        that may be empty): its outcome is the same for every len(A) >= 1. At a position of a request whose own A
+        has a row, merged, len(A) is the forest's, at least as large: the same outcome; merge.py runs a request
+        whose A is empty but whose visit is not alone."""
+        a, op, c = (p.a, p.op, p.b) if isinstance(p.a, ir.Length) else (p.b, _SWAPPED[p.op], p.a)
+        if not (isinstance(a, ir.Length) and a.array is not None and a.axis == 0 and isinstance(c, ir.IConst)):
+            return False
+        outcome = {"lt": int.__lt__, "le": int.__le__, "gt": int.__gt__, "ge": int.__ge__, "eq": int.__eq__,
+                   "ne": int.__ne__}[op]
+        if not (c.value <= 1 and outcome(1, c.value) == outcome(2 ** 62, c.value)):
+            return False  # the outcome may differ between two non-empty lengths
+        self.nonempty_arrays.add(a.array)
+        return True
 
     def _pad_row(self, index: ir.IExpr) -> bool:
         """Whether a table read at `index` reads the row past the nodes where it does not read a node: len(A) of a
@@ -512,6 +530,10 @@ class _Analysis:
                 self.rows.setdefault(name, {self.position_rows})
         for name in self.pad_arrays:  # only measured: its length is the node count, which the merge checks
             self.rows.setdefault(name, {NODES})
+        for name in self.nonempty_arrays:
+            rows = self.rows.get(name, set())
+            if len(rows) != 1 or next(iter(rows)).startswith(OFFSETS):
+                raise NotMergeable(f"a case tests whether '{name}' is empty, and it has no one kind of rows")
         for names, rows, what in ((self.position_arrays, POSITIONS, "a position is compared with len({})"),
                                   (self.node_arrays, NODES, "a node id is compared with len({})"),
                                   (self.pad_arrays, NODES, "a table is read at row len({})")):
@@ -539,7 +561,7 @@ class _Analysis:
         if self.backward_arrays:
             self._check_backward(roles, outputs)
         return KernelMerge(roles, outputs, self.position_rows, program, clamped, bool(self.backward_arrays),
-                           tuple(sorted(self.padded_tables)))
+                           tuple(sorted(self.padded_tables)), tuple(sorted(self.nonempty_arrays)))
 
     def _check_backward(self, roles, outputs):
         """A visit walked from its end (order[len(order) - 1 - p]) merges with the position arrays laid out in the

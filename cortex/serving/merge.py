@@ -72,6 +72,7 @@ class KernelCheck:
     trips: dict = field(default_factory=dict, compare=False, repr=False)  # unit counts -> trip count (a cache)
     flipped: frozenset = frozenset()  # arrays that hold their model input's rows last first (torch.flip)
     counts: dict = field(default_factory=dict)  # inputs the trip count reads -> (unit, values.Count) the graph computes
+    nonempty: tuple = ()  # (kernel array, the unit its rows count) whose emptiness a case tests
 
 
 @dataclass(frozen=True)
@@ -93,7 +94,7 @@ class MergePlan:
     def count(self, unit: str, feeds: dict) -> int:
         """The rows of `unit` in `feeds` (one request's inputs, or a forest's)."""
         name = self.measures[unit]
-        return feeds[name].shape[self.request_spec.axes[name]] - (unit in self.less_one)
+        return feeds[name].shape[self.request_spec.axes[name]] - int(unit in self.less_one)
 
     def describe(self) -> str:
         """Two or three lines for people: merged how, or why not."""
@@ -240,7 +241,8 @@ def _plan(analysis: GraphAnalysis) -> MergePlan:
                                    f"number of positions (it is {trip} for {n})")
         kernels.append(KernelCheck(site.name, site.merge.program, dict(site.arrays), nodes, positions,
                                    site.merge.positions == "nodes", lengths, BoundsCheck(site.merge.program),
-                                   flipped=frozenset(site.flipped), counts=counts))
+                                   flipped=frozenset(site.flipped), counts=counts,
+                                   nonempty=tuple((name, lengths[name]) for name in site.merge.nonempty)))
     warnings = tuple(f"{site.name} reads rows at {', '.join(site.merge.clamped)}: a request that reaches one with a "
                      "missing child (a negative id) runs alone (merged, it would read the first request's row 0)"
                      for site in analysis.kernels if site.merge.clamped)
@@ -350,6 +352,11 @@ def check_request(plan: MergePlan, feeds: dict) -> Optional[str]:
         reason = _csr_offsets_reason(plan, name, feeds[name], counts)
         if reason is not None:
             return reason
+    for k in spec.emptiness:
+        for name, unit in k.nonempty:
+            if counts[unit] == 0 and counts[k.positions] > 0:
+                return (f"{k.name} tests whether '{name}' is empty, and the request's is while it visits positions: "
+                        "merged, the test would see the forest's")
     for k in spec.loops:
         positions = _positions(k, counts)
         if positions != counts[k.positions]:
@@ -376,6 +383,8 @@ class RequestSpec:
     orders: tuple  # visit orders (node ids, one per position): each request's must be a permutation of its nodes
     axes: dict  # input -> the axis its rows run along
     offsets: tuple  # CSR offsets inputs
+    emptiness: tuple  # KernelChecks with emptiness tests (KernelCheck.nonempty)
+    measured: tuple  # (unit, the input counting it, that input's rows' axis, 1 where it counts one row more)
 
 
 def _request_spec(plan: MergePlan) -> RequestSpec:
@@ -387,13 +396,17 @@ def _request_spec(plan: MergePlan) -> RequestSpec:
         inputs.append((i.name, None if i.dtype is None else np.dtype(i.dtype), ndim, fixed, i.unit, i.axis,
                        i.offsets_into))
     kernel_arrays = {source for k in plan.kernels for source in k.arrays.values()}
+    axes = {i.name: i.axis for i in plan.inputs}
     position_units = {k.positions for k in plan.kernels if k.positions != k.nodes}
     return RequestSpec(frozenset(i.name for i in plan.inputs), tuple(inputs),
                        tuple(k for k in plan.kernels if k.program.mode == "visit"),
                        tuple(i.name for i in plan.inputs if i.node_ids and i.name not in kernel_arrays),
                        tuple(i.name for i in plan.inputs if i.node_ids and i.unit in position_units),
-                       {i.name: i.axis for i in plan.inputs},
-                       tuple(i.name for i in plan.inputs if i.offsets_into is not None))
+                       axes,
+                       tuple(i.name for i in plan.inputs if i.offsets_into is not None),
+                       tuple(k for k in plan.kernels if k.nonempty),
+                       tuple((unit, name, axes[name], int(unit in plan.less_one))
+                             for unit, name in plan.measures.items()))
 
 
 def _csr_offsets_reason(plan: MergePlan, name: str, offsets: np.ndarray, counts: dict) -> Optional[str]:
@@ -448,7 +461,8 @@ class MergedBatch:
 
 
 def unit_counts(plan: MergePlan, requests: list) -> dict:
-    return {unit: np.array([plan.count(unit, r) for r in requests], dtype=np.int64) for unit in plan.measures}
+    return {unit: np.array([r[name].shape[axis] - less for r in requests], dtype=np.int64)
+            for unit, name, axis, less in plan.request_spec.measured}
 
 
 def merge(plan: MergePlan, requests: list) -> MergedBatch:

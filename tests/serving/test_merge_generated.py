@@ -33,6 +33,7 @@ def _spec(choices: str) -> dict:
     return values
 
 
+EMPTINESS = "a test whether the parent array is empty, len(parent) == 0 (dynamo scan, .any() of a child mask)"
 SPECS = {  # each spec's choices other than "-" (onnx_ops.modelgen: not relevant to the model)
     "backward walk, edge list cast (dynamo while_loop)": _spec(
         "family=dagrnn mix=cat bias=False agg=mean write=index_put_ read=slice leaf_input=embedding act=sigmoid "
@@ -51,6 +52,20 @@ SPECS = {  # each spec's choices other than "-" (onnx_ops.modelgen: not relevant
         "family=dagrnn mix=cat bias=False agg=attn gather=index_select write=index_put read=slice missing=where "
         "leaf_input=constant act=relu act_form=module head=none layout=children dtype=int32_long loop=forward "
         "exporter=dynamo_scan embed=9 structure=grid encoding=padded table=vector precision=float32 seed=41"),
+    "CSR child counts offsets[v + 1] - offsets[v], a table of len(offsets) - 1 rows (dynamo while_loop)": _spec(
+        "family=treelstm gates=fused_slice bias=False agg=mean gather=index_select write=index_put read=slice "
+        "leaf_test=mask leaf_input=constant act=gelu act_form=functional head=none dtype=int64 loop=reverse "
+        "exporter=dynamo_while hidden=13 embed=4 structure=binary encoding=csr table=rank3 precision=float32 "
+        "seed=11000080"),
+    "a trip count the graph computes, range(L - 1, -1, -1) (TorchScript)": _spec(
+        "family=treefc bias=True agg=mean gather=index_select write=scatter read=scalar leaf_test=num_children "
+        "leaf_input=embedding head=root_linear layout=children dtype=int64 loop=reverse exporter=torchscript "
+        "hidden=6 embed=7 structure=binary encoding=padded table=flat precision=float32 seed=11000096"),
+    EMPTINESS: _spec(
+        "family=treelstm gates=fused_slice mix=cat bias=False agg=max write=assign read=slice leaf_test=none "
+        "leaf_input=constant act=gelu act_form=module head=log_softmax dtype=int32_long loop=reverse "
+        "exporter=dynamo_scan hidden=14 embed=9 structure=binary encoding=parent select=mask table=rank3 "
+        "precision=float32 seed=11000140"),
 }
 
 
@@ -73,8 +88,8 @@ def _corrupted(plan, request):
     return out
 
 
-@pytest.mark.parametrize("name", list(SPECS))
-def test_generated_models_merge_exactly(name, cache, tmp_path):
+def _converted(name, cache, tmp_path):
+    """(plan, session, its good requests) of the spec `name`, exported, converted and mergeable."""
     pytest.importorskip("onnxscript")
     from onnx_ops.modelgen.harness import export
     from onnx_ops.modelgen.inputs import cases
@@ -90,7 +105,12 @@ def test_generated_models_merge_exactly(name, cache, tmp_path):
     assert plan.mergeable, plan.reason
     session = cortex.InferenceSession(str(out))
     names = [i.name for i in session.get_inputs()]
-    good = [{n: f[n] for n in names} for f in cases(spec).values()]
+    return plan, session, [{n: f[n] for n in names} for f in cases(spec).values()]
+
+
+@pytest.mark.parametrize("name", list(SPECS))
+def test_generated_models_merge_exactly(name, cache, tmp_path):
+    plan, session, good = _converted(name, cache, tmp_path)
     requests = good + [bad for r in good for bad in _corrupted(plan, r)] + good
     stats = ForestStats()
     answers = run_forest(plan, session, requests, stats=stats)
@@ -104,3 +124,20 @@ def test_generated_models_merge_exactly(name, cache, tmp_path):
         for a, b in zip(got, want):
             assert a.shape == b.shape and np.array_equal(a, b, equal_nan=True), f"request {k}"
     assert stats.merged_requests >= 2 * len(good) and stats.alone >= 1, stats
+
+
+def test_an_empty_array_whose_emptiness_is_tested_runs_alone(cache, tmp_path):
+    """len(parent) == 0 has one outcome for every non-empty parent array, the request's or the forest's; a request
+    whose parent array is empty while its order is not would see the forest's, so it runs alone (its own error)."""
+    plan, session, good = _converted(EMPTINESS, cache, tmp_path)
+    assert plan.kernels[0].nonempty, plan.describe()
+    parent = next(i.name for i in plan.inputs if i.node_ids and i.unit == plan.node_unit)
+    hollow = dict(good[0], **{parent: good[0][parent][:0]})
+    from cortex.serving import check_request
+    assert "is empty" in check_request(plan, hollow)
+    stats = ForestStats()
+    answers = run_forest(plan, session, good + [hollow] + good, stats=stats)
+    assert stats.alone == 1 and stats.merged_requests == 2 * len(good), stats
+    with pytest.raises(Exception):
+        session.run(None, hollow)
+    assert isinstance(answers[len(good)], Exception)
