@@ -496,6 +496,7 @@ def replica_main(conn, path: str, args):
     "close". On a CPU its kernels get the cores divided between the replicas unless CORTEX_NUM_THREADS is set."""
     if args.device == "cpu" and "CORTEX_NUM_THREADS" not in os.environ:
         os.environ["CORTEX_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.replicas))
+    _switch_interval(args)
     trees = sst_trees(args.trees)
     modes = Modes(path, args, trees, [feeds_of(t, args.form) for t in trees])
     conn.send(("ready", None))
@@ -513,9 +514,15 @@ def replica_main(conn, path: str, args):
             conn.send(("error", f"{type(e).__name__}: {e}"))
 
 
+def _switch_interval(args):
+    if args.switch_interval_us is not None:
+        sys.setswitchinterval(args.switch_interval_us / 1e6)
+
+
 def run(args) -> dict:
     from tools.peers import machine
 
+    _switch_interval(args)
     info = machine.describe()
     trees = sst_trees(args.trees)
     requests = [feeds_of(t, args.form) for t in trees]
@@ -711,6 +718,9 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="a short run (under 2 minutes on the GPU host)")
     p.add_argument("--out", default=None, help="output folder (default: a new temporary folder)")
     p.add_argument("--no-plot", action="store_true")
+    p.add_argument("--switch-interval-us", type=float, default=None,
+                   help="sys.setswitchinterval for this process and its replicas, in microseconds (default: "
+                   "Python's, 5000): how long a thread waiting for the GIL lets the holder run before it asks for it")
     p.add_argument("--no-pinned", action="store_true", help="on a GPU, forests' outputs into ONNX Runtime's pageable "
                    "buffers, not pinned host memory (BatchingSession(pinned_outputs=False), and so the bound)")
     args = p.parse_args(argv)
