@@ -294,14 +294,19 @@ class Int32BoolTreeRNN(nn.Module):
         self.emb = nn.Embedding(vocab, hidden)
         self.U = nn.Linear(2 * hidden, hidden)
 
+    def visit(self, h, words, left, right, is_leaf, v):
+        """Writes row v of h: a leaf's embedding, or its two children's rows combined (the cell every variant's loop
+        calls; TorchScript inlines it)."""
+        if bool(is_leaf[v]):
+            h[v] = torch.tanh(self.emb(words[v]))
+        else:
+            h[v] = torch.tanh(self.U(torch.cat([h[left[v].long()], h[right[v].long()]])))
+
     def forward(self, words, left, right, is_leaf, order):
         h = torch.zeros(words.size(0), self.hidden)
         for i in range(order.size(0)):
             v = order[i].long()
-            if bool(is_leaf[v]):
-                h[v] = torch.tanh(self.emb(words[v]))
-            else:
-                h[v] = torch.tanh(self.U(torch.cat([h[left[v].long()], h[right[v].long()]])))
+            self.visit(h, words, left, right, is_leaf, v)
         return h
 
 
@@ -315,10 +320,7 @@ class ReverseCounterTreeRNN(Int32BoolTreeRNN):
         for _ in range(L):
             v = order[L - 1 - j].long()
             j += 1
-            if bool(is_leaf[v]):
-                h[v] = torch.tanh(self.emb(words[v]))
-            else:
-                h[v] = torch.tanh(self.U(torch.cat([h[left[v].long()], h[right[v].long()]])))
+            self.visit(h, words, left, right, is_leaf, v)
         return h
 
 
@@ -330,10 +332,7 @@ class ReverseRangeTreeRNN(Int32BoolTreeRNN):
         h = torch.zeros(words.size(0), self.hidden)
         for k in range(order.size(0) - 1, -1, -1):
             v = order[k].long()
-            if bool(is_leaf[v]):
-                h[v] = torch.tanh(self.emb(words[v]))
-            else:
-                h[v] = torch.tanh(self.U(torch.cat([h[left[v].long()], h[right[v].long()]])))
+            self.visit(h, words, left, right, is_leaf, v)
         return h
 
 
