@@ -78,6 +78,8 @@ class _LoopAnswer:
     """The answer slot of `run_async`: an asyncio future of the caller's event loop. The worker answers every such
     request of a forest with one call into each loop (`_answer_loops`), not one wake-up of the loop per request."""
 
+    __slots__ = ("loop", "future")
+
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
         self.future = loop.create_future()
@@ -118,7 +120,7 @@ def _answer_loops(answers: list):
             pass
 
 
-@dataclass
+@dataclass(slots=True)
 class _Request:
     feeds: dict
     future: object  # a Future (submit), a _LoopAnswer (run_async) or a _Waiter (run)
@@ -177,7 +179,8 @@ class BatchingSession:
         self.stats = BatchingStats()
         self._stats_lock = threading.Lock()
         self._queue = collections.deque()
-        self._cond = threading.Condition()
+        self._lock = threading.RLock()  # re-entered: _batch_while_running calls _ready_batch
+        self._cond = threading.Condition(self._lock)
         self._closing = False
         self._last_batch = max_trees  # requests the last batch took: how many to expect (the first: a full one)
         # each waiting worker's threshold: the queued requests that make its batch ready (None: it waits for its
@@ -206,7 +209,7 @@ class BatchingSession:
             raise TypeError(f"feeds must be a dict of input name -> numpy array, got {type(feeds).__name__}")
         alone = check_request(self.plan, feeds) if self.plan.mergeable else "the model is not mergeable"
         request = _Request(dict(feeds), answer, time.monotonic(), alone)
-        with self._cond:
+        with self._lock:  # the condition's lock, taken directly (Condition.__enter__ is a Python call per request)
             if self._closing:
                 raise SessionClosed("this BatchingSession is closed")
             if len(self._queue) >= self.max_queue:
@@ -221,10 +224,11 @@ class BatchingSession:
         """The outputs of one request (blocking); its own error if it fails; TimeoutError after `timeout` s."""
         return self._enqueue(feeds, _Waiter()).result(timeout)
 
-    async def run_async(self, feeds: dict) -> list:
-        """`run` for asyncio: waits without blocking the event loop (cancelling it drops a request not yet run)."""
-        answer = self._enqueue(feeds, _LoopAnswer(asyncio.get_running_loop()))
-        return await answer.future
+    def run_async(self, feeds: dict) -> asyncio.Future:
+        """`run` for asyncio: `await session.run_async(feeds)` waits without blocking the event loop (cancelling the
+        await drops a request not yet run). It returns a future of the running loop, not a coroutine (one object less
+        per request); what is known at once (FeedError, QueueFull, SessionClosed) raises from the call itself."""
+        return self._enqueue(feeds, _LoopAnswer(asyncio.get_running_loop())).future
 
     def close(self, cancel_pending: bool = False, timeout: Optional[float] = None) -> bool:
         """Takes no new requests; serves those queued (or, with `cancel_pending`, fails them with SessionClosed);

@@ -74,6 +74,11 @@ class KernelCheck:
     counts: dict = field(default_factory=dict)  # inputs the trip count reads -> (unit, values.Count) the graph computes
     nonempty: tuple = ()  # (kernel array, the unit its rows count) whose emptiness a case tests
 
+    @functools.cached_property
+    def trip_units(self) -> tuple:
+        """The units whose counts the trip count reads (the nodes, the lengths, the numbers the graph computes)."""
+        return tuple(sorted({self.nodes, *self.lengths.values(), *(unit for unit, _ in self.counts.values())}))
+
 
 @dataclass(frozen=True)
 class MergePlan:
@@ -328,14 +333,18 @@ def check_request(plan: MergePlan, feeds: dict) -> Optional[str]:
                 ([f"unknown input(s) {', '.join(map(repr, extra))}"] if extra else [])
         raise FeedError(f"{'; '.join(parts)} (the model takes {', '.join(map(repr, sorted(spec.names)))})")
     counts = {}
-    for name, dtype, ndim, fixed, unit, axis, offsets_into in spec.inputs:
+    # every request passes here, on its caller's thread: the common checks are written for speed (a dtype is
+    # compared by identity first, a shape whose only free dimension is its rows by one tuple comparison)
+    for name, dtype, tail, ndim, fixed, unit, axis, offsets_into in spec.inputs:
         value = feeds[name]
         if type(value) is not np.ndarray:
             return f"input '{name}' is not a numpy array"
-        if dtype is not None and value.dtype != dtype:
+        if dtype is not None and value.dtype is not dtype and value.dtype != dtype:
             return f"input '{name}' is {value.dtype}, the model declares {dtype}"
         shape = value.shape
-        if len(shape) <= axis or (ndim is not None and (len(shape) != ndim or any(shape[a] != d for a, d in fixed))):
+        if (not shape or shape[1:] != tail) if tail is not None else \
+                len(shape) <= axis or (ndim is not None and (len(shape) != ndim or
+                                                            any(shape[a] != d for a, d in fixed))):
             return f"input '{name}' has shape {list(shape)}, not what the model declares"
         if offsets_into is not None:
             continue  # below, once the counts are known
@@ -377,7 +386,9 @@ def check_request(plan: MergePlan, feeds: dict) -> Optional[str]:
 class RequestSpec:
     """What check_request looks at, prepared once per plan."""
     names: frozenset
-    inputs: tuple  # (name, numpy dtype or None, rank or None, ((axis, size), ...) fixed sizes, unit, rows' axis)
+    # (name, numpy dtype or None, the shape after the rows when the rows are axis 0 and every other size is fixed
+    # (else None), rank or None, ((axis, size), ...) fixed sizes, unit, rows' axis, the unit CSR offsets index)
+    inputs: tuple
     loops: tuple  # KernelChecks of Loop recursions (their trip count must be the request's positions)
     head_ids: tuple  # inputs of node ids only graph nodes (not a recursion) read
     orders: tuple  # visit orders (node ids, one per position): each request's must be a permutation of its nodes
@@ -393,7 +404,8 @@ def _request_spec(plan: MergePlan) -> RequestSpec:
         ndim = None if i.inner is None else 1 + len(i.inner)
         others = [a for a in range(ndim) if a != i.axis] if ndim is not None else []
         fixed = () if i.inner is None else tuple((a, d) for a, d in zip(others, i.inner) if d is not None)
-        inputs.append((i.name, None if i.dtype is None else np.dtype(i.dtype), ndim, fixed, i.unit, i.axis,
+        tail = tuple(int(d) for d in i.inner) if i.inner is not None and i.axis == 0 and len(fixed) == len(i.inner) else None
+        inputs.append((i.name, None if i.dtype is None else np.dtype(i.dtype), tail, ndim, fixed, i.unit, i.axis,
                        i.offsets_into))
     kernel_arrays = {source for k in plan.kernels for source in k.arrays.values()}
     axes = {i.name: i.axis for i in plan.inputs}
@@ -428,7 +440,7 @@ def _csr_offsets_reason(plan: MergePlan, name: str, offsets: np.ndarray, counts:
 def _positions(kernel: KernelCheck, counts: dict) -> Optional[int]:
     """A Loop's trip count for a request (or a batch) whose units have these row counts (cached: it depends on the
     counts alone)."""
-    key = tuple(sorted(counts.items()))
+    key = tuple(map(counts.get, kernel.trip_units))
     value = kernel.trips.get(key, _MISSING)
     if value is _MISSING:
         numbers = _numbers(kernel.counts, counts.__getitem__)
@@ -477,7 +489,8 @@ def merge(plan: MergePlan, requests: list) -> MergedBatch:
     for i in plan.inputs:
         parts = [r[i.name] for r in requests]
         dtype = parts[0].dtype
-        if any(p.dtype != dtype for p in parts):  # an input of no declared type: numpy's promotion, as before
+        # a declared type is every request's (check_request); an input of none gets numpy's promotion, as before
+        if i.dtype is None and any(p.dtype != dtype for p in parts):
             dtype = np.result_type(*parts)
             parts = [p.astype(dtype, copy=False) for p in parts]
         shift = i.node_ids and len(requests) > 1
