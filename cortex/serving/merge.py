@@ -404,7 +404,8 @@ def _request_spec(plan: MergePlan) -> RequestSpec:
         ndim = None if i.inner is None else 1 + len(i.inner)
         others = [a for a in range(ndim) if a != i.axis] if ndim is not None else []
         fixed = () if i.inner is None else tuple((a, d) for a, d in zip(others, i.inner) if d is not None)
-        tail = tuple(int(d) for d in i.inner) if i.inner is not None and i.axis == 0 and len(fixed) == len(i.inner) else None
+        every_other_fixed = i.inner is not None and i.axis == 0 and len(fixed) == len(i.inner)
+        tail = tuple(int(d) for d in i.inner) if every_other_fixed else None
         inputs.append((i.name, None if i.dtype is None else np.dtype(i.dtype), tail, ndim, fixed, i.unit, i.axis,
                        i.offsets_into))
     kernel_arrays = {source for k in plan.kernels for source in k.arrays.values()}
