@@ -25,6 +25,7 @@ from typing import Optional
 import numpy as np
 import onnx
 
+from ..ir import nodes as ir
 from .graph import GraphAnalysis
 from .values import Columns, Const, Flipped, Opaque, Padded, Rows, count_value
 from .indexeval import BoundsCheck, native
@@ -327,14 +328,16 @@ def check_request(plan: MergePlan, feeds: dict) -> Optional[str]:
     """None when the request can join a merged batch; else why it must run alone. FeedError for a request that
     misses an input or names one the model does not have (it would fail anyway: the caller hears it at once)."""
     spec = plan.request_spec
+    if spec.common is not None and type(feeds) is dict:  # every input a plain one: one native call checks them all
+        rows = native().request_rows(feeds, *spec.common)
+        if rows is not None:  # the visit orders and node ids were checked too
+            return _check_counts(plan, spec, feeds, dict(zip(spec.common_units, rows)), ids_checked=True)
     if feeds.keys() != spec.names:
         missing, extra = sorted(spec.names - set(feeds)), sorted(set(feeds) - spec.names)
         parts = ([f"missing input(s) {', '.join(map(repr, missing))}"] if missing else []) + \
                 ([f"unknown input(s) {', '.join(map(repr, extra))}"] if extra else [])
         raise FeedError(f"{'; '.join(parts)} (the model takes {', '.join(map(repr, sorted(spec.names)))})")
     counts = {}
-    # every request passes here, on its caller's thread: the common checks are written for speed (a dtype is
-    # compared by identity first, a shape whose only free dimension is its rows by one tuple comparison)
     for name, dtype, tail, ndim, fixed, unit, axis, offsets_into in spec.inputs:
         value = feeds[name]
         if type(value) is not np.ndarray:
@@ -352,6 +355,13 @@ def check_request(plan: MergePlan, feeds: dict) -> Optional[str]:
         if rows != shape[axis]:
             return (f"input '{name}' has {shape[axis]} rows, '{plan.measures[unit]}' {rows}: inputs of one unit "
                     f"({unit}) must agree to be merged")
+    return _check_counts(plan, spec, feeds, counts)
+
+
+def _check_counts(plan: MergePlan, spec: "RequestSpec", feeds: dict, counts: dict, ids_checked: bool = False) \
+        -> Optional[str]:
+    """check_request past each input's own checks: `counts`, the rows of each unit its inputs measure;
+    `ids_checked`: the visit orders and node ids are known to be in the request's rows."""
     for unit in plan.less_one:  # the nodes only CSR offsets count
         name = plan.measures[unit]
         if feeds[name].shape[0] == 0:
@@ -370,6 +380,8 @@ def check_request(plan: MergePlan, feeds: dict) -> Optional[str]:
         positions = _positions(k, counts)
         if positions != counts[k.positions]:
             return f"{k.name} visits {positions} positions but '{plan.measures[k.positions]}' has {counts[k.positions]} rows"
+    if ids_checked:
+        return None
     for name in spec.orders:
         order, nodes = feeds[name], counts[plan.node_unit]
         if order.shape[0] != nodes or not native().ids_within(order, nodes, distinct=True):
@@ -396,6 +408,11 @@ class RequestSpec:
     offsets: tuple  # CSR offsets inputs
     emptiness: tuple  # KernelChecks with emptiness tests (KernelCheck.nonempty)
     measured: tuple  # (unit, the input counting it, that input's rows' axis, 1 where it counts one row more)
+    # where every input is a plain one (a declared dtype, rows along axis 0, every other size fixed, no CSR offsets):
+    # cortex._C.request_rows' arguments after the feeds (names, dtypes, shapes after the rows, unit indices, units),
+    # and the units in that order; else None
+    common: Optional[tuple] = None
+    common_units: tuple = ()
 
 
 def _request_spec(plan: MergePlan) -> RequestSpec:
@@ -409,17 +426,37 @@ def _request_spec(plan: MergePlan) -> RequestSpec:
         inputs.append((i.name, None if i.dtype is None else np.dtype(i.dtype), tail, ndim, fixed, i.unit, i.axis,
                        i.offsets_into))
     kernel_arrays = {source for k in plan.kernels for source in k.arrays.values()}
-    axes = {i.name: i.axis for i in plan.inputs}
     position_units = {k.positions for k in plan.kernels if k.positions != k.nodes}
-    return RequestSpec(frozenset(i.name for i in plan.inputs), tuple(inputs),
-                       tuple(k for k in plan.kernels if k.program.mode == "visit"),
-                       tuple(i.name for i in plan.inputs if i.node_ids and i.name not in kernel_arrays),
-                       tuple(i.name for i in plan.inputs if i.node_ids and i.unit in position_units),
-                       axes,
+    names = tuple(i.name for i in plan.inputs)
+    head_ids = tuple(i.name for i in plan.inputs if i.node_ids and i.name not in kernel_arrays)
+    orders = tuple(i.name for i in plan.inputs if i.node_ids and i.unit in position_units)
+    common, common_units = None, tuple(dict.fromkeys(unit for _, _, _, _, _, unit, _, _ in inputs))
+    if plan.node_unit in common_units and all(dtype is not None and tail is not None and offsets_into is None
+                                              for _, dtype, tail, _, _, _, _, offsets_into in inputs):
+        common = (names, tuple(i[1] for i in inputs), tuple(i[2] for i in inputs),
+                  tuple(common_units.index(i[5]) for i in inputs), len(common_units),
+                  common_units.index(plan.node_unit), tuple(map(names.index, orders)),
+                  tuple(map(names.index, head_ids)))
+    axes = {i.name: i.axis for i in plan.inputs}
+    return RequestSpec(frozenset(names), tuple(inputs),
+                       tuple(k for k in plan.kernels if k.program.mode == "visit" and not _trip_is_positions(k)),
+                       head_ids, orders, axes,
                        tuple(i.name for i in plan.inputs if i.offsets_into is not None),
                        tuple(k for k in plan.kernels if k.nonempty),
                        tuple((unit, name, axes[name], int(unit in plan.less_one))
-                             for unit, name in plan.measures.items()))
+                             for unit, name in plan.measures.items()),
+                       common, common_units)
+
+
+def _trip_is_positions(kernel: KernelCheck) -> bool:
+    """Whether a Loop's trip count is by its form the count of its positions (the length of an array whose rows
+    count them, or max(that, 0)): then it is for every request, and check_request need not compute it."""
+    trip = kernel.program.trip
+    if isinstance(trip, ir.IBinary) and trip.op == "max" and ir.IConst(0) in (trip.a, trip.b):
+        trip = trip.b if trip.a == ir.IConst(0) else trip.a
+    if not isinstance(trip, ir.Length) or trip.axis != 0:
+        return False
+    return (kernel.nodes if trip.array is None else kernel.lengths.get(trip.array)) == kernel.positions
 
 
 def _csr_offsets_reason(plan: MergePlan, name: str, offsets: np.ndarray, counts: dict) -> Optional[str]:

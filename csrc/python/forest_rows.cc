@@ -191,6 +191,56 @@ bool ids_within(const py::array& values_obj, int64_t n, bool distinct) {
   return ok;
 }
 
+// check_request's common path for one request, in one call (every request passes it, on its caller's thread, where
+// the same checks in Python cost more than the rest of queueing it): `feeds` holds exactly the inputs of `names`, each
+// exactly a numpy.ndarray of dtype dtypes[k] and shape [rows, *tails[k]]; inputs of one unit (units[k], an index
+// below unit_count) agree on their rows; the inputs at `orders` (indices into names) are permutations of the nodes
+// (unit node_unit) and those at `ids` hold node ids only. Returns each unit's rows, or None when anything differs:
+// check_request then finds the input and words the reason.
+py::object request_rows(const py::dict& feeds, const py::tuple& names, const py::tuple& dtypes, const py::tuple& tails,
+                        const py::tuple& units, int64_t unit_count, int64_t node_unit, const py::tuple& orders,
+                        const py::tuple& ids) {
+  static PyObject* const ndarray = py::object(py::module_::import("numpy").attr("ndarray")).release().ptr();
+  const size_t n = names.size();
+  if (dtypes.size() != n || tails.size() != n || units.size() != n || node_unit < 0 || node_unit >= unit_count)
+    throw py::value_error("request_rows: one dtype, tail and unit per name, and the nodes' unit among the units");
+  if (static_cast<size_t>(PyDict_Size(feeds.ptr())) != n) return py::none();
+  std::vector<int64_t> rows(static_cast<size_t>(unit_count), -1);
+  std::vector<py::array> arrays;
+  arrays.reserve(n);
+  for (size_t k = 0; k < n; ++k) {
+    PyObject* value = PyDict_GetItem(feeds.ptr(), names[k].ptr());  // borrowed; null when missing
+    if (value == nullptr || reinterpret_cast<PyObject*>(Py_TYPE(value)) != ndarray) return py::none();
+    const auto array = py::reinterpret_borrow<py::array>(value);
+    const py::dtype dtype = array.dtype();
+    if (!dtype.is(dtypes[k])) {
+      const int same = PyObject_RichCompareBool(dtype.ptr(), dtypes[k].ptr(), Py_EQ);
+      if (same < 0) throw py::error_already_set();
+      if (!same) return py::none();
+    }
+    const auto tail = py::reinterpret_borrow<py::tuple>(tails[k]);
+    if (array.ndim() != static_cast<py::ssize_t>(tail.size()) + 1) return py::none();
+    for (size_t d = 0; d < tail.size(); ++d)
+      if (array.shape(static_cast<py::ssize_t>(d) + 1) != tail[d].cast<py::ssize_t>()) return py::none();
+    const auto unit = units[k].cast<int64_t>();
+    if (unit < 0 || unit >= unit_count) throw py::value_error("request_rows: a unit index out of range");
+    int64_t& count = rows[static_cast<size_t>(unit)];
+    if (count >= 0 && count != array.shape(0)) return py::none();
+    count = array.shape(0);
+    arrays.push_back(array);
+  }
+  const int64_t nodes = rows[static_cast<size_t>(node_unit)];
+  for (const py::handle& k : orders) {
+    const py::array& order = arrays.at(k.cast<size_t>());
+    if (order.shape(0) != nodes || !ids_within(order, nodes, true)) return py::none();
+  }
+  for (const py::handle& k : ids)
+    if (!ids_within(arrays.at(k.cast<size_t>()), nodes, false)) return py::none();
+  py::list out;
+  for (int64_t count : rows) out.append(count);
+  return std::move(out);
+}
+
 }  // namespace
 
 void register_forest_rows(py::module_& m) {
@@ -200,6 +250,10 @@ void register_forest_rows(py::module_& m) {
   m.def("rows_outside", &rows_outside, py::arg("values"), py::arg("rows"), py::arg("nodes"), py::arg("missing"),
         "Requests (indices) whose rows of a merged node-id array hold a value other than missing outside their own "
         "nodes (request r: rows[r] rows, nodes[r] nodes, consecutive).");
+  m.def("request_rows", &request_rows, py::arg("feeds"), py::arg("names"), py::arg("dtypes"), py::arg("tails"),
+        py::arg("units"), py::arg("unit_count"), py::arg("node_unit"), py::arg("orders"), py::arg("ids"),
+        "One request's rows per unit when its feeds are exactly the named numpy arrays of the given dtypes and shapes "
+        "[rows, *tail], inputs of one unit agree, orders are permutations of the nodes and ids node ids; else None.");
   m.def("ids_within", &ids_within, py::arg("values"), py::arg("n"), py::arg("distinct") = false,
         "Every value of an integer array in [0, n), and with distinct no value twice (False for non-integer arrays).");
 }

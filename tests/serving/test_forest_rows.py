@@ -198,3 +198,103 @@ def test_importing_cortex_loads_no_native_module():
 
     code = "import sys, cortex, cortex.serving; assert 'cortex._C' not in sys.modules, 'cortex._C loaded'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# ---- request_rows: check_request's common path ---------------------------------------------------------------
+
+class _OtherDict(dict):
+    """A dict of another type: check_request takes its Python path for it (the native one reads plain dicts)."""
+
+
+class _SubArray(np.ndarray):
+    """An ndarray subclass: not a plain array to either path."""
+
+
+MUTATIONS = ("drop", "extra", "dtype", "byteswap", "rank", "tail", "rows", "list", "subclass", "strided", "empty",
+             "repeat_id", "id_past_nodes", "negative_id")
+
+
+@pytest.fixture(scope="module")
+def tree_plans(tmp_path_factory):
+    """The TreeLSTM's TreeRec and Loop forms, converted: their merge plans (both all plain inputs)."""
+    import onnx
+
+    import cortex
+    from cortex.examples import treelstm
+    from cortex.serving import plan_for
+
+    folder = tmp_path_factory.mktemp("request_rows")
+    params = treelstm.make_params(hidden=4, embed_dim=3, vocab=20)
+    plans = {}
+    for form, model in [("treerec", treelstm.build_treerec(params)), ("loop", treelstm.build_loop(params))]:
+        onnx.save(model, str(folder / f"{form}.onnx"))
+        cortex.convert(str(folder / f"{form}.onnx"), str(folder / f"{form}.cortex.onnx"), strict=True)
+        plans[form] = plan_for(str(folder / f"{form}.cortex.onnx"))
+        assert plans[form].request_spec.common is not None, form  # the native path is the one taken
+    return plans
+
+
+def _mutated(feeds: dict, mutation: str, name: str) -> dict:
+    """`feeds` with one thing changed in input `name` (or in the dict)."""
+    feeds, value = dict(feeds), np.asarray(feeds[name])  # an input an earlier mutation made a list: its values
+    if mutation == "drop":
+        del feeds[name]
+    elif mutation == "extra":
+        feeds["extra"] = value
+    elif mutation == "dtype":
+        feeds[name] = value.astype(np.int32)
+    elif mutation == "byteswap":
+        feeds[name] = value.astype(value.dtype.newbyteorder())
+    elif mutation == "rank":
+        feeds[name] = value[..., None]
+    elif mutation == "tail" and value.ndim > 1:
+        feeds[name] = np.concatenate([value, value[:, :1]], axis=1)
+    elif mutation == "rows":
+        feeds[name] = value[:-1]
+    elif mutation == "list":
+        feeds[name] = value.tolist()
+    elif mutation == "subclass":
+        feeds[name] = value.view(_SubArray)
+    elif mutation == "strided":  # a strided view of the same values: as valid as the values are
+        feeds[name] = np.repeat(value, 2, axis=0)[::2]
+    elif mutation == "empty":
+        feeds = {k: v[:0] for k, v in feeds.items()}
+    elif mutation == "repeat_id" and len(value) > 1:
+        feeds[name] = np.concatenate([value[:-1], value[:1]])
+    elif mutation == "id_past_nodes":
+        feeds[name] = np.where(value == value.max(initial=0), len(value), value)
+    elif mutation == "negative_id":
+        feeds[name] = value - 1
+    return feeds
+
+
+def _verdict(plan, feeds):
+    from cortex.serving import FeedError, check_request
+
+    try:
+        return "ok", check_request(plan, feeds)
+    except FeedError as e:
+        return "FeedError", str(e)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=hs.data())
+def test_the_native_request_check_says_what_the_python_one_says(tree_plans, data):
+    """check_request reads a plain dict of plain inputs in one native call (cortex._C.request_rows) and anything
+    else in Python: for valid requests and requests with one or two things wrong (a missing or unknown input, a
+    dtype, a byte order, a rank, a trailing size, rows that disagree, a list, an ndarray subclass, a strided view,
+    empty arrays, a visit order that repeats a node or leaves the nodes), both say the same: None, the same reason,
+    or the same FeedError."""
+    from cortex.examples import structures as st
+
+    form = data.draw(hs.sampled_from(sorted(tree_plans)), label="form")
+    plan = tree_plans[form]
+    [tree] = st.sst_like_trees(1, np.random.default_rng(data.draw(hs.integers(0, 2**16), label="seed")), 20)
+    feeds = dict(children=tree.children, words=tree.words) if form == "treerec" else tree.arrays()
+    for _ in range(data.draw(hs.integers(0, 2), label="mutations")):
+        feeds = _mutated(feeds, data.draw(hs.sampled_from(MUTATIONS)), data.draw(hs.sampled_from(sorted(feeds))))
+    native, python = _verdict(plan, feeds), _verdict(plan, _OtherDict(feeds))
+    assert native == python
+    # these plans check nothing past the inputs themselves: the native call alone accepts exactly what merges
+    accepted = _C.request_rows(feeds, *plan.request_spec.common) is not None
+    assert accepted == (native == ("ok", None))
