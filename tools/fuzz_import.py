@@ -142,6 +142,8 @@ def summarize(results: list, out=print) -> dict:
         kinds = Counter(r["merge"]["outcome"] for r in merged)
         out(f"\n== merging the {len(merged)} models that converted whole (their cases as one forest, bit for bit) ==")
         out("  " + "; ".join(f"{k}: {kinds[k]}" for k in ("merged", "partly", "refused", "MISMATCH", "crash")))
+        tails = sum(1 for r in merged if r["merge"].get("tail") and r["merge"]["outcome"] in ("merged", "partly"))
+        out(f"  (of the merged and partly: {tails} with outputs computed per request after the forest)")
         by = defaultdict(lambda: [0, 0])  # (choice, value) -> [models, merged or partly]
         for r in merged:
             for k, v in r["spec"].items():

@@ -4,7 +4,8 @@
     python tools/serve_bench.py [--hidden 64,256] [--clients 1,2,4,8,16,32,64] [--seconds 2] [--repeats 3]
                                 [--max-requests 20000]
                                 [--max-trees 32] [--delay-ms 2] [--modes run,batching,ray] [--device cpu|cuda]
-                                [--form treerec|loop] [--clients-as threads|asyncio|uvloop] [--replicas 1]
+                                [--form treerec|loop] [--head none|mean] [--clients-as threads|asyncio|uvloop]
+                                [--replicas 1]
                                 [--quick] [--out DIR]
 
 Each of N clients sends one single-tree request (SST test trees, in turn), waits for its answer, and sends
@@ -90,16 +91,20 @@ def feeds_of(tree, form: str) -> dict:
     return dict(children=tree.children, words=tree.words) if form == "treerec" else tree.arrays()
 
 
-def convert_model(hidden: int, form: str, device: str, folder: Path) -> str:
+def convert_model(hidden: int, form: str, device: str, folder: Path, head: str = "none") -> str:
     import onnx
 
     import cortex
     from cortex.examples import treelstm
 
     params = treelstm.make_params(hidden=hidden, embed_dim=EMBED, vocab=VOCAB)
-    source = folder / f"treelstm_{form}_h{hidden}.onnx"
-    onnx.save(treelstm.build_treerec(params) if form == "treerec" else treelstm.build_loop(params), str(source))
-    out = folder / f"treelstm_{form}_h{hidden}_{device.split(':')[0]}.cortex.onnx"
+    model = treelstm.build_treerec(params) if form == "treerec" else treelstm.build_loop(params)
+    if head == "mean":  # a mean over the tree's states: per request after the forest (cortex/serving/tail.py)
+        model = treelstm.with_mean_head(model, hidden)
+    name = f"treelstm_{form}{'_mean' if head == 'mean' else ''}_h{hidden}"
+    source = folder / f"{name}.onnx"
+    onnx.save(model, str(source))
+    out = folder / f"{name}_{device.split(':')[0]}.cortex.onnx"
     cortex.convert(str(source), str(out), target="cpu" if device == "cpu" else "cuda", strict=True)
     return str(out)
 
@@ -173,12 +178,13 @@ def closed_loop_async(acall, requests: list, clients: int, seconds: float, max_r
 
 
 def forest_bound(session, plan, requests: list, batch: int, seconds: float, form: str, trees,
-                 on_device: Optional[int] = None, pinned=None) -> tuple:
+                 on_device: Optional[int] = None, pinned=None, tail=None) -> tuple:
     """Trees/s by one caller, back to back, over the same trees in groups of `batch`: (prebuilt forests: the bound;
     run_forest over the single-tree requests: the bound plus merging, checking and splitting, without the queue and
     the callers' threads; with `on_device` (a CUDA device id), prebuilt forests whose outputs stay in that GPU's
     memory (IO binding), which shows what copying the outputs to the host costs, else None). `pinned`: a
-    PinnedOutputs of `session` (a GPU): the bound's and run_forest's forests write their outputs through it."""
+    PinnedOutputs of `session` (a GPU): the bound's and run_forest's forests write their outputs through it. `tail`:
+    the plan's TailSessions (outputs computed per request after the forest), for run_forest."""
     from cortex.examples import structures as st
     from cortex.serving import run_forest
 
@@ -212,7 +218,7 @@ def forest_bound(session, plan, requests: list, batch: int, seconds: float, form
         if pinned is None or pinned.run(feeds) is None:
             session.run(None, feeds)
 
-    merged = rate(lambda g: run_forest(plan, session, g, pinned=pinned), groups)
+    merged = rate(lambda g: run_forest(plan, session, g, pinned=pinned, tail=tail), groups)
     return rate(prebuilt, forests), merged, kept
 
 
@@ -352,7 +358,7 @@ class Modes:
         """forest_bound's (bound, merged, outputs kept on the GPU) at forests of `batch`."""
         gpu = None if self.args.device == "cpu" else int(self.args.device.partition(":")[2] or 0)
         return forest_bound(self.plain, self.batching.plan, self.requests, batch, seconds, self.args.form, self.trees,
-                            on_device=gpu, pinned=self.pinned)
+                            on_device=gpu, pinned=self.pinned, tail=self.batching.tail)
 
     def check(self, mode: str, requests: Optional[list] = None):
         """Every mode answers the first trees as a plain run does (bitwise on the CPU); the batching session also
@@ -532,7 +538,7 @@ def run(args) -> dict:
                "date": _dt.datetime.now().isoformat(timespec="seconds"), "machine": info,
                "settings": {k: v for k, v in vars(args).items() if k != "argv"}, "points": [], "skipped": {}}
     for hidden in args.hidden:
-        path = convert_model(hidden, args.form, args.device, folder)
+        path = convert_model(hidden, args.form, args.device, folder, args.head)
         modes = Modes(path, args, trees, requests) if args.replicas == 1 else Replicas(path, args)
         try:
             if "ray" in args.modes:
@@ -616,7 +622,8 @@ def markdown(results: dict) -> str:
     lines = [f"Command: `{results['command']}` ({results['date']})", "",
              f"Machine: {m['cpu']}, {m['usable_cores']} cores, load average {m.get('load_average_start')} at the "
              f"start, {m.get('load_average_end')} at the end; onnxruntime {m['onnxruntime']}, cortex git "
-             f"{m['cortex_git']}; device {s['device']}, TreeLSTM ({s['form']} form), SST test trees, max_trees "
+             f"{m['cortex_git']}; device {s['device']}, TreeLSTM ({s['form']} form"
+             f"{', with a mean over its states' if s.get('head') == 'mean' else ''}), SST test trees, max_trees "
              f"{s['max_trees']}, max_delay_ms {s['delay_ms']}, {s['seconds']} s or {s['max_requests']} requests a "
              "point" + (f", {s['replicas']} replicas (processes)" if s.get("replicas", 1) > 1 else "") + ("" if s["device"] == "cpu" else
                         f", forests' outputs into {'pageable' if s.get('no_pinned') else 'pinned'} host memory") + ".",
@@ -712,6 +719,8 @@ def parse_args(argv=None):
                                                                 "merge always)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (models converted for that target)")
     p.add_argument("--form", choices=("treerec", "loop"), default="treerec")
+    p.add_argument("--head", choices=("none", "mean"), default="none",
+                   help="mean: an output more, the mean over the tree's states (computed per request after the forest)")
     p.add_argument("--clients-as", choices=("threads", "asyncio", "uvloop"), default="threads",
                    help="the clients: N threads (default) or N coroutines on one event loop (asyncio's or uvloop's)")
     p.add_argument("--trees", type=int, default=500, help="SST test trees cycled through (500)")

@@ -16,13 +16,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+from onnx import helper
 
 from ._build import (IR_VERSION, OPSET, EmbedAffineParams, binary_inputs, binary_visit, branch, const,  # noqa: F401
                       dense, embed_affine, embed_inits, embedded_leaf, gather_children, loop_model, node, row_infos,
                       sigmoid, treerec_internal, treerec_leaf, treerec_model, uniform, visit_body, visit_head,
                       zero_table)
 
-__all__ = ["TreeLSTMParams", "build_loop", "build_treerec", "level_product_operands", "make_params", "reference"]
+__all__ = ["TreeLSTMParams", "build_loop", "build_treerec", "level_product_operands", "make_params", "reference",
+           "with_mean_head"]
 
 
 @dataclass
@@ -218,3 +220,12 @@ def build_loop(params: TreeLSTMParams) -> onnx.ModelProto:
         n("Loop", ["trip_count", "", "h0", "c0"], ["h", "c"], body=body),
     ]
     return loop_model("treelstm", main, binary_inputs(), [("h", H), ("c", H)], inits)
+
+
+def with_mean_head(model: onnx.ModelProto, hidden: int, table: str = "h") -> onnx.ModelProto:
+    """`model` with one more output, ``mean`` float32 [H]: the mean of `table` over all its rows (over every node
+    of the request's tree: a sentence vector from all its phrases)."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model.graph.node.append(helper.make_node("ReduceMean", [table], ["mean"], axes=[0], keepdims=0))
+    model.graph.output.append(helper.make_tensor_value_info("mean", onnx.TensorProto.FLOAT, [hidden]))
+    return model

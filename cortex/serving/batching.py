@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..session import InferenceSession
-from .forest import ForestStats, PinnedOutputs, finish_prepared, prepare_forest, run_merged
+from .forest import ForestStats, PinnedOutputs, finish_prepared, prepare_forest, run_merged, tail_sessions
 from .kernel import NotMergeable
 from .merge import check_request, plan_for
 
@@ -151,7 +151,9 @@ class BatchingSession:
     add contention for the GIL: docs/serving.md, seventh and eighth passes). `run_thread`: each worker runs its
     forests on a thread of its own, so that it merges the next batch and answers the last one's callers while a
     forest runs; default: on a GPU (the run is device time), not on the CPU (the kernel already uses every core; a
-    second thread only adds hand-offs). A model whose merge is not proven raises
+    second thread only adds hand-offs). Outputs that do not split by rows (a mean over the tree's states) are
+    computed per request after the forest (cortex/serving/tail.py: `plan.tail`, the sessions in `tail`). A model
+    whose merge is not proven raises
     `NotMergeable` with the reason, unless `allow_unmerged=True` (then every request runs alone, in order).
     `pinned_outputs`: on a GPU, forests' outputs copied into pinned (page-locked) host memory, a faster copy
     (False: ONNX Runtime's own pageable buffers). `sess_options` and `trust` go to `cortex.InferenceSession`."""
@@ -172,6 +174,8 @@ class BatchingSession:
             raise NotMergeable(f"{path}: requests cannot be merged: {self.plan.reason} (BatchingSession(..., "
                                "allow_unmerged=True) serves it one request at a time)")
         self.session = InferenceSession(path, sess_options, trust=trust, device=device)
+        # the body and tail sessions of a plan with outputs computed per request after the forest (tail.py), or None
+        self.tail = tail_sessions(self.plan, path, sess_options, trust, device)
         self._pinned = PinnedOutputs.of(self.plan, self.session, device) if pinned_outputs else None
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.max_trees, self.max_delay = max_trees, max_delay_ms / 1000.0
@@ -410,12 +414,12 @@ class BatchingSession:
 
     def _run(self, forest, counts: BatchingStats):
         """The merged forest's run (its outputs, or its exception), in the runner thread if there is one."""
-        return run_merged(self.session, forest, counts, self._pinned)
+        return run_merged(self.session, forest, counts, self._pinned, self.tail)
 
     def _results(self, forest, counts: BatchingStats, ran) -> list:
         """In the worker: each request's outputs or error (the merged outputs split, requests that cannot join run
         alone)."""
-        return finish_prepared(self.plan, self.session, forest, ran, counts)
+        return finish_prepared(self.plan, self.session, forest, ran, counts, self.tail)
 
     @staticmethod
     def _fail(batch: list, error: BaseException):

@@ -12,6 +12,7 @@ from typing import Optional
 import numpy as np
 
 from .merge import FeedError, MergedBatch, MergePlan, check_request, merge, out_of_bounds, split
+from .tail import TailSessions
 
 
 @dataclass
@@ -65,7 +66,7 @@ class PinnedOutputs:
         from ..session import pinned_memory_info
 
         memory_info = pinned_memory_info(device)
-        if memory_info is None or not plan.mergeable:
+        if memory_info is None or not plan.mergeable or plan.tail is not None:  # a tail's forests run in its body
             return None
         specs = []  # (name, unit, dimensions after the first, numpy dtype)
         for out, declared in zip(plan.outputs, session.get_outputs()):
@@ -146,9 +147,10 @@ def prepare_forest(plan: MergePlan, requests: list, reasons: Optional[list] = No
 
 
 def run_merged(session, forest: PreparedForest, stats: Optional[ForestStats] = None,
-               pinned: Optional[PinnedOutputs] = None):
+               pinned: Optional[PinnedOutputs] = None, tail: Optional[TailSessions] = None):
     """The merged forest of `forest` run once: its outputs, an exception when the run failed, or None when
-    `forest` has no merged forest. (The BatchingSession's runner thread does this; `finish_prepared` the rest.)"""
+    `forest` has no merged forest. (The BatchingSession's runner thread does this; `finish_prepared` the rest.)
+    `tail`: a plan's TailSessions, whose body runs the forest."""
     if forest.merged is None:
         return None
     stats = stats if stats is not None else ForestStats()
@@ -156,18 +158,21 @@ def run_merged(session, forest: PreparedForest, stats: Optional[ForestStats] = N
     try:
         outputs = pinned.run(forest.merged.feeds) if pinned is not None else None
         if outputs is None:
-            outputs = session.run(None, forest.merged.feeds)
+            outputs = (session if tail is None else tail.body).run(None, forest.merged.feeds)
     except Exception as e:  # noqa: BLE001 - whichever request caused it gets its own error when it runs alone
         outputs = e
     stats.running_s += time.perf_counter() - ran
     return outputs
 
 
-def finish_prepared(plan: MergePlan, session, forest: PreparedForest, outputs, stats: Optional[ForestStats] = None) \
-        -> list:
+def finish_prepared(plan: MergePlan, session, forest: PreparedForest, outputs, stats: Optional[ForestStats] = None,
+                    tail: Optional[TailSessions] = None) -> list:
     """Per request of `forest`, in order: its outputs (a list, the model's output order) or the exception a plain
     `session.run` of it raises. `outputs`: what `run_merged` gave. A merged run that failed (or whose outputs do
-    not split) runs each of its requests alone: whichever caused it gets its own error."""
+    not split) runs each of its requests alone: whichever caused it gets its own error. `tail`: the plan's
+    TailSessions (a plan with a tail needs them), which compute its other outputs per request; a request whose tail
+    fails runs alone."""
+    _check_tail(plan, tail)
     stats = stats if stats is not None else ForestStats()
     results, alone = list(forest.results), list(forest.alone)
     if forest.merged is not None:
@@ -188,6 +193,17 @@ def finish_prepared(plan: MergePlan, session, forest: PreparedForest, outputs, s
             for k, request_outputs in zip(forest.together, parts):
                 results[k] = request_outputs
         stats.splitting_s += time.perf_counter() - cut
+        if tail is not None and results[forest.together[0]] is not None:  # split: each request's tail
+            started = time.perf_counter()
+            for k in forest.together:
+                try:
+                    results[k] = tail.answer(results[k], forest.requests[k])
+                except Exception:  # noqa: BLE001 - its own run says what fails, and how
+                    results[k] = None
+                    alone.append(k)
+                    stats.merged_requests -= 1
+                    stats.requests -= 1
+            stats.running_s += time.perf_counter() - started
     for k in sorted(alone):
         stats.alone += 1
         stats.requests += 1
@@ -202,17 +218,33 @@ def finish_prepared(plan: MergePlan, session, forest: PreparedForest, outputs, s
 
 
 def run_prepared(plan: MergePlan, session, forest: PreparedForest, stats: Optional[ForestStats] = None,
-                 pinned: Optional[PinnedOutputs] = None) -> list:
+                 pinned: Optional[PinnedOutputs] = None, tail: Optional[TailSessions] = None) -> list:
     """`run_merged` then `finish_prepared`: per request of `forest`, its outputs or its own error. `pinned`: the
-    merged forest's outputs into pinned host memory (a session on a GPU)."""
+    merged forest's outputs into pinned host memory (a session on a GPU); `tail`: the plan's TailSessions."""
+    _check_tail(plan, tail)
     stats = stats if stats is not None else ForestStats()
-    return finish_prepared(plan, session, forest, run_merged(session, forest, stats, pinned), stats)
+    return finish_prepared(plan, session, forest, run_merged(session, forest, stats, pinned, tail), stats, tail)
 
 
 def run_forest(plan: MergePlan, session, requests: list, reasons: Optional[list] = None,
-               stats: Optional[ForestStats] = None, pinned: Optional[PinnedOutputs] = None) -> list:
+               stats: Optional[ForestStats] = None, pinned: Optional[PinnedOutputs] = None,
+               tail: Optional[TailSessions] = None) -> list:
     """Per request (a dict of input arrays), in order: its outputs (a list, the model's output order) or the
     exception a plain `session.run` of it raises. `reasons`: check_request's answers when the caller has them.
-    `pinned`: merged forests' outputs into pinned host memory (a session on a GPU)."""
+    `pinned`: merged forests' outputs into pinned host memory (a session on a GPU). `tail`: for a plan with a tail
+    (outputs computed per request after the forest), its TailSessions (`tail_sessions`)."""
     stats = stats if stats is not None else ForestStats()
-    return run_prepared(plan, session, prepare_forest(plan, requests, reasons, stats), stats, pinned)
+    return run_prepared(plan, session, prepare_forest(plan, requests, reasons, stats), stats, pinned, tail)
+
+
+def tail_sessions(plan: MergePlan, path, sess_options=None, trust=None, device: str = "cpu") \
+        -> Optional[TailSessions]:
+    """The sessions a plan with a tail needs beside the model's own (made as `cortex.InferenceSession(path,
+    sess_options, trust=trust, device=device)`); None for any other plan."""
+    return TailSessions(plan, path, sess_options, trust, device) if plan.mergeable and plan.tail else None
+
+
+def _check_tail(plan: MergePlan, tail: Optional[TailSessions]):
+    if plan.tail is not None and tail is None:
+        raise ValueError("this model's plan computes some outputs per request after the forest: pass its sessions "
+                         "(tail=tail_sessions(plan, path, ...))")

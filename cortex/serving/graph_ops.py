@@ -19,8 +19,24 @@ ELEMENTWISE = {
     "Reciprocal", "Relu", "Round", "Selu", "Shrink", "Sigmoid", "Sign", "Sin", "Sinh", "Softplus", "Softsign", "Sqrt",
     "Sub", "Sum", "Tan", "Tanh", "ThresholdedRelu", "Where", "Xor",
 }
+# Elementwise ops whose value at an element never depends on where the element lies in its tensor: exact or
+# correctly rounded (IEEE +, -, *, /, sqrt), comparisons, choices, integer and bit ops. The others (exp, tanh,
+# sigmoid, erf, log, sin, softplus, ...) ONNX Runtime computes on a vector path and a scalar path that can round
+# differently, and which path an element takes depends on its place in the tensor (measured: float32 Log, Softplus,
+# Elu, Selu, Sin, Atan; float64 Tanh, Sigmoid, Exp, Log, Sin, Cos, Softmax): merged, a request's rows lie elsewhere
+# in the forest, so such a value is computed per request (tail.py).
+EXACT_ELEMENTWISE = {
+    "Abs", "Add", "And", "BitwiseAnd", "BitwiseNot", "BitwiseOr", "BitwiseXor", "Ceil", "Clip", "Div", "Dropout",
+    "Equal", "Floor", "Greater", "GreaterOrEqual", "Identity", "IsInf", "IsNaN", "LeakyRelu", "Less", "LessOrEqual",
+    "Max", "Mean", "Min", "Mod", "Mul", "Neg", "Not", "Or", "PRelu", "Reciprocal", "Relu", "Round", "Shrink", "Sign",
+    "Sqrt", "Sub", "Sum", "ThresholdedRelu", "Where", "Xor",
+}
 REDUCTIONS = {"ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
               "ReduceProd", "ReduceSum", "ReduceSumSquare"}
+# Reductions whose CPU kernel sums a contiguous run with aligned vector loads (MLAS): the result for a row depends on
+# its address modulo the vector width (measured: ReduceSum and ReduceMean over the last axis, float32 and float64;
+# the others, and sums over an outer axis, were not). Merged, a request's rows start anywhere in the forest.
+_ALIGNED_SUMS = {"ReduceSum", "ReduceMean"}
 _WIDENING = {onnx.TensorProto.INT32: {onnx.TensorProto.INT32, onnx.TensorProto.INT64},
              onnx.TensorProto.INT64: {onnx.TensorProto.INT64}}
 
@@ -41,6 +57,8 @@ class OpSemantics:
             return Opaque(f"{where} computes with a count (e.g. N + 1 rows): merged, the count would be the forest's")
         if not rows:
             return None
+        if node.op_type not in EXACT_ELEMENTWISE:
+            return _placed(where)
         units = {self.units.find(r.unit) for r in rows}
         if len(units) > 1:
             return Opaque(f"{where} combines rows of different sizes")
@@ -57,6 +75,7 @@ class OpSemantics:
         return Rows(rows[0].unit, inner, carries)
 
     def _reduce(self, node, args, attrs):
+        """A reduction of rows: inside each row (rows again), or over the rows (mixes the requests' trees)."""
         x = args[0]
         if not isinstance(x, Rows):
             return None
@@ -75,6 +94,10 @@ class OpSemantics:
         if 0 in axes:
             return Opaque(f"node '{node.name or node.op_type}' ({node.op_type}) reduces over the rows (axis 0): "
                           "merged, it would mix the requests' trees")
+        if node.op_type in _ALIGNED_SUMS and (rank is None or (rank - 1 in axes and x.inner[-1] != 1)):
+            return Opaque(f"node '{node.name or node.op_type}' ({node.op_type}) sums along a row's contiguous "
+                          "elements, which ONNX Runtime vectorizes from where the row lies in memory: merged, a "
+                          "request's rows start elsewhere in the forest, and the sum may round differently")
         keep = attrs.get("keepdims", 1)
         inner = None if x.inner is None else tuple(
             (1 if keep else None) if k + 1 in axes else d for k, d in enumerate(x.inner))
@@ -314,8 +337,9 @@ class OpSemantics:
             return Rows(x.unit, x.inner)
         return None
 
-    def _op_Softmax(self, args, attrs):
-        return self._axis_op(args, attrs, -1 if self.opset >= 13 else 1)
+    def _op_Softmax(self, args, attrs):  # float64 Softmax varies with the row's place too (EXACT_ELEMENTWISE)
+        x = self._axis_op(args, attrs, -1 if self.opset >= 13 else 1)
+        return _placed("a Softmax") if isinstance(x, Rows) else x
 
     def _op_LogSoftmax(self, args, attrs):
         return self._axis_op(args, attrs, -1 if self.opset >= 13 else 1)
@@ -340,6 +364,12 @@ class OpSemantics:
         if isinstance(x, Rows) and all(a is None or isinstance(a, Const) for a in args[1:]):
             return [x, Opaque("a statistics output"), Opaque("a statistics output")]
         return None
+
+
+def _placed(where: str) -> Opaque:
+    return Opaque(f"{where} is computed by ONNX Runtime on a vector path and a scalar path that can round "
+                  "differently, and which one an element takes depends on its place in the tensor: merged, a "
+                  "request's rows lie elsewhere in the forest")
 
 
 def _count_plus(op, args):

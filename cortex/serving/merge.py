@@ -27,6 +27,7 @@ import onnx
 
 from ..ir import nodes as ir
 from .graph import GraphAnalysis
+from .tail import TailPlan, cut_tail
 from .values import Columns, Const, Flipped, Opaque, Padded, Rows, count_value
 from .indexeval import BoundsCheck, native
 from .kernel import COUNT, OFFSETS, POSITIONS, NotMergeable, trip_count
@@ -92,6 +93,9 @@ class MergePlan:
     node_unit: Optional[str] = None  # the unit node ids count
     warnings: tuple = ()  # what merges less than it seems (reads that send some requests to run alone)
     less_one: frozenset = frozenset()  # units counted by CSR offsets: that input's rows minus one
+    # outputs that do not split by rows, computed per request after the forest (tail.py); `outputs` then lists the
+    # model's other outputs and, after them, the recursions' tables the tail reads (`tail.cut`)
+    tail: Optional[TailPlan] = None
 
     @functools.cached_property
     def request_spec(self) -> "RequestSpec":
@@ -110,7 +114,8 @@ class MergePlan:
                         f"{f' + 1, offsets into the {i.offsets_into}' if i.offsets_into else ''}"
                         f"{', the last request first' if i.backward else ''})" for i in self.inputs)
         outs = ", ".join(f"{o.name} ({o.unit or 'shared'})" for o in self.outputs)
-        return f"mergeable: inputs {ins}; outputs {outs}" + "".join(f"; note: {w}" for w in self.warnings)
+        tail = f"; {self.tail.describe()}" if self.tail is not None else ""
+        return f"mergeable: inputs {ins}; outputs {outs}{tail}" + "".join(f"; note: {w}" for w in self.warnings)
 
 
 def refused(reason: str) -> MergePlan:
@@ -198,32 +203,21 @@ def _plan(analysis: GraphAnalysis) -> MergePlan:
         if i.offsets_into is not None and i.offsets_into not in measures:
             raise NotMergeable(f"the CSR offsets '{i.name}': no other input counts the {i.offsets_into}")
 
-    outputs = []
+    outputs, per_request, order = [], [], []
     for value in analysis.graph.output:
-        abstract = env.get(value.name, Opaque(f"output '{value.name}' has no value"))
-        if isinstance(abstract, Opaque):
-            raise NotMergeable(f"output '{value.name}': {abstract.reason}")
-        if isinstance(abstract, Const):
-            outputs.append(OutputPlan(value.name, None))
+        why = _unsplittable(analysis, env.get(value.name, Opaque(f"output '{value.name}' has no value")), backward,
+                            measures, unit_name)
+        if why is not None:  # computed per request after the forest, if the recursions it reads split (tail.py)
+            order.append((False, len(per_request)))
+            per_request.append((value.name, why))
             continue
-        if isinstance(abstract, Padded):
-            raise NotMergeable(f"output '{value.name}' is a table with a padding row past the nodes: merged, the row "
-                               "would be the forest's (return h[:N])")
-        if isinstance(abstract, (Columns, Flipped)):
-            raise NotMergeable(f"output '{value.name}' returns input '{abstract.carries}' (merged, it would be the "
-                               "forest's, its node ids shifted)")
-        if not isinstance(abstract, Rows):
-            raise NotMergeable(f"output '{value.name}' is a count or a shape: merged, it would be the forest's")
-        if abstract.carries:
-            raise NotMergeable(f"output '{value.name}' returns the values of input '{abstract.carries}' (merged, node "
-                               "ids would come back shifted)")
-        unit = unit_name(abstract.unit)
-        if units.find(abstract.unit) in backward:
-            raise NotMergeable(f"output '{value.name}' has one row per position of a visit walked from its end: "
-                               "merged, its rows would come in the forest's walk order")
-        if unit not in measures:
-            raise NotMergeable(f"output '{value.name}' has one row per {unit}, which no input's rows count")
-        outputs.append(OutputPlan(value.name, unit))
+        order.append((True, len(outputs)))
+        abstract = env[value.name]
+        outputs.append(OutputPlan(value.name, None if isinstance(abstract, Const) else unit_name(abstract.unit)))
+    tail = _tail(analysis, outputs, per_request, order, backward, measures, unit_name) if per_request else None
+    if tail is not None:
+        outputs += [OutputPlan(name, unit_name(env[name].unit)) for name in tail.cut
+                    if name not in {o.name for o in outputs}]
 
     kernels = []
     for site in analysis.kernels:
@@ -258,7 +252,45 @@ def _plan(analysis: GraphAnalysis) -> MergePlan:
                       if t.init in site.padded and t.name not in site.merge.padded)
     _check_less_ones(analysis, offsets, node_unit, set(names))  # the units the outputs and kernels named, too
     return MergePlan(True, None, tuple(inputs), tuple(outputs), measures, tuple(kernels), "nodes", warnings,
-                     frozenset(less_one))
+                     frozenset(less_one), tail)
+
+
+def _unsplittable(analysis: GraphAnalysis, abstract, backward: set, measures: dict, unit_name) -> Optional[str]:
+    """Why an output's value cannot be cut from the forest's by rows, or None when it can (rows of a counted unit,
+    or the same value for every request)."""
+    if isinstance(abstract, Opaque):
+        return abstract.reason
+    if isinstance(abstract, Const):
+        return None
+    if isinstance(abstract, Padded):
+        return "a table with a padding row past the nodes: merged, the row would be the forest's (return h[:N])"
+    if isinstance(abstract, (Columns, Flipped)):
+        return f"it returns input '{abstract.carries}' (merged, it would be the forest's, its node ids shifted)"
+    if not isinstance(abstract, Rows):
+        return "a count or a shape: merged, it would be the forest's"
+    if abstract.carries:
+        return f"it returns the values of input '{abstract.carries}' (merged, node ids would come back shifted)"
+    if analysis.units.find(abstract.unit) in backward:
+        return "one row per position of a visit walked from its end: merged, its rows would come in the forest's " \
+               "walk order"
+    if unit_name(abstract.unit) not in measures:
+        return f"one row per {unit_name(abstract.unit)}, which no input's rows count"
+    return None
+
+
+def _tail(analysis: GraphAnalysis, outputs: list, per_request: list, order: list, backward: set, measures: dict,
+          unit_name) -> TailPlan:
+    """The tail that computes `per_request` outputs per request (tail.py), or NotMergeable with the first one's
+    reason where a recursion's table it reads does not split by rows either."""
+    first, why = per_request[0]
+    body, tail, cut, reads = cut_tail(analysis.model, set(analysis.recursions), [o.name for o in outputs],
+                                      [name for name, _ in per_request])
+    for name in cut:
+        problem = _unsplittable(analysis, analysis.env.get(name, Opaque("no value")), backward, measures, unit_name)
+        if problem is not None:
+            raise NotMergeable(f"output '{first}': {why}; and it reads the recursion's table '{name}', which does not "
+                               f"split by requests either: {problem}")
+    return TailPlan(body.SerializeToString(), tail.SerializeToString(), cut, reads, tuple(order), tuple(per_request))
 
 
 def _check_less_ones(analysis: GraphAnalysis, offsets: dict, node_unit: int, named: set):

@@ -21,7 +21,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from .forest import ForestStats, PinnedOutputs, run_forest
+from .forest import ForestStats, PinnedOutputs, run_forest, tail_sessions
 from .kernel import NotMergeable
 from .merge import FeedError, plan_for
 
@@ -41,6 +41,7 @@ class CortexForest:
         if not self.plan.mergeable and not allow_unmerged:
             raise NotMergeable(f"{model_path}: requests cannot be merged: {self.plan.reason}")
         self.session = InferenceSession(model_path, device=device)
+        self.tail = tail_sessions(self.plan, model_path, device=device)  # outputs computed per request, if any
         self.pinned = PinnedOutputs.of(self.plan, self.session, device)  # on a GPU: outputs into pinned host memory
         self.inputs = {i.name: _ORT_TYPES.get(i.type) for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
@@ -51,7 +52,8 @@ class CortexForest:
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.002)
     async def infer_batch(self, requests: list) -> list:
         # In a thread, so the replica keeps taking requests (the next batch) while this forest runs.
-        return await asyncio.to_thread(run_forest, self.plan, self.session, requests, None, self.stats, self.pinned)
+        return await asyncio.to_thread(run_forest, self.plan, self.session, requests, None, self.stats, self.pinned,
+                                       self.tail)
 
     async def infer(self, feeds: dict) -> list:
         """One request's outputs (numpy arrays, the model's output order); raises its own error."""

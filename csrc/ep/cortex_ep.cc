@@ -457,8 +457,14 @@ class KernelComputeInfo : public OrtNodeComputeInfo {
 
 }  // namespace
 
-CortexEp::CortexEp(const Api& api, TrustPolicy trust, EpPlacement placement, const OrtLogger* logger)
-    : OrtEp{}, api_(api), trust_(std::move(trust)), placement_(std::move(placement)), logger_(logger) {
+CortexEp::CortexEp(const Api& api, TrustPolicy trust, EpPlacement placement, const OrtLogger* logger,
+                   std::string bytes_model_path)
+    : OrtEp{},
+      api_(api),
+      trust_(std::move(trust)),
+      placement_(std::move(placement)),
+      logger_(logger),
+      bytes_model_path_(std::move(bytes_model_path)) {
   ort_version_supported = ORT_API_VERSION;
   GetName = GetNameImpl;
   GetCapability = GetCapabilityImpl;
@@ -567,6 +573,7 @@ OrtStatus* CortexEp::CompileNode(const OrtGraph* graph, const OrtNode* fused_nod
   }
   request.relative_path = cache_context;
   request.model_path = ort_graph.GetModelPath();
+  if (request.model_path.empty()) request.model_path = bytes_model_path_;
 
   KernelLibrary::LoadError load_error = KernelLibrary::LoadError::kNone;
   std::string message;

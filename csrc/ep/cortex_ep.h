@@ -11,6 +11,9 @@
 namespace cortex_ep {
 
 inline constexpr const char* kEpName = "CortexExecutionProvider";
+// Session config entry: for a model given as bytes, the path of the model file it was made from (the merge path
+// runs a converted model's body as bytes, cortex/serving/tail.py); its kernels are resolved in that file's folder.
+inline constexpr const char* kModelPathConfigKey = "cortex.model_path";
 
 // Where an EP instance runs its kernels: the CPU, or one CUDA device (its ordinal and its memory info, owned by the
 // factory); `target` names the kernels it claims (targets.h).
@@ -22,7 +25,10 @@ struct EpPlacement {
 
 class CortexEp : public OrtEp {
  public:
-  CortexEp(const Api& api, TrustPolicy trust, EpPlacement placement = {}, const OrtLogger* logger = nullptr);
+  // `bytes_model_path`: for a model given as bytes, the path of the model file it was made from (the session
+  // config entry cortex.model_path, set by the caller): its kernels are found in that file's folder.
+  CortexEp(const Api& api, TrustPolicy trust, EpPlacement placement = {}, const OrtLogger* logger = nullptr,
+           std::string bytes_model_path = "");
 
  private:
   static const char* ORT_API_CALL GetNameImpl(const OrtEp* this_ptr) noexcept;
@@ -45,6 +51,7 @@ class CortexEp : public OrtEp {
   TrustPolicy trust_;  // the session's explicit trust, plus the environment and the store
   EpPlacement placement_;  // placement_.target: the kernels this EP runs and the only nodes it claims
   const OrtLogger* logger_;  // the session's, valid for the EP's life
+  std::string bytes_model_path_;  // where a model given as bytes came from ("": the current directory)
 
   // Cortex nodes GetCapability found inside a subgraph (node name -> the node whose subgraph holds it). They are
   // claimed so that Compile refuses them with a clear message: the graph Compile gets does not tell a subgraph, and

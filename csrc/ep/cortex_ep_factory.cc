@@ -277,8 +277,13 @@ OrtStatus* CortexEpFactory::NewEp(const OrtHardwareDevice* const* devices, const
   }
   TrustPolicy trust;
   CORTEX_RETURN_IF_ERROR(SessionTrust(api_, session_options, &trust));
+  std::string model_path;  // a model given as bytes: the file it was made from, whose folder holds its kernels
+  bool has_model_path = false;
+  if (session_options != nullptr) {
+    CORTEX_RETURN_IF_ERROR(ReadConfigEntry(api_, session_options, kModelPathConfigKey, &model_path, &has_model_path));
+  }
   if (gpu_ordinals.empty()) {
-    *ep = new CortexEp(api_, std::move(trust), EpPlacement{}, logger);
+    *ep = new CortexEp(api_, std::move(trust), EpPlacement{}, logger, model_path);
     return nullptr;
   }
   const int ordinal = gpu_ordinals[0];
@@ -296,7 +301,7 @@ OrtStatus* CortexEpFactory::NewEp(const OrtHardwareDevice* const* devices, const
   placement.target = TargetOfDevice(CORTEX_DEVICE_CUDA);
   placement.device_id = ordinal;
   placement.device_memory = gpu->device_memory.get();
-  *ep = new CortexEp(api_, std::move(trust), placement, logger);
+  *ep = new CortexEp(api_, std::move(trust), placement, logger, model_path);
   return nullptr;
 }
 

@@ -236,15 +236,20 @@ def _ort_session(path: str):
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
-def _cortex_session(path: str, target: str = "cpu"):
-    import cortex
+def _cortex_options():
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = 1
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
-    return cortex.InferenceSession(path, sess_options=so, device=target)
+    return so
+
+
+def _cortex_session(path: str, target: str = "cpu"):
+    import cortex
+
+    return cortex.InferenceSession(path, sess_options=_cortex_options(), device=target)
 
 
 def gpu_usable() -> bool:
@@ -374,7 +379,7 @@ def evaluate(spec: Spec, cache: Path | None = None, workdir: Path | None = None,
                 return done("refused", "; ".join(refused), partial=True)
             if merge:
                 progress("merge")
-                res["merge"] = merge_check(str(out), sess, feeds)
+                res["merge"] = merge_check(str(out), sess, feeds, target)
                 if res["merge"]["outcome"] in ("MISMATCH", "crash"):
                     return done("merge-MISMATCH", res["merge"]["reason"], max_error=worst)
             return done("converted-match", None, max_error=worst)
@@ -386,12 +391,13 @@ def evaluate(spec: Spec, cache: Path | None = None, workdir: Path | None = None,
             res["workdir"] = str(tmpdir)
 
 
-def merge_check(path: str, session, feeds: dict) -> dict:
+def merge_check(path: str, session, feeds: dict, device: str = "cpu") -> dict:
     """The cases of a converted model served as one forest (cortex.serving: the plan, then `run_forest`), each twice,
     against their separate runs: the same bits, or an error where the separate run fails. -> {"outcome": "merged"
-    (all merged) | "partly" (some ran alone) | "refused" (not mergeable) | "MISMATCH" | "crash", "reason", counts}."""
+    (all merged) | "partly" (some ran alone) | "refused" (not mergeable) | "MISMATCH" | "crash", "reason", counts,
+    "tail": whether some outputs were computed per request after the forest}."""
     from cortex.serving import plan_for
-    from cortex.serving.forest import ForestStats, run_forest
+    from cortex.serving.forest import ForestStats, run_forest, tail_sessions
 
     plan = plan_for(path)
     if not plan.mergeable:
@@ -400,7 +406,8 @@ def merge_check(path: str, session, feeds: dict) -> dict:
     requests = [{n: f[n] for n in names} for f in list(feeds.values()) + list(feeds.values())[::-1]]
     stats = ForestStats()
     try:
-        merged = run_forest(plan, session, requests, stats=stats)
+        tail = tail_sessions(plan, path, _cortex_options(), device=device)  # as _cortex_session's
+        merged = run_forest(plan, session, requests, stats=stats, tail=tail)
     except Exception as e:  # noqa: BLE001 - the merge path must answer every request, never raise
         return {"outcome": "crash", "reason": f"run_forest raised {type(e).__name__}: {_first_line(e)}"}
     for k, (request, got) in enumerate(zip(requests, merged)):
@@ -419,7 +426,8 @@ def merge_check(path: str, session, feeds: dict) -> dict:
                 return {"outcome": "MISMATCH", "reason": f"request {k}: output '{name}' merged differs from its own "
                                                          "run"}
     return {"outcome": "merged" if stats.alone == 0 and stats.fallbacks == 0 else "partly", "reason": None,
-            "merged": stats.merged_requests, "alone": stats.alone, "fallbacks": stats.fallbacks}
+            "merged": stats.merged_requests, "alone": stats.alone, "fallbacks": stats.fallbacks,
+            "tail": plan.tail is not None}
 
 
 # -------------------------------------------------------------------------------------------------------- workers

@@ -162,6 +162,21 @@ def test_model_from_bytes_resolves_against_cwd(model, monkeypatch):
     np.testing.assert_allclose(session.run(None, {"x": x})[0], expected(x), atol=1e-6)
 
 
+def test_model_from_bytes_resolves_beside_the_model_path_it_names(model, tmp_path, monkeypatch):
+    """The session config entry cortex.model_path (the serving tail's body runs from bytes): the kernels are found
+    in that file's folder, wherever the process runs."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(Exception, match="artifact missing"):
+        cortex.InferenceSession(model.read_bytes())
+    options = cortex.session_options()
+    options.add_session_config_entry("cortex.model_path", str(model))
+    session = cortex.InferenceSession(model.read_bytes(), options)
+    x = np.arange(4, dtype=np.float32)
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], expected(x), atol=1e-6)
+
+
 def test_relative_model_path(model, monkeypatch):
     monkeypatch.chdir(model.parent.parent)
     session = cortex.InferenceSession(str(Path(model.parent.name) / model.name))

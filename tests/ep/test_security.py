@@ -142,6 +142,19 @@ def test_model_from_bytes_resolves_inside_the_current_directory(tmp_path, marker
     assert not marker.exists()
 
 
+def test_a_named_model_path_keeps_the_folder_policy(tmp_path, marker):
+    """cortex.model_path moves the folder a model given as bytes resolves in, never the policy: a kernel path that
+    climbs out of that folder is refused and nothing of it runs."""
+    kernel = evil_kernel(tmp_path / "outside", trusted=True)
+    (tmp_path / "model").mkdir()
+    model = write_model(tmp_path / "model" / "m.onnx", "../outside/evil.so", sha256_of(kernel))
+    options = cortex.session_options()
+    options.add_session_config_entry("cortex.model_path", str(model))
+    with pytest.raises(Exception, match="climbs out"):
+        cortex.InferenceSession(model.read_bytes(), options)
+    assert not marker.exists()
+
+
 def test_duplicate_notes_members_are_refused(tmp_path, marker):
     kernel = evil_kernel(tmp_path, trusted=True)
     model = onnx.load(str(write_model(tmp_path / "m.onnx", "evil.so", sha256_of(kernel))))

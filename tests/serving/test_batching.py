@@ -16,6 +16,7 @@ from cortex.examples import structures as st
 from cortex.examples import treelstm
 from cortex.serving import FeedError, NotMergeable, QueueFull, SessionClosed
 from onnx_ops.zoo import MODELS
+from serving_models import whole_tree_input
 
 HIDDEN = 8
 VOCAB = 50
@@ -23,16 +24,15 @@ VOCAB = 50
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """The TreeLSTM converted in its TreeRec and Loop forms, and its Loop form with a mean over every node's state
-    (mixes the trees: not mergeable)."""
+    """The TreeLSTM converted in its TreeRec and Loop forms, its Loop form with a mean over every node's state (the
+    mean per request after the forest), and its Loop form reading its token ids through their minimum over the
+    tree (the recursion reads the whole request: not mergeable)."""
     folder = tmp_path_factory.mktemp("batching")
     params = treelstm.make_params(hidden=HIDDEN, embed_dim=6, vocab=VOCAB)
-    mixing = treelstm.build_loop(params)
-    mixing.graph.node.append(onnx.helper.make_node("ReduceMean", ["h"], ["mean"], axes=[0], keepdims=0))
-    mixing.graph.output.append(onnx.helper.make_tensor_value_info("mean", onnx.TensorProto.FLOAT, [HIDDEN]))
     paths = {}
     for name, model in [("treerec", treelstm.build_treerec(params)), ("loop", treelstm.build_loop(params)),
-                        ("mixing", mixing)]:
+                        ("mean", treelstm.with_mean_head(treelstm.build_loop(params), HIDDEN)),
+                        ("mixing", whole_tree_input(treelstm.build_loop(params), "words"))]:
         onnx.save(model, str(folder / f"{name}.onnx"))
         cortex.convert(str(folder / f"{name}.onnx"), str(folder / f"{name}.cortex.onnx"), strict=True)
         paths[name] = str(folder / f"{name}.cortex.onnx")
@@ -229,7 +229,7 @@ def test_close_can_cancel_what_is_queued(models):
 
 def test_a_model_that_mixes_trees_is_refused_unless_asked(models):
     path = models["mixing"]
-    with pytest.raises(NotMergeable, match="reduces over the rows.*allow_unmerged=True"):
+    with pytest.raises(NotMergeable, match="input 'words_clamped'.*reduces over all rows.*allow_unmerged=True"):
         cortex.BatchingSession(path)
     tree = _trees(1)[0].arrays()
     plain = cortex.InferenceSession(path)
@@ -237,6 +237,19 @@ def test_a_model_that_mixes_trees_is_refused_unless_asked(models):
         futures = [session.submit(tree) for _ in range(4)]
         assert all(_same(f.result(30), plain.run(None, tree)) for f in futures)
         assert session.stats.batches == 0 and session.stats.alone == 4
+
+
+def test_a_mean_over_the_tree_is_answered_per_request_from_the_forest(models):
+    """The recursion of every caller runs in one forest; each caller's mean over its own tree's states is computed
+    after it, per request: the same bits as its own run, for every output."""
+    path = models["mean"]
+    trees = [t.arrays() for t in _trees(12, seed=4)]
+    plain = cortex.InferenceSession(path)
+    with cortex.BatchingSession(path, max_trees=12, max_delay_ms=50) as session:
+        assert session.plan.tail is not None
+        futures = [session.submit(tree) for tree in trees]
+        assert all(_same(f.result(30), plain.run(None, tree)) for f, tree in zip(futures, trees))
+        assert session.stats.merged_requests >= 2 and session.stats.fallbacks == 0
 
 
 @pytest.mark.parametrize("kwargs,message", [({"max_trees": 0}, "max_trees"), ({"max_delay_ms": -1}, "max_delay_ms"),

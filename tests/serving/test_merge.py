@@ -20,9 +20,10 @@ from cortex.frontend import find_regions
 from cortex.ir import nodes as ir
 from cortex.passes import optimize
 from cortex.serving import check_request, plan_for
-from cortex.serving.forest import ForestStats, PinnedOutputs, run_forest
+from cortex.serving.forest import ForestStats, PinnedOutputs, run_forest, tail_sessions
 from cortex.serving.kernel import NotMergeable, analyze
 from onnx_ops.zoo import MODELS, MVRNN_VOCAB, VOCAB, structures
+from serving_models import whole_tree_input
 
 HIDDEN = 8
 SST = st.sst_dir_default()
@@ -252,20 +253,90 @@ def test_an_edited_decision_is_not_believed(treerec_model, tmp_path):
     assert plan_for(model).reason == "someone said so"
 
 
-def test_mean_over_all_nodes_is_refused(treerec_model, tmp_path):
-    model = _with_head(treerec_model, [helper.make_node("ReduceMean", ["h"], ["mean"], axes=[0], keepdims=0)],
-                       [_vi("mean", onnx.TensorProto.FLOAT, [HIDDEN])])
-    plan = plan_for(_convert(model, tmp_path, "mean"))
-    assert not plan.mergeable
-    assert "output 'mean'" in plan.reason and "reduces over the rows" in plan.reason and "mix" in plan.reason
+def _tree_requests(count, seed=0):
+    return [dict(children=t.children, words=t.words)
+            for t in st.sst_like_trees(count, np.random.default_rng(seed), 50)]
 
 
-def test_a_fixed_row_of_the_forest_is_refused(treerec_model, tmp_path):
+def test_a_mean_over_all_nodes_runs_per_request_after_the_forest(treerec_model, tmp_path):
+    """A head that reads a request's rows as a whole (a mean over every node's state) would mix the trees on the
+    forest: the recursion merges, and the mean runs per request on the request's own rows (tail.py), bit for bit."""
+    path = _convert(treelstm.with_mean_head(treerec_model, HIDDEN), tmp_path, "mean")
+    plan = plan_for(path)
+    assert plan.mergeable and plan.tail is not None, plan.reason
+    ((name, why),) = plan.tail.reasons
+    assert name == "mean" and "reduces over the rows" in why and "mix" in why
+    assert plan.tail.cut == ("h",) and "'mean' per request after the forest" in plan.describe()
+    _assert_merged_equals_separate(path, _tree_requests(7))
+    with pytest.raises(ValueError, match="per request after the forest"):
+        run_forest(plan, cortex.InferenceSession(path), _tree_requests(2))  # without its tail sessions
+
+
+def test_heads_on_a_requests_rows_as_a_whole_run_per_request(treerec_model, tmp_path):
+    """The first row (`h[0]`), the node count, a softmax over every node's score (attention pooling) and a mean over
+    every element of a table beside a per-node classifier that splits: the classifier's rows come from the forest,
+    the rest per request. The tables reach the tail aligned as ONNX Runtime allocates them: a vectorized mean over a
+    request's rows where they start in the forest (anywhere) would sum in another order than its own run."""
+    rng = np.random.default_rng(2)
     zero = numpy_helper.from_array(np.array(0, np.int64), "zero")
-    model = _with_head(treerec_model, [helper.make_node("Gather", ["h", "zero"], ["first"], axis=0)],
-                       [_vi("first", onnx.TensorProto.FLOAT, [HIDDEN])], inits=[zero])
-    plan = plan_for(_convert(model, tmp_path, "first"))
-    assert not plan.mergeable and "a row picked at a fixed index" in plan.reason
+    w = numpy_helper.from_array(rng.standard_normal((HIDDEN, 1)).astype(np.float32), "w_att")
+    nodes = [helper.make_node("Gather", ["h", "zero"], ["first"], axis=0),
+             helper.make_node("Shape", ["c"], ["rows"], start=0, end=1),
+             helper.make_node("MatMul", ["h", "w_att"], ["score"]),
+             helper.make_node("Softmax", ["score"], ["weight"], axis=0),
+             helper.make_node("Mul", ["weight", "h"], ["weighted"]),
+             helper.make_node("ReduceSum", ["weighted"], ["pooled"], keepdims=0),
+             helper.make_node("ReduceMean", ["c"], ["overall"], keepdims=0)]
+    model = _with_head(treerec_model, nodes, [_vi("first", onnx.TensorProto.FLOAT, [HIDDEN]),
+                                              _vi("rows", onnx.TensorProto.INT64, [1]),
+                                              _vi("score", onnx.TensorProto.FLOAT, ["N", 1]),
+                                              _vi("pooled", onnx.TensorProto.FLOAT, [HIDDEN]),
+                                              _vi("overall", onnx.TensorProto.FLOAT, [])], inits=[zero, w])
+    path = _convert(model, tmp_path, "heads")
+    plan = plan_for(path)
+    assert plan.mergeable and plan.tail is not None, plan.reason
+    assert [name for name, _ in plan.tail.reasons] == ["first", "rows", "pooled", "overall"]
+    assert {o.name: o.unit for o in plan.outputs}["score"] == "nodes"  # split from the forest, not recomputed
+    assert set(plan.tail.cut) == {"h", "c"}
+    _assert_merged_equals_separate(path, _tree_requests(9, seed=1))
+
+
+def test_a_sum_along_each_nodes_row_is_computed_per_request(tmp_path):
+    """A per-node score `(h * w).sum(-1)` is a ReduceSum along each row's contiguous elements, which ONNX Runtime
+    vectorizes from where the row lies in memory: on the forest, a request's rows start elsewhere and the sums may
+    round differently. So it is computed per request after the forest, and a request served after 0 to 15 others
+    (its rows at every offset of a 64-byte line: 5 floats a row) gets its own run's bits every time."""
+    hidden = 5
+    model = treelstm.build_treerec(treelstm.make_params(hidden=hidden, embed_dim=6, vocab=50))
+    w = numpy_helper.from_array(np.random.default_rng(3).standard_normal(hidden).astype(np.float32), "w_score")
+    axis = numpy_helper.from_array(np.array([-1], np.int64), "last_axis")
+    model = _with_head(model, [helper.make_node("Mul", ["h", "w_score"], ["weighted"]),
+                               helper.make_node("ReduceSum", ["weighted", "last_axis"], ["score"], keepdims=0)],
+                       [_vi("score", onnx.TensorProto.FLOAT, ["N"])], inits=[w, axis])
+    path = _convert(model, tmp_path, "score")
+    plan = plan_for(path)
+    assert plan.mergeable and plan.tail is not None, plan.reason
+    ((name, why),) = plan.tail.reasons
+    assert name == "score" and "contiguous elements" in why, why
+    session, tail = cortex.InferenceSession(path), tail_sessions(plan, path)
+    requests = _tree_requests(2, seed=5)
+    requests = [r for r in requests if len(r["words"]) % 2] + [dict(children=np.array([[-1, -1]], np.int64),
+                                                                    words=np.array([3], np.int64))]
+    one_node, target = requests[-1], requests[0]
+    want = session.run(None, target)
+    for before in range(16):
+        got = run_forest(plan, session, [one_node] * before + [target], tail=tail)[-1]
+        assert all(np.array_equal(a, b) for a, b in zip(got, want)), f"after {before} requests"
+
+
+def test_a_recursion_that_reads_the_whole_tree_is_refused(treerec_model, tmp_path):
+    """When what a recursion reads depends on every row of the request (here its token ids clamped below by their
+    minimum over the tree: the same values, computed from all rows), merged it would depend on the forest: refused,
+    with the reason, tail or not."""
+    path = _convert(whole_tree_input(treerec_model, "words"), tmp_path, "clamped")
+    plan = plan_for(path)
+    assert not plan.mergeable
+    assert "input 'words_clamped'" in plan.reason and "reduces over all rows" in plan.reason, plan.reason
 
 
 def test_a_padding_row_past_the_nodes_merges_and_other_extra_rows_do_not(tmp_path):
@@ -313,13 +384,20 @@ def test_per_node_and_per_root_heads_merge_exactly(treerec_model, tmp_path):
     plan = plan_for(path)
     assert plan.mergeable, plan.reason
     units = {o.name: o.unit for o in plan.outputs}
-    assert units == {"h": "nodes", "c": "nodes", "probs": "nodes", "root_probs": "rows of 'roots'"}
-    assert next(i for i in plan.inputs if i.name == "roots").node_ids
+    assert units == {"h": "nodes", "c": "nodes"}  # the softmax (its exp) per request: see EXACT_ELEMENTWISE
+    assert [name for name, _ in plan.tail.reasons] == ["probs", "root_probs"]
+    assert all("vector path and a scalar path" in why for _, why in plan.tail.reasons)
     trees = _trees("binary", 10, vocab=50)
     requests = [dict(children=t.children, words=t.words, roots=t.roots) for t in trees]
     _assert_merged_equals_separate(path, requests)
     bad = dict(requests[0], roots=np.array([trees[0].num_nodes], np.int64))  # a root past the tree's nodes
-    assert "outside" in check_request(plan, bad)
+    session = cortex.InferenceSession(path)
+    stats = ForestStats()
+    answers = run_forest(plan, session, [requests[1], bad, requests[2]], stats=stats, tail=tail_sessions(plan, path))
+    with pytest.raises(Exception) as own:  # its own run fails in the head's Gather; so does its answer, alone
+        session.run(None, bad)
+    assert type(answers[1]) is type(own.value) and str(answers[1]) == str(own.value)
+    assert stats.merged_requests == 2 and stats.alone == 1, stats
 
 
 # ---- exactness ---------------------------------------------------------------------------------------------------
@@ -339,7 +417,8 @@ def _assert_merged_equals_separate(path, requests, merged=None, device="cpu", to
     stats = ForestStats()
     outputs = PinnedOutputs.of(plan, session, device) if pinned else None
     assert outputs is not None or not pinned, "a GPU session of this model should take pinned outputs"
-    results = run_forest(plan, session, requests, stats=stats, pinned=outputs)
+    tail = tail_sessions(plan, path, device=device)
+    results = run_forest(plan, session, requests, stats=stats, pinned=outputs, tail=tail)
     for k, (request, got) in enumerate(zip(requests, results)):
         assert not isinstance(got, Exception), f"request {k}: {got}"
         want = session.run(None, request)

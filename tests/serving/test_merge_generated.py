@@ -4,7 +4,8 @@ all in one forest: every answer is the bits (or the error) of the request's own 
 The forms here were refused (or ran every request alone) before the analysis learned them: a visit walked from its
 end (`order[L - 1 - p]`, over an edge list cast to int64), TorchScript's range guards on order[p] and on the node ids
 it writes, a scan over `torch.flip(order)` with the roots read by GatherND, and reads at clamp(child, 0) that a
-torch.where drops where the child is missing.
+torch.where drops where the child is missing; and a head that reads the request's table whole (`h.mean(0)` of a 1-D
+table: a vectorized mean, computed per request on its rows aligned as ONNX Runtime allocates them).
 (`python tools/fuzz_import.py --explore-new --merge` measures the rest.)"""
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 
 import cortex
 from cortex.serving import plan_for
-from cortex.serving.forest import ForestStats, run_forest
+from cortex.serving.forest import ForestStats, run_forest, tail_sessions
 
 pytest.importorskip("torch")
 
@@ -33,6 +34,7 @@ def _spec(choices: str) -> dict:
     return values
 
 
+TAIL = "a mean over a 1-D table after the recursion, per request after the forest (dynamo scan, parent array)"
 EMPTINESS = "a test whether the parent array is empty, len(parent) == 0 (dynamo scan, .any() of a child mask)"
 SPECS = {  # each spec's choices other than "-" (onnx_ops.modelgen: not relevant to the model)
     "backward walk, edge list cast (dynamo while_loop)": _spec(
@@ -66,6 +68,10 @@ SPECS = {  # each spec's choices other than "-" (onnx_ops.modelgen: not relevant
         "leaf_input=constant act=gelu act_form=module head=log_softmax dtype=int32_long loop=reverse "
         "exporter=dynamo_scan hidden=14 embed=9 structure=binary encoding=parent select=mask table=rank3 "
         "precision=float32 seed=11000140"),
+    TAIL: _spec(
+        "family=treernn bias=True agg=attn write=index_copy_ read=slice leaf_test=is_leaf leaf_input=embedding "
+        "act=hardtanh act_form=module head=mean dtype=int32_long loop=forward exporter=dynamo_scan embed=8 "
+        "structure=binary encoding=parent select=mask table=vector precision=float64 seed=11000161"),
 }
 
 
@@ -89,7 +95,8 @@ def _corrupted(plan, request):
 
 
 def _converted(name, cache, tmp_path):
-    """(plan, session, its good requests) of the spec `name`, exported, converted and mergeable."""
+    """(plan, session, its good requests, the plan's tail sessions or None) of the spec `name`, exported, converted
+    and mergeable."""
     pytest.importorskip("onnxscript")
     from onnx_ops.modelgen.harness import export
     from onnx_ops.modelgen.inputs import cases
@@ -105,15 +112,16 @@ def _converted(name, cache, tmp_path):
     assert plan.mergeable, plan.reason
     session = cortex.InferenceSession(str(out))
     names = [i.name for i in session.get_inputs()]
-    return plan, session, [{n: f[n] for n in names} for f in cases(spec).values()]
+    return plan, session, [{n: f[n] for n in names} for f in cases(spec).values()], tail_sessions(plan, out)
 
 
 @pytest.mark.parametrize("name", list(SPECS))
 def test_generated_models_merge_exactly(name, cache, tmp_path):
-    plan, session, good = _converted(name, cache, tmp_path)
+    plan, session, good, tail = _converted(name, cache, tmp_path)
+    assert (tail is not None) == (name == TAIL), plan.describe()
     requests = good + [bad for r in good for bad in _corrupted(plan, r)] + good
     stats = ForestStats()
-    answers = run_forest(plan, session, requests, stats=stats)
+    answers = run_forest(plan, session, requests, stats=stats, tail=tail)
     for k, (request, got) in enumerate(zip(requests, answers)):
         try:
             want = session.run(None, request)
@@ -129,7 +137,7 @@ def test_generated_models_merge_exactly(name, cache, tmp_path):
 def test_an_empty_array_whose_emptiness_is_tested_runs_alone(cache, tmp_path):
     """len(parent) == 0 has one outcome for every non-empty parent array, the request's or the forest's; a request
     whose parent array is empty while its order is not would see the forest's, so it runs alone (its own error)."""
-    plan, session, good = _converted(EMPTINESS, cache, tmp_path)
+    plan, session, good, _ = _converted(EMPTINESS, cache, tmp_path)
     assert plan.kernels[0].nonempty, plan.describe()
     parent = next(i.name for i in plan.inputs if i.node_ids and i.unit == plan.node_unit)
     hollow = dict(good[0], **{parent: good[0][parent][:0]})
@@ -141,3 +149,21 @@ def test_an_empty_array_whose_emptiness_is_tested_runs_alone(cache, tmp_path):
     with pytest.raises(Exception):
         session.run(None, hollow)
     assert isinstance(answers[len(good)], Exception)
+
+
+def test_a_head_over_the_whole_table_is_exact_wherever_the_request_starts(cache, tmp_path):
+    """The tail's mean over a request's 1-D table is vectorized: from a start that is not aligned as ONNX Runtime
+    aligns what it allocates, it sums in another order (one more ulp). Each case is served after 0 to 15 copies of
+    another (an odd node count), so its rows start at every 8-byte offset of a 64-byte line in the forest: its
+    answer is its own run's every time."""
+    plan, session, good, tail = _converted(TAIL, cache, tmp_path)
+    rows = [r["words"].shape[0] for r in good]
+    small, big = good[rows.index(min(rows))], good[rows.index(max(rows))]
+    assert min(rows) % 2 == 1 and max(rows) % 2 == 1, rows
+    for request, other in ((small, big), (big, small)):
+        want = session.run(None, request)
+        for before in range(16):
+            stats = ForestStats()
+            got = run_forest(plan, session, [other] * before + [request], stats=stats, tail=tail)[-1]
+            assert stats.merged_requests == before + 1 or before == 0, stats
+            assert all(np.array_equal(a, b) for a, b in zip(got, want)), f"after {before} requests"

@@ -17,7 +17,7 @@ import cortex
 from cortex.examples import structures as S
 from cortex.ir import nodes as ir
 from cortex.serving import plan_for
-from cortex.serving.forest import ForestStats, run_forest
+from cortex.serving.forest import ForestStats, run_forest, tail_sessions
 from cortex.serving.kernel import NotMergeable, analyze
 
 torch = pytest.importorskip("torch")
@@ -53,7 +53,7 @@ def _check(path, requests, alone=()):
     names = [i.name for i in session.get_inputs()]
     requests = [{n: r[n] for n in names} for r in requests]
     stats = ForestStats()
-    results = run_forest(plan, session, requests, stats=stats)
+    results = run_forest(plan, session, requests, stats=stats, tail=tail_sessions(plan, path))
     for k, (request, got) in enumerate(zip(requests, results)):
         try:
             want = session.run(None, request)
@@ -229,9 +229,10 @@ def _edited(path, edit) -> str:
     return out
 
 
-def test_an_edge_list_read_outside_the_recursion_is_refused(tmp_path):
-    """Only a recursion's child set may read an edge list [2, E]: returned, reduced by an ONNX node, or declared with
-    a dynamic first dimension, the model is not merged, and the plan says why."""
+def test_an_edge_list_read_outside_the_recursion_runs_per_request_or_is_refused(tmp_path):
+    """Only a recursion's child set may read an edge list [2, E] on the forest: returned or reduced by an ONNX node,
+    that output is computed per request after the forest (tail.py), exact; declared with a dynamic first dimension,
+    the model is not merged, and the plan says why."""
     import onnx
     from onnx import helper
     path = _convert_child_set(tmp_path, "edge_index", sets.EdgeIndexSum)
@@ -247,10 +248,13 @@ def test_an_edge_list_read_outside_the_recursion_is_refused(tmp_path):
         dim = next(i for i in graph.input if i.name == "edge_index").type.tensor_type.shape.dim[0]
         dim.dim_param = "two"
 
-    for edit, reason in ((returned, "returns input 'edge_index'"), (reduced, "is read by node"),
-                         (undeclared, "does not declare it so")):
-        plan = plan_for(_edited(path, edit))
-        assert not plan.mergeable and reason in plan.reason, plan.reason
+    for edit, reason in ((returned, "returns input 'edge_index'"), (reduced, "is read by node")):
+        edited = _edited(path, edit)
+        plan = plan_for(edited)
+        assert plan.mergeable and reason in plan.tail.reasons[0][1], plan.describe()
+        _check(edited, _trees("edge_index"))
+    plan = plan_for(_edited(path, undeclared))
+    assert not plan.mergeable and "does not declare it so" in plan.reason, plan.reason
 
 
 def test_a_mean_over_every_edge_is_refused(tmp_path):
@@ -262,8 +266,9 @@ def test_a_mean_over_every_edge_is_refused(tmp_path):
 # ---- refused, with the reason -------------------------------------------------------------------------------------
 
 def test_csr_offsets_read_otherwise_are_refused(tmp_path):
-    """CSR offsets merge only as the bounds of slices offsets[v] : offsets[v + 1]; read by an ONNX node besides, or
-    returned, the model is not merged, and the plan says why."""
+    """CSR offsets merge only as the bounds of slices offsets[v] : offsets[v + 1]; read by an ONNX node besides, the
+    model is not merged, and the plan says why. Returned, they are the request's own, per request after the forest
+    (tail.py)."""
     import onnx
     from onnx import helper
     path = _convert_child_set(tmp_path, "csr", sets.CsrSlice)
@@ -279,11 +284,14 @@ def test_csr_offsets_read_otherwise_are_refused(tmp_path):
         graph.node.append(helper.make_node("Gather", ["h", "offsets"], ["picked"]))
         graph.output.append(helper.make_tensor_value_info("picked", onnx.TensorProto.FLOAT, ["N1", 8]))
 
-    for edit, reason in ((returned, "returns the values of input 'offsets'"),
-                         (reduced, "holds CSR offsets and node 'ReduceMax'"),
+    for edit, reason in ((reduced, "holds CSR offsets and node 'ReduceMax'"),
                          (gathered, "holds CSR offsets and a Gather of rows by node id")):
         plan = plan_for(_edited(path, edit))
         assert not plan.mergeable and reason in plan.reason, plan.reason
+    edited = _edited(path, returned)
+    plan = plan_for(edited)
+    assert plan.mergeable and "returns the values of input 'offsets'" in plan.tail.reasons[0][1], plan.describe()
+    _check(edited, _trees("csr"))
 
 
 def _convert_carried(tmp_path, name) -> str:

@@ -32,9 +32,11 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
+    """The TreeLSTM with a mean over its tree's states beside them: the states split from the forest, the mean
+    computed per request after it (cortex/serving/tail.py)."""
     folder = tmp_path_factory.mktemp("ray")
     params = treelstm.make_params(hidden=8, embed_dim=6, vocab=VOCAB)
-    onnx.save(treelstm.build_treerec(params), str(folder / "tl.onnx"))
+    onnx.save(treelstm.with_mean_head(treelstm.build_treerec(params), 8), str(folder / "tl.onnx"))
     cortex.convert(str(folder / "tl.onnx"), str(folder / "tl.cortex.onnx"), strict=True)
     return str(folder / "tl.cortex.onnx")
 
@@ -112,7 +114,8 @@ def test_http_on_loopback(app, model_path):
         answers = list(pool.map(lambda b: _post(url, b), bodies))
     for (status, body), tree in zip(answers, trees):
         assert status == 200, body
-        assert _same([body["h"], body["c"]], plain.run(None, dict(children=tree.children, words=tree.words)))
+        assert _same([body["h"], body["c"], body["mean"]],
+                     plain.run(None, dict(children=tree.children, words=tree.words)))
     status, body = _post(url, {"children": [[5, -1]], "words": [1]})
     assert status == 422 and "out of range" in body["error"]
     status, body = _post(url, {"words": [1]})
