@@ -22,6 +22,10 @@ _EP_NAME = "CortexExecutionProvider"
 _MARKER_KEY = "cortex.ep_added"
 _ORT_CUDA_EP = "CUDAExecutionProvider"
 QUIET_LOG_LEVEL = 4  # FATAL (SessionOptions start at -1: "not set", ORT's WARNING)
+# ONNX Runtime's intra-op threads spin after each parallel op of theirs (a head's ReduceMean, a classifier's MatMul),
+# on the cores the Cortex kernel's own pool then needs: a TreeLSTM forest with a mean head took 5.5 ms against
+# 2.8 ms without spinning (2 cores, tools/serve_bench.py --head mean). On the CPU they do not spin unless asked.
+_ORT_SPINNING_KEY = "session.intra_op.allow_spinning"
 _registration_lock = threading.Lock()
 _registered = False
 # The EP library is built against ORT C API version 29 (the pinned headers): any ONNX Runtime package
@@ -162,12 +166,16 @@ def _trusted_digests(trust) -> list:
     return digests
 
 
+def _config_entry(options: ort.SessionOptions, key: str) -> Optional[str]:
+    try:
+        return options.get_session_config_entry(key)
+    except RuntimeError:  # never set
+        return None
+
+
 def _add_trust(options: ort.SessionOptions, digests: list):
     key = trust_store.SESSION_CONFIG_KEY
-    try:
-        current = trust_store.parse_list(options.get_session_config_entry(key))
-    except RuntimeError:  # never set
-        current = []
+    current = trust_store.parse_list(_config_entry(options, key) or "")
     merged = list(dict.fromkeys(current + digests))
     options.add_session_config_entry(key, ",".join(merged))
 
@@ -177,7 +185,8 @@ def session_options(base: Optional[ort.SessionOptions] = None, trust=None, devic
 
     With `base`, the Cortex EP is added to those options (in place) and they are returned.
     ONNX Runtime's log level is set to FATAL unless the options set one: errors still raise, once; set
-    `log_severity_level` to see ORT's log.
+    `log_severity_level` to see ORT's log. On the CPU, ONNX Runtime's own intra-op threads do not spin between ops
+    unless the options say so (`session.intra_op.allow_spinning`): the Cortex kernel's threads need those cores.
     `trust`: kernels to trust in these sessions beyond the local trust store (cortex.trust): sha256 digests and/or
     paths of converted models whose kernel files you trust (a str, a path, or a list of them).
     `device`: "cpu" (models converted with --target cpu), or "cuda" / "cuda:N" (models converted with --target
@@ -198,6 +207,8 @@ def session_options(base: Optional[ort.SessionOptions] = None, trust=None, devic
             raise ValueError(f"these session options already run the Cortex EP on {present!r}, not {device!r}")
         return options
     chosen = _select(device, _ep_devices())
+    if device == "cpu" and _config_entry(options, _ORT_SPINNING_KEY) is None:
+        options.add_session_config_entry(_ORT_SPINNING_KEY, "0")
     if device != "cpu":
         # ORT's CUDA EP first: ORT keeps one stream factory per device type and the first EP to register wins, and
         # ORT's CUDA kernels need their own streams (Cortex kernels take any CUDA stream). It claims no Cortex node.

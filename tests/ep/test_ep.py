@@ -256,6 +256,16 @@ def test_without_ep_says_what_to_do(model):
     assert "cortex.session_options()" in str(error.value)
 
 
+def test_ort_threads_do_not_spin_on_the_cpu_unless_asked():
+    """ONNX Runtime's intra-op threads would spin after each of its own ops on the cores the Cortex kernel's pool
+    then needs (a forest with a mean head ran twice as long on 2 cores): off by default on the CPU, the user's
+    choice kept."""
+    assert cortex.session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    asked = ort.SessionOptions()
+    asked.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    assert cortex.session_options(asked).get_session_config_entry("session.intra_op.allow_spinning") == "1"
+
+
 def test_session_options_twice_and_merge(model):
     first = cortex.session_options()
     second = cortex.session_options()
