@@ -22,9 +22,10 @@ ELEMENTWISE = {
 # Elementwise ops whose value at an element never depends on where the element lies in its tensor: exact or
 # correctly rounded (IEEE +, -, *, /, sqrt), comparisons, choices, integer and bit ops. The others (exp, tanh,
 # sigmoid, erf, log, sin, softplus, ...) ONNX Runtime computes on a vector path and a scalar path that can round
-# differently, and which path an element takes depends on its place in the tensor (measured: float32 Log, Softplus,
-# Elu, Selu, Sin, Atan; float64 Tanh, Sigmoid, Exp, Log, Sin, Cos, Softmax): merged, a request's rows lie elsewhere
-# in the forest, so such a value is computed per request (tail.py).
+# differently, and which path an element takes depends on its place in the tensor (`python tools/ort_placement.py`:
+# float32 Log, Sin, Cos, Softplus, Elu, Selu, Atan, Mish; float64 Tanh, Log, Sin, Cos, Softmax, LogSoftmax; others
+# on other data): merged, a request's rows lie elsewhere in the forest, so such a value is computed per request
+# (tail.py). Products with constant weights, LayerNormalization and the other reductions kept their bits there.
 EXACT_ELEMENTWISE = {
     "Abs", "Add", "And", "BitwiseAnd", "BitwiseNot", "BitwiseOr", "BitwiseXor", "Ceil", "Clip", "Div", "Dropout",
     "Equal", "Floor", "Greater", "GreaterOrEqual", "Identity", "IsInf", "IsNaN", "LeakyRelu", "Less", "LessOrEqual",
@@ -34,8 +35,8 @@ EXACT_ELEMENTWISE = {
 REDUCTIONS = {"ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp", "ReduceMax", "ReduceMean", "ReduceMin",
               "ReduceProd", "ReduceSum", "ReduceSumSquare"}
 # Reductions whose CPU kernel sums a contiguous run with aligned vector loads (MLAS): the result for a row depends on
-# its address modulo the vector width (measured: ReduceSum and ReduceMean over the last axis, float32 and float64;
-# the others, and sums over an outer axis, were not). Merged, a request's rows start anywhere in the forest.
+# its address modulo the vector width (tools/ort_placement.py: ReduceSum and ReduceMean along the last axis, float32
+# and float64; the others, and sums over an outer axis, did not). Merged, a request's rows start anywhere.
 _ALIGNED_SUMS = {"ReduceSum", "ReduceMean"}
 _WIDENING = {onnx.TensorProto.INT32: {onnx.TensorProto.INT32, onnx.TensorProto.INT64},
              onnx.TensorProto.INT64: {onnx.TensorProto.INT64}}
@@ -337,12 +338,13 @@ class OpSemantics:
             return Rows(x.unit, x.inner)
         return None
 
-    def _op_Softmax(self, args, attrs):  # float64 Softmax varies with the row's place too (EXACT_ELEMENTWISE)
+    def _op_Softmax(self, args, attrs):  # float64 Softmax and LogSoftmax vary with the row's place (EXACT_ELEMENTWISE)
         x = self._axis_op(args, attrs, -1 if self.opset >= 13 else 1)
         return _placed("a Softmax") if isinstance(x, Rows) else x
 
     def _op_LogSoftmax(self, args, attrs):
-        return self._axis_op(args, attrs, -1 if self.opset >= 13 else 1)
+        x = self._axis_op(args, attrs, -1 if self.opset >= 13 else 1)
+        return _placed("a LogSoftmax") if isinstance(x, Rows) else x
 
     def _op_ArgMax(self, args, attrs):
         x = self._axis_op(args, attrs, 0)

@@ -58,6 +58,7 @@ class InputPlan:
 class OutputPlan:
     name: str
     unit: Optional[str]  # the unit its rows count; None: the same value for every request
+    padding: Optional[float] = None  # a tail's table with one row of this constant past the rows (values.Padded)
 
 
 @dataclass(frozen=True)
@@ -216,8 +217,9 @@ def _plan(analysis: GraphAnalysis) -> MergePlan:
         outputs.append(OutputPlan(value.name, None if isinstance(abstract, Const) else unit_name(abstract.unit)))
     tail = _tail(analysis, outputs, per_request, order, backward, measures, unit_name) if per_request else None
     if tail is not None:
-        outputs += [OutputPlan(name, unit_name(env[name].unit)) for name in tail.cut
-                    if name not in {o.name for o in outputs}]
+        outputs += [OutputPlan(name, unit_name(env[name].unit),
+                               env[name].fill if isinstance(env[name], Padded) else None)
+                    for name in tail.cut if name not in {o.name for o in outputs}]
 
     kernels = []
     for site in analysis.kernels:
@@ -286,7 +288,10 @@ def _tail(analysis: GraphAnalysis, outputs: list, per_request: list, order: list
     body, tail, cut, reads = cut_tail(analysis.model, set(analysis.recursions), [o.name for o in outputs],
                                       [name for name, _ in per_request])
     for name in cut:
-        problem = _unsplittable(analysis, analysis.env.get(name, Opaque("no value")), backward, measures, unit_name)
+        abstract = analysis.env.get(name, Opaque("no value"))
+        if isinstance(abstract, Padded):  # the request's rows and the same padding row (merged, never written)
+            abstract = Rows(abstract.unit, abstract.inner)
+        problem = _unsplittable(analysis, abstract, backward, measures, unit_name)
         if problem is not None:
             raise NotMergeable(f"output '{first}': {why}; and it reads the recursion's table '{name}', which does not "
                                f"split by requests either: {problem}")
@@ -621,6 +626,8 @@ def split(plan: MergePlan, outputs: list, batch: MergedBatch) -> list:
         if o.unit not in edges:
             edges[o.unit] = np.concatenate([[0], np.cumsum(batch.counts[o.unit])]).tolist()
         cuts = edges[o.unit]
+        if o.padding is not None:  # the forest's one padding row past all its rows: each request's own, again
+            value = value[:-1]
         if value.shape[0] != cuts[-1]:
             raise RuntimeError(f"output '{o.name}' has {value.shape[0]} rows, the batch {cuts[-1]} {o.unit}")
         for k, r in enumerate(per_request):

@@ -158,6 +158,7 @@ class TailSessions:
         self.plan = plan.tail
         names = [o.name for o in plan.outputs]
         self.cut_at = [names.index(name) for name in self.plan.cut]  # where each cut table is among the split outputs
+        self.padding = [plan.outputs[k].padding for k in self.cut_at]  # a padding row to put back, or None
         options = session_options(sess_options, trust=trust, device=device)
         options.add_session_config_entry(MODEL_PATH_KEY, os.path.abspath(os.fspath(path)))
         self.body = InferenceSession(self.plan.body, options, device=device)
@@ -176,7 +177,7 @@ class TailSessions:
     def answer(self, parts: list, request: dict) -> list:
         """A request's outputs in the model's order, from its split outputs `parts` (the model's, then the cut) and
         its own inputs; raises what the tail's run raises."""
-        feeds = {name: _aligned(parts[k]) for name, k in zip(self.plan.cut, self.cut_at)}
+        feeds = {name: _aligned(parts[k], pad) for name, k, pad in zip(self.plan.cut, self.cut_at, self.padding)}
         feeds.update((name, request[name]) for name in self.plan.reads)
         computed = self.tail.run(None, feeds)
         return [parts[k] if split else computed[k] for split, k in self.plan.order]
@@ -185,12 +186,17 @@ class TailSessions:
 _ALIGNMENT = 64  # ONNX Runtime's CPU allocator's (MLAS): the widest vector a kernel loads
 
 
-def _aligned(value: np.ndarray) -> np.ndarray:
-    """A copy of `value` at an address aligned as ONNX Runtime aligns the tensors it allocates. A request's rows of
-    a forest's table start anywhere in it, and a vectorized reduction over them (a mean) sums in another order
-    from another alignment: its own run reads the table where ONNX Runtime allocated it, aligned."""
-    raw = np.empty(value.nbytes + _ALIGNMENT, dtype=np.uint8)
+def _aligned(value: np.ndarray, padding=None) -> np.ndarray:
+    """A copy of `value` at an address aligned as ONNX Runtime aligns the tensors it allocates, and with one more
+    row of `padding` where that is not None (a table with a padding row past the nodes: its own run's has it). A
+    request's rows of a forest's table start anywhere in it, and a vectorized reduction over them (a mean) sums in
+    another order from another alignment: its own run reads the table where ONNX Runtime allocated it, aligned."""
+    shape = (value.shape[0] + (padding is not None),) + value.shape[1:]
+    size = int(np.prod(shape)) * value.itemsize
+    raw = np.empty(size + _ALIGNMENT, dtype=np.uint8)
     start = -raw.ctypes.data % _ALIGNMENT
-    out = raw[start:start + value.nbytes].view(value.dtype).reshape(value.shape)
-    out[...] = value
+    out = raw[start:start + size].view(value.dtype).reshape(shape)
+    out[:value.shape[0]] = value
+    if padding is not None:
+        out[value.shape[0]:] = padding
     return out

@@ -342,7 +342,7 @@ def test_a_recursion_that_reads_the_whole_tree_is_refused(treerec_model, tmp_pat
 def test_a_padding_row_past_the_nodes_merges_and_other_extra_rows_do_not(tmp_path):
     """DAG-RNN's Loop form keeps a zero row past the nodes (zeros(N + 1, H), missing neighbours read row N, then
     h[:N]): merged, the forest has one such row past all its nodes, the same zeros (test_zoo_merged_equals_separate
-    runs it). Returning the padded table, or two padding rows, is refused."""
+    runs it). The padded table returned is answered per request after the forest; two padding rows are refused."""
     m = MODELS["dagrnn"]
     path = _convert(m.build_loop(m.make_params(HIDDEN)), tmp_path, "dagrnn")
     assert plan_for(path).mergeable
@@ -352,8 +352,8 @@ def test_a_padding_row_past_the_nodes_merges_and_other_extra_rows_do_not(tmp_pat
     returned.CopyFrom(model)
     returned.graph.output[0].name = whole.input[0]  # the table with its padding row
     onnx.save(returned, str(tmp_path / "returned.cortex.onnx"))
-    plan = plan_for(tmp_path / "returned.cortex.onnx")
-    assert not plan.mergeable and "padding row" in plan.reason, plan.reason
+    plan = plan_for(tmp_path / "returned.cortex.onnx")  # per request: its rows, and the padding row again
+    assert plan.mergeable and "padding row" in plan.tail.reasons[0][1], plan.describe()
     two = onnx.ModelProto()
     two.CopyFrom(model)
     plus = next(n for n in two.graph.node if n.op_type == "Add" and n.output[0] == "N_plus_1")
@@ -589,6 +589,28 @@ def test_a_missing_neighbour_sent_to_the_padding_row_merges(tmp_path):
     rng = np.random.default_rng(3)
     sizes = [(1, 1), (2, 3), (4, 4), (3, 1), (5, 2)]
     _assert_merged_equals_separate(str(out), [wild.grid_feeds([size], int(rng.integers(1 << 30))) for size in sizes])
+
+
+def test_a_per_request_head_reads_a_padded_table_with_its_padding_row(tmp_path):
+    """A head computed per request (a LogSoftmax) over `h[:N]` of a table with a padding row past the nodes: the
+    tail gets the request's rows of the forest's table and the padding row again, as its own run has them."""
+    pytest.importorskip("torch")
+    from onnx_ops.zoo import wild
+    src, out = tmp_path / "dagrnn_where.onnx", tmp_path / "dagrnn_where.cortex.onnx"
+    wild.export_model("dagrnn_where", src, wild.feeds_for("grid", np.random.default_rng(0), 2))
+    cortex.convert(str(src), str(out), strict=True)
+    model = onnx.load(str(out))
+    first = model.graph.output[0].name
+    model.graph.node.append(helper.make_node("LogSoftmax", [first], ["log_probs"], axis=-1))
+    model.graph.output.append(onnx.ValueInfoProto(name="log_probs"))
+    path = tmp_path / "dagrnn_where_head.cortex.onnx"  # beside the kernels it names
+    onnx.save(model, str(path))
+    plan = plan_for(path)
+    assert plan.mergeable and [name for name, _ in plan.tail.reasons] == ["log_probs"], plan.describe()
+    assert any(o.padding is not None for o in plan.outputs if o.name in plan.tail.cut), plan.outputs
+    rng = np.random.default_rng(4)
+    sizes = [(1, 1), (2, 3), (4, 4), (3, 1), (5, 2)]
+    _assert_merged_equals_separate(str(path), [wild.grid_feeds([size], int(rng.integers(1 << 30))) for size in sizes])
 
 
 @pytest.mark.parametrize("name,reason", [("two_pass", "walked from the end elsewhere")])
