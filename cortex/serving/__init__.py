@@ -6,16 +6,17 @@
 - `run_forest(plan, session, requests)`: one batch through one session (merged where safe, alone where not; each
   request its outputs or its own error): what the BatchingSession and the Ray Serve deployment (`ray_app`) run,
   and what Triton's Python backend can call (docs/serving.md); `PinnedOutputs.of(plan, session, device)`: on a GPU,
-  its forests' outputs copied into pinned host memory (`run_forest(..., pinned=)`).
+  its forests' outputs copied into pinned host memory (`run_forest(..., pinned=)`); `tail_sessions(plan, path)`:
+  for a plan with outputs computed per request after the forest (`plan.tail`), what `run_forest(..., tail=)` needs.
 - `check_request`, `merge`, `out_of_bounds`, `split`: its pieces.
 """
-from .forest import ForestStats, PinnedOutputs, run_forest
+from .forest import ForestStats, PinnedOutputs, run_forest, tail_sessions
 from .kernel import NotMergeable, merge_notes
 from .merge import FeedError, MergePlan, check_request, merge, out_of_bounds, plan_for, split
 
 __all__ = ["plan_for", "MergePlan", "NotMergeable", "FeedError", "merge_notes", "check_request", "merge",
-           "out_of_bounds", "split", "run_forest", "ForestStats", "PinnedOutputs", "BatchingSession", "QueueFull",
-           "SessionClosed"]
+           "out_of_bounds", "split", "run_forest", "tail_sessions", "ForestStats", "PinnedOutputs", "BatchingSession",
+           "QueueFull", "SessionClosed"]
 
 
 def __getattr__(name):  # the session pulls in onnxruntime: only when asked for
