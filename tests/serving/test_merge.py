@@ -272,6 +272,18 @@ def test_a_mean_over_all_nodes_runs_per_request_after_the_forest(treerec_model, 
         run_forest(plan, cortex.InferenceSession(path), _tree_requests(2))  # without its tail sessions
 
 
+def test_a_mean_head_per_request_after_a_forest_on_the_gpu(treerec_model, tmp_path):
+    """The body's forest on the GPU (its outputs through pinned memory or ONNX Runtime's), the mean per request on
+    the tail's session: every request within 1e-6 of its separate run."""
+    from gpu import gpu_skip_reason
+    reason = gpu_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    path = _convert(treelstm.with_mean_head(treerec_model, HIDDEN), tmp_path, "mean_cuda", target="cuda")
+    assert plan_for(path).tail is not None
+    _assert_merged_equals_separate(path, _tree_requests(9), device="cuda", tol=1e-6)
+
+
 def test_heads_on_a_requests_rows_as_a_whole_run_per_request(treerec_model, tmp_path):
     """The first row (`h[0]`), the node count, a softmax over every node's score (attention pooling) and a mean over
     every element of a table beside a per-node classifier that splits: the classifier's rows come from the forest,
