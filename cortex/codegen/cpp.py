@@ -331,7 +331,7 @@ class CpuEmitter(KernelEmitter):
                 continue
             tid = plan.table_ids[t.name]
             row_bytes = f"sizeof({self.real}) * {t.width}"
-            if t.init is not None:
+            if t.init is not None and p.input(t.init).kind == "init":
                 i = next(j for j, d in enumerate(p.inputs) if d.name == t.init)
                 src = f"cortex::host_data(inputs[{i}], \"{cstr(t.init)}\")"
                 whole.append(f"      if (cx.N) cortex::copy_table(cx.{tid}, {src}, {row_bytes} * cx.N);")
@@ -355,11 +355,12 @@ class CpuEmitter(KernelEmitter):
                  "    cortex::Phases phases;",
                  "    Ctx cx;",
                  "    const int64_t p = -1;  // index errors before the recursion name no position"]
-        lines += cstyle.check_array_inputs(plan, lambda i, d: f"cortex::host_data(inputs[{i}], \"{cstr(d.name)}\")")
+        host_data = lambda i, d: f"cortex::host_data(inputs[{i}], \"{cstr(d.name)}\")"  # noqa: E731
+        lines += cstyle.check_array_inputs(plan, host_data)
         ctypes = {plan.const_ids[name]: self.weight_ctype(name) for name in self.p.constants}
         lines += cstyle.check_const_inputs(
             plan, lambda i, cid: f"cx.{cid} = static_cast<const {ctypes[cid]}*>(inputs[{i}].data);")
-        lines += cstyle.rows_and_positions(plan, self.syntax)
+        lines += cstyle.rows_and_positions(plan, self.syntax, host_data=host_data)
         # State tables get their first value once the schedule is known (first_values); emit tables here.
         lines += cstyle.allocate_tables(
             plan, "cx",
@@ -367,7 +368,8 @@ class CpuEmitter(KernelEmitter):
             lambda tid, rows, t: (f"if ({rows}) std::memset(cx.{tid}, 0, sizeof({self.real}) * {rows} * {t.width});"
                                   if t.kind != "state" else "/* its first value: after the schedule */"),
             lambda i, tid, t: (f"cortex::check_zeros(static_cast<const {self.real}*>(cortex::host_data(inputs[{i}], "
-                               f"\"{cstr(t.init)}\")), cx.N * {t.width}, \"{cstr(t.init)}\");"))
+                               f"\"{cstr(t.init)}\")), cx.N * {t.width}, \"{cstr(t.init)}\");"),
+            host_data)
         linearize = cstyle.linearize_call(plan)
         lines += cstyle.LEASE_WORKSPACE
         lines += [

@@ -152,6 +152,9 @@ def signature_source(plan: KernelPlan) -> str:
             continue
         d = plan.program.input(inp.name)
         cint(d.rank, lo=0, hi=32)  # an int before it is compared
+        if d.kind == "shape":  # the int64 shape vector of a table of zeros: one value per table dimension
+            inputs.append(tensor("input", k, "int64", (d.rank,), False))
+            continue
         if d.dynamic_inner:  # an edge list [K, E]: every dimension dynamic
             inputs.append(tensor("input", k, d.dtype, (None,) * (d.rank - 1), True))
             continue
@@ -273,16 +276,30 @@ def check_const_inputs(plan: KernelPlan, assign) -> list:
     return lines
 
 
-def rows_and_positions(plan: KernelPlan, syntax: HostSyntax, values: bool = True) -> list:
+def zeros_shape_rows(d: ir.InputDecl, i: int, host_data, leading: str) -> str:
+    """An expression checking the shape vector `d` (input i; host_data(i, d) its host pointer) of a table of zeros:
+    the table's rows, its leading dimensions stored in `leading` (an int64_t array)."""
+    inner = cints(d.inner, "0", lo=0)
+    return (f"[&] {{ static const int64_t inner[] = {{{inner}}}; return cortex::zeros_table_rows(inputs[{i}], "
+            f"{host_data(i, d)}, {cint(d.lead, lo=1, hi=8)}, inner, {cint(len(d.inner), lo=0, hi=32)}, "
+            f"\"{cstr(d.name)}\", {leading}); }}()")
+
+
+def rows_and_positions(plan: KernelPlan, syntax: HostSyntax, values: bool = True, host_data=None) -> list:
     """Lines setting cx.N (rows of the state tables) and cx.L (positions); values=False leaves out the checks that
-    read the structure's values (structure_value_checks)."""
+    read the structure's values (structure_value_checks). host_data(i, decl): the host pointer of input i (the shape
+    vector a table of zeros is made from)."""
     p = plan.program
     if p.mode == "visit":
-        first = next((i for i, d in enumerate(p.inputs) if d.kind == "init"), None)
+        first = next((i for i, d in enumerate(p.inputs) if d.kind in ("init", "shape")), None)
         positions = f"    cx.L = std::max<int64_t>(0, {render_index(p.trip, syntax)});  // {comment(format_index(p.trip))}"
         if first is None:  # no state table (a chain carrying a vector)
             return ["    cx.N = 0;", positions]
         lead = table_lead(p)
+        if p.inputs[first].kind == "shape":  # the rows (and a grid's dimensions) the shape vector gives
+            leading = "cx.table_dims" if lead > 1 else "leading"
+            return ["    { int64_t leading[1] = {0}; (void)leading;",
+                    f"      cx.N = {zeros_shape_rows(p.inputs[first], first, host_data, leading)}; }}", positions]
         if lead == 1:
             return [f"    cx.N = inputs[{first}].rank >= 1 ? inputs[{first}].shape[0] : 0;", positions]
         d = p.inputs[first]  # a grid: N = R * C rows, cell (i, j) at row i * C + j
@@ -316,10 +333,11 @@ def relies_on_zero_inits(program: ir.Program) -> bool:
     return program.mode == "visit" and any(t.kind == "state" and t.init is None for t in program.tables)
 
 
-def allocate_tables(plan: KernelPlan, pointer: str, init_copy, zero_fill, zero_check=None) -> list:
+def allocate_tables(plan: KernelPlan, pointer: str, init_copy, zero_fill, zero_check=None, host_data=None) -> list:
     """Lines allocating each state or output table as the kernel's output and giving it its first value: the
     checked initial table (init_copy(input index, table id, table) copies it in) or zeros (zero_fill(table id,
-    rows expression, table)). `pointer` is where the table pointers live ("cx" on the CPU, "P" on the GPU).
+    rows expression, table)), also for a table given by its shape vector (checked: host_data(i, decl) is its host
+    pointer). `pointer` is where the table pointers live ("cx" on the CPU, "P" on the GPU).
     zero_check(input index, table id, table): a line checking that an initial table is zeros, where
     relies_on_zero_inits (the GPU trusts the frontend's proof)."""
     p = plan.program
@@ -333,7 +351,16 @@ def allocate_tables(plan: KernelPlan, pointer: str, init_copy, zero_fill, zero_c
         lines.append(f"    {{ const int64_t shape[{rank}] = {{{dims}}};")
         lines.append(f"      {pointer}.{tid} = static_cast<{creal(p)}*>(alloc_output(alloc_context, {k}, shape, {rank}));")
         lines.append(f"      if ({pointer}.{tid} == nullptr && {rows} > 0) throw cortex::KernelError(\"could not allocate output {cstr(t.output)}\");")
-        if t.init is not None:
+        if t.init is not None and p.input(t.init).kind == "shape":
+            i = next(j for j, d in enumerate(p.inputs) if d.name == t.init)
+            lead = cint(t.lead, lo=1, hi=8)
+            lines.append(f"      {{ int64_t leading[{lead}] = {{}}; (void){zeros_shape_rows(p.inputs[i], i, host_data, 'leading')};")
+            lines.append(f"        for (int d = 0; d < {lead}; ++d) if (leading[d] != shape[d]) throw cortex::KernelError(\"state "
+                         f"tables must have the same leading dimensions (Cortex limitation): the shape {cstr(t.init)} gives \" + "
+                         "std::to_string(leading[d]) + \" in dimension \" + std::to_string(d) + \", expected \" + "
+                         "std::to_string(shape[d])); }")
+            lines.append(f"      {zero_fill(tid, rows, t)} }}")
+        elif t.init is not None:
             i = next(j for j, d in enumerate(p.inputs) if d.name == t.init)
             inner = cints([-1] * (t.lead - 1) + list(t.inner), lo=-1)
             lines.append(f"      static const int64_t inner[] = {{{inner}}};")

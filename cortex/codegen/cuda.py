@@ -418,7 +418,8 @@ class CudaEmitter(KernelEmitter):
                  "    Ctx cx;",
                  "    Params P{};",
                  "    const int64_t p = -1; (void)p;  // index errors before the recursion name no position"]
-        structure = [i for i, d in enumerate(p.inputs) if d.kind == "array" and d.dtype != "float32"]
+        structure = [i for i, d in enumerate(p.inputs) if (d.kind == "array" and d.dtype != "float32") or
+                     d.kind == "shape"]
         if structure:
             lines += [f"    static const int kStructure[] = {{{cstyle.cints(structure)}}};  // read on the host",
                       f"    ws.host_copies(inputs, kStructure, {len(structure)}, stream);"]
@@ -428,7 +429,7 @@ class CudaEmitter(KernelEmitter):
             a = plan.array_ids[d.name]
             lines.append(f"    P.{a} = static_cast<const float*>(ws.device_copy({i}, inputs[{i}], stream)); P.{a}_rows = cx.{a}_rows;")
         lines += cstyle.check_const_inputs(plan, lambda i, cid: f"P.{cid} = static_cast<const float*>(ws.device_copy({i}, inputs[{i}], stream));")
-        lines += cstyle.rows_and_positions(plan, self.syntax)
+        lines += cstyle.rows_and_positions(plan, self.syntax, host_data=lambda i, d: f"ws.host_data({i})")
         lines += ["    P.N = cx.N;", "    P.L = cx.L;"]
         lines += cstyle.allocate_tables(
             plan, "P",
@@ -436,7 +437,8 @@ class CudaEmitter(KernelEmitter):
                                f"cx.N * {t.width}, inputs[{i}].device == CORTEX_DEVICE_CUDA ? cudaMemcpyDeviceToDevice : "
                                f"cudaMemcpyHostToDevice, stream), \"copying {cstr(t.init)}\");"),
             lambda tid, rows, t: (f"if ({rows}) cortex::cuda::check(cudaMemsetAsync(P.{tid}, 0, sizeof(float) * {rows} * "
-                                  f"{t.width}, stream), \"cudaMemsetAsync\");"))
+                                  f"{t.width}, stream), \"cudaMemsetAsync\");"),
+            host_data=lambda i, d: f"ws.host_data({i})")
         linearize = cstyle.linearize_call(plan)
         widths = cstyle.cints(plan.buffer_widths, "1")
         shapes = ", ".join(f"{n}, {k}, {len(offs) if offs else 0}, {width}"

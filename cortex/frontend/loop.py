@@ -14,7 +14,7 @@ from .forest import flatten_lanes
 from .ops_sets import count_edges
 from .region import (Carried, InnerIter, OuterScope, build_cases, carried_decls, carried_tables, carried_value,
                      check_outputs_unused, constant_labels, flatten_choices, float_element, init_decl, input_decls,
-                     row_of, table_layout, used_names)
+                     row_of, table_layout, used_names, zero_tables_by_shape)
 from .values import Array, Known, Refusal, Row, Sym, Table, describe, sym_scalar
 
 
@@ -113,10 +113,11 @@ def recognize_loop(model, node, outer: OuterScope, region_name: str, used: set) 
     interp.arrays.update(host_arrays)
     init_decls = [init_decl(name, outer) for name in inits]
     arrays = input_decls(interp, cases, [trip], outer.lookup, first=carried_decls(carried.values(), element))
-    return ir.Program(region_name, "visit", tuple(arrays + init_decls), tuple(tables), cases,
-                      dict(interp.constants), trip=trip,
-                      labels=constant_labels(interp), finals=tuple(finals), host_vars=tuple(host_vars),
-                      element=element)
+    program = ir.Program(region_name, "visit", tuple(arrays + init_decls), tuple(tables), cases,
+                         dict(interp.constants), trip=trip,
+                         labels=constant_labels(interp), finals=tuple(finals), host_vars=tuple(host_vars),
+                         element=element)
+    return zero_tables_by_shape(program, outer)
 
 
 def _host_table(outer, init_name: str, k: int):

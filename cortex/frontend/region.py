@@ -2,6 +2,7 @@
 and the pieces a region's Program is built from (branch paths, cases, state tables, kernel inputs, labels)."""
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -360,6 +361,56 @@ def init_decl(name, outer) -> ir.InputDecl:
     dtype = str(value.value.dtype) if isinstance(value, Known) else value.dtype
     return ir.InputDecl(name, "init", dtype, lead + len(inner), inner, zeros=zeros, lead=lead)
 
+
+
+def zero_tables_by_shape(program: ir.Program, outer) -> ir.Program:
+    """The program with each initial table the model fills with zeros (`torch.zeros(N, H)`: a ConstantOfShape, or
+    the dynamo exporter's Expand of a scalar zero) taken as the shape vector it is made from: ONNX Runtime then
+    neither fills it nor, on a GPU, copies it to the device before every run; the kernel fills the table itself.
+    A table whose initial value anything else reads, or that starts at -0.0, keeps its input."""
+    if program.mode != "visit":
+        return program
+    names = {d.name for d in program.inputs}
+    read = set(ir.referenced_arrays(program.cases, [program.trip] if program.trip is not None else []))
+    read |= {f.init for f in program.finals}
+    shapes = {}  # init name -> the shape vector's ONNX name
+    for decl in program.inputs:
+        if decl.kind == "init" and decl.zeros and decl.dtype == program.element and decl.name not in read:
+            shape = _zeros_shape(outer, decl)
+            if shape is not None and shape not in names:
+                shapes[decl.name] = shape
+    if not shapes:
+        return program
+    inputs, added = [], set()
+    for decl in program.inputs:
+        if decl.name not in shapes:
+            inputs.append(decl)
+        elif shapes[decl.name] not in added:  # h and c from one shape: one input
+            added.add(shapes[decl.name])
+            inputs.append(dataclasses.replace(decl, name=shapes[decl.name], kind="shape", dtype="int64"))
+    tables = tuple(dataclasses.replace(t, init=shapes.get(t.init, t.init)) for t in program.tables)
+    by_shape = {}  # one shape vector for tables of different layouts would be two declarations of one input
+    for t in tables:
+        if t.init in added and by_shape.setdefault(t.init, (t.lead, t.inner)) != (t.lead, t.inner):
+            return program
+    return dataclasses.replace(program, inputs=tuple(inputs), tables=tables)
+
+
+def _zeros_shape(outer, decl: ir.InputDecl) -> Optional[str]:
+    """The ONNX name of the int64 shape vector an initial table of zeros is made from, else None."""
+    node = outer.producer.get(decl.name)
+    value = outer.lookup(decl.name)
+    if node is None or node.domain not in ("", "ai.onnx") or not isinstance(value, Array) or value.fill is None \
+            or float(value.fill) != 0.0 or np.signbit(value.fill):
+        return None
+    if node.op_type == "ConstantOfShape":
+        return node.input[0]
+    if node.op_type == "Expand" and len(node.input) == 2:
+        scalar = outer.lookup(node.input[0])  # a scalar expanded: the output's shape is the shape vector's
+        if isinstance(scalar, Known) and scalar.value.size == 1 and (scalar.value.ndim == 0 or
+                                                                     (scalar.value.ndim == 1 and decl.rank >= 2)):
+            return node.input[1]
+    return None
 
 
 def constant_labels(interp) -> tuple:

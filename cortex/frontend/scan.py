@@ -12,7 +12,8 @@ from .forest import flatten_lanes
 from .ops_sets import count_edges
 from .ops_tables import gather_rows
 from .region import (OuterScope, build_cases, carried_decls, carried_tables, carried_value, check_outputs_unused,
-                     constant_labels, flatten_choices, float_element, init_decl, input_decls, row_of, table_layout)
+                     constant_labels, flatten_choices, float_element, init_decl, input_decls, row_of, table_layout,
+                     zero_tables_by_shape)
 from .values import Array, Known, Refusal, Sym, Table, describe
 
 
@@ -90,6 +91,7 @@ def recognize_scan(model, node, outer: OuterScope, region_name: str, used: set) 
     cases = count_edges(cases)
     init_decls = [init_decl(name, outer) for name in inits]
     arrays = input_decls(interp, cases, [trip], outer.lookup, first=carried_decls(carried.values(), element))
-    return ir.Program(region_name, "visit", tuple(arrays + init_decls), tuple(tables), cases,
-                      dict(interp.constants), trip=trip,
-                      labels=constant_labels(interp), finals=tuple(finals), element=element)
+    program = ir.Program(region_name, "visit", tuple(arrays + init_decls), tuple(tables), cases,
+                         dict(interp.constants), trip=trip,
+                         labels=constant_labels(interp), finals=tuple(finals), element=element)
+    return zero_tables_by_shape(program, outer)

@@ -1097,7 +1097,9 @@ def take(x: RExpr, indices) -> RExpr:
 class InputDecl:
     """One runtime input of the converted node. kind: 'array' (an integer, bool or float32 tensor: structure
     arrays, node inputs, scalars such as a trip count; leading dim dynamic unless rank 0), 'init' (initial
-    state table [N, ...]). `per_node`: its leading dimension must equal the node count N (a TreeRec node input:
+    state table [N, ...]), 'shape' (the int64 shape vector a state table the model fills with zeros is made from,
+    `torch.zeros(N, H)`'s ConstantOfShape input: the node takes the shape, not the table, and the kernel fills the
+    table itself; rank, lead and inner describe that table, `dtype` the vector). `per_node`: its leading dimension must equal the node count N (a TreeRec node input:
     the op's spec makes any other length an error, even where no node reads the missing rows). `dynamic_inner`:
     only a SetReduce reads it (its rows as vectors of the run's column count). `lead`: how many leading
     dimensions are dynamic and make its rows (a grid [R, C, F] has R * C rows of F; rank = lead + len(inner) for
@@ -1105,7 +1107,7 @@ class InputDecl:
     a row (a product by a weight of that many rows): every such read checks the size first (a Guard), and a run
     whose size differs holds no rows of the array, so nothing reads it with the wrong stride."""
     name: Name
-    kind: Literal["array", "init"]
+    kind: Literal["array", "init", "shape"]
     dtype: Literal["int64", "int32", "bool", "float32", "float64"]  # a float input is of the program's element type
     rank: Dim
     inner: tuple[Dim, ...] = ()  # static trailing dims (all but the first `lead`)

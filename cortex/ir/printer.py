@@ -69,13 +69,18 @@ def format_program(program: ir.Program) -> str:
         inner = "x".join(str(d) for d in decl.inner)
         rows = "x".join(["N"] * decl.lead)
         shape = f"[{rows}" + (f"x{inner}" if inner else "") + "]" if decl.rank else "[]"
-        lines.append(f"  input {decl.name}: {decl.kind} {decl.dtype}{shape}")
+        if decl.kind == "shape":  # the shape vector of a table the kernel fills with zeros
+            lines.append(f"  input {decl.name}: shape {decl.dtype}[{decl.rank}] of zeros{shape}")
+        else:
+            lines.append(f"  input {decl.name}: {decl.kind} {decl.dtype}{shape}")
     for name, value in program.constants.items():
         lines.append(f"  const {name}: {program.element}{list(value.shape)}")
     for table in program.tables:
         rows = "x".join(["N"] * table.lead) if table.kind == "state" else "L"
         shape = "x".join(str(d) for d in table.inner)
         init = f" init={table.init or 'zeros'}" if table.kind == "state" else " (one row per position)"
+        if table.init is not None and program.input(table.init).kind == "shape":
+            init = f" init=zeros of shape {table.init}"
         lines.append(f"  {table.kind} {table.name}: [{rows} x {shape}]{init} -> output {table.output}")
     for var in program.host_vars:
         size = f"[{format_index(var.size)}]" if var.size is not None else ""

@@ -30,8 +30,10 @@ def verify(program: ir.Program) -> ir.Program:
     for table in program.tables:
         if table.init is not None:
             decl = program.input(table.init)
-            check(decl.kind == "init" and decl.inner == tuple(table.inner) and decl.lead == table.lead,
+            check(decl.kind in ("init", "shape") and decl.inner == tuple(table.inner) and decl.lead == table.lead,
                   f"init of {table.name}")
+            check(decl.kind != "shape" or (decl.dtype == "int64" and decl.zeros and table.kind == "state"),
+                  f"the shape {decl.name} of {table.name}")
     leads = {t.lead for t in program.tables if t.kind == "state"}
     check(len(leads) <= 1, "state tables with different leading dimensions")
     # a state table without an initial value takes its leading dimensions from one that has one (a lifted table)
@@ -43,7 +45,7 @@ def verify(program: ir.Program) -> ir.Program:
               f"input {decl.name}: rank {decl.rank}, {decl.lead} leading and {len(decl.inner)} inner dimensions")
         check(all(decl.lead <= a < decl.rank for a in decl.checked) and len(set(decl.checked)) == len(decl.checked),
               f"input {decl.name}: checked axes {decl.checked}")
-    check(all(d.kind != "init" or d.name in inits for d in program.inputs), "an init input no table uses")
+    check(all(d.kind == "array" or d.name in inits for d in program.inputs), "an init input no table uses")
     check(len(program.cases) > 0, "no cases")
     for case in program.cases:
         roots += case.roots()

@@ -248,6 +248,9 @@ class GraphAnalysis(OpSemantics):
         values_read = _arrays_whose_values_are_read(merge.program)
         for decl, value in zip(merge.program.inputs, args):
             role = merge.inputs[decl.name]
+            if decl.kind == "shape":  # the kernel makes the table of zeros the model's ConstantOfShape made from it
+                value = self._op_ConstantOfShape([value], {}) or Opaque(
+                    f"the shape of its table of zeros '{decl.name}' is not one row per node of some input")
             if isinstance(value, Opaque):
                 raise NotMergeable(f"{where} input '{decl.name}': {value.reason}")
             if role.rows == COUNT:
@@ -264,7 +267,7 @@ class GraphAnalysis(OpSemantics):
                     "the recursion reads it as an edge list [2, E], and the model does not declare it so (a fixed "
                     "first dimension, a dynamic second): its edges could not be told from its rows"))
             if isinstance(value, Padded):
-                if decl.kind != "init" or role.rows != NODES:
+                if decl.kind not in ("init", "shape") or role.rows != NODES:
                     raise NotMergeable(f"{where} input '{decl.name}' has a padding row past the nodes, and it is not "
                                        "a table's initial value")
                 self.units.union(value.unit, site.nodes)

@@ -544,7 +544,7 @@ class _Analysis:
         roles = {}
         for decl in program.inputs:
             rows = self.rows.get(decl.name, set())
-            if decl.kind == "init" or (not self.visit and (decl.per_node or decl.name == program.rows_from)):
+            if decl.kind in ("init", "shape") or (not self.visit and (decl.per_node or decl.name == program.rows_from)):
                 rows = rows | {NODES}
             if len(rows) > 1:
                 raise NotMergeable(f"'{decl.name}' is read both at positions and at node ids")

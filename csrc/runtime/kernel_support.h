@@ -116,6 +116,40 @@ inline void check_zeros(const Real* data, int64_t count, const char* input) {
   }
 }
 
+// The shape vector [d_0 .. d_{lead-1}, inner...] of a state table the model fills with zeros (torch.zeros(N, H): the
+// converted node takes the vector its ConstantOfShape or Expand reads, not the table, and the kernel fills the table):
+// int64 of the table's rank, no dimension negative (ONNX Runtime refuses one), the inner ones those the kernel was
+// built for. Returns the table's rows (the leading dimensions' product), each leading dimension in `leading`.
+inline int64_t zeros_table_rows(const CortexTensor& t, const void* host, int32_t lead, const int64_t* inner,
+                                int32_t n_inner, const char* name, int64_t* leading) {
+  if (t.dtype != CORTEX_INT64 || t.rank != 1 || t.shape[0] != lead + n_inner) {
+    throw KernelError(std::string("the shape '") + name + "' of an initial table must be " +
+                      std::to_string(lead + n_inner) + " int64 values");
+  }
+  const int64_t* shape = static_cast<const int64_t*>(host);
+  for (int32_t d = 0; d < lead + n_inner; ++d) {
+    if (shape[d] < 0) {
+      throw KernelError(std::string("the shape '") + name + "' of an initial table has a negative dimension (" +
+                        std::to_string(shape[d]) + ")");
+    }
+  }
+  for (int32_t d = 0; d < n_inner; ++d) {
+    if (shape[lead + d] != inner[d]) {
+      throw KernelError(std::string("the initial table of shape '") + name + "' has " +
+                        std::to_string(shape[lead + d]) + " in dimension " + std::to_string(lead + d) +
+                        "; the model's state has " + std::to_string(inner[d]));
+    }
+  }
+  int64_t rows = 1;
+  for (int32_t d = 0; d < lead; ++d) {
+    leading[d] = shape[d];
+    if (__builtin_mul_overflow(rows, shape[d], &rows)) {
+      throw KernelError(std::string("the initial table of shape '") + name + "' has too many rows");
+    }
+  }
+  return rows;
+}
+
 // The element count of an integer table the loop carries (its ConstantOfShape): at most 2^31 elements.
 inline int64_t host_table_size(int64_t size, const char* name) {
   if (size < 0 || size > (INT64_C(1) << 31)) {
