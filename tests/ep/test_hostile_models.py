@@ -250,7 +250,7 @@ def test_reloading_a_replaced_kernel_leaks_nothing(converted, tmp_path):
 
 def _into_if_branch(model):
     """Moves the Cortex node into the then-branch of an If whose condition is known only at run time (so ONNX Runtime
-    cannot inline the branch); the else-branch passes the initial tables through."""
+    cannot inline the branch); the else-branch gives zero tables of the shape the Cortex node reads."""
     graph = model.graph
     node = next(n for n in graph.node if n.op_type == "EPContext")
     rest = [n for n in graph.node if n is not node]
@@ -266,8 +266,8 @@ def _into_if_branch(model):
     inner.output.extend(["h_then", "c_then"])
     then_branch = helper.make_graph([inner], "then", [], [like("h", "h_then"), like("c", "c_then")])
     else_branch = helper.make_graph(
-        [helper.make_node("Identity", [node.input[4]], ["h_else"]),
-         helper.make_node("Identity", [node.input[5]], ["c_else"])],
+        [helper.make_node("ConstantOfShape", ["table_shape"], ["h_else"]),
+         helper.make_node("ConstantOfShape", ["table_shape"], ["c_else"])],
         "else", [], [like("h", "h_else"), like("c", "c_else")])
     graph.initializer.append(numpy_helper.from_array(np.array(0, np.int64), "hostile_zero"))
     condition = [helper.make_node("Size", ["order"], ["hostile_size"]),
