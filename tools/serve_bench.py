@@ -4,7 +4,7 @@
     python tools/serve_bench.py [--hidden 64,256] [--clients 1,2,4,8,16,32,64] [--seconds 2] [--repeats 3]
                                 [--max-requests 20000]
                                 [--max-trees 32] [--delay-ms 2] [--modes run,batching,ray] [--device cpu|cuda]
-                                [--form treerec|loop] [--head none|mean] [--clients-as threads|asyncio|uvloop]
+                                [--form treerec|loop] [--head none|mean|sentiment|sentiment64] [--clients-as threads|asyncio|uvloop]
                                 [--replicas 1]
                                 [--quick] [--out DIR]
 
@@ -101,7 +101,9 @@ def convert_model(hidden: int, form: str, device: str, folder: Path, head: str =
     model = treelstm.build_treerec(params) if form == "treerec" else treelstm.build_loop(params)
     if head == "mean":  # a mean over the tree's states: per request after the forest (cortex/serving/tail.py)
         model = treelstm.with_mean_head(model, hidden)
-    name = f"treelstm_{form}{'_mean' if head == 'mean' else ''}_h{hidden}"
+    elif head in ("sentiment", "sentiment64"):  # log-probabilities per node: float32 merges whole, float64 per request
+        model = treelstm.with_sentiment_head(model, hidden, float64=head == "sentiment64")
+    name = f"treelstm_{form}{'' if head == 'none' else '_' + head}_h{hidden}"
     source = folder / f"{name}.onnx"
     onnx.save(model, str(source))
     out = folder / f"{name}_{device.split(':')[0]}.cortex.onnx"
@@ -617,13 +619,17 @@ def targets(results: dict) -> list:
     return rows
 
 
+_HEADS = {"mean": ", with a mean over its states", "sentiment": ", with float32 log-probabilities per node",
+          "sentiment64": ", with float64 log-probabilities per node"}
+
+
 def markdown(results: dict) -> str:
     s, m = results["settings"], results["machine"]
     lines = [f"Command: `{results['command']}` ({results['date']})", "",
              f"Machine: {m['cpu']}, {m['usable_cores']} cores, load average {m.get('load_average_start')} at the "
              f"start, {m.get('load_average_end')} at the end; onnxruntime {m['onnxruntime']}, cortex git "
              f"{m['cortex_git']}; device {s['device']}, TreeLSTM ({s['form']} form"
-             f"{', with a mean over its states' if s.get('head') == 'mean' else ''}), SST test trees, max_trees "
+             f"{_HEADS.get(s.get('head'), '')}), SST test trees, max_trees "
              f"{s['max_trees']}, max_delay_ms {s['delay_ms']}, {s['seconds']} s or {s['max_requests']} requests a "
              "point" + (f", {s['replicas']} replicas (processes)" if s.get("replicas", 1) > 1 else "") + ("" if s["device"] == "cpu" else
                         f", forests' outputs into {'pageable' if s.get('no_pinned') else 'pinned'} host memory") + ".",
@@ -719,8 +725,10 @@ def parse_args(argv=None):
                                                                 "merge always)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (models converted for that target)")
     p.add_argument("--form", choices=("treerec", "loop"), default="treerec")
-    p.add_argument("--head", choices=("none", "mean"), default="none",
-                   help="mean: an output more, the mean over the tree's states (computed per request after the forest)")
+    p.add_argument("--head", choices=("none", "mean", "sentiment", "sentiment64"), default="none",
+                   help="an output more: mean, the mean over the tree's states (computed per request after the "
+                        "forest); sentiment, log-probabilities of 5 classes per node (float32: merged whole); "
+                        "sentiment64, the same in float64 (per request after the forest)")
     p.add_argument("--clients-as", choices=("threads", "asyncio", "uvloop"), default="threads",
                    help="the clients: N threads (default) or N coroutines on one event loop (asyncio's or uvloop's)")
     p.add_argument("--trees", type=int, default=500, help="SST test trees cycled through (500)")

@@ -24,7 +24,7 @@ from ._build import (IR_VERSION, OPSET, EmbedAffineParams, binary_inputs, binary
                       zero_table)
 
 __all__ = ["TreeLSTMParams", "build_loop", "build_treerec", "level_product_operands", "make_params", "reference",
-           "with_mean_head"]
+           "with_mean_head", "with_sentiment_head"]
 
 
 @dataclass
@@ -228,4 +228,24 @@ def with_mean_head(model: onnx.ModelProto, hidden: int, table: str = "h") -> onn
     model = onnx.ModelProto.FromString(model.SerializeToString())
     model.graph.node.append(helper.make_node("ReduceMean", [table], ["mean"], axes=[0], keepdims=0))
     model.graph.output.append(helper.make_tensor_value_info("mean", onnx.TensorProto.FLOAT, [hidden]))
+    return model
+
+
+def with_sentiment_head(model: onnx.ModelProto, hidden: int, classes: int = 5, float64: bool = False,
+                        seed: int = 0) -> onnx.ModelProto:
+    """`model` with one more output, ``log_probs`` [N, classes]: a log-softmax classifier over every node's h (Tai et
+    al.'s fine-grained SST sentiment per phrase), in float32, or with `float64` its logits cast to float64 first."""
+    rng = np.random.default_rng(seed)
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    model.graph.initializer.extend([
+        onnx.numpy_helper.from_array(rng.uniform(-0.1, 0.1, (hidden, classes)).astype(np.float32), "sentiment_w"),
+        onnx.numpy_helper.from_array(rng.uniform(-0.1, 0.1, classes).astype(np.float32), "sentiment_b")])
+    logits = "sentiment_logits64" if float64 else "sentiment_logits"
+    model.graph.node.extend([helper.make_node("MatMul", ["h", "sentiment_w"], ["sentiment_xw"]),
+                             helper.make_node("Add", ["sentiment_xw", "sentiment_b"], ["sentiment_logits"])])
+    if float64:
+        model.graph.node.append(helper.make_node("Cast", ["sentiment_logits"], [logits], to=onnx.TensorProto.DOUBLE))
+    model.graph.node.append(helper.make_node("LogSoftmax", [logits], ["log_probs"], axis=-1))
+    elem = onnx.TensorProto.DOUBLE if float64 else onnx.TensorProto.FLOAT
+    model.graph.output.append(helper.make_tensor_value_info("log_probs", elem, ["N", classes]))
     return model

@@ -96,6 +96,24 @@ class GraphAnalysis(OpSemantics):
         self.inputs = [i for i in self.graph.input if i.name not in {t.name for t in self.graph.initializer}]
         self.input_units = {}
         self.less_ones = {}  # unit u -> the unit whose count is u's minus one (len(offsets) - 1: CSR offsets' nodes)
+        self.current = None  # the node whose op handler runs (what a handler reads of it: its inputs' names)
+        self._elem_types = None
+
+    def elem_type(self, name: str) -> int:
+        """The element type (onnx.TensorProto) ONNX's shape inference gives the value `name`; UNDEFINED unknown."""
+        if self._elem_types is None:
+            self._elem_types = {}
+            try:
+                inferred = onnx.shape_inference.infer_shapes(self.model, strict_mode=False).graph
+            except Exception:  # noqa: BLE001 - a graph ONNX cannot infer: every type unknown
+                inferred = None
+            values = list(inferred.value_info) + list(inferred.input) + list(inferred.output) if inferred else []
+            for v in values:
+                if v.type.HasField("tensor_type"):
+                    self._elem_types[v.name] = v.type.tensor_type.elem_type
+            for t in self.graph.initializer:
+                self._elem_types[t.name] = t.data_type
+        return self._elem_types.get(name, onnx.TensorProto.UNDEFINED)
 
     # ---- values --------------------------------------------------------------------------------------------
     def _start(self):
@@ -223,6 +241,7 @@ class GraphAnalysis(OpSemantics):
             return None
         handler = getattr(self, f"_op_{op}", None)
         if handler is not None:
+            self.current = node
             out = handler(args, attrs)
             if isinstance(out, list):
                 return [Opaque(f"output {k} of node '{node.name or op}' ({op})") if o is None else o

@@ -25,7 +25,7 @@ ELEMENTWISE = {
 # differently, and which path an element takes depends on its place in the tensor (`python tools/ort_placement.py`:
 # float32 Log, Sin, Cos, Softplus, Elu, Selu, Atan, Mish; float64 Tanh, Log, Sin, Cos, Softmax, LogSoftmax; others
 # on other data): merged, a request's rows lie elsewhere in the forest, so such a value is computed per request
-# (tail.py). Products with constant weights, LayerNormalization and the other reductions kept their bits there.
+# (tail.py). A float32 Softmax along the last axis is per row by construction (OpSemantics._softmax). Products with constant weights, LayerNormalization and the other reductions kept their bits there.
 EXACT_ELEMENTWISE = {
     "Abs", "Add", "And", "BitwiseAnd", "BitwiseNot", "BitwiseOr", "BitwiseXor", "Ceil", "Clip", "Div", "Dropout",
     "Equal", "Floor", "Greater", "GreaterOrEqual", "Identity", "IsInf", "IsNaN", "LeakyRelu", "Less", "LessOrEqual",
@@ -338,13 +338,26 @@ class OpSemantics:
             return Rows(x.unit, x.inner)
         return None
 
-    def _op_Softmax(self, args, attrs):  # float64 Softmax and LogSoftmax vary with the row's place (EXACT_ELEMENTWISE)
-        x = self._axis_op(args, attrs, -1 if self.opset >= 13 else 1)
-        return _placed("a Softmax") if isinstance(x, Rows) else x
+    def _op_Softmax(self, args, attrs):
+        return self._softmax(args, attrs, "a Softmax")
 
     def _op_LogSoftmax(self, args, attrs):
-        x = self._axis_op(args, attrs, -1 if self.opset >= 13 else 1)
-        return _placed("a LogSoftmax") if isinstance(x, Rows) else x
+        return self._softmax(args, attrs, "a LogSoftmax")
+
+    def _softmax(self, args, attrs, what):
+        """Per-node rows where ONNX Runtime computes each row alike wherever it lies: float32 along the last axis
+        (MLAS's softmax runs one routine from each row's own first element, unaligned loads, the row length fixed;
+        tools/ort_placement.py finds no placement that differs). float64 (another path) varies with the row's
+        place, and so may another element type or axis: per request (EXACT_ELEMENTWISE)."""
+        default = -1 if self.opset >= 13 else 1
+        x = self._axis_op(args, attrs, default)
+        if not isinstance(x, Rows):
+            return x
+        rank = 1 + len(x.inner)
+        if attrs.get("axis", default) % rank == rank - 1 and self.elem_type(self.current.input[0]) == \
+                onnx.TensorProto.FLOAT:
+            return x
+        return _placed(what)
 
     def _op_ArgMax(self, args, attrs):
         x = self._axis_op(args, attrs, 0)

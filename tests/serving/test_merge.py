@@ -376,27 +376,82 @@ def test_a_padding_row_past_the_nodes_merges_and_other_extra_rows_do_not(tmp_pat
     assert not plan.mergeable and "a table of N + 2 rows" in plan.reason, plan.reason
 
 
-def _classifier_head(model, classes=3, roots=False):
+def _classifier_head(model, classes=3, roots=False, float64=False):
+    """A softmax classifier over every node's h (its probabilities in float64 with `float64`), and with `roots`
+    the roots' rows of it."""
     rng = np.random.default_rng(1)
     W = numpy_helper.from_array(rng.standard_normal((HIDDEN, classes)).astype(np.float32), "Wc")
     b = numpy_helper.from_array(rng.standard_normal(classes).astype(np.float32), "bc")
-    nodes = [helper.make_node("MatMul", ["h", "Wc"], ["logits0"]), helper.make_node("Add", ["logits0", "bc"], ["z"]),
-             helper.make_node("Softmax", ["z"], ["probs"], axis=-1)]
-    outputs = [_vi("probs", onnx.TensorProto.FLOAT, ["N", classes])]
+    nodes = [helper.make_node("MatMul", ["h", "Wc"], ["logits0"]), helper.make_node("Add", ["logits0", "bc"], ["z"])]
+    elem = onnx.TensorProto.DOUBLE if float64 else onnx.TensorProto.FLOAT
+    if float64:
+        nodes.append(helper.make_node("Cast", ["z"], ["z64"], to=elem))
+    nodes.append(helper.make_node("Softmax", ["z64" if float64 else "z"], ["probs"], axis=-1))
+    outputs = [_vi("probs", elem, ["N", classes])]
     inputs = []
     if roots:
         nodes.append(helper.make_node("Gather", ["probs", "roots"], ["root_probs"], axis=0))
-        outputs.append(_vi("root_probs", onnx.TensorProto.FLOAT, ["R", classes]))
+        outputs.append(_vi("root_probs", elem, ["R", classes]))
         inputs.append(_vi("roots", onnx.TensorProto.INT64, ["R"]))
     return _with_head(model, nodes, outputs, inputs, [W, b])
 
 
 def test_per_node_and_per_root_heads_merge_exactly(treerec_model, tmp_path):
+    """A float32 softmax classifier over every node, and its roots' rows: merged whole, each request's bits."""
     path = _convert(_classifier_head(treerec_model, roots=True), tmp_path, "head")
+    plan = plan_for(path)
+    assert plan.mergeable and plan.tail is None, plan.describe()
+    units = {o.name: o.unit for o in plan.outputs}
+    assert units["probs"] == "nodes" and units["root_probs"] not in (None, "nodes"), units
+    trees = _trees("binary", 10, vocab=50)
+    requests = [dict(children=t.children, words=t.words, roots=t.roots) for t in trees]
+    _assert_merged_equals_separate(path, requests)
+    bad = dict(requests[0], roots=np.array([trees[0].num_nodes], np.int64))  # a root past the tree's nodes
+    session = cortex.InferenceSession(path)
+    stats = ForestStats()
+    answers = run_forest(plan, session, [requests[1], bad, requests[2]], stats=stats)
+    with pytest.raises(Exception) as own:  # merged, it would read the next request's first node: it runs alone
+        session.run(None, bad)
+    assert type(answers[1]) is type(own.value) and str(answers[1]) == str(own.value)
+    assert stats.merged_requests == 2 and stats.alone == 1, stats
+
+
+def test_a_float32_softmax_per_node_keeps_its_bits_wherever_its_rows_lie(treerec_model, tmp_path):
+    """ONNX Runtime's float32 softmax computes each row from its own first element (MLAS): a request served after 0
+    to 15 one-node requests (its rows at every offset of a 64-byte line, 3 floats a row) gets its own run's bits."""
+    path = _convert(_classifier_head(treerec_model), tmp_path, "head32")
+    plan = plan_for(path)
+    assert plan.mergeable and plan.tail is None, plan.describe()
+    session = cortex.InferenceSession(path)
+    one_node = dict(children=np.array([[-1, -1]], np.int64), words=np.array([3], np.int64))
+    for target in _tree_requests(3, seed=8):
+        want = session.run(None, target)
+        for before in range(16):
+            got = run_forest(plan, session, [one_node] * before + [target])[-1]
+            assert all(np.array_equal(a, b) for a, b in zip(got, want)), f"after {before} requests"
+
+
+@pytest.mark.parametrize("float64", [False, True])
+def test_the_sentiment_example_merges_whole_in_float32(params, tmp_path, float64):
+    """cortex.examples.treelstm.with_sentiment_head (what `serve_bench --head sentiment|sentiment64` serves): its
+    float32 log-probabilities merge with the recursion, its float64 ones are computed per request."""
+    model = treelstm.with_sentiment_head(treelstm.build_loop(params), HIDDEN, float64=float64)
+    path = _convert(model, tmp_path, f"sentiment{64 if float64 else 32}")
+    plan = plan_for(path)
+    assert plan.mergeable, plan.reason
+    assert (plan.tail is not None) == float64 and \
+        ([name for name, _ in plan.tail.reasons] == ["log_probs"] if float64 else True), plan.describe()
+    _assert_merged_equals_separate(path, [t.arrays() for t in _trees("binary", 8, vocab=50)])
+
+
+def test_a_float64_softmax_head_runs_per_request(treerec_model, tmp_path):
+    """float64's softmax is not computed alike wherever a row lies (tools/ort_placement.py): per request after the
+    forest, and a request whose head fails (a root past its nodes) fails alone, with its own run's error."""
+    path = _convert(_classifier_head(treerec_model, roots=True, float64=True), tmp_path, "head64")
     plan = plan_for(path)
     assert plan.mergeable, plan.reason
     units = {o.name: o.unit for o in plan.outputs}
-    assert units == {"h": "nodes", "c": "nodes"}  # the softmax (its exp) per request: see EXACT_ELEMENTWISE
+    assert units == {"h": "nodes", "c": "nodes"}
     assert [name for name, _ in plan.tail.reasons] == ["probs", "root_probs"]
     assert all("vector path and a scalar path" in why for _, why in plan.tail.reasons)
     trees = _trees("binary", 10, vocab=50)
@@ -604,7 +659,7 @@ def test_a_missing_neighbour_sent_to_the_padding_row_merges(tmp_path):
 
 
 def test_a_per_request_head_reads_a_padded_table_with_its_padding_row(tmp_path):
-    """A head computed per request (a LogSoftmax) over `h[:N]` of a table with a padding row past the nodes: the
+    """A head computed per request (a float64 LogSoftmax) over `h[:N]` of a table with a padding row past the nodes: the
     tail gets the request's rows of the forest's table and the padding row again, as its own run has them."""
     pytest.importorskip("torch")
     from onnx_ops.zoo import wild
@@ -613,7 +668,8 @@ def test_a_per_request_head_reads_a_padded_table_with_its_padding_row(tmp_path):
     cortex.convert(str(src), str(out), strict=True)
     model = onnx.load(str(out))
     first = model.graph.output[0].name
-    model.graph.node.append(helper.make_node("LogSoftmax", [first], ["log_probs"], axis=-1))
+    model.graph.node.extend([helper.make_node("Cast", [first], ["first64"], to=onnx.TensorProto.DOUBLE),
+                             helper.make_node("LogSoftmax", ["first64"], ["log_probs"], axis=-1)])
     model.graph.output.append(onnx.ValueInfoProto(name="log_probs"))
     path = tmp_path / "dagrnn_where_head.cortex.onnx"  # beside the kernels it names
     onnx.save(model, str(path))

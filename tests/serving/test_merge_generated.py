@@ -118,7 +118,7 @@ def _converted(name, cache, tmp_path):
 @pytest.mark.parametrize("name", list(SPECS))
 def test_generated_models_merge_exactly(name, cache, tmp_path):
     plan, session, good, tail = _converted(name, cache, tmp_path)
-    assert tail is not None or name != TAIL, plan.describe()  # log_softmax heads too: graph_ops.EXACT_ELEMENTWISE
+    assert tail is not None or name != TAIL, plan.describe()  # float64 log_softmax heads too (graph_ops)
     requests = good + [bad for r in good for bad in _corrupted(plan, r)] + good
     stats = ForestStats()
     answers = run_forest(plan, session, requests, stats=stats, tail=tail)
