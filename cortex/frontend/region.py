@@ -398,7 +398,7 @@ def zero_tables_by_shape(program: ir.Program, outer) -> ir.Program:
 
 def _zeros_shape(outer, decl: ir.InputDecl) -> Optional[str]:
     """The ONNX name of the int64 shape vector an initial table of zeros is made from, else None."""
-    node = outer.producer.get(decl.name)
+    node = getattr(outer, "producer", {}).get(decl.name)  # a main-graph value's node (OuterScope)
     value = outer.lookup(decl.name)
     if node is None or node.domain not in ("", "ai.onnx") or not isinstance(value, Array) or value.fill is None \
             or float(value.fill) != 0.0 or np.signbit(value.fill):
