@@ -90,7 +90,8 @@ COUNT_OPS = set(_BINARY) | set(_UNARY) | {"Div"}
 def count_value(count: Count, n: int):
     """`count` for a unit of n rows, computed with numpy scalars of the ONNX types (the same IEEE operations, integer
     division truncated toward zero as ONNX Runtime's); None where ONNX Runtime's result would not be defined (a
-    division by zero, a float cast to an integer out of its range)."""
+    division by zero, a float cast to an integer out of its range, an integer narrowed out of its range: ONNX
+    Runtime's optimizer may fold float -> int64 -> int32 into one float -> int32 cast, which is out of range then)."""
     value = np.asarray(n, dtype=np.int64)
     with np.errstate(all="ignore"):
         for op, const, const_first in count.steps:
@@ -98,6 +99,10 @@ def count_value(count: Count, n: int):
                 if const.kind in "iu" and value.dtype.kind == "f":
                     info = np.iinfo(const)
                     if not (np.isfinite(value) and info.min <= np.trunc(value) <= info.max):
+                        return None
+                elif const.kind in "iu" and value.dtype.kind in "iu":
+                    info = np.iinfo(const)
+                    if not info.min <= int(value) <= info.max:
                         return None
                 value = value.astype(const)
                 continue
