@@ -396,6 +396,23 @@ def _classifier_head(model, classes=3, roots=False, float64=False):
     return _with_head(model, nodes, outputs, inputs, [W, b])
 
 
+def _assert_roots_merge_and_a_bad_root_fails_alone(path, plan):
+    """SST-shaped trees with their roots merge bit for bit; a request naming a root past its tree's nodes gets its
+    own run's error, alone (merged, it would read the next request's first node; a head per request fails on it in
+    its tail), and its neighbours stay merged."""
+    trees = _trees("binary", 10, vocab=50)
+    requests = [dict(children=t.children, words=t.words, roots=t.roots) for t in trees]
+    _assert_merged_equals_separate(path, requests)
+    bad = dict(requests[0], roots=np.array([trees[0].num_nodes], np.int64))
+    session = cortex.InferenceSession(path)
+    stats = ForestStats()
+    answers = run_forest(plan, session, [requests[1], bad, requests[2]], stats=stats, tail=tail_sessions(plan, path))
+    with pytest.raises(Exception) as own:
+        session.run(None, bad)
+    assert type(answers[1]) is type(own.value) and str(answers[1]) == str(own.value)
+    assert stats.merged_requests == 2 and stats.alone == 1, stats
+
+
 def test_per_node_and_per_root_heads_merge_exactly(treerec_model, tmp_path):
     """A float32 softmax classifier over every node, and its roots' rows: merged whole, each request's bits."""
     path = _convert(_classifier_head(treerec_model, roots=True), tmp_path, "head")
@@ -403,17 +420,7 @@ def test_per_node_and_per_root_heads_merge_exactly(treerec_model, tmp_path):
     assert plan.mergeable and plan.tail is None, plan.describe()
     units = {o.name: o.unit for o in plan.outputs}
     assert units["probs"] == "nodes" and units["root_probs"] not in (None, "nodes"), units
-    trees = _trees("binary", 10, vocab=50)
-    requests = [dict(children=t.children, words=t.words, roots=t.roots) for t in trees]
-    _assert_merged_equals_separate(path, requests)
-    bad = dict(requests[0], roots=np.array([trees[0].num_nodes], np.int64))  # a root past the tree's nodes
-    session = cortex.InferenceSession(path)
-    stats = ForestStats()
-    answers = run_forest(plan, session, [requests[1], bad, requests[2]], stats=stats)
-    with pytest.raises(Exception) as own:  # merged, it would read the next request's first node: it runs alone
-        session.run(None, bad)
-    assert type(answers[1]) is type(own.value) and str(answers[1]) == str(own.value)
-    assert stats.merged_requests == 2 and stats.alone == 1, stats
+    _assert_roots_merge_and_a_bad_root_fails_alone(path, plan)
 
 
 def test_a_float32_softmax_per_node_keeps_its_bits_wherever_its_rows_lie(treerec_model, tmp_path):
@@ -454,17 +461,7 @@ def test_a_float64_softmax_head_runs_per_request(treerec_model, tmp_path):
     assert units == {"h": "nodes", "c": "nodes"}
     assert [name for name, _ in plan.tail.reasons] == ["probs", "root_probs"]
     assert all("vector path and a scalar path" in why for _, why in plan.tail.reasons)
-    trees = _trees("binary", 10, vocab=50)
-    requests = [dict(children=t.children, words=t.words, roots=t.roots) for t in trees]
-    _assert_merged_equals_separate(path, requests)
-    bad = dict(requests[0], roots=np.array([trees[0].num_nodes], np.int64))  # a root past the tree's nodes
-    session = cortex.InferenceSession(path)
-    stats = ForestStats()
-    answers = run_forest(plan, session, [requests[1], bad, requests[2]], stats=stats, tail=tail_sessions(plan, path))
-    with pytest.raises(Exception) as own:  # its own run fails in the head's Gather; so does its answer, alone
-        session.run(None, bad)
-    assert type(answers[1]) is type(own.value) and str(answers[1]) == str(own.value)
-    assert stats.merged_requests == 2 and stats.alone == 1, stats
+    _assert_roots_merge_and_a_bad_root_fails_alone(path, plan)
 
 
 # ---- exactness ---------------------------------------------------------------------------------------------------
