@@ -244,7 +244,7 @@ def unrun_session(path: str, args):
 
     class Unrun(BatchingSession):
         def _prepare(self, batch: list):  # the "forest" is the number of requests whose callers still wait
-            batch = [r for r in batch if r.future.set_running_or_notify_cancel()]
+            batch = [r for r in batch if r.claim()]
             return (batch, len(batch), BatchingStats(batches=1, requests=len(batch), merged_requests=len(batch))) \
                 if batch else None
 

@@ -74,29 +74,6 @@ class _Waiter:
         return self._value
 
 
-class _LoopAnswer:
-    """The answer slot of `run_async`: an asyncio future of the caller's event loop. The worker answers every such
-    request of a forest with one call into each loop (`_answer_loops`), not one wake-up of the loop per request."""
-
-    __slots__ = ("loop", "future")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
-        self.future = loop.create_future()
-
-    def set_running_or_notify_cancel(self) -> bool:
-        return not self.future.cancelled()  # a caller that gave up before its forest ran drops its request
-
-    def done(self) -> bool:
-        return self.future.done()
-
-    def set_result(self, value):
-        _answer_loops([(self, value)])
-
-    def set_exception(self, error):
-        _answer_loops([(self, error)])
-
-
 def _settle(pairs: list):
     """In the caller's loop: each future gets its result or exception (unless its caller gave up meanwhile)."""
     for future, outcome in pairs:
@@ -109,10 +86,11 @@ def _settle(pairs: list):
 
 
 def _answer_loops(answers: list):
-    """(a _LoopAnswer, result or exception) pairs: one call_soon_threadsafe per event loop."""
+    """(a `run_async` request, result or exception) pairs: one call_soon_threadsafe per event loop, not one wake-up
+    of the loop per request."""
     by_loop = {}
-    for answer, outcome in answers:
-        by_loop.setdefault(answer.loop, []).append((answer.future, outcome))
+    for request, outcome in answers:
+        by_loop.setdefault(request.loop, []).append((request.future, outcome))
     for loop, pairs in by_loop.items():
         try:
             loop.call_soon_threadsafe(_settle, pairs)
@@ -123,9 +101,24 @@ def _answer_loops(answers: list):
 @dataclass(slots=True)
 class _Request:
     feeds: dict
-    future: object  # a Future (submit), a _LoopAnswer (run_async) or a _Waiter (run)
+    future: object  # a Future (submit), an asyncio future of `loop` (run_async) or a _Waiter (run)
     arrival: float
     alone: Optional[str]  # why it cannot join a merged run, or None
+    loop: Optional[asyncio.AbstractEventLoop] = None  # run_async's event loop: its answers go through that loop
+
+    def claim(self) -> bool:
+        """Whether its caller still waits (then the request runs): a cancelled asyncio await drops it."""
+        return not self.future.cancelled() if self.loop is not None else self.future.set_running_or_notify_cancel()
+
+    def answer(self, outcome):
+        """Its result (a list of outputs) or its exception, to its caller (unless answered already)."""
+        if self.loop is not None:
+            _answer_loops([(self, outcome)])
+        elif not self.future.done():
+            if isinstance(outcome, BaseException):
+                self.future.set_exception(outcome)
+            else:
+                self.future.set_result(outcome)
 
 
 class _Forest:
@@ -208,11 +201,11 @@ class BatchingSession:
         arrays are read when the forest runs: leave them unchanged until the result arrives."""
         return self._enqueue(feeds, Future())
 
-    def _enqueue(self, feeds, answer):
-        if not isinstance(feeds, dict):
+    def _enqueue(self, feeds, future, loop=None):
+        if type(feeds) is not dict and not isinstance(feeds, dict):
             raise TypeError(f"feeds must be a dict of input name -> numpy array, got {type(feeds).__name__}")
         alone = check_request(self.plan, feeds) if self.plan.mergeable else "the model is not mergeable"
-        request = _Request(dict(feeds), answer, time.monotonic(), alone)
+        request = _Request(dict(feeds), future, time.monotonic(), alone, loop)
         with self._lock:  # the condition's lock, taken directly (Condition.__enter__ is a Python call per request)
             if self._closing:
                 raise SessionClosed("this BatchingSession is closed")
@@ -232,7 +225,8 @@ class BatchingSession:
         """`run` for asyncio: `await session.run_async(feeds)` waits without blocking the event loop (cancelling the
         await drops a request not yet run). It returns a future of the running loop, not a coroutine (one object less
         per request); what is known at once (FeedError, QueueFull, SessionClosed) raises from the call itself."""
-        return self._enqueue(feeds, _LoopAnswer(asyncio.get_running_loop())).future
+        loop = asyncio.get_running_loop()
+        return self._enqueue(feeds, loop.create_future(), loop)
 
     def close(self, cancel_pending: bool = False, timeout: Optional[float] = None) -> bool:
         """Takes no new requests; serves those queued (or, with `cancel_pending`, fails them with SessionClosed);
@@ -245,8 +239,8 @@ class BatchingSession:
                 self._queue.clear()
             self._cond.notify_all()
         for request in dropped:
-            if request.future.set_running_or_notify_cancel():
-                request.future.set_exception(SessionClosed("the BatchingSession was closed before this request ran"))
+            if request.claim():
+                request.answer(SessionClosed("the BatchingSession was closed before this request ran"))
         deadline = None if timeout is None else time.monotonic() + timeout
         threads = self._workers + self._runners  # a worker stops its runner when it stops
         for thread in threads:
@@ -402,7 +396,7 @@ class BatchingSession:
     def _prepare(self, batch: list):
         """(requests, prepared forest, its stats) for the requests of `batch` whose callers still wait; None when
         none does (or preparing failed: its callers then have their error)."""
-        batch = [r for r in batch if r.future.set_running_or_notify_cancel()]  # callers may have given up
+        batch = [r for r in batch if r.claim()]  # callers may have given up
         if not batch:
             return None
         counts = BatchingStats()
@@ -424,21 +418,17 @@ class BatchingSession:
     @staticmethod
     def _fail(batch: list, error: BaseException):
         for r in batch:
-            if not r.future.done():
-                r.future.set_exception(RuntimeError(f"internal error in the batching session: "
-                                                    f"{type(error).__name__}: {error}"))
+            r.answer(RuntimeError(f"internal error in the batching session: {type(error).__name__}: {error}"))
 
     def _answer(self, batch: list, results: list):
         """Each request of `batch` gets its result (a list of outputs) or its exception."""
         answering = time.perf_counter()
         in_loops = []
         for request, result in zip(batch, results):
-            if isinstance(request.future, _LoopAnswer):
-                in_loops.append((request.future, result))
-            elif isinstance(result, BaseException):
-                request.future.set_exception(result)
+            if request.loop is not None:  # answered together below: one wake-up of each loop
+                in_loops.append((request, result))
             else:
-                request.future.set_result(result)
+                request.answer(result)
         _answer_loops(in_loops)
         with self._stats_lock:
             self.stats.answering_s += time.perf_counter() - answering

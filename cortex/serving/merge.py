@@ -368,7 +368,8 @@ def check_request(plan: MergePlan, feeds: dict) -> Optional[str]:
     if spec.common is not None and type(feeds) is dict:  # every input a plain one: one native call checks them all
         rows = native().request_rows(feeds, *spec.common)
         if rows is not None:  # the visit orders and node ids were checked too
-            return _check_counts(plan, spec, feeds, dict(zip(spec.common_units, rows)), ids_checked=True)
+            return None if spec.rows_suffice else \
+                _check_counts(plan, spec, feeds, dict(zip(spec.common_units, rows)), ids_checked=True)
     if feeds.keys() != spec.names:
         missing, extra = sorted(spec.names - set(feeds)), sorted(set(feeds) - spec.names)
         parts = ([f"missing input(s) {', '.join(map(repr, missing))}"] if missing else []) + \
@@ -450,6 +451,8 @@ class RequestSpec:
     # and the units in that order; else None
     common: Optional[tuple] = None
     common_units: tuple = ()
+    # request_rows' answer is the whole check (no CSR offsets, emptiness tests or trip counts to compare)
+    rows_suffice: bool = False
 
 
 def _request_spec(plan: MergePlan) -> RequestSpec:
@@ -475,14 +478,14 @@ def _request_spec(plan: MergePlan) -> RequestSpec:
                   common_units.index(plan.node_unit), tuple(map(names.index, orders)),
                   tuple(map(names.index, head_ids)))
     axes = {i.name: i.axis for i in plan.inputs}
-    return RequestSpec(frozenset(names), tuple(inputs),
-                       tuple(k for k in plan.kernels if k.program.mode == "visit" and not _trip_is_positions(k)),
-                       head_ids, orders, axes,
-                       tuple(i.name for i in plan.inputs if i.offsets_into is not None),
-                       tuple(k for k in plan.kernels if k.nonempty),
+    loops = tuple(k for k in plan.kernels if k.program.mode == "visit" and not _trip_is_positions(k))
+    offsets = tuple(i.name for i in plan.inputs if i.offsets_into is not None)
+    emptiness = tuple(k for k in plan.kernels if k.nonempty)
+    return RequestSpec(frozenset(names), tuple(inputs), loops, head_ids, orders, axes, offsets, emptiness,
                        tuple((unit, name, axes[name], int(unit in plan.less_one))
                              for unit, name in plan.measures.items()),
-                       common, common_units)
+                       common, common_units,
+                       rows_suffice=common is not None and not (plan.less_one or offsets or emptiness or loops))
 
 
 def _trip_is_positions(kernel: KernelCheck) -> bool:
