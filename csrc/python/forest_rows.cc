@@ -91,17 +91,20 @@ py::array concat_rows(const py::list& parts, const py::object& bases_obj) {
   py::array out(dtype, shape);
   char* at = static_cast<char*>(out.mutable_data());
   const size_t item = static_cast<size_t>(dtype.itemsize());
-  for (size_t r = 0; r < n; ++r) {
-    const py::array& a = arrays[r];
-    const int64_t count = static_cast<int64_t>(a.size());
-    if (count == 0) continue;
-    std::memcpy(at, a.data(), static_cast<size_t>(count) * item);
-    if (bases != nullptr)
-      with_int_type(dtype, [&](auto zero) {
-        add_to_nonnegative(reinterpret_cast<decltype(zero)*>(at), count, bases[r]);
-      });
-    at += static_cast<size_t>(count) * item;
-  }
+  auto copy_parts = [&](auto zero) {  // zero: a value of the ids' integer type (unused without bases)
+    for (size_t r = 0; r < n; ++r) {
+      const py::array& a = arrays[r];
+      const int64_t count = static_cast<int64_t>(a.size());
+      if (count == 0) continue;
+      std::memcpy(at, a.data(), static_cast<size_t>(count) * item);
+      if (bases != nullptr) add_to_nonnegative(reinterpret_cast<decltype(zero)*>(at), count, bases[r]);
+      at += static_cast<size_t>(count) * item;
+    }
+  };
+  if (bases != nullptr)
+    with_int_type(dtype, copy_parts);  // the integer type looked up once, not once per part
+  else
+    copy_parts(int8_t{});
   return out;
 }
 
