@@ -232,9 +232,10 @@ STEPS = ("merging", "running", "splitting", "answering")
 BATCHING_MODES = ("batching", "ceiling")  # modes served by a BatchingSession (its stats, its timeout)
 
 
-def run_thread(args):
-    """BatchingSession(run_thread=...) for --run-thread."""
-    return {"auto": None, "on": True, "off": False}[getattr(args, "run_thread", "auto")]
+def runners(args):
+    """BatchingSession(runners=...) for --runners."""
+    value = getattr(args, "runners", "auto")
+    return None if value == "auto" else int(value)
 
 
 def unrun_session(path: str, args):
@@ -255,7 +256,7 @@ def unrun_session(path: str, args):
             return [[] for _ in range(forest)]
 
     return Unrun(path, max_trees=args.max_trees, max_delay_ms=args.delay_ms, device=args.device, max_queue=4096,
-                 workers=args.workers, run_thread=run_thread(args), pinned_outputs=False)
+                 workers=args.workers, runners=runners(args), pinned_outputs=False)
 
 
 class Modes:
@@ -269,7 +270,7 @@ class Modes:
         self.plain = cortex.InferenceSession(path, device=args.device)
         self.batching = cortex.BatchingSession(path, max_trees=args.max_trees, max_delay_ms=args.delay_ms,
                                                device=args.device, max_queue=4096, workers=args.workers,
-                                               run_thread=run_thread(args), pinned_outputs=not args.no_pinned)
+                                               runners=runners(args), pinned_outputs=not args.no_pinned)
         # on a GPU, the bound's forests write their outputs where the batching session's do (pinned host memory)
         self.pinned = None if args.no_pinned else PinnedOutputs.of(self.batching.plan, self.plain, args.device)
         self.ceiling = unrun_session(path, args) if "ceiling" in args.modes else None
@@ -719,8 +720,9 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=1, help="BatchingSession workers: forests in flight at once (1)")
     p.add_argument("--replicas", type=int, default=1, help="server processes, each with its own sessions and an even "
                    "share of the clients (1: this process). Not with the ray mode (Ray Serve has its own replicas)")
-    p.add_argument("--run-thread", choices=("auto", "on", "off"), default="auto",
-                   help="BatchingSession run_thread: forests run on a thread apart from the worker's (auto: on a GPU)")
+    p.add_argument("--runners", choices=("auto", "0", "1", "2"), default="auto",
+                   help="BatchingSession runners: threads of the worker that run its forests (auto: 1 on a GPU, 0 on "
+                        "the CPU)")
     p.add_argument("--modes", default="run,batching,ray", help="comma list of run,batching,ray,ceiling (bound and "
                                                                 "merge always)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (models converted for that target)")

@@ -141,10 +141,11 @@ class BatchingSession:
     `path`: a converted model (cortex-convert). `max_trees`: most requests in one forest. `max_delay_ms`: longest a
     request waits for others before its forest runs. `device`: as `cortex.InferenceSession` ("cpu", "cuda",
     "cuda:N"). `max_queue`: most requests waiting (then `QueueFull`). `workers`: forests in flight at once (more
-    add contention for the GIL: docs/serving.md, seventh and eighth passes). `run_thread`: each worker runs its
-    forests on a thread of its own, so that it merges the next batch and answers the last one's callers while a
-    forest runs; default: on a GPU (the run is device time), not on the CPU (the kernel already uses every core; a
-    second thread only adds hand-offs). Outputs that do not split by rows (a mean over the tree's states) are
+    add contention for the GIL: docs/serving.md, seventh and eighth passes). `runners`: threads of each worker
+    that run its forests, so that it merges the next batch and answers the last one's callers while a forest runs
+    (0: the worker runs them itself); with two, the next forest starts as soon as it is merged, while the last one
+    still runs, instead of when its runner has the GIL back. Default: 1 on a GPU (the run is device time), 0 on the
+    CPU (the kernel already uses every core; another thread only adds hand-offs). Outputs that do not split by rows (a mean over the tree's states) are
     computed per request after the forest (cortex/serving/tail.py: `plan.tail`, the sessions in `tail`). A model
     whose merge is not proven raises
     `NotMergeable` with the reason, unless `allow_unmerged=True` (then every request runs alone, in order).
@@ -152,7 +153,7 @@ class BatchingSession:
     (False: ONNX Runtime's own pageable buffers). `sess_options` and `trust` go to `cortex.InferenceSession`."""
 
     def __init__(self, path, max_trees: int = 32, max_delay_ms: float = 2.0, device: str = "cpu", *,
-                 max_queue: int = 1024, workers: int = 1, run_thread: Optional[bool] = None,
+                 max_queue: int = 1024, workers: int = 1, runners: Optional[int] = None,
                  allow_unmerged: bool = False, pinned_outputs: bool = True, sess_options=None, trust=None):
         if not isinstance(max_trees, int) or max_trees < 1:
             raise ValueError(f"max_trees must be an integer >= 1, got {max_trees!r}")
@@ -160,6 +161,9 @@ class BatchingSession:
             raise ValueError(f"max_delay_ms must be >= 0, got {max_delay_ms!r}")
         if not isinstance(workers, int) or workers < 1:
             raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+        runners = (0 if device == "cpu" else 1) if runners is None else runners
+        if not isinstance(runners, int) or runners < 0:
+            raise ValueError(f"runners must be an integer >= 0, got {runners!r}")
         if not isinstance(max_queue, int) or max_queue < 1:
             raise ValueError(f"max_queue must be an integer >= 1, got {max_queue!r}")
         self.plan = plan_for(path)
@@ -184,13 +188,13 @@ class BatchingSession:
         # forest to end, not for requests); enqueue wakes the workers once the smallest is reached
         self._waiting = {}
         self._wanted = 1  # that smallest threshold (1 while none waits: an unseen worker may be on its way to wait)
-        self.run_thread = device != "cpu" if run_thread is None else bool(run_thread)
-        # each worker's forests for its runner (None: the worker runs them itself)
-        inboxes = [queue.SimpleQueue() if self.run_thread else None for _ in range(workers)]
-        self._runners = [threading.Thread(target=self._run_forever, args=(inbox,), name=f"cortex-runner-{k}",
-                                          daemon=True) for k, inbox in enumerate(inboxes) if inbox is not None]
-        self._workers = [threading.Thread(target=self._serve_forever, args=(inbox,), name=f"cortex-batching-{k}",
-                                          daemon=True) for k, inbox in enumerate(inboxes)]
+        self.runners = runners
+        # each worker's runners' queues of forests (none: the worker runs its forests itself)
+        inboxes = [[queue.SimpleQueue() for _ in range(runners)] for _ in range(workers)]
+        self._runners = [threading.Thread(target=self._run_forever, args=(inbox,), name=f"cortex-runner-{k}-{j}",
+                                          daemon=True) for k, mine in enumerate(inboxes) for j, inbox in enumerate(mine)]
+        self._workers = [threading.Thread(target=self._serve_forever, args=(mine,), name=f"cortex-batching-{k}",
+                                          daemon=True) for k, mine in enumerate(inboxes)]
         for thread in self._runners + self._workers:
             thread.start()
 
@@ -325,34 +329,40 @@ class BatchingSession:
                 return self._take()
             return self._ready_batch()
 
-    def _serve_forever(self, inbox: Optional[queue.SimpleQueue]):
-        """Forest after forest. With a runner thread (`inbox`: its queue), while a forest runs this thread merges
-        the next batch once it fills and hands it over at once, so the runner starts it the moment the last one ends
-        without waiting for this thread; then it splits and answers the last one's callers (their event loop then
-        takes the GIL for their next requests while the device works). Without one, it runs each forest itself,
-        then merges the batch already waiting (if any) before answering, so that the next run overlaps the callers'
-        Python rather than the next merge. Per worker, one forest runs at a time and at most one more waits merged."""
+    def _serve_forever(self, inboxes: list):
+        """Forest after forest. With runner threads (`inboxes`: their queues), while a forest runs this thread
+        merges the next batch once it fills and hands it over at once, so that it starts the moment the last one
+        ends (one runner) or at once (two: the device queues it behind the last); then it splits and answers the
+        last one's callers (their event loop then takes the GIL for their next requests while the device works).
+        Without one, it runs each forest itself, then merges the batch already waiting (if any) before answering, so
+        that the next run overlaps the callers' Python rather than the next merge. Per worker, one forest runs (or
+        two, with two runners) and at most one more waits merged; callers are answered in the order of their
+        forests."""
         running = None  # the forest being run (or, without a runner, about to be)
+        turn = 0  # the runner the next forest goes to, in turn: the last one's is still busy with it
         try:
             while True:
+                inbox = inboxes[turn % len(inboxes)] if inboxes else None
                 if running is None:
                     batch = self._next_batch()
                     if not batch:
                         return
                     running = self._hand_over(inbox, self._prepare(batch))
+                    turn += running is not None
                     continue
                 if inbox is None:
                     self._execute(running)
                 following = self._batch_while_running(running)
                 following = self._hand_over(inbox, self._prepare(following)) if following else None
+                turn += following is not None
                 with self._cond:
                     while not running.done:
                         self._cond.wait()
                 self._finish(running)
                 running = following
         finally:
-            if inbox is not None:
-                inbox.put(None)  # the runner stops after the forests handed to it
+            for inbox in inboxes:
+                inbox.put(None)  # a runner stops after the forests handed to it
 
     def _hand_over(self, inbox: Optional[queue.SimpleQueue], prepared) -> Optional[_Forest]:
         """The prepared forest (requests, forest, stats), queued for the worker's runner if it has one; None for
@@ -365,7 +375,8 @@ class BatchingSession:
         return forest
 
     def _run_forever(self, inbox: queue.SimpleQueue):
-        """A worker's runner: its forests, one at a time, in order (the session's run releases the GIL)."""
+        """One of a worker's runners: the forests handed to it, one at a time, in order (the session's run releases
+        the GIL)."""
         while True:
             forest = inbox.get()
             if forest is None:

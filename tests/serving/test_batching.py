@@ -69,18 +69,17 @@ def _answer(future):
         return "error", str(e)
 
 
-@pytest.mark.parametrize("form,workers,run_thread", [("treerec", 1, False), ("loop", 1, False), ("treerec", 2, False),
-                                                     ("treerec", 1, True), ("loop", 2, True)])
-def test_threads_get_their_own_bits(models, form, workers, run_thread):
+@pytest.mark.parametrize("form,workers,runners", [("treerec", 1, 0), ("loop", 1, 0), ("treerec", 2, 0), ("treerec", 1, 1),
+                                                  ("loop", 2, 1), ("treerec", 1, 2), ("loop", 2, 2)])
+def test_threads_get_their_own_bits(models, form, workers, runners):
     path = models[form]
     plain = cortex.InferenceSession(path)
     feeds = [_feeds(form, t) for t in _trees(48)]
     want = [plain.run(None, f) for f in feeds]
     got = [None] * len(feeds)
-    with cortex.BatchingSession(path, max_trees=16, max_delay_ms=20, workers=workers, run_thread=run_thread) \
-            as session:
+    with cortex.BatchingSession(path, max_trees=16, max_delay_ms=20, workers=workers, runners=runners) as session:
         assert session.workers == workers and len(session._workers) == workers
-        assert len(session._runners) == (workers if run_thread else 0)
+        assert len(session._runners) == workers * runners
         barrier = threading.Barrier(len(feeds))
 
         def client(k):
@@ -395,15 +394,15 @@ class _StallFirst(_Stalled):
         return super().run(names, feeds) if first else self.session.run(names, feeds)
 
 
-@pytest.mark.parametrize("run_thread", [False, True])
-def test_an_idle_worker_serves_while_another_waits_for_a_full_batch(models, run_thread):
+@pytest.mark.parametrize("runners", [0, 1])
+def test_an_idle_worker_serves_while_another_waits_for_a_full_batch(models, runners):
     """Two workers: while one runs a long forest and waits for a full next batch, a request that arrives alone is
     served by the idle one within about the delay; it must not wait for the busy worker's forest to end (each
     waiting worker's own threshold wakes it, not the last one set)."""
     path = models["treerec"]
     plain = cortex.InferenceSession(path)
     feeds = [_feeds("treerec", t) for t in _trees(5)]
-    session = cortex.BatchingSession(path, max_trees=4, max_delay_ms=100, workers=2, run_thread=run_thread)
+    session = cortex.BatchingSession(path, max_trees=4, max_delay_ms=100, workers=2, runners=runners)
     stalled = _StallFirst(session.session)
     session.session = stalled
     try:
@@ -444,6 +443,50 @@ def test_callers_of_several_event_loops_share_forests(models):
     assert all(_same(a, plain.run(None, f)) for a, f in zip(answers, feeds))
 
 
+class _Overlapping(cortex.BatchingSession):
+    """A BatchingSession whose forests' runs count how many run at once; the first waits (up to 10 s) for a second
+    to start."""
+
+    def __init__(self, *args, **kwargs):
+        self.lock, self.both = threading.Lock(), threading.Event()
+        self.active = self.most = 0
+        super().__init__(*args, **kwargs)
+
+    def _run(self, forest, counts):
+        with self.lock:
+            self.active += 1
+            self.most = max(self.most, self.active)
+            if self.active == 2:
+                self.both.set()
+        self.both.wait(10)
+        try:
+            return super()._run(forest, counts)
+        finally:
+            with self.lock:
+                self.active -= 1
+
+
+def test_two_runners_run_the_next_forest_while_the_last_runs(models):
+    """With two runners the worker hands the next forest over while the last still runs, and both run at once;
+    every caller still gets its own answer, each forest's callers after the forest before it."""
+    plain = cortex.InferenceSession(models["treerec"])
+    feeds = [_feeds("treerec", t) for t in _trees(12)]
+    with _Overlapping(models["treerec"], max_trees=4, max_delay_ms=500, runners=2) as session:
+        answered = []
+        futures = [session.submit(f) for f in feeds]
+        for k, future in enumerate(futures):
+            future.add_done_callback(lambda _, k=k: answered.append(k))
+        got = [f.result(timeout=60) for f in futures]
+        assert session.most == 2 and session.stats.batches == 3
+    assert all(_same(g, plain.run(None, f)) for g, f in zip(got, feeds))
+    assert [k // 4 for k in answered] == sorted(k // 4 for k in answered)  # forest by forest, in order
+
+
+def test_runners_must_be_a_count(models):
+    with pytest.raises(ValueError, match="runners must be an integer >= 0"):
+        cortex.BatchingSession(models["treerec"], runners=-1)
+
+
 class _Recorded(cortex.BatchingSession):
     """A BatchingSession that logs when each batch is prepared, handed to the runner and answered (all in the worker
     thread); its forests' runs wait for `release` (so that the batches after the first are queued by then)."""
@@ -470,15 +513,15 @@ class _Recorded(cortex.BatchingSession):
         super()._answer(batch, results)
 
 
-@pytest.mark.parametrize("run_thread", [False, True])
-def test_the_next_waiting_batch_is_merged_before_the_last_is_answered(models, run_thread):
+@pytest.mark.parametrize("runners", [0, 1, 2])
+def test_the_next_waiting_batch_is_merged_before_the_last_is_answered(models, runners):
     """Three full batches queued while the first runs: each following batch is prepared and handed to the runner
     before the one before it is answered (the runner starts it as the last one ends, while the worker answers; its
     callers' loop would otherwise hold the GIL while it merges), and every answer is still right."""
     plain = cortex.InferenceSession(models["treerec"])
     feeds = [_feeds("treerec", t) for t in _trees(12)]
-    with _Recorded(models["treerec"], max_trees=4, max_delay_ms=500, run_thread=run_thread) as session:
-        assert len(session._runners) == run_thread
+    with _Recorded(models["treerec"], max_trees=4, max_delay_ms=500, runners=runners) as session:
+        assert len(session._runners) == runners
         futures = [session.submit(f) for f in feeds]
         session.release.set()
         got = [f.result(timeout=60) for f in futures]
@@ -488,9 +531,9 @@ def test_the_next_waiting_batch_is_merged_before_the_last_is_answered(models, ru
     assert all(_same(g, plain.run(None, f)) for g, f in zip(got, feeds))
 
 
-@pytest.mark.parametrize("run_thread", [False, True])
+@pytest.mark.parametrize("runners", [0, 1, 2])
 @pytest.mark.parametrize("step", ["_run", "prepare_forest", "_results"])
-def test_an_internal_error_fails_its_batch_and_the_worker_goes_on(models, monkeypatch, step, run_thread):
+def test_an_internal_error_fails_its_batch_and_the_worker_goes_on(models, monkeypatch, step, runners):
     """A bug in preparing or running a forest fails that forest's callers with a clear error (never leaves them
     waiting) and the next requests are served."""
     import cortex.serving.batching as batching
@@ -502,7 +545,7 @@ def test_an_internal_error_fails_its_batch_and_the_worker_goes_on(models, monkey
         failed.append(True)
         raise KeyError("broken on purpose")
 
-    with cortex.BatchingSession(models["treerec"], max_trees=3, max_delay_ms=500, run_thread=run_thread) as session:
+    with cortex.BatchingSession(models["treerec"], max_trees=3, max_delay_ms=500, runners=runners) as session:
         if step in ("_run", "_results"):
             monkeypatch.setattr(session, step, broken)
         else:
