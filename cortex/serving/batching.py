@@ -144,11 +144,11 @@ class BatchingSession:
     add contention for the GIL: docs/serving.md, seventh and eighth passes). `runners`: threads of each worker
     that run its forests, so that it merges the next batch and answers the last one's callers while a forest runs
     (0: the worker runs them itself); with two, the next forest starts as soon as it is merged, while the last one
-    still runs, instead of when its runner has the GIL back. Default: 1 on a GPU (the run is device time), 0 on the
-    CPU (the kernel already uses every core; another thread only adds hand-offs). Outputs that do not split by rows (a mean over the tree's states) are
-    computed per request after the forest (cortex/serving/tail.py: `plan.tail`, the sessions in `tail`). A model
-    whose merge is not proven raises
-    `NotMergeable` with the reason, unless `allow_unmerged=True` (then every request runs alone, in order).
+    still runs (measured on an H100: no better than one). Default: 1 on a GPU (the run is device time), 0 on the
+    CPU (the kernel already uses every core; another thread only adds hand-offs). Outputs that do not split by rows
+    (a mean over the tree's states) are computed per request after the forest (cortex/serving/tail.py:
+    `plan.tail`, the sessions in `tail`). A model whose merge is not proven raises `NotMergeable` with the reason,
+    unless `allow_unmerged=True` (then every request runs alone, in order).
     `pinned_outputs`: on a GPU, forests' outputs copied into pinned (page-locked) host memory, a faster copy
     (False: ONNX Runtime's own pageable buffers). `sess_options` and `trust` go to `cortex.InferenceSession`."""
 
@@ -192,7 +192,8 @@ class BatchingSession:
         # each worker's runners' queues of forests (none: the worker runs its forests itself)
         inboxes = [[queue.SimpleQueue() for _ in range(runners)] for _ in range(workers)]
         self._runners = [threading.Thread(target=self._run_forever, args=(inbox,), name=f"cortex-runner-{k}-{j}",
-                                          daemon=True) for k, mine in enumerate(inboxes) for j, inbox in enumerate(mine)]
+                                          daemon=True)
+                         for k, mine in enumerate(inboxes) for j, inbox in enumerate(mine)]
         self._workers = [threading.Thread(target=self._serve_forever, args=(mine,), name=f"cortex-batching-{k}",
                                           daemon=True) for k, mine in enumerate(inboxes)]
         for thread in self._runners + self._workers:
@@ -246,7 +247,7 @@ class BatchingSession:
             if request.claim():
                 request.answer(SessionClosed("the BatchingSession was closed before this request ran"))
         deadline = None if timeout is None else time.monotonic() + timeout
-        threads = self._workers + self._runners  # a worker stops its runner when it stops
+        threads = self._workers + self._runners  # a worker stops its runners when it stops
         for thread in threads:
             if thread is not threading.current_thread():
                 thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))

@@ -69,8 +69,8 @@ def _answer(future):
         return "error", str(e)
 
 
-@pytest.mark.parametrize("form,workers,runners", [("treerec", 1, 0), ("loop", 1, 0), ("treerec", 2, 0), ("treerec", 1, 1),
-                                                  ("loop", 2, 1), ("treerec", 1, 2), ("loop", 2, 2)])
+@pytest.mark.parametrize("form,workers,runners", [("treerec", 1, 0), ("loop", 1, 0), ("treerec", 2, 0),
+                                                  ("treerec", 1, 1), ("loop", 2, 1), ("treerec", 1, 2), ("loop", 2, 2)])
 def test_threads_get_their_own_bits(models, form, workers, runners):
     path = models[form]
     plain = cortex.InferenceSession(path)
