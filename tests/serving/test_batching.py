@@ -15,7 +15,6 @@ import cortex
 from cortex.examples import structures as st
 from cortex.examples import treelstm
 from cortex.serving import FeedError, NotMergeable, QueueFull, SessionClosed
-from onnx_ops.zoo import MODELS
 from serving_models import whole_tree_input
 
 HIDDEN = 8
