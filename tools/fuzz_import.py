@@ -141,7 +141,9 @@ def summarize(results: list, out=print) -> dict:
     if merged:
         kinds = Counter(r["merge"]["outcome"] for r in merged)
         out(f"\n== merging the {len(merged)} models that converted whole (their cases as one forest, bit for bit) ==")
-        out("  " + "; ".join(f"{k}: {kinds[k]}" for k in ("merged", "partly", "refused", "MISMATCH", "crash")))
+        out("  " + "; ".join(f"{k}: {kinds[k]}" for k in ("merged", "partly", "alone", "refused", "MISMATCH",
+                                                                 "crash")))
+        out("  (partly: some requests ran alone; alone: mergeable on paper, but every request ran alone)")
         tails = sum(1 for r in merged if r["merge"].get("tail") and r["merge"]["outcome"] in ("merged", "partly"))
         out(f"  (of the merged and partly: {tails} with outputs computed per request after the forest)")
         by = defaultdict(lambda: [0, 0])  # (choice, value) -> [models, merged or partly]
@@ -159,6 +161,11 @@ def summarize(results: list, out=print) -> dict:
                       if r["merge"]["outcome"] == "refused")
         for key, c in why.most_common():
             out(f"  {c:5d}  not mergeable: {key[:200]}")
+        # why requests ran alone: the plan's warnings, without the rows they name (one line per kind of read)
+        sent = Counter(normalize_reason(w.split(": ", 1)[-1]) for r in merged
+                       if r["merge"]["outcome"] in ("alone", "partly") for w in set(r["merge"].get("warnings", ())))
+        for key, c in sent.most_common():
+            out(f"  {c:5d}  requests ran alone: {key[:200]}")
 
     defects = [r for r in results if r.get("ort_defects")]
     out(f"\n== ONNX Runtime defects (ORT on the original export disagrees with eager PyTorch): {len(defects)} ==")

@@ -394,8 +394,10 @@ def evaluate(spec: Spec, cache: Path | None = None, workdir: Path | None = None,
 def merge_check(path: str, session, feeds: dict, device: str = "cpu") -> dict:
     """The cases of a converted model served as one forest (cortex.serving: the plan, then `run_forest`), each twice,
     against their separate runs: the same bits, or an error where the separate run fails. -> {"outcome": "merged"
-    (all merged) | "partly" (some ran alone) | "refused" (not mergeable) | "MISMATCH" | "crash", "reason", counts,
-    "tail": whether some outputs were computed per request after the forest}."""
+    (all merged) | "partly" (some ran alone) | "alone" (mergeable on paper, but every request ran alone: what the
+    plan's warnings say sends a request alone reached them all) | "refused" (not mergeable) | "MISMATCH" | "crash",
+    "reason", counts, "tail": whether some outputs were computed per request after the forest, "warnings": the
+    plan's}."""
     from cortex.serving import plan_for
     from cortex.serving.forest import ForestStats, run_forest, tail_sessions
 
@@ -425,9 +427,9 @@ def merge_check(path: str, session, feeds: dict, device: str = "cpu") -> dict:
             if a.shape != b.shape or not np.array_equal(a, b, equal_nan=True):
                 return {"outcome": "MISMATCH", "reason": f"request {k}: output '{name}' merged differs from its own "
                                                          "run"}
-    return {"outcome": "merged" if stats.alone == 0 and stats.fallbacks == 0 else "partly", "reason": None,
-            "merged": stats.merged_requests, "alone": stats.alone, "fallbacks": stats.fallbacks,
-            "tail": plan.tail is not None}
+    outcome = "merged" if stats.alone == 0 and stats.fallbacks == 0 else "partly" if stats.merged_requests else "alone"
+    return {"outcome": outcome, "reason": None, "merged": stats.merged_requests, "alone": stats.alone,
+            "fallbacks": stats.fallbacks, "tail": plan.tail is not None, "warnings": list(plan.warnings)}
 
 
 # -------------------------------------------------------------------------------------------------------- workers
