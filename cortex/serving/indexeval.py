@@ -442,6 +442,24 @@ def _read_only_where_not_negative(roots) -> dict:
     return {e: i for e, i in guarded_reads.items() if e not in open_reads}
 
 
+def wrapping_reads(program: ir.Program) -> tuple:
+    """The indices of the table reads where a missing child (-1) would read what ONNX's Gather reads there, the
+    table's last row: reads at a node id from the structure (not the node the case writes) that read no zero row for
+    it, sit under no choice that drops them and clamp nothing (`max(i, 0)`: the clamped reads, noted apart). Merged,
+    -1 would be the forest's last row, so the bounds check sends a request that reaches one with -1 to run alone."""
+    found = []
+    for case in program.cases:
+        roots = [x for _, x in case.writes]
+        guarded = _read_only_where_not_negative(roots)
+        for e in ir.walk(roots):
+            if not isinstance(e, ir.ChildState) or e.missing_zero or e in guarded or e.index == case.target or \
+                    isinstance(e.index, (ir.Iter, ir.Member)) or _padding_read(e.index)[0] or \
+                    (isinstance(e.index, ir.IBinary) and e.index.op == "max"):
+                continue
+            found.append(e.index)
+    return tuple(dict.fromkeys(found))
+
+
 def _row_indices(case: ir.Case, offsets: dict):
     """(index, missing_zero) of every row a case selects by node id: its target, child-state reads, node-input reads
     and array loads (CSR offsets at v + 1: v, kernel.read_row)."""

@@ -26,10 +26,11 @@ import numpy as np
 import onnx
 
 from ..ir import nodes as ir
+from ..ir.printer import format_index
 from .graph import GraphAnalysis
 from .tail import TailPlan, cut_tail
 from .values import Columns, Const, Flipped, Opaque, Padded, Rows, count_value
-from .indexeval import BoundsCheck, native
+from .indexeval import BoundsCheck, native, wrapping_reads
 from .kernel import COUNT, OFFSETS, POSITIONS, NotMergeable, trip_count
 
 _NUMPY_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
@@ -248,6 +249,12 @@ def _plan(analysis: GraphAnalysis) -> MergePlan:
     warnings = tuple(f"{site.name} reads rows at {', '.join(site.merge.clamped)}: a request that reaches one with a "
                      "missing child (a negative id) runs alone (merged, it would read the first request's row 0)"
                      for site in analysis.kernels if site.merge.clamped)
+    for site in analysis.kernels:
+        wrapping = [format_index(i) for i in wrapping_reads(site.merge.program)]
+        if wrapping:
+            warnings += (f"{site.name} reads rows at {', '.join(wrapping)}: a request that reaches one with a missing "
+                         "child (a negative id) runs alone (its own run reads the table's last row there, as ONNX's "
+                         "Gather counts -1 from the end; merged, it would read the last request's)",)
     warnings += tuple(f"{site.name} starts table {t.name} with a padding row past the nodes: a request whose node ids "
                       "name that row (N, where its own run reads the padding) runs alone (merged, N would be the next "
                       "request's first node)" for site in analysis.kernels for t in site.merge.program.tables

@@ -194,6 +194,27 @@ def test_clamped_child_id_merges(loop_program):
     assert analyze(loop_program).clamped == ()
 
 
+def test_reads_where_a_missing_child_wraps_are_named(loop_program, treerec_program):
+    """A table read at a child id with no zero row for -1, no choice dropping it and no clamp reads, in its own run,
+    the table's last row where a child is missing (ONNX's Gather counts -1 from the end): the bounds check sends
+    such a request alone, and the plan says where. A choice that drops the read, the clamp (noted apart), a TreeRec's
+    zero rows and the row a case writes are not named."""
+    from cortex.ir.printer import format_index
+    from cortex.serving.indexeval import wrapping_reads
+
+    assert [format_index(i) for i in wrapping_reads(loop_program)] == ["left[order[p]]", "right[order[p]]"]
+    assert wrapping_reads(treerec_program) == ()
+    reads = {e for case in loop_program.cases for e in ir.case_exprs(case)
+             if isinstance(e, ir.ChildState) and e.index == LEFT}  # every table's read of the left child
+    assert reads
+    dropped = {e: ir.Select(ir.Compare("ge", LEFT, ir.IConst(0)), e, ir.ConstVec("zeros", e.width), e.width)
+               for e in reads}
+    clamped = {e: dataclasses.replace(e, index=ir.IBinary("max", LEFT, ir.IConst(0))) for e in reads}
+    for mapping in (dropped, clamped):
+        named = [format_index(i) for i in wrapping_reads(_rewrite(loop_program, mapping))]
+        assert named == ["right[order[p]]"], named
+
+
 def test_scalar_input_read_in_the_recursion_is_refused(loop_program):
     scalar = ir.InputDecl("k", "array", "int64", 0)
     program = dataclasses.replace(loop_program, inputs=loop_program.inputs + (scalar,))
