@@ -451,13 +451,28 @@ def wrapping_reads(program: ir.Program) -> tuple:
     for case in program.cases:
         roots = [x for _, x in case.writes]
         guarded = _read_only_where_not_negative(roots)
+        non_negative = _non_negative_in(case.predicate)  # a case taken only where the index is >= 0
         for e in ir.walk(roots):
             if not isinstance(e, ir.ChildState) or e.missing_zero or e in guarded or e.index == case.target or \
-                    isinstance(e.index, (ir.Iter, ir.Member)) or _padding_read(e.index)[0] or \
-                    (isinstance(e.index, ir.IBinary) and e.index.op == "max"):
+                    e.index in non_negative or isinstance(e.index, (ir.Iter, ir.Member)) or \
+                    _padding_read(e.index)[0] or (isinstance(e.index, ir.IBinary) and e.index.op == "max"):
                 continue
             found.append(e.index)
     return tuple(dict.fromkeys(found))
+
+
+def _non_negative_in(pred) -> set:
+    """The index expressions a predicate holds to be >= 0 wherever it is true (`i >= 0`, `i > -1`, `!(i < 0)`,
+    `!(i <= -1)`, and the terms of a conjunction of those)."""
+    if isinstance(pred, ir.BAnd):
+        return _non_negative_in(pred.a) | _non_negative_in(pred.b)
+    negated = isinstance(pred, ir.BNot)
+    c = pred.a if negated else pred
+    if not isinstance(c, ir.Compare):
+        return set()
+    holds = (("ge", ir.IConst(0)), ("gt", ir.IConst(-1))) if not negated else (("lt", ir.IConst(0)),
+                                                                              ("le", ir.IConst(-1)))
+    return {c.a} if (c.op, c.b) in holds else set()
 
 
 def _row_indices(case: ir.Case, offsets: dict):

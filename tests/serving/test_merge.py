@@ -213,6 +213,10 @@ def test_reads_where_a_missing_child_wraps_are_named(loop_program, treerec_progr
     for mapping in (dropped, clamped):
         named = [format_index(i) for i in wrapping_reads(_rewrite(loop_program, mapping))]
         assert named == ["right[order[p]]"], named
+    # a case taken only where the left child is >= 0 reads it where it cannot be negative
+    internal = next(k for k, case in enumerate(loop_program.cases) if any(e in reads for e in ir.case_exprs(case)))
+    guarded = _with_predicate(loop_program, internal, ir.Compare("ge", LEFT, ir.IConst(0)))
+    assert [format_index(i) for i in wrapping_reads(guarded)] == ["right[order[p]]"]
 
 
 def test_scalar_input_read_in_the_recursion_is_refused(loop_program):
