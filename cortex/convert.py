@@ -27,6 +27,7 @@ from .ir.ops import MissingOp
 from .ir.serialize import IRFormatError, to_json
 from .passes import PassError, optimize
 from .serving.kernel import merge_notes
+from .serving.merge import plan_for
 from .treerec import DOMAIN as TREEREC_DOMAIN
 from .treerec.portable import has_treerec, raise_treerec, to_portable
 
@@ -68,6 +69,7 @@ class Report:
     notes: list = field(default_factory=list)  # about the model as a whole (its TreeRec record, its lowering)
     precision: str = "float32"
     errors: list = field(default_factory=list)  # PrecisionError per output (precision other than float32)
+    serving: Optional[object] = None  # the written model's merge plan (cortex.serving.merge.MergePlan), if converted
 
     @property
     def left(self):
@@ -93,9 +95,23 @@ class Report:
                          "against the float32 conversion on the example inputs:")
             lines += [f"    {e.output}: max abs error {e.max_abs:.3g}, mean abs error {e.mean_abs:.3g} (float32 values "
                       f"up to {e.max_ref:.3g})" for e in self.errors]
+        lines += self._serving_lines()
         done = sum(r.converted for r in self.regions)
         lines.append(f"  {done} of {len(self.regions)} recursive regions converted")
         return "\n".join(lines)
+
+    def _serving_lines(self) -> list:
+        """Whether cortex.BatchingSession can merge concurrent requests of the written model, and why not."""
+        plan = self.serving
+        if plan is None:
+            return []
+        if not plan.mergeable:
+            return [f"  serving: concurrent requests cannot run as one forest: {plan.reason} (cortex.BatchingSession "
+                    "refuses the model unless allow_unmerged=True, which serves one request at a time)"]
+        return (["  serving: concurrent requests run as one forest in cortex.BatchingSession (merge proven from the "
+                 "IR; docs/serving.md)"] +
+                ([f"    note: outputs computed {plan.tail.describe()}"] if plan.tail is not None else []) +
+                [f"    note: {w}" for w in plan.warnings])
 
 
 def load_model(path) -> onnx.ModelProto:
@@ -263,9 +279,20 @@ def _convert_with(source, output, backend, strict: bool) -> Report:
             entry.kernel = _context_path(node)
         _rewrite(model, replacements)
         save_model(_runnable(model, report), output)
+        if built:
+            report.serving = _merge_plan(output)
     except OSError as e:
         raise ConvertError(f"cannot write {e.filename or output}: {e.strerror or e}") from None
     return report
+
+
+def _merge_plan(output: Path):
+    """The written model's merge plan for the report; None where it cannot be read (the report then says nothing
+    about serving: the plan is advice, never a reason to fail a conversion)."""
+    try:
+        return plan_for(output)
+    except Exception:  # noqa: BLE001 - plan_for refuses with a reason; what escapes it is an unreadable file
+        return None
 
 
 def _runnable(model: onnx.ModelProto, report: Report) -> onnx.ModelProto:

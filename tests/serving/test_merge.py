@@ -262,6 +262,30 @@ def test_conversion_records_the_decision(treerec_model, tmp_path):
     assert recorded["inputs"]["children"] == {"rows": "nodes", "node_ids": True}
 
 
+def test_the_report_says_how_the_model_serves(params, treerec_model, tmp_path):
+    """cortex-convert's report says, before any server starts, whether BatchingSession merges the model's requests
+    (and what runs per request after the forest, and which reads send requests alone), or why it cannot."""
+    def report(model, name):
+        onnx.save(model, str(tmp_path / f"{name}.onnx"))
+        return cortex.convert(str(tmp_path / f"{name}.onnx"), str(tmp_path / f"{name}.cortex.onnx"), strict=True)
+
+    merged = report(treerec_model, "tl")
+    assert merged.serving.mergeable and not merged.serving.warnings
+    lines = merged.format().splitlines()
+    assert any(line.startswith("  serving: concurrent requests run as one forest") for line in lines), lines
+    assert not any("note:" in line for line in lines)
+
+    mean = report(treelstm.with_mean_head(treerec_model, HIDDEN), "mean").format()
+    assert "note: outputs computed 'mean' per request after the forest" in mean, mean
+    loop = report(treelstm.build_loop(params), "loop").format()
+    assert "note: recursion 'recursion0' reads rows at left[order[p]], right[order[p]]" in loop, loop
+
+    mixing = report(whole_tree_input(treelstm.build_loop(params), "words"), "mixing")
+    assert not mixing.serving.mergeable
+    (line,) = [line for line in mixing.format().splitlines() if "serving:" in line]
+    assert "cannot run as one forest: " + mixing.serving.reason in line and "allow_unmerged=True" in line
+
+
 def test_an_edited_decision_is_not_believed(treerec_model, tmp_path):
     path = _convert(treerec_model, tmp_path, "tl")
     model = onnx.load(path)
