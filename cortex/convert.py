@@ -28,6 +28,7 @@ from .ir.serialize import IRFormatError, to_json
 from .passes import PassError, optimize
 from .serving.kernel import merge_notes
 from .serving.merge import plan_for
+from .serving.windows import window_constant, window_input, with_request_windows
 from .treerec import DOMAIN as TREEREC_DOMAIN
 from .treerec.portable import has_treerec, raise_treerec, to_portable
 
@@ -150,6 +151,12 @@ def check_output(output: Path) -> Path:
     return output
 
 
+def _all_names(graph: onnx.GraphProto) -> set:
+    """The value names a graph reads, makes or declares."""
+    return _used_names(graph) | {v.name for v in list(graph.input) + list(graph.output) + list(graph.value_info)} | \
+        {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
+
+
 def _used_names(graph: onnx.GraphProto) -> set:
     """Every value name a node of this graph or any of its subgraphs reads."""
     used = set()
@@ -254,7 +261,11 @@ def _convert_with(source, output, backend, strict: bool) -> Report:
             continue
         try:
             entry.ir_before = format_program(region.program)
+            # reads of a missing child get their request's window: exact once merged (serving/windows.py)
             program = optimize(region.program)
+            windowed = with_request_windows(program)
+            if window_input(windowed) not in _all_names(model.graph):  # the model's own name: no windows
+                program = windowed
             entry.ir_after = format_program(program)
             built[region.node_index] = (entry, build_kernel(program, f"{program.name} of {Path(source).name}",
                                                             backend))
@@ -275,7 +286,9 @@ def _convert_with(source, output, backend, strict: bool) -> Report:
             original = model.graph.node[index]
             node, inits, types = publish_kernel(kernel, output, original.op_type, original.name,
                                                 f"compiled by cortex-convert from {Path(source).name}")
-            replacements[index] = (node, inits, types, final_nodes(kernel.program, node, _opset(model)))
+            window = window_input(kernel.program)
+            before = [window_constant(window)] if window is not None else []
+            replacements[index] = (before, node, inits, types, final_nodes(kernel.program, node, _opset(model)))
             entry.kernel = _context_path(node)
         _rewrite(model, replacements)
         save_model(_runnable(model, report), output)
@@ -458,7 +471,8 @@ def _rewrite(model: onnx.ModelProto, replacements: dict):
     nodes = []
     for index, node in enumerate(graph.node):
         if index in replacements:
-            new_node, inits, types, after = replacements[index]
+            before, new_node, inits, types, after = replacements[index]
+            nodes.extend(before)
             nodes.append(new_node)
             nodes.extend(after)
             graph.initializer.extend(inits)

@@ -7,15 +7,17 @@
   request its outputs or its own error): what the BatchingSession and the Ray Serve deployment (`ray_app`) run,
   and what Triton's Python backend can call (docs/serving.md); `PinnedOutputs.of(plan, session, device)`: on a GPU,
   its forests' outputs copied into pinned host memory (`run_forest(..., pinned=)`); `tail_sessions(plan, path)`:
-  for a plan with outputs computed per request after the forest (`plan.tail`), what `run_forest(..., tail=)` needs.
+  for a plan with outputs computed per request after the forest (`plan.tail`), what `run_forest(..., tail=)` needs;
+  `merge_session(plan, path)`: the session to run it through (it takes the model's window inputs, where it has
+  them: windows.py, the reads of a missing child kept exact).
 - `check_request`, `merge`, `out_of_bounds`, `split`: its pieces.
 """
-from .forest import ForestStats, PinnedOutputs, run_forest, tail_sessions
+from .forest import ForestStats, PinnedOutputs, merge_session, run_forest, tail_sessions
 from .kernel import NotMergeable, merge_notes
 from .merge import FeedError, MergePlan, check_request, merge, out_of_bounds, plan_for, split
 
 __all__ = ["plan_for", "MergePlan", "NotMergeable", "FeedError", "merge_notes", "check_request", "merge",
-           "out_of_bounds", "split", "run_forest", "tail_sessions", "ForestStats", "PinnedOutputs", "BatchingSession",
+           "out_of_bounds", "split", "run_forest", "merge_session", "tail_sessions", "ForestStats", "PinnedOutputs", "BatchingSession",
            "QueueFull", "SessionClosed"]
 
 

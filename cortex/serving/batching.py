@@ -29,8 +29,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Optional
 
-from ..session import InferenceSession
-from .forest import ForestStats, PinnedOutputs, finish_prepared, prepare_forest, run_merged, tail_sessions
+from .forest import (ForestStats, PinnedOutputs, finish_prepared, merge_session, prepare_forest, run_merged,
+                     tail_sessions, takes_windows)
 from .kernel import NotMergeable
 from .merge import check_request, plan_for
 
@@ -170,9 +170,11 @@ class BatchingSession:
         if not self.plan.mergeable and not allow_unmerged:
             raise NotMergeable(f"{path}: requests cannot be merged: {self.plan.reason} (BatchingSession(..., "
                                "allow_unmerged=True) serves it one request at a time)")
-        self.session = InferenceSession(path, sess_options, trust=trust, device=device)
+        # the model (a copy that takes its window inputs, where it has them: windows.py)
+        self.session = merge_session(self.plan, path, sess_options, trust, device)
         # the body and tail sessions of a plan with outputs computed per request after the forest (tail.py), or None
         self.tail = tail_sessions(self.plan, path, sess_options, trust, device)
+        self._windows = takes_windows(self.plan, self.session if self.tail is None else self.tail.body)
         self._pinned = PinnedOutputs.of(self.plan, self.session, device) if pinned_outputs else None
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.max_trees, self.max_delay = max_trees, max_delay_ms / 1000.0
@@ -413,7 +415,8 @@ class BatchingSession:
             return None
         counts = BatchingStats()
         try:
-            return batch, prepare_forest(self.plan, [r.feeds for r in batch], [r.alone for r in batch], counts), counts
+            return batch, prepare_forest(self.plan, [r.feeds for r in batch], [r.alone for r in batch], counts,
+                                         self._windows), counts
         except BaseException as e:  # noqa: BLE001
             self._fail(batch, e)
             return None

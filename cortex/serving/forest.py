@@ -5,14 +5,17 @@ worker's runner thread (the next forest is merged, and the last one split and an
 from __future__ import annotations
 
 import collections
+import os
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 
 from .merge import FeedError, MergedBatch, MergePlan, check_request, merge, out_of_bounds, split
-from .tail import TailSessions
+from .tail import MODEL_PATH_KEY, TailSessions
+from .windows import with_window_inputs
 
 
 @dataclass
@@ -100,6 +103,47 @@ class PinnedOutputs:
         return [value.numpy() for value in values]
 
 
+def merge_session(plan: MergePlan, path, sess_options=None, trust=None, device: str = "cpu"):
+    """The session a server runs a converted model's forests and lone requests through: `cortex.InferenceSession`
+    of the model, or, where the plan has window inputs (windows.py), of a copy in memory that takes them as inputs
+    (its kernels found beside `path`). Through it, the reads of a missing child merge exactly."""
+    import onnx
+
+    from ..session import InferenceSession, session_options
+
+    if not plan.windows:
+        return InferenceSession(path, sess_options, trust=trust, device=device)
+    options = session_options(sess_options, trust=trust, device=device)
+    options.add_session_config_entry(MODEL_PATH_KEY, os.path.abspath(os.fspath(path)))
+    model = with_window_inputs(onnx.load(os.fspath(path), load_external_data=False))
+    return InferenceSession(model.SerializeToString(), options, device=device)
+
+
+_TAKES_WINDOWS = weakref.WeakKeyDictionary()  # session -> whether its inputs include every window input asked
+
+
+def takes_windows(plan: MergePlan, session) -> bool:
+    """Whether `session` takes the plan's window inputs (one made by merge_session, or a tail's body)."""
+    if not plan.windows:
+        return False
+    known = _TAKES_WINDOWS.get(session)
+    if known is None:
+        names = {i.name for i in session.get_inputs()}
+        known = _TAKES_WINDOWS[session] = all(w in names for w in plan.windows)
+    return known
+
+
+def run_alone(plan: MergePlan, session, request: dict) -> list:
+    """One request run by itself, as a plain session runs it (a session that takes window inputs gets them
+    empty: a plain run)."""
+    if takes_windows(plan, session):
+        request = {**request, **{w: _NO_WINDOWS for w in plan.windows}}
+    return session.run(None, request)
+
+
+_NO_WINDOWS = np.zeros((0, 2), dtype=np.int64)
+
+
 @dataclass
 class PreparedForest:
     """A batch of requests ready to run: `merged`, the forest of the requests at `together` (or None), and the
@@ -112,10 +156,11 @@ class PreparedForest:
 
 
 def prepare_forest(plan: MergePlan, requests: list, reasons: Optional[list] = None,
-                   stats: Optional[ForestStats] = None) -> PreparedForest:
+                   stats: Optional[ForestStats] = None, windows: bool = False) -> PreparedForest:
     """The requests (dicts of input arrays) merged where they can be: check_request's answers (`reasons`, when the
     caller has them), the forest of those that may join, the bounds check that sends a request reading outside its
-    own rows to run alone."""
+    own rows to run alone. `windows`: the forest runs through a session that takes the plan's window inputs
+    (`takes_windows`)."""
     stats = stats if stats is not None else ForestStats()
     results = [None] * len(requests)
     if reasons is None:
@@ -132,12 +177,12 @@ def prepare_forest(plan: MergePlan, requests: list, reasons: Optional[list] = No
     if len(together) > 1:
         started = time.perf_counter()
         try:
-            merged = merge(plan, [requests[k] for k in together])
+            merged = merge(plan, [requests[k] for k in together], windows)
             outside = out_of_bounds(plan, merged)
             if outside:
                 alone += [k for j, k in enumerate(together) if j in outside]
                 together = [k for j, k in enumerate(together) if j not in outside]
-                merged = merge(plan, [requests[k] for k in together]) if len(together) > 1 else None
+                merged = merge(plan, [requests[k] for k in together], windows) if len(together) > 1 else None
         except (ValueError, OverflowError):  # shapes that do not concatenate, too many nodes: each runs alone
             merged = None
         stats.merging_s += time.perf_counter() - started
@@ -210,7 +255,7 @@ def finish_prepared(plan: MergePlan, session, forest: PreparedForest, outputs, s
         stats.sizes[1] += 1
         started = time.perf_counter()
         try:
-            results[k] = session.run(None, forest.requests[k])
+            results[k] = run_alone(plan, session, forest.requests[k])
         except Exception as e:  # noqa: BLE001 - the request's own error, as a plain session raises it
             results[k] = e
         stats.running_s += time.perf_counter() - started
@@ -234,7 +279,8 @@ def run_forest(plan: MergePlan, session, requests: list, reasons: Optional[list]
     `pinned`: merged forests' outputs into pinned host memory (a session on a GPU). `tail`: for a plan with a tail
     (outputs computed per request after the forest), its TailSessions (`tail_sessions`)."""
     stats = stats if stats is not None else ForestStats()
-    return run_prepared(plan, session, prepare_forest(plan, requests, reasons, stats), stats, pinned, tail)
+    windows = takes_windows(plan, session if tail is None else tail.body)
+    return run_prepared(plan, session, prepare_forest(plan, requests, reasons, stats, windows), stats, pinned, tail)
 
 
 def tail_sessions(plan: MergePlan, path, sess_options=None, trust=None, device: str = "cpu") \

@@ -30,7 +30,7 @@ from onnx import helper, numpy_helper
 
 from ..artifacts import cortex_nodes
 from .graph_ops import ELEMENTWISE, REDUCTIONS, OpSemantics, as_count
-from .kernel import COUNT, EDGES, NODES, OFFSETS, POSITIONS, KernelMerge, NotMergeable, analyze
+from .kernel import COUNT, EDGES, NODES, OFFSETS, POSITIONS, WINDOWS, KernelMerge, NotMergeable, analyze
 from .values import Columns, Const, Flipped, Opaque, Padded, Rows
 
 
@@ -69,6 +69,7 @@ class KernelSite:
     measured: set = field(default_factory=set)  # kernel inputs whose length alone the recursion reads
     padded: dict = field(default_factory=dict)  # init inputs with a padding row past the nodes -> their Padded value
     counts: dict = field(default_factory=dict)  # inputs only the trip count reads -> the Count the graph computes
+    windows: str = None  # the kernel input the merge writes each node's request's rows into (windows.py), if any
 
     def unit_of(self, units, rows: str) -> int:
         """The unit of a row kind of this recursion ('nodes', 'positions', 'edges:<dst>')."""
@@ -267,6 +268,9 @@ class GraphAnalysis(OpSemantics):
         values_read = _arrays_whose_values_are_read(merge.program)
         for decl, value in zip(merge.program.inputs, args):
             role = merge.inputs[decl.name]
+            if role.rows == WINDOWS:  # no request sends it: the merge writes it (a Constant in the model)
+                site.windows = decl.name  # (not written where a table has a padding row: merge._plan)
+                continue
             if decl.kind == "shape":  # the kernel makes the table of zeros the model's ConstantOfShape made from it
                 value = self._op_ConstantOfShape([value], {}) or Opaque(
                     f"the shape of its table of zeros '{decl.name}' is not one row per node of some input")

@@ -442,23 +442,19 @@ def _read_only_where_not_negative(roots) -> dict:
     return {e: i for e, i in guarded_reads.items() if e not in open_reads}
 
 
-def wrapping_reads(program: ir.Program) -> tuple:
+def wrapping_reads(program: ir.Program, windowed: bool = True) -> tuple:
     """The indices of the table reads where a missing child (-1) would read what ONNX's Gather reads there, the
-    table's last row: reads at a node id from the structure (not the node the case writes) that read no zero row for
-    it, sit under no choice that drops them and clamp nothing (`max(i, 0)`: the clamped reads, noted apart). Merged,
-    -1 would be the forest's last row, so the bounds check sends a request that reaches one with -1 to run alone."""
-    found = []
-    for case in program.cases:
-        roots = [x for _, x in case.writes]
-        guarded = _read_only_where_not_negative(roots)
-        non_negative = _non_negative_in(case.predicate)  # a case taken only where the index is >= 0
-        for e in ir.walk(roots):
-            if not isinstance(e, ir.ChildState) or e.missing_zero or e in guarded or e.index == case.target or \
-                    e.index in non_negative or isinstance(e.index, (ir.Iter, ir.Member)) or \
-                    _padding_read(e.index)[0] or (isinstance(e.index, ir.IBinary) and e.index.op == "max"):
-                continue
-            found.append(e.index)
-    return tuple(dict.fromkeys(found))
+    table's last row (windows.read_sites, less the clamped reads `max(i, 0)`, noted apart). Merged, -1 would be the
+    forest's last row, so the bounds check sends a request that reaches one with -1 to run alone. Conversion gives
+    these reads their request's window (windows.py) where the case writes a row: those are not named while the
+    merge writes the windows (`windowed`), and named as the reads they were where it does not."""
+    from .windows import plain_index, read_sites
+
+    found = [e.index for _, e in read_sites(program)]
+    if not windowed:
+        found += [plain_index(e.index) for case in program.cases for e in ir.case_exprs(case)
+                  if isinstance(e, ir.ChildState) and plain_index(e.index) is not e.index]
+    return tuple(dict.fromkeys(i for i in found if not (isinstance(i, ir.IBinary) and i.op == "max")))
 
 
 def _non_negative_in(pred) -> set:

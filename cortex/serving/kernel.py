@@ -51,6 +51,7 @@ import numpy as np
 
 from ..ir import nodes as ir
 from ..ir.printer import format_index, format_pred
+from .windows import window_input, windowed
 
 NODE, CLAMPED, POSITION, DATA = "node", "clamped node", "position", "data"
 BACKWARD = "position from the end"  # len(A) - 1 - p: the visit order walked from its last position
@@ -72,6 +73,7 @@ NODES, POSITIONS = "nodes", "positions"  # the two row kinds of a recursion's ar
 EDGES = "edges:"  # + the dst array's name: the rows of one edge list (src, dst), a unit of their own
 OFFSETS = "offsets:"  # + the indices' name: CSR offsets, one row per node plus one, values rows of those indices
 COUNT = "count"  # a number the trip count reads (a Loop's M the graph computes from a length): no rows
+WINDOWS = "request windows"  # W of windows.py: no request sends it; merged, each node's request's [first, end)
 
 # Row expressions whose value at a position depends only on their operands at that position (elementwise math,
 # products with constant weights, static rearrangements and reductions inside the row) or on rows the analysis
@@ -315,6 +317,9 @@ class _Analysis:
             self._guard_pred(e.pred, e.value)
             return self.kind(e.value)
         if isinstance(e, ir.ISelect):
+            window = windowed(e)
+            if window is not None:
+                return self._windowed(e, *window)
             self.check_pred(e.pred)
             return self._choice(e, self.kind(e.a), self.kind(e.b))
         if isinstance(e, ir.IBinary):
@@ -347,6 +352,13 @@ class _Analysis:
             raise NotMergeable(f"'{e.array}' is read at row {format_index(e.index)}, which is not a node or a "
                                "position (merged, that row belongs to another request)")
         return NODE if e.array in self.node_ids else DATA
+
+    def _windowed(self, e, how, index, target, w) -> str:
+        """A read given its request's window (windows.py): a node id wherever its own index and the node the case
+        writes are node ids (merged, the window is the request's: T of the row its own run reads)."""
+        if self.kind(index) not in (NODE, CLAMPED) or self.kind(target) != NODE:
+            raise NotMergeable(f"{format_index(e)} reads a window at a value that is not a node id")
+        return NODE
 
     def _choice(self, e, ka, kb) -> str:
         if ka == kb:
@@ -552,6 +564,9 @@ class _Analysis:
                 raise NotMergeable(f"the scalar input '{decl.name}': requests may differ in it")
             if decl.name in self.counts:
                 roles[decl.name] = ArrayRole(COUNT)
+                continue
+            if decl.name == window_input(program):  # the merge writes it: each node's request's rows
+                roles[decl.name] = ArrayRole(WINDOWS, True)
                 continue
             roles[decl.name] = ArrayRole(next(iter(rows)) if rows else "unused", decl.name in self.node_ids,
                                          1 if decl.name in self.columns else 0)

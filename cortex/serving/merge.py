@@ -31,7 +31,8 @@ from .graph import GraphAnalysis
 from .tail import TailPlan, cut_tail
 from .values import Columns, Const, Flipped, Opaque, Padded, Rows, count_value
 from .indexeval import BoundsCheck, native, wrapping_reads
-from .kernel import COUNT, OFFSETS, POSITIONS, NotMergeable, trip_count
+from .kernel import COUNT, OFFSETS, POSITIONS, WINDOWS, NotMergeable, trip_count
+from .windows import unwritten_clamps, window_input
 
 _NUMPY_TYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.DOUBLE: np.float64,
                 onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32, onnx.TensorProto.BOOL: np.bool_,
@@ -77,6 +78,7 @@ class KernelCheck:
     flipped: frozenset = frozenset()  # arrays that hold their model input's rows last first (torch.flip)
     counts: dict = field(default_factory=dict)  # inputs the trip count reads -> (unit, values.Count) the graph computes
     nonempty: tuple = ()  # (kernel array, the unit its rows count) whose emptiness a case tests
+    windows: Optional[str] = None  # its window input (windows.py): each node's request's rows, written by the merge
 
     @functools.cached_property
     def trip_units(self) -> tuple:
@@ -98,6 +100,9 @@ class MergePlan:
     # outputs that do not split by rows, computed per request after the forest (tail.py); `outputs` then lists the
     # model's other outputs and, after them, the recursions' tables the tail reads (`tail.cut`)
     tail: Optional[TailPlan] = None
+    # the recursions' window inputs (windows.py): fed by the merge to a session that takes them (merge_session), they
+    # keep exact the reads of a missing child that would otherwise send requests to run alone
+    windows: tuple = ()
 
     @functools.cached_property
     def request_spec(self) -> "RequestSpec":
@@ -224,13 +229,15 @@ def _plan(analysis: GraphAnalysis) -> MergePlan:
 
     kernels = []
     for site in analysis.kernels:
+        if site.padded:  # a request's table has a row past its nodes: -1 counted from its end is that padding row,
+            site.windows = None  # not the node before the next request's (windows.py): its reads of -1 run alone
         nodes, positions = unit_name(site.nodes), unit_name(site.positions)
         for needed in (nodes, positions):
             if needed not in measures:
                 raise NotMergeable(f"{site.name}: its {needed} are counted by no input")
         lengths = {name: unit_name(site.unit_of(units, role.rows))
                    for name, role in site.merge.inputs.items()
-                   if role.rows not in ("unused", COUNT) and not role.rows.startswith(OFFSETS)}
+                   if role.rows not in ("unused", COUNT, WINDOWS) and not role.rows.startswith(OFFSETS)}
         counts = {name: (unit_name(count.unit), count) for name, count in site.counts.items()}
         for name, (unit, _) in counts.items():
             if unit not in measures:
@@ -245,12 +252,15 @@ def _plan(analysis: GraphAnalysis) -> MergePlan:
         kernels.append(KernelCheck(site.name, site.merge.program, dict(site.arrays), nodes, positions,
                                    site.merge.positions == "nodes", lengths, BoundsCheck(site.merge.program),
                                    flipped=frozenset(site.flipped), counts=counts,
-                                   nonempty=tuple((name, lengths[name]) for name in site.merge.nonempty)))
-    warnings = tuple(f"{site.name} reads rows at {', '.join(site.merge.clamped)}: a request that reaches one with a "
-                     "missing child (a negative id) runs alone (merged, it would read the first request's row 0)"
-                     for site in analysis.kernels if site.merge.clamped)
+                                   nonempty=tuple((name, lengths[name]) for name in site.merge.nonempty),
+                                   windows=site.windows))
+    clamped = {site.name: site.merge.clamped + (() if site.windows is not None else unwritten_clamps(site.merge.program))
+               for site in analysis.kernels}
+    warnings = tuple(f"{name} reads rows at {', '.join(reads)}: a request that reaches one with a missing child (a "
+                     "negative id) runs alone (merged, it would read the first request's row 0)"
+                     for name, reads in clamped.items() if reads)
     for site in analysis.kernels:
-        wrapping = [format_index(i) for i in wrapping_reads(site.merge.program)]
+        wrapping = [format_index(i) for i in wrapping_reads(site.merge.program, windowed=site.windows is not None)]
         if wrapping:
             warnings += (f"{site.name} reads rows at {', '.join(wrapping)}: a request that reaches one with a missing "
                          "child (a negative id) runs alone (its own run reads the table's last row there, as ONNX's "
@@ -261,7 +271,7 @@ def _plan(analysis: GraphAnalysis) -> MergePlan:
                       if t.init in site.padded and t.name not in site.merge.padded)
     _check_less_ones(analysis, offsets, node_unit, set(names))  # the units the outputs and kernels named, too
     return MergePlan(True, None, tuple(inputs), tuple(outputs), measures, tuple(kernels), "nodes", warnings,
-                     frozenset(less_one), tail)
+                     frozenset(less_one), tail, tuple(k.windows for k in kernels if k.windows))
 
 
 def _unsplittable(analysis: GraphAnalysis, abstract, backward: set, measures: dict, unit_name) -> Optional[str]:
@@ -553,7 +563,7 @@ def _numbers(counts: dict, count_of) -> Optional[dict]:
 
 @dataclass
 class MergedBatch:
-    feeds: dict  # the forest's inputs
+    feeds: dict  # the forest's inputs (with the plan's window inputs, when the session takes them)
     counts: dict  # unit -> np.ndarray of each request's row count, in batch order
 
 
@@ -562,9 +572,10 @@ def unit_counts(plan: MergePlan, requests: list) -> dict:
             for unit, name, axis, less in plan.request_spec.measured}
 
 
-def merge(plan: MergePlan, requests: list) -> MergedBatch:
+def merge(plan: MergePlan, requests: list, windows: bool = False) -> MergedBatch:
     """One forest from requests that passed check_request. The arrays are built by cortex._C.concat_rows, one call
-    each that keeps the GIL (numpy's ufuncs would release it several times a forest, see csrc/python/forest_rows.cc)."""
+    each that keeps the GIL (numpy's ufuncs would release it several times a forest, see csrc/python/forest_rows.cc).
+    `windows`: the session takes the plan's window inputs (merge_session): each node's request's [first, end) rows."""
     counts = unit_counts(plan, requests)
     nodes = counts[plan.node_unit]
     total = int(nodes.sum())
@@ -593,6 +604,9 @@ def merge(plan: MergePlan, requests: list) -> MergedBatch:
                                       for j in range(parts[0].shape[0])])
         else:
             feeds[i.name] = concat_rows(parts, base if shift else None)
+    if windows and plan.windows:
+        rows = np.repeat(np.stack([base, base + nodes], axis=1), nodes, axis=0)
+        feeds.update((name, rows) for name in plan.windows)
     return MergedBatch(feeds, counts)
 
 
@@ -604,6 +618,7 @@ def _largest(dtype) -> int:
 
 
 _LARGEST = {}
+_NO_WINDOWS = np.zeros((0, 2), dtype=np.int64)
 
 
 def out_of_bounds(plan: MergePlan, batch: MergedBatch) -> set:
@@ -615,6 +630,9 @@ def out_of_bounds(plan: MergePlan, batch: MergedBatch) -> set:
             return set(range(len(batch.counts[k.positions])))  # the trip count does not add up: nobody merges
         arrays = {name: np.ascontiguousarray(batch.feeds[source][::-1]) if name in k.flipped else batch.feeds[source]
                   for name, source in k.arrays.items()}
+        window = window_input(k.program)
+        if window is not None:  # not written: empty, as in a plain run (a read of a missing child then leaves)
+            arrays[window] = batch.feeds.get(window, _NO_WINDOWS) if k.windows is not None else _NO_WINDOWS
         for name, unit in k.lengths.items():  # arrays the recursion only measures: their length is what counts
             if name not in arrays and unit in totals:
                 arrays[name] = np.zeros(totals[unit], dtype=np.int64)

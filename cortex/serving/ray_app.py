@@ -21,7 +21,7 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from .forest import ForestStats, PinnedOutputs, run_forest, tail_sessions
+from .forest import ForestStats, PinnedOutputs, merge_session, run_forest, tail_sessions
 from .kernel import NotMergeable
 from .merge import FeedError, plan_for
 
@@ -35,15 +35,14 @@ class CortexForest:
 
     def __init__(self, model_path: str, device: str = "cpu", max_batch_size: int = 32,
                  batch_wait_timeout_s: float = 0.002, allow_unmerged: bool = False):
-        from ..session import InferenceSession
-
         self.plan = plan_for(model_path)
         if not self.plan.mergeable and not allow_unmerged:
             raise NotMergeable(f"{model_path}: requests cannot be merged: {self.plan.reason}")
-        self.session = InferenceSession(model_path, device=device)
+        self.session = merge_session(self.plan, model_path, device=device)  # takes its window inputs, if any
         self.tail = tail_sessions(self.plan, model_path, device=device)  # outputs computed per request, if any
         self.pinned = PinnedOutputs.of(self.plan, self.session, device)  # on a GPU: outputs into pinned host memory
-        self.inputs = {i.name: _ORT_TYPES.get(i.type) for i in self.session.get_inputs()}
+        self.inputs = {i.name: _ORT_TYPES.get(i.type) for i in self.session.get_inputs()
+                       if i.name not in self.plan.windows}
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.stats = ForestStats()
         self.infer_batch.set_max_batch_size(max_batch_size)

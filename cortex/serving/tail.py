@@ -26,6 +26,7 @@ import onnx
 from onnx import helper
 
 from .kernel import NotMergeable
+from .windows import with_window_inputs
 
 MODEL_PATH_KEY = "cortex.model_path"  # csrc/ep/cortex_ep.h: kModelPathConfigKey
 
@@ -161,7 +162,9 @@ class TailSessions:
         self.padding = [plan.outputs[k].padding for k in self.cut_at]  # a padding row to put back, or None
         options = session_options(sess_options, trust=trust, device=device)
         options.add_session_config_entry(MODEL_PATH_KEY, os.path.abspath(os.fspath(path)))
-        self.body = InferenceSession(self.plan.body, options, device=device)
+        # merged forests run here: with the model's window inputs as inputs (windows.py)
+        body = with_window_inputs(onnx.load_model_from_string(self.plan.body)).SerializeToString()
+        self.body = InferenceSession(body, options, device=device)
         types = {o.name: o for o in self.body.get_outputs()}
         tail = onnx.load_model_from_string(self.plan.tail)
         for value in tail.graph.input[:len(self.plan.cut)]:

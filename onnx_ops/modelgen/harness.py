@@ -399,7 +399,7 @@ def merge_check(path: str, session, feeds: dict, device: str = "cpu") -> dict:
     "reason", counts, "tail": whether some outputs were computed per request after the forest, "warnings": the
     plan's}."""
     from cortex.serving import plan_for
-    from cortex.serving.forest import ForestStats, run_forest, tail_sessions
+    from cortex.serving.forest import ForestStats, merge_session, run_forest, tail_sessions
 
     plan = plan_for(path)
     if not plan.mergeable:
@@ -409,7 +409,8 @@ def merge_check(path: str, session, feeds: dict, device: str = "cpu") -> dict:
     stats = ForestStats()
     try:
         tail = tail_sessions(plan, path, _cortex_options(), device=device)  # as _cortex_session's
-        merged = run_forest(plan, session, requests, stats=stats, tail=tail)
+        server = merge_session(plan, path, _cortex_options(), device=device)  # as a BatchingSession's
+        merged = run_forest(plan, server, requests, stats=stats, tail=tail)
     except Exception as e:  # noqa: BLE001 - the merge path must answer every request, never raise
         return {"outcome": "crash", "reason": f"run_forest raised {type(e).__name__}: {_first_line(e)}"}
     for k, (request, got) in enumerate(zip(requests, merged)):

@@ -183,8 +183,9 @@ def test_corrupted_forests_flag_what_the_reference_flags(loop_model, seed, count
     plan, kernel = loop_model
     rng = np.random.default_rng(seed)
     trees = [st.random_tree(int(rng.integers(1, 9)), rng, 50).arrays() for _ in range(count)]
-    batch = merge(plan, trees)
+    batch = merge(plan, trees, windows=True)
     arrays = {name: batch.feeds[source].copy() for name, source in kernel.arrays.items()}
+    arrays[kernel.windows] = batch.feeds[kernel.windows]  # its child reads have request windows (windows.py)
     names = sorted(n for n in arrays if arrays[n].ndim == 1 and n != "words" and arrays[n].dtype == np.int64)
     for which, where, value in edits:  # any id anywhere: past its tree, into a neighbour's, -1, -2 ...
         a = arrays[names[which % len(names)]]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 
 import numpy as np
 import onnx
@@ -20,7 +21,7 @@ from cortex.frontend import find_regions
 from cortex.ir import nodes as ir
 from cortex.passes import optimize
 from cortex.serving import check_request, plan_for
-from cortex.serving.forest import ForestStats, PinnedOutputs, run_forest, tail_sessions
+from cortex.serving.forest import ForestStats, PinnedOutputs, merge_session, run_forest, tail_sessions
 from cortex.serving.kernel import NotMergeable, analyze
 from onnx_ops.zoo import MODELS, MVRNN_VOCAB, VOCAB, structures
 from serving_models import whole_tree_input
@@ -219,6 +220,106 @@ def test_reads_where_a_missing_child_wraps_are_named(loop_program, treerec_progr
     assert [format_index(i) for i in wrapping_reads(guarded)] == ["right[order[p]]"]
 
 
+def test_reads_of_a_missing_child_get_their_request_window(loop_program, treerec_program):
+    """Conversion gives each read of a child that may be missing (wrapped, or clamped at 0) its request's window
+    (windows.py): an input W of each node's request's [first, end) rows, empty in a plain run. The proof takes the
+    exact forms as node ids (W merged by the merge itself), so nothing is left to name; anything else that adds a
+    node id is refused as before. A program with no such read is left as it is."""
+    from cortex.ir.printer import format_index
+    from cortex.serving.indexeval import wrapping_reads
+    from cortex.serving.kernel import WINDOWS, ArrayRole
+    from cortex.serving.windows import window_input, windowed, with_request_windows
+
+    assert with_request_windows(treerec_program) is treerec_program
+    windowed_program = with_request_windows(loop_program)
+    w = window_input(windowed_program)
+    assert w == "cortex.request_rows." + loop_program.name
+    assert wrapping_reads(windowed_program) == ()
+    reads = [e for case in windowed_program.cases for e in ir.case_exprs(case)
+             if isinstance(e, ir.ChildState) and windowed(e.index)]
+    assert {format_index(windowed(e.index)[1]) for e in reads} == {"left[order[p]]", "right[order[p]]"}
+    merge_ = analyze(windowed_program)
+    assert merge_.inputs[w] == ArrayRole(WINDOWS, True) and merge_.clamped == ()
+
+    clamped = {e: dataclasses.replace(e, index=ir.IBinary("max", e.index, ir.IConst(0)))
+               for case in loop_program.cases for e in ir.case_exprs(case)
+               if isinstance(e, ir.ChildState) and e.index == LEFT}
+    assert analyze(_rewrite(loop_program, clamped)).clamped == ("max(left[order[p]], 0)",)
+    windowed_clamp = with_request_windows(_rewrite(loop_program, clamped))
+    assert {windowed(e.index)[0] for case in windowed_clamp.cases for e in ir.case_exprs(case)
+            if isinstance(e, ir.ChildState) and windowed(e.index)} == {"clamp", "wrap"}
+    assert analyze(windowed_clamp).clamped == ()
+
+    # a form the rewrite does not write (the window's first row added, not its end) proves nothing
+    (read, *_) = reads
+    kind, index, target, name = windowed(read.index)
+    edited = {read.index: ir.ISelect(read.index.pred, ir.IBinary("add", index, ir.Load(name, target, 0)), index)}
+    assert "computes with a node id" in _refused(_rewrite(windowed_program, edited))
+
+
+def _one_child_loop_requests(count, seed=0):
+    """Loop TreeLSTM requests where one internal node of each tree has lost its right child (-1): the model reads
+    h[right] before any test, so that node reads h[-1], its table's last row as it stands then."""
+    trees = st.read_sst(SST, split="test", vocab_size=50, limit=count) if SST else \
+        st.sst_like_trees(count, np.random.default_rng(seed), 50)
+    requests = []
+    for k, t in enumerate(trees):
+        feeds = {name: value.copy() for name, value in t.arrays().items()}
+        internal = np.flatnonzero(feeds["left"] >= 0)
+        if len(internal):
+            feeds["right"][internal[k % len(internal)]] = -1
+        requests.append(feeds)
+    return requests
+
+
+def test_a_missing_child_read_from_the_end_merges_through_windows(params, tmp_path):
+    """Merged through merge_session, each request's h[-1] is its own table's last row: every request joins the
+    forest, bit for bit its own run. Through a plain session (no windows), those requests run alone, as exact. A
+    read past the request's own rows (right = -(N + 1): its own run fails) runs alone and gets its own error."""
+    path = _convert(treelstm.build_loop(params), tmp_path, "loop")
+    requests = _one_child_loop_requests(9)
+    _assert_merged_equals_separate(path, requests)
+
+    plan, plain = plan_for(path), cortex.InferenceSession(path)
+    stats = ForestStats()
+    results = run_forest(plan, plain, requests, stats=stats)
+    assert stats.alone == len(requests) and stats.merged_requests == 0
+    assert all(np.array_equal(a, b) for got, r in zip(results, requests) for a, b in zip(got, plain.run(None, r)))
+
+    bad = {name: value.copy() for name, value in requests[3].items()}
+    bad["right"][np.flatnonzero((bad["left"] >= 0) & (bad["right"] == -1))[0]] = -len(bad["words"]) - 1
+    with pytest.raises(Exception) as own:
+        plain.run(None, bad)
+    stats = ForestStats()
+    results = run_forest(plan, merge_session(plan, path), requests[:3] + [bad] + requests[4:], stats=stats)
+    session_id = re.compile(r"CortexExecutionProvider_\d+")  # the node's name differs between sessions
+    assert isinstance(results[3], Exception) and "out of range" in str(own.value)
+    assert session_id.sub("", str(results[3])) == session_id.sub("", str(own.value))
+    assert stats.alone == 1 and stats.merged_requests == len(requests) - 1
+
+
+def test_the_converted_model_keeps_the_original_inputs(params, tmp_path):
+    """W reaches the kernel from a Constant (an empty [0, 2]): the converted model's inputs are the original's, and
+    only the copy a server runs forests through (with_window_inputs) takes W."""
+    import onnxruntime as ort
+
+    from cortex.serving.windows import PREFIX, with_window_inputs
+
+    source = treelstm.build_loop(params)
+    path = _convert(source, tmp_path, "loop")
+    converted = onnx.load(path)
+    assert [i.name for i in converted.graph.input] == [i.name for i in source.graph.input]
+    assert [i.name for i in cortex.InferenceSession(path).get_inputs()] == \
+        [i.name for i in ort.InferenceSession(source.SerializeToString()).get_inputs()]
+    served = with_window_inputs(converted)
+    assert [i.name for i in served.graph.input] == [i.name for i in source.graph.input] + \
+        [PREFIX + "recursion0"]
+    assert not any(n.op_type == "Constant" and n.output[0].startswith(PREFIX) for n in served.graph.node)
+    plan = plan_for(path)
+    assert plan.windows == (PREFIX + "recursion0",)
+    assert [i.name for i in merge_session(plan, path).get_inputs()][-1] == PREFIX + "recursion0"
+
+
 def test_scalar_input_read_in_the_recursion_is_refused(loop_program):
     scalar = ir.InputDecl("k", "array", "int64", 0)
     program = dataclasses.replace(loop_program, inputs=loop_program.inputs + (scalar,))
@@ -277,8 +378,10 @@ def test_the_report_says_how_the_model_serves(params, treerec_model, tmp_path):
 
     mean = report(treelstm.with_mean_head(treerec_model, HIDDEN), "mean").format()
     assert "note: outputs computed 'mean' per request after the forest" in mean, mean
-    loop = report(treelstm.build_loop(params), "loop").format()
-    assert "note: recursion 'recursion0' reads rows at left[order[p]], right[order[p]]" in loop, loop
+    loop = report(treelstm.build_loop(params), "loop")
+    assert loop.serving.mergeable and "note:" not in loop.format()  # its child reads have request windows
+    loop.serving = dataclasses.replace(loop.serving, warnings=("a read sends some requests to run alone",))
+    assert "    note: a read sends some requests to run alone" in loop.format().splitlines()
 
     mixing = report(whole_tree_input(treelstm.build_loop(params), "words"), "mixing")
     assert not mixing.serving.mergeable
@@ -526,12 +629,13 @@ def _assert_merged_equals_separate(path, requests, merged=None, device="cpu", to
     could be (the others ran alone). `pinned`: the forest's outputs through pinned host memory (a GPU session)."""
     plan = plan_for(path)
     assert plan.mergeable, plan.reason
-    session = cortex.InferenceSession(path, device=device)
+    session = cortex.InferenceSession(path, device=device)  # the model as a user runs it
+    server = merge_session(plan, path, device=device)  # what a BatchingSession runs forests through
     stats = ForestStats()
-    outputs = PinnedOutputs.of(plan, session, device) if pinned else None
+    outputs = PinnedOutputs.of(plan, server, device) if pinned else None
     assert outputs is not None or not pinned, "a GPU session of this model should take pinned outputs"
     tail = tail_sessions(plan, path, device=device)
-    results = run_forest(plan, session, requests, stats=stats, pinned=outputs, tail=tail)
+    results = run_forest(plan, server, requests, stats=stats, pinned=outputs, tail=tail)
     for k, (request, got) in enumerate(zip(requests, results)):
         assert not isinstance(got, Exception), f"request {k}: {got}"
         want = session.run(None, request)
@@ -561,6 +665,8 @@ def test_zoo_merged_equals_separate(name, form, tmp_path):
     # first node, so such requests (every grid here) run alone, exact; the plan says so
     alone = name == "dagrnn" and form == "loop"
     assert ("padding row" in plan_for(path).describe()) == alone
+    # its -1 counted from a request's end is that padding row, not a node: no windows for it (windows.py)
+    assert not alone or (plan_for(path).windows == () and "left[order[p]]" in plan_for(path).describe())
     _assert_merged_equals_separate(path, [feeds(s) for s in real + synthetic], merged=0 if alone else None)
 
 
@@ -686,9 +792,9 @@ def test_real_exports_merge_exactly(name, tmp_path):
         st.sst_like_trees(8, np.random.default_rng(1), 50)
     names = {i.name for i in plan_for(out).inputs}
     requests = [{k: v for k, v in _wild_feeds(kind)(t).items() if k in names} for t in trees]
-    # childsum_forget reads h[clamp(child, 0)] at every node, leaves too: merged, a missing child would read the
-    # first request's row 0, so every request runs alone (exact, not merged)
-    _assert_merged_equals_separate(str(out), requests, merged=0 if name == "childsum_forget" else None)
+    # childsum_forget reads h[clamp(child, 0)] at every node, leaves too: merged, a missing child reads its own
+    # request's first row through the request's window (windows.py), as its own run reads row 0
+    _assert_merged_equals_separate(str(out), requests)
 
 
 def test_a_missing_neighbour_sent_to_the_padding_row_merges(tmp_path):
