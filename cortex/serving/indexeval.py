@@ -281,9 +281,9 @@ class BoundsCheck:
         for case in program.cases:
             # a read from the end of the positions (kernel.walks_back) is the request's own row, as p is: the
             # merge lays positions out so (merge.py)
-            tested = [u for u in _distinct(_loads(case.predicate, offsets)) if walks_back(u[0]) is None]
+            tested = [u for u in _distinct(_loads(case.predicate, offsets)) if _from_the_end(u[0]) is None]
             used = [u for u in _distinct(_row_indices(case, offsets))
-                    if not self._covered(u) and walks_back(u[0]) is None]
+                    if not self._covered(u) and _from_the_end(u[0]) is None]
             cases.append((case.predicate, tested, used))
         # Nothing to evaluate when no case reads a row by a computed index and no predicate can fail (a TreeRec:
         # its child slots are checked as a whole below).
@@ -354,6 +354,14 @@ class BoundsCheck:
 def _edge_rows(e: ir.SetReduce):
     """(target row, source row) of an edge list [k, E] (constants: SetReduce.verify); None for other encodings."""
     return (int(e.bounds[1].value), int(e.bounds[2].value)) if e.encoding == "edge_index" else None
+
+
+def _from_the_end(index):
+    """kernel.walks_back of a row index, through the range guard an exporter puts around it (`order[L - 1 - i]`
+    checked to be in range): the analysis proved the guard's test one with the same outcome merged (a position in
+    range holds at every position), so the row is the request's own position (and a guard that fails, fails the
+    merged run, whose requests then run alone)."""
+    return walks_back(index.value if isinstance(index, ir.Guard) else index)
 
 
 def _distinct(uses):

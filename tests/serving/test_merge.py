@@ -166,6 +166,34 @@ def test_a_visit_walked_from_its_end_merges_backward(loop_program):
     assert "len(order) is used inside the recursion" in reason
 
 
+def test_a_guarded_walk_from_the_end_reads_each_requests_own_positions(loop_program):
+    """order[L - 1 - i] as dynamo exports a reverse loop: inside a guard that it lies in range (a test that holds at
+    every position, merged or not). The bounds check takes the guarded read as the walk itself, the request's own
+    position, as it takes the bare one: a forest of valid trees has nothing outside (it used to send every request
+    alone)."""
+    from cortex.serving.indexeval import BoundsCheck
+
+    count = ir.Length("order")
+    back = ir.IBinary("sub", ir.IBinary("sub", count, ir.IConst(1)), ir.Iter())
+    in_range = ir.BAnd(ir.Compare("ge", back, ir.IConst(0)),
+                       ir.Compare("le", ir.IBinary("sub", count, ir.Iter()), count))
+    trees = [t.arrays() for t in st.sst_like_trees(4, np.random.default_rng(2), 50)]
+    nodes = np.array([len(t["words"]) for t in trees], dtype=np.int64)
+    base = np.cumsum(nodes) - nodes
+    arrays = {name: np.concatenate([np.where(t[name] >= 0, t[name] + b, t[name]) for t, b in zip(trees, base)])
+              for name in ("left", "right")}
+    arrays["words"] = np.concatenate([t["words"] for t in trees])
+    arrays["order"] = np.concatenate([t["order"] + b for t, b in zip(trees[::-1], base[::-1])])  # last first
+    for index in (back, ir.Guard(in_range, back, "order index out of range")):
+        program = _rewrite(loop_program, {NODE: ir.Load("order", index)})
+        assert analyze(program).backward
+        check = BoundsCheck(program)
+        assert check(arrays, nodes, nodes, False) == set()
+        wrong = dict(arrays, right=arrays["right"].copy())
+        wrong["right"][np.flatnonzero(wrong["left"] >= 0)[0]] = base[1] + 1  # the first tree reads the second's
+        assert check(wrong, nodes, nodes, False) == {0}
+
+
 def test_trip_count_other_than_the_order_length_is_refused(loop_program):
     program = dataclasses.replace(loop_program, trip=ir.IBinary("sub", ir.Length("order"), ir.IConst(1)))
     reason = _refused(program)
