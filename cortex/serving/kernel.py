@@ -8,7 +8,9 @@ kept. Writing T(x) for that map (x < 0: x; else x + base), the analysis proves, 
 - a *node* index expression evaluates in the merged run to T of its value in the request's own run
   (`Load` of a node-id array, the node `p` of a TreeRec, `max(node, c)` for a constant c < 0, choices between
   them); `max(node, 0)` is *clamped*: T of its own value, or 0, which lies outside every request's rows but the
-  first (whose base is 0), so a run-time bounds check catches it (see `indexeval`);
+  first (whose base is 0), so a run-time bounds check catches it (see `indexeval`); a read conversion gave its
+  request's window (windows.py: -1 counted from the request's end, a clamp to its first row, through the input W
+  the merge writes) is a node id;
 - a *position* is `p` of a Loop or Scan: position blocks are concatenated in request order;
 - *data* (token ids, 0/1 flags, constants and arithmetic on them) is the same in both runs;
 - every predicate has the same outcome in both runs: data against data, node against node (T is increasing), node
