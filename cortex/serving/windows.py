@@ -28,6 +28,8 @@ import onnx
 from onnx import helper
 
 from ..ir import nodes as ir
+from ..ir.limits import check_limits
+from ..ir.schema import IRFormatError
 
 PREFIX = "cortex.request_rows."  # + the program's name: the kernel input W (an ONNX value name no exporter writes)
 FIRST, END = 0, 1  # W's columns
@@ -120,7 +122,8 @@ def read_sites(program: ir.Program):
 
 def with_request_windows(program: ir.Program) -> ir.Program:
     """The program with its reads of a missing child given request windows (and the input W), where a case that
-    writes a row makes them; unchanged where there are none."""
+    writes a row makes them; unchanged where there are none, or where the windows would take an index expression
+    past the IR's limits (ir/limits.py: it is written out as a tree, and a window repeats the read's index)."""
     w = window_name(program)
     cases = list(program.cases)
     changed = False
@@ -139,7 +142,12 @@ def with_request_windows(program: ir.Program) -> ir.Program:
     if not changed:
         return program
     decl = ir.InputDecl(w, "array", "int64", 2, inner=(2,))
-    return dataclasses.replace(program, inputs=program.inputs + (decl,), cases=tuple(cases))
+    windowed_program = dataclasses.replace(program, inputs=program.inputs + (decl,), cases=tuple(cases))
+    try:  # a window writes its read's index out three times: past the IR's limits, the model keeps its reads
+        check_limits(windowed_program)
+    except IRFormatError:
+        return program
+    return windowed_program
 
 
 def window_constant(name: str) -> onnx.NodeProto:

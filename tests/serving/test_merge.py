@@ -285,6 +285,23 @@ def test_reads_of_a_missing_child_get_their_request_window(loop_program, treerec
     assert "computes with a node id" in _refused(_rewrite(windowed_program, edited))
 
 
+def test_windows_that_would_pass_the_irs_limits_are_not_written(loop_program, monkeypatch):
+    """A window writes its read's index out three times; where that would take an index expression past the IR's
+    limit on written-out terms (which the converter refuses), the program keeps its reads (and converts)."""
+    from cortex.ir import limits
+    from cortex.serving.windows import window_input, with_request_windows
+
+    written = {}
+    for e in ir.walk([x for case in loop_program.cases for x in case.roots()]):
+        if isinstance(e, (ir.IExpr, ir.BExpr)):
+            written[e] = 1 + sum(written[k] for k in ir.operands(e))
+    monkeypatch.setattr(limits, "MAX_WRITTEN_TERMS", max(written.values()))  # the program itself just fits
+    limits.check_limits(loop_program)
+    assert with_request_windows(loop_program) is loop_program
+    monkeypatch.undo()
+    assert window_input(with_request_windows(loop_program)) is not None
+
+
 def _one_child_loop_requests(count, seed=0):
     """Loop TreeLSTM requests where one internal node of each tree has lost its right child (-1): the model reads
     h[right] before any test, so that node reads h[-1], its table's last row as it stands then."""
