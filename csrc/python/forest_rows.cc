@@ -246,7 +246,37 @@ py::object request_rows(const py::dict& feeds, const py::tuple& names, const py:
 
 }  // namespace
 
+// [sum(nodes), 2] int64: row v holds the first and the end (one past the last) node of the request that owns node v,
+// the requests' nodes consecutive in order (cortex/serving/windows.py: the merge's window input W).
+py::array_t<int64_t> request_windows(const py::object& nodes_obj) {
+  using I64 = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+  I64 nodes = I64::ensure(nodes_obj);
+  if (!nodes) throw py::error_already_set();
+  if (nodes.ndim() != 1) throw py::value_error("request_windows: nodes must be one count per request");
+  const int64_t* counts = nodes.data();
+  int64_t total = 0;
+  for (py::ssize_t r = 0; r < nodes.shape(0); ++r) {
+    if (counts[r] < 0 || counts[r] > std::numeric_limits<int64_t>::max() - total)
+      throw py::value_error("request_windows: a node count is negative or the total overflows");
+    total += counts[r];
+  }
+  py::array_t<int64_t> out({static_cast<py::ssize_t>(total), static_cast<py::ssize_t>(2)});
+  int64_t* w = out.mutable_data();
+  int64_t first = 0;
+  for (py::ssize_t r = 0; r < nodes.shape(0); ++r) {
+    const int64_t end = first + counts[r];
+    for (int64_t v = first; v < end; ++v) {
+      w[2 * v] = first;
+      w[2 * v + 1] = end;
+    }
+    first = end;
+  }
+  return out;
+}
+
 void register_forest_rows(py::module_& m) {
+  m.def("request_windows", &request_windows, py::arg("nodes"),
+        "[sum(nodes), 2] int64: each node's request's first and end node (requests' nodes consecutive)");
   m.def("concat_rows", &concat_rows, py::arg("parts"), py::arg("bases") = py::none(),
         "parts (numpy arrays of one dtype and trailing shape) concatenated along axis 0; with bases (one per part, "
         "int32/int64 parts), each part's non-negative values get its base added. One call, the GIL kept.");

@@ -298,3 +298,21 @@ def test_the_native_request_check_says_what_the_python_one_says(tree_plans, data
     # these plans check nothing past the inputs themselves: the native call alone accepts exactly what merges
     accepted = _C.request_rows(feeds, *plan.request_spec.common) is not None
     assert accepted == (native == ("ok", None))
+
+
+@settings(max_examples=100, deadline=None)
+@given(hs.lists(hs.integers(0, 12), max_size=8))
+def test_request_windows_are_each_nodes_request_rows(nodes):
+    """Row v: the first and the end node of the request that owns v (windows.py), as numpy would build it."""
+    counts = np.array(nodes, dtype=np.int64)
+    first = np.cumsum(counts) - counts
+    want = np.repeat(np.stack([first, first + counts], axis=1), counts, axis=0).reshape(-1, 2)
+    got = _C.request_windows(counts)
+    assert got.dtype == np.int64 and got.shape == want.shape and np.array_equal(got, want)
+
+
+def test_request_windows_refuse_what_is_not_counts():
+    with pytest.raises(ValueError, match="negative"):
+        _C.request_windows(np.array([3, -1], np.int64))
+    with pytest.raises(ValueError, match="one count per request"):
+        _C.request_windows(np.zeros((2, 2), np.int64))
