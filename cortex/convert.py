@@ -28,7 +28,7 @@ from .ir.serialize import IRFormatError, to_json
 from .passes import PassError, optimize
 from .serving.kernel import merge_notes
 from .serving.merge import plan_for
-from .serving.windows import window_constant, window_input, with_request_windows
+from .serving.windows import window_constant, window_input, windows_if_mergeable
 from .treerec import DOMAIN as TREEREC_DOMAIN
 from .treerec.portable import has_treerec, raise_treerec, to_portable
 
@@ -263,8 +263,8 @@ def _convert_with(source, output, backend, strict: bool) -> Report:
             entry.ir_before = format_program(region.program)
             # reads of a missing child get their request's window: exact once merged (serving/windows.py)
             program = optimize(region.program)
-            windowed = with_request_windows(program)
-            if window_input(windowed) not in _all_names(model.graph):  # the model's own name: no windows
+            windowed = windows_if_mergeable(program)
+            if window_input(windowed) not in _all_names(model.graph):  # never under a name the model uses
                 program = windowed
             entry.ir_after = format_program(program)
             built[region.node_index] = (entry, build_kernel(program, f"{program.name} of {Path(source).name}",

@@ -96,9 +96,13 @@ def unwritten_clamps(program: ir.Program) -> tuple:
     windows, they are the clamped reads they were."""
     from ..ir.printer import format_index
 
-    return tuple(dict.fromkeys(format_index(plain_index(e.index)) for case in program.cases
-                               for e in ir.case_exprs(case)
-                               if isinstance(e, ir.ChildState) and (windowed(e.index) or ("",))[0] == "clamp"))
+    clamps = []
+    for case in program.cases:
+        for e in ir.case_exprs(case):
+            window = windowed(e.index) if isinstance(e, ir.ChildState) else None
+            if window is not None and window[0] == "clamp":
+                clamps.append(format_index(plain_index(e.index)))
+    return tuple(dict.fromkeys(clamps))
 
 
 def read_sites(program: ir.Program):
@@ -132,7 +136,7 @@ def with_request_windows(program: ir.Program) -> ir.Program:
         if case.target is None:
             continue  # no row written: no node to find the request by (such requests keep running alone)
         mapping = {}
-        for j, e in read_sites(dataclasses.replace(program, cases=(case,))):
+        for _, e in read_sites(dataclasses.replace(program, cases=(case,))):
             x = _clamped(e.index)
             index = clamped_read(x, case.target, w) if x is not None else wrapped_read(e.index, case.target, w)
             mapping[e] = dataclasses.replace(e, index=index)
@@ -146,6 +150,17 @@ def with_request_windows(program: ir.Program) -> ir.Program:
     try:  # a window writes its read's index out three times: past the IR's limits, the model keeps its reads
         check_limits(windowed_program)
     except IRFormatError:
+        return program
+    return windowed_program
+
+
+def windows_if_mergeable(program: ir.Program) -> ir.Program:
+    """What conversion compiles: the program with request windows where it has reads to window and its merge is
+    proven (kernel.py); else the program as it is (windows would only cost a recursion that never merges)."""
+    from .kernel import merge_notes
+
+    windowed_program = with_request_windows(program)
+    if windowed_program is program or not merge_notes(windowed_program)["per_tree"]:
         return program
     return windowed_program
 

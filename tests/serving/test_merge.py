@@ -365,6 +365,18 @@ def test_the_converted_model_keeps_the_original_inputs(params, tmp_path):
     assert [i.name for i in merge_session(plan, path).get_inputs()][-1] == PREFIX + "recursion0"
 
 
+def test_a_recursion_that_cannot_merge_gets_no_windows(loop_program):
+    """Conversion writes windows only where the merge is proven: a recursion that reads a scalar input inside keeps
+    its reads (and the kernel its inputs); the Loop TreeLSTM itself gets them."""
+    from cortex.serving.windows import window_input, windows_if_mergeable
+
+    scalar = ir.InputDecl("k", "array", "int64", 0)
+    program = dataclasses.replace(loop_program, inputs=loop_program.inputs + (scalar,))
+    program = _with_predicate(program, 1, ir.Compare("ne", ir.Load("k", ir.IConst(0)), ir.IConst(0)))
+    assert windows_if_mergeable(program) is program
+    assert window_input(windows_if_mergeable(loop_program)) is not None
+
+
 def test_scalar_input_read_in_the_recursion_is_refused(loop_program):
     scalar = ir.InputDecl("k", "array", "int64", 0)
     program = dataclasses.replace(loop_program, inputs=loop_program.inputs + (scalar,))
