@@ -94,7 +94,12 @@ class HostSyntax(ScalarSyntax):
         self.plan = plan
 
     def const(self, value: int) -> str:
-        return f"INT64_C({cint(value)})"
+        return "INT64_MIN" if value == -INT64_MAX - 1 and type(value) is int else f"INT64_C({cint(value)})"
+
+    def arith(self, op: str, a: str, b: str) -> str:
+        # ONNX Runtime's integer Add, Sub and Mul wrap around (as the IR folds them: ir.index.wrap64); signed
+        # overflow in C++ is undefined, so the generated code never writes `a + b` on int64 values
+        return f"cortex::wrapping_{op}({a}, {b})"
 
     def load(self, e: ir.Load, index: str) -> str:
         a = self.plan.array_ids[e.array]

@@ -13,11 +13,24 @@ NEGATED = {"lt": "ge", "le": "gt", "gt": "le", "ge": "lt", "eq": "ne", "ne": "eq
 SWAPPED = {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le", "eq": "eq", "ne": "ne"}
 
 
+def wrap64(value: int) -> int:
+    """`value` as int64 arithmetic leaves it: two's complement modulo 2**64, as ONNX Runtime's integer Add, Sub and
+    Mul compute and as the generated code does (kernel_support.h: wrapping_add). Sums of terms stay a canonical
+    form under it (the integers modulo 2**64 are a ring); orderings do not (`cmp`)."""
+    value &= (1 << 64) - 1
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
 def const(value: int) -> ir.IConst:
-    return ir.IConst(int(value))
+    return ir.IConst(wrap64(int(value)))
 
 
 def _int_op(op: str, a: int, b: int):
+    value = _exact_op(op, a, b)
+    return None if value is None else wrap64(value)
+
+
+def _exact_op(op: str, a: int, b: int):
     if op == "add":
         return a + b
     if op == "sub":
@@ -52,15 +65,15 @@ def affine(e: ir.IExpr):
         sign = 1 if e.op == "add" else -1
         terms = dict(ta)
         for atom, coef in tb.items():
-            terms[atom] = terms.get(atom, 0) + sign * coef
-        return {k: v for k, v in terms.items() if v}, ca + sign * cb
+            terms[atom] = wrap64(terms.get(atom, 0) + sign * coef)
+        return {k: v for k, v in terms.items() if v}, wrap64(ca + sign * cb)
     if isinstance(e, ir.IBinary) and e.op == "mul":
         ta, ca = affine(e.a)
         tb, cb = affine(e.b)
         if not ta:
-            return {k: v * ca for k, v in tb.items() if v * ca}, ca * cb
+            return {k: wrap64(v * ca) for k, v in tb.items() if wrap64(v * ca)}, wrap64(ca * cb)
         if not tb:
-            return {k: v * cb for k, v in ta.items() if v * cb}, ca * cb
+            return {k: wrap64(v * cb) for k, v in ta.items() if wrap64(v * cb)}, wrap64(ca * cb)
     return {e: 1}, 0
 
 
@@ -96,11 +109,36 @@ def cmp(op: str, a: ir.IExpr, b: ir.IExpr) -> ir.BExpr:
         return ir.BConst(bool(_COMPARE[op](a.value, b.value)))
     if a == b:
         return ir.BConst(op in ("le", "ge", "eq"))
-    # a - b is a constant: the comparison is decided
+    # a - b is a constant: the comparison is decided. An ordering only where neither side can wrap (x + 1 < x holds
+    # at x = INT64_MAX, as ONNX Runtime computes it); equality holds or fails modulo 2**64 either way.
     terms, c = affine(ibin("sub", a, b))
-    if not terms:
+    if not terms and (op in ("eq", "ne") or (magnitude(a) < 1 << 63 and magnitude(b) < 1 << 63)):
         return ir.BConst(bool(_COMPARE[op](c, 0)))
     return ir.Compare(op, a, b)
+
+
+# Positions and lengths count the rows of tensors, which memory bounds far below this: sums of a few of them
+# with small coefficients cannot wrap.
+ROWS_BOUND = 1 << 48
+
+
+def magnitude(e: ir.IExpr):
+    """A bound on |e| over every input (no intermediate value wraps below it), or infinity where values read from
+    the inputs (or host state) take part."""
+    if isinstance(e, ir.IConst):
+        return abs(e.value)
+    if isinstance(e, (ir.Iter, ir.Length, ir.Member)):
+        return ROWS_BOUND
+    if isinstance(e, ir.IBinary):
+        a, b = magnitude(e.a), magnitude(e.b)
+        bound = {"add": a + b, "sub": a + b, "mul": a * b, "max": max(a, b), "min": max(a, b), "div": a,
+                 "floordiv": a + 1, "mod": b, "fmod": b}[e.op]
+        return bound if bound < 1 << 63 else float("inf")
+    if isinstance(e, ir.ISelect):
+        return max(magnitude(e.a), magnitude(e.b))
+    if isinstance(e, ir.Guard):
+        return magnitude(e.value)
+    return float("inf")  # Load, HostValue, HostElement: any int64
 
 
 def bnot(a: ir.BExpr) -> ir.BExpr:

@@ -339,7 +339,7 @@ class IBinary(IExpr):
     def render(self, syntax) -> str:
         a, b = self.a.render(syntax), self.b.render(syntax)
         if self.op in INDEX_INFIX:
-            return f"({a} {INDEX_INFIX[self.op]} {b})"
+            return syntax.arith(self.op, a, b)
         return syntax.call(self.op, a, b)
 
     def verify(self, program):

@@ -20,6 +20,10 @@ class ScalarSyntax:
             return f"len({e.array or 'tables'}, {e.axis})"
         return f"len({e.array})" if e.array else "N"
 
+    def arith(self, op: str, a: str, b: str) -> str:
+        """add, sub, mul of two integers (int64: they wrap)."""
+        return f"({a} {ir.INDEX_INFIX[op]} {b})"
+
     def call(self, op: str, a: str, b: str) -> str:
         """max, min, div (truncating), floordiv, mod, fmod of two integers."""
         return f"{op}({a}, {b})"

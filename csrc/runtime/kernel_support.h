@@ -49,6 +49,18 @@ inline int64_t memo_load(bool& have, int64_t& value, Load&& load) {
   return value;
 }
 
+// Integer add, subtract and multiply as ONNX Runtime computes them on int64: modulo 2**64 (two's complement), where
+// `a + b` on int64_t would be undefined behaviour on overflow (an input's ids near INT64_MAX).
+inline int64_t wrapping_add(int64_t a, int64_t b) {
+  return static_cast<int64_t>(static_cast<uint64_t>(a) + static_cast<uint64_t>(b));
+}
+inline int64_t wrapping_sub(int64_t a, int64_t b) {
+  return static_cast<int64_t>(static_cast<uint64_t>(a) - static_cast<uint64_t>(b));
+}
+inline int64_t wrapping_mul(int64_t a, int64_t b) {
+  return static_cast<int64_t>(static_cast<uint64_t>(a) * static_cast<uint64_t>(b));
+}
+
 // Integer division and remainder as ONNX defines them on integers (Div truncates; Mod takes the divisor's sign,
 // fmod the dividend's); division by zero is an error, as in ONNX Runtime.
 inline int64_t check_divisor(int64_t b, int64_t position) {
@@ -56,12 +68,11 @@ inline int64_t check_divisor(int64_t b, int64_t position) {
   return b;
 }
 // A divisor of -1 is taken apart: INT64_MIN / -1 traps on x86 (the quotient wraps to INT64_MIN, the remainder is 0).
-inline int64_t negate_wrapping(int64_t a) { return static_cast<int64_t>(0 - static_cast<uint64_t>(a)); }
 inline int64_t idiv(int64_t a, int64_t b, int64_t position) {
-  return check_divisor(b, position) == -1 ? negate_wrapping(a) : a / b;
+  return check_divisor(b, position) == -1 ? wrapping_sub(0, a) : a / b;
 }
 inline int64_t ifloordiv(int64_t a, int64_t b, int64_t position) {
-  if (check_divisor(b, position) == -1) return negate_wrapping(a);
+  if (check_divisor(b, position) == -1) return wrapping_sub(0, a);
   const int64_t q = a / b;
   return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
 }

@@ -175,6 +175,77 @@ def test_index_out_of_range_raises_like_original(loop_pair, where):
         loop_pair.converted.run(None, feeds)
 
 
+# ---- int64 index arithmetic wraps, as ONNX Runtime computes it -------------------------------------------------
+
+_INT64_MAX = (1 << 63) - 1
+
+
+def _scaled_reads_model(scale: int, shift: int) -> onnx.ModelProto:
+    """A Loop over `order` whose position v reads row `src[v] * scale + shift` of the table it writes
+    (h[v] = tanh(h[src[v] * scale + shift] + x[v]), by ScatterND): index arithmetic on an input's values."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def c(name, value):
+        return numpy_helper.from_array(np.array(value, dtype=np.int64), name)
+
+    body = helper.make_graph(
+        [helper.make_node("Gather", ["order", "i"], ["v"], axis=0),
+         helper.make_node("Gather", ["src", "v"], ["s"], axis=0),
+         helper.make_node("Mul", ["s", "scale"], ["scaled"]),
+         helper.make_node("Add", ["scaled", "shift"], ["u"]),
+         helper.make_node("Gather", ["h_in", "u"], ["row"], axis=0),
+         helper.make_node("Gather", ["x", "v"], ["xv"], axis=0),
+         helper.make_node("Add", ["row", "xv"], ["pre"]),
+         helper.make_node("Tanh", ["pre"], ["new"]),
+         helper.make_node("Unsqueeze", ["v", "axes0"], ["v1"]),
+         helper.make_node("Unsqueeze", ["v1", "axes0"], ["v2"]),
+         helper.make_node("Unsqueeze", ["new", "axes0"], ["new2"]),
+         helper.make_node("ScatterND", ["h_in", "v2", "new2"], ["h_out"]),
+         helper.make_node("Identity", ["cond_in"], ["cond_out"])],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+         helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_in", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_out", TensorProto.FLOAT, ["N", 4])])
+    graph = helper.make_graph(
+        [helper.make_node("Shape", ["order"], ["trip1"]),
+         helper.make_node("Squeeze", ["trip1", "axes0"], ["trip"]),
+         helper.make_node("Loop", ["trip", "", "h0"], ["h"], body=body)],
+        "scaled_reads",
+        [helper.make_tensor_value_info("order", TensorProto.INT64, ["L"]),
+         helper.make_tensor_value_info("src", TensorProto.INT64, ["N"]),
+         helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4]),
+         helper.make_tensor_value_info("h0", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("h", TensorProto.FLOAT, ["N", 4])],
+        [c("scale", scale), c("shift", shift), c("axes0", [0])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+
+
+def _wrapped(value: int) -> int:
+    value %= 1 << 64
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+@pytest.mark.parametrize("scale,shift", [(3, 0), (3, _INT64_MAX), (-5, -_INT64_MAX - 1)])
+def test_index_arithmetic_wraps_like_onnx_runtime(tmp_path_factory, scale, shift):
+    # ids chosen so that src[v] * scale + shift overflows int64 and wraps to a row of the table: ONNX Runtime's
+    # Mul and Add wrap, so the original reads that row; the kernel must too (and not overflow a signed C++ int,
+    # which is undefined behaviour: the sanitizer run of this test aborts on it)
+    src_path, out = _convert(tmp_path_factory, "scaled_reads", _scaled_reads_model(scale, shift))
+    pair = Pair(src_path, out)
+    n = 6
+    inverse = pow(scale, -1, 1 << 64)
+    rows = [0, 0, 1, 2, 4, 3]
+    src = np.array([_wrapped((r - shift) * inverse) for r in rows], dtype=np.int64)
+    assert [_wrapped(int(s) * scale + shift) for s in src] == rows
+    assert any(abs(int(s) * scale) >= 1 << 63 for s in src)  # the products do overflow
+    rng = np.random.default_rng(2)
+    feeds = {"order": np.arange(n, dtype=np.int64), "src": src,
+             "x": rng.standard_normal((n, 4)).astype(np.float32), "h0": rng.standard_normal((n, 4)).astype(np.float32)}
+    _assert_close(*pair.both(feeds))
+
+
 def test_empty_forest(loop_pair):
     empty = np.zeros(0, dtype=np.int64)
     feeds = dict(words=empty, left=empty, right=empty, order=empty)
