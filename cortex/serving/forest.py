@@ -24,7 +24,7 @@ class ForestStats:
     batches: int = 0  # kernel calls for merged forests
     merged_requests: int = 0  # requests answered from a merged forest
     alone: int = 0  # requests run by themselves (could not merge, or a batch of one)
-    fallbacks: int = 0  # merged runs that failed and were rerun request by request
+    fallbacks: int = 0  # merged runs that failed and were rerun in halves (down to requests run alone)
     largest_batch: int = 0
     sizes: collections.Counter = field(default_factory=collections.Counter, repr=False)  # requests per call -> calls
     # Where the time went, in seconds (time.perf_counter): building forests (merge and the bounds check), the
@@ -214,7 +214,7 @@ def finish_prepared(plan: MergePlan, session, forest: PreparedForest, outputs, s
                     tail: Optional[TailSessions] = None) -> list:
     """Per request of `forest`, in order: its outputs (a list, the model's output order) or the exception a plain
     `session.run` of it raises. `outputs`: what `run_merged` gave. A merged run that failed (or whose outputs do
-    not split) runs each of its requests alone: whichever caused it gets its own error. `tail`: the plan's
+    not split) is run again in halves, down to the requests that fail alone: whichever caused it gets its own error. `tail`: the plan's
     TailSessions (a plan with a tail needs them), which compute its other outputs per request; a request whose tail
     fails runs alone."""
     _check_tail(plan, tail)
@@ -228,19 +228,18 @@ def finish_prepared(plan: MergePlan, session, forest: PreparedForest, outputs, s
             parts = split(plan, outputs, forest.merged)
         except Exception:  # noqa: BLE001
             stats.fallbacks += 1
-            alone += forest.together
+            stats.splitting_s += time.perf_counter() - cut
+            answered, failed = _rerun_in_halves(plan, session, forest, forest.together, results, stats, tail)
+            alone += failed
         else:
-            stats.batches += 1
-            stats.merged_requests += len(forest.together)
-            stats.requests += len(forest.together)
-            stats.largest_batch = max(stats.largest_batch, len(forest.together))
-            stats.sizes[len(forest.together)] += 1
+            _count_forest(stats, len(forest.together))
             for k, request_outputs in zip(forest.together, parts):
                 results[k] = request_outputs
-        stats.splitting_s += time.perf_counter() - cut
-        if tail is not None and results[forest.together[0]] is not None:  # split: each request's tail
+            answered = forest.together
+            stats.splitting_s += time.perf_counter() - cut
+        if tail is not None and answered:  # split: each request's tail
             started = time.perf_counter()
-            for k in forest.together:
+            for k in answered:
                 try:
                     results[k] = tail.answer(results[k], forest.requests[k])
                 except Exception:  # noqa: BLE001 - its own run says what fails, and how
@@ -260,6 +259,45 @@ def finish_prepared(plan: MergePlan, session, forest: PreparedForest, outputs, s
             results[k] = e
         stats.running_s += time.perf_counter() - started
     return results
+
+
+def _count_forest(stats: ForestStats, size: int):
+    stats.batches += 1
+    stats.merged_requests += size
+    stats.requests += size
+    stats.largest_batch = max(stats.largest_batch, size)
+    stats.sizes[size] += 1
+
+
+def _rerun_in_halves(plan: MergePlan, session, forest: PreparedForest, indices: list, results: list,
+                     stats: ForestStats, tail: Optional[TailSessions]) -> tuple:
+    """After the merged run of the requests at `indices` failed (a request whose failure the bounds check cannot
+    foresee, such as a cycle in a TreeRec's structure): each half merged and run again, halving a half that fails,
+    down to requests run alone. One bad request of n then costs about 2 log2(n) smaller forests, not n lone runs,
+    and every other request stays merged (any subset of a batch merges exactly, as the whole does). Fills `results`;
+    returns (the indices answered from forests, those left to run alone)."""
+    runner = session if tail is None else tail.body
+    windows = takes_windows(plan, runner)
+    answered, failed, pending = [], [], [indices[:len(indices) // 2], indices[len(indices) // 2:]]
+    while pending:
+        half = pending.pop(0)
+        if len(half) < 2:
+            failed += half
+            continue
+        started = time.perf_counter()
+        try:
+            merged = merge(plan, [forest.requests[k] for k in half], windows)
+            parts = split(plan, runner.run(None, merged.feeds), merged)
+        except Exception:  # noqa: BLE001 - the bad request is in this half: halve it again
+            stats.running_s += time.perf_counter() - started
+            pending += [half[:len(half) // 2], half[len(half) // 2:]]
+            continue
+        stats.running_s += time.perf_counter() - started
+        _count_forest(stats, len(half))
+        for k, request_outputs in zip(half, parts):
+            results[k] = request_outputs
+        answered += half
+    return answered, failed
 
 
 def run_prepared(plan: MergePlan, session, forest: PreparedForest, stats: Optional[ForestStats] = None,

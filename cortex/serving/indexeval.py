@@ -220,20 +220,26 @@ def scalar_value(e: ir.IExpr, length, arrays=None):
     return None if trouble[0] else int(value[0])
 
 
+OWN_ROWS = -1  # a read's rows: the request's own nodes (else the row count of a table every request shares)
+
+
 class CaseCheck:
     """The cases of a recursion, in order, as the bounds check reads them: (predicate, the reads that evaluating it
-    makes, the reads a position it selects makes), each read (row index, missing_zero: -1 reads a zero row)."""
+    makes, the reads a position it selects makes), each read (row index, missing_zero: -1 reads a zero row[, rows]):
+    `rows` OWN_ROWS (the default) for a row of the request's own nodes, else the row count of a table every request
+    shares (a constant's rows, read with Gather semantics: merging leaves the index as it is, but a read past them
+    fails the whole forest)."""
 
     def __init__(self, cases: list):
-        self.cases = cases
+        self.cases = [(predicate, _with_rows(tested), _with_rows(used)) for predicate, tested, used in cases]
         self.compiled = Compiled()
         # as registers for cortex._C.check_positions; a read at the position itself (Iter) is always the request's
         # own row
         self.native_cases = [
             (self.compiled(predicate),
-             [(self.compiled(i), z) for i, z in tested if not isinstance(i, ir.Iter)],
-             [(self.compiled(i), z) for i, z in used if not isinstance(i, ir.Iter)])
-            for predicate, tested, used in cases]
+             [(self.compiled(i), z, rows) for i, z, rows in tested if not _own_position(i, rows)],
+             [(self.compiled(i), z, rows) for i, z, rows in used if not _own_position(i, rows)])
+            for predicate, tested, used in self.cases]
 
     def __call__(self, arrays: dict, node_counts, position_counts) -> set:
         """The requests (indices) of a merged forest with a position that, trying the cases in order as the kernel
@@ -284,15 +290,19 @@ class BoundsCheck:
             tested = [u for u in _distinct(_loads(case.predicate, offsets)) if _from_the_end(u[0]) is None]
             used = [u for u in _distinct(_row_indices(case, offsets))
                     if not self._covered(u) and _from_the_end(u[0]) is None]
-            cases.append((case.predicate, tested, used))
+            cases.append((case.predicate, tested, used, _shared_rows(case, program)))
         # Nothing to evaluate when no case reads a row by a computed index and no predicate can fail (a TreeRec:
         # its child slots are checked as a whole below).
         fallible = any(isinstance(e, ir.Guard) or (isinstance(e, ir.IBinary) and e.op in ("div", "floordiv", "mod",
                                                                                           "fmod"))
                        for case in program.cases for e in ir.walk([case.predicate]))
         self.evaluate_cases = fallible or any(
-            any(not isinstance(i, ir.Iter) for i, _ in tested + used) for _, tested, used in cases)
-        self.cases = CaseCheck(cases)
+            any(not isinstance(i, ir.Iter) for i, _ in tested + used) for _, tested, used, _ in cases)
+        # A constant's rows read at an input's value (an embedding at a word id) are checked where the cases are
+        # evaluated anyway; they never turn that evaluation on by themselves (a TreeRec's check would cost a tenth
+        # more a forest): a read past them fails the merged run, which is then run again in halves (forest.py).
+        self.cases = CaseCheck([(p, tested, used + shared if self.evaluate_cases else used)
+                                for p, tested, used, shared in cases])
         # child sets: (encoding, arrays, (target row, source row) of an edge list [k, E]), each once
         self.sets = list(dict.fromkeys((e.encoding, e.arrays, _edge_rows(e)) for case in program.cases
                                        for e in ir.walk_rows([x for _, x in case.writes])
@@ -376,18 +386,46 @@ def out_of_bounds(program: ir.Program, arrays: dict, node_counts, position_count
     return BoundsCheck(program)(arrays, node_counts, position_counts, positions_are_nodes)
 
 
+def _with_rows(uses) -> list:
+    return [u if len(u) == 3 else (*u, OWN_ROWS) for u in uses]
+
+
+def _own_position(index, rows) -> bool:
+    """A read at p itself: a position, or the node itself, always the request's own row."""
+    return rows == OWN_ROWS and isinstance(index, ir.Iter)
+
+
 def _outside(evaluate, indices, base, stop):
-    """Positions where one of the (index, missing_zero) reads falls outside [base, stop) or fails."""
+    """Positions where one of the (index, missing_zero, rows) reads falls outside [base, stop) (a shared table's:
+    outside [-rows, rows)) or fails."""
     out = np.zeros(base.shape[0], dtype=bool)
-    for index, missing_zero in indices:
-        if isinstance(index, ir.Iter):  # a position, or the node itself: always the request's own row
+    for index, missing_zero, rows in indices:
+        if _own_position(index, rows):
             continue
         value, trouble = evaluate(index)
-        inside = (value >= base) & (value < stop)
-        if missing_zero:
-            inside |= value == -1
+        if rows != OWN_ROWS:
+            inside = (value >= -rows) & (value < rows)
+        else:
+            inside = (value >= base) & (value < stop)
+            if missing_zero:
+                inside |= value == -1
         out |= trouble | ~inside
     return out
+
+
+def _shared_rows(case: ir.Case, program: ir.Program) -> list:
+    """(index, False, rows) of every constant's row a case reads (an embedding row at a word id): the host prepares
+    each with Gather semantics (codegen: a slot), and an index past the rows fails the run, the forest's if merged."""
+    out = []
+    for e in ir.walk_rows([x for _, x in case.writes]):
+        need = e.host_value()
+        if need is None or need[0] != ir.HOST_SLOT:
+            continue
+        index, kind, source = need[1]
+        if kind == ir.HOST_ROW and source in program.constants and \
+                not any(isinstance(x, ir.Member) for x in ir.walk([index])):
+            out.append((index, False, int(program.constants[source].shape[0])))
+    return _distinct(out)
 
 
 def _loads(expr, offsets: dict):

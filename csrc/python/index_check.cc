@@ -211,6 +211,8 @@ py::tuple eval_index(const I64& code, const py::list& arrays, const I64& lengths
 struct Use {  // a row index a case reads, and whether -1 ("no child", zero rows) is in bounds for it
   int64_t reg;
   bool missing_zero;
+  int64_t rows;  // -1: a row of the request's own nodes; else a table every request shares, read with Gather
+                 // semantics (an embedding: -rows <= index < rows), which merging leaves as it is
 };
 
 struct Case {
@@ -221,7 +223,8 @@ struct Case {
 // Requests (indices, ascending) of a merged forest that read outside their own rows or would fail. Request r owns
 // position_counts[r] consecutive positions and node_counts[r] consecutive node ids. At each position the cases are
 // tried in order, as the kernel does: a case's predicate is evaluated where no earlier case was taken (its reads
-// must be in bounds and succeed), and the rows a taken case uses must be the request's own.
+// must be in bounds and succeed), and the rows a taken case uses must be the request's own (or, for a shared table's
+// rows, within that table: a read past an embedding would fail the whole forest).
 py::list check_positions(const I64& code, const py::list& arrays, const I64& lengths, const py::list& cases_obj,
                          const I64& node_counts, const I64& position_counts) {
   if (node_counts.ndim() != 1 || position_counts.ndim() != 1 || node_counts.shape(0) != position_counts.shape(0))
@@ -242,9 +245,10 @@ py::list check_positions(const I64& code, const py::list& arrays, const I64& len
     m.check_register(c.predicate);
     for (int k = 0; k < 2; ++k) {
       for (const py::handle& u : item[1 + k].cast<py::list>()) {
-        const auto pair = u.cast<py::tuple>();
-        if (pair.size() != 2) throw py::value_error("check_positions: a use is (register, missing_zero)");
-        const Use use{pair[0].cast<int64_t>(), pair[1].cast<bool>()};
+        const auto use_tuple = u.cast<py::tuple>();
+        if (use_tuple.size() != 3) throw py::value_error("check_positions: a use is (register, missing_zero, rows)");
+        const Use use{use_tuple[0].cast<int64_t>(), use_tuple[1].cast<bool>(), use_tuple[2].cast<int64_t>()};
+        if (use.rows < -1) throw py::value_error("check_positions: a use's rows must be -1 or a row count");
         m.check_register(use.reg);
         (k == 0 ? c.tested : c.used).push_back(use);
       }
@@ -255,7 +259,11 @@ py::list check_positions(const I64& code, const py::list& arrays, const I64& len
     for (const Use& u : uses) {
       const int64_t v = m.value(u.reg)[p];
       if (m.trouble(u.reg)[p]) return true;
-      if (!((v >= base && v < stop) || (u.missing_zero && v == -1))) return true;
+      if (u.rows >= 0) {
+        if (v < -u.rows || v >= u.rows) return true;
+      } else if (!((v >= base && v < stop) || (u.missing_zero && v == -1))) {
+        return true;
+      }
     }
     return false;
   };

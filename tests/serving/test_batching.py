@@ -177,9 +177,24 @@ def _bad_treerec(good):
     below = children.copy()
     below[np.flatnonzero(children[:, 1] >= 0)[0], 1] = -2  # not a sentinel
     big_word = dict(good, words=np.where(good["words"] > 0, VOCAB + 7, 0).astype(np.int64))  # past the embedding
+    int64_min = children.copy()
+    int64_min[np.flatnonzero(children[:, 0] >= 0)[-1], 0] = np.iinfo(np.int64).min
     return {"out_of_range": dict(good, children=out_of_range), "cycle": cycle, "minus_two": dict(good, children=below),
             "word": big_word, "int32": dict(good, children=children.astype(np.int32)),
-            "short_words": dict(good, words=good["words"][:-1])}
+            "short_words": dict(good, words=good["words"][:-1]), "int64_min": dict(good, children=int64_min),
+            "huge_word": dict(good, words=np.full_like(good["words"], np.iinfo(np.int64).max)),
+            **_odd_layouts(good, "children")}
+
+
+def _odd_layouts(good, ids):
+    """Valid requests in the shapes numpy hands out: a strided view, Fortran order, read-only memory, a list, none
+    at all."""
+    strided = np.repeat(good[ids], 2, axis=0)[::2]  # every other row of a copy: not contiguous
+    read_only = good[ids].copy()
+    read_only.flags.writeable = False
+    return {"strided": dict(good, **{ids: strided}), "fortran": dict(good, **{ids: np.asfortranarray(good[ids])}),
+            "read_only": dict(good, **{ids: read_only}), "list_words": dict(good, words=good["words"].tolist()),
+            "empty": {k: v[:0] for k, v in good.items()}}
 
 
 def _bad_loop(good):
@@ -193,7 +208,8 @@ def _bad_loop(good):
     return {"wrap": dict(good, left=wrapped), "past_end": dict(good, right=past),
             "negative_order": dict(good, order=order - n),  # Gather wraps every position: valid, not mergeable
             "repeated": dict(good, order=np.concatenate([order, order[:3]])),  # exact sequential semantics
-            "short_order": dict(good, order=order[:-2])}
+            "short_order": dict(good, order=order[:-2]), "order_minus_one": dict(good, order=np.append(order, -1)),
+            "negative_word": dict(good, words=-good["words"] - 1), **_odd_layouts(good, "left")}
 
 
 @pytest.mark.parametrize("form", ["treerec", "loop"])

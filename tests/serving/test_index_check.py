@@ -20,7 +20,7 @@ from cortex.examples import structures as st
 from cortex.examples import treelstm
 from cortex.ir import nodes as ir
 from cortex.serving import merge, plan_for
-from cortex.serving.indexeval import CaseCheck, Compiled, _Evaluator, _loads, native
+from cortex.serving.indexeval import OWN_ROWS, CaseCheck, Compiled, _Evaluator, _loads, native
 
 REPO = Path(__file__).resolve().parents[2]
 INT64_MIN, INT64_MAX = -2 ** 63, 2 ** 63 - 1
@@ -128,7 +128,8 @@ def test_division_edges_native_reference_and_kernel_agree(tmp_path):
 
 # ---- random case lists: CaseCheck's native answer against its reference ------------------------------------------
 
-uses = hs.lists(hs.tuples(indices, hs.booleans()), max_size=3)
+# a read of the request's own rows (OWN_ROWS), or of a shared table's (an embedding of 0-6 rows)
+uses = hs.lists(hs.tuples(indices, hs.booleans(), hs.one_of(hs.just(OWN_ROWS), hs.integers(0, 6))), max_size=3)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -467,6 +467,46 @@ def _tree_requests(count, seed=0):
             for t in st.sst_like_trees(count, np.random.default_rng(seed), 50)]
 
 
+def _message(error: Exception) -> str:
+    return re.sub(r"CortexExecutionProvider_\d+", "CortexExecutionProvider", str(error))  # the session's EP name
+
+
+def _served_as_plain_runs(path, batch) -> ForestStats:
+    """run_forest's answer to `batch`, each request's checked against its plain run (bits, or its error)."""
+    plan, session, stats = plan_for(path), cortex.InferenceSession(path), ForestStats()
+    results = run_forest(plan, merge_session(plan, path), batch, stats=stats)
+    for k, (request, got) in enumerate(zip(batch, results)):
+        try:
+            want = session.run(None, request)
+        except Exception as e:  # noqa: BLE001
+            assert isinstance(got, Exception) and _message(got) == _message(e), k
+            continue
+        assert not isinstance(got, Exception) and all(np.array_equal(a, b) for a, b in zip(got, want)), k
+    return stats
+
+
+def test_a_request_that_fails_the_forest_leaves_the_others_merged(params, treerec_model, tmp_path):
+    """A request whose failure the bounds check does not foresee (a cycle; a word id past the embedding where the
+    check evaluates no case, as in a TreeRec) fails the merged run, which is then run again in halves: the other
+    requests stay merged and each bad one gets the error its own run gives. Where the check evaluates the cases
+    anyway (the Loop form), a word past the embedding is found before the forest runs."""
+    path = _convert(treerec_model, tmp_path, "tl")
+    requests = _tree_requests(16, seed=3)
+    past = dict(requests[5], words=np.where(requests[5]["words"] >= 0, 10 ** 6, 0).astype(np.int64))
+    cycle = dict(children=np.array([[1, -1], [0, -1]], np.int64), words=np.array([1, 2], np.int64))
+    for bad, at in ((cycle, 11), (past, 5)):
+        stats = _served_as_plain_runs(path, requests[:at] + [bad] + requests[at + 1:])
+        # halves of 8 and 8 (one fails), 4 and 4 (one fails), 2 and 2 (one fails), then the bad request and its
+        # neighbour alone: 3 forests and 2 lone runs after the failed forest, not 16 lone runs
+        assert (stats.fallbacks, stats.batches, stats.merged_requests, stats.alone) == (1, 3, 14, 2), stats
+
+    loop = _convert(treelstm.build_loop(params), tmp_path, "loop")
+    trees = [t.arrays() for t in st.sst_like_trees(16, np.random.default_rng(3), 50)]
+    past = dict(trees[5], words=np.where(trees[5]["left"] < 0, 10 ** 6, 0).astype(np.int64))
+    stats = _served_as_plain_runs(loop, trees[:5] + [past] + trees[6:])
+    assert (stats.fallbacks, stats.batches, stats.merged_requests, stats.alone) == (0, 1, 15, 1), stats
+
+
 def test_a_mean_over_all_nodes_runs_per_request_after_the_forest(treerec_model, tmp_path):
     """A head that reads a request's rows as a whole (a mean over every node's state) would mix the trees on the
     forest: the recursion merges, and the mean runs per request on the request's own rows (tail.py), bit for bit."""
