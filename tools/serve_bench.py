@@ -113,26 +113,43 @@ def convert_model(hidden: int, form: str, device: str, folder: Path, head: str =
 
 # ---- the closed loop ---------------------------------------------------------------------------------------------
 
-def loop_point(clients: int, latencies, elapsed: float) -> dict:
-    """A closed loop's point: its answers' rate and latency percentiles; the latencies (s) themselves under
-    "latencies", for points of several replicas to be combined (`combine`), then dropped."""
+def loop_point(clients: int, latencies, elapsed: float, errors: int = 0) -> dict:
+    """A closed loop's point: its answers' rate and latency percentiles (an error is an answer: `errors` of them);
+    the latencies (s) themselves under "latencies", for points of several replicas to be combined (`combine`), then
+    dropped."""
     kept = np.asarray(latencies, dtype=float)
     lat = kept if len(kept) else np.array([np.nan])
-    return {"clients": clients, "requests": len(kept), "seconds": round(elapsed, 3),
+    return {"clients": clients, "requests": len(kept), "seconds": round(elapsed, 3), "errors": errors,
             "throughput": len(kept) / elapsed, "p50_ms": float(np.percentile(lat, 50) * 1e3),
             "p99_ms": float(np.percentile(lat, 99) * 1e3), "latencies": kept}
+
+
+def failing_requests(requests: list, every: int, form: str) -> list:
+    """`requests` with every `every`-th one (0: none) replaced by a request that fails: a client sending malformed
+    trees. TreeRec: a two-node cycle, which no per-request check sees, so it fails a merged forest; Loop: a visit
+    order past the tree's nodes, which the merge's bounds check sends to run alone."""
+    if not every:
+        return requests
+    out = list(requests)
+    for k in range(every - 1, len(out), every):
+        good = out[k]
+        if form == "treerec":
+            out[k] = dict(children=np.array([[1, -1], [0, -1]], np.int64), words=np.array([1, 2], np.int64))
+        else:
+            out[k] = dict(good, order=np.append(good["order"], len(good["words"])))
+    return out
 
 
 def closed_loop(call, requests: list, clients: int, seconds: float, max_requests: int) -> dict:
     """`clients` threads, each calling `call(feeds)` on the next request in turn until the time or the count is
     reached; latencies (s) of the answers that arrived in the window."""
     latencies, lock = [], threading.Lock()
-    taken = [0]
+    taken, errors = [0], [0]
     start = time.perf_counter()
     deadline = start + seconds
 
     def client():
-        mine = []
+        mine, failed = [], 0
         while time.perf_counter() < deadline:
             with lock:
                 if taken[0] >= max_requests:
@@ -140,17 +157,21 @@ def closed_loop(call, requests: list, clients: int, seconds: float, max_requests
                 k = taken[0]
                 taken[0] += 1
             sent = time.perf_counter()
-            call(requests[k % len(requests)])
+            try:
+                call(requests[k % len(requests)])
+            except Exception:  # noqa: BLE001 - a failing request's answer (failing_requests)
+                failed += 1
             mine.append(time.perf_counter() - sent)
         with lock:
             latencies.extend(mine)
+            errors[0] += failed
 
     threads = [threading.Thread(target=client, daemon=True) for _ in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join(seconds + 120)
-    return loop_point(clients, latencies, time.perf_counter() - start)
+    return loop_point(clients, latencies, time.perf_counter() - start, errors[0])
 
 
 def closed_loop_async(acall, requests: list, clients: int, seconds: float, max_requests: int,
@@ -160,14 +181,17 @@ def closed_loop_async(acall, requests: list, clients: int, seconds: float, max_r
     import asyncio
 
     latencies = []
-    taken = [0]
+    taken, errors = [0], [0]
 
     async def client(deadline):
         while time.perf_counter() < deadline and taken[0] < max_requests:
             k = taken[0]
             taken[0] += 1
             sent = time.perf_counter()
-            await acall(requests[k % len(requests)])
+            try:
+                await acall(requests[k % len(requests)])
+            except Exception:  # noqa: BLE001 - a failing request's answer (failing_requests)
+                errors[0] += 1
             latencies.append(time.perf_counter() - sent)
 
     async def main():
@@ -176,7 +200,7 @@ def closed_loop_async(acall, requests: list, clients: int, seconds: float, max_r
     start = time.perf_counter()
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         runner.run(main())
-    return loop_point(clients, latencies, time.perf_counter() - start)
+    return loop_point(clients, latencies, time.perf_counter() - start, errors[0])
 
 
 def forest_bound(session, plan, requests: list, batch: int, seconds: float, form: str, trees,
@@ -267,6 +291,7 @@ class Modes:
         from cortex.serving import PinnedOutputs
 
         self.path, self.args, self.trees, self.requests = path, args, trees, requests
+        self.load = failing_requests(requests, args.bad_every, args.form)  # what the clients send
         self.plain = cortex.InferenceSession(path, device=args.device)
         self.batching = cortex.BatchingSession(path, max_trees=args.max_trees, max_delay_ms=args.delay_ms,
                                                device=args.device, max_queue=4096, workers=args.workers,
@@ -348,9 +373,11 @@ class Modes:
     def point(self, mode: str, clients: int, seconds: float, max_requests: int) -> dict:
         """One closed-loop point of `mode` after a short warm-up; a batching mode's point also holds what its
         session served meanwhile: "served" = (requests, kernel calls, {step: seconds})."""
-        self.loop(mode, self.requests, clients, min(0.3, seconds), 10 ** 9)  # warm
+        self.loop(mode, self.load, clients, min(0.3, seconds), 10 ** 9)  # warm
         before = self.served(mode)
-        point = self.loop(mode, self.requests, clients, seconds, max_requests)
+        point = self.loop(mode, self.load, clients, seconds, max_requests)
+        if point["errors"] and not self.args.bad_every:
+            raise SystemExit(f"serve_bench: mode {mode} failed {point['errors']} well-formed requests")
         after = self.served(mode)
         if after is not None:
             point["served"] = (after[0] - before[0], after[1] - before[1],
@@ -407,7 +434,7 @@ def combine(parts: list, hidden: int, mode: str, clients: int) -> dict:
     rates added, latencies pooled; for a batching mode, the mean trees per kernel call and the worker's steps per
     call beside the call's cycle (a replica's time over its calls, averaged over the calls)."""
     latencies = np.concatenate([p.pop("latencies") for p in parts])
-    point = loop_point(clients, latencies, max(p["seconds"] for p in parts))
+    point = loop_point(clients, latencies, max(p["seconds"] for p in parts), sum(p.get("errors", 0) for p in parts))
     point.pop("latencies")
     point.update(hidden=hidden, mode=mode, throughput=sum(p["throughput"] for p in parts))
     served = [p["served"] for p in parts if "served" in p]
@@ -588,7 +615,9 @@ def run(args) -> dict:
 def _line(p: dict) -> str:
     extra = f", p50 {p['p50_ms']:.3f} ms, p99 {p['p99_ms']:.3f} ms" if "p50_ms" in p else f" (forests of {p['batch']})"
     batch = f", {p['mean_batch']:.1f} trees per call" if "mean_batch" in p else ""
-    return f"h{p['hidden']} {p['mode']:>8} clients {p['clients']:3d}: {p['throughput']:9.0f} trees/s{extra}{batch}"
+    errors = f", {p['errors']} errors" if p.get("errors") else ""
+    return (f"h{p['hidden']} {p['mode']:>8} clients {p['clients']:3d}: {p['throughput']:9.0f} trees/s{extra}{batch}"
+            f"{errors}")
 
 
 # ---- report ------------------------------------------------------------------------------------------------------
@@ -734,6 +763,8 @@ def parse_args(argv=None):
     p.add_argument("--clients-as", choices=("threads", "asyncio", "uvloop"), default="threads",
                    help="the clients: N threads (default) or N coroutines on one event loop (asyncio's or uvloop's)")
     p.add_argument("--trees", type=int, default=500, help="SST test trees cycled through (500)")
+    p.add_argument("--bad-every", type=int, default=0, help="every K-th request sent fails (TreeRec: a cycle; Loop: "
+                   "an order past the tree): a client sending malformed trees; its errors count as answers (0: none)")
     p.add_argument("--quick", action="store_true", help="a short run (under 2 minutes on the GPU host)")
     p.add_argument("--out", default=None, help="output folder (default: a new temporary folder)")
     p.add_argument("--no-plot", action="store_true")

@@ -78,6 +78,21 @@ def test_asyncio_clients_and_the_ceiling(tmp_path):
     assert "| ceiling / run |" in (tmp_path / "results.md").read_text()
 
 
+@pytest.mark.parametrize("form", ["treerec", "loop"])
+def test_a_client_sending_malformed_trees(tmp_path, form):
+    """--bad-every 8: every eighth request fails (a TreeRec's cycle fails its merged forest, which is rerun in halves;
+    a Loop's order past the tree runs alone), each failure an answer counted under "errors"; the others merge."""
+    args = TINY[:-1] + ["run,batching", "--clients", "32", "--bad-every", "8", "--form", form, "--out", str(tmp_path),
+                        "--no-plot"]
+    assert serve_bench.main(args) == 0
+    points = json.loads((tmp_path / "results.json").read_text())["points"]
+    for p in points:
+        if p["mode"] in ("run", "batching"):
+            assert 0 < p["errors"] < p["requests"] / 4, p  # about an eighth of the answers are errors
+    batching = next(p for p in points if p["mode"] == "batching" and p["clients"] == 32)
+    assert batching["mean_batch"] > 1  # the well-formed requests still share forests
+
+
 def test_a_wrong_merge_is_caught_before_measuring(tmp_path, monkeypatch):
     """The answers are checked on merged forests too: a split that gives a merged request its neighbour's rows
     (single requests, run alone, stay right) stops the run before any point is measured."""
