@@ -271,14 +271,21 @@ def _count_forest(stats: ForestStats, size: int):
 
 def _rerun_in_halves(plan: MergePlan, session, forest: PreparedForest, indices: list, results: list,
                      stats: ForestStats, tail: Optional[TailSessions]) -> tuple:
-    """After the merged run of the requests at `indices` failed (a request whose failure the bounds check cannot
-    foresee, such as a cycle in a TreeRec's structure): each half merged and run again, halving a half that fails,
-    down to requests run alone. One bad request of n then costs about 2 log2(n) smaller forests, not n lone runs,
-    and every other request stays merged (any subset of a batch merges exactly, as the whole does). Fills `results`;
-    returns (the indices answered from forests, those left to run alone)."""
+    """After the merged run of the requests at `indices` (those of `forest.merged`) failed: the thorough check
+    names the requests that fail a forest by themselves (a TreeRec's cycle, a word id past its embedding), which run
+    alone, and the others run again as one forest. Where it names none (a failure it does not foresee), or the rest
+    fails again, each half is merged and run again, halving a half that fails, down to requests run alone: one bad
+    request of n costs about 2 log2(n) smaller forests, not n lone runs. Any subset of a batch merges exactly, as the
+    whole does. Fills `results`; returns (the indices answered from forests, those left to run alone)."""
     runner = session if tail is None else tail.body
     windows = takes_windows(plan, runner)
-    answered, failed, pending = [], [], [indices[:len(indices) // 2], indices[len(indices) // 2:]]
+    try:
+        named = out_of_bounds(plan, forest.merged, thorough=True)
+    except Exception:  # noqa: BLE001 - no help from the check: halves
+        named = set()
+    failed = [k for j, k in enumerate(indices) if j in named]
+    rest = [k for j, k in enumerate(indices) if j not in named]
+    answered, pending = [], [rest] if failed else [indices[:len(indices) // 2], indices[len(indices) // 2:]]
     while pending:
         half = pending.pop(0)
         if len(half) < 2:

@@ -300,9 +300,13 @@ class BoundsCheck:
             any(not isinstance(i, ir.Iter) for i, _ in tested + used) for _, tested, used, _ in cases)
         # A constant's rows read at an input's value (an embedding at a word id) are checked where the cases are
         # evaluated anyway; they never turn that evaluation on by themselves (a TreeRec's check would cost a tenth
-        # more a forest): a read past them fails the merged run, which is then run again in halves (forest.py).
+        # more a forest): a read past them fails the merged run, and only then does the thorough check look
+        # (`thorough`, forest.py).
         self.cases = CaseCheck([(p, tested, used + shared if self.evaluate_cases else used)
                                 for p, tested, used, shared in cases])
+        shared_only = not self.evaluate_cases and any(shared for *_, shared in cases)
+        self.thorough_cases = CaseCheck([(p, tested, used + shared) for p, tested, used, shared in cases]) \
+            if shared_only else None
         # child sets: (encoding, arrays, (target row, source row) of an edge list [k, E]), each once
         self.sets = list(dict.fromkeys((e.encoding, e.arrays, _edge_rows(e)) for case in program.cases
                                        for e in ir.walk_rows([x for _, x in case.writes])
@@ -315,8 +319,10 @@ class BoundsCheck:
                 and isinstance(index.index, ir.Iter))
 
     def __call__(self, arrays: dict, node_counts, position_counts, positions_are_nodes: bool,
-                 row_counts=None) -> set:
-        """`row_counts`: kernel array -> each request's row count of it (needed for edge lists: their own unit)."""
+                 row_counts=None, thorough: bool = False) -> set:
+        """`row_counts`: kernel array -> each request's row count of it (needed for edge lists: their own unit).
+        `thorough`: also what fails a forest without mixing requests, which the per-batch check leaves to the
+        kernel (a TreeRec's word id past its embedding, a cycle): asked once a merged run has failed."""
         program = self.program
         node_counts = np.asarray(node_counts, dtype=np.int64)
         position_counts = node_counts if positions_are_nodes or program.mode == "dag" else \
@@ -324,6 +330,11 @@ class BoundsCheck:
         flagged = set()
         if self.evaluate_cases:
             flagged = self.cases(arrays, node_counts, position_counts)
+        if thorough and self.thorough_cases is not None:
+            flagged |= self.thorough_cases(arrays, node_counts, position_counts)
+        if thorough and program.mode == "dag":
+            children = np.asarray(arrays[program.rows_from])
+            flagged.update(native().requests_with_cycles(children.reshape(children.shape[0], -1), node_counts))
         if self.sets:
             flagged |= self._sets(arrays, node_counts, np.cumsum(node_counts) - node_counts, row_counts or {})
         if program.mode == "dag":  # the kernel checks every child id of the structure, read or not

@@ -621,8 +621,9 @@ _LARGEST = {}
 _NO_WINDOWS = np.zeros((0, 2), dtype=np.int64)
 
 
-def out_of_bounds(plan: MergePlan, batch: MergedBatch) -> set:
-    """Requests (indices in the batch) whose reads leave their own rows, or whose trip count does not add up."""
+def out_of_bounds(plan: MergePlan, batch: MergedBatch, thorough: bool = False) -> set:
+    """Requests (indices in the batch) whose reads leave their own rows, or whose trip count does not add up;
+    `thorough`: also those that would fail the forest without mixing requests (BoundsCheck's `thorough`)."""
     flagged = set()
     totals = {unit: int(c.sum()) for unit, c in batch.counts.items()}
     for k in plan.kernels:
@@ -637,7 +638,8 @@ def out_of_bounds(plan: MergePlan, batch: MergedBatch) -> set:
             if name not in arrays and unit in totals:
                 arrays[name] = np.zeros(totals[unit], dtype=np.int64)
         rows = {name: batch.counts[unit] for name, unit in k.lengths.items() if unit in batch.counts}
-        flagged |= k.bounds(arrays, batch.counts[k.nodes], batch.counts[k.positions], k.positions_are_nodes, rows)
+        flagged |= k.bounds(arrays, batch.counts[k.nodes], batch.counts[k.positions], k.positions_are_nodes, rows,
+                            thorough)
     return flagged
 
 

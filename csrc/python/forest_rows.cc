@@ -274,7 +274,67 @@ py::array_t<int64_t> request_windows(const py::object& nodes_obj) {
   return out;
 }
 
+// Requests of a merged TreeRec forest whose nodes reach themselves through their children (a cycle, which the
+// kernel refuses for the whole forest): children [sum(nodes), K] of merged node ids, request r owning nodes[r]
+// consecutive nodes. Child ids outside the request's own nodes (-1, "no child", or ids the bounds check flags) are
+// not edges. Kahn's algorithm per request: a node is done once its children are; whatever is left is on or above a
+// cycle. Only a merged run that failed asks (forest.py), so a request's cycle costs nothing until one does.
+py::list requests_with_cycles(const py::object& children_obj, const py::object& nodes_obj) {
+  using I64 = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+  const I64 children = I64::ensure(children_obj), nodes = I64::ensure(nodes_obj);
+  if (!children || !nodes) throw py::error_already_set();
+  if (children.ndim() != 2 || nodes.ndim() != 1)
+    throw py::value_error("requests_with_cycles: children [nodes, K] and one node count per request");
+  const int64_t width = children.shape(1), requests = nodes.shape(0);
+  int64_t total = 0;
+  for (int64_t r = 0; r < requests; ++r) {
+    if (nodes.data()[r] < 0) throw py::value_error("requests_with_cycles: negative count");
+    total += nodes.data()[r];
+  }
+  if (total != children.shape(0)) throw py::value_error("requests_with_cycles: the node counts do not add up");
+  std::vector<int64_t> pending, first_parent, parents, ready;  // per request, by node - base
+  py::list out;
+  int64_t base = 0;
+  for (int64_t r = 0; r < requests; ++r) {
+    const int64_t n = nodes.data()[r];
+    const int64_t* c = children.data() + base * width;  // the request's rows; its ids are base + [0, n)
+    auto own = [&](int64_t id) { return id >= base && id < base + n; };
+    pending.assign(static_cast<size_t>(n), 0);        // children not done yet
+    first_parent.assign(static_cast<size_t>(n) + 1, 0);  // node u's parents: parents[first_parent[u], ...[u + 1])
+    for (int64_t k = 0; k < n * width; ++k) {
+      if (own(c[k])) {
+        ++pending[k / width];
+        ++first_parent[c[k] - base + 1];
+      }
+    }
+    for (int64_t u = 0; u < n; ++u) first_parent[u + 1] += first_parent[u];
+    parents.assign(static_cast<size_t>(first_parent[n]), 0);
+    std::vector<int64_t> next(first_parent.begin(), first_parent.end() - 1);
+    for (int64_t k = 0; k < n * width; ++k) {
+      if (own(c[k])) parents[next[c[k] - base]++] = k / width;
+    }
+    ready.clear();
+    for (int64_t v = 0; v < n; ++v) {
+      if (pending[v] == 0) ready.push_back(v);
+    }
+    int64_t done = 0;
+    while (!ready.empty()) {
+      const int64_t u = ready.back();
+      ready.pop_back();
+      ++done;
+      for (int64_t q = first_parent[u]; q < first_parent[u + 1]; ++q) {
+        if (--pending[parents[q]] == 0) ready.push_back(parents[q]);
+      }
+    }
+    if (done != n) out.append(r);
+    base += n;
+  }
+  return out;
+}
+
 void register_forest_rows(py::module_& m) {
+  m.def("requests_with_cycles", &requests_with_cycles, py::arg("children"), py::arg("nodes"),
+        "Requests (indices) of a merged TreeRec forest whose nodes reach themselves through their children.");
   m.def("request_windows", &request_windows, py::arg("nodes"),
         "[sum(nodes), 2] int64: each node's request's first and end node (requests' nodes consecutive)");
   m.def("concat_rows", &concat_rows, py::arg("parts"), py::arg("bases") = py::none(),

@@ -316,3 +316,40 @@ def test_request_windows_refuse_what_is_not_counts():
         _C.request_windows(np.array([3, -1], np.int64))
     with pytest.raises(ValueError, match="one count per request"):
         _C.request_windows(np.zeros((2, 2), np.int64))
+
+
+def _has_cycle(children: np.ndarray) -> bool:
+    """Reference: depth-first search for a node that reaches itself (ids outside the rows are not edges)."""
+    n = children.shape[0]
+    state = [0] * n  # 0 new, 1 on the path, 2 done
+
+    def visit(v) -> bool:
+        state[v] = 1
+        for u in children[v]:
+            if 0 <= u < n and (state[u] == 1 or (state[u] == 0 and visit(u))):
+                return True
+        state[v] = 2
+        return False
+    return any(state[v] == 0 and visit(v) for v in range(n))
+
+
+@settings(max_examples=300, deadline=None)
+@given(hs.lists(hs.tuples(hs.integers(0, 6), hs.integers(1, 3), hs.integers(0, 2 ** 32 - 1)), max_size=5))
+def test_requests_with_cycles_is_a_search_for_a_node_reaching_itself(requests):
+    """cortex._C.requests_with_cycles (what a failed TreeRec forest asks) against a depth-first search per request,
+    on random child arrays of ids inside and outside each request (2-4 slots a node), merged with their bases."""
+    width = 2
+    parts, counts, want = [], [], []
+    base = 0
+    for n, density, seed in requests:
+        rng = np.random.default_rng(seed)
+        own = rng.integers(-2, n + 2, size=(n, width))  # a few ids outside the request: not edges
+        own[rng.random((n, width)) > density / 3] = -1
+        want.append(_has_cycle(own))
+        parts.append(np.where((own >= 0) & (own < n), own + base, np.where(own >= n, own + 10 ** 6, own)))
+        counts.append(n)
+        base += n
+    children = np.concatenate(parts) if parts else np.zeros((0, width), np.int64)
+    assert _C.requests_with_cycles(children.astype(np.int64), counts) == [r for r, c in enumerate(want) if c]
+    with pytest.raises(ValueError, match="do not add up"):
+        _C.requests_with_cycles(np.zeros((3, 2), np.int64), [2])

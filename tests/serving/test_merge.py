@@ -485,20 +485,30 @@ def _served_as_plain_runs(path, batch) -> ForestStats:
     return stats
 
 
-def test_a_request_that_fails_the_forest_leaves_the_others_merged(params, treerec_model, tmp_path):
-    """A request whose failure the bounds check does not foresee (a cycle; a word id past the embedding where the
-    check evaluates no case, as in a TreeRec) fails the merged run, which is then run again in halves: the other
-    requests stay merged and each bad one gets the error its own run gives. Where the check evaluates the cases
-    anyway (the Loop form), a word past the embedding is found before the forest runs."""
+def test_a_request_that_fails_the_forest_leaves_the_others_merged(params, treerec_model, tmp_path, monkeypatch):
+    """A request that fails a forest by itself, which the per-batch check leaves to the kernel (a TreeRec's cycle,
+    a word id past its embedding), fails the merged run; the thorough check then names it, it runs alone with the
+    error its own run gives, and the others run again as one forest. A failure no check foresees is run again in
+    halves. Where the check evaluates the cases anyway (the Loop form), a word past the embedding is found before
+    the forest runs."""
+    from cortex.serving import forest as forest_module
+
     path = _convert(treerec_model, tmp_path, "tl")
     requests = _tree_requests(16, seed=3)
     past = dict(requests[5], words=np.where(requests[5]["words"] >= 0, 10 ** 6, 0).astype(np.int64))
     cycle = dict(children=np.array([[1, -1], [0, -1]], np.int64), words=np.array([1, 2], np.int64))
     for bad, at in ((cycle, 11), (past, 5)):
         stats = _served_as_plain_runs(path, requests[:at] + [bad] + requests[at + 1:])
-        # halves of 8 and 8 (one fails), 4 and 4 (one fails), 2 and 2 (one fails), then the bad request and its
-        # neighbour alone: 3 forests and 2 lone runs after the failed forest, not 16 lone runs
-        assert (stats.fallbacks, stats.batches, stats.merged_requests, stats.alone) == (1, 3, 14, 2), stats
+        assert (stats.fallbacks, stats.batches, stats.merged_requests, stats.alone) == (1, 1, 15, 1), stats
+
+    plain_check = forest_module.out_of_bounds
+    monkeypatch.setattr(forest_module, "out_of_bounds", lambda plan, batch, thorough=False:
+                        set() if thorough else plain_check(plan, batch))  # a failure nothing foresees
+    stats = _served_as_plain_runs(path, requests[:11] + [cycle] + requests[12:])
+    # halves of 8 and 8 (one fails), 4 and 4 (one fails), 2 and 2 (one fails), then the cycle and its neighbour
+    # alone: 3 forests and 2 lone runs after the failed forest, not 16 lone runs
+    assert (stats.fallbacks, stats.batches, stats.merged_requests, stats.alone) == (1, 3, 14, 2), stats
+    monkeypatch.undo()
 
     loop = _convert(treelstm.build_loop(params), tmp_path, "loop")
     trees = [t.arrays() for t in st.sst_like_trees(16, np.random.default_rng(3), 50)]
