@@ -25,6 +25,8 @@ modes interleaved, the median reported: a neighbour's burst on a shared machine 
   plus merging, the bounds check and splitting, without the queue and the callers' threads;
 - `bound_on_device` (CUDA only): the bound's forests with their outputs left in GPU memory (IO binding): the
   bound less copying the outputs to the host;
+- `bound_callers` (with `--bound-callers K`): the bound's forests run by K threads at once on the one session:
+  whether the device takes several forests at once (two or three in flight serve 1.8-2.25x one on an H100);
 - `ceiling` (asked for by name): a BatchingSession with the same settings whose forests are not built or run, every
   request answered with no outputs: what the callers, the request checks, the queue and the answers cost by
   themselves, so the most any server called from these clients in this process could serve (they all share one
@@ -246,6 +248,40 @@ def forest_bound(session, plan, requests: list, batch: int, seconds: float, form
 
     merged = rate(lambda g: run_forest(plan, session, g, pinned=pinned, tail=tail), groups)
     return rate(prebuilt, forests), merged, kept
+
+
+def concurrent_bound(session, requests: list, batch: int, seconds: float, form: str, trees, callers: int,
+                     pinned=None) -> float:
+    """Trees/s of the bound's prebuilt forests run by `callers` threads at once on the one session (each releases
+    the GIL inside its run): whether the device, or the CPU kernel's pool, takes several forests at once, which
+    one caller (the bound) and one BatchingSession worker do not ask of it."""
+    from cortex.examples import structures as st
+
+    batch = max(1, batch)
+    forests = [feeds_of(st.batch(trees[i:i + batch]), form) for i in range(0, len(trees) - batch + 1, batch)]
+
+    def step(feeds):
+        if pinned is None or pinned.run(feeds) is None:
+            session.run(None, feeds)
+
+    step(forests[0])
+    done = [0] * callers
+    stop = time.perf_counter() + seconds / 2
+
+    def caller(j):
+        k = j
+        while time.perf_counter() < stop:
+            step(forests[k % len(forests)])
+            done[j] += 1
+            k += callers
+
+    threads = [threading.Thread(target=caller, args=(j,), daemon=True) for j in range(callers)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(seconds + 120)
+    return sum(done) * batch / (time.perf_counter() - start)
 
 
 # ---- modes -------------------------------------------------------------------------------------------------------
@@ -601,6 +637,12 @@ def run(args) -> dict:
                             continue
                         runs[mode].append({"hidden": hidden, "mode": mode, "clients": clients, "batch": batch,
                                            "throughput": value})
+                    if args.bound_callers > 1 and args.replicas == 1:
+                        value = concurrent_bound(modes.plain, requests, batch, args.seconds, args.form, trees,
+                                                 args.bound_callers, modes.pinned)
+                        runs.setdefault("bound_callers", []).append(
+                            {"hidden": hidden, "mode": "bound_callers", "clients": clients, "batch": batch,
+                             "callers": args.bound_callers, "throughput": value})
                 for mode, repeats in runs.items():  # the repeat of median throughput, with its latencies
                     ranked = sorted(repeats, key=lambda p: p["throughput"])
                     point = dict(ranked[len(ranked) // 2], repeats=[round(p["throughput"]) for p in repeats])
@@ -613,7 +655,9 @@ def run(args) -> dict:
 
 
 def _line(p: dict) -> str:
-    extra = f", p50 {p['p50_ms']:.3f} ms, p99 {p['p99_ms']:.3f} ms" if "p50_ms" in p else f" (forests of {p['batch']})"
+    callers = f", {p['callers']} callers at once" if "callers" in p else ""
+    extra = f", p50 {p['p50_ms']:.3f} ms, p99 {p['p99_ms']:.3f} ms" if "p50_ms" in p else \
+        f" (forests of {p['batch']}{callers})"
     batch = f", {p['mean_batch']:.1f} trees per call" if "mean_batch" in p else ""
     errors = f", {p['errors']} errors" if p.get("errors") else ""
     return (f"h{p['hidden']} {p['mode']:>8} clients {p['clients']:3d}: {p['throughput']:9.0f} trees/s{extra}{batch}"
@@ -763,6 +807,8 @@ def parse_args(argv=None):
     p.add_argument("--clients-as", choices=("threads", "asyncio", "uvloop"), default="threads",
                    help="the clients: N threads (default) or N coroutines on one event loop (asyncio's or uvloop's)")
     p.add_argument("--trees", type=int, default=500, help="SST test trees cycled through (500)")
+    p.add_argument("--bound-callers", type=int, default=1, help="K > 1: also the bound's forests run by K threads "
+                   "at once on the one session (mode bound_callers; one replica only)")
     p.add_argument("--bad-every", type=int, default=0, help="every K-th request sent fails (TreeRec: a cycle; Loop: "
                    "an order past the tree): a client sending malformed trees; its errors count as answers (0: none)")
     p.add_argument("--quick", action="store_true", help="a short run (under 2 minutes on the GPU host)")

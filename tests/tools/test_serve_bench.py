@@ -93,6 +93,18 @@ def test_a_client_sending_malformed_trees(tmp_path, form):
     assert batching["mean_batch"] > 1  # the well-formed requests still share forests
 
 
+def test_the_bound_with_several_callers(tmp_path):
+    """--bound-callers 2: the bound's forests also run by two threads at once on the one session, a point of its
+    own beside the bound, at the batch size the batching session reached."""
+    args = TINY[:-1] + ["batching", "--clients", "32", "--bound-callers", "2", "--out", str(tmp_path), "--no-plot"]
+    assert serve_bench.main(args) == 0
+    points = json.loads((tmp_path / "results.json").read_text())["points"]
+    (together,) = [p for p in points if p["mode"] == "bound_callers" and p["clients"] == 32]
+    (bound,) = [p for p in points if p["mode"] == "bound" and p["clients"] == 32]
+    assert together["callers"] == 2 and together["batch"] == bound["batch"] and together["throughput"] > 0
+    assert "2 callers at once" in serve_bench._line(together)
+
+
 def test_a_wrong_merge_is_caught_before_measuring(tmp_path, monkeypatch):
     """The answers are checked on merged forests too: a split that gives a merged request its neighbour's rows
     (single requests, run alone, stay right) stops the run before any point is measured."""
