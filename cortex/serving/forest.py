@@ -24,7 +24,7 @@ class ForestStats:
     batches: int = 0  # kernel calls for merged forests
     merged_requests: int = 0  # requests answered from a merged forest
     alone: int = 0  # requests run by themselves (could not merge, or a batch of one)
-    fallbacks: int = 0  # merged runs that failed and were rerun in halves (down to requests run alone)
+    fallbacks: int = 0  # merged runs that failed and were rerun without their bad requests (or in halves)
     largest_batch: int = 0
     sizes: collections.Counter = field(default_factory=collections.Counter, repr=False)  # requests per call -> calls
     # Where the time went, in seconds (time.perf_counter): building forests (merge and the bounds check), the
@@ -214,7 +214,8 @@ def finish_prepared(plan: MergePlan, session, forest: PreparedForest, outputs, s
                     tail: Optional[TailSessions] = None) -> list:
     """Per request of `forest`, in order: its outputs (a list, the model's output order) or the exception a plain
     `session.run` of it raises. `outputs`: what `run_merged` gave. A merged run that failed (or whose outputs do
-    not split) is run again in halves, down to the requests that fail alone: whichever caused it gets its own error. `tail`: the plan's
+    not split) is run again without the requests that fail a forest by themselves, or in halves
+    (`_rerun_in_halves`): whichever caused it gets its own error, the others stay merged. `tail`: the plan's
     TailSessions (a plan with a tail needs them), which compute its other outputs per request; a request whose tail
     fails runs alone."""
     _check_tail(plan, tail)
