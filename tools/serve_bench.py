@@ -31,6 +31,11 @@ modes interleaved, the median reported: a neighbour's burst on a shared machine 
   request answered with no outputs: what the callers, the request checks, the queue and the answers cost by
   themselves, so the most any server called from these clients in this process could serve (they all share one
   GIL). Not a system; measured to tell the load generator's limit from the server's.
+- `floor` (asked for by name): the least a batching server in this process could do for a request, none of it
+  Cortex's: requests queued unchecked, taken by one thread in batches as the BatchingSession takes them, answered
+  with no outputs through one call into each event loop a batch (`FloorServer`). What the clients and their event
+  loop cost by themselves; `ceiling` less `floor` is the BatchingSession's own request path (checks, queue,
+  bookkeeping, answers). Not a system either.
 
 Clients (--clients-as): `threads` (default), N Python threads each blocking on its call (a threaded server);
 `asyncio`, N coroutines on one event loop (an asyncio server, as a Ray Serve replica or an ASGI app is): `batching`
@@ -319,6 +324,75 @@ def unrun_session(path: str, args):
                  workers=args.workers, runners=runners(args), pinned_outputs=False)
 
 
+class FloorServer:
+    """The `floor` mode: requests queued unchecked, taken by one thread as a BatchingSession takes them (at most
+    max_trees; when as many wait as the last batch took, or the oldest has waited max_delay_ms), each answered with
+    no outputs, asyncio callers through one call_soon_threadsafe into their loop a batch."""
+
+    def __init__(self, max_trees: int, max_delay_ms: float):
+        import collections
+
+        self.max_trees, self.max_delay = max_trees, max_delay_ms / 1000.0
+        self._queue, self._cond, self._closing = collections.deque(), threading.Condition(), False
+        self._last = max_trees
+        self._thread = threading.Thread(target=self._serve, name="serve-bench-floor", daemon=True)
+        self._thread.start()
+
+    def _enqueue(self, future, loop):
+        with self._cond:
+            self._queue.append((future, loop, time.monotonic()))
+            if len(self._queue) == 1 or len(self._queue) >= min(self.max_trees, self._last):  # the first, or a batch
+                self._cond.notify()
+        return future
+
+    def run_async(self, feeds):
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        return self._enqueue(loop.create_future(), loop)
+
+    def run(self, feeds, timeout=None):
+        from concurrent.futures import Future
+
+        return self._enqueue(Future(), None).result(timeout)
+
+    def _serve(self):
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing:
+                    self._cond.wait()
+                if not self._queue:
+                    return
+                deadline = self._queue[0][2] + self.max_delay
+                while len(self._queue) < min(self.max_trees, self._last) and not self._closing:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+                self._last = count = min(self.max_trees, len(self._queue))
+                batch = [self._queue.popleft() for _ in range(count)]
+            loops = {}
+            for future, loop, _ in batch:
+                if loop is None:
+                    future.set_result([])
+                else:
+                    loops.setdefault(loop, []).append(future)
+            for loop, futures in loops.items():
+                loop.call_soon_threadsafe(_answer_empty, futures)
+
+    def close(self):
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._thread.join(30)
+
+
+def _answer_empty(futures: list):
+    for future in futures:
+        if not future.done():
+            future.set_result([])
+
+
 class Modes:
     """The systems under load for one converted model: a plain session, a BatchingSession, a Ray Serve app."""
 
@@ -335,6 +409,7 @@ class Modes:
         # on a GPU, the bound's forests write their outputs where the batching session's do (pinned host memory)
         self.pinned = None if args.no_pinned else PinnedOutputs.of(self.batching.plan, self.plain, args.device)
         self.ceiling = unrun_session(path, args) if "ceiling" in args.modes else None
+        self.floor = FloorServer(args.max_trees, args.delay_ms) if "floor" in args.modes else None
         self.ray_handle, self.ray_error = None, None
 
     def start_ray(self):
@@ -360,7 +435,7 @@ class Modes:
     def call(self, mode: str):
         if mode == "run":
             return lambda feeds: self.plain.run(None, feeds)
-        if mode in BATCHING_MODES:
+        if mode in BATCHING_MODES or mode == "floor":
             return lambda feeds: getattr(self, mode).run(feeds, timeout=120)
         if mode == "ray":
             return lambda feeds: self.ray_handle.infer.remote(feeds).result(timeout_s=120)
@@ -379,7 +454,7 @@ class Modes:
             async def run(feeds):
                 return await asyncio.get_running_loop().run_in_executor(self._executor, self.plain.run, None, feeds)
             return run
-        if mode in BATCHING_MODES:
+        if mode in BATCHING_MODES or mode == "floor":
             return getattr(self, mode).run_async
         if mode == "ray":
             async def ray(feeds):
@@ -432,9 +507,9 @@ class Modes:
         more than one worker) are what is checked."""
         requests = self.requests if requests is None else requests
         call = self.call(mode)
-        if mode == "ceiling":
+        if mode in ("ceiling", "floor"):
             if any(call(feeds) != [] for feeds in requests[:8]):
-                raise SystemExit("serve_bench: the ceiling mode's session answered with outputs")
+                raise SystemExit(f"serve_bench: the {mode} mode answered with outputs")
             return
         answers = [(feeds, call(feeds)) for feeds in requests[:8]]
         if mode == "batching":
@@ -456,6 +531,8 @@ class Modes:
         self.batching.close()
         if self.ceiling is not None:
             self.ceiling.close()
+        if self.floor is not None:
+            self.floor.close()
         if getattr(self, "_executor", None) is not None:
             self._executor.shutdown()
         if self.ray_handle is not None:
@@ -686,6 +763,8 @@ def targets(results: dict) -> list:
             row["merge_of_bound"] = pts[("merge", clients)]["throughput"] / bound["throughput"]
         if ("ceiling", clients) in pts:  # the most a server called from these clients could reach, over run
             row["ceiling_over_run"] = pts[("ceiling", clients)]["throughput"] / r["throughput"]
+        if ("floor", clients) in pts:  # what the clients alone allow, over run
+            row["floor_over_run"] = pts[("floor", clients)]["throughput"] / r["throughput"]
         if ("ray", clients) in pts:
             row["ray_speedup_over_run"] = pts[("ray", clients)]["throughput"] / r["throughput"]
             row["ray_of_bound"] = pts[("ray", clients)]["throughput"] / bound["throughput"] if bound else None
@@ -720,8 +799,8 @@ def markdown(results: dict) -> str:
     rows = targets(results)
     if rows:
         lines += ["", "| hidden | clients | batching / run | batching / bound | run_forest / bound | p99 ms (limit: 2 x "
-                  "single p50 + delay) | Ray / run | Ray / bound | ceiling / run |",
-                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                  "single p50 + delay) | Ray / run | Ray / bound | ceiling / run | floor / run |",
+                  "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for r in rows:
             of_bound = f"{r['of_bound']:.0%}" if r["of_bound"] is not None else ""
             limit = f" ({r['p99_limit_ms']:.3f})" if r["p99_limit_ms"] is not None else ""
@@ -729,8 +808,9 @@ def markdown(results: dict) -> str:
             ray_bound = f"{r['ray_of_bound']:.0%}" if r.get("ray_of_bound") is not None else ""
             merged = f"{r['merge_of_bound']:.0%}" if "merge_of_bound" in r else ""
             ceiling = f"{r['ceiling_over_run']:.2f}x" if "ceiling_over_run" in r else ""
+            floor = f"{r['floor_over_run']:.2f}x" if "floor_over_run" in r else ""
             lines.append(f"| {r['hidden']} | {r['clients']} | {r['speedup_over_run']:.2f}x | {of_bound} | {merged} | "
-                         f"{r['p99_ms']:.3f}{limit} | {ray_run} | {ray_bound} | {ceiling} |")
+                         f"{r['p99_ms']:.3f}{limit} | {ray_run} | {ray_bound} | {ceiling} | {floor} |")
     steps = [p for p in results["points"] if "steps_us" in p]
     if steps:
         lines += ["", "Where a batching call's time goes (the worker's clocks, microseconds per kernel call; the cycle is "
@@ -756,10 +836,10 @@ def plot(results: dict, path: Path):
     fig, axes = plt.subplots(1, len(hiddens), figsize=(5.5 * len(hiddens), 4), squeeze=False)
     labels = {"run": "session.run per request", "batching": "BatchingSession", "ray": "Ray Serve (@serve.batch)",
               "bound": "bound: prebuilt forests", "merge": "run_forest, one caller",
-              "ceiling": "ceiling: callers and queue, nothing run"}
+              "ceiling": "ceiling: callers and queue, nothing run", "floor": "floor: the callers alone"}
     for ax, hidden in zip(axes[0], hiddens):
-        for mode, style in (("bound", "k--"), ("merge", "k:"), ("ceiling", "k-."), ("batching", "o-"), ("ray", "s-"),
-                            ("run", "^-")):
+        for mode, style in (("bound", "k--"), ("merge", "k:"), ("floor", "k-"), ("ceiling", "k-."), ("batching", "o-"),
+                            ("ray", "s-"), ("run", "^-")):
             pts = sorted((p["clients"], p["throughput"]) for p in results["points"]
                          if p["hidden"] == hidden and p["mode"] == mode)
             if pts:
@@ -796,7 +876,7 @@ def parse_args(argv=None):
     p.add_argument("--runners", choices=("auto", "0", "1", "2"), default="auto",
                    help="BatchingSession runners: threads of the worker that run its forests (auto: 1 on a GPU, 0 on "
                         "the CPU)")
-    p.add_argument("--modes", default="run,batching,ray", help="comma list of run,batching,ray,ceiling (bound and "
+    p.add_argument("--modes", default="run,batching,ray", help="comma list of run,batching,ray,ceiling,floor (bound and "
                                                                 "merge always)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (models converted for that target)")
     p.add_argument("--form", choices=("treerec", "loop"), default="treerec")
@@ -828,9 +908,9 @@ def parse_args(argv=None):
     args.repeats = args.repeats or (1 if args.quick else 3)
     args.max_requests = args.max_requests or (5000 if args.quick else 20000)
     args.modes = [m for m in args.modes.split(",") if m and m not in ("bound", "merge")]
-    unknown = set(args.modes) - {"run", "batching", "ray", "ceiling"}
+    unknown = set(args.modes) - {"run", "batching", "ray", "ceiling", "floor"}
     if unknown:
-        p.error(f"unknown modes {sorted(unknown)} (choose from run, batching, ray, ceiling)")
+        p.error(f"unknown modes {sorted(unknown)} (choose from run, batching, ray, ceiling, floor)")
     if args.replicas < 1:
         p.error("--replicas must be at least 1")
     if args.replicas > 1 and "ray" in args.modes:

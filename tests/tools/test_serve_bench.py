@@ -59,23 +59,53 @@ def test_unknown_mode_is_refused():
         serve_bench.parse_args(["--modes", "run,http"])
 
 
-def test_asyncio_clients_and_the_ceiling(tmp_path):
+def test_asyncio_clients_the_ceiling_and_the_floor(tmp_path):
     """--clients-as asyncio: the same points from coroutines on one event loop; 32 of them still share forests.
-    The ceiling mode (a BatchingSession that runs nothing) is measured the same way and reported against run."""
-    args = TINY[:-1] + ["run,batching,ceiling", "--clients-as", "asyncio", "--out", str(tmp_path), "--no-plot"]
+    The ceiling mode (a BatchingSession that runs nothing) and the floor (the clients against a queue that checks
+    nothing) are measured the same way and reported against run."""
+    args = TINY[:-1] + ["run,batching,ceiling,floor", "--clients-as", "asyncio", "--out", str(tmp_path), "--no-plot"]
     assert serve_bench.main(args) == 0
     data = json.loads((tmp_path / "results.json").read_text())
     assert data["settings"]["clients_as"] == "asyncio"
     for p in data["points"]:
-        if p["mode"] in ("run", "batching", "ceiling"):
+        if p["mode"] in ("run", "batching", "ceiling", "floor"):
             assert 0 < p["requests"] <= 300 and p["p50_ms"] <= p["p99_ms"]
     batching = next(p for p in data["points"] if p["mode"] == "batching" and p["clients"] == 32)
     assert batching["mean_batch"] > 1
     ceiling = next(p for p in data["points"] if p["mode"] == "ceiling" and p["clients"] == 32)
     assert ceiling["mean_batch"] > 1 and ceiling["steps_us"]["running"] == 0  # queued and answered, never run
     (row,) = serve_bench.targets(data)
-    assert row["ceiling_over_run"] > 0
-    assert "| ceiling / run |" in (tmp_path / "results.md").read_text()
+    assert row["ceiling_over_run"] > 0 and row["floor_over_run"] > 0
+    assert "| ceiling / run | floor / run |" in (tmp_path / "results.md").read_text()
+
+
+def test_the_floor_with_threaded_clients():
+    """The floor answers blocking callers (threads) and asyncio callers with no outputs, in batches that grow with
+    the callers, and takes a lone caller's request without waiting for others (after its first batch)."""
+    import asyncio
+    import threading
+    import time
+
+    floor = serve_bench.FloorServer(max_trees=8, max_delay_ms=50.0)
+    try:
+        answers = []
+        threads = [threading.Thread(target=lambda: answers.append(floor.run({}, timeout=10))) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(10)
+        assert answers == [[]] * 8
+
+        async def callers():
+            return await asyncio.gather(*(floor.run_async({}) for _ in range(20)))
+        assert asyncio.run(callers()) == [[]] * 20
+        floor.run({}, timeout=10)  # a batch of one: a lone caller then waits for nobody
+        started = time.perf_counter()
+        for _ in range(5):
+            floor.run({}, timeout=10)
+        assert time.perf_counter() - started < 5 * 0.05
+    finally:
+        floor.close()
 
 
 @pytest.mark.parametrize("form", ["treerec", "loop"])
