@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import queue
+import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -33,6 +34,9 @@ from .forest import (ForestStats, PinnedOutputs, finish_prepared, merge_session,
                      tail_sessions, takes_windows)
 from .kernel import NotMergeable
 from .merge import check_request, plan_for
+
+
+_NONE_WAITING = sys.maxsize  # BatchingSession._wanted while no worker waits for requests
 
 
 class QueueFull(RuntimeError):
@@ -91,6 +95,11 @@ def _answer_loops(answers: list):
     by_loop = {}
     for request, outcome in answers:
         by_loop.setdefault(request.loop, []).append((request.future, outcome))
+    _wake_loops(by_loop)
+
+
+def _wake_loops(by_loop: dict):
+    """Each event loop settles its (future, result or exception) pairs, in one call."""
     for loop, pairs in by_loop.items():
         try:
             loop.call_soon_threadsafe(_settle, pairs)
@@ -189,7 +198,9 @@ class BatchingSession:
         # each waiting worker's threshold: the queued requests that make its batch ready (None: it waits for its
         # forest to end, not for requests); enqueue wakes the workers once the smallest is reached
         self._waiting = {}
-        self._wanted = 1  # that smallest threshold (1 while none waits: an unseen worker may be on its way to wait)
+        # that smallest threshold; _NONE_WAITING while no worker waits for requests: a worker decides to wait
+        # under the lock enqueue holds (it sees the queue first), so a notify then would wake nobody
+        self._wanted = _NONE_WAITING
         self.runners = runners
         # each worker's runners' queues of forests (none: the worker runs its forests itself)
         inboxes = [[queue.SimpleQueue() for _ in range(runners)] for _ in range(workers)]
@@ -311,7 +322,7 @@ class BatchingSession:
             self._cond.wait(timeout)
         finally:
             del self._waiting[me]
-            self._wanted = min(self._waiting.values(), default=1)
+            self._wanted = min(self._waiting.values(), default=_NONE_WAITING)
 
     def _wake(self):
         """Wakes the waiting workers (the condition held): one if there is one worker; else all, since a plain
@@ -438,12 +449,16 @@ class BatchingSession:
     def _answer(self, batch: list, results: list):
         """Each request of `batch` gets its result (a list of outputs) or its exception."""
         answering = time.perf_counter()
-        in_loops = []
+        by_loop = {}  # run_async's requests, answered together below: one wake-up of each loop
         for request, result in zip(batch, results):
-            if request.loop is not None:  # answered together below: one wake-up of each loop
-                in_loops.append((request, result))
-            else:
+            loop = request.loop
+            if loop is None:
                 request.answer(result)
-        _answer_loops(in_loops)
+                continue
+            pairs = by_loop.get(loop)
+            if pairs is None:
+                pairs = by_loop[loop] = []
+            pairs.append((request.future, result))
+        _wake_loops(by_loop)
         with self._stats_lock:
             self.stats.answering_s += time.perf_counter() - answering
