@@ -70,6 +70,10 @@ class KernelSite:
     padded: dict = field(default_factory=dict)  # init inputs with a padding row past the nodes -> their Padded value
     counts: dict = field(default_factory=dict)  # inputs only the trip count reads -> the Count the graph computes
     windows: str = None  # the kernel input the merge writes each node's request's rows into (windows.py), if any
+    # a visit walked from its end: the unit of its per-step tables' rows. Merged, its position inputs are laid out
+    # last request first (merge.py), but its steps take the first request's positions first, each request's in its
+    # own run's order: a per-step table splits in the requests' order, as many rows each as their positions
+    iterations: int = None
 
     def unit_of(self, units, rows: str) -> int:
         """The unit of a row kind of this recursion ('nodes', 'positions', 'edges:<dst>')."""
@@ -92,6 +96,7 @@ class GraphAnalysis(OpSemantics):
         self.env = {}
         self.uses = {}  # model input -> list of (how, where, unit or None)
         self.kernels = []
+        self.finals = {}  # a recursion's final outputs (ir.Final) -> why each is computed per request
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 17)
         self.recursions = {c.index: c for c in cortex_nodes(model)}
         self.inputs = [i for i in self.graph.input if i.name not in {t.name for t in self.graph.initializer}]
@@ -191,6 +196,7 @@ class GraphAnalysis(OpSemantics):
             if outs is None:
                 outs = [Opaque(f"node '{node.name or node.op_type}' ({node.op_type}) computes something the merge "
                                "analysis cannot attribute to one request")] * len(node.output)
+            outs = [self.finals.get(name, value) for name, value in zip(node.output, outs)]
             for name, value in zip(node.output, outs):
                 if name:
                     self.env[name] = value
@@ -264,6 +270,10 @@ class GraphAnalysis(OpSemantics):
         if merge.positions == NODES:
             self.units.union(site.positions, site.nodes)
         self.kernels.append(site)
+        for final in merge.program.finals:  # computed from the kernel's per-position rows by the nodes after it
+            what = {"last": "the last value of a carried vector", "reduce": f"a running {final.op} over every position",
+                    "sequence": "a list appended to at every position"}.get(final.kind, final.kind)
+            self.finals[final.output] = Opaque(f"{what} of {where}: merged, it would cover the forest's positions")
         read_by_index = _arrays_read_by_index(merge.program)
         values_read = _arrays_whose_values_are_read(merge.program)
         for decl, value in zip(merge.program.inputs, args):
@@ -296,6 +306,8 @@ class GraphAnalysis(OpSemantics):
                 self.units.union(value.unit, site.nodes)
                 site.padded[decl.name] = value
                 continue
+            if role.rows == "unused" and isinstance(value, Const):
+                continue  # the cases never read it (a carried value's initial value only a final reads)
             if not isinstance(value, (Rows, Columns, Flipped)):
                 raise NotMergeable(f"{where} input '{decl.name}' is the same for every request (a constant or a "
                                    "count), not one row per node or position")
@@ -334,7 +346,10 @@ class GraphAnalysis(OpSemantics):
                 init = site.padded[table.init]  # never written in a merged forest (the bounds check)
                 outputs.append(Padded(site.nodes, tuple(table.inner), init.fill))
             else:
-                outputs.append(Rows(site.nodes if rows == NODES else site.positions, tuple(table.inner)))
+                if rows != NODES and merge.backward and site.iterations is None:
+                    site.iterations = self.units.new()
+                unit = site.nodes if rows == NODES else site.iterations if merge.backward else site.positions
+                outputs.append(Rows(unit, tuple(table.inner)))
         return outputs
 
     def _input_type(self, name):

@@ -576,15 +576,16 @@ class _Analysis:
         clamped = tuple(dict.fromkeys(format_index(i) for i, _, _ in node_uses(program)
                                       if not self.is_position(i) and self._use_kind(i) == CLAMPED))
         if self.backward_arrays:
-            self._check_backward(roles, outputs)
+            self._check_backward(roles)
         return KernelMerge(roles, outputs, self.position_rows, program, clamped, bool(self.backward_arrays),
                            tuple(sorted(self.padded_tables)), tuple(sorted(self.nonempty_arrays)))
 
-    def _check_backward(self, roles, outputs):
+    def _check_backward(self, roles):
         """A visit walked from its end (order[len(order) - 1 - p]) merges with the position arrays laid out in the
         reverse order of the requests (merge.py): the forest's walk then takes the first request's positions first,
-        each request's from its own end, as in its own run. Every position read must be from the end, and no
-        output may be written by position (its rows would come in the walk's order)."""
+        each request's from its own end, as in its own run. Every position read must be from the end. A table
+        written per step keeps the walk's order: the first request's steps first, each in its own run's order, so
+        it splits by the requests' steps (graph.KernelSite.iterations)."""
         for name in self.backward_arrays:
             if roles.get(name) is None or roles[name].rows != POSITIONS:
                 raise NotMergeable(f"a position is read from the end of '{name}', which does not have one row per "
@@ -593,10 +594,6 @@ class _Analysis:
         if forward:
             raise NotMergeable(f"the visit is walked from its end, and {forward[0]} is at the position p itself: "
                                "merged, the two would belong to different requests")
-        by_position = [name for name, rows in outputs.items() if rows == POSITIONS]
-        if by_position:
-            raise NotMergeable(f"the visit is walked from its end, and output '{by_position[0]}' has a row per step: "
-                               "merged, its rows would come in the forest's walk order")
 
     def _refuse_state_across_positions(self):
         program = self.program
@@ -605,17 +602,13 @@ class _Analysis:
             raise NotMergeable(f"the recursion carries host integer state ({names}: a stack, a counter) from one "
                                "position to the next: merged, a request would start from the previous request's "
                                "final state")
-        if program.finals:
-            f = program.finals[0]
-            what = {"last": "the last value of a carried vector", "reduce": f"a running {f.op} over every position",
-                    "sequence": "a list appended to at every position"}.get(f.kind, f.kind)
-            raise NotMergeable(f"output '{f.output}' is {what}, computed over the whole visit after the kernel: "
-                               "merged, it would cover the forest's positions, not the request's")
         if ir.is_sequential(program):
             raise NotMergeable("a value is carried from one position to the next (a chain's vector): merged, a "
                                "request's first position would read the previous request's last one")
+        read = set(ir.referenced_arrays(program.cases, [program.trip] if program.trip is not None else []))
         for decl in program.inputs:
-            if decl.rows is not None:
+            # a carried value's initial value that only a final reads (the nodes after the kernel, per request)
+            if decl.rows is not None and decl.name in read:
                 raise NotMergeable(f"input '{decl.name}' has a fixed number of rows ({decl.rows}): a forest of "
                                    "several requests cannot have it")
 

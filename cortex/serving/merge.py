@@ -174,6 +174,9 @@ def _plan(analysis: GraphAnalysis) -> MergePlan:
                 names[root] = "nodes"
             elif any(units.find(k.positions) == root for k in analysis.kernels):
                 names[root] = "positions"
+            elif any(k.iterations is not None and units.find(k.iterations) == root for k in analysis.kernels):
+                site = next(k for k in analysis.kernels if k.iterations is not None and units.find(k.iterations) == root)
+                names[root] = f"steps of {site.name}"
             else:
                 first = next((n for n, v in analysis.input_units.items() if units.find(v) == root), None)
                 names[root] = f"rows of '{first}'" if first else f"unit {root}"
@@ -202,6 +205,9 @@ def _plan(analysis: GraphAnalysis) -> MergePlan:
     for i in inputs:
         if i.offsets_into is None:  # CSR offsets have a row more than the nodes they count
             measures.setdefault(i.unit, i.name)
+    for site in analysis.kernels:  # a walk from the end: as many steps as positions (graph.KernelSite.iterations)
+        if site.iterations is not None and unit_name(site.positions) in measures:
+            measures.setdefault(unit_name(site.iterations), measures[unit_name(site.positions)])
     less_one = set()
     for i in inputs:
         if i.offsets_into is not None and i.unit not in measures:  # the nodes only CSR offsets count

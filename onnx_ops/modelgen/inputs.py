@@ -213,8 +213,8 @@ def feeds_for(spec: Spec, arr: dict, order=None) -> dict:
 
 
 def _count(spec: Spec) -> int:
-    """Trees in a forest: one sequence for a carried state (it has no node table to hold several)."""
-    return 1 if spec.carry not in ("-", "table") else 3
+    """Trees in a forest: one sequence for a chain's carried state (it has no node table to hold several)."""
+    return 1 if spec.carry not in ("-", "table") and spec.structure == "chain" else 3
 
 
 def case_arrays(spec: Spec) -> dict:

@@ -41,7 +41,11 @@ class _Gen(CellWriter):
         self.f64 = spec.precision == "float64"
         self.enc = spec.encoding if spec.encoding in SET_ENCODINGS else "padded"
         self.select = spec.select
-        self.carry = spec.carry if spec.carry not in ("-", "table") else None
+        chain = spec.structure == "chain"
+        # a chain's state carried from step to step instead of tabled; a tree's or grid's value carried beside
+        # its table (the last state, a running max or sum of its states)
+        self.carry = spec.carry if spec.carry not in ("-", "table") and chain else None
+        self.pool = spec.carry if spec.carry not in ("-", "table") and not chain else None
         self.H = 1 if self.vector else spec.hidden
         self.init = _W()  # __init__ body
         self.init.depth = 2
@@ -616,9 +620,10 @@ class _Gen(CellWriter):
                                                               self.states)
                 return [(o, "step" if per_step else "whole") for o in outs]
             return [("out", "step" if per_step else "whole")]
+        pool = [("pool", "whole")] if self.pool else []
         if h == "none":
-            return [(T, "node") for T in self.tables]
-        return [("out", {"root_linear": "root", "log_softmax": "node", "mean": "whole"}[h])]
+            return [(T, "node") for T in self.tables] + pool
+        return [("out", {"root_linear": "root", "log_softmax": "node", "mean": "whole"}[h])] + pool
 
     def dims(self, ins, outs) -> dict:
         node = {0: "B", 1: "N"} if self.batched else {0: "N"}
@@ -677,22 +682,45 @@ class _Gen(CellWriter):
             core = [] if self.vector else ["H" if d == "self.hidden" else d for d in self.row_dims(T)]
             w(f"{T} = {self.zeros(', '.join([lead] + core))}")
         tables = ", ".join(self.tables)
-        self.loop(w, tables, lambda w2: (self.body(w2), self.writes(w2)), self.tables[0] if not self.rank3 else "h")
+        carried = tables + (", pool" if self.pool else "")
+        if self.pool:
+            self.pool_init(w)
+        self.loop(w, carried, lambda w2: (self.body(w2), self.writes(w2), self.pool_step(w2)),
+                  self.tables[0] if not self.rank3 else "h")
         if self.zero_row:
             for T in self.tables:
                 if T != "A":
                     w(f"{T} = {T}[:, :n]" if self.batched else f"{T} = {T}[:n]")
         main = self.tables[0]
+        pool = ", pool" if self.pool else ""
         if s.head == "none":
-            w(f"return {tables}")
+            w(f"return {tables}{pool}")
         elif s.head == "root_linear":
-            w(f"return self.head({self.main_rows(main, 'roots')})")
+            w(f"return self.head({self.main_rows(main, 'roots')}){pool}")
         elif s.head == "log_softmax":
-            w(f"return F.log_softmax(self.head({self.main_rows(main)}), dim=-1)")
+            w(f"return F.log_softmax(self.head({self.main_rows(main)}), dim=-1){pool}")
         else:
-            w(f"return {main}.mean({1 if self.batched else 0})" if not self.rank3 else
-              f"return {self.main_rows(main)}.mean({1 if self.batched else 0})")
+            w(f"return {main}.mean({1 if self.batched else 0}){pool}" if not self.rank3 else
+              f"return {self.main_rows(main)}.mean({1 if self.batched else 0}){pool}")
         w.depth -= 1
+
+    def pool_init(self, w: _W):
+        """A tree's value carried beside its table, before the loop: the last state (zeros until the first step),
+        a running max (from -inf) or a running sum (from zeros) of the first state's new rows."""
+        shape = "1, H" if self.mode == "slice" else "H,"
+        if self.pool == "running_max":
+            dt = ", dtype=torch.float64" if self.f64 else ""
+            w(f"pool = torch.full(({shape}), float(\"-inf\"){dt})")
+        else:
+            w(f"pool = {self.zeros(shape.rstrip(','))}")
+
+    def pool_step(self, w: _W):
+        """In the loop, after the writes: the carried value takes the step's new row of the first state."""
+        if not self.pool:
+            return
+        new = f"{self.states[0]}_new"
+        w({"vector": f"pool = {new}.clone()", "running_max": f"pool = torch.maximum(pool, {new})",
+           "running_sum": f"pool = pool + {new}"}[self.pool])
 
     def loop(self, w: _W, carried: str, step, first: str, ys: str | None = None):
         """The loop over ``order`` in the exporter's form: ``step(w)`` writes one visit (v defined) that updates

@@ -34,7 +34,7 @@ __all__ = ["CHOICES", "MEANINGLESS", "NEW_CHOICES", "NEW_VALUES", "UNEXPORTABLE"
            "irrelevant", "GENERATOR_VERSION"]
 
 #: bumped whenever the generated source for a given spec changes (part of the export cache key)
-GENERATOR_VERSION = 6
+GENERATOR_VERSION = 7
 
 #: choice name -> its values (the first value of each is the "plain" one)
 CHOICES: dict[str, tuple] = {
@@ -99,7 +99,9 @@ CHOICES: dict[str, tuple] = {
     "precision": ("float32", "float64"),
     # what a chain carries from step to step: a state table written at each step; one carried vector
     # (h = cell(x, h)); a Python list of vectors (hs.append(h); torch.stack(hs)); a running max / sum of the
-    # visited states (with the carried vector)
+    # visited states (with the carried vector). A tree's or a grid's loop carries beside its state table: nothing
+    # more ("table"), the state it computed last (vector), or a running max / sum of its states (returned as one
+    # more output)
     "carry": ("table", "vector", "list", "running_max", "running_sum"),
 }
 
@@ -247,9 +249,9 @@ def irrelevant(d: dict) -> dict[str, str]:
             out["gather"] = "a mask weights rows of the whole table: nothing is gathered"
     if s == "chain" or enc not in ("parent", "edges"):
         out["select"] = "only a parent array or an edge list is selected by a mask"
-    if s != "chain":
-        out["carry"] = "only a chain's step-to-step state can be carried instead of tabled"
-    elif d.get("carry", "table") != "table":
+    if s != "chain" and d.get("table") in ("batched", "vector"):
+        out["carry"] = "a value carried beside the table is one [H] row: a batched or 1-D table has none"
+    elif s == "chain" and d.get("carry", "table") != "table":
         out["table"] = "a carried state has no node table"
         out["missing"] = "a carried state has no missing predecessor"
         out["write"] = "a carried state is not written into a table"
@@ -315,7 +317,8 @@ MEANINGLESS = [
      "MV-RNN's matrices are rank-3 rows already"),
     (lambda d: d["carry"] == "list" and d["exporter"] == "dynamo_while",
      "torch.while_loop carries tensors only, not a Python list; scan's stacked outputs are the list form"),
-    (lambda d: d["carry"] in ("vector", "running_max", "running_sum") and d["head"] == "mean",
+    (lambda d: d["carry"] in ("vector", "running_max", "running_sum") and d["head"] == "mean" and
+     d["structure"] == "chain",
      "a carried vector or reduction keeps no per-step rows to average"),
 ]
 
@@ -328,6 +331,8 @@ def _node_at_leaves(d: dict) -> bool:
 
 #: (predicate, reason): meaningful combinations that the generator does not write yet (drawn again; open items)
 UNWRITTEN = [
+    (lambda d: d["carry"] == "list" and d["structure"] != "chain",
+     "a Python list of states appended to beside a tree's table"),
     (lambda d: d["encoding"] in SET_ENCODINGS and d["gather"] == "one",
      "a child set read child by child (a Python loop over a CSR slice or over nonzero(parent == v))"),
 ]

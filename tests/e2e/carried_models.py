@@ -125,6 +125,69 @@ class RunningMax(nn.Module):
         return h, best, total
 
 
+class TreeLastState(nn.Module):
+    """A tree RNN that also carries the state it computed last (the root's, in a bottom-up order), and a list of
+    every state it computed, stacked after the loop."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(V, H)
+        self.W = nn.Linear(H, H)
+
+    def forward(self, words, left, right, order):
+        h = torch.zeros(words.size(0), 8)
+        last = torch.zeros(8)
+        seen: List[torch.Tensor] = []
+        for i in range(order.size(0)):
+            v = order[i]
+            if bool(left[v] < 0):
+                h[v] = torch.tanh(self.emb(words[v]))
+            else:
+                h[v] = torch.tanh(self.W(h[left[v]] + h[right[v]]))
+            last = h[v]
+            seen.append(h[v])
+        return last, torch.stack(seen + [last])
+
+
+class TreeSumPool(nn.Module):
+    """A tree RNN whose sentence vector is a running sum of its node states, classified by a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(V, H)
+        self.W = nn.Linear(H, H)
+        self.head = nn.Linear(H, 3)
+
+    def forward(self, words, left, right, order):
+        h = torch.zeros(words.size(0), 8)
+        pool = torch.zeros(8)
+        for i in range(order.size(0)):
+            v = order[i]
+            if bool(left[v] < 0):
+                h[v] = torch.tanh(self.emb(words[v]))
+            else:
+                h[v] = torch.tanh(self.W(h[left[v]] + h[right[v]]))
+            pool = pool + h[v]
+        return torch.log_softmax(self.head(pool), dim=-1)
+
+
+class TreeSumPoolReversed(TreeSumPool):
+    """TreeSumPool walking a parents-first order from its end (`for i in range(L - 1, -1, -1)`), returning the pooled
+    vector itself."""
+
+    def forward(self, words, left, right, order):
+        h = torch.zeros(words.size(0), 8)
+        pool = torch.zeros(8)
+        for i in range(order.size(0) - 1, -1, -1):
+            v = order[i]
+            if bool(left[v] < 0):
+                h[v] = torch.tanh(self.emb(words[v]))
+            else:
+                h[v] = torch.tanh(self.W(h[left[v]] + h[right[v]]))
+            pool = pool + h[v]
+        return pool
+
+
 class ChainWhileLoop(nn.Module):
     """Chain in the dynamo form: torch.while_loop carrying the state vector."""
 

@@ -22,6 +22,7 @@ MODELS = {  # name -> (inputs, exporter)
     "ChainLSTMList": (CHAIN, "script"), "ChainRowPool": (CHAIN, "script"),
     "RunningMax": (TREE, "script"), "ChainWhileLoop": (CHAIN, "dynamo"), "ChainScan": (CHAIN, "dynamo"),
     "RunningMaxWhileLoop": (TREE, "dynamo"), "ThinStackSPINN": (SHIFT_REDUCE, "script"),
+    "TreeLastState": (TREE, "script"), "TreeSumPool": (TREE, "script"), "TreeSumPoolReversed": (TREE, "script"),
 }
 
 

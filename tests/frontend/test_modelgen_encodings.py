@@ -174,7 +174,7 @@ def test_a_batched_table_holds_the_flat_rows(family, tmp_path):
     exporter = "dynamo_scan" if family in ("treegru", "chainlstm") else "torchscript"
     base = _base(_seed(family, 'batched'), lambda s: _variant(s, table="batched") is not None, family=family,
                  table="flat", precision="float32", head="none", exporter=exporter, read="slice",
-                 carry="table" if family.startswith("chain") else "-")
+                 carry="table")
     batched = _variant(base, table="batched")
     names = ("single", "forest")
     flat, wide = _eager(base, tmp_path, names=names), _eager(batched, tmp_path, names=names)
@@ -202,7 +202,7 @@ def test_a_rank3_table_stacks_h_and_c(family, tmp_path):
     pytest.importorskip("torch")
     base = _base(_seed(family, 'rank3'), lambda s: _variant(s, table="rank3") is not None, family=family,
                  table="flat", precision="float32", head="none", exporter="torchscript",
-                 carry="table" if family.startswith("chain") else "-")
+                 carry="table")
     (hc,), (h, c) = _eager(_variant(base, table="rank3"), tmp_path)["forest"], _eager(base, tmp_path)["forest"]
     _close(hc[..., 0, :], h, "rank3 h vs flat h")
     _close(hc[..., 1, :], c, "rank3 c vs flat c")

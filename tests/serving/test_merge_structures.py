@@ -305,7 +305,7 @@ def _convert_carried(tmp_path, name) -> str:
 
 CARRIED = {"ThinStackSPINN": "host integer state", "Chain": "carried",
            "ChainWhileLoop": "carried", "ChainScan": "carried",
-           "ChainList": "carried", "RunningMax": "a running max", "RunningMaxWhileLoop": "a running max"}
+           "ChainList": "carried", "ChainRowPool": "carried"}
 
 
 @pytest.mark.parametrize("name", list(CARRIED))
@@ -315,6 +315,47 @@ def test_carried_state_is_refused(tmp_path, name):
     plan = plan_for(_convert_carried(tmp_path, name))
     assert not plan.mergeable, plan.describe()
     assert CARRIED[name] in plan.reason, plan.reason
+
+
+# a tree's recursion that also carries a value over its visit (a running max or sum, the last state, a list of
+# states): the value is computed after the kernel from per-position rows, so per request from the request's own
+POOLED = {"RunningMax": ("a running max", "a running add"), "RunningMaxWhileLoop": ("a running max",),
+          "TreeLastState": ("the last value of a carried vector", "a list appended to"),
+          "TreeSumPool": ("a running add",), "TreeSumPoolReversed": ("a running add",)}
+
+
+@pytest.mark.parametrize("name", list(POOLED))
+def test_values_carried_beside_a_tree_merge_per_request(tmp_path, name):
+    if carried.MODELS[name][1] == "dynamo":
+        pytest.importorskip("onnxscript")
+    path = _convert_carried(tmp_path, name)
+    plan = plan_for(path)
+    assert plan.mergeable and plan.tail is not None, plan.describe()
+    reasons = plan.tail.describe()
+    assert all(what in reasons for what in POOLED[name]), reasons
+    rng = np.random.default_rng(5)
+    trees = [S.random_tree(int(n), rng, carried_models.V) for n in (1, 5, 12, 30, 3)]
+    requests = [carried._tree_feeds(t) for t in trees]
+    if S.sst_dir_default() is not None:
+        requests += [carried._tree_feeds(S.batch([t])) for t in
+                     S.read_sst(S.sst_dir_default(), split="test", vocab_size=carried_models.V, limit=6)]
+    if name.endswith("Reversed"):  # walked from its end: a parents-first order (its steps split in request order)
+        requests = [{**r, "order": r["order"][::-1].copy()} for r in requests]
+    requests.append({k: np.zeros(0, np.int64) for k in ("words", "left", "right", "order")})  # the finals' inits
+    _check(path, requests)
+
+
+def test_a_batching_session_serves_a_pooled_tree(tmp_path):
+    path = _convert_carried(tmp_path, "TreeSumPool")
+    rng = np.random.default_rng(6)
+    requests = [carried._tree_feeds(S.random_tree(int(n), rng, carried_models.V)) for n in rng.integers(1, 40, 24)]
+    plain = cortex.InferenceSession(path)
+    with cortex.BatchingSession(path, max_trees=8, max_delay_ms=20) as server:
+        futures = [server.submit(r) for r in requests]
+        for request, future in zip(requests, futures):
+            (got,), (want,) = future.result(timeout=60), plain.run(None, request)
+            assert got.shape == want.shape and np.array_equal(got, want)
+    assert server.stats.merged_requests == len(requests) and server.stats.mean_batch > 1, server.stats
 
 
 def test_a_1d_table_beside_the_state_merges(tmp_path):
