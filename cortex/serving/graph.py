@@ -70,9 +70,10 @@ class KernelSite:
     padded: dict = field(default_factory=dict)  # init inputs with a padding row past the nodes -> their Padded value
     counts: dict = field(default_factory=dict)  # inputs only the trip count reads -> the Count the graph computes
     windows: str = None  # the kernel input the merge writes each node's request's rows into (windows.py), if any
-    # a visit walked from its end: the unit of its per-step tables' rows. Merged, its position inputs are laid out
-    # last request first (merge.py), but its steps take the first request's positions first, each request's in its
-    # own run's order: a per-step table splits in the requests' order, as many rows each as their positions
+    # a visit walked from its end (or read through inputs the graph flips, torch.flip / scan(reverse=True)): the
+    # unit of its per-step tables' rows. Merged, its position inputs are laid out last request first (merge.py), but
+    # its steps take the first request's positions first, each request's in its own run's order: a per-step table
+    # splits in the requests' order, as many rows each as their positions
     iterations: int = None
 
     def unit_of(self, units, rows: str) -> int:
@@ -346,9 +347,10 @@ class GraphAnalysis(OpSemantics):
                 init = site.padded[table.init]  # never written in a merged forest (the bounds check)
                 outputs.append(Padded(site.nodes, tuple(table.inner), init.fill))
             else:
-                if rows != NODES and merge.backward and site.iterations is None:
+                reversed_layout = merge.backward or site.flipped
+                if rows != NODES and reversed_layout and site.iterations is None:
                     site.iterations = self.units.new()
-                unit = site.nodes if rows == NODES else site.iterations if merge.backward else site.positions
+                unit = site.nodes if rows == NODES else site.iterations if reversed_layout else site.positions
                 outputs.append(Rows(unit, tuple(table.inner)))
         return outputs
 

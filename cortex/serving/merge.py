@@ -206,7 +206,17 @@ def _plan(analysis: GraphAnalysis) -> MergePlan:
         if i.offsets_into is None:  # CSR offsets have a row more than the nodes they count
             measures.setdefault(i.unit, i.name)
     for site in analysis.kernels:  # a walk from the end: as many steps as positions (graph.KernelSite.iterations)
-        if site.iterations is not None and unit_name(site.positions) in measures:
+        if site.iterations is None:
+            continue
+        others = [node_unit, *analysis.input_units.values()]
+        for k in analysis.kernels:
+            others += [k.nodes, k.positions] + ([k.iterations] if k is not site and k.iterations is not None else [])
+        # ONNX nodes keep rows of different units apart (graph_ops: opaque, then computed per request), but a
+        # recursion reading the per-step rows as its node or position rows ties the two counts: nothing checks them
+        if units.find(site.iterations) in {units.find(u) for u in others}:
+            raise NotMergeable(f"{site.name} walks its positions from the end, and its per-step table is read as "
+                               "rows of another kind: merged, they would not line up")
+        if unit_name(site.positions) in measures:
             measures.setdefault(unit_name(site.iterations), measures[unit_name(site.positions)])
     less_one = set()
     for i in inputs:

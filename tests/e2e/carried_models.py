@@ -188,6 +188,23 @@ class TreeSumPoolReversed(TreeSumPool):
         return pool
 
 
+class TreeReversedStepsPlusStates(TreeSumPool):
+    """A walk from the end whose list of step states is added to the node table row by row (the list is stacked
+    after the loop, so the sum is computed per request)."""
+
+    def forward(self, words, left, right, order):
+        h = torch.zeros(words.size(0), 8)
+        seen: List[torch.Tensor] = []
+        for i in range(order.size(0) - 1, -1, -1):
+            v = order[i]
+            if bool(left[v] < 0):
+                h[v] = torch.tanh(self.emb(words[v]))
+            else:
+                h[v] = torch.tanh(self.W(h[left[v]] + h[right[v]]))
+            seen.append(h[v])
+        return torch.stack(seen) + h
+
+
 class ChainWhileLoop(nn.Module):
     """Chain in the dynamo form: torch.while_loop carrying the state vector."""
 

@@ -321,7 +321,8 @@ def test_carried_state_is_refused(tmp_path, name):
 # states): the value is computed after the kernel from per-position rows, so per request from the request's own
 POOLED = {"RunningMax": ("a running max", "a running add"), "RunningMaxWhileLoop": ("a running max",),
           "TreeLastState": ("the last value of a carried vector", "a list appended to"),
-          "TreeSumPool": ("a running add",), "TreeSumPoolReversed": ("a running add",)}
+          "TreeSumPool": ("a running add",), "TreeSumPoolReversed": ("a running add",),
+          "TreeReversedStepsPlusStates": ("a list appended to",)}
 
 
 @pytest.mark.parametrize("name", list(POOLED))
@@ -339,10 +340,36 @@ def test_values_carried_beside_a_tree_merge_per_request(tmp_path, name):
     if S.sst_dir_default() is not None:
         requests += [carried._tree_feeds(S.batch([t])) for t in
                      S.read_sst(S.sst_dir_default(), split="test", vocab_size=carried_models.V, limit=6)]
-    if name.endswith("Reversed"):  # walked from its end: a parents-first order (its steps split in request order)
+    if "Reversed" in name:  # walked from its end: a parents-first order (its steps split in request order)
         requests = [{**r, "order": r["order"][::-1].copy()} for r in requests]
     requests.append({k: np.zeros(0, np.int64) for k in ("words", "left", "right", "order")})  # the finals' inits
-    _check(path, requests)
+    # stacking an empty list fails in the empty tree's own run (ConcatFromSequence): its tail fails, it runs alone
+    _check(path, requests, alone=(len(requests) - 1,) if name == "TreeReversedStepsPlusStates" else ())
+
+
+def test_per_step_rows_of_a_walk_from_the_end_added_to_node_rows_are_computed_per_request(tmp_path):
+    """A walk from the end's per-step rows, added row by row to the node table by a node after the recursion: merged,
+    the two are counted by different units (steps, nodes), so the sum is computed per request from the request's
+    own rows of each, and every request gets its own run's bits (a request whose order does not visit every node
+    once fails alone, as in its own run)."""
+    import onnx
+    from onnx import helper
+
+    path = _convert_carried(tmp_path, "TreeSumPoolReversed")
+    model = onnx.load(path)
+    kernel = next(n for n in model.graph.node if n.op_type == "EPContext")
+    states, steps = kernel.output[0], next(o for o in kernel.output if "rows_of" in o)
+    model.graph.node.append(helper.make_node("Add", [steps, states], ["steps_plus_states"]))
+    model.graph.output.append(helper.make_tensor_value_info("steps_plus_states", onnx.TensorProto.FLOAT, None))
+    edited = Path(path).with_name("edited.cortex.onnx")
+    onnx.save(model, edited)
+    plan = plan_for(str(edited))
+    assert plan.mergeable and "'steps_plus_states' per request" in plan.describe(), plan.describe()
+    rng = np.random.default_rng(7)
+    requests = [carried._tree_feeds(S.random_tree(int(n), rng, carried_models.V)) for n in (1, 6, 13, 29)]
+    requests = [{**r, "order": r["order"][::-1].copy()} for r in requests]
+    requests.append({**requests[1], "order": requests[1]["order"][:-1].copy()})  # a node short: [5, H] + [6, H]
+    _check(str(edited), requests, alone=(4,))
 
 
 def test_a_batching_session_serves_a_pooled_tree(tmp_path):
