@@ -102,13 +102,22 @@ class ChainRowPool(nn.Module):
         return pool, h
 
 
-class RunningMax(nn.Module):
-    """A tree RNN that also carries a running max and a running sum over the rows it computes."""
+class _TreeRNN(nn.Module):
+    """The tree RNN cell the models below share: a leaf embeds its word, an internal node mixes its two children."""
 
     def __init__(self):
         super().__init__()
         self.emb = nn.Embedding(V, H)
         self.W = nn.Linear(H, H)
+
+    def node(self, h, words, left, right, v):
+        if bool(left[v] < 0):
+            return torch.tanh(self.emb(words[v]))
+        return torch.tanh(self.W(h[left[v]] + h[right[v]]))
+
+
+class RunningMax(_TreeRNN):
+    """A tree RNN that also carries a running max and a running sum over the rows it computes."""
 
     def forward(self, words, left, right, order):
         h = torch.zeros(words.size(0), 8)
@@ -116,23 +125,15 @@ class RunningMax(nn.Module):
         total = torch.zeros(8)
         for i in range(order.size(0)):
             v = order[i]
-            if bool(left[v] < 0):
-                h[v] = torch.tanh(self.emb(words[v]))
-            else:
-                h[v] = torch.tanh(self.W(h[left[v]] + h[right[v]]))
+            h[v] = self.node(h, words, left, right, v)
             best = torch.maximum(best, h[v])
             total = total + h[v]
         return h, best, total
 
 
-class TreeLastState(nn.Module):
+class TreeLastState(_TreeRNN):
     """A tree RNN that also carries the state it computed last (the root's, in a bottom-up order), and a list of
     every state it computed, stacked after the loop."""
-
-    def __init__(self):
-        super().__init__()
-        self.emb = nn.Embedding(V, H)
-        self.W = nn.Linear(H, H)
 
     def forward(self, words, left, right, order):
         h = torch.zeros(words.size(0), 8)
@@ -140,22 +141,17 @@ class TreeLastState(nn.Module):
         seen: List[torch.Tensor] = []
         for i in range(order.size(0)):
             v = order[i]
-            if bool(left[v] < 0):
-                h[v] = torch.tanh(self.emb(words[v]))
-            else:
-                h[v] = torch.tanh(self.W(h[left[v]] + h[right[v]]))
+            h[v] = self.node(h, words, left, right, v)
             last = h[v]
             seen.append(h[v])
         return last, torch.stack(seen + [last])
 
 
-class TreeSumPool(nn.Module):
+class TreeSumPool(_TreeRNN):
     """A tree RNN whose sentence vector is a running sum of its node states, classified by a linear head."""
 
     def __init__(self):
         super().__init__()
-        self.emb = nn.Embedding(V, H)
-        self.W = nn.Linear(H, H)
         self.head = nn.Linear(H, 3)
 
     def forward(self, words, left, right, order):
@@ -163,32 +159,26 @@ class TreeSumPool(nn.Module):
         pool = torch.zeros(8)
         for i in range(order.size(0)):
             v = order[i]
-            if bool(left[v] < 0):
-                h[v] = torch.tanh(self.emb(words[v]))
-            else:
-                h[v] = torch.tanh(self.W(h[left[v]] + h[right[v]]))
+            h[v] = self.node(h, words, left, right, v)
             pool = pool + h[v]
         return torch.log_softmax(self.head(pool), dim=-1)
 
 
-class TreeSumPoolReversed(TreeSumPool):
-    """TreeSumPool walking a parents-first order from its end (`for i in range(L - 1, -1, -1)`), returning the pooled
-    vector itself."""
+class TreeSumPoolReversed(_TreeRNN):
+    """A running sum of the node states, walking a parents-first order from its end (`for i in range(L - 1, -1,
+    -1)`)."""
 
     def forward(self, words, left, right, order):
         h = torch.zeros(words.size(0), 8)
         pool = torch.zeros(8)
         for i in range(order.size(0) - 1, -1, -1):
             v = order[i]
-            if bool(left[v] < 0):
-                h[v] = torch.tanh(self.emb(words[v]))
-            else:
-                h[v] = torch.tanh(self.W(h[left[v]] + h[right[v]]))
+            h[v] = self.node(h, words, left, right, v)
             pool = pool + h[v]
         return pool
 
 
-class TreeReversedStepsPlusStates(TreeSumPool):
+class TreeReversedStepsPlusStates(_TreeRNN):
     """A walk from the end whose list of step states is added to the node table row by row (the list is stacked
     after the loop, so the sum is computed per request)."""
 
@@ -197,10 +187,7 @@ class TreeReversedStepsPlusStates(TreeSumPool):
         seen: List[torch.Tensor] = []
         for i in range(order.size(0) - 1, -1, -1):
             v = order[i]
-            if bool(left[v] < 0):
-                h[v] = torch.tanh(self.emb(words[v]))
-            else:
-                h[v] = torch.tanh(self.W(h[left[v]] + h[right[v]]))
+            h[v] = self.node(h, words, left, right, v)
             seen.append(h[v])
         return torch.stack(seen) + h
 
